@@ -1,0 +1,46 @@
+// device.h: the CUDA runtime as seen by code that must not include CUDA headers (the CPU backend, the
+// bindings). Implemented by native/cuda/runtime.cu, or by native/common/device_stub.cc in a CPU-only build,
+// where every call but compiled()/device_count() throws "built without CUDA".
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace gptoss::cuda {
+
+bool compiled();      // true when the addon was built with the CUDA backend
+int device_count();   // 0 when not compiled or no GPU is visible
+std::string device_name(int device);
+
+// Caching allocator: blocks are rounded up and kept for reuse after free (stream-ordered: one compute stream
+// per device, so a freed block may be reused by the next op on that stream at once).
+void* alloc(int device, size_t bytes);
+void release(int device, void* ptr, size_t bytes);
+struct MemoryStats {
+  uint64_t allocated = 0;       // bytes in live tensors (rounded sizes)
+  uint64_t reserved = 0;        // bytes obtained from cudaMalloc (live + cached)
+  uint64_t peak_allocated = 0;  // high-water mark of allocated since the last reset
+  uint64_t num_allocs = 0;      // alloc() calls
+  uint64_t num_cuda_mallocs = 0;
+};
+MemoryStats memory_stats(int device);
+void reset_peak(int device);
+void empty_cache(int device);  // return cached blocks to the driver
+
+// Copies between any two places (device -1 = host). Device-side copies are enqueued on the destination's (or
+// source's) stream; a copy to the host waits for the stream.
+void copy(void* dst, int dst_device, const void* src, int src_device, size_t bytes);
+void zero(int device, void* ptr, size_t bytes);
+void synchronize(int device);
+void* stream(int device);  // cudaStream_t of the device's compute stream
+
+// Events for ordering work across devices/streams and for timing.
+void* event_create(int device, bool timing);
+void event_destroy(void* ev);
+void event_record(void* ev, int device);
+void event_wait(void* ev, int device);  // the device's stream waits for ev
+void event_synchronize(void* ev);
+bool event_query(void* ev);
+float event_elapsed_ms(void* start, void* end);
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,74 @@
+// tensor.cc: Storage lifetime, allocation on any device, copies and the checks every op uses.
+#include "tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#include "device.h"
+
+namespace gptoss {
+
+Storage::Storage(size_t nbytes, int dev) : bytes(nbytes), device(dev) {
+  if (dev == kCpu) {
+    // 64-byte alignment for vectorised CPU kernels; at least one byte so empty tensors own a pointer.
+    size_t n = (nbytes + 63) / 64 * 64;
+    ptr = std::aligned_alloc(64, n ? n : 64);
+    if (!ptr) fail("out of host memory allocating ", nbytes, " bytes");
+  } else {
+    ptr = cuda::alloc(dev, nbytes);
+  }
+}
+
+Storage::~Storage() {
+  if (device == kCpu)
+    std::free(ptr);
+  else
+    cuda::release(device, ptr, bytes);
+}
+
+std::string device_name(int device) { return device == kCpu ? "cpu" : "cuda:" + std::to_string(device); }
+
+std::string Tensor::describe() const {
+  return std::string(dtype_name(dtype)) + shape_str(shape) + " on " + device_name(device);
+}
+
+Tensor make_tensor(const std::vector<int64_t>& shape, DType dtype, int device, bool zero) {
+  for (auto d : shape) GPTOSS_CHECK(d >= 0, "tensor: negative dimension in shape ", shape_str(shape));
+  Tensor t;
+  t.dtype = dtype;
+  t.shape = shape;
+  t.device = device;
+  t.storage = std::make_shared<Storage>(t.nbytes(), device);
+  if (zero) {
+    if (device == kCpu)
+      std::memset(t.raw(), 0, t.nbytes());
+    else
+      cuda::zero(device, t.raw(), t.nbytes());
+  }
+  return t;
+}
+
+void copy_tensor(const Tensor& dst, const Tensor& src) {
+  GPTOSS_CHECK(dst.dtype == src.dtype && dst.numel() == src.numel(), "copy: destination ", dst.describe(),
+               " does not match source ", src.describe());
+  if (dst.device == kCpu && src.device == kCpu)
+    std::memmove(dst.raw(), src.raw(), src.nbytes());
+  else
+    cuda::copy(dst.raw(), dst.device, src.raw(), src.device, src.nbytes());
+}
+
+void check_dtype(const char* op, const char* name, const Tensor& t, DType want) {
+  GPTOSS_CHECK(t.dtype == want, op, ": ", name, " must be ", dtype_name(want), ", got ", t.describe());
+}
+void check_ndim(const char* op, const char* name, const Tensor& t, int ndim) {
+  GPTOSS_CHECK(t.ndim() == ndim, op, ": ", name, " must have ", ndim, " dimensions, got ", t.describe());
+}
+void check_shape(const char* op, const char* name, const Tensor& t, const std::vector<int64_t>& want) {
+  GPTOSS_CHECK(t.shape == want, op, ": ", name, " must have shape ", shape_str(want), ", got ", t.describe());
+}
+void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
+  GPTOSS_CHECK(a.device == b.device, op, ": tensors on different devices: ", a.describe(), " and ", b.describe());
+}
+
+}  // namespace gptoss

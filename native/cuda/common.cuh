@@ -1,0 +1,86 @@
+// common.cuh: helpers shared by the CUDA kernel files (no cuBLAS/NCCL here, so every kernel file that includes
+// only this compiles in CI with plain nvcc).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "../common/device.h"
+#include "../common/dtype.h"
+#include "../common/error.h"
+
+namespace gptoss::cuda {
+
+#define GPTOSS_CUDA_CHECK(expr, what)                                                             \
+  do {                                                                                            \
+    cudaError_t err__ = (expr);                                                                   \
+    if (err__ != cudaSuccess) ::gptoss::fail(what, ": CUDA error ", cudaGetErrorString(err__)); \
+  } while (0)
+
+// Check the launch of the kernel just enqueued (configuration errors surface here; faults surface at the next
+// synchronisation, also as a gptoss::Error).
+#define GPTOSS_CUDA_LAUNCH_CHECK(what) GPTOSS_CUDA_CHECK(cudaGetLastError(), what)
+
+inline cudaStream_t stream_of(int device) { return static_cast<cudaStream_t>(stream(device)); }
+
+// Makes `device` current for the scope.
+struct DeviceGuard {
+  int prev = 0;
+  explicit DeviceGuard(int device) {
+    cudaGetDevice(&prev);
+    if (prev != device) cudaSetDevice(device);
+  }
+  ~DeviceGuard() {
+    int cur = 0;
+    cudaGetDevice(&cur);
+    if (cur != prev) cudaSetDevice(prev);
+  }
+};
+
+inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+__device__ __forceinline__ float ldf(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float ldf(const float* p) { return *p; }
+__device__ __forceinline__ void stf(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void stf(float* p, float v) { *p = v; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over a block of up to 1024 threads (blockDim.x a multiple of 32); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float shared[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  int nwarps = (blockDim.x + 31) >> 5;
+  v = (threadIdx.x < nwarps) ? shared[threadIdx.x] : 0.f;
+  if (warp == 0) v = warp_sum(v);
+  if (threadIdx.x == 0) shared[0] = v;
+  __syncthreads();
+  return shared[0];
+}
+
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float shared[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  int nwarps = (blockDim.x + 31) >> 5;
+  v = (threadIdx.x < nwarps) ? shared[threadIdx.x] : -INFINITY;
+  if (warp == 0) v = warp_max(v);
+  if (threadIdx.x == 0) shared[0] = v;
+  __syncthreads();
+  return shared[0];
+}
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,40 @@
+// Compiles every CUDA kernel file that needs neither cuBLAS nor NCCL for sm_90a, so a kernel that does not
+// compile never lands (CI has nvcc but no cuBLAS/NCCL and no GPU). Files that use cuBLAS/NCCL are the .cc files
+// in native/cuda/ (and *_cublas.cu / *_nccl.cu, if any); they are compiled only where those libraries exist.
+import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+
+const nvcc = process.env.CUDACXX || 'nvcc';
+if (spawnSync(nvcc, ['--version'], { stdio: 'ignore' }).status !== 0) {
+  if (process.env.CI) {
+    console.error('check-cuda-kernels: nvcc not found, but CI is expected to have it');
+    process.exit(1);
+  }
+  console.log('check-cuda-kernels: nvcc not found; skipping the sm_90a compile check');
+  process.exit(0);
+}
+const dir = 'native/cuda';
+const files = readdirSync(dir)
+  .filter((f) => f.endsWith('.cu') && !/_(cublas|nccl)\.cu$/.test(f))
+  .sort();
+const out = mkdtempSync(join(tmpdir(), 'gptoss-nvcc-'));
+let failed = 0;
+for (const f of files) {
+  const t0 = Date.now();
+  const r = spawnSync(
+    nvcc,
+    ['-arch=sm_90a', '-std=c++17', '-O3', '--expt-relaxed-constexpr', '-c', join(dir, f), '-o', join(out, `${f}.o`)],
+    { stdio: 'inherit' },
+  );
+  const ok = r.status === 0;
+  if (!ok) failed++;
+  console.log(`check-cuda-kernels: ${f} ${ok ? 'ok' : 'FAILED'} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+}
+rmSync(out, { recursive: true, force: true });
+if (failed) {
+  console.error(`check-cuda-kernels: ${failed} of ${files.length} kernel files failed to compile for sm_90a`);
+  process.exit(1);
+}
+console.log(`check-cuda-kernels: ${files.length} kernel files compile for sm_90a`);

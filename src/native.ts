@@ -1,0 +1,110 @@
+// native.ts: loads the addon and decides the default backend.
+//
+// The addon (build/Release/gptoss.node) always has the CPU backend; it has the CUDA backend when it was built
+// where nvcc, cuBLAS and NCCL were found. The default device is cuda:0 when the addon has CUDA and a GPU is
+// visible, else cpu. GPTOSS_DEVICE=cpu|cuda|cuda:N overrides (asking for cuda without it is an error).
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { childLogger } from './log/logger.ts';
+
+export type DType = 'bf16' | 'f32' | 'i32' | 'u8';
+
+/** The raw tensor handle the addon hands out (see native/bindings/binding.h). */
+export interface NativeTensor {
+  readonly shape: number[];
+  readonly dtype: DType;
+  readonly device: string;
+  readonly disposed: boolean;
+  dispose(): void;
+  toBuffer(): ArrayBuffer;
+  view(shape: number[]): NativeTensor;
+  slice(start: number, end: number): NativeTensor;
+  copyFrom(src: NativeTensor | ArrayBufferView | ArrayBuffer): void;
+  to(device: number): NativeTensor;
+  sameStorage(other: NativeTensor): boolean;
+}
+
+/** Every op the addon registers (GPTOSS_OP in native/bindings/*.cc). Typed wrappers live in src/ops/. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type NativeOps = Record<string, (...args: any[]) => any>;
+
+export interface NativeAddon {
+  ops: NativeOps;
+  features: { cuda: boolean; blas: boolean; nccl: boolean };
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+function findRoot(): string {
+  // src/native.ts and dist/src/native.js both sit below the package root.
+  let dir = here;
+  for (let i = 0; i < 4; i++) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'native'))) return dir;
+    dir = resolve(dir, '..');
+  }
+  return resolve(here, '..');
+}
+
+let addon: NativeAddon | undefined;
+
+export function native(): NativeAddon {
+  if (addon) return addon;
+  const root = findRoot();
+  const candidates = [
+    process.env.GPTOSS_ADDON,
+    join(root, 'build', 'Release', 'gptoss.node'),
+    join(root, 'build', 'Debug', 'gptoss.node'),
+  ].filter((p): p is string => !!p);
+  const path = candidates.find((p) => existsSync(p));
+  if (!path) {
+    throw new Error(
+      `the native addon is not built (looked for ${candidates.join(', ')}); run \`npm run build:native\``,
+    );
+  }
+  const require = createRequire(import.meta.url);
+  addon = require(path) as NativeAddon;
+  return addon;
+}
+
+export interface BackendChoice {
+  device: string; // 'cpu' or 'cuda:N'
+  reason: string;
+}
+
+let chosen: BackendChoice | undefined;
+
+/** The default device for this process, chosen once and logged with the reason. */
+export function defaultDevice(): string {
+  if (chosen) return chosen.device;
+  chosen = chooseBackend(process.env.GPTOSS_DEVICE);
+  childLogger('native').info({ device: chosen.device }, `backend: ${chosen.device} (${chosen.reason})`);
+  return chosen.device;
+}
+
+export function chooseBackend(override: string | undefined): BackendChoice {
+  const a = native();
+  const count = a.features.cuda ? (a.ops.deviceCount() as number) : 0;
+  if (override !== undefined && override !== '') {
+    const o = override.trim().toLowerCase();
+    if (o === 'cpu') return { device: 'cpu', reason: 'GPTOSS_DEVICE=cpu' };
+    const m = /^cuda(?::(\d+))?$/.exec(o);
+    if (!m) throw new Error(`GPTOSS_DEVICE must be cpu, cuda or cuda:N (got '${override}')`);
+    if (!a.features.cuda) throw new Error(`GPTOSS_DEVICE=${override} but the addon was built without CUDA`);
+    const idx = m[1] ? Number(m[1]) : 0;
+    if (idx >= count) throw new Error(`GPTOSS_DEVICE=${override} but only ${count} CUDA device(s) are visible`);
+    return { device: `cuda:${idx}`, reason: `GPTOSS_DEVICE=${override}` };
+  }
+  if (!a.features.cuda) return { device: 'cpu', reason: 'addon built without the CUDA backend' };
+  if (count === 0) return { device: 'cpu', reason: 'CUDA backend present but no GPU is visible' };
+  return { device: 'cuda:0', reason: `CUDA backend and ${count} GPU(s) visible` };
+}
+
+/** 'cpu' -> -1, 'cuda' -> 0, 'cuda:N' -> N. */
+export function deviceIndex(device: string): number {
+  if (device === 'cpu') return -1;
+  const m = /^cuda(?::(\d+))?$/.exec(device);
+  if (!m) throw new Error(`unknown device '${device}' (expected cpu or cuda:N)`);
+  return m[1] ? Number(m[1]) : 0;
+}

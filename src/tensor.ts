@@ -1,0 +1,225 @@
+// tensor.ts: the typed Tensor over the addon's NativeTensor handle.
+//
+// A Tensor owns (or views) contiguous memory on 'cpu' or 'cuda:N' with dtype bf16/f32/i32/u8. Memory is freed by
+// dispose() (or `using`), with the GC finaliser as a safety net. CUDA work is asynchronous on the device's
+// stream; reading values back (toFloat32 etc.) waits for it.
+import { native, defaultDevice, deviceIndex, type DType, type NativeTensor } from './native.ts';
+
+export type { DType } from './native.ts';
+export type Shape = readonly number[];
+
+export interface TensorOptions {
+  dtype?: DType;
+  device?: string;
+}
+
+export class Tensor {
+  /** The addon handle; ops accept either a Tensor or its native handle. */
+  readonly native: NativeTensor;
+
+  constructor(handle: NativeTensor) {
+    this.native = handle;
+  }
+
+  // ---- factories ------------------------------------------------------------------------------------------
+  static empty(shape: Shape, opts: TensorOptions = {}): Tensor {
+    return new Tensor(native().ops.empty([...shape], opts.dtype ?? 'f32', deviceIndex(opts.device ?? defaultDevice()), false));
+  }
+
+  static zeros(shape: Shape, opts: TensorOptions = {}): Tensor {
+    return new Tensor(native().ops.empty([...shape], opts.dtype ?? 'f32', deviceIndex(opts.device ?? defaultDevice()), true));
+  }
+
+  /**
+   * From host values. Float32Array/number[] data may target bf16 (rounded to nearest even) or f32; Int32Array
+   * targets i32, Uint8Array u8, Uint16Array raw bf16 bits.
+   */
+  static from(data: ArrayLike<number> | Float32Array | Int32Array | Uint8Array | Uint16Array, shape: Shape, opts: TensorOptions = {}): Tensor {
+    const dtype: DType =
+      opts.dtype ??
+      (data instanceof Int32Array ? 'i32' : data instanceof Uint8Array ? 'u8' : data instanceof Uint16Array ? 'bf16' : 'f32');
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (data.length !== n) {
+      throw new Error(`Tensor.from: ${data.length} values do not fill shape [${shape.join(', ')}] (${n} elements)`);
+    }
+    let buf: ArrayBufferView;
+    switch (dtype) {
+      case 'f32':
+        buf = data instanceof Float32Array ? data : Float32Array.from(data as ArrayLike<number>);
+        break;
+      case 'bf16':
+        buf = data instanceof Uint16Array ? data : f32ToBf16Bits(data instanceof Float32Array ? data : Float32Array.from(data as ArrayLike<number>));
+        break;
+      case 'i32':
+        buf = data instanceof Int32Array ? data : Int32Array.from(data as ArrayLike<number>);
+        break;
+      case 'u8':
+        buf = data instanceof Uint8Array ? data : Uint8Array.from(data as ArrayLike<number>);
+        break;
+    }
+    return new Tensor(native().ops.fromBuffer(buf, [...shape], dtype, deviceIndex(opts.device ?? defaultDevice())));
+  }
+
+  // ---- properties -------------------------------------------------------------------------------------------
+  get shape(): number[] {
+    return this.native.shape;
+  }
+  get dtype(): DType {
+    return this.native.dtype;
+  }
+  get device(): string {
+    return this.native.device;
+  }
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+  get disposed(): boolean {
+    return this.native.disposed;
+  }
+  toString(): string {
+    return `${this.dtype}[${this.shape.join(', ')}] on ${this.device}`;
+  }
+
+  // ---- views and copies -------------------------------------------------------------------------------------
+  /** Same memory, another shape with the same element count. */
+  view(shape: Shape): Tensor {
+    return new Tensor(this.native.view([...shape]));
+  }
+  /** Rows [start, end) of the first dimension, sharing memory. */
+  slice(start: number, end: number): Tensor {
+    return new Tensor(this.native.slice(start, end));
+  }
+  /** Copies src (a tensor on any device, or host values of the same byte size) into this tensor. */
+  copyFrom(src: Tensor | ArrayBufferView): this {
+    this.native.copyFrom(src instanceof Tensor ? src.native : src);
+    return this;
+  }
+  /** A copy on `device`. */
+  to(device: string): Tensor {
+    return new Tensor(this.native.to(deviceIndex(device)));
+  }
+  clone(): Tensor {
+    return this.to(this.device);
+  }
+  dispose(): void {
+    this.native.dispose();
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  // ---- reading back -----------------------------------------------------------------------------------------
+  /** Values as f32 (bf16 widened exactly; i32/u8 converted). Waits for the device. */
+  toFloat32(): Float32Array {
+    const buf = this.native.toBuffer();
+    switch (this.dtype) {
+      case 'f32':
+        return new Float32Array(buf);
+      case 'bf16':
+        return bf16BitsToF32(new Uint16Array(buf));
+      case 'i32':
+        return Float32Array.from(new Int32Array(buf));
+      case 'u8':
+        return Float32Array.from(new Uint8Array(buf));
+    }
+  }
+  toInt32(): Int32Array {
+    if (this.dtype !== 'i32') throw new Error(`toInt32: tensor is ${this.toString()}`);
+    return new Int32Array(this.native.toBuffer());
+  }
+  toUint8(): Uint8Array {
+    if (this.dtype !== 'u8') throw new Error(`toUint8: tensor is ${this.toString()}`);
+    return new Uint8Array(this.native.toBuffer());
+  }
+  /** Raw bytes (bf16 as bits). */
+  toBuffer(): ArrayBuffer {
+    return this.native.toBuffer();
+  }
+  /** A single value (the tensor must hold exactly one element). */
+  item(): number {
+    if (this.numel !== 1) throw new Error(`item: tensor ${this.toString()} does not hold exactly one value`);
+    return this.toFloat32()[0]!;
+  }
+}
+
+// ---- BF16 on the host ------------------------------------------------------------------------------------------
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** Round-to-nearest-even f32 -> bf16 bits (same as the native conversion and torch). */
+export function f32ToBf16Bits(src: Float32Array): Uint16Array {
+  const out = new Uint16Array(src.length);
+  for (let i = 0; i < src.length; i++) {
+    f32[0] = src[i]!;
+    const u = u32[0]!;
+    if ((u & 0x7fffffff) > 0x7f800000) {
+      out[i] = (u >>> 16) | 0x40;
+    } else {
+      out[i] = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+    }
+  }
+  return out;
+}
+
+export function bf16BitsToF32(src: Uint16Array): Float32Array {
+  const out = new Float32Array(src.length);
+  const o32 = new Uint32Array(out.buffer);
+  for (let i = 0; i < src.length; i++) o32[i] = src[i]! << 16;
+  return out;
+}
+
+/** Rounds every value through bf16 (what storing it in a bf16 tensor does). */
+export function roundBf16(src: Float32Array): Float32Array {
+  return bf16BitsToF32(f32ToBf16Bits(src));
+}
+
+// ---- runtime ---------------------------------------------------------------------------------------------------
+export interface MemoryStats {
+  allocated: number;
+  reserved: number;
+  peakAllocated: number;
+  numAllocs: number;
+  numCudaMallocs: number;
+}
+
+export function memoryStats(device: string): MemoryStats {
+  return native().ops.memoryStats(deviceIndex(device)) as MemoryStats;
+}
+export function resetPeakMemory(device: string): void {
+  native().ops.resetPeakMemory(deviceIndex(device));
+}
+export function emptyCache(device: string): void {
+  native().ops.emptyCache(deviceIndex(device));
+}
+/** Waits for all work queued on the device (no-op on cpu). */
+export function synchronize(device: string): void {
+  if (device !== 'cpu') native().ops.synchronize(deviceIndex(device));
+}
+export function cudaDeviceCount(): number {
+  return native().features.cuda ? (native().ops.deviceCount() as number) : 0;
+}
+
+/** A CUDA event on a device's compute stream: ordering across devices and timing. */
+export class CudaEvent {
+  private readonly handle: unknown;
+  constructor(readonly device: string, timing = false) {
+    this.handle = native().ops.eventCreate(deviceIndex(device), timing);
+  }
+  record(): this {
+    native().ops.eventRecord(this.handle, deviceIndex(this.device));
+    return this;
+  }
+  /** Makes `device`'s stream wait for this event. */
+  waitOn(device: string): void {
+    native().ops.eventWait(this.handle, deviceIndex(device));
+  }
+  synchronize(): void {
+    native().ops.eventSynchronize(this.handle);
+  }
+  query(): boolean {
+    return native().ops.eventQuery(this.handle) as boolean;
+  }
+  elapsedMs(end: CudaEvent): number {
+    return native().ops.eventElapsedMs(this.handle, end.handle) as number;
+  }
+}
