@@ -1,0 +1,177 @@
+// load.ts: presets (YAML in configs/), overrides and validation into a typed Config.
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import type { z } from 'zod';
+import { ConfigSchema, type Config, type ConfigInput } from './schema.ts';
+import { applyOverrides, ConfigError, lookupKey, parseOverride, unknownKeyMessage, type Override } from './overrides.ts';
+
+export { ConfigError } from './overrides.ts';
+
+/** Extra words for keys whose constraints come from GPT-OSS or from what this implementation offers. */
+const EXPLAIN: Record<string, string> = {
+  'trainer.bf16': 'training runs BF16 weights/activations with fp32 master weights and fp32 math in norms, softmax and losses; no other precision is offered',
+  'trainer.algorithm.use_entropy_loss': 'an entropy bonus is not implemented; entropy is logged as a metric',
+  'trainer.algorithm.use_kl_in_reward': 'KL in the reward is not implemented; use trainer.algorithm.use_kl_loss=true (k3, as the peer)',
+  'generator.max_turns': 'multi-turn rollouts are not implemented yet',
+  'generator.sampling_params.min_p': 'min-p sampling is not implemented (use top_p / top_k)',
+  'trainer.flash_attn':
+    'GPT-OSS has attention sinks; our fused attention kernel implements them, so true (the fused kernel) and false are both fine',
+  'trainer.use_sample_packing':
+    'packing is supported for GPT-OSS here (varlen attention with sinks and sliding windows per sequence)',
+};
+
+function here(): string {
+  return dirname(fileURLToPath(import.meta.url));
+}
+
+/** The configs/ folder of the package (src/config/ and dist/src/config/ both sit below the root). */
+export function configsDir(): string {
+  let dir = here();
+  for (let i = 0; i < 5; i++) {
+    if (existsSync(join(dir, 'configs')) && existsSync(join(dir, 'package.json'))) return join(dir, 'configs');
+    dir = resolve(dir, '..');
+  }
+  return resolve(here(), '..', '..', 'configs');
+}
+
+/** A preset name (`tiny-cpu`, `gsm8k-gptoss-20b`) or a YAML path to a file path. */
+export function resolvePreset(nameOrPath: string): string {
+  if (existsSync(nameOrPath)) return nameOrPath;
+  const p = join(configsDir(), nameOrPath.endsWith('.yaml') ? nameOrPath : `${nameOrPath}.yaml`);
+  if (existsSync(p)) return p;
+  throw new ConfigError(`config '${nameOrPath}' not found (neither a file nor a preset in ${configsDir()})`);
+}
+
+export function readYamlConfig(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}`);
+  }
+  let v: unknown;
+  try {
+    v = parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(`config file ${path} is not valid YAML: ${(e as Error).message}`);
+  }
+  if (v === null || v === undefined) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw new ConfigError(`config file ${path} must hold a map at the top level`);
+  return unflattenDotted(v as Record<string, unknown>);
+}
+
+/** YAML files may write `trainer.flash_attn: false` (dotted keys) as the seed's docs do: nest them. */
+function unflattenDotted(o: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) {
+    const val = typeof v === 'object' && v !== null && !Array.isArray(v) ? unflattenDotted(v as Record<string, unknown>) : v;
+    const parts = k.replace(/^\+\+?/, '').split('.');
+    let cur = out;
+    for (const p of parts.slice(0, -1)) {
+      if (typeof cur[p] !== 'object' || cur[p] === null) cur[p] = {};
+      cur = cur[p] as Record<string, unknown>;
+    }
+    const last = parts[parts.length - 1]!;
+    const prev = cur[last];
+    cur[last] = typeof prev === 'object' && prev !== null && typeof val === 'object' && val !== null && !Array.isArray(val) ? { ...prev, ...val } : val;
+  }
+  return out;
+}
+
+function describe(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  const s = JSON.stringify(v);
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}
+
+function valueAt(o: unknown, path: PropertyKey[]): unknown {
+  let cur = o;
+  for (const k of path) {
+    if (typeof cur !== 'object' || cur === null) return undefined;
+    cur = (cur as Record<PropertyKey, unknown>)[k];
+  }
+  return cur;
+}
+
+/** Validates a raw object; errors list every problem with its key path (and a hint for GPT-OSS keys). */
+export function validateConfig(raw: unknown, source = 'config'): Config {
+  const r = ConfigSchema.safeParse(raw);
+  if (r.success) return r.data;
+  const lines = r.error.issues.map((iss) => {
+    if (iss.code === 'unrecognized_keys') {
+      return iss.keys
+        .map((k) => {
+          const key = [...iss.path, k].join('.');
+          const look = lookupKey(ConfigSchema as unknown as z.ZodType, [...iss.path.map(String), k]);
+          return `  - ${look.kind === 'unknown' ? unknownKeyMessage(ConfigSchema as unknown as z.ZodType, key, look) : `unknown key ${key}`}`;
+        })
+        .join('\n');
+    }
+    const key = iss.path.join('.') || '(top level)';
+    const got = valueAt(raw, iss.path);
+    const hint = EXPLAIN[key] ? ` (${EXPLAIN[key]})` : '';
+    const gotText = iss.code === 'custom' ? '' : `, got ${describe(got)}`;
+    return `  - ${key}: ${iss.message.replace(/^Invalid input: /, '')}${gotText}${hint}`;
+  });
+  throw new ConfigError(`invalid ${source}:\n${lines.join('\n')}`);
+}
+
+export interface LoadConfigOptions {
+  /** A preset name or YAML path; default `tiny-cpu`. Pass null for schema defaults only. */
+  config?: string | null;
+  /** Hydra-style overrides, applied in order. */
+  overrides?: Array<string | Override>;
+  /** Shorthand for trainer.policy.model.path=... (applied before the overrides). */
+  model?: string;
+  /** Extra raw config merged before the overrides (library callers). */
+  base?: ConfigInput;
+}
+
+function deepMerge(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    const prev = out[k];
+    out[k] =
+      typeof prev === 'object' && prev !== null && !Array.isArray(prev) && typeof v === 'object' && v !== null && !Array.isArray(v)
+        ? deepMerge(prev as Record<string, unknown>, v as Record<string, unknown>)
+        : v;
+  }
+  return out;
+}
+
+export function loadConfig(opts: LoadConfigOptions = {}): Config {
+  const name = opts.config === undefined ? 'tiny-cpu' : opts.config;
+  let raw: Record<string, unknown> = {};
+  let source = 'config';
+  if (name !== null) {
+    const path = resolvePreset(name);
+    raw = readYamlConfig(path);
+    source = `config (${path})`;
+    validateConfig(raw, source); // a bad preset is reported as such, before any override
+  }
+  if (opts.base) raw = deepMerge(raw, opts.base as Record<string, unknown>);
+  const effective = validateConfig(raw, source);
+  const overrides: Array<string | Override> = [];
+  if (opts.model) overrides.push(parseOverride(`++trainer.policy.model.path=${JSON.stringify(opts.model)}`));
+  overrides.push(...(opts.overrides ?? []));
+  const present = (p: string[]): boolean => valueAt(effective, p) !== undefined;
+  const applied = applyOverrides(ConfigSchema as unknown as z.ZodType, raw, overrides, present);
+  return validateConfig(applied, overrides.length ? `${source} with overrides` : source);
+}
+
+/** Checks the overrides alone (for a CLI's early exit); returns them parsed. */
+export function parseOverrides(list: string[]): Override[] {
+  return list.map(parseOverride);
+}
+
+/** Warnings about keys accepted for compatibility that do nothing here (the CLI logs them). */
+export function compatibilityNotes(c: Config): string[] {
+  const notes: string[] = [];
+  if (c.generator.backend !== 'native') notes.push(`generator.backend=${c.generator.backend}: generation runs on our own engine (no Python); the name is accepted for compatibility`);
+  if (!c.trainer.flash_attn) notes.push('trainer.flash_attn=false: the peer needs this for GPT-OSS (FlashAttention has no sinks); our fused kernel handles sinks, so it is used either way');
+  if (!c.trainer.use_sample_packing) notes.push('trainer.use_sample_packing=false: micro-batches are padded; packing is supported for GPT-OSS here and is faster');
+  if (!c.generator.enforce_eager) notes.push('generator.enforce_eager=false: our engines have no CUDA-graph mode; kernels run eagerly');
+  return notes;
+}

@@ -1,0 +1,306 @@
+// schema.ts: the zod schemas of a training run's configuration.
+//
+// The key names follow the Python framework our users know (its `ppo_base_config.yaml` and the GPT-OSS GSM8K
+// run script), so a command line written for it keeps working: `trainer.policy.model.path=...`,
+// `trainer.algorithm.use_kl_loss=true`, `+generator.chat_template_kwargs={reasoning_effort: low}`.
+// Every object is strict: an unknown key is an error that names its path. Defaults match design.md's GRPO
+// defaults (which are the peer example's). Keys we accept only for compatibility say so in their description.
+import { z } from 'zod';
+
+const posInt = () => z.number().int().positive();
+const nonNegInt = () => z.number().int().nonnegative();
+
+/** A list of paths, or one path (the peer writes `data.train_data="['a.parquet']"`). */
+const pathList = z.union([z.string(), z.array(z.string())]).transform((v) => (typeof v === 'string' ? [v] : v));
+
+export const SamplingParamsSchema = z
+  .strictObject({
+    /** Most tokens generated per response (the peer's max_generate_length). */
+    max_generate_length: posInt().default(1024),
+    /** 0 means greedy. */
+    temperature: z.number().nonnegative().default(1.0),
+    top_p: z.number().gt(0).lte(1).default(1.0),
+    /** -1 (or 0) means no top-k cut. */
+    top_k: z.number().int().gte(-1).default(-1),
+    /** Accepted for compatibility; must stay 0 (min-p sampling is not implemented). */
+    min_p: z.literal(0).default(0),
+    /** Extra stop token ids beyond the harmony stops (<|return|>, <|call|>). */
+    stop_token_ids: z.array(nonNegInt()).default([]),
+    /** Sampling seed; null derives it from trainer.seed and the step. */
+    seed: z.number().int().nullable().default(null),
+  })
+  .prefault({});
+export type SamplingParamsConfig = z.output<typeof SamplingParamsSchema>;
+
+export const OptimizerSchema = z
+  .strictObject({
+    lr: z.number().positive().default(1e-6),
+    adam_betas: z.tuple([z.number().gte(0).lt(1), z.number().gte(0).lt(1)]).default([0.9, 0.999]),
+    weight_decay: z.number().nonnegative().default(0.01),
+    eps: z.number().positive().default(1e-8),
+    /** Global gradient-norm clip; a step whose norm is not finite is skipped. */
+    max_grad_norm: z.number().positive().default(1.0),
+    num_warmup_steps: nonNegInt().default(0),
+    scheduler: z.enum(['constant', 'constant_with_warmup', 'cosine', 'linear']).default('constant_with_warmup'),
+    /** Accepted for compatibility (the peer offloads optimizer state between steps); no effect here. */
+    offload_after_step: z.boolean().default(true),
+  })
+  .prefault({});
+
+export const ModelRefSchema = z
+  .strictObject({
+    /**
+     * A local directory (config.json + *.safetensors), a Hugging Face hub id (looked up in the HF cache), or
+     * `tiny` / `tiny:<preset>` for a random-initialised GPT-OSS-architecture model.
+     */
+    path: z.string().min(1).default('tiny'),
+  })
+  .prefault({});
+
+export const AlgorithmSchema = z
+  .strictObject({
+    /** grpo: (r - mean)/(std + 1e-6) within each prompt's group; dr_grpo: r - mean (no std, Dr. GRPO). */
+    advantage_estimator: z.enum(['grpo', 'dr_grpo']).default('grpo'),
+    /** With grpo: divide by the group's std (false gives Dr. GRPO's advantages). */
+    grpo_norm_by_std: z.boolean().default(true),
+    use_kl_loss: z.boolean().default(true),
+    kl_loss_coef: z.number().nonnegative().default(0.001),
+    /** k3 is the only KL estimator for the loss (as the peer uses); kept as a key for compatibility. */
+    kl_estimator: z.enum(['k3']).default('k3'),
+    /** KL in the reward is not supported (the peer's default is off too). */
+    use_kl_in_reward: z.literal(false).default(false),
+    /** An entropy bonus in the loss is not supported yet (entropy is always logged as a metric). */
+    use_entropy_loss: z.literal(false).default(false),
+    entropy_loss_coef: z.number().default(0),
+    eps_clip_low: z.number().nonnegative().default(0.2),
+    eps_clip_high: z.number().nonnegative().default(0.2),
+    /** regular: PPO clip; dual_clip: also bound the loss of negative-advantage tokens by clip_ratio_c·|A|. */
+    policy_loss_type: z.enum(['regular', 'dual_clip']).default('regular'),
+    clip_ratio_c: z.number().gt(1).default(3.0),
+    loss_reduction: z.enum(['token_mean', 'sequence_mean', 'seq_mean_token_sum_norm']).default('token_mean'),
+    /** Drop groups whose rewards are all equal (they carry no GRPO signal) from the update. */
+    zero_variance_filter: z.boolean().default(false),
+  })
+  .prefault({});
+
+export const PlacementSchema = z
+  .strictObject({
+    colocate_all: z.boolean().default(true),
+    colocate_policy_ref: z.boolean().default(true),
+    policy_num_nodes: posInt().default(1),
+    policy_num_gpus_per_node: posInt().default(1),
+    ref_num_nodes: posInt().default(1),
+    ref_num_gpus_per_node: posInt().default(1),
+  })
+  .prefault({});
+
+export const SftSchema = z
+  .strictObject({
+    /** Optimizer steps of supervised fine-tuning (cross-entropy on reference solutions). */
+    steps: nonNegInt().default(200),
+    batch_size: posInt().default(16),
+    lr: z.number().positive().default(1e-3),
+    weight_decay: z.number().nonnegative().default(0.0),
+    max_grad_norm: z.number().positive().default(1.0),
+    /** Where `npm run sft` writes the fine-tuned model (the GRPO run can start from it). */
+    output_dir: z.string().nullable().default(null),
+    log_interval: posInt().default(10),
+  })
+  .prefault({});
+
+export const TrainerSchema = z
+  .strictObject({
+    policy: z
+      .strictObject({
+        model: ModelRefSchema,
+        optimizer_config: OptimizerSchema,
+        sequence_parallel_size: posInt().default(1),
+      })
+      .prefault({}),
+    ref: z
+      .strictObject({
+        /** null: the initial policy weights (what the peer does by default). */
+        model: z.strictObject({ path: z.string().nullable().default(null) }).prefault({}),
+      })
+      .prefault({}),
+    placement: PlacementSchema,
+    /** single: one process (CPU or one GPU); fsdp2/fsdp: accepted, mean the sharded trainer (scale-out). */
+    strategy: z.enum(['single', 'fsdp2', 'fsdp']).default('single'),
+    algorithm: AlgorithmSchema,
+    /** cpu, cuda, cuda:N, or auto (cuda:0 when the addon has CUDA and a GPU is visible). */
+    device: z.string().regex(/^(auto|cpu|cuda(:\d+)?)$/, 'expected auto, cpu, cuda or cuda:N').default('auto'),
+    seed: z.number().int().default(42),
+    epochs: posInt().default(1),
+    /** Stop after this many optimizer steps (null: run every epoch). */
+    max_steps: posInt().nullable().default(null),
+    update_epochs_per_batch: posInt().default(1),
+    /** Prompts per training step (each gets generator.n_samples_per_prompt responses). */
+    train_batch_size: posInt().default(16),
+    /** Prompts per optimizer step; train_batch_size must be a multiple. */
+    policy_mini_batch_size: posInt().default(16),
+    /** Sequences per forward/backward (gradients are accumulated over the mini-batch). */
+    micro_train_batch_size_per_gpu: posInt().default(2),
+    /** Sequences per no-grad forward (old and reference log-probs). */
+    micro_forward_batch_size_per_gpu: posInt().default(2),
+    /**
+     * Pack the sequences of a micro-batch back to back (varlen attention: no padding, no cross-sequence
+     * attention). The peer must turn this off for GPT-OSS; our attention kernel supports packing with sinks.
+     */
+    use_sample_packing: z.boolean().default(true),
+    /**
+     * The peer must set this false for GPT-OSS (FlashAttention has no attention sinks). Ours is a fused,
+     * FlashAttention-style kernel with sinks, so true is accepted and means that kernel; false is accepted
+     * too and selects the same kernel (there is no slower eager path to fall back to).
+     */
+    flash_attn: z.boolean().default(true),
+    /** BF16 activations and weights with fp32 master weights; the only precision offered. */
+    bf16: z.literal(true).default(true),
+    gradient_checkpointing: z.boolean().default(true),
+    /** Accepted for compatibility. */
+    gradient_checkpointing_use_reentrant: z.boolean().default(false),
+    eval_batch_size: posInt().default(32),
+    eval_before_train: z.boolean().default(true),
+    /** Evaluate on the validation split every N steps (0 or -1: never, except eval_before_train). */
+    eval_interval: z.number().int().gte(-1).default(5),
+    /** null: evaluate the whole validation split. */
+    eval_max_samples: posInt().nullable().default(null),
+    max_prompt_length: posInt().default(512),
+    /** latest: continue from the newest complete checkpoint under ckpt_path; none: start fresh; path: resume_path. */
+    resume_mode: z
+      .union([z.enum(['latest', 'none', 'path', 'from_path']), z.null()])
+      .transform((v) => (v === null ? 'none' : v === 'from_path' ? 'path' : v))
+      .default('latest'),
+    resume_path: z.string().nullable().default(null),
+    ckpt_path: z.string().default('runs/ckpts'),
+    /** Save a checkpoint every N steps (0 or -1: only at the end and on SIGINT). */
+    ckpt_interval: z.number().int().gte(-1).default(10),
+    /** -1 keeps all. */
+    max_ckpts_to_keep: z.number().int().gte(-1).default(2),
+    /** Accepted for compatibility (HF-format export interval). */
+    hf_save_interval: z.number().int().default(-1),
+    export_path: z.string().nullable().default(null),
+    project_name: z.string().default('gptoss'),
+    run_name: z.string().default('run'),
+    /** Metrics always go to a JSONL file; wandb also sends them to W&B when WANDB_API_KEY is set. */
+    logger: z.union([z.enum(['wandb', 'console', 'jsonl']), z.array(z.enum(['wandb', 'console', 'jsonl']))]).default('console'),
+    /** The metrics JSONL file (null: <ckpt_path>/../metrics/<run_name>.jsonl, i.e. runs/metrics/<run>.jsonl). */
+    metrics_path: z.string().nullable().default(null),
+    dump_eval_results: z.boolean().default(false),
+    sft: SftSchema,
+  })
+  .prefault({});
+
+export const GeneratorSchema = z
+  .strictObject({
+    /** Our own engine runs the generation; vllm/sglang are accepted names for it (no Python involved). */
+    backend: z.enum(['native', 'vllm', 'sglang']).default('native'),
+    model_dtype: z.enum(['bfloat16', 'bf16']).default('bfloat16'),
+    run_engines_locally: z.boolean().default(true),
+    num_inference_engines: posInt().default(1),
+    inference_engine_tensor_parallel_size: posInt().default(1),
+    weight_sync_backend: z.enum(['nccl', 'ipc', 'local']).default('nccl'),
+    async_engine: z.boolean().default(true),
+    batched: z.boolean().default(true),
+    n_samples_per_prompt: posInt().default(4),
+    /** No CUDA graphs (eager kernels); the only mode our engines have, so true is the default. */
+    enforce_eager: z.boolean().default(true),
+    gpu_memory_utilization: z.number().gt(0).lte(1).default(0.8),
+    max_num_seqs: posInt().default(1024),
+    max_num_batched_tokens: posInt().default(8192),
+    enable_prefix_caching: z.boolean().default(true),
+    enable_chunked_prefill: z.boolean().default(true),
+    max_input_length: posInt().nullable().default(null),
+    /** Multi-turn rollouts are not implemented yet. */
+    max_turns: z.literal(1).default(1),
+    sampling_params: SamplingParamsSchema,
+    eval_sampling_params: z
+      .strictObject({
+        max_generate_length: posInt().nullable().default(null),
+        temperature: z.number().nonnegative().default(0),
+        top_p: z.number().gt(0).lte(1).default(1.0),
+        top_k: z.number().int().gte(-1).default(-1),
+      })
+      .prefault({}),
+    eval_n_samples_per_prompt: posInt().default(1),
+    /** Harmony chat-template options, e.g. {reasoning_effort: low}; the seed adds it with `+`. */
+    chat_template_kwargs: z
+      .strictObject({
+        reasoning_effort: z.enum(['low', 'medium', 'high']).optional(),
+        /** YYYY-MM-DD for the system message (reproducible prompts). */
+        current_date: z.string().regex(/^\d{4}-\d{2}-\d{2}$/, 'expected YYYY-MM-DD').optional(),
+        model_identity: z.string().optional(),
+      })
+      .optional(),
+    zero_reward_on_non_stop: z.boolean().default(false),
+    apply_overlong_filtering: z.boolean().default(false),
+  })
+  .prefault({});
+
+export const EnvironmentSchema = z
+  .strictObject({
+    /** gsm8k: GSM8K word problems; synthetic: the seeded arithmetic task (fast, for tests and the CPU demo). */
+    env_class: z.enum(['gsm8k', 'synthetic']).default('gsm8k'),
+    /** strict: first `#### N`; flexible: last number; harmony: look in the final channel. */
+    reward_rule: z.enum(['strict', 'flexible', 'harmony']).default('strict'),
+    /** The peer's per-environment options; accepted and ignored. */
+    skyrl_gym: z.record(z.string(), z.unknown()).optional(),
+  })
+  .prefault({});
+
+export const DataSchema = z
+  .strictObject({
+    /** Files (jsonl or parquet) or `bundled` (../shared/data/gsm8k or the package's copy). */
+    train_data: pathList.default(['bundled']),
+    val_data: pathList.default(['bundled']),
+    /** Use only the first N training prompts (null: all). */
+    max_train_samples: posInt().nullable().default(null),
+    max_val_samples: posInt().nullable().default(null),
+    shuffle: z.boolean().default(true),
+    synthetic: z
+      .strictObject({
+        seed: z.number().int().default(1234),
+        num_train: posInt().default(2000),
+        num_val: posInt().default(200),
+        /** Difficulty knob passed to the task generator (e.g. the operand range). */
+        max_operand: posInt().default(20),
+      })
+      .prefault({}),
+  })
+  .prefault({});
+
+export const ConfigSchema = z
+  .strictObject({
+    data: DataSchema,
+    trainer: TrainerSchema,
+    generator: GeneratorSchema,
+    environment: EnvironmentSchema,
+  })
+  .superRefine((c, ctx) => {
+    const t = c.trainer;
+    if (t.train_batch_size % t.policy_mini_batch_size !== 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['trainer', 'policy_mini_batch_size'],
+        message: `trainer.train_batch_size (${t.train_batch_size}) must be a multiple of trainer.policy_mini_batch_size (${t.policy_mini_batch_size})`,
+      });
+    }
+    if (t.algorithm.eps_clip_low >= 1) {
+      ctx.addIssue({ code: 'custom', path: ['trainer', 'algorithm', 'eps_clip_low'], message: 'must be < 1 (the ratio is clipped to [1 - eps_clip_low, 1 + eps_clip_high])' });
+    }
+    if (t.resume_mode === 'path' && !t.resume_path) {
+      ctx.addIssue({ code: 'custom', path: ['trainer', 'resume_path'], message: 'trainer.resume_mode=path needs trainer.resume_path' });
+    }
+    if (t.algorithm.advantage_estimator === 'dr_grpo' && t.algorithm.grpo_norm_by_std) {
+      // Not an error: dr_grpo simply means no std normalisation; the flag is ignored.
+    }
+  });
+
+/** A fully defaulted, validated configuration. */
+export type Config = z.output<typeof ConfigSchema>;
+/** What a YAML file or a library caller may pass (every key optional). */
+export type ConfigInput = z.input<typeof ConfigSchema>;
+export type TrainerConfig = Config['trainer'];
+export type GeneratorConfig = Config['generator'];
+export type AlgorithmConfig = Config['trainer']['algorithm'];
+export type DataConfig = Config['data'];
+export type EnvironmentConfig = Config['environment'];

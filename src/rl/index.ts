@@ -1,0 +1,2 @@
+export * from './advantages.ts';
+export * from './loss.ts';
