@@ -172,7 +172,7 @@ export const TrainerSchema = z
       .default('latest'),
     resume_path: z.string().nullable().default(null),
     ckpt_path: z.string().default('runs/ckpts'),
-    /** Save a checkpoint every N steps (0 or -1: only at the end and on SIGINT). */
+    /** Save a checkpoint every N steps and at the end (0: only at the end; -1: never, except on SIGINT). */
     ckpt_interval: z.number().int().gte(-1).default(10),
     /** -1 keeps all. */
     max_ckpts_to_keep: z.number().int().gte(-1).default(2),

@@ -1,0 +1,145 @@
+// plot.ts: `npm run plot -- metrics.jsonl [-o chart.png]`: reward and accuracy over steps, as an SVG rendered to PNG
+// with @resvg/resvg-js (an .svg output name writes the SVG itself).
+import { readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { parseMetricsJsonl } from '../log/metrics.ts';
+
+export interface Series {
+  name: string;
+  color: string;
+  points: Array<[number, number]>;
+}
+
+/** The series the chart shows, by metric key (train rows and eval rows). */
+const SERIES: Array<{ key: string; kind?: string; name: string; color: string }> = [
+  { key: 'reward/mean', kind: 'train', name: 'train reward (mean)', color: '#1f77b4' },
+  { key: 'reward/accuracy', kind: 'train', name: 'train accuracy', color: '#2ca02c' },
+  { key: 'eval/reward', kind: 'eval', name: 'eval reward', color: '#ff7f0e' },
+  { key: 'eval/accuracy', kind: 'eval', name: 'eval accuracy', color: '#d62728' },
+];
+
+export function seriesFromMetrics(rows: Array<Record<string, number | string | null>>, keys?: string[]): Series[] {
+  const wanted = keys ? keys.map((k) => SERIES.find((s) => s.key === k) ?? { key: k, name: k, color: pickColor(k) }) : SERIES;
+  return wanted
+    .map((s) => ({
+      name: s.name,
+      color: s.color,
+      points: rows
+        .filter((r) => (!('kind' in s) || !s.kind || r.kind === s.kind || r.kind === undefined) && typeof r[s.key] === 'number' && typeof r.step === 'number')
+        .map((r) => [r.step as number, r[s.key] as number] as [number, number]),
+    }))
+    .filter((s) => s.points.length > 0);
+}
+
+function pickColor(k: string): string {
+  let h = 0;
+  for (const c of k) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return `hsl(${h % 360}, 65%, 45%)`;
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+function niceTicks(lo: number, hi: number, n: number): number[] {
+  if (hi <= lo) hi = lo + 1;
+  const raw = (hi - lo) / n;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? raw;
+  const out: number[] = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Number(v.toFixed(10)));
+  return out;
+}
+
+export function renderSvg(series: Series[], opts: { title?: string; width?: number; height?: number } = {}): string {
+  const W = opts.width ?? 900;
+  const H = opts.height ?? 500;
+  const m = { l: 60, r: 200, t: 40, b: 50 };
+  const pw = W - m.l - m.r;
+  const ph = H - m.t - m.b;
+  const all = series.flatMap((s) => s.points);
+  const xs = all.map((p) => p[0]);
+  const ys = all.map((p) => p[1]);
+  const x0 = xs.length ? Math.min(...xs) : 0;
+  const x1 = xs.length ? Math.max(...xs, x0 + 1) : 1;
+  let y0 = ys.length ? Math.min(0, ...ys) : 0;
+  let y1 = ys.length ? Math.max(1, ...ys) : 1;
+  if (y1 - y0 < 1e-9) {
+    y0 -= 0.5;
+    y1 += 0.5;
+  }
+  const sx = (x: number) => m.l + ((x - x0) / (x1 - x0)) * pw;
+  const sy = (y: number) => m.t + ph - ((y - y0) / (y1 - y0)) * ph;
+  const parts: string[] = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">`);
+  parts.push(`<rect width="${W}" height="${H}" fill="white"/>`);
+  parts.push(`<text x="${m.l}" y="24" font-family="DejaVu Sans, sans-serif" font-size="16">${esc(opts.title ?? 'reward and accuracy')}</text>`);
+  for (const t of niceTicks(y0, y1, 5)) {
+    parts.push(`<line x1="${m.l}" x2="${m.l + pw}" y1="${sy(t)}" y2="${sy(t)}" stroke="#e5e5e5"/>`);
+    parts.push(`<text x="${m.l - 8}" y="${sy(t) + 4}" text-anchor="end" font-family="DejaVu Sans, sans-serif" font-size="11">${t}</text>`);
+  }
+  for (const t of niceTicks(x0, x1, 8)) {
+    parts.push(`<line x1="${sx(t)}" x2="${sx(t)}" y1="${m.t}" y2="${m.t + ph}" stroke="#f0f0f0"/>`);
+    parts.push(`<text x="${sx(t)}" y="${m.t + ph + 16}" text-anchor="middle" font-family="DejaVu Sans, sans-serif" font-size="11">${t}</text>`);
+  }
+  parts.push(`<rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#333"/>`);
+  parts.push(`<text x="${m.l + pw / 2}" y="${H - 12}" text-anchor="middle" font-family="DejaVu Sans, sans-serif" font-size="12">step</text>`);
+  series.forEach((s, i) => {
+    const d = s.points.map((p, j) => `${j ? 'L' : 'M'}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(' ');
+    parts.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="2"/>`);
+    for (const p of s.points.length <= 60 ? s.points : []) parts.push(`<circle cx="${sx(p[0]).toFixed(1)}" cy="${sy(p[1]).toFixed(1)}" r="2.5" fill="${s.color}"/>`);
+    const ly = m.t + 10 + i * 20;
+    parts.push(`<line x1="${m.l + pw + 15}" x2="${m.l + pw + 35}" y1="${ly}" y2="${ly}" stroke="${s.color}" stroke-width="3"/>`);
+    parts.push(`<text x="${m.l + pw + 40}" y="${ly + 4}" font-family="DejaVu Sans, sans-serif" font-size="12">${esc(s.name)}</text>`);
+  });
+  parts.push('</svg>');
+  return parts.join('\n');
+}
+
+export async function svgToPng(svg: string): Promise<Buffer> {
+  const { Resvg } = await import('@resvg/resvg-js');
+  const r = new Resvg(svg, { font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans' }, background: 'white' });
+  return r.render().asPng();
+}
+
+/** Metrics file -> chart file (.png or .svg). Returns the number of series drawn. */
+export async function plotMetrics(input: string, output: string, opts: { keys?: string[]; title?: string } = {}): Promise<number> {
+  let text: string;
+  try {
+    text = readFileSync(input, 'utf8');
+  } catch (e) {
+    throw new Error(`plot: cannot read metrics file ${input}: ${(e as Error).message}`);
+  }
+  const series = seriesFromMetrics(parseMetricsJsonl(text), opts.keys);
+  if (series.length === 0) throw new Error(`plot: ${input} holds no reward/accuracy metrics (keys ${(opts.keys ?? SERIES.map((s) => s.key)).join(', ')})`);
+  const svg = renderSvg(series, { title: opts.title ?? input });
+  writeFileSync(output, output.endsWith('.svg') ? svg : await svgToPng(svg));
+  return series.length;
+}
+
+async function main(): Promise<void> {
+  const argv = await yargs(hideBin(process.argv))
+    .scriptName('npm run plot --')
+    .usage('$0 <metrics.jsonl> [-o chart.png]')
+    .positional('metrics', { type: 'string' })
+    .option('o', { alias: 'output', type: 'string', describe: 'output .png or .svg (default: <metrics>.png)' })
+    .option('keys', { type: 'string', describe: 'comma-separated metric keys (default: reward and accuracy, train and eval)' })
+    .option('title', { type: 'string' })
+    .demandCommand(1, 'give the metrics JSONL file')
+    .strict()
+    .help()
+    .parseAsync();
+  const input = String(argv._[0]);
+  const output = argv.o ?? input.replace(/\.jsonl$/, '') + '.png';
+  const n = await plotMetrics(input, output, { keys: argv.keys?.split(','), title: argv.title });
+  console.log(`wrote ${output} (${n} series)`);
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  main().catch((e: Error) => {
+    console.error(e.message);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,167 @@
+// metrics.ts: per-step metrics to a JSONL file (always), the console (a compact line), and W&B (lazily loaded
+// `@wandb/sdk`, only when WANDB_API_KEY is set and the logger asks for it); plus a progress display for long phases.
+import { appendFileSync, mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { childLogger } from './logger.ts';
+
+const log = childLogger('metrics');
+
+export type Metrics = Record<string, number>;
+
+export interface MetricsLoggerOptions {
+  /** JSONL file; parent folders are created. */
+  path: string;
+  /** Print a one-line summary of each step through pino. */
+  console?: boolean;
+  /** Send to W&B when WANDB_API_KEY is set. */
+  wandb?: { project: string; name: string; config?: unknown } | null;
+}
+
+interface WandbRun {
+  log(data: Record<string, unknown>, step?: number, commit?: boolean): void;
+  finish(code?: number): Promise<void>;
+}
+
+/** Metrics shown in the console line, in order, when present. */
+const CONSOLE_KEYS: Array<[string, string, number]> = [
+  ['reward/mean', 'reward', 3],
+  ['reward/accuracy', 'acc', 3],
+  ['eval/accuracy', 'eval_acc', 3],
+  ['loss', 'loss', 4],
+  ['kl', 'kl', 5],
+  ['entropy', 'ent', 3],
+  ['clip_frac', 'clip', 3],
+  ['grad_norm', 'gnorm', 3],
+  ['response_len/mean', 'len', 1],
+  ['tokens_per_s', 'tok/s', 0],
+  ['time/step', 's/step', 2],
+];
+
+export class MetricsLogger {
+  readonly path: string;
+  private wandbRun: WandbRun | null = null;
+  private readonly opts: MetricsLoggerOptions;
+
+  constructor(opts: MetricsLoggerOptions) {
+    this.opts = opts;
+    this.path = opts.path;
+    mkdirSync(dirname(opts.path), { recursive: true });
+  }
+
+  /** Connects to W&B when asked and WANDB_API_KEY is set; never throws (W&B trouble only costs the W&B copy). */
+  async init(): Promise<void> {
+    const w = this.opts.wandb;
+    if (!w) return;
+    if (!process.env.WANDB_API_KEY) {
+      log.warn('trainer.logger includes wandb but WANDB_API_KEY is not set: metrics go to %s only', this.path);
+      return;
+    }
+    try {
+      const mod = (await import('@wandb/sdk')) as unknown as { wandb: { init(o: Record<string, unknown>): Promise<WandbRun> } };
+      this.wandbRun = await mod.wandb.init({ project: w.project, name: w.name, config: w.config });
+      log.info({ project: w.project, name: w.name }, 'logging metrics to W&B');
+    } catch (e) {
+      log.warn('W&B init failed (%s); metrics go to %s only', (e as Error).message, this.path);
+    }
+  }
+
+  /** Appends one JSON line `{step, time, ...metrics}`; non-finite values are written as null. */
+  log(step: number, metrics: Metrics, kind: 'train' | 'eval' | 'sft' = 'train'): void {
+    const row: Record<string, unknown> = { step, kind, time: new Date().toISOString() };
+    for (const [k, v] of Object.entries(metrics)) row[k] = Number.isFinite(v) ? v : null;
+    appendFileSync(this.path, `${JSON.stringify(row)}\n`);
+    if (this.wandbRun) {
+      try {
+        this.wandbRun.log(metrics, step);
+      } catch (e) {
+        log.warn('W&B log failed: %s', (e as Error).message);
+      }
+    }
+    if (this.opts.console !== false) {
+      const parts = CONSOLE_KEYS.filter(([k]) => k in metrics).map(([k, name, digits]) => `${name}=${metrics[k]!.toFixed(digits)}`);
+      log.info(`${kind} step ${step}: ${parts.join(' ')}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.wandbRun) {
+      try {
+        await this.wandbRun.finish();
+      } catch {
+        /* W&B finish trouble is not a training failure */
+      }
+      this.wandbRun = null;
+    }
+  }
+}
+
+/** Reads a metrics JSONL file (for plots and tests); bad lines are skipped. */
+export function parseMetricsJsonl(text: string): Array<Record<string, number | string | null>> {
+  const out: Array<Record<string, number | string | null>> = [];
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      out.push(JSON.parse(line) as Record<string, number | string | null>);
+    } catch {
+      /* a torn last line after a crash */
+    }
+  }
+  return out;
+}
+
+/**
+ * A progress display for long phases (generation, training micro-batches, evaluation). On a TTY it redraws one
+ * line on stderr; otherwise it logs through pino at most every `intervalMs` and at the end.
+ */
+export class Progress {
+  private done = 0;
+  private readonly start = Date.now();
+  private lastPrint = 0;
+  private readonly tty: boolean;
+  private readonly enabled: boolean;
+
+  constructor(
+    private readonly label: string,
+    private readonly total: number,
+    private readonly opts: { intervalMs?: number; unit?: string; enabled?: boolean } = {},
+  ) {
+    this.tty = !!process.stderr.isTTY && process.env.GPTOSS_PROGRESS !== 'lines';
+    this.enabled = opts.enabled ?? process.env.GPTOSS_PROGRESS !== 'off';
+  }
+
+  tick(n = 1, note?: string): void {
+    this.done += n;
+    if (!this.enabled) return;
+    const now = Date.now();
+    const interval = this.opts.intervalMs ?? (this.tty ? 100 : 5000);
+    if (this.done < this.total && now - this.lastPrint < interval) return;
+    this.lastPrint = now;
+    this.print(note);
+  }
+
+  private print(note?: string): void {
+    const el = (Date.now() - this.start) / 1000;
+    const rate = el > 0 ? this.done / el : 0;
+    const pct = this.total > 0 ? Math.min(100, (100 * this.done) / this.total) : 100;
+    const eta = rate > 0 && this.done < this.total ? ` eta ${((this.total - this.done) / rate).toFixed(0)}s` : '';
+    const unit = this.opts.unit ?? 'it';
+    const text = `${this.label} ${this.done}/${this.total} (${pct.toFixed(0)}%) ${rate.toFixed(1)} ${unit}/s ${el.toFixed(1)}s${eta}${note ? ` ${note}` : ''}`;
+    if (this.tty) {
+      const width = 20;
+      const fill = Math.round((pct / 100) * width);
+      process.stderr.write(`\r\x1b[2K[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${text}`);
+    } else {
+      log.info(text);
+    }
+  }
+
+  finish(note?: string): void {
+    if (!this.enabled) return;
+    if (this.tty) {
+      this.print(note);
+      process.stderr.write('\n');
+    } else if (Date.now() - this.lastPrint > 0) {
+      this.print(note);
+    }
+  }
+}

@@ -1,0 +1,107 @@
+// policy.ts: the two interfaces the trainer loop is written against.
+//
+// Policy: the model being trained (log-probs with entropy, backward from per-token dLoss/dlogp, gradient
+// clipping, the optimizer step, save/load). The single-process implementation wraps the GPT-OSS model
+// (src/trainer/gptoss-policy.ts); a sharded trainer across GPUs implements the same interface.
+// Generator: produces completions with the log-probs of their sampled tokens. The local implementation samples
+// from the policy's own weights; a pool of inference engines (tensor-parallel, continuous batching) implements
+// the same interface later and gets new weights through updateWeights().
+
+/** A batch of sequences for log-probs: each is prompt tokens followed by response tokens. */
+export interface SequenceBatch {
+  sequences: Int32Array[];
+  /**
+   * Per sequence: how many leading tokens are prompt. Log-probs are returned for the tokens after it, i.e. for
+   * positions promptLens[i] .. sequences[i].length - 1 (log p(token_t | tokens_<t)).
+   */
+  promptLens: number[];
+}
+
+export interface LogprobOptions {
+  /** Also return per-token entropy of the (temperature-scaled) distribution. */
+  entropy?: boolean;
+  /** Divide logits by this before the softmax (the sampling temperature: log-probs then match the sampler's). */
+  temperature?: number;
+  /** Pack the sequences back to back (varlen attention) instead of padding them to the longest. */
+  packed?: boolean;
+}
+
+export interface LogprobOutput {
+  /** Per sequence: log-probs of its response tokens [len - promptLen]. */
+  logprobs: Float32Array[];
+  /** Per sequence: entropy at each response position (when asked). */
+  entropy?: Float32Array[];
+}
+
+/** A forward pass that kept its activations; backward() consumes them. */
+export interface TrainForward extends LogprobOutput {
+  /** Accumulates parameter gradients of Σ dLogprobs·logprobs (same layout as logprobs); frees the activations. */
+  backward(dLogprobs: Float32Array[]): Promise<void>;
+  /** Frees the activations without a backward pass (e.g. a NaN loss). */
+  release(): void;
+}
+
+export interface OptimizerHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+}
+
+export interface GradClipResult {
+  norm: number;
+  finite: boolean;
+  clipped: boolean;
+}
+
+/** Log-probs only (the frozen reference policy). */
+export interface LogprobModel {
+  readonly device: string;
+  logprobs(batch: SequenceBatch, opts?: LogprobOptions): Promise<LogprobOutput>;
+  dispose(): void;
+}
+
+export interface Policy extends LogprobModel {
+  /** A forward pass that keeps activations for backward(). */
+  forward(batch: SequenceBatch, opts?: LogprobOptions): Promise<TrainForward>;
+  zeroGrad(): void;
+  /** Global grad norm; scales the gradients to maxNorm when above it; finite=false means skip the step. */
+  clipGradNorm(maxNorm: number): GradClipResult;
+  /** One AdamW step on the accumulated gradients (step is 1-based, for bias correction). */
+  optimizerStep(h: OptimizerHyper, step: number): void;
+  /** A frozen copy of the current weights (the KL reference). */
+  frozenCopy(): Promise<LogprobModel>;
+  /** Writes model weights and optimizer state into dir (an existing empty folder). */
+  save(dir: string): Promise<void>;
+  /** Restores what save() wrote (weights and optimizer state). */
+  load(dir: string): Promise<void>;
+  numParameters(): number;
+}
+
+export interface SamplingParams {
+  maxTokens: number;
+  /** 0 = greedy. */
+  temperature: number;
+  topP?: number;
+  /** <= 0: no top-k cut. */
+  topK?: number;
+  seed: number;
+  /** Generation of a sequence stops after any of these tokens (included in the completion). */
+  stopTokenIds: number[];
+}
+
+export interface Completion {
+  tokens: Int32Array;
+  /** Log-prob of each sampled token under the sampler's (temperature-scaled) distribution. */
+  logprobs: Float32Array;
+  finishReason: 'stop' | 'length';
+}
+
+export interface Generator {
+  /** One completion per prompt (repeat a prompt for n samples). */
+  generate(prompts: Int32Array[], params: SamplingParams, onProgress?: (doneTokens: number) => void): Promise<Completion[]>;
+  /** Pulls the policy's current weights (a no-op where the generator samples from the policy itself). */
+  updateWeights(policy: Policy): Promise<void>;
+  dispose(): void;
+}
