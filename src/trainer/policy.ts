@@ -70,6 +70,8 @@ export interface Policy extends LogprobModel {
   clipGradNorm(maxNorm: number): GradClipResult;
   /** One AdamW step on the accumulated gradients (step is 1-based, for bias correction). */
   optimizerStep(h: OptimizerHyper, step: number): void;
+  /** Drops the optimizer state (moments; fp32 masters are re-taken from the weights at the next step). */
+  resetOptimizer(): void;
   /** A frozen copy of the current weights (the KL reference). */
   frozenCopy(): Promise<LogprobModel>;
   /** Writes model weights and optimizer state into dir (an existing empty folder). */

@@ -127,3 +127,13 @@ test('an empty dataset and a too-small one fail with a clear message', async () 
   await assert.rejects(trainGrpo({ config: cfg(dir), policy, generator: new ToyGenerator(policy), env: toyTask(0, 4) }), /training set of task 'toy' is empty/);
   await assert.rejects(trainGrpo({ config: cfg(dir), policy, generator: new ToyGenerator(policy), env: toyTask(3, 4) }), /3 prompts, fewer than trainer.train_batch_size=8/);
 });
+
+test('SFT on reference completions teaches the toy task', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sft-'));
+  const { trainSft } = await import('../../src/trainer/sft.ts');
+  const policy = new ToyPolicy(9);
+  const r = await trainSft({ config: cfg(dir), policy, env: toyTask(), generator: new ToyGenerator(policy) }, { steps: 60, batchSize: 8, lr: 0.05 });
+  assert.equal(r.skippedSteps, 0);
+  assert.ok(r.finalLoss < 0.5, `loss ${r.finalLoss}`);
+  assert.equal(r.evals.at(-1)!.accuracy, 1);
+});

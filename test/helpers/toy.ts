@@ -117,6 +117,11 @@ export class ToyPolicy implements Policy {
     }
   }
 
+  resetOptimizer(): void {
+    this.m.fill(0);
+    this.v.fill(0);
+  }
+
   async frozenCopy(): Promise<LogprobModel> {
     const c = new ToyPolicy(0, this.V);
     c.W = Float64Array.from(this.W);
@@ -193,11 +198,11 @@ export class ToyGenerator implements Generator {
   dispose(): void {}
 }
 
-/** Prompt [0, a] (a in 1..8); the right answer is token (a mod 8) + 1, then the stop token. */
+/** Prompt [0, a] (a in 1..4); the right answer is token 5 + (a mod 4) (in 5..8), then the stop token. */
 export function toyTask(numTrain = 64, numVal = 16): TaskEnv {
   const mk = (i: number, prefix: string): TaskExample => {
-    const a = 1 + (i % 8);
-    const ans = (a % 8) + 1;
+    const a = 1 + (i % 4);
+    const ans = 5 + (a % 4);
     return { id: `${prefix}${i}`, prompt: Int32Array.from([0, a]), answer: String(ans), reference: Int32Array.from([ans, TOY_STOP]) };
   };
   return {

@@ -1,0 +1,283 @@
+// gptoss-policy.ts: the single-process Policy and Generator over a GptOssModel (CPU or one GPU).
+//
+// Policy: packed forward (varlen attention: sequences back to back, no padding) returning the response tokens'
+// log-probs and entropy; backward from per-token dLoss/dlogp into fp32 gradient buffers that accumulate across
+// micro-batches; global grad-norm clipping; AdamW on fp32 master weights (the BF16 weights are refreshed from
+// them); save/load of weights (HF layout, loadable by loadModel) plus optimizer state (fp32 master, m, v).
+// LocalGenerator: batched generation from the same weights (so updateWeights is a no-op).
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Tensor } from '../tensor.ts';
+import { Tensor as T } from '../tensor.ts';
+import { GptOssModel, GptOssWeights, packSequences, disposeBatch, Checkpoint, saveCheckpoint as saveTensors, tensorToSave } from '../model/index.ts';
+import { adamwStep, gradNormAndClip } from '../ops/optim.ts';
+import { cast, fill } from '../ops/elementwise.ts';
+import type {
+  Completion,
+  GradClipResult,
+  Generator,
+  LogprobModel,
+  LogprobOptions,
+  LogprobOutput,
+  OptimizerHyper,
+  Policy,
+  SamplingParams,
+  SequenceBatch,
+  TrainForward,
+} from './policy.ts';
+
+function checkBatch(b: SequenceBatch, who: string): void {
+  if (b.sequences.length !== b.promptLens.length) throw new Error(`${who}: ${b.sequences.length} sequences but ${b.promptLens.length} prompt lengths`);
+  b.sequences.forEach((s, i) => {
+    const p = b.promptLens[i]!;
+    if (p < 1 || p > s.length) throw new Error(`${who}: sequence ${i} has ${s.length} tokens and prompt length ${p} (need 1 <= prompt <= length)`);
+  });
+}
+
+/** Slices each sequence's response log-probs out of a packed [T] array (position t holds log p(token t+1)). */
+function responseSlices(all: Float32Array, offsets: number[], b: SequenceBatch): Float32Array[] {
+  return b.sequences.map((s, i) => {
+    const o = offsets[i]!;
+    // Response tokens are positions promptLen..len-1; their log-probs sit at positions promptLen-1..len-2.
+    return all.slice(o + b.promptLens[i]! - 1, o + s.length - 1);
+  });
+}
+
+function toArrays(b: SequenceBatch): number[][] {
+  return b.sequences.map((s) => Array.from(s));
+}
+
+/** Log-probs (no grad) of a GptOssModel. */
+function modelLogprobs(model: GptOssModel, batch: SequenceBatch, opts: LogprobOptions = {}): LogprobOutput {
+  checkBatch(batch, 'logprobs');
+  if (batch.sequences.length === 0) return { logprobs: [], entropy: opts.entropy ? [] : undefined };
+  const pb = packSequences(toArrays(batch), model.device);
+  try {
+    const r = model.forward(pb, { temperature: opts.temperature ?? 1 });
+    const lp = r.logprobs.toFloat32();
+    const en = opts.entropy ? r.entropy.toFloat32() : undefined;
+    r.logprobs.dispose();
+    r.entropy.dispose();
+    return { logprobs: responseSlices(lp, pb.offsets, batch), entropy: en ? responseSlices(en, pb.offsets, batch) : undefined };
+  } finally {
+    disposeBatch(pb);
+  }
+}
+
+/** A frozen model that only computes log-probs (the KL reference). */
+export class FrozenGptOss implements LogprobModel {
+  constructor(readonly model: GptOssModel) {}
+  get device(): string {
+    return this.model.device;
+  }
+  async logprobs(batch: SequenceBatch, opts?: LogprobOptions): Promise<LogprobOutput> {
+    return modelLogprobs(this.model, batch, opts);
+  }
+  dispose(): void {
+    this.model.dispose();
+  }
+}
+
+interface OptState {
+  master: Tensor;
+  m: Tensor;
+  v: Tensor;
+}
+
+export class GptOssPolicy implements Policy {
+  readonly model: GptOssModel;
+  private grads: Map<string, Tensor> | null = null;
+  private opt = new Map<string, OptState>();
+  /** Optimizer steps taken (also saved). */
+  optimizerSteps = 0;
+
+  constructor(model: GptOssModel) {
+    this.model = model;
+  }
+
+  get device(): string {
+    return this.model.device;
+  }
+
+  async logprobs(batch: SequenceBatch, opts?: LogprobOptions): Promise<LogprobOutput> {
+    return modelLogprobs(this.model, batch, opts);
+  }
+
+  async forward(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<TrainForward> {
+    checkBatch(batch, 'forward');
+    const pb = packSequences(toArrays(batch), this.device);
+    let r: ReturnType<GptOssModel['forward']>;
+    try {
+      r = this.model.forward(pb, { train: true, temperature: opts.temperature ?? 1 });
+    } catch (e) {
+      disposeBatch(pb);
+      throw e;
+    }
+    const lp = r.logprobs.toFloat32();
+    const en = opts.entropy ? r.entropy.toFloat32() : undefined;
+    r.logprobs.dispose();
+    r.entropy.dispose();
+    const state = r.state!;
+    let consumed = false;
+    const release = (): void => {
+      if (consumed) return;
+      consumed = true;
+      state.dispose(); // also frees the packed batch
+    };
+    return {
+      logprobs: responseSlices(lp, pb.offsets, batch),
+      entropy: en ? responseSlices(en, pb.offsets, batch) : undefined,
+      backward: async (d: Float32Array[]) => {
+        if (consumed) throw new Error('TrainForward.backward: already consumed');
+        if (d.length !== batch.sequences.length) throw new Error(`backward: ${d.length} gradient rows for ${batch.sequences.length} sequences`);
+        const full = new Float32Array(pb.numTokens);
+        batch.sequences.forEach((s, i) => {
+          const n = s.length - batch.promptLens[i]!;
+          if (d[i]!.length !== n) throw new Error(`backward: sequence ${i} has ${n} response tokens but ${d[i]!.length} gradients`);
+          full.set(d[i]!, pb.offsets[i]! + batch.promptLens[i]! - 1);
+        });
+        const dt = T.from(full, [pb.numTokens], { device: this.device, dtype: 'f32' });
+        consumed = true;
+        try {
+          if (!this.grads) this.grads = this.model.zeroGrads();
+          this.model.backward(state, dt, this.grads);
+        } finally {
+          dt.dispose();
+        }
+      },
+      release,
+    };
+  }
+
+  zeroGrad(): void {
+    if (this.grads) for (const g of this.grads.values()) fill(g, 0);
+  }
+
+  clipGradNorm(maxNorm: number): GradClipResult {
+    if (!this.grads) return { norm: 0, finite: true, clipped: false };
+    return gradNormAndClip([...this.grads.values()], maxNorm);
+  }
+
+  private optState(name: string, p: Tensor): OptState {
+    let s = this.opt.get(name);
+    if (!s) {
+      s = { master: cast(p, 'f32'), m: T.zeros(p.shape, { dtype: 'f32', device: this.device }), v: T.zeros(p.shape, { dtype: 'f32', device: this.device }) };
+      this.opt.set(name, s);
+    }
+    return s;
+  }
+
+  optimizerStep(h: OptimizerHyper, step: number): void {
+    if (!this.grads) throw new Error('optimizerStep: no gradients (run forward + backward first)');
+    for (const [name, p] of this.model.weights.params) {
+      const s = this.optState(name, p);
+      adamwStep({ master: s.master, grad: this.grads.get(name)!, m: s.m, v: s.v, bf16: p }, { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step });
+    }
+    this.optimizerSteps = step;
+  }
+
+  resetOptimizer(): void {
+    for (const s of this.opt.values()) [s.master, s.m, s.v].forEach((t) => t.dispose());
+    this.opt.clear();
+    this.optimizerSteps = 0;
+  }
+
+  async frozenCopy(): Promise<LogprobModel> {
+    const w = this.model.weights;
+    const params = new Map<string, Tensor>();
+    for (const [n, t] of w.params) params.set(n, t.clone());
+    return new FrozenGptOss(new GptOssModel(new GptOssWeights(w.config, w.device, params), { recompute: this.model.recompute, lmHeadChunk: this.model.lmHeadChunk }));
+  }
+
+  async save(dir: string): Promise<void> {
+    this.model.weights.save(dir);
+    if (this.opt.size) {
+      const od = join(dir, 'optimizer');
+      mkdirSync(od, { recursive: true });
+      const tensors = [...this.opt].flatMap(([n, s]) => [tensorToSave(`master.${n}`, s.master), tensorToSave(`m.${n}`, s.m), tensorToSave(`v.${n}`, s.v)]);
+      saveTensors(od, tensors);
+      writeFileSync(join(od, 'optimizer.json'), JSON.stringify({ step: this.optimizerSteps, kind: 'adamw', params: this.opt.size }));
+    }
+  }
+
+  async load(dir: string): Promise<void> {
+    const ck = Checkpoint.open(dir);
+    try {
+      for (const [n, p] of this.model.weights.params) {
+        const t = ck.load(n, { device: this.device, dtype: 'bf16', shape: p.shape });
+        p.copyFrom(t);
+        t.dispose();
+      }
+    } finally {
+      ck.close();
+    }
+    for (const s of this.opt.values()) [s.master, s.m, s.v].forEach((t) => t.dispose());
+    this.opt.clear();
+    const od = join(dir, 'optimizer');
+    if (existsSync(join(od, 'optimizer.json'))) {
+      const meta = JSON.parse(readFileSync(join(od, 'optimizer.json'), 'utf8')) as { step: number };
+      const ock = Checkpoint.open(od);
+      try {
+        for (const [n, p] of this.model.weights.params) {
+          const load = (k: string) => ock.load(`${k}.${n}`, { device: this.device, dtype: 'f32', shape: p.shape });
+          this.opt.set(n, { master: load('master'), m: load('m'), v: load('v') });
+        }
+      } finally {
+        ock.close();
+      }
+      this.optimizerSteps = meta.step;
+    }
+  }
+
+  numParameters(): number {
+    return this.model.weights.numParameters();
+  }
+
+  dispose(): void {
+    if (this.grads) for (const g of this.grads.values()) g.dispose();
+    this.grads = null;
+    for (const s of this.opt.values()) [s.master, s.m, s.v].forEach((t) => t.dispose());
+    this.opt.clear();
+    this.model.dispose();
+  }
+}
+
+/**
+ * Generation from the policy's own weights (one process). Prompts are generated in chunks of `maxBatch`
+ * sequences (memory: a KV cache per layer of [batch, longest prompt + maxTokens, kv heads, head dim]).
+ */
+export class LocalGenerator implements Generator {
+  constructor(
+    readonly model: GptOssModel,
+    readonly maxBatch = 64,
+  ) {}
+
+  async generate(prompts: Int32Array[], p: SamplingParams, onProgress?: (doneTokens: number) => void): Promise<Completion[]> {
+    const out: Completion[] = [];
+    let done = 0;
+    for (let i = 0; i < prompts.length; i += this.maxBatch) {
+      const chunk = prompts.slice(i, i + this.maxBatch).map((x) => Array.from(x));
+      const res = this.model.generate(chunk, {
+        maxNewTokens: p.maxTokens,
+        temperature: p.temperature,
+        topP: p.topP,
+        topK: p.topK !== undefined && p.topK > 0 ? p.topK : undefined,
+        // A different seed per chunk so that repeated prompts in different chunks differ.
+        seed: (p.seed + 7919 * (i / this.maxBatch)) >>> 0,
+        stopTokens: p.stopTokenIds,
+      });
+      for (const r of res) {
+        out.push({ tokens: Int32Array.from(r.tokens), logprobs: Float32Array.from(r.logprobs), finishReason: r.finishReason });
+        done += r.tokens.length;
+      }
+      onProgress?.(done);
+    }
+    return out;
+  }
+
+  async updateWeights(): Promise<void> {
+    // Same weights as the policy.
+  }
+
+  dispose(): void {}
+}
