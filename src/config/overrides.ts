@@ -30,6 +30,33 @@ export class ConfigError extends Error {
 
 const KEY_RE = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/;
 
+/**
+ * Hydra writes flow maps without a space after the colon (`{reasoning_effort:'low'}`), which YAML reads as a
+ * single key; insert the space after each `key:` that follows `{` or `,` (outside quotes).
+ */
+export function hydraFlow(raw: string): string {
+  const t = raw.trim();
+  if (!t.startsWith('{')) return raw;
+  let out = '';
+  let quote: string | null = null;
+  let keyStart = true;
+  for (let i = 0; i < t.length; i++) {
+    const c = t[i]!;
+    out += c;
+    if (quote) {
+      if (c === quote) quote = null;
+      continue;
+    }
+    if (c === '"' || c === "'") quote = c;
+    else if (c === '{' || c === ',') keyStart = true;
+    else if (c === ':' && keyStart) {
+      if (t[i + 1] !== ' ') out += ' ';
+      keyStart = false;
+    } else if (c === '[' || c === '}') keyStart = false;
+  }
+  return out;
+}
+
 export function parseOverride(text: string): Override {
   let rest = text.trim();
   let op: OverrideOp = 'set';
@@ -55,7 +82,7 @@ export function parseOverride(text: string): Override {
   const raw = rest.slice(eq + 1);
   let value: unknown;
   try {
-    value = raw.trim() === '' ? '' : parseYaml(raw);
+    value = raw.trim() === '' ? '' : parseYaml(hydraFlow(raw));
   } catch (e) {
     throw new ConfigError(`override '${text}': the value '${raw}' is not valid YAML (${(e as Error).message.split('\n')[0]})`);
   }

@@ -82,3 +82,16 @@ test('the schema covers the seed keys', () => {
     'generator.enforce_eager', 'environment.env_class', 'data.train_data', 'data.val_data',
   ]) assert.ok(keys.has(k), k);
 });
+
+test('Hydra flow maps without spaces, and shell-split overrides are joined back', async () => {
+  const { joinOverrides } = await import('../../src/cli/args.ts');
+  const c = loadConfig({ overrides: ["++generator.chat_template_kwargs={reasoning_effort:'high'}"] });
+  assert.equal(c.generator.chat_template_kwargs?.reasoning_effort, 'high');
+  assert.deepEqual(joinOverrides(['+generator.chat_template_kwargs={reasoning_effort:', 'low}', 'trainer.seed=3']), [
+    '+generator.chat_template_kwargs={reasoning_effort: low}',
+    'trainer.seed=3',
+  ]);
+  assert.throws(() => joinOverrides(['trainer.seed']), /not an override/);
+  assert.throws(() => joinOverrides(['a={b: 1']), /unbalanced/);
+  assert.throws(() => loadConfig({ overrides: ['++generator.chat_template_kwargs={reasoning_effort: extreme}'] }), /generator\.chat_template_kwargs\.reasoning_effort/);
+});
