@@ -256,6 +256,13 @@ export const DataSchema = z
     max_train_samples: posInt().nullable().default(null),
     max_val_samples: posInt().nullable().default(null),
     shuffle: z.boolean().default(true),
+    /**
+     * Map the task's tokens onto a compact vocabulary (only the ids its prompts, references and stop tokens use)
+     * so a tiny random-init model has a small embedding/LM head; see src/trainer/vocab.ts. CPU tests and demos.
+     */
+    compact_vocab: z.boolean().default(false),
+    /** Text whose tokens join the compact vocabulary (e.g. digits the answers may need). */
+    compact_vocab_extra: z.array(z.number().int().nonnegative()).default([]),
     synthetic: z
       .strictObject({
         seed: z.number().int().default(1234),

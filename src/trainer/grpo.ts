@@ -59,6 +59,14 @@ export function learningRate(opt: Config['trainer']['policy']['optimizer_config'
   }
 }
 
+/**
+ * Lets the event loop run (signal handlers such as SIGINT, timers, W&B uploads). CPU ops are synchronous and
+ * `await` of a settled promise is only a microtask, so without this a long run would never see Ctrl-C.
+ */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((r) => setImmediate(r));
+}
+
 function chunks<T>(xs: T[], n: number): T[][] {
   const out: T[][] = [];
   for (let i = 0; i < xs.length; i += n) out.push(xs.slice(i, i + n));
@@ -214,6 +222,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
 
   let order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
   while (state.step < totalSteps && state.epoch < t.epochs) {
+    await yieldToEventLoop();
     if (d.signal?.aborted) {
       interrupted = true;
       break;
@@ -332,6 +341,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
         const norm = { tokens: normTokens, sequences: mini.length };
         let bad = false;
         for (const micro of chunks(mini, t.micro_train_batch_size_per_gpu)) {
+          await yieldToEventLoop();
           const mb: SequenceBatch = { sequences: micro.map((i) => batch.sequences[i]!), promptLens: micro.map((i) => batch.promptLens[i]!) };
           const fwd = await timed('train_forward', () => policy.forward(mb, { entropy: false, temperature: lpTemperature, packed }));
           const res = policyLoss(
@@ -430,7 +440,8 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
     d.metrics?.log(step, m, 'train');
     d.onStep?.(step, m);
 
-    if (t.eval_interval > 0 && step % t.eval_interval === 0) await runEval(step);
+    await yieldToEventLoop();
+    if (t.eval_interval > 0 && step % t.eval_interval === 0 && !d.signal?.aborted) await runEval(step);
     if (t.ckpt_interval > 0 && step % t.ckpt_interval === 0) await checkpoint();
     if (d.signal?.aborted) {
       interrupted = true;

@@ -4,7 +4,7 @@ import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
 import { crossEntropyLoss } from '../rl/loss.ts';
-import { evaluate } from './grpo.ts';
+import { evaluate, yieldToEventLoop } from './grpo.ts';
 import type { Generator, Policy, SequenceBatch } from './policy.ts';
 import { Rng } from './rng.ts';
 import type { TaskEnv } from './task.ts';
@@ -63,6 +63,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
     d.metrics?.log(step, { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength }, 'eval');
   };
   for (let step = 1; step <= steps; step++) {
+    await yieldToEventLoop();
     if (d.signal?.aborted) break;
     const t0 = performance.now();
     const batch = [];

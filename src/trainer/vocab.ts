@@ -49,12 +49,14 @@ export function buildVocabMap(tokenLists: Iterable<ArrayLike<number>>, extra: It
  * The same task over a compact vocabulary: every token of every prompt and reference, the stop tokens and
  * `extra` (e.g. all digit and punctuation tokens the answers may need). Rewards and decoding see original ids.
  */
-export function compactTask(env: TaskEnv, extra: Iterable<number> = []): { env: TaskEnv; vocab: VocabMap } {
+export function compactTask(env: TaskEnv, extra: Iterable<number> = [], existing?: VocabMap): { env: TaskEnv; vocab: VocabMap } {
   const all = [...env.train, ...env.val];
-  const vocab = buildVocabMap(
-    all.flatMap((e) => (e.reference ? [e.prompt, e.reference] : [e.prompt])),
-    [...env.stopTokenIds, ...extra],
-  );
+  const vocab =
+    existing ??
+    buildVocabMap(
+      all.flatMap((e) => (e.reference ? [e.prompt, e.reference] : [e.prompt])),
+      [...env.stopTokenIds, ...extra],
+    );
   const remap = (e: TaskExample): TaskExample => ({ ...e, prompt: vocab.encode(e.prompt), reference: e.reference ? vocab.encode(e.reference) : undefined });
   const original = new WeakMap<TaskExample, TaskExample>();
   const wrap = (e: TaskExample): TaskExample => {
