@@ -3,6 +3,7 @@
 import { ConfigError } from '../config/overrides.ts';
 import { CheckpointError } from '../trainer/checkpoint.ts';
 import { SetupError } from '../trainer/setup.ts';
+import { DataError } from '../trainer/task.ts';
 
 export function runMain(main: () => Promise<void>): void {
   main().then(
@@ -11,7 +12,7 @@ export function runMain(main: () => Promise<void>): void {
       process.exit(process.exitCode ?? 0);
     },
     (e: unknown) => {
-      if (e instanceof ConfigError || e instanceof SetupError || e instanceof CheckpointError) {
+      if (e instanceof ConfigError || e instanceof SetupError || e instanceof CheckpointError || e instanceof DataError) {
         process.stderr.write(`error: ${e.message}\n`);
         process.exit(2);
       }

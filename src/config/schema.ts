@@ -268,8 +268,10 @@ export const DataSchema = z
         seed: z.number().int().default(1234),
         num_train: posInt().default(2000),
         num_val: posInt().default(200),
-        /** Difficulty knob passed to the task generator (e.g. the operand range). */
-        max_operand: posInt().default(20),
+        /** tiny: single-digit additions (learnable by a tiny model on a CPU); easy/medium/hard: word problems. */
+        difficulty: z.enum(['tiny', 'easy', 'medium', 'hard']).default('tiny'),
+        /** Reference solutions with the analysis-channel reasoning (false: only the final `#### N`). */
+        reasoning: z.boolean().default(true),
       })
       .prefault({}),
   })

@@ -17,7 +17,7 @@ import { policyLoss, meanK3 } from '../rl/loss.ts';
 import { CheckpointError, readTrainerState, resolveResume, saveCheckpoint, type TrainerState } from './checkpoint.ts';
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, SamplingParams, SequenceBatch } from './policy.ts';
 import { Rng } from './rng.ts';
-import type { TaskEnv, TaskExample } from './task.ts';
+import { DataError, type TaskEnv, type TaskExample } from './task.ts';
 
 const log = childLogger('grpo');
 
@@ -156,9 +156,9 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   const alg = t.algorithm;
   const g = config.generator;
   const n = g.n_samples_per_prompt;
-  if (env.train.length === 0) throw new Error(`GRPO: the training set of task '${env.name}' is empty (check data.train_data / data.max_train_samples)`);
+  if (env.train.length === 0) throw new DataError(`GRPO: the training set of task '${env.name}' is empty (check data.train_data / data.max_train_samples)`);
   if (env.train.length < t.train_batch_size) {
-    throw new Error(`GRPO: the training set has ${env.train.length} prompts, fewer than trainer.train_batch_size=${t.train_batch_size}`);
+    throw new DataError(`GRPO: the training set has ${env.train.length} prompts, fewer than trainer.train_batch_size=${t.train_batch_size}`);
   }
   const useKl = alg.use_kl_loss && alg.kl_loss_coef > 0;
   // The reference must be the initial weights: copy before loading any checkpoint.

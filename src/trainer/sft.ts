@@ -7,7 +7,7 @@ import { crossEntropyLoss } from '../rl/loss.ts';
 import { evaluate, yieldToEventLoop } from './grpo.ts';
 import type { Generator, Policy, SequenceBatch } from './policy.ts';
 import { Rng } from './rng.ts';
-import type { TaskEnv } from './task.ts';
+import { DataError, type TaskEnv } from './task.ts';
 
 const log = childLogger('sft');
 
@@ -44,7 +44,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
   const bs = o.batchSize ?? s.batch_size;
   const lr = o.lr ?? s.lr;
   const examples = env.train.filter((e) => e.reference && e.reference.length > 0);
-  if (examples.length === 0) throw new Error(`SFT: task '${env.name}' has no training examples with reference completions`);
+  if (examples.length === 0) throw new DataError(`SFT: task '${env.name}' has no training examples with reference completions`);
   const rng = new Rng(config.trainer.seed + 17);
   let order = rng.permutation(examples.length);
   let pos = 0;

@@ -29,3 +29,11 @@ export interface TaskEnv {
   /** Text of tokens (for logs and sample dumps). */
   decode?(tokens: Int32Array): string;
 }
+
+/** A problem with the data (missing file, empty split, too few prompts): reported without a stack trace. */
+export class DataError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DataError';
+  }
+}
