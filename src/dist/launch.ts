@@ -200,7 +200,8 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
-  if (hub) hub.abort(failure ? failure.reason : 'the launcher finished');
+  if (hub && failure) hub.abort(failure.reason);
+  else hub?.close();
   const ranks = exits.map((e) => e!);
   if (!failure) return { exitCode: 0, ranks };
   const own = failure.rank >= 0 ? ranks.find((r) => r.rank === failure!.rank) : undefined;

@@ -101,6 +101,15 @@ export class Hub {
     this.closeResolve();
   }
 
+  /** Stops quietly (the launcher is done with it). */
+  close(): void {
+    if (this.aborted) return;
+    this.aborted = 'the process group was closed';
+    for (const s of this.clients) s?.destroy();
+    this.server.close();
+    this.closeResolve();
+  }
+
   private accept(s: Socket): void {
     s.setNoDelay(true);
     const reader = new FrameReader();
