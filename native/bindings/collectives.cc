@@ -18,7 +18,7 @@
 #include "binding.h"
 
 #ifdef GPTOSS_WITH_NCCL
-#include "../cuda/nccl.h"
+#include "../cuda/nccl_comm.h"
 #endif
 
 using namespace gptoss;

@@ -1,6 +1,6 @@
-// nccl.cc: communicators and collectives over NCCL (see nccl.h). Compiled only in CUDA builds; this is the
+// nccl.cc: communicators and collectives over NCCL (see nccl_comm.h). Compiled only in CUDA builds; this is the
 // only file that includes nccl.h from NCCL, so every .cu file still compiles in CI without it.
-#include "nccl.h"
+#include "nccl_comm.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>

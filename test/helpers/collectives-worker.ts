@@ -117,6 +117,12 @@ async function badInput(ctx: DistContext): Promise<void> {
     c.allGather(Tensor.zeros([n * 3], { device, dtype: 'bf16' }), Tensor.zeros([3], { device })),
     /allGather: .* \(dtypes differ\)/,
   );
+  if (ctx.backend === 'nccl') {
+    await assert.rejects(
+      c.allReduce(Tensor.zeros([2], { device: 'cpu' })),
+      new RegExp(`ncclAllReduce: send is f32\\[2\\] on cpu but the communicator of rank ${rank} is on ${device}`),
+    );
+  }
   pass(ctx, 'local argument errors');
   if (ctx.backend === 'cpu') {
     // Across ranks: only the CPU backend can see every rank's tensor; all ranks get the same error.

@@ -1,4 +1,4 @@
-// nccl.h: the NCCL backend seen from code that must not include NCCL or CUDA headers (the bindings).
+// nccl_comm.h: the NCCL backend seen from code that must not include NCCL or CUDA headers (the bindings).
 // Implemented by native/cuda/nccl.cc, compiled only in CUDA builds (GPTOSS_WITH_NCCL defined).
 //
 // Every collective is enqueued on the compute stream of the communicator's device (stream(device) in
