@@ -119,7 +119,9 @@ for (const [t, h, mis] of [
     assertBound(fg.y.toFloat32(), fc.y.toFloat32(), truth.y, 1e-6, 'y');
     assert.ok(maxAbsDiff(fg.rstd.toFloat32(), truth.rstd) <= 1e-5 * maxAbs(truth.rstd), 'rstd');
     const bc = rmsnormBackward(dc, xc, wc, fc.rstd), bg = rmsnormBackward(dg, xg, wg, fg.rstd);
-    assertBound(bg.dx.toFloat32(), bc.dx.toFloat32(), truth.dx, 1e-6 * maxAbs(truth.dx), 'dx');
+    // dx is a difference of terms of size |dy * w * rstd| (it cancels to ~0 when H = 1): the floor scales with that.
+    const termScale = maxAbs(dy) * maxAbs(w) * maxAbs(truth.rstd);
+    assertBound(bg.dx.toFloat32(), bc.dx.toFloat32(), truth.dx, 1e-6 * termScale, 'dx');
     assertBound(bg.dw.toFloat32(), bc.dw.toFloat32(), truth.dw, 1e-6 * maxAbs(truth.dw), 'dw');
     const again = rmsnormBackward(dg, xg, wg, fg.rstd);
     assert.deepEqual(again.dw.toFloat32(), bg.dw.toFloat32(), 'dw bitwise reproducible');
