@@ -1,0 +1,73 @@
+// The o200k_harmony tokenizer and the harmony chat format of GPT-OSS (see docs/harmony.md).
+export {
+  NUM_ORDINARY_TOKENS,
+  VOCAB_SIZE,
+  SPECIAL_TOKENS,
+  STOP_TOKEN_IDS,
+  EOS_TOKEN_ID,
+  PAD_TOKEN_ID,
+  specialText,
+  isSpecialId,
+  specialIdToText,
+  specialTextToId,
+  allSpecialTokens,
+  type SpecialTokenName,
+} from './specials.ts';
+export { HarmonyTokenizer, getTokenizer, type EncodeOptions, type DecodeOptions } from './tokenizer.ts';
+export {
+  REASONING_EFFORTS,
+  DEFAULT_MODEL_IDENTITY,
+  DEFAULT_KNOWLEDGE_CUTOFF,
+  DEFAULT_CHANNELS,
+  Rendered,
+  systemMessage,
+  developerMessage,
+  userMessage,
+  assistantMessage,
+  toolMessage,
+  formatDate,
+  renderSystemContent,
+  renderDeveloperContent,
+  renderMessageInto,
+  dropAnalysis,
+  renderConversation,
+  renderConversationForCompletion,
+  renderCompletion,
+  completionMessages,
+  type Role,
+  type ReasoningEffort,
+  type MessageEnd,
+  type SystemContent,
+  type DeveloperContent,
+  type Message,
+  type RenderOptions,
+  type Segment,
+} from './harmony.ts';
+export { schemaType, renderTool, renderToolNamespace, type JsonSchema, type ToolDescription, type ToolNamespace } from './tool-schema.ts';
+export {
+  parseTokens,
+  parseText,
+  finalMessage,
+  finalText,
+  analysisText,
+  type ParsedMessage,
+  type ParseIssue,
+  type ParseIssueKind,
+  type ParseResult,
+  type ParseOptions,
+} from './parser.ts';
+export {
+  CHAT_TEMPLATE_KWARGS,
+  chatTemplateKwargsToOptions,
+  chatToHarmony,
+  renderChatPrompt,
+  functionsNamespace,
+  pythonJson,
+  type ChatRole,
+  type ChatMessage,
+  type ChatToolCall,
+  type ChatTool,
+  type ChatRenderOptions,
+} from './chat.ts';
+export { loadChatTemplate, renderJinjaChatTemplate, renderModelChatTemplate, strftime, type JinjaRenderOptions } from './jinja.ts';
+export { checkTokenizerFiles, assertTokenizerFilesAgree, type TokenizerFilesCheck, type TokenizerFilesCheckOptions } from './model-files.ts';
