@@ -5,9 +5,13 @@
 // The template sees: messages, tools, add_generation_prompt, bos/eos/pad tokens, every chat_template_kwargs
 // entry (reasoning_effort, ...), and strftime_now(), which formats `currentDate` (default: today) so that a
 // template that prints the date renders reproducibly.
+//
+// @huggingface/jinja is loaded on first use (through its CommonJS build, so the API stays synchronous): importing
+// this module costs nothing where templates are never rendered (and works where the package is not installed).
 import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { Environment, Interpreter, Template } from '@huggingface/jinja';
+import type { Environment as JinjaEnvironment, Interpreter as JinjaInterpreter, Template as JinjaTemplate } from '@huggingface/jinja';
 import type { ChatMessage, ChatTool } from './chat.ts';
 import { getTokenizer } from './tokenizer.ts';
 
@@ -85,13 +89,24 @@ function range(start: number, stop?: number, step = 1): number[] {
   return out;
 }
 
-// Parsed templates by source (a trainer renders thousands of prompts with the same one).
-const parsedTemplates = new Map<string, Template>();
+interface JinjaModule {
+  Environment: typeof JinjaEnvironment;
+  Interpreter: typeof JinjaInterpreter;
+  Template: typeof JinjaTemplate;
+}
+let jinjaModule: JinjaModule | undefined;
+function jinja(): JinjaModule {
+  jinjaModule ??= createRequire(import.meta.url)('@huggingface/jinja') as JinjaModule;
+  return jinjaModule;
+}
 
-function parsedTemplate(source: string): Template {
+// Parsed templates by source (a trainer renders thousands of prompts with the same one).
+const parsedTemplates = new Map<string, JinjaTemplate>();
+
+function parsedTemplate(source: string): JinjaTemplate {
   let t = parsedTemplates.get(source);
   if (!t) {
-    t = new Template(source);
+    t = new (jinja().Template)(source);
     if (parsedTemplates.size >= 8) parsedTemplates.delete(parsedTemplates.keys().next().value!);
     parsedTemplates.set(source, t);
   }
@@ -103,6 +118,7 @@ export function renderJinjaChatTemplate(template: string, messages: readonly Cha
   const tpl = parsedTemplate(template);
   const date = opts.currentDate ?? new Date();
   // The same globals as Template.render(), but with our strftime_now (the library's cannot be overridden).
+  const { Environment, Interpreter } = jinja();
   const env = new Environment();
   const globals: Record<string, unknown> = {
     false: false,
