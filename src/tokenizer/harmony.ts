@@ -183,7 +183,7 @@ export function renderDeveloperContent(c: DeveloperContent): string {
 
 function hasFunctionTools(messages: readonly Message[]): boolean {
   return messages.some(
-    (m) => typeof m.content === 'object' && m.content.kind === 'developer' && (m.content.tools ?? []).some((ns) => ns.name === 'functions'),
+    (m) => typeof m.content === 'object' && m.content.kind === 'developer' && (m.content.tools ?? []).some((ns) => ns.name === 'functions' && ns.tools.length > 0),
   );
 }
 
@@ -275,6 +275,19 @@ export function renderConversationForCompletion(
 ): Rendered {
   const r = renderConversation(messages, opts);
   return new Rendered([...r.segments, { special: 'start' }, { text: nextRole }]);
+}
+
+/**
+ * Renders a conversation as a training target: analysis kept (autoDropAnalysis defaults to false here), and a last
+ * assistant message on the final channel ends with `<|return|>`, as the model emits it.
+ */
+export function renderConversationForTraining(messages: readonly Message[], opts: RenderOptions = {}): Rendered {
+  const last = messages[messages.length - 1];
+  const msgs =
+    last && last.role === 'assistant' && last.channel === 'final' && last.end === undefined
+      ? [...messages.slice(0, -1), { ...last, end: 'return' as const }]
+      : messages;
+  return renderConversation(msgs, { ...opts, autoDropAnalysis: opts.autoDropAnalysis ?? false });
 }
 
 /**

@@ -32,6 +32,7 @@ export {
   dropAnalysis,
   renderConversation,
   renderConversationForCompletion,
+  renderConversationForTraining,
   renderCompletion,
   completionMessages,
   type Role,

@@ -24,6 +24,7 @@ import {
   renderCompletion,
   renderConversation,
   renderConversationForCompletion,
+  renderConversationForTraining,
   renderJinjaChatTemplate,
   renderModelChatTemplate,
   systemMessage,
@@ -440,6 +441,24 @@ test('a completion renders as the model writes it after <|start|>assistant', () 
   assert.equal(finalText(parsed), '#### 4');
   assert.equal(parsed.truncated, false);
   assert.throws(() => renderCompletion([userMessage('x')]), /first message must be an assistant message/);
+});
+
+test('training render keeps the analysis and ends the final answer with <|return|>', () => {
+  const msgs = [userMessage('What is 2 + 2?'), assistantMessage('2 + 2 = 4', 'analysis'), assistantMessage('#### 4')];
+  // The default render drops the analysis of a finished turn (reference behaviour)...
+  assert.equal(
+    renderConversation(msgs).text,
+    '<|start|>user<|message|>What is 2 + 2?<|end|><|start|>assistant<|channel|>final<|message|>#### 4<|end|>',
+  );
+  // ... the training render keeps it and ends with <|return|>.
+  assert.equal(
+    renderConversationForTraining(msgs).text,
+    '<|start|>user<|message|>What is 2 + 2?<|end|><|start|>assistant<|channel|>analysis<|message|>2 + 2 = 4<|end|>' +
+      '<|start|>assistant<|channel|>final<|message|>#### 4<|return|>',
+  );
+  // An empty functions namespace adds no commentary-channel note.
+  const t = renderConversation([systemMessage(), developerMessage({ tools: [{ name: 'functions', tools: [] }] })]).text;
+  assert.ok(!t.includes('Calls to these tools'));
 });
 
 test('special-token text inside user content is plain text by default and refused with strictSpecials', () => {
