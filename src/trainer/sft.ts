@@ -50,6 +50,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
   let pos = 0;
   let skipped = 0;
   let lastLoss = NaN;
+  let lastLr = 0;
   const evals: SftResult['evals'] = [];
   const micro = config.trainer.micro_train_batch_size_per_gpu;
   const opt = config.trainer.policy.optimizer_config;
@@ -105,13 +106,15 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
       policy.zeroGrad();
       log.warn({ step }, 'SFT step skipped: non-finite loss or gradient (total skipped %d)', skipped);
     } else {
-      // Linear warm-up over the first 5% of steps, then constant.
+      // Linear warm-up over the first 5% of steps, then cosine decay to 10% of lr (stable for tiny models).
       const warm = Math.max(1, Math.floor(steps * 0.05));
-      const lrNow = step <= warm ? (lr * step) / warm : lr;
+      const prog = Math.min(1, (step - warm) / Math.max(1, steps - warm));
+      const lrNow = step <= warm ? (lr * step) / warm : lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * prog)));
+      lastLr = lrNow;
       policy.optimizerStep({ lr: lrNow, beta1: opt.adam_betas[0], beta2: opt.adam_betas[1], eps: opt.eps, weightDecay: s.weight_decay }, step);
       lastLoss = loss;
     }
-    const m: Metrics = { loss, grad_norm: clip.norm, lr, tokens_per_s: tokens / ((performance.now() - t0) / 1000), 'time/step': (performance.now() - t0) / 1000, skipped_steps: skipped };
+    const m: Metrics = { loss, grad_norm: clip.norm, lr: lastLr, tokens_per_s: tokens / ((performance.now() - t0) / 1000), 'time/step': (performance.now() - t0) / 1000, skipped_steps: skipped };
     progress.tick(1, `loss ${loss.toFixed(4)}`);
     if (step % s.log_interval === 0 || step === steps) d.metrics?.log(step, m, 'sft');
     d.onStep?.(step, m);
