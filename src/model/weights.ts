@@ -118,8 +118,13 @@ export interface RandomInitOptions {
   biasStd?: number;
   /** Std of the norm weights around 1 (default 0: exactly ones). */
   normStd?: number;
-  /** Std of the sink logits (default 0.02... HF draws them like matrices). */
+  /** Std of the sink logits (default 0.02: HF draws them like matrices). */
   sinkStd?: number;
+  /**
+   * Benchmarks only: matrices are cut from one shared pool of 16M random values at per-tensor offsets (memcpy
+   * speed instead of ~20 ns per value, which matters for billions of parameters). Values repeat across tensors.
+   */
+  fast?: boolean;
 }
 
 /** A 32-bit hash of a string (FNV-1a), mixed with the seed so each tensor has its own stream. */
@@ -153,6 +158,58 @@ function fillRandom(out: Float32Array, state: { s: number }, mean: number, std: 
     out[i] = mean + (u1 + u2 - 4294967296) * k;
   }
   state.s = s;
+}
+
+const POOL = 1 << 24;
+let pool: { seed: number; bits: Uint16Array } | null = null;
+
+/** A seeded random BF16 tensor whose values are windows of a shared unit-variance pool, scaled on the host. */
+function pooledRandomTensor(name: string, shape: readonly number[], mean: number, std: number, seed: number, device: string): Tensor {
+  if (!pool || pool.seed !== seed) {
+    const f = new Float32Array(POOL);
+    fillRandom(f, { s: hash32('pool', seed) }, 0, 1);
+    pool = { seed, bits: f32ToBf16Bits(f) };
+  }
+  const t = Tensor.empty(shape, { dtype: 'bf16', device });
+  const n = t.numel;
+  const rows = shape[0] ?? 1;
+  const rowElems = n / rows;
+  // Scaling by a power of two is exact on bf16 bits (exponent add); other stds go through f32.
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  const scaled = new Uint16Array(POOL);
+  for (let i = 0; i < POOL; i++) {
+    u[0] = pool.bits[i]! << 16;
+    f[0] = mean + f[0]! * std;
+    scaled[i] = (u[0]! + 0x7fff + ((u[0]! >>> 16) & 1)) >>> 16;
+  }
+  const start = hash32(name, seed) % POOL;
+  const chunkRows = Math.max(1, Math.floor((POOL >> 1) / Math.max(1, rowElems)));
+  let cursor = start;
+  for (let r0 = 0; r0 < rows; r0 += chunkRows) {
+    const r1 = Math.min(rows, r0 + chunkRows);
+    const len = (r1 - r0) * rowElems;
+    let src: Uint16Array;
+    if (len <= POOL - cursor) src = scaled.subarray(cursor, cursor + len);
+    else {
+      src = new Uint16Array(len);
+      let o = 0;
+      while (o < len) {
+        const take = Math.min(len - o, POOL - cursor);
+        src.set(scaled.subarray(cursor, cursor + take), o);
+        o += take;
+        cursor = (cursor + take) % POOL;
+      }
+    }
+    cursor = (cursor + len) % POOL;
+    if (r0 === 0 && r1 === rows) t.copyFrom(src);
+    else {
+      const d = t.slice(r0, r1);
+      d.copyFrom(src);
+      d.dispose();
+    }
+  }
+  return t;
 }
 
 /** A seeded random BF16 tensor, generated in chunks on the host and copied to the device. */
@@ -246,7 +303,8 @@ export class GptOssWeights {
           default:
             std = opts.std === 'fanIn' ? 1 / Math.sqrt(s.fanIn) : (opts.std ?? 0.02);
         }
-        params.set(s.name, randomTensor(s.name, s.shape, mean, std, seed, device));
+        const big = s.shape.reduce((a, b) => a * b, 1) > 1 << 20;
+        params.set(s.name, (opts.fast && big && std > 0 ? pooledRandomTensor : randomTensor)(s.name, s.shape, mean, std, seed, device));
       }
     } catch (e) {
       for (const t of params.values()) t.dispose();
