@@ -201,12 +201,14 @@ function convertBytes(bytes: Uint8Array, from: StDType, to: DType, what: string)
     if (to === 'bf16') return f32ToBf16Bits(f);
     if (to === 'f32') return f;
   }
-  if ((from === 'I64' || from === 'I32' || from === 'U8' || from === 'I8' || from === 'I16' || from === 'U16' || from === 'U32') && to === 'i32') {
+  if ((from === 'I64' || from === 'I32' || from === 'U8' || from === 'I8' || from === 'I16' || from === 'U16' || from === 'U32' || from === 'BOOL') && to !== 'u8') {
     const src =
       from === 'I64' ? Array.from(new BigInt64Array(ab), Number) :
-      from === 'U8' ? new Uint8Array(ab) : from === 'I8' ? new Int8Array(ab) : from === 'I16' ? new Int16Array(ab) :
+      from === 'U8' || from === 'BOOL' ? new Uint8Array(ab) : from === 'I8' ? new Int8Array(ab) : from === 'I16' ? new Int16Array(ab) :
       from === 'U16' ? new Uint16Array(ab) : from === 'U32' ? new Uint32Array(ab) : new Int32Array(ab);
-    return Int32Array.from(src as ArrayLike<number>);
+    if (to === 'i32') return Int32Array.from(src as ArrayLike<number>);
+    const fl = Float32Array.from(src as ArrayLike<number>);
+    return to === 'bf16' ? f32ToBf16Bits(fl) : fl;
   }
   throw new Error(`safetensors: cannot convert ${what} from ${from} to ${to}`);
 }

@@ -97,6 +97,10 @@ export async function runFixtureParity(device: string, opts: { recompute?: boole
 export function checkParity(run: FixtureRun, log: (s: string) => void = console.log): void {
   const worst = [...run.reports].sort((a, b) => b.relL2 - a.relL2).slice(0, 8);
   log(`loss ours ${run.lossOurs} ref ${run.lossRef}`);
+  for (const r of run.reports.filter((x) => !x.name.startsWith('grad.'))) {
+    log(`  ${r.name}: relL2 ${r.relL2.toExponential(2)} maxAbs ${r.maxAbs.toExponential(2)} (ref max ${r.refMaxAbs.toExponential(2)})`);
+  }
+  log('  worst:');
   for (const r of worst) log(`  ${r.name}: relL2 ${r.relL2.toExponential(2)} maxAbs ${r.maxAbs.toExponential(2)} (ref max ${r.refMaxAbs.toExponential(2)})`);
   assert.ok(Math.abs(run.lossOurs - run.lossRef) < 2e-2 * Math.abs(run.lossRef) + 1e-3, `loss ${run.lossOurs} vs ${run.lossRef}`);
   for (const r of run.reports) {
