@@ -4,7 +4,7 @@
 // Two layers (one sliding, one full, as the model alternates) of the real 20b shapes with random weights; input
 // x [S, 2880] bf16, output gradient random; time per layer = total / 2. Our side runs forward with saved
 // activations then backward with fp32 weight gradients accumulated, as training does.
-// Usage: npm run bench:layer -- [--seqlens 4096,16384] [--iters 5] [--json out.json] [--no-peer]
+// Usage: npm run bench:layer -- [--seqlens 4096,16384] [--iters 5] [--json out.json] [--no-peer] [--preset gpt-oss-tiny]
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,7 +12,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Tensor, CudaEvent, synchronize, memoryStats, resetPeakMemory } from '../src/tensor.ts';
 import { defaultDevice } from '../src/native.ts';
-import { presetConfig } from '../src/model/config.ts';
+import { presetConfig, type PresetName } from '../src/model/config.ts';
 import { GptOssModel, packSequences, disposeBatch } from '../src/model/gptoss.ts';
 import { randomTensor } from '../src/model/weights.ts';
 
@@ -27,17 +27,22 @@ const noPeer = process.argv.includes('--no-peer');
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
 const LAYERS = 2;
 
+const presetName = arg('preset', 'gpt-oss-20b') as PresetName;
+const CFG = presetConfig(presetName, { numLayers: LAYERS, vocabSize: 256, eosTokenIds: [1], padTokenId: 0, bosTokenId: null });
+
 /** FLOPs of one layer fwd+bwd (matmuls: 3x forward; attention: 3.5x forward, allowed pairs only). */
 function layerFlops(S: number, sliding: boolean): number {
-  const H = 2880, q = 4096, kv = 512, I = 2880, k = 4, D = 64, Hq = 64, W = 128;
+  const c = CFG;
+  const H = c.hiddenSize, q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim, I = c.intermediateSize, k = c.topK;
+  const D = c.headDim, Hq = c.numHeads, W = Math.min(c.slidingWindow, S);
   const dense = 2 * S * H * (q + 2 * kv) + 2 * S * q * H;
-  const moe = 2 * S * k * (H * 2 * I + I * H) + 2 * S * H * 32;
+  const moe = 2 * S * k * (H * 2 * I + I * H) + 2 * S * H * c.numExperts;
   const pairs = sliding ? W * S - (W * (W - 1)) / 2 : (S * (S + 1)) / 2;
   return 3 * (dense + moe) + 3.5 * 4 * D * pairs * Hq;
 }
 
 function runOurs(S: number): { ms: number; peakGB: number } {
-  const cfg = presetConfig('gpt-oss-20b', { numLayers: LAYERS, vocabSize: 256, eosTokenIds: [1], padTokenId: 0, bosTokenId: null });
+  const cfg = CFG;
   const model = GptOssModel.random(cfg, device, { seed: 1, fast: true, biasStd: 0.02 });
   const batch = packSequences([Array.from({ length: S }, (_, i) => i % 256)], device);
   const x = randomTensor('x', [S, cfg.hiddenSize], 0, 1, 2, device);
@@ -86,7 +91,7 @@ interface PeerOut {
 }
 
 function runPeer(): PeerOut | null {
-  if (noPeer) return null;
+  if (noPeer || presetName !== 'gpt-oss-20b') return null;
   const here = dirname(fileURLToPath(import.meta.url));
   const script = [join(here, 'layer_peer.py'), join(here, '..', '..', 'bench', 'layer_peer.py')].find(existsSync);
   if (!script) return null;
@@ -121,7 +126,7 @@ for (const r of rows) {
   r.peerMs = p?.msPerLayer ?? (p?.oom ? 'OOM' : null);
   r.speedup = typeof r.peerMs === 'number' ? r.peerMs / (r.oursMs as number) : null;
 }
-console.log(`gpt-oss-20b decoder layer fwd+bwd, B1, bf16, ${device}${peer ? `; peer: ${peer.peer} on ${peer.device}` : ''}`);
+console.log(`${presetName} decoder layer fwd+bwd, B1, bf16, ${device}${peer ? `; peer: ${peer.peer} on ${peer.device}` : ''}`);
 console.log('| S | ours ms/layer | ours TFLOP/s | peak GiB (2 layers) | peer ms/layer | speedup |');
 console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of rows) {
