@@ -3,6 +3,11 @@
 // SwiGLU backward fused into the dh epilogue, weighted combine, and the backward's reductions. Everything is
 // enqueued on the device's compute stream; nothing synchronises (the TS side reads the counts lazily).
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "common.cuh"
 #include "moe.h"
@@ -263,22 +268,58 @@ __global__ void dx_kernel(const bf* __restrict__ dxp, const int32_t* __restrict_
   }
 }
 
+// GPTOSS_MOE_PROFILE=1: time each phase with events (synchronises after every op; tuning only) and print the
+// per-phase means to stderr at exit.
+std::map<std::string, std::pair<double, int>>& prof_table() {
+  static std::map<std::string, std::pair<double, int>> t;
+  return t;
+}
+void prof_print() {
+  for (auto& [k, v] : prof_table()) std::fprintf(stderr, "moe profile %-28s %9.3f ms (%d calls)\n", k.c_str(), v.first / v.second, v.second);
+}
+struct PhaseTimer {
+  bool on = false;
+  cudaStream_t st{};
+  std::vector<std::pair<std::string, cudaEvent_t>> ev;
+  PhaseTimer(cudaStream_t s, const char* start) : st(s) {
+    static const bool enabled = std::getenv("GPTOSS_MOE_PROFILE") != nullptr;
+    on = enabled;
+    if (on) {
+      static bool registered = false;
+      if (!registered) {
+        std::atexit(prof_print);
+        registered = true;
+      }
+      mark(start);
+    }
+  }
+  void mark(const char* name) {
+    if (!on) return;
+    cudaEvent_t e;
+    cudaEventCreate(&e);
+    cudaEventRecord(e, st);
+    ev.emplace_back(name, e);
+  }
+  ~PhaseTimer() {
+    if (!on) return;
+    cudaEventSynchronize(ev.back().second);
+    for (size_t i = 1; i < ev.size(); i++) {
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, ev[i - 1].second, ev[i].second);
+      auto& slot = prof_table()[ev[i].first];
+      slot.first += ms;
+      slot.second++;
+    }
+    for (auto& [n, e] : ev) cudaEventDestroy(e);
+  }
+};
+
 const bf* B(const Tensor& t) { return t.data<bf>(); }
 bf* Bm(const Tensor& t) { return t.data<bf>(); }
 
 void check_aligned(const char* op, const char* name, const Tensor& t) {
   GPTOSS_CHECK(reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0, op, ": ", name, " must be 16-byte aligned on the GPU, got ",
                t.describe());
-}
-
-// Rows-mode GEMM: small tiles when experts see few rows (decode: weights dominate), large tiles otherwise.
-template <bool B_KMAJOR, int EPI>
-void rows_gemm(const mg::Params& p, int64_t rows, cudaStream_t s, const char* what) {
-  if (rows <= 32LL * p.E) {
-    mg::launch<16, 64, 64, 1, 2, 4, false, false, B_KMAJOR, EPI>(p, rows, s, what);
-  } else {
-    mg::launch<128, 128, 64, 2, 4, 3, false, false, B_KMAJOR, EPI>(p, rows, s, what);
-  }
 }
 
 }  // namespace
@@ -304,6 +345,7 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   s.h = make_tensor({N, I}, DType::BF16, dev);
   s.yp = make_tensor({N, H}, DType::BF16, dev);
   y = make_tensor({T, H}, DType::BF16, dev);
+  PhaseTimer pt(st, "fwd start");
 
   {
     const size_t smem = sizeof(bf) * kRouterTok * H + sizeof(float) * kRouterTok * E;
@@ -323,6 +365,7 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   place_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, (int)k, (int)E, s.counts.data<int32_t>(),
                                    s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(), s.slot_pos.data<int32_t>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
+  pt.mark("fwd 1 router+permute");
 
   mg::Params p;
   p.offsets = s.offsets.data<int32_t>();
@@ -342,7 +385,8 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   p.bias = B(w.gate_up_b);
   p.C2 = Bm(s.h);
   p.ldc2 = I;
-  rows_gemm<false, mg::kEpiGuSwiglu>(p, N, st, "moeForward gate_up");
+  mg::gemm_gate_up(p, N, st);
+  pt.mark("fwd 2 gate_up gemm");
   // yp = h·W_down[e] + b
   mg::Params q;
   q.offsets = p.offsets;
@@ -357,10 +401,12 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   q.C = s.yp.raw();
   q.ldc = H;
   q.bias = B(w.down_b);
-  rows_gemm<false, mg::kEpiBiasBf16>(q, N, st, "moeForward down");
+  mg::gemm_down(q, N, st);
+  pt.mark("fwd 3 down gemm");
   combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(), (int)H, (int)k,
                                     Bm(y));
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward combine");
+  pt.mark("fwd 4 combine");
 }
 
 void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeGrads& g) {
@@ -374,6 +420,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     check_aligned(op, "tensor", *t);
   const int32_t* offsets = s.offsets.data<int32_t>();
 
+  PhaseTimer pt(st, "bwd start");
   Tensor dyp = make_tensor({N, H}, DType::BF16, dev);
   Tensor dlp = make_tensor({N}, DType::F32, dev);
   Tensor dl = make_tensor({T, k}, DType::F32, dev);
@@ -385,11 +432,13 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
                                                s.topk_w.data<float>(), (int)H, (int)k, Bm(dyp), dlp.data<float>(),
                                                dl.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward route");
+  pt.mark("bwd 1 route");
 
   g.d_down_b = make_tensor({E, H}, DType::F32, dev);
   seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(dyp), H, (int)H, nullptr, nullptr, offsets,
                                                                       g.d_down_b.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dDownB");
+  pt.mark("bwd 2 dDownB");
 
   // dW_down[e] = h_eᵀ·dyp_e
   g.d_down_w = make_tensor({E, I, H}, DType::F32, dev);
@@ -406,8 +455,9 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     p.C = g.d_down_w.raw();
     p.ldc = H;
     p.c_expert_stride = I * H;
-    mg::launch<128, 128, 64, 2, 4, 3, true, true, false, mg::kEpiF32>(p, N, st, "moeBackward dDownW");
+    mg::gemm_wgrad(p, N, st, "moeBackward dDownW");
   }
+  pt.mark("bwd 3 dDownW gemm");
   // dgu = swiglu'(gu) · (dyp·W_down[e]ᵀ)
   Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, dev);
   {
@@ -426,13 +476,15 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     p.ldc = 2 * I;
     p.aux = B(s.gu);
     p.ld_aux = 2 * I;
-    rows_gemm<true, mg::kEpiDSwiglu>(p, N, st, "moeBackward dgu");
+    mg::gemm_dgu(p, N, st);
   }
+  pt.mark("bwd 4 dgu gemm");
   g.d_gate_up_b = make_tensor({E, 2 * I}, DType::F32, dev);
   seg_colsum_kernel<<<dim3(ceil_div(2 * I, 64), E), dim3(32, 8), 0, st>>>(B(dgu), 2 * I, (int)(2 * I), nullptr,
                                                                           nullptr, offsets,
                                                                           g.d_gate_up_b.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
+  pt.mark("bwd 5 dGateUpB");
   // dW_gu[e] = x[perm]_eᵀ·dgu_e
   g.d_gate_up_w = make_tensor({E, H, 2 * I}, DType::F32, dev);
   {
@@ -449,8 +501,9 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     p.C = g.d_gate_up_w.raw();
     p.ldc = 2 * I;
     p.c_expert_stride = H * 2 * I;
-    mg::launch<128, 128, 64, 2, 4, 3, true, true, false, mg::kEpiF32>(p, N, st, "moeBackward dGateUpW");
+    mg::gemm_wgrad(p, N, st, "moeBackward dGateUpW");
   }
+  pt.mark("bwd 6 dGateUpW gemm");
   // dxp = dgu·W_gu[e]ᵀ
   Tensor dxp = make_tensor({N, H}, DType::BF16, dev);
   {
@@ -466,8 +519,9 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     p.K = (int)(2 * I);
     p.C = dxp.raw();
     p.ldc = H;
-    rows_gemm<true, mg::kEpiBf16>(p, N, st, "moeBackward dxp");
+    mg::gemm_dx(p, N, st);
   }
+  pt.mark("bwd 7 dxp gemm");
   g.d_router_w = make_tensor({E, H}, DType::F32, dev);
   seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(s.x), H, (int)H, s.perm_tok.data<int32_t>(),
                                                                       dlp.data<float>(), offsets,
@@ -480,6 +534,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   dx_kernel<<<T, 256, 0, st>>>(B(dxp), s.slot_pos.data<int32_t>(), s.topk_idx.data<int32_t>(), dl.data<float>(),
                                B(w.router_w), (int)H, (int)k, g.dx.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dx");
+  pt.mark("bwd 8 router grads + dx");
 }
 
 }  // namespace gptoss::cuda

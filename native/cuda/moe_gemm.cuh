@@ -46,9 +46,15 @@ struct Params {
 
 constexpr float kAlpha = 1.702f;
 
+// Element (row, col) of a [rows][W] bf16 tile stored with its 16-byte chunks XOR-permuted per row, so that the
+// 8 row addresses of an ldmatrix (and the cp.async writes) fall in distinct bank groups.
 template <int W>
 __device__ __forceinline__ int swz(int row, int col) {
-  return row * W + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+  if constexpr (W >= 64) {
+    return row * W + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+  } else {  // 64-byte rows: two rows share a 128-byte bank line
+    return row * W + ((((col >> 3) ^ ((row >> 1) & 3))) << 3) + (col & 7);
+  }
 }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -107,15 +113,14 @@ struct Gemm {
   static constexpr size_t kSmem = size_t(STAGES) * (kAStage + kBStage) * 2;
   static constexpr int kGroupM = 8;
   static_assert(NI % 2 == 0 && MI >= 1, "warp tile");
-  static_assert(BK % 16 == 0 && BK >= 64 || !false, "");
   static_assert(!A_MMAJOR || BM >= 64, "M-major A tiles need 8 chunks per row");
-  static_assert(A_MMAJOR || BK >= 64, "K-major A tiles need 8 chunks per row");
-  static_assert(B_KMAJOR ? BK >= 64 : BN >= 64, "B tiles need 8 chunks per row");
+  static_assert(A_MMAJOR || BK == 32 || BK >= 64, "K-major A tiles need 4 or 8+ chunks per row");
+  static_assert(B_KMAJOR ? (BK == 32 || BK >= 64) : BN >= 64, "B tiles need 4 or 8+ chunks per row");
 };
 
-template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, bool MODE_K, bool A_MMAJOR, bool B_KMAJOR,
-          int EPI>
-__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, (WARPS_M * WARPS_N >= 8 ? 2 : 1))
+template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, int MINB, bool MODE_K, bool A_MMAJOR,
+          bool B_KMAJOR, int EPI>
+__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
     grouped_gemm_kernel(const Params p) {
   using G = Gemm<BM, BN, BK, WARPS_M, WARPS_N, STAGES, MODE_K, A_MMAJOR, B_KMAJOR, EPI>;
   constexpr int NT = G::kThreads, MI = G::MI, NI = G::NI;
@@ -352,11 +357,11 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, (WARPS_M * WARPS_N >= 8
 
 // Launches one configuration. Rows mode: total_rows = N routed rows (upper bound of M tiles =
 // ceil(total_rows / BM) + E). Reduction mode: grid over M x N tiles per expert.
-template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, bool MODE_K, bool A_MMAJOR, bool B_KMAJOR,
-          int EPI>
+template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, int MINB, bool MODE_K, bool A_MMAJOR,
+          bool B_KMAJOR, int EPI>
 void launch(Params p, int64_t total_rows, cudaStream_t stream, const char* what) {
   using G = Gemm<BM, BN, BK, WARPS_M, WARPS_N, STAGES, MODE_K, A_MMAJOR, B_KMAJOR, EPI>;
-  auto kernel = grouped_gemm_kernel<BM, BN, BK, WARPS_M, WARPS_N, STAGES, MODE_K, A_MMAJOR, B_KMAJOR, EPI>;
+  auto kernel = grouped_gemm_kernel<BM, BN, BK, WARPS_M, WARPS_N, STAGES, MINB, MODE_K, A_MMAJOR, B_KMAJOR, EPI>;
   static bool configured = false;  // per instantiation (one device kind per process)
   if (!configured) {
     GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)G::kSmem),
@@ -376,5 +381,43 @@ void launch(Params p, int64_t total_rows, cudaStream_t stream, const char* what)
   kernel<<<grid, G::kThreads, G::kSmem, stream>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK(what);
 }
+
+// Tile configuration of the large (training-size) kernels: GPTOSS_MOE_TILE selects one (tuning); see
+// moe_gemm_*.cu.
+int large_variant();
+
+// Rows mode (expert rows x weights): decode-size tiles when experts see few rows, large tiles otherwise.
+template <bool B_KMAJOR, int EPI>
+void rows_gemm(const Params& p, int64_t rows, cudaStream_t s, const char* what) {
+  if (rows <= 32LL * p.E) {
+    launch<16, 64, 64, 1, 2, 4, 4, false, false, B_KMAJOR, EPI>(p, rows, s, what);
+    return;
+  }
+  switch (large_variant()) {
+    case 1: launch<128, 256, 64, 2, 4, 3, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
+    case 2: launch<128, 128, 32, 2, 2, 4, 2, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
+    case 3: launch<256, 128, 64, 4, 2, 3, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
+    case 4: launch<128, 256, 32, 2, 4, 4, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
+    default: launch<128, 128, 64, 2, 4, 3, 2, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
+  }
+}
+
+// Reduction mode (weight gradients, f32 out).
+inline void wgrad_gemm_impl(const Params& p, int64_t rows, cudaStream_t s, const char* what) {
+  switch (large_variant()) {
+    case 1: launch<128, 256, 64, 2, 4, 3, 1, true, true, false, kEpiF32>(p, rows, s, what); break;
+    case 2: launch<128, 128, 32, 2, 2, 4, 2, true, true, false, kEpiF32>(p, rows, s, what); break;
+    case 3: launch<256, 128, 64, 4, 2, 3, 1, true, true, false, kEpiF32>(p, rows, s, what); break;
+    case 4: launch<128, 256, 32, 2, 4, 4, 1, true, true, false, kEpiF32>(p, rows, s, what); break;
+    default: launch<128, 128, 64, 2, 4, 3, 2, true, true, false, kEpiF32>(p, rows, s, what); break;
+  }
+}
+
+// One translation unit each (moe_gemm_*.cu), so the instantiations compile in parallel.
+void gemm_gate_up(const Params& p, int64_t rows, cudaStream_t s);   // rows, NN, bias + SwiGLU
+void gemm_down(const Params& p, int64_t rows, cudaStream_t s);      // rows, NN, bias
+void gemm_dgu(const Params& p, int64_t rows, cudaStream_t s);       // rows, NT, SwiGLU backward
+void gemm_dx(const Params& p, int64_t rows, cudaStream_t s);        // rows, NT, bf16 out
+void gemm_wgrad(const Params& p, int64_t rows, cudaStream_t s, const char* what);  // reduction, f32 out
 
 }  // namespace gptoss::cuda::moe_gemm
