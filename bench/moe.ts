@@ -90,7 +90,9 @@ function main() {
   const tokens = (o.tokens ?? (gpu ? '1,64,4096,16384' : '1,64,256')).split(',').map(Number);
   const deviceName = gpu ? (native().ops.deviceName(0) as string) : 'cpu';
   const hbmGBps = /H200/.test(deviceName) ? 4800 : /H100/.test(deviceName) ? (/PCIe/.test(deviceName) ? 2000 : 3350) : undefined;
-  console.log(`moe bench on ${deviceName}: E ${E}, top-${k}, hidden ${H}, intermediate ${I}`);
+  const tile = process.env.GPTOSS_MOE_TILE ?? '0';
+  const gather = process.env.GPTOSS_MOE_GATHER_FUSED ? 'fused' : 'materialised';
+  console.log(`moe bench on ${deviceName}: E ${E}, top-${k}, hidden ${H}, intermediate ${I} (GEMM tile variant ${tile}, gather ${gather})`);
 
   const w: MoeWeights = {
     routerW: expertTensor(E, [H], 1 / Math.sqrt(H), 1, device),
@@ -178,7 +180,7 @@ function main() {
     console.log(`| ${r.T} | ${f(r.fwdMs, 3)} | ${f(r.fwdTflops, 1)} | ${f(r.fwdGBps, 0)} | ${f(r.hbmPct, 0)} | ${f(r.peerFwdMs, 3)} | ${f(r.fwdRatio)} | ${f(r.fwdbwdMs, 3)} | ${f(r.fwdbwdTflops, 1)} | ${f(r.peerFwdbwdMs, 3)} | ${f(r.peerFwdbwdMs ? flops3 / r.peerFwdbwdMs / 1e9 : undefined, 1)} | ${f(r.fwdbwdRatio)} |`);
   }
   if (o.json) {
-    writeFileSync(o.json, JSON.stringify({ device: deviceName, E, topK: k, hidden: H, intermediate: I, peer: { device: peer.device, torch: peer.torch }, rows }, null, 1));
+    writeFileSync(o.json, JSON.stringify({ device: deviceName, tile, gather, E, topK: k, hidden: H, intermediate: I, peer: { device: peer.device, torch: peer.torch }, rows }, null, 1));
     console.log(`wrote ${o.json}`);
   }
   for (const t of Object.values(w)) t.dispose();

@@ -2,6 +2,7 @@
 // permutation, grouped GEMMs (moe_gemm.cuh) with bias + clamped SwiGLU fused into the gate_up epilogue and the
 // SwiGLU backward fused into the dh epilogue, weighted combine, and the backward's reductions. Everything is
 // enqueued on the device's compute stream; nothing synchronises (the TS side reads the counts lazily).
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -147,6 +148,37 @@ __global__ void place_kernel(const int32_t* __restrict__ idx, int64_t n, int k, 
   }
 }
 
+// xp[r] = x[perm_tok[r]] (16-byte copies): the expert-ordered input rows, so the gate_up GEMM and its weight
+// gradient read contiguous rows.
+__global__ void gather_rows_kernel(const bf* __restrict__ x, const int32_t* __restrict__ perm_tok, int64_t n,
+                                   int H, bf* __restrict__ xp) {
+  const int chunks = H / 8;
+  const int64_t total = n * chunks;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / chunks, c = i % chunks;
+    *reinterpret_cast<uint4*>(xp + r * H + c * 8) =
+        *reinterpret_cast<const uint4*>(x + (int64_t)perm_tok[r] * H + c * 8);
+  }
+}
+
+// GPTOSS_MOE_GATHER_FUSED=1: read x rows through perm_tok inside the GEMMs instead of materialising xp.
+bool gather_fused() {
+  static const bool v = std::getenv("GPTOSS_MOE_GATHER_FUSED") != nullptr;
+  return v;
+}
+
+// Expert-ordered copy of x, or an empty tensor when the GEMMs gather themselves.
+Tensor gathered_rows(const Tensor& x, const Tensor& perm_tok, cudaStream_t st) {
+  if (gather_fused()) return Tensor{};
+  const int64_t n = perm_tok.dim(0), H = x.dim(1);
+  Tensor xp = make_tensor({n, H}, DType::BF16, x.device);
+  const int64_t total = n * (H / 8);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 132 * 16));
+  gather_rows_kernel<<<blocks, 256, 0, st>>>(x.data<bf>(), perm_tok.data<int32_t>(), n, (int)H, xp.data<bf>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moe gather");
+  return xp;
+}
+
 // y[t] = Σ_j w[t,j]·yp[slot_pos[t,j]] (fp32 sum, bf16 out).
 __global__ void combine_kernel(const bf* __restrict__ yp, const int32_t* __restrict__ slot_pos,
                                const float* __restrict__ tw, int H, int k, bf* __restrict__ y) {
@@ -287,6 +319,7 @@ struct PhaseTimer {
     if (on) {
       static bool registered = false;
       if (!registered) {
+        prof_table();  // constructed before the atexit handler is registered, so it outlives it
         std::atexit(prof_print);
         registered = true;
       }
@@ -367,13 +400,15 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
   pt.mark("fwd 1 router+permute");
 
+  Tensor xp = gathered_rows(x, s.perm_tok, st);
+  pt.mark("fwd 1b gather");
   mg::Params p;
   p.offsets = s.offsets.data<int32_t>();
   p.E = (int)E;
   p.limit = limit;
   // gu = x[perm]·W_gu[e] + b; h = swiglu(gu)
-  p.A = B(x);
-  p.a_idx = s.perm_tok.data<int32_t>();
+  p.A = xp.storage ? B(xp) : B(x);
+  p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
   p.lda = H;
   p.B = B(w.gate_up_w);
   p.ldb = 2 * I;
@@ -486,13 +521,15 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
   pt.mark("bwd 5 dGateUpB");
   // dW_gu[e] = x[perm]_eᵀ·dgu_e
+  Tensor xp = gathered_rows(s.x, s.perm_tok, st);
+  pt.mark("bwd 5b gather");
   g.d_gate_up_w = make_tensor({E, H, 2 * I}, DType::F32, dev);
   {
     mg::Params p;
     p.offsets = offsets;
     p.E = (int)E;
-    p.A = B(s.x);
-    p.a_idx = s.perm_tok.data<int32_t>();
+    p.A = xp.storage ? B(xp) : B(s.x);
+    p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
     p.lda = H;
     p.B = B(dgu);
     p.ldb = 2 * I;

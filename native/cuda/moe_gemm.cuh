@@ -266,10 +266,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
     }
     const __nv_bfloat16* a = sA + (kt % STAGES) * G::kAStage;
     const __nv_bfloat16* b = sB + (kt % STAGES) * G::kBStage;
-#pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      uint32_t af[MI][4];
-      uint32_t bfr[NI][2];
+    auto load_frags = [&](int kk, uint32_t(&af)[MI][4], uint32_t(&bfr)[NI][2]) {
 #pragma unroll
       for (int mi = 0; mi < MI; mi++) {
         if constexpr (!A_MMAJOR) {
@@ -295,10 +292,29 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
         bfr[2 * nj + 1][0] = r[2];
         bfr[2 * nj + 1][1] = r[3];
       }
+    };
+    auto mmas = [&](const uint32_t(&af)[MI][4], const uint32_t(&bfr)[NI][2]) {
 #pragma unroll
       for (int mi = 0; mi < MI; mi++)
 #pragma unroll
         for (int ni = 0; ni < NI; ni++) mma_bf16(acc[mi][ni], af[mi], bfr[ni][0], bfr[ni][1]);
+    };
+    if constexpr (MINB == 1) {
+      // Registers to spare: fetch the next 16-wide k slice's fragments while the tensor cores work.
+      uint32_t af[2][MI][4], bfr[2][NI][2];
+      load_frags(0, af[0], bfr[0]);
+#pragma unroll
+      for (int ks = 0; ks < BK / 16; ks++) {
+        if (ks + 1 < BK / 16) load_frags((ks + 1) * 16, af[(ks + 1) & 1], bfr[(ks + 1) & 1]);
+        mmas(af[ks & 1], bfr[ks & 1]);
+      }
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < BK; kk += 16) {
+        uint32_t af[MI][4], bfr[NI][2];
+        load_frags(kk, af, bfr);
+        mmas(af, bfr);
+      }
     }
   }
   cp_async_wait<0>();
@@ -394,22 +410,11 @@ void rows_gemm(const Params& p, int64_t rows, cudaStream_t s, const char* what) 
     return;
   }
   switch (large_variant()) {
-    case 1: launch<128, 256, 64, 2, 4, 3, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
+    case 1: launch<128, 256, 64, 2, 4, 4, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
     case 2: launch<128, 128, 32, 2, 2, 4, 2, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
-    case 3: launch<256, 128, 64, 4, 2, 3, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
-    case 4: launch<128, 256, 32, 2, 4, 4, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
+    case 3: launch<256, 128, 64, 4, 2, 4, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
+    case 4: launch<128, 256, 32, 2, 4, 6, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
     default: launch<128, 128, 64, 2, 4, 3, 2, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
-  }
-}
-
-// Reduction mode (weight gradients, f32 out).
-inline void wgrad_gemm_impl(const Params& p, int64_t rows, cudaStream_t s, const char* what) {
-  switch (large_variant()) {
-    case 1: launch<128, 256, 64, 2, 4, 3, 1, true, true, false, kEpiF32>(p, rows, s, what); break;
-    case 2: launch<128, 128, 32, 2, 2, 4, 2, true, true, false, kEpiF32>(p, rows, s, what); break;
-    case 3: launch<256, 128, 64, 4, 2, 3, 1, true, true, false, kEpiF32>(p, rows, s, what); break;
-    case 4: launch<128, 256, 32, 2, 4, 4, 1, true, true, false, kEpiF32>(p, rows, s, what); break;
-    default: launch<128, 128, 64, 2, 4, 3, 2, true, true, false, kEpiF32>(p, rows, s, what); break;
   }
 }
 
