@@ -57,8 +57,9 @@ interface NativeMoeForward {
 
 /**
  * What forward saves for backward. N = T·topK routed rows in expert order: rows of expert e are
- * offsets[e] .. offsets[e+1]-1, tokens increasing within an expert. dispose() frees it (the token counts stay
- * readable).
+ * offsets[e] .. offsets[e+1]-1, tokens increasing within an expert. dispose() frees all of it; read `counts`
+ * before (it stays readable afterwards once read). Nothing stays behind on the device, so a training loop
+ * that disposes its contexts reuses cached blocks and never calls cudaMalloc in steady state.
  */
 export class MoeContext {
   readonly topK: number;
@@ -97,7 +98,12 @@ export class MoeContext {
 
   /** Tokens routed to each expert (load-balance statistics). Read lazily: the first read waits for the device. */
   get counts(): Int32Array {
-    this.countsHost ??= this.countsTensor.toInt32();
+    if (!this.countsHost) {
+      if (this.countsTensor.disposed) {
+        throw new Error('MoeContext.counts: read the token counts before dispose() (they live on the device until read)');
+      }
+      this.countsHost = this.countsTensor.toInt32();
+    }
     return this.countsHost;
   }
 
@@ -106,7 +112,7 @@ export class MoeContext {
   }
 
   dispose(): void {
-    for (const t of [this.x, this.topkIdx, this.topkW, this.offsets, this.permTok, this.slotPos, this.gu, this.h, this.yp]) {
+    for (const t of [this.x, this.topkIdx, this.topkW, this.countsTensor, this.offsets, this.permTok, this.slotPos, this.gu, this.h, this.yp]) {
       t.dispose();
     }
   }
@@ -118,7 +124,7 @@ export class MoeContext {
 export interface MoeForwardResult {
   y: Tensor /* bf16 [T,H] */;
   ctx: MoeContext;
-  /** Tokens per expert [E] (lazy: reading it waits for the device). */
+  /** Tokens per expert [E] (lazy: reading it waits for the device; read it before ctx.dispose()). */
   readonly counts: Int32Array;
 }
 

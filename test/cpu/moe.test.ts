@@ -146,7 +146,11 @@ test('bad inputs name the op and the shapes', () => {
   assert.throws(() => moeForward(xf, w, { topK: 2 }), /moeForward: x must be bf16, got f32\[2, 16\] on cpu/);
   const f = moeForward(x, w, { topK: 2 });
   assert.throws(() => moeBackward(Tensor.zeros([3, 16], { device: 'cpu' }), f.ctx), /moeBackward: dy must have shape \[2, 16\], got f32\[3, 16\]/);
+  assert.equal(f.counts.reduce((a, b) => a + b, 0), 4);
   f.ctx.dispose();
   assert.throws(() => moeBackward(Tensor.zeros([2, 16], { device: 'cpu' }), f.ctx), /MoeContext was disposed/);
-  assert.equal(f.counts.reduce((a, b) => a + b, 0), 4); // counts survive dispose
+  assert.equal(f.counts.reduce((a, b) => a + b, 0), 4); // counts read before dispose stay readable
+  const f2 = moeForward(x, w, { topK: 2 });
+  f2.ctx.dispose();
+  assert.throws(() => f2.counts, /read the token counts before dispose/);
 });
