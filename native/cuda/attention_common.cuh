@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 
+#include "attention.h"
 #include "common.cuh"
 
 namespace gptoss::cuda::attn {
@@ -159,3 +160,9 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 }  // namespace gptoss::cuda::attn
+
+namespace gptoss::cuda {
+// Fills the pointer/shape part of the parameter block (defined in attention_fwd.cu).
+attn::Params make_attn_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* sinks,
+                              const Tensor& cu, const Tensor* used, int window, float scale);
+}  // namespace gptoss::cuda

@@ -156,3 +156,94 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;
 }
+
+const rbBuf = new Float32Array(1);
+const rbU = new Uint32Array(rbBuf.buffer);
+/** Round one value through bf16. */
+export function rb(x: number): number {
+  rbBuf[0] = x;
+  const v = rbU[0]!;
+  if ((v & 0x7fffffff) > 0x7f800000) return x;
+  rbU[0] = ((v + 0x7fff + ((v >>> 16) & 1)) >>> 16) << 16;
+  return rbBuf[0]!;
+}
+
+/**
+ * A "plain BF16" implementation (what eager PyTorch in bf16 does): every matmul output rounded to bf16, softmax
+ * in fp32 with P rounded to bf16, gradients through the same roundings. Its error against the fp32 truth sets
+ * the FlashAttention-style bound for the kernels. Inputs should already be bf16-representable.
+ */
+export function plainBf16(
+  s: RefShape,
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  dout: ArrayLike<number>,
+): { out: Float32Array; dq: Float32Array; dk: Float32Array; dv: Float32Array; dsinks: Float32Array } {
+  const { T, Hq, Hkv, D, cu, window, scale } = s;
+  const G = Hq / Hkv;
+  const out = new Float32Array(T * Hq * D);
+  const dq = new Float32Array(T * Hq * D);
+  const dkA = new Float64Array(T * Hkv * D);
+  const dvA = new Float64Array(T * Hkv * D);
+  const dsinks = new Float32Array(Hq);
+  for (let sq = 0; sq + 1 < cu.length; sq++) {
+    const st = cu[sq]!;
+    const len = cu[sq + 1]! - st;
+    const used = Math.min(len, s.used ? s.used[sq]! : len);
+    for (let h = 0; h < Hq; h++) {
+      const kvh = Math.floor(h / G);
+      for (let i = 0; i < used; i++) {
+        const t = st + i;
+        const lo = window > 0 ? Math.max(0, i - window + 1) : 0;
+        const n = i - lo + 1;
+        const sc = new Float32Array(n);
+        let mx = s.sinks ? rb(s.sinks[h]!) : -Infinity;
+        for (let j = lo; j <= i; j++) {
+          let dot = 0;
+          for (let d = 0; d < D; d++) dot += q[(t * Hq + h) * D + d]! * k[((st + j) * Hkv + kvh) * D + d]!;
+          sc[j - lo] = rb(rb(dot) * scale);
+          mx = Math.max(mx, sc[j - lo]!);
+        }
+        let sum = s.sinks ? Math.exp(rb(s.sinks[h]!) - mx) : 0;
+        for (let j = 0; j < n; j++) sum += Math.exp(sc[j]! - mx);
+        const pf = new Float32Array(n); // fp32 softmax
+        const pb = new Float32Array(n); // bf16 P
+        for (let j = 0; j < n; j++) {
+          pf[j] = Math.exp(sc[j]! - mx) / sum;
+          pb[j] = rb(pf[j]!);
+        }
+        const psink = s.sinks ? Math.exp(rb(s.sinks[h]!) - mx) / sum : 0;
+        for (let d = 0; d < D; d++) {
+          let acc = 0;
+          for (let j = lo; j <= i; j++) acc += pb[j - lo]! * v[((st + j) * Hkv + kvh) * D + d]!;
+          out[(t * Hq + h) * D + d] = rb(acc);
+        }
+        // backward
+        const dp = new Float32Array(n);
+        for (let j = lo; j <= i; j++) {
+          let acc = 0;
+          for (let d = 0; d < D; d++) acc += dout[(t * Hq + h) * D + d]! * v[((st + j) * Hkv + kvh) * D + d]!;
+          dp[j - lo] = rb(acc);
+        }
+        let dot = 0; // sum over the softmax outputs (sink's dP is 0)
+        for (let j = 0; j < n; j++) dot += dp[j]! * pf[j]!;
+        const dsc = new Float32Array(n);
+        for (let j = 0; j < n; j++) dsc[j] = rb(rb(pf[j]! * (dp[j]! - dot)) * scale);
+        dsinks[h]! += rb(psink * (0 - dot));
+        for (let d = 0; d < D; d++) {
+          let acc = 0;
+          for (let j = lo; j <= i; j++) acc += dsc[j - lo]! * k[((st + j) * Hkv + kvh) * D + d]!;
+          dq[(t * Hq + h) * D + d] = rb(acc);
+        }
+        for (let j = lo; j <= i; j++) {
+          for (let d = 0; d < D; d++) {
+            dkA[((st + j) * Hkv + kvh) * D + d]! += dsc[j - lo]! * q[(t * Hq + h) * D + d]!;
+            dvA[((st + j) * Hkv + kvh) * D + d]! += pb[j - lo]! * dout[(t * Hq + h) * D + d]!;
+          }
+        }
+      }
+    }
+  }
+  return { out, dq, dk: Float32Array.from(dkA, rb), dv: Float32Array.from(dvA, rb), dsinks };
+}
