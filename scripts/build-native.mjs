@@ -20,7 +20,9 @@ function run(cmd, args) {
   return r.status === 0;
 }
 
-const hasCmake = spawnSync('cmake', ['--version'], { stdio: 'ignore' }).status === 0;
+// GPTOSS_BUILDER=cmake|gyp forces one builder (default: cmake when present).
+const builder = (process.env.GPTOSS_BUILDER ?? '').toLowerCase();
+const hasCmake = builder !== 'gyp' && spawnSync('cmake', ['--version'], { stdio: 'ignore' }).status === 0;
 let ok;
 if (hasCmake) {
   const cmakeJs = join(dirname(require.resolve('cmake-js/package.json')), 'bin', 'cmake-js');

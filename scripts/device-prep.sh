@@ -17,7 +17,7 @@ if [ ! -d "$main/.devnm/node_modules" ] || [ "$src/package.json" -nt "$main/.dev
   rm -rf "$main/.devnm" && mkdir -p "$main/.devnm"
   node -e '
     const p = require(process.argv[1]);
-    for (const k of ["tsx", "@wandb/sdk", "@huggingface/hub", "@resvg/resvg-js"]) delete p.dependencies[k];
+    for (const k of ["tsx", "@wandb/sdk", "@huggingface/hub", "@resvg/resvg-js", "gpt-tokenizer", "@huggingface/jinja", "hyparquet"]) delete p.dependencies[k];
     delete p.devDependencies; delete p.scripts;
     require("fs").writeFileSync(process.argv[2], JSON.stringify(p, null, 2));' "$src/package.json" "$main/.devnm/package.json"
   (cd "$main/.devnm" && npm install --omit=dev --ignore-scripts --no-package-lock --no-audit --no-fund >/dev/null)
