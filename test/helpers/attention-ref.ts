@@ -1,6 +1,14 @@
 // attention-ref.ts: float64 reference of attention with sinks, fixture loading and random inputs, shared by the
 // CPU and GPU attention tests.
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { readSafetensors } from './safetensors.ts';
+
+/** The shared fixtures folder: $GPTOSS_FIXTURES, else ../shared/fixtures from the checkout, else /work/shared. */
+export function fixturesDir(): string {
+  const c = [process.env.GPTOSS_FIXTURES, resolve('../shared/fixtures'), resolve('shared/fixtures'), '/work/shared/fixtures'];
+  return c.find((d): d is string => !!d && existsSync(d)) ?? '/work/shared/fixtures';
+}
 
 export interface RefShape {
   T: number;
@@ -117,7 +125,7 @@ function toTokenMajor(a: Float32Array, B: number, H: number, S: number, D: numbe
 }
 
 export function loadAttnFixture(kind: 'full' | 'sliding'): AttnFixture {
-  const m = readSafetensors(`/work/shared/fixtures/attention-gptoss-tiny-${kind}.safetensors`);
+  const m = readSafetensors(`${fixturesDir()}/attention-gptoss-tiny-${kind}.safetensors`);
   const g = (n: string): Float32Array => {
     const t = m.get(n);
     if (!t) throw new Error(`fixture ${kind}: missing ${n}`);
