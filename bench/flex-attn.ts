@@ -1,6 +1,6 @@
 // bench/flex-attn.ts: attention with sinks, our kernels vs torch flex_attention (compiled) + sinks in the same run.
 //
-//   npm run bench:flex-attn [-- --json out.json] [--cpu] [--no-peer] [--iters N]
+//   npm run bench:flex-attn [-- --json out.json] [--cpu] [--no-peer] [--iters N] [--peer-budget SECONDS]
 //   (on the GPU machine: node dist/bench/flex-attn.js --json $OUT/attn.json)
 //
 // gpt-oss shapes: Hq 64, Hkv 8, D 64; B1 S4096, B1 S16384, B8 S2048; causal and sliding window 128; forward and
@@ -45,7 +45,13 @@ function args() {
     const i = a.indexOf(k);
     return i >= 0 ? a[i + 1] : undefined;
   };
-  return { json: get('--json'), cpu: a.includes('--cpu'), noPeer: a.includes('--no-peer'), iters: Number(get('--iters') ?? 0) };
+  return {
+    json: get('--json'),
+    cpu: a.includes('--cpu'),
+    noPeer: a.includes('--no-peer'),
+    iters: Number(get('--iters') ?? 0),
+    peerBudget: Number(get('--peer-budget') ?? 600), // seconds of peer work (compiles included) before skipping cases
+  };
 }
 
 function pairs(S: number, W: number): number {
@@ -127,7 +133,7 @@ function runOurs(c: Case, dev: string, itersArg: number): number {
   return ms;
 }
 
-function runPeer(cases: Case[]): Map<string, { ms: number; note?: string }> | string {
+function runPeer(cases: Case[], budgetS: number): Map<string, { ms: number; note?: string }> | string {
   const here = dirname(fileURLToPath(import.meta.url));
   const candidates = [join(here, 'flex_attn_peer.py'), resolve(here, '../../bench/flex_attn_peer.py')];
   const script = candidates.find((p) => existsSync(p));
@@ -138,8 +144,11 @@ function runPeer(cases: Case[]): Map<string, { ms: number; note?: string }> | st
   const spec = join(dir, 'cases.json');
   const out = join(dir, 'peer.json');
   writeFileSync(spec, JSON.stringify(cases));
-  const r = spawnSync('python3', [script, spec, out], { stdio: ['ignore', 'inherit', 'inherit'], timeout: 900_000 });
-  if (r.status !== 0 || !existsSync(out)) return `peer failed (status ${r.status})`;
+  const r = spawnSync('python3', [script, spec, out, String(budgetS)], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    timeout: (budgetS + 180) * 1000,
+  });
+  if (!existsSync(out)) return `peer failed (status ${r.status})`;
   const res = JSON.parse(readFileSync(out, 'utf8')) as Record<string, { ms: number; note?: string }>;
   return new Map(Object.entries(res));
 }
@@ -176,7 +185,7 @@ function main() {
   }
   let peerStatus = 'skipped (CPU run)';
   if (gpu && !a.noPeer) {
-    const peer = runPeer(cases);
+    const peer = runPeer(cases, a.peerBudget);
     if (typeof peer === 'string') peerStatus = peer;
     else {
       peerStatus = 'torch flex_attention (compiled) + sinks via lse';
@@ -206,7 +215,8 @@ function main() {
     console.log(`| ${r.name} | ${fmt(r.ms, 3)} | ${ours} | ${fmt(r.peerMs, 3)} | ${peer} | ${r.ratio ? `${r.ratio.toFixed(2)}x` : '-'}${r.peerNote ? ` (${r.peerNote})` : ''} |`);
   }
   if (a.json) {
-    writeFileSync(a.json, JSON.stringify({ device, hbmGBps: hbm || undefined, peer: peerStatus, rows }, null, 2));
+    const variant = { fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '2', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '2' };
+    writeFileSync(a.json, JSON.stringify({ device, hbmGBps: hbm || undefined, peer: peerStatus, variant, rows }, null, 2));
     console.log(`wrote ${a.json}`);
   }
 }

@@ -10,6 +10,8 @@
 //   4. dsinks_h = -sum of the partials (fixed order).
 // dq costs two extra GEMMs (S and dP are recomputed) instead of fp32 atomics, which keeps results bitwise
 // reproducible.
+#include <cstdlib>
+
 #include "attention.h"
 #include "attention_common.cuh"
 
@@ -85,17 +87,18 @@ __device__ __forceinline__ void store_frag(T* base, int64_t stride, int row_a, i
 }
 
 // ---- dK, dV --------------------------------------------------------------------------------------------------
-template <int D>
+// MT = 16-key MMA tiles per warp (2 halves the shared-memory fragment traffic per MMA); BM = queries per step.
+template <int D, int MT>
 struct DkdvCfg {
-  static constexpr int BN = 64, NW = 4, NT = 128;
-  static constexpr int BM = D == 64 ? 64 : 32;
-  static constexpr bool KV_REG = D == 64;  // K/V fragments kept in registers
+  static constexpr int NW = 4, NT = 128, BN = NW * 16 * MT;
+  static constexpr int BM = (D == 64 && MT == 1) ? 64 : 32;
+  static constexpr bool KV_REG = D == 64 && MT == 1;  // K/V fragments kept in registers
   static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4;
 };
 
-template <int D>
+template <int D, int MT>
 __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
-  using C = DkdvCfg<D>;
+  using C = DkdvCfg<D, MT>;
   constexpr int BN = C::BN, BM = C::BM, NT = C::NT;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -114,16 +117,19 @@ __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
   const int keys_here = min(BN, si.len - n0);
   const bool f32out = p.grad_f32;
 
-  float dk[D / 8][4], dv[D / 8][4];
+  float dk[MT][D / 8][4], dv[MT][D / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; i++)
+  for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+    for (int i = 0; i < D / 8; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) dk[mt][i][e] = dv[mt][i][e] = 0.f;
 
   const int i_lo = n0;
   const int i_hi = p.window > 0 ? min(si.used, n0 + BN - 1 + p.window) : si.used;
   const int qb_lo = i_lo / BM, qb_hi = i_hi > i_lo ? (i_hi + BM - 1) / BM : qb_lo;
   const int nqb = qb_hi - qb_lo, niter = nqb * p.G;
+  const int wk0 = warp * 16 * MT;  // first key row of this warp within the block
 
   if (niter > 0) {
     load_tile<BN, D, NT>(sK, p.k + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
@@ -144,7 +150,7 @@ __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
     cp_async_commit();
 
     uint32_t kf[C::KV_REG ? D / 16 : 1][4], vf[C::KV_REG ? D / 16 : 1][4];
-    const int krow_a = n0 + warp * 16 + g;  // this thread's key rows: krow_a, krow_a + 8
+    const int kmin = n0 + wk0;  // this warp's keys: kmin .. kmin + 16 MT - 1
 
     for (int it = 0; it < niter; it++) {
       const int stage = it & 1;
@@ -154,8 +160,8 @@ __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
       cp_async_commit();
       if constexpr (C::KV_REG) {
         if (it == 0) {
-          load_a_frags<D>(sK, warp * 16, kf);
-          load_a_frags<D>(sV, warp * 16, vf);
+          load_a_frags<D>(sK, wk0, kf);
+          load_a_frags<D>(sV, wk0, vf);
         }
       }
       const int i0 = (qb_lo + it % nqb) * BM;
@@ -164,96 +170,123 @@ __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
       const float* cL = sL + stage * BM;
       const float* cDl = sDl + stage * BM;
 
-      float st[BM / 8][4], dpt[BM / 8][4];
+      float st[MT][BM / 8][4], dpt[MT][BM / 8][4];
 #pragma unroll
-      for (int i = 0; i < BM / 8; i++)
+      for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) st[i][e] = dpt[i][e] = 0.f;
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) st[mt][i][e] = dpt[mt][i][e] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) {
-        uint32_t ka[4], va[4];
-        if constexpr (C::KV_REG) {
+        uint32_t ka[MT][4], va[MT][4];
 #pragma unroll
-          for (int e = 0; e < 4; e++) ka[e] = kf[kk][e], va[e] = vf[kk][e];
-        } else {
-          const int r = warp * 16 + (lane & 15), ch = kk * 2 + (lane >> 4);
-          ldsm_x4(smem_u32(sK + swz<D>(r, ch)), ka[0], ka[1], ka[2], ka[3]);
-          ldsm_x4(smem_u32(sV + swz<D>(r, ch)), va[0], va[1], va[2], va[3]);
+        for (int mt = 0; mt < MT; mt++) {
+          if constexpr (C::KV_REG) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) ka[mt][e] = kf[kk][e], va[mt][e] = vf[kk][e];
+          } else {
+            const int r = wk0 + mt * 16 + (lane & 15), ch = kk * 2 + (lane >> 4);
+            ldsm_x4(smem_u32(sK + swz<D>(r, ch)), ka[mt][0], ka[mt][1], ka[mt][2], ka[mt][3]);
+            ldsm_x4(smem_u32(sV + swz<D>(r, ch)), va[mt][0], va[mt][1], va[mt][2], va[mt][3]);
+          }
         }
 #pragma unroll
         for (int np = 0; np < BM / 16; np++) {
           uint32_t b[4];
           load_bT_frags<D>(cQ, np * 16, kk, b);
-          mma16816(st[2 * np], ka, b[0], b[1]);
-          mma16816(st[2 * np + 1], ka, b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(st[mt][2 * np], ka[mt], b[0], b[1]);
+            mma16816(st[mt][2 * np + 1], ka[mt], b[2], b[3]);
+          }
           load_bT_frags<D>(cdO, np * 16, kk, b);
-          mma16816(dpt[2 * np], va, b[0], b[1]);
-          mma16816(dpt[2 * np + 1], va, b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dpt[mt][2 * np], va[mt], b[0], b[1]);
+            mma16816(dpt[mt][2 * np + 1], va[mt], b[2], b[3]);
+          }
         }
       }
       // P^T and dS^T (rows = keys, cols = queries).
-      const int kmin = n0 + warp * 16;
-      const bool need_mask = (i0 < kmin + 15) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) ||
+      const bool need_mask = (i0 < kmin + 16 * MT - 1) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) ||
                              (i0 + BM > si.used);
 #pragma unroll
-      for (int i = 0; i < BM / 8; i++) {
+      for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int cl = i * 8 + 2 * t4 + (e & 1);
-          float pv = exp2f(st[i][e] * p.scale_log2 - cL[cl]);
-          if (need_mask) {
-            const int krow = krow_a + (e >> 1) * 8, col = i0 + cl;
-            const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
-            pv = ok ? pv : 0.f;
+        for (int i = 0; i < BM / 8; i++) {
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int cl = i * 8 + 2 * t4 + (e & 1);
+            float pv = exp2f(st[mt][i][e] * p.scale_log2 - cL[cl]);
+            if (need_mask) {
+              const int krow = kmin + mt * 16 + g + (e >> 1) * 8, col = i0 + cl;
+              const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
+              pv = ok ? pv : 0.f;
+            }
+            st[mt][i][e] = pv;
+            dpt[mt][i][e] = pv * (dpt[mt][i][e] - cDl[cl]);
           }
-          st[i][e] = pv;
-          dpt[i][e] = pv * (dpt[i][e] - cDl[cl]);
         }
       }
 #pragma unroll
       for (int kk = 0; kk < BM / 16; kk++) {
-        uint32_t pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
-                          pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                          pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-        uint32_t da[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
-                          pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
-                          pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+        uint32_t pa[MT][4], da[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          pa[mt][0] = pack_bf16(st[mt][2 * kk][0], st[mt][2 * kk][1]);
+          pa[mt][1] = pack_bf16(st[mt][2 * kk][2], st[mt][2 * kk][3]);
+          pa[mt][2] = pack_bf16(st[mt][2 * kk + 1][0], st[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack_bf16(st[mt][2 * kk + 1][2], st[mt][2 * kk + 1][3]);
+          da[mt][0] = pack_bf16(dpt[mt][2 * kk][0], dpt[mt][2 * kk][1]);
+          da[mt][1] = pack_bf16(dpt[mt][2 * kk][2], dpt[mt][2 * kk][3]);
+          da[mt][2] = pack_bf16(dpt[mt][2 * kk + 1][0], dpt[mt][2 * kk + 1][1]);
+          da[mt][3] = pack_bf16(dpt[mt][2 * kk + 1][2], dpt[mt][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int np = 0; np < D / 16; np++) {
           uint32_t b[4];
           load_b_frags<D>(cdO, kk * 16, np, b);
-          mma16816(dv[2 * np], pa, b[0], b[1]);
-          mma16816(dv[2 * np + 1], pa, b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dv[mt][2 * np], pa[mt], b[0], b[1]);
+            mma16816(dv[mt][2 * np + 1], pa[mt], b[2], b[3]);
+          }
           load_b_frags<D>(cQ, kk * 16, np, b);
-          mma16816(dk[2 * np], da, b[0], b[1]);
-          mma16816(dk[2 * np + 1], da, b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dk[mt][2 * np], da[mt], b[0], b[1]);
+            mma16816(dk[mt][2 * np + 1], da[mt], b[2], b[3]);
+          }
         }
       }
     }
     cp_async_wait<0>();
   }
   const int64_t koff = (si.start + n0) * kstride + kvh * D;
-  if (f32out) {
-    store_frag<D, float>(static_cast<float*>(p.dk) + koff, kstride, warp * 16 + g, keys_here, dk, p.scale);
-    store_frag<D, float>(static_cast<float*>(p.dv) + koff, kstride, warp * 16 + g, keys_here, dv, 1.f);
-  } else {
-    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dk) + koff, kstride, warp * 16 + g, keys_here, dk,
-                                 p.scale);
-    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dv) + koff, kstride, warp * 16 + g, keys_here, dv,
-                                 1.f);
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    const int r0 = wk0 + mt * 16 + g;
+    if (f32out) {
+      store_frag<D, float>(static_cast<float*>(p.dk) + koff, kstride, r0, keys_here, dk[mt], p.scale);
+      store_frag<D, float>(static_cast<float*>(p.dv) + koff, kstride, r0, keys_here, dv[mt], 1.f);
+    } else {
+      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dk) + koff, kstride, r0, keys_here, dk[mt], p.scale);
+      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dv) + koff, kstride, r0, keys_here, dv[mt], 1.f);
+    }
   }
 }
 
 // ---- dQ --------------------------------------------------------------------------------------------------------
-template <int D>
+template <int D, int MT>
 struct DqCfg {
-  static constexpr int BM = 128, BN = 64, NW = 8, NT = 256;
+  static constexpr int NW = MT == 1 ? 8 : 4, NT = NW * 32, BM = NW * 16 * MT, BN = MT == 1 ? 64 : 32;
   static constexpr int SMEM = (2 * BM * D + 4 * BN * D) * 2;
 };
 
-template <int D>
-__global__ void __launch_bounds__(256) dq_kernel(Params p) {
-  using C = DqCfg<D>;
+template <int D, int MT>
+__global__ void __launch_bounds__(DqCfg<D, MT>::NT) dq_kernel(Params p) {
+  using C = DqCfg<D, MT>;
   constexpr int BM = C::BM, BN = C::BN, NT = C::NT;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -271,11 +304,14 @@ __global__ void __launch_bounds__(256) dq_kernel(Params p) {
   const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
   const int rows_here = min(BM, si.len - q0);
   const int64_t qoff = (si.start + q0) * qstride + h * D;
+  const int wr0 = warp * 16 * MT;     // first row of this warp within the block
+  const int wrow0 = q0 + wr0;         // ... as a sequence position
 
-  float acc[D / 8][4];
+  float acc[MT][D / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  const int row_a = q0 + warp * 16 + g;
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
 
   if (q0 < si.used) {
     const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
@@ -294,94 +330,121 @@ __global__ void __launch_bounds__(256) dq_kernel(Params p) {
     load_kv(kb_lo, 0);
     cp_async_commit();
 
-    float lse2[2], dl[2];
+    float lse2[MT][2], dl[MT][2];
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-      const int row = row_a + r * 8;
-      const bool ok = row < si.used;
-      lse2[r] = ok ? p.lse[static_cast<int64_t>(h) * p.T + si.start + row] * kLog2e : 0.f;
-      dl[r] = ok ? p.dlt[static_cast<int64_t>(h) * p.T + si.start + row] : 0.f;
-    }
-    uint32_t qf[D / 16][4], of[D / 16][4];
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const int row = wrow0 + mt * 16 + g + r * 8;
+        const bool ok = row < si.used;
+        lse2[mt][r] = ok ? p.lse[static_cast<int64_t>(h) * p.T + si.start + row] * kLog2e : 0.f;
+        dl[mt][r] = ok ? p.dlt[static_cast<int64_t>(h) * p.T + si.start + row] : 0.f;
+      }
+    uint32_t qf[MT][D / 16][4], of[MT][D / 16][4];
 
     for (int kb = kb_lo; kb < kb_hi; kb++) {
       const int stage = (kb - kb_lo) & 1;
       cp_async_wait<0>();
       __syncthreads();
       if (kb == kb_lo) {
-        load_a_frags<D>(sQ, warp * 16, qf);
-        load_a_frags<D>(sdO, warp * 16, of);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          load_a_frags<D>(sQ, wr0 + mt * 16, qf[mt]);
+          load_a_frags<D>(sdO, wr0 + mt * 16, of[mt]);
+        }
       }
       if (kb + 1 < kb_hi) load_kv(kb + 1, stage ^ 1);
       cp_async_commit();
       const __nv_bfloat16* cK = sK + stage * BN * D;
       const __nv_bfloat16* cV = sV + stage * BN * D;
 
-      float sc[BN / 8][4], dp[BN / 8][4];
+      float sc[MT][BN / 8][4], dp[MT][BN / 8][4];
 #pragma unroll
-      for (int i = 0; i < BN / 8; i++)
+      for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) sc[i][e] = dp[i][e] = 0.f;
+        for (int i = 0; i < BN / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) sc[mt][i][e] = dp[mt][i][e] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) {
 #pragma unroll
         for (int np = 0; np < BN / 16; np++) {
           uint32_t b[4];
           load_bT_frags<D>(cK, np * 16, kk, b);
-          mma16816(sc[2 * np], qf[kk], b[0], b[1]);
-          mma16816(sc[2 * np + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(sc[mt][2 * np], qf[mt][kk], b[0], b[1]);
+            mma16816(sc[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
+          }
           load_bT_frags<D>(cV, np * 16, kk, b);
-          mma16816(dp[2 * np], of[kk], b[0], b[1]);
-          mma16816(dp[2 * np + 1], of[kk], b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dp[mt][2 * np], of[mt][kk], b[0], b[1]);
+            mma16816(dp[mt][2 * np + 1], of[mt][kk], b[2], b[3]);
+          }
         }
       }
       const int n0 = kb * BN;
-      const bool need_mask =
-          (n0 + BN - 1 > q0 + warp * 16) || (p.window > 0 && n0 < q0 + warp * 16 + 16 - p.window);
+      const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 * MT - p.window);
 #pragma unroll
-      for (int i = 0; i < BN / 8; i++) {
+      for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int r = e >> 1;
-          float pv = exp2f(sc[i][e] * p.scale_log2 - lse2[r]);
-          if (need_mask) {
-            const int row = row_a + r * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
-            const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
-            pv = ok ? pv : 0.f;
+        for (int i = 0; i < BN / 8; i++) {
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int r = e >> 1;
+            float pv = exp2f(sc[mt][i][e] * p.scale_log2 - lse2[mt][r]);
+            if (need_mask) {
+              const int row = wrow0 + mt * 16 + g + r * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
+              const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
+              pv = ok ? pv : 0.f;
+            }
+            sc[mt][i][e] = pv * (dp[mt][i][e] - dl[mt][r]);
           }
-          sc[i][e] = pv * (dp[i][e] - dl[r]);
         }
       }
 #pragma unroll
       for (int kk = 0; kk < BN / 16; kk++) {
-        uint32_t a[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-                         pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                         pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          a[mt][0] = pack_bf16(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+          a[mt][1] = pack_bf16(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+          a[mt][2] = pack_bf16(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+          a[mt][3] = pack_bf16(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int np = 0; np < D / 16; np++) {
           uint32_t b[4];
           load_b_frags<D>(cK, kk * 16, np, b);
-          mma16816(acc[2 * np], a, b[0], b[1]);
-          mma16816(acc[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
+            mma16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+          }
         }
       }
     }
     cp_async_wait<0>();
   }
-  // Rows past the real length: acc is garbage there (or never computed): zero them via nrows/row masks.
+  // Rows past the real length get zeros.
   const int nreal = max(0, min(rows_here, si.used - q0));
 #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const int lr = warp * 16 + g + r * 8;
-    if (lr >= nreal)
+  for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-      for (int i = 0; i < D / 8; i++) acc[i][2 * r] = acc[i][2 * r + 1] = 0.f;
+    for (int r = 0; r < 2; r++) {
+      const int lr = wr0 + mt * 16 + g + r * 8;
+      if (lr >= nreal)
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) acc[mt][i][2 * r] = acc[mt][i][2 * r + 1] = 0.f;
+    }
+    const int r0 = wr0 + mt * 16 + g;
+    if (p.grad_f32)
+      store_frag<D, float>(static_cast<float*>(p.dq) + qoff, qstride, r0, rows_here, acc[mt], p.scale);
+    else
+      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dq) + qoff, qstride, r0, rows_here, acc[mt],
+                                   p.scale);
   }
-  if (p.grad_f32)
-    store_frag<D, float>(static_cast<float*>(p.dq) + qoff, qstride, warp * 16 + g, rows_here, acc, p.scale);
-  else
-    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dq) + qoff, qstride, warp * 16 + g, rows_here, acc,
-                                 p.scale);
 }
 
 }  // namespace attn
@@ -395,7 +458,7 @@ void set_smem(K kernel, int bytes, bool& done) {
   done = true;
 }
 
-template <int D>
+template <int D, int MT>
 void launch_bwd(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks, cudaStream_t st) {
   attn::bwd_pre_kernel<D><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
@@ -403,15 +466,24 @@ void launch_bwd(attn::Params& p, int nseq, int max_seqlen, float* partial, int n
     attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
     GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
   }
-  using KC = attn::DkdvCfg<D>;
-  using QC = attn::DqCfg<D>;
+  using KC = attn::DkdvCfg<D, MT>;
+  using QC = attn::DqCfg<D, MT>;
   static bool kd = false, qd = false;
-  set_smem(attn::dkdv_kernel<D>, KC::SMEM, kd);
-  set_smem(attn::dq_kernel<D>, QC::SMEM, qd);
-  attn::dkdv_kernel<D><<<dim3(ceil_div(max_seqlen, KC::BN), p.Hkv, nseq), KC::NT, KC::SMEM, st>>>(p);
+  set_smem(attn::dkdv_kernel<D, MT>, KC::SMEM, kd);
+  set_smem(attn::dq_kernel<D, MT>, QC::SMEM, qd);
+  attn::dkdv_kernel<D, MT><<<dim3(ceil_div(max_seqlen, KC::BN), p.Hkv, nseq), KC::NT, KC::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dk/dv kernel launch");
-  attn::dq_kernel<D><<<dim3(ceil_div(max_seqlen, QC::BM), p.Hq, nseq), QC::NT, QC::SMEM, st>>>(p);
+  attn::dq_kernel<D, MT><<<dim3(ceil_div(max_seqlen, QC::BM), p.Hq, nseq), QC::NT, QC::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq kernel launch");
+}
+
+// GPTOSS_ATTN_BWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (for A/B measurements).
+int bwd_mt() {
+  static int mt = [] {
+    const char* e = std::getenv("GPTOSS_ATTN_BWD_MT");
+    return e && e[0] == '1' ? 1 : 2;
+  }();
+  return mt;
 }
 }  // namespace
 
@@ -440,10 +512,14 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   const int nseq = static_cast<int>(cu.dim(0) - 1);
   cudaStream_t st = stream_of(q.device);
   float* ds = dsinks ? dsinks->data<float>() : nullptr;
-  if (q.dim(2) == 64)
-    launch_bwd<64>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
-  else
-    launch_bwd<128>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+  if (q.dim(2) == 64) {
+    if (bwd_mt() == 2)
+      launch_bwd<64, 2>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+    else
+      launch_bwd<64, 1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+  } else {
+    launch_bwd<128, 1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+  }
 }
 
 }  // namespace gptoss::cuda

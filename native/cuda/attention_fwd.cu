@@ -6,21 +6,25 @@
 // sink logit and the sink's e^{sink - m} added to the denominator at the end. Key tiles outside the causal /
 // sliding-window band are skipped, so a window W costs O(S*W); only the tiles that cross the band edge are
 // masked element by element.
+#include <cstdlib>
+
 #include "attention.h"
 #include "attention_common.cuh"
 
 namespace gptoss::cuda {
 namespace attn {
 
-template <int D>
+// MT = 16-row MMA tiles per warp. With MT = 2 every K/V fragment loaded from shared memory feeds two MMAs,
+// which halves the ldmatrix traffic per MMA (shared-memory bandwidth is the limit of mma.sync at MT = 1).
+template <int D, int MT>
 struct FwdCfg {
-  static constexpr int BM = 128, BN = 64, NW = 8, NT = NW * 32;
+  static constexpr int NW = MT == 1 ? 8 : 4, NT = NW * 32, BM = NW * 16 * MT, BN = 64;
   static constexpr int SMEM = (BM * D + 4 * BN * D) * 2;  // Q + 2 stages of K and V
 };
 
-template <int D>
-__global__ void __launch_bounds__(256) fwd_kernel(Params p) {
-  using C = FwdCfg<D>;
+template <int D, int MT>
+__global__ void __launch_bounds__(FwdCfg<D, MT>::NT) fwd_kernel(Params p) {
+  using C = FwdCfg<D, MT>;
   constexpr int BM = C::BM, BN = C::BN, NT = C::NT;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -65,84 +69,110 @@ __global__ void __launch_bounds__(256) fwd_kernel(Params p) {
   cp_async_commit();
 
   const float sink2 = sink_log2(p, h);
-  float m_r[2] = {sink2, sink2}, l_r[2] = {0.f, 0.f};
-  float acc[D / 8][4];
+  float m_r[MT][2], l_r[MT][2];
+  float acc[MT][D / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  uint32_t qf[D / 16][4];
-  const int row_a = q0 + warp * 16 + g;  // this thread's rows: row_a and row_a + 8 (sequence positions)
+  for (int mt = 0; mt < MT; mt++) {
+    m_r[mt][0] = m_r[mt][1] = sink2;
+    l_r[mt][0] = l_r[mt][1] = 0.f;
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+  }
+  uint32_t qf[MT][D / 16][4];
+  const int wrow0 = q0 + warp * 16 * MT;  // first row of this warp; thread rows wrow0 + 16 mt + g (+8)
 
   for (int kb = kb_lo; kb < kb_hi; kb++) {
     const int stage = (kb - kb_lo) & 1;
     cp_async_wait<0>();
     __syncthreads();
-    if (kb == kb_lo) load_a_frags<D>(sQ, warp * 16, qf);
+    if (kb == kb_lo) {
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) load_a_frags<D>(sQ, warp * 16 * MT + mt * 16, qf[mt]);
+    }
     if (kb + 1 < kb_hi) load_kv(kb + 1, stage ^ 1);
     cp_async_commit();
     const __nv_bfloat16* cK = sK + stage * BN * D;
     const __nv_bfloat16* cV = sV + stage * BN * D;
 
-    float sc[BN / 8][4];
+    float sc[MT][BN / 8][4];
 #pragma unroll
-    for (int i = 0; i < BN / 8; i++) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) sc[mt][i][0] = sc[mt][i][1] = sc[mt][i][2] = sc[mt][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
 #pragma unroll
       for (int np = 0; np < BN / 16; np++) {
         uint32_t b[4];
         load_bT_frags<D>(cK, np * 16, kk, b);
-        mma16816(sc[2 * np], qf[kk], b[0], b[1]);
-        mma16816(sc[2 * np + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          mma16816(sc[mt][2 * np], qf[mt][kk], b[0], b[1]);
+          mma16816(sc[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
+        }
       }
     }
     const int n0 = kb * BN;
-    const bool need_mask = (n0 + BN - 1 > q0 + warp * 16) || (p.window > 0 && n0 < q0 + warp * 16 + 16 - p.window);
+    const bool need_mask =
+        (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 * MT - p.window);
 #pragma unroll
-    for (int i = 0; i < BN / 8; i++) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        float x = sc[i][e] * p.scale_log2;
-        if (need_mask) {
-          const int row = row_a + (e >> 1) * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
-          const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
-          x = ok ? x : -INFINITY;
-        }
-        sc[i][e] = x;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      float mx = m_r[r];
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
-      mx = quad_max(mx);
-      const float base = mx == -INFINITY ? 0.f : mx;
-      const float alpha = exp2f(m_r[r] - base);
-      m_r[r] = mx;
-      float sum = 0.f;
+    for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
       for (int i = 0; i < BN / 8; i++) {
-        sc[i][2 * r] = exp2f(sc[i][2 * r] - base);
-        sc[i][2 * r + 1] = exp2f(sc[i][2 * r + 1] - base);
-        sum += sc[i][2 * r] + sc[i][2 * r + 1];
-      }
-      l_r[r] = l_r[r] * alpha + sum;
 #pragma unroll
-      for (int i = 0; i < D / 8; i++) {
-        acc[i][2 * r] *= alpha;
-        acc[i][2 * r + 1] *= alpha;
+        for (int e = 0; e < 4; e++) {
+          float x = sc[mt][i][e] * p.scale_log2;
+          if (need_mask) {
+            const int row = wrow0 + mt * 16 + g + (e >> 1) * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
+            const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
+            x = ok ? x : -INFINITY;
+          }
+          sc[mt][i][e] = x;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        float mx = m_r[mt][r];
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[mt][i][2 * r], sc[mt][i][2 * r + 1]));
+        mx = quad_max(mx);
+        const float base = mx == -INFINITY ? 0.f : mx;
+        const float alpha = exp2f(m_r[mt][r] - base);
+        m_r[mt][r] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) {
+          sc[mt][i][2 * r] = exp2f(sc[mt][i][2 * r] - base);
+          sc[mt][i][2 * r + 1] = exp2f(sc[mt][i][2 * r + 1] - base);
+          sum += sc[mt][i][2 * r] + sc[mt][i][2 * r + 1];
+        }
+        l_r[mt][r] = l_r[mt][r] * alpha + sum;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+          acc[mt][i][2 * r] *= alpha;
+          acc[mt][i][2 * r + 1] *= alpha;
+        }
       }
     }
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
-      uint32_t a[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-                       pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        a[mt][0] = pack_bf16(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+        a[mt][1] = pack_bf16(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+        a[mt][2] = pack_bf16(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+        a[mt][3] = pack_bf16(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int np = 0; np < D / 16; np++) {
         uint32_t b[4];
         load_b_frags<D>(cV, kk * 16, np, b);
-        mma16816(acc[2 * np], a, b[0], b[1]);
-        mma16816(acc[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
+          mma16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
       }
     }
   }
@@ -151,48 +181,52 @@ __global__ void __launch_bounds__(256) fwd_kernel(Params p) {
   // Finish: fold in the sink (reduce across the quad first: shuffles need every lane), normalise, write.
   // Rows past the real length get zeros and lse 0.
 #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const int row = row_a + r * 8;
-    if (row < si.used || row >= si.len) continue;
-    const int64_t tok = si.start + row;
-    __nv_bfloat16* o = p.o + tok * qstride + h * D;
+  for (int mt = 0; mt < MT; mt++) {
+    float lsum[2];
 #pragma unroll
-    for (int i = 0; i < D / 8; i++) *reinterpret_cast<uint32_t*>(o + i * 8 + 2 * t4) = 0u;
-    if (t4 == 0) p.lse[static_cast<int64_t>(h) * p.T + tok] = 0.f;
-  }
-  // Shuffles must run on all lanes, so reduce first, then write.
-  float lsum[2];
+    for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[mt][r]) + exp2f(sink2 - m_r[mt][r]);
 #pragma unroll
-  for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[r]) + exp2f(sink2 - m_r[r]);
+    for (int r = 0; r < 2; r++) {
+      const int row = wrow0 + mt * 16 + g + r * 8;
+      if (row >= si.len) continue;
+      const int64_t tok = si.start + row;
+      __nv_bfloat16* o = p.o + tok * qstride + h * D;
+      const bool real = row < si.used;
+      const float inv = real ? 1.f / lsum[r] : 0.f;
 #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const int row = row_a + r * 8;
-    if (row >= si.used) continue;
-    const int64_t tok = si.start + row;
-    __nv_bfloat16* o = p.o + tok * qstride + h * D;
-    const float inv = 1.f / lsum[r];
-#pragma unroll
-    for (int i = 0; i < D / 8; i++)
-      *reinterpret_cast<uint32_t*>(o + i * 8 + 2 * t4) = pack_bf16(acc[i][2 * r] * inv, acc[i][2 * r + 1] * inv);
-    if (t4 == 0) p.lse[static_cast<int64_t>(h) * p.T + tok] = (m_r[r] + log2f(lsum[r])) * kLn2;
+      for (int i = 0; i < D / 8; i++)
+        *reinterpret_cast<uint32_t*>(o + i * 8 + 2 * t4) =
+            pack_bf16(real ? acc[mt][i][2 * r] * inv : 0.f, real ? acc[mt][i][2 * r + 1] * inv : 0.f);
+      if (t4 == 0) p.lse[static_cast<int64_t>(h) * p.T + tok] = real ? (m_r[mt][r] + log2f(lsum[r])) * kLn2 : 0.f;
+    }
   }
 }
 
 }  // namespace attn
 
 namespace {
-template <int D>
+template <int D, int MT>
 void launch_fwd(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
-  using C = attn::FwdCfg<D>;
-  static bool configured = false;  // per process and D; every device gets the same attribute
+  using C = attn::FwdCfg<D, MT>;
+  static bool configured = false;  // per process and instantiation; every device gets the same attribute
   if (!configured) {
-    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(attn::fwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
-                      "attentionForward: cudaFuncSetAttribute");
+    GPTOSS_CUDA_CHECK(
+        cudaFuncSetAttribute(attn::fwd_kernel<D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
+        "attentionForward: cudaFuncSetAttribute");
     configured = true;
   }
   dim3 grid(ceil_div(max_seqlen, C::BM), p.Hq, nseq);
-  attn::fwd_kernel<D><<<grid, C::NT, C::SMEM, st>>>(p);
+  attn::fwd_kernel<D, MT><<<grid, C::NT, C::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionForward: kernel launch");
+}
+
+// GPTOSS_ATTN_FWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (for A/B measurements).
+int fwd_mt() {
+  static int mt = [] {
+    const char* e = std::getenv("GPTOSS_ATTN_FWD_MT");
+    return e && e[0] == '1' ? 1 : 2;
+  }();
+  return mt;
 }
 }  // namespace
 
@@ -226,10 +260,14 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   p.lse = lse.data<float>();
   const int nseq = static_cast<int>(cu.dim(0) - 1);
   cudaStream_t st = stream_of(q.device);
-  if (q.dim(2) == 64)
-    launch_fwd<64>(p, nseq, max_seqlen, st);
-  else
-    launch_fwd<128>(p, nseq, max_seqlen, st);
+  if (q.dim(2) == 64) {
+    if (fwd_mt() == 2)
+      launch_fwd<64, 2>(p, nseq, max_seqlen, st);
+    else
+      launch_fwd<64, 1>(p, nseq, max_seqlen, st);
+  } else {
+    launch_fwd<128, 1>(p, nseq, max_seqlen, st);
+  }
 }
 
 }  // namespace gptoss::cuda

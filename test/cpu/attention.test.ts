@@ -2,6 +2,7 @@
 // packing, padding, GQA ratios, windows and decode.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { native } from '../../src/native.ts';
 import { Tensor } from '../../src/tensor.ts';
 import {
   attentionForward,
@@ -252,4 +253,20 @@ test('bad inputs name the op and the shapes', () => {
   const badCu = Tensor.from(Int32Array.from([0, 9]), [2], { device: dev });
   assert.throws(() => attentionForward(q2, k, k, { cuSeqlens: badCu, maxSeqlen: 9 }), /cuSeqlens/);
   assert.throws(() => attentionForward(q2, k, k, { cuSeqlens: cu, maxSeqlen: 4, sinks: Tensor.zeros([3], { device: dev }) }), /sinks must have shape \[2\]/);
+});
+
+test('results do not depend on the CPU thread count (1, 7, 32 threads)', () => {
+  const s: RefShape = { T: 421, Hq: 8, Hkv: 1, D: 64, cu: [0, 1, 8, 121, 421], window: 0, scale: 0.125, sinks: randn(8, 71) };
+  const x = rand(s, 72);
+  const ops = native().ops;
+  const before = ops.numThreads() as number;
+  try {
+    const results = [1, 7, 32].map((n) => {
+      ops.setNumThreads(n);
+      return run(s, x, true);
+    });
+    for (const r of results.slice(1)) for (const key of ['out', 'lse', 'dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(r[key], results[0]![key], key);
+  } finally {
+    ops.setNumThreads(before);
+  }
 });
