@@ -1,6 +1,6 @@
 // bench/flex-attn.ts: attention with sinks, our kernels vs torch flex_attention (compiled) + sinks in the same run.
 //
-//   npm run bench:flex-attn [-- --json out.json] [--cpu] [--no-peer] [--iters N] [--peer-budget SECONDS]
+//   npm run bench:flex-attn [-- --json out.json] [--cpu] [--no-peer] [--iters N] [--peer-budget SECONDS] [--atomic-dq]
 //   (on the GPU machine: node dist/bench/flex-attn.js --json $OUT/attn.json)
 //
 // gpt-oss shapes: Hq 64, Hkv 8, D 64; B1 S4096, B1 S16384, B8 S2048; causal and sliding window 128; forward and
@@ -51,6 +51,7 @@ function args() {
     noPeer: a.includes('--no-peer'),
     iters: Number(get('--iters') ?? 0),
     peerBudget: Number(get('--peer-budget') ?? 600), // seconds of peer work (compiles included) before skipping cases
+    atomic: a.includes('--atomic-dq'), // non-deterministic backward (dq by fp32 atomics)
   };
 }
 
@@ -97,7 +98,7 @@ function timeIt(dev: string, iters: number, fn: () => void): number {
   return a.elapsedMs(b) / iters;
 }
 
-function runOurs(c: Case, dev: string, itersArg: number): number {
+function runOurs(c: Case, dev: string, itersArg: number, deterministic: boolean): number {
   const iters = itersArg || (dev === 'cpu' ? 2 : c.kind === 'decode' ? 50 : 20);
   if (c.kind === 'decode') {
     const q = randBf16([c.B, c.Hq, c.D], dev);
@@ -120,7 +121,7 @@ function runOurs(c: Case, dev: string, itersArg: number): number {
   const ms = timeIt(dev, iters, () => {
     const { out, lse } = attentionForward(q, k, v, opts);
     if (c.kind === 'fwdbwd') {
-      const g = attentionBackward(dOut, q, k, v, out, lse, opts);
+      const g = attentionBackward(dOut, q, k, v, out, lse, { ...opts, deterministic });
       g.dq.dispose();
       g.dk.dispose();
       g.dv.dispose();
@@ -176,7 +177,7 @@ function main() {
   }
   const rows: Row[] = [];
   for (const c of cases) {
-    const ms = runOurs(c, dev, a.iters);
+    const ms = runOurs(c, dev, a.iters, !a.atomic);
     const row: Row = { ...c, ms };
     if (c.kind === 'decode') row.gbps = kvBytes(c) / ms / 1e6;
     else row.tflops = flops(c) / ms / 1e9;
@@ -206,7 +207,7 @@ function main() {
   const device = gpu ? (native().ops.deviceName(0) as string) : 'cpu';
   const hbm = /H200/.test(device) ? 4800 : /H100/.test(device) ? 3350 : 0;
   const fmt = (x: number | undefined, d = 2) => (x === undefined ? '-' : x.toFixed(d));
-  console.log(`\nattention with sinks, device ${device}; peer: ${peerStatus}`);
+  console.log(`\nattention with sinks, device ${device}; backward ${a.atomic ? 'atomic dq' : 'deterministic'}; peer: ${peerStatus}`);
   console.log('| case | ours ms | ours TFLOP/s or GB/s | peer ms | peer TFLOP/s or GB/s | speedup (peer/ours) |');
   console.log('| --- | --- | --- | --- | --- | --- |');
   for (const r of rows) {
@@ -215,7 +216,7 @@ function main() {
     console.log(`| ${r.name} | ${fmt(r.ms, 3)} | ${ours} | ${fmt(r.peerMs, 3)} | ${peer} | ${r.ratio ? `${r.ratio.toFixed(2)}x` : '-'}${r.peerNote ? ` (${r.peerNote})` : ''} |`);
   }
   if (a.json) {
-    const variant = { fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '2', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '2' };
+    const variant = { deterministic: !a.atomic, fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '1', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '1' };
     writeFileSync(a.json, JSON.stringify({ device, hbmGBps: hbm || undefined, peer: peerStatus, variant, rows }, null, 2));
     console.log(`wrote ${a.json}`);
   }

@@ -93,7 +93,7 @@ GPTOSS_OP(attentionForward) {
 }
 
 // attentionBackward(dout, q, k, v, out, lse, cuSeqlens, seqUsed|null, sinks|null, maxSeqlen, window, scale,
-//                   gradDtype) -> { dq, dk, dv, dsinks? }
+//                   gradDtype, deterministic) -> { dq, dk, dv, dsinks? }
 GPTOSS_OP(attentionBackward) {
   const char* op = "attentionBackward";
   Tensor& dout = tensor_arg(info, 0, op, "dOut");
@@ -108,6 +108,7 @@ GPTOSS_OP(attentionBackward) {
                         num_arg(info, 11, op, "scale"));
   DType gd = parse_dtype(str_arg(info, 12, op, "gradDtype"), op);
   if (gd != DType::BF16 && gd != DType::F32) fail(op, ": gradDtype must be bf16 or f32");
+  const bool deterministic = info.Length() > 13 && !info[13].IsUndefined() ? bool_arg(info, 13, op, "deterministic") : true;
   check_shape(op, "dOut", dout, q.shape);
   check_dtype(op, "dOut", dout, q.dtype);
   check_same_device(op, q, dout);
@@ -126,7 +127,7 @@ GPTOSS_OP(attentionBackward) {
                   cpu::attention_backward(dout, q, k, v, out, lse, ptr(a.sinks), cu, ptr(a.used), a.window, a.scale,
                                           dq, dk, dv, ptr(dsinks)),
                   cuda::attention_backward(dout, q, k, v, out, lse, ptr(a.sinks), cu, ptr(a.used), a.max_seqlen,
-                                           a.window, a.scale, dq, dk, dv, ptr(dsinks)));
+                                           a.window, a.scale, dq, dk, dv, ptr(dsinks), deterministic));
   Napi::Object r = Napi::Object::New(info.Env());
   r.Set("dq", wrap(info.Env(), dq));
   r.Set("dk", wrap(info.Env(), dk));

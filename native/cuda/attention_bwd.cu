@@ -88,17 +88,21 @@ __device__ __forceinline__ void store_frag(T* base, int64_t stride, int row_a, i
 
 // ---- dK, dV --------------------------------------------------------------------------------------------------
 // MT = 16-key MMA tiles per warp (2 halves the shared-memory fragment traffic per MMA); BM = queries per step.
-template <int D, int MT>
+// ATOMIC (head_dim 64, MT 1 only): the CTA also computes dQ += dS K for its keys from dS^T staged in shared
+// memory and adds it to an fp32 buffer with atomics, so no separate dq pass recomputes S and dP (5 GEMMs
+// instead of 7, but the summation order of dq varies from run to run).
+template <int D, int MT, bool ATOMIC = false>
 struct DkdvCfg {
   static constexpr int NW = 4, NT = 128, BN = NW * 16 * MT;
   static constexpr int BM = (D == 64 && MT == 1) ? 64 : 32;
-  static constexpr bool KV_REG = D == 64 && MT == 1;  // K/V fragments kept in registers
-  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4;
+  static constexpr bool KV_REG = D == 64 && MT == 1 && !ATOMIC;  // K/V fragments kept in registers
+  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4 + (ATOMIC ? BN * BM * 2 : 0);
 };
 
-template <int D, int MT>
+template <int D, int MT, bool ATOMIC>
 __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
-  using C = DkdvCfg<D, MT>;
+  using C = DkdvCfg<D, MT, ATOMIC>;
+  static_assert(!ATOMIC || (D == 64 && MT == 1 && C::BM == 64 && C::BN == 64), "atomic dq: head_dim 64, MT 1");
   constexpr int BN = C::BN, BM = C::BM, NT = C::NT;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -107,6 +111,7 @@ __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
   __nv_bfloat16* sdO = sQ + 2 * BM * D;  // [2][BM*D]
   float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse * log2e
   float* sDl = sL + 2 * BM;                                 // [2][BM]
+  __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDl + 2 * BM);  // [BN][BM] dS^T (ATOMIC only)
 
   const int kb = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
   const SeqInfo si = seq_info(p.cu, p.used, s);
@@ -257,6 +262,48 @@ __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
           for (int mt = 0; mt < MT; mt++) {
             mma16816(dk[mt][2 * np], da[mt], b[0], b[1]);
             mma16816(dk[mt][2 * np + 1], da[mt], b[2], b[3]);
+          }
+        }
+      }
+      if constexpr (ATOMIC) {
+        // Stage dS^T (bf16, rows = keys, cols = queries), then warp w computes dQ rows 16w..16w+15 of this
+        // query block over the block's 64 keys and adds them to the fp32 buffer.
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+          for (int r = 0; r < 2; r++) {
+            const int kr = wk0 + g + r * 8, col = i * 8 + 2 * t4;
+            *reinterpret_cast<uint32_t*>(sdS + swz<BM>(kr, col >> 3) + (col & 7)) =
+                pack_bf16(dpt[0][i][2 * r], dpt[0][i][2 * r + 1]);
+          }
+        __syncthreads();
+        float dqa[D / 8][4];
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+          uint32_t a[4];
+          const int m = lane >> 3;
+          const int r = kk * 16 + (lane & 7) + ((m >> 1) << 3), ch = warp * 2 + (m & 1);
+          ldsm_x4_t(smem_u32(sdS + swz<BM>(r, ch)), a[0], a[1], a[2], a[3]);
+#pragma unroll
+          for (int np = 0; np < D / 16; np++) {
+            uint32_t b[4];
+            load_b_frags<D>(sK, kk * 16, np, b);
+            mma16816(dqa[2 * np], a, b[0], b[1]);
+            mma16816(dqa[2 * np + 1], a, b[2], b[3]);
+          }
+        }
+        const int h = kvh * p.G + it / nqb;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const int row = i0 + warp * 16 + g + r * 8;
+          if (row >= si.used) continue;
+          float* dst = p.dq_acc + (si.start + row) * qstride + h * D + 2 * t4;
+#pragma unroll
+          for (int i = 0; i < D / 8; i++) {
+            atomicAdd(dst + i * 8, dqa[i][2 * r]);
+            atomicAdd(dst + i * 8 + 1, dqa[i][2 * r + 1]);
           }
         }
       }
@@ -447,6 +494,16 @@ __global__ void __launch_bounds__(DqCfg<D, MT>::NT) dq_kernel(Params p) {
   }
 }
 
+// dq = scale * dq_acc in the gradient dtype.
+template <typename T>
+__global__ void dq_convert_kernel(const float* acc, T* dq, int64_t n, float scale) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  const float4 v = *reinterpret_cast<const float4*>(acc + i);
+  store2<T>(dq + i, v.x * scale, v.y * scale);
+  store2<T>(dq + i + 2, v.z * scale, v.w * scale);
+}
+
 }  // namespace attn
 
 namespace {
@@ -469,19 +526,45 @@ void launch_bwd(attn::Params& p, int nseq, int max_seqlen, float* partial, int n
   using KC = attn::DkdvCfg<D, MT>;
   using QC = attn::DqCfg<D, MT>;
   static bool kd = false, qd = false;
-  set_smem(attn::dkdv_kernel<D, MT>, KC::SMEM, kd);
+  set_smem(attn::dkdv_kernel<D, MT, false>, KC::SMEM, kd);
   set_smem(attn::dq_kernel<D, MT>, QC::SMEM, qd);
-  attn::dkdv_kernel<D, MT><<<dim3(ceil_div(max_seqlen, KC::BN), p.Hkv, nseq), KC::NT, KC::SMEM, st>>>(p);
+  attn::dkdv_kernel<D, MT, false><<<dim3(ceil_div(max_seqlen, KC::BN), p.Hkv, nseq), KC::NT, KC::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dk/dv kernel launch");
   attn::dq_kernel<D, MT><<<dim3(ceil_div(max_seqlen, QC::BM), p.Hq, nseq), QC::NT, QC::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq kernel launch");
 }
 
-// GPTOSS_ATTN_BWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (for A/B measurements).
+// Non-deterministic backward for head_dim 64: dk/dv kernel with fused atomic dq, then a scale/convert pass.
+void launch_bwd_atomic(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
+                       const Tensor& dq, cudaStream_t st) {
+  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
+  if (dsinks) {
+    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
+    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
+  }
+  using KC = attn::DkdvCfg<64, 1, true>;
+  static bool kd = false;
+  set_smem(attn::dkdv_kernel<64, 1, true>, KC::SMEM, kd);
+  const int64_t n = dq.numel();
+  GPTOSS_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, n * sizeof(float), st), "attentionBackward: memset");
+  attn::dkdv_kernel<64, 1, true><<<dim3(ceil_div(max_seqlen, KC::BN), p.Hkv, nseq), KC::NT, KC::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dk/dv/dq kernel launch");
+  const unsigned blocks = ceil_div(n / 4, 256);
+  if (p.grad_f32)
+    attn::dq_convert_kernel<float><<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<float*>(p.dq), n, p.scale);
+  else
+    attn::dq_convert_kernel<__nv_bfloat16>
+        <<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<__nv_bfloat16*>(p.dq), n, p.scale);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
+}
+
+// GPTOSS_ATTN_BWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (A/B measurements). Default 1: on an
+// H100, MT = 2 (fewer ldmatrix per MMA but half the warps per SM) measured ~12% slower.
 int bwd_mt() {
   static int mt = [] {
     const char* e = std::getenv("GPTOSS_ATTN_BWD_MT");
-    return e && e[0] == '1' ? 1 : 2;
+    return e && e[0] == '2' ? 2 : 1;
   }();
   return mt;
 }
@@ -490,7 +573,7 @@ int bwd_mt() {
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const Tensor* sinks, const Tensor& cu, const Tensor* used, int max_seqlen,
                         int window, float scale, const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                        const Tensor* dsinks) {
+                        const Tensor* dsinks, bool deterministic) {
   DeviceGuard guard(q.device);
   const int64_t T = q.dim(0), Hq = q.dim(1);
   if (T == 0) {
@@ -512,7 +595,11 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   const int nseq = static_cast<int>(cu.dim(0) - 1);
   cudaStream_t st = stream_of(q.device);
   float* ds = dsinks ? dsinks->data<float>() : nullptr;
-  if (q.dim(2) == 64) {
+  if (q.dim(2) == 64 && !deterministic) {
+    Tensor acc = make_tensor(q.shape, DType::F32, q.device);
+    p.dq_acc = acc.data<float>();
+    launch_bwd_atomic(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+  } else if (q.dim(2) == 64) {
     if (bwd_mt() == 2)
       launch_bwd<64, 2>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
     else

@@ -37,6 +37,7 @@ struct Params {
   void* dk;
   void* dv;
   int grad_f32;
+  float* dq_acc;  // fp32 [T, Hq, D] for the atomic dq mode (unscaled)
 };
 
 __device__ __forceinline__ float sink_log2(const Params& p, int h) {

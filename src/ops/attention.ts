@@ -32,8 +32,10 @@ export interface AttentionBackwardOptions extends AttentionOptions {
   /** dtype of dq/dk/dv: 'bf16' (default) or 'f32'. */
   gradDtype?: 'bf16' | 'f32';
   /**
-   * Bitwise reproducible gradients. The CUDA backward is always deterministic (no atomics: a dk/dv kernel per
-   * key block and a dq kernel per query block), so this flag only documents intent.
+   * Bitwise reproducible gradients (default true). true: the CUDA backward uses no atomics (a dk/dv kernel per
+   * key block and a dq kernel per query block that recomputes S and dP). false (CUDA, head_dim 64): dq is
+   * accumulated with fp32 atomics inside the dk/dv kernel (two fewer GEMMs; dq's summation order varies). The
+   * CPU backend is always deterministic.
    */
   deterministic?: boolean;
 }
@@ -97,6 +99,7 @@ export function attentionBackward(
     opts.window ?? 0,
     scaleOf(q, opts.scale),
     opts.gradDtype ?? 'bf16',
+    opts.deterministic ?? true,
   ) as { dq: Tensor['native']; dk: Tensor['native']; dv: Tensor['native']; dsinks?: Tensor['native'] };
   const res: AttentionBackwardResult = { dq: new Tensor(r.dq), dk: new Tensor(r.dk), dv: new Tensor(r.dv) };
   if (r.dsinks) res.dsinks = new Tensor(r.dsinks);

@@ -17,7 +17,7 @@ interface Case extends RefShape {
   dout: Float32Array;
 }
 
-function runOn(dev: string, c: Case, gradDtype: 'bf16' | 'f32') {
+function runOn(dev: string, c: Case, gradDtype: 'bf16' | 'f32', deterministic = true) {
   const cuSeqlens = Tensor.from(Int32Array.from(c.cu), [c.cu.length], { device: dev });
   const maxSeqlen = Math.max(1, ...c.cu.slice(1).map((x, i) => x - c.cu[i]!));
   const opts = {
@@ -33,7 +33,7 @@ function runOn(dev: string, c: Case, gradDtype: 'bf16' | 'f32') {
   const k = bf(c.k, c.Hkv);
   const v = bf(c.v, c.Hkv);
   const fw = attentionForward(q, k, v, opts);
-  const bw = attentionBackward(bf(c.dout, c.Hq), q, k, v, fw.out, fw.lse, { ...opts, gradDtype });
+  const bw = attentionBackward(bf(c.dout, c.Hq), q, k, v, fw.out, fw.lse, { ...opts, gradDtype, deterministic });
   return {
     out: fw.out.toFloat32(),
     lse: fw.lse.toFloat32(),
@@ -72,6 +72,10 @@ for (const kind of ['full', 'sliding'] as const) {
     const g = runOn('cuda:0', c, 'f32');
     const p = plainBf16(c, c.q, c.k, c.v, bf16Round(c.dout));
     const label = `fixture ${kind}`;
+    const ga = runOn('cuda:0', c, 'f32', false);
+    checkBound(`${label} (atomic dq)`, 'dq', ga.dq, p.dq, f.dq, 1e-3);
+    checkBound(`${label} (atomic dq)`, 'dk', ga.dk, p.dk, f.dk, 1e-3);
+    assert.deepEqual(ga.dk, g.dk, 'dk does not depend on the dq mode');
     checkBound(label, 'out', g.out, p.out, f.out, 1e-3);
     checkBound(label, 'dq', g.dq, p.dq, f.dq, 1e-3);
     checkBound(label, 'dk', g.dk, p.dk, f.dk, 1e-3);
@@ -114,9 +118,10 @@ const cases: [string, Case][] = [
   ['GQA 8, D128, window 500 > sequence', randomCase(8, 1, 128, [190, 3], 500, 5)],
 ];
 
-for (const [name, c] of cases) {
+for (const [name0, c] of cases) for (const det of [true, false]) {
+  const name = `${name0}${det ? '' : ' (atomic dq)'}`;
   test(`cuda vs cpu: ${name}`, { skip }, () => {
-    const g = runOn('cuda:0', c, 'f32');
+    const g = runOn('cuda:0', c, 'f32', det);
     const cpu = runOn('cpu', c, 'f32'); // fp32 math on the same bf16 inputs: the truth here
     const p = plainBf16(c, c.q, c.k, c.v, c.dout);
     checkBound(name, 'out', g.out, p.out, cpu.out, 1e-3);
@@ -138,14 +143,14 @@ test('cuda backward is deterministic (bitwise equal on a rerun)', { skip }, () =
 });
 
 test('cuda larger shape (Hq 16, Hkv 2, S 1536, causal and window 128) vs cpu', { skip }, () => {
-  for (const window of [0, 128]) {
+  for (const [window, det] of [[0, true], [128, true], [0, false]] as const) {
     const c = randomCase(16, 2, 64, [1536], window, 11);
-    const g = runOn('cuda:0', c, 'bf16');
+    const g = runOn('cuda:0', c, 'bf16', det);
     const cpu = runOn('cpu', c, 'f32');
     const mag = (a: Float32Array) => maxAbsDiff(a, new Float32Array(a.length));
     for (const key of ['out', 'dq', 'dk', 'dv'] as const) {
       const e = maxAbsDiff(g[key], cpu[key]);
-      console.log(`S1536 W${window} ${key}: err ${e.toExponential(2)} (max |ref| ${mag(cpu[key]).toExponential(2)})`);
+      console.log(`S1536 W${window}${det ? '' : ' atomic'} ${key}: err ${e.toExponential(2)} (max |ref| ${mag(cpu[key]).toExponential(2)})`);
       assert.ok(e <= 2e-2 * mag(cpu[key]) + 2e-3, `${key} err ${e}`);
     }
     assert.ok(maxAbsDiff(g.lse, cpu.lse) < 1e-3);
