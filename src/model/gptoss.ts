@@ -89,6 +89,20 @@ export function packPadded(ids: Int32Array | number[], batch: number, seqLen: nu
   return packSequences(seqs, device);
 }
 
+/**
+ * Per-token values of a packed batch (e.g. forward's logprobs.toFloat32()) laid out as a right-padded [nSeq, S]
+ * matrix, `fill` in the padding.
+ */
+export function unpackToPadded(b: PackedBatch, values: Float32Array, seqLen = b.maxSeqlen, fill = 0): Float32Array {
+  if (values.length !== b.numTokens) throw new Error(`unpackToPadded: ${values.length} values for ${b.numTokens} tokens`);
+  const out = new Float32Array(b.lengths.length * seqLen).fill(fill);
+  b.lengths.forEach((len, i) => {
+    if (len > seqLen) throw new Error(`unpackToPadded: sequence ${i} has ${len} tokens > ${seqLen}`);
+    out.set(values.subarray(b.offsets[i]!, b.offsets[i]! + len), i * seqLen);
+  });
+  return out;
+}
+
 export function disposeBatch(b: PackedBatch): void {
   for (const t of [b.ids, b.positions, b.targets, b.cuSeqlens]) t.dispose();
 }

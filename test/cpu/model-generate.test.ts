@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadModel } from '../../src/model/index.ts';
-import { packSequences, packPadded, disposeBatch, type GptOssModel } from '../../src/model/gptoss.ts';
+import { packSequences, packPadded, unpackToPadded, disposeBatch, type GptOssModel } from '../../src/model/gptoss.ts';
 import { FIXTURE_DIR } from '../common/model-parity.ts';
 
 function prompts(): number[][] {
@@ -81,6 +81,10 @@ test('tokenLogprobs: packed, padded and one-by-one agree', async () => {
   const r = model.forward(pb);
   const v = r.logprobs.toFloat32();
   for (let i = 0; i < ps.length; i++) for (let t = 0; t < ps[i]!.length - 1; t++) assert.ok(Math.abs(v[pb.offsets[i]! + t]! - lp[i]![t]!) < 1e-5);
+  const back = unpackToPadded(pb, v, S, NaN);
+  assert.equal(back.length, 3 * S);
+  assert.equal(back[1 * S + 0], v[pb.offsets[1]!]);
+  assert.ok(Number.isNaN(back[2 * S + 3]!));
   disposeBatch(pb);
   model.dispose();
 });
