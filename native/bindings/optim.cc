@@ -43,6 +43,8 @@ GPTOSS_OP(adamwStep) {
   c.beta1 = float(b1);
   c.beta2 = float(b2);
   c.eps = float(eps);
+  c.omb1 = float(1.0 - b1);
+  c.omb2 = float(1.0 - b2);
   c.decay = float(1.0 - lr * wd);
   c.step_size = float(lr / (1.0 - std::pow(b1, double(step))));
   c.bc2_sqrt = float(std::sqrt(1.0 - std::pow(b2, double(step))));

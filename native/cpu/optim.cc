@@ -19,8 +19,8 @@ void adamw_step(const Tensor& master, const Tensor& grad, const Tensor& m, const
     for (int64_t i = b; i < e; i++) {
       const float gi = g[i];
       float pi = p[i] * c.decay;
-      const float mi = mm[i] + (1.f - c.beta1) * (gi - mm[i]);
-      const float vi = vv[i] * c.beta2 + (1.f - c.beta2) * gi * gi;
+      const float mi = mm[i] + c.omb1 * (gi - mm[i]);
+      const float vi = vv[i] * c.beta2 + c.omb2 * gi * gi;
       const float denom = std::sqrt(vi) / c.bc2_sqrt + c.eps;
       pi = pi - c.step_size * (mi / denom);
       mm[i] = mi;

@@ -8,6 +8,7 @@ namespace gptoss {
 // Host-side constants of one AdamW step (bias corrections in double, then rounded once).
 struct AdamwConsts {
   float lr, beta1, beta2, eps, decay;  // decay = 1 - lr * weight_decay
+  float omb1, omb2;                    // 1 - beta1, 1 - beta2 (computed in double, as torch's scalars are)
   float step_size;                     // lr / (1 - beta1^step)
   float bc2_sqrt;                      // sqrt(1 - beta2^step)
 };

@@ -20,8 +20,8 @@ __global__ void adamw_kernel(int64_t n, float* __restrict p, const float* __rest
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const float gi = g[i];
     float pi = p[i] * c.decay;
-    const float mi = m[i] + (1.f - c.beta1) * (gi - m[i]);
-    const float vi = v[i] * c.beta2 + (1.f - c.beta2) * gi * gi;
+    const float mi = m[i] + c.omb1 * (gi - m[i]);
+    const float vi = v[i] * c.beta2 + c.omb2 * gi * gi;
     const float denom = sqrtf(vi) / c.bc2_sqrt + c.eps;
     pi = pi - c.step_size * (mi / denom);
     m[i] = mi;
