@@ -31,6 +31,7 @@ class Pool {
     std::lock_guard<std::mutex> run_lock(run_mu_);  // one parallel region at a time
     int64_t chunks = std::min<int64_t>(size() * 4, (n + grain - 1) / grain);
     int64_t chunk = (n + chunks - 1) / chunks;
+    chunks = (n + chunk - 1) / chunk;  // chunks actually handed out (rounding can leave fewer than asked)
     {
       std::lock_guard<std::mutex> lock(mu_);
       job_ = &f;

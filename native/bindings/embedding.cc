@@ -1,0 +1,66 @@
+// embedding.cc: bindings for embeddingForward / embeddingBackward.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../cpu/embedding.h"
+#include "coreops_args.h"
+#ifdef GPTOSS_WITH_CUDA
+#include "../cuda/embedding.h"
+#endif
+
+using namespace gptoss;
+using namespace gptoss::js;
+
+// The ids on the host (CUDA: one small device->host copy, which waits for the stream; it is what lets a bad id
+// be reported by value instead of reading out of bounds).
+static std::vector<int32_t> ids_on_host(const Tensor& ids) {
+  std::vector<int32_t> h(static_cast<size_t>(ids.numel()));
+  if (h.empty()) return h;
+  if (ids.device == kCpu) std::memcpy(h.data(), ids.raw(), ids.nbytes());
+  else cuda::copy(h.data(), kCpu, ids.raw(), ids.device, ids.nbytes());
+  return h;
+}
+
+// embeddingForward(weight bf16|f32 [V, H], ids i32 [...]) -> [..., H] (weight's dtype)
+GPTOSS_OP(embeddingForward) {
+  const char* op = "embeddingForward";
+  Tensor& w = tensor_arg(info, 0, op, "weight");
+  Tensor& ids = tensor_arg(info, 1, op, "ids");
+  check_ndim(op, "weight", w, 2);
+  check_float(op, "weight", w);
+  check_dtype(op, "ids", ids, DType::I32);
+  check_device(op, w, "ids", ids);
+  std::vector<int64_t> shape = ids.shape;
+  shape.push_back(w.dim(1));
+  Tensor out = make_tensor(shape, w.dtype, w.device);
+  if (w.device != kCpu) {
+    auto h = ids_on_host(ids);
+    cpu::check_ids(op, h.data(), ids.numel(), w.dim(0));
+  }
+  GPTOSS_DISPATCH(w, cpu::embedding_forward(w, ids, out), cuda::embedding_forward(w, ids, out));
+  return wrap(info.Env(), out);
+}
+
+// embeddingBackward(dOut bf16|f32 [..., H], ids i32 [...], vocabSize) -> f32 [V, H]
+GPTOSS_OP(embeddingBackward) {
+  const char* op = "embeddingBackward";
+  Tensor& dout = tensor_arg(info, 0, op, "dOut");
+  Tensor& ids = tensor_arg(info, 1, op, "ids");
+  int64_t vocab = int_arg(info, 2, op, "vocabSize");
+  GPTOSS_CHECK(vocab > 0, op, ": vocabSize must be positive, got ", vocab);
+  check_float(op, "dOut", dout);
+  check_dtype(op, "ids", ids, DType::I32);
+  check_device(op, dout, "ids", ids);
+  GPTOSS_CHECK(dout.ndim() == ids.ndim() + 1 && std::equal(ids.shape.begin(), ids.shape.end(), dout.shape.begin()),
+               op, ": dOut must have shape ids.shape + [H], got dOut ", dout.describe(), " and ids ", ids.describe());
+  Tensor dw = make_tensor({vocab, dout.dim(-1)}, DType::F32, dout.device);
+  if (dout.device == kCpu) {
+    cpu::embedding_backward(dout, ids, dw);
+  } else {
+    auto h = ids_on_host(ids);
+    cpu::check_ids(op, h.data(), ids.numel(), vocab);
+    GPTOSS_DISPATCH(dout, (void)0, cuda::embedding_backward(dout, h.data(), ids.numel(), dw));
+  }
+  return wrap(info.Env(), dw);
+}

@@ -1,0 +1,54 @@
+// rmsnorm.cc: bindings for rmsnormForward / rmsnormBackward.
+#include <cmath>
+
+#include "../cpu/rmsnorm.h"
+#include "coreops_args.h"
+#ifdef GPTOSS_WITH_CUDA
+#include "../cuda/rmsnorm.h"
+#endif
+
+using namespace gptoss;
+using namespace gptoss::js;
+
+// rmsnormForward(x bf16|f32 [..., H], w bf16|f32 [H], eps) -> { y: x's dtype [..., H], rstd: f32 [...] }
+GPTOSS_OP(rmsnormForward) {
+  const char* op = "rmsnormForward";
+  Tensor& x = tensor_arg(info, 0, op, "x");
+  Tensor& w = tensor_arg(info, 1, op, "w");
+  double eps = num_arg(info, 2, op, "eps");
+  GPTOSS_CHECK(x.ndim() >= 1, op, ": x must have at least one dimension, got ", x.describe());
+  check_float(op, "x", x);
+  check_float(op, "w", w);
+  check_shape(op, "w", w, {x.dim(-1)});
+  check_device(op, x, "w", w);
+  GPTOSS_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be a finite non-negative number, got ", eps);
+  Tensor y = make_tensor(x.shape, x.dtype, x.device);
+  Tensor rstd = make_tensor(shape_without_last(x), DType::F32, x.device);
+  float e = static_cast<float>(eps);
+  GPTOSS_DISPATCH(x, cpu::rmsnorm_forward(x, w, e, y, rstd), cuda::rmsnorm_forward(x, w, e, y, rstd));
+  return two(info.Env(), "y", y, "rstd", rstd);
+}
+
+// rmsnormBackward(dy bf16|f32 like x, x, w, rstd f32 [...]) -> { dx: f32 like x, dw: f32 [H] }
+GPTOSS_OP(rmsnormBackward) {
+  const char* op = "rmsnormBackward";
+  Tensor& dy = tensor_arg(info, 0, op, "dy");
+  Tensor& x = tensor_arg(info, 1, op, "x");
+  Tensor& w = tensor_arg(info, 2, op, "w");
+  Tensor& rstd = tensor_arg(info, 3, op, "rstd");
+  GPTOSS_CHECK(x.ndim() >= 1, op, ": x must have at least one dimension, got ", x.describe());
+  check_float(op, "dy", dy);
+  check_float(op, "x", x);
+  check_float(op, "w", w);
+  check_shape(op, "dy", dy, x.shape);
+  check_shape(op, "w", w, {x.dim(-1)});
+  check_dtype(op, "rstd", rstd, DType::F32);
+  check_shape(op, "rstd", rstd, shape_without_last(x));
+  check_device(op, x, "dy", dy);
+  check_device(op, x, "w", w);
+  check_device(op, x, "rstd", rstd);
+  Tensor dx = make_tensor(x.shape, DType::F32, x.device);
+  Tensor dw = make_tensor({x.dim(-1)}, DType::F32, x.device);
+  GPTOSS_DISPATCH(x, cpu::rmsnorm_backward(dy, x, w, rstd, dx, dw), cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw));
+  return two(info.Env(), "dx", dx, "dw", dw);
+}

@@ -1,0 +1,16 @@
+// elementwise.h: elementwise float ops on the CPU (fp32 math, results rounded to the output dtype).
+#pragma once
+#include "../common/tensor.h"
+
+namespace gptoss::cpu {
+
+// out = a + b. a, b, out: bf16|f32 with the same numel (any mix of the two dtypes). out may alias a.
+void ew_add(const Tensor& a, const Tensor& b, const Tensor& out);
+// out = a * s. a, out: bf16|f32 with the same numel; out may alias a.
+void ew_scale(const Tensor& a, float s, const Tensor& out);
+// out = a converted: bf16 <-> f32, i32 -> f32 (exact below 2^24), or a plain copy when the dtypes agree.
+void ew_cast(const Tensor& a, const Tensor& out);
+// every element = value (bf16/f32 rounded; i32 and u8 take the integer value).
+void ew_fill(const Tensor& a, double value);
+
+}  // namespace gptoss::cpu

@@ -1,0 +1,67 @@
+// embedding.cc: CPU reference for the embedding gather and its scatter-add backward.
+#include "embedding.h"
+
+#include <cstring>
+#include <vector>
+
+#include "parallel.h"
+
+namespace gptoss::cpu {
+
+void check_ids(const char* op, const int32_t* ids, int64_t n, int64_t vocab) {
+  for (int64_t i = 0; i < n; i++)
+    GPTOSS_CHECK(ids[i] >= 0 && ids[i] < vocab, op, ": ids[", i, "] = ", ids[i],
+                 " is out of range for vocabulary size V = ", vocab);
+}
+
+template <typename T, typename O>
+static void gather(const T* w, const int32_t* ids, O* out, int64_t n, int64_t h) {
+  parallel_for(n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; t++) {
+      const T* src = w + int64_t(ids[t]) * h;
+      O* dst = out + t * h;
+      for (int64_t j = 0; j < h; j++) dst[j] = src[j];
+    }
+  });
+}
+
+void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& out) {
+  int64_t n = ids.numel(), h = weight.dim(1);
+  check_ids("embeddingForward", ids.data<int32_t>(), n, weight.dim(0));
+  if (weight.dtype == DType::BF16)
+    gather(weight.data<bf16>(), ids.data<int32_t>(), out.data<bf16>(), n, h);
+  else
+    gather(weight.data<float>(), ids.data<int32_t>(), out.data<float>(), n, h);
+}
+
+template <typename T>
+static void scatter_add(const T* dout, const int32_t* ids, float* dw, int64_t n, int64_t vocab, int64_t h) {
+  // Group the tokens by id (counting sort, stable in t), then each vocabulary row is owned by one task that
+  // sums its tokens in order: no races and the same result for any thread count.
+  std::vector<int64_t> start(vocab + 1, 0);
+  for (int64_t t = 0; t < n; t++) start[ids[t] + 1]++;
+  for (int64_t v = 0; v < vocab; v++) start[v + 1] += start[v];
+  std::vector<int64_t> order(n), fill(start.begin(), start.end() - 1);
+  for (int64_t t = 0; t < n; t++) order[fill[ids[t]]++] = t;
+  std::memset(dw, 0, sizeof(float) * vocab * h);
+  parallel_for(vocab, 64, [&](int64_t b, int64_t e) {
+    for (int64_t v = b; v < e; v++) {
+      float* row = dw + v * h;
+      for (int64_t k = start[v]; k < start[v + 1]; k++) {
+        const T* src = dout + order[k] * h;
+        for (int64_t j = 0; j < h; j++) row[j] += to_f32(src[j]);
+      }
+    }
+  });
+}
+
+void embedding_backward(const Tensor& dout, const Tensor& ids, const Tensor& dweight) {
+  int64_t n = ids.numel(), vocab = dweight.dim(0), h = dweight.dim(1);
+  check_ids("embeddingBackward", ids.data<int32_t>(), n, vocab);
+  if (dout.dtype == DType::BF16)
+    scatter_add(dout.data<bf16>(), ids.data<int32_t>(), dweight.data<float>(), n, vocab, h);
+  else
+    scatter_add(dout.data<float>(), ids.data<int32_t>(), dweight.data<float>(), n, vocab, h);
+}
+
+}  // namespace gptoss::cpu

@@ -1,0 +1,96 @@
+// rmsnorm.cc: CPU reference for RMSNorm (fp32 math, one row per task).
+#include "rmsnorm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "parallel.h"
+
+namespace gptoss::cpu {
+
+template <typename X, typename W>
+static void forward(const X* x, const W* w, float eps, X* y, float* rstd, int64_t rows, int64_t h) {
+  parallel_for(rows, 8, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) {
+      const X* xr = x + r * h;
+      float ss = 0.f;
+      for (int64_t j = 0; j < h; j++) {
+        float v = to_f32(xr[j]);
+        ss += v * v;
+      }
+      float rs = 1.f / std::sqrt(ss / float(h) + eps);
+      rstd[r] = rs;
+      X* yr = y + r * h;
+      for (int64_t j = 0; j < h; j++) {
+        float v = to_f32(w[j]) * (to_f32(xr[j]) * rs);
+        if constexpr (std::is_same_v<X, bf16>) yr[j] = to_bf16(v); else yr[j] = v;
+      }
+    }
+  });
+}
+
+template <typename D, typename X, typename W>
+static void backward(const D* dy, const X* x, const W* w, const float* rstd, float* dx, float* dw, int64_t rows,
+                     int64_t h) {
+  parallel_for(rows, 8, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) {
+      const D* dyr = dy + r * h;
+      const X* xr = x + r * h;
+      float rs = rstd[r];
+      float dot = 0.f;
+      for (int64_t j = 0; j < h; j++) dot += to_f32(dyr[j]) * to_f32(w[j]) * to_f32(xr[j]);
+      float c = rs * rs * dot / float(h);
+      float* dxr = dx + r * h;
+      for (int64_t j = 0; j < h; j++) dxr[j] = rs * (to_f32(dyr[j]) * to_f32(w[j]) - to_f32(xr[j]) * c);
+    }
+  });
+  // dw: fixed chunks of rows give per-chunk partial sums, added in chunk order (deterministic for any thread
+  // count).
+  const int64_t chunk = 64;
+  int64_t nchunks = (rows + chunk - 1) / chunk;
+  std::vector<float> part(static_cast<size_t>(nchunks * h), 0.f);
+  parallel_for(nchunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; c++) {
+      float* p = part.data() + c * h;
+      for (int64_t r = c * chunk; r < std::min(rows, (c + 1) * chunk); r++) {
+        const D* dyr = dy + r * h;
+        const X* xr = x + r * h;
+        for (int64_t j = 0; j < h; j++) p[j] += to_f32(dyr[j]) * (to_f32(xr[j]) * rstd[r]);
+      }
+    }
+  });
+  for (int64_t j = 0; j < h; j++) dw[j] = 0.f;
+  for (int64_t c = 0; c < nchunks; c++)
+    for (int64_t j = 0; j < h; j++) dw[j] += part[c * h + j];
+}
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& y, const Tensor& rstd) {
+  int64_t h = x.dim(-1), rows = h ? x.numel() / h : 0;
+  bool xb = x.dtype == DType::BF16, wb = w.dtype == DType::BF16;
+  if (xb && wb) forward(x.data<bf16>(), w.data<bf16>(), eps, y.data<bf16>(), rstd.data<float>(), rows, h);
+  else if (xb) forward(x.data<bf16>(), w.data<float>(), eps, y.data<bf16>(), rstd.data<float>(), rows, h);
+  else if (wb) forward(x.data<float>(), w.data<bf16>(), eps, y.data<float>(), rstd.data<float>(), rows, h);
+  else forward(x.data<float>(), w.data<float>(), eps, y.data<float>(), rstd.data<float>(), rows, h);
+}
+
+template <typename D>
+static void backward_d(const D* dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
+                       const Tensor& dw, int64_t rows, int64_t h) {
+  bool xb = x.dtype == DType::BF16, wb = w.dtype == DType::BF16;
+  const float* rs = rstd.data<float>();
+  if (xb && wb) backward(dy, x.data<bf16>(), w.data<bf16>(), rs, dx.data<float>(), dw.data<float>(), rows, h);
+  else if (xb) backward(dy, x.data<bf16>(), w.data<float>(), rs, dx.data<float>(), dw.data<float>(), rows, h);
+  else if (wb) backward(dy, x.data<float>(), w.data<bf16>(), rs, dx.data<float>(), dw.data<float>(), rows, h);
+  else backward(dy, x.data<float>(), w.data<float>(), rs, dx.data<float>(), dw.data<float>(), rows, h);
+}
+
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
+                      const Tensor& dw) {
+  int64_t h = x.dim(-1), rows = h ? x.numel() / h : 0;
+  if (dy.dtype == DType::BF16) backward_d(dy.data<bf16>(), x, w, rstd, dx, dw, rows, h);
+  else backward_d(dy.data<float>(), x, w, rstd, dx, dw, rows, h);
+}
+
+}  // namespace gptoss::cpu

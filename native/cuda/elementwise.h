@@ -1,0 +1,12 @@
+// elementwise.h: CUDA add/scale/cast/fill (declarations; see native/cpu/elementwise.h).
+#pragma once
+#include "../common/tensor.h"
+
+namespace gptoss::cuda {
+
+void ew_add(const Tensor& a, const Tensor& b, const Tensor& out);
+void ew_scale(const Tensor& a, float s, const Tensor& out);
+void ew_cast(const Tensor& a, const Tensor& out);
+void ew_fill(const Tensor& a, double value);
+
+}  // namespace gptoss::cuda

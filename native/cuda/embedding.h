@@ -1,0 +1,17 @@
+// embedding.h: CUDA embedding gather / scatter-add backward (declarations; no CUDA headers, for the bindings).
+#pragma once
+#include <cstdint>
+
+#include "../common/tensor.h"
+
+namespace gptoss::cuda {
+
+// out[t, :] = weight[ids[t], :]; ids already range-checked by the caller.
+void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& out);
+// Deterministic scatter-add: host_ids (the same ids, already copied to the host and range-checked) are grouped
+// by id on the host (stable counting sort), uploaded, and one thread block per distinct id sums its tokens'
+// rows in token order into dweight (f32 [V, H], zeroed here). No atomics, so the result is bitwise
+// reproducible.
+void embedding_backward(const Tensor& dout, const int32_t* host_ids, int64_t n, const Tensor& dweight);
+
+}  // namespace gptoss::cuda

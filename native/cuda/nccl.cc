@@ -1,0 +1,246 @@
+// nccl.cc: communicators and collectives over NCCL (see nccl_comm.h). Compiled only in CUDA builds; this is the
+// only file that includes nccl.h from NCCL, so every .cu file still compiles in CI without it.
+#include "nccl_comm.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "../common/device.h"
+#include "../common/error.h"
+
+static_assert(sizeof(ncclUniqueId) == gptoss::cuda::nccl::kUniqueIdBytes, "ncclUniqueId is not 128 bytes");
+
+namespace gptoss::cuda::nccl {
+
+struct Comm {
+  ncclComm_t comm = nullptr;
+  int device = 0;
+  int rank = 0;
+  int size = 0;
+};
+
+namespace {
+
+struct Guard {  // makes the communicator's device current for the scope
+  int prev = 0;
+  explicit Guard(int device) {
+    cudaGetDevice(&prev);
+    if (prev != device) cudaSetDevice(device);
+  }
+  ~Guard() {
+    int cur = 0;
+    cudaGetDevice(&cur);
+    if (cur != prev) cudaSetDevice(prev);
+  }
+};
+
+std::string last_error(ncclComm_t comm) {
+  const char* m = ncclGetLastError(comm);
+  return (m && *m) ? std::string(" (") + m + ")" : std::string();
+}
+
+void check(ncclResult_t r, ncclComm_t comm, const std::string& what) {
+  if (r != ncclSuccess && r != ncclInProgress)
+    fail(what, ": NCCL error: ", ncclGetErrorString(r), last_error(comm));
+}
+
+ncclDataType_t nccl_type(DType t, const std::string& what) {
+  switch (t) {
+    case DType::BF16: return ncclBfloat16;
+    case DType::F32: return ncclFloat32;
+    case DType::I32: return ncclInt32;
+    case DType::U8: return ncclUint8;
+  }
+  fail(what, ": unsupported dtype");
+}
+
+ncclRedOp_t nccl_op(Reduce op) {
+  switch (op) {
+    case Reduce::Sum: return ncclSum;
+    case Reduce::Avg: return ncclAvg;
+    case Reduce::Max: return ncclMax;
+    case Reduce::Min: return ncclMin;
+  }
+  return ncclSum;
+}
+
+Comm* live(Comm* c, const std::string& what) {
+  if (!c || !c->comm) fail(what, ": the NCCL communicator was destroyed");
+  return c;
+}
+
+cudaStream_t stream_for(const Comm* c) { return static_cast<cudaStream_t>(gptoss::cuda::stream(c->device)); }
+
+}  // namespace
+
+std::string version() {
+  int v = 0;
+  ncclGetVersion(&v);
+  // NCCL_VERSION(X,Y,Z) = X*10000 + Y*100 + Z since 2.9.
+  return std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100);
+}
+
+void unique_id(void* out) {
+  ncclUniqueId id;
+  check(ncclGetUniqueId(&id), nullptr, "ncclGetUniqueId");
+  std::memcpy(out, &id, sizeof(id));
+}
+
+Comm* comm_init(const void* id_bytes, int nranks, int rank, int device) {
+  ncclUniqueId id;
+  std::memcpy(&id, id_bytes, sizeof(id));
+  Guard g(device);
+  // The device's compute stream is created first, so the communicator's buffers land after it.
+  (void)gptoss::cuda::stream(device);
+  ncclComm_t comm = nullptr;
+  ncclResult_t r = ncclCommInitRank(&comm, nranks, id, rank);
+  if (r != ncclSuccess)
+    fail("ncclCommInitRank: rank ", rank, " of ", nranks, " on cuda:", device, ": NCCL error: ", ncclGetErrorString(r),
+         last_error(comm));
+  auto* c = new Comm();
+  c->comm = comm;
+  c->device = device;
+  c->rank = rank;
+  c->size = nranks;
+  return c;
+}
+
+void comm_destroy(Comm* c) {
+  if (!c || !c->comm) return;
+  Guard g(c->device);
+  cudaStreamSynchronize(stream_for(c));
+  ncclComm_t comm = c->comm;
+  c->comm = nullptr;
+  ncclResult_t r = ncclCommFinalize(comm);
+  if (r != ncclSuccess) {
+    ncclCommAbort(comm);
+    fail("ncclCommDestroy: NCCL error: ", ncclGetErrorString(r));
+  }
+  check(ncclCommDestroy(comm), nullptr, "ncclCommDestroy");
+}
+
+void comm_abort(Comm* c) {
+  if (!c || !c->comm) return;
+  Guard g(c->device);
+  ncclComm_t comm = c->comm;
+  c->comm = nullptr;
+  ncclCommAbort(comm);
+}
+
+void comm_free(Comm* c) {
+  if (!c) return;
+  comm_abort(c);
+  delete c;
+}
+
+bool comm_live(const Comm* c) { return c && c->comm; }
+int comm_device(const Comm* c) { return c->device; }
+int comm_rank(const Comm* c) { return c->rank; }
+int comm_size(const Comm* c) { return c->size; }
+
+void check_async(Comm* c, const std::string& what) {
+  live(c, what);
+  ncclResult_t async = ncclSuccess;
+  ncclResult_t r = ncclCommGetAsyncError(c->comm, &async);
+  if (r != ncclSuccess) fail(what, ": ncclCommGetAsyncError failed: ", ncclGetErrorString(r));
+  if (async != ncclSuccess && async != ncclInProgress)
+    fail(what, ": NCCL asynchronous error on rank ", c->rank, ": ", ncclGetErrorString(async), last_error(c->comm));
+}
+
+void all_reduce(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, const std::string& what) {
+  live(c, what);
+  Guard g(c->device);
+  check(ncclAllReduce(send.raw(), recv.raw(), static_cast<size_t>(recv.numel()), nccl_type(recv.dtype, what), nccl_op(op),
+                      c->comm, stream_for(c)),
+        c->comm, what);
+  check_async(c, what);
+}
+
+void all_gather(Comm* c, const Tensor& send, const Tensor& recv, const std::string& what) {
+  live(c, what);
+  Guard g(c->device);
+  check(ncclAllGather(send.raw(), recv.raw(), static_cast<size_t>(send.numel()), nccl_type(send.dtype, what), c->comm,
+                      stream_for(c)),
+        c->comm, what);
+  check_async(c, what);
+}
+
+void reduce_scatter(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, const std::string& what) {
+  live(c, what);
+  Guard g(c->device);
+  check(ncclReduceScatter(send.raw(), recv.raw(), static_cast<size_t>(recv.numel()), nccl_type(recv.dtype, what),
+                          nccl_op(op), c->comm, stream_for(c)),
+        c->comm, what);
+  check_async(c, what);
+}
+
+void broadcast(Comm* c, const Tensor& send, const Tensor& recv, int root, const std::string& what) {
+  live(c, what);
+  Guard g(c->device);
+  check(ncclBroadcast(send.raw(), recv.raw(), static_cast<size_t>(recv.numel()), nccl_type(recv.dtype, what), root,
+                      c->comm, stream_for(c)),
+        c->comm, what);
+  check_async(c, what);
+}
+
+void send_recv(Comm* c, const std::vector<P2P>& ops, const std::string& what) {
+  live(c, what);
+  Guard g(c->device);
+  cudaStream_t s = stream_for(c);
+  check(ncclGroupStart(), c->comm, what);
+  ncclResult_t first_error = ncclSuccess;
+  for (const P2P& p : ops) {
+    size_t n = static_cast<size_t>(p.tensor.numel());
+    ncclDataType_t t = nccl_type(p.tensor.dtype, what);
+    ncclResult_t r = p.is_send ? ncclSend(p.tensor.raw(), n, t, p.peer, c->comm, s)
+                               : ncclRecv(p.tensor.raw(), n, t, p.peer, c->comm, s);
+    if (r != ncclSuccess && first_error == ncclSuccess) first_error = r;
+  }
+  ncclResult_t end = ncclGroupEnd();  // always close the group, even after an error
+  check(first_error, c->comm, what);
+  check(end, c->comm, what);
+  check_async(c, what);
+}
+
+void synchronize(Comm* c, double timeout_ms, const std::string& what) {
+  live(c, what);
+  Guard g(c->device);
+  cudaEvent_t ev;
+  cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+  if (e != cudaSuccess) fail(what, ": CUDA error ", cudaGetErrorString(e));
+  e = cudaEventRecord(ev, stream_for(c));
+  if (e != cudaSuccess) {
+    cudaEventDestroy(ev);
+    fail(what, ": CUDA error ", cudaGetErrorString(e));
+  }
+  auto start = std::chrono::steady_clock::now();
+  int spins = 0;
+  for (;;) {
+    e = cudaEventQuery(ev);
+    if (e == cudaSuccess) break;
+    if (e != cudaErrorNotReady) {
+      cudaEventDestroy(ev);
+      fail(what, ": CUDA error ", cudaGetErrorString(e));
+    }
+    try {
+      check_async(c, what);
+    } catch (...) {
+      cudaEventDestroy(ev);
+      throw;
+    }
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    if (timeout_ms > 0 && ms > timeout_ms) {
+      cudaEventDestroy(ev);
+      fail(what, ": timed out after ", timeout_ms, " ms waiting for NCCL work on cuda:", c->device, " (rank ", c->rank,
+           " of ", c->size, "; a peer may have failed or not joined)");
+    }
+    if (++spins > 100) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  cudaEventDestroy(ev);
+}
+
+}  // namespace gptoss::cuda::nccl

@@ -1,0 +1,11 @@
+// rmsnorm.h: CUDA RMSNorm (declarations; see native/cpu/rmsnorm.h for the math).
+#pragma once
+#include "../common/tensor.h"
+
+namespace gptoss::cuda {
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& y, const Tensor& rstd);
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
+                      const Tensor& dw);
+
+}  // namespace gptoss::cuda

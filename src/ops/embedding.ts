@@ -1,0 +1,29 @@
+// embedding.ts: token embedding lookup and its gradient.
+//
+// Forward is a row gather. Backward scatter-adds the output gradient rows into a fresh fp32 [V, H] gradient,
+// deterministically on both backends (tokens grouped by id, each vocabulary row summed in token order; no
+// atomics). On CUDA both directions copy the ids to the host once (one wait on the stream) so that an id out of
+// range fails with an error naming it instead of reading out of bounds, and so the backward can group the ids.
+import { native, type NativeTensor } from '../native.ts';
+import { Tensor } from '../tensor.ts';
+
+/**
+ * out[t, :] = weight[ids[t], :].
+ * @param weight bf16 (or f32) [V, H]
+ * @param ids i32 [T] (any shape; the output gets ids.shape + [H]); every id must be in [0, V)
+ * @returns weight's dtype [T, H]
+ */
+export function embeddingForward(weight: Tensor, ids: Tensor): Tensor {
+  return new Tensor(native().ops.embeddingForward(weight, ids) as NativeTensor);
+}
+
+/**
+ * dWeight[v, :] = sum over t with ids[t] == v of dOut[t, :], in fp32.
+ * @param dOut bf16|f32 [T, H]
+ * @param ids i32 [T], the ids of the forward
+ * @param vocabSize V
+ * @returns f32 [V, H] (rows of ids that do not occur are zero)
+ */
+export function embeddingBackward(dOut: Tensor, ids: Tensor, vocabSize: number): Tensor {
+  return new Tensor(native().ops.embeddingBackward(dOut, ids, vocabSize) as NativeTensor);
+}

@@ -1,0 +1,22 @@
+// Rewards: the RewardFn interface and the `#### N` rules (strict = the peer's, flexible, harmony-aware).
+export {
+  canonicalNumber,
+  extractStrict,
+  extractStrictNormalized,
+  extractFlexible,
+  extractFlexibleNormalized,
+  finalChannelText,
+  strictReward,
+  flexibleReward,
+  harmonyReward,
+  getRewardFn,
+  gsm8kReward,
+  REWARD_NAMES,
+  type RewardContext,
+  type RewardReason,
+  type RewardResult,
+  type RewardFn,
+  type RuleOptions,
+  type HarmonyRuleOptions,
+  type RewardName,
+} from './gsm8k.ts';

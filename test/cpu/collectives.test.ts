@@ -1,0 +1,165 @@
+// CPU collectives and the launcher: 2-4 worker processes started with launch(), collectives with known sums,
+// argument errors, cross-rank mismatches, rank failure, the CLI's rank-prefixed output.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { launch, initDistributed, distEnv, type LaunchResult } from '../../src/dist/launch.ts';
+import { reduceBuffers } from '../../src/dist/tcp-group.ts';
+import { parseLaunchArgs } from '../../src/cli/launch.ts';
+import { Tensor, f32ToBf16Bits, bf16BitsToF32 } from '../../src/tensor.ts';
+
+const worker = fileURLToPath(new URL('../helpers/collectives-worker.ts', import.meta.url));
+const cli = fileURLToPath(new URL('../../src/cli/launch.ts', import.meta.url));
+
+interface Run extends LaunchResult {
+  lines: { rank: number; stream: string; line: string }[];
+  text: string;
+}
+
+async function run(nproc: number, scenario: string, killGraceMs = 5000): Promise<Run> {
+  const lines: Run['lines'] = [];
+  const r = await launch({
+    script: worker,
+    args: [scenario, 'cpu'],
+    nprocPerNode: nproc,
+    device: 'cpu',
+    killGraceMs,
+    onOutput: (rank, stream, line) => lines.push({ rank, stream, line }),
+  });
+  return { ...r, lines, text: lines.map((l) => `[rank ${l.rank}] ${l.line}`).join('\n') };
+}
+
+function passes(r: Run, rank: number): string[] {
+  return r.lines.filter((l) => l.rank === rank && l.line.startsWith('PASS ')).map((l) => l.line.replace(/ \(rank.*$/, ''));
+}
+
+for (const n of [2, 3, 4]) {
+  test(`collectives with known sums on ${n} CPU processes`, async () => {
+    const r = await run(n, 'basic');
+    assert.equal(r.exitCode, 0, r.text);
+    for (let rank = 0; rank < n; rank++) {
+      assert.deepEqual(
+        passes(r, rank),
+        [
+          'PASS allReduce/allGather/reduceScatter/broadcast f32 bf16 i32',
+          'PASS send/recv',
+          'PASS ordering against the stream',
+          'PASS barrier and allGatherObject',
+        ],
+        r.text,
+      );
+      assert.ok(r.lines.some((l) => l.rank === rank && l.line === `rank ${rank} done`), r.text);
+    }
+  });
+}
+
+test('bad inputs fail with messages naming the collective and the shapes, on every rank', async () => {
+  const r = await run(3, 'bad-input');
+  assert.equal(r.exitCode, 0, r.text);
+  for (let rank = 0; rank < 3; rank++) {
+    assert.deepEqual(passes(r, rank), ['PASS local argument errors', 'PASS cross-rank mismatch errors', 'PASS group usable after errors'], r.text);
+  }
+});
+
+test('a failing rank tears the group down and its exit code is reported', async () => {
+  const t0 = Date.now();
+  const r = await run(3, 'fail');
+  assert.equal(r.failedRank, 1, r.text);
+  assert.equal(r.exitCode, 3, r.text);
+  assert.match(r.reason ?? '', /rank 1/);
+  assert.ok(r.lines.some((l) => l.rank === 1 && l.stream === 'stderr' && l.line === 'rank 1 fails on purpose'), r.text);
+  for (const e of r.ranks) if (e.rank !== 1) assert.ok(e.code !== 0 || e.signal, `rank ${e.rank} should not succeed`);
+  assert.ok(Date.now() - t0 < 30_000);
+});
+
+test('ranks that hang after a failure are killed by the launcher', async () => {
+  const t0 = Date.now();
+  const r = await run(3, 'hang', 2000);
+  assert.equal(r.failedRank, 1, r.text);
+  assert.equal(r.exitCode, 3, r.text);
+  for (const e of r.ranks) if (e.rank !== 1) assert.ok(e.signal === 'SIGTERM' || e.signal === 'SIGKILL', JSON.stringify(r.ranks));
+  assert.ok(Date.now() - t0 < 30_000);
+});
+
+test('the CLI sets the torchrun variables and prefixes output with the rank', () => {
+  const p = spawnSync(process.execPath, ['--import', 'tsx', cli, '--nproc-per-node', '2', '--device', 'cpu', worker, 'env', 'cpu'], {
+    encoding: 'utf8',
+    env: { ...process.env, NCCL_NVLS_ENABLE: '0' },
+  });
+  assert.equal(p.status, 0, p.stdout + p.stderr);
+  const envs = p.stdout
+    .split('\n')
+    .map((l) => /^\[rank (\d+)\] ENV (.*)$/.exec(l))
+    .filter((m): m is RegExpExecArray => !!m)
+    .map((m) => ({ prefix: Number(m[1]), env: JSON.parse(m[2]!) as Record<string, string> }))
+    .sort((a, b) => a.prefix - b.prefix);
+  assert.equal(envs.length, 2, p.stdout);
+  envs.forEach(({ prefix, env }, i) => {
+    assert.equal(prefix, i);
+    assert.equal(env.RANK, String(i));
+    assert.equal(env.LOCAL_RANK, String(i));
+    assert.equal(env.WORLD_SIZE, '2');
+    assert.equal(env.LOCAL_WORLD_SIZE, '2');
+    assert.equal(env.NODE_RANK, '0');
+    assert.equal(env.NNODES, '1');
+    assert.equal(env.MASTER_ADDR, '127.0.0.1');
+    assert.match(env.MASTER_PORT ?? '', /^\d+$/);
+    assert.equal(env.NCCL_NVLS_ENABLE, '0');
+  });
+  const bad = spawnSync(process.execPath, ['--import', 'tsx', cli, '--nprocs', '2', worker], { encoding: 'utf8' });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /unknown launcher flag --nprocs/);
+});
+
+test('launcher argument parsing and validation', async () => {
+  assert.deepEqual(parseLaunchArgs(['--nproc_per_node=4', '--nnodes', '2', '--node-rank', '1', '--master-addr', 'h0', '--master-port', '29501', 'w.js', '--lr', '1']), {
+    nprocPerNode: 4,
+    nnodes: 2,
+    nodeRank: 1,
+    masterAddr: 'h0',
+    masterPort: 29501,
+    script: 'w.js',
+    args: ['--lr', '1'],
+  });
+  assert.throws(() => parseLaunchArgs(['--nnodes', 'x', 'w.js']), /--nnodes needs a non-negative integer/);
+  assert.throws(() => parseLaunchArgs([]), /no script to launch/);
+  await assert.rejects(launch({ script: worker, device: 'cpu', nprocPerNode: 2, nnodes: 2, nodeRank: 2 }), /nodeRank 2 is not in \[0, 2\)/);
+  await assert.rejects(launch({ script: worker, device: 'cpu', nprocPerNode: 0 }), /nprocPerNode must be a positive integer/);
+  assert.deepEqual(distEnv({ RANK: '3', WORLD_SIZE: '8', LOCAL_RANK: '1', LOCAL_WORLD_SIZE: '4', NODE_RANK: '0', MASTER_PORT: '1' }).localRank, 1);
+  assert.throws(() => distEnv({ RANK: '8', WORLD_SIZE: '8' }), /RANK=8 is not in \[0, WORLD_SIZE=8\)/);
+});
+
+test('a process started without the launcher is a group of one', async () => {
+  const ctx = await initDistributed({ backend: 'cpu' });
+  assert.equal(ctx.worldSize, 1);
+  assert.equal(ctx.rank, 0);
+  assert.equal(ctx.backend, 'cpu');
+  const t = Tensor.from([1, 2, 3], [3], { device: 'cpu' });
+  await ctx.collectives.allReduce(t, 'sum');
+  assert.deepEqual([...t.toFloat32()], [1, 2, 3]);
+  const g = Tensor.zeros([3], { device: 'cpu' });
+  await ctx.collectives.allGather(g, t);
+  assert.deepEqual([...g.toFloat32()], [1, 2, 3]);
+  await ctx.destroy();
+});
+
+test('hub reductions: rank-order fp64 accumulation, bf16 rounding, integer avg and wrap-around', () => {
+  const f = (a: number[]) => new Uint8Array(Float32Array.from(a).buffer);
+  assert.deepEqual([...new Float32Array(reduceBuffers('f32', 'avg', [f([1, -3]), f([2, 5])]).buffer.slice(0))], [1.5, 1]);
+  const i = (a: number[]) => new Uint8Array(Int32Array.from(a).buffer);
+  const avg = reduceBuffers('i32', 'avg', [i([1, -3]), i([2, -4])]);
+  assert.deepEqual([...new Int32Array(avg.buffer, avg.byteOffset, 2)], [1, -3]);
+  const wrap = reduceBuffers('i32', 'sum', [i([2 ** 31 - 1]), i([1])]);
+  assert.equal(new Int32Array(wrap.buffer, wrap.byteOffset, 1)[0], -(2 ** 31));
+  const b = (a: number[]) => new Uint8Array(f32ToBf16Bits(Float32Array.from(a)).buffer);
+  const bs = reduceBuffers('bf16', 'sum', [b([256]), b([1])]); // 257 is not a bf16: rounds to even (256)
+  assert.deepEqual([...bf16BitsToF32(new Uint16Array(bs.buffer, bs.byteOffset, 1))], [256]);
+});
+
+test('NCCL ops say clearly when the addon was built without NCCL', async () => {
+  const { native } = await import('../../src/native.ts');
+  if (native().features.nccl) return;
+  assert.throws(() => native().ops.ncclGetUniqueId(), /ncclGetUniqueId: this addon was built without NCCL/);
+  await assert.rejects(initDistributed({ backend: 'nccl' }), /backend nccl but this addon was built without NCCL/);
+});

@@ -1,0 +1,117 @@
+// Embedding gather and scatter-add backward on the CPU backend, against naive TS references.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Tensor } from '../../src/tensor.ts';
+import { embeddingForward, embeddingBackward } from '../../src/ops/embedding.ts';
+import { uniform, uniformBf16, randInts, assertClose, probes } from '../helpers/coreops1.ts';
+
+const cpu = { device: 'cpu' } as const;
+
+function refGather(w: Float32Array, ids: Int32Array, h: number): Float32Array {
+  const out = new Float32Array(ids.length * h);
+  ids.forEach((id, t) => out.set(w.subarray(id * h, (id + 1) * h), t * h));
+  return out;
+}
+
+function refScatter(d: Float32Array, ids: Int32Array, v: number, h: number): Float64Array {
+  const out = new Float64Array(v * h);
+  ids.forEach((id, t) => {
+    for (let j = 0; j < h; j++) out[id * h + j]! += d[t * h + j]!;
+  });
+  return out;
+}
+
+for (const [v, h, t] of [
+  [1, 1, 1],
+  [7, 7, 7],
+  [113, 7, 113],
+  [5, 113, 37],
+  [256, 64, 113],
+] as const) {
+  test(`embeddingForward gathers rows exactly (V=${v}, H=${h}, T=${t}, bf16 and f32)`, () => {
+    const w = uniformBf16(v * h, 1 + v);
+    const ids = randInts(t, 2 + t, v);
+    for (const dtype of ['bf16', 'f32'] as const) {
+      const out = embeddingForward(Tensor.from(w, [v, h], { ...cpu, dtype }), Tensor.from(ids, [t], cpu));
+      assert.deepEqual(out.shape, [t, h]);
+      assert.equal(out.dtype, dtype);
+      assert.deepEqual(out.toFloat32(), refGather(w, ids, h));
+    }
+  });
+
+  test(`embeddingBackward scatter-adds in fp32 (V=${v}, H=${h}, T=${t})`, () => {
+    // Few distinct ids, so rows receive several tokens.
+    const ids = randInts(t, 3 + t, Math.max(1, Math.min(v, 5)));
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const d = dtype === 'bf16' ? uniformBf16(t * h, 4) : uniform(t * h, 4);
+      const dw = embeddingBackward(Tensor.from(d, [t, h], { ...cpu, dtype }), Tensor.from(ids, [t], cpu), v);
+      assert.deepEqual(dw.shape, [v, h]);
+      assert.equal(dw.dtype, 'f32');
+      assertClose(dw.toFloat32(), refScatter(d, ids, v, h), 1e-6, 1e-5, `dW ${dtype}`);
+    }
+  });
+}
+
+test('embeddingBackward matches finite differences of the forward (f32)', () => {
+  const v = 7, h = 5, t = 9;
+  const w = uniform(v * h, 11);
+  const ids = randInts(t, 12, v);
+  const dOut = uniform(t * h, 13);
+  const idsT = Tensor.from(ids, [t], cpu);
+  // L(W) = sum(dOut * embeddingForward(W, ids)); dL/dW is the backward of dOut.
+  const loss = (wv: Float32Array) => {
+    const y = embeddingForward(Tensor.from(wv, [v, h], cpu), idsT).toFloat32();
+    let s = 0;
+    for (let i = 0; i < y.length; i++) s += dOut[i]! * y[i]!;
+    return s;
+  };
+  const dw = embeddingBackward(Tensor.from(dOut, [t, h], cpu), idsT, v).toFloat32();
+  for (const i of probes(v * h, 12, 14)) {
+    const eps = 0.25; // the loss is linear in W, so a large step is exact up to f32 rounding
+    const wp = w.slice(), wm = w.slice();
+    wp[i]! += eps;
+    wm[i]! -= eps;
+    const g = (loss(wp) - loss(wm)) / (wp[i]! - wm[i]!);
+    assert.ok(Math.abs(g - dw[i]!) <= 1e-5 + 1e-5 * Math.abs(g), `dW[${i}]: fd ${g} vs ${dw[i]}`);
+  }
+});
+
+test('embedding keeps the ids shape and is deterministic', () => {
+  const w = uniformBf16(10 * 8, 5);
+  const ids = Tensor.from(new Int32Array([1, 2, 3, 1, 1, 9]), [2, 3], cpu);
+  const out = embeddingForward(Tensor.from(w, [10, 8], { ...cpu, dtype: 'bf16' }), ids);
+  assert.deepEqual(out.shape, [2, 3, 8]);
+  const d = Tensor.from(uniform(48, 6), [2, 3, 8], cpu);
+  const a = embeddingBackward(d, ids, 10).toFloat32();
+  const b = embeddingBackward(d, ids, 10).toFloat32();
+  assert.deepEqual(a, b);
+  // Row 0 never occurs: zero. Row 1 occurs three times, summed in token order.
+  assert.ok(a.subarray(0, 8).every((x) => x === 0));
+});
+
+test('embedding ops reject bad ids, dtypes and shapes with clear errors', () => {
+  const w = Tensor.from(uniformBf16(113 * 4, 7), [113, 4], { ...cpu, dtype: 'bf16' });
+  assert.throws(
+    () => embeddingForward(w, Tensor.from(new Int32Array([0, 5, 113]), [3], cpu)),
+    /embeddingForward: ids\[2\] = 113 is out of range for vocabulary size V = 113/,
+  );
+  assert.throws(
+    () => embeddingForward(w, Tensor.from(new Int32Array([-1]), [1], cpu)),
+    /embeddingForward: ids\[0\] = -1 is out of range for vocabulary size V = 113/,
+  );
+  assert.throws(() => embeddingForward(w, Tensor.from([1, 2], [2], cpu)), /embeddingForward: ids must be i32, got f32\[2\] on cpu/);
+  assert.throws(
+    () => embeddingForward(Tensor.zeros([4], { ...cpu, dtype: 'bf16' }), Tensor.from(new Int32Array([0]), [1], cpu)),
+    /embeddingForward: weight must have 2 dimensions, got bf16\[4\] on cpu/,
+  );
+  const d = Tensor.zeros([3, 4], cpu);
+  assert.throws(
+    () => embeddingBackward(d, Tensor.from(new Int32Array([0, 1, 7]), [3], cpu), 7),
+    /embeddingBackward: ids\[2\] = 7 is out of range for vocabulary size V = 7/,
+  );
+  assert.throws(
+    () => embeddingBackward(d, Tensor.from(new Int32Array([0, 1]), [2], cpu), 7),
+    /embeddingBackward: dOut must have shape ids.shape \+ \[H\], got dOut f32\[3, 4\] on cpu and ids i32\[2\] on cpu/,
+  );
+  assert.throws(() => embeddingBackward(d, Tensor.from(new Int32Array([0, 1, 2]), [3], cpu), 0), /vocabSize must be positive/);
+});

@@ -1,0 +1,293 @@
+// CUDA core ops (embedding, RMSNorm, YaRN RoPE, elementwise, SwiGLU-clamp) against the CPU ops on the same
+// inputs, at model sizes (vectorised paths) and awkward sizes / misaligned views (scalar paths). Where BF16 is
+// involved the bound is FlashAttention-style: the CUDA error against the float64 truth is at most twice the
+// CPU (plain fp32-math BF16) error plus a small floor. Ends with a bandwidth table (COREOPS1_OUT=dir writes
+// coreops1-bench.json there).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Tensor, CudaEvent, cudaDeviceCount, synchronize } from '../../src/tensor.ts';
+import { native } from '../../src/native.ts';
+import { embeddingForward, embeddingBackward } from '../../src/ops/embedding.ts';
+import { rmsnormForward, rmsnormBackward } from '../../src/ops/rmsnorm.ts';
+import { yarnInvFreqTensor, ropeForward, ropeBackward } from '../../src/ops/rope.ts';
+import { add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike } from '../../src/ops/elementwise.ts';
+import { swigluForward, swigluBackward } from '../../src/ops/swiglu.ts';
+import { uniform, uniformBf16, randInts, maxAbsDiff, maxAbs } from '../helpers/coreops1.ts';
+
+const gpus = cudaDeviceCount();
+const skip = gpus === 0 ? 'no CUDA device (GPU machine only)' : false;
+const GPU = 'cuda:0';
+const cpu = { device: 'cpu' } as const;
+const gpu = { device: GPU } as const;
+
+/** CUDA error vs truth <= 2 x CPU error vs truth + floor. */
+function assertBound(cuda: Float32Array, cpuOut: Float32Array, truth: ArrayLike<number>, floor: number, what: string): void {
+  const eCuda = maxAbsDiff(cuda, truth), eCpu = maxAbsDiff(cpuOut, truth);
+  console.log(`  ${what}: max |cuda - truth| ${eCuda.toExponential(3)}, max |cpu - truth| ${eCpu.toExponential(3)}, |truth| ${maxAbs(truth).toExponential(3)}`);
+  assert.ok(eCuda <= 2 * eCpu + floor, `${what}: cuda error ${eCuda} > 2 x cpu error ${eCpu} + ${floor}`);
+}
+
+function both(data: Float32Array | Int32Array, shape: number[], dtype?: 'bf16' | 'f32' | 'i32'): [Tensor, Tensor] {
+  const o = dtype ? { dtype } : {};
+  return [Tensor.from(data, shape, { ...cpu, ...o }), Tensor.from(data, shape, { ...gpu, ...o })];
+}
+
+/** A view whose data starts 1 element past a 16-byte boundary (forces the kernels' scalar paths). */
+function misaligned(data: Float32Array, shape: number[], dtype: 'bf16' | 'f32'): Tensor {
+  const n = data.length;
+  const buf = new Float32Array(n + 1);
+  buf.set(data, 1);
+  return Tensor.from(buf, [n + 1], { ...gpu, dtype }).slice(1, n + 1).view(shape);
+}
+
+// ---- embedding -----------------------------------------------------------------------------------------------
+for (const [v, h, t] of [
+  [4096, 2880, 4096],
+  [113, 7, 113],
+  [256, 64, 1],
+] as const) {
+  test(`embedding on CUDA equals the CPU (V=${v}, H=${h}, T=${t}); backward deterministic`, { skip }, () => {
+    const w = uniformBf16(v * h, 1 + h);
+    const ids = randInts(t, 2 + t, Math.min(v, 300)); // repeats
+    const [wc, wg] = both(w, [v, h], 'bf16');
+    const [ic, ig] = both(ids, [t]);
+    const yg = embeddingForward(wg, ig);
+    assert.equal(yg.device, GPU);
+    assert.deepEqual(yg.toFloat32(), embeddingForward(wc, ic).toFloat32());
+    for (const dtype of ['bf16', 'f32'] as const) {
+      const d = dtype === 'bf16' ? uniformBf16(t * h, 3) : uniform(t * h, 3);
+      const [dc, dg] = both(d, [t, h], dtype);
+      const a = embeddingBackward(dg, ig, v).toFloat32();
+      const b = embeddingBackward(dg, ig, v).toFloat32();
+      assert.deepEqual(a, b, 'bitwise reproducible');
+      // Same summation order (token order per id) as the CPU: equal.
+      assert.ok(maxAbsDiff(a, embeddingBackward(dc, ic, v).toFloat32()) <= 1e-6, `dW ${dtype}`);
+    }
+  });
+}
+
+test('embedding on CUDA reports bad ids by value; misaligned weights use the scalar path', { skip }, () => {
+  const w = Tensor.from(uniformBf16(10 * 8, 4), [10, 8], { ...gpu, dtype: 'bf16' });
+  assert.throws(() => embeddingForward(w, Tensor.from(new Int32Array([1, 10]), [2], gpu)), /embeddingForward: ids\[1\] = 10 is out of range for vocabulary size V = 10/);
+  assert.throws(() => embeddingBackward(Tensor.zeros([1, 8], gpu), Tensor.from(new Int32Array([-3]), [1], gpu), 10), /embeddingBackward: ids\[0\] = -3 is out of range/);
+  assert.throws(() => embeddingForward(w, Tensor.from(new Int32Array([1]), [1], cpu)), /embeddingForward: ids is on cpu but the op runs on cuda:0/);
+  const wd = uniformBf16(10 * 8, 5);
+  const ids = new Int32Array([3, 3, 9, 0]);
+  const y = embeddingForward(misaligned(wd, [10, 8], 'bf16'), Tensor.from(ids, [4], gpu)).toFloat32();
+  assert.deepEqual(y, embeddingForward(Tensor.from(wd, [10, 8], { ...cpu, dtype: 'bf16' }), Tensor.from(ids, [4], cpu)).toFloat32());
+});
+
+// ---- RMSNorm -------------------------------------------------------------------------------------------------
+function rmsTruth(x: Float32Array, w: Float32Array, dy: Float32Array, t: number, h: number, eps: number) {
+  const y = new Float64Array(t * h), dx = new Float64Array(t * h), dw = new Float64Array(h), rstd = new Float64Array(t);
+  for (let r = 0; r < t; r++) {
+    let ss = 0, gx = 0;
+    for (let j = 0; j < h; j++) {
+      const xv = x[r * h + j]!;
+      ss += xv * xv;
+      gx += dy[r * h + j]! * w[j]! * xv;
+    }
+    const rs = 1 / Math.sqrt(ss / h + eps);
+    rstd[r] = rs;
+    for (let j = 0; j < h; j++) {
+      const xv = x[r * h + j]!, d = dy[r * h + j]!;
+      y[r * h + j] = w[j]! * xv * rs;
+      dx[r * h + j] = rs * (d * w[j]! - xv * rs * rs * (gx / h));
+      dw[j]! += d * xv * rs;
+    }
+  }
+  return { y, dx, dw, rstd };
+}
+
+for (const [t, h, mis] of [
+  [4096, 2880, false],
+  [113, 7, false],
+  [7, 64, true],
+  [1, 1, false],
+] as const) {
+  test(`rmsnorm on CUDA vs CPU (T=${t}, H=${h}${mis ? ', misaligned' : ''})`, { skip }, () => {
+    const eps = 1e-5;
+    const x = uniformBf16(t * h, 10 + h, -3, 3), w = uniformBf16(h, 11 + h, 0.5, 1.5), dy = uniformBf16(t * h, 12 + h);
+    const truth = rmsTruth(x, w, dy, t, h, eps);
+    const [xc, xg0] = both(x, [t, h], 'bf16');
+    const xg = mis ? misaligned(x, [t, h], 'bf16') : xg0;
+    const [wc, wg] = both(w, [h], 'bf16');
+    const [dc, dg] = both(dy, [t, h], 'bf16');
+    const fc = rmsnormForward(xc, wc, eps), fg = rmsnormForward(xg, wg, eps);
+    assertBound(fg.y.toFloat32(), fc.y.toFloat32(), truth.y, 1e-6, 'y');
+    assert.ok(maxAbsDiff(fg.rstd.toFloat32(), truth.rstd) <= 1e-5 * maxAbs(truth.rstd), 'rstd');
+    const bc = rmsnormBackward(dc, xc, wc, fc.rstd), bg = rmsnormBackward(dg, xg, wg, fg.rstd);
+    // dx is a difference of terms of size |dy * w * rstd| (it cancels to ~0 when H = 1): the floor scales with that.
+    const termScale = maxAbs(dy) * maxAbs(w) * maxAbs(truth.rstd);
+    assertBound(bg.dx.toFloat32(), bc.dx.toFloat32(), truth.dx, 1e-6 * termScale, 'dx');
+    assertBound(bg.dw.toFloat32(), bc.dw.toFloat32(), truth.dw, 1e-6 * maxAbs(truth.dw), 'dw');
+    const again = rmsnormBackward(dg, xg, wg, fg.rstd);
+    assert.deepEqual(again.dw.toFloat32(), bg.dw.toFloat32(), 'dw bitwise reproducible');
+  });
+}
+
+// ---- RoPE ----------------------------------------------------------------------------------------------------
+for (const [t, heads, d, mis] of [
+  [4096, 64, 64, false],
+  [4096, 8, 64, false],
+  [113, 3, 14, false],
+  [7, 2, 16, true],
+] as const) {
+  test(`rope on CUDA vs CPU (T=${t}, heads=${heads}, D=${d}${mis ? ', misaligned' : ''})`, { skip }, () => {
+    const cfg = { headDim: d, ropeTheta: 150000, factor: 32, betaFast: 32, betaSlow: 1, originalMaxPositions: 4096, truncate: false };
+    const n = t * heads * d, half = d / 2;
+    const x = uniformBf16(n, 20 + d, -2, 2), dy = uniformBf16(n, 21 + d);
+    const pos = randInts(t, 22, 131072);
+    const { invFreq: invC, attentionScaling: s } = yarnInvFreqTensor(cfg, 'cpu');
+    const invG = invC.to(GPU);
+    const inv = invC.toFloat32();
+    const truthY = new Float64Array(n), truthDx = new Float64Array(n);
+    for (let ti = 0; ti < t; ti++)
+      for (let j = 0; j < half; j++) {
+        const a = Math.fround(pos[ti]! * inv[j]!), c = Math.cos(a) * s, sn = Math.sin(a) * s;
+        for (let hh = 0; hh < heads; hh++) {
+          const o = (ti * heads + hh) * d;
+          truthY[o + j] = x[o + j]! * c - x[o + half + j]! * sn;
+          truthY[o + half + j] = x[o + half + j]! * c + x[o + j]! * sn;
+          truthDx[o + j] = dy[o + j]! * c + dy[o + half + j]! * sn;
+          truthDx[o + half + j] = dy[o + half + j]! * c - dy[o + j]! * sn;
+        }
+      }
+    const [pc, pg] = both(pos, [t]);
+    const [xc, xg0] = both(x, [t, heads, d], 'bf16');
+    const xg = mis ? misaligned(x, [t, heads, d], 'bf16') : xg0;
+    assertBound(ropeForward(xg, pg, invG, s).toFloat32(), ropeForward(xc, pc, invC, s).toFloat32(), truthY, 1e-6, 'y');
+    const [dc, dg] = both(dy, [t, heads, d], 'bf16');
+    assertBound(ropeBackward(dg, pg, invG, s).toFloat32(), ropeBackward(dc, pc, invC, s).toFloat32(), truthDx, 1e-5, 'dx');
+  });
+}
+
+// ---- elementwise ---------------------------------------------------------------------------------------------
+for (const n of [10_000_003, 113, 1]) {
+  test(`elementwise on CUDA equals the CPU bitwise (n=${n})`, { skip }, () => {
+    const a = uniform(n, 30, -4, 4), b = uniform(n, 31, -4, 4);
+    for (const dt of ['bf16', 'f32'] as const) {
+      const [ac, ag] = both(a, [n], dt), [bc, bg] = both(b, [n], dt);
+      assert.deepEqual(add(ag, bg).toFloat32(), add(ac, bc).toFloat32(), `add ${dt}`);
+      assert.deepEqual(scale(ag, 0.37).toFloat32(), scale(ac, 0.37).toFloat32(), `scale ${dt}`);
+      const other = dt === 'bf16' ? 'f32' : 'bf16';
+      const [oc, og] = both(b, [n], other);
+      addInPlace(ac, oc);
+      addInPlace(ag, og);
+      assert.deepEqual(ag.toFloat32(), ac.toFloat32(), `addInPlace ${dt} += ${other}`);
+      scaleInPlace(ag, -1.5);
+      scaleInPlace(ac, -1.5);
+      assert.deepEqual(ag.toFloat32(), ac.toFloat32(), `scaleInPlace ${dt}`);
+      const cg = cast(ag, other), cc = cast(ac, other);
+      assert.equal(cg.dtype, other);
+      assert.deepEqual(cg.toFloat32(), cc.toFloat32(), `cast ${dt} -> ${other}`);
+      fill(ag, 2.3);
+      fill(ac, 2.3);
+      assert.deepEqual(ag.toFloat32(), ac.toFloat32(), `fill ${dt}`);
+      const z = zerosLike(ag);
+      assert.equal(z.device, GPU);
+      assert.ok(z.toFloat32().every((v) => v === 0));
+    }
+    const ids = randInts(n, 32, 1 << 24);
+    assert.deepEqual(cast(Tensor.from(ids, [n], gpu), 'f32').toFloat32(), Float32Array.from(ids));
+    for (const dt of ['i32', 'u8'] as const) {
+      const t = Tensor.zeros([n], { ...gpu, dtype: dt });
+      fill(t, 7);
+      assert.ok(t.toFloat32().every((v) => v === 7), `fill ${dt}`);
+    }
+    if (n > 8) {
+      // misaligned views: scalar path
+      const am = misaligned(a, [n], 'f32'), bm = misaligned(b, [n], 'f32');
+      assert.deepEqual(add(am, bm).toFloat32(), add(Tensor.from(a, [n], cpu), Tensor.from(b, [n], cpu)).toFloat32(), 'add misaligned');
+    }
+  });
+}
+
+// ---- SwiGLU --------------------------------------------------------------------------------------------------
+function swigluTruth(gu: Float32Array, dh: Float32Array, limit = 7, alpha = 1.702) {
+  const n = dh.length;
+  const h = new Float64Array(n), d = new Float64Array(2 * n);
+  for (let k = 0; k < n; k++) {
+    const g0 = gu[2 * k]!, u0 = gu[2 * k + 1]!;
+    const g = Math.min(g0, limit), u = Math.min(Math.max(u0, -limit), limit);
+    const s = 1 / (1 + Math.exp(-alpha * g));
+    h[k] = (u + 1) * g * s;
+    d[2 * k] = g0 <= limit ? dh[k]! * (u + 1) * (s + alpha * g * s * (1 - s)) : 0;
+    d[2 * k + 1] = u0 >= -limit && u0 <= limit ? dh[k]! * g * s : 0;
+  }
+  return { h, d };
+}
+
+for (const [nr, inter, mis] of [
+  [4096, 2880, false],
+  [113, 7, false],
+  [7, 113, true],
+  [1, 1, false],
+] as const) {
+  test(`swiglu on CUDA vs CPU (N=${nr}, I=${inter}${mis ? ', misaligned' : ''})`, { skip }, () => {
+    const n = nr * inter;
+    const gu = uniformBf16(2 * n, 40 + inter, -10, 10), dh = uniformBf16(n, 41 + inter);
+    gu[0] = 7; // exactly at the limit: gradient passes on both backends
+    const truth = swigluTruth(gu, dh);
+    const [gc, gg0] = both(gu, [nr, 2 * inter], 'bf16');
+    const gg = mis ? misaligned(gu, [nr, 2 * inter], 'bf16') : gg0;
+    assertBound(swigluForward(gg).toFloat32(), swigluForward(gc).toFloat32(), truth.h, 1e-6, 'h');
+    const [dc, dg] = both(dh, [nr, inter], 'bf16');
+    assertBound(swigluBackward(dg, gg).toFloat32(), swigluBackward(dc, gc).toFloat32(), truth.d, 1e-5 * maxAbs(truth.d), 'dgu');
+  });
+}
+
+// ---- bandwidth -----------------------------------------------------------------------------------------------
+test('bandwidth of the CUDA core ops at gpt-oss-20b sizes (T=16384 tokens)', { skip }, () => {
+  const T = 16384, H = 2880, I = 2880, V = 201088;
+  const rows: { op: string; ms: number; gbps: number }[] = [];
+  // Results are disposed at once (stream-ordered caching allocator) so repeated calls reuse the same blocks.
+  const release = (r: unknown) => {
+    if (r instanceof Tensor) r.dispose();
+    else if (r && typeof r === 'object') for (const v of Object.values(r)) if (v instanceof Tensor) v.dispose();
+  };
+  const time = (op: string, bytes: number, f0: () => unknown) => {
+    const f = () => release(f0());
+    for (let i = 0; i < 3; i++) f();
+    synchronize(GPU);
+    const e0 = new CudaEvent(GPU, true), e1 = new CudaEvent(GPU, true);
+    const iters = 20;
+    e0.record();
+    for (let i = 0; i < iters; i++) f();
+    e1.record();
+    e1.synchronize();
+    const ms = e0.elapsedMs(e1) / iters;
+    rows.push({ op, ms, gbps: bytes / (ms * 1e6) });
+  };
+  const x = Tensor.zeros([T, H], { ...gpu, dtype: 'bf16' });
+  fill(x, 0.5);
+  const w = Tensor.zeros([H], { ...gpu, dtype: 'bf16' });
+  fill(w, 1);
+  const { rstd } = rmsnormForward(x, w, 1e-5);
+  time('rmsnormForward', T * H * 4 + T * 4, () => rmsnormForward(x, w, 1e-5));
+  time('rmsnormBackward', T * H * (2 + 2 + 4) + T * H * 4, () => rmsnormBackward(x, x, w, rstd));
+  const q = Tensor.zeros([T, 64, 64], { ...gpu, dtype: 'bf16' });
+  fill(q, 0.25);
+  const { invFreq, attentionScaling } = yarnInvFreqTensor({ headDim: 64, ropeTheta: 150000, factor: 32, betaFast: 32, betaSlow: 1, originalMaxPositions: 4096, truncate: false }, GPU);
+  const pos = Tensor.from(Int32Array.from({ length: T }, (_, i) => i), [T], gpu);
+  time('ropeForward q [T,64,64]', T * 4096 * 4, () => ropeForward(q, pos, invFreq, attentionScaling));
+  time('ropeBackward q (f32 out)', T * 4096 * 6, () => ropeBackward(q, pos, invFreq, attentionScaling));
+  const gu = Tensor.zeros([T, 2 * I], { ...gpu, dtype: 'bf16' });
+  fill(gu, 1);
+  time('swigluForward', T * I * 6, () => swigluForward(gu));
+  const dh = Tensor.zeros([T, I], { ...gpu, dtype: 'bf16' });
+  time('swigluBackward (f32 out)', T * I * (2 + 4 + 8), () => swigluBackward(dh, gu));
+  const a32 = Tensor.zeros([T, H], gpu);
+  time('addInPlace f32 += bf16', T * H * (4 + 2 + 4), () => addInPlace(a32, x));
+  time('cast bf16 -> f32', T * H * 6, () => cast(x, 'f32'));
+  const emb = Tensor.zeros([V, H], { ...gpu, dtype: 'bf16' });
+  const ids = Tensor.from(randInts(T, 50, V), [T], gpu);
+  time('embeddingForward (incl. id check sync)', T * H * 4, () => embeddingForward(emb, ids));
+  time('embeddingBackward (incl. zeroing f32 [V,H])', V * H * 4 + T * H * 2, () => embeddingBackward(x, ids, V));
+  console.log(`device: ${native().ops.deviceName(0)}`);
+  console.log('op'.padEnd(44) + 'ms'.padStart(10) + 'GB/s'.padStart(10));
+  for (const r of rows) console.log(r.op.padEnd(44) + r.ms.toFixed(4).padStart(10) + r.gbps.toFixed(0).padStart(10));
+  if (process.env.COREOPS1_OUT) writeFileSync(join(process.env.COREOPS1_OUT, 'coreops1-bench.json'), JSON.stringify({ device: native().ops.deviceName(0), rows }, null, 2));
+});
