@@ -23,7 +23,7 @@ function relNorm(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return Math.sqrt(num / Math.max(den, 1e-30));
 }
 
-test('matmul on CUDA matches float64 (transposes, dtypes, bias, alpha, accumulate, awkward sizes)', { skip }, () => {
+test('matmul on CUDA matches float64 (transposes, dtypes, bias, alpha, accumulate, awkward sizes)', { skip, timeout: 120000 }, () => {
   const sizes: [number, number, number][] = [[1, 1, 1], [7, 113, 257], [113, 7, 1], [257, 113, 300], [1, 257, 7], [64, 128, 256]];
   let seed = 1;
   for (const [M, N, K] of sizes)
@@ -52,7 +52,7 @@ test('matmul on CUDA matches float64 (transposes, dtypes, bias, alpha, accumulat
         }
 });
 
-test('matmul on CUDA: mixed dtypes (f32 operand rounded to bf16), linearBackward, large bf16 vs CPU, TFLOP/s', { skip }, () => {
+test('matmul on CUDA: mixed dtypes (f32 operand rounded to bf16), linearBackward, large bf16 vs CPU, TFLOP/s', { skip, timeout: 120000 }, () => {
   const M = 33, N = 65, K = 129;
   const a = randn(M * K, 5), b = randn(K * N, 6, 1, true);
   const c = matmul(Tensor.from(a, [M, K], { device: G }), Tensor.from(b, [K, N], { dtype: 'bf16', device: G }), { outDtype: 'f32' });
@@ -87,7 +87,7 @@ test('matmul on CUDA: mixed dtypes (f32 operand rounded to bf16), linearBackward
   }
 });
 
-test('tokenLogprobs on CUDA matches the CPU (forward and backward, chunked, entropy gradient)', { skip }, () => {
+test('tokenLogprobs on CUDA matches the CPU (forward and backward, chunked, entropy gradient)', { skip, timeout: 120000 }, () => {
   const T = 300, H = 256, V = 5003;
   const h = randn(T * H, 21, 1, true), w = randn(V * H, 22, 0.2, true);
   const r = rng(23);
@@ -123,7 +123,7 @@ test('tokenLogprobs on CUDA matches the CPU (forward and backward, chunked, entr
   assert.ok(Number.isNaN(fb[3]!) && Number.isFinite(fb[4]!));
 });
 
-test('tokenLogprobs on CUDA at GPT-OSS scale: memory stays at one chunk, timing', { skip }, () => {
+test('tokenLogprobs on CUDA at GPT-OSS scale: memory stays at one chunk, timing', { skip, timeout: 120000 }, () => {
   const T = 4096, H = 2880, V = 201088;
   const h = Tensor.from(randn(T * H, 31, 1, true), [T, H], { dtype: 'bf16', device: G });
   // lm_head rows: one random [4096, H] block repeated (host-side random data for 579M values would be slow).
@@ -158,7 +158,7 @@ test('tokenLogprobs on CUDA at GPT-OSS scale: memory stays at one chunk, timing'
   assert.ok(b.dHidden.toFloat32().every(Number.isFinite));
 });
 
-test('sample on CUDA draws the same tokens as on the CPU', { skip }, () => {
+test('sample on CUDA draws the same tokens as on the CPU', { skip, timeout: 120000 }, () => {
   for (const [B, V] of [[64, 5003], [4, 201088], [3, 1], [130, 7]] as [number, number][]) {
     const l = randn(B * V, B + V, 4);
     const lc = Tensor.from(l, [B, V], { device: 'cpu' }), lg = Tensor.from(l, [B, V], { device: G });
@@ -176,7 +176,7 @@ test('sample on CUDA draws the same tokens as on the CPU', { skip }, () => {
   }
 });
 
-test('adamwStep, sumOfSquares and gradNormAndClip on CUDA match the CPU', { skip }, () => {
+test('adamwStep, sumOfSquares and gradNormAndClip on CUDA match the CPU', { skip, timeout: 120000 }, () => {
   const n = 100003;
   const p0 = randn(n, 41), g0 = randn(n, 42, 0.1);
   const mk = (d: string) => ({
