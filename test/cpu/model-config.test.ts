@@ -1,24 +1,13 @@
 // GPT-OSS config parsing: the fixture's real config.json, rope_parameters, layer_types defaults, errors naming keys.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FIXTURE_DIR } from '../helpers/model-parity.ts';
 import { parseConfig, presetConfig, toHfConfig, readConfigFile, parameterCount } from '../../src/model/config.ts';
 
-const FIXTURE = new URL('../../../../shared/fixtures/gptoss-tiny/config.json', import.meta.url).pathname;
-const fixturePath = (): string => {
-  for (const p of [FIXTURE, '/work/shared/fixtures/gptoss-tiny/config.json']) {
-    try {
-      readFileSync(p);
-      return p;
-    } catch {
-      /* next */
-    }
-  }
-  return FIXTURE;
-};
 
 test('reads the fixture config.json (legacy rope_scaling, layer_types)', () => {
-  const c = readConfigFile(fixturePath());
+  const c = readConfigFile(join(FIXTURE_DIR, 'config.json'));
   assert.equal(c.numLayers, 2);
   assert.equal(c.hiddenSize, 64);
   assert.equal(c.numHeads, 4);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { loadModel } from '../../src/model/index.ts';
 import { packSequences, disposeBatch } from '../../src/model/gptoss.ts';
 import { Checkpoint, saveCheckpoint, tensorToSave, FP4_E2M1_VALUES, type TensorToSave } from '../../src/model/safetensors.ts';
-import { FIXTURE_DIR } from '../common/model-parity.ts';
+import { FIXTURE_DIR } from '../helpers/model-parity.ts';
 
 test('entropy and temperature-scaled log-probs match the fixture logits', async () => {
   const model = await loadModel(FIXTURE_DIR, { device: 'cpu' });

@@ -2,7 +2,7 @@
 // hidden state and every parameter gradient within BF16 noise; recompute gives the same gradients.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { runFixtureParity, checkParity } from '../common/model-parity.ts';
+import { runFixtureParity, checkParity } from '../helpers/model-parity.ts';
 
 test('fixture parity on cpu: logits, log-probs, hidden states, all gradients', async () => {
   const run = await runFixtureParity('cpu');

@@ -13,6 +13,7 @@ import {
   dequantMxfp4Expert,
   type TensorToSave,
 } from '../../src/model/safetensors.ts';
+import { FIXTURE_DIR } from '../helpers/model-parity.ts';
 
 const tmp = (): string => mkdtempSync(join(tmpdir(), 'st-'));
 
@@ -170,7 +171,7 @@ test('MXFP4 dequantisation matches hand-computed values and the [E, in, out] lay
 });
 
 test('reads the gptoss-tiny fixture shards', () => {
-  const ck = Checkpoint.open('/work/shared/fixtures/gptoss-tiny');
+  const ck = Checkpoint.open(FIXTURE_DIR);
   assert.deepEqual(ck.shapeOf('model.layers.1.mlp.experts.gate_up_proj'), [4, 64, 64]);
   const t = ck.load('model.layers.0.self_attn.sinks', { device: 'cpu', dtype: 'f32' });
   assert.equal(t.numel, 4);

@@ -7,8 +7,9 @@ import { join } from 'node:path';
 import { presetConfig, readConfigFile } from '../../src/model/config.ts';
 import { GptOssWeights, paramSpecs } from '../../src/model/weights.ts';
 import { Checkpoint } from '../../src/model/safetensors.ts';
+import { FIXTURE_DIR } from '../helpers/model-parity.ts';
 
-const FIX = '/work/shared/fixtures/gptoss-tiny';
+const FIX = FIXTURE_DIR;
 
 test('parameter names match the fixture checkpoint exactly', () => {
   const cfg = readConfigFile(join(FIX, 'config.json'));
