@@ -104,7 +104,7 @@ export function unpackToPadded(b: PackedBatch, values: Float32Array, seqLen = b.
 }
 
 export function disposeBatch(b: PackedBatch): void {
-  for (const t of [b.ids, b.positions, b.targets, b.cuSeqlens]) t.dispose();
+  for (const t of [b.ids, b.positions, b.targets, b.cuSeqlens]) if (!t.disposed) t.dispose();
 }
 
 // ---- forward state -------------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ export interface LayerSaved {
   moe: MoeContext;
 }
 
-/** What backward needs; dispose() it if backward is not run. */
+/** What backward needs; dispose() it if backward is not run (the batch stays the caller's unless releaseBatch). */
 export interface ForwardState {
   batch: PackedBatch;
   /** Per layer: saved activations, or null under recompute (then `inputs` holds the layer inputs). */
@@ -148,6 +148,8 @@ export interface ForwardOptions {
   collectHidden?: boolean;
   /** Also return the full f32 [T, V] logits (small models / tests only). */
   returnLogits?: boolean;
+  /** With train: the state takes the batch over (state.dispose() and backward also dispose it). Default false. */
+  releaseBatch?: boolean;
 }
 
 export interface ForwardResult {
@@ -364,6 +366,7 @@ export class GptOssModel {
     const logits = opts.returnLogits ? lmLogits(hf, this.weights.lmHead) : undefined;
     const result: ForwardResult = { logprobs: lp.logprobs, entropy: lp.entropy, hidden, logits };
     if (train) {
+      const releaseBatch = opts.releaseBatch ?? false;
       const state: ForwardState = {
         batch: b,
         saved,
@@ -383,6 +386,7 @@ export class GptOssModel {
           for (const t of inputs) disposeAll(t);
           inputs.length = 0;
           disposeAll(this.xL, this.hf, this.rstdf, this.lse);
+          if (releaseBatch) disposeBatch(b);
         },
       };
       result.state = state;

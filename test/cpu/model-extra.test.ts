@@ -9,6 +9,7 @@ import { loadModel } from '../../src/model/index.ts';
 import { packSequences, disposeBatch } from '../../src/model/gptoss.ts';
 import { Checkpoint, saveCheckpoint, tensorToSave, FP4_E2M1_VALUES, type TensorToSave } from '../../src/model/safetensors.ts';
 import { FIXTURE_DIR } from '../helpers/model-parity.ts';
+import { Tensor } from '../../src/tensor.ts';
 
 test('entropy and temperature-scaled log-probs match the fixture logits', async () => {
   const model = await loadModel(FIXTURE_DIR, { device: 'cpu' });
@@ -106,4 +107,27 @@ test('an MXFP4 checkpoint (quantization_config mxfp4, *_blocks/*_scales) loads a
   assert.ok(lp.every((x) => Number.isFinite(x) && x <= 0));
   model.dispose();
   rmSync(dir, { recursive: true });
+});
+
+test('train state: releaseBatch hands the batch over; grads accumulate across micro-batches', async () => {
+  const model = await loadModel(FIXTURE_DIR, { device: 'cpu' });
+  const seqs = [[1, 2, 3, 4, 5, 6], [7, 8, 9]];
+  const run = (grads?: Map<string, Tensor>, release = false): Map<string, Tensor> => {
+    const b = packSequences(seqs, 'cpu');
+    const r = model.forward(b, { train: true, releaseBatch: release });
+    const d = new Float32Array(b.numTokens).fill(-0.1);
+    const dt = Tensor.from(d, [b.numTokens], { device: 'cpu' });
+    const g = model.backward(r.state!, dt, grads);
+    assert.equal(b.ids.disposed, release);
+    if (!release) disposeBatch(b);
+    return g;
+  };
+  const once = run(undefined, true);
+  const twice = run(run(model.zeroGrads()));
+  for (const [n, g] of once) {
+    const a = g.toFloat32();
+    const b2 = twice.get(n)!.toFloat32();
+    for (let i = 0; i < a.length; i += 7) assert.ok(Math.abs(2 * a[i]! - b2[i]!) <= 1e-5 + 1e-5 * Math.abs(b2[i]!), `${n}[${i}]`);
+  }
+  model.dispose();
 });
