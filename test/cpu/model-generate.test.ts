@@ -56,6 +56,9 @@ test('sampling is seeded; stop tokens end a sequence; max new tokens caps it', a
   assert.deepEqual(a, b);
   const c = model.generate(ps, { maxNewTokens: 8, temperature: 1, seed: 8, stopTokens: [] });
   assert.notDeepEqual(a.map((r) => r.tokens), c.map((r) => r.tokens));
+  // GRPO samples n completions of one prompt in one batch: they must differ.
+  const same = model.generate([ps[1]!, ps[1]!, ps[1]!, ps[1]!], { maxNewTokens: 8, temperature: 1, seed: 3, stopTokens: [] });
+  assert.ok(new Set(same.map((r) => r.tokens.join(','))).size > 1, 'identical prompts in one batch sampled identically');
   const greedy = model.generate(ps, { maxNewTokens: 6, temperature: 0, stopTokens: [] });
   const stopTok = greedy[0]!.tokens[2]!;
   const s = model.generate(ps, { maxNewTokens: 6, temperature: 0, stopTokens: [stopTok] });
