@@ -22,6 +22,7 @@ import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward, logits as lmLog
 import { sample } from '../ops/sampling.ts';
 import { attentionForward, attentionBackward, attentionDecode } from '../ops/attention.ts';
 import { moeForward, moeBackward, type MoeContext } from '../ops/moe.ts';
+import { scatterRows } from '../ops/kvcache.ts';
 
 // ---- batches -------------------------------------------------------------------------------------------------------
 /** A packed batch on a device, plus its host-side bookkeeping. */
@@ -496,11 +497,17 @@ export class GptOssModel {
     const done = new Array<boolean>(B).fill(false);
     const lens = prompts.map((p) => p.length);
     const pb = packSequences(prompts, dev);
+    // Cache row (b * smax + position) of every prompt token, for scatterRows into cache.view([B*smax, Hkv, D]).
+    const rowsHost = new Int32Array(pb.numTokens);
+    pb.offsets.forEach((o, b) => {
+      for (let j = 0; j < pb.lengths[b]!; j++) rowsHost[o + j] = b * smax + j;
+    });
+    const prefillRows = Tensor.from(rowsHost, [pb.numTokens], { device: dev });
     try {
       // Prefill: the whole prompts, caching k (after rope) and v per layer.
       let x = embeddingForward(this.weights.embedding, pb.ids);
       for (let l = 0; l < c.numLayers; l++) {
-        const y = this.prefillLayer(l, x, pb, kCache[l]!, vCache[l]!);
+        const y = this.prefillLayer(l, x, pb, kCache[l]!, vCache[l]!, prefillRows);
         x.dispose();
         x = y;
       }
@@ -533,18 +540,20 @@ export class GptOssModel {
         const pos = Tensor.from(Int32Array.from(lens), [B], { device: dev });
         for (let i = 0; i < B; i++) lens[i]! += 1;
         const seqLens = Tensor.from(Int32Array.from(lens), [B], { device: dev });
+        const rows = Tensor.from(Int32Array.from(lens, (n, b) => b * smax + n - 1), [B], { device: dev });
         let h = embeddingForward(this.weights.embedding, ids);
         for (let l = 0; l < c.numLayers; l++) {
-          const y = this.decodeLayer(l, h, pos, seqLens, kCache[l]!, vCache[l]!, lens);
+          const y = this.decodeLayer(l, h, pos, seqLens, kCache[l]!, vCache[l]!, rows);
           h.dispose();
           h = y;
         }
-        disposeAll(ids, pos, seqLens);
+        disposeAll(ids, pos, seqLens, rows);
         next = this.sampleNext(h, { temperature, topP: opts.topP, topK: opts.topK, seed, step: step + 1 });
         h.dispose();
       }
     } finally {
       disposeBatch(pb);
+      prefillRows.dispose();
       for (const t of [...kCache, ...vCache]) t.dispose();
     }
     return results;
@@ -562,18 +571,15 @@ export class GptOssModel {
     return r;
   }
 
-  /** Copies rows [start, start+n) of src ([T, Hkv, D]) into cache[b, at..at+n). */
-  private static cacheWrite(cache: Tensor, b: number, at: number, src: Tensor, start: number, n: number): void {
-    const [, smax, hkv, d] = cache.shape as [number, number, number, number];
-    const row = cache.slice(b, b + 1);
-    const seq = row.view([smax, hkv, d]);
-    const dst = seq.slice(at, at + n);
-    const s = src.slice(start, start + n);
-    dst.copyFrom(s);
-    disposeAll(row, seq, dst, s);
+  /** Writes src rows ([N, Hkv, D]) into cache [B, Smax, Hkv, D] at flat rows b*Smax + position. */
+  private static cacheScatter(cache: Tensor, src: Tensor, rows: Tensor): void {
+    const [b, smax, hkv, d] = cache.shape as [number, number, number, number];
+    const flat = cache.view([b * smax, hkv, d]);
+    scatterRows(flat, src, rows);
+    flat.dispose();
   }
 
-  private prefillLayer(l: number, x: Tensor, b: PackedBatch, kc: Tensor, vc: Tensor): Tensor {
+  private prefillLayer(l: number, x: Tensor, b: PackedBatch, kc: Tensor, vc: Tensor, rows: Tensor): Tensor {
     const c = this.config;
     const w = this.weights.layers[l]!;
     const T = b.numTokens;
@@ -585,19 +591,17 @@ export class GptOssModel {
     const qr = ropeForward(q.view([T, c.numHeads, D]), b.positions, this.invFreq, this.attnScaling);
     const kr = ropeForward(k.view([T, c.numKvHeads, D]), b.positions, this.invFreq, this.attnScaling);
     disposeAll(a1, rstd1, q, k);
-    for (let i = 0; i < b.lengths.length; i++) {
-      GptOssModel.cacheWrite(kc, i, 0, kr, b.offsets[i]!, b.lengths[i]!);
-      GptOssModel.cacheWrite(vc, i, 0, v, b.offsets[i]!, b.lengths[i]!);
-    }
+    GptOssModel.cacheScatter(kc, kr, rows);
+    GptOssModel.cacheScatter(vc, v, rows);
     const { out: attn, lse } = attentionForward(qr, kr, v, { cuSeqlens: b.cuSeqlens, maxSeqlen: b.maxSeqlen, window: this.window(l), sinks: w.sinks });
     disposeAll(qr, kr, v, lse);
     return this.attnOutAndMoe(w, x, attn, T);
   }
 
-  private decodeLayer(l: number, x: Tensor, pos: Tensor, seqLens: Tensor, kc: Tensor, vc: Tensor, lens: readonly number[]): Tensor {
+  private decodeLayer(l: number, x: Tensor, pos: Tensor, seqLens: Tensor, kc: Tensor, vc: Tensor, rows: Tensor): Tensor {
     const c = this.config;
     const w = this.weights.layers[l]!;
-    const B = lens.length;
+    const B = x.shape[0]!;
     const D = c.headDim;
     const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
     const q = linearForward(a1, w.qW, w.qB);
@@ -606,10 +610,8 @@ export class GptOssModel {
     const qr = ropeForward(q.view([B, c.numHeads, D]), pos, this.invFreq, this.attnScaling);
     const kr = ropeForward(k.view([B, c.numKvHeads, D]), pos, this.invFreq, this.attnScaling);
     disposeAll(a1, rstd1, q, k);
-    for (let i = 0; i < B; i++) {
-      GptOssModel.cacheWrite(kc, i, lens[i]! - 1, kr, i, 1);
-      GptOssModel.cacheWrite(vc, i, lens[i]! - 1, v, i, 1);
-    }
+    GptOssModel.cacheScatter(kc, kr, rows);
+    GptOssModel.cacheScatter(vc, v, rows);
     const attn = attentionDecode(qr, kc, vc, { seqLens, window: this.window(l), sinks: w.sinks });
     disposeAll(qr, kr, v);
     return this.attnOutAndMoe(w, x, attn, B);

@@ -90,3 +90,19 @@ test('gpt-oss-20b shapes (4 layers) with random weights: forward + backward of o
   disposeBatch(b);
   model.dispose();
 });
+
+test('cuda scatterRows equals the CPU op (bf16 16-byte rows, odd rows, f32)', { skip }, async () => {
+  const { scatterRows } = await import('../../src/ops/kvcache.ts');
+  for (const [dtype, R] of [['bf16', 512], ['bf16', 7], ['f32', 113]] as const) {
+    const M = 300;
+    const index = Array.from({ length: 64 }, (_, i) => (i * 37) % M);
+    const d0 = Float32Array.from({ length: M * R }, (_, i) => (i % 13) - 6);
+    const s0 = Float32Array.from({ length: index.length * R }, (_, i) => 100 + (i % 29));
+    const outs = ['cpu', DEV].map((device) => {
+      const dst = Tensor.from(d0, [M, R], { dtype, device });
+      scatterRows(dst, Tensor.from(s0, [index.length, R], { dtype, device }), Tensor.from(Int32Array.from(index), [index.length], { device }));
+      return dst.toFloat32();
+    });
+    assert.deepEqual(outs[1], outs[0], `${dtype} R=${R}`);
+  }
+});
