@@ -20,6 +20,8 @@ export interface RopeConfig {
   betaSlow: number;
   originalMaxPositions: number;
   truncate: boolean;
+  /** rope_scaling.attention_factor when the config gives one (else YaRN's 0.1·ln(factor) + 1). */
+  attentionFactor?: number;
 }
 
 export interface GptOssConfig {
@@ -63,6 +65,7 @@ const ropeScalingSchema = z
     original_max_position_embeddings: posInt.optional(),
     truncate: z.boolean().optional(),
     rope_theta: z.number().positive().optional(),
+    attention_factor: z.number().positive().optional(),
   })
   .loose();
 
@@ -181,6 +184,7 @@ export function parseConfig(json: unknown, source = 'config.json'): GptOssConfig
           originalMaxPositions:
             rp?.original_max_position_embeddings ?? c.initial_context_length ?? fail(`${rpKey}.original_max_position_embeddings`, 'missing for yarn'),
           truncate: rp?.truncate ?? true,
+          ...(rp?.attention_factor !== undefined ? { attentionFactor: rp.attention_factor } : {}),
         }
       : { type: 'default', theta: theta!, factor: 1, betaFast: 32, betaSlow: 1, originalMaxPositions: c.max_position_embeddings ?? 4096, truncate: false };
 
@@ -276,6 +280,7 @@ export function toHfConfig(c: GptOssConfig): Record<string, unknown> {
             beta_slow: c.rope.betaSlow,
             original_max_position_embeddings: c.rope.originalMaxPositions,
             truncate: c.rope.truncate,
+            ...(c.rope.attentionFactor !== undefined ? { attention_factor: c.rope.attentionFactor } : {}),
           }
         : null,
     rope_theta: c.rope.theta,

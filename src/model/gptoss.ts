@@ -220,6 +220,7 @@ export class GptOssModel {
       betaSlow: r.betaSlow,
       originalMaxPositions: r.originalMaxPositions,
       truncate: r.truncate,
+      attentionFactor: r.attentionFactor,
     });
     this.invFreq = Tensor.from(yf.invFreq, [c.headDim / 2], { device: this.device, dtype: 'f32' });
     this.attnScaling = yf.attentionScaling;
