@@ -6,7 +6,8 @@ import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel } from '../../src/model/index.ts';
-import { packSequences, disposeBatch } from '../../src/model/gptoss.ts';
+import { packSequences, disposeBatch, GptOssModel } from '../../src/model/gptoss.ts';
+import { presetConfig } from '../../src/model/config.ts';
 import { Checkpoint, saveCheckpoint, tensorToSave, FP4_E2M1_VALUES, type TensorToSave } from '../../src/model/safetensors.ts';
 import { FIXTURE_DIR } from '../helpers/model-parity.ts';
 import { Tensor } from '../../src/tensor.ts';
@@ -129,5 +130,20 @@ test('train state: releaseBatch hands the batch over; grads accumulate across mi
     const b2 = twice.get(n)!.toFloat32();
     for (let i = 0; i < a.length; i += 7) assert.ok(Math.abs(2 * a[i]! - b2[i]!) <= 1e-5 + 1e-5 * Math.abs(b2[i]!), `${n}[${i}]`);
   }
+  model.dispose();
+});
+
+test('tied embeddings: no lm_head parameter; both uses of the embedding get gradient', () => {
+  const cfg = { ...presetConfig('gpt-oss-tiny-256'), tieWordEmbeddings: true };
+  const model = GptOssModel.random(cfg, 'cpu', { seed: 5, std: 'fanIn' });
+  assert.ok(!model.weights.params.has('lm_head.weight'));
+  const b = packSequences([[1, 2, 3, 4, 5]], 'cpu');
+  const r = model.forward(b, { train: true, releaseBatch: true });
+  const grads = model.backward(r.state!, Tensor.from(new Float32Array([-1, -1, -1, -1, 0]), [5], { device: 'cpu' }));
+  assert.ok(!grads.has('lm_head.weight'));
+  const g = grads.get('model.embed_tokens.weight')!.toFloat32();
+  // Rows of tokens never seen as input still get gradient through the LM head.
+  const row200 = g.subarray(200 * 64, 201 * 64);
+  assert.ok(row200.some((x) => x !== 0));
   model.dispose();
 });
