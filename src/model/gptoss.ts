@@ -194,6 +194,25 @@ function disposeAll(...ts: (Tensor | null | undefined)[]): void {
   for (const t of ts) if (t && !t.disposed) t.dispose();
 }
 
+// Views share storage but each handle holds a reference until disposed (or garbage-collected, which may be late
+// for device memory), so every view made here is released explicitly.
+/** t viewed as `shape`; the original handle is released (the view now owns the storage reference). */
+function reshape(t: Tensor, shape: readonly number[]): Tensor {
+  const v = t.view(shape);
+  t.dispose();
+  return v;
+}
+
+/** Runs fn on a temporary view of t (t stays as it is). */
+function withView<R>(t: Tensor, shape: readonly number[], fn: (v: Tensor) => R): R {
+  const v = t.view(shape);
+  try {
+    return fn(v);
+  } finally {
+    v.dispose();
+  }
+}
+
 /** A GPT-OSS model on one device. */
 export class GptOssModel {
   readonly config: GptOssConfig;
@@ -245,11 +264,11 @@ export class GptOssModel {
     const T = b.numTokens;
     const D = c.headDim;
     const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
-    const q = linearForward(a1, w.qW, w.qB);
-    const k = linearForward(a1, w.kW, w.kB);
-    const v = linearForward(a1, w.vW, w.vB).view([T, c.numKvHeads, D]);
-    const qr = ropeForward(q.view([T, c.numHeads, D]), b.positions, this.invFreq, this.attnScaling);
-    const kr = ropeForward(k.view([T, c.numKvHeads, D]), b.positions, this.invFreq, this.attnScaling);
+    const q = reshape(linearForward(a1, w.qW, w.qB), [T, c.numHeads, D]);
+    const k = reshape(linearForward(a1, w.kW, w.kB), [T, c.numKvHeads, D]);
+    const v = reshape(linearForward(a1, w.vW, w.vB), [T, c.numKvHeads, D]);
+    const qr = ropeForward(q, b.positions, this.invFreq, this.attnScaling);
+    const kr = ropeForward(k, b.positions, this.invFreq, this.attnScaling);
     disposeAll(q, k);
     const { out: attn, lse } = attentionForward(qr, kr, v, {
       cuSeqlens: b.cuSeqlens,
@@ -257,7 +276,7 @@ export class GptOssModel {
       window: this.window(l),
       sinks: w.sinks,
     });
-    const o = linearForward(attn.view([T, c.numHeads * D]), w.oW, w.oB);
+    const o = withView(attn, [T, c.numHeads * D], (a) => linearForward(a, w.oW, w.oB));
     const h = add(x, o);
     o.dispose();
     const { y: a2, rstd: rstd2 } = rmsnormForward(h, w.postNorm, c.rmsNormEps);
@@ -312,22 +331,24 @@ export class GptOssModel {
     disposeAll(s.a2, s.rstd2, s.h);
     // Attention branch: h = x + o_proj(attn(...)).
     // dOut goes to the attention backward in bf16 (its native input dtype, as a BF16 autograd would store it).
-    const dO = lin('self_attn.o_proj', dH, s.attn.view([T, c.numHeads * D]), w.oW, 'bf16');
-    const dAttn = dO.view([T, c.numHeads, D]);
+    const dAttn = reshape(
+      withView(s.attn, [T, c.numHeads * D], (a) => lin('self_attn.o_proj', dH, a, w.oW, 'bf16')),
+      [T, c.numHeads, D],
+    );
     const ab = attentionBackward(dAttn, s.qr, s.kr, s.v, s.attn, s.lse, {
       cuSeqlens: b.cuSeqlens,
       maxSeqlen: b.maxSeqlen,
       window: this.window(l),
       sinks: w.sinks,
     });
-    disposeAll(dO, dAttn, s.attn, s.lse, s.qr, s.kr);
+    disposeAll(dAttn, s.attn, s.lse, s.qr, s.kr);
     if (ab.dsinks) acc('self_attn.sinks', ab.dsinks);
     const dq = ropeBackward(ab.dq, b.positions, this.invFreq, this.attnScaling);
     const dk = ropeBackward(ab.dk, b.positions, this.invFreq, this.attnScaling);
     disposeAll(ab.dq, ab.dk);
-    const dA1 = lin('self_attn.q_proj', dq.view([T, c.numHeads * D]), s.a1, w.qW, 'f32');
-    const dxk = lin('self_attn.k_proj', dk.view([T, c.numKvHeads * D]), s.a1, w.kW, 'f32');
-    const dxv = lin('self_attn.v_proj', ab.dv.view([T, c.numKvHeads * D]), s.a1, w.vW, 'f32');
+    const dA1 = withView(dq, [T, c.numHeads * D], (d) => lin('self_attn.q_proj', d, s.a1, w.qW, 'f32'));
+    const dxk = withView(dk, [T, c.numKvHeads * D], (d) => lin('self_attn.k_proj', d, s.a1, w.kW, 'f32'));
+    const dxv = withView(ab.dv, [T, c.numKvHeads * D], (d) => lin('self_attn.v_proj', d, s.a1, w.vW, 'f32'));
     disposeAll(dq, dk, ab.dv, s.v);
     addInPlace(dA1, dxk);
     addInPlace(dA1, dxv);
@@ -586,11 +607,11 @@ export class GptOssModel {
     const T = b.numTokens;
     const D = c.headDim;
     const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
-    const q = linearForward(a1, w.qW, w.qB);
-    const k = linearForward(a1, w.kW, w.kB);
-    const v = linearForward(a1, w.vW, w.vB).view([T, c.numKvHeads, D]);
-    const qr = ropeForward(q.view([T, c.numHeads, D]), b.positions, this.invFreq, this.attnScaling);
-    const kr = ropeForward(k.view([T, c.numKvHeads, D]), b.positions, this.invFreq, this.attnScaling);
+    const q = reshape(linearForward(a1, w.qW, w.qB), [T, c.numHeads, D]);
+    const k = reshape(linearForward(a1, w.kW, w.kB), [T, c.numKvHeads, D]);
+    const v = reshape(linearForward(a1, w.vW, w.vB), [T, c.numKvHeads, D]);
+    const qr = ropeForward(q, b.positions, this.invFreq, this.attnScaling);
+    const kr = ropeForward(k, b.positions, this.invFreq, this.attnScaling);
     disposeAll(a1, rstd1, q, k);
     GptOssModel.cacheScatter(kc, kr, rows);
     GptOssModel.cacheScatter(vc, v, rows);
@@ -605,11 +626,11 @@ export class GptOssModel {
     const B = x.shape[0]!;
     const D = c.headDim;
     const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
-    const q = linearForward(a1, w.qW, w.qB);
-    const k = linearForward(a1, w.kW, w.kB);
-    const v = linearForward(a1, w.vW, w.vB).view([B, c.numKvHeads, D]);
-    const qr = ropeForward(q.view([B, c.numHeads, D]), pos, this.invFreq, this.attnScaling);
-    const kr = ropeForward(k.view([B, c.numKvHeads, D]), pos, this.invFreq, this.attnScaling);
+    const q = reshape(linearForward(a1, w.qW, w.qB), [B, c.numHeads, D]);
+    const k = reshape(linearForward(a1, w.kW, w.kB), [B, c.numKvHeads, D]);
+    const v = reshape(linearForward(a1, w.vW, w.vB), [B, c.numKvHeads, D]);
+    const qr = ropeForward(q, pos, this.invFreq, this.attnScaling);
+    const kr = ropeForward(k, pos, this.invFreq, this.attnScaling);
     disposeAll(a1, rstd1, q, k);
     GptOssModel.cacheScatter(kc, kr, rows);
     GptOssModel.cacheScatter(vc, v, rows);
@@ -621,7 +642,7 @@ export class GptOssModel {
   /** h = x + o_proj(attn); y = h + moe(rmsnorm(h)). Frees attn. */
   private attnOutAndMoe(w: LayerWeights, x: Tensor, attn: Tensor, T: number): Tensor {
     const c = this.config;
-    const o = linearForward(attn.view([T, c.numHeads * c.headDim]), w.oW, w.oB);
+    const o = withView(attn, [T, c.numHeads * c.headDim], (a) => linearForward(a, w.oW, w.oB));
     attn.dispose();
     const h = add(x, o);
     o.dispose();

@@ -106,3 +106,27 @@ test('cuda scatterRows equals the CPU op (bf16 16-byte rows, odd rows, f32)', { 
     assert.deepEqual(outs[1], outs[0], `${dtype} R=${R}`);
   }
 });
+
+test('cuda: no device memory left behind by forward/backward/generate (every temporary disposed)', { skip }, async () => {
+  const model = await loadModel(FIXTURE_DIR, { device: DEV });
+  const step = (): number => {
+    const b = packSequences([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [3, 4, 5]], DEV);
+    const r = model.forward(b, { train: true, releaseBatch: true });
+    const d = Tensor.from(new Float32Array(b.numTokens).fill(-1), [b.numTokens], { device: DEV });
+    const g = model.backward(r.state!, d);
+    for (const t of g.values()) t.dispose();
+    for (const t of [d, r.logprobs, r.entropy]) t.dispose();
+    model.generate([[1, 2, 3], [4, 5]], { maxNewTokens: 5, temperature: 0 });
+    model.tokenLogprobs([[1, 2, 3]]);
+    synchronize(DEV);
+    return memoryStats(DEV).allocated;
+  };
+  const base = memoryStats(DEV).allocated;
+  const a = step();
+  const b = step();
+  const c = step();
+  assert.equal(a, base, `first step left ${a - base} bytes allocated`);
+  assert.equal(b, a);
+  assert.equal(c, a);
+  model.dispose();
+});
