@@ -2,6 +2,7 @@
 // linear layer built on them. Row-major, fp32 accumulation, bf16 or f32 in and out.
 import { native, type DType } from '../native.ts';
 import { Tensor } from '../tensor.ts';
+import { fill } from './elementwise.ts';
 
 export interface MatmulOptions {
   /** a is stored [K, M] (use its transpose). */
@@ -75,7 +76,9 @@ export function linearBackward(dy: Tensor, x: Tensor, w: Tensor, opts: LinearBac
   matmul(dy, x, { transA: true, out: dW, accumulate: true });
   const db = opts.db ?? Tensor.zeros([nOut], { dtype: 'f32', device: dev });
   // Column sums of dy as a [1, T] x [T, out] product with a row of ones (in dy's dtype, so no rounding).
-  const ones = Tensor.from(new Float32Array(T).fill(1), [1, T], { dtype: dy.dtype, device: dev });
+  // Filled on the device (a host upload would wait for the stream on every backward).
+  const ones = Tensor.empty([1, T], { dtype: dy.dtype, device: dev });
+  fill(ones, 1);
   matmul(ones, dy, { out: db.view([1, nOut]), accumulate: true });
   ones.dispose();
   return dx ? { dx, dW, db } : { dW, db };
