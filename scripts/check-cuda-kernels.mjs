@@ -4,7 +4,8 @@
 import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 
 const nvcc = process.env.CUDACXX || 'nvcc';
 if (spawnSync(nvcc, ['--version'], { stdio: 'ignore' }).status !== 0) {
@@ -20,18 +21,32 @@ const files = readdirSync(dir)
   .filter((f) => f.endsWith('.cu') && !/_(cublas|nccl)\.cu$/.test(f))
   .sort();
 const out = mkdtempSync(join(tmpdir(), 'gptoss-nvcc-'));
-let failed = 0;
-for (const f of files) {
-  const t0 = Date.now();
-  const r = spawnSync(
-    nvcc,
-    ['-arch=sm_90a', '-std=c++17', '-O3', '--expt-relaxed-constexpr', '-c', join(dir, f), '-o', join(out, `${f}.o`)],
-    { stdio: 'inherit' },
-  );
-  const ok = r.status === 0;
-  if (!ok) failed++;
-  console.log(`check-cuda-kernels: ${f} ${ok ? 'ok' : 'FAILED'} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+// Compile in parallel, one nvcc per core; each file's output is printed when it finishes.
+function compile(f) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const p = spawn(
+      nvcc,
+      ['-arch=sm_90a', '-std=c++17', '-O3', '--expt-relaxed-constexpr', '-c', join(dir, f), '-o', join(out, `${f}.o`)],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let log = '';
+    p.stdout.on('data', (d) => (log += d));
+    p.stderr.on('data', (d) => (log += d));
+    p.on('close', (code) => {
+      if (log) process.stdout.write(log);
+      console.log(`check-cuda-kernels: ${f} ${code === 0 ? 'ok' : 'FAILED'} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+      resolve(code === 0);
+    });
+  });
 }
+const queue = [...files];
+let failed = 0;
+await Promise.all(
+  Array.from({ length: Math.max(1, Math.min(availableParallelism(), 8)) }, async () => {
+    for (let f = queue.shift(); f; f = queue.shift()) if (!(await compile(f))) failed++;
+  }),
+);
 rmSync(out, { recursive: true, force: true });
 if (failed) {
   console.error(`check-cuda-kernels: ${failed} of ${files.length} kernel files failed to compile for sm_90a`);

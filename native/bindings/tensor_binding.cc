@@ -138,8 +138,10 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     return;
   }
   tensor_ = std::move(*g_pending);
-  // Report owning storages (not views) to V8 so GC pressure reflects native memory.
-  if (tensor_.storage.use_count() == 1) {
+  // Report owning host storages (not views) to V8 so GC pressure reflects native host memory. Device memory is
+  // not reported: multi-GB CUDA tensors would trigger a full GC per step, and device memory is released by
+  // explicit dispose() (the finaliser is only a safety net).
+  if (tensor_.storage.use_count() == 1 && tensor_.device == kCpu) {
     accounted_ = static_cast<int64_t>(tensor_.storage->bytes);
     Napi::MemoryManagement::AdjustExternalMemory(info.Env(), accounted_);
   }

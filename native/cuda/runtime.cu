@@ -1,5 +1,6 @@
 // runtime.cu: devices, the caching allocator, one compute stream per device, copies and events.
 #include <map>
+#include <unordered_map>
 #include <mutex>
 #include <vector>
 
@@ -21,6 +22,7 @@ struct DeviceState {
   std::mutex mu;
   cudaStream_t stream = nullptr;
   std::multimap<size_t, void*> free_blocks;  // rounded size -> block
+  std::unordered_map<void*, size_t> block_size;  // live block -> its real (possibly larger cached) size
   MemoryStats stats;
 };
 
@@ -110,7 +112,9 @@ void* alloc(int device, size_t bytes) {
   }
   st.stats.allocated += size;
   if (st.stats.allocated > st.stats.peak_allocated) st.stats.peak_allocated = st.stats.allocated;
-  // Remember the rounded size with the block so release() can return it to the right bucket.
+  // Remember the block's real size (a cached block may be up to 2x the request) so release() returns it to the
+  // right bucket; keying it by the request would shrink the block in the cache and force fresh cudaMallocs.
+  st.block_size[p] = size;
   return p;
 }
 
@@ -119,6 +123,11 @@ void release(int device, void* ptr, size_t bytes) {
   DeviceState& st = state(device);
   size_t size = round_size(bytes);
   std::lock_guard<std::mutex> lock(st.mu);
+  auto it = st.block_size.find(ptr);
+  if (it != st.block_size.end()) {
+    size = it->second;
+    st.block_size.erase(it);
+  }
   st.free_blocks.emplace(size, ptr);
   st.stats.allocated -= size;
 }

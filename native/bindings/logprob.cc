@@ -1,0 +1,108 @@
+// logprob.cc (bindings):
+//   tokenLogprobsForward(hidden, lmHead, targets, temperature, chunk) -> { logprobs, entropy, lse }
+//   tokenLogprobsBackward(hidden, lmHead, targets, lse, dLogprobs, temperature, chunk, dLmHead|null,
+//                         dEntropy|null, entropy|null, needDHidden) -> { dHidden|undefined, dLmHead }
+// chunk 0 picks the default (a [T, chunk] fp32 buffer of about 256 MB).
+#include <cmath>
+
+#include "../cpu/logprob.h"
+#include "binding.h"
+#ifdef GPTOSS_WITH_CUDA
+#include "../cuda/logprob.h"
+#endif
+
+using namespace gptoss;
+using namespace gptoss::js;
+
+namespace {
+
+struct LpArgs {
+  int64_t T, H, V, chunk;
+  float temperature;
+};
+
+LpArgs check_common(const char* op, const Tensor& hidden, const Tensor& lm, const Tensor& targets, double temperature,
+                    int64_t chunk) {
+  GPTOSS_CHECK(hidden.ndim() == 2 && (hidden.dtype == DType::BF16 || hidden.dtype == DType::F32), op,
+               ": hidden must be bf16 or f32 [T, H], got ", hidden.describe());
+  GPTOSS_CHECK(lm.ndim() == 2 && lm.dtype == hidden.dtype && lm.dim(1) == hidden.dim(1) && lm.dim(0) > 0, op,
+               ": lmHead must be ", dtype_name(hidden.dtype), " [V, ", hidden.dim(1), "] with V > 0, got ",
+               lm.describe(), " (hidden ", hidden.describe(), ")");
+  check_dtype(op, "targets", targets, DType::I32);
+  check_shape(op, "targets", targets, {hidden.dim(0)});
+  check_same_device(op, hidden, lm);
+  check_same_device(op, hidden, targets);
+  GPTOSS_CHECK(temperature > 0 && std::isfinite(temperature), op, ": temperature must be > 0, got ", temperature);
+  GPTOSS_CHECK(chunk >= 0, op, ": chunk must be >= 0 (0 = default), got ", chunk);
+  LpArgs a{hidden.dim(0), hidden.dim(1), lm.dim(0), chunk, static_cast<float>(temperature)};
+  if (a.chunk == 0) a.chunk = cpu::default_logprob_chunk(a.T, a.V);
+  return a;
+}
+
+void check_f32_t(const char* op, const char* name, const Tensor& t, const Tensor& hidden) {
+  check_dtype(op, name, t, DType::F32);
+  check_shape(op, name, t, {hidden.dim(0)});
+  check_same_device(op, hidden, t);
+}
+
+}  // namespace
+
+GPTOSS_OP(tokenLogprobsForward) {
+  const char* op = "tokenLogprobs";
+  Tensor& hidden = tensor_arg(info, 0, op, "hidden");
+  Tensor& lm = tensor_arg(info, 1, op, "lmHead");
+  Tensor& targets = tensor_arg(info, 2, op, "targets");
+  LpArgs a = check_common(op, hidden, lm, targets, num_arg(info, 3, op, "temperature"), int_arg(info, 4, op, "chunk"));
+  Tensor lp = make_tensor({a.T}, DType::F32, hidden.device);
+  Tensor ent = make_tensor({a.T}, DType::F32, hidden.device);
+  Tensor lse = make_tensor({a.T}, DType::F32, hidden.device);
+  GPTOSS_DISPATCH(hidden, cpu::token_logprobs(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse),
+                  cuda::token_logprobs(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse));
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("logprobs", wrap(info.Env(), lp));
+  o.Set("entropy", wrap(info.Env(), ent));
+  o.Set("lse", wrap(info.Env(), lse));
+  return o;
+}
+
+GPTOSS_OP(tokenLogprobsBackward) {
+  const char* op = "tokenLogprobsBackward";
+  Tensor& hidden = tensor_arg(info, 0, op, "hidden");
+  Tensor& lm = tensor_arg(info, 1, op, "lmHead");
+  Tensor& targets = tensor_arg(info, 2, op, "targets");
+  Tensor& lse = tensor_arg(info, 3, op, "lse");
+  Tensor& dlp = tensor_arg(info, 4, op, "dLogprobs");
+  LpArgs a = check_common(op, hidden, lm, targets, num_arg(info, 5, op, "temperature"), int_arg(info, 6, op, "chunk"));
+  check_f32_t(op, "lse", lse, hidden);
+  check_f32_t(op, "dLogprobs", dlp, hidden);
+  auto dLmArg = opt_tensor_arg(info, 7, op, "dLmHead");
+  auto dEnt = opt_tensor_arg(info, 8, op, "dEntropy");
+  auto ent = opt_tensor_arg(info, 9, op, "entropy");
+  const bool needDHidden = info.Length() <= 10 || info[10].IsUndefined() ? true : bool_arg(info, 10, op, "needDHidden");
+  GPTOSS_CHECK(dEnt.has_value() == ent.has_value(), op, ": dEntropy and entropy must be given together");
+  if (dEnt) {
+    check_f32_t(op, "dEntropy", *dEnt, hidden);
+    check_f32_t(op, "entropy", *ent, hidden);
+  }
+  Tensor dLm;
+  if (dLmArg) {
+    dLm = *dLmArg;
+    check_dtype(op, "dLmHead", dLm, DType::F32);
+    check_shape(op, "dLmHead", dLm, {a.V, a.H});
+    check_same_device(op, hidden, dLm);
+  } else {
+    dLm = make_tensor({a.V, a.H}, DType::F32, hidden.device, true);
+  }
+  Tensor dH;
+  if (needDHidden) dH = make_tensor({a.T, a.H}, DType::F32, hidden.device, true);
+  const Tensor* dHp = needDHidden ? &dH : nullptr;
+  const Tensor* dEp = dEnt ? &*dEnt : nullptr;
+  const Tensor* eP = ent ? &*ent : nullptr;
+  GPTOSS_DISPATCH(hidden,
+                  cpu::token_logprobs_backward(hidden, lm, targets, lse, dlp, dEp, eP, a.temperature, a.chunk, dHp, dLm),
+                  cuda::token_logprobs_backward(hidden, lm, targets, lse, dlp, dEp, eP, a.temperature, a.chunk, dHp, dLm));
+  Napi::Object o = Napi::Object::New(info.Env());
+  if (needDHidden) o.Set("dHidden", wrap(info.Env(), dH));
+  o.Set("dLmHead", dLmArg ? info[7] : wrap(info.Env(), dLm));
+  return o;
+}

@@ -1,0 +1,151 @@
+// moe.cc (bindings): moeForward / moeBackward. The saved tensors travel to JS as a plain object (the TS
+// MoeContext) and come back positionally to moeBackward.
+#include "../cpu/moe.h"
+#include "binding.h"
+#ifdef GPTOSS_WITH_CUDA
+#include "../cuda/moe.h"
+#endif
+
+namespace gptoss::js {
+namespace {
+
+// Unpacks and checks the six weights against x [T,H]; returns E and I.
+MoeWeights weights_arg(const Napi::CallbackInfo& info, size_t i0, const char* op, const Tensor& x, int64_t& E,
+                       int64_t& I) {
+  MoeWeights w{tensor_arg(info, i0, op, "routerW"),   tensor_arg(info, i0 + 1, op, "routerB"),
+               tensor_arg(info, i0 + 2, op, "gateUpW"), tensor_arg(info, i0 + 3, op, "gateUpB"),
+               tensor_arg(info, i0 + 4, op, "downW"),   tensor_arg(info, i0 + 5, op, "downB")};
+  const int64_t H = x.dim(1);
+  check_ndim(op, "routerW", w.router_w, 2);
+  E = w.router_w.dim(0);
+  GPTOSS_CHECK(E >= 1, op, ": routerW must have at least one expert, got ", w.router_w.describe());
+  check_ndim(op, "downW", w.down_w, 3);
+  I = w.down_w.dim(1);
+  check_shape(op, "routerW", w.router_w, {E, H});
+  check_shape(op, "routerB", w.router_b, {E});
+  check_shape(op, "gateUpW", w.gate_up_w, {E, H, 2 * I});
+  check_shape(op, "gateUpB", w.gate_up_b, {E, 2 * I});
+  check_shape(op, "downW", w.down_w, {E, I, H});
+  check_shape(op, "downB", w.down_b, {E, H});
+  const char* names[6] = {"routerW", "routerB", "gateUpW", "gateUpB", "downW", "downB"};
+  const Tensor* ts[6] = {&w.router_w, &w.router_b, &w.gate_up_w, &w.gate_up_b, &w.down_w, &w.down_b};
+  for (int i = 0; i < 6; i++) {
+    check_dtype(op, names[i], *ts[i], DType::BF16);
+    check_same_device(op, x, *ts[i]);
+  }
+  if (x.is_cuda()) {
+    GPTOSS_CHECK(H % 8 == 0 && I % 8 == 0, op, ": the CUDA backend needs hidden and intermediate sizes that are "
+                 "multiples of 8, got x ", x.describe(), " and downW ", w.down_w.describe());
+  }
+  return w;
+}
+
+int64_t topk_arg(const Napi::CallbackInfo& info, size_t i, const char* op, int64_t E) {
+  int64_t k = int_arg(info, i, op, "topK");
+  GPTOSS_CHECK(k >= 1 && k <= E && k <= 32, op, ": topK must be in [1, min(E, 32)] with E = ", E, ", got ", k);
+  return k;
+}
+
+}  // namespace
+
+// moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact)
+//   -> { y, x, topkIdx, topkW, counts, offsets, permTok, slotPos, gu, h, yp }
+GPTOSS_OP(moeForward) {
+  const char* op = "moeForward";
+  Tensor& x = tensor_arg(info, 0, op, "x");
+  check_dtype(op, "x", x, DType::BF16);
+  check_ndim(op, "x", x, 2);
+  GPTOSS_CHECK(x.dim(0) >= 1 && x.dim(1) >= 1, op, ": x must have at least one token and one feature, got ",
+               x.describe());
+  int64_t E = 0, I = 0;
+  MoeWeights w = weights_arg(info, 1, op, x, E, I);
+  const int64_t k = topk_arg(info, 7, op, E);
+  const double limit = num_arg(info, 8, op, "limit");
+  GPTOSS_CHECK(limit > 0, op, ": limit must be positive, got ", limit);
+  const bool exact = info.Length() > 9 && info[9].IsBoolean() && info[9].As<Napi::Boolean>().Value();
+  GPTOSS_CHECK(!exact || !x.is_cuda(), op, ": exact mode is a CPU reference option");
+  Tensor y;
+  MoeSaved s;
+  GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, y, s),
+                  cuda::moe_forward(x, w, k, static_cast<float>(limit), y, s));
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("y", wrap(env, y));
+  o.Set("x", wrap(env, s.x));
+  o.Set("topkIdx", wrap(env, s.topk_idx));
+  o.Set("topkW", wrap(env, s.topk_w));
+  o.Set("counts", wrap(env, s.counts));
+  o.Set("offsets", wrap(env, s.offsets));
+  o.Set("permTok", wrap(env, s.perm_tok));
+  o.Set("slotPos", wrap(env, s.slot_pos));
+  o.Set("gu", wrap(env, s.gu));
+  o.Set("h", wrap(env, s.h));
+  o.Set("yp", wrap(env, s.yp));
+  return o;
+}
+
+// moeBackward(dy, routerW, routerB, gateUpW, gateUpB, downW, downB, x, topkIdx, topkW, counts, offsets,
+//             permTok, slotPos, gu, h, yp, topK, limit, exact)
+//   -> { dx, dRouterW, dRouterB, dGateUpW, dGateUpB, dDownW, dDownB }
+GPTOSS_OP(moeBackward) {
+  const char* op = "moeBackward";
+  Tensor& dy = tensor_arg(info, 0, op, "dy");
+  MoeSaved s;
+  s.x = tensor_arg(info, 7, op, "ctx.x");
+  check_dtype(op, "ctx.x", s.x, DType::BF16);
+  check_ndim(op, "ctx.x", s.x, 2);
+  int64_t E = 0, I = 0;
+  MoeWeights w = weights_arg(info, 1, op, s.x, E, I);
+  const int64_t T = s.x.dim(0), H = s.x.dim(1);
+  GPTOSS_CHECK(dy.dtype == DType::BF16 || dy.dtype == DType::F32, op, ": dy must be bf16 or f32, got ", dy.describe());
+  check_shape(op, "dy", dy, {T, H});
+  check_same_device(op, s.x, dy);
+  const int64_t k = topk_arg(info, 17, op, E);
+  const int64_t N = T * k;
+  s.top_k = k;
+  s.limit = static_cast<float>(num_arg(info, 18, op, "limit"));
+  const bool exact = info.Length() > 19 && info[19].IsBoolean() && info[19].As<Napi::Boolean>().Value();
+  s.topk_idx = tensor_arg(info, 8, op, "ctx.topkIdx");
+  s.topk_w = tensor_arg(info, 9, op, "ctx.topkW");
+  s.counts = tensor_arg(info, 10, op, "ctx.counts");
+  s.offsets = tensor_arg(info, 11, op, "ctx.offsets");
+  s.perm_tok = tensor_arg(info, 12, op, "ctx.permTok");
+  s.slot_pos = tensor_arg(info, 13, op, "ctx.slotPos");
+  s.gu = tensor_arg(info, 14, op, "ctx.gu");
+  s.h = tensor_arg(info, 15, op, "ctx.h");
+  s.yp = tensor_arg(info, 16, op, "ctx.yp");
+  check_shape(op, "ctx.topkIdx", s.topk_idx, {T, k});
+  check_shape(op, "ctx.topkW", s.topk_w, {T, k});
+  check_shape(op, "ctx.counts", s.counts, {E});
+  check_shape(op, "ctx.offsets", s.offsets, {E + 1});
+  check_shape(op, "ctx.permTok", s.perm_tok, {N});
+  check_shape(op, "ctx.slotPos", s.slot_pos, {N});
+  check_shape(op, "ctx.gu", s.gu, {N, 2 * I});
+  check_shape(op, "ctx.h", s.h, {N, I});
+  check_shape(op, "ctx.yp", s.yp, {N, H});
+  const DType sd = exact ? DType::F32 : DType::BF16;
+  check_dtype(op, "ctx.topkIdx", s.topk_idx, DType::I32);
+  check_dtype(op, "ctx.topkW", s.topk_w, DType::F32);
+  check_dtype(op, "ctx.offsets", s.offsets, DType::I32);
+  check_dtype(op, "ctx.permTok", s.perm_tok, DType::I32);
+  check_dtype(op, "ctx.slotPos", s.slot_pos, DType::I32);
+  check_dtype(op, "ctx.gu", s.gu, sd);
+  check_dtype(op, "ctx.h", s.h, sd);
+  check_dtype(op, "ctx.yp", s.yp, sd);
+  for (const Tensor* t : {&s.topk_idx, &s.topk_w, &s.offsets, &s.perm_tok, &s.slot_pos, &s.gu, &s.h, &s.yp})
+    check_same_device(op, s.x, *t);
+  MoeGrads g;
+  GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g), cuda::moe_backward(dy, w, s, g));
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("dx", wrap(env, g.dx));
+  o.Set("dRouterW", wrap(env, g.d_router_w));
+  o.Set("dRouterB", wrap(env, g.d_router_b));
+  o.Set("dGateUpW", wrap(env, g.d_gate_up_w));
+  o.Set("dGateUpB", wrap(env, g.d_gate_up_b));
+  o.Set("dDownW", wrap(env, g.d_down_w));
+  o.Set("dDownB", wrap(env, g.d_down_b));
+  return o;
+}
+
+}  // namespace gptoss::js

@@ -1,0 +1,37 @@
+// sampling.cc (bindings): sample(logits, temperature, topP, topK, seed, step) -> { tokens, logprobs }
+#include <cmath>
+
+#include "../cpu/sampling.h"
+#include "binding.h"
+#ifdef GPTOSS_WITH_CUDA
+#include "../cuda/sampling.h"
+#endif
+
+using namespace gptoss;
+using namespace gptoss::js;
+
+GPTOSS_OP(sample) {
+  const char* op = "sample";
+  Tensor& logits = tensor_arg(info, 0, op, "logits");
+  const double temperature = num_arg(info, 1, op, "temperature");
+  const double top_p = num_arg(info, 2, op, "topP");
+  const int64_t top_k = int_arg(info, 3, op, "topK");
+  const int64_t seed = int_arg(info, 4, op, "seed");
+  const int64_t step = int_arg(info, 5, op, "step");
+  GPTOSS_CHECK(logits.ndim() == 2 && logits.dtype == DType::F32 && logits.dim(1) > 0, op,
+               ": logits must be f32 [B, V] with V > 0, got ", logits.describe());
+  GPTOSS_CHECK(temperature >= 0 && std::isfinite(temperature), op, ": temperature must be >= 0, got ", temperature);
+  GPTOSS_CHECK(top_p > 0 && top_p <= 1, op, ": topP must be in (0, 1], got ", top_p);
+  GPTOSS_CHECK(top_k >= 0, op, ": topK must be >= 0 (0 = off), got ", top_k);
+  GPTOSS_CHECK(seed >= 0 && step >= 0, op, ": seed and step must be non-negative integers, got ", seed, " and ", step);
+  const int64_t B = logits.dim(0);
+  Tensor tokens = make_tensor({B}, DType::I32, logits.device);
+  Tensor lp = make_tensor({B}, DType::F32, logits.device);
+  const float t = static_cast<float>(temperature), p = static_cast<float>(top_p);
+  GPTOSS_DISPATCH(logits, cpu::sample(logits, t, p, top_k, uint64_t(seed), uint64_t(step), tokens, lp),
+                  cuda::sample(logits, t, p, top_k, uint64_t(seed), uint64_t(step), tokens, lp));
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("tokens", wrap(info.Env(), tokens));
+  o.Set("logprobs", wrap(info.Env(), lp));
+  return o;
+}

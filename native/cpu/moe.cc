@@ -1,0 +1,307 @@
+// moe.cc: CPU reference of the GPT-OSS MoE block. Plain loops in fp32; rows are independent GEMVs, so the
+// work is spread over permuted rows (expert MLPs), tokens (router, combine, dx) and (expert, weight row) pairs
+// (weight gradients), each index writing its own outputs: results do not depend on the thread count.
+#include "moe.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include "parallel.h"
+
+namespace gptoss::cpu {
+
+namespace {
+
+inline float bf(const bf16* p, int64_t i) { return bf16_bits_to_f32(p[i].bits); }
+
+// Element i of a bf16 or f32 tensor as float.
+inline float at(const Tensor& t, int64_t i) {
+  return t.dtype == DType::BF16 ? bf16_bits_to_f32(t.data<bf16>()[i].bits) : t.data<float>()[i];
+}
+
+inline float swiglu(float g, float u, float limit) {
+  g = std::min(g, limit);
+  u = std::max(-limit, std::min(u, limit));
+  float s = 1.f / (1.f + std::exp(-kSwigluAlpha * g));
+  return (u + 1.f) * g * s;
+}
+
+// d/dg and d/du of swiglu given the upstream gradient dh (zero where the clamp is active).
+inline void swiglu_grad(float g, float u, float limit, float dh, float& dg, float& du) {
+  bool g_pass = g <= limit, u_pass = u >= -limit && u <= limit;
+  float gc = std::min(g, limit);
+  float uc = std::max(-limit, std::min(u, limit));
+  float s = 1.f / (1.f + std::exp(-kSwigluAlpha * gc));
+  dg = g_pass ? dh * (uc + 1.f) * (s + gc * kSwigluAlpha * s * (1.f - s)) : 0.f;
+  du = u_pass ? dh * gc * s : 0.f;
+}
+
+// parallel_for over [0, n) in exactly m = min(n, 4·threads) equal chunks. (The pool's own chunking can
+// promise more chunks than it runs when n is not a multiple of its chunk size, and then never returns; asking
+// for m items with grain 1 keeps the chunk count exact.)
+void pfor(int64_t n, const std::function<void(int64_t, int64_t)>& f) {
+  if (n <= 0) return;
+  const int64_t m = std::min<int64_t>(n, 4 * static_cast<int64_t>(num_threads()));
+  parallel_for(m, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; c++) {
+      const int64_t b = n * c / m, e = n * (c + 1) / m;
+      if (b < e) f(b, e);
+    }
+  });
+}
+
+// Expert owning permuted row r.
+std::vector<int32_t> row_experts(const int32_t* offsets, int64_t E) {
+  std::vector<int32_t> re(offsets[E]);
+  for (int64_t e = 0; e < E; e++)
+    for (int32_t r = offsets[e]; r < offsets[e + 1]; r++) re[r] = static_cast<int32_t>(e);
+  return re;
+}
+
+}  // namespace
+
+void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, bool exact, Tensor& y,
+                 MoeSaved& s) {
+  const int64_t T = x.dim(0), H = x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), I2 = 2 * I;
+  const int64_t N = T * k;
+  const bf16* X = x.data<bf16>();
+  const bf16* Wr = w.router_w.data<bf16>();
+  const bf16* Br = w.router_b.data<bf16>();
+  const bf16* Wgu = w.gate_up_w.data<bf16>();
+  const bf16* Bgu = w.gate_up_b.data<bf16>();
+  const bf16* Wd = w.down_w.data<bf16>();
+  const bf16* Bd = w.down_b.data<bf16>();
+  auto R = [exact](float v) { return exact ? v : round_bf16(v); };
+
+  s.x = x;
+  s.top_k = k;
+  s.limit = limit;
+  s.topk_idx = make_tensor({T, k}, DType::I32, kCpu);
+  s.topk_w = make_tensor({T, k}, DType::F32, kCpu);
+  int32_t* idx = s.topk_idx.data<int32_t>();
+  float* tw = s.topk_w.data<float>();
+
+  // Router: logits = x·Wrᵀ + b; top-k (largest first, ties to the lower expert id); softmax over the k chosen.
+  pfor(T, [&](int64_t t0, int64_t t1) {
+    std::vector<float> logit(E);
+    std::vector<char> taken(E);
+    for (int64_t t = t0; t < t1; t++) {
+      for (int64_t e = 0; e < E; e++) {
+        float acc = 0.f;
+        for (int64_t i = 0; i < H; i++) acc += bf(X, t * H + i) * bf(Wr, e * H + i);
+        logit[e] = acc + bf(Br, e);
+        taken[e] = 0;
+      }
+      float chosen[64];
+      for (int64_t j = 0; j < k; j++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; e++)
+          if (!taken[e] && (best < 0 || logit[e] > logit[best])) best = e;
+        taken[best] = 1;
+        idx[t * k + j] = static_cast<int32_t>(best);
+        chosen[j] = logit[best];
+      }
+      float sum = 0.f;
+      for (int64_t j = 0; j < k; j++) sum += std::exp(chosen[j] - chosen[0]);
+      for (int64_t j = 0; j < k; j++) tw[t * k + j] = std::exp(chosen[j] - chosen[0]) / sum;
+    }
+  });
+
+  // Dropless permutation: rows grouped by expert, tokens in increasing order within an expert.
+  s.counts = make_tensor({E}, DType::I32, kCpu, true);
+  s.offsets = make_tensor({E + 1}, DType::I32, kCpu, true);
+  s.perm_tok = make_tensor({N}, DType::I32, kCpu);
+  s.slot_pos = make_tensor({N}, DType::I32, kCpu);
+  int32_t* counts = s.counts.data<int32_t>();
+  int32_t* offsets = s.offsets.data<int32_t>();
+  int32_t* perm_tok = s.perm_tok.data<int32_t>();
+  int32_t* slot_pos = s.slot_pos.data<int32_t>();
+  for (int64_t a = 0; a < N; a++) counts[idx[a]]++;
+  for (int64_t e = 0; e < E; e++) offsets[e + 1] = offsets[e] + counts[e];
+  std::vector<int32_t> fill(offsets, offsets + E);
+  for (int64_t a = 0; a < N; a++) {
+    int32_t pos = fill[idx[a]]++;
+    perm_tok[pos] = static_cast<int32_t>(a / k);
+    slot_pos[a] = pos;
+  }
+  std::vector<int32_t> rexp = row_experts(offsets, E);
+
+  // Expert MLPs, one permuted row at a time: gu = x·W_gu[e] + b; h = swiglu(gu); yp = h·W_down[e] + b.
+  DType sd = exact ? DType::F32 : DType::BF16;
+  s.gu = make_tensor({N, I2}, sd, kCpu);
+  s.h = make_tensor({N, I}, sd, kCpu);
+  s.yp = make_tensor({N, H}, sd, kCpu);
+  auto store = [exact](const Tensor& t, int64_t i, float v) {
+    if (exact) t.data<float>()[i] = v;
+    else t.data<bf16>()[i] = to_bf16(v);
+  };
+  pfor(N, [&](int64_t r0, int64_t r1) {
+    std::vector<float> acc(std::max(I2, H)), hrow(I);
+    for (int64_t r = r0; r < r1; r++) {
+      const int64_t e = rexp[r], t = perm_tok[r];
+      std::fill(acc.begin(), acc.begin() + I2, 0.f);
+      for (int64_t i = 0; i < H; i++) {
+        const float xi = bf(X, t * H + i);
+        const bf16* wrow = Wgu + (e * H + i) * I2;
+        for (int64_t c = 0; c < I2; c++) acc[c] += xi * bf(wrow, c);
+      }
+      for (int64_t c = 0; c < I; c++) {
+        float g = R(acc[2 * c] + bf(Bgu, e * I2 + 2 * c));
+        float u = R(acc[2 * c + 1] + bf(Bgu, e * I2 + 2 * c + 1));
+        store(s.gu, r * I2 + 2 * c, g);
+        store(s.gu, r * I2 + 2 * c + 1, u);
+        hrow[c] = R(swiglu(g, u, limit));
+        store(s.h, r * I + c, hrow[c]);
+      }
+      std::fill(acc.begin(), acc.begin() + H, 0.f);
+      for (int64_t i = 0; i < I; i++) {
+        const float hi = hrow[i];
+        const bf16* wrow = Wd + (e * I + i) * H;
+        for (int64_t c = 0; c < H; c++) acc[c] += hi * bf(wrow, c);
+      }
+      for (int64_t c = 0; c < H; c++) store(s.yp, r * H + c, R(acc[c] + bf(Bd, e * H + c)));
+    }
+  });
+
+  // Combine back to token order with the routing weights.
+  y = make_tensor({T, H}, DType::BF16, kCpu);
+  bf16* Y = y.data<bf16>();
+  pfor(T, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++)
+      for (int64_t c = 0; c < H; c++) {
+        float acc = 0.f;
+        for (int64_t j = 0; j < k; j++) acc += tw[t * k + j] * at(s.yp, slot_pos[t * k + j] * H + c);
+        Y[t * H + c] = to_bf16(acc);
+      }
+  });
+}
+
+void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, bool exact, MoeGrads& g) {
+  const int64_t T = s.x.dim(0), H = s.x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), I2 = 2 * I;
+  const int64_t k = s.top_k, N = T * k;
+  const float limit = s.limit;
+  const bf16* X = s.x.data<bf16>();
+  const bf16* Wr = w.router_w.data<bf16>();
+  const bf16* Wgu = w.gate_up_w.data<bf16>();
+  const bf16* Wd = w.down_w.data<bf16>();
+  const int32_t* idx = s.topk_idx.data<int32_t>();
+  const float* tw = s.topk_w.data<float>();
+  const int32_t* offsets = s.offsets.data<int32_t>();
+  const int32_t* perm_tok = s.perm_tok.data<int32_t>();
+  const int32_t* slot_pos = s.slot_pos.data<int32_t>();
+  auto R = [exact](float v) { return exact ? v : round_bf16(v); };
+  std::vector<int32_t> rexp = row_experts(offsets, E);
+
+  // Per token: gradient of each routing weight (dy·yp), the scaled output gradient of each row, and the
+  // softmax backward over the k chosen logits.
+  std::vector<float> dyp(N * H), dlp(N), dgu(N * I2), dxp(N * H);
+  std::vector<float> dl(N);  // by assignment (t, j)
+  pfor(T, [&](int64_t t0, int64_t t1) {
+    float dw[64];
+    for (int64_t t = t0; t < t1; t++) {
+      float dot = 0.f;
+      for (int64_t j = 0; j < k; j++) {
+        const int64_t r = slot_pos[t * k + j];
+        float acc = 0.f;
+        for (int64_t c = 0; c < H; c++) {
+          const float d = at(dy, t * H + c);
+          acc += d * at(s.yp, r * H + c);
+          dyp[r * H + c] = R(tw[t * k + j] * d);
+        }
+        dw[j] = acc;
+        dot += tw[t * k + j] * acc;
+      }
+      for (int64_t j = 0; j < k; j++) {
+        const float d = tw[t * k + j] * (dw[j] - dot);
+        dl[t * k + j] = d;
+        dlp[slot_pos[t * k + j]] = d;
+      }
+    }
+  });
+
+  // Per row: dh = dyp·W_downᵀ, dgu = swiglu'(gu)·dh, dxp = dgu·W_guᵀ.
+  pfor(N, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      const int64_t e = rexp[r];
+      for (int64_t i = 0; i < I; i++) {
+        const bf16* wrow = Wd + (e * I + i) * H;
+        float acc = 0.f;
+        for (int64_t c = 0; c < H; c++) acc += dyp[r * H + c] * bf(wrow, c);
+        float dg, du;
+        swiglu_grad(at(s.gu, r * I2 + 2 * i), at(s.gu, r * I2 + 2 * i + 1), limit, acc, dg, du);
+        dgu[r * I2 + 2 * i] = R(dg);
+        dgu[r * I2 + 2 * i + 1] = R(du);
+      }
+      for (int64_t c = 0; c < H; c++) {
+        const bf16* wrow = Wgu + (e * H + c) * I2;
+        float acc = 0.f;
+        for (int64_t q = 0; q < I2; q++) acc += dgu[r * I2 + q] * bf(wrow, q);
+        dxp[r * H + c] = R(acc);
+      }
+    }
+  });
+
+  g.d_down_w = make_tensor({E, I, H}, DType::F32, kCpu, true);
+  g.d_down_b = make_tensor({E, H}, DType::F32, kCpu, true);
+  g.d_gate_up_w = make_tensor({E, H, I2}, DType::F32, kCpu, true);
+  g.d_gate_up_b = make_tensor({E, I2}, DType::F32, kCpu, true);
+  g.d_router_w = make_tensor({E, H}, DType::F32, kCpu, true);
+  g.d_router_b = make_tensor({E}, DType::F32, kCpu, true);
+  float* dWd = g.d_down_w.data<float>();
+  float* dBd = g.d_down_b.data<float>();
+  float* dWgu = g.d_gate_up_w.data<float>();
+  float* dBgu = g.d_gate_up_b.data<float>();
+  float* dWr = g.d_router_w.data<float>();
+  float* dBr = g.d_router_b.data<float>();
+
+  // Weight gradients: one (expert, weight row) pair per index, summing over the expert's rows.
+  pfor(E * I, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; p++) {
+      const int64_t e = p / I, i = p % I;
+      float* out = dWd + p * H;
+      for (int32_t r = offsets[e]; r < offsets[e + 1]; r++) {
+        const float hv = at(s.h, r * I + i);
+        for (int64_t c = 0; c < H; c++) out[c] += hv * dyp[r * H + c];
+      }
+    }
+  });
+  pfor(E * H, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; p++) {
+      const int64_t e = p / H, i = p % H;
+      float* out = dWgu + p * I2;
+      for (int32_t r = offsets[e]; r < offsets[e + 1]; r++) {
+        const float xv = bf(X, perm_tok[r] * H + i);
+        for (int64_t q = 0; q < I2; q++) out[q] += xv * dgu[r * I2 + q];
+      }
+    }
+  });
+  pfor(E, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; e++)
+      for (int32_t r = offsets[e]; r < offsets[e + 1]; r++) {
+        const int64_t t = perm_tok[r];
+        for (int64_t c = 0; c < H; c++) dBd[e * H + c] += dyp[r * H + c];
+        for (int64_t q = 0; q < I2; q++) dBgu[e * I2 + q] += dgu[r * I2 + q];
+        for (int64_t c = 0; c < H; c++) dWr[e * H + c] += dlp[r] * bf(X, t * H + c);
+        dBr[e] += dlp[r];
+      }
+  });
+
+  // dx: the k rows of each token plus the router's path (logit gradients times router weights).
+  g.dx = make_tensor({T, H}, DType::F32, kCpu);
+  float* dX = g.dx.data<float>();
+  pfor(T, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++)
+      for (int64_t c = 0; c < H; c++) {
+        float acc = 0.f;
+        for (int64_t j = 0; j < k; j++) {
+          acc += dxp[slot_pos[t * k + j] * H + c];
+          acc += dl[t * k + j] * bf(Wr, idx[t * k + j] * H + c);
+        }
+        dX[t * H + c] = acc;
+      }
+  });
+}
+
+}  // namespace gptoss::cpu

@@ -1,0 +1,54 @@
+// moe.h: the GPT-OSS mixture-of-experts block (router, dropless permutation, expert MLPs with the clamped
+// SwiGLU, weighted combine), forward and backward. CPU reference; the CUDA backend (native/cuda/moe.h) keeps
+// the same saved tensors, so a MoeSaved from either backend has the same fields, shapes and meaning.
+//
+// Shapes: x [T,H] bf16; router W [E,H], b [E]; gate_up W [E,H,2I] (columns interleaved gate/up), b [E,2I];
+// down W [E,I,H], b [E,H]; all bf16. N = T*k routed rows, held in expert order ("permuted"): the rows of
+// expert e are offsets[e] .. offsets[e+1]-1, within an expert in increasing token order.
+#pragma once
+#include <cstdint>
+
+#include "../common/tensor.h"
+
+namespace gptoss {
+
+struct MoeWeights {
+  Tensor router_w, router_b, gate_up_w, gate_up_b, down_w, down_b;
+};
+
+// What forward saves for backward.
+struct MoeSaved {
+  Tensor x;         // bf16 [T,H] (the input itself)
+  Tensor topk_idx;  // i32 [T,k] chosen experts, by decreasing logit (ties: lower expert id first)
+  Tensor topk_w;    // f32 [T,k] softmax over the k chosen logits
+  Tensor counts;    // i32 [E] rows per expert
+  Tensor offsets;   // i32 [E+1] exclusive prefix sum of counts
+  Tensor perm_tok;  // i32 [N] token of each permuted row
+  Tensor slot_pos;  // i32 [T*k] permuted row of assignment (t, j)
+  Tensor gu;        // bf16 [N,2I] gate_up output incl. bias (f32 on the CPU in exact mode)
+  Tensor h;         // bf16 [N,I] SwiGLU output (f32 in exact mode)
+  Tensor yp;        // bf16 [N,H] expert output incl. bias, before the routing weight (f32 in exact mode)
+  int64_t top_k = 0;
+  float limit = 7.f;
+};
+
+struct MoeGrads {
+  Tensor dx;                       // f32 [T,H]
+  Tensor d_router_w, d_router_b;   // f32 [E,H], [E]
+  Tensor d_gate_up_w, d_gate_up_b; // f32 [E,H,2I], [E,2I]
+  Tensor d_down_w, d_down_b;       // f32 [E,I,H], [E,H]
+};
+
+constexpr float kSwigluAlpha = 1.702f;
+
+namespace cpu {
+
+// exact = false rounds every intermediate a plain BF16 implementation stores (gu, h, expert outputs, the
+// scaled output gradient, dh, dgu, per-row input gradients) to BF16; exact = true keeps them in fp32 (the
+// "fp32 truth" the GPU tests measure errors against).
+void moe_forward(const Tensor& x, const MoeWeights& w, int64_t top_k, float limit, bool exact, Tensor& y,
+                 MoeSaved& saved);
+void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& saved, bool exact, MoeGrads& g);
+
+}  // namespace cpu
+}  // namespace gptoss

@@ -1,0 +1,22 @@
+// sampling.h: token sampling from logits (temperature, top-k, top-p), seeded and backend-independent.
+//
+// Per row b of logits [B, V] (f32):  z = logits / temperature;  the allowed set is {v : z_v >= τ} where τ is the
+// larger of the k-th largest z (top-k; ties at the threshold are all kept) and the smallest z of the nucleus (the
+// highest-z entries, among the top-k ones, whose probability mass reaches top_p; again ties kept). The token is
+// argmax_{allowed} z_v + Gumbel(seed, step, b, v) (the Gumbel-max trick: an exact draw from softmax(z) on the
+// allowed set), ties to the lowest id; its log-prob is z_tok - log Σ_{allowed} e^z. Thresholds are found by a
+// bitwise search over an order-preserving integer key of z with double-precision sums, identically on CPU and CUDA,
+// so both draw the same tokens. temperature 0 = greedy: argmax of the logits (lowest id on ties), log-prob under
+// the unscaled softmax (the processed distribution being a point mass).
+#pragma once
+#include <cstdint>
+
+#include "../common/tensor.h"
+
+namespace gptoss::cpu {
+
+// top_p in (0, 1] (1 = off), top_k 0 = off. tokens i32 [B], logprobs f32 [B] preallocated.
+void sample(const Tensor& logits, float temperature, float top_p, int64_t top_k, uint64_t seed, uint64_t step,
+            const Tensor& tokens, const Tensor& logprobs);
+
+}  // namespace gptoss::cpu

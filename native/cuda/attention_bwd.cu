@@ -1,0 +1,612 @@
+// attention_bwd.cu: FlashAttention-2 style backward with sinks, deterministic (no atomics).
+//
+//   1. pre:  D_i = dO_i . O_i (fp32, [Hq, T]) and per-block partial sums of e^{sink_h - lse_i} D_i.
+//   2. dkdv: one CTA per 64-key block of one kv head; loops over the query heads of its GQA group and the query
+//            blocks that can see the keys (O(S*W) with a window). Warps own 16 keys each and compute the
+//            transposed scores S^T = K Q^T, so P^T and dS^T stay in registers and feed dV += P^T dO and
+//            dK += dS^T Q directly. P is recomputed from the saved lse (sink included).
+//   3. dq:   one CTA per 128-query block of one head (8 warps x 16 rows), streaming K/V like the forward:
+//            S = Q K^T, dP = dO V^T, dS = P (dP - D), dQ += dS K.
+//   4. dsinks_h = -sum of the partials (fixed order).
+// dq costs two extra GEMMs (S and dP are recomputed) instead of fp32 atomics, which keeps results bitwise
+// reproducible.
+#include <cstdlib>
+
+#include "attention.h"
+#include "attention_common.cuh"
+
+namespace gptoss::cuda {
+namespace attn {
+
+constexpr int kPreTokens = 32;  // tokens per pre-kernel block (8 warps x 4)
+
+template <int D>
+__global__ void __launch_bounds__(256) bwd_pre_kernel(Params p, float* partial) {
+  const int h = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float sink2 = sink_log2(p, h);
+  float contrib = 0.f;
+  for (int j = 0; j < kPreTokens / 8; j++) {
+    const int t = blockIdx.x * kPreTokens + warp * (kPreTokens / 8) + j;
+    if (t >= p.T) break;
+    const int64_t off = (static_cast<int64_t>(t) * p.Hq + h) * D;
+    float acc = 0.f;
+#pragma unroll
+    for (int d = lane * 2; d < D; d += 64) {
+      __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(p.dout + off + d);
+      __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(p.o + off + d);
+      acc += __bfloat162float(a.x) * __bfloat162float(b.x) + __bfloat162float(a.y) * __bfloat162float(b.y);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      p.dlt[static_cast<int64_t>(h) * p.T + t] = acc;
+      if (p.sinks && acc != 0.f) contrib += exp2f(sink2 - p.lse[static_cast<int64_t>(h) * p.T + t] * kLog2e) * acc;
+    }
+  }
+  __shared__ float red[8];
+  if (lane == 0) red[warp] = contrib;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.f;
+    for (int w = 0; w < 8; w++) s += red[w];
+    partial[static_cast<int64_t>(h) * gridDim.x + blockIdx.x] = s;
+  }
+}
+
+__global__ void dsinks_reduce_kernel(const float* partial, int nblk, float* dsinks) {
+  const int h = blockIdx.x;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < nblk; i += blockDim.x) s += partial[static_cast<int64_t>(h) * nblk + i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) dsinks[h] = -s;
+}
+
+template <typename T>
+__device__ __forceinline__ void store2(T* dst, float a, float b);
+template <>
+__device__ __forceinline__ void store2<float>(float* dst, float a, float b) {
+  *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+}
+template <>
+__device__ __forceinline__ void store2<__nv_bfloat16>(__nv_bfloat16* dst, float a, float b) {
+  *reinterpret_cast<uint32_t*>(dst) = pack_bf16(a, b);
+}
+
+// Writes a 16-row x D accumulator fragment (rows row_a, row_a+8 relative to `base` row 0) scaled by s.
+template <int D, typename T>
+__device__ __forceinline__ void store_frag(T* base, int64_t stride, int row_a, int nrows, const float (*acc)[4],
+                                           float s) {
+  const int t4 = threadIdx.x & 3;
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int row = row_a + r * 8;
+    if (row >= nrows) continue;
+    T* dst = base + row * stride;
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) store2<T>(dst + i * 8 + 2 * t4, acc[i][2 * r] * s, acc[i][2 * r + 1] * s);
+  }
+}
+
+// ---- dK, dV --------------------------------------------------------------------------------------------------
+// MT = 16-key MMA tiles per warp (2 halves the shared-memory fragment traffic per MMA); BM = queries per step.
+// ATOMIC (head_dim 64, MT 1 only): the CTA also computes dQ += dS K for its keys from dS^T staged in shared
+// memory and adds it to an fp32 buffer with atomics, so no separate dq pass recomputes S and dP (5 GEMMs
+// instead of 7, but the summation order of dq varies from run to run).
+template <int D, int MT, bool ATOMIC = false>
+struct DkdvCfg {
+  static constexpr int NW = 4, NT = 128, BN = NW * 16 * MT;
+  static constexpr int BM = (D == 64 && MT == 1) ? 64 : 32;
+  static constexpr bool KV_REG = D == 64 && MT == 1 && !ATOMIC;  // K/V fragments kept in registers
+  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4 + (ATOMIC ? BN * BM * 2 : 0);
+};
+
+template <int D, int MT, bool ATOMIC>
+__global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
+  using C = DkdvCfg<D, MT, ATOMIC>;
+  static_assert(!ATOMIC || (D == 64 && MT == 1 && C::BM == 64 && C::BN == 64), "atomic dq: head_dim 64, MT 1");
+  constexpr int BN = C::BN, BM = C::BM, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sV = sK + BN * D;
+  __nv_bfloat16* sQ = sV + BN * D;     // [2][BM*D]
+  __nv_bfloat16* sdO = sQ + 2 * BM * D;  // [2][BM*D]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse * log2e
+  float* sDl = sL + 2 * BM;                                 // [2][BM]
+  __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDl + 2 * BM);  // [BN][BM] dS^T (ATOMIC only)
+
+  const int kb = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int n0 = kb * BN;
+  if (n0 >= si.len) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int keys_here = min(BN, si.len - n0);
+  const bool f32out = p.grad_f32;
+
+  float dk[MT][D / 8][4], dv[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int i = 0; i < D / 8; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) dk[mt][i][e] = dv[mt][i][e] = 0.f;
+
+  const int i_lo = n0;
+  const int i_hi = p.window > 0 ? min(si.used, n0 + BN - 1 + p.window) : si.used;
+  const int qb_lo = i_lo / BM, qb_hi = i_hi > i_lo ? (i_hi + BM - 1) / BM : qb_lo;
+  const int nqb = qb_hi - qb_lo, niter = nqb * p.G;
+  const int wk0 = warp * 16 * MT;  // first key row of this warp within the block
+
+  if (niter > 0) {
+    load_tile<BN, D, NT>(sK, p.k + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    load_tile<BN, D, NT>(sV, p.v + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    auto load_q = [&](int it, int stage) {
+      const int h = kvh * p.G + it / nqb, i0 = (qb_lo + it % nqb) * BM;
+      const int nv = si.used - i0;
+      load_tile<BM, D, NT>(sQ + stage * BM * D, p.q + (si.start + i0) * qstride + h * D, qstride, nv);
+      load_tile<BM, D, NT>(sdO + stage * BM * D, p.dout + (si.start + i0) * qstride + h * D, qstride, nv);
+      const float* gl = p.lse + static_cast<int64_t>(h) * p.T + si.start + i0;
+      const float* gd = p.dlt + static_cast<int64_t>(h) * p.T + si.start + i0;
+      for (int r = threadIdx.x; r < BM; r += NT) {
+        sL[stage * BM + r] = r < nv ? gl[r] * kLog2e : 0.f;
+        sDl[stage * BM + r] = r < nv ? gd[r] : 0.f;
+      }
+    };
+    load_q(0, 0);
+    cp_async_commit();
+
+    uint32_t kf[C::KV_REG ? D / 16 : 1][4], vf[C::KV_REG ? D / 16 : 1][4];
+    const int kmin = n0 + wk0;  // this warp's keys: kmin .. kmin + 16 MT - 1
+
+    for (int it = 0; it < niter; it++) {
+      const int stage = it & 1;
+      cp_async_wait<0>();
+      __syncthreads();
+      if (it + 1 < niter) load_q(it + 1, stage ^ 1);
+      cp_async_commit();
+      if constexpr (C::KV_REG) {
+        if (it == 0) {
+          load_a_frags<D>(sK, wk0, kf);
+          load_a_frags<D>(sV, wk0, vf);
+        }
+      }
+      const int i0 = (qb_lo + it % nqb) * BM;
+      const __nv_bfloat16* cQ = sQ + stage * BM * D;
+      const __nv_bfloat16* cdO = sdO + stage * BM * D;
+      const float* cL = sL + stage * BM;
+      const float* cDl = sDl + stage * BM;
+
+      float st[MT][BM / 8][4], dpt[MT][BM / 8][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) st[mt][i][e] = dpt[mt][i][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t ka[MT][4], va[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          if constexpr (C::KV_REG) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) ka[mt][e] = kf[kk][e], va[mt][e] = vf[kk][e];
+          } else {
+            const int r = wk0 + mt * 16 + (lane & 15), ch = kk * 2 + (lane >> 4);
+            ldsm_x4(smem_u32(sK + swz<D>(r, ch)), ka[mt][0], ka[mt][1], ka[mt][2], ka[mt][3]);
+            ldsm_x4(smem_u32(sV + swz<D>(r, ch)), va[mt][0], va[mt][1], va[mt][2], va[mt][3]);
+          }
+        }
+#pragma unroll
+        for (int np = 0; np < BM / 16; np++) {
+          uint32_t b[4];
+          load_bT_frags<D>(cQ, np * 16, kk, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(st[mt][2 * np], ka[mt], b[0], b[1]);
+            mma16816(st[mt][2 * np + 1], ka[mt], b[2], b[3]);
+          }
+          load_bT_frags<D>(cdO, np * 16, kk, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dpt[mt][2 * np], va[mt], b[0], b[1]);
+            mma16816(dpt[mt][2 * np + 1], va[mt], b[2], b[3]);
+          }
+        }
+      }
+      // P^T and dS^T (rows = keys, cols = queries).
+      const bool need_mask = (i0 < kmin + 16 * MT - 1) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) ||
+                             (i0 + BM > si.used);
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++) {
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int cl = i * 8 + 2 * t4 + (e & 1);
+            float pv = exp2f(st[mt][i][e] * p.scale_log2 - cL[cl]);
+            if (need_mask) {
+              const int krow = kmin + mt * 16 + g + (e >> 1) * 8, col = i0 + cl;
+              const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
+              pv = ok ? pv : 0.f;
+            }
+            st[mt][i][e] = pv;
+            dpt[mt][i][e] = pv * (dpt[mt][i][e] - cDl[cl]);
+          }
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; kk++) {
+        uint32_t pa[MT][4], da[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          pa[mt][0] = pack_bf16(st[mt][2 * kk][0], st[mt][2 * kk][1]);
+          pa[mt][1] = pack_bf16(st[mt][2 * kk][2], st[mt][2 * kk][3]);
+          pa[mt][2] = pack_bf16(st[mt][2 * kk + 1][0], st[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack_bf16(st[mt][2 * kk + 1][2], st[mt][2 * kk + 1][3]);
+          da[mt][0] = pack_bf16(dpt[mt][2 * kk][0], dpt[mt][2 * kk][1]);
+          da[mt][1] = pack_bf16(dpt[mt][2 * kk][2], dpt[mt][2 * kk][3]);
+          da[mt][2] = pack_bf16(dpt[mt][2 * kk + 1][0], dpt[mt][2 * kk + 1][1]);
+          da[mt][3] = pack_bf16(dpt[mt][2 * kk + 1][2], dpt[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int np = 0; np < D / 16; np++) {
+          uint32_t b[4];
+          load_b_frags<D>(cdO, kk * 16, np, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dv[mt][2 * np], pa[mt], b[0], b[1]);
+            mma16816(dv[mt][2 * np + 1], pa[mt], b[2], b[3]);
+          }
+          load_b_frags<D>(cQ, kk * 16, np, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dk[mt][2 * np], da[mt], b[0], b[1]);
+            mma16816(dk[mt][2 * np + 1], da[mt], b[2], b[3]);
+          }
+        }
+      }
+      if constexpr (ATOMIC) {
+        // Stage dS^T (bf16, rows = keys, cols = queries), then warp w computes dQ rows 16w..16w+15 of this
+        // query block over the block's 64 keys and adds them to the fp32 buffer.
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+          for (int r = 0; r < 2; r++) {
+            const int kr = wk0 + g + r * 8, col = i * 8 + 2 * t4;
+            *reinterpret_cast<uint32_t*>(sdS + swz<BM>(kr, col >> 3) + (col & 7)) =
+                pack_bf16(dpt[0][i][2 * r], dpt[0][i][2 * r + 1]);
+          }
+        __syncthreads();
+        float dqa[D / 8][4];
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+          uint32_t a[4];
+          const int m = lane >> 3;
+          const int r = kk * 16 + (lane & 7) + ((m >> 1) << 3), ch = warp * 2 + (m & 1);
+          ldsm_x4_t(smem_u32(sdS + swz<BM>(r, ch)), a[0], a[1], a[2], a[3]);
+#pragma unroll
+          for (int np = 0; np < D / 16; np++) {
+            uint32_t b[4];
+            load_b_frags<D>(sK, kk * 16, np, b);
+            mma16816(dqa[2 * np], a, b[0], b[1]);
+            mma16816(dqa[2 * np + 1], a, b[2], b[3]);
+          }
+        }
+        const int h = kvh * p.G + it / nqb;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const int row = i0 + warp * 16 + g + r * 8;
+          if (row >= si.used) continue;
+          float* dst = p.dq_acc + (si.start + row) * qstride + h * D + 2 * t4;
+#pragma unroll
+          for (int i = 0; i < D / 8; i++) {
+            atomicAdd(dst + i * 8, dqa[i][2 * r]);
+            atomicAdd(dst + i * 8 + 1, dqa[i][2 * r + 1]);
+          }
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+  const int64_t koff = (si.start + n0) * kstride + kvh * D;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    const int r0 = wk0 + mt * 16 + g;
+    if (f32out) {
+      store_frag<D, float>(static_cast<float*>(p.dk) + koff, kstride, r0, keys_here, dk[mt], p.scale);
+      store_frag<D, float>(static_cast<float*>(p.dv) + koff, kstride, r0, keys_here, dv[mt], 1.f);
+    } else {
+      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dk) + koff, kstride, r0, keys_here, dk[mt], p.scale);
+      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dv) + koff, kstride, r0, keys_here, dv[mt], 1.f);
+    }
+  }
+}
+
+// ---- dQ --------------------------------------------------------------------------------------------------------
+template <int D, int MT>
+struct DqCfg {
+  static constexpr int NW = MT == 1 ? 8 : 4, NT = NW * 32, BM = NW * 16 * MT, BN = MT == 1 ? 64 : 32;
+  static constexpr int SMEM = (2 * BM * D + 4 * BN * D) * 2;
+};
+
+template <int D, int MT>
+__global__ void __launch_bounds__(DqCfg<D, MT>::NT) dq_kernel(Params p) {
+  using C = DqCfg<D, MT>;
+  constexpr int BM = C::BM, BN = C::BN, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sdO = sQ + BM * D;
+  __nv_bfloat16* sK = sdO + BM * D;  // [2][BN*D]
+  __nv_bfloat16* sV = sK + 2 * BN * D;
+
+  const int mb = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int q0 = mb * BM;
+  if (q0 >= si.len) return;
+  const int kvh = h / p.G;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int rows_here = min(BM, si.len - q0);
+  const int64_t qoff = (si.start + q0) * qstride + h * D;
+  const int wr0 = warp * 16 * MT;     // first row of this warp within the block
+  const int wrow0 = q0 + wr0;         // ... as a sequence position
+
+  float acc[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+
+  if (q0 < si.used) {
+    const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
+    const __nv_bfloat16* gV = p.v + si.start * kstride + kvh * D;
+    const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
+    const int n_hi = min(q0 + BM, si.used);
+    const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+    const int nv = min(rows_here, si.used - q0);
+    load_tile<BM, D, NT>(sQ, p.q + qoff, qstride, nv);
+    load_tile<BM, D, NT>(sdO, p.dout + qoff, qstride, nv);
+    auto load_kv = [&](int kb, int stage) {
+      const int n0 = kb * BN;
+      load_tile<BN, D, NT>(sK + stage * BN * D, gK + n0 * kstride, kstride, si.used - n0);
+      load_tile<BN, D, NT>(sV + stage * BN * D, gV + n0 * kstride, kstride, si.used - n0);
+    };
+    load_kv(kb_lo, 0);
+    cp_async_commit();
+
+    float lse2[MT][2], dl[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const int row = wrow0 + mt * 16 + g + r * 8;
+        const bool ok = row < si.used;
+        lse2[mt][r] = ok ? p.lse[static_cast<int64_t>(h) * p.T + si.start + row] * kLog2e : 0.f;
+        dl[mt][r] = ok ? p.dlt[static_cast<int64_t>(h) * p.T + si.start + row] : 0.f;
+      }
+    uint32_t qf[MT][D / 16][4], of[MT][D / 16][4];
+
+    for (int kb = kb_lo; kb < kb_hi; kb++) {
+      const int stage = (kb - kb_lo) & 1;
+      cp_async_wait<0>();
+      __syncthreads();
+      if (kb == kb_lo) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          load_a_frags<D>(sQ, wr0 + mt * 16, qf[mt]);
+          load_a_frags<D>(sdO, wr0 + mt * 16, of[mt]);
+        }
+      }
+      if (kb + 1 < kb_hi) load_kv(kb + 1, stage ^ 1);
+      cp_async_commit();
+      const __nv_bfloat16* cK = sK + stage * BN * D;
+      const __nv_bfloat16* cV = sV + stage * BN * D;
+
+      float sc[MT][BN / 8][4], dp[MT][BN / 8][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) sc[mt][i][e] = dp[mt][i][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int np = 0; np < BN / 16; np++) {
+          uint32_t b[4];
+          load_bT_frags<D>(cK, np * 16, kk, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(sc[mt][2 * np], qf[mt][kk], b[0], b[1]);
+            mma16816(sc[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
+          }
+          load_bT_frags<D>(cV, np * 16, kk, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dp[mt][2 * np], of[mt][kk], b[0], b[1]);
+            mma16816(dp[mt][2 * np + 1], of[mt][kk], b[2], b[3]);
+          }
+        }
+      }
+      const int n0 = kb * BN;
+      const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 * MT - p.window);
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) {
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int r = e >> 1;
+            float pv = exp2f(sc[mt][i][e] * p.scale_log2 - lse2[mt][r]);
+            if (need_mask) {
+              const int row = wrow0 + mt * 16 + g + r * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
+              const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
+              pv = ok ? pv : 0.f;
+            }
+            sc[mt][i][e] = pv * (dp[mt][i][e] - dl[mt][r]);
+          }
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++) {
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          a[mt][0] = pack_bf16(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+          a[mt][1] = pack_bf16(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+          a[mt][2] = pack_bf16(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+          a[mt][3] = pack_bf16(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int np = 0; np < D / 16; np++) {
+          uint32_t b[4];
+          load_b_frags<D>(cK, kk * 16, np, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
+            mma16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+          }
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+  // Rows past the real length get zeros.
+  const int nreal = max(0, min(rows_here, si.used - q0));
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int lr = wr0 + mt * 16 + g + r * 8;
+      if (lr >= nreal)
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) acc[mt][i][2 * r] = acc[mt][i][2 * r + 1] = 0.f;
+    }
+    const int r0 = wr0 + mt * 16 + g;
+    if (p.grad_f32)
+      store_frag<D, float>(static_cast<float*>(p.dq) + qoff, qstride, r0, rows_here, acc[mt], p.scale);
+    else
+      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dq) + qoff, qstride, r0, rows_here, acc[mt],
+                                   p.scale);
+  }
+}
+
+// dq = scale * dq_acc in the gradient dtype.
+template <typename T>
+__global__ void dq_convert_kernel(const float* acc, T* dq, int64_t n, float scale) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  const float4 v = *reinterpret_cast<const float4*>(acc + i);
+  store2<T>(dq + i, v.x * scale, v.y * scale);
+  store2<T>(dq + i + 2, v.z * scale, v.w * scale);
+}
+
+}  // namespace attn
+
+namespace {
+template <typename K>
+void set_smem(K kernel, int bytes, bool& done) {
+  if (done) return;
+  GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+                    "attentionBackward: cudaFuncSetAttribute");
+  done = true;
+}
+
+template <int D, int MT>
+void launch_bwd(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks, cudaStream_t st) {
+  attn::bwd_pre_kernel<D><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
+  if (dsinks) {
+    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
+    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
+  }
+  using KC = attn::DkdvCfg<D, MT>;
+  using QC = attn::DqCfg<D, MT>;
+  static bool kd = false, qd = false;
+  set_smem(attn::dkdv_kernel<D, MT, false>, KC::SMEM, kd);
+  set_smem(attn::dq_kernel<D, MT>, QC::SMEM, qd);
+  attn::dkdv_kernel<D, MT, false><<<dim3(ceil_div(max_seqlen, KC::BN), p.Hkv, nseq), KC::NT, KC::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dk/dv kernel launch");
+  attn::dq_kernel<D, MT><<<dim3(ceil_div(max_seqlen, QC::BM), p.Hq, nseq), QC::NT, QC::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq kernel launch");
+}
+
+// Non-deterministic backward for head_dim 64: dk/dv kernel with fused atomic dq, then a scale/convert pass.
+void launch_bwd_atomic(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
+                       const Tensor& dq, cudaStream_t st) {
+  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
+  if (dsinks) {
+    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
+    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
+  }
+  using KC = attn::DkdvCfg<64, 1, true>;
+  static bool kd = false;
+  set_smem(attn::dkdv_kernel<64, 1, true>, KC::SMEM, kd);
+  const int64_t n = dq.numel();
+  GPTOSS_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, n * sizeof(float), st), "attentionBackward: memset");
+  attn::dkdv_kernel<64, 1, true><<<dim3(ceil_div(max_seqlen, KC::BN), p.Hkv, nseq), KC::NT, KC::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dk/dv/dq kernel launch");
+  const unsigned blocks = ceil_div(n / 4, 256);
+  if (p.grad_f32)
+    attn::dq_convert_kernel<float><<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<float*>(p.dq), n, p.scale);
+  else
+    attn::dq_convert_kernel<__nv_bfloat16>
+        <<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<__nv_bfloat16*>(p.dq), n, p.scale);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
+}
+
+// GPTOSS_ATTN_BWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (A/B measurements). Default 1: on an
+// H100, MT = 2 (fewer ldmatrix per MMA but half the warps per SM) measured ~12% slower.
+int bwd_mt() {
+  static int mt = [] {
+    const char* e = std::getenv("GPTOSS_ATTN_BWD_MT");
+    return e && e[0] == '2' ? 2 : 1;
+  }();
+  return mt;
+}
+}  // namespace
+
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const Tensor* sinks, const Tensor& cu, const Tensor* used, int max_seqlen,
+                        int window, float scale, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                        const Tensor* dsinks, bool deterministic) {
+  DeviceGuard guard(q.device);
+  const int64_t T = q.dim(0), Hq = q.dim(1);
+  if (T == 0) {
+    if (dsinks) zero(q.device, dsinks->raw(), dsinks->nbytes());
+    return;
+  }
+  attn::Params p = make_attn_params(q, k, v, sinks, cu, used, window, scale);
+  p.o = const_cast<__nv_bfloat16*>(out.data<__nv_bfloat16>());
+  p.lse = lse.data<float>();
+  p.dout = dout.data<__nv_bfloat16>();
+  p.dq = dq.raw();
+  p.dk = dk.raw();
+  p.dv = dv.raw();
+  p.grad_f32 = dq.dtype == DType::F32;
+  const int npre = static_cast<int>((T + attn::kPreTokens - 1) / attn::kPreTokens);
+  Tensor dlt = make_tensor({Hq, T}, DType::F32, q.device);
+  Tensor partial = make_tensor({Hq, npre}, DType::F32, q.device);
+  p.dlt = dlt.data<float>();
+  const int nseq = static_cast<int>(cu.dim(0) - 1);
+  cudaStream_t st = stream_of(q.device);
+  float* ds = dsinks ? dsinks->data<float>() : nullptr;
+  if (q.dim(2) == 64 && !deterministic) {
+    Tensor acc = make_tensor(q.shape, DType::F32, q.device);
+    p.dq_acc = acc.data<float>();
+    launch_bwd_atomic(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+  } else if (q.dim(2) == 64) {
+    if (bwd_mt() == 2)
+      launch_bwd<64, 2>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+    else
+      launch_bwd<64, 1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+  } else {
+    launch_bwd<128, 1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+  }
+}
+
+}  // namespace gptoss::cuda

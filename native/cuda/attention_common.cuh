@@ -1,0 +1,169 @@
+// attention_common.cuh: pieces shared by the attention kernels (forward, backward, decode): tensor-core MMA
+// (m16n8k16 bf16, fp32 accumulate) and ldmatrix through inline PTX, cp.async tile loads into XOR-swizzled shared
+// memory, and the kernel parameter block.
+//
+// Fragment layout of mma.m16n8k16 (lane = 4*g + t):
+//   A 16x16: a0 (row g, k 2t..2t+1), a1 (row g+8, same k), a2 (row g, k 2t+8..), a3 (row g+8, k 2t+8..)
+//   B 16x8 : b0 (k 2t..2t+1, col g), b1 (k 2t+8.., col g)
+//   C 16x8 : c0,c1 (row g, cols 2t, 2t+1), c2,c3 (row g+8, same cols)
+// So two adjacent C tiles (16 rows x 16 cols) converted to bf16 are exactly the A fragment of the next product.
+#pragma once
+#include <cstdint>
+
+#include "attention.h"
+#include "common.cuh"
+
+namespace gptoss::cuda::attn {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct Params {
+  const __nv_bfloat16* q;
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  __nv_bfloat16* o;
+  float* lse;       // [Hq, T]
+  const int* cu;    // [nSeq+1]
+  const int* used;  // [nSeq] or null
+  const void* sinks;
+  int sinks_bf16;
+  int T, Hq, Hkv, G, window;
+  float scale, scale_log2;
+  // backward
+  const __nv_bfloat16* dout;
+  float* dlt;  // D_i = dO_i . O_i, [Hq, T]
+  void* dq;
+  void* dk;
+  void* dv;
+  int grad_f32;
+  float* dq_acc;  // fp32 [T, Hq, D] for the atomic dq mode (unscaled)
+};
+
+__device__ __forceinline__ float sink_log2(const Params& p, int h) {
+  if (!p.sinks) return -INFINITY;
+  float s = p.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p.sinks)[h])
+                         : static_cast<const float*>(p.sinks)[h];
+  return s * kLog2e;
+}
+
+// Sequence s: first token, length and real (non-padding) length.
+struct SeqInfo {
+  int start, len, used;
+};
+__device__ __forceinline__ SeqInfo seq_info(const int* cu, const int* used, int s) {
+  SeqInfo r;
+  r.start = cu[s];
+  r.len = cu[s + 1] - r.start;
+  r.used = used ? min(r.len, max(0, used[s])) : r.len;
+  return r;
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(pred ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Element offset of (row r, 16-byte chunk ch) in a tile with D columns: chunks XOR-swizzled by the row so that
+// ldmatrix (8 rows, same chunk) hits 8 different bank groups.
+template <int D>
+__device__ __forceinline__ int swz(int r, int ch) {
+  return r * D + ((ch ^ (r & 7)) << 3);
+}
+
+// Loads ROWS x D bf16 (row stride `stride` elements in global memory) into a swizzled shared tile; rows >= nvalid
+// are zero-filled.
+template <int ROWS, int D, int NT>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* s, const __nv_bfloat16* g, int64_t stride, int nvalid) {
+  constexpr int CH = D / 8;
+  for (int c = threadIdx.x; c < ROWS * CH; c += NT) {
+    int r = c / CH, ch = c % CH;
+    bool ok = r < nvalid;
+    cp_async16(s + swz<D>(r, ch), ok ? g + r * stride + ch * 8 : g, ok);
+  }
+}
+
+// Loads ROWS floats (zero past nvalid) with plain loads (small vectors: lse, D_i).
+template <int ROWS, int NT>
+__device__ __forceinline__ void load_vec(float* s, const float* g, int nvalid) {
+  for (int r = threadIdx.x; r < ROWS; r += NT) s[r] = r < nvalid ? g[r] : 0.f;
+}
+
+// A fragments (16 rows starting at row0, all D columns) from a swizzled tile (row-major operand).
+template <int D>
+__device__ __forceinline__ void load_a_frags(const __nv_bfloat16* s, int row0, uint32_t (*f)[4]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) {
+    int r = row0 + (lane & 15), ch = kk * 2 + (lane >> 4);
+    ldsm_x4(smem_u32(s + swz<D>(r, ch)), f[kk][0], f[kk][1], f[kk][2], f[kk][3]);
+  }
+}
+
+// B fragments for X^T where the tile stores X row-major [n][k]: two n8 tiles (rows n0..n0+15) for k chunk kk.
+// b[0], b[1]: n-tile n0; b[2], b[3]: n-tile n0+8.
+template <int D>
+__device__ __forceinline__ void load_bT_frags(const __nv_bfloat16* s, int n0, int kk, uint32_t* b) {
+  const int lane = threadIdx.x & 31;
+  int r = n0 + (lane & 7) + ((lane >> 4) << 3), ch = kk * 2 + ((lane >> 3) & 1);
+  ldsm_x4(smem_u32(s + swz<D>(r, ch)), b[0], b[1], b[2], b[3]);
+}
+
+// B fragments for X where the tile stores X row-major [k][n] (k = rows): k rows k0..k0+15, two n8 tiles starting
+// at column 16*np. b[0], b[1]: n-tile 2np; b[2], b[3]: n-tile 2np+1.
+template <int D>
+__device__ __forceinline__ void load_b_frags(const __nv_bfloat16* s, int k0, int np, uint32_t* b) {
+  const int lane = threadIdx.x & 31;
+  int r = k0 + (lane & 7) + (((lane >> 3) & 1) << 3), ch = np * 2 + (lane >> 4);
+  ldsm_x4_t(smem_u32(s + swz<D>(r, ch)), b[0], b[1], b[2], b[3]);
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+}  // namespace gptoss::cuda::attn
+
+namespace gptoss::cuda {
+// Fills the pointer/shape part of the parameter block (defined in attention_fwd.cu).
+attn::Params make_attn_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* sinks,
+                              const Tensor& cu, const Tensor* used, int window, float scale);
+}  // namespace gptoss::cuda

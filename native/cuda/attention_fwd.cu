@@ -1,0 +1,274 @@
+// attention_fwd.cu: FlashAttention-2 style forward with sinks (see attention.h).
+//
+// One CTA = 128 queries (8 warps x 16 rows) of one query head of one sequence. K/V tiles of 64 keys stream
+// through shared memory with cp.async double buffering; S = Q K^T and O += P V run on tensor cores
+// (mma.sync m16n8k16, fp32 accumulate). Online softmax in the log2 domain, with the running max started at the
+// sink logit and the sink's e^{sink - m} added to the denominator at the end. Key tiles outside the causal /
+// sliding-window band are skipped, so a window W costs O(S*W); only the tiles that cross the band edge are
+// masked element by element.
+#include <cstdlib>
+
+#include "attention.h"
+#include "attention_common.cuh"
+
+namespace gptoss::cuda {
+namespace attn {
+
+// MT = 16-row MMA tiles per warp. With MT = 2 every K/V fragment loaded from shared memory feeds two MMAs,
+// which halves the ldmatrix traffic per MMA (shared-memory bandwidth is the limit of mma.sync at MT = 1).
+template <int D, int MT>
+struct FwdCfg {
+  static constexpr int NW = MT == 1 ? 8 : 4, NT = NW * 32, BM = NW * 16 * MT, BN = 64;
+  static constexpr int SMEM = (BM * D + 4 * BN * D) * 2;  // Q + 2 stages of K and V
+};
+
+template <int D, int MT>
+__global__ void __launch_bounds__(FwdCfg<D, MT>::NT) fwd_kernel(Params p) {
+  using C = FwdCfg<D, MT>;
+  constexpr int BM = C::BM, BN = C::BN, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sK = sQ + BM * D;   // [2][BN*D]
+  __nv_bfloat16* sV = sK + 2 * BN * D;
+
+  const int mb = gridDim.x - 1 - blockIdx.x;  // longest (last) query blocks first
+  const int h = blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int q0 = mb * BM;
+  if (q0 >= si.len) return;
+  const int kvh = h / p.G;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int rows_here = min(BM, si.len - q0);
+
+  if (q0 >= si.used) {  // a block of padding: zero output, lse 0
+    for (int i = threadIdx.x; i < rows_here * D; i += NT) {
+      int r = i / D, d = i % D;
+      p.o[(si.start + q0 + r) * qstride + h * D + d] = __float2bfloat16(0.f);
+    }
+    for (int r = threadIdx.x; r < rows_here; r += NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
+    return;
+  }
+
+  const __nv_bfloat16* gQ = p.q + (si.start + q0) * qstride + h * D;
+  const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
+  const __nv_bfloat16* gV = p.v + si.start * kstride + kvh * D;
+
+  // Key range that any real query of this block can see.
+  const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
+  const int n_hi = min(q0 + BM, si.used);
+  const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+
+  load_tile<BM, D, NT>(sQ, gQ, qstride, min(rows_here, si.used - q0));
+  auto load_kv = [&](int kb, int stage) {
+    const int n0 = kb * BN;
+    load_tile<BN, D, NT>(sK + stage * BN * D, gK + n0 * kstride, kstride, si.used - n0);
+    load_tile<BN, D, NT>(sV + stage * BN * D, gV + n0 * kstride, kstride, si.used - n0);
+  };
+  load_kv(kb_lo, 0);
+  cp_async_commit();
+
+  const float sink2 = sink_log2(p, h);
+  float m_r[MT][2], l_r[MT][2];
+  float acc[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    m_r[mt][0] = m_r[mt][1] = sink2;
+    l_r[mt][0] = l_r[mt][1] = 0.f;
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+  }
+  uint32_t qf[MT][D / 16][4];
+  const int wrow0 = q0 + warp * 16 * MT;  // first row of this warp; thread rows wrow0 + 16 mt + g (+8)
+
+  for (int kb = kb_lo; kb < kb_hi; kb++) {
+    const int stage = (kb - kb_lo) & 1;
+    cp_async_wait<0>();
+    __syncthreads();
+    if (kb == kb_lo) {
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) load_a_frags<D>(sQ, warp * 16 * MT + mt * 16, qf[mt]);
+    }
+    if (kb + 1 < kb_hi) load_kv(kb + 1, stage ^ 1);
+    cp_async_commit();
+    const __nv_bfloat16* cK = sK + stage * BN * D;
+    const __nv_bfloat16* cV = sV + stage * BN * D;
+
+    float sc[MT][BN / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) sc[mt][i][0] = sc[mt][i][1] = sc[mt][i][2] = sc[mt][i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+      for (int np = 0; np < BN / 16; np++) {
+        uint32_t b[4];
+        load_bT_frags<D>(cK, np * 16, kk, b);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          mma16816(sc[mt][2 * np], qf[mt][kk], b[0], b[1]);
+          mma16816(sc[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
+        }
+      }
+    }
+    const int n0 = kb * BN;
+    const bool need_mask =
+        (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 * MT - p.window);
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          float x = sc[mt][i][e] * p.scale_log2;
+          if (need_mask) {
+            const int row = wrow0 + mt * 16 + g + (e >> 1) * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
+            const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
+            x = ok ? x : -INFINITY;
+          }
+          sc[mt][i][e] = x;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        float mx = m_r[mt][r];
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[mt][i][2 * r], sc[mt][i][2 * r + 1]));
+        mx = quad_max(mx);
+        const float base = mx == -INFINITY ? 0.f : mx;
+        const float alpha = exp2f(m_r[mt][r] - base);
+        m_r[mt][r] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) {
+          sc[mt][i][2 * r] = exp2f(sc[mt][i][2 * r] - base);
+          sc[mt][i][2 * r + 1] = exp2f(sc[mt][i][2 * r + 1] - base);
+          sum += sc[mt][i][2 * r] + sc[mt][i][2 * r + 1];
+        }
+        l_r[mt][r] = l_r[mt][r] * alpha + sum;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+          acc[mt][i][2 * r] *= alpha;
+          acc[mt][i][2 * r + 1] *= alpha;
+        }
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        a[mt][0] = pack_bf16(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+        a[mt][1] = pack_bf16(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+        a[mt][2] = pack_bf16(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+        a[mt][3] = pack_bf16(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int np = 0; np < D / 16; np++) {
+        uint32_t b[4];
+        load_b_frags<D>(cV, kk * 16, np, b);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
+          mma16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Finish: fold in the sink (reduce across the quad first: shuffles need every lane), normalise, write.
+  // Rows past the real length get zeros and lse 0.
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    float lsum[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[mt][r]) + exp2f(sink2 - m_r[mt][r]);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int row = wrow0 + mt * 16 + g + r * 8;
+      if (row >= si.len) continue;
+      const int64_t tok = si.start + row;
+      __nv_bfloat16* o = p.o + tok * qstride + h * D;
+      const bool real = row < si.used;
+      const float inv = real ? 1.f / lsum[r] : 0.f;
+#pragma unroll
+      for (int i = 0; i < D / 8; i++)
+        *reinterpret_cast<uint32_t*>(o + i * 8 + 2 * t4) =
+            pack_bf16(real ? acc[mt][i][2 * r] * inv : 0.f, real ? acc[mt][i][2 * r + 1] * inv : 0.f);
+      if (t4 == 0) p.lse[static_cast<int64_t>(h) * p.T + tok] = real ? (m_r[mt][r] + log2f(lsum[r])) * kLn2 : 0.f;
+    }
+  }
+}
+
+}  // namespace attn
+
+namespace {
+template <int D, int MT>
+void launch_fwd(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
+  using C = attn::FwdCfg<D, MT>;
+  static bool configured = false;  // per process and instantiation; every device gets the same attribute
+  if (!configured) {
+    GPTOSS_CUDA_CHECK(
+        cudaFuncSetAttribute(attn::fwd_kernel<D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
+        "attentionForward: cudaFuncSetAttribute");
+    configured = true;
+  }
+  dim3 grid(ceil_div(max_seqlen, C::BM), p.Hq, nseq);
+  attn::fwd_kernel<D, MT><<<grid, C::NT, C::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionForward: kernel launch");
+}
+
+// GPTOSS_ATTN_FWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (A/B measurements). Default 1: on an
+// H100, MT = 2 (fewer ldmatrix per MMA but half the warps per SM) measured ~12% slower.
+int fwd_mt() {
+  static int mt = [] {
+    const char* e = std::getenv("GPTOSS_ATTN_FWD_MT");
+    return e && e[0] == '2' ? 2 : 1;
+  }();
+  return mt;
+}
+}  // namespace
+
+attn::Params make_attn_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* sinks,
+                              const Tensor& cu, const Tensor* used, int window, float scale) {
+  attn::Params p{};
+  p.q = q.data<__nv_bfloat16>();
+  p.k = k.data<__nv_bfloat16>();
+  p.v = v.data<__nv_bfloat16>();
+  p.cu = cu.data<int>();
+  p.used = used ? used->data<int>() : nullptr;
+  p.sinks = sinks ? sinks->raw() : nullptr;
+  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
+  p.T = static_cast<int>(q.dim(0));
+  p.Hq = static_cast<int>(q.dim(1));
+  p.Hkv = static_cast<int>(k.dim(1));
+  p.G = p.Hq / p.Hkv;
+  p.window = window;
+  p.scale = scale;
+  p.scale_log2 = scale * attn::kLog2e;
+  return p;
+}
+
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* sinks, const Tensor& cu,
+                       const Tensor* used, int max_seqlen, int window, float scale, const Tensor& out,
+                       const Tensor& lse) {
+  DeviceGuard guard(q.device);
+  if (q.dim(0) == 0) return;
+  attn::Params p = make_attn_params(q, k, v, sinks, cu, used, window, scale);
+  p.o = out.data<__nv_bfloat16>();
+  p.lse = lse.data<float>();
+  const int nseq = static_cast<int>(cu.dim(0) - 1);
+  cudaStream_t st = stream_of(q.device);
+  if (q.dim(2) == 64) {
+    if (fwd_mt() == 2)
+      launch_fwd<64, 2>(p, nseq, max_seqlen, st);
+    else
+      launch_fwd<64, 1>(p, nseq, max_seqlen, st);
+  } else {
+    launch_fwd<128, 1>(p, nseq, max_seqlen, st);
+  }
+}
+
+}  // namespace gptoss::cuda

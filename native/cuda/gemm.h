@@ -1,0 +1,31 @@
+// gemm.h: the CUDA GEMM as seen by any other file (.cc or .cu): plain declarations, no cuBLAS or CUDA headers.
+// Implemented by gemm_cublas.cc (cuBLASLt with the bias epilogue, cuBLAS GemmEx as the fallback) and gemm.cu
+// (small helper kernels). Everything runs on the device's compute stream and returns at once.
+#pragma once
+#include <cstdint>
+
+#include "../common/tensor.h"
+
+namespace gptoss::cuda {
+
+// Row-major C[M,N] (row stride ldc) = alpha * op(A)[M,K] * op(B)[K,N] + bias[N] + beta * C, fp32 accumulation.
+// A is stored [M,K] (row stride lda) or [K,M] when transA; B is [K,N] or [N,K] when transB. A and B share
+// ab_dtype (bf16 or f32); C is bf16 or f32 (f32 inputs with a bf16 C go through an fp32 temporary).
+// bias may be null; any bias dtype (bf16/f32). beta 0 never reads C.
+void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda, bool transA,
+              const void* B, int64_t ldb, bool transB, DType ab_dtype, const void* bias, DType bias_dtype, float beta,
+              void* C, DType c_dtype, int64_t ldc);
+
+// Tensor form (shapes checked by the binding): a [M,K] or [K,M], b [K,N] or [N,K], out [M,N], bias [N] or null.
+// a and b may differ in dtype: the f32 one is rounded to bf16 first (as autocast would).
+void gemm(const Tensor& a, const Tensor& b, const Tensor* bias, const Tensor& out, bool transA, bool transB,
+          float alpha, bool accumulate);
+
+// ---- helper kernels (gemm.cu) -------------------------------------------------------------------------------
+// dst (bf16, n elements) = bf16(src f32).
+void cast_f32_to_bf16(int device, const float* src, void* dst, int64_t n);
+// C[M,N] (row stride ldc) = (tmp ? tmp[M,N] (contiguous f32) : 0) + (bias ? bias[N] : 0) + beta * C.
+void gemm_epilogue(int device, int64_t M, int64_t N, const float* tmp, const void* bias, DType bias_dtype,
+                   float beta, void* C, DType c_dtype, int64_t ldc);
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,208 @@
+// gemm_cublas.cc: the CUDA GEMM on cuBLASLt (fp32 accumulation, the bias epilogue) with cuBLAS GemmEx as the
+// fallback. A .cc file because it includes the cuBLAS headers, which CI lacks; CMake compiles it only with the
+// CUDA backend on. One cuBLAS and one cuBLASLt handle per device, bound to the device's compute stream, sharing
+// one workspace taken once from the caching allocator.
+//
+// Row-major trick: a row-major C[M,N] is a column-major C^T[N,M] = op(B)^T op(A)^T, so cuBLAS sees
+// "A" := our B and "B" := our A, with m = N, n = M, k = K and the same transpose flags.
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "../common/device.h"
+#include "../common/error.h"
+#include "gemm.h"
+
+namespace gptoss::cuda {
+
+namespace {
+
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+struct Handles {
+  cublasHandle_t blas = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  void* workspace = nullptr;
+};
+
+struct Guard {  // makes `device` current for the scope (no CUDA kernel headers needed here)
+  int prev = 0;
+  explicit Guard(int device) {
+    cudaGetDevice(&prev);
+    if (prev != device) cudaSetDevice(device);
+  }
+  ~Guard() { cudaSetDevice(prev); }
+};
+
+void check_blas(cublasStatus_t s, const char* what, int64_t M, int64_t N, int64_t K) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    fail("matmul (", what, "): cuBLAS status ", static_cast<int>(s), " (", cublasGetStatusString(s), ") for M=", M,
+         " N=", N, " K=", K);
+}
+
+std::mutex g_mu;
+std::map<int, Handles>& handles_map() {
+  static std::map<int, Handles> m;
+  return m;
+}
+
+Handles& handles(int device) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto& m = handles_map();
+  auto it = m.find(device);
+  if (it != m.end()) return it->second;
+  Guard g(device);
+  Handles h;
+  check_blas(cublasCreate(&h.blas), "cublasCreate", 0, 0, 0);
+  check_blas(cublasLtCreate(&h.lt), "cublasLtCreate", 0, 0, 0);
+  h.workspace = alloc(device, kWorkspaceBytes);
+  check_blas(cublasSetStream(h.blas, static_cast<cudaStream_t>(stream(device))), "cublasSetStream", 0, 0, 0);
+  check_blas(cublasSetWorkspace(h.blas, h.workspace, kWorkspaceBytes), "cublasSetWorkspace", 0, 0, 0);
+  return m.emplace(device, h).first->second;
+}
+
+cudaDataType_t cuda_type(DType t) { return t == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+uint32_t alignment_of(const void* p) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  uint32_t al = 1;
+  while (al < 256 && (a % (al * 2)) == 0) al *= 2;
+  return al;
+}
+
+// Heuristic results cached per problem (shape, layouts, dtypes, alignments, epilogue).
+using AlgoKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int,
+                           uint32_t, uint32_t, uint32_t, int>;
+struct AlgoEntry {
+  bool ok = false;
+  cublasLtMatmulAlgo_t algo;
+};
+std::map<AlgoKey, AlgoEntry>& algo_cache() {
+  static std::map<AlgoKey, AlgoEntry> m;
+  return m;
+}
+
+// cuBLASLt path. Returns false when cuBLASLt has no algorithm for the problem (the caller falls back).
+bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float alpha, const void* X, int64_t ldx,
+               bool tx, const void* Y, int64_t ldy, bool ty, DType ab, const void* bias, float beta, void* C,
+               DType ct, int64_t ldc) {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t lx = nullptr, ly = nullptr, lc = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  bool ok = false;
+  const uint32_t ax = alignment_of(X), ay = alignment_of(Y), ac = alignment_of(C);
+  AlgoKey key{device, m, n, k, ldx, ldy, ldc, tx, ty, static_cast<int>(ab), static_cast<int>(ct), bias != nullptr,
+              ax, ay, ac, 0};
+  do {
+    if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) break;
+    cublasOperation_t opx = tx ? CUBLAS_OP_T : CUBLAS_OP_N, opy = ty ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opx, sizeof(opx));
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opy, sizeof(opy));
+    if (bias) {
+      cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi));
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
+    }
+    // Stored (pre-op) shapes, column-major.
+    if (cublasLtMatrixLayoutCreate(&lx, cuda_type(ab), tx ? k : m, tx ? m : k, ldx) != CUBLAS_STATUS_SUCCESS) break;
+    if (cublasLtMatrixLayoutCreate(&ly, cuda_type(ab), ty ? n : k, ty ? k : n, ldy) != CUBLAS_STATUS_SUCCESS) break;
+    if (cublasLtMatrixLayoutCreate(&lc, cuda_type(ct), m, n, ldc) != CUBLAS_STATUS_SUCCESS) break;
+    AlgoEntry entry;
+    {
+      std::lock_guard<std::mutex> lock(g_mu);
+      auto it = algo_cache().find(key);
+      if (it != algo_cache().end()) entry = it->second;
+    }
+    if (!entry.ok) {
+      if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) break;
+      size_t ws = kWorkspaceBytes;
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ax, sizeof(ax));
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ay, sizeof(ay));
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac));
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac));
+      cublasLtMatmulHeuristicResult_t res;
+      int found = 0;
+      if (cublasLtMatmulAlgoGetHeuristic(h.lt, op, lx, ly, lc, lc, pref, 1, &res, &found) != CUBLAS_STATUS_SUCCESS ||
+          found == 0)
+        break;
+      entry.ok = true;
+      entry.algo = res.algo;
+      std::lock_guard<std::mutex> lock(g_mu);
+      algo_cache()[key] = entry;
+    }
+    cublasStatus_t s = cublasLtMatmul(h.lt, op, &alpha, X, lx, Y, ly, &beta, C, lc, C, lc, &entry.algo, h.workspace,
+                                      kWorkspaceBytes, static_cast<cudaStream_t>(stream(device)));
+    ok = s == CUBLAS_STATUS_SUCCESS;
+  } while (false);
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  if (lc) cublasLtMatrixLayoutDestroy(lc);
+  if (ly) cublasLtMatrixLayoutDestroy(ly);
+  if (lx) cublasLtMatrixLayoutDestroy(lx);
+  if (op) cublasLtMatmulDescDestroy(op);
+  return ok;
+}
+
+}  // namespace
+
+void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda, bool transA,
+              const void* B, int64_t ldb, bool transB, DType ab_dtype, const void* bias, DType bias_dtype, float beta,
+              void* C, DType c_dtype, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // empty product: C = bias + beta*C
+    gemm_epilogue(device, M, N, nullptr, bias, bias_dtype, beta, C, c_dtype, ldc);
+    return;
+  }
+  Guard g(device);
+  if (ab_dtype == DType::F32 && c_dtype == DType::BF16) {
+    // cuBLAS has no f32 x f32 -> bf16 combination: fp32 temporary, then the epilogue stores bf16.
+    Tensor tmp = make_tensor({M, N}, DType::F32, device);
+    gemm_raw(device, M, N, K, alpha, A, lda, transA, B, ldb, transB, ab_dtype, nullptr, DType::F32, 0.f,
+             tmp.data<float>(), DType::F32, N);
+    gemm_epilogue(device, M, N, tmp.data<float>(), bias, bias_dtype, beta, C, c_dtype, ldc);
+    return;
+  }
+  Handles& h = handles(device);
+  // The cuBLASLt bias epilogue wants the bias in the output's dtype; other biases go through our epilogue.
+  const bool lt_bias = bias && bias_dtype == c_dtype;
+  if (lt_matmul(device, h, N, M, K, alpha, B, ldb, transB, A, lda, transA, ab_dtype, lt_bias ? bias : nullptr, beta,
+                C, c_dtype, ldc)) {
+    if (bias && !lt_bias) gemm_epilogue(device, M, N, nullptr, bias, bias_dtype, 1.f, C, c_dtype, ldc);
+    return;
+  }
+  GPTOSS_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX, "matmul: dimensions too large for cuBLAS (M=", M,
+               " N=", N, " K=", K, ")");
+  check_blas(cublasGemmEx(h.blas, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
+                          static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, B, cuda_type(ab_dtype),
+                          static_cast<int>(ldb), A, cuda_type(ab_dtype), static_cast<int>(lda), &beta, C,
+                          cuda_type(c_dtype), static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmEx", M, N, K);
+  if (bias) gemm_epilogue(device, M, N, nullptr, bias, bias_dtype, 1.f, C, c_dtype, ldc);
+}
+
+void gemm(const Tensor& a, const Tensor& b, const Tensor* bias, const Tensor& out, bool transA, bool transB,
+          float alpha, bool accumulate) {
+  const int64_t M = out.dim(0), N = out.dim(1);
+  const int64_t K = transA ? a.dim(0) : a.dim(1);
+  const void* pa = a.raw();
+  const void* pb = b.raw();
+  DType ab = a.dtype;
+  Tensor tmp;
+  if (a.dtype != b.dtype) {  // mixed bf16/f32: round the f32 operand to bf16 (autocast-style), run in bf16
+    const Tensor& f = a.dtype == DType::F32 ? a : b;
+    tmp = make_tensor(f.shape, DType::BF16, f.device);
+    cast_f32_to_bf16(f.device, f.data<float>(), tmp.raw(), f.numel());
+    (a.dtype == DType::F32 ? pa : pb) = tmp.raw();
+    ab = DType::BF16;
+  }
+  gemm_raw(out.device, M, N, K, alpha, pa, a.dim(1), transA, pb, b.dim(1), transB, ab, bias ? bias->raw() : nullptr,
+           bias ? bias->dtype : DType::F32, accumulate ? 1.f : 0.f, out.raw(), out.dtype, N);
+}
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,577 @@
+// moe.cu: the GPT-OSS MoE block on the GPU. Router (logits, top-k, softmax), deterministic dropless
+// permutation, grouped GEMMs (moe_gemm.cuh) with bias + clamped SwiGLU fused into the gate_up epilogue and the
+// SwiGLU backward fused into the dh epilogue, weighted combine, and the backward's reductions. Everything is
+// enqueued on the device's compute stream; nothing synchronises (the TS side reads the counts lazily).
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "moe.h"
+#include "moe_gemm.cuh"
+
+namespace gptoss::cuda {
+
+namespace {
+
+using bf = __nv_bfloat16;
+namespace mg = moe_gemm;
+
+constexpr int kRouterTok = 8;  // tokens per router block (router weights are read once per block)
+
+// logits = x·Wrᵀ + b for kRouterTok tokens; then top-k (ties to the lower id) and softmax over the k chosen.
+__global__ void router_kernel(const bf* __restrict__ x, const bf* __restrict__ wr, const bf* __restrict__ br,
+                              int T, int H, int E, int k, int32_t* __restrict__ topk_idx,
+                              float* __restrict__ topk_w) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf* xs = reinterpret_cast<bf*>(smem);                                          // [kRouterTok][H]
+  float* logits = reinterpret_cast<float*>(smem + sizeof(bf) * kRouterTok * H);  // [kRouterTok][E]
+  const int t0 = blockIdx.x * kRouterTok;
+  const int ntok = min(kRouterTok, T - t0);
+  const int chunks = H / 8;
+  for (int c = threadIdx.x; c < kRouterTok * chunks; c += blockDim.x) {
+    const int t = c / chunks, cc = c % chunks;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (t < ntok) v = *reinterpret_cast<const uint4*>(x + (int64_t)(t0 + t) * H + cc * 8);
+    *reinterpret_cast<uint4*>(xs + t * H + cc * 8) = v;
+  }
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  for (int e = warp; e < E; e += nwarps) {
+    float acc[kRouterTok];
+#pragma unroll
+    for (int t = 0; t < kRouterTok; t++) acc[t] = 0.f;
+    for (int cc = lane; cc < chunks; cc += 32) {
+      const uint4 wv = *reinterpret_cast<const uint4*>(wr + (int64_t)e * H + cc * 8);
+      const bf* w8 = reinterpret_cast<const bf*>(&wv);
+      float wf[8];
+#pragma unroll
+      for (int q = 0; q < 8; q++) wf[q] = __bfloat162float(w8[q]);
+#pragma unroll
+      for (int t = 0; t < kRouterTok; t++) {
+        const uint4 xv = *reinterpret_cast<const uint4*>(xs + t * H + cc * 8);
+        const bf* x8 = reinterpret_cast<const bf*>(&xv);
+#pragma unroll
+        for (int q = 0; q < 8; q++) acc[t] += __bfloat162float(x8[q]) * wf[q];
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kRouterTok; t++) {
+      const float s = warp_sum(acc[t]);
+      if (lane == 0) logits[t * E + e] = s + __bfloat162float(br[e]);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < ntok) {
+    const int t = threadIdx.x;
+    float* l = logits + t * E;
+    float first = 0.f, sum = 0.f;
+    int32_t* oi = topk_idx + (int64_t)(t0 + t) * k;
+    float* ow = topk_w + (int64_t)(t0 + t) * k;
+    for (int j = 0; j < k; j++) {
+      int best = -1;
+      float bv = 0.f;
+      for (int e = 0; e < E; e++) {
+        const float v = l[e];
+        if (v == -INFINITY && best >= 0) continue;
+        if (best < 0 || v > bv) {
+          best = e;
+          bv = v;
+        }
+      }
+      l[best] = -INFINITY;  // taken
+      if (j == 0) first = bv;
+      oi[j] = best;
+      ow[j] = bv;  // logit for now
+      sum += expf(bv - first);
+    }
+    for (int j = 0; j < k; j++) ow[j] = expf(ow[j] - first) / sum;
+  }
+}
+
+// Block e counts the assignments routed to expert e.
+__global__ void count_kernel(const int32_t* __restrict__ idx, int64_t n, int32_t* __restrict__ counts) {
+  const int e = blockIdx.x;
+  int c = 0;
+  for (int64_t a = threadIdx.x; a < n; a += blockDim.x) c += idx[a] == e;
+  __shared__ int part[32];
+  for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = c;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int s = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += part[w];
+    counts[e] = s;
+  }
+}
+
+// Block e places its assignments in increasing order (a stable, deterministic permutation).
+__global__ void place_kernel(const int32_t* __restrict__ idx, int64_t n, int k, int E,
+                             const int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
+                             int32_t* __restrict__ perm_tok, int32_t* __restrict__ slot_pos) {
+  const int e = blockIdx.x;
+  __shared__ int warp_tot[32];
+  __shared__ int base_s;
+  int off = 0;
+  for (int i = 0; i < e; i++) off += counts[i];
+  if (threadIdx.x == 0) {
+    offsets[e] = off;
+    if (e == E - 1) offsets[E] = off + counts[e];
+    base_s = off;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int64_t start = 0; start < n; start += blockDim.x) {
+    const int64_t a = start + threadIdx.x;
+    const bool f = a < n && idx[a] == e;
+    const unsigned mask = __ballot_sync(0xffffffffu, f);
+    const int before = __popc(mask & ((1u << lane) - 1u));
+    if (lane == 0) warp_tot[warp] = __popc(mask);
+    __syncthreads();
+    int wbase = 0, total = 0;
+    for (int w = 0; w < nw; w++) {
+      if (w < warp) wbase += warp_tot[w];
+      total += warp_tot[w];
+    }
+    if (f) {
+      const int pos = base_s + wbase + before;
+      perm_tok[pos] = static_cast<int32_t>(a / k);
+      slot_pos[a] = pos;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) base_s += total;
+    __syncthreads();
+  }
+}
+
+// xp[r] = x[perm_tok[r]] (16-byte copies): the expert-ordered input rows, so the gate_up GEMM and its weight
+// gradient read contiguous rows.
+__global__ void gather_rows_kernel(const bf* __restrict__ x, const int32_t* __restrict__ perm_tok, int64_t n,
+                                   int H, bf* __restrict__ xp) {
+  const int chunks = H / 8;
+  const int64_t total = n * chunks;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / chunks, c = i % chunks;
+    *reinterpret_cast<uint4*>(xp + r * H + c * 8) =
+        *reinterpret_cast<const uint4*>(x + (int64_t)perm_tok[r] * H + c * 8);
+  }
+}
+
+// GPTOSS_MOE_GATHER_FUSED=1: read x rows through perm_tok inside the GEMMs instead of materialising xp.
+bool gather_fused() {
+  static const bool v = std::getenv("GPTOSS_MOE_GATHER_FUSED") != nullptr;
+  return v;
+}
+
+// Expert-ordered copy of x, or an empty tensor when the GEMMs gather themselves.
+Tensor gathered_rows(const Tensor& x, const Tensor& perm_tok, cudaStream_t st) {
+  if (gather_fused()) return Tensor{};
+  const int64_t n = perm_tok.dim(0), H = x.dim(1);
+  Tensor xp = make_tensor({n, H}, DType::BF16, x.device);
+  const int64_t total = n * (H / 8);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 132 * 16));
+  gather_rows_kernel<<<blocks, 256, 0, st>>>(x.data<bf>(), perm_tok.data<int32_t>(), n, (int)H, xp.data<bf>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moe gather");
+  return xp;
+}
+
+// y[t] = Σ_j w[t,j]·yp[slot_pos[t,j]] (fp32 sum, bf16 out).
+__global__ void combine_kernel(const bf* __restrict__ yp, const int32_t* __restrict__ slot_pos,
+                               const float* __restrict__ tw, int H, int k, bf* __restrict__ y) {
+  const int t = blockIdx.x;
+  __shared__ int pos[32];
+  __shared__ float w[32];
+  if (threadIdx.x < k) {
+    pos[threadIdx.x] = slot_pos[(int64_t)t * k + threadIdx.x];
+    w[threadIdx.x] = tw[(int64_t)t * k + threadIdx.x];
+  }
+  __syncthreads();
+  for (int c = threadIdx.x * 2; c < H; c += blockDim.x * 2) {
+    float a0 = 0.f, a1 = 0.f;
+    for (int j = 0; j < k; j++) {
+      const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(yp + (int64_t)pos[j] * H + c);
+      a0 += w[j] * __low2float(v);
+      a1 += w[j] * __high2float(v);
+    }
+    *reinterpret_cast<__nv_bfloat162*>(y + (int64_t)t * H + c) = __floats2bfloat162_rn(a0, a1);
+  }
+}
+
+// Per token: dw_j = dy·yp_j; dyp_j = bf16(w_j·dy); softmax backward dl_j = w_j (dw_j - Σ_i w_i dw_i).
+template <typename DT>
+__global__ void route_bwd_kernel(const DT* __restrict__ dy, const bf* __restrict__ yp,
+                                 const int32_t* __restrict__ slot_pos, const float* __restrict__ tw, int H, int k,
+                                 bf* __restrict__ dyp, float* __restrict__ dlp, float* __restrict__ dl) {
+  const int t = blockIdx.x;
+  __shared__ float dw[32];
+  for (int j = 0; j < k; j++) {
+    const int64_t r = slot_pos[(int64_t)t * k + j];
+    const float wj = tw[(int64_t)t * k + j];
+    float acc = 0.f;
+    for (int c = threadIdx.x * 2; c < H; c += blockDim.x * 2) {
+      const float d0 = ldf(dy + (int64_t)t * H + c), d1 = ldf(dy + (int64_t)t * H + c + 1);
+      const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(yp + r * H + c);
+      acc += d0 * __low2float(v) + d1 * __high2float(v);
+      *reinterpret_cast<__nv_bfloat162*>(dyp + r * H + c) = __floats2bfloat162_rn(wj * d0, wj * d1);
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) dw[j] = acc;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float dot = 0.f;
+    for (int j = 0; j < k; j++) dot += tw[(int64_t)t * k + j] * dw[j];
+    for (int j = 0; j < k; j++) {
+      const float d = tw[(int64_t)t * k + j] * (dw[j] - dot);
+      dl[(int64_t)t * k + j] = d;
+      dlp[slot_pos[(int64_t)t * k + j]] = d;
+    }
+  }
+}
+
+// out[e, c] = Σ_{r in segment e} scale[r]·in[row(r), c] (f32), row(r) = idx ? idx[r] : r. Block (32, 8):
+// 64 columns, 8 row lanes.
+__global__ void seg_colsum_kernel(const bf* __restrict__ in, int64_t ld, int C, const int32_t* __restrict__ idx,
+                                  const float* __restrict__ scale, const int32_t* __restrict__ offsets,
+                                  float* __restrict__ out) {
+  const int e = blockIdx.y;
+  const int c = blockIdx.x * 64 + threadIdx.x * 2;
+  const int r0 = offsets[e], r1 = offsets[e + 1];
+  float a0 = 0.f, a1 = 0.f;
+  if (c < C) {
+    for (int r = r0 + threadIdx.y; r < r1; r += 8) {
+      const int64_t row = idx ? idx[r] : r;
+      const float s = scale ? scale[r] : 1.f;
+      const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(in + row * ld + c);
+      a0 += s * __low2float(v);
+      a1 += s * __high2float(v);
+    }
+  }
+  __shared__ float part[8][64];
+  part[threadIdx.y][threadIdx.x * 2] = a0;
+  part[threadIdx.y][threadIdx.x * 2 + 1] = a1;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float s0 = 0.f, s1 = 0.f;
+    for (int q = 0; q < 8; q++) {
+      s0 += part[q][threadIdx.x * 2];
+      s1 += part[q][threadIdx.x * 2 + 1];
+    }
+    out[(int64_t)e * C + c] = s0;
+    out[(int64_t)e * C + c + 1] = s1;
+  }
+}
+
+__global__ void seg_sum_kernel(const float* __restrict__ v, const int32_t* __restrict__ offsets,
+                               float* __restrict__ out) {
+  const int e = blockIdx.x;
+  float a = 0.f;
+  for (int r = offsets[e] + threadIdx.x; r < offsets[e + 1]; r += blockDim.x) a += v[r];
+  a = block_sum(a);
+  if (threadIdx.x == 0) out[e] = a;
+}
+
+// dx[t] = Σ_j dxp[slot_pos[t,j]] + Σ_j dl[t,j]·Wr[idx[t,j]].
+__global__ void dx_kernel(const bf* __restrict__ dxp, const int32_t* __restrict__ slot_pos,
+                          const int32_t* __restrict__ topk_idx, const float* __restrict__ dl,
+                          const bf* __restrict__ wr, int H, int k, float* __restrict__ dx) {
+  const int t = blockIdx.x;
+  __shared__ int pos[32], ex[32];
+  __shared__ float g[32];
+  if (threadIdx.x < k) {
+    pos[threadIdx.x] = slot_pos[(int64_t)t * k + threadIdx.x];
+    ex[threadIdx.x] = topk_idx[(int64_t)t * k + threadIdx.x];
+    g[threadIdx.x] = dl[(int64_t)t * k + threadIdx.x];
+  }
+  __syncthreads();
+  for (int c = threadIdx.x * 2; c < H; c += blockDim.x * 2) {
+    float a0 = 0.f, a1 = 0.f;
+    for (int j = 0; j < k; j++) {
+      const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(dxp + (int64_t)pos[j] * H + c);
+      const __nv_bfloat162 w = *reinterpret_cast<const __nv_bfloat162*>(wr + (int64_t)ex[j] * H + c);
+      a0 += __low2float(v) + g[j] * __low2float(w);
+      a1 += __high2float(v) + g[j] * __high2float(w);
+    }
+    *reinterpret_cast<float2*>(dx + (int64_t)t * H + c) = make_float2(a0, a1);
+  }
+}
+
+// GPTOSS_MOE_PROFILE=1: time each phase with events (synchronises after every op; tuning only) and print the
+// per-phase means to stderr at exit.
+std::map<std::string, std::pair<double, int>>& prof_table() {
+  static std::map<std::string, std::pair<double, int>> t;
+  return t;
+}
+void prof_print() {
+  for (auto& [k, v] : prof_table()) std::fprintf(stderr, "moe profile %-28s %9.3f ms (%d calls)\n", k.c_str(), v.first / v.second, v.second);
+}
+struct PhaseTimer {
+  bool on = false;
+  cudaStream_t st{};
+  std::vector<std::pair<std::string, cudaEvent_t>> ev;
+  PhaseTimer(cudaStream_t s, const char* start) : st(s) {
+    static const bool enabled = std::getenv("GPTOSS_MOE_PROFILE") != nullptr;
+    on = enabled;
+    if (on) {
+      static bool registered = false;
+      if (!registered) {
+        prof_table();  // constructed before the atexit handler is registered, so it outlives it
+        std::atexit(prof_print);
+        registered = true;
+      }
+      mark(start);
+    }
+  }
+  void mark(const char* name) {
+    if (!on) return;
+    cudaEvent_t e;
+    cudaEventCreate(&e);
+    cudaEventRecord(e, st);
+    ev.emplace_back(name, e);
+  }
+  ~PhaseTimer() {
+    if (!on) return;
+    cudaEventSynchronize(ev.back().second);
+    for (size_t i = 1; i < ev.size(); i++) {
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, ev[i - 1].second, ev[i].second);
+      auto& slot = prof_table()[ev[i].first];
+      slot.first += ms;
+      slot.second++;
+    }
+    for (auto& [n, e] : ev) cudaEventDestroy(e);
+  }
+};
+
+const bf* B(const Tensor& t) { return t.data<bf>(); }
+bf* Bm(const Tensor& t) { return t.data<bf>(); }
+
+void check_aligned(const char* op, const char* name, const Tensor& t) {
+  GPTOSS_CHECK(reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0, op, ": ", name, " must be 16-byte aligned on the GPU, got ",
+               t.describe());
+}
+
+}  // namespace
+
+void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, Tensor& y, MoeSaved& s) {
+  const char* op = "moeForward";
+  const int dev = x.device;
+  DeviceGuard guard(dev);
+  cudaStream_t st = stream_of(dev);
+  const int64_t T = x.dim(0), H = x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), N = T * k;
+  for (const Tensor* t : {&x, &w.router_w, &w.gate_up_w, &w.gate_up_b, &w.down_w, &w.down_b})
+    check_aligned(op, "tensor", *t);
+  s.x = x;
+  s.top_k = k;
+  s.limit = limit;
+  s.topk_idx = make_tensor({T, k}, DType::I32, dev);
+  s.topk_w = make_tensor({T, k}, DType::F32, dev);
+  s.counts = make_tensor({E}, DType::I32, dev);
+  s.offsets = make_tensor({E + 1}, DType::I32, dev);
+  s.perm_tok = make_tensor({N}, DType::I32, dev);
+  s.slot_pos = make_tensor({N}, DType::I32, dev);
+  s.gu = make_tensor({N, 2 * I}, DType::BF16, dev);
+  s.h = make_tensor({N, I}, DType::BF16, dev);
+  s.yp = make_tensor({N, H}, DType::BF16, dev);
+  y = make_tensor({T, H}, DType::BF16, dev);
+  PhaseTimer pt(st, "fwd start");
+
+  {
+    const size_t smem = sizeof(bf) * kRouterTok * H + sizeof(float) * kRouterTok * E;
+    static bool configured = false;
+    if (!configured) {
+      GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(router_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024),
+                        "moeForward router");
+      configured = true;
+    }
+    router_kernel<<<ceil_div(T, kRouterTok), 256, smem, st>>>(B(x), B(w.router_w), B(w.router_b), (int)T, (int)H,
+                                                                (int)E, (int)k, s.topk_idx.data<int32_t>(),
+                                                                s.topk_w.data<float>());
+    GPTOSS_CUDA_LAUNCH_CHECK("moeForward router");
+  }
+  count_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, s.counts.data<int32_t>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeForward count");
+  place_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, (int)k, (int)E, s.counts.data<int32_t>(),
+                                   s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(), s.slot_pos.data<int32_t>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
+  pt.mark("fwd 1 router+permute");
+
+  Tensor xp = gathered_rows(x, s.perm_tok, st);
+  pt.mark("fwd 1b gather");
+  mg::Params p;
+  p.offsets = s.offsets.data<int32_t>();
+  p.E = (int)E;
+  p.limit = limit;
+  // gu = x[perm]·W_gu[e] + b; h = swiglu(gu)
+  p.A = xp.storage ? B(xp) : B(x);
+  p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
+  p.lda = H;
+  p.B = B(w.gate_up_w);
+  p.ldb = 2 * I;
+  p.b_expert_stride = H * 2 * I;
+  p.N = (int)(2 * I);
+  p.K = (int)H;
+  p.C = s.gu.raw();
+  p.ldc = 2 * I;
+  p.bias = B(w.gate_up_b);
+  p.C2 = Bm(s.h);
+  p.ldc2 = I;
+  mg::gemm_gate_up(p, N, st);
+  pt.mark("fwd 2 gate_up gemm");
+  // yp = h·W_down[e] + b
+  mg::Params q;
+  q.offsets = p.offsets;
+  q.E = p.E;
+  q.A = B(s.h);
+  q.lda = I;
+  q.B = B(w.down_w);
+  q.ldb = H;
+  q.b_expert_stride = I * H;
+  q.N = (int)H;
+  q.K = (int)I;
+  q.C = s.yp.raw();
+  q.ldc = H;
+  q.bias = B(w.down_b);
+  mg::gemm_down(q, N, st);
+  pt.mark("fwd 3 down gemm");
+  combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(), (int)H, (int)k,
+                                    Bm(y));
+  GPTOSS_CUDA_LAUNCH_CHECK("moeForward combine");
+  pt.mark("fwd 4 combine");
+}
+
+void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeGrads& g) {
+  const char* op = "moeBackward";
+  const int dev = dy.device;
+  DeviceGuard guard(dev);
+  cudaStream_t st = stream_of(dev);
+  const int64_t T = s.x.dim(0), H = s.x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), k = s.top_k,
+                N = T * k;
+  for (const Tensor* t : {&dy, &s.x, &s.gu, &s.h, &s.yp, &w.router_w, &w.gate_up_w, &w.down_w})
+    check_aligned(op, "tensor", *t);
+  const int32_t* offsets = s.offsets.data<int32_t>();
+
+  PhaseTimer pt(st, "bwd start");
+  Tensor dyp = make_tensor({N, H}, DType::BF16, dev);
+  Tensor dlp = make_tensor({N}, DType::F32, dev);
+  Tensor dl = make_tensor({T, k}, DType::F32, dev);
+  if (dy.dtype == DType::BF16)
+    route_bwd_kernel<bf><<<T, 256, 0, st>>>(B(dy), B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(),
+                                            (int)H, (int)k, Bm(dyp), dlp.data<float>(), dl.data<float>());
+  else
+    route_bwd_kernel<float><<<T, 256, 0, st>>>(dy.data<float>(), B(s.yp), s.slot_pos.data<int32_t>(),
+                                               s.topk_w.data<float>(), (int)H, (int)k, Bm(dyp), dlp.data<float>(),
+                                               dl.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward route");
+  pt.mark("bwd 1 route");
+
+  g.d_down_b = make_tensor({E, H}, DType::F32, dev);
+  seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(dyp), H, (int)H, nullptr, nullptr, offsets,
+                                                                      g.d_down_b.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dDownB");
+  pt.mark("bwd 2 dDownB");
+
+  // dW_down[e] = h_eᵀ·dyp_e
+  g.d_down_w = make_tensor({E, I, H}, DType::F32, dev);
+  {
+    mg::Params p;
+    p.offsets = offsets;
+    p.E = (int)E;
+    p.A = B(s.h);
+    p.lda = I;
+    p.B = B(dyp);
+    p.ldb = H;
+    p.M = (int)I;
+    p.N = (int)H;
+    p.C = g.d_down_w.raw();
+    p.ldc = H;
+    p.c_expert_stride = I * H;
+    mg::gemm_wgrad(p, N, st, "moeBackward dDownW");
+  }
+  pt.mark("bwd 3 dDownW gemm");
+  // dgu = swiglu'(gu) · (dyp·W_down[e]ᵀ)
+  Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, dev);
+  {
+    mg::Params p;
+    p.offsets = offsets;
+    p.E = (int)E;
+    p.limit = s.limit;
+    p.A = B(dyp);
+    p.lda = H;
+    p.B = B(w.down_w);
+    p.ldb = H;
+    p.b_expert_stride = I * H;
+    p.N = (int)I;
+    p.K = (int)H;
+    p.C = dgu.raw();
+    p.ldc = 2 * I;
+    p.aux = B(s.gu);
+    p.ld_aux = 2 * I;
+    mg::gemm_dgu(p, N, st);
+  }
+  pt.mark("bwd 4 dgu gemm");
+  g.d_gate_up_b = make_tensor({E, 2 * I}, DType::F32, dev);
+  seg_colsum_kernel<<<dim3(ceil_div(2 * I, 64), E), dim3(32, 8), 0, st>>>(B(dgu), 2 * I, (int)(2 * I), nullptr,
+                                                                          nullptr, offsets,
+                                                                          g.d_gate_up_b.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
+  pt.mark("bwd 5 dGateUpB");
+  // dW_gu[e] = x[perm]_eᵀ·dgu_e
+  Tensor xp = gathered_rows(s.x, s.perm_tok, st);
+  pt.mark("bwd 5b gather");
+  g.d_gate_up_w = make_tensor({E, H, 2 * I}, DType::F32, dev);
+  {
+    mg::Params p;
+    p.offsets = offsets;
+    p.E = (int)E;
+    p.A = xp.storage ? B(xp) : B(s.x);
+    p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
+    p.lda = H;
+    p.B = B(dgu);
+    p.ldb = 2 * I;
+    p.M = (int)H;
+    p.N = (int)(2 * I);
+    p.C = g.d_gate_up_w.raw();
+    p.ldc = 2 * I;
+    p.c_expert_stride = H * 2 * I;
+    mg::gemm_wgrad(p, N, st, "moeBackward dGateUpW");
+  }
+  pt.mark("bwd 6 dGateUpW gemm");
+  // dxp = dgu·W_gu[e]ᵀ
+  Tensor dxp = make_tensor({N, H}, DType::BF16, dev);
+  {
+    mg::Params p;
+    p.offsets = offsets;
+    p.E = (int)E;
+    p.A = B(dgu);
+    p.lda = 2 * I;
+    p.B = B(w.gate_up_w);
+    p.ldb = 2 * I;
+    p.b_expert_stride = H * 2 * I;
+    p.N = (int)H;
+    p.K = (int)(2 * I);
+    p.C = dxp.raw();
+    p.ldc = H;
+    mg::gemm_dx(p, N, st);
+  }
+  pt.mark("bwd 7 dxp gemm");
+  g.d_router_w = make_tensor({E, H}, DType::F32, dev);
+  seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(s.x), H, (int)H, s.perm_tok.data<int32_t>(),
+                                                                      dlp.data<float>(), offsets,
+                                                                      g.d_router_w.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dRouterW");
+  g.d_router_b = make_tensor({E}, DType::F32, dev);
+  seg_sum_kernel<<<E, 256, 0, st>>>(dlp.data<float>(), offsets, g.d_router_b.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dRouterB");
+  g.dx = make_tensor({T, H}, DType::F32, dev);
+  dx_kernel<<<T, 256, 0, st>>>(B(dxp), s.slot_pos.data<int32_t>(), s.topk_idx.data<int32_t>(), dl.data<float>(),
+                               B(w.router_w), (int)H, (int)k, g.dx.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dx");
+  pt.mark("bwd 8 router grads + dx");
+}
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,3 @@
+// @skyrl/gptoss public API (other areas add their exports here).
+export { Tensor } from './tensor.ts';
+export * from './model/index.ts';

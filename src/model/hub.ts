@@ -1,0 +1,184 @@
+// hub.ts: where a model's files are. A source is a local directory (config.json + safetensors), or a Hugging Face
+// hub id (`ORG/NAME`, optionally `ORG/NAME@REVISION`) resolved in the HF cache layout that Python's
+// huggingface_hub uses, so a model downloaded with Python is reused as is:
+//   <cache>/models--ORG--NAME/refs/<branch>            (a file holding the commit hash)
+//   <cache>/models--ORG--NAME/snapshots/<commit>/...   (files, usually symlinks into ../../blobs)
+// <cache> is HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub. When the snapshot is missing or
+// incomplete and a network exists, the files are downloaded with @huggingface/hub into the same cache (with a
+// progress line); offline (HF_HUB_OFFLINE=1 or an unreachable hub) gives an error saying where we looked.
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export interface ResolveOptions {
+  /** Cache root (default from the environment as above). */
+  cacheDir?: string;
+  /** Branch, tag or commit (default 'main'; `ORG/NAME@REV` in the source also sets it). */
+  revision?: string;
+  /** Allow downloads (default true unless HF_HUB_OFFLINE=1). */
+  download?: boolean;
+  /** Hub token (default HF_TOKEN). */
+  token?: string;
+  /** Progress callback while downloading: bytes so far / total bytes (total 0 when unknown). */
+  onProgress?: (p: { file: string; bytes: number; totalBytes: number }) => void;
+  /** Custom fetch (tests, proxies). */
+  fetch?: typeof fetch;
+}
+
+/** The HF hub cache directory this process would use. */
+export function hfCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.HF_HUB_CACHE) return resolve(env.HF_HUB_CACHE);
+  if (env.HUGGINGFACE_HUB_CACHE) return resolve(env.HUGGINGFACE_HUB_CACHE);
+  if (env.HF_HOME) return join(resolve(env.HF_HOME), 'hub');
+  const xdg = env.XDG_CACHE_HOME;
+  return join(xdg ? resolve(xdg) : join(homedir(), '.cache'), 'huggingface', 'hub');
+}
+
+const HUB_ID = /^([A-Za-z0-9][\w.-]*)\/([A-Za-z0-9][\w.-]*)(?:@([\w./-]+))?$/;
+
+export function isHubId(source: string): boolean {
+  return HUB_ID.test(source) && !existsSync(source);
+}
+
+/** What a usable snapshot directory must hold; returns the missing files (empty when complete). */
+export function missingModelFiles(dir: string): string[] {
+  const missing: string[] = [];
+  if (!existsSync(join(dir, 'config.json'))) missing.push('config.json');
+  const index = join(dir, 'model.safetensors.index.json');
+  if (existsSync(index)) {
+    try {
+      const wm = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {};
+      for (const shard of new Set(Object.values(wm))) if (!existsSync(join(dir, shard))) missing.push(shard);
+    } catch {
+      missing.push('model.safetensors.index.json (unreadable)');
+    }
+  } else if (!existsSync(join(dir, 'model.safetensors'))) {
+    missing.push('model.safetensors or model.safetensors.index.json');
+  }
+  return missing;
+}
+
+/** The snapshot dir for ORG/NAME at `revision` in `cacheDir`, or null when the cache does not have it. */
+export function findCachedSnapshot(repo: string, revision: string, cacheDir: string): string | null {
+  const repoDir = join(cacheDir, `models--${repo.replace('/', '--')}`);
+  if (!existsSync(repoDir)) return null;
+  let commit = revision;
+  if (!/^[0-9a-f]{40}$/.test(revision)) {
+    const ref = join(repoDir, 'refs', revision);
+    if (!existsSync(ref)) return null;
+    commit = readFileSync(ref, 'utf8').trim();
+  }
+  const snap = join(repoDir, 'snapshots', commit);
+  return existsSync(snap) && statSync(snap).isDirectory() ? snap : null;
+}
+
+/** Files of a model repo worth fetching: weights, configs, tokenizer; not the original/ or metal/ copies. */
+function wanted(path: string): boolean {
+  if (path.includes('/')) return false;
+  return /\.(safetensors|json|jinja|txt|model|tiktoken)$/.test(path) || path === 'LICENSE';
+}
+
+/**
+ * Resolves a model source to a local directory holding config.json and the safetensors weights.
+ * Local directories are returned as they are (after a completeness check); hub ids go through the cache.
+ */
+export async function resolveModelSource(source: string, opts: ResolveOptions = {}): Promise<string> {
+  if (existsSync(source)) {
+    const dir = resolve(source);
+    if (!statSync(dir).isDirectory()) throw new Error(`model source ${source} is a file; give the directory holding config.json`);
+    const missing = missingModelFiles(dir);
+    if (missing.length) throw new Error(`model directory ${dir} is incomplete: missing ${missing.join(', ')}`);
+    return dir;
+  }
+  const m = HUB_ID.exec(source);
+  if (!m) {
+    throw new Error(`model source '${source}' is neither an existing directory nor a hub id like 'unsloth/gpt-oss-20b-BF16'`);
+  }
+  const repo = `${m[1]}/${m[2]}`;
+  const revision = m[3] ?? opts.revision ?? 'main';
+  const cacheDir = opts.cacheDir ?? hfCacheDir();
+  const cached = findCachedSnapshot(repo, revision, cacheDir);
+  const missing = cached ? missingModelFiles(cached) : ['everything'];
+  if (cached && missing.length === 0) return cached;
+  const offline = process.env.HF_HUB_OFFLINE === '1' || process.env.HF_HUB_OFFLINE === 'true' || opts.download === false;
+  const where = `${join(cacheDir, `models--${repo.replace('/', '--')}`)} (revision ${revision})`;
+  if (offline) {
+    throw new Error(
+      `model '${repo}' is not in the Hugging Face cache at ${where}` +
+        (cached ? `: snapshot ${cached} lacks ${missing.join(', ')}` : '') +
+        ` and downloads are off (HF_HUB_OFFLINE or download: false). Download it where a network exists ` +
+        `(e.g. \`huggingface-cli download ${repo}\`), point HF_HUB_CACHE/HF_HOME at that cache, or pass a local directory.`,
+    );
+  }
+  return downloadSnapshot(repo, revision, cacheDir, opts, where);
+}
+
+async function downloadSnapshot(repo: string, revision: string, cacheDir: string, opts: ResolveOptions, where: string): Promise<string> {
+  // Loaded lazily: the hub client is only needed where a download happens.
+  const hub = await import('@huggingface/hub');
+  const accessToken = opts.token ?? process.env.HF_TOKEN ?? process.env.HUGGING_FACE_HUB_TOKEN;
+  const baseFetch = opts.fetch ?? globalThis.fetch;
+  let current = '';
+  let bytes = 0;
+  let totalBytes = 0;
+  const report = opts.onProgress ?? defaultProgress();
+  // Wraps fetch so that every response body is counted as it streams (the hub client has no progress hook).
+  const countingFetch: typeof fetch = async (input, init) => {
+    const res = await baseFetch(input, init);
+    if (!res.body) return res;
+    const counted = res.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, ctl) {
+          bytes += chunk.byteLength;
+          report({ file: current, bytes, totalBytes });
+          ctl.enqueue(chunk);
+        },
+      }),
+    );
+    return new Response(counted, { status: res.status, statusText: res.statusText, headers: res.headers });
+  };
+  let files: { path: string; size: number }[] = [];
+  try {
+    for await (const f of hub.listFiles({ repo, revision, recursive: false, accessToken, fetch: baseFetch })) {
+      if (f.type === 'file' && wanted(f.path)) files.push({ path: f.path, size: f.lfs?.size ?? f.size });
+    }
+  } catch (e) {
+    throw new Error(
+      `model '${repo}' is not (completely) in the Hugging Face cache at ${where}, and the hub could not be reached ` +
+        `to download it: ${(e as Error).message}. Offline? Download it elsewhere and set HF_HUB_CACHE, or pass a local directory.`,
+    );
+  }
+  if (!files.some((f) => f.path === 'config.json')) throw new Error(`hub repo '${repo}' has no config.json at revision ${revision}`);
+  // Small files first so a bad repo fails before gigabytes move.
+  files = files.sort((a, b) => a.size - b.size);
+  totalBytes = files.reduce((s, f) => s + f.size, 0);
+  let first = '';
+  for (const f of files) {
+    current = f.path;
+    const p = await hub.downloadFileToCacheDir({ repo, path: f.path, revision, cacheDir, accessToken, fetch: countingFetch });
+    if (!first) first = p;
+  }
+  const snap = findCachedSnapshot(repo, revision, cacheDir) ?? (first ? resolve(first, '..') : null);
+  if (!snap) throw new Error(`downloaded '${repo}' but cannot find its snapshot under ${cacheDir}`);
+  const missing = missingModelFiles(snap);
+  if (missing.length) throw new Error(`downloaded '${repo}' to ${snap} but it lacks ${missing.join(', ')}`);
+  return snap;
+}
+
+function defaultProgress(): (p: { file: string; bytes: number; totalBytes: number }) => void {
+  let last = 0;
+  return ({ file, bytes, totalBytes }) => {
+    const now = Date.now();
+    if (now - last < 1000 && bytes < totalBytes) return;
+    last = now;
+    const gb = (n: number): string => (n / 1e9).toFixed(2);
+    const pct = totalBytes ? ` (${((100 * bytes) / totalBytes).toFixed(1)}%)` : '';
+    process.stderr.write(`\rdownloading ${file}: ${gb(bytes)}/${gb(totalBytes)} GB${pct}   `);
+  };
+}
+
+/** Lists the snapshot dirs present in a cache for a repo (diagnostics). */
+export function cachedRevisions(repo: string, cacheDir = hfCacheDir()): string[] {
+  const d = join(cacheDir, `models--${repo.replace('/', '--')}`, 'snapshots');
+  return existsSync(d) ? readdirSync(d) : [];
+}

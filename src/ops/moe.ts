@@ -1,0 +1,167 @@
+// moe.ts: the GPT-OSS mixture-of-experts block (router, dropless permutation, expert MLPs with the clamped
+// SwiGLU, weighted combine), forward and backward, on 'cpu' or 'cuda:N'.
+//
+//   logits = x·Wrᵀ + br [T,E]; top-k (ties -> lower expert id); w = softmax over the k chosen logits
+//   for each chosen expert e: gu = x·W_gu[e] + b_gu[e] [2I] (interleaved: gate = gu[0::2], up = gu[1::2]),
+//     gate = min(gate, limit), up = clamp(up, ±limit), h = (up + 1)·gate·σ(1.702·gate) [I],
+//     out_e = h·W_down[e] + b_down[e] [H]
+//   y = Σ_j w_j·out_{e_j} (bf16 [T,H])
+// Expert weights keep the checkpoint layout [E, in, out]; BF16 in, fp32 accumulation; weight gradients fp32.
+import { native } from '../native.ts';
+import { Tensor } from '../tensor.ts';
+
+/** The MoE block's parameters, bf16, checkpoint layout. */
+export interface MoeWeights {
+  routerW: Tensor /* [E,H] */;
+  routerB: Tensor /* [E] */;
+  gateUpW: Tensor /* [E,H,2I] */;
+  gateUpB: Tensor /* [E,2I] */;
+  downW: Tensor /* [E,I,H] */;
+  downB: Tensor /* [E,H] */;
+}
+
+export interface MoeOptions {
+  topK: number;
+  /** SwiGLU clamp (GPT-OSS: 7). */
+  limit?: number;
+  /**
+   * CPU only: keep every intermediate in fp32 instead of rounding it to bf16 where a plain BF16 implementation
+   * stores it. The "fp32 truth" for error bounds in tests.
+   */
+  exact?: boolean;
+}
+
+export interface MoeGrads {
+  dx: Tensor /* f32 [T,H] */;
+  dRouterW: Tensor /* f32 [E,H] */;
+  dRouterB: Tensor /* f32 [E] */;
+  dGateUpW: Tensor /* f32 [E,H,2I] */;
+  dGateUpB: Tensor /* f32 [E,2I] */;
+  dDownW: Tensor /* f32 [E,I,H] */;
+  dDownB: Tensor /* f32 [E,H] */;
+}
+
+interface NativeMoeForward {
+  y: Tensor['native'];
+  x: Tensor['native'];
+  topkIdx: Tensor['native'];
+  topkW: Tensor['native'];
+  counts: Tensor['native'];
+  offsets: Tensor['native'];
+  permTok: Tensor['native'];
+  slotPos: Tensor['native'];
+  gu: Tensor['native'];
+  h: Tensor['native'];
+  yp: Tensor['native'];
+}
+
+/**
+ * What forward saves for backward. N = T·topK routed rows in expert order: rows of expert e are
+ * offsets[e] .. offsets[e+1]-1, tokens increasing within an expert. dispose() frees all of it; read `counts`
+ * before (it stays readable afterwards once read). Nothing stays behind on the device, so a training loop
+ * that disposes its contexts reuses cached blocks and never calls cudaMalloc in steady state.
+ */
+export class MoeContext {
+  readonly topK: number;
+  readonly limit: number;
+  readonly exact: boolean;
+  readonly x: Tensor /* bf16 [T,H]: the input (a view, not a copy) */;
+  readonly topkIdx: Tensor /* i32 [T,k] chosen experts, largest logit first */;
+  readonly topkW: Tensor /* f32 [T,k] routing weights */;
+  readonly countsTensor: Tensor /* i32 [E] rows per expert (on the device) */;
+  readonly offsets: Tensor /* i32 [E+1] */;
+  readonly permTok: Tensor /* i32 [N] token of each permuted row */;
+  readonly slotPos: Tensor /* i32 [T*k] permuted row of assignment (t, j) */;
+  readonly gu: Tensor /* bf16 [N,2I] gate_up incl. bias (f32 in exact mode) */;
+  readonly h: Tensor /* bf16 [N,I] SwiGLU output */;
+  readonly yp: Tensor /* bf16 [N,H] expert outputs incl. bias, before routing weights */;
+  /** The weights forward used (the caller's tensors; not disposed with the context). */
+  readonly weights: MoeWeights;
+  private countsHost: Int32Array | undefined;
+
+  constructor(r: NativeMoeForward, weights: MoeWeights, topK: number, limit: number, exact: boolean) {
+    this.weights = weights;
+    this.topK = topK;
+    this.limit = limit;
+    this.exact = exact;
+    this.x = new Tensor(r.x);
+    this.topkIdx = new Tensor(r.topkIdx);
+    this.topkW = new Tensor(r.topkW);
+    this.countsTensor = new Tensor(r.counts);
+    this.offsets = new Tensor(r.offsets);
+    this.permTok = new Tensor(r.permTok);
+    this.slotPos = new Tensor(r.slotPos);
+    this.gu = new Tensor(r.gu);
+    this.h = new Tensor(r.h);
+    this.yp = new Tensor(r.yp);
+  }
+
+  /** Tokens routed to each expert (load-balance statistics). Read lazily: the first read waits for the device. */
+  get counts(): Int32Array {
+    if (!this.countsHost) {
+      if (this.countsTensor.disposed) {
+        throw new Error('MoeContext.counts: read the token counts before dispose() (they live on the device until read)');
+      }
+      this.countsHost = this.countsTensor.toInt32();
+    }
+    return this.countsHost;
+  }
+
+  get disposed(): boolean {
+    return this.gu.disposed;
+  }
+
+  dispose(): void {
+    for (const t of [this.x, this.topkIdx, this.topkW, this.countsTensor, this.offsets, this.permTok, this.slotPos, this.gu, this.h, this.yp]) {
+      t.dispose();
+    }
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+export interface MoeForwardResult {
+  y: Tensor /* bf16 [T,H] */;
+  ctx: MoeContext;
+  /** Tokens per expert [E] (lazy: reading it waits for the device; read it before ctx.dispose()). */
+  readonly counts: Int32Array;
+}
+
+/** MoE block forward. x bf16 [T,H]; returns y bf16 [T,H] and the context for moeBackward. */
+export function moeForward(x: Tensor, w: MoeWeights, opts: MoeOptions): MoeForwardResult {
+  const limit = opts.limit ?? 7;
+  const exact = opts.exact ?? false;
+  const r = native().ops.moeForward(x, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB, opts.topK, limit, exact) as NativeMoeForward;
+  const ctx = new MoeContext(r, w, opts.topK, limit, exact);
+  const y = new Tensor(r.y);
+  return {
+    y,
+    ctx,
+    get counts(): Int32Array {
+      return ctx.counts;
+    },
+  };
+}
+
+/**
+ * MoE block backward. dy bf16|f32 [T,H]; all gradients are fresh f32 tensors. ctx stays alive (dispose it).
+ * `w` defaults to the weights forward used (pass re-gathered copies of the same values when sharding).
+ */
+export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights = ctx.weights): MoeGrads {
+  if (ctx.disposed) throw new Error('moeBackward: the MoeContext was disposed');
+  const r = native().ops.moeBackward(
+    dy, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB,
+    ctx.x, ctx.topkIdx, ctx.topkW, ctx.countsTensor, ctx.offsets, ctx.permTok, ctx.slotPos, ctx.gu, ctx.h, ctx.yp,
+    ctx.topK, ctx.limit, ctx.exact,
+  ) as Record<keyof MoeGrads, Tensor['native']>;
+  return {
+    dx: new Tensor(r.dx),
+    dRouterW: new Tensor(r.dRouterW),
+    dRouterB: new Tensor(r.dRouterB),
+    dGateUpW: new Tensor(r.dGateUpW),
+    dGateUpB: new Tensor(r.dGateUpB),
+    dDownW: new Tensor(r.dDownW),
+    dDownB: new Tensor(r.dDownB),
+  };
+}

@@ -1,0 +1,70 @@
+// CPU AdamW against a float64 re-statement of torch.optim.AdamW; sum of squares; grad-norm clipping; bad inputs.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Tensor, roundBf16 } from '../../src/tensor.ts';
+import { adamwStep, sumOfSquares, gradNormAndClip } from '../../src/ops/optim.ts';
+import { randn, assertClose } from '../util/coreops2-ref.ts';
+
+const dev = 'cpu';
+
+test('adamwStep follows torch.optim.AdamW over several steps and refreshes the bf16 copy', () => {
+  for (const n of [1, 7, 113, 70001]) {
+    const p = Float64Array.from(randn(n, n, 1)), m = new Float64Array(n), v = new Float64Array(n);
+    const master = Tensor.from(Float32Array.from(p), [n], { device: dev });
+    const mt = Tensor.zeros([n], { device: dev }), vt = Tensor.zeros([n], { device: dev });
+    const copy = Tensor.zeros([n], { dtype: 'bf16', device: dev });
+    const h = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
+    for (let step = 1; step <= 4; step++) {
+      const g = randn(n, 1000 * n + step, 0.5);
+      adamwStep({ master, grad: Tensor.from(g, [n], { device: dev }), m: mt, v: vt, bf16: copy }, { ...h, step });
+      const bc1 = 1 - h.beta1 ** step, bc2 = 1 - h.beta2 ** step;
+      for (let i = 0; i < n; i++) {
+        p[i]! *= 1 - h.lr * h.weightDecay;
+        m[i] = h.beta1 * m[i]! + (1 - h.beta1) * g[i]!;
+        v[i] = h.beta2 * v[i]! + (1 - h.beta2) * g[i]! * g[i]!;
+        p[i]! -= (h.lr / bc1) * (m[i]! / (Math.sqrt(v[i]!) / Math.sqrt(bc2) + h.eps));
+      }
+    }
+    assertClose(master.toFloat32(), p, 1e-6, 1e-5, `master n${n}`);
+    assertClose(mt.toFloat32(), m, 1e-7, 1e-5, `m n${n}`);
+    assertClose(vt.toFloat32(), v, 1e-9, 1e-5, `v n${n}`);
+    assert.deepEqual(copy.toFloat32(), roundBf16(master.toFloat32()));
+  }
+});
+
+test('sumOfSquares over f32 and bf16 tensors', () => {
+  const a = randn(113, 1), b = randn(70001, 2, 1, true), c = Float32Array.from([3]);
+  const want = [a, b, c].reduce((s, x) => s + x.reduce((t, y) => t + y * y, 0), 0);
+  const got = sumOfSquares([Tensor.from(a, [113], { device: dev }), Tensor.from(b, [70001], { dtype: 'bf16', device: dev }), Tensor.from(c, [1], { device: dev })]);
+  assert.ok(Math.abs(got - want) <= 1e-5 * want, `${got} vs ${want}`);
+  assert.equal(sumOfSquares([]), 0);
+});
+
+test('gradNormAndClip scales above maxNorm, leaves small and non-finite gradients alone', () => {
+  const g1 = Tensor.from([3, 0], [2], { device: dev }), g2 = Tensor.from([4], [1], { dtype: 'bf16', device: dev });
+  const r = gradNormAndClip([g1, g2], 1);
+  assert.equal(r.norm, 5);
+  assert.ok(r.clipped && r.finite);
+  assertClose(g1.toFloat32(), [0.6, 0], 1e-6, 1e-6, 'g1');
+  assertClose(g2.toFloat32(), [0.8], 0, 2 ** -8, 'g2');
+  const small = Tensor.from([0.1, 0.2], [2], { device: dev });
+  const rs = gradNormAndClip([small], 1);
+  assert.ok(!rs.clipped && rs.finite);
+  assert.deepEqual([...small.toFloat32()], [...Float32Array.from([0.1, 0.2])]);
+  const bad = Tensor.from([Infinity, 1], [2], { device: dev });
+  const rb = gradNormAndClip([bad, g1], 1);
+  assert.ok(!rb.finite && !rb.clipped);
+  assert.deepEqual([...bad.toFloat32()], [Infinity, 1]);
+  assert.ok(!gradNormAndClip([Tensor.from([NaN], [1], { device: dev })], 1).finite);
+});
+
+test('adamwStep rejects bad inputs', () => {
+  const p = Tensor.zeros([4], { device: dev });
+  const z = () => Tensor.zeros([4], { device: dev });
+  const h = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 };
+  assert.throws(() => adamwStep({ master: p, grad: Tensor.zeros([5], { device: dev }), m: z(), v: z() }, h), /adamwStep: grad must have shape \[4\], got f32\[5\]/);
+  assert.throws(() => adamwStep({ master: p, grad: z(), m: Tensor.zeros([4], { dtype: 'bf16', device: dev }), v: z() }, h), /m must be f32/);
+  assert.throws(() => adamwStep({ master: p, grad: z(), m: z(), v: z() }, { ...h, step: 0 }), /step is 1-based/);
+  assert.throws(() => adamwStep({ master: p, grad: z(), m: z(), v: z(), bf16: z() }, h), /bf16 must be bf16/);
+  assert.throws(() => sumOfSquares([Tensor.zeros([2], { dtype: 'i32', device: dev })]), /must be f32 or bf16/);
+});

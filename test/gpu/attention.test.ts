@@ -1,0 +1,198 @@
+// Attention with sinks on CUDA: against the fixtures and the CPU op, with the FlashAttention-style bound
+// (error vs the fp32 truth <= 2x a plain BF16 implementation's error + a small floor).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { native } from '../../src/native.ts';
+import { Tensor, cudaDeviceCount } from '../../src/tensor.ts';
+import { attentionForward, attentionBackward, attentionDecode, packedCuSeqlens } from '../../src/ops/attention.ts';
+import { loadAttnFixture, maxAbsDiff, plainBf16, randn, bf16Round, type RefShape } from '../helpers/attention-ref.ts';
+
+const hasCuda = native().features.cuda && cudaDeviceCount() > 0;
+const skip = hasCuda ? false : 'no CUDA device (addon without CUDA or no GPU visible)';
+
+interface Case extends RefShape {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  dout: Float32Array;
+}
+
+function runOn(dev: string, c: Case, gradDtype: 'bf16' | 'f32', deterministic = true) {
+  const cuSeqlens = Tensor.from(Int32Array.from(c.cu), [c.cu.length], { device: dev });
+  const maxSeqlen = Math.max(1, ...c.cu.slice(1).map((x, i) => x - c.cu[i]!));
+  const opts = {
+    cuSeqlens,
+    maxSeqlen,
+    window: c.window,
+    scale: c.scale,
+    ...(c.sinks ? { sinks: Tensor.from(Float32Array.from(c.sinks), [c.Hq], { device: dev, dtype: 'f32' as const }) } : {}),
+    ...(c.used ? { seqUsed: Tensor.from(Int32Array.from(c.used), [c.used.length], { device: dev }) } : {}),
+  };
+  const bf = (a: Float32Array, h: number) => Tensor.from(a, [c.T, h, c.D], { device: dev, dtype: 'bf16' });
+  const q = bf(c.q, c.Hq);
+  const k = bf(c.k, c.Hkv);
+  const v = bf(c.v, c.Hkv);
+  const fw = attentionForward(q, k, v, opts);
+  const bw = attentionBackward(bf(c.dout, c.Hq), q, k, v, fw.out, fw.lse, { ...opts, gradDtype, deterministic });
+  return {
+    out: fw.out.toFloat32(),
+    lse: fw.lse.toFloat32(),
+    dq: bw.dq.toFloat32(),
+    dk: bw.dk.toFloat32(),
+    dv: bw.dv.toFloat32(),
+    dsinks: bw.dsinks?.toFloat32(),
+  };
+}
+
+function checkBound(label: string, name: string, gpu: ArrayLike<number>, plain: ArrayLike<number>, truth: ArrayLike<number>, floor: number) {
+  const eg = maxAbsDiff(gpu, truth);
+  const ep = maxAbsDiff(plain, truth);
+  console.log(`${label} ${name}: cuda err ${eg.toExponential(2)}, plain bf16 err ${ep.toExponential(2)}`);
+  assert.ok(eg <= 2 * ep + floor, `${label} ${name}: cuda error ${eg} > 2 x plain ${ep} + ${floor}`);
+}
+
+for (const kind of ['full', 'sliding'] as const) {
+  test(`cuda fixture ${kind}: out, lse, dq, dk, dv, dsinks within the FlashAttention bound`, { skip }, () => {
+    const f = loadAttnFixture(kind);
+    const T = f.B * f.S;
+    const c: Case = {
+      T,
+      Hq: f.Hq,
+      Hkv: f.Hkv,
+      D: f.D,
+      cu: Array.from({ length: f.B + 1 }, (_, i) => i * f.S),
+      window: f.window,
+      sinks: f.sinks,
+      scale: 1 / Math.sqrt(f.D),
+      q: f.q,
+      k: f.k,
+      v: f.v,
+      dout: f.dout,
+    };
+    const g = runOn('cuda:0', c, 'f32');
+    const p = plainBf16(c, c.q, c.k, c.v, bf16Round(c.dout));
+    const label = `fixture ${kind}`;
+    const ga = runOn('cuda:0', c, 'f32', false);
+    checkBound(`${label} (atomic dq)`, 'dq', ga.dq, p.dq, f.dq, 1e-3);
+    checkBound(`${label} (atomic dq)`, 'dk', ga.dk, p.dk, f.dk, 1e-3);
+    assert.deepEqual(ga.dk, g.dk, 'dk does not depend on the dq mode');
+    checkBound(label, 'out', g.out, p.out, f.out, 1e-3);
+    checkBound(label, 'dq', g.dq, p.dq, f.dq, 1e-3);
+    checkBound(label, 'dk', g.dk, p.dk, f.dk, 1e-3);
+    checkBound(label, 'dv', g.dv, p.dv, f.dv, 1e-3);
+    checkBound(label, 'dsinks', g.dsinks!, p.dsinks, f.dsinks, 1e-3);
+    const el = maxAbsDiff(g.lse, f.lse);
+    console.log(`${label} lse: cuda err ${el.toExponential(2)}`);
+    assert.ok(el < 1e-3);
+    const gb = runOn('cuda:0', c, 'bf16');
+    assert.ok(maxAbsDiff(gb.dq, g.dq) < 2e-2 * Math.max(1, maxAbsDiff(g.dq, new Float32Array(g.dq.length))));
+  });
+}
+
+function randomCase(Hq: number, Hkv: number, D: number, lens: number[], window: number, seed: number, withSinks = true, used?: number[]): Case {
+  const cu = [0];
+  for (const l of lens) cu.push(cu[cu.length - 1]! + l);
+  const T = cu[cu.length - 1]!;
+  return {
+    T,
+    Hq,
+    Hkv,
+    D,
+    cu,
+    window,
+    ...(used ? { used } : {}),
+    ...(withSinks ? { sinks: Float32Array.from(randn(Hq, seed + 9), (x) => x + 1) } : {}),
+    scale: 1 / Math.sqrt(D),
+    q: bf16Round(randn(T * Hq * D, seed, 1.5)),
+    k: bf16Round(randn(T * Hkv * D, seed + 1, 1.5)),
+    v: bf16Round(randn(T * Hkv * D, seed + 2)),
+    dout: bf16Round(randn(T * Hq * D, seed + 3)),
+  };
+}
+
+const cases: [string, Case][] = [
+  ['GQA 8, D64, packed 1/7/113/300, causal', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 1)],
+  ['GQA 2, D128, packed 1/7/113/300, window 37', randomCase(4, 2, 128, [1, 7, 113, 300], 37, 2)],
+  ['GQA 1, D64, window 128, no sinks', randomCase(2, 2, 64, [257, 130], 128, 3, false)],
+  ['GQA 4, D64, padding (used 200/1/64 of 256)', randomCase(8, 2, 64, [256, 256, 256], 0, 4, true, [200, 1, 64])],
+  ['GQA 8, D128, window 500 > sequence', randomCase(8, 1, 128, [190, 3], 500, 5)],
+];
+
+for (const [name0, c] of cases) for (const det of [true, false]) {
+  const name = `${name0}${det ? '' : ' (atomic dq)'}`;
+  test(`cuda vs cpu: ${name}`, { skip }, () => {
+    const g = runOn('cuda:0', c, 'f32', det);
+    const cpu = runOn('cpu', c, 'f32'); // fp32 math on the same bf16 inputs: the truth here
+    const p = plainBf16(c, c.q, c.k, c.v, c.dout);
+    checkBound(name, 'out', g.out, p.out, cpu.out, 1e-3);
+    checkBound(name, 'dq', g.dq, p.dq, cpu.dq, 2e-3);
+    checkBound(name, 'dk', g.dk, p.dk, cpu.dk, 2e-3);
+    checkBound(name, 'dv', g.dv, p.dv, cpu.dv, 2e-3);
+    if (c.sinks) checkBound(name, 'dsinks', g.dsinks!, p.dsinks, cpu.dsinks!, 2e-3);
+    else assert.equal(g.dsinks, undefined);
+    // lse: rows past a padded length are 0 on both backends.
+    assert.ok(maxAbsDiff(g.lse, cpu.lse) < 1e-3, `lse ${maxAbsDiff(g.lse, cpu.lse)}`);
+  });
+}
+
+test('cuda backward is deterministic (bitwise equal on a rerun)', { skip }, () => {
+  const c = randomCase(16, 2, 64, [700, 300], 0, 7);
+  const a = runOn('cuda:0', c, 'f32');
+  const b = runOn('cuda:0', c, 'f32');
+  for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(a[key], b[key], key);
+});
+
+test('cuda larger shape (Hq 16, Hkv 2, S 1536, causal and window 128) vs cpu', { skip }, () => {
+  for (const [window, det] of [[0, true], [128, true], [0, false]] as const) {
+    const c = randomCase(16, 2, 64, [1536], window, 11);
+    const g = runOn('cuda:0', c, 'bf16', det);
+    const cpu = runOn('cpu', c, 'f32');
+    const mag = (a: Float32Array) => maxAbsDiff(a, new Float32Array(a.length));
+    for (const key of ['out', 'dq', 'dk', 'dv'] as const) {
+      const e = maxAbsDiff(g[key], cpu[key]);
+      console.log(`S1536 W${window}${det ? '' : ' atomic'} ${key}: err ${e.toExponential(2)} (max |ref| ${mag(cpu[key]).toExponential(2)})`);
+      assert.ok(e <= 2e-2 * mag(cpu[key]) + 2e-3, `${key} err ${e}`);
+    }
+    assert.ok(maxAbsDiff(g.lse, cpu.lse) < 1e-3);
+  }
+});
+
+test('cuda decode == cpu decode (GQA 8 and 1, D 64/128, windows, ragged lengths)', { skip }, () => {
+  for (const [Hq, Hkv, D] of [
+    [16, 2, 64],
+    [4, 4, 128],
+    [64, 8, 64],
+  ] as const) {
+    for (const window of [0, 128]) {
+      const B = 4;
+      const Smax = 700;
+      const lens = [700, 1, 65, 300];
+      const q = randn(B * Hq * D, 21 + D, 1.5);
+      const kc = randn(B * Smax * Hkv * D, 22, 1.5);
+      const vc = randn(B * Smax * Hkv * D, 23);
+      const sinks = randn(Hq, 24);
+      const run = (dev: string) =>
+        attentionDecode(
+          Tensor.from(q, [B, Hq, D], { device: dev, dtype: 'bf16' }),
+          Tensor.from(kc, [B, Smax, Hkv, D], { device: dev, dtype: 'bf16' }),
+          Tensor.from(vc, [B, Smax, Hkv, D], { device: dev, dtype: 'bf16' }),
+          {
+            seqLens: Tensor.from(Int32Array.from(lens), [B], { device: dev }),
+            window,
+            sinks: Tensor.from(sinks, [Hq], { device: dev, dtype: 'f32' }),
+          },
+        ).toFloat32();
+      const e = maxAbsDiff(run('cuda:0'), run('cpu'));
+      console.log(`decode Hq ${Hq} Hkv ${Hkv} D ${D} W ${window}: err ${e.toExponential(2)}`);
+      assert.ok(e < 2e-2, `decode err ${e}`);
+    }
+  }
+});
+
+test('cuda errors: f32 inputs and head_dim 80 are refused with the shapes', { skip }, () => {
+  const { cuSeqlens } = packedCuSeqlens([4], 'cuda:0');
+  const q = Tensor.zeros([4, 2, 64], { device: 'cuda:0', dtype: 'f32' });
+  assert.throws(() => attentionForward(q, q, q, { cuSeqlens, maxSeqlen: 4 }), /attentionForward: the CUDA backend needs bf16/);
+  const q80 = Tensor.zeros([4, 2, 80], { device: 'cuda:0', dtype: 'bf16' });
+  assert.throws(() => attentionForward(q80, q80, q80, { cuSeqlens, maxSeqlen: 4 }), /head_dim 64 or 128, got bf16\[4, 2, 80\]/);
+});
