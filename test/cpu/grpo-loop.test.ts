@@ -132,7 +132,7 @@ test('SFT on reference completions teaches the toy task', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'sft-'));
   const { trainSft } = await import('../../src/trainer/sft.ts');
   const policy = new ToyPolicy(9);
-  const r = await trainSft({ config: cfg(dir), policy, env: toyTask(), generator: new ToyGenerator(policy) }, { steps: 60, batchSize: 8, lr: 0.05 });
+  const r = await trainSft({ config: cfg(dir), policy, env: toyTask(), generator: new ToyGenerator(policy) }, { steps: 150, batchSize: 8, lr: 0.1 });
   assert.equal(r.skippedSteps, 0);
   assert.ok(r.finalLoss < 0.5, `loss ${r.finalLoss}`);
   assert.equal(r.evals.at(-1)!.accuracy, 1);
