@@ -61,7 +61,7 @@ export async function parseCli(argv: string[], o: { name: string; description: s
     .option('dry-run', { type: 'boolean', default: false, describe: 'validate the config, load the data and the model, then exit' })
     .example(`$0`, 'train the tiny CPU default')
     .example(`$0 --model unsloth/gpt-oss-20b-BF16 -c gsm8k-gptoss-20b '+generator.chat_template_kwargs={reasoning_effort: low}'`, 'the seed run')
-    .strict()
+    .strictOptions()
     .help()
     .version(false)
     .parseAsync();

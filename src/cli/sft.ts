@@ -2,7 +2,7 @@
 // synthetic task) as a cold start for GRPO. Writes a model directory (config.json + safetensors, and vocab.json
 // when data.compact_vocab) that `npm run train -- trainer.policy.model.path=<dir>` starts from.
 import { mkdirSync } from 'node:fs';
-import { join, dirname } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { compatibilityNotes, loadConfig } from '../config/load.ts';
@@ -27,7 +27,7 @@ export async function sftMain(argv: string[] = process.argv): Promise<void> {
   }
   for (const n of compatibilityNotes(config)) log.info(n);
   const run = await setupRun(config);
-  const out = config.trainer.sft.output_dir ?? join(dirname(config.trainer.ckpt_path), 'sft', config.trainer.run_name);
+  const out = config.trainer.sft.output_dir ?? join('runs', 'sft', config.trainer.run_name);
   log.info({ model: config.trainer.policy.model.path, device: run.device, params: run.policy.numParameters(), task: run.env.name, steps: config.trainer.sft.steps, output: out }, 'SFT run');
   if (args.dryRun) return;
   const metrics = await createMetrics({ ...config, trainer: { ...config.trainer, run_name: `${config.trainer.run_name}-sft` } });

@@ -117,6 +117,7 @@ export class Progress {
   private done = 0;
   private readonly start = Date.now();
   private lastPrint = 0;
+  private lastPrintedDone = -1;
   private readonly tty: boolean;
   private readonly enabled: boolean;
 
@@ -140,6 +141,7 @@ export class Progress {
   }
 
   private print(note?: string): void {
+    this.lastPrintedDone = this.done;
     const el = (Date.now() - this.start) / 1000;
     const rate = el > 0 ? this.done / el : 0;
     const pct = this.total > 0 ? Math.min(100, (100 * this.done) / this.total) : 100;
@@ -160,7 +162,7 @@ export class Progress {
     if (this.tty) {
       this.print(note);
       process.stderr.write('\n');
-    } else if (Date.now() - this.lastPrint > 0) {
+    } else if (this.lastPrintedDone !== this.done) {
       this.print(note);
     }
   }

@@ -110,7 +110,7 @@ export async function setupRun(c: Config): Promise<RunPieces> {
 }
 
 export function metricsPath(c: Config): string {
-  return c.trainer.metrics_path ?? join(dirname(c.trainer.ckpt_path), 'metrics', `${c.trainer.run_name}.jsonl`);
+  return c.trainer.metrics_path ?? join('runs', 'metrics', `${c.trainer.run_name}.jsonl`);
 }
 
 export async function createMetrics(c: Config): Promise<MetricsLogger> {

@@ -95,3 +95,11 @@ test('Hydra flow maps without spaces, and shell-split overrides are joined back'
   assert.throws(() => joinOverrides(['a={b: 1']), /unbalanced/);
   assert.throws(() => loadConfig({ overrides: ['++generator.chat_template_kwargs={reasoning_effort: extreme}'] }), /generator\.chat_template_kwargs\.reasoning_effort/);
 });
+
+test('the CLI parser takes options and positional overrides', async () => {
+  const { parseCli } = await import('../../src/cli/args.ts');
+  const a = await parseCli(['node', 'train', '--model', 'tiny', '-c', 'gsm8k-gptoss-20b', 'trainer.seed=3', '+generator.chat_template_kwargs={reasoning_effort:', 'low}', '~trainer.epochs'], { name: 't', description: 'd', defaultConfig: 'tiny-cpu' });
+  assert.equal(a.model, 'tiny');
+  assert.equal(a.config, 'gsm8k-gptoss-20b');
+  assert.deepEqual(a.overrides, ['trainer.seed=3', '+generator.chat_template_kwargs={reasoning_effort: low}', '~trainer.epochs']);
+});
