@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { compatibilityNotes, loadConfig } from '../config/load.ts';
 import { childLogger } from '../log/logger.ts';
-import { trainGrpo } from '../trainer/grpo.ts';
+import { checkGrpoInputs, trainGrpo } from '../trainer/grpo.ts';
 import { createMetrics, interruptSignal, metricsPath, setupRun } from '../trainer/setup.ts';
 import { parseCli } from './args.ts';
 import { runMain } from './common.ts';
@@ -41,6 +41,7 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
     },
     'GRPO run',
   );
+  checkGrpoInputs(config, run.env);
   if (args.dryRun) {
     log.info('dry run: config, data and model are fine');
     return;

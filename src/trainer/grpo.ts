@@ -150,16 +150,22 @@ export async function evaluate(
   return { reward: count ? rSum / count : 0, accuracy: count ? cSum / count : 0, responseLength: count ? lenSum / count : 0, samples };
 }
 
+/** Throws a DataError when the task cannot feed a step (empty split, fewer prompts than a batch). */
+export function checkGrpoInputs(config: Config, env: TaskEnv): void {
+  const t = config.trainer;
+  if (env.train.length === 0) throw new DataError(`GRPO: the training set of task '${env.name}' is empty (check data.train_data / data.max_train_samples)`);
+  if (env.train.length < t.train_batch_size) {
+    throw new DataError(`GRPO: the training set has ${env.train.length} prompts, fewer than trainer.train_batch_size=${t.train_batch_size}`);
+  }
+}
+
 export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   const { config, policy, generator, env } = d;
   const t = config.trainer;
   const alg = t.algorithm;
   const g = config.generator;
   const n = g.n_samples_per_prompt;
-  if (env.train.length === 0) throw new DataError(`GRPO: the training set of task '${env.name}' is empty (check data.train_data / data.max_train_samples)`);
-  if (env.train.length < t.train_batch_size) {
-    throw new DataError(`GRPO: the training set has ${env.train.length} prompts, fewer than trainer.train_batch_size=${t.train_batch_size}`);
-  }
+  checkGrpoInputs(config, env);
   const useKl = alg.use_kl_loss && alg.kl_loss_coef > 0;
   // The reference must be the initial weights: copy before loading any checkpoint.
   let ref: LogprobModel | undefined = d.ref;
