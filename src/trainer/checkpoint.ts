@@ -108,7 +108,7 @@ export function readTrainerState(dir: string): TrainerState {
   }
 }
 
-export interface SaveCheckpointOptions {
+export interface SaveTrainingCheckpointOptions {
   root: string;
   state: TrainerState;
   /** Writes the model and optimizer files into `dir` (a fresh temp folder). */
@@ -121,7 +121,7 @@ export interface SaveCheckpointOptions {
  * Saves atomically; returns the checkpoint folder. On failure the temp folder is removed, the previous checkpoint
  * and `latest` are untouched, and a CheckpointError says why (a full disk is named as such).
  */
-export async function saveCheckpoint(o: SaveCheckpointOptions): Promise<string> {
+export async function saveTrainingCheckpoint(o: SaveTrainingCheckpointOptions): Promise<string> {
   const root = resolve(o.root);
   const name = checkpointDirName(o.state.step);
   const finalDir = join(root, name);

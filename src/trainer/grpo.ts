@@ -14,7 +14,7 @@ import { childLogger } from '../log/logger.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
 import { groupAdvantages, stats } from '../rl/advantages.ts';
 import { policyLoss, meanK3 } from '../rl/loss.ts';
-import { CheckpointError, readTrainerState, resolveResume, saveCheckpoint, type TrainerState } from './checkpoint.ts';
+import { CheckpointError, readTrainerState, resolveResume, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, SamplingParams, SequenceBatch } from './policy.ts';
 import { Rng } from './rng.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
@@ -214,7 +214,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   const checkpoint = async (): Promise<void> => {
     const st: TrainerState = { ...state, rng: rng.state(), counters, config };
     try {
-      lastCheckpoint = await saveCheckpoint({ root: t.ckpt_path, state: st, writeModel: (dir) => policy.save(dir), keep: t.max_ckpts_to_keep });
+      lastCheckpoint = await saveTrainingCheckpoint({ root: t.ckpt_path, state: st, writeModel: (dir) => policy.save(dir), keep: t.max_ckpts_to_keep });
       lastSavedStep = state.step;
       log.info({ dir: lastCheckpoint }, 'checkpoint saved');
     } catch (e) {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, readFileSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { saveCheckpoint, findLatestCheckpoint, readTrainerState, resolveResume, listCheckpoints, CheckpointError } from '../../src/trainer/checkpoint.ts';
+import { saveTrainingCheckpoint, findLatestCheckpoint, readTrainerState, resolveResume, listCheckpoints, CheckpointError } from '../../src/trainer/checkpoint.ts';
 import { MetricsLogger, parseMetricsJsonl } from '../../src/log/metrics.ts';
 import { plotMetrics } from '../../src/cli/plot.ts';
 import { Rng } from '../../src/trainer/rng.ts';
@@ -14,7 +14,7 @@ const state = (step: number) => ({ step, epoch: 0, dataPosition: step * 4, rng: 
 test('checkpoints: atomic save, latest, keep, resume modes', async () => {
   const root = join(mkdtempSync(join(tmpdir(), 'ck-')), 'ckpts');
   assert.equal(resolveResume('latest', root, null), null);
-  for (const s of [1, 2, 3]) await saveCheckpoint({ root, state: state(s), writeModel: (d) => writeFileSync(join(d, 'w.bin'), String(s)), keep: 2 });
+  for (const s of [1, 2, 3]) await saveTrainingCheckpoint({ root, state: state(s), writeModel: (d) => writeFileSync(join(d, 'w.bin'), String(s)), keep: 2 });
   assert.deepEqual(listCheckpoints(root).map((c) => c.step), [3, 2]);
   const latest = findLatestCheckpoint(root)!;
   assert.equal(readTrainerState(latest).dataPosition, 12);
@@ -23,15 +23,15 @@ test('checkpoints: atomic save, latest, keep, resume modes', async () => {
   assert.equal(resolveResume('none', root, null), null);
   assert.throws(() => resolveResume('path', root, join(root, 'nope')), /not a complete checkpoint/);
   // Re-saving the same step replaces it atomically.
-  await saveCheckpoint({ root, state: state(3), writeModel: (d) => writeFileSync(join(d, 'w.bin'), 'again') });
+  await saveTrainingCheckpoint({ root, state: state(3), writeModel: (d) => writeFileSync(join(d, 'w.bin'), 'again') });
   assert.equal(readFileSync(join(findLatestCheckpoint(root)!, 'w.bin'), 'utf8'), 'again');
 });
 
 test('checkpoints: a failed write (ENOSPC) leaves the previous checkpoint and `latest` intact', async () => {
   const root = join(mkdtempSync(join(tmpdir(), 'ck-')), 'ckpts');
-  await saveCheckpoint({ root, state: state(1), writeModel: (d) => writeFileSync(join(d, 'w.bin'), 'one') });
+  await saveTrainingCheckpoint({ root, state: state(1), writeModel: (d) => writeFileSync(join(d, 'w.bin'), 'one') });
   await assert.rejects(
-    saveCheckpoint({
+    saveTrainingCheckpoint({
       root,
       state: state(2),
       writeModel: (d) => {
