@@ -72,6 +72,7 @@ test('GRPO raises held-out reward by >= 15 points after an SFT warm start (tiny 
   const tSft = (Date.now() - t0) / 1000;
   const val = run.env.val;
   const before = await evaluate(run.generator, run.env, val, config, 1);
+  metrics.log(0, { 'eval/reward': before.reward, 'eval/accuracy': before.accuracy }, 'eval');
   const curve: string[] = [`SFT ${SFT_STEPS} steps (loss ${sft.finalLoss.toFixed(3)}, ${tSft.toFixed(0)} s): held-out reward ${before.reward.toFixed(2)}`];
   const r = await trainGrpo({
     config: { ...config, trainer: { ...config.trainer, eval_before_train: false } },
