@@ -49,7 +49,7 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
   const metrics = await createMetrics(config);
   const intr = interruptSignal();
   try {
-    const r = await trainGrpo({ config, policy: run.policy, generator: run.generator, env: run.env, metrics, signal: intr.signal });
+    const r = await trainGrpo({ config, policy: run.policy, generator: run.generator, env: run.env, ref: run.ref, metrics, signal: intr.signal });
     const curve = r.evals.map((e) => `step ${e.step}: reward ${e.reward.toFixed(3)} acc ${e.accuracy.toFixed(3)}`).join('; ');
     log.info({ steps: r.steps, skipped: r.skippedSteps, checkpoint: r.lastCheckpoint }, `${r.interrupted ? 'interrupted' : 'done'}; eval ${curve || '(none)'}`);
     log.info(`metrics: ${metrics.path} (chart: npm run plot -- ${metrics.path} -o chart.png)`);

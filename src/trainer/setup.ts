@@ -7,7 +7,8 @@ import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
 import { defaultDevice } from '../native.ts';
 import { loadModel, presetConfig, randomModel, type GptOssModel, type PresetName } from '../model/index.ts';
-import { GptOssPolicy, LocalGenerator } from './gptoss-policy.ts';
+import { FrozenGptOss, GptOssPolicy, LocalGenerator } from './gptoss-policy.ts';
+import type { LogprobModel } from './policy.ts';
 import { buildTaskEnv } from './env.ts';
 import type { TaskEnv } from './task.ts';
 import { buildVocabMap, compactTask, type VocabMap } from './vocab.ts';
@@ -60,6 +61,8 @@ export interface RunPieces {
   model: GptOssModel;
   policy: GptOssPolicy;
   generator: LocalGenerator;
+  /** The KL reference when trainer.ref.model.path is set (otherwise the GRPO loop copies the initial policy). */
+  ref?: LogprobModel;
 }
 
 /** Loads the task and the model; errors name the config key at fault. */
@@ -106,7 +109,16 @@ export async function setupRun(c: Config): Promise<RunPieces> {
   log.info({ ms: Date.now() - t0, device }, 'model ready');
   const policy = new GptOssPolicy(model);
   const generator = new LocalGenerator(model, Math.max(1, c.generator.max_num_seqs));
-  return { device, env, vocab, model, policy, generator };
+  let ref: LogprobModel | undefined;
+  const refPath = c.trainer.ref.model.path;
+  if (refPath && c.trainer.algorithm.use_kl_loss) {
+    try {
+      ref = new FrozenGptOss(await loadModel(refPath, { device }));
+    } catch (e) {
+      throw new SetupError(`trainer.ref.model.path=${refPath}: cannot load the reference model: ${(e as Error).message}`);
+    }
+  }
+  return { device, env, vocab, model, policy, generator, ref };
 }
 
 export function metricsPath(c: Config): string {
