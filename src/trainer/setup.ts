@@ -90,7 +90,8 @@ export async function setupRun(c: Config): Promise<RunPieces> {
   if (preset) {
     let cfg;
     try {
-      cfg = presetConfig(preset, vocab ? { vocabSize: vocab.size } : {});
+      // On a compact vocabulary the special ids are remapped too (the stop tokens; no pad/bos).
+      cfg = presetConfig(preset, vocab ? { vocabSize: vocab.size, eosTokenIds: env.stopTokenIds, padTokenId: null, bosTokenId: null } : {});
     } catch (e) {
       throw new SetupError(`trainer.policy.model.path=${path}: ${(e as Error).message}`);
     }
