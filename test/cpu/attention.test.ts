@@ -11,7 +11,9 @@ import {
   paddedCuSeqlens,
   packedCuSeqlens,
 } from '../../src/ops/attention.ts';
-import { refForward, randn, loadAttnFixture, maxAbsDiff, type RefShape } from '../helpers/attention-ref.ts';
+import { refForward, loadAttnFixture, type RefShape } from '../helpers/attention-ref.ts';
+import { randn } from '../helpers/random.ts';
+import { maxAbsDiff } from '../helpers/numeric.ts';
 
 const dev = 'cpu';
 const f32 = (a: Float32Array, shape: number[]): Tensor => Tensor.from(a, shape, { device: dev, dtype: 'f32' });

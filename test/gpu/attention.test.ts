@@ -3,9 +3,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { native } from '../../src/native.ts';
-import { Tensor, cudaDeviceCount } from '../../src/tensor.ts';
+import { Tensor, cudaDeviceCount, roundBf16 } from '../../src/tensor.ts';
 import { attentionForward, attentionBackward, attentionDecode, packedCuSeqlens } from '../../src/ops/attention.ts';
-import { loadAttnFixture, maxAbsDiff, plainBf16, randn, bf16Round, type RefShape } from '../helpers/attention-ref.ts';
+import { loadAttnFixture, plainBf16, type RefShape } from '../helpers/attention-ref.ts';
+import { randn } from '../helpers/random.ts';
+import { maxAbsDiff } from '../helpers/numeric.ts';
 
 const hasCuda = native().features.cuda && cudaDeviceCount() > 0;
 const skip = hasCuda ? false : 'no CUDA device (addon without CUDA or no GPU visible)';
@@ -70,7 +72,7 @@ for (const kind of ['full', 'sliding'] as const) {
       dout: f.dout,
     };
     const g = runOn('cuda:0', c, 'f32');
-    const p = plainBf16(c, c.q, c.k, c.v, bf16Round(c.dout));
+    const p = plainBf16(c, c.q, c.k, c.v, roundBf16(c.dout));
     const label = `fixture ${kind}`;
     const ga = runOn('cuda:0', c, 'f32', false);
     checkBound(`${label} (atomic dq)`, 'dq', ga.dq, p.dq, f.dq, 1e-3);
@@ -103,10 +105,10 @@ function randomCase(Hq: number, Hkv: number, D: number, lens: number[], window: 
     ...(used ? { used } : {}),
     ...(withSinks ? { sinks: Float32Array.from(randn(Hq, seed + 9), (x) => x + 1) } : {}),
     scale: 1 / Math.sqrt(D),
-    q: bf16Round(randn(T * Hq * D, seed, 1.5)),
-    k: bf16Round(randn(T * Hkv * D, seed + 1, 1.5)),
-    v: bf16Round(randn(T * Hkv * D, seed + 2)),
-    dout: bf16Round(randn(T * Hq * D, seed + 3)),
+    q: roundBf16(randn(T * Hq * D, seed, 1.5)),
+    k: roundBf16(randn(T * Hkv * D, seed + 1, 1.5)),
+    v: roundBf16(randn(T * Hkv * D, seed + 2)),
+    dout: roundBf16(randn(T * Hq * D, seed + 3)),
   };
 }
 
