@@ -11,7 +11,7 @@ import {
   paddedCuSeqlens,
   packedCuSeqlens,
 } from '../../src/ops/attention.ts';
-import { refForward, loadAttnFixture, type RefShape } from '../helpers/attention-ref.ts';
+import { refForward, loadAttnFixture, attnOptions, type RefShape } from '../helpers/attention-ref.ts';
 import { randn } from '../helpers/random.ts';
 import { maxAbsDiff } from '../helpers/numeric.ts';
 
@@ -63,16 +63,7 @@ function rand(s: RefShape, seed: number) {
 }
 
 function run(s: RefShape, x: ReturnType<typeof rand>, withSinks: boolean) {
-  const cuSeqlens = Tensor.from(Int32Array.from(s.cu), [s.cu.length], { device: dev });
-  const maxSeqlen = Math.max(1, ...s.cu.slice(1).map((c, i) => c - s.cu[i]!));
-  const opts = {
-    cuSeqlens,
-    maxSeqlen,
-    window: s.window,
-    scale: s.scale,
-    ...(withSinks && s.sinks ? { sinks: f32(Float32Array.from(s.sinks), [s.Hq]) } : {}),
-    ...(s.used ? { seqUsed: Tensor.from(Int32Array.from(s.used), [s.used.length], { device: dev }) } : {}),
-  };
+  const opts = attnOptions(s, dev, withSinks);
   const q = f32(x.q, [s.T, s.Hq, s.D]);
   const k = f32(x.k, [s.T, s.Hkv, s.D]);
   const v = f32(x.v, [s.T, s.Hkv, s.D]);

@@ -21,11 +21,7 @@ for (const n of [2, 3, 4]) {
     const r = await run(n, 'basic');
     assert.equal(r.exitCode, 0, r.text);
     for (let rank = 0; rank < n; rank++) {
-      assert.deepEqual(
-        passes(r, rank),
-        BASIC_PASSES,
-        r.text,
-      );
+      assert.deepEqual(passes(r, rank), BASIC_PASSES, r.text);
       assert.ok(r.lines.some((l) => l.rank === rank && l.line === `rank ${rank} done`), r.text);
     }
   });

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { native } from '../../src/native.ts';
 import { Tensor, cudaDeviceCount, roundBf16 } from '../../src/tensor.ts';
 import { attentionForward, attentionBackward, attentionDecode, packedCuSeqlens } from '../../src/ops/attention.ts';
-import { loadAttnFixture, plainBf16, type RefShape } from '../helpers/attention-ref.ts';
+import { loadAttnFixture, plainBf16, attnOptions, type RefShape } from '../helpers/attention-ref.ts';
 import { randn } from '../helpers/random.ts';
 import { maxAbsDiff } from '../helpers/numeric.ts';
 
@@ -20,16 +20,7 @@ interface Case extends RefShape {
 }
 
 function runOn(dev: string, c: Case, gradDtype: 'bf16' | 'f32', deterministic = true) {
-  const cuSeqlens = Tensor.from(Int32Array.from(c.cu), [c.cu.length], { device: dev });
-  const maxSeqlen = Math.max(1, ...c.cu.slice(1).map((x, i) => x - c.cu[i]!));
-  const opts = {
-    cuSeqlens,
-    maxSeqlen,
-    window: c.window,
-    scale: c.scale,
-    ...(c.sinks ? { sinks: Tensor.from(Float32Array.from(c.sinks), [c.Hq], { device: dev, dtype: 'f32' as const }) } : {}),
-    ...(c.used ? { seqUsed: Tensor.from(Int32Array.from(c.used), [c.used.length], { device: dev }) } : {}),
-  };
+  const opts = attnOptions(c, dev);
   const bf = (a: Float32Array, h: number) => Tensor.from(a, [c.T, h, c.D], { device: dev, dtype: 'bf16' });
   const q = bf(c.q, c.Hq);
   const k = bf(c.k, c.Hkv);

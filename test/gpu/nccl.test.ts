@@ -23,11 +23,7 @@ for (const n of sizes.length ? sizes : [2]) {
     const r = await run(n, 'basic');
     assert.equal(r.exitCode, 0, r.text);
     for (let rank = 0; rank < n; rank++) {
-      assert.deepEqual(
-        passes(r, rank),
-        BASIC_PASSES,
-        r.text,
-      );
+      assert.deepEqual(passes(r, rank), BASIC_PASSES, r.text);
       assert.ok(r.lines.some((l) => l.rank === rank && new RegExp(`backend=nccl device=cuda:${rank}`).test(l.line)), r.text);
     }
   });

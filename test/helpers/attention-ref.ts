@@ -1,5 +1,6 @@
 // attention-ref.ts: float64 reference of attention with sinks and fixture loading, shared by the CPU and GPU
 // attention tests.
+import { Tensor } from '../../src/tensor.ts';
 import { SafetensorsFile } from '../../src/model/safetensors.ts';
 import { fixturePath } from './fixtures.ts';
 
@@ -13,6 +14,20 @@ export interface RefShape {
   window: number;
   sinks?: ArrayLike<number>;
   scale: number;
+}
+
+/** attentionForward/attentionBackward options for a RefShape on `device` (sinks as f32, when given and wanted). */
+export function attnOptions(s: RefShape, device: string, withSinks = true) {
+  const cuSeqlens = Tensor.from(Int32Array.from(s.cu), [s.cu.length], { device });
+  const maxSeqlen = Math.max(1, ...s.cu.slice(1).map((c, i) => c - s.cu[i]!));
+  return {
+    cuSeqlens,
+    maxSeqlen,
+    window: s.window,
+    scale: s.scale,
+    ...(withSinks && s.sinks ? { sinks: Tensor.from(Float32Array.from(s.sinks), [s.Hq], { device, dtype: 'f32' as const }) } : {}),
+    ...(s.used ? { seqUsed: Tensor.from(Int32Array.from(s.used), [s.used.length], { device }) } : {}),
+  };
 }
 
 /** Token-major q [T,Hq,D], k/v [T,Hkv,D]; returns out [T,Hq,D] and lse [Hq,T] in float64. */
