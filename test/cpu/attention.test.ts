@@ -11,7 +11,7 @@ import {
   paddedCuSeqlens,
   packedCuSeqlens,
 } from '../../src/ops/attention.ts';
-import { refForward, loadAttnFixture, attnOptions, type RefShape } from '../helpers/attention-ref.ts';
+import { refForward, loadAttnFixture, attnOptions, hostResults, type RefShape } from '../helpers/attention-ref.ts';
 import { randn } from '../helpers/random.ts';
 import { maxAbsDiff } from '../helpers/numeric.ts';
 
@@ -69,14 +69,7 @@ function run(s: RefShape, x: ReturnType<typeof rand>, withSinks: boolean) {
   const v = f32(x.v, [s.T, s.Hkv, s.D]);
   const fw = attentionForward(q, k, v, opts);
   const bw = attentionBackward(f32(x.dout, [s.T, s.Hq, s.D]), q, k, v, fw.out, fw.lse, { ...opts, gradDtype: 'f32' });
-  return {
-    out: fw.out.toFloat32(),
-    lse: fw.lse.toFloat32(),
-    dq: bw.dq.toFloat32(),
-    dk: bw.dk.toFloat32(),
-    dv: bw.dv.toFloat32(),
-    dsinks: bw.dsinks?.toFloat32(),
-  };
+  return hostResults(fw, bw);
 }
 
 test('backward matches finite differences of the float64 forward (GQA 2, window 3, sinks)', () => {

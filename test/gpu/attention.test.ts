@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { native } from '../../src/native.ts';
 import { Tensor, cudaDeviceCount, roundBf16 } from '../../src/tensor.ts';
 import { attentionForward, attentionBackward, attentionDecode, packedCuSeqlens } from '../../src/ops/attention.ts';
-import { loadAttnFixture, plainBf16, attnOptions, type RefShape } from '../helpers/attention-ref.ts';
+import { loadAttnFixture, plainBf16, attnOptions, hostResults, type RefShape } from '../helpers/attention-ref.ts';
 import { randn } from '../helpers/random.ts';
 import { maxAbsDiff } from '../helpers/numeric.ts';
 
@@ -27,14 +27,7 @@ function runOn(dev: string, c: Case, gradDtype: 'bf16' | 'f32', deterministic = 
   const v = bf(c.v, c.Hkv);
   const fw = attentionForward(q, k, v, opts);
   const bw = attentionBackward(bf(c.dout, c.Hq), q, k, v, fw.out, fw.lse, { ...opts, gradDtype, deterministic });
-  return {
-    out: fw.out.toFloat32(),
-    lse: fw.lse.toFloat32(),
-    dq: bw.dq.toFloat32(),
-    dk: bw.dk.toFloat32(),
-    dv: bw.dv.toFloat32(),
-    dsinks: bw.dsinks?.toFloat32(),
-  };
+  return hostResults(fw, bw);
 }
 
 function checkBound(label: string, name: string, gpu: ArrayLike<number>, plain: ArrayLike<number>, truth: ArrayLike<number>, floor: number) {

@@ -2,6 +2,7 @@
 // attention tests.
 import { Tensor } from '../../src/tensor.ts';
 import { SafetensorsFile } from '../../src/model/safetensors.ts';
+import type { AttentionForwardResult, AttentionBackwardResult } from '../../src/ops/attention.ts';
 import { fixturePath } from './fixtures.ts';
 
 export interface RefShape {
@@ -27,6 +28,18 @@ export function attnOptions(s: RefShape, device: string, withSinks = true) {
     scale: s.scale,
     ...(withSinks && s.sinks ? { sinks: Tensor.from(Float32Array.from(s.sinks), [s.Hq], { device, dtype: 'f32' as const }) } : {}),
     ...(s.used ? { seqUsed: Tensor.from(Int32Array.from(s.used), [s.used.length], { device }) } : {}),
+  };
+}
+
+/** Host copies of what attentionForward and attentionBackward returned. */
+export function hostResults(fw: AttentionForwardResult, bw: AttentionBackwardResult) {
+  return {
+    out: fw.out.toFloat32(),
+    lse: fw.lse.toFloat32(),
+    dq: bw.dq.toFloat32(),
+    dk: bw.dk.toFloat32(),
+    dv: bw.dv.toFloat32(),
+    dsinks: bw.dsinks?.toFloat32(),
   };
 }
 
