@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "../cpu/attention.h"
-#include "binding.h"
+#include "args.h"
 #ifdef GPTOSS_WITH_CUDA
 #include "../cuda/attention.h"
 #endif
@@ -17,6 +17,13 @@ struct VarlenArgs {
   float scale;
 };
 
+// sinks [Hq], f32 or bf16, on the device of q.
+void check_sinks(const char* op, const Tensor& sinks, int64_t Hq, const Tensor& q) {
+  if (sinks.dtype != DType::F32 && sinks.dtype != DType::BF16) fail(op, ": sinks must be f32 or bf16, got ", sinks.describe());
+  check_shape(op, "sinks", sinks, {Hq});
+  check_same_device(op, q, sinks);
+}
+
 // Shared checks of q/k/v, cuSeqlens, seqUsed and sinks.
 VarlenArgs check_varlen(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu,
                         std::optional<Tensor> used, std::optional<Tensor> sinks, int64_t max_seqlen, int64_t window,
@@ -29,7 +36,7 @@ VarlenArgs check_varlen(const char* op, const Tensor& q, const Tensor& k, const 
     fail(op, ": query heads must be a multiple of kv heads, got q ", q.describe(), " and k ", k.describe());
   check_shape(op, "k", k, {a.T, a.Hkv, a.D});
   check_shape(op, "v", v, {a.T, a.Hkv, a.D});
-  if (q.dtype != DType::BF16 && q.dtype != DType::F32) fail(op, ": q must be bf16 or f32, got ", q.describe());
+  check_float(op, "q", q);
   check_dtype(op, "k", k, q.dtype);
   check_dtype(op, "v", v, q.dtype);
   check_same_device(op, q, k);
@@ -39,16 +46,9 @@ VarlenArgs check_varlen(const char* op, const Tensor& q, const Tensor& k, const 
   if (cu.dim(0) < 2) fail(op, ": cuSeqlens must have at least 2 entries, got ", cu.describe());
   check_same_device(op, q, cu);
   if (used) {
-    check_dtype(op, "seqUsed", *used, DType::I32);
-    check_shape(op, "seqUsed", *used, {cu.dim(0) - 1});
-    check_same_device(op, q, *used);
+    check_tensor(op, "seqUsed", *used, DType::I32, {cu.dim(0) - 1}, q);
   }
-  if (sinks) {
-    if (sinks->dtype != DType::F32 && sinks->dtype != DType::BF16)
-      fail(op, ": sinks must be f32 or bf16, got ", sinks->describe());
-    check_shape(op, "sinks", *sinks, {a.Hq});
-    check_same_device(op, q, *sinks);
-  }
+  if (sinks) check_sinks(op, *sinks, a.Hq, q);
   if (max_seqlen < 1) fail(op, ": maxSeqlen must be >= 1, got ", max_seqlen);
   if (window < 0) fail(op, ": window must be >= 0, got ", window);
   if (!(scale > 0) || !std::isfinite(scale)) fail(op, ": scale must be a positive number, got ", scale);
@@ -86,10 +86,7 @@ GPTOSS_OP(attentionForward) {
   GPTOSS_DISPATCH(q, cpu::attention_forward(q, k, v, ptr(a.sinks), cu, ptr(a.used), a.window, a.scale, out, lse),
                   cuda::attention_forward(q, k, v, ptr(a.sinks), cu, ptr(a.used), a.max_seqlen, a.window, a.scale,
                                           out, lse));
-  Napi::Object r = Napi::Object::New(info.Env());
-  r.Set("out", wrap(info.Env(), out));
-  r.Set("lse", wrap(info.Env(), lse));
-  return r;
+  return tensor_object(info.Env(), {{"out", out}, {"lse", lse}});
 }
 
 // attentionBackward(dout, q, k, v, out, lse, cuSeqlens, seqUsed|null, sinks|null, maxSeqlen, window, scale,
@@ -128,10 +125,7 @@ GPTOSS_OP(attentionBackward) {
                                           dq, dk, dv, ptr(dsinks)),
                   cuda::attention_backward(dout, q, k, v, out, lse, ptr(a.sinks), cu, ptr(a.used), a.max_seqlen,
                                            a.window, a.scale, dq, dk, dv, ptr(dsinks), deterministic));
-  Napi::Object r = Napi::Object::New(info.Env());
-  r.Set("dq", wrap(info.Env(), dq));
-  r.Set("dk", wrap(info.Env(), dk));
-  r.Set("dv", wrap(info.Env(), dv));
+  Napi::Object r = tensor_object(info.Env(), {{"dq", dq}, {"dk", dk}, {"dv", dv}});
   if (dsinks) r.Set("dsinks", wrap(info.Env(), *dsinks));
   return r;
 }
@@ -153,7 +147,7 @@ GPTOSS_OP(attentionDecode) {
     fail(op, ": query heads must be a multiple of kv heads, got q ", q.describe(), " and kCache ", kc.describe());
   check_shape(op, "kCache", kc, {B, Smax, Hkv, D});
   check_shape(op, "vCache", vc, {B, Smax, Hkv, D});
-  if (q.dtype != DType::BF16 && q.dtype != DType::F32) fail(op, ": q must be bf16 or f32, got ", q.describe());
+  check_float(op, "q", q);
   check_dtype(op, "kCache", kc, q.dtype);
   check_dtype(op, "vCache", vc, q.dtype);
   check_dtype(op, "seqLens", lens, DType::I32);
@@ -161,12 +155,7 @@ GPTOSS_OP(attentionDecode) {
   check_same_device(op, q, kc);
   check_same_device(op, q, vc);
   check_same_device(op, q, lens);
-  if (sinks) {
-    if (sinks->dtype != DType::F32 && sinks->dtype != DType::BF16)
-      fail(op, ": sinks must be f32 or bf16, got ", sinks->describe());
-    check_shape(op, "sinks", *sinks, {Hq});
-    check_same_device(op, q, *sinks);
-  }
+  if (sinks) check_sinks(op, *sinks, Hq, q);
   if (window < 0) fail(op, ": window must be >= 0, got ", window);
   if (q.is_cuda()) {
     if (q.dtype != DType::BF16) fail(op, ": the CUDA backend needs bf16 q and caches, got ", q.describe());

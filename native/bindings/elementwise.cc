@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "../cpu/elementwise.h"
-#include "coreops_args.h"
+#include "args.h"
 #ifdef GPTOSS_WITH_CUDA
 #include "../cuda/elementwise.h"
 #endif

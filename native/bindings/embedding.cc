@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "../cpu/embedding.h"
-#include "coreops_args.h"
+#include "args.h"
 #ifdef GPTOSS_WITH_CUDA
 #include "../cuda/embedding.h"
 #endif

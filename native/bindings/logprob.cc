@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "../cpu/logprob.h"
-#include "binding.h"
+#include "args.h"
 #ifdef GPTOSS_WITH_CUDA
 #include "../cuda/logprob.h"
 #endif
@@ -39,10 +39,9 @@ LpArgs check_common(const char* op, const Tensor& hidden, const Tensor& lm, cons
   return a;
 }
 
+// A per-token f32 vector [T] beside hidden [T, H].
 void check_f32_t(const char* op, const char* name, const Tensor& t, const Tensor& hidden) {
-  check_dtype(op, name, t, DType::F32);
-  check_shape(op, name, t, {hidden.dim(0)});
-  check_same_device(op, hidden, t);
+  check_tensor(op, name, t, DType::F32, {hidden.dim(0)}, hidden);
 }
 
 }  // namespace
@@ -58,11 +57,7 @@ GPTOSS_OP(tokenLogprobsForward) {
   Tensor lse = make_tensor({a.T}, DType::F32, hidden.device);
   GPTOSS_DISPATCH(hidden, cpu::token_logprobs(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse),
                   cuda::token_logprobs(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse));
-  Napi::Object o = Napi::Object::New(info.Env());
-  o.Set("logprobs", wrap(info.Env(), lp));
-  o.Set("entropy", wrap(info.Env(), ent));
-  o.Set("lse", wrap(info.Env(), lse));
-  return o;
+  return tensor_object(info.Env(), {{"logprobs", lp}, {"entropy", ent}, {"lse", lse}});
 }
 
 GPTOSS_OP(tokenLogprobsBackward) {
@@ -87,9 +82,7 @@ GPTOSS_OP(tokenLogprobsBackward) {
   Tensor dLm;
   if (dLmArg) {
     dLm = *dLmArg;
-    check_dtype(op, "dLmHead", dLm, DType::F32);
-    check_shape(op, "dLmHead", dLm, {a.V, a.H});
-    check_same_device(op, hidden, dLm);
+    check_tensor(op, "dLmHead", dLm, DType::F32, {a.V, a.H}, hidden);
   } else {
     dLm = make_tensor({a.V, a.H}, DType::F32, hidden.device, true);
   }

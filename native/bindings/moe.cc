@@ -1,7 +1,7 @@
 // moe.cc (bindings): moeForward / moeBackward. The saved tensors travel to JS as a plain object (the TS
 // MoeContext) and come back positionally to moeBackward.
 #include "../cpu/moe.h"
-#include "binding.h"
+#include "args.h"
 #ifdef GPTOSS_WITH_CUDA
 #include "../cuda/moe.h"
 #endif
@@ -68,20 +68,17 @@ GPTOSS_OP(moeForward) {
   MoeSaved s;
   GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, y, s),
                   cuda::moe_forward(x, w, k, static_cast<float>(limit), y, s));
-  Napi::Env env = info.Env();
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("y", wrap(env, y));
-  o.Set("x", wrap(env, s.x));
-  o.Set("topkIdx", wrap(env, s.topk_idx));
-  o.Set("topkW", wrap(env, s.topk_w));
-  o.Set("counts", wrap(env, s.counts));
-  o.Set("offsets", wrap(env, s.offsets));
-  o.Set("permTok", wrap(env, s.perm_tok));
-  o.Set("slotPos", wrap(env, s.slot_pos));
-  o.Set("gu", wrap(env, s.gu));
-  o.Set("h", wrap(env, s.h));
-  o.Set("yp", wrap(env, s.yp));
-  return o;
+  return tensor_object(info.Env(), {{"y", y},
+                                    {"x", s.x},
+                                    {"topkIdx", s.topk_idx},
+                                    {"topkW", s.topk_w},
+                                    {"counts", s.counts},
+                                    {"offsets", s.offsets},
+                                    {"permTok", s.perm_tok},
+                                    {"slotPos", s.slot_pos},
+                                    {"gu", s.gu},
+                                    {"h", s.h},
+                                    {"yp", s.yp}});
 }
 
 // moeBackward(dy, routerW, routerB, gateUpW, gateUpB, downW, downB, x, topkIdx, topkW, counts, offsets,
@@ -97,7 +94,7 @@ GPTOSS_OP(moeBackward) {
   int64_t E = 0, I = 0;
   MoeWeights w = weights_arg(info, 1, op, s.x, E, I);
   const int64_t T = s.x.dim(0), H = s.x.dim(1);
-  GPTOSS_CHECK(dy.dtype == DType::BF16 || dy.dtype == DType::F32, op, ": dy must be bf16 or f32, got ", dy.describe());
+  check_float(op, "dy", dy);
   check_shape(op, "dy", dy, {T, H});
   check_same_device(op, s.x, dy);
   const int64_t k = topk_arg(info, 17, op, E);
@@ -136,16 +133,13 @@ GPTOSS_OP(moeBackward) {
     check_same_device(op, s.x, *t);
   MoeGrads g;
   GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g), cuda::moe_backward(dy, w, s, g));
-  Napi::Env env = info.Env();
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("dx", wrap(env, g.dx));
-  o.Set("dRouterW", wrap(env, g.d_router_w));
-  o.Set("dRouterB", wrap(env, g.d_router_b));
-  o.Set("dGateUpW", wrap(env, g.d_gate_up_w));
-  o.Set("dGateUpB", wrap(env, g.d_gate_up_b));
-  o.Set("dDownW", wrap(env, g.d_down_w));
-  o.Set("dDownB", wrap(env, g.d_down_b));
-  return o;
+  return tensor_object(info.Env(), {{"dx", g.dx},
+                                    {"dRouterW", g.d_router_w},
+                                    {"dRouterB", g.d_router_b},
+                                    {"dGateUpW", g.d_gate_up_w},
+                                    {"dGateUpB", g.d_gate_up_b},
+                                    {"dDownW", g.d_down_w},
+                                    {"dDownB", g.d_down_b}});
 }
 
 }  // namespace gptoss::js

@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "../cpu/rmsnorm.h"
-#include "coreops_args.h"
+#include "args.h"
 #ifdef GPTOSS_WITH_CUDA
 #include "../cuda/rmsnorm.h"
 #endif
@@ -26,7 +26,7 @@ GPTOSS_OP(rmsnormForward) {
   Tensor rstd = make_tensor(shape_without_last(x), DType::F32, x.device);
   float e = static_cast<float>(eps);
   GPTOSS_DISPATCH(x, cpu::rmsnorm_forward(x, w, e, y, rstd), cuda::rmsnorm_forward(x, w, e, y, rstd));
-  return two(info.Env(), "y", y, "rstd", rstd);
+  return tensor_object(info.Env(), {{"y", y}, {"rstd", rstd}});
 }
 
 // rmsnormBackward(dy bf16|f32 like x, x, w, rstd f32 [...]) -> { dx: f32 like x, dw: f32 [H] }
@@ -50,5 +50,5 @@ GPTOSS_OP(rmsnormBackward) {
   Tensor dx = make_tensor(x.shape, DType::F32, x.device);
   Tensor dw = make_tensor({x.dim(-1)}, DType::F32, x.device);
   GPTOSS_DISPATCH(x, cpu::rmsnorm_backward(dy, x, w, rstd, dx, dw), cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw));
-  return two(info.Env(), "dx", dx, "dw", dw);
+  return tensor_object(info.Env(), {{"dx", dx}, {"dw", dw}});
 }

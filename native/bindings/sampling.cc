@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "../cpu/sampling.h"
-#include "binding.h"
+#include "args.h"
 #ifdef GPTOSS_WITH_CUDA
 #include "../cuda/sampling.h"
 #endif
@@ -30,8 +30,5 @@ GPTOSS_OP(sample) {
   const float t = static_cast<float>(temperature), p = static_cast<float>(top_p);
   GPTOSS_DISPATCH(logits, cpu::sample(logits, t, p, top_k, uint64_t(seed), uint64_t(step), tokens, lp),
                   cuda::sample(logits, t, p, top_k, uint64_t(seed), uint64_t(step), tokens, lp));
-  Napi::Object o = Napi::Object::New(info.Env());
-  o.Set("tokens", wrap(info.Env(), tokens));
-  o.Set("logprobs", wrap(info.Env(), lp));
-  return o;
+  return tensor_object(info.Env(), {{"tokens", tokens}, {"logprobs", lp}});
 }

@@ -141,15 +141,16 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
   // Report owning host storages (not views) to V8 so GC pressure reflects native host memory. Device memory is
   // not reported: multi-GB CUDA tensors would trigger a full GC per step, and device memory is released by
   // explicit dispose() (the finaliser is only a safety net).
-  if (tensor_.storage.use_count() == 1 && tensor_.device == kCpu) {
+  if (tensor_.device == kCpu && !tensor_.storage->reported_to_js) {
+    tensor_.storage->reported_to_js = true;
     accounted_ = static_cast<int64_t>(tensor_.storage->bytes);
     Napi::MemoryManagement::AdjustExternalMemory(info.Env(), accounted_);
   }
 }
 
 NativeTensor::~NativeTensor() {
-  // Finaliser: storage freed with the last reference. External memory accounting cannot call into V8 from
-  // the finaliser safely in all Node versions, so it is only undone by an explicit dispose().
+  // Finaliser (GC) or teardown: the storage is freed with its last reference; undo this handle's report.
+  if (accounted_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -accounted_);
 }
 
 void NativeTensor::release(Napi::Env env) {

@@ -19,6 +19,7 @@ struct Storage {
   void* ptr = nullptr;
   size_t bytes = 0;
   int device = kCpu;
+  bool reported_to_js = false;  // its bytes were reported to V8 (AdjustExternalMemory) by one handle
   Storage(size_t bytes, int device);
   ~Storage();
   Storage(const Storage&) = delete;

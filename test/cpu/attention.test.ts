@@ -11,7 +11,9 @@ import {
   paddedCuSeqlens,
   packedCuSeqlens,
 } from '../../src/ops/attention.ts';
-import { refForward, randn, loadAttnFixture, maxAbsDiff, type RefShape } from '../helpers/attention-ref.ts';
+import { refForward, loadAttnFixture, attnOptions, hostResults, type RefShape } from '../helpers/attention-ref.ts';
+import { randn } from '../helpers/random.ts';
+import { maxAbsDiff } from '../helpers/numeric.ts';
 
 const dev = 'cpu';
 const f32 = (a: Float32Array, shape: number[]): Tensor => Tensor.from(a, shape, { device: dev, dtype: 'f32' });
@@ -61,29 +63,13 @@ function rand(s: RefShape, seed: number) {
 }
 
 function run(s: RefShape, x: ReturnType<typeof rand>, withSinks: boolean) {
-  const cuSeqlens = Tensor.from(Int32Array.from(s.cu), [s.cu.length], { device: dev });
-  const maxSeqlen = Math.max(1, ...s.cu.slice(1).map((c, i) => c - s.cu[i]!));
-  const opts = {
-    cuSeqlens,
-    maxSeqlen,
-    window: s.window,
-    scale: s.scale,
-    ...(withSinks && s.sinks ? { sinks: f32(Float32Array.from(s.sinks), [s.Hq]) } : {}),
-    ...(s.used ? { seqUsed: Tensor.from(Int32Array.from(s.used), [s.used.length], { device: dev }) } : {}),
-  };
+  const opts = attnOptions(s, dev, withSinks);
   const q = f32(x.q, [s.T, s.Hq, s.D]);
   const k = f32(x.k, [s.T, s.Hkv, s.D]);
   const v = f32(x.v, [s.T, s.Hkv, s.D]);
   const fw = attentionForward(q, k, v, opts);
   const bw = attentionBackward(f32(x.dout, [s.T, s.Hq, s.D]), q, k, v, fw.out, fw.lse, { ...opts, gradDtype: 'f32' });
-  return {
-    out: fw.out.toFloat32(),
-    lse: fw.lse.toFloat32(),
-    dq: bw.dq.toFloat32(),
-    dk: bw.dk.toFloat32(),
-    dv: bw.dv.toFloat32(),
-    dsinks: bw.dsinks?.toFloat32(),
-  };
+  return hostResults(fw, bw);
 }
 
 test('backward matches finite differences of the float64 forward (GQA 2, window 3, sinks)', () => {

@@ -4,34 +4,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { launch, initDistributed, distEnv, type LaunchResult } from '../../src/dist/launch.ts';
+import { launch, initDistributed, distEnv } from '../../src/dist/launch.ts';
 import { reduceBuffers } from '../../src/dist/tcp-group.ts';
 import { parseLaunchArgs } from '../../src/cli/launch.ts';
 import { Tensor, f32ToBf16Bits, bf16BitsToF32 } from '../../src/tensor.ts';
+import { WORKER as worker, runWorker, passes, BASIC_PASSES, type WorkerRun } from '../helpers/collectives-run.ts';
 
-const worker = fileURLToPath(new URL('../helpers/collectives-worker.ts', import.meta.url));
 const cli = fileURLToPath(new URL('../../src/cli/launch.ts', import.meta.url));
 
-interface Run extends LaunchResult {
-  lines: { rank: number; stream: string; line: string }[];
-  text: string;
-}
-
-async function run(nproc: number, scenario: string, killGraceMs = 5000): Promise<Run> {
-  const lines: Run['lines'] = [];
-  const r = await launch({
-    script: worker,
-    args: [scenario, 'cpu'],
-    nprocPerNode: nproc,
-    device: 'cpu',
-    killGraceMs,
-    onOutput: (rank, stream, line) => lines.push({ rank, stream, line }),
-  });
-  return { ...r, lines, text: lines.map((l) => `[rank ${l.rank}] ${l.line}`).join('\n') };
-}
-
-function passes(r: Run, rank: number): string[] {
-  return r.lines.filter((l) => l.rank === rank && l.line.startsWith('PASS ')).map((l) => l.line.replace(/ \(rank.*$/, ''));
+function run(nproc: number, scenario: string, killGraceMs = 5000): Promise<WorkerRun> {
+  return runWorker(nproc, scenario, 'cpu', { killGraceMs });
 }
 
 for (const n of [2, 3, 4]) {
@@ -39,16 +21,7 @@ for (const n of [2, 3, 4]) {
     const r = await run(n, 'basic');
     assert.equal(r.exitCode, 0, r.text);
     for (let rank = 0; rank < n; rank++) {
-      assert.deepEqual(
-        passes(r, rank),
-        [
-          'PASS allReduce/allGather/reduceScatter/broadcast f32 bf16 i32',
-          'PASS send/recv',
-          'PASS ordering against the stream',
-          'PASS barrier and allGatherObject',
-        ],
-        r.text,
-      );
+      assert.deepEqual(passes(r, rank), BASIC_PASSES, r.text);
       assert.ok(r.lines.some((l) => l.rank === rank && l.line === `rank ${rank} done`), r.text);
     }
   });

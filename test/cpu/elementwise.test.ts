@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, roundBf16 } from '../../src/tensor.ts';
 import { add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike } from '../../src/ops/elementwise.ts';
-import { uniform, uniformBf16, randInts } from '../helpers/coreops1.ts';
+import { uniform, uniformBf16, randInts } from '../helpers/random.ts';
 
 const cpu = { device: 'cpu' } as const;
 const f32 = (a: ArrayLike<number>) => Float32Array.from(a);

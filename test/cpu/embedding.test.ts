@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
 import { embeddingForward, embeddingBackward } from '../../src/ops/embedding.ts';
-import { uniform, uniformBf16, randInts, assertClose, probes } from '../helpers/coreops1.ts';
+import { uniform, uniformBf16, randInts, probes } from '../helpers/random.ts';
+import { assertClose } from '../helpers/numeric.ts';
 
 const cpu = { device: 'cpu' } as const;
 

@@ -4,15 +4,17 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, roundBf16 } from '../../src/tensor.ts';
 import { matmul, linearForward, linearBackward } from '../../src/ops/gemm.ts';
-import { randn, refMatmul, assertClose } from '../util/coreops2-ref.ts';
+import { refMatmul } from '../helpers/coreops2-ref.ts';
+import { uniformSym } from '../helpers/random.ts';
+import { assertClose } from '../helpers/numeric.ts';
 import type { DType } from '../../src/native.ts';
 
 const dev = 'cpu';
 
 function check(M: number, N: number, K: number, transA: boolean, transB: boolean, inDtype: DType, outDtype: DType, seed: number): void {
   const bf = inDtype === 'bf16';
-  const a = randn(M * K, seed, 1, bf);
-  const b = randn(K * N, seed + 1, 1, bf);
+  const a = uniformSym(M * K, seed, 1, bf);
+  const b = uniformSym(K * N, seed + 1, 1, bf);
   const ta = Tensor.from(a, transA ? [K, M] : [M, K], { dtype: inDtype, device: dev });
   const tb = Tensor.from(b, transB ? [N, K] : [K, N], { dtype: inDtype, device: dev });
   const c = matmul(ta, tb, { transA, transB, outDtype });
@@ -50,7 +52,7 @@ test('matmul matches float64 for every transpose, dtype and awkward size', () =>
 
 test('matmul bias, alpha and accumulate', () => {
   const M = 7, N = 113, K = 33;
-  const a = randn(M * K, 5, 1, true), b = randn(N * K, 6, 1, true), bias = randn(N, 7, 1, true), c0 = randn(M * N, 8);
+  const a = uniformSym(M * K, 5, 1, true), b = uniformSym(N * K, 6, 1, true), bias = uniformSym(N, 7, 1, true), c0 = uniformSym(M * N, 8);
   const ta = Tensor.from(a, [M, K], { dtype: 'bf16', device: dev });
   const tb = Tensor.from(b, [N, K], { dtype: 'bf16', device: dev });
   const tbias = Tensor.from(bias, [N], { dtype: 'bf16', device: dev });
@@ -73,14 +75,14 @@ test('matmul bias, alpha and accumulate', () => {
 
 test('matmul mixes bf16 and f32 inputs exactly on the CPU', () => {
   const M = 5, N = 9, K = 17;
-  const a = randn(M * K, 11), b = randn(K * N, 12, 1, true);
+  const a = uniformSym(M * K, 11), b = uniformSym(K * N, 12, 1, true);
   const c = matmul(Tensor.from(a, [M, K], { device: dev }), Tensor.from(b, [K, N], { dtype: 'bf16', device: dev }), { outDtype: 'f32' });
   assertClose(c.toFloat32(), refMatmul(a, b, M, N, K, false, false).c, 1e-5, 1e-5, 'mixed');
 });
 
 test('linearForward / linearBackward match the formulas and finite differences', () => {
   const T = 7, nIn = 13, nOut = 5;
-  const x = randn(T * nIn, 21, 1, true), w = randn(nOut * nIn, 22, 1, true), b = randn(nOut, 23, 1, true);
+  const x = uniformSym(T * nIn, 21, 1, true), w = uniformSym(nOut * nIn, 22, 1, true), b = uniformSym(nOut, 23, 1, true);
   const tx = Tensor.from(x, [T, nIn], { dtype: 'bf16', device: dev });
   const tw = Tensor.from(w, [nOut, nIn], { dtype: 'bf16', device: dev });
   const tbias = Tensor.from(b, [nOut], { dtype: 'bf16', device: dev });
@@ -89,9 +91,9 @@ test('linearForward / linearBackward match the formulas and finite differences',
   const yref = refMatmul(x, w, T, nOut, nIn, false, true).c.map((v, i) => v + b[i % nOut]!);
   assertClose(y.toFloat32(), yref, 1e-6, 2 ** -8, 'linearForward');
 
-  const dy = randn(T * nOut, 24);
+  const dy = uniformSym(T * nOut, 24);
   const tdy = Tensor.from(dy, [T, nOut], { device: dev });
-  const dW0 = randn(nOut * nIn, 25);
+  const dW0 = uniformSym(nOut * nIn, 25);
   const dWacc = Tensor.from(dW0, [nOut, nIn], { device: dev });
   const g = linearBackward(tdy, tx, tw, { dW: dWacc });
   assert.equal(g.dW, dWacc);

@@ -4,7 +4,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
 import { tokenLogprobs, tokenLogprobsBackward, logits } from '../../src/ops/logprob.ts';
-import { randn, rng, refLogprobs, assertClose } from '../util/coreops2-ref.ts';
+import { refLogprobs } from '../helpers/coreops2-ref.ts';
+import { uniformSym, rng } from '../helpers/random.ts';
+import { assertClose } from '../helpers/numeric.ts';
 
 const dev = 'cpu';
 
@@ -62,8 +64,8 @@ test('tokenLogprobs matches float64 for awkward sizes and chunkings', () => {
   ];
   let seed = 100;
   for (const [T, H, V, chunk, temp] of cases) {
-    const h = randn(T * H, seed++, 1, true);
-    const w = randn(V * H, seed++, 0.5, true);
+    const h = uniformSym(T * H, seed++, 1, true);
+    const w = uniformSym(V * H, seed++, 0.5, true);
     const tg = targetsFor(T, V, seed++, chunk || V);
     const r = tokenLogprobs(
       Tensor.from(h, [T, H], { dtype: 'bf16', device: dev }),
@@ -87,12 +89,12 @@ test('tokenLogprobsBackward matches the float64 gradient (with and without the e
   ];
   let seed = 300;
   for (const [T, H, V, chunk, temp] of cases) {
-    const h = randn(T * H, seed++, 1, true);
-    const w = randn(V * H, seed++, 0.5, true);
+    const h = uniformSym(T * H, seed++, 1, true);
+    const w = uniformSym(V * H, seed++, 0.5, true);
     const tg = targetsFor(T, V, seed++, chunk || V);
     if (T > 3) tg[3] = -1; // ignored position
-    const dl = randn(T, seed++);
-    const de = randn(T, seed++);
+    const dl = uniformSym(T, seed++);
+    const de = uniformSym(T, seed++);
     const th = Tensor.from(h, [T, H], { dtype: 'bf16', device: dev });
     const tw = Tensor.from(w, [V, H], { dtype: 'bf16', device: dev });
     const tt = Tensor.from(tg, [T], { device: dev });
@@ -122,7 +124,7 @@ test('tokenLogprobsBackward matches the float64 gradient (with and without the e
 
 test('tokenLogprobsBackward agrees with finite differences (f32 inputs)', () => {
   const T = 3, H = 5, V = 37, chunk = 10, temp = 0.9;
-  const h = randn(T * H, 501), w = randn(V * H, 502);
+  const h = uniformSym(T * H, 501), w = uniformSym(V * H, 502);
   const tg = Int32Array.from([36, 10, 9]);
   const dl = Float32Array.from([0.7, -1.2, 0.4]);
   const de = Float32Array.from([0.3, 0.5, -0.8]);
@@ -163,7 +165,7 @@ test('tokenLogprobsBackward agrees with finite differences (f32 inputs)', () => 
 
 test('logits() gives the full f32 [T, V] product', () => {
   const T = 3, H = 4, V = 6;
-  const h = randn(T * H, 7, 1, true), w = randn(V * H, 8, 1, true);
+  const h = uniformSym(T * H, 7, 1, true), w = uniformSym(V * H, 8, 1, true);
   const z = logits(Tensor.from(h, [T, H], { dtype: 'bf16', device: dev }), Tensor.from(w, [V, H], { dtype: 'bf16', device: dev }));
   assert.deepEqual(z.shape, [T, V]);
   assert.equal(z.dtype, 'f32');

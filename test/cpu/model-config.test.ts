@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { FIXTURE_DIR } from '../helpers/model-parity.ts';
+import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 import { parseConfig, presetConfig, toHfConfig, readConfigFile, parameterCount } from '../../src/model/config.ts';
 
 

@@ -9,7 +9,7 @@ import { loadModel } from '../../src/model/index.ts';
 import { packSequences, disposeBatch, GptOssModel } from '../../src/model/gptoss.ts';
 import { presetConfig } from '../../src/model/config.ts';
 import { Checkpoint, saveCheckpoint, tensorToSave, FP4_E2M1_VALUES, type TensorToSave } from '../../src/model/safetensors.ts';
-import { FIXTURE_DIR } from '../helpers/model-parity.ts';
+import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 import { Tensor } from '../../src/tensor.ts';
 
 test('entropy and temperature-scaled log-probs match the fixture logits', async () => {

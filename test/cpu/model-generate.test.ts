@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadModel } from '../../src/model/index.ts';
 import { packSequences, packPadded, unpackToPadded, disposeBatch, type GptOssModel } from '../../src/model/gptoss.ts';
-import { FIXTURE_DIR } from '../helpers/model-parity.ts';
+import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 
 function prompts(): number[][] {
   let s = 12345;

@@ -13,7 +13,7 @@ import {
   dequantMxfp4Expert,
   type TensorToSave,
 } from '../../src/model/safetensors.ts';
-import { FIXTURE_DIR } from '../helpers/model-parity.ts';
+import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 
 const tmp = (): string => mkdtempSync(join(tmpdir(), 'st-'));
 

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { presetConfig, readConfigFile } from '../../src/model/config.ts';
 import { GptOssWeights, paramSpecs } from '../../src/model/weights.ts';
 import { Checkpoint } from '../../src/model/safetensors.ts';
-import { FIXTURE_DIR } from '../helpers/model-parity.ts';
+import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 
 const FIX = FIXTURE_DIR;
 

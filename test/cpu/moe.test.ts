@@ -4,7 +4,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
 import { moeForward, moeBackward, type MoeWeights } from '../../src/ops/moe.ts';
-import { makeProblem, weightsOf, refForward, maxErr, randn, rng, type MoeProblem } from '../moe-reference.ts';
+import { makeProblem, weightsOf, refForward, type MoeProblem } from '../helpers/moe-reference.ts';
+import { randnBf16, rng } from '../helpers/random.ts';
+import { maxErr } from '../helpers/numeric.ts';
 
 function run(p: MoeProblem, exact: boolean, dyVals?: Float32Array) {
   const w = weightsOf(p, 'cpu');
@@ -48,7 +50,7 @@ test('forward matches the float64 reference (awkward sizes)', () => {
 // Loss L = Σ y·g; dL/dθ by central differences of the float64 reference, against moeBackward in exact mode.
 test('backward matches finite differences of the reference', () => {
   const p = makeProblem(5, 16, 4, 8, 2, 11);
-  const g = randn(p.T * p.H, 1, rng(5));
+  const g = randnBf16(p.T * p.H, 1, rng(5));
   const { grads } = run(p, true, g);
   assert.ok(grads);
   const loss = (q: MoeProblem) => refForward(q).y.reduce((s, v, i) => s + v * g[i]!, 0);
@@ -75,7 +77,7 @@ test('backward matches finite differences of the reference', () => {
 
 test('bf16 backward stays close to the exact backward', () => {
   const p = makeProblem(9, 32, 6, 16, 2, 21);
-  const g = randn(p.T * p.H, 1, rng(6));
+  const g = randnBf16(p.T * p.H, 1, rng(6));
   const ex = run(p, true, g).grads!;
   const rd = run(p, false, g).grads!;
   for (const key of Object.keys(ex) as (keyof typeof ex)[]) {
@@ -86,7 +88,7 @@ test('bf16 backward stays close to the exact backward', () => {
 
 test('experts with no tokens get zero gradients; counts sum to T*k', () => {
   const p = makeProblem(2, 16, 8, 8, 2, 31);
-  const g = randn(p.T * p.H, 1, rng(7));
+  const g = randnBf16(p.T * p.H, 1, rng(7));
   const { counts, grads } = run(p, false, g);
   assert.equal(counts.reduce((a, b) => a + b, 0), 4);
   const empty = [...counts.keys()].filter((e) => counts[e] === 0);
@@ -104,7 +106,7 @@ test('experts with no tokens get zero gradients; counts sum to T*k', () => {
 test('all tokens to one expert', () => {
   const p = makeProblem(11, 16, 4, 8, 1, 41);
   p.routerB[2] = 64; // dominates every logit
-  const { counts, grads } = run(p, false, randn(p.T * p.H, 1, rng(8)));
+  const { counts, grads } = run(p, false, randnBf16(p.T * p.H, 1, rng(8)));
   assert.deepEqual([...counts], [0, 0, p.T, 0]);
   // k = 1: the routing weight is 1 whatever the logits, so the router gets no gradient.
   assert.ok(grads!.dRouterW.every((v) => v === 0));

@@ -7,7 +7,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tensor } from '../../src/tensor.ts';
 import { yarnInvFreq, yarnCorrectionRange, yarnConfigFromHf, yarnInvFreqTensor, ropeForward, ropeBackward, type YarnConfig } from '../../src/ops/rope.ts';
-import { uniform, uniformBf16, randInts, assertClose, assertBf16Close, dot, probes, fixturesDir } from '../helpers/coreops1.ts';
+import { uniform, uniformBf16, randInts, probes } from '../helpers/random.ts';
+import { assertClose, assertBf16Close, dot } from '../helpers/numeric.ts';
+import { fixturesDir } from '../helpers/fixtures.ts';
 
 const cpu = { device: 'cpu' } as const;
 const GPTOSS_20B: YarnConfig = {

@@ -4,7 +4,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
 import { swigluForward, swigluBackward, SWIGLU_LIMIT, SWIGLU_ALPHA } from '../../src/ops/swiglu.ts';
-import { uniform, uniformBf16, assertClose, assertBf16Close, fd, probes, maxAbs } from '../helpers/coreops1.ts';
+import { uniform, uniformBf16, probes } from '../helpers/random.ts';
+import { assertClose, assertBf16Close, fd, maxAbs } from '../helpers/numeric.ts';
 
 const cpu = { device: 'cpu' } as const;
 const L = SWIGLU_LIMIT, A = SWIGLU_ALPHA;

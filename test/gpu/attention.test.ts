@@ -3,9 +3,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { native } from '../../src/native.ts';
-import { Tensor, cudaDeviceCount } from '../../src/tensor.ts';
+import { Tensor, cudaDeviceCount, roundBf16 } from '../../src/tensor.ts';
 import { attentionForward, attentionBackward, attentionDecode, packedCuSeqlens } from '../../src/ops/attention.ts';
-import { loadAttnFixture, maxAbsDiff, plainBf16, randn, bf16Round, type RefShape } from '../helpers/attention-ref.ts';
+import { loadAttnFixture, plainBf16, attnOptions, hostResults, type RefShape } from '../helpers/attention-ref.ts';
+import { randn } from '../helpers/random.ts';
+import { maxAbsDiff } from '../helpers/numeric.ts';
 
 const hasCuda = native().features.cuda && cudaDeviceCount() > 0;
 const skip = hasCuda ? false : 'no CUDA device (addon without CUDA or no GPU visible)';
@@ -18,30 +20,14 @@ interface Case extends RefShape {
 }
 
 function runOn(dev: string, c: Case, gradDtype: 'bf16' | 'f32', deterministic = true) {
-  const cuSeqlens = Tensor.from(Int32Array.from(c.cu), [c.cu.length], { device: dev });
-  const maxSeqlen = Math.max(1, ...c.cu.slice(1).map((x, i) => x - c.cu[i]!));
-  const opts = {
-    cuSeqlens,
-    maxSeqlen,
-    window: c.window,
-    scale: c.scale,
-    ...(c.sinks ? { sinks: Tensor.from(Float32Array.from(c.sinks), [c.Hq], { device: dev, dtype: 'f32' as const }) } : {}),
-    ...(c.used ? { seqUsed: Tensor.from(Int32Array.from(c.used), [c.used.length], { device: dev }) } : {}),
-  };
+  const opts = attnOptions(c, dev);
   const bf = (a: Float32Array, h: number) => Tensor.from(a, [c.T, h, c.D], { device: dev, dtype: 'bf16' });
   const q = bf(c.q, c.Hq);
   const k = bf(c.k, c.Hkv);
   const v = bf(c.v, c.Hkv);
   const fw = attentionForward(q, k, v, opts);
   const bw = attentionBackward(bf(c.dout, c.Hq), q, k, v, fw.out, fw.lse, { ...opts, gradDtype, deterministic });
-  return {
-    out: fw.out.toFloat32(),
-    lse: fw.lse.toFloat32(),
-    dq: bw.dq.toFloat32(),
-    dk: bw.dk.toFloat32(),
-    dv: bw.dv.toFloat32(),
-    dsinks: bw.dsinks?.toFloat32(),
-  };
+  return hostResults(fw, bw);
 }
 
 function checkBound(label: string, name: string, gpu: ArrayLike<number>, plain: ArrayLike<number>, truth: ArrayLike<number>, floor: number) {
@@ -70,7 +56,7 @@ for (const kind of ['full', 'sliding'] as const) {
       dout: f.dout,
     };
     const g = runOn('cuda:0', c, 'f32');
-    const p = plainBf16(c, c.q, c.k, c.v, bf16Round(c.dout));
+    const p = plainBf16(c, c.q, c.k, c.v, roundBf16(c.dout));
     const label = `fixture ${kind}`;
     const ga = runOn('cuda:0', c, 'f32', false);
     checkBound(`${label} (atomic dq)`, 'dq', ga.dq, p.dq, f.dq, 1e-3);
@@ -103,10 +89,10 @@ function randomCase(Hq: number, Hkv: number, D: number, lens: number[], window: 
     ...(used ? { used } : {}),
     ...(withSinks ? { sinks: Float32Array.from(randn(Hq, seed + 9), (x) => x + 1) } : {}),
     scale: 1 / Math.sqrt(D),
-    q: bf16Round(randn(T * Hq * D, seed, 1.5)),
-    k: bf16Round(randn(T * Hkv * D, seed + 1, 1.5)),
-    v: bf16Round(randn(T * Hkv * D, seed + 2)),
-    dout: bf16Round(randn(T * Hq * D, seed + 3)),
+    q: roundBf16(randn(T * Hq * D, seed, 1.5)),
+    k: roundBf16(randn(T * Hkv * D, seed + 1, 1.5)),
+    v: roundBf16(randn(T * Hkv * D, seed + 2)),
+    dout: roundBf16(randn(T * Hq * D, seed + 3)),
   };
 }
 

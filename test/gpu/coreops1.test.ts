@@ -14,7 +14,8 @@ import { rmsnormForward, rmsnormBackward } from '../../src/ops/rmsnorm.ts';
 import { yarnInvFreqTensor, ropeForward, ropeBackward } from '../../src/ops/rope.ts';
 import { add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike } from '../../src/ops/elementwise.ts';
 import { swigluForward, swigluBackward } from '../../src/ops/swiglu.ts';
-import { uniform, uniformBf16, randInts, maxAbsDiff, maxAbs } from '../helpers/coreops1.ts';
+import { uniform, uniformBf16, randInts } from '../helpers/random.ts';
+import { maxAbsDiff, maxAbs } from '../helpers/numeric.ts';
 
 const gpus = cudaDeviceCount();
 const skip = gpus === 0 ? 'no CUDA device (GPU machine only)' : false;

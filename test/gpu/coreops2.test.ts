@@ -7,7 +7,9 @@ import { matmul, linearBackward } from '../../src/ops/gemm.ts';
 import { tokenLogprobs, tokenLogprobsBackward } from '../../src/ops/logprob.ts';
 import { sample } from '../../src/ops/sampling.ts';
 import { adamwStep, sumOfSquares, gradNormAndClip } from '../../src/ops/optim.ts';
-import { randn, rng, refMatmul, assertClose } from '../util/coreops2-ref.ts';
+import { refMatmul } from '../helpers/coreops2-ref.ts';
+import { uniformSym, rng } from '../helpers/random.ts';
+import { assertClose } from '../helpers/numeric.ts';
 import { roundBf16 } from '../../src/tensor.ts';
 import type { DType } from '../../src/native.ts';
 
@@ -31,7 +33,7 @@ test('matmul on CUDA matches float64 (transposes, dtypes, bias, alpha, accumulat
       for (const transB of [false, true])
         for (const [inD, outD] of [['f32', 'f32'], ['bf16', 'bf16'], ['bf16', 'f32'], ['f32', 'bf16']] as [DType, DType][]) {
           const bf = inD === 'bf16';
-          const a = randn(M * K, seed++, 1, bf), b = randn(K * N, seed++, 1, bf), bias = randn(N, seed++, 1, true), c0 = randn(M * N, seed++, 1, outD === 'bf16');
+          const a = uniformSym(M * K, seed++, 1, bf), b = uniformSym(K * N, seed++, 1, bf), bias = uniformSym(N, seed++, 1, true), c0 = uniformSym(M * N, seed++, 1, outD === 'bf16');
           for (const biasD of ['none', 'bf16', 'f32'] as const) {
             const out = Tensor.from(c0, [M, N], { dtype: outD, device: G });
             const accumulate = biasD === 'f32';
@@ -54,12 +56,12 @@ test('matmul on CUDA matches float64 (transposes, dtypes, bias, alpha, accumulat
 
 test('matmul on CUDA: mixed dtypes (f32 operand rounded to bf16), linearBackward, large bf16 vs CPU, TFLOP/s', { skip, timeout: 120000 }, () => {
   const M = 33, N = 65, K = 129;
-  const a = randn(M * K, 5), b = randn(K * N, 6, 1, true);
+  const a = uniformSym(M * K, 5), b = uniformSym(K * N, 6, 1, true);
   const c = matmul(Tensor.from(a, [M, K], { device: G }), Tensor.from(b, [K, N], { dtype: 'bf16', device: G }), { outDtype: 'f32' });
   assertClose(c.toFloat32(), refMatmul(roundBf16(a), b, M, N, K, false, false).c, 1e-4, 1e-4, 'mixed');
 
   const T = 300, nIn = 96, nOut = 40;
-  const x = randn(T * nIn, 7, 1, true), w = randn(nOut * nIn, 8, 1, true), dy = randn(T * nOut, 9, 1, true);
+  const x = uniformSym(T * nIn, 7, 1, true), w = uniformSym(nOut * nIn, 8, 1, true), dy = uniformSym(T * nOut, 9, 1, true);
   const gc = linearBackward(Tensor.from(dy, [T, nOut], { dtype: 'bf16', device: G }), Tensor.from(x, [T, nIn], { dtype: 'bf16', device: G }), Tensor.from(w, [nOut, nIn], { dtype: 'bf16', device: G }));
   const gh = linearBackward(Tensor.from(dy, [T, nOut], { dtype: 'bf16', device: 'cpu' }), Tensor.from(x, [T, nIn], { dtype: 'bf16', device: 'cpu' }), Tensor.from(w, [nOut, nIn], { dtype: 'bf16', device: 'cpu' }));
   assertClose(gc.dx!.toFloat32(), gh.dx!.toFloat32(), 1e-4, 1e-4, 'linear dx');
@@ -67,7 +69,7 @@ test('matmul on CUDA: mixed dtypes (f32 operand rounded to bf16), linearBackward
   assertClose(gc.db.toFloat32(), gh.db.toFloat32(), 1e-4, 1e-4, 'linear db');
 
   const [LM, LN, LK] = [512, 1024, 2880];
-  const la = randn(LM * LK, 10, 1, true), lb = randn(LN * LK, 11, 1, true);
+  const la = uniformSym(LM * LK, 10, 1, true), lb = uniformSym(LN * LK, 11, 1, true);
   const cg = matmul(Tensor.from(la, [LM, LK], { dtype: 'bf16', device: G }), Tensor.from(lb, [LN, LK], { dtype: 'bf16', device: G }), { transB: true, outDtype: 'f32' });
   const cc = matmul(Tensor.from(la, [LM, LK], { dtype: 'bf16', device: 'cpu' }), Tensor.from(lb, [LN, LK], { dtype: 'bf16', device: 'cpu' }), { transB: true, outDtype: 'f32' });
   assertClose(cg.toFloat32(), cc.toFloat32(), 1e-3, 1e-4, 'large bf16 GEMM vs CPU');
@@ -89,11 +91,11 @@ test('matmul on CUDA: mixed dtypes (f32 operand rounded to bf16), linearBackward
 
 test('tokenLogprobs on CUDA matches the CPU (forward and backward, chunked, entropy gradient)', { skip, timeout: 120000 }, () => {
   const T = 300, H = 256, V = 5003;
-  const h = randn(T * H, 21, 1, true), w = randn(V * H, 22, 0.2, true);
+  const h = uniformSym(T * H, 21, 1, true), w = uniformSym(V * H, 22, 0.2, true);
   const r = rng(23);
   const tg = Int32Array.from({ length: T }, () => Math.floor(r() * V));
   tg[0] = V - 1; tg[1] = 1000; tg[2] = 999; tg[5] = -1;
-  const dl = randn(T, 24), de = randn(T, 25);
+  const dl = uniformSym(T, 24), de = uniformSym(T, 25);
   const mk = (d: string) => ({
     h: Tensor.from(h, [T, H], { dtype: 'bf16', device: d }),
     w: Tensor.from(w, [V, H], { dtype: 'bf16', device: d }),
@@ -125,10 +127,10 @@ test('tokenLogprobs on CUDA matches the CPU (forward and backward, chunked, entr
 
 test('tokenLogprobs on CUDA at GPT-OSS scale: memory stays at one chunk, timing', { skip, timeout: 120000 }, () => {
   const T = 4096, H = 2880, V = 201088;
-  const h = Tensor.from(randn(T * H, 31, 1, true), [T, H], { dtype: 'bf16', device: G });
+  const h = Tensor.from(uniformSym(T * H, 31, 1, true), [T, H], { dtype: 'bf16', device: G });
   // lm_head rows: one random [4096, H] block repeated (host-side random data for 579M values would be slow).
   const w = Tensor.empty([V, H], { dtype: 'bf16', device: G });
-  const block = Tensor.from(randn(4096 * H, 32, 0.05, true), [4096, H], { dtype: 'bf16', device: G });
+  const block = Tensor.from(uniformSym(4096 * H, 32, 0.05, true), [4096, H], { dtype: 'bf16', device: G });
   for (let r0 = 0; r0 < V; r0 += 4096) {
     const r1 = Math.min(V, r0 + 4096);
     w.slice(r0, r1).copyFrom(block.slice(0, r1 - r0));
@@ -160,7 +162,7 @@ test('tokenLogprobs on CUDA at GPT-OSS scale: memory stays at one chunk, timing'
 
 test('sample on CUDA draws the same tokens as on the CPU', { skip, timeout: 120000 }, () => {
   for (const [B, V] of [[64, 5003], [4, 201088], [3, 1], [130, 7]] as [number, number][]) {
-    const l = randn(B * V, B + V, 4);
+    const l = uniformSym(B * V, B + V, 4);
     const lc = Tensor.from(l, [B, V], { device: 'cpu' }), lg = Tensor.from(l, [B, V], { device: G });
     for (const o of [
       { temperature: 0, seed: 1 },
@@ -178,7 +180,7 @@ test('sample on CUDA draws the same tokens as on the CPU', { skip, timeout: 1200
 
 test('adamwStep, sumOfSquares and gradNormAndClip on CUDA match the CPU', { skip, timeout: 120000 }, () => {
   const n = 100003;
-  const p0 = randn(n, 41), g0 = randn(n, 42, 0.1);
+  const p0 = uniformSym(n, 41), g0 = uniformSym(n, 42, 0.1);
   const mk = (d: string) => ({
     master: Tensor.from(p0, [n], { device: d }),
     grad: Tensor.from(g0, [n], { device: d }),
@@ -196,7 +198,7 @@ test('adamwStep, sumOfSquares and gradNormAndClip on CUDA match the CPU', { skip
   assertClose(g.m.toFloat32(), c.m.toFloat32(), 1e-7, 1e-5, 'm');
   assertClose(g.v.toFloat32(), c.v.toFloat32(), 1e-9, 1e-5, 'v');
   assertClose(g.bf16.toFloat32(), roundBf16(g.master.toFloat32()), 0, 0, 'bf16 copy');
-  const ts = [g.grad, g.bf16, Tensor.from(randn(7, 43), [7], { device: G })];
+  const ts = [g.grad, g.bf16, Tensor.from(uniformSym(7, 43), [7], { device: G })];
   const tc = ts.map((t) => t.to('cpu'));
   const sg = sumOfSquares(ts), sc = sumOfSquares(tc);
   assert.ok(Math.abs(sg - sc) <= 1e-5 * sc, `sumOfSquares ${sg} vs ${sc}`);

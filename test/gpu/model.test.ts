@@ -8,7 +8,8 @@ import { presetConfig } from '../../src/model/config.ts';
 import { GptOssModel, packSequences, disposeBatch } from '../../src/model/gptoss.ts';
 import { loadModel } from '../../src/model/index.ts';
 import { sumOfSquares } from '../../src/ops/optim.ts';
-import { runFixtureParity, checkParity, FIXTURE_DIR } from '../helpers/model-parity.ts';
+import { runFixtureParity, checkParity } from '../helpers/model-parity.ts';
+import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 
 const hasCuda = ((): boolean => {
   try {

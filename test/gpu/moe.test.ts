@@ -5,7 +5,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, cudaDeviceCount } from '../../src/tensor.ts';
 import { moeForward, moeBackward, type MoeWeights } from '../../src/ops/moe.ts';
-import { makeProblem, weightsOf, maxErr, randn, rng, type MoeProblem } from '../moe-reference.ts';
+import { makeProblem, weightsOf, type MoeProblem } from '../helpers/moe-reference.ts';
+import { randnBf16, rng } from '../helpers/random.ts';
+import { maxErr } from '../helpers/numeric.ts';
 
 const hasCuda = (() => {
   try {
@@ -36,7 +38,7 @@ function runOn(device: string, p: MoeProblem, dyVals: Float32Array, opts: { exac
 }
 
 function check(name: string, p: MoeProblem, dyBf16 = false) {
-  const dy = randn(p.T * p.H, 1, rng(1234));
+  const dy = randnBf16(p.T * p.H, 1, rng(1234));
   const truth = runOn('cpu', p, dy, { exact: true });
   const plain = runOn('cpu', p, dy, {});
   const gpu = runOn('cuda:0', p, dy, { dyBf16 });

@@ -3,10 +3,9 @@
 // failing rank. Skips without NCCL or with fewer than 2 GPUs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fileURLToPath } from 'node:url';
-import { launch, type LaunchResult } from '../../src/dist/launch.ts';
 import { native } from '../../src/native.ts';
 import { cudaDeviceCount } from '../../src/tensor.ts';
+import { runWorker, passes, BASIC_PASSES, type WorkerRun } from '../helpers/collectives-run.ts';
 
 const gpus = cudaDeviceCount();
 const skip = !native().features.nccl
@@ -14,32 +13,8 @@ const skip = !native().features.nccl
   : gpus < 2
     ? `needs >= 2 GPUs (${gpus} visible)`
     : false;
-// Run the worker the way this file runs: compiled (dist/, plain node) or TypeScript (tsx).
-const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
-const worker = fileURLToPath(new URL(`../helpers/collectives-worker${ext}`, import.meta.url));
-
-interface Run extends LaunchResult {
-  lines: { rank: number; line: string }[];
-  text: string;
-}
-
-async function run(nproc: number, scenario: string): Promise<Run> {
-  const lines: Run['lines'] = [];
-  const r = await launch({
-    script: worker,
-    args: [scenario, 'nccl'],
-    nprocPerNode: nproc,
-    device: 'cuda',
-    killGraceMs: 3000,
-    onOutput: (rank, _stream, line) => lines.push({ rank, line }),
-  });
-  const text = lines.map((l) => `[rank ${l.rank}] ${l.line}`).join('\n');
-  console.log(text);
-  return { ...r, lines, text };
-}
-
-function passes(r: Run, rank: number): string[] {
-  return r.lines.filter((l) => l.rank === rank && l.line.startsWith('PASS ')).map((l) => l.line.replace(/ \(rank.*$/, ''));
+function run(nproc: number, scenario: string): Promise<WorkerRun> {
+  return runWorker(nproc, scenario, 'nccl', { killGraceMs: 3000, log: true });
 }
 
 const sizes = [...new Set([2, gpus])].filter((n) => n >= 2 && n <= gpus);
@@ -48,16 +23,7 @@ for (const n of sizes.length ? sizes : [2]) {
     const r = await run(n, 'basic');
     assert.equal(r.exitCode, 0, r.text);
     for (let rank = 0; rank < n; rank++) {
-      assert.deepEqual(
-        passes(r, rank),
-        [
-          'PASS allReduce/allGather/reduceScatter/broadcast f32 bf16 i32',
-          'PASS send/recv',
-          'PASS ordering against the stream',
-          'PASS barrier and allGatherObject',
-        ],
-        r.text,
-      );
+      assert.deepEqual(passes(r, rank), BASIC_PASSES, r.text);
       assert.ok(r.lines.some((l) => l.rank === rank && new RegExp(`backend=nccl device=cuda:${rank}`).test(l.line)), r.text);
     }
   });

@@ -1,14 +1,9 @@
-// attention-ref.ts: float64 reference of attention with sinks, fixture loading and random inputs, shared by the
-// CPU and GPU attention tests.
-import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { readSafetensors } from './safetensors.ts';
-
-/** The shared fixtures folder: $GPTOSS_FIXTURES, else ../shared/fixtures from the checkout, else /work/shared. */
-export function fixturesDir(): string {
-  const c = [process.env.GPTOSS_FIXTURES, resolve('../shared/fixtures'), resolve('shared/fixtures'), '/work/shared/fixtures'];
-  return c.find((d): d is string => !!d && existsSync(d)) ?? '/work/shared/fixtures';
-}
+// attention-ref.ts: float64 reference of attention with sinks and fixture loading, shared by the CPU and GPU
+// attention tests.
+import { Tensor } from '../../src/tensor.ts';
+import { SafetensorsFile } from '../../src/model/safetensors.ts';
+import type { AttentionForwardResult, AttentionBackwardResult } from '../../src/ops/attention.ts';
+import { fixturePath } from './fixtures.ts';
 
 export interface RefShape {
   T: number;
@@ -20,6 +15,32 @@ export interface RefShape {
   window: number;
   sinks?: ArrayLike<number>;
   scale: number;
+}
+
+/** attentionForward/attentionBackward options for a RefShape on `device` (sinks as f32, when given and wanted). */
+export function attnOptions(s: RefShape, device: string, withSinks = true) {
+  const cuSeqlens = Tensor.from(Int32Array.from(s.cu), [s.cu.length], { device });
+  const maxSeqlen = Math.max(1, ...s.cu.slice(1).map((c, i) => c - s.cu[i]!));
+  return {
+    cuSeqlens,
+    maxSeqlen,
+    window: s.window,
+    scale: s.scale,
+    ...(withSinks && s.sinks ? { sinks: Tensor.from(Float32Array.from(s.sinks), [s.Hq], { device, dtype: 'f32' as const }) } : {}),
+    ...(s.used ? { seqUsed: Tensor.from(Int32Array.from(s.used), [s.used.length], { device }) } : {}),
+  };
+}
+
+/** Host copies of what attentionForward and attentionBackward returned. */
+export function hostResults(fw: AttentionForwardResult, bw: AttentionBackwardResult) {
+  return {
+    out: fw.out.toFloat32(),
+    lse: fw.lse.toFloat32(),
+    dq: bw.dq.toFloat32(),
+    dk: bw.dk.toFloat32(),
+    dv: bw.dv.toFloat32(),
+    dsinks: bw.dsinks?.toFloat32(),
+  };
 }
 
 /** Token-major q [T,Hq,D], k/v [T,Hkv,D]; returns out [T,Hq,D] and lse [Hq,T] in float64. */
@@ -65,34 +86,6 @@ export function refForward(
   return { out, lse };
 }
 
-/** Deterministic standard normal values (xorshift + Box-Muller). */
-export function randn(n: number, seed: number, std = 1): Float32Array {
-  let x = (seed * 2654435761) >>> 0 || 1;
-  const next = (): number => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return (x + 0.5) / 4294967296;
-  };
-  const r = new Float32Array(n);
-  for (let i = 0; i < n; i++) r[i] = std * Math.sqrt(-2 * Math.log(next())) * Math.cos(2 * Math.PI * next());
-  return r;
-}
-
-/** bf16-representable copy (round to nearest even). */
-export function bf16Round(a: Float32Array): Float32Array {
-  const r = new Float32Array(a.length);
-  const u = new Uint32Array(r.buffer);
-  r.set(a);
-  for (let i = 0; i < u.length; i++) {
-    const v = u[i]!;
-    u[i] = ((v + 0x7fff + ((v >>> 16) & 1)) >>> 16) << 16;
-  }
-  return r;
-}
-
 export interface AttnFixture {
   B: number;
   S: number;
@@ -125,7 +118,17 @@ function toTokenMajor(a: Float32Array, B: number, H: number, S: number, D: numbe
 }
 
 export function loadAttnFixture(kind: 'full' | 'sliding'): AttnFixture {
-  const m = readSafetensors(`${fixturesDir()}/attention-gptoss-tiny-${kind}.safetensors`);
+  const f = SafetensorsFile.open(fixturePath(`attention-gptoss-tiny-${kind}.safetensors`));
+  const m = new Map<string, { shape: number[]; data: Float32Array | Int32Array }>();
+  try {
+    for (const [name, t] of f.tensors) {
+      if (t.dtype !== 'I32' && t.dtype !== 'F32') throw new Error(`fixture ${kind}: ${name} is ${t.dtype}, expected F32 or I32`);
+      const bytes = new Uint8Array(f.readBytes(name)).buffer; // a copy: aligned, owned
+      m.set(name, { shape: t.shape, data: t.dtype === 'I32' ? new Int32Array(bytes) : new Float32Array(bytes) });
+    }
+  } finally {
+    f.close();
+  }
   const g = (n: string): Float32Array => {
     const t = m.get(n);
     if (!t) throw new Error(`fixture ${kind}: missing ${n}`);
@@ -156,13 +159,6 @@ export function loadAttnFixture(kind: 'full' | 'sliding'): AttnFixture {
     sinks: g('sinks'),
     dsinks: g('dsinks'),
   };
-}
-
-export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`maxAbsDiff: lengths ${a.length} vs ${b.length}`);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
 }
 
 const rbBuf = new Float32Array(1);

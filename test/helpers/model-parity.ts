@@ -1,19 +1,12 @@
 // Shared by test/cpu/model-parity.test.ts and test/gpu/model.test.ts: the gptoss-tiny fixture (transformers'
 // logits, log-probs, hidden states and gradients) against our model on a device.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { Tensor } from '../../src/tensor.ts';
 import { Checkpoint } from '../../src/model/safetensors.ts';
 import { loadModel } from '../../src/model/index.ts';
 import { packSequences, disposeBatch } from '../../src/model/gptoss.ts';
-
-/** gptoss-tiny in the shared fixtures folder: $GPTOSS_FIXTURES, else ../shared/fixtures beside the checkout, else /work/shared. */
-export const FIXTURE_DIR = ((): string => {
-  const c = [process.env.GPTOSS_FIXTURES, resolve('../shared/fixtures'), resolve('../../shared/fixtures'), resolve('shared/fixtures'), '/work/shared/fixtures'];
-  const d = c.find((x): x is string => !!x && existsSync(join(x, 'gptoss-tiny', 'config.json')));
-  return join(d ?? '/work/shared/fixtures', 'gptoss-tiny');
-})();
+import { FIXTURE_DIR } from './fixtures.ts';
 
 export interface ParityReport {
   name: string;

@@ -1,7 +1,8 @@
 // moe-reference.ts: a naive per-token float64 TS reference of the MoE block and random test problems, shared
 // by test/cpu/moe.test.ts and test/gpu/moe.test.ts.
-import { Tensor, roundBf16 } from '../src/tensor.ts';
-import type { MoeWeights } from '../src/ops/moe.ts';
+import { Tensor } from '../../src/tensor.ts';
+import type { MoeWeights } from '../../src/ops/moe.ts';
+import { rng, randnBf16 } from './random.ts';
 
 export interface MoeProblem {
   T: number;
@@ -18,38 +19,18 @@ export interface MoeProblem {
   downB: Float32Array; // [E,H]
 }
 
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-export function randn(n: number, std: number, r: () => number): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(r(), 1e-12);
-    out[i] = std * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r());
-  }
-  return roundBf16(out);
-}
-
 /** Random problem; gate_up std chosen so that some gate/up values reach the ±7 clamp. */
 export function makeProblem(T: number, H: number, E: number, I: number, k: number, seed: number, guScale = 3): MoeProblem {
   const r = rng(seed);
   return {
     T, H, E, I, k,
-    x: randn(T * H, 1, r),
-    routerW: randn(E * H, 1 / Math.sqrt(H), r),
-    routerB: randn(E, 0.5, r),
-    gateUpW: randn(E * H * 2 * I, guScale / Math.sqrt(H), r),
-    gateUpB: randn(E * 2 * I, 0.5, r),
-    downW: randn(E * I * H, 1 / Math.sqrt(I), r),
-    downB: randn(E * H, 0.5, r),
+    x: randnBf16(T * H, 1, r),
+    routerW: randnBf16(E * H, 1 / Math.sqrt(H), r),
+    routerB: randnBf16(E, 0.5, r),
+    gateUpW: randnBf16(E * H * 2 * I, guScale / Math.sqrt(H), r),
+    gateUpB: randnBf16(E * 2 * I, 0.5, r),
+    downW: randnBf16(E * I * H, 1 / Math.sqrt(I), r),
+    downB: randnBf16(E * H, 0.5, r),
   };
 }
 
@@ -116,15 +97,4 @@ export function refForward(p: MoeProblem, limit = 7): RefOut {
     }
   }
   return { y, idx, w: wts, counts };
-}
-
-/** max |a - b| and max |b|. */
-export function maxErr(a: ArrayLike<number>, b: ArrayLike<number>): { err: number; scale: number } {
-  let err = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    err = Math.max(err, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return { err, scale };
 }
