@@ -1,0 +1,37 @@
+#!/usr/bin/env node
+// main.ts: the `gptoss` command. `gptoss <command> [args]` runs the command's own CLI file (each one also runs
+// on its own: `npm run train` is `gptoss train`).
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const commands: Record<string, { file: string; what: string }> = {
+  train: { file: 'train', what: 'GRPO training (default: the tiny CPU demo)' },
+  sft: { file: 'sft', what: 'supervised cold start on reference solutions' },
+  'prepare-gsm8k': { file: 'prepare-gsm8k', what: 'write the GSM8K training files' },
+  plot: { file: 'plot', what: 'chart a metrics.jsonl file as PNG' },
+  launch: { file: 'launch', what: 'start one process per GPU (torchrun style)' },
+};
+
+function usage(): string {
+  const rows = Object.entries(commands).map(([k, v]) => `  ${k.padEnd(14)} ${v.what}`);
+  return `usage: gptoss <command> [args]\n\ncommands:\n${rows.join('\n')}\n`;
+}
+
+const [cmd, ...rest] = process.argv.slice(2);
+if (!cmd || cmd === '--help' || cmd === '-h') {
+  process.stdout.write(usage());
+  process.exit(cmd ? 0 : 1);
+}
+const entry = commands[cmd];
+if (!entry) {
+  process.stderr.write(`gptoss: unknown command '${cmd}'\n${usage()}`);
+  process.exit(2);
+}
+const here = dirname(fileURLToPath(import.meta.url));
+const js = join(here, `${entry.file}.js`);
+const ts = join(here, `${entry.file}.ts`);
+const args = existsSync(js) ? [js] : ['--import', 'tsx', ts];
+const r = spawnSync(process.execPath, [...args, ...rest], { stdio: 'inherit' });
+process.exit(r.status ?? 1);
