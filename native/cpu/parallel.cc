@@ -30,34 +30,42 @@ class Pool {
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
     std::lock_guard<std::mutex> run_lock(run_mu_);  // one parallel region at a time
     int64_t chunks = std::min<int64_t>(size() * 4, (n + grain - 1) / grain);
-    int64_t chunk = (n + chunks - 1) / chunks;
-    chunks = (n + chunk - 1) / chunk;  // chunks actually handed out (rounding can leave fewer than asked)
+    Job job;
+    job.f = &f;
+    job.n = n;
+    job.chunk = (n + chunks - 1) / chunks;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      job_ = &f;
-      n_ = n;
-      chunk_ = chunk;
-      next_.store(0);
-      pending_ = chunks;
+      job_ = &job;
+      pending_ = (n + job.chunk - 1) / job.chunk;  // chunks actually handed out (rounding can leave fewer)
       error_ = nullptr;
       generation_++;
     }
     cv_.notify_all();
-    work();
+    work(job);
     std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    // The Job lives on this stack: wait until every chunk ran AND no worker still holds a pointer to it.
+    done_cv_.wait(lock, [this] { return pending_ == 0 && active_ == 0; });
     job_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
-  void work() {
+  // One parallel_for call. Workers take a pointer to it under mu_, so a worker never mixes the chunk size or
+  // counter of one call with another's.
+  struct Job {
+    const std::function<void(int64_t, int64_t)>* f = nullptr;
+    int64_t n = 0, chunk = 1;
+    std::atomic<int64_t> next{0};
+  };
+
+  void work(Job& job) {
     for (;;) {
-      int64_t begin = next_.fetch_add(chunk_);
-      if (begin >= n_) return;
-      int64_t end = std::min(n_, begin + chunk_);
+      int64_t begin = job.next.fetch_add(job.chunk);
+      if (begin >= job.n) return;
+      int64_t end = std::min(job.n, begin + job.chunk);
       try {
-        (*job_)(begin, end);
+        (*job.f)(begin, end);
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu_);
         if (!error_) error_ = std::current_exception();
@@ -70,15 +78,20 @@ class Pool {
   void loop() {
     uint64_t seen = 0;
     for (;;) {
+      Job* job;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return stopping_ || (generation_ != seen && job_ != nullptr); });
         if (stopping_) return;
         seen = generation_;
+        job = job_;
+        active_++;
       }
       tls_in_pool = true;
-      work();
+      work(*job);
       tls_in_pool = false;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--active_ == 0 && pending_ == 0) done_cv_.notify_all();
     }
   }
 
@@ -99,10 +112,9 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex mu_, run_mu_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
-  int64_t n_ = 0, chunk_ = 1;
-  std::atomic<int64_t> next_{0};
-  int64_t pending_ = 0;
+  Job* job_ = nullptr;  // the call in progress, or null
+  int64_t pending_ = 0;  // chunks of job_ not yet finished
+  int active_ = 0;       // workers holding job_
   uint64_t generation_ = 0;
   bool stopping_ = false;
   std::exception_ptr error_;

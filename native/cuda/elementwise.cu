@@ -10,19 +10,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename F>
-void with_float(const Tensor& t, F&& f) {
-  if (t.dtype == DType::BF16) f(reinterpret_cast<__nv_bfloat16*>(t.raw()));
-  else f(reinterpret_cast<float*>(t.raw()));
-}
-
-unsigned grid_for(int64_t work) {
-  int64_t b = (work + kThreads - 1) / kThreads;
-  if (b < 1) b = 1;
-  if (b > 8192) b = 8192;
-  return static_cast<unsigned>(b);
-}
-
 template <typename A, typename B, typename O>
 __global__ void add_kernel(const A* a, const B* b, O* o, int64_t n, bool vec) {
   int64_t i0 = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
@@ -78,7 +65,7 @@ void ew_add(const Tensor& a, const Tensor& b, const Tensor& out) {
   if (n == 0) return;
   DeviceGuard g(out.device);
   bool vec = aligned16(a.raw()) && aligned16(b.raw()) && aligned16(out.raw());
-  unsigned grid = grid_for(vec ? n / 8 + 1 : n);
+  unsigned grid = grid_for(vec ? n / 8 + 1 : n, kThreads);
   with_float(a, [&](auto* pa) {
     with_float(b, [&](auto* pb) {
       with_float(out, [&](auto* po) { add_kernel<<<grid, kThreads, 0, stream_of(out.device)>>>(pa, pb, po, n, vec); });
@@ -92,7 +79,7 @@ void ew_scale(const Tensor& a, float s, const Tensor& out) {
   if (n == 0) return;
   DeviceGuard g(out.device);
   bool vec = aligned16(a.raw()) && aligned16(out.raw());
-  unsigned grid = grid_for(vec ? n / 8 + 1 : n);
+  unsigned grid = grid_for(vec ? n / 8 + 1 : n, kThreads);
   with_float(a, [&](auto* pa) {
     with_float(out, [&](auto* po) { scale_kernel<<<grid, kThreads, 0, stream_of(out.device)>>>(pa, s, po, n, vec); });
   });
@@ -109,11 +96,11 @@ void ew_cast(const Tensor& a, const Tensor& out) {
     return;
   }
   if (a.dtype == DType::I32) {
-    i32_to_f32_kernel<<<grid_for(n), kThreads, 0, st>>>(a.data<int32_t>(), out.data<float>(), n);
+    i32_to_f32_kernel<<<grid_for(n, kThreads), kThreads, 0, st>>>(a.data<int32_t>(), out.data<float>(), n);
   } else {
     // A float -> float conversion is a scale by 1 (exact in fp32).
     bool vec = aligned16(a.raw()) && aligned16(out.raw());
-    unsigned grid = grid_for(vec ? n / 8 + 1 : n);
+    unsigned grid = grid_for(vec ? n / 8 + 1 : n, kThreads);
     with_float(a, [&](auto* pa) {
       with_float(out, [&](auto* po) { scale_kernel<<<grid, kThreads, 0, st>>>(pa, 1.f, po, n, vec); });
     });
@@ -126,7 +113,7 @@ void ew_fill(const Tensor& a, double value) {
   if (n == 0) return;
   DeviceGuard g(a.device);
   cudaStream_t st = stream_of(a.device);
-  unsigned grid = grid_for(n);
+  unsigned grid = grid_for(n, kThreads);
   switch (a.dtype) {
     case DType::BF16:
       fill_kernel<<<grid, kThreads, 0, st>>>(a.data<__nv_bfloat16>(), __float2bfloat16(static_cast<float>(value)), n);

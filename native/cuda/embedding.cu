@@ -12,12 +12,6 @@ namespace gptoss::cuda {
 
 namespace {
 
-template <typename F>
-void with_float(const Tensor& t, F&& f) {
-  if (t.dtype == DType::BF16) f(reinterpret_cast<__nv_bfloat16*>(t.raw()));
-  else f(reinterpret_cast<float*>(t.raw()));
-}
-
 int row_threads(int64_t work) {
   int64_t t = (work + 31) / 32 * 32;
   return static_cast<int>(t < 32 ? 32 : (t > 256 ? 256 : t));

@@ -54,12 +54,6 @@ __global__ void rope_kernel(const X* __restrict__ x, const int32_t* __restrict__
   }
 }
 
-template <typename F>
-void with_float(const Tensor& t, F&& f) {
-  if (t.dtype == DType::BF16) f(reinterpret_cast<__nv_bfloat16*>(t.raw()));
-  else f(reinterpret_cast<float*>(t.raw()));
-}
-
 }  // namespace
 
 void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scaling, float sign,

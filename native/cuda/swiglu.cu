@@ -74,17 +74,6 @@ __global__ void bwd_kernel(const D* dh, const G* gu, float* dgu, int64_t n, floa
   }
 }
 
-template <typename F>
-void with_float(const Tensor& t, F&& f) {
-  if (t.dtype == DType::BF16) f(reinterpret_cast<__nv_bfloat16*>(t.raw()));
-  else f(reinterpret_cast<float*>(t.raw()));
-}
-
-unsigned grid_for(int64_t work) {
-  int64_t b = (work + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 8192 ? 8192 : b));
-}
-
 }  // namespace
 
 void swiglu_forward(const Tensor& gu, float limit, float alpha, const Tensor& h) {
@@ -92,7 +81,7 @@ void swiglu_forward(const Tensor& gu, float limit, float alpha, const Tensor& h)
   if (n == 0) return;
   DeviceGuard g(h.device);
   bool vec = aligned16(gu.raw()) && aligned16(h.raw());
-  unsigned grid = grid_for(vec ? n / 4 + 1 : n);
+  unsigned grid = grid_for(vec ? n / 4 + 1 : n, kThreads);
   with_float(gu, [&](auto* pg) {
     with_float(h, [&](auto* ph) {
       fwd_kernel<<<grid, kThreads, 0, stream_of(h.device)>>>(pg, ph, n, limit, alpha, vec);
@@ -106,7 +95,7 @@ void swiglu_backward(const Tensor& dh, const Tensor& gu, float limit, float alph
   if (n == 0) return;
   DeviceGuard g(dgu.device);
   bool vec = aligned16(dh.raw()) && aligned16(gu.raw()) && aligned16(dgu.raw());
-  unsigned grid = grid_for(vec ? n / 4 + 1 : n);
+  unsigned grid = grid_for(vec ? n / 4 + 1 : n, kThreads);
   with_float(dh, [&](auto* pd) {
     with_float(gu, [&](auto* pg) {
       bwd_kernel<<<grid, kThreads, 0, stream_of(dgu.device)>>>(pd, pg, dgu.data<float>(), n, limit, alpha, vec);

@@ -4,11 +4,25 @@
 #pragma once
 #include <cstdint>
 
+#include "../common/tensor.h"
 #include "common.cuh"
 
 namespace gptoss::cuda {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// Calls f with t's data as __nv_bfloat16* or float* (t is bf16 or f32; checked by the binding).
+template <typename F>
+void with_float(const Tensor& t, F&& f) {
+  if (t.dtype == DType::BF16) f(reinterpret_cast<__nv_bfloat16*>(t.raw()));
+  else f(reinterpret_cast<float*>(t.raw()));
+}
+
+// Blocks for a grid-stride loop over `work` items with `threads` per block (at least 1, at most 8192).
+inline unsigned grid_for(int64_t work, int threads) {
+  int64_t b = (work + threads - 1) / threads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 8192 ? 8192 : b));
+}
 
 __device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&v)[8]) {
   uint4 u = __ldg(reinterpret_cast<const uint4*>(p));

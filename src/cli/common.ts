@@ -1,6 +1,11 @@
-// common.ts: error reporting shared by the CLIs: configuration and setup problems print one clear message
+// common.ts: what the training CLIs share: reading the config from the command line, and error reporting: configuration and setup problems print one clear message
 // (exit 2); anything else prints its stack (exit 1).
+import type { Logger } from 'pino';
+import { stringify } from 'yaml';
+import { compatibilityNotes, loadConfig } from '../config/load.ts';
 import { ConfigError } from '../config/overrides.ts';
+import type { Config } from '../config/schema.ts';
+import { parseCli, type CliArgs } from './args.ts';
 import { CheckpointError } from '../trainer/checkpoint.ts';
 import { SetupError } from '../trainer/setup.ts';
 import { DataError } from '../trainer/task.ts';
@@ -21,4 +26,23 @@ export function runMain(main: () => Promise<void>): void {
       process.exit(1);
     },
   );
+}
+
+/**
+ * The config of a training CLI (`train`, `sft`): flags and Hydra overrides over a YAML preset, with the GPT-OSS
+ * compatibility notes logged, with the parsed flags. Returns undefined when `--print-config` printed it instead.
+ */
+export async function configFromCli(
+  argv: string[],
+  o: { name: string; description: string; defaultConfig: string },
+  log: Logger,
+): Promise<{ config: Config; args: CliArgs } | undefined> {
+  const args = await parseCli(argv, o);
+  const config = loadConfig({ config: args.config, overrides: args.overrides, model: args.model });
+  if (args.printConfig) {
+    process.stdout.write(stringify(config));
+    return undefined;
+  }
+  for (const n of compatibilityNotes(config)) log.info(n);
+  return { config, args };
 }

@@ -4,28 +4,21 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { stringify } from 'yaml';
-import { compatibilityNotes, loadConfig } from '../config/load.ts';
 import { childLogger } from '../log/logger.ts';
 import { trainSft } from '../trainer/sft.ts';
 import { createMetrics, interruptSignal, setupRun, writeVocabMap } from '../trainer/setup.ts';
-import { parseCli } from './args.ts';
-import { runMain } from './common.ts';
+import { configFromCli, runMain } from './common.ts';
 
 const log = childLogger('sft');
 
 export async function sftMain(argv: string[] = process.argv): Promise<void> {
-  const args = await parseCli(argv, {
+  const cli = await configFromCli(argv, {
     name: 'npm run sft --',
     description: 'Supervised fine-tuning on reference solutions (the cold start before GRPO).',
     defaultConfig: 'tiny-cpu',
-  });
-  const config = loadConfig({ config: args.config, overrides: args.overrides, model: args.model });
-  if (args.printConfig) {
-    process.stdout.write(stringify(config));
-    return;
-  }
-  for (const n of compatibilityNotes(config)) log.info(n);
+  }, log);
+  if (!cli) return;
+  const { config, args } = cli;
   const run = await setupRun(config);
   const out = config.trainer.sft.output_dir ?? join('runs', 'sft', config.trainer.run_name);
   log.info({ model: config.trainer.policy.model.path, device: run.device, params: run.policy.numParameters(), task: run.env.name, steps: config.trainer.sft.steps, output: out }, 'SFT run');

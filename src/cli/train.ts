@@ -2,28 +2,21 @@
 // (configs/tiny-cpu.yaml: a random-initialised GPT-OSS-architecture model, the real tokenizer, bundled GSM8K, a
 // few steps with progress and metrics).
 import { fileURLToPath } from 'node:url';
-import { stringify } from 'yaml';
-import { compatibilityNotes, loadConfig } from '../config/load.ts';
 import { childLogger } from '../log/logger.ts';
 import { checkGrpoInputs, trainGrpo } from '../trainer/grpo.ts';
 import { createMetrics, interruptSignal, metricsPath, setupRun } from '../trainer/setup.ts';
-import { parseCli } from './args.ts';
-import { runMain } from './common.ts';
+import { configFromCli, runMain } from './common.ts';
 
 const log = childLogger('train');
 
 export async function trainMain(argv: string[] = process.argv): Promise<void> {
-  const args = await parseCli(argv, {
+  const cli = await configFromCli(argv, {
     name: 'npm run train --',
     description: 'GRPO post-training of a GPT-OSS model (default: the tiny CPU demo, configs/tiny-cpu.yaml).',
     defaultConfig: 'tiny-cpu',
-  });
-  const config = loadConfig({ config: args.config, overrides: args.overrides, model: args.model });
-  if (args.printConfig) {
-    process.stdout.write(stringify(config));
-    return;
-  }
-  for (const n of compatibilityNotes(config)) log.info(n);
+  }, log);
+  if (!cli) return;
+  const { config, args } = cli;
   const run = await setupRun(config);
   const t = config.trainer;
   log.info(
