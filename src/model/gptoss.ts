@@ -263,13 +263,7 @@ export class GptOssModel {
     const w = this.weights.layers[l]!;
     const T = b.numTokens;
     const D = c.headDim;
-    const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
-    const q = reshape(linearForward(a1, w.qW, w.qB), [T, c.numHeads, D]);
-    const k = reshape(linearForward(a1, w.kW, w.kB), [T, c.numKvHeads, D]);
-    const v = reshape(linearForward(a1, w.vW, w.vB), [T, c.numKvHeads, D]);
-    const qr = ropeForward(q, b.positions, this.invFreq, this.attnScaling);
-    const kr = ropeForward(k, b.positions, this.invFreq, this.attnScaling);
-    disposeAll(q, k);
+    const { a1, rstd1, qr, kr, v } = this.attentionInputs(w, x, b.positions);
     const { out: attn, lse } = attentionForward(qr, kr, v, {
       cuSeqlens: b.cuSeqlens,
       maxSeqlen: b.maxSeqlen,
@@ -601,18 +595,33 @@ export class GptOssModel {
     flat.dispose();
   }
 
-  private prefillLayer(l: number, x: Tensor, b: PackedBatch, kc: Tensor, vc: Tensor, rows: Tensor): Tensor {
+  /**
+   * The attention prologue of a layer: a1 = rmsnorm(x), q/k/v = a1·Wᵀ + b as [T, heads, D], RoPE on q and k at
+   * `positions` (i32 [T]). Returns the normalised input and rstd (kept for backward) with q, k roped and v.
+   */
+  private attentionInputs(
+    w: GptOssWeights['layers'][number],
+    x: Tensor,
+    positions: Tensor,
+  ): { a1: Tensor; rstd1: Tensor; qr: Tensor; kr: Tensor; v: Tensor } {
     const c = this.config;
-    const w = this.weights.layers[l]!;
-    const T = b.numTokens;
+    const T = x.shape[0]!;
     const D = c.headDim;
     const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
     const q = reshape(linearForward(a1, w.qW, w.qB), [T, c.numHeads, D]);
     const k = reshape(linearForward(a1, w.kW, w.kB), [T, c.numKvHeads, D]);
     const v = reshape(linearForward(a1, w.vW, w.vB), [T, c.numKvHeads, D]);
-    const qr = ropeForward(q, b.positions, this.invFreq, this.attnScaling);
-    const kr = ropeForward(k, b.positions, this.invFreq, this.attnScaling);
-    disposeAll(a1, rstd1, q, k);
+    const qr = ropeForward(q, positions, this.invFreq, this.attnScaling);
+    const kr = ropeForward(k, positions, this.invFreq, this.attnScaling);
+    disposeAll(q, k);
+    return { a1, rstd1, qr, kr, v };
+  }
+
+  private prefillLayer(l: number, x: Tensor, b: PackedBatch, kc: Tensor, vc: Tensor, rows: Tensor): Tensor {
+    const w = this.weights.layers[l]!;
+    const T = b.numTokens;
+    const { a1, rstd1, qr, kr, v } = this.attentionInputs(w, x, b.positions);
+    disposeAll(a1, rstd1);
     GptOssModel.cacheScatter(kc, kr, rows);
     GptOssModel.cacheScatter(vc, v, rows);
     const { out: attn, lse } = attentionForward(qr, kr, v, { cuSeqlens: b.cuSeqlens, maxSeqlen: b.maxSeqlen, window: this.window(l), sinks: w.sinks });
@@ -621,17 +630,10 @@ export class GptOssModel {
   }
 
   private decodeLayer(l: number, x: Tensor, pos: Tensor, seqLens: Tensor, kc: Tensor, vc: Tensor, rows: Tensor): Tensor {
-    const c = this.config;
     const w = this.weights.layers[l]!;
     const B = x.shape[0]!;
-    const D = c.headDim;
-    const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
-    const q = reshape(linearForward(a1, w.qW, w.qB), [B, c.numHeads, D]);
-    const k = reshape(linearForward(a1, w.kW, w.kB), [B, c.numKvHeads, D]);
-    const v = reshape(linearForward(a1, w.vW, w.vB), [B, c.numKvHeads, D]);
-    const qr = ropeForward(q, pos, this.invFreq, this.attnScaling);
-    const kr = ropeForward(k, pos, this.invFreq, this.attnScaling);
-    disposeAll(a1, rstd1, q, k);
+    const { a1, rstd1, qr, kr, v } = this.attentionInputs(w, x, pos);
+    disposeAll(a1, rstd1);
     GptOssModel.cacheScatter(kc, kr, rows);
     GptOssModel.cacheScatter(vc, v, rows);
     const attn = attentionDecode(qr, kc, vc, { seqLens, window: this.window(l), sinks: w.sinks });
