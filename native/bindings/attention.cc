@@ -54,7 +54,8 @@ VarlenArgs check_varlen(const char* op, const Tensor& q, const Tensor& k, const 
   if (!(scale > 0) || !std::isfinite(scale)) fail(op, ": scale must be a positive number, got ", scale);
   if (q.is_cuda()) {
     if (q.dtype != DType::BF16) fail(op, ": the CUDA backend needs bf16 q/k/v, got ", q.describe());
-    if (a.D != 64 && a.D != 128) fail(op, ": the CUDA backend supports head_dim 64 or 128, got ", q.describe());
+    if (a.D != 16 && a.D != 32 && a.D != 64 && a.D != 128)
+      fail(op, ": the CUDA backend supports head_dim 16, 32, 64 or 128, got ", q.describe());
   }
   a.used = used;
   a.sinks = sinks;
@@ -159,7 +160,8 @@ GPTOSS_OP(attentionDecode) {
   if (window < 0) fail(op, ": window must be >= 0, got ", window);
   if (q.is_cuda()) {
     if (q.dtype != DType::BF16) fail(op, ": the CUDA backend needs bf16 q and caches, got ", q.describe());
-    if (D != 64 && D != 128) fail(op, ": the CUDA backend supports head_dim 64 or 128, got ", q.describe());
+    if (D != 16 && D != 32 && D != 64 && D != 128)
+      fail(op, ": the CUDA backend supports head_dim 16, 32, 64 or 128, got ", q.describe());
   }
   Tensor out = make_tensor({B, Hq, D}, q.dtype, q.device);
   GPTOSS_DISPATCH(q, cpu::attention_decode(q, kc, vc, lens, ptr(sinks), static_cast<int>(window),

@@ -1,5 +1,5 @@
 // attention.h (cuda): FlashAttention-2 style attention with sinks for sm_90a. Same semantics as
-// native/cpu/attention.h; q/k/v/dout/out bf16, head_dim 64 or 128. Everything is enqueued on the device's
+// native/cpu/attention.h; q/k/v/dout/out bf16, head_dim 16, 32, 64 or 128. Everything is enqueued on the device's
 // compute stream. The deterministic backward has no atomics: one kernel for dk/dv (per key block, looping over
 // the query heads of its kv group) and one for dq (per query block). deterministic = false (head_dim 64) fuses
 // dq into the dk/dv kernel with fp32 atomics instead.

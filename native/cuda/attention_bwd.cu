@@ -604,6 +604,10 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
       launch_bwd<64, 2>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
     else
       launch_bwd<64, 1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+  } else if (q.dim(2) == 16) {
+    launch_bwd<16, 1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+  } else if (q.dim(2) == 32) {
+    launch_bwd<32, 1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
   } else {
     launch_bwd<128, 1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
   }

@@ -98,10 +98,12 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 
 // Element offset of (row r, 16-byte chunk ch) in a tile with D columns: chunks XOR-swizzled by the row so that
-// ldmatrix (8 rows, same chunk) hits 8 different bank groups.
+// ldmatrix (8 rows, same chunk) hits 8 different bank groups. Rows of fewer than 8 chunks (head_dim 16, 32)
+// swizzle within the row (D/8 bank groups).
 template <int D>
 __device__ __forceinline__ int swz(int r, int ch) {
-  return r * D + ((ch ^ (r & 7)) << 3);
+  constexpr int kMask = D / 8 >= 8 ? 7 : D / 8 - 1;
+  return r * D + ((ch ^ (r & kMask)) << 3);
 }
 
 // Loads ROWS x D bf16 (row stride `stride` elements in global memory) into a swizzled shared tile; rows >= nvalid

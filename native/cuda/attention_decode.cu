@@ -259,10 +259,12 @@ void attention_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const
   p.window = window;
   p.scale_log2 = scale * attn::kLog2e;
   cudaStream_t st = stream_of(q.device);
-  if (q.dim(3 - 1) == 64)
-    launch_decode<64>(p, q.device, st);
-  else
-    launch_decode<128>(p, q.device, st);
+  switch (q.dim(2)) {
+    case 16: launch_decode<16>(p, q.device, st); break;
+    case 32: launch_decode<32>(p, q.device, st); break;
+    case 64: launch_decode<64>(p, q.device, st); break;
+    default: launch_decode<128>(p, q.device, st);
+  }
 }
 
 }  // namespace gptoss::cuda

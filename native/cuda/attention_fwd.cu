@@ -261,13 +261,16 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   p.lse = lse.data<float>();
   const int nseq = static_cast<int>(cu.dim(0) - 1);
   cudaStream_t st = stream_of(q.device);
-  if (q.dim(2) == 64) {
-    if (fwd_mt() == 2)
-      launch_fwd<64, 2>(p, nseq, max_seqlen, st);
-    else
-      launch_fwd<64, 1>(p, nseq, max_seqlen, st);
-  } else {
-    launch_fwd<128, 1>(p, nseq, max_seqlen, st);
+  switch (q.dim(2)) {  // head_dim: 64 (gpt-oss), 128, and 16/32 for tiny models
+    case 16: launch_fwd<16, 1>(p, nseq, max_seqlen, st); break;
+    case 32: launch_fwd<32, 1>(p, nseq, max_seqlen, st); break;
+    case 64:
+      if (fwd_mt() == 2)
+        launch_fwd<64, 2>(p, nseq, max_seqlen, st);
+      else
+        launch_fwd<64, 1>(p, nseq, max_seqlen, st);
+      break;
+    default: launch_fwd<128, 1>(p, nseq, max_seqlen, st);
   }
 }
 

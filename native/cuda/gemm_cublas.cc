@@ -160,8 +160,10 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
     return;
   }
   Guard g(device);
-  if (ab_dtype == DType::F32 && c_dtype == DType::BF16) {
-    // cuBLAS has no f32 x f32 -> bf16 combination: fp32 temporary, then the epilogue stores bf16.
+  const bool f32_bias_bf16_out = c_dtype == DType::BF16 && bias && bias_dtype != c_dtype;
+  if ((ab_dtype == DType::F32 && c_dtype == DType::BF16) || f32_bias_bf16_out) {
+    // cuBLAS has no f32 x f32 -> bf16 combination, and an f32 bias added after a bf16 store would round twice:
+    // fp32 temporary, then the epilogue adds bias and beta*C and rounds once to bf16.
     Tensor tmp = make_tensor({M, N}, DType::F32, device);
     gemm_raw(device, M, N, K, alpha, A, lda, transA, B, ldb, transB, ab_dtype, nullptr, DType::F32, 0.f,
              tmp.data<float>(), DType::F32, N);

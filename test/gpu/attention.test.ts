@@ -102,6 +102,8 @@ const cases: [string, Case][] = [
   ['GQA 1, D64, window 128, no sinks', randomCase(2, 2, 64, [257, 130], 128, 3, false)],
   ['GQA 4, D64, padding (used 200/1/64 of 256)', randomCase(8, 2, 64, [256, 256, 256], 0, 4, true, [200, 1, 64])],
   ['GQA 8, D128, window 500 > sequence', randomCase(8, 1, 128, [190, 3], 500, 5)],
+  ['GQA 2, D16 (tiny models), packed 1/7/113/300, window 8', randomCase(4, 2, 16, [1, 7, 113, 300], 8, 6)],
+  ['GQA 4, D32, packed 65/200, causal', randomCase(8, 2, 32, [65, 200], 0, 8)],
 ];
 
 for (const [name0, c] of cases) for (const det of [true, false]) {
@@ -143,11 +145,13 @@ test('cuda larger shape (Hq 16, Hkv 2, S 1536, causal and window 128) vs cpu', {
   }
 });
 
-test('cuda decode == cpu decode (GQA 8 and 1, D 64/128, windows, ragged lengths)', { skip }, () => {
+test('cuda decode == cpu decode (GQA 8 and 1, D 16/32/64/128, windows, ragged lengths)', { skip }, () => {
   for (const [Hq, Hkv, D] of [
     [16, 2, 64],
     [4, 4, 128],
     [64, 8, 64],
+    [4, 2, 16],
+    [8, 2, 32],
   ] as const) {
     for (const window of [0, 128]) {
       const B = 4;
@@ -180,5 +184,5 @@ test('cuda errors: f32 inputs and head_dim 80 are refused with the shapes', { sk
   const q = Tensor.zeros([4, 2, 64], { device: 'cuda:0', dtype: 'f32' });
   assert.throws(() => attentionForward(q, q, q, { cuSeqlens, maxSeqlen: 4 }), /attentionForward: the CUDA backend needs bf16/);
   const q80 = Tensor.zeros([4, 2, 80], { device: 'cuda:0', dtype: 'bf16' });
-  assert.throws(() => attentionForward(q80, q80, q80, { cuSeqlens, maxSeqlen: 4 }), /head_dim 64 or 128, got bf16\[4, 2, 80\]/);
+  assert.throws(() => attentionForward(q80, q80, q80, { cuSeqlens, maxSeqlen: 4 }), /head_dim 16, 32, 64 or 128, got bf16\[4, 2, 80\]/);
 });
