@@ -92,7 +92,11 @@ function main() {
   const hbmGBps = /H200/.test(deviceName) ? 4800 : /H100/.test(deviceName) ? (/PCIe/.test(deviceName) ? 2000 : 3350) : undefined;
   const tile = process.env.GPTOSS_MOE_TILE ?? '0';
   const gather = process.env.GPTOSS_MOE_GATHER_FUSED ? 'fused' : 'materialised';
-  console.log(`moe bench on ${deviceName}: E ${E}, top-${k}, hidden ${H}, intermediate ${I} (GEMM tile variant ${tile}, gather ${gather})`);
+  const gemmPath = process.env.GPTOSS_MOE_GEMM ?? 'auto';
+  console.log(
+    `moe bench on ${deviceName}: E ${E}, top-${k}, hidden ${H}, intermediate ${I} (expert GEMMs ${gemmPath}: ` +
+      `per-expert cuBLASLt at >= 128 rows/expert on auto; grouped-kernel tile variant ${tile}, gather ${gather})`,
+  );
 
   const w: MoeWeights = {
     routerW: expertTensor(E, [H], 1 / Math.sqrt(H), 1, device),

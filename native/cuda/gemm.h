@@ -8,13 +8,17 @@
 
 namespace gptoss::cuda {
 
+// A GEMM dimension that changes from call to call (the MoE's rows per expert): the cuBLASLt algorithm is chosen
+// once for that dimension rounded up to a power of two and reused, instead of one heuristic query per new size.
+enum class GemmBucket { None, M, K };
+
 // Row-major C[M,N] (row stride ldc) = alpha * op(A)[M,K] * op(B)[K,N] + bias[N] + beta * C, fp32 accumulation.
 // A is stored [M,K] (row stride lda) or [K,M] when transA; B is [K,N] or [N,K] when transB. A and B share
 // ab_dtype (bf16 or f32); C is bf16 or f32 (f32 inputs with a bf16 C go through an fp32 temporary).
 // bias may be null; any bias dtype (bf16/f32). beta 0 never reads C.
 void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda, bool transA,
               const void* B, int64_t ldb, bool transB, DType ab_dtype, const void* bias, DType bias_dtype, float beta,
-              void* C, DType c_dtype, int64_t ldc);
+              void* C, DType c_dtype, int64_t ldc, GemmBucket bucket = GemmBucket::None);
 
 // Tensor form (shapes checked by the binding): a [M,K] or [K,M], b [K,N] or [N,K], out [M,N], bias [N] or null.
 // a and b may differ in dtype: the f32 one is rounded to bf16 first (as autocast would).

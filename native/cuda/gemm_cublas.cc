@@ -9,6 +9,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -89,16 +90,62 @@ std::map<AlgoKey, AlgoEntry>& algo_cache() {
 }
 
 // cuBLASLt path. Returns false when cuBLASLt has no algorithm for the problem (the caller falls back).
-bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float alpha, const void* X, int64_t ldx,
-               bool tx, const void* Y, int64_t ldy, bool ty, DType ab, const void* bias, float beta, void* C,
-               DType ct, int64_t ldc) {
-  cublasLtMatmulDesc_t op = nullptr;
+int64_t pow2_at_least(int64_t v) {
+  int64_t p = 64;
+  while (p < v) p *= 2;
+  return p;
+}
+
+// Heuristic query for the problem with n (bucket N) or k (bucket K) rounded up to a power of two (leading
+// dimensions widened to stay valid); returns false when cuBLASLt has nothing.
+bool lt_heuristic(Handles& h, cublasLtMatmulDesc_t op, int64_t m, int64_t n, int64_t k, int64_t ldx, bool tx,
+                  int64_t ldy, bool ty, DType ab, DType ct, int64_t ldc, uint32_t ax, uint32_t ay, uint32_t ac,
+                  cublasLtMatmulAlgo_t* algo) {
   cublasLtMatrixLayout_t lx = nullptr, ly = nullptr, lc = nullptr;
   cublasLtMatmulPreference_t pref = nullptr;
   bool ok = false;
+  do {
+    if (cublasLtMatrixLayoutCreate(&lx, cuda_type(ab), tx ? k : m, tx ? m : k, std::max(ldx, tx ? k : m)) !=
+        CUBLAS_STATUS_SUCCESS)
+      break;
+    if (cublasLtMatrixLayoutCreate(&ly, cuda_type(ab), ty ? n : k, ty ? k : n, std::max(ldy, ty ? n : k)) !=
+        CUBLAS_STATUS_SUCCESS)
+      break;
+    if (cublasLtMatrixLayoutCreate(&lc, cuda_type(ct), m, n, std::max(ldc, m)) != CUBLAS_STATUS_SUCCESS) break;
+    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) break;
+    size_t ws = kWorkspaceBytes;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ax, sizeof(ax));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ay, sizeof(ay));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac));
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(h.lt, op, lx, ly, lc, lc, pref, 1, &res, &found) != CUBLAS_STATUS_SUCCESS ||
+        found == 0)
+      break;
+    *algo = res.algo;
+    ok = true;
+  } while (false);
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  if (lc) cublasLtMatrixLayoutDestroy(lc);
+  if (ly) cublasLtMatrixLayoutDestroy(ly);
+  if (lx) cublasLtMatrixLayoutDestroy(lx);
+  return ok;
+}
+
+bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float alpha, const void* X, int64_t ldx,
+               bool tx, const void* Y, int64_t ldy, bool ty, DType ab, const void* bias, float beta, void* C,
+               DType ct, int64_t ldc, GemmBucket bucket) {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t lx = nullptr, ly = nullptr, lc = nullptr;
+  bool ok = false;
   const uint32_t ax = alignment_of(X), ay = alignment_of(Y), ac = alignment_of(C);
-  AlgoKey key{device, m, n, k, ldx, ldy, ldc, tx, ty, static_cast<int>(ab), static_cast<int>(ct), bias != nullptr,
-              ax, ay, ac, 0};
+  // In cuBLAS's column-major view our rows M are n; a bucketed dimension enters the key rounded up.
+  const int64_t qn = bucket == GemmBucket::M ? pow2_at_least(n) : n;
+  const int64_t qk = bucket == GemmBucket::K ? pow2_at_least(k) : k;
+  AlgoKey key{device, m, qn, qk, ldx, ldy, ldc, tx, ty, static_cast<int>(ab), static_cast<int>(ct), bias != nullptr,
+              ax, ay, ac, static_cast<int>(bucket)};
   do {
     if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) break;
     cublasOperation_t opx = tx ? CUBLAS_OP_T : CUBLAS_OP_N, opy = ty ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -120,28 +167,21 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
       if (it != algo_cache().end()) entry = it->second;
     }
     if (!entry.ok) {
-      if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) break;
-      size_t ws = kWorkspaceBytes;
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ax, sizeof(ax));
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ay, sizeof(ay));
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac));
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac));
-      cublasLtMatmulHeuristicResult_t res;
-      int found = 0;
-      if (cublasLtMatmulAlgoGetHeuristic(h.lt, op, lx, ly, lc, lc, pref, 1, &res, &found) != CUBLAS_STATUS_SUCCESS ||
-          found == 0)
-        break;
+      if (!lt_heuristic(h, op, m, qn, qk, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, &entry.algo)) break;
       entry.ok = true;
-      entry.algo = res.algo;
       std::lock_guard<std::mutex> lock(g_mu);
       algo_cache()[key] = entry;
     }
-    cublasStatus_t s = cublasLtMatmul(h.lt, op, &alpha, X, lx, Y, ly, &beta, C, lc, C, lc, &entry.algo, h.workspace,
-                                      kWorkspaceBytes, static_cast<cudaStream_t>(stream(device)));
-    ok = s == CUBLAS_STATUS_SUCCESS;
+    auto run = [&](const cublasLtMatmulAlgo_t* algo) {
+      return cublasLtMatmul(h.lt, op, &alpha, X, lx, Y, ly, &beta, C, lc, C, lc, algo, h.workspace, kWorkspaceBytes,
+                            static_cast<cudaStream_t>(stream(device))) == CUBLAS_STATUS_SUCCESS;
+    };
+    ok = run(&entry.algo);
+    if (!ok && bucket != GemmBucket::None) {  // the bucket's algorithm does not fit this size: ask for this one
+      cublasLtMatmulAlgo_t exact;
+      ok = lt_heuristic(h, op, m, n, k, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, &exact) && run(&exact);
+    }
   } while (false);
-  if (pref) cublasLtMatmulPreferenceDestroy(pref);
   if (lc) cublasLtMatrixLayoutDestroy(lc);
   if (ly) cublasLtMatrixLayoutDestroy(ly);
   if (lx) cublasLtMatrixLayoutDestroy(lx);
@@ -153,7 +193,7 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
 
 void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda, bool transA,
               const void* B, int64_t ldb, bool transB, DType ab_dtype, const void* bias, DType bias_dtype, float beta,
-              void* C, DType c_dtype, int64_t ldc) {
+              void* C, DType c_dtype, int64_t ldc, GemmBucket bucket) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // empty product: C = bias + beta*C
     gemm_epilogue(device, M, N, nullptr, bias, bias_dtype, beta, C, c_dtype, ldc);
@@ -166,7 +206,7 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
     // fp32 temporary, then the epilogue adds bias and beta*C and rounds once to bf16.
     Tensor tmp = make_tensor({M, N}, DType::F32, device);
     gemm_raw(device, M, N, K, alpha, A, lda, transA, B, ldb, transB, ab_dtype, nullptr, DType::F32, 0.f,
-             tmp.data<float>(), DType::F32, N);
+             tmp.data<float>(), DType::F32, N, bucket);
     gemm_epilogue(device, M, N, tmp.data<float>(), bias, bias_dtype, beta, C, c_dtype, ldc);
     return;
   }
@@ -174,7 +214,7 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
   // The cuBLASLt bias epilogue wants the bias in the output's dtype; other biases go through our epilogue.
   const bool lt_bias = bias && bias_dtype == c_dtype;
   if (lt_matmul(device, h, N, M, K, alpha, B, ldb, transB, A, lda, transA, ab_dtype, lt_bias ? bias : nullptr, beta,
-                C, c_dtype, ldc)) {
+                C, c_dtype, ldc, bucket)) {
     if (bias && !lt_bias) gemm_epilogue(device, M, N, nullptr, bias, bias_dtype, 1.f, C, c_dtype, ldc);
     return;
   }

@@ -11,8 +11,10 @@
 #include <vector>
 
 #include "common.cuh"
+#include "gemm.h"
 #include "moe.h"
 #include "moe_gemm.cuh"
+#include "swiglu.h"
 
 namespace gptoss::cuda {
 
@@ -168,8 +170,8 @@ bool gather_fused() {
 }
 
 // Expert-ordered copy of x, or an empty tensor when the GEMMs gather themselves.
-Tensor gathered_rows(const Tensor& x, const Tensor& perm_tok, cudaStream_t st) {
-  if (gather_fused()) return Tensor{};
+Tensor gathered_rows(const Tensor& x, const Tensor& perm_tok, cudaStream_t st, bool always = false) {
+  if (gather_fused() && !always) return Tensor{};
   const int64_t n = perm_tok.dim(0), H = x.dim(1);
   Tensor xp = make_tensor({n, H}, DType::BF16, x.device);
   const int64_t total = n * (H / 8);
@@ -300,6 +302,59 @@ __global__ void dx_kernel(const bf* __restrict__ dxp, const int32_t* __restrict_
   }
 }
 
+// ---- expert GEMMs on cuBLASLt ----------------------------------------------------------------------------------
+// At training sizes (hundreds to thousands of rows per expert) cuBLAS's Hopper kernels beat our mma.sync grouped
+// GEMMs by ~2x; they need each expert's row count on the host, so the offsets are copied back (one wait on the
+// stream per forward and per backward). Bias rides the cuBLASLt epilogue; SwiGLU and its backward are separate
+// flat passes (swiglu.cu). At decode sizes (a few rows per expert, reading the weights is the cost) our grouped
+// kernels win: one launch for all experts, no host round trip.
+// GPTOSS_MOE_GEMM=own|cublas|auto (default auto: cuBLAS when the experts average >= 128 rows).
+// Read on every call (cheap), so tests can compare both paths in one process.
+bool use_cublas(int64_t N, int64_t E) {
+  const char* e = std::getenv("GPTOSS_MOE_GEMM");
+  const std::string mode = e ? e : "auto";
+  if (mode == "cublas") return true;
+  if (mode == "own") return false;
+  GPTOSS_CHECK(mode == "auto", "GPTOSS_MOE_GEMM: unknown value '", mode, "' (own, cublas, auto)");
+  return N >= 128 * E;
+}
+
+std::vector<int32_t> host_offsets(const Tensor& offsets) {
+  std::vector<int32_t> h(offsets.numel());
+  copy(h.data(), -1, offsets.raw(), offsets.device, h.size() * sizeof(int32_t));
+  return h;
+}
+
+template <typename T>
+const T* at(const Tensor& t, int64_t elems) { return t.data<T>() + elems; }
+template <typename T>
+T* at_mut(const Tensor& t, int64_t elems) { return t.data<T>() + elems; }
+
+// Row-major Y_e[rows_e, n] = X_e[rows_e, kdim] · W[e] (W[e] stored [kdim, n], or [n, kdim] when trans_w) + bias[e],
+// for every expert with rows; X, Y indexed by the permuted row offsets.
+void per_expert_xw(int dev, const std::vector<int32_t>& off, const Tensor& X, int64_t kdim, const Tensor& W,
+                   bool trans_w, int64_t n, const Tensor* bias, const Tensor& Y) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t r0 = off[e], rows = off[e + 1] - r0;
+    if (rows == 0) continue;
+    gemm_raw(dev, rows, n, kdim, 1.f, at<bf>(X, r0 * kdim), kdim, false, at<bf>(W, e * kdim * n), trans_w ? kdim : n,
+             trans_w, DType::BF16, bias ? at<bf>(*bias, e * n) : nullptr, DType::BF16, 0.f, at_mut<bf>(Y, r0 * n),
+             DType::BF16, n, GemmBucket::M);
+  }
+}
+
+// dW[e] (f32 [m, n]) = A_eᵀ · B_e with A [rows, m], B [rows, n] in permuted row order; experts with no rows get 0.
+void per_expert_wgrad(int dev, const std::vector<int32_t>& off, const Tensor& A, int64_t m, const Tensor& Bt, int64_t n,
+                      const Tensor& dW) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t r0 = off[e], rows = off[e + 1] - r0;
+    gemm_raw(dev, m, n, rows, 1.f, at<bf>(A, r0 * m), m, true, at<bf>(Bt, r0 * n), n, false, DType::BF16, nullptr,
+             DType::F32, 0.f, at_mut<float>(dW, e * m * n), DType::F32, n, GemmBucket::K);
+  }
+}
+
 // GPTOSS_MOE_PROFILE=1: time each phase with events (synchronises after every op; tuning only) and print the
 // per-phase means to stderr at exit.
 std::map<std::string, std::pair<double, int>>& prof_table() {
@@ -400,44 +455,56 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
   pt.mark("fwd 1 router+permute");
 
-  Tensor xp = gathered_rows(x, s.perm_tok, st);
-  pt.mark("fwd 1b gather");
-  mg::Params p;
-  p.offsets = s.offsets.data<int32_t>();
-  p.E = (int)E;
-  p.limit = limit;
-  // gu = x[perm]·W_gu[e] + b; h = swiglu(gu)
-  p.A = xp.storage ? B(xp) : B(x);
-  p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
-  p.lda = H;
-  p.B = B(w.gate_up_w);
-  p.ldb = 2 * I;
-  p.b_expert_stride = H * 2 * I;
-  p.N = (int)(2 * I);
-  p.K = (int)H;
-  p.C = s.gu.raw();
-  p.ldc = 2 * I;
-  p.bias = B(w.gate_up_b);
-  p.C2 = Bm(s.h);
-  p.ldc2 = I;
-  mg::gemm_gate_up(p, N, st);
-  pt.mark("fwd 2 gate_up gemm");
-  // yp = h·W_down[e] + b
-  mg::Params q;
-  q.offsets = p.offsets;
-  q.E = p.E;
-  q.A = B(s.h);
-  q.lda = I;
-  q.B = B(w.down_w);
-  q.ldb = H;
-  q.b_expert_stride = I * H;
-  q.N = (int)H;
-  q.K = (int)I;
-  q.C = s.yp.raw();
-  q.ldc = H;
-  q.bias = B(w.down_b);
-  mg::gemm_down(q, N, st);
-  pt.mark("fwd 3 down gemm");
+  if (use_cublas(N, E)) {
+    const std::vector<int32_t> off = host_offsets(s.offsets);
+    Tensor xp = gathered_rows(x, s.perm_tok, st, true);
+    pt.mark("fwd 1b gather");
+    // gu = x[perm]·W_gu[e] + b (cuBLAS epilogue); h = swiglu(gu)
+    per_expert_xw(dev, off, xp, H, w.gate_up_w, false, 2 * I, &w.gate_up_b, s.gu);
+    swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
+    pt.mark("fwd 2 gate_up gemm");
+    per_expert_xw(dev, off, s.h, I, w.down_w, false, H, &w.down_b, s.yp);
+    pt.mark("fwd 3 down gemm");
+  } else {
+    Tensor xp = gathered_rows(x, s.perm_tok, st);
+    pt.mark("fwd 1b gather");
+    mg::Params p;
+    p.offsets = s.offsets.data<int32_t>();
+    p.E = (int)E;
+    p.limit = limit;
+    // gu = x[perm]·W_gu[e] + b; h = swiglu(gu)
+    p.A = xp.storage ? B(xp) : B(x);
+    p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
+    p.lda = H;
+    p.B = B(w.gate_up_w);
+    p.ldb = 2 * I;
+    p.b_expert_stride = H * 2 * I;
+    p.N = (int)(2 * I);
+    p.K = (int)H;
+    p.C = s.gu.raw();
+    p.ldc = 2 * I;
+    p.bias = B(w.gate_up_b);
+    p.C2 = Bm(s.h);
+    p.ldc2 = I;
+    mg::gemm_gate_up(p, N, st);
+    pt.mark("fwd 2 gate_up gemm");
+    // yp = h·W_down[e] + b
+    mg::Params q;
+    q.offsets = p.offsets;
+    q.E = p.E;
+    q.A = B(s.h);
+    q.lda = I;
+    q.B = B(w.down_w);
+    q.ldb = H;
+    q.b_expert_stride = I * H;
+    q.N = (int)H;
+    q.K = (int)I;
+    q.C = s.yp.raw();
+    q.ldc = H;
+    q.bias = B(w.down_b);
+    mg::gemm_down(q, N, st);
+    pt.mark("fwd 3 down gemm");
+  }
   combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(), (int)H, (int)k,
                                     Bm(y));
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward combine");
@@ -475,90 +542,116 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dDownB");
   pt.mark("bwd 2 dDownB");
 
-  // dW_down[e] = h_eᵀ·dyp_e
   g.d_down_w = make_tensor({E, I, H}, DType::F32, dev);
-  {
-    mg::Params p;
-    p.offsets = offsets;
-    p.E = (int)E;
-    p.A = B(s.h);
-    p.lda = I;
-    p.B = B(dyp);
-    p.ldb = H;
-    p.M = (int)I;
-    p.N = (int)H;
-    p.C = g.d_down_w.raw();
-    p.ldc = H;
-    p.c_expert_stride = I * H;
-    mg::gemm_wgrad(p, N, st, "moeBackward dDownW");
-  }
-  pt.mark("bwd 3 dDownW gemm");
-  // dgu = swiglu'(gu) · (dyp·W_down[e]ᵀ)
-  Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, dev);
-  {
-    mg::Params p;
-    p.offsets = offsets;
-    p.E = (int)E;
-    p.limit = s.limit;
-    p.A = B(dyp);
-    p.lda = H;
-    p.B = B(w.down_w);
-    p.ldb = H;
-    p.b_expert_stride = I * H;
-    p.N = (int)I;
-    p.K = (int)H;
-    p.C = dgu.raw();
-    p.ldc = 2 * I;
-    p.aux = B(s.gu);
-    p.ld_aux = 2 * I;
-    mg::gemm_dgu(p, N, st);
-  }
-  pt.mark("bwd 4 dgu gemm");
   g.d_gate_up_b = make_tensor({E, 2 * I}, DType::F32, dev);
-  seg_colsum_kernel<<<dim3(ceil_div(2 * I, 64), E), dim3(32, 8), 0, st>>>(B(dgu), 2 * I, (int)(2 * I), nullptr,
-                                                                          nullptr, offsets,
-                                                                          g.d_gate_up_b.data<float>());
-  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
-  pt.mark("bwd 5 dGateUpB");
-  // dW_gu[e] = x[perm]_eᵀ·dgu_e
-  Tensor xp = gathered_rows(s.x, s.perm_tok, st);
-  pt.mark("bwd 5b gather");
   g.d_gate_up_w = make_tensor({E, H, 2 * I}, DType::F32, dev);
-  {
-    mg::Params p;
-    p.offsets = offsets;
-    p.E = (int)E;
-    p.A = xp.storage ? B(xp) : B(s.x);
-    p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
-    p.lda = H;
-    p.B = B(dgu);
-    p.ldb = 2 * I;
-    p.M = (int)H;
-    p.N = (int)(2 * I);
-    p.C = g.d_gate_up_w.raw();
-    p.ldc = 2 * I;
-    p.c_expert_stride = H * 2 * I;
-    mg::gemm_wgrad(p, N, st, "moeBackward dGateUpW");
+  Tensor dgu, dxp;
+  auto d_gate_up_bias = [&] {
+    seg_colsum_kernel<<<dim3(ceil_div(2 * I, 64), E), dim3(32, 8), 0, st>>>(B(dgu), 2 * I, (int)(2 * I), nullptr,
+                                                                            nullptr, offsets,
+                                                                            g.d_gate_up_b.data<float>());
+    GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
+    pt.mark("bwd 5 dGateUpB");
+  };
+  if (use_cublas(N, E)) {
+    const std::vector<int32_t> off = host_offsets(s.offsets);
+    // dW_down[e] = h_eᵀ·dyp_e; dh = dyp_e·W_down[e]ᵀ; dgu = swiglu'(gu)·dh
+    per_expert_wgrad(dev, off, s.h, I, dyp, H, g.d_down_w);
+    pt.mark("bwd 3 dDownW gemm");
+    Tensor dh = make_tensor({N, I}, DType::BF16, dev);
+    per_expert_xw(dev, off, dyp, H, w.down_w, true, I, nullptr, dh);
+    dgu = make_tensor({N, 2 * I}, DType::BF16, dev);
+    swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
+    pt.mark("bwd 4 dgu gemm");
+    d_gate_up_bias();
+    // dW_gu[e] = x[perm]_eᵀ·dgu_e; dxp = dgu_e·W_gu[e]ᵀ
+    Tensor xp = gathered_rows(s.x, s.perm_tok, st, true);
+    pt.mark("bwd 5b gather");
+    per_expert_wgrad(dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w);
+    pt.mark("bwd 6 dGateUpW gemm");
+    dxp = make_tensor({N, H}, DType::BF16, dev);
+    per_expert_xw(dev, off, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
+    pt.mark("bwd 7 dxp gemm");
+  } else {
+    // dW_down[e] = h_eᵀ·dyp_e
+    {
+      mg::Params p;
+      p.offsets = offsets;
+      p.E = (int)E;
+      p.A = B(s.h);
+      p.lda = I;
+      p.B = B(dyp);
+      p.ldb = H;
+      p.M = (int)I;
+      p.N = (int)H;
+      p.C = g.d_down_w.raw();
+      p.ldc = H;
+      p.c_expert_stride = I * H;
+      mg::gemm_wgrad(p, N, st, "moeBackward dDownW");
+    }
+    pt.mark("bwd 3 dDownW gemm");
+    // dgu = swiglu'(gu) · (dyp·W_down[e]ᵀ)
+    dgu = make_tensor({N, 2 * I}, DType::BF16, dev);
+    {
+      mg::Params p;
+      p.offsets = offsets;
+      p.E = (int)E;
+      p.limit = s.limit;
+      p.A = B(dyp);
+      p.lda = H;
+      p.B = B(w.down_w);
+      p.ldb = H;
+      p.b_expert_stride = I * H;
+      p.N = (int)I;
+      p.K = (int)H;
+      p.C = dgu.raw();
+      p.ldc = 2 * I;
+      p.aux = B(s.gu);
+      p.ld_aux = 2 * I;
+      mg::gemm_dgu(p, N, st);
+    }
+    pt.mark("bwd 4 dgu gemm");
+    d_gate_up_bias();
+
+    // dW_gu[e] = x[perm]_eᵀ·dgu_e
+    Tensor xp = gathered_rows(s.x, s.perm_tok, st);
+    pt.mark("bwd 5b gather");
+    {
+      mg::Params p;
+      p.offsets = offsets;
+      p.E = (int)E;
+      p.A = xp.storage ? B(xp) : B(s.x);
+      p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
+      p.lda = H;
+      p.B = B(dgu);
+      p.ldb = 2 * I;
+      p.M = (int)H;
+      p.N = (int)(2 * I);
+      p.C = g.d_gate_up_w.raw();
+      p.ldc = 2 * I;
+      p.c_expert_stride = H * 2 * I;
+      mg::gemm_wgrad(p, N, st, "moeBackward dGateUpW");
+    }
+    pt.mark("bwd 6 dGateUpW gemm");
+    // dxp = dgu·W_gu[e]ᵀ
+    dxp = make_tensor({N, H}, DType::BF16, dev);
+    {
+      mg::Params p;
+      p.offsets = offsets;
+      p.E = (int)E;
+      p.A = B(dgu);
+      p.lda = 2 * I;
+      p.B = B(w.gate_up_w);
+      p.ldb = 2 * I;
+      p.b_expert_stride = H * 2 * I;
+      p.N = (int)H;
+      p.K = (int)(2 * I);
+      p.C = dxp.raw();
+      p.ldc = H;
+      mg::gemm_dx(p, N, st);
+    }
+    pt.mark("bwd 7 dxp gemm");
   }
-  pt.mark("bwd 6 dGateUpW gemm");
-  // dxp = dgu·W_gu[e]ᵀ
-  Tensor dxp = make_tensor({N, H}, DType::BF16, dev);
-  {
-    mg::Params p;
-    p.offsets = offsets;
-    p.E = (int)E;
-    p.A = B(dgu);
-    p.lda = 2 * I;
-    p.B = B(w.gate_up_w);
-    p.ldb = 2 * I;
-    p.b_expert_stride = H * 2 * I;
-    p.N = (int)H;
-    p.K = (int)(2 * I);
-    p.C = dxp.raw();
-    p.ldc = H;
-    mg::gemm_dx(p, N, st);
-  }
-  pt.mark("bwd 7 dxp gemm");
   g.d_router_w = make_tensor({E, H}, DType::F32, dev);
   seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(s.x), H, (int)H, s.perm_tok.data<int32_t>(),
                                                                       dlp.data<float>(), offsets,

@@ -50,8 +50,8 @@ __global__ void fwd_kernel(const G* gu, H* h, int64_t n, float limit, float alph
   for (int64_t k = done + i0; k < n; k += stride) stf(h + k, swiglu1(ldf(gu + 2 * k), ldf(gu + 2 * k + 1), limit, alpha));
 }
 
-template <typename D, typename G>
-__global__ void bwd_kernel(const D* dh, const G* gu, float* dgu, int64_t n, float limit, float alpha, bool vec) {
+template <typename D, typename G, typename O>
+__global__ void bwd_kernel(const D* dh, const G* gu, O* dgu, int64_t n, float limit, float alpha, bool vec) {
   int64_t i0 = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
   int64_t done = 0;
   if (vec) {
@@ -69,8 +69,8 @@ __global__ void bwd_kernel(const D* dh, const G* gu, float* dgu, int64_t n, floa
   for (int64_t k = done + i0; k < n; k += stride) {
     float a, b;
     swiglu1_bwd(ldf(dh + k), ldf(gu + 2 * k), ldf(gu + 2 * k + 1), limit, alpha, a, b);
-    dgu[2 * k] = a;
-    dgu[2 * k + 1] = b;
+    stf(dgu + 2 * k, a);
+    stf(dgu + 2 * k + 1, b);
   }
 }
 
@@ -98,7 +98,9 @@ void swiglu_backward(const Tensor& dh, const Tensor& gu, float limit, float alph
   unsigned grid = grid_for(vec ? n / 4 + 1 : n, kThreads);
   with_float(dh, [&](auto* pd) {
     with_float(gu, [&](auto* pg) {
-      bwd_kernel<<<grid, kThreads, 0, stream_of(dgu.device)>>>(pd, pg, dgu.data<float>(), n, limit, alpha, vec);
+      with_float(dgu, [&](auto* po) {
+        bwd_kernel<<<grid, kThreads, 0, stream_of(dgu.device)>>>(pd, pg, po, n, limit, alpha, vec);
+      });
     });
   });
   GPTOSS_CUDA_LAUNCH_CHECK("swigluBackward");

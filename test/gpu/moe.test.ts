@@ -1,4 +1,4 @@
-// MoE block on CUDA against the CPU backend. Routing must match exactly; outputs and gradients must stay
+// MoE block on CUDA against the CPU backend, on both expert-GEMM paths (grouped kernels, per-expert cuBLASLt). Routing must match exactly; outputs and gradients must stay
 // within a FlashAttention-style bound: error vs the fp32 truth (CPU exact mode) <= 2x the error of a plain
 // BF16 implementation (CPU default mode, which rounds intermediates to bf16) + a small floor.
 import { test } from 'node:test';
@@ -37,7 +37,21 @@ function runOn(device: string, p: MoeProblem, dyVals: Float32Array, opts: { exac
   return out;
 }
 
+// Both expert-GEMM paths: our grouped kernels and per-expert cuBLASLt (GPTOSS_MOE_GEMM, read on every call).
+const PATHS = ['own', 'cublas'] as const;
+
 function check(name: string, p: MoeProblem, dyBf16 = false) {
+  for (const path of PATHS) {
+    process.env.GPTOSS_MOE_GEMM = path;
+    try {
+      checkOne(`${name} [${path}]`, p, dyBf16);
+    } finally {
+      delete process.env.GPTOSS_MOE_GEMM;
+    }
+  }
+}
+
+function checkOne(name: string, p: MoeProblem, dyBf16: boolean) {
   const dy = randnBf16(p.T * p.H, 1, rng(1234));
   const truth = runOn('cpu', p, dy, { exact: true });
   const plain = runOn('cpu', p, dy, {});
