@@ -13,11 +13,28 @@ export interface TensorOptions {
   device?: string;
 }
 
+// Tensor tracking (GPTOSS_TRACK_TENSORS=1 or trackTensors(true)): every Tensor object not yet disposed is kept
+// with its creation stack, so a test can find temporaries a code path forgot to dispose (on any backend)
+// instead of leaving them to the GC. Debugging aid: tracked tensors are never garbage collected.
+let tracking = process.env.GPTOSS_TRACK_TENSORS === '1';
+const live = new Map<Tensor, string>();
+
+export function trackTensors(on: boolean): void {
+  tracking = on;
+  if (!on) live.clear();
+}
+
+/** Tensors created and not disposed since tracking began (GPTOSS_TRACK_TENSORS=1; otherwise empty). */
+export function liveTensors(): { tensor: Tensor; stack: string }[] {
+  return [...live].filter(([t]) => !t.disposed).map(([tensor, stack]) => ({ tensor, stack }));
+}
+
 export class Tensor {
   /** The addon handle; ops accept either a Tensor or its native handle. */
   readonly native: NativeTensor;
 
   constructor(handle: NativeTensor) {
+    if (tracking) live.set(this, new Error().stack ?? '');
     this.native = handle;
   }
 
@@ -103,6 +120,7 @@ export class Tensor {
   }
   dispose(): void {
     this.native.dispose();
+    if (tracking) live.delete(this);
   }
   [Symbol.dispose](): void {
     this.dispose();

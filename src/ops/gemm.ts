@@ -79,7 +79,9 @@ export function linearBackward(dy: Tensor, x: Tensor, w: Tensor, opts: LinearBac
   // Filled on the device (a host upload would wait for the stream on every backward).
   const ones = Tensor.empty([1, T], { dtype: dy.dtype, device: dev });
   fill(ones, 1);
-  matmul(ones, dy, { out: db.view([1, nOut]), accumulate: true });
+  const dbRow = db.view([1, nOut]);
+  matmul(ones, dy, { out: dbRow, accumulate: true });
+  dbRow.dispose();
   ones.dispose();
   return dx ? { dx, dW, db } : { dW, db };
 }
