@@ -1,8 +1,10 @@
 // moe.cc (bindings): moeForward / moeBackward. The saved tensors travel to JS as a plain object (the TS
 // MoeContext) and come back positionally to moeBackward.
+#include "../cpu/elementwise.h"
 #include "../cpu/moe.h"
 #include "args.h"
 #ifdef GPTOSS_WITH_CUDA
+#include "../cuda/elementwise.h"
 #include "../cuda/moe.h"
 #endif
 
@@ -82,8 +84,10 @@ GPTOSS_OP(moeForward) {
 }
 
 // moeBackward(dy, routerW, routerB, gateUpW, gateUpB, downW, downB, x, topkIdx, topkW, counts, offsets,
-//             permTok, slotPos, gu, h, yp, topK, limit, exact)
+//             permTok, slotPos, gu, h, yp, topK, limit, exact, accGateUpW?, accDownW?)
 //   -> { dx, dRouterW, dRouterB, dGateUpW, dGateUpB, dDownW, dDownB }
+// accGateUpW / accDownW (f32 [E,H,2I] / [E,I,H], optional, both or neither): the expert weight gradients are
+// added into them and they are returned as dGateUpW / dDownW.
 GPTOSS_OP(moeBackward) {
   const char* op = "moeBackward";
   Tensor& dy = tensor_arg(info, 0, op, "dy");
@@ -132,7 +136,26 @@ GPTOSS_OP(moeBackward) {
   for (const Tensor* t : {&s.topk_idx, &s.topk_w, &s.offsets, &s.perm_tok, &s.slot_pos, &s.gu, &s.h, &s.yp})
     check_same_device(op, s.x, *t);
   MoeGrads g;
+  const bool acc = info.Length() > 21 && !info[20].IsUndefined() && !info[20].IsNull();
+  if (acc) {
+    g.acc_gate_up_w = tensor_arg(info, 20, op, "accGateUpW");
+    g.acc_down_w = tensor_arg(info, 21, op, "accDownW");
+    check_shape(op, "accGateUpW", g.acc_gate_up_w, {E, H, 2 * I});
+    check_shape(op, "accDownW", g.acc_down_w, {E, I, H});
+    check_dtype(op, "accGateUpW", g.acc_gate_up_w, DType::F32);
+    check_dtype(op, "accDownW", g.acc_down_w, DType::F32);
+    check_same_device(op, s.x, g.acc_gate_up_w);
+    check_same_device(op, s.x, g.acc_down_w);
+  }
   GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g), cuda::moe_backward(dy, w, s, g));
+  if (acc && !g.accumulated) {  // the backend made fresh gradients: add them into the caller's buffers
+    GPTOSS_DISPATCH(dy, cpu::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w),
+                    cuda::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w));
+    GPTOSS_DISPATCH(dy, cpu::ew_add(g.acc_down_w, g.d_down_w, g.acc_down_w),
+                    cuda::ew_add(g.acc_down_w, g.d_down_w, g.acc_down_w));
+    g.d_gate_up_w = g.acc_gate_up_w;
+    g.d_down_w = g.acc_down_w;
+  }
   return tensor_object(info.Env(), {{"dx", g.dx},
                                     {"dRouterW", g.d_router_w},
                                     {"dRouterB", g.d_router_b},

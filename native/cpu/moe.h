@@ -37,6 +37,11 @@ struct MoeGrads {
   Tensor d_router_w, d_router_b;   // f32 [E,H], [E]
   Tensor d_gate_up_w, d_gate_up_b; // f32 [E,H,2I], [E,2I]
   Tensor d_down_w, d_down_b;       // f32 [E,I,H], [E,H]
+  // Optional: existing f32 buffers the expert weight gradients are added to (gradient accumulation over micro
+  // batches without a fresh 3 GB tensor and an extra pass at gpt-oss-20b size). A backend that adds in place
+  // (the CUDA cuBLASLt path, beta = 1) sets *_w to them and accumulated = true; otherwise the binding adds.
+  Tensor acc_gate_up_w, acc_down_w;
+  bool accumulated = false;
 };
 
 constexpr float kSwigluAlpha = 1.702f;

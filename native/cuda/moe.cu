@@ -344,14 +344,16 @@ void per_expert_xw(int dev, const std::vector<int32_t>& off, const Tensor& X, in
   }
 }
 
-// dW[e] (f32 [m, n]) = A_eᵀ · B_e with A [rows, m], B [rows, n] in permuted row order; experts with no rows get 0.
+// dW[e] (f32 [m, n]) (+)= A_eᵀ · B_e with A [rows, m], B [rows, n] in permuted row order (beta 0: experts with no
+// rows get 0; beta 1: accumulate).
 void per_expert_wgrad(int dev, const std::vector<int32_t>& off, const Tensor& A, int64_t m, const Tensor& Bt, int64_t n,
-                      const Tensor& dW) {
+                      const Tensor& dW, float beta) {
   const int64_t E = static_cast<int64_t>(off.size()) - 1;
   for (int64_t e = 0; e < E; e++) {
     const int64_t r0 = off[e], rows = off[e + 1] - r0;
+    if (rows == 0 && beta == 1.f) continue;
     gemm_raw(dev, m, n, rows, 1.f, at<bf>(A, r0 * m), m, true, at<bf>(Bt, r0 * n), n, false, DType::BF16, nullptr,
-             DType::F32, 0.f, at_mut<float>(dW, e * m * n), DType::F32, n, GemmBucket::K);
+             DType::F32, beta, at_mut<float>(dW, e * m * n), DType::F32, n, GemmBucket::K);
   }
 }
 
@@ -542,9 +544,14 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dDownB");
   pt.mark("bwd 2 dDownB");
 
-  g.d_down_w = make_tensor({E, I, H}, DType::F32, dev);
+  const bool cublas = use_cublas(N, E);
+  // The cuBLASLt path adds the weight gradients into the caller's buffers directly (beta 1).
+  const bool in_place = cublas && g.acc_gate_up_w.storage && g.acc_down_w.storage;
+  g.d_down_w = in_place ? g.acc_down_w : make_tensor({E, I, H}, DType::F32, dev);
+  g.d_gate_up_w = in_place ? g.acc_gate_up_w : make_tensor({E, H, 2 * I}, DType::F32, dev);
+  g.accumulated = in_place;
+  const float wbeta = in_place ? 1.f : 0.f;
   g.d_gate_up_b = make_tensor({E, 2 * I}, DType::F32, dev);
-  g.d_gate_up_w = make_tensor({E, H, 2 * I}, DType::F32, dev);
   Tensor dgu, dxp;
   auto d_gate_up_bias = [&] {
     seg_colsum_kernel<<<dim3(ceil_div(2 * I, 64), E), dim3(32, 8), 0, st>>>(B(dgu), 2 * I, (int)(2 * I), nullptr,
@@ -553,10 +560,10 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
     pt.mark("bwd 5 dGateUpB");
   };
-  if (use_cublas(N, E)) {
+  if (cublas) {
     const std::vector<int32_t> off = host_offsets(s.offsets);
     // dW_down[e] = h_eᵀ·dyp_e; dh = dyp_e·W_down[e]ᵀ; dgu = swiglu'(gu)·dh
-    per_expert_wgrad(dev, off, s.h, I, dyp, H, g.d_down_w);
+    per_expert_wgrad(dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
     pt.mark("bwd 3 dDownW gemm");
     Tensor dh = make_tensor({N, I}, DType::BF16, dev);
     per_expert_xw(dev, off, dyp, H, w.down_w, true, I, nullptr, dh);
@@ -567,7 +574,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     // dW_gu[e] = x[perm]_eᵀ·dgu_e; dxp = dgu_e·W_gu[e]ᵀ
     Tensor xp = gathered_rows(s.x, s.perm_tok, st, true);
     pt.mark("bwd 5b gather");
-    per_expert_wgrad(dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w);
+    per_expert_wgrad(dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
     pt.mark("bwd 6 dGateUpW gemm");
     dxp = make_tensor({N, H}, DType::BF16, dev);
     per_expert_xw(dev, off, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);

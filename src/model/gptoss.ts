@@ -295,6 +295,7 @@ export class GptOssModel {
     const p = layerPrefix(l);
     const acc = (name: string, t: Tensor): void => {
       const g = grads.get(`${p}.${name}`);
+      if (g === t) return; // accumulated in place by the op
       if (g) {
         addInPlace(g, t);
         t.dispose();
@@ -308,7 +309,9 @@ export class GptOssModel {
       return r.dx!;
     };
     // MoE branch: y = h + moe(rmsnorm2(h)).
-    const mg = moeBackward(dy, s.moe);
+    // Expert weight gradients (3 GB f32 per layer at 20b size) accumulate inside the op when buffers exist.
+    const accGU = grads.get(`${p}.mlp.experts.gate_up_proj`), accDown = grads.get(`${p}.mlp.experts.down_proj`);
+    const mg = moeBackward(dy, s.moe, undefined, accGU && accDown ? { dGateUpW: accGU, dDownW: accDown } : undefined);
     s.moe.dispose();
     acc('mlp.router.weight', mg.dRouterW);
     acc('mlp.router.bias', mg.dRouterB);

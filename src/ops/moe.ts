@@ -145,23 +145,39 @@ export function moeForward(x: Tensor, w: MoeWeights, opts: MoeOptions): MoeForwa
 }
 
 /**
- * MoE block backward. dy bf16|f32 [T,H]; all gradients are fresh f32 tensors. ctx stays alive (dispose it).
+ * Existing f32 buffers the expert weight gradients are added to (gradient accumulation): dGateUpW [E,H,2I],
+ * dDownW [E,I,H]. The CUDA cuBLASLt path accumulates in the GEMMs (no fresh 3 GB tensor at gpt-oss-20b size).
+ */
+export interface MoeWeightGradBuffers {
+  dGateUpW: Tensor;
+  dDownW: Tensor;
+}
+
+/**
+ * MoE block backward. dy bf16|f32 [T,H]; all gradients are fresh f32 tensors, except dGateUpW/dDownW which are
+ * `into`'s tensors (accumulated) when it is given. ctx stays alive (dispose it).
  * `w` defaults to the weights forward used (pass re-gathered copies of the same values when sharding).
  */
-export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights = ctx.weights): MoeGrads {
+export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights = ctx.weights, into?: MoeWeightGradBuffers): MoeGrads {
   if (ctx.disposed) throw new Error('moeBackward: the MoeContext was disposed');
   const r = native().ops.moeBackward(
     dy, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB,
     ctx.x, ctx.topkIdx, ctx.topkW, ctx.countsTensor, ctx.offsets, ctx.permTok, ctx.slotPos, ctx.gu, ctx.h, ctx.yp,
-    ctx.topK, ctx.limit, ctx.exact,
+    ctx.topK, ctx.limit, ctx.exact, into?.dGateUpW, into?.dDownW,
   ) as Record<keyof MoeGrads, Tensor['native']>;
+  // With `into`, the native side returns new handles on the caller's buffers: hand back the caller's tensors.
+  const own = (h: Tensor['native'], buf?: Tensor): Tensor => {
+    if (!buf) return new Tensor(h);
+    new Tensor(h).dispose();
+    return buf;
+  };
   return {
     dx: new Tensor(r.dx),
     dRouterW: new Tensor(r.dRouterW),
     dRouterB: new Tensor(r.dRouterB),
-    dGateUpW: new Tensor(r.dGateUpW),
+    dGateUpW: own(r.dGateUpW, into?.dGateUpW),
     dGateUpB: new Tensor(r.dGateUpB),
-    dDownW: new Tensor(r.dDownW),
+    dDownW: own(r.dDownW, into?.dDownW),
     dDownB: new Tensor(r.dDownB),
   };
 }

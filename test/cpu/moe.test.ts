@@ -156,3 +156,25 @@ test('bad inputs name the op and the shapes', () => {
   f2.ctx.dispose();
   assert.throws(() => f2.counts, /read the token counts before dispose/);
 });
+
+test('weight gradients accumulate into given buffers (gradient accumulation), bad buffers are named', () => {
+  const p = makeProblem(9, 32, 4, 16, 2, 81);
+  const w = weightsOf(p, 'cpu');
+  const x = Tensor.from(p.x, [p.T, p.H], { dtype: 'bf16', device: 'cpu' });
+  const dy = Tensor.from(randnBf16(p.T * p.H, 1, rng(82)), [p.T, p.H], { device: 'cpu' });
+  const f = moeForward(x, w, { topK: p.k });
+  const fresh = moeBackward(dy, f.ctx);
+  const prevGU = Float32Array.from({ length: p.E * p.H * 2 * p.I }, (_, i) => (i % 7) - 3);
+  const prevD = Float32Array.from({ length: p.E * p.I * p.H }, (_, i) => (i % 5) * 0.5);
+  const into = { dGateUpW: Tensor.from(prevGU, [p.E, p.H, 2 * p.I], { device: 'cpu' }), dDownW: Tensor.from(prevD, [p.E, p.I, p.H], { device: 'cpu' }) };
+  const acc = moeBackward(dy, f.ctx, undefined, into);
+  assert.equal(acc.dGateUpW, into.dGateUpW);
+  assert.equal(acc.dDownW, into.dDownW);
+  const gu = fresh.dGateUpW.toFloat32(), d = fresh.dDownW.toFloat32();
+  assert.deepEqual(acc.dGateUpW.toFloat32(), Float32Array.from(gu, (v, i) => v + prevGU[i]!));
+  assert.deepEqual(acc.dDownW.toFloat32(), Float32Array.from(d, (v, i) => v + prevD[i]!));
+  assert.deepEqual(acc.dx.toFloat32(), fresh.dx.toFloat32());
+  const wrong = { dGateUpW: Tensor.zeros([p.E, p.H, p.I], { device: 'cpu' }), dDownW: into.dDownW };
+  assert.throws(() => moeBackward(dy, f.ctx, undefined, wrong), /moeBackward: accGateUpW must have shape \[4, 32, 32\], got f32\[4, 32, 16\]/);
+  f.ctx.dispose();
+});

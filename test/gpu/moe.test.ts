@@ -98,3 +98,30 @@ test('ties in router logits are broken like the CPU', { skip }, () => {
   p.routerB.set([1, 2, 2, 0, 2, 1]);
   check('ties', p);
 });
+
+test('weight gradients accumulate into given buffers on both GEMM paths', { skip }, () => {
+  const p = makeProblem(300, 128, 4, 64, 2, 10);
+  for (const path of PATHS) {
+    process.env.GPTOSS_MOE_GEMM = path;
+    try {
+      const w = weightsOf(p, 'cuda:0');
+      const x = Tensor.from(p.x, [p.T, p.H], { dtype: 'bf16', device: 'cuda:0' });
+      const dy = Tensor.from(randnBf16(p.T * p.H, 1, rng(11)), [p.T, p.H], { device: 'cuda:0' });
+      const f = moeForward(x, w, { topK: p.k });
+      const fresh = moeBackward(dy, f.ctx);
+      const prevGU = Float32Array.from({ length: p.E * p.H * 2 * p.I }, (_, i) => (i % 7) - 3);
+      const prevD = Float32Array.from({ length: p.E * p.I * p.H }, (_, i) => (i % 5) * 0.5);
+      const into = { dGateUpW: Tensor.from(prevGU, [p.E, p.H, 2 * p.I], { device: 'cuda:0' }), dDownW: Tensor.from(prevD, [p.E, p.I, p.H], { device: 'cuda:0' }) };
+      const acc = moeBackward(dy, f.ctx, undefined, into);
+      assert.equal(acc.dGateUpW, into.dGateUpW);
+      for (const [got, base, prev, name] of [[acc.dGateUpW, fresh.dGateUpW, prevGU, 'dGateUpW'], [acc.dDownW, fresh.dDownW, prevD, 'dDownW']] as const) {
+        const want = Float32Array.from(base.toFloat32(), (v, i) => v + prev[i]!);
+        const e = maxErr(got.toFloat32(), want);
+        assert.ok(e.err <= 1e-5 * e.scale + 1e-6, `[${path}] ${name}: accumulated err ${e.err} (scale ${e.scale})`);
+      }
+      f.ctx.dispose();
+    } finally {
+      delete process.env.GPTOSS_MOE_GEMM;
+    }
+  }
+});
