@@ -20,6 +20,16 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
               const void* B, int64_t ldb, bool transB, DType ab_dtype, const void* bias, DType bias_dtype, float beta,
               void* C, DType c_dtype, int64_t ldc, GemmBucket bucket = GemmBucket::None);
 
+// Concurrent GEMM lanes: many small independent GEMMs (the MoE's per-expert products) fill the GPU better when
+// they overlap. gemm_lanes_fork orders kGemmLanes side streams after the compute stream's work so far;
+// gemm_lane(i) sends this thread's following cuBLASLt GEMMs to lane i (each lane has its own workspace; -1 = the
+// compute stream); gemm_lanes_join makes the compute stream wait for every lane and resets the lane to -1.
+// GEMMs in lanes must write disjoint outputs and need no temporaries (bf16/f32 in, bias in the output dtype).
+constexpr int kGemmLanes = 4;
+void gemm_lanes_fork(int device);
+void gemm_lane(int lane);
+void gemm_lanes_join(int device);
+
 // Tensor form (shapes checked by the binding): a [M,K] or [K,M], b [K,N] or [N,K], out [M,N], bias [N] or null.
 // a and b may differ in dtype: the f32 one is rounded to bf16 first (as autocast would).
 void gemm(const Tensor& a, const Tensor& b, const Tensor* bias, const Tensor& out, bool transA, bool transB,

@@ -30,7 +30,13 @@ struct Handles {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
+  // Side streams for concurrent GEMM lanes (created on first use), each with its own workspace.
+  cudaStream_t lane_stream[kGemmLanes] = {};
+  void* lane_workspace[kGemmLanes] = {};
+  cudaEvent_t fork = nullptr, lane_done[kGemmLanes] = {};
 };
+
+thread_local int t_lane = -1;  // the lane GEMMs of this thread go to (-1: the compute stream)
 
 struct Guard {  // makes `device` current for the scope (no CUDA kernel headers needed here)
   int prev = 0;
@@ -173,8 +179,11 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
       algo_cache()[key] = entry;
     }
     auto run = [&](const cublasLtMatmulAlgo_t* algo) {
-      return cublasLtMatmul(h.lt, op, &alpha, X, lx, Y, ly, &beta, C, lc, C, lc, algo, h.workspace, kWorkspaceBytes,
-                            static_cast<cudaStream_t>(stream(device))) == CUBLAS_STATUS_SUCCESS;
+      const bool lane = t_lane >= 0 && h.lane_stream[t_lane];
+      return cublasLtMatmul(h.lt, op, &alpha, X, lx, Y, ly, &beta, C, lc, C, lc, algo,
+                            lane ? h.lane_workspace[t_lane] : h.workspace, kWorkspaceBytes,
+                            lane ? h.lane_stream[t_lane] : static_cast<cudaStream_t>(stream(device))) ==
+             CUBLAS_STATUS_SUCCESS;
     };
     ok = run(&entry.algo);
     if (!ok && bucket != GemmBucket::None) {  // the bucket's algorithm does not fit this size: ask for this one
@@ -189,7 +198,40 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
   return ok;
 }
 
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("matmul lanes (", what, "): ", cudaGetErrorString(e));
+}
+
 }  // namespace
+
+void gemm_lanes_fork(int device) {
+  Handles& h = handles(device);
+  Guard g(device);
+  if (!h.fork) {
+    check_cuda(cudaEventCreateWithFlags(&h.fork, cudaEventDisableTiming), "event");
+    for (int i = 0; i < kGemmLanes; i++) {
+      check_cuda(cudaStreamCreateWithFlags(&h.lane_stream[i], cudaStreamNonBlocking), "stream");
+      check_cuda(cudaEventCreateWithFlags(&h.lane_done[i], cudaEventDisableTiming), "event");
+      h.lane_workspace[i] = alloc(device, kWorkspaceBytes);
+    }
+  }
+  check_cuda(cudaEventRecord(h.fork, static_cast<cudaStream_t>(stream(device))), "fork record");
+  for (int i = 0; i < kGemmLanes; i++) check_cuda(cudaStreamWaitEvent(h.lane_stream[i], h.fork, 0), "fork wait");
+}
+
+void gemm_lane(int lane) { t_lane = lane >= 0 && lane < kGemmLanes ? lane : -1; }
+
+void gemm_lanes_join(int device) {
+  t_lane = -1;
+  Handles& h = handles(device);
+  if (!h.fork) return;
+  Guard g(device);
+  for (int i = 0; i < kGemmLanes; i++) {
+    check_cuda(cudaEventRecord(h.lane_done[i], h.lane_stream[i]), "join record");
+    check_cuda(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream(device)), h.lane_done[i], 0), "join wait");
+  }
+}
+
 
 void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda, bool transA,
               const void* B, int64_t ldb, bool transB, DType ab_dtype, const void* bias, DType bias_dtype, float beta,

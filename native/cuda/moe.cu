@@ -319,6 +319,34 @@ bool use_cublas(int64_t N, int64_t E) {
   return N >= 128 * E;
 }
 
+// GPTOSS_MOE_LANES=0 runs the per-expert GEMMs one after another on the compute stream; by default they are
+// spread over concurrent lanes (gemm.h), since one expert's GEMM (a few hundred rows) fills only part of the GPU.
+bool use_lanes() {
+  const char* e = std::getenv("GPTOSS_MOE_LANES");
+  return !(e && e[0] == '0');
+}
+
+// Sends expert e's GEMM to the least-loaded lane (by rows; deterministic), inside a fork/join scope.
+struct Lanes {
+  int dev;
+  bool on;
+  int64_t load[kGemmLanes] = {};
+  Lanes(int device) : dev(device), on(use_lanes()) {
+    if (on) gemm_lanes_fork(dev);
+  }
+  void pick(int64_t rows) {
+    if (!on) return;
+    int best = 0;
+    for (int i = 1; i < kGemmLanes; i++)
+      if (load[i] < load[best]) best = i;
+    load[best] += rows;
+    gemm_lane(best);
+  }
+  ~Lanes() {
+    if (on) gemm_lanes_join(dev);
+  }
+};
+
 std::vector<int32_t> host_offsets(const Tensor& offsets) {
   std::vector<int32_t> h(offsets.numel());
   copy(h.data(), -1, offsets.raw(), offsets.device, h.size() * sizeof(int32_t));
@@ -335,9 +363,11 @@ T* at_mut(const Tensor& t, int64_t elems) { return t.data<T>() + elems; }
 void per_expert_xw(int dev, const std::vector<int32_t>& off, const Tensor& X, int64_t kdim, const Tensor& W,
                    bool trans_w, int64_t n, const Tensor* bias, const Tensor& Y) {
   const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  Lanes lanes(dev);
   for (int64_t e = 0; e < E; e++) {
     const int64_t r0 = off[e], rows = off[e + 1] - r0;
     if (rows == 0) continue;
+    lanes.pick(rows);
     gemm_raw(dev, rows, n, kdim, 1.f, at<bf>(X, r0 * kdim), kdim, false, at<bf>(W, e * kdim * n), trans_w ? kdim : n,
              trans_w, DType::BF16, bias ? at<bf>(*bias, e * n) : nullptr, DType::BF16, 0.f, at_mut<bf>(Y, r0 * n),
              DType::BF16, n, GemmBucket::M);
@@ -349,9 +379,11 @@ void per_expert_xw(int dev, const std::vector<int32_t>& off, const Tensor& X, in
 void per_expert_wgrad(int dev, const std::vector<int32_t>& off, const Tensor& A, int64_t m, const Tensor& Bt, int64_t n,
                       const Tensor& dW, float beta) {
   const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  Lanes lanes(dev);
   for (int64_t e = 0; e < E; e++) {
     const int64_t r0 = off[e], rows = off[e + 1] - r0;
     if (rows == 0 && beta == 1.f) continue;
+    lanes.pick(rows);
     gemm_raw(dev, m, n, rows, 1.f, at<bf>(A, r0 * m), m, true, at<bf>(Bt, r0 * n), n, false, DType::BF16, nullptr,
              DType::F32, beta, at_mut<float>(dW, e * m * n), DType::F32, n, GemmBucket::K);
   }
