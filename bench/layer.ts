@@ -5,6 +5,7 @@
 // x [S, 2880] bf16, output gradient random; time per layer = total / 2. Our side runs forward with saved
 // activations then backward with fp32 weight gradients accumulated, as training does.
 // Usage: npm run bench:layer -- [--seqlens 4096,16384] [--iters 5] [--json out.json] [--no-peer] [--preset gpt-oss-tiny]
+// GPTOSS_PROFILE=1 adds a per-phase GPU time breakdown (src/log/gpu-profile.ts).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,6 +16,7 @@ import { defaultDevice } from '../src/native.ts';
 import { presetConfig, type PresetName } from '../src/model/config.ts';
 import { GptOssModel, packSequences, disposeBatch } from '../src/model/gptoss.ts';
 import { randomTensor } from '../src/model/weights.ts';
+import { gpuProfile } from '../src/log/gpu-profile.ts';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -64,6 +66,7 @@ function runOurs(S: number): { ms: number; peakGB: number } {
   step();
   synchronize(device);
   if (device !== 'cpu') resetPeakMemory(device);
+  gpuProfile.reset();
   let ms: number;
   if (device === 'cpu') {
     const t0 = performance.now();
@@ -77,6 +80,11 @@ function runOurs(S: number): { ms: number; peakGB: number } {
     ms = a.elapsedMs(b) / iters;
   }
   const peakGB = device === 'cpu' ? 0 : memoryStats(device).peakAllocated / 2 ** 30;
+  if (gpuProfile.enabled && device !== 'cpu') {
+    // GPTOSS_PROFILE=1: per-phase GPU time of the timed steps (ms per step, both layers).
+    console.log(`S=${S} phases (ms per step of ${LAYERS} layers; step total ${ms.toFixed(2)}):`);
+    for (const r of gpuProfile.report()) console.log(`  ${r.phase.padEnd(28)} ${(r.ms / iters).toFixed(3)}`);
+  }
   for (const g of grads.values()) g.dispose();
   for (const t of [x, dy]) t.dispose();
   disposeBatch(batch);

@@ -10,6 +10,7 @@
 //
 // backward(state, dLogprobs) takes dLoss/dLogprob per token and produces the gradient of every parameter (by
 // checkpoint name). With `recompute`, forward keeps only each layer's input and backward re-runs the layer.
+import { gpuProfile } from '../log/gpu-profile.ts';
 import { Tensor } from '../tensor.ts';
 import type { GptOssConfig } from './config.ts';
 import { GptOssWeights, layerPrefix, type LayerWeights, type RandomInitOptions } from './weights.ts';
@@ -263,20 +264,27 @@ export class GptOssModel {
     const w = this.weights.layers[l]!;
     const T = b.numTokens;
     const D = c.headDim;
+    const dev = this.device;
+    gpuProfile.start(dev);
     const { a1, rstd1, qr, kr, v } = this.attentionInputs(w, x, b.positions);
+    gpuProfile.mark(dev, 'fwd norm+qkv+rope');
     const { out: attn, lse } = attentionForward(qr, kr, v, {
       cuSeqlens: b.cuSeqlens,
       maxSeqlen: b.maxSeqlen,
       window: this.window(l),
       sinks: w.sinks,
     });
+    gpuProfile.mark(dev, this.window(l) > 0 ? 'fwd attention (sliding)' : 'fwd attention (full)');
     const o = withView(attn, [T, c.numHeads * D], (a) => linearForward(a, w.oW, w.oB));
     const h = add(x, o);
     o.dispose();
     const { y: a2, rstd: rstd2 } = rmsnormForward(h, w.postNorm, c.rmsNormEps);
+    gpuProfile.mark(dev, 'fwd o_proj+residual+norm');
     const m = moeForward(a2, moeWeights(w), { topK: c.topK, limit: c.swigluLimit });
+    gpuProfile.mark(dev, 'fwd moe');
     const y = add(h, m.y);
     m.y.dispose();
+    gpuProfile.mark(dev, 'fwd residual');
     if (save) return { y, saved: { x, a1, rstd1, qr, kr, v, attn, lse, h, a2, rstd2, moe: m.ctx } };
     m.ctx.dispose();
     disposeAll(a1, rstd1, qr, kr, v, attn, lse, h, a2, rstd2);
@@ -308,11 +316,14 @@ export class GptOssModel {
       grads.set(`${p}.${name}.bias`, r.db);
       return r.dx!;
     };
+    const dev = this.device;
+    gpuProfile.start(dev);
     // MoE branch: y = h + moe(rmsnorm2(h)).
     // Expert weight gradients (3 GB f32 per layer at 20b size) accumulate inside the op when buffers exist.
     const accGU = grads.get(`${p}.mlp.experts.gate_up_proj`), accDown = grads.get(`${p}.mlp.experts.down_proj`);
     const mg = moeBackward(dy, s.moe, undefined, accGU && accDown ? { dGateUpW: accGU, dDownW: accDown } : undefined);
     s.moe.dispose();
+    gpuProfile.mark(dev, 'bwd moe');
     acc('mlp.router.weight', mg.dRouterW);
     acc('mlp.router.bias', mg.dRouterB);
     acc('mlp.experts.gate_up_proj', mg.dGateUpW);
@@ -326,18 +337,21 @@ export class GptOssModel {
     addInPlace(n2.dx, dh);
     const dH = n2.dx; // f32 [T,H], gradient w.r.t. h (and the residual input x)
     disposeAll(s.a2, s.rstd2, s.h);
+    gpuProfile.mark(dev, 'bwd moe grads+norm');
     // Attention branch: h = x + o_proj(attn(...)).
     // dOut goes to the attention backward in bf16 (its native input dtype, as a BF16 autograd would store it).
     const dAttn = reshape(
       withView(s.attn, [T, c.numHeads * D], (a) => lin('self_attn.o_proj', dH, a, w.oW, 'bf16')),
       [T, c.numHeads, D],
     );
+    gpuProfile.mark(dev, 'bwd o_proj');
     const ab = attentionBackward(dAttn, s.qr, s.kr, s.v, s.attn, s.lse, {
       cuSeqlens: b.cuSeqlens,
       maxSeqlen: b.maxSeqlen,
       window: this.window(l),
       sinks: w.sinks,
     });
+    gpuProfile.mark(dev, this.window(l) > 0 ? 'bwd attention (sliding)' : 'bwd attention (full)');
     disposeAll(dAttn, s.attn, s.lse, s.qr, s.kr);
     if (ab.dsinks) acc('self_attn.sinks', ab.dsinks);
     const dq = ropeBackward(ab.dq, b.positions, this.invFreq, this.attnScaling);
@@ -356,6 +370,7 @@ export class GptOssModel {
     addInPlace(n1.dx, dH);
     dH.dispose();
     disposeAll(s.a1, s.rstd1);
+    gpuProfile.mark(dev, 'bwd rope+qkv+norm');
     return n1.dx;
   }
 
