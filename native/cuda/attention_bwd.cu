@@ -14,6 +14,7 @@
 
 #include "attention.h"
 #include "attention_common.cuh"
+#include "wgmma.cuh"
 
 namespace gptoss::cuda {
 namespace attn {
@@ -494,6 +495,315 @@ __global__ void __launch_bounds__(DqCfg<D, MT>::NT) dq_kernel(Params p) {
   }
 }
 
+// ---- head_dim 64 on Hopper: wgmma ------------------------------------------------------------------------------
+// dK/dV: NWG warpgroups per CTA, each owning 64 keys (BN = 64 NWG), 64 queries per step. A warpgroup keeps its K and
+// V rows in registers as A operands and runs S^T = K Q^T and dP^T = V dO^T (wgmma m64n64k16, B = the Q / dO tile,
+// K-major), then dV += P^T dO and dK += dS^T Q (A = P^T / dS^T in registers, B = the dO / Q tile, MN-major).
+// dQ: NWG warpgroups each owning 64 query rows, 64 keys per step: S = Q K^T, dP = dO V^T (B K-major), dQ += dS K
+// (B = the K tile, MN-major). Masks, padding and the fixed summation order are those of the mma.sync kernels, so the
+// results stay bitwise reproducible.
+__device__ __forceinline__ unsigned char* align1024(unsigned char* p) {
+  const uint32_t a = smem_u32(p);
+  return p + (((a + 1023u) & ~1023u) - a);
+}
+
+template <int NWG>
+struct DkdvWgCfg {
+  static constexpr int D = 64, NT = NWG * 128, BN = NWG * 64, BM = 64;
+  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4 + 1024;
+};
+
+template <int NWG>
+__global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
+  using C = DkdvWgCfg<NWG>;
+  constexpr int D = 64, BN = C::BN, BM = C::BM, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(align1024(smem_raw));
+  __nv_bfloat16* sV = sK + BN * D;
+  __nv_bfloat16* sQ = sV + BN * D;       // [2][BM*D]
+  __nv_bfloat16* sdO = sQ + 2 * BM * D;  // [2][BM*D]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse * log2e
+  float* sDl = sL + 2 * BM;                                 // [2][BM]
+
+  const int kb = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int n0 = kb * BN;
+  if (n0 >= si.len) return;
+  const int wg = threadIdx.x >> 7, wl = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2,
+            t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int keys_here = min(BN, si.len - n0);
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+
+  const int i_lo = n0;
+  const int i_hi = p.window > 0 ? min(si.used, n0 + BN - 1 + p.window) : si.used;
+  const int qb_lo = i_lo / BM, qb_hi = i_hi > i_lo ? (i_hi + BM - 1) / BM : qb_lo;
+  const int nqb = qb_hi - qb_lo, niter = nqb * p.G;
+  const int wk0 = n0 + wg * 64;        // first key of this warpgroup
+  const int kmin = wk0 + wl * 16;      // this warp's keys: kmin .. kmin + 15
+  const bool wg_live = wk0 < si.used;
+
+  if (niter > 0) {
+    load_tile<BN, D, NT>(sK, p.k + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    load_tile<BN, D, NT>(sV, p.v + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    auto load_q = [&](int it, int stage) {
+      const int h = kvh * p.G + it / nqb, i0 = (qb_lo + it % nqb) * BM;
+      const int nv = si.used - i0;
+      load_tile<BM, D, NT>(sQ + stage * BM * D, p.q + (si.start + i0) * qstride + h * D, qstride, nv);
+      load_tile<BM, D, NT>(sdO + stage * BM * D, p.dout + (si.start + i0) * qstride + h * D, qstride, nv);
+      const float* gl = p.lse + static_cast<int64_t>(h) * p.T + si.start + i0;
+      const float* gd = p.dlt + static_cast<int64_t>(h) * p.T + si.start + i0;
+      for (int r = threadIdx.x; r < BM; r += NT) {
+        sL[stage * BM + r] = r < nv ? gl[r] * kLog2e : 0.f;
+        sDl[stage * BM + r] = r < nv ? gd[r] : 0.f;
+      }
+    };
+    load_q(0, 0);
+    cp_async_commit();
+
+    uint32_t kf[D / 16][4], vf[D / 16][4];
+    const uint32_t sQ_a = smem_u32(sQ), sdO_a = smem_u32(sdO);
+
+    for (int it = 0; it < niter; it++) {
+      const int stage = it & 1;
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();
+      if (it + 1 < niter) load_q(it + 1, stage ^ 1);
+      cp_async_commit();
+      if (it == 0) {
+        load_a_frags<D>(sK, wg * 64 + wl * 16, kf);
+        load_a_frags<D>(sV, wg * 64 + wl * 16, vf);
+      }
+      const int i0 = (qb_lo + it % nqb) * BM;
+      // Does any (query, key) pair of this query block and this warpgroup's keys count?
+      const bool skip = !wg_live || i0 + BM - 1 < wk0 || (p.window > 0 && i0 - (wk0 + 63) >= p.window);
+      if (skip) continue;
+      const float* cL = sL + stage * BM;
+      const float* cDl = sDl + stage * BM;
+      const uint64_t dQk = wg_desc(sQ_a + stage * BM * D * 2), dOk = wg_desc(sdO_a + stage * BM * D * 2);
+
+      float st[BM / 8][4], dpt[BM / 8][4];
+#pragma unroll
+      for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) st[i][e] = dpt[i][e] = 0.f;
+      fence_acc<BM / 8>(st);
+      fence_acc<BM / 8>(dpt);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(st, kf[kk], dQk + 2 * kk);
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(dpt, vf[kk], dOk + 2 * kk);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc<BM / 8>(st);
+      fence_acc<BM / 8>(dpt);
+
+      const bool need_mask =
+          (i0 < kmin + 15) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) || (i0 + BM > si.used);
+#pragma unroll
+      for (int i = 0; i < BM / 8; i++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int cl = i * 8 + 2 * t4 + (e & 1);
+          float pv = exp2f(st[i][e] * p.scale_log2 - cL[cl]);
+          if (need_mask) {
+            const int krow = kmin + g + (e >> 1) * 8, col = i0 + cl;
+            const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
+            pv = ok ? pv : 0.f;
+          }
+          st[i][e] = pv;
+          dpt[i][e] = pv * (dpt[i][e] - cDl[cl]);
+        }
+      }
+      uint32_t pa[BM / 16][4], da[BM / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; kk++) {
+        pa[kk][0] = pack_bf16(st[2 * kk][0], st[2 * kk][1]);
+        pa[kk][1] = pack_bf16(st[2 * kk][2], st[2 * kk][3]);
+        pa[kk][2] = pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+        pa[kk][3] = pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+        da[kk][0] = pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]);
+        da[kk][1] = pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]);
+        da[kk][2] = pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+        da[kk][3] = pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+      }
+      fence_acc<D / 8>(dv);
+      fence_acc<D / 8>(dk);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dv, pa[kk], dOk + 128 * kk);
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dk, da[kk], dQk + 128 * kk);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc<D / 8>(dv);
+      fence_acc<D / 8>(dk);
+    }
+    cp_async_wait<0>();
+  }
+  const int64_t koff = (si.start + n0) * kstride + kvh * D;
+  const int r0 = wg * 64 + wl * 16 + g;
+  if (p.grad_f32) {
+    store_frag<D, float>(static_cast<float*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
+    store_frag<D, float>(static_cast<float*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
+  } else {
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
+  }
+}
+
+template <int NWG>
+struct DqWgCfg {
+  static constexpr int D = 64, NT = NWG * 128, BM = NWG * 64, BN = 64;
+  static constexpr int SMEM = (2 * BM * D + 4 * BN * D) * 2 + 1024;
+};
+
+template <int NWG>
+__global__ void __launch_bounds__(NWG * 128, 1) dq_wgmma_kernel(Params p) {
+  using C = DqWgCfg<NWG>;
+  constexpr int D = 64, BM = C::BM, BN = C::BN, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(align1024(smem_raw));
+  __nv_bfloat16* sdO = sQ + BM * D;
+  __nv_bfloat16* sK = sdO + BM * D;  // [2][BN*D]
+  __nv_bfloat16* sV = sK + 2 * BN * D;
+
+  const int mb = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int q0 = mb * BM;
+  if (q0 >= si.len) return;
+  const int kvh = h / p.G;
+  const int wg = threadIdx.x >> 7, wl = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2,
+            t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int rows_here = min(BM, si.len - q0);
+  const int64_t qoff = (si.start + q0) * qstride + h * D;
+  const int wr0 = wg * 64 + wl * 16;  // first row of this warp within the block
+  const int wq0 = q0 + wg * 64;       // first row of this warpgroup as a sequence position
+  const int wrow0 = q0 + wr0;
+
+  float acc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+
+  if (q0 < si.used) {
+    const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
+    const __nv_bfloat16* gV = p.v + si.start * kstride + kvh * D;
+    const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
+    const int n_hi = min(q0 + BM, si.used);
+    const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+    const int nv = min(rows_here, si.used - q0);
+    load_tile<BM, D, NT>(sQ, p.q + qoff, qstride, nv);
+    load_tile<BM, D, NT>(sdO, p.dout + qoff, qstride, nv);
+    auto load_kv = [&](int kb, int stage) {
+      const int n0 = kb * BN;
+      load_tile<BN, D, NT>(sK + stage * BN * D, gK + n0 * kstride, kstride, si.used - n0);
+      load_tile<BN, D, NT>(sV + stage * BN * D, gV + n0 * kstride, kstride, si.used - n0);
+    };
+    load_kv(kb_lo, 0);
+    cp_async_commit();
+
+    float lse2[2], dl[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int row = wrow0 + g + r * 8;
+      const bool ok = row < si.used;
+      lse2[r] = ok ? p.lse[static_cast<int64_t>(h) * p.T + si.start + row] * kLog2e : 0.f;
+      dl[r] = ok ? p.dlt[static_cast<int64_t>(h) * p.T + si.start + row] : 0.f;
+    }
+    uint32_t qf[D / 16][4], of[D / 16][4];
+    const bool wg_live = wq0 < si.used;
+    const uint32_t sK_a = smem_u32(sK), sV_a = smem_u32(sV);
+
+    for (int kb = kb_lo; kb < kb_hi; kb++) {
+      const int stage = (kb - kb_lo) & 1;
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();
+      if (kb == kb_lo) {
+        load_a_frags<D>(sQ, wr0, qf);
+        load_a_frags<D>(sdO, wr0, of);
+      }
+      if (kb + 1 < kb_hi) load_kv(kb + 1, stage ^ 1);
+      cp_async_commit();
+      const int n0 = kb * BN;
+      const bool skip = !wg_live || n0 > wq0 + 63 || (p.window > 0 && n0 + BN - 1 < wq0 - p.window + 1);
+      if (skip) continue;
+      const uint64_t dKd = wg_desc(sK_a + stage * BN * D * 2), dVd = wg_desc(sV_a + stage * BN * D * 2);
+
+      float sc[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[i][e] = dp[i][e] = 0.f;
+      fence_acc<BN / 8>(sc);
+      fence_acc<BN / 8>(dp);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BN, 0>(sc, qf[kk], dKd + 2 * kk);
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BN, 0>(dp, of[kk], dVd + 2 * kk);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc<BN / 8>(sc);
+      fence_acc<BN / 8>(dp);
+
+      const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int r = e >> 1;
+          float pv = exp2f(sc[i][e] * p.scale_log2 - lse2[r]);
+          if (need_mask) {
+            const int row = wrow0 + g + r * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
+            const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
+            pv = ok ? pv : 0.f;
+          }
+          sc[i][e] = pv * (dp[i][e] - dl[r]);
+        }
+      }
+      uint32_t a[BN / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++) {
+        a[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+        a[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+        a[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        a[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      }
+      fence_acc<D / 8>(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, a[kk], dKd + 128 * kk);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc<D / 8>(acc);
+    }
+    cp_async_wait<0>();
+  }
+  const int nreal = max(0, min(rows_here, si.used - q0));
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int lr = wr0 + g + r * 8;
+    if (lr >= nreal)
+#pragma unroll
+      for (int i = 0; i < D / 8; i++) acc[i][2 * r] = acc[i][2 * r + 1] = 0.f;
+  }
+  const int r0 = wr0 + g;
+  if (p.grad_f32)
+    store_frag<D, float>(static_cast<float*>(p.dq) + qoff, qstride, r0, rows_here, acc, p.scale);
+  else
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dq) + qoff, qstride, r0, rows_here, acc, p.scale);
+}
+
 // dq = scale * dq_acc in the gradient dtype.
 template <typename T>
 __global__ void dq_convert_kernel(const float* acc, T* dq, int64_t n, float scale) {
@@ -532,6 +842,44 @@ void launch_bwd(attn::Params& p, int nseq, int max_seqlen, float* partial, int n
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dk/dv kernel launch");
   attn::dq_kernel<D, MT><<<dim3(ceil_div(max_seqlen, QC::BM), p.Hq, nseq), QC::NT, QC::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq kernel launch");
+}
+
+// Deterministic backward for head_dim 64 on sm_90 with the wgmma kernels (GPTOSS_ATTN_BWD_NWG = 2 | 3 warpgroups
+// per CTA for dK/dV, GPTOSS_ATTN_DQ_NWG for dQ; default 2).
+template <int KW, int QW>
+void launch_bwd_wgmma_t(attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
+  using KC = attn::DkdvWgCfg<KW>;
+  using QC = attn::DqWgCfg<QW>;
+  static bool kd = false, qd = false;
+  set_smem(attn::dkdv_wgmma_kernel<KW>, KC::SMEM, kd);
+  set_smem(attn::dq_wgmma_kernel<QW>, QC::SMEM, qd);
+  attn::dkdv_wgmma_kernel<KW><<<dim3(ceil_div(max_seqlen, KC::BN), p.Hkv, nseq), KC::NT, KC::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dk/dv kernel launch");
+  static const int dq_old = attn::env_int("GPTOSS_ATTN_DQ_OLD", 0);
+  if (dq_old) {
+    using OC = attn::DqCfg<64, 1>;
+    static bool od = false;
+    set_smem(attn::dq_kernel<64, 1>, OC::SMEM, od);
+    attn::dq_kernel<64, 1><<<dim3(ceil_div(max_seqlen, OC::BM), p.Hq, nseq), OC::NT, OC::SMEM, st>>>(p);
+  } else {
+    attn::dq_wgmma_kernel<QW><<<dim3(ceil_div(max_seqlen, QC::BM), p.Hq, nseq), QC::NT, QC::SMEM, st>>>(p);
+  }
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq kernel launch");
+}
+
+void launch_bwd_wgmma(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
+                      cudaStream_t st) {
+  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
+  if (dsinks) {
+    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
+    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
+  }
+  static const int kw = attn::env_int("GPTOSS_ATTN_BWD_NWG", 2), qw = attn::env_int("GPTOSS_ATTN_DQ_NWG", 2);
+  if (kw == 3)
+    qw == 3 ? launch_bwd_wgmma_t<3, 3>(p, nseq, max_seqlen, st) : launch_bwd_wgmma_t<3, 2>(p, nseq, max_seqlen, st);
+  else
+    qw == 3 ? launch_bwd_wgmma_t<2, 3>(p, nseq, max_seqlen, st) : launch_bwd_wgmma_t<2, 2>(p, nseq, max_seqlen, st);
 }
 
 // Non-deterministic backward for head_dim 64: dk/dv kernel with fused atomic dq, then a scale/convert pass.
@@ -599,6 +947,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     Tensor acc = make_tensor(q.shape, DType::F32, q.device);
     p.dq_acc = acc.data<float>();
     launch_bwd_atomic(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+  } else if (q.dim(2) == 64 && (attn::wgmma_mode_env() & 2) && attn::device_is_sm90(q.device)) {
+    launch_bwd_wgmma(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
   } else if (q.dim(2) == 64) {
     if (bwd_mt() == 2)
       launch_bwd<64, 2>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);

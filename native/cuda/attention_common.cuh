@@ -9,6 +9,8 @@
 // So two adjacent C tiles (16 rows x 16 cols) converted to bf16 are exactly the A fragment of the next product.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "attention.h"
 #include "common.cuh"
@@ -162,6 +164,39 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+}  // namespace gptoss::cuda::attn
+
+
+namespace gptoss::cuda::attn {
+// GPTOSS_ATTN_WGMMA picks the head_dim-64 kernels on sm_90: unset or "1" = the wgmma forward for causal rows (the
+// only wgmma kernel that passes the GPU tests and beats mma.sync so far), "0" = the mma.sync kernels everywhere
+// (A/B comparisons), "bwd-experimental" = also the wgmma dK/dV and dQ kernels, which are WRONG today (their
+// m64n64k16 products with a K-major B tile fail the GPU tests; see docs/attention.md) and kept only to be fixed.
+// Devices other than sm_90 always take the mma.sync kernels.
+inline int wgmma_mode_env() {  // bit 0: forward, bit 1: backward
+  static int m = [] {
+    const char* e = std::getenv("GPTOSS_ATTN_WGMMA");
+    if (!e || !e[0]) return 1;
+    if (e[0] == '0' && !e[1]) return 0;
+    if (std::string(e) == "bwd-experimental") return 3;
+    return 1;
+  }();
+  return m;
+}
+inline bool device_is_sm90(int device) {
+  static int cached[64] = {};  // 0 unknown, 1 yes, 2 no
+  if (device < 0 || device >= 64) return false;
+  if (!cached[device]) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cached[device] = major == 9 ? 1 : 2;  // sm_90a code runs on sm_90 only
+  }
+  return cached[device] == 1;
+}
+inline int env_int(const char* name, int dflt) {
+  const char* e = std::getenv(name);
+  return e && e[0] ? std::atoi(e) : dflt;
+}
 }  // namespace gptoss::cuda::attn
 
 namespace gptoss::cuda {
