@@ -4,7 +4,7 @@
 // reward (before) -> GRPO, with a curve of train reward / KL / held-out reward -> held-out reward (after). It
 // returns the curve, per-phase wall times and the throughput the GRPO loop's metrics give (time/*,
 // tokens_per_s*). GRPO_LEARNS_* environment variables change a recipe for experiments (recipeFromEnv).
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { loadConfig } from '../../src/config/index.ts';
@@ -367,7 +367,7 @@ export async function runGrpoLearningRecipe(o: GrpoRecipeOptions): Promise<GrpoR
   evals.push({ phase: 'before', step: 0, reward: before.reward, accuracy: before.accuracy });
   metrics.log(0, { 'eval/reward': before.reward, 'eval/accuracy': before.accuracy }, 'eval');
   curve.push(
-    `SFT ${sft.steps} steps (loss ${sft.finalLoss.toFixed(3)}, ${(tSetup + tSft).toFixed(0)} s${stopping ? `, stop at held-out reward ${o.sft.stopAtReward}` : ''}): held-out reward ${before.reward.toFixed(2)}`,
+    `SFT ${sft.steps} steps (loss ${sft.finalLoss.toFixed(3)}, ${(tSetup + tSft).toFixed(0)} s${stopping ? `, stop at held-out reward ${o.sft.stopAtReward}` : ''}${budgetStopped.sft ? ', stopped by the time budget' : ''}): held-out reward ${before.reward.toFixed(2)}`,
   );
 
   // ---- GRPO ---------------------------------------------------------------------------------------------------------
@@ -430,6 +430,7 @@ export async function runGrpoLearningRecipe(o: GrpoRecipeOptions): Promise<GrpoR
     model: { path: o.model, device: run.device, parameters: run.policy.numParameters(), vocab: run.vocab?.size ?? null },
   };
   run.policy.dispose();
+  rmSync(dir, { recursive: true, force: true }); // the checkpoint GRPO writes when stopped by the budget
   return result;
 }
 
