@@ -342,11 +342,16 @@ function preset(o: {
   };
 }
 
-export type PresetName = 'gpt-oss-20b' | 'gpt-oss-120b' | 'gpt-oss-tiny' | 'gpt-oss-tiny-256';
+export type PresetName = 'gpt-oss-20b' | 'gpt-oss-120b' | 'gpt-oss-tiny' | 'gpt-oss-tiny-large' | 'gpt-oss-tiny-256';
+
+export const PRESET_NAMES: readonly PresetName[] = ['gpt-oss-20b', 'gpt-oss-120b', 'gpt-oss-tiny', 'gpt-oss-tiny-large', 'gpt-oss-tiny-256'];
 
 /**
  * Known shapes. gpt-oss-20b/120b: the released models. gpt-oss-tiny: the GPT-OSS architecture at toy size with
- * the real o200k_harmony vocabulary (the CPU default of the CLI). gpt-oss-tiny-256: the fixture's shape (vocab 256).
+ * the real o200k_harmony vocabulary (the CPU default of the CLI). gpt-oss-tiny-large: a larger toy for one GPU
+ * (4 layers, hidden 512, 8 query / 2 kv heads of head_dim 64, 8 experts top-4, intermediate 512, window 128;
+ * 27.9M parameters besides the embedding and LM head, 234M with them on the real vocabulary).
+ * gpt-oss-tiny-256: the fixture's shape (vocab 256).
  */
 export function presetConfig(name: PresetName, overrides: Partial<GptOssConfig> = {}): GptOssConfig {
   let c: GptOssConfig;
@@ -361,11 +366,14 @@ export function presetConfig(name: PresetName, overrides: Partial<GptOssConfig> 
     case 'gpt-oss-tiny':
       c = preset({ layers: 2, hidden: 64, heads: 4, kv: 2, headDim: 16, experts: 4, topK: 2, inter: 32, vocab: HARMONY_VOCAB, window: 8, ...harmony });
       break;
+    case 'gpt-oss-tiny-large':
+      c = preset({ layers: 4, hidden: 512, heads: 8, kv: 2, headDim: 64, experts: 8, topK: 4, inter: 512, vocab: HARMONY_VOCAB, window: 128, ...harmony });
+      break;
     case 'gpt-oss-tiny-256':
       c = preset({ layers: 2, hidden: 64, heads: 4, kv: 2, headDim: 16, experts: 4, topK: 2, inter: 32, vocab: 256, window: 8, eos: [254], pad: 255, bos: null });
       break;
     default:
-      throw new Error(`unknown gpt-oss preset '${name as string}' (gpt-oss-20b, gpt-oss-120b, gpt-oss-tiny, gpt-oss-tiny-256)`);
+      throw new Error(`unknown gpt-oss preset '${name as string}' (${PRESET_NAMES.join(', ')})`);
   }
   const out = { ...c, ...overrides };
   if (overrides.numLayers !== undefined && overrides.layerTypes === undefined) {

@@ -20,6 +20,7 @@ export interface SftDeps {
   metrics?: MetricsLogger;
   signal?: AbortSignal;
   onStep?: (step: number, m: Metrics) => void;
+  onEval?: (step: number, m: Metrics) => void;
 }
 
 export interface SftOptions {
@@ -28,9 +29,15 @@ export interface SftOptions {
   lr?: number;
   /** Evaluate every N steps (0: only at the end when a generator is given). */
   evalEvery?: number;
+  /**
+   * Stop early once an evaluation's reward reaches this value (needs a generator and evalEvery): a warm start
+   * that leaves a chosen amount of headroom whatever the model size learns per step.
+   */
+  stopAtReward?: number;
 }
 
 export interface SftResult {
+  /** Steps run (fewer than asked when stopped by stopAtReward or the signal). */
   steps: number;
   skippedSteps: number;
   finalLoss: number;
@@ -57,11 +64,16 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
   const progress = new Progress('sft', steps, { unit: 'step' });
   // SFT has its own optimizer run (its own lr and step count); GRPO afterwards starts from fresh moments.
   policy.resetOptimizer();
+  let done = 0;
+  let reached = false;
   const runEval = async (step: number) => {
     if (!d.generator || env.val.length === 0) return;
     const r = await evaluate(d.generator, env, config.trainer.eval_max_samples ? env.val.slice(0, config.trainer.eval_max_samples) : env.val, config, config.trainer.seed + step);
     evals.push({ step, reward: r.reward, accuracy: r.accuracy });
-    d.metrics?.log(step, { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength }, 'eval');
+    const m: Metrics = { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength };
+    d.metrics?.log(step, m, 'eval');
+    d.onEval?.(step, m);
+    if (o.stopAtReward !== undefined && r.reward >= o.stopAtReward) reached = true;
   };
   for (let step = 1; step <= steps; step++) {
     await yieldToEventLoop();
@@ -118,11 +130,16 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
     progress.tick(1, `loss ${loss.toFixed(4)}`);
     if (step % s.log_interval === 0 || step === steps) d.metrics?.log(step, m, 'sft');
     d.onStep?.(step, m);
+    done = step;
     if (o.evalEvery && step % o.evalEvery === 0 && step !== steps) await runEval(step);
+    if (reached) {
+      log.info({ step, reward: evals[evals.length - 1]!.reward, target: o.stopAtReward }, 'SFT stopped early: evaluation reward reached the target');
+      break;
+    }
   }
   progress.finish();
-  await runEval(steps);
+  if (evals[evals.length - 1]?.step !== done) await runEval(done);
   policy.zeroGrad();
   policy.resetOptimizer();
-  return { steps, skippedSteps: skipped, finalLoss: lastLoss, evals };
+  return { steps: done, skippedSteps: skipped, finalLoss: lastLoss, evals };
 }

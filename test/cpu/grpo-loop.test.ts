@@ -137,3 +137,19 @@ test('SFT on reference completions teaches the toy task', async () => {
   assert.ok(r.finalLoss < 0.5, `loss ${r.finalLoss}`);
   assert.equal(r.evals.at(-1)!.accuracy, 1);
 });
+
+test('SFT stopAtReward stops at the first evaluation that reaches the reward (a warm start with headroom)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sft-'));
+  const { trainSft } = await import('../../src/trainer/sft.ts');
+  const policy = new ToyPolicy(9);
+  const seen: number[] = [];
+  const r = await trainSft(
+    { config: cfg(dir), policy, env: toyTask(), generator: new ToyGenerator(policy), onEval: (s, m) => seen.push(s, m['eval/reward']!) },
+    { steps: 150, batchSize: 8, lr: 0.001, evalEvery: 5, stopAtReward: 0.5 },
+  );
+  assert.ok(r.steps < 150 && r.steps % 5 === 0, `stopped at step ${r.steps}`);
+  assert.ok(r.evals.at(-1)!.reward >= 0.5);
+  assert.ok(r.evals.slice(0, -1).every((e) => e.reward < 0.5), JSON.stringify(r.evals));
+  assert.equal(r.evals.at(-1)!.step, r.steps, 'no extra evaluation after the stop');
+  assert.deepEqual(seen, r.evals.flatMap((e) => [e.step, e.reward]));
+});

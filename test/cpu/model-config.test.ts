@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { FIXTURE_DIR } from '../helpers/fixtures.ts';
-import { parseConfig, presetConfig, toHfConfig, readConfigFile, parameterCount } from '../../src/model/config.ts';
+import { parseConfig, presetConfig, toHfConfig, readConfigFile, parameterCount, PRESET_NAMES } from '../../src/model/config.ts';
 
 
 test('reads the fixture config.json (legacy rope_scaling, layer_types)', () => {
@@ -28,7 +28,7 @@ test('reads the fixture config.json (legacy rope_scaling, layer_types)', () => {
 const base = (): Record<string, unknown> => toHfConfig(presetConfig('gpt-oss-20b'));
 
 test('presets round-trip through config.json form', () => {
-  for (const n of ['gpt-oss-20b', 'gpt-oss-120b', 'gpt-oss-tiny', 'gpt-oss-tiny-256'] as const) {
+  for (const n of PRESET_NAMES) {
     const c = presetConfig(n);
     assert.deepEqual(parseConfig(JSON.parse(JSON.stringify(toHfConfig(c)))), c, n);
   }
