@@ -330,6 +330,7 @@ bool use_lanes() {
 struct Lanes {
   int dev;
   bool on;
+  bool joined = false;
   int64_t load[kGemmLanes] = {};
   Lanes(int device) : dev(device), on(use_lanes()) {
     if (on) gemm_lanes_fork(dev);
@@ -342,8 +343,20 @@ struct Lanes {
     load[best] += rows;
     gemm_lane(best);
   }
-  ~Lanes() {
-    if (on) gemm_lanes_join(dev);
+  // The normal end: errors of the join propagate.
+  void join() {
+    if (on && !joined) {
+      joined = true;
+      gemm_lanes_join(dev);
+    }
+  }
+  ~Lanes() {  // a GEMM threw before join(): join anyway, but nothing may escape a destructor during unwinding
+    if (!on || joined) return;
+    try {
+      gemm_lanes_join(dev);
+    } catch (...) {
+      gemm_lane(-1);
+    }
   }
 };
 
@@ -372,6 +385,7 @@ void per_expert_xw(int dev, const std::vector<int32_t>& off, const Tensor& X, in
              trans_w, DType::BF16, bias ? at<bf>(*bias, e * n) : nullptr, DType::BF16, 0.f, at_mut<bf>(Y, r0 * n),
              DType::BF16, n, GemmBucket::M);
   }
+  lanes.join();
 }
 
 // dW[e] (f32 [m, n]) (+)= A_eᵀ · B_e with A [rows, m], B [rows, n] in permuted row order (beta 0: experts with no
@@ -387,6 +401,7 @@ void per_expert_wgrad(int dev, const std::vector<int32_t>& off, const Tensor& A,
     gemm_raw(dev, m, n, rows, 1.f, at<bf>(A, r0 * m), m, true, at<bf>(Bt, r0 * n), n, false, DType::BF16, nullptr,
              DType::F32, beta, at_mut<float>(dW, e * m * n), DType::F32, n, GemmBucket::K);
   }
+  lanes.join();
 }
 
 // GPTOSS_MOE_PROFILE=1: time each phase with events (synchronises after every op; tuning only) and print the
