@@ -366,10 +366,9 @@ std::vector<int32_t> host_offsets(const Tensor& offsets) {
   return h;
 }
 
+// Element `elems` of a tensor's data as T* (an expert's first row, an expert's weight matrix).
 template <typename T>
-const T* at(const Tensor& t, int64_t elems) { return t.data<T>() + elems; }
-template <typename T>
-T* at_mut(const Tensor& t, int64_t elems) { return t.data<T>() + elems; }
+T* at(const Tensor& t, int64_t elems) { return t.data<T>() + elems; }
 
 // Row-major Y_e[rows_e, n] = X_e[rows_e, kdim] · W[e] (W[e] stored [kdim, n], or [n, kdim] when trans_w) + bias[e],
 // for every expert with rows; X, Y indexed by the permuted row offsets.
@@ -382,7 +381,7 @@ void per_expert_xw(int dev, const std::vector<int32_t>& off, const Tensor& X, in
     if (rows == 0) continue;
     lanes.pick(rows);
     gemm_raw(dev, rows, n, kdim, 1.f, at<bf>(X, r0 * kdim), kdim, false, at<bf>(W, e * kdim * n), trans_w ? kdim : n,
-             trans_w, DType::BF16, bias ? at<bf>(*bias, e * n) : nullptr, DType::BF16, 0.f, at_mut<bf>(Y, r0 * n),
+             trans_w, DType::BF16, bias ? at<bf>(*bias, e * n) : nullptr, DType::BF16, 0.f, at<bf>(Y, r0 * n),
              DType::BF16, n, GemmBucket::M);
   }
   lanes.join();
@@ -399,7 +398,7 @@ void per_expert_wgrad(int dev, const std::vector<int32_t>& off, const Tensor& A,
     if (rows == 0 && beta == 1.f) continue;
     lanes.pick(rows);
     gemm_raw(dev, m, n, rows, 1.f, at<bf>(A, r0 * m), m, true, at<bf>(Bt, r0 * n), n, false, DType::BF16, nullptr,
-             DType::F32, beta, at_mut<float>(dW, e * m * n), DType::F32, n, GemmBucket::K);
+             DType::F32, beta, at<float>(dW, e * m * n), DType::F32, n, GemmBucket::K);
   }
   lanes.join();
 }

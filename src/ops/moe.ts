@@ -168,7 +168,7 @@ export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights = ctx.wei
   // With `into`, the native side returns new handles on the caller's buffers: hand back the caller's tensors.
   const own = (h: Tensor['native'], buf?: Tensor): Tensor => {
     if (!buf) return new Tensor(h);
-    new Tensor(h).dispose();
+    h.dispose();
     return buf;
   };
   return {
