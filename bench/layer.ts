@@ -4,7 +4,8 @@
 // Two layers (one sliding, one full, as the model alternates) of the real 20b shapes with random weights; input
 // x [S, 2880] bf16, output gradient random; time per layer = total / 2. Our side runs forward with saved
 // activations then backward with fp32 weight gradients accumulated, as training does.
-// Usage: npm run bench:layer -- [--seqlens 4096,16384] [--iters 5] [--json out.json] [--no-peer] [--preset gpt-oss-tiny]
+// Usage: npm run bench:layer -- [--seqlens 4096,16384] [--iters 5] [--json out.json] [--no-peer] [--accumulate]
+//        [--preset gpt-oss-tiny]
 // GPTOSS_PROFILE=1 adds a per-phase GPU time breakdown (src/log/gpu-profile.ts).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -26,6 +27,9 @@ const seqlens = arg('seqlens', '4096,16384').split(',').map(Number);
 const iters = Number(arg('iters', '5'));
 const jsonPath = process.argv.includes('--json') ? arg('json', '') : '';
 const noPeer = process.argv.includes('--no-peer');
+// --accumulate: add into the previous step's gradient buffers (a later micro-batch of gradient accumulation)
+// instead of starting each step from zero_grad (set-to-none); the peer does the same.
+const accumulateGrads = process.argv.includes('--accumulate');
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
 const LAYERS = 2;
 
@@ -53,6 +57,11 @@ function runOurs(S: number): { ms: number; peakGB: number } {
   dyBf.dispose();
   const grads = new Map<string, Tensor>();
   const step = (): void => {
+    if (!accumulateGrads) {
+      // A training step's first micro-batch: zero_grad (set-to-none) then backward writes fresh gradients.
+      for (const g of grads.values()) g.dispose();
+      grads.clear();
+    }
     const r0 = model.layerForward(0, x, batch, true);
     const r1 = model.layerForward(1, r0.y, batch, true);
     r1.y.dispose();
@@ -109,7 +118,9 @@ function runPeer(): PeerOut | null {
     return null;
   }
   const out = join(mkdtempSync(join(tmpdir(), 'layer-peer-')), 'peer.json');
-  const r = spawnSync('python3', [script, '--seqlens', seqlens.join(','), '--layers', String(LAYERS), '--iters', String(iters), '--json', out], {
+  const peerArgs = [script, '--seqlens', seqlens.join(','), '--layers', String(LAYERS), '--iters', String(iters), '--json', out];
+  if (accumulateGrads) peerArgs.push('--accumulate');
+  const r = spawnSync('python3', peerArgs, {
     encoding: 'utf8',
     stdio: ['ignore', 'inherit', 'pipe'],
     timeout: 600_000,
@@ -134,11 +145,12 @@ for (const r of rows) {
   r.peerMs = p?.msPerLayer ?? (p?.oom ? 'OOM' : null);
   r.speedup = typeof r.peerMs === 'number' ? r.peerMs / (r.oursMs as number) : null;
 }
-console.log(`${presetName} decoder layer fwd+bwd, B1, bf16, ${device}${peer ? `; peer: ${peer.peer} on ${peer.device}` : ''}`);
+const gradMode = accumulateGrads ? 'accumulated into existing fp32 buffers' : 'fresh fp32 buffers after zero_grad (set-to-none)';
+console.log(`${presetName} decoder layer fwd+bwd, B1, bf16, ${device}; weight gradients: ${gradMode}${peer ? `; peer: ${peer.peer} on ${peer.device}` : ''}`);
 console.log('| S | ours ms/layer | ours TFLOP/s | peak GiB (2 layers) | peer ms/layer | speedup |');
 console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of rows) {
   const f = (v: unknown, d = 2): string => (typeof v === 'number' ? v.toFixed(d) : String(v ?? '-'));
   console.log(`| ${r.seqlen} | ${f(r.oursMs)} | ${f(r.oursTflops, 1)} | ${f(r.peakGB, 1)} | ${f(r.peerMs)} | ${r.speedup ? f(r.speedup) + 'x' : '-'} |`);
 }
-if (jsonPath) writeFileSync(jsonPath, JSON.stringify({ bench: 'layer', device, iters, peer: peer?.peer ?? null, rows }, null, 2));
+if (jsonPath) writeFileSync(jsonPath, JSON.stringify({ bench: 'layer', device, iters, grads: gradMode, peer: peer?.peer ?? null, rows }, null, 2));

@@ -45,17 +45,24 @@ def build(layers: int):
     return model, experts
 
 
-def time_one(model, S: int, iters: int, warmup: int, hidden: int) -> float:
+def time_one(model, S: int, iters: int, warmup: int, hidden: int, accumulate: bool) -> float:
     x = torch.randn(1, S, hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     dy = torch.randn(1, S, hidden, device="cuda", dtype=torch.bfloat16)
-    for _ in range(warmup):
+
+    def step() -> None:
+        if not accumulate:  # a training step's first micro-batch: zero_grad(set_to_none=True), then backward
+            model.zero_grad(set_to_none=True)
+            x.grad = None
         model(inputs_embeds=x).last_hidden_state.backward(dy)
+
+    for _ in range(warmup):
+        step()
     torch.cuda.synchronize()
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
-        model(inputs_embeds=x).last_hidden_state.backward(dy)
+        step()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
@@ -68,6 +75,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--accumulate", action="store_true", help="add into the previous step's .grad instead of set-to-none")
     a = ap.parse_args()
     model, experts = build(a.layers)
     import transformers
@@ -80,7 +88,7 @@ def main() -> None:
     }
     for S in [int(s) for s in a.seqlens.split(",") if s]:
         try:
-            ms = time_one(model, S, a.iters, a.warmup, 2880)
+            ms = time_one(model, S, a.iters, a.warmup, 2880, a.accumulate)
             out["results"].append({"seqlen": S, "msPerLayer": ms / a.layers, "msTotal": ms})
         except torch.OutOfMemoryError:
             out["results"].append({"seqlen": S, "oom": True})

@@ -310,8 +310,9 @@ export class GptOssModel {
       } else grads.set(`${p}.${name}`, t);
     };
     // linearBackward accumulates into existing buffers; fresh ones it returns are kept.
-    const lin = (name: string, dy2: Tensor, x2: Tensor, w2: Tensor, dxDtype: 'bf16' | 'f32'): Tensor => {
-      const r = linearBackward(dy2, x2, w2, { dW: grads.get(`${p}.${name}.weight`), db: grads.get(`${p}.${name}.bias`), dxDtype });
+    // dxAcc: add dx into that f32 buffer (the q/k/v input gradients sum inside the GEMMs).
+    const lin = (name: string, dy2: Tensor, x2: Tensor, w2: Tensor, dxDtype: 'bf16' | 'f32', dxAcc?: Tensor): Tensor => {
+      const r = linearBackward(dy2, x2, w2, { dW: grads.get(`${p}.${name}.weight`), db: grads.get(`${p}.${name}.bias`), dxDtype, dxAcc });
       grads.set(`${p}.${name}.weight`, r.dW);
       grads.set(`${p}.${name}.bias`, r.db);
       return r.dx!;
@@ -357,20 +358,19 @@ export class GptOssModel {
     const dq = ropeBackward(ab.dq, b.positions, this.invFreq, this.attnScaling);
     const dk = ropeBackward(ab.dk, b.positions, this.invFreq, this.attnScaling);
     disposeAll(ab.dq, ab.dk);
+    gpuProfile.mark(dev, 'bwd rope');
     const dA1 = withView(dq, [T, c.numHeads * D], (d) => lin('self_attn.q_proj', d, s.a1, w.qW, 'f32'));
-    const dxk = withView(dk, [T, c.numKvHeads * D], (d) => lin('self_attn.k_proj', d, s.a1, w.kW, 'f32'));
-    const dxv = withView(ab.dv, [T, c.numKvHeads * D], (d) => lin('self_attn.v_proj', d, s.a1, w.vW, 'f32'));
+    withView(dk, [T, c.numKvHeads * D], (d) => lin('self_attn.k_proj', d, s.a1, w.kW, 'f32', dA1));
+    withView(ab.dv, [T, c.numKvHeads * D], (d) => lin('self_attn.v_proj', d, s.a1, w.vW, 'f32', dA1));
     disposeAll(dq, dk, ab.dv, s.v);
-    addInPlace(dA1, dxk);
-    addInPlace(dA1, dxv);
-    disposeAll(dxk, dxv);
+    gpuProfile.mark(dev, 'bwd qkv proj');
     const n1 = rmsnormBackward(dA1, s.x, w.inputNorm, s.rstd1);
     dA1.dispose();
     acc('input_layernorm.weight', n1.dw);
     addInPlace(n1.dx, dH);
     dH.dispose();
     disposeAll(s.a1, s.rstd1);
-    gpuProfile.mark(dev, 'bwd rope+qkv+norm');
+    gpuProfile.mark(dev, 'bwd norm1+residual');
     return n1.dx;
   }
 

@@ -55,6 +55,11 @@ export interface LinearBackwardOptions {
   needDx?: boolean;
   /** Dtype of dx (default f32). */
   dxDtype?: DType;
+  /**
+   * f32 [T, in]: dx is added into it (and it is returned as dx) instead of being written to a fresh tensor; sums
+   * the input gradients of layers that share an input (q/k/v) inside the GEMM, without an extra pass.
+   */
+  dxAcc?: Tensor;
 }
 
 export interface LinearGrads {
@@ -69,18 +74,25 @@ export interface LinearGrads {
  */
 export function linearBackward(dy: Tensor, x: Tensor, w: Tensor, opts: LinearBackwardOptions = {}): LinearGrads {
   const [T, nOut] = dy.shape as [number, number];
-  const nIn = x.shape[1]!;
   const dev = dy.device;
-  const dx = opts.needDx === false ? undefined : matmul(dy, w, { outDtype: opts.dxDtype ?? 'f32' });
-  const dW = opts.dW ?? Tensor.zeros([nOut, nIn], { dtype: 'f32', device: dev });
-  matmul(dy, x, { transA: true, out: dW, accumulate: true });
-  const db = opts.db ?? Tensor.zeros([nOut], { dtype: 'f32', device: dev });
+  let dx: Tensor | undefined;
+  if (opts.needDx !== false) {
+    dx = opts.dxAcc
+      ? matmul(dy, w, { out: opts.dxAcc, accumulate: true })
+      : matmul(dy, w, { outDtype: opts.dxDtype ?? 'f32' });
+  }
+  // No buffer yet (the first micro-batch after zero_grad): write the gradient instead of adding it to zeros, which
+  // saves a fill and a read of the buffer.
+  const dW = opts.dW
+    ? matmul(dy, x, { transA: true, out: opts.dW, accumulate: true })
+    : matmul(dy, x, { transA: true, outDtype: 'f32' });
+  const db = opts.db ?? Tensor.empty([nOut], { dtype: 'f32', device: dev });
   // Column sums of dy as a [1, T] x [T, out] product with a row of ones (in dy's dtype, so no rounding).
   // Filled on the device (a host upload would wait for the stream on every backward).
   const ones = Tensor.empty([1, T], { dtype: dy.dtype, device: dev });
   fill(ones, 1);
   const dbRow = db.view([1, nOut]);
-  matmul(ones, dy, { out: dbRow, accumulate: true });
+  matmul(ones, dy, { out: dbRow, accumulate: opts.db !== undefined });
   dbRow.dispose();
   ones.dispose();
   return dx ? { dx, dW, db } : { dW, db };

@@ -11,7 +11,7 @@ import type { Tensor } from '../tensor.ts';
 import { Tensor as T } from '../tensor.ts';
 import { GptOssModel, GptOssWeights, packSequences, disposeBatch, Checkpoint, saveCheckpoint as saveTensors, tensorToSave } from '../model/index.ts';
 import { adamwStep, gradNormAndClip } from '../ops/optim.ts';
-import { cast, fill } from '../ops/elementwise.ts';
+import { cast } from '../ops/elementwise.ts';
 import type {
   Completion,
   GradClipResult,
@@ -139,7 +139,8 @@ export class GptOssPolicy implements Policy {
         const dt = T.from(full, [pb.numTokens], { device: this.device, dtype: 'f32' });
         consumed = true;
         try {
-          if (!this.grads) this.grads = this.model.zeroGrads();
+          // After zeroGrad() there are no buffers: the first micro-batch writes its gradients (no fill, no read).
+          if (!this.grads) this.grads = new Map();
           this.model.backward(state, dt, this.grads);
         } finally {
           dt.dispose();
@@ -149,8 +150,10 @@ export class GptOssPolicy implements Policy {
     };
   }
 
+  /** Drops the gradient buffers (set-to-none, as torch's zero_grad does): the next backward writes fresh ones. */
   zeroGrad(): void {
-    if (this.grads) for (const g of this.grads.values()) fill(g, 0);
+    if (this.grads) for (const g of this.grads.values()) g.dispose();
+    this.grads = null;
   }
 
   clipGradNorm(maxNorm: number): GradClipResult {
@@ -171,7 +174,10 @@ export class GptOssPolicy implements Policy {
     if (!this.grads) throw new Error('optimizerStep: no gradients (run forward + backward first)');
     for (const [name, p] of this.model.weights.params) {
       const s = this.optState(name, p);
-      adamwStep({ master: s.master, grad: this.grads.get(name)!, m: s.m, v: s.v, bf16: p }, { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step });
+      // A parameter the loss did not reach has no buffer: its gradient is zero (momentum and decay still apply).
+      let g = this.grads.get(name);
+      if (!g) this.grads.set(name, (g = T.zeros(p.shape, { dtype: 'f32', device: this.device })));
+      adamwStep({ master: s.master, grad: g, m: s.m, v: s.v, bf16: p }, { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step });
     }
     this.optimizerSteps = step;
   }
