@@ -21,13 +21,16 @@ struct MoeSaved {
   Tensor x;         // bf16 [T,H] (the input itself)
   Tensor topk_idx;  // i32 [T,k] chosen experts, by decreasing logit (ties: lower expert id first)
   Tensor topk_w;    // f32 [T,k] softmax over the k chosen logits
+  // Expert e's rows are offsets[e] .. offsets[e]+counts[e]-1. The CPU packs them (offsets = prefix sums of
+  // counts, Np = N). The CUDA backend may pad instead (the "slab" layout of its batched GEMMs): offsets[e] = e*Mp,
+  // Np = E*Mp, and rows offsets[e]+counts[e] .. offsets[e+1]-1 are padding (perm_tok -1).
   Tensor counts;    // i32 [E] rows per expert
-  Tensor offsets;   // i32 [E+1] exclusive prefix sum of counts
-  Tensor perm_tok;  // i32 [N] token of each permuted row
+  Tensor offsets;   // i32 [E+1] first row of each expert (and the end)
+  Tensor perm_tok;  // i32 [Np] token of each permuted row (-1: padding)
   Tensor slot_pos;  // i32 [T*k] permuted row of assignment (t, j)
-  Tensor gu;        // bf16 [N,2I] gate_up output incl. bias (f32 on the CPU in exact mode)
-  Tensor h;         // bf16 [N,I] SwiGLU output (f32 in exact mode)
-  Tensor yp;        // bf16 [N,H] expert output incl. bias, before the routing weight (f32 in exact mode)
+  Tensor gu;        // bf16 [Np,2I] gate_up output incl. bias (f32 on the CPU in exact mode)
+  Tensor h;         // bf16 [Np,I] SwiGLU output (f32 in exact mode)
+  Tensor yp;        // bf16 [Np,H] expert output incl. bias, before the routing weight (f32 in exact mode)
   int64_t top_k = 0;
   float limit = 7.f;
 };

@@ -20,6 +20,14 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
               const void* B, int64_t ldb, bool transB, DType ab_dtype, const void* bias, DType bias_dtype, float beta,
               void* C, DType c_dtype, int64_t ldc, GemmBucket bucket = GemmBucket::None);
 
+// Strided batch of row-major GEMMs (the MoE experts once every expert's rows are padded to one count):
+// for b in [0, batch): C_b = alpha * op(A_b) * op(B_b) + bias_b + beta * C_b, with A_b = A + b*strideA, B_b, C_b and
+// bias_b likewise (strides in elements). One cuBLASLt launch; the bias (may be null) must have C's dtype.
+void gemm_strided_batched(int device, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+                          int64_t lda, int64_t strideA, bool transA, const void* B, int64_t ldb, int64_t strideB,
+                          bool transB, DType ab_dtype, const void* bias, int64_t strideBias, float beta, void* C,
+                          DType c_dtype, int64_t ldc, int64_t strideC);
+
 // Concurrent GEMM lanes: many small independent GEMMs (the MoE's per-expert products) fill the GPU better when
 // they overlap. gemm_lanes_fork orders kGemmLanes side streams after the compute stream's work so far;
 // gemm_lane(i) sends this thread's following cuBLASLt GEMMs to lane i (each lane has its own workspace; -1 = the

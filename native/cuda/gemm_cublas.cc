@@ -85,7 +85,7 @@ uint32_t alignment_of(const void* p) {
 
 // Heuristic results cached per problem (shape, layouts, dtypes, alignments, epilogue).
 using AlgoKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int,
-                           uint32_t, uint32_t, uint32_t, int>;
+                           uint32_t, uint32_t, uint32_t, int, int64_t>;
 struct AlgoEntry {
   bool ok = false;
   cublasLtMatmulAlgo_t algo;
@@ -102,11 +102,27 @@ int64_t pow2_at_least(int64_t v) {
   return p;
 }
 
+// A strided batch in cuBLAS's column-major view: count problems, operand b at x + b*sx, y + b*sy, c + b*sc and
+// the bias at bias + b*sbias (elements). count 1 = a plain GEMM.
+struct LtBatch {
+  int64_t count = 1, sx = 0, sy = 0, sc = 0, sbias = 0;
+};
+
+// Sets the batch attributes on a layout (nothing for a single problem).
+bool set_batch(cublasLtMatrixLayout_t l, const LtBatch& b, int64_t stride) {
+  if (b.count == 1) return true;
+  const int32_t n = static_cast<int32_t>(b.count);
+  return cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &n, sizeof(n)) ==
+             CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)) ==
+             CUBLAS_STATUS_SUCCESS;
+}
+
 // Heuristic query for the problem with n (bucket N) or k (bucket K) rounded up to a power of two (leading
 // dimensions widened to stay valid); returns false when cuBLASLt has nothing.
 bool lt_heuristic(Handles& h, cublasLtMatmulDesc_t op, int64_t m, int64_t n, int64_t k, int64_t ldx, bool tx,
                   int64_t ldy, bool ty, DType ab, DType ct, int64_t ldc, uint32_t ax, uint32_t ay, uint32_t ac,
-                  cublasLtMatmulAlgo_t* algo) {
+                  const LtBatch& batch, cublasLtMatmulAlgo_t* algo) {
   cublasLtMatrixLayout_t lx = nullptr, ly = nullptr, lc = nullptr;
   cublasLtMatmulPreference_t pref = nullptr;
   bool ok = false;
@@ -118,6 +134,7 @@ bool lt_heuristic(Handles& h, cublasLtMatmulDesc_t op, int64_t m, int64_t n, int
         CUBLAS_STATUS_SUCCESS)
       break;
     if (cublasLtMatrixLayoutCreate(&lc, cuda_type(ct), m, n, std::max(ldc, m)) != CUBLAS_STATUS_SUCCESS) break;
+    if (!set_batch(lx, batch, batch.sx) || !set_batch(ly, batch, batch.sy) || !set_batch(lc, batch, batch.sc)) break;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) break;
     size_t ws = kWorkspaceBytes;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
@@ -142,7 +159,7 @@ bool lt_heuristic(Handles& h, cublasLtMatmulDesc_t op, int64_t m, int64_t n, int
 
 bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float alpha, const void* X, int64_t ldx,
                bool tx, const void* Y, int64_t ldy, bool ty, DType ab, const void* bias, float beta, void* C,
-               DType ct, int64_t ldc, GemmBucket bucket) {
+               DType ct, int64_t ldc, GemmBucket bucket, const LtBatch& batch = LtBatch{}) {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t lx = nullptr, ly = nullptr, lc = nullptr;
   bool ok = false;
@@ -151,7 +168,7 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
   const int64_t qn = bucket == GemmBucket::M ? pow2_at_least(n) : n;
   const int64_t qk = bucket == GemmBucket::K ? pow2_at_least(k) : k;
   AlgoKey key{device, m, qn, qk, ldx, ldy, ldc, tx, ty, static_cast<int>(ab), static_cast<int>(ct), bias != nullptr,
-              ax, ay, ac, static_cast<int>(bucket)};
+              ax, ay, ac, static_cast<int>(bucket), batch.count};
   do {
     if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) break;
     cublasOperation_t opx = tx ? CUBLAS_OP_T : CUBLAS_OP_N, opy = ty ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -161,11 +178,16 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
       cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi));
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
+      if (batch.count > 1 &&
+          cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &batch.sbias,
+                                         sizeof(batch.sbias)) != CUBLAS_STATUS_SUCCESS)
+        break;
     }
     // Stored (pre-op) shapes, column-major.
     if (cublasLtMatrixLayoutCreate(&lx, cuda_type(ab), tx ? k : m, tx ? m : k, ldx) != CUBLAS_STATUS_SUCCESS) break;
     if (cublasLtMatrixLayoutCreate(&ly, cuda_type(ab), ty ? n : k, ty ? k : n, ldy) != CUBLAS_STATUS_SUCCESS) break;
     if (cublasLtMatrixLayoutCreate(&lc, cuda_type(ct), m, n, ldc) != CUBLAS_STATUS_SUCCESS) break;
+    if (!set_batch(lx, batch, batch.sx) || !set_batch(ly, batch, batch.sy) || !set_batch(lc, batch, batch.sc)) break;
     AlgoEntry entry;
     {
       std::lock_guard<std::mutex> lock(g_mu);
@@ -173,7 +195,7 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
       if (it != algo_cache().end()) entry = it->second;
     }
     if (!entry.ok) {
-      if (!lt_heuristic(h, op, m, qn, qk, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, &entry.algo)) break;
+      if (!lt_heuristic(h, op, m, qn, qk, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, batch, &entry.algo)) break;
       entry.ok = true;
       std::lock_guard<std::mutex> lock(g_mu);
       algo_cache()[key] = entry;
@@ -188,7 +210,7 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
     ok = run(&entry.algo);
     if (!ok && bucket != GemmBucket::None) {  // the bucket's algorithm does not fit this size: ask for this one
       cublasLtMatmulAlgo_t exact;
-      ok = lt_heuristic(h, op, m, n, k, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, &exact) && run(&exact);
+      ok = lt_heuristic(h, op, m, n, k, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, batch, &exact) && run(&exact);
     }
   } while (false);
   if (lc) cublasLtMatrixLayoutDestroy(lc);
@@ -268,6 +290,33 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
                           cuda_type(c_dtype), static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "cublasGemmEx", M, N, K);
   if (bias) gemm_epilogue(device, M, N, nullptr, bias, bias_dtype, 1.f, C, c_dtype, ldc);
+}
+
+void gemm_strided_batched(int device, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+                          int64_t lda, int64_t strideA, bool transA, const void* B, int64_t ldb, int64_t strideB,
+                          bool transB, DType ab_dtype, const void* bias, int64_t strideBias, float beta, void* C,
+                          DType c_dtype, int64_t ldc, int64_t strideC) {
+  if (batch == 0 || M == 0 || N == 0) return;
+  const size_t ab = ab_dtype == DType::BF16 ? 2 : 4, cb = c_dtype == DType::BF16 ? 2 : 4;
+  auto one_by_one = [&] {  // cuBLASLt has no batched algorithm here: the same problems one at a time
+    for (int64_t b = 0; b < batch; b++)
+      gemm_raw(device, M, N, K, alpha, static_cast<const char*>(A) + b * strideA * ab, lda, transA,
+               static_cast<const char*>(B) + b * strideB * ab, ldb, transB, ab_dtype,
+               bias ? static_cast<const char*>(bias) + b * strideBias * cb : nullptr, c_dtype, beta,
+               static_cast<char*>(C) + b * strideC * cb, c_dtype, ldc);
+  };
+  if (batch == 1 || K == 0 || (ab_dtype == DType::F32 && c_dtype == DType::BF16)) return one_by_one();
+  Guard g(device);
+  Handles& h = handles(device);
+  LtBatch lb;
+  lb.count = batch;
+  lb.sx = strideB;  // column-major view: cuBLAS's first operand is our B
+  lb.sy = strideA;
+  lb.sc = strideC;
+  lb.sbias = strideBias;
+  if (!lt_matmul(device, h, N, M, K, alpha, B, ldb, transB, A, lda, transA, ab_dtype, bias, beta, C, c_dtype, ldc,
+                 GemmBucket::None, lb))
+    one_by_one();
 }
 
 void gemm(const Tensor& a, const Tensor& b, const Tensor* bias, const Tensor& out, bool transA, bool transB,

@@ -152,14 +152,32 @@ __global__ void place_kernel(const int32_t* __restrict__ idx, int64_t n, int k, 
 
 // xp[r] = x[perm_tok[r]] (16-byte copies): the expert-ordered input rows, so the gate_up GEMM and its weight
 // gradient read contiguous rows.
+// Padded ("slab") layout: expert e's rows move to e*Mp .. e*Mp+count_e-1 and rows up to (e+1)*Mp are padding
+// (perm_pad -1, zero input rows), so all experts share one row count and one strided-batched GEMM runs them all.
+// slot_pad [n] = padded row of assignment a; perm_pad [E*Mp] (pre-filled with -1); off_pad [E+1] = e*Mp.
+__global__ void pad_layout_kernel(const int32_t* __restrict__ topk_idx, const int32_t* __restrict__ slot_pos,
+                                  const int32_t* __restrict__ offsets, int64_t n, int k, int64_t Mp, int E,
+                                  int32_t* __restrict__ slot_pad, int32_t* __restrict__ perm_pad,
+                                  int32_t* __restrict__ off_pad) {
+  const int64_t a = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (a <= E) off_pad[a] = static_cast<int32_t>(a * Mp);
+  if (a < n) {
+    const int e = topk_idx[a];
+    const int64_t p = e * Mp + (slot_pos[a] - offsets[e]);
+    slot_pad[a] = static_cast<int32_t>(p);
+    perm_pad[p] = static_cast<int32_t>(a / k);
+  }
+}
+
 __global__ void gather_rows_kernel(const bf* __restrict__ x, const int32_t* __restrict__ perm_tok, int64_t n,
                                    int H, bf* __restrict__ xp) {
   const int chunks = H / 8;
   const int64_t total = n * chunks;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t r = i / chunks, c = i % chunks;
+    const int32_t t = perm_tok[r];  // -1: a padding row (zeros)
     *reinterpret_cast<uint4*>(xp + r * H + c * 8) =
-        *reinterpret_cast<const uint4*>(x + (int64_t)perm_tok[r] * H + c * 8);
+        t >= 0 ? *reinterpret_cast<const uint4*>(x + (int64_t)t * H + c * 8) : make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -247,6 +265,7 @@ __global__ void seg_colsum_kernel(const bf* __restrict__ in, int64_t ld, int C, 
   if (c < C) {
     for (int r = r0 + threadIdx.y; r < r1; r += 8) {
       const int64_t row = idx ? idx[r] : r;
+      if (row < 0) continue;  // a padding row
       const float s = scale ? scale[r] : 1.f;
       const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(in + row * ld + c);
       a0 += s * __low2float(v);
@@ -308,15 +327,40 @@ __global__ void dx_kernel(const bf* __restrict__ dxp, const int32_t* __restrict_
 // stream per forward and per backward). Bias rides the cuBLASLt epilogue; SwiGLU and its backward are separate
 // flat passes (swiglu.cu). At decode sizes (a few rows per expert, reading the weights is the cost) our grouped
 // kernels win: one launch for all experts, no host round trip.
-// GPTOSS_MOE_GEMM=own|cublas|auto (default auto: cuBLAS when the experts average >= 128 rows).
-// Read on every call (cheap), so tests can compare both paths in one process.
-bool use_cublas(int64_t N, int64_t E) {
+// With fairly even routing (training with a load-balanced router), padding every expert to the largest count
+// (rounded up to kPadRows) costs a few percent of extra rows and turns the per-expert GEMMs into one
+// strided-batched cuBLASLt GEMM per product, which keeps the whole GPU busy; with skewed routing the padding
+// would cost more than it saves, so the per-expert GEMMs run instead.
+// GPTOSS_MOE_GEMM=own|cublas|batched|auto (default auto: our grouped kernels below 128 rows per expert on
+// average; above, batched when padding adds at most 25% rows, else per-expert cuBLAS). Read on every call
+// (cheap), so tests can compare the paths in one process.
+enum class MoeGemm { Own, PerExpert, Batched };
+constexpr int64_t kPadRows = 64;
+
+std::string moe_gemm_env() {
   const char* e = std::getenv("GPTOSS_MOE_GEMM");
   const std::string mode = e ? e : "auto";
-  if (mode == "cublas") return true;
+  GPTOSS_CHECK(mode == "auto" || mode == "own" || mode == "cublas" || mode == "batched",
+               "GPTOSS_MOE_GEMM: unknown value '", mode, "' (own, cublas, batched, auto)");
+  return mode;
+}
+bool use_cublas(int64_t N, int64_t E) {
+  const std::string mode = moe_gemm_env();
   if (mode == "own") return false;
-  GPTOSS_CHECK(mode == "auto", "GPTOSS_MOE_GEMM: unknown value '", mode, "' (own, cublas, auto)");
-  return N >= 128 * E;
+  return mode != "auto" || N >= 128 * E;
+}
+// Rows per expert slab for the batched path: the largest count rounded up to kPadRows.
+int64_t slab_rows(const std::vector<int32_t>& off) {
+  int64_t m = 0;
+  for (size_t e = 0; e + 1 < off.size(); e++) m = std::max<int64_t>(m, off[e + 1] - off[e]);
+  return std::max<int64_t>(kPadRows, (m + kPadRows - 1) / kPadRows * kPadRows);
+}
+// Given cuBLAS (use_cublas), per-expert or batched for these host offsets.
+MoeGemm cublas_kind(int64_t N, int64_t E, const std::vector<int32_t>& off) {
+  const std::string mode = moe_gemm_env();
+  if (mode == "batched") return MoeGemm::Batched;
+  if (mode == "cublas") return MoeGemm::PerExpert;
+  return E * slab_rows(off) * 4 <= N * 5 ? MoeGemm::Batched : MoeGemm::PerExpert;
 }
 
 // GPTOSS_MOE_LANES=0 runs the per-expert GEMMs one after another on the compute stream; by default they are
@@ -477,9 +521,6 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   s.offsets = make_tensor({E + 1}, DType::I32, dev);
   s.perm_tok = make_tensor({N}, DType::I32, dev);
   s.slot_pos = make_tensor({N}, DType::I32, dev);
-  s.gu = make_tensor({N, 2 * I}, DType::BF16, dev);
-  s.h = make_tensor({N, I}, DType::BF16, dev);
-  s.yp = make_tensor({N, H}, DType::BF16, dev);
   y = make_tensor({T, H}, DType::BF16, dev);
   PhaseTimer pt(st, "fwd start");
 
@@ -503,8 +544,39 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
   pt.mark("fwd 1 router+permute");
 
-  if (use_cublas(N, E)) {
-    const std::vector<int32_t> off = host_offsets(s.offsets);
+  auto alloc_rows = [&](int64_t rows) {
+    s.gu = make_tensor({rows, 2 * I}, DType::BF16, dev);
+    s.h = make_tensor({rows, I}, DType::BF16, dev);
+    s.yp = make_tensor({rows, H}, DType::BF16, dev);
+  };
+  const bool cublas = use_cublas(N, E);
+  const std::vector<int32_t> off = cublas ? host_offsets(s.offsets) : std::vector<int32_t>{};
+  if (cublas && cublas_kind(N, E, off) == MoeGemm::Batched) {
+    // Slab layout (pad_layout_kernel): the saved offsets / perm_tok / slot_pos describe the padded rows.
+    const int64_t Mp = slab_rows(off), Np = E * Mp;
+    Tensor perm_pad = make_tensor({Np}, DType::I32, dev), slot_pad = make_tensor({N}, DType::I32, dev),
+           off_pad = make_tensor({E + 1}, DType::I32, dev);
+    GPTOSS_CUDA_CHECK(cudaMemsetAsync(perm_pad.raw(), 0xFF, Np * sizeof(int32_t), st), "moeForward pad");
+    pad_layout_kernel<<<ceil_div(std::max(N, E + 1), 256), 256, 0, st>>>(
+        s.topk_idx.data<int32_t>(), s.slot_pos.data<int32_t>(), s.offsets.data<int32_t>(), N, (int)k, Mp, (int)E,
+        slot_pad.data<int32_t>(), perm_pad.data<int32_t>(), off_pad.data<int32_t>());
+    GPTOSS_CUDA_LAUNCH_CHECK("moeForward pad layout");
+    s.perm_tok = perm_pad;
+    s.slot_pos = slot_pad;
+    s.offsets = off_pad;
+    alloc_rows(Np);
+    Tensor xp = gathered_rows(x, s.perm_tok, st, true);
+    pt.mark("fwd 1b gather");
+    // gu[e] = xp[e]·W_gu[e] + b[e] for all experts in one batched GEMM; h = swiglu(gu)
+    gemm_strided_batched(dev, E, Mp, 2 * I, H, 1.f, B(xp), H, Mp * H, false, B(w.gate_up_w), 2 * I, H * 2 * I, false,
+                         DType::BF16, B(w.gate_up_b), 2 * I, 0.f, s.gu.raw(), DType::BF16, 2 * I, Mp * 2 * I);
+    swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
+    pt.mark("fwd 2 gate_up gemm");
+    gemm_strided_batched(dev, E, Mp, H, I, 1.f, B(s.h), I, Mp * I, false, B(w.down_w), H, I * H, false, DType::BF16,
+                         B(w.down_b), H, 0.f, s.yp.raw(), DType::BF16, H, Mp * H);
+    pt.mark("fwd 3 down gemm");
+  } else if (cublas) {
+    alloc_rows(N);
     Tensor xp = gathered_rows(x, s.perm_tok, st, true);
     pt.mark("fwd 1b gather");
     // gu = x[perm]·W_gu[e] + b (cuBLAS epilogue); h = swiglu(gu)
@@ -514,6 +586,7 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
     per_expert_xw(dev, off, s.h, I, w.down_w, false, H, &w.down_b, s.yp);
     pt.mark("fwd 3 down gemm");
   } else {
+    alloc_rows(N);
     Tensor xp = gathered_rows(x, s.perm_tok, st);
     pt.mark("fwd 1b gather");
     mg::Params p;
@@ -570,9 +643,20 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     check_aligned(op, "tensor", *t);
   const int32_t* offsets = s.offsets.data<int32_t>();
 
+  // Slab layout (the forward's batched path): Np = E*Mp rows, padding rows must hold zero gradients.
+  const int64_t Np = s.perm_tok.dim(0);
+  const bool padded = Np != N;
+  GPTOSS_CHECK(!padded || (Np > N && Np % E == 0), op, ": ctx.permTok has ", Np, " rows; expected ", N,
+               " or a padded multiple of ", E, " experts");
+  const int64_t Mp = Np / E;
+
   PhaseTimer pt(st, "bwd start");
-  Tensor dyp = make_tensor({N, H}, DType::BF16, dev);
-  Tensor dlp = make_tensor({N}, DType::F32, dev);
+  Tensor dyp = make_tensor({Np, H}, DType::BF16, dev);
+  Tensor dlp = make_tensor({Np}, DType::F32, dev);
+  if (padded) {
+    GPTOSS_CUDA_CHECK(cudaMemsetAsync(dyp.raw(), 0, Np * H * sizeof(bf), st), "moeBackward pad");
+    GPTOSS_CUDA_CHECK(cudaMemsetAsync(dlp.raw(), 0, Np * sizeof(float), st), "moeBackward pad");
+  }
   Tensor dl = make_tensor({T, k}, DType::F32, dev);
   if (dy.dtype == DType::BF16)
     route_bwd_kernel<bf><<<T, 256, 0, st>>>(B(dy), B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(),
@@ -590,7 +674,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dDownB");
   pt.mark("bwd 2 dDownB");
 
-  const bool cublas = use_cublas(N, E);
+  const bool cublas = padded || use_cublas(N, E);
   // The cuBLASLt path adds the weight gradients into the caller's buffers directly (beta 1).
   const bool in_place = cublas && g.acc_gate_up_w.storage && g.acc_down_w.storage;
   g.d_down_w = in_place ? g.acc_down_w : make_tensor({E, I, H}, DType::F32, dev);
@@ -606,7 +690,29 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
     pt.mark("bwd 5 dGateUpB");
   };
-  if (cublas) {
+  if (padded) {
+    // The per-expert products below as one strided-batched GEMM each (K = Mp for the weight gradients: the
+    // padding rows are zero in dyp and xp, so they add nothing).
+    gemm_strided_batched(dev, E, I, H, Mp, 1.f, B(s.h), I, Mp * I, true, B(dyp), H, Mp * H, false, DType::BF16,
+                         nullptr, 0, wbeta, g.d_down_w.raw(), DType::F32, H, I * H);
+    pt.mark("bwd 3 dDownW gemm");
+    Tensor dh = make_tensor({Np, I}, DType::BF16, dev);
+    gemm_strided_batched(dev, E, Mp, I, H, 1.f, B(dyp), H, Mp * H, false, B(w.down_w), H, I * H, true, DType::BF16,
+                         nullptr, 0, 0.f, dh.raw(), DType::BF16, I, Mp * I);
+    dgu = make_tensor({Np, 2 * I}, DType::BF16, dev);
+    swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
+    pt.mark("bwd 4 dgu gemm");
+    d_gate_up_bias();
+    Tensor xp = gathered_rows(s.x, s.perm_tok, st, true);
+    pt.mark("bwd 5b gather");
+    gemm_strided_batched(dev, E, H, 2 * I, Mp, 1.f, B(xp), H, Mp * H, true, B(dgu), 2 * I, Mp * 2 * I, false,
+                         DType::BF16, nullptr, 0, wbeta, g.d_gate_up_w.raw(), DType::F32, 2 * I, H * 2 * I);
+    pt.mark("bwd 6 dGateUpW gemm");
+    dxp = make_tensor({Np, H}, DType::BF16, dev);
+    gemm_strided_batched(dev, E, Mp, H, 2 * I, 1.f, B(dgu), 2 * I, Mp * 2 * I, false, B(w.gate_up_w), 2 * I,
+                         H * 2 * I, true, DType::BF16, nullptr, 0, 0.f, dxp.raw(), DType::BF16, H, Mp * H);
+    pt.mark("bwd 7 dxp gemm");
+  } else if (cublas) {
     const std::vector<int32_t> off = host_offsets(s.offsets);
     // dW_down[e] = h_eᵀ·dyp_e; dh = dyp_e·W_down[e]ᵀ; dgu = swiglu'(gu)·dh
     per_expert_wgrad(dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);

@@ -57,7 +57,8 @@ interface NativeMoeForward {
 
 /**
  * What forward saves for backward. N = T·topK routed rows in expert order: rows of expert e are
- * offsets[e] .. offsets[e+1]-1, tokens increasing within an expert. dispose() frees all of it; read `counts`
+ * offsets[e] .. offsets[e]+counts[e]-1, tokens increasing within an expert (on CUDA possibly followed by padding
+ * rows up to offsets[e+1], see permTok). dispose() frees all of it; read `counts`
  * before (it stays readable afterwards once read). Nothing stays behind on the device, so a training loop
  * that disposes its contexts reuses cached blocks and never calls cudaMalloc in steady state.
  */
@@ -69,12 +70,14 @@ export class MoeContext {
   readonly topkIdx: Tensor /* i32 [T,k] chosen experts, largest logit first */;
   readonly topkW: Tensor /* f32 [T,k] routing weights */;
   readonly countsTensor: Tensor /* i32 [E] rows per expert (on the device) */;
-  readonly offsets: Tensor /* i32 [E+1] */;
-  readonly permTok: Tensor /* i32 [N] token of each permuted row */;
+  readonly offsets: Tensor /* i32 [E+1] first row of each expert */;
+  // Np = N = T*k rows, or on CUDA with even routing E*Mp: each expert's rows padded to a common Mp (padding rows
+  // have permTok -1) so one batched GEMM runs all experts (native/cpu/moe.h, MoeSaved).
+  readonly permTok: Tensor /* i32 [Np] token of each permuted row (-1: padding) */;
   readonly slotPos: Tensor /* i32 [T*k] permuted row of assignment (t, j) */;
-  readonly gu: Tensor /* bf16 [N,2I] gate_up incl. bias (f32 in exact mode) */;
-  readonly h: Tensor /* bf16 [N,I] SwiGLU output */;
-  readonly yp: Tensor /* bf16 [N,H] expert outputs incl. bias, before routing weights */;
+  readonly gu: Tensor /* bf16 [Np,2I] gate_up incl. bias (f32 in exact mode) */;
+  readonly h: Tensor /* bf16 [Np,I] SwiGLU output */;
+  readonly yp: Tensor /* bf16 [Np,H] expert outputs incl. bias, before routing weights */;
   /** The weights forward used (the caller's tensors; not disposed with the context). */
   readonly weights: MoeWeights;
   private countsHost: Int32Array | undefined;

@@ -1,4 +1,5 @@
-// MoE block on CUDA against the CPU backend, on both expert-GEMM paths (grouped kernels, per-expert cuBLASLt). Routing must match exactly; outputs and gradients must stay
+// MoE block on CUDA against the CPU backend, on every expert-GEMM path (grouped kernels, per-expert cuBLASLt,
+// padded batched cuBLASLt). Routing must match exactly; outputs and gradients must stay
 // within a FlashAttention-style bound: error vs the fp32 truth (CPU exact mode) <= 2x the error of a plain
 // BF16 implementation (CPU default mode, which rounds intermediates to bf16) + a small floor.
 import { test } from 'node:test';
@@ -37,8 +38,9 @@ function runOn(device: string, p: MoeProblem, dyVals: Float32Array, opts: { exac
   return out;
 }
 
-// Both expert-GEMM paths: our grouped kernels and per-expert cuBLASLt (GPTOSS_MOE_GEMM, read on every call).
-const PATHS = ['own', 'cublas'] as const;
+// Every expert-GEMM path: our grouped kernels, per-expert cuBLASLt, and the padded slab layout with one
+// strided-batched cuBLASLt GEMM per product (GPTOSS_MOE_GEMM, read on every call).
+const PATHS = ['own', 'cublas', 'batched'] as const;
 
 function check(name: string, p: MoeProblem, dyBf16 = false) {
   for (const path of PATHS) {
@@ -99,7 +101,7 @@ test('ties in router logits are broken like the CPU', { skip }, () => {
   check('ties', p);
 });
 
-test('weight gradients accumulate into given buffers on both GEMM paths', { skip }, () => {
+test('weight gradients accumulate into given buffers on every GEMM path', { skip }, () => {
   const p = makeProblem(300, 128, 4, 64, 2, 10);
   for (const path of PATHS) {
     process.env.GPTOSS_MOE_GEMM = path;
@@ -108,6 +110,10 @@ test('weight gradients accumulate into given buffers on both GEMM paths', { skip
       const x = Tensor.from(p.x, [p.T, p.H], { dtype: 'bf16', device: 'cuda:0' });
       const dy = Tensor.from(randnBf16(p.T * p.H, 1, rng(11)), [p.T, p.H], { device: 'cuda:0' });
       const f = moeForward(x, w, { topK: p.k });
+      // The batched path saves the padded slab layout (E * Mp rows, Mp a multiple of 64).
+      const N = p.T * p.k, rows = f.ctx.permTok.shape[0]!;
+      if (path === 'batched') assert.ok(rows > N && rows % (64 * p.E) === 0, `[batched] ${rows} saved rows for N ${N}`);
+      else assert.equal(rows, N, `[${path}] saved rows`);
       const fresh = moeBackward(dy, f.ctx);
       const prevGU = Float32Array.from({ length: p.E * p.H * 2 * p.I }, (_, i) => (i % 7) - 3);
       const prevD = Float32Array.from({ length: p.E * p.I * p.H }, (_, i) => (i % 5) * 0.5);
