@@ -2,7 +2,7 @@
 // linear layer built on them. Row-major, fp32 accumulation, bf16 or f32 in and out.
 import { native, type DType } from '../native.ts';
 import { Tensor } from '../tensor.ts';
-import { fill } from './elementwise.ts';
+import { cast, fill } from './elementwise.ts';
 
 export interface MatmulOptions {
   /** a is stored [K, M] (use its transpose). */
@@ -75,17 +75,23 @@ export interface LinearGrads {
 export function linearBackward(dy: Tensor, x: Tensor, w: Tensor, opts: LinearBackwardOptions = {}): LinearGrads {
   const [T, nOut] = dy.shape as [number, number];
   const dev = dy.device;
+  // CUDA rounds an f32 operand next to a bf16 one to bf16 inside every GEMM; round dy once for both products
+  // (same bits, one cast pass instead of two). The CPU multiplies mixed operands exactly, so it keeps dy.
+  const dyMm = dy.dtype === 'f32' && dev !== 'cpu' && (x.dtype === 'bf16' || w.dtype === 'bf16') ? cast(dy, 'bf16') : dy;
   let dx: Tensor | undefined;
   if (opts.needDx !== false) {
+    const dyX = w.dtype === 'bf16' ? dyMm : dy;
     dx = opts.dxAcc
-      ? matmul(dy, w, { out: opts.dxAcc, accumulate: true })
-      : matmul(dy, w, { outDtype: opts.dxDtype ?? 'f32' });
+      ? matmul(dyX, w, { out: opts.dxAcc, accumulate: true })
+      : matmul(dyX, w, { outDtype: opts.dxDtype ?? 'f32' });
   }
   // No buffer yet (the first micro-batch after zero_grad): write the gradient instead of adding it to zeros, which
   // saves a fill and a read of the buffer.
+  const dyW = x.dtype === 'bf16' ? dyMm : dy;
   const dW = opts.dW
-    ? matmul(dy, x, { transA: true, out: opts.dW, accumulate: true })
-    : matmul(dy, x, { transA: true, outDtype: 'f32' });
+    ? matmul(dyW, x, { transA: true, out: opts.dW, accumulate: true })
+    : matmul(dyW, x, { transA: true, outDtype: 'f32' });
+  if (dyMm !== dy) dyMm.dispose();
   const db = opts.db ?? Tensor.empty([nOut], { dtype: 'f32', device: dev });
   // Column sums of dy as a [1, T] x [T, out] product with a row of ones (in dy's dtype, so no rounding).
   // Filled on the device (a host upload would wait for the stream on every backward).
