@@ -10,8 +10,8 @@
 //   4. dsinks_h = -sum of the partials (fixed order).
 // dq costs two extra GEMMs (S and dP are recomputed) instead of fp32 atomics, which keeps results bitwise
 // reproducible.
-// GPTOSS_ATTN_BWD=v2 (head_dim 64, deterministic): 128-key dK/dV CTAs of 8 warps, heaviest CTAs first, and the
-// dQ kernel on a side stream concurrently with dK/dV (same results, bitwise, as the default; see bwd_version_nw).
+// GPTOSS_ATTN_BWD=v2 (head_dim 64, deterministic): 128-key dK/dV CTAs of 8 warps, heaviest CTAs first, on a
+// high-priority side stream concurrently with dQ (bitwise the same results as the default; see bwd_version_nw).
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -1025,9 +1025,9 @@ void launch_bwd(attn::Params& p, int nseq, int max_seqlen, float* partial, int n
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq kernel launch");
 }
 
-// A second stream per device (created once, never destroyed) with fork/join events, so the dK/dV and dQ kernels
-// of the v2 backward run concurrently: both only read D_i and lse, and each has a long triangular (causal) tail.
-// One host thread per device at a time (the fork/join events are shared by that device's calls).
+// A second stream per device (created once, never destroyed, at the highest priority) with fork/join events, so
+// the dK/dV and dQ kernels of the v2 backward run concurrently: both only read D_i and lse, and each has a long
+// triangular (causal) tail. One host thread per device at a time (the events are shared by that device's calls).
 struct BwdSideLane {
   cudaStream_t stream = nullptr;
   cudaEvent_t fork = nullptr, join = nullptr;
@@ -1039,16 +1039,20 @@ BwdSideLane& bwd_side_lane(int device) {
   BwdSideLane& l = lanes[device];
   if (!l.stream) {
     DeviceGuard g(device);
+    int least = 0, greatest = 0;
+    GPTOSS_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest), "attentionBackward: stream priorities");
     GPTOSS_CUDA_CHECK(cudaEventCreateWithFlags(&l.fork, cudaEventDisableTiming), "attentionBackward: event create");
     GPTOSS_CUDA_CHECK(cudaEventCreateWithFlags(&l.join, cudaEventDisableTiming), "attentionBackward: event create");
-    GPTOSS_CUDA_CHECK(cudaStreamCreateWithFlags(&l.stream, cudaStreamNonBlocking), "attentionBackward: stream create");
+    GPTOSS_CUDA_CHECK(cudaStreamCreateWithPriority(&l.stream, cudaStreamNonBlocking, greatest),
+                      "attentionBackward: stream create");
   }
   return l;
 }
 
 // v2 backward, head_dim 64, deterministic: pre on the compute stream, then dK/dV (dkdv_v2_kernel<NW>) on the
-// compute stream and dQ (dq_kernel<64, 1, true>) on the side stream at the same time, joined before returning.
-// dK/dV is enqueued first: its CTAs are ~10x longer than dQ's, and the dQ CTAs fill the SMs its tail leaves idle.
+// high-priority side stream and dQ (dq_kernel<64, 1, true>) on the compute stream at the same time, joined before
+// returning. The priority makes every dK/dV CTA (~10x longer than a dQ CTA, heaviest first) take an SM before any
+// pending dQ CTA does; the short dQ CTAs then fill the SMs that dK/dV's triangular tail leaves idle.
 template <int NW>
 void launch_bwd_v2(attn::Params& p, int device, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
                    cudaStream_t st) {
@@ -1062,17 +1066,16 @@ void launch_bwd_v2(attn::Params& p, int device, int nseq, int max_seqlen, float*
   BwdSideLane& side = bwd_side_lane(device);
   GPTOSS_CUDA_CHECK(cudaEventRecord(side.fork, st), "attentionBackward: fork record");
   GPTOSS_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.fork, 0), "attentionBackward: fork wait");
-  attn::dkdv_v2_kernel<NW><<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, st>>>(p);
+  attn::dkdv_v2_kernel<NW><<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, side.stream>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dk/dv v2 kernel launch");
-  attn::dq_kernel<64, 1, true>
-      <<<dim3(ceil_div(max_seqlen, QC::BM) * p.Hq, 1, nseq), QC::NT, QC::SMEM, side.stream>>>(p);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq v2 kernel launch");
   GPTOSS_CUDA_CHECK(cudaEventRecord(side.join, side.stream), "attentionBackward: join record");
+  attn::dq_kernel<64, 1, true><<<dim3(ceil_div(max_seqlen, QC::BM) * p.Hq, 1, nseq), QC::NT, QC::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq v2 kernel launch");
   if (dsinks) {
     attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
     GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
   }
-  // Later work on the compute stream (and the caching allocator's reuse of dlt/partial) waits for dQ too.
+  // Later work on the compute stream (and the caching allocator's reuse of dlt/partial) waits for dK/dV too.
   GPTOSS_CUDA_CHECK(cudaStreamWaitEvent(st, side.join, 0), "attentionBackward: join wait");
 }
 
@@ -1141,7 +1144,7 @@ void launch_bwd_atomic(attn::Params& p, int nseq, int max_seqlen, float* partial
 
 // GPTOSS_ATTN_BWD selects the deterministic head_dim-64 backward, read on every call (tests compare both in one
 // process): unset, "" or "v1" = dkdv_kernel + dq_kernel on the compute stream (the default); "v2" = 128-key dK/dV
-// CTAs of 8 warps and dQ concurrently on a side stream; "v2-bn64" = v2 with 64-key dK/dV CTAs of 4 warps (A/B).
+// CTAs of 8 warps on a side stream, concurrently with dQ; "v2-bn64" = v2 with 64-key dK/dV CTAs of 4 warps (A/B).
 // Returns the v2 dK/dV warps per CTA, or 0 for v1.
 int bwd_version_nw() {
   const char* e = std::getenv("GPTOSS_ATTN_BWD");
