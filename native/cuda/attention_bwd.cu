@@ -10,7 +10,12 @@
 //   4. dsinks_h = -sum of the partials (fixed order).
 // dq costs two extra GEMMs (S and dP are recomputed) instead of fp32 atomics, which keeps results bitwise
 // reproducible.
+// GPTOSS_ATTN_BWD=v2 (head_dim 64, deterministic): 128-key dK/dV CTAs of 8 warps, heaviest CTAs first, on a
+// high-priority side stream concurrently with dQ (bitwise the same results as the default; see bwd_version_nw).
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
 
 #include "attention.h"
 #include "attention_common.cuh"
@@ -332,7 +337,9 @@ struct DqCfg {
   static constexpr int SMEM = (2 * BM * D + 4 * BN * D) * 2;
 };
 
-template <int D, int MT>
+// V2 (GPTOSS_ATTN_BWD=v2): grid (nmb * Hq, 1, nseq) with the head fastest, so the heaviest (latest, causal)
+// query blocks of every head start first; warps skip key blocks none of their 16 rows can see.
+template <int D, int MT, bool V2 = false>
 __global__ void __launch_bounds__(DqCfg<D, MT>::NT) dq_kernel(Params p) {
   using C = DqCfg<D, MT>;
   constexpr int BM = C::BM, BN = C::BN, NT = C::NT;
@@ -342,8 +349,9 @@ __global__ void __launch_bounds__(DqCfg<D, MT>::NT) dq_kernel(Params p) {
   __nv_bfloat16* sK = sdO + BM * D;  // [2][BN*D]
   __nv_bfloat16* sV = sK + 2 * BN * D;
 
-  const int mb = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, s = blockIdx.z;
+  const int mb = V2 ? static_cast<int>(gridDim.x) / p.Hq - 1 - static_cast<int>(blockIdx.x) / p.Hq
+                    : gridDim.x - 1 - blockIdx.x;
+  const int h = V2 ? static_cast<int>(blockIdx.x) % p.Hq : blockIdx.y, s = blockIdx.z;
   const SeqInfo si = seq_info(p.cu, p.used, s);
   const int q0 = mb * BM;
   if (q0 >= si.len) return;
@@ -405,6 +413,11 @@ __global__ void __launch_bounds__(DqCfg<D, MT>::NT) dq_kernel(Params p) {
       cp_async_commit();
       const __nv_bfloat16* cK = sK + stage * BN * D;
       const __nv_bfloat16* cV = sV + stage * BN * D;
+      if constexpr (V2) {
+        // Fully masked for this warp's rows (or its rows are padding): contributes exact zeros, so skip.
+        const int n0 = kb * BN, wlast = wrow0 + 16 * MT - 1;
+        if (wrow0 >= si.used || n0 > wlast || (p.window > 0 && n0 + BN - 1 <= wrow0 - p.window)) continue;
+      }
 
       float sc[MT][BN / 8][4], dp[MT][BN / 8][4];
 #pragma unroll
@@ -492,6 +505,174 @@ __global__ void __launch_bounds__(DqCfg<D, MT>::NT) dq_kernel(Params p) {
     else
       store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dq) + qoff, qstride, r0, rows_here, acc[mt],
                                    p.scale);
+  }
+}
+
+// ---- dK, dV v2 (GPTOSS_ATTN_BWD=v2, head_dim 64) ------------------------------------------------------------------
+// NW warps x 16 keys per CTA (BN = 16 NW keys of one kv head; NW 8 by default), 64 queries per step: each Q/dO tile
+// staged in shared memory feeds NW warps, so NW = 8 halves the L2 -> smem traffic per MMA of the 4-warp kernel.
+// K/V A fragments stay in registers. Grid (nkb * Hkv, 1, nseq) with the kv head fastest: key block 0 (the most
+// query blocks under a causal mask) of every head starts first. Per warp, the arithmetic and the summation order
+// over (head, query block) are those of dkdv_kernel<64, 1>; iterations a warp cannot see are skipped (they would
+// add exact zeros), so dK/dV equal the default path bitwise.
+template <int NW>
+struct DkdvV2Cfg {
+  static constexpr int D = 64, NT = NW * 32, BN = NW * 16, BM = 64;
+  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4;
+};
+
+// 4-byte cp.async (zero-filled when !pred): lse / D_i rows, so no thread waits on a plain global load mid-loop.
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool pred) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(pred ? 4 : 0));
+}
+
+template <int NW>
+__global__ void __launch_bounds__(NW * 32) dkdv_v2_kernel(Params p) {
+  using C = DkdvV2Cfg<NW>;
+  constexpr int D = 64, BN = C::BN, BM = C::BM, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [BN][D]
+  __nv_bfloat16* sV = sK + BN * D;                                  // [BN][D]
+  __nv_bfloat16* sQ = sV + BN * D;                                  // [2][BM][D]
+  __nv_bfloat16* sdO = sQ + 2 * BM * D;                             // [2][BM][D]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);           // [2][BM] lse (natural log)
+  float* sDl = sL + 2 * BM;                                         // [2][BM] D_i
+
+  const int kb = static_cast<int>(blockIdx.x) / p.Hkv, kvh = static_cast<int>(blockIdx.x) % p.Hkv, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int n0 = kb * BN;
+  if (n0 >= si.len) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int keys_here = min(BN, si.len - n0);
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+
+  const int i_lo = n0;
+  const int i_hi = p.window > 0 ? min(si.used, n0 + BN - 1 + p.window) : si.used;
+  const int qb_lo = i_lo / BM, qb_hi = i_hi > i_lo ? (i_hi + BM - 1) / BM : qb_lo;
+  const int nqb = qb_hi - qb_lo, niter = nqb * p.G;
+  const int wk0 = warp * 16;   // first key row of this warp within the block
+  const int kmin = n0 + wk0;  // this warp's keys: kmin .. kmin + 15
+
+  if (niter > 0) {
+    load_tile<BN, D, NT>(sK, p.k + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    load_tile<BN, D, NT>(sV, p.v + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    auto load_q = [&](int it, int stage) {
+      const int h = kvh * p.G + it / nqb, i0 = (qb_lo + it % nqb) * BM;
+      const int nv = si.used - i0;
+      load_tile<BM, D, NT>(sQ + stage * BM * D, p.q + (si.start + i0) * qstride + h * D, qstride, nv);
+      load_tile<BM, D, NT>(sdO + stage * BM * D, p.dout + (si.start + i0) * qstride + h * D, qstride, nv);
+      const float* gl = p.lse + static_cast<int64_t>(h) * p.T + si.start + i0;
+      const float* gd = p.dlt + static_cast<int64_t>(h) * p.T + si.start + i0;
+      for (int r = threadIdx.x; r < 2 * BM; r += NT) {
+        const int rr = r & (BM - 1);
+        const bool ok = rr < nv;
+        if (r < BM)
+          cp_async4(sL + stage * BM + rr, ok ? gl + rr : gl, ok);
+        else
+          cp_async4(sDl + stage * BM + rr, ok ? gd + rr : gd, ok);
+      }
+    };
+    load_q(0, 0);
+    cp_async_commit();
+
+    uint32_t kf[D / 16][4], vf[D / 16][4];
+
+    for (int it = 0; it < niter; it++) {
+      const int stage = it & 1;
+      cp_async_wait<0>();
+      __syncthreads();
+      if (it + 1 < niter) load_q(it + 1, stage ^ 1);
+      cp_async_commit();
+      if (it == 0) {
+        load_a_frags<D>(sK, wk0, kf);
+        load_a_frags<D>(sV, wk0, vf);
+      }
+      const int i0 = (qb_lo + it % nqb) * BM;
+      // No (query, key) pair of this step is visible to this warp's keys (or they are padding): skip.
+      if (kmin >= si.used || i0 + BM - 1 < kmin || (p.window > 0 && i0 - (kmin + 15) >= p.window)) continue;
+      const __nv_bfloat16* cQ = sQ + stage * BM * D;
+      const __nv_bfloat16* cdO = sdO + stage * BM * D;
+      const float* cL = sL + stage * BM;
+      const float* cDl = sDl + stage * BM;
+
+      // S^T = K Q^T and dP^T = V dO^T for 16 keys x BM queries.
+      float st[BM / 8][4], dpt[BM / 8][4];
+#pragma unroll
+      for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) st[i][e] = dpt[i][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int np = 0; np < BM / 16; np++) {
+          uint32_t b[4];
+          load_bT_frags<D>(cQ, np * 16, kk, b);
+          mma16816(st[2 * np], kf[kk], b[0], b[1]);
+          mma16816(st[2 * np + 1], kf[kk], b[2], b[3]);
+          load_bT_frags<D>(cdO, np * 16, kk, b);
+          mma16816(dpt[2 * np], vf[kk], b[0], b[1]);
+          mma16816(dpt[2 * np + 1], vf[kk], b[2], b[3]);
+        }
+      }
+      const bool need_mask =
+          (i0 < kmin + 15) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) || (i0 + BM > si.used);
+#pragma unroll
+      for (int i = 0; i < BM / 8; i++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int cl = i * 8 + 2 * t4 + (e & 1);
+          // __fmul_rn: the same rounded lse*log2e as the default kernel (never contracted into the FMA below).
+          float pv = exp2f(st[i][e] * p.scale_log2 - __fmul_rn(cL[cl], kLog2e));
+          if (need_mask) {
+            const int krow = kmin + g + (e >> 1) * 8, col = i0 + cl;
+            const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
+            pv = ok ? pv : 0.f;
+          }
+          st[i][e] = pv;
+          dpt[i][e] = pv * (dpt[i][e] - cDl[cl]);
+        }
+      }
+      // dV += P^T dO, dK += dS^T Q (P^T / dS^T accumulators re-packed as A fragments).
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; kk++) {
+        uint32_t pa[4], da[4];
+        pa[0] = pack_bf16(st[2 * kk][0], st[2 * kk][1]);
+        pa[1] = pack_bf16(st[2 * kk][2], st[2 * kk][3]);
+        pa[2] = pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+        pa[3] = pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+        da[0] = pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]);
+        da[1] = pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]);
+        da[2] = pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+        da[3] = pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+#pragma unroll
+        for (int np = 0; np < D / 16; np++) {
+          uint32_t b[4];
+          load_b_frags<D>(cdO, kk * 16, np, b);
+          mma16816(dv[2 * np], pa, b[0], b[1]);
+          mma16816(dv[2 * np + 1], pa, b[2], b[3]);
+          load_b_frags<D>(cQ, kk * 16, np, b);
+          mma16816(dk[2 * np], da, b[0], b[1]);
+          mma16816(dk[2 * np + 1], da, b[2], b[3]);
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+  const int64_t koff = (si.start + n0) * kstride + kvh * D;
+  const int r0 = wk0 + g;
+  if (p.grad_f32) {
+    store_frag<D, float>(static_cast<float*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
+    store_frag<D, float>(static_cast<float*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
+  } else {
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
   }
 }
 
@@ -844,6 +1025,60 @@ void launch_bwd(attn::Params& p, int nseq, int max_seqlen, float* partial, int n
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq kernel launch");
 }
 
+// A second stream per device (created once, never destroyed, at the highest priority) with fork/join events, so
+// the dK/dV and dQ kernels of the v2 backward run concurrently: both only read D_i and lse, and each has a long
+// triangular (causal) tail. One host thread per device at a time (the events are shared by that device's calls).
+struct BwdSideLane {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr, join = nullptr;
+};
+BwdSideLane& bwd_side_lane(int device) {
+  static std::mutex mu;
+  static std::map<int, BwdSideLane> lanes;
+  std::lock_guard<std::mutex> lock(mu);
+  BwdSideLane& l = lanes[device];
+  if (!l.stream) {
+    DeviceGuard g(device);
+    int least = 0, greatest = 0;
+    GPTOSS_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest), "attentionBackward: stream priorities");
+    GPTOSS_CUDA_CHECK(cudaEventCreateWithFlags(&l.fork, cudaEventDisableTiming), "attentionBackward: event create");
+    GPTOSS_CUDA_CHECK(cudaEventCreateWithFlags(&l.join, cudaEventDisableTiming), "attentionBackward: event create");
+    GPTOSS_CUDA_CHECK(cudaStreamCreateWithPriority(&l.stream, cudaStreamNonBlocking, greatest),
+                      "attentionBackward: stream create");
+  }
+  return l;
+}
+
+// v2 backward, head_dim 64, deterministic: pre on the compute stream, then dK/dV (dkdv_v2_kernel<NW>) on the
+// high-priority side stream and dQ (dq_kernel<64, 1, true>) on the compute stream at the same time, joined before
+// returning. The priority makes every dK/dV CTA (~10x longer than a dQ CTA, heaviest first) take an SM before any
+// pending dQ CTA does; the short dQ CTAs then fill the SMs that dK/dV's triangular tail leaves idle.
+template <int NW>
+void launch_bwd_v2(attn::Params& p, int device, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
+                   cudaStream_t st) {
+  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
+  using KC = attn::DkdvV2Cfg<NW>;
+  using QC = attn::DqCfg<64, 1>;
+  static bool kd = false, qd = false;
+  set_smem(attn::dkdv_v2_kernel<NW>, KC::SMEM, kd);
+  set_smem(attn::dq_kernel<64, 1, true>, QC::SMEM, qd);
+  BwdSideLane& side = bwd_side_lane(device);
+  GPTOSS_CUDA_CHECK(cudaEventRecord(side.fork, st), "attentionBackward: fork record");
+  GPTOSS_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.fork, 0), "attentionBackward: fork wait");
+  attn::dkdv_v2_kernel<NW><<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, side.stream>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dk/dv v2 kernel launch");
+  GPTOSS_CUDA_CHECK(cudaEventRecord(side.join, side.stream), "attentionBackward: join record");
+  attn::dq_kernel<64, 1, true><<<dim3(ceil_div(max_seqlen, QC::BM) * p.Hq, 1, nseq), QC::NT, QC::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq v2 kernel launch");
+  if (dsinks) {
+    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
+    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
+  }
+  // Later work on the compute stream (and the caching allocator's reuse of dlt/partial) waits for dK/dV too.
+  GPTOSS_CUDA_CHECK(cudaStreamWaitEvent(st, side.join, 0), "attentionBackward: join wait");
+}
+
 // Deterministic backward for head_dim 64 on sm_90 with the wgmma kernels (GPTOSS_ATTN_BWD_NWG = 2 | 3 warpgroups
 // per CTA for dK/dV, GPTOSS_ATTN_DQ_NWG for dQ; default 2).
 template <int KW, int QW>
@@ -907,6 +1142,19 @@ void launch_bwd_atomic(attn::Params& p, int nseq, int max_seqlen, float* partial
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
 }
 
+// GPTOSS_ATTN_BWD selects the deterministic head_dim-64 backward, read on every call (tests compare both in one
+// process): unset, "" or "v1" = dkdv_kernel + dq_kernel on the compute stream (the default); "v2" = 128-key dK/dV
+// CTAs of 8 warps on a side stream, concurrently with dQ; "v2-bn64" = v2 with 64-key dK/dV CTAs of 4 warps (A/B).
+// Returns the v2 dK/dV warps per CTA, or 0 for v1.
+int bwd_version_nw() {
+  const char* e = std::getenv("GPTOSS_ATTN_BWD");
+  const std::string mode = e ? e : "";
+  if (mode.empty() || mode == "v1") return 0;
+  if (mode == "v2") return 8;
+  if (mode == "v2-bn64") return 4;
+  fail("GPTOSS_ATTN_BWD: unknown value '", mode, "' (v1, v2, v2-bn64; unset = v1)");
+}
+
 // GPTOSS_ATTN_BWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (A/B measurements). Default 1: on an
 // H100, MT = 2 (fewer ldmatrix per MMA but half the warps per SM) measured ~12% slower.
 int bwd_mt() {
@@ -943,10 +1191,16 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   const int nseq = static_cast<int>(cu.dim(0) - 1);
   cudaStream_t st = stream_of(q.device);
   float* ds = dsinks ? dsinks->data<float>() : nullptr;
+  const int v2nw = bwd_version_nw();  // validated on every call, used for deterministic head_dim 64 only
   if (q.dim(2) == 64 && !deterministic) {
     Tensor acc = make_tensor(q.shape, DType::F32, q.device);
     p.dq_acc = acc.data<float>();
     launch_bwd_atomic(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+  } else if (q.dim(2) == 64 && v2nw) {
+    if (v2nw == 8)
+      launch_bwd_v2<8>(p, q.device, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
+    else
+      launch_bwd_v2<4>(p, q.device, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
   } else if (q.dim(2) == 64 && (attn::wgmma_mode_env() & 2) && attn::device_is_sm90(q.device)) {
     launch_bwd_wgmma(p, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
   } else if (q.dim(2) == 64) {

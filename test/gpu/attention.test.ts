@@ -145,6 +145,75 @@ test('cuda larger shape (Hq 16, Hkv 2, S 1536, causal and window 128) vs cpu', {
   }
 });
 
+// ---- GPTOSS_ATTN_BWD=v2 (head_dim 64): 128-key dK/dV CTAs, dQ on a side stream. The env is read on every call.
+function withBwdEnv<T>(mode: string | undefined, fn: () => T): T {
+  const prev = process.env.GPTOSS_ATTN_BWD;
+  if (mode === undefined) delete process.env.GPTOSS_ATTN_BWD;
+  else process.env.GPTOSS_ATTN_BWD = mode;
+  try {
+    return fn();
+  } finally {
+    if (prev === undefined) delete process.env.GPTOSS_ATTN_BWD;
+    else process.env.GPTOSS_ATTN_BWD = prev;
+  }
+}
+
+const v2Cases: [string, Case][] = [
+  ['GQA 8, D64, packed 1/7/113/300, causal', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 31)],
+  ['GQA 8, D64, packed 1/7/113/300, causal, no sinks', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 32, false)],
+  ['GQA 2, D64, packed 1/7/113/300, window 37', randomCase(4, 2, 64, [1, 7, 113, 300], 37, 33)],
+  ['GQA 1, D64, packed 1/7/113/300, window 128, no sinks', randomCase(2, 2, 64, [1, 7, 113, 300], 128, 34, false)],
+  ['GQA 8, D64, packed 1/7/113/300, window 128', randomCase(16, 2, 64, [1, 7, 113, 300], 128, 35)],
+  ['GQA 1, D64, causal 257/130', randomCase(2, 2, 64, [257, 130], 0, 36)],
+  ['GQA 4, D64, padding (used 200/1/64 of 256)', randomCase(8, 2, 64, [256, 256, 256], 0, 37, true, [200, 1, 64])],
+  ['GQA 8, D64, window 500 > sequence', randomCase(8, 1, 64, [190, 3], 500, 38)],
+  ['GQA 8 (Hq 64, Hkv 8), D64, causal 300', randomCase(64, 8, 64, [300], 0, 39)],
+];
+
+for (const mode of ['v2', 'v2-bn64']) {
+  for (const [name0, c] of v2Cases) {
+    const name = `${name0} [GPTOSS_ATTN_BWD=${mode}]`;
+    test(`cuda vs cpu: ${name}`, { skip }, () => {
+      const g = withBwdEnv(mode, () => runOn('cuda:0', c, 'f32'));
+      const cpu = runOn('cpu', c, 'f32');
+      const p = plainBf16(c, c.q, c.k, c.v, c.dout);
+      checkBound(name, 'dq', g.dq, p.dq, cpu.dq, 2e-3);
+      checkBound(name, 'dk', g.dk, p.dk, cpu.dk, 2e-3);
+      checkBound(name, 'dv', g.dv, p.dv, cpu.dv, 2e-3);
+      if (c.sinks) checkBound(name, 'dsinks', g.dsinks!, p.dsinks, cpu.dsinks!, 2e-3);
+      else assert.equal(g.dsinks, undefined);
+      // v2 keeps the default kernels' per-element arithmetic and summation order (skipped steps add exact
+      // zeros), so it equals the default path bitwise, in f32 and bf16 gradients.
+      for (const gd of ['f32', 'bf16'] as const) {
+        const a = withBwdEnv(undefined, () => runOn('cuda:0', c, gd));
+        const b = gd === 'f32' ? g : withBwdEnv(mode, () => runOn('cuda:0', c, gd));
+        for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(b[key], a[key], `${gd} ${key}: v2 != default`);
+      }
+    });
+  }
+}
+
+test('cuda backward v2 is deterministic and matches cpu at S 1536 (causal and window 128, bf16 grads)', { skip }, () => {
+  for (const window of [0, 128]) {
+    const c = randomCase(16, 2, 64, [1536], window, 41);
+    const g = withBwdEnv('v2', () => runOn('cuda:0', c, 'bf16'));
+    const again = withBwdEnv('v2', () => runOn('cuda:0', c, 'bf16'));
+    for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(again[key], g[key], `rerun ${key}`);
+    const cpu = runOn('cpu', c, 'f32');
+    const mag = (a: Float32Array) => maxAbsDiff(a, new Float32Array(a.length));
+    for (const key of ['dq', 'dk', 'dv'] as const) {
+      const e = maxAbsDiff(g[key], cpu[key]);
+      console.log(`v2 S1536 W${window} ${key}: err ${e.toExponential(2)} (max |ref| ${mag(cpu[key]).toExponential(2)})`);
+      assert.ok(e <= 2e-2 * mag(cpu[key]) + 2e-3, `${key} err ${e}`);
+    }
+  }
+});
+
+test('cuda backward: an unknown GPTOSS_ATTN_BWD value is refused', { skip }, () => {
+  const c = randomCase(2, 1, 64, [17], 0, 42);
+  assert.throws(() => withBwdEnv('v3', () => runOn('cuda:0', c, 'f32')), /GPTOSS_ATTN_BWD: unknown value 'v3'/);
+});
+
 test('cuda decode == cpu decode (GQA 8 and 1, D 16/32/64/128, windows, ragged lengths)', { skip }, () => {
   for (const [Hq, Hkv, D] of [
     [16, 2, 64],
