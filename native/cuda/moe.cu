@@ -332,7 +332,9 @@ __global__ void dx_kernel(const bf* __restrict__ dxp, const int32_t* __restrict_
 // strided-batched cuBLASLt GEMM per product, which keeps the whole GPU busy; with skewed routing the padding
 // would cost more than it saves, so the per-expert GEMMs run instead.
 // GPTOSS_MOE_GEMM=own|cublas|batched|auto (default auto: our grouped kernels below 128 rows per expert on
-// average; above, batched when padding adds at most 25% rows, else per-expert cuBLAS). Read on every call
+// average; above, batched when padding adds at most 50% rows, else per-expert cuBLAS). Measured on an H100 with
+// gpt-oss-20b layers at 4096 tokens: batched 9.78 ms/layer, per-expert 10.27, even for a layer whose random
+// router padded by more than 25%. Read on every call
 // (cheap), so tests can compare the paths in one process.
 enum class MoeGemm { Own, PerExpert, Batched };
 constexpr int64_t kPadRows = 64;
@@ -360,7 +362,7 @@ MoeGemm cublas_kind(int64_t N, int64_t E, const std::vector<int32_t>& off) {
   const std::string mode = moe_gemm_env();
   if (mode == "batched") return MoeGemm::Batched;
   if (mode == "cublas") return MoeGemm::PerExpert;
-  return E * slab_rows(off) * 4 <= N * 5 ? MoeGemm::Batched : MoeGemm::PerExpert;
+  return E * slab_rows(off) * 2 <= N * 3 ? MoeGemm::Batched : MoeGemm::PerExpert;
 }
 
 // GPTOSS_MOE_LANES=0 runs the per-expert GEMMs one after another on the compute stream; by default they are

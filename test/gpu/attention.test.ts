@@ -145,7 +145,8 @@ test('cuda larger shape (Hq 16, Hkv 2, S 1536, causal and window 128) vs cpu', {
   }
 });
 
-// ---- GPTOSS_ATTN_BWD=v2 (head_dim 64): 128-key dK/dV CTAs, dQ on a side stream. The env is read on every call.
+// ---- GPTOSS_ATTN_BWD (head_dim 64): v2 (the default: 64-key dK/dV CTAs on a side stream, concurrently with dQ),
+// v2-bn128 (128-key CTAs) and v1 (one after the other). The env is read on every call.
 function withBwdEnv<T>(mode: string | undefined, fn: () => T): T {
   const prev = process.env.GPTOSS_ATTN_BWD;
   if (mode === undefined) delete process.env.GPTOSS_ATTN_BWD;
@@ -170,7 +171,7 @@ const v2Cases: [string, Case][] = [
   ['GQA 8 (Hq 64, Hkv 8), D64, causal 300', randomCase(64, 8, 64, [300], 0, 39)],
 ];
 
-for (const mode of ['v2', 'v2-bn64']) {
+for (const mode of ['v2', 'v2-bn128']) {
   for (const [name0, c] of v2Cases) {
     const name = `${name0} [GPTOSS_ATTN_BWD=${mode}]`;
     test(`cuda vs cpu: ${name}`, { skip }, () => {
@@ -182,12 +183,16 @@ for (const mode of ['v2', 'v2-bn64']) {
       checkBound(name, 'dv', g.dv, p.dv, cpu.dv, 2e-3);
       if (c.sinks) checkBound(name, 'dsinks', g.dsinks!, p.dsinks, cpu.dsinks!, 2e-3);
       else assert.equal(g.dsinks, undefined);
-      // v2 keeps the default kernels' per-element arithmetic and summation order (skipped steps add exact
-      // zeros), so it equals the default path bitwise, in f32 and bf16 gradients.
+      // v2 keeps v1's per-element arithmetic and summation order (skipped steps add exact zeros), so it equals
+      // v1 bitwise, in f32 and bf16 gradients; unset = v2.
       for (const gd of ['f32', 'bf16'] as const) {
-        const a = withBwdEnv(undefined, () => runOn('cuda:0', c, gd));
+        const a = withBwdEnv('v1', () => runOn('cuda:0', c, gd));
         const b = gd === 'f32' ? g : withBwdEnv(mode, () => runOn('cuda:0', c, gd));
-        for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(b[key], a[key], `${gd} ${key}: v2 != default`);
+        for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(b[key], a[key], `${gd} ${key}: ${mode} != v1`);
+        if (mode === 'v2') {
+          const d = withBwdEnv(undefined, () => runOn('cuda:0', c, gd));
+          for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(d[key], b[key], `${gd} ${key}: unset != v2`);
+        }
       }
     });
   }
