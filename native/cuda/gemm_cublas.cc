@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -102,6 +103,17 @@ int64_t pow2_at_least(int64_t v) {
   return p;
 }
 
+// Batched GEMMs (the MoE experts) run a few large shapes many times: the first call of a shape times the
+// heuristic's top candidates and keeps the fastest (GPTOSS_GEMM_TUNE=0: take the heuristic's first).
+constexpr int kTuneCandidates = 8;
+bool tune_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("GPTOSS_GEMM_TUNE");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
+
 // A strided batch in cuBLAS's column-major view: count problems, operand b at x + b*sx, y + b*sy, c + b*sc and
 // the bias at bias + b*sbias (elements). count 1 = a plain GEMM.
 struct LtBatch {
@@ -122,7 +134,7 @@ bool set_batch(cublasLtMatrixLayout_t l, const LtBatch& b, int64_t stride) {
 // dimensions widened to stay valid); returns false when cuBLASLt has nothing.
 bool lt_heuristic(Handles& h, cublasLtMatmulDesc_t op, int64_t m, int64_t n, int64_t k, int64_t ldx, bool tx,
                   int64_t ldy, bool ty, DType ab, DType ct, int64_t ldc, uint32_t ax, uint32_t ay, uint32_t ac,
-                  const LtBatch& batch, cublasLtMatmulAlgo_t* algo) {
+                  const LtBatch& batch, cublasLtMatmulAlgo_t* algo, std::vector<cublasLtMatmulAlgo_t>* more = nullptr) {
   cublasLtMatrixLayout_t lx = nullptr, ly = nullptr, lc = nullptr;
   cublasLtMatmulPreference_t pref = nullptr;
   bool ok = false;
@@ -142,12 +154,15 @@ bool lt_heuristic(Handles& h, cublasLtMatmulDesc_t op, int64_t m, int64_t n, int
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ay, sizeof(ay));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac));
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[kTuneCandidates];
     int found = 0;
-    if (cublasLtMatmulAlgoGetHeuristic(h.lt, op, lx, ly, lc, lc, pref, 1, &res, &found) != CUBLAS_STATUS_SUCCESS ||
+    if (cublasLtMatmulAlgoGetHeuristic(h.lt, op, lx, ly, lc, lc, pref, more ? kTuneCandidates : 1, res, &found) !=
+            CUBLAS_STATUS_SUCCESS ||
         found == 0)
       break;
-    *algo = res.algo;
+    *algo = res[0].algo;
+    if (more)
+      for (int i = 0; i < found; i++) more->push_back(res[i].algo);
     ok = true;
   } while (false);
   if (pref) cublasLtMatmulPreferenceDestroy(pref);
@@ -155,6 +170,43 @@ bool lt_heuristic(Handles& h, cublasLtMatmulDesc_t op, int64_t m, int64_t n, int
   if (ly) cublasLtMatrixLayoutDestroy(ly);
   if (lx) cublasLtMatrixLayoutDestroy(lx);
   return ok;
+}
+
+// The candidate with the shortest time (one warm-up run each, then the best of two timed runs); failures and
+// errors keep the heuristic's first choice.
+template <typename Run>
+cublasLtMatmulAlgo_t fastest(int device, const std::vector<cublasLtMatmulAlgo_t>& cands, Run& run) {
+  cudaStream_t st = static_cast<cudaStream_t>(stream(device));
+  cudaEvent_t a = nullptr, b = nullptr;
+  cublasLtMatmulAlgo_t best = cands[0];
+  if (cudaEventCreate(&a) != cudaSuccess || cudaEventCreate(&b) != cudaSuccess) {
+    if (a) cudaEventDestroy(a);
+    cudaGetLastError();
+    return best;
+  }
+  float best_ms = 1e30f;
+  for (const auto& c : cands) {
+    if (!run(&c)) continue;  // this candidate does not run here
+    float ms = 1e30f;
+    for (int rep = 0; rep < 2; rep++) {
+      float t = 0.f;
+      cudaEventRecord(a, st);
+      const bool ok = run(&c);
+      cudaEventRecord(b, st);
+      if (!ok || cudaEventSynchronize(b) != cudaSuccess || cudaEventElapsedTime(&t, a, b) != cudaSuccess) {
+        t = 1e30f;
+        cudaGetLastError();
+      }
+      ms = std::min(ms, t);
+    }
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = c;
+    }
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return best;
 }
 
 bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float alpha, const void* X, int64_t ldx,
@@ -194,12 +246,6 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
       auto it = algo_cache().find(key);
       if (it != algo_cache().end()) entry = it->second;
     }
-    if (!entry.ok) {
-      if (!lt_heuristic(h, op, m, qn, qk, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, batch, &entry.algo)) break;
-      entry.ok = true;
-      std::lock_guard<std::mutex> lock(g_mu);
-      algo_cache()[key] = entry;
-    }
     auto run = [&](const cublasLtMatmulAlgo_t* algo) {
       const bool lane = t_lane >= 0 && h.lane_stream[t_lane];
       return cublasLtMatmul(h.lt, op, &alpha, X, lx, Y, ly, &beta, C, lc, C, lc, algo,
@@ -207,6 +253,18 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
                             lane ? h.lane_stream[t_lane] : static_cast<cudaStream_t>(stream(device))) ==
              CUBLAS_STATUS_SUCCESS;
     };
+    if (!entry.ok) {
+      // Timing rewrites C, so only a call that overwrites it (beta 0) on the compute stream may tune.
+      const bool tune = batch.count > 1 && beta == 0.f && t_lane < 0 && tune_enabled();
+      std::vector<cublasLtMatmulAlgo_t> cands;
+      if (!lt_heuristic(h, op, m, qn, qk, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, batch, &entry.algo,
+                        tune ? &cands : nullptr))
+        break;
+      if (cands.size() > 1) entry.algo = fastest(device, cands, run);
+      entry.ok = true;
+      std::lock_guard<std::mutex> lock(g_mu);
+      algo_cache()[key] = entry;
+    }
     ok = run(&entry.algo);
     if (!ok && bucket != GemmBucket::None) {  // the bucket's algorithm does not fit this size: ask for this one
       cublasLtMatmulAlgo_t exact;
