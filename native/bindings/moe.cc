@@ -119,11 +119,11 @@ GPTOSS_OP(moeBackward) {
   check_shape(op, "ctx.topkW", s.topk_w, {T, k});
   check_shape(op, "ctx.counts", s.counts, {E});
   check_shape(op, "ctx.offsets", s.offsets, {E + 1});
-  // Rows: N, or on CUDA a padded slab layout of E * Mp rows (see MoeSaved).
+  // Rows: N, or on CUDA a padded slab layout with more rows (see MoeSaved).
   check_ndim(op, "ctx.permTok", s.perm_tok, 1);
   const int64_t Np = s.perm_tok.dim(0);
-  GPTOSS_CHECK(Np == N || (dy.is_cuda() && Np > N && Np % E == 0), op, ": ctx.permTok must have ", N,
-               " rows (T*topK), or on CUDA a padded multiple of ", E, " experts above it; got ", s.perm_tok.describe());
+  GPTOSS_CHECK(Np == N || (dy.is_cuda() && Np > N), op, ": ctx.permTok must have ", N,
+               " rows (T*topK), or on CUDA a padded layout above it; got ", s.perm_tok.describe());
   check_shape(op, "ctx.slotPos", s.slot_pos, {N});
   check_shape(op, "ctx.gu", s.gu, {Np, 2 * I});
   check_shape(op, "ctx.h", s.h, {Np, I});

@@ -22,8 +22,9 @@ struct MoeSaved {
   Tensor topk_idx;  // i32 [T,k] chosen experts, by decreasing logit (ties: lower expert id first)
   Tensor topk_w;    // f32 [T,k] softmax over the k chosen logits
   // Expert e's rows are offsets[e] .. offsets[e]+counts[e]-1. The CPU packs them (offsets = prefix sums of
-  // counts, Np = N). The CUDA backend may pad instead (the "slab" layout of its batched GEMMs): offsets[e] = e*Mp,
-  // Np = E*Mp, and rows offsets[e]+counts[e] .. offsets[e+1]-1 are padding (perm_tok -1).
+  // counts, Np = N). The CUDA backend may pad instead (the "slab" layout of its batched GEMMs): each range of
+  // consecutive experts shares a slab size Mp (a multiple of 64, at least its largest count), offsets step by it,
+  // Np = offsets[E] > N, and rows offsets[e]+counts[e] .. offsets[e+1]-1 are padding (perm_tok -1).
   Tensor counts;    // i32 [E] rows per expert
   Tensor offsets;   // i32 [E+1] first row of each expert (and the end)
   Tensor perm_tok;  // i32 [Np] token of each permuted row (-1: padding)

@@ -152,18 +152,23 @@ __global__ void place_kernel(const int32_t* __restrict__ idx, int64_t n, int k, 
 
 // xp[r] = x[perm_tok[r]] (16-byte copies): the expert-ordered input rows, so the gate_up GEMM and its weight
 // gradient read contiguous rows.
-// Padded ("slab") layout: expert e's rows move to e*Mp .. e*Mp+count_e-1 and rows up to (e+1)*Mp are padding
-// (perm_pad -1, zero input rows), so all experts share one row count and one strided-batched GEMM runs them all.
-// slot_pad [n] = padded row of assignment a; perm_pad [E*Mp] (pre-filled with -1); off_pad [E+1] = e*Mp.
+// Padded ("slab") layout: expert e's rows move to off_pad[e] .. off_pad[e]+count_e-1 and rows up to off_pad[e+1]
+// are padding (perm_pad -1, zero input rows). Experts are grouped in ranges of consecutive ids that share one slab
+// size, so each range is one strided-batched GEMM per product (see plan_slabs).
+// slot_pad [n] = padded row of assignment a; perm_pad [Np] (pre-filled with -1); off_pad [E+1] from `slabs`.
+constexpr int kMaxSlabExperts = 256;
+struct SlabOffsets {
+  int32_t v[kMaxSlabExperts + 1];
+};
 __global__ void pad_layout_kernel(const int32_t* __restrict__ topk_idx, const int32_t* __restrict__ slot_pos,
-                                  const int32_t* __restrict__ offsets, int64_t n, int k, int64_t Mp, int E,
+                                  const int32_t* __restrict__ offsets, int64_t n, int k, int E, SlabOffsets slabs,
                                   int32_t* __restrict__ slot_pad, int32_t* __restrict__ perm_pad,
                                   int32_t* __restrict__ off_pad) {
   const int64_t a = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (a <= E) off_pad[a] = static_cast<int32_t>(a * Mp);
+  if (a <= E) off_pad[a] = slabs.v[a];
   if (a < n) {
     const int e = topk_idx[a];
-    const int64_t p = e * Mp + (slot_pos[a] - offsets[e]);
+    const int64_t p = slabs.v[e] + (slot_pos[a] - offsets[e]);
     slot_pad[a] = static_cast<int32_t>(p);
     perm_pad[p] = static_cast<int32_t>(a / k);
   }
@@ -351,18 +356,58 @@ bool use_cublas(int64_t N, int64_t E) {
   if (mode == "own") return false;
   return mode != "auto" || N >= 128 * E;
 }
-// Rows per expert slab for the batched path: the largest count rounded up to kPadRows.
-int64_t slab_rows(const std::vector<int32_t>& off) {
-  int64_t m = 0;
-  for (size_t e = 0; e + 1 < off.size(); e++) m = std::max<int64_t>(m, off[e + 1] - off[e]);
-  return std::max<int64_t>(kPadRows, (m + kPadRows - 1) / kPadRows * kPadRows);
+// Experts [e0, e1) padded to Mp rows each, the first at padded row `base`.
+struct SlabRange {
+  int64_t e0, e1, Mp, base;
+};
+// Splits the experts into 1, 2, 4 or 8 ranges of consecutive ids, each padded to its own largest count (rounded
+// up to kPadRows): with uneven routing, a range's maximum is closer to its experts' counts than the global one.
+// Takes the fewest ranges within 2% of the fewest padded rows (each range costs a launch per product).
+std::vector<SlabRange> plan_slabs(const std::vector<int32_t>& off) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  auto plan = [&](int64_t R) {
+    std::vector<SlabRange> v;
+    int64_t base = 0;
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t e0 = E * r / R, e1 = E * (r + 1) / R;
+      int64_t m = 0;
+      for (int64_t e = e0; e < e1; e++) m = std::max<int64_t>(m, off[e + 1] - off[e]);
+      const int64_t Mp = std::max<int64_t>(kPadRows, (m + kPadRows - 1) / kPadRows * kPadRows);
+      v.push_back({e0, e1, Mp, base});
+      base += (e1 - e0) * Mp;
+    }
+    return v;
+  };
+  auto rows = [](const std::vector<SlabRange>& v) { return v.back().base + (v.back().e1 - v.back().e0) * v.back().Mp; };
+  std::vector<std::vector<SlabRange>> plans;
+  for (int64_t R : {1, 2, 4, 8})
+    if (R <= E) plans.push_back(plan(R));
+  int64_t best = rows(plans[0]);
+  for (const auto& p : plans) best = std::min(best, rows(p));
+  for (const auto& p : plans)
+    if (rows(p) * 100 <= best * 102) return p;
+  return plans.back();
+}
+// The ranges of a saved slab layout: runs of consecutive experts with the same slab size.
+std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
+  std::vector<SlabRange> v;
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t Mp = off[e + 1] - off[e];
+    if (!v.empty() && v.back().Mp == Mp) v.back().e1 = e + 1;
+    else v.push_back({e, e + 1, Mp, off[e]});
+  }
+  return v;
 }
 // Given cuBLAS (use_cublas), per-expert or batched for these host offsets.
 MoeGemm cublas_kind(int64_t N, int64_t E, const std::vector<int32_t>& off) {
   const std::string mode = moe_gemm_env();
+  if (E > kMaxSlabExperts) return MoeGemm::PerExpert;
   if (mode == "batched") return MoeGemm::Batched;
   if (mode == "cublas") return MoeGemm::PerExpert;
-  return E * slab_rows(off) * 2 <= N * 3 ? MoeGemm::Batched : MoeGemm::PerExpert;
+  const auto p = plan_slabs(off);
+  const int64_t rows = p.back().base + (p.back().e1 - p.back().e0) * p.back().Mp;
+  return rows * 2 <= N * 3 ? MoeGemm::Batched : MoeGemm::PerExpert;
 }
 
 // GPTOSS_MOE_LANES=0 runs the per-expert GEMMs one after another on the compute stream; by default they are
@@ -555,12 +600,16 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   const std::vector<int32_t> off = cublas ? host_offsets(s.offsets) : std::vector<int32_t>{};
   if (cublas && cublas_kind(N, E, off) == MoeGemm::Batched) {
     // Slab layout (pad_layout_kernel): the saved offsets / perm_tok / slot_pos describe the padded rows.
-    const int64_t Mp = slab_rows(off), Np = E * Mp;
+    const std::vector<SlabRange> slabs = plan_slabs(off);
+    SlabOffsets so{};
+    for (const auto& r : slabs)
+      for (int64_t e = r.e0; e <= r.e1; e++) so.v[e] = static_cast<int32_t>(r.base + (e - r.e0) * r.Mp);
+    const int64_t Np = so.v[E];
     Tensor perm_pad = make_tensor({Np}, DType::I32, dev), slot_pad = make_tensor({N}, DType::I32, dev),
            off_pad = make_tensor({E + 1}, DType::I32, dev);
     GPTOSS_CUDA_CHECK(cudaMemsetAsync(perm_pad.raw(), 0xFF, Np * sizeof(int32_t), st), "moeForward pad");
     pad_layout_kernel<<<ceil_div(std::max(N, E + 1), 256), 256, 0, st>>>(
-        s.topk_idx.data<int32_t>(), s.slot_pos.data<int32_t>(), s.offsets.data<int32_t>(), N, (int)k, Mp, (int)E,
+        s.topk_idx.data<int32_t>(), s.slot_pos.data<int32_t>(), s.offsets.data<int32_t>(), N, (int)k, (int)E, so,
         slot_pad.data<int32_t>(), perm_pad.data<int32_t>(), off_pad.data<int32_t>());
     GPTOSS_CUDA_LAUNCH_CHECK("moeForward pad layout");
     s.perm_tok = perm_pad;
@@ -569,13 +618,18 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
     alloc_rows(Np);
     Tensor xp = gathered_rows(x, s.perm_tok, st, true);
     pt.mark("fwd 1b gather");
-    // gu[e] = xp[e]·W_gu[e] + b[e] for all experts in one batched GEMM; h = swiglu(gu)
-    gemm_strided_batched(dev, E, Mp, 2 * I, H, 1.f, B(xp), H, Mp * H, false, B(w.gate_up_w), 2 * I, H * 2 * I, false,
-                         DType::BF16, B(w.gate_up_b), 2 * I, 0.f, s.gu.raw(), DType::BF16, 2 * I, Mp * 2 * I);
+    // Per range: gu[e] = xp[e]·W_gu[e] + b[e] for its experts in one batched GEMM; then h = swiglu(gu) for all.
+    for (const auto& r : slabs)
+      gemm_strided_batched(dev, r.e1 - r.e0, r.Mp, 2 * I, H, 1.f, B(xp) + r.base * H, H, r.Mp * H, false,
+                           B(w.gate_up_w) + r.e0 * H * 2 * I, 2 * I, H * 2 * I, false, DType::BF16,
+                           B(w.gate_up_b) + r.e0 * 2 * I, 2 * I, 0.f, Bm(s.gu) + r.base * 2 * I, DType::BF16, 2 * I,
+                           r.Mp * 2 * I);
     swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
     pt.mark("fwd 2 gate_up gemm");
-    gemm_strided_batched(dev, E, Mp, H, I, 1.f, B(s.h), I, Mp * I, false, B(w.down_w), H, I * H, false, DType::BF16,
-                         B(w.down_b), H, 0.f, s.yp.raw(), DType::BF16, H, Mp * H);
+    for (const auto& r : slabs)
+      gemm_strided_batched(dev, r.e1 - r.e0, r.Mp, H, I, 1.f, B(s.h) + r.base * I, I, r.Mp * I, false,
+                           B(w.down_w) + r.e0 * I * H, H, I * H, false, DType::BF16, B(w.down_b) + r.e0 * H, H, 0.f,
+                           Bm(s.yp) + r.base * H, DType::BF16, H, r.Mp * H);
     pt.mark("fwd 3 down gemm");
   } else if (cublas) {
     alloc_rows(N);
@@ -645,12 +699,10 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     check_aligned(op, "tensor", *t);
   const int32_t* offsets = s.offsets.data<int32_t>();
 
-  // Slab layout (the forward's batched path): Np = E*Mp rows, padding rows must hold zero gradients.
+  // Slab layout (the forward's batched path): Np > N rows, padding rows must hold zero gradients.
   const int64_t Np = s.perm_tok.dim(0);
   const bool padded = Np != N;
-  GPTOSS_CHECK(!padded || (Np > N && Np % E == 0), op, ": ctx.permTok has ", Np, " rows; expected ", N,
-               " or a padded multiple of ", E, " experts");
-  const int64_t Mp = Np / E;
+  GPTOSS_CHECK(!padded || Np > N, op, ": ctx.permTok has ", Np, " rows; expected ", N, " or a padded layout above it");
 
   PhaseTimer pt(st, "bwd start");
   Tensor dyp = make_tensor({Np, H}, DType::BF16, dev);
@@ -693,26 +745,37 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     pt.mark("bwd 5 dGateUpB");
   };
   if (padded) {
-    // The per-expert products below as one strided-batched GEMM each (K = Mp for the weight gradients: the
-    // padding rows are zero in dyp and xp, so they add nothing).
-    gemm_strided_batched(dev, E, I, H, Mp, 1.f, B(s.h), I, Mp * I, true, B(dyp), H, Mp * H, false, DType::BF16,
-                         nullptr, 0, wbeta, g.d_down_w.raw(), DType::F32, H, I * H);
+    // The per-expert products below as one strided-batched GEMM per expert range (K = Mp for the weight
+    // gradients: the padding rows are zero in dyp and xp, so they add nothing).
+    const std::vector<int32_t> off = host_offsets(s.offsets);
+    GPTOSS_CHECK(off[E] == Np, op, ": ctx.offsets end at ", off[E], " but ctx.permTok has ", Np, " rows");
+    const std::vector<SlabRange> slabs = slabs_of(off);
+    for (const auto& r : slabs)
+      gemm_strided_batched(dev, r.e1 - r.e0, I, H, r.Mp, 1.f, B(s.h) + r.base * I, I, r.Mp * I, true,
+                           B(dyp) + r.base * H, H, r.Mp * H, false, DType::BF16, nullptr, 0, wbeta,
+                           g.d_down_w.data<float>() + r.e0 * I * H, DType::F32, H, I * H);
     pt.mark("bwd 3 dDownW gemm");
     Tensor dh = make_tensor({Np, I}, DType::BF16, dev);
-    gemm_strided_batched(dev, E, Mp, I, H, 1.f, B(dyp), H, Mp * H, false, B(w.down_w), H, I * H, true, DType::BF16,
-                         nullptr, 0, 0.f, dh.raw(), DType::BF16, I, Mp * I);
+    for (const auto& r : slabs)
+      gemm_strided_batched(dev, r.e1 - r.e0, r.Mp, I, H, 1.f, B(dyp) + r.base * H, H, r.Mp * H, false,
+                           B(w.down_w) + r.e0 * I * H, H, I * H, true, DType::BF16, nullptr, 0, 0.f,
+                           Bm(dh) + r.base * I, DType::BF16, I, r.Mp * I);
     dgu = make_tensor({Np, 2 * I}, DType::BF16, dev);
     swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
     pt.mark("bwd 4 dgu gemm");
     d_gate_up_bias();
     Tensor xp = gathered_rows(s.x, s.perm_tok, st, true);
     pt.mark("bwd 5b gather");
-    gemm_strided_batched(dev, E, H, 2 * I, Mp, 1.f, B(xp), H, Mp * H, true, B(dgu), 2 * I, Mp * 2 * I, false,
-                         DType::BF16, nullptr, 0, wbeta, g.d_gate_up_w.raw(), DType::F32, 2 * I, H * 2 * I);
+    for (const auto& r : slabs)
+      gemm_strided_batched(dev, r.e1 - r.e0, H, 2 * I, r.Mp, 1.f, B(xp) + r.base * H, H, r.Mp * H, true,
+                           B(dgu) + r.base * 2 * I, 2 * I, r.Mp * 2 * I, false, DType::BF16, nullptr, 0, wbeta,
+                           g.d_gate_up_w.data<float>() + r.e0 * H * 2 * I, DType::F32, 2 * I, H * 2 * I);
     pt.mark("bwd 6 dGateUpW gemm");
     dxp = make_tensor({Np, H}, DType::BF16, dev);
-    gemm_strided_batched(dev, E, Mp, H, 2 * I, 1.f, B(dgu), 2 * I, Mp * 2 * I, false, B(w.gate_up_w), 2 * I,
-                         H * 2 * I, true, DType::BF16, nullptr, 0, 0.f, dxp.raw(), DType::BF16, H, Mp * H);
+    for (const auto& r : slabs)
+      gemm_strided_batched(dev, r.e1 - r.e0, r.Mp, H, 2 * I, 1.f, B(dgu) + r.base * 2 * I, 2 * I, r.Mp * 2 * I,
+                           false, B(w.gate_up_w) + r.e0 * H * 2 * I, 2 * I, H * 2 * I, true, DType::BF16, nullptr, 0,
+                           0.f, Bm(dxp) + r.base * H, DType::BF16, H, r.Mp * H);
     pt.mark("bwd 7 dxp gemm");
   } else if (cublas) {
     const std::vector<int32_t> off = host_offsets(s.offsets);

@@ -71,8 +71,8 @@ export class MoeContext {
   readonly topkW: Tensor /* f32 [T,k] routing weights */;
   readonly countsTensor: Tensor /* i32 [E] rows per expert (on the device) */;
   readonly offsets: Tensor /* i32 [E+1] first row of each expert */;
-  // Np = N = T*k rows, or on CUDA with even routing E*Mp: each expert's rows padded to a common Mp (padding rows
-  // have permTok -1) so one batched GEMM runs all experts (native/cpu/moe.h, MoeSaved).
+  // Np = N = T*k rows, or on CUDA with fairly even routing more: each expert's rows padded to its range's slab
+  // size (padding rows have permTok -1) so one batched GEMM runs a range of experts (native/cpu/moe.h, MoeSaved).
   readonly permTok: Tensor /* i32 [Np] token of each permuted row (-1: padding) */;
   readonly slotPos: Tensor /* i32 [T*k] permuted row of assignment (t, j) */;
   readonly gu: Tensor /* bf16 [Np,2I] gate_up incl. bias (f32 in exact mode) */;
