@@ -29,7 +29,8 @@ GPTOSS_OP(rmsnormForward) {
   return tensor_object(info.Env(), {{"y", y}, {"rstd", rstd}});
 }
 
-// rmsnormBackward(dy bf16|f32 like x, x, w, rstd f32 [...]) -> { dx: f32 like x, dw: f32 [H] }
+// rmsnormBackward(dy bf16|f32 like x, x, w, rstd f32 [...], residual? f32 like x) -> { dx: f32 like x, dw: f32 [H] }
+// residual, when given, is added to dx (the residual branch's gradient, without a separate pass).
 GPTOSS_OP(rmsnormBackward) {
   const char* op = "rmsnormBackward";
   Tensor& dy = tensor_arg(info, 0, op, "dy");
@@ -47,8 +48,16 @@ GPTOSS_OP(rmsnormBackward) {
   check_device(op, x, "dy", dy);
   check_device(op, x, "w", w);
   check_device(op, x, "rstd", rstd);
+  const Tensor* res = nullptr;
+  if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull()) {
+    res = &tensor_arg(info, 4, op, "residual");
+    check_dtype(op, "residual", *res, DType::F32);
+    check_shape(op, "residual", *res, x.shape);
+    check_device(op, x, "residual", *res);
+  }
   Tensor dx = make_tensor(x.shape, DType::F32, x.device);
   Tensor dw = make_tensor({x.dim(-1)}, DType::F32, x.device);
-  GPTOSS_DISPATCH(x, cpu::rmsnorm_backward(dy, x, w, rstd, dx, dw), cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw));
+  GPTOSS_DISPATCH(x, cpu::rmsnorm_backward(dy, x, w, rstd, res, dx, dw),
+                  cuda::rmsnorm_backward(dy, x, w, rstd, res, dx, dw));
   return tensor_object(info.Env(), {{"dx", dx}, {"dw", dw}});
 }

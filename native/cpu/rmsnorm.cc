@@ -32,8 +32,8 @@ static void forward(const X* x, const W* w, float eps, X* y, float* rstd, int64_
 }
 
 template <typename D, typename X, typename W>
-static void backward(const D* dy, const X* x, const W* w, const float* rstd, float* dx, float* dw, int64_t rows,
-                     int64_t h) {
+static void backward(const D* dy, const X* x, const W* w, const float* rstd, const float* res, float* dx, float* dw,
+                     int64_t rows, int64_t h) {
   parallel_for(rows, 8, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; r++) {
       const D* dyr = dy + r * h;
@@ -44,6 +44,8 @@ static void backward(const D* dy, const X* x, const W* w, const float* rstd, flo
       float c = rs * rs * dot / float(h);
       float* dxr = dx + r * h;
       for (int64_t j = 0; j < h; j++) dxr[j] = rs * (to_f32(dyr[j]) * to_f32(w[j]) - to_f32(xr[j]) * c);
+      if (res)
+        for (int64_t j = 0; j < h; j++) dxr[j] += res[r * h + j];
     }
   });
   // dw: fixed chunks of rows give per-chunk partial sums, added in chunk order (deterministic for any thread
@@ -76,21 +78,24 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
 }
 
 template <typename D>
-static void backward_d(const D* dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
-                       const Tensor& dw, int64_t rows, int64_t h) {
+static void backward_d(const D* dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const float* res,
+                       const Tensor& dx, const Tensor& dw, int64_t rows, int64_t h) {
   bool xb = x.dtype == DType::BF16, wb = w.dtype == DType::BF16;
   const float* rs = rstd.data<float>();
-  if (xb && wb) backward(dy, x.data<bf16>(), w.data<bf16>(), rs, dx.data<float>(), dw.data<float>(), rows, h);
-  else if (xb) backward(dy, x.data<bf16>(), w.data<float>(), rs, dx.data<float>(), dw.data<float>(), rows, h);
-  else if (wb) backward(dy, x.data<float>(), w.data<bf16>(), rs, dx.data<float>(), dw.data<float>(), rows, h);
-  else backward(dy, x.data<float>(), w.data<float>(), rs, dx.data<float>(), dw.data<float>(), rows, h);
+  float* pdx = dx.data<float>();
+  float* pdw = dw.data<float>();
+  if (xb && wb) backward(dy, x.data<bf16>(), w.data<bf16>(), rs, res, pdx, pdw, rows, h);
+  else if (xb) backward(dy, x.data<bf16>(), w.data<float>(), rs, res, pdx, pdw, rows, h);
+  else if (wb) backward(dy, x.data<float>(), w.data<bf16>(), rs, res, pdx, pdw, rows, h);
+  else backward(dy, x.data<float>(), w.data<float>(), rs, res, pdx, pdw, rows, h);
 }
 
-void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
-                      const Tensor& dw) {
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor* residual,
+                      const Tensor& dx, const Tensor& dw) {
   int64_t h = x.dim(-1), rows = h ? x.numel() / h : 0;
-  if (dy.dtype == DType::BF16) backward_d(dy.data<bf16>(), x, w, rstd, dx, dw, rows, h);
-  else backward_d(dy.data<float>(), x, w, rstd, dx, dw, rows, h);
+  const float* res = residual ? residual->data<float>() : nullptr;
+  if (dy.dtype == DType::BF16) backward_d(dy.data<bf16>(), x, w, rstd, res, dx, dw, rows, h);
+  else backward_d(dy.data<float>(), x, w, rstd, res, dx, dw, rows, h);
 }
 
 }  // namespace gptoss::cpu

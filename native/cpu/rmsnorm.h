@@ -10,7 +10,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
 
 // dy bf16|f32 like x; dx f32 like x; dw f32 [H] (overwritten).
 //   g = dy * w,  dx = rstd * (g - x * rstd^2 * mean(g * x)),  dw = sum_rows dy * x * rstd
-void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
-                      const Tensor& dw);
+// residual (f32 like dx, may be null) is added to dx: the gradient of a residual branch around the norm.
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor* residual,
+                      const Tensor& dx, const Tensor& dw);
 
 }  // namespace gptoss::cpu

@@ -54,8 +54,10 @@ __global__ void fwd_kernel(const X* __restrict__ x, const W* __restrict__ w, X* 
 
 template <typename D, typename X, typename W>
 __global__ void bwd_dx_kernel(const D* __restrict__ dy, const X* __restrict__ x, const W* __restrict__ w,
-                              const float* __restrict__ rstd, float* __restrict__ dx, int64_t h, bool vec) {
+                              const float* __restrict__ rstd, const float* __restrict__ res, float* __restrict__ dx,
+                              int64_t h, bool vec) {
   const D* dyr = dy + blockIdx.x * h;
+  const float* rr = res ? res + blockIdx.x * h : nullptr;
   const X* xr = x + blockIdx.x * h;
   float* dxr = dx + blockIdx.x * h;
   float rs = rstd[blockIdx.x];
@@ -81,11 +83,20 @@ __global__ void bwd_dx_kernel(const D* __restrict__ dy, const X* __restrict__ x,
       load8(xr + c, xv);
       load8(w + c, wv);
 #pragma unroll
-      for (int k = 0; k < 8; k++) d[k] = rs * (d[k] * wv[k] - xv[k] * cc);
+      for (int k = 0; k < 8; k++) d[k] = __fmul_rn(rs, d[k] * wv[k] - xv[k] * cc);
+      if (rr) {  // rounded adds (no FMA contraction): exactly dx + residual
+        float rv[8];
+        load8(rr + c, rv);
+#pragma unroll
+        for (int k = 0; k < 8; k++) d[k] = __fadd_rn(d[k], rv[k]);
+      }
       store8(dxr + c, d);
     }
   } else {
-    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) dxr[c] = rs * (ldf(dyr + c) * ldf(w + c) - ldf(xr + c) * cc);
+    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
+      const float v = __fmul_rn(rs, ldf(dyr + c) * ldf(w + c) - ldf(xr + c) * cc);
+      dxr[c] = rr ? __fadd_rn(v, rr[c]) : v;
+    }
   }
 }
 
@@ -129,8 +140,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
   GPTOSS_CUDA_LAUNCH_CHECK("rmsnormForward");
 }
 
-void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
-                      const Tensor& dw) {
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor* residual,
+                      const Tensor& dx, const Tensor& dw) {
   int64_t h = x.dim(-1), rows = h ? x.numel() / h : 0;
   if (h == 0) return;
   DeviceGuard g(x.device);
@@ -139,7 +150,9 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     GPTOSS_CUDA_CHECK(cudaMemsetAsync(dw.raw(), 0, dw.nbytes(), st), "rmsnormBackward");
     return;
   }
-  bool vec = h % 8 == 0 && aligned16(dy.raw()) && aligned16(x.raw()) && aligned16(w.raw()) && aligned16(dx.raw());
+  const float* res = residual ? residual->data<float>() : nullptr;
+  bool vec = h % 8 == 0 && aligned16(dy.raw()) && aligned16(x.raw()) && aligned16(w.raw()) && aligned16(dx.raw()) &&
+             (!res || aligned16(res));
   int threads = row_threads(h, vec);
   // At most 512 chunks of at least 64 rows: the partial buffer stays at most 512 x H floats.
   int64_t chunk = (rows + 511) / 512;
@@ -149,7 +162,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   with_float(dy, [&](auto* pd) {
     with_float(x, [&](auto* px) {
       with_float(w, [&](auto* pw) {
-        bwd_dx_kernel<<<static_cast<unsigned>(rows), threads, 0, st>>>(pd, px, pw, rstd.data<float>(),
+        bwd_dx_kernel<<<static_cast<unsigned>(rows), threads, 0, st>>>(pd, px, pw, rstd.data<float>(), res,
                                                                        dx.data<float>(), h, vec);
       });
       dim3 grid(ceil_div(h, 256), static_cast<unsigned>(nchunks));

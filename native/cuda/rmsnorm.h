@@ -5,7 +5,8 @@
 namespace gptoss::cuda {
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& y, const Tensor& rstd);
-void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
-                      const Tensor& dw);
+// residual (f32 like dx, may be null) is added to dx: the gradient of a residual branch around the norm.
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor* residual,
+                      const Tensor& dx, const Tensor& dw);
 
 }  // namespace gptoss::cuda

@@ -331,11 +331,10 @@ export class GptOssModel {
     acc('mlp.experts.gate_up_proj_bias', mg.dGateUpB);
     acc('mlp.experts.down_proj', mg.dDownW);
     acc('mlp.experts.down_proj_bias', mg.dDownB);
-    const n2 = rmsnormBackward(mg.dx, s.h, w.postNorm, s.rstd2);
+    // dy also reaches h through the residual: dH = dy + d(rmsnorm2 branch), added inside the norm's backward.
+    const n2 = rmsnormBackward(mg.dx, s.h, w.postNorm, s.rstd2, dy);
     mg.dx.dispose();
     acc('post_attention_layernorm.weight', n2.dw);
-    const dh = dy; // the residual: dh = dy + d(rmsnorm2 branch)
-    addInPlace(n2.dx, dh);
     const dH = n2.dx; // f32 [T,H], gradient w.r.t. h (and the residual input x)
     disposeAll(s.a2, s.rstd2, s.h);
     gpuProfile.mark(dev, 'bwd moe grads+norm');
@@ -364,10 +363,9 @@ export class GptOssModel {
     withView(ab.dv, [T, c.numKvHeads * D], (d) => lin('self_attn.v_proj', d, s.a1, w.vW, 'f32', dA1));
     disposeAll(dq, dk, ab.dv, s.v);
     gpuProfile.mark(dev, 'bwd qkv proj');
-    const n1 = rmsnormBackward(dA1, s.x, w.inputNorm, s.rstd1);
+    const n1 = rmsnormBackward(dA1, s.x, w.inputNorm, s.rstd1, dH); // + dH: the residual around attention
     dA1.dispose();
     acc('input_layernorm.weight', n1.dw);
-    addInPlace(n1.dx, dH);
     dH.dispose();
     disposeAll(s.a1, s.rstd1);
     gpuProfile.mark(dev, 'bwd norm1+residual');

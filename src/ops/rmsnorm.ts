@@ -31,12 +31,14 @@ export function rmsnormForward(x: Tensor, w: Tensor, eps: number): RmsnormOutput
 }
 
 /**
- * With g = dy * w: dx = rstd * (g - x * rstd^2 * mean(g * x)), dw = sum over rows of dy * x * rstd.
+ * With g = dy * w: dx = rstd * (g - x * rstd^2 * mean(g * x)) (+ residual), dw = sum over rows of dy * x * rstd.
  * dw is summed in a fixed order (deterministic on both backends).
  * @param dy bf16|f32 [T, H]
  * @param x, w the forward's inputs; rstd the forward's f32 [T]
+ * @param residual optional f32 [T, H] added to dx (the gradient that reaches x around the norm, e.g. through a
+ *   residual connection), in the same pass
  */
-export function rmsnormBackward(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): RmsnormGrads {
-  const r = native().ops.rmsnormBackward(dy, x, w, rstd) as { dx: NativeTensor; dw: NativeTensor };
+export function rmsnormBackward(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, residual?: Tensor): RmsnormGrads {
+  const r = native().ops.rmsnormBackward(dy, x, w, rstd, residual) as { dx: NativeTensor; dw: NativeTensor };
   return { dx: new Tensor(r.dx), dw: new Tensor(r.dw) };
 }

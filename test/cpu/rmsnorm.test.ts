@@ -151,4 +151,20 @@ test('rmsnorm ops reject bad shapes and dtypes with clear errors', () => {
   assert.throws(() => rmsnormBackward(Tensor.zeros([4, 7], cpu), x, w, rstd), /rmsnormBackward: dy must have shape \[4, 8\], got f32\[4, 7\] on cpu/);
   assert.throws(() => rmsnormBackward(Tensor.zeros([4, 8], cpu), x, w, Tensor.zeros([3], cpu)), /rmsnormBackward: rstd must have shape \[4\], got f32\[3\] on cpu/);
   assert.throws(() => rmsnormBackward(Tensor.zeros([4, 8], cpu), x, w, Tensor.zeros([4], { ...cpu, dtype: 'bf16' })), /rmsnormBackward: rstd must be f32/);
+  assert.throws(() => rmsnormBackward(Tensor.zeros([4, 8], cpu), x, w, rstd, Tensor.zeros([4, 7], cpu)), /rmsnormBackward: residual must have shape \[4, 8\], got f32\[4, 7\] on cpu/);
+  assert.throws(() => rmsnormBackward(Tensor.zeros([4, 8], cpu), x, w, rstd, Tensor.zeros([4, 8], { ...cpu, dtype: 'bf16' })), /rmsnormBackward: residual must be f32/);
+});
+
+test('rmsnormBackward adds the residual gradient to dx in the same pass (bitwise dx + residual)', () => {
+  const t = 5, h = 113;
+  const x = Tensor.from(uniformBf16(t * h, 41, -2, 2), [t, h], { ...cpu, dtype: 'bf16' });
+  const w = Tensor.from(uniformBf16(h, 42, 0.5, 1.5), [h], { ...cpu, dtype: 'bf16' });
+  const dy = Tensor.from(uniformBf16(t * h, 43), [t, h], cpu);
+  const res = Tensor.from(uniform(t * h, 44, -3, 3), [t, h], cpu);
+  const { rstd } = rmsnormForward(x, w, EPS);
+  const plain = rmsnormBackward(dy, x, w, rstd);
+  const fused = rmsnormBackward(dy, x, w, rstd, res);
+  const r = res.toFloat32();
+  assert.deepEqual(fused.dx.toFloat32(), Float32Array.from(plain.dx.toFloat32(), (v, i) => v + r[i]!));
+  assert.deepEqual(fused.dw.toFloat32(), plain.dw.toFloat32());
 });

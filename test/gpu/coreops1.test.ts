@@ -126,6 +126,11 @@ for (const [t, h, mis] of [
     assertBound(bg.dw.toFloat32(), bc.dw.toFloat32(), truth.dw, 1e-6 * maxAbs(truth.dw), 'dw');
     const again = rmsnormBackward(dg, xg, wg, fg.rstd);
     assert.deepEqual(again.dw.toFloat32(), bg.dw.toFloat32(), 'dw bitwise reproducible');
+    // With a residual gradient added in the same pass: exactly dx + residual on the device too.
+    const res = uniformBf16(t * h, 13 + h, -2, 2);
+    const withRes = rmsnormBackward(dg, xg, wg, fg.rstd, Tensor.from(res, [t, h], { device: 'cuda:0' }));
+    const dxg = bg.dx.toFloat32();
+    assert.deepEqual(withRes.dx.toFloat32(), Float32Array.from(dxg, (v, i) => v + res[i]!), 'dx + residual');
   });
 }
 
