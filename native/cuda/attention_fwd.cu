@@ -379,16 +379,16 @@ __global__ void __launch_bounds__(NWG * 128, 1) fwd_wgmma_kernel(Params p) {
 
 // ---- head_dim 64 on Hopper: pipelined wgmma forward (GPTOSS_ATTN_FWD=v3) ---------------------------------------
 // Two warpgroups of 64 query rows each (BM 128, 256 threads, up to 255 registers per thread: one CTA per SM), key
-// tiles of 128. Per warpgroup, in the step for key tile t:
-//   issue S_t = Q.K_t^T (4 x m64n128k16 into the free S accumulator, async)         } tensor cores busy with
-//   mask + online softmax of S_{t-1} (already complete) -> row max, alpha, P_{t-1}   } S_t (and PV_{t-2})
-//   wait for PV_{t-2} (wait_group 1: S_t may stay in flight), O *= alpha
-//   issue O += P_{t-1}.V_{t-1} (8 x m64n64k16, V MN-major, async)
-//   wait for S_t (wait_group 1: PV_{t-1} stays in flight into the next step)
-// so the exp/max/sum work of one tile runs while the tensor cores do the next S and the previous P.V. The two S
-// accumulators (2 x 64 floats) ping-pong; the loop is unrolled by 2 so that which array is "next" is a
-// compile-time choice. A warpgroup only runs the steps of the tiles its rows can see (causal / window band, as in
-// fwd_wgmma_kernel); the CTA runs one barrier per step for the shared cp.async ring.
+// tiles of 128. Per warpgroup, in the step for key tile t (S_{t-1} complete on entry, PV_{t-2} maybe in flight):
+//   issue S_t = Q.K_t^T (4 x m64n128k16 into the free S accumulator, async, scale_d 0 on the first k step)
+//   wait_group 1: PV_{t-2} complete, S_t stays in flight
+//   mask + online softmax of S_{t-1} -> alpha, P_{t-1} in bf16        <- runs while the tensor cores do S_t
+//   O *= alpha; issue O += P_{t-1}.V_{t-1} (8 x m64n64k16, V MN-major, async)
+//   wait_group 1: S_t complete, PV_{t-1} stays in flight into the next step (over the barrier and the next issue)
+// The two S accumulators (2 x 64 floats) ping-pong; the loop is unrolled by 2 so that which array is "next" is a
+// compile-time choice. Waiting for PV_{t-2} only after the softmax would overlap more, but then two copies of P
+// (the in-flight wgmma still reads the old A registers) and S_t, S_{t-1}, O are live at once: ptxas spills.
+// The other warpgroup's GEMMs fill the tensor cores during this one's waits (no explicit ping-pong barriers).
 // Shared memory ring: STAGES = PF + 3 slots of (K 128x64, V 128x64), PF tiles loaded ahead. At the barrier of
 // step t, tile t must be resident (S_t), t-1 kept (PV_{t-1} is issued later in the step) and t-2 kept (PV_{t-2}
 // may still be in flight in either warpgroup), so the load of tile t+PF may only reuse the slot of t-3.
