@@ -260,3 +260,61 @@ test('cuda errors: f32 inputs and head_dim 80 are refused with the shapes', { sk
   const q80 = Tensor.zeros([4, 2, 80], { device: 'cuda:0', dtype: 'bf16' });
   assert.throws(() => attentionForward(q80, q80, q80, { cuSeqlens, maxSeqlen: 4 }), /head_dim 16, 32, 64 or 128, got bf16\[4, 2, 80\]/);
 });
+
+// ---- GPTOSS_ATTN_FWD (head_dim 64 forward): v3 = the pipelined wgmma kernel on sm_90 (causal and windows; other
+// devices keep mma.sync). Forward only (out, lse) against the CPU op; the env is read on every call.
+function withFwdEnv<T>(mode: string | undefined, fn: () => T): T {
+  const prev = process.env.GPTOSS_ATTN_FWD;
+  if (mode === undefined) delete process.env.GPTOSS_ATTN_FWD;
+  else process.env.GPTOSS_ATTN_FWD = mode;
+  try {
+    return fn();
+  } finally {
+    if (prev === undefined) delete process.env.GPTOSS_ATTN_FWD;
+    else process.env.GPTOSS_ATTN_FWD = prev;
+  }
+}
+
+function forwardOn(dev: string, c: Case) {
+  const opts = attnOptions(c, dev);
+  const bf = (a: Float32Array, h: number) => Tensor.from(a, [c.T, h, c.D], { device: dev, dtype: 'bf16' });
+  const fw = attentionForward(bf(c.q, c.Hq), bf(c.k, c.Hkv), bf(c.v, c.Hkv), opts);
+  return { out: fw.out.toFloat32(), lse: fw.lse.toFloat32() };
+}
+
+const v3Cases: [string, Case][] = [
+  ['GQA 8 (Hq 64, Hkv 8), D64, causal 300', randomCase(64, 8, 64, [300], 0, 51)],
+  ['GQA 8 (Hq 64, Hkv 8), D64, causal 1100', randomCase(64, 8, 64, [1100], 0, 52)],
+  ['GQA 8, D64, packed 1/7/113/300, causal', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 53)],
+  ['GQA 8, D64, packed 1/7/113/300, causal, no sinks', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 54, false)],
+  ['GQA 4, D64, padding (used 200/1/64/130 of 256)', randomCase(8, 2, 64, [256, 256, 256, 256], 0, 55, true, [200, 1, 64, 130])],
+  ['GQA 1, D64, causal 257/130', randomCase(2, 2, 64, [257, 130], 0, 56)],
+  ['GQA 2, D64, packed 1/7/113/300, causal', randomCase(4, 2, 64, [1, 7, 113, 300], 0, 57)],
+  ['GQA 8 (Hq 64, Hkv 8), D64, window 128, 1100', randomCase(64, 8, 64, [1100], 128, 58)],
+  ['GQA 1, D64, packed 1/7/113/300, window 128, no sinks', randomCase(2, 2, 64, [1, 7, 113, 300], 128, 59, false)],
+  ['GQA 2, D64, packed 1/7/113/300, window 37', randomCase(4, 2, 64, [1, 7, 113, 300, 700], 37, 60)],
+  ['GQA 8, D64, window 500 > sequence', randomCase(8, 1, 64, [190, 3], 500, 61)],
+  ['GQA 4, D64, padding + window 37 (used 200/1/64 of 256)', randomCase(8, 2, 64, [256, 256, 256], 37, 62, true, [200, 1, 64])],
+];
+
+for (const [name0, c] of v3Cases) {
+  const name = `${name0} [GPTOSS_ATTN_FWD=v3]`;
+  test(`cuda forward vs cpu: ${name}`, { skip }, () => {
+    const g = withFwdEnv('v3', () => forwardOn('cuda:0', c));
+    const cpu = forwardOn('cpu', c);
+    const p = plainBf16(c, c.q, c.k, c.v, c.dout);
+    checkBound(name, 'out', g.out, p.out, cpu.out, 1e-3);
+    // lse: natural log, sink included; rows past a padded length are 0 on both backends.
+    const el = maxAbsDiff(g.lse, cpu.lse);
+    console.log(`${name} lse: err ${el.toExponential(2)}`);
+    assert.ok(el < 1e-3, `lse ${el}`);
+    // v2 (today's kernels) on the same inputs: same bound, so the two agree to bf16 rounding.
+    const d = withFwdEnv(undefined, () => forwardOn('cuda:0', c));
+    checkBound(`${name} (unset)`, 'out', d.out, p.out, cpu.out, 1e-3);
+  });
+}
+
+test('cuda forward: an unknown GPTOSS_ATTN_FWD value is refused', { skip }, () => {
+  const c = randomCase(2, 1, 64, [17], 0, 63);
+  assert.throws(() => withFwdEnv('v4', () => forwardOn('cuda:0', c)), /GPTOSS_ATTN_FWD: unknown value 'v4' \(v2, v3; unset = v2\)/);
+});
