@@ -15,6 +15,17 @@
 namespace gptoss::cuda {
 namespace attn {
 
+// A query block past the sequence's real tokens (padding): zero output rows and lse 0, by all NT threads.
+template <int D, int NT>
+__device__ __forceinline__ void zero_padding_block(const Params& p, const SeqInfo& si, int q0, int rows, int h) {
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
+  for (int i = threadIdx.x; i < rows * D; i += NT) {
+    const int r = i / D, d = i % D;
+    p.o[(si.start + q0 + r) * qstride + h * D + d] = __float2bfloat16(0.f);
+  }
+  for (int r = threadIdx.x; r < rows; r += NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
+}
+
 // MT = 16-row MMA tiles per warp. With MT = 2 every K/V fragment loaded from shared memory feeds two MMAs,
 // which halves the ldmatrix traffic per MMA (shared-memory bandwidth is the limit of mma.sync at MT = 1).
 template <int D, int MT>
@@ -42,12 +53,8 @@ __global__ void __launch_bounds__(FwdCfg<D, MT>::NT) fwd_kernel(Params p) {
   const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
   const int rows_here = min(BM, si.len - q0);
 
-  if (q0 >= si.used) {  // a block of padding: zero output, lse 0
-    for (int i = threadIdx.x; i < rows_here * D; i += NT) {
-      int r = i / D, d = i % D;
-      p.o[(si.start + q0 + r) * qstride + h * D + d] = __float2bfloat16(0.f);
-    }
-    for (int r = threadIdx.x; r < rows_here; r += NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
+  if (q0 >= si.used) {
+    zero_padding_block<D, NT>(p, si, q0, rows_here, h);
     return;
   }
 
@@ -241,12 +248,8 @@ __global__ void __launch_bounds__(NWG * 128, 1) fwd_wgmma_kernel(Params p) {
   const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
   const int rows_here = min(BM, si.len - q0);
 
-  if (q0 >= si.used) {  // a block of padding: zero output, lse 0
-    for (int i = threadIdx.x; i < rows_here * D; i += NT) {
-      int r = i / D, d = i % D;
-      p.o[(si.start + q0 + r) * qstride + h * D + d] = __float2bfloat16(0.f);
-    }
-    for (int r = threadIdx.x; r < rows_here; r += NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
+  if (q0 >= si.used) {
+    zero_padding_block<D, NT>(p, si, q0, rows_here, h);
     return;
   }
 
@@ -418,12 +421,8 @@ __global__ void __launch_bounds__(256, 1) fwd_wgmma_v3_kernel(Params p) {
   const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
   const int rows_here = min(BM, si.len - q0);
 
-  if (q0 >= si.used) {  // a block of padding: zero output, lse 0
-    for (int i = threadIdx.x; i < rows_here * D; i += NT) {
-      int r = i / D, d = i % D;
-      p.o[(si.start + q0 + r) * qstride + h * D + d] = __float2bfloat16(0.f);
-    }
-    for (int r = threadIdx.x; r < rows_here; r += NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
+  if (q0 >= si.used) {
+    zero_padding_block<D, NT>(p, si, q0, rows_here, h);
     return;
   }
 

@@ -147,17 +147,19 @@ test('cuda larger shape (Hq 16, Hkv 2, S 1536, causal and window 128) vs cpu', {
 
 // ---- GPTOSS_ATTN_BWD (head_dim 64): v2 (the default: 64-key dK/dV CTAs on a side stream, concurrently with dQ),
 // v2-bn128 (128-key CTAs) and v1 (one after the other). The env is read on every call.
-function withBwdEnv<T>(mode: string | undefined, fn: () => T): T {
-  const prev = process.env.GPTOSS_ATTN_BWD;
-  if (mode === undefined) delete process.env.GPTOSS_ATTN_BWD;
-  else process.env.GPTOSS_ATTN_BWD = mode;
+// Runs fn with the environment variable `name` set to mode (unset when undefined), then restores it.
+function withEnv<T>(name: string, mode: string | undefined, fn: () => T): T {
+  const prev = process.env[name];
+  if (mode === undefined) delete process.env[name];
+  else process.env[name] = mode;
   try {
     return fn();
   } finally {
-    if (prev === undefined) delete process.env.GPTOSS_ATTN_BWD;
-    else process.env.GPTOSS_ATTN_BWD = prev;
+    if (prev === undefined) delete process.env[name];
+    else process.env[name] = prev;
   }
 }
+const withBwdEnv = <T>(mode: string | undefined, fn: () => T): T => withEnv('GPTOSS_ATTN_BWD', mode, fn);
 
 const v2Cases: [string, Case][] = [
   ['GQA 8, D64, packed 1/7/113/300, causal', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 31)],
@@ -263,17 +265,7 @@ test('cuda errors: f32 inputs and head_dim 80 are refused with the shapes', { sk
 
 // ---- GPTOSS_ATTN_FWD (head_dim 64 forward): v3 = the pipelined wgmma kernel on sm_90 (causal and windows; other
 // devices keep mma.sync). Forward only (out, lse) against the CPU op; the env is read on every call.
-function withFwdEnv<T>(mode: string | undefined, fn: () => T): T {
-  const prev = process.env.GPTOSS_ATTN_FWD;
-  if (mode === undefined) delete process.env.GPTOSS_ATTN_FWD;
-  else process.env.GPTOSS_ATTN_FWD = mode;
-  try {
-    return fn();
-  } finally {
-    if (prev === undefined) delete process.env.GPTOSS_ATTN_FWD;
-    else process.env.GPTOSS_ATTN_FWD = prev;
-  }
-}
+const withFwdEnv = <T>(mode: string | undefined, fn: () => T): T => withEnv('GPTOSS_ATTN_FWD', mode, fn);
 
 function forwardOn(dev: string, c: Case) {
   const opts = attnOptions(c, dev);
