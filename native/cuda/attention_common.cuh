@@ -171,8 +171,8 @@ namespace gptoss::cuda::attn {
 // GPTOSS_ATTN_WGMMA picks the head_dim-64 kernels on sm_90: unset or "1" = the wgmma forward for causal rows (the
 // only wgmma kernel that passes the GPU tests and beats mma.sync so far), "0" = the mma.sync kernels everywhere
 // (A/B comparisons). In a build with -DGPTOSS_ATTN_WGMMA_WIP only, "bwd-experimental" = also the wgmma dK/dV and
-// dQ kernels, which are WRONG today (their m64n64k16 products with a K-major B tile fail the GPU tests; see
-// docs/attention.md): work in progress, unreachable from a normal build.
+// dQ kernels in their plain schedule (with GPTOSS_ATTN_BWD=v1; fixed now, see docs/attention.md). The supported way
+// to run the wgmma backward is GPTOSS_ATTN_BWD=v3.
 // Devices other than sm_90 always take the mma.sync kernels.
 inline int wgmma_mode_env() {  // bit 0: forward, bit 1: backward
   static int m = [] {

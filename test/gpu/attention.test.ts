@@ -146,7 +146,7 @@ test('cuda larger shape (Hq 16, Hkv 2, S 1536, causal and window 128) vs cpu', {
 });
 
 // ---- GPTOSS_ATTN_BWD (head_dim 64): v2 (the default: 64-key dK/dV CTAs on a side stream, concurrently with dQ),
-// v2-bn128 (128-key CTAs) and v1 (one after the other). The env is read on every call.
+// v2-bn128 (128-key CTAs), v1 (one after the other) and v3 (wgmma kernels). The env is read on every call.
 // Runs fn with the environment variable `name` set to mode (unset when undefined), then restores it.
 function withEnv<T>(name: string, mode: string | undefined, fn: () => T): T {
   const prev = process.env[name];
@@ -216,9 +216,46 @@ test('cuda backward v2 is deterministic and matches cpu at S 1536 (causal and wi
   }
 });
 
+// v3: the Hopper wgmma kernels (sm_90; other devices run v2). Deterministic, but a different summation order than
+// v1/v2, so it is checked against the CPU reference (FlashAttention bound) and against itself on a rerun.
+for (const [name0, c] of v2Cases) {
+  const name = `${name0} [GPTOSS_ATTN_BWD=v3]`;
+  test(`cuda vs cpu: ${name}`, { skip }, () => {
+    const g = withBwdEnv('v3', () => runOn('cuda:0', c, 'f32'));
+    const cpu = runOn('cpu', c, 'f32');
+    const p = plainBf16(c, c.q, c.k, c.v, c.dout);
+    checkBound(name, 'dq', g.dq, p.dq, cpu.dq, 2e-3);
+    checkBound(name, 'dk', g.dk, p.dk, cpu.dk, 2e-3);
+    checkBound(name, 'dv', g.dv, p.dv, cpu.dv, 2e-3);
+    if (c.sinks) checkBound(name, 'dsinks', g.dsinks!, p.dsinks, cpu.dsinks!, 2e-3);
+    else assert.equal(g.dsinks, undefined);
+    for (const gd of ['f32', 'bf16'] as const) {
+      const a = gd === 'f32' ? g : withBwdEnv('v3', () => runOn('cuda:0', c, gd));
+      const b = withBwdEnv('v3', () => runOn('cuda:0', c, gd));
+      for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(b[key], a[key], `${gd} ${key}: v3 rerun differs`);
+    }
+  });
+}
+
+test('cuda backward v3 is deterministic and matches cpu at S 1536 (causal and window 128, bf16 grads)', { skip }, () => {
+  for (const window of [0, 128]) {
+    const c = randomCase(16, 2, 64, [1536], window, 43);
+    const g = withBwdEnv('v3', () => runOn('cuda:0', c, 'bf16'));
+    const again = withBwdEnv('v3', () => runOn('cuda:0', c, 'bf16'));
+    for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(again[key], g[key], `rerun ${key}`);
+    const cpu = runOn('cpu', c, 'f32');
+    const mag = (a: Float32Array) => maxAbsDiff(a, new Float32Array(a.length));
+    for (const key of ['dq', 'dk', 'dv'] as const) {
+      const e = maxAbsDiff(g[key], cpu[key]);
+      console.log(`v3 S1536 W${window} ${key}: err ${e.toExponential(2)} (max |ref| ${mag(cpu[key]).toExponential(2)})`);
+      assert.ok(e <= 2e-2 * mag(cpu[key]) + 2e-3, `${key} err ${e}`);
+    }
+  }
+});
+
 test('cuda backward: an unknown GPTOSS_ATTN_BWD value is refused', { skip }, () => {
   const c = randomCase(2, 1, 64, [17], 0, 42);
-  assert.throws(() => withBwdEnv('v3', () => runOn('cuda:0', c, 'f32')), /GPTOSS_ATTN_BWD: unknown value 'v3'/);
+  assert.throws(() => withBwdEnv('v4', () => runOn('cuda:0', c, 'f32')), /GPTOSS_ATTN_BWD: unknown value 'v4'/);
 });
 
 test('cuda decode == cpu decode (GQA 8 and 1, D 16/32/64/128, windows, ragged lengths)', { skip }, () => {

@@ -1,0 +1,296 @@
+// Standalone check + timing of the head_dim-64 attention backward kernels (no Node, no cuBLAS): runs the mma.sync
+// kernels (dkdv_kernel<64,1>, dq_kernel<64,1>, v2) and the wgmma kernels on the same random inputs and compares
+// them kernel-vs-kernel (any lse / D_i values work for that), printing per-tensor max error and where the first
+// mismatch is; then times v1 / v2 / wgmma at Hq 64 Hkv 8 D 64.
+//   nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative/common -Inative/cuda \
+//        bench/attn_bwd_harness/harness.cu -o /tmp/h && /tmp/h
+#include <cstdio>
+#include <cstdlib>
+#include <cmath>
+#include <vector>
+#include <string>
+#include <cstring>
+#include <cuda_bf16.h>
+#include "attention_bwd_kernels.cuh"
+using namespace gptoss::cuda::attn;
+using gptoss::cuda::ceil_div;
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(1); } } while (0)
+
+static uint64_t rng = 88172645463325252ull;
+static float frand() {  // uniform [-1, 1)
+  rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+  return ((rng >> 40) * (1.0f / 8388608.f)) - 1.f;
+}
+
+struct Case {
+  std::string name;
+  std::vector<int> lens;
+  int Hq, Hkv, window;
+  bool sinks;
+};
+
+struct Bufs {
+  int T, Hq, Hkv, nseq, maxlen;
+  __nv_bfloat16 *q, *k, *v, *o, *dout;
+  float *lse, *dlt, *sinks;
+  int* cu;
+  float *dq, *dk, *dv;  // f32 gradients
+};
+
+static Bufs make(const Case& c, bool real_lse) {
+  Bufs b{};
+  b.Hq = c.Hq; b.Hkv = c.Hkv; b.nseq = (int)c.lens.size();
+  std::vector<int> cu{0};
+  for (int l : c.lens) { cu.push_back(cu.back() + l); b.maxlen = std::max(b.maxlen, l); }
+  b.T = cu.back();
+  const int T = b.T, D = 64;
+  auto rnd = [&](size_t n, float s) {
+    std::vector<__nv_bfloat16> h(n);
+    for (auto& x : h) x = __float2bfloat16(frand() * s);
+    return h;
+  };
+  auto hq = rnd((size_t)T * c.Hq * D, 1.5f), hk = rnd((size_t)T * c.Hkv * D, 1.5f), hv = rnd((size_t)T * c.Hkv * D, 1.f),
+       hdo = rnd((size_t)T * c.Hq * D, 1.f);
+  std::vector<float> lse((size_t)c.Hq * T), dlt((size_t)c.Hq * T), sk(c.Hq);
+  for (auto& x : dlt) x = frand() * 0.3f;
+  for (auto& x : sk) x = frand();
+  const float scale = 0.125f;
+  const int G = c.Hq / c.Hkv;
+  for (int s = 0; s < b.nseq; s++)
+    for (int h = 0; h < c.Hq; h++)
+      for (int i = cu[s]; i < cu[s + 1]; i++) {
+        if (!real_lse) { lse[(size_t)h * T + i] = 3.f; continue; }
+        // true lse (sink included) so that P <= 1 like in training
+        const int pos = i - cu[s];
+        double m = c.sinks ? sk[h] : -1e30;
+        std::vector<double> sc;
+        for (int j = cu[s]; j <= i; j++) {
+          if (c.window > 0 && pos - (j - cu[s]) >= c.window) continue;
+          double d = 0;
+          for (int e = 0; e < D; e++)
+            d += (double)__bfloat162float(hq[((size_t)i * c.Hq + h) * D + e]) * __bfloat162float(hk[((size_t)j * c.Hkv + h / G) * D + e]);
+          sc.push_back(d * scale);
+          m = std::max(m, d * scale);
+        }
+        double sum = c.sinks ? std::exp(sk[h] - m) : 0;
+        for (double x : sc) sum += std::exp(x - m);
+        lse[(size_t)h * T + i] = (float)(m + std::log(sum));
+      }
+  auto up = [](auto& h, auto** d) { CK(cudaMalloc(d, h.size() * sizeof(h[0]))); CK(cudaMemcpy(*d, h.data(), h.size() * sizeof(h[0]), cudaMemcpyHostToDevice)); };
+  up(hq, &b.q); up(hk, &b.k); up(hv, &b.v); up(hdo, &b.dout); up(lse, &b.lse); up(dlt, &b.dlt); up(sk, &b.sinks); up(cu, &b.cu);
+  b.o = nullptr;
+  CK(cudaMalloc(&b.dq, (size_t)T * c.Hq * D * 4));
+  CK(cudaMalloc(&b.dk, (size_t)T * c.Hkv * D * 4));
+  CK(cudaMalloc(&b.dv, (size_t)T * c.Hkv * D * 4));
+  return b;
+}
+
+static Params params(const Bufs& b, const Case& c) {
+  Params p{};
+  p.q = b.q; p.k = b.k; p.v = b.v; p.o = b.o; p.lse = b.lse; p.cu = b.cu; p.used = nullptr;
+  p.sinks = c.sinks ? b.sinks : nullptr; p.sinks_bf16 = 0;
+  p.T = b.T; p.Hq = c.Hq; p.Hkv = c.Hkv; p.G = c.Hq / c.Hkv; p.window = c.window;
+  p.scale = 0.125f; p.scale_log2 = 0.125f * kLog2e;
+  p.dout = b.dout; p.dlt = b.dlt; p.dq = b.dq; p.dk = b.dk; p.dv = b.dv; p.grad_f32 = 1;
+  return p;
+}
+
+template <typename K> static void smem(K k, int bytes) { CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)); }
+
+// The variants: 0 = v1 (dkdv_kernel<64,1> + dq_kernel<64,1>), 1 = v2 kernels (one stream), 2 = wip wgmma<2,2>
+static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_t st = 0) {
+  if (var == 0) {
+    using C = DkdvCfg<64, 1>;
+    dkdv_kernel<64, 1, false><<<dim3(ceil_div(maxlen, C::BN), p.Hkv, nseq), C::NT, C::SMEM, st>>>(p);
+  } else if (var == 1) {
+    using C = DkdvV2Cfg<4>;
+    dkdv_v2_kernel<4><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
+  } else if (var == 2) {
+    using C = DkdvWgCfg<2>;
+    dkdv_wgmma_kernel<2><<<dim3(ceil_div(maxlen, C::BN), p.Hkv, nseq), C::NT, C::SMEM, st>>>(p);
+  } else {
+    using C = DkdvWgCfg<2>;
+    dkdv_wgmma_kernel<2, true><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
+  }
+  CK(cudaGetLastError());
+}
+static void run_dq(int var, const Params& p, int nseq, int maxlen, cudaStream_t st = 0) {
+  if (var == 0) {
+    using C = DqCfg<64, 1>;
+    dq_kernel<64, 1><<<dim3(ceil_div(maxlen, C::BM), p.Hq, nseq), C::NT, C::SMEM, st>>>(p);
+  } else if (var == 1) {
+    using C = DqCfg<64, 1>;
+    dq_kernel<64, 1, true><<<dim3(ceil_div(maxlen, C::BM) * p.Hq, 1, nseq), C::NT, C::SMEM, st>>>(p);
+  } else if (var == 2) {
+    using C = DqWgCfg<2>;
+    dq_wgmma_kernel<2><<<dim3(ceil_div(maxlen, C::BM), p.Hq, nseq), C::NT, C::SMEM, st>>>(p);
+  } else {
+    using C = DqWgCfg<2>;
+    dq_wgmma_kernel<2, true><<<dim3(ceil_div(maxlen, C::BM) * p.Hq, 1, nseq), C::NT, C::SMEM, st>>>(p);
+  }
+  CK(cudaGetLastError());
+}
+// 0 = v1, 1 = v2 kernels, 2 = wgmma kernels (the WIP path, fixed), 3 = v3 (wgmma kernels, V3 order and overlap)
+static const char* kVarName[] = {"v1", "v2", "wg", "v3"};
+constexpr int kNVar = 4;
+
+static void setup_smem() {
+  smem(dkdv_kernel<64, 1, false>, DkdvCfg<64, 1>::SMEM);
+  smem(dkdv_v2_kernel<4>, DkdvV2Cfg<4>::SMEM);
+  smem(dkdv_wgmma_kernel<2>, DkdvWgCfg<2>::SMEM);
+  smem(dq_kernel<64, 1>, DqCfg<64, 1>::SMEM);
+  smem(dq_kernel<64, 1, true>, DqCfg<64, 1>::SMEM);
+  smem(dq_wgmma_kernel<2>, DqWgCfg<2>::SMEM);
+  smem(dkdv_wgmma_kernel<2, true>, DkdvWgCfg<2>::SMEM);
+  smem(dq_wgmma_kernel<2, true>, DqWgCfg<2>::SMEM);
+}
+
+static std::vector<float> get(const float* d, size_t n) {
+  std::vector<float> h(n);
+  CK(cudaMemcpy(h.data(), d, n * 4, cudaMemcpyDeviceToHost));
+  return h;
+}
+
+// Compares x vs ref ([T, H, 64]); positions within the sequence tell the row block / warpgroup / warp.
+static bool compare(const char* what, const std::vector<float>& x, const std::vector<float>& ref, int H,
+                    const std::vector<int>& lens) {
+  double mref = 0, merr = 0;
+  for (size_t i = 0; i < ref.size(); i++) mref = std::max(mref, (double)fabs(ref[i]));
+  const double tol = 2e-2 * std::max(mref, 1e-6);
+  long bad = 0;
+  int first = -1;
+  int hist_row16[8] = {}, hist_col8[8] = {};
+  std::vector<int> hist_head(H, 0);
+  std::vector<int> cu{0};
+  for (int l : lens) cu.push_back(cu.back() + l);
+  for (size_t i = 0; i < ref.size(); i++) {
+    const double e = fabs((double)x[i] - ref[i]);
+    if (!(e <= merr)) merr = std::isnan(e) ? INFINITY : std::max(merr, e);
+    if (!(e <= tol)) {
+      const int t = (int)(i / (H * 64)), col = (int)(i % 64);
+      int s = 0;
+      while (cu[s + 1] <= t) s++;
+      const int pos = t - cu[s];
+      if (first < 0) first = (int)i;
+      bad++;
+      hist_row16[(pos % 128) / 16]++;
+      hist_col8[col / 8]++;
+      hist_head[(i / 64) % H]++;
+    }
+  }
+  printf("  %-6s maxref %.3e maxerr %.3e rel %.2e bad %ld/%zu", what, mref, merr, merr / std::max(mref, 1e-30), bad, ref.size());
+  if (first >= 0) {
+    const int t = first / (H * 64), h = (first / 64) % H, col = first % 64;
+    int s = 0;
+    while (cu[s + 1] <= t) s++;
+    const int pos = t - cu[s];
+    printf("\n    first: seq %d pos %d (blk128 %d, wg %d, warp %d, row %d) head %d col %d: %.4e vs %.4e", s, pos,
+           pos / 128, (pos % 128) / 64, (pos % 64) / 16, pos % 16, h, col, x[first], ref[first]);
+    printf("\n    bad by pos%%128/16:");
+    for (int i = 0; i < 8; i++) printf(" %d", hist_row16[i]);
+    printf("  by col/8:");
+    for (int i = 0; i < 8; i++) printf(" %d", hist_col8[i]);
+    printf("  by head:");
+    for (int i = 0; i < H; i++) printf(" %d", hist_head[i]);
+  }
+  printf("\n");
+  return bad == 0;
+}
+
+static bool check_case(const Case& c) {
+  Bufs b = make(c, true);
+  Params p = params(b, c);
+  const size_t nq = (size_t)b.T * c.Hq * 64, nk = (size_t)b.T * c.Hkv * 64;
+  std::vector<float> rq, rk, rv;
+  bool ok = true;
+  printf("%s (T %d Hq %d Hkv %d W %d sinks %d)\n", c.name.c_str(), b.T, c.Hq, c.Hkv, c.window, (int)c.sinks);
+  for (int var = 0; var < kNVar; var++) {
+    CK(cudaMemset(b.dq, 0xFF, nq * 4)); CK(cudaMemset(b.dk, 0xFF, nk * 4)); CK(cudaMemset(b.dv, 0xFF, nk * 4));
+    run_dkdv(var, p, b.nseq, b.maxlen);
+    run_dq(var, p, b.nseq, b.maxlen);
+    CK(cudaDeviceSynchronize());
+    auto gq = get(b.dq, nq), gk = get(b.dk, nk), gv = get(b.dv, nk);
+    if (var == 0) { rq = gq; rk = gk; rv = gv; continue; }
+    printf(" %s vs v1:\n", kVarName[var]);
+    ok &= compare("dq", gq, rq, c.Hq, c.lens);
+    ok &= compare("dk", gk, rk, c.Hkv, c.lens);
+    ok &= compare("dv", gv, rv, c.Hkv, c.lens);
+    // rerun: bitwise determinism
+    run_dkdv(var, p, b.nseq, b.maxlen);
+    run_dq(var, p, b.nseq, b.maxlen);
+    CK(cudaDeviceSynchronize());
+    auto g2q = get(b.dq, nq), g2k = get(b.dk, nk), g2v = get(b.dv, nk);
+    if (memcmp(g2q.data(), gq.data(), nq * 4) || memcmp(g2k.data(), gk.data(), nk * 4) || memcmp(g2v.data(), gv.data(), nk * 4)) {
+      printf("  NOT DETERMINISTIC\n");
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+static void time_case(const Case& c) {
+  Bufs b = make(c, false);
+  Params p = params(b, c);
+  cudaStream_t side;
+  int least = 0, greatest = 0;
+  CK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  CK(cudaStreamCreateWithPriority(&side, cudaStreamNonBlocking, greatest));  // as the project's side lane
+  cudaEvent_t e0, e1, fork, join;
+  CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+  CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming)); CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  printf("time %s (T %d Hq %d Hkv %d W %d):", c.name.c_str(), b.T, c.Hq, c.Hkv, c.window);
+  for (int var = 0; var < kNVar; var++) {
+    for (int conc = 0; conc < 2; conc++) {
+      if (var == 0 && conc) continue;
+      auto go = [&] {
+        if (!conc) { run_dkdv(var, p, b.nseq, b.maxlen); run_dq(var, p, b.nseq, b.maxlen); return; }
+        CK(cudaEventRecord(fork, 0)); CK(cudaStreamWaitEvent(side, fork, 0));
+        run_dkdv(var, p, b.nseq, b.maxlen, side);
+        CK(cudaEventRecord(join, side));
+        run_dq(var, p, b.nseq, b.maxlen);
+        CK(cudaStreamWaitEvent(0, join, 0));
+      };
+      for (int i = 0; i < 3; i++) go();
+      CK(cudaEventRecord(e0));
+      const int N = 20;
+      for (int i = 0; i < N; i++) go();
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float ms;
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      // separate: dkdv alone, dq alone
+      CK(cudaEventRecord(e0));
+      for (int i = 0; i < N; i++) run_dkdv(var, p, b.nseq, b.maxlen);
+      CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1));
+      float mk; CK(cudaEventElapsedTime(&mk, e0, e1));
+      CK(cudaEventRecord(e0));
+      for (int i = 0; i < N; i++) run_dq(var, p, b.nseq, b.maxlen);
+      CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1));
+      float mq; CK(cudaEventElapsedTime(&mq, e0, e1));
+      printf(" %s%s %.3f (dkdv %.3f dq %.3f)", kVarName[var], conc ? "-conc" : "", ms / N, mk / N, mq / N);
+    }
+  }
+  printf(" ms\n");
+}
+
+
+int main(int argc, char** argv) {
+  setup_smem();
+  const bool timing = argc < 2 || std::string(argv[1]) != "check";
+  std::vector<Case> cases = {
+      {"S300 causal G8", {300}, 8, 1, 0, true},
+      {"S300 W128 G8", {300}, 8, 1, 128, true},
+      {"packed 1/7/113/300 causal G8", {1, 7, 113, 300}, 8, 1, 0, true},
+      {"packed 1/7/113/300 W128 Hq16 Hkv2", {1, 7, 113, 300}, 16, 2, 128, false},
+      {"S520 causal Hq16 Hkv2", {520}, 16, 2, 0, true},
+  };
+  bool ok = true;
+  for (auto& c : cases) ok &= check_case(c);
+  printf("CHECK %s\n", ok ? "PASS" : "FAIL");
+  if (timing) {
+    time_case({"B1 S4096 causal", {4096}, 64, 8, 0, true});
+    time_case({"B1 S4096 W128", {4096}, 64, 8, 128, true});
+  }
+  return 0;
+}

@@ -1,0 +1,1039 @@
+// attention_bwd_kernels.cuh: the device code of the attention backward (kernels and their configs), split from
+// attention_bwd.cu so that standalone nvcc harnesses (kernel-vs-kernel checks, timings) can include it without the
+// project's runtime. attention_bwd.cu holds the launchers and the dispatch.
+#pragma once
+#include "attention_common.cuh"
+#include "wgmma.cuh"
+
+namespace gptoss::cuda {
+namespace attn {
+
+constexpr int kPreTokens = 32;  // tokens per pre-kernel block (8 warps x 4)
+
+template <int D>
+__global__ void __launch_bounds__(256) bwd_pre_kernel(Params p, float* partial) {
+  const int h = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float sink2 = sink_log2(p, h);
+  float contrib = 0.f;
+  for (int j = 0; j < kPreTokens / 8; j++) {
+    const int t = blockIdx.x * kPreTokens + warp * (kPreTokens / 8) + j;
+    if (t >= p.T) break;
+    const int64_t off = (static_cast<int64_t>(t) * p.Hq + h) * D;
+    float acc = 0.f;
+#pragma unroll
+    for (int d = lane * 2; d < D; d += 64) {
+      __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(p.dout + off + d);
+      __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(p.o + off + d);
+      acc += __bfloat162float(a.x) * __bfloat162float(b.x) + __bfloat162float(a.y) * __bfloat162float(b.y);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      p.dlt[static_cast<int64_t>(h) * p.T + t] = acc;
+      if (p.sinks && acc != 0.f) contrib += exp2f(sink2 - p.lse[static_cast<int64_t>(h) * p.T + t] * kLog2e) * acc;
+    }
+  }
+  __shared__ float red[8];
+  if (lane == 0) red[warp] = contrib;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.f;
+    for (int w = 0; w < 8; w++) s += red[w];
+    partial[static_cast<int64_t>(h) * gridDim.x + blockIdx.x] = s;
+  }
+}
+
+__global__ void dsinks_reduce_kernel(const float* partial, int nblk, float* dsinks) {
+  const int h = blockIdx.x;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < nblk; i += blockDim.x) s += partial[static_cast<int64_t>(h) * nblk + i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) dsinks[h] = -s;
+}
+
+template <typename T>
+__device__ __forceinline__ void store2(T* dst, float a, float b);
+template <>
+__device__ __forceinline__ void store2<float>(float* dst, float a, float b) {
+  *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+}
+template <>
+__device__ __forceinline__ void store2<__nv_bfloat16>(__nv_bfloat16* dst, float a, float b) {
+  *reinterpret_cast<uint32_t*>(dst) = pack_bf16(a, b);
+}
+
+// Writes a 16-row x D accumulator fragment (rows row_a, row_a+8 relative to `base` row 0) scaled by s.
+template <int D, typename T>
+__device__ __forceinline__ void store_frag(T* base, int64_t stride, int row_a, int nrows, const float (*acc)[4],
+                                           float s) {
+  const int t4 = threadIdx.x & 3;
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int row = row_a + r * 8;
+    if (row >= nrows) continue;
+    T* dst = base + row * stride;
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) store2<T>(dst + i * 8 + 2 * t4, acc[i][2 * r] * s, acc[i][2 * r + 1] * s);
+  }
+}
+
+// ---- dK, dV --------------------------------------------------------------------------------------------------
+// MT = 16-key MMA tiles per warp (2 halves the shared-memory fragment traffic per MMA); BM = queries per step.
+// ATOMIC (head_dim 64, MT 1 only): the CTA also computes dQ += dS K for its keys from dS^T staged in shared
+// memory and adds it to an fp32 buffer with atomics, so no separate dq pass recomputes S and dP (5 GEMMs
+// instead of 7, but the summation order of dq varies from run to run).
+template <int D, int MT, bool ATOMIC = false>
+struct DkdvCfg {
+  static constexpr int NW = 4, NT = 128, BN = NW * 16 * MT;
+  static constexpr int BM = (D == 64 && MT == 1) ? 64 : 32;
+  static constexpr bool KV_REG = D == 64 && MT == 1 && !ATOMIC;  // K/V fragments kept in registers
+  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4 + (ATOMIC ? BN * BM * 2 : 0);
+};
+
+template <int D, int MT, bool ATOMIC>
+__global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
+  using C = DkdvCfg<D, MT, ATOMIC>;
+  static_assert(!ATOMIC || (D == 64 && MT == 1 && C::BM == 64 && C::BN == 64), "atomic dq: head_dim 64, MT 1");
+  constexpr int BN = C::BN, BM = C::BM, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sV = sK + BN * D;
+  __nv_bfloat16* sQ = sV + BN * D;     // [2][BM*D]
+  __nv_bfloat16* sdO = sQ + 2 * BM * D;  // [2][BM*D]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse * log2e
+  float* sDl = sL + 2 * BM;                                 // [2][BM]
+  __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDl + 2 * BM);  // [BN][BM] dS^T (ATOMIC only)
+
+  const int kb = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int n0 = kb * BN;
+  if (n0 >= si.len) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int keys_here = min(BN, si.len - n0);
+  const bool f32out = p.grad_f32;
+
+  float dk[MT][D / 8][4], dv[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int i = 0; i < D / 8; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) dk[mt][i][e] = dv[mt][i][e] = 0.f;
+
+  const int i_lo = n0;
+  const int i_hi = p.window > 0 ? min(si.used, n0 + BN - 1 + p.window) : si.used;
+  const int qb_lo = i_lo / BM, qb_hi = i_hi > i_lo ? (i_hi + BM - 1) / BM : qb_lo;
+  const int nqb = qb_hi - qb_lo, niter = nqb * p.G;
+  const int wk0 = warp * 16 * MT;  // first key row of this warp within the block
+
+  if (niter > 0) {
+    load_tile<BN, D, NT>(sK, p.k + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    load_tile<BN, D, NT>(sV, p.v + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    auto load_q = [&](int it, int stage) {
+      const int h = kvh * p.G + it / nqb, i0 = (qb_lo + it % nqb) * BM;
+      const int nv = si.used - i0;
+      load_tile<BM, D, NT>(sQ + stage * BM * D, p.q + (si.start + i0) * qstride + h * D, qstride, nv);
+      load_tile<BM, D, NT>(sdO + stage * BM * D, p.dout + (si.start + i0) * qstride + h * D, qstride, nv);
+      const float* gl = p.lse + static_cast<int64_t>(h) * p.T + si.start + i0;
+      const float* gd = p.dlt + static_cast<int64_t>(h) * p.T + si.start + i0;
+      for (int r = threadIdx.x; r < BM; r += NT) {
+        sL[stage * BM + r] = r < nv ? gl[r] * kLog2e : 0.f;
+        sDl[stage * BM + r] = r < nv ? gd[r] : 0.f;
+      }
+    };
+    load_q(0, 0);
+    cp_async_commit();
+
+    uint32_t kf[C::KV_REG ? D / 16 : 1][4], vf[C::KV_REG ? D / 16 : 1][4];
+    const int kmin = n0 + wk0;  // this warp's keys: kmin .. kmin + 16 MT - 1
+
+    for (int it = 0; it < niter; it++) {
+      const int stage = it & 1;
+      cp_async_wait<0>();
+      __syncthreads();
+      if (it + 1 < niter) load_q(it + 1, stage ^ 1);
+      cp_async_commit();
+      if constexpr (C::KV_REG) {
+        if (it == 0) {
+          load_a_frags<D>(sK, wk0, kf);
+          load_a_frags<D>(sV, wk0, vf);
+        }
+      }
+      const int i0 = (qb_lo + it % nqb) * BM;
+      const __nv_bfloat16* cQ = sQ + stage * BM * D;
+      const __nv_bfloat16* cdO = sdO + stage * BM * D;
+      const float* cL = sL + stage * BM;
+      const float* cDl = sDl + stage * BM;
+
+      float st[MT][BM / 8][4], dpt[MT][BM / 8][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) st[mt][i][e] = dpt[mt][i][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t ka[MT][4], va[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          if constexpr (C::KV_REG) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) ka[mt][e] = kf[kk][e], va[mt][e] = vf[kk][e];
+          } else {
+            const int r = wk0 + mt * 16 + (lane & 15), ch = kk * 2 + (lane >> 4);
+            ldsm_x4(smem_u32(sK + swz<D>(r, ch)), ka[mt][0], ka[mt][1], ka[mt][2], ka[mt][3]);
+            ldsm_x4(smem_u32(sV + swz<D>(r, ch)), va[mt][0], va[mt][1], va[mt][2], va[mt][3]);
+          }
+        }
+#pragma unroll
+        for (int np = 0; np < BM / 16; np++) {
+          uint32_t b[4];
+          load_bT_frags<D>(cQ, np * 16, kk, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(st[mt][2 * np], ka[mt], b[0], b[1]);
+            mma16816(st[mt][2 * np + 1], ka[mt], b[2], b[3]);
+          }
+          load_bT_frags<D>(cdO, np * 16, kk, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dpt[mt][2 * np], va[mt], b[0], b[1]);
+            mma16816(dpt[mt][2 * np + 1], va[mt], b[2], b[3]);
+          }
+        }
+      }
+      // P^T and dS^T (rows = keys, cols = queries).
+      const bool need_mask = (i0 < kmin + 16 * MT - 1) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) ||
+                             (i0 + BM > si.used);
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++) {
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int cl = i * 8 + 2 * t4 + (e & 1);
+            float pv = exp2f(st[mt][i][e] * p.scale_log2 - cL[cl]);
+            if (need_mask) {
+              const int krow = kmin + mt * 16 + g + (e >> 1) * 8, col = i0 + cl;
+              const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
+              pv = ok ? pv : 0.f;
+            }
+            st[mt][i][e] = pv;
+            dpt[mt][i][e] = pv * (dpt[mt][i][e] - cDl[cl]);
+          }
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; kk++) {
+        uint32_t pa[MT][4], da[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          pa[mt][0] = pack_bf16(st[mt][2 * kk][0], st[mt][2 * kk][1]);
+          pa[mt][1] = pack_bf16(st[mt][2 * kk][2], st[mt][2 * kk][3]);
+          pa[mt][2] = pack_bf16(st[mt][2 * kk + 1][0], st[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack_bf16(st[mt][2 * kk + 1][2], st[mt][2 * kk + 1][3]);
+          da[mt][0] = pack_bf16(dpt[mt][2 * kk][0], dpt[mt][2 * kk][1]);
+          da[mt][1] = pack_bf16(dpt[mt][2 * kk][2], dpt[mt][2 * kk][3]);
+          da[mt][2] = pack_bf16(dpt[mt][2 * kk + 1][0], dpt[mt][2 * kk + 1][1]);
+          da[mt][3] = pack_bf16(dpt[mt][2 * kk + 1][2], dpt[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int np = 0; np < D / 16; np++) {
+          uint32_t b[4];
+          load_b_frags<D>(cdO, kk * 16, np, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dv[mt][2 * np], pa[mt], b[0], b[1]);
+            mma16816(dv[mt][2 * np + 1], pa[mt], b[2], b[3]);
+          }
+          load_b_frags<D>(cQ, kk * 16, np, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dk[mt][2 * np], da[mt], b[0], b[1]);
+            mma16816(dk[mt][2 * np + 1], da[mt], b[2], b[3]);
+          }
+        }
+      }
+      if constexpr (ATOMIC) {
+        // Stage dS^T (bf16, rows = keys, cols = queries), then warp w computes dQ rows 16w..16w+15 of this
+        // query block over the block's 64 keys and adds them to the fp32 buffer.
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+          for (int r = 0; r < 2; r++) {
+            const int kr = wk0 + g + r * 8, col = i * 8 + 2 * t4;
+            *reinterpret_cast<uint32_t*>(sdS + swz<BM>(kr, col >> 3) + (col & 7)) =
+                pack_bf16(dpt[0][i][2 * r], dpt[0][i][2 * r + 1]);
+          }
+        __syncthreads();
+        float dqa[D / 8][4];
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+          uint32_t a[4];
+          const int m = lane >> 3;
+          const int r = kk * 16 + (lane & 7) + ((m >> 1) << 3), ch = warp * 2 + (m & 1);
+          ldsm_x4_t(smem_u32(sdS + swz<BM>(r, ch)), a[0], a[1], a[2], a[3]);
+#pragma unroll
+          for (int np = 0; np < D / 16; np++) {
+            uint32_t b[4];
+            load_b_frags<D>(sK, kk * 16, np, b);
+            mma16816(dqa[2 * np], a, b[0], b[1]);
+            mma16816(dqa[2 * np + 1], a, b[2], b[3]);
+          }
+        }
+        const int h = kvh * p.G + it / nqb;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const int row = i0 + warp * 16 + g + r * 8;
+          if (row >= si.used) continue;
+          float* dst = p.dq_acc + (si.start + row) * qstride + h * D + 2 * t4;
+#pragma unroll
+          for (int i = 0; i < D / 8; i++) {
+            atomicAdd(dst + i * 8, dqa[i][2 * r]);
+            atomicAdd(dst + i * 8 + 1, dqa[i][2 * r + 1]);
+          }
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+  const int64_t koff = (si.start + n0) * kstride + kvh * D;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    const int r0 = wk0 + mt * 16 + g;
+    if (f32out) {
+      store_frag<D, float>(static_cast<float*>(p.dk) + koff, kstride, r0, keys_here, dk[mt], p.scale);
+      store_frag<D, float>(static_cast<float*>(p.dv) + koff, kstride, r0, keys_here, dv[mt], 1.f);
+    } else {
+      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dk) + koff, kstride, r0, keys_here, dk[mt], p.scale);
+      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dv) + koff, kstride, r0, keys_here, dv[mt], 1.f);
+    }
+  }
+}
+
+// ---- dQ --------------------------------------------------------------------------------------------------------
+template <int D, int MT>
+struct DqCfg {
+  static constexpr int NW = MT == 1 ? 8 : 4, NT = NW * 32, BM = NW * 16 * MT, BN = MT == 1 ? 64 : 32;
+  static constexpr int SMEM = (2 * BM * D + 4 * BN * D) * 2;
+};
+
+// V2 (GPTOSS_ATTN_BWD=v2): grid (nmb * Hq, 1, nseq) with the head fastest, so the heaviest (latest, causal)
+// query blocks of every head start first; warps skip key blocks none of their 16 rows can see.
+template <int D, int MT, bool V2 = false>
+__global__ void __launch_bounds__(DqCfg<D, MT>::NT) dq_kernel(Params p) {
+  using C = DqCfg<D, MT>;
+  constexpr int BM = C::BM, BN = C::BN, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sdO = sQ + BM * D;
+  __nv_bfloat16* sK = sdO + BM * D;  // [2][BN*D]
+  __nv_bfloat16* sV = sK + 2 * BN * D;
+
+  const int mb = V2 ? static_cast<int>(gridDim.x) / p.Hq - 1 - static_cast<int>(blockIdx.x) / p.Hq
+                    : gridDim.x - 1 - blockIdx.x;
+  const int h = V2 ? static_cast<int>(blockIdx.x) % p.Hq : blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int q0 = mb * BM;
+  if (q0 >= si.len) return;
+  const int kvh = h / p.G;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int rows_here = min(BM, si.len - q0);
+  const int64_t qoff = (si.start + q0) * qstride + h * D;
+  const int wr0 = warp * 16 * MT;     // first row of this warp within the block
+  const int wrow0 = q0 + wr0;         // ... as a sequence position
+
+  float acc[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+
+  if (q0 < si.used) {
+    const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
+    const __nv_bfloat16* gV = p.v + si.start * kstride + kvh * D;
+    const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
+    const int n_hi = min(q0 + BM, si.used);
+    const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+    const int nv = min(rows_here, si.used - q0);
+    load_tile<BM, D, NT>(sQ, p.q + qoff, qstride, nv);
+    load_tile<BM, D, NT>(sdO, p.dout + qoff, qstride, nv);
+    auto load_kv = [&](int kb, int stage) {
+      const int n0 = kb * BN;
+      load_tile<BN, D, NT>(sK + stage * BN * D, gK + n0 * kstride, kstride, si.used - n0);
+      load_tile<BN, D, NT>(sV + stage * BN * D, gV + n0 * kstride, kstride, si.used - n0);
+    };
+    load_kv(kb_lo, 0);
+    cp_async_commit();
+
+    float lse2[MT][2], dl[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const int row = wrow0 + mt * 16 + g + r * 8;
+        const bool ok = row < si.used;
+        lse2[mt][r] = ok ? p.lse[static_cast<int64_t>(h) * p.T + si.start + row] * kLog2e : 0.f;
+        dl[mt][r] = ok ? p.dlt[static_cast<int64_t>(h) * p.T + si.start + row] : 0.f;
+      }
+    uint32_t qf[MT][D / 16][4], of[MT][D / 16][4];
+
+    for (int kb = kb_lo; kb < kb_hi; kb++) {
+      const int stage = (kb - kb_lo) & 1;
+      cp_async_wait<0>();
+      __syncthreads();
+      if (kb == kb_lo) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          load_a_frags<D>(sQ, wr0 + mt * 16, qf[mt]);
+          load_a_frags<D>(sdO, wr0 + mt * 16, of[mt]);
+        }
+      }
+      if (kb + 1 < kb_hi) load_kv(kb + 1, stage ^ 1);
+      cp_async_commit();
+      const __nv_bfloat16* cK = sK + stage * BN * D;
+      const __nv_bfloat16* cV = sV + stage * BN * D;
+      if constexpr (V2) {
+        // Fully masked for this warp's rows (or its rows are padding): contributes exact zeros, so skip.
+        const int n0 = kb * BN, wlast = wrow0 + 16 * MT - 1;
+        if (wrow0 >= si.used || n0 > wlast || (p.window > 0 && n0 + BN - 1 <= wrow0 - p.window)) continue;
+      }
+
+      float sc[MT][BN / 8][4], dp[MT][BN / 8][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) sc[mt][i][e] = dp[mt][i][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int np = 0; np < BN / 16; np++) {
+          uint32_t b[4];
+          load_bT_frags<D>(cK, np * 16, kk, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(sc[mt][2 * np], qf[mt][kk], b[0], b[1]);
+            mma16816(sc[mt][2 * np + 1], qf[mt][kk], b[2], b[3]);
+          }
+          load_bT_frags<D>(cV, np * 16, kk, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(dp[mt][2 * np], of[mt][kk], b[0], b[1]);
+            mma16816(dp[mt][2 * np + 1], of[mt][kk], b[2], b[3]);
+          }
+        }
+      }
+      const int n0 = kb * BN;
+      const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 * MT - p.window);
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) {
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int r = e >> 1;
+            float pv = exp2f(sc[mt][i][e] * p.scale_log2 - lse2[mt][r]);
+            if (need_mask) {
+              const int row = wrow0 + mt * 16 + g + r * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
+              const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
+              pv = ok ? pv : 0.f;
+            }
+            sc[mt][i][e] = pv * (dp[mt][i][e] - dl[mt][r]);
+          }
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++) {
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          a[mt][0] = pack_bf16(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+          a[mt][1] = pack_bf16(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+          a[mt][2] = pack_bf16(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+          a[mt][3] = pack_bf16(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int np = 0; np < D / 16; np++) {
+          uint32_t b[4];
+          load_b_frags<D>(cK, kk * 16, np, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
+            mma16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+          }
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+  // Rows past the real length get zeros.
+  const int nreal = max(0, min(rows_here, si.used - q0));
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int lr = wr0 + mt * 16 + g + r * 8;
+      if (lr >= nreal)
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) acc[mt][i][2 * r] = acc[mt][i][2 * r + 1] = 0.f;
+    }
+    const int r0 = wr0 + mt * 16 + g;
+    if (p.grad_f32)
+      store_frag<D, float>(static_cast<float*>(p.dq) + qoff, qstride, r0, rows_here, acc[mt], p.scale);
+    else
+      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dq) + qoff, qstride, r0, rows_here, acc[mt],
+                                   p.scale);
+  }
+}
+
+// ---- dK, dV v2 (GPTOSS_ATTN_BWD=v2, head_dim 64) ------------------------------------------------------------------
+// NW warps x 16 keys per CTA (BN = 16 NW keys of one kv head; NW 8 by default), 64 queries per step: each Q/dO tile
+// staged in shared memory feeds NW warps, so NW = 8 halves the L2 -> smem traffic per MMA of the 4-warp kernel.
+// K/V A fragments stay in registers. Grid (nkb * Hkv, 1, nseq) with the kv head fastest: key block 0 (the most
+// query blocks under a causal mask) of every head starts first. Per warp, the arithmetic and the summation order
+// over (head, query block) are those of dkdv_kernel<64, 1>; iterations a warp cannot see are skipped (they would
+// add exact zeros), so dK/dV equal the default path bitwise.
+template <int NW>
+struct DkdvV2Cfg {
+  static constexpr int D = 64, NT = NW * 32, BN = NW * 16, BM = 64;
+  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4;
+};
+
+// 4-byte cp.async (zero-filled when !pred): lse / D_i rows, so no thread waits on a plain global load mid-loop.
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool pred) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(pred ? 4 : 0));
+}
+
+template <int NW>
+__global__ void __launch_bounds__(NW * 32) dkdv_v2_kernel(Params p) {
+  using C = DkdvV2Cfg<NW>;
+  constexpr int D = 64, BN = C::BN, BM = C::BM, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [BN][D]
+  __nv_bfloat16* sV = sK + BN * D;                                  // [BN][D]
+  __nv_bfloat16* sQ = sV + BN * D;                                  // [2][BM][D]
+  __nv_bfloat16* sdO = sQ + 2 * BM * D;                             // [2][BM][D]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);           // [2][BM] lse (natural log)
+  float* sDl = sL + 2 * BM;                                         // [2][BM] D_i
+
+  const int kb = static_cast<int>(blockIdx.x) / p.Hkv, kvh = static_cast<int>(blockIdx.x) % p.Hkv, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int n0 = kb * BN;
+  if (n0 >= si.len) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int keys_here = min(BN, si.len - n0);
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+
+  const int i_lo = n0;
+  const int i_hi = p.window > 0 ? min(si.used, n0 + BN - 1 + p.window) : si.used;
+  const int qb_lo = i_lo / BM, qb_hi = i_hi > i_lo ? (i_hi + BM - 1) / BM : qb_lo;
+  const int nqb = qb_hi - qb_lo, niter = nqb * p.G;
+  const int wk0 = warp * 16;   // first key row of this warp within the block
+  const int kmin = n0 + wk0;  // this warp's keys: kmin .. kmin + 15
+
+  if (niter > 0) {
+    load_tile<BN, D, NT>(sK, p.k + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    load_tile<BN, D, NT>(sV, p.v + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    auto load_q = [&](int it, int stage) {
+      const int h = kvh * p.G + it / nqb, i0 = (qb_lo + it % nqb) * BM;
+      const int nv = si.used - i0;
+      load_tile<BM, D, NT>(sQ + stage * BM * D, p.q + (si.start + i0) * qstride + h * D, qstride, nv);
+      load_tile<BM, D, NT>(sdO + stage * BM * D, p.dout + (si.start + i0) * qstride + h * D, qstride, nv);
+      const float* gl = p.lse + static_cast<int64_t>(h) * p.T + si.start + i0;
+      const float* gd = p.dlt + static_cast<int64_t>(h) * p.T + si.start + i0;
+      for (int r = threadIdx.x; r < 2 * BM; r += NT) {
+        const int rr = r & (BM - 1);
+        const bool ok = rr < nv;
+        if (r < BM)
+          cp_async4(sL + stage * BM + rr, ok ? gl + rr : gl, ok);
+        else
+          cp_async4(sDl + stage * BM + rr, ok ? gd + rr : gd, ok);
+      }
+    };
+    load_q(0, 0);
+    cp_async_commit();
+
+    uint32_t kf[D / 16][4], vf[D / 16][4];
+
+    for (int it = 0; it < niter; it++) {
+      const int stage = it & 1;
+      cp_async_wait<0>();
+      __syncthreads();
+      if (it + 1 < niter) load_q(it + 1, stage ^ 1);
+      cp_async_commit();
+      if (it == 0) {
+        load_a_frags<D>(sK, wk0, kf);
+        load_a_frags<D>(sV, wk0, vf);
+      }
+      const int i0 = (qb_lo + it % nqb) * BM;
+      // No (query, key) pair of this step is visible to this warp's keys (or they are padding): skip.
+      if (kmin >= si.used || i0 + BM - 1 < kmin || (p.window > 0 && i0 - (kmin + 15) >= p.window)) continue;
+      const __nv_bfloat16* cQ = sQ + stage * BM * D;
+      const __nv_bfloat16* cdO = sdO + stage * BM * D;
+      const float* cL = sL + stage * BM;
+      const float* cDl = sDl + stage * BM;
+
+      // S^T = K Q^T and dP^T = V dO^T for 16 keys x BM queries.
+      float st[BM / 8][4], dpt[BM / 8][4];
+#pragma unroll
+      for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) st[i][e] = dpt[i][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int np = 0; np < BM / 16; np++) {
+          uint32_t b[4];
+          load_bT_frags<D>(cQ, np * 16, kk, b);
+          mma16816(st[2 * np], kf[kk], b[0], b[1]);
+          mma16816(st[2 * np + 1], kf[kk], b[2], b[3]);
+          load_bT_frags<D>(cdO, np * 16, kk, b);
+          mma16816(dpt[2 * np], vf[kk], b[0], b[1]);
+          mma16816(dpt[2 * np + 1], vf[kk], b[2], b[3]);
+        }
+      }
+      const bool need_mask =
+          (i0 < kmin + 15) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) || (i0 + BM > si.used);
+#pragma unroll
+      for (int i = 0; i < BM / 8; i++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int cl = i * 8 + 2 * t4 + (e & 1);
+          // __fmul_rn: the same rounded lse*log2e as the default kernel (never contracted into the FMA below).
+          float pv = exp2f(st[i][e] * p.scale_log2 - __fmul_rn(cL[cl], kLog2e));
+          if (need_mask) {
+            const int krow = kmin + g + (e >> 1) * 8, col = i0 + cl;
+            const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
+            pv = ok ? pv : 0.f;
+          }
+          st[i][e] = pv;
+          dpt[i][e] = pv * (dpt[i][e] - cDl[cl]);
+        }
+      }
+      // dV += P^T dO, dK += dS^T Q (P^T / dS^T accumulators re-packed as A fragments).
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; kk++) {
+        uint32_t pa[4], da[4];
+        pa[0] = pack_bf16(st[2 * kk][0], st[2 * kk][1]);
+        pa[1] = pack_bf16(st[2 * kk][2], st[2 * kk][3]);
+        pa[2] = pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+        pa[3] = pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+        da[0] = pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]);
+        da[1] = pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]);
+        da[2] = pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+        da[3] = pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+#pragma unroll
+        for (int np = 0; np < D / 16; np++) {
+          uint32_t b[4];
+          load_b_frags<D>(cdO, kk * 16, np, b);
+          mma16816(dv[2 * np], pa, b[0], b[1]);
+          mma16816(dv[2 * np + 1], pa, b[2], b[3]);
+          load_b_frags<D>(cQ, kk * 16, np, b);
+          mma16816(dk[2 * np], da, b[0], b[1]);
+          mma16816(dk[2 * np + 1], da, b[2], b[3]);
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+  const int64_t koff = (si.start + n0) * kstride + kvh * D;
+  const int r0 = wk0 + g;
+  if (p.grad_f32) {
+    store_frag<D, float>(static_cast<float*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
+    store_frag<D, float>(static_cast<float*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
+  } else {
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
+  }
+}
+
+// ---- head_dim 64 on Hopper: wgmma ------------------------------------------------------------------------------
+// dK/dV: NWG warpgroups per CTA, each owning 64 keys (BN = 64 NWG), 64 queries per step. A warpgroup keeps its K and
+// V rows in registers as A operands and runs S^T = K Q^T and dP^T = V dO^T (wgmma m64n64k16, B = the Q / dO tile,
+// K-major), then dV += P^T dO and dK += dS^T Q (A = P^T / dS^T in registers, B = the dO / Q tile, MN-major).
+// dQ: NWG warpgroups each owning 64 query rows, 64 keys per step: S = Q K^T, dP = dO V^T (B K-major), dQ += dS K
+// (B = the K tile, MN-major). Masks, padding and the fixed summation order are those of the mma.sync kernels, so the
+// results stay bitwise reproducible.
+__device__ __forceinline__ unsigned char* align1024(unsigned char* p) {
+  const uint32_t a = smem_u32(p);
+  return p + (((a + 1023u) & ~1023u) - a);
+}
+
+template <int NWG>
+struct DkdvWgCfg {
+  static constexpr int D = 64, NT = NWG * 128, BN = NWG * 64, BM = 64;
+  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4 + 1024;
+};
+
+// V3 (GPTOSS_ATTN_BWD=v3): grid (nkb * Hkv, 1, nseq) with the kv head fastest (key block 0, the heaviest under a
+// causal mask, of every head first), and per step S^T and dP^T are two wgmma groups: P^T is computed while dP^T
+// still runs, dV += P^T dO is issued before dS^T is computed, so the tensor cores work during the softmax.
+template <int NWG, bool V3 = false>
+__global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
+  using C = DkdvWgCfg<NWG>;
+  constexpr int D = 64, BN = C::BN, BM = C::BM, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(align1024(smem_raw));
+  __nv_bfloat16* sV = sK + BN * D;
+  __nv_bfloat16* sQ = sV + BN * D;       // [2][BM*D]
+  __nv_bfloat16* sdO = sQ + 2 * BM * D;  // [2][BM*D]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse * log2e
+  float* sDl = sL + 2 * BM;                                 // [2][BM]
+
+  const int kb = V3 ? static_cast<int>(blockIdx.x) / p.Hkv : blockIdx.x;
+  const int kvh = V3 ? static_cast<int>(blockIdx.x) % p.Hkv : blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int n0 = kb * BN;
+  if (n0 >= si.len) return;
+  const int wg = threadIdx.x >> 7, wl = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2,
+            t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int keys_here = min(BN, si.len - n0);
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+
+  const int i_lo = n0;
+  const int i_hi = p.window > 0 ? min(si.used, n0 + BN - 1 + p.window) : si.used;
+  const int qb_lo = i_lo / BM, qb_hi = i_hi > i_lo ? (i_hi + BM - 1) / BM : qb_lo;
+  const int nqb = qb_hi - qb_lo, niter = nqb * p.G;
+  const int wk0 = n0 + wg * 64;        // first key of this warpgroup
+  const int kmin = wk0 + wl * 16;      // this warp's keys: kmin .. kmin + 15
+  const bool wg_live = wk0 < si.used;
+
+  if (niter > 0) {
+    load_tile<BN, D, NT>(sK, p.k + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    load_tile<BN, D, NT>(sV, p.v + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
+    auto load_q = [&](int it, int stage) {
+      const int h = kvh * p.G + it / nqb, i0 = (qb_lo + it % nqb) * BM;
+      const int nv = si.used - i0;
+      load_tile<BM, D, NT>(sQ + stage * BM * D, p.q + (si.start + i0) * qstride + h * D, qstride, nv);
+      load_tile<BM, D, NT>(sdO + stage * BM * D, p.dout + (si.start + i0) * qstride + h * D, qstride, nv);
+      const float* gl = p.lse + static_cast<int64_t>(h) * p.T + si.start + i0;
+      const float* gd = p.dlt + static_cast<int64_t>(h) * p.T + si.start + i0;
+      for (int r = threadIdx.x; r < BM; r += NT) {
+        sL[stage * BM + r] = r < nv ? gl[r] * kLog2e : 0.f;
+        sDl[stage * BM + r] = r < nv ? gd[r] : 0.f;
+      }
+    };
+    load_q(0, 0);
+    cp_async_commit();
+
+    // The bug of the first version: the K/V (dQ kernel: Q/dO) A fragments were loaded once (under `if (it == 0)`)
+    // and then kept in registers across steps that only wgmma reads. Every step's products were exact when dumped,
+    // yet the results were wrong from a warpgroup's second live step on, and the outcome changed with unrelated
+    // code (a plain read of those registers in the loop made it right): ptxas does not keep loop-carried,
+    // wgmma-only A registers intact. Hoisting the load out of the loop fixed dK/dV but not dQ, and an empty asm
+    // "+r" pin per step fixed neither, so the fragments are now re-read from shared memory (ldmatrix, 8 x4 per warp
+    // per step) right before each use: exact for every GPU-tested shape.
+    const uint32_t sQ_a = smem_u32(sQ), sdO_a = smem_u32(sdO);
+
+    for (int it = 0; it < niter; it++) {
+      const int stage = it & 1;
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();
+      if (it + 1 < niter) load_q(it + 1, stage ^ 1);
+      cp_async_commit();
+      const int i0 = (qb_lo + it % nqb) * BM;
+      // Does any (query, key) pair of this query block and this warpgroup's keys count?
+      const bool skip = !wg_live || i0 + BM - 1 < wk0 || (p.window > 0 && i0 - (wk0 + 63) >= p.window);
+      if (skip) continue;
+      const float* cL = sL + stage * BM;
+      const float* cDl = sDl + stage * BM;
+      const uint64_t dQk = wg_desc(sQ_a + stage * BM * D * 2), dOk = wg_desc(sdO_a + stage * BM * D * 2);
+
+      float st[BM / 8][4], dpt[BM / 8][4];
+#pragma unroll
+      for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) st[i][e] = dpt[i][e] = 0.f;
+      fence_acc<BM / 8>(st);
+      fence_acc<BM / 8>(dpt);
+      const bool need_mask =
+          (i0 < kmin + 15) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) || (i0 + BM > si.used);
+      // P^T (in st) for this thread's 8 x 4 accumulator entries: keys kmin + g (+8), queries i0 + cl.
+      auto softmax_p = [&] {
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int cl = i * 8 + 2 * t4 + (e & 1);
+            float pv = exp2f(st[i][e] * p.scale_log2 - cL[cl]);
+            if (need_mask) {
+              const int krow = kmin + g + (e >> 1) * 8, col = i0 + cl;
+              const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
+              pv = ok ? pv : 0.f;
+            }
+            st[i][e] = pv;
+          }
+      };
+      auto pack = [](const float (&x)[BM / 8][4], uint32_t (&a)[BM / 16][4]) {
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) {
+          a[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+          a[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+          a[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+          a[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+        }
+      };
+      uint32_t pa[BM / 16][4], da[BM / 16][4];
+      uint32_t kf[D / 16][4], vf[D / 16][4];  // reloaded every step: see the comment above the loop
+      load_a_frags<D>(sK, wg * 64 + wl * 16, kf);
+      load_a_frags<D>(sV, wg * 64 + wl * 16, vf);
+      wgmma_fence();
+      if constexpr (V3) {
+        // group 1: S^T = K Q^T (64 keys x 64 queries); group 2: dP^T = V dO^T.
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(st, kf[kk], dQk + 2 * kk);
+        wgmma_commit();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(dpt, vf[kk], dOk + 2 * kk);
+        wgmma_commit();
+        wgmma_wait<1>();  // S^T ready, dP^T may still run
+        fence_acc<BM / 8>(st);
+        softmax_p();
+        pack(st, pa);
+        fence_acc<D / 8>(dv);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dv, pa[kk], dOk + 128 * kk);  // dV += P^T dO
+        wgmma_commit();
+        wgmma_wait<1>();  // dP^T ready, the dV group may still run
+        fence_acc<BM / 8>(dpt);
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) dpt[i][e] = st[i][e] * (dpt[i][e] - cDl[i * 8 + 2 * t4 + (e & 1)]);
+        pack(dpt, da);
+        fence_acc<D / 8>(dk);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dk, da[kk], dQk + 128 * kk);  // dK += dS^T Q
+        wgmma_commit();
+        wgmma_wait<0>();  // nothing may read this stage's tiles after the next barrier
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(st, kf[kk], dQk + 2 * kk);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(dpt, vf[kk], dOk + 2 * kk);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc<BM / 8>(st);
+        fence_acc<BM / 8>(dpt);
+        softmax_p();
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) dpt[i][e] = st[i][e] * (dpt[i][e] - cDl[i * 8 + 2 * t4 + (e & 1)]);
+        pack(st, pa);
+        pack(dpt, da);
+        fence_acc<D / 8>(dv);
+        fence_acc<D / 8>(dk);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dv, pa[kk], dOk + 128 * kk);
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dk, da[kk], dQk + 128 * kk);
+        wgmma_commit();
+        wgmma_wait<0>();
+      }
+      fence_acc<D / 8>(dv);
+      fence_acc<D / 8>(dk);
+    }
+    cp_async_wait<0>();
+  }
+  const int64_t koff = (si.start + n0) * kstride + kvh * D;
+  const int r0 = wg * 64 + wl * 16 + g;
+  if (p.grad_f32) {
+    store_frag<D, float>(static_cast<float*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
+    store_frag<D, float>(static_cast<float*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
+  } else {
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
+  }
+}
+
+template <int NWG>
+struct DqWgCfg {
+  static constexpr int D = 64, NT = NWG * 128, BM = NWG * 64, BN = 64;
+  static constexpr int SMEM = (2 * BM * D + 4 * BN * D) * 2 + 1024;
+};
+
+// V3 (GPTOSS_ATTN_BWD=v3): grid (nmb * Hq, 1, nseq) with the head fastest, latest (heaviest causal) query blocks
+// first; S and dP are two wgmma groups so P is computed while dP still runs.
+template <int NWG, bool V3 = false>
+__global__ void __launch_bounds__(NWG * 128, 1) dq_wgmma_kernel(Params p) {
+  using C = DqWgCfg<NWG>;
+  constexpr int D = 64, BM = C::BM, BN = C::BN, NT = C::NT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(align1024(smem_raw));
+  __nv_bfloat16* sdO = sQ + BM * D;
+  __nv_bfloat16* sK = sdO + BM * D;  // [2][BN*D]
+  __nv_bfloat16* sV = sK + 2 * BN * D;
+
+  const int mb = V3 ? static_cast<int>(gridDim.x) / p.Hq - 1 - static_cast<int>(blockIdx.x) / p.Hq
+                    : gridDim.x - 1 - blockIdx.x;
+  const int h = V3 ? static_cast<int>(blockIdx.x) % p.Hq : blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int q0 = mb * BM;
+  if (q0 >= si.len) return;
+  const int kvh = h / p.G;
+  const int wg = threadIdx.x >> 7, wl = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2,
+            t4 = lane & 3;
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
+  const int rows_here = min(BM, si.len - q0);
+  const int64_t qoff = (si.start + q0) * qstride + h * D;
+  const int wr0 = wg * 64 + wl * 16;  // first row of this warp within the block
+  const int wq0 = q0 + wg * 64;       // first row of this warpgroup as a sequence position
+  const int wrow0 = q0 + wr0;
+
+  float acc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+
+  if (q0 < si.used) {
+    const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
+    const __nv_bfloat16* gV = p.v + si.start * kstride + kvh * D;
+    const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
+    const int n_hi = min(q0 + BM, si.used);
+    const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+    const int nv = min(rows_here, si.used - q0);
+    load_tile<BM, D, NT>(sQ, p.q + qoff, qstride, nv);
+    load_tile<BM, D, NT>(sdO, p.dout + qoff, qstride, nv);
+    auto load_kv = [&](int kb, int stage) {
+      const int n0 = kb * BN;
+      load_tile<BN, D, NT>(sK + stage * BN * D, gK + n0 * kstride, kstride, si.used - n0);
+      load_tile<BN, D, NT>(sV + stage * BN * D, gV + n0 * kstride, kstride, si.used - n0);
+    };
+    load_kv(kb_lo, 0);
+    cp_async_commit();
+
+    float lse2[2], dl[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int row = wrow0 + g + r * 8;
+      const bool ok = row < si.used;
+      lse2[r] = ok ? p.lse[static_cast<int64_t>(h) * p.T + si.start + row] * kLog2e : 0.f;
+      dl[r] = ok ? p.dlt[static_cast<int64_t>(h) * p.T + si.start + row] : 0.f;
+    }
+    const bool wg_live = wq0 < si.used;
+    const uint32_t sK_a = smem_u32(sK), sV_a = smem_u32(sV);
+
+    for (int kb = kb_lo; kb < kb_hi; kb++) {
+      const int stage = (kb - kb_lo) & 1;
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();
+      if (kb + 1 < kb_hi) load_kv(kb + 1, stage ^ 1);
+      cp_async_commit();
+      const int n0 = kb * BN;
+      const bool skip = !wg_live || n0 > wq0 + 63 || (p.window > 0 && n0 + BN - 1 < wq0 - p.window + 1);
+      if (skip) continue;
+      const uint64_t dKd = wg_desc(sK_a + stage * BN * D * 2), dVd = wg_desc(sV_a + stage * BN * D * 2);
+
+      float sc[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[i][e] = dp[i][e] = 0.f;
+      fence_acc<BN / 8>(sc);
+      fence_acc<BN / 8>(dp);
+      const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
+      uint32_t qf[D / 16][4], of[D / 16][4];  // reloaded every step: see dkdv_wgmma_kernel
+      load_a_frags<D>(sQ, wr0, qf);
+      load_a_frags<D>(sdO, wr0, of);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BN, 0>(sc, qf[kk], dKd + 2 * kk);  // S = Q K^T
+      if constexpr (V3) wgmma_commit();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BN, 0>(dp, of[kk], dVd + 2 * kk);  // dP = dO V^T
+      wgmma_commit();
+      if constexpr (V3) {
+        wgmma_wait<1>();  // S ready, dP may still run
+      } else {
+        wgmma_wait<0>();
+      }
+      fence_acc<BN / 8>(sc);
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int r = e >> 1;
+          float pv = exp2f(sc[i][e] * p.scale_log2 - lse2[r]);
+          if (need_mask) {
+            const int row = wrow0 + g + r * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
+            const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
+            pv = ok ? pv : 0.f;
+          }
+          sc[i][e] = pv;
+        }
+      }
+      if constexpr (V3) wgmma_wait<0>();
+      fence_acc<BN / 8>(dp);
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[i][e] *= dp[i][e] - dl[e >> 1];  // dS = P (dP - D)
+      uint32_t a[BN / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++) {
+        a[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+        a[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+        a[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        a[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      }
+      fence_acc<D / 8>(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, a[kk], dKd + 128 * kk);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc<D / 8>(acc);
+    }
+    cp_async_wait<0>();
+  }
+  const int nreal = max(0, min(rows_here, si.used - q0));
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int lr = wr0 + g + r * 8;
+    if (lr >= nreal)
+#pragma unroll
+      for (int i = 0; i < D / 8; i++) acc[i][2 * r] = acc[i][2 * r + 1] = 0.f;
+  }
+  const int r0 = wr0 + g;
+  if (p.grad_f32)
+    store_frag<D, float>(static_cast<float*>(p.dq) + qoff, qstride, r0, rows_here, acc, p.scale);
+  else
+    store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dq) + qoff, qstride, r0, rows_here, acc, p.scale);
+}
+
+// dq = scale * dq_acc in the gradient dtype.
+template <typename T>
+__global__ void dq_convert_kernel(const float* acc, T* dq, int64_t n, float scale) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  const float4 v = *reinterpret_cast<const float4*>(acc + i);
+  store2<T>(dq + i, v.x * scale, v.y * scale);
+  store2<T>(dq + i + 2, v.z * scale, v.w * scale);
+}
+
+}  // namespace attn
+}  // namespace gptoss::cuda
