@@ -197,20 +197,20 @@ void launch_bwd_atomic(attn::Params& p, int nseq, int max_seqlen, float* partial
 }
 
 // GPTOSS_ATTN_BWD selects the deterministic head_dim-64 backward, read on every call (tests compare them in one
-// process): unset, "" or "v2" = 64-key dK/dV CTAs of 4 warps, heaviest first, on a side stream concurrently with
-// dQ (the default: 16% faster than v1 at B1 S4096 causal and 10% for sliding 128 on an H100, 2% slower at
-// S16384); "v2-bn128" = v2 with 128-key dK/dV CTAs of 8 warps; "v1" = dkdv_kernel then dq_kernel on the compute
-// stream. All three give bitwise equal gradients. "v3" = the wgmma kernels on sm_90 (launch_bwd_v3; deterministic
-// too, but a different summation order, so not bitwise equal to v1/v2); on other devices v3 runs v2. Returns the v2
-// dK/dV warps per CTA, 0 for v1, -1 for v3.
+// process): unset, "" or "v3" = the wgmma kernels on sm_90 (launch_bwd_v3: dK/dV on a side stream concurrently
+// with dQ, heaviest CTAs first; deterministic, ~19% faster than v2 at B1 S4096 causal on an H100); on other devices,
+// or with GPTOSS_ATTN_WGMMA=0, v2 runs instead. "v2" = the same schedule with mma.sync 64-key dK/dV CTAs of 4 warps;
+// "v2-bn128" = v2 with 128-key CTAs of 8 warps; "v1" = dkdv_kernel then dq_kernel on the compute stream. v1, v2
+// and v2-bn128 give bitwise equal gradients; v3 adds in another order (equal within rounding, GPU-tested against
+// the CPU op). Returns the v2 dK/dV warps per CTA, 0 for v1, -1 for v3.
 int bwd_version_nw() {
   const char* e = std::getenv("GPTOSS_ATTN_BWD");
   const std::string mode = e ? e : "";
   if (mode == "v1") return 0;
-  if (mode.empty() || mode == "v2") return 4;
+  if (mode == "v2") return 4;
   if (mode == "v2-bn128") return 8;
-  if (mode == "v3") return -1;
-  fail("GPTOSS_ATTN_BWD: unknown value '", mode, "' (v1, v2, v2-bn128, v3; unset = v2)");
+  if (mode.empty() || mode == "v3") return -1;
+  fail("GPTOSS_ATTN_BWD: unknown value '", mode, "' (v1, v2, v2-bn128, v3; unset = v3)");
 }
 
 // GPTOSS_ATTN_BWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (A/B measurements). Default 1: on an
@@ -254,7 +254,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     Tensor acc = make_tensor(q.shape, DType::F32, q.device);
     p.dq_acc = acc.data<float>();
     launch_bwd_atomic(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
-  } else if (q.dim(2) == 64 && v2nw < 0 && attn::device_is_sm90(q.device)) {
+  } else if (q.dim(2) == 64 && v2nw < 0 && attn::wgmma_mode_env() != 0 && attn::device_is_sm90(q.device)) {
     launch_bwd_v3(p, q.device, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
   } else if (q.dim(2) == 64 && v2nw) {
     if (v2nw == 8)

@@ -286,12 +286,15 @@ __global__ void __launch_bounds__(NWG * 128, 1) fwd_wgmma_kernel(Params p) {
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    if (kb == kb_lo) load_a_frags<D>(sQ, wg * 64 + wl * 16, qf);
     if (kb + 1 < kb_hi) load_kv(kb + 1, stage ^ 1);
     cp_async_commit();
     const int n0 = kb * BN;
     const bool skip = !wg_live || n0 > wq0 + 63 || (p.window > 0 && n0 + BN - 1 < wq0 - p.window + 1);
     if (skip) continue;
+    // Q's A fragments are re-read per tile (4 ldmatrix.x4 per warp): A registers that only wgmma reads were not
+    // kept intact across loop iterations in the backward kernels (attention_bwd_kernels.cuh), so none are
+    // carried across iterations here either.
+    load_a_frags<D>(sQ, wg * 64 + wl * 16, qf);
     const uint64_t dK = wg_desc(sK_a + stage * BN * D * 2), dV = wg_desc(sV_a + stage * BN * D * 2);
 
     float sc[BN / 8][4];
