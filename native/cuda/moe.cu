@@ -339,9 +339,7 @@ __global__ void dx_kernel(const bf* __restrict__ dxp, const int32_t* __restrict_
 // GPTOSS_MOE_GEMM=own|cublas|batched|auto (default auto: our grouped kernels below 128 rows per expert on
 // average; above, batched when padding adds at most 50% rows, else per-expert cuBLAS). Measured on an H100 with
 // gpt-oss-20b layers at 4096 tokens: batched 9.78 ms/layer, per-expert 10.27, even for a layer whose random
-// router padded by more than 25%. Read on every call
-// (cheap), so tests can compare the paths in one process.
-enum class MoeGemm { Own, PerExpert, Batched };
+// router padded by more than 25%. Read on every call (cheap), so tests can compare the paths in one process.
 constexpr int64_t kPadRows = 64;
 
 std::string moe_gemm_env() {
@@ -360,6 +358,8 @@ bool use_cublas(int64_t N, int64_t E) {
 struct SlabRange {
   int64_t e0, e1, Mp, base;
 };
+// Padded rows of a slab plan (its last range's end).
+int64_t slab_rows(const std::vector<SlabRange>& v) { return v.back().base + (v.back().e1 - v.back().e0) * v.back().Mp; }
 // Splits the experts into 1, 2, 4 or 8 ranges of consecutive ids, each padded to its own largest count (rounded
 // up to kPadRows): with uneven routing, a range's maximum is closer to its experts' counts than the global one.
 // Takes the fewest ranges within 2% of the fewest padded rows (each range costs a launch per product).
@@ -378,7 +378,7 @@ std::vector<SlabRange> plan_slabs(const std::vector<int32_t>& off) {
     }
     return v;
   };
-  auto rows = [](const std::vector<SlabRange>& v) { return v.back().base + (v.back().e1 - v.back().e0) * v.back().Mp; };
+  auto rows = slab_rows;
   std::vector<std::vector<SlabRange>> plans;
   for (int64_t R : {1, 2, 4, 8})
     if (R <= E) plans.push_back(plan(R));
@@ -399,15 +399,14 @@ std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
   }
   return v;
 }
-// Given cuBLAS (use_cublas), per-expert or batched for these host offsets.
-MoeGemm cublas_kind(int64_t N, int64_t E, const std::vector<int32_t>& off) {
+// Given cuBLAS (use_cublas): the slab plan of the batched path for these host offsets, or none (empty) for
+// per-expert GEMMs.
+std::vector<SlabRange> batched_slabs(int64_t N, int64_t E, const std::vector<int32_t>& off) {
   const std::string mode = moe_gemm_env();
-  if (E > kMaxSlabExperts) return MoeGemm::PerExpert;
-  if (mode == "batched") return MoeGemm::Batched;
-  if (mode == "cublas") return MoeGemm::PerExpert;
-  const auto p = plan_slabs(off);
-  const int64_t rows = p.back().base + (p.back().e1 - p.back().e0) * p.back().Mp;
-  return rows * 2 <= N * 3 ? MoeGemm::Batched : MoeGemm::PerExpert;
+  if (E > kMaxSlabExperts || mode == "cublas") return {};
+  std::vector<SlabRange> p = plan_slabs(off);
+  if (mode == "batched" || slab_rows(p) * 2 <= N * 3) return p;
+  return {};
 }
 
 // GPTOSS_MOE_LANES=0 runs the per-expert GEMMs one after another on the compute stream; by default they are
@@ -598,13 +597,13 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   };
   const bool cublas = use_cublas(N, E);
   const std::vector<int32_t> off = cublas ? host_offsets(s.offsets) : std::vector<int32_t>{};
-  if (cublas && cublas_kind(N, E, off) == MoeGemm::Batched) {
+  const std::vector<SlabRange> slabs = cublas ? batched_slabs(N, E, off) : std::vector<SlabRange>{};
+  if (!slabs.empty()) {
     // Slab layout (pad_layout_kernel): the saved offsets / perm_tok / slot_pos describe the padded rows.
-    const std::vector<SlabRange> slabs = plan_slabs(off);
     SlabOffsets so{};
     for (const auto& r : slabs)
       for (int64_t e = r.e0; e <= r.e1; e++) so.v[e] = static_cast<int32_t>(r.base + (e - r.e0) * r.Mp);
-    const int64_t Np = so.v[E];
+    const int64_t Np = slab_rows(slabs);
     Tensor perm_pad = make_tensor({Np}, DType::I32, dev), slot_pad = make_tensor({N}, DType::I32, dev),
            off_pad = make_tensor({E + 1}, DType::I32, dev);
     GPTOSS_CUDA_CHECK(cudaMemsetAsync(perm_pad.raw(), 0xFF, Np * sizeof(int32_t), st), "moeForward pad");

@@ -161,6 +161,34 @@ function withEnv<T>(name: string, mode: string | undefined, fn: () => T): T {
 }
 const withBwdEnv = <T>(mode: string | undefined, fn: () => T): T => withEnv('GPTOSS_ATTN_BWD', mode, fn);
 
+// dq/dk/dv/dsinks of a CUDA run against the CPU op, with the FlashAttention-style bound.
+function checkGradsVsCpu(name: string, c: Case, g: ReturnType<typeof runOn>): void {
+  const cpu = runOn('cpu', c, 'f32');
+  const p = plainBf16(c, c.q, c.k, c.v, c.dout);
+  checkBound(name, 'dq', g.dq, p.dq, cpu.dq, 2e-3);
+  checkBound(name, 'dk', g.dk, p.dk, cpu.dk, 2e-3);
+  checkBound(name, 'dv', g.dv, p.dv, cpu.dv, 2e-3);
+  if (c.sinks) checkBound(name, 'dsinks', g.dsinks!, p.dsinks, cpu.dsinks!, 2e-3);
+  else assert.equal(g.dsinks, undefined);
+}
+
+// A longer sequence (S 1536, causal and window 128, bf16 gradients): reruns equal bitwise, error vs the CPU op bounded.
+function checkS1536(mode: string, seed: number): void {
+  for (const window of [0, 128]) {
+    const c = randomCase(16, 2, 64, [1536], window, seed);
+    const g = withBwdEnv(mode, () => runOn('cuda:0', c, 'bf16'));
+    const again = withBwdEnv(mode, () => runOn('cuda:0', c, 'bf16'));
+    for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(again[key], g[key], `rerun ${key}`);
+    const cpu = runOn('cpu', c, 'f32');
+    const mag = (a: Float32Array) => maxAbsDiff(a, new Float32Array(a.length));
+    for (const key of ['dq', 'dk', 'dv'] as const) {
+      const e = maxAbsDiff(g[key], cpu[key]);
+      console.log(`${mode} S1536 W${window} ${key}: err ${e.toExponential(2)} (max |ref| ${mag(cpu[key]).toExponential(2)})`);
+      assert.ok(e <= 2e-2 * mag(cpu[key]) + 2e-3, `${key} err ${e}`);
+    }
+  }
+}
+
 const v2Cases: [string, Case][] = [
   ['GQA 8, D64, packed 1/7/113/300, causal', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 31)],
   ['GQA 8, D64, packed 1/7/113/300, causal, no sinks', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 32, false)],
@@ -178,13 +206,7 @@ for (const mode of ['v2', 'v2-bn128']) {
     const name = `${name0} [GPTOSS_ATTN_BWD=${mode}]`;
     test(`cuda vs cpu: ${name}`, { skip }, () => {
       const g = withBwdEnv(mode, () => runOn('cuda:0', c, 'f32'));
-      const cpu = runOn('cpu', c, 'f32');
-      const p = plainBf16(c, c.q, c.k, c.v, c.dout);
-      checkBound(name, 'dq', g.dq, p.dq, cpu.dq, 2e-3);
-      checkBound(name, 'dk', g.dk, p.dk, cpu.dk, 2e-3);
-      checkBound(name, 'dv', g.dv, p.dv, cpu.dv, 2e-3);
-      if (c.sinks) checkBound(name, 'dsinks', g.dsinks!, p.dsinks, cpu.dsinks!, 2e-3);
-      else assert.equal(g.dsinks, undefined);
+      checkGradsVsCpu(name, c, g);
       // v2 keeps v1's per-element arithmetic and summation order (skipped steps add exact zeros), so it equals
       // v1 bitwise, in f32 and bf16 gradients.
       for (const gd of ['f32', 'bf16'] as const) {
@@ -196,21 +218,7 @@ for (const mode of ['v2', 'v2-bn128']) {
   }
 }
 
-test('cuda backward v2 is deterministic and matches cpu at S 1536 (causal and window 128, bf16 grads)', { skip }, () => {
-  for (const window of [0, 128]) {
-    const c = randomCase(16, 2, 64, [1536], window, 41);
-    const g = withBwdEnv('v2', () => runOn('cuda:0', c, 'bf16'));
-    const again = withBwdEnv('v2', () => runOn('cuda:0', c, 'bf16'));
-    for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(again[key], g[key], `rerun ${key}`);
-    const cpu = runOn('cpu', c, 'f32');
-    const mag = (a: Float32Array) => maxAbsDiff(a, new Float32Array(a.length));
-    for (const key of ['dq', 'dk', 'dv'] as const) {
-      const e = maxAbsDiff(g[key], cpu[key]);
-      console.log(`v2 S1536 W${window} ${key}: err ${e.toExponential(2)} (max |ref| ${mag(cpu[key]).toExponential(2)})`);
-      assert.ok(e <= 2e-2 * mag(cpu[key]) + 2e-3, `${key} err ${e}`);
-    }
-  }
-});
+test('cuda backward v2 is deterministic and matches cpu at S 1536 (causal and window 128, bf16 grads)', { skip }, () => checkS1536('v2', 41));
 
 // v3: the Hopper wgmma kernels (sm_90; other devices run v2). Deterministic, but a different summation order than
 // v1/v2, so it is checked against the CPU reference (FlashAttention bound) and against itself on a rerun.
@@ -218,13 +226,7 @@ for (const [name0, c] of v2Cases) {
   const name = `${name0} [GPTOSS_ATTN_BWD=v3]`;
   test(`cuda vs cpu: ${name}`, { skip }, () => {
     const g = withBwdEnv('v3', () => runOn('cuda:0', c, 'f32'));
-    const cpu = runOn('cpu', c, 'f32');
-    const p = plainBf16(c, c.q, c.k, c.v, c.dout);
-    checkBound(name, 'dq', g.dq, p.dq, cpu.dq, 2e-3);
-    checkBound(name, 'dk', g.dk, p.dk, cpu.dk, 2e-3);
-    checkBound(name, 'dv', g.dv, p.dv, cpu.dv, 2e-3);
-    if (c.sinks) checkBound(name, 'dsinks', g.dsinks!, p.dsinks, cpu.dsinks!, 2e-3);
-    else assert.equal(g.dsinks, undefined);
+    checkGradsVsCpu(name, c, g);
     // Reruns are bitwise equal, and unset = v3 (the default on sm_90).
     for (const gd of ['f32', 'bf16'] as const) {
       const a = gd === 'f32' ? g : withBwdEnv('v3', () => runOn('cuda:0', c, gd));
@@ -236,21 +238,7 @@ for (const [name0, c] of v2Cases) {
   });
 }
 
-test('cuda backward v3 is deterministic and matches cpu at S 1536 (causal and window 128, bf16 grads)', { skip }, () => {
-  for (const window of [0, 128]) {
-    const c = randomCase(16, 2, 64, [1536], window, 43);
-    const g = withBwdEnv('v3', () => runOn('cuda:0', c, 'bf16'));
-    const again = withBwdEnv('v3', () => runOn('cuda:0', c, 'bf16'));
-    for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const) assert.deepEqual(again[key], g[key], `rerun ${key}`);
-    const cpu = runOn('cpu', c, 'f32');
-    const mag = (a: Float32Array) => maxAbsDiff(a, new Float32Array(a.length));
-    for (const key of ['dq', 'dk', 'dv'] as const) {
-      const e = maxAbsDiff(g[key], cpu[key]);
-      console.log(`v3 S1536 W${window} ${key}: err ${e.toExponential(2)} (max |ref| ${mag(cpu[key]).toExponential(2)})`);
-      assert.ok(e <= 2e-2 * mag(cpu[key]) + 2e-3, `${key} err ${e}`);
-    }
-  }
-});
+test('cuda backward v3 is deterministic and matches cpu at S 1536 (causal and window 128, bf16 grads)', { skip }, () => checkS1536('v3', 43));
 
 test('cuda backward: an unknown GPTOSS_ATTN_BWD value is refused', { skip }, () => {
   const c = randomCase(2, 1, 64, [17], 0, 42);
