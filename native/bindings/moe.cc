@@ -70,7 +70,7 @@ GPTOSS_OP(moeForward) {
   MoeSaved s;
   GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, y, s),
                   cuda::moe_forward(x, w, k, static_cast<float>(limit), y, s));
-  return tensor_object(info.Env(), {{"y", y},
+  Napi::Object out = tensor_object(info.Env(), {{"y", y},
                                     {"x", s.x},
                                     {"topkIdx", s.topk_idx},
                                     {"topkW", s.topk_w},
@@ -81,10 +81,15 @@ GPTOSS_OP(moeForward) {
                                     {"gu", s.gu},
                                     {"h", s.h},
                                     {"yp", s.yp}});
+  // CUDA cuBLAS paths: the gathered rows and the host copy of the offsets, so the backward neither gathers
+  // again nor waits for the device.
+  if (s.xp.storage) out.Set("xp", wrap(info.Env(), s.xp));
+  if (s.offsets_host.storage) out.Set("offsetsHost", wrap(info.Env(), s.offsets_host));
+  return out;
 }
 
 // moeBackward(dy, routerW, routerB, gateUpW, gateUpB, downW, downB, x, topkIdx, topkW, counts, offsets,
-//             permTok, slotPos, gu, h, yp, topK, limit, exact, accGateUpW?, accDownW?)
+//             permTok, slotPos, gu, h, yp, topK, limit, exact, accGateUpW?, accDownW?, xp?, offsetsHost?)
 //   -> { dx, dRouterW, dRouterB, dGateUpW, dGateUpB, dDownW, dDownB }
 // accGateUpW / accDownW (f32 [E,H,2I] / [E,I,H], optional, both or neither): the expert weight gradients are
 // added into them and they are returned as dGateUpW / dDownW.
@@ -139,6 +144,21 @@ GPTOSS_OP(moeBackward) {
   check_dtype(op, "ctx.yp", s.yp, sd);
   for (const Tensor* t : {&s.topk_idx, &s.topk_w, &s.offsets, &s.perm_tok, &s.slot_pos, &s.gu, &s.h, &s.yp})
     check_same_device(op, s.x, *t);
+  // Optional (what a CUDA forward returned): xp bf16 [Np,H] on the device, offsetsHost i32 [E+1] on the host.
+  if (info.Length() > 22 && !info[22].IsUndefined() && !info[22].IsNull()) {
+    s.xp = tensor_arg(info, 22, op, "ctx.xp");
+    check_tensor(op, "ctx.xp", s.xp, DType::BF16, {Np, H}, s.x);
+  }
+  if (info.Length() > 23 && !info[23].IsUndefined() && !info[23].IsNull()) {
+    s.offsets_host = tensor_arg(info, 23, op, "ctx.offsetsHost");
+    check_dtype(op, "ctx.offsetsHost", s.offsets_host, DType::I32);
+    check_shape(op, "ctx.offsetsHost", s.offsets_host, {E + 1});
+    GPTOSS_CHECK(!s.offsets_host.is_cuda(), op, ": ctx.offsetsHost must be a host (cpu) tensor, got ",
+                 s.offsets_host.describe());
+    const int32_t* oh = s.offsets_host.data<int32_t>();
+    GPTOSS_CHECK(oh[0] == 0 && oh[E] == Np, op, ": ctx.offsetsHost must run from 0 to ", Np, " (ctx.permTok rows), got ",
+                 oh[0], " .. ", oh[E]);
+  }
   MoeGrads g;
   const bool acc = info.Length() > 21 && !info[20].IsUndefined() && !info[20].IsNull();
   if (acc) {

@@ -32,6 +32,9 @@ struct MoeSaved {
   Tensor gu;        // bf16 [Np,2I] gate_up output incl. bias (f32 on the CPU in exact mode)
   Tensor h;         // bf16 [Np,I] SwiGLU output (f32 in exact mode)
   Tensor yp;        // bf16 [Np,H] expert output incl. bias, before the routing weight (f32 in exact mode)
+  // CUDA cuBLAS paths only (empty otherwise; the backward recomputes them when absent):
+  Tensor xp;            // bf16 [Np,H] expert-ordered input rows x[perm_tok] (zero rows for padding)
+  Tensor offsets_host;  // i32 [E+1] on the host: `offsets`, so the backward needs no device->host wait
   int64_t top_k = 0;
   float limit = 7.f;
 };

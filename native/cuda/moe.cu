@@ -15,6 +15,8 @@
 #include "moe.h"
 #include "moe_gemm.cuh"
 #include "swiglu.h"
+#include "swiglu_math.cuh"
+#include "vec_io.cuh"
 
 namespace gptoss::cuda {
 
@@ -23,76 +25,36 @@ namespace {
 using bf = __nv_bfloat16;
 namespace mg = moe_gemm;
 
-constexpr int kRouterTok = 8;  // tokens per router block (router weights are read once per block)
-
-// logits = x·Wrᵀ + b for kRouterTok tokens; then top-k (ties to the lower id) and softmax over the k chosen.
-__global__ void router_kernel(const bf* __restrict__ x, const bf* __restrict__ wr, const bf* __restrict__ br,
-                              int T, int H, int E, int k, int32_t* __restrict__ topk_idx,
-                              float* __restrict__ topk_w) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  bf* xs = reinterpret_cast<bf*>(smem);                                          // [kRouterTok][H]
-  float* logits = reinterpret_cast<float*>(smem + sizeof(bf) * kRouterTok * H);  // [kRouterTok][E]
-  const int t0 = blockIdx.x * kRouterTok;
-  const int ntok = min(kRouterTok, T - t0);
-  const int chunks = H / 8;
-  for (int c = threadIdx.x; c < kRouterTok * chunks; c += blockDim.x) {
-    const int t = c / chunks, cc = c % chunks;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (t < ntok) v = *reinterpret_cast<const uint4*>(x + (int64_t)(t0 + t) * H + cc * 8);
-    *reinterpret_cast<uint4*>(xs + t * H + cc * 8) = v;
-  }
-  __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-  for (int e = warp; e < E; e += nwarps) {
-    float acc[kRouterTok];
-#pragma unroll
-    for (int t = 0; t < kRouterTok; t++) acc[t] = 0.f;
-    for (int cc = lane; cc < chunks; cc += 32) {
-      const uint4 wv = *reinterpret_cast<const uint4*>(wr + (int64_t)e * H + cc * 8);
-      const bf* w8 = reinterpret_cast<const bf*>(&wv);
-      float wf[8];
-#pragma unroll
-      for (int q = 0; q < 8; q++) wf[q] = __bfloat162float(w8[q]);
-#pragma unroll
-      for (int t = 0; t < kRouterTok; t++) {
-        const uint4 xv = *reinterpret_cast<const uint4*>(xs + t * H + cc * 8);
-        const bf* x8 = reinterpret_cast<const bf*>(&xv);
-#pragma unroll
-        for (int q = 0; q < 8; q++) acc[t] += __bfloat162float(x8[q]) * wf[q];
+// Per token: top-k of the router logits [T, E] f32 (ties to the lower id; -inf logits only when nothing else
+// is left) and the softmax over the k chosen -> topk_idx i32 [T, k], topk_w f32 [T, k]. One thread per token.
+// The logits come from one cuBLAS GEMM (x·Wrᵀ + b), which reads x once at full bandwidth.
+__global__ void router_topk_kernel(const float* __restrict__ logits, int T, int E, int k,
+                                   int32_t* __restrict__ topk_idx, float* __restrict__ topk_w) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= T) return;
+  const float* l = logits + (int64_t)t * E;
+  uint32_t taken[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // bit e: expert e already chosen (E <= 256)
+  int32_t* oi = topk_idx + (int64_t)t * k;
+  float* ow = topk_w + (int64_t)t * k;
+  float first = 0.f, sum = 0.f;
+  for (int j = 0; j < k; j++) {
+    int best = -1;
+    float bv = 0.f;
+    for (int e = 0; e < E; e++) {
+      if (taken[e >> 5] >> (e & 31) & 1u) continue;
+      const float v = l[e];
+      if (best < 0 || v > bv) {
+        best = e;
+        bv = v;
       }
     }
-#pragma unroll
-    for (int t = 0; t < kRouterTok; t++) {
-      const float s = warp_sum(acc[t]);
-      if (lane == 0) logits[t * E + e] = s + __bfloat162float(br[e]);
-    }
+    taken[best >> 5] |= 1u << (best & 31);
+    if (j == 0) first = bv;
+    oi[j] = best;
+    ow[j] = bv;  // logit for now
+    sum += expf(bv - first);
   }
-  __syncthreads();
-  if (threadIdx.x < ntok) {
-    const int t = threadIdx.x;
-    float* l = logits + t * E;
-    float first = 0.f, sum = 0.f;
-    int32_t* oi = topk_idx + (int64_t)(t0 + t) * k;
-    float* ow = topk_w + (int64_t)(t0 + t) * k;
-    for (int j = 0; j < k; j++) {
-      int best = -1;
-      float bv = 0.f;
-      for (int e = 0; e < E; e++) {
-        const float v = l[e];
-        if (v == -INFINITY && best >= 0) continue;
-        if (best < 0 || v > bv) {
-          best = e;
-          bv = v;
-        }
-      }
-      l[best] = -INFINITY;  // taken
-      if (j == 0) first = bv;
-      oi[j] = best;
-      ow[j] = bv;  // logit for now
-      sum += expf(bv - first);
-    }
-    for (int j = 0; j < k; j++) ow[j] = expf(ow[j] - first) / sum;
-  }
+  for (int j = 0; j < k; j++) ow[j] = expf(ow[j] - first) / sum;
 }
 
 // Block e counts the assignments routed to expert e.
@@ -258,6 +220,77 @@ __global__ void route_bwd_kernel(const DT* __restrict__ dy, const bf* __restrict
   }
 }
 
+// Padding rows (perm_tok -1) of a slab-layout [Np, H] buffer set to zero; one block per row (valid rows return).
+// Cheaper than clearing the whole buffer before a pass that writes only the valid rows.
+__global__ void zero_pad_rows_kernel(const int32_t* __restrict__ perm_tok, int H, bf* __restrict__ out) {
+  const int64_t r = blockIdx.x;
+  if (perm_tok[r] >= 0) return;
+  for (int c = threadIdx.x * 8; c < H; c += blockDim.x * 8)
+    *reinterpret_cast<uint4*>(out + r * H + c) = make_uint4(0, 0, 0, 0);
+}
+
+// SwiGLU backward and the gate_up bias gradient's partial sums in one pass over the slab layout.
+// dh bf16 [Np, I], gu bf16 [Np, 2I] (interleaved gate/up) -> dgu bf16 [Np, 2I] (zero on padding rows, which are
+// not read) and part f32 [Np/64, 2I] = per 64-row chunk, the column sums of the bf16 dgu values (what a colsum
+// of the stored dgu gives). Slabs start at multiples of 64 rows, so a chunk never mixes two experts, and its
+// valid rows come first (an expert's rows, then its padding).
+// Grid (Np/64, ceil(I/4 / 32)), block (32, 8): threadIdx.x owns 8 dgu columns (4 dh columns), threadIdx.y rows
+// y, y+8, ..., y+56 of the chunk (8 independent loads in flight per thread); the 8 row lanes meet in shared memory.
+constexpr int kColsumChunk = 64;
+__global__ void __launch_bounds__(256) swiglu_bwd_colsum_kernel(const bf* __restrict__ dh, const bf* __restrict__ gu,
+                                                                const int32_t* __restrict__ perm_tok, int I,
+                                                                float limit, float alpha, bf* __restrict__ dgu,
+                                                                float* __restrict__ part) {
+  __shared__ float red[8][32 * 8 + 4];
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+  const int64_t r0 = (int64_t)blockIdx.x * kColsumChunk, I2 = 2 * (int64_t)I;
+  const int nvalid = __syncthreads_count(tid < kColsumChunk && perm_tok[r0 + tid] >= 0);
+  const int cg = blockIdx.y * 32 + threadIdx.x;
+  const bool live = cg * 4 < I;
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = threadIdx.y; i < kColsumChunk; i += 8) {
+    const int64_t r = r0 + i;
+    float out[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (live && i < nvalid) {
+      float d[4], in[8];
+      load4(dh + r * I + 4 * cg, d);
+      load8(gu + r * I2 + 8 * cg, in);
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        swiglu1_bwd(d[q], in[2 * q], in[2 * q + 1], limit, alpha, out[2 * q], out[2 * q + 1]);
+        out[2 * q] = __bfloat162float(__float2bfloat16(out[2 * q]));
+        out[2 * q + 1] = __bfloat162float(__float2bfloat16(out[2 * q + 1]));
+      }
+    }
+    if (live) store8(dgu + r * I2 + 8 * cg, out);
+#pragma unroll
+    for (int q = 0; q < 8; q++) acc[q] += out[q];
+  }
+#pragma unroll
+  for (int q = 0; q < 8; q++) red[threadIdx.y][threadIdx.x * 8 + q] = acc[q];
+  __syncthreads();
+  // 256 threads, 256 columns of this block: thread t sums column t over the 8 row lanes (fixed order).
+  const int64_t c = (int64_t)blockIdx.y * 256 + tid;
+  if (c < I2) {
+    float a = 0.f;
+#pragma unroll
+    for (int y = 0; y < 8; y++) a += red[y][tid];
+    part[(int64_t)blockIdx.x * I2 + c] = a;
+  }
+}
+
+// out[e, c] = Σ over expert e's 64-row chunks (offsets[e]/64 .. offsets[e+1]/64) of part[chunk, c], in chunk
+// order (deterministic). Grid (ceil(C/256), E), block 256.
+__global__ void chunk_colsum_reduce_kernel(const float* __restrict__ part, int C, const int32_t* __restrict__ offsets,
+                                           float* __restrict__ out) {
+  const int e = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float a = 0.f;
+  for (int q = offsets[e] / kColsumChunk; q < offsets[e + 1] / kColsumChunk; q++) a += part[(int64_t)q * C + c];
+  out[(int64_t)e * C + c] = a;
+}
+
 // out[e, c] = Σ_{r in segment e} scale[r]·in[row(r), c] (f32), row(r) = idx ? idx[r] : r. Block (32, 8):
 // 64 columns, 8 row lanes.
 __global__ void seg_colsum_kernel(const bf* __restrict__ in, int64_t ld, int C, const int32_t* __restrict__ idx,
@@ -329,7 +362,7 @@ __global__ void dx_kernel(const bf* __restrict__ dxp, const int32_t* __restrict_
 // ---- expert GEMMs on cuBLASLt ----------------------------------------------------------------------------------
 // At training sizes (hundreds to thousands of rows per expert) cuBLAS's Hopper kernels beat our mma.sync grouped
 // GEMMs by ~2x; they need each expert's row count on the host, so the offsets are copied back (one wait on the
-// stream per forward and per backward). Bias rides the cuBLASLt epilogue; SwiGLU and its backward are separate
+// stream per forward; the backward reuses that copy). Bias rides the cuBLASLt epilogue; SwiGLU and its backward are separate
 // flat passes (swiglu.cu). At decode sizes (a few rows per expert, reading the weights is the cost) our grouped
 // kernels win: one launch for all experts, no host round trip.
 // With fairly even routing (training with a load-balanced router), padding every expert to the largest count
@@ -341,6 +374,7 @@ __global__ void dx_kernel(const bf* __restrict__ dxp, const int32_t* __restrict_
 // gpt-oss-20b layers at 4096 tokens: batched 9.78 ms/layer, per-expert 10.27, even for a layer whose random
 // router padded by more than 25%. Read on every call (cheap), so tests can compare the paths in one process.
 constexpr int64_t kPadRows = 64;
+static_assert(kPadRows % kColsumChunk == 0, "slabs must start on the fused SwiGLU backward's row chunks");
 
 std::string moe_gemm_env() {
   const char* e = std::getenv("GPTOSS_MOE_GEMM");
@@ -455,6 +489,18 @@ std::vector<int32_t> host_offsets(const Tensor& offsets) {
   copy(h.data(), -1, offsets.raw(), offsets.device, h.size() * sizeof(int32_t));
   return h;
 }
+// The offsets the forward kept on the host, or (a context without them) a copy from the device, which waits.
+std::vector<int32_t> saved_offsets(const MoeSaved& s) {
+  if (!s.offsets_host.storage) return host_offsets(s.offsets);
+  const int32_t* p = s.offsets_host.data<int32_t>();
+  return std::vector<int32_t>(p, p + s.offsets_host.numel());
+}
+// A host i32 tensor holding v.
+Tensor host_tensor(const std::vector<int32_t>& v) {
+  Tensor t = make_tensor({static_cast<int64_t>(v.size())}, DType::I32, kCpu);
+  std::copy(v.begin(), v.end(), t.data<int32_t>());
+  return t;
+}
 
 // Element `elems` of a tensor's data as T* (an expert's first row, an expert's weight matrix).
 template <typename T>
@@ -558,6 +604,8 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   const int64_t T = x.dim(0), H = x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), N = T * k;
   for (const Tensor* t : {&x, &w.router_w, &w.gate_up_w, &w.gate_up_b, &w.down_w, &w.down_b})
     check_aligned(op, "tensor", *t);
+  GPTOSS_CHECK(E <= kMaxSlabExperts, op, ": at most ", kMaxSlabExperts, " experts on CUDA, got routerW ",
+               w.router_w.describe());
   s.x = x;
   s.top_k = k;
   s.limit = limit;
@@ -571,16 +619,12 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
   PhaseTimer pt(st, "fwd start");
 
   {
-    const size_t smem = sizeof(bf) * kRouterTok * H + sizeof(float) * kRouterTok * E;
-    static bool configured = false;
-    if (!configured) {
-      GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(router_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024),
-                        "moeForward router");
-      configured = true;
-    }
-    router_kernel<<<ceil_div(T, kRouterTok), 256, smem, st>>>(B(x), B(w.router_w), B(w.router_b), (int)T, (int)H,
-                                                                (int)E, (int)k, s.topk_idx.data<int32_t>(),
-                                                                s.topk_w.data<float>());
+    // logits [T, E] = x·Wrᵀ + b (fp32 accumulation and output), then top-k + softmax per token.
+    Tensor logits = make_tensor({T, E}, DType::F32, dev);
+    gemm_raw(dev, T, E, H, 1.f, x.raw(), H, false, w.router_w.raw(), H, true, DType::BF16, w.router_b.raw(),
+             DType::BF16, 0.f, logits.raw(), DType::F32, E);
+    router_topk_kernel<<<ceil_div(T, 128), 128, 0, st>>>(logits.data<float>(), (int)T, (int)E, (int)k,
+                                                         s.topk_idx.data<int32_t>(), s.topk_w.data<float>());
     GPTOSS_CUDA_LAUNCH_CHECK("moeForward router");
   }
   count_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, s.counts.data<int32_t>());
@@ -614,8 +658,10 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
     s.perm_tok = perm_pad;
     s.slot_pos = slot_pad;
     s.offsets = off_pad;
+    s.offsets_host = host_tensor(std::vector<int32_t>(so.v, so.v + E + 1));
     alloc_rows(Np);
-    Tensor xp = gathered_rows(x, s.perm_tok, st, true);
+    s.xp = gathered_rows(x, s.perm_tok, st, true);
+    const Tensor& xp = s.xp;
     pt.mark("fwd 1b gather");
     // Per range: gu[e] = xp[e]·W_gu[e] + b[e] for its experts in one batched GEMM; then h = swiglu(gu) for all.
     for (const auto& r : slabs)
@@ -632,7 +678,9 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
     pt.mark("fwd 3 down gemm");
   } else if (cublas) {
     alloc_rows(N);
-    Tensor xp = gathered_rows(x, s.perm_tok, st, true);
+    s.offsets_host = host_tensor(off);
+    s.xp = gathered_rows(x, s.perm_tok, st, true);
+    const Tensor& xp = s.xp;
     pt.mark("fwd 1b gather");
     // gu = x[perm]·W_gu[e] + b (cuBLAS epilogue); h = swiglu(gu)
     per_expert_xw(dev, off, xp, H, w.gate_up_w, false, 2 * I, &w.gate_up_b, s.gu);
@@ -706,8 +754,9 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   PhaseTimer pt(st, "bwd start");
   Tensor dyp = make_tensor({Np, H}, DType::BF16, dev);
   Tensor dlp = make_tensor({Np}, DType::F32, dev);
-  if (padded) {
-    GPTOSS_CUDA_CHECK(cudaMemsetAsync(dyp.raw(), 0, Np * H * sizeof(bf), st), "moeBackward pad");
+  if (padded) {  // route_bwd writes the valid rows; padding rows must hold zeros
+    zero_pad_rows_kernel<<<Np, 128, 0, st>>>(s.perm_tok.data<int32_t>(), (int)H, Bm(dyp));
+    GPTOSS_CUDA_LAUNCH_CHECK("moeBackward pad");
     GPTOSS_CUDA_CHECK(cudaMemsetAsync(dlp.raw(), 0, Np * sizeof(float), st), "moeBackward pad");
   }
   Tensor dl = make_tensor({T, k}, DType::F32, dev);
@@ -746,9 +795,14 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   if (padded) {
     // The per-expert products below as one strided-batched GEMM per expert range (K = Mp for the weight
     // gradients: the padding rows are zero in dyp and xp, so they add nothing).
-    const std::vector<int32_t> off = host_offsets(s.offsets);
+    const std::vector<int32_t> off = saved_offsets(s);
     GPTOSS_CHECK(off[E] == Np, op, ": ctx.offsets end at ", off[E], " but ctx.permTok has ", Np, " rows");
+    for (int64_t e = 0; e <= E; e++)
+      GPTOSS_CHECK(off[e] % kPadRows == 0 && (e == 0 || off[e] >= off[e - 1]), op, ": ctx.offsets[", e, "] = ", off[e],
+                   " is not a slab boundary (multiples of ", kPadRows, ", non-decreasing)");
     const std::vector<SlabRange> slabs = slabs_of(off);
+    const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, st, true);
+    pt.mark("bwd 5b gather");
     for (const auto& r : slabs)
       gemm_strided_batched(dev, r.e1 - r.e0, I, H, r.Mp, 1.f, B(s.h) + r.base * I, I, r.Mp * I, true,
                            B(dyp) + r.base * H, H, r.Mp * H, false, DType::BF16, nullptr, 0, wbeta,
@@ -760,11 +814,22 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
                            B(w.down_w) + r.e0 * I * H, H, I * H, true, DType::BF16, nullptr, 0, 0.f,
                            Bm(dh) + r.base * I, DType::BF16, I, r.Mp * I);
     dgu = make_tensor({Np, 2 * I}, DType::BF16, dev);
-    swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
-    pt.mark("bwd 4 dgu gemm");
-    d_gate_up_bias();
-    Tensor xp = gathered_rows(s.x, s.perm_tok, st, true);
-    pt.mark("bwd 5b gather");
+    if (I % 4 == 0) {
+      // dgu and the gate_up bias gradient in one pass over the slab layout's 64-row chunks (padding rows not read).
+      Tensor part = make_tensor({Np / kColsumChunk, 2 * I}, DType::F32, dev);
+      swiglu_bwd_colsum_kernel<<<dim3(Np / kColsumChunk, ceil_div(I / 4, 32)), dim3(32, 8), 0, st>>>(
+          B(dh), B(s.gu), s.perm_tok.data<int32_t>(), (int)I, s.limit, kSwigluAlpha, Bm(dgu), part.data<float>());
+      GPTOSS_CUDA_LAUNCH_CHECK("moeBackward swiglu");
+      pt.mark("bwd 4 dgu gemm");
+      chunk_colsum_reduce_kernel<<<dim3(ceil_div(2 * I, 256), E), 256, 0, st>>>(part.data<float>(), (int)(2 * I),
+                                                                               offsets, g.d_gate_up_b.data<float>());
+      GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
+      pt.mark("bwd 5 dGateUpB");
+    } else {
+      swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
+      pt.mark("bwd 4 dgu gemm");
+      d_gate_up_bias();
+    }
     for (const auto& r : slabs)
       gemm_strided_batched(dev, r.e1 - r.e0, H, 2 * I, r.Mp, 1.f, B(xp) + r.base * H, H, r.Mp * H, true,
                            B(dgu) + r.base * 2 * I, 2 * I, r.Mp * 2 * I, false, DType::BF16, nullptr, 0, wbeta,
@@ -777,7 +842,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
                            0.f, Bm(dxp) + r.base * H, DType::BF16, H, r.Mp * H);
     pt.mark("bwd 7 dxp gemm");
   } else if (cublas) {
-    const std::vector<int32_t> off = host_offsets(s.offsets);
+    const std::vector<int32_t> off = saved_offsets(s);
     // dW_down[e] = h_eᵀ·dyp_e; dh = dyp_e·W_down[e]ᵀ; dgu = swiglu'(gu)·dh
     per_expert_wgrad(dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
     pt.mark("bwd 3 dDownW gemm");
@@ -788,7 +853,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     pt.mark("bwd 4 dgu gemm");
     d_gate_up_bias();
     // dW_gu[e] = x[perm]_eᵀ·dgu_e; dxp = dgu_e·W_gu[e]ᵀ
-    Tensor xp = gathered_rows(s.x, s.perm_tok, st, true);
+    const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, st, true);
     pt.mark("bwd 5b gather");
     per_expert_wgrad(dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
     pt.mark("bwd 6 dGateUpW gemm");

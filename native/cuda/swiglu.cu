@@ -3,6 +3,7 @@
 // expf-based sigmoid (not the fast intrinsic) to stay close to the CPU reference.
 #include "common.cuh"
 #include "swiglu.h"
+#include "swiglu_math.cuh"
 #include "vec_io.cuh"
 
 namespace gptoss::cuda {
@@ -10,27 +11,6 @@ namespace gptoss::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// Comparisons (not fminf/fmaxf) so that NaN propagates, as torch.clamp does.
-__device__ __forceinline__ float clamp_gate(float g, float limit) { return g > limit ? limit : g; }
-__device__ __forceinline__ float clamp_up(float u, float limit) { return u > limit ? limit : (u < -limit ? -limit : u); }
-
-__device__ __forceinline__ float swiglu1(float g0, float u0, float limit, float alpha) {
-  float g = clamp_gate(g0, limit), u = clamp_up(u0, limit);
-  float s = 1.f / (1.f + expf(-alpha * g));
-  return (u + 1.f) * (g * s);
-}
-
-// Gradients with respect to the raw gate and up inputs; zero where clamped (torch.clamp: pass iff in bounds).
-__device__ __forceinline__ void swiglu1_bwd(float d, float g0, float u0, float limit, float alpha, float& dg0,
-                                            float& du0) {
-  float g = clamp_gate(g0, limit), u = clamp_up(u0, limit);
-  float s = 1.f / (1.f + expf(-alpha * g));
-  float dg = d * (u + 1.f) * (s + alpha * g * s * (1.f - s));
-  float du = d * (g * s);
-  dg0 = (g0 <= limit) ? dg : 0.f;
-  du0 = (u0 >= -limit && u0 <= limit) ? du : 0.f;
-}
 
 template <typename G, typename H>
 __global__ void fwd_kernel(const G* gu, H* h, int64_t n, float limit, float alpha, bool vec) {

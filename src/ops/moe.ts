@@ -53,6 +53,8 @@ interface NativeMoeForward {
   gu: Tensor['native'];
   h: Tensor['native'];
   yp: Tensor['native'];
+  xp?: Tensor['native'];
+  offsetsHost?: Tensor['native'];
 }
 
 /**
@@ -78,6 +80,10 @@ export class MoeContext {
   readonly gu: Tensor /* bf16 [Np,2I] gate_up incl. bias (f32 in exact mode) */;
   readonly h: Tensor /* bf16 [Np,I] SwiGLU output */;
   readonly yp: Tensor /* bf16 [Np,H] expert outputs incl. bias, before routing weights */;
+  // CUDA cuBLAS paths only: the gathered input rows (so backward does not gather again) and the offsets on the
+  // host (so backward does not wait for the device to read them).
+  readonly xp: Tensor | undefined /* bf16 [Np,H] x[permTok], zero rows for padding */;
+  readonly offsetsHost: Tensor | undefined /* i32 [E+1] on the cpu */;
   /** The weights forward used (the caller's tensors; not disposed with the context). */
   readonly weights: MoeWeights;
   private countsHost: Int32Array | undefined;
@@ -97,6 +103,8 @@ export class MoeContext {
     this.gu = new Tensor(r.gu);
     this.h = new Tensor(r.h);
     this.yp = new Tensor(r.yp);
+    this.xp = r.xp ? new Tensor(r.xp) : undefined;
+    this.offsetsHost = r.offsetsHost ? new Tensor(r.offsetsHost) : undefined;
   }
 
   /** Tokens routed to each expert (load-balance statistics). Read lazily: the first read waits for the device. */
@@ -118,6 +126,8 @@ export class MoeContext {
     for (const t of [this.x, this.topkIdx, this.topkW, this.countsTensor, this.offsets, this.permTok, this.slotPos, this.gu, this.h, this.yp]) {
       t.dispose();
     }
+    this.xp?.dispose();
+    this.offsetsHost?.dispose();
   }
   [Symbol.dispose](): void {
     this.dispose();
@@ -166,7 +176,7 @@ export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights = ctx.wei
   const r = native().ops.moeBackward(
     dy, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB,
     ctx.x, ctx.topkIdx, ctx.topkW, ctx.countsTensor, ctx.offsets, ctx.permTok, ctx.slotPos, ctx.gu, ctx.h, ctx.yp,
-    ctx.topK, ctx.limit, ctx.exact, into?.dGateUpW, into?.dDownW,
+    ctx.topK, ctx.limit, ctx.exact, into?.dGateUpW, into?.dDownW, ctx.xp, ctx.offsetsHost,
   ) as Record<keyof MoeGrads, Tensor['native']>;
   // With `into`, the native side returns new handles on the caller's buffers: hand back the caller's tensors.
   const own = (h: Tensor['native'], buf?: Tensor): Tensor => {

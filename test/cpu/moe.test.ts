@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
 import { moeForward, moeBackward, type MoeWeights } from '../../src/ops/moe.ts';
+import { native } from '../../src/native.ts';
 import { makeProblem, weightsOf, refForward, type MoeProblem } from '../helpers/moe-reference.ts';
 import { randnBf16, rng } from '../helpers/random.ts';
 import { maxErr } from '../helpers/numeric.ts';
@@ -177,4 +178,27 @@ test('weight gradients accumulate into given buffers (gradient accumulation), ba
   const wrong = { dGateUpW: Tensor.zeros([p.E, p.H, p.I], { device: 'cpu' }), dDownW: into.dDownW };
   assert.throws(() => moeBackward(dy, f.ctx, undefined, wrong), /moeBackward: accGateUpW must have shape \[4, 32, 32\], got f32\[4, 32, 16\]/);
   f.ctx.dispose();
+});
+
+test("the optional saved rows and host offsets of a context are checked before use", () => {
+  // A CUDA forward returns ctx.xp (the gathered rows) and ctx.offsetsHost (offsets on the host) so the backward
+  // neither gathers again nor waits for the device; the binding validates them on every backend.
+  const p = makeProblem(2, 16, 4, 8, 2, 72);
+  const w = weightsOf(p, 'cpu');
+  const x = Tensor.from(p.x, [p.T, p.H], { dtype: 'bf16', device: 'cpu' });
+  const f = moeForward(x, w, { topK: 2 });
+  const c = f.ctx;
+  const dy = Tensor.zeros([2, 16], { device: 'cpu' });
+  const call = (xp?: Tensor, offsetsHost?: Tensor): unknown =>
+    native().ops.moeBackward(
+      dy, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB,
+      c.x, c.topkIdx, c.topkW, c.countsTensor, c.offsets, c.permTok, c.slotPos, c.gu, c.h, c.yp,
+      c.topK, c.limit, c.exact, undefined, undefined, xp?.native, offsetsHost?.native,
+    );
+  const i32 = (v: number[]): Tensor => Tensor.from(Int32Array.from(v), [v.length], { dtype: 'i32', device: 'cpu' });
+  assert.throws(() => call(undefined, i32([0, 1, 2])), /moeBackward: ctx.offsetsHost must have shape \[5\]/);
+  assert.throws(() => call(undefined, i32([0, 1, 1, 2, 3])), /moeBackward: ctx.offsetsHost must run from 0 to 4 \(ctx.permTok rows\), got 0 .. 3/);
+  assert.throws(() => call(Tensor.zeros([3, 16], { dtype: 'bf16', device: 'cpu' })), /moeBackward: ctx.xp must have shape \[4, 16\]/);
+  assert.doesNotThrow(() => call(undefined, i32(Array.from(c.offsets.toInt32()))));
+  c.dispose();
 });
