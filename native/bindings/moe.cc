@@ -50,7 +50,8 @@ int64_t topk_arg(const Napi::CallbackInfo& info, size_t i, const char* op, int64
 
 }  // namespace
 
-// moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact)
+// moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact, residual?)
+//   residual (bf16 [T,H]): y = residual + moe(x) (moe(x) rounded to bf16 first, as a separate add would)
 //   -> { y, x, topkIdx, topkW, counts, offsets, permTok, slotPos, gu, h, yp }
 GPTOSS_OP(moeForward) {
   const char* op = "moeForward";
@@ -66,10 +67,16 @@ GPTOSS_OP(moeForward) {
   GPTOSS_CHECK(limit > 0, op, ": limit must be positive, got ", limit);
   const bool exact = info.Length() > 9 && info[9].IsBoolean() && info[9].As<Napi::Boolean>().Value();
   GPTOSS_CHECK(!exact || !x.is_cuda(), op, ": exact mode is a CPU reference option");
+  Tensor residual;
+  if (info.Length() > 10 && !info[10].IsUndefined() && !info[10].IsNull()) {
+    residual = tensor_arg(info, 10, op, "residual");
+    check_tensor(op, "residual", residual, DType::BF16, {x.dim(0), x.dim(1)}, x);
+  }
+  const Tensor* res = residual.storage ? &residual : nullptr;
   Tensor y;
   MoeSaved s;
-  GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, y, s),
-                  cuda::moe_forward(x, w, k, static_cast<float>(limit), y, s));
+  GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, res, y, s),
+                  cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s));
   Napi::Object out = tensor_object(info.Env(), {{"y", y},
                                     {"x", s.x},
                                     {"topkIdx", s.topk_idx},

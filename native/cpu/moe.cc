@@ -65,7 +65,7 @@ std::vector<int32_t> row_experts(const int32_t* offsets, int64_t E) {
 
 }  // namespace
 
-void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, bool exact, Tensor& y,
+void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, bool exact, const Tensor* residual, Tensor& y,
                  MoeSaved& s) {
   const int64_t T = x.dim(0), H = x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), I2 = 2 * I;
   const int64_t N = T * k;
@@ -171,12 +171,13 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, b
   // Combine back to token order with the routing weights.
   y = make_tensor({T, H}, DType::BF16, kCpu);
   bf16* Y = y.data<bf16>();
+  const bf16* Res = residual ? residual->data<bf16>() : nullptr;
   pfor(T, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; t++)
       for (int64_t c = 0; c < H; c++) {
         float acc = 0.f;
         for (int64_t j = 0; j < k; j++) acc += tw[t * k + j] * at(s.yp, slot_pos[t * k + j] * H + c);
-        Y[t * H + c] = to_bf16(acc);
+        Y[t * H + c] = Res ? to_bf16(to_f32(Res[t * H + c]) + round_bf16(acc)) : to_bf16(acc);
       }
   });
 }

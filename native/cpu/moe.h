@@ -58,7 +58,8 @@ namespace cpu {
 // exact = false rounds every intermediate a plain BF16 implementation stores (gu, h, expert outputs, the
 // scaled output gradient, dh, dgu, per-row input gradients) to BF16; exact = true keeps them in fp32 (the
 // "fp32 truth" the GPU tests measure errors against).
-void moe_forward(const Tensor& x, const MoeWeights& w, int64_t top_k, float limit, bool exact, Tensor& y,
+// residual (optional, bf16 [T,H]): y = bf16(residual + bf16(moe(x))), exactly add(residual, moe(x)) in one pass.
+void moe_forward(const Tensor& x, const MoeWeights& w, int64_t top_k, float limit, bool exact, const Tensor* residual, Tensor& y,
                  MoeSaved& saved);
 void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& saved, bool exact, MoeGrads& g);
 

@@ -25,6 +25,8 @@ namespace {
 using bf = __nv_bfloat16;
 namespace mg = moe_gemm;
 
+constexpr int kMaxSlabExperts = 256;  // experts per layer the CUDA routing supports
+
 // Per token: top-k of the router logits [T, E] f32 (ties to the lower id; -inf logits only when nothing else
 // is left) and the softmax over the k chosen -> topk_idx i32 [T, k], topk_w f32 [T, k]. One thread per token.
 // The logits come from one cuBLAS GEMM (x·Wrᵀ + b), which reads x once at full bandwidth.
@@ -57,58 +59,45 @@ __global__ void router_topk_kernel(const float* __restrict__ logits, int T, int 
   for (int j = 0; j < k; j++) ow[j] = expf(ow[j] - first) / sum;
 }
 
-// Block e counts the assignments routed to expert e.
-__global__ void count_kernel(const int32_t* __restrict__ idx, int64_t n, int32_t* __restrict__ counts) {
-  const int e = blockIdx.x;
-  int c = 0;
-  for (int64_t a = threadIdx.x; a < n; a += blockDim.x) c += idx[a] == e;
-  __shared__ int part[32];
-  for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = c;
+// Block e: every expert's count (a shared-memory histogram of the n = T*k assignments, so no separate count
+// pass), expert e's first row (the sum of the counts before it), then expert e's assignments placed in increasing
+// order (a stable, deterministic permutation): warp w takes the w-th contiguous slice of the assignments, counts
+// its hits with ballots, and writes them after the hits of the warps before it. Two block-wide barriers in all.
+// idx i32 [n] -> counts [E], offsets [E+1], perm_tok [n] (token of each permuted row), slot_pos [n].
+__global__ void __launch_bounds__(1024) route_place_kernel(const int32_t* __restrict__ idx, int64_t n, int k, int E,
+                                                           int32_t* __restrict__ counts,
+                                                           int32_t* __restrict__ offsets,
+                                                           int32_t* __restrict__ perm_tok,
+                                                           int32_t* __restrict__ slot_pos) {
+  __shared__ int hist[kMaxSlabExperts];
+  __shared__ int warp_hits[32];
+  const int e = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int i = threadIdx.x; i < E; i += blockDim.x) hist[i] = 0;
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int s = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += part[w];
-    counts[e] = s;
-  }
-}
-
-// Block e places its assignments in increasing order (a stable, deterministic permutation).
-__global__ void place_kernel(const int32_t* __restrict__ idx, int64_t n, int k, int E,
-                             const int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
-                             int32_t* __restrict__ perm_tok, int32_t* __restrict__ slot_pos) {
-  const int e = blockIdx.x;
-  __shared__ int warp_tot[32];
-  __shared__ int base_s;
-  int off = 0;
-  for (int i = 0; i < e; i++) off += counts[i];
-  if (threadIdx.x == 0) {
-    offsets[e] = off;
-    if (e == E - 1) offsets[E] = off + counts[e];
-    base_s = off;
-  }
+  for (int64_t a = threadIdx.x; a < n; a += blockDim.x) atomicAdd(&hist[idx[a]], 1);
+  const int64_t per = (n + nw - 1) / nw, a0 = warp * per < n ? warp * per : n, a1 = a0 + per < n ? a0 + per : n;
+  int hits = 0;
+  for (int64_t s = a0; s < a1; s += 32) hits += __popc(__ballot_sync(0xffffffffu, s + lane < a1 && idx[s + lane] == e));
+  if (lane == 0) warp_hits[warp] = hits;
   __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  for (int64_t start = 0; start < n; start += blockDim.x) {
-    const int64_t a = start + threadIdx.x;
-    const bool f = a < n && idx[a] == e;
-    const unsigned mask = __ballot_sync(0xffffffffu, f);
-    const int before = __popc(mask & ((1u << lane) - 1u));
-    if (lane == 0) warp_tot[warp] = __popc(mask);
-    __syncthreads();
-    int wbase = 0, total = 0;
-    for (int w = 0; w < nw; w++) {
-      if (w < warp) wbase += warp_tot[w];
-      total += warp_tot[w];
-    }
+  int base = 0;
+  for (int i = 0; i < e; i++) base += hist[i];
+  if (threadIdx.x == 0) {
+    counts[e] = hist[e];
+    offsets[e] = base;
+    if (e == E - 1) offsets[E] = base + hist[e];
+  }
+  for (int w = 0; w < warp; w++) base += warp_hits[w];
+  for (int64_t s = a0; s < a1; s += 32) {
+    const int64_t a = s + lane;
+    const bool f = a < a1 && idx[a] == e;
+    const unsigned m = __ballot_sync(0xffffffffu, f);
     if (f) {
-      const int pos = base_s + wbase + before;
+      const int pos = base + __popc(m & ((1u << lane) - 1u));
       perm_tok[pos] = static_cast<int32_t>(a / k);
       slot_pos[a] = pos;
     }
-    __syncthreads();
-    if (threadIdx.x == 0) base_s += total;
-    __syncthreads();
+    base += __popc(m);
   }
 }
 
@@ -118,7 +107,6 @@ __global__ void place_kernel(const int32_t* __restrict__ idx, int64_t n, int k, 
 // are padding (perm_pad -1, zero input rows). Experts are grouped in ranges of consecutive ids that share one slab
 // size, so each range is one strided-batched GEMM per product (see plan_slabs).
 // slot_pad [n] = padded row of assignment a; perm_pad [Np] (pre-filled with -1); off_pad [E+1] from `slabs`.
-constexpr int kMaxSlabExperts = 256;
 struct SlabOffsets {
   int32_t v[kMaxSlabExperts + 1];
 };
@@ -166,9 +154,11 @@ Tensor gathered_rows(const Tensor& x, const Tensor& perm_tok, cudaStream_t st, b
   return xp;
 }
 
-// y[t] = Σ_j w[t,j]·yp[slot_pos[t,j]] (fp32 sum, bf16 out).
+// y[t] = Σ_j w[t,j]·yp[slot_pos[t,j]] (fp32 sum, bf16 out); with a residual, y[t] = bf16(res[t] + bf16(Σ)), what
+// add(res, moe(x)) gives, without a separate pass.
 __global__ void combine_kernel(const bf* __restrict__ yp, const int32_t* __restrict__ slot_pos,
-                               const float* __restrict__ tw, int H, int k, bf* __restrict__ y) {
+                               const float* __restrict__ tw, const bf* __restrict__ res, int H, int k,
+                               bf* __restrict__ y) {
   const int t = blockIdx.x;
   __shared__ int pos[32];
   __shared__ float w[32];
@@ -184,7 +174,12 @@ __global__ void combine_kernel(const bf* __restrict__ yp, const int32_t* __restr
       a0 += w[j] * __low2float(v);
       a1 += w[j] * __high2float(v);
     }
-    *reinterpret_cast<__nv_bfloat162*>(y + (int64_t)t * H + c) = __floats2bfloat162_rn(a0, a1);
+    __nv_bfloat162 o = __floats2bfloat162_rn(a0, a1);
+    if (res) {
+      const __nv_bfloat162 r = *reinterpret_cast<const __nv_bfloat162*>(res + (int64_t)t * H + c);
+      o = __floats2bfloat162_rn(__low2float(r) + __low2float(o), __high2float(r) + __high2float(o));
+    }
+    *reinterpret_cast<__nv_bfloat162*>(y + (int64_t)t * H + c) = o;
   }
 }
 
@@ -596,7 +591,8 @@ void check_aligned(const char* op, const char* name, const Tensor& t) {
 
 }  // namespace
 
-void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, Tensor& y, MoeSaved& s) {
+void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, const Tensor* residual, Tensor& y,
+                 MoeSaved& s) {
   const char* op = "moeForward";
   const int dev = x.device;
   DeviceGuard guard(dev);
@@ -627,10 +623,9 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
                                                          s.topk_idx.data<int32_t>(), s.topk_w.data<float>());
     GPTOSS_CUDA_LAUNCH_CHECK("moeForward router");
   }
-  count_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, s.counts.data<int32_t>());
-  GPTOSS_CUDA_LAUNCH_CHECK("moeForward count");
-  place_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, (int)k, (int)E, s.counts.data<int32_t>(),
-                                   s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(), s.slot_pos.data<int32_t>());
+  route_place_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, (int)k, (int)E, s.counts.data<int32_t>(),
+                                         s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
+                                         s.slot_pos.data<int32_t>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
   pt.mark("fwd 1 router+permute");
 
@@ -729,8 +724,8 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, T
     mg::gemm_down(q, N, st);
     pt.mark("fwd 3 down gemm");
   }
-  combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(), (int)H, (int)k,
-                                    Bm(y));
+  combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(),
+                                    residual ? B(*residual) : nullptr, (int)H, (int)k, Bm(y));
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward combine");
   pt.mark("fwd 4 combine");
 }

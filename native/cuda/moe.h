@@ -5,7 +5,8 @@
 
 namespace gptoss::cuda {
 
-void moe_forward(const Tensor& x, const MoeWeights& w, int64_t top_k, float limit, Tensor& y, MoeSaved& saved);
+void moe_forward(const Tensor& x, const MoeWeights& w, int64_t top_k, float limit, const Tensor* residual, Tensor& y,
+                 MoeSaved& saved);
 void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& saved, MoeGrads& g);
 
 }  // namespace gptoss::cuda

@@ -280,11 +280,10 @@ export class GptOssModel {
     o.dispose();
     const { y: a2, rstd: rstd2 } = rmsnormForward(h, w.postNorm, c.rmsNormEps);
     gpuProfile.mark(dev, 'fwd o_proj+residual+norm');
-    const m = moeForward(a2, moeWeights(w), { topK: c.topK, limit: c.swigluLimit });
-    gpuProfile.mark(dev, 'fwd moe');
-    const y = add(h, m.y);
-    m.y.dispose();
-    gpuProfile.mark(dev, 'fwd residual');
+    // y = h + moe(a2): the residual add rides the MoE's combine pass.
+    const m = moeForward(a2, moeWeights(w), { topK: c.topK, limit: c.swigluLimit, residual: h });
+    const y = m.y;
+    gpuProfile.mark(dev, 'fwd moe+residual');
     if (save) return { y, saved: { x, a1, rstd1, qr, kr, v, attn, lse, h, a2, rstd2, moe: m.ctx } };
     m.ctx.dispose();
     disposeAll(a1, rstd1, qr, kr, v, attn, lse, h, a2, rstd2);
@@ -665,11 +664,10 @@ export class GptOssModel {
     const h = add(x, o);
     o.dispose();
     const { y: a2, rstd: rstd2 } = rmsnormForward(h, w.postNorm, c.rmsNormEps);
-    const m = moeForward(a2, moeWeights(w), { topK: c.topK, limit: c.swigluLimit });
+    const m = moeForward(a2, moeWeights(w), { topK: c.topK, limit: c.swigluLimit, residual: h });
     m.ctx.dispose();
-    const y = add(h, m.y);
-    disposeAll(m.y, h, a2, rstd2);
-    return y;
+    disposeAll(h, a2, rstd2);
+    return m.y;
   }
 
   dispose(): void {

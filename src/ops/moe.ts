@@ -29,6 +29,8 @@ export interface MoeOptions {
    * stores it. The "fp32 truth" for error bounds in tests.
    */
   exact?: boolean;
+  /** bf16 [T,H]: return y = residual + moe(x) (one pass; equal to add(residual, moe(x))). */
+  residual?: Tensor;
 }
 
 export interface MoeGrads {
@@ -141,11 +143,14 @@ export interface MoeForwardResult {
   readonly counts: Int32Array;
 }
 
-/** MoE block forward. x bf16 [T,H]; returns y bf16 [T,H] and the context for moeBackward. */
+/**
+ * MoE block forward. x bf16 [T,H]; returns y bf16 [T,H] (plus opts.residual when given) and the context for
+ * moeBackward.
+ */
 export function moeForward(x: Tensor, w: MoeWeights, opts: MoeOptions): MoeForwardResult {
   const limit = opts.limit ?? 7;
   const exact = opts.exact ?? false;
-  const r = native().ops.moeForward(x, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB, opts.topK, limit, exact) as NativeMoeForward;
+  const r = native().ops.moeForward(x, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB, opts.topK, limit, exact, opts.residual) as NativeMoeForward;
   const ctx = new MoeContext(r, w, opts.topK, limit, exact);
   const y = new Tensor(r.y);
   return {

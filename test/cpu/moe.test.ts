@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
 import { moeForward, moeBackward, type MoeWeights } from '../../src/ops/moe.ts';
 import { native } from '../../src/native.ts';
+import { add } from '../../src/ops/elementwise.ts';
 import { makeProblem, weightsOf, refForward, type MoeProblem } from '../helpers/moe-reference.ts';
 import { randnBf16, rng } from '../helpers/random.ts';
 import { maxErr } from '../helpers/numeric.ts';
@@ -201,4 +202,18 @@ test("the optional saved rows and host offsets of a context are checked before u
   assert.throws(() => call(Tensor.zeros([3, 16], { dtype: 'bf16', device: 'cpu' })), /moeBackward: ctx.xp must have shape \[4, 16\]/);
   assert.doesNotThrow(() => call(undefined, i32(Array.from(c.offsets.toInt32()))));
   c.dispose();
+});
+
+test('a residual rides the combine pass: moeForward(x, { residual }) == add(residual, moeForward(x)) bitwise', () => {
+  const p = makeProblem(37, 16, 4, 8, 2, 73);
+  const w = weightsOf(p, 'cpu');
+  const x = Tensor.from(p.x, [p.T, p.H], { dtype: 'bf16', device: 'cpu' });
+  const res = Tensor.from(randnBf16(p.T * p.H, 3, rng(5)), [p.T, p.H], { dtype: 'bf16', device: 'cpu' });
+  const plain = moeForward(x, w, { topK: 2 });
+  const want = add(res, plain.y);
+  const fused = moeForward(x, w, { topK: 2, residual: res });
+  assert.deepEqual([...fused.y.toFloat32()], [...want.toFloat32()]);
+  assert.throws(() => moeForward(x, w, { topK: 2, residual: Tensor.zeros([p.T, p.H], { device: 'cpu' }) }), /moeForward: residual must be bf16, got f32\[37, 16\]/);
+  plain.ctx.dispose();
+  fused.ctx.dispose();
 });

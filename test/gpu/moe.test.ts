@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, cudaDeviceCount } from '../../src/tensor.ts';
 import { moeForward, moeBackward, type MoeWeights } from '../../src/ops/moe.ts';
+import { add } from '../../src/ops/elementwise.ts';
 import { makeProblem, weightsOf, type MoeProblem } from '../helpers/moe-reference.ts';
 import { randnBf16, rng } from '../helpers/random.ts';
 import { maxErr } from '../helpers/numeric.ts';
@@ -129,6 +130,27 @@ test('weight gradients accumulate into given buffers on every GEMM path', { skip
         assert.ok(e.err <= 1e-5 * e.scale + 1e-6, `[${path}] ${name}: accumulated err ${e.err} (scale ${e.scale})`);
       }
       f.ctx.dispose();
+    } finally {
+      delete process.env.GPTOSS_MOE_GEMM;
+    }
+  }
+});
+
+test('a residual rides the combine pass: equal to add(residual, moe(x)) on every GEMM path', { skip }, () => {
+  const p = makeProblem(300, 128, 4, 96, 2, 9);
+  const res = randnBf16(p.T * p.H, 2, rng(77));
+  for (const path of PATHS) {
+    process.env.GPTOSS_MOE_GEMM = path;
+    try {
+      const w = weightsOf(p, 'cuda:0');
+      const x = Tensor.from(p.x, [p.T, p.H], { dtype: 'bf16', device: 'cuda:0' });
+      const r = Tensor.from(res, [p.T, p.H], { dtype: 'bf16', device: 'cuda:0' });
+      const plain = moeForward(x, w, { topK: 2 });
+      const want = add(r, plain.y).toFloat32();
+      const fused = moeForward(x, w, { topK: 2, residual: r });
+      assert.deepEqual([...fused.y.toFloat32()], [...want], `[${path}] fused residual`);
+      plain.ctx.dispose();
+      fused.ctx.dispose();
     } finally {
       delete process.env.GPTOSS_MOE_GEMM;
     }
