@@ -106,6 +106,15 @@ export class Tensor {
   slice(start: number, end: number): Tensor {
     return new Tensor(this.native.slice(start, end));
   }
+  /**
+   * When `parts` are consecutive row ranges of one storage (as slices of one tensor are: same dtype, trailing shape
+   * and device, each starting where the previous ends), a view of them as one tensor; otherwise null. The view
+   * is a new handle (dispose it); it works whether or not a handle of the whole still exists.
+   */
+  static joinRows(parts: readonly Tensor[]): Tensor | null {
+    const r = native().ops.joinRows(parts.map((t) => t.native)) as NativeTensor | null;
+    return r ? new Tensor(r) : null;
+  }
   /** Copies src (a tensor on any device, or host values of the same byte size) into this tensor. */
   copyFrom(src: Tensor | ArrayBufferView): this {
     this.native.copyFrom(src instanceof Tensor ? src.native : src);

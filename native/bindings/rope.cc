@@ -51,3 +51,71 @@ GPTOSS_OP(ropeBackward) {
   GPTOSS_DISPATCH(dy, cpu::rope_apply(dy, pos, inv, s, -1.f, dx), cuda::rope_apply(dy, pos, inv, s, -1.f, dx));
   return wrap(info.Env(), dx);
 }
+
+// The fused q/k/v layout: [T, (Hq + 2·Hkv)·D], q heads, then k heads, then v heads (the output of one projection
+// GEMM with the weights stacked as rows). Checks q/k/v-shaped tensors against it.
+static void check_qkv_parts(const char* op, const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v,
+                            const Tensor& pos, const Tensor& inv, double scaling) {
+  check_float(op, "qkv", qkv);
+  GPTOSS_CHECK(qkv.ndim() == 2, op, ": qkv must be [T, (Hq + 2*Hkv) * D], got ", qkv.describe());
+  check_rope_args(op, "q", q, pos, inv, scaling);
+  GPTOSS_CHECK(k.ndim() == 3 && v.ndim() == 3, op, ": k and v must be [T, Hkv, D], got ", k.describe(), " and ",
+               v.describe());
+  GPTOSS_CHECK(k.dtype == q.dtype && v.dtype == q.dtype, op, ": q, k and v must share a dtype, got ", q.describe(),
+               ", ", k.describe(), ", ", v.describe());
+  check_shape(op, "v", v, k.shape);
+  check_shape(op, "k", k, {q.dim(0), k.dim(1), q.dim(2)});
+  check_shape(op, "qkv", qkv, {q.dim(0), (q.dim(1) + 2 * k.dim(1)) * q.dim(2)});
+  check_device(op, qkv, "q", q);
+  check_device(op, qkv, "k", k);
+  check_device(op, qkv, "v", v);
+  check_device(op, qkv, "positions", pos);
+}
+
+// ropeQkvSplit(qkv bf16|f32 [T, (Hq + 2*Hkv)*D], positions i32 [T], invFreq f32 [D/2], attentionScaling, numHeads,
+// numKvHeads) -> { q [T, Hq, D] and k [T, Hkv, D] rotated (the forward rope), v [T, Hkv, D] copied }, qkv's dtype
+GPTOSS_OP(ropeQkvSplit) {
+  const char* op = "ropeQkvSplit";
+  Tensor& qkv = tensor_arg(info, 0, op, "qkv");
+  Tensor& pos = tensor_arg(info, 1, op, "positions");
+  Tensor& inv = tensor_arg(info, 2, op, "invFreq");
+  double sc = num_arg(info, 3, op, "attentionScaling");
+  int64_t hq = int_arg(info, 4, op, "numHeads"), hkv = int_arg(info, 5, op, "numKvHeads");
+  check_float(op, "qkv", qkv);
+  check_dtype(op, "invFreq", inv, DType::F32);
+  GPTOSS_CHECK(inv.ndim() == 1 && hq > 0 && hkv > 0, op, ": need numHeads, numKvHeads > 0 and invFreq [D/2], got ",
+               hq, ", ", hkv, ", ", inv.describe());
+  GPTOSS_CHECK(qkv.ndim() == 2, op, ": qkv must be [T, (Hq + 2*Hkv) * D], got ", qkv.describe());
+  int64_t d = inv.dim(0) * 2, tn = qkv.dim(0);
+  Tensor q = make_tensor({tn, hq, d}, qkv.dtype, qkv.device);
+  Tensor k = make_tensor({tn, hkv, d}, qkv.dtype, qkv.device);
+  Tensor v = make_tensor({tn, hkv, d}, qkv.dtype, qkv.device);
+  check_qkv_parts(op, qkv, q, k, v, pos, inv, sc);
+  float s = static_cast<float>(sc);
+  GPTOSS_DISPATCH(qkv, cpu::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false),
+                  cuda::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false));
+  return tensor_object(info.Env(), {{"q", q}, {"k", k}, {"v", v}});
+}
+
+// ropeQkvPack(dq [T, Hq, D], dk [T, Hkv, D], dv [T, Hkv, D] (one float dtype), positions, invFreq, attentionScaling,
+// outDtype 'bf16'|'f32') -> dqkv [T, (Hq + 2*Hkv)*D]: dq and dk through the backward rope, dv copied
+GPTOSS_OP(ropeQkvPack) {
+  const char* op = "ropeQkvPack";
+  Tensor& dq = tensor_arg(info, 0, op, "dq");
+  Tensor& dk = tensor_arg(info, 1, op, "dk");
+  Tensor& dv = tensor_arg(info, 2, op, "dv");
+  Tensor& pos = tensor_arg(info, 3, op, "positions");
+  Tensor& inv = tensor_arg(info, 4, op, "invFreq");
+  double sc = num_arg(info, 5, op, "attentionScaling");
+  DType out = dtype_arg(info, 6, op, "outDtype");
+  GPTOSS_CHECK(out == DType::BF16 || out == DType::F32, op, ": outDtype must be bf16 or f32");
+  check_float(op, "dq", dq);
+  GPTOSS_CHECK(dq.ndim() == 3 && dk.ndim() == 3, op, ": dq and dk must be [T, heads, D], got ", dq.describe(),
+               " and ", dk.describe());
+  Tensor dqkv = make_tensor({dq.dim(0), (dq.dim(1) + 2 * dk.dim(1)) * dq.dim(2)}, out, dq.device);
+  check_qkv_parts(op, dqkv, dq, dk, dv, pos, inv, sc);
+  float s = static_cast<float>(sc);
+  GPTOSS_DISPATCH(dq, cpu::rope_qkv(dqkv, dq, dk, dv, pos, inv, s, -1.f, true),
+                  cuda::rope_qkv(dqkv, dq, dk, dv, pos, inv, s, -1.f, true));
+  return wrap(info.Env(), dqkv);
+}

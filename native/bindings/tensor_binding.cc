@@ -1,4 +1,5 @@
 // tensor_binding.cc: the NativeTensor class, argument helpers, the op registry and runtime functions.
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -326,6 +327,38 @@ GPTOSS_OP(fromBuffer) {
   else
     cuda::copy(t.raw(), dev, src, kCpu, n);
   return wrap(info.Env(), t);
+}
+
+// joinRows(parts[]): when the tensors are consecutive row ranges of one storage (same dtype, trailing shape and
+// device; each starting where the previous ends), a view of them as one tensor of the summed rows; else null.
+// Lets callers that hold only the row slices of a fused buffer (e.g. the q/k/v gradients in a map by checkpoint
+// name) run one op over the whole, without keeping a handle of the buffer itself alive.
+GPTOSS_OP(joinRows) {
+  GPTOSS_CHECK(info.Length() >= 1 && info[0].IsArray(), "joinRows: parts must be an array of tensors");
+  Napi::Array a = info[0].As<Napi::Array>();
+  GPTOSS_CHECK(a.Length() >= 1, "joinRows: no parts");
+  std::vector<Tensor> parts;
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value v = a.Get(i);
+    GPTOSS_CHECK(v.IsObject(), "joinRows: part ", i, " is not a tensor");
+    Napi::Object o = v.As<Napi::Object>();
+    if (o.Has("native")) o = o.Get("native").As<Napi::Object>();
+    GPTOSS_CHECK(o.InstanceOf(g_ctor->Value()), "joinRows: part ", i, " is not a tensor");
+    parts.push_back(NativeTensor::Unwrap(o)->get("joinRows", "part"));
+  }
+  const Tensor& f = parts[0];
+  if (f.ndim() < 1) return info.Env().Null();
+  Tensor out = f;
+  size_t end = f.offset + f.nbytes();
+  for (size_t i = 1; i < parts.size(); i++) {
+    const Tensor& t = parts[i];
+    bool same = t.storage == f.storage && t.dtype == f.dtype && t.device == f.device && t.ndim() == f.ndim() &&
+                std::equal(t.shape.begin() + 1, t.shape.end(), f.shape.begin() + 1) && t.offset == end;
+    if (!same) return info.Env().Null();
+    out.shape[0] += t.shape[0];
+    end += t.nbytes();
+  }
+  return wrap(info.Env(), out);
 }
 
 GPTOSS_OP(cudaCompiled) { return Napi::Boolean::New(info.Env(), cuda::compiled()); }

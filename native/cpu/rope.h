@@ -12,4 +12,12 @@ namespace gptoss::cpu {
 void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scaling, float sign,
                 const Tensor& y);
 
+// The fused q/k/v layout of the attention projections: one row per token of (Hq + 2·Hkv)·D values, q heads, then
+// k heads, then v heads. With pack = false (split), qkv is read and q [T,Hq,D], k [T,Hkv,D] are written rotated
+// by sign·angle and v [T,Hkv,D] copied; with pack = true the three are read and written (rotated / copied) into
+// qkv at their column offsets. In and out may differ in float dtype (bf16 out rounds, as rope_apply does); q, k
+// and v share one dtype.
+void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+              const Tensor& inv_freq, float scaling, float sign, bool pack);
+
 }  // namespace gptoss::cpu

@@ -6,6 +6,8 @@
 #include "rope.h"
 #include "vec_io.cuh"
 
+#include <type_traits>
+
 namespace gptoss::cuda {
 
 namespace {
@@ -54,7 +56,146 @@ __global__ void rope_kernel(const X* __restrict__ x, const int32_t* __restrict__
   }
 }
 
+// The fused q/k/v layout: three parts of heads[p] heads (q, k: rotated; v: copied), part p of token t read from
+// in[p] + t·in_stride[p] and written to out[p] + t·out_stride[p] (elements). One block per token as above; the
+// block's items run over the heads of all three parts, so the projection output is split (forward) or the
+// gradient packed (backward) in one pass that also computes cos/sin once per token for q and k.
+template <typename X, typename Y>
+struct QkvParts {
+  const X* in0;
+  const X* in1;
+  const X* in2;
+  Y* out0;
+  Y* out1;
+  Y* out2;
+  int64_t in_stride0, in_stride1, in_stride2;
+  int64_t out_stride0, out_stride1, out_stride2;
+  int heads0, heads1, heads2;
+};
+
+template <typename X, typename Y>
+__global__ void rope_qkv_kernel(QkvParts<X, Y> p, const int32_t* __restrict__ pos,
+                                const float* __restrict__ inv_freq, int d, float scaling, float sign, bool vec) {
+  extern __shared__ float cs[];  // [half] cos, then [half] sin
+  const int half = d / 2;
+  const int64_t t = blockIdx.x;
+  const float ps = static_cast<float>(pos[t]);
+  for (int j = threadIdx.x; j < half; j += blockDim.x) {
+    float s, c;
+    sincosf(ps * inv_freq[j], &s, &c);
+    cs[j] = c * scaling;
+    cs[half + j] = sign * (s * scaling);
+  }
+  __syncthreads();
+  const int h01 = p.heads0 + p.heads1, heads = h01 + p.heads2;
+  const int per_head = vec ? half / 8 : half;  // items per head: 8 frequencies each when vectorised
+  for (int i = threadIdx.x; i < heads * per_head; i += blockDim.x) {
+    int hh = i / per_head, j = (i % per_head) * (vec ? 8 : 1);
+    const X* x;
+    Y* y;
+    if (hh < p.heads0) {
+      x = p.in0 + t * p.in_stride0 + int64_t(hh) * d;
+      y = p.out0 + t * p.out_stride0 + int64_t(hh) * d;
+    } else if (hh < h01) {
+      x = p.in1 + t * p.in_stride1 + int64_t(hh - p.heads0) * d;
+      y = p.out1 + t * p.out_stride1 + int64_t(hh - p.heads0) * d;
+    } else {
+      x = p.in2 + t * p.in_stride2 + int64_t(hh - h01) * d;
+      y = p.out2 + t * p.out_stride2 + int64_t(hh - h01) * d;
+    }
+    const bool rotate = hh < h01;
+    if (vec) {
+      float a[8], b[8];
+      load8(x + j, a);
+      load8(x + half + j, b);
+      if (rotate) {
+        float o1[8], o2[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          float c = cs[j + k], s = cs[half + j + k];
+          o1[k] = a[k] * c - b[k] * s;
+          o2[k] = b[k] * c + a[k] * s;
+        }
+        store8(y + j, o1);
+        store8(y + half + j, o2);
+      } else {
+        store8(y + j, a);
+        store8(y + half + j, b);
+      }
+    } else {
+      float a = ldf(x + j), b = ldf(x + half + j);
+      if (rotate) {
+        float c = cs[j], s = cs[half + j];
+        stf(y + j, a * c - b * s);
+        stf(y + half + j, b * c + a * s);
+      } else {
+        stf(y + j, a);
+        stf(y + half + j, b);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+              const Tensor& inv_freq, float scaling, float sign, bool pack) {
+  int64_t tn = qkv.dim(0), w = qkv.dim(1);
+  int d = static_cast<int>(q.dim(2)), half = d / 2;
+  int hq = static_cast<int>(q.dim(1)), hkv = static_cast<int>(k.dim(1));
+  if (tn == 0 || d == 0) return;
+  DeviceGuard g(qkv.device);
+  // 16-byte vectors need every part's base and row stride on 16-byte boundaries (columns are multiples of D).
+  int64_t wq = int64_t(hq) * d, wkv = int64_t(hkv) * d;
+  auto ok = [&](const Tensor& t, int64_t stride, int64_t col) {
+    return aligned16(static_cast<const char*>(t.raw()) + col * dtype_size(t.dtype)) &&
+           (stride * dtype_size(t.dtype)) % 16 == 0;
+  };
+  bool vec = half % 8 == 0 && ok(qkv, w, 0) && ok(qkv, w, wq) && ok(qkv, w, wq + wkv) && ok(q, wq, 0) &&
+             ok(k, wkv, 0) && ok(v, wkv, 0);
+  int heads = hq + 2 * hkv;
+  int64_t items = vec ? int64_t(heads) * (half / 8) : int64_t(heads) * half;
+  int threads = static_cast<int>(items < 32 ? 32 : (items > 512 ? 512 : (items + 31) / 32 * 32));
+  size_t shmem = sizeof(float) * 2 * half;
+  const Tensor& src = pack ? q : qkv;
+  const Tensor& dst = pack ? qkv : q;
+  with_float(src, [&](auto* px) {
+    with_float(dst, [&](auto* py) {
+      using X = std::remove_const_t<std::remove_pointer_t<decltype(px)>>;
+      using Y = std::remove_pointer_t<decltype(py)>;
+      QkvParts<X, Y> p{};
+      p.heads0 = hq;
+      p.heads1 = hkv;
+      p.heads2 = hkv;
+      if (!pack) {
+        const X* base = reinterpret_cast<const X*>(qkv.raw());
+        p.in0 = base;
+        p.in1 = base + wq;
+        p.in2 = base + wq + wkv;
+        p.in_stride0 = p.in_stride1 = p.in_stride2 = w;
+        p.out0 = reinterpret_cast<Y*>(q.raw());
+        p.out1 = reinterpret_cast<Y*>(k.raw());
+        p.out2 = reinterpret_cast<Y*>(v.raw());
+        p.out_stride0 = wq;
+        p.out_stride1 = p.out_stride2 = wkv;
+      } else {
+        Y* base = reinterpret_cast<Y*>(qkv.raw());
+        p.out0 = base;
+        p.out1 = base + wq;
+        p.out2 = base + wq + wkv;
+        p.out_stride0 = p.out_stride1 = p.out_stride2 = w;
+        p.in0 = reinterpret_cast<const X*>(q.raw());
+        p.in1 = reinterpret_cast<const X*>(k.raw());
+        p.in2 = reinterpret_cast<const X*>(v.raw());
+        p.in_stride0 = wq;
+        p.in_stride1 = p.in_stride2 = wkv;
+      }
+      rope_qkv_kernel<<<static_cast<unsigned>(tn), threads, shmem, stream_of(qkv.device)>>>(
+          p, positions.data<int32_t>(), inv_freq.data<float>(), d, scaling, sign, vec);
+    });
+  });
+  GPTOSS_CUDA_LAUNCH_CHECK("rope_qkv");
+}
 
 void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scaling, float sign,
                 const Tensor& y) {

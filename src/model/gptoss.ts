@@ -2,7 +2,7 @@
 //
 // Layout: a batch of sequences is packed token-major: T tokens, cuSeqlens [nSeq+1] delimiting sequences, positions
 // restarting at 0 in each sequence. (A padded [B, S] batch is packed first: see packPadded.) Per layer:
-//   a1 = rmsnorm(x) ; q,k,v = a1·Wᵀ + b ; q,k = rope(q,k) ; o = attn(q,k,v; sinks, window on sliding layers)
+//   a1 = rmsnorm(x) ; qkv = a1·Wqkvᵀ + b (q/k/v stacked) ; q,k = rope(q,k), v split off ; o = attn(q,k,v; sinks, window)
 //   h  = x + o·Woᵀ + bo ; a2 = rmsnorm(h) ; y = h + moe(a2)
 // then the final norm and the fused LM head, which returns per-token log p(target) and entropy without
 // materialising [T, V] logits (vocabulary chunked). Activations are bf16; the residual-stream gradient, norms and
@@ -13,10 +13,10 @@
 import { gpuProfile } from '../log/gpu-profile.ts';
 import { Tensor } from '../tensor.ts';
 import type { GptOssConfig } from './config.ts';
-import { GptOssWeights, layerPrefix, type LayerWeights, type RandomInitOptions } from './weights.ts';
+import { GptOssWeights, layerPrefix, qkvRows, QKV_PROJ, type LayerWeights, type RandomInitOptions } from './weights.ts';
 import { embeddingForward, embeddingBackward } from '../ops/embedding.ts';
 import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
-import { yarnInvFreq, ropeForward, ropeBackward } from '../ops/rope.ts';
+import { yarnInvFreq, ropeQkvSplit, ropeQkvPack } from '../ops/rope.ts';
 import { addInPlace, add } from '../ops/elementwise.ts';
 import { linearForward, linearBackward } from '../ops/gemm.ts';
 import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward, logits as lmLogits } from '../ops/logprob.ts';
@@ -309,9 +309,8 @@ export class GptOssModel {
       } else grads.set(`${p}.${name}`, t);
     };
     // linearBackward accumulates into existing buffers; fresh ones it returns are kept.
-    // dxAcc: add dx into that f32 buffer (the q/k/v input gradients sum inside the GEMMs).
-    const lin = (name: string, dy2: Tensor, x2: Tensor, w2: Tensor, dxDtype: 'bf16' | 'f32', dxAcc?: Tensor): Tensor => {
-      const r = linearBackward(dy2, x2, w2, { dW: grads.get(`${p}.${name}.weight`), db: grads.get(`${p}.${name}.bias`), dxDtype, dxAcc });
+    const lin = (name: string, dy2: Tensor, x2: Tensor, w2: Tensor, dxDtype: 'bf16' | 'f32'): Tensor => {
+      const r = linearBackward(dy2, x2, w2, { dW: grads.get(`${p}.${name}.weight`), db: grads.get(`${p}.${name}.bias`), dxDtype });
       grads.set(`${p}.${name}.weight`, r.dW);
       grads.set(`${p}.${name}.bias`, r.db);
       return r.dx!;
@@ -353,14 +352,14 @@ export class GptOssModel {
     gpuProfile.mark(dev, this.window(l) > 0 ? 'bwd attention (sliding)' : 'bwd attention (full)');
     disposeAll(dAttn, s.attn, s.lse, s.qr, s.kr);
     if (ab.dsinks) acc('self_attn.sinks', ab.dsinks);
-    const dq = ropeBackward(ab.dq, b.positions, this.invFreq, this.attnScaling);
-    const dk = ropeBackward(ab.dk, b.positions, this.invFreq, this.attnScaling);
-    disposeAll(ab.dq, ab.dk);
+    // The fused projection's output gradient dQKV [T, Hq*D + 2*Hkv*D]: dq and dk through the backward rope, dv
+    // copied, in one pass. bf16 on CUDA (the GEMMs would round an f32 one to bf16 anyway); f32 on the CPU, whose
+    // GEMM multiplies mixed operands exactly, so its numerics stay those of separate f32 rope outputs.
+    const dqkv = ropeQkvPack(ab.dq, ab.dk, ab.dv, b.positions, this.invFreq, this.attnScaling, dev === 'cpu' ? 'f32' : 'bf16');
+    disposeAll(ab.dq, ab.dk, ab.dv, s.v);
     gpuProfile.mark(dev, 'bwd rope');
-    const dA1 = withView(dq, [T, c.numHeads * D], (d) => lin('self_attn.q_proj', d, s.a1, w.qW, 'f32'));
-    withView(dk, [T, c.numKvHeads * D], (d) => lin('self_attn.k_proj', d, s.a1, w.kW, 'f32', dA1));
-    withView(ab.dv, [T, c.numKvHeads * D], (d) => lin('self_attn.v_proj', d, s.a1, w.vW, 'f32', dA1));
-    disposeAll(dq, dk, ab.dv, s.v);
+    const dA1 = this.qkvBackward(l, dqkv, s.a1, grads);
+    dqkv.dispose();
     gpuProfile.mark(dev, 'bwd qkv proj');
     const n1 = rmsnormBackward(dA1, s.x, w.inputNorm, s.rstd1, dH); // + dH: the residual around attention
     dA1.dispose();
@@ -369,6 +368,51 @@ export class GptOssModel {
     disposeAll(s.a1, s.rstd1);
     gpuProfile.mark(dev, 'bwd norm1+residual');
     return n1.dx;
+  }
+
+  /**
+   * Backward of the fused q/k/v projection of layer l: dqkv [T, Hq*D + 2*Hkv*D] (bf16|f32), a1 bf16 [T, H].
+   * Returns dA1 f32 [T, H] (one GEMM with K = Hq*D + 2*Hkv*D) and puts the weight and bias gradients (one GEMM and
+   * one column sum for the three) into `grads` under the q/k/v checkpoint names:
+   * - no buffers yet (set-to-none): fresh fused f32 buffers are written, and the names get their row slices;
+   * - buffers that are consecutive slices of one fused buffer (made here or by zeroGrads()): added into in place;
+   * - anything else (separate buffers, some missing): the fused gradient is computed fresh and added into each
+   *   buffer (or its slice kept where there is none).
+   */
+  private qkvBackward(l: number, dqkv: Tensor, a1: Tensor, grads: Map<string, Tensor>): Tensor {
+    const w = this.weights.layers[l]!;
+    const p = layerPrefix(l);
+    const rows = qkvRows(this.config);
+    type Kind = 'weight' | 'bias';
+    const names = (kind: Kind): string[] => QKV_PROJ.map((n) => `${p}.${n}.${kind}`);
+    // For each of weight/bias: the fused buffer to accumulate into (a view joining the existing slices), if any.
+    const target = (kind: Kind): { names: string[]; have: (Tensor | undefined)[]; fused: Tensor | null } => {
+      const ns = names(kind);
+      const have = ns.map((n) => grads.get(n));
+      const fused = have.every((t) => t && t.dtype === 'f32') ? Tensor.joinRows(have as Tensor[]) : null;
+      return { names: ns, have, fused };
+    };
+    const tw = target('weight'), tb = target('bias');
+    const r = linearBackward(dqkv, a1, w.qkvW, { dW: tw.fused ?? undefined, db: tb.fused ?? undefined, dxDtype: 'f32' });
+    for (const [t, g] of [[tw, r.dW], [tb, r.db]] as const) {
+      // Accumulated in place into the existing buffers: nothing to hand out.
+      if (t.fused) {
+        t.fused.dispose();
+        continue;
+      }
+      let r0 = 0;
+      t.names.forEach((n, i) => {
+        const part = g.slice(r0, r0 + rows[i]!);
+        r0 += rows[i]!;
+        const old = t.have[i];
+        if (old) {
+          addInPlace(old, part);
+          part.dispose();
+        } else grads.set(n, part); // the slice keeps the fused storage alive; the other names hold the rest
+      });
+      g.dispose();
+    }
+    return r.dx!;
   }
 
   // ---- whole model ----------------------------------------------------------------------------------------------
@@ -432,6 +476,21 @@ export class GptOssModel {
   zeroGrads(): Map<string, Tensor> {
     const g = new Map<string, Tensor>();
     for (const [n, t] of this.weights.params) g.set(n, Tensor.zeros(t.shape, { dtype: 'f32', device: this.device }));
+    // q/k/v: slices of one fused buffer per layer and kind, as backward makes them, so it accumulates with one GEMM.
+    for (let l = 0; l < this.config.numLayers; l++) {
+      for (const kind of ['weight', 'bias'] as const) {
+        const ns = QKV_PROJ.map((n) => `${layerPrefix(l)}.${n}.${kind}`);
+        const shapes = ns.map((n) => g.get(n)!.shape);
+        const fused = Tensor.zeros([shapes.reduce((a, s) => a + s[0]!, 0), ...shapes[0]!.slice(1)], { dtype: 'f32', device: this.device });
+        let r = 0;
+        ns.forEach((n, i) => {
+          g.get(n)!.dispose();
+          g.set(n, fused.slice(r, r + shapes[i]![0]!));
+          r += shapes[i]![0]!;
+        });
+        fused.dispose();
+      }
+    }
     return g;
   }
 
@@ -623,12 +682,11 @@ export class GptOssModel {
     const T = x.shape[0]!;
     const D = c.headDim;
     const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
-    const q = reshape(linearForward(a1, w.qW, w.qB), [T, c.numHeads, D]);
-    const k = reshape(linearForward(a1, w.kW, w.kB), [T, c.numKvHeads, D]);
-    const v = reshape(linearForward(a1, w.vW, w.vB), [T, c.numKvHeads, D]);
-    const qr = ropeForward(q, positions, this.invFreq, this.attnScaling);
-    const kr = ropeForward(k, positions, this.invFreq, this.attnScaling);
-    disposeAll(q, k);
+    // One GEMM for the three projections (bf16 [T, Hq*D + 2*Hkv*D]), then one pass that ropes q and k out of it
+    // and copies v, each into the contiguous [T, heads, D] the attention kernels take.
+    const qkv = linearForward(a1, w.qkvW, w.qkvB);
+    const { q: qr, k: kr, v } = ropeQkvSplit(qkv, positions, this.invFreq, this.attnScaling, c.numHeads, c.numKvHeads);
+    qkv.dispose();
     return { a1, rstd1, qr, kr, v };
   }
 

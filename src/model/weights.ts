@@ -9,6 +9,11 @@
 //   model.layers.N.mlp.experts.gate_up_proj [E, H, 2I] (x·W form, gate/up interleaved), gate_up_proj_bias [E, 2I]
 //   model.layers.N.mlp.experts.down_proj [E, I, H], down_proj_bias [E, H]
 // Every parameter is held in BF16 on one device (the trainer keeps fp32 masters separately).
+//
+// The q/k/v projections of a layer live in one fused buffer, qkvW [Hq*D + 2*Hkv*D, H] (q rows, then k, then v)
+// and qkvB [Hq*D + 2*Hkv*D], so the model runs one GEMM for the three (gpt-oss-20b: [5120, 2880]). The
+// checkpoint names q_proj/k_proj/v_proj.{weight,bias} stay the parameters: params maps them to row slices of the
+// fused buffers (views: an in-place update of a slice, as the optimizer and load() do, updates the fused buffer).
 import { mkdirSync } from 'node:fs';
 import { Tensor, f32ToBf16Bits } from '../tensor.ts';
 import { childLogger } from '../log/logger.ts';
@@ -61,9 +66,22 @@ export function paramSpecs(c: GptOssConfig): ParamSpec[] {
   return s;
 }
 
+/** Rows of q, k and v in the fused q/k/v projection ([Hq*D, Hkv*D, Hkv*D]; they sum to its output width). */
+export function qkvRows(c: GptOssConfig): [number, number, number] {
+  const kvd = c.numKvHeads * c.headDim;
+  return [c.numHeads * c.headDim, kvd, kvd];
+}
+
+/** Checkpoint-name suffixes of the three projections stored in a layer's fused q/k/v buffers, in row order. */
+export const QKV_PROJ = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'] as const;
+
 /** The typed view of one decoder layer's parameters (the same Tensors as in GptOssWeights.params). */
 export interface LayerWeights {
   inputNorm: Tensor;
+  /** [Hq*D + 2*Hkv*D, H]: q, k, v weights stacked as rows (qW, kW, vW are its row slices). */
+  qkvW: Tensor;
+  /** [Hq*D + 2*Hkv*D]: q, k, v biases (qB, kB, vB are its slices). */
+  qkvB: Tensor;
   qW: Tensor;
   qB: Tensor;
   kW: Tensor;
@@ -82,7 +100,7 @@ export interface LayerWeights {
   downB: Tensor;
 }
 
-export function layerWeights(params: ReadonlyMap<string, Tensor>, l: number): LayerWeights {
+export function layerWeights(params: ReadonlyMap<string, Tensor>, l: number, qkv: { w: Tensor; b: Tensor }): LayerWeights {
   const p = layerPrefix(l);
   const g = (n: string): Tensor => {
     const t = params.get(`${p}.${n}`);
@@ -91,6 +109,8 @@ export function layerWeights(params: ReadonlyMap<string, Tensor>, l: number): La
   };
   return {
     inputNorm: g('input_layernorm.weight'),
+    qkvW: qkv.w,
+    qkvB: qkv.b,
     qW: g('self_attn.q_proj.weight'),
     qB: g('self_attn.q_proj.bias'),
     kW: g('self_attn.k_proj.weight'),
@@ -238,14 +258,41 @@ export function randomTensor(name: string, shape: readonly number[], mean: numbe
 
 const log = childLogger('weights');
 
+/**
+ * Stacks layer l's q/k/v weights and biases into fused buffers: the separate tensors in `params` are copied in,
+ * disposed, and replaced by row slices of the fused ones (so every holder of a name sees the fused memory).
+ */
+function fuseQkv(params: Map<string, Tensor>, l: number, device: string): { w: Tensor; b: Tensor } {
+  const p = layerPrefix(l);
+  const fuse = (suffix: 'weight' | 'bias'): Tensor => {
+    const names = QKV_PROJ.map((n) => `${p}.${n}.${suffix}`);
+    const parts = names.map((n) => params.get(n)!);
+    const rows = parts.reduce((a, t) => a + t.shape[0]!, 0);
+    const fused = Tensor.empty([rows, ...parts[0]!.shape.slice(1)], { dtype: parts[0]!.dtype, device });
+    let r = 0;
+    parts.forEach((t, i) => {
+      const rs = fused.slice(r, r + t.shape[0]!);
+      rs.copyFrom(t);
+      t.dispose();
+      params.set(names[i]!, rs);
+      r += t.shape[0]!;
+    });
+    return fused;
+  };
+  return { w: fuse('weight'), b: fuse('bias') };
+}
+
 /** The parameters of one GPT-OSS model on one device. */
 export class GptOssWeights {
   readonly config: GptOssConfig;
   readonly device: string;
-  /** Checkpoint name -> BF16 tensor, in paramSpecs order. */
+  /** Checkpoint name -> BF16 tensor, in paramSpecs order (q/k/v: row slices of the layer's fused buffers). */
   readonly params: Map<string, Tensor>;
   readonly layers: LayerWeights[];
+  /** Per layer, the fused q/k/v buffers (also held by layers[l].qkvW/qkvB). */
+  private readonly qkv: { w: Tensor; b: Tensor }[] = [];
 
+  /** Takes `params` over: its q/k/v tensors are fused per layer (copied, disposed and replaced by slices). */
   constructor(config: GptOssConfig, device: string, params: Map<string, Tensor>) {
     this.config = config;
     this.device = device;
@@ -257,7 +304,8 @@ export class GptOssWeights {
         throw new Error(`GptOssWeights: '${s.name}' has shape [${t.shape.join(', ')}], expected [${s.shape.join(', ')}]`);
       }
     }
-    this.layers = Array.from({ length: config.numLayers }, (_, l) => layerWeights(params, l));
+    for (let l = 0; l < config.numLayers; l++) this.qkv.push(fuseQkv(params, l, device));
+    this.layers = Array.from({ length: config.numLayers }, (_, l) => layerWeights(params, l, this.qkv[l]!));
   }
 
   get embedding(): Tensor {
@@ -356,5 +404,6 @@ export class GptOssWeights {
 
   dispose(): void {
     for (const t of this.params.values()) t.dispose();
+    for (const f of this.qkv) [f.w, f.b].forEach((t) => t.dispose());
   }
 }

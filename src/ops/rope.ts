@@ -143,3 +143,30 @@ export function ropeForward(x: Tensor, positions: Tensor, invFreq: Tensor, atten
 export function ropeBackward(dy: Tensor, positions: Tensor, invFreq: Tensor, attentionScaling: number): Tensor {
   return new Tensor(native().ops.ropeBackward(dy, positions, invFreq, attentionScaling) as NativeTensor);
 }
+
+/**
+ * The forward rope over the fused q/k/v projection output (one GEMM with Wq, Wk, Wv stacked as rows).
+ * @param qkv bf16|f32 [T, (Hq + 2·Hkv)·D]: per token the Hq query heads, then Hkv key heads, then Hkv value heads
+ * @returns q [T, Hq, D] and k [T, Hkv, D] rotated as ropeForward does (same values), v [T, Hkv, D] copied; all
+ *   contiguous, in qkv's dtype
+ */
+export function ropeQkvSplit(
+  qkv: Tensor,
+  positions: Tensor,
+  invFreq: Tensor,
+  attentionScaling: number,
+  numHeads: number,
+  numKvHeads: number,
+): { q: Tensor; k: Tensor; v: Tensor } {
+  const r = native().ops.ropeQkvSplit(qkv, positions, invFreq, attentionScaling, numHeads, numKvHeads) as Record<'q' | 'k' | 'v', NativeTensor>;
+  return { q: new Tensor(r.q), k: new Tensor(r.k), v: new Tensor(r.v) };
+}
+
+/**
+ * The backward of ropeQkvSplit: the gradient of the fused projection output.
+ * @param dq [T, Hq, D], dk [T, Hkv, D], dv [T, Hkv, D], one float dtype
+ * @returns dqkv `outDtype` [T, (Hq + 2·Hkv)·D]: dq and dk rotated back as ropeBackward does, dv copied
+ */
+export function ropeQkvPack(dq: Tensor, dk: Tensor, dv: Tensor, positions: Tensor, invFreq: Tensor, attentionScaling: number, outDtype: 'bf16' | 'f32'): Tensor {
+  return new Tensor(native().ops.ropeQkvPack(dq, dk, dv, positions, invFreq, attentionScaling, outDtype) as NativeTensor);
+}

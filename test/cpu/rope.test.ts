@@ -5,8 +5,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Tensor } from '../../src/tensor.ts';
-import { yarnInvFreq, yarnCorrectionRange, yarnConfigFromHf, yarnInvFreqTensor, ropeForward, ropeBackward, type YarnConfig } from '../../src/ops/rope.ts';
+import { Tensor, roundBf16 } from '../../src/tensor.ts';
+import { yarnInvFreq, yarnCorrectionRange, yarnConfigFromHf, yarnInvFreqTensor, ropeForward, ropeBackward, ropeQkvSplit, ropeQkvPack, type YarnConfig } from '../../src/ops/rope.ts';
 import { uniform, uniformBf16, randInts, probes } from '../helpers/random.ts';
 import { assertClose, assertBf16Close, dot } from '../helpers/numeric.ts';
 import { fixturesDir } from '../helpers/fixtures.ts';
@@ -165,4 +165,73 @@ test('rope ops reject bad shapes and dtypes with clear errors', () => {
   assert.throws(() => ropeForward(x, Tensor.from([0, 1, 2], [3], cpu), inv, 1), /ropeForward: positions must be i32, got f32\[3\] on cpu/);
   assert.throws(() => ropeForward(x, pos, Tensor.from(new Float32Array(16), [16], cpu), 1), /ropeForward: invFreq must have shape \[8\], got f32\[16\] on cpu/);
   assert.throws(() => ropeBackward(x, pos, inv, NaN), /ropeBackward: attentionScaling must be finite/);
+});
+
+// ---- the fused q/k/v layout ---------------------------------------------------------------------------------------
+/** Columns [c0, c1) of a row-major [t, w] host matrix. */
+function cols(m: Float32Array, t: number, w: number, c0: number, c1: number): Float32Array {
+  const out = new Float32Array(t * (c1 - c0));
+  for (let i = 0; i < t; i++) out.set(m.subarray(i * w + c0, i * w + c1), i * (c1 - c0));
+  return out;
+}
+
+// D=6: the scalar path (D/2 not a multiple of 8); D=64: gpt-oss's head dim (the vectorised path on CUDA).
+for (const [t, hq, hkv, d] of [
+  [1, 1, 1, 2],
+  [9, 4, 2, 6],
+  [37, 4, 2, 16],
+  [5, 8, 2, 64],
+] as const) {
+  test(`ropeQkvSplit / ropeQkvPack equal ropeForward / ropeBackward on the q/k/v column blocks (T=${t}, Hq=${hq}, Hkv=${hkv}, D=${d})`, () => {
+    const { invFreq, attentionScaling: s } = yarnInvFreqTensor({ ...GPTOSS_20B, headDim: d }, 'cpu');
+    const posArr = randInts(t, 60 + t, 131072);
+    const pos = Tensor.from(posArr, [t], cpu);
+    const wq = hq * d, wkv = hkv * d, w = wq + 2 * wkv;
+    const qkvHost = uniformBf16(t * w, 61 + d, -2, 2);
+    const blocks = [cols(qkvHost, t, w, 0, wq), cols(qkvHost, t, w, wq, wq + wkv), cols(qkvHost, t, w, wq + wkv, w)];
+    const heads = [hq, hkv, hkv];
+    for (const dtype of ['bf16', 'f32'] as const) {
+      const opt = { ...cpu, dtype };
+      // Forward: q and k bit-identical to the plain op on the same values, v a copy.
+      const qkv = Tensor.from(qkvHost, [t, w], opt);
+      const r = ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv);
+      for (const [i, got] of [r.q, r.k, r.v].entries()) {
+        assert.deepEqual(got.shape, [t, heads[i]!, d]);
+        assert.equal(got.dtype, dtype);
+        const src = Tensor.from(blocks[i]!, [t, heads[i]!, d], opt);
+        const want = i < 2 ? ropeForward(src, pos, invFreq, s) : src;
+        assert.deepEqual(got.toFloat32(), want.toFloat32(), `${'qkv'[i]} (${dtype})`);
+      }
+      // Backward: dq, dk through the plain backward (f32 out; a bf16 output is its rounding), dv copied.
+      const g = [0, 1, 2].map((i) => uniformBf16(t * heads[i]! * d, 70 + i + d));
+      const gt = g.map((v, i) => Tensor.from(v, [t, heads[i]!, d], opt));
+      const want = gt.map((x, i) => (i < 2 ? ropeBackward(x, pos, invFreq, s).toFloat32() : x.toFloat32()));
+      for (const out of ['f32', 'bf16'] as const) {
+        const dqkv = ropeQkvPack(gt[0]!, gt[1]!, gt[2]!, pos, invFreq, s, out);
+        assert.deepEqual(dqkv.shape, [t, w]);
+        assert.equal(dqkv.dtype, out);
+        const h = dqkv.toFloat32();
+        const c = [0, wq, wq + wkv, w];
+        for (let i = 0; i < 3; i++) {
+          const exp = out === 'bf16' ? roundBf16(want[i]!) : want[i]!;
+          assert.deepEqual(cols(h, t, w, c[i]!, c[i + 1]!), exp, `d${'qkv'[i]} (${dtype} in, ${out} out)`);
+        }
+        dqkv.dispose();
+      }
+      for (const x of [qkv, r.q, r.k, r.v, ...gt]) x.dispose();
+    }
+  });
+}
+
+test('ropeQkvSplit / ropeQkvPack reject inconsistent shapes with clear errors', () => {
+  const inv = Tensor.from(new Float32Array(8), [8], cpu);
+  const pos = Tensor.from(new Int32Array(3), [3], cpu);
+  const bf = { ...cpu, dtype: 'bf16' } as const;
+  assert.throws(() => ropeQkvSplit(Tensor.zeros([3, 16 * 5], bf), pos, inv, 1, 4, 1), /ropeQkvSplit: qkv must have shape \[3, 96\], got bf16\[3, 80\] on cpu/);
+  assert.throws(() => ropeQkvSplit(Tensor.zeros([3, 2, 48], bf), pos, inv, 1, 1, 1), /ropeQkvSplit: qkv must be \[T, \(Hq \+ 2\*Hkv\) \* D\]/);
+  assert.throws(() => ropeQkvSplit(Tensor.zeros([2, 48], bf), pos, inv, 1, 1, 1), /ropeQkvSplit: positions must have shape \[2\]/);
+  const dq = Tensor.zeros([3, 2, 16], bf), dk = Tensor.zeros([3, 1, 16], bf);
+  assert.throws(() => ropeQkvPack(dq, dk, Tensor.zeros([3, 1, 16], cpu), pos, inv, 1, 'bf16'), /ropeQkvPack: q, k and v must share a dtype/);
+  assert.throws(() => ropeQkvPack(dq, dk, Tensor.zeros([3, 2, 16], bf), pos, inv, 1, 'bf16'), /ropeQkvPack: v must have shape \[3, 1, 16\]/);
+  assert.throws(() => ropeQkvPack(dq, dk, dk, pos, inv, 1, 'i32' as 'f32'), /ropeQkvPack: outDtype must be bf16 or f32/);
 });

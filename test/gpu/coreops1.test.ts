@@ -11,7 +11,7 @@ import { Tensor, CudaEvent, cudaDeviceCount, synchronize } from '../../src/tenso
 import { native } from '../../src/native.ts';
 import { embeddingForward, embeddingBackward } from '../../src/ops/embedding.ts';
 import { rmsnormForward, rmsnormBackward } from '../../src/ops/rmsnorm.ts';
-import { yarnInvFreqTensor, ropeForward, ropeBackward } from '../../src/ops/rope.ts';
+import { yarnInvFreqTensor, ropeForward, ropeBackward, ropeQkvSplit, ropeQkvPack } from '../../src/ops/rope.ts';
 import { add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike } from '../../src/ops/elementwise.ts';
 import { swigluForward, swigluBackward } from '../../src/ops/swiglu.ts';
 import { uniform, uniformBf16, randInts } from '../helpers/random.ts';
@@ -170,6 +170,62 @@ for (const [t, heads, d, mis] of [
   });
 }
 
+// The fused q/k/v layout: split (forward) and pack (backward) on CUDA vs CPU, at gpt-oss-20b's shape (vectorised),
+// an awkward one (scalar) and a misaligned fused input (scalar). Truth: the float64 rotation of each column block.
+for (const [t, hq, hkv, d, mis] of [
+  [4096, 64, 8, 64, false],
+  [113, 3, 1, 14, false],
+  [7, 2, 1, 16, true],
+] as const) {
+  test(`rope q/k/v split/pack on CUDA vs CPU (T=${t}, Hq=${hq}, Hkv=${hkv}, D=${d}${mis ? ', misaligned' : ''})`, { skip }, () => {
+    const cfg = { headDim: d, ropeTheta: 150000, factor: 32, betaFast: 32, betaSlow: 1, originalMaxPositions: 4096, truncate: false };
+    const half = d / 2, wq = hq * d, wkv = hkv * d, w = wq + 2 * wkv;
+    const pos = randInts(t, 23, 131072);
+    const { invFreq: invC, attentionScaling: s } = yarnInvFreqTensor(cfg, 'cpu');
+    const invG = invC.to(GPU);
+    const inv = invC.toFloat32();
+    const [pc, pg] = both(pos, [t]);
+    // Truth for heads laid out with row stride `stride` from column `col` (sign +1: forward, -1: backward).
+    const rot = (x: Float32Array, stride: number, col: number, heads: number, sign: number): Float64Array => {
+      const y = new Float64Array(t * heads * d);
+      for (let ti = 0; ti < t; ti++)
+        for (let j = 0; j < half; j++) {
+          const a = Math.fround(pos[ti]! * inv[j]!), c = Math.cos(a) * s, sn = sign * Math.sin(a) * s;
+          for (let hh = 0; hh < heads; hh++) {
+            const i = ti * stride + col + hh * d, o = (ti * heads + hh) * d;
+            y[o + j] = x[i + j]! * c - x[i + half + j]! * sn;
+            y[o + half + j] = x[i + half + j]! * c + x[i + j]! * sn;
+          }
+        }
+      return y;
+    };
+    const qkv = uniformBf16(t * w, 24 + d, -2, 2);
+    const [qc, qg0] = both(qkv, [t, w], 'bf16');
+    const qg = mis ? misaligned(qkv, [t, w], 'bf16') : qg0;
+    const rc = ropeQkvSplit(qc, pc, invC, s, hq, hkv), rg = ropeQkvSplit(qg, pg, invG, s, hq, hkv);
+    assert.equal(rg.q.device, GPU);
+    assertBound(rg.q.toFloat32(), rc.q.toFloat32(), rot(qkv, w, 0, hq, 1), 1e-6, 'split q');
+    assertBound(rg.k.toFloat32(), rc.k.toFloat32(), rot(qkv, w, wq, hkv, 1), 1e-6, 'split k');
+    assert.deepEqual(rg.v.toFloat32(), rc.v.toFloat32(), 'split v (a copy)');
+    const g = [hq, hkv, hkv].map((h, i) => uniformBf16(t * h * d, 25 + i + d));
+    const gc = g.map((x, i) => Tensor.from(x, [t, [hq, hkv, hkv][i]!, d], { ...cpu, dtype: 'bf16' }));
+    const gg = g.map((x, i) => (mis ? misaligned(x, [t, [hq, hkv, hkv][i]!, d], 'bf16') : Tensor.from(x, [t, [hq, hkv, hkv][i]!, d], { ...gpu, dtype: 'bf16' })));
+    for (const out of ['f32', 'bf16'] as const) {
+      const pcpu = ropeQkvPack(gc[0]!, gc[1]!, gc[2]!, pc, invC, s, out).toFloat32();
+      const pgpu = ropeQkvPack(gg[0]!, gg[1]!, gg[2]!, pg, invG, s, out).toFloat32();
+      // Column blocks of the packed [t, w] result, compared per part.
+      const block = (m: Float32Array, c0: number, c1: number): Float32Array => {
+        const o = new Float32Array(t * (c1 - c0));
+        for (let i = 0; i < t; i++) o.set(m.subarray(i * w + c0, i * w + c1), i * (c1 - c0));
+        return o;
+      };
+      assertBound(block(pgpu, 0, wq), block(pcpu, 0, wq), rot(g[0]!, wq, 0, hq, -1), 1e-5, `pack dq (${out})`);
+      assertBound(block(pgpu, wq, wq + wkv), block(pcpu, wq, wq + wkv), rot(g[1]!, wkv, 0, hkv, -1), 1e-5, `pack dk (${out})`);
+      assert.deepEqual(block(pgpu, wq + wkv, w), block(pcpu, wq + wkv, w), `pack dv (${out}, a copy)`);
+    }
+  });
+}
+
 // ---- elementwise ---------------------------------------------------------------------------------------------
 for (const n of [10_000_003, 113, 1]) {
   test(`elementwise on CUDA equals the CPU bitwise (n=${n})`, { skip }, () => {
@@ -280,6 +336,11 @@ test('bandwidth of the CUDA core ops at gpt-oss-20b sizes (T=16384 tokens)', { s
   const pos = Tensor.from(Int32Array.from({ length: T }, (_, i) => i), [T], gpu);
   time('ropeForward q [T,64,64]', T * 4096 * 4, () => ropeForward(q, pos, invFreq, attentionScaling));
   time('ropeBackward q (f32 out)', T * 4096 * 6, () => ropeBackward(q, pos, invFreq, attentionScaling));
+  const qkvF = Tensor.zeros([T, 5120], { ...gpu, dtype: 'bf16' });
+  fill(qkvF, 0.25);
+  const kv = Tensor.zeros([T, 8, 64], { ...gpu, dtype: 'bf16' });
+  time('ropeQkvSplit [T,5120] -> q, k, v', T * 5120 * 4, () => ropeQkvSplit(qkvF, pos, invFreq, attentionScaling, 64, 8));
+  time('ropeQkvPack dq, dk, dv -> [T,5120] bf16', T * 5120 * 4, () => ropeQkvPack(q, kv, kv, pos, invFreq, attentionScaling, 'bf16'));
   const gu = Tensor.zeros([T, 2 * I], { ...gpu, dtype: 'bf16' });
   fill(gu, 1);
   time('swigluForward', T * I * 6, () => swigluForward(gu));
