@@ -2,7 +2,7 @@
 // kernels (dkdv_kernel<64,1>, dq_kernel<64,1>, v2) and the wgmma kernels on the same random inputs and compares
 // them kernel-vs-kernel (any lse / D_i values work for that), printing per-tensor max error and where the first
 // mismatch is; then times v1 / v2 / wgmma at Hq 64 Hkv 8 D 64. The fused-dQ variants (fb: bulk reductions, fr:
-// red.global.add.v4; deterministic: false) are checked against v1 too, and their dK/dV must equal v3's bitwise.
+// red.global.add.v4, fp: fr pipelined; deterministic: false) are checked against v1 too, and their dK/dV must equal v3's bitwise.
 //   nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative/common -Inative/cuda \
 //        bench/attn_bwd_harness/harness.cu -o /tmp/h && /tmp/h
 #include <cstdio>
@@ -120,6 +120,9 @@ static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_
     if (var == 4) {
       using C = DkdvWgCfg<2, 1>;
       dkdv_wgmma_kernel<2, true, 1><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
+    } else if (var == 6) {
+      using C = DkdvWgCfg<2, 3>;
+      dkdv_wgmma_kernel<2, true, 3><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
     } else {
       using C = DkdvWgCfg<2, 2>;
       dkdv_wgmma_kernel<2, true, 2><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
@@ -147,9 +150,10 @@ static void run_dq(int var, const Params& p, int nseq, int maxlen, cudaStream_t 
   CK(cudaGetLastError());
 }
 // 0 = v1, 1 = v2 kernels, 2 = wgmma kernels (the WIP path, fixed), 3 = v3 (wgmma kernels, V3 order and overlap)
-// 4 = fused dQ with bulk reductions, 5 = fused dQ with red.global.add.v4 (both non-deterministic)
-static const char* kVarName[] = {"v1", "v2", "wg", "v3", "fb", "fr"};
-constexpr int kNVar = 6;
+// 4 = fused dQ with bulk reductions, 5 = fused dQ with red.global.add.v4, 6 = 5 with the dQ product pipelined into
+// the next step (all three non-deterministic)
+static const char* kVarName[] = {"v1", "v2", "wg", "v3", "fb", "fr", "fp"};
+constexpr int kNVar = 7;
 static bool fused(int var) { return var >= 4; }
 
 static void setup_smem() {
@@ -163,6 +167,7 @@ static void setup_smem() {
   smem(dq_wgmma_kernel<2, true>, DqWgCfg<2>::SMEM);
   smem(dkdv_wgmma_kernel<2, true, 1>, DkdvWgCfg<2, 1>::SMEM);
   smem(dkdv_wgmma_kernel<2, true, 2>, DkdvWgCfg<2, 2>::SMEM);
+  smem(dkdv_wgmma_kernel<2, true, 3>, DkdvWgCfg<2, 3>::SMEM);
 }
 
 static std::vector<float> get(const float* d, size_t n) {

@@ -198,7 +198,8 @@ void launch_bwd_atomic(attn::Params& p, int nseq, int max_seqlen, float* partial
 
 // Non-deterministic backward for head_dim 64 on sm_90 (deterministic: false): dkdv_wgmma_kernel<2, true, FDQ> computes
 // dK, dV (bitwise as v3) and adds dQ partials to an fp32 [Hq, T, 64] accumulator (FDQ 1: bulk async reductions,
-// FDQ 2: red.global.add.v4), so there is no dQ kernel; then dq = scale * acc, transposed to [T, Hq, 64].
+// FDQ 2: red.global.add.v4, FDQ 3: red.global.add.v4 with the dQ product pipelined into the next step), so there is
+// no dQ kernel; then dq = scale * acc, transposed to [T, Hq, 64].
 // Everything runs on the compute stream: pre (D_i), memset, fused kernel (heaviest CTAs first), convert, dsinks.
 template <int FDQ>
 void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
@@ -226,16 +227,18 @@ void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial,
 }
 
 // GPTOSS_ATTN_BWD_NONDET selects the head_dim-64 backward for deterministic: false (read on every call, unknown values
-// are an error): unset, "" or "bulk" = the fused wgmma kernel with bulk reductions on sm_90 (FDQ 1); "red" = the same
-// with red.global.add.v4 (FDQ 2); "mma" = the mma.sync kernel with per-element fp32 atomics (dkdv_kernel<64, 1,
-// true>, what every other device and GPTOSS_ATTN_WGMMA=0 run). Returns 1, 2 or 0 (mma).
+// are an error), on sm_90: unset, "" or "red-pipe" = the fused wgmma kernel, dQ partials by red.global.add.v4 with the
+// dQ product pipelined into the next step (FDQ 3); "red" = the same without the pipelining (FDQ 2); "bulk" = partials
+// by bulk async reductions (FDQ 1; slower on an H100); "mma" = the mma.sync kernel with per-element fp32 atomics
+// (dkdv_kernel<64, 1, true>, what every other device and GPTOSS_ATTN_WGMMA=0 run). Returns the FDQ, 0 for mma.
 int nondet_mode() {
   const char* e = std::getenv("GPTOSS_ATTN_BWD_NONDET");
   const std::string mode = e ? e : "";
-  if (mode.empty() || mode == "bulk") return 1;
+  if (mode.empty() || mode == "red-pipe") return 3;
   if (mode == "red") return 2;
+  if (mode == "bulk") return 1;
   if (mode == "mma") return 0;
-  fail("GPTOSS_ATTN_BWD_NONDET: unknown value '", mode, "' (bulk, red, mma; unset = bulk)");
+  fail("GPTOSS_ATTN_BWD_NONDET: unknown value '", mode, "' (red-pipe, red, bulk, mma; unset = red-pipe)");
 }
 
 // GPTOSS_ATTN_BWD selects the deterministic head_dim-64 backward, read on every call (tests compare them in one
@@ -297,7 +300,9 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     Tensor acc = make_tensor(q.shape, DType::F32, q.device);
     p.dq_acc = acc.data<float>();
     if (nd != 0 && attn::wgmma_mode_env() != 0 && attn::device_is_sm90(q.device)) {
-      if (nd == 2)
+      if (nd == 3)
+        launch_bwd_fused<3>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+      else if (nd == 2)
         launch_bwd_fused<2>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
       else
         launch_bwd_fused<1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);

@@ -673,16 +673,19 @@ __device__ __forceinline__ unsigned char* align1024(unsigned char* p) {
 }
 
 // FDQ (fused dQ, non-deterministic; NWG 2 with the V3 schedule only): 0 = none; 1 = partials added by bulk async
-// reductions (cp.reduce.async.bulk ... add.f32, one per 256-byte row); 2 = by red.global.add.v4.f32 from every thread.
-// Extra shared memory: dS as two [64 queries][64 keys] bf16 K-major tiles (one per warpgroup's keys, 16 KB) and the
-// f32 staging of the dQ partials, [2 buffers][NWG][32 rows][68] (rows padded by 4 floats: conflict-free stores of the
-// transposed accumulator).
+// reductions (cp.reduce.async.bulk ... add.f32, one per 256-byte row); 2 = by red.global.add.v4.f32 from every
+// thread; 3 = as 2, with the dQ product left in flight into the next step (its partial is written out after the next
+// step's S^T wait, so the product's latency hides behind S^T; dS double-buffered).
+// Extra shared memory: dS as two [64 queries][64 keys] bf16 K-major tiles (one per warpgroup's keys, 16 KB; x2 for
+// FDQ 3) and the f32 staging of the dQ partials, [2 buffers][NWG][32 rows][68] (rows padded by 4 floats:
+// conflict-free stores of the transposed accumulator).
 constexpr int kDqStgLd = 68;
 template <int NWG, int FDQ = 0>
 struct DkdvWgCfg {
   static constexpr int D = 64, NT = NWG * 128, BN = NWG * 64, BM = 64;
+  static constexpr int DS_BUFS = FDQ == 3 ? 2 : 1;
   static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4 + 1024 +
-                              (FDQ ? BN * BM * 2 + 2 * NWG * 32 * kDqStgLd * 4 : 0);
+                              (FDQ ? DS_BUFS * BN * BM * 2 + 2 * NWG * 32 * kDqStgLd * 4 : 0);
 };
 
 // V3 (GPTOSS_ATTN_BWD=v3): grid (nkb * Hkv, 1, nseq) with the kv head fastest (key block 0, the heaviest under a
@@ -712,7 +715,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
   float* sDl = sL + 2 * BM;                                 // [2][BM]
   // FDQ only: 1024-aligned (sK is, and everything before is a multiple of 1024 bytes).
   __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDl + 2 * BM);  // [NWG][64 q][64 k], 128-byte swizzle
-  float* sStg = reinterpret_cast<float*>(sdS + BN * BM);                // [2][NWG][32][kDqStgLd]
+  float* sStg = reinterpret_cast<float*>(sdS + C::DS_BUFS * BN * BM);   // [2][NWG][32][kDqStgLd]
 
   const int kb = V3 ? static_cast<int>(blockIdx.x) / p.Hkv : blockIdx.x;
   const int kvh = V3 ? static_cast<int>(blockIdx.x) % p.Hkv : blockIdx.y, s = blockIdx.z;
@@ -764,7 +767,41 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
     // per step) right before each use: exact for every GPU-tested shape.
     const uint32_t sQ_a = smem_u32(sQ), sdO_a = smem_u32(sdO);
     const uint32_t sK_a = smem_u32(sK), sdS_a = smem_u32(sdS);
-    int nred = 0;  // FDQ: steps whose dQ partial was issued (staging buffer = nred & 1)
+    int nred = 0;  // FDQ: steps whose dQ partial was issued (staging buffer = nred & 1; FDQ 3: dS buffer too)
+    // FDQ 3: the dQ^T partial of the last issued step, still in flight (rows of query head pend_h from pend_r0).
+    float dqt[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) dqt[i][0] = dqt[i][1] = dqt[i][2] = dqt[i][3] = 0.f;
+    int pend_h = 0, pend_r0 = si.used;
+    // Writes a finished dQ^T partial (rows d = 16 wl + g (+8), cols q = 8 i + 2 t4 (+1) of this warpgroup's 32 rows)
+    // to this warpgroup's staging rows [q][d] and adds them to p.dq_acc (rows past the real length are left out).
+    auto dq_out = [&](const float (&acc)[4][4], int hq, int r0, int buf) {
+      float* stg = sStg + (buf * NWG + wg) * (32 * kDqStgLd);
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          stg[(8 * i + 2 * t4 + (e & 1)) * kDqStgLd + 16 * wl + g + 8 * (e >> 1)] = acc[i][e];
+      const int nrows = min(32, si.used - r0);
+      float* gacc = p.dq_acc + (static_cast<int64_t>(hq) * p.T + si.start + r0) * D;
+      if constexpr (FDQ == 1) {
+        fence_proxy_async();  // staging written by st.shared, read by the bulk reductions (async proxy)
+        bar_sync(2 + wg, 128);
+        if (wl == 0) {
+          if (lane < nrows) bulk_reduce_add_f32(gacc + lane * D, smem_u32(stg + lane * kDqStgLd), D * 4);
+          bulk_commit();
+        }
+      } else {
+        bar_sync(2 + wg, 128);
+        const int tid = threadIdx.x & 127;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          const int row = (tid + 128 * j) >> 4, c = (tid + 128 * j) & 15;
+          if (row < nrows)
+            red_add_v4(gacc + row * D + 4 * c, *reinterpret_cast<const float4*>(stg + row * kDqStgLd + 4 * c));
+        }
+      }
+    };
 
     for (int it = 0; it < niter; it++) {
       const int stage = it & 1;
@@ -783,12 +820,17 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
         const int k0 = n0 + w * 64;
         return k0 >= si.used || i0 + BM - 1 < k0 || (p.window > 0 && i0 - (k0 + 63) >= p.window);
       };
-      const bool skip = skip_of(wg);
-      if constexpr (FDQ != 0) {
+      // FDQ 3 skips nothing: a branch around its wgmmas (which ptxas cannot prove uniform) while the previous step's
+      // dQ product is in flight makes ptxas serialize every wgmma (C7518). A warpgroup whose keys cannot see this
+      // query block then computes exact zeros (all of P^T masked: dS^T = 0, dK/dV += 0). That costs little: no step
+      // has both warpgroups blind (the query blocks are those the first warpgroup's live keys see, or the second's),
+      // and the one-blind steps are the causal diagonal block (1 of ~S/64 per head) and a window's last block.
+      const bool skip = FDQ == 3 ? false : skip_of(wg);
+      if constexpr (FDQ == 1 || FDQ == 2) {
         // dQ needs both warpgroups' dS: a skipped warpgroup zero-fills its tile instead; only a step that neither
         // warpgroup sees is left out (uniform over the CTA, so the barriers below stay matched).
         if (skip && skip_of(wg ^ 1)) continue;
-      } else {
+      } else if constexpr (FDQ == 0) {
         if (skip) continue;
       }
       if (!skip) {
@@ -840,6 +882,16 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(st, kf[kk], dQk + 2 * kk);
         wgmma_commit();
+        if constexpr (FDQ == 3) {
+          // The previous step's dQ product ran over the loop's barrier and the S^T issue; write it out now, before
+          // dP^T is issued (so dP^T still runs during the softmax). Always (a branch here would serialize the
+          // wgmmas, see above): before the first step dqt is zero and pend_r0 = si.used, so nothing is added.
+          // wait_group 0 (also S^T): with wait_group 1 here, or after dP^T's issue, ptxas does not see the dQ group
+          // retired and serializes every wgmma (C7514).
+          wgmma_wait<0>();
+          fence_acc<4>(dqt);
+          dq_out(dqt, pend_h, pend_r0, 0);
+        }
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(dpt, vf[kk], dOk + 2 * kk);
         wgmma_commit();
@@ -868,7 +920,8 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
 #pragma unroll
           for (int kk = 0; kk < BM / 16; kk++) {
             const int q = 16 * kk + 8 * (j >> 1) + r;
-            stsm_x4_t(sdS_a + wg * 8192 + q * 128 + ((ch ^ (q & 7)) << 4), da[kk][0], da[kk][1], da[kk][2], da[kk][3]);
+            stsm_x4_t(sdS_a + (FDQ == 3 ? (nred & 1) * 16384 : 0) + wg * 8192 + q * 128 + ((ch ^ (q & 7)) << 4),
+                      da[kk][0], da[kk][1], da[kk][2], da[kk][3]);
           }
         }
         fence_acc<D / 8>(dk);
@@ -908,56 +961,45 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
         fence_acc<D / 8>(dv);
         fence_acc<D / 8>(dk);
       }
-      } else if constexpr (FDQ != 0) {
+      } else if constexpr (FDQ == 1 || FDQ == 2) {
         // Skipped warpgroup: its keys contribute nothing to dQ; zero its dS tile (8 KB, 4 x 16 bytes per thread).
         const int tid = threadIdx.x & 127;
+        __nv_bfloat16* mine = sdS + (FDQ == 3 ? (nred & 1) * BN * BM : 0) + wg * 64 * 64;
 #pragma unroll
-        for (int j = 0; j < 4; j++)
-          reinterpret_cast<uint4*>(sdS + wg * 64 * 64)[tid + 128 * j] = make_uint4(0u, 0u, 0u, 0u);
+        for (int j = 0; j < 4; j++) reinterpret_cast<uint4*>(mine)[tid + 128 * j] = make_uint4(0u, 0u, 0u, 0u);
       }
       if constexpr (FDQ != 0) {
         fence_proxy_async();  // dS written by st/stmatrix (generic proxy), read by wgmma (async proxy)
         bar_sync(1, NT);
-        float dqt[4][4];  // dQ^T partial: rows d = 16 wl + g (+8), cols q = 32 wg + 8 i + 2 t4 (+1)
         acc_undef<4>(dqt);
         wgmma_fence();
-        const uint64_t ak = wg_desc(sK_a), bq = wg_desc(sdS_a + wg * 32 * 128);
+        const uint32_t dsb = sdS_a + (FDQ == 3 ? (nred & 1) * 16384 : 0);
+        const uint64_t ak = wg_desc(sK_a), bq = wg_desc(dsb + wg * 32 * 128);
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++)  // 16 keys per product: +2048 bytes in K (MN-major), +32 in dS (K-major)
           wgmma_ss_n32<1, 0>(dqt, ak + 128 * kk, bq + (kk >> 2) * (8192 >> 4) + 2 * (kk & 3), kk > 0);
         wgmma_commit();
-        wgmma_wait<0>();  // also the dK group
-        fence_acc<4>(dqt);
-        fence_acc<D / 8>(dv);
-        fence_acc<D / 8>(dk);
-        float* stg = sStg + ((nred & 1) * NWG + wg) * (32 * kDqStgLd);
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-          for (int e = 0; e < 4; e++)
-            stg[(8 * i + 2 * t4 + (e & 1)) * kDqStgLd + 16 * wl + g + 8 * (e >> 1)] = dqt[i][e];
         const int hq = kvh * p.G + it / nqb, r0 = i0 + wg * 32;  // this warpgroup's query head and first row
-        const int nrows = min(32, si.used - r0);                  // rows past the real length are not added
-        float* gacc = p.dq_acc + (static_cast<int64_t>(hq) * p.T + si.start + r0) * D;
-        if constexpr (FDQ == 1) {
-          fence_proxy_async();  // staging written by st.shared, read by the bulk reductions (async proxy)
-          bar_sync(2 + wg, 128);
-          if (wl == 0) {
-            if (lane < nrows) bulk_reduce_add_f32(gacc + lane * D, smem_u32(stg + lane * kDqStgLd), D * 4);
-            bulk_commit();
-          }
+        if constexpr (FDQ == 3) {
+          wgmma_wait<1>();  // the dK group (it reads this stage's Q tile); the dQ product stays in flight
+          fence_acc<D / 8>(dv);
+          fence_acc<D / 8>(dk);
+          pend_h = hq;
+          pend_r0 = r0;
         } else {
-          bar_sync(2 + wg, 128);
-          const int tid = threadIdx.x & 127;
-#pragma unroll
-          for (int j = 0; j < 4; j++) {
-            const int row = (tid + 128 * j) >> 4, c = (tid + 128 * j) & 15;
-            if (row < nrows)
-              red_add_v4(gacc + row * D + 4 * c, *reinterpret_cast<const float4*>(stg + row * kDqStgLd + 4 * c));
-          }
+          wgmma_wait<0>();  // also the dK group
+          fence_acc<4>(dqt);
+          fence_acc<D / 8>(dv);
+          fence_acc<D / 8>(dk);
+          dq_out(dqt, hq, r0, nred & 1);
         }
         nred++;
       }
+    }
+    if constexpr (FDQ == 3) {  // the last step's dQ (niter > 0 and no step is skipped: there is one)
+      wgmma_wait<0>();
+      fence_acc<4>(dqt);
+      dq_out(dqt, pend_h, pend_r0, 0);
     }
     cp_async_wait<0>();
     if constexpr (FDQ == 1)
