@@ -700,7 +700,8 @@ struct DkdvWgCfg {
 //   A = the K tile read MN-major (transpose bit), B = rows 32w..32w+31 of the dS tiles, K-major)
 // writes it to shared memory as [32 q][64 d] f32 rows and adds the rows to p.dq_acc ([Hq, T, 64] f32, unscaled,
 // zeroed by the launcher; a 32-row tile of one head is one 8 KB block) by bulk async reductions (FDQ 1) or
-// red.global.add.v4 (FDQ 2). dK and dV use exactly the v3 arithmetic, so they equal v3's bitwise.
+// red.global.add.v4 (FDQ 2, 3; FDQ 3 leaves the dQ product in flight into the next step). dK and dV use exactly the
+// v3 arithmetic (FDQ 3 adds exact zeros on the steps v3 skips), so they equal v3's bitwise.
 template <int NWG, bool V3 = false, int FDQ = 0>
 __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
   static_assert(FDQ == 0 || (NWG == 2 && V3), "fused dq: two warpgroups, v3 schedule");
@@ -714,7 +715,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
   float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse * log2e
   float* sDl = sL + 2 * BM;                                 // [2][BM]
   // FDQ only: 1024-aligned (sK is, and everything before is a multiple of 1024 bytes).
-  __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDl + 2 * BM);  // [NWG][64 q][64 k], 128-byte swizzle
+  __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDl + 2 * BM);  // [DS_BUFS][NWG][64 q][64 k], 128B swizzle
   float* sStg = reinterpret_cast<float*>(sdS + C::DS_BUFS * BN * BM);   // [2][NWG][32][kDqStgLd]
 
   const int kb = V3 ? static_cast<int>(blockIdx.x) / p.Hkv : blockIdx.x;
