@@ -1,7 +1,8 @@
 // Standalone check + timing of the head_dim-64 attention backward kernels (no Node, no cuBLAS): runs the mma.sync
 // kernels (dkdv_kernel<64,1>, dq_kernel<64,1>, v2) and the wgmma kernels on the same random inputs and compares
 // them kernel-vs-kernel (any lse / D_i values work for that), printing per-tensor max error and where the first
-// mismatch is; then times v1 / v2 / wgmma at Hq 64 Hkv 8 D 64.
+// mismatch is; then times v1 / v2 / wgmma at Hq 64 Hkv 8 D 64. The fused-dQ variants (fb: bulk reductions, fr:
+// red.global.add.v4, fp: fr pipelined; deterministic: false) are checked against v1 too, and their dK/dV must equal v3's bitwise.
 //   nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative/common -Inative/cuda \
 //        bench/attn_bwd_harness/harness.cu -o /tmp/h && /tmp/h
 #include <cstdio>
@@ -36,6 +37,7 @@ struct Bufs {
   float *lse, *dlt, *sinks;
   int* cu;
   float *dq, *dk, *dv;  // f32 gradients
+  float* acc;           // fused dQ accumulator [Hq, T, 64]
 };
 
 static Bufs make(const Case& c, bool real_lse) {
@@ -83,6 +85,7 @@ static Bufs make(const Case& c, bool real_lse) {
   CK(cudaMalloc(&b.dq, (size_t)T * c.Hq * D * 4));
   CK(cudaMalloc(&b.dk, (size_t)T * c.Hkv * D * 4));
   CK(cudaMalloc(&b.dv, (size_t)T * c.Hkv * D * 4));
+  CK(cudaMalloc(&b.acc, (size_t)T * c.Hq * D * 4));
   return b;
 }
 
@@ -92,7 +95,7 @@ static Params params(const Bufs& b, const Case& c) {
   p.sinks = c.sinks ? b.sinks : nullptr; p.sinks_bf16 = 0;
   p.T = b.T; p.Hq = c.Hq; p.Hkv = c.Hkv; p.G = c.Hq / c.Hkv; p.window = c.window;
   p.scale = 0.125f; p.scale_log2 = 0.125f * kLog2e;
-  p.dout = b.dout; p.dlt = b.dlt; p.dq = b.dq; p.dk = b.dk; p.dv = b.dv; p.grad_f32 = 1;
+  p.dout = b.dout; p.dlt = b.dlt; p.dq = b.dq; p.dk = b.dk; p.dv = b.dv; p.grad_f32 = 1; p.dq_acc = b.acc;
   return p;
 }
 
@@ -109,9 +112,21 @@ static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_
   } else if (var == 2) {
     using C = DkdvWgCfg<2>;
     dkdv_wgmma_kernel<2><<<dim3(ceil_div(maxlen, C::BN), p.Hkv, nseq), C::NT, C::SMEM, st>>>(p);
-  } else {
+  } else if (var == 3) {
     using C = DkdvWgCfg<2>;
     dkdv_wgmma_kernel<2, true><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
+  } else {  // fused dQ: zero the accumulator, then dK/dV/dQ in one kernel (run_dq converts)
+    CK(cudaMemsetAsync(p.dq_acc, 0, (size_t)p.T * p.Hq * 64 * 4, st));
+    if (var == 4) {
+      using C = DkdvWgCfg<2, 1>;
+      dkdv_wgmma_kernel<2, true, 1><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
+    } else if (var == 6) {
+      using C = DkdvWgCfg<2, 3>;
+      dkdv_wgmma_kernel<2, true, 3><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
+    } else {
+      using C = DkdvWgCfg<2, 2>;
+      dkdv_wgmma_kernel<2, true, 2><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
+    }
   }
   CK(cudaGetLastError());
 }
@@ -125,15 +140,21 @@ static void run_dq(int var, const Params& p, int nseq, int maxlen, cudaStream_t 
   } else if (var == 2) {
     using C = DqWgCfg<2>;
     dq_wgmma_kernel<2><<<dim3(ceil_div(maxlen, C::BM), p.Hq, nseq), C::NT, C::SMEM, st>>>(p);
-  } else {
+  } else if (var == 3) {
     using C = DqWgCfg<2>;
     dq_wgmma_kernel<2, true><<<dim3(ceil_div(maxlen, C::BM) * p.Hq, 1, nseq), C::NT, C::SMEM, st>>>(p);
+  } else {
+    const int64_t n = (int64_t)p.T * p.Hq * 64;
+    dq_convert_ht_kernel<float><<<(unsigned)ceil_div(n / 4, (int64_t)256), 256, 0, st>>>(p.dq_acc, (float*)p.dq, p.T, p.Hq, p.scale);
   }
   CK(cudaGetLastError());
 }
 // 0 = v1, 1 = v2 kernels, 2 = wgmma kernels (the WIP path, fixed), 3 = v3 (wgmma kernels, V3 order and overlap)
-static const char* kVarName[] = {"v1", "v2", "wg", "v3"};
-constexpr int kNVar = 4;
+// 4 = fused dQ with bulk reductions, 5 = fused dQ with red.global.add.v4, 6 = 5 with the dQ product pipelined into
+// the next step (all three non-deterministic)
+static const char* kVarName[] = {"v1", "v2", "wg", "v3", "fb", "fr", "fp"};
+constexpr int kNVar = 7;
+static bool fused(int var) { return var >= 4; }
 
 static void setup_smem() {
   smem(dkdv_kernel<64, 1, false>, DkdvCfg<64, 1>::SMEM);
@@ -144,6 +165,9 @@ static void setup_smem() {
   smem(dq_wgmma_kernel<2>, DqWgCfg<2>::SMEM);
   smem(dkdv_wgmma_kernel<2, true>, DkdvWgCfg<2>::SMEM);
   smem(dq_wgmma_kernel<2, true>, DqWgCfg<2>::SMEM);
+  smem(dkdv_wgmma_kernel<2, true, 1>, DkdvWgCfg<2, 1>::SMEM);
+  smem(dkdv_wgmma_kernel<2, true, 2>, DkdvWgCfg<2, 2>::SMEM);
+  smem(dkdv_wgmma_kernel<2, true, 3>, DkdvWgCfg<2, 3>::SMEM);
 }
 
 static std::vector<float> get(const float* d, size_t n) {
@@ -202,7 +226,7 @@ static bool check_case(const Case& c) {
   Bufs b = make(c, true);
   Params p = params(b, c);
   const size_t nq = (size_t)b.T * c.Hq * 64, nk = (size_t)b.T * c.Hkv * 64;
-  std::vector<float> rq, rk, rv;
+  std::vector<float> rq, rk, rv, v3k, v3v;
   bool ok = true;
   printf("%s (T %d Hq %d Hkv %d W %d sinks %d)\n", c.name.c_str(), b.T, c.Hq, c.Hkv, c.window, (int)c.sinks);
   for (int var = 0; var < kNVar; var++) {
@@ -216,6 +240,19 @@ static bool check_case(const Case& c) {
     ok &= compare("dq", gq, rq, c.Hq, c.lens);
     ok &= compare("dk", gk, rk, c.Hkv, c.lens);
     ok &= compare("dv", gv, rv, c.Hkv, c.lens);
+    if (var == 3) { v3k = gk; v3v = gv; }
+    if (fused(var)) {
+      if (memcmp(gk.data(), v3k.data(), nk * 4) || memcmp(gv.data(), v3v.data(), nk * 4)) {
+        printf("  dK/dV differ from v3\n");
+        ok = false;
+      }
+      // rerun: dq within rounding of the first run (atomics: the order varies)
+      run_dkdv(var, p, b.nseq, b.maxlen);
+      run_dq(var, p, b.nseq, b.maxlen);
+      CK(cudaDeviceSynchronize());
+      ok &= compare("dq rerun", get(b.dq, nq), gq, c.Hq, c.lens);
+      continue;
+    }
     // rerun: bitwise determinism
     run_dkdv(var, p, b.nseq, b.maxlen);
     run_dq(var, p, b.nseq, b.maxlen);
@@ -242,7 +279,7 @@ static void time_case(const Case& c) {
   printf("time %s (T %d Hq %d Hkv %d W %d):", c.name.c_str(), b.T, c.Hq, c.Hkv, c.window);
   for (int var = 0; var < kNVar; var++) {
     for (int conc = 0; conc < 2; conc++) {
-      if (var == 0 && conc) continue;
+      if ((var == 0 || fused(var)) && conc) continue;
       auto go = [&] {
         if (!conc) { run_dkdv(var, p, b.nseq, b.maxlen); run_dq(var, p, b.nseq, b.maxlen); return; }
         CK(cudaEventRecord(fork, 0)); CK(cudaStreamWaitEvent(side, fork, 0));
@@ -284,6 +321,8 @@ int main(int argc, char** argv) {
       {"packed 1/7/113/300 causal G8", {1, 7, 113, 300}, 8, 1, 0, true},
       {"packed 1/7/113/300 W128 Hq16 Hkv2", {1, 7, 113, 300}, 16, 2, 128, false},
       {"S520 causal Hq16 Hkv2", {520}, 16, 2, 0, true},
+      {"S1100 W128 Hq64 Hkv8", {1100}, 64, 8, 128, true},
+      {"packed 700/300/64 causal Hq16 Hkv2 no sinks", {700, 300, 64}, 16, 2, 0, false},
   };
   bool ok = true;
   for (auto& c : cases) ok &= check_case(c);
@@ -291,6 +330,8 @@ int main(int argc, char** argv) {
   if (timing) {
     time_case({"B1 S4096 causal", {4096}, 64, 8, 0, true});
     time_case({"B1 S4096 W128", {4096}, 64, 8, 128, true});
+    time_case({"B8 S2048 causal", {2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}, 64, 8, 0, true});
+    time_case({"B1 S16384 causal", {16384}, 64, 8, 0, true});
   }
   return 0;
 }

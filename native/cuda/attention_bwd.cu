@@ -196,6 +196,51 @@ void launch_bwd_atomic(attn::Params& p, int nseq, int max_seqlen, float* partial
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
 }
 
+// Non-deterministic backward for head_dim 64 on sm_90 (deterministic: false): dkdv_wgmma_kernel<2, true, FDQ> computes
+// dK, dV (bitwise as v3) and adds dQ partials to an fp32 [Hq, T, 64] accumulator (FDQ 1: bulk async reductions,
+// FDQ 2: red.global.add.v4, FDQ 3: red.global.add.v4 with the dQ product pipelined into the next step), so there is
+// no dQ kernel; then dq = scale * acc, transposed to [T, Hq, 64].
+// Everything runs on the compute stream: pre (D_i), memset, fused kernel (heaviest CTAs first), convert, dsinks.
+template <int FDQ>
+void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
+                      const Tensor& dq, cudaStream_t st) {
+  const int64_t n = dq.numel();
+  GPTOSS_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, n * sizeof(float), st), "attentionBackward: memset");
+  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
+  using KC = attn::DkdvWgCfg<2, FDQ>;
+  static bool kd = false;
+  set_smem(attn::dkdv_wgmma_kernel<2, true, FDQ>, KC::SMEM, kd);
+  attn::dkdv_wgmma_kernel<2, true, FDQ><<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: fused dk/dv/dq kernel launch");
+  const unsigned blocks = ceil_div(n / 4, 256);
+  if (p.grad_f32)
+    attn::dq_convert_ht_kernel<float><<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<float*>(p.dq), p.T, p.Hq, p.scale);
+  else
+    attn::dq_convert_ht_kernel<__nv_bfloat16>
+        <<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<__nv_bfloat16*>(p.dq), p.T, p.Hq, p.scale);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
+  if (dsinks) {
+    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
+    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
+  }
+}
+
+// GPTOSS_ATTN_BWD_NONDET selects the head_dim-64 backward for deterministic: false (read on every call, unknown values
+// are an error), on sm_90: unset, "" or "red-pipe" = the fused wgmma kernel, dQ partials by red.global.add.v4 with the
+// dQ product pipelined into the next step (FDQ 3); "red" = the same without the pipelining (FDQ 2); "bulk" = partials
+// by bulk async reductions (FDQ 1; slower on an H100); "mma" = the mma.sync kernel with per-element fp32 atomics
+// (dkdv_kernel<64, 1, true>, what every other device and GPTOSS_ATTN_WGMMA=0 run). Returns the FDQ, 0 for mma.
+int nondet_mode() {
+  const char* e = std::getenv("GPTOSS_ATTN_BWD_NONDET");
+  const std::string mode = e ? e : "";
+  if (mode.empty() || mode == "red-pipe") return 3;
+  if (mode == "red") return 2;
+  if (mode == "bulk") return 1;
+  if (mode == "mma") return 0;
+  fail("GPTOSS_ATTN_BWD_NONDET: unknown value '", mode, "' (red-pipe, red, bulk, mma; unset = red-pipe)");
+}
+
 // GPTOSS_ATTN_BWD selects the deterministic head_dim-64 backward, read on every call (tests compare them in one
 // process): unset, "" or "v3" = the wgmma kernels on sm_90 (launch_bwd_v3: dK/dV on a side stream concurrently
 // with dQ, heaviest CTAs first; deterministic, ~19% faster than v2 at B1 S4096 causal on an H100); on other devices,
@@ -250,10 +295,20 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   cudaStream_t st = stream_of(q.device);
   float* ds = dsinks ? dsinks->data<float>() : nullptr;
   const int v2nw = bwd_version_nw();  // validated on every call, used for deterministic head_dim 64 only
+  const int nd = nondet_mode();       // validated on every call, used for deterministic: false head_dim 64 only
   if (q.dim(2) == 64 && !deterministic) {
     Tensor acc = make_tensor(q.shape, DType::F32, q.device);
     p.dq_acc = acc.data<float>();
-    launch_bwd_atomic(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+    if (nd != 0 && attn::wgmma_mode_env() != 0 && attn::device_is_sm90(q.device)) {
+      if (nd == 3)
+        launch_bwd_fused<3>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+      else if (nd == 2)
+        launch_bwd_fused<2>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+      else
+        launch_bwd_fused<1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+    } else {
+      launch_bwd_atomic(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
+    }
   } else if (q.dim(2) == 64 && v2nw < 0 && attn::wgmma_mode_env() != 0 && attn::device_is_sm90(q.device)) {
     launch_bwd_v3(p, q.device, nseq, max_seqlen, partial.data<float>(), npre, ds, st);
   } else if (q.dim(2) == 64 && v2nw) {

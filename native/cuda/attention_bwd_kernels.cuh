@@ -672,18 +672,40 @@ __device__ __forceinline__ unsigned char* align1024(unsigned char* p) {
   return p + (((a + 1023u) & ~1023u) - a);
 }
 
-template <int NWG>
+// FDQ (fused dQ, non-deterministic; NWG 2 with the V3 schedule only): 0 = none; 1 = partials added by bulk async
+// reductions (cp.reduce.async.bulk ... add.f32, one per 256-byte row); 2 = by red.global.add.v4.f32 from every
+// thread; 3 = as 2, with the dQ product left in flight into the next step (its partial is written out after the next
+// step's S^T wait, so the product's latency hides behind S^T; dS double-buffered).
+// Extra shared memory: dS as two [64 queries][64 keys] bf16 K-major tiles (one per warpgroup's keys, 16 KB; x2 for
+// FDQ 3) and the f32 staging of the dQ partials, [2 buffers][NWG][32 rows][68] (rows padded by 4 floats:
+// conflict-free stores of the transposed accumulator).
+constexpr int kDqStgLd = 68;
+template <int NWG, int FDQ = 0>
 struct DkdvWgCfg {
   static constexpr int D = 64, NT = NWG * 128, BN = NWG * 64, BM = 64;
-  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4 + 1024;
+  static constexpr int DS_BUFS = FDQ == 3 ? 2 : 1;
+  static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4 + 1024 +
+                              (FDQ ? DS_BUFS * BN * BM * 2 + 2 * NWG * 32 * kDqStgLd * 4 : 0);
 };
 
 // V3 (GPTOSS_ATTN_BWD=v3): grid (nkb * Hkv, 1, nseq) with the kv head fastest (key block 0, the heaviest under a
 // causal mask, of every head first), and per step S^T and dP^T are two wgmma groups: P^T is computed while dP^T
 // still runs, dV += P^T dO is issued before dS^T is computed, so the tensor cores work during the softmax.
-template <int NWG, bool V3 = false>
+//
+// FDQ != 0 (deterministic: false on sm_90): the CTA also produces dQ, FlashAttention-3 style, so no dQ kernel
+// recomputes S and dP (5 GEMM-equivalents per (query block, key block) instead of 7). Per step each warpgroup
+// stores its dS^T (64 keys x 64 queries, registers) transposed into its dS tile with stmatrix (dS [64 q][64 k],
+// K-major); after a CTA barrier, warpgroup w computes the transposed partial for its 32 query rows over all 128 keys:
+//   dQ^T[64 d x 32 q] = K^T[64 d x 128 k] . dS^T[128 k x 32 q]    (8 x wgmma m64n32k16, both operands in smem:
+//   A = the K tile read MN-major (transpose bit), B = rows 32w..32w+31 of the dS tiles, K-major)
+// writes it to shared memory as [32 q][64 d] f32 rows and adds the rows to p.dq_acc ([Hq, T, 64] f32, unscaled,
+// zeroed by the launcher; a 32-row tile of one head is one 8 KB block) by bulk async reductions (FDQ 1) or
+// red.global.add.v4 (FDQ 2, 3; FDQ 3 leaves the dQ product in flight into the next step). dK and dV use exactly the
+// v3 arithmetic (FDQ 3 adds exact zeros on the steps v3 skips), so they equal v3's bitwise.
+template <int NWG, bool V3 = false, int FDQ = 0>
 __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
-  using C = DkdvWgCfg<NWG>;
+  static_assert(FDQ == 0 || (NWG == 2 && V3), "fused dq: two warpgroups, v3 schedule");
+  using C = DkdvWgCfg<NWG, FDQ>;
   constexpr int D = 64, BN = C::BN, BM = C::BM, NT = C::NT;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(align1024(smem_raw));
@@ -692,6 +714,9 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
   __nv_bfloat16* sdO = sQ + 2 * BM * D;  // [2][BM*D]
   float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse * log2e
   float* sDl = sL + 2 * BM;                                 // [2][BM]
+  // FDQ only: 1024-aligned (sK is, and everything before is a multiple of 1024 bytes).
+  __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDl + 2 * BM);  // [DS_BUFS][NWG][64 q][64 k], 128B swizzle
+  float* sStg = reinterpret_cast<float*>(sdS + C::DS_BUFS * BN * BM);   // [2][NWG][32][kDqStgLd]
 
   const int kb = V3 ? static_cast<int>(blockIdx.x) / p.Hkv : blockIdx.x;
   const int kvh = V3 ? static_cast<int>(blockIdx.x) % p.Hkv : blockIdx.y, s = blockIdx.z;
@@ -715,7 +740,6 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
   const int nqb = qb_hi - qb_lo, niter = nqb * p.G;
   const int wk0 = n0 + wg * 64;        // first key of this warpgroup
   const int kmin = wk0 + wl * 16;      // this warp's keys: kmin .. kmin + 15
-  const bool wg_live = wk0 < si.used;
 
   if (niter > 0) {
     load_tile<BN, D, NT>(sK, p.k + (si.start + n0) * kstride + kvh * D, kstride, si.used - n0);
@@ -743,18 +767,74 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
     // "+r" pin per step fixed neither, so the fragments are now re-read from shared memory (ldmatrix, 8 x4 per warp
     // per step) right before each use: exact for every GPU-tested shape.
     const uint32_t sQ_a = smem_u32(sQ), sdO_a = smem_u32(sdO);
+    const uint32_t sK_a = smem_u32(sK), sdS_a = smem_u32(sdS);
+    int nred = 0;  // FDQ: steps whose dQ partial was issued (staging buffer = nred & 1; FDQ 3: dS buffer too)
+    // FDQ 3: the dQ^T partial of the last issued step, still in flight (rows of query head pend_h from pend_r0).
+    float dqt[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) dqt[i][0] = dqt[i][1] = dqt[i][2] = dqt[i][3] = 0.f;
+    int pend_h = 0, pend_r0 = si.used;
+    // Writes a finished dQ^T partial (rows d = 16 wl + g (+8), cols q = 8 i + 2 t4 (+1) of this warpgroup's 32 rows)
+    // to this warpgroup's staging rows [q][d] and adds them to p.dq_acc (rows past the real length are left out).
+    auto dq_out = [&](const float (&acc)[4][4], int hq, int r0, int buf) {
+      float* stg = sStg + (buf * NWG + wg) * (32 * kDqStgLd);
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          stg[(8 * i + 2 * t4 + (e & 1)) * kDqStgLd + 16 * wl + g + 8 * (e >> 1)] = acc[i][e];
+      const int nrows = min(32, si.used - r0);
+      float* gacc = p.dq_acc + (static_cast<int64_t>(hq) * p.T + si.start + r0) * D;
+      if constexpr (FDQ == 1) {
+        fence_proxy_async();  // staging written by st.shared, read by the bulk reductions (async proxy)
+        bar_sync(2 + wg, 128);
+        if (wl == 0) {
+          if (lane < nrows) bulk_reduce_add_f32(gacc + lane * D, smem_u32(stg + lane * kDqStgLd), D * 4);
+          bulk_commit();
+        }
+      } else {
+        bar_sync(2 + wg, 128);
+        const int tid = threadIdx.x & 127;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          const int row = (tid + 128 * j) >> 4, c = (tid + 128 * j) & 15;
+          if (row < nrows)
+            red_add_v4(gacc + row * D + 4 * c, *reinterpret_cast<const float4*>(stg + row * kDqStgLd + 4 * c));
+        }
+      }
+    };
 
     for (int it = 0; it < niter; it++) {
       const int stage = it & 1;
       cp_async_wait<0>();
+      // FDQ 1: the staging buffer written this step was the source of the bulk reductions two issued steps ago;
+      // the issuing lanes wait until those have read it, and the barrier below tells the other threads.
+      if constexpr (FDQ == 1)
+        if (wl == 0) bulk_wait_read<1>();
       fence_proxy_async();
       __syncthreads();
       if (it + 1 < niter) load_q(it + 1, stage ^ 1);
       cp_async_commit();
       const int i0 = (qb_lo + it % nqb) * BM;
-      // Does any (query, key) pair of this query block and this warpgroup's keys count?
-      const bool skip = !wg_live || i0 + BM - 1 < wk0 || (p.window > 0 && i0 - (wk0 + 63) >= p.window);
-      if (skip) continue;
+      // Does any (query, key) pair of this query block and warpgroup w's keys count?
+      auto skip_of = [&](int w) {
+        const int k0 = n0 + w * 64;
+        return k0 >= si.used || i0 + BM - 1 < k0 || (p.window > 0 && i0 - (k0 + 63) >= p.window);
+      };
+      // FDQ 3 skips nothing: a branch around its wgmmas (which ptxas cannot prove uniform) while the previous step's
+      // dQ product is in flight makes ptxas serialize every wgmma (C7518). A warpgroup whose keys cannot see this
+      // query block then computes exact zeros (all of P^T masked: dS^T = 0, dK/dV += 0). That costs little: no step
+      // has both warpgroups blind (the query blocks are those the first warpgroup's live keys see, or the second's),
+      // and the one-blind steps are the causal diagonal block (1 of ~S/64 per head) and a window's last block.
+      const bool skip = FDQ == 3 ? false : skip_of(wg);
+      if constexpr (FDQ == 1 || FDQ == 2) {
+        // dQ needs both warpgroups' dS: a skipped warpgroup zero-fills its tile instead; only a step that neither
+        // warpgroup sees is left out (uniform over the CTA, so the barriers below stay matched).
+        if (skip && skip_of(wg ^ 1)) continue;
+      } else if constexpr (FDQ == 0) {
+        if (skip) continue;
+      }
+      if (!skip) {
       const float* cL = sL + stage * BM;
       const float* cDl = sDl + stage * BM;
       const uint64_t dQk = wg_desc(sQ_a + stage * BM * D * 2), dOk = wg_desc(sdO_a + stage * BM * D * 2);
@@ -803,6 +883,16 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(st, kf[kk], dQk + 2 * kk);
         wgmma_commit();
+        if constexpr (FDQ == 3) {
+          // The previous step's dQ product ran over the loop's barrier and the S^T issue; write it out now, before
+          // dP^T is issued (so dP^T still runs during the softmax). Always (a branch here would serialize the
+          // wgmmas, see above): before the first step dqt is zero and pend_r0 = si.used, so nothing is added.
+          // wait_group 0 (also S^T): with wait_group 1 here, or after dP^T's issue, ptxas does not see the dQ group
+          // retired and serializes every wgmma (C7514).
+          wgmma_wait<0>();
+          fence_acc<4>(dqt);
+          dq_out(dqt, pend_h, pend_r0, 0);
+        }
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(dpt, vf[kk], dOk + 2 * kk);
         wgmma_commit();
@@ -822,12 +912,26 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
 #pragma unroll
           for (int e = 0; e < 4; e++) dpt[i][e] = st[i][e] * (dpt[i][e] - cDl[i * 8 + 2 * t4 + (e & 1)]);
         pack(dpt, da);
+        if constexpr (FDQ != 0) {
+          // dS^T (bf16, this warp's keys 16 wl..16 wl+15 of the warpgroup x 64 queries) -> dS tile wg, transposed:
+          // register j of da[kk] is the 8x8 block (keys +8 (j & 1), queries 16 kk + 8 (j >> 1)); stored, its rows are
+          // queries and its 16 bytes are 8 keys (chunk 2 wl + (j & 1) of the 128-byte swizzled row). Done before the
+          // dK product: the A registers of an in-flight wgmma must not be accessed.
+          const int j = lane >> 3, r = lane & 7, ch = 2 * wl + (j & 1);
+#pragma unroll
+          for (int kk = 0; kk < BM / 16; kk++) {
+            const int q = 16 * kk + 8 * (j >> 1) + r;
+            stsm_x4_t(sdS_a + (FDQ == 3 ? (nred & 1) * 16384 : 0) + wg * 8192 + q * 128 + ((ch ^ (q & 7)) << 4),
+                      da[kk][0], da[kk][1], da[kk][2], da[kk][3]);
+          }
+        }
         fence_acc<D / 8>(dk);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dk, da[kk], dQk + 128 * kk);  // dK += dS^T Q
         wgmma_commit();
-        wgmma_wait<0>();  // nothing may read this stage's tiles after the next barrier
+        // nothing may read this stage's tiles after the next barrier (FDQ: waited for after the dQ product)
+        if constexpr (FDQ == 0) wgmma_wait<0>();
       } else {
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(st, kf[kk], dQk + 2 * kk);
@@ -854,10 +958,53 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
         wgmma_commit();
         wgmma_wait<0>();
       }
-      fence_acc<D / 8>(dv);
-      fence_acc<D / 8>(dk);
+      if constexpr (FDQ == 0) {
+        fence_acc<D / 8>(dv);
+        fence_acc<D / 8>(dk);
+      }
+      } else if constexpr (FDQ == 1 || FDQ == 2) {
+        // Skipped warpgroup: its keys contribute nothing to dQ; zero its dS tile (8 KB, 4 x 16 bytes per thread).
+        const int tid = threadIdx.x & 127;
+        __nv_bfloat16* mine = sdS + (FDQ == 3 ? (nred & 1) * BN * BM : 0) + wg * 64 * 64;
+#pragma unroll
+        for (int j = 0; j < 4; j++) reinterpret_cast<uint4*>(mine)[tid + 128 * j] = make_uint4(0u, 0u, 0u, 0u);
+      }
+      if constexpr (FDQ != 0) {
+        fence_proxy_async();  // dS written by st/stmatrix (generic proxy), read by wgmma (async proxy)
+        bar_sync(1, NT);
+        acc_undef<4>(dqt);
+        wgmma_fence();
+        const uint32_t dsb = sdS_a + (FDQ == 3 ? (nred & 1) * 16384 : 0);
+        const uint64_t ak = wg_desc(sK_a), bq = wg_desc(dsb + wg * 32 * 128);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++)  // 16 keys per product: +2048 bytes in K (MN-major), +32 in dS (K-major)
+          wgmma_ss_n32<1, 0>(dqt, ak + 128 * kk, bq + (kk >> 2) * (8192 >> 4) + 2 * (kk & 3), kk > 0);
+        wgmma_commit();
+        const int hq = kvh * p.G + it / nqb, r0 = i0 + wg * 32;  // this warpgroup's query head and first row
+        if constexpr (FDQ == 3) {
+          wgmma_wait<1>();  // the dK group (it reads this stage's Q tile); the dQ product stays in flight
+          fence_acc<D / 8>(dv);
+          fence_acc<D / 8>(dk);
+          pend_h = hq;
+          pend_r0 = r0;
+        } else {
+          wgmma_wait<0>();  // also the dK group
+          fence_acc<4>(dqt);
+          fence_acc<D / 8>(dv);
+          fence_acc<D / 8>(dk);
+          dq_out(dqt, hq, r0, nred & 1);
+        }
+        nred++;
+      }
+    }
+    if constexpr (FDQ == 3) {  // the last step's dQ (niter > 0 and no step is skipped: there is one)
+      wgmma_wait<0>();
+      fence_acc<4>(dqt);
+      dq_out(dqt, pend_h, pend_r0, 0);
     }
     cp_async_wait<0>();
+    if constexpr (FDQ == 1)
+      if (wl == 0) bulk_wait<0>();  // the reductions are done (and their source reads) before the CTA exits
   }
   const int64_t koff = (si.start + n0) * kstride + kvh * D;
   const int r0 = wg * 64 + wl * 16 + g;
@@ -1023,6 +1170,20 @@ __global__ void __launch_bounds__(NWG * 128, 1) dq_wgmma_kernel(Params p) {
     store_frag<D, float>(static_cast<float*>(p.dq) + qoff, qstride, r0, rows_here, acc, p.scale);
   else
     store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dq) + qoff, qstride, r0, rows_here, acc, p.scale);
+}
+
+// Fused-dQ path: dq[t][h][:] = scale * acc[h][t][:] (acc [Hq, T, 64] f32, dq [T, Hq, 64]); 4 elements per thread.
+template <typename T>
+__global__ void dq_convert_ht_kernel(const float* acc, T* dq, int Tn, int Hq, float scale) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;  // index into dq
+  if (i >= static_cast<int64_t>(Tn) * Hq * 64) return;
+  const int d = static_cast<int>(i & 63);
+  const int64_t th = i >> 6;
+  const int h = static_cast<int>(th % Hq);
+  const int64_t t = th / Hq;
+  const float4 v = *reinterpret_cast<const float4*>(acc + ((static_cast<int64_t>(h) * Tn + t) << 6) + d);
+  store2<T>(dq + i, v.x * scale, v.y * scale);
+  store2<T>(dq + i + 2, v.z * scale, v.w * scale);
 }
 
 // dq = scale * dq_acc in the gradient dtype.

@@ -108,4 +108,56 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
   }
 }
 
+// d (64 x 32) += A (64 x 16) . B (16 x 32), both operands from shared memory through descriptors (the fused-dQ
+// product of dkdv_wgmma_kernel: A = K^T read MN-major from the K tile, TA = 1; B = dS K-major, TB = 0).
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_ss_n32(float (&d)[4][4], uint64_t desc_a, uint64_t desc_b, int scale_d = 1) {
+  static_assert(TA == 0 || TA == 1, "wgmma_ss_n32: TA is 0 (K-major A) or 1 (MN-major A)");
+  static_assert(TB == 0 || TB == 1, "wgmma_ss_n32: TB is 0 (K-major B) or 1 (MN-major B)");
+  GPTOSS_WGMMA(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, %20;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TA), "n"(TB));
+}
+
+// ---- other sm_90 pieces of the fused-dQ backward (plain sm_90 PTX, no "a" feature) ----
+// stmatrix .trans: stores four 8x8 bf16 matrices, each held in the mma.sync fragment layout (lane 4g + t: row g,
+// cols 2t, 2t+1 in register j of matrix j), transposed; lanes 8j..8j+7 give the 8 row addresses (16 bytes each) of
+// matrix j as stored.
+__device__ __forceinline__ void stsm_x4_t(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0),
+               "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+// Named barrier over `count` threads (ids 1..15; 0 is __syncthreads).
+__device__ __forceinline__ void bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+// global[dst .. dst + bytes) += shared[src .. src + bytes) (f32, one bulk asynchronous reduction through the
+// async proxy; 16-byte aligned addresses, bytes a multiple of 16). Completion is tracked per issuing thread by
+// bulk groups: commit after issuing, then wait_read (the source may be overwritten) or wait (done).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// global[dst .. dst + 4) += v (one vector reduction, 16-byte aligned).
+__device__ __forceinline__ void red_add_v4(float* dst, float4 v) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+}
+
 }  // namespace gptoss::cuda::attn
