@@ -5,7 +5,8 @@
 // x [S, 2880] bf16, output gradient random; time per layer = total / 2. Our side runs forward with saved
 // activations then backward with fp32 weight gradients accumulated, as training does.
 // Usage: npm run bench:layer -- [--seqlens 4096,16384] [--iters 5] [--json out.json] [--no-peer] [--accumulate]
-//        [--preset gpt-oss-tiny]
+//        [--preset gpt-oss-tiny] [--deterministic]
+// --deterministic: the atomics-free attention backward (ModelOptions.deterministic); default as training runs it.
 // GPTOSS_PROFILE=1 adds a per-phase GPU time breakdown (src/log/gpu-profile.ts).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -30,6 +31,7 @@ const noPeer = process.argv.includes('--no-peer');
 // --accumulate: add into the previous step's gradient buffers (a later micro-batch of gradient accumulation)
 // instead of starting each step from zero_grad (set-to-none); the peer does the same.
 const accumulateGrads = process.argv.includes('--accumulate');
+const deterministic = process.argv.includes('--deterministic');
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
 const LAYERS = 2;
 
@@ -49,7 +51,7 @@ function layerFlops(S: number, sliding: boolean): number {
 
 function runOurs(S: number): { ms: number; peakGB: number } {
   const cfg = CFG;
-  const model = GptOssModel.random(cfg, device, { seed: 1, fast: true, biasStd: 0.02 });
+  const model = GptOssModel.random(cfg, device, { seed: 1, fast: true, biasStd: 0.02 }, { deterministic });
   const batch = packSequences([Array.from({ length: S }, (_, i) => i % 256)], device);
   const x = randomTensor('x', [S, cfg.hiddenSize], 0, 1, 2, device);
   const dyBf = randomTensor('dy', [S, cfg.hiddenSize], 0, 1, 3, device);
@@ -146,11 +148,12 @@ for (const r of rows) {
   r.speedup = typeof r.peerMs === 'number' ? r.peerMs / (r.oursMs as number) : null;
 }
 const gradMode = accumulateGrads ? 'accumulated into existing fp32 buffers' : 'fresh fp32 buffers after zero_grad (set-to-none)';
-console.log(`${presetName} decoder layer fwd+bwd, B1, bf16, ${device}; weight gradients: ${gradMode}${peer ? `; peer: ${peer.peer} on ${peer.device}` : ''}`);
+const attnMode = deterministic ? 'deterministic (no atomics)' : 'dq by fp32 atomics (trainer default)';
+console.log(`${presetName} decoder layer fwd+bwd, B1, bf16, ${device}; weight gradients: ${gradMode}; attention backward: ${attnMode}${peer ? `; peer: ${peer.peer} on ${peer.device}` : ''}`);
 console.log('| S | ours ms/layer | ours TFLOP/s | peak GiB (2 layers) | peer ms/layer | speedup |');
 console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of rows) {
   const f = (v: unknown, d = 2): string => (typeof v === 'number' ? v.toFixed(d) : String(v ?? '-'));
   console.log(`| ${r.seqlen} | ${f(r.oursMs)} | ${f(r.oursTflops, 1)} | ${f(r.peakGB, 1)} | ${f(r.peerMs)} | ${r.speedup ? f(r.speedup) + 'x' : '-'} |`);
 }
-if (jsonPath) writeFileSync(jsonPath, JSON.stringify({ bench: 'layer', device, iters, grads: gradMode, peer: peer?.peer ?? null, rows }, null, 2));
+if (jsonPath) writeFileSync(jsonPath, JSON.stringify({ bench: 'layer', device, iters, grads: gradMode, attentionBackward: attnMode, peer: peer?.peer ?? null, rows }, null, 2));

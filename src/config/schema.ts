@@ -156,6 +156,11 @@ export const TrainerSchema = z
     /** BF16 activations and weights with fp32 master weights; the only precision offered. */
     bf16: z.literal(true).default(true),
     gradient_checkpointing: z.boolean().default(true),
+    /**
+     * Bitwise-reproducible gradients: the attention backward without atomics (slower). Default false: dq is
+     * accumulated with fp32 atomics, as FlashAttention does (dq's last bits vary between runs).
+     */
+    deterministic: z.boolean().default(false),
     /** Accepted for compatibility. */
     gradient_checkpointing_use_reentrant: z.boolean().default(false),
     eval_batch_size: posInt().default(32),

@@ -192,7 +192,7 @@ export class GptOssPolicy implements Policy {
     const w = this.model.weights;
     const params = new Map<string, Tensor>();
     for (const [n, t] of w.params) params.set(n, t.clone());
-    return new FrozenGptOss(new GptOssModel(new GptOssWeights(w.config, w.device, params), { recompute: this.model.recompute, lmHeadChunk: this.model.lmHeadChunk }));
+    return new FrozenGptOss(new GptOssModel(new GptOssWeights(w.config, w.device, params), { recompute: this.model.recompute, lmHeadChunk: this.model.lmHeadChunk, deterministic: this.model.deterministic }));
   }
 
   async save(dir: string): Promise<void> {

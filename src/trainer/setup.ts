@@ -95,11 +95,11 @@ export async function setupRun(c: Config): Promise<RunPieces> {
     } catch (e) {
       throw new SetupError(`trainer.policy.model.path=${path}: ${(e as Error).message}`);
     }
-    model = randomModel(cfg, { device, seed: c.trainer.seed, std: 0.02 });
+    model = randomModel(cfg, { device, seed: c.trainer.seed, std: 0.02, deterministic: c.trainer.deterministic });
     log.info({ preset, device, params: model.weights.numParameters(), vocab: cfg.vocabSize }, 'random-initialised model');
   } else {
     try {
-      model = await loadModel(path, { device, recompute: c.trainer.gradient_checkpointing });
+      model = await loadModel(path, { device, recompute: c.trainer.gradient_checkpointing, deterministic: c.trainer.deterministic });
     } catch (e) {
       throw new SetupError(`trainer.policy.model.path=${path}: cannot load the model: ${(e as Error).message}`);
     }
