@@ -1,11 +1,7 @@
 // rmsnorm.cu: GPT-OSS RMSNorm. One thread block per row (16-byte loads of 8 values when the row length is a
 // multiple of 8 and the pointers are aligned), fp32 math including the weight multiply, output rounded once.
-// Backward: one pass (bwd_fused_kernel: dx per row plus per-block column partials of dw) when the row fits 256
-// threads x 4 groups of 8, else a row kernel for dx and a separate partial pass; dw's partials are then reduced in
-// a fixed order (no atomics, so the result is bitwise reproducible).
-#include <algorithm>
-#include <type_traits>
-
+// Backward: a row kernel for dx, and dw as fixed row-chunk partial sums reduced in chunk order (no atomics, so
+// the result is bitwise reproducible).
 #include "common.cuh"
 #include "rmsnorm.h"
 #include "vec_io.cuh"
@@ -104,80 +100,6 @@ __global__ void bwd_dx_kernel(const D* __restrict__ dy, const X* __restrict__ x,
   }
 }
 
-// The backward in one pass for row lengths h = 8·(threads·j) with j <= J (h <= 8192 at 256 threads): each block
-// takes R consecutive rows, writes their dx with bwd_dx_kernel's arithmetic (same per-thread column groups and
-// block sum), and keeps each column's Σ_r dy·(x·rstd) over its rows in registers: partial[block, c]
-// for the dw reduction, without a second read of dy and x. The next row's dy and x are loaded before the current
-// row's block sum, so the loads overlap the barrier.
-template <typename D, typename X, typename W, int J>
-__global__ void __launch_bounds__(256) bwd_fused_kernel(const D* __restrict__ dy, const X* __restrict__ x,
-                                                        const W* __restrict__ w, const float* __restrict__ rstd,
-                                                        const float* __restrict__ res, float* __restrict__ dx,
-                                                        float* __restrict__ partial, int64_t rows, int64_t h, int R) {
-  float wv[J][8], acc[J][8], d[J][8], xv[J][8];
-  bool live[J];
-#pragma unroll
-  for (int j = 0; j < J; j++) {
-    const int64_t c = (threadIdx.x + (int64_t)j * blockDim.x) * 8;
-    live[j] = c < h;
-#pragma unroll
-    for (int k = 0; k < 8; k++) acc[j][k] = d[j][k] = xv[j][k] = wv[j][k] = 0.f;
-    if (live[j]) load8(w + c, wv[j]);
-  }
-  const int64_t r0 = (int64_t)blockIdx.x * R, r1 = r0 + R < rows ? r0 + R : rows;
-  auto load_row = [&](int64_t r) {
-#pragma unroll
-    for (int j = 0; j < J; j++) {
-      const int64_t c = (threadIdx.x + (int64_t)j * blockDim.x) * 8;
-      if (live[j]) {
-        load8(dy + r * h + c, d[j]);
-        load8(x + r * h + c, xv[j]);
-      }
-    }
-  };
-  if (r0 < r1) load_row(r0);
-  for (int64_t r = r0; r < r1; r++) {
-    float dot = 0.f;
-#pragma unroll
-    for (int j = 0; j < J; j++)
-#pragma unroll
-      for (int k = 0; k < 8; k++) dot += d[j][k] * wv[j][k] * xv[j][k];
-    float cd[J][8], cx[J][8];  // this row's values; the registers d/xv take the next row's
-#pragma unroll
-    for (int j = 0; j < J; j++)
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        cd[j][k] = d[j][k];
-        cx[j][k] = xv[j][k];
-      }
-    if (r + 1 < r1) load_row(r + 1);
-    dot = block_sum(dot);
-    const float rs = rstd[r];
-    const float cc = rs * rs * dot / float(h);
-#pragma unroll
-    for (int j = 0; j < J; j++) {
-      if (!live[j]) continue;
-      const int64_t c = (threadIdx.x + (int64_t)j * blockDim.x) * 8;
-      float o[8];
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        o[k] = __fmul_rn(rs, cd[j][k] * wv[j][k] - cx[j][k] * cc);
-        acc[j][k] += cd[j][k] * (cx[j][k] * rs);
-      }
-      if (res) {  // rounded adds (no FMA contraction): exactly dx + residual
-        float rv[8];
-        load8(res + r * h + c, rv);
-#pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = __fadd_rn(o[k], rv[k]);
-      }
-      store8(dx + r * h + c, o);
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < J; j++)
-    if (live[j]) store8(partial + (int64_t)blockIdx.x * h + (threadIdx.x + (int64_t)j * blockDim.x) * 8, acc[j]);
-}
-
 // partial[chunk, c] = sum over the chunk's rows of dy[r, c] * (x[r, c] * rstd[r]); one thread per column
 // (coalesced across the warp).
 template <typename D, typename X>
@@ -192,19 +114,13 @@ __global__ void bwd_dw_partial_kernel(const D* __restrict__ dy, const X* __restr
   partial[blockIdx.y * h + c] = acc;
 }
 
-// dw[c] = Σ_k partial[k, c] in a fixed order (four interleaved running sums, then added: more loads in flight for
-// the fused path's hundreds of chunks; deterministic).
 __global__ void bwd_dw_reduce_kernel(const float* __restrict__ partial, float* __restrict__ dw, int64_t nchunks,
                                      int64_t h) {
   int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= h) return;
-  float a[4] = {0.f, 0.f, 0.f, 0.f};
-  int64_t k = 0;
-  for (; k + 4 <= nchunks; k += 4)
-#pragma unroll
-    for (int q = 0; q < 4; q++) a[q] += partial[(k + q) * h + c];
-  for (; k < nchunks; k++) a[0] += partial[k * h + c];
-  dw[c] = (a[0] + a[1]) + (a[2] + a[3]);
+  float acc = 0.f;
+  for (int64_t k = 0; k < nchunks; k++) acc += partial[k * h + c];
+  dw[c] = acc;
 }
 
 }  // namespace
@@ -238,33 +154,6 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   bool vec = h % 8 == 0 && aligned16(dy.raw()) && aligned16(x.raw()) && aligned16(w.raw()) && aligned16(dx.raw()) &&
              (!res || aligned16(res));
   int threads = row_threads(h, vec);
-  const int64_t groups = h / 8;  // column groups of 8 (vec)
-  const int J = vec ? static_cast<int>((groups + threads - 1) / threads) : 0;
-  if (vec && threads == 256 && J >= 1 && J <= 4) {
-    // One pass: about 4 blocks per SM, at most 528 row chunks.
-    const int64_t R = std::max<int64_t>(1, (rows + 527) / 528), nblk = (rows + R - 1) / R;
-    Tensor partial = make_tensor({nblk, h}, DType::F32, x.device);
-    with_float(dy, [&](auto* pd) {
-      with_float(x, [&](auto* px) {
-        with_float(w, [&](auto* pw) {
-          auto launch = [&](auto kernel) {
-            kernel<<<static_cast<unsigned>(nblk), 256, 0, st>>>(pd, px, pw, rstd.data<float>(), res, dx.data<float>(),
-                                                              partial.data<float>(), rows, h, static_cast<int>(R));
-          };
-          using PD = std::remove_pointer_t<decltype(pd)>;
-          using PX = std::remove_pointer_t<decltype(px)>;
-          using PW = std::remove_pointer_t<decltype(pw)>;
-          if (J == 1) launch(bwd_fused_kernel<PD, PX, PW, 1>);
-          else if (J == 2) launch(bwd_fused_kernel<PD, PX, PW, 2>);
-          else if (J == 3) launch(bwd_fused_kernel<PD, PX, PW, 3>);
-          else launch(bwd_fused_kernel<PD, PX, PW, 4>);
-        });
-      });
-    });
-    bwd_dw_reduce_kernel<<<ceil_div(h, 256), 256, 0, st>>>(partial.data<float>(), dw.data<float>(), nblk, h);
-    GPTOSS_CUDA_LAUNCH_CHECK("rmsnormBackward");
-    return;
-  }
   // At most 512 chunks of at least 64 rows: the partial buffer stays at most 512 x H floats.
   int64_t chunk = (rows + 511) / 512;
   if (chunk < 64) chunk = 64;
