@@ -275,6 +275,63 @@ __global__ void __launch_bounds__(256) swiglu_bwd_colsum_kernel(const bf* __rest
   }
 }
 
+// Slab-layout SwiGLU forward: h[r] = swiglu(gu[r]) on an expert's rows, zeros on its padding rows (not read).
+// gu bf16 [Np, 2I] -> h bf16 [Np, I]; grid (Np/64, ceil(I/4 / 32)), block (32, 8) as swiglu_bwd_colsum_kernel.
+__global__ void __launch_bounds__(256) swiglu_fwd_slab_kernel(const bf* __restrict__ gu,
+                                                              const int32_t* __restrict__ perm_tok, int I, float limit,
+                                                              float alpha, bf* __restrict__ h) {
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+  const int64_t r0 = (int64_t)blockIdx.x * kColsumChunk, I2 = 2 * (int64_t)I;
+  const int nvalid = __syncthreads_count(tid < kColsumChunk && perm_tok[r0 + tid] >= 0);
+  const int cg = blockIdx.y * 32 + threadIdx.x;
+  if (cg * 4 >= I) return;
+#pragma unroll
+  for (int i = threadIdx.y; i < kColsumChunk; i += 8) {
+    const int64_t r = r0 + i;
+    float out[4] = {0.f, 0.f, 0.f, 0.f};
+    if (i < nvalid) {
+      float in[8];
+      load8(gu + r * I2 + 8 * cg, in);
+#pragma unroll
+      for (int q = 0; q < 4; q++) out[q] = swiglu1(in[2 * q], in[2 * q + 1], limit, alpha);
+    }
+    store4(h + r * I + 4 * cg, out);
+  }
+}
+
+// Slab-layout column sums: part[chunk, c] = Σ over the chunk's valid rows r of (scale ? scale[r] : 1)·in[r, c]
+// (fp32; the padding rows are not read). in bf16 [Np, C] with C % 8 == 0; grid (Np/64, ceil(C/8 / 32)), block
+// (32, 8): a thread owns 8 columns and every 8th row; the row lanes meet in shared memory in a fixed order.
+__global__ void __launch_bounds__(256) chunk_colsum_kernel(const bf* __restrict__ in, const float* __restrict__ scale,
+                                                           const int32_t* __restrict__ perm_tok, int C,
+                                                           float* __restrict__ part) {
+  __shared__ float red[8][32 * 8 + 4];
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+  const int64_t r0 = (int64_t)blockIdx.x * kColsumChunk;
+  const int nvalid = __syncthreads_count(tid < kColsumChunk && perm_tok[r0 + tid] >= 0);
+  const int cg = blockIdx.y * 32 + threadIdx.x;
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  if (cg * 8 < C)
+    for (int i = threadIdx.y; i < nvalid; i += 8) {
+      const int64_t r = r0 + i;
+      float v[8];
+      load8(in + r * C + 8 * cg, v);
+      const float s = scale ? scale[r] : 1.f;
+#pragma unroll
+      for (int q = 0; q < 8; q++) acc[q] += s * v[q];
+    }
+#pragma unroll
+  for (int q = 0; q < 8; q++) red[threadIdx.y][threadIdx.x * 8 + q] = acc[q];
+  __syncthreads();
+  const int64_t c = (int64_t)blockIdx.y * 256 + tid;
+  if (c < C) {
+    float a = 0.f;
+#pragma unroll
+    for (int y = 0; y < 8; y++) a += red[y][tid];
+    part[(int64_t)blockIdx.x * C + c] = a;
+  }
+}
+
 // out[e, c] = Σ over expert e's 64-row chunks (offsets[e]/64 .. offsets[e+1]/64) of part[chunk, c], in chunk
 // order (deterministic). Grid (ceil(C/256), E), block 256.
 __global__ void chunk_colsum_reduce_kernel(const float* __restrict__ part, int C, const int32_t* __restrict__ offsets,
@@ -664,7 +721,13 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
                            B(w.gate_up_w) + r.e0 * H * 2 * I, 2 * I, H * 2 * I, false, DType::BF16,
                            B(w.gate_up_b) + r.e0 * 2 * I, 2 * I, 0.f, Bm(s.gu) + r.base * 2 * I, DType::BF16, 2 * I,
                            r.Mp * 2 * I);
-    swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
+    if (I % 4 == 0) {  // padding rows get h = 0 without reading gu
+      swiglu_fwd_slab_kernel<<<dim3(Np / kColsumChunk, ceil_div(I / 4, 32)), dim3(32, 8), 0, st>>>(
+          B(s.gu), s.perm_tok.data<int32_t>(), (int)I, limit, kSwigluAlpha, Bm(s.h));
+      GPTOSS_CUDA_LAUNCH_CHECK("moeForward swiglu");
+    } else {
+      swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
+    }
     pt.mark("fwd 2 gate_up gemm");
     for (const auto& r : slabs)
       gemm_strided_batched(dev, r.e1 - r.e0, r.Mp, H, I, 1.f, B(s.h) + r.base * I, I, r.Mp * I, false,
@@ -766,8 +829,24 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   pt.mark("bwd 1 route");
 
   g.d_down_b = make_tensor({E, H}, DType::F32, dev);
-  seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(dyp), H, (int)H, nullptr, nullptr, offsets,
-                                                                      g.d_down_b.data<float>());
+  g.d_router_w = make_tensor({E, H}, DType::F32, dev);
+  // Slab layout with H % 8 == 0: both column sums per 64-row chunk of contiguous rows (padding rows not read), then
+  // a fixed-order sum per expert; dRouterW reads the forward's gathered rows xp.
+  const bool chunk_sums = padded && H % 8 == 0 && s.xp.storage;
+  auto chunk_colsum = [&](const Tensor& in, const float* scale, const Tensor& out) {
+    Tensor part = make_tensor({Np / kColsumChunk, H}, DType::F32, dev);
+    chunk_colsum_kernel<<<dim3(Np / kColsumChunk, ceil_div(H / 8, 32)), dim3(32, 8), 0, st>>>(
+        B(in), scale, s.perm_tok.data<int32_t>(), (int)H, part.data<float>());
+    chunk_colsum_reduce_kernel<<<dim3(ceil_div(H, 256), E), 256, 0, st>>>(part.data<float>(), (int)H, offsets,
+                                                                         out.data<float>());
+  };
+  if (chunk_sums) {
+    chunk_colsum(dyp, nullptr, g.d_down_b);
+    chunk_colsum(s.xp, dlp.data<float>(), g.d_router_w);
+  } else {
+    seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(dyp), H, (int)H, nullptr, nullptr, offsets,
+                                                                        g.d_down_b.data<float>());
+  }
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dDownB");
   pt.mark("bwd 2 dDownB");
 
@@ -935,11 +1014,12 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     }
     pt.mark("bwd 7 dxp gemm");
   }
-  g.d_router_w = make_tensor({E, H}, DType::F32, dev);
-  seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(s.x), H, (int)H, s.perm_tok.data<int32_t>(),
-                                                                      dlp.data<float>(), offsets,
-                                                                      g.d_router_w.data<float>());
-  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dRouterW");
+  if (!chunk_sums) {
+    seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(s.x), H, (int)H, s.perm_tok.data<int32_t>(),
+                                                                        dlp.data<float>(), offsets,
+                                                                        g.d_router_w.data<float>());
+    GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dRouterW");
+  }
   g.d_router_b = make_tensor({E}, DType::F32, dev);
   seg_sum_kernel<<<E, 256, 0, st>>>(dlp.data<float>(), offsets, g.d_router_b.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dRouterB");
