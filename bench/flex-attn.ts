@@ -1,6 +1,8 @@
 // bench/flex-attn.ts: attention with sinks, our kernels vs torch flex_attention (compiled) + sinks in the same run.
 //
-//   npm run bench:flex-attn [-- --json out.json] [--cpu] [--no-peer] [--iters N] [--peer-budget SECONDS] [--atomic-dq]
+//   npm run bench:flex-attn [-- --json out.json] [--cpu] [--no-peer] [--iters N] [--peer-budget SECONDS] [--deterministic]
+//   backward: dq by fp32 atomics in the dK/dV kernel (what training runs, trainer.deterministic=false); --deterministic
+//   measures the atomics-free backward instead.
 //   (on the GPU machine: node dist/bench/flex-attn.js --json $OUT/attn.json)
 //
 // gpt-oss shapes: Hq 64, Hkv 8, D 64; B1 S4096, B1 S16384, B8 S2048; causal and sliding window 128; forward and
@@ -51,7 +53,7 @@ function args() {
     noPeer: a.includes('--no-peer'),
     iters: Number(get('--iters') ?? 0),
     peerBudget: Number(get('--peer-budget') ?? 600), // seconds of peer work (compiles included) before skipping cases
-    atomic: a.includes('--atomic-dq'), // non-deterministic backward (dq by fp32 atomics)
+    atomic: !a.includes('--deterministic'), // default: dq by fp32 atomics (the trainer's default)
   };
 }
 
