@@ -1,4 +1,5 @@
-// rope.cc: CPU reference for (YaRN-scaled) RoPE, one token per task.
+// rope.cc: CPU reference for (YaRN-scaled) RoPE, one token per task: the plain op and the fused q/k/v split/pack
+// share one loop over up to three head groups.
 #include "rope.h"
 
 #include <cmath>
@@ -9,55 +10,6 @@
 
 namespace gptoss::cpu {
 
-template <typename X, typename Y>
-static void apply(const X* x, const int32_t* pos, const float* inv_freq, float scaling, float sign, Y* y, int64_t t_n,
-                  int64_t heads, int64_t d) {
-  int64_t half = d / 2;
-  parallel_for(t_n, 4, [&](int64_t b, int64_t e) {
-    std::vector<float> c(half), s(half);
-    for (int64_t t = b; t < e; t++) {
-      float p = static_cast<float>(pos[t]);
-      for (int64_t j = 0; j < half; j++) {
-        float a = p * inv_freq[j];
-        c[j] = std::cos(a) * scaling;
-        s[j] = sign * (std::sin(a) * scaling);
-      }
-      for (int64_t h = 0; h < heads; h++) {
-        const X* xr = x + (t * heads + h) * d;
-        Y* yr = y + (t * heads + h) * d;
-        for (int64_t j = 0; j < half; j++) {
-          float x1 = to_f32(xr[j]), x2 = to_f32(xr[j + half]);
-          float y1 = x1 * c[j] - x2 * s[j], y2 = x2 * c[j] + x1 * s[j];
-          if constexpr (std::is_same_v<Y, bf16>) {
-            yr[j] = to_bf16(y1);
-            yr[j + half] = to_bf16(y2);
-          } else {
-            yr[j] = y1;
-            yr[j + half] = y2;
-          }
-        }
-      }
-    }
-  });
-}
-
-template <typename X>
-static void apply_x(const X* x, const Tensor& positions, const Tensor& inv_freq, float scaling, float sign,
-                    const Tensor& y) {
-  int64_t t_n = y.dim(0), heads = y.dim(1), d = y.dim(2);
-  if (y.dtype == DType::BF16)
-    apply(x, positions.data<int32_t>(), inv_freq.data<float>(), scaling, sign, y.data<bf16>(), t_n, heads, d);
-  else
-    apply(x, positions.data<int32_t>(), inv_freq.data<float>(), scaling, sign, y.data<float>(), t_n, heads, d);
-}
-
-void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scaling, float sign,
-                const Tensor& y) {
-  if (x.dtype == DType::BF16) apply_x(x.data<bf16>(), positions, inv_freq, scaling, sign, y);
-  else apply_x(x.data<float>(), positions, inv_freq, scaling, sign, y);
-}
-
-// ---- fused q/k/v layout -------------------------------------------------------------------------------------
 namespace {
 
 template <typename Y>
@@ -66,10 +18,13 @@ inline void store(Y* p, float v) {
   else *p = v;
 }
 
-// Three parts (q, k, v) of `heads[p]` heads of D values each; part p of token t starts at in[p] + t·in_stride[p]
-// (elements) and goes to out[p] + t·out_stride[p]. Parts 0 and 1 are rotated, part 2 is copied.
+// Up to three parts of `heads[p]` heads of D values each; part p of token t starts at in[p] + t·in_stride[p]
+// (elements) and goes to out[p] + t·out_stride[p]; rotated, or copied where !rotate[p]. The plain op is one
+// rotated part; the fused q/k/v layout is q, k (rotated) and v (copied).
 template <typename X, typename Y>
-struct QkvParts {
+struct RopeParts {
+  int n = 0;
+  bool rotate[3] = {true, true, false};
   const X* in[3];
   int64_t in_stride[3];
   Y* out[3];
@@ -78,7 +33,7 @@ struct QkvParts {
 };
 
 template <typename X, typename Y>
-void qkv_apply(const QkvParts<X, Y>& p, const int32_t* pos, const float* inv_freq, float scaling, float sign,
+void rope_parts(const RopeParts<X, Y>& p, const int32_t* pos, const float* inv_freq, float scaling, float sign,
                int64_t t_n, int64_t d) {
   int64_t half = d / 2;
   parallel_for(t_n, 4, [&](int64_t b, int64_t e) {
@@ -90,11 +45,11 @@ void qkv_apply(const QkvParts<X, Y>& p, const int32_t* pos, const float* inv_fre
         c[j] = std::cos(a) * scaling;
         s[j] = sign * (std::sin(a) * scaling);
       }
-      for (int part = 0; part < 3; part++) {
+      for (int part = 0; part < p.n; part++) {
         for (int64_t h = 0; h < p.heads[part]; h++) {
           const X* xr = p.in[part] + t * p.in_stride[part] + h * d;
           Y* yr = p.out[part] + t * p.out_stride[part] + h * d;
-          if (part == 2) {
+          if (!p.rotate[part]) {
             for (int64_t j = 0; j < d; j++) store(yr + j, to_f32(xr[j]));
             continue;
           }
@@ -114,7 +69,8 @@ void qkv_typed(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor
                const Tensor& inv_freq, float scaling, float sign, bool pack) {
   int64_t t_n = qkv.dim(0), d = q.dim(2), w = qkv.dim(1);
   const Tensor* parts[3] = {&q, &k, &v};
-  QkvParts<X, Y> p{};
+  RopeParts<X, Y> p{};
+  p.n = 3;
   int64_t col = 0;
   for (int i = 0; i < 3; i++) {
     const Tensor& t = *parts[i];
@@ -134,10 +90,32 @@ void qkv_typed(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor
     }
     col += hw;
   }
-  qkv_apply(p, positions.data<int32_t>(), inv_freq.data<float>(), scaling, sign, t_n, d);
+  rope_parts(p, positions.data<int32_t>(), inv_freq.data<float>(), scaling, sign, t_n, d);
+}
+
+// The plain op: x [T, heads, D] -> y, one rotated part.
+template <typename X, typename Y>
+void plain_typed(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scaling, float sign,
+                 const Tensor& y) {
+  RopeParts<X, Y> p{};
+  p.n = 1;
+  p.heads[0] = y.dim(1);
+  p.in[0] = x.data<X>();
+  p.out[0] = y.data<Y>();
+  p.in_stride[0] = p.out_stride[0] = y.dim(1) * y.dim(2);
+  rope_parts(p, positions.data<int32_t>(), inv_freq.data<float>(), scaling, sign, y.dim(0), y.dim(2));
 }
 
 }  // namespace
+
+void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scaling, float sign,
+                const Tensor& y) {
+  bool xb = x.dtype == DType::BF16, yb = y.dtype == DType::BF16;
+  if (xb && yb) plain_typed<bf16, bf16>(x, positions, inv_freq, scaling, sign, y);
+  else if (xb) plain_typed<bf16, float>(x, positions, inv_freq, scaling, sign, y);
+  else if (yb) plain_typed<float, bf16>(x, positions, inv_freq, scaling, sign, y);
+  else plain_typed<float, float>(x, positions, inv_freq, scaling, sign, y);
+}
 
 void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
               const Tensor& inv_freq, float scaling, float sign, bool pack) {

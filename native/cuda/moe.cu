@@ -224,6 +224,33 @@ __global__ void zero_pad_rows_kernel(const int32_t* __restrict__ perm_tok, int H
     *reinterpret_cast<uint4*>(out + r * H + c) = make_uint4(0, 0, 0, 0);
 }
 
+constexpr int kColsumChunk = 64;
+
+// The slab-layout chunk kernels below run blocks of (32, 8) threads over one 64-row chunk each.
+// Rows of the chunk at r0 that are not padding: they come first (an expert's rows, then its padding). A block-wide
+// count, so every thread of the block must call it.
+__device__ __forceinline__ int chunk_valid_rows(const int32_t* __restrict__ perm_tok, int64_t r0) {
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+  return __syncthreads_count(tid < kColsumChunk && perm_tok[r0 + tid] >= 0);
+}
+
+// Sums each thread's 8 column partials acc (columns c0 + 8·threadIdx.x + q) over the block's 8 row lanes in a fixed
+// order and stores the block's 256 columns (those below C) at part_row[c0 ..]. Every thread must call it.
+__device__ __forceinline__ void chunk_colsum_store(const float (&acc)[8], int64_t c0, int64_t C,
+                                                   float* __restrict__ part_row) {
+  __shared__ float red[8][32 * 8 + 4];
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+#pragma unroll
+  for (int q = 0; q < 8; q++) red[threadIdx.y][threadIdx.x * 8 + q] = acc[q];
+  __syncthreads();
+  if (c0 + tid < C) {
+    float a = 0.f;
+#pragma unroll
+    for (int y = 0; y < 8; y++) a += red[y][tid];
+    part_row[c0 + tid] = a;
+  }
+}
+
 // SwiGLU backward and the gate_up bias gradient's partial sums in one pass over the slab layout.
 // dh bf16 [Np, I], gu bf16 [Np, 2I] (interleaved gate/up) -> dgu bf16 [Np, 2I] (zero on padding rows, which are
 // not read) and part f32 [Np/64, 2I] = per 64-row chunk, the column sums of the bf16 dgu values (what a colsum
@@ -231,15 +258,12 @@ __global__ void zero_pad_rows_kernel(const int32_t* __restrict__ perm_tok, int H
 // valid rows come first (an expert's rows, then its padding).
 // Grid (Np/64, ceil(I/4 / 32)), block (32, 8): threadIdx.x owns 8 dgu columns (4 dh columns), threadIdx.y rows
 // y, y+8, ..., y+56 of the chunk (8 independent loads in flight per thread); the 8 row lanes meet in shared memory.
-constexpr int kColsumChunk = 64;
 __global__ void __launch_bounds__(256) swiglu_bwd_colsum_kernel(const bf* __restrict__ dh, const bf* __restrict__ gu,
                                                                 const int32_t* __restrict__ perm_tok, int I,
                                                                 float limit, float alpha, bf* __restrict__ dgu,
                                                                 float* __restrict__ part) {
-  __shared__ float red[8][32 * 8 + 4];
-  const int tid = threadIdx.y * 32 + threadIdx.x;
   const int64_t r0 = (int64_t)blockIdx.x * kColsumChunk, I2 = 2 * (int64_t)I;
-  const int nvalid = __syncthreads_count(tid < kColsumChunk && perm_tok[r0 + tid] >= 0);
+  const int nvalid = chunk_valid_rows(perm_tok, r0);
   const int cg = blockIdx.y * 32 + threadIdx.x;
   const bool live = cg * 4 < I;
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
@@ -262,17 +286,7 @@ __global__ void __launch_bounds__(256) swiglu_bwd_colsum_kernel(const bf* __rest
 #pragma unroll
     for (int q = 0; q < 8; q++) acc[q] += out[q];
   }
-#pragma unroll
-  for (int q = 0; q < 8; q++) red[threadIdx.y][threadIdx.x * 8 + q] = acc[q];
-  __syncthreads();
-  // 256 threads, 256 columns of this block: thread t sums column t over the 8 row lanes (fixed order).
-  const int64_t c = (int64_t)blockIdx.y * 256 + tid;
-  if (c < I2) {
-    float a = 0.f;
-#pragma unroll
-    for (int y = 0; y < 8; y++) a += red[y][tid];
-    part[(int64_t)blockIdx.x * I2 + c] = a;
-  }
+  chunk_colsum_store(acc, (int64_t)blockIdx.y * 256, I2, part + (int64_t)blockIdx.x * I2);
 }
 
 // Slab-layout SwiGLU forward: h[r] = swiglu(gu[r]) on an expert's rows, zeros on its padding rows (not read).
@@ -280,9 +294,8 @@ __global__ void __launch_bounds__(256) swiglu_bwd_colsum_kernel(const bf* __rest
 __global__ void __launch_bounds__(256) swiglu_fwd_slab_kernel(const bf* __restrict__ gu,
                                                               const int32_t* __restrict__ perm_tok, int I, float limit,
                                                               float alpha, bf* __restrict__ h) {
-  const int tid = threadIdx.y * 32 + threadIdx.x;
   const int64_t r0 = (int64_t)blockIdx.x * kColsumChunk, I2 = 2 * (int64_t)I;
-  const int nvalid = __syncthreads_count(tid < kColsumChunk && perm_tok[r0 + tid] >= 0);
+  const int nvalid = chunk_valid_rows(perm_tok, r0);
   const int cg = blockIdx.y * 32 + threadIdx.x;
   if (cg * 4 >= I) return;
 #pragma unroll
@@ -305,10 +318,8 @@ __global__ void __launch_bounds__(256) swiglu_fwd_slab_kernel(const bf* __restri
 __global__ void __launch_bounds__(256) chunk_colsum_kernel(const bf* __restrict__ in, const float* __restrict__ scale,
                                                            const int32_t* __restrict__ perm_tok, int C,
                                                            float* __restrict__ part) {
-  __shared__ float red[8][32 * 8 + 4];
-  const int tid = threadIdx.y * 32 + threadIdx.x;
   const int64_t r0 = (int64_t)blockIdx.x * kColsumChunk;
-  const int nvalid = __syncthreads_count(tid < kColsumChunk && perm_tok[r0 + tid] >= 0);
+  const int nvalid = chunk_valid_rows(perm_tok, r0);
   const int cg = blockIdx.y * 32 + threadIdx.x;
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   if (cg * 8 < C)
@@ -320,16 +331,7 @@ __global__ void __launch_bounds__(256) chunk_colsum_kernel(const bf* __restrict_
 #pragma unroll
       for (int q = 0; q < 8; q++) acc[q] += s * v[q];
     }
-#pragma unroll
-  for (int q = 0; q < 8; q++) red[threadIdx.y][threadIdx.x * 8 + q] = acc[q];
-  __syncthreads();
-  const int64_t c = (int64_t)blockIdx.y * 256 + tid;
-  if (c < C) {
-    float a = 0.f;
-#pragma unroll
-    for (int y = 0; y < 8; y++) a += red[y][tid];
-    part[(int64_t)blockIdx.x * C + c] = a;
-  }
+  chunk_colsum_store(acc, (int64_t)blockIdx.y * 256, C, part + (int64_t)blockIdx.x * C);
 }
 
 // out[e, c] = Σ over expert e's 64-row chunks (offsets[e]/64 .. offsets[e+1]/64) of part[chunk, c], in chunk

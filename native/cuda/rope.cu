@@ -1,6 +1,7 @@
 // rope.cu: RoPE with the GPT-OSS NeoX half split. One thread block per token: the token's D/2 cos/sin values
 // (fp32, accurate sincosf, times the YaRN attention scaling) are computed once into shared memory, then the
-// block rotates every head, 8 frequencies per thread step with 16-byte loads of x1 and x2 when aligned.
+// block rotates every head, 8 frequencies per thread step with 16-byte loads of x1 and x2 when aligned. The plain
+// op and the fused q/k/v split/pack are one kernel over up to three head groups (rope_parts_kernel).
 // sign = +1 rotates by +angle (forward), -1 by -angle (backward: the transpose of the rotation).
 #include "common.cuh"
 #include "rope.h"
@@ -12,56 +13,13 @@ namespace gptoss::cuda {
 
 namespace {
 
+// Up to three parts of heads[p] heads, part p of token t read from in[p] + t·in_stride[p] and written to
+// out[p] + t·out_stride[p] (elements); parts 0 and 1 rotated, part 2 copied. The plain op is part 0 alone
+// (heads1 = heads2 = 0); the fused q/k/v layout is q, k, v, so the projection output is split (forward) or the
+// gradient packed (backward) in one pass that also computes cos/sin once per token for q and k. One block per
+// token; its items run over the heads of all parts.
 template <typename X, typename Y>
-__global__ void rope_kernel(const X* __restrict__ x, const int32_t* __restrict__ pos,
-                            const float* __restrict__ inv_freq, Y* __restrict__ y, int heads, int d, float scaling,
-                            float sign, bool vec) {
-  extern __shared__ float cs[];  // [half] cos, then [half] sin
-  const int half = d / 2;
-  const int64_t t = blockIdx.x;
-  const float p = static_cast<float>(pos[t]);
-  for (int j = threadIdx.x; j < half; j += blockDim.x) {
-    float s, c;
-    sincosf(p * inv_freq[j], &s, &c);
-    cs[j] = c * scaling;
-    cs[half + j] = sign * (s * scaling);
-  }
-  __syncthreads();
-  const X* xt = x + t * heads * d;
-  Y* yt = y + t * heads * d;
-  if (vec) {
-    const int groups = half / 8;
-    for (int i = threadIdx.x; i < heads * groups; i += blockDim.x) {
-      int hd = i / groups, j = (i % groups) * 8;
-      float a[8], b[8], o1[8], o2[8];
-      load8(xt + hd * d + j, a);
-      load8(xt + hd * d + half + j, b);
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        float c = cs[j + k], s = cs[half + j + k];
-        o1[k] = a[k] * c - b[k] * s;
-        o2[k] = b[k] * c + a[k] * s;
-      }
-      store8(yt + hd * d + j, o1);
-      store8(yt + hd * d + half + j, o2);
-    }
-  } else {
-    for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
-      int hd = i / half, j = i % half;
-      float a = ldf(xt + hd * d + j), b = ldf(xt + hd * d + half + j);
-      float c = cs[j], s = cs[half + j];
-      stf(yt + hd * d + j, a * c - b * s);
-      stf(yt + hd * d + half + j, b * c + a * s);
-    }
-  }
-}
-
-// The fused q/k/v layout: three parts of heads[p] heads (q, k: rotated; v: copied), part p of token t read from
-// in[p] + t·in_stride[p] and written to out[p] + t·out_stride[p] (elements). One block per token as above; the
-// block's items run over the heads of all three parts, so the projection output is split (forward) or the
-// gradient packed (backward) in one pass that also computes cos/sin once per token for q and k.
-template <typename X, typename Y>
-struct QkvParts {
+struct RopeParts {
   const X* in0;
   const X* in1;
   const X* in2;
@@ -74,7 +32,7 @@ struct QkvParts {
 };
 
 template <typename X, typename Y>
-__global__ void rope_qkv_kernel(QkvParts<X, Y> p, const int32_t* __restrict__ pos,
+__global__ void rope_parts_kernel(RopeParts<X, Y> p, const int32_t* __restrict__ pos,
                                 const float* __restrict__ inv_freq, int d, float scaling, float sign, bool vec) {
   extern __shared__ float cs[];  // [half] cos, then [half] sin
   const int half = d / 2;
@@ -136,6 +94,16 @@ __global__ void rope_qkv_kernel(QkvParts<X, Y> p, const int32_t* __restrict__ po
   }
 }
 
+template <typename X, typename Y>
+void launch_rope_parts(const RopeParts<X, Y>& p, int64_t tn, int d, bool vec, const Tensor& positions,
+                       const Tensor& inv_freq, float scaling, float sign, int device) {
+  const int half = d / 2, heads = p.heads0 + p.heads1 + p.heads2;
+  int64_t items = vec ? int64_t(heads) * (half / 8) : int64_t(heads) * half;
+  int threads = static_cast<int>(items < 32 ? 32 : (items > 512 ? 512 : (items + 31) / 32 * 32));
+  rope_parts_kernel<<<static_cast<unsigned>(tn), threads, sizeof(float) * 2 * half, stream_of(device)>>>(
+      p, positions.data<int32_t>(), inv_freq.data<float>(), d, scaling, sign, vec);
+}
+
 }  // namespace
 
 void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
@@ -153,17 +121,13 @@ void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor&
   };
   bool vec = half % 8 == 0 && ok(qkv, w, 0) && ok(qkv, w, wq) && ok(qkv, w, wq + wkv) && ok(q, wq, 0) &&
              ok(k, wkv, 0) && ok(v, wkv, 0);
-  int heads = hq + 2 * hkv;
-  int64_t items = vec ? int64_t(heads) * (half / 8) : int64_t(heads) * half;
-  int threads = static_cast<int>(items < 32 ? 32 : (items > 512 ? 512 : (items + 31) / 32 * 32));
-  size_t shmem = sizeof(float) * 2 * half;
   const Tensor& src = pack ? q : qkv;
   const Tensor& dst = pack ? qkv : q;
   with_float(src, [&](auto* px) {
     with_float(dst, [&](auto* py) {
       using X = std::remove_const_t<std::remove_pointer_t<decltype(px)>>;
       using Y = std::remove_pointer_t<decltype(py)>;
-      QkvParts<X, Y> p{};
+      RopeParts<X, Y> p{};
       p.heads0 = hq;
       p.heads1 = hkv;
       p.heads2 = hkv;
@@ -190,8 +154,7 @@ void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor&
         p.in_stride0 = wq;
         p.in_stride1 = p.in_stride2 = wkv;
       }
-      rope_qkv_kernel<<<static_cast<unsigned>(tn), threads, shmem, stream_of(qkv.device)>>>(
-          p, positions.data<int32_t>(), inv_freq.data<float>(), d, scaling, sign, vec);
+      launch_rope_parts(p, tn, d, vec, positions, inv_freq, scaling, sign, qkv.device);
     });
   });
   GPTOSS_CUDA_LAUNCH_CHECK("rope_qkv");
@@ -204,13 +167,16 @@ void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq
   if (tn == 0 || heads == 0 || d == 0) return;
   DeviceGuard g(x.device);
   bool vec = half % 8 == 0 && aligned16(x.raw()) && aligned16(y.raw());
-  int64_t items = vec ? int64_t(heads) * (half / 8) : int64_t(heads) * half;
-  int threads = static_cast<int>(items < 32 ? 32 : (items > 256 ? 256 : (items + 31) / 32 * 32));
-  size_t shmem = sizeof(float) * 2 * half;
   with_float(x, [&](auto* px) {
     with_float(y, [&](auto* py) {
-      rope_kernel<<<static_cast<unsigned>(tn), threads, shmem, stream_of(x.device)>>>(
-          px, positions.data<int32_t>(), inv_freq.data<float>(), py, heads, d, scaling, sign, vec);
+      using X = std::remove_const_t<std::remove_pointer_t<decltype(px)>>;
+      using Y = std::remove_pointer_t<decltype(py)>;
+      RopeParts<X, Y> p{};  // one rotated part: x [T, heads, D] -> y
+      p.in0 = px;
+      p.out0 = py;
+      p.in_stride0 = p.out_stride0 = int64_t(heads) * d;
+      p.heads0 = heads;
+      launch_rope_parts(p, tn, d, vec, positions, inv_freq, scaling, sign, x.device);
     });
   });
   GPTOSS_CUDA_LAUNCH_CHECK("rope");
