@@ -32,14 +32,23 @@ void set_smem(K kernel, int bytes, bool& done) {
   done = true;
 }
 
-template <int D, int MT>
-void launch_bwd(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks, cudaStream_t st) {
+// Every backward starts with D_i = dO_i.O_i and the per-block dsinks partials (bwd_pre_kernel) and, when the
+// sinks have a gradient, reduces those partials in a fixed order (dsinks_reduce_kernel).
+template <int D>
+void launch_pre(attn::Params& p, float* partial, int npre, cudaStream_t st) {
   attn::bwd_pre_kernel<D><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
-  if (dsinks) {
-    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
-    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
-  }
+}
+void launch_dsinks(const attn::Params& p, const float* partial, int npre, float* dsinks, cudaStream_t st) {
+  if (!dsinks) return;
+  attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
+}
+
+template <int D, int MT>
+void launch_bwd(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks, cudaStream_t st) {
+  launch_pre<D>(p, partial, npre, st);
+  launch_dsinks(p, partial, npre, dsinks, st);
   using KC = attn::DkdvCfg<D, MT>;
   using QC = attn::DqCfg<D, MT>;
   static bool kd = false, qd = false;
@@ -82,8 +91,7 @@ BwdSideLane& bwd_side_lane(int device) {
 template <int NW>
 void launch_bwd_v2(attn::Params& p, int device, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
                    cudaStream_t st) {
-  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
+  launch_pre<64>(p, partial, npre, st);
   using KC = attn::DkdvV2Cfg<NW>;
   using QC = attn::DqCfg<64, 1>;
   static bool kd = false, qd = false;
@@ -97,10 +105,7 @@ void launch_bwd_v2(attn::Params& p, int device, int nseq, int max_seqlen, float*
   GPTOSS_CUDA_CHECK(cudaEventRecord(side.join, side.stream), "attentionBackward: join record");
   attn::dq_kernel<64, 1, true><<<dim3(ceil_div(max_seqlen, QC::BM) * p.Hq, 1, nseq), QC::NT, QC::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq v2 kernel launch");
-  if (dsinks) {
-    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
-    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
-  }
+  launch_dsinks(p, partial, npre, dsinks, st);
   // Later work on the compute stream (and the caching allocator's reuse of dlt/partial) waits for dK/dV too.
   GPTOSS_CUDA_CHECK(cudaStreamWaitEvent(st, side.join, 0), "attentionBackward: join wait");
 }
@@ -110,8 +115,7 @@ void launch_bwd_v2(attn::Params& p, int device, int nseq, int max_seqlen, float*
 // dkdv_wgmma_kernel<2, true> (128 keys per CTA, 64 per warpgroup) and dq_wgmma_kernel<2, true> (128 queries).
 void launch_bwd_v3(attn::Params& p, int device, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
                    cudaStream_t st) {
-  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
+  launch_pre<64>(p, partial, npre, st);
   using KC = attn::DkdvWgCfg<2>;
   using QC = attn::DqWgCfg<2>;
   static bool kd = false, qd = false;
@@ -126,10 +130,7 @@ void launch_bwd_v3(attn::Params& p, int device, int nseq, int max_seqlen, float*
   GPTOSS_CUDA_CHECK(cudaEventRecord(side.join, side.stream), "attentionBackward: join record");
   attn::dq_wgmma_kernel<2, true><<<dim3(ceil_div(max_seqlen, QC::BM) * p.Hq, 1, nseq), QC::NT, QC::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq v3 kernel launch");
-  if (dsinks) {
-    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
-    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
-  }
+  launch_dsinks(p, partial, npre, dsinks, st);
   GPTOSS_CUDA_CHECK(cudaStreamWaitEvent(st, side.join, 0), "attentionBackward: join wait");
 }
 
@@ -158,12 +159,8 @@ void launch_bwd_wgmma_t(attn::Params& p, int nseq, int max_seqlen, cudaStream_t 
 
 void launch_bwd_wgmma(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
                       cudaStream_t st) {
-  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
-  if (dsinks) {
-    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
-    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
-  }
+  launch_pre<64>(p, partial, npre, st);
+  launch_dsinks(p, partial, npre, dsinks, st);
   static const int kw = attn::env_int("GPTOSS_ATTN_BWD_NWG", 2), qw = attn::env_int("GPTOSS_ATTN_DQ_NWG", 2);
   if (kw == 3)
     qw == 3 ? launch_bwd_wgmma_t<3, 3>(p, nseq, max_seqlen, st) : launch_bwd_wgmma_t<3, 2>(p, nseq, max_seqlen, st);
@@ -174,12 +171,8 @@ void launch_bwd_wgmma(attn::Params& p, int nseq, int max_seqlen, float* partial,
 // Non-deterministic backward for head_dim 64: dk/dv kernel with fused atomic dq, then a scale/convert pass.
 void launch_bwd_atomic(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
                        const Tensor& dq, cudaStream_t st) {
-  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
-  if (dsinks) {
-    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
-    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
-  }
+  launch_pre<64>(p, partial, npre, st);
+  launch_dsinks(p, partial, npre, dsinks, st);
   using KC = attn::DkdvCfg<64, 1, true>;
   static bool kd = false;
   set_smem(attn::dkdv_kernel<64, 1, true>, KC::SMEM, kd);
@@ -206,8 +199,7 @@ void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial,
                       const Tensor& dq, cudaStream_t st) {
   const int64_t n = dq.numel();
   GPTOSS_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, n * sizeof(float), st), "attentionBackward: memset");
-  attn::bwd_pre_kernel<64><<<dim3(npre, p.Hq), 256, 0, st>>>(p, partial);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: pre kernel launch");
+  launch_pre<64>(p, partial, npre, st);
   using KC = attn::DkdvWgCfg<2, FDQ>;
   static bool kd = false;
   set_smem(attn::dkdv_wgmma_kernel<2, true, FDQ>, KC::SMEM, kd);
@@ -220,10 +212,7 @@ void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial,
     attn::dq_convert_ht_kernel<__nv_bfloat16>
         <<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<__nv_bfloat16*>(p.dq), p.T, p.Hq, p.scale);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
-  if (dsinks) {
-    attn::dsinks_reduce_kernel<<<p.Hq, 256, 0, st>>>(partial, npre, dsinks);
-    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dsinks kernel launch");
-  }
+  launch_dsinks(p, partial, npre, dsinks, st);
 }
 
 // GPTOSS_ATTN_BWD_NONDET selects the head_dim-64 backward for deterministic: false (read on every call, unknown values
