@@ -206,4 +206,7 @@ namespace gptoss::cuda {
 // Fills the pointer/shape part of the parameter block (defined in attention_fwd.cu).
 attn::Params make_attn_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* sinks,
                               const Tensor& cu, const Tensor* used, int window, float scale);
+// The warp-specialized TMA forward for head_dim 64 on sm_90 (attention_fwd_ws.cu); false when this driver cannot
+// encode tensor maps (nothing was launched).
+bool launch_fwd64_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st);
 }  // namespace gptoss::cuda

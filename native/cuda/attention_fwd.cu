@@ -682,15 +682,19 @@ void launch_fwd64_v3(const attn::Params& p, int nseq, int max_seqlen, cudaStream
   pf == 1 ? launch_fwd_v3_pf<1>(p, nseq, max_seqlen, st) : launch_fwd_v3_pf<2>(p, nseq, max_seqlen, st);
 }
 
-// GPTOSS_ATTN_FWD picks the head_dim-64 forward, read on every call: unset or "v2" = today's kernels (wgmma
-// fwd_wgmma_kernel for causal rows on sm_90, mma.sync otherwise), "v3" = the pipelined wgmma kernel on sm_90
-// (causal and windows; mma.sync elsewhere). Unknown values are an error.
-bool fwd_v3() {
+// GPTOSS_ATTN_FWD picks the head_dim-64 forward on sm_90, read on every call: unset or "ws" = the warp-specialized
+// TMA kernel (attention_fwd_ws.cu; causal and windows; 2.0-2.4x the v2 kernels on an H100), "v2" = the earlier
+// kernels (wgmma fwd_wgmma_kernel for causal rows, mma.sync for windows), "v3" = the pipelined wgmma kernel with
+// cp.async loads and CTA barriers. Other devices, and a driver without TMA, run mma.sync. Unknown values are an
+// error.
+enum class FwdMode { V2, V3, WS };
+FwdMode fwd_mode() {
   const char* e = std::getenv("GPTOSS_ATTN_FWD");
   const std::string mode = e ? e : "";
-  if (mode.empty() || mode == "v2") return false;
-  if (mode == "v3") return true;
-  fail("GPTOSS_ATTN_FWD: unknown value '", mode, "' (v2, v3; unset = v2)");
+  if (mode.empty() || mode == "ws") return FwdMode::WS;
+  if (mode == "v2") return FwdMode::V2;
+  if (mode == "v3") return FwdMode::V3;
+  fail("GPTOSS_ATTN_FWD: unknown value '", mode, "' (ws, v2, v3; unset = ws)");
 }
 
 // GPTOSS_ATTN_FWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (A/B measurements). Default 1: on an
@@ -737,8 +741,12 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   switch (q.dim(2)) {  // head_dim: 64 (gpt-oss), 128, and 16/32 for tiny models
     case 16: launch_fwd<16, 1>(p, nseq, max_seqlen, st); break;
     case 32: launch_fwd<32, 1>(p, nseq, max_seqlen, st); break;
-    case 64:
-      if (fwd_v3() && (attn::wgmma_mode_env() & 1) && attn::device_is_sm90(q.device))
+    case 64: {
+      const FwdMode mode = fwd_mode();
+      const bool hopper = (attn::wgmma_mode_env() & 1) && attn::device_is_sm90(q.device);
+      if (hopper && mode == FwdMode::WS && launch_fwd64_ws(p, nseq, max_seqlen, st))
+        break;
+      if (hopper && mode == FwdMode::V3)
         launch_fwd64_v3(p, nseq, max_seqlen, st);
       else if ((attn::wgmma_mode_env() & 1) && window <= 0 && attn::device_is_sm90(q.device))
         launch_fwd64_wgmma(p, nseq, max_seqlen, st);
@@ -747,6 +755,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
       else
         launch_fwd<64, 1>(p, nseq, max_seqlen, st);
       break;
+    }
     default: launch_fwd<128, 1>(p, nseq, max_seqlen, st);
   }
 }

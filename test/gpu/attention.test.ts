@@ -339,8 +339,9 @@ test('cuda errors: f32 inputs and head_dim 80 are refused with the shapes', { sk
   assert.throws(() => attentionForward(q80, q80, q80, { cuSeqlens, maxSeqlen: 4 }), /head_dim 16, 32, 64 or 128, got bf16\[4, 2, 80\]/);
 });
 
-// ---- GPTOSS_ATTN_FWD (head_dim 64 forward): v3 = the pipelined wgmma kernel on sm_90 (causal and windows; other
-// devices keep mma.sync). Forward only (out, lse) against the CPU op; the env is read on every call.
+// ---- GPTOSS_ATTN_FWD (head_dim 64 forward on sm_90; other devices keep mma.sync): ws (the default) = the warp-
+// specialized TMA kernel, v2 = wgmma for causal rows and mma.sync for windows, v3 = the pipelined wgmma kernel.
+// Forward only (out, lse) against the CPU op; the env is read on every call.
 const withFwdEnv = <T>(mode: string | undefined, fn: () => T): T => withEnv('GPTOSS_ATTN_FWD', mode, fn);
 
 function forwardOn(dev: string, c: Case) {
@@ -365,10 +366,10 @@ const v3Cases: [string, Case][] = [
   ['GQA 4, D64, padding + window 37 (used 200/1/64 of 256)', randomCase(8, 2, 64, [256, 256, 256], 37, 62, true, [200, 1, 64])],
 ];
 
-for (const [name0, c] of v3Cases) {
-  const name = `${name0} [GPTOSS_ATTN_FWD=v3]`;
+for (const [name0, c] of v3Cases) for (const mode of ['v2', 'v3', 'ws']) {
+  const name = `${name0} [GPTOSS_ATTN_FWD=${mode}]`;
   test(`cuda forward vs cpu: ${name}`, { skip }, () => {
-    const g = withFwdEnv('v3', () => forwardOn('cuda:0', c));
+    const g = withFwdEnv(mode, () => forwardOn('cuda:0', c));
     const cpu = forwardOn('cpu', c);
     const p = plainBf16(c, c.q, c.k, c.v, c.dout);
     checkBound(name, 'out', g.out, p.out, cpu.out, 1e-3);
@@ -376,13 +377,38 @@ for (const [name0, c] of v3Cases) {
     const el = maxAbsDiff(g.lse, cpu.lse);
     console.log(`${name} lse: err ${el.toExponential(2)}`);
     assert.ok(el < 1e-3, `lse ${el}`);
-    // v2 (today's kernels) on the same inputs: same bound, so the two agree to bf16 rounding.
+    // The default (unset) on the same inputs: same bound, so the two agree to bf16 rounding.
     const d = withFwdEnv(undefined, () => forwardOn('cuda:0', c));
     checkBound(`${name} (unset)`, 'out', d.out, p.out, cpu.out, 1e-3);
   });
 }
 
+// Padding rows may hold anything: the TMA kernel loads whole tiles, so the tile that crosses a sequence's real end
+// must come in zero-filled (0 * NaN would poison the real rows through P.V).
+test('cuda forward: NaN in padding rows does not reach the real rows [every GPTOSS_ATTN_FWD mode]', { skip }, () => {
+  for (const window of [0, 37]) {
+    const c = randomCase(8, 2, 64, [256, 256, 256], window, 64, true, [200, 1, 130]);
+    const poisoned: Case = { ...c, q: c.q.slice(), k: c.k.slice(), v: c.v.slice() };
+    const used = [200, 1, 130];
+    for (let s = 0; s < 3; s++)
+      for (let t = used[s]!; t < 256; t++) {
+        const row = s * 256 + t;
+        poisoned.q.fill(NaN, row * c.Hq * c.D, (row + 1) * c.Hq * c.D);
+        poisoned.k.fill(NaN, row * c.Hkv * c.D, (row + 1) * c.Hkv * c.D);
+        poisoned.v.fill(NaN, row * c.Hkv * c.D, (row + 1) * c.Hkv * c.D);
+      }
+    const cpu = forwardOn('cpu', c);
+    for (const mode of ['ws', 'v2', 'v3']) {
+      const g = withFwdEnv(mode, () => forwardOn('cuda:0', poisoned));
+      assert.ok(g.out.every(Number.isFinite) && g.lse.every(Number.isFinite), `${mode} window ${window}: non-finite output`);
+      const p = plainBf16(c, c.q, c.k, c.v, c.dout);
+      checkBound(`NaN padding ${mode} window ${window}`, 'out', g.out, p.out, cpu.out, 1e-3);
+      assert.ok(maxAbsDiff(g.lse, cpu.lse) < 1e-3);
+    }
+  }
+});
+
 test('cuda forward: an unknown GPTOSS_ATTN_FWD value is refused', { skip }, () => {
   const c = randomCase(2, 1, 64, [17], 0, 63);
-  assert.throws(() => withFwdEnv('v4', () => forwardOn('cuda:0', c)), /GPTOSS_ATTN_FWD: unknown value 'v4' \(v2, v3; unset = v2\)/);
+  assert.throws(() => withFwdEnv('v4', () => forwardOn('cuda:0', c)), /GPTOSS_ATTN_FWD: unknown value 'v4' \(ws, v2, v3; unset = ws\)/);
 });

@@ -1,0 +1,362 @@
+// attention_fwd_ws.cu: the warp-specialized Hopper forward for head_dim 64 (GPTOSS_ATTN_FWD=ws), the
+// FlashAttention-3 structure: a producer warp loads Q once and streams K/V tiles by TMA into a ring of shared-memory
+// slots guarded by mbarriers; two consumer warpgroups (64 query rows each, BM 128) run S = Q.K^T (wgmma, both
+// operands in shared memory) and O += P.V (wgmma, P in registers), each at its own pace: no CTA-wide barrier in the
+// loop. The producer warpgroup gives its registers to the consumers (setmaxnreg 24 / 240).
+//
+// Per consumer warpgroup, tiles t of its key range (S_{t-1} complete on entry of step t, PV_{t-1} maybe in flight):
+//   wait full(t); issue S_t                                   (async)
+//   wait_group 1 -> PV_{t-2} complete: release slot of t-2    (S_t stays in flight)
+//   mask + online softmax of S_{t-1}, P_{t-1} in bf16          <- overlaps the tensor cores' S_t
+//   O *= alpha; issue O += P_{t-1}.V_{t-1}                    (async)
+//   wait_group 1 -> S_t complete                               (PV_{t-1} stays in flight into the next step)
+// A warpgroup thus holds at most tiles t-2, t-1 while waiting for t: the ring needs STAGES >= 3.
+//
+// Masks, sinks, padding and packing follow fwd_kernel (attention_fwd.cu): the running max starts at the sink logit,
+// e^{sink - m} joins the denominator at the end, key tiles outside the causal / window band are skipped per
+// warpgroup, and only tiles that cross the band edge are masked element by element. K/V rows past a sequence's
+// real length must read as zeros (padding may hold anything, and 0 * NaN is NaN): a tile that crosses the end is
+// loaded with zero-filling cp.async by the producer warp instead of TMA.
+#include <cuda.h>
+
+#include "attention.h"
+#include "attention_common.cuh"
+#include "tma.cuh"
+#include "wgmma.cuh"
+
+namespace gptoss::cuda {
+namespace attn {
+
+// One shared-memory layout for the kernel and its launcher.
+template <int BN, int STAGES>
+struct FwdWsCfg {
+  static_assert(STAGES >= 3, "a consumer holds two slots while it waits for the third");
+  static constexpr int D = 64, NC = 2, BM = NC * 64, NT = (NC + 1) * 128;
+  static constexpr int Q_BYTES = BM * D * 2, TILE_BYTES = BN * D * 2;  // Q block; one K or V tile
+  static constexpr int OFF_K = Q_BYTES, OFF_V = OFF_K + STAGES * TILE_BYTES, OFF_BAR = OFF_V + STAGES * TILE_BYTES;
+  static constexpr int SMEM = OFF_BAR + (2 * STAGES + 1) * 8 + 1024;  // + barriers, + 1024-byte alignment slack
+};
+
+struct FwdTmaMaps {
+  CUtensorMap q, k, v;  // [T, Hq, 64] box BM x 64; [T, Hkv, 64] box BN x 64 (both)
+};
+
+__device__ __forceinline__ float ex2(float x) {  // 2^x, one MUFU op (-inf -> 0)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int BN, int STAGES>
+__global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ FwdTmaMaps maps, Params p) {
+  using C = FwdWsCfg<BN, STAGES>;
+  constexpr int D = 64, BM = C::BM, NC = C::NC;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* base = smem_raw + ((((smem_u32(smem_raw) + 1023u) & ~1023u)) - smem_u32(smem_raw));
+  const uint32_t sQ_a = smem_u32(base), sK_a = sQ_a + C::OFF_K, sV_a = sQ_a + C::OFF_V;
+  const uint32_t bar_full = sQ_a + C::OFF_BAR, bar_empty = bar_full + STAGES * 8, bar_q = bar_empty + STAGES * 8;
+
+  const int mb = gridDim.x - 1 - blockIdx.x;  // longest (last) query blocks first
+  const int h = blockIdx.y, s = blockIdx.z;
+  const SeqInfo si = seq_info(p.cu, p.used, s);
+  const int q0 = mb * BM;
+  if (q0 >= si.len) return;
+  if (q0 >= si.used) {
+    const int rows_here = min(BM, si.len - q0);
+    // zero rows + lse 0 (as fwd_kernel's zero_padding_block)
+    const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
+    for (int i = threadIdx.x; i < rows_here * D; i += C::NT)
+      p.o[(si.start + q0 + i / D) * qstride + h * D + i % D] = __float2bfloat16(0.f);
+    for (int r = threadIdx.x; r < rows_here; r += C::NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
+    return;
+  }
+  const int kvh = h / p.G;
+  // Key tiles any real row of the CTA can see: [kb_lo, kb_hi). The producer loads all of them in order.
+  const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
+  const int n_hi = min(q0 + BM, si.used);
+  const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < STAGES; i++) {
+      mbar_init(bar_full + 8 * i, 1);
+      mbar_init(bar_empty + 8 * i, NC * 4);  // one arrival per consumer warp
+    }
+    mbar_init(bar_q, 1);
+    fence_mbar_init();
+  }
+  __syncthreads();
+
+  const int wg = warpgroup_uniform();
+  const int wl = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+
+  if (wg == NC) {  // ---- producer warpgroup: warp 0 loads, the other three only give their registers away
+    regs_shrink<24>();
+    if (wl != 0) return;
+    const int64_t kstride = static_cast<int64_t>(p.Hkv) * D;
+    if (lane == 0) {
+      tma_prefetch_desc(&maps.k);
+      tma_prefetch_desc(&maps.v);
+      mbar_arrive_expect_tx(bar_q, C::Q_BYTES);
+      tma_load_3d(sQ_a, &maps.q, bar_q, 0, h, si.start + q0);
+    }
+    for (int kb = kb_lo; kb < kb_hi; kb++) {
+      const int i = kb - kb_lo, slot = i % STAGES;
+      const uint32_t full = bar_full + 8 * slot;
+      const uint32_t dK = sK_a + slot * C::TILE_BYTES, dV = sV_a + slot * C::TILE_BYTES;
+      mbar_wait(bar_empty + 8 * slot, ((i / STAGES) & 1) ^ 1);
+      const int n0 = kb * BN;
+      if (n0 + BN <= si.used) {
+        if (lane == 0) {
+          mbar_arrive_expect_tx(full, 2 * C::TILE_BYTES);
+          tma_load_3d(dK, &maps.k, full, 0, kvh, si.start + n0);
+          tma_load_3d(dV, &maps.v, full, 0, kvh, si.start + n0);
+        }
+      } else {
+        // The tile crosses the sequence's real end: rows >= used are zero-filled (same swizzle as the TMA's).
+        const __nv_bfloat16* gK = p.k + (si.start + n0) * kstride + kvh * D;
+        const __nv_bfloat16* gV = p.v + (si.start + n0) * kstride + kvh * D;
+        for (int c = lane; c < BN * 8; c += 32) {
+          const int r = c >> 3, ch = c & 7;
+          const bool ok = n0 + r < si.used;
+          const int64_t go = ok ? r * kstride + ch * 8 : 0;
+          const uint32_t so = r * 128 + ((ch ^ (r & 7)) << 4);
+          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dK + so), "l"(gK + go), "r"(ok ? 16 : 0));
+          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dV + so), "l"(gV + go), "r"(ok ? 16 : 0));
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+        fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy)
+        __syncwarp();
+        if (lane == 0) mbar_arrive(full);
+      }
+    }
+    return;
+  }
+
+  // ---- consumer warpgroup wg: query rows q0 + 64 wg .. +63
+  regs_grow<240>();
+  const int g = lane >> 2, t4 = lane & 3;
+  const int wq0 = q0 + wg * 64;     // first row of this warpgroup
+  const int wrow0 = wq0 + wl * 16;  // first row of this warp; thread rows wrow0 + g (+8)
+  // This warpgroup's key tiles [w_lo, w_hi) within the CTA's; none when all its rows are padding.
+  const int wn_lo = p.window > 0 ? max(0, wq0 - p.window + 1) : 0;
+  const int w_lo = max(kb_lo, wn_lo / BN);
+  const int w_hi = wq0 < si.used ? min(kb_hi, (min(wq0 + 64, si.used) + BN - 1) / BN) : w_lo;
+
+  auto full_wait = [&](int t) { mbar_wait(bar_full + 8 * ((t - kb_lo) % STAGES), ((t - kb_lo) / STAGES) & 1); };
+  auto release = [&](int t) {  // this warp no longer reads tile t's slot
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar_empty + 8 * ((t - kb_lo) % STAGES));
+  };
+  // Tiles of the CTA range outside this warpgroup's band: wait until loaded (keeps the ring's phases in order),
+  // then release at once.
+  for (int t = kb_lo; t < w_lo; t++) {
+    full_wait(t);
+    release(t);
+  }
+
+  const float sink2 = sink_log2(p, h);
+  const float scale2 = p.scale_log2;
+  float m_r[2] = {sink2, sink2}, l_r[2] = {0.f, 0.f};  // running max (log2 domain, scaled) and sum, rows g, g+8
+  float acc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  float sA[BN / 8][4], sB[BN / 8][4];  // ping-pong S accumulators (64 x BN per warpgroup)
+  uint32_t pa[BN / 16][4];             // P of the current tile in bf16: the A fragments of P.V
+  float alpha[2];
+  const uint64_t dQ = wg_desc(sQ_a + wg * 64 * D * 2);
+
+  auto issue_s = [&](float (&sn)[BN / 8][4], const int t) {  // sn = Q.K_t^T (async, one commit group)
+    const uint64_t dK = wg_desc(sK_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
+    acc_undef<BN / 8>(sn);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BN>(sn, dQ + 2 * kk, dK + 2 * kk, kk > 0);  // +32 B per k step
+    wgmma_commit();
+  };
+  // Mask and online softmax of the complete S of tile t (raw scores in sc; exponentiated in place): alpha, m_r, l_r.
+  // The max is taken on raw scores (scale > 0) and the scale is folded into one FFMA per element.
+  auto softmax = [&](float (&sc)[BN / 8][4], const int t) {
+    const int n0 = t * BN;
+    const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
+    if (need_mask) {
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int row = wrow0 + g + (e >> 1) * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
+          const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
+          sc[i][e] = ok ? sc[i][e] : -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
+      mx = fmaxf(m_r[r], quad_max(mx) * scale2);
+      const float base = mx == -INFINITY ? 0.f : mx;
+      alpha[r] = ex2(m_r[r] - base);
+      m_r[r] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) {
+        sc[i][2 * r] = ex2(fmaf(sc[i][2 * r], scale2, -base));
+        sc[i][2 * r + 1] = ex2(fmaf(sc[i][2 * r + 1], scale2, -base));
+        sum += sc[i][2 * r] + sc[i][2 * r + 1];
+      }
+      l_r[r] = l_r[r] * alpha[r] + sum;
+    }
+  };
+  auto pack_p = [&](const float (&sc)[BN / 8][4]) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+      pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+      pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+      pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+    }
+  };
+  auto rescale_issue_pv = [&](const int t) {  // O *= alpha (O complete), then O += P.V_t (async, one group)
+    fence_acc<D / 8>(acc);
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) {
+      acc[i][0] *= alpha[0];
+      acc[i][1] *= alpha[0];
+      acc[i][2] *= alpha[1];
+      acc[i][3] *= alpha[1];
+    }
+    const uint64_t dV = wg_desc(sV_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, pa[kk], dV + 128 * kk);  // +2048 B per k step
+    wgmma_commit();
+  };
+  auto step = [&](float (&sn)[BN / 8][4], float (&sc)[BN / 8][4], const int t) {  // w_lo < t < w_hi
+    full_wait(t);
+    issue_s(sn, t);
+    wgmma_wait<1>();  // PV_{t-2} complete (S_t, the newest group, stays in flight)
+    if (t - 2 >= w_lo) release(t - 2);
+    softmax(sc, t - 1);
+    pack_p(sc);
+    rescale_issue_pv(t - 1);
+    wgmma_wait<1>();  // S_t complete (PV_{t-1} stays in flight)
+    fence_acc<BN / 8>(sn);
+  };
+  auto last = [&](float (&sc)[BN / 8][4]) {  // tile w_hi - 1, its S complete
+    softmax(sc, w_hi - 1);
+    wgmma_wait<0>();  // PV_{w_hi-2}
+    if (w_hi - 2 >= w_lo) release(w_hi - 2);
+    pack_p(sc);
+    rescale_issue_pv(w_hi - 1);
+    wgmma_wait<0>();
+    fence_acc<D / 8>(acc);
+    release(w_hi - 1);
+  };
+
+  mbar_wait(bar_q, 0);
+  if (w_lo < w_hi) {
+    // Tile t's S lives in sA when (t - w_lo) is even, in sB when odd.
+    full_wait(w_lo);
+    issue_s(sA, w_lo);
+    wgmma_wait<0>();
+    fence_acc<BN / 8>(sA);
+    int t = w_lo + 1;
+    for (; t + 1 < w_hi; t += 2) {
+      step(sB, sA, t);
+      step(sA, sB, t + 1);
+    }
+    if (t < w_hi) {
+      step(sB, sA, t);
+      last(sB);
+    } else {
+      last(sA);
+    }
+  }
+  for (int t = w_hi; t < kb_hi; t++) {
+    full_wait(t);
+    release(t);
+  }
+
+  // Epilogue: O / l (the sink in the denominator), lse = ln(sum) in natural log; padding rows 0.
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
+  float lsum[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[r]) + ex2(sink2 - m_r[r]);
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int row = wrow0 + g + r * 8;
+    if (row >= si.len) continue;
+    const int64_t tok = si.start + row;
+    __nv_bfloat16* o = p.o + tok * qstride + h * D;
+    const bool real = row < si.used;
+    const float inv = real ? 1.f / lsum[r] : 0.f;
+#pragma unroll
+    for (int i = 0; i < D / 8; i++)
+      *reinterpret_cast<uint32_t*>(o + i * 8 + 2 * t4) =
+          pack_bf16(real ? acc[i][2 * r] * inv : 0.f, real ? acc[i][2 * r + 1] * inv : 0.f);
+    if (t4 == 0) p.lse[static_cast<int64_t>(h) * p.T + tok] = real ? (m_r[r] + log2f(lsum[r])) * kLn2 : 0.f;
+  }
+}
+
+}  // namespace attn
+
+// ---- host -----------------------------------------------------------------------------------------------------
+namespace {
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiledFn encode_tiled() {
+  static EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();  // clear: the caller falls back to the kernels without TMA
+      return static_cast<EncodeTiledFn>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+template <int BN, int STAGES>
+bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
+  using C = attn::FwdWsCfg<BN, STAGES>;
+  attn::FwdTmaMaps maps;
+  if (!encode_head_tile_map(&maps.q, p.q, p.T, p.Hq, C::BM) || !encode_head_tile_map(&maps.k, p.k, p.T, p.Hkv, BN) ||
+      !encode_head_tile_map(&maps.v, p.v, p.T, p.Hkv, BN))
+    return false;
+  static bool configured = false;
+  if (!configured) {
+    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(attn::fwd_ws_kernel<BN, STAGES>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
+                      "attentionForward: cudaFuncSetAttribute");
+    configured = true;
+  }
+  dim3 grid(ceil_div(max_seqlen, C::BM), p.Hq, nseq);
+  attn::fwd_ws_kernel<BN, STAGES><<<grid, C::NT, C::SMEM, st>>>(maps, p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionForward: kernel launch");
+  return true;
+}
+}  // namespace
+
+bool encode_head_tile_map(CUtensorMap* map, const void* base, int64_t rows, int heads, int box_rows) {
+  EncodeTiledFn enc = encode_tiled();
+  if (!enc || (reinterpret_cast<uintptr_t>(base) & 15)) return false;
+  const cuuint64_t dims[3] = {64, static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[2] = {64 * 2, static_cast<cuuint64_t>(heads) * 64 * 2};  // bytes, dims 1 and 2
+  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[3] = {1, 1, 1};
+  return enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box, elem,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// GPTOSS_ATTN_FWD_STAGES = 3 | 4 (default 4) K/V ring slots. False: no TMA here (the caller picks another kernel).
+bool launch_fwd64_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
+  static const int stages = attn::env_int("GPTOSS_ATTN_FWD_STAGES", 4);
+  return stages == 3 ? launch_fwd_ws<128, 3>(p, nseq, max_seqlen, st) : launch_fwd_ws<128, 4>(p, nseq, max_seqlen, st);
+}
+
+}  // namespace gptoss::cuda
