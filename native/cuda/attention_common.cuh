@@ -155,6 +155,14 @@ __device__ __forceinline__ void load_b_frags(const __nv_bfloat16* s, int k0, int
   ldsm_x4_t(smem_u32(s + swz<D>(r, ch)), b[0], b[1], b[2], b[3]);
 }
 
+// 2^x as one MUFU op (ex2.approx.ftz: -inf -> 0, subnormal results flush to 0, which exp2f spends extra
+// instructions to keep; a probability below 2^-126 is 0 for bf16 P anyway).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));

@@ -41,12 +41,6 @@ struct FwdTmaMaps {
   CUtensorMap q, k, v;  // [T, Hq, 64] box BM x 64; [T, Hkv, 64] box BN x 64 (both)
 };
 
-__device__ __forceinline__ float ex2(float x) {  // 2^x, one MUFU op (-inf -> 0)
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 template <int BN, int STAGES>
 __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ FwdTmaMaps maps, Params p) {
   using C = FwdWsCfg<BN, STAGES>;
@@ -196,13 +190,13 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
       for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
       mx = fmaxf(m_r[r], quad_max(mx) * scale2);
       const float base = mx == -INFINITY ? 0.f : mx;
-      alpha[r] = ex2(m_r[r] - base);
+      alpha[r] = fast_exp2(m_r[r] - base);
       m_r[r] = mx;
       float sum = 0.f;
 #pragma unroll
       for (int i = 0; i < BN / 8; i++) {
-        sc[i][2 * r] = ex2(fmaf(sc[i][2 * r], scale2, -base));
-        sc[i][2 * r + 1] = ex2(fmaf(sc[i][2 * r + 1], scale2, -base));
+        sc[i][2 * r] = fast_exp2(fmaf(sc[i][2 * r], scale2, -base));
+        sc[i][2 * r + 1] = fast_exp2(fmaf(sc[i][2 * r + 1], scale2, -base));
         sum += sc[i][2 * r] + sc[i][2 * r + 1];
       }
       l_r[r] = l_r[r] * alpha[r] + sum;
@@ -282,7 +276,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
   const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
   float lsum[2];
 #pragma unroll
-  for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[r]) + ex2(sink2 - m_r[r]);
+  for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[r]) + fast_exp2(sink2 - m_r[r]);
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     const int row = wrow0 + g + r * 8;
