@@ -19,6 +19,8 @@
 // loaded with zero-filling cp.async by the producer warp instead of TMA.
 #include <cuda.h>
 
+#include <cstdio>
+
 #include "attention.h"
 #include "attention_common.cuh"
 #include "tma.cuh"
@@ -319,8 +321,14 @@ bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t
   using C = attn::FwdWsCfg<BN, STAGES>;
   attn::FwdTmaMaps maps;
   if (!encode_head_tile_map(&maps.q, p.q, p.T, p.Hq, C::BM) || !encode_head_tile_map(&maps.k, p.k, p.T, p.Hkv, BN) ||
-      !encode_head_tile_map(&maps.v, p.v, p.T, p.Hkv, BN))
+      !encode_head_tile_map(&maps.v, p.v, p.T, p.Hkv, BN)) {
+    static bool warned = false;  // the fallback is correct, only slower: say so once per process
+    if (!warned)
+      std::fprintf(stderr, "gptoss: attentionForward: no TMA tensor map for q/k/v (driver without "
+                           "cuTensorMapEncodeTiled, or an unaligned tensor); using the v2 forward kernels\n");
+    warned = true;
     return false;
+  }
   static bool configured = false;
   if (!configured) {
     GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(attn::fwd_ws_kernel<BN, STAGES>,
