@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
   __nv_bfloat16* sV = sK + BN * D;
   __nv_bfloat16* sQ = sV + BN * D;     // [2][BM*D]
   __nv_bfloat16* sdO = sQ + 2 * BM * D;  // [2][BM*D]
-  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse * log2e
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse (natural log)
   float* sDl = sL + 2 * BM;                                 // [2][BM]
   __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDl + 2 * BM);  // [BN][BM] dS^T (ATOMIC only)
 
@@ -136,9 +136,12 @@ __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
       load_tile<BM, D, NT>(sdO + stage * BM * D, p.dout + (si.start + i0) * qstride + h * D, qstride, nv);
       const float* gl = p.lse + static_cast<int64_t>(h) * p.T + si.start + i0;
       const float* gd = p.dlt + static_cast<int64_t>(h) * p.T + si.start + i0;
+      // lse and D_i ride the same cp.async group (4-byte copies, zero-filled past nv): a plain load here would hold
+      // the loading warps, and with them their warpgroup's next wgmma, for a global-memory latency every step.
       for (int r = threadIdx.x; r < BM; r += NT) {
-        sL[stage * BM + r] = r < nv ? gl[r] * kLog2e : 0.f;
-        sDl[stage * BM + r] = r < nv ? gd[r] : 0.f;
+        const bool ok = r < nv;
+        cp_async4(sL + stage * BM + r, ok ? gl + r : gl, ok);
+        cp_async4(sDl + stage * BM + r, ok ? gd + r : gd, ok);
       }
     };
     load_q(0, 0);
@@ -213,7 +216,7 @@ __global__ void __launch_bounds__(128) dkdv_kernel(Params p) {
 #pragma unroll
           for (int e = 0; e < 4; e++) {
             const int cl = i * 8 + 2 * t4 + (e & 1);
-            float pv = exp2f(st[mt][i][e] * p.scale_log2 - cL[cl]);
+            float pv = exp2f(st[mt][i][e] * p.scale_log2 - __fmul_rn(cL[cl], kLog2e));
             if (need_mask) {
               const int krow = kmin + mt * 16 + g + (e >> 1) * 8, col = i0 + cl;
               const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
@@ -505,11 +508,6 @@ struct DkdvV2Cfg {
   static constexpr int SMEM = (2 * BN * D + 4 * BM * D) * 2 + 4 * BM * 4;
 };
 
-// 4-byte cp.async (zero-filled when !pred): lse / D_i rows, so no thread waits on a plain global load mid-loop.
-__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool pred) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
-               "r"(pred ? 4 : 0));
-}
 
 template <int NW>
 __global__ void __launch_bounds__(NW * 32) dkdv_v2_kernel(Params p) {
@@ -712,7 +710,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
   __nv_bfloat16* sV = sK + BN * D;
   __nv_bfloat16* sQ = sV + BN * D;       // [2][BM*D]
   __nv_bfloat16* sdO = sQ + 2 * BM * D;  // [2][BM*D]
-  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse * log2e
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * D);  // [2][BM] lse (natural log)
   float* sDl = sL + 2 * BM;                                 // [2][BM]
   // FDQ only: 1024-aligned (sK is, and everything before is a multiple of 1024 bytes).
   __nv_bfloat16* sdS = reinterpret_cast<__nv_bfloat16*>(sDl + 2 * BM);  // [DS_BUFS][NWG][64 q][64 k], 128B swizzle
@@ -751,9 +749,12 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
       load_tile<BM, D, NT>(sdO + stage * BM * D, p.dout + (si.start + i0) * qstride + h * D, qstride, nv);
       const float* gl = p.lse + static_cast<int64_t>(h) * p.T + si.start + i0;
       const float* gd = p.dlt + static_cast<int64_t>(h) * p.T + si.start + i0;
+      // lse and D_i ride the same cp.async group (4-byte copies, zero-filled past nv): a plain load here would hold
+      // the loading warps, and with them their warpgroup's next wgmma, for a global-memory latency every step.
       for (int r = threadIdx.x; r < BM; r += NT) {
-        sL[stage * BM + r] = r < nv ? gl[r] * kLog2e : 0.f;
-        sDl[stage * BM + r] = r < nv ? gd[r] : 0.f;
+        const bool ok = r < nv;
+        cp_async4(sL + stage * BM + r, ok ? gl + r : gl, ok);
+        cp_async4(sDl + stage * BM + r, ok ? gd + r : gd, ok);
       }
     };
     load_q(0, 0);
@@ -855,7 +856,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
 #pragma unroll
           for (int e = 0; e < 4; e++) {
             const int cl = i * 8 + 2 * t4 + (e & 1);
-            float pv = exp2f(st[i][e] * p.scale_log2 - cL[cl]);
+            float pv = exp2f(st[i][e] * p.scale_log2 - __fmul_rn(cL[cl], kLog2e));
             if (need_mask) {
               const int krow = kmin + g + (e >> 1) * 8, col = i0 + cl;
               const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
