@@ -218,7 +218,7 @@ function main() {
     console.log(`| ${r.name} | ${fmt(r.ms, 3)} | ${ours} | ${fmt(r.peerMs, 3)} | ${peer} | ${r.ratio ? `${r.ratio.toFixed(2)}x` : '-'}${r.peerNote ? ` (${r.peerNote})` : ''} |`);
   }
   if (a.json) {
-    const variant = { deterministic: !a.atomic, fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '1', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '1' };
+    const variant = { deterministic: !a.atomic, fwd: process.env.GPTOSS_ATTN_FWD || 'ws', fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '1', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '1' };
     writeFileSync(a.json, JSON.stringify({ device, hbmGBps: hbm || undefined, peer: peerStatus, variant, rows }, null, 2));
     console.log(`wrote ${a.json}`);
   }
