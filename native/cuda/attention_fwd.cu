@@ -383,243 +383,6 @@ __global__ void __launch_bounds__(NWG * 128, 1) fwd_wgmma_kernel(Params p) {
 }
 
 
-// ---- head_dim 64 on Hopper: pipelined wgmma forward (GPTOSS_ATTN_FWD=v3) ---------------------------------------
-// Two warpgroups of 64 query rows each (BM 128, 256 threads, up to 255 registers per thread: one CTA per SM), key
-// tiles of 128. Per warpgroup, in the step for key tile t (S_{t-1} complete on entry, PV_{t-2} maybe in flight):
-//   issue S_t = Q.K_t^T (4 x m64n128k16 into the free S accumulator, async, scale_d 0 on the first k step)
-//   wait_group 1: PV_{t-2} complete, S_t stays in flight
-//   mask + online softmax of S_{t-1} -> alpha, P_{t-1} in bf16        <- runs while the tensor cores do S_t
-//   O *= alpha; issue O += P_{t-1}.V_{t-1} (8 x m64n64k16, V MN-major, async)
-//   wait_group 1: S_t complete, PV_{t-1} stays in flight into the next step (over the barrier and the next issue)
-// The two S accumulators (2 x 64 floats) ping-pong; the loop is unrolled by 2 so that which array is "next" is a
-// compile-time choice. Waiting for PV_{t-2} only after the softmax would overlap more, but then two copies of P
-// (the in-flight wgmma still reads the old A registers) and S_t, S_{t-1}, O are live at once: ptxas spills.
-// The other warpgroup's GEMMs fill the tensor cores during this one's waits (no explicit ping-pong barriers).
-// Shared memory ring: STAGES = PF + 3 slots of (K 128x64, V 128x64), PF tiles loaded ahead. At the barrier of
-// step t, tile t must be resident (S_t), t-1 kept (PV_{t-1} is issued later in the step) and t-2 kept (PV_{t-2}
-// may still be in flight in either warpgroup), so the load of tile t+PF may only reuse the slot of t-3.
-template <int PF>
-struct FwdV3Cfg {
-  static constexpr int D = 64, BN = 128, NWG = 2, NT = NWG * 128, BM = NWG * 64, STAGES = PF + 3;
-  static constexpr int SMEM = (BM * D + 2 * STAGES * BN * D) * 2 + 1024;  // Q + ring of K/V, + alignment slack
-};
-
-template <int PF>
-__global__ void __launch_bounds__(256, 1) fwd_wgmma_v3_kernel(Params p) {
-  using C = FwdV3Cfg<PF>;
-  constexpr int D = 64, BM = C::BM, BN = C::BN, NT = C::NT, STAGES = C::STAGES;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(align1024(smem_raw));
-  __nv_bfloat16* sK = sQ + BM * D;  // [STAGES][BN*D], each slot 16 KiB (1024-aligned for the descriptors)
-  __nv_bfloat16* sV = sK + STAGES * BN * D;
-
-  const int mb = gridDim.x - 1 - blockIdx.x;  // longest (last) query blocks first
-  const int h = blockIdx.y, s = blockIdx.z;
-  const SeqInfo si = seq_info(p.cu, p.used, s);
-  const int q0 = mb * BM;
-  if (q0 >= si.len) return;
-  const int kvh = h / p.G;
-  const int wg = threadIdx.x >> 7, wl = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2,
-            t4 = lane & 3;
-  const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
-  const int rows_here = min(BM, si.len - q0);
-
-  if (q0 >= si.used) {
-    zero_padding_block<D, NT>(p, si, q0, rows_here, h);
-    return;
-  }
-
-  const __nv_bfloat16* gQ = p.q + (si.start + q0) * qstride + h * D;
-  const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
-  const __nv_bfloat16* gV = p.v + si.start * kstride + kvh * D;
-
-  // Key tiles any real row of the CTA can see: [kb_lo, kb_hi). Both warpgroups run all of them: a warpgroup-
-  // dependent range would put the wgmma issues and waits under branches ptxas cannot prove uniform, and it then
-  // serializes every wgmma. A tile outside a warpgroup's band is fully masked (P = 0, alpha = 1 or O = 0); that
-  // happens only at window edges (e.g. the first tile of the upper warpgroup for window 37) and for padding rows.
-  const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
-  const int n_hi = min(q0 + BM, si.used);
-  const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
-  const int wrow0 = q0 + wg * 64 + wl * 16;  // first row of this warp; thread rows wrow0 + g (+8)
-
-  // K/V tile loader, the load_tile layout with few live registers: thread i copies chunk i % 8 of rows
-  // i / 8 + 32 j (j < 4), so the swizzle (ch ^ (row & 7)) is the same for all four rows and both tiles.
-  const int ld_r = threadIdx.x >> 3, ld_ch = threadIdx.x & 7;
-  const int ld_soff = ld_r * D + ((ld_ch ^ (ld_r & 7)) << 3);  // elements, row ld_r of a slot
-  auto load_kv = [&](int kb) {  // tile kb into its ring slot; nothing past the CTA's range
-    if (kb >= kb_hi) return;
-    const int n0 = kb * BN, slot = (kb - kb_lo) % STAGES;
-    const int64_t goff = (n0 + ld_r) * kstride + ld_ch * 8;
-    __nv_bfloat16* dk = sK + slot * BN * D + ld_soff;
-    __nv_bfloat16* dv = sV + slot * BN * D + ld_soff;
-#pragma unroll
-    for (int j = 0; j < BN / (NT / 8); j++) {
-      const bool ok = n0 + ld_r + j * (NT / 8) < si.used;  // rows past the real length: zero-filled
-      const int64_t o = ok ? goff + j * (NT / 8) * kstride : 0;
-      cp_async16(dk + j * (NT / 8) * D, gK + o, ok);
-      cp_async16(dv + j * (NT / 8) * D, gV + o, ok);
-    }
-  };
-  // Prologue: PF cp.async groups (Q rides with the first tile); every step commits one more (empty past the end),
-  // so at step t "all but the newest PF-1 groups" is exactly "tiles <= t".
-  load_tile<BM, D, NT>(sQ, gQ, qstride, min(rows_here, si.used - q0));
-#pragma unroll
-  for (int i = 0; i < PF; i++) {
-    load_kv(kb_lo + i);
-    cp_async_commit();
-  }
-
-  const float sink2 = sink_log2(p, h);
-  float m_r[2] = {sink2, sink2}, l_r[2] = {0.f, 0.f};
-  float acc[D / 8][4];
-  float sA[BN / 8][4], sB[BN / 8][4];  // ping-pong S accumulators (64 x 128 per warpgroup), written by wgmma only
-#pragma unroll
-  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  uint32_t qf[D / 16][4];
-  uint32_t pa[BN / 16][4];  // P of the current tile in bf16: the A fragments of P.V
-  float alpha[2];
-  const uint32_t sK_a = smem_u32(sK), sV_a = smem_u32(sV);
-
-  // Barrier of step t: tile t resident for everyone, and every warpgroup is past PV_{t-3} (its slot is reloaded).
-  auto sync_and_load = [&](const int t) {
-    cp_async_wait<PF - 1>();  // tile t landed (this thread's copies) ...
-    fence_proxy_async();      // ... made visible to the async proxy (wgmma) ...
-    __syncthreads();          // ... for every thread's copies
-    load_kv(t + PF);  // reuses the slot of tile t+PF-STAGES = t-3
-    cp_async_commit();
-  };
-  auto issue_s = [&](float (&sn)[BN / 8][4], const int t) {  // sn = Q.K_t^T (async, one commit group)
-    const uint64_t dK = wg_desc(sK_a + ((t - kb_lo) % STAGES) * BN * D * 2);
-    acc_undef<BN / 8>(sn);  // the old P values in sn are dead (the first k step has scale_d = 0)
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BN, 0>(sn, qf[kk], dK + 2 * kk, kk > 0);  // +32 B per k step
-    wgmma_commit();
-  };
-  // Mask, online softmax of the complete S of tile t (in sc, in place) -> alpha, m_r / l_r updated. No O access.
-  auto softmax = [&](float (&sc)[BN / 8][4], const int t) {
-    const int n0 = t * BN;
-    const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
-#pragma unroll
-    for (int i = 0; i < BN / 8; i++) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        float x = sc[i][e] * p.scale_log2;
-        if (need_mask) {
-          const int row = wrow0 + g + (e >> 1) * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
-          const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
-          x = ok ? x : -INFINITY;
-        }
-        sc[i][e] = x;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      float mx = m_r[r];
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
-      mx = quad_max(mx);
-      const float base = mx == -INFINITY ? 0.f : mx;
-      alpha[r] = exp2f(m_r[r] - base);
-      m_r[r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) {
-        sc[i][2 * r] = exp2f(sc[i][2 * r] - base);
-        sc[i][2 * r + 1] = exp2f(sc[i][2 * r + 1] - base);
-        sum += sc[i][2 * r] + sc[i][2 * r + 1];
-      }
-      l_r[r] = l_r[r] * alpha[r] + sum;
-    }
-  };
-  // P (tile in sc, exponentiated) -> bf16 A fragments. Only once the previous P.V is complete: the wgmma in flight
-  // reads the old pa registers (two live copies of P would cost 32 more registers and spill).
-  auto pack_p = [&](const float (&sc)[BN / 8][4]) {
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) {
-      pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-    }
-  };
-  // O *= alpha (O must be complete: the caller waited), then O += P.V_t (async, one commit group).
-  auto rescale_issue_pv = [&](const int t) {
-    fence_acc<D / 8>(acc);
-#pragma unroll
-    for (int i = 0; i < D / 8; i++) {
-      acc[i][0] *= alpha[0];
-      acc[i][1] *= alpha[0];
-      acc[i][2] *= alpha[1];
-      acc[i][3] *= alpha[1];
-    }
-    const uint64_t dV = wg_desc(sV_a + ((t - kb_lo) % STAGES) * BN * D * 2);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, pa[kk], dV + 128 * kk);  // +2048 B per k step
-    wgmma_commit();
-  };
-  // Steady step t (kb_lo < t < kb_hi): S_t into sn while the softmax of tile t-1 (sc) runs.
-  auto step = [&](float (&sn)[BN / 8][4], float (&sc)[BN / 8][4], const int t) {
-    sync_and_load(t);
-    issue_s(sn, t);
-    // PV_{t-2} complete (S_t, the newest group, stays in flight): pa and O are free. Waiting after the softmax
-    // instead would overlap it with PV_{t-2} too, but needs two live copies of P (and O) and spills.
-    wgmma_wait<1>();
-    softmax(sc, t - 1);
-    pack_p(sc);
-    rescale_issue_pv(t - 1);
-    wgmma_wait<1>();  // S_t complete (PV_{t-1}, the newest, stays in flight into the next step)
-    fence_acc<BN / 8>(sn);
-  };
-  // Last step (t = kb_hi): no next S; softmax and P.V of tile kb_hi-1 (already resident: no barrier needed).
-  auto last = [&](float (&sc)[BN / 8][4]) {
-    softmax(sc, kb_hi - 1);
-    wgmma_wait<0>();  // PV_{kb_hi-2}
-    pack_p(sc);
-    rescale_issue_pv(kb_hi - 1);
-    wgmma_wait<0>();
-    fence_acc<D / 8>(acc);
-  };
-
-  // Tile t's S lives in sA when (t - kb_lo) is even, in sB when odd.
-  sync_and_load(kb_lo);
-  load_a_frags<D>(sQ, wg * 64 + wl * 16, qf);  // Q landed with tile kb_lo
-  issue_s(sA, kb_lo);
-  wgmma_wait<0>();
-  fence_acc<BN / 8>(sA);
-  int t = kb_lo + 1;
-  for (; t + 1 < kb_hi; t += 2) {
-    step(sB, sA, t);
-    step(sA, sB, t + 1);
-  }
-  if (t < kb_hi) {
-    step(sB, sA, t);
-    last(sB);
-  } else {
-    last(sA);
-  }
-  cp_async_wait<0>();
-
-  float lsum[2];
-#pragma unroll
-  for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[r]) + exp2f(sink2 - m_r[r]);
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const int row = wrow0 + g + r * 8;
-    if (row >= si.len) continue;
-    const int64_t tok = si.start + row;
-    __nv_bfloat16* o = p.o + tok * qstride + h * D;
-    const bool real = row < si.used;
-    const float inv = real ? 1.f / lsum[r] : 0.f;
-#pragma unroll
-    for (int i = 0; i < D / 8; i++)
-      *reinterpret_cast<uint32_t*>(o + i * 8 + 2 * t4) =
-          pack_bf16(real ? acc[i][2 * r] * inv : 0.f, real ? acc[i][2 * r + 1] * inv : 0.f);
-    if (t4 == 0) p.lse[static_cast<int64_t>(h) * p.T + tok] = real ? (m_r[r] + log2f(lsum[r])) * kLn2 : 0.f;
-  }
-}
-
 }  // namespace attn
 
 namespace {
@@ -661,40 +424,17 @@ void launch_fwd64_wgmma(const attn::Params& p, int nseq, int max_seqlen, cudaStr
   nwg == 2 ? launch_fwd_wgmma<128, 2>(p, nseq, max_seqlen, st) : launch_fwd_wgmma<128, 3>(p, nseq, max_seqlen, st);
 }
 
-// GPTOSS_ATTN_FWD=v3: the pipelined wgmma forward (fwd_wgmma_v3_kernel) for every head_dim-64 call on sm_90,
-// causal and sliding window. GPTOSS_ATTN_FWD_PF = 1 | 2 (default 2) tiles loaded ahead (ring of PF + 3 slots).
-template <int PF>
-void launch_fwd_v3_pf(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
-  using C = attn::FwdV3Cfg<PF>;
-  static bool configured = false;
-  if (!configured) {
-    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(attn::fwd_wgmma_v3_kernel<PF>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
-                      "attentionForward: cudaFuncSetAttribute");
-    configured = true;
-  }
-  dim3 grid(ceil_div(max_seqlen, C::BM), p.Hq, nseq);
-  attn::fwd_wgmma_v3_kernel<PF><<<grid, C::NT, C::SMEM, st>>>(p);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionForward: kernel launch");
-}
-void launch_fwd64_v3(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
-  static const int pf = attn::env_int("GPTOSS_ATTN_FWD_PF", 2);
-  pf == 1 ? launch_fwd_v3_pf<1>(p, nseq, max_seqlen, st) : launch_fwd_v3_pf<2>(p, nseq, max_seqlen, st);
-}
-
 // GPTOSS_ATTN_FWD picks the head_dim-64 forward on sm_90, read on every call: unset or "ws" = the warp-specialized
 // TMA kernel (attention_fwd_ws.cu; causal and windows; 2.0-2.4x the v2 kernels on an H100), "v2" = the earlier
-// kernels (wgmma fwd_wgmma_kernel for causal rows, mma.sync for windows), "v3" = the pipelined wgmma kernel with
-// cp.async loads and CTA barriers. Other devices, and a driver without TMA, run mma.sync. Unknown values are an
-// error.
-enum class FwdMode { V2, V3, WS };
+// kernels (wgmma fwd_wgmma_kernel for causal rows, mma.sync for windows; also the fallback when no tensor map can be
+// made). Other devices run mma.sync. Unknown values are an error.
+enum class FwdMode { V2, WS };
 FwdMode fwd_mode() {
   const char* e = std::getenv("GPTOSS_ATTN_FWD");
   const std::string mode = e ? e : "";
   if (mode.empty() || mode == "ws") return FwdMode::WS;
   if (mode == "v2") return FwdMode::V2;
-  if (mode == "v3") return FwdMode::V3;
-  fail("GPTOSS_ATTN_FWD: unknown value '", mode, "' (ws, v2, v3; unset = ws)");
+  fail("GPTOSS_ATTN_FWD: unknown value '", mode, "' (ws, v2; unset = ws)");
 }
 
 // GPTOSS_ATTN_FWD_MT=1|2 picks the 16-row tiles per warp for head_dim 64 (A/B measurements). Default 1: on an
@@ -746,9 +486,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
       const bool hopper = (attn::wgmma_mode_env() & 1) && attn::device_is_sm90(q.device);
       if (hopper && mode == FwdMode::WS && launch_fwd64_ws(p, nseq, max_seqlen, st))
         break;
-      if (hopper && mode == FwdMode::V3)
-        launch_fwd64_v3(p, nseq, max_seqlen, st);
-      else if ((attn::wgmma_mode_env() & 1) && window <= 0 && attn::device_is_sm90(q.device))
+      if (hopper && window <= 0)
         launch_fwd64_wgmma(p, nseq, max_seqlen, st);
       else if (fwd_mt() == 2)
         launch_fwd<64, 2>(p, nseq, max_seqlen, st);

@@ -340,7 +340,7 @@ test('cuda errors: f32 inputs and head_dim 80 are refused with the shapes', { sk
 });
 
 // ---- GPTOSS_ATTN_FWD (head_dim 64 forward on sm_90; other devices keep mma.sync): ws (the default) = the warp-
-// specialized TMA kernel, v2 = wgmma for causal rows and mma.sync for windows, v3 = the pipelined wgmma kernel.
+// specialized TMA kernel, v2 = wgmma for causal rows and mma.sync for windows.
 // Forward only (out, lse) against the CPU op; the env is read on every call.
 const withFwdEnv = <T>(mode: string | undefined, fn: () => T): T => withEnv('GPTOSS_ATTN_FWD', mode, fn);
 
@@ -351,7 +351,7 @@ function forwardOn(dev: string, c: Case) {
   return { out: fw.out.toFloat32(), lse: fw.lse.toFloat32() };
 }
 
-const v3Cases: [string, Case][] = [
+const fwdCases: [string, Case][] = [
   ['GQA 8 (Hq 64, Hkv 8), D64, causal 300', randomCase(64, 8, 64, [300], 0, 51)],
   ['GQA 8 (Hq 64, Hkv 8), D64, causal 1100', randomCase(64, 8, 64, [1100], 0, 52)],
   ['GQA 8, D64, packed 1/7/113/300, causal', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 53)],
@@ -366,7 +366,7 @@ const v3Cases: [string, Case][] = [
   ['GQA 4, D64, padding + window 37 (used 200/1/64 of 256)', randomCase(8, 2, 64, [256, 256, 256], 37, 62, true, [200, 1, 64])],
 ];
 
-for (const [name0, c] of v3Cases) for (const mode of ['v2', 'v3', 'ws']) {
+for (const [name0, c] of fwdCases) for (const mode of ['v2', 'ws']) {
   const name = `${name0} [GPTOSS_ATTN_FWD=${mode}]`;
   test(`cuda forward vs cpu: ${name}`, { skip }, () => {
     const g = withFwdEnv(mode, () => forwardOn('cuda:0', c));
@@ -398,7 +398,7 @@ test('cuda forward: NaN in padding rows does not reach the real rows [every GPTO
         poisoned.v.fill(NaN, row * c.Hkv * c.D, (row + 1) * c.Hkv * c.D);
       }
     const cpu = forwardOn('cpu', c);
-    for (const mode of ['ws', 'v2', 'v3']) {
+    for (const mode of ['ws', 'v2']) {
       const g = withFwdEnv(mode, () => forwardOn('cuda:0', poisoned));
       assert.ok(g.out.every(Number.isFinite) && g.lse.every(Number.isFinite), `${mode} window ${window}: non-finite output`);
       const p = plainBf16(c, c.q, c.k, c.v, c.dout);
@@ -410,5 +410,5 @@ test('cuda forward: NaN in padding rows does not reach the real rows [every GPTO
 
 test('cuda forward: an unknown GPTOSS_ATTN_FWD value is refused', { skip }, () => {
   const c = randomCase(2, 1, 64, [17], 0, 63);
-  assert.throws(() => withFwdEnv('v4', () => forwardOn('cuda:0', c)), /GPTOSS_ATTN_FWD: unknown value 'v4' \(ws, v2, v3; unset = ws\)/);
+  assert.throws(() => withFwdEnv('v4', () => forwardOn('cuda:0', c)), /GPTOSS_ATTN_FWD: unknown value 'v4' \(ws, v2; unset = ws\)/);
 });
