@@ -364,6 +364,9 @@ const fwdCases: [string, Case][] = [
   ['GQA 2, D64, packed 1/7/113/300, window 37', randomCase(4, 2, 64, [1, 7, 113, 300, 700], 37, 60)],
   ['GQA 8, D64, window 500 > sequence', randomCase(8, 1, 64, [190, 3], 500, 61)],
   ['GQA 4, D64, padding + window 37 (used 200/1/64 of 256)', randomCase(8, 2, 64, [256, 256, 256], 37, 62, true, [200, 1, 64])],
+  // T below one 128-row tile: the ws kernel's tensor maps are smaller than their boxes (TMA fills the rest with 0).
+  ['GQA 8 (Hq 64, Hkv 8), D64, causal 37 (T < 128)', randomCase(64, 8, 64, [37], 0, 65)],
+  ['GQA 2, D64, packed 5/20, window 8 (T < 128)', randomCase(4, 2, 64, [5, 20], 8, 66)],
 ];
 
 for (const [name0, c] of fwdCases) for (const mode of ['v2', 'ws']) {
