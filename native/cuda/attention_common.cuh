@@ -65,9 +65,12 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// 16 bytes global -> shared (zero-filled when !pred), by shared-memory address or by pointer.
+__device__ __forceinline__ void cp_async16(uint32_t smem_addr, const void* gmem, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem), "r"(pred ? 16 : 0));
+}
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
-               "r"(pred ? 16 : 0));
+  cp_async16(smem_u32(smem), gmem, pred);
 }
 // 4-byte cp.async (zero-filled when !pred): lse / D_i rows, so no thread waits on a plain global load mid-loop.
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool pred) {

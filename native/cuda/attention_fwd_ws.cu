@@ -116,8 +116,8 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
           const bool ok = n0 + r < si.used;
           const int64_t go = ok ? r * kstride + ch * 8 : 0;
           const uint32_t so = r * 128 + ((ch ^ (r & 7)) << 4);
-          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dK + so), "l"(gK + go), "r"(ok ? 16 : 0));
-          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dV + so), "l"(gV + go), "r"(ok ? 16 : 0));
+          cp_async16(dK + so, gK + go, ok);
+          cp_async16(dV + so, gV + go, ok);
         }
         cp_async_commit();
         cp_async_wait<0>();
