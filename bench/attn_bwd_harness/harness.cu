@@ -13,6 +13,7 @@
 #include <cstring>
 #include <cuda_bf16.h>
 #include "attention_bwd_kernels.cuh"
+#include "attention_bwd_ws.cuh"
 using namespace gptoss::cuda::attn;
 using gptoss::cuda::ceil_div;
 
@@ -120,6 +121,21 @@ static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_
     if (var == 4) {
       using C = DkdvWgCfg<2, 1>;
       dkdv_wgmma_kernel<2, true, 1><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
+    } else if (var == 7) {
+      using C = BwdWsCfg<2>;
+      BwdTmaMaps m;
+      const int64_t rows = (int64_t)p.Hq * p.T;
+      const bool oks[6] = {gptoss::cuda::encode_head_tile_map(&m.q, p.q, p.T, p.Hq, C::BM),
+                           gptoss::cuda::encode_head_tile_map(&m.dout, p.dout, p.T, p.Hq, C::BM),
+                           gptoss::cuda::encode_head_tile_map(&m.k, p.k, p.T, p.Hkv, C::BN),
+                           gptoss::cuda::encode_head_tile_map(&m.v, p.v, p.T, p.Hkv, C::BN),
+                           gptoss::cuda::encode_f32_vector_map(&m.lse, p.lse, rows, C::ROW_BOX),
+                           gptoss::cuda::encode_f32_vector_map(&m.dlt, p.dlt, rows, C::ROW_BOX)};
+      bool ok = true;
+      for (int i = 0; i < 6; i++)
+        if (!oks[i]) { printf("tensor map %d (q, dout, k, v, lse, dlt) failed\n", i); ok = false; }
+      if (!ok) { printf("tensor map encoding failed\n"); exit(1); }
+      bwd_ws_kernel<2><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(m, p);
     } else if (var == 6) {
       using C = DkdvWgCfg<2, 3>;
       dkdv_wgmma_kernel<2, true, 3><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
@@ -151,9 +167,9 @@ static void run_dq(int var, const Params& p, int nseq, int maxlen, cudaStream_t 
 }
 // 0 = v1, 1 = v2 kernels, 2 = wgmma kernels (the WIP path, fixed), 3 = v3 (wgmma kernels, V3 order and overlap)
 // 4 = fused dQ with bulk reductions, 5 = fused dQ with red.global.add.v4, 6 = 5 with the dQ product pipelined into
-// the next step (all three non-deterministic)
-static const char* kVarName[] = {"v1", "v2", "wg", "v3", "fb", "fr", "fp"};
-constexpr int kNVar = 7;
+// the next step (all three non-deterministic), 7 = 6 warp-specialized (attention_bwd_ws.cuh)
+static const char* kVarName[] = {"v1", "v2", "wg", "v3", "fb", "fr", "fp", "ws"};
+constexpr int kNVar = 8;
 static bool fused(int var) { return var >= 4; }
 
 static void setup_smem() {
@@ -168,6 +184,7 @@ static void setup_smem() {
   smem(dkdv_wgmma_kernel<2, true, 1>, DkdvWgCfg<2, 1>::SMEM);
   smem(dkdv_wgmma_kernel<2, true, 2>, DkdvWgCfg<2, 2>::SMEM);
   smem(dkdv_wgmma_kernel<2, true, 3>, DkdvWgCfg<2, 3>::SMEM);
+  smem(bwd_ws_kernel<2>, BwdWsCfg<2>::SMEM);
 }
 
 static std::vector<float> get(const float* d, size_t n) {

@@ -12,6 +12,7 @@
 // reproducible.
 // GPTOSS_ATTN_BWD=v2 (head_dim 64, deterministic): 128-key dK/dV CTAs of 8 warps, heaviest CTAs first, on a
 // high-priority side stream concurrently with dQ (bitwise the same results as the default; see bwd_version_nw).
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -20,6 +21,7 @@
 #include "attention.h"
 #include "attention_common.cuh"
 #include "attention_bwd_kernels.cuh"
+#include "attention_bwd_ws.cuh"
 
 namespace gptoss::cuda {
 
@@ -189,6 +191,17 @@ void launch_bwd_atomic(attn::Params& p, int nseq, int max_seqlen, float* partial
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
 }
 
+// dq = scale * acc, the fused kernels' fp32 [Hq, T, 64] accumulator transposed to [T, Hq, 64] (n elements).
+void launch_dq_convert(const attn::Params& p, int64_t n, cudaStream_t st) {
+  const unsigned blocks = ceil_div(n / 4, 256);
+  if (p.grad_f32)
+    attn::dq_convert_ht_kernel<float><<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<float*>(p.dq), p.T, p.Hq, p.scale);
+  else
+    attn::dq_convert_ht_kernel<__nv_bfloat16>
+        <<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<__nv_bfloat16*>(p.dq), p.T, p.Hq, p.scale);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
+}
+
 // Non-deterministic backward for head_dim 64 on sm_90 (deterministic: false): dkdv_wgmma_kernel<2, true, FDQ> computes
 // dK, dV (bitwise as v3) and adds dQ partials to an fp32 [Hq, T, 64] accumulator (FDQ 1: bulk async reductions,
 // FDQ 2: red.global.add.v4, FDQ 3: red.global.add.v4 with the dQ product pipelined into the next step), so there is
@@ -205,14 +218,40 @@ void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial,
   set_smem(attn::dkdv_wgmma_kernel<2, true, FDQ>, KC::SMEM, kd);
   attn::dkdv_wgmma_kernel<2, true, FDQ><<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: fused dk/dv/dq kernel launch");
-  const unsigned blocks = ceil_div(n / 4, 256);
-  if (p.grad_f32)
-    attn::dq_convert_ht_kernel<float><<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<float*>(p.dq), p.T, p.Hq, p.scale);
-  else
-    attn::dq_convert_ht_kernel<__nv_bfloat16>
-        <<<blocks, 256, 0, st>>>(p.dq_acc, static_cast<__nv_bfloat16*>(p.dq), p.T, p.Hq, p.scale);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
+  launch_dq_convert(p, n, st);
   launch_dsinks(p, partial, npre, dsinks, st);
+}
+
+// The warp-specialized fused backward (attention_bwd_ws.cuh): as launch_bwd_fused<3>, with the kernel fed by TMA
+// from a producer warp. False when no tensor map can be made (driver without cuTensorMapEncodeTiled, or an
+// unaligned tensor): the caller runs launch_bwd_fused<3> instead, which says so once on stderr.
+bool launch_bwd_ws(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
+                   const Tensor& dq, cudaStream_t st) {
+  constexpr int STAGES = 2;
+  using KC = attn::BwdWsCfg<STAGES>;
+  attn::BwdTmaMaps maps;
+  const int64_t rows = static_cast<int64_t>(p.Hq) * p.T;
+  if (!encode_head_tile_map(&maps.q, p.q, p.T, p.Hq, KC::BM) ||
+      !encode_head_tile_map(&maps.dout, p.dout, p.T, p.Hq, KC::BM) ||
+      !encode_head_tile_map(&maps.k, p.k, p.T, p.Hkv, KC::BN) || !encode_head_tile_map(&maps.v, p.v, p.T, p.Hkv, KC::BN) ||
+      !encode_f32_vector_map(&maps.lse, p.lse, rows, KC::ROW_BOX) || !encode_f32_vector_map(&maps.dlt, p.dlt, rows, KC::ROW_BOX)) {
+    static bool warned = false;
+    if (!warned)
+      std::fprintf(stderr, "gptoss: attentionBackward: no TMA tensor map for q/k/v/dout/lse (driver without "
+                           "cuTensorMapEncodeTiled, or an unaligned tensor); using the red-pipe backward kernel\n");
+    warned = true;
+    return false;
+  }
+  const int64_t n = dq.numel();
+  GPTOSS_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, n * sizeof(float), st), "attentionBackward: memset");
+  launch_pre<64>(p, partial, npre, st);
+  static bool kd = false;
+  set_smem(attn::bwd_ws_kernel<STAGES>, KC::SMEM, kd);
+  attn::bwd_ws_kernel<STAGES><<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, st>>>(maps, p);
+  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: warp-specialized dk/dv/dq kernel launch");
+  launch_dq_convert(p, n, st);
+  launch_dsinks(p, partial, npre, dsinks, st);
+  return true;
 }
 
 // GPTOSS_ATTN_BWD_NONDET selects the head_dim-64 backward for deterministic: false (read on every call, unknown values
@@ -223,11 +262,12 @@ void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial,
 int nondet_mode() {
   const char* e = std::getenv("GPTOSS_ATTN_BWD_NONDET");
   const std::string mode = e ? e : "";
-  if (mode.empty() || mode == "red-pipe") return 3;
+  if (mode.empty() || mode == "ws") return 4;
+  if (mode == "red-pipe") return 3;
   if (mode == "red") return 2;
   if (mode == "bulk") return 1;
   if (mode == "mma") return 0;
-  fail("GPTOSS_ATTN_BWD_NONDET: unknown value '", mode, "' (red-pipe, red, bulk, mma; unset = red-pipe)");
+  fail("GPTOSS_ATTN_BWD_NONDET: unknown value '", mode, "' (ws, red-pipe, red, bulk, mma; unset = ws)");
 }
 
 // GPTOSS_ATTN_BWD selects the deterministic head_dim-64 backward, read on every call (tests compare them in one
@@ -289,7 +329,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     Tensor acc = make_tensor(q.shape, DType::F32, q.device);
     p.dq_acc = acc.data<float>();
     if (nd != 0 && attn::wgmma_mode_env() != 0 && attn::device_is_sm90(q.device)) {
-      if (nd == 3)
+      if (nd == 4 && launch_bwd_ws(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st)) {
+      } else if (nd >= 3)
         launch_bwd_fused<3>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
       else if (nd == 2)
         launch_bwd_fused<2>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);

@@ -299,23 +299,6 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
 
 // ---- host -----------------------------------------------------------------------------------------------------
 namespace {
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-EncodeTiledFn encode_tiled() {
-  static EncodeTiledFn fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();  // clear: the caller falls back to the kernels without TMA
-      return static_cast<EncodeTiledFn>(nullptr);
-    }
-    return reinterpret_cast<EncodeTiledFn>(f);
-  }();
-  return fn;
-}
-
 template <int BN, int STAGES>
 bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
   using C = attn::FwdWsCfg<BN, STAGES>;
@@ -342,18 +325,6 @@ bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t
   return true;
 }
 }  // namespace
-
-bool encode_head_tile_map(CUtensorMap* map, const void* base, int64_t rows, int heads, int box_rows) {
-  EncodeTiledFn enc = encode_tiled();
-  if (!enc || (reinterpret_cast<uintptr_t>(base) & 15)) return false;
-  const cuuint64_t dims[3] = {64, static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[2] = {64 * 2, static_cast<cuuint64_t>(heads) * 64 * 2};  // bytes, dims 1 and 2
-  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t elem[3] = {1, 1, 1};
-  return enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box, elem,
-             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
 
 // GPTOSS_ATTN_FWD_STAGES = 3 | 4 (default 4) K/V ring slots. False: no TMA here (the caller picks another kernel).
 bool launch_fwd64_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {

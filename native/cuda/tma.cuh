@@ -12,6 +12,8 @@
 #pragma once
 #include <cuda.h>  // CUtensorMap and its enums (types only; the function comes from cudaGetDriverEntryPoint)
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 namespace gptoss::cuda::attn {
@@ -52,6 +54,14 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
+// TMA: `box` consecutive elements from element c0 of a one-row map (encode_f32_vector_map: lse / D_i rows).
+__device__ __forceinline__ void tma_load_row(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(0), "r"(bar)
+      : "memory");
+}
 __device__ __forceinline__ void tma_prefetch_desc(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
@@ -82,8 +92,51 @@ __device__ __forceinline__ int warpgroup_uniform() { return __shfl_sync(0xffffff
 }  // namespace gptoss::cuda::attn
 
 namespace gptoss::cuda {
-// Host: a 3-d bf16 tensor map over [rows, heads, 64] (row stride heads*64 elements) whose box is one head's
-// `box_rows` x 64 tile, 128-byte swizzled (the layout wg_desc describes). False when the driver lacks TMA or the
-// encoding fails (the caller falls back to a kernel without TMA).
-bool encode_head_tile_map(CUtensorMap* map, const void* base, int64_t rows, int heads, int box_rows);
+// ---- host: tensor maps, encoded through the driver entry point (header-only, so standalone harnesses use it too)
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+// cuTensorMapEncodeTiled, or null when the driver lacks it (callers then fall back to kernels without TMA).
+inline EncodeTiledFn encode_tiled() {
+  static EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();  // clear the error: the caller falls back
+      return static_cast<EncodeTiledFn>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// A 3-d bf16 tensor map over [rows, heads, 64] (row stride heads*64 elements) whose box is one head's `box_rows` x 64
+// tile, 128-byte swizzled (the layout wg_desc describes). False when the driver lacks TMA or the encoding fails.
+inline bool encode_head_tile_map(CUtensorMap* map, const void* base, int64_t rows, int heads, int box_rows) {
+  EncodeTiledFn enc = encode_tiled();
+  if (!enc || (reinterpret_cast<uintptr_t>(base) & 15)) return false;
+  const cuuint64_t dims[3] = {64, static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[2] = {64 * 2, static_cast<cuuint64_t>(heads) * 64 * 2};  // bytes, dims 1 and 2
+  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[3] = {1, 1, 1};
+  return enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box, elem,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// An f32 tensor map over n consecutive elements with a box of `box` elements (lse / D_i, [Hq, T] read as one row of
+// Hq*T, so any T works and a box may start at any element). Encoded as a [1, n] 2-d map (one row; its stride is
+// only a formality, rounded up to the 16 bytes the encoder requires).
+inline bool encode_f32_vector_map(CUtensorMap* map, const float* base, int64_t n, int box) {
+  EncodeTiledFn enc = encode_tiled();
+  if (!enc || (reinterpret_cast<uintptr_t>(base) & 15) || n >= (int64_t{1} << 31)) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(n), 1};
+  const cuuint64_t strides[1] = {(static_cast<cuuint64_t>(n) * 4 + 15) & ~cuuint64_t{15}};
+  const cuuint32_t boxd[2] = {static_cast<cuuint32_t>(box), 1};
+  const cuuint32_t elem[2] = {1, 1};
+  return enc(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(base), dims, strides, boxd, elem,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
 }  // namespace gptoss::cuda
