@@ -259,7 +259,8 @@ static bool check_case(const Case& c) {
     ok &= compare("dv", gv, rv, c.Hkv, c.lens);
     if (var == 3) { v3k = gk; v3v = gv; }
     if (fused(var)) {
-      if (memcmp(gk.data(), v3k.data(), nk * 4) || memcmp(gv.data(), v3v.data(), nk * 4)) {
+      // fb/fr/fp: the v3 arithmetic; ws differs in the exponent (ex2.approx.ftz), so only its tolerance check counts
+      if (var != 7 && (memcmp(gk.data(), v3k.data(), nk * 4) || memcmp(gv.data(), v3v.data(), nk * 4))) {
         printf("  dK/dV differ from v3\n");
         ok = false;
       }
@@ -283,6 +284,15 @@ static bool check_case(const Case& c) {
   return ok;
 }
 
+// HARNESS_VARS="6,7" times only those variants (profiling runs); unset = all.
+static bool selected(int var) {
+  const char* e = getenv("HARNESS_VARS");
+  if (!e || !*e) return true;
+  for (const char* c = e; *c; c++)
+    if (*c - '0' == var) return true;
+  return false;
+}
+
 static void time_case(const Case& c) {
   Bufs b = make(c, false);
   Params p = params(b, c);
@@ -295,6 +305,7 @@ static void time_case(const Case& c) {
   CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming)); CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
   printf("time %s (T %d Hq %d Hkv %d W %d):", c.name.c_str(), b.T, c.Hq, c.Hkv, c.window);
   for (int var = 0; var < kNVar; var++) {
+    if (!selected(var)) continue;
     for (int conc = 0; conc < 2; conc++) {
       if ((var == 0 || fused(var)) && conc) continue;
       auto go = [&] {
@@ -342,13 +353,21 @@ int main(int argc, char** argv) {
       {"packed 700/300/64 causal Hq16 Hkv2 no sinks", {700, 300, 64}, 16, 2, 0, false},
   };
   bool ok = true;
-  for (auto& c : cases) ok &= check_case(c);
-  printf("CHECK %s\n", ok ? "PASS" : "FAIL");
+  const bool check = argc < 2 || std::string(argv[1]) != "time";
+  if (check) {
+    for (auto& c : cases) ok &= check_case(c);
+    printf("CHECK %s\n", ok ? "PASS" : "FAIL");
+  }
   if (timing) {
-    time_case({"B1 S4096 causal", {4096}, 64, 8, 0, true});
-    time_case({"B1 S4096 W128", {4096}, 64, 8, 128, true});
-    time_case({"B8 S2048 causal", {2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}, 64, 8, 0, true});
-    time_case({"B1 S16384 causal", {16384}, 64, 8, 0, true});
+    const std::vector<Case> timed = {
+        {"B1 S4096 causal", {4096}, 64, 8, 0, true},
+        {"B1 S4096 W128", {4096}, 64, 8, 128, true},
+        {"B8 S2048 causal", {2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}, 64, 8, 0, true},
+        {"B1 S16384 causal", {16384}, 64, 8, 0, true},
+    };
+    const char* only = getenv("HARNESS_CASES");  // e.g. "01": those timed cases only
+    for (size_t i = 0; i < timed.size(); i++)
+      if (!only || !*only || strchr(only, static_cast<char>('0' + i))) time_case(timed[i]);
   }
   return 0;
 }

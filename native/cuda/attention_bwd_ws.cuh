@@ -1,8 +1,9 @@
 // attention_bwd_ws.cuh: the warp-specialized Hopper backward for head_dim 64 with fused dQ (deterministic: false,
 // GPTOSS_ATTN_BWD_NONDET=ws, the default on sm_90). The arithmetic of every step is that of
 // dkdv_wgmma_kernel<2, true, 3> (attention_bwd_kernels.cuh: S^T, dP^T, dV += P^T dO, dS^T, dK += dS^T Q, the dQ^T
-// partial over the CTA's 128 keys added by red.global.add.v4), so dK/dV equal that kernel's bitwise; what changes is
-// how the operands arrive, the forward's (attention_fwd_ws.cu) structure:
+// partial over the CTA's 128 keys added by red.global.add.v4), up to the exponent (ex2.approx.ftz here, exp2f there:
+// dK/dV agree to rounding, not bitwise). What changes is how the operands arrive and how lean a step is, the
+// forward's (attention_fwd_ws.cu) structure:
 //   - a producer warp loads K and V once (TMA) and streams, per 64-query step, the Q and dO tiles (TMA, [T, Hq, 64]
 //     maps) and the step's lse and D_i rows (TMA on one-row maps of [Hq, T]) into a ring of STAGES slots guarded by
 //     full / empty mbarriers; a step whose rows cross the sequence's real end is loaded with zero-filling cp.async
@@ -54,8 +55,6 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
   unsigned char* base = smem_raw + ((((smem_u32(smem_raw) + 1023u) & ~1023u)) - smem_u32(smem_raw));
   const uint32_t sK_a = smem_u32(base), sV_a = sK_a + C::OFF_V, sQ_a = sK_a + C::OFF_Q, sdO_a = sK_a + C::OFF_DO,
                  sdS_a = sK_a + C::OFF_DS;
-  const __nv_bfloat16* sK = reinterpret_cast<const __nv_bfloat16*>(base);
-  const __nv_bfloat16* sV = reinterpret_cast<const __nv_bfloat16*>(base + C::OFF_V);
   float* sL = reinterpret_cast<float*>(base + C::OFF_L);    // [STAGES][ROW_SLOT] lse (natural log)
   float* sDl = reinterpret_cast<float*>(base + C::OFF_DL);  // [STAGES][ROW_SLOT] D_i
   float* sStg = reinterpret_cast<float*>(base + C::OFF_STG);
@@ -239,12 +238,12 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
       }
     };
     uint32_t pa[BM / 16][4], da[BM / 16][4];
-    uint32_t kf[D / 16][4], vf[D / 16][4];  // re-read every step (dkdv_wgmma_kernel explains why)
-    load_a_frags<D>(sK, wg * 64 + wl * 16, kf);
-    load_a_frags<D>(sV, wg * 64 + wl * 16, vf);
+    // S^T = K Q^T and dP^T = V dO^T with both operands in shared memory (A = this warpgroup's 64 K / V rows,
+    // K-major): no per-step ldmatrix of K / V fragments, and 32 registers fewer.
+    const uint64_t dKw = wg_desc(sK_a + wg * 64 * 128), dVw = wg_desc(sV_a + wg * 64 * 128);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(st, kf[kk], dQk + 2 * kk, kk > 0);  // S^T = K Q^T
+    for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BM>(st, dKw + 2 * kk, dQk + 2 * kk, kk > 0);
     wgmma_commit();
     // The previous step's dQ product ran over the S^T issue; written out before dP^T is issued. wait_group 0 (not
     // 1) and no branch: otherwise ptxas serializes every wgmma (dkdv_wgmma_kernel, FDQ 3).
@@ -252,23 +251,30 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
     fence_acc<4>(dqt);
     dq_out(pend_h, pend_r0);
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wgmma_rs<BM, 0>(dpt, vf[kk], dOk + 2 * kk, kk > 0);  // dP^T = V dO^T
+    for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BM>(dpt, dVw + 2 * kk, dOk + 2 * kk, kk > 0);
     wgmma_commit();
     wgmma_wait<1>();  // S^T retired above; ptxas needs the wait after dP^T's issue to see it (else C7515)
     fence_acc<BM / 8>(st);
-    // P^T: keys kmin + g (+8), queries i0 + cl.
+    // P^T: keys kmin + g (+8), queries i0 + cl. Masked entries are set to -inf first, in one branch around the
+    // whole tile (the branch per element that a select inside the exponent loop compiles to costs ~100
+    // instructions per step even when nothing is masked); then P^T = 2^(S^T scale log2(e) - lse log2(e)).
+    if (need_mask) {
+#pragma unroll
+      for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int krow = kmin + g + (e >> 1) * 8, col = i0 + i * 8 + 2 * t4 + (e & 1);
+          const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
+          st[i][e] = ok ? st[i][e] : -INFINITY;
+        }
+    }
 #pragma unroll
     for (int i = 0; i < BM / 8; i++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int cl = i * 8 + 2 * t4 + (e & 1);
-        float pv = exp2f(st[i][e] * p.scale_log2 - __fmul_rn(cL[cl], kLog2e));
-        if (need_mask) {
-          const int krow = kmin + g + (e >> 1) * 8, col = i0 + cl;
-          const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
-          pv = ok ? pv : 0.f;
-        }
-        st[i][e] = pv;
+      for (int c = 0; c < 2; c++) {
+        const float l2 = __fmul_rn(cL[i * 8 + 2 * t4 + c], kLog2e);
+        st[i][c] = fast_exp2(fmaf(st[i][c], p.scale_log2, -l2));
+        st[i][c + 2] = fast_exp2(fmaf(st[i][c + 2], p.scale_log2, -l2));
       }
     pack(st, pa);
     fence_acc<D / 8>(dv);
