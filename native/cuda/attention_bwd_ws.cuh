@@ -111,10 +111,20 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
   __syncthreads();
 
   // Step it: query head kvh * G + it / nqb, query rows i0 .. i0 + 63 of the sequence.
-  auto step_rows = [&](int it) { return (qb_lo + it % nqb) * BM; };
-  auto step_head = [&](int it) { return kvh * p.G + it / nqb; };
+  // Steps in order: query heads kvh * G .. (outer), query blocks qb_lo .. qb_hi - 1 (inner). A Step walks them
+  // (no per-step integer division).
+  struct Step {
+    int h, qb;
+  };
+  auto first_step = [&] { return Step{kvh * p.G, qb_lo}; };
+  auto next_step = [&](Step& st) {
+    if (++st.qb == qb_hi) {
+      st.qb = qb_lo;
+      st.h++;
+    }
+  };
   // Element of [Hq, T] holding the step's first lse / D_i; the row sits at element (that & 3) of its slot.
-  auto step_row = [&](int it) { return static_cast<int64_t>(step_head(it)) * p.T + si.start + step_rows(it); };
+  auto step_row = [&](const Step& st) { return static_cast<int64_t>(st.h) * p.T + si.start + st.qb * BM; };
 
   if (wg == C::NC) {  // ---- producer warpgroup: warp 0 loads, the other three only give their registers away
     regs_shrink<24>();
@@ -149,14 +159,16 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
       copy_rows(sV_a, p.v + off, kstride, BN, si.used - n0);
       finish_copies(bar_kv);
     }
+    Step stp = first_step();
     for (int it = 0; it < niter; it++) {
       const int slot = it % STAGES;
       const uint32_t full = bar_full + 8 * slot, dQ = sQ_a + slot * C::QT_BYTES, dO = sdO_a + slot * C::QT_BYTES;
       float* dL = sL + slot * C::ROW_SLOT;
       float* dD = sDl + slot * C::ROW_SLOT;
       mbar_wait(bar_empty + 8 * slot, ((it / STAGES) & 1) ^ 1);
-      const int h = step_head(it), i0 = step_rows(it);
-      const int64_t row = step_row(it);
+      const int h = stp.h, i0 = stp.qb * BM;
+      const int64_t row = step_row(stp);
+      next_step(stp);
       if (i0 + BM <= si.used) {
         if (lane == 0) {
           mbar_arrive_expect_tx(full, C::STEP_TX);
@@ -213,12 +225,13 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
   zero_dkdv();
   mbar_wait(bar_kv, 0);
   int it = 0;
+  Step stp = first_step();
   do {  // niter >= 1; with a for loop ptxas serializes the wgmmas (C7515: it sees the final dq_out's path from an
         // empty loop)
     const int slot = it % STAGES, dsb = it & 1;
     mbar_wait(bar_full + 8 * slot, (it / STAGES) & 1);
-    const int i0 = step_rows(it);
-    const int lo = static_cast<int>(step_row(it) & 3);
+    const int i0 = stp.qb * BM;
+    const int lo = static_cast<int>(step_row(stp) & 3);
     const float* cL = sL + slot * C::ROW_SLOT + lo;
     const float* cDl = sDl + slot * C::ROW_SLOT + lo;
     const uint64_t dQk = wg_desc(sQ_a + slot * C::QT_BYTES), dOk = wg_desc(sdO_a + slot * C::QT_BYTES);
@@ -319,7 +332,8 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
     fence_acc<D / 8>(dk);
     __syncwarp();
     if (lane == 0) mbar_arrive(bar_empty + 8 * slot);  // this warp no longer reads the slot
-    pend_h = step_head(it);
+    pend_h = stp.h;
+    next_step(stp);
     pend_r0 = i0 + wg * 32;
   } while (++it < niter);
   wgmma_wait<0>();
