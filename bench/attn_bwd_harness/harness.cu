@@ -92,7 +92,7 @@ static Bufs make(const Case& c, bool real_lse) {
 
 static Params params(const Bufs& b, const Case& c) {
   Params p{};
-  p.q = b.q; p.k = b.k; p.v = b.v; p.o = b.o; p.lse = b.lse; p.cu = b.cu; p.used = nullptr;
+  p.q = b.q; p.k = b.k; p.v = b.v; p.o = b.o; p.lse = b.lse; p.cu = b.cu; p.used = nullptr; p.nseq = b.nseq;
   p.sinks = c.sinks ? b.sinks : nullptr; p.sinks_bf16 = 0;
   p.T = b.T; p.Hq = c.Hq; p.Hkv = c.Hkv; p.G = c.Hq / c.Hkv; p.window = c.window;
   p.scale = 0.125f; p.scale_log2 = 0.125f * kLog2e;

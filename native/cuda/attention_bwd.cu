@@ -255,10 +255,13 @@ bool launch_bwd_ws(attn::Params& p, int nseq, int max_seqlen, float* partial, in
 }
 
 // GPTOSS_ATTN_BWD_NONDET selects the head_dim-64 backward for deterministic: false (read on every call, unknown values
-// are an error), on sm_90: unset, "" or "red-pipe" = the fused wgmma kernel, dQ partials by red.global.add.v4 with the
-// dQ product pipelined into the next step (FDQ 3); "red" = the same without the pipelining (FDQ 2); "bulk" = partials
-// by bulk async reductions (FDQ 1; slower on an H100); "mma" = the mma.sync kernel with per-element fp32 atomics
-// (dkdv_kernel<64, 1, true>, what every other device and GPTOSS_ATTN_WGMMA=0 run). Returns the FDQ, 0 for mma.
+// are an error), on sm_90: unset, "" or "ws" = the warp-specialized fused kernel (attention_bwd_ws.cuh: TMA producer
+// warp, dQ partials by red.global.add.v4; falls back to red-pipe, saying so once, where no tensor map can be made);
+// "red-pipe" = the fused wgmma kernel fed by cp.async, dQ partials by red.global.add.v4 with the dQ product pipelined
+// into the next step (FDQ 3); "red" = the same without the pipelining (FDQ 2); "bulk" = partials by bulk async
+// reductions (FDQ 1; slower on an H100); "mma" = the mma.sync kernel with per-element fp32 atomics
+// (dkdv_kernel<64, 1, true>, what every other device and GPTOSS_ATTN_WGMMA=0 run). Returns 4 for ws, else the FDQ
+// (0 for mma).
 int nondet_mode() {
   const char* e = std::getenv("GPTOSS_ATTN_BWD_NONDET");
   const std::string mode = e ? e : "";
@@ -329,12 +332,13 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     Tensor acc = make_tensor(q.shape, DType::F32, q.device);
     p.dq_acc = acc.data<float>();
     if (nd != 0 && attn::wgmma_mode_env() != 0 && attn::device_is_sm90(q.device)) {
-      if (nd == 4 && launch_bwd_ws(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st)) {
-      } else if (nd >= 3)
+      // ws, or the red-pipe kernel where ws cannot run (no tensor map); 0 = done.
+      const int fdq = nd == 4 ? (launch_bwd_ws(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st) ? 0 : 3) : nd;
+      if (fdq == 3)
         launch_bwd_fused<3>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
-      else if (nd == 2)
+      else if (fdq == 2)
         launch_bwd_fused<2>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
-      else
+      else if (fdq == 1)
         launch_bwd_fused<1>(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);
     } else {
       launch_bwd_atomic(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st);

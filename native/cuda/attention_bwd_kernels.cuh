@@ -10,6 +10,19 @@ namespace attn {
 
 constexpr int kPreTokens = 32;  // tokens per pre-kernel block (8 warps x 4)
 
+// Is token t a padding row (at or past its sequence's `used`)? Those rows' dO may hold anything (NaN included), so
+// their D_i is written as 0 and they add nothing to dsinks. Binary search over cu (only when there is padding).
+__device__ __forceinline__ bool is_padding_row(const Params& p, int t) {
+  if (!p.used || p.nseq <= 0) return false;
+  int lo = 0, hi = p.nseq - 1;  // the sequence s with cu[s] <= t < cu[s + 1]
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (p.cu[mid] <= t) lo = mid;
+    else hi = mid - 1;
+  }
+  return t - p.cu[lo] >= seq_info(p.cu, p.used, lo).used;
+}
+
 template <int D>
 __global__ void __launch_bounds__(256) bwd_pre_kernel(Params p, float* partial) {
   const int h = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -18,6 +31,10 @@ __global__ void __launch_bounds__(256) bwd_pre_kernel(Params p, float* partial) 
   for (int j = 0; j < kPreTokens / 8; j++) {
     const int t = blockIdx.x * kPreTokens + warp * (kPreTokens / 8) + j;
     if (t >= p.T) break;
+    if (is_padding_row(p, t)) {
+      if (lane == 0) p.dlt[static_cast<int64_t>(h) * p.T + t] = 0.f;
+      continue;
+    }
     const int64_t off = (static_cast<int64_t>(t) * p.Hq + h) * D;
     float acc = 0.f;
 #pragma unroll

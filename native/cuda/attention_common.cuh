@@ -28,6 +28,7 @@ struct Params {
   float* lse;       // [Hq, T]
   const int* cu;    // [nSeq+1]
   const int* used;  // [nSeq] or null
+  int nseq;         // sequences in cu
   const void* sinks;
   int sinks_bf16;
   int T, Hq, Hkv, G, window;
