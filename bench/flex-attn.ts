@@ -209,7 +209,8 @@ function main() {
   const device = gpu ? (native().ops.deviceName(0) as string) : 'cpu';
   const hbm = /H200/.test(device) ? 4800 : /H100/.test(device) ? 3350 : 0;
   const fmt = (x: number | undefined, d = 2) => (x === undefined ? '-' : x.toFixed(d));
-  console.log(`\nattention with sinks, device ${device}; backward ${a.atomic ? 'atomic dq' : 'deterministic'}; peer: ${peerStatus}`);
+  const bwdMode = a.atomic ? `fused dq (deterministic: false, GPTOSS_ATTN_BWD_NONDET=${process.env.GPTOSS_ATTN_BWD_NONDET || 'ws'})` : 'deterministic';
+  console.log(`\nattention with sinks, device ${device}; backward ${bwdMode}; peer: ${peerStatus}`);
   console.log('| case | ours ms | ours TFLOP/s or GB/s | peer ms | peer TFLOP/s or GB/s | speedup (peer/ours) |');
   console.log('| --- | --- | --- | --- | --- | --- |');
   for (const r of rows) {
@@ -218,7 +219,7 @@ function main() {
     console.log(`| ${r.name} | ${fmt(r.ms, 3)} | ${ours} | ${fmt(r.peerMs, 3)} | ${peer} | ${r.ratio ? `${r.ratio.toFixed(2)}x` : '-'}${r.peerNote ? ` (${r.peerNote})` : ''} |`);
   }
   if (a.json) {
-    const variant = { deterministic: !a.atomic, fwd: process.env.GPTOSS_ATTN_FWD || 'ws', fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '1', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '1' };
+    const variant = { deterministic: !a.atomic, fwd: process.env.GPTOSS_ATTN_FWD || 'ws', bwdNondet: process.env.GPTOSS_ATTN_BWD_NONDET || 'ws', fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '1', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '1' };
     writeFileSync(a.json, JSON.stringify({ device, hbmGBps: hbm || undefined, peer: peerStatus, variant, rows }, null, 2));
     console.log(`wrote ${a.json}`);
   }
