@@ -272,13 +272,21 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
     // whole tile (the branch per element that a select inside the exponent loop compiles to costs ~100
     // instructions per step even when nothing is masked); then P^T = 2^(S^T scale log2(e) - lse log2(e)).
     if (need_mask) {
+      // Key krow sees queries krow .. min(krow + window, used) - 1: per key row a range of this thread's column
+      // offsets c = 8 i + (e & 1) (queries i0 + 2 t4 + c), so each element costs two compares and a select.
+      int c_lo[2], c_hi[2];
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const int krow = kmin + g + 8 * r, base = i0 + 2 * t4;
+        c_lo[r] = krow - base;
+        c_hi[r] = (p.window > 0 ? min(si.used, krow + p.window) : si.used) - base;
+      }
 #pragma unroll
       for (int i = 0; i < BM / 8; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-          const int krow = kmin + g + (e >> 1) * 8, col = i0 + i * 8 + 2 * t4 + (e & 1);
-          const bool ok = col >= krow && (p.window <= 0 || col - krow < p.window) && col < si.used;
-          st[i][e] = ok ? st[i][e] : -INFINITY;
+          const int c = 8 * i + (e & 1), r = e >> 1;
+          st[i][e] = (c >= c_lo[r] && c < c_hi[r]) ? st[i][e] : -INFINITY;
         }
     }
 #pragma unroll

@@ -19,6 +19,7 @@
 // loaded with zero-filling cp.async by the producer warp instead of TMA.
 #include <cuda.h>
 
+#include <climits>
 #include <cstdio>
 
 #include "attention.h"
@@ -176,13 +177,21 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
     const int n0 = t * BN;
     const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
     if (need_mask) {
+      // Query row sees keys max(row - window + 1, 0) .. row: per row a range of this thread's column offsets
+      // c = 8 i + (e & 1) (keys n0 + 2 t4 + c), so each element costs two compares and a select.
+      int c_lo[2], c_hi[2];
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const int row = wrow0 + g + 8 * r, base = n0 + 2 * t4;
+        c_lo[r] = (p.window > 0 ? row - p.window + 1 : INT_MIN / 2) - base;
+        c_hi[r] = row + 1 - base;
+      }
 #pragma unroll
       for (int i = 0; i < BN / 8; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-          const int row = wrow0 + g + (e >> 1) * 8, col = n0 + i * 8 + 2 * t4 + (e & 1);
-          const bool ok = col <= row && (p.window <= 0 || col > row - p.window);
-          sc[i][e] = ok ? sc[i][e] : -INFINITY;
+          const int c = 8 * i + (e & 1), r = e >> 1;
+          sc[i][e] = (c >= c_lo[r] && c < c_hi[r]) ? sc[i][e] : -INFINITY;
         }
     }
 #pragma unroll
