@@ -122,7 +122,7 @@ static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_
       using C = DkdvWgCfg<2, 1>;
       dkdv_wgmma_kernel<2, true, 1><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
     } else if (var == 7) {
-      using C = BwdWsCfg<2>;
+      using C = BwdWsCfg<kBwdWsStages>;
       BwdTmaMaps m;
       const int64_t rows = (int64_t)p.Hq * p.T;
       const bool oks[6] = {gptoss::cuda::encode_head_tile_map(&m.q, p.q, p.T, p.Hq, C::BM),
@@ -135,7 +135,8 @@ static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_
       for (int i = 0; i < 6; i++)
         if (!oks[i]) { printf("tensor map %d (q, dout, k, v, lse, dlt) failed\n", i); ok = false; }
       if (!ok) { printf("tensor map encoding failed\n"); exit(1); }
-      bwd_ws_kernel<2><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(m, p);
+      const dim3 grid(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq);
+      bwd_ws_kernel<kBwdWsStages><<<grid, C::NT, C::SMEM, st>>>(m, p);
     } else if (var == 6) {
       using C = DkdvWgCfg<2, 3>;
       dkdv_wgmma_kernel<2, true, 3><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
@@ -184,7 +185,7 @@ static void setup_smem() {
   smem(dkdv_wgmma_kernel<2, true, 1>, DkdvWgCfg<2, 1>::SMEM);
   smem(dkdv_wgmma_kernel<2, true, 2>, DkdvWgCfg<2, 2>::SMEM);
   smem(dkdv_wgmma_kernel<2, true, 3>, DkdvWgCfg<2, 3>::SMEM);
-  smem(bwd_ws_kernel<2>, BwdWsCfg<2>::SMEM);
+  smem(bwd_ws_kernel<kBwdWsStages>, BwdWsCfg<kBwdWsStages>::SMEM);
 }
 
 static std::vector<float> get(const float* d, size_t n) {

@@ -227,7 +227,7 @@ void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial,
 // unaligned tensor): the caller runs launch_bwd_fused<3> instead, which says so once on stderr.
 bool launch_bwd_ws(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
                    const Tensor& dq, cudaStream_t st) {
-  constexpr int STAGES = 2;
+  constexpr int STAGES = attn::kBwdWsStages;
   using KC = attn::BwdWsCfg<STAGES>;
   attn::BwdTmaMaps maps;
   const int64_t rows = static_cast<int64_t>(p.Hq) * p.T;
