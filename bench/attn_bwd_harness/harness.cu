@@ -102,22 +102,6 @@ static Params params(const Bufs& b, const Case& c) {
 
 template <typename K> static void smem(K k, int bytes) { CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)); }
 
-// The warp-specialized kernel: tensor maps for its configuration C, then the launch.
-template <typename C, typename K>
-static void launch_ws(K kernel, const Params& p, int nseq, int maxlen, cudaStream_t st) {
-  BwdTmaMaps m;
-  const int64_t rows = (int64_t)p.Hq * p.T;
-  const bool oks[6] = {gptoss::cuda::encode_head_tile_map(&m.q, p.q, p.T, p.Hq, C::BM),
-                       gptoss::cuda::encode_head_tile_map(&m.dout, p.dout, p.T, p.Hq, C::BM),
-                       gptoss::cuda::encode_head_tile_map(&m.k, p.k, p.T, p.Hkv, C::BN),
-                       gptoss::cuda::encode_head_tile_map(&m.v, p.v, p.T, p.Hkv, C::BN),
-                       gptoss::cuda::encode_f32_vector_map(&m.lse, p.lse, rows, C::ROW_BOX),
-                       gptoss::cuda::encode_f32_vector_map(&m.dlt, p.dlt, rows, C::ROW_BOX)};
-  for (int i = 0; i < 6; i++)
-    if (!oks[i]) { printf("tensor map %d (q, dout, k, v, lse, dlt) failed\n", i); exit(1); }
-  kernel<<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(m, p);
-}
-
 // The variants: 0 = v1 (dkdv_kernel<64,1> + dq_kernel<64,1>), 1 = v2 kernels (one stream), 2 = wip wgmma<2,2>
 static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_t st = 0) {
   if (var == 0) {
@@ -138,8 +122,21 @@ static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_
       using C = DkdvWgCfg<2, 1>;
       dkdv_wgmma_kernel<2, true, 1><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
     } else if (var == 7) {
-      if (getenv("WS_BM128")) launch_ws<BwdWsCfg<2, 128>>(bwd_ws_kernel<2, 128>, p, nseq, maxlen, st);
-      else launch_ws<BwdWsCfg<kBwdWsStages>>(bwd_ws_kernel<kBwdWsStages>, p, nseq, maxlen, st);
+      using C = BwdWsCfg<kBwdWsStages>;
+      BwdTmaMaps m;
+      const int64_t rows = (int64_t)p.Hq * p.T;
+      const bool oks[6] = {gptoss::cuda::encode_head_tile_map(&m.q, p.q, p.T, p.Hq, C::BM),
+                           gptoss::cuda::encode_head_tile_map(&m.dout, p.dout, p.T, p.Hq, C::BM),
+                           gptoss::cuda::encode_head_tile_map(&m.k, p.k, p.T, p.Hkv, C::BN),
+                           gptoss::cuda::encode_head_tile_map(&m.v, p.v, p.T, p.Hkv, C::BN),
+                           gptoss::cuda::encode_f32_vector_map(&m.lse, p.lse, rows, C::ROW_BOX),
+                           gptoss::cuda::encode_f32_vector_map(&m.dlt, p.dlt, rows, C::ROW_BOX)};
+      bool ok = true;
+      for (int i = 0; i < 6; i++)
+        if (!oks[i]) { printf("tensor map %d (q, dout, k, v, lse, dlt) failed\n", i); ok = false; }
+      if (!ok) { printf("tensor map encoding failed\n"); exit(1); }
+      const dim3 grid(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq);
+      bwd_ws_kernel<kBwdWsStages><<<grid, C::NT, C::SMEM, st>>>(m, p);
     } else if (var == 6) {
       using C = DkdvWgCfg<2, 3>;
       dkdv_wgmma_kernel<2, true, 3><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
@@ -189,7 +186,6 @@ static void setup_smem() {
   smem(dkdv_wgmma_kernel<2, true, 2>, DkdvWgCfg<2, 2>::SMEM);
   smem(dkdv_wgmma_kernel<2, true, 3>, DkdvWgCfg<2, 3>::SMEM);
   smem(bwd_ws_kernel<kBwdWsStages>, BwdWsCfg<kBwdWsStages>::SMEM);
-  smem(bwd_ws_kernel<2, 128>, BwdWsCfg<2, 128>::SMEM);
 }
 
 static std::vector<float> get(const float* d, size_t n) {

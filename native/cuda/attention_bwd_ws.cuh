@@ -26,41 +26,34 @@ namespace attn {
 // Ring slots of the launched kernel: 3 measured 0-2% faster than 2 on an H100 (sliding windows, B8 S2048).
 constexpr int kBwdWsStages = 3;
 
-template <int STAGES, int BM_ = 64>
+template <int STAGES>
 struct BwdWsCfg {
   static_assert(STAGES >= 2, "the producer loads step t+1 while the consumers run step t");
-  static_assert(BM_ == 64 || BM_ == 128, "64 or 128 queries per step");
-  static constexpr int D = 64, BN = 128, BM = BM_, NC = 2, NT = (NC + 1) * 128;
+  static constexpr int D = 64, BN = 128, BM = 64, NC = 2, NT = (NC + 1) * 128;
   // lse / D_i: a TMA box starts on a 16-byte aligned element (the step's first row rounded down to a multiple of
-  // 4, so BM + 4 elements cover it); slots rounded up to 32 floats keep every box 128-byte aligned.
-  static constexpr int ROW_BOX = BM + 4, ROW_SLOT = (BM + 4 + 31) / 32 * 32;
-  // dQ^T partial rows per warpgroup and step (the warpgroups split the step's queries).
-  static constexpr int QW = BM / 2;
+  // 4, so BM + 4 elements cover it); slots of 96 floats keep every box 128-byte aligned in shared memory.
+  static constexpr int ROW_BOX = BM + 4, ROW_SLOT = 96;
   static constexpr int KV_BYTES = BN * D * 2, QT_BYTES = BM * D * 2, ROW_BYTES = ROW_SLOT * 4;
   static constexpr int OFF_V = KV_BYTES, OFF_Q = 2 * KV_BYTES, OFF_DO = OFF_Q + STAGES * QT_BYTES,
                        OFF_DS = OFF_DO + STAGES * QT_BYTES, OFF_L = OFF_DS + 2 * NC * BM * 64 * 2,
                        OFF_DL = OFF_L + STAGES * ROW_BYTES, OFF_STG = OFF_DL + STAGES * ROW_BYTES,
-                       OFF_BAR = OFF_STG + NC * QW * kDqStgLd * 4;
+                       OFF_BAR = OFF_STG + NC * 32 * kDqStgLd * 4;
   static constexpr int SMEM = OFF_BAR + (2 * STAGES + 1) * 8 + 1024;  // + barriers, + 1024-byte alignment slack
   static constexpr uint32_t STEP_TX = 2 * QT_BYTES + 2 * ROW_BOX * 4;  // TMA bytes of one ring slot
 };
 
 struct BwdTmaMaps {
-  CUtensorMap q, dout;  // [T, Hq, 64] bf16, box BM rows
+  CUtensorMap q, dout;  // [T, Hq, 64] bf16, box 64 rows
   CUtensorMap k, v;     // [T, Hkv, 64] bf16, box 128 rows
   CUtensorMap lse, dlt; // [Hq * T] f32, box BM + 4
 };
 
 // Grid (nkb * Hkv, 1, nseq), kv head fastest (key block 0, the heaviest under a causal mask, of every head first);
 // 384 threads: warpgroups 0, 1 consume (keys n0 + 64 wg ..), warpgroup 2 produces (one warp loads).
-// BM = 128: 128 queries per step (S^T and dP^T m64n128, dQ^T m64n64 per warpgroup), half the steps and barriers
-// per unit of work and less shared-memory operand traffic per flop; the dQ product is then waited for in its own
-// step (its registers do not fit beside the next step's S^T and dP^T).
-template <int STAGES, int BM_ = 64>
+template <int STAGES>
 __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ BwdTmaMaps maps, Params p) {
-  using C = BwdWsCfg<STAGES, BM_>;
-  constexpr int D = 64, BN = C::BN, BM = C::BM, QW = C::QW;
-  constexpr bool PIPE_DQ = BM == 64;  // the dQ product stays in flight into the next step
+  using C = BwdWsCfg<STAGES>;
+  constexpr int D = 64, BN = C::BN, BM = C::BM;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* base = smem_raw + ((((smem_u32(smem_raw) + 1023u) & ~1023u)) - smem_u32(smem_raw));
   const uint32_t sK_a = smem_u32(base), sV_a = sK_a + C::OFF_V, sQ_a = sK_a + C::OFF_Q, sdO_a = sK_a + C::OFF_DO,
@@ -206,28 +199,27 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
   // ---- consumer warpgroup wg: keys n0 + 64 wg .. + 63
   regs_grow<240>();
   const int kmin = n0 + wg * 64 + wl * 16;  // this warp's keys: kmin .. kmin + 15
-  // dQ^T partial (64 d x QW queries) of the last issued step; PIPE_DQ: in flight until the next step's products
-  // are waited for (rows of query head pend_h from pend_r0; before the first step zeros at pend_r0 = si.used, so
-  // nothing is added).
-  float dqt[QW / 8][4];
+  // dQ^T partial of the last issued step, in flight until the next step's S^T wait (rows of query head pend_h from
+  // pend_r0; before the first step zeros at pend_r0 = si.used, so nothing is added).
+  float dqt[4][4];
 #pragma unroll
-  for (int i = 0; i < QW / 8; i++) dqt[i][0] = dqt[i][1] = dqt[i][2] = dqt[i][3] = 0.f;
+  for (int i = 0; i < 4; i++) dqt[i][0] = dqt[i][1] = dqt[i][2] = dqt[i][3] = 0.f;
   int pend_h = 0, pend_r0 = si.used;
-  float* stg = sStg + wg * (QW * kDqStgLd);
-  // The finished dQ^T partial (rows d = 16 wl + g (+8), cols q = 8 i + 2 t4 (+1) of this warpgroup's QW query rows)
+  float* stg = sStg + wg * (32 * kDqStgLd);
+  // The finished dQ^T partial (rows d = 16 wl + g (+8), cols q = 8 i + 2 t4 (+1) of this warpgroup's 32 query rows)
   // -> staging rows [q][d] -> p.dq_acc ([Hq, T, 64] f32) by red.global.add.v4, rows past the real length left out.
   auto dq_out = [&](int hq, int r0) {
 #pragma unroll
-    for (int i = 0; i < QW / 8; i++)
+    for (int i = 0; i < 4; i++)
 #pragma unroll
       for (int e = 0; e < 4; e++)
         stg[(8 * i + 2 * t4 + (e & 1)) * kDqStgLd + 16 * wl + g + 8 * (e >> 1)] = dqt[i][e];
-    const int nrows = min(QW, si.used - r0);
+    const int nrows = min(32, si.used - r0);
     float* gacc = p.dq_acc + (static_cast<int64_t>(hq) * p.T + si.start + r0) * D;
     bar_sync(2 + wg, 128);
     const int tid = threadIdx.x & 127;
 #pragma unroll
-    for (int j = 0; j < QW / 8; j++) {
+    for (int j = 0; j < 4; j++) {
       const int r = (tid + 128 * j) >> 4, c = (tid + 128 * j) & 15;
       if (r < nrows) red_add_v4(gacc + r * D + 4 * c, *reinterpret_cast<const float4*>(stg + r * kDqStgLd + 4 * c));
     }
@@ -239,7 +231,7 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
   Step stp = first_step();
   do {  // niter >= 1; with a for loop ptxas serializes the wgmmas (C7515: it sees the final dq_out's path from an
         // empty loop)
-    const int slot = it % STAGES, dsb = it & 1;  // dS double-buffered: the other warpgroup may still read dS_{t-1}
+    const int slot = it % STAGES, dsb = it & 1;
     mbar_wait(bar_full + 8 * slot, (it / STAGES) & 1);
     const int i0 = stp.qb * BM;
     const int lo = static_cast<int>(step_row(stp) & 3);
@@ -269,20 +261,18 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BM>(st, dKw + 2 * kk, dQk + 2 * kk, kk > 0);
     wgmma_commit();
+    // The previous step's dQ product ran over the S^T issue; written out before dP^T is issued. wait_group 0 (not
+    // 1) and no branch: otherwise ptxas serializes every wgmma (dkdv_wgmma_kernel, FDQ 3).
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BM>(dpt, dVw + 2 * kk, dOk + 2 * kk, kk > 0);
     wgmma_commit();
-    if constexpr (PIPE_DQ) {
-      // The previous step's dQ product ran over the S^T and dP^T issue; written out now. wait_group 0 (so also S^T
-      // and dP^T: the softmax then no longer overlaps dP^T, but the two products issue back to back, ~2% faster on
-      // an H100) and no branch: with wait_group 1, or a branch around wgmmas, ptxas serializes every wgmma (C7514 /
-      // C7518; dkdv_wgmma_kernel, FDQ 3).
-      wgmma_wait<0>();
-      fence_acc<QW / 8>(dqt);
-      dq_out(pend_h, pend_r0);
-    } else {
-      wgmma_wait<1>();  // S^T ready; the exponent loop overlaps dP^T
-    }
+    // The previous step's dQ product ran over the S^T and dP^T issue; written out now. wait_group 0 (so also S^T
+    // and dP^T: the softmax then no longer overlaps dP^T, but the two products issue back to back, ~2% faster on an
+    // H100) and no branch: with wait_group 1, or a branch around wgmmas, ptxas serializes every wgmma (C7514 /
+    // C7518; dkdv_wgmma_kernel, FDQ 3).
+    wgmma_wait<0>();
+    fence_acc<4>(dqt);
+    dq_out(pend_h, pend_r0);
     fence_acc<BM / 8>(st);
     // P^T: keys kmin + g (+8), queries i0 + cl. Masked entries are set to -inf first, in one branch around the
     // whole tile (the branch per element that a select inside the exponent loop compiles to costs ~100
@@ -313,49 +303,28 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
         st[i][c] = fast_exp2(fmaf(st[i][c], p.scale_log2, -l2));
         st[i][c + 2] = fast_exp2(fmaf(st[i][c + 2], p.scale_log2, -l2));
       }
-    constexpr int DS_TILE = BM * 128, DS_BUF = C::NC * DS_TILE;  // one warpgroup's dS tile [BM q][64 k]; a buffer
-    auto store_ds = [&] {
+    pack(st, pa);
+    fence_acc<D / 8>(dv);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dv, pa[kk], dOk + 128 * kk);  // dV += P^T dO
+    wgmma_commit();
+    wgmma_wait<1>();  // dP^T ready, the dV group may still run
+    fence_acc<BM / 8>(dpt);
+#pragma unroll
+    for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) dpt[i][e] = st[i][e] * (dpt[i][e] - cDl[i * 8 + 2 * t4 + (e & 1)]);
+    pack(dpt, da);
+    {
       // dS^T -> dS tile (dsb, wg) transposed (layout as dkdv_wgmma_kernel's); before the dK product is issued.
       const int j = lane >> 3, r = lane & 7, ch = 2 * wl + (j & 1);
 #pragma unroll
       for (int kk = 0; kk < BM / 16; kk++) {
         const int q = 16 * kk + 8 * (j >> 1) + r;
-        stsm_x4_t(sdS_a + dsb * DS_BUF + wg * DS_TILE + q * 128 + ((ch ^ (q & 7)) << 4), da[kk][0], da[kk][1],
+        stsm_x4_t(sdS_a + dsb * 16384 + wg * 8192 + q * 128 + ((ch ^ (q & 7)) << 4), da[kk][0], da[kk][1],
                   da[kk][2], da[kk][3]);
       }
-    };
-    auto ds_of = [&] {  // dS^T = P^T (dP^T - D_i), in place
-#pragma unroll
-      for (int i = 0; i < BM / 8; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dpt[i][e] = st[i][e] * (dpt[i][e] - cDl[i * 8 + 2 * t4 + (e & 1)]);
-    };
-    if constexpr (PIPE_DQ) {
-      pack(st, pa);
-      fence_acc<D / 8>(dv);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dv, pa[kk], dOk + 128 * kk);  // dV += P^T dO
-      wgmma_commit();
-      wgmma_wait<1>();  // dP^T ready, the dV group may still run
-      fence_acc<BM / 8>(dpt);
-      ds_of();
-      pack(dpt, da);
-      store_ds();
-    } else {
-      // 128 queries: P^T (fp32) is needed for dS^T, so both are formed before either is packed (S^T, dP^T, P^T
-      // and dS^T at once would not fit the registers); dV is issued after them.
-      wgmma_wait<0>();
-      fence_acc<BM / 8>(dpt);
-      ds_of();
-      pack(st, pa);
-      pack(dpt, da);
-      store_ds();
-      fence_acc<D / 8>(dv);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dv, pa[kk], dOk + 128 * kk);  // dV += P^T dO
-      wgmma_commit();
     }
     fence_acc<D / 8>(dk);
     wgmma_fence();
@@ -364,42 +333,26 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
     wgmma_commit();
     fence_proxy_async();  // dS written by stmatrix (generic proxy), read by wgmma (async proxy)
     bar_sync(1, C::NC * 128);
-    // dQ^T[64 d x QW q] = K^T[64 d x 128 k] . dS^T[128 k x QW q] for this warpgroup's QW query rows: A = the K tile
-    // read MN-major (+2048 bytes per 16 keys), B = rows QW wg.. of the two dS tiles, K-major (+32 bytes per 16 keys
-    // within a tile, the next tile for keys 64..127).
-    acc_undef<QW / 8>(dqt);
+    // dQ^T[64 d x 32 q] = K^T[64 d x 128 k] . dS^T[128 k x 32 q] for this warpgroup's 32 query rows.
+    acc_undef<4>(dqt);
     wgmma_fence();
-    const uint64_t ak = wg_desc(sK_a), bq = wg_desc(sdS_a + dsb * DS_BUF + wg * QW * 128);
+    const uint64_t ak = wg_desc(sK_a), bq = wg_desc(sdS_a + dsb * 16384 + wg * 32 * 128);
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) {
-      const uint64_t b = bq + (kk >> 2) * (DS_TILE >> 4) + 2 * (kk & 3);
-      if constexpr (QW == 32)
-        wgmma_ss_n32<1, 0>(dqt, ak + 128 * kk, b, kk > 0);
-      else
-        wgmma_ss_n64<1, 0>(dqt, ak + 128 * kk, b, kk > 0);
-    }
+    for (int kk = 0; kk < BN / 16; kk++)
+      wgmma_ss_n32<1, 0>(dqt, ak + 128 * kk, bq + (kk >> 2) * (8192 >> 4) + 2 * (kk & 3), kk > 0);
     wgmma_commit();
-    if constexpr (PIPE_DQ)
-      wgmma_wait<1>();  // the dK group (it reads this slot's Q); the dQ product stays in flight
-    else
-      wgmma_wait<0>();
+    wgmma_wait<1>();  // the dK group (it reads this slot's Q); the dQ product stays in flight
     fence_acc<D / 8>(dv);
     fence_acc<D / 8>(dk);
     __syncwarp();
     if (lane == 0) mbar_arrive(bar_empty + 8 * slot);  // this warp no longer reads the slot
     pend_h = stp.h;
     next_step(stp);
-    pend_r0 = i0 + wg * QW;
-    if constexpr (!PIPE_DQ) {
-      fence_acc<QW / 8>(dqt);
-      dq_out(pend_h, pend_r0);
-    }
+    pend_r0 = i0 + wg * 32;
   } while (++it < niter);
-  if constexpr (PIPE_DQ) {
-    wgmma_wait<0>();
-    fence_acc<QW / 8>(dqt);
-    dq_out(pend_h, pend_r0);
-  }
+  wgmma_wait<0>();
+  fence_acc<4>(dqt);
+  dq_out(pend_h, pend_r0);
   store_dkdv();
 }
 

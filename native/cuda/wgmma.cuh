@@ -136,19 +136,6 @@ __device__ __forceinline__ void wgmma_ss_n32(float (&d)[4][4], uint64_t desc_a, 
       : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TA), "n"(TB));
 }
 
-// d (64 x 64) += A (64 x 16) . B (16 x 64), both from shared memory, with transpose flags (the 128-query-step dQ^T
-// product of bwd_ws_kernel: A = K^T read MN-major, B = dS K-major).
-template <int TA, int TB>
-__device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b, int scale_d = 1) {
-  static_assert(TA == 0 || TA == 1, "wgmma_ss_n64: TA is 0 (K-major A) or 1 (MN-major A)");
-  static_assert(TB == 0 || TB == 1, "wgmma_ss_n64: TB is 0 (K-major B) or 1 (MN-major B)");
-  GPTOSS_WGMMA(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " GPTOSS_WG_REGS32 ", %32, %33, p, 1, 1, %35, %36;\n}\n"
-      : GPTOSS_WG_ACC32(d)
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TA), "n"(TB));
-}
-
 // ---- other sm_90 pieces of the fused-dQ backward (plain sm_90 PTX, no "a" feature) ----
 // stmatrix .trans: stores four 8x8 bf16 matrices, each held in the mma.sync fragment layout (lane 4g + t: row g,
 // cols 2t, 2t+1 in register j of matrix j), transposed; lanes 8j..8j+7 give the 8 row addresses (16 bytes each) of
