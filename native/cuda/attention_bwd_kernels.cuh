@@ -695,6 +695,60 @@ __device__ __forceinline__ unsigned char* align1024(unsigned char* p) {
 // FDQ 3) and the f32 staging of the dQ partials, [2 buffers][NWG][32 rows][68] (rows padded by 4 floats:
 // conflict-free stores of the transposed accumulator).
 constexpr int kDqStgLd = 68;
+// ---- step pieces shared by the fused-dQ wgmma kernels (dkdv_wgmma_kernel FDQ != 0, bwd_ws_kernel) ----
+// Accumulator fragments (64 rows x 8 NB columns, f32) -> the bf16 A fragments of the next products (per warp exactly
+// the mma.sync m16n8k16 layout, see wgmma.cuh).
+template <int NB>
+__device__ __forceinline__ void pack_a_frags(const float (&x)[NB][4], uint32_t (&a)[NB / 2][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NB / 2; kk++) {
+    a[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+    a[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+    a[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    a[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+  }
+}
+// dS^T = P^T (dP^T - D_i) in place in dpt; dl = this step's D_i by query column (lane column 2 t4 (+1) of 8 i).
+template <int NB>
+__device__ __forceinline__ void ds_from_p(float (&dpt)[NB][4], const float (&pt)[NB][4], const float* dl, int t4) {
+#pragma unroll
+  for (int i = 0; i < NB; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dpt[i][e] = pt[i][e] * (dpt[i][e] - dl[i * 8 + 2 * t4 + (e & 1)]);
+}
+// This warp's dS^T (bf16 A fragments: keys 16 wl .. 16 wl + 15 of its warpgroup x 16 NKK queries) stored transposed
+// into the warpgroup's dS tile at `tile` ([queries][64 keys] bf16, 128-byte swizzle, 1024-aligned): register j of
+// da[kk] is the 8x8 block (keys +8 (j & 1), queries 16 kk + 8 (j >> 1)); stored, its rows are queries and its 16
+// bytes are 8 keys (chunk 2 wl + (j & 1) of the swizzled row). Before the dK product is issued: the A registers of an
+// in-flight wgmma must not be accessed.
+template <int NKK>
+__device__ __forceinline__ void store_ds_tile(uint32_t tile, const uint32_t (&da)[NKK][4], int wl, int lane) {
+  const int j = lane >> 3, r = lane & 7, ch = 2 * wl + (j & 1);
+#pragma unroll
+  for (int kk = 0; kk < NKK; kk++) {
+    const int q = 16 * kk + 8 * (j >> 1) + r;
+    stsm_x4_t(tile + q * 128 + ((ch ^ (q & 7)) << 4), da[kk][0], da[kk][1], da[kk][2], da[kk][3]);
+  }
+}
+// A warpgroup's finished dQ^T partial (rows d = 16 wl + g (+8), cols q = 8 i + 2 t4 (+1) of its 32 query rows) ->
+// its staging rows stg[q][d] (kDqStgLd floats apart: conflict-free transposed stores).
+__device__ __forceinline__ void stage_dq(float* stg, const float (&acc)[4][4], int wl, int g, int t4) {
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) stg[(8 * i + 2 * t4 + (e & 1)) * kDqStgLd + 16 * wl + g + 8 * (e >> 1)] = acc[i][e];
+}
+// The staged rows (after the warpgroup's barrier) added to the f32 accumulator rows gacc[0 .. nrows) by
+// red.global.add.v4, 4 per thread.
+__device__ __forceinline__ void red_staged_dq(float* gacc, const float* stg, int nrows, int tid) {
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const int row = (tid + 128 * j) >> 4, c = (tid + 128 * j) & 15;
+    if (row < nrows)
+      red_add_v4(gacc + row * 64 + 4 * c, *reinterpret_cast<const float4*>(stg + row * kDqStgLd + 4 * c));
+  }
+}
+
 template <int NWG, int FDQ = 0>
 struct DkdvWgCfg {
   static constexpr int D = 64, NT = NWG * 128, BN = NWG * 64, BM = 64;
@@ -796,11 +850,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
     // to this warpgroup's staging rows [q][d] and adds them to p.dq_acc (rows past the real length are left out).
     auto dq_out = [&](const float (&acc)[4][4], int hq, int r0, int buf) {
       float* stg = sStg + (buf * NWG + wg) * (32 * kDqStgLd);
-#pragma unroll
-      for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-          stg[(8 * i + 2 * t4 + (e & 1)) * kDqStgLd + 16 * wl + g + 8 * (e >> 1)] = acc[i][e];
+      stage_dq(stg, acc, wl, g, t4);
       const int nrows = min(32, si.used - r0);
       float* gacc = p.dq_acc + (static_cast<int64_t>(hq) * p.T + si.start + r0) * D;
       if constexpr (FDQ == 1) {
@@ -812,13 +862,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
         }
       } else {
         bar_sync(2 + wg, 128);
-        const int tid = threadIdx.x & 127;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-          const int row = (tid + 128 * j) >> 4, c = (tid + 128 * j) & 15;
-          if (row < nrows)
-            red_add_v4(gacc + row * D + 4 * c, *reinterpret_cast<const float4*>(stg + row * kDqStgLd + 4 * c));
-        }
+        red_staged_dq(gacc, stg, nrows, threadIdx.x & 127);
       }
     };
 
@@ -882,15 +926,6 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
             st[i][e] = pv;
           }
       };
-      auto pack = [](const float (&x)[BM / 8][4], uint32_t (&a)[BM / 16][4]) {
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) {
-          a[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
-          a[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
-          a[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-          a[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-        }
-      };
       uint32_t pa[BM / 16][4], da[BM / 16][4];
       uint32_t kf[D / 16][4], vf[D / 16][4];  // reloaded every step: see the comment above the loop
       load_a_frags<D>(sK, wg * 64 + wl * 16, kf);
@@ -917,7 +952,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
         wgmma_wait<1>();  // S^T ready, dP^T may still run
         fence_acc<BM / 8>(st);
         softmax_p();
-        pack(st, pa);
+        pack_a_frags(st, pa);
         fence_acc<D / 8>(dv);
         wgmma_fence();
 #pragma unroll
@@ -925,24 +960,9 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
         wgmma_commit();
         wgmma_wait<1>();  // dP^T ready, the dV group may still run
         fence_acc<BM / 8>(dpt);
-#pragma unroll
-        for (int i = 0; i < BM / 8; i++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) dpt[i][e] = st[i][e] * (dpt[i][e] - cDl[i * 8 + 2 * t4 + (e & 1)]);
-        pack(dpt, da);
-        if constexpr (FDQ != 0) {
-          // dS^T (bf16, this warp's keys 16 wl..16 wl+15 of the warpgroup x 64 queries) -> dS tile wg, transposed:
-          // register j of da[kk] is the 8x8 block (keys +8 (j & 1), queries 16 kk + 8 (j >> 1)); stored, its rows are
-          // queries and its 16 bytes are 8 keys (chunk 2 wl + (j & 1) of the 128-byte swizzled row). Done before the
-          // dK product: the A registers of an in-flight wgmma must not be accessed.
-          const int j = lane >> 3, r = lane & 7, ch = 2 * wl + (j & 1);
-#pragma unroll
-          for (int kk = 0; kk < BM / 16; kk++) {
-            const int q = 16 * kk + 8 * (j >> 1) + r;
-            stsm_x4_t(sdS_a + (FDQ == 3 ? (nred & 1) * 16384 : 0) + wg * 8192 + q * 128 + ((ch ^ (q & 7)) << 4),
-                      da[kk][0], da[kk][1], da[kk][2], da[kk][3]);
-          }
-        }
+        ds_from_p(dpt, st, cDl, t4);
+        pack_a_frags(dpt, da);
+        if constexpr (FDQ != 0) store_ds_tile(sdS_a + (FDQ == 3 ? (nred & 1) * 16384 : 0) + wg * 8192, da, wl, lane);
         fence_acc<D / 8>(dk);
         wgmma_fence();
 #pragma unroll
@@ -964,8 +984,8 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
         for (int i = 0; i < BM / 8; i++)
 #pragma unroll
           for (int e = 0; e < 4; e++) dpt[i][e] = st[i][e] * (dpt[i][e] - cDl[i * 8 + 2 * t4 + (e & 1)]);
-        pack(st, pa);
-        pack(dpt, da);
+        pack_a_frags(st, pa);
+        pack_a_frags(dpt, da);
         fence_acc<D / 8>(dv);
         fence_acc<D / 8>(dk);
         wgmma_fence();

@@ -209,20 +209,10 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
   // The finished dQ^T partial (rows d = 16 wl + g (+8), cols q = 8 i + 2 t4 (+1) of this warpgroup's 32 query rows)
   // -> staging rows [q][d] -> p.dq_acc ([Hq, T, 64] f32) by red.global.add.v4, rows past the real length left out.
   auto dq_out = [&](int hq, int r0) {
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-      for (int e = 0; e < 4; e++)
-        stg[(8 * i + 2 * t4 + (e & 1)) * kDqStgLd + 16 * wl + g + 8 * (e >> 1)] = dqt[i][e];
-    const int nrows = min(32, si.used - r0);
-    float* gacc = p.dq_acc + (static_cast<int64_t>(hq) * p.T + si.start + r0) * D;
+    stage_dq(stg, dqt, wl, g, t4);
     bar_sync(2 + wg, 128);
-    const int tid = threadIdx.x & 127;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const int r = (tid + 128 * j) >> 4, c = (tid + 128 * j) & 15;
-      if (r < nrows) red_add_v4(gacc + r * D + 4 * c, *reinterpret_cast<const float4*>(stg + r * kDqStgLd + 4 * c));
-    }
+    red_staged_dq(p.dq_acc + (static_cast<int64_t>(hq) * p.T + si.start + r0) * D, stg, min(32, si.used - r0),
+                  threadIdx.x & 127);
   };
 
   zero_dkdv();
@@ -244,15 +234,6 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
     acc_undef<BM / 8>(dpt);
     const bool need_mask =
         (i0 < kmin + 15) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) || (i0 + BM > si.used);
-    auto pack = [](const float (&x)[BM / 8][4], uint32_t (&a)[BM / 16][4]) {
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; kk++) {
-        a[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
-        a[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
-        a[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-        a[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-      }
-    };
     uint32_t pa[BM / 16][4], da[BM / 16][4];
     // S^T = K Q^T and dP^T = V dO^T with both operands in shared memory (A = this warpgroup's 64 K / V rows,
     // K-major): no per-step ldmatrix of K / V fragments, and 32 registers fewer.
@@ -303,7 +284,7 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
         st[i][c] = fast_exp2(fmaf(st[i][c], p.scale_log2, -l2));
         st[i][c + 2] = fast_exp2(fmaf(st[i][c + 2], p.scale_log2, -l2));
       }
-    pack(st, pa);
+    pack_a_frags(st, pa);
     fence_acc<D / 8>(dv);
     wgmma_fence();
 #pragma unroll
@@ -311,21 +292,9 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
     wgmma_commit();
     wgmma_wait<1>();  // dP^T ready, the dV group may still run
     fence_acc<BM / 8>(dpt);
-#pragma unroll
-    for (int i = 0; i < BM / 8; i++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) dpt[i][e] = st[i][e] * (dpt[i][e] - cDl[i * 8 + 2 * t4 + (e & 1)]);
-    pack(dpt, da);
-    {
-      // dS^T -> dS tile (dsb, wg) transposed (layout as dkdv_wgmma_kernel's); before the dK product is issued.
-      const int j = lane >> 3, r = lane & 7, ch = 2 * wl + (j & 1);
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; kk++) {
-        const int q = 16 * kk + 8 * (j >> 1) + r;
-        stsm_x4_t(sdS_a + dsb * 16384 + wg * 8192 + q * 128 + ((ch ^ (q & 7)) << 4), da[kk][0], da[kk][1],
-                  da[kk][2], da[kk][3]);
-      }
-    }
+    ds_from_p(dpt, st, cDl, t4);
+    pack_a_frags(dpt, da);
+    store_ds_tile(sdS_a + dsb * 16384 + wg * 8192, da, wl, lane);  // dS tile (dsb, wg)
     fence_acc<D / 8>(dk);
     wgmma_fence();
 #pragma unroll

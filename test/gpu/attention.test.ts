@@ -96,6 +96,19 @@ function randomCase(Hq: number, Hkv: number, D: number, lens: number[], window: 
   };
 }
 
+// A copy of c whose padding rows (each sequence's rows from its `used` on) hold NaN in q, k, v and dout.
+function withNaNPadding(c: Case): Case {
+  const poisoned: Case = { ...c, q: c.q.slice(), k: c.k.slice(), v: c.v.slice(), dout: c.dout.slice() };
+  for (let s = 0; s + 1 < c.cu.length; s++)
+    for (let row = c.cu[s]! + (c.used?.[s] ?? c.cu[s + 1]! - c.cu[s]!); row < c.cu[s + 1]!; row++) {
+      poisoned.q.fill(NaN, row * c.Hq * c.D, (row + 1) * c.Hq * c.D);
+      poisoned.dout.fill(NaN, row * c.Hq * c.D, (row + 1) * c.Hq * c.D);
+      poisoned.k.fill(NaN, row * c.Hkv * c.D, (row + 1) * c.Hkv * c.D);
+      poisoned.v.fill(NaN, row * c.Hkv * c.D, (row + 1) * c.Hkv * c.D);
+    }
+  return poisoned;
+}
+
 const cases: [string, Case][] = [
   ['GQA 8, D64, packed 1/7/113/300, causal', randomCase(8, 1, 64, [1, 7, 113, 300], 0, 1)],
   ['GQA 2, D128, packed 1/7/113/300, window 37', randomCase(4, 2, 128, [1, 7, 113, 300], 37, 2)],
@@ -302,15 +315,7 @@ test('cuda backward: NaN in padding rows does not reach the gradients [determini
   const used = [200, 1, 130];
   for (const window of [0, 37]) {
     const c = randomCase(8, 2, 64, [256, 256, 256], window, 66, true, used);
-    const poisoned: Case = { ...c, q: c.q.slice(), k: c.k.slice(), v: c.v.slice(), dout: c.dout.slice() };
-    for (let s = 0; s < 3; s++)
-      for (let t = used[s]!; t < 256; t++) {
-        const row = s * 256 + t;
-        poisoned.q.fill(NaN, row * c.Hq * c.D, (row + 1) * c.Hq * c.D);
-        poisoned.dout.fill(NaN, row * c.Hq * c.D, (row + 1) * c.Hq * c.D);
-        poisoned.k.fill(NaN, row * c.Hkv * c.D, (row + 1) * c.Hkv * c.D);
-        poisoned.v.fill(NaN, row * c.Hkv * c.D, (row + 1) * c.Hkv * c.D);
-      }
+    const poisoned = withNaNPadding(c);
     for (const mode of ['ws', 'red-pipe']) {
       const g = withNondetEnv(mode, () => runOn('cuda:0', poisoned, 'f32', false));
       for (const key of ['dq', 'dk', 'dv', 'dsinks'] as const)
@@ -424,15 +429,7 @@ for (const [name0, c] of fwdCases) for (const mode of ['v2', 'ws']) {
 test('cuda forward: NaN in padding rows does not reach the real rows [every GPTOSS_ATTN_FWD mode]', { skip }, () => {
   for (const window of [0, 37]) {
     const c = randomCase(8, 2, 64, [256, 256, 256], window, 64, true, [200, 1, 130]);
-    const poisoned: Case = { ...c, q: c.q.slice(), k: c.k.slice(), v: c.v.slice() };
-    const used = [200, 1, 130];
-    for (let s = 0; s < 3; s++)
-      for (let t = used[s]!; t < 256; t++) {
-        const row = s * 256 + t;
-        poisoned.q.fill(NaN, row * c.Hq * c.D, (row + 1) * c.Hq * c.D);
-        poisoned.k.fill(NaN, row * c.Hkv * c.D, (row + 1) * c.Hkv * c.D);
-        poisoned.v.fill(NaN, row * c.Hkv * c.D, (row + 1) * c.Hkv * c.D);
-      }
+    const poisoned = withNaNPadding(c);
     const cpu = forwardOn('cpu', c);
     for (const mode of ['ws', 'v2']) {
       const g = withFwdEnv(mode, () => forwardOn('cuda:0', poisoned));
