@@ -242,8 +242,6 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BM>(st, dKw + 2 * kk, dQk + 2 * kk, kk > 0);
     wgmma_commit();
-    // The previous step's dQ product ran over the S^T issue; written out before dP^T is issued. wait_group 0 (not
-    // 1) and no branch: otherwise ptxas serializes every wgmma (dkdv_wgmma_kernel, FDQ 3).
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BM>(dpt, dVw + 2 * kk, dOk + 2 * kk, kk > 0);
     wgmma_commit();
