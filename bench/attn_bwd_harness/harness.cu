@@ -124,19 +124,8 @@ static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_
     } else if (var == 7) {
       using C = BwdWsCfg<kBwdWsStages>;
       BwdTmaMaps m;
-      const int64_t rows = (int64_t)p.Hq * p.T;
-      const bool oks[6] = {gptoss::cuda::encode_head_tile_map(&m.q, p.q, p.T, p.Hq, C::BM),
-                           gptoss::cuda::encode_head_tile_map(&m.dout, p.dout, p.T, p.Hq, C::BM),
-                           gptoss::cuda::encode_head_tile_map(&m.k, p.k, p.T, p.Hkv, C::BN),
-                           gptoss::cuda::encode_head_tile_map(&m.v, p.v, p.T, p.Hkv, C::BN),
-                           gptoss::cuda::encode_f32_vector_map(&m.lse, p.lse, rows, C::ROW_BOX),
-                           gptoss::cuda::encode_f32_vector_map(&m.dlt, p.dlt, rows, C::ROW_BOX)};
-      bool ok = true;
-      for (int i = 0; i < 6; i++)
-        if (!oks[i]) { printf("tensor map %d (q, dout, k, v, lse, dlt) failed\n", i); ok = false; }
-      if (!ok) { printf("tensor map encoding failed\n"); exit(1); }
-      const dim3 grid(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq);
-      bwd_ws_kernel<kBwdWsStages><<<grid, C::NT, C::SMEM, st>>>(m, p);
+      if (!encode_bwd_ws_maps(&m, p)) { printf("tensor map encoding failed\n"); exit(1); }
+      bwd_ws_kernel<kBwdWsStages><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(m, p);
     } else if (var == 6) {
       using C = DkdvWgCfg<2, 3>;
       dkdv_wgmma_kernel<2, true, 3><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);

@@ -202,39 +202,44 @@ void launch_dq_convert(const attn::Params& p, int64_t n, cudaStream_t st) {
   GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: dq convert kernel launch");
 }
 
-// Non-deterministic backward for head_dim 64 on sm_90 (deterministic: false): dkdv_wgmma_kernel<2, true, FDQ> computes
-// dK, dV (bitwise as v3) and adds dQ partials to an fp32 [Hq, T, 64] accumulator (FDQ 1: bulk async reductions,
-// FDQ 2: red.global.add.v4, FDQ 3: red.global.add.v4 with the dQ product pipelined into the next step), so there is
-// no dQ kernel; then dq = scale * acc, transposed to [T, Hq, 64].
-// Everything runs on the compute stream: pre (D_i), memset, fused kernel (heaviest CTAs first), convert, dsinks.
-template <int FDQ>
-void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
-                      const Tensor& dq, cudaStream_t st) {
+// The fused backward around its dK/dV/dQ kernel (launch_kernel): pre (D_i) and the zeroed fp32 dQ accumulator
+// before, dq = scale * acc and dsinks after, all on the compute stream.
+template <typename LaunchKernel>
+void run_fused_bwd(attn::Params& p, float* partial, int npre, float* dsinks, const Tensor& dq, cudaStream_t st,
+                   LaunchKernel launch_kernel) {
   const int64_t n = dq.numel();
   GPTOSS_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, n * sizeof(float), st), "attentionBackward: memset");
   launch_pre<64>(p, partial, npre, st);
-  using KC = attn::DkdvWgCfg<2, FDQ>;
-  static bool kd = false;
-  set_smem(attn::dkdv_wgmma_kernel<2, true, FDQ>, KC::SMEM, kd);
-  attn::dkdv_wgmma_kernel<2, true, FDQ><<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, st>>>(p);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: fused dk/dv/dq kernel launch");
+  launch_kernel();
   launch_dq_convert(p, n, st);
   launch_dsinks(p, partial, npre, dsinks, st);
 }
 
+// Non-deterministic backward for head_dim 64 on sm_90 (deterministic: false): dkdv_wgmma_kernel<2, true, FDQ> computes
+// dK, dV (bitwise as v3) and adds dQ partials to an fp32 [Hq, T, 64] accumulator (FDQ 1: bulk async reductions,
+// FDQ 2: red.global.add.v4, FDQ 3: red.global.add.v4 with the dQ product pipelined into the next step), so there is
+// no dQ kernel; then dq = scale * acc, transposed to [T, Hq, 64].
+// Heaviest CTAs first; the rest as run_fused_bwd.
+template <int FDQ>
+void launch_bwd_fused(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
+                      const Tensor& dq, cudaStream_t st) {
+  run_fused_bwd(p, partial, npre, dsinks, dq, st, [&] {
+    using KC = attn::DkdvWgCfg<2, FDQ>;
+    static bool kd = false;
+    set_smem(attn::dkdv_wgmma_kernel<2, true, FDQ>, KC::SMEM, kd);
+    attn::dkdv_wgmma_kernel<2, true, FDQ>
+        <<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, st>>>(p);
+    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: fused dk/dv/dq kernel launch");
+  });
+}
+
 // The warp-specialized fused backward (attention_bwd_ws.cuh): as launch_bwd_fused<3>, with the kernel fed by TMA
 // from a producer warp. False when no tensor map can be made (driver without cuTensorMapEncodeTiled, or an
-// unaligned tensor): the caller runs launch_bwd_fused<3> instead, which says so once on stderr.
+// unaligned tensor): the caller runs launch_bwd_fused<3> instead; this says so once on stderr.
 bool launch_bwd_ws(attn::Params& p, int nseq, int max_seqlen, float* partial, int npre, float* dsinks,
                    const Tensor& dq, cudaStream_t st) {
-  constexpr int STAGES = attn::kBwdWsStages;
-  using KC = attn::BwdWsCfg<STAGES>;
   attn::BwdTmaMaps maps;
-  const int64_t rows = static_cast<int64_t>(p.Hq) * p.T;
-  if (!encode_head_tile_map(&maps.q, p.q, p.T, p.Hq, KC::BM) ||
-      !encode_head_tile_map(&maps.dout, p.dout, p.T, p.Hq, KC::BM) ||
-      !encode_head_tile_map(&maps.k, p.k, p.T, p.Hkv, KC::BN) || !encode_head_tile_map(&maps.v, p.v, p.T, p.Hkv, KC::BN) ||
-      !encode_f32_vector_map(&maps.lse, p.lse, rows, KC::ROW_BOX) || !encode_f32_vector_map(&maps.dlt, p.dlt, rows, KC::ROW_BOX)) {
+  if (!attn::encode_bwd_ws_maps(&maps, p)) {
     static bool warned = false;
     if (!warned)
       std::fprintf(stderr, "gptoss: attentionBackward: no TMA tensor map for q/k/v/dout/lse (driver without "
@@ -242,15 +247,14 @@ bool launch_bwd_ws(attn::Params& p, int nseq, int max_seqlen, float* partial, in
     warned = true;
     return false;
   }
-  const int64_t n = dq.numel();
-  GPTOSS_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, n * sizeof(float), st), "attentionBackward: memset");
-  launch_pre<64>(p, partial, npre, st);
-  static bool kd = false;
-  set_smem(attn::bwd_ws_kernel<STAGES>, KC::SMEM, kd);
-  attn::bwd_ws_kernel<STAGES><<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, st>>>(maps, p);
-  GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: warp-specialized dk/dv/dq kernel launch");
-  launch_dq_convert(p, n, st);
-  launch_dsinks(p, partial, npre, dsinks, st);
+  run_fused_bwd(p, partial, npre, dsinks, dq, st, [&] {
+    constexpr int STAGES = attn::kBwdWsStages;
+    using KC = attn::BwdWsCfg<STAGES>;
+    static bool kd = false;
+    set_smem(attn::bwd_ws_kernel<STAGES>, KC::SMEM, kd);
+    attn::bwd_ws_kernel<STAGES><<<dim3(ceil_div(max_seqlen, KC::BN) * p.Hkv, 1, nseq), KC::NT, KC::SMEM, st>>>(maps, p);
+    GPTOSS_CUDA_LAUNCH_CHECK("attentionBackward: warp-specialized dk/dv/dq kernel launch");
+  });
   return true;
 }
 

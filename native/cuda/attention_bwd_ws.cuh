@@ -48,6 +48,16 @@ struct BwdTmaMaps {
   CUtensorMap lse, dlt; // [Hq * T] f32, box BM + 4
 };
 
+// Host: the launched configuration's tensor maps over p's tensors; false when one cannot be made (no TMA in the
+// driver, or an unaligned tensor).
+inline bool encode_bwd_ws_maps(BwdTmaMaps* m, const Params& p) {
+  using C = BwdWsCfg<kBwdWsStages>;
+  const int64_t rows = static_cast<int64_t>(p.Hq) * p.T;
+  return encode_head_tile_map(&m->q, p.q, p.T, p.Hq, C::BM) && encode_head_tile_map(&m->dout, p.dout, p.T, p.Hq, C::BM) &&
+         encode_head_tile_map(&m->k, p.k, p.T, p.Hkv, C::BN) && encode_head_tile_map(&m->v, p.v, p.T, p.Hkv, C::BN) &&
+         encode_f32_vector_map(&m->lse, p.lse, rows, C::ROW_BOX) && encode_f32_vector_map(&m->dlt, p.dlt, rows, C::ROW_BOX);
+}
+
 // Grid (nkb * Hkv, 1, nseq), kv head fastest (key block 0, the heaviest under a causal mask, of every head first);
 // 384 threads: warpgroups 0, 1 consume (keys n0 + 64 wg ..), warpgroup 2 produces (one warp loads).
 template <int STAGES>

@@ -108,6 +108,24 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// Forward epilogue, one thread's share of query row `row` of head h (fragment half r: columns 8 i + 2 t4 (+1) of
+// acc[i][2 r .. 2 r + 1]): out = acc / lsum (lsum = the row's sum with the sink's share), lse = ln(lsum) + the row's
+// max (m, log2 domain) in natural log. Padding rows (row >= used) get zeros and lse 0; rows past the sequence none.
+template <int D>
+__device__ __forceinline__ void store_out_row(const Params& p, const SeqInfo& si, int h, int row, int r, int t4,
+                                              const float (&acc)[D / 8][4], float m, float lsum) {
+  if (row >= si.len) return;
+  const int64_t tok = si.start + row;
+  __nv_bfloat16* o = p.o + tok * (static_cast<int64_t>(p.Hq) * D) + h * D;
+  const bool real = row < si.used;
+  const float inv = real ? 1.f / lsum : 0.f;
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+    *reinterpret_cast<uint32_t*>(o + i * 8 + 2 * t4) =
+        pack_bf16(real ? acc[i][2 * r] * inv : 0.f, real ? acc[i][2 * r + 1] * inv : 0.f);
+  if (t4 == 0) p.lse[static_cast<int64_t>(h) * p.T + tok] = real ? (m + log2f(lsum)) * kLn2 : 0.f;
+}
+
 // Element offset of (row r, 16-byte chunk ch) in a tile with D columns: chunks XOR-swizzled by the row so that
 // ldmatrix (8 rows, same chunk) hits 8 different bank groups. Rows of fewer than 8 chunks (head_dim 16, 32)
 // swizzle within the row (D/8 bank groups).

@@ -284,24 +284,11 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
   }
 
   // Epilogue: O / l (the sink in the denominator), lse = ln(sum) in natural log; padding rows 0.
-  const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
   float lsum[2];
 #pragma unroll
   for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[r]) + fast_exp2(sink2 - m_r[r]);
 #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const int row = wrow0 + g + r * 8;
-    if (row >= si.len) continue;
-    const int64_t tok = si.start + row;
-    __nv_bfloat16* o = p.o + tok * qstride + h * D;
-    const bool real = row < si.used;
-    const float inv = real ? 1.f / lsum[r] : 0.f;
-#pragma unroll
-    for (int i = 0; i < D / 8; i++)
-      *reinterpret_cast<uint32_t*>(o + i * 8 + 2 * t4) =
-          pack_bf16(real ? acc[i][2 * r] * inv : 0.f, real ? acc[i][2 * r + 1] * inv : 0.f);
-    if (t4 == 0) p.lse[static_cast<int64_t>(h) * p.T + tok] = real ? (m_r[r] + log2f(lsum[r])) * kLn2 : 0.f;
-  }
+  for (int r = 0; r < 2; r++) store_out_row<D>(p, si, h, wrow0 + g + r * 8, r, t4, acc, m_r[r], lsum[r]);
 }
 
 }  // namespace attn
