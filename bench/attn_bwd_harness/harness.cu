@@ -354,6 +354,7 @@ int main(int argc, char** argv) {
         {"B1 S4096 W128", {4096}, 64, 8, 128, true},
         {"B8 S2048 causal", {2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}, 64, 8, 0, true},
         {"B1 S16384 causal", {16384}, 64, 8, 0, true},
+        {"B1 S16384 W128", {16384}, 64, 8, 128, true},
     };
     const char* only = getenv("HARNESS_CASES");  // e.g. "01": those timed cases only
     for (size_t i = 0; i < timed.size(); i++)

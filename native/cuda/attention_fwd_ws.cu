@@ -19,6 +19,7 @@
 // loaded with zero-filling cp.async by the producer warp instead of TMA.
 #include <cuda.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 
@@ -36,25 +37,36 @@ struct FwdWsCfg {
   static_assert(STAGES >= 3, "a consumer holds two slots while it waits for the third");
   static constexpr int D = 64, NC = 2, BM = NC * 64, NT = (NC + 1) * 128;
   static constexpr int Q_BYTES = BM * D * 2, TILE_BYTES = BN * D * 2;  // Q block; one K or V tile
-  static constexpr int OFF_K = Q_BYTES, OFF_V = OFF_K + STAGES * TILE_BYTES, OFF_BAR = OFF_V + STAGES * TILE_BYTES;
-  static constexpr int SMEM = OFF_BAR + (2 * STAGES + 1) * 8 + 1024;  // + barriers, + 1024-byte alignment slack
+  // Q is double-buffered: the producer loads the next head's block while the consumers finish this one.
+  static constexpr int OFF_K = 2 * Q_BYTES, OFF_V = OFF_K + STAGES * TILE_BYTES, OFF_BAR = OFF_V + STAGES * TILE_BYTES;
+  static constexpr int NBAR = 2 * STAGES + 4;                     // full, empty per slot; q full, q empty per buffer
+  static constexpr int SMEM = OFF_BAR + NBAR * 8 + 1024;          // + barriers, + 1024-byte alignment slack
 };
 
 struct FwdTmaMaps {
   CUtensorMap q, k, v;  // [T, Hq, 64] box BM x 64; [T, Hkv, 64] box BN x 64 (both)
 };
 
-template <int BN, int STAGES>
-__global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ FwdTmaMaps maps, Params p) {
+// Grid (query blocks, Hq / hpc, nseq): one CTA = one 128-row query block of hpc query heads of one kv head.
+//   HEADS = false (hpc 1): the K/V band streams through the ring, slots released as the consumers finish them.
+//   HEADS = true (sliding windows; the launcher guarantees the band's kb_hi - kb_lo <= STAGES tiles): the band is
+//     loaded once and stays resident for all hpc heads, which run one after the other; Q is double-buffered, so the
+//     producer loads head j+1's block while the consumers work on head j. A window-128 band is two tiles per
+//     warpgroup, so with one head per CTA the start-up and epilogue latency was a large share of a CTA's time.
+//     (The head loop costs the consumers ~220 bytes of spills, which is why one head per CTA is compiled apart.)
+template <int BN, int STAGES, bool HEADS>
+__global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ FwdTmaMaps maps, Params p, int hpc) {
   using C = FwdWsCfg<BN, STAGES>;
+  if constexpr (!HEADS) hpc = 1;
   constexpr int D = 64, BM = C::BM, NC = C::NC;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* base = smem_raw + ((((smem_u32(smem_raw) + 1023u) & ~1023u)) - smem_u32(smem_raw));
   const uint32_t sQ_a = smem_u32(base), sK_a = sQ_a + C::OFF_K, sV_a = sQ_a + C::OFF_V;
-  const uint32_t bar_full = sQ_a + C::OFF_BAR, bar_empty = bar_full + STAGES * 8, bar_q = bar_empty + STAGES * 8;
+  const uint32_t bar_full = sQ_a + C::OFF_BAR, bar_empty = bar_full + STAGES * 8, bar_q = bar_empty + STAGES * 8,
+                 bar_qe = bar_q + 16;  // bar_q, bar_qe: [2] (Q buffer b = head index & 1)
 
   const int mb = gridDim.x - 1 - blockIdx.x;  // longest (last) query blocks first
-  const int h = blockIdx.y, s = blockIdx.z;
+  const int h_first = blockIdx.y * hpc, s = blockIdx.z;
   const SeqInfo si = seq_info(p.cu, p.used, s);
   const int q0 = mb * BM;
   if (q0 >= si.len) return;
@@ -62,23 +74,31 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
     const int rows_here = min(BM, si.len - q0);
     // zero rows + lse 0 (as fwd_kernel's zero_padding_block)
     const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
-    for (int i = threadIdx.x; i < rows_here * D; i += C::NT)
-      p.o[(si.start + q0 + i / D) * qstride + h * D + i % D] = __float2bfloat16(0.f);
-    for (int r = threadIdx.x; r < rows_here; r += C::NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
+    for (int j = 0; j < hpc; j++) {
+      const int h = h_first + j;
+      for (int i = threadIdx.x; i < rows_here * D; i += C::NT)
+        p.o[(si.start + q0 + i / D) * qstride + h * D + i % D] = __float2bfloat16(0.f);
+      for (int r = threadIdx.x; r < rows_here; r += C::NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
+    }
     return;
   }
-  const int kvh = h / p.G;
-  // Key tiles any real row of the CTA can see: [kb_lo, kb_hi). The producer loads all of them in order.
+  const int kvh = h_first / p.G;
+  // Key tiles any real row of the CTA can see: [kb_lo, kb_hi). The producer loads all of them in order, once.
   const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
   const int n_hi = min(q0 + BM, si.used);
   const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+  // HEADS: the launcher guarantees kb_hi - kb_lo <= STAGES, so tile t sits in slot t - kb_lo (phase 0) for every
+  // head and is never released. One head: the ring as usual (slot (t - kb_lo) % STAGES).
 
   if (threadIdx.x == 0) {
     for (int i = 0; i < STAGES; i++) {
       mbar_init(bar_full + 8 * i, 1);
       mbar_init(bar_empty + 8 * i, NC * 4);  // one arrival per consumer warp
     }
-    mbar_init(bar_q, 1);
+    for (int b = 0; b < 2; b++) {
+      mbar_init(bar_q + 8 * b, 1);
+      mbar_init(bar_qe + 8 * b, NC * 4);
+    }
     fence_mbar_init();
   }
   __syncthreads();
@@ -93,44 +113,51 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
     if (lane == 0) {
       tma_prefetch_desc(&maps.k);
       tma_prefetch_desc(&maps.v);
-      mbar_arrive_expect_tx(bar_q, C::Q_BYTES);
-      tma_load_3d(sQ_a, &maps.q, bar_q, 0, h, si.start + q0);
     }
-    for (int kb = kb_lo; kb < kb_hi; kb++) {
-      const int i = kb - kb_lo, slot = i % STAGES;
-      const uint32_t full = bar_full + 8 * slot;
-      const uint32_t dK = sK_a + slot * C::TILE_BYTES, dV = sV_a + slot * C::TILE_BYTES;
-      mbar_wait(bar_empty + 8 * slot, ((i / STAGES) & 1) ^ 1);
-      const int n0 = kb * BN;
-      if (n0 + BN <= si.used) {
-        if (lane == 0) {
-          mbar_arrive_expect_tx(full, 2 * C::TILE_BYTES);
-          tma_load_3d(dK, &maps.k, full, 0, kvh, si.start + n0);
-          tma_load_3d(dV, &maps.v, full, 0, kvh, si.start + n0);
+    for (int j = 0; j < (HEADS ? hpc : 1); j++) {
+      const int b = j & 1;
+      if (lane == 0) {
+        if (HEADS) mbar_wait(bar_qe + 8 * b, ((j >> 1) & 1) ^ 1);  // the buffer's previous head is done
+        mbar_arrive_expect_tx(bar_q + 8 * b, C::Q_BYTES);
+        tma_load_3d(sQ_a + b * C::Q_BYTES, &maps.q, bar_q + 8 * b, 0, h_first + j, si.start + q0);
+      }
+      if (j > 0) continue;
+      for (int kb = kb_lo; kb < kb_hi; kb++) {
+        const int n = kb - kb_lo, slot = n % STAGES;
+        const uint32_t full = bar_full + 8 * slot;
+        const uint32_t dK = sK_a + slot * C::TILE_BYTES, dV = sV_a + slot * C::TILE_BYTES;
+        mbar_wait(bar_empty + 8 * slot, ((n / STAGES) & 1) ^ 1);
+        const int n0 = kb * BN;
+        if (n0 + BN <= si.used) {
+          if (lane == 0) {
+            mbar_arrive_expect_tx(full, 2 * C::TILE_BYTES);
+            tma_load_3d(dK, &maps.k, full, 0, kvh, si.start + n0);
+            tma_load_3d(dV, &maps.v, full, 0, kvh, si.start + n0);
+          }
+        } else {
+          // The tile crosses the sequence's real end: rows >= used are zero-filled (same swizzle as the TMA's).
+          const __nv_bfloat16* gK = p.k + (si.start + n0) * kstride + kvh * D;
+          const __nv_bfloat16* gV = p.v + (si.start + n0) * kstride + kvh * D;
+          for (int c = lane; c < BN * 8; c += 32) {
+            const int r = c >> 3, ch = c & 7;
+            const bool ok = n0 + r < si.used;
+            const int64_t go = ok ? r * kstride + ch * 8 : 0;
+            const uint32_t so = r * 128 + ((ch ^ (r & 7)) << 4);
+            cp_async16(dK + so, gK + go, ok);
+            cp_async16(dV + so, gV + go, ok);
+          }
+          cp_async_commit();
+          cp_async_wait<0>();
+          fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy)
+          __syncwarp();
+          if (lane == 0) mbar_arrive(full);
         }
-      } else {
-        // The tile crosses the sequence's real end: rows >= used are zero-filled (same swizzle as the TMA's).
-        const __nv_bfloat16* gK = p.k + (si.start + n0) * kstride + kvh * D;
-        const __nv_bfloat16* gV = p.v + (si.start + n0) * kstride + kvh * D;
-        for (int c = lane; c < BN * 8; c += 32) {
-          const int r = c >> 3, ch = c & 7;
-          const bool ok = n0 + r < si.used;
-          const int64_t go = ok ? r * kstride + ch * 8 : 0;
-          const uint32_t so = r * 128 + ((ch ^ (r & 7)) << 4);
-          cp_async16(dK + so, gK + go, ok);
-          cp_async16(dV + so, gV + go, ok);
-        }
-        cp_async_commit();
-        cp_async_wait<0>();
-        fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy)
-        __syncwarp();
-        if (lane == 0) mbar_arrive(full);
       }
     }
     return;
   }
 
-  // ---- consumer warpgroup wg: query rows q0 + 64 wg .. +63
+  // ---- consumer warpgroup wg: query rows q0 + 64 wg .. +63 of each of the CTA's heads
   regs_grow<240>();
   const int g = lane >> 2, t4 = lane & 3;
   const int wq0 = q0 + wg * 64;     // first row of this warpgroup
@@ -140,155 +167,169 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
   const int w_lo = max(kb_lo, wn_lo / BN);
   const int w_hi = wq0 < si.used ? min(kb_hi, (min(wq0 + 64, si.used) + BN - 1) / BN) : w_lo;
 
+  int j = 0;  // the head being computed (h_first + j)
   auto full_wait = [&](int t) { mbar_wait(bar_full + 8 * ((t - kb_lo) % STAGES), ((t - kb_lo) / STAGES) & 1); };
-  auto release = [&](int t) {  // this warp no longer reads tile t's slot
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bar_empty + 8 * ((t - kb_lo) % STAGES));
+  auto release = [&](int t) {  // this warp no longer reads tile t's slot (HEADS: kept for every head)
+    if constexpr (!HEADS) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar_empty + 8 * ((t - kb_lo) % STAGES));
+    }
   };
-  // Tiles of the CTA range outside this warpgroup's band: wait until loaded (keeps the ring's phases in order),
-  // then release at once.
-  for (int t = kb_lo; t < w_lo; t++) {
-    full_wait(t);
-    release(t);
-  }
 
-  const float sink2 = sink_log2(p, h);
-  const float scale2 = p.scale_log2;
-  float m_r[2] = {sink2, sink2}, l_r[2] = {0.f, 0.f};  // running max (log2 domain, scaled) and sum, rows g, g+8
-  float acc[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  float sA[BN / 8][4], sB[BN / 8][4];  // ping-pong S accumulators (64 x BN per warpgroup)
-  uint32_t pa[BN / 16][4];             // P of the current tile in bf16: the A fragments of P.V
-  float alpha[2];
-  const uint64_t dQ = wg_desc(sQ_a + wg * 64 * D * 2);
+  for (; j < (HEADS ? hpc : 1); j++) {
+    const int h = h_first + j;
+    const float scale2 = p.scale_log2;
+    float m_r[2], l_r[2];  // running max (log2 domain, scaled) and sum, rows g, g+8
+    float acc[D / 8][4];
+    float sA[BN / 8][4], sB[BN / 8][4];  // ping-pong S accumulators (64 x BN per warpgroup)
+    uint32_t pa[BN / 16][4];             // P of the current tile in bf16: the A fragments of P.V
+    float alpha[2];
+    uint64_t dQ = 0;
 
-  auto issue_s = [&](float (&sn)[BN / 8][4], const int t) {  // sn = Q.K_t^T (async, one commit group)
-    const uint64_t dK = wg_desc(sK_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
-    acc_undef<BN / 8>(sn);
-    wgmma_fence();
+    auto issue_s = [&](float (&sn)[BN / 8][4], const int t) {  // sn = Q.K_t^T (async, one commit group)
+      const uint64_t dK = wg_desc(sK_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
+      acc_undef<BN / 8>(sn);
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BN>(sn, dQ + 2 * kk, dK + 2 * kk, kk > 0);  // +32 B per k step
-    wgmma_commit();
-  };
-  // Mask and online softmax of the complete S of tile t (raw scores in sc; exponentiated in place): alpha, m_r, l_r.
-  // The max is taken on raw scores (scale > 0) and the scale is folded into one FFMA per element.
-  auto softmax = [&](float (&sc)[BN / 8][4], const int t) {
-    const int n0 = t * BN;
-    const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
-    if (need_mask) {
-      // Query row sees keys max(row - window + 1, 0) .. row: per row a range of this thread's column offsets
-      // c = 8 i + (e & 1) (keys n0 + 2 t4 + c), so each element costs two compares and a select.
-      int c_lo[2], c_hi[2];
+      for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BN>(sn, dQ + 2 * kk, dK + 2 * kk, kk > 0);  // +32 B per k step
+      wgmma_commit();
+    };
+    // Mask and online softmax of the complete S of tile t (raw scores in sc; exponentiated in place): alpha, m_r, l_r.
+    // The max is taken on raw scores (scale > 0) and the scale is folded into one FFMA per element.
+    auto softmax = [&](float (&sc)[BN / 8][4], const int t) {
+      const int n0 = t * BN;
+      const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
+      if (need_mask) {
+        // Query row sees keys max(row - window + 1, 0) .. row: per row a range of this thread's column offsets
+        // c = 8 i + (e & 1) (keys n0 + 2 t4 + c), so each element costs two compares and a select.
+        int c_lo[2], c_hi[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const int row = wrow0 + g + 8 * r, base = n0 + 2 * t4;
+          c_lo[r] = (p.window > 0 ? row - p.window + 1 : INT_MIN / 2) - base;
+          c_hi[r] = row + 1 - base;
+        }
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int c = 8 * i + (e & 1), r = e >> 1;
+            sc[i][e] = (c >= c_lo[r] && c < c_hi[r]) ? sc[i][e] : -INFINITY;
+          }
+      }
 #pragma unroll
       for (int r = 0; r < 2; r++) {
-        const int row = wrow0 + g + 8 * r, base = n0 + 2 * t4;
-        c_lo[r] = (p.window > 0 ? row - p.window + 1 : INT_MIN / 2) - base;
-        c_hi[r] = row + 1 - base;
-      }
+        float mx = -INFINITY;
 #pragma unroll
-      for (int i = 0; i < BN / 8; i++)
+        for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
+        mx = fmaxf(m_r[r], quad_max(mx) * scale2);
+        const float base = mx == -INFINITY ? 0.f : mx;
+        alpha[r] = fast_exp2(m_r[r] - base);
+        m_r[r] = mx;
+        float sum = 0.f;
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int c = 8 * i + (e & 1), r = e >> 1;
-          sc[i][e] = (c >= c_lo[r] && c < c_hi[r]) ? sc[i][e] : -INFINITY;
+        for (int i = 0; i < BN / 8; i++) {
+          sc[i][2 * r] = fast_exp2(fmaf(sc[i][2 * r], scale2, -base));
+          sc[i][2 * r + 1] = fast_exp2(fmaf(sc[i][2 * r + 1], scale2, -base));
+          sum += sc[i][2 * r] + sc[i][2 * r + 1];
         }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
-      mx = fmaxf(m_r[r], quad_max(mx) * scale2);
-      const float base = mx == -INFINITY ? 0.f : mx;
-      alpha[r] = fast_exp2(m_r[r] - base);
-      m_r[r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) {
-        sc[i][2 * r] = fast_exp2(fmaf(sc[i][2 * r], scale2, -base));
-        sc[i][2 * r + 1] = fast_exp2(fmaf(sc[i][2 * r + 1], scale2, -base));
-        sum += sc[i][2 * r] + sc[i][2 * r + 1];
+        l_r[r] = l_r[r] * alpha[r] + sum;
       }
-      l_r[r] = l_r[r] * alpha[r] + sum;
-    }
-  };
-  auto pack_p = [&](const float (&sc)[BN / 8][4]) {
+    };
+    auto pack_p = [&](const float (&sc)[BN / 8][4]) {
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) {
-      pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-    }
-  };
-  auto rescale_issue_pv = [&](const int t) {  // O *= alpha (O complete), then O += P.V_t (async, one group)
-    fence_acc<D / 8>(acc);
+      for (int kk = 0; kk < BN / 16; kk++) {
+        pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+        pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+        pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      }
+    };
+    auto rescale_issue_pv = [&](const int t) {  // O *= alpha (O complete), then O += P.V_t (async, one group)
+      fence_acc<D / 8>(acc);
 #pragma unroll
-    for (int i = 0; i < D / 8; i++) {
-      acc[i][0] *= alpha[0];
-      acc[i][1] *= alpha[0];
-      acc[i][2] *= alpha[1];
-      acc[i][3] *= alpha[1];
-    }
-    const uint64_t dV = wg_desc(sV_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
-    wgmma_fence();
+      for (int i = 0; i < D / 8; i++) {
+        acc[i][0] *= alpha[0];
+        acc[i][1] *= alpha[0];
+        acc[i][2] *= alpha[1];
+        acc[i][3] *= alpha[1];
+      }
+      const uint64_t dV = wg_desc(sV_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, pa[kk], dV + 128 * kk);  // +2048 B per k step
-    wgmma_commit();
-  };
-  auto step = [&](float (&sn)[BN / 8][4], float (&sc)[BN / 8][4], const int t) {  // w_lo < t < w_hi
-    full_wait(t);
-    issue_s(sn, t);
-    wgmma_wait<1>();  // PV_{t-2} complete (S_t, the newest group, stays in flight)
-    if (t - 2 >= w_lo) release(t - 2);
-    softmax(sc, t - 1);
-    pack_p(sc);
-    rescale_issue_pv(t - 1);
-    wgmma_wait<1>();  // S_t complete (PV_{t-1} stays in flight)
-    fence_acc<BN / 8>(sn);
-  };
-  auto last = [&](float (&sc)[BN / 8][4]) {  // tile w_hi - 1, its S complete
-    softmax(sc, w_hi - 1);
-    wgmma_wait<0>();  // PV_{w_hi-2}
-    if (w_hi - 2 >= w_lo) release(w_hi - 2);
-    pack_p(sc);
-    rescale_issue_pv(w_hi - 1);
-    wgmma_wait<0>();
-    fence_acc<D / 8>(acc);
-    release(w_hi - 1);
-  };
+      for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, pa[kk], dV + 128 * kk);  // +2048 B per k step
+      wgmma_commit();
+    };
+    auto step = [&](float (&sn)[BN / 8][4], float (&sc)[BN / 8][4], const int t) {  // w_lo < t < w_hi
+      full_wait(t);
+      issue_s(sn, t);
+      wgmma_wait<1>();  // PV_{t-2} complete (S_t, the newest group, stays in flight)
+      if (t - 2 >= w_lo) release(t - 2);
+      softmax(sc, t - 1);
+      pack_p(sc);
+      rescale_issue_pv(t - 1);
+      wgmma_wait<1>();  // S_t complete (PV_{t-1} stays in flight)
+      fence_acc<BN / 8>(sn);
+    };
+    auto last = [&](float (&sc)[BN / 8][4]) {  // tile w_hi - 1, its S complete
+      softmax(sc, w_hi - 1);
+      wgmma_wait<0>();  // PV_{w_hi-2}
+      if (w_hi - 2 >= w_lo) release(w_hi - 2);
+      pack_p(sc);
+      rescale_issue_pv(w_hi - 1);
+      wgmma_wait<0>();
+      fence_acc<D / 8>(acc);
+      release(w_hi - 1);
+    };
+    auto release_q = [&] {  // this warp's S products of head j are done: the producer may refill its Q buffer
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar_qe + 8 * (j & 1));
+    };
 
-  mbar_wait(bar_q, 0);
-  if (w_lo < w_hi) {
-    // Tile t's S lives in sA when (t - w_lo) is even, in sB when odd.
-    full_wait(w_lo);
-    issue_s(sA, w_lo);
-    wgmma_wait<0>();
-    fence_acc<BN / 8>(sA);
-    int t = w_lo + 1;
-    for (; t + 1 < w_hi; t += 2) {
-      step(sB, sA, t);
-      step(sA, sB, t + 1);
+    // Tiles of the CTA range outside this warpgroup's band: wait until loaded (keeps the ring's phases in order),
+    // then release at once.
+    for (int t = kb_lo; t < w_lo; t++) {
+      full_wait(t);
+      release(t);
     }
-    if (t < w_hi) {
-      step(sB, sA, t);
-      last(sB);
-    } else {
-      last(sA);
+    const float sink2 = sink_log2(p, h);
+    m_r[0] = m_r[1] = sink2;
+    l_r[0] = l_r[1] = 0.f;
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    dQ = wg_desc(sQ_a + (j & 1) * C::Q_BYTES + wg * 64 * D * 2);
+    mbar_wait(bar_q + 8 * (j & 1), (j >> 1) & 1);
+    if (w_lo < w_hi) {
+      // Tile t's S lives in sA when (t - w_lo) is even, in sB when odd.
+      full_wait(w_lo);
+      issue_s(sA, w_lo);
+      wgmma_wait<0>();
+      fence_acc<BN / 8>(sA);
+      int t = w_lo + 1;
+      for (; t + 1 < w_hi; t += 2) {
+        step(sB, sA, t);
+        step(sA, sB, t + 1);
+      }
+      if (t < w_hi) {
+        step(sB, sA, t);
+        last(sB);
+      } else {
+        last(sA);
+      }
     }
-  }
-  for (int t = w_hi; t < kb_hi; t++) {
-    full_wait(t);
-    release(t);
-  }
+    if (HEADS) release_q();
+    for (int t = w_hi; t < kb_hi; t++) {
+      full_wait(t);
+      release(t);
+    }
 
-  // Epilogue: O / l (the sink in the denominator), lse = ln(sum) in natural log; padding rows 0.
-  float lsum[2];
+    // Epilogue: O / l (the sink in the denominator), lse = ln(sum) in natural log; padding rows 0.
+    float lsum[2];
 #pragma unroll
-  for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[r]) + fast_exp2(sink2 - m_r[r]);
+    for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[r]) + fast_exp2(sink2 - m_r[r]);
 #pragma unroll
-  for (int r = 0; r < 2; r++) store_out_row<D>(p, si, h, wrow0 + g + r * 8, r, t4, acc, m_r[r], lsum[r]);
+    for (int r = 0; r < 2; r++) store_out_row<D>(p, si, h, wrow0 + g + r * 8, r, t4, acc, m_r[r], lsum[r]);
+  }
 }
 
 }  // namespace attn
@@ -296,7 +337,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
 // ---- host -----------------------------------------------------------------------------------------------------
 namespace {
 template <int BN, int STAGES>
-bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
+bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, int hpc, cudaStream_t st) {
   using C = attn::FwdWsCfg<BN, STAGES>;
   attn::FwdTmaMaps maps;
   if (!encode_head_tile_map(&maps.q, p.q, p.T, p.Hq, C::BM) || !encode_head_tile_map(&maps.k, p.k, p.T, p.Hkv, BN) ||
@@ -310,22 +351,38 @@ bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t
   }
   static bool configured = false;
   if (!configured) {
-    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(attn::fwd_ws_kernel<BN, STAGES>,
+    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(attn::fwd_ws_kernel<BN, STAGES, false>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
+                      "attentionForward: cudaFuncSetAttribute");
+    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(attn::fwd_ws_kernel<BN, STAGES, true>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM),
                       "attentionForward: cudaFuncSetAttribute");
     configured = true;
   }
-  dim3 grid(ceil_div(max_seqlen, C::BM), p.Hq, nseq);
-  attn::fwd_ws_kernel<BN, STAGES><<<grid, C::NT, C::SMEM, st>>>(maps, p);
+  dim3 grid(ceil_div(max_seqlen, C::BM), p.Hq / hpc, nseq);
+  if (hpc > 1)
+    attn::fwd_ws_kernel<BN, STAGES, true><<<grid, C::NT, C::SMEM, st>>>(maps, p, hpc);
+  else
+    attn::fwd_ws_kernel<BN, STAGES, false><<<grid, C::NT, C::SMEM, st>>>(maps, p, 1);
   GPTOSS_CUDA_LAUNCH_CHECK("attentionForward: kernel launch");
   return true;
 }
 }  // namespace
 
-// GPTOSS_ATTN_FWD_STAGES = 3 | 4 (default 4) K/V ring slots. False: no TMA here (the caller picks another kernel).
+// GPTOSS_ATTN_FWD_STAGES = 3 | 4 (default 4) K/V ring slots. GPTOSS_ATTN_FWD_HPC = query heads per CTA for sliding
+// windows whose key band fits in the ring (rounded down to a divisor of Hq / Hkv; default: the whole group); other
+// masks run one head per CTA (a long band gains nothing from the head loop: measured, and it unbalances causal
+// grids). False: no TMA here (the caller picks another kernel).
 bool launch_fwd64_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
-  static const int stages = attn::env_int("GPTOSS_ATTN_FWD_STAGES", 4);
-  return stages == 3 ? launch_fwd_ws<128, 3>(p, nseq, max_seqlen, st) : launch_fwd_ws<128, 4>(p, nseq, max_seqlen, st);
+  static const int stages = attn::env_int("GPTOSS_ATTN_FWD_STAGES", 4) == 3 ? 3 : 4;
+  static const int hpc_env = attn::env_int("GPTOSS_ATTN_FWD_HPC", 0);
+  constexpr int BM = attn::FwdWsCfg<128, 4>::BM, BN = 128;
+  // Key tiles of one CTA's band: at most (window + BM - 2) / BN + 2.
+  const bool band_fits = p.window > 0 && (p.window + BM - 2) / BN + 2 <= stages;
+  int hpc = band_fits ? (hpc_env > 0 ? std::min(hpc_env, p.G) : p.G) : 1;
+  while (p.G % hpc) hpc--;
+  return stages == 3 ? launch_fwd_ws<BN, 3>(p, nseq, max_seqlen, hpc, st)
+                     : launch_fwd_ws<BN, 4>(p, nseq, max_seqlen, hpc, st);
 }
 
 }  // namespace gptoss::cuda
