@@ -696,18 +696,6 @@ __device__ __forceinline__ unsigned char* align1024(unsigned char* p) {
 // conflict-free stores of the transposed accumulator).
 constexpr int kDqStgLd = 68;
 // ---- step pieces shared by the fused-dQ wgmma kernels (dkdv_wgmma_kernel FDQ != 0, bwd_ws_kernel) ----
-// Accumulator fragments (64 rows x 8 NB columns, f32) -> the bf16 A fragments of the next products (per warp exactly
-// the mma.sync m16n8k16 layout, see wgmma.cuh).
-template <int NB>
-__device__ __forceinline__ void pack_a_frags(const float (&x)[NB][4], uint32_t (&a)[NB / 2][4]) {
-#pragma unroll
-  for (int kk = 0; kk < NB / 2; kk++) {
-    a[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
-    a[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
-    a[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-    a[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-  }
-}
 // dS^T = P^T (dP^T - D_i) in place in dpt; dl = this step's D_i by query column (lane column 2 t4 (+1) of 8 i).
 template <int NB>
 __device__ __forceinline__ void ds_from_p(float (&dpt)[NB][4], const float (&pt)[NB][4], const float* dl, int t4) {
@@ -1178,13 +1166,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) dq_wgmma_kernel(Params p) {
 #pragma unroll
         for (int e = 0; e < 4; e++) sc[i][e] *= dp[i][e] - dl[e >> 1];  // dS = P (dP - D)
       uint32_t a[BN / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; kk++) {
-        a[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-        a[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-        a[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-        a[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-      }
+      pack_a_frags(sc, a);
       fence_acc<D / 8>(acc);
       wgmma_fence();
 #pragma unroll

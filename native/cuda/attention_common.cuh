@@ -108,6 +108,19 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// Accumulator fragments (rows x 8 NB columns, f32; m16n8k16 / wgmma accumulator layout) -> the bf16 A fragments of
+// the next product over those columns (per warp exactly the mma.sync m16n8k16 A layout, see wgmma.cuh): P.V, dS.K.
+template <int NB>
+__device__ __forceinline__ void pack_a_frags(const float (&x)[NB][4], uint32_t (&a)[NB / 2][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NB / 2; kk++) {
+    a[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+    a[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+    a[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    a[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+  }
+}
+
 // Forward epilogue, one thread's share of query row `row` of head h (fragment half r: columns 8 i + 2 t4 (+1) of
 // acc[i][2 r .. 2 r + 1]): out = acc / lsum (lsum = the row's sum with the sink's share), lse = ln(lsum) + the row's
 // max (m, log2 domain) in natural log. Padding rows (row >= used) get zeros and lse 0; rows past the sequence none.

@@ -334,13 +334,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) fwd_wgmma_kernel(Params p) {
       }
     }
     uint32_t pa[BN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) {
-      pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-    }
+    pack_a_frags(sc, pa);
     fence_acc<D / 8>(acc);
     wgmma_fence();
 #pragma unroll

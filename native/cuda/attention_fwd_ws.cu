@@ -57,7 +57,7 @@ struct FwdTmaMaps {
 template <int BN, int STAGES, bool HEADS>
 __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ FwdTmaMaps maps, Params p, int hpc) {
   using C = FwdWsCfg<BN, STAGES>;
-  if constexpr (!HEADS) hpc = 1;
+  if constexpr (!HEADS) hpc = 1;  // a constant: the head loops below fold away
   constexpr int D = 64, BM = C::BM, NC = C::NC;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* base = smem_raw + ((((smem_u32(smem_raw) + 1023u) & ~1023u)) - smem_u32(smem_raw));
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
       tma_prefetch_desc(&maps.k);
       tma_prefetch_desc(&maps.v);
     }
-    for (int j = 0; j < (HEADS ? hpc : 1); j++) {
+    for (int j = 0; j < hpc; j++) {
       const int b = j & 1;
       if (lane == 0) {
         if (HEADS) mbar_wait(bar_qe + 8 * b, ((j >> 1) & 1) ^ 1);  // the buffer's previous head is done
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
     }
   };
 
-  for (; j < (HEADS ? hpc : 1); j++) {
+  for (; j < hpc; j++) {
     const int h = h_first + j;
     const float scale2 = p.scale_log2;
     float m_r[2], l_r[2];  // running max (log2 domain, scaled) and sum, rows g, g+8
@@ -236,15 +236,6 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
         l_r[r] = l_r[r] * alpha[r] + sum;
       }
     };
-    auto pack_p = [&](const float (&sc)[BN / 8][4]) {
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; kk++) {
-        pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-        pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-        pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-        pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-      }
-    };
     auto rescale_issue_pv = [&](const int t) {  // O *= alpha (O complete), then O += P.V_t (async, one group)
       fence_acc<D / 8>(acc);
 #pragma unroll
@@ -266,7 +257,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
       wgmma_wait<1>();  // PV_{t-2} complete (S_t, the newest group, stays in flight)
       if (t - 2 >= w_lo) release(t - 2);
       softmax(sc, t - 1);
-      pack_p(sc);
+      pack_a_frags(sc, pa);
       rescale_issue_pv(t - 1);
       wgmma_wait<1>();  // S_t complete (PV_{t-1} stays in flight)
       fence_acc<BN / 8>(sn);
@@ -275,7 +266,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
       softmax(sc, w_hi - 1);
       wgmma_wait<0>();  // PV_{w_hi-2}
       if (w_hi - 2 >= w_lo) release(w_hi - 2);
-      pack_p(sc);
+      pack_a_frags(sc, pa);
       rescale_issue_pv(w_hi - 1);
       wgmma_wait<0>();
       fence_acc<D / 8>(acc);
