@@ -167,7 +167,6 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
   const int w_lo = max(kb_lo, wn_lo / BN);
   const int w_hi = wq0 < si.used ? min(kb_hi, (min(wq0 + 64, si.used) + BN - 1) / BN) : w_lo;
 
-  int j = 0;  // the head being computed (h_first + j)
   auto full_wait = [&](int t) { mbar_wait(bar_full + 8 * ((t - kb_lo) % STAGES), ((t - kb_lo) / STAGES) & 1); };
   auto release = [&](int t) {  // this warp no longer reads tile t's slot (HEADS: kept for every head)
     if constexpr (!HEADS) {
@@ -175,152 +174,208 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
       if (lane == 0) mbar_arrive(bar_empty + 8 * ((t - kb_lo) % STAGES));
     }
   };
-
-  for (; j < hpc; j++) {
-    const int h = h_first + j;
-    const float scale2 = p.scale_log2;
-    float m_r[2], l_r[2];  // running max (log2 domain, scaled) and sum, rows g, g+8
-    float acc[D / 8][4];
-    float sA[BN / 8][4], sB[BN / 8][4];  // ping-pong S accumulators (64 x BN per warpgroup)
-    uint32_t pa[BN / 16][4];             // P of the current tile in bf16: the A fragments of P.V
-    float alpha[2];
-    uint64_t dQ = 0;
-
-    auto issue_s = [&](float (&sn)[BN / 8][4], const int t) {  // sn = Q.K_t^T (async, one commit group)
-      const uint64_t dK = wg_desc(sK_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
-      acc_undef<BN / 8>(sn);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BN>(sn, dQ + 2 * kk, dK + 2 * kk, kk > 0);  // +32 B per k step
-      wgmma_commit();
-    };
-    // Mask and online softmax of the complete S of tile t (raw scores in sc; exponentiated in place): alpha, m_r, l_r.
-    // The max is taken on raw scores (scale > 0) and the scale is folded into one FFMA per element.
-    auto softmax = [&](float (&sc)[BN / 8][4], const int t) {
-      const int n0 = t * BN;
-      const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
-      if (need_mask) {
-        // Query row sees keys max(row - window + 1, 0) .. row: per row a range of this thread's column offsets
-        // c = 8 i + (e & 1) (keys n0 + 2 t4 + c), so each element costs two compares and a select.
-        int c_lo[2], c_hi[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-          const int row = wrow0 + g + 8 * r, base = n0 + 2 * t4;
-          c_lo[r] = (p.window > 0 ? row - p.window + 1 : INT_MIN / 2) - base;
-          c_hi[r] = row + 1 - base;
-        }
-#pragma unroll
-        for (int i = 0; i < BN / 8; i++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int c = 8 * i + (e & 1), r = e >> 1;
-            sc[i][e] = (c >= c_lo[r] && c < c_hi[r]) ? sc[i][e] : -INFINITY;
-          }
-      }
-#pragma unroll
-      for (int r = 0; r < 2; r++) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
-        mx = fmaxf(m_r[r], quad_max(mx) * scale2);
-        const float base = mx == -INFINITY ? 0.f : mx;
-        alpha[r] = fast_exp2(m_r[r] - base);
-        m_r[r] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int i = 0; i < BN / 8; i++) {
-          sc[i][2 * r] = fast_exp2(fmaf(sc[i][2 * r], scale2, -base));
-          sc[i][2 * r + 1] = fast_exp2(fmaf(sc[i][2 * r + 1], scale2, -base));
-          sum += sc[i][2 * r] + sc[i][2 * r + 1];
-        }
-        l_r[r] = l_r[r] * alpha[r] + sum;
-      }
-    };
-    auto rescale_issue_pv = [&](const int t) {  // O *= alpha (O complete), then O += P.V_t (async, one group)
-      fence_acc<D / 8>(acc);
-#pragma unroll
-      for (int i = 0; i < D / 8; i++) {
-        acc[i][0] *= alpha[0];
-        acc[i][1] *= alpha[0];
-        acc[i][2] *= alpha[1];
-        acc[i][3] *= alpha[1];
-      }
-      const uint64_t dV = wg_desc(sV_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, pa[kk], dV + 128 * kk);  // +2048 B per k step
-      wgmma_commit();
-    };
-    auto step = [&](float (&sn)[BN / 8][4], float (&sc)[BN / 8][4], const int t) {  // w_lo < t < w_hi
-      full_wait(t);
-      issue_s(sn, t);
-      wgmma_wait<1>();  // PV_{t-2} complete (S_t, the newest group, stays in flight)
-      if (t - 2 >= w_lo) release(t - 2);
-      softmax(sc, t - 1);
-      pack_a_frags(sc, pa);
-      rescale_issue_pv(t - 1);
-      wgmma_wait<1>();  // S_t complete (PV_{t-1} stays in flight)
-      fence_acc<BN / 8>(sn);
-    };
-    auto last = [&](float (&sc)[BN / 8][4]) {  // tile w_hi - 1, its S complete
-      softmax(sc, w_hi - 1);
-      wgmma_wait<0>();  // PV_{w_hi-2}
-      if (w_hi - 2 >= w_lo) release(w_hi - 2);
-      pack_a_frags(sc, pa);
-      rescale_issue_pv(w_hi - 1);
-      wgmma_wait<0>();
-      fence_acc<D / 8>(acc);
-      release(w_hi - 1);
-    };
-    auto release_q = [&] {  // this warp's S products of head j are done: the producer may refill its Q buffer
+  auto q_wait = [&](int j) { mbar_wait(bar_q + 8 * (j & 1), (j >> 1) & 1); };
+  auto release_q = [&](int j) {  // this warp's S products of head j are done: the producer may refill its Q buffer
+    if constexpr (HEADS) {
       __syncwarp();
       if (lane == 0) mbar_arrive(bar_qe + 8 * (j & 1));
-    };
-
-    // Tiles of the CTA range outside this warpgroup's band: wait until loaded (keeps the ring's phases in order),
-    // then release at once.
-    for (int t = kb_lo; t < w_lo; t++) {
-      full_wait(t);
-      release(t);
     }
-    const float sink2 = sink_log2(p, h);
+  };
+
+  const float scale2 = p.scale_log2;
+  float sink2;           // the current head's sink logit (log2 domain)
+  float m_r[2], l_r[2];  // running max (log2 domain, scaled) and sum, rows g, g+8
+  float acc[D / 8][4];
+  float sA[BN / 8][4], sB[BN / 8][4];  // ping-pong S accumulators (64 x BN per warpgroup)
+  uint32_t pa[BN / 16][4];             // P of the current tile in bf16: the A fragments of P.V
+  float alpha[2];
+
+  auto start_head = [&](int j) {  // online-softmax state of head j: max at the sink logit, nothing summed
+    sink2 = sink_log2(p, h_first + j);
     m_r[0] = m_r[1] = sink2;
     l_r[0] = l_r[1] = 0.f;
 #pragma unroll
     for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-    dQ = wg_desc(sQ_a + (j & 1) * C::Q_BYTES + wg * 64 * D * 2);
-    mbar_wait(bar_q + 8 * (j & 1), (j >> 1) & 1);
-    if (w_lo < w_hi) {
-      // Tile t's S lives in sA when (t - w_lo) is even, in sB when odd.
-      full_wait(w_lo);
-      issue_s(sA, w_lo);
-      wgmma_wait<0>();
-      fence_acc<BN / 8>(sA);
-      int t = w_lo + 1;
-      for (; t + 1 < w_hi; t += 2) {
-        step(sB, sA, t);
-        step(sA, sB, t + 1);
-      }
-      if (t < w_hi) {
-        step(sB, sA, t);
-        last(sB);
-      } else {
-        last(sA);
-      }
-    }
-    if (HEADS) release_q();
-    for (int t = w_hi; t < kb_hi; t++) {
-      full_wait(t);
-      release(t);
-    }
-
-    // Epilogue: O / l (the sink in the denominator), lse = ln(sum) in natural log; padding rows 0.
+  };
+  // Epilogue of head j (its last P.V complete): O / l (the sink in the denominator), lse = ln(sum) in natural log;
+  // padding rows 0.
+  auto finish_head = [&](int j) {
+    fence_acc<D / 8>(acc);
     float lsum[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) lsum[r] = quad_sum(l_r[r]) + fast_exp2(sink2 - m_r[r]);
 #pragma unroll
-    for (int r = 0; r < 2; r++) store_out_row<D>(p, si, h, wrow0 + g + r * 8, r, t4, acc, m_r[r], lsum[r]);
+    for (int r = 0; r < 2; r++) store_out_row<D>(p, si, h_first + j, wrow0 + g + r * 8, r, t4, acc, m_r[r], lsum[r]);
+  };
+  auto issue_s = [&](float (&sn)[BN / 8][4], const int t, const int j) {  // sn = Q_j.K_t^T (async, one group)
+    const uint64_t dQ = wg_desc(sQ_a + (HEADS ? j & 1 : 0) * C::Q_BYTES + wg * 64 * D * 2);
+    const uint64_t dK = wg_desc(sK_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
+    acc_undef<BN / 8>(sn);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) wgmma_ss<BN>(sn, dQ + 2 * kk, dK + 2 * kk, kk > 0);  // +32 B per k step
+    wgmma_commit();
+  };
+  // Mask and online softmax of the complete S of tile t (raw scores in sc; exponentiated in place): alpha, m_r, l_r.
+  // The max is taken on raw scores (scale > 0) and the scale is folded into one FFMA per element.
+  auto softmax = [&](float (&sc)[BN / 8][4], const int t) {
+    const int n0 = t * BN;
+    const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
+    if (need_mask) {
+      // Query row sees keys max(row - window + 1, 0) .. row: per row a range of this thread's column offsets
+      // c = 8 i + (e & 1) (keys n0 + 2 t4 + c), so each element costs two compares and a select.
+      int c_lo[2], c_hi[2];
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const int row = wrow0 + g + 8 * r, base = n0 + 2 * t4;
+        c_lo[r] = (p.window > 0 ? row - p.window + 1 : INT_MIN / 2) - base;
+        c_hi[r] = row + 1 - base;
+      }
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int c = 8 * i + (e & 1), r = e >> 1;
+          sc[i][e] = (c >= c_lo[r] && c < c_hi[r]) ? sc[i][e] : -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
+      mx = fmaxf(m_r[r], quad_max(mx) * scale2);
+      const float base = mx == -INFINITY ? 0.f : mx;
+      alpha[r] = fast_exp2(m_r[r] - base);
+      m_r[r] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < BN / 8; i++) {
+        sc[i][2 * r] = fast_exp2(fmaf(sc[i][2 * r], scale2, -base));
+        sc[i][2 * r + 1] = fast_exp2(fmaf(sc[i][2 * r + 1], scale2, -base));
+        sum += sc[i][2 * r] + sc[i][2 * r + 1];
+      }
+      l_r[r] = l_r[r] * alpha[r] + sum;
+    }
+  };
+  auto rescale_issue_pv = [&](const int t) {  // O *= alpha (O complete), then O += P.V_t (async, one group)
+    fence_acc<D / 8>(acc);
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) {
+      acc[i][0] *= alpha[0];
+      acc[i][1] *= alpha[0];
+      acc[i][2] *= alpha[1];
+      acc[i][3] *= alpha[1];
+    }
+    const uint64_t dV = wg_desc(sV_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, pa[kk], dV + 128 * kk);  // +2048 B per k step
+    wgmma_commit();
+  };
+
+  // The warpgroup walks one flat sequence of (head j, tile t) positions: heads in order, tiles w_lo .. w_hi - 1 of
+  // each (the band is the same for every head). The pipeline runs across head boundaries: the next head's first
+  // S is issued before the current head's last softmax, and a head's epilogue runs while the next head's S
+  // products are on the tensor cores.
+  struct Pos {
+    int t, j;
+  };
+  auto advance = [&](Pos& x) {
+    ++x.t;
+    if (HEADS && x.t == w_hi) {  // one head: the positions are the tiles
+      x.t = w_lo;
+      x.j++;
+    }
+  };
+  auto before = [&](const Pos& x) {  // the position before x (x is not the first)
+    return HEADS && x.t == w_lo ? Pos{w_hi - 1, x.j - 1} : Pos{x.t - 1, x.j};
+  };
+  // Position u (S_u issued here) after position u - 1 (its S complete in sc).
+  auto step = [&](float (&sn)[BN / 8][4], float (&sc)[BN / 8][4], const Pos& u) {
+    const Pos prev = before(u);
+    if (HEADS && u.t == w_lo) q_wait(u.j);
+    full_wait(u.t);
+    issue_s(sn, u.t, u.j);
+    wgmma_wait<1>();  // PV_{u-2} complete (S_u, the newest group, stays in flight)
+    if (!HEADS && u.t - 2 >= w_lo) release(u.t - 2);
+    if (HEADS && prev.t == w_lo && prev.j > 0) {  // u - 1 opens a head: the previous one is complete
+      finish_head(prev.j - 1);
+      start_head(prev.j);
+    }
+    softmax(sc, prev.t);
+    pack_a_frags(sc, pa);
+    rescale_issue_pv(prev.t);
+    wgmma_wait<1>();  // S_u complete (PV_{u-1} stays in flight)
+    fence_acc<BN / 8>(sn);
+    if (u.t == w_hi - 1) release_q(u.j);
+  };
+  // The final position (head j, tile w_hi - 1), its S complete; head j's epilogue follows.
+  auto last = [&](float (&sc)[BN / 8][4], const int j) {
+    if (HEADS && w_lo == w_hi - 1 && j > 0) {  // it opens head j: the previous one is complete
+      wgmma_wait<0>();
+      finish_head(j - 1);
+      start_head(j);
+    }
+    softmax(sc, w_hi - 1);
+    wgmma_wait<0>();  // PV of the position before
+    if (!HEADS && w_hi - 2 >= w_lo) release(w_hi - 2);
+    pack_a_frags(sc, pa);
+    rescale_issue_pv(w_hi - 1);
+    wgmma_wait<0>();
+    release(w_hi - 1);
+  };
+
+  if constexpr (!HEADS) {
+    // Tiles of the CTA range outside this warpgroup's band: wait until loaded (keeps the ring's phases in order),
+    // then release at once. (HEADS: nothing is ever released.)
+    for (int t = kb_lo; t < w_lo; t++) {
+      full_wait(t);
+      release(t);
+    }
   }
+  if (w_lo < w_hi) {
+    // Position u's S lives in sA when u is even, in sB when odd.
+    Pos u{w_lo, 0};
+    start_head(0);
+    q_wait(0);
+    full_wait(w_lo);
+    issue_s(sA, w_lo, 0);
+    wgmma_wait<0>();
+    fence_acc<BN / 8>(sA);
+    if (w_lo == w_hi - 1) release_q(0);
+    advance(u);
+    // k = u's index of npos positions; pairs keep the sA / sB roles fixed in the code.
+    const int npos = hpc * (w_hi - w_lo);
+    int k = 1;
+    for (; k + 1 < npos; k += 2) {
+      step(sB, sA, u);
+      advance(u);
+      step(sA, sB, u);
+      advance(u);
+    }
+    if (k < npos) {
+      step(sB, sA, u);
+      last(sB, hpc - 1);
+    } else {
+      last(sA, hpc - 1);
+    }
+  } else {
+    // No key tile for this warpgroup (all its rows are padding): zero rows, lse 0 for every head.
+    for (int j = 0; j < hpc; j++) {
+      if (HEADS) q_wait(j);
+      release_q(j);
+      if (j > 0) finish_head(j - 1);
+      start_head(j);
+    }
+  }
+  if constexpr (!HEADS) {
+    for (int t = w_hi; t < kb_hi; t++) {
+      full_wait(t);
+      release(t);
+    }
+  }
+  finish_head(hpc - 1);
 }
 
 }  // namespace attn
