@@ -422,13 +422,19 @@ bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, int hpc, cud
 bool launch_fwd64_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
   static const int stages = attn::env_int("GPTOSS_ATTN_FWD_STAGES", 4) == 3 ? 3 : 4;
   static const int hpc_env = attn::env_int("GPTOSS_ATTN_FWD_HPC", 0);
-  constexpr int BM = attn::FwdWsCfg<128, 4>::BM, BN = 128;
+  static const int sliding_bn = attn::env_int("GPTOSS_ATTN_FWD_SLIDING_BN", 64) == 128 ? 128 : 64;
+  constexpr int BM = attn::FwdWsCfg<128, 4>::BM;
   // Key tiles of one CTA's band: at most (window + BM - 2) / BN + 2.
-  const bool band_fits = p.window > 0 && (p.window + BM - 2) / BN + 2 <= stages;
-  int hpc = band_fits ? (hpc_env > 0 ? std::min(hpc_env, p.G) : p.G) : 1;
-  while (p.G % hpc) hpc--;
-  return stages == 3 ? launch_fwd_ws<BN, 3>(p, nseq, max_seqlen, hpc, st)
-                     : launch_fwd_ws<BN, 4>(p, nseq, max_seqlen, hpc, st);
+  auto band_fits = [&](int bn, int slots) { return p.window > 0 && (p.window + BM - 2) / bn + 2 <= slots; };
+  auto heads_per_cta = [&](bool fits) {
+    int hpc = fits ? (hpc_env > 0 ? std::min(hpc_env, p.G) : p.G) : 1;
+    while (p.G % hpc) hpc--;
+    return hpc;
+  };
+  if (sliding_bn == 64 && band_fits(64, 5)) return launch_fwd_ws<64, 5>(p, nseq, max_seqlen, heads_per_cta(true), st);
+  const int hpc = heads_per_cta(band_fits(128, stages));
+  return stages == 3 ? launch_fwd_ws<128, 3>(p, nseq, max_seqlen, hpc, st)
+                     : launch_fwd_ws<128, 4>(p, nseq, max_seqlen, hpc, st);
 }
 
 }  // namespace gptoss::cuda
