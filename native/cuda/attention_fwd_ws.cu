@@ -50,10 +50,10 @@ struct FwdTmaMaps {
 // Grid (query blocks, Hq / hpc, nseq): one CTA = one 128-row query block of hpc query heads of one kv head.
 //   HEADS = false (hpc 1): the K/V band streams through the ring, slots released as the consumers finish them.
 //   HEADS = true (sliding windows; the launcher guarantees the band's kb_hi - kb_lo <= STAGES tiles): the band is
-//     loaded once and stays resident for all hpc heads, which run one after the other; Q is double-buffered, so the
-//     producer loads head j+1's block while the consumers work on head j. A window-128 band is two tiles per
-//     warpgroup, so with one head per CTA the start-up and epilogue latency was a large share of a CTA's time.
-//     (The head loop costs the consumers ~220 bytes of spills, which is why one head per CTA is compiled apart.)
+//     loaded once and stays resident for all hpc heads; Q is double-buffered, so the producer loads head j+1's block
+//     while the consumers work on head j, and each consumer warpgroup pipelines across head boundaries (below). A
+//     window-128 band is two or three tiles per warpgroup, so with one head per CTA the start-up and epilogue
+//     latency was a large share of a CTA's time. (HEADS = false compiles the head bookkeeping away.)
 template <int BN, int STAGES, bool HEADS>
 __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ FwdTmaMaps maps, Params p, int hpc) {
   using C = FwdWsCfg<BN, STAGES>;
@@ -415,10 +415,12 @@ bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, int hpc, cud
 }
 }  // namespace
 
-// GPTOSS_ATTN_FWD_STAGES = 3 | 4 (default 4) K/V ring slots. GPTOSS_ATTN_FWD_HPC = query heads per CTA for sliding
-// windows whose key band fits in the ring (rounded down to a divisor of Hq / Hkv; default: the whole group); other
-// masks run one head per CTA (a long band gains nothing from the head loop: measured, and it unbalances causal
-// grids). False: no TMA here (the caller picks another kernel).
+// GPTOSS_ATTN_FWD_STAGES = 3 | 4 (default 4) K/V ring slots of the 128-key tiles. GPTOSS_ATTN_FWD_HPC = query heads
+// per CTA for sliding windows whose key band fits in the ring (rounded down to a divisor of Hq / Hkv; default: the
+// whole group); other masks run one head per CTA (a long band gains nothing from the head loop: measured, and it
+// unbalances causal grids). Windows <= 129 use 64-key tiles in 5 slots (a warpgroup's window-128 band is 3 x 64 keys
+// of tile work instead of 2 x 128; GPTOSS_ATTN_FWD_SLIDING_BN=128 keeps 128-key tiles, for measurements).
+// False: no TMA here (the caller picks another kernel).
 bool launch_fwd64_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
   static const int stages = attn::env_int("GPTOSS_ATTN_FWD_STAGES", 4) == 3 ? 3 : 4;
   static const int hpc_env = attn::env_int("GPTOSS_ATTN_FWD_HPC", 0);
