@@ -941,21 +941,13 @@ __global__ void __launch_bounds__(NWG * 128, 1) dkdv_wgmma_kernel(Params p) {
         fence_acc<BM / 8>(st);
         softmax_p();
         pack_a_frags(st, pa);
-        fence_acc<D / 8>(dv);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dv, pa[kk], dOk + 128 * kk);  // dV += P^T dO
-        wgmma_commit();
+        wgmma_rs_mn_chain(dv, pa, dOk);  // dV += P^T dO
         wgmma_wait<1>();  // dP^T ready, the dV group may still run
         fence_acc<BM / 8>(dpt);
         ds_from_p(dpt, st, cDl, t4);
         pack_a_frags(dpt, da);
         if constexpr (FDQ != 0) store_ds_tile(sdS_a + (FDQ == 3 ? (nred & 1) * 16384 : 0) + wg * 8192, da, wl, lane);
-        fence_acc<D / 8>(dk);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dk, da[kk], dQk + 128 * kk);  // dK += dS^T Q
-        wgmma_commit();
+        wgmma_rs_mn_chain(dk, da, dQk);  // dK += dS^T Q
         // nothing may read this stage's tiles after the next barrier (FDQ: waited for after the dQ product)
         if constexpr (FDQ == 0) wgmma_wait<0>();
       } else {
@@ -1167,11 +1159,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) dq_wgmma_kernel(Params p) {
         for (int e = 0; e < 4; e++) sc[i][e] *= dp[i][e] - dl[e >> 1];  // dS = P (dP - D)
       uint32_t a[BN / 16][4];
       pack_a_frags(sc, a);
-      fence_acc<D / 8>(acc);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, a[kk], dKd + 128 * kk);
-      wgmma_commit();
+      wgmma_rs_mn_chain(acc, a, dKd);  // dQ += dS K
       wgmma_wait<0>();
       fence_acc<D / 8>(acc);
     }

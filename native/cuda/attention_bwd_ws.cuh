@@ -293,21 +293,13 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
         st[i][c + 2] = fast_exp2(fmaf(st[i][c + 2], p.scale_log2, -l2));
       }
     pack_a_frags(st, pa);
-    fence_acc<D / 8>(dv);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dv, pa[kk], dOk + 128 * kk);  // dV += P^T dO
-    wgmma_commit();
+    wgmma_rs_mn_chain(dv, pa, dOk);  // dV += P^T dO
     wgmma_wait<1>();  // dP^T ready, the dV group may still run
     fence_acc<BM / 8>(dpt);
     ds_from_p(dpt, st, cDl, t4);
     pack_a_frags(dpt, da);
     store_ds_tile(sdS_a + dsb * 16384 + wg * 8192, da, wl, lane);  // dS tile (dsb, wg)
-    fence_acc<D / 8>(dk);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; kk++) wgmma_rs<64, 1>(dk, da[kk], dQk + 128 * kk);  // dK += dS^T Q
-    wgmma_commit();
+    wgmma_rs_mn_chain(dk, da, dQk);  // dK += dS^T Q
     fence_proxy_async();  // dS written by stmatrix (generic proxy), read by wgmma (async proxy)
     bar_sync(1, C::NC * 128);
     // dQ^T[64 d x 32 q] = K^T[64 d x 128 k] . dS^T[128 k x 32 q] for this warpgroup's 32 query rows.

@@ -167,6 +167,17 @@ __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 }
 // global[dst .. dst + 4) += v (one vector reduction, 16-byte aligned).
+// acc (64 x 64) += A . B as one commit group, the accumulation step of P.V, P^T dO, dS^T Q and dS K: A = NKK
+// register fragments of 16 columns (bf16, pack_a_frags), B = an MN-major 128-byte-row shared tile (desc; 16 rows,
+// 2048 bytes, per k step). acc's registers are fenced first: plain instructions wrote them last.
+template <int NKK>
+__device__ __forceinline__ void wgmma_rs_mn_chain(float (&acc)[8][4], const uint32_t (&a)[NKK][4], uint64_t desc) {
+  fence_acc<8>(acc);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < NKK; kk++) wgmma_rs<64, 1>(acc, a[kk], desc + 128 * kk);
+  wgmma_commit();
+}
 __device__ __forceinline__ void red_add_v4(float* dst, float4 v) {
   asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
                : "memory");
