@@ -9,7 +9,9 @@
 // forward+backward; decode with batch 64 x context 4096. TFLOP/s use design.md's count: 4*D per allowed (q, k)
 // pair per head for the forward, 3.5x that for forward+backward. Decode reports GB/s of KV bytes read. The peer
 // (bench/flex_attn_peer.py) applies the sinks as out * sigmoid(lse - sink) with lse from return_lse and
-// backpropagates through that. On the CPU (no GPU) small shapes run and the peer is skipped.
+// backpropagates through that. On the CPU (no GPU) small shapes run and the peer is skipped. The last column is a
+// reference point, not the peer: cuDNN's fused attention (torch SDPA, causal cases, no sinks), to calibrate what
+// ratio over flex the vendor's own kernel reaches on the same shapes.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -39,6 +41,10 @@ interface Row extends Case {
   peerGbps?: number;
   ratio?: number; // peer ms / our ms (> 1: we are faster)
   peerNote?: string;
+  // Reference point, not the peer (causal cases): cuDNN fused attention via torch SDPA, no sinks.
+  cudnnMs?: number;
+  cudnnTflops?: number;
+  cudnnNote?: string;
 }
 
 function args() {
@@ -136,7 +142,14 @@ function runOurs(c: Case, dev: string, itersArg: number, deterministic: boolean)
   return ms;
 }
 
-function runPeer(cases: Case[], budgetS: number): Map<string, { ms: number; note?: string }> | string {
+interface PeerResult {
+  ms: number;
+  note?: string;
+  cudnnMs?: number;
+  cudnnNote?: string;
+}
+
+function runPeer(cases: Case[], budgetS: number): Map<string, PeerResult> | string {
   const here = dirname(fileURLToPath(import.meta.url));
   const candidates = [join(here, 'flex_attn_peer.py'), resolve(here, '../../bench/flex_attn_peer.py')];
   const script = candidates.find((p) => existsSync(p));
@@ -152,7 +165,7 @@ function runPeer(cases: Case[], budgetS: number): Map<string, { ms: number; note
     timeout: (budgetS + 180) * 1000,
   });
   if (!existsSync(out)) return `peer failed (status ${r.status})`;
-  const res = JSON.parse(readFileSync(out, 'utf8')) as Record<string, { ms: number; note?: string }>;
+  const res = JSON.parse(readFileSync(out, 'utf8')) as Record<string, PeerResult>;
   return new Map(Object.entries(res));
 }
 
@@ -194,6 +207,11 @@ function main() {
       peerStatus = 'torch flex_attention (compiled) + sinks via lse';
       for (const r of rows) {
         const p = peer.get(r.name);
+        if (p && p.cudnnMs !== undefined && p.cudnnMs > 0) {
+          r.cudnnMs = p.cudnnMs;
+          r.cudnnTflops = flops(r) / p.cudnnMs / 1e9;
+        }
+        if (p?.cudnnNote) r.cudnnNote = p.cudnnNote;
         if (!p || !(p.ms > 0)) {
           if (p?.note) r.peerNote = p.note;
           continue;
@@ -211,12 +229,15 @@ function main() {
   const fmt = (x: number | undefined, d = 2) => (x === undefined ? '-' : x.toFixed(d));
   const bwdMode = a.atomic ? `fused dq (deterministic: false, GPTOSS_ATTN_BWD_NONDET=${process.env.GPTOSS_ATTN_BWD_NONDET || 'ws'})` : 'deterministic';
   console.log(`\nattention with sinks, device ${device}; backward ${bwdMode}; peer: ${peerStatus}`);
-  console.log('| case | ours ms | ours TFLOP/s or GB/s | peer ms | peer TFLOP/s or GB/s | speedup (peer/ours) |');
-  console.log('| --- | --- | --- | --- | --- | --- |');
+  console.log('| case | ours ms | ours TFLOP/s or GB/s | peer ms | peer TFLOP/s or GB/s | speedup (peer/ours) | ref: cuDNN SDPA, no sinks: ms, TFLOP/s, peer/cuDNN |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) {
     const ours = r.kind === 'decode' ? `${fmt(r.gbps, 0)} GB/s${hbm ? ` (${((100 * r.gbps!) / hbm).toFixed(0)}% of HBM)` : ''}` : `${fmt(r.tflops, r.tflops! < 1 ? 4 : 1)}`;
     const peer = r.kind === 'decode' ? (r.peerGbps ? `${fmt(r.peerGbps, 0)} GB/s` : '-') : fmt(r.peerTflops, 1);
-    console.log(`| ${r.name} | ${fmt(r.ms, 3)} | ${ours} | ${fmt(r.peerMs, 3)} | ${peer} | ${r.ratio ? `${r.ratio.toFixed(2)}x` : '-'}${r.peerNote ? ` (${r.peerNote})` : ''} |`);
+    const ref = r.cudnnMs
+      ? `${fmt(r.cudnnMs, 3)}, ${fmt(r.cudnnTflops, 1)}${r.peerMs ? `, ${(r.peerMs / r.cudnnMs).toFixed(2)}x` : ''}${r.cudnnNote ? ` (${r.cudnnNote})` : ''}`
+      : r.cudnnNote ?? '-';
+    console.log(`| ${r.name} | ${fmt(r.ms, 3)} | ${ours} | ${fmt(r.peerMs, 3)} | ${peer} | ${r.ratio ? `${r.ratio.toFixed(2)}x` : '-'}${r.peerNote ? ` (${r.peerNote})` : ''} | ${ref} |`);
   }
   if (a.json) {
     const variant = { deterministic: !a.atomic, fwd: process.env.GPTOSS_ATTN_FWD || 'ws', bwdNondet: process.env.GPTOSS_ATTN_BWD_NONDET || 'ws', fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '1', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '1' };

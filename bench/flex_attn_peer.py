@@ -2,7 +2,12 @@
 
 Sinks through the returned log-sum-exp: out_sink = out * sigmoid(lse - sink), the backward flows through that
 (into q, k, v and the sinks). Usage: python3 flex_attn_peer.py CASES.json OUT.json (cases written by the TS bench).
-Writes {case name: {"ms": float, "note"?: str}}.
+Writes {case name: {"ms": float, "note"?: str, "cudnnMs"?: float, "cudnnNote"?: str}}.
+
+Besides the peer, causal cases also time a reference point that is not the peer: cuDNN's fused attention through
+torch SDPA (SDPBackend.CUDNN_ATTENTION), without sinks (SDPA has none, nor sliding windows), GQA by enable_gqa or,
+where that backend refuses it, K/V expanded to the query heads beforehand (outside the timing). It shows how fast
+the vendor's own kernel runs the same causal shapes, which calibrates the issue's ratio targets against flex.
 """
 import json
 import sys
@@ -10,6 +15,7 @@ import time
 import traceback
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 torch._dynamo.config.cache_size_limit = 64
@@ -82,6 +88,41 @@ def run_case(c):
     return timed(step, 20), None
 
 
+def run_cudnn_reference(c):
+    """cuDNN SDPA, causal, no sinks: (ms, note or None)."""
+    dev = "cuda"
+    B, S, Hq, Hkv, D = c["B"], c["S"], c["Hq"], c["Hkv"], c["D"]
+    need = c["kind"] == "fwdbwd"
+    q = torch.randn(B, Hq, S, D, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(B, Hkv, S, D, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(B, Hkv, S, D, device=dev, dtype=torch.bfloat16)
+    dout = torch.randn(B, Hq, S, D, device=dev, dtype=torch.bfloat16) * 0.1
+
+    def attempt(q, k, v, gqa):
+        leaves = [t.detach().requires_grad_(need) for t in (q, k, v)]
+
+        def fwd():
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                return torch.nn.functional.scaled_dot_product_attention(*leaves, is_causal=True, enable_gqa=gqa)
+
+        if not need:
+            with torch.no_grad():
+                return timed(fwd, 20)
+
+        def step():
+            for t in leaves:
+                t.grad = None
+            fwd().backward(dout)
+
+        return timed(step, 20)
+
+    try:
+        return attempt(q, k, v, True), None
+    except RuntimeError:
+        rep = Hq // Hkv
+        return attempt(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), False), "kv expanded to Hq"
+
+
 def priority(c):
     # The target cases first (fwd+bwd, then decode), so a time budget cuts the least important ones.
     order = {"fwdbwd": 0, "decode": 1, "fwd": 2}[c["kind"]]
@@ -105,6 +146,16 @@ def main():
         except Exception as e:  # report and continue with the other cases
             traceback.print_exc()
             res[c["name"]] = {"ms": -1, "note": f"peer error: {type(e).__name__}"}
+        if c["kind"] != "decode" and c["window"] == 0:
+            try:
+                ms, note = run_cudnn_reference(c)
+                res[c["name"]]["cudnnMs"] = ms
+                if note:
+                    res[c["name"]]["cudnnNote"] = note
+                print(f"cudnn reference {c['name']}: {ms:.3f} ms", file=sys.stderr)
+            except Exception as e:
+                traceback.print_exc()
+                res[c["name"]]["cudnnNote"] = f"cudnn error: {type(e).__name__}: {str(e)[:120]}"
         torch.cuda.empty_cache()
         json.dump(res, open(sys.argv[2], "w"), indent=1)  # after every case: a killed run keeps its results
     json.dump(res, open(sys.argv[2], "w"), indent=1)
