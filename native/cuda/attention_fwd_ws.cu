@@ -267,11 +267,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
       acc[i][2] *= alpha[1];
       acc[i][3] *= alpha[1];
     }
-    const uint64_t dV = wg_desc(sV_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<64, 1>(acc, pa[kk], dV + 128 * kk);  // +2048 B per k step
-    wgmma_commit();
+    wgmma_rs_mn_chain(acc, pa, wg_desc(sV_a + ((t - kb_lo) % STAGES) * C::TILE_BYTES));
   };
 
   // The warpgroup walks one flat sequence of (head j, tile t) positions: heads in order, tiles w_lo .. w_hi - 1 of

@@ -166,7 +166,6 @@ template <int N>
 __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// global[dst .. dst + 4) += v (one vector reduction, 16-byte aligned).
 // acc (64 x 64) += A . B as one commit group, the accumulation step of P.V, P^T dO, dS^T Q and dS K: A = NKK
 // register fragments of 16 columns (bf16, pack_a_frags), B = an MN-major 128-byte-row shared tile (desc; 16 rows,
 // 2048 bytes, per k step). acc's registers are fenced first: plain instructions wrote them last.
@@ -178,6 +177,7 @@ __device__ __forceinline__ void wgmma_rs_mn_chain(float (&acc)[8][4], const uint
   for (int kk = 0; kk < NKK; kk++) wgmma_rs<64, 1>(acc, a[kk], desc + 128 * kk);
   wgmma_commit();
 }
+// global[dst .. dst + 4) += v (one vector reduction, 16-byte aligned).
 __device__ __forceinline__ void red_add_v4(float* dst, float4 v) {
   asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
                : "memory");
