@@ -16,7 +16,8 @@ import { fileURLToPath } from 'node:url';
 import { Tensor, CudaEvent, synchronize, memoryStats, resetPeakMemory } from '../src/tensor.ts';
 import { defaultDevice } from '../src/native.ts';
 import { presetConfig, type PresetName } from '../src/model/config.ts';
-import { GptOssModel, packSequences, disposeBatch } from '../src/model/gptoss.ts';
+import { GptOssModel } from '../src/model/gptoss.ts';
+import { packSequences, disposeBatch } from '../src/model/batch.ts';
 import { randomTensor } from '../src/model/weights.ts';
 import { gpuProfile } from '../src/log/gpu-profile.ts';
 
@@ -64,12 +65,12 @@ function runOurs(S: number): { ms: number; peakGB: number } {
       for (const g of grads.values()) g.dispose();
       grads.clear();
     }
-    const r0 = model.layerForward(0, x, batch, true);
-    const r1 = model.layerForward(1, r0.y, batch, true);
+    const r0 = model.layers[0]!.forward(x, batch, true);
+    const r1 = model.layers[1]!.forward(r0.y, batch, true);
     r1.y.dispose();
-    const d1 = model.layerBackward(1, r1.saved!, dy, batch, grads);
+    const d1 = model.layers[1]!.backward(r1.saved!, dy, batch, grads);
     r0.y.dispose();
-    const d0 = model.layerBackward(0, r0.saved!, d1, batch, grads);
+    const d0 = model.layers[0]!.backward(r0.saved!, d1, batch, grads);
     d1.dispose();
     d0.dispose();
   };

@@ -28,6 +28,7 @@ export { loadGsm8k, generateSynthetic } from './data/index.ts';
 export { getRewardFn, type RewardFn } from './reward/index.ts';
 export { launch, initDistributed } from './dist/index.ts';
 export * from './model/index.ts';
+export * from './inference/index.ts';
 export * from './config/index.ts';
 export * from './rl/index.ts';
 export * from './trainer/index.ts';

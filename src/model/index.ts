@@ -1,6 +1,7 @@
 // model/index.ts: the model's public API. loadModel(source, { device }) resolves a local directory or a hub id
 // (HF cache, download where a network exists), reads config.json, streams the weights to the device and returns
-// a GptOssModel (tokenLogprobs, forward/backward, generate, dispose).
+// a GptOssModel (tokenLogprobs, forward/backward over a packed batch, its decoder layers, dispose). Generation from
+// a model is src/inference/.
 import { join } from 'node:path';
 import { defaultDevice } from '../native.ts';
 import { childLogger } from '../log/logger.ts';
@@ -14,6 +15,8 @@ export * from './config.ts';
 export * from './safetensors.ts';
 export * from './hub.ts';
 export * from './weights.ts';
+export * from './batch.ts';
+export * from './layer.ts';
 export * from './gptoss.ts';
 
 export interface LoadModelOptions extends ModelOptions, Omit<ResolveOptions, 'onProgress'> {

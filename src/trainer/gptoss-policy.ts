@@ -1,10 +1,10 @@
-// gptoss-policy.ts: the single-process Policy and Generator over a GptOssModel (CPU or one GPU).
+// gptoss-policy.ts: the single-process Policy over a GptOssModel (CPU or one GPU); its Generator is
+// LocalGenerator (src/inference/local-generator.ts).
 //
 // Policy: packed forward (varlen attention: sequences back to back, no padding) returning the response tokens'
 // log-probs and entropy; backward from per-token dLoss/dlogp into fp32 gradient buffers that accumulate across
 // micro-batches; global grad-norm clipping; AdamW on fp32 master weights (the BF16 weights are refreshed from
 // them); save/load of weights (HF layout, loadable by loadModel) plus optimizer state (fp32 master, m, v).
-// LocalGenerator: batched generation from the same weights (so updateWeights is a no-op).
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Tensor } from '../tensor.ts';
@@ -13,15 +13,12 @@ import { GptOssModel, GptOssWeights, packSequences, disposeBatch, Checkpoint, sa
 import { adamwStep, gradNormAndClip } from '../ops/optim.ts';
 import { cast } from '../ops/elementwise.ts';
 import type {
-  Completion,
   GradClipResult,
-  Generator,
   LogprobModel,
   LogprobOptions,
   LogprobOutput,
   OptimizerHyper,
   Policy,
-  SamplingParams,
   SequenceBatch,
   TrainForward,
 } from './policy.ts';
@@ -246,44 +243,4 @@ export class GptOssPolicy implements Policy {
     this.opt.clear();
     this.model.dispose();
   }
-}
-
-/**
- * Generation from the policy's own weights (one process). Prompts are generated in chunks of `maxBatch`
- * sequences (memory: a KV cache per layer of [batch, longest prompt + maxTokens, kv heads, head dim]).
- */
-export class LocalGenerator implements Generator {
-  constructor(
-    readonly model: GptOssModel,
-    readonly maxBatch = 64,
-  ) {}
-
-  async generate(prompts: Int32Array[], p: SamplingParams, onProgress?: (doneTokens: number) => void): Promise<Completion[]> {
-    const out: Completion[] = [];
-    let done = 0;
-    for (let i = 0; i < prompts.length; i += this.maxBatch) {
-      const chunk = prompts.slice(i, i + this.maxBatch).map((x) => Array.from(x));
-      const res = this.model.generate(chunk, {
-        maxNewTokens: p.maxTokens,
-        temperature: p.temperature,
-        topP: p.topP,
-        topK: p.topK !== undefined && p.topK > 0 ? p.topK : undefined,
-        // A different seed per chunk so that repeated prompts in different chunks differ.
-        seed: (p.seed + 7919 * (i / this.maxBatch)) >>> 0,
-        stopTokens: p.stopTokenIds,
-      });
-      for (const r of res) {
-        out.push({ tokens: Int32Array.from(r.tokens), logprobs: Float32Array.from(r.logprobs), finishReason: r.finishReason });
-        done += r.tokens.length;
-      }
-      onProgress?.(done);
-    }
-    return out;
-  }
-
-  async updateWeights(): Promise<void> {
-    // Same weights as the policy.
-  }
-
-  dispose(): void {}
 }

@@ -6,6 +6,6 @@ export * from './checkpoint.ts';
 export * from './vocab.ts';
 export { trainGrpo, evaluate, learningRate, yieldToEventLoop, type GrpoDeps, type GrpoResult, type EvalResult } from './grpo.ts';
 export { trainSft, type SftDeps, type SftOptions, type SftResult } from './sft.ts';
-export { GptOssPolicy, FrozenGptOss, LocalGenerator } from './gptoss-policy.ts';
+export { GptOssPolicy, FrozenGptOss } from './gptoss-policy.ts';
 export { buildTaskEnv, gsm8kReasoning } from './env.ts';
 export { setupRun, resolveDevice, createMetrics, metricsPath, interruptSignal, readVocabMap, writeVocabMap, SetupError, type RunPieces } from './setup.ts';

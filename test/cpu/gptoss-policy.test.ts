@@ -7,7 +7,8 @@ import { mkdtempSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomModel, presetConfig, loadModel } from '../../src/model/index.ts';
-import { GptOssPolicy, LocalGenerator } from '../../src/trainer/gptoss-policy.ts';
+import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
+import { LocalGenerator } from '../../src/inference/local-generator.ts';
 import type { SequenceBatch } from '../../src/trainer/policy.ts';
 
 const cfg = presetConfig('gpt-oss-tiny-256');

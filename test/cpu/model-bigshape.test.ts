@@ -4,7 +4,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
 import { presetConfig } from '../../src/model/config.ts';
-import { GptOssModel, packSequences, disposeBatch } from '../../src/model/gptoss.ts';
+import { GptOssModel } from '../../src/model/gptoss.ts';
+import { packSequences, disposeBatch } from '../../src/model/batch.ts';
 import { sumOfSquares } from '../../src/ops/optim.ts';
 
 const skip = process.env.GPTOSS_BIG_TESTS === '1' ? false : 'set GPTOSS_BIG_TESTS=1 (needs ~6 GB of host memory)';

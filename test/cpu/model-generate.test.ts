@@ -2,7 +2,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadModel } from '../../src/model/index.ts';
-import { packSequences, packPadded, unpackToPadded, disposeBatch, type GptOssModel } from '../../src/model/gptoss.ts';
+import type { GptOssModel } from '../../src/model/gptoss.ts';
+import { packSequences, packPadded, unpackToPadded, disposeBatch } from '../../src/model/batch.ts';
+import { generate } from '../../src/inference/generate.ts';
 import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 
 function prompts(): number[][] {
@@ -32,7 +34,7 @@ function recomputeNext(model: GptOssModel, seq: number[]): { token: number; logp
 test('greedy generation with the KV cache equals recomputation without it (crossing the sliding window)', async () => {
   const model = await loadModel(FIXTURE_DIR, { device: 'cpu' });
   const ps = prompts();
-  const out = model.generate(ps, { maxNewTokens: 14, temperature: 0, stopTokens: [] });
+  const out = generate(model, ps, { maxNewTokens: 14, temperature: 0, stopTokens: [] });
   assert.equal(out.length, 3);
   for (let i = 0; i < ps.length; i++) {
     assert.equal(out[i]!.tokens.length, 14);
@@ -51,17 +53,17 @@ test('greedy generation with the KV cache equals recomputation without it (cross
 test('sampling is seeded; stop tokens end a sequence; max new tokens caps it', async () => {
   const model = await loadModel(FIXTURE_DIR, { device: 'cpu' });
   const ps = prompts();
-  const a = model.generate(ps, { maxNewTokens: 8, temperature: 1, topP: 0.9, topK: 50, seed: 7, stopTokens: [] });
-  const b = model.generate(ps, { maxNewTokens: 8, temperature: 1, topP: 0.9, topK: 50, seed: 7, stopTokens: [] });
+  const a = generate(model, ps, { maxNewTokens: 8, temperature: 1, topP: 0.9, topK: 50, seed: 7, stopTokens: [] });
+  const b = generate(model, ps, { maxNewTokens: 8, temperature: 1, topP: 0.9, topK: 50, seed: 7, stopTokens: [] });
   assert.deepEqual(a, b);
-  const c = model.generate(ps, { maxNewTokens: 8, temperature: 1, seed: 8, stopTokens: [] });
+  const c = generate(model, ps, { maxNewTokens: 8, temperature: 1, seed: 8, stopTokens: [] });
   assert.notDeepEqual(a.map((r) => r.tokens), c.map((r) => r.tokens));
   // GRPO samples n completions of one prompt in one batch: they must differ.
-  const same = model.generate([ps[1]!, ps[1]!, ps[1]!, ps[1]!], { maxNewTokens: 8, temperature: 1, seed: 3, stopTokens: [] });
+  const same = generate(model, [ps[1]!, ps[1]!, ps[1]!, ps[1]!], { maxNewTokens: 8, temperature: 1, seed: 3, stopTokens: [] });
   assert.ok(new Set(same.map((r) => r.tokens.join(','))).size > 1, 'identical prompts in one batch sampled identically');
-  const greedy = model.generate(ps, { maxNewTokens: 6, temperature: 0, stopTokens: [] });
+  const greedy = generate(model, ps, { maxNewTokens: 6, temperature: 0, stopTokens: [] });
   const stopTok = greedy[0]!.tokens[2]!;
-  const s = model.generate(ps, { maxNewTokens: 6, temperature: 0, stopTokens: [stopTok] });
+  const s = generate(model, ps, { maxNewTokens: 6, temperature: 0, stopTokens: [stopTok] });
   const firstStop = greedy[0]!.tokens.indexOf(stopTok);
   assert.deepEqual(s[0]!.tokens, greedy[0]!.tokens.slice(0, firstStop + 1));
   assert.equal(s[0]!.finishReason, 'stop');

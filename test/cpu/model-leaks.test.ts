@@ -4,7 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadModel } from '../../src/model/index.ts';
-import { packSequences } from '../../src/model/gptoss.ts';
+import { packSequences } from '../../src/model/batch.ts';
+import { generate } from '../../src/inference/generate.ts';
 import { Tensor, liveTensors, trackTensors } from '../../src/tensor.ts';
 import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 
@@ -19,7 +20,7 @@ test('forward/backward/generate/tokenLogprobs leave no undisposed tensors behind
       const g = model.backward(r.state!, d);
       for (const t of g.values()) t.dispose();
       for (const t of [d, r.logprobs, r.entropy]) t.dispose();
-      model.generate([[1, 2, 3], [4, 5]], { maxNewTokens: 5, temperature: 0 });
+      generate(model, [[1, 2, 3], [4, 5]], { maxNewTokens: 5, temperature: 0 });
       model.tokenLogprobs([[1, 2, 3]]);
     };
     step();

@@ -5,7 +5,9 @@ import assert from 'node:assert/strict';
 import { cudaDeviceCount, Tensor, memoryStats, resetPeakMemory, synchronize } from '../../src/tensor.ts';
 import { native } from '../../src/native.ts';
 import { presetConfig } from '../../src/model/config.ts';
-import { GptOssModel, packSequences, disposeBatch } from '../../src/model/gptoss.ts';
+import { GptOssModel } from '../../src/model/gptoss.ts';
+import { packSequences, disposeBatch } from '../../src/model/batch.ts';
+import { generate } from '../../src/inference/generate.ts';
 import { loadModel } from '../../src/model/index.ts';
 import { sumOfSquares } from '../../src/ops/optim.ts';
 import { runFixtureParity, checkParity } from '../helpers/model-parity.ts';
@@ -31,7 +33,7 @@ test('fixture parity on cuda: logits, log-probs, hidden states, all gradients', 
 test('cuda greedy generation with the KV cache equals recomputation', { skip }, async () => {
   const model = await loadModel(FIXTURE_DIR, { device: DEV });
   const prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7], [100, 50, 25, 12, 6, 3, 1, 0, 200, 201, 202]];
-  const out = model.generate(prompts, { maxNewTokens: 12, temperature: 0, stopTokens: [] });
+  const out = generate(model, prompts, { maxNewTokens: 12, temperature: 0, stopTokens: [] });
   for (let i = 0; i < prompts.length; i++) {
     const seq = [...prompts[i]!];
     for (let t = 0; t < 12; t++) {
@@ -141,7 +143,7 @@ test('cuda: no device memory left behind by forward/backward/generate (every tem
     const g = model.backward(r.state!, d);
     for (const t of g.values()) t.dispose();
     for (const t of [d, r.logprobs, r.entropy]) t.dispose();
-    model.generate([[1, 2, 3], [4, 5]], { maxNewTokens: 5, temperature: 0 });
+    generate(model, [[1, 2, 3], [4, 5]], { maxNewTokens: 5, temperature: 0 });
     model.tokenLogprobs([[1, 2, 3]]);
     synchronize(DEV);
     return memoryStats(DEV).allocated;

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Tensor } from '../../src/tensor.ts';
 import { Checkpoint } from '../../src/model/safetensors.ts';
 import { loadModel } from '../../src/model/index.ts';
-import { packSequences, disposeBatch } from '../../src/model/gptoss.ts';
+import { packSequences, disposeBatch } from '../../src/model/batch.ts';
 import { FIXTURE_DIR } from './fixtures.ts';
 
 export interface ParityReport {

@@ -1,0 +1,322 @@
+// layer.ts: one GPT-OSS decoder layer (Hugging Face's GptOssDecoderLayer), forward and backward, composed from the
+// ops. Over the T tokens of a packed batch (bf16 [T, H] in and out):
+//   a1 = rmsnorm(x) ; qkv = a1·Wqkvᵀ + b (q/k/v stacked) ; q,k = rope(q,k), v split off ; o = attn(q,k,v; sinks, window)
+//   h  = x + o·Woᵀ + bo ; a2 = rmsnorm(h) ; y = h + moe(a2)
+// Activations are bf16; norms, softmaxes and the residual-stream gradient are fp32; parameter gradients are fp32.
+//
+// The layer is cut into the pieces every driver composes: the attention prologue (attentionInputs), the attention
+// itself (varlen over a packed batch, or decode over a KV cache the caller lays out: LayerKvCache) and the block
+// after it (outputAndMoe: o_proj, residual, norm, MoE, residual). Training's forward, generation's prefill and
+// decode steps (src/inference/) and per-layer drivers (sharded training, benchmarks) all run these same pieces.
+import { gpuProfile } from '../log/gpu-profile.ts';
+import { Tensor } from '../tensor.ts';
+import type { GptOssConfig } from './config.ts';
+import type { PackedBatch } from './batch.ts';
+import { layerPrefix, qkvRows, QKV_PROJ, type GptOssWeights, type LayerWeights } from './weights.ts';
+import { accumulateGrad, disposeAll, reshape, withView } from './tensor-helpers.ts';
+import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
+import { ropeQkvSplit, ropeQkvPack } from '../ops/rope.ts';
+import { addInPlace, add } from '../ops/elementwise.ts';
+import { linearForward, linearBackward } from '../ops/gemm.ts';
+import { attentionForward, attentionBackward } from '../ops/attention.ts';
+import { moeForward, moeBackward, type MoeContext } from '../ops/moe.ts';
+
+/** YaRN RoPE tables of a model: inverse frequencies (f32 [D/2] on the model's device) and the cos/sin scaling. */
+export interface RopeTables {
+  invFreq: Tensor;
+  scaling: number;
+}
+
+/** What a layer reads from the model that owns it, at each call (so weights and options may change between calls). */
+export interface LayerHost {
+  readonly config: GptOssConfig;
+  readonly weights: GptOssWeights;
+  readonly device: string;
+  readonly rope: RopeTables;
+  /** Bitwise-reproducible attention backward (see ModelOptions.deterministic). */
+  readonly deterministic: boolean;
+}
+
+/** The attention prologue's outputs: the normalised input a1 bf16 [T, H] with its rstd (backward keeps both), q, k roped. */
+export interface AttentionInputs {
+  a1: Tensor;
+  rstd1: Tensor;
+  /** bf16 [T, Hq, D] after rope. */
+  qr: Tensor;
+  /** bf16 [T, Hkv, D] after rope. */
+  kr: Tensor;
+  /** bf16 [T, Hkv, D]. */
+  v: Tensor;
+}
+
+/** The activations of the block after attention that backward needs. */
+export interface OutputSaved {
+  /** bf16 [T, Hq, D]: the attention output. */
+  attn: Tensor;
+  /** x + attention branch, bf16 [T, H]. */
+  h: Tensor;
+  a2: Tensor;
+  rstd2: Tensor;
+  moe: MoeContext;
+}
+
+/** The activations one layer's backward needs. */
+export interface LayerSaved extends AttentionInputs, OutputSaved {
+  /** The layer input, bf16 [T, H] (the caller's: backward does not free it). */
+  x: Tensor;
+  lse: Tensor;
+}
+
+/**
+ * Where generation keeps one layer's keys and values, and how a decode step attends over them. The layout is the
+ * caller's (a dense [B, Smax, Hkv, D] cache in src/inference/generate.ts; a paged one in an engine).
+ */
+export interface LayerKvCache {
+  /** Stores the roped keys and the values (bf16 [N, Hkv, D] each) of the N tokens the step runs. */
+  write(k: Tensor, v: Tensor): void;
+  /**
+   * Decode attention: q bf16 [B, Hq, D], one new token per sequence (its k/v already written), over that sequence's
+   * cached keys within `window` (0 = all), with the per-head sink logits; returns bf16 [B, Hq, D].
+   */
+  attend(q: Tensor, opts: { window: number; sinks: Tensor }): Tensor;
+}
+
+export class DecoderLayer {
+  constructor(
+    private readonly host: LayerHost,
+    /** Index in the model (checkpoint names model.layers.<index>.*). */
+    readonly index: number,
+  ) {}
+
+  get weights(): LayerWeights {
+    return this.host.weights.layers[this.index]!;
+  }
+
+  /** Sliding-window width of this layer's attention (0 = full causal). */
+  get window(): number {
+    const c = this.host.config;
+    return c.layerTypes[this.index] === 'sliding_attention' ? c.slidingWindow : 0;
+  }
+
+  // ---- the pieces ---------------------------------------------------------------------------------------------------
+  /**
+   * a1 = rmsnorm(x), q/k/v = a1·Wᵀ + b as [T, heads, D], RoPE on q and k at `positions` (i32 [T]). x: bf16 [T, H].
+   */
+  attentionInputs(x: Tensor, positions: Tensor): AttentionInputs {
+    const c = this.host.config;
+    const w = this.weights;
+    const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
+    // One GEMM for the three projections (bf16 [T, Hq*D + 2*Hkv*D]), then one pass that ropes q and k out of it
+    // and copies v, each into the contiguous [T, heads, D] the attention kernels take.
+    const qkv = linearForward(a1, w.qkvW, w.qkvB);
+    const { invFreq, scaling } = this.host.rope;
+    const { q: qr, k: kr, v } = ropeQkvSplit(qkv, positions, invFreq, scaling, c.numHeads, c.numKvHeads);
+    qkv.dispose();
+    return { a1, rstd1, qr, kr, v };
+  }
+
+  /** Attention of a packed batch, causal within each sequence: out bf16 [T, Hq, D] and the LSE backward needs. */
+  attention(qr: Tensor, kr: Tensor, v: Tensor, b: PackedBatch): { out: Tensor; lse: Tensor } {
+    return attentionForward(qr, kr, v, { cuSeqlens: b.cuSeqlens, maxSeqlen: b.maxSeqlen, window: this.window, sinks: this.weights.sinks });
+  }
+
+  /**
+   * The block after attention: h = x + o_proj(attn); y = h + moe(rmsnorm(h)). x bf16 [T, H] stays the caller's;
+   * attn bf16 [T, Hq, D] is taken over: kept in `saved` with save, freed otherwise. `profile` records the
+   * gpuProfile phases (training's layer forward, which opens a profile region; generation does not).
+   */
+  outputAndMoe(x: Tensor, attn: Tensor, opts: { save: boolean; profile: boolean }): { y: Tensor; saved: OutputSaved | null } {
+    const c = this.host.config;
+    const w = this.weights;
+    const dev = this.host.device;
+    const T = x.shape[0]!;
+    const o = withView(attn, [T, c.numHeads * c.headDim], (a) => linearForward(a, w.oW, w.oB));
+    if (!opts.save) attn.dispose();
+    const h = add(x, o);
+    o.dispose();
+    const { y: a2, rstd: rstd2 } = rmsnormForward(h, w.postNorm, c.rmsNormEps);
+    if (opts.profile) gpuProfile.mark(dev, 'fwd o_proj+residual+norm');
+    // y = h + moe(a2): the residual add rides the MoE's combine pass.
+    const m = moeForward(a2, moeWeights(w), { topK: c.topK, limit: c.swigluLimit, residual: h });
+    if (opts.profile) gpuProfile.mark(dev, 'fwd moe+residual');
+    if (opts.save) return { y: m.y, saved: { attn, h, a2, rstd2, moe: m.ctx } };
+    m.ctx.dispose();
+    disposeAll(h, a2, rstd2);
+    return { y: m.y, saved: null };
+  }
+
+  // ---- training -----------------------------------------------------------------------------------------------------
+  /**
+   * The layer over a packed batch x (bf16 [T,H]); returns the output and (if save) the activations backward needs.
+   * x stays owned by the caller.
+   */
+  forward(x: Tensor, b: PackedBatch, save: boolean): { y: Tensor; saved: LayerSaved | null } {
+    const dev = this.host.device;
+    gpuProfile.start(dev);
+    const inputs = this.attentionInputs(x, b.positions);
+    gpuProfile.mark(dev, 'fwd norm+qkv+rope');
+    const { out: attn, lse } = this.attention(inputs.qr, inputs.kr, inputs.v, b);
+    gpuProfile.mark(dev, this.window > 0 ? 'fwd attention (sliding)' : 'fwd attention (full)');
+    const r = this.outputAndMoe(x, attn, { save, profile: true });
+    if (r.saved) return { y: r.y, saved: { x, lse, ...inputs, ...r.saved } };
+    disposeAll(inputs.a1, inputs.rstd1, inputs.qr, inputs.kr, inputs.v, lse);
+    return { y: r.y, saved: null };
+  }
+
+  /**
+   * Backward: dy (f32 [T,H]) -> dx (f32 [T,H]); parameter gradients are added into `grads` (f32, by checkpoint
+   * name; missing entries are created). Frees the saved activations (not s.x, the caller's).
+   */
+  backward(s: LayerSaved, dy: Tensor, b: PackedBatch, grads: Map<string, Tensor>): Tensor {
+    const c = this.host.config;
+    const w = this.weights;
+    const T = b.numTokens;
+    const D = c.headDim;
+    const p = layerPrefix(this.index);
+    const acc = (name: string, t: Tensor): void => accumulateGrad(grads, `${p}.${name}`, t);
+    // linearBackward accumulates into existing buffers; fresh ones it returns are kept.
+    const lin = (name: string, dy2: Tensor, x2: Tensor, w2: Tensor, dxDtype: 'bf16' | 'f32'): Tensor => {
+      const r = linearBackward(dy2, x2, w2, { dW: grads.get(`${p}.${name}.weight`), db: grads.get(`${p}.${name}.bias`), dxDtype });
+      grads.set(`${p}.${name}.weight`, r.dW);
+      grads.set(`${p}.${name}.bias`, r.db);
+      return r.dx!;
+    };
+    const dev = this.host.device;
+    gpuProfile.start(dev);
+    // MoE branch: y = h + moe(rmsnorm2(h)).
+    // Expert weight gradients (3 GB f32 per layer at 20b size) accumulate inside the op when buffers exist.
+    const accGU = grads.get(`${p}.mlp.experts.gate_up_proj`), accDown = grads.get(`${p}.mlp.experts.down_proj`);
+    const mg = moeBackward(dy, s.moe, undefined, accGU && accDown ? { dGateUpW: accGU, dDownW: accDown } : undefined);
+    s.moe.dispose();
+    gpuProfile.mark(dev, 'bwd moe');
+    acc('mlp.router.weight', mg.dRouterW);
+    acc('mlp.router.bias', mg.dRouterB);
+    acc('mlp.experts.gate_up_proj', mg.dGateUpW);
+    acc('mlp.experts.gate_up_proj_bias', mg.dGateUpB);
+    acc('mlp.experts.down_proj', mg.dDownW);
+    acc('mlp.experts.down_proj_bias', mg.dDownB);
+    // dy also reaches h through the residual: dH = dy + d(rmsnorm2 branch), added inside the norm's backward.
+    const n2 = rmsnormBackward(mg.dx, s.h, w.postNorm, s.rstd2, dy);
+    mg.dx.dispose();
+    acc('post_attention_layernorm.weight', n2.dw);
+    const dH = n2.dx; // f32 [T,H], gradient w.r.t. h (and the residual input x)
+    disposeAll(s.a2, s.rstd2, s.h);
+    gpuProfile.mark(dev, 'bwd moe grads+norm');
+    // Attention branch: h = x + o_proj(attn(...)).
+    // dOut goes to the attention backward in bf16 (its native input dtype, as a BF16 autograd would store it).
+    const dAttn = reshape(
+      withView(s.attn, [T, c.numHeads * D], (a) => lin('self_attn.o_proj', dH, a, w.oW, 'bf16')),
+      [T, c.numHeads, D],
+    );
+    gpuProfile.mark(dev, 'bwd o_proj');
+    const ab = attentionBackward(dAttn, s.qr, s.kr, s.v, s.attn, s.lse, {
+      cuSeqlens: b.cuSeqlens,
+      maxSeqlen: b.maxSeqlen,
+      window: this.window,
+      sinks: w.sinks,
+      deterministic: this.host.deterministic,
+    });
+    gpuProfile.mark(dev, this.window > 0 ? 'bwd attention (sliding)' : 'bwd attention (full)');
+    disposeAll(dAttn, s.attn, s.lse, s.qr, s.kr);
+    if (ab.dsinks) acc('self_attn.sinks', ab.dsinks);
+    // The fused projection's output gradient dQKV [T, Hq*D + 2*Hkv*D]: dq and dk through the backward rope, dv
+    // copied, in one pass. bf16 on CUDA (the GEMMs would round an f32 one to bf16 anyway); f32 on the CPU, whose
+    // GEMM multiplies mixed operands exactly, so its numerics stay those of separate f32 rope outputs.
+    const { invFreq, scaling } = this.host.rope;
+    const dqkv = ropeQkvPack(ab.dq, ab.dk, ab.dv, b.positions, invFreq, scaling, dev === 'cpu' ? 'f32' : 'bf16');
+    disposeAll(ab.dq, ab.dk, ab.dv, s.v);
+    gpuProfile.mark(dev, 'bwd rope');
+    const dA1 = this.qkvBackward(dqkv, s.a1, grads);
+    dqkv.dispose();
+    gpuProfile.mark(dev, 'bwd qkv proj');
+    const n1 = rmsnormBackward(dA1, s.x, w.inputNorm, s.rstd1, dH); // + dH: the residual around attention
+    dA1.dispose();
+    acc('input_layernorm.weight', n1.dw);
+    dH.dispose();
+    disposeAll(s.a1, s.rstd1);
+    gpuProfile.mark(dev, 'bwd norm1+residual');
+    return n1.dx;
+  }
+
+  /**
+   * Backward of the fused q/k/v projection: dqkv [T, Hq*D + 2*Hkv*D] (bf16|f32), a1 bf16 [T, H].
+   * Returns dA1 f32 [T, H] (one GEMM with K = Hq*D + 2*Hkv*D) and puts the weight and bias gradients (one GEMM and
+   * one column sum for the three) into `grads` under the q/k/v checkpoint names:
+   * - no buffers yet (set-to-none): fresh fused f32 buffers are written, and the names get their row slices;
+   * - buffers that are consecutive slices of one fused buffer (made here or by zeroGrads()): added into in place;
+   * - anything else (separate buffers, some missing): the fused gradient is computed fresh and added into each
+   *   buffer (or its slice kept where there is none).
+   */
+  private qkvBackward(dqkv: Tensor, a1: Tensor, grads: Map<string, Tensor>): Tensor {
+    const w = this.weights;
+    const p = layerPrefix(this.index);
+    const rows = qkvRows(this.host.config);
+    type Kind = 'weight' | 'bias';
+    const names = (kind: Kind): string[] => QKV_PROJ.map((n) => `${p}.${n}.${kind}`);
+    // For each of weight/bias: the fused buffer to accumulate into (a view joining the existing slices), if any.
+    const target = (kind: Kind): { names: string[]; have: (Tensor | undefined)[]; fused: Tensor | null } => {
+      const ns = names(kind);
+      const have = ns.map((n) => grads.get(n));
+      const fused = have.every((t) => t && t.dtype === 'f32') ? Tensor.joinRows(have as Tensor[]) : null;
+      return { names: ns, have, fused };
+    };
+    const tw = target('weight'), tb = target('bias');
+    const r = linearBackward(dqkv, a1, w.qkvW, { dW: tw.fused ?? undefined, db: tb.fused ?? undefined, dxDtype: 'f32' });
+    for (const [t, g] of [[tw, r.dW], [tb, r.db]] as const) {
+      // Accumulated in place into the existing buffers: nothing to hand out.
+      if (t.fused) {
+        t.fused.dispose();
+        continue;
+      }
+      let r0 = 0;
+      t.names.forEach((n, i) => {
+        const part = g.slice(r0, r0 + rows[i]!);
+        r0 += rows[i]!;
+        const old = t.have[i];
+        if (old) {
+          addInPlace(old, part);
+          part.dispose();
+        } else grads.set(n, part); // the slice keeps the fused storage alive; the other names hold the rest
+      });
+      g.dispose();
+    }
+    return r.dx!;
+  }
+
+  // ---- generation ---------------------------------------------------------------------------------------------------
+  /**
+   * Prefill step: the layer over a packed batch of prompts (x bf16 [T, H], the caller's), writing each token's roped
+   * k and v to `cache`. Returns y bf16 [T, H].
+   */
+  prefill(x: Tensor, b: PackedBatch, cache: LayerKvCache): Tensor {
+    const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, b.positions);
+    disposeAll(a1, rstd1);
+    cache.write(kr, v);
+    const { out: attn, lse } = this.attention(qr, kr, v, b);
+    disposeAll(qr, kr, v, lse);
+    return this.outputAndMoe(x, attn, { save: false, profile: false }).y;
+  }
+
+  /**
+   * Decode step: one new token per sequence (x bf16 [B, H], the caller's; positions i32 [B]); its k and v are written
+   * to `cache`, then it attends over the sequence's cache. Returns y bf16 [B, H].
+   */
+  decode(x: Tensor, positions: Tensor, cache: LayerKvCache): Tensor {
+    const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, positions);
+    disposeAll(a1, rstd1);
+    cache.write(kr, v);
+    const attn = cache.attend(qr, { window: this.window, sinks: this.weights.sinks });
+    disposeAll(qr, kr, v);
+    return this.outputAndMoe(x, attn, { save: false, profile: false }).y;
+  }
+}
+
+/** Disposes what a forward saved for backward (not s.x, the caller's). */
+export function disposeLayerSaved(s: LayerSaved): void {
+  s.moe.dispose();
+  disposeAll(s.a1, s.rstd1, s.qr, s.kr, s.v, s.attn, s.lse, s.h, s.a2, s.rstd2);
+}
+
+function moeWeights(w: LayerWeights): { routerW: Tensor; routerB: Tensor; gateUpW: Tensor; gateUpB: Tensor; downW: Tensor; downB: Tensor } {
+  return { routerW: w.routerW, routerB: w.routerB, gateUpW: w.gateUpW, gateUpB: w.gateUpB, downW: w.downW, downB: w.downB };
+}
