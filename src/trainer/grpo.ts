@@ -9,6 +9,10 @@
 //   -> grad-norm clip -> AdamW (a step whose loss or grad norm is not finite is skipped and counted) -> metrics.
 // Evaluation (greedy by default) on the validation split every eval_interval steps; checkpoints every
 // ckpt_interval steps and when the run is interrupted (signal).
+//
+// In code: trainGrpo sets the run up (startRun: reference copy, resume) and loops over steps; grpoStep is the
+// table of contents of one step: generateRollouts -> scoreRollouts -> oldAndRefLogprobs -> updatePolicy -> weight
+// sync -> stepMetrics, each phase timed into time/<phase> (PhaseTimes).
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
@@ -159,13 +163,57 @@ export function checkGrpoInputs(config: Config, env: TaskEnv): void {
   }
 }
 
-export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
+// ---- the run ------------------------------------------------------------------------------------------------------
+/** What every phase reads: the dependencies, settings derived from the config, and the resumable state. */
+interface GrpoRun {
+  d: GrpoDeps;
+  config: Config;
+  t: Config['trainer'];
+  alg: Config['trainer']['algorithm'];
+  g: Config['generator'];
+  /** Samples per prompt. */
+  n: number;
+  /** The k3 KL loss is on (then `ref` is set). */
+  useKl: boolean;
+  ref: LogprobModel | undefined;
+  /** The reference was copied here (and is disposed at the end). */
+  ownRef: boolean;
+  /** Step, epoch and data position; updated as steps complete. */
+  state: TrainerState;
+  /** Skipped and taken optimizer steps over the whole run (saved in checkpoints). */
+  counters: { skippedSteps: number; optimizerSteps: number };
+  rng: Rng;
+  totalSteps: number;
+  /** Optimizer steps of the whole run (the LR schedule's length). */
+  totalOptSteps: number;
+  /** Temperature of the trainer's log-probs: the sampling temperature (1 for greedy sampling). */
+  lpTemperature: number;
+  evalExamples: TaskExample[];
+  evals: GrpoResult['evals'];
+  lastCheckpoint: string | null;
+  lastSavedStep: number;
+  interrupted: boolean;
+}
+
+/** Per-phase wall times of one step (s), logged as time/<phase>; a phase run several times adds up. */
+class PhaseTimes {
+  readonly times: Record<string, number> = {};
+  async time<T>(name: string, f: () => Promise<T>): Promise<T> {
+    const a = performance.now();
+    const r = await f();
+    this.times[name] = (this.times[name] ?? 0) + (performance.now() - a) / 1000;
+    return r;
+  }
+}
+
+/**
+ * Sets a run up: the KL reference (a frozen copy of the initial weights, taken before any checkpoint is loaded),
+ * then the resume (trainer state, policy weights and optimizer, generator weights) when the config asks for one.
+ */
+async function startRun(d: GrpoDeps): Promise<GrpoRun> {
   const { config, policy, generator, env } = d;
   const t = config.trainer;
   const alg = t.algorithm;
-  const g = config.generator;
-  const n = g.n_samples_per_prompt;
-  checkGrpoInputs(config, env);
   const useKl = alg.use_kl_loss && alg.kl_loss_coef > 0;
   // The reference must be the initial weights: copy before loading any checkpoint.
   let ref: LogprobModel | undefined = d.ref;
@@ -175,7 +223,6 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
     ownRef = true;
   }
 
-  // ---- resume -----------------------------------------------------------------------------------------------
   let state: TrainerState = { step: 0, epoch: 0, dataPosition: 0, rng: new Rng(t.seed).state(), counters: { skippedSteps: 0, optimizerSteps: 0 } };
   const resumeDir = resolveResume(t.resume_mode, t.ckpt_path, t.resume_path);
   if (resumeDir) {
@@ -190,47 +237,369 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   const stepsPerEpoch = Math.floor(env.train.length / t.train_batch_size);
   const totalSteps = t.max_steps ?? stepsPerEpoch * t.epochs;
   const miniPerStep = t.train_batch_size / t.policy_mini_batch_size;
-  const totalOptSteps = totalSteps * miniPerStep * t.update_epochs_per_batch;
-  const sampling = g.sampling_params;
-  const lpTemperature = sampling.temperature > 0 ? sampling.temperature : 1;
-  const packed = t.use_sample_packing;
-  const evalExamples = t.eval_max_samples ? env.val.slice(0, t.eval_max_samples) : env.val;
-  const evals: GrpoResult['evals'] = [];
-  let lastCheckpoint: string | null = resumeDir;
-  let interrupted = false;
-  let lastSavedStep = resumeDir ? state.step : -1;
-
-  const runEval = async (step: number): Promise<void> => {
-    if (evalExamples.length === 0) return;
-    const t0 = performance.now();
-    const r = await evaluate(generator, env, evalExamples, config, t.seed + 7919 * step);
-    const m: Metrics = { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength, 'time/eval': (performance.now() - t0) / 1000 };
-    evals.push({ step, reward: r.reward, accuracy: r.accuracy });
-    d.metrics?.log(step, m, 'eval');
-    if (r.samples[0]) log.debug({ sample: r.samples[0] }, 'eval sample');
-    d.onEval?.(step, m);
+  const sampling = config.generator.sampling_params;
+  return {
+    d,
+    config,
+    t,
+    alg,
+    g: config.generator,
+    n: config.generator.n_samples_per_prompt,
+    useKl,
+    ref,
+    ownRef,
+    state,
+    counters,
+    rng,
+    totalSteps,
+    totalOptSteps: totalSteps * miniPerStep * t.update_epochs_per_batch,
+    lpTemperature: sampling.temperature > 0 ? sampling.temperature : 1,
+    evalExamples: t.eval_max_samples ? env.val.slice(0, t.eval_max_samples) : env.val,
+    evals: [],
+    lastCheckpoint: resumeDir,
+    lastSavedStep: resumeDir ? state.step : -1,
+    interrupted: false,
   };
+}
 
-  const checkpoint = async (): Promise<void> => {
-    const st: TrainerState = { ...state, rng: rng.state(), counters, config };
-    try {
-      lastCheckpoint = await saveTrainingCheckpoint({ root: t.ckpt_path, state: st, writeModel: (dir) => policy.save(dir), keep: t.max_ckpts_to_keep });
-      lastSavedStep = state.step;
-      log.info({ dir: lastCheckpoint }, 'checkpoint saved');
-    } catch (e) {
-      if (e instanceof CheckpointError) log.error(e.message);
-      else throw e;
-      if (interrupted) throw e;
+/** Evaluates on the validation examples (if any), logs eval/* and time/eval, and records the result. */
+async function runEval(run: GrpoRun, step: number): Promise<void> {
+  const { d, t } = run;
+  if (run.evalExamples.length === 0) return;
+  const t0 = performance.now();
+  const r = await evaluate(d.generator, d.env, run.evalExamples, run.config, t.seed + 7919 * step);
+  const m: Metrics = { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength, 'time/eval': (performance.now() - t0) / 1000 };
+  run.evals.push({ step, reward: r.reward, accuracy: r.accuracy });
+  d.metrics?.log(step, m, 'eval');
+  if (r.samples[0]) log.debug({ sample: r.samples[0] }, 'eval sample');
+  d.onEval?.(step, m);
+}
+
+/**
+ * Saves a training checkpoint (policy, optimizer, trainer state with the RNG and counters). A failed save is
+ * logged and the run goes on, except when it was interrupted (then that checkpoint is the last chance: it throws).
+ */
+async function saveCheckpoint(run: GrpoRun): Promise<void> {
+  const { t, d } = run;
+  const st: TrainerState = { ...run.state, rng: run.rng.state(), counters: run.counters, config: run.config };
+  try {
+    run.lastCheckpoint = await saveTrainingCheckpoint({ root: t.ckpt_path, state: st, writeModel: (dir) => d.policy.save(dir), keep: t.max_ckpts_to_keep });
+    run.lastSavedStep = run.state.step;
+    log.info({ dir: run.lastCheckpoint }, 'checkpoint saved');
+  } catch (e) {
+    if (e instanceof CheckpointError) log.error(e.message);
+    else throw e;
+    if (run.interrupted) throw e;
+  }
+}
+
+// ---- the phases of a step -------------------------------------------------------------------------------------------
+/** The rollout phase's output. */
+interface Rollouts {
+  /** n copies of each example's prompt, example by example. */
+  prompts: Int32Array[];
+  /** One completion per prompt. */
+  completions: Completion[];
+  /** Response tokens sampled. */
+  genTokens: number;
+}
+
+/** Rollout: n samples of each example's prompt from the generator (timed as 'generate'). */
+async function generateRollouts(run: GrpoRun, step: number, examples: TaskExample[], times: PhaseTimes): Promise<Rollouts> {
+  const { d, t, n } = run;
+  const sampling = run.g.sampling_params;
+  const prompts = examples.flatMap((e) => Array.from({ length: n }, () => e.prompt));
+  const params: SamplingParams = {
+    maxTokens: sampling.max_generate_length,
+    temperature: sampling.temperature,
+    topP: sampling.top_p,
+    topK: sampling.top_k,
+    seed: sampling.seed ?? (t.seed * 1000003 + step * 7919) >>> 0,
+    stopTokenIds: [...d.env.stopTokenIds, ...sampling.stop_token_ids],
+  };
+  const genProgress = new Progress(`step ${step} generate`, prompts.length * params.maxTokens, { unit: 'tok' });
+  let lastDone = 0;
+  const completions: Completion[] = await times.time('generate', () =>
+    d.generator.generate(prompts, params, (done) => {
+      genProgress.tick(done - lastDone);
+      lastDone = done;
+    }),
+  );
+  genProgress.finish();
+  return { prompts, completions, genTokens: completions.reduce((a, c) => a + c.tokens.length, 0) };
+}
+
+/** The scoring phase's output. */
+interface Scored {
+  /** Per completion. */
+  rewards: Float32Array;
+  /** Completions judged correct, and those that ended on a stop token. */
+  correct: number;
+  stopped: number;
+  adv: ReturnType<typeof groupAdvantages>;
+  /** Completions that take part in the update (indices into the rollouts). */
+  keep: number[];
+  /** Prompt + completion of each kept one. */
+  batch: SequenceBatch;
+  /** Advantage of each sequence of `batch`. */
+  advantages: number[];
+}
+
+/**
+ * Rewards and advantages: the task's reward per completion (0 where zero_reward_on_non_stop applies), group
+ * advantages over each prompt's n samples, then the sequences the update uses (non-empty; optionally not in a
+ * zero-variance group, and only those that stopped).
+ */
+function scoreRollouts(run: GrpoRun, examples: TaskExample[], r: Rollouts): Scored {
+  const { n, g, alg, d } = run;
+  const { prompts, completions } = r;
+  const rewards = new Float32Array(prompts.length);
+  let correct = 0;
+  let stopped = 0;
+  completions.forEach((c, i) => {
+    const ex = examples[Math.floor(i / n)]!;
+    let rw = d.env.reward(ex, c.tokens, c.finishReason);
+    if (g.zero_reward_on_non_stop && c.finishReason !== 'stop') rw = { reward: 0, correct: false };
+    rewards[i] = rw.reward;
+    if (rw.correct) correct++;
+    if (c.finishReason === 'stop') stopped++;
+  });
+  const groupIds = Int32Array.from(prompts, (_, i) => Math.floor(i / n));
+  const adv = groupAdvantages(rewards, groupIds, { normByStd: alg.advantage_estimator === 'grpo' && alg.grpo_norm_by_std });
+
+  let keep = prompts.map((_, i) => i).filter((i) => completions[i]!.tokens.length > 0);
+  if (alg.zero_variance_filter) {
+    const gs = adv.groupStd;
+    keep = keep.filter((i) => n === 1 || gs[groupIds[i]!]! > 0);
+  }
+  if (g.apply_overlong_filtering) keep = keep.filter((i) => completions[i]!.finishReason === 'stop');
+  const batch: SequenceBatch = {
+    sequences: keep.map((i) => concat(prompts[i]!, completions[i]!.tokens)),
+    promptLens: keep.map((i) => prompts[i]!.length),
+  };
+  return { rewards, correct, stopped, adv, keep, batch, advantages: keep.map((i) => adv.advantages[i]!) };
+}
+
+/** The log-prob phase's output. */
+interface StepLogprobs {
+  /** The policy's log-probs (and entropy) of each kept response before the update. */
+  old: LogprobOutput;
+  /** The reference's, when the KL loss is on. */
+  ref: LogprobOutput | undefined;
+  /** Generator minus trainer log-prob of the same tokens: sum, sum of |diff|, max |diff|, count. */
+  gap: { sum: number; abs: number; max: number; n: number };
+  /** Sum and count of the old entropies. */
+  entropy: { sum: number; n: number };
+}
+
+/**
+ * Old and reference log-probs of the kept responses, in micro-batches without gradients (timed as 'old_logprobs'
+ * and 'ref_logprobs'), plus the generator/trainer log-prob gap and the entropy they give.
+ */
+async function oldAndRefLogprobs(run: GrpoRun, step: number, r: Rollouts, s: Scored, times: PhaseTimes): Promise<StepLogprobs> {
+  const { t, d, ref, useKl } = run;
+  const fwdOpts = { entropy: true, temperature: run.lpTemperature, packed: t.use_sample_packing };
+  const old = await times.time('old_logprobs', () =>
+    batchedLogprobs(d.policy, s.batch, t.micro_forward_batch_size_per_gpu, fwdOpts, new Progress(`step ${step} old log-probs`, s.batch.sequences.length, { unit: 'seq' })),
+  );
+  const refOut = useKl && ref ? await times.time('ref_logprobs', () => batchedLogprobs(ref, s.batch, t.micro_forward_batch_size_per_gpu, { ...fwdOpts, entropy: false })) : undefined;
+  const gap = { sum: 0, abs: 0, max: 0, n: 0 };
+  s.keep.forEach((i, j) => {
+    const a = r.completions[i]!.logprobs;
+    const b = old.logprobs[j]!;
+    for (let k = 0; k < Math.min(a.length, b.length); k++) {
+      const diff = a[k]! - b[k]!;
+      if (!Number.isFinite(diff)) continue;
+      gap.sum += diff;
+      gap.abs += Math.abs(diff);
+      gap.max = Math.max(gap.max, Math.abs(diff));
+      gap.n++;
     }
-  };
+  });
+  const entropy = { sum: 0, n: 0 };
+  for (const e of old.entropy ?? []) for (const v of e) (entropy.sum += v), entropy.n++;
+  return { old, ref: refOut, gap, entropy };
+}
 
-  if (t.eval_before_train && state.step === 0) await runEval(0);
+/** The update phase's output. */
+interface UpdateStats {
+  /** Sum of the micro-batch losses and the number of mini-batches. */
+  lossSum: number;
+  lossCount: number;
+  /** Token counts and sums of the loss's per-token statistics. */
+  sums: { tokens: number; clipped: number; dualClipped: number; kl: number; ratio: number };
+  gradNormSum: number;
+  gradNormCount: number;
+  /** An optimizer step of this step was skipped (non-finite loss or grad norm). */
+  stepSkipped: boolean;
+  /** The learning rate of the last optimizer step (0 if none). */
+  lr: number;
+}
+
+/**
+ * Policy update: update_epochs_per_batch passes over the kept sequences; per mini-batch (policy_mini_batch_size
+ * prompts' sequences, consecutive groups) micro-batches of forward + PPO-clip/KL loss + backward (timed as
+ * 'train_forward' / 'train_backward') accumulate gradients, normalised by the mini-batch's counts; then grad-norm
+ * clip and AdamW ('optimizer'). A mini-batch with a non-finite loss or grad norm skips its optimizer step (counted).
+ * Gradients are dropped at the end.
+ */
+async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogprobs, times: PhaseTimes): Promise<UpdateStats> {
+  const { t, alg, d, n, useKl, counters } = run;
+  const policy = d.policy;
+  const { batch, advantages } = s;
+  const { old, ref: refOut } = lps;
+  const seqPerMini = t.policy_mini_batch_size * n;
+  const u: UpdateStats = { lossSum: 0, lossCount: 0, sums: { tokens: 0, clipped: 0, dualClipped: 0, kl: 0, ratio: 0 }, gradNormSum: 0, gradNormCount: 0, stepSkipped: false, lr: 0 };
+  const trainProgress = new Progress(`step ${step} train`, batch.sequences.length * t.update_epochs_per_batch, { unit: 'seq' });
+  for (let ue = 0; ue < t.update_epochs_per_batch; ue++) {
+    // Mini-batches are consecutive prompt groups (the peer does not shuffle within a step either).
+    const idx = batch.sequences.map((_, i) => i);
+    for (const mini of chunks(idx, seqPerMini)) {
+      if (d.signal?.aborted) break;
+      policy.zeroGrad();
+      let normTokens = 0;
+      for (const i of mini) normTokens += batch.sequences[i]!.length - batch.promptLens[i]!;
+      const norm = { tokens: normTokens, sequences: mini.length };
+      let bad = false;
+      for (const micro of chunks(mini, t.micro_train_batch_size_per_gpu)) {
+        await yieldToEventLoop();
+        const mb: SequenceBatch = { sequences: micro.map((i) => batch.sequences[i]!), promptLens: micro.map((i) => batch.promptLens[i]!) };
+        const fwd = await times.time('train_forward', () => policy.forward(mb, { entropy: false, temperature: run.lpTemperature, packed: t.use_sample_packing }));
+        const res = policyLoss(
+          {
+            logprobs: fwd.logprobs,
+            oldLogprobs: micro.map((i) => old.logprobs[i]!),
+            refLogprobs: refOut ? micro.map((i) => refOut.logprobs[i]!) : undefined,
+            advantages: micro.map((i) => advantages[i]!),
+          },
+          {
+            epsClipLow: alg.eps_clip_low,
+            epsClipHigh: alg.eps_clip_high,
+            policyLossType: alg.policy_loss_type,
+            clipRatioC: alg.clip_ratio_c,
+            lossReduction: alg.loss_reduction,
+            maxSeqLen: run.g.sampling_params.max_generate_length,
+            klCoef: useKl ? alg.kl_loss_coef : 0,
+            norm,
+          },
+        );
+        if (!Number.isFinite(res.loss)) {
+          fwd.release();
+          bad = true;
+          break;
+        }
+        await times.time('train_backward', () => fwd.backward(res.dLogprobs));
+        u.lossSum += res.loss;
+        u.sums.tokens += res.sums.tokens;
+        u.sums.clipped += res.sums.clipped;
+        u.sums.dualClipped += res.sums.dualClipped;
+        u.sums.kl += res.sums.kl;
+        u.sums.ratio += res.sums.ratio;
+        trainProgress.tick(micro.length);
+      }
+      u.lossCount++;
+      let clip = { norm: NaN, finite: false, clipped: false };
+      if (!bad) clip = policy.clipGradNorm(t.policy.optimizer_config.max_grad_norm);
+      if (bad || !clip.finite) {
+        u.stepSkipped = true;
+        counters.skippedSteps++;
+        policy.zeroGrad();
+        log.warn({ step, reason: bad ? 'non-finite loss' : `non-finite grad norm ${clip.norm}` }, 'optimizer step skipped (total skipped: %d)', counters.skippedSteps);
+        continue;
+      }
+      u.gradNormSum += clip.norm;
+      u.gradNormCount++;
+      u.lr = learningRate(t.policy.optimizer_config, counters.optimizerSteps, run.totalOptSteps);
+      const o = t.policy.optimizer_config;
+      await times.time('optimizer', async () => policy.optimizerStep({ lr: u.lr, beta1: o.adam_betas[0], beta2: o.adam_betas[1], eps: o.eps, weightDecay: o.weight_decay }, counters.optimizerSteps + 1));
+      counters.optimizerSteps++;
+    }
+  }
+  trainProgress.finish();
+  policy.zeroGrad();
+  return u;
+}
+
+/** The step's metrics (reward/*, adv/*, loss, kl, entropy, clip fractions, grad norm, lr, lengths, gap, throughput, time/*). */
+function stepMetrics(run: GrpoRun, r: Rollouts, s: Scored, lps: StepLogprobs, u: UpdateStats, times: PhaseTimes, elapsed: number): Metrics {
+  const { useKl, counters, state } = run;
+  const { sums } = u;
+  const rs = stats(s.rewards);
+  const as = stats(s.adv.advantages);
+  const ls = stats(r.completions.map((c) => c.tokens.length));
+  const trainTokens = s.batch.sequences.reduce((a, q) => a + q.length, 0);
+  const m: Metrics = {
+    'reward/mean': rs.mean,
+    'reward/std': rs.std,
+    'reward/accuracy': s.correct / r.prompts.length,
+    'adv/mean': as.mean,
+    'adv/std': as.std,
+    'adv/min': as.min,
+    'adv/max': as.max,
+    'groups/zero_variance': s.adv.zeroVarianceGroups,
+    loss: u.lossCount ? u.lossSum / Math.max(1, u.lossCount) : NaN,
+    kl: useKl ? (sums.tokens ? sums.kl / sums.tokens : 0) : lps.ref ? meanK3(lps.old.logprobs, lps.ref.logprobs) : 0,
+    entropy: lps.entropy.n ? lps.entropy.sum / lps.entropy.n : 0,
+    clip_frac: sums.tokens ? sums.clipped / sums.tokens : 0,
+    dual_clip_frac: sums.tokens ? sums.dualClipped / sums.tokens : 0,
+    ratio_mean: sums.tokens ? sums.ratio / sums.tokens : 1,
+    grad_norm: u.gradNormCount ? u.gradNormSum / u.gradNormCount : NaN,
+    lr: u.lr,
+    'response_len/mean': ls.mean,
+    'response_len/max': ls.max,
+    'response/stop_frac': s.stopped / r.prompts.length,
+    'logprob_gap/mean': lps.gap.n ? lps.gap.sum / lps.gap.n : 0,
+    'logprob_gap/abs_mean': lps.gap.n ? lps.gap.abs / lps.gap.n : 0,
+    'logprob_gap/abs_max': lps.gap.max,
+    skipped_steps: counters.skippedSteps,
+    step_skipped: u.stepSkipped ? 1 : 0,
+    'tokens_per_s/generate': times.times.generate ? r.genTokens / times.times.generate : 0,
+    tokens_per_s: trainTokens / elapsed,
+    'time/step': elapsed,
+    epoch: state.epoch,
+  };
+  for (const [k, v] of Object.entries(times.times)) m[`time/${k}`] = v;
+  return m;
+}
+
+/**
+ * One GRPO step on `examples` (train_batch_size prompts): rollout -> rewards and advantages -> old/ref log-probs
+ * -> policy update -> weight sync to the generator; advances the run's step and data position and returns the
+ * step's metrics.
+ */
+async function grpoStep(run: GrpoRun, examples: TaskExample[]): Promise<Metrics> {
+  const stepT0 = performance.now();
+  const times = new PhaseTimes();
+  const step = run.state.step + 1;
+  const rollouts = await generateRollouts(run, step, examples, times);
+  const scored = scoreRollouts(run, examples, rollouts);
+  const lps = await oldAndRefLogprobs(run, step, rollouts, scored, times);
+  const update = await updatePolicy(run, step, scored, lps, times);
+  await times.time('weight_sync', () => run.d.generator.updateWeights(run.d.policy));
+  run.state.step = step;
+  run.state.dataPosition += run.t.train_batch_size;
+  return stepMetrics(run, rollouts, scored, lps, update, times, (performance.now() - stepT0) / 1000);
+}
+
+// ---- the loop -------------------------------------------------------------------------------------------------------
+/**
+ * Trains with GRPO until max_steps (or the epochs) are done or the signal aborts: each step takes the next
+ * train_batch_size prompts of the epoch's shuffled order; evaluation every eval_interval steps (and before training
+ * with eval_before_train), checkpoints every ckpt_interval steps, at the end and on interrupt.
+ */
+export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
+  checkGrpoInputs(d.config, d.env);
+  const run = await startRun(d);
+  const { t, state } = run;
+  const env = d.env;
+
+  if (t.eval_before_train && state.step === 0) await runEval(run, 0);
 
   let order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
-  while (state.step < totalSteps && state.epoch < t.epochs) {
+  while (state.step < run.totalSteps && state.epoch < t.epochs) {
     await yieldToEventLoop();
     if (d.signal?.aborted) {
-      interrupted = true;
+      run.interrupted = true;
       break;
     }
     if (state.dataPosition + t.train_batch_size > env.train.length) {
@@ -239,228 +608,27 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
       if (state.epoch >= t.epochs) break;
       order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
     }
-    const stepT0 = performance.now();
-    const times: Record<string, number> = {};
-    const timed = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
-      const a = performance.now();
-      const r = await f();
-      times[name] = (times[name] ?? 0) + (performance.now() - a) / 1000;
-      return r;
-    };
     const examples = order.slice(state.dataPosition, state.dataPosition + t.train_batch_size).map((i) => env.train[i]!);
-    const step = state.step + 1;
-
-    // ---- rollouts ---------------------------------------------------------------------------------------------
-    const prompts = examples.flatMap((e) => Array.from({ length: n }, () => e.prompt));
-    const params: SamplingParams = {
-      maxTokens: sampling.max_generate_length,
-      temperature: sampling.temperature,
-      topP: sampling.top_p,
-      topK: sampling.top_k,
-      seed: sampling.seed ?? (t.seed * 1000003 + step * 7919) >>> 0,
-      stopTokenIds: [...env.stopTokenIds, ...sampling.stop_token_ids],
-    };
-    const genProgress = new Progress(`step ${step} generate`, prompts.length * params.maxTokens, { unit: 'tok' });
-    let lastDone = 0;
-    const completions: Completion[] = await timed('generate', () =>
-      generator.generate(prompts, params, (done) => {
-        genProgress.tick(done - lastDone);
-        lastDone = done;
-      }),
-    );
-    genProgress.finish();
-    const genTokens = completions.reduce((a, c) => a + c.tokens.length, 0);
-
-    // ---- rewards and advantages -------------------------------------------------------------------------------
-    const rewards = new Float32Array(prompts.length);
-    let correct = 0;
-    let stopped = 0;
-    completions.forEach((c, i) => {
-      const ex = examples[Math.floor(i / n)]!;
-      let r = env.reward(ex, c.tokens, c.finishReason);
-      if (g.zero_reward_on_non_stop && c.finishReason !== 'stop') r = { reward: 0, correct: false };
-      rewards[i] = r.reward;
-      if (r.correct) correct++;
-      if (c.finishReason === 'stop') stopped++;
-    });
-    const groupIds = Int32Array.from(prompts, (_, i) => Math.floor(i / n));
-    const adv = groupAdvantages(rewards, groupIds, { normByStd: alg.advantage_estimator === 'grpo' && alg.grpo_norm_by_std });
-
-    // Sequences that take part in the update.
-    let keep = prompts.map((_, i) => i).filter((i) => completions[i]!.tokens.length > 0);
-    if (alg.zero_variance_filter) {
-      const gs = adv.groupStd;
-      keep = keep.filter((i) => n === 1 || gs[groupIds[i]!]! > 0);
-    }
-    if (g.apply_overlong_filtering) keep = keep.filter((i) => completions[i]!.finishReason === 'stop');
-    const batch: SequenceBatch = {
-      sequences: keep.map((i) => concat(prompts[i]!, completions[i]!.tokens)),
-      promptLens: keep.map((i) => prompts[i]!.length),
-    };
-    const advantages = keep.map((i) => adv.advantages[i]!);
-
-    // ---- old and reference log-probs --------------------------------------------------------------------------
-    const fwdOpts = { entropy: true, temperature: lpTemperature, packed };
-    const old = await timed('old_logprobs', () =>
-      batchedLogprobs(policy, batch, t.micro_forward_batch_size_per_gpu, fwdOpts, new Progress(`step ${step} old log-probs`, batch.sequences.length, { unit: 'seq' })),
-    );
-    const refOut = useKl && ref ? await timed('ref_logprobs', () => batchedLogprobs(ref!, batch, t.micro_forward_batch_size_per_gpu, { ...fwdOpts, entropy: false })) : undefined;
-    // Generator vs trainer log-probs of the same tokens.
-    let gapSum = 0;
-    let gapAbs = 0;
-    let gapMax = 0;
-    let gapN = 0;
-    keep.forEach((i, j) => {
-      const a = completions[i]!.logprobs;
-      const b = old.logprobs[j]!;
-      for (let k = 0; k < Math.min(a.length, b.length); k++) {
-        const diff = a[k]! - b[k]!;
-        if (!Number.isFinite(diff)) continue;
-        gapSum += diff;
-        gapAbs += Math.abs(diff);
-        gapMax = Math.max(gapMax, Math.abs(diff));
-        gapN++;
-      }
-    });
-    let entSum = 0;
-    let entN = 0;
-    for (const e of old.entropy ?? []) for (const v of e) (entSum += v), entN++;
-
-    // ---- policy update ----------------------------------------------------------------------------------------
-    const seqPerMini = t.policy_mini_batch_size * n;
-    const sums = { tokens: 0, clipped: 0, dualClipped: 0, kl: 0, ratio: 0 };
-    let lossSum = 0;
-    let lossCount = 0;
-    let gradNormSum = 0;
-    let gradNormCount = 0;
-    let stepSkipped = false;
-    let lr = 0;
-    const trainProgress = new Progress(`step ${step} train`, batch.sequences.length * t.update_epochs_per_batch, { unit: 'seq' });
-    for (let ue = 0; ue < t.update_epochs_per_batch; ue++) {
-      // Mini-batches are consecutive prompt groups (the peer does not shuffle within a step either).
-      const idx = batch.sequences.map((_, i) => i);
-      for (const mini of chunks(idx, seqPerMini)) {
-        if (d.signal?.aborted) break;
-        policy.zeroGrad();
-        let normTokens = 0;
-        for (const i of mini) normTokens += batch.sequences[i]!.length - batch.promptLens[i]!;
-        const norm = { tokens: normTokens, sequences: mini.length };
-        let bad = false;
-        for (const micro of chunks(mini, t.micro_train_batch_size_per_gpu)) {
-          await yieldToEventLoop();
-          const mb: SequenceBatch = { sequences: micro.map((i) => batch.sequences[i]!), promptLens: micro.map((i) => batch.promptLens[i]!) };
-          const fwd = await timed('train_forward', () => policy.forward(mb, { entropy: false, temperature: lpTemperature, packed }));
-          const res = policyLoss(
-            {
-              logprobs: fwd.logprobs,
-              oldLogprobs: micro.map((i) => old.logprobs[i]!),
-              refLogprobs: refOut ? micro.map((i) => refOut.logprobs[i]!) : undefined,
-              advantages: micro.map((i) => advantages[i]!),
-            },
-            {
-              epsClipLow: alg.eps_clip_low,
-              epsClipHigh: alg.eps_clip_high,
-              policyLossType: alg.policy_loss_type,
-              clipRatioC: alg.clip_ratio_c,
-              lossReduction: alg.loss_reduction,
-              maxSeqLen: sampling.max_generate_length,
-              klCoef: useKl ? alg.kl_loss_coef : 0,
-              norm,
-            },
-          );
-          if (!Number.isFinite(res.loss)) {
-            fwd.release();
-            bad = true;
-            break;
-          }
-          await timed('train_backward', () => fwd.backward(res.dLogprobs));
-          lossSum += res.loss;
-          sums.tokens += res.sums.tokens;
-          sums.clipped += res.sums.clipped;
-          sums.dualClipped += res.sums.dualClipped;
-          sums.kl += res.sums.kl;
-          sums.ratio += res.sums.ratio;
-          trainProgress.tick(micro.length);
-        }
-        lossCount++;
-        let clip = { norm: NaN, finite: false, clipped: false };
-        if (!bad) clip = policy.clipGradNorm(t.policy.optimizer_config.max_grad_norm);
-        if (bad || !clip.finite) {
-          stepSkipped = true;
-          counters.skippedSteps++;
-          policy.zeroGrad();
-          log.warn({ step, reason: bad ? 'non-finite loss' : `non-finite grad norm ${clip.norm}` }, 'optimizer step skipped (total skipped: %d)', counters.skippedSteps);
-          continue;
-        }
-        gradNormSum += clip.norm;
-        gradNormCount++;
-        lr = learningRate(t.policy.optimizer_config, counters.optimizerSteps, totalOptSteps);
-        const o = t.policy.optimizer_config;
-        await timed('optimizer', async () => policy.optimizerStep({ lr, beta1: o.adam_betas[0], beta2: o.adam_betas[1], eps: o.eps, weightDecay: o.weight_decay }, counters.optimizerSteps + 1));
-        counters.optimizerSteps++;
-      }
-    }
-    trainProgress.finish();
-    policy.zeroGrad();
-    await timed('weight_sync', () => generator.updateWeights(policy));
-
-    state.step = step;
-    state.dataPosition += t.train_batch_size;
-    const elapsed = (performance.now() - stepT0) / 1000;
-    const lens = completions.map((c) => c.tokens.length);
-    const rs = stats(rewards);
-    const as = stats(adv.advantages);
-    const ls = stats(lens);
-    const trainTokens = batch.sequences.reduce((a, s) => a + s.length, 0);
-    const m: Metrics = {
-      'reward/mean': rs.mean,
-      'reward/std': rs.std,
-      'reward/accuracy': correct / prompts.length,
-      'adv/mean': as.mean,
-      'adv/std': as.std,
-      'adv/min': as.min,
-      'adv/max': as.max,
-      'groups/zero_variance': adv.zeroVarianceGroups,
-      loss: lossCount ? lossSum / Math.max(1, lossCount) : NaN,
-      kl: useKl ? (sums.tokens ? sums.kl / sums.tokens : 0) : refOut ? meanK3(old.logprobs, refOut.logprobs) : 0,
-      entropy: entN ? entSum / entN : 0,
-      clip_frac: sums.tokens ? sums.clipped / sums.tokens : 0,
-      dual_clip_frac: sums.tokens ? sums.dualClipped / sums.tokens : 0,
-      ratio_mean: sums.tokens ? sums.ratio / sums.tokens : 1,
-      grad_norm: gradNormCount ? gradNormSum / gradNormCount : NaN,
-      lr,
-      'response_len/mean': ls.mean,
-      'response_len/max': ls.max,
-      'response/stop_frac': stopped / prompts.length,
-      'logprob_gap/mean': gapN ? gapSum / gapN : 0,
-      'logprob_gap/abs_mean': gapN ? gapAbs / gapN : 0,
-      'logprob_gap/abs_max': gapMax,
-      skipped_steps: counters.skippedSteps,
-      step_skipped: stepSkipped ? 1 : 0,
-      'tokens_per_s/generate': times.generate ? genTokens / times.generate : 0,
-      tokens_per_s: trainTokens / elapsed,
-      'time/step': elapsed,
-      epoch: state.epoch,
-    };
-    for (const [k, v] of Object.entries(times)) m[`time/${k}`] = v;
+    const m = await grpoStep(run, examples);
+    const step = state.step;
     d.metrics?.log(step, m, 'train');
     d.onStep?.(step, m);
 
     await yieldToEventLoop();
-    if (t.eval_interval > 0 && step % t.eval_interval === 0 && !d.signal?.aborted) await runEval(step);
-    if (t.ckpt_interval > 0 && step % t.ckpt_interval === 0) await checkpoint();
+    if (t.eval_interval > 0 && step % t.eval_interval === 0 && !d.signal?.aborted) await runEval(run, step);
+    if (t.ckpt_interval > 0 && step % t.ckpt_interval === 0) await saveCheckpoint(run);
     if (d.signal?.aborted) {
-      interrupted = true;
+      run.interrupted = true;
       break;
     }
   }
-  if (interrupted) {
+  if (run.interrupted) {
     log.warn('interrupted: saving a checkpoint at step %d', state.step);
-    await checkpoint();
-  } else if (t.ckpt_interval >= 0 && state.step > 0 && lastSavedStep !== state.step) {
-    await checkpoint(); // the final state (ckpt_interval -1: never, except on interrupt)
+    await saveCheckpoint(run);
+  } else if (t.ckpt_interval >= 0 && state.step > 0 && run.lastSavedStep !== state.step) {
+    await saveCheckpoint(run); // the final state (ckpt_interval -1: never, except on interrupt)
   }
-  if (!interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > 0) await runEval(state.step);
-  if (ownRef) ref?.dispose();
-  return { steps: state.step, skippedSteps: counters.skippedSteps, interrupted, lastCheckpoint, evals };
+  if (!run.interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > 0) await runEval(run, state.step);
+  if (run.ownRef) run.ref?.dispose();
+  return { steps: state.step, skippedSteps: run.counters.skippedSteps, interrupted: run.interrupted, lastCheckpoint: run.lastCheckpoint, evals: run.evals };
 }
