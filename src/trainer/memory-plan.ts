@@ -309,6 +309,8 @@ export interface PhasePlan {
 }
 
 export interface GeneratePlan extends PhasePlan {
+  /** Everything but the KV pool. */
+  usedBytes: number;
   kvPoolBytes: number;
   kv: KvLayout;
   /** KV tokens that fit, counted in full-length sequences (sliding layers' windows included). */
@@ -334,8 +336,8 @@ export interface MemoryPlan {
   };
   activations: { withRecompute: TrainingActivations; withoutRecompute: TrainingActivations; forwardBytes: number };
   train: PhasePlan;
-  /** Colocated generation (colocate_all only). */
-  generate: GeneratePlan | null;
+  /** One GPU while the engine generates: colocated, shared with the trainer's kept state; else the engine's own. */
+  generate: GeneratePlan;
   /** Pinned host memory per rank, the larger of the two phases. */
   host: { rows: PlanRow[]; totalBytes: number };
   fits: boolean;
@@ -490,8 +492,7 @@ export function planMemory(input: PlanInput): MemoryPlan {
   }
   if (input.ref === 'host') hostTrain.push({ key: 'ref', label: 'KL reference (bf16 shard)', bytes: 2 * S, formula: '2 B x S (colocate_policy_ref=false)' });
 
-  // ---- colocated generation (per GPU) ----
-  let generate: GeneratePlan | null = null;
+  // ---- generation (per GPU) ----
   const hostGen: PlanRow[] = [...hostTrain];
   const notes: string[] = [];
   const overflows: string[] = [];
@@ -505,77 +506,39 @@ export function planMemory(input: PlanInput): MemoryPlan {
     );
   }
   const e = input.engine;
+  // While the engine generates: colocated, the trainer state it keeps shares the GPU; else the engine's GPUs are
+  // its own (planned the same way, with nothing of the trainer's).
+  const kept: PlanRow[] = [];
   if (input.colocateAll) {
-    const tp = e.tensorParallel;
-    const rows: PlanRow[] = [];
-    rows.push({ key: 'weights', label: 'trainer bf16 weight shard', bytes: 2 * S, formula: '2 B x S (kept)' });
-    if (input.ref === 'gpu') rows.push({ key: 'ref', label: 'KL reference (bf16 shard)', bytes: 2 * S, formula: '2 B x S (kept)' });
+    kept.push({ key: 'weights', label: 'trainer bf16 weight shard', bytes: 2 * S, formula: '2 B x S (kept)' });
+    if (input.ref === 'gpu') kept.push({ key: 'ref', label: 'KL reference (bf16 shard)', bytes: 2 * S, formula: '2 B x S (kept)' });
     if (!input.cpuOffload) {
       if (input.offloadOptimizerWhileGenerating) {
         hostGen.push({ key: 'optimizerWhileGenerating', label: 'masters + moments while generating', bytes: 12 * S, formula: '12 B x S (offload_after_step)' });
       } else {
-        rows.push({ key: 'optimizer', label: 'trainer masters + moments', bytes: 12 * S, formula: '(4 + 8) B x S (kept: offload_after_step=false)' });
+        kept.push({ key: 'optimizer', label: 'trainer masters + moments', bytes: 12 * S, formula: '(4 + 8) B x S (kept: offload_after_step=false)' });
       }
     }
-    // The engine's slice: norms and routers replicated, everything else split over tp ranks (heads, experts'
-    // intermediate, vocabulary rows).
-    const replicated = c.numLayers * (layerParams(c).norms + layerParams(c).router) + c.hiddenSize;
-    const enginePerGpu = replicated + Math.ceil((units.total - replicated) / tp);
-    rows.push({ key: 'engineWeights', label: `engine weights (TP ${tp} slice)`, bytes: 2 * enginePerGpu, formula: `2 B x (replicated ${fmtB(replicated)} + ${fmtB(units.total - replicated)}/${tp})` });
-    // Working buffers: one layer's forward over a prefill chunk of max_num_batched_tokens (the TP slice), and
-    // the decode step's f32 logits [max_num_seqs, V] plus the sampler's fp32 copy of them.
-    const H = c.hiddenSize;
-    const qd = c.numHeads * c.headDim;
-    const kvd = c.numKvHeads * c.headDim;
-    const I = c.intermediateSize;
-    const prefillPerToken =
-      6 * 2 * H + // x, a1, o, h, a2, y: bf16 [H]
-      2 * 2 * Math.ceil((qd + 2 * kvd) / tp) + // the fused qkv output and its roped q/k/v copies
-      2 * Math.ceil(qd / tp) + 4 * Math.ceil(c.numHeads / tp) + // attention output, lse
-      4 * c.numExperts + // router logits f32
-      c.topK * a.moeRowPadding * (2 * Math.ceil((2 * I) / tp) + 2 * Math.ceil(I / tp) + 2 * H + 2 * H); // gu, h, yp, xp
-    const prefill = e.maxNumBatchedTokens * prefillPerToken;
-    const logits = e.maxNumSeqs * c.vocabSize * 4 * 2;
-    rows.push({
-      key: 'engineWorkspace',
-      label: 'engine working buffers',
-      bytes: prefill + logits,
-      formula: `prefill ${fmtInt(e.maxNumBatchedTokens)} tok x ${fmtInt(prefillPerToken)} B + 2 x 4 B x ${fmtInt(e.maxNumSeqs)} seqs x V`,
-    });
-    rows.push({ key: 'overhead', label: 'CUDA context, cuBLAS, NCCL', bytes: overheadBytes, formula: 'as in training (one process)' });
-    const limit = e.gpuMemoryUtilization * M;
-    const used = rows.reduce((s, r) => s + r.bytes, 0);
-    const pool = Math.max(0, limit - used);
-    const kv = kvLayout(c, tp);
-    const perSeq = kvBytesPerSequence(kv, e.sequenceTokens);
-    const fullSequences = Math.floor(pool / perSeq);
-    // Tokens of KV in full-length sequences: each token carries its share of the sliding layers' window.
-    const kvTokens = Math.floor((pool / perSeq) * e.sequenceTokens);
-    rows.push({
-      key: 'kvPool',
-      label: 'KV cache pool',
-      bytes: pool,
-      formula: `${e.gpuMemoryUtilization} x M - the above; ${fmtInt(kv.fullBytesPerToken)} B/token (full layers) + ${fmtInt(kv.slidingBytesPerToken)} B x ${kv.window} positions/seq (sliding)`,
-    });
-    generate = { rows, totalBytes: used + pool, limitBytes: limit, kvPoolBytes: pool, kv, kvTokens, fullSequences };
-    if (used > limit) {
-      overflows.push(
-        `colocated generation: trainer state kept + engine need ${formatGB(used)} GB > gpu_memory_utilization ${e.gpuMemoryUtilization} x ${formatGB(M)} GB = ${formatGB(limit)} GB before any KV cache (${biggest(rows.filter((r) => r.key !== 'kvPool'))})`,
-      );
-    } else if (fullSequences < 1) {
-      overflows.push(
-        `colocated generation: the ${formatGB(pool)} GB left for the KV cache holds no sequence of ${fmtInt(e.sequenceTokens)} tokens (needs ${formatGB(perSeq)} GB each)`,
-      );
-    } else if (fullSequences < Math.min(e.rolloutSequences, e.maxNumSeqs)) {
-      notes.push(
-        `the KV cache holds ${fmtInt(fullSequences)} full-length sequences at once, fewer than the ${fmtInt(Math.min(e.rolloutSequences, e.maxNumSeqs))} an engine is given per step: generation runs in waves`,
-      );
-    }
-    if (e.engines * tp !== N) {
-      notes.push(`colocate_all: ${e.engines} engines x TP ${tp} = ${e.engines * tp} GPUs, but the trainer is planned on ${N}`);
+    if (e.engines * e.tensorParallel !== N) {
+      notes.push(`colocate_all: ${e.engines} engines x TP ${e.tensorParallel} = ${e.engines * e.tensorParallel} GPUs, but the trainer is planned on ${N}`);
     }
   } else {
-    notes.push('not colocated (colocate_all=false): the inference engines run on their own GPUs and are not planned here');
+    notes.push(`not colocated (colocate_all=false): the engines' own GPUs are planned as ${formatGB(M)} GB each, with no trainer state`);
+  }
+  const generate = engineMemoryPlan(c, e, M, kept, { ...a, ncclBytes: (input.colocateAll && sharded) || e.tensorParallel > 1 ? a.ncclBytes : 0 });
+  const phase = input.colocateAll ? 'colocated generation' : 'engine GPU';
+  if (generate.usedBytes > generate.limitBytes) {
+    overflows.push(
+      `${phase}: ${input.colocateAll ? 'trainer state kept + engine need' : 'the engine needs'} ${formatGB(generate.usedBytes)} GB > gpu_memory_utilization ${e.gpuMemoryUtilization} x ${formatGB(M)} GB = ${formatGB(generate.limitBytes)} GB before any KV cache (${biggest(generate.rows.filter((r) => r.key !== 'kvPool'))})`,
+    );
+  } else if (generate.fullSequences < 1) {
+    overflows.push(
+      `${phase}: the ${formatGB(generate.kvPoolBytes)} GB left for the KV cache holds no sequence of ${fmtInt(e.sequenceTokens)} tokens (needs ${formatGB(kvBytesPerSequence(generate.kv, e.sequenceTokens))} GB each)`,
+    );
+  } else if (generate.fullSequences < Math.min(e.rolloutSequences, e.maxNumSeqs)) {
+    notes.push(
+      `the KV cache holds ${fmtInt(generate.fullSequences)} full-length sequences at once, fewer than the ${fmtInt(Math.min(e.rolloutSequences, e.maxNumSeqs))} an engine is given per step: generation runs in waves`,
+    );
   }
   const hostTrainBytes = hostTrain.reduce((s, r) => s + r.bytes, 0);
   const hostGenBytes = hostGen.reduce((s, r) => s + r.bytes, 0);
@@ -611,6 +574,74 @@ export function planMemory(input: PlanInput): MemoryPlan {
   };
 }
 
+/**
+ * One GPU of an inference engine while it generates: the rows `kept` there by others (a colocated trainer's
+ * state), the engine's tensor-parallel slice of the weights, its working buffers and the CUDA overheads; what is
+ * left of gpu_memory_utilization x M is the paged KV pool. The engine sizes its pool from `kvPoolBytes`.
+ */
+export function engineMemoryPlan(
+  c: GptOssConfig,
+  e: PlanInput['engine'],
+  gpuMemoryBytes: number,
+  kept: readonly PlanRow[] = [],
+  assumptions: Partial<PlanAssumptions> = {},
+): GeneratePlan {
+  const a: PlanAssumptions = { ...DEFAULT_ASSUMPTIONS, ...assumptions };
+  const tp = e.tensorParallel;
+  const rows: PlanRow[] = [...kept];
+  // The engine's slice: norms and routers replicated, everything else split over tp ranks (heads, experts'
+  // intermediate, vocabulary rows).
+  const lp = layerParams(c);
+  const total = paramUnits(c).total;
+  const replicated = c.numLayers * (lp.norms + lp.router) + c.hiddenSize;
+  const perGpu = replicated + Math.ceil((total - replicated) / tp);
+  rows.push({ key: 'engineWeights', label: `engine weights (TP ${tp} slice)`, bytes: 2 * perGpu, formula: `2 B x (replicated ${fmtB(replicated)} + ${fmtB(total - replicated)}/${tp})` });
+  // Working buffers: one layer's forward over a prefill chunk of max_num_batched_tokens (the TP slice), and
+  // the decode step's f32 logits [max_num_seqs, V] plus the sampler's fp32 copy of them.
+  const H = c.hiddenSize;
+  const qd = c.numHeads * c.headDim;
+  const kvd = c.numKvHeads * c.headDim;
+  const I = c.intermediateSize;
+  const prefillPerToken =
+    6 * 2 * H + // x, a1, o, h, a2, y: bf16 [H]
+    2 * 2 * Math.ceil((qd + 2 * kvd) / tp) + // the fused qkv output and its roped q/k/v copies
+    2 * Math.ceil(qd / tp) + 4 * Math.ceil(c.numHeads / tp) + // attention output, lse
+    4 * c.numExperts + // router logits f32
+    c.topK * a.moeRowPadding * (2 * Math.ceil((2 * I) / tp) + 2 * Math.ceil(I / tp) + 2 * H + 2 * H); // gu, h, yp, xp
+  const prefill = e.maxNumBatchedTokens * prefillPerToken;
+  const logits = e.maxNumSeqs * c.vocabSize * 4 * 2;
+  rows.push({
+    key: 'engineWorkspace',
+    label: 'engine working buffers',
+    bytes: prefill + logits,
+    formula: `prefill ${fmtInt(e.maxNumBatchedTokens)} tok x ${fmtInt(prefillPerToken)} B + 2 x 4 B x ${fmtInt(e.maxNumSeqs)} seqs x V`,
+  });
+  const overhead = a.cudaContextBytes + a.cublasBytes + a.ncclBytes;
+  rows.push({ key: 'overhead', label: 'CUDA context, cuBLAS, NCCL', bytes: overhead, formula: `${formatGB(a.cudaContextBytes)} + ${formatGB(a.cublasBytes)} + ${formatGB(a.ncclBytes)} (assumed; one process)` });
+  const limit = e.gpuMemoryUtilization * gpuMemoryBytes;
+  const used = rows.reduce((s, r) => s + r.bytes, 0);
+  const pool = Math.max(0, limit - used);
+  const kv = kvLayout(c, tp);
+  const perSeq = kvBytesPerSequence(kv, e.sequenceTokens);
+  rows.push({
+    key: 'kvPool',
+    label: 'KV cache pool',
+    bytes: pool,
+    formula: `${e.gpuMemoryUtilization} x M - the above; ${fmtInt(kv.fullBytesPerToken)} B/token (full layers) + ${fmtInt(kv.slidingBytesPerToken)} B x ${kv.window} positions/seq (sliding)`,
+  });
+  return {
+    rows,
+    usedBytes: used,
+    totalBytes: used + pool,
+    limitBytes: limit,
+    kvPoolBytes: pool,
+    kv,
+    // Tokens of KV in full-length sequences: each token carries its share of the sliding layers' window.
+    kvTokens: Math.floor((pool / perSeq) * e.sequenceTokens),
+    fullSequences: Math.floor(pool / perSeq),
+  };
+}
+
 /** The three largest rows as "label 12.34 GB" (what an overflow message names). */
 function biggest(rows: PlanRow[]): string {
   return [...rows]
@@ -633,7 +664,7 @@ export function formatPlan(p: MemoryPlan): string {
   out.push(
     `micro-batch ${fmtInt(i.microBatchTokens)} tokens (no-grad ${fmtInt(i.forwardMicroBatchTokens)}), recompute ${i.recompute ? 'on' : 'off'}, cpu_offload ${i.cpuOffload ? 'on' : 'off'}, KL reference ${i.ref === 'none' ? 'none' : `on ${i.ref}`}, colocate_all ${i.colocateAll}`,
   );
-  const w = Math.max(34, ...p.train.rows.map((r) => r.label.length + 2), ...(p.generate?.rows ?? []).map((r) => r.label.length + 2));
+  const w = Math.max(34, ...p.train.rows.map((r) => r.label.length + 2), ...p.generate.rows.map((r) => r.label.length + 2));
   const line = (label: string, gb: string, formula = ''): string => `  ${label.padEnd(w)}${gb.padStart(9)}   ${formula}`.trimEnd();
   out.push('');
   out.push(line('per GPU', 'GB', 'formula'));
@@ -642,9 +673,11 @@ export function formatPlan(p: MemoryPlan): string {
   out.push(line('total', formatGB(p.train.totalBytes), `of ${formatGB(p.train.limitBytes)} GB: ${p.train.totalBytes <= p.train.limitBytes ? 'fits' : 'DOES NOT FIT'}`));
   const other = i.recompute ? p.activations.withoutRecompute : p.activations.withRecompute;
   out.push(`  (activations with recompute ${i.recompute ? 'off' : 'on'} would be ${formatGB(other.peakBytes)} GB)`);
-  if (p.generate) {
+  {
     const g = p.generate;
-    out.push(`colocated generation (gpu_memory_utilization ${i.engine.gpuMemoryUtilization} x M = ${formatGB(g.limitBytes)} GB)`);
+    out.push(
+      `${i.colocateAll ? 'colocated generation' : 'engine GPU (not colocated)'} (gpu_memory_utilization ${i.engine.gpuMemoryUtilization} x M = ${formatGB(g.limitBytes)} GB)`,
+    );
     for (const r of g.rows) out.push(line(r.label, formatGB(r.bytes), r.formula));
     out.push(
       `  KV cache: ${fmtInt(g.kvTokens)} tokens, ${fmtInt(g.fullSequences)} sequences of ${fmtInt(i.engine.sequenceTokens)} tokens at once (an engine gets ${fmtInt(i.engine.rolloutSequences)} per step)`,

@@ -171,13 +171,28 @@ test('cpu_offload moves the masters and moments to host memory', () => {
   assert.match(small.overflows.join('\n'), /^host: 4 ranks x/m);
 });
 
-test('a colocated engine with no room for one sequence is refused; not colocated, the engine is not planned', () => {
-  const tight = planFromConfig(g20, loadConfig({ config: 'gsm8k-gptoss-20b', overrides: ['generator.gpu_memory_utilization=0.3'] }), { gpus: 8, gpuMemoryBytes: 80e9 });
+test('colocated generation: refused without room for one sequence; offload_after_step frees the optimizer state', () => {
+  const cfg = (o: string[]) => loadConfig({ config: 'gsm8k-gptoss-20b', overrides: o });
+  const tight = planFromConfig(g20, cfg(['generator.gpu_memory_utilization=0.3']), { gpus: 8, gpuMemoryBytes: 80e9 });
   assert.equal(tight.fits, false);
-  assert.match(tight.overflows.join('\n'), /colocated generation/);
+  assert.match(tight.overflows.join('\n'), /^colocated generation: trainer state kept \+ engine need/m);
+  const base = planFromConfig(g20, seedConfig(), { gpus: 8, gpuMemoryBytes: 80e9 });
+  const keep = planFromConfig(g20, cfg(['trainer.policy.optimizer_config.offload_after_step=false']), { gpus: 8, gpuMemoryBytes: 80e9 });
+  const S = base.params.perRank;
+  assert.equal(base.host.rows.find((r) => r.key === 'optimizerWhileGenerating')!.bytes, 12 * S);
+  assert.equal(keep.generate.rows.find((r) => r.key === 'optimizer')!.bytes, 12 * S);
+  assert.equal(base.generate.kvPoolBytes - keep.generate.kvPoolBytes, 12 * S);
+  assert.equal(keep.host.totalBytes, 0);
+});
+
+test('not colocated: the engine GPU holds no trainer state and the engine can size its pool from the same plan', () => {
   const apart = planFromConfig(g20, loadConfig({ config: 'gsm8k-gptoss-20b', overrides: ['trainer.placement.colocate_all=false'] }), { gpus: 8, gpuMemoryBytes: 80e9 });
-  assert.equal(apart.generate, null);
-  assert.equal(apart.fits, true);
+  assert.equal(apart.fits, true, apart.overflows.join('; '));
+  assert.deepEqual(apart.generate.rows.map((r) => r.key), ['engineWeights', 'engineWorkspace', 'overhead', 'kvPool']);
+  const g = apart.generate;
+  assert.equal(g.kvPoolBytes, 0.8 * 80e9 - g.usedBytes);
+  assert.equal(g.fullSequences, Math.floor(g.kvPoolBytes / kvBytesPerSequence(kvLayout(g20, 4), 4608)));
+  assert.match(formatPlan(apart), /engine GPU \(not colocated\)/);
 });
 
 // ---- the CLI ----------------------------------------------------------------------------------------------------
