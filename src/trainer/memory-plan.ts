@@ -483,17 +483,6 @@ export function planMemory(input: PlanInput): MemoryPlan {
     formula: `${a.allocatorSlack} x transient (${formatGB(transient)})`,
   });
   const trainTotal = train.reduce((s, r) => s + r.bytes, 0);
-
-  // ---- host (per rank) ----
-  const hostTrain: PlanRow[] = [];
-  if (input.cpuOffload) {
-    hostTrain.push({ key: 'masters', label: 'fp32 master shard', bytes: 4 * S, formula: '4 B x S (cpu_offload)' });
-    hostTrain.push({ key: 'moments', label: 'AdamW moments (m, v)', bytes: 8 * S, formula: '8 B x S (cpu_offload)' });
-  }
-  if (input.ref === 'host') hostTrain.push({ key: 'ref', label: 'KL reference (bf16 shard)', bytes: 2 * S, formula: '2 B x S (colocate_policy_ref=false)' });
-
-  // ---- generation (per GPU) ----
-  const hostGen: PlanRow[] = [...hostTrain];
   const notes: string[] = [];
   const overflows: string[] = [];
   if (trainTotal > M) {
@@ -505,6 +494,17 @@ export function planMemory(input: PlanInput): MemoryPlan {
       `training: ${formatGB(trainTotal)} GB per GPU > ${formatGB(M)} GB (${biggest(train)}); try ${hint.join(', ')}`,
     );
   }
+
+  // ---- host (per rank) ----
+  const hostTrain: PlanRow[] = [];
+  if (input.cpuOffload) {
+    hostTrain.push({ key: 'masters', label: 'fp32 master shard', bytes: 4 * S, formula: '4 B x S (cpu_offload)' });
+    hostTrain.push({ key: 'moments', label: 'AdamW moments (m, v)', bytes: 8 * S, formula: '8 B x S (cpu_offload)' });
+  }
+  if (input.ref === 'host') hostTrain.push({ key: 'ref', label: 'KL reference (bf16 shard)', bytes: 2 * S, formula: '2 B x S (colocate_policy_ref=false)' });
+
+  // ---- generation (per GPU) ----
+  const hostGen: PlanRow[] = [...hostTrain]; // + what the trainer moves to host while the engine generates
   const e = input.engine;
   // While the engine generates: colocated, the trainer state it keeps shares the GPU; else the engine's GPUs are
   // its own (planned the same way, with nothing of the trainer's).
