@@ -11,6 +11,7 @@ const commands: Record<string, { file: string; what: string }> = {
   sft: { file: 'sft', what: 'supervised cold start on reference solutions' },
   'prepare-gsm8k': { file: 'prepare-gsm8k', what: 'write the GSM8K training files' },
   plot: { file: 'plot', what: 'chart a metrics.jsonl file as PNG' },
+  plan: { file: 'plan', what: 'per-GPU memory of a training config; exit 3 when it does not fit' },
   launch: { file: 'launch', what: 'start one process per GPU (torchrun style)' },
 };
 

@@ -42,7 +42,11 @@ export const OptimizerSchema = z
     max_grad_norm: z.number().positive().default(1.0),
     num_warmup_steps: nonNegInt().default(0),
     scheduler: z.enum(['constant', 'constant_with_warmup', 'cosine', 'linear']).default('constant_with_warmup'),
-    /** Accepted for compatibility (the peer offloads optimizer state between steps); no effect here. */
+    /**
+     * Colocated (placement.colocate_all): the fp32 masters and AdamW moments move to host memory while the engines
+     * generate, as the peer does between steps. The memory planner (src/trainer/memory-plan.ts) plans generation
+     * that way; the single-process trainer keeps them where they are.
+     */
     offload_after_step: z.boolean().default(true),
   })
   .prefault({});
@@ -114,6 +118,17 @@ export const TrainerSchema = z
       .strictObject({
         model: ModelRefSchema,
         optimizer_config: OptimizerSchema,
+        /** The seed's FSDP options (trainer.policy.fsdp_config). */
+        fsdp_config: z
+          .strictObject({
+            /**
+             * Keep the fp32 master weights and AdamW moments of each rank's shard in pinned host memory (12 of
+             * the 18 bytes per parameter a rank owns); AdamW runs on the host or streams through the GPU. Lets the
+             * trainer share GPUs with the engines on fewer GPUs (see `npx gptoss plan`).
+             */
+            cpu_offload: z.boolean().default(false),
+          })
+          .prefault({}),
         sequence_parallel_size: posInt().default(1),
       })
       .prefault({}),

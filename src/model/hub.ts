@@ -182,3 +182,38 @@ export function cachedRevisions(repo: string, cacheDir = hfCacheDir()): string[]
   const d = join(cacheDir, `models--${repo.replace('/', '--')}`, 'snapshots');
   return existsSync(d) ? readdirSync(d) : [];
 }
+
+/**
+ * The config.json of a model source, without touching its weights (the memory planner runs before anything is
+ * loaded): `<dir>/config.json` of a local directory, a config.json path itself, or for a hub id the snapshot's
+ * config.json in the HF cache; where the cache lacks it and downloads are allowed, config.json alone is fetched
+ * into the cache.
+ */
+export async function resolveModelConfigFile(source: string, opts: Omit<ResolveOptions, 'onProgress'> = {}): Promise<string> {
+  if (existsSync(source)) {
+    const p = resolve(source);
+    if (statSync(p).isFile()) return p;
+    const cfg = join(p, 'config.json');
+    if (!existsSync(cfg)) throw new Error(`model directory ${p} has no config.json`);
+    return cfg;
+  }
+  const m = HUB_ID.exec(source);
+  if (!m) throw new Error(`model source '${source}' is neither an existing directory nor a hub id like 'unsloth/gpt-oss-20b-BF16'`);
+  const repo = `${m[1]}/${m[2]}`;
+  const revision = m[3] ?? opts.revision ?? 'main';
+  const cacheDir = opts.cacheDir ?? hfCacheDir();
+  const cached = findCachedSnapshot(repo, revision, cacheDir);
+  if (cached && existsSync(join(cached, 'config.json'))) return join(cached, 'config.json');
+  const where = `${join(cacheDir, `models--${repo.replace('/', '--')}`)} (revision ${revision})`;
+  const offline = process.env.HF_HUB_OFFLINE === '1' || process.env.HF_HUB_OFFLINE === 'true' || opts.download === false;
+  if (offline) {
+    throw new Error(`model '${repo}': no config.json in the Hugging Face cache at ${where} and downloads are off (HF_HUB_OFFLINE or download: false)`);
+  }
+  const hub = await import('@huggingface/hub');
+  const accessToken = opts.token ?? process.env.HF_TOKEN ?? process.env.HUGGING_FACE_HUB_TOKEN;
+  try {
+    return await hub.downloadFileToCacheDir({ repo, path: 'config.json', revision, cacheDir, accessToken, fetch: opts.fetch });
+  } catch (e) {
+    throw new Error(`model '${repo}': no config.json in the Hugging Face cache at ${where}, and the hub could not be reached to fetch it: ${(e as Error).message}`);
+  }
+}
