@@ -13,7 +13,7 @@
 // - Per rank, transient: the all-gathered bf16 unit in use plus the next one prefetched (forward, and again in the
 //   backward, where the recompute and the backward of a layer share one gather), the unsharded fp32 gradient of
 //   the unit whose backward runs plus that of the unit being reduce-scattered, and the activations of one
-//   micro-batch (counted from the tensors src/model/gptoss.ts keeps: LayerSaved, MoeContext, the backward's
+//   micro-batch (counted from the tensors src/model/layer.ts keeps: LayerSaved, MoeContext, the backward's
 //   temporaries).
 // - Colocated (trainer.placement.colocate_all): generation and training take turns on the same GPUs. While the
 //   engine generates, the trainer keeps its bf16 shard (and the reference shard), drops its gradients (they are

@@ -13,7 +13,7 @@ import { loadConfig } from '../../src/config/load.ts';
 import { parameterCount, presetConfig, readConfigFile, toHfConfig, PRESET_NAMES } from '../../src/model/config.ts';
 import { paramSpecs } from '../../src/model/weights.ts';
 import { SafetensorsFile } from '../../src/model/safetensors.ts';
-import { packSequences, disposeBatch } from '../../src/model/gptoss.ts';
+import { packSequences, disposeBatch } from '../../src/model/batch.ts';
 import { randomModel } from '../../src/model/index.ts';
 import type { Tensor } from '../../src/tensor.ts';
 import {
