@@ -15,7 +15,8 @@ function candidates(): string[] {
   const env = process.env.GPTOSS_FIXTURES;
   if (env) return [resolve(env)];
   const c: string[] = [];
-  // This file is test/helpers/fixtures.ts (or dist/test/helpers/fixtures.js): two levels below the root.
+  // Two levels above this file: the root for test/helpers/fixtures.ts, dist/ for the compiled
+  // dist/test/helpers/fixtures.js (the walk over parents then reaches the root one step later).
   let dir = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
   for (let i = 0; i < PARENT_LEVELS; i++) {
     c.push(join(dir, '..', 'shared', 'fixtures'));
