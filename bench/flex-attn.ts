@@ -224,7 +224,7 @@ function main() {
       }
     }
   }
-  const device = gpu ? (native().ops.deviceName(0) as string) : 'cpu';
+  const device = gpu ? native().ops.deviceName(0) : 'cpu';
   const hbm = /H200/.test(device) ? 4800 : /H100/.test(device) ? 3350 : 0;
   const fmt = (x: number | undefined, d = 2) => (x === undefined ? '-' : x.toFixed(d));
   const bwdMode = a.atomic ? `fused dq (deterministic: false, GPTOSS_ATTN_BWD_NONDET=${process.env.GPTOSS_ATTN_BWD_NONDET || 'ws'})` : 'deterministic';

@@ -88,7 +88,7 @@ function main() {
   const device = gpu ? 'cuda:0' : 'cpu';
   const E = gpu ? 32 : 8, k = 4, H = gpu ? 2880 : 256, I = gpu ? 2880 : 256;
   const tokens = (o.tokens ?? (gpu ? '1,64,4096,16384' : '1,64,256')).split(',').map(Number);
-  const deviceName = gpu ? (native().ops.deviceName(0) as string) : 'cpu';
+  const deviceName = gpu ? native().ops.deviceName(0) : 'cpu';
   const hbmGBps = /H200/.test(deviceName) ? 4800 : /H100/.test(deviceName) ? (/PCIe/.test(deviceName) ? 2000 : 3350) : undefined;
   const tile = process.env.GPTOSS_MOE_TILE ?? '0';
   const gather = process.env.GPTOSS_MOE_GATHER_FUSED ? 'fused' : 'materialised';

@@ -14,9 +14,9 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launch } from '../src/dist/launch.ts';
-import { initDistributed } from '../src/dist/launch.ts';
-import { NcclCollectives } from '../src/dist/collectives.ts';
+import { launch } from '../src/distributed/launch.ts';
+import { initDistributed } from '../src/distributed/launch.ts';
+import { NcclCollectives } from '../src/distributed/collectives.ts';
 import { Tensor, synchronize, cudaDeviceCount, type DType } from '../src/tensor.ts';
 import { native } from '../src/native.ts';
 

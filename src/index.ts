@@ -1,6 +1,6 @@
 // @skyrl/gptoss public API. Everything a user needs is importable from the package root; op families,
 // tokenizer/harmony, data and rewards are also grouped as namespaces (`ops`, `tokenizer`, `data`, `reward`,
-// `dist`) so that generic names (Message, VOCAB_SIZE, ...) do not clash.
+// `distributed`) so that generic names (Message, VOCAB_SIZE, ...) do not clash.
 export {
   Tensor,
   f32ToBf16Bits,
@@ -22,11 +22,11 @@ export * as ops from './ops/index.ts';
 export * as tokenizer from './tokenizer/index.ts';
 export * as data from './data/index.ts';
 export * as reward from './reward/index.ts';
-export * as dist from './dist/index.ts';
+export * as distributed from './distributed/index.ts';
 export { getTokenizer, renderChatPrompt, parseTokens, finalText } from './tokenizer/index.ts';
 export { loadGsm8k, generateSynthetic } from './data/index.ts';
 export { getRewardFn, type RewardFn } from './reward/index.ts';
-export { launch, initDistributed } from './dist/index.ts';
+export { launch, initDistributed } from './distributed/index.ts';
 export * from './model/index.ts';
 export * from './inference/index.ts';
 export * from './config/index.ts';

@@ -8,32 +8,24 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { childLogger } from './log/logger.ts';
+import { NATIVE_OP_NAMES, type NativeAddon } from './native-ops.ts';
 
-export type DType = 'bf16' | 'f32' | 'i32' | 'u8';
-
-/** The raw tensor handle the addon hands out (see native/bindings/binding.h). */
-export interface NativeTensor {
-  readonly shape: number[];
-  readonly dtype: DType;
-  readonly device: string;
-  readonly disposed: boolean;
-  dispose(): void;
-  toBuffer(): ArrayBuffer;
-  view(shape: number[]): NativeTensor;
-  slice(start: number, end: number): NativeTensor;
-  copyFrom(src: NativeTensor | ArrayBufferView | ArrayBuffer): void;
-  to(device: number): NativeTensor;
-  sameStorage(other: NativeTensor): boolean;
-}
-
-/** Every op the addon registers (GPTOSS_OP in native/bindings/*.cc). Typed wrappers live in src/ops/. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type NativeOps = Record<string, (...args: any[]) => any>;
-
-export interface NativeAddon {
-  ops: NativeOps;
-  features: { cuda: boolean; blas: boolean; nccl: boolean };
-}
+export type {
+  DType,
+  FloatDType,
+  NativeAddon,
+  NativeEvent,
+  NativeFeatures,
+  NativeMemoryStats,
+  NativeMoeForward,
+  NativeMoeGrads,
+  NativeOps,
+  NativeTensor,
+  NcclComm,
+  NcclReduceOp,
+  TensorArg,
+} from './native-ops.ts';
+export { NATIVE_OP_NAMES } from './native-ops.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -60,11 +52,22 @@ export function native(): NativeAddon {
   const path = candidates.find((p) => existsSync(p));
   if (!path) {
     throw new Error(
-      `the native addon is not built (looked for ${candidates.join(', ')}); run \`npm run build:native\``,
+      `the native addon is not built (looked for ${candidates.join(', ')}); build it with \`npm rebuild @skyrl/gptoss\` ` +
+        `(in a checkout of the repository: \`npm run build:native\`)`,
     );
   }
   const require = createRequire(import.meta.url);
-  addon = require(path) as NativeAddon;
+  const loaded = require(path) as NativeAddon;
+  // An addon built from other sources than this TypeScript (a stale build/ after an update) would fail later
+  // with "ops.x is not a function": name what is missing now.
+  const missing = NATIVE_OP_NAMES.filter((name) => typeof loaded.ops?.[name] !== 'function');
+  if (missing.length > 0) {
+    throw new Error(
+      `the native addon at ${path} lacks op(s) ${missing.join(', ')}: it was built from other sources; rebuild it ` +
+        `with \`npm rebuild @skyrl/gptoss\` (in a checkout of the repository: \`npm run build:native\`)`,
+    );
+  }
+  addon = loaded;
   return addon;
 }
 
@@ -85,7 +88,7 @@ export function defaultDevice(): string {
 
 export function chooseBackend(override: string | undefined): BackendChoice {
   const a = native();
-  const count = a.features.cuda ? (a.ops.deviceCount() as number) : 0;
+  const count = a.features.cuda ? a.ops.deviceCount() : 0;
   if (override !== undefined && override !== '') {
     const o = override.trim().toLowerCase();
     if (o === 'cpu') return { device: 'cpu', reason: 'GPTOSS_DEVICE=cpu' };

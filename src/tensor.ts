@@ -3,7 +3,7 @@
 // A Tensor owns (or views) contiguous memory on 'cpu' or 'cuda:N' with dtype bf16/f32/i32/u8. Memory is freed by
 // dispose() (or `using`), with the GC finaliser as a safety net. CUDA work is asynchronous on the device's
 // stream; reading values back (toFloat32 etc.) waits for it.
-import { native, defaultDevice, deviceIndex, type DType, type NativeTensor } from './native.ts';
+import { native, defaultDevice, deviceIndex, type DType, type NativeEvent, type NativeMemoryStats, type NativeTensor } from './native.ts';
 
 export type { DType } from './native.ts';
 export type Shape = readonly number[];
@@ -30,7 +30,7 @@ export function liveTensors(): { tensor: Tensor; stack: string }[] {
 }
 
 export class Tensor {
-  /** The addon handle; ops accept either a Tensor or its native handle. */
+  /** The addon handle (the wrappers in src/ops/ pass it to the addon's ops; see TensorArg in native-ops.ts). */
   readonly native: NativeTensor;
 
   constructor(handle: NativeTensor) {
@@ -59,7 +59,7 @@ export class Tensor {
     if (data.length !== n) {
       throw new Error(`Tensor.from: ${data.length} values do not fill shape [${shape.join(', ')}] (${n} elements)`);
     }
-    let buf: ArrayBufferView;
+    let buf: NodeJS.TypedArray;
     switch (dtype) {
       case 'f32':
         buf = data instanceof Float32Array ? data : Float32Array.from(data as ArrayLike<number>);
@@ -112,11 +112,11 @@ export class Tensor {
    * is a new handle (dispose it); it works whether or not a handle of the whole still exists.
    */
   static joinRows(parts: readonly Tensor[]): Tensor | null {
-    const r = native().ops.joinRows(parts.map((t) => t.native)) as NativeTensor | null;
+    const r = native().ops.joinRows(parts.map((t) => t.native));
     return r ? new Tensor(r) : null;
   }
   /** Copies src (a tensor on any device, or host values of the same byte size) into this tensor. */
-  copyFrom(src: Tensor | ArrayBufferView): this {
+  copyFrom(src: Tensor | ArrayBuffer | NodeJS.TypedArray): this {
     this.native.copyFrom(src instanceof Tensor ? src.native : src);
     return this;
   }
@@ -201,16 +201,11 @@ export function roundBf16(src: Float32Array): Float32Array {
 }
 
 // ---- runtime ---------------------------------------------------------------------------------------------------
-export interface MemoryStats {
-  allocated: number;
-  reserved: number;
-  peakAllocated: number;
-  numAllocs: number;
-  numCudaMallocs: number;
-}
+/** The caching allocator's counters of one CUDA device (bytes, counts). */
+export type MemoryStats = NativeMemoryStats;
 
 export function memoryStats(device: string): MemoryStats {
-  return native().ops.memoryStats(deviceIndex(device)) as MemoryStats;
+  return native().ops.memoryStats(deviceIndex(device));
 }
 export function resetPeakMemory(device: string): void {
   native().ops.resetPeakMemory(deviceIndex(device));
@@ -223,12 +218,12 @@ export function synchronize(device: string): void {
   if (device !== 'cpu') native().ops.synchronize(deviceIndex(device));
 }
 export function cudaDeviceCount(): number {
-  return native().features.cuda ? (native().ops.deviceCount() as number) : 0;
+  return native().features.cuda ? native().ops.deviceCount() : 0;
 }
 
 /** A CUDA event on a device's compute stream: ordering across devices and timing. */
 export class CudaEvent {
-  private readonly handle: unknown;
+  private readonly handle: NativeEvent;
   constructor(readonly device: string, timing = false) {
     this.handle = native().ops.eventCreate(deviceIndex(device), timing);
   }
@@ -244,9 +239,9 @@ export class CudaEvent {
     native().ops.eventSynchronize(this.handle);
   }
   query(): boolean {
-    return native().ops.eventQuery(this.handle) as boolean;
+    return native().ops.eventQuery(this.handle);
   }
   elapsedMs(end: CudaEvent): number {
-    return native().ops.eventElapsedMs(this.handle, end.handle) as number;
+    return native().ops.eventElapsedMs(this.handle, end.handle);
   }
 }

@@ -1,5 +1,5 @@
 // collectives.cc: NCCL bindings (ops.nccl*). In a build without the CUDA backend every one of them throws a
-// clear "built without NCCL" error; the TypeScript side then uses the CPU collectives (src/dist/).
+// clear "built without NCCL" error; the TypeScript side then uses the CPU collectives (src/distributed/).
 //
 //   ncclVersion() -> string
 //   ncclGetUniqueId() -> Buffer (128 bytes)

@@ -9,7 +9,7 @@
 // the first rank that failed.
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { launch, type LaunchDevice, type LaunchOptions } from '../dist/launch.ts';
+import { launch, type LaunchDevice, type LaunchOptions } from '../distributed/launch.ts';
 
 const USAGE =
   'usage: gptoss-launch [--nproc-per-node N] [--nnodes N] [--node-rank R] [--master-addr ADDR] ' +

@@ -180,7 +180,7 @@ function f16ToF32(h: number): number {
 }
 
 /** Converts raw little-endian bytes of `from` into the host array a `to` tensor wants. */
-function convertBytes(bytes: Uint8Array, from: StDType, to: DType, what: string): ArrayBufferView {
+function convertBytes(bytes: Uint8Array, from: StDType, to: DType, what: string): NodeJS.TypedArray {
   const ab = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
   const same =
     (from === 'BF16' && to === 'bf16') || (from === 'F32' && to === 'f32') || (from === 'I32' && to === 'i32') || (from === 'U8' && to === 'u8');

@@ -32,11 +32,12 @@ export interface AttentionBackwardOptions extends AttentionOptions {
   /** dtype of dq/dk/dv: 'bf16' (default) or 'f32'. */
   gradDtype?: 'bf16' | 'f32';
   /**
-   * Bitwise reproducible gradients (default true). true: the CUDA backward uses no atomics (a dk/dv kernel per
-   * key block and a dq kernel per query block that recomputes S and dP). false (CUDA, head_dim 64): dq is
-   * accumulated with fp32 atomics inside the dk/dv kernel (two fewer GEMMs; dq's summation order varies; on an
-   * H100 the backward kernels take ~32% less time at S 4096 causal, see docs/attention.md). dk/dv/dsinks stay
-   * bitwise reproducible. The CPU backend is always deterministic.
+   * Bitwise reproducible gradients. This op defaults to true when the option is absent; the model
+   * (`ModelOptions.deterministic`) and the trainer (`trainer.deterministic`) default to false and pass it
+   * explicitly. true: the CUDA backward uses no atomics (a dk/dv kernel per key block and a dq kernel per query
+   * block that recomputes S and dP). false (CUDA, head_dim 64): dq is accumulated with fp32 atomics inside the
+   * dk/dv kernel (two fewer GEMMs; dq's summation order varies; faster, see docs/attention.md for the measured
+   * difference). dk/dv/dsinks stay bitwise reproducible either way. The CPU backend is always deterministic.
    */
   deterministic?: boolean;
 }
@@ -72,7 +73,7 @@ export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
     opts.maxSeqlen,
     opts.window ?? 0,
     scaleOf(q, opts.scale),
-  ) as { out: Tensor['native']; lse: Tensor['native'] };
+  );
   return { out: new Tensor(r.out), lse: new Tensor(r.lse) };
 }
 
@@ -101,7 +102,7 @@ export function attentionBackward(
     scaleOf(q, opts.scale),
     opts.gradDtype ?? 'bf16',
     opts.deterministic ?? true,
-  ) as { dq: Tensor['native']; dk: Tensor['native']; dv: Tensor['native']; dsinks?: Tensor['native'] };
+  );
   const res: AttentionBackwardResult = { dq: new Tensor(r.dq), dk: new Tensor(r.dk), dv: new Tensor(r.dv) };
   if (r.dsinks) res.dsinks = new Tensor(r.dsinks);
   return res;

@@ -1,36 +1,36 @@
 // elementwise.ts: small elementwise ops on bf16/f32 tensors (fp32 math, results rounded to the output dtype).
 // Output tensors are on the input's device; the in-place forms write into their first argument.
-import { native, type DType, type NativeTensor } from '../native.ts';
+import { native, type DType } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 
 /** a + b; same shape and dtype (bf16 or f32). */
 export function add(a: Tensor, b: Tensor): Tensor {
-  return new Tensor(native().ops.elementwiseAdd(a, b) as NativeTensor);
+  return new Tensor(native().ops.elementwiseAdd(a.native, b.native));
 }
 
 /** a += b; a bf16 or f32, b bf16 or f32 of the same shape (e.g. an f32 gradient into an f32 accumulator). */
 export function addInPlace(a: Tensor, b: Tensor): void {
-  native().ops.elementwiseAddInPlace(a, b);
+  native().ops.elementwiseAddInPlace(a.native, b.native);
 }
 
 /** a * s (a's dtype). */
 export function scale(a: Tensor, s: number): Tensor {
-  return new Tensor(native().ops.elementwiseScale(a, s) as NativeTensor);
+  return new Tensor(native().ops.elementwiseScale(a.native, s));
 }
 
 /** a *= s. */
 export function scaleInPlace(a: Tensor, s: number): void {
-  native().ops.elementwiseScaleInPlace(a, s);
+  native().ops.elementwiseScaleInPlace(a.native, s);
 }
 
 /** A converted copy: bf16 <-> f32 (round to nearest even), i32 -> f32, or a plain copy for the same dtype. */
 export function cast(a: Tensor, dtype: DType): Tensor {
-  return new Tensor(native().ops.elementwiseCast(a, dtype) as NativeTensor);
+  return new Tensor(native().ops.elementwiseCast(a.native, dtype));
 }
 
 /** Sets every element to value (rounded for bf16; i32/u8 need an integer in range). */
 export function fill(a: Tensor, value: number): void {
-  native().ops.elementwiseFill(a, value);
+  native().ops.elementwiseFill(a.native, value);
 }
 
 /** A fresh zero tensor with a's shape, dtype and device. */

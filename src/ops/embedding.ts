@@ -4,7 +4,7 @@
 // deterministically on both backends (tokens grouped by id, each vocabulary row summed in token order; no
 // atomics). On CUDA both directions copy the ids to the host once (one wait on the stream) so that an id out of
 // range fails with an error naming it instead of reading out of bounds, and so the backward can group the ids.
-import { native, type NativeTensor } from '../native.ts';
+import { native } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 
 /**
@@ -14,7 +14,7 @@ import { Tensor } from '../tensor.ts';
  * @returns weight's dtype [T, H]
  */
 export function embeddingForward(weight: Tensor, ids: Tensor): Tensor {
-  return new Tensor(native().ops.embeddingForward(weight, ids) as NativeTensor);
+  return new Tensor(native().ops.embeddingForward(weight.native, ids.native));
 }
 
 /**
@@ -25,5 +25,5 @@ export function embeddingForward(weight: Tensor, ids: Tensor): Tensor {
  * @returns f32 [V, H] (rows of ids that do not occur are zero)
  */
 export function embeddingBackward(dOut: Tensor, ids: Tensor, vocabSize: number): Tensor {
-  return new Tensor(native().ops.embeddingBackward(dOut, ids, vocabSize) as NativeTensor);
+  return new Tensor(native().ops.embeddingBackward(dOut.native, ids.native, vocabSize));
 }

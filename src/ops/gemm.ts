@@ -1,6 +1,6 @@
 // gemm.ts: matrix products (cuBLASLt on CUDA, a blocked multi-threaded kernel or system BLAS on CPU) and the
 // linear layer built on them. Row-major, fp32 accumulation, bf16 or f32 in and out.
-import { native, type DType } from '../native.ts';
+import { native, type FloatDType } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 import { cast, fill } from './elementwise.ts';
 
@@ -16,7 +16,7 @@ export interface MatmulOptions {
   /** out += result (needs out); used to accumulate fp32 weight gradients. */
   accumulate?: boolean;
   /** Dtype of a fresh output (default: a's dtype). */
-  outDtype?: DType;
+  outDtype?: FloatDType;
   /** Scale of the product (the bias and the accumulated value are not scaled). */
   alpha?: number;
 }
@@ -54,7 +54,7 @@ export interface LinearBackwardOptions {
   /** Compute dx (default true). */
   needDx?: boolean;
   /** Dtype of dx (default f32). */
-  dxDtype?: DType;
+  dxDtype?: FloatDType;
   /**
    * f32 [T, in]: dx is added into it (and it is returned as dx) instead of being written to a fresh tensor; sums
    * the input gradients of layers that share an input (q/k/v) inside the GEMM, without an extra pass.

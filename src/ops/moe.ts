@@ -7,7 +7,7 @@
 //     out_e = h·W_down[e] + b_down[e] [H]
 //   y = Σ_j w_j·out_{e_j} (bf16 [T,H])
 // Expert weights keep the checkpoint layout [E, in, out]; BF16 in, fp32 accumulation; weight gradients fp32.
-import { native } from '../native.ts';
+import { native, type NativeMoeForward, type NativeTensor } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 
 /** The MoE block's parameters, bf16, checkpoint layout. */
@@ -41,22 +41,6 @@ export interface MoeGrads {
   dGateUpB: Tensor /* f32 [E,2I] */;
   dDownW: Tensor /* f32 [E,I,H] */;
   dDownB: Tensor /* f32 [E,H] */;
-}
-
-interface NativeMoeForward {
-  y: Tensor['native'];
-  x: Tensor['native'];
-  topkIdx: Tensor['native'];
-  topkW: Tensor['native'];
-  counts: Tensor['native'];
-  offsets: Tensor['native'];
-  permTok: Tensor['native'];
-  slotPos: Tensor['native'];
-  gu: Tensor['native'];
-  h: Tensor['native'];
-  yp: Tensor['native'];
-  xp?: Tensor['native'];
-  offsetsHost?: Tensor['native'];
 }
 
 /**
@@ -150,7 +134,10 @@ export interface MoeForwardResult {
 export function moeForward(x: Tensor, w: MoeWeights, opts: MoeOptions): MoeForwardResult {
   const limit = opts.limit ?? 7;
   const exact = opts.exact ?? false;
-  const r = native().ops.moeForward(x, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB, opts.topK, limit, exact, opts.residual) as NativeMoeForward;
+  const r = native().ops.moeForward(
+    x.native, w.routerW.native, w.routerB.native, w.gateUpW.native, w.gateUpB.native, w.downW.native, w.downB.native,
+    opts.topK, limit, exact, opts.residual?.native ?? null,
+  );
   const ctx = new MoeContext(r, w, opts.topK, limit, exact);
   const y = new Tensor(r.y);
   return {
@@ -179,12 +166,14 @@ export interface MoeWeightGradBuffers {
 export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights = ctx.weights, into?: MoeWeightGradBuffers): MoeGrads {
   if (ctx.disposed) throw new Error('moeBackward: the MoeContext was disposed');
   const r = native().ops.moeBackward(
-    dy, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB,
-    ctx.x, ctx.topkIdx, ctx.topkW, ctx.countsTensor, ctx.offsets, ctx.permTok, ctx.slotPos, ctx.gu, ctx.h, ctx.yp,
-    ctx.topK, ctx.limit, ctx.exact, into?.dGateUpW, into?.dDownW, ctx.xp, ctx.offsetsHost,
-  ) as Record<keyof MoeGrads, Tensor['native']>;
+    dy.native, w.routerW.native, w.routerB.native, w.gateUpW.native, w.gateUpB.native, w.downW.native, w.downB.native,
+    ctx.x.native, ctx.topkIdx.native, ctx.topkW.native, ctx.countsTensor.native, ctx.offsets.native, ctx.permTok.native,
+    ctx.slotPos.native, ctx.gu.native, ctx.h.native, ctx.yp.native,
+    ctx.topK, ctx.limit, ctx.exact, into?.dGateUpW.native ?? null, into?.dDownW.native ?? null, ctx.xp?.native ?? null,
+    ctx.offsetsHost?.native ?? null,
+  );
   // With `into`, the native side returns new handles on the caller's buffers: hand back the caller's tensors.
-  const own = (h: Tensor['native'], buf?: Tensor): Tensor => {
+  const own = (h: NativeTensor, buf?: Tensor): Tensor => {
     if (!buf) return new Tensor(h);
     h.dispose();
     return buf;

@@ -3,7 +3,7 @@
 // Per row, in fp32 (as transformers' GptOssRMSNorm does, including the weight multiply):
 //   rstd = 1 / sqrt(mean(x^2) + eps),  y = round( w * (x * rstd) )
 // rstd is saved for the backward.
-import { native, type NativeTensor } from '../native.ts';
+import { native } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 
 export interface RmsnormOutput {
@@ -26,7 +26,7 @@ export interface RmsnormGrads {
  * @param eps rms_norm_eps (1e-5 for GPT-OSS)
  */
 export function rmsnormForward(x: Tensor, w: Tensor, eps: number): RmsnormOutput {
-  const r = native().ops.rmsnormForward(x, w, eps) as { y: NativeTensor; rstd: NativeTensor };
+  const r = native().ops.rmsnormForward(x.native, w.native, eps);
   return { y: new Tensor(r.y), rstd: new Tensor(r.rstd) };
 }
 
@@ -39,6 +39,6 @@ export function rmsnormForward(x: Tensor, w: Tensor, eps: number): RmsnormOutput
  *   residual connection), in the same pass
  */
 export function rmsnormBackward(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, residual?: Tensor): RmsnormGrads {
-  const r = native().ops.rmsnormBackward(dy, x, w, rstd, residual) as { dx: NativeTensor; dw: NativeTensor };
+  const r = native().ops.rmsnormBackward(dy.native, x.native, w.native, rstd.native, residual?.native ?? null);
   return { dx: new Tensor(r.dx), dw: new Tensor(r.dw) };
 }

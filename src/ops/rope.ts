@@ -4,7 +4,7 @@
 //   angle = fp32(pos * invFreq[j]), c = cos(angle) * s, sn = sin(angle) * s   (fp32; s = attentionScaling)
 //   y1 = x1 * c - x2 * sn,  y2 = x2 * c + x1 * sn
 // The backward is the rotation by -angle (the transpose), with the same scaling.
-import { native, type NativeTensor } from '../native.ts';
+import { native, type FloatDType } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 
 export interface YarnConfig {
@@ -133,7 +133,7 @@ export function yarnInvFreqTensor(cfg: YarnConfig, device: string): { invFreq: T
  * @returns x's dtype [T, nHeads, D]
  */
 export function ropeForward(x: Tensor, positions: Tensor, invFreq: Tensor, attentionScaling: number): Tensor {
-  return new Tensor(native().ops.ropeForward(x, positions, invFreq, attentionScaling) as NativeTensor);
+  return new Tensor(native().ops.ropeForward(x.native, positions.native, invFreq.native, attentionScaling));
 }
 
 /**
@@ -141,7 +141,7 @@ export function ropeForward(x: Tensor, positions: Tensor, invFreq: Tensor, atten
  * @returns f32 [T, nHeads, D]
  */
 export function ropeBackward(dy: Tensor, positions: Tensor, invFreq: Tensor, attentionScaling: number): Tensor {
-  return new Tensor(native().ops.ropeBackward(dy, positions, invFreq, attentionScaling) as NativeTensor);
+  return new Tensor(native().ops.ropeBackward(dy.native, positions.native, invFreq.native, attentionScaling));
 }
 
 /**
@@ -158,7 +158,7 @@ export function ropeQkvSplit(
   numHeads: number,
   numKvHeads: number,
 ): { q: Tensor; k: Tensor; v: Tensor } {
-  const r = native().ops.ropeQkvSplit(qkv, positions, invFreq, attentionScaling, numHeads, numKvHeads) as Record<'q' | 'k' | 'v', NativeTensor>;
+  const r = native().ops.ropeQkvSplit(qkv.native, positions.native, invFreq.native, attentionScaling, numHeads, numKvHeads);
   return { q: new Tensor(r.q), k: new Tensor(r.k), v: new Tensor(r.v) };
 }
 
@@ -167,6 +167,6 @@ export function ropeQkvSplit(
  * @param dq [T, Hq, D], dk [T, Hkv, D], dv [T, Hkv, D], one float dtype
  * @returns dqkv `outDtype` [T, (Hq + 2·Hkv)·D]: dq and dk rotated back as ropeBackward does, dv copied
  */
-export function ropeQkvPack(dq: Tensor, dk: Tensor, dv: Tensor, positions: Tensor, invFreq: Tensor, attentionScaling: number, outDtype: 'bf16' | 'f32'): Tensor {
-  return new Tensor(native().ops.ropeQkvPack(dq, dk, dv, positions, invFreq, attentionScaling, outDtype) as NativeTensor);
+export function ropeQkvPack(dq: Tensor, dk: Tensor, dv: Tensor, positions: Tensor, invFreq: Tensor, attentionScaling: number, outDtype: FloatDType): Tensor {
+  return new Tensor(native().ops.ropeQkvPack(dq.native, dk.native, dv.native, positions.native, invFreq.native, attentionScaling, outDtype));
 }

@@ -4,7 +4,7 @@
 //   h = (up + 1) * gate * sigmoid(alpha * gate)                       (fp32 math, h rounded to gu's dtype)
 // The backward follows torch.clamp: the gradient passes where min <= x <= max (inclusive, so an input exactly
 // at the limit still gets its gradient) and is zero where the input was clamped or is NaN.
-import { native, type NativeTensor } from '../native.ts';
+import { native } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 
 /** GPT-OSS swiglu_limit. */
@@ -17,7 +17,7 @@ export const SWIGLU_ALPHA = 1.702;
  * @returns gu's dtype [N, I]
  */
 export function swigluForward(gu: Tensor, limit = SWIGLU_LIMIT, alpha = SWIGLU_ALPHA): Tensor {
-  return new Tensor(native().ops.swigluForward(gu, limit, alpha) as NativeTensor);
+  return new Tensor(native().ops.swigluForward(gu.native, limit, alpha));
 }
 
 /**
@@ -26,5 +26,5 @@ export function swigluForward(gu: Tensor, limit = SWIGLU_LIMIT, alpha = SWIGLU_A
  * @returns f32 [N, 2I] (interleaved like gu)
  */
 export function swigluBackward(dh: Tensor, gu: Tensor, limit = SWIGLU_LIMIT, alpha = SWIGLU_ALPHA): Tensor {
-  return new Tensor(native().ops.swigluBackward(dh, gu, limit, alpha) as NativeTensor);
+  return new Tensor(native().ops.swigluBackward(dh.native, gu.native, limit, alpha));
 }

@@ -245,7 +245,7 @@ test('results do not depend on the CPU thread count (1, 7, 32 threads)', () => {
   const s: RefShape = { T: 421, Hq: 8, Hkv: 1, D: 64, cu: [0, 1, 8, 121, 421], window: 0, scale: 0.125, sinks: randn(8, 71) };
   const x = rand(s, 72);
   const ops = native().ops;
-  const before = ops.numThreads() as number;
+  const before = ops.numThreads();
   try {
     const results = [1, 7, 32].map((n) => {
       ops.setNumThreads(n);

@@ -7,11 +7,11 @@ import { matmul, linearForward, linearBackward } from '../../src/ops/gemm.ts';
 import { refMatmul } from '../helpers/coreops2-ref.ts';
 import { uniformSym } from '../helpers/random.ts';
 import { assertClose } from '../helpers/numeric.ts';
-import type { DType } from '../../src/native.ts';
+import type { FloatDType } from '../../src/native.ts';
 
 const dev = 'cpu';
 
-function check(M: number, N: number, K: number, transA: boolean, transB: boolean, inDtype: DType, outDtype: DType, seed: number): void {
+function check(M: number, N: number, K: number, transA: boolean, transB: boolean, inDtype: FloatDType, outDtype: FloatDType, seed: number): void {
   const bf = inDtype === 'bf16';
   const a = uniformSym(M * K, seed, 1, bf);
   const b = uniformSym(K * N, seed + 1, 1, bf);

@@ -8,7 +8,7 @@ import { addInPlace } from '../../src/ops/elementwise.ts';
 
 test('thousands of parallel regions of varying sizes finish with exact results', { timeout: 120_000 }, () => {
   const ops = native().ops;
-  const before = ops.numThreads() as number;
+  const before = ops.numThreads();
   ops.setNumThreads(4);
   try {
     let seed = 7;

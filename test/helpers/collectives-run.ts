@@ -1,7 +1,7 @@
 // collectives-run.ts: starts test/helpers/collectives-worker with the launcher and collects what each rank
 // printed; shared by test/cpu/collectives.test.ts (CPU backend) and test/gpu/nccl.test.ts (NCCL).
 import { fileURLToPath } from 'node:url';
-import { launch, type LaunchResult } from '../../src/dist/launch.ts';
+import { launch, type LaunchResult } from '../../src/distributed/launch.ts';
 
 // Run the worker the way this file runs: compiled (dist/, plain node) or TypeScript (tsx).
 const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';

@@ -2,7 +2,7 @@
 // test/gpu/nccl.test.ts. argv[2] names the scenario; argv[3] the backend (cpu | nccl | auto). Prints
 // "PASS <check>" lines; any failed check throws, so the process exits non-zero.
 import assert from 'node:assert/strict';
-import { initDistributed, type DistContext } from '../../src/dist/launch.ts';
+import { initDistributed, type DistContext } from '../../src/distributed/launch.ts';
 import { Tensor, type DType } from '../../src/tensor.ts';
 
 const scenario = process.argv[2] ?? 'basic';

@@ -1,4 +1,4 @@
-// dist/index.ts: launcher, rendezvous and collectives (NCCL or CPU).
+// distributed/index.ts: launcher, rendezvous and collectives (NCCL or CPU).
 export * from './collectives.ts';
 export * from './cpu-collectives.ts';
 export * from './launch.ts';

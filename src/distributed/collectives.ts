@@ -7,7 +7,7 @@
 //     Reading a result back (toFloat32) or synchronize() waits for it.
 //   - CpuCollectives (cpu-collectives.ts): any tensor (staged through host memory), moved over TCP through the
 //     hub; the promise resolves when the result is in place. Meant for CI and small host-side traffic.
-import { native } from '../native.ts';
+import { native, type NcclComm } from '../native.ts';
 import type { Tensor } from '../tensor.ts';
 import type { TcpGroup } from './tcp-group.ts';
 
@@ -90,9 +90,6 @@ export function checkReduceScatter(worldSize: number, out: Tensor, input: Tensor
 }
 
 // ---- NCCL -----------------------------------------------------------------------------------------------------
-/** The opaque communicator handle the addon returns. */
-type NcclComm = object;
-
 export interface NcclOptions {
   /** Milliseconds synchronize()/barrier() wait for the device before failing (default 10 min; <= 0: forever). */
   timeoutMs?: number;
@@ -124,14 +121,14 @@ export class NcclCollectives implements Collectives {
   static async create(group: TcpGroup, deviceIndex: number, opts: NcclOptions = {}): Promise<NcclCollectives> {
     const ops = native().ops;
     if (!native().features.nccl) ops.ncclGetUniqueId(); // throws the "built without NCCL" error
-    const id: Buffer | null = group.rank === 0 ? (ops.ncclGetUniqueId() as Buffer) : null;
+    const id: Buffer | null = group.rank === 0 ? ops.ncclGetUniqueId() : null;
     const shared = await group.broadcastBytes(id, 0);
-    const comm = ops.ncclCommInitRank(shared, group.worldSize, group.rank, deviceIndex) as NcclComm;
+    const comm = ops.ncclCommInitRank(shared, group.worldSize, group.rank, deviceIndex);
     return new NcclCollectives(group.rank, group.worldSize, `cuda:${deviceIndex}`, comm, group, opts);
   }
 
   static version(): string {
-    return native().ops.ncclVersion() as string;
+    return native().ops.ncclVersion();
   }
 
   private handle(what: string): NcclComm {

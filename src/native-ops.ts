@@ -1,0 +1,463 @@
+// native-ops.ts: the typed contract of the addon (build/Release/gptoss.node): the tensor handle, the opaque
+// handles, and one entry per op that native/bindings/*.cc registers with GPTOSS_OP(name), with the argument and
+// result types the binding reads and returns. Positional arguments follow the C++ argument indices; `null` (or an
+// omitted trailing argument) is what the bindings accept for an optional tensor.
+//
+// Every build registers every op: a CPU-only build keeps the CUDA runtime ops (device_stub.cc: deviceCount()
+// returns 0, the rest throw "built without the CUDA backend") and the NCCL ops (collectives.cc: each throws
+// "built without NCCL"). NATIVE_OP_NAMES lists the names at run time; the type below proves it equals
+// `keyof NativeOps`, and test/cpu/native-ops.test.ts checks it against the built addon and the binding sources.
+// The wrappers in src/ops/ and src/tensor.ts are the intended callers; calling these directly skips the
+// TypeScript-side checks those wrappers add.
+
+export type DType = 'bf16' | 'f32' | 'i32' | 'u8';
+/** The dtypes the float ops produce (gradients, casts, GEMM outputs). */
+export type FloatDType = 'bf16' | 'f32';
+
+/** The raw tensor handle the addon hands out (see native/bindings/binding.h). */
+export interface NativeTensor {
+  readonly shape: number[];
+  readonly dtype: DType;
+  /** 'cpu' or 'cuda:N'. */
+  readonly device: string;
+  readonly disposed: boolean;
+  dispose(): void;
+  /** A fresh ArrayBuffer with the bytes (waits for the device). */
+  toBuffer(): ArrayBuffer;
+  /** Same storage, another shape with the same element count. */
+  view(shape: readonly number[]): NativeTensor;
+  /** Rows [start, end) of the first dimension, sharing storage. */
+  slice(start: number, end: number): NativeTensor;
+  /** Copies a tensor (any device, same dtype and element count) or host bytes of the same size into this one. */
+  copyFrom(src: TensorArg | ArrayBuffer | NodeJS.TypedArray): void;
+  /** A copy on device `device` (-1 = cpu, N = cuda:N). */
+  to(device: number): NativeTensor;
+  sameStorage(other: TensorArg): boolean;
+}
+
+/**
+ * What a tensor argument accepts: the handle, or an object that keeps it in `native` (the TS Tensor), which the
+ * binding unwraps (binding.cc, tensor_arg).
+ */
+export type TensorArg = NativeTensor | { readonly native: NativeTensor };
+
+declare const nativeEventBrand: unique symbol;
+/** A cudaEvent_t wrapped in a Node-API External (destroyed when garbage collected). */
+export interface NativeEvent {
+  readonly [nativeEventBrand]: true;
+}
+
+declare const ncclCommBrand: unique symbol;
+/** An NCCL communicator wrapped in a Node-API External (aborted when garbage collected). */
+export interface NcclComm {
+  readonly [ncclCommBrand]: true;
+}
+
+export type NcclReduceOp = 'sum' | 'avg' | 'max' | 'min';
+
+/** The caching allocator's counters of one CUDA device, in bytes and counts. */
+export interface NativeMemoryStats {
+  allocated: number;
+  reserved: number;
+  peakAllocated: number;
+  numAllocs: number;
+  numCudaMallocs: number;
+}
+
+/** What moeForward saves for moeBackward (native/cpu/moe.h, MoeSaved), plus y. Np >= T·topK rows. */
+export interface NativeMoeForward {
+  /** bf16 [T, H] (plus the residual when one was given). */
+  y: NativeTensor;
+  /** bf16 [T, H]: the input (a view). */
+  x: NativeTensor;
+  /** i32 [T, k]. */
+  topkIdx: NativeTensor;
+  /** f32 [T, k]. */
+  topkW: NativeTensor;
+  /** i32 [E]. */
+  counts: NativeTensor;
+  /** i32 [E + 1]. */
+  offsets: NativeTensor;
+  /** i32 [Np]. */
+  permTok: NativeTensor;
+  /** i32 [T·k]. */
+  slotPos: NativeTensor;
+  /** bf16 [Np, 2I] (f32 in exact mode). */
+  gu: NativeTensor;
+  /** bf16 [Np, I] (f32 in exact mode). */
+  h: NativeTensor;
+  /** bf16 [Np, H] (f32 in exact mode). */
+  yp: NativeTensor;
+  /** CUDA cuBLAS paths: bf16 [Np, H], the gathered rows. */
+  xp?: NativeTensor;
+  /** CUDA cuBLAS paths: i32 [E + 1] on the cpu. */
+  offsetsHost?: NativeTensor;
+}
+
+/** moeBackward's gradients, all f32. */
+export interface NativeMoeGrads {
+  dx: NativeTensor;
+  dRouterW: NativeTensor;
+  dRouterB: NativeTensor;
+  dGateUpW: NativeTensor;
+  dGateUpB: NativeTensor;
+  dDownW: NativeTensor;
+  dDownB: NativeTensor;
+}
+
+type OptTensor = TensorArg | null | undefined;
+
+/** Every op the addon registers (GPTOSS_OP in native/bindings/*.cc), by binding file. */
+export interface NativeOps {
+  // ---- tensor_binding.cc: tensors and the runtime ----
+  /** A new tensor on device -1 (cpu) or N (cuda:N); zero-filled when `zero`. */
+  empty(shape: readonly number[], dtype: DType, device: number, zero?: boolean): NativeTensor;
+  /** A new tensor holding a copy of `data` (its byte size must match shape and dtype). */
+  fromBuffer(data: ArrayBuffer | NodeJS.TypedArray, shape: readonly number[], dtype: DType, device: number): NativeTensor;
+  /** A view of consecutive row ranges of one storage as one tensor, or null when they are not. */
+  joinRows(parts: readonly TensorArg[]): NativeTensor | null;
+  cudaCompiled(): boolean;
+  /** Visible CUDA devices (0 in a CPU-only build). */
+  deviceCount(): number;
+  deviceName(device: number): string;
+  synchronize(device: number): void;
+  memoryStats(device: number): NativeMemoryStats;
+  resetPeakMemory(device: number): void;
+  emptyCache(device: number): void;
+  /** Threads of the CPU backend's pool. */
+  numThreads(): number;
+  setNumThreads(n: number): void;
+  eventCreate(device: number, timing?: boolean): NativeEvent;
+  eventRecord(event: NativeEvent, device: number): void;
+  eventWait(event: NativeEvent, device: number): void;
+  eventSynchronize(event: NativeEvent): void;
+  eventQuery(event: NativeEvent): boolean;
+  eventElapsedMs(start: NativeEvent, end: NativeEvent): number;
+
+  // ---- elementwise.cc ----
+  elementwiseAdd(a: TensorArg, b: TensorArg): NativeTensor;
+  elementwiseAddInPlace(a: TensorArg, b: TensorArg): void;
+  elementwiseScale(a: TensorArg, s: number): NativeTensor;
+  elementwiseScaleInPlace(a: TensorArg, s: number): void;
+  elementwiseCast(a: TensorArg, dtype: DType): NativeTensor;
+  elementwiseFill(a: TensorArg, value: number): void;
+
+  // ---- embedding.cc ----
+  /** weight [V, H], ids i32 [...] -> weight's dtype [..., H]. */
+  embeddingForward(weight: TensorArg, ids: TensorArg): NativeTensor;
+  /** -> f32 [vocabSize, H]. */
+  embeddingBackward(dOut: TensorArg, ids: TensorArg, vocabSize: number): NativeTensor;
+
+  // ---- gemm.cc ----
+  /** Returns `out` itself when given, else a fresh [M, N] tensor of outDtype (default a's dtype). */
+  matmul(
+    a: TensorArg,
+    b: TensorArg,
+    bias: OptTensor,
+    out: NativeTensor | null,
+    transA: boolean,
+    transB: boolean,
+    alpha: number,
+    accumulate: boolean,
+    outDtype?: FloatDType | null,
+  ): NativeTensor;
+
+  // ---- kvcache.cc ----
+  scatterRows(dst: TensorArg, src: TensorArg, index: TensorArg): void;
+
+  // ---- logprob.cc (chunk 0 = the default chunk) ----
+  tokenLogprobsForward(
+    hidden: TensorArg,
+    lmHead: TensorArg,
+    targets: TensorArg,
+    temperature: number,
+    chunk: number,
+  ): { logprobs: NativeTensor; entropy: NativeTensor; lse: NativeTensor };
+  /** dLmHead, when given, is accumulated into and returned; dEntropy and entropy come together or not at all. */
+  tokenLogprobsBackward(
+    hidden: TensorArg,
+    lmHead: TensorArg,
+    targets: TensorArg,
+    lse: TensorArg,
+    dLogprobs: TensorArg,
+    temperature: number,
+    chunk: number,
+    dLmHead: NativeTensor | null,
+    dEntropy: OptTensor,
+    entropy: OptTensor,
+    needDHidden?: true,
+  ): { dHidden: NativeTensor; dLmHead: NativeTensor };
+  tokenLogprobsBackward(
+    hidden: TensorArg,
+    lmHead: TensorArg,
+    targets: TensorArg,
+    lse: TensorArg,
+    dLogprobs: TensorArg,
+    temperature: number,
+    chunk: number,
+    dLmHead: NativeTensor | null,
+    dEntropy: OptTensor,
+    entropy: OptTensor,
+    needDHidden: false,
+  ): { dLmHead: NativeTensor };
+
+  // ---- moe.cc ----
+  moeForward(
+    x: TensorArg,
+    routerW: TensorArg,
+    routerB: TensorArg,
+    gateUpW: TensorArg,
+    gateUpB: TensorArg,
+    downW: TensorArg,
+    downB: TensorArg,
+    topK: number,
+    limit: number,
+    exact?: boolean,
+    residual?: OptTensor,
+  ): NativeMoeForward;
+  /** The saved tensors of moeForward come back positionally; accGateUpW/accDownW both or neither. */
+  moeBackward(
+    dy: TensorArg,
+    routerW: TensorArg,
+    routerB: TensorArg,
+    gateUpW: TensorArg,
+    gateUpB: TensorArg,
+    downW: TensorArg,
+    downB: TensorArg,
+    x: TensorArg,
+    topkIdx: TensorArg,
+    topkW: TensorArg,
+    counts: TensorArg,
+    offsets: TensorArg,
+    permTok: TensorArg,
+    slotPos: TensorArg,
+    gu: TensorArg,
+    h: TensorArg,
+    yp: TensorArg,
+    topK: number,
+    limit: number,
+    exact: boolean,
+    accGateUpW?: OptTensor,
+    accDownW?: OptTensor,
+    xp?: OptTensor,
+    offsetsHost?: OptTensor,
+  ): NativeMoeGrads;
+
+  // ---- optim.cc ----
+  /** In place; step is 1-based. */
+  adamwStep(
+    master: TensorArg,
+    grad: TensorArg,
+    m: TensorArg,
+    v: TensorArg,
+    bf16: OptTensor,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    step: number,
+  ): void;
+  /** acc f32 [1] += Σ t². */
+  sumOfSquaresInto(t: TensorArg, acc: TensorArg): void;
+  optimScaleInPlace(t: TensorArg, s: number): void;
+
+  // ---- rmsnorm.cc ----
+  rmsnormForward(x: TensorArg, w: TensorArg, eps: number): { y: NativeTensor; rstd: NativeTensor };
+  rmsnormBackward(
+    dy: TensorArg,
+    x: TensorArg,
+    w: TensorArg,
+    rstd: TensorArg,
+    residual?: OptTensor,
+  ): { dx: NativeTensor; dw: NativeTensor };
+
+  // ---- rope.cc ----
+  ropeForward(x: TensorArg, positions: TensorArg, invFreq: TensorArg, attentionScaling: number): NativeTensor;
+  ropeBackward(dy: TensorArg, positions: TensorArg, invFreq: TensorArg, attentionScaling: number): NativeTensor;
+  ropeQkvSplit(
+    qkv: TensorArg,
+    positions: TensorArg,
+    invFreq: TensorArg,
+    attentionScaling: number,
+    numHeads: number,
+    numKvHeads: number,
+  ): { q: NativeTensor; k: NativeTensor; v: NativeTensor };
+  ropeQkvPack(
+    dq: TensorArg,
+    dk: TensorArg,
+    dv: TensorArg,
+    positions: TensorArg,
+    invFreq: TensorArg,
+    attentionScaling: number,
+    outDtype: FloatDType,
+  ): NativeTensor;
+
+  // ---- sampling.cc ----
+  sample(
+    logits: TensorArg,
+    temperature: number,
+    topP: number,
+    topK: number,
+    seed: number,
+    step: number,
+  ): { tokens: NativeTensor; logprobs: NativeTensor };
+
+  // ---- swiglu.cc ----
+  swigluForward(gu: TensorArg, limit: number, alpha: number): NativeTensor;
+  swigluBackward(dh: TensorArg, gu: TensorArg, limit: number, alpha: number): NativeTensor;
+
+  // ---- attention.cc ----
+  attentionForward(
+    q: TensorArg,
+    k: TensorArg,
+    v: TensorArg,
+    cuSeqlens: TensorArg,
+    seqUsed: OptTensor,
+    sinks: OptTensor,
+    maxSeqlen: number,
+    window: number,
+    scale: number,
+  ): { out: NativeTensor; lse: NativeTensor };
+  /** deterministic: omitted = true (the binding's default); dsinks is present when sinks were given. */
+  attentionBackward(
+    dOut: TensorArg,
+    q: TensorArg,
+    k: TensorArg,
+    v: TensorArg,
+    out: TensorArg,
+    lse: TensorArg,
+    cuSeqlens: TensorArg,
+    seqUsed: OptTensor,
+    sinks: OptTensor,
+    maxSeqlen: number,
+    window: number,
+    scale: number,
+    gradDtype: FloatDType,
+    deterministic?: boolean,
+  ): { dq: NativeTensor; dk: NativeTensor; dv: NativeTensor; dsinks?: NativeTensor };
+  attentionDecode(
+    q: TensorArg,
+    kCache: TensorArg,
+    vCache: TensorArg,
+    seqLens: TensorArg,
+    sinks: OptTensor,
+    window: number,
+    scale: number,
+  ): NativeTensor;
+
+  // ---- collectives.cc (each throws "built without NCCL" in a build without it) ----
+  ncclVersion(): string;
+  /** 128 bytes. */
+  ncclGetUniqueId(): Buffer;
+  ncclCommInitRank(id: NodeJS.TypedArray, nranks: number, rank: number, device: number): NcclComm;
+  ncclCommDestroy(comm: NcclComm): void;
+  ncclCommAbort(comm: NcclComm): void;
+  /** send may be recv (in place). */
+  ncclAllReduce(comm: NcclComm, send: TensorArg, recv: TensorArg, op: NcclReduceOp): void;
+  ncclAllGather(comm: NcclComm, send: TensorArg, recv: TensorArg): void;
+  ncclReduceScatter(comm: NcclComm, send: TensorArg, recv: TensorArg, op: NcclReduceOp): void;
+  ncclBroadcast(comm: NcclComm, send: TensorArg, recv: TensorArg, root: number): void;
+  /** kinds: one 's' (send) or 'r' (recv) per tensor; peers: one rank per tensor; one NCCL group. */
+  ncclSendRecv(comm: NcclComm, kinds: string, peers: readonly number[], ...tensors: TensorArg[]): void;
+  ncclCheckAsync(comm: NcclComm): void;
+  /** timeoutMs 0 or omitted: wait without a limit. */
+  ncclSynchronize(comm: NcclComm, timeoutMs?: number): void;
+}
+
+/** What the addon was compiled with. */
+export interface NativeFeatures {
+  cuda: boolean;
+  /** The CPU GEMM uses a system BLAS. */
+  blas: boolean;
+  nccl: boolean;
+}
+
+/** The addon's exports (native/bindings/addon.cc). */
+export interface NativeAddon {
+  ops: NativeOps;
+  features: NativeFeatures;
+}
+
+/** Every key of NativeOps, at run time (checked against the addon at load and in test/cpu/native-ops.test.ts). */
+export const NATIVE_OP_NAMES = [
+  // tensor_binding.cc
+  'empty',
+  'fromBuffer',
+  'joinRows',
+  'cudaCompiled',
+  'deviceCount',
+  'deviceName',
+  'synchronize',
+  'memoryStats',
+  'resetPeakMemory',
+  'emptyCache',
+  'numThreads',
+  'setNumThreads',
+  'eventCreate',
+  'eventRecord',
+  'eventWait',
+  'eventSynchronize',
+  'eventQuery',
+  'eventElapsedMs',
+  // elementwise.cc
+  'elementwiseAdd',
+  'elementwiseAddInPlace',
+  'elementwiseScale',
+  'elementwiseScaleInPlace',
+  'elementwiseCast',
+  'elementwiseFill',
+  // embedding.cc
+  'embeddingForward',
+  'embeddingBackward',
+  // gemm.cc
+  'matmul',
+  // kvcache.cc
+  'scatterRows',
+  // logprob.cc
+  'tokenLogprobsForward',
+  'tokenLogprobsBackward',
+  // moe.cc
+  'moeForward',
+  'moeBackward',
+  // optim.cc
+  'adamwStep',
+  'sumOfSquaresInto',
+  'optimScaleInPlace',
+  // rmsnorm.cc
+  'rmsnormForward',
+  'rmsnormBackward',
+  // rope.cc
+  'ropeForward',
+  'ropeBackward',
+  'ropeQkvSplit',
+  'ropeQkvPack',
+  // sampling.cc
+  'sample',
+  // swiglu.cc
+  'swigluForward',
+  'swigluBackward',
+  // attention.cc
+  'attentionForward',
+  'attentionBackward',
+  'attentionDecode',
+  // collectives.cc
+  'ncclVersion',
+  'ncclGetUniqueId',
+  'ncclCommInitRank',
+  'ncclCommDestroy',
+  'ncclCommAbort',
+  'ncclAllReduce',
+  'ncclAllGather',
+  'ncclReduceScatter',
+  'ncclBroadcast',
+  'ncclSendRecv',
+  'ncclCheckAsync',
+  'ncclSynchronize',
+] as const satisfies readonly (keyof NativeOps)[];
+
+// Compile-time proof that NATIVE_OP_NAMES names every op of NativeOps and nothing else (`satisfies` above only
+// proves the second half). A missing name makes this alias an error.
+type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
+type Assert<T extends true> = T;
+export type NativeOpNamesMatchInterface = Assert<Equal<(typeof NATIVE_OP_NAMES)[number], keyof NativeOps>>;
