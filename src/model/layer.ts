@@ -16,8 +16,8 @@ import { layerPrefix, qkvRows, QKV_PROJ, type GptOssWeights, type LayerWeights }
 import { accumulateGrad, disposeAll, reshape, withView } from './tensor-helpers.ts';
 import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
 import { ropeQkvSplit, ropeQkvPack } from '../ops/rope.ts';
-import { addInPlace, add } from '../ops/elementwise.ts';
-import { linearForward, linearBackward } from '../ops/gemm.ts';
+import { addInPlace, add, cast } from '../ops/elementwise.ts';
+import { linearForward, linearBackward, matmul } from '../ops/gemm.ts';
 import { attentionForward, attentionBackward } from '../ops/attention.ts';
 import { moeForward, moeBackward, type MoeContext } from '../ops/moe.ts';
 
@@ -35,6 +35,22 @@ export interface LayerHost {
   readonly rope: RopeTables;
   /** Bitwise-reproducible attention backward (see ModelOptions.deterministic). */
   readonly deterministic: boolean;
+  /**
+   * Set when this host holds one rank's shard of a tensor-parallel model (src/model/tensor-parallel.ts): its
+   * layers then run only through outputAndMoeParallel (generation), never the single-device paths.
+   */
+  readonly tp?: TensorParallelGroup;
+}
+
+/**
+ * Tensor parallelism as a layer sees it: `size` ranks each hold a shard (heads, expert intermediate slice) and
+ * produce partial sums of the o_proj and MoE outputs, which allReduce adds up across the ranks.
+ */
+export interface TensorParallelGroup {
+  readonly rank: number;
+  readonly size: number;
+  /** In place: t (bf16 [T, H]) <- sum over the ranks of t. */
+  allReduce(t: Tensor): Promise<void>;
 }
 
 /** The attention prologue's outputs: the normalised input a1 bf16 [T, H] with its rstd (backward keeps both), q, k roped. */
@@ -126,6 +142,7 @@ export class DecoderLayer {
    * gpuProfile phases (training's layer forward, which opens a profile region; generation does not).
    */
   outputAndMoe(x: Tensor, attn: Tensor, opts: { save: boolean; profile: boolean }): { y: Tensor; saved: OutputSaved | null } {
+    this.checkSingleDevice('outputAndMoe');
     const c = this.host.config;
     const w = this.weights;
     const dev = this.host.device;
@@ -143,6 +160,52 @@ export class DecoderLayer {
     m.ctx.dispose();
     disposeAll(h, a2, rstd2);
     return { y: m.y, saved: null };
+  }
+
+  /**
+   * outputAndMoe on one rank of a tensor-parallel model (generation; the host's `tp` is set). This rank's o_proj
+   * (its heads' columns; the bias only on rank 0) and MoE (its slice of every expert's intermediate dimension; the
+   * down bias only on rank 0) each give a partial sum of their branch, and an all-reduce adds the partials up
+   * before the residual add: h = x + Σ_r o_r, y = h + Σ_r moe_r. The partials travel in f32 (o_proj writes f32
+   * straight from its GEMM; the MoE's bf16 output is widened), so the sum is rounded to bf16 once, in the residual
+   * add, as on one device (bf16 partials add a rounding of each rank's share: on the CPU fixture model at tp=2,
+   * the logits' relative L2 error against its fp32 reference is 0.0105 with f32 partials, 0.0123 with bf16 ones,
+   * 0.0115 on one device). x bf16 [T, H] stays the caller's; attn bf16 [T, Hq_local, D] is taken over. Returns
+   * y bf16 [T, H], the same on every rank.
+   */
+  async outputAndMoeParallel(x: Tensor, attn: Tensor): Promise<Tensor> {
+    const tp = this.host.tp;
+    if (!tp) throw new Error(`DecoderLayer ${this.index}: outputAndMoeParallel needs a tensor-parallel host (tp unset)`);
+    const c = this.host.config;
+    const w = this.weights;
+    const T = x.shape[0]!;
+    const o = withView(attn, [T, c.numHeads * c.headDim], (a) => matmul(a, w.oW, { transB: true, bias: w.oB, outDtype: 'f32' }));
+    attn.dispose();
+    await tp.allReduce(o);
+    const h = x.clone();
+    addInPlace(h, o);
+    o.dispose();
+    const { y: a2, rstd: rstd2 } = rmsnormForward(h, w.postNorm, c.rmsNormEps);
+    const m = moeForward(a2, moeWeights(w), { topK: c.topK, limit: c.swigluLimit });
+    m.ctx.dispose();
+    disposeAll(a2, rstd2);
+    const mf = cast(m.y, 'f32');
+    m.y.dispose();
+    await tp.allReduce(mf);
+    addInPlace(h, mf); // h becomes the layer output y
+    mf.dispose();
+    return h;
+  }
+
+  /** The single-device paths would silently return one rank's partial sums on a tensor-parallel shard. */
+  private checkSingleDevice(what: string): void {
+    const tp = this.host.tp;
+    if (tp) {
+      throw new Error(
+        `DecoderLayer ${this.index}: ${what} runs on one device, but this layer is rank ${tp.rank}'s shard of a ` +
+          `tensor-parallel model (tp=${tp.size}); use outputAndMoeParallel`,
+      );
+    }
   }
 
   // ---- training -----------------------------------------------------------------------------------------------------
