@@ -1,6 +1,7 @@
 // tp-worker.ts: one rank of a tensor-parallel model, started by the launcher in test/cpu/tensor-parallel.test.ts
-// (CPU processes, CPU collectives). argv[2] names the scenario. Prints "PASS <check>" lines; a failed check
-// throws, so the process exits non-zero.
+// (CPU processes, CPU collectives) and test/gpu/tensor-parallel.test.ts (one GPU each, NCCL). argv[2] names the
+// scenario, argv[3] the backend (cpu | nccl). Prints "PASS <check>" lines; a failed check throws, so the process
+// exits non-zero.
 import assert from 'node:assert/strict';
 import { initDistributed } from '../../src/distributed/launch.ts';
 import { loadModel } from '../../src/model/index.ts';
@@ -12,7 +13,9 @@ import { localTensorParallelGroups } from './local-tp-group.ts';
 import { argmaxRows, fixtureReference, tpWithinBf16Noise } from './tp-reference.ts';
 
 const scenario = process.argv[2] ?? 'model';
-const ctx = await initDistributed({ backend: 'cpu' });
+const backend = (process.argv[3] ?? 'cpu') as 'cpu' | 'nccl';
+const ctx = await initDistributed({ backend });
+const device = ctx.device;
 const pass = (name: string): void => console.log(`PASS ${name} (rank ${ctx.rank}/${ctx.worldSize})`);
 
 /** Final-position logits of each sequence through the tensor-parallel model (a collective: every rank calls it). */
@@ -30,14 +33,14 @@ async function lastLogits(model: TensorParallelModel, seqs: number[][]): Promise
 
 async function modelScenario(): Promise<void> {
   // Each rank reads the checkpoint and keeps only its slices.
-  const tpModel = await TensorParallelModel.load(FIXTURE_DIR, ctx.collectives, { device: 'cpu' });
+  const tpModel = await TensorParallelModel.load(FIXTURE_DIR, ctx.collectives, { device });
   assert.equal(tpModel.config.numHeads, 4 / ctx.worldSize);
-  const one = await loadModel(FIXTURE_DIR, { device: 'cpu' });
+  const one = await loadModel(FIXTURE_DIR, { device });
   const V = one.config.vocabSize;
 
   // Logits over the fixture's sequences against transformers' fp32 ones, and against the one-device model's.
   const { seqs, logits: truth } = fixtureReference();
-  const b = packSequences(seqs, 'cpu');
+  const b = packSequences(seqs, device);
   const h = await tpModel.forwardHidden(b);
   const lg = tpModel.logits(h).toFloat32();
   const oneR = one.forward(b, { returnLogits: true });
@@ -50,8 +53,8 @@ async function modelScenario(): Promise<void> {
   assert.ok(sums.every((s) => s === sums[0]), 'ranks disagree on the final hidden states');
   pass('logits within bf16 noise of the fp32 reference; ranks agree');
 
-  // The same numbers as the ranks simulated in one process (the reduction math is the hub's).
-  if (ctx.rank === 0) {
+  // The same numbers as the ranks simulated in one process (whose reduction math is the CPU collectives' hub's).
+  if (ctx.rank === 0 && backend === 'cpu') {
     const groups = localTensorParallelGroups(ctx.worldSize);
     const sim = groups.map((g) => new TensorParallelModel(shardForTensorParallel(one.weights, g.rank, g.size), g));
     const hs = await Promise.all(sim.map((m) => m.forwardHidden(b)));

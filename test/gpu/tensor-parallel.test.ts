@@ -1,0 +1,30 @@
+// Tensor parallelism on 2 GPUs over NCCL (one process per GPU, started with the launcher): the scenarios of
+// test/cpu/tensor-parallel.test.ts's multi-process tests on CUDA. Skips without NCCL or with fewer than 2 GPUs.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { native } from '../../src/native.ts';
+import { cudaDeviceCount } from '../../src/tensor.ts';
+import { launch } from '../../src/distributed/launch.ts';
+
+const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+const WORKER = fileURLToPath(new URL(`../helpers/tp-worker${ext}`, import.meta.url));
+const gpus = cudaDeviceCount();
+const skip = !native().features.nccl ? 'addon built without NCCL (GPU machine only)' : gpus < 2 ? `needs >= 2 GPUs (${gpus} visible)` : false;
+
+async function run(scenario: string): Promise<{ exitCode: number; lines: string[]; text: string }> {
+  const lines: string[] = [];
+  const r = await launch({ script: WORKER, args: [scenario, 'nccl'], nprocPerNode: 2, device: 'cuda', onOutput: (rank, _s, line) => lines.push(`[rank ${rank}] ${line}`) });
+  const text = lines.join('\n');
+  console.log(lines.filter((l) => l.includes('REPORT') || l.includes('PASS')).join('\n'));
+  return { exitCode: r.exitCode, lines, text };
+}
+
+test('tp=2 over two GPUs (NCCL): each rank loads its slices; logits and greedy tokens match one GPU', { skip }, async () => {
+  const r = await run('model');
+  assert.equal(r.exitCode, 0, r.text);
+  for (const rank of [0, 1]) {
+    assert.ok(r.lines.includes(`[rank ${rank}] PASS logits within bf16 noise of the fp32 reference; ranks agree (rank ${rank}/2)`), r.text);
+    assert.ok(r.lines.includes(`[rank ${rank}] PASS greedy tokens equal to the one-device generator (rank ${rank}/2)`), r.text);
+  }
+});
