@@ -589,11 +589,12 @@ export function engineMemoryPlan(
   const a: PlanAssumptions = { ...DEFAULT_ASSUMPTIONS, ...assumptions };
   const tp = e.tensorParallel;
   const rows: PlanRow[] = [...kept];
-  // The engine's slice: norms and routers replicated, everything else split over tp ranks (heads, experts'
-  // intermediate, vocabulary rows).
+  // The engine's slice (src/model/tensor-parallel.ts): norms, routers, the embedding and the LM head replicated,
+  // everything else split over tp ranks (heads, experts' intermediate).
   const lp = layerParams(c);
-  const total = paramUnits(c).total;
-  const replicated = c.numLayers * (lp.norms + lp.router) + c.hiddenSize;
+  const units = paramUnits(c);
+  const total = units.total;
+  const replicated = c.numLayers * (lp.norms + lp.router) + units.embedding + units.head;
   const perGpu = replicated + Math.ceil((total - replicated) / tp);
   rows.push({ key: 'engineWeights', label: `engine weights (TP ${tp} slice)`, bytes: 2 * perGpu, formula: `2 B x (replicated ${fmtB(replicated)} + ${fmtB(total - replicated)}/${tp})` });
   // Working buffers: one layer's forward over a prefill chunk of max_num_batched_tokens (the TP slice), and
