@@ -90,9 +90,10 @@ std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
 //              kernels (moe_gemm.cuh): one launch per product for all experts, bias + SwiGLU fused into the
 //              gate_up epilogue and the SwiGLU backward into the dh epilogue, no host round trip. Reading the
 //              weights is the cost here; per-expert cuBLAS calls would add a launch per expert and a host read of
-//              the offsets. Within it, rows_gemm (moe_gemm.cuh) takes 16x64 tiles at N <= 32·E, so the weights
-//              stream at HBM speed (T 64: ~71% of HBM on an H100), and 128x128x64 tiles with 3 stages otherwise
-//              (the fastest of five tile shapes measured at T 4096 and 16384).
+//              the offsets. Within it, rows_gemm (moe_gemm.cuh) takes DecodeTiles (16x64) at N <= 32·E, so the
+//              weights stream at HBM speed (T 64: ~71% of HBM on an H100), and LargeTiles (128x128x64, 3 stages)
+//              otherwise and for the weight gradients (the fastest of five tile shapes measured at T 4096 and
+//              16384: 42.2 ms fwd+bwd at T 16384 against 49.5-50.9, bench/results/moe-h100-tune.txt).
 //  kSlabs      N >= 128·E and padding every expert's rows to its range's slab (plan_slabs) adds at most 50% rows
 //              (fairly even routing, as a load-balanced router gives). One strided-batched cuBLASLt GEMM per
 //              product and expert range; cuBLASLt's Hopper kernels are about twice our mma.sync kernels'
@@ -141,8 +142,9 @@ ExpertGemmPlan plan_expert_gemms(int64_t N, int64_t E, const std::function<std::
   return plan;
 }
 
-// The strategy the forward of a saved context used: a padded layout (Np rows > N) means slabs; otherwise the
-// forward's size condition decides, as it did there.
+// The backward's strategy for a saved context of Np rows: a padded layout (Np > N) means slabs; otherwise the
+// forward's size condition decides, as it did there. (A slab plan without padding rows, every count a multiple of
+// 64 and equal within its range, saves the plain layout, so its backward runs per expert: the same products.)
 ExpertGemms saved_strategy(int64_t Np, int64_t N, int64_t E) {
   if (Np != N) return ExpertGemms::kSlabs;
   return cublas_sized(N, E) ? ExpertGemms::kPerExpert : ExpertGemms::kGrouped;
