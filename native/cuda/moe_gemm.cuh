@@ -3,10 +3,10 @@
 //
 // Two grouping modes over the expert segments offsets[e] .. offsets[e+1]-1 of the permuted rows:
 //  - rows (MODE_K = false): C[off_e + m, n] = Σ_k A[off_e + m, k] · B_e[k, n], one M tile never spans two
-//    experts. A is [rows, K] (K contiguous), optionally gathered (row r reads A[a_idx[r]]); B_e is the expert's
+//    experts. A is [rows, K] (K contiguous, the rows in expert order); B_e is the expert's
 //    weight, stored [K, N] (forward: x·W) or [N, K] (B_KMAJOR, backward data: dy·Wᵀ).
 //  - reduction (MODE_K = true): C_e[m, n] = Σ_{r in segment e} A[r, m] · B[r, n] (weight gradients): A stored
-//    [rows, M] (optionally gathered), B [rows, N]; f32 output per expert.
+//    [rows, M], B [rows, N]; f32 output per expert.
 // All of M/N/K are multiples of 8 (16-byte chunks); partial tiles are zero-filled.
 #pragma once
 #include <cstdint>
@@ -25,7 +25,6 @@ enum Epi : int {
 
 struct Params {
   const __nv_bfloat16* A = nullptr;
-  const int32_t* a_idx = nullptr;
   int64_t lda = 0;
   const __nv_bfloat16* B = nullptr;
   int64_t ldb = 0, b_expert_stride = 0;
@@ -165,7 +164,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
   const int tid = threadIdx.x;
   const __nv_bfloat16* Bbase = MODE_K ? p.B : p.B + (int64_t)e * p.b_expert_stride;
 
-  // Rows-mode A rows are fixed for the block: resolve their (gathered) addresses once.
+  // Rows-mode A rows are fixed for the block: resolve their addresses once.
   constexpr int A_CHUNKS = BM * BK / 8;
   constexpr int A_ITERS = (A_CHUNKS + NT - 1) / NT;
   const __nv_bfloat16* a_row[MODE_K ? 1 : A_ITERS];
@@ -177,7 +176,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
       const int row = c / (BK / 8);
       const int m = m0 + row;
       a_ok[it] = c < A_CHUNKS && m < seg_len;
-      int64_t src_row = a_ok[it] ? (p.a_idx ? p.a_idx[seg_off + m] : seg_off + m) : 0;
+      const int64_t src_row = a_ok[it] ? seg_off + m : 0;
       a_row[it] = p.A + src_row * p.lda;
     }
   }
@@ -208,7 +207,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
           const bool ok = kk < Kg && m < p.M;
           const __nv_bfloat16* src = p.A;
           if (ok) {
-            const int64_t r = p.a_idx ? p.a_idx[seg_off + kk] : seg_off + kk;
+            const int64_t r = seg_off + kk;
             src = p.A + r * p.lda + m;
           }
           cp_async16(a + swz<BM>(row, mc * 8), src, ok);
