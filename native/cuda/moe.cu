@@ -690,6 +690,29 @@ void per_expert_wgrad(int dev, const std::vector<int32_t>& off, const Tensor& A,
   lanes.join();
 }
 
+// ---- strided-batched cuBLASLt GEMMs over the slab layout ----
+
+// Per slab range, one batched GEMM over its experts: Y_e[Mp, n] = X_e[Mp, kdim] · W[e] (W[e] stored [kdim, n], or
+// [n, kdim] when trans_w) + bias[e], with X, Y the slab rows of expert e (bf16).
+void slab_xw(const Sizes& d, const std::vector<SlabRange>& slabs, const Tensor& X, int64_t kdim, const Tensor& W,
+             bool trans_w, int64_t n, const Tensor* bias, const Tensor& Y) {
+  for (const auto& r : slabs)
+    gemm_strided_batched(d.dev, r.e1 - r.e0, r.Mp, n, kdim, 1.f, B(X) + r.base * kdim, kdim, r.Mp * kdim, false,
+                         B(W) + r.e0 * kdim * n, trans_w ? kdim : n, kdim * n, trans_w, DType::BF16,
+                         bias ? B(*bias) + r.e0 * n : nullptr, bias ? n : 0, 0.f, Bm(Y) + r.base * n, DType::BF16, n,
+                         r.Mp * n);
+}
+
+// Per slab range, one batched GEMM over its experts: dW[e] (f32 [m, n]) (+)= A_eᵀ · B_e with A [Np, m], B [Np, n]
+// in slab rows (K = Mp: padding rows are zero in A or B, so they add nothing; beta 0 writes, 1 accumulates).
+void slab_wgrad(const Sizes& d, const std::vector<SlabRange>& slabs, const Tensor& A, int64_t m, const Tensor& Bt,
+                int64_t n, const Tensor& dW, float beta) {
+  for (const auto& r : slabs)
+    gemm_strided_batched(d.dev, r.e1 - r.e0, m, n, r.Mp, 1.f, B(A) + r.base * m, m, r.Mp * m, true,
+                         B(Bt) + r.base * n, n, r.Mp * n, false, DType::BF16, nullptr, 0, beta,
+                         dW.data<float>() + r.e0 * m * n, DType::F32, n, m * n);
+}
+
 // ==== forward strategies ========================================================================================
 // Each computes the saved expert rows from the routing in s (offsets, perm_tok): gu = x[perm]·W_gu[e] + b,
 // h = swiglu(gu), yp = h·W_down[e] + b.
@@ -743,20 +766,12 @@ void forward_slabs(const Sizes& d, const Tensor& x, const MoeWeights& w, float l
   s.offsets_host = host_tensor(std::vector<int32_t>(so.v, so.v + E + 1));
   alloc_expert_rows(d, Np, s);
   s.xp = gathered_rows(x, s.perm_tok, d.st);
-  // Per range: gu[e] = xp[e]·W_gu[e] + b[e] for its experts in one batched GEMM.
-  for (const auto& r : slabs)
-    gemm_strided_batched(d.dev, r.e1 - r.e0, r.Mp, 2 * I, H, 1.f, B(s.xp) + r.base * H, H, r.Mp * H, false,
-                         B(w.gate_up_w) + r.e0 * H * 2 * I, 2 * I, H * 2 * I, false, DType::BF16,
-                         B(w.gate_up_b) + r.e0 * 2 * I, 2 * I, 0.f, Bm(s.gu) + r.base * 2 * I, DType::BF16, 2 * I,
-                         r.Mp * 2 * I);
+  slab_xw(d, slabs, s.xp, H, w.gate_up_w, false, 2 * I, &w.gate_up_b, s.gu);  // bias in the epilogue
   // h = swiglu(gu) on the experts' rows, zeros on the padding rows (not read); I % 8 == 0 (the binding checks).
   swiglu_fwd_slab_kernel<<<dim3(Np / kColsumChunk, ceil_div(I / 4, 32)), dim3(32, 8), 0, d.st>>>(
       B(s.gu), s.perm_tok.data<int32_t>(), (int)I, limit, kSwigluAlpha, Bm(s.h));
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward swiglu");
-  for (const auto& r : slabs)
-    gemm_strided_batched(d.dev, r.e1 - r.e0, r.Mp, H, I, 1.f, B(s.h) + r.base * I, I, r.Mp * I, false,
-                         B(w.down_w) + r.e0 * I * H, H, I * H, false, DType::BF16, B(w.down_b) + r.e0 * H, H, 0.f,
-                         Bm(s.yp) + r.base * H, DType::BF16, H, r.Mp * H);
+  slab_xw(d, slabs, s.h, I, w.down_w, false, H, &w.down_b, s.yp);
 }
 
 // ==== backward strategies =======================================================================================
@@ -801,8 +816,7 @@ Tensor backward_per_expert(const Sizes& d, const MoeWeights& w, const MoeSaved& 
   return dxp;
 }
 
-// The per-expert products as one strided-batched GEMM per expert range (K = Mp for the weight gradients: the
-// padding rows are zero in dyp and xp, so they add nothing).
+// The per-expert products as one strided-batched GEMM per expert range (slab_xw, slab_wgrad).
 Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, const Tensor& dyp, float wbeta,
                       MoeGrads& g) {
   const char* op = "moeBackward";
@@ -814,15 +828,9 @@ Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, co
                  " is not a slab boundary (multiples of ", kPadRows, ", non-decreasing)");
   const std::vector<SlabRange> slabs = slabs_of(off);
   const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
-  for (const auto& r : slabs)
-    gemm_strided_batched(d.dev, r.e1 - r.e0, I, H, r.Mp, 1.f, B(s.h) + r.base * I, I, r.Mp * I, true,
-                         B(dyp) + r.base * H, H, r.Mp * H, false, DType::BF16, nullptr, 0, wbeta,
-                         g.d_down_w.data<float>() + r.e0 * I * H, DType::F32, H, I * H);
+  slab_wgrad(d, slabs, s.h, I, dyp, H, g.d_down_w, wbeta);
   Tensor dh = make_tensor({Np, I}, DType::BF16, d.dev);
-  for (const auto& r : slabs)
-    gemm_strided_batched(d.dev, r.e1 - r.e0, r.Mp, I, H, 1.f, B(dyp) + r.base * H, H, r.Mp * H, false,
-                         B(w.down_w) + r.e0 * I * H, H, I * H, true, DType::BF16, nullptr, 0, 0.f,
-                         Bm(dh) + r.base * I, DType::BF16, I, r.Mp * I);
+  slab_xw(d, slabs, dyp, H, w.down_w, true, I, nullptr, dh);
   // dgu and the gate_up bias gradient in one pass over the slab layout's 64-row chunks (padding rows not read).
   Tensor dgu = make_tensor({Np, 2 * I}, DType::BF16, d.dev);
   Tensor part = make_tensor({Np / kColsumChunk, 2 * I}, DType::F32, d.dev);
@@ -832,15 +840,9 @@ Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, co
   chunk_colsum_reduce_kernel<<<dim3(ceil_div(2 * I, 256), E), 256, 0, d.st>>>(
       part.data<float>(), (int)(2 * I), s.offsets.data<int32_t>(), g.d_gate_up_b.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
-  for (const auto& r : slabs)
-    gemm_strided_batched(d.dev, r.e1 - r.e0, H, 2 * I, r.Mp, 1.f, B(xp) + r.base * H, H, r.Mp * H, true,
-                         B(dgu) + r.base * 2 * I, 2 * I, r.Mp * 2 * I, false, DType::BF16, nullptr, 0, wbeta,
-                         g.d_gate_up_w.data<float>() + r.e0 * H * 2 * I, DType::F32, 2 * I, H * 2 * I);
+  slab_wgrad(d, slabs, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
   Tensor dxp = make_tensor({Np, H}, DType::BF16, d.dev);
-  for (const auto& r : slabs)
-    gemm_strided_batched(d.dev, r.e1 - r.e0, r.Mp, H, 2 * I, 1.f, B(dgu) + r.base * 2 * I, 2 * I, r.Mp * 2 * I,
-                         false, B(w.gate_up_w) + r.e0 * H * 2 * I, 2 * I, H * 2 * I, true, DType::BF16, nullptr, 0,
-                         0.f, Bm(dxp) + r.base * H, DType::BF16, H, r.Mp * H);
+  slab_xw(d, slabs, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
   return dxp;
 }
 
