@@ -3,8 +3,8 @@
 //
 // Two grouping modes over the expert segments offsets[e] .. offsets[e+1]-1 of the permuted rows:
 //  - rows (MODE_K = false): C[off_e + m, n] = Σ_k A[off_e + m, k] · B_e[k, n], one M tile never spans two
-//    experts. A is [rows, K] (K contiguous, the rows in expert order); B_e is the expert's
-//    weight, stored [K, N] (forward: x·W) or [N, K] (B_KMAJOR, backward data: dy·Wᵀ).
+//    experts. A is [rows, K] (K contiguous, the rows in expert order); B_e is the expert's weight, stored
+//    [K, N] (forward: x·W) or [N, K] (B_KMAJOR, backward data: dy·Wᵀ).
 //  - reduction (MODE_K = true): C_e[m, n] = Σ_{r in segment e} A[r, m] · B[r, n] (weight gradients): A stored
 //    [rows, M], B [rows, N]; f32 output per expert.
 // All of M/N/K are multiples of 8 (16-byte chunks); partial tiles are zero-filled.
