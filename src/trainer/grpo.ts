@@ -14,7 +14,7 @@ import { childLogger } from '../log/logger.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
 import { groupAdvantages, stats } from '../rl/advantages.ts';
 import { policyLoss, meanK3 } from '../rl/loss.ts';
-import { CheckpointError, readTrainerState, resolveResume, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
+import { CheckpointError, GRPO_RESUME_KEYS, resumeTraining, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, SamplingParams, SequenceBatch } from './policy.ts';
 import { Rng } from './rng.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
@@ -31,6 +31,8 @@ export interface GrpoDeps {
   metrics?: MetricsLogger;
   /** Abort (e.g. SIGINT): the loop saves a checkpoint at the next safe point and returns. */
   signal?: AbortSignal;
+  /** Resume a checkpoint even when its model, batch or optimizer settings differ from config (`--force-resume`). */
+  forceResume?: boolean;
   /** Called after each step with its metrics (tests, UIs). */
   onStep?: (step: number, m: Metrics) => void;
   onEval?: (step: number, m: Metrics) => void;
@@ -150,6 +152,24 @@ export async function evaluate(
   return { reward: count ? rSum / count : 0, accuracy: count ? cSum / count : 0, responseLength: count ? lenSum / count : 0, samples };
 }
 
+/**
+ * Steps and epochs of a GRPO run: every epoch when trainer.max_steps is null; else max_steps, adding epochs when
+ * the data holds fewer steps than that (with a note saying so, which the loop logs at its start).
+ */
+export function planGrpoSteps(config: Config, trainPrompts: number): { stepsPerEpoch: number; epochs: number; totalSteps: number; note?: string } {
+  const t = config.trainer;
+  const stepsPerEpoch = Math.floor(trainPrompts / t.train_batch_size);
+  if (t.max_steps === null) return { stepsPerEpoch, epochs: t.epochs, totalSteps: stepsPerEpoch * t.epochs };
+  const needed = Math.ceil(t.max_steps / Math.max(1, stepsPerEpoch));
+  if (needed <= t.epochs) return { stepsPerEpoch, epochs: t.epochs, totalSteps: Math.min(t.max_steps, stepsPerEpoch * t.epochs) };
+  return {
+    stepsPerEpoch,
+    epochs: needed,
+    totalSteps: t.max_steps,
+    note: `trainer.max_steps=${t.max_steps} is more than trainer.epochs=${t.epochs} of ${stepsPerEpoch} steps (${trainPrompts} prompts / ${t.train_batch_size} per step) hold: running ${needed} epochs`,
+  };
+}
+
 /** Throws a DataError when the task cannot feed a step (empty split, fewer prompts than a batch). */
 export function checkGrpoInputs(config: Config, env: TaskEnv): void {
   const t = config.trainer;
@@ -177,18 +197,16 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
 
   // ---- resume -----------------------------------------------------------------------------------------------
   let state: TrainerState = { step: 0, epoch: 0, dataPosition: 0, rng: new Rng(t.seed).state(), counters: { skippedSteps: 0, optimizerSteps: 0 } };
-  const resumeDir = resolveResume(t.resume_mode, t.ckpt_path, t.resume_path);
-  if (resumeDir) {
-    state = readTrainerState(resumeDir);
-    await policy.load(resumeDir);
-    await generator.updateWeights(policy);
-    log.info({ dir: resumeDir, step: state.step, epoch: state.epoch }, 'resumed from checkpoint');
-  }
+  const resumed = await resumeTraining({ config, root: t.ckpt_path, phase: 'GRPO', keys: GRPO_RESUME_KEYS, policy, generator, metricsPath: d.metrics?.path, force: d.forceResume });
+  if (resumed) state = resumed.state;
+  const resumeDir = resumed?.dir ?? null;
   const counters = { skippedSteps: 0, optimizerSteps: 0, ...state.counters };
   const rng = Rng.fromState(state.rng);
 
-  const stepsPerEpoch = Math.floor(env.train.length / t.train_batch_size);
-  const totalSteps = t.max_steps ?? stepsPerEpoch * t.epochs;
+  const plan = planGrpoSteps(config, env.train.length);
+  if (plan.note) log.info(plan.note);
+  const totalSteps = plan.totalSteps;
+  const epochs = plan.epochs;
   const miniPerStep = t.train_batch_size / t.policy_mini_batch_size;
   const totalOptSteps = totalSteps * miniPerStep * t.update_epochs_per_batch;
   const sampling = g.sampling_params;
@@ -227,7 +245,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   if (t.eval_before_train && state.step === 0) await runEval(0);
 
   let order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
-  while (state.step < totalSteps && state.epoch < t.epochs) {
+  while (state.step < totalSteps && state.epoch < epochs) {
     await yieldToEventLoop();
     if (d.signal?.aborted) {
       interrupted = true;
@@ -236,7 +254,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
     if (state.dataPosition + t.train_batch_size > env.train.length) {
       state.epoch++;
       state.dataPosition = 0;
-      if (state.epoch >= t.epochs) break;
+      if (state.epoch >= epochs) break;
       order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
     }
     const stepT0 = performance.now();
@@ -269,6 +287,11 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
       }),
     );
     genProgress.finish();
+    if (d.signal?.aborted) {
+      // Interrupted before the update: the step is dropped (state and data position stay at the last step).
+      interrupted = true;
+      break;
+    }
     const genTokens = completions.reduce((a, c) => a + c.tokens.length, 0);
 
     // ---- rewards and advantages -------------------------------------------------------------------------------
@@ -322,6 +345,10 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
         gapN++;
       }
     });
+    if (d.signal?.aborted) {
+      interrupted = true;
+      break;
+    }
     let entSum = 0;
     let entN = 0;
     for (const e of old.entropy ?? []) for (const v of e) (entSum += v), entN++;
@@ -340,7 +367,6 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
       // Mini-batches are consecutive prompt groups (the peer does not shuffle within a step either).
       const idx = batch.sequences.map((_, i) => i);
       for (const mini of chunks(idx, seqPerMini)) {
-        if (d.signal?.aborted) break;
         policy.zeroGrad();
         let normTokens = 0;
         for (const i of mini) normTokens += batch.sequences[i]!.length - batch.promptLens[i]!;
@@ -454,13 +480,16 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
       break;
     }
   }
-  if (interrupted) {
+  if (interrupted && lastSavedStep === state.step) {
+    log.warn('interrupted at step %d, whose checkpoint %s is already saved', state.step, lastCheckpoint);
+  } else if (interrupted) {
     log.warn('interrupted: saving a checkpoint at step %d', state.step);
     await checkpoint();
   } else if (t.ckpt_interval >= 0 && state.step > 0 && lastSavedStep !== state.step) {
     await checkpoint(); // the final state (ckpt_interval -1: never, except on interrupt)
   }
-  if (!interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > 0) await runEval(state.step);
+  // The final evaluation, unless this attempt ran no step (a resumed run that was already complete).
+  if (!interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > (resumed?.state.step ?? 0)) await runEval(state.step);
   if (ownRef) ref?.dispose();
   return { steps: state.step, skippedSteps: counters.skippedSteps, interrupted, lastCheckpoint, evals };
 }
