@@ -369,7 +369,8 @@ export function assertNoCheckpoints(root: string, phase: string): void {
  * the checkpoint it would resume (null: a fresh start), after skipping damaged ones and checking RESUME_KEYS.
  */
 export function planResume(r: Omit<ResumeRequest, 'policy' | 'generator' | 'metricsPath'>): Resumed | null {
-  const found = findResumable(r, (dir, why) => log.warn('checkpoint %s is damaged (%s); trying an older one', dir, why));
+  // Quiet: resumeTraining, which does the resume, names the damaged checkpoints it skips.
+  const found = findResumable(r, () => {});
   return found.length ? found[0]! : null;
 }
 
