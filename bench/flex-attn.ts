@@ -227,7 +227,7 @@ function main() {
   const device = gpu ? (native().ops.deviceName(0) as string) : 'cpu';
   const hbm = /H200/.test(device) ? 4800 : /H100/.test(device) ? 3350 : 0;
   const fmt = (x: number | undefined, d = 2) => (x === undefined ? '-' : x.toFixed(d));
-  const bwdMode = a.atomic ? `fused dq (deterministic: false, GPTOSS_ATTN_BWD_NONDET=${process.env.GPTOSS_ATTN_BWD_NONDET || 'ws'})` : 'deterministic';
+  const bwdMode = a.atomic ? 'fused dq (deterministic: false)' : 'deterministic';
   console.log(`\nattention with sinks, device ${device}; backward ${bwdMode}; peer: ${peerStatus}`);
   console.log('| case | ours ms | ours TFLOP/s or GB/s | peer ms | peer TFLOP/s or GB/s | speedup (peer/ours) | ref: cuDNN SDPA, no sinks: ms, TFLOP/s, peer/cuDNN |');
   console.log('| --- | --- | --- | --- | --- | --- | --- |');
@@ -240,7 +240,8 @@ function main() {
     console.log(`| ${r.name} | ${fmt(r.ms, 3)} | ${ours} | ${fmt(r.peerMs, 3)} | ${peer} | ${r.ratio ? `${r.ratio.toFixed(2)}x` : '-'}${r.peerNote ? ` (${r.peerNote})` : ''} | ${ref} |`);
   }
   if (a.json) {
-    const variant = { deterministic: !a.atomic, fwd: process.env.GPTOSS_ATTN_FWD || 'ws', bwdNondet: process.env.GPTOSS_ATTN_BWD_NONDET || 'ws', fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '1', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '1' };
+    // The kernels are a function of shape, mode and device (native/cuda/attention_heuristics.h): the mode is the variant.
+    const variant = { deterministic: !a.atomic };
     writeFileSync(a.json, JSON.stringify({ device, hbmGBps: hbm || undefined, peer: peerStatus, variant, rows }, null, 2));
     console.log(`wrote ${a.json}`);
   }
