@@ -1,8 +1,9 @@
 // bench/flex-attn.ts: attention with sinks, our kernels vs torch flex_attention (compiled) + sinks in the same run.
 //
 //   npm run bench:flex-attn [-- --json out.json] [--cpu] [--no-peer] [--iters N] [--peer-budget SECONDS] [--deterministic]
-//   backward: dq by fp32 atomics in the dK/dV kernel (what training runs, trainer.deterministic=false); --deterministic
-//   measures the atomics-free backward instead.
+//   backward: deterministic: false (what training runs, trainer.deterministic=false: on sm_90 the fused kernel that adds
+//   dq partials by fp32 reductions); --deterministic measures the atomics-free backward instead. The kernels are the
+//   ones native/cuda/attention_heuristics.h picks; candidates are compared in bench/attn_bwd_harness.
 //   (on the GPU machine: node dist/bench/flex-attn.js --json $OUT/attn.json)
 //
 // gpt-oss shapes: Hq 64, Hkv 8, D 64; B1 S4096, B1 S16384, B8 S2048; causal and sliding window 128; forward and

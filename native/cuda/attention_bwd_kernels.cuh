@@ -322,9 +322,8 @@ __global__ void __launch_bounds__(DqCfg<D>::NT) dq_kernel(Params p) {
   if (q0 < si.used) {
     const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
     const __nv_bfloat16* gV = p.v + si.start * kstride + kvh * D;
-    const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
-    const int n_hi = min(q0 + BM, si.used);
-    const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+    const KeyTiles band = key_tiles_seen(p, si, q0, BM, BN);
+    const int kb_lo = band.lo, kb_hi = band.hi;
     const int nv = min(rows_here, si.used - q0);
     load_tile<BM, D, NT>(sQ, p.q + qoff, qstride, nv);
     load_tile<BM, D, NT>(sdO, p.dout + qoff, qstride, nv);
@@ -600,9 +599,8 @@ __global__ void __launch_bounds__(DqWgCfg::NT, 1) dq_wgmma_kernel(Params p) {
   if (q0 < si.used) {
     const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
     const __nv_bfloat16* gV = p.v + si.start * kstride + kvh * D;
-    const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
-    const int n_hi = min(q0 + BM, si.used);
-    const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+    const KeyTiles band = key_tiles_seen(p, si, q0, BM, BN);
+    const int kb_lo = band.lo, kb_hi = band.hi;
     const int nv = min(rows_here, si.used - q0);
     load_tile<BM, D, NT>(sQ, p.q + qoff, qstride, nv);
     load_tile<BM, D, NT>(sdO, p.dout + qoff, qstride, nv);

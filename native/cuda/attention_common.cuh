@@ -61,6 +61,28 @@ __device__ __forceinline__ SeqInfo seq_info(const int* cu, const int* used, int 
   return r;
 }
 
+// The key tiles (bn keys each) that any real query row of the block q0 .. q0 + bm - 1 can see (causal or window band,
+// rows and keys past si.used left out): tiles lo .. hi - 1. The forward and dQ kernels stream exactly these.
+struct KeyTiles {
+  int lo, hi;
+};
+__device__ __forceinline__ KeyTiles key_tiles_seen(const Params& p, const SeqInfo& si, int q0, int bm, int bn) {
+  const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
+  const int n_hi = min(q0 + bm, si.used);
+  return {n_lo / bn, (n_hi + bn - 1) / bn};
+}
+
+// A query block past the sequence's real tokens (padding): zero output rows and lse 0 for head h, by all NT threads.
+template <int D, int NT>
+__device__ __forceinline__ void zero_padding_block(const Params& p, const SeqInfo& si, int q0, int rows, int h) {
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
+  for (int i = threadIdx.x; i < rows * D; i += NT) {
+    const int r = i / D, d = i % D;
+    p.o[(si.start + q0 + r) * qstride + h * D + d] = __float2bfloat16(0.f);
+  }
+  for (int r = threadIdx.x; r < rows; r += NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
+}
+
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

@@ -17,17 +17,6 @@
 namespace gptoss::cuda {
 namespace attn {
 
-// A query block past the sequence's real tokens (padding): zero output rows and lse 0, by all NT threads.
-template <int D, int NT>
-__device__ __forceinline__ void zero_padding_block(const Params& p, const SeqInfo& si, int q0, int rows, int h) {
-  const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
-  for (int i = threadIdx.x; i < rows * D; i += NT) {
-    const int r = i / D, d = i % D;
-    p.o[(si.start + q0 + r) * qstride + h * D + d] = __float2bfloat16(0.f);
-  }
-  for (int r = threadIdx.x; r < rows; r += NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
-}
-
 // One CTA = 128 query rows (8 warps x 16 rows), 64-key K/V tiles double-buffered.
 template <int D>
 struct FwdCfg {
@@ -63,10 +52,8 @@ __global__ void __launch_bounds__(FwdCfg<D>::NT) fwd_kernel(Params p) {
   const __nv_bfloat16* gK = p.k + si.start * kstride + kvh * D;
   const __nv_bfloat16* gV = p.v + si.start * kstride + kvh * D;
 
-  // Key range that any real query of this block can see.
-  const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
-  const int n_hi = min(q0 + BM, si.used);
-  const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
+  const KeyTiles band = key_tiles_seen(p, si, q0, BM, BN);
+  const int kb_lo = band.lo, kb_hi = band.hi;
 
   load_tile<BM, D, NT>(sQ, gQ, qstride, min(rows_here, si.used - q0));
   auto load_kv = [&](int kb, int stage) {

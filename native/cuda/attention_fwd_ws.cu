@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
   if (q0 >= si.len) return;
   if (q0 >= si.used) {
     const int rows_here = min(BM, si.len - q0);
-    // zero rows + lse 0 (as fwd_kernel's zero_padding_block)
+    // zero rows + lse 0 (as zero_padding_block, per head)
     const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
     for (int j = 0; j < hpc; j++) {
       const int h = h_first + j;
@@ -80,6 +80,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
   }
   const int kvh = h_first / p.G;
   // Key tiles any real row of the CTA can see: [kb_lo, kb_hi). The producer loads all of them in order, once.
+  // (key_tiles_seen, written out: through the helper, ptxas compiles this kernel differently.)
   const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
   const int n_hi = min(q0 + BM, si.used);
   const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
