@@ -159,7 +159,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   cudaStream_t st = stream_of(q.device);
   float* ds = dsinks ? dsinks->data<float>() : nullptr;
   const int head_dim = static_cast<int>(q.dim(2));
-  attn::DeviceCaps dev{attn::device_is_sm90(q.device), true};
+  attn::DeviceCaps dev{attn::device_is_sm90(q.device), true};  // tma: until an encoding fails
   attn::BwdKernel plan = attn::plan_backward(head_dim, deterministic, dev);
   if (plan == attn::BwdKernel::kWarpSpecializedFusedDq) {
     Tensor acc = make_tensor(q.shape, DType::F32, q.device);  // the fused kernel's fp32 dQ accumulator

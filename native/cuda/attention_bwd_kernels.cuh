@@ -686,7 +686,8 @@ __global__ void __launch_bounds__(DqWgCfg::NT, 1) dq_wgmma_kernel(Params p) {
   store_dq_frags<D>(p, qoff, qstride, wr0, g, max(0, min(rows_here, si.used - q0)), rows_here, acc);
 }
 
-// Fused-dQ backward (attention_bwd_ws.cuh): dq[t][h][:] = scale * acc[h][t][:] (acc [Hq, T, 64] f32, dq [T, Hq, 64]); 4 elements per thread.
+// Fused-dQ backward (attention_bwd_ws.cuh): dq[t][h][:] = scale * acc[h][t][:] (acc [Hq, T, 64] f32,
+// dq [T, Hq, 64]); 4 elements per thread.
 template <typename T>
 __global__ void dq_convert_ht_kernel(const float* acc, T* dq, int Tn, int Hq, float scale) {
   const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;  // index into dq

@@ -197,7 +197,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   const int nseq = static_cast<int>(cu.dim(0) - 1);
   cudaStream_t st = stream_of(q.device);
   const int head_dim = static_cast<int>(q.dim(2));
-  attn::DeviceCaps dev{attn::device_is_sm90(q.device), true};
+  attn::DeviceCaps dev{attn::device_is_sm90(q.device), true};  // tma: until an encoding fails
   attn::FwdPlan plan = attn::plan_forward(head_dim, window, p.G, dev);
   if (plan.kernel == attn::FwdKernel::kWarpSpecialized && !launch_fwd_ws(plan, p, nseq, max_seqlen, st)) {
     static bool warned = false;  // the fallback is correct, only slower: say so once per process

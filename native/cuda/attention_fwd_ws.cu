@@ -1,8 +1,8 @@
-// attention_fwd_ws.cu: the warp-specialized Hopper forward for head_dim 64 (plan_forward in attention_heuristics.h), the
-// FlashAttention-3 structure: a producer warp loads Q once and streams K/V tiles by TMA into a ring of shared-memory
-// slots guarded by mbarriers; two consumer warpgroups (64 query rows each, BM 128) run S = Q.K^T (wgmma, both
-// operands in shared memory) and O += P.V (wgmma, P in registers), each at its own pace: no CTA-wide barrier in the
-// loop. The producer warpgroup gives its registers to the consumers (setmaxnreg 24 / 240).
+// attention_fwd_ws.cu: the warp-specialized Hopper forward for head_dim 64 (chosen by plan_forward,
+// attention_heuristics.h), the FlashAttention-3 structure: a producer warp loads Q once and streams K/V tiles by TMA
+// into a ring of shared-memory slots guarded by mbarriers; two consumer warpgroups (64 query rows each, BM 128) run
+// S = Q.K^T (wgmma, both operands in shared memory) and O += P.V (wgmma, P in registers), each at its own pace: no
+// CTA-wide barrier in the loop. The producer warpgroup gives its registers to the consumers (setmaxnreg 24 / 240).
 //
 // Per consumer warpgroup, tiles t of its key range (S_{t-1} complete on entry of step t, PV_{t-1} maybe in flight):
 //   wait full(t); issue S_t                                   (async)

@@ -83,4 +83,28 @@ constexpr BwdKernel plan_backward(int head_dim, bool deterministic, DeviceCaps d
   return BwdKernel::kWgmma;
 }
 
+// The plans for gpt-oss's shapes (head_dim 64, 8 query heads per kv head), checked at compile time.
+namespace plan_examples {
+constexpr DeviceCaps kHopper{true, true}, kHopperNoTma{true, false}, kOther{false, false};
+constexpr FwdPlan kSliding128 = plan_forward(64, 128, 8, kHopper), kCausal = plan_forward(64, 0, 8, kHopper);
+static_assert(kSliding128.kernel == FwdKernel::kWarpSpecialized && kSliding128.key_tile == 64 &&
+                  kSliding128.stages == 5 && kSliding128.heads_per_cta == 8,
+              "sliding window 128: 64-key tiles, 5 slots, the whole kv group per CTA");
+static_assert(kCausal.kernel == FwdKernel::kWarpSpecialized && kCausal.key_tile == 128 && kCausal.stages == 4 &&
+                  kCausal.heads_per_cta == 1,
+              "causal: 128-key tiles, 4 slots, one head per CTA");
+static_assert(plan_forward(64, 257, 8, kHopper).heads_per_cta == 8 &&
+                  plan_forward(64, 258, 8, kHopper).heads_per_cta == 1,
+              "128-key tiles: the head loop while the band fits the 4 slots");
+static_assert(plan_forward(64, 0, 8, kHopperNoTma).kernel == FwdKernel::kMmaSync &&
+                  plan_forward(128, 0, 8, kHopper).kernel == FwdKernel::kMmaSync,
+              "no TMA map, or head_dim other than 64: mma.sync");
+static_assert(plan_backward(64, false, kHopper) == BwdKernel::kWarpSpecializedFusedDq &&
+                  plan_backward(64, true, kHopper) == BwdKernel::kWgmma &&
+                  plan_backward(64, false, kHopperNoTma) == BwdKernel::kWgmma &&
+                  plan_backward(32, false, kHopper) == BwdKernel::kMmaSync &&
+                  plan_backward(64, false, kOther) == BwdKernel::kMmaSync,
+              "backward: fused dQ, the wgmma pair, mma.sync");
+}  // namespace plan_examples
+
 }  // namespace gptoss::cuda::attn
