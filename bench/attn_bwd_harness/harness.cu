@@ -242,7 +242,7 @@ static bool check_case(const Case& c) {
   return ok;
 }
 
-// HARNESS_VARS="12" times only those variants (digits: 0 mma, 1 wgmma, 2 ws) (profiling runs); unset = all.
+// HARNESS_VARS="12" times only those variants (digits: 0 mma, 1 wgmma, 2 ws; for profiling runs); unset = all.
 static bool selected(int var) {
   const char* e = getenv("HARNESS_VARS");
   if (!e || !*e) return true;
