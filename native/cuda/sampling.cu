@@ -149,4 +149,9 @@ void sample(const Tensor& logits, float temperature, float top_p, int64_t top_k,
   GPTOSS_CUDA_LAUNCH_CHECK("sample");
 }
 
+void sample_rows(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                 const Tensor&, const Tensor&) {
+  fail("sampleRows: the CUDA kernel is not built yet (CPU tensors only)");
+}
+
 }  // namespace gptoss::cuda
