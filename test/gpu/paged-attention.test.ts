@@ -6,8 +6,9 @@
 // kernel that reads them faults. GPU machine only.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, cudaDeviceCount, roundBf16 } from '../../src/tensor.ts';
+import { Tensor, cudaDeviceCount, roundBf16, CudaEvent } from '../../src/tensor.ts';
 import { pagedAttention } from '../../src/ops/paged-attention.ts';
+import { attentionDecode } from '../../src/ops/attention.ts';
 import { randn, rng } from '../helpers/random.ts';
 import { maxAbsDiff } from '../helpers/numeric.ts';
 
@@ -188,4 +189,60 @@ test('cuda pagedAttention refuses f32 inputs and head_dim 32 with the shapes', {
   const q32 = Tensor.zeros([1, 2, 32], { device: G, dtype: 'bf16' });
   const pool32 = Tensor.zeros([1, 4, 1, 32], { device: G, dtype: 'bf16' });
   assert.throws(() => pagedAttention(q32, pool32, pool32, meta, { window: 0, sinks }), /head_dim 64 or 128, got bf16\[1, 2, 32\]/);
+});
+
+// Timings only (no assertion): gpt-oss-20b's attention shape (Hq 64, Hkv 8, D 64), block 16, blocks scattered
+// over the pool. Decode: ms per call and GB/s of the K/V bytes the rows need, beside the dense-cache decode op on
+// the same lengths; prefill: one 2048-token chunk, TFLOP/s by 4·D per allowed (query, key) pair per head.
+test('cuda pagedAttention timings (printed)', { skip, timeout: 600000 }, () => {
+  const Hq = 64, Hkv = 8, D = 64, bs = 16;
+  const time = (fn: () => void, reps: number): number => {
+    fn();
+    const e0 = new CudaEvent(G, true).record();
+    for (let i = 0; i < reps; i++) fn();
+    const e1 = new CudaEvent(G, true).record();
+    e1.synchronize();
+    return e0.elapsedMs(e1) / reps;
+  };
+  const scattered = (B: number, blocksPerSeq: number, numBlocks: number): Int32Array => {
+    const r = rng(B * 131 + blocksPerSeq);
+    const t = new Int32Array(B * blocksPerSeq);
+    for (let i = 0; i < t.length; i++) t[i] = Math.floor(r() * numBlocks);
+    return t;
+  };
+  for (const [B, ctx] of [[1, 4096], [64, 4096], [256, 2048], [512, 1024]] as const) {
+    const blocksPerSeq = ctx / bs, numBlocks = B * blocksPerSeq;
+    const pool = Tensor.zeros([numBlocks, bs, Hkv, D], { device: G, dtype: 'bf16' });
+    const q = Tensor.zeros([B, Hq, D], { device: G, dtype: 'bf16' });
+    const sinks = Tensor.zeros([Hq], { device: G });
+    const meta = {
+      blockTables: Tensor.from(scattered(B, blocksPerSeq, numBlocks), [B, blocksPerSeq], { device: G }),
+      contextLens: Tensor.from(new Int32Array(B).fill(ctx), [B], { device: G }),
+      queryStarts: Tensor.from(Int32Array.from({ length: B + 1 }, (_, i) => i), [B + 1], { device: G }),
+    };
+    const dense = Tensor.zeros([B, ctx, Hkv, D], { device: G, dtype: 'bf16' });
+    for (const window of [0, 128]) {
+      const ms = time(() => pagedAttention(q, pool, pool, meta, { window, sinks }).dispose(), 20);
+      const msDense = time(() => attentionDecode(q, dense, dense, { seqLens: meta.contextLens, window, sinks }).dispose(), 20);
+      const keys = window > 0 ? Math.min(window, ctx) : ctx;
+      const gbs = (B * keys * Hkv * D * 2 * 2) / (ms * 1e6);
+      console.log(`paged decode B${B} ctx${ctx} W${window}: ${ms.toFixed(3)} ms (${gbs.toFixed(0)} GB/s of K/V), dense attentionDecode ${msDense.toFixed(3)} ms`);
+    }
+    for (const t of [pool, q, sinks, dense, meta.blockTables, meta.contextLens, meta.queryStarts]) t.dispose();
+  }
+  const S = 2048, numBlocks = S / bs;
+  const pool = Tensor.zeros([numBlocks, bs, Hkv, D], { device: G, dtype: 'bf16' });
+  const q = Tensor.zeros([S, Hq, D], { device: G, dtype: 'bf16' });
+  const sinks = Tensor.zeros([Hq], { device: G });
+  const meta = {
+    blockTables: Tensor.from(scattered(1, numBlocks, numBlocks), [1, numBlocks], { device: G }),
+    contextLens: Tensor.from(Int32Array.of(S), [1], { device: G }),
+    queryStarts: Tensor.from(Int32Array.of(0, S), [2], { device: G }),
+  };
+  for (const window of [0, 128]) {
+    const ms = time(() => pagedAttention(q, pool, pool, meta, { window, sinks }).dispose(), 10);
+    let pairs = 0;
+    for (let i = 0; i < S; i++) pairs += window > 0 ? Math.min(window, i + 1) : i + 1;
+    console.log(`paged prefill ${S} tokens W${window}: ${ms.toFixed(3)} ms (${((pairs * Hq * 4 * D) / (ms * 1e9)).toFixed(1)} TFLOP/s)`);
+  }
 });
