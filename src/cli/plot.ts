@@ -1,5 +1,5 @@
-// plot.ts: `npm run plot -- metrics.jsonl [-o chart.png]`: reward and accuracy over steps, as an SVG rendered to PNG
-// with @resvg/resvg-js (an .svg output name writes the SVG itself).
+// plot.ts: `npm run plot -- metrics.jsonl [-o chart.png]`: reward and accuracy over steps, per phase (SFT, GRPO),
+// as an SVG rendered to PNG with @resvg/resvg-js (an .svg output name writes the SVG itself).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
@@ -9,28 +9,53 @@ import { parseMetricsJsonl } from '../log/metrics.ts';
 export interface Series {
   name: string;
   color: string;
+  /** SVG stroke-dasharray ('' = solid): series that may coincide stay visible through each other. */
+  dash: string;
   points: Array<[number, number]>;
 }
 
-/** The series the chart shows, by metric key (train rows and eval rows). */
-const SERIES: Array<{ key: string; kind?: string; name: string; color: string }> = [
-  { key: 'reward/mean', kind: 'train', name: 'train reward (mean)', color: '#1f77b4' },
-  { key: 'reward/accuracy', kind: 'train', name: 'train accuracy', color: '#2ca02c' },
-  { key: 'eval/reward', kind: 'eval', name: 'eval reward', color: '#ff7f0e' },
-  { key: 'eval/accuracy', kind: 'eval', name: 'eval accuracy', color: '#d62728' },
+/**
+ * The default series: per phase (SFT rows have kind 'sft'/'sft_eval', GRPO rows 'train'/'eval'; rows without a
+ * kind count as GRPO), reward solid and accuracy dashed, one colour per phase and split.
+ */
+export const SERIES: ReadonlyArray<{ key: string; kinds: ReadonlyArray<string | undefined>; name: string; color: string; dash: string }> = [
+  { key: 'reward/mean', kinds: ['train', undefined], name: 'GRPO train reward', color: '#1f77b4', dash: '' },
+  { key: 'reward/accuracy', kinds: ['train', undefined], name: 'GRPO train accuracy', color: '#17becf', dash: '7 4' },
+  { key: 'eval/reward', kinds: ['eval'], name: 'GRPO eval reward', color: '#d62728', dash: '' },
+  { key: 'eval/accuracy', kinds: ['eval'], name: 'GRPO eval accuracy', color: '#ff7f0e', dash: '7 4' },
+  { key: 'eval/reward', kinds: ['sft_eval'], name: 'SFT eval reward', color: '#2ca02c', dash: '' },
+  { key: 'eval/accuracy', kinds: ['sft_eval'], name: 'SFT eval accuracy', color: '#9467bd', dash: '7 4' },
 ];
 
+const sameSeries = (a: Series, b: Series): boolean =>
+  a.points.length === b.points.length && a.points.every((p, i) => p[0] === b.points[i]![0] && p[1] === b.points[i]![1]);
+
+/**
+ * The series a chart of these rows shows. With `keys`, one series per key over rows of any kind. Two series
+ * with the same points (train reward and accuracy under the strict 0/1 reward are the same numbers) become one
+ * legend entry that names both, instead of one line hidden under the other.
+ */
 export function seriesFromMetrics(rows: Array<Record<string, number | string | null>>, keys?: string[]): Series[] {
-  const wanted = keys ? keys.map((k) => SERIES.find((s) => s.key === k) ?? { key: k, name: k, color: pickColor(k) }) : SERIES;
-  return wanted
+  const wanted = keys
+    ? keys.map((k) => ({ key: k, kinds: null, name: k, color: pickColor(k), dash: '' }))
+    : SERIES.map((s) => ({ ...s, kinds: s.kinds as ReadonlyArray<string | undefined> | null }));
+  const built: Series[] = wanted
     .map((s) => ({
       name: s.name,
       color: s.color,
+      dash: s.dash,
       points: rows
-        .filter((r) => (!('kind' in s) || !s.kind || r.kind === s.kind || r.kind === undefined) && typeof r[s.key] === 'number' && typeof r.step === 'number')
+        .filter((r) => (s.kinds === null || s.kinds.includes(typeof r.kind === 'string' ? r.kind : undefined)) && typeof r[s.key] === 'number' && typeof r.step === 'number')
         .map((r) => [r.step as number, r[s.key] as number] as [number, number]),
     }))
     .filter((s) => s.points.length > 0);
+  const out: Series[] = [];
+  for (const s of built) {
+    const twin = out.find((o) => sameSeries(o, s));
+    if (twin) twin.name = `${twin.name} = ${s.name.replace(/^(GRPO|SFT) (train |eval )?/, '')}`;
+    else out.push(s);
+  }
+  return out;
 }
 
 function pickColor(k: string): string {
@@ -56,7 +81,7 @@ function niceTicks(lo: number, hi: number, n: number): number[] {
 export function renderSvg(series: Series[], opts: { title?: string; width?: number; height?: number } = {}): string {
   const W = opts.width ?? 900;
   const H = opts.height ?? 500;
-  const m = { l: 60, r: 200, t: 40, b: 50 };
+  const m = { l: 60, r: 260, t: 40, b: 50 };
   const pw = W - m.l - m.r;
   const ph = H - m.t - m.b;
   const all = series.flatMap((s) => s.points);
@@ -85,13 +110,15 @@ export function renderSvg(series: Series[], opts: { title?: string; width?: numb
     parts.push(`<text x="${sx(t)}" y="${m.t + ph + 16}" text-anchor="middle" font-family="DejaVu Sans, sans-serif" font-size="11">${t}</text>`);
   }
   parts.push(`<rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#333"/>`);
-  parts.push(`<text x="${m.l + pw / 2}" y="${H - 12}" text-anchor="middle" font-family="DejaVu Sans, sans-serif" font-size="12">step</text>`);
+  parts.push(`<text x="${m.l + pw / 2}" y="${H - 12}" text-anchor="middle" font-family="DejaVu Sans, sans-serif" font-size="12">step (of each phase)</text>`);
   series.forEach((s, i) => {
-    const d = s.points.map((p, j) => `${j ? 'L' : 'M'}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(' ');
-    parts.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="2"/>`);
+    // A step that goes back (two runs appended to one file) starts a new stroke instead of a line back.
+    const d = s.points.map((p, j) => `${j && p[0] > s.points[j - 1]![0] ? 'L' : 'M'}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(' ');
+    const dash = s.dash ? ` stroke-dasharray="${s.dash}"` : '';
+    parts.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="2"${dash}/>`);
     for (const p of s.points.length <= 60 ? s.points : []) parts.push(`<circle cx="${sx(p[0]).toFixed(1)}" cy="${sy(p[1]).toFixed(1)}" r="2.5" fill="${s.color}"/>`);
     const ly = m.t + 10 + i * 20;
-    parts.push(`<line x1="${m.l + pw + 15}" x2="${m.l + pw + 35}" y1="${ly}" y2="${ly}" stroke="${s.color}" stroke-width="3"/>`);
+    parts.push(`<line x1="${m.l + pw + 15}" x2="${m.l + pw + 35}" y1="${ly}" y2="${ly}" stroke="${s.color}" stroke-width="3"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`);
     parts.push(`<text x="${m.l + pw + 40}" y="${ly + 4}" font-family="DejaVu Sans, sans-serif" font-size="12">${esc(s.name)}</text>`);
   });
   parts.push('</svg>');

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { childLogger } from '../log/logger.ts';
 import { trainSft } from '../trainer/sft.ts';
+import { preflightRun } from '../trainer/preflight.ts';
 import { createMetrics, interruptSignal, setupRun, writeVocabMap } from '../trainer/setup.ts';
 import { configFromCli, runMain } from './common.ts';
 
@@ -20,6 +21,7 @@ export async function sftMain(argv: string[] = process.argv): Promise<void> {
   if (!cli) return;
   const { config, args } = cli;
   const run = await setupRun(config);
+  preflightRun(config, run, 'sft');
   const out = config.trainer.sft.output_dir ?? join('runs', 'sft', config.trainer.run_name);
   log.info({ model: config.trainer.policy.model.path, device: run.device, params: run.policy.numParameters(), task: run.env.name, steps: config.trainer.sft.steps, output: out }, 'SFT run');
   if (args.dryRun) return;

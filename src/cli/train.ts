@@ -4,6 +4,7 @@
 import { fileURLToPath } from 'node:url';
 import { childLogger } from '../log/logger.ts';
 import { checkGrpoInputs, trainGrpo } from '../trainer/grpo.ts';
+import { preflightRun } from '../trainer/preflight.ts';
 import { createMetrics, interruptSignal, metricsPath, setupRun } from '../trainer/setup.ts';
 import { configFromCli, runMain } from './common.ts';
 
@@ -35,8 +36,10 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
     'GRPO run',
   );
   checkGrpoInputs(config, run.env);
+  // What would stop the run later (vocabulary fit, an unreadable resume checkpoint) stops it now, dry run or not.
+  preflightRun(config, run, 'grpo');
   if (args.dryRun) {
-    log.info('dry run: config, data and model are fine');
+    log.info('dry run: config, device, data, model, vocabulary and resume checkpoint are fine');
     return;
   }
   const metrics = await createMetrics(config);

@@ -155,7 +155,8 @@ export function allKeys(root: AnyZod, prefix: string[] = []): string[] {
   return prefix.length ? [prefix.join('.')] : [];
 }
 
-function editDistance(a: string, b: string): number {
+/** Levenshtein distance (suggestions for mistyped keys and flags). */
+export function editDistance(a: string, b: string): number {
   const dp = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
     let prev = dp[0]!;

@@ -199,6 +199,8 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   let lastCheckpoint: string | null = resumeDir;
   let interrupted = false;
   let lastSavedStep = resumeDir ? state.step : -1;
+  // The run's overall progress: leads the terminal's status line and the per-step metrics line (step k/N, ETA).
+  const overall = new Progress('GRPO step', totalSteps, { unit: 'step', overall: true, startAt: state.step });
 
   const runEval = async (step: number): Promise<void> => {
     if (evalExamples.length === 0) return;
@@ -406,6 +408,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
 
     state.step = step;
     state.dataPosition += t.train_batch_size;
+    overall.tick();
     const elapsed = (performance.now() - stepT0) / 1000;
     const lens = completions.map((c) => c.tokens.length);
     const rs = stats(rewards);
@@ -461,6 +464,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
     await checkpoint(); // the final state (ckpt_interval -1: never, except on interrupt)
   }
   if (!interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > 0) await runEval(state.step);
+  overall.finish();
   if (ownRef) ref?.dispose();
   return { steps: state.step, skippedSteps: counters.skippedSteps, interrupted, lastCheckpoint, evals };
 }

@@ -61,7 +61,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
   const evals: SftResult['evals'] = [];
   const micro = config.trainer.micro_train_batch_size_per_gpu;
   const opt = config.trainer.policy.optimizer_config;
-  const progress = new Progress('sft', steps, { unit: 'step' });
+  const progress = new Progress('SFT step', steps, { unit: 'step', overall: true });
   // SFT has its own optimizer run (its own lr and step count); GRPO afterwards starts from fresh moments.
   policy.resetOptimizer();
   let done = 0;
@@ -71,7 +71,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
     const r = await evaluate(d.generator, env, config.trainer.eval_max_samples ? env.val.slice(0, config.trainer.eval_max_samples) : env.val, config, config.trainer.seed + step);
     evals.push({ step, reward: r.reward, accuracy: r.accuracy });
     const m: Metrics = { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength };
-    d.metrics?.log(step, m, 'eval');
+    d.metrics?.log(step, m, 'sft_eval'); // its own kind: the chart draws SFT and GRPO evaluations apart
     d.onEval?.(step, m);
     if (o.stopAtReward !== undefined && r.reward >= o.stopAtReward) reached = true;
   };
