@@ -116,7 +116,7 @@ export function checkCudaDevice(what: string, index: number): void {
   const a = native();
   if (!a.features.cuda) {
     throw new DeviceError(
-      `${what}: this build of the native addon is CPU-only (no CUDA backend: nvcc, cuBLAS or NCCL were not found when it was built); use cpu or auto, or rebuild on a CUDA machine (GPTOSS_CUDA=on npm run build:native)`,
+      `${what}: this build of the native addon is CPU-only (no CUDA backend: nvcc, cuBLAS or NCCL were not found when it was built); use cpu or auto, or rebuild the addon (npm run build:native) on a machine with nvcc, cuBLAS and NCCL`,
     );
   }
   const count = a.ops.deviceCount() as number;

@@ -6,13 +6,12 @@
 // An unquoted `+generator.chat_template_kwargs={reasoning_effort: low}` reaches us as two arguments; pieces that
 // continue an override with unbalanced braces/brackets/quotes are joined back.
 // A bad flag is one line (`unknown option --modle (did you mean --model?)`, exit 2), not the help page.
-import { readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { ConfigError, editDistance } from '../config/overrides.ts';
+import { ConfigError } from '../config/overrides.ts';
+import { nearest } from './suggest.ts';
 import type { LogFormat } from '../log/logger.ts';
+import { packageVersion } from './version.ts';
 
 export interface CliArgs {
   config: string;
@@ -30,35 +29,6 @@ export class UsageError extends ConfigError {
     super(message);
     this.name = 'UsageError';
   }
-}
-
-/** The package's version (package.json above src/ or dist/src/). */
-export function packageVersion(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    try {
-      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === '@skyrl/gptoss' && pkg.version) return pkg.version;
-    } catch {
-      /* not here: one folder up */
-    }
-    dir = resolve(dir, '..');
-  }
-  return 'unknown';
-}
-
-/** The nearest of `candidates` to `word`, when it is close enough to be a typo. */
-export function nearest(word: string, candidates: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestD = Infinity;
-  for (const c of candidates) {
-    const d = editDistance(word, c);
-    if (d < bestD) {
-      bestD = d;
-      best = c;
-    }
-  }
-  return bestD <= Math.max(2, Math.floor(word.length / 3)) ? best : undefined;
 }
 
 /**

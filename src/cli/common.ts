@@ -4,7 +4,7 @@
 // prints its stack (exit 1).
 import type { Logger } from 'pino';
 import { stringify } from 'yaml';
-import { compatibilityNotes, loadConfig } from '../config/load.ts';
+import { assertSupported, compatibilityNotes, loadConfig } from '../config/load.ts';
 import { ConfigError } from '../config/overrides.ts';
 import type { Config } from '../config/schema.ts';
 import { configureLogging } from '../log/logger.ts';
@@ -20,7 +20,10 @@ export function isUserError(e: unknown): e is Error {
   return e instanceof ConfigError || e instanceof SetupError || e instanceof CheckpointError || e instanceof DataError || e instanceof DeviceError;
 }
 
-/** `error: <message>` on one line (a multi-line message is joined with '; '). */
+/**
+ * A message as one line (lines joined with '; '). Config errors keep their lines: they list one problem per line,
+ * each naming its key.
+ */
 export function oneLine(message: string): string {
   return message
     .split('\n')
@@ -38,7 +41,7 @@ export function runMain(main: () => Promise<void>): void {
     },
     (e: unknown) => {
       if (isUserError(e)) {
-        process.stderr.write(`error: ${oneLine(e.message)}\n`);
+        process.stderr.write(`error: ${e instanceof ConfigError ? e.message : oneLine(e.message)}\n`);
         process.exit(2);
       }
       const err = e as Error;
@@ -65,6 +68,7 @@ export async function configFromCli(
     process.stdout.write(stringify(config));
     return undefined;
   }
+  assertSupported(config, `config '${args.config}'${args.overrides.length ? ' with overrides' : ''}`);
   for (const n of compatibilityNotes(config)) log.info(n);
   checkDevice(config);
   return { config, args };

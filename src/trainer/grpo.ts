@@ -11,12 +11,13 @@
 // ckpt_interval steps and when the run is interrupted (signal).
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
+import { dumpEvalResults, exportDir, type EvalDumpRow } from '../log/eval-dump.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
 import { groupAdvantages, stats } from '../rl/advantages.ts';
 import { policyLoss, meanK3 } from '../rl/loss.ts';
 import { CheckpointError, readTrainerState, resolveResume, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, SamplingParams, SequenceBatch } from './policy.ts';
-import { Rng } from './rng.ts';
+import { epochOrder, Rng } from './rng.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
 
 const log = childLogger('grpo');
@@ -105,6 +106,8 @@ export interface EvalResult {
   accuracy: number;
   responseLength: number;
   samples: Array<{ id: string; completion: string; reward: number }>;
+  /** Every completion, when evaluate() was asked for them (trainer.dump_eval_results). */
+  all?: EvalDumpRow[];
 }
 
 /** Greedy (by default) evaluation on examples. */
@@ -114,6 +117,7 @@ export async function evaluate(
   examples: TaskExample[],
   config: Config,
   seed: number,
+  opts: { keepAll?: boolean } = {},
 ): Promise<EvalResult> {
   const g = config.generator;
   const ep = g.eval_sampling_params;
@@ -131,6 +135,7 @@ export async function evaluate(
   let lenSum = 0;
   let count = 0;
   const samples: EvalResult['samples'] = [];
+  const all: EvalDumpRow[] | undefined = opts.keepAll ? [] : undefined;
   const progress = new Progress('eval', examples.length * n, { unit: 'seq' });
   for (const batch of chunks(examples, config.trainer.eval_batch_size)) {
     const prompts = batch.flatMap((e) => Array.from({ length: n }, () => e.prompt));
@@ -142,12 +147,14 @@ export async function evaluate(
       cSum += r.correct ? 1 : 0;
       lenSum += c.tokens.length;
       count++;
-      if (samples.length < 4) samples.push({ id: ex.id, completion: env.decode ? env.decode(c.tokens) : Array.from(c.tokens).join(' '), reward: r.reward });
+      const text = () => (env.decode ? env.decode(c.tokens) : Array.from(c.tokens).join(' '));
+      if (samples.length < 4) samples.push({ id: ex.id, completion: text(), reward: r.reward });
+      all?.push({ id: ex.id, answer: ex.answer, completion: text(), reward: r.reward, correct: r.correct, finishReason: c.finishReason });
     });
     progress.tick(prompts.length);
   }
   progress.finish();
-  return { reward: count ? rSum / count : 0, accuracy: count ? cSum / count : 0, responseLength: count ? lenSum / count : 0, samples };
+  return { reward: count ? rSum / count : 0, accuracy: count ? cSum / count : 0, responseLength: count ? lenSum / count : 0, samples, ...(all ? { all } : {}) };
 }
 
 /** Throws a DataError when the task cannot feed a step (empty split, fewer prompts than a batch). */
@@ -205,7 +212,8 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   const runEval = async (step: number): Promise<void> => {
     if (evalExamples.length === 0) return;
     const t0 = performance.now();
-    const r = await evaluate(generator, env, evalExamples, config, t.seed + 7919 * step);
+    const r = await evaluate(generator, env, evalExamples, config, t.seed + 7919 * step, { keepAll: t.dump_eval_results });
+    if (r.all) log.info({ file: dumpEvalResults(exportDir(t), step, r.all) }, 'evaluation completions dumped');
     const m: Metrics = { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength, 'time/eval': (performance.now() - t0) / 1000 };
     evals.push({ step, reward: r.reward, accuracy: r.accuracy });
     d.metrics?.log(step, m, 'eval');
@@ -228,7 +236,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
 
   if (t.eval_before_train && state.step === 0) await runEval(0);
 
-  let order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
+  let order = epochOrder(t.seed, state.epoch, env.train.length, config.data.shuffle);
   while (state.step < totalSteps && state.epoch < t.epochs) {
     await yieldToEventLoop();
     if (d.signal?.aborted) {
@@ -239,7 +247,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
       state.epoch++;
       state.dataPosition = 0;
       if (state.epoch >= t.epochs) break;
-      order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
+      order = epochOrder(t.seed, state.epoch, env.train.length, config.data.shuffle);
     }
     const stepT0 = performance.now();
     const times: Record<string, number> = {};

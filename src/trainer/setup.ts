@@ -2,6 +2,7 @@
 // policy model, generator, metrics logger. Shared by `npm run train`, `npm run sft` and library callers.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
+import { assertSupported } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
@@ -67,6 +68,7 @@ export interface RunPieces {
 
 /** Loads the task and the model; errors name the config key at fault. */
 export async function setupRun(c: Config): Promise<RunPieces> {
+  assertSupported(c); // a setting this version cannot honour is refused, never silently run as one process
   const device = resolveDevice(c);
   const path = c.trainer.policy.model.path;
   let env = await buildTaskEnv(c);

@@ -53,7 +53,9 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
   const examples = env.train.filter((e) => e.reference && e.reference.length > 0);
   if (examples.length === 0) throw new DataError(`SFT: task '${env.name}' has no training examples with reference completions`);
   const rng = new Rng(config.trainer.seed + 17);
-  let order = rng.permutation(examples.length);
+  const shuffle = config.data.shuffle;
+  const nextOrder = () => (shuffle ? rng.permutation(examples.length) : examples.map((_, i) => i));
+  let order = nextOrder();
   let pos = 0;
   let skipped = 0;
   let lastLoss = NaN;
@@ -82,7 +84,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
     const batch = [];
     for (let i = 0; i < bs; i++) {
       if (pos >= order.length) {
-        order = rng.permutation(examples.length);
+        order = nextOrder();
         pos = 0;
       }
       batch.push(examples[order[pos++]!]!);
