@@ -9,3 +9,4 @@ export { trainSft, type SftDeps, type SftOptions, type SftResult } from './sft.t
 export { GptOssPolicy, FrozenGptOss, LocalGenerator } from './gptoss-policy.ts';
 export { buildTaskEnv, gsm8kReasoning } from './env.ts';
 export { setupRun, resolveDevice, createMetrics, metricsPath, interruptSignal, readVocabMap, writeVocabMap, SetupError, type RunPieces } from './setup.ts';
+export { checkDevice, checkData, checkVocabularyFit, checkResume, preflightRun } from './preflight.ts';

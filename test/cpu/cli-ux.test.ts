@@ -67,6 +67,19 @@ test('--dry-run refuses a model whose vocabulary cannot hold the task tokens', (
   );
 });
 
+test("a model with a compact vocabulary from another task: one line, not 'outside the compact vocabulary' with a stack", () => {
+  const dir = join(tmp, 'model-compact-other-task');
+  mkdirSync(dir, { recursive: true });
+  const m = randomModel('gpt-oss-tiny-256', { seed: 1 });
+  m.weights.save(dir);
+  // A vocabulary of the first 256 o200k ids: none of the harmony special tokens a GSM8K prompt uses.
+  writeFileSync(join(dir, 'vocab.json'), JSON.stringify({ toOriginal: Array.from({ length: 256 }, (_, i) => i) }));
+  assertOneLineError(
+    cli('train', ['--dry-run', '--model', dir, ...small]),
+    /the model's compact vocabulary \(vocab\.json, 256 tokens\) lacks \d+ token\(s\) task 'gsm8k' uses \(first: token \d+ in the stop tokens\)/,
+  );
+});
+
 test('a config.json without a required field names it in words', () => {
   const dir = join(tmp, 'model-no-vocab');
   mkdirSync(dir, { recursive: true });
