@@ -81,7 +81,8 @@ class StatusLine {
     if (!force && this.shown && now - this.lastDraw < 100) return;
     this.lastDraw = now;
     // Never wider than the terminal: a wrapped line could not be cleared with \r.
-    const cols = Math.max(20, (process.stderr.columns ?? 120) - 1);
+    // (A pseudo-terminal without a size reports 0 columns: then $COLUMNS, else 120.)
+    const cols = Math.max(20, (process.stderr.columns || Number(process.env.COLUMNS) || 120) - 1);
     let t = this.text();
     if (t.length > cols) t = `${t.slice(0, cols - 1)}…`;
     process.stderr.write(`\r\x1b[2K${t}`);
