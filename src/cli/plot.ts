@@ -5,6 +5,8 @@ import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { parseMetricsJsonl } from '../log/metrics.ts';
+import { UsageError, usageMessage } from './args.ts';
+import { packageVersion } from './version.ts';
 
 export interface Series {
   name: string;
@@ -156,7 +158,11 @@ async function main(): Promise<void> {
     .option('title', { type: 'string' })
     .demandCommand(1, 'give the metrics JSONL file')
     .strict()
+    .fail((msg, err) => {
+      throw err ?? new UsageError(`${usageMessage(msg ?? 'bad arguments', ['output', 'keys', 'title', 'help', 'version'])} (see --help)`);
+    })
     .help()
+    .version(packageVersion())
     .parseAsync();
   const input = String(argv._[0]);
   const output = argv.o ?? input.replace(/\.jsonl$/, '') + '.png';
@@ -166,7 +172,7 @@ async function main(): Promise<void> {
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   main().catch((e: Error) => {
-    console.error(e.message);
-    process.exit(1);
+    console.error(`error: ${e.message}`);
+    process.exit(e instanceof UsageError ? 2 : 1);
   });
 }

@@ -40,6 +40,8 @@ const small = ['data.max_train_samples=8', 'data.max_val_samples=4'];
 
 test('an unknown flag: one line with a suggestion, not the help page', () => {
   assertOneLineError(cli('train', ['--modle', 'x']), /unknown option --modle \(did you mean --model\?\)/);
+  assertOneLineError(cli('sft', ['--dryrun']), /unknown option --dryrun \(did you mean --dry-run\?\)/);
+  assertOneLineError(cli('plot', ['m.jsonl', '--outpt', 'c.png']), /unknown option --outpt \(did you mean --output\?\)/);
 });
 
 test('--version prints the package version; sft --help shows its own examples, unwrapped', () => {
