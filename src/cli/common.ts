@@ -8,6 +8,7 @@ import { assertSupported, compatibilityNotes, loadConfig } from '../config/load.
 import { ConfigError } from '../config/overrides.ts';
 import type { Config } from '../config/schema.ts';
 import { configureLogging } from '../log/logger.ts';
+import { endProgressDisplay } from '../log/progress.ts';
 import { DeviceError } from '../native.ts';
 import { parseCli, type CliArgs } from './args.ts';
 import { CheckpointError } from '../trainer/checkpoint.ts';
@@ -40,6 +41,7 @@ export function runMain(main: () => Promise<void>): void {
       process.exit(process.exitCode ?? 0);
     },
     (e: unknown) => {
+      endProgressDisplay(); // the error line must not land on the status line
       if (isUserError(e)) {
         process.stderr.write(`error: ${e instanceof ConfigError ? e.message : oneLine(e.message)}\n`);
         process.exit(2);

@@ -27,32 +27,59 @@ export interface LoggingOptions {
   format?: LogFormat | 'auto';
   /** Hand every record to this pino logger instead (its level, format and destination apply); null undoes it. */
   logger?: Logger | null;
+  /**
+   * The progress display: 'auto' (a live status line when logs go to a terminal's stderr, else occasional log
+   * lines), 'lines' (log lines only), 'off'. Default: GPTOSS_PROGRESS, else auto.
+   */
+  progress?: ProgressMode;
 }
+
+export type ProgressMode = 'auto' | 'lines' | 'off';
 
 const LEVELS: ReadonlyArray<Level | 'silent'> = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 const FORMATS = ['auto', 'pretty', 'json'] as const;
 
+// A bad environment value must not crash a run at import time: it falls back to the default, with one warning.
+const envWarnings: string[] = [];
+let loggerReady = false;
+function fromEnv<T extends string>(name: string, allowed: readonly T[], fallback: T): T {
+  const v = process.env[name];
+  if (v === undefined || v === '') return fallback;
+  if ((allowed as readonly string[]).includes(v)) return v as T;
+  const w = `${name}=${v} is not one of ${allowed.join(', ')}; using ${fallback}`;
+  if (!envWarnings.includes(w)) {
+    envWarnings.push(w);
+    if (loggerReady) log.warn(w);
+  }
+  return fallback;
+}
+
 function envLevel(): Level | 'silent' {
-  const v = process.env.GPTOSS_LOG_LEVEL;
-  if (v === undefined || v === '') return 'info';
-  if (!(LEVELS as string[]).includes(v)) throw new Error(`GPTOSS_LOG_LEVEL must be one of ${LEVELS.join(', ')} (got '${v}')`);
-  return v as Level | 'silent';
+  return fromEnv('GPTOSS_LOG_LEVEL', LEVELS, 'info');
 }
 
 function envFormat(): LogFormat | 'auto' {
-  const v = process.env.GPTOSS_LOG_FORMAT;
-  if (v === undefined || v === '') return 'auto';
-  if (!(FORMATS as readonly string[]).includes(v)) throw new Error(`GPTOSS_LOG_FORMAT must be auto, pretty or json (got '${v}')`);
-  return v as LogFormat | 'auto';
+  return fromEnv('GPTOSS_LOG_FORMAT', FORMATS, 'auto');
+}
+
+function envProgress(): ProgressMode {
+  return fromEnv('GPTOSS_PROGRESS', ['auto', 'lines', 'off'] as const, 'auto');
 }
 
 interface RouteState {
   destination: LogDestination;
   format: LogFormat | 'auto';
   forward: Logger | null;
+  /** undefined: follow GPTOSS_PROGRESS (read when asked, so tests and callers may set it late). */
+  progress: ProgressMode | undefined;
 }
 
-const route: RouteState = { destination: process.stderr, format: envFormat(), forward: null };
+const route: RouteState = { destination: process.stderr, format: envFormat(), forward: null, progress: undefined };
+
+/** The progress mode in effect (configureLogging's, else GPTOSS_PROGRESS, else auto). */
+export function progressMode(): ProgressMode {
+  return route.progress ?? envProgress();
+}
 
 /**
  * A hook the progress display installs: called around every line written to process.stderr, so the live line is
@@ -154,13 +181,19 @@ const router = {
 };
 
 export const log: Logger = pino({ name: 'gptoss', level: envLevel(), base: undefined }, router);
+loggerReady = true;
+for (const w of envWarnings) log.warn(w);
 
-// pino children copy the level when they are made; configureLogging() sets it on each of them.
-const children: Logger[] = [];
+// pino children copy the level when they are made; configureLogging() sets it on each of them. One child per
+// component (modules ask once, at import; a repeated ask gets the same logger).
+const children = new Map<string, Logger>();
 
 export function childLogger(component: string): Logger {
-  const c = log.child({ component });
-  children.push(c);
+  let c = children.get(component);
+  if (!c) {
+    c = log.child({ component });
+    children.set(component, c);
+  }
   return c;
 }
 
@@ -172,10 +205,14 @@ export function configureLogging(o: LoggingOptions): void {
     route.format = o.format;
   }
   if (o.logger !== undefined) route.forward = o.logger;
+  if (o.progress !== undefined) {
+    if (!['auto', 'lines', 'off'].includes(o.progress)) throw new Error(`progress must be auto, lines or off (got '${o.progress}')`);
+    route.progress = o.progress;
+  }
   if (o.level !== undefined) {
     if (!LEVELS.includes(o.level)) throw new Error(`log level must be one of ${LEVELS.join(', ')} (got '${o.level}')`);
     log.level = o.level;
-    for (const c of children) c.level = o.level;
+    for (const c of children.values()) c.level = o.level;
   }
 }
 

@@ -7,8 +7,9 @@
 // Every log line clears it first and redraws it after (logger.ts's terminal guard), so the two never collide.
 // Elsewhere (a pipe, a file, JSON logs) a phase logs a line only when it has run longer than intervalMs (then
 // every intervalMs and once at its end), and the overall step count and ETA ride on the per-step metrics line.
-// GPTOSS_PROGRESS=off hides it all; =lines forces the log-line mode on a terminal.
-import { childLogger, effectiveLogFormat, logsToStderr, setTerminalGuard } from './logger.ts';
+// GPTOSS_PROGRESS=off (or configureLogging({ progress: 'off' })) hides it all; =lines forces the log-line mode on a
+// terminal.
+import { childLogger, effectiveLogFormat, logsToStderr, progressMode, setTerminalGuard } from './logger.ts';
 
 const log = childLogger('progress');
 
@@ -47,8 +48,7 @@ class StatusLine {
 
   /** A terminal we may draw on right now. */
   active(): boolean {
-    const mode = process.env.GPTOSS_PROGRESS;
-    return !!process.stderr.isTTY && mode !== 'lines' && mode !== 'off' && logsToStderr() && effectiveLogFormat() === 'pretty';
+    return !!process.stderr.isTTY && progressMode() === 'auto' && logsToStderr() && effectiveLogFormat() === 'pretty';
   }
 
   text(): string {
@@ -108,6 +108,18 @@ setTerminalGuard({
   beforeWrite: () => status.clear(),
   afterWrite: () => status.draw(true),
 });
+// Whatever way the process ends (a second Ctrl-C exits at once), the shell's prompt starts on a clean line.
+process.on('exit', () => status.clear());
+
+/**
+ * Ends the live display (clears the status line, forgets the open progress) so that what comes next (a CLI's final
+ * error line) starts on a clean line.
+ */
+export function endProgressDisplay(): void {
+  status.clear();
+  status.overall = null;
+  status.phase = null;
+}
 
 /** The overall progress in effect (for the metrics line's `step k/N, eta`), or null. */
 export function overallProgress(): { done: number; total: number; label: string; eta: number | null } | null {
@@ -134,7 +146,7 @@ export class Progress {
     this.startAt = opts.startAt ?? 0;
     this.done = this.startAt;
     this.unit = opts.unit ?? 'it';
-    this.enabled = (opts.enabled ?? true) && process.env.GPTOSS_PROGRESS !== 'off';
+    this.enabled = (opts.enabled ?? true) && progressMode() !== 'off';
     if (!this.enabled) return;
     if (opts.overall) status.overall = this;
     else status.phase = this;

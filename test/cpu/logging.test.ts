@@ -178,3 +178,29 @@ test('non-terminal: a phase logs only when it runs longer than its interval; met
     configureLogging({ destination: process.stderr, format: 'auto' });
   }
 });
+
+test("configureLogging({ progress: 'off' }) hides the display; 'lines' keeps a terminal to log lines", () => {
+  configureLogging({ progress: 'off' });
+  try {
+    const writes = onFakeTerminal(() => {
+      const p = new Progress('GRPO step', 4, { unit: 'step', overall: true });
+      p.tick();
+      p.finish();
+    });
+    assert.deepEqual(writes, []);
+  } finally {
+    configureLogging({ progress: 'auto' });
+  }
+  configureLogging({ progress: 'lines' });
+  try {
+    const writes = onFakeTerminal(() => {
+      const p = new Progress('eval', 4, { unit: 'seq', intervalMs: 0 });
+      p.tick(2);
+      p.finish();
+    });
+    assert.ok(writes.length > 0 && writes.every((w) => !w.startsWith('\r') && w.endsWith('\n')), JSON.stringify(writes));
+  } finally {
+    configureLogging({ progress: 'auto' });
+  }
+  assert.throws(() => configureLogging({ progress: 'sometimes' as never }), /progress must be auto, lines or off/);
+});
