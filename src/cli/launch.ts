@@ -95,7 +95,7 @@ export function parseLaunchArgs(argv: readonly string[]): LaunchOptions {
     }
   }
   const script = argv[i];
-  if (!script) throw new Error(`no script to launch\n${USAGE}`);
+  if (!script) throw new Error(`no script to launch (${USAGE}; see --help)`);
   return { ...opts, script, args: argv.slice(i + 1) };
 }
 
