@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { childLogger } from '../log/logger.ts';
 import { trainSft } from '../trainer/sft.ts';
+import { describeResume, preflightRun } from '../trainer/preflight.ts';
 import { createMetrics, interruptSignal, setupRun, sftCheckpointRoot, vocabTaskKeys, writeVocabMap } from '../trainer/setup.ts';
 import { configFromCli, runMain } from './common.ts';
 import { defaultTrainPreset } from './train.ts';
@@ -24,7 +25,8 @@ export async function sftMain(argv: string[] = process.argv): Promise<void> {
   const cli = await configFromCli(argv, {
     name: 'npm run sft --',
     description: 'Supervised fine-tuning on reference solutions (the cold start before GRPO). Default: the demo config (configs/demo-cpu.yaml, or demo-gpu.yaml on a GPU machine).',
-    defaultConfig: defaultTrainPreset(),
+    defaultConfigHelp: 'configs/demo-cpu.yaml; demo-gpu.yaml with a GPU',
+    defaultConfig: defaultTrainPreset,
   }, log);
   if (!cli) return;
   const { config, args } = cli;
@@ -32,8 +34,13 @@ export async function sftMain(argv: string[] = process.argv): Promise<void> {
   const t = config.trainer;
   const out = t.sft.output_dir ?? join('runs', 'sft', t.run_name);
   const ckptRoot = sftCheckpointRoot(config);
+  // The data, the vocabulary fit and the SFT checkpoint to resume (or the refusal), dry run or not.
+  const { sft: resumable } = preflightRun(config, run, 'sft', { force: args.forceResume });
   log.info({ model: t.policy.model.path, device: run.device, params: run.policy.numParameters(), task: run.env.name, steps: t.sft.steps, stop_at_reward: t.sft.stop_at_reward, checkpoints: ckptRoot, output: out }, 'SFT run');
-  if (args.dryRun) return;
+  if (args.dryRun) {
+    log.info(`dry run: config, device, data, model and vocabulary are fine; ${describeResume(config, resumable, 'SFT')}`);
+    return;
+  }
   const metrics = await createMetrics(config, { phase: 'sft' });
   const intr = interruptSignal();
   let r;
@@ -59,7 +66,7 @@ export async function sftMain(argv: string[] = process.argv): Promise<void> {
   // and a run name of its own, so its checkpoints and metrics do not mix with another run's.
   const grpoRun = `${t.run_name}-grpo`;
   const next = [
-    ...(args.config !== defaultTrainPreset() ? ['-c', args.config] : []),
+    ...(args.config !== undefined ? ['-c', args.config] : []),
     ...args.overrides.filter((o) => !/^[+~]*trainer\.(sft\.|run_name|ckpt_path|metrics_path|policy\.model\.path)/.test(o)),
     `trainer.policy.model.path=${out}`,
     'trainer.sft.warm_start=false',

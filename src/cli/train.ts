@@ -6,10 +6,10 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { childLogger } from '../log/logger.ts';
 import { defaultDevice } from '../native.ts';
-import { GRPO_RESUME_KEYS, planResume } from '../trainer/checkpoint.ts';
 import { checkGrpoInputs, planGrpoSteps } from '../trainer/grpo.ts';
+import { describeResume, preflightRun } from '../trainer/preflight.ts';
 import { runTraining } from '../trainer/run.ts';
-import { interruptSignal, metricsPath, setupRun, sftCheckpointRoot } from '../trainer/setup.ts';
+import { interruptSignal, metricsPath, setupRun, sftCheckpointRoot, sftMetricsPath } from '../trainer/setup.ts';
 import { configFromCli, runMain } from './common.ts';
 import { plotMetrics } from './plot.ts';
 
@@ -25,16 +25,17 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
     name: 'npm run train --',
     description:
       'GRPO post-training of a GPT-OSS model. Default: the demo that visibly learns (configs/demo-cpu.yaml, or demo-gpu.yaml on a GPU machine: SFT warm start + GRPO on the synthetic task). Resumes the newest checkpoint of the run unless trainer.resume_mode=none.',
-    defaultConfig: defaultTrainPreset(),
+    defaultConfigHelp: 'configs/demo-cpu.yaml; demo-gpu.yaml with a GPU',
+    defaultConfig: defaultTrainPreset,
   }, log);
   if (!cli) return;
-  const { config, args } = cli;
+  const { config, args, preset } = cli;
   const t = config.trainer;
   const run = await setupRun(config);
   const plan = planGrpoSteps(config, run.env.train.length);
   log.info(
     {
-      config: args.config,
+      config: preset,
       model: t.policy.model.path,
       device: run.device,
       params: run.policy.numParameters(),
@@ -49,14 +50,16 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
       checkpoints: t.ckpt_path,
       metrics: metricsPath(config),
     },
-    `training run '${t.run_name}' (config ${args.config})`,
+    `training run '${t.run_name}' (config ${preset})`,
   );
   if (plan.note) log.info(plan.note);
   checkGrpoInputs(config, run.env);
-  // What the run would resume (or the refusal: changed settings, a fresh start over old checkpoints, no intact one).
-  const resumable = planResume({ config, root: t.ckpt_path, phase: 'GRPO', keys: GRPO_RESUME_KEYS, force: args.forceResume });
+  // What would stop the run later (vocabulary fit; a resume refused: changed settings, a fresh start over old
+  // checkpoints, none intact) stops it now, dry run or not; and what it would resume.
+  const { grpo: resumable, sft: sftResumable } = preflightRun(config, run, 'grpo', { force: args.forceResume });
   if (args.dryRun) {
-    log.info(`dry run: config, data and model are fine; ${resumable ? `would resume GRPO from step ${resumable.state.step} (${resumable.dir})` : `would start fresh (no GRPO checkpoint in ${t.ckpt_path})`}`);
+    const sftNote = t.sft.warm_start && !resumable ? `; SFT warm start: ${describeResume(config, sftResumable, 'SFT')}` : '';
+    log.info(`dry run: config, device, data, model and vocabulary are fine; ${describeResume(config, resumable, 'GRPO')}${sftNote}`);
     return;
   }
   if (resumable && resumable.state.step >= plan.totalSteps) {
@@ -86,7 +89,10 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
   let chartNote = '';
   if (existsSync(r.metricsPath)) {
     try {
-      await plotMetrics(r.metricsPath, chart, { title: `${t.run_name}: reward and accuracy per GRPO step` });
+      // The warm start's evaluations too, when this run has them (its own file, its own step count).
+      const sftFile = sftMetricsPath(config);
+      const files = t.sft.warm_start && existsSync(sftFile) ? [sftFile, r.metricsPath] : [r.metricsPath];
+      await plotMetrics(files, chart, { title: `${t.run_name}: reward and accuracy per step${files.length > 1 ? ' (SFT warm start, then GRPO)' : ''}` });
       chartNote = `; chart: ${chart}`;
     } catch (e) {
       chartNote = `; no chart (${(e as Error).message})`;

@@ -18,6 +18,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, rea
 import { join, relative, resolve } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
+import { SafetensorsFile } from '../model/safetensors.ts';
 import type { Generator, Policy } from './policy.ts';
 
 const log = childLogger('checkpoint');
@@ -209,9 +210,10 @@ export function resolveResume(mode: 'latest' | 'none' | 'path', root: string, pa
 // ---- resuming ---------------------------------------------------------------------------------------------------
 
 /**
- * Why a checkpoint that is marked complete cannot be used (a file missing or of another size than was written, an
- * unreadable trainer_state.json), or null when it looks intact. Checkpoints saved before the COMPLETE marker held a
- * manifest are checked for their state file only.
+ * Why a checkpoint that is marked complete cannot be used (a file missing or of another size than was written, a
+ * safetensors header that does not parse, an unreadable trainer_state.json), or null when it looks intact. Only
+ * headers are read, not tensor data. Checkpoints saved before the COMPLETE marker held a manifest are
+ * checked for their state file only.
  */
 export function checkpointDamage(dir: string): string | null {
   const marker = join(dir, COMPLETE);
@@ -230,6 +232,11 @@ export function checkpointDamage(dir: string): string | null {
       const now = statSync(p).size;
       if (now !== size) return `${rel} has ${now} bytes where ${size} were written`;
     }
+    // Right sizes, wrong bytes (a bad disk, a copy gone wrong): what the policy's load would trip on first.
+    for (const rel of Object.keys(files ?? {})) {
+      const why = unreadable(join(dir, rel));
+      if (why) return `${rel} is unreadable (${why})`;
+    }
   }
   try {
     JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8'));
@@ -237,6 +244,20 @@ export function checkpointDamage(dir: string): string | null {
     return `${STATE_FILE} is unreadable (${(e as Error).message})`;
   }
   return null;
+}
+
+/**
+ * Why a safetensors file's header does not parse, or null (other files are left to the policy's load, which
+ * resumeTraining falls back from; the headers are checked here so that --dry-run sees what the run would).
+ */
+function unreadable(path: string): string | null {
+  if (!path.endsWith('.safetensors')) return null;
+  try {
+    SafetensorsFile.open(path).close();
+    return null;
+  } catch (e) {
+    return (e as Error).message.replace(/\s*\n\s*/g, '; ');
+  }
 }
 
 /** Complete checkpoints under root in the order a resume tries them: the one `latest` names, then newest first. */

@@ -15,12 +15,13 @@
 // sync -> stepMetrics, each phase timed into time/<phase> (PhaseTimes).
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
+import { dumpEvalResults, exportDir, type EvalDumpRow } from '../log/eval-dump.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
 import { groupAdvantages, stats } from '../rl/advantages.ts';
 import { policyLoss, meanK3 } from '../rl/loss.ts';
 import { CheckpointError, GRPO_RESUME_KEYS, resumeTraining, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, SamplingParams, SequenceBatch } from './policy.ts';
-import { Rng } from './rng.ts';
+import { epochOrder, Rng } from './rng.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
 
 const log = childLogger('grpo');
@@ -111,6 +112,8 @@ export interface EvalResult {
   accuracy: number;
   responseLength: number;
   samples: Array<{ id: string; completion: string; reward: number }>;
+  /** Every completion, when evaluate() was asked for them (trainer.dump_eval_results). */
+  all?: EvalDumpRow[];
 }
 
 /** Greedy (by default) evaluation on examples. */
@@ -120,6 +123,7 @@ export async function evaluate(
   examples: TaskExample[],
   config: Config,
   seed: number,
+  opts: { keepAll?: boolean } = {},
 ): Promise<EvalResult> {
   const g = config.generator;
   const ep = g.eval_sampling_params;
@@ -137,6 +141,7 @@ export async function evaluate(
   let lenSum = 0;
   let count = 0;
   const samples: EvalResult['samples'] = [];
+  const all: EvalDumpRow[] | undefined = opts.keepAll ? [] : undefined;
   const progress = new Progress('eval', examples.length * n, { unit: 'seq' });
   for (const batch of chunks(examples, config.trainer.eval_batch_size)) {
     const prompts = batch.flatMap((e) => Array.from({ length: n }, () => e.prompt));
@@ -148,12 +153,14 @@ export async function evaluate(
       cSum += r.correct ? 1 : 0;
       lenSum += c.tokens.length;
       count++;
-      if (samples.length < 4) samples.push({ id: ex.id, completion: env.decode ? env.decode(c.tokens) : Array.from(c.tokens).join(' '), reward: r.reward });
+      const text = () => (env.decode ? env.decode(c.tokens) : Array.from(c.tokens).join(' '));
+      if (samples.length < 4) samples.push({ id: ex.id, completion: text(), reward: r.reward });
+      all?.push({ id: ex.id, answer: ex.answer, completion: text(), reward: r.reward, correct: r.correct, finishReason: c.finishReason });
     });
     progress.tick(prompts.length);
   }
   progress.finish();
-  return { reward: count ? rSum / count : 0, accuracy: count ? cSum / count : 0, responseLength: count ? lenSum / count : 0, samples };
+  return { reward: count ? rSum / count : 0, accuracy: count ? cSum / count : 0, responseLength: count ? lenSum / count : 0, samples, ...(all ? { all } : {}) };
 }
 
 /**
@@ -217,6 +224,8 @@ interface GrpoRun {
   lastCheckpoint: string | null;
   lastSavedStep: number;
   interrupted: boolean;
+  /** GRPO steps done of totalSteps, with the rate and ETA (ticks once per completed step). */
+  overall: Progress;
 }
 
 /** Per-phase wall times of one step (s), logged as time/<phase>; a phase run several times adds up. */
@@ -282,6 +291,8 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
     lastCheckpoint: resumeDir,
     lastSavedStep: resumeDir ? state.step : -1,
     interrupted: false,
+    // The run's overall progress: leads the terminal's status line and the per-step metrics line (step k/N, ETA).
+    overall: new Progress('GRPO step', totalSteps, { unit: 'step', overall: true, startAt: state.step }),
   };
 }
 
@@ -290,7 +301,8 @@ async function runEval(run: GrpoRun, step: number): Promise<void> {
   const { d, t } = run;
   if (run.evalExamples.length === 0) return;
   const t0 = performance.now();
-  const r = await evaluate(d.generator, d.env, run.evalExamples, run.config, t.seed + 7919 * step);
+  const r = await evaluate(d.generator, d.env, run.evalExamples, run.config, t.seed + 7919 * step, { keepAll: t.dump_eval_results });
+  if (r.all) log.info({ file: dumpEvalResults(exportDir(t), step, r.all) }, 'evaluation completions dumped');
   const m: Metrics = { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength, 'time/eval': (performance.now() - t0) / 1000 };
   run.evals.push({ step, reward: r.reward, accuracy: r.accuracy });
   d.metrics?.log(step, m, 'eval');
@@ -609,8 +621,9 @@ async function grpoStep(run: GrpoRun, examples: TaskExample[]): Promise<Metrics 
 // ---- the loop -------------------------------------------------------------------------------------------------------
 /**
  * Trains with GRPO until max_steps (or the epochs) are done or the signal aborts: each step takes the next
- * train_batch_size prompts of the epoch's shuffled order; evaluation every eval_interval steps (and before training
- * with eval_before_train), checkpoints every ckpt_interval steps, at the end and on interrupt.
+ * train_batch_size prompts of the epoch's order (shuffled unless data.shuffle=false); evaluation every
+ * eval_interval steps (and before training with eval_before_train), checkpoints every ckpt_interval steps, at the
+ * end and on interrupt.
  */
 export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   checkGrpoInputs(d.config, d.env);
@@ -620,7 +633,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
 
   if (t.eval_before_train && state.step === 0) await runEval(run, 0);
 
-  let order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
+  let order = epochOrder(t.seed, state.epoch, env.train.length, run.config.data.shuffle);
   while (state.step < run.totalSteps && state.epoch < run.epochs) {
     await yieldToEventLoop();
     if (d.signal?.aborted) {
@@ -631,7 +644,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
       state.epoch++;
       state.dataPosition = 0;
       if (state.epoch >= run.epochs) break;
-      order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
+      order = epochOrder(t.seed, state.epoch, env.train.length, run.config.data.shuffle);
     }
     const examples = order.slice(state.dataPosition, state.dataPosition + t.train_batch_size).map((i) => env.train[i]!);
     const m = await grpoStep(run, examples);
@@ -640,6 +653,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
       break;
     }
     const step = state.step;
+    run.overall.tick();
     d.metrics?.log(step, m, 'train');
     d.onStep?.(step, m);
 
@@ -661,6 +675,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   }
   // The final evaluation, unless this attempt ran no step (a resumed run that was already complete).
   if (!run.interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > run.resumedStep) await runEval(run, state.step);
+  run.overall.finish();
   if (run.ownRef) run.ref?.dispose();
   return { steps: state.step, skippedSteps: run.counters.skippedSteps, interrupted: run.interrupted, lastCheckpoint: run.lastCheckpoint, evals: run.evals };
 }

@@ -11,3 +11,4 @@ export { GptOssPolicy, FrozenGptOss } from './gptoss-policy.ts';
 export { buildTaskEnv, gsm8kReasoning } from './env.ts';
 export { setupRun, resolveDevice, createMetrics, metricsPath, sftMetricsPath, sftCheckpointRoot, interruptSignal, readVocabMap, writeVocabMap, SetupError, type RunPieces } from './setup.ts';
 export * from './memory-plan.ts';
+export { checkDevice, checkData, checkVocabularyFit, checkResume, describeResume, preflightRun, type ResumePlan } from './preflight.ts';

@@ -2,6 +2,7 @@
 // policy model, generator, metrics logger. Shared by `npm run train`, `npm run sft` and library callers.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
+import { assertSupported } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
@@ -11,7 +12,7 @@ import { FrozenGptOss, GptOssPolicy } from './gptoss-policy.ts';
 import { LocalGenerator } from '../inference/local-generator.ts';
 import type { LogprobModel } from './policy.ts';
 import { buildTaskEnv } from './env.ts';
-import type { TaskEnv } from './task.ts';
+import { DataError, type TaskEnv } from './task.ts';
 import { buildVocabMap, compactTask, type VocabMap } from './vocab.ts';
 
 const log = childLogger('setup');
@@ -93,6 +94,7 @@ export interface RunPieces {
 
 /** Loads the task and the model; errors name the config key at fault. */
 export async function setupRun(c: Config): Promise<RunPieces> {
+  assertSupported(c); // a setting this version cannot honour is refused, never silently run as one process
   const device = resolveDevice(c);
   const path = c.trainer.policy.model.path;
   let env = await buildTaskEnv(c);
@@ -111,12 +113,11 @@ export async function setupRun(c: Config): Promise<RunPieces> {
       r = compactTask(env, c.data.compact_vocab_extra, savedVocab ?? undefined);
     } catch (e) {
       if (!savedVocab) throw e;
-      // The model was fine-tuned on a compact vocabulary of another task: it cannot read this task's tokens.
+      // The model was fine-tuned on a compact vocabulary of another task: it cannot read this task's tokens
+      // (compactTask's DataError counts them and names the first); say which model and, if recorded, which task.
       const task = savedVocabTask(path);
-      const was = task ? ` it was made for ${Object.entries(task).map(([k, v]) => `${k}=${v}`).join(' ')};` : '';
-      throw new SetupError(
-        `trainer.policy.model.path=${path}: the model's compact vocabulary (${savedVocab.size} tokens, ${join(path, VOCAB_FILE)}) cannot hold task '${env.name}' (${(e as Error).message.replace(/^vocab map: /, '')});${was} train it on that task`,
-      );
+      const madeFor = task ? ` (it was made for ${Object.entries(task).map(([k, v]) => `${k}=${v}`).join(' ')})` : '';
+      throw new DataError(`trainer.policy.model.path=${path}: ${(e as Error).message.replace(/^vocab map: /, '')}${madeFor}`);
     }
     env = r.env;
     vocab = r.vocab;

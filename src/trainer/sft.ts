@@ -82,7 +82,12 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
   // what a checkpoint needs to continue the same data sequence.
   let rng = new Rng(config.trainer.seed + 17);
   let orderRngState = rng.state();
-  let order = rng.permutation(examples.length);
+  // The next pass over the examples: a fresh permutation, or file order with data.shuffle=false.
+  const nextOrder = (): number[] => {
+    orderRngState = rng.state();
+    return config.data.shuffle ? rng.permutation(examples.length) : examples.map((_, i) => i);
+  };
+  let order = nextOrder();
   let pos = 0;
   let skipped = 0;
   let lastLoss = NaN;
@@ -116,8 +121,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
       return { steps: done, skippedSteps: skipped, finalLoss: lastLoss, evals, interrupted: false, resumedFrom: done, lastCheckpoint };
     }
     rng = Rng.fromState(resumed.state.rng);
-    orderRngState = rng.state();
-    order = rng.permutation(examples.length);
+    order = nextOrder();
     pos = resumed.state.dataPosition;
   }
   const checkpoint = async (finished: boolean): Promise<void> => {
@@ -134,13 +138,14 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
       if (interrupted || finished) throw e;
     }
   };
-  const progress = new Progress('sft', steps - done, { unit: 'step' });
+  // The phase's overall progress (a resumed phase counts its earlier steps as done): the status line's step k/N.
+  const progress = new Progress('SFT step', steps, { unit: 'step', overall: true, startAt: done });
   const runEval = async (step: number) => {
     if (!d.generator || env.val.length === 0) return;
     const r = await evaluate(d.generator, env, config.trainer.eval_max_samples ? env.val.slice(0, config.trainer.eval_max_samples) : env.val, config, config.trainer.seed + step);
     evals.push({ step, reward: r.reward, accuracy: r.accuracy });
     const m: Metrics = { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength };
-    d.metrics?.log(step, m, 'eval');
+    d.metrics?.log(step, m, 'sft_eval'); // its own kind: the chart draws SFT and GRPO evaluations apart
     d.onEval?.(step, m);
     if (stopAtReward !== undefined && r.reward >= stopAtReward) reached = true;
   };
@@ -154,8 +159,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
     const batch = [];
     for (let i = 0; i < bs; i++) {
       if (pos >= order.length) {
-        orderRngState = rng.state();
-        order = rng.permutation(examples.length);
+        order = nextOrder();
         pos = 0;
       }
       batch.push(examples[order[pos++]!]!);
