@@ -57,6 +57,9 @@ fi
 rm -rf "$main/.stage-$name" && mkdir -p "$main/.stage-$name"
 (cd "$src" && git ls-files -co --exclude-standard | grep -v '^\.stage-' | grep -v '^\.devnm' | tar cf - -T - dist) | tar xf - -C "$main/.stage-$name"
 ln -sfn ../.devnm/node_modules "$main/.stage-$name/node_modules"
+# The GPU tests read the shared fixtures (transformers outputs, the gptoss-tiny checkpoint), and ../shared does not
+# travel to the GPU machine: a copy goes into the stage, where test/helpers/fixtures.ts finds it (shared/ beside dist/).
+mkdir -p "$main/.stage-$name/shared" && cp -r "$src/../shared/fixtures" "$main/.stage-$name/shared/fixtures"
 
 # ---- check: the staged dist runs on the slim node_modules (config, task rendering + tokenizer, public API) -------
 check='

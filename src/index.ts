@@ -32,5 +32,7 @@ export * from './inference/index.ts';
 export * from './config/index.ts';
 export * from './rl/index.ts';
 export * from './trainer/index.ts';
-export { MetricsLogger, Progress, parseMetricsJsonl, type Metrics } from './log/metrics.ts';
+export { MetricsLogger, parseMetricsJsonl, type Metrics, type MetricsKind } from './log/metrics.ts';
+export { Progress, type ProgressOptions } from './log/progress.ts';
+export { configureLogging, setLogger, childLogger, type LoggingOptions, type LogFormat, type LogDestination } from './log/logger.ts';
 export { plotMetrics, renderSvg, svgToPng } from './cli/plot.ts';

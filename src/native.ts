@@ -76,6 +76,14 @@ export interface BackendChoice {
   reason: string;
 }
 
+/** A device that cannot be had (CUDA asked of a CPU-only build, a GPU index beyond those visible): one line for the user. */
+export class DeviceError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DeviceError';
+  }
+}
+
 let chosen: BackendChoice | undefined;
 
 /** The default device for this process, chosen once and logged with the reason. */
@@ -93,15 +101,30 @@ export function chooseBackend(override: string | undefined): BackendChoice {
     const o = override.trim().toLowerCase();
     if (o === 'cpu') return { device: 'cpu', reason: 'GPTOSS_DEVICE=cpu' };
     const m = /^cuda(?::(\d+))?$/.exec(o);
-    if (!m) throw new Error(`GPTOSS_DEVICE must be cpu, cuda or cuda:N (got '${override}')`);
-    if (!a.features.cuda) throw new Error(`GPTOSS_DEVICE=${override} but the addon was built without CUDA`);
+    if (!m) throw new DeviceError(`GPTOSS_DEVICE must be cpu, cuda or cuda:N (got '${override}')`);
+    checkCudaDevice(`GPTOSS_DEVICE=${override}`, m[1] ? Number(m[1]) : 0);
     const idx = m[1] ? Number(m[1]) : 0;
-    if (idx >= count) throw new Error(`GPTOSS_DEVICE=${override} but only ${count} CUDA device(s) are visible`);
     return { device: `cuda:${idx}`, reason: `GPTOSS_DEVICE=${override}` };
   }
   if (!a.features.cuda) return { device: 'cpu', reason: 'addon built without the CUDA backend' };
   if (count === 0) return { device: 'cpu', reason: 'CUDA backend present but no GPU is visible' };
   return { device: 'cuda:0', reason: `CUDA backend and ${count} GPU(s) visible` };
+}
+
+/**
+ * Throws a DeviceError naming `what` (the setting that asked, e.g. `trainer.device=cuda`) when CUDA device `index`
+ * cannot be used: the addon was built without CUDA, or fewer GPUs are visible.
+ */
+export function checkCudaDevice(what: string, index: number): void {
+  const a = native();
+  if (!a.features.cuda) {
+    throw new DeviceError(
+      `${what}: this build of the native addon is CPU-only (no CUDA backend: nvcc, cuBLAS or NCCL were not found when it was built); use cpu or auto, or rebuild the addon (npm run build:native) on a machine with nvcc, cuBLAS and NCCL`,
+    );
+  }
+  const count = a.ops.deviceCount() as number;
+  if (count === 0) throw new DeviceError(`${what}: no CUDA device is visible (check CUDA_VISIBLE_DEVICES and the driver)`);
+  if (index >= count) throw new DeviceError(`${what}: only ${count} CUDA device(s) are visible (cuda:0${count > 1 ? `..cuda:${count - 1}` : ''})`);
 }
 
 /** 'cpu' -> -1, 'cuda' -> 0, 'cuda:N' -> N. */

@@ -5,6 +5,8 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { nearest } from './suggest.ts';
+import { packageVersion } from './version.ts';
 
 const commands: Record<string, { file: string; what: string }> = {
   train: { file: 'train', what: 'GRPO training (default: the tiny CPU demo)' },
@@ -17,17 +19,22 @@ const commands: Record<string, { file: string; what: string }> = {
 
 function usage(): string {
   const rows = Object.entries(commands).map(([k, v]) => `  ${k.padEnd(14)} ${v.what}`);
-  return `usage: gptoss <command> [args]\n\ncommands:\n${rows.join('\n')}\n`;
+  return `usage: gptoss <command> [args]    (gptoss <command> --help for its options; gptoss --version)\n\ncommands:\n${rows.join('\n')}\n`;
 }
 
 const [cmd, ...rest] = process.argv.slice(2);
+if (cmd === '--version' || cmd === '-v') {
+  process.stdout.write(`${packageVersion()}\n`);
+  process.exit(0);
+}
 if (!cmd || cmd === '--help' || cmd === '-h') {
   process.stdout.write(usage());
   process.exit(cmd ? 0 : 1);
 }
 const entry = commands[cmd];
 if (!entry) {
-  process.stderr.write(`gptoss: unknown command '${cmd}'\n${usage()}`);
+  const guess = nearest(cmd, Object.keys(commands));
+  process.stderr.write(`gptoss: unknown command '${cmd}'${guess ? ` (did you mean '${guess}'?)` : ''}; commands: ${Object.keys(commands).join(', ')}\n`);
   process.exit(2);
 }
 const here = dirname(fileURLToPath(import.meta.url));

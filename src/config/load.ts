@@ -166,12 +166,71 @@ export function parseOverrides(list: string[]): Override[] {
   return list.map(parseOverride);
 }
 
-/** Warnings about keys accepted for compatibility that do nothing here (the CLI logs them). */
+/** Warnings about keys accepted for compatibility whose value changes nothing here (the CLI logs them). */
 export function compatibilityNotes(c: Config): string[] {
   const notes: string[] = [];
   if (c.generator.backend !== 'native') notes.push(`generator.backend=${c.generator.backend}: generation runs on our own engine (no Python); the name is accepted for compatibility`);
   if (!c.trainer.flash_attn) notes.push('trainer.flash_attn=false: the peer needs this for GPT-OSS (FlashAttention has no sinks); our fused kernel handles sinks, so it is used either way');
   if (!c.trainer.use_sample_packing) notes.push('trainer.use_sample_packing=false: micro-batches are padded; packing is supported for GPT-OSS here and is faster');
-  if (!c.generator.enforce_eager) notes.push('generator.enforce_eager=false: our engines have no CUDA-graph mode; kernels run eagerly');
+  if (c.trainer.strategy !== 'single') notes.push(`trainer.strategy=${c.trainer.strategy} over one process: there is nothing to shard, the single-process trainer runs`);
   return notes;
+}
+
+/** What later work brings the refused settings (named in the messages and in docs/training.md). */
+const SHARDED = 'the sharded multi-GPU trainer (issue 21) will bring it';
+const ENGINE_POOL = 'the inference-engine pool will bring it';
+
+/**
+ * Settings this version accepts in the schema (the seed's keys) but cannot honour: each entry is the key, the
+ * test of the value that matches what one process does, and why another value is refused.
+ */
+const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown) => boolean; want: string; why: string }> = [
+  { key: 'trainer.placement.policy_num_nodes', ok: (v) => v === 1, want: '1', why: `multi-node training is not supported yet; ${SHARDED}` },
+  { key: 'trainer.placement.policy_num_gpus_per_node', ok: (v) => v === 1, want: '1', why: `multi-GPU training is not supported yet (this version trains in one process on one device); ${SHARDED}` },
+  { key: 'trainer.placement.ref_num_nodes', ok: (v) => v === 1, want: '1', why: `a multi-node reference model is not supported yet; ${SHARDED}` },
+  { key: 'trainer.placement.ref_num_gpus_per_node', ok: (v) => v === 1, want: '1', why: `a multi-GPU reference model is not supported yet; ${SHARDED}` },
+  { key: 'trainer.placement.colocate_all', ok: (v) => v === true, want: 'true', why: `separate devices for training and generation are not supported yet; ${ENGINE_POOL}` },
+  { key: 'trainer.placement.colocate_policy_ref', ok: (v) => v === true, want: 'true', why: 'the reference model always lives in the training process' },
+  { key: 'trainer.policy.sequence_parallel_size', ok: (v) => v === 1, want: '1', why: 'sequence parallelism is not supported yet' },
+  { key: 'trainer.policy.fsdp_config.cpu_offload', ok: (v) => v === false, want: 'false', why: `optimizer state in host memory is not supported yet (the memory planner, npx gptoss plan, already plans it); ${SHARDED}` },
+  { key: 'trainer.policy.optimizer_config.offload_after_step', ok: (v) => v === false, want: 'false', why: `offloading the optimizer state between steps is not supported yet; ${SHARDED}` },
+  { key: 'trainer.gradient_checkpointing_use_reentrant', ok: (v) => v === false, want: 'false', why: "PyTorch's reentrant checkpointing has no counterpart here (trainer.gradient_checkpointing recomputes each layer in its backward)" },
+  { key: 'trainer.hf_save_interval', ok: (v) => v === -1 || v === 0, want: '-1', why: 'a separate HF-format export is not supported yet; every checkpoint (<ckpt_path>/global_step_N) already holds the model in the HF layout, loadable with --model' },
+  { key: 'trainer.algorithm.entropy_loss_coef', ok: (v) => v === 0, want: '0', why: 'an entropy bonus in the loss is not implemented (entropy is logged as a metric)' },
+  { key: 'generator.num_inference_engines', ok: (v) => v === 1, want: '1', why: `several inference engines are not supported yet; ${ENGINE_POOL}` },
+  { key: 'generator.inference_engine_tensor_parallel_size', ok: (v) => v === 1, want: '1', why: `tensor-parallel engines are not supported yet; ${ENGINE_POOL}` },
+  { key: 'generator.run_engines_locally', ok: (v) => v === true, want: 'true', why: 'remote inference engines are not supported; the engine runs in the training process' },
+  { key: 'generator.async_engine', ok: (v) => v === true, want: 'true', why: 'the in-process engine is asynchronous (the only kind there is)' },
+  { key: 'generator.batched', ok: (v) => v === true, want: 'true', why: 'generation is always batched (up to generator.max_num_seqs sequences)' },
+  { key: 'generator.enforce_eager', ok: (v) => v === true, want: 'true', why: 'CUDA graphs are not supported yet: kernels run eagerly' },
+  { key: 'generator.gpu_memory_utilization', ok: (v) => v === null, want: 'null', why: `a memory budget for the engine is not supported yet (its KV cache is sized per batch); ${ENGINE_POOL}` },
+  { key: 'generator.max_num_batched_tokens', ok: (v) => v === null, want: 'null', why: `a token budget per engine step is not supported yet (generator.max_num_seqs bounds the batch); ${ENGINE_POOL}` },
+  { key: 'generator.enable_prefix_caching', ok: (v) => v === false, want: 'false', why: `prefix caching is not supported yet; ${ENGINE_POOL}` },
+  { key: 'generator.enable_chunked_prefill', ok: (v) => v === false, want: 'false', why: `chunked prefill is not supported yet; ${ENGINE_POOL}` },
+  { key: 'generator.max_input_length', ok: (v) => v === null, want: 'null', why: 'use trainer.max_prompt_length to bound the prompts' },
+  { key: 'environment.skyrl_gym', ok: (v) => v === undefined, want: '(unset)', why: "the peer's per-environment options have no counterpart here (environment.reward_rule picks the reward)" },
+];
+
+/** Every key path SINGLE_PROCESS checks (tests walk it so that none is forgotten). */
+export const REFUSED_UNLESS_SINGLE_PROCESS: readonly string[] = SINGLE_PROCESS.map((r) => r.key);
+
+/**
+ * The settings of `c` this version cannot honour, one message each naming the key, its value and why, e.g.
+ * `trainer.placement.policy_num_gpus_per_node=8 is not supported yet: multi-GPU training ... (set 1)`.
+ */
+export function unsupportedSettings(c: Config): string[] {
+  const out: string[] = [];
+  for (const r of SINGLE_PROCESS) {
+    const v = valueAt(c, r.key.split('.'));
+    if (r.ok(v)) continue;
+    out.push(`${r.key}=${describe(v)}: ${r.why} (use ${r.want})`);
+  }
+  return out;
+}
+
+/** Throws a ConfigError listing every setting this version cannot honour (what a run checks before it starts). */
+export function assertSupported(c: Config, source = 'the config'): void {
+  const bad = unsupportedSettings(c);
+  if (bad.length === 0) return;
+  throw new ConfigError(`${source} asks for what this version cannot do:\n${bad.map((b) => `  - ${b}`).join('\n')}`);
 }

@@ -9,6 +9,7 @@
 // fails with its path and the nearest known key.
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
+import { editDistance } from '../cli/suggest.ts';
 
 export type OverrideOp = 'set' | 'add' | 'force' | 'delete';
 
@@ -153,20 +154,6 @@ export function allKeys(root: AnyZod, prefix: string[] = []): string[] {
     });
   }
   return prefix.length ? [prefix.join('.')] : [];
-}
-
-function editDistance(a: string, b: string): number {
-  const dp = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = dp[0]!;
-    dp[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const tmp = dp[j]!;
-      dp[j] = Math.min(dp[j]! + 1, dp[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = tmp;
-    }
-  }
-  return dp[b.length]!;
 }
 
 /** The nearest known full key to `key`, if one is reasonably close. */

@@ -45,9 +45,10 @@ export const OptimizerSchema = z
     /**
      * Colocated (placement.colocate_all): the fp32 masters and AdamW moments move to host memory while the engines
      * generate, as the peer does between steps. The memory planner (src/trainer/memory-plan.ts) plans generation
-     * that way; the single-process trainer keeps them where they are.
+     * that way when true; the single-process trainer keeps them where they are, so a run refuses true until the
+     * sharded trainer exists (unsupportedSettings). The seed's preset sets the peer's true for the planner.
      */
-    offload_after_step: z.boolean().default(true),
+    offload_after_step: z.boolean().default(false),
   })
   .prefault({});
 
@@ -87,6 +88,11 @@ export const AlgorithmSchema = z
   })
   .prefault({});
 
+/**
+ * Where the policy, the reference and the engines run. This version trains in one process on one device, so only
+ * the single-process values are accepted (1 node, 1 GPU, colocated); others are refused by
+ * unsupportedSettings() (src/config/load.ts) until the sharded trainer and the engine pool exist.
+ */
 export const PlacementSchema = z
   .strictObject({
     colocate_all: z.boolean().default(true),
@@ -109,6 +115,12 @@ export const SftSchema = z
     /** Where `npm run sft` writes the fine-tuned model (the GRPO run can start from it). */
     output_dir: z.string().nullable().default(null),
     log_interval: posInt().default(10),
+    /** `npm run train` runs this SFT phase first (a warm start: checkpointed and resumed like GRPO), then GRPO. */
+    warm_start: z.boolean().default(false),
+    /** Evaluate on the validation split every N SFT steps (0: at the end only). */
+    eval_interval: nonNegInt().default(0),
+    /** Stop SFT at the first evaluation whose reward reaches this (null: run every step); leaves GRPO headroom. */
+    stop_at_reward: z.number().nullable().default(null),
   })
   .prefault({});
 
@@ -124,11 +136,13 @@ export const TrainerSchema = z
             /**
              * Keep the fp32 master weights and AdamW moments of each rank's shard in pinned host memory (12 of
              * the 18 bytes per parameter a rank owns); AdamW runs on the host or streams through the GPU. Lets the
-             * trainer share GPUs with the engines on fewer GPUs (see `npx gptoss plan`).
+             * trainer share GPUs with the engines on fewer GPUs (see `npx gptoss plan`). The memory planner reads
+             * it; a run refuses true until the sharded trainer exists (unsupportedSettings).
              */
             cpu_offload: z.boolean().default(false),
           })
           .prefault({}),
+        /** Sequence parallelism: not supported yet (only 1). */
         sequence_parallel_size: posInt().default(1),
       })
       .prefault({}),
@@ -139,7 +153,10 @@ export const TrainerSchema = z
       })
       .prefault({}),
     placement: PlacementSchema,
-    /** single: one process (CPU or one GPU); fsdp2/fsdp: accepted, mean the sharded trainer (scale-out). */
+    /**
+     * single: one process (CPU or one GPU). fsdp2/fsdp: the sharded trainer; over one process (the only placement
+     * accepted yet) there is nothing to shard, so they run the single-process trainer (a note says so).
+     */
     strategy: z.enum(['single', 'fsdp2', 'fsdp']).default('single'),
     algorithm: AlgorithmSchema,
     /** cpu, cuda, cuda:N, or auto (cuda:0 when the addon has CUDA and a GPU is visible). */
@@ -176,7 +193,7 @@ export const TrainerSchema = z
      * accumulated with fp32 atomics, as FlashAttention does (dq's last bits vary between runs).
      */
     deterministic: z.boolean().default(false),
-    /** Accepted for compatibility. */
+    /** PyTorch's reentrant checkpointing has no counterpart here (only false). */
     gradient_checkpointing_use_reentrant: z.boolean().default(false),
     eval_batch_size: posInt().default(32),
     eval_before_train: z.boolean().default(true),
@@ -196,8 +213,12 @@ export const TrainerSchema = z
     ckpt_interval: z.number().int().gte(-1).default(10),
     /** -1 keeps all. */
     max_ckpts_to_keep: z.number().int().gte(-1).default(2),
-    /** Accepted for compatibility (HF-format export interval). */
+    /**
+     * HF-format exports every N steps: not supported yet as a separate save (only -1 or 0); every checkpoint
+     * (<ckpt_path>/global_step_N) already holds the model in the HF layout, loadable with --model.
+     */
     hf_save_interval: z.number().int().default(-1),
+    /** Where dumps go (dump_eval_results); null: runs/exports/<run_name>. */
     export_path: z.string().nullable().default(null),
     project_name: z.string().default('gptoss'),
     run_name: z.string().default('run'),
@@ -205,6 +226,7 @@ export const TrainerSchema = z
     logger: z.union([z.enum(['wandb', 'console', 'jsonl']), z.array(z.enum(['wandb', 'console', 'jsonl']))]).default('console'),
     /** The metrics JSONL file (null: <ckpt_path>/../metrics/<run_name>.jsonl, i.e. runs/metrics/<run>.jsonl). */
     metrics_path: z.string().nullable().default(null),
+    /** Write every evaluation's completions to <export_path>/dumped_evals/global_step_N_evals.jsonl. */
     dump_eval_results: z.boolean().default(false),
     sft: SftSchema,
   })
@@ -212,23 +234,31 @@ export const TrainerSchema = z
 
 export const GeneratorSchema = z
   .strictObject({
+    // The engine keys below describe the peer's engine pool. One in-process engine (the only kind yet) shares the
+    // trainer's weights, batches every request and has no CUDA graphs, prefix cache, chunked prefill or memory
+    // budget: the values that say so are accepted, the others are refused by unsupportedSettings().
     /** Our own engine runs the generation; vllm/sglang are accepted names for it (no Python involved). */
     backend: z.enum(['native', 'vllm', 'sglang']).default('native'),
     model_dtype: z.enum(['bfloat16', 'bf16']).default('bfloat16'),
     run_engines_locally: z.boolean().default(true),
     num_inference_engines: posInt().default(1),
     inference_engine_tensor_parallel_size: posInt().default(1),
+    /** How weights reach separate engines; the in-process engine uses the trainer's weights, so any value works. */
     weight_sync_backend: z.enum(['nccl', 'ipc', 'local']).default('nccl'),
     async_engine: z.boolean().default(true),
     batched: z.boolean().default(true),
     n_samples_per_prompt: posInt().default(4),
     /** No CUDA graphs (eager kernels); the only mode our engines have, so true is the default. */
     enforce_eager: z.boolean().default(true),
-    gpu_memory_utilization: z.number().gt(0).lte(1).default(0.8),
+    /** The engine's memory budget: not supported yet (the engine sizes its KV cache per batch); null only. */
+    gpu_memory_utilization: z.number().gt(0).lte(1).nullable().default(null),
+    /** Sequences generated together (the engine's batch). */
     max_num_seqs: posInt().default(1024),
-    max_num_batched_tokens: posInt().default(8192),
-    enable_prefix_caching: z.boolean().default(true),
-    enable_chunked_prefill: z.boolean().default(true),
+    /** A token budget per engine step: not supported yet (null only; the batch is bounded by max_num_seqs). */
+    max_num_batched_tokens: posInt().nullable().default(null),
+    enable_prefix_caching: z.boolean().default(false),
+    enable_chunked_prefill: z.boolean().default(false),
+    /** Not supported (null only): trainer.max_prompt_length bounds the prompts. */
     max_input_length: posInt().nullable().default(null),
     /** Multi-turn rollouts are not implemented yet. */
     max_turns: z.literal(1).default(1),
@@ -262,7 +292,7 @@ export const EnvironmentSchema = z
     env_class: z.enum(['gsm8k', 'synthetic']).default('gsm8k'),
     /** strict: first `#### N`; flexible: last number; harmony: look in the final channel. */
     reward_rule: z.enum(['strict', 'flexible', 'harmony']).default('strict'),
-    /** The peer's per-environment options; accepted and ignored. */
+    /** The peer's per-environment options: no counterpart here (refused when set). */
     skyrl_gym: z.record(z.string(), z.unknown()).optional(),
   })
   .prefault({});
@@ -275,6 +305,7 @@ export const DataSchema = z
     /** Use only the first N training prompts (null: all). */
     max_train_samples: posInt().nullable().default(null),
     max_val_samples: posInt().nullable().default(null),
+    /** Shuffle the training prompts each epoch (seeded by trainer.seed); false: file order. */
     shuffle: z.boolean().default(true),
     /**
      * Map the task's tokens onto a compact vocabulary (only the ids its prompts, references and stop tokens use)

@@ -1,12 +1,17 @@
 // metrics.ts: per-step metrics to a JSONL file (always), the console (a compact line), and W&B (lazily loaded
-// `@wandb/sdk`, only when WANDB_API_KEY is set and the logger asks for it); plus a progress display for long phases.
+// `@wandb/sdk`, only when WANDB_API_KEY is set and the logger asks for it).
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { childLogger } from './logger.ts';
+import { formatDuration, overallProgress } from './progress.ts';
+
+// The progress display lives in progress.ts; re-exported here, where the trainers import it from.
+export { Progress } from './progress.ts';
 
 const log = childLogger('metrics');
 
 export type Metrics = Record<string, number>;
+export type MetricsKind = 'train' | 'eval' | 'sft' | 'sft_eval';
 
 export interface MetricsLoggerOptions {
   /** JSONL file; parent folders are created. */
@@ -65,8 +70,11 @@ export class MetricsLogger {
     }
   }
 
-  /** Appends one JSON line `{step, time, ...metrics}`; non-finite values are written as null. */
-  log(step: number, metrics: Metrics, kind: 'train' | 'eval' | 'sft' = 'train'): void {
+  /**
+   * Appends one JSON line `{step, kind, time, ...metrics}`; non-finite values are written as null. kind: 'train'
+   * (a GRPO step), 'eval' (a GRPO evaluation), 'sft' (an SFT step), 'sft_eval' (an evaluation during SFT).
+   */
+  log(step: number, metrics: Metrics, kind: MetricsKind = 'train'): void {
     const row: Record<string, unknown> = { step, kind, time: new Date().toISOString() };
     for (const [k, v] of Object.entries(metrics)) row[k] = Number.isFinite(v) ? v : null;
     appendFileSync(this.path, `${JSON.stringify(row)}\n`);
@@ -79,7 +87,10 @@ export class MetricsLogger {
     }
     if (this.opts.console !== false) {
       const parts = CONSOLE_KEYS.filter(([k]) => k in metrics).map(([k, name, digits]) => `${name}=${metrics[k]!.toFixed(digits)}`);
-      log.info(`${kind} step ${step}: ${parts.join(' ')}`);
+      // On the training rows: "of N" and the ETA of the run in progress (GRPO or SFT), when one is registered.
+      const o = kind === 'train' || kind === 'sft' ? overallProgress() : null;
+      const of = o && o.total > 0 ? `/${o.total}${o.eta !== null && o.done < o.total ? ` (eta ${formatDuration(o.eta)})` : ''}` : '';
+      log.info(`${kind} step ${step}${of}: ${parts.join(' ')}`);
     }
   }
 
@@ -107,63 +118,4 @@ export function parseMetricsJsonl(text: string): Array<Record<string, number | s
     }
   }
   return out;
-}
-
-/**
- * A progress display for long phases (generation, training micro-batches, evaluation). On a TTY it redraws one
- * line on stderr; otherwise it logs through pino at most every `intervalMs` and at the end.
- */
-export class Progress {
-  private done = 0;
-  private readonly start = Date.now();
-  private lastPrint = 0;
-  private lastPrintedDone = -1;
-  private readonly tty: boolean;
-  private readonly enabled: boolean;
-
-  constructor(
-    private readonly label: string,
-    private readonly total: number,
-    private readonly opts: { intervalMs?: number; unit?: string; enabled?: boolean } = {},
-  ) {
-    this.tty = !!process.stderr.isTTY && process.env.GPTOSS_PROGRESS !== 'lines';
-    this.enabled = opts.enabled ?? process.env.GPTOSS_PROGRESS !== 'off';
-  }
-
-  tick(n = 1, note?: string): void {
-    this.done += n;
-    if (!this.enabled) return;
-    const now = Date.now();
-    const interval = this.opts.intervalMs ?? (this.tty ? 100 : 5000);
-    if (this.done < this.total && now - this.lastPrint < interval) return;
-    this.lastPrint = now;
-    this.print(note);
-  }
-
-  private print(note?: string): void {
-    this.lastPrintedDone = this.done;
-    const el = (Date.now() - this.start) / 1000;
-    const rate = el > 0 ? this.done / el : 0;
-    const pct = this.total > 0 ? Math.min(100, (100 * this.done) / this.total) : 100;
-    const eta = rate > 0 && this.done < this.total ? ` eta ${((this.total - this.done) / rate).toFixed(0)}s` : '';
-    const unit = this.opts.unit ?? 'it';
-    const text = `${this.label} ${this.done}/${this.total} (${pct.toFixed(0)}%) ${rate.toFixed(1)} ${unit}/s ${el.toFixed(1)}s${eta}${note ? ` ${note}` : ''}`;
-    if (this.tty) {
-      const width = 20;
-      const fill = Math.round((pct / 100) * width);
-      process.stderr.write(`\r\x1b[2K[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${text}`);
-    } else {
-      log.info(text);
-    }
-  }
-
-  finish(note?: string): void {
-    if (!this.enabled) return;
-    if (this.tty) {
-      this.print(note);
-      process.stderr.write('\n');
-    } else if (this.lastPrintedDone !== this.done) {
-      this.print(note);
-    }
-  }
 }

@@ -113,22 +113,36 @@ const rawSchema = z
 
 export type RawGptOssConfig = z.input<typeof rawSchema>;
 
-/** Formats zod issues as `key.path: message` lines. */
-function formatIssues(err: z.ZodError, source: string): string {
-  const lines = err.issues.map((i) => {
+/** The required config.json fields, in words, for "missing field" messages. */
+const FIELD_WORDS: Record<string, string> = {
+  vocab_size: 'the vocabulary size',
+  hidden_size: 'the hidden (model) width',
+  num_hidden_layers: 'the number of transformer layers',
+  num_attention_heads: 'the number of query heads',
+  num_local_experts: 'the number of MoE experts',
+  intermediate_size: "each expert's intermediate width",
+};
+
+/** Formats zod issues as one line: `invalid gpt-oss config (file): missing field 'x' (...); y: message`. */
+function formatIssues(err: z.ZodError, source: string, json: unknown): string {
+  const parts = err.issues.map((i) => {
     const key = i.path.length ? i.path.map(String).join('.') : '(root)';
-    return `  ${key}: ${i.message}`;
+    let v: unknown = json;
+    for (const k of i.path) v = v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k as PropertyKey] : undefined;
+    if (i.path.length && v === undefined) return `missing field '${key}'${FIELD_WORDS[key] ? ` (${FIELD_WORDS[key]}, a positive integer)` : ''}`;
+    return `${key}: ${i.message.replace(/^Invalid input: /, '')}`;
   });
-  return `invalid gpt-oss config (${source}):\n${lines.join('\n')}`;
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) return `invalid gpt-oss config (${source}): expected a JSON object at the top level`;
+  return `invalid gpt-oss config (${source}): ${parts.join('; ')}`;
 }
 
 /** Parses a config.json object into a resolved GptOssConfig; throws naming the key on bad or missing values. */
 export function parseConfig(json: unknown, source = 'config.json'): GptOssConfig {
   const r = rawSchema.safeParse(json);
-  if (!r.success) throw new Error(formatIssues(r.error, source));
+  if (!r.success) throw new Error(formatIssues(r.error, source, json));
   const c = r.data;
   const fail = (key: string, msg: string): never => {
-    throw new Error(`invalid gpt-oss config (${source}):\n  ${key}: ${msg}`);
+    throw new Error(`invalid gpt-oss config (${source}): ${key}: ${msg}`);
   };
   if (c.model_type !== undefined && c.model_type !== 'gpt_oss') {
     fail('model_type', `expected "gpt_oss", got "${c.model_type}"`);

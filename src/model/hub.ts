@@ -9,6 +9,7 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { Progress } from '../log/progress.ts';
 
 export interface ResolveOptions {
   /** Cache root (default from the environment as above). */
@@ -165,15 +166,21 @@ async function downloadSnapshot(repo: string, revision: string, cacheDir: string
   return snap;
 }
 
+/** Download progress through the shared progress display (one status line on a terminal, log lines elsewhere). */
 function defaultProgress(): (p: { file: string; bytes: number; totalBytes: number }) => void {
-  let last = 0;
+  let current: { file: string; progress: Progress; mb: number } | null = null;
   return ({ file, bytes, totalBytes }) => {
-    const now = Date.now();
-    if (now - last < 1000 && bytes < totalBytes) return;
-    last = now;
-    const gb = (n: number): string => (n / 1e9).toFixed(2);
-    const pct = totalBytes ? ` (${((100 * bytes) / totalBytes).toFixed(1)}%)` : '';
-    process.stderr.write(`\rdownloading ${file}: ${gb(bytes)}/${gb(totalBytes)} GB${pct}   `);
+    if (!current || current.file !== file) {
+      current?.progress.finish();
+      current = { file, progress: new Progress(`downloading ${file}`, Math.ceil(totalBytes / 1e6), { unit: 'MB' }), mb: 0 };
+    }
+    const mb = Math.floor(bytes / 1e6);
+    current.progress.tick(mb - current.mb);
+    current.mb = mb;
+    if (totalBytes > 0 && bytes >= totalBytes) {
+      current.progress.finish();
+      current = null;
+    }
   };
 }
 

@@ -15,12 +15,13 @@
 // sync -> stepMetrics, each phase timed into time/<phase> (PhaseTimes).
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
+import { dumpEvalResults, exportDir, type EvalDumpRow } from '../log/eval-dump.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
 import { groupAdvantages, stats } from '../rl/advantages.ts';
 import { policyLoss, meanK3 } from '../rl/loss.ts';
-import { CheckpointError, readTrainerState, resolveResume, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
+import { CheckpointError, GRPO_RESUME_KEYS, resumeTraining, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, SamplingParams, SequenceBatch } from './policy.ts';
-import { Rng } from './rng.ts';
+import { epochOrder, Rng } from './rng.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
 
 const log = childLogger('grpo');
@@ -35,6 +36,8 @@ export interface GrpoDeps {
   metrics?: MetricsLogger;
   /** Abort (e.g. SIGINT): the loop saves a checkpoint at the next safe point and returns. */
   signal?: AbortSignal;
+  /** Resume a checkpoint even when its model, batch or optimizer settings differ from config (`--force-resume`). */
+  forceResume?: boolean;
   /** Called after each step with its metrics (tests, UIs). */
   onStep?: (step: number, m: Metrics) => void;
   onEval?: (step: number, m: Metrics) => void;
@@ -109,6 +112,8 @@ export interface EvalResult {
   accuracy: number;
   responseLength: number;
   samples: Array<{ id: string; completion: string; reward: number }>;
+  /** Every completion, when evaluate() was asked for them (trainer.dump_eval_results). */
+  all?: EvalDumpRow[];
 }
 
 /** Greedy (by default) evaluation on examples. */
@@ -118,6 +123,7 @@ export async function evaluate(
   examples: TaskExample[],
   config: Config,
   seed: number,
+  opts: { keepAll?: boolean } = {},
 ): Promise<EvalResult> {
   const g = config.generator;
   const ep = g.eval_sampling_params;
@@ -135,6 +141,7 @@ export async function evaluate(
   let lenSum = 0;
   let count = 0;
   const samples: EvalResult['samples'] = [];
+  const all: EvalDumpRow[] | undefined = opts.keepAll ? [] : undefined;
   const progress = new Progress('eval', examples.length * n, { unit: 'seq' });
   for (const batch of chunks(examples, config.trainer.eval_batch_size)) {
     const prompts = batch.flatMap((e) => Array.from({ length: n }, () => e.prompt));
@@ -146,12 +153,32 @@ export async function evaluate(
       cSum += r.correct ? 1 : 0;
       lenSum += c.tokens.length;
       count++;
-      if (samples.length < 4) samples.push({ id: ex.id, completion: env.decode ? env.decode(c.tokens) : Array.from(c.tokens).join(' '), reward: r.reward });
+      const text = () => (env.decode ? env.decode(c.tokens) : Array.from(c.tokens).join(' '));
+      if (samples.length < 4) samples.push({ id: ex.id, completion: text(), reward: r.reward });
+      all?.push({ id: ex.id, answer: ex.answer, completion: text(), reward: r.reward, correct: r.correct, finishReason: c.finishReason });
     });
     progress.tick(prompts.length);
   }
   progress.finish();
-  return { reward: count ? rSum / count : 0, accuracy: count ? cSum / count : 0, responseLength: count ? lenSum / count : 0, samples };
+  return { reward: count ? rSum / count : 0, accuracy: count ? cSum / count : 0, responseLength: count ? lenSum / count : 0, samples, ...(all ? { all } : {}) };
+}
+
+/**
+ * Steps and epochs of a GRPO run: every epoch when trainer.max_steps is null; else max_steps, adding epochs when
+ * the data holds fewer steps than that (with a note saying so, which the loop logs at its start).
+ */
+export function planGrpoSteps(config: Config, trainPrompts: number): { stepsPerEpoch: number; epochs: number; totalSteps: number; note?: string } {
+  const t = config.trainer;
+  const stepsPerEpoch = Math.floor(trainPrompts / t.train_batch_size);
+  if (t.max_steps === null) return { stepsPerEpoch, epochs: t.epochs, totalSteps: stepsPerEpoch * t.epochs };
+  const needed = Math.ceil(t.max_steps / Math.max(1, stepsPerEpoch));
+  if (needed <= t.epochs) return { stepsPerEpoch, epochs: t.epochs, totalSteps: Math.min(t.max_steps, stepsPerEpoch * t.epochs) };
+  return {
+    stepsPerEpoch,
+    epochs: needed,
+    totalSteps: t.max_steps,
+    note: `trainer.max_steps=${t.max_steps} is more than trainer.epochs=${t.epochs} of ${stepsPerEpoch} steps (${trainPrompts} prompts / ${t.train_batch_size} per step) hold: running ${needed} epochs`,
+  };
 }
 
 /** Throws a DataError when the task cannot feed a step (empty split, fewer prompts than a batch). */
@@ -184,6 +211,10 @@ interface GrpoRun {
   counters: { skippedSteps: number; optimizerSteps: number };
   rng: Rng;
   totalSteps: number;
+  /** Epochs of the run: trainer.epochs, or more when max_steps needs them (planGrpoSteps). */
+  epochs: number;
+  /** The step this attempt resumed from (0 for a fresh run). */
+  resumedStep: number;
   /** Optimizer steps of the whole run (the LR schedule's length). */
   totalOptSteps: number;
   /** Temperature of the trainer's log-probs: the sampling temperature (1 for greedy sampling). */
@@ -193,6 +224,8 @@ interface GrpoRun {
   lastCheckpoint: string | null;
   lastSavedStep: number;
   interrupted: boolean;
+  /** GRPO steps done of totalSteps, with the rate and ETA (ticks once per completed step). */
+  overall: Progress;
 }
 
 /** Per-phase wall times of one step (s), logged as time/<phase>; a phase run several times adds up. */
@@ -224,18 +257,15 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
   }
 
   let state: TrainerState = { step: 0, epoch: 0, dataPosition: 0, rng: new Rng(t.seed).state(), counters: { skippedSteps: 0, optimizerSteps: 0 } };
-  const resumeDir = resolveResume(t.resume_mode, t.ckpt_path, t.resume_path);
-  if (resumeDir) {
-    state = readTrainerState(resumeDir);
-    await policy.load(resumeDir);
-    await generator.updateWeights(policy);
-    log.info({ dir: resumeDir, step: state.step, epoch: state.epoch }, 'resumed from checkpoint');
-  }
+  const resumed = await resumeTraining({ config, root: t.ckpt_path, phase: 'GRPO', keys: GRPO_RESUME_KEYS, policy, generator, metricsPath: d.metrics?.path, force: d.forceResume });
+  if (resumed) state = resumed.state;
+  const resumeDir = resumed?.dir ?? null;
   const counters = { skippedSteps: 0, optimizerSteps: 0, ...state.counters };
   const rng = Rng.fromState(state.rng);
 
-  const stepsPerEpoch = Math.floor(env.train.length / t.train_batch_size);
-  const totalSteps = t.max_steps ?? stepsPerEpoch * t.epochs;
+  const plan = planGrpoSteps(config, env.train.length);
+  if (plan.note) log.info(plan.note);
+  const totalSteps = plan.totalSteps;
   const miniPerStep = t.train_batch_size / t.policy_mini_batch_size;
   const sampling = config.generator.sampling_params;
   return {
@@ -252,6 +282,8 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
     counters,
     rng,
     totalSteps,
+    epochs: plan.epochs,
+    resumedStep: resumed?.state.step ?? 0,
     totalOptSteps: totalSteps * miniPerStep * t.update_epochs_per_batch,
     lpTemperature: sampling.temperature > 0 ? sampling.temperature : 1,
     evalExamples: t.eval_max_samples ? env.val.slice(0, t.eval_max_samples) : env.val,
@@ -259,6 +291,8 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
     lastCheckpoint: resumeDir,
     lastSavedStep: resumeDir ? state.step : -1,
     interrupted: false,
+    // The run's overall progress: leads the terminal's status line and the per-step metrics line (step k/N, ETA).
+    overall: new Progress('GRPO step', totalSteps, { unit: 'step', overall: true, startAt: state.step }),
   };
 }
 
@@ -267,7 +301,8 @@ async function runEval(run: GrpoRun, step: number): Promise<void> {
   const { d, t } = run;
   if (run.evalExamples.length === 0) return;
   const t0 = performance.now();
-  const r = await evaluate(d.generator, d.env, run.evalExamples, run.config, t.seed + 7919 * step);
+  const r = await evaluate(d.generator, d.env, run.evalExamples, run.config, t.seed + 7919 * step, { keepAll: t.dump_eval_results });
+  if (r.all) log.info({ file: dumpEvalResults(exportDir(t), step, r.all) }, 'evaluation completions dumped');
   const m: Metrics = { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength, 'time/eval': (performance.now() - t0) / 1000 };
   run.evals.push({ step, reward: r.reward, accuracy: r.accuracy });
   d.metrics?.log(step, m, 'eval');
@@ -455,7 +490,6 @@ async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogp
     // Mini-batches are consecutive prompt groups (the peer does not shuffle within a step either).
     const idx = batch.sequences.map((_, i) => i);
     for (const mini of chunks(idx, seqPerMini)) {
-      if (d.signal?.aborted) break;
       policy.zeroGrad();
       let normTokens = 0;
       for (const i of mini) normTokens += batch.sequences[i]!.length - batch.promptLens[i]!;
@@ -565,15 +599,18 @@ function stepMetrics(run: GrpoRun, r: Rollouts, s: Scored, lps: StepLogprobs, u:
 /**
  * One GRPO step on `examples` (train_batch_size prompts): rollout -> rewards and advantages -> old/ref log-probs
  * -> policy update -> weight sync to the generator; advances the run's step and data position and returns the
- * step's metrics.
+ * step's metrics, or null when the signal aborted it before the update (the step is dropped).
  */
-async function grpoStep(run: GrpoRun, examples: TaskExample[]): Promise<Metrics> {
+async function grpoStep(run: GrpoRun, examples: TaskExample[]): Promise<Metrics | null> {
   const stepT0 = performance.now();
   const times = new PhaseTimes();
   const step = run.state.step + 1;
   const rollouts = await generateRollouts(run, step, examples, times);
+  // Interrupted before the update: the step is dropped (state and data position stay at the last step).
+  if (run.d.signal?.aborted) return null;
   const scored = scoreRollouts(run, examples, rollouts);
   const lps = await oldAndRefLogprobs(run, step, rollouts, scored, times);
+  if (run.d.signal?.aborted) return null;
   const update = await updatePolicy(run, step, scored, lps, times);
   await times.time('weight_sync', () => run.d.generator.updateWeights(run.d.policy));
   run.state.step = step;
@@ -584,8 +621,9 @@ async function grpoStep(run: GrpoRun, examples: TaskExample[]): Promise<Metrics>
 // ---- the loop -------------------------------------------------------------------------------------------------------
 /**
  * Trains with GRPO until max_steps (or the epochs) are done or the signal aborts: each step takes the next
- * train_batch_size prompts of the epoch's shuffled order; evaluation every eval_interval steps (and before training
- * with eval_before_train), checkpoints every ckpt_interval steps, at the end and on interrupt.
+ * train_batch_size prompts of the epoch's order (shuffled unless data.shuffle=false); evaluation every
+ * eval_interval steps (and before training with eval_before_train), checkpoints every ckpt_interval steps, at the
+ * end and on interrupt.
  */
 export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   checkGrpoInputs(d.config, d.env);
@@ -595,8 +633,8 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
 
   if (t.eval_before_train && state.step === 0) await runEval(run, 0);
 
-  let order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
-  while (state.step < run.totalSteps && state.epoch < t.epochs) {
+  let order = epochOrder(t.seed, state.epoch, env.train.length, run.config.data.shuffle);
+  while (state.step < run.totalSteps && state.epoch < run.epochs) {
     await yieldToEventLoop();
     if (d.signal?.aborted) {
       run.interrupted = true;
@@ -605,12 +643,17 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
     if (state.dataPosition + t.train_batch_size > env.train.length) {
       state.epoch++;
       state.dataPosition = 0;
-      if (state.epoch >= t.epochs) break;
-      order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
+      if (state.epoch >= run.epochs) break;
+      order = epochOrder(t.seed, state.epoch, env.train.length, run.config.data.shuffle);
     }
     const examples = order.slice(state.dataPosition, state.dataPosition + t.train_batch_size).map((i) => env.train[i]!);
     const m = await grpoStep(run, examples);
+    if (!m) {
+      run.interrupted = true;
+      break;
+    }
     const step = state.step;
+    run.overall.tick();
     d.metrics?.log(step, m, 'train');
     d.onStep?.(step, m);
 
@@ -622,13 +665,17 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
       break;
     }
   }
-  if (run.interrupted) {
+  if (run.interrupted && run.lastSavedStep === state.step) {
+    log.warn('interrupted at step %d, whose checkpoint %s is already saved', state.step, run.lastCheckpoint);
+  } else if (run.interrupted) {
     log.warn('interrupted: saving a checkpoint at step %d', state.step);
     await saveCheckpoint(run);
   } else if (t.ckpt_interval >= 0 && state.step > 0 && run.lastSavedStep !== state.step) {
     await saveCheckpoint(run); // the final state (ckpt_interval -1: never, except on interrupt)
   }
-  if (!run.interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > 0) await runEval(run, state.step);
+  // The final evaluation, unless this attempt ran no step (a resumed run that was already complete).
+  if (!run.interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > run.resumedStep) await runEval(run, state.step);
+  run.overall.finish();
   if (run.ownRef) run.ref?.dispose();
   return { steps: state.step, skippedSteps: run.counters.skippedSteps, interrupted: run.interrupted, lastCheckpoint: run.lastCheckpoint, evals: run.evals };
 }

@@ -69,3 +69,8 @@ export class Rng {
 function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
+
+/** The order of the training prompts in an epoch: a seeded permutation (data.shuffle), or file order. */
+export function epochOrder(seed: number, epoch: number, n: number, shuffle: boolean): number[] {
+  return shuffle ? new Rng(seed + 1000003 * epoch).permutation(n) : Array.from({ length: n }, (_, i) => i);
+}

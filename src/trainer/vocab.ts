@@ -5,9 +5,9 @@
 // softmax). A task whose prompts and answers only ever use a few hundred distinct tokens (the synthetic
 // arithmetic task) can be re-indexed onto a compact vocabulary: token ids are still produced by the real
 // tokenizer and harmony renderer, then mapped to 0..K-1 for the model, and mapped back for decoding and rewards.
-// The model never sees or produces a token outside the set. Used by the CPU learning test; the `npm run train`
-// default keeps the full vocabulary.
-import type { TaskEnv, TaskExample } from './task.ts';
+// The model never sees or produces a token outside the set. Used by the default run (configs/demo-cpu.yaml) and
+// the CPU learning test; `-c tiny-cpu` keeps the full vocabulary.
+import { DataError, type TaskEnv, type TaskExample } from './task.ts';
 
 export interface VocabMap {
   /** Compact id -> original id. */
@@ -46,11 +46,40 @@ export function buildVocabMap(tokenLists: Iterable<ArrayLike<number>>, extra: It
 }
 
 /**
+ * A model saved with a compact vocabulary knows only the tokens of the task it was trained on: a task with other
+ * tokens is a DataError (one line) before anything is encoded.
+ */
+function checkCovered(env: TaskEnv, vocab: VocabMap): void {
+  const missing = new Set<number>();
+  let first = '';
+  const scan = (ids: ArrayLike<number>, where: string) => {
+    for (let i = 0; i < ids.length; i++) {
+      if (!vocab.toCompact.has(ids[i]!)) {
+        if (missing.size === 0) first = `token ${ids[i]} in ${where}`;
+        missing.add(ids[i]!);
+      }
+    }
+  };
+  scan(env.stopTokenIds, 'the stop tokens');
+  for (const e of [...env.train, ...env.val]) {
+    scan(e.prompt, `the prompt of example ${e.id}`);
+    if (e.reference) scan(e.reference, `the reference answer of example ${e.id}`);
+  }
+  if (missing.size > 0) {
+    throw new DataError(
+      `the model's compact vocabulary (vocab.json, ${vocab.size} tokens) lacks ${missing.size} token(s) task '${env.name}' uses (first: ${first}); ` +
+        'the model was trained on another task: use the environment.env_class and data it was trained with, or a model with the full vocabulary',
+    );
+  }
+}
+
+/**
  * The same task over a compact vocabulary: every token of every prompt and reference, the stop tokens and
  * `extra` (e.g. all digit and punctuation tokens the answers may need). Rewards and decoding see original ids.
  */
 export function compactTask(env: TaskEnv, extra: Iterable<number> = [], existing?: VocabMap): { env: TaskEnv; vocab: VocabMap } {
   const all = [...env.train, ...env.val];
+  if (existing) checkCovered(env, existing);
   const vocab =
     existing ??
     buildVocabMap(

@@ -98,8 +98,11 @@ test('Hydra flow maps without spaces, and shell-split overrides are joined back'
 
 test('the CLI parser takes options and positional overrides', async () => {
   const { parseCli } = await import('../../src/cli/args.ts');
-  const a = await parseCli(['node', 'train', '--model', 'tiny', '-c', 'gsm8k-gptoss-20b', 'trainer.seed=3', '+generator.chat_template_kwargs={reasoning_effort:', 'low}', '~trainer.epochs'], { name: 't', description: 'd', defaultConfig: 'tiny-cpu' });
+  const a = await parseCli(['node', 'train', '--model', 'tiny', '-c', 'gsm8k-gptoss-20b', 'trainer.seed=3', '+generator.chat_template_kwargs={reasoning_effort:', 'low}', '~trainer.epochs'], { name: 't', description: 'd', defaultConfigHelp: 'configs/tiny-cpu.yaml' });
   assert.equal(a.model, 'tiny');
   assert.equal(a.config, 'gsm8k-gptoss-20b');
   assert.deepEqual(a.overrides, ['trainer.seed=3', '+generator.chat_template_kwargs={reasoning_effort: low}', '~trainer.epochs']);
+  // Without --config the preset is left to the command, which chooses it after parsing (configFromCli).
+  const b = await parseCli(['node', 'train', 'trainer.seed=3'], { name: 't', description: 'd', defaultConfigHelp: 'configs/tiny-cpu.yaml' });
+  assert.equal(b.config, undefined);
 });

@@ -1,0 +1,109 @@
+// Every config key either does something or is refused: a key the code never reads must be one that
+// unsupportedSettings() checks (refused unless it has the single-process value) or one whose schema admits only the
+// value implemented (a one-value enum or literal) or that a compatibility note explains.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { allKeys, assertSupported, ConfigError, ConfigSchema, loadConfig, REFUSED_UNLESS_SINGLE_PROCESS, unsupportedSettings } from '../../src/config/index.ts';
+
+/** Keys the code does not read, each for a stated reason (what the docs say too). */
+const NOT_READ_BY_DESIGN: Record<string, string> = {
+  'generator.model_dtype': 'one value: bfloat16',
+  'generator.max_turns': 'literal 1 (multi-turn refused by the schema)',
+  'generator.sampling_params.min_p': 'literal 0',
+  'generator.weight_sync_backend': 'the in-process engine uses the trainer weights: every backend is the same no-op',
+  'trainer.algorithm.kl_estimator': 'one value: k3',
+  'trainer.algorithm.use_entropy_loss': 'literal false',
+  'trainer.algorithm.use_kl_in_reward': 'literal false',
+  'trainer.bf16': 'literal true',
+  'trainer.flash_attn': 'both values select the fused kernel (compatibility note)',
+  'trainer.strategy': 'over one process there is nothing to shard (compatibility note); placement keys refuse more processes',
+};
+
+function sources(dir: string): string[] {
+  return readdirSync(dir).flatMap((n) => {
+    const p = join(dir, n);
+    if (statSync(p).isDirectory()) return p.endsWith('config') ? [] : sources(p);
+    return p.endsWith('.ts') ? [readFileSync(p, 'utf8')] : [];
+  });
+}
+
+test('no config key is accepted and silently ignored', () => {
+  const code = sources('src').join('\n');
+  const defaults = ConfigSchema.parse({});
+  const leafKeys = allKeys(ConfigSchema as never);
+  const unread: string[] = [];
+  for (const key of leafKeys) {
+    const leaf = key.split('.').pop()!;
+    // A read: `.leaf` (property access), `leaf` in a destructuring / object pattern, or `case 'leaf':` (maps
+    // such as chat_template_kwargs are read key by key).
+    const read = new RegExp(`\\.${leaf}\\b|[{,]\\s*${leaf}\\s*[,}:]|case '${leaf}':`).test(code);
+    if (!read && !REFUSED_UNLESS_SINGLE_PROCESS.includes(key) && !(key in NOT_READ_BY_DESIGN)) unread.push(key);
+  }
+  assert.deepEqual(unread, [], 'keys nobody reads and nothing refuses');
+  assert.ok(defaults && leafKeys.length > 100);
+});
+
+/** A value for each refused key that asks for more than one process can do. */
+const ASK_MORE: Record<string, unknown> = {
+  'trainer.placement.policy_num_nodes': 2,
+  'trainer.placement.policy_num_gpus_per_node': 4,
+  'trainer.placement.ref_num_nodes': 2,
+  'trainer.placement.ref_num_gpus_per_node': 4,
+  'trainer.placement.colocate_all': false,
+  'trainer.placement.colocate_policy_ref': false,
+  'trainer.policy.sequence_parallel_size': 2,
+  'trainer.policy.fsdp_config.cpu_offload': true,
+  'trainer.policy.optimizer_config.offload_after_step': true,
+  'trainer.gradient_checkpointing_use_reentrant': true,
+  'trainer.hf_save_interval': 5,
+  'trainer.algorithm.entropy_loss_coef': 0.01,
+  'generator.num_inference_engines': 2,
+  'generator.inference_engine_tensor_parallel_size': 4,
+  'generator.run_engines_locally': false,
+  'generator.async_engine': false,
+  'generator.batched': false,
+  'generator.enforce_eager': false,
+  'generator.gpu_memory_utilization': 0.8,
+  'generator.max_num_batched_tokens': 8192,
+  'generator.enable_prefix_caching': true,
+  'generator.enable_chunked_prefill': true,
+  'generator.max_input_length': 512,
+  'environment.skyrl_gym': { max_env_workers: 8 },
+};
+
+test('the defaults and the tiny preset ask for nothing refused', () => {
+  assert.deepEqual(unsupportedSettings(loadConfig({ config: null })), []);
+  assert.deepEqual(unsupportedSettings(loadConfig()), []);
+});
+
+test('every refused key: a one-line message naming the key, its value and why', () => {
+  assert.deepEqual(Object.keys(ASK_MORE).sort(), [...REFUSED_UNLESS_SINGLE_PROCESS].sort(), 'a test value for each refused key');
+  for (const [key, value] of Object.entries(ASK_MORE)) {
+    const c = loadConfig({ config: null, overrides: [`++${key}=${JSON.stringify(value)}`] });
+    const msgs = unsupportedSettings(c);
+    assert.equal(msgs.length, 1, `${key}: ${msgs.join(' | ')}`);
+    const m = msgs[0]!;
+    assert.ok(m.startsWith(`${key}=`), m);
+    assert.doesNotMatch(m, /\n/);
+    assert.match(m, /not supported|not implemented|no counterpart|always|only kind|use trainer\.max_prompt_length|lives in the training process/, m);
+    assert.throws(() => assertSupported(c), (e: unknown) => e instanceof ConfigError && e.message.includes(key));
+  }
+});
+
+test('single-process values of the placement keys are fine; 4 GPUs are refused, naming the distributed trainer', () => {
+  assert.deepEqual(unsupportedSettings(loadConfig({ overrides: ['trainer.placement.policy_num_gpus_per_node=1', 'trainer.strategy=fsdp2'] })), []);
+  const msgs = unsupportedSettings(loadConfig({ overrides: ['trainer.placement.policy_num_gpus_per_node=4'] }));
+  assert.equal(msgs.length, 1);
+  assert.match(msgs[0]!, /^trainer\.placement\.policy_num_gpus_per_node=4: multi-GPU training is not supported yet .*sharded multi-GPU trainer/);
+});
+
+test("the seed's preset loads (print-config works) and a run of it is refused with the multi-GPU keys named", () => {
+  const c = loadConfig({ config: 'gsm8k-gptoss-20b' });
+  assert.equal(c.trainer.policy.model.path, 'unsloth/gpt-oss-20b-BF16');
+  const msgs = unsupportedSettings(c).join('\n');
+  assert.match(msgs, /trainer\.placement\.policy_num_gpus_per_node=8: multi-GPU training/);
+  assert.match(msgs, /generator\.num_inference_engines=2/);
+  assert.throws(() => assertSupported(c, "config 'gsm8k-gptoss-20b'"), /config 'gsm8k-gptoss-20b' asks for what this version cannot do/);
+});
