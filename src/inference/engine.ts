@@ -123,9 +123,13 @@ export class Engine {
   readonly maxModelLen: number;
   private readonly blocks: BlockManager;
   private readonly scheduler: Scheduler;
-  private readonly pending = new Map<number, PendingRequest>();
-  /** sequence -> (request group, sample index). */
-  private readonly owner = new Map<Sequence, { group: number; sample: number }>();
+  /** sequence -> (its request, sample index). */
+  private readonly owner = new Map<Sequence, { request: PendingRequest; sample: number }>();
+  /**
+   * Prompt -> sharing group: the sequences of equal prompts (a request's n samples, and equal prompts of other
+   * requests) form one group, which the scheduler prefills once. Cleared whenever the engine goes idle.
+   */
+  private readonly promptGroups = new Map<string, number>();
   private nextGroup = 0;
   private nextSeq = 0;
   private loop: Promise<void> | null = null;
@@ -173,18 +177,19 @@ export class Engine {
         return p;
       }
       const n = r.n ?? 1;
-      const group = this.nextGroup++;
+      const key = r.prompt.join(',');
+      let group = this.promptGroups.get(key);
+      if (group === undefined) this.promptGroups.set(key, (group = this.nextGroup++));
       const seed = r.seed ?? Math.floor(Math.random() * 2 ** 32);
       const stop = new Set(r.stopTokens ?? this.config.eosTokenIds);
       const topK = r.topK !== undefined && r.topK > 0 ? r.topK : 0;
       p.samples = new Array<GeneratedSample | null>(n).fill(null);
       p.left = n;
       waits.push(new Promise<void>((res) => (p.resolve = res)));
-      this.pending.set(group, p);
       for (let k = 0; k < n; k++) {
         const sampling = { temperature: r.temperature ?? 1, topP: r.topP ?? 1, topK, seed: (seed + k) >>> 0 };
         const s = new Sequence(this.nextSeq++, group, r.prompt, sampling, r.maxNewTokens, stop);
-        this.owner.set(s, { group, sample: k });
+        this.owner.set(s, { request: p, sample: k });
         this.scheduler.add(s);
       }
       return p;
@@ -285,6 +290,7 @@ export class Engine {
         }
       } finally {
         this.loop = null;
+        if (this.scheduler.idle) this.promptGroups.clear();
       }
     })();
   }
@@ -315,7 +321,7 @@ export class Engine {
     const finished = this.scheduler.complete(chunks, sampled);
     sampledSeqs.forEach((s, i) => {
       const o = this.owner.get(s)!;
-      this.pending.get(o.group)?.onToken?.({ request: this.pending.get(o.group)!.index, sample: o.sample, token: sampled[i]!.token, logprob: sampled[i]!.logprob });
+      o.request.onToken?.({ request: o.request.index, sample: o.sample, token: sampled[i]!.token, logprob: sampled[i]!.logprob });
     });
     for (const s of finished) this.deliver(s);
   }
@@ -370,21 +376,18 @@ export class Engine {
     const o = this.owner.get(s);
     if (!o) return;
     this.owner.delete(s);
-    const p = this.pending.get(o.group)!;
+    const p = o.request;
     const sample: GeneratedSample = { tokens: s.generated, logprobs: s.logprobs, finishReason: s.finishReason ?? 'abort' };
     if (error) sample.error = error;
     p.samples[o.sample] = sample;
-    if (--p.left === 0) {
-      this.pending.delete(o.group);
-      p.resolve();
-    }
+    if (--p.left === 0) p.resolve();
   }
 }
 
 /**
  * The pool size when numBlocks is not given. CUDA: what gpuMemoryUtilization x the device's memory leaves after
  * what the process holds now (weights) and the engine's working buffers and CUDA overheads as the memory planner
- * counts them (engineMemoryPlan). CPU: maxNumSeqs sequences of min(maxModelLen, 4096) tokens, at most 1 GiB.
+ * counts them (engineMemoryPlan). CPU: maxNumSeqs sequences of min(maxModelLen, 4096) tokens, at most 256 MiB.
  */
 function defaultNumBlocks(
   runner: ModelRunner,
@@ -393,7 +396,7 @@ function defaultNumBlocks(
   const perBlock = runner.kvBytesPerBlock(o.blockSize);
   if (runner.device === 'cpu') {
     const tokens = o.maxNumSeqs * Math.min(o.maxModelLen, 4096);
-    return Math.max(1, Math.min(Math.ceil(tokens / o.blockSize), Math.floor(2 ** 30 / perBlock)));
+    return Math.max(1, Math.min(Math.ceil(tokens / o.blockSize), Math.floor(2 ** 28 / perBlock)));
   }
   const total = deviceMemoryBytes(runner.device);
   const plan = engineMemoryPlan(

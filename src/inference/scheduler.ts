@@ -9,9 +9,9 @@
 //      prompt is partly computed, then waiting ones (up to max_num_seqs running), each taking the leading blocks
 //      the prefix cache already has. A sequence's last prompt chunk samples its first token.
 // A sequence leaves on a stop token, after max new tokens, or when it reaches the model length; waiting ones join
-// the next step. The n samples of one prompt are n sequences; only one of them prefills the prompt while the
-// others wait for its full blocks to be registered, then take them from the cache (each recomputes only the part
-// of the prompt after the last full block: at most blockSize tokens).
+// the next step. Sequences of one prompt (a request's n samples, or equal prompts: one `group`) share it: only one
+// of them prefills the prompt while the others wait for its full blocks to be registered, then take them from the
+// cache (each recomputes only the part of the prompt after the last full block: at most blockSize tokens).
 import { BlockManager, type BlockTable } from './block-manager.ts';
 
 /** Sampling parameters of one sequence (a sample of a request). */

@@ -89,7 +89,7 @@ test('sampled: a request gets the same samples alone, with others joining mid-fl
   tiny.dispose();
 });
 
-test('shared prompts: n samples == n requests with seeds seed..seed+n-1; the prompt is computed once', async () => {
+test('shared prompts: n samples == n requests with seeds seed..seed+n-1; the prompt is computed once either way', async () => {
   const model = await fixture();
   const [p] = prompts([21], 99);
   const e = await createEngine(model, { blockSize: 4, numBlocks: 64, enablePrefixCaching: false });
@@ -97,7 +97,9 @@ test('shared prompts: n samples == n requests with seeds seed..seed+n-1; the pro
   const prefill = e.stats().prefillTokens;
   // One prompt prefill (21 tokens) plus, per other sample, the tokens after the last shareable full block (20, 21).
   assert.equal(prefill, 21 + 3 * 1);
+  // Equal prompts of separate requests share the same way (prefix caching off: only live blocks are shared).
   const separate = await e.generate([0, 1, 2, 3].map((k) => ({ prompt: p!, maxNewTokens: 8, temperature: 1, seed: 5 + k, stopTokens: [] })));
+  assert.equal(e.stats().prefillTokens - prefill, 21 + 3 * 1);
   assert.deepEqual(grouped[0]!.samples.map((s) => s.tokens), separate.map((r) => r.samples[0]!.tokens));
   assert.equal(new Set(grouped[0]!.samples.map((s) => s.tokens.join())).size, 4, 'different seeds differ');
   e.dispose();
