@@ -38,8 +38,6 @@ export class Sequence {
   finishReason: FinishReason | null = null;
   /** Preemptions so far (stats). */
   preemptions = 0;
-  /** Admission order: preemption picks the highest. */
-  admittedAt = -1;
 
   constructor(
     readonly id: number,
@@ -85,9 +83,9 @@ export interface SchedulerStats {
 
 export class Scheduler {
   readonly waiting: Sequence[] = [];
+  /** In admission order: the newest (preempted first) is last. */
   readonly running: Sequence[] = [];
   readonly stats: SchedulerStats = { preemptions: 0, steps: 0, prefillTokens: 0, decodeTokens: 0 };
-  private admissions = 0;
 
   constructor(
     readonly blocks: BlockManager,
@@ -111,40 +109,46 @@ export class Scheduler {
    * be admitted into an empty running set is a pool too small for its head: an error, see admission checks).
    */
   schedule(): ScheduledChunk[] {
-    const chunks: ScheduledChunk[] = [];
+    const planned: ScheduledChunk[] = [];
+    const inStep = new Set<Sequence>();
     let budget = this.opts.maxNumBatchedTokens;
-    // 1. Decodes, oldest first; a sequence that cannot get a slot preempts the newest running ones.
+    // 1. Decodes, oldest first (running is in admission order); a sequence that cannot get a slot preempts the
+    //    newest running ones (the end of the list, not yet planned), itself last.
     for (let i = 0; i < this.running.length && budget > 0; i++) {
       const s = this.running[i]!;
       if (!s.decoding) continue;
+      let preemptedSelf = false;
       while (!this.blocks.ensureCapacity(s.table, s.tokens.length)) {
-        const victim = this.newestRunning();
+        const victim = this.running[this.running.length - 1]!;
         this.preempt(victim);
-        if (victim === s) break;
+        if (victim === s) {
+          preemptedSelf = true;
+          break;
+        }
       }
-      if (!this.running.includes(s)) {
-        i--;
-        continue;
-      }
-      chunks.push({ seq: s, start: s.computed, count: 1, sample: true });
+      if (preemptedSelf) break; // s was the newest: nothing after it is left to decode
+      planned.push({ seq: s, start: s.computed, count: 1, sample: true });
+      inStep.add(s);
       budget--;
     }
-    // Running sequences may have been preempted after their chunk was planned: keep only those still running.
-    const planned = chunks.filter((c) => this.running.includes(c.seq));
     // 2. Prefill chunks of running sequences whose prompt (or recompute) is partly done.
     for (const s of this.running) {
       if (budget <= 0) break;
-      if (s.decoding || planned.some((c) => c.seq === s)) continue;
+      if (s.decoding || inStep.has(s)) continue;
       const c = this.prefillChunk(s, budget);
       if (!c) break;
       planned.push(c);
+      inStep.add(s);
       budget -= c.count;
     }
-    // 3. Waiting sequences join while there is budget, a running slot and blocks.
+    // 3. Waiting sequences join while there is budget, a running slot and blocks. A sequence whose group has a
+    //    running member still computing the shareable part of the prompt waits (it takes those blocks later).
+    const prefilling = new Set<number>();
+    for (const r of this.running) if (r.computed < this.shareableTokens(r)) prefilling.add(r.group);
     for (let i = 0; i < this.waiting.length && budget > 0 && this.running.length < this.opts.maxNumSeqs; ) {
       const s = this.waiting[i]!;
-      if (this.groupPrefilling(s.group)) {
-        i++; // a sibling is computing this prompt: take its blocks from the cache once it is done
+      if (prefilling.has(s.group)) {
+        i++;
         continue;
       }
       const { table, cachedTokens } = this.blocks.acquirePrefix(s.tokens);
@@ -158,8 +162,8 @@ export class Scheduler {
         break; // no blocks: wait for running sequences to finish
       }
       this.waiting.splice(i, 1);
-      s.admittedAt = this.admissions++;
       this.running.push(s);
+      if (s.computed < this.shareableTokens(s)) prefilling.add(s.group);
       planned.push(c);
       budget -= c.count;
     }
@@ -215,24 +219,15 @@ export class Scheduler {
     return { seq: s, start: s.computed, count, sample: s.computed + count === s.tokens.length };
   }
 
-  /**
-   * True while a running sequence of `group` has not yet computed the prompt's shareable blocks (the full blocks
-   * before the one holding the prompt's last token), which a sibling admitted now would compute a second time.
-   */
-  private groupPrefilling(group: number): boolean {
+  /** Tokens of s's prompt in full blocks before the block of its last prompt token: what siblings can share. */
+  private shareableTokens(s: Sequence): number {
     const bs = this.blocks.blockSize;
-    return this.running.some((r) => r.group === group && r.computed < Math.floor((r.promptLength - 1) / bs) * bs);
-  }
-
-  private newestRunning(): Sequence {
-    let best = this.running[0]!;
-    for (const r of this.running) if (r.admittedAt > best.admittedAt) best = r;
-    return best;
+    return Math.floor((s.promptLength - 1) / bs) * bs;
   }
 
   /** Frees s's blocks and puts it first in the queue; it recomputes prompt + generated tokens when it rejoins. */
   private preempt(s: Sequence): void {
-    this.running.splice(this.running.indexOf(s), 1);
+    this.running.splice(this.running.lastIndexOf(s), 1);
     this.blocks.release(s.table);
     s.computed = 0;
     s.preemptions++;
