@@ -95,7 +95,7 @@ function seconds<T>(f: () => T | Promise<T>): Promise<{ value: T; s: number }> {
 interface FixedRow {
   batch: number;
   engineTokS: number;
-  staticTokS: number | null;
+  staticTokS: number | 'oom' | null;
   peerTokS: number | null | 'oom';
 }
 
@@ -108,15 +108,15 @@ async function fixed(model: GptOssModel, engine: Engine, peer: Map<number, numbe
     await engine.generate(reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }))); // warm-up
     const e = await seconds(() => engine.generate(reqs));
     const produced = e.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0);
-    let staticTokS: number | null = null;
+    let staticTokS: number | 'oom' | null = null;
     if (runStatic) {
       await engine.sleep(); // the static path's dense cache takes the pool's memory
-      const st = await seconds(() => staticGenerate(model, prompts, { maxNewTokens: newTokens, temperature: 1, seed: 1, stopTokens: [] }));
+      const st = await outOfMemoryAsNull(() => seconds(() => staticGenerate(model, prompts, { maxNewTokens: newTokens, temperature: 1, seed: 1, stopTokens: [] })));
       await engine.wake();
-      staticTokS = (B * newTokens) / st.s;
+      staticTokS = st ? (B * newTokens) / st.s : 'oom';
     }
     rows.push({ batch: B, engineTokS: produced / e.s, staticTokS, peerTokS: peer?.get(B) ?? null });
-    console.error(`fixed batch ${B}: engine ${(produced / e.s).toFixed(1)} tok/s${staticTokS ? `, static ${staticTokS.toFixed(1)} tok/s` : ''}`);
+    console.error(`fixed batch ${B}: engine ${(produced / e.s).toFixed(1)} tok/s, static ${staticTokS ?? '-'}`);
   }
   return rows;
 }
@@ -126,7 +126,8 @@ interface GrpoResult {
   outputTokens: number;
   longestOutput: number;
   engine: { seconds: number; tokS: number; preemptions: number; prefixCacheHitRate: number; steps: number };
-  static: { seconds: number; tokS: number; generatedIncludingPadding: number } | null;
+  /** null: not run; 'oom': a batch did not fit. */
+  static: { seconds: number; tokS: number; generatedIncludingPadding: number } | 'oom' | null;
   logprobGap: { sequences: number; tokens: number; meanAbs: number; maxAbs: number };
 }
 
@@ -157,13 +158,19 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
     for (let i = 0; i < reqs.length; i += staticBatch) {
       const chunk = reqs.slice(i, i + staticBatch);
       const longest = Math.max(...chunk.map((q) => q.maxNewTokens));
-      const st = await seconds(() => staticGenerate(model, chunk.map((q) => q.prompt), { maxNewTokens: longest, temperature: 1, seed: i, stopTokens: [] }));
+      const st = await outOfMemoryAsNull(() =>
+        seconds(() => staticGenerate(model, chunk.map((q) => q.prompt), { maxNewTokens: longest, temperature: 1, seed: i, stopTokens: [] })),
+      );
+      if (!st) {
+        total = NaN;
+        break;
+      }
       total += st.s;
       padded += chunk.length * longest;
     }
     await engine.wake();
-    staticSide = { seconds: total, tokS: outputTokens / total, generatedIncludingPadding: padded };
-    console.error(`grpo-like: static ${total.toFixed(2)} s`);
+    staticSide = Number.isNaN(total) ? 'oom' : { seconds: total, tokS: outputTokens / total, generatedIncludingPadding: padded };
+    console.error(`grpo-like: static ${Number.isNaN(total) ? 'out of memory' : `${total.toFixed(2)} s`}`);
   }
   // Engine vs trainer log-probs on the first gapSeqs samples (prompt + output through GptOssModel.tokenLogprobs).
   let sum = 0;
@@ -198,6 +205,19 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
     static: staticSide,
     logprobGap: { sequences: n, tokens: count, meanAbs: count ? sum / count : 0, maxAbs: max },
   };
+}
+
+/** f's result, or null when it ran out of device memory (the static path's dense cache at large batches). */
+async function outOfMemoryAsNull<T>(f: () => Promise<T>): Promise<T | null> {
+  try {
+    return await f();
+  } catch (e) {
+    if (/out of memory/i.test((e as Error).message)) {
+      console.error(`out of memory: ${(e as Error).message.split('\n')[0]}`);
+      return null;
+    }
+    throw e;
+  }
 }
 
 /** transformers generate per batch (bench/generate_peer.py), before our model takes the GPU. */
@@ -246,8 +266,11 @@ async function main(): Promise<void> {
     lines.push('', `(b) GRPO-like: ${grpo.prompts} prompts x ${grpo.samples} samples, prompts ${grpo.promptMin}-${grpo.promptMax}, outputs log-normal median ${grpo.median} cap ${grpo.cap} (${g.outputTokens} tokens, longest ${g.longestOutput})`);
     lines.push('| side | seconds | output tokens/s |', '|---|---:|---:|');
     lines.push(`| engine | ${g.engine.seconds.toFixed(2)} | ${g.engine.tokS.toFixed(1)} |`);
-    if (g.static) lines.push(`| static path (batches of ${staticBatch}) | ${g.static.seconds.toFixed(2)} | ${g.static.tokS.toFixed(1)} |`);
-    if (g.static) lines.push('', `engine time / static time: ${(g.engine.seconds / g.static.seconds).toFixed(3)}`);
+    if (g.static === 'oom') lines.push(`| static path (batches of ${staticBatch}) | OOM | OOM |`);
+    else if (g.static) {
+      lines.push(`| static path (batches of ${staticBatch}) | ${g.static.seconds.toFixed(2)} | ${g.static.tokS.toFixed(1)} |`);
+      lines.push('', `engine time / static time: ${(g.engine.seconds / g.static.seconds).toFixed(3)}`);
+    }
     lines.push(`engine: ${g.engine.steps} steps, ${g.engine.preemptions} preemptions, prefix cache hit rate ${(100 * g.engine.prefixCacheHitRate).toFixed(1)}%`);
     lines.push(`log-prob gap engine vs tokenLogprobs (${g.logprobGap.sequences} sequences, ${g.logprobGap.tokens} tokens): mean ${g.logprobGap.meanAbs.toExponential(3)}, max ${g.logprobGap.maxAbs.toExponential(3)}`);
   }
