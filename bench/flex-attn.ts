@@ -1,8 +1,9 @@
 // bench/flex-attn.ts: attention with sinks, our kernels vs torch flex_attention (compiled) + sinks in the same run.
 //
 //   npm run bench:flex-attn [-- --json out.json] [--cpu] [--no-peer] [--iters N] [--peer-budget SECONDS] [--deterministic]
-//   backward: dq by fp32 atomics in the dK/dV kernel (what training runs, trainer.deterministic=false); --deterministic
-//   measures the atomics-free backward instead.
+//   backward: deterministic: false (what training runs, trainer.deterministic=false: on sm_90 the fused kernel that adds
+//   dq partials by fp32 reductions); --deterministic measures the atomics-free backward instead. The kernels are the
+//   ones native/cuda/attention_heuristics.h picks; candidates are compared in bench/attn_bwd_harness.
 //   (on the GPU machine: node dist/bench/flex-attn.js --json $OUT/attn.json)
 //
 // gpt-oss shapes: Hq 64, Hkv 8, D 64; B1 S4096, B1 S16384, B8 S2048; causal and sliding window 128; forward and
@@ -227,7 +228,7 @@ function main() {
   const device = gpu ? native().ops.deviceName(0) : 'cpu';
   const hbm = /H200/.test(device) ? 4800 : /H100/.test(device) ? 3350 : 0;
   const fmt = (x: number | undefined, d = 2) => (x === undefined ? '-' : x.toFixed(d));
-  const bwdMode = a.atomic ? `fused dq (deterministic: false, GPTOSS_ATTN_BWD_NONDET=${process.env.GPTOSS_ATTN_BWD_NONDET || 'ws'})` : 'deterministic';
+  const bwdMode = a.atomic ? 'fused dq (deterministic: false)' : 'deterministic';
   console.log(`\nattention with sinks, device ${device}; backward ${bwdMode}; peer: ${peerStatus}`);
   console.log('| case | ours ms | ours TFLOP/s or GB/s | peer ms | peer TFLOP/s or GB/s | speedup (peer/ours) | ref: cuDNN SDPA, no sinks: ms, TFLOP/s, peer/cuDNN |');
   console.log('| --- | --- | --- | --- | --- | --- | --- |');
@@ -240,7 +241,8 @@ function main() {
     console.log(`| ${r.name} | ${fmt(r.ms, 3)} | ${ours} | ${fmt(r.peerMs, 3)} | ${peer} | ${r.ratio ? `${r.ratio.toFixed(2)}x` : '-'}${r.peerNote ? ` (${r.peerNote})` : ''} | ${ref} |`);
   }
   if (a.json) {
-    const variant = { deterministic: !a.atomic, fwd: process.env.GPTOSS_ATTN_FWD || 'ws', bwdNondet: process.env.GPTOSS_ATTN_BWD_NONDET || 'ws', fwdMt: process.env.GPTOSS_ATTN_FWD_MT ?? '1', bwdMt: process.env.GPTOSS_ATTN_BWD_MT ?? '1' };
+    // The kernels are a function of shape, mode and device (native/cuda/attention_heuristics.h): the mode is the variant.
+    const variant = { deterministic: !a.atomic };
     writeFileSync(a.json, JSON.stringify({ device, hbmGBps: hbm || undefined, peer: peerStatus, variant, rows }, null, 2));
     console.log(`wrote ${a.json}`);
   }

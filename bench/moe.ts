@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { native } from '../src/native.ts';
 import { Tensor, CudaEvent, cudaDeviceCount, synchronize, f32ToBf16Bits } from '../src/tensor.ts';
-import { moeForward, moeBackward, type MoeWeights } from '../src/ops/moe.ts';
+import { moeForward, moeBackward, type MoeContext, type MoeWeights } from '../src/ops/moe.ts';
 
 function args() {
   const a = process.argv.slice(2);
@@ -80,6 +80,18 @@ interface Row {
   fwdRatio?: number;
   fwdbwdRatio?: number;
   activeExperts: number;
+  /** The expert-GEMM strategy the plan chose (native/cuda/moe.cu, plan_expert_gemms; docs/moe.md). */
+  strategy: Strategy;
+}
+
+type Strategy = 'grouped' | 'slabs' | 'per-expert' | 'cpu';
+
+// Read from what the forward saved: the slab layout pads rows beyond T·k, the per-expert strategy keeps the
+// gathered rows xp, the grouped kernels neither.
+function strategyOf(ctx: MoeContext, T: number, k: number, gpu: boolean): Strategy {
+  if (!gpu) return 'cpu';
+  if (ctx.permTok.shape[0]! > T * k) return 'slabs';
+  return ctx.xp ? 'per-expert' : 'grouped';
 }
 
 function main() {
@@ -90,13 +102,7 @@ function main() {
   const tokens = (o.tokens ?? (gpu ? '1,64,4096,16384' : '1,64,256')).split(',').map(Number);
   const deviceName = gpu ? native().ops.deviceName(0) : 'cpu';
   const hbmGBps = /H200/.test(deviceName) ? 4800 : /H100/.test(deviceName) ? (/PCIe/.test(deviceName) ? 2000 : 3350) : undefined;
-  const tile = process.env.GPTOSS_MOE_TILE ?? '0';
-  const gather = process.env.GPTOSS_MOE_GATHER_FUSED ? 'fused' : 'materialised';
-  const gemmPath = process.env.GPTOSS_MOE_GEMM ?? 'auto';
-  console.log(
-    `moe bench on ${deviceName}: E ${E}, top-${k}, hidden ${H}, intermediate ${I} (expert GEMMs ${gemmPath}: ` +
-      `per-expert cuBLASLt at >= 128 rows/expert on auto; grouped-kernel tile variant ${tile}, gather ${gather})`,
-  );
+  console.log(`moe bench on ${deviceName}: E ${E}, top-${k}, hidden ${H}, intermediate ${I}`);
 
   const w: MoeWeights = {
     routerW: expertTensor(E, [H], 1 / Math.sqrt(H), 1, device),
@@ -128,6 +134,7 @@ function main() {
     const dy = Tensor.from(randBits(T * H, 1, 9 + T), [T, H], { dtype: 'bf16', device });
     const probe = moeForward(x, w, { topK: k });
     const active = [...probe.counts].filter((c) => c > 0).length;
+    const strategy = strategyOf(probe.ctx, T, k, gpu);
     probe.y.dispose();
     probe.ctx.dispose();
     const iters = o.iters || (gpu ? (T >= 4096 ? 10 : 50) : 2);
@@ -146,12 +153,12 @@ function main() {
     const flops = 2 * T * k * (H * 2 * I + I * H);
     const weightGB = (active * (H * 2 * I + I * H + 2 * I + H) * 2 + E * (H + 1) * 2) / 1e9;
     const r: Row = {
-      T, activeExperts: active, fwdMs, fwdTflops: flops / fwdMs / 1e9, weightGB, fwdGBps: weightGB / (fwdMs / 1e3),
+      T, activeExperts: active, strategy, fwdMs, fwdTflops: flops / fwdMs / 1e9, weightGB, fwdGBps: weightGB / (fwdMs / 1e3),
       fwdbwdMs, fwdbwdTflops: (3 * flops) / fwdbwdMs / 1e9,
     };
     if (hbmGBps) r.hbmPct = (100 * r.fwdGBps) / hbmGBps;
     rows.push(r);
-    console.log(`  T ${T}: fwd ${fwdMs.toFixed(3)} ms, fwd+bwd ${fwdbwdMs.toFixed(3)} ms`);
+    console.log(`  T ${T} (${strategy}): fwd ${fwdMs.toFixed(3)} ms, fwd+bwd ${fwdbwdMs.toFixed(3)} ms`);
     x.dispose();
     dy.dispose();
   }
@@ -177,14 +184,14 @@ function main() {
   }
 
   const f = (v: number | undefined, d = 2) => (v === undefined ? '-' : v.toFixed(d));
-  console.log(`\n| T | fwd ms | fwd TFLOP/s | weights GB/s | % HBM | peer fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd TFLOP/s | peer fwd+bwd ms | peer TFLOP/s | fwd+bwd ratio |`);
-  console.log(`| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |`);
+  console.log(`\n| T | strategy | fwd ms | fwd TFLOP/s | weights GB/s | % HBM | peer fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd TFLOP/s | peer fwd+bwd ms | peer TFLOP/s | fwd+bwd ratio |`);
+  console.log(`| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |`);
   for (const r of rows) {
     const flops3 = 3 * 2 * r.T * k * (H * 2 * I + I * H);
-    console.log(`| ${r.T} | ${f(r.fwdMs, 3)} | ${f(r.fwdTflops, 1)} | ${f(r.fwdGBps, 0)} | ${f(r.hbmPct, 0)} | ${f(r.peerFwdMs, 3)} | ${f(r.fwdRatio)} | ${f(r.fwdbwdMs, 3)} | ${f(r.fwdbwdTflops, 1)} | ${f(r.peerFwdbwdMs, 3)} | ${f(r.peerFwdbwdMs ? flops3 / r.peerFwdbwdMs / 1e9 : undefined, 1)} | ${f(r.fwdbwdRatio)} |`);
+    console.log(`| ${r.T} | ${r.strategy} | ${f(r.fwdMs, 3)} | ${f(r.fwdTflops, 1)} | ${f(r.fwdGBps, 0)} | ${f(r.hbmPct, 0)} | ${f(r.peerFwdMs, 3)} | ${f(r.fwdRatio)} | ${f(r.fwdbwdMs, 3)} | ${f(r.fwdbwdTflops, 1)} | ${f(r.peerFwdbwdMs, 3)} | ${f(r.peerFwdbwdMs ? flops3 / r.peerFwdbwdMs / 1e9 : undefined, 1)} | ${f(r.fwdbwdRatio)} |`);
   }
   if (o.json) {
-    writeFileSync(o.json, JSON.stringify({ device: deviceName, tile, gather, E, topK: k, hidden: H, intermediate: I, peer: { device: peer.device, torch: peer.torch }, rows }, null, 1));
+    writeFileSync(o.json, JSON.stringify({ device: deviceName, E, topK: k, hidden: H, intermediate: I, peer: { device: peer.device, torch: peer.torch }, rows }, null, 1));
     console.log(`wrote ${o.json}`);
   }
   for (const t of Object.values(w)) t.dispose();

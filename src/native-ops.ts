@@ -302,6 +302,15 @@ export interface NativeOps {
     seed: number,
     step: number,
   ): { tokens: NativeTensor; logprobs: NativeTensor };
+  /** logits f32 or bf16 [B, V]; temperature f32 [B], topP f32 [B], topK i32 [B], seeds i32 [B], counters i32 [B]. */
+  sampleRows(
+    logits: TensorArg,
+    temperature: TensorArg,
+    topP: TensorArg,
+    topK: TensorArg,
+    seeds: TensorArg,
+    counters: TensorArg,
+  ): { tokens: NativeTensor; logprobs: NativeTensor };
 
   // ---- swiglu.cc ----
   swigluForward(gu: TensorArg, limit: number, alpha: number): NativeTensor;
@@ -341,6 +350,21 @@ export interface NativeOps {
     kCache: TensorArg,
     vCache: TensorArg,
     seqLens: TensorArg,
+    sinks: OptTensor,
+    window: number,
+    scale: number,
+  ): NativeTensor;
+
+  // ---- paged_attention.cc ----
+  /** q [N, Hq, D], pools [numBlocks, blockSize, Hkv, D], blockTables i32 [B, M], contextLens i32 [B],
+   *  queryStarts i32 [B+1] -> out [N, Hq, D]. */
+  pagedAttention(
+    q: TensorArg,
+    kPool: TensorArg,
+    vPool: TensorArg,
+    blockTables: TensorArg,
+    contextLens: TensorArg,
+    queryStarts: TensorArg,
     sinks: OptTensor,
     window: number,
     scale: number,
@@ -434,6 +458,7 @@ export const NATIVE_OP_NAMES = [
   'ropeQkvPack',
   // sampling.cc
   'sample',
+  'sampleRows',
   // swiglu.cc
   'swigluForward',
   'swigluBackward',
@@ -441,6 +466,8 @@ export const NATIVE_OP_NAMES = [
   'attentionForward',
   'attentionBackward',
   'attentionDecode',
+  // paged_attention.cc
+  'pagedAttention',
   // collectives.cc
   'ncclVersion',
   'ncclGetUniqueId',

@@ -1,10 +1,14 @@
-// Standalone check + timing of the head_dim-64 attention backward kernels (no Node, no cuBLAS): runs the mma.sync
-// kernels (dkdv_kernel<64,1>, dq_kernel<64,1>, v2) and the wgmma kernels on the same random inputs and compares
-// them kernel-vs-kernel (any lse / D_i values work for that), printing per-tensor max error and where the first
-// mismatch is; then times v1 / v2 / wgmma at Hq 64 Hkv 8 D 64. The fused-dQ variants (fb: bulk reductions, fr:
-// red.global.add.v4, fp: fr pipelined; deterministic: false) are checked against v1 too, and their dK/dV must equal v3's bitwise.
+// Standalone check + timing of the head_dim-64 attention backward kernels (no Node, no cuBLAS): the candidates are
+// called directly (the product picks among them in native/cuda/attention_heuristics.h). On the same random inputs
+// (any lse / D_i values work for a kernel-vs-kernel check) it runs
+//   mma    dkdv_kernel<64> + dq_kernel<64>: the mma.sync pair, the reference;
+//   wgmma  dkdv_wgmma_kernel + dq_wgmma_kernel: the deterministic Hopper pair;
+//   ws     bwd_ws_kernel (+ dq_convert_ht_kernel): the warp-specialized fused-dQ kernel (deterministic: false),
+// compares each with mma (per-tensor max error, where the first mismatch is), checks that the deterministic ones
+// rerun bitwise equal, then times them at Hq 64 Hkv 8 D 64 (wgmma also as launched: dK/dV on a high-priority side
+// stream concurrently with dQ). To measure a new candidate, add it here as a variant.
 //   nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative/common -Inative/cuda \
-//        bench/attn_bwd_harness/harness.cu -o /tmp/h && /tmp/h
+//        bench/attn_bwd_harness/harness.cu -o /tmp/h && /tmp/h [check|time]
 #include <cstdio>
 #include <cstdlib>
 #include <cmath>
@@ -102,78 +106,46 @@ static Params params(const Bufs& b, const Case& c) {
 
 template <typename K> static void smem(K k, int bytes) { CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)); }
 
-// The variants: 0 = v1 (dkdv_kernel<64,1> + dq_kernel<64,1>), 1 = v2 kernels (one stream), 2 = wip wgmma<2,2>
+// The variants, in the order they run: the reference first.
+enum Var { kMma, kWgmma, kWs, kNVar };
+static const char* kVarName[] = {"mma", "wgmma", "ws"};
+static bool fused(int var) { return var == kWs; }
+
 static void run_dkdv(int var, const Params& p, int nseq, int maxlen, cudaStream_t st = 0) {
-  if (var == 0) {
-    using C = DkdvCfg<64, 1>;
-    dkdv_kernel<64, 1, false><<<dim3(ceil_div(maxlen, C::BN), p.Hkv, nseq), C::NT, C::SMEM, st>>>(p);
-  } else if (var == 1) {
-    using C = DkdvV2Cfg<4>;
-    dkdv_v2_kernel<4><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
-  } else if (var == 2) {
-    using C = DkdvWgCfg<2>;
-    dkdv_wgmma_kernel<2><<<dim3(ceil_div(maxlen, C::BN), p.Hkv, nseq), C::NT, C::SMEM, st>>>(p);
-  } else if (var == 3) {
-    using C = DkdvWgCfg<2>;
-    dkdv_wgmma_kernel<2, true><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
+  if (var == kMma) {
+    using C = DkdvCfg<64>;
+    dkdv_kernel<64><<<dim3(ceil_div(maxlen, C::BN), p.Hkv, nseq), C::NT, C::SMEM, st>>>(p);
+  } else if (var == kWgmma) {
+    using C = DkdvWgCfg;
+    dkdv_wgmma_kernel<<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
   } else {  // fused dQ: zero the accumulator, then dK/dV/dQ in one kernel (run_dq converts)
     CK(cudaMemsetAsync(p.dq_acc, 0, (size_t)p.T * p.Hq * 64 * 4, st));
-    if (var == 4) {
-      using C = DkdvWgCfg<2, 1>;
-      dkdv_wgmma_kernel<2, true, 1><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
-    } else if (var == 7) {
-      using C = BwdWsCfg<kBwdWsStages>;
-      BwdTmaMaps m;
-      if (!encode_bwd_ws_maps(&m, p)) { printf("tensor map encoding failed\n"); exit(1); }
-      bwd_ws_kernel<kBwdWsStages><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(m, p);
-    } else if (var == 6) {
-      using C = DkdvWgCfg<2, 3>;
-      dkdv_wgmma_kernel<2, true, 3><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
-    } else {
-      using C = DkdvWgCfg<2, 2>;
-      dkdv_wgmma_kernel<2, true, 2><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(p);
-    }
+    using C = BwdWsCfg<kBwdWsStages>;
+    BwdTmaMaps m;
+    if (!encode_bwd_ws_maps(&m, p)) { printf("tensor map encoding failed\n"); exit(1); }
+    bwd_ws_kernel<kBwdWsStages><<<dim3(ceil_div(maxlen, C::BN) * p.Hkv, 1, nseq), C::NT, C::SMEM, st>>>(m, p);
   }
   CK(cudaGetLastError());
 }
 static void run_dq(int var, const Params& p, int nseq, int maxlen, cudaStream_t st = 0) {
-  if (var == 0) {
-    using C = DqCfg<64, 1>;
-    dq_kernel<64, 1><<<dim3(ceil_div(maxlen, C::BM), p.Hq, nseq), C::NT, C::SMEM, st>>>(p);
-  } else if (var == 1) {
-    using C = DqCfg<64, 1>;
-    dq_kernel<64, 1, true><<<dim3(ceil_div(maxlen, C::BM) * p.Hq, 1, nseq), C::NT, C::SMEM, st>>>(p);
-  } else if (var == 2) {
-    using C = DqWgCfg<2>;
-    dq_wgmma_kernel<2><<<dim3(ceil_div(maxlen, C::BM), p.Hq, nseq), C::NT, C::SMEM, st>>>(p);
-  } else if (var == 3) {
-    using C = DqWgCfg<2>;
-    dq_wgmma_kernel<2, true><<<dim3(ceil_div(maxlen, C::BM) * p.Hq, 1, nseq), C::NT, C::SMEM, st>>>(p);
+  if (var == kMma) {
+    using C = DqCfg<64>;
+    dq_kernel<64><<<dim3(ceil_div(maxlen, C::BM), p.Hq, nseq), C::NT, C::SMEM, st>>>(p);
+  } else if (var == kWgmma) {
+    using C = DqWgCfg;
+    dq_wgmma_kernel<<<dim3(ceil_div(maxlen, C::BM) * p.Hq, 1, nseq), C::NT, C::SMEM, st>>>(p);
   } else {
     const int64_t n = (int64_t)p.T * p.Hq * 64;
     dq_convert_ht_kernel<float><<<(unsigned)ceil_div(n / 4, (int64_t)256), 256, 0, st>>>(p.dq_acc, (float*)p.dq, p.T, p.Hq, p.scale);
   }
   CK(cudaGetLastError());
 }
-// 0 = v1, 1 = v2 kernels, 2 = wgmma kernels (the WIP path, fixed), 3 = v3 (wgmma kernels, V3 order and overlap)
-// 4 = fused dQ with bulk reductions, 5 = fused dQ with red.global.add.v4, 6 = 5 with the dQ product pipelined into
-// the next step (all three non-deterministic), 7 = 6 warp-specialized (attention_bwd_ws.cuh)
-static const char* kVarName[] = {"v1", "v2", "wg", "v3", "fb", "fr", "fp", "ws"};
-constexpr int kNVar = 8;
-static bool fused(int var) { return var >= 4; }
 
 static void setup_smem() {
-  smem(dkdv_kernel<64, 1, false>, DkdvCfg<64, 1>::SMEM);
-  smem(dkdv_v2_kernel<4>, DkdvV2Cfg<4>::SMEM);
-  smem(dkdv_wgmma_kernel<2>, DkdvWgCfg<2>::SMEM);
-  smem(dq_kernel<64, 1>, DqCfg<64, 1>::SMEM);
-  smem(dq_kernel<64, 1, true>, DqCfg<64, 1>::SMEM);
-  smem(dq_wgmma_kernel<2>, DqWgCfg<2>::SMEM);
-  smem(dkdv_wgmma_kernel<2, true>, DkdvWgCfg<2>::SMEM);
-  smem(dq_wgmma_kernel<2, true>, DqWgCfg<2>::SMEM);
-  smem(dkdv_wgmma_kernel<2, true, 1>, DkdvWgCfg<2, 1>::SMEM);
-  smem(dkdv_wgmma_kernel<2, true, 2>, DkdvWgCfg<2, 2>::SMEM);
-  smem(dkdv_wgmma_kernel<2, true, 3>, DkdvWgCfg<2, 3>::SMEM);
+  smem(dkdv_kernel<64>, DkdvCfg<64>::SMEM);
+  smem(dq_kernel<64>, DqCfg<64>::SMEM);
+  smem(dkdv_wgmma_kernel, DkdvWgCfg::SMEM);
+  smem(dq_wgmma_kernel, DqWgCfg::SMEM);
   smem(bwd_ws_kernel<kBwdWsStages>, BwdWsCfg<kBwdWsStages>::SMEM);
 }
 
@@ -233,7 +205,7 @@ static bool check_case(const Case& c) {
   Bufs b = make(c, true);
   Params p = params(b, c);
   const size_t nq = (size_t)b.T * c.Hq * 64, nk = (size_t)b.T * c.Hkv * 64;
-  std::vector<float> rq, rk, rv, v3k, v3v;
+  std::vector<float> rq, rk, rv;
   bool ok = true;
   printf("%s (T %d Hq %d Hkv %d W %d sinks %d)\n", c.name.c_str(), b.T, c.Hq, c.Hkv, c.window, (int)c.sinks);
   for (int var = 0; var < kNVar; var++) {
@@ -242,18 +214,14 @@ static bool check_case(const Case& c) {
     run_dq(var, p, b.nseq, b.maxlen);
     CK(cudaDeviceSynchronize());
     auto gq = get(b.dq, nq), gk = get(b.dk, nk), gv = get(b.dv, nk);
-    if (var == 0) { rq = gq; rk = gk; rv = gv; continue; }
-    printf(" %s vs v1:\n", kVarName[var]);
-    ok &= compare("dq", gq, rq, c.Hq, c.lens);
-    ok &= compare("dk", gk, rk, c.Hkv, c.lens);
-    ok &= compare("dv", gv, rv, c.Hkv, c.lens);
-    if (var == 3) { v3k = gk; v3v = gv; }
+    if (var == kMma) { rq = gq; rk = gk; rv = gv; }
+    else {
+      printf(" %s vs mma:\n", kVarName[var]);
+      ok &= compare("dq", gq, rq, c.Hq, c.lens);
+      ok &= compare("dk", gk, rk, c.Hkv, c.lens);
+      ok &= compare("dv", gv, rv, c.Hkv, c.lens);
+    }
     if (fused(var)) {
-      // fb/fr/fp: the v3 arithmetic; ws differs in the exponent (ex2.approx.ftz), so only its tolerance check counts
-      if (var != 7 && (memcmp(gk.data(), v3k.data(), nk * 4) || memcmp(gv.data(), v3v.data(), nk * 4))) {
-        printf("  dK/dV differ from v3\n");
-        ok = false;
-      }
       // rerun: dq within rounding of the first run (atomics: the order varies)
       run_dkdv(var, p, b.nseq, b.maxlen);
       run_dq(var, p, b.nseq, b.maxlen);
@@ -274,7 +242,7 @@ static bool check_case(const Case& c) {
   return ok;
 }
 
-// HARNESS_VARS="6,7" times only those variants (profiling runs); unset = all.
+// HARNESS_VARS="12" times only those variants (digits: 0 mma, 1 wgmma, 2 ws; for profiling runs); unset = all.
 static bool selected(int var) {
   const char* e = getenv("HARNESS_VARS");
   if (!e || !*e) return true;
@@ -297,7 +265,7 @@ static void time_case(const Case& c) {
   for (int var = 0; var < kNVar; var++) {
     if (!selected(var)) continue;
     for (int conc = 0; conc < 2; conc++) {
-      if ((var == 0 || fused(var)) && conc) continue;
+      if ((var == kMma || fused(var)) && conc) continue;
       auto go = [&] {
         if (!conc) { run_dkdv(var, p, b.nseq, b.maxlen); run_dq(var, p, b.nseq, b.maxlen); return; }
         CK(cudaEventRecord(fork, 0)); CK(cudaStreamWaitEvent(side, fork, 0));

@@ -1,4 +1,4 @@
-// sampling.cc (bindings): sample(logits, temperature, topP, topK, seed, step) -> { tokens, logprobs }
+// sampling.cc (bindings): sample (one set of parameters for the batch) and sampleRows (per-row parameters).
 #include <cmath>
 
 #include "../cpu/sampling.h"
@@ -30,5 +30,30 @@ GPTOSS_OP(sample) {
   const float t = static_cast<float>(temperature), p = static_cast<float>(top_p);
   GPTOSS_DISPATCH(logits, cpu::sample(logits, t, p, top_k, uint64_t(seed), uint64_t(step), tokens, lp),
                   cuda::sample(logits, t, p, top_k, uint64_t(seed), uint64_t(step), tokens, lp));
+  return tensor_object(info.Env(), {{"tokens", tokens}, {"logprobs", lp}});
+}
+
+// sampleRows(logits, temperature, topP, topK, seeds, counters) -> { tokens, logprobs }: per-row parameters and
+// noise keys (see native/cpu/sampling.h, sample_rows).
+GPTOSS_OP(sampleRows) {
+  const char* op = "sampleRows";
+  Tensor& logits = tensor_arg(info, 0, op, "logits");
+  Tensor& temperature = tensor_arg(info, 1, op, "temperature");
+  Tensor& top_p = tensor_arg(info, 2, op, "topP");
+  Tensor& top_k = tensor_arg(info, 3, op, "topK");
+  Tensor& seeds = tensor_arg(info, 4, op, "seeds");
+  Tensor& counters = tensor_arg(info, 5, op, "counters");
+  GPTOSS_CHECK(logits.ndim() == 2 && (logits.dtype == DType::F32 || logits.dtype == DType::BF16) && logits.dim(1) > 0,
+               op, ": logits must be f32 or bf16 [B, V] with V > 0, got ", logits.describe());
+  const int64_t B = logits.dim(0);
+  check_tensor(op, "temperature", temperature, DType::F32, {B}, logits);
+  check_tensor(op, "topP", top_p, DType::F32, {B}, logits);
+  check_tensor(op, "topK", top_k, DType::I32, {B}, logits);
+  check_tensor(op, "seeds", seeds, DType::I32, {B}, logits);
+  check_tensor(op, "counters", counters, DType::I32, {B}, logits);
+  Tensor tokens = make_tensor({B}, DType::I32, logits.device);
+  Tensor lp = make_tensor({B}, DType::F32, logits.device);
+  GPTOSS_DISPATCH(logits, cpu::sample_rows(logits, temperature, top_p, top_k, seeds, counters, tokens, lp),
+                  cuda::sample_rows(logits, temperature, top_p, top_k, seeds, counters, tokens, lp));
   return tensor_object(info.Env(), {{"tokens", tokens}, {"logprobs", lp}});
 }

@@ -1,6 +1,7 @@
 // sampling.cc: CPU sampler (see sampling.h), rows in parallel. Mirrors sampling.cu step for step.
 #include "sampling.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -93,6 +94,43 @@ void sample(const Tensor& logits, float temperature, float top_p, int64_t top_k,
     for (int64_t b = b0; b < b1; b++)
       sample_row(l + b * V, V, temperature, top_p, top_k, sampling::row_key(seed, step, static_cast<uint64_t>(b)),
                  tk + b, lp + b, z, e);
+  });
+}
+
+void sample_rows(const Tensor& logits, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
+                 const Tensor& seeds, const Tensor& counters, const Tensor& tokens, const Tensor& logprobs) {
+  const int64_t B = logits.dim(0), V = logits.dim(1);
+  const float* temp = temperature.data<float>();
+  const float* tp = top_p.data<float>();
+  const int32_t* tk = top_k.data<int32_t>();
+  const int32_t* sd = seeds.data<int32_t>();
+  const int32_t* ct = counters.data<int32_t>();
+  for (int64_t b = 0; b < B; b++) {
+    GPTOSS_CHECK(temp[b] >= 0.f && std::isfinite(temp[b]), "sampleRows: temperature[", b, "] must be >= 0, got ",
+                 temp[b]);
+    GPTOSS_CHECK(tp[b] > 0.f && tp[b] <= 1.f, "sampleRows: topP[", b, "] must be in (0, 1], got ", tp[b]);
+    GPTOSS_CHECK(tk[b] >= 0, "sampleRows: topK[", b, "] must be >= 0 (0 = off), got ", tk[b]);
+    GPTOSS_CHECK(ct[b] >= 0, "sampleRows: counters[", b, "] must be >= 0, got ", ct[b]);
+  }
+  int32_t* out_tokens = tokens.data<int32_t>();
+  float* out_logprobs = logprobs.data<float>();
+  const bool is_bf16 = logits.dtype == DType::BF16;
+  parallel_for(B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> row, z;
+    std::vector<double> e;
+    for (int64_t b = b0; b < b1; b++) {
+      const float* l;
+      if (is_bf16) {
+        const bf16* src = logits.data<bf16>() + b * V;
+        row.resize(V);
+        for (int64_t j = 0; j < V; j++) row[j] = to_f32(src[j]);
+        l = row.data();
+      } else {
+        l = logits.data<float>() + b * V;
+      }
+      const uint64_t key = sampling::row_key(static_cast<uint32_t>(sd[b]), static_cast<uint64_t>(ct[b]), 0);
+      sample_row(l, V, temp[b], tp[b], tk[b], key, out_tokens + b, out_logprobs + b, z, e);
+    }
   });
 }
 

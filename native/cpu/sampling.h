@@ -19,4 +19,12 @@ namespace gptoss::cpu {
 void sample(const Tensor& logits, float temperature, float top_p, int64_t top_k, uint64_t seed, uint64_t step,
             const Tensor& tokens, const Tensor& logprobs);
 
+// Every row with its own parameters and noise key: logits f32 or bf16 [B, V]; temperature f32 [B] (0 = greedy),
+// top_p f32 [B] in (0, 1], top_k i32 [B] (0 = off), seeds i32 [B] (bits read as unsigned 32-bit), counters i32 [B]
+// (>= 0). Row b draws with the key of (seed_b, counter_b) alone (row_key(seed_b, counter_b, 0)), so its token does
+// not depend on which row it occupies or what else is in the batch, and a row equals sample() of that row alone
+// with seed = seed_b, step = counter_b. Checks every row's values and throws naming the first bad one.
+void sample_rows(const Tensor& logits, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
+                 const Tensor& seeds, const Tensor& counters, const Tensor& tokens, const Tensor& logprobs);
+
 }  // namespace gptoss::cpu

@@ -1,8 +1,8 @@
-// attention.h (cuda): FlashAttention-2 style attention with sinks for sm_90a. Same semantics as
-// native/cpu/attention.h; q/k/v/dout/out bf16, head_dim 16, 32, 64 or 128. Everything is enqueued on the device's
-// compute stream. The deterministic backward has no atomics: one kernel for dk/dv (per key block, looping over
-// the query heads of its kv group) and one for dq (per query block). deterministic = false (head_dim 64) fuses
-// dq into the dk/dv kernel with fp32 atomics instead.
+// attention.h (cuda): attention with sinks for sm_90a, FlashAttention style. Same semantics as native/cpu/attention.h;
+// q/k/v/dout/out bf16, head_dim 16, 32, 64 or 128. Everything is enqueued on the device's compute stream. Which
+// kernels run is a function of shapes, mode and device (attention_heuristics.h). deterministic = true gives bitwise
+// reproducible gradients (no atomics: dQ recomputes S and dP); false (head_dim 64 on sm_90) lets one fused kernel add
+// dQ partials with fp32 reductions instead, so dq's rounding varies from run to run.
 #pragma once
 #include "../common/tensor.h"
 

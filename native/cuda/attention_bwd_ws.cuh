@@ -1,9 +1,9 @@
-// attention_bwd_ws.cuh: the warp-specialized Hopper backward for head_dim 64 with fused dQ (deterministic: false,
-// GPTOSS_ATTN_BWD_NONDET=ws, the default on sm_90). The arithmetic of every step is that of
-// dkdv_wgmma_kernel<2, true, 3> (attention_bwd_kernels.cuh: S^T, dP^T, dV += P^T dO, dS^T, dK += dS^T Q, the dQ^T
-// partial over the CTA's 128 keys added by red.global.add.v4), up to the exponent (ex2.approx.ftz here, exp2f there:
-// dK/dV agree to rounding, not bitwise). What changes is how the operands arrive and how lean a step is, the
-// forward's (attention_fwd_ws.cu) structure:
+// attention_bwd_ws.cuh: the warp-specialized Hopper backward for head_dim 64 with fused dQ (deterministic: false
+// on sm_90, plan_backward in attention_heuristics.h). Per 64-query step each consumer warpgroup computes, for its
+// 64 keys: S^T = K Q^T, dP^T = V dO^T, P^T, dV += P^T dO, dS^T = P^T (dP^T - D_i), dK += dS^T Q, and the dQ^T partial
+// over the CTA's 128 keys, added to an fp32 accumulator by red.global.add.v4 (so no dQ kernel recomputes S and dP:
+// 5 GEMM-equivalents per (query block, key block) instead of the deterministic pair's 7). The forward's
+// (attention_fwd_ws.cu) structure:
 //   - a producer warp loads K and V once (TMA) and streams, per 64-query step, the Q and dO tiles (TMA, [T, Hq, 64]
 //     maps) and the step's lse and D_i rows (TMA on one-row maps of [Hq, T]) into a ring of STAGES slots guarded by
 //     full / empty mbarriers; a step whose rows cross the sequence's real end is loaded with zero-filling cp.async
@@ -12,6 +12,8 @@
 //     no load instructions of their own; the only meeting point left is the dS exchange the dQ product needs
 //     (named barrier over the 256 consumer threads);
 //   - the producer warpgroup gives its registers to the consumers (setmaxnreg 24 / 240).
+// The exponent is ex2.approx.ftz (dkdv_wgmma_kernel: exp2f), so dK / dV equal the deterministic pair's to rounding,
+// not bitwise; dsinks comes from the shared pre kernel and is bitwise the same.
 //
 // Shared memory (1024-aligned): K, V [128][64] bf16; ring: Q, dO [STAGES][64][64] bf16, lse, D_i [STAGES][64] f32;
 // dS [2 buffers][2 warpgroups][64 q][64 k] bf16 (128-byte swizzle, K-major); dQ staging [2 warpgroups][32][68] f32;
@@ -22,6 +24,43 @@
 
 namespace gptoss::cuda {
 namespace attn {
+
+// dQ staging: [2 warpgroups][32 query rows][kDqStgLd] f32, rows padded by 4 floats so that the transposed stores
+// of the dQ^T accumulator are bank-conflict free.
+constexpr int kDqStgLd = 68;
+
+// This warp's dS^T (bf16 A fragments: keys 16 wl .. 16 wl + 15 of its warpgroup x 16 NKK queries) stored transposed
+// into the warpgroup's dS tile at `tile` ([queries][64 keys] bf16, 128-byte swizzle, 1024-aligned): register j of
+// da[kk] is the 8x8 block (keys +8 (j & 1), queries 16 kk + 8 (j >> 1)); stored, its rows are queries and its 16
+// bytes are 8 keys (chunk 2 wl + (j & 1) of the swizzled row). Before the dK product is issued: the A registers of an
+// in-flight wgmma must not be accessed.
+template <int NKK>
+__device__ __forceinline__ void store_ds_tile(uint32_t tile, const uint32_t (&da)[NKK][4], int wl, int lane) {
+  const int j = lane >> 3, r = lane & 7, ch = 2 * wl + (j & 1);
+#pragma unroll
+  for (int kk = 0; kk < NKK; kk++) {
+    const int q = 16 * kk + 8 * (j >> 1) + r;
+    stsm_x4_t(tile + q * 128 + ((ch ^ (q & 7)) << 4), da[kk][0], da[kk][1], da[kk][2], da[kk][3]);
+  }
+}
+// A warpgroup's finished dQ^T partial (rows d = 16 wl + g (+8), cols q = 8 i + 2 t4 (+1) of its 32 query rows) ->
+// its staging rows stg[q][d].
+__device__ __forceinline__ void stage_dq(float* stg, const float (&acc)[4][4], int wl, int g, int t4) {
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) stg[(8 * i + 2 * t4 + (e & 1)) * kDqStgLd + 16 * wl + g + 8 * (e >> 1)] = acc[i][e];
+}
+// The staged rows (after the warpgroup's barrier) added to the f32 accumulator rows gacc[0 .. nrows) by
+// red.global.add.v4, 4 per thread.
+__device__ __forceinline__ void red_staged_dq(float* gacc, const float* stg, int nrows, int tid) {
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const int row = (tid + 128 * j) >> 4, c = (tid + 128 * j) & 15;
+    if (row < nrows)
+      red_add_v4(gacc + row * 64 + 4 * c, *reinterpret_cast<const float4*>(stg + row * kDqStgLd + 4 * c));
+  }
+}
 
 // Ring slots of the launched kernel: 3 measured 0-2% faster than 2 on an H100 (sliding windows, B8 S2048).
 constexpr int kBwdWsStages = 3;
@@ -80,10 +119,8 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
   const int64_t qstride = static_cast<int64_t>(p.Hq) * D, kstride = static_cast<int64_t>(p.Hkv) * D;
   const int keys_here = min(BN, si.len - n0);
   // The query blocks that see any of this CTA's keys, for each query head of the group: niter steps.
-  const int i_lo = n0;
-  const int i_hi = p.window > 0 ? min(si.used, n0 + BN - 1 + p.window) : si.used;
-  const int qb_lo = i_lo / BM, qb_hi = i_hi > i_lo ? (i_hi + BM - 1) / BM : qb_lo;
-  const int nqb = qb_hi - qb_lo, niter = nqb * p.G;
+  const KeyBlockBand band = key_block_band(p, si, n0, BN, BM);
+  const int qb_lo = band.qb_lo, qb_hi = band.qb_lo + band.nqb, niter = band.niter;
 
   const int wg = warpgroup_uniform();
   const int wl = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
@@ -95,15 +132,8 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
       for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
   };
   auto store_dkdv = [&] {
-    const int64_t koff = (si.start + n0) * kstride + kvh * D;
-    const int r0 = wg * 64 + wl * 16 + g;
-    if (p.grad_f32) {
-      store_frag<D, float>(static_cast<float*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
-      store_frag<D, float>(static_cast<float*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
-    } else {
-      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dk) + koff, kstride, r0, keys_here, dk, p.scale);
-      store_frag<D, __nv_bfloat16>(static_cast<__nv_bfloat16*>(p.dv) + koff, kstride, r0, keys_here, dv, 1.f);
-    }
+    store_dkdv_frags<D>(p, p.grad_f32, (si.start + n0) * kstride + kvh * D, kstride, wg * 64 + wl * 16 + g, keys_here,
+                        dk, dv);
   };
   if (niter == 0) {  // keys no real query sees (padding): zero gradients
     if (wg < C::NC) {
@@ -258,7 +288,7 @@ __global__ void __launch_bounds__(384, 1) bwd_ws_kernel(const __grid_constant__ 
     // The previous step's dQ product ran over the S^T and dP^T issue; written out now. wait_group 0 (so also S^T
     // and dP^T: the softmax then no longer overlaps dP^T, but the two products issue back to back, ~2% faster on an
     // H100) and no branch: with wait_group 1, or a branch around wgmmas, ptxas serializes every wgmma (C7514 /
-    // C7518; dkdv_wgmma_kernel, FDQ 3).
+    // C7518).
     wgmma_wait<0>();
     fence_acc<4>(dqt);
     dq_out(pend_h, pend_r0);

@@ -9,10 +9,9 @@
 // So two adjacent C tiles (16 rows x 16 cols) converted to bf16 are exactly the A fragment of the next product.
 #pragma once
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "attention.h"
+#include "attention_heuristics.h"
 #include "common.cuh"
 
 namespace gptoss::cuda::attn {
@@ -40,7 +39,7 @@ struct Params {
   void* dk;
   void* dv;
   int grad_f32;
-  float* dq_acc;  // fp32 [T, Hq, D] for the atomic dq mode (unscaled)
+  float* dq_acc;  // fp32 [Hq, T, 64], unscaled: the fused-dQ backward's accumulator (deterministic: false)
 };
 
 __device__ __forceinline__ float sink_log2(const Params& p, int h) {
@@ -60,6 +59,28 @@ __device__ __forceinline__ SeqInfo seq_info(const int* cu, const int* used, int 
   r.len = cu[s + 1] - r.start;
   r.used = used ? min(r.len, max(0, used[s])) : r.len;
   return r;
+}
+
+// The key tiles (bn keys each) that any real query row of the block q0 .. q0 + bm - 1 can see (causal or window band,
+// rows and keys past si.used left out): tiles lo .. hi - 1. The forward and dQ kernels stream exactly these.
+struct KeyTiles {
+  int lo, hi;
+};
+__device__ __forceinline__ KeyTiles key_tiles_seen(const Params& p, const SeqInfo& si, int q0, int bm, int bn) {
+  const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
+  const int n_hi = min(q0 + bm, si.used);
+  return {n_lo / bn, (n_hi + bn - 1) / bn};
+}
+
+// A query block past the sequence's real tokens (padding): zero output rows and lse 0 for head h, by all NT threads.
+template <int D, int NT>
+__device__ __forceinline__ void zero_padding_block(const Params& p, const SeqInfo& si, int q0, int rows, int h) {
+  const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
+  for (int i = threadIdx.x; i < rows * D; i += NT) {
+    const int r = i / D, d = i % D;
+    p.o[(si.start + q0 + r) * qstride + h * D + d] = __float2bfloat16(0.f);
+  }
+  for (int r = threadIdx.x; r < rows; r += NT) p.lse[static_cast<int64_t>(h) * p.T + si.start + q0 + r] = 0.f;
 }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -195,6 +216,59 @@ __device__ __forceinline__ void load_b_frags(const __nv_bfloat16* s, int k0, int
   ldsm_x4_t(smem_u32(s + swz<D>(r, ch)), b[0], b[1], b[2], b[3]);
 }
 
+// acc[16 rows][N] f32 += bf16(X)[16 rows][K] . B[K][N], per warp: X = the f32 accumulator fragments of the previous
+// product (K / 8 C fragments), converted to bf16 A fragments one 16-column chunk at a time (pack_a_frags' layout);
+// B row-major in the swizzled shared tile sB (load_b_frags). The mma.sync kernels' second products: O += P.V and
+// dQ += dS.K (rows = queries, K = the tile's keys, sB = the V / K tile), N = head_dim.
+template <int N, int K>
+__device__ __forceinline__ void mma16816_chain(float (&acc)[N / 8][4], const float (&x)[K / 8][4],
+                                               const __nv_bfloat16* sB) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; kk++) {
+    uint32_t a[4];
+    a[0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+    a[1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+    a[2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    a[3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+#pragma unroll
+    for (int np = 0; np < N / 16; np++) {
+      uint32_t b[4];
+      load_b_frags<N>(sB, kk * 16, np, b);
+      mma16816(acc[2 * np], a, b[0], b[1]);
+      mma16816(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+// The same for two products over one k loop, interleaved per 16 x 16 block (two independent MMA chains in flight):
+// dV += P^T.dO and dK += dS^T.Q of the mma.sync dK/dV kernel (rows = keys, K = the step's queries).
+template <int N, int K>
+__device__ __forceinline__ void mma16816_chain2(float (&acc1)[N / 8][4], const float (&x1)[K / 8][4],
+                                                const __nv_bfloat16* sB1, float (&acc2)[N / 8][4],
+                                                const float (&x2)[K / 8][4], const __nv_bfloat16* sB2) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; kk++) {
+    uint32_t a1[4], a2[4];
+    a1[0] = pack_bf16(x1[2 * kk][0], x1[2 * kk][1]);
+    a1[1] = pack_bf16(x1[2 * kk][2], x1[2 * kk][3]);
+    a1[2] = pack_bf16(x1[2 * kk + 1][0], x1[2 * kk + 1][1]);
+    a1[3] = pack_bf16(x1[2 * kk + 1][2], x1[2 * kk + 1][3]);
+    a2[0] = pack_bf16(x2[2 * kk][0], x2[2 * kk][1]);
+    a2[1] = pack_bf16(x2[2 * kk][2], x2[2 * kk][3]);
+    a2[2] = pack_bf16(x2[2 * kk + 1][0], x2[2 * kk + 1][1]);
+    a2[3] = pack_bf16(x2[2 * kk + 1][2], x2[2 * kk + 1][3]);
+#pragma unroll
+    for (int np = 0; np < N / 16; np++) {
+      uint32_t b[4];
+      load_b_frags<N>(sB1, kk * 16, np, b);
+      mma16816(acc1[2 * np], a1, b[0], b[1]);
+      mma16816(acc1[2 * np + 1], a1, b[2], b[3]);
+      load_b_frags<N>(sB2, kk * 16, np, b);
+      mma16816(acc2[2 * np], a2, b[0], b[1]);
+      mma16816(acc2[2 * np + 1], a2, b[2], b[3]);
+    }
+  }
+}
+
 // 2^x as one MUFU op (ex2.approx.ftz: -inf -> 0, subnormal results flush to 0, which exp2f spends extra
 // instructions to keep; a probability below 2^-126 is 0 for bf16 P anyway).
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -216,24 +290,6 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 
 namespace gptoss::cuda::attn {
-// GPTOSS_ATTN_WGMMA picks the head_dim-64 kernels on sm_90: unset or "1" = the wgmma forward for causal rows (the
-// only wgmma kernel that passes the GPU tests and beats mma.sync so far), "0" = the mma.sync kernels everywhere
-// (A/B comparisons). In a build with -DGPTOSS_ATTN_WGMMA_WIP only, "bwd-experimental" = also the wgmma dK/dV and
-// dQ kernels in their plain schedule (with GPTOSS_ATTN_BWD=v1; fixed now, see docs/attention.md). The supported way
-// to run the wgmma backward is GPTOSS_ATTN_BWD=v3.
-// Devices other than sm_90 always take the mma.sync kernels.
-inline int wgmma_mode_env() {  // bit 0: forward, bit 1: backward
-  static int m = [] {
-    const char* e = std::getenv("GPTOSS_ATTN_WGMMA");
-    if (!e || !e[0]) return 1;
-    if (e[0] == '0' && !e[1]) return 0;
-#ifdef GPTOSS_ATTN_WGMMA_WIP  // developer builds only: never reachable in a normal build
-    if (std::string(e) == "bwd-experimental") return 3;
-#endif
-    return 1;
-  }();
-  return m;
-}
 inline bool device_is_sm90(int device) {
   static int cached[64] = {};  // 0 unknown, 1 yes, 2 no
   if (device < 0 || device >= 64) return false;
@@ -244,17 +300,13 @@ inline bool device_is_sm90(int device) {
   }
   return cached[device] == 1;
 }
-inline int env_int(const char* name, int dflt) {
-  const char* e = std::getenv(name);
-  return e && e[0] ? std::atoi(e) : dflt;
-}
 }  // namespace gptoss::cuda::attn
 
 namespace gptoss::cuda {
 // Fills the pointer/shape part of the parameter block (defined in attention_fwd.cu).
 attn::Params make_attn_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* sinks,
                               const Tensor& cu, const Tensor* used, int window, float scale);
-// The warp-specialized TMA forward for head_dim 64 on sm_90 (attention_fwd_ws.cu); false when this driver cannot
-// encode tensor maps (nothing was launched).
-bool launch_fwd64_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st);
+// The warp-specialized TMA forward for head_dim 64 on sm_90 (attention_fwd_ws.cu) in the configuration `plan`
+// gives; false when no tensor map can be encoded for these tensors (nothing was launched).
+bool launch_fwd_ws(const attn::FwdPlan& plan, const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st);
 }  // namespace gptoss::cuda

@@ -1,8 +1,8 @@
-// attention_fwd_ws.cu: the warp-specialized Hopper forward for head_dim 64 (GPTOSS_ATTN_FWD=ws), the
-// FlashAttention-3 structure: a producer warp loads Q once and streams K/V tiles by TMA into a ring of shared-memory
-// slots guarded by mbarriers; two consumer warpgroups (64 query rows each, BM 128) run S = Q.K^T (wgmma, both
-// operands in shared memory) and O += P.V (wgmma, P in registers), each at its own pace: no CTA-wide barrier in the
-// loop. The producer warpgroup gives its registers to the consumers (setmaxnreg 24 / 240).
+// attention_fwd_ws.cu: the warp-specialized Hopper forward for head_dim 64 (chosen by plan_forward,
+// attention_heuristics.h), the FlashAttention-3 structure: a producer warp loads Q once and streams K/V tiles by TMA
+// into a ring of shared-memory slots guarded by mbarriers; two consumer warpgroups (64 query rows each, BM 128) run
+// S = Q.K^T (wgmma, both operands in shared memory) and O += P.V (wgmma, P in registers), each at its own pace: no
+// CTA-wide barrier in the loop. The producer warpgroup gives its registers to the consumers (setmaxnreg 24 / 240).
 //
 // Per consumer warpgroup, tiles t of its key range (S_{t-1} complete on entry of step t, PV_{t-1} maybe in flight):
 //   wait full(t); issue S_t                                   (async)
@@ -18,10 +18,6 @@
 // real length must read as zeros (padding may hold anything, and 0 * NaN is NaN): a tile that crosses the end is
 // loaded with zero-filling cp.async by the producer warp instead of TMA.
 #include <cuda.h>
-
-#include <algorithm>
-#include <climits>
-#include <cstdio>
 
 #include "attention.h"
 #include "attention_common.cuh"
@@ -49,7 +45,7 @@ struct FwdTmaMaps {
 
 // Grid (query blocks, Hq / hpc, nseq): one CTA = one 128-row query block of hpc query heads of one kv head.
 //   HEADS = false (hpc 1): the K/V band streams through the ring, slots released as the consumers finish them.
-//   HEADS = true (sliding windows; the launcher guarantees the band's kb_hi - kb_lo <= STAGES tiles): the band is
+//   HEADS = true (sliding windows; plan_forward guarantees the band's kb_hi - kb_lo <= STAGES tiles): the band is
 //     loaded once and stays resident for all hpc heads; Q is double-buffered, so the producer loads head j+1's block
 //     while the consumers work on head j, and each consumer warpgroup pipelines across head boundaries (below). A
 //     window-128 band is two or three tiles per warpgroup, so with one head per CTA the start-up and epilogue
@@ -72,7 +68,7 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
   if (q0 >= si.len) return;
   if (q0 >= si.used) {
     const int rows_here = min(BM, si.len - q0);
-    // zero rows + lse 0 (as fwd_kernel's zero_padding_block)
+    // zero rows + lse 0 (as zero_padding_block, per head)
     const int64_t qstride = static_cast<int64_t>(p.Hq) * D;
     for (int j = 0; j < hpc; j++) {
       const int h = h_first + j;
@@ -84,10 +80,11 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
   }
   const int kvh = h_first / p.G;
   // Key tiles any real row of the CTA can see: [kb_lo, kb_hi). The producer loads all of them in order, once.
+  // (key_tiles_seen, written out: through the helper, ptxas compiles this kernel differently.)
   const int n_lo = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
   const int n_hi = min(q0 + BM, si.used);
   const int kb_lo = n_lo / BN, kb_hi = (n_hi + BN - 1) / BN;
-  // HEADS: the launcher guarantees kb_hi - kb_lo <= STAGES, so tile t sits in slot t - kb_lo (phase 0) for every
+  // HEADS: plan_forward guarantees kb_hi - kb_lo <= STAGES, so tile t sits in slot t - kb_lo (phase 0) for every
   // head and is never released. One head: the ring as usual (slot (t - kb_lo) % STAGES).
 
   if (threadIdx.x == 0) {
@@ -379,18 +376,13 @@ __global__ void __launch_bounds__(384, 1) fwd_ws_kernel(const __grid_constant__ 
 // ---- host -----------------------------------------------------------------------------------------------------
 namespace {
 template <int BN, int STAGES>
-bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, int hpc, cudaStream_t st) {
+bool launch_fwd_ws_t(const attn::Params& p, int nseq, int max_seqlen, int hpc, cudaStream_t st) {
   using C = attn::FwdWsCfg<BN, STAGES>;
+  static_assert(C::BM == attn::kFwdWsQueryRows, "plan_forward's band arithmetic assumes this CTA height");
   attn::FwdTmaMaps maps;
   if (!encode_head_tile_map(&maps.q, p.q, p.T, p.Hq, C::BM) || !encode_head_tile_map(&maps.k, p.k, p.T, p.Hkv, BN) ||
-      !encode_head_tile_map(&maps.v, p.v, p.T, p.Hkv, BN)) {
-    static bool warned = false;  // the fallback is correct, only slower: say so once per process
-    if (!warned)
-      std::fprintf(stderr, "gptoss: attentionForward: no TMA tensor map for q/k/v (driver without "
-                           "cuTensorMapEncodeTiled, or an unaligned tensor); using the v2 forward kernels\n");
-    warned = true;
+      !encode_head_tile_map(&maps.v, p.v, p.T, p.Hkv, BN))
     return false;
-  }
   static bool configured = false;
   if (!configured) {
     GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(attn::fwd_ws_kernel<BN, STAGES, false>,
@@ -411,28 +403,13 @@ bool launch_fwd_ws(const attn::Params& p, int nseq, int max_seqlen, int hpc, cud
 }
 }  // namespace
 
-// GPTOSS_ATTN_FWD_STAGES = 3 | 4 (default 4) K/V ring slots of the 128-key tiles. GPTOSS_ATTN_FWD_HPC = query heads
-// per CTA for sliding windows whose key band fits in the ring (rounded down to a divisor of Hq / Hkv; default: the
-// whole group); other masks run one head per CTA (a long band gains nothing from the head loop: measured, and it
-// unbalances causal grids). Windows <= 129 use 64-key tiles in 5 slots (a warpgroup's window-128 band is 3 x 64 keys
-// of tile work instead of 2 x 128; GPTOSS_ATTN_FWD_SLIDING_BN=128 keeps 128-key tiles, for measurements).
-// False: no TMA here (the caller picks another kernel).
-bool launch_fwd64_ws(const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
-  static const int stages = attn::env_int("GPTOSS_ATTN_FWD_STAGES", 4) == 3 ? 3 : 4;
-  static const int hpc_env = attn::env_int("GPTOSS_ATTN_FWD_HPC", 0);
-  static const int sliding_bn = attn::env_int("GPTOSS_ATTN_FWD_SLIDING_BN", 64) == 128 ? 128 : 64;
-  constexpr int BM = attn::FwdWsCfg<128, 4>::BM;
-  // Key tiles of one CTA's band: at most (window + BM - 2) / BN + 2.
-  auto band_fits = [&](int bn, int slots) { return p.window > 0 && (p.window + BM - 2) / bn + 2 <= slots; };
-  auto heads_per_cta = [&](bool fits) {
-    int hpc = fits ? (hpc_env > 0 ? std::min(hpc_env, p.G) : p.G) : 1;
-    while (p.G % hpc) hpc--;
-    return hpc;
-  };
-  if (sliding_bn == 64 && band_fits(64, 5)) return launch_fwd_ws<64, 5>(p, nseq, max_seqlen, heads_per_cta(true), st);
-  const int hpc = heads_per_cta(band_fits(128, stages));
-  return stages == 3 ? launch_fwd_ws<128, 3>(p, nseq, max_seqlen, hpc, st)
-                     : launch_fwd_ws<128, 4>(p, nseq, max_seqlen, hpc, st);
+// The two configurations plan_forward chooses: 64-key tiles in 5 slots (short windows), 128-key tiles in 4.
+bool launch_fwd_ws(const attn::FwdPlan& plan, const attn::Params& p, int nseq, int max_seqlen, cudaStream_t st) {
+  if (plan.key_tile == 64 && plan.stages == 5)
+    return launch_fwd_ws_t<64, 5>(p, nseq, max_seqlen, plan.heads_per_cta, st);
+  if (plan.key_tile == 128 && plan.stages == 4)
+    return launch_fwd_ws_t<128, 4>(p, nseq, max_seqlen, plan.heads_per_cta, st);
+  fail("attentionForward: no warp-specialized kernel for ", plan.key_tile, "-key tiles in ", plan.stages, " slots");
 }
 
 }  // namespace gptoss::cuda

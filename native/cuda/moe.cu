@@ -1,13 +1,16 @@
 // moe.cu: the GPT-OSS MoE block on the GPU. Router (logits, top-k, softmax), deterministic dropless
-// permutation, grouped GEMMs (moe_gemm.cuh) with bias + clamped SwiGLU fused into the gate_up epilogue and the
-// SwiGLU backward fused into the dh epilogue, weighted combine, and the backward's reductions. Everything is
-// enqueued on the device's compute stream; nothing synchronises (the TS side reads the counts lazily).
+// permutation, the expert MLPs, weighted combine, and the backward's reductions. The expert GEMMs run one of three
+// strategies, chosen by plan_expert_gemms (below, with the reasons): our grouped mma.sync kernels (moe_gemm.cuh,
+// bias + clamped SwiGLU fused into the gate_up epilogue, the SwiGLU backward into the dh epilogue), per-expert
+// cuBLASLt GEMMs on concurrent lanes, or strided-batched cuBLASLt GEMMs over a padded "slab" layout. Everything is
+// enqueued on the device's compute stream; only the cuBLAS strategies wait once per forward, to read the offsets.
+//
+// Layout of this file: the plan (host code, pure functions of the sizes and routing counts); the kernels; the
+// host helpers; the three forward strategies; the three backward strategies; moe_forward and moe_backward.
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <map>
-#include <string>
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include "common.cuh"
@@ -25,7 +28,129 @@ namespace {
 using bf = __nv_bfloat16;
 namespace mg = moe_gemm;
 
-constexpr int kMaxSlabExperts = 256;  // experts per layer the CUDA routing supports
+constexpr int kMaxSlabExperts = 256;  // experts per layer the CUDA routing supports (checked by moe_forward)
+constexpr int kColsumChunk = 64;      // rows per block of the slab layout's chunk kernels
+constexpr int64_t kPadRows = 64;      // slab sizes are multiples of this
+static_assert(kPadRows % kColsumChunk == 0, "slabs must start on the chunk kernels' row chunks");
+
+// ==== the plan: which strategy runs the expert GEMMs ============================================================
+
+// Experts [e0, e1) padded to Mp rows each, the first at padded row `base`.
+struct SlabRange {
+  int64_t e0, e1, Mp, base;
+};
+// Padded rows of a slab plan (its last range's end).
+int64_t slab_rows(const std::vector<SlabRange>& v) { return v.back().base + (v.back().e1 - v.back().e0) * v.back().Mp; }
+
+// Splits the experts into 1, 2, 4 or 8 ranges of consecutive ids, each padded to its own largest count (rounded
+// up to kPadRows): with uneven routing, a range's maximum is closer to its experts' counts than the global one.
+// Takes the fewest ranges within 2% of the fewest padded rows (each range costs a launch per product).
+// off: the unpadded offsets [E+1] on the host.
+std::vector<SlabRange> plan_slabs(const std::vector<int32_t>& off) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  auto plan = [&](int64_t R) {
+    std::vector<SlabRange> v;
+    int64_t base = 0;
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t e0 = E * r / R, e1 = E * (r + 1) / R;
+      int64_t m = 0;
+      for (int64_t e = e0; e < e1; e++) m = std::max<int64_t>(m, off[e + 1] - off[e]);
+      const int64_t Mp = std::max<int64_t>(kPadRows, (m + kPadRows - 1) / kPadRows * kPadRows);
+      v.push_back({e0, e1, Mp, base});
+      base += (e1 - e0) * Mp;
+    }
+    return v;
+  };
+  std::vector<std::vector<SlabRange>> plans;
+  for (int64_t R : {1, 2, 4, 8})
+    if (R <= E) plans.push_back(plan(R));
+  int64_t best = slab_rows(plans[0]);
+  for (const auto& p : plans) best = std::min(best, slab_rows(p));
+  for (const auto& p : plans)
+    if (slab_rows(p) * 100 <= best * 102) return p;
+  return plans.back();
+}
+
+// The ranges of a saved slab layout (padded offsets [E+1]): runs of consecutive experts with the same slab size.
+std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
+  std::vector<SlabRange> v;
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t Mp = off[e + 1] - off[e];
+    if (!v.empty() && v.back().Mp == Mp) v.back().e1 = e + 1;
+    else v.push_back({e, e + 1, Mp, off[e]});
+  }
+  return v;
+}
+
+// How the expert GEMMs run (forward and backward: the backward follows the forward's choice, see
+// saved_strategy). With N = T·k routed rows and E experts:
+//
+//  kGrouped    N < 128·E (fewer than 128 rows per expert on average: decode and small batches). Our grouped
+//              kernels (moe_gemm.cuh): one launch per product for all experts, bias + SwiGLU fused into the
+//              gate_up epilogue and the SwiGLU backward into the dh epilogue, no host round trip. Reading the
+//              weights is the cost here; per-expert cuBLAS calls would add a launch per expert and a host read of
+//              the offsets. Within it, rows_gemm (moe_gemm.cuh) takes DecodeTiles (16x64) at N <= 32·E, so the
+//              weights stream at HBM speed (T 64: ~71% of HBM on an H100), and LargeTiles (128x128x64, 3 stages)
+//              otherwise and for the weight gradients (the fastest of five tile shapes measured at T 4096 and
+//              16384: 42.2 ms fwd+bwd at T 16384 against 49.5-50.9, bench/results/moe-h100-tune.txt).
+//  kSlabs      N >= 128·E and padding every expert's rows to its range's slab (plan_slabs) adds at most 50% rows
+//              (fairly even routing, as a load-balanced router gives). One strided-batched cuBLASLt GEMM per
+//              product and expert range; cuBLASLt's Hopper kernels are about twice our mma.sync kernels'
+//              throughput at 512-2048 rows per expert, and a batch keeps the whole GPU busy. Needs the offsets on
+//              the host (one wait per forward; the backward reuses the copy).
+//  kPerExpert  N >= 128·E with more padding than that (skewed routing): one cuBLASLt GEMM per expert, spread
+//              over kGemmLanes concurrent streams (one expert's GEMM fills only part of the GPU).
+//
+// Measured on an H100 (docs/moe.md, bench/results/moe-h100.json): at T 16384 (E 32, top-4, gpt-oss-20b sizes)
+// the grouped kernels take 41.7 ms fwd+bwd against 18.5 ms for cuBLASLt; gpt-oss-20b layers at 4096 tokens run
+// 9.78 ms with slabs against 10.27 ms per expert, even for a layer whose router padded by more than 25%; the
+// per-expert GEMMs on 4 lanes took 18.5 ms fwd+bwd at T 16384 against 20.0 ms one after another, 6.52 against
+// 7.53 ms at T 4096 (measured before the slab strategy existed). Gathering x inside the grouped GEMMs instead
+// of materialising xp lost (44.4 against 42.2 ms fwd+bwd at T 16384).
+//
+// The device does not enter: the kernels are built for sm_90a only. Fallbacks that the shapes or the library
+// impose, not choices: gemm_strided_batched runs a batch one GEMM at a time where cuBLASLt has no batched
+// algorithm, and gemm_raw calls cublasGemmEx where cuBLASLt has no algorithm at all (gemm_cublas.cc); the slab
+// backward column-sums with seg_colsum_kernel when the context carries no gathered rows xp (optional in the
+// binding), and gathers them again for the weight gradient.
+enum class ExpertGemms { kGrouped, kSlabs, kPerExpert };
+
+constexpr int64_t kCublasRowsPerExpert = 128;
+// The cuBLAS strategies' size condition (N >= 128·E).
+bool cublas_sized(int64_t N, int64_t E) { return N >= kCublasRowsPerExpert * E; }
+
+struct ExpertGemmPlan {
+  ExpertGemms strategy = ExpertGemms::kGrouped;
+  std::vector<int32_t> offsets;   // cuBLAS strategies: the unpadded offsets [E+1], on the host
+  std::vector<SlabRange> slabs;   // kSlabs: the expert ranges and their slab sizes
+};
+
+// The forward's plan for N routed rows over E experts. read_offsets returns the routing's offsets [E+1] on the
+// host; it is called (and the device waited for) only when the sizes call for cuBLAS.
+ExpertGemmPlan plan_expert_gemms(int64_t N, int64_t E, const std::function<std::vector<int32_t>()>& read_offsets) {
+  ExpertGemmPlan plan;
+  if (!cublas_sized(N, E)) return plan;
+  plan.offsets = read_offsets();
+  std::vector<SlabRange> slabs = plan_slabs(plan.offsets);
+  if (slab_rows(slabs) * 2 <= N * 3) {
+    plan.strategy = ExpertGemms::kSlabs;
+    plan.slabs = std::move(slabs);
+  } else {
+    plan.strategy = ExpertGemms::kPerExpert;
+  }
+  return plan;
+}
+
+// The backward's strategy for a saved context of Np rows: a padded layout (Np > N) means slabs; otherwise the
+// forward's size condition decides, as it did there. (A slab plan without padding rows, every count a multiple of
+// 64 and equal within its range, saves the plain layout, so its backward runs per expert: the same products.)
+ExpertGemms saved_strategy(int64_t Np, int64_t N, int64_t E) {
+  if (Np != N) return ExpertGemms::kSlabs;
+  return cublas_sized(N, E) ? ExpertGemms::kPerExpert : ExpertGemms::kGrouped;
+}
+
+// ==== kernels ===================================================================================================
 
 // Per token: top-k of the router logits [T, E] f32 (ties to the lower id; -inf logits only when nothing else
 // is left) and the softmax over the k chosen -> topk_idx i32 [T, k], topk_w f32 [T, k]. One thread per token.
@@ -101,11 +226,9 @@ __global__ void __launch_bounds__(1024) route_place_kernel(const int32_t* __rest
   }
 }
 
-// xp[r] = x[perm_tok[r]] (16-byte copies): the expert-ordered input rows, so the gate_up GEMM and its weight
-// gradient read contiguous rows.
 // Padded ("slab") layout: expert e's rows move to off_pad[e] .. off_pad[e]+count_e-1 and rows up to off_pad[e+1]
 // are padding (perm_pad -1, zero input rows). Experts are grouped in ranges of consecutive ids that share one slab
-// size, so each range is one strided-batched GEMM per product (see plan_slabs).
+// size, so each range is one strided-batched GEMM per product (plan_slabs).
 // slot_pad [n] = padded row of assignment a; perm_pad [Np] (pre-filled with -1); off_pad [E+1] from `slabs`.
 struct SlabOffsets {
   int32_t v[kMaxSlabExperts + 1];
@@ -124,6 +247,8 @@ __global__ void pad_layout_kernel(const int32_t* __restrict__ topk_idx, const in
   }
 }
 
+// xp[r] = x[perm_tok[r]] (16-byte copies; zero rows where perm_tok is -1): the expert-ordered input rows, so the
+// gate_up GEMM and its weight gradient read contiguous rows.
 __global__ void gather_rows_kernel(const bf* __restrict__ x, const int32_t* __restrict__ perm_tok, int64_t n,
                                    int H, bf* __restrict__ xp) {
   const int chunks = H / 8;
@@ -134,24 +259,6 @@ __global__ void gather_rows_kernel(const bf* __restrict__ x, const int32_t* __re
     *reinterpret_cast<uint4*>(xp + r * H + c * 8) =
         t >= 0 ? *reinterpret_cast<const uint4*>(x + (int64_t)t * H + c * 8) : make_uint4(0, 0, 0, 0);
   }
-}
-
-// GPTOSS_MOE_GATHER_FUSED=1: read x rows through perm_tok inside the GEMMs instead of materialising xp.
-bool gather_fused() {
-  static const bool v = std::getenv("GPTOSS_MOE_GATHER_FUSED") != nullptr;
-  return v;
-}
-
-// Expert-ordered copy of x, or an empty tensor when the GEMMs gather themselves.
-Tensor gathered_rows(const Tensor& x, const Tensor& perm_tok, cudaStream_t st, bool always = false) {
-  if (gather_fused() && !always) return Tensor{};
-  const int64_t n = perm_tok.dim(0), H = x.dim(1);
-  Tensor xp = make_tensor({n, H}, DType::BF16, x.device);
-  const int64_t total = n * (H / 8);
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 132 * 16));
-  gather_rows_kernel<<<blocks, 256, 0, st>>>(x.data<bf>(), perm_tok.data<int32_t>(), n, (int)H, xp.data<bf>());
-  GPTOSS_CUDA_LAUNCH_CHECK("moe gather");
-  return xp;
 }
 
 // y[t] = Σ_j w[t,j]·yp[slot_pos[t,j]] (fp32 sum, bf16 out); with a residual, y[t] = bf16(res[t] + bf16(Σ)), what
@@ -223,8 +330,6 @@ __global__ void zero_pad_rows_kernel(const int32_t* __restrict__ perm_tok, int H
   for (int c = threadIdx.x * 8; c < H; c += blockDim.x * 8)
     *reinterpret_cast<uint4*>(out + r * H + c) = make_uint4(0, 0, 0, 0);
 }
-
-constexpr int kColsumChunk = 64;
 
 // The slab-layout chunk kernels below run blocks of (32, 8) threads over one 64-row chunk each.
 // Rows of the chunk at r0 that are not padding: they come first (an expert's rows, then its padding). A block-wide
@@ -413,130 +518,27 @@ __global__ void dx_kernel(const bf* __restrict__ dxp, const int32_t* __restrict_
   }
 }
 
-// ---- expert GEMMs on cuBLASLt ----------------------------------------------------------------------------------
-// At training sizes (hundreds to thousands of rows per expert) cuBLAS's Hopper kernels beat our mma.sync grouped
-// GEMMs by ~2x; they need each expert's row count on the host, so the offsets are copied back (one wait on the
-// stream per forward; the backward reuses that copy). Bias rides the cuBLASLt epilogue; SwiGLU and its backward are separate
-// flat passes (swiglu.cu). At decode sizes (a few rows per expert, reading the weights is the cost) our grouped
-// kernels win: one launch for all experts, no host round trip.
-// With fairly even routing (training with a load-balanced router), padding every expert to the largest count
-// (rounded up to kPadRows) costs a few percent of extra rows and turns the per-expert GEMMs into one
-// strided-batched cuBLASLt GEMM per product, which keeps the whole GPU busy; with skewed routing the padding
-// would cost more than it saves, so the per-expert GEMMs run instead.
-// GPTOSS_MOE_GEMM=own|cublas|batched|auto (default auto: our grouped kernels below 128 rows per expert on
-// average; above, batched when padding adds at most 50% rows, else per-expert cuBLAS). Measured on an H100 with
-// gpt-oss-20b layers at 4096 tokens: batched 9.78 ms/layer, per-expert 10.27, even for a layer whose random
-// router padded by more than 25%. Read on every call (cheap), so tests can compare the paths in one process.
-constexpr int64_t kPadRows = 64;
-static_assert(kPadRows % kColsumChunk == 0, "slabs must start on the fused SwiGLU backward's row chunks");
+// ==== host helpers ==============================================================================================
 
-std::string moe_gemm_env() {
-  const char* e = std::getenv("GPTOSS_MOE_GEMM");
-  const std::string mode = e ? e : "auto";
-  GPTOSS_CHECK(mode == "auto" || mode == "own" || mode == "cublas" || mode == "batched",
-               "GPTOSS_MOE_GEMM: unknown value '", mode, "' (own, cublas, batched, auto)");
-  return mode;
-}
-bool use_cublas(int64_t N, int64_t E) {
-  const std::string mode = moe_gemm_env();
-  if (mode == "own") return false;
-  return mode != "auto" || N >= 128 * E;
-}
-// Experts [e0, e1) padded to Mp rows each, the first at padded row `base`.
-struct SlabRange {
-  int64_t e0, e1, Mp, base;
-};
-// Padded rows of a slab plan (its last range's end).
-int64_t slab_rows(const std::vector<SlabRange>& v) { return v.back().base + (v.back().e1 - v.back().e0) * v.back().Mp; }
-// Splits the experts into 1, 2, 4 or 8 ranges of consecutive ids, each padded to its own largest count (rounded
-// up to kPadRows): with uneven routing, a range's maximum is closer to its experts' counts than the global one.
-// Takes the fewest ranges within 2% of the fewest padded rows (each range costs a launch per product).
-std::vector<SlabRange> plan_slabs(const std::vector<int32_t>& off) {
-  const int64_t E = static_cast<int64_t>(off.size()) - 1;
-  auto plan = [&](int64_t R) {
-    std::vector<SlabRange> v;
-    int64_t base = 0;
-    for (int64_t r = 0; r < R; r++) {
-      const int64_t e0 = E * r / R, e1 = E * (r + 1) / R;
-      int64_t m = 0;
-      for (int64_t e = e0; e < e1; e++) m = std::max<int64_t>(m, off[e + 1] - off[e]);
-      const int64_t Mp = std::max<int64_t>(kPadRows, (m + kPadRows - 1) / kPadRows * kPadRows);
-      v.push_back({e0, e1, Mp, base});
-      base += (e1 - e0) * Mp;
-    }
-    return v;
-  };
-  auto rows = slab_rows;
-  std::vector<std::vector<SlabRange>> plans;
-  for (int64_t R : {1, 2, 4, 8})
-    if (R <= E) plans.push_back(plan(R));
-  int64_t best = rows(plans[0]);
-  for (const auto& p : plans) best = std::min(best, rows(p));
-  for (const auto& p : plans)
-    if (rows(p) * 100 <= best * 102) return p;
-  return plans.back();
-}
-// The ranges of a saved slab layout: runs of consecutive experts with the same slab size.
-std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
-  std::vector<SlabRange> v;
-  const int64_t E = static_cast<int64_t>(off.size()) - 1;
-  for (int64_t e = 0; e < E; e++) {
-    const int64_t Mp = off[e + 1] - off[e];
-    if (!v.empty() && v.back().Mp == Mp) v.back().e1 = e + 1;
-    else v.push_back({e, e + 1, Mp, off[e]});
-  }
-  return v;
-}
-// Given cuBLAS (use_cublas): the slab plan of the batched path for these host offsets, or none (empty) for
-// per-expert GEMMs.
-std::vector<SlabRange> batched_slabs(int64_t N, int64_t E, const std::vector<int32_t>& off) {
-  const std::string mode = moe_gemm_env();
-  if (E > kMaxSlabExperts || mode == "cublas") return {};
-  std::vector<SlabRange> p = plan_slabs(off);
-  if (mode == "batched" || slab_rows(p) * 2 <= N * 3) return p;
-  return {};
-}
-
-// GPTOSS_MOE_LANES=0 runs the per-expert GEMMs one after another on the compute stream; by default they are
-// spread over concurrent lanes (gemm.h), since one expert's GEMM (a few hundred rows) fills only part of the GPU.
-bool use_lanes() {
-  const char* e = std::getenv("GPTOSS_MOE_LANES");
-  return !(e && e[0] == '0');
-}
-
-// Sends expert e's GEMM to the least-loaded lane (by rows; deterministic), inside a fork/join scope.
-struct Lanes {
+// One call's sizes: T tokens of hidden size H, E experts of intermediate size I, top-k, N = T·k routed rows; the
+// device and its compute stream.
+struct Sizes {
   int dev;
-  bool on;
-  bool joined = false;
-  int64_t load[kGemmLanes] = {};
-  Lanes(int device) : dev(device), on(use_lanes()) {
-    if (on) gemm_lanes_fork(dev);
-  }
-  void pick(int64_t rows) {
-    if (!on) return;
-    int best = 0;
-    for (int i = 1; i < kGemmLanes; i++)
-      if (load[i] < load[best]) best = i;
-    load[best] += rows;
-    gemm_lane(best);
-  }
-  // The normal end: errors of the join propagate.
-  void join() {
-    if (on && !joined) {
-      joined = true;
-      gemm_lanes_join(dev);
-    }
-  }
-  ~Lanes() {  // a GEMM threw before join(): join anyway, but nothing may escape a destructor during unwinding
-    if (!on || joined) return;
-    try {
-      gemm_lanes_join(dev);
-    } catch (...) {
-      gemm_lane(-1);
-    }
-  }
+  cudaStream_t st;
+  int64_t T, H, E, I, k, N;
 };
+
+const bf* B(const Tensor& t) { return t.data<bf>(); }
+bf* Bm(const Tensor& t) { return t.data<bf>(); }
+
+// Element `elems` of a tensor's data as T* (an expert's first row, an expert's weight matrix).
+template <typename T>
+T* at(const Tensor& t, int64_t elems) { return t.data<T>() + elems; }
+
+void check_aligned(const char* op, const char* name, const Tensor& t) {
+  GPTOSS_CHECK(reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0, op, ": ", name, " must be 16-byte aligned on the GPU, got ",
+               t.describe());
+}
 
 std::vector<int32_t> host_offsets(const Tensor& offsets) {
   std::vector<int32_t> h(offsets.numel());
@@ -556,9 +558,104 @@ Tensor host_tensor(const std::vector<int32_t>& v) {
   return t;
 }
 
-// Element `elems` of a tensor's data as T* (an expert's first row, an expert's weight matrix).
-template <typename T>
-T* at(const Tensor& t, int64_t elems) { return t.data<T>() + elems; }
+// xp = x[perm_tok]: bf16 [rows, H], zero rows where perm_tok is -1.
+Tensor gathered_rows(const Tensor& x, const Tensor& perm_tok, cudaStream_t st) {
+  const int64_t n = perm_tok.dim(0), H = x.dim(1);
+  Tensor xp = make_tensor({n, H}, DType::BF16, x.device);
+  const int64_t total = n * (H / 8);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 132 * 16));
+  gather_rows_kernel<<<blocks, 256, 0, st>>>(x.data<bf>(), perm_tok.data<int32_t>(), n, (int)H, xp.data<bf>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moe gather");
+  return xp;
+}
+
+// The forward's saved expert rows: gu bf16 [rows, 2I], h bf16 [rows, I], yp bf16 [rows, H].
+void alloc_expert_rows(const Sizes& d, int64_t rows, MoeSaved& s) {
+  s.gu = make_tensor({rows, 2 * d.I}, DType::BF16, d.dev);
+  s.h = make_tensor({rows, d.I}, DType::BF16, d.dev);
+  s.yp = make_tensor({rows, d.H}, DType::BF16, d.dev);
+}
+
+// out f32 [E, C] = per expert, the column sums of its rows of in (bf16 [rows, C], segments `offsets` on the device).
+void segment_colsum(const Sizes& d, const Tensor& in, int64_t C, const int32_t* offsets, const Tensor& out,
+                    const char* what) {
+  seg_colsum_kernel<<<dim3(ceil_div(C, 64), d.E), dim3(32, 8), 0, d.st>>>(B(in), C, (int)C, nullptr, nullptr, offsets,
+                                                                          out.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK(what);
+}
+
+// ---- grouped kernels (moe_gemm.cuh) ----
+
+// Rows mode: C[rows, N] = A[rows, K] · W[e] over the expert segments `offsets` (device), W[e] at W + e·K·N, stored
+// [K, N] (the forward's x·W) or [N, K] (w_kmajor: the backward's dy·Wᵀ).
+mg::Params rows_params(const Sizes& d, const int32_t* offsets, const Tensor& A, int64_t K, const Tensor& W, int64_t N,
+                       bool w_kmajor, void* C, int64_t ldc) {
+  mg::Params p;
+  p.offsets = offsets;
+  p.E = (int)d.E;
+  p.A = B(A);
+  p.lda = K;
+  p.B = B(W);
+  p.ldb = w_kmajor ? K : N;
+  p.b_expert_stride = K * N;
+  p.N = (int)N;
+  p.K = (int)K;
+  p.C = C;
+  p.ldc = ldc;
+  return p;
+}
+
+// Reduction mode (weight gradients): dW[e] f32 [M, N] = A_eᵀ · B_e, A [rows, M] and Bt [rows, N] over the
+// expert segments `offsets` (device).
+mg::Params wgrad_params(const Sizes& d, const int32_t* offsets, const Tensor& A, int64_t M, const Tensor& Bt,
+                        int64_t N, const Tensor& dW) {
+  mg::Params p;
+  p.offsets = offsets;
+  p.E = (int)d.E;
+  p.A = B(A);
+  p.lda = M;
+  p.B = B(Bt);
+  p.ldb = N;
+  p.M = (int)M;
+  p.N = (int)N;
+  p.C = dW.raw();
+  p.ldc = N;
+  p.c_expert_stride = M * N;
+  return p;
+}
+
+// ---- per-expert cuBLASLt GEMMs ----
+
+// Sends expert e's GEMM to the least-loaded of the kGemmLanes concurrent lanes (gemm.h; by rows, deterministic),
+// inside a fork/join scope: one expert's GEMM (a few hundred rows) fills only part of the GPU.
+struct Lanes {
+  int dev;
+  bool joined = false;
+  int64_t load[kGemmLanes] = {};
+  explicit Lanes(int device) : dev(device) { gemm_lanes_fork(dev); }
+  void pick(int64_t rows) {
+    int best = 0;
+    for (int i = 1; i < kGemmLanes; i++)
+      if (load[i] < load[best]) best = i;
+    load[best] += rows;
+    gemm_lane(best);
+  }
+  // The normal end: errors of the join propagate.
+  void join() {
+    if (!joined) {
+      joined = true;
+      gemm_lanes_join(dev);
+    }
+  }
+  ~Lanes() {  // a GEMM threw before join(): join anyway, but nothing may escape a destructor during unwinding
+    if (joined) return;
+    try {
+      gemm_lanes_join(dev);
+    } catch (...) {
+      gemm_lane(-1);
+    }
+  }
+};
 
 // Row-major Y_e[rows_e, n] = X_e[rows_e, kdim] · W[e] (W[e] stored [kdim, n], or [n, kdim] when trans_w) + bias[e],
 // for every expert with rows; X, Y indexed by the permuted row offsets.
@@ -593,59 +690,160 @@ void per_expert_wgrad(int dev, const std::vector<int32_t>& off, const Tensor& A,
   lanes.join();
 }
 
-// GPTOSS_MOE_PROFILE=1: time each phase with events (synchronises after every op; tuning only) and print the
-// per-phase means to stderr at exit.
-std::map<std::string, std::pair<double, int>>& prof_table() {
-  static std::map<std::string, std::pair<double, int>> t;
-  return t;
-}
-void prof_print() {
-  for (auto& [k, v] : prof_table()) std::fprintf(stderr, "moe profile %-28s %9.3f ms (%d calls)\n", k.c_str(), v.first / v.second, v.second);
-}
-struct PhaseTimer {
-  bool on = false;
-  cudaStream_t st{};
-  std::vector<std::pair<std::string, cudaEvent_t>> ev;
-  PhaseTimer(cudaStream_t s, const char* start) : st(s) {
-    static const bool enabled = std::getenv("GPTOSS_MOE_PROFILE") != nullptr;
-    on = enabled;
-    if (on) {
-      static bool registered = false;
-      if (!registered) {
-        prof_table();  // constructed before the atexit handler is registered, so it outlives it
-        std::atexit(prof_print);
-        registered = true;
-      }
-      mark(start);
-    }
-  }
-  void mark(const char* name) {
-    if (!on) return;
-    cudaEvent_t e;
-    cudaEventCreate(&e);
-    cudaEventRecord(e, st);
-    ev.emplace_back(name, e);
-  }
-  ~PhaseTimer() {
-    if (!on) return;
-    cudaEventSynchronize(ev.back().second);
-    for (size_t i = 1; i < ev.size(); i++) {
-      float ms = 0.f;
-      cudaEventElapsedTime(&ms, ev[i - 1].second, ev[i].second);
-      auto& slot = prof_table()[ev[i].first];
-      slot.first += ms;
-      slot.second++;
-    }
-    for (auto& [n, e] : ev) cudaEventDestroy(e);
-  }
-};
+// ---- strided-batched cuBLASLt GEMMs over the slab layout ----
 
-const bf* B(const Tensor& t) { return t.data<bf>(); }
-bf* Bm(const Tensor& t) { return t.data<bf>(); }
+// Per slab range, one batched GEMM over its experts: Y_e[Mp, n] = X_e[Mp, kdim] · W[e] (W[e] stored [kdim, n], or
+// [n, kdim] when trans_w) + bias[e], with X, Y the slab rows of expert e (bf16).
+void slab_xw(const Sizes& d, const std::vector<SlabRange>& slabs, const Tensor& X, int64_t kdim, const Tensor& W,
+             bool trans_w, int64_t n, const Tensor* bias, const Tensor& Y) {
+  for (const auto& r : slabs)
+    gemm_strided_batched(d.dev, r.e1 - r.e0, r.Mp, n, kdim, 1.f, B(X) + r.base * kdim, kdim, r.Mp * kdim, false,
+                         B(W) + r.e0 * kdim * n, trans_w ? kdim : n, kdim * n, trans_w, DType::BF16,
+                         bias ? B(*bias) + r.e0 * n : nullptr, bias ? n : 0, 0.f, Bm(Y) + r.base * n, DType::BF16, n,
+                         r.Mp * n);
+}
 
-void check_aligned(const char* op, const char* name, const Tensor& t) {
-  GPTOSS_CHECK(reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0, op, ": ", name, " must be 16-byte aligned on the GPU, got ",
-               t.describe());
+// Per slab range, one batched GEMM over its experts: dW[e] (f32 [m, n]) (+)= A_eᵀ · B_e with A [Np, m], B [Np, n]
+// in slab rows (K = Mp: padding rows are zero in A or B, so they add nothing; beta 0 writes, 1 accumulates).
+void slab_wgrad(const Sizes& d, const std::vector<SlabRange>& slabs, const Tensor& A, int64_t m, const Tensor& Bt,
+                int64_t n, const Tensor& dW, float beta) {
+  for (const auto& r : slabs)
+    gemm_strided_batched(d.dev, r.e1 - r.e0, m, n, r.Mp, 1.f, B(A) + r.base * m, m, r.Mp * m, true,
+                         B(Bt) + r.base * n, n, r.Mp * n, false, DType::BF16, nullptr, 0, beta,
+                         dW.data<float>() + r.e0 * m * n, DType::F32, n, m * n);
+}
+
+// ==== forward strategies ========================================================================================
+// Each computes the saved expert rows from the routing in s (offsets, perm_tok): gu = x[perm]·W_gu[e] + b,
+// h = swiglu(gu), yp = h·W_down[e] + b.
+
+void forward_grouped(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit, MoeSaved& s) {
+  alloc_expert_rows(d, d.N, s);
+  const Tensor xp = gathered_rows(x, s.perm_tok, d.st);
+  const int32_t* offsets = s.offsets.data<int32_t>();
+  // gu and h = swiglu(gu) from one GEMM (the SwiGLU in its epilogue)
+  mg::Params gate_up = rows_params(d, offsets, xp, d.H, w.gate_up_w, 2 * d.I, false, s.gu.raw(), 2 * d.I);
+  gate_up.limit = limit;
+  gate_up.bias = B(w.gate_up_b);
+  gate_up.C2 = Bm(s.h);
+  gate_up.ldc2 = d.I;
+  mg::gemm_gate_up(gate_up, d.N, d.st);
+  mg::Params down = rows_params(d, offsets, s.h, d.I, w.down_w, d.H, false, s.yp.raw(), d.H);
+  down.bias = B(w.down_b);
+  mg::gemm_down(down, d.N, d.st);
+}
+
+// off: the offsets on the host (from the plan); kept in s for the backward, with the gathered rows.
+void forward_per_expert(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit,
+                        const std::vector<int32_t>& off, MoeSaved& s) {
+  alloc_expert_rows(d, d.N, s);
+  s.offsets_host = host_tensor(off);
+  s.xp = gathered_rows(x, s.perm_tok, d.st);
+  per_expert_xw(d.dev, off, s.xp, d.H, w.gate_up_w, false, 2 * d.I, &w.gate_up_b, s.gu);  // bias in the epilogue
+  swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
+  per_expert_xw(d.dev, off, s.h, d.I, w.down_w, false, d.H, &w.down_b, s.yp);
+}
+
+// Moves the routing in s to the slab layout of `slabs` (pad_layout_kernel): the saved offsets, perm_tok and slot_pos
+// describe the padded rows, and the host keeps the padded offsets and the gathered rows for the backward.
+void forward_slabs(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit,
+                   const std::vector<SlabRange>& slabs, MoeSaved& s) {
+  const int64_t E = d.E, H = d.H, I = d.I, N = d.N;
+  SlabOffsets so{};
+  for (const auto& r : slabs)
+    for (int64_t e = r.e0; e <= r.e1; e++) so.v[e] = static_cast<int32_t>(r.base + (e - r.e0) * r.Mp);
+  const int64_t Np = slab_rows(slabs);
+  Tensor perm_pad = make_tensor({Np}, DType::I32, d.dev), slot_pad = make_tensor({N}, DType::I32, d.dev),
+         off_pad = make_tensor({E + 1}, DType::I32, d.dev);
+  GPTOSS_CUDA_CHECK(cudaMemsetAsync(perm_pad.raw(), 0xFF, Np * sizeof(int32_t), d.st), "moeForward pad");
+  pad_layout_kernel<<<ceil_div(std::max(N, E + 1), 256), 256, 0, d.st>>>(
+      s.topk_idx.data<int32_t>(), s.slot_pos.data<int32_t>(), s.offsets.data<int32_t>(), N, (int)d.k, (int)E, so,
+      slot_pad.data<int32_t>(), perm_pad.data<int32_t>(), off_pad.data<int32_t>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeForward pad layout");
+  s.perm_tok = perm_pad;
+  s.slot_pos = slot_pad;
+  s.offsets = off_pad;
+  s.offsets_host = host_tensor(std::vector<int32_t>(so.v, so.v + E + 1));
+  alloc_expert_rows(d, Np, s);
+  s.xp = gathered_rows(x, s.perm_tok, d.st);
+  slab_xw(d, slabs, s.xp, H, w.gate_up_w, false, 2 * I, &w.gate_up_b, s.gu);  // bias in the epilogue
+  // h = swiglu(gu) on the experts' rows, zeros on the padding rows (not read); I % 8 == 0 (the binding checks).
+  swiglu_fwd_slab_kernel<<<dim3(Np / kColsumChunk, ceil_div(I / 4, 32)), dim3(32, 8), 0, d.st>>>(
+      B(s.gu), s.perm_tok.data<int32_t>(), (int)I, limit, kSwigluAlpha, Bm(s.h));
+  GPTOSS_CUDA_LAUNCH_CHECK("moeForward swiglu");
+  slab_xw(d, slabs, s.h, I, w.down_w, false, H, &w.down_b, s.yp);
+}
+
+// ==== backward strategies =======================================================================================
+// Each computes, from dyp (bf16 [rows, H], the routed output gradient scaled by the routing weights; zeros on
+// padding rows): g.d_down_w and g.d_gate_up_w (written with wbeta 0, added into with wbeta 1), g.d_gate_up_b, and
+// returns dxp (bf16 [rows, H], the input gradient of each routed row):
+//   dW_down[e] = h_eᵀ·dyp_e; dh = dyp·W_down[e]ᵀ; dgu = swiglu'(gu)·dh; dW_gu[e] = xp_eᵀ·dgu_e; dxp = dgu·W_gu[e]ᵀ.
+
+Tensor backward_grouped(const Sizes& d, const MoeWeights& w, const MoeSaved& s, const Tensor& dyp, MoeGrads& g) {
+  const int64_t H = d.H, I = d.I, N = d.N;
+  const int32_t* offsets = s.offsets.data<int32_t>();
+  mg::gemm_wgrad(wgrad_params(d, offsets, s.h, I, dyp, H, g.d_down_w), N, d.st, "moeBackward dDownW");
+  // dgu from one GEMM (the SwiGLU backward in its epilogue, reading gu)
+  Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, d.dev);
+  mg::Params dh = rows_params(d, offsets, dyp, H, w.down_w, I, true, dgu.raw(), 2 * I);
+  dh.limit = s.limit;
+  dh.aux = B(s.gu);
+  dh.ld_aux = 2 * I;
+  mg::gemm_dgu(dh, N, d.st);
+  segment_colsum(d, dgu, 2 * I, offsets, g.d_gate_up_b, "moeBackward dGateUpB");
+  const Tensor xp = gathered_rows(s.x, s.perm_tok, d.st);
+  mg::gemm_wgrad(wgrad_params(d, offsets, xp, H, dgu, 2 * I, g.d_gate_up_w), N, d.st, "moeBackward dGateUpW");
+  Tensor dxp = make_tensor({N, H}, DType::BF16, d.dev);
+  mg::gemm_dx(rows_params(d, offsets, dgu, 2 * I, w.gate_up_w, H, true, dxp.raw(), H), N, d.st);
+  return dxp;
+}
+
+Tensor backward_per_expert(const Sizes& d, const MoeWeights& w, const MoeSaved& s, const Tensor& dyp, float wbeta,
+                           MoeGrads& g) {
+  const int64_t H = d.H, I = d.I, N = d.N;
+  const std::vector<int32_t> off = saved_offsets(s);
+  per_expert_wgrad(d.dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
+  Tensor dh = make_tensor({N, I}, DType::BF16, d.dev);
+  per_expert_xw(d.dev, off, dyp, H, w.down_w, true, I, nullptr, dh);
+  Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, d.dev);
+  swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
+  segment_colsum(d, dgu, 2 * I, s.offsets.data<int32_t>(), g.d_gate_up_b, "moeBackward dGateUpB");
+  const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
+  per_expert_wgrad(d.dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  Tensor dxp = make_tensor({N, H}, DType::BF16, d.dev);
+  per_expert_xw(d.dev, off, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
+  return dxp;
+}
+
+// The per-expert products as one strided-batched GEMM per expert range (slab_xw, slab_wgrad).
+Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, const Tensor& dyp, float wbeta,
+                      MoeGrads& g) {
+  const char* op = "moeBackward";
+  const int64_t E = d.E, H = d.H, I = d.I, Np = s.perm_tok.dim(0);
+  const std::vector<int32_t> off = saved_offsets(s);
+  GPTOSS_CHECK(off[E] == Np, op, ": ctx.offsets end at ", off[E], " but ctx.permTok has ", Np, " rows");
+  for (int64_t e = 0; e <= E; e++)
+    GPTOSS_CHECK(off[e] % kPadRows == 0 && (e == 0 || off[e] >= off[e - 1]), op, ": ctx.offsets[", e, "] = ", off[e],
+                 " is not a slab boundary (multiples of ", kPadRows, ", non-decreasing)");
+  const std::vector<SlabRange> slabs = slabs_of(off);
+  const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
+  slab_wgrad(d, slabs, s.h, I, dyp, H, g.d_down_w, wbeta);
+  Tensor dh = make_tensor({Np, I}, DType::BF16, d.dev);
+  slab_xw(d, slabs, dyp, H, w.down_w, true, I, nullptr, dh);
+  // dgu and the gate_up bias gradient in one pass over the slab layout's 64-row chunks (padding rows not read).
+  Tensor dgu = make_tensor({Np, 2 * I}, DType::BF16, d.dev);
+  Tensor part = make_tensor({Np / kColsumChunk, 2 * I}, DType::F32, d.dev);
+  swiglu_bwd_colsum_kernel<<<dim3(Np / kColsumChunk, ceil_div(I / 4, 32)), dim3(32, 8), 0, d.st>>>(
+      B(dh), B(s.gu), s.perm_tok.data<int32_t>(), (int)I, s.limit, kSwigluAlpha, Bm(dgu), part.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward swiglu");
+  chunk_colsum_reduce_kernel<<<dim3(ceil_div(2 * I, 256), E), 256, 0, d.st>>>(
+      part.data<float>(), (int)(2 * I), s.offsets.data<int32_t>(), g.d_gate_up_b.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
+  slab_wgrad(d, slabs, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  Tensor dxp = make_tensor({Np, H}, DType::BF16, d.dev);
+  slab_xw(d, slabs, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
+  return dxp;
 }
 
 }  // namespace
@@ -657,6 +855,7 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
   DeviceGuard guard(dev);
   cudaStream_t st = stream_of(dev);
   const int64_t T = x.dim(0), H = x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), N = T * k;
+  const Sizes d{dev, st, T, H, E, I, k, N};
   for (const Tensor* t : {&x, &w.router_w, &w.gate_up_w, &w.gate_up_b, &w.down_w, &w.down_b})
     check_aligned(op, "tensor", *t);
   GPTOSS_CHECK(E <= kMaxSlabExperts, op, ": at most ", kMaxSlabExperts, " experts on CUDA, got routerW ",
@@ -671,7 +870,6 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
   s.perm_tok = make_tensor({N}, DType::I32, dev);
   s.slot_pos = make_tensor({N}, DType::I32, dev);
   y = make_tensor({T, H}, DType::BF16, dev);
-  PhaseTimer pt(st, "fwd start");
 
   {
     // logits [T, E] = x·Wrᵀ + b (fp32 accumulation and output), then top-k + softmax per token.
@@ -686,113 +884,16 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
                                          s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
                                          s.slot_pos.data<int32_t>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
-  pt.mark("fwd 1 router+permute");
 
-  auto alloc_rows = [&](int64_t rows) {
-    s.gu = make_tensor({rows, 2 * I}, DType::BF16, dev);
-    s.h = make_tensor({rows, I}, DType::BF16, dev);
-    s.yp = make_tensor({rows, H}, DType::BF16, dev);
-  };
-  const bool cublas = use_cublas(N, E);
-  const std::vector<int32_t> off = cublas ? host_offsets(s.offsets) : std::vector<int32_t>{};
-  const std::vector<SlabRange> slabs = cublas ? batched_slabs(N, E, off) : std::vector<SlabRange>{};
-  if (!slabs.empty()) {
-    // Slab layout (pad_layout_kernel): the saved offsets / perm_tok / slot_pos describe the padded rows.
-    SlabOffsets so{};
-    for (const auto& r : slabs)
-      for (int64_t e = r.e0; e <= r.e1; e++) so.v[e] = static_cast<int32_t>(r.base + (e - r.e0) * r.Mp);
-    const int64_t Np = slab_rows(slabs);
-    Tensor perm_pad = make_tensor({Np}, DType::I32, dev), slot_pad = make_tensor({N}, DType::I32, dev),
-           off_pad = make_tensor({E + 1}, DType::I32, dev);
-    GPTOSS_CUDA_CHECK(cudaMemsetAsync(perm_pad.raw(), 0xFF, Np * sizeof(int32_t), st), "moeForward pad");
-    pad_layout_kernel<<<ceil_div(std::max(N, E + 1), 256), 256, 0, st>>>(
-        s.topk_idx.data<int32_t>(), s.slot_pos.data<int32_t>(), s.offsets.data<int32_t>(), N, (int)k, (int)E, so,
-        slot_pad.data<int32_t>(), perm_pad.data<int32_t>(), off_pad.data<int32_t>());
-    GPTOSS_CUDA_LAUNCH_CHECK("moeForward pad layout");
-    s.perm_tok = perm_pad;
-    s.slot_pos = slot_pad;
-    s.offsets = off_pad;
-    s.offsets_host = host_tensor(std::vector<int32_t>(so.v, so.v + E + 1));
-    alloc_rows(Np);
-    s.xp = gathered_rows(x, s.perm_tok, st, true);
-    const Tensor& xp = s.xp;
-    pt.mark("fwd 1b gather");
-    // Per range: gu[e] = xp[e]·W_gu[e] + b[e] for its experts in one batched GEMM; then h = swiglu(gu) for all.
-    for (const auto& r : slabs)
-      gemm_strided_batched(dev, r.e1 - r.e0, r.Mp, 2 * I, H, 1.f, B(xp) + r.base * H, H, r.Mp * H, false,
-                           B(w.gate_up_w) + r.e0 * H * 2 * I, 2 * I, H * 2 * I, false, DType::BF16,
-                           B(w.gate_up_b) + r.e0 * 2 * I, 2 * I, 0.f, Bm(s.gu) + r.base * 2 * I, DType::BF16, 2 * I,
-                           r.Mp * 2 * I);
-    if (I % 4 == 0) {  // padding rows get h = 0 without reading gu
-      swiglu_fwd_slab_kernel<<<dim3(Np / kColsumChunk, ceil_div(I / 4, 32)), dim3(32, 8), 0, st>>>(
-          B(s.gu), s.perm_tok.data<int32_t>(), (int)I, limit, kSwigluAlpha, Bm(s.h));
-      GPTOSS_CUDA_LAUNCH_CHECK("moeForward swiglu");
-    } else {
-      swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
-    }
-    pt.mark("fwd 2 gate_up gemm");
-    for (const auto& r : slabs)
-      gemm_strided_batched(dev, r.e1 - r.e0, r.Mp, H, I, 1.f, B(s.h) + r.base * I, I, r.Mp * I, false,
-                           B(w.down_w) + r.e0 * I * H, H, I * H, false, DType::BF16, B(w.down_b) + r.e0 * H, H, 0.f,
-                           Bm(s.yp) + r.base * H, DType::BF16, H, r.Mp * H);
-    pt.mark("fwd 3 down gemm");
-  } else if (cublas) {
-    alloc_rows(N);
-    s.offsets_host = host_tensor(off);
-    s.xp = gathered_rows(x, s.perm_tok, st, true);
-    const Tensor& xp = s.xp;
-    pt.mark("fwd 1b gather");
-    // gu = x[perm]·W_gu[e] + b (cuBLAS epilogue); h = swiglu(gu)
-    per_expert_xw(dev, off, xp, H, w.gate_up_w, false, 2 * I, &w.gate_up_b, s.gu);
-    swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
-    pt.mark("fwd 2 gate_up gemm");
-    per_expert_xw(dev, off, s.h, I, w.down_w, false, H, &w.down_b, s.yp);
-    pt.mark("fwd 3 down gemm");
-  } else {
-    alloc_rows(N);
-    Tensor xp = gathered_rows(x, s.perm_tok, st);
-    pt.mark("fwd 1b gather");
-    mg::Params p;
-    p.offsets = s.offsets.data<int32_t>();
-    p.E = (int)E;
-    p.limit = limit;
-    // gu = x[perm]·W_gu[e] + b; h = swiglu(gu)
-    p.A = xp.storage ? B(xp) : B(x);
-    p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
-    p.lda = H;
-    p.B = B(w.gate_up_w);
-    p.ldb = 2 * I;
-    p.b_expert_stride = H * 2 * I;
-    p.N = (int)(2 * I);
-    p.K = (int)H;
-    p.C = s.gu.raw();
-    p.ldc = 2 * I;
-    p.bias = B(w.gate_up_b);
-    p.C2 = Bm(s.h);
-    p.ldc2 = I;
-    mg::gemm_gate_up(p, N, st);
-    pt.mark("fwd 2 gate_up gemm");
-    // yp = h·W_down[e] + b
-    mg::Params q;
-    q.offsets = p.offsets;
-    q.E = p.E;
-    q.A = B(s.h);
-    q.lda = I;
-    q.B = B(w.down_w);
-    q.ldb = H;
-    q.b_expert_stride = I * H;
-    q.N = (int)H;
-    q.K = (int)I;
-    q.C = s.yp.raw();
-    q.ldc = H;
-    q.bias = B(w.down_b);
-    mg::gemm_down(q, N, st);
-    pt.mark("fwd 3 down gemm");
+  const ExpertGemmPlan plan = plan_expert_gemms(N, E, [&] { return host_offsets(s.offsets); });
+  switch (plan.strategy) {
+    case ExpertGemms::kGrouped: forward_grouped(d, x, w, limit, s); break;
+    case ExpertGemms::kSlabs: forward_slabs(d, x, w, limit, plan.slabs, s); break;
+    case ExpertGemms::kPerExpert: forward_per_expert(d, x, w, limit, plan.offsets, s); break;
   }
   combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(),
                                     residual ? B(*residual) : nullptr, (int)H, (int)k, Bm(y));
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward combine");
-  pt.mark("fwd 4 combine");
 }
 
 void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeGrads& g) {
@@ -802,16 +903,17 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   cudaStream_t st = stream_of(dev);
   const int64_t T = s.x.dim(0), H = s.x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), k = s.top_k,
                 N = T * k;
+  const Sizes d{dev, st, T, H, E, I, k, N};
   for (const Tensor* t : {&dy, &s.x, &s.gu, &s.h, &s.yp, &w.router_w, &w.gate_up_w, &w.down_w})
     check_aligned(op, "tensor", *t);
   const int32_t* offsets = s.offsets.data<int32_t>();
 
-  // Slab layout (the forward's batched path): Np > N rows, padding rows must hold zero gradients.
+  // Slab layout (the forward's kSlabs): Np > N rows, padding rows must hold zero gradients.
   const int64_t Np = s.perm_tok.dim(0);
-  const bool padded = Np != N;
-  GPTOSS_CHECK(!padded || Np > N, op, ": ctx.permTok has ", Np, " rows; expected ", N, " or a padded layout above it");
+  GPTOSS_CHECK(Np >= N, op, ": ctx.permTok has ", Np, " rows; expected ", N, " or a padded layout above it");
+  const ExpertGemms strategy = saved_strategy(Np, N, E);
+  const bool padded = strategy == ExpertGemms::kSlabs;
 
-  PhaseTimer pt(st, "bwd start");
   Tensor dyp = make_tensor({Np, H}, DType::BF16, dev);
   Tensor dlp = make_tensor({Np}, DType::F32, dev);
   if (padded) {  // route_bwd writes the valid rows; padding rows must hold zeros
@@ -828,13 +930,13 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
                                                s.topk_w.data<float>(), (int)H, (int)k, Bm(dyp), dlp.data<float>(),
                                                dl.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward route");
-  pt.mark("bwd 1 route");
 
   g.d_down_b = make_tensor({E, H}, DType::F32, dev);
   g.d_router_w = make_tensor({E, H}, DType::F32, dev);
-  // Slab layout with H % 8 == 0: both column sums per 64-row chunk of contiguous rows (padding rows not read), then
-  // a fixed-order sum per expert; dRouterW reads the forward's gathered rows xp.
-  const bool chunk_sums = padded && H % 8 == 0 && s.xp.storage;
+  // Slab layout: both column sums per 64-row chunk of contiguous rows (padding rows not read), then a fixed-order
+  // sum per expert; dRouterW reads the forward's gathered rows xp. Otherwise per-segment sums (dRouterW below,
+  // gathering x through perm_tok).
+  const bool chunk_sums = padded && s.xp.storage;
   auto chunk_colsum = [&](const Tensor& in, const float* scale, const Tensor& out) {
     Tensor part = make_tensor({Np / kColsumChunk, H}, DType::F32, dev);
     chunk_colsum_kernel<<<dim3(Np / kColsumChunk, ceil_div(H / 8, 32)), dim3(32, 8), 0, st>>>(
@@ -845,177 +947,25 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   if (chunk_sums) {
     chunk_colsum(dyp, nullptr, g.d_down_b);
     chunk_colsum(s.xp, dlp.data<float>(), g.d_router_w);
+    GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dDownB");
   } else {
-    seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(dyp), H, (int)H, nullptr, nullptr, offsets,
-                                                                        g.d_down_b.data<float>());
+    segment_colsum(d, dyp, H, offsets, g.d_down_b, "moeBackward dDownB");
   }
-  GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dDownB");
-  pt.mark("bwd 2 dDownB");
 
-  const bool cublas = padded || use_cublas(N, E);
-  // The cuBLASLt path adds the weight gradients into the caller's buffers directly (beta 1).
-  const bool in_place = cublas && g.acc_gate_up_w.storage && g.acc_down_w.storage;
+  // The cuBLASLt strategies add the weight gradients into the caller's buffers directly (beta 1).
+  const bool in_place = strategy != ExpertGemms::kGrouped && g.acc_gate_up_w.storage && g.acc_down_w.storage;
   g.d_down_w = in_place ? g.acc_down_w : make_tensor({E, I, H}, DType::F32, dev);
   g.d_gate_up_w = in_place ? g.acc_gate_up_w : make_tensor({E, H, 2 * I}, DType::F32, dev);
   g.accumulated = in_place;
   const float wbeta = in_place ? 1.f : 0.f;
   g.d_gate_up_b = make_tensor({E, 2 * I}, DType::F32, dev);
-  Tensor dgu, dxp;
-  auto d_gate_up_bias = [&] {
-    seg_colsum_kernel<<<dim3(ceil_div(2 * I, 64), E), dim3(32, 8), 0, st>>>(B(dgu), 2 * I, (int)(2 * I), nullptr,
-                                                                            nullptr, offsets,
-                                                                            g.d_gate_up_b.data<float>());
-    GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
-    pt.mark("bwd 5 dGateUpB");
-  };
-  if (padded) {
-    // The per-expert products below as one strided-batched GEMM per expert range (K = Mp for the weight
-    // gradients: the padding rows are zero in dyp and xp, so they add nothing).
-    const std::vector<int32_t> off = saved_offsets(s);
-    GPTOSS_CHECK(off[E] == Np, op, ": ctx.offsets end at ", off[E], " but ctx.permTok has ", Np, " rows");
-    for (int64_t e = 0; e <= E; e++)
-      GPTOSS_CHECK(off[e] % kPadRows == 0 && (e == 0 || off[e] >= off[e - 1]), op, ": ctx.offsets[", e, "] = ", off[e],
-                   " is not a slab boundary (multiples of ", kPadRows, ", non-decreasing)");
-    const std::vector<SlabRange> slabs = slabs_of(off);
-    const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, st, true);
-    pt.mark("bwd 5b gather");
-    for (const auto& r : slabs)
-      gemm_strided_batched(dev, r.e1 - r.e0, I, H, r.Mp, 1.f, B(s.h) + r.base * I, I, r.Mp * I, true,
-                           B(dyp) + r.base * H, H, r.Mp * H, false, DType::BF16, nullptr, 0, wbeta,
-                           g.d_down_w.data<float>() + r.e0 * I * H, DType::F32, H, I * H);
-    pt.mark("bwd 3 dDownW gemm");
-    Tensor dh = make_tensor({Np, I}, DType::BF16, dev);
-    for (const auto& r : slabs)
-      gemm_strided_batched(dev, r.e1 - r.e0, r.Mp, I, H, 1.f, B(dyp) + r.base * H, H, r.Mp * H, false,
-                           B(w.down_w) + r.e0 * I * H, H, I * H, true, DType::BF16, nullptr, 0, 0.f,
-                           Bm(dh) + r.base * I, DType::BF16, I, r.Mp * I);
-    dgu = make_tensor({Np, 2 * I}, DType::BF16, dev);
-    if (I % 4 == 0) {
-      // dgu and the gate_up bias gradient in one pass over the slab layout's 64-row chunks (padding rows not read).
-      Tensor part = make_tensor({Np / kColsumChunk, 2 * I}, DType::F32, dev);
-      swiglu_bwd_colsum_kernel<<<dim3(Np / kColsumChunk, ceil_div(I / 4, 32)), dim3(32, 8), 0, st>>>(
-          B(dh), B(s.gu), s.perm_tok.data<int32_t>(), (int)I, s.limit, kSwigluAlpha, Bm(dgu), part.data<float>());
-      GPTOSS_CUDA_LAUNCH_CHECK("moeBackward swiglu");
-      pt.mark("bwd 4 dgu gemm");
-      chunk_colsum_reduce_kernel<<<dim3(ceil_div(2 * I, 256), E), 256, 0, st>>>(part.data<float>(), (int)(2 * I),
-                                                                               offsets, g.d_gate_up_b.data<float>());
-      GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
-      pt.mark("bwd 5 dGateUpB");
-    } else {
-      swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
-      pt.mark("bwd 4 dgu gemm");
-      d_gate_up_bias();
-    }
-    for (const auto& r : slabs)
-      gemm_strided_batched(dev, r.e1 - r.e0, H, 2 * I, r.Mp, 1.f, B(xp) + r.base * H, H, r.Mp * H, true,
-                           B(dgu) + r.base * 2 * I, 2 * I, r.Mp * 2 * I, false, DType::BF16, nullptr, 0, wbeta,
-                           g.d_gate_up_w.data<float>() + r.e0 * H * 2 * I, DType::F32, 2 * I, H * 2 * I);
-    pt.mark("bwd 6 dGateUpW gemm");
-    dxp = make_tensor({Np, H}, DType::BF16, dev);
-    for (const auto& r : slabs)
-      gemm_strided_batched(dev, r.e1 - r.e0, r.Mp, H, 2 * I, 1.f, B(dgu) + r.base * 2 * I, 2 * I, r.Mp * 2 * I,
-                           false, B(w.gate_up_w) + r.e0 * H * 2 * I, 2 * I, H * 2 * I, true, DType::BF16, nullptr, 0,
-                           0.f, Bm(dxp) + r.base * H, DType::BF16, H, r.Mp * H);
-    pt.mark("bwd 7 dxp gemm");
-  } else if (cublas) {
-    const std::vector<int32_t> off = saved_offsets(s);
-    // dW_down[e] = h_eᵀ·dyp_e; dh = dyp_e·W_down[e]ᵀ; dgu = swiglu'(gu)·dh
-    per_expert_wgrad(dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
-    pt.mark("bwd 3 dDownW gemm");
-    Tensor dh = make_tensor({N, I}, DType::BF16, dev);
-    per_expert_xw(dev, off, dyp, H, w.down_w, true, I, nullptr, dh);
-    dgu = make_tensor({N, 2 * I}, DType::BF16, dev);
-    swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
-    pt.mark("bwd 4 dgu gemm");
-    d_gate_up_bias();
-    // dW_gu[e] = x[perm]_eᵀ·dgu_e; dxp = dgu_e·W_gu[e]ᵀ
-    const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, st, true);
-    pt.mark("bwd 5b gather");
-    per_expert_wgrad(dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
-    pt.mark("bwd 6 dGateUpW gemm");
-    dxp = make_tensor({N, H}, DType::BF16, dev);
-    per_expert_xw(dev, off, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
-    pt.mark("bwd 7 dxp gemm");
-  } else {
-    // dW_down[e] = h_eᵀ·dyp_e
-    {
-      mg::Params p;
-      p.offsets = offsets;
-      p.E = (int)E;
-      p.A = B(s.h);
-      p.lda = I;
-      p.B = B(dyp);
-      p.ldb = H;
-      p.M = (int)I;
-      p.N = (int)H;
-      p.C = g.d_down_w.raw();
-      p.ldc = H;
-      p.c_expert_stride = I * H;
-      mg::gemm_wgrad(p, N, st, "moeBackward dDownW");
-    }
-    pt.mark("bwd 3 dDownW gemm");
-    // dgu = swiglu'(gu) · (dyp·W_down[e]ᵀ)
-    dgu = make_tensor({N, 2 * I}, DType::BF16, dev);
-    {
-      mg::Params p;
-      p.offsets = offsets;
-      p.E = (int)E;
-      p.limit = s.limit;
-      p.A = B(dyp);
-      p.lda = H;
-      p.B = B(w.down_w);
-      p.ldb = H;
-      p.b_expert_stride = I * H;
-      p.N = (int)I;
-      p.K = (int)H;
-      p.C = dgu.raw();
-      p.ldc = 2 * I;
-      p.aux = B(s.gu);
-      p.ld_aux = 2 * I;
-      mg::gemm_dgu(p, N, st);
-    }
-    pt.mark("bwd 4 dgu gemm");
-    d_gate_up_bias();
-
-    // dW_gu[e] = x[perm]_eᵀ·dgu_e
-    Tensor xp = gathered_rows(s.x, s.perm_tok, st);
-    pt.mark("bwd 5b gather");
-    {
-      mg::Params p;
-      p.offsets = offsets;
-      p.E = (int)E;
-      p.A = xp.storage ? B(xp) : B(s.x);
-      p.a_idx = xp.storage ? nullptr : s.perm_tok.data<int32_t>();
-      p.lda = H;
-      p.B = B(dgu);
-      p.ldb = 2 * I;
-      p.M = (int)H;
-      p.N = (int)(2 * I);
-      p.C = g.d_gate_up_w.raw();
-      p.ldc = 2 * I;
-      p.c_expert_stride = H * 2 * I;
-      mg::gemm_wgrad(p, N, st, "moeBackward dGateUpW");
-    }
-    pt.mark("bwd 6 dGateUpW gemm");
-    // dxp = dgu·W_gu[e]ᵀ
-    dxp = make_tensor({N, H}, DType::BF16, dev);
-    {
-      mg::Params p;
-      p.offsets = offsets;
-      p.E = (int)E;
-      p.A = B(dgu);
-      p.lda = 2 * I;
-      p.B = B(w.gate_up_w);
-      p.ldb = 2 * I;
-      p.b_expert_stride = H * 2 * I;
-      p.N = (int)H;
-      p.K = (int)(2 * I);
-      p.C = dxp.raw();
-      p.ldc = H;
-      mg::gemm_dx(p, N, st);
-    }
-    pt.mark("bwd 7 dxp gemm");
+  Tensor dxp;
+  switch (strategy) {
+    case ExpertGemms::kGrouped: dxp = backward_grouped(d, w, s, dyp, g); break;
+    case ExpertGemms::kSlabs: dxp = backward_slabs(d, w, s, dyp, wbeta, g); break;
+    case ExpertGemms::kPerExpert: dxp = backward_per_expert(d, w, s, dyp, wbeta, g); break;
   }
+
   if (!chunk_sums) {
     seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(s.x), H, (int)H, s.perm_tok.data<int32_t>(),
                                                                         dlp.data<float>(), offsets,
@@ -1029,7 +979,6 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   dx_kernel<<<T, 256, 0, st>>>(B(dxp), s.slot_pos.data<int32_t>(), s.topk_idx.data<int32_t>(), dl.data<float>(),
                                B(w.router_w), (int)H, (int)k, g.dx.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dx");
-  pt.mark("bwd 8 router grads + dx");
 }
 
 }  // namespace gptoss::cuda

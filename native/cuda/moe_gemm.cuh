@@ -3,10 +3,10 @@
 //
 // Two grouping modes over the expert segments offsets[e] .. offsets[e+1]-1 of the permuted rows:
 //  - rows (MODE_K = false): C[off_e + m, n] = Σ_k A[off_e + m, k] · B_e[k, n], one M tile never spans two
-//    experts. A is [rows, K] (K contiguous), optionally gathered (row r reads A[a_idx[r]]); B_e is the expert's
-//    weight, stored [K, N] (forward: x·W) or [N, K] (B_KMAJOR, backward data: dy·Wᵀ).
+//    experts. A is [rows, K] (K contiguous, the rows in expert order); B_e is the expert's weight, stored
+//    [K, N] (forward: x·W) or [N, K] (B_KMAJOR, backward data: dy·Wᵀ).
 //  - reduction (MODE_K = true): C_e[m, n] = Σ_{r in segment e} A[r, m] · B[r, n] (weight gradients): A stored
-//    [rows, M] (optionally gathered), B [rows, N]; f32 output per expert.
+//    [rows, M], B [rows, N]; f32 output per expert.
 // All of M/N/K are multiples of 8 (16-byte chunks); partial tiles are zero-filled.
 #pragma once
 #include <cstdint>
@@ -25,7 +25,6 @@ enum Epi : int {
 
 struct Params {
   const __nv_bfloat16* A = nullptr;
-  const int32_t* a_idx = nullptr;
   int64_t lda = 0;
   const __nv_bfloat16* B = nullptr;
   int64_t ldb = 0, b_expert_stride = 0;
@@ -50,11 +49,8 @@ constexpr float kAlpha = 1.702f;
 // 8 row addresses of an ldmatrix (and the cp.async writes) fall in distinct bank groups.
 template <int W>
 __device__ __forceinline__ int swz(int row, int col) {
-  if constexpr (W >= 64) {
-    return row * W + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
-  } else {  // 64-byte rows: two rows share a 128-byte bank line
-    return row * W + ((((col >> 3) ^ ((row >> 1) & 3))) << 3) + (col & 7);
-  }
+  static_assert(W >= 64, "tiles need 8 or more 16-byte chunks per row (a 128-byte bank line)");
+  return row * W + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
 }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -114,8 +110,8 @@ struct Gemm {
   static constexpr int kGroupM = 8;
   static_assert(NI % 2 == 0 && MI >= 1, "warp tile");
   static_assert(!A_MMAJOR || BM >= 64, "M-major A tiles need 8 chunks per row");
-  static_assert(A_MMAJOR || BK == 32 || BK >= 64, "K-major A tiles need 4 or 8+ chunks per row");
-  static_assert(B_KMAJOR ? (BK == 32 || BK >= 64) : BN >= 64, "B tiles need 4 or 8+ chunks per row");
+  static_assert(A_MMAJOR || BK >= 64, "K-major A tiles need 8 chunks per row");
+  static_assert(B_KMAJOR ? BK >= 64 : BN >= 64, "B tiles need 8 chunks per row");
 };
 
 template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, int MINB, bool MODE_K, bool A_MMAJOR,
@@ -168,7 +164,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
   const int tid = threadIdx.x;
   const __nv_bfloat16* Bbase = MODE_K ? p.B : p.B + (int64_t)e * p.b_expert_stride;
 
-  // Rows-mode A rows are fixed for the block: resolve their (gathered) addresses once.
+  // Rows-mode A rows are fixed for the block: resolve their addresses once.
   constexpr int A_CHUNKS = BM * BK / 8;
   constexpr int A_ITERS = (A_CHUNKS + NT - 1) / NT;
   const __nv_bfloat16* a_row[MODE_K ? 1 : A_ITERS];
@@ -180,7 +176,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
       const int row = c / (BK / 8);
       const int m = m0 + row;
       a_ok[it] = c < A_CHUNKS && m < seg_len;
-      int64_t src_row = a_ok[it] ? (p.a_idx ? p.a_idx[seg_off + m] : seg_off + m) : 0;
+      const int64_t src_row = a_ok[it] ? seg_off + m : 0;
       a_row[it] = p.A + src_row * p.lda;
     }
   }
@@ -211,7 +207,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
           const bool ok = kk < Kg && m < p.M;
           const __nv_bfloat16* src = p.A;
           if (ok) {
-            const int64_t r = p.a_idx ? p.a_idx[seg_off + kk] : seg_off + kk;
+            const int64_t r = seg_off + kk;
             src = p.A + r * p.lda + m;
           }
           cp_async16(a + swz<BM>(row, mc * 8), src, ok);
@@ -299,22 +295,11 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
 #pragma unroll
         for (int ni = 0; ni < NI; ni++) mma_bf16(acc[mi][ni], af[mi], bfr[ni][0], bfr[ni][1]);
     };
-    if constexpr (MINB == 1) {
-      // Registers to spare: fetch the next 16-wide k slice's fragments while the tensor cores work.
-      uint32_t af[2][MI][4], bfr[2][NI][2];
-      load_frags(0, af[0], bfr[0]);
 #pragma unroll
-      for (int ks = 0; ks < BK / 16; ks++) {
-        if (ks + 1 < BK / 16) load_frags((ks + 1) * 16, af[(ks + 1) & 1], bfr[(ks + 1) & 1]);
-        mmas(af[ks & 1], bfr[ks & 1]);
-      }
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < BK; kk += 16) {
-        uint32_t af[MI][4], bfr[NI][2];
-        load_frags(kk, af, bfr);
-        mmas(af, bfr);
-      }
+    for (int kk = 0; kk < BK; kk += 16) {
+      uint32_t af[MI][4], bfr[NI][2];
+      load_frags(kk, af, bfr);
+      mmas(af, bfr);
     }
   }
   cp_async_wait<0>();
@@ -371,13 +356,27 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
   }
 }
 
+// The two tile shapes (block tile BM x BN x BK, WARPS_M x WARPS_N warps, STAGES cp.async stages, MINB blocks per
+// SM for __launch_bounds__). Which one runs: rows_gemm, for the reasons in moe.cu's plan_expert_gemms.
+// Decode sizes (at most kDecodeRowsPerExpert rows per expert on average): 16x64 tiles, so the weights stream at
+// HBM speed.
+struct DecodeTiles {
+  static constexpr int BM = 16, BN = 64, BK = 64, WARPS_M = 1, WARPS_N = 2, STAGES = 4, MINB = 4;
+};
+// Larger batches (and every weight gradient): the fastest of five shapes measured on an H100 at T 4096 and 16384
+// (docs/moe.md).
+struct LargeTiles {
+  static constexpr int BM = 128, BN = 128, BK = 64, WARPS_M = 2, WARPS_N = 4, STAGES = 3, MINB = 2;
+};
+
 // Launches one configuration. Rows mode: total_rows = N routed rows (upper bound of M tiles =
 // ceil(total_rows / BM) + E). Reduction mode: grid over M x N tiles per expert.
-template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, int MINB, bool MODE_K, bool A_MMAJOR,
-          bool B_KMAJOR, int EPI>
+template <typename Tiles, bool MODE_K, bool A_MMAJOR, bool B_KMAJOR, int EPI>
 void launch(Params p, int64_t total_rows, cudaStream_t stream, const char* what) {
-  using G = Gemm<BM, BN, BK, WARPS_M, WARPS_N, STAGES, MODE_K, A_MMAJOR, B_KMAJOR, EPI>;
-  auto kernel = grouped_gemm_kernel<BM, BN, BK, WARPS_M, WARPS_N, STAGES, MINB, MODE_K, A_MMAJOR, B_KMAJOR, EPI>;
+  constexpr int BM = Tiles::BM, BN = Tiles::BN;
+  using G = Gemm<BM, BN, Tiles::BK, Tiles::WARPS_M, Tiles::WARPS_N, Tiles::STAGES, MODE_K, A_MMAJOR, B_KMAJOR, EPI>;
+  auto kernel = grouped_gemm_kernel<BM, BN, Tiles::BK, Tiles::WARPS_M, Tiles::WARPS_N, Tiles::STAGES, Tiles::MINB,
+                                    MODE_K, A_MMAJOR, B_KMAJOR, EPI>;
   static bool configured = false;  // per instantiation (one device kind per process)
   if (!configured) {
     GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)G::kSmem),
@@ -398,24 +397,14 @@ void launch(Params p, int64_t total_rows, cudaStream_t stream, const char* what)
   GPTOSS_CUDA_LAUNCH_CHECK(what);
 }
 
-// Tile configuration of the large (training-size) kernels: GPTOSS_MOE_TILE selects one (tuning); see
-// moe_gemm_*.cu.
-int large_variant();
+// Rows at or below this many per expert on average take DecodeTiles.
+constexpr int64_t kDecodeRowsPerExpert = 32;
 
-// Rows mode (expert rows x weights): decode-size tiles when experts see few rows, large tiles otherwise.
+// Rows mode (expert rows x weights).
 template <bool B_KMAJOR, int EPI>
 void rows_gemm(const Params& p, int64_t rows, cudaStream_t s, const char* what) {
-  if (rows <= 32LL * p.E) {
-    launch<16, 64, 64, 1, 2, 4, 4, false, false, B_KMAJOR, EPI>(p, rows, s, what);
-    return;
-  }
-  switch (large_variant()) {
-    case 1: launch<128, 256, 64, 2, 4, 4, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
-    case 2: launch<128, 128, 32, 2, 2, 4, 2, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
-    case 3: launch<256, 128, 64, 4, 2, 4, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
-    case 4: launch<128, 256, 32, 2, 4, 6, 1, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
-    default: launch<128, 128, 64, 2, 4, 3, 2, false, false, B_KMAJOR, EPI>(p, rows, s, what); break;
-  }
+  if (rows <= kDecodeRowsPerExpert * p.E) launch<DecodeTiles, false, false, B_KMAJOR, EPI>(p, rows, s, what);
+  else launch<LargeTiles, false, false, B_KMAJOR, EPI>(p, rows, s, what);
 }
 
 // One translation unit each (moe_gemm_*.cu), so the instantiations compile in parallel.

@@ -1,6 +1,7 @@
-// sampling.cu: CUDA sampler, one block per row (see native/cpu/sampling.h for the method). Every pass re-reads the
-// row; the thresholds come from 32-step bitwise searches over order-preserving keys (counts for top-k, double
-// sums for top-p), the draw from Gumbel-max with the counter-based noise of sampling_rng.h, as on the CPU.
+// sampling.cu: CUDA samplers (sample: one set of parameters for the batch; sampleRows: per-row parameters and keys),
+// one block per row (see native/cpu/sampling.h for the method). Every pass re-reads the row; the thresholds come
+// from 32-step bitwise searches over order-preserving keys (counts for top-k, double sums for top-p), the draw from
+// Gumbel-max with the counter-based noise of sampling_rng.h, as on the CPU.
 #include "../cpu/sampling_rng.h"
 #include "common.cuh"
 #include "sampling.h"
@@ -59,39 +60,41 @@ __device__ void block_argmax(T& v, int64_t& i, T* shv, int64_t* shi) {
   i = shi[0];
 }
 
-__global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restrict logits, int64_t V, float temperature,
-                                                           float top_p, int64_t top_k, uint64_t seed, uint64_t step,
-                                                           int32_t* __restrict tokens, float* __restrict logprobs) {
+// One row's draw by the whole block (see native/cpu/sampling.h for the method); T = float or __nv_bfloat16
+// logits, widened to fp32 exactly as the CPU does. temperature/top_p/top_k/key are the same for every thread.
+template <typename T>
+__device__ void sample_row(const T* __restrict l, int64_t V, float temperature, float top_p, int64_t top_k,
+                           uint64_t key, int32_t* __restrict token, float* __restrict logprob) {
   __shared__ double shd[32];
   __shared__ long long shl[32];
   __shared__ float shf[32];
   __shared__ int64_t shi[32];
-  const int64_t b = blockIdx.x;
-  const float* l = logits + b * V;
   if (temperature == 0.f) {
     float bv = -INFINITY;
     int64_t bi = INT64_MAX;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
-      if (bi == INT64_MAX || l[j] > bv) bv = l[j], bi = j;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      const float x = ldf(l + j);
+      if (bi == INT64_MAX || x > bv) bv = x, bi = j;
+    }
     block_argmax(bv, bi, shf, shi);
     double s = 0;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += exp(static_cast<double>(l[j]) - bv);
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += exp(static_cast<double>(ldf(l + j)) - bv);
     s = block_sum_t(s, shd);
     if (threadIdx.x == 0) {
-      tokens[b] = static_cast<int32_t>(bi);
-      logprobs[b] = static_cast<float>(-log(s));
+      *token = static_cast<int32_t>(bi);
+      *logprob = static_cast<float>(-log(s));
     }
     return;
   }
   float mx = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j] / temperature);
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, ldf(l + j) / temperature);
   mx = block_max(mx);
   uint32_t tau = 0;
   if (top_k > 0 && top_k < V) {
     for (int bit = 31; bit >= 0; bit--) {
       const uint32_t cand = tau | (1u << bit);
       long long cnt = 0;
-      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) cnt += zkey(l[j] / temperature) >= cand;
+      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) cnt += zkey(ldf(l + j) / temperature) >= cand;
       cnt = block_sum_t(cnt, shl);
       if (cnt >= top_k) tau = cand;
     }
@@ -99,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
   if (top_p > 0.f && top_p < 1.f) {
     double total = 0;
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      const float z = l[j] / temperature;
+      const float z = ldf(l + j) / temperature;
       if (zkey(z) >= tau) total += exp(static_cast<double>(z) - mx);
     }
     total = block_sum_t(total, shd);
@@ -109,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
       const uint32_t cand = tp | (1u << bit);
       double mass = 0;
       for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-        const float z = l[j] / temperature;
+        const float z = ldf(l + j) / temperature;
         const uint32_t k = zkey(z);
         if (k >= tau && k >= cand) mass += exp(static_cast<double>(z) - mx);
       }
@@ -118,11 +121,10 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
     }
     tau = tp;
   }
-  const uint64_t key = sampling::row_key(seed, step, static_cast<uint64_t>(b));
   double best = -INFINITY, s = 0;
   int64_t bi = INT64_MAX;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const float z = l[j] / temperature;
+    const float z = ldf(l + j) / temperature;
     if (zkey(z) < tau) continue;
     s += exp(static_cast<double>(z) - mx);
     const double sc = static_cast<double>(z) + sampling::gumbel(key, static_cast<uint64_t>(j));
@@ -131,9 +133,34 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
   s = block_sum_t(s, shd);
   block_argmax(best, bi, shd, shi);
   if (threadIdx.x == 0) {
-    tokens[b] = static_cast<int32_t>(bi);
-    logprobs[b] = static_cast<float>(static_cast<double>(l[bi] / temperature) - mx - log(s));
+    *token = static_cast<int32_t>(bi);
+    *logprob = static_cast<float>(static_cast<double>(ldf(l + bi) / temperature) - mx - log(s));
   }
+}
+
+// One block per row; the batch shares the parameters and row b's key is row_key(seed, step, b).
+__global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restrict logits, int64_t V, float temperature,
+                                                           float top_p, int64_t top_k, uint64_t seed, uint64_t step,
+                                                           int32_t* __restrict tokens, float* __restrict logprobs) {
+  const int64_t b = blockIdx.x;
+  sample_row(logits + b * V, V, temperature, top_p, top_k,
+             sampling::row_key(seed, step, static_cast<uint64_t>(b)), tokens + b, logprobs + b);
+}
+
+// One block per row, each with its own parameters and key row_key(seed_b as u32, counter_b, 0) (as the CPU).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) sample_rows_kernel(const T* __restrict logits, int64_t V,
+                                                                const float* __restrict temperature,
+                                                                const float* __restrict top_p,
+                                                                const int32_t* __restrict top_k,
+                                                                const int32_t* __restrict seeds,
+                                                                const int32_t* __restrict counters,
+                                                                int32_t* __restrict tokens, float* __restrict logprobs) {
+  const int64_t b = blockIdx.x;
+  const uint64_t key =
+      sampling::row_key(static_cast<uint32_t>(seeds[b]), static_cast<uint64_t>(static_cast<uint32_t>(counters[b])), 0);
+  sample_row(logits + b * V, V, temperature[b], top_p[b], static_cast<int64_t>(top_k[b]), key, tokens + b,
+             logprobs + b);
 }
 
 }  // namespace
@@ -147,6 +174,23 @@ void sample(const Tensor& logits, float temperature, float top_p, int64_t top_k,
       logits.data<float>(), V, temperature, top_p, top_k, seed, step, tokens.data<int32_t>(),
       logprobs.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("sample");
+}
+
+void sample_rows(const Tensor& logits, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
+                 const Tensor& seeds, const Tensor& counters, const Tensor& tokens, const Tensor& logprobs) {
+  const int64_t B = logits.dim(0), V = logits.dim(1);
+  if (B == 0) return;
+  DeviceGuard g(logits.device);
+  const auto launch = [&](auto* l) {
+    sample_rows_kernel<<<static_cast<unsigned>(B), kThreads, 0, stream_of(logits.device)>>>(
+        l, V, temperature.data<float>(), top_p.data<float>(), top_k.data<int32_t>(), seeds.data<int32_t>(),
+        counters.data<int32_t>(), tokens.data<int32_t>(), logprobs.data<float>());
+  };
+  if (logits.dtype == DType::BF16)
+    launch(logits.data<__nv_bfloat16>());
+  else
+    launch(logits.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("sampleRows");
 }
 
 }  // namespace gptoss::cuda

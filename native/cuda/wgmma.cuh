@@ -149,23 +149,6 @@ __device__ __forceinline__ void stsm_x4_t(uint32_t addr, uint32_t r0, uint32_t r
 __device__ __forceinline__ void bar_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
-// global[dst .. dst + bytes) += shared[src .. src + bytes) (f32, one bulk asynchronous reduction through the
-// async proxy; 16-byte aligned addresses, bytes a multiple of 16). Completion is tracked per issuing thread by
-// bulk groups: commit after issuing, then wait_read (the source may be overwritten) or wait (done).
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
-               "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
-}
-template <int N>
-__device__ __forceinline__ void bulk_wait() {
-  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
-}
 // acc (64 x 64) += A . B as one commit group, the accumulation step of P.V, P^T dO, dS^T Q and dS K: A = NKK
 // register fragments of 16 columns (bf16, pack_a_frags), B = an MN-major 128-byte-row shared tile (desc; 16 rows,
 // 2048 bytes, per k step). acc's registers are fenced first: plain instructions wrote them last.

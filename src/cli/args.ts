@@ -15,6 +15,8 @@ export interface CliArgs {
   overrides: string[];
   printConfig: boolean;
   dryRun: boolean;
+  /** Resume a checkpoint whose model, batch or optimizer settings differ from the config. */
+  forceResume: boolean;
 }
 
 function unbalanced(s: string): boolean {
@@ -59,6 +61,7 @@ export async function parseCli(argv: string[], o: { name: string; description: s
     .option('model', { type: 'string', describe: 'shorthand for trainer.policy.model.path=... (a directory, a HF hub id, or tiny)' })
     .option('print-config', { type: 'boolean', default: false, describe: 'print the effective config (YAML) and exit' })
     .option('dry-run', { type: 'boolean', default: false, describe: 'validate the config, load the data and the model, then exit' })
+    .option('force-resume', { type: 'boolean', default: false, describe: 'resume the checkpoint even if its model, batch or optimizer settings differ' })
     .example(`$0`, 'train the tiny CPU default')
     .example(`$0 --model unsloth/gpt-oss-20b-BF16 -c gsm8k-gptoss-20b '+generator.chat_template_kwargs={reasoning_effort: low}'`, 'the seed run')
     .strictOptions()
@@ -71,5 +74,6 @@ export async function parseCli(argv: string[], o: { name: string; description: s
     overrides: joinOverrides(a._.map(String)),
     printConfig: a['print-config'],
     dryRun: a['dry-run'],
+    forceResume: a['force-resume'],
   };
 }

@@ -109,6 +109,12 @@ export const SftSchema = z
     /** Where `npm run sft` writes the fine-tuned model (the GRPO run can start from it). */
     output_dir: z.string().nullable().default(null),
     log_interval: posInt().default(10),
+    /** `npm run train` runs this SFT phase first (a warm start: checkpointed and resumed like GRPO), then GRPO. */
+    warm_start: z.boolean().default(false),
+    /** Evaluate on the validation split every N SFT steps (0: at the end only). */
+    eval_interval: nonNegInt().default(0),
+    /** Stop SFT at the first evaluation whose reward reaches this (null: run every step); leaves GRPO headroom. */
+    stop_at_reward: z.number().nullable().default(null),
   })
   .prefault({});
 

@@ -7,6 +7,7 @@ export * from './kvcache.ts';
 export * from './logprob.ts';
 export * from './moe.ts';
 export * from './optim.ts';
+export * from './paged-attention.ts';
 export * from './rmsnorm.ts';
 export * from './rope.ts';
 export * from './sampling.ts';

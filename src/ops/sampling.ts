@@ -32,3 +32,35 @@ export function sample(logits: Tensor, opts: SampleOptions): SampleResult {
   const r = native().ops.sample(logits.native, opts.temperature, opts.topP ?? 1, opts.topK ?? 0, opts.seed, opts.step ?? 0);
   return { tokens: new Tensor(r.tokens), logprobs: new Tensor(r.logprobs) };
 }
+
+/** Per-row sampling parameters, one entry per row of the logits (all on the logits' device). */
+export interface SampleRowsParams {
+  /** f32 [B]: 0 = greedy for that row. */
+  temperature: Tensor;
+  /** f32 [B]: nucleus mass in (0, 1]; 1 = off. */
+  topP: Tensor;
+  /** i32 [B]: keep the k most likely entries; 0 = off. */
+  topK: Tensor;
+  /** i32 [B]: each row's seed, its 32 bits read as unsigned (Int32Array.from wraps seeds up to 2^32 - 1). */
+  seeds: Tensor;
+  /** i32 [B], >= 0: each row's draw counter (e.g. tokens generated so far), a new draw per value. */
+  counters: Tensor;
+}
+
+/**
+ * logits f32 or bf16 [B, V] -> one token per row, each row with its own parameters and its own noise key
+ * (seed_b, counter_b): a row draws the same token whichever batch row it occupies and whatever else is in the
+ * batch, and equals `sample` of that row alone with seed = seed_b, step = counter_b. Same method as `sample`
+ * (and the same tokens on CPU and CUDA). The CPU checks every row's values; the CUDA kernel reads them on the device.
+ */
+export function sampleRows(logits: Tensor, params: SampleRowsParams): SampleResult {
+  const r = native().ops.sampleRows(
+    logits.native,
+    params.temperature.native,
+    params.topP.native,
+    params.topK.native,
+    params.seeds.native,
+    params.counters.native,
+  );
+  return { tokens: new Tensor(r.tokens), logprobs: new Tensor(r.logprobs) };
+}

@@ -18,7 +18,7 @@ import { childLogger } from '../log/logger.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
 import { groupAdvantages, stats } from '../rl/advantages.ts';
 import { policyLoss, meanK3 } from '../rl/loss.ts';
-import { CheckpointError, readTrainerState, resolveResume, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
+import { CheckpointError, GRPO_RESUME_KEYS, resumeTraining, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, SamplingParams, SequenceBatch } from './policy.ts';
 import { Rng } from './rng.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
@@ -35,6 +35,8 @@ export interface GrpoDeps {
   metrics?: MetricsLogger;
   /** Abort (e.g. SIGINT): the loop saves a checkpoint at the next safe point and returns. */
   signal?: AbortSignal;
+  /** Resume a checkpoint even when its model, batch or optimizer settings differ from config (`--force-resume`). */
+  forceResume?: boolean;
   /** Called after each step with its metrics (tests, UIs). */
   onStep?: (step: number, m: Metrics) => void;
   onEval?: (step: number, m: Metrics) => void;
@@ -154,6 +156,24 @@ export async function evaluate(
   return { reward: count ? rSum / count : 0, accuracy: count ? cSum / count : 0, responseLength: count ? lenSum / count : 0, samples };
 }
 
+/**
+ * Steps and epochs of a GRPO run: every epoch when trainer.max_steps is null; else max_steps, adding epochs when
+ * the data holds fewer steps than that (with a note saying so, which the loop logs at its start).
+ */
+export function planGrpoSteps(config: Config, trainPrompts: number): { stepsPerEpoch: number; epochs: number; totalSteps: number; note?: string } {
+  const t = config.trainer;
+  const stepsPerEpoch = Math.floor(trainPrompts / t.train_batch_size);
+  if (t.max_steps === null) return { stepsPerEpoch, epochs: t.epochs, totalSteps: stepsPerEpoch * t.epochs };
+  const needed = Math.ceil(t.max_steps / Math.max(1, stepsPerEpoch));
+  if (needed <= t.epochs) return { stepsPerEpoch, epochs: t.epochs, totalSteps: Math.min(t.max_steps, stepsPerEpoch * t.epochs) };
+  return {
+    stepsPerEpoch,
+    epochs: needed,
+    totalSteps: t.max_steps,
+    note: `trainer.max_steps=${t.max_steps} is more than trainer.epochs=${t.epochs} of ${stepsPerEpoch} steps (${trainPrompts} prompts / ${t.train_batch_size} per step) hold: running ${needed} epochs`,
+  };
+}
+
 /** Throws a DataError when the task cannot feed a step (empty split, fewer prompts than a batch). */
 export function checkGrpoInputs(config: Config, env: TaskEnv): void {
   const t = config.trainer;
@@ -184,6 +204,10 @@ interface GrpoRun {
   counters: { skippedSteps: number; optimizerSteps: number };
   rng: Rng;
   totalSteps: number;
+  /** Epochs of the run: trainer.epochs, or more when max_steps needs them (planGrpoSteps). */
+  epochs: number;
+  /** The step this attempt resumed from (0 for a fresh run). */
+  resumedStep: number;
   /** Optimizer steps of the whole run (the LR schedule's length). */
   totalOptSteps: number;
   /** Temperature of the trainer's log-probs: the sampling temperature (1 for greedy sampling). */
@@ -224,18 +248,15 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
   }
 
   let state: TrainerState = { step: 0, epoch: 0, dataPosition: 0, rng: new Rng(t.seed).state(), counters: { skippedSteps: 0, optimizerSteps: 0 } };
-  const resumeDir = resolveResume(t.resume_mode, t.ckpt_path, t.resume_path);
-  if (resumeDir) {
-    state = readTrainerState(resumeDir);
-    await policy.load(resumeDir);
-    await generator.updateWeights(policy);
-    log.info({ dir: resumeDir, step: state.step, epoch: state.epoch }, 'resumed from checkpoint');
-  }
+  const resumed = await resumeTraining({ config, root: t.ckpt_path, phase: 'GRPO', keys: GRPO_RESUME_KEYS, policy, generator, metricsPath: d.metrics?.path, force: d.forceResume });
+  if (resumed) state = resumed.state;
+  const resumeDir = resumed?.dir ?? null;
   const counters = { skippedSteps: 0, optimizerSteps: 0, ...state.counters };
   const rng = Rng.fromState(state.rng);
 
-  const stepsPerEpoch = Math.floor(env.train.length / t.train_batch_size);
-  const totalSteps = t.max_steps ?? stepsPerEpoch * t.epochs;
+  const plan = planGrpoSteps(config, env.train.length);
+  if (plan.note) log.info(plan.note);
+  const totalSteps = plan.totalSteps;
   const miniPerStep = t.train_batch_size / t.policy_mini_batch_size;
   const sampling = config.generator.sampling_params;
   return {
@@ -252,6 +273,8 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
     counters,
     rng,
     totalSteps,
+    epochs: plan.epochs,
+    resumedStep: resumed?.state.step ?? 0,
     totalOptSteps: totalSteps * miniPerStep * t.update_epochs_per_batch,
     lpTemperature: sampling.temperature > 0 ? sampling.temperature : 1,
     evalExamples: t.eval_max_samples ? env.val.slice(0, t.eval_max_samples) : env.val,
@@ -455,7 +478,6 @@ async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogp
     // Mini-batches are consecutive prompt groups (the peer does not shuffle within a step either).
     const idx = batch.sequences.map((_, i) => i);
     for (const mini of chunks(idx, seqPerMini)) {
-      if (d.signal?.aborted) break;
       policy.zeroGrad();
       let normTokens = 0;
       for (const i of mini) normTokens += batch.sequences[i]!.length - batch.promptLens[i]!;
@@ -565,15 +587,18 @@ function stepMetrics(run: GrpoRun, r: Rollouts, s: Scored, lps: StepLogprobs, u:
 /**
  * One GRPO step on `examples` (train_batch_size prompts): rollout -> rewards and advantages -> old/ref log-probs
  * -> policy update -> weight sync to the generator; advances the run's step and data position and returns the
- * step's metrics.
+ * step's metrics, or null when the signal aborted it before the update (the step is dropped).
  */
-async function grpoStep(run: GrpoRun, examples: TaskExample[]): Promise<Metrics> {
+async function grpoStep(run: GrpoRun, examples: TaskExample[]): Promise<Metrics | null> {
   const stepT0 = performance.now();
   const times = new PhaseTimes();
   const step = run.state.step + 1;
   const rollouts = await generateRollouts(run, step, examples, times);
+  // Interrupted before the update: the step is dropped (state and data position stay at the last step).
+  if (run.d.signal?.aborted) return null;
   const scored = scoreRollouts(run, examples, rollouts);
   const lps = await oldAndRefLogprobs(run, step, rollouts, scored, times);
+  if (run.d.signal?.aborted) return null;
   const update = await updatePolicy(run, step, scored, lps, times);
   await times.time('weight_sync', () => run.d.generator.updateWeights(run.d.policy));
   run.state.step = step;
@@ -596,7 +621,7 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   if (t.eval_before_train && state.step === 0) await runEval(run, 0);
 
   let order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
-  while (state.step < run.totalSteps && state.epoch < t.epochs) {
+  while (state.step < run.totalSteps && state.epoch < run.epochs) {
     await yieldToEventLoop();
     if (d.signal?.aborted) {
       run.interrupted = true;
@@ -605,11 +630,15 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
     if (state.dataPosition + t.train_batch_size > env.train.length) {
       state.epoch++;
       state.dataPosition = 0;
-      if (state.epoch >= t.epochs) break;
+      if (state.epoch >= run.epochs) break;
       order = new Rng(t.seed + 1000003 * state.epoch).permutation(env.train.length);
     }
     const examples = order.slice(state.dataPosition, state.dataPosition + t.train_batch_size).map((i) => env.train[i]!);
     const m = await grpoStep(run, examples);
+    if (!m) {
+      run.interrupted = true;
+      break;
+    }
     const step = state.step;
     d.metrics?.log(step, m, 'train');
     d.onStep?.(step, m);
@@ -622,13 +651,16 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
       break;
     }
   }
-  if (run.interrupted) {
+  if (run.interrupted && run.lastSavedStep === state.step) {
+    log.warn('interrupted at step %d, whose checkpoint %s is already saved', state.step, run.lastCheckpoint);
+  } else if (run.interrupted) {
     log.warn('interrupted: saving a checkpoint at step %d', state.step);
     await saveCheckpoint(run);
   } else if (t.ckpt_interval >= 0 && state.step > 0 && run.lastSavedStep !== state.step) {
     await saveCheckpoint(run); // the final state (ckpt_interval -1: never, except on interrupt)
   }
-  if (!run.interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > 0) await runEval(run, state.step);
+  // The final evaluation, unless this attempt ran no step (a resumed run that was already complete).
+  if (!run.interrupted && t.eval_interval > 0 && state.step % t.eval_interval !== 0 && state.step > run.resumedStep) await runEval(run, state.step);
   if (run.ownRef) run.ref?.dispose();
   return { steps: state.step, skippedSteps: run.counters.skippedSteps, interrupted: run.interrupted, lastCheckpoint: run.lastCheckpoint, evals: run.evals };
 }

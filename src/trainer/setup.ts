@@ -39,16 +39,41 @@ export function tinyPreset(path: string): PresetName | null {
 
 const VOCAB_FILE = 'vocab.json';
 
+interface VocabFile {
+  toOriginal: number[];
+  /** The task the vocabulary was built from, as the config keys that chose it (for error messages). */
+  task?: Record<string, unknown>;
+}
+
 /** The compact vocabulary saved beside a model (by an SFT run that used data.compact_vocab), if any. */
 export function readVocabMap(modelDir: string): VocabMap | null {
   const p = join(modelDir, VOCAB_FILE);
   if (!existsSync(p)) return null;
-  const ids = JSON.parse(readFileSync(p, 'utf8')) as { toOriginal: number[] };
+  const ids = JSON.parse(readFileSync(p, 'utf8')) as VocabFile;
   return buildVocabMap([ids.toOriginal]);
 }
 
-export function writeVocabMap(dir: string, v: VocabMap): void {
-  writeFileSync(join(dir, VOCAB_FILE), JSON.stringify({ note: 'compact vocabulary: model id i is o200k_harmony id toOriginal[i]', toOriginal: Array.from(v.toOriginal) }));
+/** The task settings a compact vocabulary was built for (the keys that decide which tokens it holds). */
+export function vocabTaskKeys(c: Config): Record<string, unknown> {
+  const keys: Record<string, unknown> = { 'environment.env_class': c.environment.env_class };
+  if (c.environment.env_class === 'synthetic') {
+    keys['data.synthetic.difficulty'] = c.data.synthetic.difficulty;
+    keys['data.synthetic.reasoning'] = c.data.synthetic.reasoning;
+  }
+  return keys;
+}
+
+export function writeVocabMap(dir: string, v: VocabMap, task?: Record<string, unknown>): void {
+  const file: VocabFile & { note: string } = { note: 'compact vocabulary: model id i is o200k_harmony id toOriginal[i]', toOriginal: Array.from(v.toOriginal), ...(task ? { task } : {}) };
+  writeFileSync(join(dir, VOCAB_FILE), JSON.stringify(file));
+}
+
+function savedVocabTask(modelDir: string): Record<string, unknown> | undefined {
+  try {
+    return (JSON.parse(readFileSync(join(modelDir, VOCAB_FILE), 'utf8')) as VocabFile).task;
+  } catch {
+    return undefined;
+  }
 }
 
 function looksLikePath(p: string): boolean {
@@ -81,7 +106,18 @@ export async function setupRun(c: Config): Promise<RunPieces> {
     if (existsSync(path)) savedVocab = readVocabMap(path);
   }
   if (savedVocab || c.data.compact_vocab) {
-    const r = compactTask(env, c.data.compact_vocab_extra, savedVocab ?? undefined);
+    let r;
+    try {
+      r = compactTask(env, c.data.compact_vocab_extra, savedVocab ?? undefined);
+    } catch (e) {
+      if (!savedVocab) throw e;
+      // The model was fine-tuned on a compact vocabulary of another task: it cannot read this task's tokens.
+      const task = savedVocabTask(path);
+      const was = task ? ` it was made for ${Object.entries(task).map(([k, v]) => `${k}=${v}`).join(' ')};` : '';
+      throw new SetupError(
+        `trainer.policy.model.path=${path}: the model's compact vocabulary (${savedVocab.size} tokens, ${join(path, VOCAB_FILE)}) cannot hold task '${env.name}' (${(e as Error).message.replace(/^vocab map: /, '')});${was} train it on that task`,
+      );
+    }
     env = r.env;
     vocab = r.vocab;
     log.info({ tokens: vocab.size }, 'task mapped onto a compact vocabulary');
@@ -127,29 +163,50 @@ export function metricsPath(c: Config): string {
   return c.trainer.metrics_path ?? join('runs', 'metrics', `${c.trainer.run_name}.jsonl`);
 }
 
-export async function createMetrics(c: Config): Promise<MetricsLogger> {
+/** The SFT phase's metrics file: beside the GRPO one, `<name>-sft.jsonl`. */
+export function sftMetricsPath(c: Config): string {
+  return metricsPath(c).replace(/(\.jsonl)?$/, '-sft.jsonl');
+}
+
+/** The SFT phase's checkpoints: `<trainer.ckpt_path>/sft`. */
+export function sftCheckpointRoot(c: Config): string {
+  return join(c.trainer.ckpt_path, 'sft');
+}
+
+/** The metrics logger of a run's GRPO phase (default) or SFT phase (`phase: 'sft'`: sftMetricsPath, W&B run `<run>-sft`). */
+export async function createMetrics(c: Config, o: { phase?: 'grpo' | 'sft'; console?: boolean } = {}): Promise<MetricsLogger> {
   const loggers = Array.isArray(c.trainer.logger) ? c.trainer.logger : [c.trainer.logger];
+  const sft = o.phase === 'sft';
   const m = new MetricsLogger({
-    path: metricsPath(c),
-    console: true,
-    wandb: loggers.includes('wandb') ? { project: c.trainer.project_name, name: c.trainer.run_name, config: c } : null,
+    path: sft ? sftMetricsPath(c) : metricsPath(c),
+    console: o.console ?? true,
+    wandb: loggers.includes('wandb') ? { project: c.trainer.project_name, name: sft ? `${c.trainer.run_name}-sft` : c.trainer.run_name, config: c } : null,
   });
   await m.init();
   return m;
 }
 
 /**
- * SIGINT/SIGTERM -> abort signal (the loops save a checkpoint and return); a second Ctrl-C exits at once.
- * Returns a disposer that removes the handlers.
+ * A repeat within this window is the same Ctrl-C: `npm run` relays the terminal's SIGINT to its child, which as a
+ * member of the foreground process group has already received it, so one key press arrives twice.
+ */
+const SAME_INTERRUPT_MS = 1000;
+
+/**
+ * SIGINT/SIGTERM -> abort signal (the loops save a checkpoint and return); a second Ctrl-C (after
+ * SAME_INTERRUPT_MS) exits at once. Returns a disposer that removes the handlers.
  */
 export function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
   const ac = new AbortController();
+  let firstAt = 0;
   const handler = (sig: NodeJS.Signals) => {
     if (ac.signal.aborted) {
+      if (Date.now() - firstAt < SAME_INTERRUPT_MS) return;
       log.error('second %s: exiting without saving', sig);
       process.exit(130);
     }
-    log.warn('%s: finishing the current micro-batch, saving a checkpoint, then exiting (press Ctrl-C again to quit at once)', sig);
+    firstAt = Date.now();
+    log.warn('%s: stopping at the next safe point (the running generation or update finishes), saving a checkpoint, then exiting (press Ctrl-C again to quit at once)', sig);
     ac.abort();
   };
   process.on('SIGINT', handler);

@@ -1,8 +1,11 @@
 // sft.ts: supervised fine-tuning on reference completions (the cold start before GRPO): cross-entropy of the
 // reference tokens given the prompt, token-mean over each batch, AdamW, grad clipping; non-finite steps skipped.
+// With a checkpoint folder (SftDeps.ckptRoot) the phase is checkpointed and resumed as the GRPO loop is: every
+// trainer.ckpt_interval steps, on interrupt, and once finished (a finished phase is not run again on resume).
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
+import { CheckpointError, resumeTraining, saveTrainingCheckpoint, SFT_RESUME_KEYS, type TrainerState } from './checkpoint.ts';
 import { crossEntropyLoss } from '../rl/loss.ts';
 import { evaluate, yieldToEventLoop } from './grpo.ts';
 import type { Generator, Policy, SequenceBatch } from './policy.ts';
@@ -21,19 +24,26 @@ export interface SftDeps {
   signal?: AbortSignal;
   onStep?: (step: number, m: Metrics) => void;
   onEval?: (step: number, m: Metrics) => void;
+  /** Checkpoint and resume this phase under this folder (trainer.resume_mode, ckpt_interval, max_ckpts_to_keep). */
+  ckptRoot?: string;
+  /** Resume even when the checkpoint's model or SFT settings differ (`--force-resume`). */
+  forceResume?: boolean;
 }
 
 export interface SftOptions {
   steps?: number;
   batchSize?: number;
   lr?: number;
-  /** Evaluate every N steps (0: only at the end when a generator is given). */
+  /** Evaluate every N steps (0: only at the end when a generator is given); default trainer.sft.eval_interval. */
   evalEvery?: number;
   /**
    * Stop early once an evaluation's reward reaches this value (needs a generator and evalEvery): a warm start
-   * that leaves a chosen amount of headroom whatever the model size learns per step.
+   * that leaves a chosen amount of headroom whatever the model size learns per step. Default
+   * trainer.sft.stop_at_reward.
    */
   stopAtReward?: number;
+  /** Checked after each step: true ends the phase there as finished (e.g. a wall-clock budget). */
+  shouldStop?: (step: number) => boolean;
 }
 
 export interface SftResult {
@@ -42,6 +52,19 @@ export interface SftResult {
   skippedSteps: number;
   finalLoss: number;
   evals: Array<{ step: number; reward: number; accuracy: number }>;
+  /** Stopped by the signal (a checkpoint was saved when ckptRoot is set); false when the phase finished. */
+  interrupted: boolean;
+  /** The step a checkpoint was resumed from (null: a fresh start). */
+  resumedFrom: number | null;
+  lastCheckpoint: string | null;
+}
+
+/** What an SFT checkpoint's trainer_state.json keeps beyond step, position and RNG. */
+interface SftExtra {
+  finished: boolean;
+  evals: SftResult['evals'];
+  lastLoss: number | null;
+  lastLr: number;
 }
 
 export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResult> {
@@ -52,20 +75,66 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
   const lr = o.lr ?? s.lr;
   const examples = env.train.filter((e) => e.reference && e.reference.length > 0);
   if (examples.length === 0) throw new DataError(`SFT: task '${env.name}' has no training examples with reference completions`);
-  const rng = new Rng(config.trainer.seed + 17);
+  const stopAtReward = o.stopAtReward ?? s.stop_at_reward ?? undefined;
+  const evalEvery = o.evalEvery ?? s.eval_interval;
+  const t = config.trainer;
+  // The shuffle RNG's state just before it drew the current epoch's order: with the position in that order, it is
+  // what a checkpoint needs to continue the same data sequence.
+  let rng = new Rng(config.trainer.seed + 17);
+  let orderRngState = rng.state();
   let order = rng.permutation(examples.length);
   let pos = 0;
   let skipped = 0;
   let lastLoss = NaN;
   let lastLr = 0;
-  const evals: SftResult['evals'] = [];
+  let evals: SftResult['evals'] = [];
   const micro = config.trainer.micro_train_batch_size_per_gpu;
   const opt = config.trainer.policy.optimizer_config;
-  const progress = new Progress('sft', steps, { unit: 'step' });
   // SFT has its own optimizer run (its own lr and step count); GRPO afterwards starts from fresh moments.
   policy.resetOptimizer();
   let done = 0;
   let reached = false;
+  let interrupted = false;
+  let lastCheckpoint: string | null = null;
+  let lastSavedStep = -1;
+  const resumed = d.ckptRoot
+    ? await resumeTraining({ config, root: d.ckptRoot, phase: 'SFT', keys: SFT_RESUME_KEYS, policy, generator: d.generator, metricsPath: d.metrics?.path, force: d.forceResume })
+    : null;
+  if (resumed) {
+    const x = resumed.state.extra as unknown as SftExtra;
+    done = resumed.state.step;
+    skipped = resumed.state.counters?.skippedSteps ?? 0;
+    evals = x.evals;
+    lastLoss = x.lastLoss ?? NaN;
+    lastLr = x.lastLr;
+    lastCheckpoint = resumed.dir;
+    lastSavedStep = done;
+    if (x.finished) {
+      log.info({ step: done }, 'SFT: this phase finished at step %d; not run again', done);
+      policy.zeroGrad();
+      policy.resetOptimizer();
+      return { steps: done, skippedSteps: skipped, finalLoss: lastLoss, evals, interrupted: false, resumedFrom: done, lastCheckpoint };
+    }
+    rng = Rng.fromState(resumed.state.rng);
+    orderRngState = rng.state();
+    order = rng.permutation(examples.length);
+    pos = resumed.state.dataPosition;
+  }
+  const checkpoint = async (finished: boolean): Promise<void> => {
+    if (!d.ckptRoot) return;
+    const extra: SftExtra = { finished, evals, lastLoss: Number.isFinite(lastLoss) ? lastLoss : null, lastLr };
+    const state: TrainerState = { step: done, epoch: 0, dataPosition: pos, rng: orderRngState, counters: { skippedSteps: skipped }, config, extra: extra as unknown as Record<string, unknown> };
+    try {
+      lastCheckpoint = await saveTrainingCheckpoint({ root: d.ckptRoot, state, writeModel: (dir) => policy.save(dir), keep: t.max_ckpts_to_keep });
+      lastSavedStep = done;
+      log.info({ dir: lastCheckpoint }, 'SFT checkpoint saved');
+    } catch (e) {
+      if (!(e instanceof CheckpointError)) throw e;
+      log.error(e.message);
+      if (interrupted || finished) throw e;
+    }
+  };
+  const progress = new Progress('sft', steps - done, { unit: 'step' });
   const runEval = async (step: number) => {
     if (!d.generator || env.val.length === 0) return;
     const r = await evaluate(d.generator, env, config.trainer.eval_max_samples ? env.val.slice(0, config.trainer.eval_max_samples) : env.val, config, config.trainer.seed + step);
@@ -73,15 +142,19 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
     const m: Metrics = { 'eval/reward': r.reward, 'eval/accuracy': r.accuracy, 'eval/response_len': r.responseLength };
     d.metrics?.log(step, m, 'eval');
     d.onEval?.(step, m);
-    if (o.stopAtReward !== undefined && r.reward >= o.stopAtReward) reached = true;
+    if (stopAtReward !== undefined && r.reward >= stopAtReward) reached = true;
   };
-  for (let step = 1; step <= steps; step++) {
+  for (let step = done + 1; step <= steps; step++) {
     await yieldToEventLoop();
-    if (d.signal?.aborted) break;
+    if (d.signal?.aborted) {
+      interrupted = true;
+      break;
+    }
     const t0 = performance.now();
     const batch = [];
     for (let i = 0; i < bs; i++) {
       if (pos >= order.length) {
+        orderRngState = rng.state();
         order = rng.permutation(examples.length);
         pos = 0;
       }
@@ -131,15 +204,32 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
     if (step % s.log_interval === 0 || step === steps) d.metrics?.log(step, m, 'sft');
     d.onStep?.(step, m);
     done = step;
-    if (o.evalEvery && step % o.evalEvery === 0 && step !== steps) await runEval(step);
+    if (evalEvery && step % evalEvery === 0 && step !== steps) await runEval(step);
     if (reached) {
-      log.info({ step, reward: evals[evals.length - 1]!.reward, target: o.stopAtReward }, 'SFT stopped early: evaluation reward reached the target');
+      log.info({ step, reward: evals[evals.length - 1]!.reward, target: stopAtReward }, 'SFT stopped early: evaluation reward reached the target');
       break;
     }
+    if (o.shouldStop?.(step)) {
+      log.info({ step }, 'SFT stopped early (shouldStop)');
+      break;
+    }
+    if (t.ckpt_interval > 0 && step % t.ckpt_interval === 0 && step !== steps) await checkpoint(false);
   }
   progress.finish();
+  if (interrupted) {
+    if (lastSavedStep === done) log.warn('SFT interrupted at step %d, whose checkpoint %s is already saved', done, lastCheckpoint);
+    else if (d.ckptRoot) {
+      log.warn('SFT interrupted: saving a checkpoint at step %d', done);
+      await checkpoint(false);
+    }
+    policy.zeroGrad();
+    return { steps: done, skippedSteps: skipped, finalLoss: lastLoss, evals, interrupted, resumedFrom: resumed?.state.step ?? null, lastCheckpoint };
+  }
   if (evals[evals.length - 1]?.step !== done) await runEval(done);
   policy.zeroGrad();
+  // The finished phase's checkpoint is its result (the weights GRPO starts from and its KL reference), without
+  // optimizer state: GRPO starts from fresh moments.
   policy.resetOptimizer();
-  return { steps: done, skippedSteps: skipped, finalLoss: lastLoss, evals };
+  await checkpoint(true);
+  return { steps: done, skippedSteps: skipped, finalLoss: lastLoss, evals, interrupted, resumedFrom: resumed?.state.step ?? null, lastCheckpoint };
 }

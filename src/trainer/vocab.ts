@@ -5,8 +5,8 @@
 // softmax). A task whose prompts and answers only ever use a few hundred distinct tokens (the synthetic
 // arithmetic task) can be re-indexed onto a compact vocabulary: token ids are still produced by the real
 // tokenizer and harmony renderer, then mapped to 0..K-1 for the model, and mapped back for decoding and rewards.
-// The model never sees or produces a token outside the set. Used by the CPU learning test; the `npm run train`
-// default keeps the full vocabulary.
+// The model never sees or produces a token outside the set. Used by the default run (configs/demo-cpu.yaml) and
+// the CPU learning test; `-c tiny-cpu` keeps the full vocabulary.
 import type { TaskEnv, TaskExample } from './task.ts';
 
 export interface VocabMap {

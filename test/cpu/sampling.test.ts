@@ -1,9 +1,10 @@
 // CPU sampler: exact tokens against a TypeScript re-implementation of the method (same hash, same thresholds),
-// greedy ties, top-k / top-p sets, the empirical distribution, determinism per seed/step, bad inputs.
+// greedy ties, top-k / top-p sets, the empirical distribution, determinism per seed/step, bad inputs; the per-row
+// sampler (sampleRows): row independence, equality with `sample` per row, bf16 logits, bad inputs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
-import { sample } from '../../src/ops/sampling.ts';
+import { sample, sampleRows } from '../../src/ops/sampling.ts';
 import { uniformSym } from '../helpers/random.ts';
 
 const dev = 'cpu';
@@ -145,4 +146,124 @@ test('sample rejects bad inputs', () => {
   assert.throws(() => sample(l, { temperature: 1, topK: -2, seed: 0 }), /topK must be >= 0/);
   assert.throws(() => sample(l, { temperature: 1, seed: -1 }), /seed and step must be non-negative/);
   assert.throws(() => sample(l, { temperature: 1, seed: 0.5 }), /seed must be an integer/);
+});
+
+// ---- sampleRows: per-row parameters and noise keys ----
+
+interface RowParams {
+  temperature: number;
+  topP: number;
+  topK: number;
+  seed: number;
+  counter: number;
+}
+
+function rowsTensors(rows: readonly RowParams[]) {
+  const B = rows.length;
+  return {
+    temperature: Tensor.from(rows.map((r) => r.temperature), [B], { device: dev }),
+    topP: Tensor.from(rows.map((r) => r.topP), [B], { device: dev }),
+    topK: Tensor.from(Int32Array.from(rows.map((r) => r.topK)), [B], { device: dev }),
+    seeds: Tensor.from(Int32Array.from(rows.map((r) => r.seed)), [B], { device: dev }),
+    counters: Tensor.from(Int32Array.from(rows.map((r) => r.counter)), [B], { device: dev }),
+  };
+}
+
+/** A mix of greedy, plain, top-k, top-p and combined rows with distinct seeds and counters. */
+function mixedRows(B: number): RowParams[] {
+  const kinds = [
+    { temperature: 0, topP: 1, topK: 0 },
+    { temperature: 1, topP: 1, topK: 0 },
+    { temperature: 0.7, topP: 0.9, topK: 0 },
+    { temperature: 1.3, topP: 1, topK: 7 },
+    { temperature: 0.9, topP: 0.6, topK: 30 },
+  ];
+  return Array.from({ length: B }, (_, b) => ({ ...kinds[b % kinds.length]!, seed: 1000 + 37 * b, counter: (b * 13) % 50 }));
+}
+
+test('sampleRows: each row draws the reference token of its own (seed, counter), whatever its batch row', () => {
+  const B = 11, V = 301;
+  const l = uniformSym(B * V, 77, 3);
+  const rows = mixedRows(B);
+  const r = sampleRows(Tensor.from(l, [B, V], { device: dev }), rowsTensors(rows));
+  const tok = r.tokens.toInt32(), lp = r.logprobs.toFloat32();
+  for (let b = 0; b < B; b++) {
+    const o = rows[b]!;
+    // The row key is the one `sample` gives row 0 for seed = seed_b, step = counter_b.
+    const ref = refSample(l.subarray(b * V, (b + 1) * V), { ...o, step: o.counter }, 0);
+    assert.equal(tok[b], ref.token, `row ${b} ${JSON.stringify(o)}`);
+    assert.ok(Math.abs(lp[b]! - ref.logprob) < 1e-5, `row ${b} logprob ${lp[b]} vs ${ref.logprob}`);
+    const alone = sample(Tensor.from(l.subarray(b * V, (b + 1) * V), [1, V], { device: dev }), { ...o, step: o.counter });
+    assert.equal(tok[b], alone.tokens.toInt32()[0], `row ${b} vs sample() alone`);
+    assert.equal(lp[b], alone.logprobs.toFloat32()[0], `row ${b} logprob vs sample() alone`);
+  }
+});
+
+test('sampleRows: permuting the rows permutes the results', () => {
+  const B = 16, V = 97;
+  const l = uniformSym(B * V, 5, 2);
+  const rows = mixedRows(B);
+  const base = sampleRows(Tensor.from(l, [B, V], { device: dev }), rowsTensors(rows));
+  const tok = base.tokens.toInt32(), lp = base.logprobs.toFloat32();
+  const perm = Array.from({ length: B }, (_, i) => (i * 5 + 3) % B);  // 5 is coprime with 16
+  const lp2 = new Float32Array(B * V);
+  perm.forEach((src, dst) => lp2.set(l.subarray(src * V, (src + 1) * V), dst * V));
+  const r = sampleRows(Tensor.from(lp2, [B, V], { device: dev }), rowsTensors(perm.map((i) => rows[i]!)));
+  const tok2 = r.tokens.toInt32(), lpr2 = r.logprobs.toFloat32();
+  perm.forEach((src, dst) => {
+    assert.equal(tok2[dst], tok[src], `row ${src} moved to ${dst}`);
+    assert.equal(lpr2[dst], lp[src]);
+  });
+  // A subset of the rows (what a batch looks like after some sequences finished) draws the same tokens.
+  const sub = [2, 9, 14];
+  const ls = new Float32Array(sub.length * V);
+  sub.forEach((src, dst) => ls.set(l.subarray(src * V, (src + 1) * V), dst * V));
+  const rs = sampleRows(Tensor.from(ls, [sub.length, V], { device: dev }), rowsTensors(sub.map((i) => rows[i]!)));
+  assert.deepEqual([...rs.tokens.toInt32()], sub.map((i) => tok[i]));
+});
+
+test('sampleRows: n samples of one prompt with seeds s..s+n-1 equal n separate one-row calls', () => {
+  const n = 6, V = 200;
+  const row = uniformSym(V, 9, 1.5);
+  const l = new Float32Array(n * V);
+  for (let k = 0; k < n; k++) l.set(row, k * V);
+  const rows = Array.from({ length: n }, (_, k) => ({ temperature: 1, topP: 0.95, topK: 50, seed: 4242 + k, counter: 3 }));
+  const together = sampleRows(Tensor.from(l, [n, V], { device: dev }), rowsTensors(rows)).tokens.toInt32();
+  for (let k = 0; k < n; k++) {
+    const one = sampleRows(Tensor.from(row, [1, V], { device: dev }), rowsTensors([rows[k]!])).tokens.toInt32()[0];
+    assert.equal(together[k], one, `sample ${k}`);
+  }
+  assert.ok(new Set(together).size > 1, 'different seeds draw different tokens from a flat distribution');
+});
+
+test('sampleRows: bf16 logits draw as the f32 logits of the same values; seeds use all 32 bits', () => {
+  const B = 6, V = 129;
+  const l = uniformSym(B * V, 31, 2, true);
+  const rows = mixedRows(B).map((r, b) => ({ ...r, seed: b % 2 ? 2 ** 32 - 1 - b : 2 ** 31 + b }));
+  const a = sampleRows(Tensor.from(l, [B, V], { device: dev, dtype: 'bf16' }), rowsTensors(rows));
+  const f = sampleRows(Tensor.from(l, [B, V], { device: dev }), rowsTensors(rows));
+  assert.deepEqual([...a.tokens.toInt32()], [...f.tokens.toInt32()]);
+  assert.deepEqual([...a.logprobs.toFloat32()], [...f.logprobs.toFloat32()]);
+  for (let b = 0; b < B; b++) {
+    const ref = refSample(l.subarray(b * V, (b + 1) * V), { ...rows[b]!, step: rows[b]!.counter }, 0);
+    assert.equal(f.tokens.toInt32()[b], ref.token, `row ${b} (seed ${rows[b]!.seed})`);
+  }
+});
+
+test('sampleRows rejects bad inputs, naming the row', () => {
+  const B = 3, V = 5;
+  const l = Tensor.zeros([B, V], { device: dev });
+  const good = mixedRows(B);
+  const bad = (i: number, patch: Partial<RowParams>) => rowsTensors(good.map((r, b) => (b === i ? { ...r, ...patch } : r)));
+  assert.throws(() => sampleRows(l, bad(1, { temperature: -0.5 })), /sampleRows: temperature\[1\] must be >= 0, got -0.5/);
+  assert.throws(() => sampleRows(l, bad(2, { topP: 0 })), /sampleRows: topP\[2\] must be in \(0, 1\], got 0/);
+  assert.throws(() => sampleRows(l, bad(0, { topP: 1.5 })), /topP\[0\] must be in \(0, 1\]/);
+  assert.throws(() => sampleRows(l, bad(0, { topK: -1 })), /sampleRows: topK\[0\] must be >= 0/);
+  assert.throws(() => sampleRows(l, bad(1, { counter: -3 })), /sampleRows: counters\[1\] must be >= 0, got -3/);
+  const p = rowsTensors(good);
+  assert.throws(() => sampleRows(Tensor.zeros([B, V], { device: dev, dtype: 'i32' }), p), /sampleRows: logits must be f32 or bf16 \[B, V\]/);
+  assert.throws(() => sampleRows(Tensor.zeros([B, 0], { device: dev }), p), /logits must be f32 or bf16 \[B, V\] with V > 0/);
+  assert.throws(() => sampleRows(l, { ...p, topK: Tensor.zeros([B], { device: dev }) }), /sampleRows: topK must be i32/);
+  assert.throws(() => sampleRows(l, { ...p, seeds: Tensor.zeros([B + 1], { device: dev, dtype: 'i32' }) }), /sampleRows: seeds must have shape \[3\]/);
+  assert.throws(() => sampleRows(l, { ...p, temperature: Tensor.zeros([B], { device: dev, dtype: 'bf16' }) }), /sampleRows: temperature must be f32/);
 });

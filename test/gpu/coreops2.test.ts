@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { Tensor, cudaDeviceCount, synchronize, memoryStats, resetPeakMemory, CudaEvent } from '../../src/tensor.ts';
 import { matmul, linearBackward } from '../../src/ops/gemm.ts';
 import { tokenLogprobs, tokenLogprobsBackward } from '../../src/ops/logprob.ts';
-import { sample } from '../../src/ops/sampling.ts';
+import { sample, sampleRows } from '../../src/ops/sampling.ts';
 import { adamwStep, sumOfSquares, gradNormAndClip } from '../../src/ops/optim.ts';
 import { refMatmul } from '../helpers/coreops2-ref.ts';
 import { uniformSym, rng } from '../helpers/random.ts';
@@ -174,6 +174,33 @@ test('sample on CUDA draws the same tokens as on the CPU', { skip, timeout: 1200
       const sc = sample(lc, o), sg = sample(lg, o);
       assert.deepEqual([...sg.tokens.toInt32()], [...sc.tokens.toInt32()], `B${B} V${V} ${JSON.stringify(o)}`);
       assertClose(sg.logprobs.toFloat32(), sc.logprobs.toFloat32(), 1e-5, 1e-5, `logprobs B${B} V${V} ${JSON.stringify(o)}`);
+    }
+  }
+});
+
+test('sampleRows on CUDA draws the same tokens as on the CPU (per-row parameters, f32 and bf16 logits)', { skip, timeout: 120000 }, () => {
+  for (const [B, V] of [[64, 5003], [5, 201088], [1, 1], [130, 7]] as [number, number][]) {
+    const l = uniformSym(B * V, 3 * B + V, 4);
+    const kinds = [
+      { temperature: 0, topP: 1, topK: 0 },
+      { temperature: 1, topP: 1, topK: 0 },
+      { temperature: 0.7, topP: 1, topK: 50 },
+      { temperature: 1, topP: 0.9, topK: 0 },
+      { temperature: 0.8, topP: 0.5, topK: 20 },
+    ];
+    const rows = Array.from({ length: B }, (_, b) => ({ ...kinds[b % kinds.length]!, seed: 2 ** 31 + 977 * b, counter: b * 31 }));
+    const params = (d: string) => ({
+      temperature: Tensor.from(rows.map((r) => r.temperature), [B], { device: d }),
+      topP: Tensor.from(rows.map((r) => r.topP), [B], { device: d }),
+      topK: Tensor.from(Int32Array.from(rows.map((r) => r.topK)), [B], { device: d }),
+      seeds: Tensor.from(Int32Array.from(rows.map((r) => r.seed)), [B], { device: d }),
+      counters: Tensor.from(Int32Array.from(rows.map((r) => r.counter)), [B], { device: d }),
+    });
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const sc = sampleRows(Tensor.from(l, [B, V], { device: 'cpu', dtype }), params('cpu'));
+      const sg = sampleRows(Tensor.from(l, [B, V], { device: G, dtype }), params(G));
+      assert.deepEqual([...sg.tokens.toInt32()], [...sc.tokens.toInt32()], `B${B} V${V} ${dtype}`);
+      assertClose(sg.logprobs.toFloat32(), sc.logprobs.toFloat32(), 1e-5, 1e-5, `logprobs B${B} V${V} ${dtype}`);
     }
   }
 });

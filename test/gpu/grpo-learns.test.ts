@@ -1,6 +1,7 @@
-// Proof that GRPO learns, GPU half (issue 7): the recipe of test/cpu/grpo-learns.test.ts (shared through
-// test/helpers/grpo-recipe.ts) with a larger tiny model, `tiny:gpt-oss-tiny-large` (4 layers, hidden 512, 8/2
-// heads of 64, 8 experts top-4; 27.9M parameters on the task's compact vocabulary), on `trainer.device=cuda`:
+// Proof that GRPO learns, GPU half (issue 7): configs/demo-gpu.yaml, the default `npm run train` on a GPU
+// machine (run through test/helpers/grpo-recipe.ts, as the CPU test runs configs/demo-cpu.yaml), with a larger
+// tiny model, `tiny:gpt-oss-tiny-large` (4 layers, hidden 512, 8/2 heads of 64, 8 experts top-4; 27.9M parameters
+// on the task's compact vocabulary), on `trainer.device=cuda`:
 //   - SFT warm start (batch 32, lr 1e-3) until the held-out reward, checked every 10 steps, reaches 0.3 (at most
 //     600 steps): a model this size memorises the 100 single-digit sums in a few hundred steps, so a fixed step
 //     count would leave GRPO nothing to improve;
@@ -18,7 +19,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cudaDeviceCount } from '../../src/tensor.ts';
 import { native } from '../../src/native.ts';
-import { formatThroughput, gpuRecipe, recipeFromEnv, runGrpoLearningRecipe, writeRecipeResult } from '../helpers/grpo-recipe.ts';
+import { formatThroughput, gpuRecipe, recipeConfig, recipeFromEnv, runGrpoLearningRecipe, writeRecipeResult } from '../helpers/grpo-recipe.ts';
 
 const hasCuda = ((): boolean => {
   try {
@@ -31,17 +32,18 @@ const OUT = process.env.GRPO_LEARNS_OUT || 'runs/gpu/grpo-learns.json';
 
 const BUDGET_S = Number(process.env.GRPO_LEARNS_BUDGET_S || 320); // 0: no budget
 const recipe = { ...recipeFromEnv(gpuRecipe(OUT.replace(/\.json$/, '') + '.jsonl')), budgetS: BUDGET_S > 0 ? BUDGET_S : undefined };
-const onCpu = recipe.device === 'cpu';
+const recipeCfg = recipeConfig(recipe).trainer;
+const onCpu = recipeCfg.device === 'cpu';
 const skip = onCpu || hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible); GRPO_LEARNS_DEVICE=cpu runs it on the CPU';
 const MIN_GAIN = Number(process.env.GRPO_LEARNS_MIN_GAIN ?? 0.15);
 
-test(`GRPO raises held-out reward by >= ${MIN_GAIN * 100} points after an SFT warm start (${recipe.model}, synthetic task, ${recipe.device})`, { skip, timeout: 20 * 60_000 }, async () => {
+test(`GRPO raises held-out reward by >= ${MIN_GAIN * 100} points after an SFT warm start (${recipeCfg.policy.model.path}, synthetic task, ${recipeCfg.device})`, { skip, timeout: 20 * 60_000 }, async () => {
   const r = await runGrpoLearningRecipe(recipe);
   const lines = [...r.curve, ...formatThroughput(r)];
   console.log(lines.join('\n'));
   writeRecipeResult(OUT, recipe, r, { test: 'test/gpu/grpo-learns.test.ts', minGain: MIN_GAIN, addon: native().features });
   console.log(`wrote ${OUT} and ${recipe.metricsPath}`);
   assert.equal(r.skippedSteps, 0, 'GRPO skipped optimizer steps (non-finite loss or grad norm)');
-  const why = r.budgetStopped.grpo ? ` (GRPO stopped by the ${recipe.budgetS} s budget after ${r.steps} of ${recipe.grpo.steps} steps)` : '';
+  const why = r.budgetStopped.grpo ? ` (GRPO stopped by the ${recipe.budgetS} s budget after ${r.steps} of ${recipeCfg.max_steps} steps)` : '';
   assert.ok(r.after.reward - r.before.reward >= MIN_GAIN, `held-out reward ${r.before.reward} -> ${r.after.reward}: less than +${MIN_GAIN * 100} points${why}\n${lines.join('\n')}`);
 });

@@ -1,0 +1,401 @@
+// paged_attention.cu: attention with sinks over a paged KV cache (semantics: native/cpu/paged_attention.h), one
+// kernel for every sequence of an engine step, decodes and prefill chunks mixed, with tensor-core MMAs
+// (mma.sync m16n8k16 bf16, fp32 accumulate; the fragment helpers of attention_common.cuh).
+//
+// Rows. Query head h reads kv head h / G (G = Hq / Hkv). A CTA serves one kv head and a tile of TM = 64 "rows",
+// where row f of sequence b is its query row f / G under head kvh·G + f % G: sequence b has qlen_b·G rows, cut
+// into ceil(qlen_b·G / 64) tiles that never cross sequences. So a decode (qlen 1) puts the G query heads of one kv
+// head into one tile and reads that kv head's K/V once for all of them; a prefill chunk packs 64/G positions per
+// tile. Each of the 4 warps owns 16 rows and, FlashAttention-2 style, runs an online softmax over all keys.
+//
+// Grid: (tile, kv head, split). The tiles of the step are numbered sequence by sequence; the host only knows an
+// upper bound (ceil(N·G/64) + B, the metadata stays on the device), so each CTA finds its (sequence, tile) with a
+// block-wide scan over queryStarts and CTAs past the last tile exit. Keys: the tile needs positions lo..hi (hi =
+// its last row's position, lo = its first row's position - window + 1, or 0), and split s of nsplit takes an
+// equal share of that range (whole 64-key steps); a sliding layer therefore reads only its window's blocks. Keys
+// are gathered through the block table 64 at a time into swizzled shared memory with cp.async (double-buffered).
+//
+// Epilogue: with one split (enough tiles to fill the GPU) the CTA folds in the sink and writes bf16 out; with
+// several (few tiles: small decode batches over long contexts, flash-decoding) each split writes fp32 partials
+// (unnormalised out, max, sum) and a combine kernel merges them with the sink, as attention_decode.cu does.
+#include <algorithm>
+
+#include "attention_common.cuh"
+#include "paged_attention.h"
+
+namespace gptoss::cuda {
+namespace paged {
+
+using attn::cp_async16;
+using attn::cp_async_commit;
+using attn::cp_async_wait;
+using attn::kLog2e;
+using attn::mma16816;
+using attn::pack_bf16;
+using attn::quad_max;
+using attn::quad_sum;
+using attn::swz;
+
+constexpr int TM = 64;  // rows per CTA (4 warps x 16)
+constexpr int TN = 64;  // keys per pipeline step
+constexpr int NW = 4, NT = NW * 32;
+
+template <int D>
+struct Cfg {
+  static constexpr int SMEM = (TM * D + 2 * 2 * TN * D) * 2;  // Q tile + 2 stages of K and V tiles, bf16
+};
+
+struct Params {
+  const __nv_bfloat16* q;       // [N, Hq, D]
+  const __nv_bfloat16* kpool;   // [numBlocks, blockSize, Hkv, D]
+  const __nv_bfloat16* vpool;
+  const int* block_tables;      // [B, maxBlocks]
+  const int* context_lens;      // [B]
+  const int* query_starts;      // [B+1]
+  const void* sinks;            // [Hq] f32 or bf16, or null
+  int sinks_bf16;
+  __nv_bfloat16* out;           // [N, Hq, D]
+  float* opart;                 // [N, Hq, nsplit, D]  (nsplit > 1)
+  float* mpart;                 // [N, Hq, nsplit]     max, log2 domain
+  float* lpart;                 // [N, Hq, nsplit]     sum of 2^(s - max)
+  int N, B, Hq, Hkv, G, block_size, max_blocks, window, nsplit;
+  float scale_log2;
+};
+
+__device__ __forceinline__ float sink_log2(const Params& p, int h) {
+  if (!p.sinks) return -INFINITY;
+  const float s = p.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p.sinks)[h])
+                               : static_cast<const float*>(p.sinks)[h];
+  return s * kLog2e;
+}
+
+// Inclusive prefix sum of v over the block (NT threads); `total` gets the block's sum. sh: NW ints.
+__device__ __forceinline__ int block_inclusive_scan(int v, int* sh, int& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += n;
+  }
+  if (lane == 31) sh[warp] = v;
+  __syncthreads();
+  int before = 0;
+  total = 0;
+#pragma unroll
+  for (int w = 0; w < NW; w++) {
+    before += w < warp ? sh[w] : 0;
+    total += sh[w];
+  }
+  __syncthreads();  // sh is rewritten by the next call
+  return v + before;
+}
+
+// The (sequence, tile within it) of global tile t; false when t is past the step's last tile.
+__device__ __forceinline__ bool find_tile(const Params& p, int t, int& seq, int& local_tile) {
+  __shared__ int s_seq, s_tile, s_scan[NW];
+  if (threadIdx.x == 0) s_seq = -1;
+  __syncthreads();
+  int base = 0;  // tiles of the sequences before this chunk of NT sequences
+  for (int b0 = 0; b0 < p.B; b0 += NT) {
+    const int b = b0 + threadIdx.x;
+    int tiles = 0;
+    if (b < p.B) tiles = max(0, ((p.query_starts[b + 1] - p.query_starts[b]) * p.G + TM - 1) / TM);
+    int total;
+    const int incl = block_inclusive_scan(tiles, s_scan, total);
+    if (tiles > 0 && t >= base + incl - tiles && t < base + incl) {
+      s_seq = b;
+      s_tile = t - (base + incl - tiles);
+    }
+    base += total;
+    __syncthreads();
+    if (s_seq >= 0 || t < base) break;  // uniform: shared value and block-wide sums
+  }
+  seq = s_seq;
+  local_tile = s_tile;
+  return seq >= 0;
+}
+
+template <int D>
+__global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [TM][D]
+  __nv_bfloat16* sK = sQ + TM * D;                                  // [2][TN][D]
+  __nv_bfloat16* sV = sK + 2 * TN * D;                              // [2][TN][D]
+  constexpr int CH = D / 8;                                         // 16-byte chunks per row
+
+  int b, lt;
+  if (!find_tile(p, blockIdx.x, b, lt)) return;
+  const int kvh = blockIdx.y, split = blockIdx.z;
+  const int qs = p.query_starts[b], qlen = p.query_starts[b + 1] - qs, ctx = p.context_lens[b];
+  const int nrows = qlen * p.G, f0 = lt * TM, valid_rows = min(TM, nrows - f0);
+  // Positions of the tile's first and last rows, and the keys the tile needs.
+  const int pos_first = ctx - qlen + f0 / p.G, pos_last = ctx - qlen + (f0 + valid_rows - 1) / p.G;
+  const int lo = p.window > 0 ? max(0, pos_first - p.window + 1) : 0, hi = pos_last + 1;  // keys [lo, hi)
+  const int per_split = (hi - lo + p.nsplit - 1) / p.nsplit;
+  const int share = (per_split + TN - 1) / TN * TN;  // whole 64-key steps
+  const int c0 = lo + split * share, c1 = min(hi, c0 + share);
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  // Output row index (n * Hq + h) of tile row r, or -1 for a row past the sequence's rows.
+  auto out_row = [&](int r) -> int64_t {
+    if (r >= valid_rows) return -1;
+    const int f = f0 + r;
+    return static_cast<int64_t>(qs + f / p.G) * p.Hq + kvh * p.G + f % p.G;
+  };
+
+  if (c0 >= c1) {  // this split has no keys for the tile: an empty partial (only when nsplit > 1)
+    for (int r = threadIdx.x; r < valid_rows; r += NT) {
+      const int64_t row = out_row(r);
+      p.mpart[row * p.nsplit + split] = -INFINITY;
+      p.lpart[row * p.nsplit + split] = 0.f;
+    }
+    return;
+  }
+
+  // Q tile: row r = query row qs + (f0 + r) / G, head kvh·G + (f0 + r) % G; rows past the sequence are zeros.
+  for (int c = threadIdx.x; c < TM * CH; c += NT) {
+    const int r = c / CH, ch = c % CH;
+    const int64_t row = out_row(r);
+    cp_async16(sQ + swz<D>(r, ch), row >= 0 ? p.q + row * D + ch * 8 : p.q, row >= 0);
+  }
+  // K/V tile i: keys c0 + i·TN .. (+TN), each gathered through the block table; keys >= c1 are zeros.
+  const int64_t kv_row_stride = static_cast<int64_t>(p.Hkv) * D;
+  const int* table = p.block_tables + static_cast<int64_t>(b) * p.max_blocks;
+  auto load_kv = [&](int i) {
+    const int n0 = c0 + i * TN, stage = i & 1;
+    for (int c = threadIdx.x; c < TN * CH; c += NT) {
+      const int r = c / CH, ch = c % CH, key = n0 + r;
+      const bool ok = key < c1;
+      int64_t off = 0;
+      if (ok) {
+        const int64_t slot = static_cast<int64_t>(table[key / p.block_size]) * p.block_size + key % p.block_size;
+        off = slot * kv_row_stride + kvh * D + ch * 8;
+      }
+      cp_async16(sK + stage * TN * D + swz<D>(r, ch), p.kpool + off, ok);
+      cp_async16(sV + stage * TN * D + swz<D>(r, ch), p.vpool + off, ok);
+    }
+  };
+  const int nt = (c1 - c0 + TN - 1) / TN;
+  load_kv(0);
+  cp_async_commit();  // group 0: Q and K/V tile 0
+
+  // This thread's two rows (fragment halves r = 0, 1: rows g and g + 8 of its warp's 16): position and window.
+  int pos_r[2], lo_r[2];
+  bool valid_r[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int row = warp * 16 + g + 8 * r;
+    valid_r[r] = row < valid_rows;
+    pos_r[r] = ctx - qlen + (f0 + row) / p.G;
+    lo_r[r] = p.window > 0 ? pos_r[r] - p.window + 1 : 0;
+  }
+  const bool warp_active = warp * 16 < valid_rows;  // a warp whose 16 rows are all padding only helps load
+
+  float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
+  float acc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  uint32_t qf[D / 16][4];
+
+  for (int i = 0; i < nt; i++) {
+    if (i + 1 < nt) load_kv(i + 1);  // the other stage: its last readers finished at the end of step i - 1
+    cp_async_commit();
+    cp_async_wait<1>();  // everything but the group just committed: Q and tile i are in shared memory
+    __syncthreads();
+    if (warp_active) {
+      if (i == 0) attn::load_a_frags<D>(sQ, warp * 16, qf);
+      const __nv_bfloat16* cK = sK + (i & 1) * TN * D;
+      const __nv_bfloat16* cV = sV + (i & 1) * TN * D;
+      const int n0 = c0 + i * TN;
+      // S = Q K^T for 16 rows x 64 keys: 8 n8 tiles.
+      float sc[TN / 8][4];
+#pragma unroll
+      for (int j = 0; j < TN / 8; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int nb = 0; nb < TN / 16; nb++) {
+          uint32_t bb[4];
+          attn::load_bT_frags<D>(cK, nb * 16, kk, bb);
+          mma16816(sc[2 * nb], qf[kk], bb[0], bb[1]);
+          mma16816(sc[2 * nb + 1], qf[kk], bb[2], bb[3]);
+        }
+      }
+      // Mask: key in this split, causal (key <= the row's position) and inside the row's window.
+#pragma unroll
+      for (int j = 0; j < TN / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int r = e >> 1, key = n0 + j * 8 + 2 * t4 + (e & 1);
+          const bool see = valid_r[r] && key < c1 && key <= pos_r[r] && key >= lo_r[r];
+          sc[j][e] = see ? sc[j][e] * p.scale_log2 : -INFINITY;
+        }
+      // Online softmax per row (log2 domain); rows that saw nothing yet keep max -inf and a base of 0.
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        float mx = m_r[r];
+#pragma unroll
+        for (int j = 0; j < TN / 8; j++) mx = fmaxf(mx, fmaxf(sc[j][2 * r], sc[j][2 * r + 1]));
+        mx = quad_max(mx);
+        const float base = mx == -INFINITY ? 0.f : mx;
+        const float alpha = exp2f(m_r[r] - base);
+        m_r[r] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < TN / 8; j++) {
+          sc[j][2 * r] = exp2f(sc[j][2 * r] - base);
+          sc[j][2 * r + 1] = exp2f(sc[j][2 * r + 1] - base);
+          sum += sc[j][2 * r] + sc[j][2 * r + 1];
+        }
+        l_r[r] = l_r[r] * alpha + sum;
+#pragma unroll
+        for (int d = 0; d < D / 8; d++) {
+          acc[d][2 * r] *= alpha;
+          acc[d][2 * r + 1] *= alpha;
+        }
+      }
+      // O += P V: P (16 x 64, bf16) as 4 A fragments of 16 keys, V rows of the same keys.
+#pragma unroll
+      for (int kk = 0; kk < TN / 16; kk++) {
+        const uint32_t a[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+                               pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                               pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+        for (int np = 0; np < D / 16; np++) {
+          uint32_t bb[4];
+          attn::load_b_frags<D>(cV, kk * 16, np, bb);
+          mma16816(acc[2 * np], a, bb[0], bb[1]);
+          mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with stage i & 1 before step i + 1 loads tile i + 2 into it
+  }
+  cp_async_wait<0>();
+
+  if (!warp_active) return;
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const float l = quad_sum(l_r[r]), m = m_r[r];
+    const int64_t row = out_row(warp * 16 + g + 8 * r);
+    if (row < 0) continue;
+    if (p.nsplit == 1) {
+      // out = acc 2^(m - M) / (l 2^(m - M) + 2^(sink - M)), M = max(m, sink).
+      const float sink = sink_log2(p, static_cast<int>(row % p.Hq));
+      const float M = fmaxf(m, sink);
+      const float wm = M == -INFINITY ? 0.f : exp2f(m - M);
+      const float L = l * wm + (sink == -INFINITY ? 0.f : exp2f(sink - M));
+      const float inv = L > 0.f ? wm / L : 0.f;
+      __nv_bfloat16* o = p.out + row * D;
+#pragma unroll
+      for (int d = 0; d < D / 8; d++)
+        *reinterpret_cast<uint32_t*>(o + d * 8 + 2 * t4) = pack_bf16(acc[d][2 * r] * inv, acc[d][2 * r + 1] * inv);
+    } else {
+      const int64_t pr = row * p.nsplit + split;
+      float* o = p.opart + pr * D;
+#pragma unroll
+      for (int d = 0; d < D / 8; d++) {
+        o[d * 8 + 2 * t4] = acc[d][2 * r];
+        o[d * 8 + 2 * t4 + 1] = acc[d][2 * r + 1];
+      }
+      if (t4 == 0) {
+        p.mpart[pr] = m;
+        p.lpart[pr] = l;
+      }
+    }
+  }
+}
+
+// One block of D threads per (query row, head): merges the splits' partials and the sink into bf16 out.
+template <int D>
+__global__ void paged_combine_kernel(Params p) {
+  const int64_t row = blockIdx.x;  // n * Hq + h
+  const int d = threadIdx.x;
+  const float sink = sink_log2(p, static_cast<int>(row % p.Hq));
+  const float* mp = p.mpart + row * p.nsplit;
+  const float* lp = p.lpart + row * p.nsplit;
+  const float* op = p.opart + row * p.nsplit * D;
+  float M = sink;
+  for (int s = 0; s < p.nsplit; s++) M = fmaxf(M, mp[s]);
+  float L = 0.f, o = 0.f;
+  if (M != -INFINITY) {
+    if (sink != -INFINITY) L = exp2f(sink - M);
+    for (int s = 0; s < p.nsplit; s++) {
+      if (mp[s] == -INFINITY) continue;
+      const float w = exp2f(mp[s] - M);
+      L += w * lp[s];
+      o += w * op[s * D + d];
+    }
+  }
+  p.out[row * D + d] = __float2bfloat16(L > 0.f ? o / L : 0.f);
+}
+
+template <int D>
+void launch(Params& p, int device, int max_context, cudaStream_t st) {
+  static bool configured = false;
+  if (!configured) {
+    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           Cfg<D>::SMEM),
+                      "pagedAttention: cudaFuncSetAttribute");
+    configured = true;
+  }
+  // Tiles: at most ceil(N·G / TM) + B (each sequence's last tile may be partial). Split the keys only when the
+  // tiles cannot fill the GPU (~4 CTAs per SM on 132 SMs), into at most one split per 64 keys of the longest
+  // possible context.
+  const int64_t tiles = ceil_div(static_cast<int64_t>(p.N) * p.G, TM) + p.B;
+  const int64_t ctas = tiles * p.Hkv;
+  const int64_t max_split = std::max<int64_t>(1, ceil_div(max_context, TN));
+  p.nsplit = static_cast<int>(std::min<int64_t>(max_split, std::max<int64_t>(1, ceil_div(132 * 4, ctas))));
+  Tensor opart, mpart, lpart;
+  if (p.nsplit > 1) {
+    opart = make_tensor({p.N, p.Hq, p.nsplit, D}, DType::F32, device);
+    mpart = make_tensor({p.N, p.Hq, p.nsplit}, DType::F32, device);
+    lpart = make_tensor({p.N, p.Hq, p.nsplit}, DType::F32, device);
+    p.opart = opart.data<float>();
+    p.mpart = mpart.data<float>();
+    p.lpart = lpart.data<float>();
+  }
+  GPTOSS_CHECK(tiles <= 0x7fffffff, "pagedAttention: too many query rows (", p.N, ") for one launch");
+  paged_attention_kernel<D><<<dim3(static_cast<unsigned>(tiles), p.Hkv, p.nsplit), NT, Cfg<D>::SMEM, st>>>(p);
+  GPTOSS_CUDA_LAUNCH_CHECK("pagedAttention: kernel launch");
+  if (p.nsplit > 1) {
+    paged_combine_kernel<D><<<static_cast<unsigned>(static_cast<int64_t>(p.N) * p.Hq), D, 0, st>>>(p);
+    GPTOSS_CUDA_LAUNCH_CHECK("pagedAttention: combine kernel launch");
+  }
+}
+
+}  // namespace paged
+
+void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
+                     const Tensor& context_lens, const Tensor& query_starts, const Tensor* sinks, int window,
+                     float scale, const Tensor& out) {
+  paged::Params p{};
+  p.N = static_cast<int>(q.dim(0));
+  if (p.N == 0) return;
+  DeviceGuard guard(q.device);
+  p.q = q.data<__nv_bfloat16>();
+  p.kpool = k_pool.data<__nv_bfloat16>();
+  p.vpool = v_pool.data<__nv_bfloat16>();
+  p.block_tables = block_tables.data<int>();
+  p.context_lens = context_lens.data<int>();
+  p.query_starts = query_starts.data<int>();
+  p.sinks = sinks ? sinks->raw() : nullptr;
+  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
+  p.out = out.data<__nv_bfloat16>();
+  p.B = static_cast<int>(context_lens.dim(0));
+  p.Hq = static_cast<int>(q.dim(1));
+  p.Hkv = static_cast<int>(k_pool.dim(2));
+  p.G = p.Hq / p.Hkv;
+  p.block_size = static_cast<int>(k_pool.dim(1));
+  p.max_blocks = static_cast<int>(block_tables.dim(1));
+  p.window = window;
+  p.scale_log2 = scale * paged::kLog2e;
+  const int max_context = p.max_blocks * p.block_size;
+  cudaStream_t st = stream_of(q.device);
+  if (q.dim(2) == 64)
+    paged::launch<64>(p, q.device, max_context, st);
+  else
+    paged::launch<128>(p, q.device, max_context, st);
+}
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,13 @@
+// paged_attention.h (cuda): attention with sinks over a paged KV cache, the semantics of
+// native/cpu/paged_attention.h on the device; q and pools bf16, head_dim 64 or 128. The metadata (block tables,
+// context lengths, query starts) is read on the device and not checked (the CPU op checks it).
+#pragma once
+#include "../common/tensor.h"
+
+namespace gptoss::cuda {
+
+void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
+                     const Tensor& context_lens, const Tensor& query_starts, const Tensor* sinks, int window,
+                     float scale, const Tensor& out);
+
+}  // namespace gptoss::cuda
