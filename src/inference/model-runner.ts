@@ -12,9 +12,8 @@ import type { GptOssModel } from '../model/gptoss.ts';
 import { disposeAll } from '../model/tensor-helpers.ts';
 import { embeddingForward } from '../ops/embedding.ts';
 import { cast } from '../ops/elementwise.ts';
+import { sampleRows } from '../ops/sampling.ts';
 import { PagedKvCache } from './paged-kv-cache.ts';
-// TEMPORARY: E1's op (src/ops/sampling.ts sampleRows) replaces this import once it is on main.
-import { sampleRows } from './temporary-cpu-paged-ops.ts';
 
 /** One engine step as host arrays. N query rows over B sequences; S of the rows are sampled. */
 export interface StepInput {

@@ -11,8 +11,7 @@ import { Tensor } from '../tensor.ts';
 import type { LayerKvCache } from '../model/layer.ts';
 import { disposeAll } from '../model/tensor-helpers.ts';
 import { scatterRows } from '../ops/kvcache.ts';
-// TEMPORARY: E1's op (src/ops/paged-attention.ts) replaces this import once it is on main.
-import { pagedAttention } from './temporary-cpu-paged-ops.ts';
+import { pagedAttention } from '../ops/paged-attention.ts';
 
 /** The device tensors of one step's layout (see the file comment). */
 export interface PagedStepMeta {
