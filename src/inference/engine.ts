@@ -151,7 +151,8 @@ export class Engine {
     }
     const util = opts.gpuMemoryUtilization ?? 0.8;
     if (!(util > 0 && util <= 1)) throw new Error(`createEngine: gpuMemoryUtilization must be in (0, 1], got ${util}`);
-    this.numBlocks = opts.numBlocks ?? defaultNumBlocks(runner, { blockSize: this.blockSize, util, maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
+    const tp = opts.tensorParallelSize ?? 1;
+    this.numBlocks = opts.numBlocks ?? defaultNumBlocks(runner, { tp, blockSize: this.blockSize, util, maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
     if (!Number.isInteger(this.numBlocks) || this.numBlocks < 1) {
       throw new Error(`createEngine: the KV pool has ${this.numBlocks} blocks (numBlocks, or what gpuMemoryUtilization ${util} leaves): need at least 1`);
     }
@@ -391,7 +392,7 @@ export class Engine {
  */
 function defaultNumBlocks(
   runner: ModelRunner,
-  o: { blockSize: number; util: number; maxNumSeqs: number; maxNumBatchedTokens: number; maxModelLen: number },
+  o: { tp: number; blockSize: number; util: number; maxNumSeqs: number; maxNumBatchedTokens: number; maxModelLen: number },
 ): number {
   const perBlock = runner.kvBytesPerBlock(o.blockSize);
   if (runner.device === 'cpu') {
@@ -401,11 +402,14 @@ function defaultNumBlocks(
   const total = deviceMemoryBytes(runner.device);
   const plan = engineMemoryPlan(
     runner.config,
-    { tensorParallel: 1, engines: 1, gpuMemoryUtilization: o.util, maxNumSeqs: o.maxNumSeqs, maxNumBatchedTokens: o.maxNumBatchedTokens, sequenceTokens: o.maxModelLen, rolloutSequences: o.maxNumSeqs },
+    { tensorParallel: o.tp, engines: 1, gpuMemoryUtilization: o.util, maxNumSeqs: o.maxNumSeqs, maxNumBatchedTokens: o.maxNumBatchedTokens, sequenceTokens: o.maxModelLen, rolloutSequences: o.maxNumSeqs },
     total,
+    [],
+    o.tp === 1 ? { ncclBytes: 0 } : {}, // one device: no NCCL communicator
   );
   const extra = plan.rows.filter((r) => r.key === 'engineWorkspace' || r.key === 'overhead').reduce((a, r) => a + r.bytes, 0);
-  const held = memoryStats(runner.device).reserved;
+  // Allocated, not reserved: cached free blocks (e.g. left by weight initialisation) are reused or released.
+  const held = memoryStats(runner.device).allocated;
   return Math.floor((o.util * total - held - extra) / perBlock);
 }
 
