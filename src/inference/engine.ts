@@ -123,13 +123,14 @@ export class Engine {
   readonly maxModelLen: number;
   private readonly blocks: BlockManager;
   private readonly scheduler: Scheduler;
-  /** sequence -> (its request, sample index). */
-  private readonly owner = new Map<Sequence, { request: PendingRequest; sample: number }>();
+  /** sequence -> (its request, sample index, its prompt's key in promptGroups). */
+  private readonly owner = new Map<Sequence, { request: PendingRequest; sample: number; promptKey: string }>();
   /**
-   * Prompt -> sharing group: the sequences of equal prompts (a request's n samples, and equal prompts of other
-   * requests) form one group, which the scheduler prefills once. Cleared whenever the engine goes idle.
+   * Prompt -> sharing group and its live sequences: the sequences of equal prompts (a request's n samples, and
+   * equal prompts of other requests) form one group, which the scheduler prefills once. An entry goes with its
+   * last sequence.
    */
-  private readonly promptGroups = new Map<string, number>();
+  private readonly promptGroups = new Map<string, { group: number; live: number }>();
   private nextGroup = 0;
   private nextSeq = 0;
   private loop: Promise<void> | null = null;
@@ -179,8 +180,10 @@ export class Engine {
       }
       const n = r.n ?? 1;
       const key = r.prompt.join(',');
-      let group = this.promptGroups.get(key);
-      if (group === undefined) this.promptGroups.set(key, (group = this.nextGroup++));
+      let entry = this.promptGroups.get(key);
+      if (!entry) this.promptGroups.set(key, (entry = { group: this.nextGroup++, live: 0 }));
+      entry.live += n;
+      const group = entry.group;
       const seed = r.seed ?? Math.floor(Math.random() * 2 ** 32);
       const stop = new Set(r.stopTokens ?? this.config.eosTokenIds);
       const topK = r.topK !== undefined && r.topK > 0 ? r.topK : 0;
@@ -190,7 +193,7 @@ export class Engine {
       for (let k = 0; k < n; k++) {
         const sampling = { temperature: r.temperature ?? 1, topP: r.topP ?? 1, topK, seed: (seed + k) >>> 0 };
         const s = new Sequence(this.nextSeq++, group, r.prompt, sampling, r.maxNewTokens, stop);
-        this.owner.set(s, { request: p, sample: k });
+        this.owner.set(s, { request: p, sample: k, promptKey: key });
         this.scheduler.add(s);
       }
       return p;
@@ -291,7 +294,6 @@ export class Engine {
         }
       } finally {
         this.loop = null;
-        if (this.scheduler.idle) this.promptGroups.clear();
       }
     })();
   }
@@ -377,6 +379,8 @@ export class Engine {
     const o = this.owner.get(s);
     if (!o) return;
     this.owner.delete(s);
+    const g = this.promptGroups.get(o.promptKey)!;
+    if (--g.live === 0) this.promptGroups.delete(o.promptKey);
     const p = o.request;
     const sample: GeneratedSample = { tokens: s.generated, logprobs: s.logprobs, finishReason: s.finishReason ?? 'abort' };
     if (error) sample.error = error;
