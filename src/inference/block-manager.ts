@@ -1,8 +1,10 @@
 // block-manager.ts: the paged KV cache's bookkeeping (host only; no tensors).
 //
-// The pool holds `numBlocks` blocks of `blockSize` token slots each (one pool per device, the same block ids in
-// every layer's k and v pools: src/inference/paged-kv-cache.ts). A sequence owns a block table: block ids in
-// position order, token p living in block table[floor(p / blockSize)] at slot p % blockSize.
+// The pool holds `numBlocks` blocks of `blockSize` token slots each (one pool per device and KV space: the same
+// block ids in the k and v pools of every layer of the space, src/inference/paged-kv-cache.ts). A sequence owns a
+// block table per pool: block ids in position order, token p living in block table[floor(p / blockSize)] at slot
+// p % blockSize. In a sliding-window space the blocks behind the window are released (releaseBefore) and their
+// entries become RELEASED placeholders.
 //
 // Sharing: a FULL block whose keys and values are computed is registered under a hash chain (hash of the parent
 // block's hash and the block's token ids), so any later sequence that starts with the same tokens (the n samples
@@ -16,7 +18,10 @@
 // happens between sequences alive at the same time).
 
 /** A block's identity in the prefix cache: the hash chain up to and including its tokens. */
-type BlockHash = string;
+export type BlockHash = string;
+
+/** A block-table entry whose block was released (out of a sliding window): never read. */
+export const RELEASED = -1;
 
 export interface BlockManagerOptions {
   numBlocks: number;
@@ -25,11 +30,11 @@ export interface BlockManagerOptions {
   enablePrefixCaching?: boolean;
 }
 
-/** What a sequence holds: its block table and how many of its blocks are registered in the prefix cache. */
+/** What a sequence holds in one pool: its block table and the keys of its leading computed full blocks. */
 export interface BlockTable {
-  /** Block ids in position order. */
+  /** Block ids in position order (RELEASED where a sliding window no longer needs the block). */
   blocks: number[];
-  /** The leading blocks whose hashes are known (registered by this sequence or taken from the cache). */
+  /** The keys of the leading full blocks whose tokens are computed (registered by this sequence or taken from the cache). */
   hashes: BlockHash[];
 }
 
@@ -47,9 +52,6 @@ export class BlockManager {
   private readonly byHash = new Map<BlockHash, number>();
   /** block -> its hash, for registered blocks. */
   private readonly hashOf = new Map<number, BlockHash>();
-  /** Cache statistics: prompt blocks looked up and found (the engine reports the hit rate). */
-  lookups = 0;
-  hits = 0;
 
   constructor(o: BlockManagerOptions) {
     if (!Number.isInteger(o.numBlocks) || o.numBlocks < 1) throw new Error(`BlockManager: numBlocks must be a positive integer, got ${o.numBlocks}`);
@@ -72,27 +74,70 @@ export class BlockManager {
   }
 
   /**
-   * The longest run of leading full blocks of `tokens` already in the cache, limited to the blocks that end before
-   * the last token (the last token is always computed: its logits are what the step samples from). Takes a
-   * reference on each and returns them as the start of a new block table; `cachedTokens` of the sequence are then
-   * computed. Counts toward the hit rate.
+   * The prefix-cache keys of the full blocks of `tokens` that may be shared: every full block that ends before the
+   * last token (the last token is always computed: its logits are what the step samples from).
    */
-  acquirePrefix(tokens: readonly number[]): { table: BlockTable; cachedTokens: number } {
-    const table: BlockTable = { blocks: [], hashes: [] };
+  prefixKeys(tokens: readonly number[]): BlockHash[] {
+    const keys: BlockHash[] = [];
     const shareable = Math.floor((tokens.length - 1) / this.blockSize);
-    let parent = '';
-    for (let i = 0; i < shareable; i++) {
-      const h = chainHash(parent, tokens, i * this.blockSize, this.blockSize);
-      this.lookups++;
-      const b = this.byHash.get(h);
-      if (b === undefined) break;
-      this.hits++;
+    for (let i = 0; i < shareable; i++) keys.push(chainHash(keys[i - 1] ?? '', tokens, i * this.blockSize, this.blockSize));
+    return keys;
+  }
+
+  /** Whether a computed block with this key is in the cache (held by a sequence or evictable). */
+  isCached(key: BlockHash): boolean {
+    return this.byHash.has(key);
+  }
+
+  /**
+   * Starts an empty `table` with the cached blocks keys[from..to) (a reference each), preceded by `from` released
+   * placeholders (a sliding-window table does not need the blocks before its window). Every key must be cached.
+   */
+  acquireCached(table: BlockTable, keys: readonly BlockHash[], from: number, to: number): void {
+    if (table.blocks.length > 0) throw new Error('BlockManager.acquireCached: the table is not empty');
+    for (let i = 0; i < to; i++) {
+      table.hashes.push(keys[i]!);
+      if (i < from) {
+        table.blocks.push(RELEASED);
+        continue;
+      }
+      const b = this.byHash.get(keys[i]!);
+      if (b === undefined) throw new Error(`BlockManager.acquireCached: block ${i} is not cached`);
       this.ref(b);
       table.blocks.push(b);
-      table.hashes.push(h);
-      parent = h;
     }
-    return { table, cachedTokens: table.blocks.length * this.blockSize };
+  }
+
+  /**
+   * The longest run of leading shareable blocks of `tokens` in the cache, taken by reference as the start of a new
+   * table (one-space use: a model whose layers all see every position); `cachedTokens` are then computed.
+   */
+  acquirePrefix(tokens: readonly number[]): { table: BlockTable; cachedTokens: number } {
+    const keys = this.prefixKeys(tokens);
+    let k = 0;
+    while (k < keys.length && this.isCached(keys[k]!)) k++;
+    const table: BlockTable = { blocks: [], hashes: [] };
+    this.acquireCached(table, keys, 0, k);
+    return { table, cachedTokens: k * this.blockSize };
+  }
+
+  /**
+   * Releases the blocks of `table` that hold only positions before `position` (a sliding window has moved past
+   * them); their entries become placeholders, so block i still holds positions i*blockSize.. .
+   */
+  releaseBefore(table: BlockTable, position: number): void {
+    const end = Math.min(Math.floor(position / this.blockSize), table.blocks.length);
+    for (let i = 0; i < end; i++) {
+      const b = table.blocks[i]!;
+      if (b === RELEASED) continue;
+      this.unref(b);
+      table.blocks[i] = RELEASED;
+    }
+  }
+
+  /** Blocks of `table` that hold a reference (not released placeholders). */
+  heldIn(table: BlockTable): number {
+    return table.blocks.reduce((n, b) => n + (b === RELEASED ? 0 : 1), 0);
   }
 
   /**
@@ -117,7 +162,7 @@ export class BlockManager {
       const h = chainHash(table.hashes[i - 1] ?? '', tokens, i * this.blockSize, this.blockSize);
       table.hashes.push(h);
       const b = table.blocks[i]!;
-      if (!this.byHash.has(h) && !this.hashOf.has(b)) {
+      if (b !== RELEASED && !this.byHash.has(h) && !this.hashOf.has(b)) {
         this.byHash.set(h, b);
         this.hashOf.set(b, h);
       }
@@ -126,16 +171,7 @@ export class BlockManager {
 
   /** Drops the sequence's references; its blocks become free (or evictable, when registered and caching is on). */
   release(table: BlockTable): void {
-    for (const b of table.blocks) {
-      if (this.refs[b]! <= 0) throw new Error(`BlockManager.release: block ${b} has no reference (released twice?)`);
-      if (--this.refs[b]! > 0) continue;
-      const h = this.hashOf.get(b);
-      if (h !== undefined && this.enablePrefixCaching) this.evictable.set(b, h);
-      else {
-        if (h !== undefined) this.unregister(b, h);
-        this.free.push(b);
-      }
-    }
+    for (const b of table.blocks) if (b !== RELEASED) this.unref(b);
     table.blocks.length = 0;
     table.hashes.length = 0;
   }
@@ -158,6 +194,17 @@ export class BlockManager {
 
   refCount(block: number): number {
     return this.refs[block]!;
+  }
+
+  private unref(b: number): void {
+    if (this.refs[b]! <= 0) throw new Error(`BlockManager.release: block ${b} has no reference (released twice?)`);
+    if (--this.refs[b]! > 0) return;
+    const h = this.hashOf.get(b);
+    if (h !== undefined && this.enablePrefixCaching) this.evictable.set(b, h);
+    else {
+      if (h !== undefined) this.unregister(b, h);
+      this.free.push(b);
+    }
   }
 
   private ref(b: number): void {

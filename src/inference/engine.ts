@@ -16,8 +16,9 @@ import { loadModel } from '../model/index.ts';
 import { GptOssModel } from '../model/gptoss.ts';
 import { engineMemoryPlan } from '../trainer/memory-plan.ts';
 import { BlockManager } from './block-manager.ts';
+import { kvSpaces } from './paged-kv-cache.ts';
 import { LocalModelRunner, type ModelRunner, type StepInput, type WeightUpdate } from './model-runner.ts';
-import { Scheduler, Sequence, type FinishReason, type ScheduledChunk } from './scheduler.ts';
+import { Scheduler, Sequence, type FinishReason, type KvSpace, type ScheduledChunk } from './scheduler.ts';
 
 export interface GenerateRequest {
   /** Token ids (at least one). */
@@ -63,8 +64,16 @@ export interface EngineOptions {
   tensorParallelSize?: number;
   /** Tokens per KV block (default 16). */
   blockSize?: number;
-  /** KV blocks in the pool; default: sized from gpuMemoryUtilization (CUDA) or maxNumSeqs full sequences (CPU). */
+  /**
+   * KV blocks in the full-attention layers' pool; default: sized from gpuMemoryUtilization (CUDA) or maxNumSeqs
+   * full sequences (CPU).
+   */
   numBlocks?: number;
+  /**
+   * KV blocks in the sliding-window layers' pool (they keep only the blocks of their window); default: what
+   * maxNumSeqs decoding sequences and one step of maxNumBatchedTokens prefill need, at most numBlocks.
+   */
+  numSlidingBlocks?: number;
   /** Fraction of the GPU's memory the process may fill, weights included (generator.gpu_memory_utilization; default 0.8). */
   gpuMemoryUtilization?: number;
   /** Query rows per step (generator.max_num_batched_tokens; default 8192). */
@@ -85,8 +94,10 @@ export interface EngineStats {
   /** Prompt blocks found in the prefix cache / looked up. */
   prefixCacheHitRate: number;
   numBlocks: number;
+  /** 0 for a model without sliding-window layers. */
+  numSlidingBlocks: number;
   blockSize: number;
-  /** Blocks held by queued or running sequences now (0 when idle). */
+  /** Blocks held by queued or running sequences now, over both pools (0 when idle). */
   heldBlocks: number;
 }
 
@@ -119,9 +130,9 @@ export async function createEngine(source: string | GptOssModel | ModelRunner, o
 
 export class Engine {
   readonly blockSize: number;
-  readonly numBlocks: number;
   readonly maxModelLen: number;
-  private readonly blocks: BlockManager;
+  /** The KV spaces (kvSpaces(config) order: full-attention layers first, then sliding-window layers). */
+  private readonly spaces: KvSpace[];
   private readonly scheduler: Scheduler;
   /** sequence -> (its request, sample index, its prompt's key in promptGroups). */
   private readonly owner = new Map<Sequence, { request: PendingRequest; sample: number; promptKey: string }>();
@@ -153,13 +164,30 @@ export class Engine {
     const util = opts.gpuMemoryUtilization ?? 0.8;
     if (!(util > 0 && util <= 1)) throw new Error(`createEngine: gpuMemoryUtilization must be in (0, 1], got ${util}`);
     const tp = opts.tensorParallelSize ?? 1;
-    this.numBlocks = opts.numBlocks ?? defaultNumBlocks(runner, { tp, blockSize: this.blockSize, util, maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
-    if (!Number.isInteger(this.numBlocks) || this.numBlocks < 1) {
-      throw new Error(`createEngine: the KV pool has ${this.numBlocks} blocks (numBlocks, or what gpuMemoryUtilization ${util} leaves): need at least 1`);
-    }
-    this.blocks = new BlockManager({ numBlocks: this.numBlocks, blockSize: this.blockSize, enablePrefixCaching: opts.enablePrefixCaching ?? true });
-    this.scheduler = new Scheduler(this.blocks, { maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
-    runner.allocateKvCache(this.numBlocks, this.blockSize);
+    const layout = kvSpaces(c);
+    const sizes = poolSizes(runner, layout, opts, { tp, blockSize: this.blockSize, util, maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
+    sizes.forEach((n, i) => {
+      if (!Number.isInteger(n) || n < 1) {
+        const which = layout[i]!.window > 0 ? 'sliding-window pool (numSlidingBlocks' : 'KV pool (numBlocks';
+        throw new Error(`createEngine: the ${which}, or what gpuMemoryUtilization ${util} leaves) has ${n} blocks: need at least 1`);
+      }
+    });
+    this.spaces = layout.map((sp, i) => ({
+      window: sp.window,
+      blocks: new BlockManager({ numBlocks: sizes[i]!, blockSize: this.blockSize, enablePrefixCaching: opts.enablePrefixCaching ?? true }),
+    }));
+    this.scheduler = new Scheduler(this.spaces, { maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
+    runner.allocateKvCache(sizes, this.blockSize);
+  }
+
+  /** Blocks of the full-attention layers' pool (the only pool of a model without sliding layers). */
+  get numBlocks(): number {
+    return (this.spaces.find((sp) => sp.window === 0) ?? this.spaces[0]!).blocks.numBlocks;
+  }
+
+  /** Blocks of the sliding-window layers' pool (0 without sliding layers). */
+  get numSlidingBlocks(): number {
+    return this.spaces.find((sp) => sp.window > 0)?.blocks.numBlocks ?? 0;
   }
 
   get config() {
@@ -207,7 +235,7 @@ export class Engine {
   async sleep(): Promise<void> {
     await this.drain();
     if (this.asleep) return;
-    this.blocks.reset();
+    for (const sp of this.spaces) sp.blocks.reset();
     this.runner.freeKvCache();
     this.asleep = true;
   }
@@ -215,7 +243,7 @@ export class Engine {
   /** Allocates the KV pool again. */
   async wake(): Promise<void> {
     if (!this.asleep) return;
-    this.runner.allocateKvCache(this.numBlocks, this.blockSize);
+    this.runner.allocateKvCache(this.spaces.map((sp) => sp.blocks.numBlocks), this.blockSize);
     this.asleep = false;
   }
 
@@ -226,7 +254,7 @@ export class Engine {
   async updateWeights(weights: WeightUpdate): Promise<void> {
     await this.drain();
     this.runner.updateWeights(weights);
-    this.blocks.reset();
+    for (const sp of this.spaces) sp.blocks.reset();
   }
 
   stats(): EngineStats {
@@ -236,10 +264,11 @@ export class Engine {
       prefillTokens: s.prefillTokens,
       decodeTokens: s.decodeTokens,
       preemptions: s.preemptions,
-      prefixCacheHitRate: this.blocks.lookups ? this.blocks.hits / this.blocks.lookups : 0,
+      prefixCacheHitRate: s.prefixLookups ? s.prefixHits / s.prefixLookups : 0,
       numBlocks: this.numBlocks,
+      numSlidingBlocks: this.numSlidingBlocks,
       blockSize: this.blockSize,
-      heldBlocks: this.blocks.numHeldBlocks,
+      heldBlocks: this.scheduler.heldBlocks,
     };
   }
 
@@ -275,9 +304,14 @@ export class Engine {
     const st = (r.stopTokens ?? []).findIndex((x) => !Number.isInteger(x));
     if (st >= 0) return `stopTokens[${st}] is not a token id: ${r.stopTokens![st]}`;
     const longest = Math.min(r.prompt.length + r.maxNewTokens, this.maxModelLen);
-    const need = this.blocks.blocksFor(longest);
-    if (need > this.numBlocks) {
-      return `a sequence of ${longest} tokens needs ${need} KV blocks of ${this.blockSize} tokens; the pool has ${this.numBlocks}`;
+    for (const sp of this.spaces) {
+      // A sliding space holds the window's blocks (plus the one a step grows into), chunks shrink to fit.
+      const blocks = Math.ceil(longest / this.blockSize);
+      const need = sp.window > 0 ? Math.min(blocks, Math.ceil(sp.window / this.blockSize) + 1) : blocks;
+      if (need > sp.blocks.numBlocks) {
+        const pool = sp.window > 0 ? 'sliding-window pool' : 'pool';
+        return `a sequence of ${longest} tokens needs ${need} KV blocks of ${this.blockSize} tokens; the ${pool} has ${sp.blocks.numBlocks}`;
+      }
     }
     return null;
   }
@@ -334,9 +368,11 @@ export class Engine {
     const bs = this.blockSize;
     const N = chunks.reduce((a, c) => a + c.count, 0);
     const B = chunks.length;
-    const maxBlocks = Math.max(...chunks.map((c) => this.blocks.blocksFor(c.start + c.count)));
-    const tokens = new Int32Array(N), positions = new Int32Array(N), slots = new Int32Array(N);
-    const queryStarts = new Int32Array(B + 1), contextLens = new Int32Array(B), blockTables = new Int32Array(B * maxBlocks);
+    const maxBlocks = Math.max(...chunks.map((c) => Math.ceil((c.start + c.count) / bs)));
+    const tokens = new Int32Array(N), positions = new Int32Array(N);
+    const slots = this.spaces.map(() => new Int32Array(N));
+    const blockTables = this.spaces.map(() => new Int32Array(B * maxBlocks));
+    const queryStarts = new Int32Array(B + 1), contextLens = new Int32Array(B);
     const S = chunks.filter((c) => c.sample).length;
     const sampleRows = new Int32Array(S), temperature = new Float32Array(S), topP = new Float32Array(S);
     const topK = new Int32Array(S), seeds = new Int32Array(S), counters = new Int32Array(S);
@@ -344,16 +380,19 @@ export class Engine {
     let k = 0;
     chunks.forEach((c, b) => {
       const s = c.seq;
-      const blocks = s.table.blocks;
       queryStarts[b] = row;
+      const used = Math.ceil((c.start + c.count) / bs);
+      s.tables.forEach((t, i) => {
+        const table = blockTables[i]!;
+        // Released entries (before a sliding window) are never read: 0 keeps the table in range.
+        for (let j = 0; j < used; j++) table[b * maxBlocks + j] = Math.max(0, t.blocks[j]!);
+        for (let p = c.start, r = row; p < c.start + c.count; p++, r++) slots[i]![r] = t.blocks[Math.floor(p / bs)]! * bs + (p % bs);
+      });
       for (let p = c.start; p < c.start + c.count; p++, row++) {
         tokens[row] = s.tokens[p]!;
         positions[row] = p;
-        slots[row] = blocks[Math.floor(p / bs)]! * bs + (p % bs);
       }
       contextLens[b] = c.start + c.count;
-      const used = this.blocks.blocksFor(c.start + c.count);
-      for (let j = 0; j < used; j++) blockTables[b * maxBlocks + j] = blocks[j]!;
       if (c.sample) {
         sampleRows[k] = row - 1;
         temperature[k] = s.sampling.temperature;
@@ -390,31 +429,45 @@ export class Engine {
 }
 
 /**
- * The pool size when numBlocks is not given. CUDA: what gpuMemoryUtilization x the device's memory leaves after
- * what the process holds now (weights) and the engine's working buffers and CUDA overheads as the memory planner
- * counts them (engineMemoryPlan). CPU: maxNumSeqs sequences of min(maxModelLen, 4096) tokens, at most 256 MiB.
+ * Blocks of each KV space's pool. The sliding-window pool (unless numSlidingBlocks): what maxNumSeqs decoding
+ * sequences (their window plus the block they grow into) and one step of maxNumBatchedTokens prefill need, at most
+ * the full pool's count. The full pool (unless numBlocks): on CUDA, what gpuMemoryUtilization x the device's memory
+ * leaves after what the process has allocated now (weights), the engine's working buffers and CUDA overheads as the
+ * memory planner counts them (engineMemoryPlan) and the sliding pool; on the CPU, maxNumSeqs sequences of
+ * min(maxModelLen, 4096) tokens, at most 256 MiB.
  */
-function defaultNumBlocks(
+function poolSizes(
   runner: ModelRunner,
+  layout: readonly { window: number }[],
+  opts: EngineOptions,
   o: { tp: number; blockSize: number; util: number; maxNumSeqs: number; maxNumBatchedTokens: number; maxModelLen: number },
-): number {
-  const perBlock = runner.kvBytesPerBlock(o.blockSize);
-  if (runner.device === 'cpu') {
-    const tokens = o.maxNumSeqs * Math.min(o.maxModelLen, 4096);
-    return Math.max(1, Math.min(Math.ceil(tokens / o.blockSize), Math.floor(2 ** 28 / perBlock)));
+): number[] {
+  const bytes = runner.kvBytesPerBlock(o.blockSize);
+  const bs = o.blockSize;
+  const slidingDefault = (window: number): number => Math.ceil(o.maxNumBatchedTokens / bs) + o.maxNumSeqs * (Math.ceil(window / bs) + 1);
+  let full = opts.numBlocks;
+  if (full === undefined) {
+    const fullBytes = layout.reduce((a, sp, i) => a + (sp.window === 0 ? bytes[i]! : 0), 0) || bytes[0]!;
+    if (runner.device === 'cpu') {
+      const tokens = o.maxNumSeqs * Math.min(o.maxModelLen, 4096);
+      full = Math.max(1, Math.min(Math.ceil(tokens / bs), Math.floor(2 ** 28 / fullBytes)));
+    } else {
+      const total = deviceMemoryBytes(runner.device);
+      const plan = engineMemoryPlan(
+        runner.config,
+        { tensorParallel: o.tp, engines: 1, gpuMemoryUtilization: o.util, maxNumSeqs: o.maxNumSeqs, maxNumBatchedTokens: o.maxNumBatchedTokens, sequenceTokens: o.maxModelLen, rolloutSequences: o.maxNumSeqs },
+        total,
+        [],
+        o.tp === 1 ? { ncclBytes: 0 } : {}, // one device: no NCCL communicator
+      );
+      const extra = plan.rows.filter((r) => r.key === 'engineWorkspace' || r.key === 'overhead').reduce((a, r) => a + r.bytes, 0);
+      // Allocated, not reserved: cached free blocks (e.g. left by weight initialisation) are reused or released.
+      const held = memoryStats(runner.device).allocated;
+      const slidingBytes = layout.reduce((a, sp, i) => a + (sp.window > 0 ? (opts.numSlidingBlocks ?? slidingDefault(sp.window)) * bytes[i]! : 0), 0);
+      full = Math.floor((o.util * total - held - extra - slidingBytes) / fullBytes);
+    }
   }
-  const total = deviceMemoryBytes(runner.device);
-  const plan = engineMemoryPlan(
-    runner.config,
-    { tensorParallel: o.tp, engines: 1, gpuMemoryUtilization: o.util, maxNumSeqs: o.maxNumSeqs, maxNumBatchedTokens: o.maxNumBatchedTokens, sequenceTokens: o.maxModelLen, rolloutSequences: o.maxNumSeqs },
-    total,
-    [],
-    o.tp === 1 ? { ncclBytes: 0 } : {}, // one device: no NCCL communicator
-  );
-  const extra = plan.rows.filter((r) => r.key === 'engineWorkspace' || r.key === 'overhead').reduce((a, r) => a + r.bytes, 0);
-  // Allocated, not reserved: cached free blocks (e.g. left by weight initialisation) are reused or released.
-  const held = memoryStats(runner.device).allocated;
-  return Math.floor((o.util * total - held - extra) / perBlock);
+  return layout.map((sp) => (sp.window === 0 ? full! : (opts.numSlidingBlocks ?? Math.min(full!, slidingDefault(sp.window)))));
 }
 
 /** Total memory of a CUDA device in bytes (nvidia-smi; the addon has no query for it). */

@@ -13,7 +13,7 @@ import { disposeAll } from '../model/tensor-helpers.ts';
 import { embeddingForward } from '../ops/embedding.ts';
 import { cast } from '../ops/elementwise.ts';
 import { sampleRows } from '../ops/sampling.ts';
-import { PagedKvCache } from './paged-kv-cache.ts';
+import { PagedKvCache, kvSpaces } from './paged-kv-cache.ts';
 
 /** One engine step as host arrays. N query rows over B sequences; S of the rows are sampled. */
 export interface StepInput {
@@ -21,14 +21,14 @@ export interface StepInput {
   tokens: Int32Array;
   /** i32 [N]: its position in its sequence. */
   positions: Int32Array;
-  /** i32 [N]: its KV slot (block * blockSize + offset). */
-  slots: Int32Array;
+  /** Per KV space (kvSpaces order), i32 [N]: each row's slot (block * blockSize + offset) in that space's pool. */
+  slots: Int32Array[];
   /** i32 [B+1]: sequence b's rows are queryStarts[b] .. queryStarts[b+1]-1. */
   queryStarts: Int32Array;
   /** i32 [B]: tokens cached for sequence b after this step. */
   contextLens: Int32Array;
-  /** i32 [B * maxBlocksPerSeq]: row-major block tables (unused entries 0). */
-  blockTables: Int32Array;
+  /** Per KV space, i32 [B * maxBlocksPerSeq]: row-major block tables (unused or released entries 0, never read). */
+  blockTables: Int32Array[];
   maxBlocksPerSeq: number;
   /** i32 [S]: the rows whose next token is sampled (each a sequence's last row), in the order results come back. */
   sampleRows: Int32Array;
@@ -54,10 +54,10 @@ export interface ModelRunner {
   readonly config: GptOssConfig;
   /** Where the runner's (rank 0's) tensors live. */
   readonly device: string;
-  /** Bytes one KV block takes on each device of the runner (all layers, k and v). */
-  kvBytesPerBlock(blockSize: number): number;
-  /** Allocates the KV pools; the engine calls it before the first step and on wake(). */
-  allocateKvCache(numBlocks: number, blockSize: number): void;
+  /** Per KV space (kvSpaces(config) order): bytes one block takes on each device of the runner (its layers' k and v). */
+  kvBytesPerBlock(blockSize: number): number[];
+  /** Allocates the KV pools, numBlocks[i] blocks for space i; the engine calls it before the first step and on wake(). */
+  allocateKvCache(numBlocks: readonly number[], blockSize: number): void;
   /** Frees the KV pools (sleep). */
   freeKvCache(): void;
   /** Runs one step. */
@@ -77,15 +77,14 @@ export class LocalModelRunner implements ModelRunner {
     this.config = model.config;
     this.device = model.device;
     const c = model.config;
-    this.cache = new PagedKvCache(c.numLayers, c.numKvHeads, c.headDim, model.device);
+    this.cache = new PagedKvCache(kvSpaces(c), c.numKvHeads, c.headDim, model.device);
   }
 
-  kvBytesPerBlock(blockSize: number): number {
-    const c = this.config;
-    return PagedKvCache.bytesPerBlock(c.numLayers, blockSize, c.numKvHeads, c.headDim);
+  kvBytesPerBlock(blockSize: number): number[] {
+    return this.cache.bytesPerBlock(blockSize);
   }
 
-  allocateKvCache(numBlocks: number, blockSize: number): void {
+  allocateKvCache(numBlocks: readonly number[], blockSize: number): void {
     this.cache.allocate(numBlocks, blockSize);
   }
 
@@ -103,8 +102,8 @@ export class LocalModelRunner implements ModelRunner {
     const ids = i32(s.tokens, [N]);
     const positions = i32(s.positions, [N]);
     const meta = {
-      slots: i32(s.slots, [N]),
-      blockTables: i32(s.blockTables, [B, s.maxBlocksPerSeq]),
+      slots: s.slots.map((a) => i32(a, [N])),
+      blockTables: s.blockTables.map((a) => i32(a, [B, s.maxBlocksPerSeq])),
       contextLens: i32(s.contextLens, [B]),
       queryStarts: i32(s.queryStarts, [B + 1]),
     };
@@ -119,7 +118,7 @@ export class LocalModelRunner implements ModelRunner {
       }
     } finally {
       this.cache.setStep(null);
-      disposeAll(ids, positions, meta.slots, meta.blockTables, meta.contextLens, meta.queryStarts);
+      disposeAll(ids, positions, ...meta.slots, ...meta.blockTables, meta.contextLens, meta.queryStarts);
     }
     // Hidden rows of the sampled rows, bf16 [S, H]: the whole step when every row is sampled (all decodes).
     let rows = x;

@@ -12,7 +12,20 @@
 // the next step. Sequences of one prompt (a request's n samples, or equal prompts: one `group`) share it: only one
 // of them prefills the prompt while the others wait for its full blocks to be registered, then take them from the
 // cache (each recomputes only the part of the prompt after the last full block: at most blockSize tokens).
+//
+// KV spaces: layers that see every position (window 0) and sliding-window layers keep their blocks in separate
+// pools (KvSpace: a BlockManager and the window), with the same block size, so each sequence has one block table
+// per space. A sliding space's table releases blocks once the window has moved past them (after each step), so a
+// sliding layer holds about window + one chunk of positions per sequence instead of all of them. Growing a
+// sequence takes blocks in every space or in none; the prefix cache is looked up in every space (a sliding space
+// needs only the blocks inside the window of the first position to compute).
 import { BlockManager, type BlockTable } from './block-manager.ts';
+
+/** One KV pool and the attention window of the layers that use it (0 = all positions). */
+export interface KvSpace {
+  blocks: BlockManager;
+  window: number;
+}
 
 /** Sampling parameters of one sequence (a sample of a request). */
 export interface SequenceSampling {
@@ -34,7 +47,8 @@ export class Sequence {
   readonly logprobs: number[] = [];
   /** Tokens whose keys/values are in the cache. */
   computed = 0;
-  readonly table: BlockTable = { blocks: [], hashes: [] };
+  /** One block table per KV space (Scheduler.spaces order). */
+  readonly tables: BlockTable[] = [];
   finishReason: FinishReason | null = null;
   /** Preemptions so far (stats). */
   preemptions = 0;
@@ -79,25 +93,38 @@ export interface SchedulerStats {
   steps: number;
   prefillTokens: number;
   decodeTokens: number;
+  /** Shareable prompt blocks looked up in the prefix cache, and found. */
+  prefixLookups: number;
+  prefixHits: number;
 }
 
 export class Scheduler {
   readonly waiting: Sequence[] = [];
   /** In admission order: the newest (preempted first) is last. */
   readonly running: Sequence[] = [];
-  readonly stats: SchedulerStats = { preemptions: 0, steps: 0, prefillTokens: 0, decodeTokens: 0 };
+  readonly stats: SchedulerStats = { preemptions: 0, steps: 0, prefillTokens: 0, decodeTokens: 0, prefixLookups: 0, prefixHits: 0 };
+  readonly blockSize: number;
 
   constructor(
-    readonly blocks: BlockManager,
+    readonly spaces: readonly KvSpace[],
     readonly opts: SchedulerOptions,
   ) {
     for (const k of ['maxNumSeqs', 'maxNumBatchedTokens', 'maxModelLen'] as const) {
       if (!Number.isInteger(opts[k]) || opts[k] < 1) throw new Error(`Scheduler: ${k} must be a positive integer, got ${opts[k]}`);
     }
+    if (spaces.length === 0) throw new Error('Scheduler: no KV space');
+    this.blockSize = spaces[0]!.blocks.blockSize;
+    if (spaces.some((sp) => sp.blocks.blockSize !== this.blockSize)) throw new Error('Scheduler: the KV spaces have different block sizes');
   }
 
   add(seq: Sequence): void {
+    while (seq.tables.length < this.spaces.length) seq.tables.push({ blocks: [], hashes: [] });
     this.waiting.push(seq);
+  }
+
+  /** Blocks held by sequences, over all spaces. */
+  get heldBlocks(): number {
+    return this.spaces.reduce((n, sp) => n + sp.blocks.numHeldBlocks, 0);
   }
 
   get idle(): boolean {
@@ -105,10 +132,26 @@ export class Scheduler {
   }
 
   /**
-   * The next step's chunks: decodes first, then prefill chunks. Empty only when idle (a non-empty queue that cannot
-   * be admitted into an empty running set is a pool too small for its head: an error, see admission checks).
+   * The next step's chunks: decodes first, then prefill chunks. Empty only when idle: when nothing fits, the newest
+   * running sequence is preempted and the step planned again (a lone sequence always fits: the engine refuses
+   * requests whose sequence the pools cannot hold).
    */
   schedule(): ScheduledChunk[] {
+    for (;;) {
+      const planned = this.plan();
+      if (planned.length > 0 || this.running.length === 0) {
+        this.stats.steps++;
+        for (const c of planned) {
+          if (c.seq.decoding) this.stats.decodeTokens += c.count;
+          else this.stats.prefillTokens += c.count;
+        }
+        return planned;
+      }
+      this.preempt(this.running[this.running.length - 1]!);
+    }
+  }
+
+  private plan(): ScheduledChunk[] {
     const planned: ScheduledChunk[] = [];
     const inStep = new Set<Sequence>();
     let budget = this.opts.maxNumBatchedTokens;
@@ -118,7 +161,7 @@ export class Scheduler {
       const s = this.running[i]!;
       if (!s.decoding) continue;
       let preemptedSelf = false;
-      while (!this.blocks.ensureCapacity(s.table, s.tokens.length)) {
+      while (!this.grow(s, s.tokens.length)) {
         const victim = this.running[this.running.length - 1]!;
         this.preempt(victim);
         if (victim === s) {
@@ -151,13 +194,10 @@ export class Scheduler {
         i++;
         continue;
       }
-      const { table, cachedTokens } = this.blocks.acquirePrefix(s.tokens);
-      s.table.blocks.push(...table.blocks);
-      s.table.hashes.push(...table.hashes);
-      s.computed = cachedTokens;
+      s.computed = this.acquireCachedPrefix(s);
       const c = this.prefillChunk(s, budget);
       if (!c) {
-        this.blocks.release(s.table);
+        this.releaseAll(s);
         s.computed = 0;
         break; // no blocks: wait for running sequences to finish
       }
@@ -166,11 +206,6 @@ export class Scheduler {
       if (s.computed < this.shareableTokens(s)) prefilling.add(s.group);
       planned.push(c);
       budget -= c.count;
-    }
-    this.stats.steps++;
-    for (const c of planned) {
-      if (c.seq.decoding) this.stats.decodeTokens += c.count;
-      else this.stats.prefillTokens += c.count;
     }
     return planned;
   }
@@ -185,7 +220,11 @@ export class Scheduler {
     for (const c of chunks) {
       const s = c.seq;
       s.computed = c.start + c.count;
-      this.blocks.registerComputed(s.table, s.tokens, s.computed);
+      this.spaces.forEach((sp, i) => {
+        sp.blocks.registerComputed(s.tables[i]!, s.tokens, s.computed);
+        // The next query (position s.computed) reads keys from s.computed - window + 1 on.
+        if (sp.window > 0) sp.blocks.releaseBefore(s.tables[i]!, s.computed - sp.window + 1);
+      });
       if (!c.sample) continue;
       const r = sampled[k++];
       if (!r) throw new Error(`Scheduler.complete: ${k} sampled tokens for more sampling chunks`);
@@ -209,26 +248,70 @@ export class Scheduler {
     if (r >= 0) this.running.splice(r, 1);
     const w = this.waiting.indexOf(s);
     if (w >= 0) this.waiting.splice(w, 1);
-    this.blocks.release(s.table);
+    this.releaseAll(s);
   }
 
-  /** The next prefill chunk of s within `budget` tokens (growing its table), or null when no blocks are free. */
+  /**
+   * The next prefill chunk of s: up to `budget` tokens, fewer when the pools cannot hold them all (growing its
+   * tables), or null when not even one token fits.
+   */
   private prefillChunk(s: Sequence, budget: number): ScheduledChunk | null {
-    const count = Math.min(s.tokens.length - s.computed, budget);
-    if (!this.blocks.ensureCapacity(s.table, s.computed + count)) return null;
+    let count = Math.min(s.tokens.length - s.computed, budget);
+    for (let i = 0; i < this.spaces.length; i++) {
+      const m = this.spaces[i]!.blocks;
+      count = Math.min(count, (s.tables[i]!.blocks.length + m.numFreeBlocks) * this.blockSize - s.computed);
+    }
+    if (count < 1 || !this.grow(s, s.computed + count)) return null;
     return { seq: s, start: s.computed, count, sample: s.computed + count === s.tokens.length };
+  }
+
+  /** Grows every table of s to hold `tokens` positions, or none of them (false) when a pool is short. */
+  private grow(s: Sequence, tokens: number): boolean {
+    const bs = this.blockSize;
+    for (let i = 0; i < this.spaces.length; i++) {
+      if (Math.ceil(tokens / bs) - s.tables[i]!.blocks.length > this.spaces[i]!.blocks.numFreeBlocks) return false;
+    }
+    this.spaces.forEach((sp, i) => sp.blocks.ensureCapacity(s.tables[i]!, tokens));
+    return true;
+  }
+
+  /**
+   * Starts s's tables with the longest prompt prefix every space has cached (a sliding space: the blocks inside
+   * the window of the first position to compute); returns the tokens that are then computed.
+   */
+  private acquireCachedPrefix(s: Sequence): number {
+    const bs = this.blockSize;
+    const keys = this.spaces[0]!.blocks.prefixKeys(s.tokens);
+    let k = 0;
+    while (k < keys.length && this.spaces.every((sp) => sp.window > 0 || sp.blocks.isCached(keys[k]!))) k++;
+    const windowStart = (sp: KvSpace, k: number): number => Math.max(0, Math.floor((k * bs - sp.window + 1) / bs));
+    const windowsCached = (k: number): boolean =>
+      this.spaces.every((sp) => {
+        if (sp.window === 0) return true;
+        for (let j = windowStart(sp, k); j < k; j++) if (!sp.blocks.isCached(keys[j]!)) return false;
+        return true;
+      });
+    while (k > 0 && !windowsCached(k)) k--;
+    this.stats.prefixLookups += keys.length;
+    this.stats.prefixHits += k;
+    this.spaces.forEach((sp, i) => sp.blocks.acquireCached(s.tables[i]!, keys, sp.window > 0 ? windowStart(sp, k) : 0, k));
+    return k * bs;
+  }
+
+  private releaseAll(s: Sequence): void {
+    this.spaces.forEach((sp, i) => sp.blocks.release(s.tables[i]!));
   }
 
   /** Tokens of s's prompt in full blocks before the block of its last prompt token: what siblings can share. */
   private shareableTokens(s: Sequence): number {
-    const bs = this.blocks.blockSize;
+    const bs = this.blockSize;
     return Math.floor((s.promptLength - 1) / bs) * bs;
   }
 
   /** Frees s's blocks and puts it first in the queue; it recomputes prompt + generated tokens when it rejoins. */
   private preempt(s: Sequence): void {
     this.running.splice(this.running.lastIndexOf(s), 1);
-    this.blocks.release(s.table);
+    this.releaseAll(s);
     s.computed = 0;
     s.preemptions++;
     this.stats.preemptions++;

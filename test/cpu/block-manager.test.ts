@@ -82,3 +82,25 @@ test('reset forgets the cache and refuses while blocks are held', () => {
   assert.equal(m.acquirePrefix(seq(3)).cachedTokens, 0);
   assert.throws(() => new BlockManager({ numBlocks: 0, blockSize: 2 }), /numBlocks must be a positive integer, got 0/);
 });
+
+test('a sliding-window table releases blocks behind the window; placeholders keep positions; the cache serves the window', () => {
+  const m = new BlockManager({ numBlocks: 8, blockSize: 2 });
+  const p = seq(9);
+  const t = m.acquirePrefix(p).table;
+  m.ensureCapacity(t, 9);
+  m.registerComputed(t, p, 9);
+  m.releaseBefore(t, 5); // positions 0..3 (blocks 0, 1) are behind a window starting at 5
+  assert.deepEqual(t.blocks.slice(0, 2), [-1, -1]);
+  assert.equal(m.heldIn(t), 3);
+  assert.equal(m.numHeldBlocks, 3);
+  // Another sequence takes blocks 2..3 of the same prompt (its window) with placeholders before.
+  const keys = m.prefixKeys(p);
+  assert.equal(keys.length, 4);
+  const u = { blocks: [] as number[], hashes: [] as string[] };
+  m.acquireCached(u, keys, 2, 4);
+  assert.deepEqual(u.blocks, [-1, -1, t.blocks[2], t.blocks[3]]);
+  assert.ok(m.isCached(keys[0]!), 'released registered blocks stay cached (evictable)');
+  m.release(t);
+  m.release(u);
+  assert.equal(m.numHeldBlocks, 0);
+});

@@ -89,6 +89,24 @@ test('sampled: a request gets the same samples alone, with others joining mid-fl
   tiny.dispose();
 });
 
+test('sliding-window layers keep only their window: a 3-block sliding pool gives the same tokens', async () => {
+  const model = await fixture(); // window 8: blocks of 4 -> a decoding sequence holds 3 sliding blocks
+  const ps = prompts([6, 23, 9], 31);
+  const reqs = ps.map((prompt, i) => ({ prompt, maxNewTokens: 20 + i, temperature: 1, seed: 3 + i, stopTokens: [] }));
+  const roomy = await createEngine(model, { blockSize: 4, numBlocks: 64 });
+  assert.equal(roomy.stats().numSlidingBlocks, 64, 'default: capped at the full pool');
+  const ref = (await roomy.generate(reqs)).map((r) => r.samples[0]!.tokens);
+  roomy.dispose();
+  const small = await createEngine(model, { blockSize: 4, numBlocks: 64, numSlidingBlocks: 3 });
+  assert.deepEqual((await small.generate(reqs)).map((r) => r.samples[0]!.tokens), ref);
+  assert.equal(small.stats().heldBlocks, 0);
+  small.dispose();
+  const tooSmall = await createEngine(model, { blockSize: 4, numBlocks: 64, numSlidingBlocks: 2 });
+  const [bad] = await tooSmall.generate([reqs[0]!]);
+  assert.match(bad!.samples[0]!.error!, /needs 3 KV blocks of 4 tokens; the sliding-window pool has 2/);
+  tooSmall.dispose();
+});
+
 test('shared prompts: n samples == n requests with seeds seed..seed+n-1; the prompt is computed once either way', async () => {
   const model = await fixture();
   const [p] = prompts([21], 99);

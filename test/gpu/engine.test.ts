@@ -52,7 +52,7 @@ test('cuda engine greedy == static path (mixed lengths, past the window, chunked
   const stat = ps.map((p, i) => generate(m, [p], { maxNewTokens: maxNew[i]!, temperature: 0, stopTokens: [] })[0]!.tokens);
   for (const opts of [
     { blockSize: 16, numBlocks: 512, maxNumBatchedTokens: 64 },
-    { blockSize: 16, numBlocks: 24, maxNumBatchedTokens: 512 }, // 384 tokens: preempts
+    { blockSize: 16, numBlocks: 24, numSlidingBlocks: 9, maxNumBatchedTokens: 512 }, // 384 tokens: preempts; sliding: the minimum
   ]) {
     const e = await createEngine(m, opts);
     const out = await e.generate(ps.map((prompt, i) => ({ prompt, maxNewTokens: maxNew[i]!, temperature: 0, stopTokens: [] })));
