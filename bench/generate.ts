@@ -14,7 +14,7 @@
 //       log-prob gap: mean |engine log-prob - GptOssModel.tokenLogprobs| over the first --gap-seqs (64) samples.
 // On the CPU the defaults shrink to the tiny preset (a smoke run; test/cpu/bench-generate.test.ts runs it).
 // Usage: npm run bench:generate -- [--layers N] [--preset gpt-oss-20b] [--batches 1,64,256,512] [--no-peer]
-//        [--no-static] [--no-fixed] [--no-grpo] [--json out.json] [--block-size 16] [--num-blocks N]
+//        [--no-static] [--no-fixed] [--no-grpo] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
 //        [--max-num-seqs 512] [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.85]
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -62,6 +62,7 @@ const gapSeqs = num('gap-seqs', 64, 4);
 const engineOpts = {
   blockSize: num('block-size', 16, 4),
   numBlocks: flag('num-blocks') ? num('num-blocks', 0) : undefined,
+  numSlidingBlocks: flag('num-sliding-blocks') ? num('num-sliding-blocks', 0) : undefined,
   maxNumSeqs: num('max-num-seqs', 512, 16),
   maxNumBatchedTokens: num('max-num-batched-tokens', 8192, 64),
   gpuMemoryUtilization: num('gpu-memory-utilization', 0.85),
@@ -116,7 +117,7 @@ async function fixed(model: GptOssModel, engine: Engine, peer: Map<number, numbe
       staticTokS = st ? (B * newTokens) / st.s : 'oom';
     }
     rows.push({ batch: B, engineTokS: produced / e.s, staticTokS, peerTokS: peer?.get(B) ?? null });
-    console.error(`fixed batch ${B}: engine ${(produced / e.s).toFixed(1)} tok/s, static ${staticTokS ?? '-'}`);
+    console.error(`fixed batch ${B}: engine ${(produced / e.s).toFixed(1)} tok/s, static ${typeof staticTokS === 'number' ? `${staticTokS.toFixed(1)} tok/s` : (staticTokS ?? '-')}`);
   }
   return rows;
 }
@@ -247,7 +248,7 @@ async function main(): Promise<void> {
   console.error(`model: ${presetName}, ${layers} layers, random weights on ${device} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   const engine = await createEngine(model, engineOpts);
   const st = engine.stats();
-  console.error(`engine: ${st.numBlocks} blocks of ${st.blockSize} tokens (${st.numBlocks * st.blockSize} tokens of KV)`);
+  console.error(`engine: ${st.numBlocks} full-attention blocks of ${st.blockSize} tokens (${st.numBlocks * st.blockSize} tokens of KV), ${st.numSlidingBlocks} sliding-window blocks`);
   const fixedRows = flag('no-fixed') ? [] : await fixed(model, engine, peer?.tokS ?? null);
   const grpoRes = flag('no-grpo') ? null : await grpoLike(model, engine);
   engine.dispose();
@@ -280,7 +281,7 @@ async function main(): Promise<void> {
     device,
     preset: presetName,
     layers,
-    engineOptions: { ...engineOpts, numBlocks: st.numBlocks },
+    engineOptions: { ...engineOpts, numBlocks: st.numBlocks, numSlidingBlocks: st.numSlidingBlocks },
     peer: peer?.peer ?? null,
     fixed: { promptLen, newTokens, rows: fixedRows },
     grpo: grpoRes ? { workload: { ...grpo, staticBatch }, ...grpoRes } : null,
