@@ -81,8 +81,9 @@ export class PagedKvCache {
   }
 
   /**
-   * Allocates the pools, numBlocks[i] blocks for space i. Zeroed: a kernel tile may load slots it then masks
-   * (past a sequence's end, before a sliding window), and zeros keep those finite.
+   * Allocates the pools, numBlocks[i] blocks for space i. On CUDA zeroed: a kernel tile may load slots it then
+   * masks (past a sequence's end, before a sliding window), and zeros keep those finite. The CPU kernels read only
+   * the slots they use, so the CPU pools stay untouched until written (a large default pool costs nothing).
    */
   allocate(numBlocks: readonly number[], blockSize: number): void {
     if (this.allocated) throw new Error('PagedKvCache.allocate: the pools are already allocated (free() first)');
@@ -93,7 +94,9 @@ export class PagedKvCache {
         [this.k, this.kFlat],
         [this.v, this.vFlat],
       ] as const) {
-        const t = Tensor.zeros([n, blockSize, this.numKvHeads, this.headDim], { dtype: 'bf16', device: this.device });
+        const shape = [n, blockSize, this.numKvHeads, this.headDim];
+        const opts = { dtype: 'bf16', device: this.device } as const;
+        const t = this.device === 'cpu' ? Tensor.empty(shape, opts) : Tensor.zeros(shape, opts);
         pools.push(t);
         flat.push(t.view([n * blockSize, this.numKvHeads, this.headDim]));
       }
