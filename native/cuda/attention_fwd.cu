@@ -86,16 +86,7 @@ __global__ void __launch_bounds__(FwdCfg<D>::NT) fwd_kernel(Params p) {
     float sc[BN / 8][4];
 #pragma unroll
     for (int i = 0; i < BN / 8; i++) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-#pragma unroll
-      for (int np = 0; np < BN / 16; np++) {
-        uint32_t b[4];
-        load_bT_frags<D>(cK, np * 16, kk, b);
-        mma16816(sc[2 * np], qf[kk], b[0], b[1]);
-        mma16816(sc[2 * np + 1], qf[kk], b[2], b[3]);
-      }
-    }
+    mma16816_abT<D, BN>(sc, qf, cK);
     const int n0 = kb * BN;
     const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
 #pragma unroll
@@ -111,29 +102,7 @@ __global__ void __launch_bounds__(FwdCfg<D>::NT) fwd_kernel(Params p) {
         sc[i][e] = x;
       }
     }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      float mx = m_r[r];
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
-      mx = quad_max(mx);
-      const float base = mx == -INFINITY ? 0.f : mx;
-      const float alpha = exp2f(m_r[r] - base);
-      m_r[r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) {
-        sc[i][2 * r] = exp2f(sc[i][2 * r] - base);
-        sc[i][2 * r + 1] = exp2f(sc[i][2 * r + 1] - base);
-        sum += sc[i][2 * r] + sc[i][2 * r + 1];
-      }
-      l_r[r] = l_r[r] * alpha + sum;
-#pragma unroll
-      for (int i = 0; i < D / 8; i++) {
-        acc[i][2 * r] *= alpha;
-        acc[i][2 * r + 1] *= alpha;
-      }
-    }
+    online_softmax_step(sc, m_r, l_r, acc);
     mma16816_chain<D, BN>(acc, sc, cV);  // O += P V
   }
   cp_async_wait<0>();
