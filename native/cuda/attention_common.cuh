@@ -9,6 +9,7 @@
 // So two adjacent C tiles (16 rows x 16 cols) converted to bf16 are exactly the A fragment of the next product.
 #pragma once
 #include <cstdint>
+#include <cstdio>
 
 #include "attention.h"
 #include "attention_heuristics.h"
@@ -134,15 +135,18 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 // Accumulator fragments (rows x 8 NB columns, f32; m16n8k16 / wgmma accumulator layout) -> the bf16 A fragments of
 // the next product over those columns (per warp exactly the mma.sync m16n8k16 A layout, see wgmma.cuh): P.V, dS.K.
+// One of them: the A fragment of columns 16 kk .. 16 kk + 15 (accumulator tiles 2 kk and 2 kk + 1).
+template <int NB>
+__device__ __forceinline__ void pack_a_frag(const float (&x)[NB][4], int kk, uint32_t (&a)[4]) {
+  a[0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+  a[1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+  a[2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+  a[3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+}
 template <int NB>
 __device__ __forceinline__ void pack_a_frags(const float (&x)[NB][4], uint32_t (&a)[NB / 2][4]) {
 #pragma unroll
-  for (int kk = 0; kk < NB / 2; kk++) {
-    a[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
-    a[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
-    a[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-    a[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-  }
+  for (int kk = 0; kk < NB / 2; kk++) pack_a_frag(x, kk, a[kk]);
 }
 
 // Forward epilogue, one thread's share of query row `row` of head h (fragment half r: columns 8 i + 2 t4 (+1) of
@@ -237,7 +241,7 @@ __device__ __forceinline__ void mma16816_abT(float (&c)[N / 8][4], const uint32_
 }
 
 // acc[16 rows][N] f32 += bf16(X)[16 rows][K] . B[K][N], per warp: X = the f32 accumulator fragments of the previous
-// product (K / 8 C fragments), converted to bf16 A fragments one 16-column chunk at a time (pack_a_frags' layout);
+// product (K / 8 C fragments), converted to bf16 A fragments one 16-column chunk at a time (pack_a_frag);
 // B row-major in the swizzled shared tile sB (load_b_frags). The mma.sync kernels' second products: O += P.V and
 // dQ += dS.K (rows = queries, K = the tile's keys, sB = the V / K tile), N = head_dim.
 template <int N, int K>
@@ -246,10 +250,7 @@ __device__ __forceinline__ void mma16816_chain(float (&acc)[N / 8][4], const flo
 #pragma unroll
   for (int kk = 0; kk < K / 16; kk++) {
     uint32_t a[4];
-    a[0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
-    a[1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
-    a[2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-    a[3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+    pack_a_frag(x, kk, a);
 #pragma unroll
     for (int np = 0; np < N / 16; np++) {
       uint32_t b[4];
@@ -268,14 +269,8 @@ __device__ __forceinline__ void mma16816_chain2(float (&acc1)[N / 8][4], const f
 #pragma unroll
   for (int kk = 0; kk < K / 16; kk++) {
     uint32_t a1[4], a2[4];
-    a1[0] = pack_bf16(x1[2 * kk][0], x1[2 * kk][1]);
-    a1[1] = pack_bf16(x1[2 * kk][2], x1[2 * kk][3]);
-    a1[2] = pack_bf16(x1[2 * kk + 1][0], x1[2 * kk + 1][1]);
-    a1[3] = pack_bf16(x1[2 * kk + 1][2], x1[2 * kk + 1][3]);
-    a2[0] = pack_bf16(x2[2 * kk][0], x2[2 * kk][1]);
-    a2[1] = pack_bf16(x2[2 * kk][2], x2[2 * kk][3]);
-    a2[2] = pack_bf16(x2[2 * kk + 1][0], x2[2 * kk + 1][1]);
-    a2[3] = pack_bf16(x2[2 * kk + 1][2], x2[2 * kk + 1][3]);
+    pack_a_frag(x1, kk, a1);
+    pack_a_frag(x2, kk, a2);
 #pragma unroll
     for (int np = 0; np < N / 16; np++) {
       uint32_t b[4];
@@ -373,6 +368,18 @@ inline bool device_is_sm90(int device) {
     cached[device] = major == 9 ? 1 : 2;  // sm_90a code runs on sm_90 only
   }
   return cached[device] == 1;
+}
+
+// Says on stderr, once per call site (`warned`: that site's static flag), that `op` found no TMA tensor map for
+// `tensors` (a driver without cuTensorMapEncodeTiled, or an unaligned tensor) and runs `fallback` instead: correct,
+// only slower.
+inline void warn_no_tma_once(bool& warned, const char* op, const char* tensors, const char* fallback) {
+  if (!warned)
+    std::fprintf(stderr,
+                 "gptoss: %s: no TMA tensor map for %s (driver without cuTensorMapEncodeTiled, or an unaligned "
+                 "tensor); using %s\n",
+                 op, tensors, fallback);
+  warned = true;
 }
 }  // namespace gptoss::cuda::attn
 

@@ -8,7 +8,6 @@
 // sink logit and the sink's e^{sink - m} added to the denominator at the end. Key tiles outside the causal /
 // sliding-window band are skipped, so a window W costs O(S*W); only the tiles that cross the band edge are
 // masked element by element.
-#include <cstdio>
 
 #include "attention.h"
 #include "attention_common.cuh"
@@ -169,11 +168,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   attn::DeviceCaps dev{attn::device_is_sm90(q.device), true};  // tma: until an encoding fails
   attn::FwdPlan plan = attn::plan_forward(head_dim, window, p.G, dev);
   if (plan.kernel == attn::FwdKernel::kWarpSpecialized && !launch_fwd_ws(plan, p, nseq, max_seqlen, st)) {
-    static bool warned = false;  // the fallback is correct, only slower: say so once per process
-    if (!warned)
-      std::fprintf(stderr, "gptoss: attentionForward: no TMA tensor map for q/k/v (driver without "
-                           "cuTensorMapEncodeTiled, or an unaligned tensor); using the mma.sync forward kernel\n");
-    warned = true;
+    static bool warned = false;
+    attn::warn_no_tma_once(warned, "attentionForward", "q/k/v", "the mma.sync forward kernel");
     dev.tma = false;
     plan = attn::plan_forward(head_dim, window, p.G, dev);
   }
