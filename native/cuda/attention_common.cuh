@@ -53,6 +53,13 @@ __device__ __forceinline__ float sink_log2(const P& p, int h) {
   return s * kLog2e;
 }
 
+// Host side of the same: points p at the sinks tensor (f32 or bf16 [Hq]), or at none.
+template <class P>
+inline void bind_sinks(P& p, const Tensor* sinks) {
+  p.sinks = sinks ? sinks->raw() : nullptr;
+  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
+}
+
 // Sequence s: first token, length and real (non-padding) length.
 struct SeqInfo {
   int start, len, used;

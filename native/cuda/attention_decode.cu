@@ -238,8 +238,7 @@ void attention_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const
   p.kc = kc.data<__nv_bfloat16>();
   p.vc = vc.data<__nv_bfloat16>();
   p.lens = seqlens.data<int>();
-  p.sinks = sinks ? sinks->raw() : nullptr;
-  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
+  attn::bind_sinks(p, sinks);
   p.out = out.data<__nv_bfloat16>();
   p.Hq = static_cast<int>(q.dim(1));
   p.Smax = static_cast<int>(kc.dim(1));

@@ -142,8 +142,7 @@ attn::Params make_attn_params(const Tensor& q, const Tensor& k, const Tensor& v,
   p.cu = cu.data<int>();
   p.used = used ? used->data<int>() : nullptr;
   p.nseq = static_cast<int>(cu.dim(0) - 1);
-  p.sinks = sinks ? sinks->raw() : nullptr;
-  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
+  attn::bind_sinks(p, sinks);
   p.T = static_cast<int>(q.dim(0));
   p.Hq = static_cast<int>(q.dim(1));
   p.Hkv = static_cast<int>(k.dim(1));

@@ -320,8 +320,7 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
   p.block_tables = block_tables.data<int>();
   p.context_lens = context_lens.data<int>();
   p.query_starts = query_starts.data<int>();
-  p.sinks = sinks ? sinks->raw() : nullptr;
-  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
+  attn::bind_sinks(p, sinks);
   p.out = out.data<__nv_bfloat16>();
   p.B = static_cast<int>(context_lens.dim(0));
   p.Hq = static_cast<int>(q.dim(1));
