@@ -246,6 +246,12 @@ export interface ShardedModelOptions {
   lmHeadChunk?: number;
   /** Bitwise-reproducible attention backward (see ModelOptions.deterministic). */
   deterministic?: boolean;
+  /**
+   * Keep the fp32 masters and AdamW moments in host memory and run AdamW there (trainer.policy.fsdp_config.
+   * cpu_offload): each step copies the gradient shard to the host and the updated bf16 shard back. On a CPU device
+   * it changes nothing. Default false.
+   */
+  cpuOffload?: boolean;
 }
 
 /** What a sharded forward keeps for backward (per layer: saved activations, or the layer input under recompute). */
@@ -573,9 +579,12 @@ export class ShardedPolicy implements Policy {
   private opt: OptShard[] | null = null;
   /** Optimizer steps taken (saved). */
   optimizerSteps = 0;
+  /** Where the masters and moments live: 'cpu' with cpuOffload, else the compute device. */
+  readonly optDevice: string;
 
-  private constructor(model: ShardedModel) {
+  private constructor(model: ShardedModel, cpuOffload: boolean) {
     this.model = model;
+    this.optDevice = cpuOffload ? 'cpu' : model.device;
   }
 
   /**
@@ -630,7 +639,7 @@ export class ShardedPolicy implements Policy {
       deterministic: opts.deterministic ?? false,
       lmHeadChunk: opts.lmHeadChunk,
     });
-    return new ShardedPolicy(model);
+    return new ShardedPolicy(model, opts.cpuOffload ?? false);
   }
 
   get device(): string {
@@ -742,16 +751,39 @@ export class ShardedPolicy implements Policy {
     return { norm, finite, clipped };
   }
 
-  /** AdamW on this rank's shards (no communication): masters, moments and the bf16 compute shards are updated. */
+  /**
+   * AdamW on this rank's shards (no communication): masters, moments and the bf16 compute shards are updated.
+   * With cpuOffload on a GPU, per unit: gradient shard to the host, AdamW there, the bf16 shard back.
+   */
   optimizerStep(h: OptimizerHyper, step: number): void {
     if (!this.grads) throw new Error('optimizerStep: no gradients (run forward + backward first)');
     const dev = this.device;
-    if (!this.opt) this.opt = this.model.bf16.map((b) => ({ master: cast(b, 'f32'), m: Tensor.zeros(b.shape, { dtype: 'f32', device: dev }), v: Tensor.zeros(b.shape, { dtype: 'f32', device: dev }) }));
+    const od = this.optDevice;
+    if (!this.opt) {
+      this.opt = this.model.bf16.map((b) => {
+        const m32 = cast(b, 'f32');
+        const master = od === dev ? m32 : m32.to(od);
+        if (master !== m32) m32.dispose();
+        return { master, m: Tensor.zeros(b.shape, { dtype: 'f32', device: od }), v: Tensor.zeros(b.shape, { dtype: 'f32', device: od }) };
+      });
+    }
     this.model.units.forEach((_, u) => {
       const s = this.opt![u]!;
       let g = this.grads![u];
       if (!g) this.grads![u] = g = Tensor.zeros(s.master.shape, { dtype: 'f32', device: dev });
-      adamwStep({ master: s.master, grad: g, m: s.m, v: s.v, bf16: this.model.bf16[u]! }, { ...h, step });
+      const bf16 = this.model.bf16[u]!;
+      if (od === dev) {
+        adamwStep({ master: s.master, grad: g, m: s.m, v: s.v, bf16 }, { ...h, step });
+        return;
+      }
+      const gh = g.to(od);
+      const bh = Tensor.empty(bf16.shape, { dtype: 'bf16', device: od });
+      try {
+        adamwStep({ master: s.master, grad: gh, m: s.m, v: s.v, bf16: bh }, { ...h, step });
+        bf16.copyFrom(bh);
+      } finally {
+        disposeAll(gh, bh);
+      }
     });
     this.optimizerSteps = step;
   }
@@ -841,7 +873,7 @@ export class ShardedPolicy implements Policy {
       this.resetOptimizer();
       if (m.hasOptimizer) {
         this.opt = units.map((unit) => {
-          const ld = (k: string): Tensor => ck.load(`${k}.${unit.key}`, { device: dev, dtype: 'f32', shape: [unit.shard] });
+          const ld = (k: string): Tensor => ck.load(`${k}.${unit.key}`, { device: this.optDevice, dtype: 'f32', shape: [unit.shard] });
           return { master: ld('master'), m: ld('m'), v: ld('v') };
         });
       }
@@ -886,7 +918,9 @@ export class ShardedPolicy implements Policy {
     const out = this.rank === 0 ? new Map<string, Float32Array>() : null;
     for (let u = 0; u < this.model.units.length; u++) {
       const unit = this.model.units[u]!;
-      const mine = this.opt ? this.opt[u]!.master : cast(this.model.bf16[u]!, 'f32');
+      const master = this.opt?.[u]!.master;
+      // The gather runs on the compute device (NCCL needs device memory; offloaded masters are copied over).
+      const mine = !master ? cast(this.model.bf16[u]!, 'f32') : master.device === this.device ? master : master.to(this.device);
       const full = Tensor.empty([unit.padded], { dtype: 'f32', device: this.device });
       try {
         await this.model.comm.allGather(full, mine);
@@ -896,7 +930,7 @@ export class ShardedPolicy implements Policy {
         }
       } finally {
         full.dispose();
-        if (!this.opt) mine.dispose();
+        if (mine !== master) mine.dispose();
       }
     }
     return out;

@@ -188,6 +188,18 @@ test('sharded save -> resume on the same N continues bitwise; another N is refus
   assert.match(c.text, /saved by 2 ranks but this job has 3; resuming on a different rank count is not supported/);
 });
 
+test('cpuOffload (masters and moments in host memory; a no-op on the CPU) trains bitwise like the default', async () => {
+  const full = results.get(2);
+  assert.ok(full, 'needs the 2-rank run');
+  const out = join(mkdtempSync(join(tmpdir(), 'fsdp-offload-')), 'result.json');
+  const r = await runRanks(2, { steps: [1, 2, 3], out, cpuOffload: true });
+  assert.equal(r.exitCode, 0, r.text);
+  const a = readResult(out);
+  const b = readResult(full.out);
+  assert.deepEqual(a.steps, b.steps);
+  assert.deepEqual(a.masters, b.masters);
+});
+
 test('a rank that fails mid-step ends the job with a message naming it', async () => {
   const t0 = Date.now();
   const r = await runRanks(3, { steps: [1, 2], failRank: 1, failStep: 2 });

@@ -17,13 +17,14 @@ interface Opts {
   export?: string;
   failRank?: number;
   failStep?: number;
+  cpuOffload?: boolean;
 }
 
 const o = JSON.parse(process.argv[2] ?? '{}') as Opts;
 const ctx = await initDistributed({ backend: 'cpu' });
 const { rank, worldSize } = ctx;
 const model = randomModel(CFG, { device: ctx.device, seed: SEED });
-const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives);
+const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives, { cpuOffload: o.cpuOffload });
 model.dispose();
 if (o.load) await policy.load(o.load);
 
