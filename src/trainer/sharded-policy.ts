@@ -22,7 +22,7 @@
 // the whole mini-batch); then the sum over ranks of the gradients equals the single-process gradient.
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Tensor } from '../tensor.ts';
+import { Tensor, synchronize } from '../tensor.ts';
 import type { Collectives } from '../distributed/collectives.ts';
 import {
   Checkpoint,
@@ -252,6 +252,11 @@ export interface ShardedModelOptions {
    * it changes nothing. Default false.
    */
   cpuOffload?: boolean;
+  /**
+   * Benchmarks: time the collectives (stats()). Each gather and reduce-scatter then drains the device before and
+   * after it and runs without prefetch, so the split is exact but the step is slower than without. Default false.
+   */
+  timing?: boolean;
 }
 
 /** What a sharded forward keeps for backward (per layer: saved activations, or the layer input under recompute). */
@@ -280,6 +285,8 @@ function disposeState(s: ShardedState): void {
 class ShardedModel {
   readonly units: ShardUnit[];
   readonly layers: DecoderLayer[];
+  /** Milliseconds spent in the all-gathers and reduce-scatters (measured in timing mode only). */
+  readonly stats = { gatherMs: 0, reduceScatterMs: 0 };
   private readonly host: ShardHost;
   private readonly rope: RopeTables;
 
@@ -289,7 +296,7 @@ class ShardedModel {
     readonly device: string,
     /** Per unit: this rank's bf16 compute shard [shard]. */
     readonly bf16: Tensor[],
-    readonly opts: Required<Pick<ShardedModelOptions, 'recompute' | 'deterministic'>> & { lmHeadChunk?: number },
+    readonly opts: Required<Pick<ShardedModelOptions, 'recompute' | 'deterministic' | 'timing'>> & { lmHeadChunk?: number },
   ) {
     this.units = shardLayout(config, comm.worldSize);
     this.rope = ropeTables(config, device);
@@ -308,13 +315,22 @@ class ShardedModel {
    */
   async gather(u: number): Promise<Gathered> {
     const unit = this.units[u]!;
-    const full = Tensor.empty([unit.padded], { dtype: 'bf16', device: this.device });
+    // One rank: the shard is the whole unit; use it in place (no copy).
+    const single = this.comm.worldSize === 1;
+    const full = single ? this.bf16[u]!.view([unit.padded]) : Tensor.empty([unit.padded], { dtype: 'bf16', device: this.device });
     try {
-      await this.comm.allGather(full, this.bf16[u]!);
+      if (single) return this.viewsOf(unit, full);
+      const t0 = this.timeStart();
+      const p = this.comm.allGather(full, this.bf16[u]!);
+      await (t0 === null ? p : this.timeEnd(p, t0, 'gatherMs'));
     } catch (e) {
       full.dispose();
       throw e;
     }
+    return this.viewsOf(unit, full);
+  }
+
+  private viewsOf(unit: ShardUnit, full: Tensor): Gathered {
     const views = entryViews(unit, full);
     const g: Gathered = { unit, full, views };
     if (unit.kind === 'layer') {
@@ -324,6 +340,20 @@ class ShardedModel {
       this.host.layers[unit.layer] = lw;
     }
     return g;
+  }
+
+  /** Timing mode (opts.timing): the device is drained before a collective, so its wall time is its own. */
+  private timeStart(): number | null {
+    if (!this.opts.timing) return null;
+    synchronize(this.device);
+    return performance.now();
+  }
+
+  private async timeEnd(p: Promise<void>, t0: number, key: 'gatherMs' | 'reduceScatterMs'): Promise<void> {
+    await p;
+    await this.comm.synchronize();
+    synchronize(this.device);
+    this.stats[key] += performance.now() - t0;
   }
 
   /** Frees a gathered unit (its views and the full buffer). */
@@ -348,11 +378,12 @@ class ShardedModel {
     const saved: (LayerSaved | null)[] = [];
     const inputs: (Tensor | null)[] = [];
     let x: Tensor | null = null;
-    let next: Promise<Gathered> | null = this.gather(0);
+    const ahead = !this.opts.timing;
+    let next: Promise<Gathered> | null = ahead ? this.gather(0) : null;
     try {
       for (let u = 0; u <= L + 1; u++) {
-        const g = await next!;
-        next = u + 1 <= L + 1 ? this.gather(u + 1) : null;
+        const g = await (next ?? this.gather(u));
+        next = ahead && u + 1 <= L + 1 ? this.gather(u + 1) : null;
         try {
           if (!pb) continue;
           if (g.unit.kind === 'embedding') x = embeddingForward(g.views.get('model.embed_tokens.weight')!, pb.ids);
@@ -394,14 +425,28 @@ class ShardedModel {
    * parameter gradients computed into a zeroed full fp32 buffer and reduce-scattered (sum) into `onShard(u, g)`.
    * The reduce-scatter of unit u is in flight while unit u-1 computes; all are awaited before returning.
    */
-  async backward(state: ShardedState | null, dLogprobs: Tensor | null, onShard: (u: number, g: Tensor) => void): Promise<void> {
+  async backward(
+    state: ShardedState | null,
+    dLogprobs: Tensor | null,
+    onShard: (u: number, g: Tensor) => void,
+    /** Unit u's gradient shard so far (null: none yet). On one rank the backward accumulates straight into it. */
+    accumulated: (u: number) => Tensor | null,
+  ): Promise<void> {
     const c = this.config;
     const L = c.numLayers;
     const pending: Promise<void>[] = [];
-    const reduce = (u: number, flat: Tensor): void => {
+    const single = this.comm.worldSize === 1;
+    const reduce = async (u: number, flat: Tensor, inPlace: boolean): Promise<void> => {
+      // One rank: the full gradient is the shard (nothing to reduce); accumulated in place or handed over.
+      if (single) {
+        if (!inPlace) onShard(u, flat);
+        return;
+      }
       const out = Tensor.empty([this.units[u]!.shard], { dtype: 'f32', device: this.device });
+      const t0 = this.timeStart();
+      const p = this.comm.reduceScatter(out, flat, 'sum');
       pending.push(
-        this.comm.reduceScatter(out, flat, 'sum').then(
+        p.then(
           () => {
             flat.dispose();
             onShard(u, out);
@@ -413,11 +458,14 @@ class ShardedModel {
           },
         ),
       );
+      // Timing mode: wait for this reduce-scatter here, so its time is its own (no overlap with the next unit).
+      if (t0 !== null) await this.timeEnd(p, t0, 'reduceScatterMs');
     };
-    const zerosFor = (u: number): { flat: Tensor; orig: Map<string, Tensor>; grads: Map<string, Tensor> } => {
-      const flat = Tensor.zeros([this.units[u]!.padded], { dtype: 'f32', device: this.device });
+    const zerosFor = (u: number): { flat: Tensor; inPlace: boolean; orig: Map<string, Tensor>; grads: Map<string, Tensor> } => {
+      const acc = single ? accumulated(u) : null;
+      const flat = acc ?? Tensor.zeros([this.units[u]!.padded], { dtype: 'f32', device: this.device });
       const orig = entryViews(this.units[u]!, flat);
-      return { flat, orig, grads: new Map(orig) };
+      return { flat, inPlace: acc !== null, orig, grads: new Map(orig) };
     };
     // The ops accumulate into the buffers they are given (the views); should one hand back a fresh tensor instead
     // (or leave a name unset), its values are added into the flat buffer here so nothing is lost.
@@ -431,13 +479,14 @@ class ShardedModel {
       }
       for (const v of orig.values()) if (!v.disposed) v.dispose();
     };
-    let next: Promise<Gathered> | null = this.gather(L + 1);
+    const ahead = !this.opts.timing;
+    let next: Promise<Gathered> | null = ahead ? this.gather(L + 1) : null;
     let dx: Tensor | null = null;
     try {
       for (let u = L + 1; u >= 1; u--) {
-        const g = await next!;
-        next = u - 1 >= 1 ? this.gather(u - 1) : null;
-        const { flat, orig, grads } = zerosFor(u);
+        const g = await (next ?? this.gather(u));
+        next = ahead && u - 1 >= 1 ? this.gather(u - 1) : null;
+        const { flat, inPlace, orig, grads } = zerosFor(u);
         try {
           if (!state) continue;
           const b = state.batch;
@@ -469,11 +518,11 @@ class ShardedModel {
         } finally {
           this.release(g);
           settle(orig, grads);
-          reduce(u, flat);
+          await reduce(u, flat, inPlace);
         }
       }
       // The embedding: dEmb [V, H] = scatter-add of dx over the token ids (no weights needed).
-      const { flat, orig, grads } = zerosFor(0);
+      const { flat, inPlace, orig, grads } = zerosFor(0);
       try {
         if (state) {
           const dEmb = embeddingBackward(dx!, state.batch.ids, c.vocabSize);
@@ -482,7 +531,7 @@ class ShardedModel {
         }
       } finally {
         settle(orig, grads);
-        reduce(0, flat);
+        await reduce(0, flat, inPlace);
       }
     } catch (e) {
       this.drop(next);
@@ -637,6 +686,7 @@ export class ShardedPolicy implements Policy {
     const model = new ShardedModel(config, comm, device, shards, {
       recompute: opts.recompute ?? true,
       deterministic: opts.deterministic ?? false,
+      timing: opts.timing ?? false,
       lmHeadChunk: opts.lmHeadChunk,
     });
     return new ShardedPolicy(model, opts.cpuOffload ?? false);
@@ -702,13 +752,18 @@ export class ShardedPolicy implements Policy {
         try {
           if (!this.grads) this.grads = this.model.units.map(() => null);
           const grads = this.grads;
-          await this.model.backward(st, dt, (u, g) => {
-            const have = grads[u];
-            if (have) {
-              addInPlace(have, g);
-              g.dispose();
-            } else grads[u] = g;
-          });
+          await this.model.backward(
+            st,
+            dt,
+            (u, g) => {
+              const have = grads[u];
+              if (have) {
+                addInPlace(have, g);
+                g.dispose();
+              } else grads[u] = g;
+            },
+            (u) => grads[u] ?? null,
+          );
         } finally {
           disposeAll(dt);
         }
@@ -739,7 +794,7 @@ export class ShardedPolicy implements Policy {
     try {
       const mine = (this.grads ?? []).filter((g): g is Tensor => g !== null);
       sumOfSquaresInto(mine, acc);
-      await this.model.comm.allReduce(acc, 'sum');
+      if (this.model.comm.worldSize > 1) await this.model.comm.allReduce(acc, 'sum');
       norm = Math.sqrt(acc.item());
     } finally {
       acc.dispose();
@@ -934,6 +989,16 @@ export class ShardedPolicy implements Policy {
       }
     }
     return out;
+  }
+
+  /** Collective time since the last resetStats() (timing mode; zeros otherwise). */
+  stats(): { gatherMs: number; reduceScatterMs: number } {
+    return { ...this.model.stats };
+  }
+
+  resetStats(): void {
+    this.model.stats.gatherMs = 0;
+    this.model.stats.reduceScatterMs = 0;
   }
 
   numParameters(): number {

@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, existsSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -208,4 +209,25 @@ test('a rank that fails mid-step ends the job with a message naming it', async (
   assert.match(r.reason ?? '', /rank 1/);
   assert.match(r.text, /rank 1 fails on purpose in step 2/);
   assert.ok(Date.now() - t0 < 60_000);
+});
+
+test('bench:train-step smoke form: the table and JSON on one process (both policies) and on 2 ranks (sharded only)', async () => {
+  const bench = fileURLToPath(new URL('../../bench/train-step.ts', import.meta.url));
+  const dir = mkdtempSync(join(tmpdir(), 'bench-ts-'));
+  const one = join(dir, 'one.json');
+  const p = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--json', one], { encoding: 'utf8' });
+  assert.equal(p.status, 0, p.stderr);
+  assert.match(p.stdout, /\| policy \| tokens\/micro-batch \| step ms \|/);
+  const a = JSON.parse(readFileSync(one, 'utf8')) as { worldSize: number; rows: { policy: string; stepMs: number; split?: Record<string, number> }[] };
+  assert.equal(a.worldSize, 1);
+  assert.deepEqual(a.rows.map((r) => r.policy), ['single', 'sharded']);
+  assert.ok(a.rows.every((r) => r.stepMs > 0));
+  assert.ok(a.rows[1]!.split && a.rows[1]!.split.computeMs > 0);
+  const two = join(dir, 'two.json');
+  const r = await launch({ script: bench, args: ['--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--json', two], nprocPerNode: 2, device: 'cpu', onOutput: () => {} });
+  assert.equal(r.exitCode, 0);
+  const b = JSON.parse(readFileSync(two, 'utf8')) as typeof a;
+  assert.equal(b.worldSize, 2);
+  assert.deepEqual(b.rows.map((x) => x.policy), ['sharded']);
+  assert.ok(b.rows[0]!.split!.gatherMs > 0 && b.rows[0]!.split!.reduceScatterMs > 0);
 });
