@@ -173,6 +173,8 @@ interface Gathered {
   views: Map<string, Tensor>;
   /** The layer's typed view (kind 'layer'). */
   layer?: LayerWeights;
+  /** The fused q/k/v views of a layer (kind 'layer'; freed with the unit). */
+  fused: Tensor[];
 }
 
 /** Views of a flat unit buffer (bf16 weights or f32 gradients) per checkpoint name, shaped as the parameter. */
@@ -332,10 +334,10 @@ class ShardedModel {
 
   private viewsOf(unit: ShardUnit, full: Tensor): Gathered {
     const views = entryViews(unit, full);
-    const g: Gathered = { unit, full, views };
+    const g: Gathered = { unit, full, views, fused: [] };
     if (unit.kind === 'layer') {
       const { lw, extra } = layerWeightsOf(this.config, unit, full, views);
-      extra.forEach((t, i) => views.set(`__fused${i}`, t));
+      g.fused = extra;
       g.layer = lw;
       this.host.layers[unit.layer] = lw;
     }
@@ -360,6 +362,7 @@ class ShardedModel {
   release(g: Gathered): void {
     if (g.unit.kind === 'layer') this.host.layers[g.unit.layer] = undefined;
     for (const v of g.views.values()) v.dispose();
+    for (const v of g.fused) v.dispose();
     g.full.dispose();
   }
 
@@ -412,7 +415,11 @@ class ShardedModel {
       return null;
     } catch (e) {
       this.drop(next);
-      for (const s of saved) if (s) disposeLayerSaved(s);
+      for (const s of saved) {
+        if (!s) continue;
+        disposeLayerSaved(s);
+        s.x.dispose();
+      }
       for (const t of inputs) disposeAll(t);
       disposeAll(x);
       throw e;
