@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { launch, type LaunchResult } from '../../src/distributed/launch.ts';
-import { Checkpoint, loadModel, randomModel, paramSpecs, presetConfig } from '../../src/model/index.ts';
+import { Checkpoint, loadModel, randomModel, paramSpecs, presetConfig, PRESET_NAMES } from '../../src/model/index.ts';
+import { paramUnits, shardSize } from '../../src/trainer/memory-plan.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
 import { shardLayout, shardSequences, rankMicroBatches } from '../../src/trainer/sharded-policy.ts';
 import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss, type StepRecord, type WorkerResult } from '../helpers/fsdp-common.ts';
@@ -113,6 +114,18 @@ test('layout: units padded to a multiple of N cover every parameter once; sequen
   assert.deepEqual(shardSequences([5, 5], 4), [[0], [1], [], []]);
   assert.deepEqual(rankMicroBatches([[0, 1, 2], [3], []], 2), [[[0, 1], [2]], [[3], []], [[], []]]);
   assert.throws(() => rankMicroBatches([[0]], 0), /micro-batch size 0/);
+});
+
+test('the memory planner plans the shards ShardedPolicy makes (units and per-rank sizes, every preset)', () => {
+  for (const name of PRESET_NAMES) {
+    const c = presetConfig(name);
+    const planned = paramUnits(c);
+    for (const n of [1, 3, 8]) {
+      const units = shardLayout(c, n);
+      assert.deepEqual(units.map((u) => u.numel), [planned.embedding, ...planned.layers, planned.head], name);
+      assert.deepEqual(units.map((u) => u.shard), units.map((u) => shardSize(u.numel, n)), name);
+    }
+  }
 });
 
 for (const n of [1, 2, 3, 4]) {
