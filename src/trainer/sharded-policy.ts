@@ -175,6 +175,8 @@ interface Gathered {
   layer?: LayerWeights;
   /** The fused q/k/v views of a layer (kind 'layer'; freed with the unit). */
   fused: Tensor[];
+  /** One rank with a host shard: the device copy `full` views (freed with the unit). */
+  staged: Tensor | null;
 }
 
 /** Views of a flat unit buffer (bf16 weights or f32 gradients) per checkpoint name, shaped as the parameter. */
@@ -255,6 +257,11 @@ export interface ShardedModelOptions {
    */
   cpuOffload?: boolean;
   /**
+   * The KL reference (frozenCopy) keeps its bf16 shards in host memory and copies each to the device just before
+   * its gather (trainer.placement.colocate_policy_ref=false). On a CPU device it changes nothing. Default false.
+   */
+  referenceOnHost?: boolean;
+  /**
    * Benchmarks: time the collectives (stats()). Each gather and reduce-scatter then drains the device before and
    * after it and runs without prefetch, so the split is exact but the step is slower than without. Default false.
    */
@@ -317,24 +324,29 @@ class ShardedModel {
    */
   async gather(u: number): Promise<Gathered> {
     const unit = this.units[u]!;
+    const shard = this.bf16[u]!;
+    // Shards kept in host memory (the KL reference with referenceOnHost) are copied to the device first.
+    const staged = shard.device === this.device ? null : shard.to(this.device);
+    const src = staged ?? shard;
     // One rank: the shard is the whole unit; use it in place (no copy).
-    const single = this.comm.worldSize === 1;
-    const full = single ? this.bf16[u]!.view([unit.padded]) : Tensor.empty([unit.padded], { dtype: 'bf16', device: this.device });
+    if (this.comm.worldSize === 1) return this.viewsOf(unit, src.view([unit.padded]), staged);
+    const full = Tensor.empty([unit.padded], { dtype: 'bf16', device: this.device });
     try {
-      if (single) return this.viewsOf(unit, full);
       const t0 = this.timeStart();
-      const p = this.comm.allGather(full, this.bf16[u]!);
+      const p = this.comm.allGather(full, src);
       await (t0 === null ? p : this.timeEnd(p, t0, 'gatherMs'));
     } catch (e) {
       full.dispose();
       throw e;
+    } finally {
+      staged?.dispose();
     }
-    return this.viewsOf(unit, full);
+    return this.viewsOf(unit, full, null);
   }
 
-  private viewsOf(unit: ShardUnit, full: Tensor): Gathered {
+  private viewsOf(unit: ShardUnit, full: Tensor, staged: Tensor | null): Gathered {
     const views = entryViews(unit, full);
-    const g: Gathered = { unit, full, views, fused: [] };
+    const g: Gathered = { unit, full, views, fused: [], staged };
     if (unit.kind === 'layer') {
       const { lw, extra } = layerWeightsOf(this.config, unit, full, views);
       g.fused = extra;
@@ -364,6 +376,7 @@ class ShardedModel {
     for (const v of g.views.values()) v.dispose();
     for (const v of g.fused) v.dispose();
     g.full.dispose();
+    g.staged?.dispose();
   }
 
   /** Waits for a prefetched gather nobody will use (after an error) and frees it. */
@@ -638,9 +651,13 @@ export class ShardedPolicy implements Policy {
   /** Where the masters and moments live: 'cpu' with cpuOffload, else the compute device. */
   readonly optDevice: string;
 
-  private constructor(model: ShardedModel, cpuOffload: boolean) {
+  /** frozenCopy() keeps the reference's shards in host memory (ShardedModelOptions.referenceOnHost). */
+  readonly referenceOnHost: boolean;
+
+  private constructor(model: ShardedModel, opts: ShardedModelOptions) {
     this.model = model;
-    this.optDevice = cpuOffload ? 'cpu' : model.device;
+    this.optDevice = opts.cpuOffload ? 'cpu' : model.device;
+    this.referenceOnHost = opts.referenceOnHost ?? false;
   }
 
   /**
@@ -696,7 +713,7 @@ export class ShardedPolicy implements Policy {
       timing: opts.timing ?? false,
       lmHeadChunk: opts.lmHeadChunk,
     });
-    return new ShardedPolicy(model, opts.cpuOffload ?? false);
+    return new ShardedPolicy(model, opts);
   }
 
   get device(): string {
@@ -856,10 +873,14 @@ export class ShardedPolicy implements Policy {
     this.optimizerSteps = 0;
   }
 
-  /** A frozen sharded copy of the current weights (the KL reference; its shards are this rank's only). */
+  /**
+   * A frozen sharded copy of the current weights (the KL reference; its shards are this rank's only), on the
+   * device or, with referenceOnHost, in host memory between uses.
+   */
   async frozenCopy(): Promise<LogprobModel> {
     const m = this.model;
-    return new ShardedFrozen(new ShardedModel(m.config, m.comm, m.device, m.bf16.map((t) => t.clone()), m.opts));
+    const where = this.referenceOnHost ? 'cpu' : m.device;
+    return new ShardedFrozen(new ShardedModel(m.config, m.comm, m.device, m.bf16.map((t) => t.to(where)), m.opts));
   }
 
   /**

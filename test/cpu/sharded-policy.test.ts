@@ -10,11 +10,11 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launch, type LaunchResult } from '../../src/distributed/launch.ts';
+import { launch, initDistributed, type LaunchResult } from '../../src/distributed/launch.ts';
 import { Checkpoint, loadModel, randomModel, paramSpecs, presetConfig, PRESET_NAMES } from '../../src/model/index.ts';
 import { paramUnits, shardSize } from '../../src/trainer/memory-plan.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
-import { shardLayout, shardSequences, rankMicroBatches } from '../../src/trainer/sharded-policy.ts';
+import { ShardedPolicy, shardLayout, shardSequences, rankMicroBatches } from '../../src/trainer/sharded-policy.ts';
 import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss, type StepRecord, type WorkerResult } from '../helpers/fsdp-common.ts';
 
 const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
@@ -212,6 +212,27 @@ test('cpuOffload (masters and moments in host memory; a no-op on the CPU) trains
   const b = readResult(full.out);
   assert.deepEqual(a.steps, b.steps);
   assert.deepEqual(a.masters, b.masters);
+});
+
+test('the KL reference: a frozen sharded copy (in host memory with referenceOnHost) keeps the weights of its time', async () => {
+  const ctx = await initDistributed({ backend: 'cpu' }); // a group of one in this process
+  const m = randomModel(CFG, { device: 'cpu', seed: SEED });
+  const policy = ShardedPolicy.fromWeights(m.weights, ctx.collectives, { referenceOnHost: true });
+  m.dispose();
+  const b = stepBatch(1);
+  const before = await policy.logprobs(b);
+  const ref = await policy.frozenCopy();
+  assert.deepEqual((await ref.logprobs(b)).logprobs, before.logprobs);
+  policy.zeroGrad();
+  const fwd = await policy.forward(b);
+  await fwd.backward(pgLoss(fwd.logprobs, b.advantages, normTokens(b)).d);
+  policy.optimizerStep({ ...HYPER, lr: 1e-2 }, 1);
+  const after = await policy.logprobs(b);
+  assert.notDeepEqual(after.logprobs, before.logprobs);
+  assert.deepEqual((await ref.logprobs(b)).logprobs, before.logprobs);
+  ref.dispose();
+  policy.dispose();
+  await ctx.destroy();
 });
 
 test('a rank that fails mid-step ends the job with a message naming it', async () => {

@@ -1,6 +1,7 @@
 // GPU machine: ShardedPolicy at N = 1 on CUDA (in-process group of one; NCCL when the addon has it) against the
 // single-process GptOssPolicy over 3 optimizer steps with gradient accumulation and clipping: loss, grad norm and
-// fp32 masters relative 1e-5 (deterministic attention backward on both, so only accumulation order differs).
+// fp32 masters relative 1e-5 (deterministic attention backward on both, so only accumulation order differs); the
+// host paths: cpuOffload (AdamW on the host) against the device optimizer, and the KL reference kept on the host.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
@@ -77,4 +78,31 @@ test('ShardedPolicy N = 1 on CUDA equals GptOssPolicy (3 steps, accumulation, cl
     assert.ok(Math.sqrt(d) <= 1e-5 * Math.sqrt(n), `master ${s.name}: relative difference ${Math.sqrt(d / n)}`);
   }
   ck.close();
+});
+
+test('ShardedPolicy on CUDA: cpuOffload trains like the device optimizer; a reference on the host gives its log-probs', { skip }, async () => {
+  const ctx = await initDistributed();
+  const run = async (cpuOffload: boolean) => {
+    const m = randomModel(CFG, { device: DEV, seed: SEED });
+    const p = ShardedPolicy.fromWeights(m.weights, ctx.collectives, { deterministic: true, cpuOffload, referenceOnHost: true });
+    m.dispose();
+    const ref = await p.frozenCopy();
+    const b = stepBatch(1);
+    assert.deepEqual((await ref.logprobs(b)).logprobs, (await p.logprobs(b)).logprobs, 'reference on the host');
+    ref.dispose();
+    const steps = await train(p);
+    const masters = (await p.gatherMasters())!;
+    p.dispose();
+    return { steps, masters };
+  };
+  const dev = await run(false);
+  const host = await run(true);
+  for (let i = 0; i < 3; i++) assert.ok(Math.abs(host.steps[i]!.norm - dev.steps[i]!.norm) <= 1e-5 * dev.steps[i]!.norm, `step ${i + 1} grad norm`);
+  for (const [name, w] of dev.masters) {
+    const g = host.masters.get(name)!;
+    let d = 0, n = 0;
+    for (let i = 0; i < w.length; i++) (d += (g[i]! - w[i]!) ** 2), (n += w[i]! ** 2);
+    assert.ok(Math.sqrt(d) <= 1e-5 * Math.sqrt(n), `master ${name}: relative difference ${Math.sqrt(d / n)}`);
+  }
+  await ctx.destroy();
 });
