@@ -179,6 +179,13 @@ test('the Hugging Face export loads with loadModel and gives the sharded policy\
     assert.ok(relNorm(bf, want) < 1e-2, name);
   }
   m.dispose();
+  // The export also starts a sharded run (tensor by tensor): the same log-probs.
+  const ctx = await initDistributed({ backend: 'cpu' });
+  const p = ShardedPolicy.fromCheckpoint(CFG, r.exportDir, 'cpu', ctx.collectives);
+  assert.deepEqual((await p.logprobs(b)).logprobs.map((a) => [...a]), got.logprobs);
+  p.dispose();
+  await ctx.destroy();
+  assert.throws(() => ShardedPolicy.fromCheckpoint(presetConfig('gpt-oss-tiny-256', { numLayers: 3 }), r.exportDir, 'cpu', ctx.collectives), /lacks model\.layers\.2\./);
 });
 
 test('sharded save -> resume on the same N continues bitwise; another N is refused', async () => {
