@@ -107,6 +107,20 @@ export interface NativeMoeGrads {
 
 type OptTensor = TensorArg | null | undefined;
 
+/** tokenLogprobsBackward's arguments before needDHidden (its two overloads differ only in that flag). */
+type TokenLogprobsBackwardArgs = [
+  hidden: TensorArg,
+  lmHead: TensorArg,
+  targets: TensorArg,
+  lse: TensorArg,
+  dLogprobs: TensorArg,
+  temperature: number,
+  chunk: number,
+  dLmHead: NativeTensor | null,
+  dEntropy: OptTensor,
+  entropy: OptTensor,
+];
+
 /** Every op the addon registers (GPTOSS_OP in native/bindings/*.cc), by binding file. */
 export interface NativeOps {
   // ---- tensor_binding.cc: tensors and the runtime ----
@@ -173,33 +187,14 @@ export interface NativeOps {
     temperature: number,
     chunk: number,
   ): { logprobs: NativeTensor; entropy: NativeTensor; lse: NativeTensor };
-  /** dLmHead, when given, is accumulated into and returned; dEntropy and entropy come together or not at all. */
+  /**
+   * dLmHead, when given, is accumulated into and returned; dEntropy and entropy come together or not at all.
+   * needDHidden false skips dHidden (only dLmHead comes back).
+   */
   tokenLogprobsBackward(
-    hidden: TensorArg,
-    lmHead: TensorArg,
-    targets: TensorArg,
-    lse: TensorArg,
-    dLogprobs: TensorArg,
-    temperature: number,
-    chunk: number,
-    dLmHead: NativeTensor | null,
-    dEntropy: OptTensor,
-    entropy: OptTensor,
-    needDHidden?: true,
+    ...args: [...TokenLogprobsBackwardArgs, needDHidden?: true]
   ): { dHidden: NativeTensor; dLmHead: NativeTensor };
-  tokenLogprobsBackward(
-    hidden: TensorArg,
-    lmHead: TensorArg,
-    targets: TensorArg,
-    lse: TensorArg,
-    dLogprobs: TensorArg,
-    temperature: number,
-    chunk: number,
-    dLmHead: NativeTensor | null,
-    dEntropy: OptTensor,
-    entropy: OptTensor,
-    needDHidden: false,
-  ): { dLmHead: NativeTensor };
+  tokenLogprobsBackward(...args: [...TokenLogprobsBackwardArgs, needDHidden: false]): { dLmHead: NativeTensor };
 
   // ---- moe.cc ----
   moeForward(

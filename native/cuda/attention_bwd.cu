@@ -5,7 +5,6 @@
 //   3. dsinks_h = -sum of the partials (fixed order).
 // The mma.sync and wgmma paths use no atomics (dQ recomputes S and dP instead), so their results are bitwise
 // reproducible; the warp-specialized fused kernel adds dQ partials with fp32 reductions (deterministic: false).
-#include <cstdio>
 #include <map>
 #include <mutex>
 
@@ -165,11 +164,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     Tensor acc = make_tensor(q.shape, DType::F32, q.device);  // the fused kernel's fp32 dQ accumulator
     p.dq_acc = acc.data<float>();
     if (launch_bwd_ws(p, nseq, max_seqlen, partial.data<float>(), npre, ds, dq, st)) return;
-    static bool warned = false;  // the fallback is correct, only slower: say so once per process
-    if (!warned)
-      std::fprintf(stderr, "gptoss: attentionBackward: no TMA tensor map for q/k/v/dout/lse (driver without "
-                           "cuTensorMapEncodeTiled, or an unaligned tensor); using the deterministic wgmma kernels\n");
-    warned = true;
+    static bool warned = false;
+    attn::warn_no_tma_once(warned, "attentionBackward", "q/k/v/dout/lse", "the deterministic wgmma kernels");
     dev.tma = false;
     plan = attn::plan_backward(head_dim, deterministic, dev);
   }

@@ -513,7 +513,9 @@ __global__ void __launch_bounds__(DkdvWgCfg::NT, 1) dkdv_wgmma_kernel(Params p) 
       fence_acc<BM / 8>(dpt);
       const bool need_mask =
           (i0 < kmin + 15) || (p.window > 0 && i0 + BM - 1 - kmin >= p.window) || (i0 + BM > si.used);
-      // P^T (in st) for this thread's 8 x 4 accumulator entries: keys kmin + g (+8), queries i0 + cl.
+      // P^T (in st) for this thread's 8 x 4 accumulator entries: keys kmin + g (+8), queries i0 + cl. The band
+      // test and exponent are dkdv_kernel's; a shared device function for them changed both kernels' machine code
+      // (and the forward's and dQ's for their band test), so each kernel keeps its copy.
       auto softmax_p = [&] {
 #pragma unroll
         for (int i = 0; i < BM / 8; i++)

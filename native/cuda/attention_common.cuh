@@ -9,6 +9,7 @@
 // So two adjacent C tiles (16 rows x 16 cols) converted to bf16 are exactly the A fragment of the next product.
 #pragma once
 #include <cstdint>
+#include <cstdio>
 
 #include "attention.h"
 #include "attention_heuristics.h"
@@ -42,11 +43,21 @@ struct Params {
   float* dq_acc;  // fp32 [Hq, T, 64], unscaled: the fused-dQ backward's accumulator (deterministic: false)
 };
 
-__device__ __forceinline__ float sink_log2(const Params& p, int h) {
+// The sink logit of query head h in the log2 domain (-inf without sinks). P is any parameter block with
+// `const void* sinks` ([Hq] f32, or bf16 when sinks_bf16) and `int sinks_bf16`: Params, the paged kernel's.
+template <class P>
+__device__ __forceinline__ float sink_log2(const P& p, int h) {
   if (!p.sinks) return -INFINITY;
   float s = p.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p.sinks)[h])
                          : static_cast<const float*>(p.sinks)[h];
   return s * kLog2e;
+}
+
+// Host side of the same: points p at the sinks tensor (f32 or bf16 [Hq]), or at none.
+template <class P>
+inline void bind_sinks(P& p, const Tensor* sinks) {
+  p.sinks = sinks ? sinks->raw() : nullptr;
+  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
 }
 
 // Sequence s: first token, length and real (non-padding) length.
@@ -131,15 +142,18 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 // Accumulator fragments (rows x 8 NB columns, f32; m16n8k16 / wgmma accumulator layout) -> the bf16 A fragments of
 // the next product over those columns (per warp exactly the mma.sync m16n8k16 A layout, see wgmma.cuh): P.V, dS.K.
+// One of them: the A fragment of columns 16 kk .. 16 kk + 15 (accumulator tiles 2 kk and 2 kk + 1).
+template <int NB>
+__device__ __forceinline__ void pack_a_frag(const float (&x)[NB][4], int kk, uint32_t (&a)[4]) {
+  a[0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+  a[1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+  a[2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+  a[3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+}
 template <int NB>
 __device__ __forceinline__ void pack_a_frags(const float (&x)[NB][4], uint32_t (&a)[NB / 2][4]) {
 #pragma unroll
-  for (int kk = 0; kk < NB / 2; kk++) {
-    a[kk][0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
-    a[kk][1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
-    a[kk][2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-    a[kk][3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-  }
+  for (int kk = 0; kk < NB / 2; kk++) pack_a_frag(x, kk, a[kk]);
 }
 
 // Forward epilogue, one thread's share of query row `row` of head h (fragment half r: columns 8 i + 2 t4 (+1) of
@@ -216,8 +230,25 @@ __device__ __forceinline__ void load_b_frags(const __nv_bfloat16* s, int k0, int
   ldsm_x4_t(smem_u32(s + swz<D>(r, ch)), b[0], b[1], b[2], b[3]);
 }
 
+// c[16 rows][N] f32 += A[16 rows][K] . B[N][K]^T, per warp: A as bf16 fragments (load_a_frags), B row-major [n][k]
+// in the swizzled shared tile sB (load_bT_frags). The forward kernels' scores S = Q K^T (K = head_dim, N = keys).
+template <int K, int N>
+__device__ __forceinline__ void mma16816_abT(float (&c)[N / 8][4], const uint32_t (&a)[K / 16][4],
+                                             const __nv_bfloat16* sB) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; kk++) {
+#pragma unroll
+    for (int np = 0; np < N / 16; np++) {
+      uint32_t b[4];
+      load_bT_frags<K>(sB, np * 16, kk, b);
+      mma16816(c[2 * np], a[kk], b[0], b[1]);
+      mma16816(c[2 * np + 1], a[kk], b[2], b[3]);
+    }
+  }
+}
+
 // acc[16 rows][N] f32 += bf16(X)[16 rows][K] . B[K][N], per warp: X = the f32 accumulator fragments of the previous
-// product (K / 8 C fragments), converted to bf16 A fragments one 16-column chunk at a time (pack_a_frags' layout);
+// product (K / 8 C fragments), converted to bf16 A fragments one 16-column chunk at a time (pack_a_frag);
 // B row-major in the swizzled shared tile sB (load_b_frags). The mma.sync kernels' second products: O += P.V and
 // dQ += dS.K (rows = queries, K = the tile's keys, sB = the V / K tile), N = head_dim.
 template <int N, int K>
@@ -226,10 +257,7 @@ __device__ __forceinline__ void mma16816_chain(float (&acc)[N / 8][4], const flo
 #pragma unroll
   for (int kk = 0; kk < K / 16; kk++) {
     uint32_t a[4];
-    a[0] = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
-    a[1] = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
-    a[2] = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-    a[3] = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+    pack_a_frag(x, kk, a);
 #pragma unroll
     for (int np = 0; np < N / 16; np++) {
       uint32_t b[4];
@@ -248,14 +276,8 @@ __device__ __forceinline__ void mma16816_chain2(float (&acc1)[N / 8][4], const f
 #pragma unroll
   for (int kk = 0; kk < K / 16; kk++) {
     uint32_t a1[4], a2[4];
-    a1[0] = pack_bf16(x1[2 * kk][0], x1[2 * kk][1]);
-    a1[1] = pack_bf16(x1[2 * kk][2], x1[2 * kk][3]);
-    a1[2] = pack_bf16(x1[2 * kk + 1][0], x1[2 * kk + 1][1]);
-    a1[3] = pack_bf16(x1[2 * kk + 1][2], x1[2 * kk + 1][3]);
-    a2[0] = pack_bf16(x2[2 * kk][0], x2[2 * kk][1]);
-    a2[1] = pack_bf16(x2[2 * kk][2], x2[2 * kk][3]);
-    a2[2] = pack_bf16(x2[2 * kk + 1][0], x2[2 * kk + 1][1]);
-    a2[3] = pack_bf16(x2[2 * kk + 1][2], x2[2 * kk + 1][3]);
+    pack_a_frag(x1, kk, a1);
+    pack_a_frag(x2, kk, a2);
 #pragma unroll
     for (int np = 0; np < N / 16; np++) {
       uint32_t b[4];
@@ -286,6 +308,60 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// One online-softmax step (FlashAttention-2) of the mma.sync forward kernels over a tile of scores, for this
+// thread's two rows (fragment halves r = 0, 1: rows g and g + 8 of the warp's 16). sc: NJ n8 fragments of scaled
+// scores (log2 domain, masked entries -inf), replaced by P = 2^(s - max); m_r / l_r: the rows' running max and
+// sum (this thread's columns only; the max is reduced across the quad); acc: the output fragments [D / 8][4],
+// rescaled by 2^(old max - new max). A row that has seen only -inf keeps max -inf and uses base 0, so its P and
+// alpha stay finite (P = 0).
+template <int NJ, int NO>
+__device__ __forceinline__ void online_softmax_step(float (&sc)[NJ][4], float (&m_r)[2], float (&l_r)[2],
+                                                    float (&acc)[NO][4]) {
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float mx = m_r[r];
+#pragma unroll
+    for (int j = 0; j < NJ; j++) mx = fmaxf(mx, fmaxf(sc[j][2 * r], sc[j][2 * r + 1]));
+    mx = quad_max(mx);
+    const float base = mx == -INFINITY ? 0.f : mx;
+    const float alpha = exp2f(m_r[r] - base);
+    m_r[r] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      sc[j][2 * r] = exp2f(sc[j][2 * r] - base);
+      sc[j][2 * r + 1] = exp2f(sc[j][2 * r + 1] - base);
+      sum += sc[j][2 * r] + sc[j][2 * r + 1];
+    }
+    l_r[r] = l_r[r] * alpha + sum;
+#pragma unroll
+    for (int d = 0; d < NO; d++) {
+      acc[d][2 * r] *= alpha;
+      acc[d][2 * r + 1] *= alpha;
+    }
+  }
+}
+
+// Split-KV combine (flash-decoding) for column d of one (query row, head): merges nsplit partial states (mp: max,
+// log2 domain, -inf for a split that saw no key; lp: sum of 2^(s - max); op: unnormalised output [nsplit][D]) with
+// the sink logit `sink` (log2 domain, -inf for none). With M = max(sink, mp[s]): o = sum_s 2^(mp[s] - M) op[s][d],
+// L = 2^(sink - M) + sum_s 2^(mp[s] - M) lp[s]; the output is o / L (L is 0 only when nothing was seen at all).
+template <int D>
+__device__ __forceinline__ void merge_splits(float sink, const float* mp, const float* lp, const float* op, int nsplit,
+                                             int d, float& o, float& L) {
+  float M = sink;
+  for (int s = 0; s < nsplit; s++) M = fmaxf(M, mp[s]);
+  L = sink == -INFINITY ? 0.f : exp2f(sink - M);
+  o = 0.f;
+  for (int s = 0; s < nsplit; s++) {
+    const float ms = mp[s];
+    if (ms == -INFINITY) continue;
+    const float w = exp2f(ms - M);
+    L += w * lp[s];
+    o += w * op[s * D + d];
+  }
+}
+
 }  // namespace gptoss::cuda::attn
 
 
@@ -299,6 +375,18 @@ inline bool device_is_sm90(int device) {
     cached[device] = major == 9 ? 1 : 2;  // sm_90a code runs on sm_90 only
   }
   return cached[device] == 1;
+}
+
+// Says on stderr, once per call site (`warned`: that site's static flag), that `op` found no TMA tensor map for
+// `tensors` (a driver without cuTensorMapEncodeTiled, or an unaligned tensor) and runs `fallback` instead: correct,
+// only slower.
+inline void warn_no_tma_once(bool& warned, const char* op, const char* tensors, const char* fallback) {
+  if (!warned)
+    std::fprintf(stderr,
+                 "gptoss: %s: no TMA tensor map for %s (driver without cuTensorMapEncodeTiled, or an unaligned "
+                 "tensor); using %s\n",
+                 op, tensors, fallback);
+  warned = true;
 }
 }  // namespace gptoss::cuda::attn
 

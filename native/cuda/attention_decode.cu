@@ -108,6 +108,9 @@ __global__ void __launch_bounds__(128) decode_split_kernel(DecParams p) {
         const int col = n0 + warp * 16 + j * 8 + 2 * t4 + (e & 1);
         sc[j][e] = (col >= s0 && col < c1) ? sc[j][e] * p.scale_log2 : -INFINITY;
       }
+    // online_softmax_step (attention_common.cuh) inline: this kernel takes the max of its 2 n8 tiles as a tree,
+    // (m, max(max(s0, s1), max(s2, s3))), where the helper chains it from m; kept so its machine code stays as
+    // benchmarked.
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       float mx = fmaxf(m_r[r], fmaxf(fmaxf(sc[0][2 * r], sc[0][2 * r + 1]), fmaxf(sc[1][2 * r], sc[1][2 * r + 1])));
@@ -185,24 +188,11 @@ __global__ void __launch_bounds__(128) decode_split_kernel(DecParams p) {
 template <int D>
 __global__ void decode_combine_kernel(DecParams p) {
   const int bh = blockIdx.x, h = bh % p.Hq, d = threadIdx.x;
-  float sink2 = -INFINITY;
-  if (p.sinks)
-    sink2 = (p.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p.sinks)[h])
-                          : static_cast<const float*>(p.sinks)[h]) *
-            kLog2e;
   const float* mp = p.mpart + static_cast<int64_t>(bh) * p.nsplit;
   const float* lp = p.lpart + static_cast<int64_t>(bh) * p.nsplit;
   const float* op = p.opart + static_cast<int64_t>(bh) * p.nsplit * D;
-  float M = sink2;
-  for (int s = 0; s < p.nsplit; s++) M = fmaxf(M, mp[s]);
-  float L = sink2 == -INFINITY ? 0.f : exp2f(sink2 - M), o = 0.f;
-  for (int s = 0; s < p.nsplit; s++) {
-    const float ms = mp[s];
-    if (ms == -INFINITY) continue;
-    const float w = exp2f(ms - M);
-    L += w * lp[s];
-    o += w * op[s * D + d];
-  }
+  float o, L;
+  merge_splits<D>(sink_log2(p, h), mp, lp, op, p.nsplit, d, o, L);
   p.out[static_cast<int64_t>(bh) * D + d] = __float2bfloat16(o / L);
 }
 
@@ -248,8 +238,7 @@ void attention_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const
   p.kc = kc.data<__nv_bfloat16>();
   p.vc = vc.data<__nv_bfloat16>();
   p.lens = seqlens.data<int>();
-  p.sinks = sinks ? sinks->raw() : nullptr;
-  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
+  attn::bind_sinks(p, sinks);
   p.out = out.data<__nv_bfloat16>();
   p.Hq = static_cast<int>(q.dim(1));
   p.Smax = static_cast<int>(kc.dim(1));

@@ -8,7 +8,6 @@
 // sink logit and the sink's e^{sink - m} added to the denominator at the end. Key tiles outside the causal /
 // sliding-window band are skipped, so a window W costs O(S*W); only the tiles that cross the band edge are
 // masked element by element.
-#include <cstdio>
 
 #include "attention.h"
 #include "attention_common.cuh"
@@ -86,16 +85,7 @@ __global__ void __launch_bounds__(FwdCfg<D>::NT) fwd_kernel(Params p) {
     float sc[BN / 8][4];
 #pragma unroll
     for (int i = 0; i < BN / 8; i++) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-#pragma unroll
-      for (int np = 0; np < BN / 16; np++) {
-        uint32_t b[4];
-        load_bT_frags<D>(cK, np * 16, kk, b);
-        mma16816(sc[2 * np], qf[kk], b[0], b[1]);
-        mma16816(sc[2 * np + 1], qf[kk], b[2], b[3]);
-      }
-    }
+    mma16816_abT<D, BN>(sc, qf, cK);
     const int n0 = kb * BN;
     const bool need_mask = (n0 + BN - 1 > wrow0) || (p.window > 0 && n0 < wrow0 + 16 - p.window);
 #pragma unroll
@@ -111,29 +101,7 @@ __global__ void __launch_bounds__(FwdCfg<D>::NT) fwd_kernel(Params p) {
         sc[i][e] = x;
       }
     }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      float mx = m_r[r];
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * r], sc[i][2 * r + 1]));
-      mx = quad_max(mx);
-      const float base = mx == -INFINITY ? 0.f : mx;
-      const float alpha = exp2f(m_r[r] - base);
-      m_r[r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) {
-        sc[i][2 * r] = exp2f(sc[i][2 * r] - base);
-        sc[i][2 * r + 1] = exp2f(sc[i][2 * r + 1] - base);
-        sum += sc[i][2 * r] + sc[i][2 * r + 1];
-      }
-      l_r[r] = l_r[r] * alpha + sum;
-#pragma unroll
-      for (int i = 0; i < D / 8; i++) {
-        acc[i][2 * r] *= alpha;
-        acc[i][2 * r + 1] *= alpha;
-      }
-    }
+    online_softmax_step(sc, m_r, l_r, acc);
     mma16816_chain<D, BN>(acc, sc, cV);  // O += P V
   }
   cp_async_wait<0>();
@@ -174,8 +142,7 @@ attn::Params make_attn_params(const Tensor& q, const Tensor& k, const Tensor& v,
   p.cu = cu.data<int>();
   p.used = used ? used->data<int>() : nullptr;
   p.nseq = static_cast<int>(cu.dim(0) - 1);
-  p.sinks = sinks ? sinks->raw() : nullptr;
-  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
+  attn::bind_sinks(p, sinks);
   p.T = static_cast<int>(q.dim(0));
   p.Hq = static_cast<int>(q.dim(1));
   p.Hkv = static_cast<int>(k.dim(1));
@@ -200,11 +167,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   attn::DeviceCaps dev{attn::device_is_sm90(q.device), true};  // tma: until an encoding fails
   attn::FwdPlan plan = attn::plan_forward(head_dim, window, p.G, dev);
   if (plan.kernel == attn::FwdKernel::kWarpSpecialized && !launch_fwd_ws(plan, p, nseq, max_seqlen, st)) {
-    static bool warned = false;  // the fallback is correct, only slower: say so once per process
-    if (!warned)
-      std::fprintf(stderr, "gptoss: attentionForward: no TMA tensor map for q/k/v (driver without "
-                           "cuTensorMapEncodeTiled, or an unaligned tensor); using the mma.sync forward kernel\n");
-    warned = true;
+    static bool warned = false;
+    attn::warn_no_tma_once(warned, "attentionForward", "q/k/v", "the mma.sync forward kernel");
     dev.tma = false;
     plan = attn::plan_forward(head_dim, window, p.G, dev);
   }

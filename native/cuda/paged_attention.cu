@@ -1,6 +1,8 @@
 // paged_attention.cu: attention with sinks over a paged KV cache (semantics: native/cpu/paged_attention.h), one
 // kernel for every sequence of an engine step, decodes and prefill chunks mixed, with tensor-core MMAs
-// (mma.sync m16n8k16 bf16, fp32 accumulate; the fragment helpers of attention_common.cuh).
+// (mma.sync m16n8k16 bf16, fp32 accumulate). The math is the dense kernels' (attention_common.cuh): the S = Q K^T
+// and O += P V fragment loops, the online-softmax step and the split-KV combine with the sink; this file adds the
+// row tiling across sequences and the block-table gather.
 //
 // Rows. Query head h reads kv head h / G (G = Hq / Hkv). A CTA serves one kv head and a tile of TM = 64 "rows",
 // where row f of sequence b is its query row f / G under head kvh·G + f % G: sequence b has qlen_b·G rows, cut
@@ -17,7 +19,8 @@
 //
 // Epilogue: with one split (enough tiles to fill the GPU) the CTA folds in the sink and writes bf16 out; with
 // several (few tiles: small decode batches over long contexts, flash-decoding) each split writes fp32 partials
-// (unnormalised out, max, sum) and a combine kernel merges them with the sink, as attention_decode.cu does.
+// (unnormalised out, max, sum) and a combine kernel merges them with the sink (merge_splits, as in
+// attention_decode.cu).
 #include <algorithm>
 
 #include "attention_common.cuh"
@@ -30,10 +33,9 @@ using attn::cp_async16;
 using attn::cp_async_commit;
 using attn::cp_async_wait;
 using attn::kLog2e;
-using attn::mma16816;
 using attn::pack_bf16;
-using attn::quad_max;
 using attn::quad_sum;
+using attn::sink_log2;
 using attn::swz;
 
 constexpr int TM = 64;  // rows per CTA (4 warps x 16)
@@ -61,13 +63,6 @@ struct Params {
   int N, B, Hq, Hkv, G, block_size, max_blocks, window, nsplit;
   float scale_log2;
 };
-
-__device__ __forceinline__ float sink_log2(const Params& p, int h) {
-  if (!p.sinks) return -INFINITY;
-  const float s = p.sinks_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p.sinks)[h])
-                               : static_cast<const float*>(p.sinks)[h];
-  return s * kLog2e;
-}
 
 // Inclusive prefix sum of v over the block (NT threads); `total` gets the block's sum. sh: NW ints.
 __device__ __forceinline__ int block_inclusive_scan(int v, int* sh, int& total) {
@@ -211,16 +206,7 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
       float sc[TN / 8][4];
 #pragma unroll
       for (int j = 0; j < TN / 8; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) {
-#pragma unroll
-        for (int nb = 0; nb < TN / 16; nb++) {
-          uint32_t bb[4];
-          attn::load_bT_frags<D>(cK, nb * 16, kk, bb);
-          mma16816(sc[2 * nb], qf[kk], bb[0], bb[1]);
-          mma16816(sc[2 * nb + 1], qf[kk], bb[2], bb[3]);
-        }
-      }
+      attn::mma16816_abT<D, TN>(sc, qf, cK);
       // Mask: key in this split, causal (key <= the row's position) and inside the row's window.
 #pragma unroll
       for (int j = 0; j < TN / 8; j++)
@@ -231,43 +217,8 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
           sc[j][e] = see ? sc[j][e] * p.scale_log2 : -INFINITY;
         }
       // Online softmax per row (log2 domain); rows that saw nothing yet keep max -inf and a base of 0.
-#pragma unroll
-      for (int r = 0; r < 2; r++) {
-        float mx = m_r[r];
-#pragma unroll
-        for (int j = 0; j < TN / 8; j++) mx = fmaxf(mx, fmaxf(sc[j][2 * r], sc[j][2 * r + 1]));
-        mx = quad_max(mx);
-        const float base = mx == -INFINITY ? 0.f : mx;
-        const float alpha = exp2f(m_r[r] - base);
-        m_r[r] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < TN / 8; j++) {
-          sc[j][2 * r] = exp2f(sc[j][2 * r] - base);
-          sc[j][2 * r + 1] = exp2f(sc[j][2 * r + 1] - base);
-          sum += sc[j][2 * r] + sc[j][2 * r + 1];
-        }
-        l_r[r] = l_r[r] * alpha + sum;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++) {
-          acc[d][2 * r] *= alpha;
-          acc[d][2 * r + 1] *= alpha;
-        }
-      }
-      // O += P V: P (16 x 64, bf16) as 4 A fragments of 16 keys, V rows of the same keys.
-#pragma unroll
-      for (int kk = 0; kk < TN / 16; kk++) {
-        const uint32_t a[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-                               pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                               pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-#pragma unroll
-        for (int np = 0; np < D / 16; np++) {
-          uint32_t bb[4];
-          attn::load_b_frags<D>(cV, kk * 16, np, bb);
-          mma16816(acc[2 * np], a, bb[0], bb[1]);
-          mma16816(acc[2 * np + 1], a, bb[2], bb[3]);
-        }
-      }
+      attn::online_softmax_step(sc, m_r, l_r, acc);
+      attn::mma16816_chain<D, TN>(acc, sc, cV);  // O += P V
     }
     __syncthreads();  // every warp is done with stage i & 1 before step i + 1 loads tile i + 2 into it
   }
@@ -315,18 +266,8 @@ __global__ void paged_combine_kernel(Params p) {
   const float* mp = p.mpart + row * p.nsplit;
   const float* lp = p.lpart + row * p.nsplit;
   const float* op = p.opart + row * p.nsplit * D;
-  float M = sink;
-  for (int s = 0; s < p.nsplit; s++) M = fmaxf(M, mp[s]);
-  float L = 0.f, o = 0.f;
-  if (M != -INFINITY) {
-    if (sink != -INFINITY) L = exp2f(sink - M);
-    for (int s = 0; s < p.nsplit; s++) {
-      if (mp[s] == -INFINITY) continue;
-      const float w = exp2f(mp[s] - M);
-      L += w * lp[s];
-      o += w * op[s * D + d];
-    }
-  }
+  float o, L;
+  attn::merge_splits<D>(sink, mp, lp, op, p.nsplit, d, o, L);
   p.out[row * D + d] = __float2bfloat16(L > 0.f ? o / L : 0.f);
 }
 
@@ -379,8 +320,7 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
   p.block_tables = block_tables.data<int>();
   p.context_lens = context_lens.data<int>();
   p.query_starts = query_starts.data<int>();
-  p.sinks = sinks ? sinks->raw() : nullptr;
-  p.sinks_bf16 = sinks && sinks->dtype == DType::BF16;
+  attn::bind_sinks(p, sinks);
   p.out = out.data<__nv_bfloat16>();
   p.B = static_cast<int>(context_lens.dim(0));
   p.Hq = static_cast<int>(q.dim(1));

@@ -203,10 +203,7 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown) => boolean; want: st
   { key: 'generator.async_engine', ok: (v) => v === true, want: 'true', why: 'the in-process engine is asynchronous (the only kind there is)' },
   { key: 'generator.batched', ok: (v) => v === true, want: 'true', why: 'generation is always batched (up to generator.max_num_seqs sequences)' },
   { key: 'generator.enforce_eager', ok: (v) => v === true, want: 'true', why: 'CUDA graphs are not supported yet: kernels run eagerly' },
-  { key: 'generator.gpu_memory_utilization', ok: (v) => v === null, want: 'null', why: `a memory budget for the engine is not supported yet (its KV cache is sized per batch); ${ENGINE_POOL}` },
-  { key: 'generator.max_num_batched_tokens', ok: (v) => v === null, want: 'null', why: `a token budget per engine step is not supported yet (generator.max_num_seqs bounds the batch); ${ENGINE_POOL}` },
-  { key: 'generator.enable_prefix_caching', ok: (v) => v === false, want: 'false', why: `prefix caching is not supported yet; ${ENGINE_POOL}` },
-  { key: 'generator.enable_chunked_prefill', ok: (v) => v === false, want: 'false', why: `chunked prefill is not supported yet; ${ENGINE_POOL}` },
+  { key: 'generator.enable_chunked_prefill', ok: (v) => v === true, want: 'true', why: 'the engine always prefills in chunks within generator.max_num_batched_tokens (a whole-prompt prefill mode is not built)' },
   { key: 'generator.max_input_length', ok: (v) => v === null, want: 'null', why: 'use trainer.max_prompt_length to bound the prompts' },
   { key: 'environment.skyrl_gym', ok: (v) => v === undefined, want: '(unset)', why: "the peer's per-environment options have no counterpart here (environment.reward_rule picks the reward)" },
 ];

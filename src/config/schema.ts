@@ -250,14 +250,16 @@ export const GeneratorSchema = z
     n_samples_per_prompt: posInt().default(4),
     /** No CUDA graphs (eager kernels); the only mode our engines have, so true is the default. */
     enforce_eager: z.boolean().default(true),
-    /** The engine's memory budget: not supported yet (the engine sizes its KV cache per batch); null only. */
-    gpu_memory_utilization: z.number().gt(0).lte(1).nullable().default(null),
-    /** Sequences generated together (the engine's batch). */
+    /** Fraction of the GPU's memory the process may fill, weights included: the engine's KV pool takes what is left. */
+    gpu_memory_utilization: z.number().gt(0).lte(1).default(0.8),
+    /** Running sequences of an engine at most (its batch). */
     max_num_seqs: posInt().default(1024),
-    /** A token budget per engine step: not supported yet (null only; the batch is bounded by max_num_seqs). */
-    max_num_batched_tokens: posInt().nullable().default(null),
-    enable_prefix_caching: z.boolean().default(false),
-    enable_chunked_prefill: z.boolean().default(false),
+    /** Query rows per engine step: decodes first, then prefill chunks fill what is left. */
+    max_num_batched_tokens: posInt().default(8192),
+    /** Freed full prompt blocks stay cached for later requests with the same prefix (a group's samples always share). */
+    enable_prefix_caching: z.boolean().default(true),
+    /** Prompts are prefilled in chunks within max_num_batched_tokens (the engine always chunks; true only). */
+    enable_chunked_prefill: z.boolean().default(true),
     /** Not supported (null only): trainer.max_prompt_length bounds the prompts. */
     max_input_length: posInt().nullable().default(null),
     /** Multi-turn rollouts are not implemented yet. */

@@ -1,16 +1,17 @@
 // generate.ts: static-batch generation with a dense KV cache, from a GptOssModel.
 //
-// One packed prefill over all prompts runs every layer (DecoderLayer.prefill), writing each token's roped k and v
-// into a cache [B, Smax, Hkv, D] per layer (Smax = longest prompt + maxNewTokens); then one decode step per new
-// token for all sequences (DecoderLayer.decode: each sequence's new token attends over its cache). Finished
-// sequences ride along until all are done. Sampling noise is keyed by (seed, step, row), so n copies of one prompt
-// in a batch sample differently.
+// The baseline the engine (engine.ts) is measured and tested against. One packed prefill over all prompts runs
+// every layer (DecoderLayer.step with varlen attention over the prompts), writing each token's roped k and v into a
+// cache [B, Smax, Hkv, D] per layer (Smax = longest prompt + maxNewTokens); then one decode step per new token for
+// all sequences (DecoderLayer.step again: each sequence's new token attends over its cache). Finished sequences ride
+// along until all are done. Sampling noise is keyed by (seed, step, row), so n copies of one prompt in a batch
+// sample differently.
 import { Tensor } from '../tensor.ts';
-import { packSequences, disposeBatch } from '../model/batch.ts';
+import { packSequences, disposeBatch, type PackedBatch } from '../model/batch.ts';
 import type { GptOssModel } from '../model/gptoss.ts';
 import type { LayerKvCache } from '../model/layer.ts';
 import { disposeAll } from '../model/tensor-helpers.ts';
-import { attentionDecode } from '../ops/attention.ts';
+import { attentionDecode, attentionForward } from '../ops/attention.ts';
 import { scatterRows } from '../ops/kvcache.ts';
 import { sample } from '../ops/sampling.ts';
 
@@ -35,8 +36,9 @@ export interface GenerateResult {
 
 /**
  * A dense KV cache: per layer, k and v bf16 [B, Smax, Hkv, D]; sequence b's token at position p lives in flat row
- * b*Smax + p of the [B*Smax, Hkv, D] view. Before each step, setStep() gives the rows the step's tokens go to and,
- * for decode, each sequence's cache length after the step.
+ * b*Smax + p of the [B*Smax, Hkv, D] view. Before each step, setStep() gives the rows the step's tokens go to and
+ * either the prefill's packed prompts (attention over the step's own k/v) or, for decode, each sequence's cache
+ * length after the step (attention over the cache).
  */
 class DenseKvCache {
   private readonly k: Tensor[] = [];
@@ -45,6 +47,8 @@ class DenseKvCache {
   private rows: Tensor | null = null;
   /** i32 [B]: each sequence's cache length including the current decode step's token. */
   private seqLens: Tensor | null = null;
+  /** The prefill step's packed prompts (cuSeqlens, maxSeqlen). */
+  private prompts: PackedBatch | null = null;
   /** One LayerKvCache per layer, reading the current step's rows and lengths. */
   readonly layers: LayerKvCache[];
 
@@ -60,19 +64,27 @@ class DenseKvCache {
           DenseKvCache.scatter(kc, k, this.step('rows', this.rows));
           DenseKvCache.scatter(vc, v, this.step('rows', this.rows));
         },
-        attend: (q: Tensor, o: { window: number; sinks: Tensor }): Tensor =>
-          attentionDecode(q, kc, vc, { seqLens: this.step('seqLens', this.seqLens), window: o.window, sinks: o.sinks }),
+        attend: (q: Tensor, k: Tensor, v: Tensor, o: { window: number; sinks: Tensor }): Tensor => {
+          if (this.prompts) {
+            const b = this.prompts;
+            const r = attentionForward(q, k, v, { cuSeqlens: b.cuSeqlens, maxSeqlen: b.maxSeqlen, window: o.window, sinks: o.sinks });
+            r.lse.dispose();
+            return r.out;
+          }
+          return attentionDecode(q, kc, vc, { seqLens: this.step('seqLens', this.seqLens), window: o.window, sinks: o.sinks });
+        },
       };
     });
   }
 
   /**
-   * The rows (i32 [N]) and, for a decode step, the sequence lengths (i32 [B]) of the next step; the caller owns them
-   * (and clears them with nulls before freeing them).
+   * The rows (i32 [N]) of the next step and either its packed prompts (prefill) or the sequence lengths (i32 [B],
+   * decode); the caller owns them (and clears them with nulls before freeing them).
    */
-  setStep(rows: Tensor | null, seqLens: Tensor | null): void {
+  setStep(rows: Tensor | null, step: { prompts: PackedBatch } | { seqLens: Tensor } | null): void {
     this.rows = rows;
-    this.seqLens = seqLens;
+    this.prompts = step && 'prompts' in step ? step.prompts : null;
+    this.seqLens = step && 'seqLens' in step ? step.seqLens : null;
   }
 
   private step(what: string, t: Tensor | null): Tensor {
@@ -120,10 +132,10 @@ export function generate(model: GptOssModel, prompts: readonly (readonly number[
   const prefillRows = Tensor.from(rowsHost, [pb.numTokens], { device: dev });
   try {
     // Prefill: the whole prompts, caching k (after rope) and v per layer.
-    cache.setStep(prefillRows, null);
+    cache.setStep(prefillRows, { prompts: pb });
     let x = model.embed(pb.ids);
     for (let l = 0; l < c.numLayers; l++) {
-      const y = model.layers[l]!.prefill(x, pb, cache.layers[l]!);
+      const y = model.layers[l]!.step(x, pb.positions, cache.layers[l]!);
       x.dispose();
       x = y;
     }
@@ -158,10 +170,10 @@ export function generate(model: GptOssModel, prompts: readonly (readonly number[
       for (let i = 0; i < B; i++) lens[i]! += 1;
       const seqLens = Tensor.from(Int32Array.from(lens), [B], { device: dev });
       const rows = Tensor.from(Int32Array.from(lens, (n, b) => b * smax + n - 1), [B], { device: dev });
-      cache.setStep(rows, seqLens);
+      cache.setStep(rows, { seqLens });
       let h = model.embed(ids);
       for (let l = 0; l < c.numLayers; l++) {
-        const y = model.layers[l]!.decode(h, pos, cache.layers[l]!);
+        const y = model.layers[l]!.step(h, pos, cache.layers[l]!);
         h.dispose();
         h = y;
       }

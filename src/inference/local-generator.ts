@@ -1,45 +1,90 @@
-// local-generator.ts: the single-process Generator: static-batch generation (generate.ts) from the policy's own
-// GptOssModel, so the policy's weight updates are seen at once and updateWeights has nothing to do.
+// local-generator.ts: the trainer's single-process Generator: an engine (engine.ts) over the policy's own
+// GptOssModel, so the policy's weight updates are seen at once and updateWeights has nothing to copy. The KV pool
+// lives only while generating (wake before, sleep after), so the training phase has that memory.
 import type { GptOssModel } from '../model/gptoss.ts';
+import type { GeneratorConfig } from '../config/schema.ts';
 import type { Completion, Generator, SamplingParams } from '../trainer/policy.ts';
-import { generate } from './generate.ts';
+import { Engine, type EngineOptions, type GenerateRequest } from './engine.ts';
+import { LocalModelRunner } from './model-runner.ts';
 
-/**
- * Generation from the policy's own weights (one process). Prompts are generated in chunks of `maxBatch`
- * sequences (memory: a KV cache per layer of [batch, longest prompt + maxTokens, kv heads, head dim]).
- */
+/** The engine options a generator config asks for (generator.* keys; the seed framework's names). */
+export function engineOptionsFromConfig(g: GeneratorConfig): EngineOptions {
+  return {
+    gpuMemoryUtilization: g.gpu_memory_utilization,
+    maxNumSeqs: g.max_num_seqs,
+    maxNumBatchedTokens: g.max_num_batched_tokens,
+    enablePrefixCaching: g.enable_prefix_caching,
+  };
+}
+
+/** How often (generated tokens) generate() reports progress. */
+const PROGRESS_EVERY = 256;
+
+/** Generation from the policy's own weights (one process, one engine). */
 export class LocalGenerator implements Generator {
+  private engine: Engine | null = null;
+
   constructor(
     readonly model: GptOssModel,
-    readonly maxBatch = 64,
+    readonly engineOptions: EngineOptions = {},
   ) {}
 
+  /**
+   * One completion per prompt. Consecutive equal prompts (a GRPO group) become one request with n samples, so the
+   * prompt is prefilled once; group g samples with seed (params.seed + 1000003·g) + k.
+   */
   async generate(prompts: Int32Array[], p: SamplingParams, onProgress?: (doneTokens: number) => void): Promise<Completion[]> {
-    const out: Completion[] = [];
-    let done = 0;
-    for (let i = 0; i < prompts.length; i += this.maxBatch) {
-      const chunk = prompts.slice(i, i + this.maxBatch).map((x) => Array.from(x));
-      const res = generate(this.model, chunk, {
+    if (!this.engine) this.engine = new Engine(new LocalModelRunner(this.model), this.engineOptions);
+    else await this.engine.wake();
+    const requests: GenerateRequest[] = [];
+    for (let i = 0; i < prompts.length; ) {
+      let j = i + 1;
+      while (j < prompts.length && sameTokens(prompts[j]!, prompts[i]!)) j++;
+      requests.push({
+        prompt: Array.from(prompts[i]!),
+        n: j - i,
         maxNewTokens: p.maxTokens,
         temperature: p.temperature,
         topP: p.topP,
         topK: p.topK !== undefined && p.topK > 0 ? p.topK : undefined,
-        // A different seed per chunk so that repeated prompts in different chunks differ.
-        seed: (p.seed + 7919 * (i / this.maxBatch)) >>> 0,
+        seed: (p.seed + 1000003 * requests.length) >>> 0,
         stopTokens: p.stopTokenIds,
       });
-      for (const r of res) {
-        out.push({ tokens: Int32Array.from(r.tokens), logprobs: Float32Array.from(r.logprobs), finishReason: r.finishReason });
-        done += r.tokens.length;
-      }
-      onProgress?.(done);
+      i = j;
     }
+    let done = 0;
+    const res = await this.engine.generate(requests, {
+      onToken: () => {
+        if (++done % PROGRESS_EVERY === 0) onProgress?.(done);
+      },
+    });
+    await this.engine.sleep();
+    onProgress?.(done);
+    const out: Completion[] = [];
+    res.forEach((r, i) => {
+      for (const s of r.samples) {
+        if (s.finishReason === 'error' || s.finishReason === 'abort') {
+          throw new Error(`generator: prompt ${out.length} (request ${i}) failed: ${s.error ?? s.finishReason}`);
+        }
+        out.push({ tokens: Int32Array.from(s.tokens), logprobs: Float32Array.from(s.logprobs), finishReason: s.finishReason });
+      }
+    });
     return out;
   }
 
   async updateWeights(): Promise<void> {
-    // Same weights as the policy.
+    // Same weights as the policy: the engine reads the model's parameters at every step. Cached prompt blocks hold
+    // keys/values of the old weights, but the pool is emptied by sleep() after every generate().
   }
 
-  dispose(): void {}
+  dispose(): void {
+    this.engine?.dispose();
+    this.engine = null;
+  }
+}
+
+function sameTokens(a: Int32Array, b: Int32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

@@ -74,6 +74,22 @@ export interface ModelOptions {
   deterministic?: boolean;
 }
 
+/** The YaRN RoPE tables of a config on a device (every layer of a model, or a per-layer driver, shares one). */
+export function ropeTables(c: GptOssConfig, device: string): RopeTables {
+  const r = c.rope;
+  const yf = yarnInvFreq({
+    headDim: c.headDim,
+    ropeTheta: r.theta,
+    factor: r.type === 'yarn' ? r.factor : 1,
+    betaFast: r.betaFast,
+    betaSlow: r.betaSlow,
+    originalMaxPositions: r.originalMaxPositions,
+    truncate: r.truncate,
+    attentionFactor: r.attentionFactor,
+  });
+  return { invFreq: Tensor.from(yf.invFreq, [c.headDim / 2], { device, dtype: 'f32' }), scaling: yf.attentionScaling };
+}
+
 /** A GPT-OSS model on one device. */
 export class GptOssModel implements LayerHost {
   readonly config: GptOssConfig;
@@ -94,20 +110,8 @@ export class GptOssModel implements LayerHost {
     this.recompute = opts.recompute ?? false;
     this.lmHeadChunk = opts.lmHeadChunk;
     this.deterministic = opts.deterministic ?? false;
-    const c = this.config;
-    const r = c.rope;
-    const yf = yarnInvFreq({
-      headDim: c.headDim,
-      ropeTheta: r.theta,
-      factor: r.type === 'yarn' ? r.factor : 1,
-      betaFast: r.betaFast,
-      betaSlow: r.betaSlow,
-      originalMaxPositions: r.originalMaxPositions,
-      truncate: r.truncate,
-      attentionFactor: r.attentionFactor,
-    });
-    this.rope = { invFreq: Tensor.from(yf.invFreq, [c.headDim / 2], { device: this.device, dtype: 'f32' }), scaling: yf.attentionScaling };
-    this.layers = Array.from({ length: c.numLayers }, (_, l) => new DecoderLayer(this, l));
+    this.rope = ropeTables(this.config, this.device);
+    this.layers = Array.from({ length: this.config.numLayers }, (_, l) => new DecoderLayer(this, l));
   }
 
   static random(config: GptOssConfig, device: string, init: RandomInitOptions = {}, opts: ModelOptions = {}): GptOssModel {

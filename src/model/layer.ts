@@ -5,9 +5,9 @@
 // Activations are bf16; norms, softmaxes and the residual-stream gradient are fp32; parameter gradients are fp32.
 //
 // The layer is cut into the pieces every driver composes: the attention prologue (attentionInputs), the attention
-// itself (varlen over a packed batch, or decode over a KV cache the caller lays out: LayerKvCache) and the block
-// after it (outputAndMoe: o_proj, residual, norm, MoE, residual). Training's forward, generation's prefill and
-// decode steps (src/inference/) and per-layer drivers (sharded training, benchmarks) all run these same pieces.
+// itself (varlen over a packed batch, or over a KV cache the caller lays out: LayerKvCache) and the block after it
+// (outputAndMoe: o_proj, residual, norm, MoE, residual). Training's forward, generation's steps (DecoderLayer.step,
+// driven by src/inference/) and per-layer drivers (sharded training, benchmarks) all run these same pieces.
 import { gpuProfile } from '../log/gpu-profile.ts';
 import { Tensor } from '../tensor.ts';
 import type { GptOssConfig } from './config.ts';
@@ -84,17 +84,21 @@ export interface LayerSaved extends AttentionInputs, OutputSaved {
 }
 
 /**
- * Where generation keeps one layer's keys and values, and how a decode step attends over them. The layout is the
- * caller's (a dense [B, Smax, Hkv, D] cache in src/inference/generate.ts; a paged one in an engine).
+ * Where generation keeps one layer's keys and values, and how the query rows of a generation step attend over
+ * them. The layout and the step's metadata (which sequence each row belongs to, where its keys live) are the
+ * cache's: a dense [B, Smax, Hkv, D] cache in src/inference/generate.ts (the static baseline), the paged pool of
+ * src/inference/paged-kv-cache.ts in the engine. A step may mix prefill chunks and single decode tokens.
  */
 export interface LayerKvCache {
-  /** Stores the roped keys and the values (bf16 [N, Hkv, D] each) of the N tokens the step runs. */
+  /** Stores the roped keys and the values (bf16 [N, Hkv, D] each) of the N query rows of the step. */
   write(k: Tensor, v: Tensor): void;
   /**
-   * Decode attention: q bf16 [B, Hq, D], one new token per sequence (its k/v already written), over that sequence's
-   * cached keys within `window` (0 = all), with the per-head sink logits; returns bf16 [B, Hq, D].
+   * Attention of the step's query rows q bf16 [N, Hq, D] (roped) over their sequences' cached keys (this step's
+   * included: written first), causal, within `window` (0 = all), with the per-head sink logits. k and v are this
+   * step's own rows (bf16 [N, Hkv, D]), for a cache that attends over them directly (a whole-prompt prefill).
+   * Returns bf16 [N, Hq, D].
    */
-  attend(q: Tensor, opts: { window: number; sinks: Tensor }): Tensor;
+  attend(q: Tensor, k: Tensor, v: Tensor, opts: { window: number; sinks: Tensor }): Tensor;
 }
 
 export class DecoderLayer {
@@ -348,27 +352,15 @@ export class DecoderLayer {
 
   // ---- generation ---------------------------------------------------------------------------------------------------
   /**
-   * Prefill step: the layer over a packed batch of prompts (x bf16 [T, H], the caller's), writing each token's roped
-   * k and v to `cache`. Returns y bf16 [T, H].
+   * One generation step of the layer: x bf16 [N, H] (the caller's) holds the step's query rows at `positions`
+   * (i32 [N]): prefill chunks and decode tokens of any number of sequences, as `cache` lays them out. Writes each
+   * row's roped k and v to the cache, attends over it, and returns y bf16 [N, H].
    */
-  prefill(x: Tensor, b: PackedBatch, cache: LayerKvCache): Tensor {
-    const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, b.positions);
-    disposeAll(a1, rstd1);
-    cache.write(kr, v);
-    const { out: attn, lse } = this.attention(qr, kr, v, b);
-    disposeAll(qr, kr, v, lse);
-    return this.outputAndMoe(x, attn, { save: false, profile: false }).y;
-  }
-
-  /**
-   * Decode step: one new token per sequence (x bf16 [B, H], the caller's; positions i32 [B]); its k and v are written
-   * to `cache`, then it attends over the sequence's cache. Returns y bf16 [B, H].
-   */
-  decode(x: Tensor, positions: Tensor, cache: LayerKvCache): Tensor {
+  step(x: Tensor, positions: Tensor, cache: LayerKvCache): Tensor {
     const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, positions);
     disposeAll(a1, rstd1);
     cache.write(kr, v);
-    const attn = cache.attend(qr, { window: this.window, sinks: this.weights.sinks });
+    const attn = cache.attend(qr, kr, v, { window: this.window, sinks: this.weights.sinks });
     disposeAll(qr, kr, v);
     return this.outputAndMoe(x, attn, { save: false, profile: false }).y;
   }

@@ -57,7 +57,8 @@ export interface AttentionBackwardResult {
   dsinks?: Tensor;
 }
 
-function scaleOf(q: Tensor, scale: number | undefined): number {
+/** The score scale of every attention op: `scale` when given, else 1/sqrt(D) (q [.., .., D]). */
+export function attentionScale(q: Tensor, scale: number | undefined): number {
   return scale ?? 1 / Math.sqrt(q.shape[2] ?? 1);
 }
 
@@ -72,7 +73,7 @@ export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
     opts.sinks?.native ?? null,
     opts.maxSeqlen,
     opts.window ?? 0,
-    scaleOf(q, opts.scale),
+    attentionScale(q, opts.scale),
   );
   return { out: new Tensor(r.out), lse: new Tensor(r.lse) };
 }
@@ -99,7 +100,7 @@ export function attentionBackward(
     opts.sinks?.native ?? null,
     opts.maxSeqlen,
     opts.window ?? 0,
-    scaleOf(q, opts.scale),
+    attentionScale(q, opts.scale),
     opts.gradDtype ?? 'bf16',
     opts.deterministic ?? true,
   );
@@ -130,7 +131,7 @@ export function attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, opts:
       opts.seqLens.native,
       opts.sinks?.native ?? null,
       opts.window ?? 0,
-      scaleOf(q, opts.scale),
+      attentionScale(q, opts.scale),
     ),
   );
 }

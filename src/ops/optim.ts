@@ -44,13 +44,23 @@ export function adamwStep(p: AdamwParam, h: AdamwHyper): void {
   );
 }
 
+/** acc (f32 [1], on the tensors' device) += Σ x² over the tensors, without a host sync (the sharded trainer all-reduces acc). */
+export function sumOfSquaresInto(tensors: readonly Tensor[], acc: Tensor): void {
+  for (const t of tensors) native().ops.sumOfSquaresInto(t.native, acc.native);
+}
+
+/** Multiplies every tensor in place by s (the grad-clip factor). */
+export function scaleGradsInPlace(tensors: readonly Tensor[], s: number): void {
+  for (const g of tensors) native().ops.optimScaleInPlace(g.native, s);
+}
+
 /** Σ x² over all the tensors (f32 or bf16, all on one device); one host sync. */
 export function sumOfSquares(tensors: Tensor[]): number {
   if (tensors.length === 0) return 0;
   const device = tensors[0]!.device;
   const acc = Tensor.zeros([1], { dtype: 'f32', device });
   try {
-    for (const t of tensors) native().ops.sumOfSquaresInto(t.native, acc.native);
+    sumOfSquaresInto(tensors, acc);
     return acc.item();
   } finally {
     acc.dispose();
@@ -73,7 +83,7 @@ export function gradNormAndClip(grads: Tensor[], maxNorm: number): ClipResult {
   const clipped = finite && norm > maxNorm;
   if (clipped) {
     const s = maxNorm / (norm + 1e-6);
-    for (const g of grads) native().ops.optimScaleInPlace(g.native, s);
+    scaleGradsInPlace(grads, s);
   }
   return { norm, clipped, finite };
 }

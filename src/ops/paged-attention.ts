@@ -9,6 +9,7 @@
 // reads kv head h / (Hq / Hkv); each head's sink logit joins the softmax with no value, as in attentionForward.
 import { native } from '../native.ts';
 import { Tensor } from '../tensor.ts';
+import { attentionScale } from './attention.ts';
 
 /** Where each sequence's queries and cached tokens are (all i32, on the device of q). */
 export interface PagedAttentionMeta {
@@ -58,7 +59,7 @@ export function pagedAttention(
       meta.queryStarts.native,
       opts.sinks.native,
       opts.window,
-      opts.scale ?? 1 / Math.sqrt(q.shape[2] ?? 1),
+      attentionScale(q, opts.scale),
     ),
   );
 }

@@ -533,7 +533,7 @@ async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogp
       }
       u.lossCount++;
       let clip = { norm: NaN, finite: false, clipped: false };
-      if (!bad) clip = policy.clipGradNorm(t.policy.optimizer_config.max_grad_norm);
+      if (!bad) clip = await policy.clipGradNorm(t.policy.optimizer_config.max_grad_norm);
       if (bad || !clip.finite) {
         u.stepSkipped = true;
         counters.skippedSteps++;

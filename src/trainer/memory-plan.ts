@@ -352,11 +352,6 @@ export const formatGB = (b: number): string => (b / GB).toFixed(2);
 const fmtB = (n: number): string => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : n.toLocaleString('en-US'));
 const fmtInt = (n: number): string => Math.floor(n).toLocaleString('en-US');
 
-/**
- * The engine budget the planner assumes where the config leaves it unset (null: the one in-process engine has no
- * memory or per-step token budget yet, see unsupportedSettings): the peer's values, which the engine pool takes.
- */
-const ENGINE_DEFAULTS = { gpuMemoryUtilization: 0.8, maxNumBatchedTokens: 8192 } as const;
 
 /** The plan input of a training config for a model on `gpus` GPUs of `gpuMemoryBytes` each. */
 export function planInputFromConfig(
@@ -388,9 +383,9 @@ export function planInputFromConfig(
     engine: {
       tensorParallel: g.inference_engine_tensor_parallel_size,
       engines,
-      gpuMemoryUtilization: g.gpu_memory_utilization ?? ENGINE_DEFAULTS.gpuMemoryUtilization,
+      gpuMemoryUtilization: g.gpu_memory_utilization,
       maxNumSeqs: g.max_num_seqs,
-      maxNumBatchedTokens: g.max_num_batched_tokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens,
+      maxNumBatchedTokens: g.max_num_batched_tokens,
       sequenceTokens: seq,
       rolloutSequences: Math.ceil((t.train_batch_size * g.n_samples_per_prompt) / engines),
     },

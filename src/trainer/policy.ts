@@ -2,7 +2,8 @@
 //
 // Policy: the model being trained (log-probs with entropy, backward from per-token dLoss/dlogp, gradient
 // clipping, the optimizer step, save/load). The single-process implementation wraps the GPT-OSS model
-// (src/trainer/gptoss-policy.ts); a sharded trainer across GPUs implements the same interface.
+// (src/trainer/gptoss-policy.ts); the sharded trainer across ranks (src/trainer/sharded-policy.ts) implements the
+// same interface, its data-moving methods collective (every rank calls them in the same order).
 // Generator: produces completions with the log-probs of their sampled tokens. The local implementation samples
 // from the policy's own weights; a pool of inference engines (tensor-parallel, continuous batching) implements
 // the same interface later and gets new weights through updateWeights().
@@ -66,8 +67,11 @@ export interface Policy extends LogprobModel {
   /** A forward pass that keeps activations for backward(). */
   forward(batch: SequenceBatch, opts?: LogprobOptions): Promise<TrainForward>;
   zeroGrad(): void;
-  /** Global grad norm; scales the gradients to maxNorm when above it; finite=false means skip the step. */
-  clipGradNorm(maxNorm: number): GradClipResult;
+  /**
+   * Global grad norm; scales the gradients to maxNorm when above it; finite=false means skip the step. A sharded
+   * policy returns a promise (the norm needs an all-reduce across ranks): callers await the result.
+   */
+  clipGradNorm(maxNorm: number): GradClipResult | Promise<GradClipResult>;
   /** One AdamW step on the accumulated gradients (step is 1-based, for bias correction). */
   optimizerStep(h: OptimizerHyper, step: number): void;
   /** Drops the optimizer state (moments; fp32 masters are re-taken from the weights at the next step). */

@@ -9,7 +9,7 @@ import { MetricsLogger } from '../log/metrics.ts';
 import { defaultDevice } from '../native.ts';
 import { loadModel, presetConfig, randomModel, type GptOssModel, type PresetName } from '../model/index.ts';
 import { FrozenGptOss, GptOssPolicy } from './gptoss-policy.ts';
-import { LocalGenerator } from '../inference/local-generator.ts';
+import { LocalGenerator, engineOptionsFromConfig } from '../inference/local-generator.ts';
 import type { LogprobModel } from './policy.ts';
 import { buildTaskEnv } from './env.ts';
 import { DataError, type TaskEnv } from './task.ts';
@@ -147,7 +147,7 @@ export async function setupRun(c: Config): Promise<RunPieces> {
   }
   log.info({ ms: Date.now() - t0, device }, 'model ready');
   const policy = new GptOssPolicy(model);
-  const generator = new LocalGenerator(model, Math.max(1, c.generator.max_num_seqs));
+  const generator = new LocalGenerator(model, engineOptionsFromConfig(c.generator));
   let ref: LogprobModel | undefined;
   const refPath = c.trainer.ref.model.path;
   if (refPath && c.trainer.algorithm.use_kl_loss) {

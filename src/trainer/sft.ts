@@ -189,7 +189,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
       loss += ce.loss;
       await fwd.backward(ce.dLogprobs);
     }
-    const clip = bad ? { norm: NaN, finite: false, clipped: false } : policy.clipGradNorm(s.max_grad_norm);
+    const clip = bad ? { norm: NaN, finite: false, clipped: false } : await policy.clipGradNorm(s.max_grad_norm);
     if (bad || !clip.finite) {
       skipped++;
       policy.zeroGrad();

@@ -65,10 +65,7 @@ const ASK_MORE: Record<string, unknown> = {
   'generator.async_engine': false,
   'generator.batched': false,
   'generator.enforce_eager': false,
-  'generator.gpu_memory_utilization': 0.8,
-  'generator.max_num_batched_tokens': 8192,
-  'generator.enable_prefix_caching': true,
-  'generator.enable_chunked_prefill': true,
+  'generator.enable_chunked_prefill': false,
   'generator.max_input_length': 512,
   'environment.skyrl_gym': { max_env_workers: 8 },
 };

@@ -92,9 +92,9 @@ test('a non-finite backward is skipped: clipGradNorm reports it', async () => {
   p.dispose();
 });
 
-test('LocalGenerator: completions with log-probs, stop tokens, chunked batches', async () => {
+test('LocalGenerator: completions with log-probs, stop tokens, at most 2 running sequences', async () => {
   const m = randomModel(cfg, { device: 'cpu', seed: 7 });
-  const gen = new LocalGenerator(m, 2);
+  const gen = new LocalGenerator(m, { maxNumSeqs: 2, blockSize: 4, numBlocks: 64 });
   const prompts = [Int32Array.from([1, 2, 3]), Int32Array.from([4, 5]), Int32Array.from([6])];
   const out = await gen.generate(prompts, { maxTokens: 5, temperature: 1, seed: 1, stopTokenIds: [254] });
   assert.equal(out.length, 3);

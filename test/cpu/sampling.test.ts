@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
 import { sample, sampleRows } from '../../src/ops/sampling.ts';
 import { uniformSym } from '../helpers/random.ts';
+import { samplingRowTensors, type SamplingRow } from '../helpers/sampling-rows.ts';
 
 const dev = 'cpu';
 const M64 = (1n << 64n) - 1n;
@@ -150,27 +151,10 @@ test('sample rejects bad inputs', () => {
 
 // ---- sampleRows: per-row parameters and noise keys ----
 
-interface RowParams {
-  temperature: number;
-  topP: number;
-  topK: number;
-  seed: number;
-  counter: number;
-}
-
-function rowsTensors(rows: readonly RowParams[]) {
-  const B = rows.length;
-  return {
-    temperature: Tensor.from(rows.map((r) => r.temperature), [B], { device: dev }),
-    topP: Tensor.from(rows.map((r) => r.topP), [B], { device: dev }),
-    topK: Tensor.from(Int32Array.from(rows.map((r) => r.topK)), [B], { device: dev }),
-    seeds: Tensor.from(Int32Array.from(rows.map((r) => r.seed)), [B], { device: dev }),
-    counters: Tensor.from(Int32Array.from(rows.map((r) => r.counter)), [B], { device: dev }),
-  };
-}
+const rowsTensors = (rows: readonly SamplingRow[]) => samplingRowTensors(rows, dev);
 
 /** A mix of greedy, plain, top-k, top-p and combined rows with distinct seeds and counters. */
-function mixedRows(B: number): RowParams[] {
+function mixedRows(B: number): SamplingRow[] {
   const kinds = [
     { temperature: 0, topP: 1, topK: 0 },
     { temperature: 1, topP: 1, topK: 0 },
@@ -254,7 +238,7 @@ test('sampleRows rejects bad inputs, naming the row', () => {
   const B = 3, V = 5;
   const l = Tensor.zeros([B, V], { device: dev });
   const good = mixedRows(B);
-  const bad = (i: number, patch: Partial<RowParams>) => rowsTensors(good.map((r, b) => (b === i ? { ...r, ...patch } : r)));
+  const bad = (i: number, patch: Partial<SamplingRow>) => rowsTensors(good.map((r, b) => (b === i ? { ...r, ...patch } : r)));
   assert.throws(() => sampleRows(l, bad(1, { temperature: -0.5 })), /sampleRows: temperature\[1\] must be >= 0, got -0.5/);
   assert.throws(() => sampleRows(l, bad(2, { topP: 0 })), /sampleRows: topP\[2\] must be in \(0, 1\], got 0/);
   assert.throws(() => sampleRows(l, bad(0, { topP: 1.5 })), /topP\[0\] must be in \(0, 1\]/);

@@ -10,6 +10,7 @@ import { adamwStep, sumOfSquares, gradNormAndClip } from '../../src/ops/optim.ts
 import { refMatmul } from '../helpers/coreops2-ref.ts';
 import { uniformSym, rng } from '../helpers/random.ts';
 import { assertClose } from '../helpers/numeric.ts';
+import { samplingRowTensors } from '../helpers/sampling-rows.ts';
 import { roundBf16 } from '../../src/tensor.ts';
 import type { DType } from '../../src/native.ts';
 
@@ -189,13 +190,7 @@ test('sampleRows on CUDA draws the same tokens as on the CPU (per-row parameters
       { temperature: 0.8, topP: 0.5, topK: 20 },
     ];
     const rows = Array.from({ length: B }, (_, b) => ({ ...kinds[b % kinds.length]!, seed: 2 ** 31 + 977 * b, counter: b * 31 }));
-    const params = (d: string) => ({
-      temperature: Tensor.from(rows.map((r) => r.temperature), [B], { device: d }),
-      topP: Tensor.from(rows.map((r) => r.topP), [B], { device: d }),
-      topK: Tensor.from(Int32Array.from(rows.map((r) => r.topK)), [B], { device: d }),
-      seeds: Tensor.from(Int32Array.from(rows.map((r) => r.seed)), [B], { device: d }),
-      counters: Tensor.from(Int32Array.from(rows.map((r) => r.counter)), [B], { device: d }),
-    });
+    const params = (d: string) => samplingRowTensors(rows, d);
     for (const dtype of ['f32', 'bf16'] as const) {
       const sc = sampleRows(Tensor.from(l, [B, V], { device: 'cpu', dtype }), params('cpu'));
       const sg = sampleRows(Tensor.from(l, [B, V], { device: G, dtype }), params(G));

@@ -1,0 +1,292 @@
+// bench/generate.ts (npm run bench:generate): generation throughput of the engine (src/inference/engine.ts) against
+// the old static path (src/inference/generate.ts) and transformers' generate (bench/generate_peer.py), same run.
+//
+// gpt-oss-20b shape, random BF16 weights (or --preset), random prompt tokens; stop tokens off, so every sequence
+// runs to its length.
+//   (a) fixed lengths: prompt --prompt (128) tokens, --new (128) new tokens, batches --batches (1,64,256,512):
+//       output tokens/s of each side.
+//   (b) GRPO-like: --grpo-prompts (256) prompts x --grpo-samples (8) samples, prompt lengths uniform in
+//       [--grpo-prompt-min, --grpo-prompt-max] (100-200), output lengths log-normal (median --grpo-median 300,
+//       sigma --grpo-sigma 0.8, capped at --grpo-cap 2048) enforced per sequence: the engine gets each sample as a
+//       request with its own maxNewTokens (equal prompts share their blocks); the static path runs batches of
+//       --static-batch (256) sequences, each until its longest sequence is done (what it does in training). Output
+//       tokens/s (drawn lengths only) and the time until the last sequence ends; then the engine-vs-trainer
+//       log-prob gap: mean |engine log-prob - GptOssModel.tokenLogprobs| over the first --gap-seqs (64) samples.
+// On the CPU the defaults shrink to the tiny preset (a smoke run; test/cpu/bench-generate.test.ts runs it).
+// Usage: npm run bench:generate -- [--layers N] [--preset gpt-oss-20b] [--batches 1,64,256,512] [--no-peer]
+//        [--no-static] [--no-fixed] [--no-grpo] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
+//        [--max-num-seqs 512] [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.85]
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { synchronize } from '../src/tensor.ts';
+import { defaultDevice } from '../src/native.ts';
+import { presetConfig, type PresetName } from '../src/model/config.ts';
+import { GptOssModel } from '../src/model/gptoss.ts';
+import { generate as staticGenerate } from '../src/inference/generate.ts';
+import { createEngine, type Engine, type GenerateRequest } from '../src/inference/engine.ts';
+
+const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
+const cpu = device === 'cpu';
+function arg(name: string, gpuDefault: string, cpuDefault = gpuDefault): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : cpu ? cpuDefault : gpuDefault;
+}
+const flag = (name: string): boolean => process.argv.includes(`--${name}`);
+const num = (name: string, gpuDefault: number, cpuDefault = gpuDefault): number => {
+  const v = Number(arg(name, String(gpuDefault), String(cpuDefault)));
+  if (!Number.isFinite(v)) throw new Error(`bench:generate: --${name} must be a number`);
+  return v;
+};
+
+const presetName = arg('preset', 'gpt-oss-20b', 'gpt-oss-tiny-256') as PresetName;
+const layers = num('layers', presetConfig(presetName).numLayers);
+const CFG = presetConfig(presetName, { numLayers: layers });
+const V = CFG.vocabSize;
+const batches = arg('batches', '1,64,256,512', '1,4').split(',').map(Number);
+const promptLen = num('prompt', 128, 8);
+const newTokens = num('new', 128, 8);
+const grpo = {
+  prompts: num('grpo-prompts', 256, 3),
+  samples: num('grpo-samples', 8, 3),
+  promptMin: num('grpo-prompt-min', 100, 5),
+  promptMax: num('grpo-prompt-max', 200, 12),
+  median: num('grpo-median', 300, 6),
+  sigma: num('grpo-sigma', 0.8),
+  cap: num('grpo-cap', 2048, 24),
+};
+const staticBatch = num('static-batch', 256, 4);
+const gapSeqs = num('gap-seqs', 64, 4);
+const engineOpts = {
+  blockSize: num('block-size', 16, 4),
+  numBlocks: flag('num-blocks') ? num('num-blocks', 0) : undefined,
+  numSlidingBlocks: flag('num-sliding-blocks') ? num('num-sliding-blocks', 0) : undefined,
+  maxNumSeqs: num('max-num-seqs', 512, 16),
+  maxNumBatchedTokens: num('max-num-batched-tokens', 8192, 64),
+  gpuMemoryUtilization: num('gpu-memory-utilization', 0.85),
+};
+const jsonPath = flag('json') ? arg('json', '') : '';
+const runPeerSide = !flag('no-peer') && !cpu;
+const runStatic = !flag('no-static');
+
+/** Deterministic uniform [0, 1) stream (mulberry32). */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+const randomTokens = (r: () => number, n: number): number[] => Array.from({ length: n }, () => Math.floor(r() * V));
+
+function seconds<T>(f: () => T | Promise<T>): Promise<{ value: T; s: number }> {
+  synchronize(device);
+  const t0 = performance.now();
+  return Promise.resolve(f()).then((value) => {
+    synchronize(device);
+    return { value, s: (performance.now() - t0) / 1000 };
+  });
+}
+
+interface FixedRow {
+  batch: number;
+  engineTokS: number;
+  staticTokS: number | 'oom' | null;
+  peerTokS: number | null | 'oom';
+}
+
+async function fixed(model: GptOssModel, engine: Engine, peer: Map<number, number | 'oom'> | null): Promise<FixedRow[]> {
+  const rows: FixedRow[] = [];
+  const r = rng(1);
+  for (const B of batches) {
+    const prompts = Array.from({ length: B }, () => randomTokens(r, promptLen));
+    const reqs: GenerateRequest[] = prompts.map((prompt, i) => ({ prompt, maxNewTokens: newTokens, temperature: 1, seed: i, stopTokens: [] }));
+    await engine.generate(reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }))); // warm-up
+    const e = await seconds(() => engine.generate(reqs));
+    const produced = e.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0);
+    let staticTokS: number | 'oom' | null = null;
+    if (runStatic) {
+      await engine.sleep(); // the static path's dense cache takes the pool's memory
+      const st = await outOfMemoryAsNull(() => seconds(() => staticGenerate(model, prompts, { maxNewTokens: newTokens, temperature: 1, seed: 1, stopTokens: [] })));
+      await engine.wake();
+      staticTokS = st ? (B * newTokens) / st.s : 'oom';
+    }
+    rows.push({ batch: B, engineTokS: produced / e.s, staticTokS, peerTokS: peer?.get(B) ?? null });
+    console.error(`fixed batch ${B}: engine ${(produced / e.s).toFixed(1)} tok/s, static ${typeof staticTokS === 'number' ? `${staticTokS.toFixed(1)} tok/s` : (staticTokS ?? '-')}`);
+  }
+  return rows;
+}
+
+interface GrpoResult {
+  sequences: number;
+  outputTokens: number;
+  longestOutput: number;
+  engine: { seconds: number; tokS: number; preemptions: number; prefixCacheHitRate: number; steps: number };
+  /** null: not run; 'oom': a batch did not fit. */
+  static: { seconds: number; tokS: number; generatedIncludingPadding: number } | 'oom' | null;
+  logprobGap: { sequences: number; tokens: number; meanAbs: number; maxAbs: number };
+}
+
+async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult> {
+  const r = rng(2);
+  const gauss = (): number => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
+  const reqs: GenerateRequest[] = [];
+  for (let p = 0; p < grpo.prompts; p++) {
+    const len = grpo.promptMin + Math.floor(r() * (grpo.promptMax - grpo.promptMin + 1));
+    const prompt = randomTokens(r, len);
+    for (let k = 0; k < grpo.samples; k++) {
+      const out = Math.max(1, Math.min(grpo.cap, Math.round(grpo.median * Math.exp(grpo.sigma * gauss()))));
+      reqs.push({ prompt, maxNewTokens: out, temperature: 1, seed: p * grpo.samples + k, stopTokens: [] });
+    }
+  }
+  const outputTokens = reqs.reduce((a, q) => a + q.maxNewTokens, 0);
+  const before = engine.stats();
+  const e = await seconds(() => engine.generate(reqs));
+  const after = engine.stats();
+  const got = e.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0);
+  if (got !== outputTokens) throw new Error(`bench:generate: the engine produced ${got} tokens, the drawn lengths sum to ${outputTokens}`);
+  console.error(`grpo-like: engine ${e.s.toFixed(2)} s, ${(outputTokens / e.s).toFixed(1)} tok/s, ${after.preemptions - before.preemptions} preemptions`);
+  let staticSide: GrpoResult['static'] = null;
+  if (runStatic) {
+    await engine.sleep();
+    let total = 0;
+    let padded = 0;
+    for (let i = 0; i < reqs.length; i += staticBatch) {
+      const chunk = reqs.slice(i, i + staticBatch);
+      const longest = Math.max(...chunk.map((q) => q.maxNewTokens));
+      const st = await outOfMemoryAsNull(() =>
+        seconds(() => staticGenerate(model, chunk.map((q) => q.prompt), { maxNewTokens: longest, temperature: 1, seed: i, stopTokens: [] })),
+      );
+      if (!st) {
+        total = NaN;
+        break;
+      }
+      total += st.s;
+      padded += chunk.length * longest;
+    }
+    await engine.wake();
+    staticSide = Number.isNaN(total) ? 'oom' : { seconds: total, tokS: outputTokens / total, generatedIncludingPadding: padded };
+    console.error(`grpo-like: static ${Number.isNaN(total) ? 'out of memory' : `${total.toFixed(2)} s`}`);
+  }
+  // Engine vs trainer log-probs on the first gapSeqs samples (prompt + output through GptOssModel.tokenLogprobs).
+  let sum = 0;
+  let max = 0;
+  let count = 0;
+  const n = Math.min(gapSeqs, reqs.length);
+  for (let i = 0; i < n; i += 8) {
+    const idx = Array.from({ length: Math.min(8, n - i) }, (_, j) => i + j);
+    const seqs = idx.map((j) => [...reqs[j]!.prompt, ...e.value[j]!.samples[0]!.tokens]);
+    const lps = model.tokenLogprobs(seqs);
+    idx.forEach((j, t) => {
+      const P = reqs[j]!.prompt.length;
+      e.value[j]!.samples[0]!.logprobs.forEach((x, k) => {
+        const d = Math.abs(x - lps[t]![P - 1 + k]!);
+        sum += d;
+        max = Math.max(max, d);
+        count++;
+      });
+    });
+  }
+  return {
+    sequences: reqs.length,
+    outputTokens,
+    longestOutput: Math.max(...reqs.map((q) => q.maxNewTokens)),
+    engine: {
+      seconds: e.s,
+      tokS: outputTokens / e.s,
+      preemptions: after.preemptions - before.preemptions,
+      prefixCacheHitRate: after.prefixCacheHitRate,
+      steps: after.steps - before.steps,
+    },
+    static: staticSide,
+    logprobGap: { sequences: n, tokens: count, meanAbs: count ? sum / count : 0, maxAbs: max },
+  };
+}
+
+/** f's result, or null when it ran out of device memory (the static path's dense cache at large batches). */
+async function outOfMemoryAsNull<T>(f: () => Promise<T>): Promise<T | null> {
+  try {
+    return await f();
+  } catch (e) {
+    if (/out of memory/i.test((e as Error).message)) {
+      console.error(`out of memory: ${(e as Error).message.split('\n')[0]}`);
+      return null;
+    }
+    throw e;
+  }
+}
+
+/** transformers generate per batch (bench/generate_peer.py), before our model takes the GPU. */
+function runPeer(): { peer: string; tokS: Map<number, number | 'oom'> } | null {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const script = join(here, 'generate_peer.py');
+  const probe = spawnSync('python3', ['-c', 'import torch, transformers; assert torch.cuda.is_available()'], { encoding: 'utf8' });
+  if (probe.status !== 0) {
+    console.error('peer skipped: python3 with torch+transformers+CUDA not found');
+    return null;
+  }
+  const out = join(mkdtempSync(join(tmpdir(), 'generate-peer-')), 'peer.json');
+  const args = [script, '--preset', presetName, '--layers', String(layers), '--batches', batches.join(','), '--prompt', String(promptLen), '--new', String(newTokens), '--json', out];
+  const r = spawnSync('python3', args, { encoding: 'utf8', stdio: ['ignore', 'inherit', 'pipe'], env: { ...process.env, CUDA_VISIBLE_DEVICES: process.env.CUDA_VISIBLE_DEVICES ?? String(Number(device.split(':')[1] ?? 0)) } });
+  if (r.status !== 0 || !existsSync(out)) {
+    console.error(`peer failed (status ${r.status}): ${(r.stderr ?? '').slice(-2000)}`);
+    return null;
+  }
+  const j = JSON.parse(readFileSync(out, 'utf8')) as { peer: string; results: { batch: number; tokS?: number; oom?: boolean }[] };
+  return { peer: j.peer, tokS: new Map(j.results.map((x) => [x.batch, x.oom ? 'oom' : x.tokS!])) };
+}
+
+async function main(): Promise<void> {
+  const peer = !flag('no-fixed') && runPeerSide ? runPeer() : null;
+  const t0 = performance.now();
+  const model = GptOssModel.random(CFG, device, { seed: 1, fast: true, biasStd: 0.02 });
+  console.error(`model: ${presetName}, ${layers} layers, random weights on ${device} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  const engine = await createEngine(model, engineOpts);
+  const st = engine.stats();
+  console.error(`engine: ${st.numBlocks} full-attention blocks of ${st.blockSize} tokens (${st.numBlocks * st.blockSize} tokens of KV), ${st.numSlidingBlocks} sliding-window blocks`);
+  const fixedRows = flag('no-fixed') ? [] : await fixed(model, engine, peer?.tokS ?? null);
+  const grpoRes = flag('no-grpo') ? null : await grpoLike(model, engine);
+  engine.dispose();
+  model.dispose();
+
+  const f = (x: number | null | 'oom'): string => (x === null ? '-' : x === 'oom' ? 'OOM' : x.toFixed(1));
+  const lines: string[] = [];
+  lines.push(`gpt-oss generation, ${presetName} shape, ${layers} layers, random BF16 weights, ${device}`);
+  if (fixedRows.length) {
+    lines.push('', `(a) prompt ${promptLen}, ${newTokens} new tokens: output tokens/s`);
+    lines.push('| batch | engine | static path | transformers |', '|---:|---:|---:|---:|');
+    for (const r of fixedRows) lines.push(`| ${r.batch} | ${f(r.engineTokS)} | ${f(r.staticTokS)} | ${f(r.peerTokS)} |`);
+  }
+  if (grpoRes) {
+    const g = grpoRes;
+    lines.push('', `(b) GRPO-like: ${grpo.prompts} prompts x ${grpo.samples} samples, prompts ${grpo.promptMin}-${grpo.promptMax}, outputs log-normal median ${grpo.median} cap ${grpo.cap} (${g.outputTokens} tokens, longest ${g.longestOutput})`);
+    lines.push('| side | seconds | output tokens/s |', '|---|---:|---:|');
+    lines.push(`| engine | ${g.engine.seconds.toFixed(2)} | ${g.engine.tokS.toFixed(1)} |`);
+    if (g.static === 'oom') lines.push(`| static path (batches of ${staticBatch}) | OOM | OOM |`);
+    else if (g.static) {
+      lines.push(`| static path (batches of ${staticBatch}) | ${g.static.seconds.toFixed(2)} | ${g.static.tokS.toFixed(1)} |`);
+      lines.push('', `engine time / static time: ${(g.engine.seconds / g.static.seconds).toFixed(3)}`);
+    }
+    lines.push(`engine: ${g.engine.steps} steps, ${g.engine.preemptions} preemptions, prefix cache hit rate ${(100 * g.engine.prefixCacheHitRate).toFixed(1)}%`);
+    lines.push(`log-prob gap engine vs tokenLogprobs (${g.logprobGap.sequences} sequences, ${g.logprobGap.tokens} tokens): mean ${g.logprobGap.meanAbs.toExponential(3)}, max ${g.logprobGap.maxAbs.toExponential(3)}`);
+  }
+  console.log(lines.join('\n'));
+  const json = {
+    bench: 'generate',
+    device,
+    preset: presetName,
+    layers,
+    engineOptions: { ...engineOpts, numBlocks: st.numBlocks, numSlidingBlocks: st.numSlidingBlocks },
+    peer: peer?.peer ?? null,
+    fixed: { promptLen, newTokens, rows: fixedRows },
+    grpo: grpoRes ? { workload: { ...grpo, staticBatch }, ...grpoRes } : null,
+  };
+  if (jsonPath) writeFileSync(jsonPath, JSON.stringify(json, null, 2));
+}
+
+await main();

@@ -1,0 +1,202 @@
+// bench/train-step.ts (npm run bench:train-step): one optimizer step of a gpt-oss-20b-shaped model, the sharded
+// policy (src/trainer/sharded-policy.ts) beside the single-process GptOssPolicy at N = 1 in the same run.
+//
+// A step: zeroGrad, --micro-batches micro-batches of one sequence of T tokens each (forward with activation
+// recompute, backward from a constant dLoss/dlogp), grad-norm clipping, AdamW. Reported per T: trained tokens/s
+// per GPU, model FLOPs utilisation (6 x active parameters per token + attention, over --peak-tflops; the
+// recompute's extra forward is not counted, as usual), peak memory, and for the sharded policy the step split into
+// gather, compute, reduce-scatter and optimizer (from one extra step in timing mode, where every collective drains
+// the device before and after it: exact split, slower step). The embedding's lookup is not counted as FLOPs.
+//
+// One GPU holds only a few of the 24 layers with fp32 masters, moments and gradients (about 14 GB per 20b layer,
+// 17 GB for the embedding and LM head): --layers says how many (default 2). Under the launcher (WORLD_SIZE > 1)
+// only the sharded policy runs, and rank 0 prints.
+// Usage: npm run bench:train-step -- [--preset gpt-oss-20b] [--layers 2] [--tokens 4096,16384] [--micro-batches 2]
+//        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V]
+// CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
+import { writeFileSync } from 'node:fs';
+import { defaultDevice } from '../src/native.ts';
+import { memoryStats, resetPeakMemory, synchronize, emptyCache } from '../src/tensor.ts';
+import { presetConfig, type GptOssConfig, type PresetName } from '../src/model/config.ts';
+import { GptOssModel } from '../src/model/gptoss.ts';
+import { GptOssWeights } from '../src/model/weights.ts';
+import { initDistributed, type DistContext } from '../src/distributed/launch.ts';
+import { GptOssPolicy } from '../src/trainer/gptoss-policy.ts';
+import { ShardedPolicy } from '../src/trainer/sharded-policy.ts';
+import type { Policy } from '../src/trainer/policy.ts';
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : def;
+}
+function posInt(name: string, def: string): number {
+  const v = Number(arg(name, def));
+  if (!Number.isInteger(v) || v < 1) throw new Error(`bench:train-step: --${name} must be a positive integer (got '${arg(name, def)}')`);
+  return v;
+}
+
+const presetName = arg('preset', 'gpt-oss-20b') as PresetName;
+const layers = posInt('layers', '2');
+const tokensList = arg('tokens', '4096,16384').split(',').map((t) => {
+  const n = Number(t);
+  if (!Number.isInteger(n) || n < 2) throw new Error(`bench:train-step: --tokens takes integers >= 2 (got '${t}')`);
+  return n;
+});
+const microBatches = posInt('micro-batches', '2');
+const steps = posInt('steps', '2');
+const jsonPath = arg('json', '');
+const recompute = !process.argv.includes('--no-recompute');
+const peakArg = arg('peak-tflops', '');
+const base = presetConfig(presetName);
+const cfg: GptOssConfig = presetConfig(presetName, {
+  numLayers: layers,
+  vocabSize: Number(arg('vocab', String(base.vocabSize))),
+});
+
+/** Parameters a token's forward multiplies with (attention projections, router, top-k experts, LM head). */
+function activeParams(c: GptOssConfig): number {
+  const H = c.hiddenSize, q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim, I = c.intermediateSize;
+  const perLayer = H * (q + 2 * kv) + q * H + c.numExperts * H + c.topK * (H * 2 * I + I * H);
+  return c.numLayers * perLayer + c.vocabSize * H;
+}
+
+/** Model FLOPs of one sequence of T tokens, forward + backward: 6 x active params x T, plus attention scores. */
+function modelFlops(c: GptOssConfig, T: number): number {
+  let attn = 0;
+  for (let l = 0; l < c.numLayers; l++) {
+    const W = Math.min(c.slidingWindow, T);
+    const pairs = c.layerTypes[l] === 'sliding_attention' ? W * T - (W * (W - 1)) / 2 : (T * (T + 1)) / 2;
+    attn += 3 * 4 * c.headDim * c.numHeads * pairs; // QK^T and PV, 2 FLOPs per MAC, x3 for forward + backward
+  }
+  return 6 * activeParams(c) * T + attn;
+}
+
+interface Row {
+  policy: 'single' | 'sharded';
+  tokens: number;
+  microBatches: number;
+  stepMs: number;
+  tokensPerSecPerGpu: number;
+  mfu: number | null;
+  peakGiB: number | null;
+  split?: { gatherMs: number; computeMs: number; reduceScatterMs: number; optimizerMs: number; timedStepMs: number };
+}
+
+const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
+const peakFlops = peakArg ? Number(peakArg) * 1e12 : device === 'cpu' ? null : 989e12;
+
+function sequence(T: number, salt: number): Int32Array {
+  return Int32Array.from({ length: T }, (_, i) => (i * 7 + salt) % cfg.vocabSize);
+}
+
+/** One optimizer step; returns its wall time and the optimizer's share (ms). */
+async function step(p: Policy, T: number, stepNo: number): Promise<{ ms: number; optimizerMs: number }> {
+  synchronize(device);
+  const t0 = performance.now();
+  p.zeroGrad();
+  for (let m = 0; m < microBatches; m++) {
+    const fwd = await p.forward({ sequences: [sequence(T, m)], promptLens: [1] });
+    await fwd.backward(fwd.logprobs.map((l) => new Float32Array(l.length).fill(-1 / (T * microBatches))));
+  }
+  await p.clipGradNorm(1.0);
+  synchronize(device);
+  const t1 = performance.now();
+  p.optimizerStep({ lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }, stepNo);
+  synchronize(device);
+  const t2 = performance.now();
+  return { ms: t2 - t0, optimizerMs: t2 - t1 };
+}
+
+function weights(): GptOssWeights {
+  return GptOssWeights.random(cfg, device, { seed: 1, fast: true, biasStd: 0.02 });
+}
+
+async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promise<Row> {
+  if (device !== 'cpu') {
+    emptyCache(device);
+    resetPeakMemory(device);
+  }
+  let p: Policy;
+  let sharded: ShardedPolicy | null = null;
+  if (kind === 'single') p = new GptOssPolicy(new GptOssModel(weights(), { recompute }));
+  else {
+    const w = weights();
+    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute });
+    w.dispose();
+    p = sharded;
+  }
+  try {
+    await step(p, T, 1); // warm-up (allocator, first-use costs)
+    let ms = 0;
+    for (let s = 0; s < steps; s++) ms += (await step(p, T, s + 2)).ms;
+    ms /= steps;
+    const tokens = T * microBatches;
+    const row: Row = {
+      policy: kind,
+      tokens: T,
+      microBatches,
+      stepMs: ms,
+      tokensPerSecPerGpu: tokens / (ms / 1000),
+      mfu: peakFlops ? (microBatches * modelFlops(cfg, T)) / (ms / 1000) / peakFlops : null,
+      peakGiB: device === 'cpu' ? null : memoryStats(device).peakAllocated / 2 ** 30,
+    };
+    if (sharded) {
+      // The split: one more step with every collective timed on its own (see ShardedModelOptions.timing).
+      p.dispose();
+      sharded = null;
+      const w = weights();
+      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, timing: true });
+      w.dispose();
+      p = timed;
+      await step(timed, T, 1);
+      timed.resetStats();
+      const r = await step(timed, T, 2);
+      const st = timed.stats();
+      row.split = {
+        gatherMs: st.gatherMs,
+        reduceScatterMs: st.reduceScatterMs,
+        optimizerMs: r.optimizerMs,
+        computeMs: r.ms - st.gatherMs - st.reduceScatterMs - r.optimizerMs,
+        timedStepMs: r.ms,
+      };
+    }
+    return row;
+  } finally {
+    p.dispose();
+  }
+}
+
+const ctx = await initDistributed();
+const rows: Row[] = [];
+for (const T of tokensList) {
+  if (ctx.worldSize === 1) rows.push(await measure('single', T, ctx));
+  rows.push(await measure('sharded', T, ctx));
+  if (ctx.rank === 0) console.error(`T=${T} done`);
+}
+if (ctx.rank === 0) {
+  const f = (v: number | null | undefined, d = 1): string => (typeof v === 'number' ? v.toFixed(d) : '-');
+  const active = activeParams(cfg);
+  console.log(
+    `${presetName} with ${layers} of ${base.numLayers} layers (${active >= 1e9 ? `${(active / 1e9).toFixed(2)}B` : `${(active / 1e6).toFixed(2)}M`} active parameters per token), ` +
+      `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? 'on' : 'off'}` +
+      (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),
+  );
+  console.log('| policy | tokens/micro-batch | step ms | tokens/s/GPU | MFU | peak GiB | gather ms | compute ms | reduce-scatter ms | optimizer ms | sharded/single |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const r of rows) {
+    const single = rows.find((x) => x.policy === 'single' && x.tokens === r.tokens);
+    const ratio = r.policy === 'sharded' && single ? `${(r.stepMs / single.stepMs).toFixed(3)}x` : '-';
+    const s = r.split;
+    console.log(
+      `| ${r.policy} | ${r.tokens} | ${f(r.stepMs)} | ${f(r.tokensPerSecPerGpu, 0)} | ${r.mfu === null ? '-' : (100 * r.mfu).toFixed(1) + '%'} | ${f(r.peakGiB)} | ` +
+        `${f(s?.gatherMs)} | ${f(s?.computeMs)} | ${f(s?.reduceScatterMs)} | ${f(s?.optimizerMs)} | ${ratio} |`,
+    );
+  }
+  if (jsonPath) {
+    writeFileSync(
+      jsonPath,
+      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, worldSize: ctx.worldSize, backend: ctx.backend, recompute, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
+    );
+  }
+}
+await ctx.destroy();

@@ -1,0 +1,168 @@
+// model-runner.ts: the seam between the engine (scheduling, host bookkeeping) and the model (device work).
+//
+// The engine plans a step on the host (which tokens, where their k/v go, which rows are sampled with which
+// parameters) and hands it to a ModelRunner as plain arrays (StepInput): embed -> every layer over the paged KV
+// cache -> final norm + LM head for the sampled rows -> per-row sampling. The runner returns the sampled tokens and
+// their log-probs. Plain arrays are what a tensor-parallel runner broadcasts from rank 0 to the other ranks; a
+// TP runner implements the same interface (its ranks each hold a PagedKvCache of their kv heads) and the engine
+// does not change. LocalModelRunner is the one-device runner over a GptOssModel.
+import { Tensor } from '../tensor.ts';
+import type { GptOssConfig } from '../model/config.ts';
+import type { GptOssModel } from '../model/gptoss.ts';
+import { disposeAll } from '../model/tensor-helpers.ts';
+import { embeddingForward } from '../ops/embedding.ts';
+import { cast } from '../ops/elementwise.ts';
+import { sampleRows } from '../ops/sampling.ts';
+import { PagedKvCache, kvSpaces } from './paged-kv-cache.ts';
+
+/** One engine step as host arrays. N query rows over B sequences; S of the rows are sampled. */
+export interface StepInput {
+  /** i32 [N]: the token of each query row. */
+  tokens: Int32Array;
+  /** i32 [N]: its position in its sequence. */
+  positions: Int32Array;
+  /** Per KV space (kvSpaces order), i32 [N]: each row's slot (block * blockSize + offset) in that space's pool. */
+  slots: Int32Array[];
+  /** i32 [B+1]: sequence b's rows are queryStarts[b] .. queryStarts[b+1]-1. */
+  queryStarts: Int32Array;
+  /** i32 [B]: tokens cached for sequence b after this step. */
+  contextLens: Int32Array;
+  /** Per KV space, i32 [B * maxBlocksPerSeq]: row-major block tables (unused or released entries 0, never read). */
+  blockTables: Int32Array[];
+  maxBlocksPerSeq: number;
+  /** i32 [S]: the rows whose next token is sampled (each a sequence's last row), in the order results come back. */
+  sampleRows: Int32Array;
+  /** Per sampled row: temperature (0 = greedy), top-p, top-k (0 = off), seed (u32 bits), counter (tokens generated so far). */
+  temperature: Float32Array;
+  topP: Float32Array;
+  topK: Int32Array;
+  seeds: Int32Array;
+  counters: Int32Array;
+}
+
+/** Per sampled row: the token and its log-prob under the sampling distribution. */
+export interface StepOutput {
+  tokens: Int32Array;
+  logprobs: Float32Array;
+}
+
+/** New weights by checkpoint name: a map of tensors (whole, or the runner's shard), or one name at a time. */
+export type WeightUpdate = ReadonlyMap<string, Tensor> | Iterable<[string, Tensor]>;
+
+export interface ModelRunner {
+  /** The model's configuration (whole model: vocabulary, layers, stop tokens, model length). */
+  readonly config: GptOssConfig;
+  /** Where the runner's (rank 0's) tensors live. */
+  readonly device: string;
+  /** Per KV space (kvSpaces(config) order): bytes one block takes on each device of the runner (its layers' k and v). */
+  kvBytesPerBlock(blockSize: number): number[];
+  /** Allocates the KV pools, numBlocks[i] blocks for space i; the engine calls it before the first step and on wake(). */
+  allocateKvCache(numBlocks: readonly number[], blockSize: number): void;
+  /** Frees the KV pools (sleep). */
+  freeKvCache(): void;
+  /** Runs one step. */
+  execute(step: StepInput): StepOutput;
+  /** Copies new weights into the model's parameters (same names and shapes; the KV cache is the engine's to reset). */
+  updateWeights(weights: WeightUpdate): void;
+  dispose(): void;
+}
+
+/** The one-device runner over a GptOssModel (the model stays the caller's: dispose() frees only the KV pools). */
+export class LocalModelRunner implements ModelRunner {
+  readonly config: GptOssConfig;
+  readonly device: string;
+  private readonly cache: PagedKvCache;
+
+  constructor(readonly model: GptOssModel) {
+    this.config = model.config;
+    this.device = model.device;
+    const c = model.config;
+    this.cache = new PagedKvCache(kvSpaces(c), c.numKvHeads, c.headDim, model.device);
+  }
+
+  kvBytesPerBlock(blockSize: number): number[] {
+    return this.cache.bytesPerBlock(blockSize);
+  }
+
+  allocateKvCache(numBlocks: readonly number[], blockSize: number): void {
+    this.cache.allocate(numBlocks, blockSize);
+  }
+
+  freeKvCache(): void {
+    this.cache.free();
+  }
+
+  execute(s: StepInput): StepOutput {
+    const dev = this.device;
+    const N = s.tokens.length;
+    const B = s.contextLens.length;
+    const S = s.sampleRows.length;
+    const i32 = (a: Int32Array, shape: number[]): Tensor => Tensor.from(a, shape, { device: dev });
+    const f32 = (a: Float32Array): Tensor => Tensor.from(a, [a.length], { device: dev, dtype: 'f32' });
+    const ids = i32(s.tokens, [N]);
+    const positions = i32(s.positions, [N]);
+    const meta = {
+      slots: s.slots.map((a) => i32(a, [N])),
+      blockTables: s.blockTables.map((a) => i32(a, [B, s.maxBlocksPerSeq])),
+      contextLens: i32(s.contextLens, [B]),
+      queryStarts: i32(s.queryStarts, [B + 1]),
+    };
+    const model = this.model;
+    let x = model.embed(ids);
+    this.cache.setStep(meta);
+    try {
+      for (let l = 0; l < this.config.numLayers; l++) {
+        const y = model.layers[l]!.step(x, positions, this.cache.layers[l]!);
+        x.dispose();
+        x = y;
+      }
+    } finally {
+      this.cache.setStep(null);
+      disposeAll(ids, positions, ...meta.slots, ...meta.blockTables, meta.contextLens, meta.queryStarts);
+    }
+    // Hidden rows of the sampled rows, bf16 [S, H]: the whole step when every row is sampled (all decodes).
+    let rows = x;
+    if (!(S === N && s.sampleRows.every((r, i) => r === i))) {
+      const idx = i32(s.sampleRows, [S]);
+      rows = embeddingForward(x, idx);
+      disposeAll(idx, x);
+    }
+    const logits = model.logits(rows);
+    rows.dispose();
+    const params = {
+      temperature: f32(s.temperature),
+      topP: f32(s.topP),
+      topK: i32(s.topK, [S]),
+      seeds: i32(s.seeds, [S]),
+      counters: i32(s.counters, [S]),
+    };
+    const r = sampleRows(logits, params);
+    disposeAll(logits, ...Object.values(params));
+    const out = { tokens: r.tokens.toInt32(), logprobs: r.logprobs.toFloat32() };
+    disposeAll(r.tokens, r.logprobs);
+    return out;
+  }
+
+  updateWeights(weights: WeightUpdate): void {
+    const params = this.model.weights.params;
+    for (const [name, src] of weights) {
+      const dst = params.get(name);
+      if (!dst) throw new Error(`updateWeights: the model has no parameter '${name}'`);
+      if (dst.shape.length !== src.shape.length || dst.shape.some((d, i) => d !== src.shape[i])) {
+        throw new Error(`updateWeights: '${name}' is [${src.shape.join(', ')}], the model's is [${dst.shape.join(', ')}]`);
+      }
+      if (src.dtype === dst.dtype) dst.copyFrom(src);
+      else {
+        const moved = src.device === dst.device ? src : src.to(dst.device);
+        const c = cast(moved, dst.dtype);
+        dst.copyFrom(c);
+        c.dispose();
+        if (moved !== src) moved.dispose();
+      }
+    }
+  }
+
+  dispose(): void {
+    this.cache.dispose();
+  }
+}

@@ -1,0 +1,1041 @@
+// sharded-policy.ts: the fully sharded data-parallel Policy (ZeRO-3 style) over N ranks, one process per device,
+// started by the launcher (src/distributed/launch.ts) and talking through a Collectives backend (NCCL on GPUs, the
+// CPU backend in CI).
+//
+// The model is cut into units: the embedding, each decoder layer, and the final norm + LM head. Each unit's
+// parameters are laid out back to back in one flat buffer of `numel` elements, padded to `padded` (a multiple of
+// N); rank r owns elements [r*shard, (r+1)*shard) where shard = padded / N. Per unit and rank:
+//   bf16 compute shard [shard]        all-gathered into the full bf16 unit [padded] just before use, freed after
+//   fp32 master shard [shard]         made from the bf16 shard at the first optimizer step (as GptOssPolicy does)
+//   fp32 AdamW moments m, v [shard]
+//   fp32 gradient shard [shard]       the reduce-scatter (sum) of each micro-batch's full fp32 unit gradient
+// A training step on every rank: forward (gather unit u+1 is issued before unit u computes; unit u's gathered
+// weights are freed when it is done), backward in reverse (each unit gathered again, its layer recomputed under
+// `recompute`, its full fp32 gradient reduce-scattered as soon as its backward is done), the global grad norm
+// from one all-reduce of the shards' sums of squares, AdamW on the shards (the existing optimizer op, which also
+// rewrites the bf16 compute shard from the updated master).
+//
+// Every method that moves data between ranks is collective: every rank calls it, in the same order, with its own
+// part of the batch (possibly no sequences: the rank still takes part in the gathers and reduce-scatters). The
+// helpers shardSequences / rankMicroBatches split a mini-batch so that every rank runs the same number of
+// micro-batches. Loss normalisers must be the global mini-batch's (as grpo.ts's updatePolicy computes them from
+// the whole mini-batch); then the sum over ranks of the gradients equals the single-process gradient.
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Tensor, synchronize } from '../tensor.ts';
+import type { Collectives } from '../distributed/collectives.ts';
+import {
+  Checkpoint,
+  DecoderLayer,
+  disposeBatch,
+  disposeLayerSaved,
+  layerPrefix,
+  packSequences,
+  paramSpecs,
+  qkvRows,
+  ropeTables,
+  saveCheckpoint,
+  tensorToSave,
+  toHfConfig,
+  type GptOssConfig,
+  type GptOssWeights,
+  type LayerHost,
+  type LayerSaved,
+  type LayerWeights,
+  type PackedBatch,
+  type RopeTables,
+  type TensorToSave,
+} from '../model/index.ts';
+import { accumulateGrad, disposeAll } from '../model/tensor-helpers.ts';
+import { embeddingBackward, embeddingForward } from '../ops/embedding.ts';
+import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.ts';
+import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward } from '../ops/logprob.ts';
+import { addInPlace, cast } from '../ops/elementwise.ts';
+import { adamwStep, scaleGradsInPlace, sumOfSquaresInto } from '../ops/optim.ts';
+import type { GradClipResult, LogprobModel, LogprobOptions, LogprobOutput, OptimizerHyper, Policy, SequenceBatch, TrainForward } from './policy.ts';
+
+// ---- layout ------------------------------------------------------------------------------------------------------
+/** One parameter's place in its unit's flat buffer. */
+export interface UnitEntry {
+  /** Checkpoint name. */
+  name: string;
+  shape: number[];
+  /** Element offset in the flat unit buffer. */
+  offset: number;
+  numel: number;
+}
+
+/** A sharding unit: the parameters gathered together. */
+export interface ShardUnit {
+  kind: 'embedding' | 'layer' | 'head';
+  /** Decoder layer index (kind 'layer'). */
+  layer: number;
+  /** A short name for messages and checkpoint keys: embedding, layer.<i>, head. */
+  key: string;
+  entries: UnitEntry[];
+  /** Parameters in the unit. */
+  numel: number;
+  /** numel rounded up to a multiple of the world size. */
+  padded: number;
+  /** padded / worldSize: elements per rank. */
+  shard: number;
+}
+
+/**
+ * A decoder layer's parameters in flat order. q/k/v weights are adjacent (q rows, k rows, v rows) and so are their
+ * biases, so the fused qkvW [Hq*D + 2*Hkv*D, H] and qkvB the layer's GEMM takes are plain views of the flat buffer.
+ */
+const LAYER_ORDER = [
+  'input_layernorm.weight',
+  'self_attn.q_proj.weight',
+  'self_attn.k_proj.weight',
+  'self_attn.v_proj.weight',
+  'self_attn.q_proj.bias',
+  'self_attn.k_proj.bias',
+  'self_attn.v_proj.bias',
+  'self_attn.o_proj.weight',
+  'self_attn.o_proj.bias',
+  'self_attn.sinks',
+  'post_attention_layernorm.weight',
+  'mlp.router.weight',
+  'mlp.router.bias',
+  'mlp.experts.gate_up_proj',
+  'mlp.experts.gate_up_proj_bias',
+  'mlp.experts.down_proj',
+  'mlp.experts.down_proj_bias',
+] as const;
+
+/** The units of a config sharded over worldSize ranks: embedding, layers 0..L-1, head (final norm + LM head). */
+export function shardLayout(c: GptOssConfig, worldSize: number): ShardUnit[] {
+  if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`shardLayout: world size ${worldSize} is not a positive integer`);
+  if (c.tieWordEmbeddings) throw new Error('ShardedPolicy: tied word embeddings are not supported (the LM head would be the embedding unit, gathered twice)');
+  const shapes = new Map(paramSpecs(c).map((s) => [s.name, s.shape]));
+  const unit = (kind: ShardUnit['kind'], layer: number, key: string, names: string[]): ShardUnit => {
+    let off = 0;
+    const entries = names.map((name) => {
+      const shape = shapes.get(name)!;
+      const numel = shape.reduce((a, b) => a * b, 1);
+      const e = { name, shape, offset: off, numel };
+      off += numel;
+      return e;
+    });
+    const padded = Math.ceil(off / worldSize) * worldSize;
+    return { kind, layer, key, entries, numel: off, padded, shard: padded / worldSize };
+  };
+  const units = [unit('embedding', -1, 'embedding', ['model.embed_tokens.weight'])];
+  for (let l = 0; l < c.numLayers; l++) units.push(unit('layer', l, `layer.${l}`, LAYER_ORDER.map((n) => `${layerPrefix(l)}.${n}`)));
+  units.push(unit('head', -1, 'head', ['model.norm.weight', 'lm_head.weight']));
+  return units;
+}
+
+// ---- splitting a mini-batch over ranks -------------------------------------------------------------------------------
+/**
+ * Assigns sequences (by their token counts) to ranks so that the ranks' token totals are balanced: longest first,
+ * each to the rank with the fewest tokens so far (ties: the lower rank). Returns per rank the sequence indices in
+ * ascending order. Deterministic, so every rank computes the same split without communicating.
+ */
+export function shardSequences(tokenCounts: readonly number[], worldSize: number): number[][] {
+  if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`shardSequences: world size ${worldSize} is not a positive integer`);
+  const order = tokenCounts.map((n, i) => ({ n, i })).sort((a, b) => b.n - a.n || a.i - b.i);
+  const load = new Array<number>(worldSize).fill(0);
+  const out: number[][] = Array.from({ length: worldSize }, () => []);
+  for (const { n, i } of order) {
+    let best = 0;
+    for (let r = 1; r < worldSize; r++) if (load[r]! < load[best]!) best = r;
+    load[best]! += n;
+    out[best]!.push(i);
+  }
+  for (const o of out) o.sort((a, b) => a - b);
+  return out;
+}
+
+/**
+ * Per rank, its sequences cut into micro-batches of at most `micro` sequences, padded with empty micro-batches so
+ * every rank runs the same number (forward/backward are collective: a rank without sequences still takes part).
+ */
+export function rankMicroBatches(perRank: readonly (readonly number[])[], micro: number): number[][][] {
+  if (!Number.isInteger(micro) || micro < 1) throw new Error(`rankMicroBatches: micro-batch size ${micro} is not a positive integer`);
+  const cut = perRank.map((idx) => {
+    const mbs: number[][] = [];
+    for (let i = 0; i < idx.length; i += micro) mbs.push(idx.slice(i, i + micro));
+    return mbs;
+  });
+  const n = Math.max(1, ...cut.map((m) => m.length));
+  for (const m of cut) while (m.length < n) m.push([]);
+  return cut;
+}
+
+// ---- gathered units ------------------------------------------------------------------------------------------------
+/** A unit's full bf16 weights on this rank (after the all-gather) with views per parameter. */
+interface Gathered {
+  unit: ShardUnit;
+  full: Tensor;
+  views: Map<string, Tensor>;
+  /** The layer's typed view (kind 'layer'). */
+  layer?: LayerWeights;
+  /** The fused q/k/v views of a layer (kind 'layer'; freed with the unit). */
+  fused: Tensor[];
+  /** One rank with a host shard: the device copy `full` views (freed with the unit). */
+  staged: Tensor | null;
+}
+
+/** Views of a flat unit buffer (bf16 weights or f32 gradients) per checkpoint name, shaped as the parameter. */
+function entryViews(unit: ShardUnit, flat: Tensor): Map<string, Tensor> {
+  const m = new Map<string, Tensor>();
+  for (const e of unit.entries) {
+    const s = flat.slice(e.offset, e.offset + e.numel);
+    m.set(e.name, s.view(e.shape));
+    s.dispose();
+  }
+  return m;
+}
+
+function layerWeightsOf(c: GptOssConfig, unit: ShardUnit, full: Tensor, views: Map<string, Tensor>): { lw: LayerWeights; extra: Tensor[] } {
+  const p = layerPrefix(unit.layer);
+  const g = (n: string): Tensor => views.get(`${p}.${n}`)!;
+  const rows = qkvRows(c).reduce((a, b) => a + b, 0);
+  const at = (n: string, len: number, shape: number[]): Tensor => {
+    const e = unit.entries.find((x) => x.name === `${p}.${n}`)!;
+    const s = full.slice(e.offset, e.offset + len);
+    const v = s.view(shape);
+    s.dispose();
+    return v;
+  };
+  const qkvW = at('self_attn.q_proj.weight', rows * c.hiddenSize, [rows, c.hiddenSize]);
+  const qkvB = at('self_attn.q_proj.bias', rows, [rows]);
+  const lw: LayerWeights = {
+    inputNorm: g('input_layernorm.weight'),
+    qkvW,
+    qkvB,
+    qW: g('self_attn.q_proj.weight'),
+    qB: g('self_attn.q_proj.bias'),
+    kW: g('self_attn.k_proj.weight'),
+    kB: g('self_attn.k_proj.bias'),
+    vW: g('self_attn.v_proj.weight'),
+    vB: g('self_attn.v_proj.bias'),
+    oW: g('self_attn.o_proj.weight'),
+    oB: g('self_attn.o_proj.bias'),
+    sinks: g('self_attn.sinks'),
+    postNorm: g('post_attention_layernorm.weight'),
+    routerW: g('mlp.router.weight'),
+    routerB: g('mlp.router.bias'),
+    gateUpW: g('mlp.experts.gate_up_proj'),
+    gateUpB: g('mlp.experts.gate_up_proj_bias'),
+    downW: g('mlp.experts.down_proj'),
+    downB: g('mlp.experts.down_proj_bias'),
+  };
+  return { lw, extra: [qkvW, qkvB] };
+}
+
+/**
+ * The per-layer host the DecoderLayers read their weights from: `layers[l]` is set while layer l's unit is
+ * gathered and cleared when it is freed. DecoderLayer reads only `weights.layers[index]` (plus config, device, rope
+ * and deterministic), so this stands in for a GptOssWeights that never holds the whole model.
+ */
+class ShardHost {
+  readonly layers: (LayerWeights | undefined)[];
+  readonly asLayerHost: LayerHost;
+  constructor(config: GptOssConfig, device: string, rope: RopeTables, deterministic: boolean) {
+    this.layers = new Array(config.numLayers).fill(undefined);
+    const weights = { layers: this.layers } as unknown as GptOssWeights;
+    this.asLayerHost = { config, device, rope, deterministic, weights };
+  }
+}
+
+// ---- the shards and the collective passes shared by the policy and its frozen copy --------------------------------
+export interface ShardedModelOptions {
+  /** Re-run each layer's forward in backward instead of keeping its activations (default true: the 20b default). */
+  recompute?: boolean;
+  /** Vocabulary rows per LM-head chunk (default: the op's). */
+  lmHeadChunk?: number;
+  /** Bitwise-reproducible attention backward (see ModelOptions.deterministic). */
+  deterministic?: boolean;
+  /**
+   * Keep the fp32 masters and AdamW moments in host memory and run AdamW there (trainer.policy.fsdp_config.
+   * cpu_offload): each step copies the gradient shard to the host and the updated bf16 shard back. On a CPU device
+   * it changes nothing. Default false.
+   */
+  cpuOffload?: boolean;
+  /**
+   * The KL reference (frozenCopy) keeps its bf16 shards in host memory and copies each to the device just before
+   * its gather (trainer.placement.colocate_policy_ref=false). On a CPU device it changes nothing. Default false.
+   */
+  referenceOnHost?: boolean;
+  /**
+   * Benchmarks: time the collectives (stats()). Each gather and reduce-scatter then drains the device before and
+   * after it and runs without prefetch, so the split is exact but the step is slower than without. Default false.
+   */
+  timing?: boolean;
+}
+
+/** What a sharded forward keeps for backward (per layer: saved activations, or the layer input under recompute). */
+interface ShardedState {
+  batch: PackedBatch;
+  saved: (LayerSaved | null)[];
+  inputs: (Tensor | null)[];
+  xL: Tensor;
+  hf: Tensor;
+  rstdf: Tensor;
+  lse: Tensor;
+  temperature: number;
+}
+
+function disposeState(s: ShardedState): void {
+  for (const x of s.saved) {
+    if (!x) continue;
+    disposeLayerSaved(x);
+    x.x.dispose();
+  }
+  for (const t of s.inputs) disposeAll(t);
+  disposeAll(s.xL, s.hf, s.rstdf, s.lse);
+  disposeBatch(s.batch);
+}
+
+class ShardedModel {
+  readonly units: ShardUnit[];
+  readonly layers: DecoderLayer[];
+  /** Milliseconds spent in the all-gathers and reduce-scatters (measured in timing mode only). */
+  readonly stats = { gatherMs: 0, reduceScatterMs: 0 };
+  private readonly host: ShardHost;
+  private readonly rope: RopeTables;
+
+  constructor(
+    readonly config: GptOssConfig,
+    readonly comm: Collectives,
+    readonly device: string,
+    /** Per unit: this rank's bf16 compute shard [shard]. */
+    readonly bf16: Tensor[],
+    readonly opts: Required<Pick<ShardedModelOptions, 'recompute' | 'deterministic' | 'timing'>> & { lmHeadChunk?: number },
+  ) {
+    this.units = shardLayout(config, comm.worldSize);
+    this.rope = ropeTables(config, device);
+    this.host = new ShardHost(config, device, this.rope, opts.deterministic);
+    this.layers = Array.from({ length: config.numLayers }, (_, l) => new DecoderLayer(this.host.asLayerHost, l));
+  }
+
+  get rank(): number {
+    return this.comm.rank;
+  }
+
+  /**
+   * Issues the all-gather of unit u's bf16 weights and resolves to them. Called one unit ahead of use (prefetch),
+   * so on a backend that runs collectives beside compute the gather overlaps the current unit's compute.
+   * NCCL today enqueues on the compute stream, so there it is ordered after the current compute (see docs).
+   */
+  async gather(u: number): Promise<Gathered> {
+    const unit = this.units[u]!;
+    const shard = this.bf16[u]!;
+    // Shards kept in host memory (the KL reference with referenceOnHost) are copied to the device first.
+    const staged = shard.device === this.device ? null : shard.to(this.device);
+    const src = staged ?? shard;
+    // One rank: the shard is the whole unit; use it in place (no copy).
+    if (this.comm.worldSize === 1) return this.viewsOf(unit, src.view([unit.padded]), staged);
+    const full = Tensor.empty([unit.padded], { dtype: 'bf16', device: this.device });
+    try {
+      const t0 = this.timeStart();
+      const p = this.comm.allGather(full, src);
+      await (t0 === null ? p : this.timeEnd(p, t0, 'gatherMs'));
+    } catch (e) {
+      full.dispose();
+      throw e;
+    } finally {
+      staged?.dispose();
+    }
+    return this.viewsOf(unit, full, null);
+  }
+
+  private viewsOf(unit: ShardUnit, full: Tensor, staged: Tensor | null): Gathered {
+    const views = entryViews(unit, full);
+    const g: Gathered = { unit, full, views, fused: [], staged };
+    if (unit.kind === 'layer') {
+      const { lw, extra } = layerWeightsOf(this.config, unit, full, views);
+      g.fused = extra;
+      g.layer = lw;
+      this.host.layers[unit.layer] = lw;
+    }
+    return g;
+  }
+
+  /** Timing mode (opts.timing): the device is drained before a collective, so its wall time is its own. */
+  private timeStart(): number | null {
+    if (!this.opts.timing) return null;
+    synchronize(this.device);
+    return performance.now();
+  }
+
+  private async timeEnd(p: Promise<void>, t0: number, key: 'gatherMs' | 'reduceScatterMs'): Promise<void> {
+    await p;
+    await this.comm.synchronize();
+    synchronize(this.device);
+    this.stats[key] += performance.now() - t0;
+  }
+
+  /** Frees a gathered unit (its views and the full buffer). */
+  release(g: Gathered): void {
+    if (g.unit.kind === 'layer') this.host.layers[g.unit.layer] = undefined;
+    for (const v of g.views.values()) v.dispose();
+    for (const v of g.fused) v.dispose();
+    g.full.dispose();
+    g.staged?.dispose();
+  }
+
+  /** Waits for a prefetched gather nobody will use (after an error) and frees it. */
+  private drop(p: Promise<Gathered> | null): void {
+    p?.then((g) => this.release(g)).catch(() => {});
+  }
+
+  /**
+   * Forward over this rank's packed batch (null: no sequences here; the rank only takes part in the gathers).
+   * With train, returns the state backward needs (the batch is taken over by it).
+   */
+  async forward(pb: PackedBatch | null, train: boolean, temperature: number): Promise<{ logprobs: Tensor; entropy: Tensor; state?: ShardedState } | null> {
+    const c = this.config;
+    const L = c.numLayers;
+    const saved: (LayerSaved | null)[] = [];
+    const inputs: (Tensor | null)[] = [];
+    let x: Tensor | null = null;
+    const ahead = !this.opts.timing;
+    let next: Promise<Gathered> | null = ahead ? this.gather(0) : null;
+    try {
+      for (let u = 0; u <= L + 1; u++) {
+        const g = await (next ?? this.gather(u));
+        next = ahead && u + 1 <= L + 1 ? this.gather(u + 1) : null;
+        try {
+          if (!pb) continue;
+          if (g.unit.kind === 'embedding') x = embeddingForward(g.views.get('model.embed_tokens.weight')!, pb.ids);
+          else if (g.unit.kind === 'layer') {
+            const keep = train && !this.opts.recompute;
+            const r = this.layers[g.unit.layer]!.forward(x!, pb, keep);
+            if (train) {
+              saved.push(r.saved);
+              inputs.push(this.opts.recompute ? x : null);
+            } else x!.dispose();
+            x = r.y;
+          } else {
+            const { y: hf, rstd: rstdf } = rmsnormForward(x!, g.views.get('model.norm.weight')!, c.rmsNormEps);
+            const lp = lmHeadLogprobs(hf, g.views.get('lm_head.weight')!, pb.targets, { temperature, chunk: this.opts.lmHeadChunk });
+            if (!train) {
+              disposeAll(x, hf, rstdf, lp.lse);
+              return { logprobs: lp.logprobs, entropy: lp.entropy };
+            }
+            const state: ShardedState = { batch: pb, saved, inputs, xL: x!, hf, rstdf, lse: lp.lse, temperature };
+            return { logprobs: lp.logprobs, entropy: lp.entropy, state };
+          }
+        } finally {
+          this.release(g);
+        }
+      }
+      return null;
+    } catch (e) {
+      this.drop(next);
+      for (const s of saved) {
+        if (!s) continue;
+        disposeLayerSaved(s);
+        s.x.dispose();
+      }
+      for (const t of inputs) disposeAll(t);
+      disposeAll(x);
+      throw e;
+    }
+  }
+
+  /**
+   * Backward from dLoss/dLogprob per token (f32 [T]; state null on a rank without sequences). Units in reverse:
+   * each is gathered again (the head and the layers; the embedding's backward does not read its weights), its
+   * parameter gradients computed into a zeroed full fp32 buffer and reduce-scattered (sum) into `onShard(u, g)`.
+   * The reduce-scatter of unit u is in flight while unit u-1 computes; all are awaited before returning.
+   */
+  async backward(
+    state: ShardedState | null,
+    dLogprobs: Tensor | null,
+    onShard: (u: number, g: Tensor) => void,
+    /** Unit u's gradient shard so far (null: none yet). On one rank the backward accumulates straight into it. */
+    accumulated: (u: number) => Tensor | null,
+  ): Promise<void> {
+    const c = this.config;
+    const L = c.numLayers;
+    const pending: Promise<void>[] = [];
+    const single = this.comm.worldSize === 1;
+    const reduce = async (u: number, flat: Tensor, inPlace: boolean): Promise<void> => {
+      // One rank: the full gradient is the shard (nothing to reduce); accumulated in place or handed over.
+      if (single) {
+        if (!inPlace) onShard(u, flat);
+        return;
+      }
+      const out = Tensor.empty([this.units[u]!.shard], { dtype: 'f32', device: this.device });
+      const t0 = this.timeStart();
+      const p = this.comm.reduceScatter(out, flat, 'sum');
+      pending.push(
+        p.then(
+          () => {
+            flat.dispose();
+            onShard(u, out);
+          },
+          (e: unknown) => {
+            flat.dispose();
+            out.dispose();
+            throw e;
+          },
+        ),
+      );
+      // Timing mode: wait for this reduce-scatter here, so its time is its own (no overlap with the next unit).
+      if (t0 !== null) await this.timeEnd(p, t0, 'reduceScatterMs');
+    };
+    const zerosFor = (u: number): { flat: Tensor; inPlace: boolean; orig: Map<string, Tensor>; grads: Map<string, Tensor> } => {
+      const acc = single ? accumulated(u) : null;
+      const flat = acc ?? Tensor.zeros([this.units[u]!.padded], { dtype: 'f32', device: this.device });
+      const orig = entryViews(this.units[u]!, flat);
+      return { flat, inPlace: acc !== null, orig, grads: new Map(orig) };
+    };
+    // The ops accumulate into the buffers they are given (the views); should one hand back a fresh tensor instead
+    // (or leave a name unset), its values are added into the flat buffer here so nothing is lost.
+    const settle = (orig: Map<string, Tensor>, m: Map<string, Tensor>): void => {
+      for (const [name, t] of m) {
+        const v = orig.get(name)!;
+        if (t !== v) {
+          addInPlace(v, t);
+          t.dispose();
+        }
+      }
+      for (const v of orig.values()) if (!v.disposed) v.dispose();
+    };
+    const ahead = !this.opts.timing;
+    let next: Promise<Gathered> | null = ahead ? this.gather(L + 1) : null;
+    let dx: Tensor | null = null;
+    try {
+      for (let u = L + 1; u >= 1; u--) {
+        const g = await (next ?? this.gather(u));
+        next = ahead && u - 1 >= 1 ? this.gather(u - 1) : null;
+        const { flat, inPlace, orig, grads } = zerosFor(u);
+        try {
+          if (!state) continue;
+          const b = state.batch;
+          if (g.unit.kind === 'head') {
+            const head = tokenLogprobsBackward(state.hf, g.views.get('lm_head.weight')!, b.targets, state.lse, dLogprobs!, {
+              temperature: state.temperature,
+              chunk: this.opts.lmHeadChunk,
+              dLmHead: grads.get('lm_head.weight'),
+            });
+            accumulateGrad(grads, 'lm_head.weight', head.dLmHead);
+            const nf = rmsnormBackward(head.dHidden, state.xL, g.views.get('model.norm.weight')!, state.rstdf);
+            head.dHidden.dispose();
+            accumulateGrad(grads, 'model.norm.weight', nf.dw);
+            dx = nf.dx;
+          } else {
+            const l = g.unit.layer;
+            let s = state.saved[l] ?? null;
+            if (!s) {
+              const r = this.layers[l]!.forward(state.inputs[l]!, b, true);
+              r.y.dispose();
+              s = r.saved!;
+              state.inputs[l] = null;
+            } else state.saved[l] = null;
+            const dNext = this.layers[l]!.backward(s, dx!, b, grads);
+            dx!.dispose();
+            s.x.dispose();
+            dx = dNext;
+          }
+        } finally {
+          this.release(g);
+          settle(orig, grads);
+          await reduce(u, flat, inPlace);
+        }
+      }
+      // The embedding: dEmb [V, H] = scatter-add of dx over the token ids (no weights needed).
+      const { flat, inPlace, orig, grads } = zerosFor(0);
+      try {
+        if (state) {
+          const dEmb = embeddingBackward(dx!, state.batch.ids, c.vocabSize);
+          addInPlace(grads.get('model.embed_tokens.weight')!, dEmb);
+          dEmb.dispose();
+        }
+      } finally {
+        settle(orig, grads);
+        await reduce(0, flat, inPlace);
+      }
+    } catch (e) {
+      this.drop(next);
+      throw e;
+    } finally {
+      disposeAll(dx);
+      if (state) disposeState(state);
+      // Every reduce-scatter was issued; wait for all of them (the first failure is rethrown).
+      const results = await Promise.allSettled(pending);
+      const bad = results.find((r) => r.status === 'rejected');
+      if (bad) throw (bad as PromiseRejectedResult).reason;
+    }
+  }
+
+  dispose(): void {
+    for (const t of this.bf16) if (!t.disposed) t.dispose();
+    this.rope.invFreq.dispose();
+  }
+}
+
+// ---- batches --------------------------------------------------------------------------------------------------------
+function checkBatch(b: SequenceBatch, who: string): void {
+  if (b.sequences.length !== b.promptLens.length) throw new Error(`${who}: ${b.sequences.length} sequences but ${b.promptLens.length} prompt lengths`);
+  b.sequences.forEach((s, i) => {
+    const p = b.promptLens[i]!;
+    if (p < 1 || p > s.length) throw new Error(`${who}: sequence ${i} has ${s.length} tokens and prompt length ${p} (need 1 <= prompt <= length)`);
+  });
+}
+
+function pack(b: SequenceBatch, device: string): PackedBatch | null {
+  return b.sequences.length ? packSequences(b.sequences.map((s) => Array.from(s)), device) : null;
+}
+
+/** Each sequence's response values out of a packed [T] array (position t holds the value for token t+1). */
+function responseSlices(all: Float32Array, offsets: number[], b: SequenceBatch): Float32Array[] {
+  return b.sequences.map((s, i) => all.slice(offsets[i]! + b.promptLens[i]! - 1, offsets[i]! + s.length - 1));
+}
+
+async function shardedLogprobs(m: ShardedModel, batch: SequenceBatch, opts: LogprobOptions = {}): Promise<LogprobOutput> {
+  checkBatch(batch, 'logprobs');
+  const pb = pack(batch, m.device);
+  try {
+    const r = await m.forward(pb, false, opts.temperature ?? 1);
+    if (!r || !pb) return { logprobs: [], entropy: opts.entropy ? [] : undefined };
+    const lp = r.logprobs.toFloat32();
+    const en = opts.entropy ? r.entropy.toFloat32() : undefined;
+    disposeAll(r.logprobs, r.entropy);
+    return { logprobs: responseSlices(lp, pb.offsets, batch), entropy: en ? responseSlices(en, pb.offsets, batch) : undefined };
+  } finally {
+    if (pb) disposeBatch(pb);
+  }
+}
+
+/** The frozen sharded copy (the KL reference): its own bf16 shards, gathered per unit like the policy's. */
+export class ShardedFrozen implements LogprobModel {
+  constructor(private readonly model: ShardedModel) {}
+  get device(): string {
+    return this.model.device;
+  }
+  /** Collective: every rank calls it with its own sequences (possibly none). */
+  logprobs(batch: SequenceBatch, opts?: LogprobOptions): Promise<LogprobOutput> {
+    return shardedLogprobs(this.model, batch, opts);
+  }
+  dispose(): void {
+    this.model.dispose();
+  }
+}
+
+// ---- the policy -------------------------------------------------------------------------------------------------
+interface OptShard {
+  master: Tensor;
+  m: Tensor;
+  v: Tensor;
+}
+
+/** The manifest a sharded save writes (fsdp.json), read back by load(). */
+export interface ShardedManifest {
+  format: 'gptoss-fsdp';
+  version: 1;
+  worldSize: number;
+  optimizerSteps: number;
+  hasOptimizer: boolean;
+  units: { key: string; numel: number; padded: number }[];
+  config: Record<string, unknown>;
+}
+
+export const SHARDED_MANIFEST = 'fsdp.json';
+const rankDirName = (r: number): string => `rank-${String(r).padStart(5, '0')}`;
+
+export class ShardedPolicy implements Policy {
+  private readonly model: ShardedModel;
+  /** Per unit: the fp32 gradient shard, or null after zeroGrad() until a backward writes it. */
+  private grads: (Tensor | null)[] | null = null;
+  private opt: OptShard[] | null = null;
+  /** Optimizer steps taken (saved). */
+  optimizerSteps = 0;
+  /** Where the masters and moments live: 'cpu' with cpuOffload, else the compute device. */
+  readonly optDevice: string;
+
+  /** frozenCopy() keeps the reference's shards in host memory (ShardedModelOptions.referenceOnHost). */
+  readonly referenceOnHost: boolean;
+
+  private constructor(model: ShardedModel, opts: ShardedModelOptions) {
+    this.model = model;
+    this.optDevice = opts.cpuOffload ? 'cpu' : model.device;
+    this.referenceOnHost = opts.referenceOnHost ?? false;
+  }
+
+  /**
+   * Builds this rank's shards from full weights (every rank passes the same weights, e.g. the same seed or the
+   * same checkpoint; the caller keeps and disposes them). Collective only in that every rank must call it.
+   */
+  static fromWeights(weights: GptOssWeights, comm: Collectives, opts: ShardedModelOptions = {}): ShardedPolicy {
+    return ShardedPolicy.fromSource(weights.config, (name) => weights.params.get(name)!, weights.device, comm, opts, false);
+  }
+
+  /** Builds this rank's shards from a Hugging Face folder, one tensor at a time (never the whole model). */
+  static fromCheckpoint(config: GptOssConfig, dir: string, device: string, comm: Collectives, opts: ShardedModelOptions = {}): ShardedPolicy {
+    const ck = Checkpoint.open(dir);
+    try {
+      const shapes = new Map(paramSpecs(config).map((s) => [s.name, s.shape]));
+      const missing = [...shapes.keys()].filter((n) => !ck.has(n));
+      if (missing.length) throw new Error(`ShardedPolicy.fromCheckpoint: ${dir} lacks ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
+      return ShardedPolicy.fromSource(config, (name) => ck.load(name, { device, dtype: 'bf16', shape: shapes.get(name)! }), device, comm, opts, true);
+    } finally {
+      ck.close();
+    }
+  }
+
+  private static fromSource(config: GptOssConfig, get: (name: string) => Tensor, device: string, comm: Collectives, opts: ShardedModelOptions, owned: boolean): ShardedPolicy {
+    const units = shardLayout(config, comm.worldSize);
+    const shards: Tensor[] = [];
+    try {
+      for (const unit of units) {
+        const shard = Tensor.zeros([unit.shard], { dtype: 'bf16', device });
+        shards.push(shard);
+        const lo = comm.rank * unit.shard;
+        const hi = lo + unit.shard;
+        for (const e of unit.entries) {
+          const a = Math.max(lo, e.offset);
+          const b = Math.min(hi, e.offset + e.numel);
+          if (a >= b) continue;
+          const t = get(e.name);
+          const flat = t.view([e.numel]);
+          const src = flat.slice(a - e.offset, b - e.offset);
+          const dst = shard.slice(a - lo, b - lo);
+          dst.copyFrom(src);
+          disposeAll(src, dst, flat);
+          if (owned) t.dispose();
+        }
+      }
+    } catch (e) {
+      disposeAll(...shards);
+      throw e;
+    }
+    const model = new ShardedModel(config, comm, device, shards, {
+      recompute: opts.recompute ?? true,
+      deterministic: opts.deterministic ?? false,
+      timing: opts.timing ?? false,
+      lmHeadChunk: opts.lmHeadChunk,
+    });
+    return new ShardedPolicy(model, opts);
+  }
+
+  get device(): string {
+    return this.model.device;
+  }
+  get rank(): number {
+    return this.model.comm.rank;
+  }
+  get worldSize(): number {
+    return this.model.comm.worldSize;
+  }
+  get units(): readonly ShardUnit[] {
+    return this.model.units;
+  }
+
+  /** Collective. */
+  logprobs(batch: SequenceBatch, opts?: LogprobOptions): Promise<LogprobOutput> {
+    return shardedLogprobs(this.model, batch, opts);
+  }
+
+  /** Collective: every rank calls forward (and then backward or release) with its own micro-batch, possibly empty. */
+  async forward(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<TrainForward> {
+    checkBatch(batch, 'forward');
+    const pb = pack(batch, this.device);
+    let r: Awaited<ReturnType<ShardedModel['forward']>>;
+    try {
+      r = await this.model.forward(pb, true, opts.temperature ?? 1);
+    } catch (e) {
+      if (pb) disposeBatch(pb);
+      throw e;
+    }
+    let state = r?.state ?? null;
+    let lp: Float32Array[] = [];
+    let en: Float32Array[] | undefined = opts.entropy ? [] : undefined;
+    if (r && pb) {
+      lp = responseSlices(r.logprobs.toFloat32(), pb.offsets, batch);
+      if (en) en = responseSlices(r.entropy.toFloat32(), pb.offsets, batch);
+      disposeAll(r.logprobs, r.entropy);
+    }
+    let consumed = false;
+    return {
+      logprobs: lp,
+      entropy: en,
+      backward: async (d: Float32Array[]) => {
+        if (consumed) throw new Error('TrainForward.backward: already consumed');
+        if (d.length !== batch.sequences.length) throw new Error(`backward: ${d.length} gradient rows for ${batch.sequences.length} sequences`);
+        consumed = true;
+        let dt: Tensor | null = null;
+        if (pb) {
+          const full = new Float32Array(pb.numTokens);
+          batch.sequences.forEach((s, i) => {
+            const n = s.length - batch.promptLens[i]!;
+            if (d[i]!.length !== n) throw new Error(`backward: sequence ${i} has ${n} response tokens but ${d[i]!.length} gradients`);
+            full.set(d[i]!, pb.offsets[i]! + batch.promptLens[i]! - 1);
+          });
+          dt = Tensor.from(full, [pb.numTokens], { device: this.device, dtype: 'f32' });
+        }
+        const st = state;
+        state = null;
+        try {
+          if (!this.grads) this.grads = this.model.units.map(() => null);
+          const grads = this.grads;
+          await this.model.backward(
+            st,
+            dt,
+            (u, g) => {
+              const have = grads[u];
+              if (have) {
+                addInPlace(have, g);
+                g.dispose();
+              } else grads[u] = g;
+            },
+            (u) => grads[u] ?? null,
+          );
+        } finally {
+          disposeAll(dt);
+        }
+      },
+      release: () => {
+        // Not collective: the ranks that release skip their backward; every rank must then release (a NaN loss is
+        // detected from global values, so all ranks agree).
+        if (consumed) return;
+        consumed = true;
+        if (state) disposeState(state);
+        state = null;
+      },
+    };
+  }
+
+  zeroGrad(): void {
+    if (this.grads) for (const g of this.grads) disposeAll(g);
+    this.grads = null;
+  }
+
+  /**
+   * Collective: the global L2 norm over every rank's gradient shards (each rank's Σ g² in fp32, one all-reduce of
+   * that single value), then the same clip factor as the single-process policy, applied to the shards.
+   */
+  async clipGradNorm(maxNorm: number): Promise<GradClipResult> {
+    const acc = Tensor.zeros([1], { dtype: 'f32', device: this.device });
+    let norm: number;
+    try {
+      const mine = (this.grads ?? []).filter((g): g is Tensor => g !== null);
+      sumOfSquaresInto(mine, acc);
+      if (this.model.comm.worldSize > 1) await this.model.comm.allReduce(acc, 'sum');
+      norm = Math.sqrt(acc.item());
+    } finally {
+      acc.dispose();
+    }
+    if (!this.grads) return { norm, finite: true, clipped: false };
+    const finite = Number.isFinite(norm);
+    const clipped = finite && norm > maxNorm;
+    if (clipped) scaleGradsInPlace(this.grads.filter((g): g is Tensor => g !== null), maxNorm / (norm + 1e-6));
+    return { norm, finite, clipped };
+  }
+
+  /**
+   * AdamW on this rank's shards (no communication): masters, moments and the bf16 compute shards are updated.
+   * With cpuOffload on a GPU, per unit: gradient shard to the host, AdamW there, the bf16 shard back.
+   */
+  optimizerStep(h: OptimizerHyper, step: number): void {
+    if (!this.grads) throw new Error('optimizerStep: no gradients (run forward + backward first)');
+    const dev = this.device;
+    const od = this.optDevice;
+    if (!this.opt) {
+      this.opt = this.model.bf16.map((b) => {
+        const m32 = cast(b, 'f32');
+        const master = od === dev ? m32 : m32.to(od);
+        if (master !== m32) m32.dispose();
+        return { master, m: Tensor.zeros(b.shape, { dtype: 'f32', device: od }), v: Tensor.zeros(b.shape, { dtype: 'f32', device: od }) };
+      });
+    }
+    this.model.units.forEach((_, u) => {
+      const s = this.opt![u]!;
+      let g = this.grads![u];
+      if (!g) this.grads![u] = g = Tensor.zeros(s.master.shape, { dtype: 'f32', device: dev });
+      const bf16 = this.model.bf16[u]!;
+      if (od === dev) {
+        adamwStep({ master: s.master, grad: g, m: s.m, v: s.v, bf16 }, { ...h, step });
+        return;
+      }
+      const gh = g.to(od);
+      const bh = Tensor.empty(bf16.shape, { dtype: 'bf16', device: od });
+      try {
+        adamwStep({ master: s.master, grad: gh, m: s.m, v: s.v, bf16: bh }, { ...h, step });
+        bf16.copyFrom(bh);
+      } finally {
+        disposeAll(gh, bh);
+      }
+    });
+    this.optimizerSteps = step;
+  }
+
+  resetOptimizer(): void {
+    if (this.opt) for (const s of this.opt) disposeAll(s.master, s.m, s.v);
+    this.opt = null;
+    this.optimizerSteps = 0;
+  }
+
+  /**
+   * A frozen sharded copy of the current weights (the KL reference; its shards are this rank's only), on the
+   * device or, with referenceOnHost, in host memory between uses.
+   */
+  async frozenCopy(): Promise<LogprobModel> {
+    const m = this.model;
+    const where = this.referenceOnHost ? 'cpu' : m.device;
+    return new ShardedFrozen(new ShardedModel(m.config, m.comm, m.device, m.bf16.map((t) => t.to(where)), m.opts));
+  }
+
+  /**
+   * Collective: every rank writes its shard (bf16 compute weights, and the fp32 masters and moments once the
+   * optimizer has stepped) into `<dir>/rank-NNNNN/` (written to a temporary folder, then renamed); after a barrier
+   * rank 0 writes the manifest fsdp.json (temporary file, then rename). dir must be on a filesystem every rank sees.
+   */
+  async save(dir: string): Promise<void> {
+    const { rank, worldSize } = this.model.comm;
+    mkdirSync(dir, { recursive: true });
+    const final = join(dir, rankDirName(rank));
+    const tmp = `${final}.tmp-${process.pid}`;
+    rmSync(tmp, { recursive: true, force: true });
+    mkdirSync(tmp);
+    const tensors: TensorToSave[] = [];
+    this.model.units.forEach((unit, u) => {
+      tensors.push(tensorToSave(`bf16.${unit.key}`, this.model.bf16[u]!));
+      const o = this.opt?.[u];
+      if (o) tensors.push(tensorToSave(`master.${unit.key}`, o.master), tensorToSave(`m.${unit.key}`, o.m), tensorToSave(`v.${unit.key}`, o.v));
+    });
+    saveCheckpoint(tmp, tensors, { extraFiles: { 'rank.json': JSON.stringify({ rank, worldSize, optimizerSteps: this.optimizerSteps }) + '\n' } });
+    rmSync(final, { recursive: true, force: true });
+    renameSync(tmp, final);
+    await this.model.comm.barrier();
+    if (rank === 0) {
+      const manifest: ShardedManifest = {
+        format: 'gptoss-fsdp',
+        version: 1,
+        worldSize,
+        optimizerSteps: this.optimizerSteps,
+        hasOptimizer: this.opt !== null,
+        units: this.model.units.map((u) => ({ key: u.key, numel: u.numel, padded: u.padded })),
+        config: toHfConfig(this.model.config),
+      };
+      const mt = join(dir, `${SHARDED_MANIFEST}.tmp-${process.pid}`);
+      writeFileSync(mt, JSON.stringify(manifest, null, 2) + '\n');
+      renameSync(mt, join(dir, SHARDED_MANIFEST));
+    }
+    await this.model.comm.barrier();
+  }
+
+  /**
+   * Restores what save() wrote, on the same number of ranks. A checkpoint from a different rank count is refused
+   * (the shards' boundaries depend on it): export it with exportHf() and start from that folder instead (the
+   * optimizer state is then lost).
+   */
+  async load(dir: string): Promise<void> {
+    const { rank, worldSize } = this.model.comm;
+    const mf = join(dir, SHARDED_MANIFEST);
+    if (!existsSync(mf)) throw new Error(`ShardedPolicy.load: ${dir} is not a sharded checkpoint (no ${SHARDED_MANIFEST})`);
+    const m = JSON.parse(readFileSync(mf, 'utf8')) as ShardedManifest;
+    if (m.format !== 'gptoss-fsdp' || m.version !== 1) throw new Error(`ShardedPolicy.load: ${mf} is not a version-1 gptoss-fsdp manifest`);
+    if (m.worldSize !== worldSize) {
+      throw new Error(
+        `ShardedPolicy.load: ${dir} was saved by ${m.worldSize} ranks but this job has ${worldSize}; resuming on a different ` +
+          'rank count is not supported (export the checkpoint with exportHf and start from that folder; the optimizer state is not carried over)',
+      );
+    }
+    const units = this.model.units;
+    const mismatch = units.findIndex((u, i) => m.units[i]?.key !== u.key || m.units[i]?.numel !== u.numel);
+    if (m.units.length !== units.length || mismatch >= 0) {
+      throw new Error(`ShardedPolicy.load: ${dir} holds a different model (unit ${units[Math.max(0, mismatch)]?.key} does not match this config)`);
+    }
+    const rd = join(dir, rankDirName(rank));
+    const ck = Checkpoint.open(rd);
+    const dev = this.device;
+    try {
+      units.forEach((unit, u) => {
+        const t = ck.load(`bf16.${unit.key}`, { device: dev, dtype: 'bf16', shape: [unit.shard] });
+        this.model.bf16[u]!.copyFrom(t);
+        t.dispose();
+      });
+      this.resetOptimizer();
+      if (m.hasOptimizer) {
+        this.opt = units.map((unit) => {
+          const ld = (k: string): Tensor => ck.load(`${k}.${unit.key}`, { device: this.optDevice, dtype: 'f32', shape: [unit.shard] });
+          return { master: ld('master'), m: ld('m'), v: ld('v') };
+        });
+      }
+      this.optimizerSteps = m.optimizerSteps;
+    } finally {
+      ck.close();
+    }
+    await this.model.comm.barrier();
+  }
+
+  /**
+   * Collective: writes the current weights as a Hugging Face folder (bf16 sharded safetensors + config.json, the
+   * layout loadModel and transformers read) from rank 0. Units are gathered one at a time; rank 0 keeps each
+   * parameter's bytes on the host until the write (the whole bf16 model in host memory on rank 0).
+   */
+  async exportHf(dir: string, opts: { maxShardBytes?: number } = {}): Promise<void> {
+    const bytes = new Map<string, { shape: number[]; data: Uint8Array }>();
+    for (let u = 0; u < this.model.units.length; u++) {
+      const g = await this.model.gather(u);
+      try {
+        if (this.rank === 0) for (const e of g.unit.entries) bytes.set(e.name, { shape: e.shape, data: new Uint8Array(g.views.get(e.name)!.toBuffer()) });
+      } finally {
+        this.model.release(g);
+      }
+    }
+    if (this.rank === 0) {
+      mkdirSync(dir, { recursive: true });
+      const tensors: TensorToSave[] = paramSpecs(this.model.config).map((s) => ({ name: s.name, dtype: 'BF16' as const, shape: s.shape, data: bytes.get(s.name)!.data }));
+      saveCheckpoint(dir, tensors, {
+        maxShardBytes: opts.maxShardBytes,
+        extraFiles: { 'config.json': JSON.stringify(toHfConfig(this.model.config), null, 2) + '\n' },
+      });
+    }
+    await this.model.comm.barrier();
+  }
+
+  /**
+   * Collective: the fp32 master weights by checkpoint name, gathered to rank 0 (other ranks get null); before the
+   * first optimizer step, the bf16 weights widened. For tests and debugging (the whole model in host memory).
+   */
+  async gatherMasters(): Promise<Map<string, Float32Array> | null> {
+    const out = this.rank === 0 ? new Map<string, Float32Array>() : null;
+    for (let u = 0; u < this.model.units.length; u++) {
+      const unit = this.model.units[u]!;
+      const master = this.opt?.[u]!.master;
+      // The gather runs on the compute device (NCCL needs device memory; offloaded masters are copied over).
+      const mine = !master ? cast(this.model.bf16[u]!, 'f32') : master.device === this.device ? master : master.to(this.device);
+      const full = Tensor.empty([unit.padded], { dtype: 'f32', device: this.device });
+      try {
+        await this.model.comm.allGather(full, mine);
+        if (out) {
+          const f = full.toFloat32();
+          for (const e of unit.entries) out.set(e.name, f.slice(e.offset, e.offset + e.numel));
+        }
+      } finally {
+        full.dispose();
+        if (mine !== master) mine.dispose();
+      }
+    }
+    return out;
+  }
+
+  /** Collective time since the last resetStats() (timing mode; zeros otherwise). */
+  stats(): { gatherMs: number; reduceScatterMs: number } {
+    return { ...this.model.stats };
+  }
+
+  resetStats(): void {
+    this.model.stats.gatherMs = 0;
+    this.model.stats.reduceScatterMs = 0;
+  }
+
+  numParameters(): number {
+    return this.model.units.reduce((a, u) => a + u.numel, 0);
+  }
+
+  dispose(): void {
+    this.zeroGrad();
+    this.resetOptimizer();
+    this.model.dispose();
+  }
+}

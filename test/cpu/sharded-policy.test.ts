@@ -1,0 +1,274 @@
+// ShardedPolicy (src/trainer/sharded-policy.ts) over 1-4 CPU processes started by the launcher, against the
+// single-process GptOssPolicy: the same loss, grad norm and fp32 masters (relative 1e-5) after 3 optimizer steps with
+// gradient accumulation, clipping and ranks that run empty micro-batches; sharded save -> resume continues bitwise;
+// a checkpoint of another rank count is refused; the Hugging Face export loads with loadModel and gives the same
+// log-probs; a rank that fails mid-step ends the job, named. Plus the layout and the sequence split.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, existsSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { launch, initDistributed, type LaunchResult } from '../../src/distributed/launch.ts';
+import { Checkpoint, loadModel, randomModel, paramSpecs, presetConfig, PRESET_NAMES } from '../../src/model/index.ts';
+import { paramUnits, shardSize } from '../../src/trainer/memory-plan.ts';
+import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
+import { ShardedPolicy, shardLayout, shardSequences, rankMicroBatches } from '../../src/trainer/sharded-policy.ts';
+import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss, type StepRecord, type WorkerResult } from '../helpers/fsdp-common.ts';
+
+const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+const WORKER = fileURLToPath(new URL(`../helpers/fsdp-worker${ext}`, import.meta.url));
+
+interface Run extends LaunchResult {
+  text: string;
+}
+
+async function runRanks(n: number, opts: Record<string, unknown>): Promise<Run> {
+  const lines: string[] = [];
+  const r = await launch({
+    script: WORKER,
+    args: [JSON.stringify(opts)],
+    nprocPerNode: n,
+    device: 'cpu',
+    killGraceMs: 3000,
+    onOutput: (rank, _stream, line) => lines.push(`[rank ${rank}] ${line}`),
+  });
+  return { ...r, text: lines.join('\n') };
+}
+
+function readResult(file: string): WorkerResult {
+  return JSON.parse(readFileSync(file, 'utf8')) as WorkerResult;
+}
+
+/** The single-process reference: the whole mini-batch in consecutive micro-batches of MICRO sequences. */
+async function singleProcess(steps: number[]): Promise<{ steps: StepRecord[]; masters: Map<string, Float32Array> }> {
+  const p = new GptOssPolicy(randomModel(CFG, { device: 'cpu', seed: SEED }));
+  const out: StepRecord[] = [];
+  for (const step of steps) {
+    const mb = stepBatch(step);
+    const norm = normTokens(mb);
+    p.zeroGrad();
+    let loss = 0;
+    for (let i = 0; i < mb.sequences.length; i += MICRO) {
+      const idx = mb.sequences.slice(i, i + MICRO).map((_, j) => i + j);
+      const fwd = await p.forward({ sequences: idx.map((k) => mb.sequences[k]!), promptLens: idx.map((k) => mb.promptLens[k]!) });
+      const l = pgLoss(fwd.logprobs, idx.map((k) => mb.advantages[k]!), norm);
+      loss += l.loss;
+      await fwd.backward(l.d);
+    }
+    const clip = await p.clipGradNorm(MAX_NORM);
+    p.optimizerStep(HYPER, step);
+    out.push({ step, loss, norm: clip.norm, clipped: clip.clipped });
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'fsdp-ref-'));
+  await p.save(dir);
+  const ck = Checkpoint.open(join(dir, 'optimizer'));
+  const masters = new Map<string, Float32Array>();
+  for (const s of paramSpecs(CFG)) {
+    const t = ck.load(`master.${s.name}`, { device: 'cpu', dtype: 'f32', shape: s.shape });
+    masters.set(s.name, t.toFloat32());
+    t.dispose();
+  }
+  ck.close();
+  p.dispose();
+  return { steps: out, masters };
+}
+
+function rel(a: number, b: number): number {
+  return Math.abs(a - b) / Math.max(Math.abs(b), 1e-30);
+}
+
+/** ||a - b|| / ||b|| over one tensor. */
+function relNorm(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0;
+  let n = 0;
+  for (let i = 0; i < b.length; i++) {
+    d += (a[i]! - b[i]!) ** 2;
+    n += b[i]! ** 2;
+  }
+  return Math.sqrt(d) / Math.max(Math.sqrt(n), 1e-30);
+}
+
+let reference: Promise<{ steps: StepRecord[]; masters: Map<string, Float32Array> }> | undefined;
+const results = new Map<number, { out: string; exportDir: string }>();
+
+test('layout: units padded to a multiple of N cover every parameter once; sequences balanced by tokens', () => {
+  const specs = paramSpecs(CFG);
+  for (const n of [1, 2, 3, 4, 7]) {
+    const units = shardLayout(CFG, n);
+    assert.equal(units.length, CFG.numLayers + 2);
+    const names = units.flatMap((u) => u.entries.map((e) => e.name));
+    assert.deepEqual([...names].sort(), specs.map((s) => s.name).sort());
+    for (const u of units) {
+      assert.equal(u.padded % n, 0);
+      assert.ok(u.padded - u.numel < n);
+      assert.equal(u.shard * n, u.padded);
+    }
+  }
+  assert.throws(() => shardLayout(CFG, 0), /world size 0/);
+  assert.throws(() => shardLayout(presetConfig('gpt-oss-tiny-256', { tieWordEmbeddings: true }), 2), /tied word embeddings/);
+  // Longest first to the lightest rank: token loads 12+3 / 10+4 / 9+5.
+  const split = shardSequences([3, 12, 10, 9, 4, 5], 3);
+  assert.deepEqual(split, [[0, 1], [2, 4], [3, 5]]);
+  assert.deepEqual(shardSequences([5, 5], 4), [[0], [1], [], []]);
+  assert.deepEqual(rankMicroBatches([[0, 1, 2], [3], []], 2), [[[0, 1], [2]], [[3], []], [[], []]]);
+  assert.throws(() => rankMicroBatches([[0]], 0), /micro-batch size 0/);
+});
+
+test('the memory planner plans the shards ShardedPolicy makes (units and per-rank sizes, every preset)', () => {
+  for (const name of PRESET_NAMES) {
+    const c = presetConfig(name);
+    const planned = paramUnits(c);
+    for (const n of [1, 3, 8]) {
+      const units = shardLayout(c, n);
+      assert.deepEqual(units.map((u) => u.numel), [planned.embedding, ...planned.layers, planned.head], name);
+      assert.deepEqual(units.map((u) => u.shard), units.map((u) => shardSize(u.numel, n)), name);
+    }
+  }
+});
+
+for (const n of [1, 2, 3, 4]) {
+  test(`${n} rank(s) x 3 steps (accumulation, clipping) equal the single-process policy`, async (t) => {
+    reference ??= singleProcess([1, 2, 3]);
+    const dir = mkdtempSync(join(tmpdir(), `fsdp-${n}-`));
+    const out = join(dir, 'result.json');
+    const exportDir = join(dir, 'export');
+    // Some ranks run an empty micro-batch: 9 sequences over 4 ranks in micro-batches of 2.
+    const shape = rankMicroBatches(shardSequences(stepBatch(1).sequences.map((s) => s.length), n), MICRO);
+    if (n === 4) assert.ok(shape.some((r) => r.some((m) => m.length === 0)), 'the test should exercise empty micro-batches');
+    const r = await runRanks(n, { steps: [1, 2, 3], out, export: n === 2 ? exportDir : undefined });
+    assert.equal(r.exitCode, 0, r.text);
+    results.set(n, { out, exportDir });
+    const got = readResult(out);
+    const ref = await reference;
+    for (let i = 0; i < 3; i++) {
+      const g = got.steps[i]!;
+      const w = ref.steps[i]!;
+      assert.ok(w.clipped && g.clipped, `step ${i + 1} should clip (norm ${w.norm} > ${MAX_NORM})`);
+      assert.ok(rel(g.loss, w.loss) <= 1e-5, `step ${i + 1} loss ${g.loss} vs ${w.loss}`);
+      assert.ok(rel(g.norm, w.norm) <= 1e-5, `step ${i + 1} grad norm ${g.norm} vs ${w.norm}`);
+    }
+    let worst = 0;
+    for (const [name, want] of ref.masters) {
+      const have = got.masters[name];
+      assert.ok(have && have.length === want.length, `master ${name} missing or of another size`);
+      const e = relNorm(have, want);
+      worst = Math.max(worst, e);
+      assert.ok(e <= 1e-5, `master ${name}: relative difference ${e}`);
+    }
+    const worstStep = Math.max(...got.steps.flatMap((g, i) => [rel(g.loss, ref.steps[i]!.loss), rel(g.norm, ref.steps[i]!.norm)]));
+    t.diagnostic(`N=${n}: worst relative difference: loss/grad norm ${worstStep.toExponential(2)}, masters ${worst.toExponential(2)}`);
+  });
+}
+
+test('the Hugging Face export loads with loadModel and gives the sharded policy\'s log-probs', async () => {
+  const r = results.get(2);
+  assert.ok(r, 'needs the 2-rank run');
+  assert.ok(existsSync(join(r.exportDir, 'config.json')));
+  assert.ok(readdirSync(r.exportDir).filter((f) => f.endsWith('.safetensors')).length > 1, 'expected several safetensors shards');
+  const got = readResult(r.out);
+  const m = await loadModel(r.exportDir, { device: 'cpu' });
+  const b = stepBatch(1);
+  const lp = m.tokenLogprobs(b.sequences.map((s) => Array.from(s)));
+  b.sequences.forEach((_, i) => assert.deepEqual(Array.from(lp[i]!.slice(b.promptLens[i]! - 1)), got.logprobs![i]!, `sequence ${i}`));
+  // The export is the bf16 rounding of the trained masters.
+  for (const [name, t] of m.weights.params) {
+    const want = Float32Array.from(got.masters[name]!);
+    const bf = t.toFloat32();
+    assert.ok(relNorm(bf, want) < 1e-2, name);
+  }
+  m.dispose();
+  // The export also starts a sharded run (tensor by tensor): the same log-probs.
+  const ctx = await initDistributed({ backend: 'cpu' });
+  const p = ShardedPolicy.fromCheckpoint(CFG, r.exportDir, 'cpu', ctx.collectives);
+  assert.deepEqual((await p.logprobs(b)).logprobs.map((a) => [...a]), got.logprobs);
+  p.dispose();
+  await ctx.destroy();
+  assert.throws(() => ShardedPolicy.fromCheckpoint(presetConfig('gpt-oss-tiny-256', { numLayers: 3 }), r.exportDir, 'cpu', ctx.collectives), /lacks model\.layers\.2\./);
+});
+
+test('sharded save -> resume on the same N continues bitwise; another N is refused', async () => {
+  const full = results.get(2);
+  assert.ok(full, 'needs the uninterrupted 2-rank run');
+  const dir = mkdtempSync(join(tmpdir(), 'fsdp-resume-'));
+  const ckpt = join(dir, 'ckpt');
+  const a = await runRanks(2, { steps: [1, 2], save: ckpt });
+  assert.equal(a.exitCode, 0, a.text);
+  assert.ok(existsSync(join(ckpt, 'fsdp.json')));
+  assert.deepEqual(readdirSync(ckpt).filter((f) => f.startsWith('rank-')).sort(), ['rank-00000', 'rank-00001']);
+  const out = join(dir, 'resumed.json');
+  const b = await runRanks(2, { steps: [3], load: ckpt, out });
+  assert.equal(b.exitCode, 0, b.text);
+  const resumed = readResult(out);
+  const uninterrupted = readResult(full.out);
+  assert.deepEqual(resumed.steps[0], uninterrupted.steps[2]);
+  assert.deepEqual(resumed.masters, uninterrupted.masters);
+  const c = await runRanks(3, { steps: [3], load: ckpt });
+  assert.notEqual(c.exitCode, 0);
+  assert.match(c.text, /saved by 2 ranks but this job has 3; resuming on a different rank count is not supported/);
+});
+
+test('cpuOffload (masters and moments in host memory; a no-op on the CPU) trains bitwise like the default', async () => {
+  const full = results.get(2);
+  assert.ok(full, 'needs the 2-rank run');
+  const out = join(mkdtempSync(join(tmpdir(), 'fsdp-offload-')), 'result.json');
+  const r = await runRanks(2, { steps: [1, 2, 3], out, cpuOffload: true });
+  assert.equal(r.exitCode, 0, r.text);
+  const a = readResult(out);
+  const b = readResult(full.out);
+  assert.deepEqual(a.steps, b.steps);
+  assert.deepEqual(a.masters, b.masters);
+});
+
+test('the KL reference: a frozen sharded copy (in host memory with referenceOnHost) keeps the weights of its time', async () => {
+  const ctx = await initDistributed({ backend: 'cpu' }); // a group of one in this process
+  const m = randomModel(CFG, { device: 'cpu', seed: SEED });
+  const policy = ShardedPolicy.fromWeights(m.weights, ctx.collectives, { referenceOnHost: true });
+  m.dispose();
+  const b = stepBatch(1);
+  const before = await policy.logprobs(b);
+  const ref = await policy.frozenCopy();
+  assert.deepEqual((await ref.logprobs(b)).logprobs, before.logprobs);
+  policy.zeroGrad();
+  const fwd = await policy.forward(b);
+  await fwd.backward(pgLoss(fwd.logprobs, b.advantages, normTokens(b)).d);
+  policy.optimizerStep({ ...HYPER, lr: 1e-2 }, 1);
+  const after = await policy.logprobs(b);
+  assert.notDeepEqual(after.logprobs, before.logprobs);
+  assert.deepEqual((await ref.logprobs(b)).logprobs, before.logprobs);
+  ref.dispose();
+  policy.dispose();
+  await ctx.destroy();
+});
+
+test('a rank that fails mid-step ends the job with a message naming it', async () => {
+  const t0 = Date.now();
+  const r = await runRanks(3, { steps: [1, 2], failRank: 1, failStep: 2 });
+  assert.notEqual(r.exitCode, 0, r.text);
+  assert.equal(r.failedRank, 1, r.text);
+  assert.match(r.reason ?? '', /rank 1/);
+  assert.match(r.text, /rank 1 fails on purpose in step 2/);
+  assert.ok(Date.now() - t0 < 60_000);
+});
+
+test('bench:train-step smoke form: the table and JSON on one process (both policies) and on 2 ranks (sharded only)', async () => {
+  const bench = fileURLToPath(new URL('../../bench/train-step.ts', import.meta.url));
+  const dir = mkdtempSync(join(tmpdir(), 'bench-ts-'));
+  const one = join(dir, 'one.json');
+  const p = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--json', one], { encoding: 'utf8' });
+  assert.equal(p.status, 0, p.stderr);
+  assert.match(p.stdout, /\| policy \| tokens\/micro-batch \| step ms \|/);
+  const a = JSON.parse(readFileSync(one, 'utf8')) as { worldSize: number; rows: { policy: string; stepMs: number; split?: Record<string, number> }[] };
+  assert.equal(a.worldSize, 1);
+  assert.deepEqual(a.rows.map((r) => r.policy), ['single', 'sharded']);
+  assert.ok(a.rows.every((r) => r.stepMs > 0));
+  assert.ok(a.rows[1]!.split && a.rows[1]!.split.computeMs > 0);
+  const two = join(dir, 'two.json');
+  const r = await launch({ script: bench, args: ['--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--json', two], nprocPerNode: 2, device: 'cpu', onOutput: () => {} });
+  assert.equal(r.exitCode, 0);
+  const b = JSON.parse(readFileSync(two, 'utf8')) as typeof a;
+  assert.equal(b.worldSize, 2);
+  assert.deepEqual(b.rows.map((x) => x.policy), ['sharded']);
+  assert.ok(b.rows[0]!.split!.gatherMs > 0 && b.rows[0]!.split!.reduceScatterMs > 0);
+});

@@ -1,0 +1,108 @@
+// GPU machine: ShardedPolicy at N = 1 on CUDA (in-process group of one; NCCL when the addon has it) against the
+// single-process GptOssPolicy over 3 optimizer steps with gradient accumulation and clipping: loss, grad norm and
+// fp32 masters relative 1e-5 (deterministic attention backward on both, so only accumulation order differs); the
+// host paths: cpuOffload (AdamW on the host) against the device optimizer, and the KL reference kept on the host.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cudaDeviceCount } from '../../src/tensor.ts';
+import { native } from '../../src/native.ts';
+import { Checkpoint, paramSpecs, randomModel } from '../../src/model/index.ts';
+import { initDistributed } from '../../src/distributed/launch.ts';
+import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
+import { ShardedPolicy, rankMicroBatches, shardSequences } from '../../src/trainer/sharded-policy.ts';
+import type { Policy } from '../../src/trainer/policy.ts';
+import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss } from '../helpers/fsdp-common.ts';
+
+const hasCuda = ((): boolean => {
+  try {
+    return native().features.cuda && cudaDeviceCount() > 0;
+  } catch {
+    return false;
+  }
+})();
+const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
+const DEV = 'cuda:0';
+
+async function train(p: Policy): Promise<{ loss: number; norm: number; clipped: boolean }[]> {
+  const out = [];
+  for (const step of [1, 2, 3]) {
+    const mb = stepBatch(step);
+    const norm = normTokens(mb);
+    p.zeroGrad();
+    let loss = 0;
+    for (const idx of rankMicroBatches(shardSequences(mb.sequences.map((s) => s.length), 1), MICRO)[0]!) {
+      const fwd = await p.forward({ sequences: idx.map((i) => mb.sequences[i]!), promptLens: idx.map((i) => mb.promptLens[i]!) });
+      const l = pgLoss(fwd.logprobs, idx.map((i) => mb.advantages[i]!), norm);
+      loss += l.loss;
+      await fwd.backward(l.d);
+    }
+    const clip = await p.clipGradNorm(MAX_NORM);
+    p.optimizerStep(HYPER, step);
+    out.push({ loss, norm: clip.norm, clipped: clip.clipped });
+  }
+  return out;
+}
+
+test('ShardedPolicy N = 1 on CUDA equals GptOssPolicy (3 steps, accumulation, clipping)', { skip }, async () => {
+  const single = new GptOssPolicy(randomModel(CFG, { device: DEV, seed: SEED, deterministic: true }));
+  const want = await train(single);
+  const dir = mkdtempSync(join(tmpdir(), 'fsdp-gpu-'));
+  await single.save(dir);
+  single.dispose();
+
+  const ctx = await initDistributed();
+  const m = randomModel(CFG, { device: DEV, seed: SEED });
+  const sharded = ShardedPolicy.fromWeights(m.weights, ctx.collectives, { deterministic: true });
+  m.dispose();
+  const got = await train(sharded);
+  const masters = (await sharded.gatherMasters())!;
+  sharded.dispose();
+  await ctx.destroy();
+
+  for (let i = 0; i < 3; i++) {
+    assert.ok(want[i]!.clipped && got[i]!.clipped, `step ${i + 1} should clip`);
+    assert.ok(Math.abs(got[i]!.loss - want[i]!.loss) <= 1e-5 * Math.abs(want[i]!.loss), `step ${i + 1} loss ${got[i]!.loss} vs ${want[i]!.loss}`);
+    assert.ok(Math.abs(got[i]!.norm - want[i]!.norm) <= 1e-5 * want[i]!.norm, `step ${i + 1} grad norm ${got[i]!.norm} vs ${want[i]!.norm}`);
+  }
+  const ck = Checkpoint.open(join(dir, 'optimizer'));
+  for (const s of paramSpecs(CFG)) {
+    const t = ck.load(`master.${s.name}`, { device: 'cpu', dtype: 'f32', shape: s.shape });
+    const w = t.toFloat32();
+    t.dispose();
+    const g = masters.get(s.name)!;
+    let d = 0, n = 0;
+    for (let i = 0; i < w.length; i++) (d += (g[i]! - w[i]!) ** 2), (n += w[i]! ** 2);
+    assert.ok(Math.sqrt(d) <= 1e-5 * Math.sqrt(n), `master ${s.name}: relative difference ${Math.sqrt(d / n)}`);
+  }
+  ck.close();
+});
+
+test('ShardedPolicy on CUDA: cpuOffload trains like the device optimizer; a reference on the host gives its log-probs', { skip }, async () => {
+  const ctx = await initDistributed();
+  const run = async (cpuOffload: boolean) => {
+    const m = randomModel(CFG, { device: DEV, seed: SEED });
+    const p = ShardedPolicy.fromWeights(m.weights, ctx.collectives, { deterministic: true, cpuOffload, referenceOnHost: true });
+    m.dispose();
+    const ref = await p.frozenCopy();
+    const b = stepBatch(1);
+    assert.deepEqual((await ref.logprobs(b)).logprobs, (await p.logprobs(b)).logprobs, 'reference on the host');
+    ref.dispose();
+    const steps = await train(p);
+    const masters = (await p.gatherMasters())!;
+    p.dispose();
+    return { steps, masters };
+  };
+  const dev = await run(false);
+  const host = await run(true);
+  for (let i = 0; i < 3; i++) assert.ok(Math.abs(host.steps[i]!.norm - dev.steps[i]!.norm) <= 1e-5 * dev.steps[i]!.norm, `step ${i + 1} grad norm`);
+  for (const [name, w] of dev.masters) {
+    const g = host.masters.get(name)!;
+    let d = 0, n = 0;
+    for (let i = 0; i < w.length; i++) (d += (g[i]! - w[i]!) ** 2), (n += w[i]! ** 2);
+    assert.ok(Math.sqrt(d) <= 1e-5 * Math.sqrt(n), `master ${name}: relative difference ${Math.sqrt(d / n)}`);
+  }
+  await ctx.destroy();
+});

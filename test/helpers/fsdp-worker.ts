@@ -1,0 +1,64 @@
+// fsdp-worker.ts: one rank of a ShardedPolicy run, started by the launcher from test/cpu/sharded-policy.test.ts.
+// argv[2]: JSON options (steps to run; optionally load / save / export folders, the output file, a rank and step
+// that fail on purpose). Each step: the mini-batch is split over the ranks by token count, every rank runs the same
+// number of micro-batches (some empty), the loss is normalised by the whole mini-batch's tokens, then clipping and
+// AdamW. Rank 0 writes the per-step loss / grad norm and the fp32 masters as JSON.
+import { writeFileSync } from 'node:fs';
+import { initDistributed } from '../../src/distributed/launch.ts';
+import { randomModel } from '../../src/model/index.ts';
+import { ShardedPolicy, shardSequences, rankMicroBatches } from '../../src/trainer/sharded-policy.ts';
+import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss, type StepRecord, type WorkerResult } from './fsdp-common.ts';
+
+interface Opts {
+  steps: number[];
+  out?: string;
+  load?: string;
+  save?: string;
+  export?: string;
+  failRank?: number;
+  failStep?: number;
+  cpuOffload?: boolean;
+}
+
+const o = JSON.parse(process.argv[2] ?? '{}') as Opts;
+const ctx = await initDistributed({ backend: 'cpu' });
+const { rank, worldSize } = ctx;
+const model = randomModel(CFG, { device: ctx.device, seed: SEED });
+const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives, { cpuOffload: o.cpuOffload });
+model.dispose();
+if (o.load) await policy.load(o.load);
+
+const steps: StepRecord[] = [];
+for (const step of o.steps) {
+  const mb = stepBatch(step);
+  const norm = normTokens(mb);
+  const mine = rankMicroBatches(shardSequences(mb.sequences.map((s) => s.length), worldSize), MICRO)[rank]!;
+  policy.zeroGrad();
+  let loss = 0;
+  for (const idx of mine) {
+    const fwd = await policy.forward({ sequences: idx.map((i) => mb.sequences[i]!), promptLens: idx.map((i) => mb.promptLens[i]!) });
+    if (rank === o.failRank && step === o.failStep) throw new Error(`rank ${rank} fails on purpose in step ${step}`);
+    const l = pgLoss(fwd.logprobs, idx.map((i) => mb.advantages[i]!), norm);
+    loss += l.loss;
+    await fwd.backward(l.d);
+  }
+  const losses = await ctx.group.allGatherObject(loss);
+  const clip = await policy.clipGradNorm(MAX_NORM);
+  policy.optimizerStep(HYPER, step);
+  steps.push({ step, loss: losses.reduce((a, b) => a + b, 0), norm: clip.norm, clipped: clip.clipped });
+}
+if (o.save) await policy.save(o.save);
+const masters = await policy.gatherMasters();
+let logprobs: number[][] | undefined;
+if (o.export) {
+  await policy.exportHf(o.export, { maxShardBytes: 64 * 1024 });
+  // Every rank asks for the whole batch (collective; each computes it), rank 0 reports.
+  logprobs = (await policy.logprobs(stepBatch(1))).logprobs.map((a) => [...a]);
+}
+if (rank === 0 && o.out) {
+  const res: WorkerResult = { steps, masters: Object.fromEntries([...masters!].map(([k, v]) => [k, [...v]])), logprobs };
+  writeFileSync(o.out, JSON.stringify(res));
+}
+policy.dispose();
+await ctx.destroy();
+console.log(`rank ${rank} done`);
