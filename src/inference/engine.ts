@@ -60,7 +60,7 @@ export interface GenerateCallOptions {
 export interface EngineOptions {
   /** Device of a model loaded from a source (default: the model's own / the default device). */
   device?: string;
-  /** Ranks of one engine; > 1 needs a tensor-parallel runner (pass it as the source). Default 1. */
+  /** Ranks of one engine (default 1); > 1: createTensorParallelEngine (tensor-parallel-runner.ts) makes the engine. */
   tensorParallelSize?: number;
   /** Tokens per KV block (default 16). */
   blockSize?: number;
@@ -115,7 +115,9 @@ export async function createEngine(source: string | GptOssModel | ModelRunner, o
   const tp = opts.tensorParallelSize ?? 1;
   const isRunner = typeof source === 'object' && !(source instanceof GptOssModel);
   if (tp !== 1 && !isRunner) {
-    throw new Error(`createEngine: tensorParallelSize ${tp} needs a tensor-parallel ModelRunner as the source (a model or path runs on one device)`);
+    throw new Error(
+      `createEngine: tensorParallelSize ${tp} needs the ranks of a launched group: call createTensorParallelEngine(source, initDistributed's context, options) on every rank`,
+    );
   }
   if (typeof source === 'string') {
     const model = await loadModel(source, { device: opts.device });
@@ -253,7 +255,7 @@ export class Engine {
    */
   async updateWeights(weights: WeightUpdate): Promise<void> {
     await this.drain();
-    this.runner.updateWeights(weights);
+    await this.runner.updateWeights(weights);
     for (const sp of this.spaces) sp.blocks.reset();
   }
 
@@ -322,7 +324,7 @@ export class Engine {
     this.loop = (async () => {
       try {
         while (!this.scheduler.idle && !this.disposed) {
-          this.step();
+          await this.step();
           // Let other generate() calls enqueue between steps (they join at the next one).
           await new Promise<void>((r) => setImmediate(r));
         }
@@ -337,7 +339,7 @@ export class Engine {
     while (this.loop) await this.loop;
   }
 
-  private step(): void {
+  private async step(): Promise<void> {
     const chunks = this.scheduler.schedule();
     if (chunks.length === 0) {
       // Validation guarantees the queue head fits an empty pool; reaching here is a scheduler bug.
@@ -347,7 +349,7 @@ export class Engine {
     }
     let out: { tokens: Int32Array; logprobs: Float32Array };
     try {
-      out = this.runner.execute(this.stepInput(chunks));
+      out = await this.runner.execute(this.stepInput(chunks));
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
       for (const c of chunks) this.finish(c.seq, 'error', `engine step failed: ${msg}`);

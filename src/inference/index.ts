@@ -12,6 +12,13 @@ export {
   type GenerateCallOptions,
 } from './engine.ts';
 export { LocalModelRunner, type ModelRunner, type StepInput, type StepOutput, type WeightUpdate } from './model-runner.ts';
+export {
+  createTensorParallelEngine,
+  serveTensorParallelRank,
+  TensorParallelModelRunner,
+  type TensorParallelContext,
+  type CommandChannel,
+} from './tensor-parallel-runner.ts';
 export { PagedKvCache, type PagedStepMeta } from './paged-kv-cache.ts';
 export { BlockManager, type BlockManagerOptions, type BlockTable } from './block-manager.ts';
 export { Scheduler, Sequence, type ScheduledChunk, type SchedulerOptions, type SequenceSampling, type FinishReason } from './scheduler.ts';

@@ -9,6 +9,7 @@
 import { Tensor } from '../tensor.ts';
 import type { GptOssConfig } from '../model/config.ts';
 import type { GptOssModel } from '../model/gptoss.ts';
+import type { LayerHost } from '../model/layer.ts';
 import { disposeAll } from '../model/tensor-helpers.ts';
 import { embeddingForward } from '../ops/embedding.ts';
 import { cast } from '../ops/elementwise.ts';
@@ -60,10 +61,10 @@ export interface ModelRunner {
   allocateKvCache(numBlocks: readonly number[], blockSize: number): void;
   /** Frees the KV pools (sleep). */
   freeKvCache(): void;
-  /** Runs one step. */
-  execute(step: StepInput): StepOutput;
+  /** Runs one step (a collective over the ranks of a tensor-parallel runner, hence asynchronous). */
+  execute(step: StepInput): Promise<StepOutput>;
   /** Copies new weights into the model's parameters (same names and shapes; the KV cache is the engine's to reset). */
-  updateWeights(weights: WeightUpdate): void;
+  updateWeights(weights: WeightUpdate): void | Promise<void>;
   dispose(): void;
 }
 
@@ -92,13 +93,19 @@ export class LocalModelRunner implements ModelRunner {
     this.cache.free();
   }
 
-  execute(s: StepInput): StepOutput {
+  async execute(s: StepInput): Promise<StepOutput> {
+    return this.sample(await this.hidden(s), s);
+  }
+
+  /**
+   * The layers over a step's rows: the final residual stream bf16 [N, H]. On a tensor-parallel shard (a
+   * TensorParallelModel: model.tp set) each layer is a collective (DecoderLayer.stepParallel): every rank runs it.
+   */
+  async hidden(s: StepInput): Promise<Tensor> {
     const dev = this.device;
     const N = s.tokens.length;
     const B = s.contextLens.length;
-    const S = s.sampleRows.length;
     const i32 = (a: Int32Array, shape: number[]): Tensor => Tensor.from(a, shape, { device: dev });
-    const f32 = (a: Float32Array): Tensor => Tensor.from(a, [a.length], { device: dev, dtype: 'f32' });
     const ids = i32(s.tokens, [N]);
     const positions = i32(s.positions, [N]);
     const meta = {
@@ -108,18 +115,34 @@ export class LocalModelRunner implements ModelRunner {
       queryStarts: i32(s.queryStarts, [B + 1]),
     };
     const model = this.model;
+    const parallel = (model as LayerHost).tp !== undefined;
     let x = model.embed(ids);
     this.cache.setStep(meta);
     try {
       for (let l = 0; l < this.config.numLayers; l++) {
-        const y = model.layers[l]!.step(x, positions, this.cache.layers[l]!);
+        const layer = model.layers[l]!;
+        const cache = this.cache.layers[l]!;
+        const y = parallel ? await layer.stepParallel(x, positions, cache) : layer.step(x, positions, cache);
         x.dispose();
         x = y;
       }
+    } catch (e) {
+      x.dispose();
+      throw e;
     } finally {
       this.cache.setStep(null);
       disposeAll(ids, positions, ...meta.slots, ...meta.blockTables, meta.contextLens, meta.queryStarts);
     }
+    return x;
+  }
+
+  /** Final norm, LM head and per-row sampling of the step's sampled rows of x (bf16 [N, H], taken over). */
+  private sample(x: Tensor, s: StepInput): StepOutput {
+    const dev = this.device;
+    const N = s.tokens.length;
+    const S = s.sampleRows.length;
+    const i32 = (a: Int32Array, shape: number[]): Tensor => Tensor.from(a, shape, { device: dev });
+    const f32 = (a: Float32Array): Tensor => Tensor.from(a, [a.length], { device: dev, dtype: 'f32' });
     // Hidden rows of the sampled rows, bf16 [S, H]: the whole step when every row is sampled (all decodes).
     let rows = x;
     if (!(S === N && s.sampleRows.every((r, i) => r === i))) {
@@ -127,7 +150,7 @@ export class LocalModelRunner implements ModelRunner {
       rows = embeddingForward(x, idx);
       disposeAll(idx, x);
     }
-    const logits = model.logits(rows);
+    const logits = this.model.logits(rows);
     rows.dispose();
     const params = {
       temperature: f32(s.temperature),

@@ -357,13 +357,24 @@ export class DecoderLayer {
    * row's roped k and v to the cache, attends over it, and returns y bf16 [N, H].
    */
   step(x: Tensor, positions: Tensor, cache: LayerKvCache): Tensor {
+    return this.outputAndMoe(x, this.cachedAttention(x, positions, cache), { save: false, profile: false }).y;
+  }
+
+  /** step on one rank of a tensor-parallel model: the same, with outputAndMoeParallel's all-reduces (a collective). */
+  stepParallel(x: Tensor, positions: Tensor, cache: LayerKvCache): Promise<Tensor> {
+    return this.outputAndMoeParallel(x, this.cachedAttention(x, positions, cache));
+  }
+
+  /** The attention half of a generation step: attn bf16 [N, Hq, D] of the step's rows over the cache. */
+  private cachedAttention(x: Tensor, positions: Tensor, cache: LayerKvCache): Tensor {
     const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, positions);
     disposeAll(a1, rstd1);
     cache.write(kr, v);
     const attn = cache.attend(qr, kr, v, { window: this.window, sinks: this.weights.sinks });
     disposeAll(qr, kr, v);
-    return this.outputAndMoe(x, attn, { save: false, profile: false }).y;
+    return attn;
   }
+
 }
 
 /** Disposes what a forward saved for backward (not s.x, the caller's). */

@@ -1,6 +1,7 @@
 // Tensor parallelism: the sharding rules, shards from a checkpoint and from full weights, the sharded model against
 // the one-device model and the fixture's fp32 truth (ranks simulated in one process at tp 2 and 4, and two CPU
-// processes through the launcher and the CPU collectives), and the refusals.
+// processes through the launcher and the CPU collectives), the refusals, and the engine over two CPU processes
+// against the one-device engine.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -148,7 +149,7 @@ test('tp=2 and tp=4 in one process on a random model with biases: logits match t
   one.dispose();
 });
 
-test('a shard refuses the one-device paths (training forward, layer decode) with a message naming them', async () => {
+test('a shard refuses the one-device paths (training forward, a layer generation step) with a message naming them', async () => {
   const one = await loadModel(FIXTURE_DIR, { device: 'cpu' });
   const [g0] = localTensorParallelGroups(2);
   const shard = new TensorParallelModel(shardForTensorParallel(one.weights, 0, 2), g0!);
@@ -156,7 +157,7 @@ test('a shard refuses the one-device paths (training forward, layer decode) with
   assert.throws(() => shard.forward(b), /forward\/backward \(training\) do not run on a tensor-parallel shard \(rank 0 of 2\)/);
   const x = shard.embed(b.ids);
   const cache = { write: () => {}, attend: () => x };
-  assert.throws(() => shard.layers[0]!.decode(x, b.positions, cache), /outputAndMoe runs on one device, but this layer is rank 0's shard of a tensor-parallel model \(tp=2\)/);
+  assert.throws(() => shard.layers[0]!.step(x, b.positions, cache), /outputAndMoe runs on one device, but this layer is rank 0's shard of a tensor-parallel model \(tp=2\)/);
   assert.throws(() => new TensorParallelModel(shardForTensorParallel(one.weights, 0, 2), { rank: 0, size: 1, allReduce: async () => {} }), /cut for another tp than the group's 1/);
   x.dispose();
   disposeBatch(b);
@@ -174,4 +175,19 @@ test('tp=2 over two CPU processes: each rank loads its slices; logits and greedy
     assert.ok(lines.includes(`[rank ${rank}] PASS greedy tokens equal to the one-device generator (rank ${rank}/2)`), text);
   }
   assert.ok(lines.includes('[rank 0] PASS bitwise equal to the in-process simulation (rank 0/2)'), text);
+});
+
+test('the engine over tp=2 CPU processes == the one-device engine (continuous batching, preemption, n samples, sleep/wake, updateWeights)', async () => {
+  const lines: string[] = [];
+  const r = await launch({ script: WORKER, args: ['engine'], nprocPerNode: 2, device: 'cpu', onOutput: (rank, _s, line) => lines.push(`[rank ${rank}] ${line}`) });
+  const text = lines.join('\n');
+  assert.equal(r.exitCode, 0, text);
+  for (const pass of [
+    'engine tokens equal to the one-device engine, log-probs within noise',
+    'sleep and wake',
+    'updateWeights with whole tensors',
+  ]) {
+    assert.ok(lines.includes(`[rank 0] PASS ${pass} (rank 0/2)`), text);
+  }
+  assert.ok(lines.includes('[rank 1] PASS served the engine until rank 0 disposed it (rank 1/2)'), text);
 });

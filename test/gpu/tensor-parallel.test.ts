@@ -1,5 +1,5 @@
-// Tensor parallelism on 2 GPUs over NCCL (one process per GPU, started with the launcher): the scenarios of
-// test/cpu/tensor-parallel.test.ts's multi-process tests on CUDA. Skips without NCCL or with fewer than 2 GPUs.
+// Tensor parallelism on 2 GPUs over NCCL (one process per GPU, started with the launcher): the model and engine
+// scenarios of test/cpu/tensor-parallel.test.ts's multi-process tests, on CUDA. Skips without NCCL or with < 2 GPUs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
@@ -27,4 +27,13 @@ test('tp=2 over two GPUs (NCCL): each rank loads its slices; logits and greedy t
     assert.ok(r.lines.includes(`[rank ${rank}] PASS logits within bf16 noise of the fp32 reference; ranks agree (rank ${rank}/2)`), r.text);
     assert.ok(r.lines.includes(`[rank ${rank}] PASS greedy tokens equal to the one-device generator (rank ${rank}/2)`), r.text);
   }
+});
+
+test('the engine over two GPUs (NCCL) == the one-GPU engine (continuous batching, preemption, sleep/wake, updateWeights)', { skip }, async () => {
+  const r = await run('engine');
+  assert.equal(r.exitCode, 0, r.text);
+  for (const pass of ['engine tokens equal to the one-device engine, log-probs within noise', 'sleep and wake', 'updateWeights with whole tensors']) {
+    assert.ok(r.lines.includes(`[rank 0] PASS ${pass} (rank 0/2)`), r.text);
+  }
+  assert.ok(r.lines.includes('[rank 1] PASS served the engine until rank 0 disposed it (rank 1/2)'), r.text);
 });

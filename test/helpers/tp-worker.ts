@@ -4,10 +4,14 @@
 // exits non-zero.
 import assert from 'node:assert/strict';
 import { initDistributed } from '../../src/distributed/launch.ts';
+import { Tensor } from '../../src/tensor.ts';
 import { loadModel } from '../../src/model/index.ts';
 import { TensorParallelModel, shardForTensorParallel } from '../../src/model/tensor-parallel.ts';
 import { packSequences, disposeBatch } from '../../src/model/batch.ts';
 import { generate } from '../../src/inference/generate.ts';
+import { createEngine, type Engine, type GenerateRequest, type GenerateResponse } from '../../src/inference/engine.ts';
+import { createTensorParallelEngine } from '../../src/inference/tensor-parallel-runner.ts';
+import { GptOssWeights } from '../../src/model/weights.ts';
 import { FIXTURE_DIR } from './fixtures.ts';
 import { localTensorParallelGroups } from './local-tp-group.ts';
 import { argmaxRows, fixtureReference, tpWithinBf16Noise } from './tp-reference.ts';
@@ -87,9 +91,96 @@ async function modelScenario(): Promise<void> {
   one.dispose();
 }
 
+/**
+ * The engine over the group (rank 0 schedules, every rank runs its shard) against the one-device engine on the same
+ * requests: greedy and seeded sampling, n samples of a prompt, mixed lengths, outputs past the sliding window (8),
+ * chunked prefill, requests joining mid-flight, preemption under a small pool; then sleep/wake and updateWeights.
+ */
+async function engineScenario(): Promise<void> {
+  const opts = { blockSize: 4, numBlocks: 14, maxNumBatchedTokens: 16, maxNumSeqs: 4 };
+  const engine = await createTensorParallelEngine(FIXTURE_DIR, ctx, opts);
+  if (ctx.rank !== 0) {
+    assert.equal(engine, null);
+    pass('served the engine until rank 0 disposed it');
+    return;
+  }
+  const tpEngine = engine!;
+  const one = await loadModel(FIXTURE_DIR, { device });
+  const oneEngine = await createEngine(one, opts);
+  const { seqs } = fixtureReference();
+  const prompts = [seqs[0]!.slice(0, 5), seqs[1]!.slice(0, 19), seqs[0]!.slice(9, 12), seqs[1]!.slice(20, 31)];
+  const requests: GenerateRequest[] = [
+    { prompt: prompts[0]!, maxNewTokens: 14, temperature: 0, stopTokens: [] },
+    { prompt: prompts[1]!, maxNewTokens: 6, temperature: 0, stopTokens: [] },
+    { prompt: prompts[2]!, maxNewTokens: 12, n: 3, temperature: 1, topP: 0.9, topK: 40, seed: 5, stopTokens: [] },
+    { prompt: prompts[3]!, maxNewTokens: 17, temperature: 0.7, seed: 9, stopTokens: [] },
+  ];
+  /** Two calls: the second joins after the first produced a few tokens. */
+  const run = async (e: Engine): Promise<GenerateResponse[]> => {
+    let late: Promise<GenerateResponse[]> | null = null;
+    let seen = 0;
+    const first = e.generate(requests.slice(0, 2), {
+      onToken: () => {
+        if (++seen === 4) late = e.generate(requests.slice(2));
+      },
+    });
+    const a = await first;
+    assert.ok(late, 'the second call joined mid-flight');
+    return [...a, ...(await late!)];
+  };
+  const same = (got: GenerateResponse[], want: GenerateResponse[], what: string): number => {
+    let gap = 0;
+    got.forEach((r, i) =>
+      r.samples.forEach((s, k) => {
+        const w = want[i]!.samples[k]!;
+        assert.equal(s.finishReason, w.finishReason, `${what}: request ${i} sample ${k} finish`);
+        assert.deepEqual(s.tokens, w.tokens, `${what}: request ${i} sample ${k} tokens`);
+        s.logprobs.forEach((lp, t) => (gap = Math.max(gap, Math.abs(lp - w.logprobs[t]!))));
+      }),
+    );
+    return gap;
+  };
+  const want = await run(oneEngine);
+  const got = await run(tpEngine);
+  const gap = same(got, want, 'tp=2 vs one device');
+  // Log-probs within the bf16 noise of the logits (their relative L2 at tp=2: ~1e-2 of logits up to ~4).
+  assert.ok(gap < 0.05, `log-prob gap ${gap}`);
+  assert.ok(tpEngine.stats().preemptions > 0 && oneEngine.stats().preemptions > 0, 'the small pool preempted');
+  console.log(`REPORT ${JSON.stringify({ maxLogprobGap: gap, tpStats: tpEngine.stats(), oneStats: oneEngine.stats() })}`);
+  pass('engine tokens equal to the one-device engine, log-probs within noise');
+
+  await tpEngine.sleep();
+  await tpEngine.wake();
+  same(await run(tpEngine), want, 'after sleep/wake');
+  pass('sleep and wake');
+
+  // New whole weights from rank 0 (a random model of the same shape): every rank keeps its slice.
+  const fresh = GptOssWeights.random(one.config, 'cpu', { seed: 3, std: 'fanIn', biasStd: 0.1 });
+  await tpEngine.updateWeights(fresh.params);
+  await oneEngine.updateWeights(fresh.params);
+  // Greedy requests only: with random weights the sampling distributions are nearly flat at temperature 1, where
+  // bf16 noise in the logits can flip a draw between near-equal candidates.
+  const greedy = requests.map((r) => ({ ...r, temperature: 0 }));
+  const after = await tpEngine.generate(greedy);
+  same(after, await oneEngine.generate(greedy), 'after updateWeights');
+  assert.notDeepEqual(after[0]!.samples[0]!.tokens, want[0]!.samples[0]!.tokens, 'the new weights changed the output');
+  await assert.rejects(
+    tpEngine.updateWeights(new Map([['model.layers.0.self_attn.q_proj.weight', Tensor.zeros([32, 64], { dtype: 'bf16', device: 'cpu' })]])),
+    /'model.layers.0.self_attn.q_proj.weight' is \[32, 64\]; a tensor-parallel engine takes whole tensors \(\[64, 64\]\)/,
+  );
+  pass('updateWeights with whole tensors');
+  fresh.dispose();
+  oneEngine.dispose();
+  tpEngine.dispose();
+  one.dispose();
+}
+
 switch (scenario) {
   case 'model':
     await modelScenario();
+    break;
+  case 'engine':
+    await engineScenario();
     break;
   default:
     throw new Error(`tp-worker: unknown scenario ${scenario}`);
