@@ -100,8 +100,6 @@ export class TensorParallelModelRunner implements ModelRunner {
   readonly config: GptOssConfig;
   readonly device: string;
   private readonly local: LocalModelRunner;
-  /** Settles once every command sent so far has been delivered (or failed: see failure). */
-  private sent: Promise<void> = Promise.resolve();
   private failure: string | null = null;
   private disposed = false;
 
@@ -193,12 +191,6 @@ export class TensorParallelModelRunner implements ModelRunner {
     this.local.dispose();
   }
 
-  /** Resolves once every command sent so far has reached the other ranks (e.g. before leaving the group). */
-  async flushed(): Promise<void> {
-    await this.sent;
-    if (this.failure) throw new Error(`TensorParallelModelRunner: a command failed: ${this.failure}`);
-  }
-
   private check(what: string): void {
     if (this.disposed) throw new Error(`TensorParallelModelRunner.${what}: the runner is disposed`);
     if (this.failure) {
@@ -208,12 +200,11 @@ export class TensorParallelModelRunner implements ModelRunner {
 
   /**
    * Broadcasts a command now: the group's messages go out in call order, so it reaches the other ranks before any
-   * collective this rank starts afterwards (the step's all-reduces). Resolves once every rank has received it.
+   * collective this rank starts afterwards (the step's all-reduces, and leaving the group). Resolves once every
+   * rank has received it.
    */
   private send(c: Command): Promise<void> {
-    const p = this.channel.broadcastBytes(encodeCommand(c), 0).then(() => {});
-    this.sent = this.sent.then(() => p.catch(() => {}));
-    return p;
+    return this.channel.broadcastBytes(encodeCommand(c), 0).then(() => {});
   }
 
   /** Sends from a synchronous call; a failure surfaces at the next awaited call (and is logged). */

@@ -214,7 +214,10 @@ export class TensorParallelModel extends GptOssModel {
 
   /** This rank's shard of a checkpoint directory or hub id (each rank reads the checkpoint and keeps its slices). */
   static async load(source: string, collectives: Collectives, opts: { device?: string } & ModelOptions = {}): Promise<TensorParallelModel> {
-    const dir = await resolveModelSource(source, {});
+    // Rank 0 resolves the source first (a hub id downloads, where a network exists); the others then find it cached.
+    let dir = collectives.rank === 0 ? await resolveModelSource(source, {}) : '';
+    await collectives.barrier();
+    if (collectives.rank !== 0) dir = await resolveModelSource(source, {});
     const config = readConfigFile(join(dir, 'config.json'));
     const ck = Checkpoint.open(dir);
     try {
