@@ -75,7 +75,9 @@ export interface ShardUnit {
   entries: UnitEntry[];
   /** Parameters in the unit. */
   numel: number;
-  /** numel rounded up to a multiple of the world size. */
+  /** Elements of the flat buffer the entries span: numel plus the alignment gaps between entries. */
+  span: number;
+  /** span rounded up to a multiple of the world size. */
   padded: number;
   /** padded / worldSize: elements per rank. */
   shard: number;
@@ -105,6 +107,9 @@ const LAYER_ORDER = [
   'mlp.experts.down_proj_bias',
 ] as const;
 
+/** Element alignment of each entry in a unit's flat buffer: 8 elements = 16 bytes of bf16 (32 of the fp32 masters). */
+const ENTRY_ALIGN = 8;
+
 /** The units of a config sharded over worldSize ranks: embedding, layers 0..L-1, head (final norm + LM head). */
 export function shardLayout(c: GptOssConfig, worldSize: number): ShardUnit[] {
   if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`shardLayout: world size ${worldSize} is not a positive integer`);
@@ -112,15 +117,20 @@ export function shardLayout(c: GptOssConfig, worldSize: number): ShardUnit[] {
   const shapes = new Map(paramSpecs(c).map((s) => [s.name, s.shape]));
   const unit = (kind: ShardUnit['kind'], layer: number, key: string, names: string[]): ShardUnit => {
     let off = 0;
+    let numelSum = 0;
     const entries = names.map((name) => {
       const shape = shapes.get(name)!;
       const numel = shape.reduce((a, b) => a * b, 1);
+      // Every tensor view of the gathered bf16 unit starts on a 16-byte boundary (CUDA kernels load 16-byte
+      // vectors), except k/v, which must follow q without a gap so the fused q/k/v weight and bias stay views.
+      if (!/\.(k|v)_proj\./.test(name)) off = Math.ceil(off / ENTRY_ALIGN) * ENTRY_ALIGN;
       const e = { name, shape, offset: off, numel };
       off += numel;
+      numelSum += numel;
       return e;
     });
     const padded = Math.ceil(off / worldSize) * worldSize;
-    return { kind, layer, key, entries, numel: off, padded, shard: padded / worldSize };
+    return { kind, layer, key, entries, numel: numelSum, span: off, padded, shard: padded / worldSize };
   };
   const units = [unit('embedding', -1, 'embedding', ['model.embed_tokens.weight'])];
   for (let l = 0; l < c.numLayers; l++) units.push(unit('layer', l, `layer.${l}`, LAYER_ORDER.map((n) => `${layerPrefix(l)}.${n}`)));
@@ -634,7 +644,7 @@ export interface ShardedManifest {
   worldSize: number;
   optimizerSteps: number;
   hasOptimizer: boolean;
-  units: { key: string; numel: number; padded: number }[];
+  units: { key: string; numel: number; span?: number; padded: number }[];
   config: Record<string, unknown>;
 }
 
@@ -912,7 +922,7 @@ export class ShardedPolicy implements Policy {
         worldSize,
         optimizerSteps: this.optimizerSteps,
         hasOptimizer: this.opt !== null,
-        units: this.model.units.map((u) => ({ key: u.key, numel: u.numel, padded: u.padded })),
+        units: this.model.units.map((u) => ({ key: u.key, numel: u.numel, span: u.span, padded: u.padded })),
         config: toHfConfig(this.model.config),
       };
       const mt = join(dir, `${SHARDED_MANIFEST}.tmp-${process.pid}`);
@@ -940,7 +950,7 @@ export class ShardedPolicy implements Policy {
       );
     }
     const units = this.model.units;
-    const mismatch = units.findIndex((u, i) => m.units[i]?.key !== u.key || m.units[i]?.numel !== u.numel);
+    const mismatch = units.findIndex((u, i) => m.units[i]?.key !== u.key || m.units[i]?.numel !== u.numel || (m.units[i]?.span ?? m.units[i]?.numel) !== u.span);
     if (m.units.length !== units.length || mismatch >= 0) {
       throw new Error(`ShardedPolicy.load: ${dir} holds a different model (unit ${units[Math.max(0, mismatch)]?.key} does not match this config)`);
     }

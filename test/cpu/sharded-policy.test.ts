@@ -102,7 +102,10 @@ test('layout: units padded to a multiple of N cover every parameter once; sequen
     assert.deepEqual([...names].sort(), specs.map((s) => s.name).sort());
     for (const u of units) {
       assert.equal(u.padded % n, 0);
-      assert.ok(u.padded - u.numel < n);
+      assert.ok(u.padded - u.span < n);
+      assert.ok(u.span - u.numel < 8 * u.entries.length);
+      // 16-byte aligned views of the gathered bf16 unit (k/v follow q: the fused projection is one view).
+      for (const e of u.entries) if (!/\.(k|v)_proj\./.test(e.name)) assert.equal(e.offset % 8, 0, e.name);
       assert.equal(u.shard * n, u.padded);
     }
   }
@@ -123,7 +126,8 @@ test('the memory planner plans the shards ShardedPolicy makes (units and per-ran
     for (const n of [1, 3, 8]) {
       const units = shardLayout(c, n);
       assert.deepEqual(units.map((u) => u.numel), [planned.embedding, ...planned.layers, planned.head], name);
-      assert.deepEqual(units.map((u) => u.shard), units.map((u) => shardSize(u.numel, n)), name);
+      // Per-rank shards: the planner counts parameters; the layout adds < 8 alignment elements per tensor (bytes).
+      for (const u of units) assert.ok(u.shard - shardSize(u.numel, n) <= Math.ceil((8 * u.entries.length) / n), name);
     }
   }
 });
