@@ -15,12 +15,12 @@
 // ratio over flex the vendor's own kernel reaches on the same shapes.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { native } from '../src/native.ts';
 import { Tensor, CudaEvent, cudaDeviceCount, synchronize } from '../src/tensor.ts';
 import { attentionForward, attentionBackward, attentionDecode, packedCuSeqlens } from '../src/ops/attention.ts';
+import { peerScript } from './peer.ts';
 
 interface Case {
   name: string;
@@ -151,9 +151,7 @@ interface PeerResult {
 }
 
 function runPeer(cases: Case[], budgetS: number): Map<string, PeerResult> | string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const candidates = [join(here, 'flex_attn_peer.py'), resolve(here, '../../bench/flex_attn_peer.py')];
-  const script = candidates.find((p) => existsSync(p));
+  const script = peerScript('flex_attn_peer.py');
   if (!script) return 'peer script not found';
   const probe = spawnSync('python3', ['-c', 'import torch; assert torch.cuda.is_available()'], { encoding: 'utf8' });
   if (probe.status !== 0) return 'python3 with torch+CUDA not available';

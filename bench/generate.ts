@@ -19,14 +19,14 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { synchronize } from '../src/tensor.ts';
 import { defaultDevice } from '../src/native.ts';
 import { presetConfig, type PresetName } from '../src/model/config.ts';
 import { GptOssModel } from '../src/model/gptoss.ts';
 import { generate as staticGenerate } from '../src/inference/generate.ts';
 import { createEngine, type Engine, type GenerateRequest } from '../src/inference/engine.ts';
+import { peerScript } from './peer.ts';
 
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
 const cpu = device === 'cpu';
@@ -223,8 +223,11 @@ async function outOfMemoryAsNull<T>(f: () => Promise<T>): Promise<T | null> {
 
 /** transformers generate per batch (bench/generate_peer.py), before our model takes the GPU. */
 function runPeer(): { peer: string; tokS: Map<number, number | 'oom'> } | null {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const script = join(here, 'generate_peer.py');
+  const script = peerScript('generate_peer.py');
+  if (!script) {
+    console.error('peer skipped: bench/generate_peer.py not found');
+    return null;
+  }
   const probe = spawnSync('python3', ['-c', 'import torch, transformers; assert torch.cuda.is_available()'], { encoding: 'utf8' });
   if (probe.status !== 0) {
     console.error('peer skipped: python3 with torch+transformers+CUDA not found');

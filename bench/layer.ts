@@ -11,8 +11,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { Tensor, CudaEvent, synchronize, memoryStats, resetPeakMemory } from '../src/tensor.ts';
 import { defaultDevice } from '../src/native.ts';
 import { presetConfig, type PresetName } from '../src/model/config.ts';
@@ -20,6 +19,7 @@ import { GptOssModel } from '../src/model/gptoss.ts';
 import { packSequences, disposeBatch } from '../src/model/batch.ts';
 import { randomTensor } from '../src/model/weights.ts';
 import { gpuProfile } from '../src/log/gpu-profile.ts';
+import { peerScript } from './peer.ts';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -112,8 +112,7 @@ interface PeerOut {
 
 function runPeer(): PeerOut | null {
   if (noPeer || presetName !== 'gpt-oss-20b') return null;
-  const here = dirname(fileURLToPath(import.meta.url));
-  const script = [join(here, 'layer_peer.py'), join(here, '..', '..', 'bench', 'layer_peer.py')].find(existsSync);
+  const script = peerScript('layer_peer.py');
   if (!script) return null;
   const probe = spawnSync('python3', ['-c', 'import torch, transformers; assert torch.cuda.is_available()'], { encoding: 'utf8' });
   if (probe.status !== 0) {

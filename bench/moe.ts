@@ -10,12 +10,12 @@
 // (> 1: we are faster). Without a GPU it runs a small CPU case and skips the peer.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { native } from '../src/native.ts';
 import { Tensor, CudaEvent, cudaDeviceCount, synchronize, f32ToBf16Bits } from '../src/tensor.ts';
 import { moeForward, moeBackward, type MoeContext, type MoeWeights } from '../src/ops/moe.ts';
+import { peerScript } from './peer.ts';
 
 function args() {
   const a = process.argv.slice(2);
@@ -31,14 +31,6 @@ function args() {
   };
 }
 
-function root(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 4; i++) {
-    if (existsSync(join(d, 'package.json')) && existsSync(join(d, 'bench', 'moe_peer.py'))) return d;
-    d = resolve(d, '..');
-  }
-  return process.cwd();
-}
 
 // Uniform values with a given std, as bf16 bits (fast: weights are ~0.8 G values at full size).
 function randBits(n: number, std: number, seed: number): Uint16Array {
@@ -166,7 +158,8 @@ function main() {
   let peer: { device?: string; torch?: string; results?: { T: number; fwd_ms?: number; fwdbwd_ms?: number; error?: string }[] } = {};
   if (gpu && !o.noPeer) {
     const out = join(mkdtempSync(join(tmpdir(), 'moe-peer-')), 'peer.json');
-    const r = spawnSync('python3', [join(root(), 'bench', 'moe_peer.py'), '--json', out, '--tokens', tokens.join(','),
+    const script = peerScript('moe_peer.py') ?? 'bench/moe_peer.py';
+    const r = spawnSync('python3', [script, '--json', out, '--tokens', tokens.join(','),
       '--experts', String(E), '--topk', String(k), '--hidden', String(H), '--inter', String(I)], { stdio: ['ignore', 'inherit', 'inherit'] });
     if (r.status === 0 && existsSync(out)) peer = JSON.parse(readFileSync(out, 'utf8'));
     else console.log(`peer: python3 bench/moe_peer.py failed (status ${r.status}); no peer columns`);

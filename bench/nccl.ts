@@ -10,15 +10,16 @@
 // bench/nccl_peer.py does the same with torch.distributed (NCCL backend, same sizes, same iteration counts) in the
 // same run. Table on stdout, JSON to --json.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { launch } from '../src/distributed/launch.ts';
 import { initDistributed } from '../src/distributed/launch.ts';
 import { NcclCollectives } from '../src/distributed/collectives.ts';
 import { Tensor, synchronize, cudaDeviceCount, type DType } from '../src/tensor.ts';
 import { native } from '../src/native.ts';
+import { peerScript } from './peer.ts';
 
 const MiB = 1 << 20;
 const self = fileURLToPath(import.meta.url);
@@ -91,8 +92,7 @@ function arg(name: string): string | undefined {
 }
 
 function findPeer(): string | undefined {
-  const here = dirname(self);
-  return [join(here, 'nccl_peer.py'), resolve(here, '../../bench/nccl_peer.py')].find((p) => existsSync(p));
+  return peerScript('nccl_peer.py');
 }
 
 function fmtBytes(b: number): string {
