@@ -173,19 +173,27 @@ export class Tensor {
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
+/** The bf16 bits of f32 bits u: round to nearest even; a NaN stays a (quiet) NaN. */
+function bf16BitsOf(u: number): number {
+  if ((u & 0x7fffffff) > 0x7f800000) return (u >>> 16) | 0x40;
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
 /** Round-to-nearest-even f32 -> bf16 bits (same as the native conversion and torch). */
 export function f32ToBf16Bits(src: Float32Array): Uint16Array {
   const out = new Uint16Array(src.length);
   for (let i = 0; i < src.length; i++) {
     f32[0] = src[i]!;
-    const u = u32[0]!;
-    if ((u & 0x7fffffff) > 0x7f800000) {
-      out[i] = (u >>> 16) | 0x40;
-    } else {
-      out[i] = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
-    }
+    out[i] = bf16BitsOf(u32[0]!);
   }
   return out;
+}
+
+/** One value rounded to bf16 (as roundBf16 does for arrays), without allocating: for reference loops in tests. */
+export function roundBf16Scalar(x: number): number {
+  f32[0] = x;
+  u32[0] = bf16BitsOf(u32[0]!) << 16;
+  return f32[0]!;
 }
 
 export function bf16BitsToF32(src: Uint16Array): Float32Array {

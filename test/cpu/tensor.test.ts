@@ -1,7 +1,7 @@
 // Tensor runtime on the CPU backend: factories, views, copies, dispose, errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, f32ToBf16Bits, bf16BitsToF32 } from '../../src/tensor.ts';
+import { Tensor, f32ToBf16Bits, bf16BitsToF32, roundBf16, roundBf16Scalar } from '../../src/tensor.ts';
 import { chooseBackend } from '../../src/native.ts';
 
 test('from/toFloat32 round trips f32, i32, u8 and bf16', () => {
@@ -57,4 +57,13 @@ test('backend choice: cpu without CUDA, override errors are clear', () => {
   if (!chooseBackend(undefined).device.startsWith('cuda')) {
     assert.equal(chooseBackend(undefined).device, 'cpu');
   }
+});
+
+test('roundBf16Scalar equals roundBf16 (ties to even, signed zeros, infinities, NaN, subnormals)', () => {
+  const xs = [0, -0, 1, 1.00390625, 1.005859375, 1.0078125 + 2 ** -9, 3.14159, -2.71828e-20, 3.4e38, 3.4028234e38, Infinity, -Infinity, NaN, 1e-45, -1e-40];
+  const want = roundBf16(Float32Array.from(xs));
+  xs.forEach((x, i) => {
+    const got = roundBf16Scalar(x);
+    assert.ok(Object.is(got, want[i]) || (Number.isNaN(got) && Number.isNaN(want[i]!)), `${x}: ${got} vs ${want[i]}`);
+  });
 });

@@ -6,7 +6,7 @@
 // kernel that reads them faults. GPU machine only.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, cudaDeviceCount, roundBf16, CudaEvent } from '../../src/tensor.ts';
+import { Tensor, cudaDeviceCount, roundBf16, roundBf16Scalar, CudaEvent } from '../../src/tensor.ts';
 import { pagedAttention } from '../../src/ops/paged-attention.ts';
 import { attentionDecode } from '../../src/ops/attention.ts';
 import { randn, rng } from '../helpers/random.ts';
@@ -82,7 +82,7 @@ function run(dev: string, c: Case, d: Data): Float32Array {
   return out.toFloat32();
 }
 
-const rb = (x: number) => roundBf16(Float32Array.of(x))[0]!;
+const rb = roundBf16Scalar;
 
 /** A plain BF16 implementation: scores rounded to bf16, softmax in fp32, P rounded to bf16, output rounded. */
 function plainBf16(c: Case, d: Data): Float32Array {
