@@ -132,7 +132,7 @@ export class Progress {
   note: string | undefined;
   readonly unit: string;
   private readonly startAt: number;
-  private readonly t0 = Date.now();
+  private readonly t0 = performance.now();
   private lastLine = 0;
   private printedLines = 0;
   private finished = false;
@@ -155,7 +155,7 @@ export class Progress {
 
   /** Units per second since this process started on it. */
   rate(): number {
-    const el = (Date.now() - this.t0) / 1000;
+    const el = (performance.now() - this.t0) / 1000;
     return el > 0 ? (this.done - this.startAt) / el : 0;
   }
 
@@ -175,7 +175,7 @@ export class Progress {
       return;
     }
     if (this.opts.overall) return; // the metrics lines carry it
-    const now = Date.now();
+    const now = performance.now();
     const interval = this.opts.intervalMs ?? 5000;
     if (now - Math.max(this.t0, this.lastLine) < interval) return;
     this.lastLine = now;
@@ -184,7 +184,7 @@ export class Progress {
 
   private logLine(): void {
     this.printedLines++;
-    const el = (Date.now() - this.t0) / 1000;
+    const el = (performance.now() - this.t0) / 1000;
     const pct = this.total > 0 ? Math.min(100, (100 * this.done) / this.total) : 100;
     const eta = this.eta();
     log.info(
