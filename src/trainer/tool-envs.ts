@@ -9,7 +9,7 @@
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { chatTemplateKwargsToOptions } from '../tokenizer/chat.ts';
-import { developerMessage, systemMessage, toolMessage, userMessage, type Message } from '../tokenizer/harmony.ts';
+import { completionMessages, developerMessage, renderCompletion, systemMessage, toolMessage, userMessage, type Message } from '../tokenizer/harmony.ts';
 import { finalMessage } from '../tokenizer/parser.ts';
 import { getTokenizer } from '../tokenizer/tokenizer.ts';
 import { STOP_TOKEN_IDS } from '../tokenizer/specials.ts';
@@ -17,7 +17,7 @@ import { getRewardFn, type RewardFn } from '../reward/index.ts';
 import { mulberry32 } from '../data/synthetic.ts';
 import { calculatorTool } from '../tools/calculator.ts';
 import { functionsToolNamespace, runToolCall, ToolError, type Tool } from '../tools/tool.ts';
-import { renderEpisodePrompt, type Episode, type EnvStep, type ModelTurn, type MultiTurnTaskEnv } from './multiturn.ts';
+import { renderEnvMessages, renderEpisodePrompt, type Episode, type EnvStep, type ModelTurn, type MultiTurnTaskEnv } from './multiturn.ts';
 import { DataError, type TaskExample } from './task.ts';
 
 const log = childLogger('env');
@@ -98,6 +98,22 @@ export function syntheticToolsProblems(count: number, seed: number, split: 'trai
   });
 }
 
+/**
+ * The reference episode of a synthetic problem (for SFT), after the opening prompt: the lookup call, the tool's
+ * result (masked: the environment writes it) and `<|start|>assistant`, then the final answer `#### N`.
+ */
+export function syntheticToolsReference(p: SyntheticToolsProblem): { tokens: Int32Array; mask: Uint8Array } {
+  const callTurn = renderCompletion([
+    { role: 'assistant', channel: 'commentary', recipient: 'functions.lookup', recipientPlacement: 'channel', contentType: '<|constrain|>json', content: JSON.stringify({ key: p.key }) },
+  ]).tokens();
+  const result = renderEnvMessages([toolMessage('functions.lookup', String(p.value), { recipient: 'assistant', channel: 'commentary' })]);
+  const answerTurn = renderCompletion(completionMessages(null, `#### ${p.answer}`)).tokens();
+  const tokens = Int32Array.from([...callTurn, ...result, ...answerTurn]);
+  const mask = new Uint8Array(tokens.length).fill(1);
+  mask.fill(0, callTurn.length, callTurn.length + result.length);
+  return { tokens, mask };
+}
+
 /** The lookup tool of one synthetic problem. */
 export function lookupTool(p: Pick<SyntheticToolsProblem, 'key' | 'value'>): Tool {
   return {
@@ -120,13 +136,20 @@ export async function buildToolTaskEnv(
   const cls = c.environment.env_class;
   const rewardFn = getRewardFn(c.environment.reward_rule);
   const toolTimeoutMs = c.environment.tool_timeout_s * 1000;
-  interface Row { id: string; question: string; answer: string; tools: Tool[]; instructions: string }
+  interface Row { id: string; question: string; answer: string; tools: Tool[]; instructions: string; reference?: { tokens: Int32Array; mask: Uint8Array } }
   let train: Row[];
   let val: Row[];
   if (cls === 'synthetic_tools') {
     const s = c.data.synthetic;
     const mk = (split: 'train' | 'test', count: number): Row[] =>
-      syntheticToolsProblems(count, s.seed, split).map((p, i) => ({ id: `synthetic_tools/${split}/${i}`, question: p.question, answer: p.answer, tools: [lookupTool(p)], instructions: SYNTHETIC_TOOLS_INSTRUCTIONS }));
+      syntheticToolsProblems(count, s.seed, split).map((p, i) => ({
+        id: `synthetic_tools/${split}/${i}`,
+        question: p.question,
+        answer: p.answer,
+        tools: [lookupTool(p)],
+        instructions: SYNTHETIC_TOOLS_INSTRUCTIONS,
+        reference: syntheticToolsReference(p),
+      }));
     train = mk('train', c.data.max_train_samples ?? s.num_train);
     val = mk('test', c.data.max_val_samples ?? s.num_val);
   } else if (cls === 'gsm8k_tools') {
@@ -141,7 +164,7 @@ export async function buildToolTaskEnv(
   const specs = new Map<TaskExample, ToolEpisodeSpec>();
   const toExample = (r: Row): TaskExample => {
     const messages = openingMessages(c, r.instructions, r.tools, r.question);
-    const ex: TaskExample = { id: r.id, prompt: renderEpisodePrompt(messages), answer: r.answer };
+    const ex: TaskExample = { id: r.id, prompt: renderEpisodePrompt(messages), answer: r.answer, ...(r.reference ? { reference: r.reference.tokens, referenceMask: r.reference.mask } : {}) };
     specs.set(ex, { messages, tools: r.tools, toolTimeoutMs, answer: r.answer, rewardFn });
     return ex;
   };

@@ -162,3 +162,33 @@ test('GRPO over a multi-turn environment: episodes, masked loss, episode metrics
   gen.dispose();
   policy.dispose();
 });
+
+test('SFT on multi-turn references: the tool result and framing the environment injects get zero gradient', async () => {
+  const c = loadConfig({ config: null, overrides: ['environment.env_class=synthetic_tools', 'generator.max_turns=2', 'data.max_train_samples=4', 'data.max_val_samples=1', 'trainer.micro_train_batch_size_per_gpu=2'] });
+  const env = await buildTaskEnv(c);
+  const policy = new GptOssPolicy(randomModel(cfg, { device: 'cpu', seed: 9 }));
+  const inner = foldedPolicy(policy);
+  const seen: Array<{ d: Float32Array; refLen: number; promptLen: number; seq: Int32Array }> = [];
+  const spy = new Proxy(inner, {
+    get(target, key, recv) {
+      if (key !== 'forward') return Reflect.get(target, key, recv);
+      return async (b: SequenceBatch, o?: LogprobOptions) => {
+        const f = await target.forward(b, o);
+        const backward = f.backward.bind(f);
+        return { ...f, backward: (d: Float32Array[]) => (d.forEach((row, i) => seen.push({ d: row, refLen: b.sequences[i]!.length - b.promptLens[i]!, promptLen: b.promptLens[i]!, seq: b.sequences[i]! })), backward(d)), release: f.release.bind(f) };
+      };
+    },
+  });
+  const { trainSft } = await import('../../src/trainer/sft.ts');
+  const r = await trainSft({ config: c, policy: spy, env }, { steps: 2, batchSize: 4, lr: 1e-3, evalEvery: 0 });
+  assert.equal(r.steps, 2);
+  assert.ok(Number.isFinite(r.finalLoss));
+  assert.equal(seen.length, 8);
+  for (const s of seen) {
+    const ex = env.train.find((e) => e.prompt.length === s.promptLen && e.reference!.every((t, i) => t === s.seq[s.promptLen + i]))!;
+    const mask = ex.referenceMask!;
+    assert.equal(s.d.length, mask.length);
+    s.d.forEach((v, i) => (mask[i] ? assert.ok(v < 0) : assert.equal(v, 0)));
+  }
+  policy.dispose();
+});

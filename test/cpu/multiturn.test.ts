@@ -204,3 +204,29 @@ test('config: max_turns > 1 needs a tool environment; a tool environment needs m
   const c = loadConfig({ config: null, overrides: ['environment.env_class=gsm8k_tools', 'generator.max_turns=4', 'generator.max_input_length=2048', 'environment.tool_timeout_s=2'] });
   assert.deepEqual([c.generator.max_turns, c.generator.max_input_length, c.environment.tool_timeout_s], [4, 2048, 2]);
 });
+
+test('synthetic_tools reference (SFT): the model turns replayed through the environment give back the same tokens, mask and reward', async () => {
+  const env = await syntheticEnv();
+  const ex = env.train[3]!;
+  const p = syntheticToolsProblems(4, 0, 'train')[3]!;
+  const ref = ex.reference!;
+  const mask = ex.referenceMask!;
+  assert.equal(
+    text(ref),
+    `<|channel|>commentary to=functions.lookup <|constrain|>json<|message|>{"key":"${p.key}"}<|call|>` +
+      `<|start|>functions.lookup to=assistant<|channel|>commentary<|message|>${p.value}<|end|><|start|>assistant` +
+      `<|channel|>final<|message|>#### ${p.answer}<|return|>`,
+  );
+  // Split the reference into its model turns (runs of mask 1) and play them.
+  const turns: string[] = [];
+  for (let i = 0; i < ref.length; i++) {
+    if (!mask[i] || (i > 0 && mask[i - 1])) continue;
+    const end = mask.indexOf(0, i);
+    turns.push(text(ref.subarray(i, end < 0 ? ref.length : end)));
+  }
+  assert.equal(turns.length, 2);
+  const r = await playEpisode(new ScriptedGenerator(turns), env.startEpisode(ex), limits(), params);
+  assert.deepEqual(Array.from(r.completion.tokens), Array.from(ref));
+  assert.deepEqual(Array.from(r.mask), Array.from(mask));
+  assert.deepEqual(r.reward, { reward: 1, correct: true });
+});
