@@ -14,7 +14,6 @@ const EXPLAIN: Record<string, string> = {
   'trainer.bf16': 'training runs BF16 weights/activations with fp32 master weights and fp32 math in norms, softmax and losses; no other precision is offered',
   'trainer.algorithm.use_entropy_loss': 'an entropy bonus is not implemented; entropy is logged as a metric',
   'trainer.algorithm.use_kl_in_reward': 'KL in the reward is not implemented; use trainer.algorithm.use_kl_loss=true (k3, as the peer)',
-  'generator.max_turns': 'multi-turn rollouts are not implemented yet',
   'generator.sampling_params.min_p': 'min-p sampling is not implemented (use top_p / top_k)',
   'trainer.flash_attn':
     'GPT-OSS has attention sinks; our fused attention kernel implements them, so true (the fused kernel) and false are both fine',
@@ -204,7 +203,6 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown) => boolean; want: st
   { key: 'generator.batched', ok: (v) => v === true, want: 'true', why: 'generation is always batched (up to generator.max_num_seqs sequences)' },
   { key: 'generator.enforce_eager', ok: (v) => v === true, want: 'true', why: 'CUDA graphs are not supported yet: kernels run eagerly' },
   { key: 'generator.enable_chunked_prefill', ok: (v) => v === true, want: 'true', why: 'the engine always prefills in chunks within generator.max_num_batched_tokens (a whole-prompt prefill mode is not built)' },
-  { key: 'generator.max_input_length', ok: (v) => v === null, want: 'null', why: 'use trainer.max_prompt_length to bound the prompts' },
   { key: 'environment.skyrl_gym', ok: (v) => v === undefined, want: '(unset)', why: "the peer's per-environment options have no counterpart here (environment.reward_rule picks the reward)" },
 ];
 

@@ -260,10 +260,17 @@ export const GeneratorSchema = z
     enable_prefix_caching: z.boolean().default(true),
     /** Prompts are prefilled in chunks within max_num_batched_tokens (the engine always chunks; true only). */
     enable_chunked_prefill: z.boolean().default(true),
-    /** Not supported (null only): trainer.max_prompt_length bounds the prompts. */
+    /**
+     * Multi-turn environments: tokens of a whole conversation (prompt, model turns, tool results) at most; an
+     * episode that reaches it ends (null: no bound beyond max_turns x max_generate_length). One-turn tasks: unused
+     * (trainer.max_prompt_length bounds their prompts).
+     */
     max_input_length: posInt().nullable().default(null),
-    /** Multi-turn rollouts are not implemented yet. */
-    max_turns: z.literal(1).default(1),
+    /**
+     * Model turns per episode at most (multi-turn environments: environment.env_class gsm8k_tools, synthetic_tools);
+     * an episode that reaches it ends without an answer. One-turn environments need 1.
+     */
+    max_turns: posInt().default(1),
     sampling_params: SamplingParamsSchema,
     eval_sampling_params: z
       .strictObject({
@@ -290,8 +297,14 @@ export const GeneratorSchema = z
 
 export const EnvironmentSchema = z
   .strictObject({
-    /** gsm8k: GSM8K word problems; synthetic: the seeded arithmetic task (fast, for tests and the CPU demo). */
-    env_class: z.enum(['gsm8k', 'synthetic']).default('gsm8k'),
+    /**
+     * gsm8k: GSM8K word problems; synthetic: the seeded arithmetic task (fast, for tests and the CPU demo);
+     * gsm8k_tools: GSM8K with a calculator function tool; synthetic_tools: a seeded task solvable only through a
+     * lookup tool (the tool environments are multi-turn: set generator.max_turns > 1).
+     */
+    env_class: z.enum(['gsm8k', 'synthetic', 'gsm8k_tools', 'synthetic_tools']).default('gsm8k'),
+    /** Seconds a tool call may run; a call past it returns an error message to the model. */
+    tool_timeout_s: z.number().positive().default(10),
     /** strict: first `#### N`; flexible: last number; harmony: look in the final channel. */
     reward_rule: z.enum(['strict', 'flexible', 'harmony']).default('strict'),
     /** The peer's per-environment options: no counterpart here (refused when set). */
@@ -351,6 +364,21 @@ export const ConfigSchema = z
     }
     if (t.resume_mode === 'path' && !t.resume_path) {
       ctx.addIssue({ code: 'custom', path: ['trainer', 'resume_path'], message: 'trainer.resume_mode=path needs trainer.resume_path' });
+    }
+    const multiTurn = c.environment.env_class === 'gsm8k_tools' || c.environment.env_class === 'synthetic_tools';
+    if (c.generator.max_turns > 1 && !multiTurn) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['generator', 'max_turns'],
+        message: `generator.max_turns=${c.generator.max_turns} needs a multi-turn environment (environment.env_class gsm8k_tools or synthetic_tools); ${c.environment.env_class} is one-turn`,
+      });
+    }
+    if (multiTurn && c.generator.max_turns < 2) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['generator', 'max_turns'],
+        message: `environment.env_class=${c.environment.env_class} uses tools: set generator.max_turns >= 2 (a tool result needs a turn to read it)`,
+      });
     }
     if (t.algorithm.advantage_estimator === 'dr_grpo' && t.algorithm.grpo_norm_by_std) {
       // Not an error: dr_grpo simply means no std normalisation; the flag is ignored.

@@ -4,7 +4,7 @@
 import type { GptOssModel } from '../model/gptoss.ts';
 import type { GeneratorConfig } from '../config/schema.ts';
 import type { Completion, Generator, SamplingParams } from '../trainer/policy.ts';
-import { Engine, type EngineOptions, type GenerateRequest } from './engine.ts';
+import { Engine, type EngineOptions, type EngineStats, type GenerateRequest } from './engine.ts';
 import { LocalModelRunner } from './model-runner.ts';
 
 /** The engine options a generator config asks for (generator.* keys; the seed framework's names). */
@@ -23,6 +23,8 @@ const PROGRESS_EVERY = 256;
 /** Generation from the policy's own weights (one process, one engine). */
 export class LocalGenerator implements Generator {
   private engine: Engine | null = null;
+  /** Open session() calls: while > 0, generate() leaves the KV pool (and its prefix cache) allocated. */
+  private sessions = 0;
 
   constructor(
     readonly model: GptOssModel,
@@ -34,8 +36,7 @@ export class LocalGenerator implements Generator {
    * prompt is prefilled once; group g samples with seed (params.seed + 1000003·g) + k.
    */
   async generate(prompts: Int32Array[], p: SamplingParams, onProgress?: (doneTokens: number) => void): Promise<Completion[]> {
-    if (!this.engine) this.engine = new Engine(new LocalModelRunner(this.model), this.engineOptions);
-    else await this.engine.wake();
+    await this.ready();
     const requests: GenerateRequest[] = [];
     for (let i = 0; i < prompts.length; ) {
       let j = i + 1;
@@ -53,12 +54,12 @@ export class LocalGenerator implements Generator {
       i = j;
     }
     let done = 0;
-    const res = await this.engine.generate(requests, {
+    const res = await this.engine!.generate(requests, {
       onToken: () => {
         if (++done % PROGRESS_EVERY === 0) onProgress?.(done);
       },
     });
-    await this.engine.sleep();
+    if (this.sessions === 0) await this.engine!.sleep();
     onProgress?.(done);
     const out: Completion[] = [];
     res.forEach((r, i) => {
@@ -70,6 +71,30 @@ export class LocalGenerator implements Generator {
       }
     });
     return out;
+  }
+
+  /**
+   * Concurrent generate() calls inside `f` (the turns of multi-turn episodes) join one running batch, and the pool
+   * is freed only when the last session ends: a turn's prompt then finds the conversation's blocks in the cache.
+   */
+  async session<T>(f: () => Promise<T>): Promise<T> {
+    await this.ready();
+    this.sessions++;
+    try {
+      return await f();
+    } finally {
+      if (--this.sessions === 0) await this.engine?.sleep();
+    }
+  }
+
+  /** The engine's counters (prefill/decode tokens, prefix-cache hit rate), or null before the first generate(). */
+  stats(): EngineStats | null {
+    return this.engine?.stats() ?? null;
+  }
+
+  private async ready(): Promise<void> {
+    if (!this.engine) this.engine = new Engine(new LocalModelRunner(this.model), this.engineOptions);
+    else await this.engine.wake();
   }
 
   async updateWeights(): Promise<void> {

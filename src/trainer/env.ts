@@ -2,7 +2,7 @@
 // prompt-dataset JSONL as `npm run prepare:gsm8k` writes it) or the seeded synthetic arithmetic task; prompts
 // rendered in harmony (with generator.chat_template_kwargs) and tokenized with o200k_harmony; rewards from the
 // `#### N` rules (environment.reward_rule); reference completions (analysis = the worked solution, final =
-// `#### N`) for SFT.
+// `#### N`) for SFT. The multi-turn tool environments (gsm8k_tools, synthetic_tools) are built by tool-envs.ts.
 import { existsSync, statSync } from 'node:fs';
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
@@ -10,6 +10,7 @@ import { getTokenizer, renderChatPrompt, renderCompletion, completionMessages, S
 import { loadGsm8k, readPromptDataset, generateSynthetic, type Gsm8kSplit } from '../data/index.ts';
 import { getRewardFn } from '../reward/index.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
+import { buildToolTaskEnv } from './tool-envs.ts';
 
 export { DataError } from './task.ts';
 
@@ -55,6 +56,18 @@ async function loadSplit(source: string, split: Gsm8kSplit, limit: number | unde
 export async function buildTaskEnv(c: Config): Promise<TaskEnv> {
   const tok = getTokenizer();
   const d = c.data;
+  if (c.environment.env_class === 'gsm8k_tools' || c.environment.env_class === 'synthetic_tools') {
+    // Multi-turn environments (tool-envs.ts); GSM8K rows come from the same sources as the one-turn task.
+    return buildToolTaskEnv(c, async () => {
+      if (d.train_data.length === 0) throw new DataError('data.train_data is empty');
+      const load = async (sources: string[], split: Gsm8kSplit, limit: number | null, key: string) => {
+        const rows: RawExample[] = [];
+        for (const src of sources) rows.push(...(await loadSplit(src, split, limit ?? undefined, key)));
+        return rows.slice(0, limit ?? undefined).map((r) => ({ id: r.id, question: r.prompt, answer: r.groundTruth }));
+      };
+      return { train: await load(d.train_data, 'train', d.max_train_samples, 'data.train_data'), val: await load(d.val_data, 'test', d.max_val_samples, 'data.val_data') };
+    });
+  }
   let train: RawExample[];
   let val: RawExample[];
   let name: string;

@@ -23,6 +23,7 @@ import { CheckpointError, GRPO_RESUME_KEYS, resumeTraining, saveTrainingCheckpoi
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, SamplingParams, SequenceBatch } from './policy.ts';
 import { epochOrder, Rng } from './rng.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
+import { episodeLimits, episodeMetrics, isMultiTurn, multiTurnRollouts, type EpisodeResult } from './multiturn.ts';
 
 const log = childLogger('grpo');
 
@@ -145,10 +146,12 @@ export async function evaluate(
   const progress = new Progress('eval', examples.length * n, { unit: 'seq' });
   for (const batch of chunks(examples, config.trainer.eval_batch_size)) {
     const prompts = batch.flatMap((e) => Array.from({ length: n }, () => e.prompt));
-    const outs = await generator.generate(prompts, params);
+    // Multi-turn environments: whole episodes (their reward is the environment's, per zero_reward_on_non_stop).
+    const episodes = isMultiTurn(env) ? (await multiTurnRollouts(generator, env, batch, n, episodeLimits(g, params.maxTokens), params)).episodes : null;
+    const outs = episodes ? episodes.map((e) => e.completion) : await generator.generate(prompts, params);
     outs.forEach((c, i) => {
       const ex = batch[Math.floor(i / n)]!;
-      const r = env.reward(ex, c.tokens, c.finishReason);
+      const r = episodes ? (g.zero_reward_on_non_stop && c.finishReason !== 'stop' ? { reward: 0, correct: false } : episodes[i]!.reward) : env.reward(ex, c.tokens, c.finishReason);
       rSum += r.reward;
       cSum += r.correct ? 1 : 0;
       lenSum += c.tokens.length;
@@ -337,6 +340,8 @@ interface Rollouts {
   completions: Completion[];
   /** Response tokens sampled. */
   genTokens: number;
+  /** Multi-turn environments: the episode behind each completion (its reward, loss mask, turns, tool calls). */
+  episodes?: EpisodeResult[];
 }
 
 /** Rollout: n samples of each example's prompt from the generator (timed as 'generate'). */
@@ -352,6 +357,11 @@ async function generateRollouts(run: GrpoRun, step: number, examples: TaskExampl
     seed: sampling.seed ?? (t.seed * 1000003 + step * 7919) >>> 0,
     stopTokenIds: [...d.env.stopTokenIds, ...sampling.stop_token_ids],
   };
+  if (isMultiTurn(d.env)) {
+    const env = d.env;
+    const mt = await times.time('generate', () => multiTurnRollouts(d.generator, env, examples, n, episodeLimits(run.g, params.maxTokens), params));
+    return { ...mt, genTokens: mt.episodes.reduce((a, e) => a + e.mask.reduce((x, y) => x + y, 0), 0) };
+  }
   const genProgress = new Progress(`step ${step} generate`, prompts.length * params.maxTokens, { unit: 'tok' });
   let lastDone = 0;
   const completions: Completion[] = await times.time('generate', () =>
@@ -393,7 +403,7 @@ function scoreRollouts(run: GrpoRun, examples: TaskExample[], r: Rollouts): Scor
   let stopped = 0;
   completions.forEach((c, i) => {
     const ex = examples[Math.floor(i / n)]!;
-    let rw = d.env.reward(ex, c.tokens, c.finishReason);
+    let rw = r.episodes ? r.episodes[i]!.reward : d.env.reward(ex, c.tokens, c.finishReason);
     if (g.zero_reward_on_non_stop && c.finishReason !== 'stop') rw = { reward: 0, correct: false };
     rewards[i] = rw.reward;
     if (rw.correct) correct++;
@@ -411,6 +421,8 @@ function scoreRollouts(run: GrpoRun, examples: TaskExample[], r: Rollouts): Scor
   const batch: SequenceBatch = {
     sequences: keep.map((i) => concat(prompts[i]!, completions[i]!.tokens)),
     promptLens: keep.map((i) => prompts[i]!.length),
+    // Multi-turn: only the model's own tokens enter the loss (environment messages and framing are masked).
+    ...(r.episodes ? { lossMasks: keep.map((i) => r.episodes![i]!.mask) } : {}),
   };
   return { rewards, correct, stopped, adv, keep, batch, advantages: keep.map((i) => adv.advantages[i]!) };
 }
@@ -442,7 +454,9 @@ async function oldAndRefLogprobs(run: GrpoRun, step: number, r: Rollouts, s: Sco
   s.keep.forEach((i, j) => {
     const a = r.completions[i]!.logprobs;
     const b = old.logprobs[j]!;
+    const mask = s.batch.lossMasks?.[j];
     for (let k = 0; k < Math.min(a.length, b.length); k++) {
+      if (mask && !mask[k]) continue; // environment tokens: not sampled, no generator log-prob
       const diff = a[k]! - b[k]!;
       if (!Number.isFinite(diff)) continue;
       gap.sum += diff;
@@ -452,7 +466,14 @@ async function oldAndRefLogprobs(run: GrpoRun, step: number, r: Rollouts, s: Sco
     }
   });
   const entropy = { sum: 0, n: 0 };
-  for (const e of old.entropy ?? []) for (const v of e) (entropy.sum += v), entropy.n++;
+  (old.entropy ?? []).forEach((e, j) => {
+    const mask = s.batch.lossMasks?.[j];
+    e.forEach((v, k) => {
+      if (mask && !mask[k]) return;
+      entropy.sum += v;
+      entropy.n++;
+    });
+  });
   return { old, ref: refOut, gap, entropy };
 }
 
@@ -492,7 +513,10 @@ async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogp
     for (const mini of chunks(idx, seqPerMini)) {
       policy.zeroGrad();
       let normTokens = 0;
-      for (const i of mini) normTokens += batch.sequences[i]!.length - batch.promptLens[i]!;
+      for (const i of mini) {
+        const mask = batch.lossMasks?.[i];
+        normTokens += mask ? mask.reduce((a, b) => a + b, 0) : batch.sequences[i]!.length - batch.promptLens[i]!;
+      }
       const norm = { tokens: normTokens, sequences: mini.length };
       let bad = false;
       for (const micro of chunks(mini, t.micro_train_batch_size_per_gpu)) {
@@ -505,6 +529,7 @@ async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogp
             oldLogprobs: micro.map((i) => old.logprobs[i]!),
             refLogprobs: refOut ? micro.map((i) => refOut.logprobs[i]!) : undefined,
             advantages: micro.map((i) => advantages[i]!),
+            mask: batch.lossMasks ? micro.map((i) => batch.lossMasks![i]!) : undefined,
           },
           {
             epsClipLow: alg.eps_clip_low,
@@ -592,6 +617,7 @@ function stepMetrics(run: GrpoRun, r: Rollouts, s: Scored, lps: StepLogprobs, u:
     'time/step': elapsed,
     epoch: state.epoch,
   };
+  if (r.episodes) Object.assign(m, episodeMetrics(r.episodes));
   for (const [k, v] of Object.entries(times.times)) m[`time/${k}`] = v;
   return m;
 }

@@ -361,8 +361,11 @@ export function planInputFromConfig(
 ): PlanInput {
   const t = config.trainer;
   const g = config.generator;
-  // The longest sequence a micro-batch can hold: the prompt limit plus the generation limit.
-  const seq = t.max_prompt_length + g.sampling_params.max_generate_length;
+  // The longest sequence a micro-batch can hold: the prompt limit plus the generation limit; a multi-turn episode's
+  // whole conversation (generator.max_input_length when set, else max_turns turns; injected tool results are short
+  // next to a turn and not counted).
+  const oneTurn = t.max_prompt_length + g.sampling_params.max_generate_length;
+  const seq = g.max_turns > 1 ? (g.max_input_length ?? t.max_prompt_length + g.max_turns * g.sampling_params.max_generate_length) : oneTurn;
   const engines = g.num_inference_engines;
   return {
     model,

@@ -16,6 +16,12 @@ export interface SequenceBatch {
    * positions promptLens[i] .. sequences[i].length - 1 (log p(token_t | tokens_<t)).
    */
   promptLens: number[];
+  /**
+   * Per sequence, optional: 1 where a response token enters the loss, 0 where it does not (a multi-turn episode's
+   * tool results, user turns and harmony framing injected by the environment) [len - promptLen]. Log-probs are
+   * still computed for every response token; the loss and the metrics read only the unmasked ones.
+   */
+  lossMasks?: Uint8Array[];
 }
 
 export interface LogprobOptions {
@@ -107,6 +113,12 @@ export interface Completion {
 export interface Generator {
   /** One completion per prompt (repeat a prompt for n samples). */
   generate(prompts: Int32Array[], params: SamplingParams, onProgress?: (doneTokens: number) => void): Promise<Completion[]>;
+  /**
+   * Optional: runs `f` with the generator kept ready between its generate() calls (the KV pool, and with it the
+   * prefix cache, stays allocated), so that the turns of multi-turn episodes, each a generate() call whose prompt
+   * extends the previous turn's, reuse the cached conversation instead of prefilling it again.
+   */
+  session?<T>(f: () => Promise<T>): Promise<T>;
   /** Pulls the policy's current weights (a no-op where the generator samples from the policy itself). */
   updateWeights(policy: Policy): Promise<void>;
   dispose(): void;

@@ -173,14 +173,16 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
       }),
       promptLens: batch.map((e) => e.prompt.length),
     };
-    const tokens = batch.reduce((a, e) => a + e.reference!.length, 0);
+    // Token-mean over the tokens the model learns (a multi-turn reference's injected tokens are masked out).
+    const masks = batch.some((e) => e.referenceMask) ? batch.map((e) => e.referenceMask ?? new Uint8Array(e.reference!.length).fill(1)) : undefined;
+    const tokens = masks ? masks.reduce((a, m) => a + m.reduce((x, y) => x + y, 0), 0) : batch.reduce((a, e) => a + e.reference!.length, 0);
     policy.zeroGrad();
     let loss = 0;
     let bad = false;
     for (let i = 0; i < seqs.sequences.length; i += micro) {
       const mb = { sequences: seqs.sequences.slice(i, i + micro), promptLens: seqs.promptLens.slice(i, i + micro) };
       const fwd = await policy.forward(mb);
-      const ce = crossEntropyLoss(fwd.logprobs, undefined, tokens);
+      const ce = crossEntropyLoss(fwd.logprobs, masks?.slice(i, i + micro), tokens);
       if (!Number.isFinite(ce.loss)) {
         fwd.release();
         bad = true;

@@ -11,6 +11,11 @@ export interface TaskExample {
   answer: string;
   /** A reference completion (token ids, ending with a stop token) for SFT, when the task has one. */
   reference?: Int32Array;
+  /**
+   * 1 where a reference token is the model's to learn, 0 where it is not (a multi-turn reference's tool results
+   * and the framing the environment injects) [reference.length]; absent: every token.
+   */
+  referenceMask?: Uint8Array;
 }
 
 export interface RewardResult {

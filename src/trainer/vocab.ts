@@ -78,6 +78,10 @@ function checkCovered(env: TaskEnv, vocab: VocabMap): void {
  * `extra` (e.g. all digit and punctuation tokens the answers may need). Rewards and decoding see original ids.
  */
 export function compactTask(env: TaskEnv, extra: Iterable<number> = [], existing?: VocabMap): { env: TaskEnv; vocab: VocabMap } {
+  if ((env as { multiTurn?: boolean }).multiTurn) {
+    // Tool results and follow-ups are rendered during the episode: no vocabulary can be fixed from the examples.
+    throw new DataError(`data.compact_vocab: task '${env.name}' is multi-turn (its environment writes text during episodes); use the full vocabulary`);
+  }
   const all = [...env.train, ...env.val];
   if (existing) checkCovered(env, existing);
   const vocab =

@@ -10,7 +10,6 @@ import { allKeys, assertSupported, ConfigError, ConfigSchema, loadConfig, REFUSE
 /** Keys the code does not read, each for a stated reason (what the docs say too). */
 const NOT_READ_BY_DESIGN: Record<string, string> = {
   'generator.model_dtype': 'one value: bfloat16',
-  'generator.max_turns': 'literal 1 (multi-turn refused by the schema)',
   'generator.sampling_params.min_p': 'literal 0',
   'generator.weight_sync_backend': 'the in-process engine uses the trainer weights: every backend is the same no-op',
   'trainer.algorithm.kl_estimator': 'one value: k3',
@@ -66,7 +65,6 @@ const ASK_MORE: Record<string, unknown> = {
   'generator.batched': false,
   'generator.enforce_eager': false,
   'generator.enable_chunked_prefill': false,
-  'generator.max_input_length': 512,
   'environment.skyrl_gym': { max_env_workers: 8 },
 };
 
