@@ -1,0 +1,425 @@
+// distributed-run.ts: one training run over N processes, colocated (trainer.placement.colocate_all=true): every rank
+// holds a ShardedPolicy shard (sharded-policy.ts) and a tp=1 inference engine over its own full bf16 copy of the
+// model (engine e = rank e; generator.num_inference_engines = N). Rank 0 runs the GRPO loop (grpo.ts, run.ts)
+// unchanged, over two stand-ins:
+//   DriverPolicy (a Policy)     every call becomes a command that rank 0 broadcasts to all ranks and then runs on
+//                               its own shard; the other ranks run the same command from serve(). Batches go out
+//                               whole; each rank takes its share (shardSequences, by tokens) and the log-probs come
+//                               back with one all-gather, so rank 0 sees the whole micro-batch's output as before.
+//   PoolGenerator (a Generator) rank 0 numbers the requests as the one-engine generator does (requestsFor: the
+//                               seeds follow the request index), gives engine e a contiguous block of them, every
+//                               rank generates its block, the completions are all-gathered back in request order.
+// Weight sync (updateWeights): unit by unit, the bf16 weights are all-gathered (as the forward does) and each rank
+// copies every parameter into its engine's model (ShardedPolicy.syncWeights): at most one unit beyond the shards.
+//
+// Commands travel as JSON over the group's host channel (TcpGroup.broadcastBytes from rank 0); their order is the
+// group's collective order, so a command that rank 0 only sends (zeroGrad, optimizerStep, release: no collective
+// inside) needs no wait. A rank that dies breaks the group: the launcher names it and ends the job.
+import type { Config } from '../config/schema.ts';
+import { ConfigError, engineLayoutProblems, trainingWorldSize } from '../config/load.ts';
+import { initDistributed, type DistContext } from '../distributed/launch.ts';
+import { childLogger } from '../log/logger.ts';
+import { completionsOf, engineOptionsFromConfig, LocalGenerator, requestsFor } from '../inference/local-generator.ts';
+import type { GenerateRequest, GenerateResponse } from '../inference/engine.ts';
+import type { GptOssModel } from '../model/index.ts';
+import { setupRun, type RunPieces } from './setup.ts';
+import { ShardedPolicy, shardSequences } from './sharded-policy.ts';
+import type {
+  Completion,
+  GradClipResult,
+  Generator,
+  LogprobModel,
+  LogprobOptions,
+  LogprobOutput,
+  OptimizerHyper,
+  Policy,
+  SamplingParams,
+  SequenceBatch,
+  TrainForward,
+} from './policy.ts';
+
+const log = childLogger('dist');
+
+/** The engine layout of a run, as the metrics rows record it. */
+export interface EngineLayout {
+  worldSize: number;
+  numEngines: number;
+  tensorParallelSize: number;
+}
+
+export function engineLayoutOf(c: Config): EngineLayout {
+  return { worldSize: trainingWorldSize(c), numEngines: c.generator.num_inference_engines, tensorParallelSize: c.generator.inference_engine_tensor_parallel_size };
+}
+
+/** Throws a ConfigError when the engine layout does not fit the processes or the model's heads (before any start). */
+export function assertEngineLayout(c: Config, model?: { numHeads: number; numKvHeads: number }): void {
+  const bad = engineLayoutProblems(c, model);
+  if (bad.length) throw new ConfigError(`the engine layout does not fit:\n${bad.map((b) => `  - ${b}`).join('\n')}`);
+}
+
+// ---- commands ------------------------------------------------------------------------------------------------------
+type WireBatch = { sequences: number[][]; promptLens: number[] };
+type Command =
+  | { op: 'forward'; id: number; batch: WireBatch; opts: LogprobOptions }
+  | { op: 'backward'; id: number; d: number[][] }
+  | { op: 'release'; id: number }
+  | { op: 'logprobs'; model: number; batch: WireBatch; opts: LogprobOptions }
+  | { op: 'zeroGrad' }
+  | { op: 'clip'; maxNorm: number }
+  | { op: 'optimizerStep'; h: OptimizerHyper; step: number }
+  | { op: 'resetOptimizer' }
+  | { op: 'frozenCopy'; id: number }
+  | { op: 'disposeFrozen'; id: number }
+  | { op: 'save'; dir: string }
+  | { op: 'load'; dir: string }
+  | { op: 'generate'; requests: GenerateRequest[] }
+  | { op: 'syncWeights' }
+  | { op: 'exit' };
+
+/** What a command gives back on rank 0 (the other ranks discard it). */
+type Reply = LogprobOutput | GradClipResult | Completion[] | undefined;
+
+function toWire(b: SequenceBatch): WireBatch {
+  return { sequences: b.sequences.map((s) => Array.from(s)), promptLens: Array.from(b.promptLens) };
+}
+
+/** Which sequences of a batch each rank computes: balanced by tokens (shardSequences), every rank in every call. */
+function splitOf(b: WireBatch, worldSize: number): number[][] {
+  return shardSequences(b.sequences.map((s) => s.length), worldSize);
+}
+
+function subBatch(b: WireBatch, idx: readonly number[]): SequenceBatch {
+  return { sequences: idx.map((i) => Int32Array.from(b.sequences[i]!)), promptLens: idx.map((i) => b.promptLens[i]!) };
+}
+
+/** Every rank's per-sequence rows back in batch order (one all-gather; f32 values survive JSON exactly). */
+async function gatherRows(dist: DistContext, split: number[][], rows: Float32Array[] | undefined, n: number): Promise<Float32Array[] | undefined> {
+  const all = await dist.group.allGatherObject(rows ? rows.map((r) => Array.from(r)) : null);
+  if (!rows) return undefined;
+  const out: Float32Array[] = new Array(n);
+  split.forEach((idx, r) => idx.forEach((i, k) => (out[i] = Float32Array.from(all[r]![k]!))));
+  return out;
+}
+
+/** One rank's side of the run: its shard, its engine, the forwards and frozen copies still open. */
+class RankWorker {
+  private readonly forwards = new Map<number, { fwd: TrainForward; idx: number[] }>();
+  private readonly frozen = new Map<number, LogprobModel>();
+
+  constructor(
+    readonly dist: DistContext,
+    readonly policy: ShardedPolicy,
+    readonly engine: LocalGenerator,
+    readonly model: GptOssModel,
+    readonly layout: EngineLayout,
+  ) {}
+
+  /** Runs one command on this rank (collective where the command is). */
+  async run(c: Command): Promise<Reply> {
+    const world = this.dist.worldSize;
+    const rank = this.dist.rank;
+    switch (c.op) {
+      case 'forward': {
+        const split = splitOf(c.batch, world);
+        const idx = split[rank]!;
+        const fwd = await this.policy.forward(subBatch(c.batch, idx), c.opts);
+        this.forwards.set(c.id, { fwd, idx });
+        const n = c.batch.sequences.length;
+        const logprobs = (await gatherRows(this.dist, split, fwd.logprobs, n))!;
+        const entropy = await gatherRows(this.dist, split, fwd.entropy, n);
+        return { logprobs, entropy };
+      }
+      case 'backward': {
+        const f = this.take(c.id, 'backward');
+        await f.fwd.backward(f.idx.map((i) => Float32Array.from(c.d[i]!)));
+        return undefined;
+      }
+      case 'release':
+        this.forwards.get(c.id)?.fwd.release();
+        this.forwards.delete(c.id);
+        return undefined;
+      case 'logprobs': {
+        const model = c.model === 0 ? this.policy : this.frozen.get(c.model);
+        if (!model) throw new Error(`rank ${rank}: logprobs of frozen copy ${c.model}, which this rank does not hold`);
+        const split = splitOf(c.batch, world);
+        const out = await model.logprobs(subBatch(c.batch, split[rank]!), c.opts);
+        const n = c.batch.sequences.length;
+        return { logprobs: (await gatherRows(this.dist, split, out.logprobs, n))!, entropy: await gatherRows(this.dist, split, out.entropy, n) };
+      }
+      case 'zeroGrad':
+        this.policy.zeroGrad();
+        return undefined;
+      case 'clip':
+        return await this.policy.clipGradNorm(c.maxNorm);
+      case 'optimizerStep':
+        this.policy.optimizerStep(c.h, c.step);
+        return undefined;
+      case 'resetOptimizer':
+        this.policy.resetOptimizer();
+        return undefined;
+      case 'frozenCopy':
+        this.frozen.set(c.id, await this.policy.frozenCopy());
+        return undefined;
+      case 'disposeFrozen':
+        this.frozen.get(c.id)?.dispose();
+        this.frozen.delete(c.id);
+        return undefined;
+      case 'save':
+        await this.policy.save(c.dir);
+        return undefined;
+      case 'load':
+        await this.policy.load(c.dir);
+        return undefined;
+      case 'generate':
+        return await this.generate(c.requests);
+      case 'syncWeights':
+        await this.syncWeights();
+        return undefined;
+      case 'exit':
+        return undefined;
+    }
+  }
+
+  /** This rank's engine runs its block of the requests; the responses are all-gathered in request order. */
+  private async generate(requests: GenerateRequest[]): Promise<Completion[]> {
+    const blocks = engineBlocks(requests.length, this.layout.numEngines);
+    const engine = Math.floor(this.dist.rank / this.layout.tensorParallelSize);
+    const [lo, hi] = blocks[engine]!;
+    const mine = await this.engine.runRequests(requests.slice(lo, hi));
+    const all = await this.dist.group.allGatherObject<GenerateResponse[]>(mine);
+    // With tp=1 every rank is an engine; engine e's responses are rank e*tp's.
+    const ordered: GenerateResponse[] = [];
+    for (let e = 0; e < this.layout.numEngines; e++) ordered.push(...all[e * this.layout.tensorParallelSize]!);
+    return completionsOf(ordered);
+  }
+
+  /** The in-process weight sync: every parameter of every unit into this rank's engine model (tp=1: whole). */
+  private async syncWeights(): Promise<void> {
+    const params = this.model.weights.params;
+    await this.policy.syncWeights((name, full) => {
+      const dst = params.get(name);
+      if (!dst) throw new Error(`weight sync: the engine model of rank ${this.dist.rank} has no parameter ${name}`);
+      dst.copyFrom(full);
+    });
+  }
+
+  private take(id: number, what: string): { fwd: TrainForward; idx: number[] } {
+    const f = this.forwards.get(id);
+    if (!f) throw new Error(`rank ${this.dist.rank}: ${what} of forward ${id}, which is not open`);
+    this.forwards.delete(id);
+    return f;
+  }
+
+  dispose(): void {
+    for (const f of this.forwards.values()) f.fwd.release();
+    for (const m of this.frozen.values()) m.dispose();
+    this.engine.dispose();
+    this.policy.dispose();
+    this.model.dispose();
+  }
+}
+
+/** [lo, hi) request indices of each engine: contiguous blocks, the first `n % engines` one longer. */
+export function engineBlocks(n: number, engines: number): [number, number][] {
+  const base = Math.floor(n / engines);
+  const extra = n % engines;
+  const out: [number, number][] = [];
+  let lo = 0;
+  for (let e = 0; e < engines; e++) {
+    const hi = lo + base + (e < extra ? 1 : 0);
+    out.push([lo, hi]);
+    lo = hi;
+  }
+  return out;
+}
+
+/** Rank 0's channel: broadcasts a command, then runs it here too. */
+class Driver {
+  /** Sends not awaited (commands without a collective inside); awaited before the next awaited command. */
+  private inFlight: Promise<unknown>[] = [];
+  private nextId = 1;
+
+  constructor(readonly worker: RankWorker) {}
+
+  id(): number {
+    return this.nextId++;
+  }
+
+  private send(c: Command): Promise<unknown> {
+    return this.worker.dist.group.broadcastBytes(Buffer.from(JSON.stringify(c), 'utf8'), 0);
+  }
+
+  async call<R extends Reply>(c: Command): Promise<R> {
+    const sent = this.send(c);
+    await this.flush();
+    const [, r] = await Promise.all([sent, this.worker.run(c)]);
+    return r as R;
+  }
+
+  /** For the synchronous Policy methods: the command goes out, runs here at once (it has no collective inside). */
+  post(c: Command): void {
+    const p = this.send(c);
+    p.catch(() => {}); // surfaced by the next flush()
+    this.inFlight.push(p);
+    void this.worker.run(c).catch((e: unknown) => this.inFlight.push(Promise.reject(e)));
+  }
+
+  async flush(): Promise<void> {
+    const pending = this.inFlight;
+    this.inFlight = [];
+    await Promise.all(pending);
+  }
+}
+
+/** Rank 0's Policy: the sharded policy of every rank, driven from the GRPO loop. */
+export class DriverPolicy implements Policy {
+  constructor(private readonly d: Driver) {}
+
+  get device(): string {
+    return this.d.worker.policy.device;
+  }
+
+  async forward(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<TrainForward> {
+    const id = this.d.id();
+    const out = await this.d.call<LogprobOutput>({ op: 'forward', id, batch: toWire(batch), opts });
+    let consumed = false;
+    return {
+      logprobs: out.logprobs,
+      entropy: out.entropy,
+      backward: async (dl: Float32Array[]) => {
+        if (consumed) throw new Error('TrainForward.backward: already consumed');
+        if (dl.length !== batch.sequences.length) throw new Error(`backward: ${dl.length} gradient rows for ${batch.sequences.length} sequences`);
+        consumed = true;
+        await this.d.call({ op: 'backward', id, d: dl.map((r) => Array.from(r)) });
+      },
+      release: () => {
+        if (consumed) return;
+        consumed = true;
+        this.d.post({ op: 'release', id });
+      },
+    };
+  }
+
+  logprobs(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<LogprobOutput> {
+    return this.d.call<LogprobOutput>({ op: 'logprobs', model: 0, batch: toWire(batch), opts });
+  }
+
+  zeroGrad(): void {
+    this.d.post({ op: 'zeroGrad' });
+  }
+
+  clipGradNorm(maxNorm: number): Promise<GradClipResult> {
+    return this.d.call<GradClipResult>({ op: 'clip', maxNorm });
+  }
+
+  optimizerStep(h: OptimizerHyper, step: number): void {
+    this.d.post({ op: 'optimizerStep', h, step });
+  }
+
+  resetOptimizer(): void {
+    this.d.post({ op: 'resetOptimizer' });
+  }
+
+  async frozenCopy(): Promise<LogprobModel> {
+    const id = this.d.id();
+    await this.d.call({ op: 'frozenCopy', id });
+    const d = this.d;
+    return {
+      device: this.device,
+      logprobs: (batch: SequenceBatch, opts: LogprobOptions = {}) => d.call<LogprobOutput>({ op: 'logprobs', model: id, batch: toWire(batch), opts }),
+      dispose: () => d.post({ op: 'disposeFrozen', id }),
+    };
+  }
+
+  async save(dir: string): Promise<void> {
+    await this.d.call({ op: 'save', dir });
+  }
+
+  async load(dir: string): Promise<void> {
+    await this.d.call({ op: 'load', dir });
+  }
+
+  numParameters(): number {
+    return this.d.worker.policy.numParameters();
+  }
+
+  dispose(): void {
+    // The shards live until the run closes (DistributedRun.close).
+  }
+}
+
+/** Rank 0's Generator: the pool of engines, one per rank (tp=1). */
+export class PoolGenerator implements Generator {
+  constructor(private readonly d: Driver) {}
+
+  async generate(prompts: Int32Array[], p: SamplingParams, onProgress?: (doneTokens: number) => void): Promise<Completion[]> {
+    const out = await this.d.call<Completion[]>({ op: 'generate', requests: requestsFor(prompts, p) });
+    onProgress?.(out.reduce((a, c) => a + c.tokens.length, 0));
+    return out;
+  }
+
+  async updateWeights(): Promise<void> {
+    await this.d.call({ op: 'syncWeights' });
+  }
+
+  dispose(): void {}
+}
+
+export interface DistributedRun {
+  dist: DistContext;
+  layout: EngineLayout;
+  /** Rank 0: the run's pieces with the driver policy and the engine pool (null on the other ranks). */
+  pieces: RunPieces | null;
+  /** Ranks > 0: runs rank 0's commands until it closes the run. onCommand sees each (tests inject faults there). */
+  serve(onCommand?: (op: Command['op'], index: number) => void): Promise<void>;
+  /** Rank 0: ends the others' serve(); every rank: frees its shard and engine and leaves the group. */
+  close(): Promise<void>;
+}
+
+/**
+ * Joins the launcher's group and builds this rank's part: the model (every rank builds the same weights: the same
+ * seed or checkpoint), its ShardedPolicy shard, its tp=1 engine over the model. Collective.
+ */
+export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
+  const layout = engineLayoutOf(c);
+  if (!c.trainer.placement.colocate_all) throw new ConfigError('trainer.placement.colocate_all=false: engines on their own processes are not built yet (use true)');
+  if (layout.tensorParallelSize !== 1) throw new ConfigError(`generator.inference_engine_tensor_parallel_size=${layout.tensorParallelSize}: tensor-parallel engines inside a training run are not built yet (use 1)`);
+  const dist = await initDistributed({ backend: c.trainer.device === 'cpu' ? 'cpu' : 'auto' });
+  if (dist.worldSize !== layout.worldSize) {
+    await dist.destroy().catch(() => {});
+    throw new ConfigError(`the launcher started ${dist.worldSize} processes but the config asks for ${layout.worldSize} (trainer.placement.policy_num_nodes x policy_num_gpus_per_node)`);
+  }
+  // Each rank trains and generates on its own device (the launcher's cuda:<local rank>, or cpu).
+  const base = await setupRun({ ...c, trainer: { ...c.trainer, device: dist.device } });
+  assertEngineLayout(c, base.model.config);
+  const policy = ShardedPolicy.fromWeights(base.model.weights, dist.collectives, {
+    recompute: c.trainer.gradient_checkpointing,
+    deterministic: c.trainer.deterministic,
+  });
+  const engine = new LocalGenerator(base.model, engineOptionsFromConfig(c.generator));
+  const worker = new RankWorker(dist, policy, engine, base.model, layout);
+  const driver = dist.rank === 0 ? new Driver(worker) : null;
+  log.info({ rank: dist.rank, world: dist.worldSize, backend: dist.backend, engines: layout.numEngines, tp: layout.tensorParallelSize }, 'rank ready');
+  let closed = false;
+  return {
+    dist,
+    layout,
+    pieces: driver ? { ...base, policy: new DriverPolicy(driver), generator: new PoolGenerator(driver), ref: undefined } : null,
+    async serve(onCommand) {
+      if (dist.rank === 0) throw new Error('serve: rank 0 drives the run');
+      for (let i = 0; ; i++) {
+        const c = JSON.parse((await dist.group.broadcastBytes(null, 0)).toString('utf8')) as Command;
+        onCommand?.(c.op, i);
+        if (c.op === 'exit') return;
+        await worker.run(c);
+      }
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      if (driver) await driver.call({ op: 'exit' });
+      worker.dispose();
+      await dist.destroy();
+    },
+  };
+}
