@@ -197,7 +197,7 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown) => boolean; want: st
   { key: 'trainer.gradient_checkpointing_use_reentrant', ok: (v) => v === false, want: 'false', why: "PyTorch's reentrant checkpointing has no counterpart here (trainer.gradient_checkpointing recomputes each layer in its backward)" },
   { key: 'trainer.hf_save_interval', ok: (v) => v === -1 || v === 0, want: '-1', why: 'a separate HF-format export is not supported yet; every checkpoint (<ckpt_path>/global_step_N) already holds the model in the HF layout, loadable with --model' },
   { key: 'trainer.algorithm.entropy_loss_coef', ok: (v) => v === 0, want: '0', why: 'an entropy bonus in the loss is not implemented (entropy is logged as a metric)' },
-  { key: 'generator.inference_engine_tensor_parallel_size', ok: (v) => v === 1, want: '1', why: `tensor-parallel engines inside a training run are not built yet (each rank runs its own tp=1 engine; generator.num_inference_engines = the number of processes); ${ENGINE_POOL}` },
+  { key: 'generator.inference_engine_tensor_parallel_size', ok: (v) => v === 1, want: '1', why: `tensor-parallel engines inside a training run are not supported yet (each rank runs its own tp=1 engine; generator.num_inference_engines = the number of processes); ${ENGINE_POOL}` },
   { key: 'generator.run_engines_locally', ok: (v) => v === true, want: 'true', why: 'remote inference engines are not supported; the engine runs in the training process' },
   { key: 'generator.async_engine', ok: (v) => v === true, want: 'true', why: 'the in-process engine is asynchronous (the only kind there is)' },
   { key: 'generator.batched', ok: (v) => v === true, want: 'true', why: 'generation is always batched (up to generator.max_num_seqs sequences)' },
@@ -243,13 +243,14 @@ export const REFUSED_UNLESS_SINGLE_PROCESS: readonly string[] = SINGLE_PROCESS.m
  * `trainer.placement.policy_num_gpus_per_node=8 is not supported yet: multi-GPU training ... (set 1)`.
  */
 export function unsupportedSettings(c: Config): string[] {
-  const out: string[] = [...engineLayoutProblems(c)];
+  const out: string[] = [];
   for (const r of SINGLE_PROCESS) {
     const v = valueAt(c, r.key.split('.'));
     if (r.ok(v)) continue;
     out.push(`${r.key}=${describe(v)}: ${r.why} (use ${r.want})`);
   }
-  return out;
+  // The layout is judged once every key it is made of is one this version can run.
+  return out.length ? out : engineLayoutProblems(c);
 }
 
 /** Throws a ConfigError listing every setting this version cannot honour (what a run checks before it starts). */
