@@ -184,11 +184,12 @@ const ENGINE_POOL = 'the inference-engine pool will bring it';
  * Settings this version accepts in the schema (the seed's keys) but cannot honour: each entry is the key, the
  * test of the value that matches what one process does, and why another value is refused.
  */
-const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown) => boolean; want: string; why: string }> = [
+const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolean; want: string; why: string }> = [
   { key: 'trainer.placement.policy_num_nodes', ok: (v) => v === 1, want: '1', why: `multi-node training is not supported yet; ${SHARDED}` },
 
-  { key: 'trainer.placement.ref_num_nodes', ok: (v) => v === 1, want: '1', why: `a multi-node reference model is not supported yet; ${SHARDED}` },
-  { key: 'trainer.placement.ref_num_gpus_per_node', ok: (v) => v === 1, want: '1', why: `a multi-GPU reference model is not supported yet; ${SHARDED}` },
+  // The KL reference is a frozen sharded copy on the policy's own processes: the policy's placement or one process.
+  { key: 'trainer.placement.ref_num_nodes', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_nodes, want: '1 or trainer.placement.policy_num_nodes', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
+  { key: 'trainer.placement.ref_num_gpus_per_node', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_gpus_per_node, want: '1 or trainer.placement.policy_num_gpus_per_node', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
   { key: 'trainer.placement.colocate_all', ok: (v) => v === true, want: 'true', why: `separate devices for training and generation are not supported yet; ${ENGINE_POOL}` },
   { key: 'trainer.placement.colocate_policy_ref', ok: (v) => v === true, want: 'true', why: 'the reference model always lives in the training process' },
   { key: 'trainer.policy.sequence_parallel_size', ok: (v) => v === 1, want: '1', why: 'sequence parallelism is not supported yet' },
@@ -246,7 +247,7 @@ export function unsupportedSettings(c: Config): string[] {
   const out: string[] = [];
   for (const r of SINGLE_PROCESS) {
     const v = valueAt(c, r.key.split('.'));
-    if (r.ok(v)) continue;
+    if (r.ok(v, c)) continue;
     out.push(`${r.key}=${describe(v)}: ${r.why} (use ${r.want})`);
   }
   // The layout is judged once every key it is made of is one this version can run.

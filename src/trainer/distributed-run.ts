@@ -51,9 +51,16 @@ export function engineLayoutOf(c: Config): EngineLayout {
   return { worldSize: trainingWorldSize(c), numEngines: c.generator.num_inference_engines, tensorParallelSize: c.generator.inference_engine_tensor_parallel_size };
 }
 
-/** Throws a ConfigError when the engine layout does not fit the processes or the model's heads (before any start). */
+/**
+ * Throws a ConfigError when a run over several processes cannot be what the config asks (before any start): the
+ * engine layout against the processes or the model's heads, or a separate reference model (the KL reference is the
+ * policy's frozen sharded copy; a trainer.ref.model.path would be loaded and then not used).
+ */
 export function assertEngineLayout(c: Config, model?: { numHeads: number; numKvHeads: number }): void {
   const bad = engineLayoutProblems(c, model);
+  if (trainingWorldSize(c) > 1 && c.trainer.ref.model.path && c.trainer.algorithm.use_kl_loss) {
+    bad.push(`trainer.ref.model.path=${c.trainer.ref.model.path}: a separate reference model is not supported over several processes yet (the KL reference is the initial policy's frozen sharded copy; unset it)`);
+  }
   if (bad.length) throw new ConfigError(`the engine layout does not fit:\n${bad.map((b) => `  - ${b}`).join('\n')}`);
 }
 
@@ -384,6 +391,7 @@ export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
   const layout = engineLayoutOf(c);
   if (!c.trainer.placement.colocate_all) throw new ConfigError('trainer.placement.colocate_all=false: engines on their own processes are not built yet (use true)');
   if (layout.tensorParallelSize !== 1) throw new ConfigError(`generator.inference_engine_tensor_parallel_size=${layout.tensorParallelSize}: tensor-parallel engines inside a training run are not built yet (use 1)`);
+  assertEngineLayout(c);
   const dist = await initDistributed({ backend: c.trainer.device === 'cpu' ? 'cpu' : 'auto' });
   if (dist.worldSize !== layout.worldSize) {
     await dist.destroy().catch(() => {});
