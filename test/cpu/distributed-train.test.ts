@@ -7,11 +7,12 @@
 //   - the engines' log-probs after each sync == the trainer's (the loop's logprob_gap metric at steps 2 and 3,
 //     and fresh samples after the run; without the sync the gap is ~0.3-2.7);
 //   - every metrics row records the world size and the engine layout;
-// and: the train CLI itself over 2 processes; a rank killed mid-run ends the job naming it; refused layouts.
+// and: the train CLI itself over 2 processes; Ctrl-C saves on every rank and the same command resumes exactly; a
+// rank killed mid-run ends the job naming it; refused layouts.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -183,4 +184,47 @@ test('a layout that does not fit is refused before any process starts, naming th
   const c = run(['trainer.placement.policy_num_gpus_per_node=2', 'generator.num_inference_engines=2', 'trainer.placement.colocate_all=false']);
   assert.equal(c.status, 2);
   assert.match(c.stderr, /trainer\.placement\.colocate_all=false: separate devices for training and generation are not supported yet/);
+});
+
+/** The train CLI over 2 processes, 5 steps (checkpoints at Ctrl-C only); `interruptAfter`: SIGINT once that many steps are logged. */
+function trainCli(name: string, interruptAfter?: number): Promise<{ code: number | null; out: string }> {
+  const args = grpoArgs(name, 2).map((a) => (a === 'trainer.max_steps=3' ? 'trainer.max_steps=5' : a === 'trainer.ckpt_interval=-1' ? 'trainer.ckpt_interval=100' : a === 'trainer.resume_mode=none' ? 'trainer.resume_mode=latest' : a));
+  const metrics = join(dir, `${name}.jsonl`);
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...args], { cwd: ROOT });
+    let out = '';
+    c.stdout.on('data', (d) => (out += d));
+    c.stderr.on('data', (d) => (out += d));
+    const poll = setInterval(() => {
+      if (interruptAfter === undefined || !existsSync(metrics)) return;
+      if (parseMetricsJsonl(readFileSync(metrics, 'utf8')).filter((x) => x.kind === 'train').length >= interruptAfter) {
+        clearInterval(poll);
+        c.kill('SIGINT'); // the launcher forwards it to every rank
+      }
+    }, 50);
+    c.on('close', (code) => {
+      clearInterval(poll);
+      resolve({ code, out });
+    });
+  });
+}
+
+test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it exactly', async () => {
+  const cut = await trainCli('ctrlc', 2);
+  assert.equal(cut.code, 130, cut.out);
+  assert.match(cut.out, /\[rank 0\] .*interrupted; checkpoint .*global_step_\d/);
+  const stoppedAt = Number(/interrupted: saving a checkpoint at step (\d+)/.exec(cut.out)?.[1]);
+  assert.ok(stoppedAt >= 2 && stoppedAt < 5, `stopped at step ${stoppedAt}`);
+  const resumed = await trainCli('ctrlc');
+  assert.equal(resumed.code, 0, resumed.out);
+  assert.match(resumed.out, new RegExp(`GRPO: resumed from step ${stoppedAt}`));
+  const straight = await trainCli('straight');
+  assert.equal(straight.code, 0, straight.out);
+  const rows = (name: string) => parseMetricsJsonl(readFileSync(join(dir, `${name}.jsonl`), 'utf8')).filter((x) => x.kind === 'train');
+  const a = rows('ctrlc');
+  const b = rows('straight');
+  assert.deepEqual(a.map((r) => r.step), [1, 2, 3, 4, 5]);
+  for (let i = 0; i < 5; i++) {
+    for (const k of ['loss', 'grad_norm', 'reward/mean', 'kl']) assert.equal(a[i]![k], b[i]![k], `step ${i + 1} ${k}`);
+  }
 });
