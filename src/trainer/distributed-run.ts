@@ -1,16 +1,20 @@
 // distributed-run.ts: one training run over N processes, colocated (trainer.placement.colocate_all=true): every rank
-// holds a ShardedPolicy shard (sharded-policy.ts) and a tp=1 inference engine over its own full bf16 copy of the
-// model (engine e = rank e; generator.num_inference_engines = N). Rank 0 runs the GRPO loop (grpo.ts, run.ts)
-// unchanged, over two stand-ins:
+// holds a ShardedPolicy shard (sharded-policy.ts) and its part of the inference engines, in one of two layouts:
+//   N engines of tp 1   each rank a whole engine over its own full bf16 copy of the model (engine e = rank e)
+//   1 engine of tp N    each rank a TensorParallelModel slice (tensor-parallel.ts); rank 0 runs the Engine over a
+//                       TensorParallelModelRunner, the others serve its steps (tensor-parallel-runner.ts)
+// (E engines of tp T with 1 < E < N needs sub-groups of the process group: not built.) Rank 0 runs the GRPO loop
+// (grpo.ts, run.ts) unchanged, over two stand-ins:
 //   DriverPolicy (a Policy)     every call becomes a command that rank 0 broadcasts to all ranks and then runs on
 //                               its own shard; the other ranks run the same command from serve(). Batches go out
 //                               whole; each rank takes its share (shardSequences, by tokens) and the log-probs come
 //                               back with one all-gather, so rank 0 sees the whole micro-batch's output as before.
 //   PoolGenerator (a Generator) rank 0 numbers the requests as the one-engine generator does (requestsFor: the
 //                               seeds follow the request index), gives engine e a contiguous block of them, every
-//                               rank generates its block, the completions are all-gathered back in request order.
+//                               engine generates its block, the completions are all-gathered back in request order.
 // Weight sync (updateWeights): unit by unit, the bf16 weights are all-gathered (as the forward does) and each rank
-// copies every parameter into its engine's model (ShardedPolicy.syncWeights): at most one unit beyond the shards.
+// copies what its engine needs (every parameter for tp 1, its TP slice for tp N) into its engine's model
+// (ShardedPolicy.syncWeights): at most one unit beyond the shards.
 //
 // Commands travel as JSON over the group's host channel (TcpGroup.broadcastBytes from rank 0); their order is the
 // group's collective order, so a command that rank 0 only sends (zeroGrad, optimizerStep, release: no collective
@@ -20,7 +24,9 @@ import { ConfigError, engineLayoutProblems, trainingWorldSize } from '../config/
 import { initDistributed, type DistContext } from '../distributed/launch.ts';
 import { childLogger } from '../log/logger.ts';
 import { completionsOf, engineOptionsFromConfig, LocalGenerator, requestsFor } from '../inference/local-generator.ts';
-import type { GenerateRequest, GenerateResponse } from '../inference/engine.ts';
+import { Engine, type EngineOptions, type GenerateRequest, type GenerateResponse } from '../inference/engine.ts';
+import { serveTensorParallelRank, storeSlice, TensorParallelModelRunner } from '../inference/tensor-parallel-runner.ts';
+import { TensorParallelModel } from '../model/tensor-parallel.ts';
 import type { GptOssModel } from '../model/index.ts';
 import { setupRun, type RunPieces } from './setup.ts';
 import { ShardedPolicy, shardSequences } from './sharded-policy.ts';
@@ -116,8 +122,8 @@ class RankWorker {
   constructor(
     readonly dist: DistContext,
     readonly policy: ShardedPolicy,
-    readonly engine: LocalGenerator,
-    readonly model: GptOssModel,
+    /** The engine's weights: the whole model (tp 1; `engine` runs on it) or this rank's slice (tp N). */
+    readonly engineModel: { kind: 'whole'; model: GptOssModel; engine: LocalGenerator } | { kind: 'slice'; model: TensorParallelModel; options: EngineOptions },
     readonly layout: EngineLayout,
   ) {}
 
@@ -189,21 +195,35 @@ class RankWorker {
 
   /** This rank's engine runs its block of the requests; the responses are all-gathered in request order. */
   private async generate(requests: GenerateRequest[]): Promise<Completion[]> {
+    const em = this.engineModel;
+    if (em.kind === 'slice') {
+      // One engine over every rank: rank 0 schedules and samples, the others run its steps on their slices. The
+      // engine lives for this call (its KV pool too); its dispose() releases the serving ranks.
+      const { collectives, group, rank } = this.dist;
+      if (rank !== 0) {
+        await serveTensorParallelRank(em.model, group, collectives);
+        return [];
+      }
+      const engine = new Engine(new TensorParallelModelRunner(em.model, group, collectives), { ...em.options, device: em.model.device, tensorParallelSize: this.layout.tensorParallelSize });
+      try {
+        return completionsOf(await engine.generate(requests));
+      } finally {
+        engine.dispose();
+      }
+    }
     const blocks = engineBlocks(requests.length, this.layout.numEngines);
-    const engine = Math.floor(this.dist.rank / this.layout.tensorParallelSize);
-    const [lo, hi] = blocks[engine]!;
-    const mine = await this.engine.runRequests(requests.slice(lo, hi));
+    const [lo, hi] = blocks[this.dist.rank]!;
+    const mine = await em.engine.runRequests(requests.slice(lo, hi));
     const all = await this.dist.group.allGatherObject<GenerateResponse[]>(mine);
-    // With tp=1 every rank is an engine; engine e's responses are rank e*tp's.
-    const ordered: GenerateResponse[] = [];
-    for (let e = 0; e < this.layout.numEngines; e++) ordered.push(...all[e * this.layout.tensorParallelSize]!);
-    return completionsOf(ordered);
+    return completionsOf(all.flat());
   }
 
-  /** The in-process weight sync: every parameter of every unit into this rank's engine model (tp=1: whole). */
+  /** The in-process weight sync: every parameter into this rank's engine model (tp 1), or its slice (tp N). */
   private async syncWeights(): Promise<void> {
-    const params = this.model.weights.params;
+    const em = this.engineModel;
+    const params = em.model.weights.params;
     await this.policy.syncWeights((name, full) => {
+      if (em.kind === 'slice') return storeSlice(em.model, name, full);
       const dst = params.get(name);
       if (!dst) throw new Error(`weight sync: the engine model of rank ${this.dist.rank} has no parameter ${name}`);
       dst.copyFrom(full);
@@ -220,9 +240,9 @@ class RankWorker {
   dispose(): void {
     for (const f of this.forwards.values()) f.fwd.release();
     for (const m of this.frozen.values()) m.dispose();
-    this.engine.dispose();
+    if (this.engineModel.kind === 'whole') this.engineModel.engine.dispose();
+    this.engineModel.model.dispose();
     this.policy.dispose();
-    this.model.dispose();
   }
 }
 
@@ -390,7 +410,6 @@ export interface DistributedRun {
 export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
   const layout = engineLayoutOf(c);
   if (!c.trainer.placement.colocate_all) throw new ConfigError('trainer.placement.colocate_all=false: engines on their own processes are not built yet (use true)');
-  if (layout.tensorParallelSize !== 1) throw new ConfigError(`generator.inference_engine_tensor_parallel_size=${layout.tensorParallelSize}: tensor-parallel engines inside a training run are not built yet (use 1)`);
   assertEngineLayout(c);
   const dist = await initDistributed({ backend: c.trainer.device === 'cpu' ? 'cpu' : 'auto' });
   if (dist.worldSize !== layout.worldSize) {
@@ -404,8 +423,14 @@ export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
     recompute: c.trainer.gradient_checkpointing,
     deterministic: c.trainer.deterministic,
   });
-  const engine = new LocalGenerator(base.model, engineOptionsFromConfig(c.generator));
-  const worker = new RankWorker(dist, policy, engine, base.model, layout);
+  const options = engineOptionsFromConfig(c.generator);
+  // tp N: the engine's slice is cut from the same weights. The full copy setupRun built stays as the run's `model`
+  // (its config and vocabulary checks); it is not the engine's and is not synced.
+  const engineModel =
+    layout.tensorParallelSize === 1
+      ? { kind: 'whole' as const, model: base.model, engine: new LocalGenerator(base.model, options) }
+      : { kind: 'slice' as const, model: TensorParallelModel.fromWeights(base.model.weights, dist.collectives, { device: dist.device, deterministic: c.trainer.deterministic }), options };
+  const worker = new RankWorker(dist, policy, engineModel, layout);
   const driver = dist.rank === 0 ? new Driver(worker) : null;
   log.info({ rank: dist.rank, world: dist.worldSize, backend: dist.backend, engines: layout.numEngines, tp: layout.tensorParallelSize }, 'rank ready');
   let closed = false;
@@ -427,6 +452,7 @@ export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
       closed = true;
       if (driver) await driver.call({ op: 'exit' });
       worker.dispose();
+      if (engineModel.kind === 'slice') base.model.dispose();
       await dist.destroy();
     },
   };

@@ -103,6 +103,6 @@ test("the seed's preset loads (print-config works) and a run of it is refused wi
   const c = loadConfig({ config: 'gsm8k-gptoss-20b' });
   assert.equal(c.trainer.policy.model.path, 'unsloth/gpt-oss-20b-BF16');
   const msgs = unsupportedSettings(c).join('\n');
-  assert.match(msgs, /generator\.inference_engine_tensor_parallel_size=4: tensor-parallel engines inside a training run are not supported yet/);
+  assert.match(msgs, /generator\.inference_engine_tensor_parallel_size=4: several tensor-parallel engines are not supported yet/);
   assert.throws(() => assertSupported(c, "config 'gsm8k-gptoss-20b'"), /config 'gsm8k-gptoss-20b' asks for what this version cannot do/);
 });
