@@ -264,6 +264,8 @@ export function engineBlocks(n: number, engines: number): [number, number][] {
 class Driver {
   /** Sends not awaited (commands without a collective inside); awaited before the next awaited command. */
   private inFlight: Promise<unknown>[] = [];
+  /** The first posted command that failed here (reported by the next awaited command). */
+  private failure: Error | null = null;
   private nextId = 1;
 
   constructor(readonly worker: RankWorker) {}
@@ -278,6 +280,7 @@ class Driver {
 
   async call<R extends Reply>(c: Command): Promise<R> {
     const sent = this.send(c);
+    sent.catch(() => {}); // awaited below; a failed flush() must not leave it unhandled
     await this.flush();
     const [, r] = await Promise.all([sent, this.worker.run(c)]);
     return r as R;
@@ -285,16 +288,20 @@ class Driver {
 
   /** For the synchronous Policy methods: the command goes out, runs here at once (it has no collective inside). */
   post(c: Command): void {
-    const p = this.send(c);
-    p.catch(() => {}); // surfaced by the next flush()
-    this.inFlight.push(p);
-    void this.worker.run(c).catch((e: unknown) => this.inFlight.push(Promise.reject(e)));
+    const sent = this.send(c);
+    sent.catch(() => {}); // a broken group surfaces at the next flush()
+    this.inFlight.push(sent);
+    this.worker.run(c).catch((e: unknown) => {
+      this.failure ??= e as Error;
+    });
   }
 
+  /** Waits for the posted commands; rethrows the first failure of one of them. */
   async flush(): Promise<void> {
     const pending = this.inFlight;
     this.inFlight = [];
     await Promise.all(pending);
+    if (this.failure) throw this.failure;
   }
 }
 
