@@ -260,6 +260,25 @@ export function engineBlocks(n: number, engines: number): [number, number][] {
   return out;
 }
 
+/** The GRPO phase each command belongs to (for the message when one fails). */
+const PHASE: Record<Command['op'], string> = {
+  forward: 'train',
+  backward: 'train',
+  release: 'train',
+  zeroGrad: 'train',
+  clip: 'train',
+  optimizerStep: 'train',
+  resetOptimizer: 'train',
+  logprobs: 'log-probs',
+  frozenCopy: 'reference copy',
+  disposeFrozen: 'reference copy',
+  save: 'checkpoint',
+  load: 'checkpoint',
+  generate: 'generate',
+  syncWeights: 'weight sync',
+  exit: 'shutdown',
+};
+
 /** Rank 0's channel: broadcasts a command, then runs it here too. */
 class Driver {
   /** Sends not awaited (commands without a collective inside); awaited before the next awaited command. */
@@ -279,11 +298,18 @@ class Driver {
   }
 
   async call<R extends Reply>(c: Command): Promise<R> {
-    const sent = this.send(c);
-    sent.catch(() => {}); // awaited below; a failed flush() must not leave it unhandled
-    await this.flush();
-    const [, r] = await Promise.all([sent, this.worker.run(c)]);
-    return r as R;
+    try {
+      const sent = this.send(c);
+      sent.catch(() => {}); // awaited below; a failed flush() must not leave it unhandled
+      await this.flush();
+      const [, r] = await Promise.all([sent, this.worker.run(c)]);
+      return r as R;
+    } catch (e) {
+      // Named by phase: a rank lost mid-run shows up here as "process group aborted: rank R ...".
+      const err = new Error(`${PHASE[c.op]} phase (${c.op}) failed: ${(e as Error).message}`);
+      err.stack = `Error: ${err.message}\n${(e as Error).stack?.split('\n').slice(1).join('\n') ?? ''}`;
+      throw err;
+    }
   }
 
   /** For the synchronous Policy methods: the command goes out, runs here at once (it has no collective inside). */

@@ -193,6 +193,8 @@ test('a rank killed mid-run ends the whole job, naming it', async () => {
   assert.equal(r.failedRank, 1, r.reason);
   // The hub sees rank 1's connection drop (or the launcher its exit) first; either names rank 1.
   assert.match(r.reason ?? '', /^rank 1 (exited with signal SIGKILL|disconnected from the process group)/);
+  // Rank 0 was waiting in the weight sync (rank 1 died on receiving it): its error names the phase and the rank.
+  assert.match(r.text, /\[rank 0\] .*weight sync phase \(syncWeights\) failed: .*rank 1/);
   assert.equal(r.ranks.length, 2);
 });
 

@@ -9,7 +9,7 @@
 import { writeFileSync } from 'node:fs';
 import { loadConfig, trainingWorldSize } from '../../src/config/load.ts';
 import { runTraining } from '../../src/trainer/run.ts';
-import { setupRun } from '../../src/trainer/setup.ts';
+import { interruptSignal, setupRun } from '../../src/trainer/setup.ts';
 import { setupDistributedRun } from '../../src/trainer/distributed-run.ts';
 import type { Completion, Generator } from '../../src/trainer/policy.ts';
 
@@ -37,7 +37,10 @@ const recording: Generator = {
   updateWeights: (p) => inner.updateWeights(p),
   dispose: () => inner.dispose(),
 };
-const r = await runTraining(config, { ...run, generator: recording }, { consoleMetrics: false });
+// As train.ts: SIGINT/SIGTERM (the launcher's, when another rank fails) end the loop rather than the process.
+const intr = interruptSignal();
+const r = await runTraining(config, { ...run, generator: recording }, { consoleMetrics: false, signal: intr.signal });
+intr.dispose();
 
 // The engines sample from the synced weights: their log-probs must be the trainer's (bf16 compute noise apart).
 const prompts = run.env.val.slice(0, 4).flatMap((e) => [e.prompt, e.prompt]);
