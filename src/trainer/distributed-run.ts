@@ -335,6 +335,11 @@ class Driver {
 export class DriverPolicy implements Policy {
   constructor(private readonly d: Driver) {}
 
+  /** Each call's sequences are split over every rank (so the loops hand it N x the per-GPU micro-batch). */
+  get dataParallelSize(): number {
+    return this.d.worker.dist.worldSize;
+  }
+
   get device(): string {
     return this.d.worker.policy.device;
   }

@@ -39,7 +39,8 @@ function grpoArgs(name: string, world: number, tp = 1): string[] {
     'trainer.max_steps=3',
     'trainer.train_batch_size=8',
     'trainer.policy_mini_batch_size=8',
-    'trainer.micro_train_batch_size_per_gpu=16',
+    // The same global micro-batch (16 sequences) in both worlds: world N gives each rank 16/N per forward call.
+    `trainer.micro_train_batch_size_per_gpu=${16 / world}`,
     'trainer.eval_interval=0',
     'trainer.eval_before_train=false',
     'trainer.ckpt_interval=-1',
