@@ -16,9 +16,10 @@
 // copies what its engine needs (every parameter for tp 1, its TP slice for tp N) into its engine's model
 // (ShardedPolicy.syncWeights): at most one unit beyond the shards.
 //
-// Commands travel as JSON over the group's host channel (TcpGroup.broadcastBytes from rank 0); their order is the
-// group's collective order, so a command that rank 0 only sends (zeroGrad, optimizerStep, release: no collective
-// inside) needs no wait. A rank that dies breaks the group: the launcher names it and ends the job.
+// Commands travel as JSON over the group's host channel (TcpGroup.broadcastBytes from rank 0) and run one at a time
+// in the order rank 0 issued them, so every rank meets the same collectives in the same order; the synchronous
+// Policy methods (zeroGrad, optimizerStep, release) are queued without waiting. A rank that dies breaks the group:
+// rank 0's pending command fails naming the phase and that rank, and the launcher ends the job.
 import type { Config } from '../config/schema.ts';
 import { ConfigError, engineLayoutProblems, trainingWorldSize } from '../config/load.ts';
 import { initDistributed, type DistContext } from '../distributed/launch.ts';
@@ -279,11 +280,15 @@ const PHASE: Record<Command['op'], string> = {
   exit: 'shutdown',
 };
 
-/** Rank 0's channel: broadcasts a command, then runs it here too. */
+/**
+ * Rank 0's channel: broadcasts a command, then runs it here too. Commands run one at a time in the order they were
+ * issued (a queue): every rank must meet the same collectives in the same order, so two calls in flight at once
+ * (e.g. concurrent generate() calls) must not interleave theirs.
+ */
 class Driver {
-  /** Sends not awaited (commands without a collective inside); awaited before the next awaited command. */
-  private inFlight: Promise<unknown>[] = [];
-  /** The first posted command that failed here (reported by the next awaited command). */
+  /** The last queued command (settled: failures are reported to its caller). */
+  private tail: Promise<unknown> = Promise.resolve();
+  /** The first posted command that failed (every later command then fails with it). */
   private failure: Error | null = null;
   private nextId = 1;
 
@@ -293,17 +298,23 @@ class Driver {
     return this.nextId++;
   }
 
-  private send(c: Command): Promise<unknown> {
-    return this.worker.dist.group.broadcastBytes(Buffer.from(JSON.stringify(c), 'utf8'), 0);
-  }
-
-  async call<R extends Reply>(c: Command): Promise<R> {
-    try {
-      const sent = this.send(c);
-      sent.catch(() => {}); // awaited below; a failed flush() must not leave it unhandled
-      await this.flush();
+  private enqueue<R extends Reply>(c: Command): Promise<R> {
+    const run = async (): Promise<R> => {
+      if (this.failure) throw this.failure;
+      const sent = this.worker.dist.group.broadcastBytes(Buffer.from(JSON.stringify(c), 'utf8'), 0);
+      sent.catch(() => {}); // awaited just below, with the local run
       const [, r] = await Promise.all([sent, this.worker.run(c)]);
       return r as R;
+    };
+    const p = this.tail.then(run);
+    this.tail = p.catch(() => {});
+    return p;
+  }
+
+  /** Runs a command on every rank; resolves with rank 0's result. A failure names the phase and the cause. */
+  async call<R extends Reply>(c: Command): Promise<R> {
+    try {
+      return await this.enqueue<R>(c);
     } catch (e) {
       // Named by phase: a rank lost mid-run shows up here as "process group aborted: rank R ...".
       const err = new Error(`${PHASE[c.op]} phase (${c.op}) failed: ${(e as Error).message}`);
@@ -312,22 +323,11 @@ class Driver {
     }
   }
 
-  /** For the synchronous Policy methods: the command goes out, runs here at once (it has no collective inside). */
+  /** For the synchronous Policy methods (zeroGrad, optimizerStep, release): queued, not awaited. */
   post(c: Command): void {
-    const sent = this.send(c);
-    sent.catch(() => {}); // a broken group surfaces at the next flush()
-    this.inFlight.push(sent);
-    this.worker.run(c).catch((e: unknown) => {
+    this.enqueue(c).catch((e: unknown) => {
       this.failure ??= e as Error;
     });
-  }
-
-  /** Waits for the posted commands; rethrows the first failure of one of them. */
-  async flush(): Promise<void> {
-    const pending = this.inFlight;
-    this.inFlight = [];
-    await Promise.all(pending);
-    if (this.failure) throw this.failure;
   }
 }
 

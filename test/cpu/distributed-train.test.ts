@@ -59,6 +59,7 @@ interface WorkerOut {
   steps: number;
   first: { tokens: number[]; logprobs: number[]; finishReason: string }[];
   gap: number;
+  concurrentSame: boolean;
   weights: Record<string, number[]>;
 }
 
@@ -155,6 +156,9 @@ test('world 2: the engines hold the trained weights (equal to world 1 up to fp32
   for (const r of two.rows()) assert.ok((r['logprob_gap/abs_max'] as number) < 1e-3, `step ${r.step}: gap ${r['logprob_gap/abs_max']}`);
   assert.ok(b.gap < 1e-3, `after the run: engine vs trainer log-prob gap ${b.gap}`);
   assert.ok(a.gap < 1e-3, `world 1 gap ${a.gap}`);
+  // Concurrent generate() calls (multi-turn episodes issue them) are queued by the driver, not interleaved.
+  assert.equal(b.concurrentSame, true);
+  assert.equal(twoTp.result().concurrentSame, true);
 });
 
 test('world 2 with one tp=2 engine: step 1 samples the same tokens but where split reductions flip one; the synced engine matches the trainer', () => {

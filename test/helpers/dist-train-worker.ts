@@ -4,6 +4,7 @@
 //   first     the completions of the run's first generate() call (step 1's rollouts)
 //   weights   the engine model's bf16 parameters after the run (world > 1: rank 0's engine, synced after each step)
 //   gap       after the run: the largest |engine log-prob - trainer log-prob| over fresh samples of 4 held-out prompts
+//   concurrentSame  two generate() calls in flight at once give the tokens they give one after the other
 // argv[2]: JSON { overrides: string[], out: string, killAtSync?: number } (killAtSync: rank 1 SIGKILLs itself when
 // the n-th weight sync command reaches it).
 import { writeFileSync } from 'node:fs';
@@ -52,8 +53,16 @@ const lp = await run.policy.logprobs(
 let gap = 0;
 samples.forEach((c, i) => c.logprobs.forEach((v, k) => (gap = Math.max(gap, Math.abs(v - lp.logprobs[i]![k]!)))));
 
+// Two generate() calls in flight at once (as multi-turn episodes issue them) give what they give one after the other.
+const params = { maxTokens: 6, temperature: 1, seed: 7, stopTokenIds: run.env.stopTokenIds };
+const halves = [prompts.slice(0, 4), prompts.slice(4)];
+const together = await Promise.all(halves.map((p) => inner.generate(p, params)));
+const apart = [await inner.generate(halves[0]!, params), await inner.generate(halves[1]!, params)];
+const tokensOf = (cs: Completion[][]) => JSON.stringify(cs.map((c) => c.map((x) => Array.from(x.tokens))));
+const concurrentSame = tokensOf(together) === tokensOf(apart);
+
 const weights: Record<string, number[]> = {};
 for (const [name, t] of run.model.weights.params) weights[name] = Array.from(t.toFloat32());
-writeFileSync(opts.out, JSON.stringify({ steps: r.grpo?.steps ?? 0, first, gap, weights }));
+writeFileSync(opts.out, JSON.stringify({ steps: r.grpo?.steps ?? 0, first, gap, concurrentSame, weights }));
 await drun?.close();
 process.exit(0);
