@@ -172,7 +172,9 @@ export function compatibilityNotes(c: Config): string[] {
   if (c.generator.backend !== 'native') notes.push(`generator.backend=${c.generator.backend}: generation runs on our own engine (no Python); the name is accepted for compatibility`);
   if (!c.trainer.flash_attn) notes.push('trainer.flash_attn=false: the peer needs this for GPT-OSS (FlashAttention has no sinks); our fused kernel handles sinks, so it is used either way');
   if (!c.trainer.use_sample_packing) notes.push('trainer.use_sample_packing=false: micro-batches are padded; packing is supported for GPT-OSS here and is faster');
-  if (c.trainer.strategy !== 'single') notes.push(`trainer.strategy=${c.trainer.strategy} over one process: there is nothing to shard, the single-process trainer runs`);
+  const world = trainingWorldSize(c);
+  if (world === 1 && c.trainer.strategy !== 'single') notes.push(`trainer.strategy=${c.trainer.strategy} over one process: there is nothing to shard, the single-process trainer runs`);
+  if (world > 1 && c.trainer.strategy === 'single') notes.push(`trainer.strategy=single over ${world} processes: the trainer is sharded over them (ZeRO-3 style, as fsdp2)`);
   return notes;
 }
 
