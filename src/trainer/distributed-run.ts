@@ -75,7 +75,7 @@ export function assertEngineLayout(c: Config, model?: { numHeads: number; numKvH
 type WireBatch = { sequences: number[][]; promptLens: number[] };
 type Command =
   | { op: 'forward'; id: number; batch: WireBatch; opts: LogprobOptions }
-  | { op: 'backward'; id: number; d: number[][] }
+  | { op: 'backward'; id: number; d: string[] }
   | { op: 'release'; id: number }
   | { op: 'logprobs'; model: number; batch: WireBatch; opts: LogprobOptions }
   | { op: 'zeroGrad' }
@@ -106,12 +106,24 @@ function subBatch(b: WireBatch, idx: readonly number[]): SequenceBatch {
   return { sequences: idx.map((i) => Int32Array.from(b.sequences[i]!)), promptLens: idx.map((i) => b.promptLens[i]!) };
 }
 
-/** Every rank's per-sequence rows back in batch order (one all-gather; f32 values survive JSON exactly). */
+/** f32 rows travel as base64 of their bytes: exact, and NaN/Infinity survive (JSON numbers would turn them to null). */
+function f32ToWire(a: Float32Array): string {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
+}
+
+function f32FromWire(s: string): Float32Array {
+  const b = Buffer.from(s, 'base64');
+  const out = new Float32Array(b.byteLength / 4);
+  new Uint8Array(out.buffer).set(b);
+  return out;
+}
+
+/** Every rank's per-sequence rows back in batch order (one all-gather). */
 async function gatherRows(dist: DistContext, split: number[][], rows: Float32Array[] | undefined, n: number): Promise<Float32Array[] | undefined> {
-  const all = await dist.group.allGatherObject(rows ? rows.map((r) => Array.from(r)) : null);
+  const all = await dist.group.allGatherObject(rows ? rows.map(f32ToWire) : null);
   if (!rows) return undefined;
   const out: Float32Array[] = new Array(n);
-  split.forEach((idx, r) => idx.forEach((i, k) => (out[i] = Float32Array.from(all[r]![k]!))));
+  split.forEach((idx, r) => idx.forEach((i, k) => (out[i] = f32FromWire(all[r]![k]!))));
   return out;
 }
 
@@ -145,7 +157,7 @@ class RankWorker {
       }
       case 'backward': {
         const f = this.take(c.id, 'backward');
-        await f.fwd.backward(f.idx.map((i) => Float32Array.from(c.d[i]!)));
+        await f.fwd.backward(f.idx.map((i) => f32FromWire(c.d[i]!)));
         return undefined;
       }
       case 'release':
@@ -355,7 +367,7 @@ export class DriverPolicy implements Policy {
         if (consumed) throw new Error('TrainForward.backward: already consumed');
         if (dl.length !== batch.sequences.length) throw new Error(`backward: ${dl.length} gradient rows for ${batch.sequences.length} sequences`);
         consumed = true;
-        await this.d.call({ op: 'backward', id, d: dl.map((r) => Array.from(r)) });
+        await this.d.call({ op: 'backward', id, d: dl.map(f32ToWire) });
       },
       release: () => {
         if (consumed) return;
