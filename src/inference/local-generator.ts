@@ -44,6 +44,7 @@ export class LocalGenerator implements Generator {
 
   /** Runs requests on this generator's engine (woken before, put to sleep after: the KV pool lives only here). */
   async runRequests(requests: readonly GenerateRequest[], onToken?: () => void): Promise<GenerateResponse[]> {
+    if (requests.length === 0) return []; // e.g. an engine of a pool with no share of a small batch
     if (!this.engine) this.engine = new Engine(new LocalModelRunner(this.model), this.engineOptions);
     else await this.engine.wake();
     const res = await this.engine.generate(requests, { onToken });

@@ -19,6 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { launch } from '../../src/distributed/launch.ts';
+import { engineBlocks } from '../../src/trainer/distributed-run.ts';
 import { parseMetricsJsonl } from '../../src/log/metrics.ts';
 
 process.env.GPTOSS_PROGRESS = 'off';
@@ -271,4 +272,10 @@ test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it
   for (let i = 0; i < 5; i++) {
     for (const k of ['loss', 'grad_norm', 'reward/mean', 'kl']) assert.equal(a[i]![k], b[i]![k], `step ${i + 1} ${k}`);
   }
+});
+
+test('engine blocks: contiguous request ranges, the first n % engines one longer, every request once', () => {
+  assert.deepEqual(engineBlocks(8, 2), [[0, 4], [4, 8]]);
+  assert.deepEqual(engineBlocks(7, 3), [[0, 3], [3, 5], [5, 7]]);
+  assert.deepEqual(engineBlocks(1, 2), [[0, 1], [1, 1]]);
 });
