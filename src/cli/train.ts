@@ -3,13 +3,20 @@
 // visibly learns, configs/demo-cpu.yaml (or configs/demo-gpu.yaml when a GPU is visible): SFT warm start and GRPO
 // on the synthetic task, the held-out reward before and after, metrics and a chart.
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { assertSupported, trainingWorldSize } from '../config/load.ts';
+import type { Config } from '../config/schema.ts';
+import { launch } from '../distributed/launch.ts';
+import { presetConfig, readConfigFile } from '../model/index.ts';
+import { assertEngineLayout, engineLayoutOf, setupDistributedRun } from '../trainer/distributed-run.ts';
+import type { CliArgs } from './args.ts';
 import { fileURLToPath } from 'node:url';
 import { childLogger } from '../log/logger.ts';
 import { defaultDevice } from '../native.ts';
 import { checkGrpoInputs, planGrpoSteps } from '../trainer/grpo.ts';
 import { describeResume, preflightRun } from '../trainer/preflight.ts';
 import { runTraining } from '../trainer/run.ts';
-import { interruptSignal, metricsPath, setupRun, sftCheckpointRoot, sftMetricsPath } from '../trainer/setup.ts';
+import { interruptSignal, metricsPath, setupRun, sftCheckpointRoot, sftMetricsPath, tinyPreset, type RunPieces } from '../trainer/setup.ts';
 import { configFromCli, runMain } from './common.ts';
 import { plotMetrics } from './plot.ts';
 
@@ -31,13 +38,34 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
   if (!cli) return;
   const { config, args, preset } = cli;
   const t = config.trainer;
-  const run = await setupRun(config);
+  // Several processes (trainer.placement.policy_num_gpus_per_node > 1): this process becomes their launcher, and
+  // runs again as each of them (WORLD_SIZE set); rank 0 drives the run, the others serve it.
+  if (trainingWorldSize(config) > 1 && process.env.WORLD_SIZE === undefined) return launchTraining(config, argv);
+  const drun = trainingWorldSize(config) > 1 ? await setupDistributedRun(config) : null;
+  if (drun && !drun.pieces) {
+    // Ctrl-C reaches every rank; rank 0 saves the checkpoint (with this rank's shard) and then ends the run.
+    process.on('SIGINT', () => {});
+    await drun.serve();
+    await drun.close();
+    return;
+  }
+  const run = drun ? drun.pieces! : await setupRun(config);
+  await trainWith(config, run, args, preset);
+  // Only after success: after a failure another rank may be inside a collective; this process exits and the
+  // launcher ends the others.
+  await drun?.close();
+}
+
+async function trainWith(config: Config, run: RunPieces, args: CliArgs, preset: string): Promise<void> {
+  const t = config.trainer;
   const plan = planGrpoSteps(config, run.env.train.length);
   log.info(
     {
       config: preset,
       model: t.policy.model.path,
       device: run.device,
+      processes: trainingWorldSize(config),
+      engines: `${config.generator.num_inference_engines} x tp ${config.generator.inference_engine_tensor_parallel_size}`,
       params: run.policy.numParameters(),
       task: run.env.name,
       train: run.env.train.length,
@@ -100,6 +128,47 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
   }
   const sftNote = t.sft.warm_start ? ` (SFT warm start: ${r.sftMetricsPath ?? sftMetricsNote(config)})` : '';
   log.info(`done: ${g.steps} GRPO steps, ${g.skippedSteps} skipped; checkpoint: ${g.lastCheckpoint ?? 'none (trainer.ckpt_interval=-1)'}; metrics: ${r.metricsPath}${sftNote}${chartNote}`);
+}
+
+/** The model's head counts, when they can be known without loading it (a preset, or a folder's config.json). */
+function modelHeads(c: Config): { numHeads: number; numKvHeads: number } | undefined {
+  const path = c.trainer.policy.model.path;
+  const preset = tinyPreset(path);
+  try {
+    if (preset) return presetConfig(preset);
+    const file = join(path, 'config.json');
+    if (existsSync(file)) return readConfigFile(file);
+  } catch {
+    // setupRun reports a bad model path or config with its own message.
+  }
+  return undefined;
+}
+
+/**
+ * Starts the run's processes through the launcher (src/distributed/launch.ts): the same command line on each, with
+ * RANK/WORLD_SIZE set. A layout that cannot work is refused here, before any process starts; when a rank fails the
+ * launcher ends the others and this says which rank.
+ */
+async function launchTraining(config: Config, argv: string[]): Promise<void> {
+  assertSupported(config);
+  assertEngineLayout(config, modelHeads(config));
+  const world = trainingWorldSize(config);
+  const l = engineLayoutOf(config);
+  log.info(`starting ${world} processes (trainer.device=${config.trainer.device}; ${l.numEngines} inference engine(s) of tp ${l.tensorParallelSize}, colocated)`);
+  const r = await launch({
+    script: fileURLToPath(import.meta.url),
+    args: argv.slice(2),
+    nprocPerNode: world,
+    device: config.trainer.device === 'cpu' ? 'cpu' : config.trainer.device === 'auto' ? 'auto' : 'cuda',
+  });
+  if (r.exitCode === 0) return;
+  if (r.failedRank === undefined && r.reason?.includes('SIGINT')) {
+    process.exitCode = 130;
+    return;
+  }
+  // The failed rank's own lines (prefixed "[rank N]") say what went wrong inside it; this says which one it was.
+  process.stderr.write(`error: the training job ended: ${r.reason ?? `exit code ${r.exitCode}`}; the other ranks were stopped\n`);
+  process.exitCode = r.exitCode;
 }
 
 function sftMetricsNote(c: Parameters<typeof sftCheckpointRoot>[0]): string {

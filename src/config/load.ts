@@ -171,7 +171,9 @@ export function compatibilityNotes(c: Config): string[] {
   if (c.generator.backend !== 'native') notes.push(`generator.backend=${c.generator.backend}: generation runs on our own engine (no Python); the name is accepted for compatibility`);
   if (!c.trainer.flash_attn) notes.push('trainer.flash_attn=false: the peer needs this for GPT-OSS (FlashAttention has no sinks); our fused kernel handles sinks, so it is used either way');
   if (!c.trainer.use_sample_packing) notes.push('trainer.use_sample_packing=false: micro-batches are padded; packing is supported for GPT-OSS here and is faster');
-  if (c.trainer.strategy !== 'single') notes.push(`trainer.strategy=${c.trainer.strategy} over one process: there is nothing to shard, the single-process trainer runs`);
+  const world = trainingWorldSize(c);
+  if (world === 1 && c.trainer.strategy !== 'single') notes.push(`trainer.strategy=${c.trainer.strategy} over one process: there is nothing to shard, the single-process trainer runs`);
+  if (world > 1 && c.trainer.strategy === 'single') notes.push(`trainer.strategy=single over ${world} processes: the trainer is sharded over them (ZeRO-3 style, as fsdp2)`);
   return notes;
 }
 
@@ -183,11 +185,12 @@ const ENGINE_POOL = 'the inference-engine pool will bring it';
  * Settings this version accepts in the schema (the seed's keys) but cannot honour: each entry is the key, the
  * test of the value that matches what one process does, and why another value is refused.
  */
-const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown) => boolean; want: string; why: string }> = [
+const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolean; want: string; why: string }> = [
   { key: 'trainer.placement.policy_num_nodes', ok: (v) => v === 1, want: '1', why: `multi-node training is not supported yet; ${SHARDED}` },
-  { key: 'trainer.placement.policy_num_gpus_per_node', ok: (v) => v === 1, want: '1', why: `multi-GPU training is not supported yet (this version trains in one process on one device); ${SHARDED}` },
-  { key: 'trainer.placement.ref_num_nodes', ok: (v) => v === 1, want: '1', why: `a multi-node reference model is not supported yet; ${SHARDED}` },
-  { key: 'trainer.placement.ref_num_gpus_per_node', ok: (v) => v === 1, want: '1', why: `a multi-GPU reference model is not supported yet; ${SHARDED}` },
+
+  // The KL reference is a frozen sharded copy on the policy's own processes: the policy's placement or one process.
+  { key: 'trainer.placement.ref_num_nodes', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_nodes, want: '1 or trainer.placement.policy_num_nodes', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
+  { key: 'trainer.placement.ref_num_gpus_per_node', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_gpus_per_node, want: '1 or trainer.placement.policy_num_gpus_per_node', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
   { key: 'trainer.placement.colocate_all', ok: (v) => v === true, want: 'true', why: `separate devices for training and generation are not supported yet; ${ENGINE_POOL}` },
   { key: 'trainer.placement.colocate_policy_ref', ok: (v) => v === true, want: 'true', why: 'the reference model always lives in the training process' },
   { key: 'trainer.policy.sequence_parallel_size', ok: (v) => v === 1, want: '1', why: 'sequence parallelism is not supported yet' },
@@ -196,8 +199,8 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown) => boolean; want: st
   { key: 'trainer.gradient_checkpointing_use_reentrant', ok: (v) => v === false, want: 'false', why: "PyTorch's reentrant checkpointing has no counterpart here (trainer.gradient_checkpointing recomputes each layer in its backward)" },
   { key: 'trainer.hf_save_interval', ok: (v) => v === -1 || v === 0, want: '-1', why: 'a separate HF-format export is not supported yet; every checkpoint (<ckpt_path>/global_step_N) already holds the model in the HF layout, loadable with --model' },
   { key: 'trainer.algorithm.entropy_loss_coef', ok: (v) => v === 0, want: '0', why: 'an entropy bonus in the loss is not implemented (entropy is logged as a metric)' },
-  { key: 'generator.num_inference_engines', ok: (v) => v === 1, want: '1', why: `several inference engines are not supported yet; ${ENGINE_POOL}` },
-  { key: 'generator.inference_engine_tensor_parallel_size', ok: (v) => v === 1, want: '1', why: `tensor-parallel engines are not supported yet; ${ENGINE_POOL}` },
+  // N engines of tp 1, or one engine of tp N over all N processes; E engines of tp T (1 < E < N) need sub-groups.
+  { key: 'generator.inference_engine_tensor_parallel_size', ok: (v, c) => v === 1 || (c.generator.num_inference_engines === 1 && v === trainingWorldSize(c)), want: '1, or the number of processes with generator.num_inference_engines=1', why: `several tensor-parallel engines are not supported yet (one engine of tp = the processes, or one tp=1 engine per process); ${ENGINE_POOL}` },
   { key: 'generator.run_engines_locally', ok: (v) => v === true, want: 'true', why: 'remote inference engines are not supported; the engine runs in the training process' },
   { key: 'generator.async_engine', ok: (v) => v === true, want: 'true', why: 'the in-process engine is asynchronous (the only kind there is)' },
   { key: 'generator.batched', ok: (v) => v === true, want: 'true', why: 'generation is always batched (up to generator.max_num_seqs sequences)' },
@@ -205,6 +208,34 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown) => boolean; want: st
   { key: 'generator.enable_chunked_prefill', ok: (v) => v === true, want: 'true', why: 'the engine always prefills in chunks within generator.max_num_batched_tokens (a whole-prompt prefill mode is not built)' },
   { key: 'environment.skyrl_gym', ok: (v) => v === undefined, want: '(unset)', why: "the peer's per-environment options have no counterpart here (environment.reward_rule picks the reward)" },
 ];
+
+/** Processes of a training run: trainer.placement.policy_num_nodes x policy_num_gpus_per_node. */
+export function trainingWorldSize(c: Config): number {
+  return c.trainer.placement.policy_num_nodes * c.trainer.placement.policy_num_gpus_per_node;
+}
+
+/**
+ * The engine layout against the process count (colocated: engine e runs on ranks e*tp .. e*tp+tp-1, so the engines
+ * must cover every process exactly), and the divisibility of the model's heads when the model is known.
+ */
+export function engineLayoutProblems(c: Config, model?: { numHeads: number; numKvHeads: number }): string[] {
+  const g = c.generator;
+  const world = trainingWorldSize(c);
+  const engines = g.num_inference_engines;
+  const tp = g.inference_engine_tensor_parallel_size;
+  const out: string[] = [];
+  const layout = `generator.num_inference_engines=${engines} x generator.inference_engine_tensor_parallel_size=${tp}`;
+  if (!Number.isInteger(engines) || engines < 1) out.push(`generator.num_inference_engines=${engines}: must be a positive integer`);
+  if (!Number.isInteger(tp) || tp < 1) out.push(`generator.inference_engine_tensor_parallel_size=${tp}: must be a positive integer`);
+  else if (c.trainer.placement.colocate_all && engines * tp !== world) {
+    out.push(`${layout} = ${engines * tp} engine ranks, but trainer.placement.colocate_all=true puts one engine rank on each of the ${world} training processes (policy_num_nodes=${c.trainer.placement.policy_num_nodes} x policy_num_gpus_per_node=${c.trainer.placement.policy_num_gpus_per_node}); make engines x tp = ${world}`);
+  }
+  if (model && Number.isInteger(tp) && tp >= 1) {
+    if (model.numKvHeads % tp !== 0) out.push(`generator.inference_engine_tensor_parallel_size=${tp} does not divide the model's ${model.numKvHeads} key/value heads`);
+    else if (model.numHeads % tp !== 0) out.push(`generator.inference_engine_tensor_parallel_size=${tp} does not divide the model's ${model.numHeads} attention heads`);
+  }
+  return out;
+}
 
 /** Every key path SINGLE_PROCESS checks (tests walk it so that none is forgotten). */
 export const REFUSED_UNLESS_SINGLE_PROCESS: readonly string[] = SINGLE_PROCESS.map((r) => r.key);
@@ -217,10 +248,11 @@ export function unsupportedSettings(c: Config): string[] {
   const out: string[] = [];
   for (const r of SINGLE_PROCESS) {
     const v = valueAt(c, r.key.split('.'));
-    if (r.ok(v)) continue;
+    if (r.ok(v, c)) continue;
     out.push(`${r.key}=${describe(v)}: ${r.why} (use ${r.want})`);
   }
-  return out;
+  // The layout is judged once every key it is made of is one this version can run.
+  return out.length ? out : engineLayoutProblems(c);
 }
 
 /** Throws a ConfigError listing every setting this version cannot honour (what a run checks before it starts). */

@@ -4,7 +4,7 @@
 import type { GptOssModel } from '../model/gptoss.ts';
 import type { GeneratorConfig } from '../config/schema.ts';
 import type { Completion, Generator, SamplingParams } from '../trainer/policy.ts';
-import { Engine, type EngineOptions, type EngineStats, type GenerateRequest } from './engine.ts';
+import { Engine, type EngineOptions, type EngineStats, type GenerateRequest, type GenerateResponse } from './engine.ts';
 import { LocalModelRunner } from './model-runner.ts';
 
 /** The engine options a generator config asks for (generator.* keys; the seed framework's names). */
@@ -36,41 +36,22 @@ export class LocalGenerator implements Generator {
    * prompt is prefilled once; group g samples with seed (params.seed + 1000003·g) + k.
    */
   async generate(prompts: Int32Array[], p: SamplingParams, onProgress?: (doneTokens: number) => void): Promise<Completion[]> {
-    await this.ready();
-    const requests: GenerateRequest[] = [];
-    for (let i = 0; i < prompts.length; ) {
-      let j = i + 1;
-      while (j < prompts.length && sameTokens(prompts[j]!, prompts[i]!)) j++;
-      requests.push({
-        prompt: Array.from(prompts[i]!),
-        n: j - i,
-        maxNewTokens: p.maxTokens,
-        temperature: p.temperature,
-        topP: p.topP,
-        topK: p.topK !== undefined && p.topK > 0 ? p.topK : undefined,
-        seed: (p.seed + 1000003 * requests.length) >>> 0,
-        stopTokens: p.stopTokenIds,
-      });
-      i = j;
-    }
     let done = 0;
-    const res = await this.engine!.generate(requests, {
-      onToken: () => {
-        if (++done % PROGRESS_EVERY === 0) onProgress?.(done);
-      },
+    const res = await this.runRequests(requestsFor(prompts, p), () => {
+      if (++done % PROGRESS_EVERY === 0) onProgress?.(done);
     });
-    if (this.sessions === 0) await this.engine!.sleep();
     onProgress?.(done);
-    const out: Completion[] = [];
-    res.forEach((r, i) => {
-      for (const s of r.samples) {
-        if (s.finishReason === 'error' || s.finishReason === 'abort') {
-          throw new Error(`generator: prompt ${out.length} (request ${i}) failed: ${s.error ?? s.finishReason}`);
-        }
-        out.push({ tokens: Int32Array.from(s.tokens), logprobs: Float32Array.from(s.logprobs), finishReason: s.finishReason });
-      }
-    });
-    return out;
+    return completionsOf(res);
+  }
+
+  /** Runs requests on this generator's engine (woken before, put to sleep after unless a session holds it). */
+  async runRequests(requests: readonly GenerateRequest[], onToken?: () => void): Promise<GenerateResponse[]> {
+    if (requests.length === 0) return []; // e.g. an engine of a pool with no share of a small batch
+    await this.ready();
+    const res = await this.engine!.generate(requests, { onToken });
+    // Inside a session (multi-turn episodes) the pool stays: the next turn's prompt finds its blocks cached.
+    if (this.sessions === 0) await this.engine!.sleep();
+    return res;
   }
 
   /**
@@ -106,6 +87,45 @@ export class LocalGenerator implements Generator {
     this.engine?.dispose();
     this.engine = null;
   }
+}
+
+/**
+ * The engine requests of a prompt list: consecutive equal prompts (a GRPO group) become one request with n samples,
+ * so the prompt is prefilled once; request g samples with seed (params.seed + 1000003·g) + k. Every generator (one
+ * engine or a pool) numbers requests this way, so a sample's seed does not depend on which engine runs it.
+ */
+export function requestsFor(prompts: readonly Int32Array[], p: SamplingParams): GenerateRequest[] {
+  const requests: GenerateRequest[] = [];
+  for (let i = 0; i < prompts.length; ) {
+    let j = i + 1;
+    while (j < prompts.length && sameTokens(prompts[j]!, prompts[i]!)) j++;
+    requests.push({
+      prompt: Array.from(prompts[i]!),
+      n: j - i,
+      maxNewTokens: p.maxTokens,
+      temperature: p.temperature,
+      topP: p.topP,
+      topK: p.topK !== undefined && p.topK > 0 ? p.topK : undefined,
+      seed: (p.seed + 1000003 * requests.length) >>> 0,
+      stopTokens: p.stopTokenIds,
+    });
+    i = j;
+  }
+  return requests;
+}
+
+/** The completions of engine responses, in request then sample order; a failed sample throws. */
+export function completionsOf(res: readonly GenerateResponse[]): Completion[] {
+  const out: Completion[] = [];
+  res.forEach((r, i) => {
+    for (const s of r.samples) {
+      if (s.finishReason === 'error' || s.finishReason === 'abort') {
+        throw new Error(`generator: prompt ${out.length} (request ${i}) failed: ${s.error ?? s.finishReason}`);
+      }
+      out.push({ tokens: Int32Array.from(s.tokens), logprobs: Float32Array.from(s.logprobs), finishReason: s.finishReason as Completion['finishReason'] });
+    }
+  });
+  return out;
 }
 
 function sameTokens(a: Int32Array, b: Int32Array): boolean {

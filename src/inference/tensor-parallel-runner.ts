@@ -217,7 +217,8 @@ export class TensorParallelModelRunner implements ModelRunner {
 }
 
 /** Copies this rank's slice of the whole bf16 parameter `full` into the model's parameter. */
-function storeSlice(model: TensorParallelModel, name: string, full: Tensor): void {
+/** Copies this rank's slice of a whole parameter (bf16, the model's full shape) into its shard. */
+export function storeSlice(model: TensorParallelModel, name: string, full: Tensor): void {
   const dst = model.weights.params.get(name)!;
   const part = shardParameter(model.fullConfig, name, full, model.tp.rank, model.tp.size, model.device);
   dst.copyFrom(part);

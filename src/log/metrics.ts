@@ -20,6 +20,8 @@ export interface MetricsLoggerOptions {
   console?: boolean;
   /** Send to W&B when WANDB_API_KEY is set. */
   wandb?: { project: string; name: string; config?: unknown } | null;
+  /** Values written into every row (e.g. the run's world size and engine layout). */
+  constant?: Metrics;
 }
 
 interface WandbRun {
@@ -74,7 +76,8 @@ export class MetricsLogger {
    * Appends one JSON line `{step, kind, time, ...metrics}`; non-finite values are written as null. kind: 'train'
    * (a GRPO step), 'eval' (a GRPO evaluation), 'sft' (an SFT step), 'sft_eval' (an evaluation during SFT).
    */
-  log(step: number, metrics: Metrics, kind: MetricsKind = 'train'): void {
+  log(step: number, stepMetrics: Metrics, kind: MetricsKind = 'train'): void {
+    const metrics: Metrics = { ...stepMetrics, ...this.opts.constant };
     const row: Record<string, unknown> = { step, kind, time: new Date().toISOString() };
     for (const [k, v] of Object.entries(metrics)) row[k] = Number.isFinite(v) ? v : null;
     appendFileSync(this.path, `${JSON.stringify(row)}\n`);

@@ -447,9 +447,9 @@ async function oldAndRefLogprobs(run: GrpoRun, step: number, r: Rollouts, s: Sco
   const { t, d, ref, useKl } = run;
   const fwdOpts = { entropy: true, temperature: run.lpTemperature, packed: t.use_sample_packing };
   const old = await times.time('old_logprobs', () =>
-    batchedLogprobs(d.policy, s.batch, t.micro_forward_batch_size_per_gpu, fwdOpts, new Progress(`step ${step} old log-probs`, s.batch.sequences.length, { unit: 'seq' })),
+    batchedLogprobs(d.policy, s.batch, t.micro_forward_batch_size_per_gpu * (d.policy.dataParallelSize ?? 1), fwdOpts, new Progress(`step ${step} old log-probs`, s.batch.sequences.length, { unit: 'seq' })),
   );
-  const refOut = useKl && ref ? await times.time('ref_logprobs', () => batchedLogprobs(ref, s.batch, t.micro_forward_batch_size_per_gpu, { ...fwdOpts, entropy: false })) : undefined;
+  const refOut = useKl && ref ? await times.time('ref_logprobs', () => batchedLogprobs(ref, s.batch, t.micro_forward_batch_size_per_gpu * (d.policy.dataParallelSize ?? 1), { ...fwdOpts, entropy: false })) : undefined;
   const gap = { sum: 0, abs: 0, max: 0, n: 0 };
   s.keep.forEach((i, j) => {
     const a = r.completions[i]!.logprobs;
@@ -519,7 +519,7 @@ async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogp
       }
       const norm = { tokens: normTokens, sequences: mini.length };
       let bad = false;
-      for (const micro of chunks(mini, t.micro_train_batch_size_per_gpu)) {
+      for (const micro of chunks(mini, t.micro_train_batch_size_per_gpu * (policy.dataParallelSize ?? 1))) {
         await yieldToEventLoop();
         const mb: SequenceBatch = { sequences: micro.map((i) => batch.sequences[i]!), promptLens: micro.map((i) => batch.promptLens[i]!) };
         const fwd = await times.time('train_forward', () => policy.forward(mb, { entropy: false, temperature: run.lpTemperature, packed: t.use_sample_packing }));

@@ -70,6 +70,11 @@ export interface LogprobModel {
 }
 
 export interface Policy extends LogprobModel {
+  /**
+   * Ranks each call's batch is split over (a distributed run's driver; absent: 1). The loops pass this many times
+   * the per-GPU micro-batch sizes (trainer.micro_*_batch_size_per_gpu) per call, so each rank gets its configured share.
+   */
+  readonly dataParallelSize?: number;
   /** A forward pass that keeps activations for backward(). */
   forward(batch: SequenceBatch, opts?: LogprobOptions): Promise<TrainForward>;
   zeroGrad(): void;

@@ -2,7 +2,7 @@
 // policy model, generator, metrics logger. Shared by `npm run train`, `npm run sft` and library callers.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
-import { assertSupported } from '../config/load.ts';
+import { assertSupported, trainingWorldSize } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
@@ -10,7 +10,7 @@ import { defaultDevice } from '../native.ts';
 import { loadModel, presetConfig, randomModel, type GptOssModel, type PresetName } from '../model/index.ts';
 import { FrozenGptOss, GptOssPolicy } from './gptoss-policy.ts';
 import { LocalGenerator, engineOptionsFromConfig } from '../inference/local-generator.ts';
-import type { LogprobModel } from './policy.ts';
+import type { Generator, LogprobModel, Policy } from './policy.ts';
 import { buildTaskEnv } from './env.ts';
 import { DataError, type TaskEnv } from './task.ts';
 import { buildVocabMap, compactTask, type VocabMap } from './vocab.ts';
@@ -86,8 +86,10 @@ export interface RunPieces {
   env: TaskEnv;
   vocab: VocabMap | null;
   model: GptOssModel;
-  policy: GptOssPolicy;
-  generator: LocalGenerator;
+  /** One process: a GptOssPolicy over `model`; several: rank 0's driver of the sharded policy (distributed-run.ts). */
+  policy: Policy;
+  /** One process: a LocalGenerator over `model`; several: rank 0's pool of engines. */
+  generator: Generator;
   /** The KL reference when trainer.ref.model.path is set (otherwise the GRPO loop copies the initial policy). */
   ref?: LogprobModel;
 }
@@ -182,6 +184,12 @@ export async function createMetrics(c: Config, o: { phase?: 'grpo' | 'sft'; cons
     path: sft ? sftMetricsPath(c) : metricsPath(c),
     console: o.console ?? true,
     wandb: loggers.includes('wandb') ? { project: c.trainer.project_name, name: sft ? `${c.trainer.run_name}-sft` : c.trainer.run_name, config: c } : null,
+    // Every row says which layout produced it: processes, inference engines, ranks per engine.
+    constant: {
+      'dist/world_size': trainingWorldSize(c),
+      'dist/num_engines': c.generator.num_inference_engines,
+      'dist/engine_tp': c.generator.inference_engine_tensor_parallel_size,
+    },
   });
   await m.init();
   return m;

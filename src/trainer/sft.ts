@@ -93,7 +93,7 @@ export async function trainSft(d: SftDeps, o: SftOptions = {}): Promise<SftResul
   let lastLoss = NaN;
   let lastLr = 0;
   let evals: SftResult['evals'] = [];
-  const micro = config.trainer.micro_train_batch_size_per_gpu;
+  const micro = config.trainer.micro_train_batch_size_per_gpu * (policy.dataParallelSize ?? 1);
   const opt = config.trainer.policy.optimizer_config;
   // SFT has its own optimizer run (its own lr and step count); GRPO afterwards starts from fresh moments.
   policy.resetOptimizer();

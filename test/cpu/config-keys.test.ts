@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { allKeys, assertSupported, ConfigError, ConfigSchema, loadConfig, REFUSED_UNLESS_SINGLE_PROCESS, unsupportedSettings } from '../../src/config/index.ts';
+import { allKeys, assertSupported, ConfigError, ConfigSchema, engineLayoutProblems, loadConfig, REFUSED_UNLESS_SINGLE_PROCESS, unsupportedSettings } from '../../src/config/index.ts';
 
 /** Keys the code does not read, each for a stated reason (what the docs say too). */
 const NOT_READ_BY_DESIGN: Record<string, string> = {
@@ -47,7 +47,6 @@ test('no config key is accepted and silently ignored', () => {
 /** A value for each refused key that asks for more than one process can do. */
 const ASK_MORE: Record<string, unknown> = {
   'trainer.placement.policy_num_nodes': 2,
-  'trainer.placement.policy_num_gpus_per_node': 4,
   'trainer.placement.ref_num_nodes': 2,
   'trainer.placement.ref_num_gpus_per_node': 4,
   'trainer.placement.colocate_all': false,
@@ -58,7 +57,6 @@ const ASK_MORE: Record<string, unknown> = {
   'trainer.gradient_checkpointing_use_reentrant': true,
   'trainer.hf_save_interval': 5,
   'trainer.algorithm.entropy_loss_coef': 0.01,
-  'generator.num_inference_engines': 2,
   'generator.inference_engine_tensor_parallel_size': 4,
   'generator.run_engines_locally': false,
   'generator.async_engine': false,
@@ -87,18 +85,22 @@ test('every refused key: a one-line message naming the key, its value and why', 
   }
 });
 
-test('single-process values of the placement keys are fine; 4 GPUs are refused, naming the distributed trainer', () => {
+test('several processes: engines x tp must equal the processes when colocated; tp must divide the heads', () => {
   assert.deepEqual(unsupportedSettings(loadConfig({ overrides: ['trainer.placement.policy_num_gpus_per_node=1', 'trainer.strategy=fsdp2'] })), []);
+  assert.deepEqual(unsupportedSettings(loadConfig({ overrides: ['trainer.placement.policy_num_gpus_per_node=4', 'generator.num_inference_engines=4'] })), []);
   const msgs = unsupportedSettings(loadConfig({ overrides: ['trainer.placement.policy_num_gpus_per_node=4'] }));
   assert.equal(msgs.length, 1);
-  assert.match(msgs[0]!, /^trainer\.placement\.policy_num_gpus_per_node=4: multi-GPU training is not supported yet .*sharded multi-GPU trainer/);
+  assert.match(msgs[0]!, /^generator\.num_inference_engines=1 x generator\.inference_engine_tensor_parallel_size=1 = 1 engine ranks, but trainer\.placement\.colocate_all=true puts one engine rank on each of the 4 training processes .*make engines x tp = 4$/);
+  const one = unsupportedSettings(loadConfig({ overrides: ['generator.num_inference_engines=2'] }));
+  assert.match(one.join('\n'), /= 2 engine ranks, but .* each of the 1 training processes/);
+  const c = loadConfig({ overrides: ['trainer.placement.policy_num_gpus_per_node=3', 'generator.num_inference_engines=1', 'generator.inference_engine_tensor_parallel_size=3'] });
+  assert.deepEqual(engineLayoutProblems(c, { numHeads: 64, numKvHeads: 8 }), ["generator.inference_engine_tensor_parallel_size=3 does not divide the model's 8 key/value heads"]);
 });
 
 test("the seed's preset loads (print-config works) and a run of it is refused with the multi-GPU keys named", () => {
   const c = loadConfig({ config: 'gsm8k-gptoss-20b' });
   assert.equal(c.trainer.policy.model.path, 'unsloth/gpt-oss-20b-BF16');
   const msgs = unsupportedSettings(c).join('\n');
-  assert.match(msgs, /trainer\.placement\.policy_num_gpus_per_node=8: multi-GPU training/);
-  assert.match(msgs, /generator\.num_inference_engines=2/);
+  assert.match(msgs, /generator\.inference_engine_tensor_parallel_size=4: several tensor-parallel engines are not supported yet/);
   assert.throws(() => assertSupported(c, "config 'gsm8k-gptoss-20b'"), /config 'gsm8k-gptoss-20b' asks for what this version cannot do/);
 });

@@ -1,0 +1,281 @@
+// `npm run train` over N CPU processes, colocated (src/trainer/distributed-run.ts): world 2 with two tp=1 engines
+// against world 1 on the synthetic task, 3 GRPO steps from an SFT'd model (made once here by `npm run sft`, 100
+// steps: its held-out reward is about 0.1, so the groups' rewards vary and every step has a real gradient):
+//   - step 1's rollouts (tokens, sampler log-probs, finish reasons) and rewards identical to world 1's;
+//   - loss and grad norm of every step equal to fp32 reduction noise; the engine weights after the last sync equal
+//     up to that noise (see the weights test);
+//   - the engines' log-probs after each sync == the trainer's (the loop's logprob_gap metric at steps 2 and 3,
+//     and fresh samples after the run; without the sync the gap is ~0.3-2.7);
+//   - every metrics row records the world size and the engine layout;
+// world 2 with one tp=2 engine: the same step-1 tokens but where split reductions flip a draw (counted), and
+// the engine's log-probs after each sync within that reduction noise of the trainer's;
+// and: the train CLI itself over 2 processes; Ctrl-C saves on every rank and the same command resumes exactly; a
+// rank killed mid-run ends the job naming it; refused layouts.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { launch } from '../../src/distributed/launch.ts';
+import { engineBlocks } from '../../src/trainer/distributed-run.ts';
+import { parseMetricsJsonl } from '../../src/log/metrics.ts';
+
+process.env.GPTOSS_PROGRESS = 'off';
+const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+const WORKER = fileURLToPath(new URL(`../helpers/dist-train-worker${ext}`, import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const CLI = (name: string) => join(ROOT, 'src', 'cli', `${name}.ts`);
+
+const dir = mkdtempSync(join(tmpdir(), 'dist-train-'));
+const SFT_MODEL = join(dir, 'sft-model');
+const LR = 1e-3;
+
+/** 3 GRPO steps of 8 prompts x 8 samples, no evaluation, no checkpoints. */
+function grpoArgs(name: string, world: number, tp = 1): string[] {
+  return [
+    `trainer.policy.model.path=${SFT_MODEL}`,
+    'trainer.sft.warm_start=false',
+    'trainer.max_steps=3',
+    'trainer.train_batch_size=8',
+    'trainer.policy_mini_batch_size=8',
+    // The same global micro-batch (16 sequences) in both worlds: world N gives each rank 16/N per forward call.
+    `trainer.micro_train_batch_size_per_gpu=${16 / world}`,
+    'trainer.eval_interval=0',
+    'trainer.eval_before_train=false',
+    'trainer.ckpt_interval=-1',
+    'trainer.resume_mode=none',
+    'generator.n_samples_per_prompt=8',
+    `trainer.policy.optimizer_config.lr=${LR}`,
+    `trainer.ckpt_path=${join(dir, `ck-${name}`)}`,
+    `trainer.metrics_path=${join(dir, `${name}.jsonl`)}`,
+    `trainer.placement.policy_num_gpus_per_node=${world}`,
+    `generator.num_inference_engines=${world / tp}`,
+    `generator.inference_engine_tensor_parallel_size=${tp}`,
+  ];
+}
+
+interface WorkerOut {
+  steps: number;
+  first: { tokens: number[]; logprobs: number[]; finishReason: string }[];
+  gap: number;
+  concurrentSame: boolean;
+  weights: Record<string, number[]>;
+}
+
+async function runWorld(name: string, world: number, killAtSync?: number, tp = 1) {
+  const lines: string[] = [];
+  const out = join(dir, `${name}.json`);
+  const r = await launch({
+    script: WORKER,
+    args: [JSON.stringify({ overrides: grpoArgs(name, world, tp), out, killAtSync })],
+    nprocPerNode: world,
+    device: 'cpu',
+    killGraceMs: 3000,
+    onOutput: (rank, _s, line) => lines.push(`[rank ${rank}] ${line}`),
+  });
+  const text = lines.join('\n');
+  const rows = () => parseMetricsJsonl(readFileSync(join(dir, `${name}.jsonl`), 'utf8')).filter((x) => x.kind === 'train');
+  return { ...r, text, result: () => JSON.parse(readFileSync(out, 'utf8')) as WorkerOut, rows };
+}
+
+let one: Awaited<ReturnType<typeof runWorld>>;
+let two: Awaited<ReturnType<typeof runWorld>>;
+let twoTp: Awaited<ReturnType<typeof runWorld>>;
+
+before(async () => {
+  // The SFT'd starting point both worlds load (the same bf16 weights, so step 1 must sample the same tokens).
+  const sft = spawnSync(process.execPath, ['--import', 'tsx', CLI('sft'), '-c', 'demo-cpu', 'trainer.sft.steps=100', 'trainer.sft.lr=3e-3', 'trainer.sft.stop_at_reward=null', 'trainer.sft.eval_interval=100', 'trainer.eval_batch_size=16', `trainer.ckpt_path=${join(dir, 'sft-ck')}`, `trainer.metrics_path=${join(dir, 'sft.jsonl')}`, 'trainer.ckpt_interval=-1', `trainer.sft.output_dir=${SFT_MODEL}`], { encoding: 'utf8', cwd: ROOT });
+  assert.equal(sft.status, 0, sft.stderr);
+  one = await runWorld('world1', 1);
+  assert.equal(one.exitCode, 0, one.text);
+  two = await runWorld('world2', 2);
+  assert.equal(two.exitCode, 0, two.text);
+  twoTp = await runWorld('world2-tp2', 2, undefined, 2);
+  assert.equal(twoTp.exitCode, 0, twoTp.text);
+});
+
+function rel(a: number, b: number): number {
+  return Math.abs(a - b) / Math.max(Math.abs(b), 1e-12);
+}
+
+test('world 2 (two tp=1 engines): step 1 rollouts and rewards identical to world 1; loss and grad norm to fp32 noise', () => {
+  const a = one.result();
+  const b = two.result();
+  assert.equal(a.steps, 3);
+  assert.equal(b.steps, 3);
+  assert.equal(b.first.length, 64);
+  assert.deepEqual(b.first, a.first, 'step 1 rollouts');
+  const ra = one.rows();
+  const rb = two.rows();
+  assert.equal(rb.length, 3);
+  assert.equal(rb[0]!['reward/mean'], ra[0]!['reward/mean']);
+  // Rewards vary within groups (the SFT'd model is right about 1 time in 10): the loss has a real gradient.
+  assert.ok((ra[0]!['reward/mean'] as number) > 0 && (ra[0]!['reward/mean'] as number) < 1, `reward ${ra[0]!['reward/mean']}`);
+  for (let i = 0; i < 3; i++) {
+    for (const k of ['loss', 'grad_norm']) {
+      const x = rb[i]![k] as number;
+      const y = ra[i]![k] as number;
+      assert.ok(rel(x, y) < 2e-4, `step ${i + 1} ${k}: world 2 ${x} vs world 1 ${y}`);
+    }
+    assert.equal(rb[i]!['dist/world_size'], 2);
+    assert.equal(rb[i]!['dist/num_engines'], 2);
+    assert.equal(rb[i]!['dist/engine_tp'], 1);
+    assert.equal(ra[i]!['dist/world_size'], 1);
+  }
+});
+
+test('world 2: the engines hold the trained weights (equal to world 1 up to fp32 reduction noise) and sample with the trainer\'s log-probs', () => {
+  const a = one.result();
+  const b = two.result();
+  // bf16 engine weights after 3 AdamW steps. The two worlds sum the gradient in different orders (fp32 noise,
+  // ~1e-5 relative): a master that lands near a bf16 rounding boundary moves one bf16 step; and an element whose
+  // gradient is itself at the noise level gets a different AdamW direction (m/sqrt(v) scales the noise up to a
+  // step of up to lr), so a few elements (observed: 29 of 85,840) differ by up to a fraction of lr per step. A
+  // missed unit or a misplaced shard would change thousands of elements, by the whole update.
+  let n = 0;
+  let equal = 0;
+  let beyondUlp = 0;
+  const bad: string[] = [];
+  for (const [name, wa] of Object.entries(a.weights)) {
+    const wb = b.weights[name]!;
+    assert.equal(wb.length, wa.length, name);
+    wa.forEach((x, i) => {
+      n++;
+      const y = wb[i]!;
+      if (x === y) return void equal++;
+      const d = Math.abs(x - y);
+      if (d > Math.max(Math.abs(x), Math.abs(y)) * 2 ** -7 && d > 0.05 * LR) beyondUlp++;
+      if (d > 3 * LR) bad.push(`${name}[${i}]: ${x} vs ${y}`);
+    });
+  }
+  assert.deepEqual(bad.slice(0, 5), [], `${bad.length} weights differ by more than 3 AdamW steps`);
+  assert.ok(equal / n > 0.9, `only ${equal} of ${n} engine weights equal`);
+  assert.ok(beyondUlp <= n / 1000, `${beyondUlp} of ${n} weights differ by more than one bf16 step and 0.05 lr`);
+  // After each sync the engines' sampler log-probs are the trainer's (steps 2 and 3 sample from synced weights).
+  for (const r of two.rows()) assert.ok((r['logprob_gap/abs_max'] as number) < 1e-3, `step ${r.step}: gap ${r['logprob_gap/abs_max']}`);
+  assert.ok(b.gap < 1e-3, `after the run: engine vs trainer log-prob gap ${b.gap}`);
+  assert.ok(a.gap < 1e-3, `world 1 gap ${a.gap}`);
+  // Concurrent generate() calls (multi-turn episodes issue them) are queued by the driver, not interleaved.
+  assert.equal(b.concurrentSame, true);
+  assert.equal(twoTp.result().concurrentSame, true);
+});
+
+test('world 2 with one tp=2 engine: step 1 samples the same tokens but where split reductions flip one; the synced engine matches the trainer', () => {
+  const a = one.result();
+  const b = twoTp.result();
+  assert.equal(b.steps, 3);
+  // The engine's layers reduce over 2 ranks (other summation order): its sampler log-probs differ in the last
+  // bits, and a draw that falls on a boundary between two tokens may flip. Counted; they must be rare.
+  let flipped = 0;
+  let lpDiff = 0;
+  a.first.forEach((x, i) => {
+    const y = b.first[i]!;
+    if (JSON.stringify(x.tokens) !== JSON.stringify(y.tokens)) return void flipped++;
+    x.logprobs.forEach((v, k) => (lpDiff = Math.max(lpDiff, Math.abs(v - y.logprobs[k]!))));
+  });
+  assert.ok(flipped <= 4, `${flipped} of 64 step-1 rollouts differ from world 1 (observed 0)`);
+  assert.ok(lpDiff < 0.02, `sampler log-probs of equal rollouts differ by ${lpDiff} (observed 3.5e-3)`);
+  const ra = one.rows();
+  const rb = twoTp.rows();
+  if (flipped === 0) {
+    assert.equal(rb[0]!['reward/mean'], ra[0]!['reward/mean']);
+    for (const k of ['loss', 'grad_norm']) assert.ok(rel(rb[0]![k] as number, ra[0]![k] as number) < 2e-4, `step 1 ${k}`);
+  }
+  for (const r of rb) {
+    assert.equal(r['dist/num_engines'], 1);
+    assert.equal(r['dist/engine_tp'], 2);
+    // After each sync the engine's slices are the trainer's weights: the gap is the tp=2 reduction noise (observed
+    // <= 0.015), against 0.3-2.7 when the engine keeps stale weights.
+    assert.ok((r['logprob_gap/abs_max'] as number) < 0.05, `step ${r.step}: gap ${r['logprob_gap/abs_max']}`);
+  }
+  assert.ok(b.gap < 0.05, `after the run: engine vs trainer log-prob gap ${b.gap}`);
+});
+
+test('a rank killed mid-run ends the whole job, naming it', async () => {
+  const r = await runWorld('killed', 2, 2);
+  assert.notEqual(r.exitCode, 0);
+  assert.equal(r.failedRank, 1, r.reason);
+  // The hub sees rank 1's connection drop (or the launcher its exit) first; either names rank 1.
+  assert.match(r.reason ?? '', /^rank 1 (exited with signal SIGKILL|disconnected from the process group)/);
+  // Rank 0 was waiting in the weight sync (rank 1 died on receiving it): its error names the phase and the rank.
+  assert.match(r.text, /\[rank 0\] .*weight sync phase \(syncWeights\) failed: .*rank 1/);
+  assert.equal(r.ranks.length, 2);
+});
+
+test('npm run train with trainer.placement.policy_num_gpus_per_node=2 runs 2 processes (rank 0 drives, rank 1 serves)', () => {
+  const args = grpoArgs('cli', 2).map((a) => (a === 'trainer.max_steps=3' ? 'trainer.max_steps=1' : a));
+  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...args], { encoding: 'utf8', cwd: ROOT, env: { ...process.env, GPTOSS_LOG_LEVEL: 'info' } });
+  assert.equal(r.status, 0, r.stderr + r.stdout);
+  const all = r.stdout + r.stderr;
+  assert.match(all, /starting 2 processes \(trainer\.device=cpu; 2 inference engine\(s\) of tp 1, colocated\)/);
+  assert.match(all, /\[rank 1\] .*rank ready/);
+  assert.match(all, /\[rank 0\] .*done: 1 GRPO steps/);
+  const rows = parseMetricsJsonl(readFileSync(join(dir, 'cli.jsonl'), 'utf8')).filter((x) => x.kind === 'train');
+  assert.equal(rows.length, 1);
+  assert.equal(rows[0]!['dist/world_size'], 2);
+});
+
+test('a layout that does not fit is refused before any process starts, naming the keys', () => {
+  const run = (over: string[]) => spawnSync(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...over], { encoding: 'utf8', cwd: ROOT });
+  const a = run(['trainer.placement.policy_num_gpus_per_node=2', 'generator.num_inference_engines=1']);
+  assert.equal(a.status, 2);
+  assert.match(a.stderr, /generator\.num_inference_engines=1 x generator\.inference_engine_tensor_parallel_size=1 = 1 engine ranks, but trainer\.placement\.colocate_all=true puts one engine rank on each of the 2 training processes .*make engines x tp = 2/);
+  assert.doesNotMatch(a.stderr + a.stdout, /\[rank \d\]/, 'no process was started');
+  const b = run(['trainer.placement.policy_num_gpus_per_node=4', 'generator.num_inference_engines=2', 'generator.inference_engine_tensor_parallel_size=2']);
+  assert.equal(b.status, 2);
+  assert.match(b.stderr, /generator\.inference_engine_tensor_parallel_size=2: several tensor-parallel engines are not supported yet/);
+  const c = run(['trainer.placement.policy_num_gpus_per_node=2', 'generator.num_inference_engines=2', 'trainer.placement.colocate_all=false']);
+  assert.equal(c.status, 2);
+  assert.match(c.stderr, /trainer\.placement\.colocate_all=false: separate devices for training and generation are not supported yet/);
+});
+
+/** The train CLI over 2 processes, 5 steps (checkpoints at Ctrl-C only); `interruptAfter`: SIGINT once that many steps are logged. */
+function trainCli(name: string, interruptAfter?: number): Promise<{ code: number | null; out: string }> {
+  const args = grpoArgs(name, 2).map((a) => (a === 'trainer.max_steps=3' ? 'trainer.max_steps=5' : a === 'trainer.ckpt_interval=-1' ? 'trainer.ckpt_interval=100' : a === 'trainer.resume_mode=none' ? 'trainer.resume_mode=latest' : a));
+  const metrics = join(dir, `${name}.jsonl`);
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...args], { cwd: ROOT });
+    let out = '';
+    c.stdout.on('data', (d) => (out += d));
+    c.stderr.on('data', (d) => (out += d));
+    const poll = setInterval(() => {
+      if (interruptAfter === undefined || !existsSync(metrics)) return;
+      if (parseMetricsJsonl(readFileSync(metrics, 'utf8')).filter((x) => x.kind === 'train').length >= interruptAfter) {
+        clearInterval(poll);
+        c.kill('SIGINT'); // the launcher forwards it to every rank
+      }
+    }, 50);
+    c.on('close', (code) => {
+      clearInterval(poll);
+      resolve({ code, out });
+    });
+  });
+}
+
+test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it exactly', async () => {
+  const cut = await trainCli('ctrlc', 2);
+  assert.equal(cut.code, 130, cut.out);
+  assert.match(cut.out, /\[rank 0\] .*interrupted; checkpoint .*global_step_\d/);
+  const stoppedAt = Number(/interrupted: saving a checkpoint at step (\d+)/.exec(cut.out)?.[1]);
+  assert.ok(stoppedAt >= 2 && stoppedAt < 5, `stopped at step ${stoppedAt}`);
+  const resumed = await trainCli('ctrlc');
+  assert.equal(resumed.code, 0, resumed.out);
+  assert.match(resumed.out, new RegExp(`GRPO: resumed from step ${stoppedAt}`));
+  const straight = await trainCli('straight');
+  assert.equal(straight.code, 0, straight.out);
+  const rows = (name: string) => parseMetricsJsonl(readFileSync(join(dir, `${name}.jsonl`), 'utf8')).filter((x) => x.kind === 'train');
+  const a = rows('ctrlc');
+  const b = rows('straight');
+  assert.deepEqual(a.map((r) => r.step), [1, 2, 3, 4, 5]);
+  for (let i = 0; i < 5; i++) {
+    for (const k of ['loss', 'grad_norm', 'reward/mean', 'kl']) assert.equal(a[i]![k], b[i]![k], `step ${i + 1} ${k}`);
+  }
+});
+
+test('engine blocks: contiguous request ranges, the first n % engines one longer, every request once', () => {
+  assert.deepEqual(engineBlocks(8, 2), [[0, 4], [4, 8]]);
+  assert.deepEqual(engineBlocks(7, 3), [[0, 3], [3, 5], [5, 7]]);
+  assert.deepEqual(engineBlocks(1, 2), [[0, 1], [1, 1]]);
+});
