@@ -68,10 +68,31 @@ export interface ModelTurn {
   index: number;
 }
 
+/**
+ * The model's token space when it differs from o200k_harmony's (a compact vocabulary, src/trainer/vocab.ts): the
+ * episode driver renders and parses harmony in original ids and converts at the model's boundary.
+ */
+export interface EpisodeTokenMap {
+  /**
+   * Original ids -> model ids, for text the environment writes. An id outside the model's vocabulary becomes the
+   * map's placeholder id (the model reads "a token it does not know"); `unmapped` counts them.
+   */
+  toModel(ids: ArrayLike<number>): { ids: Int32Array; unmapped: number };
+  /** Model ids -> original ids (every model id has one). */
+  fromModel(ids: Int32Array): Int32Array;
+}
+
 /** A task whose examples are played as multi-turn episodes. */
 export interface MultiTurnTaskEnv extends TaskEnv {
   readonly multiTurn: true;
   startEpisode(example: TaskExample): Episode;
+  /**
+   * Token lists of everything the environment can write during an episode (tool results, error messages, framing),
+   * as far as it is enumerable: a compact vocabulary includes them (data.compact_vocab).
+   */
+  injectableTokens?(): Iterable<ArrayLike<number>>;
+  /** Set on a task mapped onto a compact vocabulary: the model's ids are not o200k_harmony's. */
+  readonly tokenMap?: EpisodeTokenMap;
 }
 
 export function isMultiTurn(env: TaskEnv): env is MultiTurnTaskEnv {
@@ -111,6 +132,8 @@ export interface EpisodeResult {
   toolErrors: number;
   /** The whole conversation as messages (opening, model turns as parsed, environment messages). */
   conversation: Message[];
+  /** Injected tokens outside the model's vocabulary (a compact one), given as its placeholder id; 0 without a map. */
+  unmappedTokens: number;
 }
 
 const START_ASSISTANT = (): number[] => [SPECIAL_TOKENS.start, ...getTokenizer().encodeOrdinary('assistant')];
@@ -140,10 +163,18 @@ class TokenBuffer {
 
 /**
  * Plays one episode. `seed` is the episode's sampling seed (turn k samples with seed + 7919·k, so turns differ and
- * a replay is reproducible).
+ * a replay is reproducible). With a token map the generator works in the model's ids: prompts, injected text and
+ * the result's tokens are model ids, while parsing, the environment and the conversation see original ids.
  */
-export async function playEpisode(generator: Generator, episode: Episode, limits: EpisodeLimits, params: SamplingParams): Promise<EpisodeResult> {
-  const prompt = renderEpisodePrompt(episode.messages);
+export async function playEpisode(generator: Generator, episode: Episode, limits: EpisodeLimits, params: SamplingParams, tokenMap?: EpisodeTokenMap): Promise<EpisodeResult> {
+  let unmappedTokens = 0;
+  const toModel = (ids: ArrayLike<number>): ArrayLike<number> => {
+    if (!tokenMap) return ids;
+    const r = tokenMap.toModel(ids);
+    unmappedTokens += r.unmapped;
+    return r.ids;
+  };
+  const prompt = Int32Array.from(toModel(renderEpisodePrompt(episode.messages)));
   const conversation: Message[] = [...episode.messages];
   const buf = new TokenBuffer();
   let toolCalls = 0;
@@ -165,7 +196,8 @@ export async function playEpisode(generator: Generator, episode: Episode, limits
     turns++;
     const [c] = await generator.generate([context], { ...params, maxTokens: room, seed: (params.seed + 7919 * turns) >>> 0 });
     buf.push(c!.tokens, c!.logprobs);
-    const parsed = parseTokens(Array.from(c!.tokens), { role: 'assistant' });
+    const turnTokens = tokenMap ? tokenMap.fromModel(c!.tokens) : c!.tokens; // original ids
+    const parsed = parseTokens(Array.from(turnTokens), { role: 'assistant' });
     conversation.push(...parsed.messages);
     if (c!.finishReason === 'length') {
       finishReason = 'length';
@@ -173,7 +205,7 @@ export async function playEpisode(generator: Generator, episode: Episode, limits
       end = room < limits.maxTurnTokens ? 'budget' : 'truncated';
       break;
     }
-    const st = await episode.step({ messages: parsed.messages, tokens: c!.tokens, index: turns }, conversation);
+    const st = await episode.step({ messages: parsed.messages, tokens: turnTokens, index: turns }, conversation);
     toolCalls += st.toolCalls ?? 0;
     toolErrors += st.toolErrors ?? 0;
     if (st.done) {
@@ -186,7 +218,7 @@ export async function playEpisode(generator: Generator, episode: Episode, limits
       break;
     }
     conversation.push(...st.messages);
-    buf.push(renderEnvMessages(st.messages), null);
+    buf.push(toModel(renderEnvMessages(st.messages)), null);
   }
   return {
     prompt,
@@ -198,6 +230,7 @@ export async function playEpisode(generator: Generator, episode: Episode, limits
     toolCalls,
     toolErrors,
     conversation,
+    unmappedTokens,
   };
 }
 
@@ -205,9 +238,9 @@ export async function playEpisode(generator: Generator, episode: Episode, limits
  * Plays every episode at once (each its own async loop: an engine batches their turns). Episode i samples with
  * seed params.seed + 1000003·i.
  */
-export async function playEpisodes(generator: Generator, episodes: readonly Episode[], limits: EpisodeLimits, params: SamplingParams): Promise<EpisodeResult[]> {
+export async function playEpisodes(generator: Generator, episodes: readonly Episode[], limits: EpisodeLimits, params: SamplingParams, tokenMap?: EpisodeTokenMap): Promise<EpisodeResult[]> {
   if (!Number.isInteger(limits.maxTurns) || limits.maxTurns < 1) throw new Error(`playEpisodes: maxTurns must be an integer >= 1, got ${limits.maxTurns}`);
-  const all = () => Promise.all(episodes.map((e, i) => playEpisode(generator, e, limits, { ...params, seed: (params.seed + 1000003 * i) >>> 0 })));
+  const all = () => Promise.all(episodes.map((e, i) => playEpisode(generator, e, limits, { ...params, seed: (params.seed + 1000003 * i) >>> 0 }, tokenMap)));
   return generator.session ? generator.session(all) : all();
 }
 
@@ -227,6 +260,7 @@ export function episodeMetrics(results: readonly EpisodeResult[]): Record<string
     'episode/truncated_frac': count('truncated'),
     'episode/model_tokens': sum((r) => r.mask.reduce((a, b) => a + b, 0)) / n,
     'episode/env_tokens': sum((r) => r.mask.length - r.mask.reduce((a, b) => a + b, 0)) / n,
+    'episode/unmapped_tokens': sum((r) => r.unmappedTokens) / n,
   };
 }
 
@@ -248,6 +282,6 @@ export async function multiTurnRollouts(
   params: SamplingParams,
 ): Promise<{ prompts: Int32Array[]; completions: Completion[]; episodes: EpisodeResult[] }> {
   const episodes = examples.flatMap((ex) => Array.from({ length: n }, () => env.startEpisode(ex)));
-  const results = await playEpisodes(generator, episodes, limits, params);
+  const results = await playEpisodes(generator, episodes, limits, params, env.tokenMap);
   return { prompts: results.map((r) => r.prompt), completions: results.map((r) => r.completion), episodes: results };
 }

@@ -47,7 +47,7 @@ export class ToolEpisode implements Episode {
       const recipient = last.recipient ?? '';
       const r = recipient
         ? await runToolCall(this.spec.tools, recipient, last.content, this.spec.toolTimeoutMs)
-        : { author: 'functions', text: 'error: a tool call needs a recipient (to=functions.NAME) in its header', ok: false, timedOut: false };
+        : { author: 'functions', text: `error: ${NO_RECIPIENT}`, ok: false, timedOut: false };
       const reply = toolMessage(r.author, r.text, { recipient: 'assistant', channel: 'commentary' });
       return { done: false, messages: [reply], toolCalls: 1, toolErrors: r.ok ? 0 : 1 };
     }
@@ -114,6 +114,9 @@ export function syntheticToolsReference(p: SyntheticToolsProblem): { tokens: Int
   return { tokens, mask };
 }
 
+const LOOKUP_USAGE = 'lookup needs {"key": "<name>"}';
+const NO_RECIPIENT = 'a tool call needs a recipient (to=functions.NAME) in its header';
+
 /** The lookup tool of one synthetic problem. */
 export function lookupTool(p: Pick<SyntheticToolsProblem, 'key' | 'value'>): Tool {
   return {
@@ -121,11 +124,33 @@ export function lookupTool(p: Pick<SyntheticToolsProblem, 'key' | 'value'>): Too
     description: 'Returns the value stored under a key.',
     parameters: { type: 'object', properties: { key: { type: 'string' } }, required: ['key'] },
     run(args) {
-      if (typeof args.key !== 'string') throw new ToolError('lookup needs {"key": "<name>"}');
-      if (args.key !== p.key) throw new ToolError(`no value is stored under the key ${JSON.stringify(args.key.slice(0, 40))}`);
+      if (typeof args.key !== 'string') throw new ToolError(LOOKUP_USAGE);
+      if (args.key !== p.key) throw new ToolError(unknownKeyError(args.key));
       return String(p.value);
     },
   };
+}
+
+/** The lookup tool's error for a key it does not hold. */
+function unknownKeyError(key: string): string {
+  return `no value is stored under the key ${JSON.stringify(key.slice(0, 40))}`;
+}
+
+/**
+ * Every message a synthetic_tools episode can inject, as tokens (for a compact vocabulary): each lookup result
+ * (values 0..9), the unknown-key error for every key the task draws (k10..k99), and the fixed errors of a call
+ * without a recipient, without a key, or with arguments that are not an object. Errors that quote the model's
+ * malformed text (bad JSON, an unknown tool name) cannot be listed: the compact map's placeholder stands in.
+ */
+export function syntheticToolsInjectable(): number[][] {
+  const reply = (author: string, text: string) => renderEnvMessages([toolMessage(author, text, { recipient: 'assistant', channel: 'commentary' })]);
+  const out: number[][] = [];
+  for (let v = 0; v <= 9; v++) out.push(reply('functions.lookup', String(v)));
+  for (let k = 10; k <= 99; k++) out.push(reply('functions.lookup', `error: ${unknownKeyError(`k${k}`)}`));
+  out.push(reply('functions.lookup', `error: ${LOOKUP_USAGE}`));
+  out.push(reply('functions.lookup', 'error: the arguments must be a JSON object'));
+  out.push(reply('functions', `error: ${NO_RECIPIENT}`));
+  return out;
 }
 
 /** The multi-turn environment of environment.env_class gsm8k_tools or synthetic_tools. */
@@ -189,6 +214,7 @@ export async function buildToolTaskEnv(
       if (!spec) throw new Error(`${cls}: example ${ex.id} is not one of this environment's`);
       return new ToolEpisode(spec);
     },
+    ...(cls === 'synthetic_tools' ? { injectableTokens: syntheticToolsInjectable } : {}),
     // One-turn scoring (a completion without tool results): the reward rule on its text.
     reward(ex, completion) {
       const r = rewardFn(tok.decode(completion), ex.answer, { completionTokens: Array.from(completion) });

@@ -7,7 +7,19 @@
 // tokenizer and harmony renderer, then mapped to 0..K-1 for the model, and mapped back for decoding and rewards.
 // The model never sees or produces a token outside the set. Used by the default run (configs/demo-cpu.yaml) and
 // the CPU learning test; `-c tiny-cpu` keeps the full vocabulary.
+//
+// Multi-turn tasks: the environment writes text during episodes (tool results, errors, harmony framing), so the map
+// also holds every token the environment declares it can inject (MultiTurnTaskEnv.injectableTokens: for
+// synthetic_tools every lookup result and error message) and one placeholder, `<|endoftext|>`. The episode driver
+// maps injected text into the compact ids and the model's turns back to original ids for parsing
+// (MultiTurnTaskEnv.tokenMap); an injected token outside the map (e.g. an error message quoting a malformed call)
+// becomes the placeholder and is counted in the episode/unmapped_tokens metric, so a run never stops on it.
+import { SPECIAL_TOKENS } from '../tokenizer/specials.ts';
+import { isMultiTurn, type EpisodeTokenMap, type MultiTurnTaskEnv } from './multiturn.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
+
+/** The compact id that stands for an injected token outside a multi-turn task's compact vocabulary. */
+export const UNMAPPED_TOKEN = SPECIAL_TOKENS.endoftext;
 
 export interface VocabMap {
   /** Compact id -> original id. */
@@ -78,17 +90,23 @@ function checkCovered(env: TaskEnv, vocab: VocabMap): void {
  * `extra` (e.g. all digit and punctuation tokens the answers may need). Rewards and decoding see original ids.
  */
 export function compactTask(env: TaskEnv, extra: Iterable<number> = [], existing?: VocabMap): { env: TaskEnv; vocab: VocabMap } {
-  if ((env as { multiTurn?: boolean }).multiTurn) {
-    // Tool results and follow-ups are rendered during the episode: no vocabulary can be fixed from the examples.
-    throw new DataError(`data.compact_vocab: task '${env.name}' is multi-turn (its environment writes text during episodes); use the full vocabulary`);
+  const multi = isMultiTurn(env);
+  if (multi && !env.injectableTokens) {
+    // Without a list of what the environment may write, most injected text would be placeholders.
+    throw new DataError(`data.compact_vocab: the multi-turn task '${env.name}' cannot list the tokens its environment writes during episodes; use the full vocabulary`);
   }
   const all = [...env.train, ...env.val];
-  if (existing) checkCovered(env, existing);
+  if (existing) {
+    checkCovered(env, existing);
+    if (multi && !existing.toCompact.has(UNMAPPED_TOKEN)) {
+      throw new DataError(`the model's compact vocabulary (vocab.json, ${existing.size} tokens) was not built for a multi-turn task (it lacks the placeholder <|endoftext|>)`);
+    }
+  }
   const vocab =
     existing ??
     buildVocabMap(
-      all.flatMap((e) => (e.reference ? [e.prompt, e.reference] : [e.prompt])),
-      [...env.stopTokenIds, ...extra],
+      [...all.flatMap((e) => (e.reference ? [e.prompt, e.reference] : [e.prompt])), ...(multi ? env.injectableTokens!() : [])],
+      [...env.stopTokenIds, ...extra, ...(multi ? [UNMAPPED_TOKEN] : [])],
     );
   const remap = (e: TaskExample): TaskExample => ({ ...e, prompt: vocab.encode(e.prompt), reference: e.reference ? vocab.encode(e.reference) : undefined });
   const original = new WeakMap<TaskExample, TaskExample>();
@@ -99,15 +117,40 @@ export function compactTask(env: TaskEnv, extra: Iterable<number> = [], existing
   };
   const train = env.train.map(wrap);
   const val = env.val.map(wrap);
+  const compact: TaskEnv = {
+    name: `${env.name} (compact vocabulary of ${vocab.size})`,
+    train,
+    val,
+    stopTokenIds: env.stopTokenIds.map((t) => vocab.toCompact.get(t)!),
+    reward: (ex, c, fr) => env.reward(original.get(ex) ?? ex, vocab.decode(c), fr),
+    decode: env.decode ? (t) => env.decode!(vocab.decode(t)) : undefined,
+  };
+  if (!multi) return { vocab, env: compact };
+  const multiTurn: MultiTurnTaskEnv = {
+    ...compact,
+    multiTurn: true,
+    // Episodes run on the original example (its messages and tools); the driver converts at the model's boundary.
+    startEpisode: (ex) => env.startEpisode(original.get(ex) ?? ex),
+    tokenMap: episodeTokenMap(vocab),
+  };
+  return { vocab, env: multiTurn };
+}
+
+/** The episode driver's view of a compact vocabulary of a multi-turn task (see the top of this file). */
+export function episodeTokenMap(vocab: VocabMap): EpisodeTokenMap {
+  const placeholder = vocab.toCompact.get(UNMAPPED_TOKEN);
+  if (placeholder === undefined) throw new Error('episodeTokenMap: the compact vocabulary lacks the placeholder <|endoftext|>');
   return {
-    vocab,
-    env: {
-      name: `${env.name} (compact vocabulary of ${vocab.size})`,
-      train,
-      val,
-      stopTokenIds: env.stopTokenIds.map((t) => vocab.toCompact.get(t)!),
-      reward: (ex, c, fr) => env.reward(original.get(ex) ?? ex, vocab.decode(c), fr),
-      decode: env.decode ? (t) => env.decode!(vocab.decode(t)) : undefined,
+    toModel(ids) {
+      const out = new Int32Array(ids.length);
+      let unmapped = 0;
+      for (let i = 0; i < ids.length; i++) {
+        const c = vocab.toCompact.get(ids[i]!);
+        if (c === undefined) unmapped++;
+        out[i] = c ?? placeholder;
+      }
+      return { ids: out, unmapped };
     },
+    fromModel: (ids) => vocab.decode(ids),
   };
 }

@@ -16,7 +16,7 @@ import type { Metrics } from '../../src/log/metrics.ts';
 
 export interface GrpoRecipeOptions {
   /** The preset: demo-cpu (the default run without a GPU) or demo-gpu (with one). */
-  preset: 'demo-cpu' | 'demo-gpu';
+  preset: 'demo-cpu' | 'demo-gpu' | 'demo-cpu-tools';
   /** Config overrides over the preset (the GRPO_LEARNS_* variables become these). */
   overrides: string[];
   /** Metrics JSONL of GRPO (replaced; the SFT phase's goes beside it as <name>-sft.jsonl). */
