@@ -30,6 +30,7 @@ import {
   disposeBatch,
   disposeLayerSaved,
   layerPrefix,
+  layerWeights,
   packSequences,
   paramSpecs,
   qkvRows,
@@ -202,7 +203,6 @@ function entryViews(unit: ShardUnit, flat: Tensor): Map<string, Tensor> {
 
 function layerWeightsOf(c: GptOssConfig, unit: ShardUnit, full: Tensor, views: Map<string, Tensor>): { lw: LayerWeights; extra: Tensor[] } {
   const p = layerPrefix(unit.layer);
-  const g = (n: string): Tensor => views.get(`${p}.${n}`)!;
   const rows = qkvRows(c).reduce((a, b) => a + b, 0);
   const at = (n: string, len: number, shape: number[]): Tensor => {
     const e = unit.entries.find((x) => x.name === `${p}.${n}`)!;
@@ -213,27 +213,7 @@ function layerWeightsOf(c: GptOssConfig, unit: ShardUnit, full: Tensor, views: M
   };
   const qkvW = at('self_attn.q_proj.weight', rows * c.hiddenSize, [rows, c.hiddenSize]);
   const qkvB = at('self_attn.q_proj.bias', rows, [rows]);
-  const lw: LayerWeights = {
-    inputNorm: g('input_layernorm.weight'),
-    qkvW,
-    qkvB,
-    qW: g('self_attn.q_proj.weight'),
-    qB: g('self_attn.q_proj.bias'),
-    kW: g('self_attn.k_proj.weight'),
-    kB: g('self_attn.k_proj.bias'),
-    vW: g('self_attn.v_proj.weight'),
-    vB: g('self_attn.v_proj.bias'),
-    oW: g('self_attn.o_proj.weight'),
-    oB: g('self_attn.o_proj.bias'),
-    sinks: g('self_attn.sinks'),
-    postNorm: g('post_attention_layernorm.weight'),
-    routerW: g('mlp.router.weight'),
-    routerB: g('mlp.router.bias'),
-    gateUpW: g('mlp.experts.gate_up_proj'),
-    gateUpB: g('mlp.experts.gate_up_proj_bias'),
-    downW: g('mlp.experts.down_proj'),
-    downB: g('mlp.experts.down_proj_bias'),
-  };
+  const lw = layerWeights(views, unit.layer, { w: qkvW, b: qkvB });
   return { lw, extra: [qkvW, qkvB] };
 }
 
