@@ -13,9 +13,10 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { native } from '../src/native.ts';
-import { Tensor, CudaEvent, cudaDeviceCount, synchronize, f32ToBf16Bits } from '../src/tensor.ts';
+import { Tensor, cudaDeviceCount, f32ToBf16Bits } from '../src/tensor.ts';
 import { moeForward, moeBackward, type MoeContext, type MoeWeights } from '../src/ops/moe.ts';
 import { peerScript } from './peer.ts';
+import { msPerCall } from './timing.ts';
 
 function args() {
   const a = process.argv.slice(2);
@@ -105,20 +106,7 @@ function main() {
     downB: expertTensor(E, [H], 0.5, 6, device),
   };
 
-  const time = (iters: number, fn: () => void): number => {
-    for (let i = 0; i < 2; i++) fn();
-    synchronize(device);
-    if (!gpu) {
-      const t0 = performance.now();
-      for (let i = 0; i < iters; i++) fn();
-      return (performance.now() - t0) / iters;
-    }
-    const a = new CudaEvent(device, true).record();
-    for (let i = 0; i < iters; i++) fn();
-    const b = new CudaEvent(device, true).record();
-    b.synchronize();
-    return a.elapsedMs(b) / iters;
-  };
+  const time = (iters: number, fn: () => void): number => msPerCall(device, iters, fn);
 
   const rows: Row[] = [];
   for (const T of tokens) {

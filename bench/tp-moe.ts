@@ -12,8 +12,9 @@
 // A step waits for its slowest rank, so the split to keep is the one whose slowest rank is faster.
 import { writeFileSync } from 'node:fs';
 import { native } from '../src/native.ts';
-import { Tensor, CudaEvent, cudaDeviceCount, synchronize, f32ToBf16Bits } from '../src/tensor.ts';
+import { Tensor, cudaDeviceCount, f32ToBf16Bits } from '../src/tensor.ts';
 import { moeForward, type MoeWeights } from '../src/ops/moe.ts';
+import { msPerCall } from './timing.ts';
 
 function args() {
   const a = process.argv.slice(2);
@@ -72,20 +73,7 @@ function main() {
   const name = gpu ? native().ops.deviceName(0) : 'cpu';
   console.log(`tensor-parallel MoE split on ${name}: E ${E}, top-${k}, hidden ${H}, intermediate ${I}; one rank's forward`);
 
-  const time = (iters: number, fn: () => void): number => {
-    for (let i = 0; i < 2; i++) fn();
-    synchronize(device);
-    if (!gpu) {
-      const t0 = performance.now();
-      for (let i = 0; i < iters; i++) fn();
-      return (performance.now() - t0) / iters;
-    }
-    const a = new CudaEvent(device, true).record();
-    for (let i = 0; i < iters; i++) fn();
-    const b = new CudaEvent(device, true).record();
-    b.synchronize();
-    return a.elapsedMs(b) / iters;
-  };
+  const time = (iters: number, fn: () => void): number => msPerCall(device, iters, fn);
   const run = (x: Tensor, w: MoeWeights, topK: number) => () => {
     const f = moeForward(x, w, { topK });
     f.y.dispose();
