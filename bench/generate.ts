@@ -27,6 +27,7 @@ import { GptOssModel } from '../src/model/gptoss.ts';
 import { generate as staticGenerate } from '../src/inference/generate.ts';
 import { createEngine, type Engine, type GenerateRequest } from '../src/inference/engine.ts';
 import { peerScript } from './peer.ts';
+import { mulberry32 } from '../src/data/synthetic.ts';
 
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
 const cpu = device === 'cpu';
@@ -71,17 +72,6 @@ const jsonPath = flag('json') ? arg('json', '') : '';
 const runPeerSide = !flag('no-peer') && !cpu;
 const runStatic = !flag('no-static');
 
-/** Deterministic uniform [0, 1) stream (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const randomTokens = (r: () => number, n: number): number[] => Array.from({ length: n }, () => Math.floor(r() * V));
 
 function seconds<T>(f: () => T | Promise<T>): Promise<{ value: T; s: number }> {
@@ -102,7 +92,7 @@ interface FixedRow {
 
 async function fixed(model: GptOssModel, engine: Engine, peer: Map<number, number | 'oom'> | null): Promise<FixedRow[]> {
   const rows: FixedRow[] = [];
-  const r = rng(1);
+  const r = mulberry32(1);
   for (const B of batches) {
     const prompts = Array.from({ length: B }, () => randomTokens(r, promptLen));
     const reqs: GenerateRequest[] = prompts.map((prompt, i) => ({ prompt, maxNewTokens: newTokens, temperature: 1, seed: i, stopTokens: [] }));
@@ -133,7 +123,7 @@ interface GrpoResult {
 }
 
 async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult> {
-  const r = rng(2);
+  const r = mulberry32(2);
   const gauss = (): number => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
   const reqs: GenerateRequest[] = [];
   for (let p = 0; p < grpo.prompts; p++) {

@@ -13,10 +13,11 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { native } from '../src/native.ts';
-import { Tensor, cudaDeviceCount, f32ToBf16Bits } from '../src/tensor.ts';
+import { Tensor, cudaDeviceCount } from '../src/tensor.ts';
 import { moeForward, moeBackward, type MoeContext, type MoeWeights } from '../src/ops/moe.ts';
 import { peerScript } from './peer.ts';
 import { msPerCall } from './timing.ts';
+import { randBits } from './random.ts';
 
 function args() {
   const a = process.argv.slice(2);
@@ -33,19 +34,6 @@ function args() {
 }
 
 
-// Uniform values with a given std, as bf16 bits (fast: weights are ~0.8 G values at full size).
-function randBits(n: number, std: number, seed: number): Uint16Array {
-  const f = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  const a = std * Math.sqrt(3);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    f[i] = ((s >>> 0) / 4294967296 * 2 - 1) * a;
-  }
-  return f32ToBf16Bits(f);
-}
 
 // A [E, ...rest] bf16 tensor whose experts are different windows of one random buffer.
 function expertTensor(E: number, rest: number[], std: number, seed: number, device: string): Tensor {

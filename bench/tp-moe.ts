@@ -12,9 +12,10 @@
 // A step waits for its slowest rank, so the split to keep is the one whose slowest rank is faster.
 import { writeFileSync } from 'node:fs';
 import { native } from '../src/native.ts';
-import { Tensor, cudaDeviceCount, f32ToBf16Bits } from '../src/tensor.ts';
+import { Tensor, cudaDeviceCount } from '../src/tensor.ts';
 import { moeForward, type MoeWeights } from '../src/ops/moe.ts';
 import { msPerCall } from './timing.ts';
+import { randBits } from './random.ts';
 
 function args() {
   const a = process.argv.slice(2);
@@ -25,19 +26,6 @@ function args() {
   return { json: get('--json'), tp: get('--tp'), tokens: get('--tokens'), iters: Number(get('--iters') ?? 0) };
 }
 
-/** n random bf16 values, uniform with the given std (xorshift). */
-function randBits(n: number, std: number, seed: number): Uint16Array {
-  const f = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  const a = std * Math.sqrt(3);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    f[i] = ((s >>> 0) / 4294967296) * 2 * a - a;
-  }
-  return f32ToBf16Bits(f);
-}
 
 function weights(E: number, H: number, I: number, device: string, seed: number): MoeWeights {
   const t = (shape: number[], std: number, s: number) => Tensor.from(randBits(shape.reduce((x, y) => x * y, 1), std, seed * 31 + s), shape, { dtype: 'bf16', device });

@@ -38,6 +38,7 @@ import {
   saveCheckpoint,
   tensorToSave,
   toHfConfig,
+  type ForwardState,
   type GptOssConfig,
   type GptOssWeights,
   type LayerHost,
@@ -258,17 +259,8 @@ export interface ShardedModelOptions {
   timing?: boolean;
 }
 
-/** What a sharded forward keeps for backward (per layer: saved activations, or the layer input under recompute). */
-interface ShardedState {
-  batch: PackedBatch;
-  saved: (LayerSaved | null)[];
-  inputs: (Tensor | null)[];
-  xL: Tensor;
-  hf: Tensor;
-  rstdf: Tensor;
-  lse: Tensor;
-  temperature: number;
-}
+/** What a sharded forward keeps for backward: the single-process model's state, freed by disposeState. */
+type ShardedState = Omit<ForwardState, 'dispose'>;
 
 function disposeState(s: ShardedState): void {
   for (const x of s.saved) {
