@@ -32,6 +32,11 @@ export interface NativeTensor {
   copyFrom(src: TensorArg | ArrayBuffer | NodeJS.TypedArray): void;
   /** A copy on device `device` (-1 = cpu, N = cuda:N). */
   to(device: number): NativeTensor;
+  /** Moves the storage's bytes (every view's) to host memory and frees the device block; ops then refuse it. */
+  pageOut(): void;
+  /** Brings paged-out bytes back to a fresh block on the tensor's device. */
+  pageIn(): void;
+  readonly pagedOut: boolean;
   sameStorage(other: TensorArg): boolean;
 }
 

@@ -127,6 +127,23 @@ export class Tensor {
   clone(): Tensor {
     return this.to(this.device);
   }
+  /**
+   * Moves the bytes of this tensor's storage (so of every view of it) to host memory and frees its device block;
+   * the tensor keeps its device and shape, and an op given it fails naming it until pageIn(). Idempotent. What an
+   * engine asleep with its weights released does (Engine.sleep({ weights: true })).
+   */
+  pageOut(): this {
+    this.native.pageOut();
+    return this;
+  }
+  /** Brings paged-out bytes back to a fresh block on the tensor's device. Idempotent. */
+  pageIn(): this {
+    this.native.pageIn();
+    return this;
+  }
+  get pagedOut(): boolean {
+    return this.native.pagedOut;
+  }
   dispose(): void {
     this.native.dispose();
     if (tracking) live.delete(this);

@@ -39,6 +39,9 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value Device(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value PageOut(const Napi::CallbackInfo& info);
+  Napi::Value PageIn(const Napi::CallbackInfo& info);
+  Napi::Value PagedOut(const Napi::CallbackInfo& info);
   Napi::Value ToBuffer(const Napi::CallbackInfo& info);
   Napi::Value View(const Napi::CallbackInfo& info);
   Napi::Value Slice(const Napi::CallbackInfo& info);

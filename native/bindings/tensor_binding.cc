@@ -118,6 +118,9 @@ Napi::Function NativeTensor::Init(Napi::Env env) {
                                      InstanceMethod<&NativeTensor::CopyFrom>("copyFrom"),
                                      InstanceMethod<&NativeTensor::To>("to"),
                                      InstanceMethod<&NativeTensor::SameStorage>("sameStorage"),
+                                     InstanceMethod<&NativeTensor::PageOut>("pageOut"),
+                                     InstanceMethod<&NativeTensor::PageIn>("pageIn"),
+                                     InstanceAccessor<&NativeTensor::PagedOut>("pagedOut"),
                                  });
   g_ctor = new Napi::FunctionReference(Napi::Persistent(f));
   return f;
@@ -163,6 +166,9 @@ void NativeTensor::release(Napi::Env env) {
 Tensor& NativeTensor::get(const char* op, const char* name) {
   if (!tensor_.storage) fail(op, ": ", name, " was used after dispose() (", dtype_name(tensor_.dtype),
                              shape_str(tensor_.shape), " on ", device_name(tensor_.device), ")");
+  if (tensor_.storage->paged)
+    fail(op, ": ", name, " (", tensor_.describe(), ") is paged out to host memory (an engine asleep with its ",
+         "weights released); page it in (Engine.wake()) first");
   return tensor_;
 }
 
@@ -277,6 +283,25 @@ Napi::Value NativeTensor::To(const Napi::CallbackInfo& info) {
     copy_tensor(out, t);
     return wrap(info.Env(), out);
   });
+}
+
+// pageOut() / pageIn(): the storage's bytes to host memory and back (page_out in tensor.h); pagedOut: where they are.
+Napi::Value NativeTensor::PageOut(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (!tensor_.storage) fail("pageOut: the tensor was used after dispose()");
+    page_out(*tensor_.storage);
+    return info.Env().Undefined();
+  });
+}
+Napi::Value NativeTensor::PageIn(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (!tensor_.storage) fail("pageIn: the tensor was used after dispose()");
+    page_in(*tensor_.storage);
+    return info.Env().Undefined();
+  });
+}
+Napi::Value NativeTensor::PagedOut(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), tensor_.storage && tensor_.storage->paged != nullptr);
 }
 
 Napi::Value NativeTensor::SameStorage(const Napi::CallbackInfo& info) {

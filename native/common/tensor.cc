@@ -21,10 +21,48 @@ Storage::Storage(size_t nbytes, int dev) : bytes(nbytes), device(dev) {
 }
 
 Storage::~Storage() {
+  if (paged) {
+    std::free(paged);
+    return;
+  }
   if (device == kCpu)
     std::free(ptr);
   else
     cuda::release(device, ptr, bytes);
+}
+
+static void* host_buffer(size_t bytes) {
+  size_t n = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, n ? n : 64);
+  if (!p) fail("out of host memory allocating ", bytes, " bytes");
+  return p;
+}
+
+void page_out(Storage& s) {
+  if (s.paged) return;
+  void* host = host_buffer(s.bytes);
+  if (s.device == kCpu) {
+    std::memcpy(host, s.ptr, s.bytes);
+    std::free(s.ptr);
+  } else {
+    cuda::copy(host, kCpu, s.ptr, s.device, s.bytes);  // waits for the stream: no op still reads the block
+    cuda::release(s.device, s.ptr, s.bytes);
+  }
+  s.ptr = nullptr;
+  s.paged = host;
+}
+
+void page_in(Storage& s) {
+  if (!s.paged) return;
+  if (s.device == kCpu) {
+    s.ptr = host_buffer(s.bytes);
+    std::memcpy(s.ptr, s.paged, s.bytes);
+  } else {
+    s.ptr = cuda::alloc(s.device, s.bytes);
+    cuda::copy(s.ptr, s.device, s.paged, kCpu, s.bytes);
+  }
+  std::free(s.paged);
+  s.paged = nullptr;
 }
 
 std::string device_name(int device) { return device == kCpu ? "cpu" : "cuda:" + std::to_string(device); }

@@ -20,6 +20,9 @@ struct Storage {
   size_t bytes = 0;
   int device = kCpu;
   bool reported_to_js = false;  // its bytes were reported to V8 (AdjustExternalMemory) by one handle
+  // While paged out (page_out): the bytes, in host memory, and ptr is null. An engine that sleeps with its weights
+  // released pages them out so that a trainer sharing the GPU can use the memory, and pages them in on wake.
+  void* paged = nullptr;
   Storage(size_t bytes, int device);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -51,6 +54,13 @@ struct Tensor {
 // Allocation on any device; zero-filled when zero is true.
 Tensor make_tensor(const std::vector<int64_t>& shape, DType dtype, int device, bool zero = false);
 std::string device_name(int device);
+
+// Moves a storage's bytes to host memory and frees its device block (back to the caching allocator; empty_cache
+// returns it to the driver), or back to a fresh block on its device. Every view of the storage follows; an op
+// given a paged-out tensor fails naming it. Idempotent. On the CPU the bytes move to another host buffer (the
+// same semantics, so the CPU tests exercise the path).
+void page_out(Storage& s);
+void page_in(Storage& s);
 
 // Copies src into dst (same dtype and numel); any pair of devices. Ordered on the device stream.
 void copy_tensor(const Tensor& dst, const Tensor& src);

@@ -148,6 +148,8 @@ export class Engine {
   private nextSeq = 0;
   private loop: Promise<void> | null = null;
   private asleep = false;
+  /** sleep({ weights: true }) paged the model's weights out. */
+  private weightsOut = false;
   private disposed = false;
 
   constructor(
@@ -233,18 +235,32 @@ export class Engine {
     return results.map((p) => ({ samples: p.samples.map((s) => s!) }));
   }
 
-  /** Frees the KV pool (weights stay); waits for running work first. generate() fails until wake(). */
-  async sleep(): Promise<void> {
+  /**
+   * Frees the KV pool; with `{ weights: true }` also pages the model's weights out to host memory and gives their
+   * device memory back (vLLM's sleep level 1), for a trainer that shares the GPU. Waits for running work first;
+   * generate() fails until wake(), and so does updateWeights() while the weights are out. Sleeping again with
+   * weights while asleep pages them out then.
+   */
+  async sleep(opts: { weights?: boolean } = {}): Promise<void> {
     await this.drain();
-    if (this.asleep) return;
-    for (const sp of this.spaces) sp.blocks.reset();
-    this.runner.freeKvCache();
-    this.asleep = true;
+    if (!this.asleep) {
+      for (const sp of this.spaces) sp.blocks.reset();
+      this.runner.freeKvCache();
+      this.asleep = true;
+    }
+    if (opts.weights && !this.weightsOut) {
+      this.runner.pageWeights(true);
+      this.weightsOut = true;
+    }
   }
 
-  /** Allocates the KV pool again. */
+  /** Pages the weights back in (when sleep released them) and allocates the KV pool again. */
   async wake(): Promise<void> {
     if (!this.asleep) return;
+    if (this.weightsOut) {
+      this.runner.pageWeights(false);
+      this.weightsOut = false;
+    }
     this.runner.allocateKvCache(this.spaces.map((sp) => sp.blocks.numBlocks), this.blockSize);
     this.asleep = false;
   }
@@ -255,6 +271,7 @@ export class Engine {
    */
   async updateWeights(weights: WeightUpdate): Promise<void> {
     await this.drain();
+    if (this.weightsOut) throw new Error('Engine.updateWeights: the weights are paged out (sleep({ weights: true })); wake() first');
     await this.runner.updateWeights(weights);
     for (const sp of this.spaces) sp.blocks.reset();
   }

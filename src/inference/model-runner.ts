@@ -6,7 +6,7 @@
 // their log-probs. Plain arrays are what a tensor-parallel runner broadcasts from rank 0 to the other ranks; a
 // TP runner implements the same interface (its ranks each hold a PagedKvCache of their kv heads) and the engine
 // does not change. LocalModelRunner is the one-device runner over a GptOssModel.
-import { Tensor } from '../tensor.ts';
+import { emptyCache, Tensor } from '../tensor.ts';
 import type { GptOssConfig } from '../model/config.ts';
 import type { GptOssModel } from '../model/gptoss.ts';
 import type { LayerHost } from '../model/layer.ts';
@@ -61,6 +61,12 @@ export interface ModelRunner {
   allocateKvCache(numBlocks: readonly number[], blockSize: number): void;
   /** Frees the KV pools (sleep). */
   freeKvCache(): void;
+  /**
+   * Pages the model's weights out to host memory and gives their device memory back (out = true: a sleep that
+   * releases the weights), or back onto the device (wake). The weights keep their tensors, so a model shared with
+   * a trainer sees them again after the page-in; while out, any op on them fails naming the tensor.
+   */
+  pageWeights(out: boolean): void;
   /** Runs one step (a collective over the ranks of a tensor-parallel runner, hence asynchronous). */
   execute(step: StepInput): Promise<StepOutput>;
   /** Copies new weights into the model's parameters (same names and shapes; the KV cache is the engine's to reset). */
@@ -91,6 +97,15 @@ export class LocalModelRunner implements ModelRunner {
 
   freeKvCache(): void {
     this.cache.free();
+  }
+
+  pageWeights(out: boolean): void {
+    // q/k/v are row views of a layer's fused buffer: paging one pages the storage (a repeat is a no-op).
+    for (const t of this.model.weights.params.values()) {
+      if (out) t.pageOut();
+      else t.pageIn();
+    }
+    if (out && this.device !== 'cpu') emptyCache(this.device); // to the driver: another process may want it too
   }
 
   async execute(s: StepInput): Promise<StepOutput> {

@@ -32,6 +32,7 @@ export type CommandChannel = Pick<TcpGroup, 'rank' | 'worldSize' | 'broadcastByt
 type Command =
   | { op: 'allocate'; numBlocks: number[]; blockSize: number }
   | { op: 'free' }
+  | { op: 'page'; out: boolean }
   | { op: 'step'; step: StepInput }
   | { op: 'update'; names: string[] }
   | { op: 'dispose' };
@@ -130,6 +131,11 @@ export class TensorParallelModelRunner implements ModelRunner {
   freeKvCache(): void {
     this.post({ op: 'free' });
     this.local.freeKvCache();
+  }
+
+  pageWeights(out: boolean): void {
+    this.post({ op: 'page', out });
+    this.local.pageWeights(out);
   }
 
   async execute(step: StepInput): Promise<StepOutput> {
@@ -244,6 +250,9 @@ export async function serveTensorParallelRank(model: TensorParallelModel, channe
           break;
         case 'free':
           local.freeKvCache();
+          break;
+        case 'page':
+          local.pageWeights(c.out);
           break;
         case 'step':
           (await local.hidden(c.step)).dispose();

@@ -9,6 +9,7 @@ import { packSequences, disposeBatch } from '../../src/model/batch.ts';
 import { generate } from '../../src/inference/generate.ts';
 import { createEngine, type GenerateRequest } from '../../src/inference/engine.ts';
 import { FIXTURE_DIR } from '../helpers/fixtures.ts';
+import { Tensor } from '../../src/tensor.ts';
 
 let modelP: Promise<GptOssModel> | null = null;
 const fixture = (): Promise<GptOssModel> => (modelP ??= loadModel(FIXTURE_DIR, { device: 'cpu' }));
@@ -191,6 +192,28 @@ test('sleep frees the pool, wake restores it; updateWeights takes new weights by
   changed.dispose();
   assert.deepEqual((await e.generate([req]))[0]!.samples[0]!.tokens, before);
   await assert.rejects(e.updateWeights(new Map([['nope', w]])), /the model has no parameter 'nope'/);
+  e.dispose();
+});
+
+test('sleep({ weights: true }) pages the weights out (ops refuse them, naming the tensor) and wake brings them back', async () => {
+  const model = await fixture();
+  const e = await createEngine(model, { blockSize: 4, numBlocks: 32 });
+  const req: GenerateRequest = { prompt: prompts([9], 5)[0]!, maxNewTokens: 6, temperature: 0, stopTokens: [] };
+  const before = (await e.generate([req]))[0]!.samples[0]!.tokens;
+  await e.sleep({ weights: true });
+  const params = [...model.weights.params.values()];
+  assert.ok(params.every((t) => t.pagedOut), 'every weight (q/k/v views included) is paged out');
+  await assert.rejects(e.generate([req]), /asleep/);
+  await assert.rejects(e.updateWeights(new Map()), /paged out/);
+  // The model shared with a trainer refuses to run on paged-out weights with an error that names the tensor.
+  assert.throws(() => model.logits(Tensor.zeros([1, model.config.hiddenSize], { dtype: 'bf16' })), /is paged out to host memory/);
+  await e.wake();
+  assert.ok(params.every((t) => !t.pagedOut));
+  assert.deepEqual((await e.generate([req]))[0]!.samples[0]!.tokens, before, 'the same greedy tokens after the round trip');
+  // A plain sleep keeps the weights on the device.
+  await e.sleep();
+  assert.ok(params.every((t) => !t.pagedOut));
+  await e.wake();
   e.dispose();
 });
 

@@ -3,7 +3,7 @@
 // mixed prompt lengths, outputs past the window, chunked prefill, preemption, shared prompts, sleep/wake.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cudaDeviceCount } from '../../src/tensor.ts';
+import { cudaDeviceCount, memoryStats } from '../../src/tensor.ts';
 import { native } from '../../src/native.ts';
 import { presetConfig } from '../../src/model/config.ts';
 import { GptOssModel } from '../../src/model/gptoss.ts';
@@ -87,6 +87,23 @@ test('cuda engine log-probs vs tokenLogprobs: mean gap <= 0.01; n samples share 
   await e.wake();
   const again = await e.generate([{ prompt: ps[0]!, maxNewTokens: 20, temperature: 0, stopTokens: [] }]);
   assert.equal(again[0]!.samples[0]!.tokens.length, 20);
+  e.dispose();
+  m.dispose();
+});
+
+test('cuda sleep({ weights: true }) gives the weights\' device memory back; wake restores the same greedy tokens', { skip }, async () => {
+  const m = model();
+  const e = await createEngine(m, { blockSize: 16, numBlocks: 64 });
+  const req = { prompt: prompts([40], 9)[0]!, maxNewTokens: 24, temperature: 0, stopTokens: [] };
+  const before = (await e.generate([req]))[0]!.samples[0]!.tokens;
+  const weightBytes = [...m.weights.params.values()].reduce((a, t) => a + t.numel * 2, 0);
+  const reserved0 = memoryStats(DEV).reserved;
+  await e.sleep({ weights: true });
+  const reserved1 = memoryStats(DEV).reserved;
+  // The weights (and the KV pool) went back to the driver: at least the weights' bytes less reserved.
+  assert.ok(reserved0 - reserved1 >= weightBytes, `reserved ${reserved0} -> ${reserved1}, weights ${weightBytes} bytes`);
+  await e.wake();
+  assert.deepEqual((await e.generate([req]))[0]!.samples[0]!.tokens, before);
   e.dispose();
   m.dispose();
 });
