@@ -14,7 +14,7 @@
 //       log-prob gap: mean |engine log-prob - GptOssModel.tokenLogprobs| over the first --gap-seqs (64) samples.
 // On the CPU the defaults shrink to the tiny preset (a smoke run; test/cpu/bench-generate.test.ts runs it).
 // Usage: npm run bench:generate -- [--layers N] [--preset gpt-oss-20b] [--batches 1,64,256,512] [--no-peer]
-//        [--no-static] [--no-fixed] [--no-grpo] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
+//        [--no-static] [--no-fixed] [--no-grpo] [--static-batches K] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
 //        [--max-num-seqs 512] [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.85]
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -59,6 +59,11 @@ const grpo = {
   cap: num('grpo-cap', 2048, 24),
 };
 const staticBatch = num('static-batch', 256, 4);
+// The static path on the GRPO-like workload runs every batch until its longest sequence ends (2,048 steps at the
+// default cap): on gpt-oss-20b about two minutes a batch. --static-batches K measures only the first K batches and
+// projects the whole workload's time from their mean (each batch has the same shape: 256 sequences to the cap);
+// the JSON keeps measured and projected apart.
+const staticBatchesMeasured = flag('static-batches') ? num('static-batches', 0) : Number.POSITIVE_INFINITY;
 const gapSeqs = num('gap-seqs', 64, 4);
 const engineOpts = {
   blockSize: num('block-size', 16, 4),
@@ -117,8 +122,11 @@ interface GrpoResult {
   outputTokens: number;
   longestOutput: number;
   engine: { seconds: number; tokS: number; preemptions: number; prefixCacheHitRate: number; steps: number };
-  /** null: not run; 'oom': a batch did not fit. */
-  static: { seconds: number; tokS: number; generatedIncludingPadding: number } | 'oom' | null;
+  /**
+   * null: not run; 'oom': a batch did not fit. seconds: the whole workload's (projected from measuredBatches of
+   * batches when --static-batches cut it short, else measured).
+   */
+  static: { seconds: number; tokS: number; generatedIncludingPadding: number; batches: number; measuredBatches: number; measuredSeconds: number } | 'oom' | null;
   logprobGap: { sequences: number; tokens: number; meanAbs: number; maxAbs: number };
 }
 
@@ -146,9 +154,13 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
     await engine.sleep();
     let total = 0;
     let padded = 0;
+    let measured = 0;
+    const batchesAll = Math.ceil(reqs.length / staticBatch);
     for (let i = 0; i < reqs.length; i += staticBatch) {
       const chunk = reqs.slice(i, i + staticBatch);
       const longest = Math.max(...chunk.map((q) => q.maxNewTokens));
+      padded += chunk.length * longest;
+      if (measured >= staticBatchesMeasured) continue;
       const st = await outOfMemoryAsNull(() =>
         seconds(() => staticGenerate(model, chunk.map((q) => q.prompt), { maxNewTokens: longest, temperature: 1, seed: i, stopTokens: [] })),
       );
@@ -157,11 +169,15 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
         break;
       }
       total += st.s;
-      padded += chunk.length * longest;
+      measured++;
+      console.error(`grpo-like: static batch ${measured}/${batchesAll} (longest ${longest}): ${st.s.toFixed(2)} s`);
     }
     await engine.wake();
-    staticSide = Number.isNaN(total) ? 'oom' : { seconds: total, tokS: outputTokens / total, generatedIncludingPadding: padded };
-    console.error(`grpo-like: static ${Number.isNaN(total) ? 'out of memory' : `${total.toFixed(2)} s`}`);
+    const projected = (total / measured) * batchesAll;
+    staticSide = Number.isNaN(total)
+      ? 'oom'
+      : { seconds: projected, tokS: outputTokens / projected, generatedIncludingPadding: padded, batches: batchesAll, measuredBatches: measured, measuredSeconds: total };
+    console.error(`grpo-like: static ${Number.isNaN(total) ? 'out of memory' : `${projected.toFixed(2)} s${measured < batchesAll ? ` (projected from ${measured} of ${batchesAll} batches: ${total.toFixed(2)} s)` : ''}`}`);
   }
   // Engine vs trainer log-probs on the first gapSeqs samples (prompt + output through GptOssModel.tokenLogprobs).
   let sum = 0;
@@ -262,7 +278,8 @@ async function main(): Promise<void> {
     lines.push(`| engine | ${g.engine.seconds.toFixed(2)} | ${g.engine.tokS.toFixed(1)} |`);
     if (g.static === 'oom') lines.push(`| static path (batches of ${staticBatch}) | OOM | OOM |`);
     else if (g.static) {
-      lines.push(`| static path (batches of ${staticBatch}) | ${g.static.seconds.toFixed(2)} | ${g.static.tokS.toFixed(1)} |`);
+      const proj = g.static.measuredBatches < g.static.batches ? ` (projected from ${g.static.measuredBatches} of ${g.static.batches} batches, measured ${g.static.measuredSeconds.toFixed(2)} s)` : '';
+      lines.push(`| static path (batches of ${staticBatch})${proj} | ${g.static.seconds.toFixed(2)} | ${g.static.tokS.toFixed(1)} |`);
       lines.push('', `engine time / static time: ${(g.engine.seconds / g.static.seconds).toFixed(3)}`);
     }
     lines.push(`engine: ${g.engine.steps} steps, ${g.engine.preemptions} preemptions, prefix cache hit rate ${(100 * g.engine.prefixCacheHitRate).toFixed(1)}%`);
