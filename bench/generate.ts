@@ -127,7 +127,17 @@ interface GrpoResult {
    * batches when --static-batches cut it short, else measured).
    */
   static: { seconds: number; tokS: number; generatedIncludingPadding: number; batches: number; measuredBatches: number; measuredSeconds: number } | 'oom' | null;
-  logprobGap: { sequences: number; tokens: number; meanAbs: number; maxAbs: number };
+  logprobGap: {
+    sequences: number;
+    tokens: number;
+    meanAbs: number;
+    maxAbs: number;
+    early: number;
+    late: number;
+    prefilling: number;
+    siblings: number;
+    staticControl: { sequences: number; tokens: number; meanAbs: number; early: number; late: number } | null;
+  };
 }
 
 async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult> {
@@ -179,24 +189,52 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
       : { seconds: projected, tokS: outputTokens / projected, generatedIncludingPadding: padded, batches: batchesAll, measuredBatches: measured, measuredSeconds: total };
     console.error(`grpo-like: static ${Number.isNaN(total) ? 'out of memory' : `${projected.toFixed(2)} s${measured < batchesAll ? ` (projected from ${measured} of ${batchesAll} batches: ${total.toFixed(2)} s)` : ''}`}`);
   }
-  // Engine vs trainer log-probs on the first gapSeqs samples (prompt + output through GptOssModel.tokenLogprobs).
-  let sum = 0;
-  let max = 0;
-  let count = 0;
-  const n = Math.min(gapSeqs, reqs.length);
-  for (let i = 0; i < n; i += 8) {
-    const idx = Array.from({ length: Math.min(8, n - i) }, (_, j) => i + j);
-    const seqs = idx.map((j) => [...reqs[j]!.prompt, ...e.value[j]!.samples[0]!.tokens]);
-    const lps = model.tokenLogprobs(seqs);
-    idx.forEach((j, t) => {
-      const P = reqs[j]!.prompt.length;
-      e.value[j]!.samples[0]!.logprobs.forEach((x, k) => {
-        const d = Math.abs(x - lps[t]![P - 1 + k]!);
-        sum += d;
-        max = Math.max(max, d);
-        count++;
+  // Engine vs trainer log-probs on the first gapSeqs samples (prompt + output through GptOssModel.tokenLogprobs),
+  // split by output position (the first 128 tokens, where no sliding window has moved yet, and the rest) and by
+  // sample (sample 0 of a prompt prefills it; the others take its blocks). The static path's gap on its own
+  // outputs for the same requests is the control: a path-independent cause (bf16 noise a deep random model
+  // amplifies, router near-ties) shows in both; a paged-attention fault only in the engine's.
+  const gapOf = (outs: { tokens: number[]; logprobs: number[] }[], idx: number[]): { sum: number; count: number; max: number; early: [number, number]; late: [number, number]; first: [number, number]; siblings: [number, number] } => {
+    const acc = { sum: 0, count: 0, max: 0, early: [0, 0] as [number, number], late: [0, 0] as [number, number], first: [0, 0] as [number, number], siblings: [0, 0] as [number, number] };
+    for (let i = 0; i < idx.length; i += 8) {
+      const part = idx.slice(i, i + 8);
+      const lps = model.tokenLogprobs(part.map((j, t) => [...reqs[j]!.prompt, ...outs[i + t]!.tokens]));
+      part.forEach((j, t) => {
+        const P = reqs[j]!.prompt.length;
+        outs[i + t]!.logprobs.forEach((x, k) => {
+          const d = Math.abs(x - lps[t]![P - 1 + k]!);
+          acc.sum += d;
+          acc.max = Math.max(acc.max, d);
+          acc.count++;
+          const pos = k < 128 ? acc.early : acc.late;
+          pos[0] += d;
+          pos[1]++;
+          const who = j % grpo.samples === 0 ? acc.first : acc.siblings;
+          who[0] += d;
+          who[1]++;
+        });
       });
-    });
+    }
+    return acc;
+  };
+  const mean = (p: [number, number]): number => (p[1] ? p[0] / p[1] : NaN);
+  const n = Math.min(gapSeqs, reqs.length);
+  const gapIdx = Array.from({ length: n }, (_, j) => j);
+  const g = gapOf(gapIdx.map((j) => e.value[j]!.samples[0]!), gapIdx);
+  const sum = g.sum;
+  const max = g.max;
+  const count = g.count;
+  console.error(`log-prob gap: engine mean ${(sum / count).toExponential(3)} (first 128 output tokens ${mean(g.early).toExponential(3)}, later ${mean(g.late).toExponential(3)}; prefilling samples ${mean(g.first).toExponential(3)}, siblings ${mean(g.siblings).toExponential(3)})`);
+  let staticGap: { sequences: number; tokens: number; meanAbs: number; early: number; late: number } | null = null;
+  if (runStatic && n > 0) {
+    // The control on the first 8 requests' own static outputs (each request to its drawn length).
+    await engine.sleep();
+    const sIdx = gapIdx.slice(0, Math.min(8, n));
+    const outs = sIdx.map((j) => staticGenerate(model, [reqs[j]!.prompt], { maxNewTokens: reqs[j]!.maxNewTokens, temperature: 1, seed: 1000 + j, stopTokens: [] })[0]!);
+    await engine.wake();
+    const sg = gapOf(outs, sIdx);
+    staticGap = { sequences: sIdx.length, tokens: sg.count, meanAbs: sg.sum / sg.count, early: mean(sg.early), late: mean(sg.late) };
+    console.error(`log-prob gap: static path mean ${staticGap.meanAbs.toExponential(3)} (first 128 ${staticGap.early.toExponential(3)}, later ${staticGap.late.toExponential(3)}) over ${sIdx.length} sequences`);
   }
   return {
     sequences: reqs.length,
@@ -210,7 +248,7 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
       steps: after.steps - before.steps,
     },
     static: staticSide,
-    logprobGap: { sequences: n, tokens: count, meanAbs: count ? sum / count : 0, maxAbs: max },
+    logprobGap: { sequences: n, tokens: count, meanAbs: count ? sum / count : 0, maxAbs: max, early: mean(g.early), late: mean(g.late), prefilling: mean(g.first), siblings: mean(g.siblings), staticControl: staticGap },
   };
 }
 
