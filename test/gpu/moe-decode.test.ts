@@ -78,13 +78,12 @@ function assertMatchesGrouped(name: string, d: MoeForwardResult, g: MoeForwardRe
 }
 
 // One problem at every T: y of auto (which must pick decode), forced decode and forced grouped; the CPU truth
-// (exact) and plain BF16 runs. `w` on the CPU; x from `xSeed`.
-function compareAt(label: string, wCpu: MoeWeights, H: number, k: number, T: number, xSeed: number, backward: boolean) {
+// (exact) and plain BF16 runs. wCpu and w: the same weights on the CPU and on cuda:0; x from `xSeed`.
+function compareAt(label: string, wCpu: MoeWeights, w: MoeWeights, H: number, k: number, T: number, xSeed: number, backward: boolean) {
   const name = `${label} T${T}`;
   const x = Tensor.from(randnBf16(T * H, 1, rng(xSeed + T)), [T, H], { dtype: 'bf16', device: 'cpu' });
   const truth = moeForward(x, wCpu, { topK: k, exact: true });
   const plain = moeForward(x, wCpu, { topK: k });
-  const w = toDevice(wCpu, 'cuda:0');
   const xg = x.to('cuda:0');
   const auto = moeForward(xg, w, { topK: k });
   assert.equal(auto.ctx.expertGemms, 'decode', `${name}: the plan picks the decode kernels at N = ${T * k}`);
@@ -112,7 +111,14 @@ function compareAt(label: string, wCpu: MoeWeights, H: number, k: number, T: num
     f.y.dispose();
   }
   dispose(x, xg);
+}
+
+// compareAt at every T of TOKENS on the CPU weights wCpu (disposed after).
+function compareAll(label: string, wCpu: MoeWeights, H: number, xSeed: number, backward: boolean) {
+  const w = toDevice(wCpu, 'cuda:0');
+  for (const T of TOKENS) compareAt(label, wCpu, w, H, 4, T, xSeed, backward);
   disposeWeights(w);
+  disposeWeights(wCpu);
 }
 
 // The small shape: H 256, E 8, I 192, top-4 (partial column tiles: 2I = 384 and H = 256 columns are not
@@ -124,15 +130,11 @@ function smallWeights(seed: number, hot: number[]): MoeWeights {
 }
 
 test('decode path, small shape, random routing: CPU bound and equal to the grouped kernels (forward and backward)', { skip }, () => {
-  const w = smallWeights(21, []);
-  for (const T of TOKENS) compareAt('small random', w, 256, 4, T, 100, true);
-  disposeWeights(w);
+  compareAll('small random', smallWeights(21, []), 256, 100, true);
 });
 
 test('decode path, small shape, skewed routing: every token on experts 1, 2, 5, 6 (T rows each, 2 chunks at T 16)', { skip }, () => {
-  const w = smallWeights(22, [1, 2, 5, 6]);
-  for (const T of TOKENS) compareAt('small skewed', w, 256, 4, T, 200, true);
-  disposeWeights(w);
+  compareAll('small skewed', smallWeights(22, [1, 2, 5, 6]), 256, 200, true);
 });
 
 test('decode kernels forced past the plan (T 40, 5 row chunks) and the plan above 64 rows (grouped)', { skip }, () => {
@@ -187,13 +189,9 @@ function bigWeights(E: number, H: number, I: number, hot: number[]): MoeWeights 
 }
 
 test('decode path at gpt-oss-20b sizes (H 2880, I 2880, E 32, top-4), random routing', { skip }, () => {
-  const w = bigWeights(32, 2880, 2880, []);
-  for (const T of TOKENS) compareAt('20b random', w, 2880, 4, T, 300, false);
-  disposeWeights(w);
+  compareAll('20b random', bigWeights(32, 2880, 2880, []), 2880, 300, false);
 });
 
 test('decode path at gpt-oss-20b sizes, skewed routing: experts 3, 7, 20 hot (T rows each)', { skip }, () => {
-  const w = bigWeights(32, 2880, 2880, [3, 7, 20]);
-  for (const T of TOKENS) compareAt('20b skewed', w, 2880, 4, T, 400, false);
-  disposeWeights(w);
+  compareAll('20b skewed', bigWeights(32, 2880, 2880, [3, 7, 20]), 2880, 400, false);
 });
