@@ -7,7 +7,7 @@
 // stream; only the cuBLAS strategies wait once per forward, to read the offsets.
 //
 // Layout of this file: the plan (host code, pure functions of the sizes and routing counts); the kernels; the
-// host helpers; the three forward strategies; the three backward strategies; moe_forward and moe_backward.
+// host helpers; the four forward strategies; the three backward strategies; moe_forward and moe_backward.
 #include <algorithm>
 #include <cstdint>
 #include <functional>
@@ -94,7 +94,7 @@ std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
 //              backward (rarely wanted at these sizes) runs the grouped kernels. At one token the grouped kernels'
 //              16x64 tiles reach only ~35% of HBM (188 us for o_proj + MoE of a gpt-oss-20b layer on an H100,
 //              against ~60 us for the routed weights at HBM speed).
-//  kGrouped    kDecodeMaxRows < N < 128·E (fewer than 128 rows per expert on average: decode and small batches). Our grouped
+//  kGrouped    kDecodeMaxRows < N < 128·E (fewer than 128 rows per expert on average: small batches). Our grouped
 //              kernels (moe_gemm.cuh): one launch per product for all experts, bias + SwiGLU fused into the
 //              gate_up epilogue and the SwiGLU backward into the dh epilogue, no host round trip. Reading the
 //              weights is the cost here; per-expert cuBLAS calls would add a launch per expert and a host read of
@@ -161,9 +161,10 @@ ExpertGemmPlan plan_expert_gemms(int64_t N, int64_t E, ExpertGemmChoice choice,
 }
 
 // The backward's strategy for a saved context of Np rows: a padded layout (Np > N) means slabs; otherwise the
-// forward's size condition decides, as it did there (kDecode saves what kGrouped saves and has no backward of its
-// own: its contexts take the grouped kernels, or per expert where a forced decode forward ran at cuBLAS sizes). (A slab plan without padding rows, every count a multiple of
-// 64 and equal within its range, saves the plain layout, so its backward runs per expert: the same products.)
+// forward's size condition decides, as it did there. (kDecode saves what kGrouped saves and has no backward of
+// its own: its contexts take the grouped kernels, or per expert where a forced decode forward ran at cuBLAS sizes.
+// A slab plan without padding rows, every count a multiple of 64 and equal within its range, saves the plain
+// layout, so its backward runs per expert: the same products.)
 ExpertGemms saved_strategy(int64_t Np, int64_t N, int64_t E) {
   if (Np != N) return ExpertGemms::kSlabs;
   return cublas_sized(N, E) ? ExpertGemms::kPerExpert : ExpertGemms::kGrouped;
