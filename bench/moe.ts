@@ -3,6 +3,9 @@
 //
 //   npm run bench:moe [-- --json out.json] [--tokens 1,64,4096,16384] [--no-peer] [--iters N]
 //   (on the GPU machine: node dist/bench/moe.js --json $OUT/moe.json)
+//   --decode: forward only at decode sizes (default tokens 1,2,4,8,16,64), the decode kernels (moe_decode.cu) and
+//   the grouped kernels (moe_gemm.cuh) forced in turn (moeForward's expertGemms), plus what the plan picks and the
+//   peer's forward: ms per forward and the routed experts' weights GB/s (% of HBM) for each.
 //
 // gpt-oss-20b shapes: E 32, top-4, hidden 2880, intermediate 2880. TFLOP/s: 2·T·k·(H·2I + I·H) forward, 3x
 // that for forward+backward (design.md). For small T, GB/s of expert weights read (experts that got tokens,
@@ -14,7 +17,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { native } from '../src/native.ts';
 import { Tensor, cudaDeviceCount } from '../src/tensor.ts';
-import { moeForward, moeBackward, type MoeContext, type MoeWeights } from '../src/ops/moe.ts';
+import { moeForward, moeBackward, type MoeWeights } from '../src/ops/moe.ts';
 import { peerScript } from './peer.ts';
 import { msPerCall } from './timing.ts';
 import { randBits } from './random.ts';
@@ -30,6 +33,7 @@ function args() {
     tokens: get('--tokens'),
     noPeer: a.includes('--no-peer'),
     iters: Number(get('--iters') ?? 0),
+    decode: a.includes('--decode'),
   };
 }
 
@@ -62,17 +66,101 @@ interface Row {
   fwdbwdRatio?: number;
   activeExperts: number;
   /** The expert-GEMM strategy the plan chose (native/cuda/moe.cu, plan_expert_gemms; docs/moe.md). */
-  strategy: Strategy;
+  strategy: string;
 }
 
-type Strategy = 'grouped' | 'slabs' | 'per-expert' | 'cpu';
+type PeerResults = { device?: string; torch?: string; results?: { T: number; fwd_ms?: number; fwdbwd_ms?: number; error?: string }[] };
 
-// Read from what the forward saved: the slab layout pads rows beyond T·k, the per-expert strategy keeps the
-// gathered rows xp, the grouped kernels neither.
-function strategyOf(ctx: MoeContext, T: number, k: number, gpu: boolean): Strategy {
-  if (!gpu) return 'cpu';
-  if (ctx.permTok.shape[0]! > T * k) return 'slabs';
-  return ctx.xp ? 'per-expert' : 'grouped';
+// bench/moe_peer.py at the same sizes and tokens (forward only with fwdOnly); {} when it fails.
+function runPeer(tokens: number[], E: number, k: number, H: number, I: number, fwdOnly: boolean): PeerResults {
+  const out = join(mkdtempSync(join(tmpdir(), 'moe-peer-')), 'peer.json');
+  const script = peerScript('moe_peer.py') ?? 'bench/moe_peer.py';
+  const r = spawnSync('python3', [script, '--json', out, '--tokens', tokens.join(','),
+    '--experts', String(E), '--topk', String(k), '--hidden', String(H), '--inter', String(I), ...(fwdOnly ? ['--fwd-only'] : [])],
+  { stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status === 0 && existsSync(out)) return JSON.parse(readFileSync(out, 'utf8'));
+  console.log(`peer: python3 bench/moe_peer.py failed (status ${r.status}); no peer columns`);
+  return {};
+}
+
+// Bytes of expert weights a forward reads: the routed experts' gate_up + down (+ biases) and the router.
+function weightBytes(active: number, E: number, H: number, I: number): number {
+  return active * (H * 2 * I + I * H + 2 * I + H) * 2 + E * (H + 1) * 2;
+}
+
+interface DecodeRow {
+  T: number;
+  activeExperts: number;
+  weightGB: number;
+  /** What the plan picks at this size (native/cuda/moe.cu, plan_expert_gemms). */
+  planned: string;
+  decodeMs: number;
+  decodeGBps: number;
+  decodeHbmPct?: number;
+  groupedMs: number;
+  groupedGBps: number;
+  groupedHbmPct?: number;
+  /** grouped ms / decode ms (> 1: the decode kernels are faster). */
+  speedup: number;
+  peerFwdMs?: number;
+  peerGBps?: number;
+  peerHbmPct?: number;
+}
+
+// --decode: forward only, the two kernel families forced in turn on the same inputs and weights.
+function decodeBench(o: ReturnType<typeof args>, w: MoeWeights, device: string, deviceName: string, hbmGBps: number | undefined,
+  E: number, k: number, H: number, I: number, gpu: boolean) {
+  if (!gpu) throw new Error('bench:moe --decode compares CUDA kernels; it needs a GPU');
+  const tokens = (o.tokens ?? '1,2,4,8,16,64').split(',').map(Number);
+  const rows: DecodeRow[] = [];
+  for (const T of tokens) {
+    const x = Tensor.from(randBits(T * H, 1, 7 + T), [T, H], { dtype: 'bf16', device });
+    const probe = moeForward(x, w, { topK: k });
+    const active = [...probe.counts].filter((c) => c > 0).length;
+    const planned = probe.ctx.expertGemms;
+    probe.y.dispose();
+    probe.ctx.dispose();
+    const iters = o.iters || 200;
+    const timeOf = (expertGemms: 'decode' | 'grouped') => msPerCall(device, iters, () => {
+      const f = moeForward(x, w, { topK: k, expertGemms });
+      f.y.dispose();
+      f.ctx.dispose();
+    });
+    const decodeMs = timeOf('decode'), groupedMs = timeOf('grouped');
+    const weightGB = weightBytes(active, E, H, I) / 1e9;
+    const r: DecodeRow = {
+      T, activeExperts: active, weightGB, planned, decodeMs, decodeGBps: weightGB / (decodeMs / 1e3), groupedMs,
+      groupedGBps: weightGB / (groupedMs / 1e3), speedup: groupedMs / decodeMs,
+    };
+    if (hbmGBps) {
+      r.decodeHbmPct = (100 * r.decodeGBps) / hbmGBps;
+      r.groupedHbmPct = (100 * r.groupedGBps) / hbmGBps;
+    }
+    rows.push(r);
+    console.log(`  T ${T} (${active} experts, plan: ${planned}): decode ${decodeMs.toFixed(4)} ms, grouped ${groupedMs.toFixed(4)} ms`);
+    x.dispose();
+  }
+  const peer = o.noPeer ? {} : runPeer(tokens, E, k, H, I, true);
+  for (const r of rows) {
+    const p = peer.results?.find((q) => q.T === r.T);
+    if (p?.fwd_ms) {
+      r.peerFwdMs = p.fwd_ms;
+      // The peer routes its own random inputs: its touched experts are about as many (same T, same E).
+      r.peerGBps = r.weightGB / (p.fwd_ms / 1e3);
+      if (hbmGBps) r.peerHbmPct = (100 * r.peerGBps) / hbmGBps;
+    }
+  }
+  const f = (v: number | undefined, d = 2) => (v === undefined ? '-' : v.toFixed(d));
+  console.log(`\nMoE forward at decode sizes on ${deviceName} (E ${E}, top-${k}, hidden ${H}, intermediate ${I}; GB/s of the routed experts' weights)`);
+  console.log('| T | experts | plan | decode ms | decode GB/s | % HBM | grouped ms | grouped GB/s | % HBM | grouped/decode | peer fwd ms | peer GB/s | % HBM |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const r of rows) {
+    console.log(`| ${r.T} | ${r.activeExperts} | ${r.planned} | ${f(r.decodeMs, 4)} | ${f(r.decodeGBps, 0)} | ${f(r.decodeHbmPct, 0)} | ${f(r.groupedMs, 4)} | ${f(r.groupedGBps, 0)} | ${f(r.groupedHbmPct, 0)} | ${f(r.speedup)}x | ${f(r.peerFwdMs, 4)} | ${f(r.peerGBps, 0)} | ${f(r.peerHbmPct, 0)} |`);
+  }
+  if (o.json) {
+    writeFileSync(o.json, JSON.stringify({ mode: 'decode', device: deviceName, E, topK: k, hidden: H, intermediate: I, hbmGBps, peer: { device: peer.device, torch: peer.torch }, rows }, null, 1));
+    console.log(`wrote ${o.json}`);
+  }
 }
 
 function main() {
@@ -94,6 +182,11 @@ function main() {
     downB: expertTensor(E, [H], 0.5, 6, device),
   };
 
+  if (o.decode) {
+    decodeBench(o, w, device, deviceName, hbmGBps, E, k, H, I, gpu);
+    for (const t of Object.values(w)) t.dispose();
+    return;
+  }
   const time = (iters: number, fn: () => void): number => msPerCall(device, iters, fn);
 
   const rows: Row[] = [];
@@ -102,7 +195,7 @@ function main() {
     const dy = Tensor.from(randBits(T * H, 1, 9 + T), [T, H], { dtype: 'bf16', device });
     const probe = moeForward(x, w, { topK: k });
     const active = [...probe.counts].filter((c) => c > 0).length;
-    const strategy = strategyOf(probe.ctx, T, k, gpu);
+    const strategy = probe.ctx.expertGemms;
     probe.y.dispose();
     probe.ctx.dispose();
     const iters = o.iters || (gpu ? (T >= 4096 ? 10 : 50) : 2);
@@ -119,7 +212,7 @@ function main() {
       for (const t of Object.values(g)) t.dispose();
     });
     const flops = 2 * T * k * (H * 2 * I + I * H);
-    const weightGB = (active * (H * 2 * I + I * H + 2 * I + H) * 2 + E * (H + 1) * 2) / 1e9;
+    const weightGB = weightBytes(active, E, H, I) / 1e9;
     const r: Row = {
       T, activeExperts: active, strategy, fwdMs, fwdTflops: flops / fwdMs / 1e9, weightGB, fwdGBps: weightGB / (fwdMs / 1e3),
       fwdbwdMs, fwdbwdTflops: (3 * flops) / fwdbwdMs / 1e9,
@@ -131,15 +224,7 @@ function main() {
     dy.dispose();
   }
 
-  let peer: { device?: string; torch?: string; results?: { T: number; fwd_ms?: number; fwdbwd_ms?: number; error?: string }[] } = {};
-  if (gpu && !o.noPeer) {
-    const out = join(mkdtempSync(join(tmpdir(), 'moe-peer-')), 'peer.json');
-    const script = peerScript('moe_peer.py') ?? 'bench/moe_peer.py';
-    const r = spawnSync('python3', [script, '--json', out, '--tokens', tokens.join(','),
-      '--experts', String(E), '--topk', String(k), '--hidden', String(H), '--inter', String(I)], { stdio: ['ignore', 'inherit', 'inherit'] });
-    if (r.status === 0 && existsSync(out)) peer = JSON.parse(readFileSync(out, 'utf8'));
-    else console.log(`peer: python3 bench/moe_peer.py failed (status ${r.status}); no peer columns`);
-  }
+  const peer: PeerResults = gpu && !o.noPeer ? runPeer(tokens, E, k, H, I, false) : {};
   for (const r of rows) {
     const p = peer.results?.find((q) => q.T === r.T);
     if (p?.fwd_ms) {

@@ -1,5 +1,5 @@
 # moe_peer.py: the GPT-OSS MoE block in PyTorch with torch._grouped_mm (bf16, offsets from the routing), timed
-# the same way as bench/moe.ts. Usage: python3 bench/moe_peer.py --json OUT [--tokens 1,64,4096,16384]
+# the same way as bench/moe.ts. Usage: python3 bench/moe_peer.py --json OUT [--tokens 1,64,4096,16384] [--fwd-only]
 import argparse, json, sys
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ p.add_argument("--topk", type=int, default=4)
 p.add_argument("--hidden", type=int, default=2880)
 p.add_argument("--inter", type=int, default=2880)
 p.add_argument("--limit", type=float, default=7.0)
+p.add_argument("--fwd-only", action="store_true", help="time the forward only (bench/moe.ts --decode)")
 a = p.parse_args()
 E, K, H, I = a.experts, a.topk, a.hidden, a.inter
 dev = "cuda"
@@ -65,7 +66,7 @@ results = []
 for T in [int(t) for t in a.tokens.split(",")]:
     x = torch.randn(T, H, device=dev).to(torch.bfloat16)
     dy = torch.randn(T, H, device=dev).to(torch.bfloat16)
-    iters = 20 if T >= 4096 else 50
+    iters = 20 if T >= 4096 else (200 if a.fwd_only else 50)
 
     def fwd():
         with torch.no_grad():
@@ -82,7 +83,8 @@ for T in [int(t) for t in a.tokens.split(",")]:
     r = {"T": T}
     try:
         r["fwd_ms"] = timeit(fwd, iters)
-        r["fwdbwd_ms"] = timeit(fwdbwd, max(5, iters // 2))
+        if not a.fwd_only:
+            r["fwdbwd_ms"] = timeit(fwdbwd, max(5, iters // 2))
     except Exception as ex:  # report, keep going
         r["error"] = str(ex)[:300]
     results.append(r)

@@ -97,7 +97,12 @@ export interface NativeMoeForward {
   xp?: NativeTensor;
   /** CUDA cuBLAS paths: i32 [E + 1] on the cpu. */
   offsetsHost?: NativeTensor;
+  /** The expert-GEMM strategy that ran (native/cuda/moe.cu, plan_expert_gemms; 'cpu' on the CPU). */
+  expertGemms: ExpertGemmsRun;
 }
+
+/** Which expert-GEMM strategy a moeForward ran. */
+export type ExpertGemmsRun = 'cpu' | 'decode' | 'grouped' | 'slabs' | 'per-expert';
 
 /** moeBackward's gradients, all f32. */
 export interface NativeMoeGrads {
@@ -214,6 +219,7 @@ export interface NativeOps {
     limit: number,
     exact?: boolean,
     residual?: OptTensor,
+    expertGemms?: 'auto' | 'decode' | 'grouped',
   ): NativeMoeForward;
   /** The saved tensors of moeForward come back positionally; accGateUpW/accDownW both or neither. */
   moeBackward(

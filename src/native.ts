@@ -12,6 +12,7 @@ import { NATIVE_OP_NAMES, type NativeAddon } from './native-ops.ts';
 
 export type {
   DType,
+  ExpertGemmsRun,
   FloatDType,
   NativeAddon,
   NativeEvent,

@@ -50,9 +50,10 @@ int64_t topk_arg(const Napi::CallbackInfo& info, size_t i, const char* op, int64
 
 }  // namespace
 
-// moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact, residual?)
+// moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact, residual?, expertGemms?)
 //   residual (bf16 [T,H]): y = residual + moe(x) (moe(x) rounded to bf16 first, as a separate add would)
-//   -> { y, x, topkIdx, topkW, counts, offsets, permTok, slotPos, gu, h, yp }
+//   expertGemms ('auto' when absent; CUDA: 'decode' or 'grouped' force that kernel family, see cuda/moe.h)
+//   -> { y, x, topkIdx, topkW, counts, offsets, permTok, slotPos, gu, h, yp, expertGemms (the strategy that ran) }
 GPTOSS_OP(moeForward) {
   const char* op = "moeForward";
   Tensor& x = tensor_arg(info, 0, op, "x");
@@ -73,10 +74,21 @@ GPTOSS_OP(moeForward) {
     check_tensor(op, "residual", residual, DType::BF16, {x.dim(0), x.dim(1)}, x);
   }
   const Tensor* res = residual.storage ? &residual : nullptr;
+  std::string gemms = "auto";
+  if (info.Length() > 11 && !info[11].IsUndefined() && !info[11].IsNull()) gemms = str_arg(info, 11, op, "expertGemms");
+  GPTOSS_CHECK(gemms == "auto" || gemms == "decode" || gemms == "grouped", op,
+               ": expertGemms must be 'auto', 'decode' or 'grouped', got '", gemms, "'");
+  GPTOSS_CHECK(gemms == "auto" || x.is_cuda(), op, ": expertGemms '", gemms,
+               "' picks CUDA kernels; the CPU backend has one expert path (use 'auto')");
   Tensor y;
   MoeSaved s;
+#ifdef GPTOSS_WITH_CUDA
+  const cuda::ExpertGemmChoice choice = gemms == "decode"    ? cuda::ExpertGemmChoice::kDecode
+                                        : gemms == "grouped" ? cuda::ExpertGemmChoice::kGrouped
+                                                             : cuda::ExpertGemmChoice::kAuto;
+#endif
   GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, res, y, s),
-                  cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s));
+                  cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s, choice));
   Napi::Object out = tensor_object(info.Env(), {{"y", y},
                                     {"x", s.x},
                                     {"topkIdx", s.topk_idx},
@@ -92,6 +104,7 @@ GPTOSS_OP(moeForward) {
   // again nor waits for the device.
   if (s.xp.storage) out.Set("xp", wrap(info.Env(), s.xp));
   if (s.offsets_host.storage) out.Set("offsetsHost", wrap(info.Env(), s.offsets_host));
+  out.Set("expertGemms", Napi::String::New(info.Env(), s.expert_gemms));
   return out;
 }
 

@@ -37,6 +37,9 @@ struct MoeSaved {
   Tensor offsets_host;  // i32 [E+1] on the host: `offsets`, so the backward needs no device->host wait
   int64_t top_k = 0;
   float limit = 7.f;
+  // The expert-GEMM strategy the forward ran: "cpu", or on CUDA "decode", "grouped", "slabs", "per-expert"
+  // (native/cuda/moe.cu, plan_expert_gemms). Reported to JS; the backward reads the layout, not this.
+  const char* expert_gemms = "cpu";
 };
 
 struct MoeGrads {

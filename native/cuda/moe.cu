@@ -1,12 +1,13 @@
 // moe.cu: the GPT-OSS MoE block on the GPU. Router (logits, top-k, softmax), deterministic dropless
-// permutation, the expert MLPs, weighted combine, and the backward's reductions. The expert GEMMs run one of three
-// strategies, chosen by plan_expert_gemms (below, with the reasons): our grouped mma.sync kernels (moe_gemm.cuh,
-// bias + clamped SwiGLU fused into the gate_up epilogue, the SwiGLU backward into the dh epilogue), per-expert
-// cuBLASLt GEMMs on concurrent lanes, or strided-batched cuBLASLt GEMMs over a padded "slab" layout. Everything is
-// enqueued on the device's compute stream; only the cuBLAS strategies wait once per forward, to read the offsets.
+// permutation, the expert MLPs, weighted combine, and the backward's reductions. The expert GEMMs run one of four
+// strategies, chosen by plan_expert_gemms (below, with the reasons): split-K GEMV kernels for a few routed rows
+// (moe_decode.cu; forward only), our grouped mma.sync kernels (moe_gemm.cuh, bias + clamped SwiGLU fused into the
+// gate_up epilogue, the SwiGLU backward into the dh epilogue), per-expert cuBLASLt GEMMs on concurrent lanes, or
+// strided-batched cuBLASLt GEMMs over a padded "slab" layout. Everything is enqueued on the device's compute
+// stream; only the cuBLAS strategies wait once per forward, to read the offsets.
 //
 // Layout of this file: the plan (host code, pure functions of the sizes and routing counts); the kernels; the
-// host helpers; the three forward strategies; the three backward strategies; moe_forward and moe_backward.
+// host helpers; the four forward strategies; the three backward strategies; moe_forward and moe_backward.
 #include <algorithm>
 #include <cstdint>
 #include <functional>
@@ -16,6 +17,7 @@
 #include "common.cuh"
 #include "gemm.h"
 #include "moe.h"
+#include "moe_decode.h"
 #include "moe_gemm.cuh"
 #include "swiglu.h"
 #include "swiglu_math.cuh"
@@ -86,7 +88,13 @@ std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
 // How the expert GEMMs run (forward and backward: the backward follows the forward's choice, see
 // saved_strategy). With N = T·k routed rows and E experts:
 //
-//  kGrouped    N < 128·E (fewer than 128 rows per expert on average: decode and small batches). Our grouped
+//  kDecode     N <= kDecodeMaxRows (decode: 1-16 tokens at top-4). Split-K GEMV kernels (moe_decode.cu): each
+//              routed expert's weights stream once, K split over enough blocks to fill every SM, the splits summed
+//              in a fixed order with the grouped path's epilogue; same saved rows (gu, h, yp) as kGrouped, so the
+//              backward (rarely wanted at these sizes) runs the grouped kernels. At one token the grouped kernels'
+//              16x64 tiles reach only ~35% of HBM (188 us for o_proj + MoE of a gpt-oss-20b layer on an H100,
+//              against ~60 us for the routed weights at HBM speed).
+//  kGrouped    kDecodeMaxRows < N < 128·E (fewer than 128 rows per expert on average: small batches). Our grouped
 //              kernels (moe_gemm.cuh): one launch per product for all experts, bias + SwiGLU fused into the
 //              gate_up epilogue and the SwiGLU backward into the dh epilogue, no host round trip. Reading the
 //              weights is the cost here; per-expert cuBLAS calls would add a launch per expert and a host read of
@@ -114,7 +122,11 @@ std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
 // algorithm, and gemm_raw calls cublasGemmEx where cuBLASLt has no algorithm at all (gemm_cublas.cc); the slab
 // backward column-sums with seg_colsum_kernel when the context carries no gathered rows xp (optional in the
 // binding), and gathers them again for the weight gradient.
-enum class ExpertGemms { kGrouped, kSlabs, kPerExpert };
+enum class ExpertGemms { kDecode, kGrouped, kSlabs, kPerExpert };
+
+// Routed rows at or below which the decode kernels run: 16 tokens at top-4. To be set from bench/moe.ts --decode
+// (the decode path against the grouped kernels at T 1..64, gpt-oss-20b sizes, H100).
+constexpr int64_t kDecodeMaxRows = 64;
 
 constexpr int64_t kCublasRowsPerExpert = 128;
 // The cuBLAS strategies' size condition (N >= 128·E).
@@ -127,10 +139,16 @@ struct ExpertGemmPlan {
 };
 
 // The forward's plan for N routed rows over E experts. read_offsets returns the routing's offsets [E+1] on the
-// host; it is called (and the device waited for) only when the sizes call for cuBLAS.
-ExpertGemmPlan plan_expert_gemms(int64_t N, int64_t E, const std::function<std::vector<int32_t>()>& read_offsets) {
+// host; it is called (and the device waited for) only when the sizes call for cuBLAS. choice: kAuto plans as
+// above; kDecode / kGrouped force that kernel family at any size (tests and benchmarks compare them).
+ExpertGemmPlan plan_expert_gemms(int64_t N, int64_t E, ExpertGemmChoice choice,
+                                 const std::function<std::vector<int32_t>()>& read_offsets) {
   ExpertGemmPlan plan;
-  if (!cublas_sized(N, E)) return plan;
+  if (choice == ExpertGemmChoice::kDecode || (choice == ExpertGemmChoice::kAuto && N <= kDecodeMaxRows)) {
+    plan.strategy = ExpertGemms::kDecode;
+    return plan;
+  }
+  if (choice == ExpertGemmChoice::kGrouped || !cublas_sized(N, E)) return plan;
   plan.offsets = read_offsets();
   std::vector<SlabRange> slabs = plan_slabs(plan.offsets);
   if (slab_rows(slabs) * 2 <= N * 3) {
@@ -143,8 +161,10 @@ ExpertGemmPlan plan_expert_gemms(int64_t N, int64_t E, const std::function<std::
 }
 
 // The backward's strategy for a saved context of Np rows: a padded layout (Np > N) means slabs; otherwise the
-// forward's size condition decides, as it did there. (A slab plan without padding rows, every count a multiple of
-// 64 and equal within its range, saves the plain layout, so its backward runs per expert: the same products.)
+// forward's size condition decides, as it did there. (kDecode saves what kGrouped saves and has no backward of
+// its own: its contexts take the grouped kernels, or per expert where a forced decode forward ran at cuBLAS sizes.
+// A slab plan without padding rows, every count a multiple of 64 and equal within its range, saves the plain
+// layout, so its backward runs per expert: the same products.)
 ExpertGemms saved_strategy(int64_t Np, int64_t N, int64_t E) {
   if (Np != N) return ExpertGemms::kSlabs;
   return cublas_sized(N, E) ? ExpertGemms::kPerExpert : ExpertGemms::kGrouped;
@@ -717,6 +737,12 @@ void slab_wgrad(const Sizes& d, const std::vector<SlabRange>& slabs, const Tenso
 // Each computes the saved expert rows from the routing in s (offsets, perm_tok): gu = x[perm]·W_gu[e] + b,
 // h = swiglu(gu), yp = h·W_down[e] + b.
 
+// The rows as kGrouped saves them (N rows, no xp), from the split-K GEMV kernels; x is gathered in-kernel.
+void forward_decode(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit, MoeSaved& s) {
+  alloc_expert_rows(d, d.N, s);
+  moe_decode::expert_mlp(x, s.perm_tok, s.offsets, w, d.T, d.N, limit, s.gu, s.h, s.yp, d.st);
+}
+
 void forward_grouped(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit, MoeSaved& s) {
   alloc_expert_rows(d, d.N, s);
   const Tensor xp = gathered_rows(x, s.perm_tok, d.st);
@@ -849,7 +875,7 @@ Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, co
 }  // namespace
 
 void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, const Tensor* residual, Tensor& y,
-                 MoeSaved& s) {
+                 MoeSaved& s, ExpertGemmChoice choice) {
   const char* op = "moeForward";
   const int dev = x.device;
   DeviceGuard guard(dev);
@@ -885,11 +911,15 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
                                          s.slot_pos.data<int32_t>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
 
-  const ExpertGemmPlan plan = plan_expert_gemms(N, E, [&] { return host_offsets(s.offsets); });
+  const ExpertGemmPlan plan = plan_expert_gemms(N, E, choice, [&] { return host_offsets(s.offsets); });
   switch (plan.strategy) {
-    case ExpertGemms::kGrouped: forward_grouped(d, x, w, limit, s); break;
-    case ExpertGemms::kSlabs: forward_slabs(d, x, w, limit, plan.slabs, s); break;
-    case ExpertGemms::kPerExpert: forward_per_expert(d, x, w, limit, plan.offsets, s); break;
+    case ExpertGemms::kDecode: forward_decode(d, x, w, limit, s); s.expert_gemms = "decode"; break;
+    case ExpertGemms::kGrouped: forward_grouped(d, x, w, limit, s); s.expert_gemms = "grouped"; break;
+    case ExpertGemms::kSlabs: forward_slabs(d, x, w, limit, plan.slabs, s); s.expert_gemms = "slabs"; break;
+    case ExpertGemms::kPerExpert:
+      forward_per_expert(d, x, w, limit, plan.offsets, s);
+      s.expert_gemms = "per-expert";
+      break;
   }
   combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(),
                                     residual ? B(*residual) : nullptr, (int)H, (int)k, Bm(y));
@@ -961,6 +991,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   g.d_gate_up_b = make_tensor({E, 2 * I}, DType::F32, dev);
   Tensor dxp;
   switch (strategy) {
+    case ExpertGemms::kDecode:  // not a saved strategy (saved_strategy): decode contexts hold the grouped layout
     case ExpertGemms::kGrouped: dxp = backward_grouped(d, w, s, dyp, g); break;
     case ExpertGemms::kSlabs: dxp = backward_slabs(d, w, s, dyp, wbeta, g); break;
     case ExpertGemms::kPerExpert: dxp = backward_per_expert(d, w, s, dyp, wbeta, g); break;

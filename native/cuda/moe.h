@@ -5,8 +5,13 @@
 
 namespace gptoss::cuda {
 
+// Which expert-GEMM kernels the forward runs. kAuto: plan_expert_gemms (moe.cu) decides from the sizes and the
+// routing, as in training and generation. kDecode / kGrouped force the split-K GEMV kernels (moe_decode.cu) or the
+// grouped mma.sync kernels (moe_gemm.cuh) at any size, so tests and benchmarks can compare the two.
+enum class ExpertGemmChoice { kAuto, kDecode, kGrouped };
+
 void moe_forward(const Tensor& x, const MoeWeights& w, int64_t top_k, float limit, const Tensor* residual, Tensor& y,
-                 MoeSaved& saved);
+                 MoeSaved& saved, ExpertGemmChoice choice = ExpertGemmChoice::kAuto);
 void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& saved, MoeGrads& g);
 
 }  // namespace gptoss::cuda

@@ -7,7 +7,7 @@
 //     out_e = h·W_down[e] + b_down[e] [H]
 //   y = Σ_j w_j·out_{e_j} (bf16 [T,H])
 // Expert weights keep the checkpoint layout [E, in, out]; BF16 in, fp32 accumulation; weight gradients fp32.
-import { native, type NativeMoeForward, type NativeTensor } from '../native.ts';
+import { native, type ExpertGemmsRun, type NativeMoeForward, type NativeTensor } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 
 /** The MoE block's parameters, bf16, checkpoint layout. */
@@ -31,6 +31,12 @@ export interface MoeOptions {
   exact?: boolean;
   /** bf16 [T,H]: return y = residual + moe(x) (one pass; equal to add(residual, moe(x))). */
   residual?: Tensor;
+  /**
+   * CUDA only: 'auto' (default) lets the plan pick the expert kernels from the sizes and the routing
+   * (native/cuda/moe.cu, plan_expert_gemms); 'decode' / 'grouped' force the split-K GEMV kernels or the grouped
+   * mma.sync kernels at any size, so tests and benchmarks can compare them. The CPU accepts only 'auto'.
+   */
+  expertGemms?: 'auto' | 'decode' | 'grouped';
 }
 
 export interface MoeGrads {
@@ -70,6 +76,8 @@ export class MoeContext {
   // host (so backward does not wait for the device to read them).
   readonly xp: Tensor | undefined /* bf16 [Np,H] x[permTok], zero rows for padding */;
   readonly offsetsHost: Tensor | undefined /* i32 [E+1] on the cpu */;
+  /** The expert-GEMM strategy the forward ran ('cpu' on the CPU; docs/moe.md). */
+  readonly expertGemms: ExpertGemmsRun;
   /** The weights forward used (the caller's tensors; not disposed with the context). */
   readonly weights: MoeWeights;
   private countsHost: Int32Array | undefined;
@@ -91,6 +99,7 @@ export class MoeContext {
     this.yp = new Tensor(r.yp);
     this.xp = r.xp ? new Tensor(r.xp) : undefined;
     this.offsetsHost = r.offsetsHost ? new Tensor(r.offsetsHost) : undefined;
+    this.expertGemms = r.expertGemms;
   }
 
   /** Tokens routed to each expert (load-balance statistics). Read lazily: the first read waits for the device. */
@@ -136,7 +145,7 @@ export function moeForward(x: Tensor, w: MoeWeights, opts: MoeOptions): MoeForwa
   const exact = opts.exact ?? false;
   const r = native().ops.moeForward(
     x.native, w.routerW.native, w.routerB.native, w.gateUpW.native, w.gateUpB.native, w.downW.native, w.downB.native,
-    opts.topK, limit, exact, opts.residual?.native ?? null,
+    opts.topK, limit, exact, opts.residual?.native ?? null, opts.expertGemms ?? 'auto',
   );
   const ctx = new MoeContext(r, w, opts.topK, limit, exact);
   const y = new Tensor(r.y);

@@ -148,7 +148,11 @@ test('bad inputs name the op and the shapes', () => {
   assert.throws(() => moeForward(x, bad, { topK: 2 }), /moeForward: downW must have shape \[4, 8, 16\], got bf16\[4, 8, 15\] on cpu/);
   const xf = Tensor.from(p.x, [p.T, p.H], { device: 'cpu' });
   assert.throws(() => moeForward(xf, w, { topK: 2 }), /moeForward: x must be bf16, got f32\[2, 16\] on cpu/);
-  const f = moeForward(x, w, { topK: 2 });
+  // The expert-kernel choice is a CUDA option: the CPU has one path and says so rather than ignoring it.
+  assert.throws(() => moeForward(x, w, { topK: 2, expertGemms: 'decode' }), /moeForward: expertGemms 'decode' picks CUDA kernels; the CPU backend has one expert path \(use 'auto'\)/);
+  assert.throws(() => moeForward(x, w, { topK: 2, expertGemms: 'fast' as 'auto' }), /moeForward: expertGemms must be 'auto', 'decode' or 'grouped', got 'fast'/);
+  const f = moeForward(x, w, { topK: 2, expertGemms: 'auto' });
+  assert.equal(f.ctx.expertGemms, 'cpu');
   assert.throws(() => moeBackward(Tensor.zeros([3, 16], { device: 'cpu' }), f.ctx), /moeBackward: dy must have shape \[2, 16\], got f32\[3, 16\]/);
   assert.equal(f.counts.reduce((a, b) => a + b, 0), 4);
   f.ctx.dispose();

@@ -21,22 +21,28 @@ const hasCuda = (() => {
 const skip = hasCuda ? false : 'no CUDA device';
 
 // The expert-GEMM strategies of the CUDA backend. Which one runs is a pure function of the sizes and the routing
-// (plan_expert_gemms in native/cuda/moe.cu: the grouped kernels below 128 rows per expert on average; above, the
-// slab layout when padding every expert to its range's slab adds at most 50% rows, else per-expert GEMMs). Each
-// problem below names the strategy it must reach, so that every strategy stays covered: if the plan changes,
-// these assertions name the problems to re-pick.
-type Strategy = 'grouped' | 'slabs' | 'per-expert';
+// (plan_expert_gemms in native/cuda/moe.cu: the decode kernels at N = T·k <= 64 routed rows, the grouped kernels
+// below 128 rows per expert on average; above, the slab layout when padding every expert to its range's slab adds
+// at most 50% rows, else per-expert GEMMs). Each problem below names the strategy it must reach, so that every
+// strategy stays covered: if the plan changes, these assertions name the problems to re-pick. (The decode kernels
+// against the grouped ones at decode sizes: test/gpu/moe-decode.test.ts.)
+type Strategy = 'decode' | 'grouped' | 'slabs' | 'per-expert';
 
-// What a CUDA forward's context shows of its strategy: the slab layout pads rows (permTok longer than T·k, slab
-// boundaries at multiples of 64), the per-expert strategy keeps the gathered rows xp, the grouped kernels neither.
+// The strategy the forward reports, checked against what its context shows: the slab layout pads rows (permTok
+// longer than T·k, slab boundaries at multiples of 64), the per-expert strategy keeps the gathered rows xp, the
+// grouped and decode kernels neither.
 function strategyOf(ctx: MoeContext, p: MoeProblem): Strategy {
   const N = p.T * p.k, rows = ctx.permTok.shape[0]!;
-  if (rows > N) {
+  const s = ctx.expertGemms;
+  assert.ok(s !== 'cpu', 'a CUDA forward reports its CUDA strategy');
+  if (s === 'slabs') {
     const off = ctx.offsets.toInt32();
-    assert.ok(off[p.E] === rows && off.every((o) => o % 64 === 0), `slab layout: ${rows} saved rows for N ${N}, offsets ${off}`);
-    return 'slabs';
+    assert.ok(rows > N && off[p.E] === rows && off.every((o) => o % 64 === 0), `slab layout: ${rows} saved rows for N ${N}, offsets ${off}`);
+  } else {
+    assert.equal(rows, N, `${s}: no padding rows`);
+    assert.equal(ctx.xp !== undefined, s === 'per-expert', `${s}: xp kept only by the per-expert strategy`);
   }
-  return ctx.xp ? 'per-expert' : 'grouped';
+  return s;
 }
 
 function assertStrategy(name: string, ctx: MoeContext, p: MoeProblem, want: Strategy) {
@@ -104,9 +110,10 @@ test('hot and cold experts, per-expert GEMMs', { skip }, () => {
 });
 
 test('random routing, decode path (few rows per expert)', { skip }, () => {
-  check('T5 H128 E8 I64 k2', makeProblem(5, 128, 8, 64, 2, 3), 'grouped');
-  check('T1 H64 E4 I32 k2', makeProblem(1, 64, 4, 32, 2, 4), 'grouped');
-  check('T16 H192 E32 I96 k4', makeProblem(16, 192, 32, 96, 4, 5), 'grouped');
+  check('T5 H128 E8 I64 k2', makeProblem(5, 128, 8, 64, 2, 3), 'decode');
+  check('T1 H64 E4 I32 k2', makeProblem(1, 64, 4, 32, 2, 4), 'decode');
+  check('T16 H192 E32 I96 k4', makeProblem(16, 192, 32, 96, 4, 5), 'decode');
+  check('T17 H192 E32 I96 k4', makeProblem(17, 192, 32, 96, 4, 5), 'grouped');
 });
 
 test('skewed routing: hot experts, empty experts, all to one, k = E', { skip }, () => {

@@ -1,0 +1,197 @@
+// The MoE decode path (native/cuda/moe_decode.cu: split-K GEMV kernels, chosen by plan_expert_gemms at
+// N = T·k <= 64 routed rows) against the CPU backend and against the grouped mma.sync kernels it replaces there
+// (forced with moeForward's expertGemms option).
+//  - vs the CPU: FlashAttention-style bound, as test/gpu/moe.test.ts: error vs the fp32 truth (CPU exact mode)
+//    <= 2x the error of a plain BF16 implementation (CPU default mode) + a small floor; routing equal.
+//  - vs the grouped kernels: the same routing (ints equal) and the same rounding points, so the saved rows differ
+//    only where the fp32 sums (in another order) round to neighbouring bf16 values: gu within one bf16 ulp per
+//    element, and y, h, yp no further apart than the plain BF16 implementation is from the truth.
+// At gpt-oss-20b sizes (H 2880, I 2880, E 32, top-4) and a small shape, T = 1, 2, 3, 8, 16, random and skewed
+// routing (hot experts, every token on the same experts: an expert with T rows, two row chunks at T 16).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Tensor, cudaDeviceCount, f32ToBf16Bits } from '../../src/tensor.ts';
+import { moeForward, moeBackward, type MoeForwardResult, type MoeWeights } from '../../src/ops/moe.ts';
+import { makeProblem, weightsOf } from '../helpers/moe-reference.ts';
+import { randnBf16, rng } from '../helpers/random.ts';
+import { maxAbs, maxErr } from '../helpers/numeric.ts';
+
+const hasCuda = (() => {
+  try {
+    return cudaDeviceCount() > 0;
+  } catch {
+    return false;
+  }
+})();
+const skip = hasCuda ? false : 'no CUDA device';
+const TOKENS = [1, 2, 3, 8, 16];
+
+const dispose = (...ts: (Tensor | undefined)[]) => ts.forEach((t) => t?.dispose());
+const disposeWeights = (w: MoeWeights) => Object.values(w).forEach((t) => t.dispose());
+function toDevice(w: MoeWeights, device: string): MoeWeights {
+  return {
+    routerW: w.routerW.to(device), routerB: w.routerB.to(device), gateUpW: w.gateUpW.to(device),
+    gateUpB: w.gateUpB.to(device), downW: w.downW.to(device), downB: w.downB.to(device),
+  };
+}
+
+// The FlashAttention-style bound of test/gpu/moe.test.ts.
+function assertBound(name: string, got: Float32Array, truth: Float32Array, plain: Float32Array): string {
+  const eg = maxErr(got, truth), ep = maxErr(plain, truth);
+  const bound = 2 * ep.err + 2 ** -9 * ep.scale + 1e-5;
+  assert.ok(eg.err <= bound, `${name}: gpu err ${eg.err} > bound ${bound} (plain bf16 err ${ep.err}, scale ${ep.scale})`);
+  return `gpu ${eg.err.toExponential(2)} plain ${ep.err.toExponential(2)} scale ${ep.scale.toExponential(2)}`;
+}
+
+// Decode against grouped: equal routing; gu within one bf16 ulp per element (|d - g| <= 2^-7 |g|, plus a floor
+// for sums that cancel to near zero); h, yp and y no further apart than the plain BF16 implementation (CPU) is
+// from the fp32 truth (CPU exact), plus one bf16 ulp of the scale: a gu that rounds the other way moves h and yp
+// the way rounding gu at all does. plain, truth: the CPU forwards of the same problem (same row order).
+function assertMatchesGrouped(name: string, d: MoeForwardResult, g: MoeForwardResult, plain: MoeForwardResult, truth: MoeForwardResult): string {
+  assert.equal(d.ctx.expertGemms, 'decode', `${name}: forced decode`);
+  assert.equal(g.ctx.expertGemms, 'grouped', `${name}: forced grouped`);
+  for (const key of ['topkIdx', 'offsets', 'permTok', 'slotPos'] as const) {
+    assert.deepEqual([...d.ctx[key].toInt32()], [...g.ctx[key].toInt32()], `${name}: ${key}`);
+  }
+  assert.deepEqual([...d.ctx.topkW.toFloat32()], [...g.ctx.topkW.toFloat32()], `${name}: topkW`);
+  const dg = d.ctx.gu.toFloat32(), gg = g.ctx.gu.toFloat32();
+  const guScale = maxAbs(gg);
+  let flips = 0;
+  for (let i = 0; i < gg.length; i++) {
+    const diff = Math.abs(dg[i]! - gg[i]!);
+    assert.ok(diff <= 2 ** -7 * Math.abs(gg[i]!) + 2 ** -16 * guScale, `${name}: gu[${i}] decode ${dg[i]} grouped ${gg[i]}`);
+    if (diff > 0) flips++;
+  }
+  const rows = [`gu flips ${flips}/${gg.length}`];
+  const pairs = [
+    ['h', d.ctx.h, g.ctx.h, plain.ctx.h, truth.ctx.h],
+    ['yp', d.ctx.yp, g.ctx.yp, plain.ctx.yp, truth.ctx.yp],
+    ['y', d.y, g.y, plain.y, truth.y],
+  ] as const;
+  for (const [key, a, b, p, t] of pairs) {
+    const e = maxErr(a.toFloat32(), b.toFloat32()), ep = maxErr(p.toFloat32(), t.toFloat32());
+    const bound = ep.err + 2 ** -8 * ep.scale;
+    assert.ok(e.err <= bound, `${name}: ${key} decode vs grouped ${e.err} > ${bound} (plain bf16 err ${ep.err}, scale ${ep.scale})`);
+    rows.push(`${key} decode-grouped ${e.err.toExponential(2)} (plain ${ep.err.toExponential(2)})`);
+  }
+  return rows.join(', ');
+}
+
+// One problem at every T: y of auto (which must pick decode), forced decode and forced grouped; the CPU truth
+// (exact) and plain BF16 runs. wCpu and w: the same weights on the CPU and on cuda:0; x from `xSeed`.
+function compareAt(label: string, wCpu: MoeWeights, w: MoeWeights, H: number, k: number, T: number, xSeed: number, backward: boolean) {
+  const name = `${label} T${T}`;
+  const x = Tensor.from(randnBf16(T * H, 1, rng(xSeed + T)), [T, H], { dtype: 'bf16', device: 'cpu' });
+  const truth = moeForward(x, wCpu, { topK: k, exact: true });
+  const plain = moeForward(x, wCpu, { topK: k });
+  const xg = x.to('cuda:0');
+  const auto = moeForward(xg, w, { topK: k });
+  assert.equal(auto.ctx.expertGemms, 'decode', `${name}: the plan picks the decode kernels at N = ${T * k}`);
+  const dec = moeForward(xg, w, { topK: k, expertGemms: 'decode' });
+  const grp = moeForward(xg, w, { topK: k, expertGemms: 'grouped' });
+  assert.deepEqual([...auto.ctx.topkIdx.toInt32()], [...plain.ctx.topkIdx.toInt32()], `${name}: routing`);
+  assert.deepEqual([...auto.y.toFloat32()], [...dec.y.toFloat32()], `${name}: auto and forced decode`);
+  const yTruth = truth.y.toFloat32(), yPlain = plain.y.toFloat32();
+  const rows = [`y ${assertBound(`${name} y`, dec.y.toFloat32(), yTruth, yPlain)}`];
+  rows.push(assertMatchesGrouped(name, dec, grp, plain, truth));
+  if (backward) {
+    // A decode context feeds the backward (the grouped kernels) like any other.
+    const dyVals = randnBf16(T * H, 1, rng(4321 + T));
+    const dyC = Tensor.from(dyVals, [T, H], { device: 'cpu' }), dyG = Tensor.from(dyVals, [T, H], { device: 'cuda:0' });
+    const gt = moeBackward(dyC, truth.ctx), gp = moeBackward(dyC, plain.ctx), gd = moeBackward(dyG, dec.ctx);
+    for (const key of ['dx', 'dRouterW', 'dRouterB', 'dGateUpW', 'dGateUpB', 'dDownW', 'dDownB'] as const) {
+      rows.push(`${key} ${assertBound(`${name} ${key}`, gd[key].toFloat32(), gt[key].toFloat32(), gp[key].toFloat32())}`);
+    }
+    for (const g of [gt, gp, gd]) Object.values(g).forEach((t) => t.dispose());
+    dispose(dyC, dyG);
+  }
+  console.log(`${name}: ${rows.join('; ')}`);
+  for (const f of [truth, plain, auto, dec, grp]) {
+    f.ctx.dispose();
+    f.y.dispose();
+  }
+  dispose(x, xg);
+}
+
+// compareAt at every T of TOKENS on the CPU weights wCpu (disposed after).
+function compareAll(label: string, wCpu: MoeWeights, H: number, xSeed: number, backward: boolean) {
+  const w = toDevice(wCpu, 'cuda:0');
+  for (const T of TOKENS) compareAt(label, wCpu, w, H, 4, T, xSeed, backward);
+  disposeWeights(w);
+  disposeWeights(wCpu);
+}
+
+// The small shape: H 256, E 8, I 192, top-4 (partial column tiles: 2I = 384 and H = 256 columns are not
+// multiples of the 1024-column tiles; K 256 and 192 split in a few blocks).
+function smallWeights(seed: number, hot: number[]): MoeWeights {
+  const p = makeProblem(1, 256, 8, 192, 4, seed);
+  for (const e of hot) p.routerB[e] = 6;
+  return weightsOf(p, 'cpu');
+}
+
+test('decode path, small shape, random routing: CPU bound and equal to the grouped kernels (forward and backward)', { skip }, () => {
+  compareAll('small random', smallWeights(21, []), 256, 100, true);
+});
+
+test('decode path, small shape, skewed routing: every token on experts 1, 2, 5, 6 (T rows each, 2 chunks at T 16)', { skip }, () => {
+  compareAll('small skewed', smallWeights(22, [1, 2, 5, 6]), 256, 200, true);
+});
+
+test('decode kernels forced past the plan (T 40, 5 row chunks) and the plan above 64 rows (grouped)', { skip }, () => {
+  const p = makeProblem(40, 128, 4, 96, 2, 23);
+  p.routerB[3] = 6; // every token on expert 3: 40 rows
+  const wCpu = weightsOf(p, 'cpu');
+  const x = Tensor.from(p.x, [p.T, p.H], { dtype: 'bf16', device: 'cpu' });
+  const truth = moeForward(x, wCpu, { topK: 2, exact: true }), plain = moeForward(x, wCpu, { topK: 2 });
+  const w = toDevice(wCpu, 'cuda:0');
+  const xg = x.to('cuda:0');
+  const dec = moeForward(xg, w, { topK: 2, expertGemms: 'decode' }), grp = moeForward(xg, w, { topK: 2, expertGemms: 'grouped' });
+  const auto = moeForward(xg, w, { topK: 2 });
+  assert.equal(auto.ctx.expertGemms, 'grouped', 'N 80 > 64 rows: the grouped kernels');
+  const yTruth = truth.y.toFloat32(), yPlain = plain.y.toFloat32();
+  console.log(`forced decode T40: y ${assertBound('forced decode T40 y', dec.y.toFloat32(), yTruth, yPlain)}; ${assertMatchesGrouped('forced decode T40', dec, grp, plain, truth)}`);
+  for (const f of [truth, plain, dec, grp, auto]) {
+    f.ctx.dispose();
+    f.y.dispose();
+  }
+  dispose(x, xg);
+  disposeWeights(w);
+  disposeWeights(wCpu);
+});
+
+// gpt-oss-20b sizes. Each expert's weights are a different window of one random buffer (full-size random
+// weights would take minutes to draw in JS); values bf16, std 1/sqrt(fan-in) (gate_up 3/sqrt(H), so that some
+// gate/up values reach the ±7 clamp, as makeProblem does).
+function bigWeights(E: number, H: number, I: number, hot: number[]): MoeWeights {
+  const r = rng(31);
+  const expertTensor = (rest: number[], std: number): Tensor => {
+    const per = rest.reduce((a, b) => a * b, 1);
+    const bits = f32ToBf16Bits(randnBf16(per + 4099 * 8, std, r));
+    const t = Tensor.empty([E, ...rest], { dtype: 'bf16', device: 'cpu' });
+    for (let e = 0; e < E; e++) {
+      const off = ((e * 1013) % 4099) * 8;
+      const s = t.slice(e, e + 1);
+      s.copyFrom(bits.subarray(off, off + per));
+      s.dispose();
+    }
+    return t;
+  };
+  const routerB = randnBf16(E, 0.5, r);
+  for (const e of hot) routerB[e] = 8;
+  return {
+    routerW: expertTensor([H], 1 / Math.sqrt(H)),
+    routerB: Tensor.from(routerB, [E], { dtype: 'bf16', device: 'cpu' }),
+    gateUpW: expertTensor([H, 2 * I], 3 / Math.sqrt(H)),
+    gateUpB: expertTensor([2 * I], 0.5),
+    downW: expertTensor([I, H], 1 / Math.sqrt(I)),
+    downB: expertTensor([H], 0.5),
+  };
+}
+
+test('decode path at gpt-oss-20b sizes (H 2880, I 2880, E 32, top-4), random routing', { skip }, () => {
+  compareAll('20b random', bigWeights(32, 2880, 2880, []), 2880, 300, false);
+});
+
+test('decode path at gpt-oss-20b sizes, skewed routing: experts 3, 7, 20 hot (T rows each)', { skip }, () => {
+  compareAll('20b skewed', bigWeights(32, 2880, 2880, [3, 7, 20]), 2880, 400, false);
+});
