@@ -137,6 +137,8 @@ interface GrpoResult {
     prefilling: number;
     siblings: number;
     staticControl: { sequences: number; tokens: number; meanAbs: number; early: number; late: number } | null;
+    /** The trainer's tokenLogprobs of the same sequences packed vs one by one: the model's bf16 noise floor. */
+    trainerPackedVsAlone: number;
   };
 }
 
@@ -225,6 +227,23 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
   const max = g.max;
   const count = g.count;
   console.error(`log-prob gap: engine mean ${(sum / count).toExponential(3)} (first 128 output tokens ${mean(g.early).toExponential(3)}, later ${mean(g.late).toExponential(3)}; prefilling samples ${mean(g.first).toExponential(3)}, siblings ${mean(g.siblings).toExponential(3)})`);
+  // The trainer against itself: the same 8 sequences' tokenLogprobs packed together and one by one (other kernel
+  // tilings and reduction orders of the same bf16 math): the noise floor any two implementations share on this model.
+  const selfIdx = gapIdx.slice(0, Math.min(8, n));
+  const selfSeqs = selfIdx.map((j) => [...reqs[j]!.prompt, ...e.value[j]!.samples[0]!.tokens]);
+  const packed = model.tokenLogprobs(selfSeqs);
+  let selfSum = 0;
+  let selfCount = 0;
+  selfSeqs.forEach((sq, t) => {
+    const alone = model.tokenLogprobs([sq])[0]!;
+    const P = reqs[selfIdx[t]!]!.prompt.length;
+    for (let k = P - 1; k < alone.length; k++) {
+      selfSum += Math.abs(alone[k]! - packed[t]![k]!);
+      selfCount++;
+    }
+  });
+  const trainerSelf = selfCount ? selfSum / selfCount : NaN;
+  console.error(`log-prob gap: trainer packed-vs-alone mean ${trainerSelf.toExponential(3)} over ${selfIdx.length} sequences (the model's bf16 noise floor)`);
   let staticGap: { sequences: number; tokens: number; meanAbs: number; early: number; late: number } | null = null;
   if (runStatic && n > 0) {
     // The control on the first 8 requests' own static outputs (each request to its drawn length).
@@ -248,7 +267,7 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
       steps: after.steps - before.steps,
     },
     static: staticSide,
-    logprobGap: { sequences: n, tokens: count, meanAbs: count ? sum / count : 0, maxAbs: max, early: mean(g.early), late: mean(g.late), prefilling: mean(g.first), siblings: mean(g.siblings), staticControl: staticGap },
+    logprobGap: { sequences: n, tokens: count, meanAbs: count ? sum / count : 0, maxAbs: max, early: mean(g.early), late: mean(g.late), prefilling: mean(g.first), siblings: mean(g.siblings), staticControl: staticGap, trainerPackedVsAlone: trainerSelf },
   };
 }
 

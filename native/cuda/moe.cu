@@ -88,7 +88,7 @@ std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
 // How the expert GEMMs run (forward and backward: the backward follows the forward's choice, see
 // saved_strategy). With N = T·k routed rows and E experts:
 //
-//  kDecode     N <= kDecodeMaxRows (decode: 1-16 tokens at top-4). Split-K GEMV kernels (moe_decode.cu): each
+//  kDecode     N <= kDecodeMaxRows (decode: 1-4 tokens at top-4). Split-K GEMV kernels (moe_decode.cu): each
 //              routed expert's weights stream once, K split over enough blocks to fill every SM, the splits summed
 //              in a fixed order with the grouped path's epilogue; same saved rows (gu, h, yp) as kGrouped, so the
 //              backward (rarely wanted at these sizes) runs the grouped kernels. At one token the grouped kernels'
@@ -124,9 +124,11 @@ std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
 // binding), and gathers them again for the weight gradient.
 enum class ExpertGemms { kDecode, kGrouped, kSlabs, kPerExpert };
 
-// Routed rows at or below which the decode kernels run: 16 tokens at top-4. To be set from bench/moe.ts --decode
-// (the decode path against the grouped kernels at T 1..64, gpt-oss-20b sizes, H100).
-constexpr int64_t kDecodeMaxRows = 64;
+// Routed rows at or below which the decode kernels run: 4 tokens at top-4. Measured with bench/moe.ts --decode
+// (gpt-oss-20b sizes, H100, bench/results/moe-decode-h100.json), decode against grouped ms: T 1 0.103 / 0.151
+// (1.47x), T 2 0.150 / 0.168, T 4 0.243 / 0.250; from T 8 the grouped kernels are as fast or faster (0.366 / 0.353,
+// T 16 0.506 / 0.491, T 64 0.864 / 0.600), since an expert then sees several rows and the 16x64 tiles stream.
+constexpr int64_t kDecodeMaxRows = 16;
 
 constexpr int64_t kCublasRowsPerExpert = 128;
 // The cuBLAS strategies' size condition (N >= 128·E).
