@@ -22,7 +22,7 @@
 // the whole mini-batch); then the sum over ranks of the gradients equals the single-process gradient.
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Tensor, synchronize } from '../tensor.ts';
+import { StreamEvent, Tensor, synchronize } from '../tensor.ts';
 import type { Collectives } from '../distributed/collectives.ts';
 import {
   Checkpoint,
@@ -242,9 +242,11 @@ export interface ShardedModelOptions {
   /** Bitwise-reproducible attention backward (see ModelOptions.deterministic). */
   deterministic?: boolean;
   /**
-   * Keep the fp32 masters and AdamW moments in host memory and run AdamW there (trainer.policy.fsdp_config.
-   * cpu_offload): each step copies the gradient shard to the host and the updated bf16 shard back. On a CPU device
-   * it changes nothing. Default false.
+   * Keep the fp32 masters and AdamW moments in pinned host memory and run AdamW there (trainer.policy.fsdp_config.
+   * cpu_offload): each step copies the gradient shards to the host and the updated bf16 shards back, asynchronously
+   * through two pinned staging slots so the copies overlap the host's AdamW (optimizerStep). The same AdamW
+   * arithmetic as on the device (native/cpu/optim.h), so the weights are bitwise those of the default. On a CPU
+   * device it changes nothing. Default false.
    */
   cpuOffload?: boolean;
   /**
@@ -609,6 +611,35 @@ interface OptShard {
   v: Tensor;
 }
 
+/**
+ * One of the offload path's two staging slots (pinned host memory sized to the largest unit's shard): the gradient
+ * shard copied down (f32) and the updated bf16 shard going up, with the events that say when each copy is done.
+ */
+interface StagingSlot {
+  g: Tensor;
+  b: Tensor;
+  gReady: StreamEvent;
+  bDone: StreamEvent;
+  /** bDone has been recorded (an upload from this slot may still be reading b). */
+  uploading: boolean;
+}
+
+function makeStaging(units: readonly ShardUnit[], device: string): StagingSlot[] {
+  const n = Math.max(...units.map((u) => u.shard));
+  return [0, 1].map(() => ({
+    g: Tensor.empty([n], { dtype: 'f32', device: 'cpu', pinned: true }),
+    b: Tensor.empty([n], { dtype: 'bf16', device: 'cpu', pinned: true }),
+    gReady: new StreamEvent(device),
+    bDone: new StreamEvent(device),
+    uploading: false,
+  }));
+}
+
+/** A copy of t in pinned host memory (the offloaded masters and moments). */
+function pinnedCopy(t: Tensor): Tensor {
+  return Tensor.empty(t.shape, { dtype: t.dtype, device: 'cpu', pinned: true }).copyFrom(t);
+}
+
 /** The manifest a sharded save writes (fsdp.json), read back by load(). */
 export interface ShardedManifest {
   format: 'gptoss-fsdp';
@@ -628,6 +659,8 @@ export class ShardedPolicy implements Policy {
   /** Per unit: the fp32 gradient shard, or null after zeroGrad() until a backward writes it. */
   private grads: (Tensor | null)[] | null = null;
   private opt: OptShard[] | null = null;
+  /** The offload path's staging slots (cpuOffload on a GPU; made at the first optimizer step). */
+  private staging: StagingSlot[] | null = null;
   /** Optimizer steps taken (saved). */
   optimizerSteps = 0;
   /** Where the masters and moments live: 'cpu' with cpuOffload, else the compute device. */
@@ -814,44 +847,73 @@ export class ShardedPolicy implements Policy {
 
   /**
    * AdamW on this rank's shards (no communication): masters, moments and the bf16 compute shards are updated.
-   * With cpuOffload on a GPU, per unit: gradient shard to the host, AdamW there, the bf16 shard back.
+   * With cpuOffload on a GPU (masters and moments in pinned host memory), a pipeline over the units through two
+   * pinned staging slots: unit u+1's gradient shard is copied to the host (asynchronously, on the compute stream)
+   * while the host runs AdamW on unit u, whose updated bf16 shard then goes back asynchronously. The host waits
+   * only for the copy it needs next; the next forward is ordered after the uploads by the stream.
    */
   optimizerStep(h: OptimizerHyper, step: number): void {
     if (!this.grads) throw new Error('optimizerStep: no gradients (run forward + backward first)');
     const dev = this.device;
     const od = this.optDevice;
+    const offload = od !== dev;
     if (!this.opt) {
       this.opt = this.model.bf16.map((b) => {
         const m32 = cast(b, 'f32');
-        const master = od === dev ? m32 : m32.to(od);
+        const master = offload ? pinnedCopy(m32) : m32;
         if (master !== m32) m32.dispose();
-        return { master, m: Tensor.zeros(b.shape, { dtype: 'f32', device: od }), v: Tensor.zeros(b.shape, { dtype: 'f32', device: od }) };
+        return { master, m: Tensor.zeros(b.shape, { dtype: 'f32', device: od, pinned: offload }), v: Tensor.zeros(b.shape, { dtype: 'f32', device: od, pinned: offload }) };
       });
     }
-    this.model.units.forEach((_, u) => {
-      const s = this.opt![u]!;
-      let g = this.grads![u];
-      if (!g) this.grads![u] = g = Tensor.zeros(s.master.shape, { dtype: 'f32', device: dev });
-      const bf16 = this.model.bf16[u]!;
-      if (od === dev) {
-        adamwStep({ master: s.master, grad: g, m: s.m, v: s.v, bf16 }, { ...h, step });
-        return;
-      }
-      const gh = g.to(od);
-      const bh = Tensor.empty(bf16.shape, { dtype: 'bf16', device: od });
+    const units = this.model.units;
+    const grads = this.grads;
+    const gradOf = (u: number): Tensor => (grads[u] ??= Tensor.zeros(this.opt![u]!.master.shape, { dtype: 'f32', device: dev }));
+    if (!offload) {
+      units.forEach((_, u) => {
+        const s = this.opt![u]!;
+        adamwStep({ master: s.master, grad: gradOf(u), m: s.m, v: s.v, bf16: this.model.bf16[u]! }, { ...h, step });
+      });
+      this.optimizerSteps = step;
+      return;
+    }
+    const slots = (this.staging ??= makeStaging(units, dev));
+    const download = (u: number): void => {
+      const slot = slots[u % 2]!;
+      const dst = slot.g.slice(0, units[u]!.shard);
+      dst.copyFromAsync(gradOf(u));
+      dst.dispose();
+      slot.gReady.record();
+    };
+    download(0);
+    for (let u = 0; u < units.length; u++) {
+      if (u + 1 < units.length) download(u + 1);
+      const slot = slots[u % 2]!;
+      const s = this.opt[u]!;
+      const n = units[u]!.shard;
+      const gh = slot.g.slice(0, n);
+      const bh = slot.b.slice(0, n);
       try {
+        slot.gReady.synchronize(); // unit u's gradient shard is on the host
+        if (slot.uploading) slot.bDone.synchronize(); // unit u-2's upload from this slot has read it
         adamwStep({ master: s.master, grad: gh, m: s.m, v: s.v, bf16: bh }, { ...h, step });
-        bf16.copyFrom(bh);
+        this.model.bf16[u]!.copyFromAsync(bh);
+        slot.bDone.record();
+        slot.uploading = true;
       } finally {
         disposeAll(gh, bh);
       }
-    });
+    }
     this.optimizerSteps = step;
   }
 
   resetOptimizer(): void {
     if (this.opt) for (const s of this.opt) disposeAll(s.master, s.m, s.v);
     this.opt = null;
+    if (this.staging) {
+      synchronize(this.device); // no copy may still be reading or writing a slot
+      for (const s of this.staging) disposeAll(s.g, s.b);
+    }
+    this.staging = null;
     this.optimizerSteps = 0;
   }
 
@@ -937,8 +999,15 @@ export class ShardedPolicy implements Policy {
       });
       this.resetOptimizer();
       if (m.hasOptimizer) {
+        const offload = this.optDevice !== this.device;
         this.opt = units.map((unit) => {
-          const ld = (k: string): Tensor => ck.load(`${k}.${unit.key}`, { device: this.optDevice, dtype: 'f32', shape: [unit.shard] });
+          const ld = (k: string): Tensor => {
+            const t = ck.load(`${k}.${unit.key}`, { device: this.optDevice, dtype: 'f32', shape: [unit.shard] });
+            if (!offload) return t;
+            const p = pinnedCopy(t);
+            t.dispose();
+            return p;
+          };
           return { master: ld('master'), m: ld('m'), v: ld('v') };
         });
       }
