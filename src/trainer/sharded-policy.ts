@@ -22,7 +22,7 @@
 // the whole mini-batch); then the sum over ranks of the gradients equals the single-process gradient.
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { StreamEvent, Tensor, synchronize } from '../tensor.ts';
+import { StreamEvent, Tensor, synchronize, type StreamName } from '../tensor.ts';
 import type { Collectives } from '../distributed/collectives.ts';
 import {
   Checkpoint,
@@ -259,7 +259,37 @@ export interface ShardedModelOptions {
    * after it and runs without prefetch, so the split is exact but the step is slower than without. Default false.
    */
   timing?: boolean;
+  /**
+   * Overlap communication with compute (default true): the next unit's all-gather is issued one unit ahead on the
+   * device's comm stream (it runs while the current unit computes) and each reduce-scatter runs there while the
+   * next unit's backward computes; StreamEvents order them against the compute stream. false: no look-ahead,
+   * every collective on the compute stream in program order. The results are bitwise the same either way.
+   */
+  prefetch?: boolean;
+  /**
+   * One rank: gather and reduce-scatter through the collectives anyway (each a copy) instead of using the shard in
+   * place, so the overlap machinery runs, and can be tested and measured, on one GPU. Default false.
+   */
+  collectivesAtOne?: boolean;
+  /**
+   * Measure the exposed (not overlapped) communication time, stats().exposedGatherMs / exposedReduceScatterMs:
+   * on a GPU, timing events on the compute stream around each wait for a comm-stream collective (how long compute
+   * stalled); on the CPU, where compute and collectives cannot overlap, the wall time of each await. Default false.
+   */
+  exposedTiming?: boolean;
 }
+
+/** Milliseconds of communication (ShardedPolicy.stats()). */
+export interface ShardedStats {
+  /** Timing mode: the gathers' and reduce-scatters' own time (device drained around each). */
+  gatherMs: number;
+  reduceScatterMs: number;
+  /** exposedTiming: how long compute waited for them (with prefetch, what the overlap did not hide). */
+  exposedGatherMs: number;
+  exposedReduceScatterMs: number;
+}
+
+type ModelOpts = Required<Pick<ShardedModelOptions, 'recompute' | 'deterministic' | 'timing' | 'prefetch' | 'collectivesAtOne' | 'exposedTiming'>> & { lmHeadChunk?: number };
 
 /** What a sharded forward keeps for backward: the single-process model's state, freed by disposeState. */
 type ShardedState = Omit<ForwardState, 'dispose'>;
@@ -278,10 +308,16 @@ function disposeState(s: ShardedState): void {
 class ShardedModel {
   readonly units: ShardUnit[];
   readonly layers: DecoderLayer[];
-  /** Milliseconds spent in the all-gathers and reduce-scatters (measured in timing mode only). */
-  readonly stats = { gatherMs: 0, reduceScatterMs: 0 };
+  /** Milliseconds of communication (timing / exposedTiming modes; see ShardedStats). */
+  readonly stats: ShardedStats = { gatherMs: 0, reduceScatterMs: 0, exposedGatherMs: 0, exposedReduceScatterMs: 0 };
+  /** exposedTiming on a GPU: event pairs around compute's waits, read (synchronizing) by resolveStats(). */
+  private exposedEvents: { from: StreamEvent; to: StreamEvent; key: 'exposedGatherMs' | 'exposedReduceScatterMs' }[] = [];
   private readonly host: ShardHost;
   private readonly rope: RopeTables;
+  /** One rank using its shard in place (no collectives; see collectivesAtOne). */
+  readonly direct: boolean;
+  /** Collectives on the comm stream, gathers one unit ahead (prefetch and not timing). */
+  readonly overlap: boolean;
 
   constructor(
     readonly config: GptOssConfig,
@@ -289,8 +325,10 @@ class ShardedModel {
     readonly device: string,
     /** Per unit: this rank's bf16 compute shard [shard]. */
     readonly bf16: Tensor[],
-    readonly opts: Required<Pick<ShardedModelOptions, 'recompute' | 'deterministic' | 'timing'>> & { lmHeadChunk?: number },
+    readonly opts: ModelOpts,
   ) {
+    this.direct = comm.worldSize === 1 && !opts.collectivesAtOne;
+    this.overlap = opts.prefetch && !opts.timing;
     this.units = shardLayout(config, comm.worldSize);
     this.rope = ropeTables(config, device);
     this.host = new ShardHost(config, device, this.rope, opts.deterministic);
@@ -302,9 +340,10 @@ class ShardedModel {
   }
 
   /**
-   * Issues the all-gather of unit u's bf16 weights and resolves to them. Called one unit ahead of use (prefetch),
-   * so on a backend that runs collectives beside compute the gather overlaps the current unit's compute.
-   * NCCL today enqueues on the compute stream, so there it is ordered after the current compute (see docs).
+   * Issues the all-gather of unit u's bf16 weights and resolves to them. Called one unit ahead of use (prefetch):
+   * the gather goes to the comm stream after an event that covers the compute queued so far (the units before
+   * the current one, which may still read the buffer `full` reuses), so it runs while the current unit computes;
+   * when the caller next yields, the compute stream is made to wait for it (after the current unit's work).
    */
   async gather(u: number): Promise<Gathered> {
     const unit = this.units[u]!;
@@ -313,19 +352,56 @@ class ShardedModel {
     const staged = shard.device === this.device ? null : shard.to(this.device);
     const src = staged ?? shard;
     // One rank: the shard is the whole unit; use it in place (no copy).
-    if (this.comm.worldSize === 1) return this.viewsOf(unit, src.view([unit.padded]), staged);
+    if (this.direct) return this.viewsOf(unit, src.view([unit.padded]), staged);
     const full = Tensor.empty([unit.padded], { dtype: 'bf16', device: this.device });
     try {
       const t0 = this.timeStart();
-      const p = this.comm.allGather(full, src);
-      await (t0 === null ? p : this.timeEnd(p, t0, 'gatherMs'));
+      const stream = this.toComm();
+      const p = this.comm.allGather(full, src, { stream });
+      const done = stream === 'comm' ? new StreamEvent(this.device).record('comm') : null;
+      await (t0 === null ? this.settle(p, done, 'exposedGatherMs') : this.timeEnd(p, t0, 'gatherMs'));
     } catch (e) {
       full.dispose();
       throw e;
     } finally {
+      // Freed only once compute has waited for the gather that read it (settle), so its block is not reused early.
       staged?.dispose();
     }
     return this.viewsOf(unit, full, null);
+  }
+
+  /**
+   * With overlap: the comm stream waits for the compute queued so far (the collective's input, and every earlier
+   * reader of the blocks its buffers reuse), and the collective goes there. Otherwise the compute stream.
+   */
+  private toComm(): StreamName {
+    if (!this.overlap) return 'compute';
+    new StreamEvent(this.device).record('compute').wait('comm');
+    return 'comm';
+  }
+
+  /**
+   * Waits for a collective's promise, then (comm stream) makes compute wait for its `done` event. exposedTiming:
+   * the wall time of the await on the CPU; on a GPU a timing-event pair around compute's wait.
+   */
+  private async settle(p: Promise<void>, done: StreamEvent | null, key: 'exposedGatherMs' | 'exposedReduceScatterMs'): Promise<void> {
+    const measure = this.opts.exposedTiming;
+    const cpu = this.device === 'cpu';
+    const t0 = measure && cpu ? performance.now() : 0;
+    await p;
+    if (measure && cpu) this.stats[key] += performance.now() - t0;
+    if (!done) return;
+    if (measure && !cpu) {
+      const from = new StreamEvent(this.device, true).record();
+      done.wait();
+      this.exposedEvents.push({ from, to: new StreamEvent(this.device, true).record(), key });
+    } else done.wait();
+  }
+
+  /** Adds the exposed times measured on the GPU so far into stats (waits for their events). */
+  resolveStats(): void {
+    for (const { from, to, key } of this.exposedEvents) this.stats[key] += from.elapsedMs(to);
+    this.exposedEvents = [];
   }
 
   private viewsOf(unit: ShardUnit, full: Tensor, staged: Tensor | null): Gathered {
@@ -378,7 +454,7 @@ class ShardedModel {
     const saved: (LayerSaved | null)[] = [];
     const inputs: (Tensor | null)[] = [];
     let x: Tensor | null = null;
-    const ahead = !this.opts.timing;
+    const ahead = this.overlap;
     let next: Promise<Gathered> | null = ahead ? this.gather(0) : null;
     try {
       for (let u = 0; u <= L + 1; u++) {
@@ -427,7 +503,8 @@ class ShardedModel {
    * Backward from dLoss/dLogprob per token (f32 [T]; state null on a rank without sequences). Units in reverse:
    * each is gathered again (the head and the layers; the embedding's backward does not read its weights), its
    * parameter gradients computed into a zeroed full fp32 buffer and reduce-scattered (sum) into `onShard(u, g)`.
-   * The reduce-scatter of unit u is in flight while unit u-1 computes; all are awaited before returning.
+   * With overlap the reduce-scatter of unit u runs on the comm stream while unit u-1 computes (and the gather of
+   * unit u-2 is issued one unit ahead); all are finished before returning.
    */
   async backward(
     state: ShardedState | null,
@@ -438,8 +515,16 @@ class ShardedModel {
   ): Promise<void> {
     const c = this.config;
     const L = c.numLayers;
-    const pending: Promise<void>[] = [];
-    const single = this.comm.worldSize === 1;
+    const single = this.direct;
+    // With overlap, a reduce-scatter is finished (compute made to wait for it, its input freed, its output handed
+    // to onShard) one unit later, once the next unit's backward is queued: on the comm stream it runs beside that
+    // backward. Only then may its input's block be reused, so the input is freed there.
+    let unfinished: (() => Promise<void>) | null = null;
+    const finishPrevious = async (): Promise<void> => {
+      const f = unfinished;
+      unfinished = null;
+      if (f) await f();
+    };
     const reduce = async (u: number, flat: Tensor, inPlace: boolean): Promise<void> => {
       // One rank: the full gradient is the shard (nothing to reduce); accumulated in place or handed over.
       if (single) {
@@ -448,22 +533,31 @@ class ShardedModel {
       }
       const out = Tensor.empty([this.units[u]!.shard], { dtype: 'f32', device: this.device });
       const t0 = this.timeStart();
-      const p = this.comm.reduceScatter(out, flat, 'sum');
-      pending.push(
-        p.then(
-          () => {
-            flat.dispose();
-            onShard(u, out);
-          },
-          (e: unknown) => {
-            flat.dispose();
-            out.dispose();
-            throw e;
-          },
-        ),
-      );
-      // Timing mode: wait for this reduce-scatter here, so its time is its own (no overlap with the next unit).
-      if (t0 !== null) await this.timeEnd(p, t0, 'reduceScatterMs');
+      let p: Promise<void>;
+      let done: StreamEvent | null = null;
+      try {
+        const stream = this.toComm();
+        p = this.comm.reduceScatter(out, flat, 'sum', { stream });
+        if (stream === 'comm') done = new StreamEvent(this.device).record('comm');
+      } catch (e) {
+        disposeAll(flat, out);
+        throw e;
+      }
+      const finish = async (): Promise<void> => {
+        try {
+          // Timing mode: waited for here, so its time is its own (no overlap with the next unit).
+          await (t0 === null ? this.settle(p, done, 'exposedReduceScatterMs') : this.timeEnd(p, t0, 'reduceScatterMs'));
+        } catch (e) {
+          disposeAll(flat, out);
+          throw e;
+        }
+        flat.dispose();
+        onShard(u, out);
+      };
+      if (!this.overlap) return finish();
+      const previous = unfinished;
+      unfinished = finish;
+      if (previous) await previous();
     };
     const zerosFor = (u: number): { flat: Tensor; inPlace: boolean; orig: Map<string, Tensor>; grads: Map<string, Tensor> } => {
       const acc = single ? accumulated(u) : null;
@@ -483,7 +577,7 @@ class ShardedModel {
       }
       for (const v of orig.values()) if (!v.disposed) v.dispose();
     };
-    const ahead = !this.opts.timing;
+    const ahead = this.overlap;
     let next: Promise<Gathered> | null = ahead ? this.gather(L + 1) : null;
     let dx: Tensor | null = null;
     try {
@@ -543,10 +637,8 @@ class ShardedModel {
     } finally {
       disposeAll(dx);
       if (state) disposeState(state);
-      // Every reduce-scatter was issued; wait for all of them (the first failure is rethrown).
-      const results = await Promise.allSettled(pending);
-      const bad = results.find((r) => r.status === 'rejected');
-      if (bad) throw (bad as PromiseRejectedResult).reason;
+      // The last reduce-scatter issued (a failure is rethrown).
+      await finishPrevious();
     }
   }
 
@@ -726,6 +818,9 @@ export class ShardedPolicy implements Policy {
       recompute: opts.recompute ?? true,
       deterministic: opts.deterministic ?? false,
       timing: opts.timing ?? false,
+      prefetch: opts.prefetch ?? true,
+      collectivesAtOne: opts.collectivesAtOne ?? false,
+      exposedTiming: opts.exposedTiming ?? false,
       lmHeadChunk: opts.lmHeadChunk,
     });
     return new ShardedPolicy(model, opts);
@@ -1088,13 +1183,15 @@ export class ShardedPolicy implements Policy {
     }
   }
 
-  stats(): { gatherMs: number; reduceScatterMs: number } {
+  /** Communication time since the last resetStats() (timing / exposedTiming modes; zeros otherwise). Waits for the device. */
+  stats(): ShardedStats {
+    this.model.resolveStats();
     return { ...this.model.stats };
   }
 
   resetStats(): void {
-    this.model.stats.gatherMs = 0;
-    this.model.stats.reduceScatterMs = 0;
+    this.model.resolveStats();
+    Object.assign(this.model.stats, { gatherMs: 0, reduceScatterMs: 0, exposedGatherMs: 0, exposedReduceScatterMs: 0 });
   }
 
   numParameters(): number {

@@ -121,3 +121,29 @@ test('ShardedPolicy on CUDA: cpuOffload trains bitwise like the device optimizer
   }
   await ctx.destroy();
 });
+
+// The overlap machinery on one GPU: with collectivesAtOne the single rank still gathers and reduce-scatters
+// through NCCL (a copy each), so prefetch on runs every gather one unit ahead and every reduce-scatter on the comm
+// stream, ordered by events; prefetch off runs them on the compute stream in program order. Same math, so the
+// losses, grad norms and masters are bitwise equal; exposedTiming reports how long compute waited (>= 0).
+test('ShardedPolicy on CUDA: prefetch/overlap on the comm stream trains bitwise like prefetch off (N = 1 through NCCL)', { skip }, async () => {
+  const ctx = await initDistributed();
+  const run = async (prefetch: boolean) => {
+    const m = randomModel(CFG, { device: DEV, seed: SEED });
+    const p = ShardedPolicy.fromWeights(m.weights, ctx.collectives, { deterministic: true, prefetch, collectivesAtOne: true, exposedTiming: true });
+    m.dispose();
+    const steps = await train(p);
+    const stats = p.stats();
+    const masters = (await p.gatherMasters())!;
+    p.dispose();
+    return { steps, masters, stats };
+  };
+  const on = await run(true);
+  const off = await run(false);
+  assert.deepEqual(on.steps, off.steps, 'losses, grad norms, clipping');
+  for (const [name, w] of off.masters) assert.deepEqual(on.masters.get(name), w, `master ${name}`);
+  assert.ok(on.stats.exposedGatherMs >= 0 && on.stats.exposedReduceScatterMs >= 0, JSON.stringify(on.stats));
+  // Prefetch off never waits on the comm stream (its collectives are on the compute stream).
+  assert.equal(off.stats.exposedGatherMs + off.stats.exposedReduceScatterMs, 0, JSON.stringify(off.stats));
+  await ctx.destroy();
+});
