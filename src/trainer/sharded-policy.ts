@@ -1165,7 +1165,6 @@ export class ShardedPolicy implements Policy {
     return out;
   }
 
-  /** Collective time since the last resetStats() (timing mode; zeros otherwise). */
   /**
    * Collective: the in-process weight sync of a colocated engine. Unit by unit (embedding, each layer, head) the bf16
    * weights are all-gathered exactly as the forward gathers them, `copy(name, full)` receives each parameter's full
