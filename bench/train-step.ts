@@ -18,6 +18,7 @@
 // only the sharded policy runs, and rank 0 prints.
 // Usage: npm run bench:train-step -- [--preset gpt-oss-20b] [--layers 2] [--tokens 4096,16384] [--micro-batches 2]
 //        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V] [--collectives-at-one]
+//        [--cpu-offload] (the sharded policy's masters and moments in pinned host memory, AdamW on the host)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
 import { writeFileSync } from 'node:fs';
 import { defaultDevice } from '../src/native.ts';
@@ -52,6 +53,7 @@ const steps = posInt('steps', '2');
 const jsonPath = arg('json', '');
 const recompute = !process.argv.includes('--no-recompute');
 const collectivesAtOne = process.argv.includes('--collectives-at-one');
+const cpuOffload = process.argv.includes('--cpu-offload');
 const peakArg = arg('peak-tflops', '');
 const base = presetConfig(presetName);
 const cfg: GptOssConfig = presetConfig(presetName, {
@@ -129,7 +131,7 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
   if (kind === 'single') p = new GptOssPolicy(new GptOssModel(weights(), { recompute }));
   else {
     const w = weights();
-    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, exposedTiming: true });
+    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, exposedTiming: true });
     w.dispose();
     p = sharded;
   }
@@ -156,7 +158,7 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
       p.dispose();
       sharded = null;
       const w = weights();
-      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, timing: true });
+      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, timing: true });
       w.dispose();
       p = timed;
       await step(timed, T, 1);
@@ -190,6 +192,7 @@ if (ctx.rank === 0) {
   console.log(
     `${presetName} with ${layers} of ${base.numLayers} layers (${active >= 1e9 ? `${(active / 1e9).toFixed(2)}B` : `${(active / 1e6).toFixed(2)}M`} active parameters per token), ` +
       `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? 'on' : 'off'}` +
+      (cpuOffload ? '; sharded policy with cpu_offload (AdamW on the host)' : '') +
       (ctx.worldSize === 1 ? `; sharded policy on one rank ${collectivesAtOne ? 'through NCCL (--collectives-at-one)' : 'uses its shard in place (no collectives)'}` : '') +
       (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),
   );
@@ -209,7 +212,7 @@ if (ctx.rank === 0) {
   if (jsonPath) {
     writeFileSync(
       jsonPath,
-      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
     );
   }
 }
