@@ -19,13 +19,14 @@ struct AdamwConsts {
 // the sharded trainer's cpu_offload runs this on the host where the default runs it on the device). Every
 // multiply-add is an explicit fma (one rounding) and every other operation is rounded on its own, so neither
 // compiler may contract differently: before, gcc (-march=native) computed v as fma(v, beta2, omb2*g*g) and nvcc
-// as fma(g, omb2*g, v*beta2), a one-ulp difference that bf16 rounding and training carried into the weights.
+// as fma(g, omb2*g, v*beta2), a one-ulp difference that bf16 rounding and training carried into the weights. The
+// roundings chosen are gcc's of before (so CPU runs are bitwise what they were), now on both backends.
 //   p' = p*decay - step_size * m' / (sqrt(v')/bc2_sqrt + eps),  m' = m + omb1*(g - m),  v' = beta2*v + omb2*g*g
 GPTOSS_HD void adamw_element(float& p, float& m, float& v, float g, const AdamwConsts& c) {
 #if defined(__CUDA_ARCH__)
   const float pd = __fmul_rn(p, c.decay);
   const float mi = __fmaf_rn(c.omb1, __fsub_rn(g, m), m);
-  const float vi = __fmaf_rn(__fmul_rn(c.omb2, g), g, __fmul_rn(c.beta2, v));
+  const float vi = __fmaf_rn(c.beta2, v, __fmul_rn(__fmul_rn(c.omb2, g), g));
   const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.bc2_sqrt), c.eps);
   p = __fmaf_rn(-c.step_size, __fdiv_rn(mi, denom), pd);
 #else
@@ -33,7 +34,7 @@ GPTOSS_HD void adamw_element(float& p, float& m, float& v, float g, const AdamwC
   // plain products below feed fma operands, which no compiler fuses further.
   const float pd = p * c.decay;
   const float mi = std::fma(c.omb1, g - m, m);
-  const float vi = std::fma(c.omb2 * g, g, c.beta2 * v);
+  const float vi = std::fma(c.beta2, v, (c.omb2 * g) * g);
   const float denom = std::sqrt(vi) / c.bc2_sqrt + c.eps;
   p = std::fma(-c.step_size, mi / denom, pd);
 #endif
