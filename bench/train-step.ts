@@ -7,12 +7,18 @@
 // recompute's extra forward is not counted, as usual), peak memory, and for the sharded policy the step split into
 // gather, compute, reduce-scatter and optimizer (from one extra step in timing mode, where every collective drains
 // the device before and after it: exact split, slower step). The embedding's lookup is not counted as FLOPs.
+// Also the exposed communication time of the measured steps (ShardedModelOptions.exposedTiming): how long the
+// compute stream waited for the gathers (issued one unit ahead on the comm stream) and the reduce-scatters (run
+// there beside the next unit's backward), i.e. what the overlap did not hide. On one rank the sharded policy uses
+// its shard in place (no collectives, so nothing is exposed) unless --collectives-at-one, which sends every
+// gather and reduce-scatter through NCCL anyway (a copy each) to measure the overlap machinery on one GPU.
 //
 // One GPU holds only a few of the 24 layers with fp32 masters, moments and gradients (about 14 GB per 20b layer,
 // 17 GB for the embedding and LM head): --layers says how many (default 2). Under the launcher (WORLD_SIZE > 1)
 // only the sharded policy runs, and rank 0 prints.
 // Usage: npm run bench:train-step -- [--preset gpt-oss-20b] [--layers 2] [--tokens 4096,16384] [--micro-batches 2]
-//        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V]
+//        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V] [--collectives-at-one]
+//        [--cpu-offload] (the sharded policy's masters and moments in pinned host memory, AdamW on the host)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
 import { writeFileSync } from 'node:fs';
 import { defaultDevice } from '../src/native.ts';
@@ -46,6 +52,8 @@ const microBatches = posInt('micro-batches', '2');
 const steps = posInt('steps', '2');
 const jsonPath = arg('json', '');
 const recompute = !process.argv.includes('--no-recompute');
+const collectivesAtOne = process.argv.includes('--collectives-at-one');
+const cpuOffload = process.argv.includes('--cpu-offload');
 const peakArg = arg('peak-tflops', '');
 const base = presetConfig(presetName);
 const cfg: GptOssConfig = presetConfig(presetName, {
@@ -80,6 +88,8 @@ interface Row {
   mfu: number | null;
   peakGiB: number | null;
   split?: { gatherMs: number; computeMs: number; reduceScatterMs: number; optimizerMs: number; timedStepMs: number };
+  /** Per measured step: how long compute waited for gathers / reduce-scatters (not hidden by the overlap). */
+  exposed?: { gatherMs: number; reduceScatterMs: number };
 }
 
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
@@ -121,15 +131,17 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
   if (kind === 'single') p = new GptOssPolicy(new GptOssModel(weights(), { recompute }));
   else {
     const w = weights();
-    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute });
+    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, exposedTiming: true });
     w.dispose();
     p = sharded;
   }
   try {
     await step(p, T, 1); // warm-up (allocator, first-use costs)
+    sharded?.resetStats();
     let ms = 0;
     for (let s = 0; s < steps; s++) ms += (await step(p, T, s + 2)).ms;
     ms /= steps;
+    const exposed = sharded?.stats();
     const tokens = T * microBatches;
     const row: Row = {
       policy: kind,
@@ -140,12 +152,13 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
       mfu: peakFlops ? (microBatches * modelFlops(cfg, T)) / (ms / 1000) / peakFlops : null,
       peakGiB: device === 'cpu' ? null : memoryStats(device).peakAllocated / 2 ** 30,
     };
+    if (exposed) row.exposed = { gatherMs: exposed.exposedGatherMs / steps, reduceScatterMs: exposed.exposedReduceScatterMs / steps };
     if (sharded) {
       // The split: one more step with every collective timed on its own (see ShardedModelOptions.timing).
       p.dispose();
       sharded = null;
       const w = weights();
-      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, timing: true });
+      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, timing: true });
       w.dispose();
       p = timed;
       await step(timed, T, 1);
@@ -179,23 +192,27 @@ if (ctx.rank === 0) {
   console.log(
     `${presetName} with ${layers} of ${base.numLayers} layers (${active >= 1e9 ? `${(active / 1e9).toFixed(2)}B` : `${(active / 1e6).toFixed(2)}M`} active parameters per token), ` +
       `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? 'on' : 'off'}` +
+      (cpuOffload ? '; sharded policy with cpu_offload (AdamW on the host)' : '') +
+      (ctx.worldSize === 1 ? `; sharded policy on one rank ${collectivesAtOne ? 'through NCCL (--collectives-at-one)' : 'uses its shard in place (no collectives)'}` : '') +
       (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),
   );
-  console.log('| policy | tokens/micro-batch | step ms | tokens/s/GPU | MFU | peak GiB | gather ms | compute ms | reduce-scatter ms | optimizer ms | sharded/single |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log(
+    '| policy | tokens/micro-batch | step ms | tokens/s/GPU | MFU | peak GiB | gather ms | compute ms | reduce-scatter ms | optimizer ms | exposed gather ms | exposed reduce-scatter ms | sharded/single |',
+  );
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) {
     const single = rows.find((x) => x.policy === 'single' && x.tokens === r.tokens);
     const ratio = r.policy === 'sharded' && single ? `${(r.stepMs / single.stepMs).toFixed(3)}x` : '-';
     const s = r.split;
     console.log(
       `| ${r.policy} | ${r.tokens} | ${f(r.stepMs)} | ${f(r.tokensPerSecPerGpu, 0)} | ${r.mfu === null ? '-' : (100 * r.mfu).toFixed(1) + '%'} | ${f(r.peakGiB)} | ` +
-        `${f(s?.gatherMs)} | ${f(s?.computeMs)} | ${f(s?.reduceScatterMs)} | ${f(s?.optimizerMs)} | ${ratio} |`,
+        `${f(s?.gatherMs)} | ${f(s?.computeMs)} | ${f(s?.reduceScatterMs)} | ${f(s?.optimizerMs)} | ${f(r.exposed?.gatherMs, 2)} | ${f(r.exposed?.reduceScatterMs, 2)} | ${ratio} |`,
     );
   }
   if (jsonPath) {
     writeFileSync(
       jsonPath,
-      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, worldSize: ctx.worldSize, backend: ctx.backend, recompute, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
     );
   }
 }

@@ -21,6 +21,8 @@ export interface NativeTensor {
   /** 'cpu' or 'cuda:N'. */
   readonly device: string;
   readonly disposed: boolean;
+  /** The storage is page-locked host memory (asked for with `pinned` in a CUDA build with a visible device). */
+  readonly pinned: boolean;
   dispose(): void;
   /** A fresh ArrayBuffer with the bytes (waits for the device). */
   toBuffer(): ArrayBuffer;
@@ -30,6 +32,8 @@ export interface NativeTensor {
   slice(start: number, end: number): NativeTensor;
   /** Copies a tensor (any device, same dtype and element count) or host bytes of the same size into this one. */
   copyFrom(src: TensorArg | ArrayBuffer | NodeJS.TypedArray): void;
+  /** As copyFrom(tensor) without waiting: a host side must be pinned; enqueued on the device's compute stream. */
+  copyFromAsync(src: TensorArg): void;
   /** A copy on device `device` (-1 = cpu, N = cuda:N). */
   to(device: number): NativeTensor;
   /** Moves the storage's bytes (every view's) to host memory and frees the device block; ops then refuse it. */
@@ -45,6 +49,12 @@ export interface NativeTensor {
  * binding unwraps (binding.cc, tensor_arg).
  */
 export type TensorArg = NativeTensor | { readonly native: NativeTensor };
+
+/**
+ * A device's streams: 'compute' (every op) and 'comm' (collectives issued beside compute; native/cuda/runtime.cu).
+ * Work on 'comm' is ordered against compute only through events.
+ */
+export type StreamName = 'compute' | 'comm';
 
 declare const nativeEventBrand: unique symbol;
 /** A cudaEvent_t wrapped in a Node-API External (destroyed when garbage collected). */
@@ -134,8 +144,11 @@ type TokenLogprobsBackwardArgs = [
 /** Every op the addon registers (GPTOSS_OP in native/bindings/*.cc), by binding file. */
 export interface NativeOps {
   // ---- tensor_binding.cc: tensors and the runtime ----
-  /** A new tensor on device -1 (cpu) or N (cuda:N); zero-filled when `zero`. */
-  empty(shape: readonly number[], dtype: DType, device: number, zero?: boolean): NativeTensor;
+  /**
+   * A new tensor on device -1 (cpu) or N (cuda:N); zero-filled when `zero`; `pinned` (host only): page-locked
+   * memory in a CUDA build with a visible device, ordinary memory otherwise.
+   */
+  empty(shape: readonly number[], dtype: DType, device: number, zero?: boolean, pinned?: boolean): NativeTensor;
   /** A new tensor holding a copy of `data` (its byte size must match shape and dtype). */
   fromBuffer(data: ArrayBuffer | NodeJS.TypedArray, shape: readonly number[], dtype: DType, device: number): NativeTensor;
   /** A view of consecutive row ranges of one storage as one tensor, or null when they are not. */
@@ -152,8 +165,10 @@ export interface NativeOps {
   numThreads(): number;
   setNumThreads(n: number): void;
   eventCreate(device: number, timing?: boolean): NativeEvent;
-  eventRecord(event: NativeEvent, device: number): void;
-  eventWait(event: NativeEvent, device: number): void;
+  /** The event completes after the work queued so far on the device's compute (default) or comm stream. */
+  eventRecord(event: NativeEvent, device: number, stream?: StreamName): void;
+  /** The device's compute (default) or comm stream waits for the event. */
+  eventWait(event: NativeEvent, device: number, stream?: StreamName): void;
   eventSynchronize(event: NativeEvent): void;
   eventQuery(event: NativeEvent): boolean;
   eventElapsedMs(start: NativeEvent, end: NativeEvent): number;
@@ -385,8 +400,8 @@ export interface NativeOps {
   ncclCommAbort(comm: NcclComm): void;
   /** send may be recv (in place). */
   ncclAllReduce(comm: NcclComm, send: TensorArg, recv: TensorArg, op: NcclReduceOp): void;
-  ncclAllGather(comm: NcclComm, send: TensorArg, recv: TensorArg): void;
-  ncclReduceScatter(comm: NcclComm, send: TensorArg, recv: TensorArg, op: NcclReduceOp): void;
+  ncclAllGather(comm: NcclComm, send: TensorArg, recv: TensorArg, stream?: StreamName): void;
+  ncclReduceScatter(comm: NcclComm, send: TensorArg, recv: TensorArg, op: NcclReduceOp, stream?: StreamName): void;
   ncclBroadcast(comm: NcclComm, send: TensorArg, recv: TensorArg, root: number): void;
   /** kinds: one 's' (send) or 'r' (recv) per tensor; peers: one rank per tensor; one NCCL group. */
   ncclSendRecv(comm: NcclComm, kinds: string, peers: readonly number[], ...tensors: TensorArg[]): void;

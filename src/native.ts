@@ -24,6 +24,7 @@ export type {
   NativeTensor,
   NcclComm,
   NcclReduceOp,
+  StreamName,
   TensorArg,
 } from './native-ops.ts';
 export { NATIVE_OP_NAMES } from './native-ops.ts';

@@ -3,14 +3,20 @@
 // A Tensor owns (or views) contiguous memory on 'cpu' or 'cuda:N' with dtype bf16/f32/i32/u8. Memory is freed by
 // dispose() (or `using`), with the GC finaliser as a safety net. CUDA work is asynchronous on the device's
 // stream; reading values back (toFloat32 etc.) waits for it.
-import { native, defaultDevice, deviceIndex, type DType, type NativeEvent, type NativeMemoryStats, type NativeTensor } from './native.ts';
+import { native, defaultDevice, deviceIndex, type DType, type NativeEvent, type NativeMemoryStats, type NativeTensor, type StreamName } from './native.ts';
 
-export type { DType } from './native.ts';
+export type { DType, StreamName } from './native.ts';
 export type Shape = readonly number[];
 
 export interface TensorOptions {
   dtype?: DType;
   device?: string;
+  /**
+   * Host tensors (empty/zeros on 'cpu'): page-locked memory (cudaHostAlloc) when the addon has CUDA and a GPU is
+   * visible, so copies to and from a device can be asynchronous (copyFromAsync); ordinary memory otherwise (a
+   * CPU-only process has nothing to pin for; `pinned` on the tensor tells which). Refused for device tensors.
+   */
+  pinned?: boolean;
 }
 
 // Tensor tracking (GPTOSS_TRACK_TENSORS=1 or trackTensors(true)): every Tensor object not yet disposed is kept
@@ -40,11 +46,11 @@ export class Tensor {
 
   // ---- factories ------------------------------------------------------------------------------------------
   static empty(shape: Shape, opts: TensorOptions = {}): Tensor {
-    return new Tensor(native().ops.empty([...shape], opts.dtype ?? 'f32', deviceIndex(opts.device ?? defaultDevice()), false));
+    return new Tensor(native().ops.empty([...shape], opts.dtype ?? 'f32', deviceIndex(opts.device ?? defaultDevice()), false, opts.pinned ?? false));
   }
 
   static zeros(shape: Shape, opts: TensorOptions = {}): Tensor {
-    return new Tensor(native().ops.empty([...shape], opts.dtype ?? 'f32', deviceIndex(opts.device ?? defaultDevice()), true));
+    return new Tensor(native().ops.empty([...shape], opts.dtype ?? 'f32', deviceIndex(opts.device ?? defaultDevice()), true, opts.pinned ?? false));
   }
 
   /**
@@ -93,6 +99,10 @@ export class Tensor {
   get disposed(): boolean {
     return this.native.disposed;
   }
+  /** Page-locked host memory (see TensorOptions.pinned). */
+  get pinned(): boolean {
+    return this.native.pinned;
+  }
   toString(): string {
     return `${this.dtype}[${this.shape.join(', ')}] on ${this.device}`;
   }
@@ -118,6 +128,16 @@ export class Tensor {
   /** Copies src (a tensor on any device, or host values of the same byte size) into this tensor. */
   copyFrom(src: Tensor | ArrayBuffer | NodeJS.TypedArray): this {
     this.native.copyFrom(src instanceof Tensor ? src.native : src);
+    return this;
+  }
+  /**
+   * As copyFrom(src) without waiting for the device: a host side (this or src) must be pinned, and the copy is
+   * enqueued on the device's compute stream. Do not read or overwrite the host side until the stream has passed
+   * the copy (record a StreamEvent after it and synchronize that, or synchronize the device). Host to host copies
+   * at once.
+   */
+  copyFromAsync(src: Tensor): this {
+    this.native.copyFromAsync(src.native);
     return this;
   }
   /** A copy on `device`. */
@@ -252,13 +272,14 @@ export class CudaEvent {
   constructor(readonly device: string, timing = false) {
     this.handle = native().ops.eventCreate(deviceIndex(device), timing);
   }
-  record(): this {
-    native().ops.eventRecord(this.handle, deviceIndex(this.device));
+  /** Completes after the work queued so far on the device's compute (default) or comm stream. */
+  record(stream: StreamName = 'compute'): this {
+    native().ops.eventRecord(this.handle, deviceIndex(this.device), stream);
     return this;
   }
-  /** Makes `device`'s stream wait for this event. */
-  waitOn(device: string): void {
-    native().ops.eventWait(this.handle, deviceIndex(device));
+  /** Makes `device`'s compute (default) or comm stream wait for this event. */
+  waitOn(device: string, stream: StreamName = 'compute'): void {
+    native().ops.eventWait(this.handle, deviceIndex(device), stream);
   }
   synchronize(): void {
     native().ops.eventSynchronize(this.handle);
@@ -268,5 +289,44 @@ export class CudaEvent {
   }
   elapsedMs(end: CudaEvent): number {
     return native().ops.eventElapsedMs(this.handle, end.handle);
+  }
+}
+
+/**
+ * Orders work between a device's compute and comm streams on any device: a CudaEvent on a CUDA device; on the CPU
+ * every op has finished when it returns, so record and wait order nothing (with timing, record notes the wall
+ * clock, so elapsedMs measures the same span as on a GPU: the time the host spent between the two records).
+ */
+export class StreamEvent {
+  private readonly ev: CudaEvent | null;
+  private at = 0;
+  constructor(
+    readonly device: string,
+    readonly timing = false,
+  ) {
+    this.ev = device === 'cpu' ? null : new CudaEvent(device, timing);
+  }
+  /** Completes after the work queued so far on `stream` of the event's device. */
+  record(stream: StreamName = 'compute'): this {
+    if (this.ev) this.ev.record(stream);
+    else if (this.timing) this.at = performance.now();
+    return this;
+  }
+  /** `stream` of the event's device waits for it (queued on a GPU; nothing to wait for on the CPU). */
+  wait(stream: StreamName = 'compute'): void {
+    this.ev?.waitOn(this.device, stream);
+  }
+  /** Blocks the host until the event has completed. */
+  synchronize(): void {
+    this.ev?.synchronize();
+  }
+  /** Milliseconds from this event to `end` (both recorded, timing on; waits for `end`). */
+  elapsedMs(end: StreamEvent): number {
+    if (!this.timing || !end.timing) throw new Error('StreamEvent.elapsedMs: both events need timing');
+    if (this.ev && end.ev) {
+      end.ev.synchronize();
+      return this.ev.elapsedMs(end.ev);
+    }
+    return end.at - this.at;
   }
 }

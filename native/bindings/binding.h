@@ -46,6 +46,8 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value View(const Napi::CallbackInfo& info);
   Napi::Value Slice(const Napi::CallbackInfo& info);
   Napi::Value CopyFrom(const Napi::CallbackInfo& info);
+  Napi::Value CopyFromAsync(const Napi::CallbackInfo& info);
+  Napi::Value Pinned(const Napi::CallbackInfo& info);
   Napi::Value To(const Napi::CallbackInfo& info);
   Napi::Value SameStorage(const Napi::CallbackInfo& info);
   void release(Napi::Env env);

@@ -6,8 +6,9 @@
 //   ncclCommInitRank(id, nranks, rank, device) -> External communicator (aborted when garbage collected)
 //   ncclCommDestroy(comm) / ncclCommAbort(comm)
 //   ncclAllReduce(comm, send, recv, op)          op: 'sum' | 'avg' | 'max' | 'min'; send may be recv (in place)
-//   ncclAllGather(comm, send, recv)              recv holds nranks x send, in rank order
-//   ncclReduceScatter(comm, send, recv, op)      send holds nranks x recv
+//   ncclAllGather(comm, send, recv, stream?)     recv holds nranks x send, in rank order
+//   ncclReduceScatter(comm, send, recv, op, stream?)  send holds nranks x recv
+//     stream: 'compute' (default) or 'comm' (the device's communication stream; order it with events)
 //   ncclBroadcast(comm, send, recv, root)        send is read on the root only
 //   ncclSendRecv(comm, kinds, peers, ...tensors) kinds: string of 's'/'r', one per tensor; one NCCL group
 //   ncclCheckAsync(comm), ncclSynchronize(comm, timeoutMs)
@@ -128,6 +129,14 @@ GPTOSS_OP(ncclCommAbort) {
   return info.Env().Undefined();
 }
 
+// The optional stream argument of ncclAllGather/ncclReduceScatter: 'compute' (default) or 'comm'.
+static bool on_comm_arg(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  if (i >= info.Length() || info[i].IsUndefined()) return false;
+  const std::string s = str_arg(info, i, op, "stream");
+  if (s != "compute" && s != "comm") fail(op, ": stream must be 'compute' or 'comm', got '", s, "'");
+  return s == "comm";
+}
+
 GPTOSS_OP(ncclAllReduce) {
   const char* op = "ncclAllReduce";
   nc::Comm* c = comm_arg(info, op);
@@ -143,7 +152,7 @@ GPTOSS_OP(ncclAllGather) {
   nc::Comm* c = comm_arg(info, op);
   Tensor send = tensor_arg(info, 1, op, "send"), recv = tensor_arg(info, 2, op, "recv");
   check_pair(op, send, recv, c, nc::comm_size(c), 1);
-  nc::all_gather(c, send, recv, what(op, send, recv));
+  nc::all_gather(c, send, recv, what(op, send, recv), on_comm_arg(info, 3, op));
   return info.Env().Undefined();
 }
 
@@ -153,7 +162,7 @@ GPTOSS_OP(ncclReduceScatter) {
   Tensor send = tensor_arg(info, 1, op, "send"), recv = tensor_arg(info, 2, op, "recv");
   nc::Reduce r = reduce_arg(info, 3, op);
   check_pair(op, send, recv, c, 1, nc::comm_size(c));
-  nc::reduce_scatter(c, send, recv, r, what(op, send, recv));
+  nc::reduce_scatter(c, send, recv, r, what(op, send, recv), on_comm_arg(info, 4, op));
   return info.Env().Undefined();
 }
 

@@ -111,11 +111,13 @@ Napi::Function NativeTensor::Init(Napi::Env env) {
                                      InstanceAccessor<&NativeTensor::DType>("dtype"),
                                      InstanceAccessor<&NativeTensor::Device>("device"),
                                      InstanceAccessor<&NativeTensor::Disposed>("disposed"),
+                                     InstanceAccessor<&NativeTensor::Pinned>("pinned"),
                                      InstanceMethod<&NativeTensor::Dispose>("dispose"),
                                      InstanceMethod<&NativeTensor::ToBuffer>("toBuffer"),
                                      InstanceMethod<&NativeTensor::View>("view"),
                                      InstanceMethod<&NativeTensor::Slice>("slice"),
                                      InstanceMethod<&NativeTensor::CopyFrom>("copyFrom"),
+                                     InstanceMethod<&NativeTensor::CopyFromAsync>("copyFromAsync"),
                                      InstanceMethod<&NativeTensor::To>("to"),
                                      InstanceMethod<&NativeTensor::SameStorage>("sameStorage"),
                                      InstanceMethod<&NativeTensor::PageOut>("pageOut"),
@@ -274,6 +276,21 @@ Napi::Value NativeTensor::CopyFrom(const Napi::CallbackInfo& info) {
   });
 }
 
+// copyFromAsync(src): as copyFrom without waiting (copy_tensor_async: a host side must be pinned).
+Napi::Value NativeTensor::CopyFromAsync(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor& dst = get("copyFromAsync", "destination");
+    Tensor& src = tensor_arg(info, 0, "copyFromAsync", "source");
+    copy_tensor_async(dst, src);
+    return info.Env().Undefined();
+  });
+}
+
+// pinned: the storage is page-locked host memory.
+Napi::Value NativeTensor::Pinned(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), tensor_.storage && tensor_.storage->pinned);
+}
+
 // to(device): a copy on another device (device index, -1 = cpu).
 Napi::Value NativeTensor::To(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -318,13 +335,14 @@ Napi::Value NativeTensor::SameStorage(const Napi::CallbackInfo& info) {
 using namespace gptoss;
 using namespace gptoss::js;
 
-// empty(shape, dtype, device, zero)
+// empty(shape, dtype, device, zero, pinned)
 GPTOSS_OP(empty) {
   auto shape = shape_arg(info, 0, "empty", "shape");
   DType dt = dtype_arg(info, 1, "empty", "dtype");
   int dev = static_cast<int>(int_arg(info, 2, "empty", "device"));
   bool zero = info.Length() > 3 && info[3].ToBoolean().Value();
-  return wrap(info.Env(), make_tensor(shape, dt, dev, zero));
+  bool pinned = info.Length() > 4 && info[4].ToBoolean().Value();
+  return wrap(info.Env(), make_tensor(shape, dt, dev, zero, pinned));
 }
 
 // fromBuffer(buffer, shape, dtype, device): copy host bytes into a new tensor.
@@ -430,12 +448,22 @@ static void* event_arg(const Napi::CallbackInfo& info, size_t i, const char* op)
   if (i >= info.Length() || !info[i].IsExternal()) fail(op, ": argument event must be a CUDA event");
   return info[i].As<Napi::External<void>>().Data();
 }
+// The stream argument of eventRecord/eventWait: 'compute' (default) or 'comm'.
+static int stream_arg(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  if (i >= info.Length() || info[i].IsUndefined()) return cuda::kComputeStream;
+  const std::string s = str_arg(info, i, op, "stream");
+  if (s == "compute") return cuda::kComputeStream;
+  if (s == "comm") return cuda::kCommStream;
+  fail(op, ": stream must be 'compute' or 'comm', got '", s, "'");
+}
 GPTOSS_OP(eventRecord) {
-  cuda::event_record(event_arg(info, 0, "eventRecord"), static_cast<int>(int_arg(info, 1, "eventRecord", "device")));
+  cuda::event_record(event_arg(info, 0, "eventRecord"), static_cast<int>(int_arg(info, 1, "eventRecord", "device")),
+                     stream_arg(info, 2, "eventRecord"));
   return info.Env().Undefined();
 }
 GPTOSS_OP(eventWait) {
-  cuda::event_wait(event_arg(info, 0, "eventWait"), static_cast<int>(int_arg(info, 1, "eventWait", "device")));
+  cuda::event_wait(event_arg(info, 0, "eventWait"), static_cast<int>(int_arg(info, 1, "eventWait", "device")),
+                   stream_arg(info, 2, "eventWait"));
   return info.Env().Undefined();
 }
 GPTOSS_OP(eventSynchronize) {

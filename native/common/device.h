@@ -33,12 +33,28 @@ void copy(void* dst, int dst_device, const void* src, int src_device, size_t byt
 void zero(int device, void* ptr, size_t bytes);
 void synchronize(int device);
 void* stream(int device);  // cudaStream_t of the device's compute stream
+// The device's communication stream (cudaStream_t), created on first use: collectives issued on it run beside the
+// compute stream. Work on it is ordered against compute only through events (event_record / event_wait with
+// kCommStream); a buffer it reads or writes must not be freed until the compute stream has waited for it.
+void* comm_stream(int device);
 
-// Events for ordering work across devices/streams and for timing.
+// Page-locked host memory (cudaHostAlloc): copies between it and a device run asynchronously. nullptr when the
+// build has no CUDA backend or no device is visible (the caller then uses ordinary host memory, which is all a
+// CPU-only process needs).
+void* host_alloc_pinned(size_t bytes);
+void host_free_pinned(void* ptr);
+// An asynchronous copy on the device's compute stream between pinned host memory and a device (or device to
+// device): returns at once. The host side must not be read or reused until an event recorded after it has
+// completed (event_synchronize) or the device is synchronized.
+void copy_async(void* dst, int dst_device, const void* src, int src_device, size_t bytes);
+
+// Events for ordering work across devices/streams and for timing. `which` names the device's stream:
+constexpr int kComputeStream = 0;
+constexpr int kCommStream = 1;
 void* event_create(int device, bool timing);
 void event_destroy(void* ev);
-void event_record(void* ev, int device);
-void event_wait(void* ev, int device);  // the device's stream waits for ev
+void event_record(void* ev, int device, int which = kComputeStream);  // ev completes after that stream's work so far
+void event_wait(void* ev, int device, int which = kComputeStream);    // that stream waits for ev
 void event_synchronize(void* ev);
 bool event_query(void* ev);
 float event_elapsed_ms(void* start, void* end);

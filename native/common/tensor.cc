@@ -9,8 +9,11 @@
 
 namespace gptoss {
 
-Storage::Storage(size_t nbytes, int dev) : bytes(nbytes), device(dev) {
-  if (dev == kCpu) {
+Storage::Storage(size_t nbytes, int dev, bool want_pinned) : bytes(nbytes), device(dev) {
+  if (dev == kCpu && want_pinned) ptr = cuda::host_alloc_pinned((nbytes + 63) / 64 * 64);
+  if (ptr) {
+    pinned = true;  // cudaHostAlloc memory is page aligned
+  } else if (dev == kCpu) {
     // 64-byte alignment for vectorised CPU kernels; at least one byte so empty tensors own a pointer.
     size_t n = (nbytes + 63) / 64 * 64;
     ptr = std::aligned_alloc(64, n ? n : 64);
@@ -25,7 +28,9 @@ Storage::~Storage() {
     std::free(paged);
     return;
   }
-  if (device == kCpu)
+  if (pinned)
+    cuda::host_free_pinned(ptr);
+  else if (device == kCpu)
     std::free(ptr);
   else
     cuda::release(device, ptr, bytes);
@@ -43,7 +48,11 @@ void page_out(Storage& s) {
   void* host = host_buffer(s.bytes);
   if (s.device == kCpu) {
     std::memcpy(host, s.ptr, s.bytes);
-    std::free(s.ptr);
+    if (s.pinned)
+      cuda::host_free_pinned(s.ptr);
+    else
+      std::free(s.ptr);
+    s.pinned = false;  // page_in gives ordinary memory back
   } else {
     cuda::copy(host, kCpu, s.ptr, s.device, s.bytes);  // waits for the stream: no op still reads the block
     cuda::release(s.device, s.ptr, s.bytes);
@@ -71,13 +80,14 @@ std::string Tensor::describe() const {
   return std::string(dtype_name(dtype)) + shape_str(shape) + " on " + device_name(device);
 }
 
-Tensor make_tensor(const std::vector<int64_t>& shape, DType dtype, int device, bool zero) {
+Tensor make_tensor(const std::vector<int64_t>& shape, DType dtype, int device, bool zero, bool pinned) {
   for (auto d : shape) GPTOSS_CHECK(d >= 0, "tensor: negative dimension in shape ", shape_str(shape));
+  GPTOSS_CHECK(!pinned || device == kCpu, "tensor: pinned applies to host tensors, not ", device_name(device));
   Tensor t;
   t.dtype = dtype;
   t.shape = shape;
   t.device = device;
-  t.storage = std::make_shared<Storage>(t.nbytes(), device);
+  t.storage = std::make_shared<Storage>(t.nbytes(), device, pinned);
   if (zero) {
     if (device == kCpu)
       std::memset(t.raw(), 0, t.nbytes());
@@ -94,6 +104,21 @@ void copy_tensor(const Tensor& dst, const Tensor& src) {
     std::memmove(dst.raw(), src.raw(), src.nbytes());
   else
     cuda::copy(dst.raw(), dst.device, src.raw(), src.device, src.nbytes());
+}
+
+void copy_tensor_async(const Tensor& dst, const Tensor& src) {
+  GPTOSS_CHECK(dst.dtype == src.dtype && dst.numel() == src.numel(), "copyFromAsync: destination ", dst.describe(),
+               " does not match source ", src.describe());
+  if (dst.device == kCpu && src.device == kCpu) {
+    std::memmove(dst.raw(), src.raw(), src.nbytes());
+    return;
+  }
+  // A pageable host buffer would make cudaMemcpyAsync synchronous (or stage it), so it is refused rather than
+  // silently waited for.
+  for (const Tensor* t : {&dst, &src})
+    GPTOSS_CHECK(t->device != kCpu || t->storage->pinned, "copyFromAsync: host tensor ", t->describe(),
+                 " is not pinned (create it with { pinned: true })");
+  cuda::copy_async(dst.raw(), dst.device, src.raw(), src.device, src.nbytes());
 }
 
 void check_dtype(const char* op, const char* name, const Tensor& t, DType want) {

@@ -23,7 +23,10 @@ struct Storage {
   // While paged out (page_out): the bytes, in host memory, and ptr is null. An engine that sleeps with its weights
   // released pages them out so that a trainer sharing the GPU can use the memory, and pages them in on wake.
   void* paged = nullptr;
-  Storage(size_t bytes, int device);
+  // Host memory from cudaHostAlloc (asked for with pinned and granted: a CUDA build with a visible device);
+  // copies between it and a device may be asynchronous (copy_tensor_async).
+  bool pinned = false;
+  Storage(size_t bytes, int device, bool pinned = false);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -51,8 +54,9 @@ struct Tensor {
   std::string describe() const;  // e.g. "bf16[4, 64] on cuda:0"
 };
 
-// Allocation on any device; zero-filled when zero is true.
-Tensor make_tensor(const std::vector<int64_t>& shape, DType dtype, int device, bool zero = false);
+// Allocation on any device; zero-filled when zero is true. pinned (host tensors only): page-locked memory when the
+// build has CUDA and a device is visible, ordinary memory otherwise (Storage::pinned tells which).
+Tensor make_tensor(const std::vector<int64_t>& shape, DType dtype, int device, bool zero = false, bool pinned = false);
 std::string device_name(int device);
 
 // Moves a storage's bytes to host memory and frees its device block (back to the caching allocator; empty_cache
@@ -64,6 +68,10 @@ void page_in(Storage& s);
 
 // Copies src into dst (same dtype and numel); any pair of devices. Ordered on the device stream.
 void copy_tensor(const Tensor& dst, const Tensor& src);
+// The same without waiting: host <-> device copies need the host side pinned (Storage::pinned) and are enqueued on
+// the device's compute stream; the host side must not be touched until the stream has passed them (record an event
+// after the copy and synchronize it). Host to host (a CPU-only process) copies at once.
+void copy_tensor_async(const Tensor& dst, const Tensor& src);
 
 // ---- shape/dtype/device checks that name the op -------------------------------------------------------
 void check_dtype(const char* op, const char* name, const Tensor& t, DType want);

@@ -17,12 +17,8 @@ void adamw_step(const Tensor& master, const Tensor& grad, const Tensor& m, const
   bf16* out = bf16_copy ? bf16_copy->data<bf16>() : nullptr;
   parallel_for(master.numel(), 16384, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i++) {
-      const float gi = g[i];
-      float pi = p[i] * c.decay;
-      const float mi = mm[i] + c.omb1 * (gi - mm[i]);
-      const float vi = vv[i] * c.beta2 + c.omb2 * gi * gi;
-      const float denom = std::sqrt(vi) / c.bc2_sqrt + c.eps;
-      pi = pi - c.step_size * (mi / denom);
+      float pi = p[i], mi = mm[i], vi = vv[i];
+      adamw_element(pi, mi, vi, g[i], c);
       mm[i] = mi;
       vv[i] = vi;
       p[i] = pi;

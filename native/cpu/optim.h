@@ -1,6 +1,8 @@
 // optim.h: AdamW on fp32 master weights (as torch.optim.AdamW: decoupled weight decay, bias correction) with the
 // bf16 working copy refreshed, and the pieces of global grad-norm clipping (sum of squares, in-place scale).
 #pragma once
+#include <cmath>
+
 #include "../common/tensor.h"
 
 namespace gptoss {
@@ -12,6 +14,33 @@ struct AdamwConsts {
   float step_size;                     // lr / (1 - beta1^step)
   float bc2_sqrt;                      // sqrt(1 - beta2^step)
 };
+
+// One AdamW element, shared by the CPU loop and the CUDA kernel so both round identically (bitwise equal results;
+// the sharded trainer's cpu_offload runs this on the host where the default runs it on the device). Every
+// multiply-add is an explicit fma (one rounding) and every other operation is rounded on its own, so neither
+// compiler may contract differently: before, gcc (-march=native) computed v as fma(v, beta2, omb2*g*g) and nvcc
+// as fma(g, omb2*g, v*beta2), a one-ulp difference that bf16 rounding and training carried into the weights. The
+// roundings chosen are gcc's of before (so CPU runs are bitwise what they were), now on both backends.
+//   p' = p*decay - step_size * m' / (sqrt(v')/bc2_sqrt + eps),  m' = m + omb1*(g - m),  v' = beta2*v + omb2*g*g
+GPTOSS_HD void adamw_element(float& p, float& m, float& v, float g, const AdamwConsts& c) {
+#if defined(__CUDA_ARCH__)
+  const float pd = __fmul_rn(p, c.decay);
+  const float mi = __fmaf_rn(c.omb1, __fsub_rn(g, m), m);
+  const float vi = __fmaf_rn(c.beta2, v, __fmul_rn(__fmul_rn(c.omb2, g), g));
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.bc2_sqrt), c.eps);
+  p = __fmaf_rn(-c.step_size, __fdiv_rn(mi, denom), pd);
+#else
+  // std::fma is correctly rounded (one vfmadd with -march=native on FMA hardware, libm's fmaf otherwise); the
+  // plain products below feed fma operands, which no compiler fuses further.
+  const float pd = p * c.decay;
+  const float mi = std::fma(c.omb1, g - m, m);
+  const float vi = std::fma(c.beta2, v, (c.omb2 * g) * g);
+  const float denom = std::sqrt(vi) / c.bc2_sqrt + c.eps;
+  p = std::fma(-c.step_size, mi / denom, pd);
+#endif
+  m = mi;
+  v = vi;
+}
 
 }  // namespace gptoss
 

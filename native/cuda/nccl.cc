@@ -73,7 +73,9 @@ Comm* live(Comm* c, const std::string& what) {
   return c;
 }
 
-cudaStream_t stream_for(const Comm* c) { return static_cast<cudaStream_t>(gptoss::cuda::stream(c->device)); }
+cudaStream_t stream_for(const Comm* c, bool on_comm = false) {
+  return static_cast<cudaStream_t>(on_comm ? gptoss::cuda::comm_stream(c->device) : gptoss::cuda::stream(c->device));
+}
 
 }  // namespace
 
@@ -160,20 +162,21 @@ void all_reduce(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, cons
   check_async(c, what);
 }
 
-void all_gather(Comm* c, const Tensor& send, const Tensor& recv, const std::string& what) {
+void all_gather(Comm* c, const Tensor& send, const Tensor& recv, const std::string& what, bool on_comm) {
   live(c, what);
   Guard g(c->device);
   check(ncclAllGather(send.raw(), recv.raw(), static_cast<size_t>(send.numel()), nccl_type(send.dtype, what), c->comm,
-                      stream_for(c)),
+                      stream_for(c, on_comm)),
         c->comm, what);
   check_async(c, what);
 }
 
-void reduce_scatter(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, const std::string& what) {
+void reduce_scatter(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, const std::string& what,
+                    bool on_comm) {
   live(c, what);
   Guard g(c->device);
   check(ncclReduceScatter(send.raw(), recv.raw(), static_cast<size_t>(recv.numel()), nccl_type(recv.dtype, what),
-                          nccl_op(op), c->comm, stream_for(c)),
+                          nccl_op(op), c->comm, stream_for(c, on_comm)),
         c->comm, what);
   check_async(c, what);
 }
@@ -209,38 +212,47 @@ void send_recv(Comm* c, const std::vector<P2P>& ops, const std::string& what) {
 void synchronize(Comm* c, double timeout_ms, const std::string& what) {
   live(c, what);
   Guard g(c->device);
-  cudaEvent_t ev;
-  cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
-  if (e != cudaSuccess) fail(what, ": CUDA error ", cudaGetErrorString(e));
-  e = cudaEventRecord(ev, stream_for(c));
-  if (e != cudaSuccess) {
-    cudaEventDestroy(ev);
-    fail(what, ": CUDA error ", cudaGetErrorString(e));
+  // Both streams collectives may run on: the compute stream and the communication stream (on_comm).
+  cudaEvent_t ev[2] = {nullptr, nullptr};
+  auto destroy = [&]() {
+    for (cudaEvent_t e : ev)
+      if (e) cudaEventDestroy(e);
+  };
+  for (int k = 0; k < 2; k++) {
+    cudaError_t e = cudaEventCreateWithFlags(&ev[k], cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(ev[k], stream_for(c, k == 1));
+    if (e != cudaSuccess) {
+      destroy();
+      fail(what, ": CUDA error ", cudaGetErrorString(e));
+    }
   }
   auto start = std::chrono::steady_clock::now();
   int spins = 0;
-  for (;;) {
-    e = cudaEventQuery(ev);
-    if (e == cudaSuccess) break;
+  for (int k = 0; k < 2;) {
+    cudaError_t e = cudaEventQuery(ev[k]);
+    if (e == cudaSuccess) {
+      k++;
+      continue;
+    }
     if (e != cudaErrorNotReady) {
-      cudaEventDestroy(ev);
+      destroy();
       fail(what, ": CUDA error ", cudaGetErrorString(e));
     }
     try {
       check_async(c, what);
     } catch (...) {
-      cudaEventDestroy(ev);
+      destroy();
       throw;
     }
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     if (timeout_ms > 0 && ms > timeout_ms) {
-      cudaEventDestroy(ev);
+      destroy();
       fail(what, ": timed out after ", timeout_ms, " ms waiting for NCCL work on cuda:", c->device, " (rank ", c->rank,
            " of ", c->size, "; a peer may have failed or not joined)");
     }
     if (++spins > 100) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
-  cudaEventDestroy(ev);
+  destroy();
 }
 
 }  // namespace gptoss::cuda::nccl

@@ -37,8 +37,11 @@ enum class Reduce { Sum, Avg, Max, Min };
 // Element counts: all_reduce/broadcast send.numel == recv.numel; all_gather recv = size x send;
 // reduce_scatter send = size x recv. The caller has checked dtypes, devices and counts.
 void all_reduce(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, const std::string& what);
-void all_gather(Comm* c, const Tensor& send, const Tensor& recv, const std::string& what);
-void reduce_scatter(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, const std::string& what);
+// on_comm: enqueue on the device's communication stream (runtime's comm_stream) instead of the compute stream; the
+// caller orders it against compute with events (the sharded trainer's prefetched gathers and its reduce-scatters).
+void all_gather(Comm* c, const Tensor& send, const Tensor& recv, const std::string& what, bool on_comm = false);
+void reduce_scatter(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, const std::string& what,
+                    bool on_comm = false);
 void broadcast(Comm* c, const Tensor& send, const Tensor& recv, int root, const std::string& what);
 
 struct P2P {

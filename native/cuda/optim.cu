@@ -18,16 +18,12 @@ unsigned blocks_for(int64_t n) {
 __global__ void adamw_kernel(int64_t n, float* __restrict p, const float* __restrict g, float* __restrict m,
                              float* __restrict v, __nv_bfloat16* __restrict out, AdamwConsts c) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const float gi = g[i];
-    float pi = p[i] * c.decay;
-    const float mi = m[i] + c.omb1 * (gi - m[i]);
-    const float vi = v[i] * c.beta2 + c.omb2 * gi * gi;
-    const float denom = sqrtf(vi) / c.bc2_sqrt + c.eps;
-    pi = pi - c.step_size * (mi / denom);
+    float pi = p[i], mi = m[i], vi = v[i];
+    adamw_element(pi, mi, vi, g[i], c);  // optim.h: the same roundings as the CPU loop
     m[i] = mi;
     v[i] = vi;
     p[i] = pi;
-    if (out) out[i] = __float2bfloat16(pi);
+    if (out) out[i] = __float2bfloat16(pi);  // round-to-nearest-even, as the CPU's to_bf16
   }
 }
 

@@ -21,6 +21,7 @@ size_t round_size(size_t bytes) {
 struct DeviceState {
   std::mutex mu;
   cudaStream_t stream = nullptr;
+  cudaStream_t comm = nullptr;  // communication stream (comm_stream), created on first use
   std::multimap<size_t, void*> free_blocks;  // rounded size -> block
   std::unordered_map<void*, size_t> block_size;  // live block -> its real (possibly larger cached) size
   MemoryStats stats;
@@ -53,6 +54,7 @@ DeviceState& state(int device) {
 void free_cached(DeviceState& st, int device) {
   DeviceGuard g(device);
   cudaStreamSynchronize(st.stream);
+  if (st.comm) cudaStreamSynchronize(st.comm);
   for (auto& kv : st.free_blocks) {
     cudaFree(kv.second);
     st.stats.reserved -= kv.first;
@@ -152,6 +154,57 @@ void empty_cache(int device) {
 
 void* stream(int device) { return state(device).stream; }
 
+void* comm_stream(int device) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(st.mu);
+  if (!st.comm) {
+    DeviceGuard g(device);
+    // The highest priority: a gather or reduce-scatter is short and the compute stream waits for it, so its
+    // blocks should not queue behind a long compute kernel's.
+    int least = 0, greatest = 0;
+    GPTOSS_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest), "comm stream");
+    GPTOSS_CUDA_CHECK(cudaStreamCreateWithPriority(&st.comm, cudaStreamNonBlocking, greatest), "comm stream create");
+  }
+  return st.comm;
+}
+
+static cudaStream_t stream_named(int device, int which) {
+  if (which == kCommStream) return static_cast<cudaStream_t>(comm_stream(device));
+  if (which != kComputeStream) fail("stream ", which, " of cuda:", device, " does not exist (0 compute, 1 comm)");
+  return state(device).stream;
+}
+
+void* host_alloc_pinned(size_t bytes) {
+  if (device_count() == 0) return nullptr;
+  void* p = nullptr;
+  cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    fail("out of pinned host memory allocating ", bytes, " bytes (cudaHostAlloc: ", cudaGetErrorString(e), ")");
+  }
+  return p;
+}
+
+void host_free_pinned(void* ptr) {
+  if (ptr) cudaFreeHost(ptr);  // waits for the device's work on it
+}
+
+void copy_async(void* dst, int dst_device, const void* src, int src_device, size_t bytes) {
+  if (bytes == 0) return;
+  const int dev = dst_device >= 0 ? dst_device : src_device;
+  if (dev < 0) fail("copy_async: both sides are host memory (copy them directly)");
+  if (dst_device >= 0 && src_device >= 0 && dst_device != src_device) {
+    copy(dst, dst_device, src, src_device, bytes);  // peer copies are already stream-ordered and asynchronous
+    return;
+  }
+  DeviceState& d = state(dev);
+  DeviceGuard g(dev);
+  const cudaMemcpyKind kind = dst_device < 0 ? cudaMemcpyDeviceToHost
+                              : src_device < 0 ? cudaMemcpyHostToDevice
+                                               : cudaMemcpyDeviceToDevice;
+  GPTOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, d.stream), "copy_async");
+}
+
 void copy(void* dst, int dst_device, const void* src, int src_device, size_t bytes) {
   if (bytes == 0) return;
   if (dst_device >= 0 && src_device >= 0) {
@@ -197,6 +250,12 @@ void synchronize(int device) {
   DeviceState& d = state(device);
   DeviceGuard g(device);
   GPTOSS_CUDA_CHECK(cudaStreamSynchronize(d.stream), "synchronize");
+  cudaStream_t comm;
+  {
+    std::lock_guard<std::mutex> lock(d.mu);
+    comm = d.comm;
+  }
+  if (comm) GPTOSS_CUDA_CHECK(cudaStreamSynchronize(comm), "synchronize (comm stream)");
 }
 
 void* event_create(int device, bool timing) {
@@ -209,13 +268,13 @@ void* event_create(int device, bool timing) {
 void event_destroy(void* ev) {
   if (ev) cudaEventDestroy(static_cast<cudaEvent_t>(ev));
 }
-void event_record(void* ev, int device) {
+void event_record(void* ev, int device, int which) {
   DeviceGuard g(device);
-  GPTOSS_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev), state(device).stream), "event_record");
+  GPTOSS_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev), stream_named(device, which)), "event_record");
 }
-void event_wait(void* ev, int device) {
+void event_wait(void* ev, int device, int which) {
   DeviceGuard g(device);
-  GPTOSS_CUDA_CHECK(cudaStreamWaitEvent(state(device).stream, static_cast<cudaEvent_t>(ev), 0), "event_wait");
+  GPTOSS_CUDA_CHECK(cudaStreamWaitEvent(stream_named(device, which), static_cast<cudaEvent_t>(ev), 0), "event_wait");
 }
 void event_synchronize(void* ev) {
   GPTOSS_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(ev)), "event_synchronize");

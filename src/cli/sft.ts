@@ -7,6 +7,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ConfigError } from '../config/overrides.ts';
 import { childLogger } from '../log/logger.ts';
 import { trainSft } from '../trainer/sft.ts';
 import { describeResume, preflightRun } from '../trainer/preflight.ts';
@@ -30,6 +31,12 @@ export async function sftMain(argv: string[] = process.argv): Promise<void> {
   }, log);
   if (!cli) return;
   const { config, args } = cli;
+  // This command trains the single-process policy; optimizer offload is the sharded trainer's (npm run train).
+  if (config.trainer.policy.fsdp_config.cpu_offload) {
+    throw new ConfigError(
+      'trainer.policy.fsdp_config.cpu_offload=true: npm run sft trains the single-process policy, which keeps its optimizer state on the device; npm run train honours the key (its SFT warm start too: trainer.sft.warm_start=true). Use false here.',
+    );
+  }
   const run = await setupRun(config);
   const t = config.trainer;
   const out = t.sft.output_dir ?? join('runs', 'sft', t.run_name);

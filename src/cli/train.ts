@@ -4,7 +4,7 @@
 // on the synthetic task, the held-out reward before and after, metrics and a chart.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { assertSupported, trainingWorldSize } from '../config/load.ts';
+import { assertSupported, trainingWorldSize, usesShardedTrainer } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { launch } from '../distributed/launch.ts';
 import { presetConfig, readConfigFile } from '../model/index.ts';
@@ -41,7 +41,14 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
   // Several processes (trainer.placement.policy_num_gpus_per_node > 1): this process becomes their launcher, and
   // runs again as each of them (WORLD_SIZE set); rank 0 drives the run, the others serve it.
   if (trainingWorldSize(config) > 1 && process.env.WORLD_SIZE === undefined) return launchTraining(config, argv);
-  const drun = trainingWorldSize(config) > 1 ? await setupDistributedRun(config) : null;
+  // One process with trainer.policy.fsdp_config.cpu_offload or colocate_policy_ref=false: the same sharded trainer
+  // over a group of one (only it keeps the optimizer state or the KL reference in host memory).
+  if (trainingWorldSize(config) === 1 && usesShardedTrainer(config)) {
+    log.info(
+      `sharded trainer on one process (${[t.policy.fsdp_config.cpu_offload ? 'trainer.policy.fsdp_config.cpu_offload=true' : '', !t.placement.colocate_policy_ref ? 'trainer.placement.colocate_policy_ref=false' : ''].filter(Boolean).join(', ')})`,
+    );
+  }
+  const drun = usesShardedTrainer(config) ? await setupDistributedRun(config) : null;
   if (drun && !drun.pieces) {
     // Ctrl-C reaches every rank; rank 0 saves the checkpoint (with this rank's shard) and then ends the run.
     process.on('SIGINT', () => {});

@@ -172,7 +172,7 @@ export function compatibilityNotes(c: Config): string[] {
   if (!c.trainer.flash_attn) notes.push('trainer.flash_attn=false: the peer needs this for GPT-OSS (FlashAttention has no sinks); our fused kernel handles sinks, so it is used either way');
   if (!c.trainer.use_sample_packing) notes.push('trainer.use_sample_packing=false: micro-batches are padded; packing is supported for GPT-OSS here and is faster');
   const world = trainingWorldSize(c);
-  if (world === 1 && c.trainer.strategy !== 'single') notes.push(`trainer.strategy=${c.trainer.strategy} over one process: there is nothing to shard, the single-process trainer runs`);
+  if (world === 1 && c.trainer.strategy !== 'single' && !usesShardedTrainer(c)) notes.push(`trainer.strategy=${c.trainer.strategy} over one process: there is nothing to shard, the single-process trainer runs`);
   if (world > 1 && c.trainer.strategy === 'single') notes.push(`trainer.strategy=single over ${world} processes: the trainer is sharded over them (ZeRO-3 style, as fsdp2)`);
   return notes;
 }
@@ -192,9 +192,7 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolea
   { key: 'trainer.placement.ref_num_nodes', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_nodes, want: '1 or trainer.placement.policy_num_nodes', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
   { key: 'trainer.placement.ref_num_gpus_per_node', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_gpus_per_node, want: '1 or trainer.placement.policy_num_gpus_per_node', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
   { key: 'trainer.placement.colocate_all', ok: (v) => v === true, want: 'true', why: `separate devices for training and generation are not supported yet; ${ENGINE_POOL}` },
-  { key: 'trainer.placement.colocate_policy_ref', ok: (v) => v === true, want: 'true', why: 'the reference model always lives in the training process' },
   { key: 'trainer.policy.sequence_parallel_size', ok: (v) => v === 1, want: '1', why: 'sequence parallelism is not supported yet' },
-  { key: 'trainer.policy.fsdp_config.cpu_offload', ok: (v) => v === false, want: 'false', why: `optimizer state in host memory is not supported yet (the memory planner, npx gptoss plan, already plans it); ${SHARDED}` },
   { key: 'trainer.policy.optimizer_config.offload_after_step', ok: (v) => v === false, want: 'false', why: `offloading the optimizer state between steps is not supported yet; ${SHARDED}` },
   { key: 'trainer.gradient_checkpointing_use_reentrant', ok: (v) => v === false, want: 'false', why: "PyTorch's reentrant checkpointing has no counterpart here (trainer.gradient_checkpointing recomputes each layer in its backward)" },
   { key: 'trainer.hf_save_interval', ok: (v) => v === -1 || v === 0, want: '-1', why: 'a separate HF-format export is not supported yet; every checkpoint (<ckpt_path>/global_step_N) already holds the model in the HF layout, loadable with --model' },
@@ -208,6 +206,16 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolea
   { key: 'generator.enable_chunked_prefill', ok: (v) => v === true, want: 'true', why: 'the engine always prefills in chunks within generator.max_num_batched_tokens (a whole-prompt prefill mode is not built)' },
   { key: 'environment.skyrl_gym', ok: (v) => v === undefined, want: '(unset)', why: "the peer's per-environment options have no counterpart here (environment.reward_rule picks the reward)" },
 ];
+
+/**
+ * Whether `npm run train` runs the sharded trainer (src/trainer/distributed-run.ts, ShardedPolicy): over several
+ * processes, and also on one when a setting only it honours is asked for: trainer.policy.fsdp_config.cpu_offload
+ * (fp32 masters and AdamW moments in pinned host memory, AdamW on the host) or trainer.placement.
+ * colocate_policy_ref=false (the KL reference's weights kept in host memory between its uses).
+ */
+export function usesShardedTrainer(c: Config): boolean {
+  return trainingWorldSize(c) > 1 || c.trainer.policy.fsdp_config.cpu_offload || !c.trainer.placement.colocate_policy_ref;
+}
 
 /** Processes of a training run: trainer.placement.policy_num_nodes x policy_num_gpus_per_node. */
 export function trainingWorldSize(c: Config): number {

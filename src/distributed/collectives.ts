@@ -3,12 +3,13 @@
 //
 // Two backends implement it:
 //   - NcclCollectives (here): tensors on this rank's GPU; every call only enqueues NCCL work on the device's
-//     compute stream (ordered against compute, no host sync), so the returned promise resolves at once.
+//     compute stream (ordered against compute, no host sync), so the returned promise resolves at once. Gathers
+//     and reduce-scatters may go to the device's comm stream instead (CollectiveOptions.stream).
 //     Reading a result back (toFloat32) or synchronize() waits for it.
 //   - CpuCollectives (cpu-collectives.ts): any tensor (staged through host memory), moved over TCP through the
 //     hub; the promise resolves when the result is in place. Meant for CI and small host-side traffic.
 import { native, type NcclComm } from '../native.ts';
-import type { Tensor } from '../tensor.ts';
+import type { StreamName, Tensor } from '../tensor.ts';
 import type { TcpGroup } from './tcp-group.ts';
 
 export type ReduceOp = 'sum' | 'avg' | 'max' | 'min';
@@ -21,6 +22,18 @@ export interface P2POp {
   peer: number;
 }
 
+/** Where a gather or reduce-scatter runs (see Collectives.allGather). */
+export interface CollectiveOptions {
+  /**
+   * NCCL: the device stream the collective is enqueued on. 'compute' (default): ordered with every op. 'comm': the
+   * device's communication stream, beside compute; the caller orders it with StreamEvents (the inputs' producer
+   * recorded on 'compute' and waited on by 'comm' first, the outputs' consumers waiting for an event recorded on
+   * 'comm' after it) and keeps its buffers alive until compute has waited. The CPU backend's collectives have
+   * completed when their promise resolves, which satisfies either.
+   */
+  stream?: StreamName;
+}
+
 export interface Collectives {
   readonly backend: 'nccl' | 'cpu';
   readonly rank: number;
@@ -28,9 +41,9 @@ export interface Collectives {
   /** In place: tensor <- reduce over ranks of tensor. Same dtype and shape on every rank. */
   allReduce(tensor: Tensor, op?: ReduceOp): Promise<void>;
   /** out [worldSize * n] <- concat over ranks (in rank order) of input [n] (element counts; any shapes). */
-  allGather(out: Tensor, input: Tensor): Promise<void>;
+  allGather(out: Tensor, input: Tensor, opts?: CollectiveOptions): Promise<void>;
   /** out [n] <- chunk `rank` of the reduction over ranks of input [worldSize * n]. */
-  reduceScatter(out: Tensor, input: Tensor, op?: ReduceOp): Promise<void>;
+  reduceScatter(out: Tensor, input: Tensor, op?: ReduceOp, opts?: CollectiveOptions): Promise<void>;
   /** In place: tensor <- root's tensor. */
   broadcast(tensor: Tensor, root: number): Promise<void>;
   /** Sends tensor to peer (which posts a matching recv of the same dtype and element count). */
@@ -141,15 +154,15 @@ export class NcclCollectives implements Collectives {
     native().ops.ncclAllReduce(this.handle('allReduce'), tensor.native, tensor.native, op);
   }
 
-  async allGather(out: Tensor, input: Tensor): Promise<void> {
+  async allGather(out: Tensor, input: Tensor, opts: CollectiveOptions = {}): Promise<void> {
     checkAllGather(this.worldSize, out, input);
-    native().ops.ncclAllGather(this.handle('allGather'), input.native, out.native);
+    native().ops.ncclAllGather(this.handle('allGather'), input.native, out.native, opts.stream ?? 'compute');
   }
 
-  async reduceScatter(out: Tensor, input: Tensor, op: ReduceOp = 'sum'): Promise<void> {
+  async reduceScatter(out: Tensor, input: Tensor, op: ReduceOp = 'sum', opts: CollectiveOptions = {}): Promise<void> {
     checkReduceOp('reduceScatter', op);
     checkReduceScatter(this.worldSize, out, input);
-    native().ops.ncclReduceScatter(this.handle('reduceScatter'), input.native, out.native, op);
+    native().ops.ncclReduceScatter(this.handle('reduceScatter'), input.native, out.native, op, opts.stream ?? 'compute');
   }
 
   async broadcast(tensor: Tensor, root: number): Promise<void> {

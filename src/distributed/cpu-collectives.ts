@@ -8,6 +8,7 @@ import {
   checkRank,
   checkReduceOp,
   checkReduceScatter,
+  type CollectiveOptions,
   type Collectives,
   type P2POp,
   type ReduceOp,
@@ -36,13 +37,14 @@ export class CpuCollectives implements Collectives {
     tensor.copyFrom(f.payload);
   }
 
-  async allGather(out: Tensor, input: Tensor): Promise<void> {
+  // opts.stream: these complete before their promise resolves, which orders them against any stream.
+  async allGather(out: Tensor, input: Tensor, _opts?: CollectiveOptions): Promise<void> {
     checkAllGather(this.worldSize, out, input);
     const f = await this.group.collective({ op: 'allGather', dtype: input.dtype, shape: input.shape }, bytes(input));
     out.copyFrom(f.payload);
   }
 
-  async reduceScatter(out: Tensor, input: Tensor, op: ReduceOp = 'sum'): Promise<void> {
+  async reduceScatter(out: Tensor, input: Tensor, op: ReduceOp = 'sum', _opts?: CollectiveOptions): Promise<void> {
     checkReduceOp('reduceScatter', op);
     checkReduceScatter(this.worldSize, out, input);
     const f = await this.group.collective(

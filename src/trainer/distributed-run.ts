@@ -472,6 +472,8 @@ export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
   const policy = ShardedPolicy.fromWeights(base.model.weights, dist.collectives, {
     recompute: c.trainer.gradient_checkpointing,
     deterministic: c.trainer.deterministic,
+    cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
+    referenceOnHost: !c.trainer.placement.colocate_policy_ref,
   });
   const options = engineOptionsFromConfig(c.generator);
   // tp N: the engine's slice is cut from the same weights. The full copy setupRun built stays as the run's `model`

@@ -9,7 +9,8 @@
 //   buffer padded to a multiple of N; rank r owns elements [r·s, (r+1)·s) with s = ceil(P_unit / N).
 // - Per rank, persistent: the bf16 compute-weight shard (2 B/param), the fp32 master shard (4 B), AdamW's two
 //   fp32 moments (8 B) and the fp32 gradient shard (4 B): 18 B per owned parameter. With
-//   trainer.policy.fsdp_config.cpu_offload the masters and moments live in pinned host memory instead.
+//   trainer.policy.fsdp_config.cpu_offload the masters and moments live in pinned host memory instead (with two
+//                                          pinned staging slots; AdamW runs on the host).
 // - Per rank, transient: the all-gathered bf16 unit in use plus the next one prefetched (forward, and again in the
 //   backward, where the recompute and the backward of a layer share one gather), the unsharded fp32 gradient of
 //   the unit whose backward runs plus that of the unit being reduce-scattered, and the activations of one
@@ -236,8 +237,6 @@ export interface PlanAssumptions {
   /** Routed MoE rows per token-expert assignment at most: the CUDA batched path pads each expert range to a
    *  multiple of 64 rows and is used only while that adds at most 50% rows (native/cuda/moe.cu batched_slabs). */
   moeRowPadding: number;
-  /** cpu_offload: parameters per chunk when masters and moments stream through the GPU for AdamW. */
-  offloadChunkParams: number;
 }
 
 export const DEFAULT_ASSUMPTIONS: PlanAssumptions = {
@@ -246,7 +245,6 @@ export const DEFAULT_ASSUMPTIONS: PlanAssumptions = {
   ncclBytes: 0.75e9,
   allocatorSlack: 0.1,
   moeRowPadding: 1.5,
-  offloadChunkParams: 32 * 2 ** 20,
 };
 
 /** Where the KL reference model lives: sharded bf16 on the GPUs, sharded bf16 in host memory, or absent. */
@@ -460,12 +458,6 @@ export function planMemory(input: PlanInput): MemoryPlan {
       formula: `2 (backward + reduce-scatter) x 4 B x ${fmtB(U)}`,
     });
   }
-  if (input.cpuOffload) {
-    // Masters and moments streamed through the GPU for AdamW in chunks (of a unit's shard at most),
-    // double-buffered so the copies overlap the update.
-    const chunk = Math.min(shardSize(largestP, N), a.offloadChunkParams);
-    train.push({ key: 'offloadStaging', label: 'optimizer streaming buffers', bytes: 2 * 12 * chunk, formula: `2 x (4 + 8) B x ${fmtB(chunk)} params per chunk (cpu_offload)` });
-  }
   const trainActBytes = Math.max(act.peakBytes, fwdAct);
   train.push({
     key: 'activations',
@@ -502,8 +494,12 @@ export function planMemory(input: PlanInput): MemoryPlan {
   // ---- host (per rank) ----
   const hostTrain: PlanRow[] = [];
   if (input.cpuOffload) {
+    // AdamW runs on the host (ShardedPolicy.optimizerStep): the gradient shards come down and the bf16 shards go
+    // up through two pinned staging slots of the largest unit's shard (f32 gradient + bf16 weights); no GPU memory.
+    const slot = shardSize(largestP, N);
     hostTrain.push({ key: 'masters', label: 'fp32 master shard', bytes: 4 * S, formula: '4 B x S (cpu_offload)' });
     hostTrain.push({ key: 'moments', label: 'AdamW moments (m, v)', bytes: 8 * S, formula: '8 B x S (cpu_offload)' });
+    hostTrain.push({ key: 'offloadStaging', label: 'optimizer staging slots', bytes: 2 * 6 * slot, formula: `2 x (4 + 2) B x ${fmtB(slot)} (largest unit's shard; cpu_offload)` });
   }
   if (input.ref === 'host') hostTrain.push({ key: 'ref', label: 'KL reference (bf16 shard)', bytes: 2 * S, formula: '2 B x S (colocate_policy_ref=false)' });
 

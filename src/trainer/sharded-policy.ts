@@ -22,7 +22,7 @@
 // the whole mini-batch); then the sum over ranks of the gradients equals the single-process gradient.
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Tensor, synchronize } from '../tensor.ts';
+import { StreamEvent, Tensor, synchronize, type StreamName } from '../tensor.ts';
 import type { Collectives } from '../distributed/collectives.ts';
 import {
   Checkpoint,
@@ -242,9 +242,11 @@ export interface ShardedModelOptions {
   /** Bitwise-reproducible attention backward (see ModelOptions.deterministic). */
   deterministic?: boolean;
   /**
-   * Keep the fp32 masters and AdamW moments in host memory and run AdamW there (trainer.policy.fsdp_config.
-   * cpu_offload): each step copies the gradient shard to the host and the updated bf16 shard back. On a CPU device
-   * it changes nothing. Default false.
+   * Keep the fp32 masters and AdamW moments in pinned host memory and run AdamW there (trainer.policy.fsdp_config.
+   * cpu_offload): each step copies the gradient shards to the host and the updated bf16 shards back, asynchronously
+   * through two pinned staging slots so the copies overlap the host's AdamW (optimizerStep). The same AdamW
+   * arithmetic as on the device (native/cpu/optim.h), so the weights are bitwise those of the default. On a CPU
+   * device it changes nothing. Default false.
    */
   cpuOffload?: boolean;
   /**
@@ -257,7 +259,37 @@ export interface ShardedModelOptions {
    * after it and runs without prefetch, so the split is exact but the step is slower than without. Default false.
    */
   timing?: boolean;
+  /**
+   * Overlap communication with compute (default true): the next unit's all-gather is issued one unit ahead on the
+   * device's comm stream (it runs while the current unit computes) and each reduce-scatter runs there while the
+   * next unit's backward computes; StreamEvents order them against the compute stream. false: no look-ahead,
+   * every collective on the compute stream in program order. The results are bitwise the same either way.
+   */
+  prefetch?: boolean;
+  /**
+   * One rank: gather and reduce-scatter through the collectives anyway (each a copy) instead of using the shard in
+   * place, so the overlap machinery runs, and can be tested and measured, on one GPU. Default false.
+   */
+  collectivesAtOne?: boolean;
+  /**
+   * Measure the exposed (not overlapped) communication time, stats().exposedGatherMs / exposedReduceScatterMs:
+   * on a GPU, timing events on the compute stream around each wait for a comm-stream collective (how long compute
+   * stalled); on the CPU, where compute and collectives cannot overlap, the wall time of each await. Default false.
+   */
+  exposedTiming?: boolean;
 }
+
+/** Milliseconds of communication (ShardedPolicy.stats()). */
+export interface ShardedStats {
+  /** Timing mode: the gathers' and reduce-scatters' own time (device drained around each). */
+  gatherMs: number;
+  reduceScatterMs: number;
+  /** exposedTiming: how long compute waited for them (with prefetch, what the overlap did not hide). */
+  exposedGatherMs: number;
+  exposedReduceScatterMs: number;
+}
+
+type ModelOpts = Required<Pick<ShardedModelOptions, 'recompute' | 'deterministic' | 'timing' | 'prefetch' | 'collectivesAtOne' | 'exposedTiming'>> & { lmHeadChunk?: number };
 
 /** What a sharded forward keeps for backward: the single-process model's state, freed by disposeState. */
 type ShardedState = Omit<ForwardState, 'dispose'>;
@@ -276,10 +308,16 @@ function disposeState(s: ShardedState): void {
 class ShardedModel {
   readonly units: ShardUnit[];
   readonly layers: DecoderLayer[];
-  /** Milliseconds spent in the all-gathers and reduce-scatters (measured in timing mode only). */
-  readonly stats = { gatherMs: 0, reduceScatterMs: 0 };
+  /** Milliseconds of communication (timing / exposedTiming modes; see ShardedStats). */
+  readonly stats: ShardedStats = { gatherMs: 0, reduceScatterMs: 0, exposedGatherMs: 0, exposedReduceScatterMs: 0 };
+  /** exposedTiming on a GPU: event pairs around compute's waits, read (synchronizing) by resolveStats(). */
+  private exposedEvents: { from: StreamEvent; to: StreamEvent; key: 'exposedGatherMs' | 'exposedReduceScatterMs' }[] = [];
   private readonly host: ShardHost;
   private readonly rope: RopeTables;
+  /** One rank using its shard in place (no collectives; see collectivesAtOne). */
+  readonly direct: boolean;
+  /** Collectives on the comm stream, gathers one unit ahead (prefetch and not timing). */
+  readonly overlap: boolean;
 
   constructor(
     readonly config: GptOssConfig,
@@ -287,8 +325,10 @@ class ShardedModel {
     readonly device: string,
     /** Per unit: this rank's bf16 compute shard [shard]. */
     readonly bf16: Tensor[],
-    readonly opts: Required<Pick<ShardedModelOptions, 'recompute' | 'deterministic' | 'timing'>> & { lmHeadChunk?: number },
+    readonly opts: ModelOpts,
   ) {
+    this.direct = comm.worldSize === 1 && !opts.collectivesAtOne;
+    this.overlap = opts.prefetch && !opts.timing;
     this.units = shardLayout(config, comm.worldSize);
     this.rope = ropeTables(config, device);
     this.host = new ShardHost(config, device, this.rope, opts.deterministic);
@@ -300,9 +340,10 @@ class ShardedModel {
   }
 
   /**
-   * Issues the all-gather of unit u's bf16 weights and resolves to them. Called one unit ahead of use (prefetch),
-   * so on a backend that runs collectives beside compute the gather overlaps the current unit's compute.
-   * NCCL today enqueues on the compute stream, so there it is ordered after the current compute (see docs).
+   * Issues the all-gather of unit u's bf16 weights and resolves to them. Called one unit ahead of use (prefetch):
+   * the gather goes to the comm stream after an event that covers the compute queued so far (the units before
+   * the current one, which may still read the buffer `full` reuses), so it runs while the current unit computes;
+   * when the caller next yields, the compute stream is made to wait for it (after the current unit's work).
    */
   async gather(u: number): Promise<Gathered> {
     const unit = this.units[u]!;
@@ -311,19 +352,56 @@ class ShardedModel {
     const staged = shard.device === this.device ? null : shard.to(this.device);
     const src = staged ?? shard;
     // One rank: the shard is the whole unit; use it in place (no copy).
-    if (this.comm.worldSize === 1) return this.viewsOf(unit, src.view([unit.padded]), staged);
+    if (this.direct) return this.viewsOf(unit, src.view([unit.padded]), staged);
     const full = Tensor.empty([unit.padded], { dtype: 'bf16', device: this.device });
     try {
       const t0 = this.timeStart();
-      const p = this.comm.allGather(full, src);
-      await (t0 === null ? p : this.timeEnd(p, t0, 'gatherMs'));
+      const stream = this.toComm();
+      const p = this.comm.allGather(full, src, { stream });
+      const done = stream === 'comm' ? new StreamEvent(this.device).record('comm') : null;
+      await (t0 === null ? this.settle(p, done, 'exposedGatherMs') : this.timeEnd(p, t0, 'gatherMs'));
     } catch (e) {
       full.dispose();
       throw e;
     } finally {
+      // Freed only once compute has waited for the gather that read it (settle), so its block is not reused early.
       staged?.dispose();
     }
     return this.viewsOf(unit, full, null);
+  }
+
+  /**
+   * With overlap: the comm stream waits for the compute queued so far (the collective's input, and every earlier
+   * reader of the blocks its buffers reuse), and the collective goes there. Otherwise the compute stream.
+   */
+  private toComm(): StreamName {
+    if (!this.overlap) return 'compute';
+    new StreamEvent(this.device).record('compute').wait('comm');
+    return 'comm';
+  }
+
+  /**
+   * Waits for a collective's promise, then (comm stream) makes compute wait for its `done` event. exposedTiming:
+   * the wall time of the await on the CPU; on a GPU a timing-event pair around compute's wait.
+   */
+  private async settle(p: Promise<void>, done: StreamEvent | null, key: 'exposedGatherMs' | 'exposedReduceScatterMs'): Promise<void> {
+    const measure = this.opts.exposedTiming;
+    const cpu = this.device === 'cpu';
+    const t0 = measure && cpu ? performance.now() : 0;
+    await p;
+    if (measure && cpu) this.stats[key] += performance.now() - t0;
+    if (!done) return;
+    if (measure && !cpu) {
+      const from = new StreamEvent(this.device, true).record();
+      done.wait();
+      this.exposedEvents.push({ from, to: new StreamEvent(this.device, true).record(), key });
+    } else done.wait();
+  }
+
+  /** Adds the exposed times measured on the GPU so far into stats (waits for their events). */
+  resolveStats(): void {
+    for (const { from, to, key } of this.exposedEvents) this.stats[key] += from.elapsedMs(to);
+    this.exposedEvents = [];
   }
 
   private viewsOf(unit: ShardUnit, full: Tensor, staged: Tensor | null): Gathered {
@@ -376,7 +454,7 @@ class ShardedModel {
     const saved: (LayerSaved | null)[] = [];
     const inputs: (Tensor | null)[] = [];
     let x: Tensor | null = null;
-    const ahead = !this.opts.timing;
+    const ahead = this.overlap;
     let next: Promise<Gathered> | null = ahead ? this.gather(0) : null;
     try {
       for (let u = 0; u <= L + 1; u++) {
@@ -425,7 +503,8 @@ class ShardedModel {
    * Backward from dLoss/dLogprob per token (f32 [T]; state null on a rank without sequences). Units in reverse:
    * each is gathered again (the head and the layers; the embedding's backward does not read its weights), its
    * parameter gradients computed into a zeroed full fp32 buffer and reduce-scattered (sum) into `onShard(u, g)`.
-   * The reduce-scatter of unit u is in flight while unit u-1 computes; all are awaited before returning.
+   * With overlap the reduce-scatter of unit u runs on the comm stream while unit u-1 computes (and the gather of
+   * unit u-2 is issued one unit ahead); all are finished before returning.
    */
   async backward(
     state: ShardedState | null,
@@ -436,8 +515,16 @@ class ShardedModel {
   ): Promise<void> {
     const c = this.config;
     const L = c.numLayers;
-    const pending: Promise<void>[] = [];
-    const single = this.comm.worldSize === 1;
+    const single = this.direct;
+    // With overlap, a reduce-scatter is finished (compute made to wait for it, its input freed, its output handed
+    // to onShard) one unit later, once the next unit's backward is queued: on the comm stream it runs beside that
+    // backward. Only then may its input's block be reused, so the input is freed there.
+    let unfinished: (() => Promise<void>) | null = null;
+    const finishPrevious = async (): Promise<void> => {
+      const f = unfinished;
+      unfinished = null;
+      if (f) await f();
+    };
     const reduce = async (u: number, flat: Tensor, inPlace: boolean): Promise<void> => {
       // One rank: the full gradient is the shard (nothing to reduce); accumulated in place or handed over.
       if (single) {
@@ -446,22 +533,31 @@ class ShardedModel {
       }
       const out = Tensor.empty([this.units[u]!.shard], { dtype: 'f32', device: this.device });
       const t0 = this.timeStart();
-      const p = this.comm.reduceScatter(out, flat, 'sum');
-      pending.push(
-        p.then(
-          () => {
-            flat.dispose();
-            onShard(u, out);
-          },
-          (e: unknown) => {
-            flat.dispose();
-            out.dispose();
-            throw e;
-          },
-        ),
-      );
-      // Timing mode: wait for this reduce-scatter here, so its time is its own (no overlap with the next unit).
-      if (t0 !== null) await this.timeEnd(p, t0, 'reduceScatterMs');
+      let p: Promise<void>;
+      let done: StreamEvent | null = null;
+      try {
+        const stream = this.toComm();
+        p = this.comm.reduceScatter(out, flat, 'sum', { stream });
+        if (stream === 'comm') done = new StreamEvent(this.device).record('comm');
+      } catch (e) {
+        disposeAll(flat, out);
+        throw e;
+      }
+      const finish = async (): Promise<void> => {
+        try {
+          // Timing mode: waited for here, so its time is its own (no overlap with the next unit).
+          await (t0 === null ? this.settle(p, done, 'exposedReduceScatterMs') : this.timeEnd(p, t0, 'reduceScatterMs'));
+        } catch (e) {
+          disposeAll(flat, out);
+          throw e;
+        }
+        flat.dispose();
+        onShard(u, out);
+      };
+      if (!this.overlap) return finish();
+      const previous = unfinished;
+      unfinished = finish;
+      if (previous) await previous();
     };
     const zerosFor = (u: number): { flat: Tensor; inPlace: boolean; orig: Map<string, Tensor>; grads: Map<string, Tensor> } => {
       const acc = single ? accumulated(u) : null;
@@ -481,7 +577,7 @@ class ShardedModel {
       }
       for (const v of orig.values()) if (!v.disposed) v.dispose();
     };
-    const ahead = !this.opts.timing;
+    const ahead = this.overlap;
     let next: Promise<Gathered> | null = ahead ? this.gather(L + 1) : null;
     let dx: Tensor | null = null;
     try {
@@ -541,10 +637,8 @@ class ShardedModel {
     } finally {
       disposeAll(dx);
       if (state) disposeState(state);
-      // Every reduce-scatter was issued; wait for all of them (the first failure is rethrown).
-      const results = await Promise.allSettled(pending);
-      const bad = results.find((r) => r.status === 'rejected');
-      if (bad) throw (bad as PromiseRejectedResult).reason;
+      // The last reduce-scatter issued (a failure is rethrown).
+      await finishPrevious();
     }
   }
 
@@ -609,6 +703,35 @@ interface OptShard {
   v: Tensor;
 }
 
+/**
+ * One of the offload path's two staging slots (pinned host memory sized to the largest unit's shard): the gradient
+ * shard copied down (f32) and the updated bf16 shard going up, with the events that say when each copy is done.
+ */
+interface StagingSlot {
+  g: Tensor;
+  b: Tensor;
+  gReady: StreamEvent;
+  bDone: StreamEvent;
+  /** bDone has been recorded (an upload from this slot may still be reading b). */
+  uploading: boolean;
+}
+
+function makeStaging(units: readonly ShardUnit[], device: string): StagingSlot[] {
+  const n = Math.max(...units.map((u) => u.shard));
+  return [0, 1].map(() => ({
+    g: Tensor.empty([n], { dtype: 'f32', device: 'cpu', pinned: true }),
+    b: Tensor.empty([n], { dtype: 'bf16', device: 'cpu', pinned: true }),
+    gReady: new StreamEvent(device),
+    bDone: new StreamEvent(device),
+    uploading: false,
+  }));
+}
+
+/** A copy of t in pinned host memory (the offloaded masters and moments). */
+function pinnedCopy(t: Tensor): Tensor {
+  return Tensor.empty(t.shape, { dtype: t.dtype, device: 'cpu', pinned: true }).copyFrom(t);
+}
+
 /** The manifest a sharded save writes (fsdp.json), read back by load(). */
 export interface ShardedManifest {
   format: 'gptoss-fsdp';
@@ -628,6 +751,8 @@ export class ShardedPolicy implements Policy {
   /** Per unit: the fp32 gradient shard, or null after zeroGrad() until a backward writes it. */
   private grads: (Tensor | null)[] | null = null;
   private opt: OptShard[] | null = null;
+  /** The offload path's staging slots (cpuOffload on a GPU; made at the first optimizer step). */
+  private staging: StagingSlot[] | null = null;
   /** Optimizer steps taken (saved). */
   optimizerSteps = 0;
   /** Where the masters and moments live: 'cpu' with cpuOffload, else the compute device. */
@@ -693,6 +818,9 @@ export class ShardedPolicy implements Policy {
       recompute: opts.recompute ?? true,
       deterministic: opts.deterministic ?? false,
       timing: opts.timing ?? false,
+      prefetch: opts.prefetch ?? true,
+      collectivesAtOne: opts.collectivesAtOne ?? false,
+      exposedTiming: opts.exposedTiming ?? false,
       lmHeadChunk: opts.lmHeadChunk,
     });
     return new ShardedPolicy(model, opts);
@@ -814,44 +942,73 @@ export class ShardedPolicy implements Policy {
 
   /**
    * AdamW on this rank's shards (no communication): masters, moments and the bf16 compute shards are updated.
-   * With cpuOffload on a GPU, per unit: gradient shard to the host, AdamW there, the bf16 shard back.
+   * With cpuOffload on a GPU (masters and moments in pinned host memory), a pipeline over the units through two
+   * pinned staging slots: unit u+1's gradient shard is copied to the host (asynchronously, on the compute stream)
+   * while the host runs AdamW on unit u, whose updated bf16 shard then goes back asynchronously. The host waits
+   * only for the copy it needs next; the next forward is ordered after the uploads by the stream.
    */
   optimizerStep(h: OptimizerHyper, step: number): void {
     if (!this.grads) throw new Error('optimizerStep: no gradients (run forward + backward first)');
     const dev = this.device;
     const od = this.optDevice;
+    const offload = od !== dev;
     if (!this.opt) {
       this.opt = this.model.bf16.map((b) => {
         const m32 = cast(b, 'f32');
-        const master = od === dev ? m32 : m32.to(od);
+        const master = offload ? pinnedCopy(m32) : m32;
         if (master !== m32) m32.dispose();
-        return { master, m: Tensor.zeros(b.shape, { dtype: 'f32', device: od }), v: Tensor.zeros(b.shape, { dtype: 'f32', device: od }) };
+        return { master, m: Tensor.zeros(b.shape, { dtype: 'f32', device: od, pinned: offload }), v: Tensor.zeros(b.shape, { dtype: 'f32', device: od, pinned: offload }) };
       });
     }
-    this.model.units.forEach((_, u) => {
-      const s = this.opt![u]!;
-      let g = this.grads![u];
-      if (!g) this.grads![u] = g = Tensor.zeros(s.master.shape, { dtype: 'f32', device: dev });
-      const bf16 = this.model.bf16[u]!;
-      if (od === dev) {
-        adamwStep({ master: s.master, grad: g, m: s.m, v: s.v, bf16 }, { ...h, step });
-        return;
-      }
-      const gh = g.to(od);
-      const bh = Tensor.empty(bf16.shape, { dtype: 'bf16', device: od });
+    const units = this.model.units;
+    const grads = this.grads;
+    const gradOf = (u: number): Tensor => (grads[u] ??= Tensor.zeros(this.opt![u]!.master.shape, { dtype: 'f32', device: dev }));
+    if (!offload) {
+      units.forEach((_, u) => {
+        const s = this.opt![u]!;
+        adamwStep({ master: s.master, grad: gradOf(u), m: s.m, v: s.v, bf16: this.model.bf16[u]! }, { ...h, step });
+      });
+      this.optimizerSteps = step;
+      return;
+    }
+    const slots = (this.staging ??= makeStaging(units, dev));
+    const download = (u: number): void => {
+      const slot = slots[u % 2]!;
+      const dst = slot.g.slice(0, units[u]!.shard);
+      dst.copyFromAsync(gradOf(u));
+      dst.dispose();
+      slot.gReady.record();
+    };
+    download(0);
+    for (let u = 0; u < units.length; u++) {
+      if (u + 1 < units.length) download(u + 1);
+      const slot = slots[u % 2]!;
+      const s = this.opt[u]!;
+      const n = units[u]!.shard;
+      const gh = slot.g.slice(0, n);
+      const bh = slot.b.slice(0, n);
       try {
+        slot.gReady.synchronize(); // unit u's gradient shard is on the host
+        if (slot.uploading) slot.bDone.synchronize(); // unit u-2's upload from this slot has read it
         adamwStep({ master: s.master, grad: gh, m: s.m, v: s.v, bf16: bh }, { ...h, step });
-        bf16.copyFrom(bh);
+        this.model.bf16[u]!.copyFromAsync(bh);
+        slot.bDone.record();
+        slot.uploading = true;
       } finally {
         disposeAll(gh, bh);
       }
-    });
+    }
     this.optimizerSteps = step;
   }
 
   resetOptimizer(): void {
     if (this.opt) for (const s of this.opt) disposeAll(s.master, s.m, s.v);
     this.opt = null;
+    if (this.staging) {
+      synchronize(this.device); // no copy may still be reading or writing a slot
+      for (const s of this.staging) disposeAll(s.g, s.b);
+    }
+    this.staging = null;
     this.optimizerSteps = 0;
   }
 
@@ -937,8 +1094,15 @@ export class ShardedPolicy implements Policy {
       });
       this.resetOptimizer();
       if (m.hasOptimizer) {
+        const offload = this.optDevice !== this.device;
         this.opt = units.map((unit) => {
-          const ld = (k: string): Tensor => ck.load(`${k}.${unit.key}`, { device: this.optDevice, dtype: 'f32', shape: [unit.shard] });
+          const ld = (k: string): Tensor => {
+            const t = ck.load(`${k}.${unit.key}`, { device: this.optDevice, dtype: 'f32', shape: [unit.shard] });
+            if (!offload) return t;
+            const p = pinnedCopy(t);
+            t.dispose();
+            return p;
+          };
           return { master: ld('master'), m: ld('m'), v: ld('v') };
         });
       }
@@ -1001,7 +1165,6 @@ export class ShardedPolicy implements Policy {
     return out;
   }
 
-  /** Collective time since the last resetStats() (timing mode; zeros otherwise). */
   /**
    * Collective: the in-process weight sync of a colocated engine. Unit by unit (embedding, each layer, head) the bf16
    * weights are all-gathered exactly as the forward gathers them, `copy(name, full)` receives each parameter's full
@@ -1019,13 +1182,15 @@ export class ShardedPolicy implements Policy {
     }
   }
 
-  stats(): { gatherMs: number; reduceScatterMs: number } {
+  /** Communication time since the last resetStats() (timing / exposedTiming modes; zeros otherwise). Waits for the device. */
+  stats(): ShardedStats {
+    this.model.resolveStats();
     return { ...this.model.stats };
   }
 
   resetStats(): void {
-    this.model.stats.gatherMs = 0;
-    this.model.stats.reduceScatterMs = 0;
+    this.model.resolveStats();
+    Object.assign(this.model.stats, { gatherMs: 0, reduceScatterMs: 0, exposedGatherMs: 0, exposedReduceScatterMs: 0 });
   }
 
   numParameters(): number {

@@ -1,4 +1,5 @@
-// CPU AdamW against a float64 re-statement of torch.optim.AdamW; sum of squares; grad-norm clipping; bad inputs.
+// CPU AdamW against a float64 re-statement of torch.optim.AdamW and, bitwise, against the fma-explicit element
+// function the CUDA kernel shares; sum of squares; grad-norm clipping; bad inputs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, roundBf16 } from '../../src/tensor.ts';
@@ -68,4 +69,56 @@ test('adamwStep rejects bad inputs', () => {
   assert.throws(() => adamwStep({ master: p, grad: z(), m: z(), v: z() }, { ...h, step: 0 }), /step is 1-based/);
   assert.throws(() => adamwStep({ master: p, grad: z(), m: z(), v: z(), bf16: z() }, h), /bf16 must be bf16/);
   assert.throws(() => sumOfSquares([Tensor.zeros([2], { dtype: 'i32', device: dev })]), /must be f32 or bf16/);
+});
+
+// ---- the exact roundings of adamw_element (native/cpu/optim.h), which the CUDA kernel shares -------------------
+const f = Math.fround;
+const fbuf = new Float32Array(1);
+const ibuf = new Int32Array(fbuf.buffer);
+/** The float next to x (a float) toward +inf (up) or -inf. */
+function nextFloat(x: number, up: boolean): number {
+  if (x === 0) return up ? 2 ** -149 : -(2 ** -149);
+  fbuf[0] = x;
+  ibuf[0]! += (x > 0) === up ? 1 : -1;
+  return fbuf[0]!;
+}
+/** fmaf(a, b, c) correctly rounded: a*b is exact in double; TwoSum gives s + e = a*b + c exactly. */
+function fmaf(a: number, b: number, c: number): number {
+  const p = a * b;
+  const s = p + c;
+  const bb = s - p;
+  const e = p - (s - bb) + (c - bb);
+  const r = f(s);
+  if (e === 0 || r === s) return r;
+  const other = nextFloat(r, r < s);
+  if ((r + other) / 2 !== s) return r; // not a tie: rounding s is rounding s + e
+  // s is a midpoint between r and other: e decides.
+  return e > 0 === other > r ? other : r;
+}
+
+test('adamwStep on the CPU is bitwise the fma-explicit element function (the roundings the CUDA kernel shares)', () => {
+  const n = 20011;
+  const g0 = uniformSym(n, 7, 0.1).map((x, i) => (i % 89 === 0 ? 0 : x * 10 ** -(i % 9)));
+  const h = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 };
+  const p = Float32Array.from(uniformSym(n, 8, 0.05)), m = new Float32Array(n), v = new Float32Array(n);
+  const master = Tensor.from(p, [n], { device: dev }), mt = Tensor.zeros([n], { device: dev }), vt = Tensor.zeros([n], { device: dev });
+  for (let step = 1; step <= 3; step++) {
+    const g = g0.map((x, i) => (step === 2 && i % 3 === 0 ? -x : x));
+    adamwStep({ master, grad: Tensor.from(g, [n], { device: dev }), m: mt, v: vt }, { ...h, step });
+    // The binding's constants: computed in double, rounded once to float.
+    const decay = f(1 - h.lr * h.weightDecay), omb1 = f(1 - h.beta1), omb2 = f(1 - h.beta2), beta2 = f(h.beta2), eps = f(h.eps);
+    const ss = f(h.lr / (1 - h.beta1 ** step)), bc2 = f(Math.sqrt(1 - h.beta2 ** step));
+    for (let i = 0; i < n; i++) {
+      const pd = f(p[i]! * decay);
+      const mi = fmaf(omb1, f(g[i]! - m[i]!), m[i]!);
+      const vi = fmaf(beta2, v[i]!, f(f(omb2 * g[i]!) * g[i]!));
+      const denom = f(f(f(Math.sqrt(vi)) / bc2) + eps);
+      p[i] = fmaf(-ss, f(mi / denom), pd);
+      m[i] = mi;
+      v[i] = vi;
+    }
+  }
+  assert.deepEqual(mt.toFloat32(), m, 'm');
+  assert.deepEqual(vt.toFloat32(), v, 'v');
+  assert.deepEqual(master.toFloat32(), p, 'master');
 });

@@ -225,6 +225,29 @@ test('cpuOffload (masters and moments in host memory; a no-op on the CPU) trains
   assert.deepEqual(a.masters, b.masters);
 });
 
+test('prefetch off (no look-ahead, collectives in program order) trains bitwise like the default overlap', async () => {
+  const full = results.get(2);
+  assert.ok(full, 'needs the 2-rank run');
+  const out = join(mkdtempSync(join(tmpdir(), 'fsdp-noprefetch-')), 'result.json');
+  const r = await runRanks(2, { steps: [1, 2, 3], out, prefetch: false });
+  assert.equal(r.exitCode, 0, r.text);
+  const a = readResult(out);
+  const b = readResult(full.out);
+  assert.deepEqual(a.steps, b.steps);
+  assert.deepEqual(a.masters, b.masters);
+  // One rank through the collectives (collectivesAtOne), with and without prefetch: the same, bitwise.
+  const one = await Promise.all(
+    [true, false].map(async (prefetch) => {
+      const o = join(mkdtempSync(join(tmpdir(), 'fsdp-atone-')), 'result.json');
+      const rr = await runRanks(1, { steps: [1, 2], out: o, prefetch, collectivesAtOne: true });
+      assert.equal(rr.exitCode, 0, rr.text);
+      return readResult(o);
+    }),
+  );
+  assert.deepEqual(one[0]!.steps, one[1]!.steps);
+  assert.deepEqual(one[0]!.masters, one[1]!.masters);
+});
+
 test('the KL reference: a frozen sharded copy (in host memory with referenceOnHost) keeps the weights of its time', async () => {
   const ctx = await initDistributed({ backend: 'cpu' }); // a group of one in this process
   const m = randomModel(CFG, { device: 'cpu', seed: SEED });
@@ -263,11 +286,16 @@ test('bench:train-step smoke form: the table and JSON on one process (both polic
   const p = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--json', one], { encoding: 'utf8' });
   assert.equal(p.status, 0, p.stderr);
   assert.match(p.stdout, /\| policy \| tokens\/micro-batch \| step ms \|/);
-  const a = JSON.parse(readFileSync(one, 'utf8')) as { worldSize: number; rows: { policy: string; stepMs: number; split?: Record<string, number> }[] };
+  const a = JSON.parse(readFileSync(one, 'utf8')) as {
+    worldSize: number;
+    rows: { policy: string; stepMs: number; split?: Record<string, number>; exposed?: { gatherMs: number; reduceScatterMs: number } }[];
+  };
   assert.equal(a.worldSize, 1);
   assert.deepEqual(a.rows.map((r) => r.policy), ['single', 'sharded']);
   assert.ok(a.rows.every((r) => r.stepMs > 0));
   assert.ok(a.rows[1]!.split && a.rows[1]!.split.computeMs > 0);
+  // One rank uses its shard in place: nothing to gather or reduce-scatter, nothing exposed.
+  assert.deepEqual(a.rows[1]!.exposed, { gatherMs: 0, reduceScatterMs: 0 });
   const two = join(dir, 'two.json');
   const r = await launch({ script: bench, args: ['--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--json', two], nprocPerNode: 2, device: 'cpu', onOutput: () => {} });
   assert.equal(r.exitCode, 0);
@@ -275,4 +303,6 @@ test('bench:train-step smoke form: the table and JSON on one process (both polic
   assert.equal(b.worldSize, 2);
   assert.deepEqual(b.rows.map((x) => x.policy), ['sharded']);
   assert.ok(b.rows[0]!.split!.gatherMs > 0 && b.rows[0]!.split!.reduceScatterMs > 0);
+  // On the CPU compute and collectives cannot overlap: the waits are the collectives' time, and not zero.
+  assert.ok(b.rows[0]!.exposed!.gatherMs > 0 && b.rows[0]!.exposed!.reduceScatterMs > 0, JSON.stringify(b.rows[0]!.exposed));
 });

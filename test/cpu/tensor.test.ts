@@ -1,7 +1,7 @@
 // Tensor runtime on the CPU backend: factories, views, copies, dispose, errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, f32ToBf16Bits, bf16BitsToF32, roundBf16, roundBf16Scalar } from '../../src/tensor.ts';
+import { Tensor, StreamEvent, cudaDeviceCount, f32ToBf16Bits, bf16BitsToF32, roundBf16, roundBf16Scalar } from '../../src/tensor.ts';
 import { chooseBackend } from '../../src/native.ts';
 
 test('from/toFloat32 round trips f32, i32, u8 and bf16', () => {
@@ -66,4 +66,24 @@ test('roundBf16Scalar equals roundBf16 (ties to even, signed zeros, infinities, 
     const got = roundBf16Scalar(x);
     assert.ok(Object.is(got, want[i]) || (Number.isNaN(got) && Number.isNaN(want[i]!)), `${x}: ${got} vs ${want[i]}`);
   });
+});
+
+test('pinned host tensors: ordinary memory without a GPU; copyFromAsync between host tensors; StreamEvent on the CPU', () => {
+  const a = Tensor.zeros([5], { device: 'cpu', pinned: true });
+  // Only a CUDA build with a visible GPU has anything to pin for (cudaHostAlloc); elsewhere plain memory.
+  assert.equal(a.pinned, cudaDeviceCount() > 0);
+  assert.equal(Tensor.zeros([5], { device: 'cpu' }).pinned, false);
+  const b = Tensor.from([1, 2, 3, 4, 5], [5], { device: 'cpu' });
+  a.copyFromAsync(b);
+  assert.deepEqual([...a.toFloat32()], [1, 2, 3, 4, 5]);
+  const v = a.slice(1, 3);
+  assert.equal(v.pinned, a.pinned, 'a view shares its storage, pinned or not');
+  assert.throws(() => a.copyFromAsync(Tensor.zeros([4], { device: 'cpu' })), /copyFromAsync: destination f32\[5\] on cpu does not match source f32\[4\]/);
+  // The CPU's StreamEvent: record/wait order nothing (every op is done when it returns); timing is wall time.
+  const e0 = new StreamEvent('cpu', true).record();
+  const e1 = new StreamEvent('cpu', true).record('comm');
+  e1.wait();
+  e1.synchronize();
+  assert.ok(e0.elapsedMs(e1) >= 0);
+  assert.throws(() => new StreamEvent('cpu').elapsedMs(e1), /both events need timing/);
 });

@@ -202,7 +202,8 @@ test('sampleRows on CUDA draws the same tokens as on the CPU (per-row parameters
 
 test('adamwStep, sumOfSquares and gradNormAndClip on CUDA match the CPU', { skip, timeout: 120000 }, () => {
   const n = 100003;
-  const p0 = uniformSym(n, 41), g0 = uniformSym(n, 42, 0.1);
+  // Gradients over many magnitudes (down to 1e-12, where eps dominates the denominator) and some exact zeros.
+  const p0 = uniformSym(n, 41), g0 = uniformSym(n, 42, 0.1).map((x, i) => (i % 97 === 0 ? 0 : x * 10 ** -(i % 12)));
   const mk = (d: string) => ({
     master: Tensor.from(p0, [n], { device: d }),
     grad: Tensor.from(g0, [n], { device: d }),
@@ -216,9 +217,12 @@ test('adamwStep, sumOfSquares and gradNormAndClip on CUDA match the CPU', { skip
     adamwStep(c, hp);
     adamwStep(g, hp);
   }
-  assertClose(g.master.toFloat32(), c.master.toFloat32(), 1e-6, 1e-5, 'master');
-  assertClose(g.m.toFloat32(), c.m.toFloat32(), 1e-7, 1e-5, 'm');
-  assertClose(g.v.toFloat32(), c.v.toFloat32(), 1e-9, 1e-5, 'v');
+  // Bitwise: both backends run optim.h's adamw_element (explicit fmas, every other op rounded on its own), which
+  // the sharded trainer's cpu_offload relies on (AdamW on the host must give the device's weights).
+  assertClose(g.master.toFloat32(), c.master.toFloat32(), 0, 0, 'master');
+  assertClose(g.m.toFloat32(), c.m.toFloat32(), 0, 0, 'm');
+  assertClose(g.v.toFloat32(), c.v.toFloat32(), 0, 0, 'v');
+  assertClose(g.bf16.toFloat32(), c.bf16.toFloat32(), 0, 0, 'bf16 copy (CUDA vs CPU)');
   assertClose(g.bf16.toFloat32(), roundBf16(g.master.toFloat32()), 0, 0, 'bf16 copy');
   const ts = [g.grad, g.bf16, Tensor.from(uniformSym(7, 43), [7], { device: G })];
   const tc = ts.map((t) => t.to('cpu'));

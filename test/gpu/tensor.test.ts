@@ -2,7 +2,8 @@
 // out-of-memory and misuse errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, CudaEvent, memoryStats, emptyCache, synchronize, cudaDeviceCount } from '../../src/tensor.ts';
+import { Tensor, CudaEvent, StreamEvent, memoryStats, emptyCache, synchronize, cudaDeviceCount } from '../../src/tensor.ts';
+import { native } from '../../src/native.ts';
 
 const gpus = cudaDeviceCount();
 const skip = gpus === 0 ? 'no CUDA device (GPU machine only)' : false;
@@ -63,4 +64,35 @@ test('out of memory and bad devices throw clear errors', { skip }, () => {
   assert.throws(() => Tensor.empty([4], { device: `cuda:${gpus + 3}` }), /does not exist/);
   const a = Tensor.zeros([4], { device: 'cuda:0' });
   assert.throws(() => a.copyFrom(new Float32Array(5)), /host buffer has 20 bytes but f32\[4\] on cuda:0 needs 16/);
+});
+
+test('pinned host tensors: asynchronous copies both ways, ordered by an event; pageable ones refused', { skip }, () => {
+  const n = 1 << 20;
+  const host = new Float32Array(n).map((_, i) => (i % 1000) * 0.25 - 3);
+  const src = Tensor.empty([n], { device: 'cpu', pinned: true });
+  assert.equal(src.pinned, true);
+  src.copyFrom(host);
+  const dev = Tensor.empty([n], { device: 'cuda:0' });
+  dev.copyFromAsync(src);
+  const back = Tensor.zeros([n], { device: 'cpu', pinned: true });
+  back.copyFromAsync(dev);
+  const done = new StreamEvent('cuda:0').record();
+  done.synchronize();
+  assert.deepEqual(back.toFloat32(), host);
+  assert.throws(() => dev.copyFromAsync(Tensor.zeros([n], { device: 'cpu' })), /copyFromAsync: host tensor f32\[1048576\] on cpu is not pinned/);
+  assert.throws(() => Tensor.empty([4], { device: 'cuda:0', pinned: true }), /pinned applies to host tensors, not cuda:0/);
+});
+
+test('comm stream: work ordered by events both ways gives the values of one stream', { skip }, () => {
+  // A copy on the compute stream, then (after an event) the comm stream waits and a second event makes compute
+  // wait for it: the values read back are the last write's.
+  const a = Tensor.from(new Float32Array(4096).fill(2), [4096], { device: 'cuda:0' });
+  const ready = new StreamEvent('cuda:0').record('compute');
+  ready.wait('comm');
+  const done = new StreamEvent('cuda:0').record('comm');
+  done.wait('compute');
+  const b = a.clone();
+  assert.deepEqual([...b.toFloat32()].slice(0, 3), [2, 2, 2]);
+  assert.throws(() => native().ops.eventRecord(native().ops.eventCreate(0), 0, 'other' as 'comm'), /stream must be 'compute' or 'comm', got 'other'/);
+  synchronize('cuda:0');
 });

@@ -18,13 +18,16 @@ interface Opts {
   failRank?: number;
   failStep?: number;
   cpuOffload?: boolean;
+  /** ShardedModelOptions.prefetch / collectivesAtOne. */
+  prefetch?: boolean;
+  collectivesAtOne?: boolean;
 }
 
 const o = JSON.parse(process.argv[2] ?? '{}') as Opts;
 const ctx = await initDistributed({ backend: 'cpu' });
 const { rank, worldSize } = ctx;
 const model = randomModel(CFG, { device: ctx.device, seed: SEED });
-const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives, { cpuOffload: o.cpuOffload });
+const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives, { cpuOffload: o.cpuOffload, prefetch: o.prefetch, collectivesAtOne: o.collectivesAtOne });
 model.dispose();
 if (o.load) await policy.load(o.load);
 
