@@ -160,6 +160,7 @@ async function launchTraining(config: Config, argv: string[]): Promise<void> {
     args: argv.slice(2),
     nprocPerNode: world,
     device: config.trainer.device === 'cpu' ? 'cpu' : config.trainer.device === 'auto' ? 'auto' : 'cuda',
+    collectiveTimeoutMs: config.trainer.nccl_timeout_s * 1000,
   });
   if (r.exitCode === 0) return;
   if (r.failedRank === undefined && r.reason?.includes('SIGINT')) {

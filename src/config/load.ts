@@ -199,8 +199,6 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolea
   { key: 'trainer.gradient_checkpointing_use_reentrant', ok: (v) => v === false, want: 'false', why: "PyTorch's reentrant checkpointing has no counterpart here (trainer.gradient_checkpointing recomputes each layer in its backward)" },
   { key: 'trainer.hf_save_interval', ok: (v) => v === -1 || v === 0, want: '-1', why: 'a separate HF-format export is not supported yet; every checkpoint (<ckpt_path>/global_step_N) already holds the model in the HF layout, loadable with --model' },
   { key: 'trainer.algorithm.entropy_loss_coef', ok: (v) => v === 0, want: '0', why: 'an entropy bonus in the loss is not implemented (entropy is logged as a metric)' },
-  // N engines of tp 1, or one engine of tp N over all N processes; E engines of tp T (1 < E < N) need sub-groups.
-  { key: 'generator.inference_engine_tensor_parallel_size', ok: (v, c) => v === 1 || (c.generator.num_inference_engines === 1 && v === trainingWorldSize(c)), want: '1, or the number of processes with generator.num_inference_engines=1', why: `several tensor-parallel engines are not supported yet (one engine of tp = the processes, or one tp=1 engine per process); ${ENGINE_POOL}` },
   { key: 'generator.run_engines_locally', ok: (v) => v === true, want: 'true', why: 'remote inference engines are not supported; the engine runs in the training process' },
   { key: 'generator.async_engine', ok: (v) => v === true, want: 'true', why: 'the in-process engine is asynchronous (the only kind there is)' },
   { key: 'generator.batched', ok: (v) => v === true, want: 'true', why: 'generation is always batched (up to generator.max_num_seqs sequences)' },

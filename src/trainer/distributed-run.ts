@@ -1,10 +1,12 @@
 // distributed-run.ts: one training run over N processes, colocated (trainer.placement.colocate_all=true): every rank
-// holds a ShardedPolicy shard (sharded-policy.ts) and its part of the inference engines, in one of two layouts:
-//   N engines of tp 1   each rank a whole engine over its own full bf16 copy of the model (engine e = rank e)
-//   1 engine of tp N    each rank a TensorParallelModel slice (tensor-parallel.ts); rank 0 runs the Engine over a
-//                       TensorParallelModelRunner, the others serve its steps (tensor-parallel-runner.ts)
-// (E engines of tp T with 1 < E < N needs sub-groups of the process group: not built.) Rank 0 runs the GRPO loop
-// (grpo.ts, run.ts) unchanged, over two stand-ins:
+// holds a ShardedPolicy shard (sharded-policy.ts) and its part of the inference engines: E engines of tp T, E x T = N,
+// engine e on ranks e*T .. e*T+T-1:
+//   T = 1   each rank a whole engine over its own full bf16 copy of the model (engine e = rank e)
+//   T > 1   each rank a TensorParallelModel slice (tensor-parallel.ts) over its engine's sub-group of the process
+//           group (its own collectives and command channel: Collectives.subGroup / GroupChannel.subGroup, so the E
+//           engines step independently); the engine's first rank runs the Engine over a TensorParallelModelRunner,
+//           the others serve its steps (tensor-parallel-runner.ts). E = 1 uses the whole group.
+// Rank 0 runs the GRPO loop (grpo.ts, run.ts) unchanged, over two stand-ins:
 //   DriverPolicy (a Policy)     every call becomes a command that rank 0 broadcasts to all ranks and then runs on
 //                               its own shard; the other ranks run the same command from serve(). Batches go out
 //                               whole; each rank takes its share (shardSequences, by tokens) and the log-probs come
@@ -23,6 +25,8 @@
 import type { Config } from '../config/schema.ts';
 import { ConfigError, engineLayoutProblems, trainingWorldSize } from '../config/load.ts';
 import { initDistributed, type DistContext } from '../distributed/launch.ts';
+import { NcclCollectives, type Collectives } from '../distributed/collectives.ts';
+import type { GroupChannel } from '../distributed/tcp-group.ts';
 import { childLogger } from '../log/logger.ts';
 import { completionsOf, engineOptionsFromConfig, LocalGenerator, requestsFor } from '../inference/local-generator.ts';
 import { Engine, type EngineOptions, type GenerateRequest, type GenerateResponse } from '../inference/engine.ts';
@@ -129,19 +133,29 @@ async function gatherRows(dist: DistContext, split: number[][], rows: Float32Arr
 
 /** One rank's side of the run: its shard, its engine, the forwards and frozen copies still open. */
 class RankWorker {
+  /** Sequences this rank's engine preempted (KV pool full), over the run. */
+  preemptions = 0;
   private readonly forwards = new Map<number, { fwd: TrainForward; idx: number[] }>();
   private readonly frozen = new Map<number, LogprobModel>();
 
   constructor(
     readonly dist: DistContext,
     readonly policy: ShardedPolicy,
-    /** The engine's weights: the whole model (tp 1; `engine` runs on it) or this rank's slice (tp N). */
-    readonly engineModel: { kind: 'whole'; model: GptOssModel; engine: LocalGenerator } | { kind: 'slice'; model: TensorParallelModel; options: EngineOptions },
+    /** The engine's weights: the whole model (tp 1; `engine` runs on it) or this rank's slice (tp T). */
+    readonly engineModel: { kind: 'whole'; model: GptOssModel; engine: LocalGenerator } | SliceEngine,
     readonly layout: EngineLayout,
   ) {}
 
+  /** Labels this rank's work for the hang messages (the hub's, and the NCCL watchdog's of every communicator). */
+  setPhase(phase: string): void {
+    this.dist.setPhase(phase);
+    const em = this.engineModel;
+    if (em.kind === 'slice' && em.own && em.collectives instanceof NcclCollectives) em.collectives.setPhase(phase);
+  }
+
   /** Runs one command on this rank (collective where the command is). */
   async run(c: Command): Promise<Reply> {
+    this.setPhase(PHASE[c.op]);
     const world = this.dist.worldSize;
     const rank = this.dist.rank;
     switch (c.op) {
@@ -206,27 +220,36 @@ class RankWorker {
     }
   }
 
-  /** This rank's engine runs its block of the requests; the responses are all-gathered in request order. */
+  /**
+   * Engine e runs block e of the requests (engineBlocks); the responses are all-gathered over the group in rank
+   * order, which is engine order (an engine's serving ranks contribute nothing).
+   */
   private async generate(requests: GenerateRequest[]): Promise<Completion[]> {
     const em = this.engineModel;
+    let mine: GenerateResponse[] = [];
     if (em.kind === 'slice') {
-      // One engine over every rank: rank 0 schedules and samples, the others run its steps on their slices. The
-      // engine lives for this call (its KV pool too); its dispose() releases the serving ranks.
-      const { collectives, group, rank } = this.dist;
-      if (rank !== 0) {
-        await serveTensorParallelRank(em.model, group, collectives);
-        return [];
+      // One engine over its sub-group: its first rank schedules and samples, the others run its steps on their
+      // slices. The engine lives for this call (its KV pool too); its dispose() releases the serving ranks.
+      if (em.channel.rank !== 0) {
+        await serveTensorParallelRank(em.model, em.channel, em.collectives);
+      } else {
+        const [lo, hi] = engineBlocks(requests.length, this.layout.numEngines)[em.engine]!;
+        const engine = new Engine(new TensorParallelModelRunner(em.model, em.channel, em.collectives), { ...em.options, device: em.model.device, tensorParallelSize: this.layout.tensorParallelSize });
+        try {
+          if (hi > lo) mine = await engine.generate(requests.slice(lo, hi));
+          this.preemptions += engine.stats().preemptions;
+        } finally {
+          engine.dispose();
+        }
       }
-      const engine = new Engine(new TensorParallelModelRunner(em.model, group, collectives), { ...em.options, device: em.model.device, tensorParallelSize: this.layout.tensorParallelSize });
-      try {
-        return completionsOf(await engine.generate(requests));
-      } finally {
-        engine.dispose();
-      }
+      // One engine: rank 0 has every response already.
+      if (this.layout.numEngines === 1) return this.dist.rank === 0 ? completionsOf(mine) : [];
+    } else {
+      const [lo, hi] = engineBlocks(requests.length, this.layout.numEngines)[this.dist.rank]!;
+      const before = em.engine.stats()?.preemptions ?? 0;
+      mine = await em.engine.runRequests(requests.slice(lo, hi));
+      this.preemptions += (em.engine.stats()?.preemptions ?? 0) - before;
     }
-    const blocks = engineBlocks(requests.length, this.layout.numEngines);
-    const [lo, hi] = blocks[this.dist.rank]!;
-    const mine = await em.engine.runRequests(requests.slice(lo, hi));
     const all = await this.dist.group.allGatherObject<GenerateResponse[]>(mine);
     return completionsOf(all.flat());
   }
@@ -257,6 +280,25 @@ class RankWorker {
     this.engineModel.model.dispose();
     this.policy.dispose();
   }
+}
+
+/** A tensor-parallel engine's part on this rank: its slice, and its engine's sub-group (or the group, E = 1). */
+interface SliceEngine {
+  kind: 'slice';
+  model: TensorParallelModel;
+  options: EngineOptions;
+  /** Which engine this rank belongs to (its ranks: engine*T .. engine*T+T-1). */
+  engine: number;
+  collectives: Collectives;
+  /** The engine's command channel (rank 0 of it runs the Engine). */
+  channel: GroupChannel;
+  /** True when collectives/channel are a sub-group this run created (closed before the group). */
+  own: boolean;
+}
+
+/** The ranks of engine e of T ranks each: e*T .. e*T+T-1. */
+export function engineRanks(engine: number, tp: number): number[] {
+  return Array.from({ length: tp }, (_, i) => engine * tp + i);
 }
 
 /** [lo, hi) request indices of each engine: contiguous blocks, the first `n % engines` one longer. */
@@ -316,6 +358,7 @@ class Driver {
       const sent = this.worker.dist.group.broadcastBytes(Buffer.from(JSON.stringify(c), 'utf8'), 0);
       sent.catch(() => {}); // awaited just below, with the local run
       const [, r] = await Promise.all([sent, this.worker.run(c)]);
+      this.worker.setPhase('the GRPO loop between commands');
       return r as R;
     };
     const p = this.tail.then(run);
@@ -461,7 +504,7 @@ export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
   const layout = engineLayoutOf(c);
   if (!c.trainer.placement.colocate_all) throw new ConfigError('trainer.placement.colocate_all=false: engines on their own processes are not built yet (use true)');
   assertEngineLayout(c);
-  const dist = await initDistributed({ backend: c.trainer.device === 'cpu' ? 'cpu' : 'auto' });
+  const dist = await initDistributed({ backend: c.trainer.device === 'cpu' ? 'cpu' : 'auto', collectiveTimeoutMs: c.trainer.nccl_timeout_s * 1000 });
   if (dist.worldSize !== layout.worldSize) {
     await dist.destroy().catch(() => {});
     throw new ConfigError(`the launcher started ${dist.worldSize} processes but the config asks for ${layout.worldSize} (trainer.placement.policy_num_nodes x policy_num_gpus_per_node)`);
@@ -476,10 +519,20 @@ export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
   const options = engineOptionsFromConfig(c.generator);
   // tp N: the engine's slice is cut from the same weights. The full copy setupRun built stays as the run's `model`
   // (its config and vocabulary checks); it is not the engine's and is not synced.
-  const engineModel =
-    layout.tensorParallelSize === 1
-      ? { kind: 'whole' as const, model: base.model, engine: new LocalGenerator(base.model, options) }
-      : { kind: 'slice' as const, model: TensorParallelModel.fromWeights(base.model.weights, dist.collectives, { device: dist.device, deterministic: c.trainer.deterministic }), options };
+  let engineModel: RankWorker['engineModel'];
+  const tp = layout.tensorParallelSize;
+  if (tp === 1) {
+    engineModel = { kind: 'whole', model: base.model, engine: new LocalGenerator(base.model, options) };
+  } else {
+    // Engine e on ranks e*T .. e*T+T-1: with several engines each gets its own sub-group (collectives, channel).
+    const engine = Math.floor(dist.rank / tp);
+    const own = layout.numEngines > 1;
+    const ranks = engineRanks(engine, tp);
+    const collectives = own ? await dist.collectives.subGroup(ranks) : dist.collectives;
+    const channel = own ? dist.group.subGroup(ranks) : dist.group;
+    const model = TensorParallelModel.fromWeights(base.model.weights, collectives, { device: dist.device, deterministic: c.trainer.deterministic });
+    engineModel = { kind: 'slice', model, options, engine, collectives, channel, own };
+  }
   const worker = new RankWorker(dist, policy, engineModel, layout);
   const driver = dist.rank === 0 ? new Driver(worker) : null;
   log.info({ rank: dist.rank, world: dist.worldSize, backend: dist.backend, engines: layout.numEngines, tp: layout.tensorParallelSize }, 'rank ready');
@@ -492,9 +545,11 @@ export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
       if (dist.rank === 0) throw new Error('serve: rank 0 drives the run');
       for (let i = 0; ; i++) {
         const c = JSON.parse((await dist.group.broadcastBytes(null, 0)).toString('utf8')) as Command;
+        worker.setPhase(PHASE[c.op]);
         onCommand?.(c.op, i);
         if (c.op === 'exit') return;
         await worker.run(c);
+        worker.setPhase("waiting for rank 0's next command");
       }
     },
     async close() {
@@ -502,7 +557,10 @@ export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
       closed = true;
       if (driver) await driver.call({ op: 'exit' });
       worker.dispose();
-      if (engineModel.kind === 'slice') base.model.dispose();
+      if (engineModel.kind === 'slice') {
+        base.model.dispose();
+        if (engineModel.own) await engineModel.collectives.destroy();
+      }
       await dist.destroy();
     },
   };

@@ -7,10 +7,12 @@
 //   - the engines' log-probs after each sync == the trainer's (the loop's logprob_gap metric at steps 2 and 3,
 //     and fresh samples after the run; without the sync the gap is ~0.3-2.7);
 //   - every metrics row records the world size and the engine layout;
-// world 2 with one tp=2 engine: the same step-1 tokens but where split reductions flip a draw (counted), and
-// the engine's log-probs after each sync within that reduction noise of the trainer's;
+// world 2 with one tp=2 engine, and world 4 with two tp=2 engines (each over its own sub-group of the processes):
+// the same step-1 tokens but where split reductions flip a draw (counted), and the engines' log-probs after each
+// sync within that reduction noise of the trainer's;
 // and: the train CLI itself over 2 processes; Ctrl-C saves on every rank and the same command resumes exactly; a
-// rank killed mid-run ends the job naming it; refused layouts.
+// rank killed mid-run ends the job naming it; a rank stuck inside a phase ends it within trainer.nccl_timeout_s,
+// naming the rank and the phase; refused layouts.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -64,15 +66,19 @@ interface WorkerOut {
   weights: Record<string, number[]>;
 }
 
-async function runWorld(name: string, world: number, killAtSync?: number, tp = 1) {
+async function runWorld(name: string, world: number, killAtSync?: number, tp = 1, hang?: { sleepAt: string; timeoutS: number }) {
   const lines: string[] = [];
   const out = join(dir, `${name}.json`);
+  const overrides = grpoArgs(name, world, tp);
+  if (hang) overrides.push(`trainer.nccl_timeout_s=${hang.timeoutS}`);
   const r = await launch({
     script: WORKER,
-    args: [JSON.stringify({ overrides: grpoArgs(name, world, tp), out, killAtSync })],
+    args: [JSON.stringify({ overrides, out, killAtSync, sleepAt: hang?.sleepAt })],
     nprocPerNode: world,
     device: 'cpu',
     killGraceMs: 3000,
+    // As `npm run train` passes it (trainer.nccl_timeout_s) to the launcher's hub.
+    collectiveTimeoutMs: hang ? hang.timeoutS * 1000 : undefined,
     onOutput: (rank, _s, line) => lines.push(`[rank ${rank}] ${line}`),
   });
   const text = lines.join('\n');
@@ -83,6 +89,7 @@ async function runWorld(name: string, world: number, killAtSync?: number, tp = 1
 let one: Awaited<ReturnType<typeof runWorld>>;
 let two: Awaited<ReturnType<typeof runWorld>>;
 let twoTp: Awaited<ReturnType<typeof runWorld>>;
+let fourTp: Awaited<ReturnType<typeof runWorld>>;
 
 before(async () => {
   // The SFT'd starting point both worlds load (the same bf16 weights, so step 1 must sample the same tokens).
@@ -94,6 +101,8 @@ before(async () => {
   assert.equal(two.exitCode, 0, two.text);
   twoTp = await runWorld('world2-tp2', 2, undefined, 2);
   assert.equal(twoTp.exitCode, 0, twoTp.text);
+  fourTp = await runWorld('world4-2xtp2', 4, undefined, 2);
+  assert.equal(fourTp.exitCode, 0, fourTp.text);
 });
 
 function rel(a: number, b: number): number {
@@ -162,9 +171,10 @@ test('world 2: the engines hold the trained weights (equal to world 1 up to fp32
   assert.equal(twoTp.result().concurrentSame, true);
 });
 
-test('world 2 with one tp=2 engine: step 1 samples the same tokens but where split reductions flip one; the synced engine matches the trainer', () => {
+for (const [label, engines, run] of [['world 2 with one tp=2 engine', 1, () => twoTp], ['world 4 with two tp=2 engines (sub-groups)', 2, () => fourTp]] as const) {
+test(`${label}: step 1 samples the same tokens but where split reductions flip one; the synced engines match the trainer`, () => {
   const a = one.result();
-  const b = twoTp.result();
+  const b = run().result();
   assert.equal(b.steps, 3);
   // The engine's layers reduce over 2 ranks (other summation order): its sampler log-probs differ in the last
   // bits, and a draw that falls on a boundary between two tokens may flip. Counted; they must be rare.
@@ -178,13 +188,15 @@ test('world 2 with one tp=2 engine: step 1 samples the same tokens but where spl
   assert.ok(flipped <= 4, `${flipped} of 64 step-1 rollouts differ from world 1 (observed 0)`);
   assert.ok(lpDiff < 0.02, `sampler log-probs of equal rollouts differ by ${lpDiff} (observed 3.5e-3)`);
   const ra = one.rows();
-  const rb = twoTp.rows();
+  const rb = run().rows();
+  assert.equal(rb.length, 3);
   if (flipped === 0) {
     assert.equal(rb[0]!['reward/mean'], ra[0]!['reward/mean']);
     for (const k of ['loss', 'grad_norm']) assert.ok(rel(rb[0]![k] as number, ra[0]![k] as number) < 2e-4, `step 1 ${k}`);
   }
   for (const r of rb) {
-    assert.equal(r['dist/num_engines'], 1);
+    assert.equal(r['dist/world_size'], engines * 2);
+    assert.equal(r['dist/num_engines'], engines);
     assert.equal(r['dist/engine_tp'], 2);
     // After each sync the engine's slices are the trainer's weights: the gap is the tp=2 reduction noise (observed
     // <= 0.015), against 0.3-2.7 when the engine keeps stale weights.
@@ -192,6 +204,7 @@ test('world 2 with one tp=2 engine: step 1 samples the same tokens but where spl
   }
   assert.ok(b.gap < 0.05, `after the run: engine vs trainer log-prob gap ${b.gap}`);
 });
+}
 
 test('a rank killed mid-run ends the whole job, naming it', async () => {
   const r = await runWorld('killed', 2, 2);
@@ -202,6 +215,17 @@ test('a rank killed mid-run ends the whole job, naming it', async () => {
   // Rank 0 was waiting in the weight sync (rank 1 died on receiving it): its error names the phase and the rank.
   assert.match(r.text, /\[rank 0\] .*weight sync phase \(syncWeights\) failed: .*rank 1/);
   assert.equal(r.ranks.length, 2);
+});
+
+test('a rank stuck inside a phase ends the whole job within trainer.nccl_timeout_s, naming the rank and the phase', async () => {
+  const t0 = Date.now();
+  const r = await runWorld('hung', 2, undefined, 1, { sleepAt: 'forward', timeoutS: 3 });
+  assert.notEqual(r.exitCode, 0);
+  assert.equal(r.failedRank, 1, r.reason);
+  // Rank 1 blocked in the first training forward: rank 0 waits for it in that forward's first all-gather.
+  assert.match(r.reason ?? '', /^rank 1 did not reach a collective of the group within 3\.0 s \(trainer\.nccl_timeout_s\): rank 0 waits in allGather \(rank 0 in phase 'train' for [\d.]+ s\); rank 1 in phase 'train' for [\d.]+ s$/);
+  assert.match(r.text, /\[rank 0\] .*train phase \(forward\) failed: process group aborted: rank 1 did not reach a collective/);
+  assert.ok(Date.now() - t0 < 60_000, `took ${Date.now() - t0} ms`);
 });
 
 test('npm run train with trainer.placement.policy_num_gpus_per_node=2 runs 2 processes (rank 0 drives, rank 1 serves)', () => {
@@ -223,9 +247,11 @@ test('a layout that does not fit is refused before any process starts, naming th
   assert.equal(a.status, 2);
   assert.match(a.stderr, /generator\.num_inference_engines=1 x generator\.inference_engine_tensor_parallel_size=1 = 1 engine ranks, but trainer\.placement\.colocate_all=true puts one engine rank on each of the 2 training processes .*make engines x tp = 2/);
   assert.doesNotMatch(a.stderr + a.stdout, /\[rank \d\]/, 'no process was started');
-  const b = run(['trainer.placement.policy_num_gpus_per_node=4', 'generator.num_inference_engines=2', 'generator.inference_engine_tensor_parallel_size=2']);
+  // tp must divide the model's heads (tiny: 4 heads, 2 kv heads): 2 engines of tp 4 do not fit.
+  const b = run(['trainer.placement.policy_num_gpus_per_node=8', 'generator.num_inference_engines=2', 'generator.inference_engine_tensor_parallel_size=4']);
   assert.equal(b.status, 2);
-  assert.match(b.stderr, /generator\.inference_engine_tensor_parallel_size=2: several tensor-parallel engines are not supported yet/);
+  assert.match(b.stderr, /generator\.inference_engine_tensor_parallel_size=4 does not divide the model's 2 key\/value heads/);
+  assert.doesNotMatch(b.stderr + b.stdout, /\[rank \d\]/, 'no process was started');
   const c = run(['trainer.placement.policy_num_gpus_per_node=2', 'generator.num_inference_engines=2', 'trainer.placement.colocate_all=false']);
   assert.equal(c.status, 2);
   assert.match(c.stderr, /trainer\.placement\.colocate_all=false: separate devices for training and generation are not supported yet/);
