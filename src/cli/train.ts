@@ -16,7 +16,7 @@ import { defaultDevice } from '../native.ts';
 import { checkGrpoInputs, planGrpoSteps } from '../trainer/grpo.ts';
 import { describeResume, preflightRun } from '../trainer/preflight.ts';
 import { runTraining } from '../trainer/run.ts';
-import { interruptSignal, metricsPath, setupRun, sftCheckpointRoot, sftMetricsPath, tinyPreset, type RunPieces } from '../trainer/setup.ts';
+import { interruptSignal, metricsPath, setupRun, sftCheckpointRoot, sftMetricsPath, randomModelSpec, type RunPieces } from '../trainer/setup.ts';
 import { configFromCli, runMain } from './common.ts';
 import { plotMetrics } from './plot.ts';
 
@@ -133,9 +133,9 @@ async function trainWith(config: Config, run: RunPieces, args: CliArgs, preset: 
 /** The model's head counts, when they can be known without loading it (a preset, or a folder's config.json). */
 function modelHeads(c: Config): { numHeads: number; numKvHeads: number } | undefined {
   const path = c.trainer.policy.model.path;
-  const preset = tinyPreset(path);
   try {
-    if (preset) return presetConfig(preset);
+    const random = randomModelSpec(path);
+    if (random) return presetConfig(random.preset);
     const file = join(path, 'config.json');
     if (existsSync(file)) return readConfigFile(file);
   } catch {

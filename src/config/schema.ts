@@ -56,7 +56,8 @@ export const ModelRefSchema = z
   .strictObject({
     /**
      * A local directory (config.json + *.safetensors), a Hugging Face hub id (looked up in the HF cache), or
-     * `tiny` / `tiny:<preset>` for a random-initialised GPT-OSS-architecture model.
+     * `tiny` / `tiny:<preset>` / `<preset>:random[:layers=N]` (e.g. `gpt-oss-20b:random`, the full-size shape) for a
+     * random-initialised GPT-OSS-architecture model.
      */
     path: z.string().min(1).default('tiny'),
   })

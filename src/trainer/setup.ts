@@ -31,10 +31,27 @@ export function resolveDevice(c: Config): string {
   return d;
 }
 
-/** `tiny` or `tiny:<preset>` (random init) vs a directory / hub id. */
-export function tinyPreset(path: string): PresetName | null {
-  if (path === 'tiny') return 'gpt-oss-tiny';
-  if (path.startsWith('tiny:')) return path.slice(5) as PresetName;
+/** A model path that names a preset shape with random weights (randomModelSpec). */
+export interface RandomModelSpec {
+  preset: PresetName;
+  /** Fewer (or more) layers than the preset's (`:layers=N`): e.g. a gpt-oss-20b-shaped model that fits one GPU. */
+  numLayers?: number;
+}
+
+const RANDOM_SUFFIX = /^(.+?):random(?::layers=(\d+))?$/;
+
+/**
+ * A random-initialised model path vs a directory / hub id (null): `tiny` (gpt-oss-tiny), `tiny:<preset>`, or
+ * `<preset>:random[:layers=N]`, e.g. `gpt-oss-20b:random` (the full-size shape with random weights, for smoke
+ * tests and benchmarks without the checkpoint) or `gpt-oss-20b:random:layers=2`. The preset name is checked where
+ * the model is built (presetConfig lists the presets).
+ */
+export function randomModelSpec(path: string): RandomModelSpec | null {
+  if (path === 'tiny') return { preset: 'gpt-oss-tiny' };
+  if (path.startsWith('tiny:')) return { preset: path.slice(5) as PresetName };
+  const m = RANDOM_SUFFIX.exec(path);
+  if (m) return { preset: m[1] as PresetName, numLayers: m[2] === undefined ? undefined : Number(m[2]) };
+  if (/:random\b/.test(path)) throw new SetupError(`trainer.policy.model.path=${path}: expected <preset>:random or <preset>:random:layers=N (e.g. gpt-oss-20b:random:layers=2)`);
   return null;
 }
 
@@ -101,9 +118,9 @@ export async function setupRun(c: Config): Promise<RunPieces> {
   const path = c.trainer.policy.model.path;
   let env = await buildTaskEnv(c);
   let vocab: VocabMap | null = null;
-  const preset = tinyPreset(path);
+  const random = randomModelSpec(path);
   let savedVocab: VocabMap | null = null;
-  if (!preset) {
+  if (!random) {
     if (looksLikePath(path) && !existsSync(path)) {
       throw new SetupError(`trainer.policy.model.path: the model directory '${path}' does not exist`);
     }
@@ -127,11 +144,16 @@ export async function setupRun(c: Config): Promise<RunPieces> {
   }
   let model: GptOssModel;
   const t0 = Date.now();
-  if (preset) {
+  if (random) {
+    const { preset, numLayers } = random;
+    if (numLayers !== undefined && !(numLayers >= 1)) throw new SetupError(`trainer.policy.model.path=${path}: layers=${numLayers} must be at least 1`);
     let cfg;
     try {
       // On a compact vocabulary the special ids are remapped too (the stop tokens; no pad/bos).
-      cfg = presetConfig(preset, vocab ? { vocabSize: vocab.size, eosTokenIds: env.stopTokenIds, padTokenId: null, bosTokenId: null } : {});
+      cfg = presetConfig(preset, {
+        ...(vocab ? { vocabSize: vocab.size, eosTokenIds: env.stopTokenIds, padTokenId: null, bosTokenId: null } : {}),
+        ...(numLayers !== undefined ? { numLayers } : {}),
+      });
     } catch (e) {
       throw new SetupError(`trainer.policy.model.path=${path}: ${(e as Error).message}`);
     }
