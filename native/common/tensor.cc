@@ -1,6 +1,7 @@
 // tensor.cc: Storage lifetime, allocation on any device, copies and the checks every op uses.
 #include "tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -9,21 +10,47 @@
 
 namespace gptoss {
 
+namespace {
+// Host tensors' bytes (the CPU counterpart of the CUDA allocator's counters, for memoryStats('cpu')): what tensors
+// hold now, the most they held since the last reset, and how many allocations were made.
+std::atomic<size_t> host_allocated{0};
+std::atomic<size_t> host_peak{0};
+std::atomic<size_t> host_allocs{0};
+}  // namespace
+
+cuda::MemoryStats host_memory_stats() {
+  cuda::MemoryStats s;
+  s.allocated = host_allocated.load();
+  s.reserved = s.allocated;  // freed host blocks go back to the C allocator at once: nothing is cached
+  s.peak_allocated = host_peak.load();
+  s.num_allocs = host_allocs.load();
+  s.num_cuda_mallocs = 0;
+  return s;
+}
+
+void host_reset_peak() { host_peak.store(host_allocated.load()); }
+
 Storage::Storage(size_t nbytes, int dev) : bytes(nbytes), device(dev) {
   if (dev == kCpu) {
     // 64-byte alignment for vectorised CPU kernels; at least one byte so empty tensors own a pointer.
     size_t n = (nbytes + 63) / 64 * 64;
     ptr = std::aligned_alloc(64, n ? n : 64);
     if (!ptr) fail("out of host memory allocating ", nbytes, " bytes");
+    size_t now = host_allocated.fetch_add(nbytes) + nbytes;
+    host_allocs.fetch_add(1);
+    size_t peak = host_peak.load();
+    while (now > peak && !host_peak.compare_exchange_weak(peak, now)) {
+    }
   } else {
     ptr = cuda::alloc(dev, nbytes);
   }
 }
 
 Storage::~Storage() {
-  if (device == kCpu)
+  if (device == kCpu) {
     std::free(ptr);
-  else
+    host_allocated.fetch_sub(bytes);
+  } else
     cuda::release(device, ptr, bytes);
 }
 

@@ -2,7 +2,7 @@
 // policy model, generator, metrics logger. Shared by `npm run train`, `npm run sft` and library callers.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
-import { assertSupported, trainingWorldSize } from '../config/load.ts';
+import { assertSupported, processCount, trainingWorldSize } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
@@ -10,7 +10,8 @@ import { defaultDevice } from '../native.ts';
 import { loadModel, presetConfig, randomModel, type GptOssModel, type PresetName } from '../model/index.ts';
 import { FrozenGptOss, GptOssPolicy } from './gptoss-policy.ts';
 import { LocalGenerator, engineOptionsFromConfig } from '../inference/local-generator.ts';
-import type { Generator, LogprobModel, Policy } from './policy.ts';
+import type { Generator, LogprobModel, Policy, ResourceSampler } from './policy.ts';
+import { memoryStats, resetPeakMemory } from '../tensor.ts';
 import { buildTaskEnv } from './env.ts';
 import { DataError, type TaskEnv } from './task.ts';
 import { buildVocabMap, compactTask, type VocabMap } from './vocab.ts';
@@ -109,6 +110,24 @@ export interface RunPieces {
   generator: Generator;
   /** The KL reference when trainer.ref.model.path is set (otherwise the GRPO loop copies the initial policy). */
   ref?: LogprobModel;
+  /** Per-step peak memory of every rank's device and engine preemptions (the GRPO loop logs them). */
+  resources?: ResourceSampler;
+}
+
+/**
+ * One process's resource sampler: the device allocator's peak since the previous call (then reset) and the
+ * engine's preemptions since the previous call (`preemptions` returns the engine's running total).
+ */
+export function deviceResources(device: string, preemptions: () => number): ResourceSampler {
+  let last = preemptions();
+  return async () => {
+    const peak = memoryStats(device).peakAllocated;
+    resetPeakMemory(device);
+    const now = preemptions();
+    const d = now - last;
+    last = now;
+    return { peakBytes: [peak], preemptions: d };
+  };
 }
 
 /** Loads the task and the model; errors name the config key at fault. */
@@ -181,7 +200,7 @@ export async function setupRun(c: Config): Promise<RunPieces> {
       throw new SetupError(`trainer.ref.model.path=${refPath}: cannot load the reference model: ${(e as Error).message}`);
     }
   }
-  return { device, env, vocab, model, policy, generator, ref };
+  return { device, env, vocab, model, policy, generator, ref, resources: deviceResources(device, () => generator.stats()?.preemptions ?? 0) };
 }
 
 export function metricsPath(c: Config): string {
@@ -206,9 +225,12 @@ export async function createMetrics(c: Config, o: { phase?: 'grpo' | 'sft'; cons
     path: sft ? sftMetricsPath(c) : metricsPath(c),
     console: o.console ?? true,
     wandb: loggers.includes('wandb') ? { project: c.trainer.project_name, name: sft ? `${c.trainer.run_name}-sft` : c.trainer.run_name, config: c } : null,
-    // Every row says which layout produced it: processes, inference engines, ranks per engine.
+    // Every row says which layout produced it: processes (trainer ranks, plus the engines' own when not colocated),
+    // trainer ranks, inference engines, ranks per engine, colocated or not.
     constant: {
-      'dist/world_size': trainingWorldSize(c),
+      'dist/world_size': processCount(c),
+      'dist/trainer_ranks': trainingWorldSize(c),
+      'dist/colocated': c.trainer.placement.colocate_all ? 1 : 0,
       'dist/num_engines': c.generator.num_inference_engines,
       'dist/engine_tp': c.generator.inference_engine_tensor_parallel_size,
     },

@@ -46,10 +46,8 @@ test('no config key is accepted and silently ignored', () => {
 
 /** A value for each refused key that asks for more than one process can do. */
 const ASK_MORE: Record<string, unknown> = {
-  'trainer.placement.policy_num_nodes': 2,
   'trainer.placement.ref_num_nodes': 2,
   'trainer.placement.ref_num_gpus_per_node': 4,
-  'trainer.placement.colocate_all': false,
   'trainer.placement.colocate_policy_ref': false,
   'trainer.policy.sequence_parallel_size': 2,
   'trainer.policy.fsdp_config.cpu_offload': true,

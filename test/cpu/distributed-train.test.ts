@@ -20,7 +20,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launch } from '../../src/distributed/launch.ts';
+import { freePort, launch } from '../../src/distributed/launch.ts';
 import { engineBlocks } from '../../src/trainer/distributed-run.ts';
 import { parseMetricsJsonl } from '../../src/log/metrics.ts';
 
@@ -34,8 +34,11 @@ const dir = mkdtempSync(join(tmpdir(), 'dist-train-'));
 const SFT_MODEL = join(dir, 'sft-model');
 const LR = 1e-3;
 
-/** 3 GRPO steps of 8 prompts x 8 samples, no evaluation, no checkpoints. */
-function grpoArgs(name: string, world: number, tp = 1): string[] {
+/**
+ * 3 GRPO steps of 8 prompts x 8 samples, no evaluation, no checkpoints. `world` trainer processes; colocated, world/tp
+ * engines on them; `apart`: that many engines of tp on their own processes after the trainer's.
+ */
+function grpoArgs(name: string, world: number, tp = 1, apart?: { engines: number }): string[] {
   return [
     `trainer.policy.model.path=${SFT_MODEL}`,
     'trainer.sft.warm_start=false',
@@ -53,8 +56,9 @@ function grpoArgs(name: string, world: number, tp = 1): string[] {
     `trainer.ckpt_path=${join(dir, `ck-${name}`)}`,
     `trainer.metrics_path=${join(dir, `${name}.jsonl`)}`,
     `trainer.placement.policy_num_gpus_per_node=${world}`,
-    `generator.num_inference_engines=${world / tp}`,
+    `generator.num_inference_engines=${apart ? apart.engines : world / tp}`,
     `generator.inference_engine_tensor_parallel_size=${tp}`,
+    ...(apart ? ['trainer.placement.colocate_all=false', 'generator.weight_sync_backend=nccl'] : []),
   ];
 }
 
@@ -66,15 +70,15 @@ interface WorkerOut {
   weights: Record<string, number[]>;
 }
 
-async function runWorld(name: string, world: number, killAtSync?: number, tp = 1, hang?: { sleepAt: string; timeoutS: number }) {
+async function runWorld(name: string, world: number, killAtSync?: number, tp = 1, hang?: { sleepAt: string; timeoutS: number }, apart?: { engines: number; syncBucketBytes: number }) {
   const lines: string[] = [];
   const out = join(dir, `${name}.json`);
-  const overrides = grpoArgs(name, world, tp);
+  const overrides = grpoArgs(name, world, tp, apart);
   if (hang) overrides.push(`trainer.nccl_timeout_s=${hang.timeoutS}`);
   const r = await launch({
     script: WORKER,
-    args: [JSON.stringify({ overrides, out, killAtSync, sleepAt: hang?.sleepAt })],
-    nprocPerNode: world,
+    args: [JSON.stringify({ overrides, out, killAtSync, sleepAt: hang?.sleepAt, syncBucketBytes: apart?.syncBucketBytes })],
+    nprocPerNode: world + (apart ? apart.engines * tp : 0),
     device: 'cpu',
     killGraceMs: 3000,
     // As `npm run train` passes it (trainer.nccl_timeout_s) to the launcher's hub.
@@ -90,6 +94,7 @@ let one: Awaited<ReturnType<typeof runWorld>>;
 let two: Awaited<ReturnType<typeof runWorld>>;
 let twoTp: Awaited<ReturnType<typeof runWorld>>;
 let fourTp: Awaited<ReturnType<typeof runWorld>>;
+let apartOne: Awaited<ReturnType<typeof runWorld>>;
 
 before(async () => {
   // The SFT'd starting point both worlds load (the same bf16 weights, so step 1 must sample the same tokens).
@@ -103,7 +108,29 @@ before(async () => {
   assert.equal(twoTp.exitCode, 0, twoTp.text);
   fourTp = await runWorld('world4-2xtp2', 4, undefined, 2);
   assert.equal(fourTp.exitCode, 0, fourTp.text);
+  // 1 trainer process + 1 engine process; 4 KiB buckets, so the sync takes many broadcasts (the model is 172 KB).
+  apartOne = await runWorld('apart-1+1', 1, undefined, 1, undefined, { engines: 1, syncBucketBytes: 4096 });
+  assert.equal(apartOne.exitCode, 0, apartOne.text);
 });
+
+/** The per-step resource and phase metrics every row has (world N: one peak per rank). */
+function assertStepMetrics(rows: Record<string, unknown>[], world: number): void {
+  for (const r of rows) {
+    const where = `step ${r.step} of world ${world}`;
+    for (const k of ['time/generate', 'time/train', 'time/train_forward', 'time/train_backward', 'time/optimizer', 'time/weight_sync', 'time/ref_logprobs', 'tokens_per_s/generate', 'tokens_per_s/train_per_gpu']) {
+      assert.ok(typeof r[k] === 'number' && (r[k] as number) > 0, `${where}: ${k} = ${r[k]}`);
+    }
+    const train = (r['time/train_forward'] as number) + (r['time/train_backward'] as number) + (r['time/optimizer'] as number);
+    assert.ok(Math.abs((r['time/train'] as number) - train) < 1e-9, `${where}: time/train is the sum of its parts`);
+    const peaks = Array.from({ length: world }, (_, rank) => r[`memory/peak_gb/rank_${rank}`] as number);
+    // On CPU the peak is the host tensors' (the model, its shard, optimizer state, activations): above 0 everywhere.
+    assert.ok(peaks.every((p) => typeof p === 'number' && p > 0), `${where}: peaks ${peaks}`);
+    assert.equal(r[`memory/peak_gb/rank_${world}`], undefined, `${where}: one peak per rank`);
+    assert.equal(r['memory/peak_gb'], Math.max(...peaks));
+    // The KV pool is sized for the batch: nothing is preempted (but the key is there).
+    assert.equal(r['engine/preemptions'], 0, where);
+  }
+}
 
 function rel(a: number, b: number): number {
   return Math.abs(a - b) / Math.max(Math.abs(b), 1e-12);
@@ -133,6 +160,8 @@ test('world 2 (two tp=1 engines): step 1 rollouts and rewards identical to world
     assert.equal(rb[i]!['dist/engine_tp'], 1);
     assert.equal(ra[i]!['dist/world_size'], 1);
   }
+  assertStepMetrics(ra, 1);
+  assertStepMetrics(rb, 2);
 });
 
 test('world 2: the engines hold the trained weights (equal to world 1 up to fp32 reduction noise) and sample with the trainer\'s log-probs', () => {
@@ -202,9 +231,35 @@ test(`${label}: step 1 samples the same tokens but where split reductions flip o
     // <= 0.015), against 0.3-2.7 when the engine keeps stale weights.
     assert.ok((r['logprob_gap/abs_max'] as number) < 0.05, `step ${r.step}: gap ${r['logprob_gap/abs_max']}`);
   }
+  assertStepMetrics(rb, engines * 2);
   assert.ok(b.gap < 0.05, `after the run: engine vs trainer log-prob gap ${b.gap}`);
 });
 }
+
+test('not colocated (1 trainer + 1 engine process, weights broadcast in buckets): equal to world 1', () => {
+  const a = one.result();
+  const b = apartOne.result();
+  assert.equal(b.steps, 3);
+  // The engine samples from weights equal to the trainer's initial ones with the same seeds: step 1 is identical.
+  assert.deepEqual(b.first, a.first, 'step 1 rollouts');
+  const ra = one.rows();
+  const rb = apartOne.rows();
+  assert.equal(rb.length, 3);
+  for (let i = 0; i < 3; i++) {
+    for (const k of ['loss', 'grad_norm']) assert.ok(rel(rb[i]![k] as number, ra[i]![k] as number) < 2e-4, `step ${i + 1} ${k}: ${rb[i]![k]} vs ${ra[i]![k]}`);
+    // After every bucketed sync the engine process samples with the trainer's log-probs (stale weights: 0.3-2.7).
+    assert.ok((rb[i]!['logprob_gap/abs_max'] as number) < 1e-3, `step ${i + 1}: gap ${rb[i]!['logprob_gap/abs_max']}`);
+    assert.equal(rb[i]!['dist/world_size'], 2);
+    assert.equal(rb[i]!['dist/trainer_ranks'], 1);
+    assert.equal(rb[i]!['dist/colocated'], 0);
+    assert.equal(ra[i]!['dist/colocated'], 1);
+  }
+  assert.ok(b.gap < 1e-3, `after the run: engine vs trainer log-prob gap ${b.gap}`);
+  assert.equal(b.concurrentSame, true);
+  assertStepMetrics(rb, 2);
+  assert.match(apartOne.text, /\[rank 0\] .*"role":"trainer".*rank ready/);
+  assert.match(apartOne.text, /\[rank 1\] .*"role":"engine".*rank ready/);
+});
 
 test('a rank killed mid-run ends the whole job, naming it', async () => {
   const r = await runWorld('killed', 2, 2);
@@ -252,9 +307,10 @@ test('a layout that does not fit is refused before any process starts, naming th
   assert.equal(b.status, 2);
   assert.match(b.stderr, /generator\.inference_engine_tensor_parallel_size=4 does not divide the model's 2 key\/value heads/);
   assert.doesNotMatch(b.stderr + b.stdout, /\[rank \d\]/, 'no process was started');
-  const c = run(['trainer.placement.policy_num_gpus_per_node=2', 'generator.num_inference_engines=2', 'trainer.placement.colocate_all=false']);
+  const c = run(['trainer.placement.policy_num_gpus_per_node=2', 'generator.num_inference_engines=2', 'trainer.placement.colocate_all=false', 'generator.weight_sync_backend=ipc']);
   assert.equal(c.status, 2);
-  assert.match(c.stderr, /trainer\.placement\.colocate_all=false: separate devices for training and generation are not supported yet/);
+  assert.match(c.stderr, /generator\.weight_sync_backend=ipc: engines on their own processes \(trainer\.placement\.colocate_all=false\) receive the weights by a broadcast from trainer rank 0 \(use nccl/);
+  assert.doesNotMatch(c.stderr + c.stdout, /\[rank \d\]/, 'no process was started');
 });
 
 /** The train CLI over 2 processes, 5 steps (checkpoints at Ctrl-C only); `interruptAfter`: SIGINT once that many steps are logged. */
@@ -304,4 +360,33 @@ test('engine blocks: contiguous request ranges, the first n % engines one longer
   assert.deepEqual(engineBlocks(8, 2), [[0, 4], [4, 8]]);
   assert.deepEqual(engineBlocks(7, 3), [[0, 3], [3, 5], [5, 7]]);
   assert.deepEqual(engineBlocks(1, 2), [[0, 1], [1, 1]]);
+});
+
+test('two nodes (policy_num_nodes=2, here both on localhost): npm run train on each with NODE_RANK, MASTER_ADDR, MASTER_PORT', async () => {
+  const port = await freePort();
+  const args = grpoArgs('nodes', 1).map((a) => (a === 'trainer.max_steps=3' ? 'trainer.max_steps=1' : a.startsWith('generator.num_inference_engines=') ? 'generator.num_inference_engines=2' : a));
+  args.push('trainer.placement.policy_num_nodes=2');
+  // Without the rendezvous variables: refused before anything starts, naming them.
+  const bare = spawnSync(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...args], { encoding: 'utf8', cwd: ROOT, env: { ...process.env, NODE_RANK: '', MASTER_ADDR: '', MASTER_PORT: '' } });
+  assert.equal(bare.status, 2, bare.stderr);
+  assert.match(bare.stderr, /trainer\.placement\.policy_num_nodes=2: run `npm run train` on every node .*NODE_RANK=.*MASTER_ADDR=\(unset\).*MASTER_PORT=/s);
+  const node = (rank: number) =>
+    new Promise<{ code: number | null; out: string }>((resolve) => {
+      const c = spawn(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...args], { cwd: ROOT, env: { ...process.env, GPTOSS_LOG_LEVEL: 'info', NODE_RANK: String(rank), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) } });
+      let out = '';
+      c.stdout.on('data', (d) => (out += d));
+      c.stderr.on('data', (d) => (out += d));
+      c.on('close', (code) => resolve({ code, out }));
+    });
+  const [n0, n1] = await Promise.all([node(0), node(1)]);
+  assert.equal(n0.code, 0, n0.out);
+  assert.equal(n1.code, 0, n1.out);
+  assert.match(n0.out, /starting 1 of 2 processes .*node 0 of 2 \(rendezvous 127\.0\.0\.1:\d+\)/);
+  assert.match(n1.out, /starting 1 of 2 processes .*node 1 of 2/);
+  assert.match(n1.out, /\[rank 1\] .*rank ready/);
+  assert.match(n0.out, /\[rank 0\] .*done: 1 GRPO steps/);
+  const rows = parseMetricsJsonl(readFileSync(join(dir, 'nodes.jsonl'), 'utf8')).filter((x) => x.kind === 'train');
+  assert.equal(rows.length, 1);
+  assert.equal(rows[0]!['dist/world_size'], 2);
+  assert.equal(rows[0]!['dist/trainer_ranks'], 2);
 });
