@@ -95,6 +95,7 @@ let two: Awaited<ReturnType<typeof runWorld>>;
 let twoTp: Awaited<ReturnType<typeof runWorld>>;
 let fourTp: Awaited<ReturnType<typeof runWorld>>;
 let apartOne: Awaited<ReturnType<typeof runWorld>>;
+let apartTp: Awaited<ReturnType<typeof runWorld>>;
 
 before(async () => {
   // The SFT'd starting point both worlds load (the same bf16 weights, so step 1 must sample the same tokens).
@@ -111,6 +112,9 @@ before(async () => {
   // 1 trainer process + 1 engine process; 4 KiB buckets, so the sync takes many broadcasts (the model is 172 KB).
   apartOne = await runWorld('apart-1+1', 1, undefined, 1, undefined, { engines: 1, syncBucketBytes: 4096 });
   assert.equal(apartOne.exitCode, 0, apartOne.text);
+  // 1 trainer process + one tp=2 engine on processes 1 and 2 (its own sub-group; each keeps its slice of the buckets).
+  apartTp = await runWorld('apart-1+tp2', 1, undefined, 2, undefined, { engines: 1, syncBucketBytes: 4096 });
+  assert.equal(apartTp.exitCode, 0, apartTp.text);
 });
 
 /** The per-step resource and phase metrics every row has (world N: one peak per rank). */
@@ -259,6 +263,27 @@ test('not colocated (1 trainer + 1 engine process, weights broadcast in buckets)
   assertStepMetrics(rb, 2);
   assert.match(apartOne.text, /\[rank 0\] .*"role":"trainer".*rank ready/);
   assert.match(apartOne.text, /\[rank 1\] .*"role":"engine".*rank ready/);
+});
+
+test('not colocated with a tp=2 engine (processes 1, 2): the synced slices match the trainer', () => {
+  const a = one.result();
+  const b = apartTp.result();
+  assert.equal(b.steps, 3);
+  let flipped = 0;
+  a.first.forEach((x, i) => {
+    if (JSON.stringify(x.tokens) !== JSON.stringify(b.first[i]!.tokens)) flipped++;
+  });
+  assert.ok(flipped <= 4, `${flipped} of 64 step-1 rollouts differ from world 1 (tp=2 reduction noise; observed 0)`);
+  const rows = apartTp.rows();
+  assert.equal(rows.length, 3);
+  for (const r of rows) {
+    // After each bucketed sync the engine's slices are the trainer's weights (tp reduction noise; stale: 0.3-2.7).
+    assert.ok((r['logprob_gap/abs_max'] as number) < 0.05, `step ${r.step}: gap ${r['logprob_gap/abs_max']}`);
+    assert.equal(r['dist/world_size'], 3);
+    assert.equal(r['dist/engine_tp'], 2);
+  }
+  assert.ok(b.gap < 0.05, `after the run: engine vs trainer log-prob gap ${b.gap}`);
+  assertStepMetrics(rows, 3);
 });
 
 test('a rank killed mid-run ends the whole job, naming it', async () => {
