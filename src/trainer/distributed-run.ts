@@ -1,6 +1,10 @@
-// distributed-run.ts: one training run over N processes, colocated (trainer.placement.colocate_all=true): every rank
-// holds a ShardedPolicy shard (sharded-policy.ts) and its part of the inference engines: E engines of tp T, E x T = N,
-// engine e on ranks e*T .. e*T+T-1:
+// distributed-run.ts: one training run over N processes, in one of two placements:
+//   colocated (trainer.placement.colocate_all=true)  every rank holds a ShardedPolicy shard (sharded-policy.ts) and
+//       its part of the inference engines: E engines of tp T, E x T = N, engine e on ranks e*T .. e*T+T-1;
+//   not colocated (false)  trainer ranks 0..P-1 hold the shards (over their own sub-group), the E engines run on
+//       ranks P.. after them (engine e on P+e*T ..), and the weight sync is a bucketed broadcast from trainer rank 0
+//       to the engine ranks (BucketSender / receiveBuckets over the sub-group {0, engine ranks}).
+// An engine's part on its ranks:
 //   T = 1   each rank a whole engine over its own full bf16 copy of the model (engine e = rank e)
 //   T > 1   each rank a TensorParallelModel slice (tensor-parallel.ts) over its engine's sub-group of the process
 //           group (its own collectives and command channel: Collectives.subGroup / GroupChannel.subGroup, so the E
@@ -8,15 +12,19 @@
 //           the others serve its steps (tensor-parallel-runner.ts). E = 1 uses the whole group.
 // Rank 0 runs the GRPO loop (grpo.ts, run.ts) unchanged, over two stand-ins:
 //   DriverPolicy (a Policy)     every call becomes a command that rank 0 broadcasts to all ranks and then runs on
-//                               its own shard; the other ranks run the same command from serve(). Batches go out
-//                               whole; each rank takes its share (shardSequences, by tokens) and the log-probs come
-//                               back with one all-gather, so rank 0 sees the whole micro-batch's output as before.
+//                               its own shard; the other trainer ranks run the same command from serve() (engine-only
+//                               ranks skip it). Batches go out whole; each trainer rank takes its share
+//                               (shardSequences, by tokens) and the log-probs come back with one all-gather over the
+//                               trainer ranks, so rank 0 sees the whole micro-batch's output as before.
 //   PoolGenerator (a Generator) rank 0 numbers the requests as the one-engine generator does (requestsFor: the
 //                               seeds follow the request index), gives engine e a contiguous block of them, every
 //                               engine generates its block, the completions are all-gathered back in request order.
-// Weight sync (updateWeights): unit by unit, the bf16 weights are all-gathered (as the forward does) and each rank
-// copies what its engine needs (every parameter for tp 1, its TP slice for tp N) into its engine's model
-// (ShardedPolicy.syncWeights): at most one unit beyond the shards.
+// Weight sync (updateWeights): unit by unit, the bf16 weights are all-gathered (as the forward does) and, colocated,
+// each rank copies what its engine needs (every parameter for tp 1, its TP slice for tp T) into its engine's model
+// (ShardedPolicy.syncWeights): at most one unit beyond the shards; not colocated, rank 0 broadcasts them in buckets.
+// Per-step resources (the 'resources' command): every rank's device peak and its engine's preemptions.
+// Hangs: each command sets the rank's phase (DistContext.setPhase), which the hub's and NCCL watchdog's timeout
+// messages (trainer.nccl_timeout_s) name.
 //
 // Commands travel as JSON over the group's host channel (TcpGroup.broadcastBytes from rank 0) and run one at a time
 // in the order rank 0 issued them, so every rank meets the same collectives in the same order; the synchronous
