@@ -395,7 +395,10 @@ export interface NativeOps {
   ncclVersion(): string;
   /** 128 bytes. */
   ncclGetUniqueId(): Buffer;
-  ncclCommInitRank(id: NodeJS.TypedArray, nranks: number, rank: number, device: number): NcclComm;
+  /** watchdogMs > 0: a native watchdog aborts the communicator and ends the process when a collective hangs. */
+  ncclCommInitRank(id: NodeJS.TypedArray, nranks: number, rank: number, device: number, watchdogMs?: number): NcclComm;
+  /** Labels the collectives enqueued next (the watchdog's message names the phase). */
+  ncclSetPhase(comm: NcclComm, phase: string): void;
   ncclCommDestroy(comm: NcclComm): void;
   ncclCommAbort(comm: NcclComm): void;
   /** send may be recv (in place). */
@@ -502,6 +505,7 @@ export const NATIVE_OP_NAMES = [
   'ncclSendRecv',
   'ncclCheckAsync',
   'ncclSynchronize',
+  'ncclSetPhase',
 ] as const satisfies readonly (keyof NativeOps)[];
 
 // Compile-time proof that NATIVE_OP_NAMES names every op of NativeOps and nothing else (`satisfies` above only

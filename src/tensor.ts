@@ -246,7 +246,10 @@ export function roundBf16(src: Float32Array): Float32Array {
 }
 
 // ---- runtime ---------------------------------------------------------------------------------------------------
-/** The caching allocator's counters of one CUDA device (bytes, counts). */
+/**
+ * The caching allocator's counters of one CUDA device (bytes, counts); for 'cpu', the host tensors' (allocated,
+ * its peak since the last reset, allocations; reserved = allocated, nothing cached).
+ */
 export type MemoryStats = NativeMemoryStats;
 
 export function memoryStats(device: string): MemoryStats {

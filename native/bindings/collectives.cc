@@ -3,7 +3,9 @@
 //
 //   ncclVersion() -> string
 //   ncclGetUniqueId() -> Buffer (128 bytes)
-//   ncclCommInitRank(id, nranks, rank, device) -> External communicator (aborted when garbage collected)
+//   ncclCommInitRank(id, nranks, rank, device, watchdogMs?) -> External communicator (aborted when garbage
+//                                                collected); watchdogMs > 0 starts the watchdog (nccl_comm.h)
+//   ncclSetPhase(comm, phase)                    labels the collectives enqueued next (for the watchdog's message)
 //   ncclCommDestroy(comm) / ncclCommAbort(comm)
 //   ncclAllReduce(comm, send, recv, op)          op: 'sum' | 'avg' | 'max' | 'min'; send may be recv (in place)
 //   ncclAllGather(comm, send, recv, stream?)     recv holds nranks x send, in rank order
@@ -45,6 +47,7 @@ GPTOSS_NO_NCCL_OP(ncclBroadcast)
 GPTOSS_NO_NCCL_OP(ncclSendRecv)
 GPTOSS_NO_NCCL_OP(ncclCheckAsync)
 GPTOSS_NO_NCCL_OP(ncclSynchronize)
+GPTOSS_NO_NCCL_OP(ncclSetPhase)
 
 #else
 
@@ -114,7 +117,13 @@ GPTOSS_OP(ncclCommInitRank) {
   int count = cuda::device_count();
   GPTOSS_CHECK(device >= 0 && device < count, op, ": cuda:", device, " does not exist (", count,
                " CUDA device(s) visible)");
-  nc::Comm* c = nc::comm_init(id, nranks, rank, device);
+  double watchdog_ms = 0;
+  if (info.Length() > 4 && !info[4].IsUndefined()) {
+    GPTOSS_CHECK(info[4].IsNumber() && info[4].As<Napi::Number>().DoubleValue() >= 0, op,
+                 ": argument watchdogMs must be a non-negative number of milliseconds");
+    watchdog_ms = info[4].As<Napi::Number>().DoubleValue();
+  }
+  nc::Comm* c = nc::comm_init(id, nranks, rank, device, watchdog_ms);
   return Napi::External<nc::Comm>::New(info.Env(), c, [](Napi::Env, nc::Comm* p) { nc::comm_free(p); });
 }
 
@@ -208,6 +217,11 @@ GPTOSS_OP(ncclSendRecv) {
 
 GPTOSS_OP(ncclCheckAsync) {
   nc::check_async(comm_arg(info, "ncclCheckAsync"), "ncclCheckAsync");
+  return info.Env().Undefined();
+}
+
+GPTOSS_OP(ncclSetPhase) {
+  nc::set_phase(comm_arg(info, "ncclSetPhase"), str_arg(info, 1, "ncclSetPhase", "phase"));
   return info.Env().Undefined();
 }
 

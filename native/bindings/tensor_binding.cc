@@ -414,7 +414,8 @@ GPTOSS_OP(synchronize) {
   return info.Env().Undefined();
 }
 GPTOSS_OP(memoryStats) {
-  auto s = cuda::memory_stats(static_cast<int>(int_arg(info, 0, "memoryStats", "device")));
+  int device = static_cast<int>(int_arg(info, 0, "memoryStats", "device"));
+  auto s = device == kCpu ? host_memory_stats() : cuda::memory_stats(device);
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("allocated", double(s.allocated));
   o.Set("reserved", double(s.reserved));
@@ -424,7 +425,11 @@ GPTOSS_OP(memoryStats) {
   return o;
 }
 GPTOSS_OP(resetPeakMemory) {
-  cuda::reset_peak(static_cast<int>(int_arg(info, 0, "resetPeakMemory", "device")));
+  int device = static_cast<int>(int_arg(info, 0, "resetPeakMemory", "device"));
+  if (device == kCpu)
+    host_reset_peak();
+  else
+    cuda::reset_peak(device);
   return info.Env().Undefined();
 }
 GPTOSS_OP(emptyCache) {

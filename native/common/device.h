@@ -60,3 +60,10 @@ bool event_query(void* ev);
 float event_elapsed_ms(void* start, void* end);
 
 }  // namespace gptoss::cuda
+
+namespace gptoss {
+// The host's counterpart of memory_stats/reset_peak (native/common/tensor.cc): bytes of live host tensors, their
+// high-water mark since the last reset, allocation count; reserved = allocated (nothing is cached on the host).
+cuda::MemoryStats host_memory_stats();
+void host_reset_peak();
+}  // namespace gptoss

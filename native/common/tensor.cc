@@ -1,6 +1,7 @@
 // tensor.cc: Storage lifetime, allocation on any device, copies and the checks every op uses.
 #include "tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -8,6 +9,26 @@
 #include "device.h"
 
 namespace gptoss {
+
+namespace {
+// Host tensors' bytes (the CPU counterpart of the CUDA allocator's counters, for memoryStats('cpu')): what tensors
+// hold now, the most they held since the last reset, and how many allocations were made.
+std::atomic<size_t> host_allocated{0};
+std::atomic<size_t> host_peak{0};
+std::atomic<size_t> host_allocs{0};
+}  // namespace
+
+cuda::MemoryStats host_memory_stats() {
+  cuda::MemoryStats s;
+  s.allocated = host_allocated.load();
+  s.reserved = s.allocated;  // freed host blocks go back to the C allocator at once: nothing is cached
+  s.peak_allocated = host_peak.load();
+  s.num_allocs = host_allocs.load();
+  s.num_cuda_mallocs = 0;
+  return s;
+}
+
+void host_reset_peak() { host_peak.store(host_allocated.load()); }
 
 Storage::Storage(size_t nbytes, int dev, bool want_pinned) : bytes(nbytes), device(dev) {
   if (dev == kCpu && want_pinned) ptr = cuda::host_alloc_pinned((nbytes + 63) / 64 * 64);
@@ -21,9 +42,17 @@ Storage::Storage(size_t nbytes, int dev, bool want_pinned) : bytes(nbytes), devi
   } else {
     ptr = cuda::alloc(dev, nbytes);
   }
+  if (dev == kCpu) {
+    size_t now = host_allocated.fetch_add(nbytes) + nbytes;
+    host_allocs.fetch_add(1);
+    size_t peak = host_peak.load();
+    while (now > peak && !host_peak.compare_exchange_weak(peak, now)) {
+    }
+  }
 }
 
 Storage::~Storage() {
+  if (device == kCpu) host_allocated.fetch_sub(bytes);
   if (paged) {
     std::free(paged);
     return;

@@ -5,8 +5,13 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <thread>
 
 #include "../common/device.h"
@@ -16,11 +21,30 @@ static_assert(sizeof(ncclUniqueId) == gptoss::cuda::nccl::kUniqueIdBytes, "ncclU
 
 namespace gptoss::cuda::nccl {
 
+// A collective the watchdog waits for: the event recorded on the stream right after it was enqueued.
+struct Pending {
+  cudaEvent_t done = nullptr;
+  std::chrono::steady_clock::time_point enqueued;
+  std::string what;
+  std::string phase;
+};
+
 struct Comm {
   ncclComm_t comm = nullptr;
   int device = 0;
   int rank = 0;
   int size = 0;
+  // The watchdog (watchdog_ms > 0): a thread that polls the events of the enqueued collectives and NCCL's
+  // asynchronous error state; a collective pending for longer than watchdog_ms (a peer stuck outside the collective,
+  // or gone) or an asynchronous error aborts the communicator and ends the process, naming the rank, the collective
+  // and the phase (the main thread may be blocked in a copy that waits for the hung kernel, so it cannot report it).
+  double watchdog_ms = 0;
+  std::mutex mu;                     // guards pending, spare and phase
+  std::deque<Pending> pending;       // in enqueue order (one stream: they complete in this order)
+  std::vector<cudaEvent_t> spare;    // completed events, reused
+  std::string phase = "startup";     // ncclSetPhase's label
+  std::thread watchdog;
+  std::atomic<bool> stop{false};
 };
 
 namespace {
@@ -77,6 +101,86 @@ cudaStream_t stream_for(const Comm* c, bool on_comm = false) {
   return static_cast<cudaStream_t>(on_comm ? gptoss::cuda::comm_stream(c->device) : gptoss::cuda::stream(c->device));
 }
 
+// After a collective was enqueued: an event behind it on the stream, for the watchdog.
+void track(Comm* c, const std::string& what) {
+  if (c->watchdog_ms <= 0) return;
+  std::lock_guard<std::mutex> lock(c->mu);
+  cudaEvent_t ev = nullptr;
+  if (!c->spare.empty()) {
+    ev = c->spare.back();
+    c->spare.pop_back();
+  } else if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) {
+    fail(what, ": cudaEventCreate failed for the NCCL watchdog");
+  }
+  if (cudaEventRecord(ev, stream_for(c)) != cudaSuccess) {
+    cudaEventDestroy(ev);
+    fail(what, ": cudaEventRecord failed for the NCCL watchdog");
+  }
+  c->pending.push_back({ev, std::chrono::steady_clock::now(), what, c->phase});
+}
+
+[[noreturn]] void watchdog_fire(Comm* c, const std::string& why) {
+  const char* global = std::getenv("RANK");
+  std::fprintf(stderr,
+               "error: NCCL watchdog: process rank %s (rank %d of this %d-rank communicator, cuda:%d): %s; aborting the "
+               "communicator and exiting\n",
+               global ? global : "?", c->rank, c->size, c->device, why.c_str());
+  std::fflush(stderr);
+  ncclCommAbort(c->comm);
+  std::_Exit(124);
+}
+
+void watchdog_loop(Comm* c) {
+  cudaSetDevice(c->device);
+  const auto poll = std::chrono::milliseconds(c->watchdog_ms < 400 ? 10 : 100);
+  while (!c->stop.load()) {
+    std::this_thread::sleep_for(poll);
+    std::string why;
+    {
+      std::lock_guard<std::mutex> lock(c->mu);
+      while (!c->pending.empty()) {
+        cudaError_t e = cudaEventQuery(c->pending.front().done);
+        if (e == cudaErrorNotReady) break;
+        c->spare.push_back(c->pending.front().done);
+        c->pending.pop_front();
+      }
+      if (!c->pending.empty()) {
+        const Pending& p = c->pending.front();
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - p.enqueued).count();
+        if (ms > c->watchdog_ms) {
+          char limit[32];
+          std::snprintf(limit, sizeof(limit), "%.1f", c->watchdog_ms / 1000);
+          why = p.what + " (phase '" + p.phase + "') has not completed " + std::to_string(static_cast<long>(ms / 1000)) +
+                " s after it was enqueued (limit " + limit +
+                " s, trainer.nccl_timeout_s): a peer rank is stuck outside the collective or gone";
+        }
+      }
+    }
+    if (why.empty()) {
+      ncclResult_t async = ncclSuccess;
+      if (ncclCommGetAsyncError(c->comm, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress) {
+        std::lock_guard<std::mutex> lock(c->mu);
+        why = std::string("NCCL asynchronous error in phase '") + c->phase + "': " + ncclGetErrorString(async) +
+              last_error(c->comm);
+      }
+    }
+    if (!why.empty()) watchdog_fire(c, why);
+  }
+}
+
+// Stops the watchdog and frees its events (before the communicator goes).
+void stop_watchdog(Comm* c) {
+  if (c->watchdog.joinable()) {
+    c->stop.store(true);
+    c->watchdog.join();
+  }
+  std::lock_guard<std::mutex> lock(c->mu);
+  for (Pending& p : c->pending) cudaEventDestroy(p.done);
+  for (cudaEvent_t e : c->spare) cudaEventDestroy(e);
+  c->pending.clear();
+  c->spare.clear();
+}
+
 }  // namespace
 
 std::string version() {
@@ -92,7 +196,7 @@ void unique_id(void* out) {
   std::memcpy(out, &id, sizeof(id));
 }
 
-Comm* comm_init(const void* id_bytes, int nranks, int rank, int device) {
+Comm* comm_init(const void* id_bytes, int nranks, int rank, int device, double watchdog_ms) {
   ncclUniqueId id;
   std::memcpy(&id, id_bytes, sizeof(id));
   Guard g(device);
@@ -108,13 +212,21 @@ Comm* comm_init(const void* id_bytes, int nranks, int rank, int device) {
   c->device = device;
   c->rank = rank;
   c->size = nranks;
+  c->watchdog_ms = watchdog_ms;
+  if (watchdog_ms > 0) c->watchdog = std::thread(watchdog_loop, c);
   return c;
+}
+
+void set_phase(Comm* c, const std::string& phase) {
+  std::lock_guard<std::mutex> lock(c->mu);
+  c->phase = phase;
 }
 
 void comm_destroy(Comm* c) {
   if (!c || !c->comm) return;
   Guard g(c->device);
   cudaStreamSynchronize(stream_for(c));
+  stop_watchdog(c);
   ncclComm_t comm = c->comm;
   c->comm = nullptr;
   ncclResult_t r = ncclCommFinalize(comm);
@@ -128,6 +240,7 @@ void comm_destroy(Comm* c) {
 void comm_abort(Comm* c) {
   if (!c || !c->comm) return;
   Guard g(c->device);
+  stop_watchdog(c);
   ncclComm_t comm = c->comm;
   c->comm = nullptr;
   ncclCommAbort(comm);
@@ -159,6 +272,7 @@ void all_reduce(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, cons
   check(ncclAllReduce(send.raw(), recv.raw(), static_cast<size_t>(recv.numel()), nccl_type(recv.dtype, what), nccl_op(op),
                       c->comm, stream_for(c)),
         c->comm, what);
+  track(c, what);
   check_async(c, what);
 }
 
@@ -168,6 +282,7 @@ void all_gather(Comm* c, const Tensor& send, const Tensor& recv, const std::stri
   check(ncclAllGather(send.raw(), recv.raw(), static_cast<size_t>(send.numel()), nccl_type(send.dtype, what), c->comm,
                       stream_for(c, on_comm)),
         c->comm, what);
+  track(c, what);
   check_async(c, what);
 }
 
@@ -178,6 +293,7 @@ void reduce_scatter(Comm* c, const Tensor& send, const Tensor& recv, Reduce op, 
   check(ncclReduceScatter(send.raw(), recv.raw(), static_cast<size_t>(recv.numel()), nccl_type(recv.dtype, what),
                           nccl_op(op), c->comm, stream_for(c, on_comm)),
         c->comm, what);
+  track(c, what);
   check_async(c, what);
 }
 
@@ -187,6 +303,7 @@ void broadcast(Comm* c, const Tensor& send, const Tensor& recv, int root, const 
   check(ncclBroadcast(send.raw(), recv.raw(), static_cast<size_t>(recv.numel()), nccl_type(recv.dtype, what), root,
                       c->comm, stream_for(c)),
         c->comm, what);
+  track(c, what);
   check_async(c, what);
 }
 
@@ -206,6 +323,7 @@ void send_recv(Comm* c, const std::vector<P2P>& ops, const std::string& what) {
   ncclResult_t end = ncclGroupEnd();  // always close the group, even after an error
   check(first_error, c->comm, what);
   check(end, c->comm, what);
+  track(c, what);
   check_async(c, what);
 }
 

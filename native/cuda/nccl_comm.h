@@ -23,7 +23,12 @@ void unique_id(void* out);      // writes kUniqueIdBytes bytes
 struct Comm;  // opaque: ncclComm_t plus its device, rank and size
 
 // Collective over all `nranks` processes (each calls it with the same id); blocks until all have joined.
-Comm* comm_init(const void* id, int nranks, int rank, int device);
+// watchdog_ms > 0 starts the watchdog: a collective not complete that long after it was enqueued, or an asynchronous
+// NCCL error, aborts the communicator and ends the process (exit code 124) with a message on stderr naming the
+// process's RANK, the collective and the phase (set_phase).
+Comm* comm_init(const void* id, int nranks, int rank, int device, double watchdog_ms);
+// Labels the collectives enqueued from now on (the watchdog's message names it), e.g. "train".
+void set_phase(Comm* c, const std::string& phase);
 void comm_destroy(Comm* c);  // waits for pending work, then frees (collective: every rank must call it)
 void comm_abort(Comm* c);    // frees at once, pending work is abandoned (local)
 void comm_free(Comm* c);     // deletes the handle (aborts the communicator if still live)

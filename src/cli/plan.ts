@@ -14,7 +14,7 @@ import { ConfigError } from '../config/overrides.ts';
 import { PRESET_NAMES, presetConfig, readConfigFile, type GptOssConfig, type PresetName } from '../model/config.ts';
 import { resolveModelConfigFile } from '../model/hub.ts';
 import { formatPlan, planFromConfig, planReason, planToJson } from '../trainer/memory-plan.ts';
-import { tinyPreset } from '../trainer/setup.ts';
+import { randomModelSpec } from '../trainer/setup.ts';
 import { joinOverrides } from './args.ts';
 
 /** Exit status of a configuration that does not fit. */
@@ -22,14 +22,23 @@ export const EXIT_DOES_NOT_FIT = 3;
 
 class UsageError extends Error {}
 
-/** The model config of a preset name, `tiny[:preset]`, a directory, a config.json path or a hub id (config only). */
+/**
+ * The model config of a preset name, `tiny[:preset]`, `<preset>:random[:layers=N]`, a directory, a config.json path
+ * or a hub id (config only).
+ */
 export async function modelConfigOf(source: string): Promise<GptOssConfig> {
-  const preset = tinyPreset(source) ?? ((PRESET_NAMES as readonly string[]).includes(source) ? (source as PresetName) : null);
+  let random;
+  try {
+    random = randomModelSpec(source);
+  } catch (e) {
+    throw new UsageError(`--model ${source}: ${(e as Error).message.replace(/^trainer\.policy\.model\.path=\S+: /, '')}`);
+  }
+  const preset = random?.preset ?? ((PRESET_NAMES as readonly string[]).includes(source) ? (source as PresetName) : null);
   if (preset) {
     if (!(PRESET_NAMES as readonly string[]).includes(preset)) {
       throw new UsageError(`--model ${source}: unknown preset '${preset}' (${PRESET_NAMES.join(', ')})`);
     }
-    return presetConfig(preset);
+    return presetConfig(preset, random?.numLayers !== undefined ? { numLayers: random.numLayers } : {});
   }
   try {
     return readConfigFile(await resolveModelConfigFile(source));

@@ -4,7 +4,7 @@
 // on the synthetic task, the held-out reward before and after, metrics and a chart.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { assertSupported, trainingWorldSize, usesShardedTrainer } from '../config/load.ts';
+import { assertSupported, ConfigError, processCount, usesShardedTrainer } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { launch } from '../distributed/launch.ts';
 import { presetConfig, readConfigFile } from '../model/index.ts';
@@ -16,7 +16,7 @@ import { defaultDevice } from '../native.ts';
 import { checkGrpoInputs, planGrpoSteps } from '../trainer/grpo.ts';
 import { describeResume, preflightRun } from '../trainer/preflight.ts';
 import { runTraining } from '../trainer/run.ts';
-import { interruptSignal, metricsPath, setupRun, sftCheckpointRoot, sftMetricsPath, tinyPreset, type RunPieces } from '../trainer/setup.ts';
+import { interruptSignal, metricsPath, setupRun, sftCheckpointRoot, sftMetricsPath, randomModelSpec, type RunPieces } from '../trainer/setup.ts';
 import { configFromCli, runMain } from './common.ts';
 import { plotMetrics } from './plot.ts';
 
@@ -40,15 +40,15 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
   const t = config.trainer;
   // Several processes (trainer.placement.policy_num_gpus_per_node > 1): this process becomes their launcher, and
   // runs again as each of them (WORLD_SIZE set); rank 0 drives the run, the others serve it.
-  if (trainingWorldSize(config) > 1 && process.env.WORLD_SIZE === undefined) return launchTraining(config, argv);
+  if (processCount(config) > 1 && process.env.WORLD_SIZE === undefined) return launchTraining(config, argv);
   // One process with trainer.policy.fsdp_config.cpu_offload or colocate_policy_ref=false: the same sharded trainer
   // over a group of one (only it keeps the optimizer state or the KL reference in host memory).
-  if (trainingWorldSize(config) === 1 && usesShardedTrainer(config)) {
+  if (processCount(config) === 1 && usesShardedTrainer(config)) {
     log.info(
       `sharded trainer on one process (${[t.policy.fsdp_config.cpu_offload ? 'trainer.policy.fsdp_config.cpu_offload=true' : '', !t.placement.colocate_policy_ref ? 'trainer.placement.colocate_policy_ref=false' : ''].filter(Boolean).join(', ')})`,
     );
   }
-  const drun = usesShardedTrainer(config) ? await setupDistributedRun(config) : null;
+  const drun = processCount(config) > 1 || usesShardedTrainer(config) ? await setupDistributedRun(config) : null;
   if (drun && !drun.pieces) {
     // Ctrl-C reaches every rank; rank 0 saves the checkpoint (with this rank's shard) and then ends the run.
     process.on('SIGINT', () => {});
@@ -71,7 +71,7 @@ async function trainWith(config: Config, run: RunPieces, args: CliArgs, preset: 
       config: preset,
       model: t.policy.model.path,
       device: run.device,
-      processes: trainingWorldSize(config),
+      processes: processCount(config),
       engines: `${config.generator.num_inference_engines} x tp ${config.generator.inference_engine_tensor_parallel_size}`,
       params: run.policy.numParameters(),
       task: run.env.name,
@@ -140,9 +140,9 @@ async function trainWith(config: Config, run: RunPieces, args: CliArgs, preset: 
 /** The model's head counts, when they can be known without loading it (a preset, or a folder's config.json). */
 function modelHeads(c: Config): { numHeads: number; numKvHeads: number } | undefined {
   const path = c.trainer.policy.model.path;
-  const preset = tinyPreset(path);
   try {
-    if (preset) return presetConfig(preset);
+    const random = randomModelSpec(path);
+    if (random) return presetConfig(random.preset);
     const file = join(path, 'config.json');
     if (existsSync(file)) return readConfigFile(file);
   } catch {
@@ -159,14 +159,20 @@ function modelHeads(c: Config): { numHeads: number; numKvHeads: number } | undef
 async function launchTraining(config: Config, argv: string[]): Promise<void> {
   assertSupported(config);
   assertEngineLayout(config, modelHeads(config));
-  const world = trainingWorldSize(config);
+  const world = processCount(config);
   const l = engineLayoutOf(config);
-  log.info(`starting ${world} processes (trainer.device=${config.trainer.device}; ${l.numEngines} inference engine(s) of tp ${l.tensorParallelSize}, colocated)`);
+  const node = nodeOf(config);
+  const where = l.colocated ? 'colocated' : `on their own processes after ${l.trainerRanks} trainer process(es)`;
+  const nodes = node.nnodes > 1 ? `, node ${node.nodeRank} of ${node.nnodes} (rendezvous ${node.masterAddr}:${node.masterPort})` : '';
+  const count = node.nnodes > 1 ? `${world / node.nnodes} of ${world}` : `${world}`;
+  log.info(`starting ${count} processes (trainer.device=${config.trainer.device}; ${l.numEngines} inference engine(s) of tp ${l.tensorParallelSize}, ${where}${nodes})`);
   const r = await launch({
     script: fileURLToPath(import.meta.url),
     args: argv.slice(2),
-    nprocPerNode: world,
+    nprocPerNode: world / node.nnodes,
+    ...(node.nnodes > 1 ? { nnodes: node.nnodes, nodeRank: node.nodeRank, masterAddr: node.masterAddr, masterPort: node.masterPort } : {}),
     device: config.trainer.device === 'cpu' ? 'cpu' : config.trainer.device === 'auto' ? 'auto' : 'cuda',
+    collectiveTimeoutMs: config.trainer.nccl_timeout_s * 1000,
   });
   if (r.exitCode === 0) return;
   if (r.failedRank === undefined && r.reason?.includes('SIGINT')) {
@@ -176,6 +182,28 @@ async function launchTraining(config: Config, argv: string[]): Promise<void> {
   // The failed rank's own lines (prefixed "[rank N]") say what went wrong inside it; this says which one it was.
   process.stderr.write(`error: the training job ended: ${r.reason ?? `exit code ${r.exitCode}`}; the other ranks were stopped\n`);
   process.exitCode = r.exitCode;
+}
+
+/**
+ * This node's place in a run over trainer.placement.policy_num_nodes nodes: `npm run train` runs on every node with
+ * the torchrun variables NODE_RANK (0 .. nodes-1), MASTER_ADDR and MASTER_PORT (node 0's address and a free port:
+ * node 0's launcher hosts the rendezvous there, every rank of every node connects to it).
+ */
+function nodeOf(c: Config): { nnodes: number; nodeRank: number; masterAddr: string; masterPort: number } {
+  const nnodes = c.trainer.placement.policy_num_nodes;
+  if (nnodes === 1) return { nnodes, nodeRank: 0, masterAddr: '127.0.0.1', masterPort: 0 };
+  // An empty variable counts as unset.
+  const env = { NODE_RANK: process.env.NODE_RANK || undefined, MASTER_ADDR: process.env.MASTER_ADDR || undefined, MASTER_PORT: process.env.MASTER_PORT || undefined };
+  const bad: string[] = [];
+  const nodeRank = Number(env.NODE_RANK);
+  const masterPort = Number(env.MASTER_PORT);
+  if (env.NODE_RANK === undefined || !Number.isInteger(nodeRank) || nodeRank < 0 || nodeRank >= nnodes) bad.push(`NODE_RANK=${env.NODE_RANK ?? '(unset)'}: this node's index in [0, ${nnodes})`);
+  if (!env.MASTER_ADDR) bad.push("MASTER_ADDR=(unset): node 0's address, which every node can reach");
+  if (env.MASTER_PORT === undefined || !Number.isInteger(masterPort) || masterPort < 1 || masterPort > 65535) bad.push(`MASTER_PORT=${env.MASTER_PORT ?? '(unset)'}: a free TCP port on node 0 for the rendezvous`);
+  if (bad.length) {
+    throw new ConfigError(`trainer.placement.policy_num_nodes=${nnodes}: run \`npm run train\` on every node with the environment of its place in the run:\n${bad.map((b) => `  - ${b}`).join('\n')}`);
+  }
+  return { nnodes, nodeRank, masterAddr: env.MASTER_ADDR!, masterPort };
 }
 
 function sftMetricsNote(c: Parameters<typeof sftCheckpointRoot>[0]): string {

@@ -186,19 +186,15 @@ const ENGINE_POOL = 'the inference-engine pool will bring it';
  * test of the value that matches what one process does, and why another value is refused.
  */
 const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolean; want: string; why: string }> = [
-  { key: 'trainer.placement.policy_num_nodes', ok: (v) => v === 1, want: '1', why: `multi-node training is not supported yet; ${SHARDED}` },
 
   // The KL reference is a frozen sharded copy on the policy's own processes: the policy's placement or one process.
   { key: 'trainer.placement.ref_num_nodes', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_nodes, want: '1 or trainer.placement.policy_num_nodes', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
   { key: 'trainer.placement.ref_num_gpus_per_node', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_gpus_per_node, want: '1 or trainer.placement.policy_num_gpus_per_node', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
-  { key: 'trainer.placement.colocate_all', ok: (v) => v === true, want: 'true', why: `separate devices for training and generation are not supported yet; ${ENGINE_POOL}` },
   { key: 'trainer.policy.sequence_parallel_size', ok: (v) => v === 1, want: '1', why: 'sequence parallelism is not supported yet' },
   { key: 'trainer.policy.optimizer_config.offload_after_step', ok: (v) => v === false, want: 'false', why: `offloading the optimizer state between steps is not supported yet; ${SHARDED}` },
   { key: 'trainer.gradient_checkpointing_use_reentrant', ok: (v) => v === false, want: 'false', why: "PyTorch's reentrant checkpointing has no counterpart here (trainer.gradient_checkpointing recomputes each layer in its backward)" },
   { key: 'trainer.hf_save_interval', ok: (v) => v === -1 || v === 0, want: '-1', why: 'a separate HF-format export is not supported yet; every checkpoint (<ckpt_path>/global_step_N) already holds the model in the HF layout, loadable with --model' },
   { key: 'trainer.algorithm.entropy_loss_coef', ok: (v) => v === 0, want: '0', why: 'an entropy bonus in the loss is not implemented (entropy is logged as a metric)' },
-  // N engines of tp 1, or one engine of tp N over all N processes; E engines of tp T (1 < E < N) need sub-groups.
-  { key: 'generator.inference_engine_tensor_parallel_size', ok: (v, c) => v === 1 || (c.generator.num_inference_engines === 1 && v === trainingWorldSize(c)), want: '1, or the number of processes with generator.num_inference_engines=1', why: `several tensor-parallel engines are not supported yet (one engine of tp = the processes, or one tp=1 engine per process); ${ENGINE_POOL}` },
   { key: 'generator.run_engines_locally', ok: (v) => v === true, want: 'true', why: 'remote inference engines are not supported; the engine runs in the training process' },
   { key: 'generator.async_engine', ok: (v) => v === true, want: 'true', why: 'the in-process engine is asynchronous (the only kind there is)' },
   { key: 'generator.batched', ok: (v) => v === true, want: 'true', why: 'generation is always batched (up to generator.max_num_seqs sequences)' },
@@ -217,9 +213,18 @@ export function usesShardedTrainer(c: Config): boolean {
   return trainingWorldSize(c) > 1 || c.trainer.policy.fsdp_config.cpu_offload || !c.trainer.placement.colocate_policy_ref;
 }
 
-/** Processes of a training run: trainer.placement.policy_num_nodes x policy_num_gpus_per_node. */
+/** Trainer processes of a run: trainer.placement.policy_num_nodes x policy_num_gpus_per_node. */
 export function trainingWorldSize(c: Config): number {
   return c.trainer.placement.policy_num_nodes * c.trainer.placement.policy_num_gpus_per_node;
+}
+
+/**
+ * Processes of a run: the trainer's, plus the engines' own (num_inference_engines x tp) when they are not colocated
+ * (trainer.placement.colocate_all=false: trainer ranks 0..P-1, engine ranks after them).
+ */
+export function processCount(c: Config): number {
+  const g = c.generator;
+  return trainingWorldSize(c) + (c.trainer.placement.colocate_all ? 0 : g.num_inference_engines * g.inference_engine_tensor_parallel_size);
 }
 
 /**
@@ -237,6 +242,12 @@ export function engineLayoutProblems(c: Config, model?: { numHeads: number; numK
   if (!Number.isInteger(tp) || tp < 1) out.push(`generator.inference_engine_tensor_parallel_size=${tp}: must be a positive integer`);
   else if (c.trainer.placement.colocate_all && engines * tp !== world) {
     out.push(`${layout} = ${engines * tp} engine ranks, but trainer.placement.colocate_all=true puts one engine rank on each of the ${world} training processes (policy_num_nodes=${c.trainer.placement.policy_num_nodes} x policy_num_gpus_per_node=${c.trainer.placement.policy_num_gpus_per_node}); make engines x tp = ${world}`);
+  }
+  if (!c.trainer.placement.colocate_all && c.trainer.placement.policy_num_nodes > 1) {
+    out.push(`trainer.placement.policy_num_nodes=${c.trainer.placement.policy_num_nodes} with trainer.placement.colocate_all=false: engines on their own processes run on one node only (where the engine ranks of several nodes go is not built; use 1 node, or colocate_all=true)`);
+  }
+  if (!c.trainer.placement.colocate_all && g.weight_sync_backend !== 'nccl') {
+    out.push(`generator.weight_sync_backend=${g.weight_sync_backend}: engines on their own processes (trainer.placement.colocate_all=false) receive the weights by a broadcast from trainer rank 0 (use nccl: NCCL on GPUs, the CPU collectives on CPU processes); ${g.weight_sync_backend} is not built`);
   }
   if (model && Number.isInteger(tp) && tp >= 1) {
     if (model.numKvHeads % tp !== 0) out.push(`generator.inference_engine_tensor_parallel_size=${tp} does not divide the model's ${model.numKvHeads} key/value heads`);

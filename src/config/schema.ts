@@ -56,7 +56,8 @@ export const ModelRefSchema = z
   .strictObject({
     /**
      * A local directory (config.json + *.safetensors), a Hugging Face hub id (looked up in the HF cache), or
-     * `tiny` / `tiny:<preset>` for a random-initialised GPT-OSS-architecture model.
+     * `tiny` / `tiny:<preset>` / `<preset>:random[:layers=N]` (e.g. `gpt-oss-20b:random`, the full-size shape) for a
+     * random-initialised GPT-OSS-architecture model.
      */
     path: z.string().min(1).default('tiny'),
   })
@@ -193,6 +194,14 @@ export const TrainerSchema = z
      * accumulated with fp32 atomics, as FlashAttention does (dq's last bits vary between runs).
      */
     deterministic: z.boolean().default(false),
+    /**
+     * Runs over several processes: seconds a collective may wait for a rank that does not reach it (stuck in a phase,
+     * or gone without closing its connection) before the whole job ends with a message naming that rank and its
+     * phase. The launcher's hub times the host-side collectives and commands; on GPUs each NCCL communicator's native
+     * watchdog times its collectives (and ends its process). It also bounds rank 0's own work between two commands
+     * (rewards, logging), so leave room for the slowest phase.
+     */
+    nccl_timeout_s: z.number().positive().default(1800),
     /** PyTorch's reentrant checkpointing has no counterpart here (only false). */
     gradient_checkpointing_use_reentrant: z.boolean().default(false),
     eval_batch_size: posInt().default(32),

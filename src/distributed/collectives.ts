@@ -10,7 +10,7 @@
 //     hub; the promise resolves when the result is in place. Meant for CI and small host-side traffic.
 import { native, type NcclComm } from '../native.ts';
 import type { StreamName, Tensor } from '../tensor.ts';
-import type { TcpGroup } from './tcp-group.ts';
+import type { GroupChannel } from './tcp-group.ts';
 
 export type ReduceOp = 'sum' | 'avg' | 'max' | 'min';
 export const REDUCE_OPS: readonly ReduceOp[] = ['sum', 'avg', 'max', 'min'];
@@ -56,6 +56,13 @@ export interface Collectives {
   barrier(): Promise<void>;
   /** Waits for this rank's queued collectives (NCCL: the device stream), surfacing asynchronous errors. */
   synchronize(): Promise<void>;
+  /**
+   * The collectives of the sub-group of `ranks` (this group's numbering, ascending; this rank among them), e.g. the
+   * ranks of one tensor-parallel engine. Called by its members only (collective over them); ranks and roots of the
+   * result are in the sub-group's numbering (sub-rank i = ranks[i]). Its collectives run independently of the other
+   * sub-groups'. Destroy it (its members) before the group.
+   */
+  subGroup(ranks: readonly number[]): Promise<Collectives>;
   /** Collective: every rank calls it last. */
   destroy(): Promise<void>;
 }
@@ -106,6 +113,12 @@ export function checkReduceScatter(worldSize: number, out: Tensor, input: Tensor
 export interface NcclOptions {
   /** Milliseconds synchronize()/barrier() wait for the device before failing (default 10 min; <= 0: forever). */
   timeoutMs?: number;
+  /**
+   * Milliseconds any enqueued collective may take before the native watchdog (a thread polling the stream's events
+   * and ncclCommGetAsyncError) aborts the communicator and ends the process with a message naming the rank, the
+   * collective and the phase (trainer.nccl_timeout_s; default 0: no watchdog).
+   */
+  watchdogMs?: number;
 }
 
 export class NcclCollectives implements Collectives {
@@ -119,9 +132,9 @@ export class NcclCollectives implements Collectives {
     /** This rank's GPU ('cuda:N'). */
     readonly device: string,
     comm: NcclComm,
-    /** The TCP group used for the rendezvous and the host-side barrier. */
-    readonly group: TcpGroup,
-    opts: NcclOptions,
+    /** The TCP group (or sub-group) used for the rendezvous and the host-side barrier. */
+    readonly group: GroupChannel,
+    private readonly opts: NcclOptions,
   ) {
     this.comm = comm;
     this.timeoutMs = opts.timeoutMs ?? 600_000;
@@ -131,13 +144,27 @@ export class NcclCollectives implements Collectives {
    * Collective over the group: rank 0 makes the NCCL unique id, the group broadcasts it over TCP, every rank
    * creates its communicator on cuda:`deviceIndex` (blocking until all have joined).
    */
-  static async create(group: TcpGroup, deviceIndex: number, opts: NcclOptions = {}): Promise<NcclCollectives> {
+  static async create(group: GroupChannel, deviceIndex: number, opts: NcclOptions = {}): Promise<NcclCollectives> {
     const ops = native().ops;
     if (!native().features.nccl) ops.ncclGetUniqueId(); // throws the "built without NCCL" error
     const id: Buffer | null = group.rank === 0 ? ops.ncclGetUniqueId() : null;
     const shared = await group.broadcastBytes(id, 0);
-    const comm = ops.ncclCommInitRank(shared, group.worldSize, group.rank, deviceIndex);
+    const comm = ops.ncclCommInitRank(shared, group.worldSize, group.rank, deviceIndex, opts.watchdogMs ?? 0);
     return new NcclCollectives(group.rank, group.worldSize, `cuda:${deviceIndex}`, comm, group, opts);
+  }
+
+  /**
+   * A sub-group's communicator: its own NCCL unique id (made by its first member, sent over the sub-group's TCP
+   * channel) and ncclCommInitRank among its members only, so the other sub-groups need not take part.
+   */
+  async subGroup(ranks: readonly number[]): Promise<Collectives> {
+    this.handle('subGroup');
+    return NcclCollectives.create(this.group.subGroup(ranks), Number(this.device.slice('cuda:'.length)), this.opts);
+  }
+
+  /** Labels the work this rank enqueues next (named by the watchdog when a collective hangs). */
+  setPhase(phase: string): void {
+    if (this.comm) native().ops.ncclSetPhase(this.comm, phase);
   }
 
   static version(): string {

@@ -13,7 +13,7 @@ import {
   type P2POp,
   type ReduceOp,
 } from './collectives.ts';
-import type { TcpGroup } from './tcp-group.ts';
+import type { GroupChannel } from './tcp-group.ts';
 
 function bytes(t: Tensor): Uint8Array {
   return new Uint8Array(t.toBuffer());
@@ -22,7 +22,7 @@ function bytes(t: Tensor): Uint8Array {
 export class CpuCollectives implements Collectives {
   readonly backend = 'cpu' as const;
 
-  constructor(readonly group: TcpGroup) {}
+  constructor(readonly group: GroupChannel) {}
 
   get rank(): number {
     return this.group.rank;
@@ -96,6 +96,11 @@ export class CpuCollectives implements Collectives {
     // Every call already completed when its promise resolved.
   }
 
+  async subGroup(ranks: readonly number[]): Promise<Collectives> {
+    return new CpuCollectives(this.group.subGroup(ranks));
+  }
+
+  /** The world's: leaves the group; a sub-group's: a barrier among its members. */
   async destroy(): Promise<void> {
     await this.group.destroy();
   }

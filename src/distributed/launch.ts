@@ -45,6 +45,11 @@ export interface LaunchOptions {
   killGraceMs?: number;
   /** Forward SIGINT/SIGTERM received by this process to the workers (default true). */
   forwardSignals?: boolean;
+  /**
+   * Milliseconds a collective of the hub (the TCP group: CPU collectives, commands) may wait for ranks that have not
+   * entered it; past it the job ends naming them and their phases (trainer.nccl_timeout_s; default: no limit).
+   */
+  collectiveTimeoutMs?: number;
 }
 
 export interface RankExit {
@@ -141,6 +146,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
           worldSize,
           port: masterPort,
           onAbort: (message, rank) => failGroup(rank, message),
+          collectiveTimeoutMs: opts.collectiveTimeoutMs,
         })
       : undefined;
 
@@ -257,6 +263,12 @@ export interface InitOptions {
   backend?: 'auto' | 'nccl' | 'cpu';
   /** Milliseconds for the rendezvous (default 5 minutes). */
   timeoutMs?: number;
+  /**
+   * Milliseconds a collective may hang (trainer.nccl_timeout_s): NCCL's native watchdog ends this process past it;
+   * a hub this process hosts (no launcher) aborts the group past it. The launcher's hub takes its own limit
+   * (LaunchOptions.collectiveTimeoutMs). Default: no limit.
+   */
+  collectiveTimeoutMs?: number;
 }
 
 export interface DistContext extends DistEnv {
@@ -266,6 +278,8 @@ export interface DistContext extends DistEnv {
   collectives: Collectives;
   /** Host-side transport of the group: barrier, broadcastBytes, allGatherObject. */
   group: TcpGroup;
+  /** Labels what this rank does now (e.g. 'train'): the hub's and the NCCL watchdog's hang messages name it. */
+  setPhase(phase: string): void;
   /** Collective: leaves the group (call on every rank at the end). */
   destroy(): Promise<void>;
 }
@@ -278,7 +292,7 @@ export async function initDistributed(opts: InitOptions = {}): Promise<DistConte
   let hub: Hub | undefined;
   let port = e.masterPort;
   if (process.env.GPTOSS_HUB !== 'launcher' && e.rank === 0) {
-    hub = await Hub.listen({ worldSize: e.worldSize, port: e.launched ? port : 0 });
+    hub = await Hub.listen({ worldSize: e.worldSize, port: e.launched ? port : 0, collectiveTimeoutMs: opts.collectiveTimeoutMs });
     port = hub.port;
   }
   if (!port) throw new Error('initDistributed: MASTER_PORT is not set (start the workers with the launcher)');
@@ -300,13 +314,17 @@ export async function initDistributed(opts: InitOptions = {}): Promise<DistConte
   }
   const backend: 'nccl' | 'cpu' = want === 'cpu' || !ncclOk ? 'cpu' : 'nccl';
   const collectives: Collectives =
-    backend === 'nccl' ? await NcclCollectives.create(group, deviceIndex) : new CpuCollectives(group);
+    backend === 'nccl' ? await NcclCollectives.create(group, deviceIndex, { watchdogMs: opts.collectiveTimeoutMs }) : new CpuCollectives(group);
   return {
     ...e,
     device: backend === 'nccl' ? `cuda:${deviceIndex}` : 'cpu',
     backend,
     collectives,
     group,
+    setPhase(phase: string) {
+      group.setPhase(phase);
+      if (collectives instanceof NcclCollectives) collectives.setPhase(phase);
+    },
     async destroy() {
       await collectives.destroy();
       await group.destroy();

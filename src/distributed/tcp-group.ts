@@ -10,6 +10,12 @@
 //   - point to point: the hub forwards a send to its target at once (eager); the target queues it per source.
 //   - failure: a rank whose connection drops before it said goodbye aborts the group: every other rank's
 //     pending and future calls fail with a message naming that rank.
+//   - sub-groups: a collective may name its members (global ranks); the hub matches it only among them, in their
+//     own order, so disjoint sub-groups (e.g. the ranks of one tensor-parallel engine) run theirs independently.
+//     A rank's view of a sub-group is a SubGroup (TcpGroup.subGroup): ranks and roots in the sub-group's numbering.
+//   - hangs: with a collective timeout, a collective that some members have entered and others have not reached
+//     for that long aborts the group, naming the missing ranks, what the others wait in, and each rank's phase
+//     (the label a rank last set with setPhase, e.g. 'train').
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { bf16BitsToF32, f32ToBf16Bits } from '../tensor.ts';
 import type { DType } from '../native.ts';
@@ -24,6 +30,8 @@ export interface CollFields {
   shape?: number[];
   reduce?: ReduceOp;
   root?: number;
+  /** The sub-group's global ranks in sub-rank order (absent: every rank); root is a sub-rank. */
+  members?: number[];
 }
 type CollHeader = Header & CollFields & { t: 'coll'; seq: number };
 
@@ -43,13 +51,28 @@ export interface HubOptions {
   host?: string; // default: all interfaces
   /** Called once when a rank's connection drops before it said goodbye (the group is aborted). */
   onAbort?: (message: string, rank: number) => void;
+  /**
+   * Milliseconds a collective may wait for its missing members once one member has entered it (default: no limit).
+   * Past it the group is aborted with a message naming the missing ranks and their phases (trainer.nccl_timeout_s).
+   */
+  collectiveTimeoutMs?: number;
+}
+
+/** The pending collectives of one group of ranks (the world, or a sub-group): one FIFO per member. */
+interface Pending {
+  members: number[];
+  queues: { frame: Frame; at: number }[][];
 }
 
 export class Hub {
   readonly worldSize: number;
   private readonly clients: (Socket | undefined)[];
   private readonly done: boolean[];
-  private readonly queues: Frame[][];
+  /** By group key (the members joined by ','; '*' for the world). */
+  private readonly pending = new Map<string, Pending>();
+  /** Each rank's phase label (setPhase) and since when. */
+  private readonly phases: { phase: string; since: number }[];
+  private watchdog: NodeJS.Timeout | undefined;
   private welcomed = false;
   private aborted: string | undefined;
   private closeResolve!: () => void;
@@ -64,9 +87,14 @@ export class Hub {
     this.worldSize = opts.worldSize;
     this.clients = new Array(this.worldSize).fill(undefined);
     this.done = new Array(this.worldSize).fill(false);
-    this.queues = Array.from({ length: this.worldSize }, () => []);
+    this.phases = Array.from({ length: this.worldSize }, () => ({ phase: 'startup', since: Date.now() }));
     this.closed = new Promise((r) => (this.closeResolve = r));
     server.on('connection', (s) => this.accept(s));
+    const limit = opts.collectiveTimeoutMs;
+    if (limit !== undefined && limit > 0) {
+      this.watchdog = setInterval(() => this.checkHangs(limit), Math.max(10, Math.min(1000, limit / 4)));
+      this.watchdog.unref();
+    }
   }
 
   static listen(opts: HubOptions): Promise<Hub> {
@@ -91,6 +119,7 @@ export class Hub {
   abort(message: string, rank = -1): void {
     if (this.aborted) return;
     this.aborted = message;
+    clearInterval(this.watchdog);
     for (const s of this.clients) {
       if (!s || s.destroyed) continue;
       writeFrame(s, { t: 'abort', message });
@@ -105,6 +134,7 @@ export class Hub {
   close(): void {
     if (this.aborted) return;
     this.aborted = 'the process group was closed';
+    clearInterval(this.watchdog);
     for (const s of this.clients) s?.destroy();
     this.server.close();
     this.closeResolve();
@@ -133,6 +163,7 @@ export class Hub {
       }
       this.clients[rank] = undefined;
       if (this.done.every((d) => d) && this.clients.every((c) => !c)) {
+        clearInterval(this.watchdog);
         this.server.close();
         this.closeResolve();
       }
@@ -167,9 +198,29 @@ export class Hub {
     if (this.aborted) return;
     const h = f.header;
     switch (h.t) {
-      case 'coll':
-        this.queues[rank]!.push(f);
-        this.collect();
+      case 'coll': {
+        const members = (h as CollHeader).members;
+        let key = '*';
+        if (members !== undefined) {
+          const ok = Array.isArray(members) && members.length > 0 && members.every((m, i) => Number.isInteger(m) && m >= 0 && m < this.worldSize && (i === 0 || m > members[i - 1]!));
+          if (!ok || !members.includes(rank)) {
+            this.abort(`rank ${rank} called ${String(h.op)} on the sub-group [${String(members)}], which is not a sorted list of distinct ranks in [0, ${this.worldSize}) holding rank ${rank}`, rank);
+            return;
+          }
+          key = members.join(',');
+        }
+        let p = this.pending.get(key);
+        if (!p) {
+          const m = members ?? Array.from({ length: this.worldSize }, (_, i) => i);
+          p = { members: m, queues: m.map(() => []) };
+          this.pending.set(key, p);
+        }
+        p.queues[p.members.indexOf(rank)]!.push({ frame: f, at: Date.now() });
+        this.collect(p);
+        return;
+      }
+      case 'phase':
+        this.phases[rank] = { phase: String(h.phase), since: Date.now() };
         return;
       case 'send': {
         const to = Number(h.to);
@@ -189,28 +240,53 @@ export class Hub {
     }
   }
 
-  private collect(): void {
-    while (this.queues.every((q) => q.length > 0)) {
-      const frames = this.queues.map((q) => q.shift()!);
-      const seq = (frames[0]!.header as CollHeader).seq;
+  private collect(p: Pending): void {
+    while (p.queues.every((q) => q.length > 0)) {
+      const frames = p.queues.map((q) => q.shift()!.frame);
+      // Each member's reply carries its own sequence number (ranks number their collectives independently).
+      const seqs = frames.map((f) => (f.header as CollHeader).seq);
       let replies: { header?: Record<string, unknown>; payload?: Uint8Array }[];
       try {
-        replies = this.compute(frames);
+        replies = this.compute(frames, p.members);
       } catch (e) {
         const message = e instanceof Error ? e.message : String(e);
-        frames.forEach((_, r) => writeFrame(this.clients[r]!, { t: 'result', seq, error: message }));
+        p.members.forEach((g, i) => writeFrame(this.clients[g]!, { t: 'result', seq: seqs[i], error: message }));
         continue;
       }
-      replies.forEach((rep, r) => writeFrame(this.clients[r]!, { t: 'result', seq, ...rep.header }, rep.payload));
+      replies.forEach((rep, i) => writeFrame(this.clients[p.members[i]!]!, { t: 'result', seq: seqs[i], ...rep.header }, rep.payload));
     }
   }
 
-  private compute(frames: Frame[]): { header?: Record<string, unknown>; payload?: Uint8Array }[] {
+  /** Aborts the group when a collective has waited longer than `limit` ms for members that have not entered it. */
+  private checkHangs(limit: number): void {
+    const now = Date.now();
+    for (const p of this.pending.values()) {
+      const waiting = p.members.filter((_, i) => p.queues[i]!.length > 0);
+      if (waiting.length === 0 || waiting.length === p.members.length) continue;
+      const first = p.queues.find((q) => q.length > 0)![0]!;
+      const since = Math.min(...p.queues.filter((q) => q.length > 0).map((q) => q[0]!.at));
+      if (now - since <= limit) continue;
+      const missing = p.members.filter((_, i) => p.queues[i]!.length === 0);
+      const h = first.frame.header as CollHeader;
+      const phaseOf = (r: number) => `rank ${r} in phase '${this.phases[r]!.phase}' for ${((now - this.phases[r]!.since) / 1000).toFixed(1)} s`;
+      const group = p.members.length === this.worldSize ? 'the group' : `the sub-group of ranks ${p.members.join(', ')}`;
+      this.abort(
+        `rank ${missing.join(', rank ')} did not reach a collective of ${group} within ${(limit / 1000).toFixed(1)} s ` +
+          `(trainer.nccl_timeout_s): rank ${waiting.join(', ')} ${waiting.length > 1 ? 'wait' : 'waits'} in ${h.op} ` +
+          `(${phaseOf(waiting[0]!)}); ${missing.map(phaseOf).join('; ')}`,
+        missing[0]!,
+      );
+      return;
+    }
+  }
+
+  /** One collective's replies, in member order. members: the global ranks (sub-rank i = members[i]). */
+  private compute(frames: Frame[], members: readonly number[]): { header?: Record<string, unknown>; payload?: Uint8Array }[] {
     const hs = frames.map((f) => f.header as CollHeader);
     const h0 = hs[0]!;
-    const n = this.worldSize;
+    const n = members.length;
     const every = (payload?: Uint8Array, header?: Record<string, unknown>) => hs.map(() => ({ payload, header }));
-    const list = (pick: (h: CollHeader, r: number) => string) => hs.map((h, r) => `rank ${r} ${pick(h, r)}`).join(', ');
+    const list = (pick: (h: CollHeader, r: number) => string) => hs.map((h, r) => `rank ${members[r]} ${pick(h, r)}`).join(', ');
     if (hs.some((h) => h.op !== h0.op)) throw new Error(`collective mismatch: ${list((h) => `called ${h.op}`)}`);
     const op = h0.op;
     if (op === 'barrier') return every();
@@ -229,7 +305,7 @@ export class Hub {
     frames.forEach((f, r) => {
       if (op === 'broadcast' && r !== (h0.root ?? 0)) return; // only the root's bytes travel
       const want = numelOf(hs[r]!.shape) * ELEMENT_BYTES[hs[r]!.dtype!];
-      if (f.payload.length !== want) throw new Error(`${op}: rank ${r} sent ${f.payload.length} bytes for ${tensorDesc(hs[r]!)}`);
+      if (f.payload.length !== want) throw new Error(`${op}: rank ${members[r]} sent ${f.payload.length} bytes for ${tensorDesc(hs[r]!)}`);
     });
     if (op === 'allReduce' || op === 'reduceScatter') {
       if (hs.some((h) => h.reduce !== h0.reduce)) throw new Error(`${op}: ranks disagree on the reduction: ${list((h) => `${h.reduce}`)}`);
@@ -340,12 +416,130 @@ async function connectWithRetry(addr: string, port: number, deadline: number, ti
   }
 }
 
-export class TcpGroup {
+/**
+ * What the collectives and command channels need of a group of ranks: its rank and size, one collective through the
+ * hub, point-to-point messages, and the byte-level collectives built on them. The world (TcpGroup) and its
+ * sub-groups (SubGroup) are both one.
+ */
+export abstract class GroupChannel {
+  abstract readonly rank: number;
+  abstract readonly worldSize: number;
+  /** The members' global ranks in this group's rank order (the world: 0 .. worldSize-1). */
+  abstract readonly members: readonly number[];
+  /** One collective: this rank's contribution in, this rank's share of the result out. */
+  abstract collective(header: CollFields, payload?: Uint8Array): Promise<Frame>;
+  /** Eager send to `peer` (this group's numbering); returns once queued on the socket. */
+  abstract sendTo(peer: number, header: Record<string, unknown>, payload: Uint8Array): void;
+  /** The next message `peer` (this group's numbering) sent to this rank. */
+  abstract recvFrom(peer: number): Promise<Frame>;
+  /** Labels what this rank is doing (e.g. 'train'), for the hub's hang messages. */
+  abstract setPhase(phase: string): void;
+  /** Collective: leaves the group. */
+  abstract destroy(): Promise<void>;
+
+  async barrier(): Promise<void> {
+    await this.collective({ op: 'barrier' });
+  }
+
+  /** Root's bytes on every rank (others pass null). */
+  async broadcastBytes(data: Uint8Array | null, root = 0): Promise<Buffer> {
+    if (this.rank === root && !data) throw new Error(`broadcastBytes: the root (rank ${root}) must pass the data`);
+    const f = await this.collective({ op: 'bcastBytes', root }, this.rank === root ? data! : undefined);
+    return f.payload;
+  }
+
+  /** Every rank's bytes, in rank order. */
+  async allGatherBytes(data: Uint8Array): Promise<Buffer[]> {
+    const f = await this.collective({ op: 'gatherBytes' }, data);
+    const lengths = f.header.lengths as number[];
+    const out: Buffer[] = [];
+    let off = 0;
+    for (const len of lengths) {
+      out.push(f.payload.subarray(off, off + len));
+      off += len;
+    }
+    return out;
+  }
+
+  /** JSON values from every rank, in rank order. */
+  async allGatherObject<T>(value: T): Promise<T[]> {
+    const parts = await this.allGatherBytes(Buffer.from(JSON.stringify(value), 'utf8'));
+    return parts.map((p) => JSON.parse(p.toString('utf8')) as T);
+  }
+
+  /**
+   * The sub-group of `ranks` (this group's numbering, ascending; this rank among them). Only its members call it,
+   * and nothing travels: its collectives are matched by the hub among those ranks alone, independently of the
+   * group's other collectives, with ranks and roots in the sub-group's numbering (sub-rank i = ranks[i]).
+   */
+  subGroup(ranks: readonly number[]): SubGroup {
+    const me = ranks.indexOf(this.rank);
+    const ascending = ranks.every((r, i) => Number.isInteger(r) && r >= 0 && r < this.worldSize && (i === 0 || r > ranks[i - 1]!));
+    if (ranks.length === 0 || !ascending) {
+      throw new Error(`subGroup: ranks [${ranks.join(', ')}] must be ascending distinct ranks in [0, ${this.worldSize})`);
+    }
+    if (me < 0) throw new Error(`subGroup: rank ${this.rank} is not among the ranks [${ranks.join(', ')}] (only members create a sub-group)`);
+    return new SubGroup(this.root(), ranks.map((r) => this.members[r]!), me);
+  }
+
+  /** The connection to the hub that carries this group's traffic. */
+  protected abstract root(): TcpGroup;
+}
+
+/** A rank's view of a sub-group of the world (GroupChannel.subGroup). */
+export class SubGroup extends GroupChannel {
+  readonly worldSize: number;
+
+  constructor(
+    private readonly world: TcpGroup,
+    readonly members: readonly number[],
+    readonly rank: number,
+  ) {
+    super();
+    this.worldSize = members.length;
+  }
+
+  collective(header: CollFields, payload?: Uint8Array): Promise<Frame> {
+    return this.world.collective({ ...header, members: [...this.members] }, payload);
+  }
+
+  sendTo(peer: number, header: Record<string, unknown>, payload: Uint8Array): void {
+    this.world.sendTo(this.global('send', peer), header, payload);
+  }
+
+  recvFrom(peer: number): Promise<Frame> {
+    return this.world.recvFrom(this.global('recv', peer));
+  }
+
+  setPhase(phase: string): void {
+    this.world.setPhase(phase);
+  }
+
+  /** Leaving a sub-group is a barrier among its members (the connection is the world's). */
+  async destroy(): Promise<void> {
+    await this.barrier();
+  }
+
+  protected root(): TcpGroup {
+    return this.world;
+  }
+
+  private global(what: string, peer: number): number {
+    const g = this.members[peer];
+    if (!Number.isInteger(peer) || g === undefined) throw new Error(`${what}: peer ${peer} is not a rank of the sub-group [0, ${this.worldSize})`);
+    return g;
+  }
+}
+
+export class TcpGroup extends GroupChannel {
   private readonly reader = new FrameReader();
-  private readonly waiting: Waiter[] = [];
+  /** Pending collectives by sequence number (sub-groups' replies may come back in any order). */
+  private readonly waiting = new Map<number, Waiter>();
   private readonly mailbox = new Map<number, Frame[]>();
   private readonly recvWaiters = new Map<number, Waiter[]>();
   private seq = 0;
+  private phase = '';
+  readonly members: readonly number[];
   private broken: Error | undefined;
   private leaving = false;
   private closedPromise: Promise<void>;
@@ -356,6 +550,8 @@ export class TcpGroup {
     readonly worldSize: number,
     readonly where: string,
   ) {
+    super();
+    this.members = Array.from({ length: worldSize }, (_, i) => i);
     this.closedPromise = new Promise((r) => socket.once('close', () => r()));
     socket.on('data', (chunk: Buffer) => {
       for (const f of this.reader.push(chunk)) this.dispatch(f);
@@ -407,7 +603,8 @@ export class TcpGroup {
   private fail(e: Error): void {
     if (this.broken) return;
     this.broken = e;
-    for (const w of this.waiting.splice(0)) w.reject(e);
+    for (const w of this.waiting.values()) w.reject(e);
+    this.waiting.clear();
     for (const ws of this.recvWaiters.values()) for (const w of ws.splice(0)) w.reject(e);
     this.socket.destroy();
   }
@@ -415,11 +612,12 @@ export class TcpGroup {
   private dispatch(f: Frame): void {
     const h = f.header;
     if (h.t === 'result') {
-      const w = this.waiting.shift();
-      if (!w || w.seq !== h.seq) {
-        this.fail(new Error(`process group: out-of-order reply ${String(h.seq)} (expected ${w?.seq})`));
+      const w = this.waiting.get(Number(h.seq));
+      if (!w) {
+        this.fail(new Error(`process group: a reply to collective ${String(h.seq)}, which this rank is not waiting for`));
         return;
       }
+      this.waiting.delete(w.seq);
       if (typeof h.error === 'string') w.reject(new Error(h.error));
       else w.resolve(f);
     } else if (h.t === 'p2p') {
@@ -448,7 +646,7 @@ export class TcpGroup {
     this.check(header.op);
     const seq = this.seq++;
     return new Promise<Frame>((resolve, reject) => {
-      this.waiting.push({ seq, resolve, reject });
+      this.waiting.set(seq, { seq, resolve, reject });
       writeFrame(this.socket, { t: 'coll', seq, ...header }, payload);
     });
   }
@@ -471,34 +669,14 @@ export class TcpGroup {
     });
   }
 
-  async barrier(): Promise<void> {
-    await this.collective({ op: 'barrier' });
+  setPhase(phase: string): void {
+    if (phase === this.phase || this.broken || this.leaving) return;
+    this.phase = phase;
+    writeFrame(this.socket, { t: 'phase', phase });
   }
 
-  /** Root's bytes on every rank (others pass null). */
-  async broadcastBytes(data: Uint8Array | null, root = 0): Promise<Buffer> {
-    if (this.rank === root && !data) throw new Error(`broadcastBytes: the root (rank ${root}) must pass the data`);
-    const f = await this.collective({ op: 'bcastBytes', root }, this.rank === root ? data! : undefined);
-    return f.payload;
-  }
-
-  /** Every rank's bytes, in rank order. */
-  async allGatherBytes(data: Uint8Array): Promise<Buffer[]> {
-    const f = await this.collective({ op: 'gatherBytes' }, data);
-    const lengths = f.header.lengths as number[];
-    const out: Buffer[] = [];
-    let off = 0;
-    for (const len of lengths) {
-      out.push(f.payload.subarray(off, off + len));
-      off += len;
-    }
-    return out;
-  }
-
-  /** JSON values from every rank, in rank order. */
-  async allGatherObject<T>(value: T): Promise<T[]> {
-    const parts = await this.allGatherBytes(Buffer.from(JSON.stringify(value), 'utf8'));
-    return parts.map((p) => JSON.parse(p.toString('utf8')) as T);
+  protected root(): TcpGroup {
+    return this;
   }
 
   /** Leaves the group (collective: a barrier first, so no rank leaves while others still need the hub). */

@@ -15,7 +15,7 @@
 // a failing rank > 0 exits, and the launcher takes the group down.
 import { Tensor } from '../tensor.ts';
 import type { Collectives } from '../distributed/collectives.ts';
-import type { TcpGroup } from '../distributed/tcp-group.ts';
+import type { GroupChannel } from '../distributed/tcp-group.ts';
 import type { GptOssConfig } from '../model/config.ts';
 import { GptOssWeights, paramSpecs } from '../model/weights.ts';
 import { shardParameter, TensorParallelModel } from '../model/tensor-parallel.ts';
@@ -26,8 +26,8 @@ import { LocalModelRunner, type ModelRunner, type StepInput, type StepOutput, ty
 
 const log = childLogger('tensor-parallel');
 
-/** The host channel rank 0 sends commands on (the launched group's TcpGroup). */
-export type CommandChannel = Pick<TcpGroup, 'rank' | 'worldSize' | 'broadcastBytes'>;
+/** The host channel rank 0 sends commands on (the launched group's TcpGroup, or the engine's sub-group of it). */
+export type CommandChannel = Pick<GroupChannel, 'rank' | 'worldSize' | 'broadcastBytes'>;
 
 type Command =
   | { op: 'allocate'; numBlocks: number[]; blockSize: number }

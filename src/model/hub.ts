@@ -35,6 +35,13 @@ export function hfCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return join(xdg ? resolve(xdg) : join(homedir(), '.cache'), 'huggingface', 'hub');
 }
 
+/** The commands that put `repo` into the cache this process reads (named in every "not in the cache" error). */
+export function downloadCommands(repo: string, revision = 'main', cacheDir = hfCacheDir()): string {
+  const rev = revision === 'main' ? '' : ` --revision ${revision}`;
+  const cache = cacheDir === hfCacheDir() ? '' : ` --cache-dir ${cacheDir}`;
+  return `\`npx gptoss download ${repo}${rev}${cache}\` (or \`huggingface-cli download ${repo}${rev}${cache}\`)`;
+}
+
 const HUB_ID = /^([A-Za-z0-9][\w.-]*)\/([A-Za-z0-9][\w.-]*)(?:@([\w./-]+))?$/;
 
 export function isHubId(source: string): boolean {
@@ -107,8 +114,8 @@ export async function resolveModelSource(source: string, opts: ResolveOptions = 
     throw new Error(
       `model '${repo}' is not in the Hugging Face cache at ${where}` +
         (cached ? `: snapshot ${cached} lacks ${missing.join(', ')}` : '') +
-        ` and downloads are off (HF_HUB_OFFLINE or download: false). Download it where a network exists ` +
-        `(e.g. \`huggingface-cli download ${repo}\`), point HF_HUB_CACHE/HF_HOME at that cache, or pass a local directory.`,
+        ` and downloads are off (HF_HUB_OFFLINE or download: false). Download it where a network exists with ` +
+        `${downloadCommands(repo, revision, cacheDir)}, point HF_HUB_CACHE/HF_HOME at that cache, or pass a local directory.`,
     );
   }
   return downloadSnapshot(repo, revision, cacheDir, opts, where);
@@ -146,7 +153,8 @@ async function downloadSnapshot(repo: string, revision: string, cacheDir: string
   } catch (e) {
     throw new Error(
       `model '${repo}' is not (completely) in the Hugging Face cache at ${where}, and the hub could not be reached ` +
-        `to download it: ${(e as Error).message}. Offline? Download it elsewhere and set HF_HUB_CACHE, or pass a local directory.`,
+        `to download it: ${(e as Error).message}. Offline? Download it where a network exists with ` +
+        `${downloadCommands(repo, revision, cacheDir)} and set HF_HUB_CACHE to that cache, or pass a local directory.`,
     );
   }
   if (!files.some((f) => f.path === 'config.json')) throw new Error(`hub repo '${repo}' has no config.json at revision ${revision}`);
@@ -214,13 +222,13 @@ export async function resolveModelConfigFile(source: string, opts: Omit<ResolveO
   const where = `${join(cacheDir, `models--${repo.replace('/', '--')}`)} (revision ${revision})`;
   const offline = process.env.HF_HUB_OFFLINE === '1' || process.env.HF_HUB_OFFLINE === 'true' || opts.download === false;
   if (offline) {
-    throw new Error(`model '${repo}': no config.json in the Hugging Face cache at ${where} and downloads are off (HF_HUB_OFFLINE or download: false)`);
+    throw new Error(`model '${repo}': no config.json in the Hugging Face cache at ${where} and downloads are off (HF_HUB_OFFLINE or download: false); download it with ${downloadCommands(repo, revision, cacheDir)}`);
   }
   const hub = await import('@huggingface/hub');
   const accessToken = opts.token ?? process.env.HF_TOKEN ?? process.env.HUGGING_FACE_HUB_TOKEN;
   try {
     return await hub.downloadFileToCacheDir({ repo, path: 'config.json', revision, cacheDir, accessToken, fetch: opts.fetch });
   } catch (e) {
-    throw new Error(`model '${repo}': no config.json in the Hugging Face cache at ${where}, and the hub could not be reached to fetch it: ${(e as Error).message}`);
+    throw new Error(`model '${repo}': no config.json in the Hugging Face cache at ${where}, and the hub could not be reached to fetch it: ${(e as Error).message}; download it where a network exists with ${downloadCommands(repo, revision, cacheDir)}`);
   }
 }

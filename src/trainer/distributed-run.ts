@@ -1,28 +1,40 @@
-// distributed-run.ts: one training run over N processes, colocated (trainer.placement.colocate_all=true): every rank
-// holds a ShardedPolicy shard (sharded-policy.ts) and its part of the inference engines, in one of two layouts:
-//   N engines of tp 1   each rank a whole engine over its own full bf16 copy of the model (engine e = rank e)
-//   1 engine of tp N    each rank a TensorParallelModel slice (tensor-parallel.ts); rank 0 runs the Engine over a
-//                       TensorParallelModelRunner, the others serve its steps (tensor-parallel-runner.ts)
-// (E engines of tp T with 1 < E < N needs sub-groups of the process group: not built.) Rank 0 runs the GRPO loop
-// (grpo.ts, run.ts) unchanged, over two stand-ins:
+// distributed-run.ts: one training run over N processes, in one of two placements:
+//   colocated (trainer.placement.colocate_all=true)  every rank holds a ShardedPolicy shard (sharded-policy.ts) and
+//       its part of the inference engines: E engines of tp T, E x T = N, engine e on ranks e*T .. e*T+T-1;
+//   not colocated (false)  trainer ranks 0..P-1 hold the shards (over their own sub-group), the E engines run on
+//       ranks P.. after them (engine e on P+e*T ..), and the weight sync is a bucketed broadcast from trainer rank 0
+//       to the engine ranks (BucketSender / receiveBuckets over the sub-group {0, engine ranks}).
+// An engine's part on its ranks:
+//   T = 1   each rank a whole engine over its own full bf16 copy of the model (engine e = rank e)
+//   T > 1   each rank a TensorParallelModel slice (tensor-parallel.ts) over its engine's sub-group of the process
+//           group (its own collectives and command channel: Collectives.subGroup / GroupChannel.subGroup, so the E
+//           engines step independently); the engine's first rank runs the Engine over a TensorParallelModelRunner,
+//           the others serve its steps (tensor-parallel-runner.ts). E = 1 uses the whole group.
+// Rank 0 runs the GRPO loop (grpo.ts, run.ts) unchanged, over two stand-ins:
 //   DriverPolicy (a Policy)     every call becomes a command that rank 0 broadcasts to all ranks and then runs on
-//                               its own shard; the other ranks run the same command from serve(). Batches go out
-//                               whole; each rank takes its share (shardSequences, by tokens) and the log-probs come
-//                               back with one all-gather, so rank 0 sees the whole micro-batch's output as before.
+//                               its own shard; the other trainer ranks run the same command from serve() (engine-only
+//                               ranks skip it). Batches go out whole; each trainer rank takes its share
+//                               (shardSequences, by tokens) and the log-probs come back with one all-gather over the
+//                               trainer ranks, so rank 0 sees the whole micro-batch's output as before.
 //   PoolGenerator (a Generator) rank 0 numbers the requests as the one-engine generator does (requestsFor: the
 //                               seeds follow the request index), gives engine e a contiguous block of them, every
 //                               engine generates its block, the completions are all-gathered back in request order.
-// Weight sync (updateWeights): unit by unit, the bf16 weights are all-gathered (as the forward does) and each rank
-// copies what its engine needs (every parameter for tp 1, its TP slice for tp N) into its engine's model
-// (ShardedPolicy.syncWeights): at most one unit beyond the shards.
+// Weight sync (updateWeights): unit by unit, the bf16 weights are all-gathered (as the forward does) and, colocated,
+// each rank copies what its engine needs (every parameter for tp 1, its TP slice for tp T) into its engine's model
+// (ShardedPolicy.syncWeights): at most one unit beyond the shards; not colocated, rank 0 broadcasts them in buckets.
+// Per-step resources (the 'resources' command): every rank's device peak and its engine's preemptions.
+// Hangs: each command sets the rank's phase (DistContext.setPhase), which the hub's and NCCL watchdog's timeout
+// messages (trainer.nccl_timeout_s) name.
 //
 // Commands travel as JSON over the group's host channel (TcpGroup.broadcastBytes from rank 0) and run one at a time
 // in the order rank 0 issued them, so every rank meets the same collectives in the same order; the synchronous
 // Policy methods (zeroGrad, optimizerStep, release) are queued without waiting. A rank that dies breaks the group:
 // rank 0's pending command fails naming the phase and that rank, and the launcher ends the job.
 import type { Config } from '../config/schema.ts';
-import { ConfigError, engineLayoutProblems, trainingWorldSize } from '../config/load.ts';
+import { ConfigError, engineLayoutProblems, processCount, trainingWorldSize } from '../config/load.ts';
 import { initDistributed, type DistContext } from '../distributed/launch.ts';
+import { NcclCollectives, type Collectives } from '../distributed/collectives.ts';
+import type { GroupChannel } from '../distributed/tcp-group.ts';
 import { childLogger } from '../log/logger.ts';
 import { completionsOf, engineOptionsFromConfig, LocalGenerator, requestsFor } from '../inference/local-generator.ts';
 import { Engine, type EngineOptions, type GenerateRequest, type GenerateResponse } from '../inference/engine.ts';
@@ -41,22 +53,38 @@ import type {
   OptimizerHyper,
   Policy,
   SamplingParams,
+  ResourceSample,
   SequenceBatch,
   TrainForward,
 } from './policy.ts';
+import { memoryStats, resetPeakMemory, Tensor } from '../tensor.ts';
 
 const log = childLogger('dist');
 
-/** The engine layout of a run, as the metrics rows record it. */
+/** The process and engine layout of a run, as the metrics rows record it. */
 export interface EngineLayout {
+  /** Processes: the trainer ranks, plus the engines' own when not colocated. */
   worldSize: number;
+  /** Trainer ranks (0 .. trainerRanks-1). */
+  trainerRanks: number;
   numEngines: number;
   tensorParallelSize: number;
+  /** true: every rank holds a trainer shard and its engine slice; false: engines on ranks trainerRanks.. (after). */
+  colocated: boolean;
 }
 
 export function engineLayoutOf(c: Config): EngineLayout {
-  return { worldSize: trainingWorldSize(c), numEngines: c.generator.num_inference_engines, tensorParallelSize: c.generator.inference_engine_tensor_parallel_size };
+  return {
+    worldSize: processCount(c),
+    trainerRanks: trainingWorldSize(c),
+    numEngines: c.generator.num_inference_engines,
+    tensorParallelSize: c.generator.inference_engine_tensor_parallel_size,
+    colocated: c.trainer.placement.colocate_all,
+  };
 }
+
+/** bf16 bytes per weight-sync broadcast when engines are not colocated (a parameter larger travels alone). */
+export const SYNC_BUCKET_BYTES = 256 * 2 ** 20;
 
 /**
  * Throws a ConfigError when a run over several processes cannot be what the config asks (before any start): the
@@ -65,7 +93,7 @@ export function engineLayoutOf(c: Config): EngineLayout {
  */
 export function assertEngineLayout(c: Config, model?: { numHeads: number; numKvHeads: number }): void {
   const bad = engineLayoutProblems(c, model);
-  if (trainingWorldSize(c) > 1 && c.trainer.ref.model.path && c.trainer.algorithm.use_kl_loss) {
+  if (processCount(c) > 1 && c.trainer.ref.model.path && c.trainer.algorithm.use_kl_loss) {
     bad.push(`trainer.ref.model.path=${c.trainer.ref.model.path}: a separate reference model is not supported over several processes yet (the KL reference is the initial policy's frozen sharded copy; unset it)`);
   }
   if (bad.length) throw new ConfigError(`the engine layout does not fit:\n${bad.map((b) => `  - ${b}`).join('\n')}`);
@@ -88,10 +116,11 @@ type Command =
   | { op: 'load'; dir: string }
   | { op: 'generate'; requests: GenerateRequest[] }
   | { op: 'syncWeights' }
+  | { op: 'resources' }
   | { op: 'exit' };
 
 /** What a command gives back on rank 0 (the other ranks discard it). */
-type Reply = LogprobOutput | GradClipResult | Completion[] | undefined;
+type Reply = LogprobOutput | GradClipResult | Completion[] | ResourceSample | undefined;
 
 function toWire(b: SequenceBatch): WireBatch {
   return { sequences: b.sequences.map((s) => Array.from(s)), promptLens: Array.from(b.promptLens) };
@@ -118,41 +147,80 @@ function f32FromWire(s: string): Float32Array {
   return out;
 }
 
-/** Every rank's per-sequence rows back in batch order (one all-gather). */
-async function gatherRows(dist: DistContext, split: number[][], rows: Float32Array[] | undefined, n: number): Promise<Float32Array[] | undefined> {
-  const all = await dist.group.allGatherObject(rows ? rows.map(f32ToWire) : null);
+/** Every trainer rank's per-sequence rows back in batch order (one all-gather over the trainer ranks). */
+async function gatherRows(group: GroupChannel, split: number[][], rows: Float32Array[] | undefined, n: number): Promise<Float32Array[] | undefined> {
+  const all = await group.allGatherObject(rows ? rows.map(f32ToWire) : null);
   if (!rows) return undefined;
   const out: Float32Array[] = new Array(n);
   split.forEach((idx, r) => idx.forEach((i, k) => (out[i] = f32FromWire(all[r]![k]!))));
   return out;
 }
 
-/** One rank's side of the run: its shard, its engine, the forwards and frozen copies still open. */
+/** A trainer rank's part: its ShardedPolicy shard over the trainer ranks, and their host channel. */
+interface TrainerPart {
+  policy: ShardedPolicy;
+  /** The trainer ranks' channel (the group when colocated; ranks 0..P-1 otherwise): log-prob rows travel on it. */
+  group: GroupChannel;
+  /** Set when `group` and the policy's collectives are a sub-group this run created (closed before the group). */
+  own: Collectives | null;
+}
+
+/** The weight broadcast from trainer rank 0 to engines on their own ranks (not colocated): rank 0 + every engine rank. */
+interface SyncPart {
+  collectives: Collectives;
+  channel: GroupChannel;
+  /** bf16 elements per bucket (the unit of one broadcast). */
+  bucketElems: number;
+}
+
+/** The engine part on this rank: the whole model (tp 1; `engine` runs on it) or its slice of a tp=T engine. */
+type EnginePart = { kind: 'whole'; model: GptOssModel; engine: LocalGenerator } | SliceEngine;
+
+/** One rank's side of the run: its trainer shard and/or engine part, the forwards and frozen copies still open. */
 class RankWorker {
+  /** Sequences this rank's engine preempted (KV pool full) since the last resources sample. */
+  preemptions = 0;
   private readonly forwards = new Map<number, { fwd: TrainForward; idx: number[] }>();
   private readonly frozen = new Map<number, LogprobModel>();
 
   constructor(
     readonly dist: DistContext,
-    readonly policy: ShardedPolicy,
-    /** The engine's weights: the whole model (tp 1; `engine` runs on it) or this rank's slice (tp N). */
-    readonly engineModel: { kind: 'whole'; model: GptOssModel; engine: LocalGenerator } | { kind: 'slice'; model: TensorParallelModel; options: EngineOptions },
+    /** Null on an engine-only rank (not colocated). */
+    readonly trainer: TrainerPart | null,
+    /** Null on a trainer-only rank (not colocated). */
+    readonly engineModel: EnginePart | null,
+    /** Null when colocated (the sync is in-process) and on trainer ranks > 0. */
+    readonly sync: SyncPart | null,
     readonly layout: EngineLayout,
   ) {}
 
-  /** Runs one command on this rank (collective where the command is). */
+  /** Labels this rank's work for the hang messages (the hub's, and the NCCL watchdog's of every communicator). */
+  setPhase(phase: string): void {
+    this.dist.setPhase(phase);
+    for (const c of [this.trainer?.own, this.engineModel?.kind === 'slice' && this.engineModel.own ? this.engineModel.collectives : null, this.sync?.collectives]) {
+      if (c instanceof NcclCollectives) c.setPhase(phase);
+    }
+  }
+
+  private part(what: string): TrainerPart {
+    if (!this.trainer) throw new Error(`rank ${this.dist.rank}: ${what} reached an engine-only rank`);
+    return this.trainer;
+  }
+
+  /** Runs one command on this rank (collective where the command is). Engine-only ranks skip the trainer's. */
   async run(c: Command): Promise<Reply> {
-    const world = this.dist.worldSize;
-    const rank = this.dist.rank;
+    this.setPhase(PHASE[c.op]);
+    if (!this.trainer && TRAINER_ONLY.has(c.op)) return undefined;
     switch (c.op) {
       case 'forward': {
-        const split = splitOf(c.batch, world);
-        const idx = split[rank]!;
-        const fwd = await this.policy.forward(subBatch(c.batch, idx), c.opts);
+        const t = this.part('forward');
+        const split = splitOf(c.batch, t.group.worldSize);
+        const idx = split[t.group.rank]!;
+        const fwd = await t.policy.forward(subBatch(c.batch, idx), c.opts);
         this.forwards.set(c.id, { fwd, idx });
         const n = c.batch.sequences.length;
-        const logprobs = (await gatherRows(this.dist, split, fwd.logprobs, n))!;
-        const entropy = await gatherRows(this.dist, split, fwd.entropy, n);
+        const logprobs = (await gatherRows(t.group, split, fwd.logprobs, n))!;
+        const entropy = await gatherRows(t.group, split, fwd.entropy, n);
         return { logprobs, entropy };
       }
       case 'backward': {
@@ -165,82 +233,123 @@ class RankWorker {
         this.forwards.delete(c.id);
         return undefined;
       case 'logprobs': {
-        const model = c.model === 0 ? this.policy : this.frozen.get(c.model);
-        if (!model) throw new Error(`rank ${rank}: logprobs of frozen copy ${c.model}, which this rank does not hold`);
-        const split = splitOf(c.batch, world);
-        const out = await model.logprobs(subBatch(c.batch, split[rank]!), c.opts);
+        const t = this.part('logprobs');
+        const model = c.model === 0 ? t.policy : this.frozen.get(c.model);
+        if (!model) throw new Error(`rank ${this.dist.rank}: logprobs of frozen copy ${c.model}, which this rank does not hold`);
+        const split = splitOf(c.batch, t.group.worldSize);
+        const out = await model.logprobs(subBatch(c.batch, split[t.group.rank]!), c.opts);
         const n = c.batch.sequences.length;
-        return { logprobs: (await gatherRows(this.dist, split, out.logprobs, n))!, entropy: await gatherRows(this.dist, split, out.entropy, n) };
+        return { logprobs: (await gatherRows(t.group, split, out.logprobs, n))!, entropy: await gatherRows(t.group, split, out.entropy, n) };
       }
       case 'zeroGrad':
-        this.policy.zeroGrad();
+        this.part('zeroGrad').policy.zeroGrad();
         return undefined;
       case 'clip':
-        return await this.policy.clipGradNorm(c.maxNorm);
+        return await this.part('clip').policy.clipGradNorm(c.maxNorm);
       case 'optimizerStep':
-        this.policy.optimizerStep(c.h, c.step);
+        this.part('optimizerStep').policy.optimizerStep(c.h, c.step);
         return undefined;
       case 'resetOptimizer':
-        this.policy.resetOptimizer();
+        this.part('resetOptimizer').policy.resetOptimizer();
         return undefined;
       case 'frozenCopy':
-        this.frozen.set(c.id, await this.policy.frozenCopy());
+        this.frozen.set(c.id, await this.part('frozenCopy').policy.frozenCopy());
         return undefined;
       case 'disposeFrozen':
         this.frozen.get(c.id)?.dispose();
         this.frozen.delete(c.id);
         return undefined;
       case 'save':
-        await this.policy.save(c.dir);
+        await this.part('save').policy.save(c.dir);
         return undefined;
       case 'load':
-        await this.policy.load(c.dir);
+        await this.part('load').policy.load(c.dir);
         return undefined;
       case 'generate':
         return await this.generate(c.requests);
       case 'syncWeights':
         await this.syncWeights();
         return undefined;
+      case 'resources': {
+        // This rank's device peak since the last sample (then reset) and its engine's preemptions since then.
+        const peak = memoryStats(this.dist.device).peakAllocated;
+        resetPeakMemory(this.dist.device);
+        const mine = { peak, preemptions: this.preemptions };
+        this.preemptions = 0;
+        const all = await this.dist.group.allGatherObject(mine);
+        return { peakBytes: all.map((x) => x.peak), preemptions: all.reduce((a, x) => a + x.preemptions, 0) };
+      }
       case 'exit':
         return undefined;
     }
   }
 
-  /** This rank's engine runs its block of the requests; the responses are all-gathered in request order. */
+  /**
+   * Engine e runs block e of the requests (engineBlocks); the responses are all-gathered over the group in rank
+   * order, which is engine order (an engine's serving ranks and trainer-only ranks contribute nothing).
+   */
   private async generate(requests: GenerateRequest[]): Promise<Completion[]> {
     const em = this.engineModel;
-    if (em.kind === 'slice') {
-      // One engine over every rank: rank 0 schedules and samples, the others run its steps on their slices. The
-      // engine lives for this call (its KV pool too); its dispose() releases the serving ranks.
-      const { collectives, group, rank } = this.dist;
-      if (rank !== 0) {
-        await serveTensorParallelRank(em.model, group, collectives);
-        return [];
+    let mine: GenerateResponse[] = [];
+    if (em?.kind === 'slice') {
+      // One engine over its sub-group: its first rank schedules and samples, the others run its steps on their
+      // slices. The engine lives for this call (its KV pool too); its dispose() releases the serving ranks.
+      if (em.channel.rank !== 0) {
+        await serveTensorParallelRank(em.model, em.channel, em.collectives);
+      } else {
+        const [lo, hi] = engineBlocks(requests.length, this.layout.numEngines)[em.engine]!;
+        const engine = new Engine(new TensorParallelModelRunner(em.model, em.channel, em.collectives), { ...em.options, device: em.model.device, tensorParallelSize: this.layout.tensorParallelSize });
+        try {
+          if (hi > lo) mine = await engine.generate(requests.slice(lo, hi));
+          this.preemptions += engine.stats().preemptions;
+        } finally {
+          engine.dispose();
+        }
       }
-      const engine = new Engine(new TensorParallelModelRunner(em.model, group, collectives), { ...em.options, device: em.model.device, tensorParallelSize: this.layout.tensorParallelSize });
-      try {
-        return completionsOf(await engine.generate(requests));
-      } finally {
-        engine.dispose();
-      }
+      // One engine over every rank (colocated): rank 0 has every response already.
+      if (this.layout.numEngines === 1 && this.layout.colocated) return this.dist.rank === 0 ? completionsOf(mine) : [];
+    } else if (em) {
+      const [lo, hi] = engineBlocks(requests.length, this.layout.numEngines)[engineOf(this.dist.rank, this.layout)]!;
+      const before = em.engine.stats()?.preemptions ?? 0;
+      mine = await em.engine.runRequests(requests.slice(lo, hi));
+      this.preemptions += (em.engine.stats()?.preemptions ?? 0) - before;
     }
-    const blocks = engineBlocks(requests.length, this.layout.numEngines);
-    const [lo, hi] = blocks[this.dist.rank]!;
-    const mine = await em.engine.runRequests(requests.slice(lo, hi));
     const all = await this.dist.group.allGatherObject<GenerateResponse[]>(mine);
     return completionsOf(all.flat());
   }
 
-  /** The in-process weight sync: every parameter into this rank's engine model (tp 1), or its slice (tp N). */
+  /**
+   * Colocated: in process, every gathered parameter into this rank's engine model (tp 1) or its slice (tp T).
+   * Not colocated: the trainer ranks gather unit by unit; rank 0 packs the bf16 parameters into buckets and
+   * broadcasts each to the engine ranks (SyncPart), which copy them (or their slices) into their engine models.
+   */
   private async syncWeights(): Promise<void> {
     const em = this.engineModel;
-    const params = em.model.weights.params;
-    await this.policy.syncWeights((name, full) => {
-      if (em.kind === 'slice') return storeSlice(em.model, name, full);
-      const dst = params.get(name);
-      if (!dst) throw new Error(`weight sync: the engine model of rank ${this.dist.rank} has no parameter ${name}`);
-      dst.copyFrom(full);
-    });
+    if (this.layout.colocated) {
+      const params = em!.model.weights.params;
+      await this.trainer!.policy.syncWeights((name, full) => {
+        if (em!.kind === 'slice') return storeSlice(em!.model, name, full);
+        const dst = params.get(name);
+        if (!dst) throw new Error(`weight sync: the engine model of rank ${this.dist.rank} has no parameter ${name}`);
+        dst.copyFrom(full);
+      });
+      return;
+    }
+    if (this.trainer) {
+      if (!this.sync) {
+        await this.trainer.policy.syncWeights(() => {}); // trainer ranks > 0: their part of each unit's gather
+        return;
+      }
+      const out = new BucketSender(this.sync, this.trainer.policy.device);
+      try {
+        await this.trainer.policy.syncWeights((name, full) => out.add(name, full));
+        await out.finish();
+      } finally {
+        out.dispose();
+      }
+      return;
+    }
+    await receiveBuckets(this.sync!, em!, this.dist.rank);
   }
 
   private take(id: number, what: string): { fwd: TrainForward; idx: number[] } {
@@ -253,10 +362,131 @@ class RankWorker {
   dispose(): void {
     for (const f of this.forwards.values()) f.fwd.release();
     for (const m of this.frozen.values()) m.dispose();
-    if (this.engineModel.kind === 'whole') this.engineModel.engine.dispose();
-    this.engineModel.model.dispose();
-    this.policy.dispose();
+    if (this.engineModel?.kind === 'whole') this.engineModel.engine.dispose();
+    this.engineModel?.model.dispose();
+    this.trainer?.policy.dispose();
   }
+}
+
+/** Commands only trainer ranks run (an engine-only rank skips them; none has a collective over the whole group). */
+const TRAINER_ONLY = new Set<Command['op']>(['forward', 'backward', 'release', 'logprobs', 'zeroGrad', 'clip', 'optimizerStep', 'resetOptimizer', 'frozenCopy', 'disposeFrozen', 'save', 'load']);
+
+/** The engine a rank serves: colocated, rank / tp; not colocated, (rank - trainer ranks) / tp (-1 for a trainer rank). */
+export function engineOf(rank: number, l: EngineLayout): number {
+  const r = l.colocated ? rank : rank - l.trainerRanks;
+  return r < 0 ? -1 : Math.floor(r / l.tensorParallelSize);
+}
+
+/**
+ * Weight sync's header of one bucket: the parameters it holds in order, each [name, shape]; `done` ends the sync.
+ * Travels on the sync channel before the bucket's tensor broadcast, so the engine ranks need no copy of the layout.
+ */
+type BucketHeader = { done: true } | { done?: false; params: [string, number[]][]; numel: number };
+
+/** Trainer rank 0's side: packs gathered bf16 parameters into a bucket and broadcasts it when the next one does not fit. */
+class BucketSender {
+  private bucket: Tensor | null = null;
+  private params: [string, number[]][] = [];
+  private used = 0;
+
+  constructor(
+    private readonly sync: SyncPart,
+    private readonly device: string,
+  ) {}
+
+  async add(name: string, full: Tensor): Promise<void> {
+    const n = full.numel;
+    if (this.used > 0 && this.used + n > this.sync.bucketElems) await this.flush();
+    // A parameter larger than a bucket travels alone in a bucket of its size.
+    const size = Math.max(this.sync.bucketElems, n);
+    if (!this.bucket || this.bucket.numel < size) {
+      this.bucket?.dispose();
+      this.bucket = Tensor.empty([size], { dtype: 'bf16', device: this.device });
+    }
+    const dst = this.bucket.slice(this.used, this.used + n);
+    dst.copyFrom(full);
+    dst.dispose();
+    this.params.push([name, full.shape]);
+    this.used += n;
+  }
+
+  async finish(): Promise<void> {
+    if (this.used > 0) await this.flush();
+    await this.sync.channel.broadcastBytes(Buffer.from(JSON.stringify({ done: true } satisfies BucketHeader)), 0);
+  }
+
+  private async flush(): Promise<void> {
+    const header: BucketHeader = { params: this.params, numel: this.used };
+    await this.sync.channel.broadcastBytes(Buffer.from(JSON.stringify(header)), 0);
+    const part = this.bucket!.slice(0, this.used);
+    try {
+      await this.sync.collectives.broadcast(part, 0);
+      // NCCL enqueues the broadcast: the bucket is refilled only after it has gone out.
+      await this.sync.collectives.synchronize();
+    } finally {
+      part.dispose();
+    }
+    this.params = [];
+    this.used = 0;
+  }
+
+  dispose(): void {
+    this.bucket?.dispose();
+    this.bucket = null;
+  }
+}
+
+/** An engine rank's side: receives every bucket and copies each parameter (or its TP slice) into its engine model. */
+async function receiveBuckets(sync: SyncPart, em: EnginePart, rank: number): Promise<void> {
+  const params = em.model.weights.params;
+  for (;;) {
+    const h = JSON.parse((await sync.channel.broadcastBytes(null, 0)).toString('utf8')) as BucketHeader;
+    if (h.done) return;
+    const bucket = Tensor.empty([h.numel], { dtype: 'bf16', device: em.model.device });
+    try {
+      await sync.collectives.broadcast(bucket, 0);
+      let off = 0;
+      for (const [name, shape] of h.params) {
+        const n = shape.reduce((a, b) => a * b, 1);
+        const flat = bucket.slice(off, off + n);
+        const full = flat.view(shape);
+        flat.dispose();
+        off += n;
+        try {
+          if (em.kind === 'slice') storeSlice(em.model, name, full);
+          else {
+            const dst = params.get(name);
+            if (!dst) throw new Error(`weight sync: the engine model of rank ${rank} has no parameter ${name}`);
+            dst.copyFrom(full);
+          }
+        } finally {
+          full.dispose();
+        }
+      }
+    } finally {
+      bucket.dispose();
+    }
+  }
+}
+
+/** A tensor-parallel engine's part on this rank: its slice, and its engine's sub-group (or the group, E = 1). */
+interface SliceEngine {
+  kind: 'slice';
+  model: TensorParallelModel;
+  options: EngineOptions;
+  /** Which engine this rank belongs to. */
+  engine: number;
+  collectives: Collectives;
+  /** The engine's command channel (rank 0 of it runs the Engine). */
+  channel: GroupChannel;
+  /** True when collectives/channel are a sub-group this run created (closed before the group). */
+  own: boolean;
+}
+
+/** The ranks of engine e: e*T .. e*T+T-1, after the trainer ranks when not colocated. */
+export function engineRanks(engine: number, l: EngineLayout): number[] {
+  const first = (l.colocated ? 0 : l.trainerRanks) + engine * l.tensorParallelSize;
+  return Array.from({ length: l.tensorParallelSize }, (_, i) => first + i);
 }
 
 /** [lo, hi) request indices of each engine: contiguous blocks, the first `n % engines` one longer. */
@@ -289,6 +519,7 @@ const PHASE: Record<Command['op'], string> = {
   load: 'checkpoint',
   generate: 'generate',
   syncWeights: 'weight sync',
+  resources: 'metrics',
   exit: 'shutdown',
 };
 
@@ -316,6 +547,7 @@ class Driver {
       const sent = this.worker.dist.group.broadcastBytes(Buffer.from(JSON.stringify(c), 'utf8'), 0);
       sent.catch(() => {}); // awaited just below, with the local run
       const [, r] = await Promise.all([sent, this.worker.run(c)]);
+      this.worker.setPhase('the GRPO loop between commands');
       return r as R;
     };
     const p = this.tail.then(run);
@@ -347,13 +579,13 @@ class Driver {
 export class DriverPolicy implements Policy {
   constructor(private readonly d: Driver) {}
 
-  /** Each call's sequences are split over every rank (so the loops hand it N x the per-GPU micro-batch). */
+  /** Each call's sequences are split over the trainer ranks (so the loops hand it P x the per-GPU micro-batch). */
   get dataParallelSize(): number {
-    return this.d.worker.dist.worldSize;
+    return this.d.worker.layout.trainerRanks;
   }
 
   get device(): string {
-    return this.d.worker.policy.device;
+    return this.d.worker.trainer!.policy.device;
   }
 
   async forward(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<TrainForward> {
@@ -417,7 +649,7 @@ export class DriverPolicy implements Policy {
   }
 
   numParameters(): number {
-    return this.d.worker.policy.numParameters();
+    return this.d.worker.trainer!.policy.numParameters();
   }
 
   dispose(): void {
@@ -457,46 +689,80 @@ export interface DistributedRun {
  * Joins the launcher's group and builds this rank's part: the model (every rank builds the same weights: the same
  * seed or checkpoint), its ShardedPolicy shard, its tp=1 engine over the model. Collective.
  */
-export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
+export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: number } = {}): Promise<DistributedRun> {
   const layout = engineLayoutOf(c);
-  if (!c.trainer.placement.colocate_all) throw new ConfigError('trainer.placement.colocate_all=false: engines on their own processes are not built yet (use true)');
   assertEngineLayout(c);
-  const dist = await initDistributed({ backend: c.trainer.device === 'cpu' ? 'cpu' : 'auto' });
+  const dist = await initDistributed({ backend: c.trainer.device === 'cpu' ? 'cpu' : 'auto', collectiveTimeoutMs: c.trainer.nccl_timeout_s * 1000 });
   if (dist.worldSize !== layout.worldSize) {
     await dist.destroy().catch(() => {});
-    throw new ConfigError(`the launcher started ${dist.worldSize} processes but the config asks for ${layout.worldSize} (trainer.placement.policy_num_nodes x policy_num_gpus_per_node)`);
+    const engines = layout.colocated ? '' : ' + generator.num_inference_engines x inference_engine_tensor_parallel_size (trainer.placement.colocate_all=false)';
+    throw new ConfigError(`the launcher started ${dist.worldSize} processes but the config asks for ${layout.worldSize} (trainer.placement.policy_num_nodes x policy_num_gpus_per_node${engines})`);
   }
   // Each rank trains and generates on its own device (the launcher's cuda:<local rank>, or cpu).
   const base = await setupRun({ ...c, trainer: { ...c.trainer, device: dist.device } });
   assertEngineLayout(c, base.model.config);
-  const policy = ShardedPolicy.fromWeights(base.model.weights, dist.collectives, {
-    recompute: c.trainer.gradient_checkpointing,
-    deterministic: c.trainer.deterministic,
-    cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
-    referenceOnHost: !c.trainer.placement.colocate_policy_ref,
-  });
+  const rank = dist.rank;
+  const P = layout.trainerRanks;
+  const isTrainer = rank < P;
+  const engine = engineOf(rank, layout);
+  // Sub-groups are made in one order on every rank (trainer ranks, weight sync, engines): NCCL's initialisation of
+  // each blocks until its members have joined.
+  let trainer: TrainerPart | null = null;
+  if (isTrainer) {
+    const own = layout.colocated ? null : await dist.collectives.subGroup(Array.from({ length: P }, (_, i) => i));
+    const policy = ShardedPolicy.fromWeights(base.model.weights, own ?? dist.collectives, {
+      recompute: c.trainer.gradient_checkpointing,
+      deterministic: c.trainer.deterministic,
+      cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
+      referenceOnHost: !c.trainer.placement.colocate_policy_ref,
+    });
+    trainer = { policy, group: own ? dist.group.subGroup(Array.from({ length: P }, (_, i) => i)) : dist.group, own };
+  }
+  // Not colocated: trainer rank 0 broadcasts the weights to every engine rank in buckets.
+  let sync: SyncPart | null = null;
+  if (!layout.colocated && (rank === 0 || !isTrainer)) {
+    const members = [0, ...Array.from({ length: layout.worldSize - P }, (_, i) => P + i)];
+    const bucketBytes = opts.syncBucketBytes ?? SYNC_BUCKET_BYTES;
+    sync = { collectives: await dist.collectives.subGroup(members), channel: dist.group.subGroup(members), bucketElems: Math.max(1, Math.floor(bucketBytes / 2)) };
+  }
   const options = engineOptionsFromConfig(c.generator);
-  // tp N: the engine's slice is cut from the same weights. The full copy setupRun built stays as the run's `model`
+  // tp T: the engine's slice is cut from the same weights. The full copy setupRun built stays as the run's `model`
   // (its config and vocabulary checks); it is not the engine's and is not synced.
-  const engineModel =
-    layout.tensorParallelSize === 1
-      ? { kind: 'whole' as const, model: base.model, engine: new LocalGenerator(base.model, options) }
-      : { kind: 'slice' as const, model: TensorParallelModel.fromWeights(base.model.weights, dist.collectives, { device: dist.device, deterministic: c.trainer.deterministic }), options };
-  const worker = new RankWorker(dist, policy, engineModel, layout);
+  let engineModel: EnginePart | null = null;
+  const tp = layout.tensorParallelSize;
+  if (engine < 0) {
+    // A trainer-only rank: no engine.
+  } else if (tp === 1) {
+    engineModel = { kind: 'whole', model: base.model, engine: new LocalGenerator(base.model, options) };
+  } else {
+    // Engine e on its own ranks: a sub-group each (collectives, channel), unless one engine spans every rank.
+    const own = !(layout.colocated && layout.numEngines === 1);
+    const ranks = engineRanks(engine, layout);
+    const collectives = own ? await dist.collectives.subGroup(ranks) : dist.collectives;
+    const channel = own ? dist.group.subGroup(ranks) : dist.group;
+    const model = TensorParallelModel.fromWeights(base.model.weights, collectives, { device: dist.device, deterministic: c.trainer.deterministic });
+    engineModel = { kind: 'slice', model, options, engine, collectives, channel, own };
+  }
+  const worker = new RankWorker(dist, trainer, engineModel, sync, layout);
   const driver = dist.rank === 0 ? new Driver(worker) : null;
-  log.info({ rank: dist.rank, world: dist.worldSize, backend: dist.backend, engines: layout.numEngines, tp: layout.tensorParallelSize }, 'rank ready');
+  const role = layout.colocated ? 'trainer + engine' : isTrainer ? 'trainer' : 'engine';
+  log.info({ rank: dist.rank, world: dist.worldSize, backend: dist.backend, role, engines: layout.numEngines, tp: layout.tensorParallelSize }, 'rank ready');
   let closed = false;
   return {
     dist,
     layout,
-    pieces: driver ? { ...base, policy: new DriverPolicy(driver), generator: new PoolGenerator(driver), ref: undefined } : null,
+    pieces: driver
+      ? { ...base, policy: new DriverPolicy(driver), generator: new PoolGenerator(driver), ref: undefined, resources: () => driver.call<ResourceSample>({ op: 'resources' }) }
+      : null,
     async serve(onCommand) {
       if (dist.rank === 0) throw new Error('serve: rank 0 drives the run');
       for (let i = 0; ; i++) {
         const c = JSON.parse((await dist.group.broadcastBytes(null, 0)).toString('utf8')) as Command;
+        worker.setPhase(PHASE[c.op]);
         onCommand?.(c.op, i);
         if (c.op === 'exit') return;
         await worker.run(c);
+        worker.setPhase("waiting for rank 0's next command");
       }
     },
     async close() {
@@ -504,7 +770,11 @@ export async function setupDistributedRun(c: Config): Promise<DistributedRun> {
       closed = true;
       if (driver) await driver.call({ op: 'exit' });
       worker.dispose();
-      if (engineModel.kind === 'slice') base.model.dispose();
+      // The full copy setupRun built, where it is not the engine's model (that one the worker freed).
+      if (engineModel?.kind !== 'whole') base.model.dispose();
+      if (engineModel?.kind === 'slice' && engineModel.own) await engineModel.collectives.destroy();
+      if (sync) await sync.collectives.destroy();
+      if (trainer?.own) await trainer.own.destroy();
       await dist.destroy();
     },
   };

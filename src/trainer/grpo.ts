@@ -20,7 +20,7 @@ import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
 import { groupAdvantages, stats } from '../rl/advantages.ts';
 import { policyLoss, meanK3 } from '../rl/loss.ts';
 import { CheckpointError, GRPO_RESUME_KEYS, resumeTraining, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
-import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, SamplingParams, SequenceBatch } from './policy.ts';
+import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, ResourceSample, ResourceSampler, SamplingParams, SequenceBatch } from './policy.ts';
 import { epochOrder, Rng } from './rng.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
 import { episodeLimits, episodeMetrics, isMultiTurn, multiTurnRollouts, type EpisodeResult } from './multiturn.ts';
@@ -34,6 +34,8 @@ export interface GrpoDeps {
   env: TaskEnv;
   /** The frozen KL reference; default: a frozen copy of the policy taken before any resume. */
   ref?: LogprobModel;
+  /** Sampled after every step: peak memory per rank (memory/peak_gb*) and engine preemptions (engine/preemptions). */
+  resources?: ResourceSampler;
   metrics?: MetricsLogger;
   /** Abort (e.g. SIGINT): the loop saves a checkpoint at the next safe point and returns. */
   signal?: AbortSignal;
@@ -580,7 +582,7 @@ async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogp
 }
 
 /** The step's metrics (reward/*, adv/*, loss, kl, entropy, clip fractions, grad norm, lr, lengths, gap, throughput, time/*). */
-function stepMetrics(run: GrpoRun, r: Rollouts, s: Scored, lps: StepLogprobs, u: UpdateStats, times: PhaseTimes, elapsed: number): Metrics {
+function stepMetrics(run: GrpoRun, r: Rollouts, s: Scored, lps: StepLogprobs, u: UpdateStats, times: PhaseTimes, elapsed: number, res: ResourceSample | undefined): Metrics {
   const { useKl, counters, state } = run;
   const { sums } = u;
   const rs = stats(s.rewards);
@@ -619,6 +621,17 @@ function stepMetrics(run: GrpoRun, r: Rollouts, s: Scored, lps: StepLogprobs, u:
   };
   if (r.episodes) Object.assign(m, episodeMetrics(r.episodes));
   for (const [k, v] of Object.entries(times.times)) m[`time/${k}`] = v;
+  // The training phase as a whole (forward, backward, optimizer over every mini-batch and epoch), and its rate per
+  // GPU: each rank trains its share of the sequences (dataParallelSize ranks).
+  const train = (times.times.train_forward ?? 0) + (times.times.train_backward ?? 0) + (times.times.optimizer ?? 0);
+  const ranks = run.d.policy.dataParallelSize ?? 1;
+  m['time/train'] = train;
+  m['tokens_per_s/train_per_gpu'] = train > 0 ? (trainTokens * run.t.update_epochs_per_batch) / train / ranks : 0;
+  if (res) {
+    res.peakBytes.forEach((b, rank) => (m[`memory/peak_gb/rank_${rank}`] = b / 1e9));
+    m['memory/peak_gb'] = Math.max(...res.peakBytes) / 1e9;
+    m['engine/preemptions'] = res.preemptions;
+  }
   return m;
 }
 
@@ -641,7 +654,9 @@ async function grpoStep(run: GrpoRun, examples: TaskExample[]): Promise<Metrics 
   await times.time('weight_sync', () => run.d.generator.updateWeights(run.d.policy));
   run.state.step = step;
   run.state.dataPosition += run.t.train_batch_size;
-  return stepMetrics(run, rollouts, scored, lps, update, times, (performance.now() - stepT0) / 1000);
+  const elapsed = (performance.now() - stepT0) / 1000;
+  const res = await run.d.resources?.();
+  return stepMetrics(run, rollouts, scored, lps, update, times, elapsed, res);
 }
 
 // ---- the loop -------------------------------------------------------------------------------------------------------
@@ -658,6 +673,8 @@ export async function trainGrpo(d: GrpoDeps): Promise<GrpoResult> {
   const env = d.env;
 
   if (t.eval_before_train && state.step === 0) await runEval(run, 0);
+  // The first step's peaks count from here (not the setup's).
+  await d.resources?.();
 
   let order = epochOrder(t.seed, state.epoch, env.train.length, run.config.data.shuffle);
   while (state.step < run.totalSteps && state.epoch < run.epochs) {

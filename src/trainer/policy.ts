@@ -115,6 +115,20 @@ export interface Completion {
   finishReason: 'stop' | 'length';
 }
 
+/** What each rank's device held at most, and what the engines did, since the previous sample (per-step metrics). */
+export interface ResourceSample {
+  /**
+   * Per rank, in rank order: the device allocator's peak bytes since the previous sample (the CUDA caching
+   * allocator's high-water mark; on cpu, the host tensors'). Sampling resets the peaks.
+   */
+  peakBytes: number[];
+  /** Sequences the engines preempted (KV pool full) since the previous sample, over the pool. */
+  preemptions: number;
+}
+
+/** Takes a ResourceSample (collective over the ranks of a distributed run). */
+export type ResourceSampler = () => Promise<ResourceSample>;
+
 export interface Generator {
   /** One completion per prompt (repeat a prompt for n samples). */
   generate(prompts: Int32Array[], params: SamplingParams, onProgress?: (doneTokens: number) => void): Promise<Completion[]>;

@@ -131,6 +131,7 @@ export async function runTraining(config: Config, run: RunPieces, o: TrainingRun
       generator: run.generator,
       env: run.env,
       ref: run.ref,
+      resources: run.resources,
       metrics,
       signal: stopOrSignal,
       forceResume: force,

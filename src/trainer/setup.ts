@@ -2,7 +2,7 @@
 // policy model, generator, metrics logger. Shared by `npm run train`, `npm run sft` and library callers.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
-import { assertSupported, trainingWorldSize } from '../config/load.ts';
+import { assertSupported, processCount, trainingWorldSize } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
@@ -10,7 +10,8 @@ import { defaultDevice } from '../native.ts';
 import { loadModel, presetConfig, randomModel, type GptOssModel, type PresetName } from '../model/index.ts';
 import { FrozenGptOss, GptOssPolicy } from './gptoss-policy.ts';
 import { LocalGenerator, engineOptionsFromConfig } from '../inference/local-generator.ts';
-import type { Generator, LogprobModel, Policy } from './policy.ts';
+import type { Generator, LogprobModel, Policy, ResourceSampler } from './policy.ts';
+import { memoryStats, resetPeakMemory } from '../tensor.ts';
 import { buildTaskEnv } from './env.ts';
 import { DataError, type TaskEnv } from './task.ts';
 import { buildVocabMap, compactTask, type VocabMap } from './vocab.ts';
@@ -31,10 +32,27 @@ export function resolveDevice(c: Config): string {
   return d;
 }
 
-/** `tiny` or `tiny:<preset>` (random init) vs a directory / hub id. */
-export function tinyPreset(path: string): PresetName | null {
-  if (path === 'tiny') return 'gpt-oss-tiny';
-  if (path.startsWith('tiny:')) return path.slice(5) as PresetName;
+/** A model path that names a preset shape with random weights (randomModelSpec). */
+export interface RandomModelSpec {
+  preset: PresetName;
+  /** Fewer (or more) layers than the preset's (`:layers=N`): e.g. a gpt-oss-20b-shaped model that fits one GPU. */
+  numLayers?: number;
+}
+
+const RANDOM_SUFFIX = /^(.+?):random(?::layers=(\d+))?$/;
+
+/**
+ * A random-initialised model path vs a directory / hub id (null): `tiny` (gpt-oss-tiny), `tiny:<preset>`, or
+ * `<preset>:random[:layers=N]`, e.g. `gpt-oss-20b:random` (the full-size shape with random weights, for smoke
+ * tests and benchmarks without the checkpoint) or `gpt-oss-20b:random:layers=2`. The preset name is checked where
+ * the model is built (presetConfig lists the presets).
+ */
+export function randomModelSpec(path: string): RandomModelSpec | null {
+  if (path === 'tiny') return { preset: 'gpt-oss-tiny' };
+  if (path.startsWith('tiny:')) return { preset: path.slice(5) as PresetName };
+  const m = RANDOM_SUFFIX.exec(path);
+  if (m) return { preset: m[1] as PresetName, numLayers: m[2] === undefined ? undefined : Number(m[2]) };
+  if (/:random\b/.test(path)) throw new SetupError(`trainer.policy.model.path=${path}: expected <preset>:random or <preset>:random:layers=N (e.g. gpt-oss-20b:random:layers=2)`);
   return null;
 }
 
@@ -92,6 +110,24 @@ export interface RunPieces {
   generator: Generator;
   /** The KL reference when trainer.ref.model.path is set (otherwise the GRPO loop copies the initial policy). */
   ref?: LogprobModel;
+  /** Per-step peak memory of every rank's device and engine preemptions (the GRPO loop logs them). */
+  resources?: ResourceSampler;
+}
+
+/**
+ * One process's resource sampler: the device allocator's peak since the previous call (then reset) and the
+ * engine's preemptions since the previous call (`preemptions` returns the engine's running total).
+ */
+export function deviceResources(device: string, preemptions: () => number): ResourceSampler {
+  let last = preemptions();
+  return async () => {
+    const peak = memoryStats(device).peakAllocated;
+    resetPeakMemory(device);
+    const now = preemptions();
+    const d = now - last;
+    last = now;
+    return { peakBytes: [peak], preemptions: d };
+  };
 }
 
 /** Loads the task and the model; errors name the config key at fault. */
@@ -101,9 +137,9 @@ export async function setupRun(c: Config): Promise<RunPieces> {
   const path = c.trainer.policy.model.path;
   let env = await buildTaskEnv(c);
   let vocab: VocabMap | null = null;
-  const preset = tinyPreset(path);
+  const random = randomModelSpec(path);
   let savedVocab: VocabMap | null = null;
-  if (!preset) {
+  if (!random) {
     if (looksLikePath(path) && !existsSync(path)) {
       throw new SetupError(`trainer.policy.model.path: the model directory '${path}' does not exist`);
     }
@@ -127,11 +163,16 @@ export async function setupRun(c: Config): Promise<RunPieces> {
   }
   let model: GptOssModel;
   const t0 = Date.now();
-  if (preset) {
+  if (random) {
+    const { preset, numLayers } = random;
+    if (numLayers !== undefined && !(numLayers >= 1)) throw new SetupError(`trainer.policy.model.path=${path}: layers=${numLayers} must be at least 1`);
     let cfg;
     try {
       // On a compact vocabulary the special ids are remapped too (the stop tokens; no pad/bos).
-      cfg = presetConfig(preset, vocab ? { vocabSize: vocab.size, eosTokenIds: env.stopTokenIds, padTokenId: null, bosTokenId: null } : {});
+      cfg = presetConfig(preset, {
+        ...(vocab ? { vocabSize: vocab.size, eosTokenIds: env.stopTokenIds, padTokenId: null, bosTokenId: null } : {}),
+        ...(numLayers !== undefined ? { numLayers } : {}),
+      });
     } catch (e) {
       throw new SetupError(`trainer.policy.model.path=${path}: ${(e as Error).message}`);
     }
@@ -159,7 +200,7 @@ export async function setupRun(c: Config): Promise<RunPieces> {
       throw new SetupError(`trainer.ref.model.path=${refPath}: cannot load the reference model: ${(e as Error).message}`);
     }
   }
-  return { device, env, vocab, model, policy, generator, ref };
+  return { device, env, vocab, model, policy, generator, ref, resources: deviceResources(device, () => generator.stats()?.preemptions ?? 0) };
 }
 
 export function metricsPath(c: Config): string {
@@ -184,9 +225,12 @@ export async function createMetrics(c: Config, o: { phase?: 'grpo' | 'sft'; cons
     path: sft ? sftMetricsPath(c) : metricsPath(c),
     console: o.console ?? true,
     wandb: loggers.includes('wandb') ? { project: c.trainer.project_name, name: sft ? `${c.trainer.run_name}-sft` : c.trainer.run_name, config: c } : null,
-    // Every row says which layout produced it: processes, inference engines, ranks per engine.
+    // Every row says which layout produced it: processes (trainer ranks, plus the engines' own when not colocated),
+    // trainer ranks, inference engines, ranks per engine, colocated or not.
     constant: {
-      'dist/world_size': trainingWorldSize(c),
+      'dist/world_size': processCount(c),
+      'dist/trainer_ranks': trainingWorldSize(c),
+      'dist/colocated': c.trainer.placement.colocate_all ? 1 : 0,
       'dist/num_engines': c.generator.num_inference_engines,
       'dist/engine_tp': c.generator.inference_engine_tensor_parallel_size,
     },

@@ -1166,16 +1166,18 @@ export class ShardedPolicy implements Policy {
   }
 
   /**
-   * Collective: the in-process weight sync of a colocated engine. Unit by unit (embedding, each layer, head) the bf16
-   * weights are all-gathered exactly as the forward gathers them, `copy(name, full)` receives each parameter's full
-   * bf16 tensor (checkpoint name, HF shape) and takes what its engine needs (the whole tensor for a tp=1 engine, its
-   * slice for a tensor-parallel one); then the unit is freed. So at most one unit is ever held beyond the shards.
+   * Collective: the weight sync of the engines. Unit by unit (embedding, each layer, head) the bf16 weights are
+   * all-gathered exactly as the forward gathers them, `copy(name, full)` receives each parameter's full bf16 tensor
+   * (checkpoint name, HF shape) and takes what its engine needs (colocated: the whole tensor for a tp=1 engine, its
+   * slice for a tensor-parallel one; engines on other processes: rank 0 packs it into a broadcast bucket), awaited
+   * before the next; then the unit is freed. So at most one unit is ever held beyond the shards.
    */
-  async syncWeights(copy: (name: string, full: Tensor) => void): Promise<void> {
+  async syncWeights(copy: (name: string, full: Tensor) => void | Promise<void>): Promise<void> {
     for (let u = 0; u < this.model.units.length; u++) {
       const g = await this.model.gather(u);
       try {
-        for (const [name, view] of g.views) copy(name, view);
+        // Awaited one by one: a copy may be a broadcast to other processes (engines that are not colocated).
+        for (const [name, view] of g.views) await copy(name, view);
       } finally {
         this.model.release(g);
       }

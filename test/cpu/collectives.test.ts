@@ -27,6 +27,22 @@ for (const n of [2, 3, 4]) {
   });
 }
 
+test('sub-groups on 4 CPU processes: independent collectives and command channels, ranks in the sub-group numbering', async () => {
+  const r = await run(4, 'subgroups');
+  assert.equal(r.exitCode, 0, r.text);
+  for (let rank = 0; rank < 4; rank++) assert.deepEqual(passes(r, rank), ['PASS sub-groups'], r.text);
+});
+
+test('a rank stuck outside a collective ends the job within the collective timeout, naming it and its phase', async () => {
+  const t0 = Date.now();
+  const r = await runWorker(3, 'hang-in-phase', 'cpu', { killGraceMs: 1000, collectiveTimeoutMs: 1500 });
+  assert.equal(r.failedRank, 1, r.text);
+  assert.notEqual(r.exitCode, 0);
+  assert.match(r.reason ?? '', /^rank 1 did not reach a collective of the group within 1\.5 s \(trainer\.nccl_timeout_s\): rank 0, 2 wait in barrier \(rank 0 in phase 'train' for [\d.]+ s\); rank 1 in phase 'sleepy' for [\d.]+ s$/, r.reason);
+  assert.ok(r.lines.some((l) => l.rank === 0 && /saw the timeout/.test(l.line)) || r.ranks[0]!.signal, r.text);
+  assert.ok(Date.now() - t0 < 15_000, `took ${Date.now() - t0} ms`);
+});
+
 test('bad inputs fail with messages naming the collective and the shapes, on every rank', async () => {
   const r = await run(3, 'bad-input');
   assert.equal(r.exitCode, 0, r.text);

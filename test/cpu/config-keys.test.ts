@@ -46,16 +46,13 @@ test('no config key is accepted and silently ignored', () => {
 
 /** A value for each refused key that asks for more than one process can do. */
 const ASK_MORE: Record<string, unknown> = {
-  'trainer.placement.policy_num_nodes': 2,
   'trainer.placement.ref_num_nodes': 2,
   'trainer.placement.ref_num_gpus_per_node': 4,
-  'trainer.placement.colocate_all': false,
   'trainer.policy.sequence_parallel_size': 2,
   'trainer.policy.optimizer_config.offload_after_step': true,
   'trainer.gradient_checkpointing_use_reentrant': true,
   'trainer.hf_save_interval': 5,
   'trainer.algorithm.entropy_loss_coef': 0.01,
-  'generator.inference_engine_tensor_parallel_size': 4,
   'generator.run_engines_locally': false,
   'generator.async_engine': false,
   'generator.batched': false,
@@ -99,6 +96,8 @@ test("the seed's preset loads (print-config works) and a run of it is refused wi
   const c = loadConfig({ config: 'gsm8k-gptoss-20b' });
   assert.equal(c.trainer.policy.model.path, 'unsloth/gpt-oss-20b-BF16');
   const msgs = unsupportedSettings(c).join('\n');
-  assert.match(msgs, /generator\.inference_engine_tensor_parallel_size=4: several tensor-parallel engines are not supported yet/);
+  // 8 processes with 2 engines of tp 4 is a layout that runs; the seed's offload_after_step=true is not built yet.
+  assert.doesNotMatch(msgs, /inference_engine_tensor_parallel_size|num_inference_engines|policy_num_gpus_per_node/);
+  assert.match(msgs, /trainer\.policy\.optimizer_config\.offload_after_step=true: offloading the optimizer state between steps is not supported yet/);
   assert.throws(() => assertSupported(c, "config 'gsm8k-gptoss-20b'"), /config 'gsm8k-gptoss-20b' asks for what this version cannot do/);
 });

@@ -7,10 +7,12 @@
 //   - the engines' log-probs after each sync == the trainer's (the loop's logprob_gap metric at steps 2 and 3,
 //     and fresh samples after the run; without the sync the gap is ~0.3-2.7);
 //   - every metrics row records the world size and the engine layout;
-// world 2 with one tp=2 engine: the same step-1 tokens but where split reductions flip a draw (counted), and
-// the engine's log-probs after each sync within that reduction noise of the trainer's;
+// world 2 with one tp=2 engine, and world 4 with two tp=2 engines (each over its own sub-group of the processes):
+// the same step-1 tokens but where split reductions flip a draw (counted), and the engines' log-probs after each
+// sync within that reduction noise of the trainer's;
 // and: the train CLI itself over 2 processes; Ctrl-C saves on every rank and the same command resumes exactly; a
-// rank killed mid-run ends the job naming it; refused layouts.
+// rank killed mid-run ends the job naming it; a rank stuck inside a phase ends it within trainer.nccl_timeout_s,
+// naming the rank and the phase; refused layouts.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -18,7 +20,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launch } from '../../src/distributed/launch.ts';
+import { freePort, launch } from '../../src/distributed/launch.ts';
 import { engineBlocks } from '../../src/trainer/distributed-run.ts';
 import { parseMetricsJsonl } from '../../src/log/metrics.ts';
 
@@ -32,8 +34,11 @@ const dir = mkdtempSync(join(tmpdir(), 'dist-train-'));
 const SFT_MODEL = join(dir, 'sft-model');
 const LR = 1e-3;
 
-/** 3 GRPO steps of 8 prompts x 8 samples, no evaluation, no checkpoints. */
-function grpoArgs(name: string, world: number, tp = 1): string[] {
+/**
+ * 3 GRPO steps of 8 prompts x 8 samples, no evaluation, no checkpoints. `world` trainer processes; colocated, world/tp
+ * engines on them; `apart`: that many engines of tp on their own processes after the trainer's.
+ */
+function grpoArgs(name: string, world: number, tp = 1, apart?: { engines: number }): string[] {
   return [
     `trainer.policy.model.path=${SFT_MODEL}`,
     'trainer.sft.warm_start=false',
@@ -51,8 +56,9 @@ function grpoArgs(name: string, world: number, tp = 1): string[] {
     `trainer.ckpt_path=${join(dir, `ck-${name}`)}`,
     `trainer.metrics_path=${join(dir, `${name}.jsonl`)}`,
     `trainer.placement.policy_num_gpus_per_node=${world}`,
-    `generator.num_inference_engines=${world / tp}`,
+    `generator.num_inference_engines=${apart ? apart.engines : world / tp}`,
     `generator.inference_engine_tensor_parallel_size=${tp}`,
+    ...(apart ? ['trainer.placement.colocate_all=false', 'generator.weight_sync_backend=nccl'] : []),
   ];
 }
 
@@ -64,15 +70,19 @@ interface WorkerOut {
   weights: Record<string, number[]>;
 }
 
-async function runWorld(name: string, world: number, killAtSync?: number, tp = 1) {
+async function runWorld(name: string, world: number, killAtSync?: number, tp = 1, hang?: { sleepAt: string; timeoutS: number }, apart?: { engines: number; syncBucketBytes: number }) {
   const lines: string[] = [];
   const out = join(dir, `${name}.json`);
+  const overrides = grpoArgs(name, world, tp, apart);
+  if (hang) overrides.push(`trainer.nccl_timeout_s=${hang.timeoutS}`);
   const r = await launch({
     script: WORKER,
-    args: [JSON.stringify({ overrides: grpoArgs(name, world, tp), out, killAtSync })],
-    nprocPerNode: world,
+    args: [JSON.stringify({ overrides, out, killAtSync, sleepAt: hang?.sleepAt, syncBucketBytes: apart?.syncBucketBytes })],
+    nprocPerNode: world + (apart ? apart.engines * tp : 0),
     device: 'cpu',
     killGraceMs: 3000,
+    // As `npm run train` passes it (trainer.nccl_timeout_s) to the launcher's hub.
+    collectiveTimeoutMs: hang ? hang.timeoutS * 1000 : undefined,
     onOutput: (rank, _s, line) => lines.push(`[rank ${rank}] ${line}`),
   });
   const text = lines.join('\n');
@@ -83,6 +93,9 @@ async function runWorld(name: string, world: number, killAtSync?: number, tp = 1
 let one: Awaited<ReturnType<typeof runWorld>>;
 let two: Awaited<ReturnType<typeof runWorld>>;
 let twoTp: Awaited<ReturnType<typeof runWorld>>;
+let fourTp: Awaited<ReturnType<typeof runWorld>>;
+let apartOne: Awaited<ReturnType<typeof runWorld>>;
+let apartTp: Awaited<ReturnType<typeof runWorld>>;
 
 before(async () => {
   // The SFT'd starting point both worlds load (the same bf16 weights, so step 1 must sample the same tokens).
@@ -94,7 +107,34 @@ before(async () => {
   assert.equal(two.exitCode, 0, two.text);
   twoTp = await runWorld('world2-tp2', 2, undefined, 2);
   assert.equal(twoTp.exitCode, 0, twoTp.text);
+  fourTp = await runWorld('world4-2xtp2', 4, undefined, 2);
+  assert.equal(fourTp.exitCode, 0, fourTp.text);
+  // 1 trainer process + 1 engine process; 4 KiB buckets, so the sync takes many broadcasts (the model is 172 KB).
+  apartOne = await runWorld('apart-1+1', 1, undefined, 1, undefined, { engines: 1, syncBucketBytes: 4096 });
+  assert.equal(apartOne.exitCode, 0, apartOne.text);
+  // 1 trainer process + one tp=2 engine on processes 1 and 2 (its own sub-group; each keeps its slice of the buckets).
+  apartTp = await runWorld('apart-1+tp2', 1, undefined, 2, undefined, { engines: 1, syncBucketBytes: 4096 });
+  assert.equal(apartTp.exitCode, 0, apartTp.text);
 });
+
+/** The per-step resource and phase metrics every row has (world N: one peak per rank). */
+function assertStepMetrics(rows: Record<string, unknown>[], world: number): void {
+  for (const r of rows) {
+    const where = `step ${r.step} of world ${world}`;
+    for (const k of ['time/generate', 'time/train', 'time/train_forward', 'time/train_backward', 'time/optimizer', 'time/weight_sync', 'time/ref_logprobs', 'tokens_per_s/generate', 'tokens_per_s/train_per_gpu']) {
+      assert.ok(typeof r[k] === 'number' && (r[k] as number) > 0, `${where}: ${k} = ${r[k]}`);
+    }
+    const train = (r['time/train_forward'] as number) + (r['time/train_backward'] as number) + (r['time/optimizer'] as number);
+    assert.ok(Math.abs((r['time/train'] as number) - train) < 1e-9, `${where}: time/train is the sum of its parts`);
+    const peaks = Array.from({ length: world }, (_, rank) => r[`memory/peak_gb/rank_${rank}`] as number);
+    // On CPU the peak is the host tensors' (the model, its shard, optimizer state, activations): above 0 everywhere.
+    assert.ok(peaks.every((p) => typeof p === 'number' && p > 0), `${where}: peaks ${peaks}`);
+    assert.equal(r[`memory/peak_gb/rank_${world}`], undefined, `${where}: one peak per rank`);
+    assert.equal(r['memory/peak_gb'], Math.max(...peaks));
+    // The KV pool is sized for the batch: nothing is preempted (but the key is there).
+    assert.equal(r['engine/preemptions'], 0, where);
+  }
+}
 
 function rel(a: number, b: number): number {
   return Math.abs(a - b) / Math.max(Math.abs(b), 1e-12);
@@ -124,6 +164,8 @@ test('world 2 (two tp=1 engines): step 1 rollouts and rewards identical to world
     assert.equal(rb[i]!['dist/engine_tp'], 1);
     assert.equal(ra[i]!['dist/world_size'], 1);
   }
+  assertStepMetrics(ra, 1);
+  assertStepMetrics(rb, 2);
 });
 
 test('world 2: the engines hold the trained weights (equal to world 1 up to fp32 reduction noise) and sample with the trainer\'s log-probs', () => {
@@ -162,9 +204,10 @@ test('world 2: the engines hold the trained weights (equal to world 1 up to fp32
   assert.equal(twoTp.result().concurrentSame, true);
 });
 
-test('world 2 with one tp=2 engine: step 1 samples the same tokens but where split reductions flip one; the synced engine matches the trainer', () => {
+for (const [label, engines, run] of [['world 2 with one tp=2 engine', 1, () => twoTp], ['world 4 with two tp=2 engines (sub-groups)', 2, () => fourTp]] as const) {
+test(`${label}: step 1 samples the same tokens but where split reductions flip one; the synced engines match the trainer`, () => {
   const a = one.result();
-  const b = twoTp.result();
+  const b = run().result();
   assert.equal(b.steps, 3);
   // The engine's layers reduce over 2 ranks (other summation order): its sampler log-probs differ in the last
   // bits, and a draw that falls on a boundary between two tokens may flip. Counted; they must be rare.
@@ -178,19 +221,69 @@ test('world 2 with one tp=2 engine: step 1 samples the same tokens but where spl
   assert.ok(flipped <= 4, `${flipped} of 64 step-1 rollouts differ from world 1 (observed 0)`);
   assert.ok(lpDiff < 0.02, `sampler log-probs of equal rollouts differ by ${lpDiff} (observed 3.5e-3)`);
   const ra = one.rows();
-  const rb = twoTp.rows();
+  const rb = run().rows();
+  assert.equal(rb.length, 3);
   if (flipped === 0) {
     assert.equal(rb[0]!['reward/mean'], ra[0]!['reward/mean']);
     for (const k of ['loss', 'grad_norm']) assert.ok(rel(rb[0]![k] as number, ra[0]![k] as number) < 2e-4, `step 1 ${k}`);
   }
   for (const r of rb) {
-    assert.equal(r['dist/num_engines'], 1);
+    assert.equal(r['dist/world_size'], engines * 2);
+    assert.equal(r['dist/num_engines'], engines);
     assert.equal(r['dist/engine_tp'], 2);
     // After each sync the engine's slices are the trainer's weights: the gap is the tp=2 reduction noise (observed
     // <= 0.015), against 0.3-2.7 when the engine keeps stale weights.
     assert.ok((r['logprob_gap/abs_max'] as number) < 0.05, `step ${r.step}: gap ${r['logprob_gap/abs_max']}`);
   }
+  assertStepMetrics(rb, engines * 2);
   assert.ok(b.gap < 0.05, `after the run: engine vs trainer log-prob gap ${b.gap}`);
+});
+}
+
+test('not colocated (1 trainer + 1 engine process, weights broadcast in buckets): equal to world 1', () => {
+  const a = one.result();
+  const b = apartOne.result();
+  assert.equal(b.steps, 3);
+  // The engine samples from weights equal to the trainer's initial ones with the same seeds: step 1 is identical.
+  assert.deepEqual(b.first, a.first, 'step 1 rollouts');
+  const ra = one.rows();
+  const rb = apartOne.rows();
+  assert.equal(rb.length, 3);
+  for (let i = 0; i < 3; i++) {
+    for (const k of ['loss', 'grad_norm']) assert.ok(rel(rb[i]![k] as number, ra[i]![k] as number) < 2e-4, `step ${i + 1} ${k}: ${rb[i]![k]} vs ${ra[i]![k]}`);
+    // After every bucketed sync the engine process samples with the trainer's log-probs (stale weights: 0.3-2.7).
+    assert.ok((rb[i]!['logprob_gap/abs_max'] as number) < 1e-3, `step ${i + 1}: gap ${rb[i]!['logprob_gap/abs_max']}`);
+    assert.equal(rb[i]!['dist/world_size'], 2);
+    assert.equal(rb[i]!['dist/trainer_ranks'], 1);
+    assert.equal(rb[i]!['dist/colocated'], 0);
+    assert.equal(ra[i]!['dist/colocated'], 1);
+  }
+  assert.ok(b.gap < 1e-3, `after the run: engine vs trainer log-prob gap ${b.gap}`);
+  assert.equal(b.concurrentSame, true);
+  assertStepMetrics(rb, 2);
+  assert.match(apartOne.text, /\[rank 0\] .*"role":"trainer".*rank ready/);
+  assert.match(apartOne.text, /\[rank 1\] .*"role":"engine".*rank ready/);
+});
+
+test('not colocated with a tp=2 engine (processes 1, 2): the synced slices match the trainer', () => {
+  const a = one.result();
+  const b = apartTp.result();
+  assert.equal(b.steps, 3);
+  let flipped = 0;
+  a.first.forEach((x, i) => {
+    if (JSON.stringify(x.tokens) !== JSON.stringify(b.first[i]!.tokens)) flipped++;
+  });
+  assert.ok(flipped <= 4, `${flipped} of 64 step-1 rollouts differ from world 1 (tp=2 reduction noise; observed 0)`);
+  const rows = apartTp.rows();
+  assert.equal(rows.length, 3);
+  for (const r of rows) {
+    // After each bucketed sync the engine's slices are the trainer's weights (tp reduction noise; stale: 0.3-2.7).
+    assert.ok((r['logprob_gap/abs_max'] as number) < 0.05, `step ${r.step}: gap ${r['logprob_gap/abs_max']}`);
+    assert.equal(r['dist/world_size'], 3);
+    assert.equal(r['dist/engine_tp'], 2);
+  }
+  assert.ok(b.gap < 0.05, `after the run: engine vs trainer log-prob gap ${b.gap}`);
+  assertStepMetrics(rows, 3);
 });
 
 test('a rank killed mid-run ends the whole job, naming it', async () => {
@@ -202,6 +295,17 @@ test('a rank killed mid-run ends the whole job, naming it', async () => {
   // Rank 0 was waiting in the weight sync (rank 1 died on receiving it): its error names the phase and the rank.
   assert.match(r.text, /\[rank 0\] .*weight sync phase \(syncWeights\) failed: .*rank 1/);
   assert.equal(r.ranks.length, 2);
+});
+
+test('a rank stuck inside a phase ends the whole job within trainer.nccl_timeout_s, naming the rank and the phase', async () => {
+  const t0 = Date.now();
+  const r = await runWorld('hung', 2, undefined, 1, { sleepAt: 'forward', timeoutS: 3 });
+  assert.notEqual(r.exitCode, 0);
+  assert.equal(r.failedRank, 1, r.reason);
+  // Rank 1 blocked in the first training forward: rank 0 waits for it in that forward's first all-gather.
+  assert.match(r.reason ?? '', /^rank 1 did not reach a collective of the group within 3\.0 s \(trainer\.nccl_timeout_s\): rank 0 waits in allGather \(rank 0 in phase 'train' for [\d.]+ s\); rank 1 in phase 'train' for [\d.]+ s$/);
+  assert.match(r.text, /\[rank 0\] .*train phase \(forward\) failed: process group aborted: rank 1 did not reach a collective/);
+  assert.ok(Date.now() - t0 < 60_000, `took ${Date.now() - t0} ms`);
 });
 
 test('npm run train with trainer.placement.policy_num_gpus_per_node=2 runs 2 processes (rank 0 drives, rank 1 serves)', () => {
@@ -223,12 +327,15 @@ test('a layout that does not fit is refused before any process starts, naming th
   assert.equal(a.status, 2);
   assert.match(a.stderr, /generator\.num_inference_engines=1 x generator\.inference_engine_tensor_parallel_size=1 = 1 engine ranks, but trainer\.placement\.colocate_all=true puts one engine rank on each of the 2 training processes .*make engines x tp = 2/);
   assert.doesNotMatch(a.stderr + a.stdout, /\[rank \d\]/, 'no process was started');
-  const b = run(['trainer.placement.policy_num_gpus_per_node=4', 'generator.num_inference_engines=2', 'generator.inference_engine_tensor_parallel_size=2']);
+  // tp must divide the model's heads (tiny: 4 heads, 2 kv heads): 2 engines of tp 4 do not fit.
+  const b = run(['trainer.placement.policy_num_gpus_per_node=8', 'generator.num_inference_engines=2', 'generator.inference_engine_tensor_parallel_size=4']);
   assert.equal(b.status, 2);
-  assert.match(b.stderr, /generator\.inference_engine_tensor_parallel_size=2: several tensor-parallel engines are not supported yet/);
-  const c = run(['trainer.placement.policy_num_gpus_per_node=2', 'generator.num_inference_engines=2', 'trainer.placement.colocate_all=false']);
+  assert.match(b.stderr, /generator\.inference_engine_tensor_parallel_size=4 does not divide the model's 2 key\/value heads/);
+  assert.doesNotMatch(b.stderr + b.stdout, /\[rank \d\]/, 'no process was started');
+  const c = run(['trainer.placement.policy_num_gpus_per_node=2', 'generator.num_inference_engines=2', 'trainer.placement.colocate_all=false', 'generator.weight_sync_backend=ipc']);
   assert.equal(c.status, 2);
-  assert.match(c.stderr, /trainer\.placement\.colocate_all=false: separate devices for training and generation are not supported yet/);
+  assert.match(c.stderr, /generator\.weight_sync_backend=ipc: engines on their own processes \(trainer\.placement\.colocate_all=false\) receive the weights by a broadcast from trainer rank 0 \(use nccl/);
+  assert.doesNotMatch(c.stderr + c.stdout, /\[rank \d\]/, 'no process was started');
 });
 
 /** The train CLI over 2 processes, 5 steps (checkpoints at Ctrl-C only); `interruptAfter`: SIGINT once that many steps are logged. */
@@ -278,4 +385,33 @@ test('engine blocks: contiguous request ranges, the first n % engines one longer
   assert.deepEqual(engineBlocks(8, 2), [[0, 4], [4, 8]]);
   assert.deepEqual(engineBlocks(7, 3), [[0, 3], [3, 5], [5, 7]]);
   assert.deepEqual(engineBlocks(1, 2), [[0, 1], [1, 1]]);
+});
+
+test('two nodes (policy_num_nodes=2, here both on localhost): npm run train on each with NODE_RANK, MASTER_ADDR, MASTER_PORT', async () => {
+  const port = await freePort();
+  const args = grpoArgs('nodes', 1).map((a) => (a === 'trainer.max_steps=3' ? 'trainer.max_steps=1' : a.startsWith('generator.num_inference_engines=') ? 'generator.num_inference_engines=2' : a));
+  args.push('trainer.placement.policy_num_nodes=2');
+  // Without the rendezvous variables: refused before anything starts, naming them.
+  const bare = spawnSync(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...args], { encoding: 'utf8', cwd: ROOT, env: { ...process.env, NODE_RANK: '', MASTER_ADDR: '', MASTER_PORT: '' } });
+  assert.equal(bare.status, 2, bare.stderr);
+  assert.match(bare.stderr, /trainer\.placement\.policy_num_nodes=2: run `npm run train` on every node .*NODE_RANK=.*MASTER_ADDR=\(unset\).*MASTER_PORT=/s);
+  const node = (rank: number) =>
+    new Promise<{ code: number | null; out: string }>((resolve) => {
+      const c = spawn(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...args], { cwd: ROOT, env: { ...process.env, GPTOSS_LOG_LEVEL: 'info', NODE_RANK: String(rank), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) } });
+      let out = '';
+      c.stdout.on('data', (d) => (out += d));
+      c.stderr.on('data', (d) => (out += d));
+      c.on('close', (code) => resolve({ code, out }));
+    });
+  const [n0, n1] = await Promise.all([node(0), node(1)]);
+  assert.equal(n0.code, 0, n0.out);
+  assert.equal(n1.code, 0, n1.out);
+  assert.match(n0.out, /starting 1 of 2 processes .*node 0 of 2 \(rendezvous 127\.0\.0\.1:\d+\)/);
+  assert.match(n1.out, /starting 1 of 2 processes .*node 1 of 2/);
+  assert.match(n1.out, /\[rank 1\] .*rank ready/);
+  assert.match(n0.out, /\[rank 0\] .*done: 1 GRPO steps/);
+  const rows = parseMetricsJsonl(readFileSync(join(dir, 'nodes.jsonl'), 'utf8')).filter((x) => x.kind === 'train');
+  assert.equal(rows.length, 1);
+  assert.equal(rows[0]!['dist/world_size'], 2);
+  assert.equal(rows[0]!['dist/trainer_ranks'], 2);
 });

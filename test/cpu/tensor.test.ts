@@ -1,7 +1,7 @@
 // Tensor runtime on the CPU backend: factories, views, copies, dispose, errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, StreamEvent, cudaDeviceCount, f32ToBf16Bits, bf16BitsToF32, roundBf16, roundBf16Scalar } from '../../src/tensor.ts';
+import { Tensor, StreamEvent, cudaDeviceCount, f32ToBf16Bits, bf16BitsToF32, roundBf16, roundBf16Scalar, memoryStats, resetPeakMemory } from '../../src/tensor.ts';
 import { chooseBackend } from '../../src/native.ts';
 
 test('from/toFloat32 round trips f32, i32, u8 and bf16', () => {
@@ -86,4 +86,21 @@ test('pinned host tensors: ordinary memory without a GPU; copyFromAsync between 
   e1.synchronize();
   assert.ok(e0.elapsedMs(e1) >= 0);
   assert.throws(() => new StreamEvent('cpu').elapsedMs(e1), /both events need timing/);
+});
+
+test("memoryStats('cpu'): host tensors' bytes, their peak since resetPeakMemory, allocations", () => {
+  resetPeakMemory('cpu');
+  const before = memoryStats('cpu');
+  assert.equal(before.peakAllocated, before.allocated);
+  assert.equal(before.reserved, before.allocated);
+  const t = Tensor.zeros([1000, 1000], { device: 'cpu' }); // 4,000,000 bytes
+  const during = memoryStats('cpu');
+  assert.equal(during.allocated - before.allocated, 4_000_000);
+  assert.equal(during.numAllocs - before.numAllocs, 1);
+  t.dispose();
+  const after = memoryStats('cpu');
+  assert.equal(after.allocated, before.allocated);
+  assert.ok(after.peakAllocated >= before.allocated + 4_000_000, `peak ${after.peakAllocated}`);
+  resetPeakMemory('cpu');
+  assert.equal(memoryStats('cpu').peakAllocated, memoryStats('cpu').allocated);
 });

@@ -42,3 +42,18 @@ test('a failing rank tears the NCCL group down', { skip }, async () => {
   assert.equal(r.failedRank, 1, r.text);
   assert.equal(r.exitCode, 3, r.text);
 });
+
+test('NCCL sub-groups on 4 GPUs: a communicator per sub-group, independent of the others', { skip: skip || (gpus < 4 ? `needs 4 GPUs (${gpus} visible)` : false) }, async () => {
+  const r = await run(4, 'subgroups');
+  assert.equal(r.exitCode, 0, r.text);
+  for (let rank = 0; rank < 4; rank++) assert.deepEqual(passes(r, rank), ['PASS sub-groups'], r.text);
+});
+
+test('the NCCL watchdog ends a rank blocked behind a hung all-reduce, naming the collective and the phase', { skip }, async () => {
+  const t0 = Date.now();
+  const r = await runWorker(2, 'nccl-hang', 'nccl', { killGraceMs: 2000, log: true, workerTimeoutMs: 3000 });
+  assert.equal(r.failedRank, 0, r.text);
+  assert.equal(r.exitCode, 124, r.text);
+  assert.match(r.text, /\[rank 0\] error: NCCL watchdog: process rank 0 \(rank 0 of this 2-rank communicator, cuda:0\): ncclAllReduce\(.*\) \(phase 'train'\) has not completed \d+ s after it was enqueued/);
+  assert.ok(Date.now() - t0 < 30_000, `took ${Date.now() - t0} ms`);
+});

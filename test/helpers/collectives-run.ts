@@ -18,15 +18,17 @@ export async function runWorker(
   nproc: number,
   scenario: string,
   backend: 'cpu' | 'nccl',
-  opts: { killGraceMs: number; log?: boolean },
+  /** collectiveTimeoutMs: the launcher hub's limit; workerTimeoutMs: initDistributed's (NCCL watchdog). */
+  opts: { killGraceMs: number; log?: boolean; collectiveTimeoutMs?: number; workerTimeoutMs?: number },
 ): Promise<WorkerRun> {
   const lines: WorkerRun['lines'] = [];
   const r = await launch({
     script: WORKER,
-    args: [scenario, backend],
+    args: [scenario, backend, ...(opts.workerTimeoutMs ? [String(opts.workerTimeoutMs)] : [])],
     nprocPerNode: nproc,
     device: backend === 'cpu' ? 'cpu' : 'cuda',
     killGraceMs: opts.killGraceMs,
+    collectiveTimeoutMs: opts.collectiveTimeoutMs,
     onOutput: (rank, stream, line) => lines.push({ rank, stream, line }),
   });
   const text = lines.map((l) => `[rank ${l.rank}] ${l.line}`).join('\n');

@@ -1,5 +1,6 @@
 // collectives-worker.ts: a worker started by the launcher in test/cpu/collectives.test.ts and
-// test/gpu/nccl.test.ts. argv[2] names the scenario; argv[3] the backend (cpu | nccl | auto). Prints
+// test/gpu/nccl.test.ts. argv[2] names the scenario; argv[3] the backend (cpu | nccl | auto); argv[4] (optional)
+// the collective timeout in ms given to initDistributed (NCCL: the native watchdog). Prints
 // "PASS <check>" lines; any failed check throws, so the process exits non-zero.
 import assert from 'node:assert/strict';
 import { initDistributed, type DistContext } from '../../src/distributed/launch.ts';
@@ -7,6 +8,7 @@ import { Tensor, type DType } from '../../src/tensor.ts';
 
 const scenario = process.argv[2] ?? 'basic';
 const backend = (process.argv[3] ?? 'auto') as 'cpu' | 'nccl' | 'auto';
+const collectiveTimeoutMs = process.argv[4] ? Number(process.argv[4]) : undefined;
 
 function pass(ctx: DistContext, name: string): void {
   console.log(`PASS ${name} (rank ${ctx.rank}/${ctx.worldSize} ${ctx.backend} ${ctx.device})`);
@@ -159,7 +161,96 @@ async function failing(ctx: DistContext, hang: boolean): Promise<void> {
   process.exit(5);
 }
 
-const ctx = await initDistributed({ backend });
+/**
+ * World 4: the sub-groups {0, 1} and {2, 3} (and {1, 3} across them) run their own collectives, independently of
+ * each other and interleaved with the world's; ranks and roots are in the sub-group's numbering.
+ */
+async function subGroups(ctx: DistContext): Promise<void> {
+  const { rank, device, collectives: c, group } = ctx;
+  assert.equal(ctx.worldSize, 4, 'the subgroups scenario runs on 4 ranks');
+  const pair = rank < 2 ? [0, 1] : [2, 3];
+  assert.throws(() => group.subGroup([1, 0]), /must be ascending distinct ranks/);
+  assert.throws(() => group.subGroup(rank < 2 ? [2, 3] : [0, 1]), new RegExp(`rank ${rank} is not among the ranks`));
+  const sub = await c.subGroup(pair);
+  const channel = group.subGroup(pair);
+  assert.equal(sub.rank, rank % 2);
+  assert.equal(sub.worldSize, 2);
+  // Pair {2, 3} runs three all-reduces while pair {0, 1} runs one: neither waits for the other.
+  for (let k = 0; k < (rank < 2 ? 1 : 3); k++) {
+    const t = Tensor.from([rank + 1, 10 * (rank + 1)], [2], { device });
+    await sub.allReduce(t, 'sum');
+    assert.deepEqual(values(t), rank < 2 ? [3, 30] : [7, 70], `sub-group allReduce ${k}`);
+  }
+  const b = Tensor.from([rank, rank], [2], { device, dtype: 'bf16' });
+  await sub.broadcast(b, 1); // sub-rank 1: global rank 1 or 3
+  assert.deepEqual(values(b), rank < 2 ? [1, 1] : [3, 3], 'sub-group broadcast from sub-rank 1');
+  const g = Tensor.zeros([4], { device });
+  await sub.allGather(g, Tensor.from([rank, rank + 10], [2], { device }));
+  assert.deepEqual(values(g), rank < 2 ? [0, 10, 1, 11] : [2, 12, 3, 13], 'sub-group allGather');
+  const rs = Tensor.zeros([1], { device });
+  await sub.reduceScatter(rs, Tensor.from([rank, 100 + rank], [2], { device }), 'sum');
+  assert.deepEqual(values(rs), rank < 2 ? [[1, 201][rank % 2]!] : [[5, 205][rank % 2]!], 'sub-group reduceScatter');
+  // A world collective between the sub-groups' work.
+  const w = Tensor.from([1], [1], { device });
+  await c.allReduce(w, 'sum');
+  assert.deepEqual(values(w), [4], 'world allReduce between');
+  // Point to point inside the sub-group (peer = the other sub-rank).
+  const got = Tensor.zeros([1], { device });
+  await sub.sendRecv([
+    { op: 'send', tensor: Tensor.from([rank], [1], { device }), peer: 1 - sub.rank },
+    { op: 'recv', tensor: got, peer: 1 - sub.rank },
+  ]);
+  assert.deepEqual(values(got), [pair[1 - sub.rank]!], 'sub-group sendRecv');
+  // The command channel: sub-rank 0's bytes.
+  const bytes = await channel.broadcastBytes(channel.rank === 0 ? Buffer.from(`from ${rank}`) : null, 0);
+  assert.equal(bytes.toString(), `from ${pair[0]}`);
+  assert.deepEqual(await channel.allGatherObject(rank), pair);
+  // A sub-group across the pairs, at the same time as the pairs' own.
+  if (rank === 1 || rank === 3) {
+    const cross = await c.subGroup([1, 3]);
+    const t = Tensor.from([rank], [1], { device });
+    await cross.allReduce(t, 'max');
+    assert.deepEqual(values(t), [3], 'cross sub-group allReduce');
+    await cross.destroy();
+  }
+  await sub.barrier();
+  await sub.destroy();
+  pass(ctx, 'sub-groups');
+}
+
+/** Rank 1 blocks (as in native code) inside phase 'sleepy'; the others wait in a barrier of phase 'train'. */
+async function hangInPhase(ctx: DistContext): Promise<void> {
+  await ctx.collectives.barrier();
+  if (ctx.rank === 1) {
+    ctx.setPhase('sleepy');
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60_000);
+    return;
+  }
+  ctx.setPhase('train');
+  await assert.rejects(ctx.collectives.barrier(), /rank 1 did not reach a collective of the group within/);
+  console.log(`rank ${ctx.rank} saw the timeout`);
+  process.exit(5);
+}
+
+/**
+ * NCCL: rank 1 blocks inside phase 'sleepy' while rank 0 enqueues an all-reduce (phase 'train') and reads its result:
+ * the read blocks behind the hung kernel, so only the native watchdog can end rank 0 (exit 124, naming the phase).
+ */
+async function ncclHang(ctx: DistContext): Promise<void> {
+  await ctx.collectives.barrier();
+  if (ctx.rank === 1) {
+    ctx.setPhase('sleepy');
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60_000);
+    return;
+  }
+  ctx.setPhase('train');
+  const t = Tensor.from([1], [1], { device: ctx.device });
+  await ctx.collectives.allReduce(t);
+  t.toFloat32();
+  throw new Error('the NCCL watchdog should have ended this process');
+}
+
+const ctx = await initDistributed({ backend, collectiveTimeoutMs });
 console.log(`joined rank=${ctx.rank} worldSize=${ctx.worldSize} localRank=${ctx.localRank} backend=${ctx.backend} device=${ctx.device}`);
 switch (scenario) {
   case 'basic':
@@ -173,6 +264,15 @@ switch (scenario) {
     break;
   case 'hang':
     await failing(ctx, true);
+    break;
+  case 'subgroups':
+    await subGroups(ctx);
+    break;
+  case 'hang-in-phase':
+    await hangInPhase(ctx);
+    break;
+  case 'nccl-hang':
+    await ncclHang(ctx);
     break;
   case 'env':
     console.log(

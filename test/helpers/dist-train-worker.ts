@@ -5,23 +5,26 @@
 //   weights   the engine model's bf16 parameters after the run (world > 1: rank 0's engine, synced after each step)
 //   gap       after the run: the largest |engine log-prob - trainer log-prob| over fresh samples of 4 held-out prompts
 //   concurrentSame  two generate() calls in flight at once give the tokens they give one after the other
-// argv[2]: JSON { overrides: string[], out: string, killAtSync?: number } (killAtSync: rank 1 SIGKILLs itself when
-// the n-th weight sync command reaches it).
+// argv[2]: JSON { overrides: string[], out: string, killAtSync?: number, sleepAt?: string, syncBucketBytes?: number }
+// (syncBucketBytes: the weight-sync bucket of engines that are not colocated; killAtSync: rank 1
+// SIGKILLs itself when the n-th weight sync command reaches it; sleepAt: rank 1 blocks its thread for two minutes, as
+// a hung kernel would, when the first command of that op reaches it).
 import { writeFileSync } from 'node:fs';
-import { loadConfig, trainingWorldSize } from '../../src/config/load.ts';
+import { loadConfig, processCount } from '../../src/config/load.ts';
 import { runTraining } from '../../src/trainer/run.ts';
 import { interruptSignal, setupRun } from '../../src/trainer/setup.ts';
 import { setupDistributedRun } from '../../src/trainer/distributed-run.ts';
 import type { Completion, Generator } from '../../src/trainer/policy.ts';
 
 process.env.GPTOSS_PROGRESS = 'off';
-const opts = JSON.parse(process.argv[2]!) as { overrides: string[]; out: string; killAtSync?: number };
+const opts = JSON.parse(process.argv[2]!) as { overrides: string[]; out: string; killAtSync?: number; sleepAt?: string; syncBucketBytes?: number };
 const config = loadConfig({ config: 'demo-cpu', overrides: opts.overrides });
-const drun = trainingWorldSize(config) > 1 ? await setupDistributedRun(config) : null;
+const drun = processCount(config) > 1 ? await setupDistributedRun(config, { syncBucketBytes: opts.syncBucketBytes }) : null;
 if (drun && !drun.pieces) {
   let syncs = 0;
   await drun.serve((op) => {
     if (op === 'syncWeights' && drun.dist.rank === 1 && ++syncs === opts.killAtSync) process.kill(process.pid, 'SIGKILL');
+    if (op === opts.sleepAt && drun.dist.rank === 1) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 120_000);
   });
   await drun.close();
   process.exit(0);
