@@ -55,7 +55,9 @@ test(`npm run train, world 1, gpt-oss-20b:random:layers=${LAYERS}: ${STEPS} GRPO
     `trainer.ckpt_path=${join(dir, 'ckpts')}`,
     `trainer.metrics_path=${metrics}`,
   ];
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/train.ts'), ...args], { encoding: 'utf8', cwd: ROOT, env: { ...process.env, GPTOSS_PROGRESS: 'off' } });
+  // From the sources through tsx, or the compiled CLI when this file runs from dist/ (the GPU machine has no tsx).
+  const cli = import.meta.url.endsWith('.js') ? [join(ROOT, 'src/cli/train.js')] : ['--import', 'tsx', join(ROOT, 'src/cli/train.ts')];
+  const r = spawnSync(process.execPath, [...cli, ...args], { encoding: 'utf8', cwd: ROOT, env: { ...process.env, GPTOSS_PROGRESS: 'off' } });
   assert.equal(r.status, 0, r.stderr.slice(-4000));
   const rows = parseMetricsJsonl(readFileSync(metrics, 'utf8')).filter((x) => x.kind === 'train');
   assert.equal(rows.length, STEPS);
