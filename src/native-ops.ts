@@ -99,10 +99,17 @@ export interface NativeMoeGrads {
   dx: NativeTensor;
   dRouterW: NativeTensor;
   dRouterB: NativeTensor;
-  dGateUpW: NativeTensor;
+  /** Absent with weightGrads false. */
+  dGateUpW?: NativeTensor;
   dGateUpB: NativeTensor;
-  dDownW: NativeTensor;
+  /** Absent with weightGrads false. */
+  dDownW?: NativeTensor;
   dDownB: NativeTensor;
+  /** The expert adapters' gradients (present when the adapters were passed). */
+  dLoraGateUpA?: NativeTensor;
+  dLoraGateUpB?: NativeTensor;
+  dLoraDownA?: NativeTensor;
+  dLoraDownB?: NativeTensor;
 }
 
 type OptTensor = TensorArg | null | undefined;
@@ -192,9 +199,11 @@ export interface NativeOps {
    * needDHidden false skips dHidden (only dLmHead comes back).
    */
   tokenLogprobsBackward(
-    ...args: [...TokenLogprobsBackwardArgs, needDHidden?: true]
+    ...args: [...TokenLogprobsBackwardArgs, needDHidden?: true, needDLmHead?: true]
   ): { dHidden: NativeTensor; dLmHead: NativeTensor };
   tokenLogprobsBackward(...args: [...TokenLogprobsBackwardArgs, needDHidden: false]): { dLmHead: NativeTensor };
+  /** needDLmHead false: a frozen LM head (no [V, H] gradient); dLmHead must then be null. */
+  tokenLogprobsBackward(...args: [...TokenLogprobsBackwardArgs, needDHidden: true, needDLmHead: false]): { dHidden: NativeTensor };
 
   // ---- moe.cc ----
   moeForward(
@@ -209,6 +218,11 @@ export interface NativeOps {
     limit: number,
     exact?: boolean,
     residual?: OptTensor,
+    loraGateUpA?: OptTensor,
+    loraGateUpB?: OptTensor,
+    loraDownA?: OptTensor,
+    loraDownB?: OptTensor,
+    loraScale?: number,
   ): NativeMoeForward;
   /** The saved tensors of moeForward come back positionally; accGateUpW/accDownW both or neither. */
   moeBackward(
@@ -236,6 +250,12 @@ export interface NativeOps {
     accDownW?: OptTensor,
     xp?: OptTensor,
     offsetsHost?: OptTensor,
+    weightGrads?: boolean,
+    loraGateUpA?: OptTensor,
+    loraGateUpB?: OptTensor,
+    loraDownA?: OptTensor,
+    loraDownB?: OptTensor,
+    loraScale?: number,
   ): NativeMoeGrads;
 
   // ---- optim.cc ----

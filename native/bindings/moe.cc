@@ -48,10 +48,44 @@ int64_t topk_arg(const Napi::CallbackInfo& info, size_t i, const char* op, int64
   return k;
 }
 
+// Expert adapters at args i0 .. i0+4: guA, guB, downA, downB (each pair both or neither, null/undefined = absent),
+// scale. Checked against the weights: guA [E,H,r], guB [E,r,2I], downA [E,I,r'], downB [E,r',H], bf16 or f32.
+// The CUDA backend has no expert-adapter kernels: refused with a message naming the option.
+MoeLora lora_arg(const Napi::CallbackInfo& info, size_t i0, const char* op, const Tensor& x, int64_t E, int64_t I) {
+  MoeLora l;
+  auto present = [&](size_t i) { return info.Length() > i && !info[i].IsUndefined() && !info[i].IsNull(); };
+  const int64_t H = x.dim(1);
+  auto pair = [&](size_t i, const char* an, const char* bn, int64_t in, int64_t out, Tensor& a, Tensor& b) {
+    GPTOSS_CHECK(present(i) == present(i + 1), op, ": ", an, " and ", bn, " come together (both or neither)");
+    if (!present(i)) return;
+    a = tensor_arg(info, i, op, an);
+    b = tensor_arg(info, i + 1, op, bn);
+    check_ndim(op, an, a, 3);
+    const int64_t r = a.dim(2);
+    GPTOSS_CHECK(r >= 1, op, ": ", an, " must have a rank of at least 1, got ", a.describe());
+    check_shape(op, an, a, {E, in, r});
+    check_shape(op, bn, b, {E, r, out});
+    check_float(op, an, a);
+    GPTOSS_CHECK(a.dtype == b.dtype, op, ": ", an, " and ", bn, " must share a dtype, got ", a.describe(), " and ",
+                 b.describe());
+    check_same_device(op, x, a);
+    check_same_device(op, x, b);
+    GPTOSS_CHECK(!x.is_cuda(), op, ": LoRA adapters on the experts (", an, ", ", bn,
+                 ") run on the CPU backend only; the CUDA backend has no expert-adapter kernels yet (target the "
+                 "attention projections and the router on CUDA)");
+  };
+  pair(i0, "loraGateUpA", "loraGateUpB", H, 2 * I, l.gu_a, l.gu_b);
+  pair(i0 + 2, "loraDownA", "loraDownB", I, H, l.down_a, l.down_b);
+  if (l.any()) l.scale = static_cast<float>(num_arg(info, i0 + 4, op, "loraScale"));
+  return l;
+}
+
 }  // namespace
 
-// moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact, residual?)
+// moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact, residual?,
+//            loraGateUpA?, loraGateUpB?, loraDownA?, loraDownB?, loraScale?)
 //   residual (bf16 [T,H]): y = residual + moe(x) (moe(x) rounded to bf16 first, as a separate add would)
+//   lora*: expert adapters (MoeLora in cpu/moe.h; CPU only)
 //   -> { y, x, topkIdx, topkW, counts, offsets, permTok, slotPos, gu, h, yp }
 GPTOSS_OP(moeForward) {
   const char* op = "moeForward";
@@ -73,9 +107,10 @@ GPTOSS_OP(moeForward) {
     check_tensor(op, "residual", residual, DType::BF16, {x.dim(0), x.dim(1)}, x);
   }
   const Tensor* res = residual.storage ? &residual : nullptr;
+  const MoeLora lora = lora_arg(info, 11, op, x, E, I);
   Tensor y;
   MoeSaved s;
-  GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, res, y, s),
+  GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, res, y, s, lora.any() ? &lora : nullptr),
                   cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s));
   Napi::Object out = tensor_object(info.Env(), {{"y", y},
                                     {"x", s.x},
@@ -96,8 +131,12 @@ GPTOSS_OP(moeForward) {
 }
 
 // moeBackward(dy, routerW, routerB, gateUpW, gateUpB, downW, downB, x, topkIdx, topkW, counts, offsets,
-//             permTok, slotPos, gu, h, yp, topK, limit, exact, accGateUpW?, accDownW?, xp?, offsetsHost?)
-//   -> { dx, dRouterW, dRouterB, dGateUpW, dGateUpB, dDownW, dDownB }
+//             permTok, slotPos, gu, h, yp, topK, limit, exact, accGateUpW?, accDownW?, xp?, offsetsHost?,
+//             weightGrads?, loraGateUpA?, loraGateUpB?, loraDownA?, loraDownB?, loraScale?)
+//   -> { dx, dRouterW, dRouterB, dGateUpW?, dGateUpB, dDownW?, dDownB, dLoraGateUpA?, dLoraGateUpB?, dLoraDownA?,
+//        dLoraDownB? }
+// weightGrads false (default true): no dGateUpW / dDownW (a frozen base; accGateUpW/accDownW must then be absent).
+// lora*: the adapters the forward used; their gradients come back (fresh f32).
 // accGateUpW / accDownW (f32 [E,H,2I] / [E,I,H], optional, both or neither): the expert weight gradients are
 // added into them and they are returned as dGateUpW / dDownW.
 GPTOSS_OP(moeBackward) {
@@ -167,7 +206,10 @@ GPTOSS_OP(moeBackward) {
                  oh[0], " .. ", oh[E]);
   }
   MoeGrads g;
+  if (info.Length() > 24 && !info[24].IsUndefined() && !info[24].IsNull()) g.weight_grads = bool_arg(info, 24, op, "weightGrads");
+  const MoeLora lora = lora_arg(info, 25, op, s.x, E, I);
   const bool acc = info.Length() > 21 && !info[20].IsUndefined() && !info[20].IsNull();
+  GPTOSS_CHECK(!acc || g.weight_grads, op, ": accGateUpW/accDownW were given with weightGrads false");
   if (acc) {
     g.acc_gate_up_w = tensor_arg(info, 20, op, "accGateUpW");
     g.acc_down_w = tensor_arg(info, 21, op, "accDownW");
@@ -178,7 +220,7 @@ GPTOSS_OP(moeBackward) {
     check_same_device(op, s.x, g.acc_gate_up_w);
     check_same_device(op, s.x, g.acc_down_w);
   }
-  GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g), cuda::moe_backward(dy, w, s, g));
+  GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g, lora.any() ? &lora : nullptr), cuda::moe_backward(dy, w, s, g));
   if (acc && !g.accumulated) {  // the backend made fresh gradients: add them into the caller's buffers
     GPTOSS_DISPATCH(dy, cpu::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w),
                     cuda::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w));
@@ -187,13 +229,20 @@ GPTOSS_OP(moeBackward) {
     g.d_gate_up_w = g.acc_gate_up_w;
     g.d_down_w = g.acc_down_w;
   }
-  return tensor_object(info.Env(), {{"dx", g.dx},
-                                    {"dRouterW", g.d_router_w},
-                                    {"dRouterB", g.d_router_b},
-                                    {"dGateUpW", g.d_gate_up_w},
-                                    {"dGateUpB", g.d_gate_up_b},
-                                    {"dDownW", g.d_down_w},
-                                    {"dDownB", g.d_down_b}});
+  Napi::Object out = tensor_object(info.Env(), {{"dx", g.dx},
+                                                {"dRouterW", g.d_router_w},
+                                                {"dRouterB", g.d_router_b},
+                                                {"dGateUpB", g.d_gate_up_b},
+                                                {"dDownB", g.d_down_b}});
+  const std::pair<const char*, const Tensor*> optional[] = {{"dGateUpW", &g.d_gate_up_w},
+                                                            {"dDownW", &g.d_down_w},
+                                                            {"dLoraGateUpA", &g.d_lora_gu_a},
+                                                            {"dLoraGateUpB", &g.d_lora_gu_b},
+                                                            {"dLoraDownA", &g.d_lora_down_a},
+                                                            {"dLoraDownB", &g.d_lora_down_b}};
+  for (const auto& [name, t] : optional)
+    if (t->storage) out.Set(name, wrap(info.Env(), *t));
+  return out;
 }
 
 }  // namespace gptoss::js

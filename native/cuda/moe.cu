@@ -783,7 +783,7 @@ void forward_slabs(const Sizes& d, const Tensor& x, const MoeWeights& w, float l
 Tensor backward_grouped(const Sizes& d, const MoeWeights& w, const MoeSaved& s, const Tensor& dyp, MoeGrads& g) {
   const int64_t H = d.H, I = d.I, N = d.N;
   const int32_t* offsets = s.offsets.data<int32_t>();
-  mg::gemm_wgrad(wgrad_params(d, offsets, s.h, I, dyp, H, g.d_down_w), N, d.st, "moeBackward dDownW");
+  if (g.weight_grads) mg::gemm_wgrad(wgrad_params(d, offsets, s.h, I, dyp, H, g.d_down_w), N, d.st, "moeBackward dDownW");
   // dgu from one GEMM (the SwiGLU backward in its epilogue, reading gu)
   Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, d.dev);
   mg::Params dh = rows_params(d, offsets, dyp, H, w.down_w, I, true, dgu.raw(), 2 * I);
@@ -792,8 +792,10 @@ Tensor backward_grouped(const Sizes& d, const MoeWeights& w, const MoeSaved& s, 
   dh.ld_aux = 2 * I;
   mg::gemm_dgu(dh, N, d.st);
   segment_colsum(d, dgu, 2 * I, offsets, g.d_gate_up_b, "moeBackward dGateUpB");
-  const Tensor xp = gathered_rows(s.x, s.perm_tok, d.st);
-  mg::gemm_wgrad(wgrad_params(d, offsets, xp, H, dgu, 2 * I, g.d_gate_up_w), N, d.st, "moeBackward dGateUpW");
+  if (g.weight_grads) {
+    const Tensor xp = gathered_rows(s.x, s.perm_tok, d.st);
+    mg::gemm_wgrad(wgrad_params(d, offsets, xp, H, dgu, 2 * I, g.d_gate_up_w), N, d.st, "moeBackward dGateUpW");
+  }
   Tensor dxp = make_tensor({N, H}, DType::BF16, d.dev);
   mg::gemm_dx(rows_params(d, offsets, dgu, 2 * I, w.gate_up_w, H, true, dxp.raw(), H), N, d.st);
   return dxp;
@@ -803,14 +805,16 @@ Tensor backward_per_expert(const Sizes& d, const MoeWeights& w, const MoeSaved& 
                            MoeGrads& g) {
   const int64_t H = d.H, I = d.I, N = d.N;
   const std::vector<int32_t> off = saved_offsets(s);
-  per_expert_wgrad(d.dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
+  if (g.weight_grads) per_expert_wgrad(d.dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
   Tensor dh = make_tensor({N, I}, DType::BF16, d.dev);
   per_expert_xw(d.dev, off, dyp, H, w.down_w, true, I, nullptr, dh);
   Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, d.dev);
   swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
   segment_colsum(d, dgu, 2 * I, s.offsets.data<int32_t>(), g.d_gate_up_b, "moeBackward dGateUpB");
-  const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
-  per_expert_wgrad(d.dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  if (g.weight_grads) {
+    const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
+    per_expert_wgrad(d.dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  }
   Tensor dxp = make_tensor({N, H}, DType::BF16, d.dev);
   per_expert_xw(d.dev, off, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
   return dxp;
@@ -827,8 +831,7 @@ Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, co
     GPTOSS_CHECK(off[e] % kPadRows == 0 && (e == 0 || off[e] >= off[e - 1]), op, ": ctx.offsets[", e, "] = ", off[e],
                  " is not a slab boundary (multiples of ", kPadRows, ", non-decreasing)");
   const std::vector<SlabRange> slabs = slabs_of(off);
-  const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
-  slab_wgrad(d, slabs, s.h, I, dyp, H, g.d_down_w, wbeta);
+  if (g.weight_grads) slab_wgrad(d, slabs, s.h, I, dyp, H, g.d_down_w, wbeta);
   Tensor dh = make_tensor({Np, I}, DType::BF16, d.dev);
   slab_xw(d, slabs, dyp, H, w.down_w, true, I, nullptr, dh);
   // dgu and the gate_up bias gradient in one pass over the slab layout's 64-row chunks (padding rows not read).
@@ -840,7 +843,10 @@ Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, co
   chunk_colsum_reduce_kernel<<<dim3(ceil_div(2 * I, 256), E), 256, 0, d.st>>>(
       part.data<float>(), (int)(2 * I), s.offsets.data<int32_t>(), g.d_gate_up_b.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
-  slab_wgrad(d, slabs, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  if (g.weight_grads) {
+    const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
+    slab_wgrad(d, slabs, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  }
   Tensor dxp = make_tensor({Np, H}, DType::BF16, d.dev);
   slab_xw(d, slabs, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
   return dxp;
@@ -953,9 +959,13 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   }
 
   // The cuBLASLt strategies add the weight gradients into the caller's buffers directly (beta 1).
-  const bool in_place = strategy != ExpertGemms::kGrouped && g.acc_gate_up_w.storage && g.acc_down_w.storage;
-  g.d_down_w = in_place ? g.acc_down_w : make_tensor({E, I, H}, DType::F32, dev);
-  g.d_gate_up_w = in_place ? g.acc_gate_up_w : make_tensor({E, H, 2 * I}, DType::F32, dev);
+  // Without weight gradients (a frozen base) the two large tensors are not allocated at all.
+  const bool in_place =
+      g.weight_grads && strategy != ExpertGemms::kGrouped && g.acc_gate_up_w.storage && g.acc_down_w.storage;
+  if (g.weight_grads) {
+    g.d_down_w = in_place ? g.acc_down_w : make_tensor({E, I, H}, DType::F32, dev);
+    g.d_gate_up_w = in_place ? g.acc_gate_up_w : make_tensor({E, H, 2 * I}, DType::F32, dev);
+  }
   g.accumulated = in_place;
   const float wbeta = in_place ? 1.f : 0.f;
   g.d_gate_up_b = make_tensor({E, 2 * I}, DType::F32, dev);
