@@ -7,8 +7,9 @@ import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
 import { defaultDevice } from '../native.ts';
-import { loadModel, presetConfig, randomModel, type GptOssModel, type PresetName } from '../model/index.ts';
+import { loadModel, presetConfig, randomModel, LoraAdapters, checkLoraSpec, type GptOssModel, type LoraSpec, type PresetName } from '../model/index.ts';
 import { FrozenGptOss, GptOssPolicy } from './gptoss-policy.ts';
+import { LoraPolicy } from './lora-policy.ts';
 import { LocalGenerator, engineOptionsFromConfig } from '../inference/local-generator.ts';
 import type { Generator, LogprobModel, Policy } from './policy.ts';
 import { buildTaskEnv } from './env.ts';
@@ -86,7 +87,10 @@ export interface RunPieces {
   env: TaskEnv;
   vocab: VocabMap | null;
   model: GptOssModel;
-  /** One process: a GptOssPolicy over `model`; several: rank 0's driver of the sharded policy (distributed-run.ts). */
+  /**
+   * One process: a GptOssPolicy over `model` (a LoraPolicy when trainer.policy.model.lora.rank > 0); several: rank
+   * 0's driver of the sharded policy (distributed-run.ts).
+   */
   policy: Policy;
   /** One process: a LocalGenerator over `model`; several: rank 0's pool of engines. */
   generator: Generator;
@@ -148,7 +152,18 @@ export async function setupRun(c: Config): Promise<RunPieces> {
     }
   }
   log.info({ ms: Date.now() - t0, device }, 'model ready');
-  const policy = new GptOssPolicy(model);
+  const spec = loraSpecOf(c);
+  let policy: GptOssPolicy;
+  if (spec) {
+    try {
+      checkLoraSpec(spec);
+    } catch (e) {
+      model.dispose();
+      throw new SetupError((e as Error).message);
+    }
+    policy = new LoraPolicy(model, LoraAdapters.init(model.config, spec, device, { seed: c.trainer.seed }));
+    log.info({ rank: spec.rank, alpha: spec.alpha, targets: spec.targets, trainable: policy.numParameters(), base: model.weights.numParameters() }, 'LoRA adapters on a frozen base');
+  } else policy = new GptOssPolicy(model);
   const generator = new LocalGenerator(model, engineOptionsFromConfig(c.generator));
   let ref: LogprobModel | undefined;
   const refPath = c.trainer.ref.model.path;
@@ -160,6 +175,13 @@ export async function setupRun(c: Config): Promise<RunPieces> {
     }
   }
   return { device, env, vocab, model, policy, generator, ref };
+}
+
+/** The LoRA spec of trainer.policy.model.lora, or null when rank is 0 (full fine-tuning). */
+export function loraSpecOf(c: Config): LoraSpec | null {
+  const l = c.trainer.policy.model.lora;
+  if (l.rank === 0) return null;
+  return { rank: l.rank, alpha: l.alpha, dropout: l.dropout, targets: l.target_modules };
 }
 
 export function metricsPath(c: Config): string {
