@@ -50,7 +50,6 @@ int64_t topk_arg(const Napi::CallbackInfo& info, size_t i, const char* op, int64
 
 // Expert adapters at args i0 .. i0+4: guA, guB, downA, downB (each pair both or neither, null/undefined = absent),
 // scale. Checked against the weights: guA [E,H,r], guB [E,r,2I], downA [E,I,r'], downB [E,r',H], bf16 or f32.
-// The CUDA backend has no expert-adapter kernels: refused with a message naming the option.
 MoeLora lora_arg(const Napi::CallbackInfo& info, size_t i0, const char* op, const Tensor& x, int64_t E, int64_t I) {
   MoeLora l;
   auto present = [&](size_t i) { return info.Length() > i && !info[i].IsUndefined() && !info[i].IsNull(); };
@@ -70,9 +69,6 @@ MoeLora lora_arg(const Napi::CallbackInfo& info, size_t i0, const char* op, cons
                  b.describe());
     check_same_device(op, x, a);
     check_same_device(op, x, b);
-    GPTOSS_CHECK(!x.is_cuda(), op, ": LoRA adapters on the experts (", an, ", ", bn,
-                 ") run on the CPU backend only; the CUDA backend has no expert-adapter kernels yet (target the "
-                 "attention projections and the router on CUDA)");
   };
   pair(i0, "loraGateUpA", "loraGateUpB", H, 2 * I, l.gu_a, l.gu_b);
   pair(i0 + 2, "loraDownA", "loraDownB", I, H, l.down_a, l.down_b);
@@ -85,7 +81,7 @@ MoeLora lora_arg(const Napi::CallbackInfo& info, size_t i0, const char* op, cons
 // moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact, residual?,
 //            loraGateUpA?, loraGateUpB?, loraDownA?, loraDownB?, loraScale?)
 //   residual (bf16 [T,H]): y = residual + moe(x) (moe(x) rounded to bf16 first, as a separate add would)
-//   lora*: expert adapters (MoeLora in cpu/moe.h; CPU only)
+//   lora*: expert adapters (MoeLora in cpu/moe.h)
 //   -> { y, x, topkIdx, topkW, counts, offsets, permTok, slotPos, gu, h, yp }
 GPTOSS_OP(moeForward) {
   const char* op = "moeForward";
@@ -111,7 +107,7 @@ GPTOSS_OP(moeForward) {
   Tensor y;
   MoeSaved s;
   GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, res, y, s, lora.any() ? &lora : nullptr),
-                  cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s));
+                  cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s, lora.any() ? &lora : nullptr));
   Napi::Object out = tensor_object(info.Env(), {{"y", y},
                                     {"x", s.x},
                                     {"topkIdx", s.topk_idx},
@@ -220,7 +216,7 @@ GPTOSS_OP(moeBackward) {
     check_same_device(op, s.x, g.acc_gate_up_w);
     check_same_device(op, s.x, g.acc_down_w);
   }
-  GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g, lora.any() ? &lora : nullptr), cuda::moe_backward(dy, w, s, g));
+  GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g, lora.any() ? &lora : nullptr), cuda::moe_backward(dy, w, s, g, lora.any() ? &lora : nullptr));
   if (acc && !g.accumulated) {  // the backend made fresh gradients: add them into the caller's buffers
     GPTOSS_DISPATCH(dy, cpu::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w),
                     cuda::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w));

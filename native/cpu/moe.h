@@ -44,8 +44,8 @@ struct MoeSaved {
 //   out = h·W_down[e] + b + scale·(h·down_a[e])·down_b[e]  down_a [E,I,r], down_b [E,r,H]
 // bf16 or f32 (each pair one dtype; both tensors of a pair or neither). The low-rank products x·A (r values per
 // row) stay fp32 and are added to the fp32 accumulator before the bias and the bf16 rounding of gu / yp, so they
-// equal the forward of the merged weight W + scale·A·B up to that weight's own bf16 rounding. CPU only: the CUDA
-// backend refuses them (the binding says so).
+// equal the forward of the merged weight W + scale·A·B up to that weight's own bf16 rounding. The CUDA backend
+// (native/cuda/moe.cu, "expert adapters") rounds the factors and the r values per row to bf16 (as autocast does).
 struct MoeLora {
   Tensor gu_a, gu_b, down_a, down_b;
   float scale = 1.f;

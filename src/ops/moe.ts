@@ -31,7 +31,10 @@ export interface MoeOptions {
   exact?: boolean;
   /** bf16 [T,H]: return y = residual + moe(x) (one pass; equal to add(residual, moe(x))). */
   residual?: Tensor;
-  /** Low-rank adapters on the expert weights (CPU backend only; CUDA refuses them with a clear error). */
+  /**
+   * Low-rank adapters on the expert weights. On CUDA the op then runs its per-expert cuBLAS path with the adapters'
+   * per-expert GEMMs (native/cuda/moe.cu, "expert adapters"), whatever the batch size.
+   */
   lora?: MoeExpertLora;
 }
 

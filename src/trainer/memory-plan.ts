@@ -696,7 +696,7 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
   if (unknown.length) throw new Error(`memory plan: unknown LoRA targets ${unknown.join(', ')}`);
   const experts = lora.targets.filter((t) => t === 'gate_up_proj' || t === 'down_proj');
   if (experts.length) {
-    overflows.push(`LoRA: adapters on the experts (${experts.join(', ')}) run on the CPU backend only; the CUDA backend has no expert-adapter kernels yet (target q_proj, k_proj, v_proj, o_proj, router)`);
+    notes.push(`adapters on the experts (${experts.join(', ')}) run the MoE's per-expert cuBLAS path at every batch size (its grouped decode kernels have no adapter epilogue): slower generation than attention-only adapters`);
   }
   if (input.cpuOffload) notes.push('trainer.policy.fsdp_config.cpu_offload has nothing to offload in a LoRA run (the adapters\' optimizer state is small)');
   const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding);
