@@ -193,7 +193,6 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolea
   { key: 'trainer.placement.ref_num_gpus_per_node', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_gpus_per_node, want: '1 or trainer.placement.policy_num_gpus_per_node', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
   { key: 'trainer.placement.colocate_all', ok: (v) => v === true, want: 'true', why: `separate devices for training and generation are not supported yet; ${ENGINE_POOL}` },
   { key: 'trainer.placement.colocate_policy_ref', ok: (v) => v === true, want: 'true', why: 'the reference model always lives in the training process' },
-  { key: 'trainer.policy.model.lora.rank', ok: (v, c) => v === 0 || trainingWorldSize(c) === 1, want: '0 with several processes, or one process', why: 'LoRA runs on the single-process trainer (one GPU or the CPU); the sharded trainer has no adapters yet' },
   { key: 'trainer.policy.sequence_parallel_size', ok: (v) => v === 1, want: '1', why: 'sequence parallelism is not supported yet' },
   { key: 'trainer.policy.fsdp_config.cpu_offload', ok: (v) => v === false, want: 'false', why: `optimizer state in host memory is not supported yet (the memory planner, npx gptoss plan, already plans it); ${SHARDED}` },
   { key: 'trainer.policy.optimizer_config.offload_after_step', ok: (v) => v === false, want: 'false', why: `offloading the optimizer state between steps is not supported yet; ${SHARDED}` },
@@ -253,7 +252,15 @@ export function unsupportedSettings(c: Config): string[] {
     out.push(`${r.key}=${describe(v)}: ${r.why} (use ${r.want})`);
   }
   // The layout is judged once every key it is made of is one this version can run.
-  return out.length ? out : engineLayoutProblems(c);
+  return out.length ? out : [...engineLayoutProblems(c), ...loraProblems(c)];
+}
+
+/** LoRA (trainer.policy.model.lora.rank > 0) runs on the single-process trainer only. */
+export function loraProblems(c: Config): string[] {
+  const rank = c.trainer.policy.model.lora.rank;
+  const world = trainingWorldSize(c);
+  if (rank === 0 || world === 1) return [];
+  return [`trainer.policy.model.lora.rank=${rank} with ${world} processes: LoRA is not supported by the sharded trainer yet; it runs on one process (one GPU or the CPU: set trainer.placement.policy_num_gpus_per_node=1)`];
 }
 
 /** Throws a ConfigError listing every setting this version cannot honour (what a run checks before it starts). */

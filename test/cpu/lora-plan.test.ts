@@ -75,3 +75,10 @@ test('gptoss plan -c gsm8k-gptoss-20b-lora: exit 0 on 80 GB, 3 on 48 GB', () => 
   assert.equal(no.status, 3);
   assert.match(no.stderr, /^error: does not fit: training: /);
 });
+
+test('a LoRA run over several processes is refused before it starts, naming the key', async () => {
+  const { unsupportedSettings } = await import('../../src/config/load.ts');
+  assert.deepEqual(unsupportedSettings(loraConfig()), []);
+  const msgs = unsupportedSettings(loraConfig(['trainer.placement.policy_num_gpus_per_node=2', 'generator.num_inference_engines=2']));
+  assert.deepEqual(msgs, ['trainer.policy.model.lora.rank=16 with 2 processes: LoRA is not supported by the sharded trainer yet; it runs on one process (one GPU or the CPU: set trainer.placement.policy_num_gpus_per_node=1)']);
+});
