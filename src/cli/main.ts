@@ -14,6 +14,7 @@ const commands: Record<string, { file: string; what: string }> = {
   'prepare-gsm8k': { file: 'prepare-gsm8k', what: 'write the GSM8K training files' },
   plot: { file: 'plot', what: 'chart a metrics.jsonl file as PNG' },
   plan: { file: 'plan', what: 'per-GPU memory of a training config; exit 3 when it does not fit' },
+  'merge-lora': { file: 'merge-lora', what: 'merge LoRA adapters (PEFT layout) into a bf16 HF checkpoint' },
   launch: { file: 'launch', what: 'start one process per GPU (torchrun style)' },
 };
 

@@ -153,3 +153,29 @@ test('LoraPolicy: AdamW moves the adapters only; the KL reference is the base; c
   ref.dispose();
   [p, q, other].forEach((x) => x.dispose());
 });
+
+test('gptoss merge-lora: base directory + PEFT adapter -> a checkpoint loadModel reads (the adapted log-probs)', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const m = randomModel(cfg, { device: 'cpu', seed: 7, biasStd: 0.02 });
+  const a = LoraAdapters.init(cfg, ALL, 'cpu', { seed: 8, bStd: 0.1 });
+  const baseDir = mkdtempSync(join(tmpdir(), 'lora-base-'));
+  const adDir = mkdtempSync(join(tmpdir(), 'lora-ad-'));
+  const out = join(mkdtempSync(join(tmpdir(), 'lora-out-')), 'merged');
+  m.weights.save(baseDir);
+  a.savePeft(adDir);
+  const seqs = batch.sequences.map((s) => Array.from(s));
+  m.lora = a;
+  const adapted = m.tokenLogprobs(seqs);
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'merge-lora', '--base', baseDir, '--adapter', adDir, '--out', out], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const merged = await loadModel(out, { device: 'cpu' });
+  const got = merged.tokenLogprobs(seqs);
+  const d = Math.max(...got.flatMap((g, i) => Array.from(g, (v, j) => Math.abs(v - adapted[i]![j]!))));
+  assert.ok(d < 0.02, `merged checkpoint vs adapted model ${d}`);
+  const bad = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'merge-lora', '--base', baseDir, '--adapter', baseDir, '--out', out], { encoding: 'utf8' });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /adapter_config\.json not found/);
+  merged.dispose();
+  a.dispose();
+  m.dispose();
+});
