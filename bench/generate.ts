@@ -276,7 +276,7 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const model = GptOssModel.random(CFG, device, { seed: 1, fast: true, biasStd: 0.02 });
   console.error(`model: ${presetName}, ${layers} layers, random weights on ${device} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-  if (lora) adapters = LoraAdapters.init(CFG, { rank: lora.rank, alpha: 2 * lora.rank, dropout: 0, targets: lora.targets }, device, { seed: 3, bStd: 0.01 });
+  if (lora) adapters = LoraAdapters.init(CFG, { rank: lora.rank, alpha: 2 * lora.rank, dropout: 0, targets: lora.targets }, device, { seed: 3, bStd: 0.01, dtype: cpu ? 'f32' : 'bf16' });
   const engine = await createEngine(model, engineOpts);
   const st = engine.stats();
   console.error(`engine: ${st.numBlocks} full-attention blocks of ${st.blockSize} tokens (${st.numBlocks * st.blockSize} tokens of KV), ${st.numSlidingBlocks} sliding-window blocks`);

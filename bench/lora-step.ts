@@ -1,7 +1,8 @@
 // bench/lora-step.ts: one LoRA GRPO step of gpt-oss-20b on one GPU (issue 23), run by `npm run bench:train-step --
 // --lora` (bench/train-step.ts hands over to runLoraStepBench). The full 24-layer shape with random bf16 weights
-// (the frozen base), LoRA adapters (default rank 16, alpha 32 on q/k/v/o; B drawn small and non-zero so the
-// adapters change the numbers the way trained ones do), a LoraPolicy and its LocalGenerator over the same model.
+// (the frozen base), LoRA adapters (default rank 16, alpha 32 on q/k/v/o; bf16 on a GPU as `train` makes them; B
+// drawn small and non-zero so the adapters change the numbers the way trained ones do), a LoraPolicy and its
+// LocalGenerator over the same model.
 //
 // A step, timed by phase (the device drained at each boundary):
 //   generate     --prompts x --samples sequences: prompts of --prompt-len random tokens, --gen-len new tokens each
@@ -67,7 +68,7 @@ export async function runLoraStepBench(a: LoraBenchArgs): Promise<void> {
 
   const t0 = performance.now();
   const model = new GptOssModel(GptOssWeights.random(cfg, device, { seed: 1, fast: true, biasStd: 0.02 }), { recompute: true });
-  const adapters = LoraAdapters.init(cfg, { rank, alpha, dropout: 0, targets }, device, { seed: 2, bStd: 0.01 });
+  const adapters = LoraAdapters.init(cfg, { rank, alpha, dropout: 0, targets }, device, { seed: 2, bStd: 0.01, dtype: onGpu ? 'bf16' : 'f32' });
   const policy = new LoraPolicy(model, adapters);
   const generator = new LocalGenerator(model, { gpuMemoryUtilization: 0.8, maxNumSeqs: Math.max(256, prompts * samples), maxModelLen: promptLen + genLen });
   const ref = await policy.frozenCopy();

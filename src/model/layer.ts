@@ -158,8 +158,9 @@ export class DecoderLayer {
 
   /**
    * Adds the q/k/v adapters' outputs to the roped q, k and to v (in place). RoPE is linear per position, so
-   * rope(q + Δq) = rope(q) + rope(Δq): Δq = scale·(a1·Aᵀ)·Bᵀ (f32 [T, Hq·D]) is roped on its own and added; v has
-   * no rope (the thin GEMM adds into it directly). a1 bf16 [T, H]; qr [T, Hq, D], kr/v [T, Hkv, D] bf16.
+   * rope(q + Δq) = rope(q) + rope(Δq): Δq = scale·(a1·Aᵀ)·Bᵀ ([T, Hq·D]) is roped on its own and added; v has
+   * no rope (the thin GEMM adds into it directly). a1 bf16 [T, H]; qr [T, Hq, D], kr/v [T, Hkv, D] bf16. The
+   * products u [T, r] and Δ are in the adapters' dtype (bf16 adapters: no casts in the GEMMs; f32: exact on the CPU).
    */
   private qkvLoraForward(ll: LayerLora, a1: Tensor, positions: Tensor, qr: Tensor, kr: Tensor, v: Tensor): void {
     const s = this.host.lora!.scale;
@@ -167,8 +168,8 @@ export class DecoderLayer {
     const { invFreq, scaling } = this.host.rope;
     for (const [pair, dst] of [[ll.q, qr], [ll.k, kr]] as const) {
       if (!pair) continue;
-      const u = matmul(a1, pair.A, { transB: true, outDtype: 'f32' }); // [T, r]
-      const d = matmul(u, pair.B, { transB: true, alpha: s, outDtype: 'f32' }); // [T, heads*D]
+      const u = matmul(a1, pair.A, { transB: true, outDtype: this.host.lora!.dtype }); // [T, r]
+      const d = matmul(u, pair.B, { transB: true, alpha: s, outDtype: this.host.lora!.dtype }); // [T, heads*D]
       u.dispose();
       const dr = withView(d, dst.shape, (dv) => ropeForward(dv, positions, invFreq, scaling));
       d.dispose();
@@ -176,7 +177,7 @@ export class DecoderLayer {
       dr.dispose();
     }
     if (ll.v) {
-      const u = matmul(a1, ll.v.A, { transB: true, outDtype: 'f32' });
+      const u = matmul(a1, ll.v.A, { transB: true, outDtype: this.host.lora!.dtype });
       withView(v, [T, v.shape[1]! * v.shape[2]!], (vv) => matmul(u, ll.v!.B, { transB: true, alpha: s, out: vv, accumulate: true }));
       u.dispose();
     }
@@ -184,7 +185,7 @@ export class DecoderLayer {
 
   /** out [T, n] += scale·(x·Aᵀ)·Bᵀ for a linear target's adapter pair (x [T, in]). */
   private linearLoraForward(pair: LoraPair, x: Tensor, out: Tensor): void {
-    const u = matmul(x, pair.A, { transB: true, outDtype: 'f32' });
+    const u = matmul(x, pair.A, { transB: true, outDtype: this.host.lora!.dtype });
     matmul(u, pair.B, { transB: true, alpha: this.host.lora!.scale, out, accumulate: true });
     u.dispose();
   }
@@ -451,7 +452,7 @@ export class DecoderLayer {
   private linearLoraBackward(pair: LoraPair, t: LoraTarget, x: Tensor, dOut: Tensor, grads: Map<string, Tensor>): Tensor {
     const s = this.host.lora!.scale;
     const path = loraModulePath(this.index, t);
-    const u = matmul(x, pair.A, { transB: true, outDtype: 'f32' });
+    const u = matmul(x, pair.A, { transB: true, outDtype: this.host.lora!.dtype });
     const dU = matmul(dOut, pair.B, { alpha: s, outDtype: 'f32' });
     const into = (name: string, a: Tensor, b2: Tensor, alpha: number): void => {
       const g = grads.get(name);

@@ -8,9 +8,11 @@
 //                                       (an [E, H] product, 92k values at gpt-oss-20b size)
 //   experts       (x·W[e], W [E,in,out]): out_e += scale·(x·A[e])·B[e]  A [E, in, r], B [E, r, out] (the MoE op's
 //                                       layout; the PEFT file layout differs, see savePeft)
-// Adapters are f32 tensors on the model's device: they are the trainer's fp32 masters themselves (AdamW updates them
-// in place; GEMMs on CUDA round them to bf16 as autocast does). B starts at zero, so a fresh adapter set computes
-// exactly the base model; A is drawn as PEFT does (kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))).
+// Adapters live on the model's device in one dtype: f32 (the CPU default: they are then the trainer's fp32 masters
+// themselves) or bf16 (the CUDA default: the GEMMs' own operand dtype, so the run-time products need no casts; the
+// trainer keeps fp32 masters beside them and AdamW rewrites the bf16 copy, as for full fine-tuning). B starts at
+// zero, so a fresh adapter set computes exactly the base model; A is drawn as PEFT does (kaiming-uniform with
+// a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))).
 //
 // One copy of the base: a GptOssModel holds the adapters beside its weights (model.lora); the trainer's forward and
 // backward and the inference engine's steps (DecoderLayer.step) read the same tensors, so an optimizer step is seen
@@ -23,6 +25,7 @@ import { toHfConfig } from './config.ts';
 import { layerPrefix, type GptOssWeights } from './weights.ts';
 import { Checkpoint, saveCheckpoint, tensorToSave, writeSafetensors, type TensorToSave } from './safetensors.ts';
 import { matmul } from '../ops/gemm.ts';
+import { cast } from '../ops/elementwise.ts';
 
 /** Target names: PEFT's module names for the attention projections; gate_up_proj/down_proj/router for the MoE. */
 export const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_up_proj', 'down_proj', 'router'] as const;
@@ -147,23 +150,31 @@ function uniforms(n: number, seedStr: string, seed: number): Float32Array {
 
 export interface LoraInitOptions {
   seed?: number;
+  /** The adapters' dtype (default f32). */
+  dtype?: LoraDType;
   /** Test hook: B drawn like A (scaled by bStd) instead of zeros, so the adapters change the model. */
   bStd?: number;
 }
 
-/** The adapters of a model: every layer's pairs for the spec's targets, f32 on one device. */
+/** Adapter storage dtypes (see the header). */
+export type LoraDType = 'f32' | 'bf16';
+
+/** The adapters of a model: every layer's pairs for the spec's targets, in one dtype on one device. */
 export class LoraAdapters {
   readonly spec: LoraSpec;
   readonly config: GptOssConfig;
   readonly device: string;
   readonly scale: number;
-  /** Our adapter names (`${loraModulePath}.lora_A|lora_B`) -> f32 tensor, layer by layer in target order. */
+  /** Our adapter names (`${loraModulePath}.lora_A|lora_B`) -> tensor, layer by layer in target order. */
   readonly params: Map<string, Tensor>;
   readonly layers: LayerLora[];
+  readonly dtype: LoraDType;
 
-  /** Takes `params` over (every name of the spec must be there with its shape). */
+  /** Takes `params` over (every name of the spec must be there with its shape, all of one dtype, f32 or bf16). */
   constructor(config: GptOssConfig, spec: LoraSpec, device: string, params: Map<string, Tensor>) {
     checkLoraSpec(spec);
+    const first = params.values().next().value as Tensor | undefined;
+    this.dtype = first?.dtype === 'bf16' ? 'bf16' : 'f32';
     this.spec = spec;
     this.config = config;
     this.device = device;
@@ -178,8 +189,8 @@ export class LoraAdapters {
         const get = (n: string, shape: number[]): Tensor => {
           const x = params.get(n);
           if (!x) throw new Error(`LoraAdapters: missing adapter tensor '${n}'`);
-          if (x.dtype !== 'f32' || x.shape.length !== shape.length || x.shape.some((d, i) => d !== shape[i])) {
-            throw new Error(`LoraAdapters: '${n}' is ${x.toString()}, expected f32 [${shape.join(', ')}]`);
+          if (x.dtype !== this.dtype || x.device !== device || x.shape.length !== shape.length || x.shape.some((d, i) => d !== shape[i])) {
+            throw new Error(`LoraAdapters: '${n}' is ${x.toString()}, expected ${this.dtype} [${shape.join(', ')}] on ${device}`);
           }
           return x;
         };
@@ -193,6 +204,7 @@ export class LoraAdapters {
   static init(config: GptOssConfig, spec: LoraSpec, device: string, opts: LoraInitOptions = {}): LoraAdapters {
     checkLoraSpec(spec);
     const seed = opts.seed ?? 0;
+    const dtype = opts.dtype ?? 'f32';
     const params = new Map<string, Tensor>();
     for (let l = 0; l < config.numLayers; l++) {
       for (const t of spec.targets) {
@@ -202,12 +214,12 @@ export class LoraAdapters {
         const draw = (name: string, shape: number[], bound: number): Tensor => {
           const u = uniforms(shape.reduce((a, b) => a * b, 1), name, seed);
           for (let i = 0; i < u.length; i++) u[i] = (2 * u[i]! - 1) * bound;
-          return Tensor.from(u, shape, { dtype: 'f32', device });
+          return Tensor.from(u, shape, { dtype, device });
         };
         params.set(`${p}.lora_A`, draw(`${p}.lora_A`, sh.A, 1 / Math.sqrt(fanIn)));
         params.set(
           `${p}.lora_B`,
-          opts.bStd ? draw(`${p}.lora_B`, sh.B, opts.bStd * Math.sqrt(3)) : Tensor.zeros(sh.B, { dtype: 'f32', device }),
+          opts.bStd ? draw(`${p}.lora_B`, sh.B, opts.bStd * Math.sqrt(3)) : Tensor.zeros(sh.B, { dtype, device }),
         );
       }
     }
@@ -224,12 +236,17 @@ export class LoraAdapters {
     return n;
   }
 
-  /** Copies values from another adapter set of the same spec (e.g. one loaded from disk). */
+  /** Copies values from another adapter set of the same spec (e.g. one loaded from disk; any dtype). */
   copyFrom(o: LoraAdapters): void {
     for (const [n, t] of this.params) {
       const s = o.params.get(n);
       if (!s) throw new Error(`LoraAdapters.copyFrom: the source lacks '${n}'`);
-      t.copyFrom(s);
+      if (s.dtype === t.dtype) t.copyFrom(s);
+      else {
+        const c = cast(s, t.dtype);
+        t.copyFrom(c);
+        c.dispose();
+      }
     }
   }
 
@@ -253,12 +270,15 @@ export class LoraAdapters {
    *     the first listed (gate_up_proj) is the inner one, `mlp.experts.base_layer.lora_*`, the second (down_proj)
    *     `mlp.experts.lora_*`; a single expert target is `mlp.experts.lora_*`.
    */
-  savePeft(dir: string, opts: { baseModel?: string } = {}): void {
+  savePeft(dir: string, opts: { baseModel?: string; values?: ReadonlyMap<string, Tensor> } = {}): void {
     mkdirSync(dir, { recursive: true });
     const tensors: TensorToSave[] = [];
     for (let l = 0; l < this.config.numLayers; l++) {
       for (const t of this.spec.targets) {
-        const { A, B } = this.layers[l]![FIELD[t]]!;
+        // opts.values: the same names with other tensors (a trainer's fp32 masters of bf16 adapters).
+        const pth = loraModulePath(l, t);
+        const A = opts.values?.get(`${pth}.lora_A`) ?? this.layers[l]![FIELD[t]]!.A;
+        const B = opts.values?.get(`${pth}.lora_B`) ?? this.layers[l]![FIELD[t]]!.B;
         const names = peftNames(this.spec.targets, l, t);
         const [a, b] = EXPERT_TARGETS.includes(t) ? expertToPeft(A, B) : [A.toFloat32(), B.toFloat32()];
         const [shA, shB] = EXPERT_TARGETS.includes(t) ? peftExpertShapes(A, B) : [A.shape, B.shape];
@@ -296,8 +316,9 @@ export class LoraAdapters {
     writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify(cfg, null, 2) + '\n');
   }
 
-  /** Loads what savePeft wrote (or a PEFT adapter of the same layout) for a base of `config`. */
-  static loadPeft(dir: string, config: GptOssConfig, device: string): LoraAdapters {
+  /** Loads what savePeft wrote (or a PEFT adapter of the same layout) for a base of `config` (default dtype f32). */
+  static loadPeft(dir: string, config: GptOssConfig, device: string, opts: { dtype?: LoraDType } = {}): LoraAdapters {
+    const dtype = opts.dtype ?? 'f32';
     const cfgPath = join(dir, 'adapter_config.json');
     if (!existsSync(cfgPath)) throw new Error(`LoRA adapter ${dir}: adapter_config.json not found`);
     const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
@@ -351,11 +372,11 @@ export class LoraAdapters {
             const [A, B] = expertFromPeft(a.toFloat32(), b.toFloat32(), E, r, inD, outD);
             a.dispose();
             b.dispose();
-            params.set(`${p}.lora_A`, Tensor.from(A, sh.A, { dtype: 'f32', device }));
-            params.set(`${p}.lora_B`, Tensor.from(B, sh.B, { dtype: 'f32', device }));
+            params.set(`${p}.lora_A`, Tensor.from(A, sh.A, { dtype, device }));
+            params.set(`${p}.lora_B`, Tensor.from(B, sh.B, { dtype, device }));
           } else {
-            params.set(`${p}.lora_A`, ck.load(names.A, { device, dtype: 'f32', shape: sh.A }));
-            params.set(`${p}.lora_B`, ck.load(names.B, { device, dtype: 'f32', shape: sh.B }));
+            params.set(`${p}.lora_A`, ck.load(names.A, { device, dtype, shape: sh.A }));
+            params.set(`${p}.lora_B`, ck.load(names.B, { device, dtype, shape: sh.B }));
           }
         }
       }

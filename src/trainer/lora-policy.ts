@@ -1,10 +1,11 @@
 // lora-policy.ts: the single-process Policy that trains LoRA adapters (src/model/lora.ts) on a frozen GPT-OSS base.
 //
 // The base stays bf16 and frozen: no fp32 master, no gradient, no optimizer state for it (backward computes the
-// activations' chain and the adapters' gradients only, see DecoderLayer.backward). The adapters are f32 tensors
-// that serve as their own fp32 masters: AdamW (m, v per adapter) updates them in place, and the model, the engine
-// of LocalGenerator (which runs the same GptOssModel) and the next forward all read them from there, so the weight
-// sync after a step moves nothing. The KL reference is the base itself: the model with its adapters switched off
+// activations' chain and the adapters' gradients only, see DecoderLayer.backward). AdamW (m, v per adapter) updates
+// the adapters in place: f32 adapters are their own fp32 masters; bf16 adapters (the CUDA default) get fp32 masters
+// here and AdamW rewrites the bf16 copy from them (as GptOssPolicy does for full weights). The model, the engine of
+// LocalGenerator (which runs the same GptOssModel) and the next forward all read the adapters from there, so the
+// weight sync after a step moves nothing. The KL reference is the base itself: the model with its adapters switched off
 // (GptOssModel.withoutAdapters), no second copy of the weights.
 //
 // Files: save() writes the adapters in the PEFT layout (adapter_config.json + adapter_model.safetensors, loadable
@@ -15,6 +16,7 @@ import { join } from 'node:path';
 import { Tensor } from '../tensor.ts';
 import { Checkpoint, LoraAdapters, saveCheckpoint as saveTensors, tensorToSave, type GptOssModel } from '../model/index.ts';
 import { adamwStep } from '../ops/optim.ts';
+import { cast } from '../ops/elementwise.ts';
 import { GptOssPolicy, modelLogprobs } from './gptoss-policy.ts';
 import type { LogprobModel, LogprobOptions, LogprobOutput, OptimizerHyper, SequenceBatch } from './policy.ts';
 
@@ -33,8 +35,8 @@ class BaseOfLora implements LogprobModel {
 
 export class LoraPolicy extends GptOssPolicy {
   readonly adapters: LoraAdapters;
-  /** AdamW moments per adapter name (the adapters are their own f32 masters). */
-  private moments = new Map<string, { m: Tensor; v: Tensor }>();
+  /** AdamW state per adapter name: moments, and for bf16 adapters their fp32 master (f32 adapters are their own). */
+  private moments = new Map<string, { m: Tensor; v: Tensor; master?: Tensor }>();
 
   /** Attaches `adapters` to `model` (model.lora) for training; the policy owns both. */
   constructor(model: GptOssModel, adapters: LoraAdapters) {
@@ -71,17 +73,19 @@ export class LoraPolicy extends GptOssPolicy {
       let s = this.moments.get(name);
       if (!s) {
         s = { m: Tensor.zeros(p.shape, { dtype: 'f32', device: this.device }), v: Tensor.zeros(p.shape, { dtype: 'f32', device: this.device }) };
+        if (p.dtype !== 'f32') s.master = cast(p, 'f32');
         this.moments.set(name, s);
       }
       let g = this.grads.get(name);
       if (!g) this.grads.set(name, (g = Tensor.zeros(p.shape, { dtype: 'f32', device: this.device })));
-      adamwStep({ master: p, grad: g, m: s.m, v: s.v }, { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step });
+      const hyper = { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step };
+      adamwStep(s.master ? { master: s.master, grad: g, m: s.m, v: s.v, bf16: p } : { master: p, grad: g, m: s.m, v: s.v }, hyper);
     }
     this.optimizerSteps = step;
   }
 
   override resetOptimizer(): void {
-    for (const s of this.moments.values()) [s.m, s.v].forEach((t) => t.dispose());
+    for (const s of this.moments.values()) [s.m, s.v, s.master].forEach((t) => t?.dispose());
     this.moments.clear();
     this.optimizerSteps = 0;
   }
@@ -92,7 +96,10 @@ export class LoraPolicy extends GptOssPolicy {
   }
 
   override async save(dir: string): Promise<void> {
-    this.adapters.savePeft(dir);
+    // bf16 adapters with fp32 masters: the file holds the masters (what training resumes from).
+    const masters = new Map<string, Tensor>();
+    for (const [n, s] of this.moments) if (s.master) masters.set(n, s.master);
+    this.adapters.savePeft(dir, { values: masters });
     if (this.moments.size) {
       const od = join(dir, 'optimizer');
       mkdirSync(od, { recursive: true });
@@ -102,7 +109,8 @@ export class LoraPolicy extends GptOssPolicy {
   }
 
   override async load(dir: string): Promise<void> {
-    const loaded = LoraAdapters.loadPeft(dir, this.model.config, this.device);
+    const loaded = LoraAdapters.loadPeft(dir, this.model.config, this.device, { dtype: 'f32' });
+    let keepMasters = false;
     try {
       const a = loaded.spec, b = this.adapters.spec;
       if (a.rank !== b.rank || a.alpha !== b.alpha || a.targets.join() !== b.targets.join()) {
@@ -112,25 +120,31 @@ export class LoraPolicy extends GptOssPolicy {
         );
       }
       this.adapters.copyFrom(loaded);
-    } finally {
-      loaded.dispose();
-    }
-    this.resetOptimizer();
-    const od = join(dir, 'optimizer');
-    if (existsSync(join(od, 'optimizer.json'))) {
-      const meta = JSON.parse(readFileSync(join(od, 'optimizer.json'), 'utf8')) as { step: number; kind?: string };
-      if (meta.kind !== 'adamw-lora') throw new Error(`checkpoint ${dir}: optimizer state of kind '${meta.kind}' is not a LoRA policy's`);
-      const ock = Checkpoint.open(od);
-      try {
-        for (const [n, p] of this.adapters.params) {
-          const load = (k: string) => ock.load(`${k}.${n}`, { device: this.device, dtype: 'f32', shape: p.shape });
-          this.moments.set(n, { m: load('m'), v: load('v') });
-        }
-      } finally {
-        ock.close();
+      this.resetOptimizer();
+      const od = join(dir, 'optimizer');
+      if (existsSync(join(od, 'optimizer.json'))) {
+        this.loadOptimizer(dir, od, loaded);
+        keepMasters = this.adapters.dtype !== 'f32';
       }
-      this.optimizerSteps = meta.step;
+    } finally {
+      if (!keepMasters) loaded.dispose();
     }
+  }
+
+  /** Restores m, v (and, for bf16 adapters, the fp32 masters: the file's f32 values, taken over from `loaded`). */
+  private loadOptimizer(dir: string, od: string, loaded: LoraAdapters): void {
+    const meta = JSON.parse(readFileSync(join(od, 'optimizer.json'), 'utf8')) as { step: number; kind?: string };
+    if (meta.kind !== 'adamw-lora') throw new Error(`checkpoint ${dir}: optimizer state of kind '${meta.kind}' is not a LoRA policy's`);
+    const ock = Checkpoint.open(od);
+    try {
+      for (const [n, p] of this.adapters.params) {
+        const load = (k: string) => ock.load(`${k}.${n}`, { device: this.device, dtype: 'f32', shape: p.shape });
+        this.moments.set(n, { m: load('m'), v: load('v'), master: p.dtype !== 'f32' ? loaded.params.get(n)! : undefined });
+      }
+    } finally {
+      ock.close();
+    }
+    this.optimizerSteps = meta.step;
   }
 
   /** Trainable parameters: the adapters' (the frozen base is model.weights.numParameters()). */

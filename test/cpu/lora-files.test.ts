@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomModel, presetConfig, loadModel, LoraAdapters, LORA_TARGETS, saveMergedCheckpoint, Checkpoint, type LoraSpec } from '../../src/model/index.ts';
 import { LoraPolicy } from '../../src/trainer/lora-policy.ts';
+import { Tensor } from '../../src/tensor.ts';
 import type { SequenceBatch } from '../../src/trainer/policy.ts';
 
 const cfg = presetConfig('gpt-oss-tiny-256');
@@ -178,4 +179,47 @@ test('gptoss merge-lora: base directory + PEFT adapter -> a checkpoint loadModel
   merged.dispose();
   a.dispose();
   m.dispose();
+});
+
+test('bf16 adapters (the GPU default): fp32 masters in the policy, the PEFT file holds the masters, resume is identical', async () => {
+  const mk = () => new LoraPolicy(randomModel(cfg, { device: 'cpu', seed: 9 }), LoraAdapters.init(cfg, ALL, 'cpu', { seed: 10, dtype: 'bf16' }));
+  const p = mk();
+  assert.equal(p.adapters.dtype, 'bf16');
+  const train = async (q: LoraPolicy, steps: number[]) => {
+    for (const s of steps) {
+      q.zeroGrad();
+      const f = await q.forward(batch);
+      await f.backward(f.logprobs.map((l) => l.map(() => -1)));
+      q.clipGradNorm(1.0);
+      q.optimizerStep({ ...hyper, lr: 1e-3 }, s);
+    }
+  };
+  await train(p, [1, 2]);
+  const dir = mkdtempSync(join(tmpdir(), 'lora-bf16-'));
+  await p.save(dir);
+  // The file's values are the fp32 masters: not all on the bf16 grid, and they round to the adapters.
+  const file = LoraAdapters.loadPeft(dir, cfg, 'cpu');
+  const name = 'model.layers.1.self_attn.q_proj.lora_B';
+  const master = file.params.get(name)!.toFloat32();
+  const adapter = p.adapters.params.get(name)!.toFloat32();
+  assert.ok(master.some((v, i) => v !== adapter[i]), 'masters carry more than bf16');
+  const rounded = Tensor.from(master, [master.length], { dtype: 'bf16' }).toFloat32();
+  assert.deepEqual(Array.from(rounded), Array.from(adapter));
+  file.dispose();
+  await train(p, [3, 4]);
+  const q = mk();
+  await q.load(dir);
+  await train(q, [3, 4]);
+  for (const [n, t] of p.adapters.params) assert.deepEqual(Array.from(q.adapters.params.get(n)!.toFloat32()), Array.from(t.toFloat32()), n);
+  // The same adapter values in f32 compute the same log-probs within bf16 noise.
+  const f32 = LoraAdapters.init(cfg, ALL, 'cpu', { seed: 10 });
+  f32.copyFrom(p.adapters);
+  const lpBf = (await p.logprobs(batch)).logprobs;
+  p.model.lora = f32;
+  const lpF = (await p.logprobs(batch)).logprobs;
+  p.model.lora = p.adapters;
+  const d = Math.max(...lpBf.flatMap((l, i) => Array.from(l, (v, j) => Math.abs(v - lpF[i]![j]!))));
+  assert.ok(d < 0.05, `bf16 vs f32 adapter compute ${d}`);
+  f32.dispose();
+  [p, q].forEach((x) => x.dispose());
 });
