@@ -19,7 +19,7 @@ export const LORA_OVERRIDES = [
 
 test('LoRA GRPO on the default CPU recipe raises held-out reward by >= 15 points (adapters only, frozen base)', { timeout: 15 * 60_000 }, async () => {
   const base = cpuRecipe();
-  const r = await runGrpoLearningRecipe(recipeFromEnv({ ...base, overrides: [...base.overrides, ...LORA_OVERRIDES], metricsPath: 'runs/ci/grpo-learns-lora.jsonl' }));
+  const r = await runGrpoLearningRecipe(recipeFromEnv({ ...base, overrides: [...base.overrides, ...LORA_OVERRIDES], metricsPath: process.env.GRPO_LEARNS_METRICS_PATH ?? 'runs/ci/grpo-learns-lora.jsonl' }));
   console.log(r.curve.join('\n'));
   console.log(JSON.stringify({ timings: r.timings, parameters: r.model.parameters, steps: r.steps }));
   assert.equal(r.skippedSteps, 0);
