@@ -12,10 +12,16 @@
 //       --static-batch (256) sequences, each until its longest sequence is done (what it does in training). Output
 //       tokens/s (drawn lengths only) and the time until the last sequence ends; then the engine-vs-trainer
 //       log-prob gap: mean |engine log-prob - GptOssModel.tokenLogprobs| over the first --gap-seqs (64) samples.
+// --lora: the same engine with LoRA adapters active (src/model/lora.ts: rank --lora-rank 16, alpha 2x rank, on
+// --lora-targets q_proj,k_proj,v_proj,o_proj; B small and non-zero), against the same engine without them, in the
+// same run: (a) gains an "engine + LoRA" column and the LoRA/base time ratio (issue 23's target: <= 1.15 at 64-512
+// sequences); (b) runs the workload again with the adapters and measures the log-prob gap on that run (engine and
+// trainer both applying the adapters).
 // On the CPU the defaults shrink to the tiny preset (a smoke run; test/cpu/bench-generate.test.ts runs it).
 // Usage: npm run bench:generate -- [--layers N] [--preset gpt-oss-20b] [--batches 1,64,256,512] [--no-peer]
 //        [--no-static] [--no-fixed] [--no-grpo] [--static-batches K] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
 //        [--max-num-seqs 512] [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.85]
+//        [--lora] [--lora-rank 16] [--lora-targets q_proj,k_proj,v_proj,o_proj]
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,6 +34,7 @@ import { generate as staticGenerate } from '../src/inference/generate.ts';
 import { createEngine, type Engine, type GenerateRequest } from '../src/inference/engine.ts';
 import { peerScript } from './peer.ts';
 import { mulberry32 } from '../src/data/synthetic.ts';
+import { LoraAdapters, LORA_TARGETS, type LoraTarget } from '../src/model/lora.ts';
 
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
 const cpu = device === 'cpu';
@@ -76,6 +83,12 @@ const engineOpts = {
 const jsonPath = flag('json') ? arg('json', '') : '';
 const runPeerSide = !flag('no-peer') && !cpu;
 const runStatic = !flag('no-static');
+const lora = flag('lora')
+  ? { rank: num('lora-rank', 16), targets: arg('lora-targets', 'q_proj,k_proj,v_proj,o_proj').split(',') as LoraTarget[] }
+  : null;
+for (const t of lora?.targets ?? []) if (!LORA_TARGETS.includes(t)) throw new Error(`bench:generate: --lora-targets: unknown target '${t}' (${LORA_TARGETS.join(', ')})`);
+/** The adapters of --lora (made in main once the model exists). */
+let adapters: LoraAdapters | null = null;
 
 const randomTokens = (r: () => number, n: number): number[] => Array.from({ length: n }, () => Math.floor(r() * V));
 
@@ -91,6 +104,8 @@ function seconds<T>(f: () => T | Promise<T>): Promise<{ value: T; s: number }> {
 interface FixedRow {
   batch: number;
   engineTokS: number;
+  /** --lora: the same engine with the adapters active (null without --lora). */
+  engineLoraTokS: number | null;
   staticTokS: number | 'oom' | null;
   peerTokS: number | null | 'oom';
 }
@@ -104,6 +119,15 @@ async function fixed(model: GptOssModel, engine: Engine, peer: Map<number, numbe
     await engine.generate(reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }))); // warm-up
     const e = await seconds(() => engine.generate(reqs));
     const produced = e.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0);
+    let engineLoraTokS: number | null = null;
+    if (adapters) {
+      model.lora = adapters;
+      await engine.generate(reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }))); // warm-up of the adapters' GEMMs
+      const el = await seconds(() => engine.generate(reqs));
+      model.lora = null;
+      engineLoraTokS = el.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0) / el.s;
+      console.error(`fixed batch ${B}: engine + LoRA ${engineLoraTokS.toFixed(1)} tok/s (${((produced / e.s) / engineLoraTokS).toFixed(3)}x the time)`);
+    }
     let staticTokS: number | 'oom' | null = null;
     if (runStatic) {
       await engine.sleep(); // the static path's dense cache takes the pool's memory
@@ -111,7 +135,7 @@ async function fixed(model: GptOssModel, engine: Engine, peer: Map<number, numbe
       await engine.wake();
       staticTokS = st ? (B * newTokens) / st.s : 'oom';
     }
-    rows.push({ batch: B, engineTokS: produced / e.s, staticTokS, peerTokS: peer?.get(B) ?? null });
+    rows.push({ batch: B, engineTokS: produced / e.s, engineLoraTokS, staticTokS, peerTokS: peer?.get(B) ?? null });
     console.error(`fixed batch ${B}: engine ${(produced / e.s).toFixed(1)} tok/s, static ${typeof staticTokS === 'number' ? `${staticTokS.toFixed(1)} tok/s` : (staticTokS ?? '-')}`);
   }
   return rows;
@@ -122,6 +146,8 @@ interface GrpoResult {
   outputTokens: number;
   longestOutput: number;
   engine: { seconds: number; tokS: number; preemptions: number; prefixCacheHitRate: number; steps: number };
+  /** --lora: the same workload with the adapters active (the log-prob gap is then measured on this run). */
+  engineLora: { seconds: number; tokS: number } | null;
   /**
    * null: not run; 'oom': a batch did not fit. seconds: the whole workload's (projected from measuredBatches of
    * batches when --static-batches cut it short, else measured).
@@ -191,6 +217,15 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
       : { seconds: projected, tokS: outputTokens / projected, generatedIncludingPadding: padded, batches: batchesAll, measuredBatches: measured, measuredSeconds: total };
     console.error(`grpo-like: static ${Number.isNaN(total) ? 'out of memory' : `${projected.toFixed(2)} s${measured < batchesAll ? ` (projected from ${measured} of ${batchesAll} batches: ${total.toFixed(2)} s)` : ''}`}`);
   }
+  let engineLora: GrpoResult['engineLora'] = null;
+  let gapRun = e.value;
+  if (adapters) {
+    model.lora = adapters;
+    const el = await seconds(() => engine.generate(reqs));
+    engineLora = { seconds: el.s, tokS: outputTokens / el.s };
+    gapRun = el.value;
+    console.error(`grpo-like: engine + LoRA ${el.s.toFixed(2)} s (${(el.s / e.s).toFixed(3)}x the time)`);
+  }
   // Engine vs trainer log-probs on the first gapSeqs samples (prompt + output through GptOssModel.tokenLogprobs),
   // split by output position (the first 128 tokens, where no sliding window has moved yet, and the rest) and by
   // sample (sample 0 of a prompt prefills it; the others take its blocks). The static path's gap on its own
@@ -222,7 +257,7 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
   const mean = (p: [number, number]): number => (p[1] ? p[0] / p[1] : NaN);
   const n = Math.min(gapSeqs, reqs.length);
   const gapIdx = Array.from({ length: n }, (_, j) => j);
-  const g = gapOf(gapIdx.map((j) => e.value[j]!.samples[0]!), gapIdx);
+  const g = gapOf(gapIdx.map((j) => gapRun[j]!.samples[0]!), gapIdx);
   const sum = g.sum;
   const max = g.max;
   const count = g.count;
@@ -230,7 +265,7 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
   // The trainer against itself: the same 8 sequences' tokenLogprobs packed together and one by one (other kernel
   // tilings and reduction orders of the same bf16 math): the noise floor any two implementations share on this model.
   const selfIdx = gapIdx.slice(0, Math.min(8, n));
-  const selfSeqs = selfIdx.map((j) => [...reqs[j]!.prompt, ...e.value[j]!.samples[0]!.tokens]);
+  const selfSeqs = selfIdx.map((j) => [...reqs[j]!.prompt, ...gapRun[j]!.samples[0]!.tokens]);
   const packed = model.tokenLogprobs(selfSeqs);
   let selfSum = 0;
   let selfCount = 0;
@@ -266,6 +301,7 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
       prefixCacheHitRate: after.prefixCacheHitRate,
       steps: after.steps - before.steps,
     },
+    engineLora,
     static: staticSide,
     logprobGap: { sequences: n, tokens: count, meanAbs: count ? sum / count : 0, maxAbs: max, early: mean(g.early), late: mean(g.late), prefilling: mean(g.first), siblings: mean(g.siblings), staticControl: staticGap, trainerPackedVsAlone: trainerSelf },
   };
@@ -312,12 +348,15 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const model = GptOssModel.random(CFG, device, { seed: 1, fast: true, biasStd: 0.02 });
   console.error(`model: ${presetName}, ${layers} layers, random weights on ${device} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  if (lora) adapters = LoraAdapters.init(CFG, { rank: lora.rank, alpha: 2 * lora.rank, dropout: 0, targets: lora.targets }, device, { seed: 3, bStd: 0.01, dtype: cpu ? 'f32' : 'bf16' });
   const engine = await createEngine(model, engineOpts);
   const st = engine.stats();
   console.error(`engine: ${st.numBlocks} full-attention blocks of ${st.blockSize} tokens (${st.numBlocks * st.blockSize} tokens of KV), ${st.numSlidingBlocks} sliding-window blocks`);
   const fixedRows = flag('no-fixed') ? [] : await fixed(model, engine, peer?.tokS ?? null);
   const grpoRes = flag('no-grpo') ? null : await grpoLike(model, engine);
+  model.lora = null;
   engine.dispose();
+  adapters?.dispose();
   model.dispose();
 
   const f = (x: number | null | 'oom'): string => (x === null ? '-' : x === 'oom' ? 'OOM' : x.toFixed(1));
@@ -325,14 +364,21 @@ async function main(): Promise<void> {
   lines.push(`gpt-oss generation, ${presetName} shape, ${layers} layers, random BF16 weights, ${device}`);
   if (fixedRows.length) {
     lines.push('', `(a) prompt ${promptLen}, ${newTokens} new tokens: output tokens/s`);
-    lines.push('| batch | engine | static path | transformers |', '|---:|---:|---:|---:|');
-    for (const r of fixedRows) lines.push(`| ${r.batch} | ${f(r.engineTokS)} | ${f(r.staticTokS)} | ${f(r.peerTokS)} |`);
+    if (lora) {
+      lines.push(`LoRA: rank ${lora.rank} on ${lora.targets.join(', ')}; "LoRA time" = engine time with the adapters / without`);
+      lines.push('| batch | engine | engine + LoRA | LoRA time | static path | transformers |', '|---:|---:|---:|---:|---:|---:|');
+      for (const r of fixedRows) lines.push(`| ${r.batch} | ${f(r.engineTokS)} | ${f(r.engineLoraTokS)} | ${(r.engineTokS / r.engineLoraTokS!).toFixed(3)}x | ${f(r.staticTokS)} | ${f(r.peerTokS)} |`);
+    } else {
+      lines.push('| batch | engine | static path | transformers |', '|---:|---:|---:|---:|');
+      for (const r of fixedRows) lines.push(`| ${r.batch} | ${f(r.engineTokS)} | ${f(r.staticTokS)} | ${f(r.peerTokS)} |`);
+    }
   }
   if (grpoRes) {
     const g = grpoRes;
     lines.push('', `(b) GRPO-like: ${grpo.prompts} prompts x ${grpo.samples} samples, prompts ${grpo.promptMin}-${grpo.promptMax}, outputs log-normal median ${grpo.median} cap ${grpo.cap} (${g.outputTokens} tokens, longest ${g.longestOutput})`);
     lines.push('| side | seconds | output tokens/s |', '|---|---:|---:|');
     lines.push(`| engine | ${g.engine.seconds.toFixed(2)} | ${g.engine.tokS.toFixed(1)} |`);
+    if (g.engineLora) lines.push(`| engine + LoRA (${(g.engineLora.seconds / g.engine.seconds).toFixed(3)}x the time) | ${g.engineLora.seconds.toFixed(2)} | ${g.engineLora.tokS.toFixed(1)} |`);
     if (g.static === 'oom') lines.push(`| static path (batches of ${staticBatch}) | OOM | OOM |`);
     else if (g.static) {
       const proj = g.static.measuredBatches < g.static.batches ? ` (projected from ${g.static.measuredBatches} of ${g.static.batches} batches, measured ${g.static.measuredSeconds.toFixed(2)} s)` : '';
@@ -340,7 +386,7 @@ async function main(): Promise<void> {
       lines.push('', `engine time / static time: ${(g.engine.seconds / g.static.seconds).toFixed(3)}`);
     }
     lines.push(`engine: ${g.engine.steps} steps, ${g.engine.preemptions} preemptions, prefix cache hit rate ${(100 * g.engine.prefixCacheHitRate).toFixed(1)}%`);
-    lines.push(`log-prob gap engine vs tokenLogprobs (${g.logprobGap.sequences} sequences, ${g.logprobGap.tokens} tokens): mean ${g.logprobGap.meanAbs.toExponential(3)}, max ${g.logprobGap.maxAbs.toExponential(3)}`);
+    lines.push(`log-prob gap engine vs tokenLogprobs${g.engineLora ? ' (LoRA run)' : ''} (${g.logprobGap.sequences} sequences, ${g.logprobGap.tokens} tokens): mean ${g.logprobGap.meanAbs.toExponential(3)}, max ${g.logprobGap.maxAbs.toExponential(3)}`);
   }
   console.log(lines.join('\n'));
   const json = {
@@ -350,6 +396,7 @@ async function main(): Promise<void> {
     layers,
     engineOptions: { ...engineOpts, numBlocks: st.numBlocks, numSlidingBlocks: st.numSlidingBlocks },
     peer: peer?.peer ?? null,
+    lora,
     fixed: { promptLen, newTokens, rows: fixedRows },
     grpo: grpoRes ? { workload: { ...grpo, staticBatch }, ...grpoRes } : null,
   };

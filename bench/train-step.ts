@@ -20,6 +20,7 @@
 //        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V] [--collectives-at-one]
 //        [--cpu-offload] (the sharded policy's masters and moments in pinned host memory, AdamW on the host)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
+// --lora: a whole LoRA GRPO step on one GPU instead (generate, log-probs, train, adapter sync; bench/lora-step.ts).
 import { writeFileSync } from 'node:fs';
 import { defaultDevice } from '../src/native.ts';
 import { memoryStats, resetPeakMemory, synchronize, emptyCache } from '../src/tensor.ts';
@@ -30,6 +31,7 @@ import { initDistributed, type DistContext } from '../src/distributed/launch.ts'
 import { GptOssPolicy } from '../src/trainer/gptoss-policy.ts';
 import { ShardedPolicy } from '../src/trainer/sharded-policy.ts';
 import type { Policy } from '../src/trainer/policy.ts';
+import { runLoraStepBench } from './lora-step.ts';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -177,6 +179,11 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
   } finally {
     p.dispose();
   }
+}
+
+if (process.argv.includes('--lora')) {
+  await runLoraStepBench({ arg, posInt, device });
+  process.exit(0);
 }
 
 const ctx = await initDistributed();

@@ -119,10 +119,17 @@ export interface NativeMoeGrads {
   dx: NativeTensor;
   dRouterW: NativeTensor;
   dRouterB: NativeTensor;
-  dGateUpW: NativeTensor;
+  /** Absent with weightGrads false. */
+  dGateUpW?: NativeTensor;
   dGateUpB: NativeTensor;
-  dDownW: NativeTensor;
+  /** Absent with weightGrads false. */
+  dDownW?: NativeTensor;
   dDownB: NativeTensor;
+  /** The expert adapters' gradients (present when the adapters were passed). */
+  dLoraGateUpA?: NativeTensor;
+  dLoraGateUpB?: NativeTensor;
+  dLoraDownA?: NativeTensor;
+  dLoraDownB?: NativeTensor;
 }
 
 type OptTensor = TensorArg | null | undefined;
@@ -217,9 +224,11 @@ export interface NativeOps {
    * needDHidden false skips dHidden (only dLmHead comes back).
    */
   tokenLogprobsBackward(
-    ...args: [...TokenLogprobsBackwardArgs, needDHidden?: true]
+    ...args: [...TokenLogprobsBackwardArgs, needDHidden?: true, needDLmHead?: true]
   ): { dHidden: NativeTensor; dLmHead: NativeTensor };
   tokenLogprobsBackward(...args: [...TokenLogprobsBackwardArgs, needDHidden: false]): { dLmHead: NativeTensor };
+  /** needDLmHead false: a frozen LM head (no [V, H] gradient); dLmHead must then be null. */
+  tokenLogprobsBackward(...args: [...TokenLogprobsBackwardArgs, needDHidden: true, needDLmHead: false]): { dHidden: NativeTensor };
 
   // ---- moe.cc ----
   moeForward(
@@ -235,6 +244,11 @@ export interface NativeOps {
     exact?: boolean,
     residual?: OptTensor,
     expertGemms?: 'auto' | 'decode' | 'grouped',
+    loraGateUpA?: OptTensor,
+    loraGateUpB?: OptTensor,
+    loraDownA?: OptTensor,
+    loraDownB?: OptTensor,
+    loraScale?: number,
   ): NativeMoeForward;
   /** The saved tensors of moeForward come back positionally; accGateUpW/accDownW both or neither. */
   moeBackward(
@@ -262,6 +276,12 @@ export interface NativeOps {
     accDownW?: OptTensor,
     xp?: OptTensor,
     offsetsHost?: OptTensor,
+    weightGrads?: boolean,
+    loraGateUpA?: OptTensor,
+    loraGateUpB?: OptTensor,
+    loraDownA?: OptTensor,
+    loraDownB?: OptTensor,
+    loraScale?: number,
   ): NativeMoeGrads;
 
   // ---- optim.cc ----

@@ -1,7 +1,8 @@
 // logprob.cc (bindings):
 //   tokenLogprobsForward(hidden, lmHead, targets, temperature, chunk) -> { logprobs, entropy, lse }
 //   tokenLogprobsBackward(hidden, lmHead, targets, lse, dLogprobs, temperature, chunk, dLmHead|null,
-//                         dEntropy|null, entropy|null, needDHidden) -> { dHidden|undefined, dLmHead }
+//                         dEntropy|null, entropy|null, needDHidden, needDLmHead) -> { dHidden|undefined,
+//                         dLmHead|undefined }
 // chunk 0 picks the default (a [T, chunk] fp32 buffer of about 256 MB).
 #include <cmath>
 
@@ -74,6 +75,10 @@ GPTOSS_OP(tokenLogprobsBackward) {
   auto dEnt = opt_tensor_arg(info, 8, op, "dEntropy");
   auto ent = opt_tensor_arg(info, 9, op, "entropy");
   const bool needDHidden = info.Length() <= 10 || info[10].IsUndefined() ? true : bool_arg(info, 10, op, "needDHidden");
+  // needDLmHead false: a frozen LM head (LoRA training): no [V, H] f32 gradient is allocated or computed.
+  const bool needDLmHead = info.Length() <= 11 || info[11].IsUndefined() ? true : bool_arg(info, 11, op, "needDLmHead");
+  GPTOSS_CHECK(needDHidden || needDLmHead, op, ": needDHidden and needDLmHead are both false (nothing to compute)");
+  GPTOSS_CHECK(needDLmHead || !dLmArg, op, ": dLmHead was given with needDLmHead false");
   GPTOSS_CHECK(dEnt.has_value() == ent.has_value(), op, ": dEntropy and entropy must be given together");
   if (dEnt) {
     check_f32_t(op, "dEntropy", *dEnt, hidden);
@@ -83,19 +88,20 @@ GPTOSS_OP(tokenLogprobsBackward) {
   if (dLmArg) {
     dLm = *dLmArg;
     check_tensor(op, "dLmHead", dLm, DType::F32, {a.V, a.H}, hidden);
-  } else {
+  } else if (needDLmHead) {
     dLm = make_tensor({a.V, a.H}, DType::F32, hidden.device, true);
   }
+  const Tensor* dLmP = needDLmHead ? &dLm : nullptr;
   Tensor dH;
   if (needDHidden) dH = make_tensor({a.T, a.H}, DType::F32, hidden.device, true);
   const Tensor* dHp = needDHidden ? &dH : nullptr;
   const Tensor* dEp = dEnt ? &*dEnt : nullptr;
   const Tensor* eP = ent ? &*ent : nullptr;
   GPTOSS_DISPATCH(hidden,
-                  cpu::token_logprobs_backward(hidden, lm, targets, lse, dlp, dEp, eP, a.temperature, a.chunk, dHp, dLm),
-                  cuda::token_logprobs_backward(hidden, lm, targets, lse, dlp, dEp, eP, a.temperature, a.chunk, dHp, dLm));
+                  cpu::token_logprobs_backward(hidden, lm, targets, lse, dlp, dEp, eP, a.temperature, a.chunk, dHp, dLmP),
+                  cuda::token_logprobs_backward(hidden, lm, targets, lse, dlp, dEp, eP, a.temperature, a.chunk, dHp, dLmP));
   Napi::Object o = Napi::Object::New(info.Env());
   if (needDHidden) o.Set("dHidden", wrap(info.Env(), dH));
-  o.Set("dLmHead", dLmArg ? info[7] : wrap(info.Env(), dLm));
+  if (needDLmHead) o.Set("dLmHead", dLmArg ? info[7] : wrap(info.Env(), dLm));
   return o;
 }

@@ -48,11 +48,41 @@ int64_t topk_arg(const Napi::CallbackInfo& info, size_t i, const char* op, int64
   return k;
 }
 
+// Expert adapters at args i0 .. i0+4: guA, guB, downA, downB (each pair both or neither, null/undefined = absent),
+// scale. Checked against the weights: guA [E,H,r], guB [E,r,2I], downA [E,I,r'], downB [E,r',H], bf16 or f32.
+MoeLora lora_arg(const Napi::CallbackInfo& info, size_t i0, const char* op, const Tensor& x, int64_t E, int64_t I) {
+  MoeLora l;
+  auto present = [&](size_t i) { return info.Length() > i && !info[i].IsUndefined() && !info[i].IsNull(); };
+  const int64_t H = x.dim(1);
+  auto pair = [&](size_t i, const char* an, const char* bn, int64_t in, int64_t out, Tensor& a, Tensor& b) {
+    GPTOSS_CHECK(present(i) == present(i + 1), op, ": ", an, " and ", bn, " come together (both or neither)");
+    if (!present(i)) return;
+    a = tensor_arg(info, i, op, an);
+    b = tensor_arg(info, i + 1, op, bn);
+    check_ndim(op, an, a, 3);
+    const int64_t r = a.dim(2);
+    GPTOSS_CHECK(r >= 1, op, ": ", an, " must have a rank of at least 1, got ", a.describe());
+    check_shape(op, an, a, {E, in, r});
+    check_shape(op, bn, b, {E, r, out});
+    check_float(op, an, a);
+    GPTOSS_CHECK(a.dtype == b.dtype, op, ": ", an, " and ", bn, " must share a dtype, got ", a.describe(), " and ",
+                 b.describe());
+    check_same_device(op, x, a);
+    check_same_device(op, x, b);
+  };
+  pair(i0, "loraGateUpA", "loraGateUpB", H, 2 * I, l.gu_a, l.gu_b);
+  pair(i0 + 2, "loraDownA", "loraDownB", I, H, l.down_a, l.down_b);
+  if (l.any()) l.scale = static_cast<float>(num_arg(info, i0 + 4, op, "loraScale"));
+  return l;
+}
+
 }  // namespace
 
-// moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact, residual?, expertGemms?)
+// moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact, residual?, expertGemms?,
+//            loraGateUpA?, loraGateUpB?, loraDownA?, loraDownB?, loraScale?)
 //   residual (bf16 [T,H]): y = residual + moe(x) (moe(x) rounded to bf16 first, as a separate add would)
 //   expertGemms ('auto' when absent; CUDA: 'decode' or 'grouped' force that kernel family, see cuda/moe.h)
+//   lora*: expert adapters (MoeLora in cpu/moe.h)
 //   -> { y, x, topkIdx, topkW, counts, offsets, permTok, slotPos, gu, h, yp, expertGemms (the strategy that ran) }
 GPTOSS_OP(moeForward) {
   const char* op = "moeForward";
@@ -80,6 +110,9 @@ GPTOSS_OP(moeForward) {
                ": expertGemms must be 'auto', 'decode' or 'grouped', got '", gemms, "'");
   GPTOSS_CHECK(gemms == "auto" || x.is_cuda(), op, ": expertGemms '", gemms,
                "' picks CUDA kernels; the CPU backend has one expert path (use 'auto')");
+  const MoeLora lora = lora_arg(info, 12, op, x, E, I);
+  GPTOSS_CHECK(gemms == "auto" || !lora.any(), op, ": expertGemms '", gemms,
+               "' with expert adapters: the adapters have one path (the per-expert GEMMs); use 'auto'");
   Tensor y;
   MoeSaved s;
 #ifdef GPTOSS_WITH_CUDA
@@ -87,8 +120,8 @@ GPTOSS_OP(moeForward) {
                                         : gemms == "grouped" ? cuda::ExpertGemmChoice::kGrouped
                                                              : cuda::ExpertGemmChoice::kAuto;
 #endif
-  GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, res, y, s),
-                  cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s, choice));
+  GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, res, y, s, lora.any() ? &lora : nullptr),
+                  cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s, choice, lora.any() ? &lora : nullptr));
   Napi::Object out = tensor_object(info.Env(), {{"y", y},
                                     {"x", s.x},
                                     {"topkIdx", s.topk_idx},
@@ -109,8 +142,12 @@ GPTOSS_OP(moeForward) {
 }
 
 // moeBackward(dy, routerW, routerB, gateUpW, gateUpB, downW, downB, x, topkIdx, topkW, counts, offsets,
-//             permTok, slotPos, gu, h, yp, topK, limit, exact, accGateUpW?, accDownW?, xp?, offsetsHost?)
-//   -> { dx, dRouterW, dRouterB, dGateUpW, dGateUpB, dDownW, dDownB }
+//             permTok, slotPos, gu, h, yp, topK, limit, exact, accGateUpW?, accDownW?, xp?, offsetsHost?,
+//             weightGrads?, loraGateUpA?, loraGateUpB?, loraDownA?, loraDownB?, loraScale?)
+//   -> { dx, dRouterW, dRouterB, dGateUpW?, dGateUpB, dDownW?, dDownB, dLoraGateUpA?, dLoraGateUpB?, dLoraDownA?,
+//        dLoraDownB? }
+// weightGrads false (default true): no dGateUpW / dDownW (a frozen base; accGateUpW/accDownW must then be absent).
+// lora*: the adapters the forward used; their gradients come back (fresh f32).
 // accGateUpW / accDownW (f32 [E,H,2I] / [E,I,H], optional, both or neither): the expert weight gradients are
 // added into them and they are returned as dGateUpW / dDownW.
 GPTOSS_OP(moeBackward) {
@@ -180,7 +217,10 @@ GPTOSS_OP(moeBackward) {
                  oh[0], " .. ", oh[E]);
   }
   MoeGrads g;
+  if (info.Length() > 24 && !info[24].IsUndefined() && !info[24].IsNull()) g.weight_grads = bool_arg(info, 24, op, "weightGrads");
+  const MoeLora lora = lora_arg(info, 25, op, s.x, E, I);
   const bool acc = info.Length() > 21 && !info[20].IsUndefined() && !info[20].IsNull();
+  GPTOSS_CHECK(!acc || g.weight_grads, op, ": accGateUpW/accDownW were given with weightGrads false");
   if (acc) {
     g.acc_gate_up_w = tensor_arg(info, 20, op, "accGateUpW");
     g.acc_down_w = tensor_arg(info, 21, op, "accDownW");
@@ -191,7 +231,7 @@ GPTOSS_OP(moeBackward) {
     check_same_device(op, s.x, g.acc_gate_up_w);
     check_same_device(op, s.x, g.acc_down_w);
   }
-  GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g), cuda::moe_backward(dy, w, s, g));
+  GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g, lora.any() ? &lora : nullptr), cuda::moe_backward(dy, w, s, g, lora.any() ? &lora : nullptr));
   if (acc && !g.accumulated) {  // the backend made fresh gradients: add them into the caller's buffers
     GPTOSS_DISPATCH(dy, cpu::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w),
                     cuda::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w));
@@ -200,13 +240,20 @@ GPTOSS_OP(moeBackward) {
     g.d_gate_up_w = g.acc_gate_up_w;
     g.d_down_w = g.acc_down_w;
   }
-  return tensor_object(info.Env(), {{"dx", g.dx},
-                                    {"dRouterW", g.d_router_w},
-                                    {"dRouterB", g.d_router_b},
-                                    {"dGateUpW", g.d_gate_up_w},
-                                    {"dGateUpB", g.d_gate_up_b},
-                                    {"dDownW", g.d_down_w},
-                                    {"dDownB", g.d_down_b}});
+  Napi::Object out = tensor_object(info.Env(), {{"dx", g.dx},
+                                                {"dRouterW", g.d_router_w},
+                                                {"dRouterB", g.d_router_b},
+                                                {"dGateUpB", g.d_gate_up_b},
+                                                {"dDownB", g.d_down_b}});
+  const std::pair<const char*, const Tensor*> optional[] = {{"dGateUpW", &g.d_gate_up_w},
+                                                            {"dDownW", &g.d_down_w},
+                                                            {"dLoraGateUpA", &g.d_lora_gu_a},
+                                                            {"dLoraGateUpB", &g.d_lora_gu_b},
+                                                            {"dLoraDownA", &g.d_lora_down_a},
+                                                            {"dLoraDownB", &g.d_lora_down_b}};
+  for (const auto& [name, t] : optional)
+    if (t->storage) out.Set(name, wrap(info.Env(), *t));
+  return out;
 }
 
 }  // namespace gptoss::js

@@ -64,7 +64,7 @@ void token_logprobs(const Tensor& hidden, const Tensor& lm_head, const Tensor& t
 
 void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const Tensor& targets, const Tensor& lse,
                              const Tensor& d_logprobs, const Tensor* d_entropy, const Tensor* entropy,
-                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor& d_lm_head) {
+                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head) {
   const int64_t T = hidden.dim(0), H = hidden.dim(1), V = lm_head.dim(0);
   const int32_t* tg = targets.data<int32_t>();
   for (int64_t t = 0; t < T; t++)
@@ -103,8 +103,9 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
       gemm_raw(T, H, c, inv_t, G, GemmOperand{lmc, lm_head.dtype, H, false}, nullptr, DType::F32, 1.f,
                d_hidden->data<float>(), DType::F32, H);
     GemmOperand Gt{buf.data(), DType::F32, c, true};
-    gemm_raw(c, H, T, inv_t, Gt, GemmOperand{hidden.raw(), hidden.dtype, H, false}, nullptr, DType::F32, 1.f,
-             d_lm_head.data<float>() + c0 * H, DType::F32, H);
+    if (d_lm_head)
+      gemm_raw(c, H, T, inv_t, Gt, GemmOperand{hidden.raw(), hidden.dtype, H, false}, nullptr, DType::F32, 1.f,
+               d_lm_head->data<float>() + c0 * H, DType::F32, H);
   }
 }
 

@@ -63,10 +63,62 @@ std::vector<int32_t> row_experts(const int32_t* offsets, int64_t E) {
   return re;
 }
 
+// Adds scale·(in·A[e])·B[e] to acc [C] for one routed row: in [K] (fp32 values), A [E,K,r], B [E,r,C].
+// The r low-rank values stay fp32 (u, the caller's scratch of r floats).
+void lora_row(const float* in, int64_t K, const Tensor& A, const Tensor& Bt, int64_t e, int64_t C, float scale, float* u,
+              float* acc) {
+  const int64_t r = A.dim(2);
+  for (int64_t j = 0; j < r; j++) u[j] = 0.f;
+  for (int64_t i = 0; i < K; i++) {
+    const float xi = in[i];
+    if (xi == 0.f) continue;
+    for (int64_t j = 0; j < r; j++) u[j] += xi * at(A, (e * K + i) * r + j);
+  }
+  for (int64_t j = 0; j < r; j++) {
+    const float uj = scale * u[j];
+    for (int64_t c = 0; c < C; c++) acc[c] += uj * at(Bt, (e * r + j) * C + c);
+  }
+}
+
+// Gradients of one expert's adapter pair over its rows r0 .. r0+rows-1 (fp32):
+//   u = in·A[e] [rows, r], dU = scale·dout·B[e]ᵀ [rows, r]; dA[e] = inᵀ·dU, dB[e] = scale·uᵀ·dout; din += dU·A[e]ᵀ.
+// in [rows, K] and dout [rows, C] fp32 row-major; din (optional) [rows, K] fp32 is added into.
+void lora_expert_backward(const float* in, const float* dout, int64_t rows, int64_t K, int64_t C, const Tensor& A,
+                          const Tensor& Bt, int64_t e, float scale, float* dA, float* dB, float* din) {
+  const int64_t r = A.dim(2);
+  std::vector<float> u(r), du(r);
+  for (int64_t q = 0; q < rows; q++) {
+    const float* xi = in + q * K;
+    const float* dy = dout + q * C;
+    std::fill(u.begin(), u.end(), 0.f);
+    std::fill(du.begin(), du.end(), 0.f);
+    for (int64_t i = 0; i < K; i++)
+      for (int64_t j = 0; j < r; j++) u[j] += xi[i] * at(A, (e * K + i) * r + j);
+    for (int64_t j = 0; j < r; j++) {
+      float acc = 0.f;
+      for (int64_t c = 0; c < C; c++) acc += dy[c] * at(Bt, (e * r + j) * C + c);
+      du[j] = scale * acc;
+    }
+    for (int64_t j = 0; j < r; j++) {
+      const float su = scale * u[j];
+      for (int64_t c = 0; c < C; c++) dB[(e * r + j) * C + c] += su * dy[c];
+    }
+    for (int64_t i = 0; i < K; i++) {
+      float acc = 0.f;
+      for (int64_t j = 0; j < r; j++) {
+        dA[(e * K + i) * r + j] += xi[i] * du[j];
+        acc += du[j] * at(A, (e * K + i) * r + j);
+      }
+      if (din) din[q * K + i] += acc;
+    }
+  }
+}
+
 }  // namespace
 
 void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, bool exact, const Tensor* residual, Tensor& y,
-                 MoeSaved& s) {
+                 MoeSaved& s, const MoeLora* lora) {
+  const bool lgu = lora && lora->has_gu(), ldown = lora && lora->has_down();
   const int64_t T = x.dim(0), H = x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), I2 = 2 * I;
   const int64_t N = T * k;
   const bf16* X = x.data<bf16>();
@@ -141,15 +193,17 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, b
     else t.data<bf16>()[i] = to_bf16(v);
   };
   pfor(N, [&](int64_t r0, int64_t r1) {
-    std::vector<float> acc(std::max(I2, H)), hrow(I);
+    std::vector<float> acc(std::max(I2, H)), hrow(I), xrow(H), u(lora ? std::max<int64_t>(1, std::max(lgu ? lora->gu_a.dim(2) : 1, ldown ? lora->down_a.dim(2) : 1)) : 1);
     for (int64_t r = r0; r < r1; r++) {
       const int64_t e = rexp[r], t = perm_tok[r];
       std::fill(acc.begin(), acc.begin() + I2, 0.f);
       for (int64_t i = 0; i < H; i++) {
         const float xi = bf(X, t * H + i);
+        xrow[i] = xi;
         const bf16* wrow = Wgu + (e * H + i) * I2;
         for (int64_t c = 0; c < I2; c++) acc[c] += xi * bf(wrow, c);
       }
+      if (lgu) lora_row(xrow.data(), H, lora->gu_a, lora->gu_b, e, I2, lora->scale, u.data(), acc.data());
       for (int64_t c = 0; c < I; c++) {
         float g = R(acc[2 * c] + bf(Bgu, e * I2 + 2 * c));
         float u = R(acc[2 * c + 1] + bf(Bgu, e * I2 + 2 * c + 1));
@@ -164,6 +218,7 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, b
         const bf16* wrow = Wd + (e * I + i) * H;
         for (int64_t c = 0; c < H; c++) acc[c] += hi * bf(wrow, c);
       }
+      if (ldown) lora_row(hrow.data(), I, lora->down_a, lora->down_b, e, H, lora->scale, u.data(), acc.data());
       for (int64_t c = 0; c < H; c++) store(s.yp, r * H + c, R(acc[c] + bf(Bd, e * H + c)));
     }
   });
@@ -182,7 +237,8 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, b
   });
 }
 
-void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, bool exact, MoeGrads& g) {
+void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, bool exact, MoeGrads& g, const MoeLora* lora) {
+  const bool lgu = lora && lora->has_gu(), ldown = lora && lora->has_down();
   const int64_t T = s.x.dim(0), H = s.x.dim(1), E = w.router_w.dim(0), I = w.down_w.dim(1), I2 = 2 * I;
   const int64_t k = s.top_k, N = T * k;
   const float limit = s.limit;
@@ -236,6 +292,22 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, bool
     gemm_raw(rows, I, H, 1.f, {dyp.data() + r0 * H, DType::F32, H, false}, {Wd + e * I * H, DType::BF16, H, true},
              nullptr, DType::F32, 0.f, dh.data() + r0 * I, DType::F32, I);
   }
+  // Down adapters: dh += scale·(dyp·B_d[e]ᵀ)·A_d[e]ᵀ before the SwiGLU backward; their gradients per expert.
+  if (ldown) {
+    const int64_t r = lora->down_a.dim(2);
+    g.d_lora_down_a = make_tensor({E, I, r}, DType::F32, kCpu, true);
+    g.d_lora_down_b = make_tensor({E, r, H}, DType::F32, kCpu, true);
+    pfor(E, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; e++) {
+        const int64_t r0 = offsets[e], rows = rows_of(e);
+        if (rows == 0) continue;
+        std::vector<float> hin(rows * I);
+        for (int64_t q = 0; q < rows * I; q++) hin[q] = at(s.h, r0 * I + q);
+        lora_expert_backward(hin.data(), dyp.data() + r0 * H, rows, I, H, lora->down_a, lora->down_b, e, lora->scale,
+                             g.d_lora_down_a.data<float>(), g.d_lora_down_b.data<float>(), dh.data() + r0 * I);
+      }
+    });
+  }
   pfor(N, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++)
       for (int64_t i = 0; i < I; i++) {
@@ -251,30 +323,47 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, bool
     gemm_raw(rows, H, I2, 1.f, {dgu.data() + r0 * I2, DType::F32, I2, false},
              {Wgu + e * H * I2, DType::BF16, I2, true}, nullptr, DType::F32, 0.f, dxp.data() + r0 * H, DType::F32, H);
   }
+  // x rows in expert order (the gate_up adapters' and the weight gradients' input).
+  std::vector<float> xp(N * H);
+  pfor(N, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++)
+      for (int64_t c = 0; c < H; c++) xp[r * H + c] = bf(X, perm_tok[r] * H + c);
+  });
+  // Gate_up adapters: dxp += scale·(dgu·B_gu[e]ᵀ)·A_gu[e]ᵀ; their gradients per expert.
+  if (lgu) {
+    const int64_t r = lora->gu_a.dim(2);
+    g.d_lora_gu_a = make_tensor({E, H, r}, DType::F32, kCpu, true);
+    g.d_lora_gu_b = make_tensor({E, r, I2}, DType::F32, kCpu, true);
+    pfor(E, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; e++) {
+        const int64_t r0 = offsets[e], rows = rows_of(e);
+        if (rows == 0) continue;
+        lora_expert_backward(xp.data() + r0 * H, dgu.data() + r0 * I2, rows, H, I2, lora->gu_a, lora->gu_b, e,
+                             lora->scale, g.d_lora_gu_a.data<float>(), g.d_lora_gu_b.data<float>(), dxp.data() + r0 * H);
+      }
+    });
+  }
   if (!exact) pfor(N * H, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; i++) dxp[i] = round_bf16(dxp[i]);
   });
 
-  g.d_down_w = make_tensor({E, I, H}, DType::F32, kCpu, true);
+  if (g.weight_grads) {
+    g.d_down_w = make_tensor({E, I, H}, DType::F32, kCpu, true);
+    g.d_gate_up_w = make_tensor({E, H, I2}, DType::F32, kCpu, true);
+  }
   g.d_down_b = make_tensor({E, H}, DType::F32, kCpu, true);
-  g.d_gate_up_w = make_tensor({E, H, I2}, DType::F32, kCpu, true);
   g.d_gate_up_b = make_tensor({E, I2}, DType::F32, kCpu, true);
   g.d_router_w = make_tensor({E, H}, DType::F32, kCpu, true);
   g.d_router_b = make_tensor({E}, DType::F32, kCpu, true);
-  float* dWd = g.d_down_w.data<float>();
+  float* dWd = g.weight_grads ? g.d_down_w.data<float>() : nullptr;
   float* dBd = g.d_down_b.data<float>();
-  float* dWgu = g.d_gate_up_w.data<float>();
+  float* dWgu = g.weight_grads ? g.d_gate_up_w.data<float>() : nullptr;
   float* dBgu = g.d_gate_up_b.data<float>();
   float* dWr = g.d_router_w.data<float>();
   float* dBr = g.d_router_b.data<float>();
 
   // Weight gradients, per expert: dW_down[e] = h_eᵀ·dyp_e, dW_gu[e] = x[perm]_eᵀ·dgu_e (GEMMs over the rows).
-  std::vector<float> xp(N * H);  // x rows in expert order
-  pfor(N, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++)
-      for (int64_t c = 0; c < H; c++) xp[r * H + c] = bf(X, perm_tok[r] * H + c);
-  });
-  for (int64_t e = 0; e < E; e++) {
+  for (int64_t e = 0; g.weight_grads && e < E; e++) {
     const int64_t r0 = offsets[e], rows = rows_of(e);
     if (rows == 0) continue;
     const void* h_e = exact ? static_cast<const void*>(s.h.data<float>() + r0 * I)

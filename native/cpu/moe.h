@@ -42,6 +42,21 @@ struct MoeSaved {
   const char* expert_gemms = "cpu";
 };
 
+// Optional low-rank adapters (LoRA) on the expert weights, applied to each expert's routed rows in factor form:
+//   gu  = x·W_gu[e]   + b + scale·(x·gu_a[e])·gu_b[e]      gu_a [E,H,r], gu_b [E,r,2I]
+//   out = h·W_down[e] + b + scale·(h·down_a[e])·down_b[e]  down_a [E,I,r], down_b [E,r,H]
+// bf16 or f32 (each pair one dtype; both tensors of a pair or neither). The low-rank products x·A (r values per
+// row) stay fp32 and are added to the fp32 accumulator before the bias and the bf16 rounding of gu / yp, so they
+// equal the forward of the merged weight W + scale·A·B up to that weight's own bf16 rounding. The CUDA backend
+// (native/cuda/moe.cu, "expert adapters") rounds the factors and the r values per row to bf16 (as autocast does).
+struct MoeLora {
+  Tensor gu_a, gu_b, down_a, down_b;
+  float scale = 1.f;
+  bool has_gu() const { return gu_a.storage != nullptr; }
+  bool has_down() const { return down_a.storage != nullptr; }
+  bool any() const { return has_gu() || has_down(); }
+};
+
 struct MoeGrads {
   Tensor dx;                       // f32 [T,H]
   Tensor d_router_w, d_router_b;   // f32 [E,H], [E]
@@ -52,6 +67,12 @@ struct MoeGrads {
   // (the CUDA cuBLASLt path, beta = 1) sets *_w to them and accumulated = true; otherwise the binding adds.
   Tensor acc_gate_up_w, acc_down_w;
   bool accumulated = false;
+  // false: the expert weight matrices' gradients (d_gate_up_w, d_down_w: the large ones, 3.2 GB f32 per
+  // gpt-oss-20b layer) are neither computed nor allocated (a frozen base, as LoRA trains it). The router and bias
+  // gradients are small and still come out.
+  bool weight_grads = true;
+  // With MoeLora: the adapters' gradients (f32, their factors' shapes), fresh tensors.
+  Tensor d_lora_gu_a, d_lora_gu_b, d_lora_down_a, d_lora_down_b;
 };
 
 constexpr float kSwigluAlpha = 1.702f;
@@ -62,9 +83,11 @@ namespace cpu {
 // scaled output gradient, dh, dgu, per-row input gradients) to BF16; exact = true keeps them in fp32 (the
 // "fp32 truth" the GPU tests measure errors against).
 // residual (optional, bf16 [T,H]): y = bf16(residual + bf16(moe(x))), exactly add(residual, moe(x)) in one pass.
+// lora (optional): expert adapters (MoeLora); the backward then also writes g.d_gu_a etc.
 void moe_forward(const Tensor& x, const MoeWeights& w, int64_t top_k, float limit, bool exact, const Tensor* residual, Tensor& y,
-                 MoeSaved& saved);
-void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& saved, bool exact, MoeGrads& g);
+                 MoeSaved& saved, const MoeLora* lora = nullptr);
+void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& saved, bool exact, MoeGrads& g,
+                  const MoeLora* lora = nullptr);
 
 }  // namespace cpu
 }  // namespace gptoss

@@ -126,7 +126,7 @@ void token_logprobs(const Tensor& hidden, const Tensor& lm_head, const Tensor& t
 
 void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const Tensor& targets, const Tensor& lse,
                              const Tensor& d_logprobs, const Tensor* d_entropy, const Tensor* entropy,
-                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor& d_lm_head) {
+                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head) {
   const int64_t T = hidden.dim(0), H = hidden.dim(1), V = lm_head.dim(0);
   if (T == 0) return;
   const int dev = hidden.device;
@@ -157,8 +157,9 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
     if (d_hidden)
       gemm_raw(dev, T, H, c, inv_t, gbuf.raw(), ldz, false, lmc, H, false, hidden.dtype, nullptr, DType::F32, 1.f,
                d_hidden->raw(), DType::F32, H);
-    gemm_raw(dev, c, H, T, inv_t, gbuf.raw(), ldz, true, hidden.raw(), H, false, hidden.dtype, nullptr, DType::F32,
-             1.f, d_lm_head.data<float>() + c0 * H, DType::F32, H);
+    if (d_lm_head)
+      gemm_raw(dev, c, H, T, inv_t, gbuf.raw(), ldz, true, hidden.raw(), H, false, hidden.dtype, nullptr, DType::F32,
+               1.f, d_lm_head->data<float>() + c0 * H, DType::F32, H);
   }
 }
 

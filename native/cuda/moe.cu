@@ -7,7 +7,14 @@
 // stream; only the cuBLAS strategies wait once per forward, to read the offsets.
 //
 // Layout of this file: the plan (host code, pure functions of the sizes and routing counts); the kernels; the
-// host helpers; the four forward strategies; the three backward strategies; moe_forward and moe_backward.
+// host helpers; the four forward strategies; the three backward strategies; the expert adapters (LoRA);
+// moe_forward and moe_backward.
+//
+// Expert adapters (MoeLora, native/cpu/moe.h): with them the forward and backward take their own path, the
+// per-expert one (unpadded rows, offsets on the host) with the adapters' low-rank products added by per-expert
+// cuBLAS GEMMs: gu += scale·(xp·A)·B before the SwiGLU (recomputed from the updated gu), yp += scale·(h·A)·B before
+// the combine; the backward adds the adapters' input-gradient shares (to dh before the SwiGLU backward, to dxp) and
+// writes their gradients. The factors are rounded to bf16 copies per call (as autocast does; they are small).
 #include <algorithm>
 #include <cstdint>
 #include <functional>
@@ -15,6 +22,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "elementwise.h"
 #include "gemm.h"
 #include "moe.h"
 #include "moe_decode.h"
@@ -811,7 +819,7 @@ void forward_slabs(const Sizes& d, const Tensor& x, const MoeWeights& w, float l
 Tensor backward_grouped(const Sizes& d, const MoeWeights& w, const MoeSaved& s, const Tensor& dyp, MoeGrads& g) {
   const int64_t H = d.H, I = d.I, N = d.N;
   const int32_t* offsets = s.offsets.data<int32_t>();
-  mg::gemm_wgrad(wgrad_params(d, offsets, s.h, I, dyp, H, g.d_down_w), N, d.st, "moeBackward dDownW");
+  if (g.weight_grads) mg::gemm_wgrad(wgrad_params(d, offsets, s.h, I, dyp, H, g.d_down_w), N, d.st, "moeBackward dDownW");
   // dgu from one GEMM (the SwiGLU backward in its epilogue, reading gu)
   Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, d.dev);
   mg::Params dh = rows_params(d, offsets, dyp, H, w.down_w, I, true, dgu.raw(), 2 * I);
@@ -820,8 +828,10 @@ Tensor backward_grouped(const Sizes& d, const MoeWeights& w, const MoeSaved& s, 
   dh.ld_aux = 2 * I;
   mg::gemm_dgu(dh, N, d.st);
   segment_colsum(d, dgu, 2 * I, offsets, g.d_gate_up_b, "moeBackward dGateUpB");
-  const Tensor xp = gathered_rows(s.x, s.perm_tok, d.st);
-  mg::gemm_wgrad(wgrad_params(d, offsets, xp, H, dgu, 2 * I, g.d_gate_up_w), N, d.st, "moeBackward dGateUpW");
+  if (g.weight_grads) {
+    const Tensor xp = gathered_rows(s.x, s.perm_tok, d.st);
+    mg::gemm_wgrad(wgrad_params(d, offsets, xp, H, dgu, 2 * I, g.d_gate_up_w), N, d.st, "moeBackward dGateUpW");
+  }
   Tensor dxp = make_tensor({N, H}, DType::BF16, d.dev);
   mg::gemm_dx(rows_params(d, offsets, dgu, 2 * I, w.gate_up_w, H, true, dxp.raw(), H), N, d.st);
   return dxp;
@@ -831,14 +841,16 @@ Tensor backward_per_expert(const Sizes& d, const MoeWeights& w, const MoeSaved& 
                            MoeGrads& g) {
   const int64_t H = d.H, I = d.I, N = d.N;
   const std::vector<int32_t> off = saved_offsets(s);
-  per_expert_wgrad(d.dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
+  if (g.weight_grads) per_expert_wgrad(d.dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
   Tensor dh = make_tensor({N, I}, DType::BF16, d.dev);
   per_expert_xw(d.dev, off, dyp, H, w.down_w, true, I, nullptr, dh);
   Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, d.dev);
   swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
   segment_colsum(d, dgu, 2 * I, s.offsets.data<int32_t>(), g.d_gate_up_b, "moeBackward dGateUpB");
-  const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
-  per_expert_wgrad(d.dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  if (g.weight_grads) {
+    const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
+    per_expert_wgrad(d.dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  }
   Tensor dxp = make_tensor({N, H}, DType::BF16, d.dev);
   per_expert_xw(d.dev, off, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
   return dxp;
@@ -855,8 +867,7 @@ Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, co
     GPTOSS_CHECK(off[e] % kPadRows == 0 && (e == 0 || off[e] >= off[e - 1]), op, ": ctx.offsets[", e, "] = ", off[e],
                  " is not a slab boundary (multiples of ", kPadRows, ", non-decreasing)");
   const std::vector<SlabRange> slabs = slabs_of(off);
-  const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
-  slab_wgrad(d, slabs, s.h, I, dyp, H, g.d_down_w, wbeta);
+  if (g.weight_grads) slab_wgrad(d, slabs, s.h, I, dyp, H, g.d_down_w, wbeta);
   Tensor dh = make_tensor({Np, I}, DType::BF16, d.dev);
   slab_xw(d, slabs, dyp, H, w.down_w, true, I, nullptr, dh);
   // dgu and the gate_up bias gradient in one pass over the slab layout's 64-row chunks (padding rows not read).
@@ -868,16 +879,143 @@ Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, co
   chunk_colsum_reduce_kernel<<<dim3(ceil_div(2 * I, 256), E), 256, 0, d.st>>>(
       part.data<float>(), (int)(2 * I), s.offsets.data<int32_t>(), g.d_gate_up_b.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
-  slab_wgrad(d, slabs, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  if (g.weight_grads) {
+    const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
+    slab_wgrad(d, slabs, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  }
   Tensor dxp = make_tensor({Np, H}, DType::BF16, d.dev);
   slab_xw(d, slabs, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
+  return dxp;
+}
+
+// ==== expert adapters (LoRA) =====================================================================================
+
+// The adapters as bf16 GEMM operands: f32 factors are rounded into fresh bf16 copies, bf16 ones used as they are.
+struct LoraOps {
+  Tensor gu_a, gu_b, down_a, down_b;
+  float scale = 1.f;
+  bool gu = false, down = false;
+};
+
+Tensor bf16_of(const Tensor& t) {
+  if (t.dtype == DType::BF16) return t;
+  Tensor b = make_tensor(t.shape, DType::BF16, t.device);
+  ew_cast(t, b);
+  return b;
+}
+
+LoraOps lora_ops(const MoeLora& l) {
+  LoraOps o;
+  o.scale = l.scale;
+  o.gu = l.has_gu();
+  o.down = l.has_down();
+  if (o.gu) o.gu_a = bf16_of(l.gu_a), o.gu_b = bf16_of(l.gu_b);
+  if (o.down) o.down_a = bf16_of(l.down_a), o.down_b = bf16_of(l.down_b);
+  return o;
+}
+
+// Y_e[rows_e, C] += scale·(X_e[rows_e, K]·A[e])·B[e] for every expert with rows (A [E,K,r], B [E,r,C] bf16; X, Y
+// bf16 in permuted row order). The r values per row go through a bf16 temporary U [rows, r].
+void lora_xw(int dev, const std::vector<int32_t>& off, const Tensor& X, int64_t K, const Tensor& A, const Tensor& Bt,
+             int64_t C, float scale, const Tensor& Y) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1, r = A.dim(2);
+  Tensor U = make_tensor({std::max<int64_t>(off[E], 1), r}, DType::BF16, dev);
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t r0 = off[e], rows = off[e + 1] - r0;
+    if (rows == 0) continue;
+    gemm_raw(dev, rows, r, K, 1.f, at<bf>(X, r0 * K), K, false, at<bf>(A, e * K * r), r, false, DType::BF16, nullptr,
+             DType::BF16, 0.f, at<bf>(U, r0 * r), DType::BF16, r, GemmBucket::M);
+    gemm_raw(dev, rows, C, r, scale, at<bf>(U, r0 * r), r, false, at<bf>(Bt, e * r * C), C, false, DType::BF16, nullptr,
+             DType::BF16, 1.f, at<bf>(Y, r0 * C), DType::BF16, C, GemmBucket::M);
+  }
+}
+
+// The backward of lora_xw for each expert e with rows, from dOut_e [rows, C] (bf16):
+//   U = X_e·A[e], dU = scale·dOut_e·B[e]ᵀ [rows, r] (bf16 temporaries);
+//   dA[e] (f32 [K, r]) = X_eᵀ·dU, dB[e] (f32 [r, C]) = scale·Uᵀ·dOut_e (experts without rows: zeros);
+//   dIn_e [rows, K] (bf16) += dU·A[e]ᵀ.
+void lora_xw_backward(int dev, cudaStream_t st, const std::vector<int32_t>& off, const Tensor& X, int64_t K,
+                      const Tensor& dOut, int64_t C, const Tensor& A, const Tensor& Bt, float scale, const Tensor& dA,
+                      const Tensor& dB, const Tensor& dIn) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1, r = A.dim(2);
+  GPTOSS_CUDA_CHECK(cudaMemsetAsync(dA.raw(), 0, dA.numel() * sizeof(float), st), "moeBackward lora dA");
+  GPTOSS_CUDA_CHECK(cudaMemsetAsync(dB.raw(), 0, dB.numel() * sizeof(float), st), "moeBackward lora dB");
+  Tensor U = make_tensor({std::max<int64_t>(off[E], 1), r}, DType::BF16, dev);
+  Tensor dU = make_tensor({std::max<int64_t>(off[E], 1), r}, DType::BF16, dev);
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t r0 = off[e], rows = off[e + 1] - r0;
+    if (rows == 0) continue;
+    const bf* Xe = at<bf>(X, r0 * K);
+    const bf* dOe = at<bf>(dOut, r0 * C);
+    const bf* Ae = at<bf>(A, e * K * r);
+    const bf* Be = at<bf>(Bt, e * r * C);
+    bf* Ue = at<bf>(U, r0 * r);
+    bf* dUe = at<bf>(dU, r0 * r);
+    gemm_raw(dev, rows, r, K, 1.f, Xe, K, false, Ae, r, false, DType::BF16, nullptr, DType::BF16, 0.f, Ue, DType::BF16,
+             r, GemmBucket::M);
+    // dU = scale·dOut_e·B[e]ᵀ: B[e] is stored [r, C] = [N, K] of this product (transB).
+    gemm_raw(dev, rows, r, C, scale, dOe, C, false, Be, C, true, DType::BF16, nullptr, DType::BF16, 0.f, dUe,
+             DType::BF16, r, GemmBucket::M);
+    gemm_raw(dev, r, C, rows, scale, Ue, r, true, dOe, C, false, DType::BF16, nullptr, DType::F32, 0.f,
+             at<float>(dB, e * r * C), DType::F32, C, GemmBucket::K);
+    gemm_raw(dev, K, r, rows, 1.f, Xe, K, true, dUe, r, false, DType::BF16, nullptr, DType::F32, 0.f,
+             at<float>(dA, e * K * r), DType::F32, r, GemmBucket::K);
+    // dIn_e += dU·A[e]ᵀ: A[e] is stored [K, r] = [N, K] of this product (transB).
+    gemm_raw(dev, rows, K, r, 1.f, dUe, r, false, Ae, r, true, DType::BF16, nullptr, DType::BF16, 1.f,
+             at<bf>(dIn, r0 * K), DType::BF16, K, GemmBucket::M);
+  }
+}
+
+// The forward with adapters: the per-expert strategy's products (off: the unpadded offsets on the host) with the
+// adapters' shares added to gu (before the SwiGLU) and to yp.
+void forward_lora(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit, const std::vector<int32_t>& off,
+                  const LoraOps& l, MoeSaved& s) {
+  alloc_expert_rows(d, d.N, s);
+  s.offsets_host = host_tensor(off);
+  s.xp = gathered_rows(x, s.perm_tok, d.st);
+  per_expert_xw(d.dev, off, s.xp, d.H, w.gate_up_w, false, 2 * d.I, &w.gate_up_b, s.gu);
+  if (l.gu) lora_xw(d.dev, off, s.xp, d.H, l.gu_a, l.gu_b, 2 * d.I, l.scale, s.gu);
+  swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
+  per_expert_xw(d.dev, off, s.h, d.I, w.down_w, false, d.H, &w.down_b, s.yp);
+  if (l.down) lora_xw(d.dev, off, s.h, d.I, l.down_a, l.down_b, d.H, l.scale, s.yp);
+}
+
+// The backward with adapters (the forward_lora layout): backward_per_expert's products plus the adapters'.
+Tensor backward_lora(const Sizes& d, const MoeWeights& w, const MoeSaved& s, const Tensor& dyp, float wbeta,
+                     const LoraOps& l, MoeGrads& g) {
+  const int64_t H = d.H, I = d.I, N = d.N, E = d.E;
+  const std::vector<int32_t> off = saved_offsets(s);
+  GPTOSS_CHECK(off[E] == N, "moeBackward: with expert adapters the context must hold the unpadded layout of their "
+               "forward (", N, " rows), got offsets ending at ", off[E]);
+  if (g.weight_grads) per_expert_wgrad(d.dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
+  Tensor dh = make_tensor({N, I}, DType::BF16, d.dev);
+  per_expert_xw(d.dev, off, dyp, H, w.down_w, true, I, nullptr, dh);
+  if (l.down) {
+    const int64_t r = l.down_a.dim(2);
+    g.d_lora_down_a = make_tensor({E, I, r}, DType::F32, d.dev);
+    g.d_lora_down_b = make_tensor({E, r, H}, DType::F32, d.dev);
+    lora_xw_backward(d.dev, d.st, off, s.h, I, dyp, H, l.down_a, l.down_b, l.scale, g.d_lora_down_a, g.d_lora_down_b, dh);
+  }
+  Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, d.dev);
+  swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
+  segment_colsum(d, dgu, 2 * I, s.offsets.data<int32_t>(), g.d_gate_up_b, "moeBackward dGateUpB");
+  const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
+  if (g.weight_grads) per_expert_wgrad(d.dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
+  Tensor dxp = make_tensor({N, H}, DType::BF16, d.dev);
+  per_expert_xw(d.dev, off, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
+  if (l.gu) {
+    const int64_t r = l.gu_a.dim(2);
+    g.d_lora_gu_a = make_tensor({E, H, r}, DType::F32, d.dev);
+    g.d_lora_gu_b = make_tensor({E, r, 2 * I}, DType::F32, d.dev);
+    lora_xw_backward(d.dev, d.st, off, xp, H, dgu, 2 * I, l.gu_a, l.gu_b, l.scale, g.d_lora_gu_a, g.d_lora_gu_b, dxp);
+  }
   return dxp;
 }
 
 }  // namespace
 
 void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, const Tensor* residual, Tensor& y,
-                 MoeSaved& s, ExpertGemmChoice choice) {
+                 MoeSaved& s, ExpertGemmChoice choice, const MoeLora* lora) {
   const char* op = "moeForward";
   const int dev = x.device;
   DeviceGuard guard(dev);
@@ -913,22 +1051,28 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
                                          s.slot_pos.data<int32_t>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
 
-  const ExpertGemmPlan plan = plan_expert_gemms(N, E, choice, [&] { return host_offsets(s.offsets); });
-  switch (plan.strategy) {
-    case ExpertGemms::kDecode: forward_decode(d, x, w, limit, s); s.expert_gemms = "decode"; break;
-    case ExpertGemms::kGrouped: forward_grouped(d, x, w, limit, s); s.expert_gemms = "grouped"; break;
-    case ExpertGemms::kSlabs: forward_slabs(d, x, w, limit, plan.slabs, s); s.expert_gemms = "slabs"; break;
-    case ExpertGemms::kPerExpert:
-      forward_per_expert(d, x, w, limit, plan.offsets, s);
-      s.expert_gemms = "per-expert";
-      break;
+  if (lora && lora->any()) {
+    forward_lora(d, x, w, limit, host_offsets(s.offsets), lora_ops(*lora), s);
+    s.expert_gemms = "per-expert";  // the per-expert path, with the adapters' products
+  } else {
+    const ExpertGemmPlan plan = plan_expert_gemms(N, E, choice, [&] { return host_offsets(s.offsets); });
+    switch (plan.strategy) {
+      case ExpertGemms::kDecode: forward_decode(d, x, w, limit, s); s.expert_gemms = "decode"; break;
+      case ExpertGemms::kGrouped: forward_grouped(d, x, w, limit, s); s.expert_gemms = "grouped"; break;
+      case ExpertGemms::kSlabs: forward_slabs(d, x, w, limit, plan.slabs, s); s.expert_gemms = "slabs"; break;
+      case ExpertGemms::kPerExpert:
+        forward_per_expert(d, x, w, limit, plan.offsets, s);
+        s.expert_gemms = "per-expert";
+        break;
+    }
   }
   combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(),
                                     residual ? B(*residual) : nullptr, (int)H, (int)k, Bm(y));
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward combine");
 }
 
-void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeGrads& g) {
+void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeGrads& g, const MoeLora* lora) {
+  const bool with_lora = lora && lora->any();
   const char* op = "moeBackward";
   const int dev = dy.device;
   DeviceGuard guard(dev);
@@ -945,6 +1089,8 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   GPTOSS_CHECK(Np >= N, op, ": ctx.permTok has ", Np, " rows; expected ", N, " or a padded layout above it");
   const ExpertGemms strategy = saved_strategy(Np, N, E);
   const bool padded = strategy == ExpertGemms::kSlabs;
+  GPTOSS_CHECK(!with_lora || !padded, op, ": expert adapters were given, but the context holds a padded layout (its ",
+               "forward ran without them)");
 
   Tensor dyp = make_tensor({Np, H}, DType::BF16, dev);
   Tensor dlp = make_tensor({Np}, DType::F32, dev);
@@ -985,18 +1131,26 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   }
 
   // The cuBLASLt strategies add the weight gradients into the caller's buffers directly (beta 1).
-  const bool in_place = strategy != ExpertGemms::kGrouped && g.acc_gate_up_w.storage && g.acc_down_w.storage;
-  g.d_down_w = in_place ? g.acc_down_w : make_tensor({E, I, H}, DType::F32, dev);
-  g.d_gate_up_w = in_place ? g.acc_gate_up_w : make_tensor({E, H, 2 * I}, DType::F32, dev);
+  // Without weight gradients (a frozen base) the two large tensors are not allocated at all.
+  const bool in_place = g.weight_grads && (with_lora || strategy != ExpertGemms::kGrouped) && g.acc_gate_up_w.storage &&
+                        g.acc_down_w.storage;
+  if (g.weight_grads) {
+    g.d_down_w = in_place ? g.acc_down_w : make_tensor({E, I, H}, DType::F32, dev);
+    g.d_gate_up_w = in_place ? g.acc_gate_up_w : make_tensor({E, H, 2 * I}, DType::F32, dev);
+  }
   g.accumulated = in_place;
   const float wbeta = in_place ? 1.f : 0.f;
   g.d_gate_up_b = make_tensor({E, 2 * I}, DType::F32, dev);
   Tensor dxp;
-  switch (strategy) {
-    case ExpertGemms::kDecode:  // not a saved strategy (saved_strategy): decode contexts hold the grouped layout
-    case ExpertGemms::kGrouped: dxp = backward_grouped(d, w, s, dyp, g); break;
-    case ExpertGemms::kSlabs: dxp = backward_slabs(d, w, s, dyp, wbeta, g); break;
-    case ExpertGemms::kPerExpert: dxp = backward_per_expert(d, w, s, dyp, wbeta, g); break;
+  if (with_lora) {
+    dxp = backward_lora(d, w, s, dyp, wbeta, lora_ops(*lora), g);
+  } else {
+    switch (strategy) {
+      case ExpertGemms::kDecode:  // not a saved strategy (saved_strategy): decode contexts hold the grouped layout
+      case ExpertGemms::kGrouped: dxp = backward_grouped(d, w, s, dyp, g); break;
+      case ExpertGemms::kSlabs: dxp = backward_slabs(d, w, s, dyp, wbeta, g); break;
+      case ExpertGemms::kPerExpert: dxp = backward_per_expert(d, w, s, dyp, wbeta, g); break;
+    }
   }
 
   if (!chunk_sums) {

@@ -10,8 +10,11 @@ namespace gptoss::cuda {
 // grouped mma.sync kernels (moe_gemm.cuh) at any size, so tests and benchmarks can compare the two.
 enum class ExpertGemmChoice { kAuto, kDecode, kGrouped };
 
+// lora (optional): expert adapters (MoeLora); forward and backward then run the per-expert path with the adapters'
+// products (moe.cu, "expert adapters"), whatever `choice` says.
 void moe_forward(const Tensor& x, const MoeWeights& w, int64_t top_k, float limit, const Tensor* residual, Tensor& y,
-                 MoeSaved& saved, ExpertGemmChoice choice = ExpertGemmChoice::kAuto);
-void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& saved, MoeGrads& g);
+                 MoeSaved& saved, ExpertGemmChoice choice = ExpertGemmChoice::kAuto, const MoeLora* lora = nullptr);
+void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& saved, MoeGrads& g,
+                  const MoeLora* lora = nullptr);
 
 }  // namespace gptoss::cuda

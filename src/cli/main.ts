@@ -15,6 +15,7 @@ const commands: Record<string, { file: string; what: string }> = {
   plot: { file: 'plot', what: 'chart a metrics.jsonl file as PNG' },
   plan: { file: 'plan', what: 'per-GPU memory of a training config; exit 3 when it does not fit' },
   download: { file: 'download', what: 'put a Hugging Face model into the cache --model reads' },
+  'merge-lora': { file: 'merge-lora', what: 'merge LoRA adapters (PEFT layout) into a bf16 HF checkpoint' },
   launch: { file: 'launch', what: 'start one process per GPU (torchrun style)' },
 };
 

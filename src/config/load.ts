@@ -271,7 +271,15 @@ export function unsupportedSettings(c: Config): string[] {
     out.push(`${r.key}=${describe(v)}: ${r.why} (use ${r.want})`);
   }
   // The layout is judged once every key it is made of is one this version can run.
-  return out.length ? out : engineLayoutProblems(c);
+  return out.length ? out : [...engineLayoutProblems(c), ...loraProblems(c)];
+}
+
+/** LoRA (trainer.policy.model.lora.rank > 0) runs on the single-process trainer only. */
+export function loraProblems(c: Config): string[] {
+  const rank = c.trainer.policy.model.lora.rank;
+  const world = trainingWorldSize(c);
+  if (rank === 0 || world === 1) return [];
+  return [`trainer.policy.model.lora.rank=${rank} with ${world} processes: LoRA is not supported by the sharded trainer yet; it runs on one process (one GPU or the CPU: set trainer.placement.policy_num_gpus_per_node=1)`];
 }
 
 /** Throws a ConfigError listing every setting this version cannot honour (what a run checks before it starts). */

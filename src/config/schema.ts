@@ -63,6 +63,27 @@ export const ModelRefSchema = z
   })
   .prefault({});
 
+/**
+ * LoRA on the policy (src/model/lora.ts, src/trainer/lora-policy.ts): rank 0 = full fine-tuning; rank > 0 trains
+ * low-rank adapters on a frozen bf16 base (scale alpha / rank). target_modules: PEFT's module names q_proj, k_proj,
+ * v_proj, o_proj, and gate_up_proj / down_proj (the experts: PEFT's target_parameters mlp.experts.*) and router
+ * (mlp.router.weight). dropout must be 0 (not implemented; refused with the key named).
+ */
+export const LoraSchema = z
+  .strictObject({
+    rank: nonNegInt().default(0),
+    alpha: z.number().positive().default(16),
+    dropout: z.number().min(0).max(1).default(0),
+    target_modules: z
+      .array(z.enum(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_up_proj', 'down_proj', 'router']))
+      .min(1)
+      .default(['q_proj', 'k_proj', 'v_proj', 'o_proj']),
+  })
+  .prefault({});
+
+/** trainer.policy.model: the model reference plus its LoRA settings. */
+export const PolicyModelSchema = ModelRefSchema.unwrap().extend({ lora: LoraSchema }).prefault({});
+
 export const AlgorithmSchema = z
   .strictObject({
     /** grpo: (r - mean)/(std + 1e-6) within each prompt's group; dr_grpo: r - mean (no std, Dr. GRPO). */
@@ -129,7 +150,7 @@ export const TrainerSchema = z
   .strictObject({
     policy: z
       .strictObject({
-        model: ModelRefSchema,
+        model: PolicyModelSchema,
         optimizer_config: OptimizerSchema,
         /** The seed's FSDP options (trainer.policy.fsdp_config). */
         fsdp_config: z

@@ -18,7 +18,8 @@ import { accumulateGrad, disposeAll } from './tensor-helpers.ts';
 import { embeddingForward, embeddingBackward } from '../ops/embedding.ts';
 import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
 import { yarnInvFreq } from '../ops/rope.ts';
-import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward, logits as lmLogits } from '../ops/logprob.ts';
+import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward, tokenLogprobsBackwardHidden, logits as lmLogits } from '../ops/logprob.ts';
+import type { LoraAdapters } from './lora.ts';
 
 // ---- forward state -------------------------------------------------------------------------------------------------
 /** What backward needs; dispose() it if backward is not run (the batch stays the caller's unless releaseBatch). */
@@ -102,6 +103,12 @@ export class GptOssModel implements LayerHost {
   readonly rope: RopeTables;
   /** The decoder layers, in order: per-layer drivers (sharded training, benchmarks, engines) run them directly. */
   readonly layers: readonly DecoderLayer[];
+  /**
+   * Active LoRA adapters (src/model/lora.ts), or null. Forward, generation (the engine's DecoderLayer.step) and
+   * backward all read this one set, so the trainer and an engine over this model share base and adapters; while
+   * set, backward trains the adapters only (the base is frozen). The model does not own them (not disposed).
+   */
+  lora: LoraAdapters | null = null;
 
   constructor(weights: GptOssWeights, opts: ModelOptions = {}) {
     this.weights = weights;
@@ -112,6 +119,23 @@ export class GptOssModel implements LayerHost {
     this.deterministic = opts.deterministic ?? false;
     this.rope = ropeTables(this.config, this.device);
     this.layers = Array.from({ length: this.config.numLayers }, (_, l) => new DecoderLayer(this, l));
+  }
+
+  /**
+   * Runs f with the adapters switched off (the base model: LoRA's KL reference, without a second copy of the
+   * weights). f must be synchronous: the adapters are off only until it returns, and an await inside would let
+   * other work (an engine step) see the base.
+   */
+  withoutAdapters<R>(f: () => R): R {
+    const saved = this.lora;
+    this.lora = null;
+    try {
+      const r = f();
+      if (r instanceof Promise) throw new Error('GptOssModel.withoutAdapters: f must be synchronous (it returned a Promise)');
+      return r;
+    } finally {
+      this.lora = saved;
+    }
   }
 
   static random(config: GptOssConfig, device: string, init: RandomInitOptions = {}, opts: ModelOptions = {}): GptOssModel {
@@ -220,17 +244,30 @@ export class GptOssModel implements LayerHost {
     const c = this.config;
     const b = state.batch;
     if (dLogprobs.numel !== b.numTokens) throw new Error(`GptOssModel.backward: dLogprobs has ${dLogprobs.numel} values for ${b.numTokens} tokens`);
+    // With adapters the base is frozen: the LM head, final norm and embedding give no gradients (the [V, H] LM head
+    // and embedding gradients are neither computed nor allocated), and the layers add only the adapters'.
+    const frozen = this.lora !== null;
     try {
       const lmName = c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
-      const head = tokenLogprobsBackward(state.hf, this.weights.lmHead, b.targets, state.lse, dLogprobs, {
-        temperature: state.temperature,
-        chunk: this.lmHeadChunk,
-        dLmHead: grads.get(lmName),
-      });
-      accumulateGrad(grads, lmName, head.dLmHead); // a no-op where the op accumulated in place
-      const nf = rmsnormBackward(head.dHidden, state.xL, this.weights.finalNorm, state.rstdf);
-      head.dHidden.dispose();
-      accumulateGrad(grads, 'model.norm.weight', nf.dw);
+      let dHidden: Tensor;
+      if (frozen) {
+        dHidden = tokenLogprobsBackwardHidden(state.hf, this.weights.lmHead, b.targets, state.lse, dLogprobs, {
+          temperature: state.temperature,
+          chunk: this.lmHeadChunk,
+        });
+      } else {
+        const head = tokenLogprobsBackward(state.hf, this.weights.lmHead, b.targets, state.lse, dLogprobs, {
+          temperature: state.temperature,
+          chunk: this.lmHeadChunk,
+          dLmHead: grads.get(lmName),
+        });
+        accumulateGrad(grads, lmName, head.dLmHead); // a no-op where the op accumulated in place
+        dHidden = head.dHidden;
+      }
+      const nf = rmsnormBackward(dHidden, state.xL, this.weights.finalNorm, state.rstdf);
+      dHidden.dispose();
+      if (frozen) nf.dw.dispose();
+      else accumulateGrad(grads, 'model.norm.weight', nf.dw);
       let dx = nf.dx;
       for (let l = c.numLayers - 1; l >= 0; l--) {
         let s = state.saved[l] ?? null;
@@ -246,9 +283,8 @@ export class GptOssModel implements LayerHost {
         s.x.dispose();
         dx = dNext;
       }
-      const dEmb = embeddingBackward(dx, b.ids, c.vocabSize);
+      if (!frozen) accumulateGrad(grads, 'model.embed_tokens.weight', embeddingBackward(dx, b.ids, c.vocabSize));
       dx.dispose();
-      accumulateGrad(grads, 'model.embed_tokens.weight', dEmb);
     } finally {
       state.dispose();
     }

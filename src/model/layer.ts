@@ -8,6 +8,11 @@
 // itself (varlen over a packed batch, or over a KV cache the caller lays out: LayerKvCache) and the block after it
 // (outputAndMoe: o_proj, residual, norm, MoE, residual). Training's forward, generation's steps (DecoderLayer.step,
 // driven by src/inference/) and per-layer drivers (sharded training, benchmarks) all run these same pieces.
+//
+// LoRA (src/model/lora.ts): when the host carries adapters (host.lora), the pieces apply them at run time in factor
+// form (q/k/v/o: two thin GEMMs each; the router: a merged [E, H] weight per call; the experts: inside the MoE op),
+// for training and generation alike, and backward treats the base as frozen: it computes the activations' chain
+// and the adapters' gradients only (no base weight gradient is computed or allocated).
 import { gpuProfile } from '../log/gpu-profile.ts';
 import { Tensor } from '../tensor.ts';
 import type { GptOssConfig } from './config.ts';
@@ -17,9 +22,11 @@ import { accumulateGrad, disposeAll, reshape, withView } from './tensor-helpers.
 import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
 import { ropeQkvSplit, ropeQkvPack } from '../ops/rope.ts';
 import { addInPlace, add, cast } from '../ops/elementwise.ts';
-import { linearForward, linearBackward, matmul } from '../ops/gemm.ts';
+import { linearForward, linearBackward, linearBackwardInput, matmul } from '../ops/gemm.ts';
 import { attentionForward, attentionBackward } from '../ops/attention.ts';
-import { moeForward, moeBackward, type MoeContext } from '../ops/moe.ts';
+import { moeForward, moeBackward, type MoeContext, type MoeExpertLora, type MoeWeights } from '../ops/moe.ts';
+import { ropeForward, ropeBackward } from '../ops/rope.ts';
+import { loraModulePath, type LayerLora, type LoraAdapters, type LoraPair, type LoraTarget } from './lora.ts';
 
 /** YaRN RoPE tables of a model: inverse frequencies (f32 [D/2] on the model's device) and the cos/sin scaling. */
 export interface RopeTables {
@@ -40,6 +47,11 @@ export interface LayerHost {
    * layers then run only through outputAndMoeParallel (generation), never the single-device paths.
    */
   readonly tp?: TensorParallelGroup;
+  /**
+   * Active LoRA adapters (null/absent: the plain model). While set, every piece applies them and backward trains
+   * only them (the base is frozen).
+   */
+  readonly lora?: LoraAdapters | null;
 }
 
 /**
@@ -74,6 +86,8 @@ export interface OutputSaved {
   a2: Tensor;
   rstd2: Tensor;
   moe: MoeContext;
+  /** With a router adapter: the merged router weight bf16 [E, H] the MoE used (freed with the rest). */
+  routerEff?: Tensor;
 }
 
 /** The activations one layer's backward needs. */
@@ -112,6 +126,11 @@ export class DecoderLayer {
     return this.host.weights.layers[this.index]!;
   }
 
+  /** This layer's active adapters (undefined: none). */
+  get lora(): LayerLora | undefined {
+    return this.host.lora?.layers[this.index];
+  }
+
   /** Sliding-window width of this layer's attention (0 = full causal). */
   get window(): number {
     const c = this.host.config;
@@ -132,7 +151,62 @@ export class DecoderLayer {
     const { invFreq, scaling } = this.host.rope;
     const { q: qr, k: kr, v } = ropeQkvSplit(qkv, positions, invFreq, scaling, c.numHeads, c.numKvHeads);
     qkv.dispose();
+    const ll = this.lora;
+    if (ll) this.qkvLoraForward(ll, a1, positions, qr, kr, v);
     return { a1, rstd1, qr, kr, v };
+  }
+
+  /**
+   * Adds the q/k/v adapters' outputs to the roped q, k and to v (in place). RoPE is linear per position, so
+   * rope(q + Δq) = rope(q) + rope(Δq): Δq = scale·(a1·Aᵀ)·Bᵀ ([T, Hq·D]) is roped on its own and added; v has
+   * no rope (the thin GEMM adds into it directly). a1 bf16 [T, H]; qr [T, Hq, D], kr/v [T, Hkv, D] bf16. The
+   * products u [T, r] and Δ are in the adapters' dtype (bf16 adapters: no casts in the GEMMs; f32: exact on the CPU).
+   */
+  private qkvLoraForward(ll: LayerLora, a1: Tensor, positions: Tensor, qr: Tensor, kr: Tensor, v: Tensor): void {
+    const s = this.host.lora!.scale;
+    const T = a1.shape[0]!;
+    const { invFreq, scaling } = this.host.rope;
+    for (const [pair, dst] of [[ll.q, qr], [ll.k, kr]] as const) {
+      if (!pair) continue;
+      const u = matmul(a1, pair.A, { transB: true, outDtype: this.host.lora!.dtype }); // [T, r]
+      const d = matmul(u, pair.B, { transB: true, alpha: s, outDtype: this.host.lora!.dtype }); // [T, heads*D]
+      u.dispose();
+      const dr = withView(d, dst.shape, (dv) => ropeForward(dv, positions, invFreq, scaling));
+      d.dispose();
+      addInPlace(dst, dr);
+      dr.dispose();
+    }
+    if (ll.v) {
+      const u = matmul(a1, ll.v.A, { transB: true, outDtype: this.host.lora!.dtype });
+      withView(v, [T, v.shape[1]! * v.shape[2]!], (vv) => matmul(u, ll.v!.B, { transB: true, alpha: s, out: vv, accumulate: true }));
+      u.dispose();
+    }
+  }
+
+  /** out [T, n] += scale·(x·Aᵀ)·Bᵀ for a linear target's adapter pair (x [T, in]). */
+  private linearLoraForward(pair: LoraPair, x: Tensor, out: Tensor): void {
+    const u = matmul(x, pair.A, { transB: true, outDtype: this.host.lora!.dtype });
+    matmul(u, pair.B, { transB: true, alpha: this.host.lora!.scale, out, accumulate: true });
+    u.dispose();
+  }
+
+  /**
+   * The MoE's weights and expert adapters under this layer's adapters: with a router adapter, a merged router
+   * weight bf16(W + scale·B·A) [E, H] (the caller frees routerEff); expert adapters go to the op in factor form.
+   */
+  private moeInputs(w: LayerWeights): { weights: MoeWeights; routerEff?: Tensor; lora?: MoeExpertLora } {
+    const base = moeWeights(w);
+    const ll = this.lora;
+    if (!ll) return { weights: base };
+    const s = this.host.lora!.scale;
+    let routerEff: Tensor | undefined;
+    if (ll.router) {
+      routerEff = w.routerW.clone();
+      matmul(ll.router.B, ll.router.A, { out: routerEff, accumulate: true, alpha: s });
+    }
+    const lora: MoeExpertLora | undefined =
+      ll.gateUp || ll.down ? { gateUpA: ll.gateUp?.A, gateUpB: ll.gateUp?.B, downA: ll.down?.A, downB: ll.down?.B, scale: s } : undefined;
+    return { weights: routerEff ? { ...base, routerW: routerEff } : base, routerEff, lora };
   }
 
   /** Attention of a packed batch, causal within each sequence: out bf16 [T, Hq, D] and the LSE backward needs. */
@@ -151,18 +225,24 @@ export class DecoderLayer {
     const w = this.weights;
     const dev = this.host.device;
     const T = x.shape[0]!;
-    const o = withView(attn, [T, c.numHeads * c.headDim], (a) => linearForward(a, w.oW, w.oB));
+    const o = withView(attn, [T, c.numHeads * c.headDim], (a) => {
+      const r = linearForward(a, w.oW, w.oB);
+      const lo = this.lora?.o;
+      if (lo) this.linearLoraForward(lo, a, r);
+      return r;
+    });
     if (!opts.save) attn.dispose();
     const h = add(x, o);
     o.dispose();
     const { y: a2, rstd: rstd2 } = rmsnormForward(h, w.postNorm, c.rmsNormEps);
     if (opts.profile) gpuProfile.mark(dev, 'fwd o_proj+residual+norm');
     // y = h + moe(a2): the residual add rides the MoE's combine pass.
-    const m = moeForward(a2, moeWeights(w), { topK: c.topK, limit: c.swigluLimit, residual: h });
+    const mi = this.moeInputs(w);
+    const m = moeForward(a2, mi.weights, { topK: c.topK, limit: c.swigluLimit, residual: h, lora: mi.lora });
     if (opts.profile) gpuProfile.mark(dev, 'fwd moe+residual');
-    if (opts.save) return { y: m.y, saved: { attn, h, a2, rstd2, moe: m.ctx } };
+    if (opts.save) return { y: m.y, saved: { attn, h, a2, rstd2, moe: m.ctx, routerEff: mi.routerEff } };
     m.ctx.dispose();
-    disposeAll(h, a2, rstd2);
+    disposeAll(h, a2, rstd2, mi.routerEff);
     return { y: m.y, saved: null };
   }
 
@@ -180,6 +260,9 @@ export class DecoderLayer {
   async outputAndMoeParallel(x: Tensor, attn: Tensor): Promise<Tensor> {
     const tp = this.host.tp;
     if (!tp) throw new Error(`DecoderLayer ${this.index}: outputAndMoeParallel needs a tensor-parallel host (tp unset)`);
+    if (this.host.lora) {
+      throw new Error(`DecoderLayer ${this.index}: LoRA adapters are not supported on a tensor-parallel engine (serve the adapted model on one device)`);
+    }
     const c = this.host.config;
     const w = this.weights;
     const T = x.shape[0]!;
@@ -233,6 +316,10 @@ export class DecoderLayer {
   /**
    * Backward: dy (f32 [T,H]) -> dx (f32 [T,H]); parameter gradients are added into `grads` (f32, by checkpoint
    * name; missing entries are created). Frees the saved activations (not s.x, the caller's).
+   * With adapters (host.lora) the base is frozen: only the adapters' gradients go into `grads` (by adapter name,
+   * src/model/lora.ts), and no base weight gradient is computed (the GEMMs run for the input gradients only; the
+   * MoE skips its expert weight gradients; the small norm, sink and router/bias gradients the fused ops produce on
+   * the way are dropped).
    */
   backward(s: LayerSaved, dy: Tensor, b: PackedBatch, grads: Map<string, Tensor>): Tensor {
     const c = this.host.config;
@@ -249,30 +336,60 @@ export class DecoderLayer {
       return r.dx!;
     };
     const dev = this.host.device;
+    const ll = this.lora;
+    const frozen = !!this.host.lora;
+    const accL = (t: LoraTarget, ab: 'A' | 'B', g: Tensor | undefined): void => {
+      if (!g) throw new Error(`DecoderLayer ${this.index}: the MoE returned no gradient for the ${t} adapter's ${ab}`);
+      accumulateGrad(grads, `${loraModulePath(this.index, t)}.lora_${ab}`, g);
+    };
     gpuProfile.start(dev);
     // MoE branch: y = h + moe(rmsnorm2(h)).
-    // Expert weight gradients (3 GB f32 per layer at 20b size) accumulate inside the op when buffers exist.
-    const accGU = grads.get(`${p}.mlp.experts.gate_up_proj`), accDown = grads.get(`${p}.mlp.experts.down_proj`);
-    const mg = moeBackward(dy, s.moe, undefined, accGU && accDown ? { dGateUpW: accGU, dDownW: accDown } : undefined);
-    s.moe.dispose();
-    gpuProfile.mark(dev, 'bwd moe');
-    acc('mlp.router.weight', mg.dRouterW);
-    acc('mlp.router.bias', mg.dRouterB);
-    acc('mlp.experts.gate_up_proj', mg.dGateUpW);
-    acc('mlp.experts.gate_up_proj_bias', mg.dGateUpB);
-    acc('mlp.experts.down_proj', mg.dDownW);
-    acc('mlp.experts.down_proj_bias', mg.dDownB);
+    let moeDx: Tensor;
+    if (frozen) {
+      // No expert weight gradients; the router's (small) is what its adapter's gradients are made of.
+      const mg = moeBackward(dy, s.moe, undefined, undefined, { weightGrads: false });
+      s.moe.dispose();
+      if (ll?.router) this.routerLoraBackward(ll.router, mg.dRouterW, grads);
+      if (ll?.gateUp) (accL('gate_up_proj', 'A', mg.dLoraGateUpA), accL('gate_up_proj', 'B', mg.dLoraGateUpB));
+      if (ll?.down) (accL('down_proj', 'A', mg.dLoraDownA), accL('down_proj', 'B', mg.dLoraDownB));
+      disposeAll(mg.dRouterW, mg.dRouterB, mg.dGateUpB, mg.dDownB);
+      moeDx = mg.dx;
+      gpuProfile.mark(dev, 'bwd moe');
+    } else {
+      // Expert weight gradients (3 GB f32 per layer at 20b size) accumulate inside the op when buffers exist.
+      const accGU = grads.get(`${p}.mlp.experts.gate_up_proj`), accDown = grads.get(`${p}.mlp.experts.down_proj`);
+      const mg = moeBackward(dy, s.moe, undefined, accGU && accDown ? { dGateUpW: accGU, dDownW: accDown } : undefined);
+      s.moe.dispose();
+      gpuProfile.mark(dev, 'bwd moe');
+      acc('mlp.router.weight', mg.dRouterW);
+      acc('mlp.router.bias', mg.dRouterB);
+      acc('mlp.experts.gate_up_proj', mg.dGateUpW);
+      acc('mlp.experts.gate_up_proj_bias', mg.dGateUpB);
+      acc('mlp.experts.down_proj', mg.dDownW);
+      acc('mlp.experts.down_proj_bias', mg.dDownB);
+      moeDx = mg.dx;
+    }
     // dy also reaches h through the residual: dH = dy + d(rmsnorm2 branch), added inside the norm's backward.
-    const n2 = rmsnormBackward(mg.dx, s.h, w.postNorm, s.rstd2, dy);
-    mg.dx.dispose();
-    acc('post_attention_layernorm.weight', n2.dw);
+    const n2 = rmsnormBackward(moeDx, s.h, w.postNorm, s.rstd2, dy);
+    moeDx.dispose();
+    if (frozen) n2.dw.dispose();
+    else acc('post_attention_layernorm.weight', n2.dw);
     const dH = n2.dx; // f32 [T,H], gradient w.r.t. h (and the residual input x)
-    disposeAll(s.a2, s.rstd2, s.h);
+    disposeAll(s.a2, s.rstd2, s.h, s.routerEff);
     gpuProfile.mark(dev, 'bwd moe grads+norm');
     // Attention branch: h = x + o_proj(attn(...)).
     // dOut goes to the attention backward in bf16 (its native input dtype, as a BF16 autograd would store it).
     const dAttn = reshape(
-      withView(s.attn, [T, c.numHeads * D], (a) => lin('self_attn.o_proj', dH, a, w.oW, 'bf16')),
+      withView(s.attn, [T, c.numHeads * D], (a) => {
+        if (!frozen) return lin('self_attn.o_proj', dH, a, w.oW, 'bf16');
+        const da = linearBackwardInput(dH, w.oW, { dxDtype: 'bf16' });
+        if (ll?.o) {
+          const dU = this.linearLoraBackward(ll.o, 'o_proj', a, dH, grads);
+          matmul(dU, ll.o.A, { out: da, accumulate: true });
+          dU.dispose();
+        }
+        return da;
+      }),
       [T, c.numHeads, D],
     );
     gpuProfile.mark(dev, 'bwd o_proj');
@@ -285,7 +402,24 @@ export class DecoderLayer {
     });
     gpuProfile.mark(dev, this.window > 0 ? 'bwd attention (sliding)' : 'bwd attention (full)');
     disposeAll(dAttn, s.attn, s.lse, s.qr, s.kr);
-    if (ab.dsinks) acc('self_attn.sinks', ab.dsinks);
+    if (ab.dsinks) {
+      if (frozen) ab.dsinks.dispose();
+      else acc('self_attn.sinks', ab.dsinks);
+    }
+    // q/k/v adapters: their outputs' gradients are the pre-rope dq, dk (rope is linear) and dv; each gives the
+    // adapter's gradients and dU [T, r], whose share of dA1 (dU·A) is added once dA1 exists.
+    const qkvDU: [Tensor, Tensor][] = [];
+    if (ll && (ll.q || ll.k || ll.v)) {
+      const { invFreq, scaling } = this.host.rope;
+      const parts: [LoraPair | undefined, LoraTarget, Tensor, boolean][] = [[ll.q, 'q_proj', ab.dq, true], [ll.k, 'k_proj', ab.dk, true], [ll.v, 'v_proj', ab.dv, false]];
+      for (const [pair, t, d, roped] of parts) {
+        if (!pair) continue;
+        const dPre = roped ? ropeBackward(d, b.positions, invFreq, scaling) : d; // [T, heads, D]
+        const dU = withView(dPre, [T, dPre.shape[1]! * D], (dv) => this.linearLoraBackward(pair, t, s.a1, dv, grads));
+        if (roped) dPre.dispose();
+        qkvDU.push([dU, pair.A]);
+      }
+    }
     // The fused projection's output gradient dQKV [T, Hq*D + 2*Hkv*D]: dq and dk through the backward rope, dv
     // copied, in one pass. bf16 on CUDA (the GEMMs would round an f32 one to bf16 anyway); f32 on the CPU, whose
     // GEMM multiplies mixed operands exactly, so its numerics stay those of separate f32 rope outputs.
@@ -293,16 +427,58 @@ export class DecoderLayer {
     const dqkv = ropeQkvPack(ab.dq, ab.dk, ab.dv, b.positions, invFreq, scaling, dev === 'cpu' ? 'f32' : 'bf16');
     disposeAll(ab.dq, ab.dk, ab.dv, s.v);
     gpuProfile.mark(dev, 'bwd rope');
-    const dA1 = this.qkvBackward(dqkv, s.a1, grads);
+    const dA1 = frozen ? linearBackwardInput(dqkv, w.qkvW) : this.qkvBackward(dqkv, s.a1, grads);
     dqkv.dispose();
+    for (const [dU, A] of qkvDU) {
+      matmul(dU, A, { out: dA1, accumulate: true });
+      dU.dispose();
+    }
     gpuProfile.mark(dev, 'bwd qkv proj');
     const n1 = rmsnormBackward(dA1, s.x, w.inputNorm, s.rstd1, dH); // + dH: the residual around attention
     dA1.dispose();
-    acc('input_layernorm.weight', n1.dw);
+    if (frozen) n1.dw.dispose();
+    else acc('input_layernorm.weight', n1.dw);
     dH.dispose();
     disposeAll(s.a1, s.rstd1);
     gpuProfile.mark(dev, 'bwd norm1+residual');
     return n1.dx;
+  }
+
+  /**
+   * The adapter gradients of out += scale·(x·Aᵀ)·Bᵀ (a linear target t) from dOut [T, n] (bf16|f32), x [T, in]:
+   * dB [n, r] = scale·dOutᵀ·u and dA [r, in] = dUᵀ·x, with u = x·Aᵀ (recomputed: [T, r], cheap) and
+   * dU = scale·dOut·B [T, r], added into `grads` by adapter name. Returns dU (f32; the caller adds dU·A to dx).
+   */
+  private linearLoraBackward(pair: LoraPair, t: LoraTarget, x: Tensor, dOut: Tensor, grads: Map<string, Tensor>): Tensor {
+    const s = this.host.lora!.scale;
+    const path = loraModulePath(this.index, t);
+    const u = matmul(x, pair.A, { transB: true, outDtype: this.host.lora!.dtype });
+    const dU = matmul(dOut, pair.B, { alpha: s, outDtype: 'f32' });
+    const into = (name: string, a: Tensor, b2: Tensor, alpha: number): void => {
+      const g = grads.get(name);
+      if (g) matmul(a, b2, { transA: true, alpha, out: g, accumulate: true });
+      else grads.set(name, matmul(a, b2, { transA: true, alpha, outDtype: 'f32' }));
+    };
+    into(`${path}.lora_B`, dOut, u, s);
+    into(`${path}.lora_A`, dU, x, 1);
+    u.dispose();
+    return dU;
+  }
+
+  /**
+   * The router adapter's gradients from the merged router weight's (W_eff = W + scale·B·A, dW f32 [E, H]):
+   * dB [E, r] = scale·dW·Aᵀ, dA [r, H] = scale·Bᵀ·dW.
+   */
+  private routerLoraBackward(pair: LoraPair, dW: Tensor, grads: Map<string, Tensor>): void {
+    const s = this.host.lora!.scale;
+    const path = loraModulePath(this.index, 'router');
+    const put = (name: string, f: (o: { out?: Tensor; accumulate?: boolean; outDtype?: 'f32' }) => Tensor): void => {
+      const g = grads.get(name);
+      if (g) f({ out: g, accumulate: true });
+      else grads.set(name, f({ outDtype: 'f32' }));
+    };
+    put(`${path}.lora_B`, (o) => matmul(dW, pair.A, { transB: true, alpha: s, ...o }));
+    put(`${path}.lora_A`, (o) => matmul(pair.B, dW, { transA: true, alpha: s, ...o }));
   }
 
   /**
@@ -380,7 +556,7 @@ export class DecoderLayer {
 /** Disposes what a forward saved for backward (not s.x, the caller's). */
 export function disposeLayerSaved(s: LayerSaved): void {
   s.moe.dispose();
-  disposeAll(s.a1, s.rstd1, s.qr, s.kr, s.v, s.attn, s.lse, s.h, s.a2, s.rstd2);
+  disposeAll(s.a1, s.rstd1, s.qr, s.kr, s.v, s.attn, s.lse, s.h, s.a2, s.rstd2, s.routerEff);
 }
 
 function moeWeights(w: LayerWeights): { routerW: Tensor; routerB: Tensor; gateUpW: Tensor; gateUpB: Tensor; downW: Tensor; downB: Tensor } {

@@ -69,6 +69,14 @@ export interface LinearGrads {
 }
 
 /**
+ * The input gradient alone of y = x·Wᵀ + b (a frozen weight: no dW, db): dx = dy·W [T, in], dy [T, out], w [out, in].
+ * dxDtype (default f32) or, with dxAcc (f32 [T, in]), added into it and returned.
+ */
+export function linearBackwardInput(dy: Tensor, w: Tensor, opts: { dxDtype?: FloatDType; dxAcc?: Tensor } = {}): Tensor {
+  return opts.dxAcc ? matmul(dy, w, { out: opts.dxAcc, accumulate: true }) : matmul(dy, w, { outDtype: opts.dxDtype ?? 'f32' });
+}
+
+/**
  * Gradients of y = x·Wᵀ + b. dy [T, out] (bf16 or f32), x [T, in], w [out, in].
  * dx = dy·W ([T, in]), dW += dyᵀ·x ([out, in], f32), db += Σ_t dy ([out], f32).
  */
@@ -80,10 +88,7 @@ export function linearBackward(dy: Tensor, x: Tensor, w: Tensor, opts: LinearBac
   const dyMm = dy.dtype === 'f32' && dev !== 'cpu' && (x.dtype === 'bf16' || w.dtype === 'bf16') ? cast(dy, 'bf16') : dy;
   let dx: Tensor | undefined;
   if (opts.needDx !== false) {
-    const dyX = w.dtype === 'bf16' ? dyMm : dy;
-    dx = opts.dxAcc
-      ? matmul(dyX, w, { out: opts.dxAcc, accumulate: true })
-      : matmul(dyX, w, { outDtype: opts.dxDtype ?? 'f32' });
+    dx = linearBackwardInput(w.dtype === 'bf16' ? dyMm : dy, w, { dxDtype: opts.dxDtype, dxAcc: opts.dxAcc });
   }
   // No buffer yet (the first micro-batch after zero_grad): write the gradient instead of adding it to zeros, which
   // saves a fill and a read of the buffer.

@@ -48,6 +48,28 @@ export interface TokenLogprobsGrads {
   dLmHead: Tensor;
 }
 
+/**
+ * dHidden only, for a frozen LM head (LoRA training): no [V, H] f32 gradient is allocated or computed.
+ * Same arguments as tokenLogprobsBackward (opts.dLmHead must be absent).
+ */
+export function tokenLogprobsBackwardHidden(
+  hidden: Tensor,
+  lmHead: Tensor,
+  targets: Tensor,
+  lse: Tensor,
+  dLogprobs: Tensor,
+  opts: Omit<TokenLogprobsBackwardOptions, 'dLmHead'> = {},
+): Tensor {
+  if ((opts.dEntropy === undefined) !== (opts.entropy === undefined)) {
+    throw new Error('tokenLogprobsBackwardHidden: dEntropy and entropy must be given together');
+  }
+  const r = native().ops.tokenLogprobsBackward(
+    hidden.native, lmHead.native, targets.native, lse.native, dLogprobs.native, opts.temperature ?? 1, opts.chunk ?? 0,
+    null, opts.dEntropy?.native ?? null, opts.entropy?.native ?? null, true, false,
+  );
+  return new Tensor(r.dHidden);
+}
+
 /** Gradients of the log-probs (and optionally the entropy) with respect to hidden and lmHead. dLogprobs f32 [T]. */
 export function tokenLogprobsBackward(
   hidden: Tensor,

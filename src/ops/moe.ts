@@ -37,6 +37,33 @@ export interface MoeOptions {
    * mma.sync kernels at any size, so tests and benchmarks can compare them. The CPU accepts only 'auto'.
    */
   expertGemms?: 'auto' | 'decode' | 'grouped';
+  /**
+   * Low-rank adapters on the expert weights. On CUDA the op then runs its per-expert cuBLAS path with the adapters'
+   * per-expert GEMMs (native/cuda/moe.cu, "expert adapters"), whatever the batch size.
+   */
+  lora?: MoeExpertLora;
+}
+
+/**
+ * LoRA adapters on the experts, applied to each expert's routed rows in factor form (src/model/lora.ts makes them):
+ *   gu  = x·W_gu[e]   + b + scale·(x·gateUpA[e])·gateUpB[e]     gateUpA [E,H,r], gateUpB [E,r,2I]
+ *   out = h·W_down[e] + b + scale·(h·downA[e])·downB[e]         downA [E,I,r],   downB [E,r,H]
+ * Each pair is optional (both tensors or neither); bf16 or f32. The x·A products stay fp32 inside the op.
+ */
+export interface MoeExpertLora {
+  gateUpA?: Tensor;
+  gateUpB?: Tensor;
+  downA?: Tensor;
+  downB?: Tensor;
+  scale: number;
+}
+
+/** The expert adapters' gradients (f32, the factors' shapes), for the pairs that were given. */
+export interface MoeLoraGrads {
+  dLoraGateUpA?: Tensor;
+  dLoraGateUpB?: Tensor;
+  dLoraDownA?: Tensor;
+  dLoraDownB?: Tensor;
 }
 
 export interface MoeGrads {
@@ -80,10 +107,13 @@ export class MoeContext {
   readonly expertGemms: ExpertGemmsRun;
   /** The weights forward used (the caller's tensors; not disposed with the context). */
   readonly weights: MoeWeights;
+  /** The expert adapters forward used (the caller's tensors), which backward differentiates. */
+  readonly lora: MoeExpertLora | undefined;
   private countsHost: Int32Array | undefined;
 
-  constructor(r: NativeMoeForward, weights: MoeWeights, topK: number, limit: number, exact: boolean) {
+  constructor(r: NativeMoeForward, weights: MoeWeights, topK: number, limit: number, exact: boolean, lora?: MoeExpertLora) {
     this.weights = weights;
+    this.lora = lora;
     this.topK = topK;
     this.limit = limit;
     this.exact = exact;
@@ -145,9 +175,9 @@ export function moeForward(x: Tensor, w: MoeWeights, opts: MoeOptions): MoeForwa
   const exact = opts.exact ?? false;
   const r = native().ops.moeForward(
     x.native, w.routerW.native, w.routerB.native, w.gateUpW.native, w.gateUpB.native, w.downW.native, w.downB.native,
-    opts.topK, limit, exact, opts.residual?.native ?? null, opts.expertGemms ?? 'auto',
+    opts.topK, limit, exact, opts.residual?.native ?? null, opts.expertGemms ?? 'auto', ...loraArgs(opts.lora),
   );
-  const ctx = new MoeContext(r, w, opts.topK, limit, exact);
+  const ctx = new MoeContext(r, w, opts.topK, limit, exact, opts.lora);
   const y = new Tensor(r.y);
   return {
     y,
@@ -167,19 +197,42 @@ export interface MoeWeightGradBuffers {
   dDownW: Tensor;
 }
 
+/** The native moe ops' trailing adapter arguments (gateUpA, gateUpB, downA, downB, scale). */
+function loraArgs(l: MoeExpertLora | undefined): [NativeTensor | null, NativeTensor | null, NativeTensor | null, NativeTensor | null, number] {
+  if (!l) return [null, null, null, null, 1];
+  if (!l.gateUpA !== !l.gateUpB || !l.downA !== !l.downB) throw new Error('moe lora: gateUpA/gateUpB and downA/downB come in pairs (both or neither)');
+  return [l.gateUpA?.native ?? null, l.gateUpB?.native ?? null, l.downA?.native ?? null, l.downB?.native ?? null, l.scale];
+}
+
+/** The gradients of a frozen-base backward (weightGrads false): no expert weight matrices' gradients. */
+export type MoeFrozenGrads = Omit<MoeGrads, 'dGateUpW' | 'dDownW'> & MoeLoraGrads;
+
+export interface MoeBackwardOptions {
+  /**
+   * false: a frozen base (LoRA): the expert weight matrices' gradients (dGateUpW, dDownW: 3.2 GB f32 per gpt-oss-20b
+   * layer) are neither computed nor allocated; the small router and bias gradients still come out. Default true.
+   */
+  weightGrads?: boolean;
+}
+
 /**
  * MoE block backward. dy bf16|f32 [T,H]; all gradients are fresh f32 tensors, except dGateUpW/dDownW which are
  * `into`'s tensors (accumulated) when it is given. ctx stays alive (dispose it).
  * `w` defaults to the weights forward used (pass re-gathered copies of the same values when sharding).
+ * With adapters in the forward (ctx.lora), their gradients come back too (dLoraGateUpA ...).
  */
-export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights = ctx.weights, into?: MoeWeightGradBuffers): MoeGrads {
+export function moeBackward(dy: Tensor, ctx: MoeContext, w?: MoeWeights, into?: MoeWeightGradBuffers, opts?: { weightGrads?: true }): MoeGrads & MoeLoraGrads;
+export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights | undefined, into: undefined, opts: { weightGrads: false }): MoeFrozenGrads;
+export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights = ctx.weights, into?: MoeWeightGradBuffers, opts: MoeBackwardOptions = {}): MoeFrozenGrads & Partial<MoeGrads> {
   if (ctx.disposed) throw new Error('moeBackward: the MoeContext was disposed');
+  const weightGrads = opts.weightGrads ?? true;
+  if (!weightGrads && into) throw new Error('moeBackward: gradient buffers (into) were given with weightGrads false');
   const r = native().ops.moeBackward(
     dy.native, w.routerW.native, w.routerB.native, w.gateUpW.native, w.gateUpB.native, w.downW.native, w.downB.native,
     ctx.x.native, ctx.topkIdx.native, ctx.topkW.native, ctx.countsTensor.native, ctx.offsets.native, ctx.permTok.native,
     ctx.slotPos.native, ctx.gu.native, ctx.h.native, ctx.yp.native,
     ctx.topK, ctx.limit, ctx.exact, into?.dGateUpW.native ?? null, into?.dDownW.native ?? null, ctx.xp?.native ?? null,
-    ctx.offsetsHost?.native ?? null,
+    ctx.offsetsHost?.native ?? null, weightGrads, ...loraArgs(ctx.lora),
   );
   // With `into`, the native side returns new handles on the caller's buffers: hand back the caller's tensors.
   const own = (h: NativeTensor, buf?: Tensor): Tensor => {
@@ -187,13 +240,18 @@ export function moeBackward(dy: Tensor, ctx: MoeContext, w: MoeWeights = ctx.wei
     h.dispose();
     return buf;
   };
+  const opt = (h: NativeTensor | undefined): Tensor | undefined => (h ? new Tensor(h) : undefined);
   return {
     dx: new Tensor(r.dx),
     dRouterW: new Tensor(r.dRouterW),
     dRouterB: new Tensor(r.dRouterB),
-    dGateUpW: own(r.dGateUpW, into?.dGateUpW),
+    dGateUpW: r.dGateUpW ? own(r.dGateUpW, into?.dGateUpW) : undefined,
     dGateUpB: new Tensor(r.dGateUpB),
-    dDownW: own(r.dDownW, into?.dDownW),
+    dDownW: r.dDownW ? own(r.dDownW, into?.dDownW) : undefined,
     dDownB: new Tensor(r.dDownB),
+    dLoraGateUpA: opt(r.dLoraGateUpA),
+    dLoraGateUpB: opt(r.dLoraGateUpB),
+    dLoraDownA: opt(r.dLoraDownA),
+    dLoraDownB: opt(r.dLoraDownB),
   };
 }

@@ -44,8 +44,8 @@ function toArrays(b: SequenceBatch): number[][] {
   return b.sequences.map((s) => Array.from(s));
 }
 
-/** Log-probs (no grad) of a GptOssModel. */
-function modelLogprobs(model: GptOssModel, batch: SequenceBatch, opts: LogprobOptions = {}): LogprobOutput {
+/** Log-probs (no grad) of a GptOssModel (with its active adapters, if any). */
+export function modelLogprobs(model: GptOssModel, batch: SequenceBatch, opts: LogprobOptions = {}): LogprobOutput {
   checkBatch(batch, 'logprobs');
   if (batch.sequences.length === 0) return { logprobs: [], entropy: opts.entropy ? [] : undefined };
   const pb = packSequences(toArrays(batch), model.device);
@@ -75,7 +75,7 @@ export class FrozenGptOss implements LogprobModel {
   }
 }
 
-interface OptState {
+export interface OptState {
   master: Tensor;
   m: Tensor;
   v: Tensor;
@@ -83,8 +83,8 @@ interface OptState {
 
 export class GptOssPolicy implements Policy {
   readonly model: GptOssModel;
-  private grads: Map<string, Tensor> | null = null;
-  private opt = new Map<string, OptState>();
+  protected grads: Map<string, Tensor> | null = null;
+  protected opt = new Map<string, OptState>();
   /** Optimizer steps taken (also saved). */
   optimizerSteps = 0;
 

@@ -22,9 +22,15 @@
 //   (trainer.policy.optimizer_config.offload_after_step); the engine holds its tensor-parallel slice of the
 //   weights, its working buffers and the paged KV cache, all within generator.gpu_memory_utilization x M.
 //
+// LoRA form (trainer.policy.model.lora.rank > 0; planLoraTraining below): one GPU holds the frozen bf16 base once,
+// shared by the trainer and the colocated engine (src/model/lora.ts), the f32 adapters with their AdamW moments and
+// gradients, and the activations of a frozen-base backward (no base weight gradients, no fp32 masters, no reference
+// copy: the KL reference is the base with the adapters off).
+//
 // Bytes are plain numbers (exact below 2^53: ample for any GPU). "GB" means 1e9 bytes throughout.
 import type { Config } from '../config/schema.ts';
 import type { GptOssConfig } from '../model/config.ts';
+import { LORA_TARGETS, loraShapes, type LoraTarget } from '../model/lora.ts';
 
 // ---- parameters ------------------------------------------------------------------------------------------------
 
@@ -276,6 +282,8 @@ export interface PlanInput {
   colocateAll: boolean;
   /** Colocated: masters and moments move to host while the engine generates (optimizer_config.offload_after_step). */
   offloadOptimizerWhileGenerating: boolean;
+  /** LoRA training (trainer.policy.model.lora.rank > 0): planned by planLoraTraining. */
+  lora?: { rank: number; targets: readonly LoraTarget[] };
   engine: {
     tensorParallel: number;
     engines: number;
@@ -343,6 +351,8 @@ export interface MemoryPlan {
   overflows: string[];
   /** Facts worth knowing that do not make the plan fail. */
   notes: string[];
+  /** The LoRA form (planLoraTraining): the adapters planned. */
+  lora?: { rank: number; targets: string[]; adapterParams: number };
 }
 
 const GB = 1e9;
@@ -381,6 +391,7 @@ export function planInputFromConfig(
     ref: t.algorithm.use_kl_loss ? (t.placement.colocate_policy_ref ? 'gpu' : 'host') : 'none',
     colocateAll: t.placement.colocate_all,
     offloadOptimizerWhileGenerating: t.policy.optimizer_config.offload_after_step,
+    lora: t.policy.model.lora.rank > 0 ? { rank: t.policy.model.lora.rank, targets: t.policy.model.lora.target_modules } : undefined,
     engine: {
       tensorParallel: g.inference_engine_tensor_parallel_size,
       engines,
@@ -403,6 +414,7 @@ export function planFromConfig(
 }
 
 export function planMemory(input: PlanInput): MemoryPlan {
+  if (input.lora) return planLoraTraining(input, input.lora);
   const a: PlanAssumptions = { ...DEFAULT_ASSUMPTIONS, ...input.assumptions };
   const c = input.model;
   const N = input.gpus;
@@ -585,6 +597,8 @@ export function engineMemoryPlan(
   gpuMemoryBytes: number,
   kept: readonly PlanRow[] = [],
   assumptions: Partial<PlanAssumptions> = {},
+  /** The engine runs the trainer's own weights (a LoRA run: one copy of the base, counted in `kept`). */
+  sharedWeights = false,
 ): GeneratePlan {
   const a: PlanAssumptions = { ...DEFAULT_ASSUMPTIONS, ...assumptions };
   const tp = e.tensorParallel;
@@ -596,7 +610,8 @@ export function engineMemoryPlan(
   const total = units.total;
   const replicated = c.numLayers * (lp.norms + lp.router) + units.embedding + units.head;
   const perGpu = replicated + Math.ceil((total - replicated) / tp);
-  rows.push({ key: 'engineWeights', label: `engine weights (TP ${tp} slice)`, bytes: 2 * perGpu, formula: `2 B x (replicated ${fmtB(replicated)} + ${fmtB(total - replicated)}/${tp})` });
+  if (sharedWeights) rows.push({ key: 'engineWeights', label: 'engine weights', bytes: 0, formula: "the trainer's base (one copy, shared in the process)" });
+  else rows.push({ key: 'engineWeights', label: `engine weights (TP ${tp} slice)`, bytes: 2 * perGpu, formula: `2 B x (replicated ${fmtB(replicated)} + ${fmtB(total - replicated)}/${tp})` });
   // Working buffers: one layer's forward over a prefill chunk of max_num_batched_tokens (the TP slice), and
   // the decode step's f32 logits [max_num_seqs, V] plus the sampler's fp32 copy of them.
   const H = c.hiddenSize;
@@ -643,6 +658,103 @@ export function engineMemoryPlan(
   };
 }
 
+/** Adapter parameters of a LoRA spec on a config (every layer; shapes of src/model/lora.ts). */
+export function loraParams(c: GptOssConfig, rank: number, targets: readonly LoraTarget[]): number {
+  let n = 0;
+  for (const t of targets) {
+    const sh = loraShapes(c, t, rank);
+    n += sh.A.reduce((x, y) => x * y, 1) + sh.B.reduce((x, y) => x * y, 1);
+  }
+  return n * c.numLayers;
+}
+
+/**
+ * LoRA GRPO on one GPU (the single-process trainer with its colocated engine). Training rows: the frozen bf16 base
+ * (2 B/param, the only copy: the engine and the KL reference use it too), the f32 adapters (their own masters),
+ * AdamW's moments and the adapter gradients (4 + 8 + 4 B per adapter parameter), the activations of one micro-batch
+ * (as the full trainer's: the frozen-base backward keeps the same activations and temporaries, minus the weight
+ * gradients, plus the adapters' [T, r] products), overheads and slack. Generation rows: the base and the adapters
+ * with their moments kept (gradients are set to none after the step), the engine's buffers, the KV pool.
+ */
+export function planLoraTraining(input: PlanInput, lora: { rank: number; targets: readonly LoraTarget[] }): MemoryPlan {
+  const a: PlanAssumptions = { ...DEFAULT_ASSUMPTIONS, ...input.assumptions };
+  const c = input.model;
+  const M = input.gpuMemoryBytes;
+  const N = input.gpus;
+  if (!(M > 0)) throw new Error(`memory plan: GPU memory must be positive, got ${M}`);
+  const units = paramUnits(c);
+  const P = units.total;
+  const A = loraParams(c, lora.rank, lora.targets);
+  const overflows: string[] = [];
+  const notes: string[] = [];
+  if (N !== 1) overflows.push(`LoRA: trainer.policy.model.lora runs on one GPU (the single-process trainer); planned on ${N} GPUs (use --gpus 1)`);
+  const unknown = lora.targets.filter((t) => !LORA_TARGETS.includes(t));
+  if (unknown.length) throw new Error(`memory plan: unknown LoRA targets ${unknown.join(', ')}`);
+  const experts = lora.targets.filter((t) => t === 'gate_up_proj' || t === 'down_proj');
+  if (experts.length) {
+    notes.push(`adapters on the experts (${experts.join(', ')}) run the MoE's per-expert cuBLAS path at every batch size (its grouped decode kernels have no adapter epilogue): slower generation than attention-only adapters`);
+  }
+  if (input.cpuOffload) notes.push('trainer.policy.fsdp_config.cpu_offload has nothing to offload in a LoRA run (the adapters\' optimizer state is small)');
+  const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding);
+  const withoutRecompute = trainingActivations(c, input.microBatchTokens, false, a.moeRowPadding);
+  const act = input.recompute ? withRecompute : withoutRecompute;
+  // The adapters' products in the backward: per linear target u = x·Aᵀ and dU [T, r] f32 (one target at a time).
+  const adapterAct = input.microBatchTokens * 2 * 4 * lora.rank;
+  const fwdAct = forwardActivations(c, input.forwardMicroBatchTokens, a.moeRowPadding);
+  const trainActBytes = Math.max(act.peakBytes + adapterAct, fwdAct);
+  const train: PlanRow[] = [
+    { key: 'weights', label: 'bf16 base (frozen, shared)', bytes: 2 * P, formula: `2 B x ${fmtB(P)} params (trainer, engine and KL reference)` },
+    { key: 'adapters', label: 'f32 adapters (their masters)', bytes: 4 * A, formula: `4 B x ${fmtB(A)} adapter params (rank ${lora.rank}: ${lora.targets.join(', ')})` },
+    { key: 'moments', label: 'AdamW moments (m, v)', bytes: 8 * A, formula: '2 x 4 B x adapter params' },
+    { key: 'grads', label: 'f32 adapter gradients', bytes: 4 * A, formula: '4 B x adapter params (no base gradients)' },
+    {
+      key: 'activations',
+      label: `activations (${fmtInt(input.microBatchTokens)} tokens)`,
+      bytes: trainActBytes,
+      formula:
+        fwdAct > act.peakBytes + adapterAct
+          ? `no-grad forward of ${fmtInt(input.forwardMicroBatchTokens)} tokens`
+          : `recompute ${input.recompute ? 'on' : 'off'}: stored ${formatGB(act.storedBytes)}, peak in ${act.layerBackwardPeakBytes >= act.headBackwardPeakBytes ? "the last layer's backward" : 'the LM head backward'} + adapter products ${formatGB(adapterAct)}`,
+    },
+    { key: 'overhead', label: 'CUDA context, cuBLAS', bytes: a.cudaContextBytes + a.cublasBytes, formula: `CUDA context ${formatGB(a.cudaContextBytes)} + cuBLAS workspaces ${formatGB(a.cublasBytes)} (assumed)` },
+    { key: 'slack', label: 'allocator slack', bytes: a.allocatorSlack * trainActBytes, formula: `${a.allocatorSlack} x transient (${formatGB(trainActBytes)})` },
+  ];
+  if (input.ref !== 'none') notes.push('the KL reference is the base with the adapters off: no second copy of the weights');
+  const trainTotal = train.reduce((s, r) => s + r.bytes, 0);
+  if (trainTotal > M) {
+    const hint = [...(!input.recompute && withRecompute.peakBytes < act.peakBytes ? ['trainer.gradient_checkpointing=true'] : []), 'a smaller micro-batch (trainer.micro_train_batch_size_per_gpu)'];
+    overflows.push(`training: ${formatGB(trainTotal)} GB > ${formatGB(M)} GB (${biggest(train)}); try ${hint.join(', ')}`);
+  }
+  const e = input.engine;
+  if (e.tensorParallel !== 1 || e.engines !== 1) overflows.push(`LoRA: one engine of TP 1 on the trainer's GPU (got ${e.engines} engines x TP ${e.tensorParallel})`);
+  const kept: PlanRow[] = [
+    { key: 'weights', label: 'bf16 base (shared with the engine)', bytes: 2 * P, formula: '2 B x params (kept)' },
+    { key: 'adapters', label: 'adapters + moments', bytes: 12 * A, formula: '(4 + 8) B x adapter params (kept; gradients set to none)' },
+  ];
+  const generate = engineMemoryPlan(c, { ...e, tensorParallel: 1 }, M, kept, { ...a, ncclBytes: 0 }, true);
+  if (generate.usedBytes > generate.limitBytes) {
+    overflows.push(`colocated generation: the base, the adapters and the engine need ${formatGB(generate.usedBytes)} GB > gpu_memory_utilization ${e.gpuMemoryUtilization} x ${formatGB(M)} GB = ${formatGB(generate.limitBytes)} GB before any KV cache`);
+  } else if (generate.fullSequences < 1) {
+    overflows.push(`colocated generation: the ${formatGB(generate.kvPoolBytes)} GB left for the KV cache holds no sequence of ${fmtInt(e.sequenceTokens)} tokens (needs ${formatGB(kvBytesPerSequence(generate.kv, e.sequenceTokens))} GB each)`);
+  } else if (generate.fullSequences < Math.min(e.rolloutSequences, e.maxNumSeqs)) {
+    notes.push(`the KV cache holds ${fmtInt(generate.fullSequences)} full-length sequences at once, fewer than the ${fmtInt(Math.min(e.rolloutSequences, e.maxNumSeqs))} the engine is given per step: generation runs in waves`);
+  }
+  const { model: _m, assumptions: _a, ...rest } = input;
+  return {
+    input: rest,
+    assumptions: a,
+    params: { total: P, embedding: units.embedding, layer: units.layers[0] ?? 0, layers: c.numLayers, head: units.head, perRank: P, largestUnit: P, largestUnitName: 'the whole base (one GPU)' },
+    activations: { withRecompute, withoutRecompute, forwardBytes: fwdAct },
+    train: { rows: train, totalBytes: trainTotal, limitBytes: M },
+    generate,
+    host: { rows: [], totalBytes: 0 },
+    fits: overflows.length === 0,
+    overflows,
+    notes,
+    lora: { rank: lora.rank, targets: [...lora.targets], adapterParams: A },
+  };
+}
+
 /** The three largest rows as "label 12.34 GB" (what an overflow message names). */
 function biggest(rows: PlanRow[]): string {
   return [...rows]
@@ -662,6 +774,7 @@ export function formatPlan(p: MemoryPlan): string {
   out.push(
     `memory plan: ${i.modelName} (${fmtB(pr.total)} parameters: embedding ${fmtB(pr.embedding)}, ${pr.layers} layers x ${fmtB(pr.layer)}, head ${fmtB(pr.head)}) on ${i.gpus} GPU${i.gpus > 1 ? 's' : ''} x ${formatGB(i.gpuMemoryBytes)} GB`,
   );
+  if (p.lora) out.push(`LoRA: rank ${p.lora.rank} on ${p.lora.targets.join(', ')}: ${fmtB(p.lora.adapterParams)} trainable parameters on a frozen bf16 base`);
   out.push(
     `micro-batch ${fmtInt(i.microBatchTokens)} tokens (no-grad ${fmtInt(i.forwardMicroBatchTokens)}), recompute ${i.recompute ? 'on' : 'off'}, cpu_offload ${i.cpuOffload ? 'on' : 'off'}, KL reference ${i.ref === 'none' ? 'none' : `on ${i.ref}`}, colocate_all ${i.colocateAll}`,
   );

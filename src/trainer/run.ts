@@ -16,6 +16,8 @@ import type { Generator } from './policy.ts';
 import { evaluate, planGrpoSteps, trainGrpo, type GrpoResult } from './grpo.ts';
 import { createMetrics, sftCheckpointRoot, type RunPieces } from './setup.ts';
 import { trainSft, type SftResult } from './sft.ts';
+import { LoraPolicy } from './lora-policy.ts';
+import type { Policy } from './policy.ts';
 
 const log = childLogger('run');
 
@@ -86,6 +88,14 @@ function eitherSignal(a?: AbortSignal, b?: AbortSignal): AbortSignal | undefined
   return ac.signal;
 }
 
+/**
+ * Runs f with the policy the SFT warm start trains: the run's policy, or for a LoRA run the full-weight base (the
+ * warm start fine-tunes the base; GRPO then trains adapters on it, its KL reference being that base).
+ */
+function withSftPolicy<R>(run: RunPieces, f: (p: Policy) => Promise<R>): Promise<R> {
+  return run.policy instanceof LoraPolicy ? run.policy.withBase(f) : f(run.policy);
+}
+
 export async function runTraining(config: Config, run: RunPieces, o: TrainingRunOptions = {}): Promise<TrainingRunResult> {
   const t = config.trainer;
   const force = o.forceResume;
@@ -102,7 +112,7 @@ export async function runTraining(config: Config, run: RunPieces, o: TrainingRun
         // GRPO goes on from its checkpoint; its KL reference is the warm start's result.
         const sftDone = planResume({ config, root: sftRoot, phase: 'SFT', keys: SFT_RESUME_KEYS, force });
         if (sftDone && (sftDone.state.extra as { finished?: boolean } | undefined)?.finished) {
-          await run.policy.load(sftDone.dir);
+          await withSftPolicy(run, (p) => p.load(sftDone.dir));
           log.info('SFT warm start: finished earlier (%s); GRPO continues from its checkpoint', sftDone.dir);
         } else {
           log.warn('SFT warm start: no finished SFT checkpoint in %s; the KL reference is the initial model', sftRoot);
@@ -112,9 +122,11 @@ export async function runTraining(config: Config, run: RunPieces, o: TrainingRun
         base.sftMetricsPath = sftMetrics.path;
         try {
           log.info({ steps: t.sft.steps, stop_at_reward: t.sft.stop_at_reward, eval_interval: t.sft.eval_interval }, 'SFT warm start');
-          sft = await trainSft(
-            { config, policy: run.policy, env: run.env, generator: run.generator, metrics: sftMetrics, signal: o.signal, onStep: o.onSftStep, onEval: o.onSftEval, ckptRoot: sftRoot, forceResume: force },
-            { shouldStop: o.sftShouldStop },
+          sft = await withSftPolicy(run, (policy) =>
+            trainSft(
+              { config, policy, env: run.env, generator: run.generator, metrics: sftMetrics, signal: o.signal, onStep: o.onSftStep, onEval: o.onSftEval, ckptRoot: sftRoot, forceResume: force },
+              { shouldStop: o.sftShouldStop },
+            ),
           );
         } finally {
           await sftMetrics.close();

@@ -7,8 +7,9 @@ import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
 import { defaultDevice } from '../native.ts';
-import { loadModel, presetConfig, randomModel, type GptOssModel, type PresetName } from '../model/index.ts';
+import { loadModel, presetConfig, randomModel, LoraAdapters, checkLoraSpec, type GptOssModel, type LoraSpec, type PresetName } from '../model/index.ts';
 import { FrozenGptOss, GptOssPolicy } from './gptoss-policy.ts';
+import { LoraPolicy } from './lora-policy.ts';
 import { LocalGenerator, engineOptionsFromConfig } from '../inference/local-generator.ts';
 import type { Generator, LogprobModel, Policy, ResourceSampler } from './policy.ts';
 import { memoryStats, resetPeakMemory } from '../tensor.ts';
@@ -104,7 +105,10 @@ export interface RunPieces {
   env: TaskEnv;
   vocab: VocabMap | null;
   model: GptOssModel;
-  /** One process: a GptOssPolicy over `model`; several: rank 0's driver of the sharded policy (distributed-run.ts). */
+  /**
+   * One process: a GptOssPolicy over `model` (a LoraPolicy when trainer.policy.model.lora.rank > 0); several: rank
+   * 0's driver of the sharded policy (distributed-run.ts).
+   */
   policy: Policy;
   /** One process: a LocalGenerator over `model`; several: rank 0's pool of engines. */
   generator: Generator;
@@ -189,7 +193,19 @@ export async function setupRun(c: Config): Promise<RunPieces> {
     }
   }
   log.info({ ms: Date.now() - t0, device }, 'model ready');
-  const policy = new GptOssPolicy(model);
+  const spec = loraSpecOf(c);
+  let policy: GptOssPolicy;
+  if (spec) {
+    try {
+      checkLoraSpec(spec);
+    } catch (e) {
+      model.dispose();
+      throw new SetupError((e as Error).message);
+    }
+    // bf16 adapters on a GPU (the GEMMs' operand dtype; fp32 masters in the policy), f32 on the CPU.
+    policy = new LoraPolicy(model, LoraAdapters.init(model.config, spec, device, { seed: c.trainer.seed, dtype: device === 'cpu' ? 'f32' : 'bf16' }));
+    log.info({ rank: spec.rank, alpha: spec.alpha, targets: spec.targets, trainable: policy.numParameters(), base: model.weights.numParameters() }, 'LoRA adapters on a frozen base');
+  } else policy = new GptOssPolicy(model);
   const generator = new LocalGenerator(model, engineOptionsFromConfig(c.generator));
   let ref: LogprobModel | undefined;
   const refPath = c.trainer.ref.model.path;
@@ -201,6 +217,13 @@ export async function setupRun(c: Config): Promise<RunPieces> {
     }
   }
   return { device, env, vocab, model, policy, generator, ref, resources: deviceResources(device, () => generator.stats()?.preemptions ?? 0) };
+}
+
+/** The LoRA spec of trainer.policy.model.lora, or null when rank is 0 (full fine-tuning). */
+export function loraSpecOf(c: Config): LoraSpec | null {
+  const l = c.trainer.policy.model.lora;
+  if (l.rank === 0) return null;
+  return { rank: l.rank, alpha: l.alpha, dropout: l.dropout, targets: l.target_modules };
 }
 
 export function metricsPath(c: Config): string {

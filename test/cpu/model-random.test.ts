@@ -41,7 +41,7 @@ test('a run builds <preset>:random:layers=N with random weights; an unknown pres
   assert.equal(run.model.config.hiddenSize, presetConfig('gpt-oss-tiny').hiddenSize);
   run.generator.dispose();
   run.policy.dispose();
-  const bad = { ...c, trainer: { ...c.trainer, policy: { ...c.trainer.policy, model: { path: 'gpt-oss-7b:random' } } } };
+  const bad = { ...c, trainer: { ...c.trainer, policy: { ...c.trainer.policy, model: { ...c.trainer.policy.model, path: 'gpt-oss-7b:random' } } } };
   await assert.rejects(setupRun(bad), /trainer\.policy\.model\.path=gpt-oss-7b:random: unknown gpt-oss preset 'gpt-oss-7b'/);
 });
 

@@ -122,12 +122,16 @@ const ENV_KEYS: Record<string, string[]> = {
   EVAL_INTERVAL: ['trainer.eval_interval'],
   MICRO_TRAIN: ['trainer.micro_train_batch_size_per_gpu'],
   MICRO_FORWARD: ['trainer.micro_forward_batch_size_per_gpu'],
+  LORA_RANK: ['trainer.policy.model.lora.rank'],
+  LORA_ALPHA: ['trainer.policy.model.lora.alpha'],
+  LORA_TARGETS: ['trainer.policy.model.lora.target_modules'],
 };
 
 /**
  * A recipe with GRPO_LEARNS_* overrides: DEVICE, MODEL, SEED, REASONING, NUM_TRAIN, NUM_VAL, SFT_STEPS, SFT_LR,
  * SFT_BATCH, SFT_STOP (the warm start's stop-at reward; 'off' runs every SFT step), SFT_EVAL_EVERY, STEPS, PROMPTS,
- * N, LR, KL, T, EVAL_T, EVAL_N, EVAL_INTERVAL, MICRO_TRAIN, MICRO_FORWARD; each becomes the config override(s) of
+ * N, LR, KL, T, EVAL_T, EVAL_N, EVAL_INTERVAL, MICRO_TRAIN, MICRO_FORWARD, LORA_RANK, LORA_ALPHA, LORA_TARGETS; each
+ * becomes the config override(s) of
  * ENV_KEYS.
  */
 export function recipeFromEnv(r: GrpoRecipeOptions): GrpoRecipeOptions {

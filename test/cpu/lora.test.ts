@@ -1,0 +1,230 @@
+// LoRA on the tiny GPT-OSS model (src/model/lora.ts, applied by src/model/layer.ts): zero-init B computes the base
+// model exactly; the adapted forward equals the forward of the merged weights (W + scale·B·A); adapter gradients
+// against finite differences of the loss, per target; backward allocates no base gradient; the expert adapters in
+// the MoE op against a merged-weights MoE; generation (DecoderLayer.step) sees the adapters.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomModel, presetConfig, packSequences, disposeBatch, GptOssModel, GptOssWeights, LoraAdapters, LORA_TARGETS, type LoraSpec } from '../../src/model/index.ts';
+import { Tensor } from '../../src/tensor.ts';
+import { moeForward, moeBackward } from '../../src/ops/moe.ts';
+import { matmul } from '../../src/ops/gemm.ts';
+import { generate } from '../../src/inference/generate.ts';
+
+const cfg = presetConfig('gpt-oss-tiny-256');
+const seqs = [
+  [1, 5, 9, 13, 17, 21, 30, 41],
+  [2, 4, 6, 8, 10],
+  [3, 7, 11, 15, 19, 23, 27, 31, 35, 40, 44],
+];
+const ALL: LoraSpec = { rank: 4, alpha: 8, dropout: 0, targets: LORA_TARGETS };
+
+function logprobs(m: GptOssModel): Float32Array {
+  const b = packSequences(seqs, 'cpu');
+  const r = m.forward(b);
+  const lp = r.logprobs.toFloat32();
+  r.logprobs.dispose();
+  r.entropy.dispose();
+  disposeBatch(b);
+  return lp;
+}
+
+const maxAbsDiff = (a: Float32Array, b: Float32Array): number => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+
+test('fresh adapters (B = 0) compute exactly the base model', () => {
+  const m = randomModel(cfg, { device: 'cpu', seed: 1, biasStd: 0.02 });
+  const base = logprobs(m);
+  const a = LoraAdapters.init(cfg, ALL, 'cpu', { seed: 2 });
+  m.lora = a;
+  assert.deepEqual(Array.from(logprobs(m)), Array.from(base));
+  // A is kaiming-uniform (PEFT's default): |A| <= 1/sqrt(fan_in), and not all zero.
+  const qa = a.layers[0]!.q!.A.toFloat32();
+  assert.ok(qa.every((v) => Math.abs(v) <= 1 / Math.sqrt(cfg.hiddenSize)) && qa.some((v) => v !== 0));
+  a.dispose();
+  m.dispose();
+});
+
+test('the adapted forward equals the forward of the merged weights W + scale·B·A (every target)', () => {
+  const m = randomModel(cfg, { device: 'cpu', seed: 3, biasStd: 0.02 });
+  const base = logprobs(m);
+  const a = LoraAdapters.init(cfg, ALL, 'cpu', { seed: 4, bStd: 0.05 });
+  m.lora = a;
+  const adapted = logprobs(m);
+  // The merged model: every adapted parameter replaced by bf16(W + scale·ΔW).
+  const params = new Map<string, Tensor>();
+  for (const [n, t] of m.weights.params) params.set(n, t.clone());
+  for (const [n, [l, t]] of a.adaptedParams()) {
+    params.get(n)!.dispose();
+    params.set(n, a.mergedParam(m.weights, l, t));
+  }
+  const merged = new GptOssModel(new GptOssWeights(cfg, 'cpu', params));
+  const mlp = logprobs(merged);
+  const dBase = maxAbsDiff(adapted, base), dMerged = maxAbsDiff(adapted, mlp);
+  // The adapters move the log-probs far more than the difference between factor form and merged bf16 weights.
+  assert.ok(dBase > 0.05, `adapters change the model (max |Δ| ${dBase})`);
+  assert.ok(dMerged < 0.02 && dMerged < dBase / 10, `adapted vs merged max |Δ| ${dMerged} (vs base ${dBase})`);
+  merged.dispose();
+  a.dispose();
+  m.dispose();
+});
+
+test('expert adapters inside the MoE op equal the op over merged expert weights (forward and input gradient)', () => {
+  const T = 12, H = 16, E = 4, I = 8, r = 3, k = 2, s = 1.5;
+  let seed = 7;
+  const rnd = (n: number, sd: number) => Float32Array.from({ length: n }, () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648 - 0.5) * 2 * sd);
+  const bf = (n: number[], sd: number) => Tensor.from(rnd(n.reduce((a, b) => a * b, 1), sd), n, { dtype: 'bf16', device: 'cpu' });
+  const f32 = (n: number[], sd: number) => Tensor.from(rnd(n.reduce((a, b) => a * b, 1), sd), n, { dtype: 'f32', device: 'cpu' });
+  const x = bf([T, H], 1);
+  const w = { routerW: bf([E, H], 0.5), routerB: bf([E], 0.1), gateUpW: bf([E, H, 2 * I], 0.3), gateUpB: bf([E, 2 * I], 0.1), downW: bf([E, I, H], 0.3), downB: bf([E, H], 0.1) };
+  const lora = { gateUpA: f32([E, H, r], 0.3), gateUpB: f32([E, r, 2 * I], 0.3), downA: f32([E, I, r], 0.3), downB: f32([E, r, H], 0.3), scale: s };
+  const mergedW = (W: Tensor, A: Tensor, B: Tensor): Tensor => {
+    // Exact f32 merge per expert, then the op's bf16 weight.
+    const out = Tensor.zeros(W.shape, { dtype: 'f32', device: 'cpu' });
+    const wf = W.toFloat32(), af = A.toFloat32(), bfv = B.toFloat32();
+    const [, nin, nout] = W.shape as [number, number, number];
+    const o = new Float32Array(wf);
+    for (let e = 0; e < E; e++) for (let i = 0; i < nin; i++) for (let c = 0; c < nout; c++) {
+      let acc = 0;
+      for (let j = 0; j < r; j++) acc += af[(e * nin + i) * r + j]! * bfv[(e * r + j) * nout + c]!;
+      o[(e * nin + i) * nout + c] += s * acc;
+    }
+    out.dispose();
+    return Tensor.from(o, W.shape, { dtype: 'bf16', device: 'cpu' });
+  };
+  const wm = { ...w, gateUpW: mergedW(w.gateUpW, lora.gateUpA, lora.gateUpB), downW: mergedW(w.downW, lora.downA, lora.downB) };
+  const fa = moeForward(x, w, { topK: k, lora });
+  const fm = moeForward(x, wm, { topK: k });
+  const fb = moeForward(x, w, { topK: k });
+  const ya = fa.y.toFloat32(), ym = fm.y.toFloat32(), yb = fb.y.toFloat32();
+  const d = maxAbsDiff(ya, ym), dBase = maxAbsDiff(ya, yb);
+  assert.ok(dBase > 0.1 && d < dBase / 20, `adapted vs merged ${d}, vs base ${dBase}`);
+  const dy = Tensor.from(rnd(T * H, 1), [T, H], { dtype: 'f32', device: 'cpu' });
+  const ga = moeBackward(dy, fa.ctx, undefined, undefined, { weightGrads: false });
+  const gm = moeBackward(dy, fm.ctx);
+  const dxa = ga.dx.toFloat32(), dxm = gm.dx.toFloat32();
+  const scaleDx = dxm.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  assert.ok(maxAbsDiff(dxa, dxm) < 0.03 * scaleDx, `dx adapted vs merged ${maxAbsDiff(dxa, dxm)} (scale ${scaleDx})`);
+  // No expert weight gradients with weightGrads false; the adapters' gradients are there with their shapes.
+  assert.equal((ga as { dGateUpW?: Tensor }).dGateUpW, undefined);
+  assert.deepEqual(ga.dLoraGateUpA!.shape, [E, H, r]);
+  assert.deepEqual(ga.dLoraDownB!.shape, [E, r, H]);
+  // Chain rule through the merged weight: dA[e] = scale·dW[e]·B[e]ᵀ, dB[e] = scale·A[e]ᵀ·dW[e] (dW of the merged op).
+  const check = (dW: Tensor, A: Tensor, B: Tensor, dA: Tensor, dB: Tensor, nin: number, nout: number) => {
+    for (let e = 0; e < E; e++) {
+      const sl = (t: Tensor, sh: number[]) => { const a = t.slice(e, e + 1); const v = a.view(sh); a.dispose(); return v; };
+      const dWe = sl(dW, [nin, nout]), Ae = sl(A, [nin, r]), Be = sl(B, [r, nout]);
+      const wantA = matmul(dWe, Be, { transB: true, alpha: s, outDtype: 'f32' }).toFloat32();
+      const wantB = matmul(Ae, dWe, { transA: true, alpha: s, outDtype: 'f32' }).toFloat32();
+      const gotA = dA.toFloat32().subarray(e * nin * r, (e + 1) * nin * r), gotB = dB.toFloat32().subarray(e * r * nout, (e + 1) * r * nout);
+      const tol = (v: Float32Array) => 0.03 * v.reduce((m, x) => Math.max(m, Math.abs(x)), 1e-3);
+      assert.ok(maxAbsDiff(gotA, wantA) < tol(wantA), `expert ${e} dA ${maxAbsDiff(gotA, wantA)}`);
+      assert.ok(maxAbsDiff(gotB, wantB) < tol(wantB), `expert ${e} dB ${maxAbsDiff(gotB, wantB)}`);
+    }
+  };
+  check(gm.dGateUpW, lora.gateUpA, lora.gateUpB, ga.dLoraGateUpA!, ga.dLoraGateUpB!, H, 2 * I);
+  check(gm.dDownW, lora.downA, lora.downB, ga.dLoraDownA!, ga.dLoraDownB!, I, H);
+  assert.throws(() => moeBackward(dy, fa.ctx, undefined, { dGateUpW: Tensor.zeros([E, H, 2 * I]), dDownW: Tensor.zeros([E, I, H]) } as never, { weightGrads: false } as never), /weightGrads false/);
+  assert.throws(() => moeForward(x, w, { topK: k, lora: { gateUpA: lora.gateUpA, scale: 1 } }), /pairs/);
+  assert.throws(() => moeForward(x, w, { topK: k, lora: { gateUpA: lora.downA, gateUpB: lora.gateUpB, scale: 1 } }), /loraGateUpA must have shape/);
+});
+
+/** Σ_t c_t·logp_t over the packed batch (c fixed), and its gradients with respect to the adapters. */
+function lossAndGrads(m: GptOssModel, c: Float32Array, withGrads: boolean): { loss: number; grads?: Map<string, Tensor> } {
+  const b = packSequences(seqs, 'cpu');
+  const r = m.forward(b, { train: withGrads, releaseBatch: withGrads });
+  const lp = r.logprobs.toFloat32();
+  r.logprobs.dispose();
+  r.entropy.dispose();
+  let loss = 0;
+  for (let i = 0; i < lp.length; i++) loss += c[i]! * lp[i]!;
+  if (!withGrads) {
+    disposeBatch(b);
+    return { loss };
+  }
+  const grads = m.backward(r.state!, Tensor.from(c, [c.length], { dtype: 'f32', device: 'cpu' }));
+  return { loss, grads };
+}
+
+test('adapter gradients match finite differences of the loss (each target); no base gradient is allocated', () => {
+  // top-k = all experts: a routing flip (top-k is discontinuous) under a perturbation would swamp the difference.
+  const c4 = presetConfig('gpt-oss-tiny-256', { topK: 4 });
+  const m = randomModel(c4, { device: 'cpu', seed: 5, biasStd: 0.02 });
+  const a = LoraAdapters.init(c4, ALL, 'cpu', { seed: 6, bStd: 0.05 });
+  m.lora = a;
+  const n = packSequences(seqs, 'cpu');
+  const T = n.numTokens;
+  disposeBatch(n);
+  const c = Float32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 0 : Math.cos(i)));
+  const { grads } = lossAndGrads(m, c, true);
+  // Only adapter names: the frozen base gets nothing (no LM head, embedding, norm or expert buffers).
+  assert.deepEqual([...grads!.keys()].sort(), a.names().sort());
+  // A directional derivative per adapter tensor (a ±1 direction over all its entries: the bf16 activations make
+  // single-entry differences too coarse) against the backward's gradient. The bf16 rounding of the activations
+  // leaves up to ~0.06 of noise in the difference (measured over these tensors at eps 0.03), hence the absolute
+  // term; across all tensors the differences and the gradient's projections must also correlate (> 0.97).
+  let checked = 0;
+  const fds: number[] = [], dots: number[] = [];
+  for (const name of a.names()) {
+    const p = a.params.get(name)!;
+    const g = grads!.get(name)!.toFloat32();
+    const p0 = p.toFloat32();
+    const dir = Float32Array.from(p0, (_, i) => Math.sin(i * 12.9898 + name.length) >= 0 ? 1 : -1);
+    const dot = g.reduce((acc, v, i) => acc + v * dir[i]!, 0);
+    const eps = 0.03;
+    const at = (sgn: number) => {
+      p.copyFrom(Float32Array.from(p0, (v, i) => v + sgn * eps * dir[i]!));
+      return lossAndGrads(m, c, false).loss;
+    };
+    const fd = (at(1) - at(-1)) / (2 * eps);
+    p.copyFrom(p0);
+    const tol = 0.15 * Math.abs(dot) + 0.06;
+    assert.ok(Math.abs(fd - dot) < tol, `${name}: finite difference ${fd} vs gradient·direction ${dot}`);
+    fds.push(fd);
+    dots.push(dot);
+    checked++;
+  }
+  const mean = (v: number[]) => v.reduce((x, y) => x + y, 0) / v.length;
+  const [mf, md] = [mean(fds), mean(dots)];
+  const cov = fds.reduce((acc, f, i) => acc + (f - mf) * (dots[i]! - md), 0);
+  const corr = cov / Math.sqrt(fds.reduce((acc, f) => acc + (f - mf) ** 2, 0) * dots.reduce((acc, d) => acc + (d - md) ** 2, 0));
+  assert.ok(corr > 0.97, `correlation of finite differences and gradients ${corr}`);
+  assert.equal(checked, 2 * 2 * LORA_TARGETS.length);
+  for (const t of grads!.values()) t.dispose();
+  a.dispose();
+  m.dispose();
+});
+
+test('withoutAdapters runs the base (the KL reference) and generation applies the adapters', () => {
+  const m = randomModel(cfg, { device: 'cpu', seed: 8, biasStd: 0.02 });
+  const base = logprobs(m);
+  const a = LoraAdapters.init(cfg, ALL, 'cpu', { seed: 9, bStd: 0.2 });
+  m.lora = a;
+  assert.deepEqual(Array.from(m.withoutAdapters(() => logprobs(m))), Array.from(base));
+  assert.equal(m.lora, a);
+  assert.ok(maxAbsDiff(logprobs(m), base) > 0.05);
+  assert.throws(() => m.withoutAdapters(() => Promise.resolve(1)), /synchronous/);
+  // Greedy generation with the adapters equals greedy generation from the merged model (same tokens).
+  const gen = (mm: GptOssModel) => generate(mm, [[1, 5, 9], [2, 4]], { maxNewTokens: 6, temperature: 0, seed: 1 }).map((r) => Array.from(r.tokens));
+  const params = new Map<string, Tensor>();
+  for (const [n, t] of m.weights.params) params.set(n, t.clone());
+  for (const [n, [l, t]] of a.adaptedParams()) {
+    params.get(n)!.dispose();
+    params.set(n, a.mergedParam(m.weights, l, t));
+  }
+  const merged = new GptOssModel(new GptOssWeights(cfg, 'cpu', params));
+  const [ga, gm, gb] = [gen(m), gen(merged), m.withoutAdapters(() => gen(m))];
+  assert.deepEqual(ga, gm);
+  m.lora = null;
+  assert.deepEqual(gb, gen(m));
+  assert.notDeepEqual(ga, gb);
+  m.lora = a;
+  merged.dispose();
+  a.dispose();
+  m.dispose();
+});
+
+test('specs are checked with the config key named', () => {
+  assert.throws(() => LoraAdapters.init(cfg, { ...ALL, rank: 0 }, 'cpu'), /trainer\.policy\.model\.lora\.rank/);
+  assert.throws(() => LoraAdapters.init(cfg, { ...ALL, dropout: 0.1 }, 'cpu'), /lora\.dropout=0\.1: LoRA dropout is not implemented/);
+  assert.throws(() => LoraAdapters.init(cfg, { ...ALL, targets: ['q_proj', 'mlp'] as never }, 'cpu'), /unknown target 'mlp'/);
+  assert.throws(() => LoraAdapters.init(cfg, { ...ALL, targets: [] }, 'cpu'), /target_modules is empty/);
+});
