@@ -3,20 +3,13 @@
 // mixed prompt lengths, outputs past the window, chunked prefill, preemption, shared prompts, sleep/wake.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cudaDeviceCount, memoryStats } from '../../src/tensor.ts';
-import { native } from '../../src/native.ts';
+import { memoryStats } from '../../src/tensor.ts';
 import { presetConfig } from '../../src/model/config.ts';
 import { GptOssModel } from '../../src/model/gptoss.ts';
 import { generate } from '../../src/inference/generate.ts';
 import { createEngine } from '../../src/inference/engine.ts';
+import { hasCuda } from '../helpers/cuda.ts';
 
-const hasCuda = ((): boolean => {
-  try {
-    return native().features.cuda && cudaDeviceCount() > 0;
-  } catch {
-    return false;
-  }
-})();
 const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
 const DEV = 'cuda:0';
 const V = 512;

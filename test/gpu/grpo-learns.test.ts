@@ -17,17 +17,10 @@
 // GRPO_LEARNS_NUM_VAL=8 GRPO_LEARNS_MIN_GAIN=-1 ... (see docs/training.md).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cudaDeviceCount } from '../../src/tensor.ts';
 import { native } from '../../src/native.ts';
 import { formatThroughput, gpuRecipe, recipeConfig, recipeFromEnv, runGrpoLearningRecipe, writeRecipeResult } from '../helpers/grpo-recipe.ts';
+import { hasCuda } from '../helpers/cuda.ts';
 
-const hasCuda = ((): boolean => {
-  try {
-    return native().features.cuda && cudaDeviceCount() > 0;
-  } catch {
-    return false;
-  }
-})();
 const OUT = process.env.GRPO_LEARNS_OUT || 'runs/gpu/grpo-learns.json';
 
 const BUDGET_S = Number(process.env.GRPO_LEARNS_BUDGET_S || 320); // 0: no budget

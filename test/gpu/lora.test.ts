@@ -6,8 +6,7 @@
 // full fine-tuning (no base gradients).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cudaDeviceCount, Tensor, memoryStats, resetPeakMemory, synchronize, emptyCache } from '../../src/tensor.ts';
-import { native } from '../../src/native.ts';
+import { Tensor, memoryStats, resetPeakMemory, synchronize, emptyCache } from '../../src/tensor.ts';
 import { presetConfig } from '../../src/model/config.ts';
 import { GptOssModel } from '../../src/model/gptoss.ts';
 import { GptOssWeights } from '../../src/model/weights.ts';
@@ -16,14 +15,8 @@ import { LoraAdapters, type LoraSpec } from '../../src/model/lora.ts';
 import { moeForward, moeBackward } from '../../src/ops/moe.ts';
 import { tokenLogprobs, tokenLogprobsBackward, tokenLogprobsBackwardHidden } from '../../src/ops/logprob.ts';
 import { generate } from '../../src/inference/generate.ts';
+import { hasCuda } from '../helpers/cuda.ts';
 
-const hasCuda = ((): boolean => {
-  try {
-    return native().features.cuda && cudaDeviceCount() > 0;
-  } catch {
-    return false;
-  }
-})();
 const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
 const DEV = 'cuda:0';
 // CUDA's GEMMs need hidden and intermediate sizes that are multiples of 8: the tiny-256 shape qualifies.

@@ -2,8 +2,7 @@
 // gpt-oss-20b-shape model (full layer shapes, fewer layers to fit with fp32 gradients) running forward/backward.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cudaDeviceCount, Tensor, memoryStats, resetPeakMemory, synchronize } from '../../src/tensor.ts';
-import { native } from '../../src/native.ts';
+import { Tensor, memoryStats, resetPeakMemory, synchronize } from '../../src/tensor.ts';
 import { presetConfig } from '../../src/model/config.ts';
 import { GptOssModel } from '../../src/model/gptoss.ts';
 import { packSequences, disposeBatch } from '../../src/model/batch.ts';
@@ -12,14 +11,8 @@ import { loadModel } from '../../src/model/index.ts';
 import { sumOfSquares } from '../../src/ops/optim.ts';
 import { runFixtureParity, checkParity } from '../helpers/model-parity.ts';
 import { FIXTURE_DIR } from '../helpers/fixtures.ts';
+import { hasCuda } from '../helpers/cuda.ts';
 
-const hasCuda = ((): boolean => {
-  try {
-    return native().features.cuda && cudaDeviceCount() > 0;
-  } catch {
-    return false;
-  }
-})();
 const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
 const DEV = 'cuda:0';
 

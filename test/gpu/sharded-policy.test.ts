@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cudaDeviceCount } from '../../src/tensor.ts';
 import { native } from '../../src/native.ts';
 import { Checkpoint, paramSpecs, randomModel } from '../../src/model/index.ts';
 import { initDistributed } from '../../src/distributed/launch.ts';
@@ -15,14 +14,8 @@ import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
 import { ShardedPolicy, rankMicroBatches, shardSequences } from '../../src/trainer/sharded-policy.ts';
 import type { Policy } from '../../src/trainer/policy.ts';
 import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss } from '../helpers/fsdp-common.ts';
+import { hasCuda } from '../helpers/cuda.ts';
 
-const hasCuda = ((): boolean => {
-  try {
-    return native().features.cuda && cudaDeviceCount() > 0;
-  } catch {
-    return false;
-  }
-})();
 const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
 const DEV = 'cuda:0';
 

@@ -11,17 +11,9 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cudaDeviceCount } from '../../src/tensor.ts';
-import { native } from '../../src/native.ts';
 import { parseMetricsJsonl } from '../../src/log/metrics.ts';
+import { hasCuda } from '../helpers/cuda.ts';
 
-const hasCuda = ((): boolean => {
-  try {
-    return native().features.cuda && cudaDeviceCount() > 0;
-  } catch {
-    return false;
-  }
-})();
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const LAYERS = Number(process.env.TRAIN_20B_LAYERS || 2);
 const STEPS = Number(process.env.TRAIN_20B_STEPS || 3);
