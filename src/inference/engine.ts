@@ -150,6 +150,11 @@ export class Engine {
   private asleep = false;
   /** sleep({ weights: true }) paged the model's weights out. */
   private weightsOut = false;
+  /** The pool sizes the memory free now allows (per KV space); throws when one has no block. */
+  private readonly sizePool: (where: string) => number[];
+  /** Whether wake() sizes the pool again (auto-sized on a GPU: numBlocks not given). */
+  private readonly resizeOnWake: boolean;
+  private readonly enablePrefixCaching: boolean;
   private disposed = false;
 
   constructor(
@@ -169,16 +174,25 @@ export class Engine {
     if (!(util > 0 && util <= 1)) throw new Error(`createEngine: gpuMemoryUtilization must be in (0, 1], got ${util}`);
     const tp = opts.tensorParallelSize ?? 1;
     const layout = kvSpaces(c);
-    const sizes = poolSizes(runner, layout, opts, { tp, blockSize: this.blockSize, util, maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
-    sizes.forEach((n, i) => {
-      if (!Number.isInteger(n) || n < 1) {
-        const which = layout[i]!.window > 0 ? 'sliding-window pool (numSlidingBlocks' : 'KV pool (numBlocks';
-        throw new Error(`createEngine: the ${which}, or what gpuMemoryUtilization ${util} leaves) has ${n} blocks: need at least 1`);
-      }
-    });
+    // Sized from the memory free now, and again at every wake() unless numBlocks fixes it: a colocated trainer
+    // holds more after its first optimizer step (AdamW moments) than when the engine was made.
+    this.sizePool = (where: string): number[] => {
+      const sizes = poolSizes(runner, layout, opts, { tp, blockSize: this.blockSize, util, maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
+      sizes.forEach((n, i) => {
+        if (!Number.isInteger(n) || n < 1) {
+          const which = layout[i]!.window > 0 ? 'sliding-window pool (numSlidingBlocks' : 'KV pool (numBlocks';
+          const held = runner.device === 'cpu' ? '' : `; ${(memoryStats(runner.device).allocated / 2 ** 30).toFixed(1)} GiB are held on ${runner.device}`;
+          throw new Error(`${where}: the ${which}, or what gpuMemoryUtilization ${util} leaves${held}) has ${n} blocks: need at least 1`);
+        }
+      });
+      return sizes;
+    };
+    this.resizeOnWake = opts.numBlocks === undefined && runner.device !== 'cpu';
+    const sizes = this.sizePool('createEngine');
+    this.enablePrefixCaching = opts.enablePrefixCaching ?? true;
     this.spaces = layout.map((sp, i) => ({
       window: sp.window,
-      blocks: new BlockManager({ numBlocks: sizes[i]!, blockSize: this.blockSize, enablePrefixCaching: opts.enablePrefixCaching ?? true }),
+      blocks: new BlockManager({ numBlocks: sizes[i]!, blockSize: this.blockSize, enablePrefixCaching: this.enablePrefixCaching }),
     }));
     this.scheduler = new Scheduler(this.spaces, { maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
     runner.allocateKvCache(sizes, this.blockSize);
@@ -254,12 +268,24 @@ export class Engine {
     }
   }
 
-  /** Pages the weights back in (when sleep released them) and allocates the KV pool again. */
+  /**
+   * Pages the weights back in (when sleep released them) and allocates the KV pool again, sized anew from the memory
+   * free now when the engine sized it itself (a colocated trainer may hold more than at creation: its optimizer
+   * state appears after the first step); an error names what is held when not even one block fits.
+   */
   async wake(): Promise<void> {
     if (!this.asleep) return;
     if (this.weightsOut) {
       this.runner.pageWeights(false);
       this.weightsOut = false;
+    }
+    if (this.resizeOnWake) {
+      const sizes = this.sizePool('Engine.wake');
+      this.spaces.forEach((sp, i) => {
+        if (sp.blocks.numBlocks !== sizes[i]) {
+          sp.blocks = new BlockManager({ numBlocks: sizes[i]!, blockSize: this.blockSize, enablePrefixCaching: this.enablePrefixCaching });
+        }
+      });
     }
     this.runner.allocateKvCache(this.spaces.map((sp) => sp.blocks.numBlocks), this.blockSize);
     this.asleep = false;
