@@ -402,6 +402,57 @@ export class Checkpoint {
     return out;
   }
 
+  /**
+   * Elements [lo, hi) of one tensor, flattened (row-major), as a 1-D tensor [hi - lo] on opts.device: only those
+   * bytes are read (positioned reads of at most chunkBytes), so a rank that keeps a slice of a tensor never holds
+   * the rest (a sharded trainer's shard, a resharded optimizer state). An MXFP4 pair is dequantised on the host one
+   * whole tensor at a time, then cut (its blocks do not split on element boundaries).
+   */
+  loadRange(name: string, lo: number, hi: number, opts: Omit<LoadOptions, 'shape'>): Tensor {
+    const numel = numelOf(this.shapeOf(name) ?? []);
+    if (!this.has(name)) throw new Error(`checkpoint ${this.dir}: tensor '${name}' not found`);
+    if (!(Number.isSafeInteger(lo) && Number.isSafeInteger(hi) && lo >= 0 && lo <= hi && hi <= numel)) {
+      throw new Error(`checkpoint ${this.dir}: range [${lo}, ${hi}) of tensor '${name}' is outside its ${numel} elements`);
+    }
+    if (this.isMxfp4(name)) {
+      const full = this.loadMxfp4(name, { ...opts, device: 'cpu' });
+      const flat = full.view([numel]);
+      const part = flat.slice(lo, hi);
+      try {
+        return part.to(opts.device);
+      } finally {
+        part.dispose();
+        flat.dispose();
+        full.dispose();
+      }
+    }
+    const f = this.where.get(name)!;
+    const info = f.tensors.get(name)!;
+    const isInt = /^(U|I|BOOL)/.test(info.dtype);
+    const dtype: DType = opts.dtype ?? (info.dtype === 'U8' ? 'u8' : isInt ? 'i32' : 'bf16');
+    const el = ST_DTYPE_BYTES[info.dtype];
+    const out = Tensor.empty([hi - lo], { dtype, device: opts.device });
+    try {
+      const chunk = Math.max(1, Math.floor((opts.chunkBytes ?? 64 << 20) / el));
+      for (let a = lo; a < hi; a += chunk) {
+        const b = Math.min(hi, a + chunk);
+        const buf = Buffer.alloc((b - a) * el);
+        f.readAt(buf, info.offset + a * el);
+        const host = convertBytes(buf, info.dtype, dtype, `'${name}'`);
+        if (a === lo && b === hi) out.copyFrom(host);
+        else {
+          const dst = out.slice(a - lo, b - lo);
+          dst.copyFrom(host);
+          dst.dispose();
+        }
+      }
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+    return out;
+  }
+
   private loadMxfp4(name: string, opts: LoadOptions): Tensor {
     const bi = this.info(`${name}_blocks`)!;
     const si = this.info(`${name}_scales`)!;

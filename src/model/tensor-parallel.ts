@@ -35,6 +35,7 @@ import { GptOssModel, type ForwardOptions, type ForwardResult, type ModelOptions
 import type { TensorParallelGroup } from './layer.ts';
 import type { PackedBatch } from './batch.ts';
 import { disposeAll } from './tensor-helpers.ts';
+import type { ParamSource } from './param-source.ts';
 
 /** The shapes one rank holds: Hq/tp query heads, Hkv/tp kv heads, I/tp of every expert's intermediate dimension. */
 export function tensorParallelConfig(config: GptOssConfig, tp: number): GptOssConfig {
@@ -140,8 +141,11 @@ function shardTensor(full: Tensor, rule: ShardRule, rank: number, device: string
   }
 }
 
-/** Where the full weights come from: a model's weights (any device), or a checkpoint and its config. */
-export type TensorParallelSource = GptOssWeights | { checkpoint: Checkpoint; config: GptOssConfig };
+/**
+ * Where the full weights come from: a model's weights (any device), a checkpoint and its config, or a ParamSource
+ * (param-source.ts: e.g. seeded random weights, drawn one tensor at a time).
+ */
+export type TensorParallelSource = GptOssWeights | { checkpoint: Checkpoint; config: GptOssConfig } | ParamSource;
 
 export interface TensorParallelShard {
   /** The full model's config. */
@@ -153,7 +157,8 @@ export interface TensorParallelShard {
 
 /**
  * Rank `rank` of `tp`'s shard of a model, on `device` (default: the source weights' device, else the default
- * device). From a checkpoint each tensor is read to host memory, cut, and only this rank's slice goes to the device.
+ * device). From a checkpoint or a ParamSource each tensor is read to host memory, cut, and only this rank's slice
+ * goes to the device (one full tensor on the host at a time, never the model).
  */
 export function shardForTensorParallel(source: TensorParallelSource, rank: number, tp: number, opts: { device?: string } = {}): TensorParallelShard {
   const fromWeights = source instanceof GptOssWeights;
@@ -168,8 +173,11 @@ export function shardForTensorParallel(source: TensorParallelSource, rank: numbe
         params.set(spec.name, shardTensor(source.params.get(spec.name)!, rule, rank, device));
         continue;
       }
-      if (!source.checkpoint.has(spec.name)) throw new Error(`checkpoint ${source.checkpoint.dir} lacks ${spec.name}`);
-      const full = source.checkpoint.load(spec.name, { device: 'cpu', dtype: 'bf16', shape: spec.shape });
+      let full: Tensor;
+      if ('checkpoint' in source) {
+        if (!source.checkpoint.has(spec.name)) throw new Error(`checkpoint ${source.checkpoint.dir} lacks ${spec.name}`);
+        full = source.checkpoint.load(spec.name, { device: 'cpu', dtype: 'bf16', shape: spec.shape });
+      } else full = source.full(spec.name, 'cpu');
       try {
         params.set(spec.name, shardTensor(full, rule, rank, device));
       } finally {
@@ -226,6 +234,12 @@ export class TensorParallelModel extends GptOssModel {
     } finally {
       ck.close();
     }
+  }
+
+  /** This rank's shard from a parameter source, one tensor at a time (a colocated engine rank: only its slices). */
+  static fromSource(src: ParamSource, collectives: Collectives, opts: { device?: string } & ModelOptions = {}): TensorParallelModel {
+    const shard = shardForTensorParallel(src, collectives.rank, collectives.worldSize, { device: opts.device });
+    return new TensorParallelModel(shard, tensorParallelGroup(collectives), opts);
   }
 
   /** This rank's shard of full weights held in this process (tests, a trainer's gathered weights). */

@@ -40,8 +40,9 @@ import { completionsOf, engineOptionsFromConfig, LocalGenerator, requestsFor } f
 import { Engine, type EngineOptions, type GenerateRequest, type GenerateResponse } from '../inference/engine.ts';
 import { serveTensorParallelRank, storeSlice, TensorParallelModelRunner } from '../inference/tensor-parallel-runner.ts';
 import { TensorParallelModel } from '../model/tensor-parallel.ts';
-import type { GptOssModel } from '../model/index.ts';
-import { setupRun, type RunPieces } from './setup.ts';
+import { GptOssModel } from '../model/index.ts';
+import { weightsFromSource } from '../model/param-source.ts';
+import { openRunSource, type RunPieces } from './setup.ts';
 import { ShardedPolicy, shardSequences } from './sharded-policy.ts';
 import type {
   Completion,
@@ -686,8 +687,9 @@ export interface DistributedRun {
 }
 
 /**
- * Joins the launcher's group and builds this rank's part: the model (every rank builds the same weights: the same
- * seed or checkpoint), its ShardedPolicy shard, its tp=1 engine over the model. Collective.
+ * Joins the launcher's group and builds this rank's part from the model's source (every rank reads the same
+ * checkpoint or seed): its ShardedPolicy shard (only its byte ranges), its engine part (a tp=1 engine's whole model,
+ * or its TP slice), never a full model beside them. Collective.
  */
 export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: number } = {}): Promise<DistributedRun> {
   const layout = engineLayoutOf(c);
@@ -698,9 +700,18 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
     const engines = layout.colocated ? '' : ' + generator.num_inference_engines x inference_engine_tensor_parallel_size (trainer.placement.colocate_all=false)';
     throw new ConfigError(`the launcher started ${dist.worldSize} processes but the config asks for ${layout.worldSize} (trainer.placement.policy_num_nodes x policy_num_gpus_per_node${engines})`);
   }
-  // Each rank trains and generates on its own device (the launcher's cuda:<local rank>, or cpu).
-  const base = await setupRun({ ...c, trainer: { ...c.trainer, device: dist.device } });
-  assertEngineLayout(c, base.model.config);
+  // Each rank trains and generates on its own device (the launcher's cuda:<local rank>, or cpu). No rank builds the
+  // whole model beside what it keeps: its trainer shard and its engine part are read from the source (checkpoint
+  // byte ranges, or the per-tensor seeded random weights) one tensor or slice at a time.
+  const base = await openRunSource({ ...c, trainer: { ...c.trainer, device: dist.device } });
+  const src = base.source;
+  try {
+    assertEngineLayout(c, base.config);
+  } catch (e) {
+    src.close();
+    await dist.destroy().catch(() => {});
+    throw e;
+  }
   const rank = dist.rank;
   const P = layout.trainerRanks;
   const isTrainer = rank < P;
@@ -710,7 +721,7 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
   let trainer: TrainerPart | null = null;
   if (isTrainer) {
     const own = layout.colocated ? null : await dist.collectives.subGroup(Array.from({ length: P }, (_, i) => i));
-    const policy = ShardedPolicy.fromWeights(base.model.weights, own ?? dist.collectives, {
+    const policy = ShardedPolicy.fromSource(src, dist.device, own ?? dist.collectives, {
       recompute: c.trainer.gradient_checkpointing,
       deterministic: c.trainer.deterministic,
       cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
@@ -726,23 +737,24 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
     sync = { collectives: await dist.collectives.subGroup(members), channel: dist.group.subGroup(members), bucketElems: Math.max(1, Math.floor(bucketBytes / 2)) };
   }
   const options = engineOptionsFromConfig(c.generator);
-  // tp T: the engine's slice is cut from the same weights. The full copy setupRun built stays as the run's `model`
-  // (its config and vocabulary checks); it is not the engine's and is not synced.
+  // tp 1: the engine's whole model (its own weights, synced after every step); tp T: only this rank's TP slice.
   let engineModel: EnginePart | null = null;
   const tp = layout.tensorParallelSize;
   if (engine < 0) {
     // A trainer-only rank: no engine.
   } else if (tp === 1) {
-    engineModel = { kind: 'whole', model: base.model, engine: new LocalGenerator(base.model, options) };
+    const model = new GptOssModel(weightsFromSource(src, dist.device), { deterministic: c.trainer.deterministic });
+    engineModel = { kind: 'whole', model, engine: new LocalGenerator(model, options) };
   } else {
     // Engine e on its own ranks: a sub-group each (collectives, channel), unless one engine spans every rank.
     const own = !(layout.colocated && layout.numEngines === 1);
     const ranks = engineRanks(engine, layout);
     const collectives = own ? await dist.collectives.subGroup(ranks) : dist.collectives;
     const channel = own ? dist.group.subGroup(ranks) : dist.group;
-    const model = TensorParallelModel.fromWeights(base.model.weights, collectives, { device: dist.device, deterministic: c.trainer.deterministic });
+    const model = TensorParallelModel.fromSource(src, collectives, { device: dist.device, deterministic: c.trainer.deterministic });
     engineModel = { kind: 'slice', model, options, engine, collectives, channel, own };
   }
+  src.close();
   const worker = new RankWorker(dist, trainer, engineModel, sync, layout);
   const driver = dist.rank === 0 ? new Driver(worker) : null;
   const role = layout.colocated ? 'trainer + engine' : isTrainer ? 'trainer' : 'engine';
@@ -752,7 +764,17 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
     dist,
     layout,
     pieces: driver
-      ? { ...base, policy: new DriverPolicy(driver), generator: new PoolGenerator(driver), ref: undefined, resources: () => driver.call<ResourceSample>({ op: 'resources' }) }
+      ? {
+          device: base.device,
+          env: base.env,
+          vocab: base.vocab,
+          config: base.config,
+          model: engineModel?.kind === 'whole' ? engineModel.model : null,
+          policy: new DriverPolicy(driver),
+          generator: new PoolGenerator(driver),
+          ref: undefined,
+          resources: () => driver.call<ResourceSample>({ op: 'resources' }),
+        }
       : null,
     async serve(onCommand) {
       if (dist.rank === 0) throw new Error('serve: rank 0 drives the run');
@@ -770,8 +792,6 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
       closed = true;
       if (driver) await driver.call({ op: 'exit' });
       worker.dispose();
-      // The full copy setupRun built, where it is not the engine's model (that one the worker freed).
-      if (engineModel?.kind !== 'whole') base.model.dispose();
       if (engineModel?.kind === 'slice' && engineModel.own) await engineModel.collectives.destroy();
       if (sync) await sync.collectives.destroy();
       if (trainer?.own) await trainer.own.destroy();

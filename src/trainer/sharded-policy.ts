@@ -49,6 +49,7 @@ import {
   type TensorToSave,
 } from '../model/index.ts';
 import { accumulateGrad, disposeAll } from '../model/tensor-helpers.ts';
+import { checkpointSource, weightsSource, type ParamSource } from '../model/param-source.ts';
 import { embeddingBackward, embeddingForward } from '../ops/embedding.ts';
 import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.ts';
 import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward } from '../ops/logprob.ts';
@@ -768,27 +769,31 @@ export class ShardedPolicy implements Policy {
   }
 
   /**
-   * Builds this rank's shards from full weights (every rank passes the same weights, e.g. the same seed or the
-   * same checkpoint; the caller keeps and disposes them). Collective only in that every rank must call it.
+   * Builds this rank's shards from full weights (every rank passes the same weights; the caller keeps and disposes
+   * them). Collective only in that every rank must call it.
    */
   static fromWeights(weights: GptOssWeights, comm: Collectives, opts: ShardedModelOptions = {}): ShardedPolicy {
-    return ShardedPolicy.fromSource(weights.config, (name) => weights.params.get(name)!, weights.device, comm, opts, false);
+    return ShardedPolicy.fromSource(weightsSource(weights), weights.device, comm, opts);
   }
 
-  /** Builds this rank's shards from a Hugging Face folder, one tensor at a time (never the whole model). */
+  /** Builds this rank's shards from a Hugging Face folder, reading only this rank's byte ranges (never the whole model). */
   static fromCheckpoint(config: GptOssConfig, dir: string, device: string, comm: Collectives, opts: ShardedModelOptions = {}): ShardedPolicy {
-    const ck = Checkpoint.open(dir);
+    const src = checkpointSource(config, dir);
     try {
-      const shapes = new Map(paramSpecs(config).map((s) => [s.name, s.shape]));
-      const missing = [...shapes.keys()].filter((n) => !ck.has(n));
-      if (missing.length) throw new Error(`ShardedPolicy.fromCheckpoint: ${dir} lacks ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
-      return ShardedPolicy.fromSource(config, (name) => ck.load(name, { device, dtype: 'bf16', shape: shapes.get(name)! }), device, comm, opts, true);
+      return ShardedPolicy.fromSource(src, device, comm, opts);
     } finally {
-      ck.close();
+      src.close();
     }
   }
 
-  private static fromSource(config: GptOssConfig, get: (name: string) => Tensor, device: string, comm: Collectives, opts: ShardedModelOptions, owned: boolean): ShardedPolicy {
+  /**
+   * Builds this rank's shards from a parameter source (a checkpoint, seeded random weights, weights in memory),
+   * unit by unit: for each entry of a unit the part inside this rank's [rank*shard, (rank+1)*shard) is read
+   * (src.range) straight into the bf16 shard [shard]. The rank never holds more of the model than its shards and
+   * one entry's slice (the source is the caller's to close).
+   */
+  static fromSource(src: ParamSource, device: string, comm: Collectives, opts: ShardedModelOptions = {}): ShardedPolicy {
+    const config = src.config;
     const units = shardLayout(config, comm.worldSize);
     const shards: Tensor[] = [];
     try {
@@ -801,13 +806,10 @@ export class ShardedPolicy implements Policy {
           const a = Math.max(lo, e.offset);
           const b = Math.min(hi, e.offset + e.numel);
           if (a >= b) continue;
-          const t = get(e.name);
-          const flat = t.view([e.numel]);
-          const src = flat.slice(a - e.offset, b - e.offset);
+          const part = src.range(e.name, a - e.offset, b - e.offset, device);
           const dst = shard.slice(a - lo, b - lo);
-          dst.copyFrom(src);
-          disposeAll(src, dst, flat);
-          if (owned) t.dispose();
+          dst.copyFrom(part);
+          disposeAll(part, dst);
         }
       }
     } catch (e) {

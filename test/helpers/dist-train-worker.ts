@@ -65,7 +65,8 @@ const tokensOf = (cs: Completion[][]) => JSON.stringify(cs.map((c) => c.map((x) 
 const concurrentSame = tokensOf(together) === tokensOf(apart);
 
 const weights: Record<string, number[]> = {};
-for (const [name, t] of run.model.weights.params) weights[name] = Array.from(t.toFloat32());
+// rank 0's whole engine model (tp 1); a tp>1 engine's rank 0 holds only its slice (nothing recorded).
+for (const [name, t] of run.model?.weights.params ?? []) weights[name] = Array.from(t.toFloat32());
 writeFileSync(opts.out, JSON.stringify({ steps: r.grpo?.steps ?? 0, first, gap, concurrentSame, weights }));
 await drun?.close();
 process.exit(0);
