@@ -680,6 +680,8 @@ export interface DistributedRun {
   layout: EngineLayout;
   /** Rank 0: the run's pieces with the driver policy and the engine pool (null on the other ranks). */
   pieces: RunPieces | null;
+  /** This rank's trainer shard (null on an engine-only rank): e.g. where its optimizer state is between commands. */
+  shard: ShardedPolicy | null;
   /** Ranks > 0: runs rank 0's commands until it closes the run. onCommand sees each (tests inject faults there). */
   serve(onCommand?: (op: Command['op'], index: number) => void): Promise<void>;
   /** Rank 0: ends the others' serve(); every rank: frees its shard and engine and leaves the group. */
@@ -725,6 +727,7 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
       recompute: c.trainer.gradient_checkpointing,
       deterministic: c.trainer.deterministic,
       cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
+      offloadAfterStep: c.trainer.policy.optimizer_config.offload_after_step,
       referenceOnHost: !c.trainer.placement.colocate_policy_ref,
     });
     trainer = { policy, group: own ? dist.group.subGroup(Array.from({ length: P }, (_, i) => i)) : dist.group, own };
@@ -763,6 +766,7 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
   return {
     dist,
     layout,
+    shard: trainer?.policy ?? null,
     pieces: driver
       ? {
           device: base.device,

@@ -251,6 +251,14 @@ export interface ShardedModelOptions {
    */
   cpuOffload?: boolean;
   /**
+   * Move the fp32 masters and AdamW moments [shard] per unit to pinned host memory at the end of every optimizer
+   * step and back to the device at the next training forward (or optimizer step), so the generation phase between
+   * them (a colocated engine sharing the GPU) has that memory (trainer.policy.optimizer_config.offload_after_step).
+   * Exact copies: training is bitwise the same as without. With cpuOffload the state is on the host anyway (nothing
+   * moves); on a CPU device the move is a host-to-host copy. Default false.
+   */
+  offloadAfterStep?: boolean;
+  /**
    * The KL reference (frozenCopy) keeps its bf16 shards in host memory and copies each to the device just before
    * its gather (trainer.placement.colocate_policy_ref=false). On a CPU device it changes nothing. Default false.
    */
@@ -761,11 +769,48 @@ export class ShardedPolicy implements Policy {
 
   /** frozenCopy() keeps the reference's shards in host memory (ShardedModelOptions.referenceOnHost). */
   readonly referenceOnHost: boolean;
+  /** ShardedModelOptions.offloadAfterStep. */
+  readonly offloadAfterStep: boolean;
+  /** The masters and moments are in pinned host memory between steps (offloadOptimizer), not on optDevice. */
+  private optOnHost = false;
 
   private constructor(model: ShardedModel, opts: ShardedModelOptions) {
     this.model = model;
     this.optDevice = opts.cpuOffload ? 'cpu' : model.device;
     this.referenceOnHost = opts.referenceOnHost ?? false;
+    this.offloadAfterStep = opts.offloadAfterStep ?? false;
+  }
+
+  /** True while offloadOptimizer() has the masters and moments in host memory (until the next training forward or step). */
+  get optimizerOnHost(): boolean {
+    return this.optOnHost;
+  }
+
+  /**
+   * Moves the fp32 masters and moments (3 x f32 [shard] per unit) to pinned host memory and frees their device
+   * memory (the copies wait for the device's pending work). Nothing to do before the first step, twice, or with
+   * cpuOffload (they already live on the host).
+   */
+  offloadOptimizer(): void {
+    if (!this.opt || this.optOnHost || this.optDevice !== this.device) return;
+    this.opt = this.opt.map((s) => {
+      const o = { master: pinnedCopy(s.master), m: pinnedCopy(s.m), v: pinnedCopy(s.v) };
+      disposeAll(s.master, s.m, s.v);
+      return o;
+    });
+    this.optOnHost = true;
+  }
+
+  /** Brings offloaded masters and moments back to optDevice (exact copies). A no-op unless offloadOptimizer() moved them. */
+  reloadOptimizer(): void {
+    if (!this.opt || !this.optOnHost) return;
+    const od = this.optDevice;
+    this.opt = this.opt.map((s) => {
+      const o = { master: s.master.to(od), m: s.m.to(od), v: s.v.to(od) };
+      disposeAll(s.master, s.m, s.v);
+      return o;
+    });
+    this.optOnHost = false;
   }
 
   /**
@@ -849,6 +894,8 @@ export class ShardedPolicy implements Policy {
   /** Collective: every rank calls forward (and then backward or release) with its own micro-batch, possibly empty. */
   async forward(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<TrainForward> {
     checkBatch(batch, 'forward');
+    // The training phase begins: the state offloaded after the last step comes back (offloadAfterStep).
+    this.reloadOptimizer();
     const pb = pack(batch, this.device);
     let r: Awaited<ReturnType<ShardedModel['forward']>>;
     try {
@@ -951,6 +998,13 @@ export class ShardedPolicy implements Policy {
    */
   optimizerStep(h: OptimizerHyper, step: number): void {
     if (!this.grads) throw new Error('optimizerStep: no gradients (run forward + backward first)');
+    this.reloadOptimizer();
+    this.stepOn(this.grads, h, step);
+    if (this.offloadAfterStep) this.offloadOptimizer();
+  }
+
+  /** AdamW over every unit's shard (optimizerStep's body), the state where optDevice says. */
+  private stepOn(grads: (Tensor | null)[], h: OptimizerHyper, step: number): void {
     const dev = this.device;
     const od = this.optDevice;
     const offload = od !== dev;
@@ -963,7 +1017,6 @@ export class ShardedPolicy implements Policy {
       });
     }
     const units = this.model.units;
-    const grads = this.grads;
     const gradOf = (u: number): Tensor => (grads[u] ??= Tensor.zeros(this.opt![u]!.master.shape, { dtype: 'f32', device: dev }));
     if (!offload) {
       units.forEach((_, u) => {
@@ -1006,6 +1059,7 @@ export class ShardedPolicy implements Policy {
   resetOptimizer(): void {
     if (this.opt) for (const s of this.opt) disposeAll(s.master, s.m, s.v);
     this.opt = null;
+    this.optOnHost = false;
     if (this.staging) {
       synchronize(this.device); // no copy may still be reading or writing a slot
       for (const s of this.staging) disposeAll(s.g, s.b);

@@ -68,12 +68,13 @@ interface WorkerOut {
   gap: number;
   concurrentSame: boolean;
   weights: Record<string, number[]>;
+  optimizerOnHost: (boolean | null)[];
 }
 
-async function runWorld(name: string, world: number, killAtSync?: number, tp = 1, hang?: { sleepAt: string; timeoutS: number }, apart?: { engines: number; syncBucketBytes: number }) {
+async function runWorld(name: string, world: number, killAtSync?: number, tp = 1, hang?: { sleepAt: string; timeoutS: number }, apart?: { engines: number; syncBucketBytes: number }, extra: string[] = []) {
   const lines: string[] = [];
   const out = join(dir, `${name}.json`);
-  const overrides = grpoArgs(name, world, tp, apart);
+  const overrides = [...grpoArgs(name, world, tp, apart), ...extra];
   if (hang) overrides.push(`trainer.nccl_timeout_s=${hang.timeoutS}`);
   const r = await launch({
     script: WORKER,
@@ -93,6 +94,7 @@ async function runWorld(name: string, world: number, killAtSync?: number, tp = 1
 let one: Awaited<ReturnType<typeof runWorld>>;
 let two: Awaited<ReturnType<typeof runWorld>>;
 let twoTp: Awaited<ReturnType<typeof runWorld>>;
+let twoOffload: Awaited<ReturnType<typeof runWorld>>;
 let fourTp: Awaited<ReturnType<typeof runWorld>>;
 let apartOne: Awaited<ReturnType<typeof runWorld>>;
 let apartTp: Awaited<ReturnType<typeof runWorld>>;
@@ -105,6 +107,9 @@ before(async () => {
   assert.equal(one.exitCode, 0, one.text);
   two = await runWorld('world2', 2);
   assert.equal(two.exitCode, 0, two.text);
+  // offload_after_step: the optimizer state in host memory while the engines generate, back for training.
+  twoOffload = await runWorld('world2-offload', 2, undefined, 1, undefined, undefined, ['trainer.policy.optimizer_config.offload_after_step=true']);
+  assert.equal(twoOffload.exitCode, 0, twoOffload.text);
   twoTp = await runWorld('world2-tp2', 2, undefined, 2);
   assert.equal(twoTp.exitCode, 0, twoTp.text);
   fourTp = await runWorld('world4-2xtp2', 4, undefined, 2);
@@ -166,6 +171,19 @@ test('world 2 (two tp=1 engines): step 1 rollouts and rewards identical to world
   }
   assertStepMetrics(ra, 1);
   assertStepMetrics(rb, 2);
+});
+
+test('world 2 with offload_after_step: the optimizer state is in host memory while generating, and the run is bitwise the default\'s', () => {
+  const a = two.result();
+  const b = twoOffload.result();
+  // The loop's generate() calls (steps 1-3, then the checks after the run): the state exists from step 1's update on.
+  assert.deepEqual(a.optimizerOnHost.slice(0, 3), [null, false, false]);
+  assert.deepEqual(b.optimizerOnHost.slice(0, 3), [null, true, true]);
+  assert.deepEqual(b.first, a.first);
+  const ra = two.rows();
+  const rb = twoOffload.rows();
+  for (let i = 0; i < 3; i++) for (const k of ['loss', 'grad_norm', 'reward/mean']) assert.equal(rb[i]![k], ra[i]![k], `step ${i + 1} ${k}`);
+  assert.deepEqual(b.weights, a.weights);
 });
 
 test('world 2: the engines hold the trained weights (equal to world 1 up to fp32 reduction noise) and sample with the trainer\'s log-probs', () => {

@@ -225,6 +225,29 @@ test('cpuOffload (masters and moments in host memory; a no-op on the CPU) trains
   assert.deepEqual(a.masters, b.masters);
 });
 
+test('offloadAfterStep (offload_after_step): the masters and moments go to host memory after each step and come back for training, bitwise like the default', async () => {
+  const full = results.get(2);
+  assert.ok(full, 'needs the 2-rank run');
+  const dir = mkdtempSync(join(tmpdir(), 'fsdp-offload-after-'));
+  const out = join(dir, 'result.json');
+  const r = await runRanks(2, { steps: [1, 2, 3], out, offloadAfterStep: true });
+  assert.equal(r.exitCode, 0, r.text);
+  const a = readResult(out);
+  const b = readResult(full.out);
+  assert.deepEqual(a.steps, b.steps);
+  assert.deepEqual(a.masters, b.masters);
+  assert.deepEqual(a.onHost, [[true, false], [true, false], [true, false]]);
+  // Saved and resumed with the key on: continues as the uninterrupted run.
+  const ckpt = join(dir, 'ckpt');
+  const s = await runRanks(2, { steps: [1, 2], save: ckpt, offloadAfterStep: true });
+  assert.equal(s.exitCode, 0, s.text);
+  const out2 = join(dir, 'resumed.json');
+  const c = await runRanks(2, { steps: [3], load: ckpt, out: out2, offloadAfterStep: true });
+  assert.equal(c.exitCode, 0, c.text);
+  assert.deepEqual(readResult(out2).steps[0], b.steps[2]);
+  assert.deepEqual(readResult(out2).masters, b.masters);
+});
+
 test('prefetch off (no look-ahead, collectives in program order) trains bitwise like the default overlap', async () => {
   const full = results.get(2);
   assert.ok(full, 'needs the 2-rank run');
