@@ -50,12 +50,15 @@ import {
 } from '../model/index.ts';
 import { accumulateGrad, disposeAll } from '../model/tensor-helpers.ts';
 import { checkpointSource, weightsSource, type ParamSource } from '../model/param-source.ts';
+import { childLogger } from '../log/logger.ts';
 import { embeddingBackward, embeddingForward } from '../ops/embedding.ts';
 import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.ts';
 import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward } from '../ops/logprob.ts';
 import { addInPlace, cast } from '../ops/elementwise.ts';
 import { adamwStep, scaleGradsInPlace, sumOfSquaresInto } from '../ops/optim.ts';
 import type { GradClipResult, LogprobModel, LogprobOptions, LogprobOutput, OptimizerHyper, Policy, SequenceBatch, TrainForward } from './policy.ts';
+
+const log = childLogger('fsdp');
 
 // ---- layout ------------------------------------------------------------------------------------------------------
 /** One parameter's place in its unit's flat buffer. */
@@ -1118,9 +1121,12 @@ export class ShardedPolicy implements Policy {
   }
 
   /**
-   * Restores what save() wrote, on the same number of ranks. A checkpoint from a different rank count is refused
-   * (the shards' boundaries depend on it): export it with exportHf() and start from that folder instead (the
-   * optimizer state is then lost).
+   * Restores what save() wrote, on any number of ranks. The flat unit buffers do not depend on the rank count (only
+   * their padding does), so rank r of M reads the elements [r*shard', (r+1)*shard') of each unit (bf16 weights, and
+   * the fp32 masters and AdamW moments once saved) from the saved rank files that hold them: saved rank q of N
+   * holds [q*shard, (q+1)*shard) of the unit padded for N (fsdp.json's per-unit `padded`). Only those byte ranges
+   * are read (Checkpoint.loadRange); elements past the saved padding are padding here too (zeros: they are never
+   * a parameter, so their gradients and moments stay zero). On the same N each rank reads its own file whole.
    */
   async load(dir: string): Promise<void> {
     const { rank, worldSize } = this.model.comm;
@@ -1128,32 +1134,67 @@ export class ShardedPolicy implements Policy {
     if (!existsSync(mf)) throw new Error(`ShardedPolicy.load: ${dir} is not a sharded checkpoint (no ${SHARDED_MANIFEST})`);
     const m = JSON.parse(readFileSync(mf, 'utf8')) as ShardedManifest;
     if (m.format !== 'gptoss-fsdp' || m.version !== 1) throw new Error(`ShardedPolicy.load: ${mf} is not a version-1 gptoss-fsdp manifest`);
-    if (m.worldSize !== worldSize) {
-      throw new Error(
-        `ShardedPolicy.load: ${dir} was saved by ${m.worldSize} ranks but this job has ${worldSize}; resuming on a different ` +
-          'rank count is not supported (export the checkpoint with exportHf and start from that folder; the optimizer state is not carried over)',
-      );
-    }
+    const savedN = m.worldSize;
+    if (!Number.isInteger(savedN) || savedN < 1) throw new Error(`ShardedPolicy.load: ${mf}: worldSize ${savedN} is not a positive integer`);
     const units = this.model.units;
     const mismatch = units.findIndex((u, i) => m.units[i]?.key !== u.key || m.units[i]?.numel !== u.numel || (m.units[i]?.span ?? m.units[i]?.numel) !== u.span);
     if (m.units.length !== units.length || mismatch >= 0) {
       throw new Error(`ShardedPolicy.load: ${dir} holds a different model (unit ${units[Math.max(0, mismatch)]?.key} does not match this config)`);
     }
-    const rd = join(dir, rankDirName(rank));
-    const ck = Checkpoint.open(rd);
+    const badPad = m.units.find((u) => !Number.isInteger(u.padded) || u.padded % savedN !== 0 || u.padded < (u.span ?? u.numel));
+    if (badPad) throw new Error(`ShardedPolicy.load: ${mf}: unit ${badPad.key} has padded ${badPad.padded}, not a multiple of the ${savedN} saved ranks covering its elements`);
+    if (savedN !== worldSize) log.info({ dir, saved: savedN, ranks: worldSize }, 'resharding a checkpoint saved by another number of ranks');
+    // The saved ranks' files, opened as they are first needed (rank r of M reads from at most a few of them).
+    const files = new Map<number, Checkpoint>();
+    const fileOf = (q: number): Checkpoint => {
+      let ck = files.get(q);
+      if (!ck) {
+        const rd = join(dir, rankDirName(q));
+        if (!existsSync(rd)) throw new Error(`ShardedPolicy.load: ${dir} lacks ${rankDirName(q)} (saved by ${savedN} ranks)`);
+        ck = Checkpoint.open(rd);
+        files.set(q, ck);
+      }
+      return ck;
+    };
+    /** This rank's [shard] of unit u's flat `what` buffer (bf16 or f32) on `device`, from the saved ranks' files. */
+    const read = (what: 'bf16' | 'master' | 'm' | 'v', u: number, device: string): Tensor => {
+      const unit = units[u]!;
+      const saved = m.units[u]!.padded / savedN;
+      const lo = rank * unit.shard;
+      const hi = Math.min(lo + unit.shard, m.units[u]!.padded);
+      const out = Tensor.zeros([unit.shard], { dtype: what === 'bf16' ? 'bf16' : 'f32', device });
+      try {
+        for (let q = Math.floor(lo / saved); q * saved < hi; q++) {
+          const a = Math.max(lo, q * saved);
+          const b = Math.min(hi, (q + 1) * saved);
+          const ck = fileOf(q);
+          const name = `${what}.${unit.key}`;
+          const n = ck.shapeOf(name)?.reduce((x, y) => x * y, 1);
+          if (n !== saved) throw new Error(`ShardedPolicy.load: ${join(dir, rankDirName(q))}: ${name} has ${n ?? 'no'} elements, expected ${saved}`);
+          const part = ck.loadRange(name, a - q * saved, b - q * saved, { device, dtype: what === 'bf16' ? 'bf16' : 'f32' });
+          const dst = out.slice(a - lo, b - lo);
+          dst.copyFrom(part);
+          disposeAll(part, dst);
+        }
+      } catch (e) {
+        out.dispose();
+        throw e;
+      }
+      return out;
+    };
     const dev = this.device;
     try {
-      units.forEach((unit, u) => {
-        const t = ck.load(`bf16.${unit.key}`, { device: dev, dtype: 'bf16', shape: [unit.shard] });
+      units.forEach((_, u) => {
+        const t = read('bf16', u, dev);
         this.model.bf16[u]!.copyFrom(t);
         t.dispose();
       });
       this.resetOptimizer();
       if (m.hasOptimizer) {
         const offload = this.optDevice !== this.device;
-        this.opt = units.map((unit) => {
-          const ld = (k: string): Tensor => {
-            const t = ck.load(`${k}.${unit.key}`, { device: this.optDevice, dtype: 'f32', shape: [unit.shard] });
+        this.opt = units.map((_, u) => {
+          const ld = (k: 'master' | 'm' | 'v'): Tensor => {
+            const t = read(k, u, this.optDevice);
             if (!offload) return t;
             const p = pinnedCopy(t);
             t.dispose();
@@ -1164,7 +1205,7 @@ export class ShardedPolicy implements Policy {
       }
       this.optimizerSteps = m.optimizerSteps;
     } finally {
-      ck.close();
+      for (const ck of files.values()) ck.close();
     }
     await this.model.comm.barrier();
   }
