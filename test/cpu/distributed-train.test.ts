@@ -16,7 +16,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -357,8 +357,9 @@ test('a layout that does not fit is refused before any process starts, naming th
 });
 
 /** The train CLI over 2 processes, 5 steps (checkpoints at Ctrl-C only); `interruptAfter`: SIGINT once that many steps are logged. */
-function trainCli(name: string, interruptAfter?: number): Promise<{ code: number | null; out: string }> {
-  const args = grpoArgs(name, 2).map((a) => (a === 'trainer.max_steps=3' ? 'trainer.max_steps=5' : a === 'trainer.ckpt_interval=-1' ? 'trainer.ckpt_interval=100' : a === 'trainer.resume_mode=none' ? 'trainer.resume_mode=latest' : a));
+function trainCli(name: string, interruptAfter?: number, world = 2): Promise<{ code: number | null; out: string }> {
+  // World 3: micro-batches of 5 per rank (16 does not divide by 3; the loss is normalised by the whole mini-batch).
+  const args = grpoArgs(name, world).map((a) => (a.startsWith('trainer.micro_train_batch_size_per_gpu=') && world === 3 ? 'trainer.micro_train_batch_size_per_gpu=5' : a)).map((a) => (a === 'trainer.max_steps=3' ? 'trainer.max_steps=5' : a === 'trainer.ckpt_interval=-1' ? 'trainer.ckpt_interval=100' : a === 'trainer.resume_mode=none' ? 'trainer.resume_mode=latest' : a));
   const metrics = join(dir, `${name}.jsonl`);
   return new Promise((resolve) => {
     const c = spawn(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...args], { cwd: ROOT });
@@ -379,12 +380,15 @@ function trainCli(name: string, interruptAfter?: number): Promise<{ code: number
   });
 }
 
-test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it exactly', async () => {
+test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it exactly; on 3 processes, to fp32 reduction order', async () => {
   const cut = await trainCli('ctrlc', 2);
   assert.equal(cut.code, 130, cut.out);
   assert.match(cut.out, /\[rank 0\] .*interrupted; checkpoint .*global_step_\d/);
   const stoppedAt = Number(/interrupted: saving a checkpoint at step (\d+)/.exec(cut.out)?.[1]);
   assert.ok(stoppedAt >= 2 && stoppedAt < 5, `stopped at step ${stoppedAt}`);
+  // The same checkpoint, to be resumed on 3 processes below.
+  cpSync(join(dir, 'ck-ctrlc'), join(dir, 'ck-ctrlc3'), { recursive: true });
+  cpSync(join(dir, 'ctrlc.jsonl'), join(dir, 'ctrlc3.jsonl'));
   const resumed = await trainCli('ctrlc');
   assert.equal(resumed.code, 0, resumed.out);
   assert.match(resumed.out, new RegExp(`GRPO: resumed from step ${stoppedAt}`));
@@ -396,6 +400,19 @@ test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it
   assert.deepEqual(a.map((r) => r.step), [1, 2, 3, 4, 5]);
   for (let i = 0; i < 5; i++) {
     for (const k of ['loss', 'grad_norm', 'reward/mean', 'kl']) assert.equal(a[i]![k], b[i]![k], `step ${i + 1} ${k}`);
+  }
+  // Resumed on 3 processes (3 engines): each rank reads its slices of the 2 saved shards. The first resumed step
+  // samples from the same bf16 weights (same rollouts and rewards); the updates then differ from the 2-process run
+  // only by the fp32 reduction order.
+  const three = await trainCli('ctrlc3', undefined, 3);
+  assert.equal(three.code, 0, three.out);
+  assert.match(three.out, new RegExp(`GRPO: resumed from step ${stoppedAt}`));
+  const c = rows('ctrlc3');
+  assert.deepEqual(c.map((r) => r.step), [1, 2, 3, 4, 5]);
+  assert.equal(c[stoppedAt]!['dist/world_size'], 3);
+  assert.equal(c[stoppedAt]!['reward/mean'], b[stoppedAt]!['reward/mean'], `step ${stoppedAt + 1} reward/mean`);
+  for (let i = stoppedAt; i < 5; i++) {
+    for (const k of ['loss', 'grad_norm']) assert.ok(rel(c[i]![k] as number, b[i]![k] as number) < 2e-4, `step ${i + 1} ${k}: resumed on 3 ${c[i]![k]} vs 2 ${b[i]![k]}`);
   }
 });
 
