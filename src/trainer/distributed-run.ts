@@ -26,7 +26,8 @@
 // Hangs: each command sets the rank's phase (DistContext.setPhase), which the hub's and NCCL watchdog's timeout
 // messages (trainer.nccl_timeout_s) name.
 //
-// Commands travel as JSON over the group's host channel (TcpGroup.broadcastBytes from rank 0) and run one at a time
+// Commands travel as MessagePack over the group's host channel (GroupChannel.broadcastObject from rank 0: token
+// batches and f32 rows as raw typed-array bytes; log-prob rows and completions come back the same way) and run one at a time
 // in the order rank 0 issued them, so every rank meets the same collectives in the same order; the synchronous
 // Policy methods (zeroGrad, optimizerStep, release) are queued without waiting. A rank that dies breaks the group:
 // rank 0's pending command fails naming the phase and that rank, and the launcher ends the job.
@@ -101,10 +102,12 @@ export function assertEngineLayout(c: Config, model?: { numHeads: number; numKvH
 }
 
 // ---- commands ------------------------------------------------------------------------------------------------------
-type WireBatch = { sequences: number[][]; promptLens: number[] };
+// Commands travel as MessagePack (packValue): token sequences as Int32Array and f32 rows as Float32Array, i.e. as
+// their raw bytes (exact, NaN-safe), the rest compactly.
+type WireBatch = { sequences: Int32Array[]; promptLens: number[] };
 type Command =
   | { op: 'forward'; id: number; batch: WireBatch; opts: LogprobOptions }
-  | { op: 'backward'; id: number; d: string[] }
+  | { op: 'backward'; id: number; d: Float32Array[] }
   | { op: 'release'; id: number }
   | { op: 'logprobs'; model: number; batch: WireBatch; opts: LogprobOptions }
   | { op: 'zeroGrad' }
@@ -124,7 +127,7 @@ type Command =
 type Reply = LogprobOutput | GradClipResult | Completion[] | ResourceSample | undefined;
 
 function toWire(b: SequenceBatch): WireBatch {
-  return { sequences: b.sequences.map((s) => Array.from(s)), promptLens: Array.from(b.promptLens) };
+  return { sequences: b.sequences, promptLens: Array.from(b.promptLens) };
 }
 
 /** Which sequences of a batch each rank computes: balanced by tokens (shardSequences), every rank in every call. */
@@ -133,28 +136,23 @@ function splitOf(b: WireBatch, worldSize: number): number[][] {
 }
 
 function subBatch(b: WireBatch, idx: readonly number[]): SequenceBatch {
-  return { sequences: idx.map((i) => Int32Array.from(b.sequences[i]!)), promptLens: idx.map((i) => b.promptLens[i]!) };
+  return { sequences: idx.map((i) => b.sequences[i]!), promptLens: idx.map((i) => b.promptLens[i]!) };
 }
 
-/** f32 rows travel as base64 of their bytes: exact, and NaN/Infinity survive (JSON numbers would turn them to null). */
-function f32ToWire(a: Float32Array): string {
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
-}
-
-function f32FromWire(s: string): Float32Array {
-  const b = Buffer.from(s, 'base64');
-  const out = new Float32Array(b.byteLength / 4);
-  new Uint8Array(out.buffer).set(b);
-  return out;
-}
-
-/** Every trainer rank's per-sequence rows back in batch order (one all-gather over the trainer ranks). */
+/** Every trainer rank's per-sequence f32 rows back in batch order (one all-gather over the trainer ranks, binary). */
 async function gatherRows(group: GroupChannel, split: number[][], rows: Float32Array[] | undefined, n: number): Promise<Float32Array[] | undefined> {
-  const all = await group.allGatherObject(rows ? rows.map(f32ToWire) : null);
+  const all = await group.allGatherObject<Float32Array[] | null>(rows ?? null);
   if (!rows) return undefined;
   const out: Float32Array[] = new Array(n);
-  split.forEach((idx, r) => idx.forEach((i, k) => (out[i] = f32FromWire(all[r]![k]!))));
+  split.forEach((idx, r) => idx.forEach((i, k) => (out[i] = all[r]![k]!)));
   return out;
+}
+
+/** A response's samples as they travel: tokens Int32Array, sampler log-probs Float32Array (what completionsOf keeps). */
+type WireResponse = { samples: { tokens: Int32Array; logprobs: Float32Array; finishReason: GenerateResponse['samples'][number]['finishReason']; error?: string }[] };
+
+function responseToWire(r: GenerateResponse): WireResponse {
+  return { samples: r.samples.map((x) => ({ tokens: Int32Array.from(x.tokens), logprobs: Float32Array.from(x.logprobs), finishReason: x.finishReason, ...(x.error !== undefined ? { error: x.error } : {}) })) };
 }
 
 /** A trainer rank's part: its ShardedPolicy shard over the trainer ranks, and their host channel. */
@@ -226,7 +224,7 @@ class RankWorker {
       }
       case 'backward': {
         const f = this.take(c.id, 'backward');
-        await f.fwd.backward(f.idx.map((i) => f32FromWire(c.d[i]!)));
+        await f.fwd.backward(f.idx.map((i) => c.d[i]!));
         return undefined;
       }
       case 'release':
@@ -315,7 +313,7 @@ class RankWorker {
       mine = await em.engine.runRequests(requests.slice(lo, hi));
       this.preemptions += (em.engine.stats()?.preemptions ?? 0) - before;
     }
-    const all = await this.dist.group.allGatherObject<GenerateResponse[]>(mine);
+    const all = await this.dist.group.allGatherObject<WireResponse[]>(mine.map(responseToWire));
     return completionsOf(all.flat());
   }
 
@@ -413,12 +411,12 @@ class BucketSender {
 
   async finish(): Promise<void> {
     if (this.used > 0) await this.flush();
-    await this.sync.channel.broadcastBytes(Buffer.from(JSON.stringify({ done: true } satisfies BucketHeader)), 0);
+    await this.sync.channel.broadcastObject<BucketHeader>({ done: true }, 0);
   }
 
   private async flush(): Promise<void> {
     const header: BucketHeader = { params: this.params, numel: this.used };
-    await this.sync.channel.broadcastBytes(Buffer.from(JSON.stringify(header)), 0);
+    await this.sync.channel.broadcastObject(header, 0);
     const part = this.bucket!.slice(0, this.used);
     try {
       await this.sync.collectives.broadcast(part, 0);
@@ -441,7 +439,7 @@ class BucketSender {
 async function receiveBuckets(sync: SyncPart, em: EnginePart, rank: number): Promise<void> {
   const params = em.model.weights.params;
   for (;;) {
-    const h = JSON.parse((await sync.channel.broadcastBytes(null, 0)).toString('utf8')) as BucketHeader;
+    const h = await sync.channel.broadcastObject<BucketHeader>(null, 0);
     if (h.done) return;
     const bucket = Tensor.empty([h.numel], { dtype: 'bf16', device: em.model.device });
     try {
@@ -545,7 +543,7 @@ class Driver {
   private enqueue<R extends Reply>(c: Command): Promise<R> {
     const run = async (): Promise<R> => {
       if (this.failure) throw this.failure;
-      const sent = this.worker.dist.group.broadcastBytes(Buffer.from(JSON.stringify(c), 'utf8'), 0);
+      const sent = this.worker.dist.group.broadcastObject(c, 0);
       sent.catch(() => {}); // awaited just below, with the local run
       const [, r] = await Promise.all([sent, this.worker.run(c)]);
       this.worker.setPhase('the GRPO loop between commands');
@@ -600,7 +598,7 @@ export class DriverPolicy implements Policy {
         if (consumed) throw new Error('TrainForward.backward: already consumed');
         if (dl.length !== batch.sequences.length) throw new Error(`backward: ${dl.length} gradient rows for ${batch.sequences.length} sequences`);
         consumed = true;
-        await this.d.call({ op: 'backward', id, d: dl.map(f32ToWire) });
+        await this.d.call({ op: 'backward', id, d: dl });
       },
       release: () => {
         if (consumed) return;
@@ -783,7 +781,7 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
     async serve(onCommand) {
       if (dist.rank === 0) throw new Error('serve: rank 0 drives the run');
       for (let i = 0; ; i++) {
-        const c = JSON.parse((await dist.group.broadcastBytes(null, 0)).toString('utf8')) as Command;
+        const c = await dist.group.broadcastObject<Command>(null, 0);
         worker.setPhase(PHASE[c.op]);
         onCommand?.(c.op, i);
         if (c.op === 'exit') return;
