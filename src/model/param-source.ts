@@ -16,6 +16,11 @@ export interface ParamSource {
   readonly config: GptOssConfig;
   /** For messages: the folder, or `random (seed N)`. */
   readonly where: string;
+  /**
+   * true: range() reads only the elements asked for (a checkpoint), so a slice is cheapest read as ranges; false:
+   * range() draws or copies the whole tensor first (random weights, weights in memory), so read it once with full().
+   */
+  readonly partial: boolean;
   /** The whole parameter `name`, bf16 in its checkpoint shape, on `device` (the caller disposes it). */
   full(name: string, device: string): Tensor;
   /** Elements [lo, hi) of parameter `name` flattened row-major: bf16 [hi - lo] on `device` (the caller disposes it). */
@@ -49,23 +54,29 @@ function cutRange(host: Tensor, lo: number, hi: number, device: string): Tensor 
  * A checkpoint folder (its config is the caller's, read from config.json). Every parameter of the config must be
  * there (checked when it opens, naming the first missing ones).
  */
-export function checkpointSource(config: GptOssConfig, dir: string): ParamSource {
-  const ck = Checkpoint.open(dir);
+export function checkpointSource(config: GptOssConfig, dir: string | Checkpoint): ParamSource {
+  // An open Checkpoint stays its owner's (close() leaves it open); a folder is opened here and closed by close().
+  const own = typeof dir === 'string';
+  const ck = own ? Checkpoint.open(dir) : dir;
   const specs = specsOf(config);
   const missing = [...specs.keys()].filter((n) => !ck.has(n));
   if (missing.length) {
-    ck.close();
-    throw new Error(`checkpoint ${dir} lacks ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
+    if (own) ck.close();
+    throw new Error(`checkpoint ${ck.dir} lacks ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
   }
+  const where = ck.dir;
   return {
     config,
-    where: dir,
-    full: (name, device) => ck.load(name, { device, dtype: 'bf16', shape: specOf(specs, name, dir).shape }),
+    where,
+    partial: true,
+    full: (name, device) => ck.load(name, { device, dtype: 'bf16', shape: specOf(specs, name, where).shape }),
     range: (name, lo, hi, device) => {
-      specOf(specs, name, dir);
+      specOf(specs, name, where);
       return ck.loadRange(name, lo, hi, { device, dtype: 'bf16' });
     },
-    close: () => ck.close(),
+    close: () => {
+      if (own) ck.close();
+    },
   };
 }
 
@@ -79,6 +90,7 @@ export function randomSource(config: GptOssConfig, init: RandomInitOptions = {})
   return {
     config,
     where,
+    partial: false,
     full: (name, device) => randomParam(specOf(specs, name, where), device, init),
     range: (name, lo, hi, device) => {
       const host = randomParam(specOf(specs, name, where), 'cpu', init);
@@ -102,6 +114,7 @@ export function weightsSource(w: GptOssWeights): ParamSource {
   return {
     config: w.config,
     where: `weights on ${w.device}`,
+    partial: false,
     full: (name, device) => get(name).to(device),
     range: (name, lo, hi, device) => cutRange(get(name), lo, hi, device),
     close: () => {},
