@@ -1,8 +1,8 @@
 // param-source.ts: where a model's parameters come from, read one tensor (or one slice of one) at a time, so a
 // process builds only what it keeps. A sharded trainer rank reads the element ranges of its unit shards
-// (ShardedPolicy.fromSource), a tensor-parallel engine rank cuts its TP slice from one tensor at a time
-// (shardForTensorParallel), a tp=1 engine builds the whole model (weightsFromSource): never the whole model as an
-// extra copy beside what the process keeps.
+// (ShardedPolicy.fromSource), a tensor-parallel engine rank reads its TP slice (shardForTensorParallel: chunks of
+// whole rows when the source reads ranges, else one whole tensor at a time, cut), a tp=1 engine builds the whole
+// model (weightsFromSource): never the whole model as an extra copy beside what the process keeps.
 //   checkpointSource  a Hugging Face folder: positioned reads of just the requested bytes (Checkpoint.loadRange)
 //   randomSource      seeded random weights: each tensor from its own seeded stream (randomParam), so every
 //                     process's tensors and slices equal those of GptOssWeights.random(config, seed) built whole

@@ -5,8 +5,8 @@
 //       ranks P.. after them (engine e on P+e*T ..), and the weight sync is a bucketed broadcast from trainer rank 0
 //       to the engine ranks (BucketSender / receiveBuckets over the sub-group {0, engine ranks}).
 // An engine's part on its ranks:
-//   T = 1   each rank a whole engine over its own full bf16 copy of the model (engine e = rank e)
-//   T > 1   each rank a TensorParallelModel slice (tensor-parallel.ts) over its engine's sub-group of the process
+//   T = 1   each rank a whole engine over its own bf16 model (engine e = rank e), read from the model's source
+//   T > 1   each rank a TensorParallelModel slice (tensor-parallel.ts; only the slice is read) over its engine's sub-group of the process
 //           group (its own collectives and command channel: Collectives.subGroup / GroupChannel.subGroup, so the E
 //           engines step independently); the engine's first rank runs the Engine over a TensorParallelModelRunner,
 //           the others serve its steps (tensor-parallel-runner.ts). E = 1 uses the whole group.
@@ -716,46 +716,49 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
   const P = layout.trainerRanks;
   const isTrainer = rank < P;
   const engine = engineOf(rank, layout);
-  // Sub-groups are made in one order on every rank (trainer ranks, weight sync, engines): NCCL's initialisation of
-  // each blocks until its members have joined.
   let trainer: TrainerPart | null = null;
-  if (isTrainer) {
-    const own = layout.colocated ? null : await dist.collectives.subGroup(Array.from({ length: P }, (_, i) => i));
-    const policy = ShardedPolicy.fromSource(src, dist.device, own ?? dist.collectives, {
-      recompute: c.trainer.gradient_checkpointing,
-      deterministic: c.trainer.deterministic,
-      cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
-      offloadAfterStep: c.trainer.policy.optimizer_config.offload_after_step,
-      referenceOnHost: !c.trainer.placement.colocate_policy_ref,
-    });
-    trainer = { policy, group: own ? dist.group.subGroup(Array.from({ length: P }, (_, i) => i)) : dist.group, own };
-  }
-  // Not colocated: trainer rank 0 broadcasts the weights to every engine rank in buckets.
   let sync: SyncPart | null = null;
-  if (!layout.colocated && (rank === 0 || !isTrainer)) {
-    const members = [0, ...Array.from({ length: layout.worldSize - P }, (_, i) => P + i)];
-    const bucketBytes = opts.syncBucketBytes ?? SYNC_BUCKET_BYTES;
-    sync = { collectives: await dist.collectives.subGroup(members), channel: dist.group.subGroup(members), bucketElems: Math.max(1, Math.floor(bucketBytes / 2)) };
-  }
-  const options = engineOptionsFromConfig(c.generator);
-  // tp 1: the engine's whole model (its own weights, synced after every step); tp T: only this rank's TP slice.
   let engineModel: EnginePart | null = null;
-  const tp = layout.tensorParallelSize;
-  if (engine < 0) {
-    // A trainer-only rank: no engine.
-  } else if (tp === 1) {
-    const model = new GptOssModel(weightsFromSource(src, dist.device), { deterministic: c.trainer.deterministic });
-    engineModel = { kind: 'whole', model, engine: new LocalGenerator(model, options) };
-  } else {
-    // Engine e on its own ranks: a sub-group each (collectives, channel), unless one engine spans every rank.
-    const own = !(layout.colocated && layout.numEngines === 1);
-    const ranks = engineRanks(engine, layout);
-    const collectives = own ? await dist.collectives.subGroup(ranks) : dist.collectives;
-    const channel = own ? dist.group.subGroup(ranks) : dist.group;
-    const model = TensorParallelModel.fromSource(src, collectives, { device: dist.device, deterministic: c.trainer.deterministic });
-    engineModel = { kind: 'slice', model, options, engine, collectives, channel, own };
+  try {
+    // Sub-groups are made in one order on every rank (trainer ranks, weight sync, engines): NCCL's initialisation of
+    // each blocks until its members have joined.
+    if (isTrainer) {
+      const own = layout.colocated ? null : await dist.collectives.subGroup(Array.from({ length: P }, (_, i) => i));
+      const policy = ShardedPolicy.fromSource(src, dist.device, own ?? dist.collectives, {
+        recompute: c.trainer.gradient_checkpointing,
+        deterministic: c.trainer.deterministic,
+        cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
+        offloadAfterStep: c.trainer.policy.optimizer_config.offload_after_step,
+        referenceOnHost: !c.trainer.placement.colocate_policy_ref,
+      });
+      trainer = { policy, group: own ? dist.group.subGroup(Array.from({ length: P }, (_, i) => i)) : dist.group, own };
+    }
+    // Not colocated: trainer rank 0 broadcasts the weights to every engine rank in buckets.
+    if (!layout.colocated && (rank === 0 || !isTrainer)) {
+      const members = [0, ...Array.from({ length: layout.worldSize - P }, (_, i) => P + i)];
+      const bucketBytes = opts.syncBucketBytes ?? SYNC_BUCKET_BYTES;
+      sync = { collectives: await dist.collectives.subGroup(members), channel: dist.group.subGroup(members), bucketElems: Math.max(1, Math.floor(bucketBytes / 2)) };
+    }
+    const options = engineOptionsFromConfig(c.generator);
+    // tp 1: the engine's whole model (its own weights, synced after every step); tp T: only this rank's TP slice.
+    const tp = layout.tensorParallelSize;
+    if (engine < 0) {
+      // A trainer-only rank: no engine.
+    } else if (tp === 1) {
+      const model = new GptOssModel(weightsFromSource(src, dist.device), { deterministic: c.trainer.deterministic });
+      engineModel = { kind: 'whole', model, engine: new LocalGenerator(model, options) };
+    } else {
+      // Engine e on its own ranks: a sub-group each (collectives, channel), unless one engine spans every rank.
+      const own = !(layout.colocated && layout.numEngines === 1);
+      const ranks = engineRanks(engine, layout);
+      const collectives = own ? await dist.collectives.subGroup(ranks) : dist.collectives;
+      const channel = own ? dist.group.subGroup(ranks) : dist.group;
+      const model = TensorParallelModel.fromSource(src, collectives, { device: dist.device, deterministic: c.trainer.deterministic });
+      engineModel = { kind: 'slice', model, options, engine, collectives, channel, own };
+    }
+  } finally {
+    src.close();
   }
-  src.close();
   const worker = new RankWorker(dist, trainer, engineModel, sync, layout);
   const driver = dist.rank === 0 ? new Driver(worker) : null;
   const role = layout.colocated ? 'trainer + engine' : isTrainer ? 'trainer' : 'engine';

@@ -416,6 +416,24 @@ test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it
   }
 });
 
+test('a random-weight model (the demo\'s `tiny`): every rank draws its shard and engine per tensor, world 2 samples and steps as world 1', async () => {
+  // World 1 builds the whole model (GptOssWeights.random); in world 2 each rank reads only its shard and its engine's
+  // weights from the seeded source: the same values, so step 1 samples the same tokens and steps to fp32 noise.
+  const extra = ['trainer.policy.model.path=tiny', 'trainer.max_steps=1'];
+  const r1 = await runWorld('random-world1', 1, undefined, 1, undefined, undefined, extra);
+  assert.equal(r1.exitCode, 0, r1.text);
+  const r2 = await runWorld('random-world2', 2, undefined, 1, undefined, undefined, extra);
+  assert.equal(r2.exitCode, 0, r2.text);
+  const a = r1.result();
+  const b = r2.result();
+  assert.equal(b.first.length, 64);
+  assert.deepEqual(b.first, a.first, 'step 1 rollouts');
+  const [ra] = r1.rows();
+  const [rb] = r2.rows();
+  assert.equal(rb!['reward/mean'], ra!['reward/mean']);
+  for (const k of ['loss', 'grad_norm']) assert.ok(rel(rb![k] as number, ra![k] as number) < 2e-4, `${k}: world 2 ${rb![k]} vs world 1 ${ra![k]}`);
+});
+
 test('engine blocks: contiguous request ranges, the first n % engines one longer, every request once', () => {
   assert.deepEqual(engineBlocks(8, 2), [[0, 4], [4, 8]]);
   assert.deepEqual(engineBlocks(7, 3), [[0, 3], [3, 5], [5, 7]]);
