@@ -256,7 +256,8 @@ export interface ShardedModelOptions {
   /**
    * Move the fp32 masters and AdamW moments [shard] per unit to pinned host memory at the end of every optimizer
    * step and back to the device at the next training forward (or optimizer step), so the generation phase between
-   * them (a colocated engine sharing the GPU) has that memory (trainer.policy.optimizer_config.offload_after_step).
+   * them (a colocated engine sharing the GPU) has that memory (trainer.policy.optimizer_config.offload_after_step);
+   * load() leaves a resumed state there too.
    * Exact copies: training is bitwise the same as without. With cpuOffload the state is on the host anyway (nothing
    * moves); on a CPU device the move is a host-to-host copy. Default false.
    */
@@ -1202,6 +1203,8 @@ export class ShardedPolicy implements Policy {
           };
           return { master: ld('master'), m: ld('m'), v: ld('v') };
         });
+        // A resumed run generates first: with offloadAfterStep the state waits in host memory, as after a step.
+        if (this.offloadAfterStep) this.offloadOptimizer();
       }
       this.optimizerSteps = m.optimizerSteps;
     } finally {

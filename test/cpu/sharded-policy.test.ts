@@ -281,6 +281,8 @@ test('offloadAfterStep (offload_after_step): the masters and moments go to host 
   assert.equal(c.exitCode, 0, c.text);
   assert.deepEqual(readResult(out2).steps[0], b.steps[2]);
   assert.deepEqual(readResult(out2).masters, b.masters);
+  // Loaded into host memory (the resumed run's first phase is a generation), back for step 3's training.
+  assert.equal(readResult(out2).loadedOnHost, true);
 });
 
 test('prefetch off (no look-ahead, collectives in program order) trains bitwise like the default overlap', async () => {

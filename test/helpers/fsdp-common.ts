@@ -68,4 +68,6 @@ export interface WorkerResult {
   logprobs?: number[][];
   /** With offloadAfterStep: per step, where the optimizer state was [after the step, after the next forward]. */
   onHost?: [boolean, boolean][];
+  /** With offloadAfterStep and load: where the loaded optimizer state was right after the load. */
+  loadedOnHost?: boolean;
 }

@@ -32,6 +32,7 @@ const model = randomModel(CFG, { device: ctx.device, seed: SEED });
 const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives, { cpuOffload: o.cpuOffload, offloadAfterStep: o.offloadAfterStep, prefetch: o.prefetch, collectivesAtOne: o.collectivesAtOne });
 model.dispose();
 if (o.load) await policy.load(o.load);
+const loadedOnHost = o.load && o.offloadAfterStep ? policy.optimizerOnHost : undefined;
 
 const steps: StepRecord[] = [];
 const onHost: [boolean, boolean][] = [];
@@ -69,7 +70,7 @@ if (o.export) {
   logprobs = (await policy.logprobs(stepBatch(1))).logprobs.map((a) => [...a]);
 }
 if (rank === 0 && o.out) {
-  const res: WorkerResult = { steps, masters: Object.fromEntries([...masters!].map(([k, v]) => [k, [...v]])), logprobs, ...(o.offloadAfterStep ? { onHost } : {}) };
+  const res: WorkerResult = { steps, masters: Object.fromEntries([...masters!].map(([k, v]) => [k, [...v]])), logprobs, ...(o.offloadAfterStep ? { onHost } : {}), ...(loadedOnHost !== undefined ? { loadedOnHost } : {}) };
   writeFileSync(o.out, JSON.stringify(res));
 }
 policy.dispose();
