@@ -37,6 +37,11 @@ export async function sftMain(argv: string[] = process.argv): Promise<void> {
       'trainer.policy.fsdp_config.cpu_offload=true: npm run sft trains the single-process policy, which keeps its optimizer state on the device; npm run train honours the key (its SFT warm start too: trainer.sft.warm_start=true). Use false here.',
     );
   }
+  if (config.trainer.policy.optimizer_config.offload_after_step) {
+    throw new ConfigError(
+      'trainer.policy.optimizer_config.offload_after_step=true: npm run sft trains the single-process policy, which keeps its optimizer state on the device (there is no generation phase to make room for); npm run train honours the key. Use false here.',
+    );
+  }
   const run = await setupRun(config);
   const t = config.trainer;
   const out = t.sft.output_dir ?? join('runs', 'sft', t.run_name);

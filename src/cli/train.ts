@@ -41,11 +41,12 @@ export async function trainMain(argv: string[] = process.argv): Promise<void> {
   // Several processes (trainer.placement.policy_num_gpus_per_node > 1): this process becomes their launcher, and
   // runs again as each of them (WORLD_SIZE set); rank 0 drives the run, the others serve it.
   if (processCount(config) > 1 && process.env.WORLD_SIZE === undefined) return launchTraining(config, argv);
-  // One process with trainer.policy.fsdp_config.cpu_offload or colocate_policy_ref=false: the same sharded trainer
+  // One process with trainer.policy.fsdp_config.cpu_offload, optimizer_config.offload_after_step or
+  // colocate_policy_ref=false: the same sharded trainer
   // over a group of one (only it keeps the optimizer state or the KL reference in host memory).
   if (processCount(config) === 1 && usesShardedTrainer(config)) {
     log.info(
-      `sharded trainer on one process (${[t.policy.fsdp_config.cpu_offload ? 'trainer.policy.fsdp_config.cpu_offload=true' : '', !t.placement.colocate_policy_ref ? 'trainer.placement.colocate_policy_ref=false' : ''].filter(Boolean).join(', ')})`,
+      `sharded trainer on one process (${[t.policy.fsdp_config.cpu_offload ? 'trainer.policy.fsdp_config.cpu_offload=true' : '', t.policy.optimizer_config.offload_after_step ? 'trainer.policy.optimizer_config.offload_after_step=true' : '', !t.placement.colocate_policy_ref ? 'trainer.placement.colocate_policy_ref=false' : ''].filter(Boolean).join(', ')})`,
     );
   }
   const drun = processCount(config) > 1 || usesShardedTrainer(config) ? await setupDistributedRun(config) : null;

@@ -191,7 +191,6 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolea
   { key: 'trainer.placement.ref_num_nodes', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_nodes, want: '1 or trainer.placement.policy_num_nodes', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
   { key: 'trainer.placement.ref_num_gpus_per_node', ok: (v, c) => v === 1 || v === c.trainer.placement.policy_num_gpus_per_node, want: '1 or trainer.placement.policy_num_gpus_per_node', why: `a reference model placed apart from the policy is not supported yet (it is sharded over the policy's processes); ${SHARDED}` },
   { key: 'trainer.policy.sequence_parallel_size', ok: (v) => v === 1, want: '1', why: 'sequence parallelism is not supported yet' },
-  { key: 'trainer.policy.optimizer_config.offload_after_step', ok: (v) => v === false, want: 'false', why: `offloading the optimizer state between steps is not supported yet; ${SHARDED}` },
   { key: 'trainer.gradient_checkpointing_use_reentrant', ok: (v) => v === false, want: 'false', why: "PyTorch's reentrant checkpointing has no counterpart here (trainer.gradient_checkpointing recomputes each layer in its backward)" },
   { key: 'trainer.hf_save_interval', ok: (v) => v === -1 || v === 0, want: '-1', why: 'a separate HF-format export is not supported yet; every checkpoint (<ckpt_path>/global_step_N) already holds the model in the HF layout, loadable with --model' },
   { key: 'trainer.algorithm.entropy_loss_coef', ok: (v) => v === 0, want: '0', why: 'an entropy bonus in the loss is not implemented (entropy is logged as a metric)' },
@@ -206,11 +205,13 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolea
 /**
  * Whether `npm run train` runs the sharded trainer (src/trainer/distributed-run.ts, ShardedPolicy): over several
  * processes, and also on one when a setting only it honours is asked for: trainer.policy.fsdp_config.cpu_offload
- * (fp32 masters and AdamW moments in pinned host memory, AdamW on the host) or trainer.placement.
- * colocate_policy_ref=false (the KL reference's weights kept in host memory between its uses).
+ * (fp32 masters and AdamW moments in pinned host memory, AdamW on the host), trainer.policy.optimizer_config.
+ * offload_after_step (masters and moments moved to host memory after each optimizer step, for the generation
+ * phase, and back before training) or trainer.placement.colocate_policy_ref=false (the KL reference's weights kept
+ * in host memory between its uses).
  */
 export function usesShardedTrainer(c: Config): boolean {
-  return trainingWorldSize(c) > 1 || c.trainer.policy.fsdp_config.cpu_offload || !c.trainer.placement.colocate_policy_ref;
+  return trainingWorldSize(c) > 1 || c.trainer.policy.fsdp_config.cpu_offload || c.trainer.policy.optimizer_config.offload_after_step || !c.trainer.placement.colocate_policy_ref;
 }
 
 /** Trainer processes of a run: trainer.placement.policy_num_nodes x policy_num_gpus_per_node. */

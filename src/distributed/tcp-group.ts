@@ -20,7 +20,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { bf16BitsToF32, f32ToBf16Bits } from '../tensor.ts';
 import type { DType } from '../native.ts';
 import type { ReduceOp } from './collectives.ts';
-import { FrameReader, writeFrame, type Frame, type Header } from './wire.ts';
+import { FrameReader, packValue, unpackValue, writeFrame, type Frame, type Header } from './wire.ts';
 
 export type CollOp = 'allReduce' | 'allGather' | 'reduceScatter' | 'broadcast' | 'barrier' | 'bcastBytes' | 'gatherBytes';
 
@@ -461,10 +461,15 @@ export abstract class GroupChannel {
     return out;
   }
 
-  /** JSON values from every rank, in rank order. */
+  /** Every rank's value, in rank order (MessagePack, packValue: typed arrays travel as their raw bytes). */
   async allGatherObject<T>(value: T): Promise<T[]> {
-    const parts = await this.allGatherBytes(Buffer.from(JSON.stringify(value), 'utf8'));
-    return parts.map((p) => JSON.parse(p.toString('utf8')) as T);
+    const parts = await this.allGatherBytes(packValue(value));
+    return parts.map((p) => unpackValue<T>(p));
+  }
+
+  /** Root's value on every rank (others pass null; MessagePack as allGatherObject). */
+  async broadcastObject<T>(value: T | null, root = 0): Promise<T> {
+    return unpackValue<T>(await this.broadcastBytes(this.rank === root ? packValue(value) : null, root));
   }
 
   /**

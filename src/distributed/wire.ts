@@ -1,7 +1,9 @@
 // wire.ts: length-prefixed frames on a TCP stream. A frame is
 //   u32 LE header length | u64 LE payload length | header (UTF-8 JSON) | payload (raw bytes, e.g. a tensor)
-// so tensors travel as their raw bytes, never as JSON.
+// so tensors travel as their raw bytes, never as JSON; and the MessagePack codec of the values a payload carries
+// between ranks (packValue / unpackValue).
 import type { Socket } from 'node:net';
+import { Packr } from 'msgpackr';
 
 export type Header = { t: string } & Record<string, unknown>;
 export interface Frame {
@@ -72,4 +74,20 @@ export class FrameReader {
     }
     return out;
   }
+}
+
+// ---- values in a payload -------------------------------------------------------------------------------------------
+// What the host channel carries between ranks beyond tensors (commands, token batches, completions, per-sequence
+// f32 rows) as MessagePack: numbers, strings and objects compactly, and typed arrays (Int32Array, Float32Array, ...)
+// as their raw bytes, restored as the same typed array: exact, NaN/Infinity/-0 kept, no text encoding of numbers.
+const packr = new Packr({ moreTypes: true, useRecords: false });
+
+/** A value (plain objects, arrays, numbers, strings, null, typed arrays) as MessagePack bytes. */
+export function packValue(value: unknown): Buffer {
+  return packr.pack(value);
+}
+
+/** The value packValue packed (typed arrays come back as fresh typed arrays of the same kind). */
+export function unpackValue<T>(bytes: Uint8Array): T {
+  return packr.unpack(bytes) as T;
 }

@@ -115,7 +115,7 @@ export function requestsFor(prompts: readonly Int32Array[], p: SamplingParams): 
 }
 
 /** The completions of engine responses, in request then sample order; a failed sample throws. */
-export function completionsOf(res: readonly GenerateResponse[]): Completion[] {
+export function completionsOf(res: readonly { samples: readonly { tokens: ArrayLike<number>; logprobs: ArrayLike<number>; finishReason: GenerateResponse['samples'][number]['finishReason']; error?: string }[] }[]): Completion[] {
   const out: Completion[] = [];
   res.forEach((r, i) => {
     for (const s of r.samples) {

@@ -20,6 +20,7 @@ export * from './layer.ts';
 export * from './gptoss.ts';
 export * from './tensor-parallel.ts';
 export * from './lora.ts';
+export * from './param-source.ts';
 
 export interface LoadModelOptions extends ModelOptions, Omit<ResolveOptions, 'onProgress'> {
   /** 'cpu' or 'cuda:N' (default: the process's default device). */

@@ -402,6 +402,86 @@ export class Checkpoint {
     return out;
   }
 
+  /**
+   * Elements [lo, hi) of one tensor, flattened (row-major), as a 1-D tensor [hi - lo] on opts.device: only those
+   * bytes are read (positioned reads of at most chunkBytes), so a rank that keeps a slice of a tensor never holds
+   * the rest (a sharded trainer's shard, a resharded optimizer state). An MXFP4 pair is dequantised on the host one
+   * expert at a time, only the experts the range touches (its blocks do not split on element boundaries).
+   */
+  loadRange(name: string, lo: number, hi: number, opts: Omit<LoadOptions, 'shape'>): Tensor {
+    const numel = numelOf(this.shapeOf(name) ?? []);
+    if (!this.has(name)) throw new Error(`checkpoint ${this.dir}: tensor '${name}' not found`);
+    if (!(Number.isSafeInteger(lo) && Number.isSafeInteger(hi) && lo >= 0 && lo <= hi && hi <= numel)) {
+      throw new Error(`checkpoint ${this.dir}: range [${lo}, ${hi}) of tensor '${name}' is outside its ${numel} elements`);
+    }
+    if (this.isMxfp4(name)) return this.loadMxfp4Range(name, lo, hi, opts);
+    const f = this.where.get(name)!;
+    const info = f.tensors.get(name)!;
+    const isInt = /^(U|I|BOOL)/.test(info.dtype);
+    const dtype: DType = opts.dtype ?? (info.dtype === 'U8' ? 'u8' : isInt ? 'i32' : 'bf16');
+    const el = ST_DTYPE_BYTES[info.dtype];
+    const out = Tensor.empty([hi - lo], { dtype, device: opts.device });
+    try {
+      const chunk = Math.max(1, Math.floor((opts.chunkBytes ?? 64 << 20) / el));
+      for (let a = lo; a < hi; a += chunk) {
+        const b = Math.min(hi, a + chunk);
+        const buf = Buffer.alloc((b - a) * el);
+        f.readAt(buf, info.offset + a * el);
+        const host = convertBytes(buf, info.dtype, dtype, `'${name}'`);
+        if (a === lo && b === hi) out.copyFrom(host);
+        else {
+          const dst = out.slice(a - lo, b - lo);
+          dst.copyFrom(host);
+          dst.dispose();
+        }
+      }
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+    return out;
+  }
+
+  /**
+   * Elements [lo, hi) of a dequantised MXFP4 tensor [E, in, out] flattened: each expert it touches is read and
+   * dequantised alone (bf16 [in, out] on the host), its overlap copied into the result [hi - lo] on opts.device.
+   */
+  private loadMxfp4Range(name: string, lo: number, hi: number, opts: Omit<LoadOptions, 'shape'>): Tensor {
+    const bi = this.info(`${name}_blocks`)!;
+    const si = this.info(`${name}_scales`)!;
+    const where = `checkpoint ${this.dir}: MXFP4 tensor '${name}'`;
+    if (bi.dtype !== 'U8' || si.dtype !== 'U8') throw new Error(`${where}: _blocks/_scales must be U8, got ${bi.dtype}/${si.dtype}`);
+    if (bi.shape.length !== 4 || bi.shape[3] !== 16) throw new Error(`${where}: _blocks shape [${bi.shape.join(', ')}] is not [E, out, groups, 16]`);
+    const [E, outDim, G] = bi.shape as [number, number, number, number];
+    if (si.shape.length !== 3 || si.shape[0] !== E || si.shape[1] !== outDim || si.shape[2] !== G) {
+      throw new Error(`${where}: _scales shape [${si.shape.join(', ')}] does not match _blocks [${bi.shape.join(', ')}]`);
+    }
+    const per = G * 32 * outDim;
+    const dtype = opts.dtype ?? 'bf16';
+    const out = Tensor.empty([hi - lo], { dtype, device: opts.device });
+    const bf = this.where.get(`${name}_blocks`)!;
+    const sf = this.where.get(`${name}_scales`)!;
+    try {
+      const blocks = Buffer.alloc(outDim * G * 16);
+      const scales = Buffer.alloc(outDim * G);
+      for (let e = Math.floor(lo / per); e < E && e * per < hi; e++) {
+        bf.readAt(blocks, bi.offset + e * blocks.length);
+        sf.readAt(scales, si.offset + e * scales.length);
+        const bits = dequantMxfp4Expert(blocks, scales, outDim, G);
+        const a = Math.max(lo, e * per);
+        const b = Math.min(hi, (e + 1) * per);
+        const part = bits.subarray(a - e * per, b - e * per);
+        const dst = out.slice(a - lo, b - lo);
+        dst.copyFrom(dtype === 'bf16' ? part : convertBytes(new Uint8Array(part.buffer, part.byteOffset, part.byteLength), 'BF16', dtype, `'${name}'`));
+        dst.dispose();
+      }
+    } catch (err) {
+      out.dispose();
+      throw err;
+    }
+    return out;
+  }
+
   private loadMxfp4(name: string, opts: LoadOptions): Tensor {
     const bi = this.info(`${name}_blocks`)!;
     const si = this.info(`${name}_scales`)!;

@@ -35,6 +35,7 @@ import { GptOssModel, type ForwardOptions, type ForwardResult, type ModelOptions
 import type { TensorParallelGroup } from './layer.ts';
 import type { PackedBatch } from './batch.ts';
 import { disposeAll } from './tensor-helpers.ts';
+import { checkpointSource, type ParamSource } from './param-source.ts';
 
 /** The shapes one rank holds: Hq/tp query heads, Hkv/tp kv heads, I/tp of every expert's intermediate dimension. */
 export function tensorParallelConfig(config: GptOssConfig, tp: number): GptOssConfig {
@@ -140,8 +141,11 @@ function shardTensor(full: Tensor, rule: ShardRule, rank: number, device: string
   }
 }
 
-/** Where the full weights come from: a model's weights (any device), or a checkpoint and its config. */
-export type TensorParallelSource = GptOssWeights | { checkpoint: Checkpoint; config: GptOssConfig };
+/**
+ * Where the full weights come from: a model's weights (any device), a checkpoint and its config, or a ParamSource
+ * (param-source.ts: e.g. seeded random weights, drawn one tensor at a time).
+ */
+export type TensorParallelSource = GptOssWeights | { checkpoint: Checkpoint; config: GptOssConfig } | ParamSource;
 
 export interface TensorParallelShard {
   /** The full model's config. */
@@ -151,25 +155,92 @@ export interface TensorParallelShard {
   weights: GptOssWeights;
 }
 
+/** Host elements per read when a slice is cut from a ParamSource that reads ranges (sliceFromSource). */
+const SLICE_READ_ELEMS = 32 << 20;
+
+/**
+ * A range rule's slice of parameter `name` [..shape] read from a source whose range() reads only what it is asked
+ * (a checkpoint): the tensor as [outer, size, inner] around `dim`, whole rows of `outer` read in chunks of about
+ * `chunkElems` elements to the host (for dim 0 only the slice's rows), each chunk narrowed to [rows, length, inner]
+ * and copied into the result on `device`. Host memory: one chunk, never the whole tensor.
+ */
+function sliceFromSource(src: ParamSource, name: string, shape: readonly number[], rule: Extract<ShardRule, { kind: 'range' }>, device: string, chunkElems: number): Tensor {
+  const { dim, start, length } = rule;
+  const outer = shape.slice(0, dim).reduce((a, b) => a * b, 1);
+  const size = shape[dim]!;
+  const inner = shape.slice(dim + 1).reduce((a, b) => a * b, 1);
+  const out = Tensor.empty(shape.map((d, i) => (i === dim ? length : d)), { dtype: 'bf16', device });
+  try {
+    if (outer === 1) {
+      const part = src.range(name, start * inner, (start + length) * inner, device);
+      const flat = out.view([length * inner]);
+      flat.copyFrom(part);
+      disposeAll(part, flat);
+      return out;
+    }
+    const rows = Math.max(1, Math.floor(chunkElems / (size * inner)));
+    const out2 = out.view([outer, length * inner]);
+    try {
+      for (let o0 = 0; o0 < outer; o0 += rows) {
+        const o1 = Math.min(outer, o0 + rows);
+        const host = src.range(name, o0 * size * inner, o1 * size * inner, 'cpu');
+        const h3 = host.view([o1 - o0, size, inner]);
+        const cut = narrow(h3, 1, start, length, device);
+        const c2 = cut.view([o1 - o0, length * inner]);
+        const dst = out2.slice(o0, o1);
+        try {
+          dst.copyFrom(c2);
+        } finally {
+          disposeAll(dst, c2, cut, h3, host);
+        }
+      }
+    } finally {
+      out2.dispose();
+    }
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out;
+}
+
 /**
  * Rank `rank` of `tp`'s shard of a model, on `device` (default: the source weights' device, else the default
- * device). From a checkpoint each tensor is read to host memory, cut, and only this rank's slice goes to the device.
+ * device), one parameter at a time (never the model). From a checkpoint folder or a ParamSource that reads ranges
+ * (checkpointSource), a sliced parameter is read in chunks of whole rows around its split dimension and cut on the
+ * host (dim 0: only its rows): at most `readChunkElems` (default 32M) elements on the host at once; a replicated
+ * one (or rank 0's bias) goes straight to the device (ParamSource.full). From a ParamSource that draws whole
+ * tensors (randomSource) a sliced tensor is drawn on the host and cut.
  */
-export function shardForTensorParallel(source: TensorParallelSource, rank: number, tp: number, opts: { device?: string } = {}): TensorParallelShard {
+export function shardForTensorParallel(source: TensorParallelSource, rank: number, tp: number, opts: { device?: string; readChunkElems?: number } = {}): TensorParallelShard {
   const fromWeights = source instanceof GptOssWeights;
   const fullConfig = source.config;
   const config = tensorParallelConfig(fullConfig, tp);
   const device = opts.device ?? (fromWeights ? source.device : defaultDevice());
+  const src: ParamSource | null = fromWeights ? null : 'checkpoint' in source ? checkpointSource(source.config, source.checkpoint) : source;
   const params = new Map<string, Tensor>();
   try {
     for (const spec of paramSpecs(fullConfig)) {
       const rule = shardRule(fullConfig, spec.name, rank, tp);
-      if (fromWeights) {
-        params.set(spec.name, shardTensor(source.params.get(spec.name)!, rule, rank, device));
+      if (!src) {
+        params.set(spec.name, shardTensor((source as GptOssWeights).params.get(spec.name)!, rule, rank, device));
         continue;
       }
-      if (!source.checkpoint.has(spec.name)) throw new Error(`checkpoint ${source.checkpoint.dir} lacks ${spec.name}`);
-      const full = source.checkpoint.load(spec.name, { device: 'cpu', dtype: 'bf16', shape: spec.shape });
+      if (rule.kind === 'range' && src.partial) {
+        params.set(spec.name, sliceFromSource(src, spec.name, spec.shape, rule, device, opts.readChunkElems ?? SLICE_READ_ELEMS));
+        continue;
+      }
+      // Whole on this rank (replicated, or rank 0's bias): read straight to the device (a checkpoint streams it in
+      // chunks; the random source draws it in chunks), no whole copy on the host.
+      if (rule.kind === 'replicated' || (rule.kind === 'rank0' && rank === 0)) {
+        params.set(spec.name, src.full(spec.name, device));
+        continue;
+      }
+      if (rule.kind === 'rank0') {
+        params.set(spec.name, Tensor.zeros(spec.shape, { dtype: 'bf16', device }));
+        continue;
+      }
+      const full = src.full(spec.name, 'cpu');
       try {
         params.set(spec.name, shardTensor(full, rule, rank, device));
       } finally {
@@ -179,6 +250,9 @@ export function shardForTensorParallel(source: TensorParallelSource, rank: numbe
   } catch (e) {
     for (const t of params.values()) t.dispose();
     throw e;
+  } finally {
+    // A source made here over the caller's open checkpoint: the checkpoint stays the caller's.
+    if (src && src !== source) src.close();
   }
   return { fullConfig, config, weights: new GptOssWeights(config, device, params) };
 }
@@ -226,6 +300,12 @@ export class TensorParallelModel extends GptOssModel {
     } finally {
       ck.close();
     }
+  }
+
+  /** This rank's shard from a parameter source, one tensor at a time (a colocated engine rank: only its slices). */
+  static fromSource(src: ParamSource, collectives: Collectives, opts: { device?: string; readChunkElems?: number } & ModelOptions = {}): TensorParallelModel {
+    const shard = shardForTensorParallel(src, collectives.rank, collectives.worldSize, { device: opts.device, readChunkElems: opts.readChunkElems });
+    return new TensorParallelModel(shard, tensorParallelGroup(collectives), opts);
   }
 
   /** This rank's shard of full weights held in this process (tests, a trainer's gathered weights). */

@@ -256,6 +256,33 @@ export function randomTensor(name: string, shape: readonly number[], mean: numbe
   return t;
 }
 
+/**
+ * One parameter of GptOssWeights.random: its values depend only on (name, shape, kind, seed, opts), drawn from a
+ * stream seeded per tensor, so a process that builds only some tensors (or cuts a slice of one: a sharded trainer
+ * rank, a tensor-parallel engine rank) gets exactly the values the whole model has. bf16 `spec.shape` on `device`.
+ */
+export function randomParam(s: ParamSpec, device: string, opts: RandomInitOptions = {}): Tensor {
+  const seed = opts.seed ?? 0;
+  let mean = 0;
+  let std: number;
+  switch (s.kind) {
+    case 'norm':
+      mean = 1;
+      std = opts.normStd ?? 0;
+      break;
+    case 'bias':
+      std = opts.biasStd ?? 0;
+      break;
+    case 'sink':
+      std = opts.sinkStd ?? 0.02;
+      break;
+    default:
+      std = opts.std === 'fanIn' ? 1 / Math.sqrt(s.fanIn) : (opts.std ?? 0.02);
+  }
+  const big = s.shape.reduce((a, b) => a * b, 1) > 1 << 20;
+  return (opts.fast && big && std > 0 ? pooledRandomTensor : randomTensor)(s.name, s.shape, mean, std, seed, device);
+}
+
 const log = childLogger('weights');
 
 /**
@@ -331,29 +358,9 @@ export class GptOssWeights {
 
   /** Seeded random weights for any config (tests, tiny models, full-size benchmarks). */
   static random(config: GptOssConfig, device: string, opts: RandomInitOptions = {}): GptOssWeights {
-    const seed = opts.seed ?? 0;
     const params = new Map<string, Tensor>();
     try {
-      for (const s of paramSpecs(config)) {
-        let mean = 0;
-        let std: number;
-        switch (s.kind) {
-          case 'norm':
-            mean = 1;
-            std = opts.normStd ?? 0;
-            break;
-          case 'bias':
-            std = opts.biasStd ?? 0;
-            break;
-          case 'sink':
-            std = opts.sinkStd ?? 0.02;
-            break;
-          default:
-            std = opts.std === 'fanIn' ? 1 / Math.sqrt(s.fanIn) : (opts.std ?? 0.02);
-        }
-        const big = s.shape.reduce((a, b) => a * b, 1) > 1 << 20;
-        params.set(s.name, (opts.fast && big && std > 0 ? pooledRandomTensor : randomTensor)(s.name, s.shape, mean, std, seed, device));
-      }
+      for (const s of paramSpecs(config)) params.set(s.name, randomParam(s, device, opts));
     } catch (e) {
       for (const t of params.values()) t.dispose();
       throw e;

@@ -5,8 +5,8 @@
 //       ranks P.. after them (engine e on P+e*T ..), and the weight sync is a bucketed broadcast from trainer rank 0
 //       to the engine ranks (BucketSender / receiveBuckets over the sub-group {0, engine ranks}).
 // An engine's part on its ranks:
-//   T = 1   each rank a whole engine over its own full bf16 copy of the model (engine e = rank e)
-//   T > 1   each rank a TensorParallelModel slice (tensor-parallel.ts) over its engine's sub-group of the process
+//   T = 1   each rank a whole engine over its own bf16 model (engine e = rank e), read from the model's source
+//   T > 1   each rank a TensorParallelModel slice (tensor-parallel.ts; only the slice is read) over its engine's sub-group of the process
 //           group (its own collectives and command channel: Collectives.subGroup / GroupChannel.subGroup, so the E
 //           engines step independently); the engine's first rank runs the Engine over a TensorParallelModelRunner,
 //           the others serve its steps (tensor-parallel-runner.ts). E = 1 uses the whole group.
@@ -26,7 +26,8 @@
 // Hangs: each command sets the rank's phase (DistContext.setPhase), which the hub's and NCCL watchdog's timeout
 // messages (trainer.nccl_timeout_s) name.
 //
-// Commands travel as JSON over the group's host channel (TcpGroup.broadcastBytes from rank 0) and run one at a time
+// Commands travel as MessagePack over the group's host channel (GroupChannel.broadcastObject from rank 0: token
+// batches and f32 rows as raw typed-array bytes; log-prob rows and completions come back the same way) and run one at a time
 // in the order rank 0 issued them, so every rank meets the same collectives in the same order; the synchronous
 // Policy methods (zeroGrad, optimizerStep, release) are queued without waiting. A rank that dies breaks the group:
 // rank 0's pending command fails naming the phase and that rank, and the launcher ends the job.
@@ -40,8 +41,9 @@ import { completionsOf, engineOptionsFromConfig, LocalGenerator, requestsFor } f
 import { Engine, type EngineOptions, type GenerateRequest, type GenerateResponse } from '../inference/engine.ts';
 import { serveTensorParallelRank, storeSlice, TensorParallelModelRunner } from '../inference/tensor-parallel-runner.ts';
 import { TensorParallelModel } from '../model/tensor-parallel.ts';
-import type { GptOssModel } from '../model/index.ts';
-import { setupRun, type RunPieces } from './setup.ts';
+import { GptOssModel } from '../model/index.ts';
+import { weightsFromSource } from '../model/param-source.ts';
+import { openRunSource, type RunPieces } from './setup.ts';
 import { ShardedPolicy, shardSequences } from './sharded-policy.ts';
 import type {
   Completion,
@@ -100,10 +102,12 @@ export function assertEngineLayout(c: Config, model?: { numHeads: number; numKvH
 }
 
 // ---- commands ------------------------------------------------------------------------------------------------------
-type WireBatch = { sequences: number[][]; promptLens: number[] };
+// Commands travel as MessagePack (packValue): token sequences as Int32Array and f32 rows as Float32Array, i.e. as
+// their raw bytes (exact, NaN-safe), the rest compactly.
+type WireBatch = { sequences: Int32Array[]; promptLens: number[] };
 type Command =
   | { op: 'forward'; id: number; batch: WireBatch; opts: LogprobOptions }
-  | { op: 'backward'; id: number; d: string[] }
+  | { op: 'backward'; id: number; d: Float32Array[] }
   | { op: 'release'; id: number }
   | { op: 'logprobs'; model: number; batch: WireBatch; opts: LogprobOptions }
   | { op: 'zeroGrad' }
@@ -123,7 +127,7 @@ type Command =
 type Reply = LogprobOutput | GradClipResult | Completion[] | ResourceSample | undefined;
 
 function toWire(b: SequenceBatch): WireBatch {
-  return { sequences: b.sequences.map((s) => Array.from(s)), promptLens: Array.from(b.promptLens) };
+  return { sequences: b.sequences, promptLens: Array.from(b.promptLens) };
 }
 
 /** Which sequences of a batch each rank computes: balanced by tokens (shardSequences), every rank in every call. */
@@ -132,28 +136,23 @@ function splitOf(b: WireBatch, worldSize: number): number[][] {
 }
 
 function subBatch(b: WireBatch, idx: readonly number[]): SequenceBatch {
-  return { sequences: idx.map((i) => Int32Array.from(b.sequences[i]!)), promptLens: idx.map((i) => b.promptLens[i]!) };
+  return { sequences: idx.map((i) => b.sequences[i]!), promptLens: idx.map((i) => b.promptLens[i]!) };
 }
 
-/** f32 rows travel as base64 of their bytes: exact, and NaN/Infinity survive (JSON numbers would turn them to null). */
-function f32ToWire(a: Float32Array): string {
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
-}
-
-function f32FromWire(s: string): Float32Array {
-  const b = Buffer.from(s, 'base64');
-  const out = new Float32Array(b.byteLength / 4);
-  new Uint8Array(out.buffer).set(b);
-  return out;
-}
-
-/** Every trainer rank's per-sequence rows back in batch order (one all-gather over the trainer ranks). */
+/** Every trainer rank's per-sequence f32 rows back in batch order (one all-gather over the trainer ranks, binary). */
 async function gatherRows(group: GroupChannel, split: number[][], rows: Float32Array[] | undefined, n: number): Promise<Float32Array[] | undefined> {
-  const all = await group.allGatherObject(rows ? rows.map(f32ToWire) : null);
+  const all = await group.allGatherObject<Float32Array[] | null>(rows ?? null);
   if (!rows) return undefined;
   const out: Float32Array[] = new Array(n);
-  split.forEach((idx, r) => idx.forEach((i, k) => (out[i] = f32FromWire(all[r]![k]!))));
+  split.forEach((idx, r) => idx.forEach((i, k) => (out[i] = all[r]![k]!)));
   return out;
+}
+
+/** A response's samples as they travel: tokens Int32Array, sampler log-probs Float32Array (what completionsOf keeps). */
+type WireResponse = { samples: { tokens: Int32Array; logprobs: Float32Array; finishReason: GenerateResponse['samples'][number]['finishReason']; error?: string }[] };
+
+function responseToWire(r: GenerateResponse): WireResponse {
+  return { samples: r.samples.map((x) => ({ tokens: Int32Array.from(x.tokens), logprobs: Float32Array.from(x.logprobs), finishReason: x.finishReason, ...(x.error !== undefined ? { error: x.error } : {}) })) };
 }
 
 /** A trainer rank's part: its ShardedPolicy shard over the trainer ranks, and their host channel. */
@@ -225,7 +224,7 @@ class RankWorker {
       }
       case 'backward': {
         const f = this.take(c.id, 'backward');
-        await f.fwd.backward(f.idx.map((i) => f32FromWire(c.d[i]!)));
+        await f.fwd.backward(f.idx.map((i) => c.d[i]!));
         return undefined;
       }
       case 'release':
@@ -314,7 +313,7 @@ class RankWorker {
       mine = await em.engine.runRequests(requests.slice(lo, hi));
       this.preemptions += (em.engine.stats()?.preemptions ?? 0) - before;
     }
-    const all = await this.dist.group.allGatherObject<GenerateResponse[]>(mine);
+    const all = await this.dist.group.allGatherObject<WireResponse[]>(mine.map(responseToWire));
     return completionsOf(all.flat());
   }
 
@@ -412,12 +411,12 @@ class BucketSender {
 
   async finish(): Promise<void> {
     if (this.used > 0) await this.flush();
-    await this.sync.channel.broadcastBytes(Buffer.from(JSON.stringify({ done: true } satisfies BucketHeader)), 0);
+    await this.sync.channel.broadcastObject<BucketHeader>({ done: true }, 0);
   }
 
   private async flush(): Promise<void> {
     const header: BucketHeader = { params: this.params, numel: this.used };
-    await this.sync.channel.broadcastBytes(Buffer.from(JSON.stringify(header)), 0);
+    await this.sync.channel.broadcastObject(header, 0);
     const part = this.bucket!.slice(0, this.used);
     try {
       await this.sync.collectives.broadcast(part, 0);
@@ -440,7 +439,7 @@ class BucketSender {
 async function receiveBuckets(sync: SyncPart, em: EnginePart, rank: number): Promise<void> {
   const params = em.model.weights.params;
   for (;;) {
-    const h = JSON.parse((await sync.channel.broadcastBytes(null, 0)).toString('utf8')) as BucketHeader;
+    const h = await sync.channel.broadcastObject<BucketHeader>(null, 0);
     if (h.done) return;
     const bucket = Tensor.empty([h.numel], { dtype: 'bf16', device: em.model.device });
     try {
@@ -544,7 +543,7 @@ class Driver {
   private enqueue<R extends Reply>(c: Command): Promise<R> {
     const run = async (): Promise<R> => {
       if (this.failure) throw this.failure;
-      const sent = this.worker.dist.group.broadcastBytes(Buffer.from(JSON.stringify(c), 'utf8'), 0);
+      const sent = this.worker.dist.group.broadcastObject(c, 0);
       sent.catch(() => {}); // awaited just below, with the local run
       const [, r] = await Promise.all([sent, this.worker.run(c)]);
       this.worker.setPhase('the GRPO loop between commands');
@@ -599,7 +598,7 @@ export class DriverPolicy implements Policy {
         if (consumed) throw new Error('TrainForward.backward: already consumed');
         if (dl.length !== batch.sequences.length) throw new Error(`backward: ${dl.length} gradient rows for ${batch.sequences.length} sequences`);
         consumed = true;
-        await this.d.call({ op: 'backward', id, d: dl.map(f32ToWire) });
+        await this.d.call({ op: 'backward', id, d: dl });
       },
       release: () => {
         if (consumed) return;
@@ -679,6 +678,8 @@ export interface DistributedRun {
   layout: EngineLayout;
   /** Rank 0: the run's pieces with the driver policy and the engine pool (null on the other ranks). */
   pieces: RunPieces | null;
+  /** This rank's trainer shard (null on an engine-only rank): e.g. where its optimizer state is between commands. */
+  shard: ShardedPolicy | null;
   /** Ranks > 0: runs rank 0's commands until it closes the run. onCommand sees each (tests inject faults there). */
   serve(onCommand?: (op: Command['op'], index: number) => void): Promise<void>;
   /** Rank 0: ends the others' serve(); every rank: frees its shard and engine and leaves the group. */
@@ -686,8 +687,9 @@ export interface DistributedRun {
 }
 
 /**
- * Joins the launcher's group and builds this rank's part: the model (every rank builds the same weights: the same
- * seed or checkpoint), its ShardedPolicy shard, its tp=1 engine over the model. Collective.
+ * Joins the launcher's group and builds this rank's part from the model's source (every rank reads the same
+ * checkpoint or seed): its ShardedPolicy shard (only its byte ranges), its engine part (a tp=1 engine's whole model,
+ * or its TP slice), never a full model beside them. Collective.
  */
 export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: number } = {}): Promise<DistributedRun> {
   const layout = engineLayoutOf(c);
@@ -698,50 +700,64 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
     const engines = layout.colocated ? '' : ' + generator.num_inference_engines x inference_engine_tensor_parallel_size (trainer.placement.colocate_all=false)';
     throw new ConfigError(`the launcher started ${dist.worldSize} processes but the config asks for ${layout.worldSize} (trainer.placement.policy_num_nodes x policy_num_gpus_per_node${engines})`);
   }
-  // Each rank trains and generates on its own device (the launcher's cuda:<local rank>, or cpu).
-  const base = await setupRun({ ...c, trainer: { ...c.trainer, device: dist.device } });
-  assertEngineLayout(c, base.model.config);
+  // Each rank trains and generates on its own device (the launcher's cuda:<local rank>, or cpu). No rank builds the
+  // whole model beside what it keeps: its trainer shard and its engine part are read from the source (checkpoint
+  // byte ranges, or the per-tensor seeded random weights) one tensor or slice at a time.
+  const base = await openRunSource({ ...c, trainer: { ...c.trainer, device: dist.device } });
+  const src = base.source;
+  try {
+    assertEngineLayout(c, base.config);
+  } catch (e) {
+    src.close();
+    await dist.destroy().catch(() => {});
+    throw e;
+  }
   const rank = dist.rank;
   const P = layout.trainerRanks;
   const isTrainer = rank < P;
   const engine = engineOf(rank, layout);
-  // Sub-groups are made in one order on every rank (trainer ranks, weight sync, engines): NCCL's initialisation of
-  // each blocks until its members have joined.
   let trainer: TrainerPart | null = null;
-  if (isTrainer) {
-    const own = layout.colocated ? null : await dist.collectives.subGroup(Array.from({ length: P }, (_, i) => i));
-    const policy = ShardedPolicy.fromWeights(base.model.weights, own ?? dist.collectives, {
-      recompute: c.trainer.gradient_checkpointing,
-      deterministic: c.trainer.deterministic,
-      cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
-      referenceOnHost: !c.trainer.placement.colocate_policy_ref,
-    });
-    trainer = { policy, group: own ? dist.group.subGroup(Array.from({ length: P }, (_, i) => i)) : dist.group, own };
-  }
-  // Not colocated: trainer rank 0 broadcasts the weights to every engine rank in buckets.
   let sync: SyncPart | null = null;
-  if (!layout.colocated && (rank === 0 || !isTrainer)) {
-    const members = [0, ...Array.from({ length: layout.worldSize - P }, (_, i) => P + i)];
-    const bucketBytes = opts.syncBucketBytes ?? SYNC_BUCKET_BYTES;
-    sync = { collectives: await dist.collectives.subGroup(members), channel: dist.group.subGroup(members), bucketElems: Math.max(1, Math.floor(bucketBytes / 2)) };
-  }
-  const options = engineOptionsFromConfig(c.generator);
-  // tp T: the engine's slice is cut from the same weights. The full copy setupRun built stays as the run's `model`
-  // (its config and vocabulary checks); it is not the engine's and is not synced.
   let engineModel: EnginePart | null = null;
-  const tp = layout.tensorParallelSize;
-  if (engine < 0) {
-    // A trainer-only rank: no engine.
-  } else if (tp === 1) {
-    engineModel = { kind: 'whole', model: base.model, engine: new LocalGenerator(base.model, options) };
-  } else {
-    // Engine e on its own ranks: a sub-group each (collectives, channel), unless one engine spans every rank.
-    const own = !(layout.colocated && layout.numEngines === 1);
-    const ranks = engineRanks(engine, layout);
-    const collectives = own ? await dist.collectives.subGroup(ranks) : dist.collectives;
-    const channel = own ? dist.group.subGroup(ranks) : dist.group;
-    const model = TensorParallelModel.fromWeights(base.model.weights, collectives, { device: dist.device, deterministic: c.trainer.deterministic });
-    engineModel = { kind: 'slice', model, options, engine, collectives, channel, own };
+  try {
+    // Sub-groups are made in one order on every rank (trainer ranks, weight sync, engines): NCCL's initialisation of
+    // each blocks until its members have joined.
+    if (isTrainer) {
+      const own = layout.colocated ? null : await dist.collectives.subGroup(Array.from({ length: P }, (_, i) => i));
+      const policy = ShardedPolicy.fromSource(src, dist.device, own ?? dist.collectives, {
+        recompute: c.trainer.gradient_checkpointing,
+        deterministic: c.trainer.deterministic,
+        cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
+        offloadAfterStep: c.trainer.policy.optimizer_config.offload_after_step,
+        referenceOnHost: !c.trainer.placement.colocate_policy_ref,
+      });
+      trainer = { policy, group: own ? dist.group.subGroup(Array.from({ length: P }, (_, i) => i)) : dist.group, own };
+    }
+    // Not colocated: trainer rank 0 broadcasts the weights to every engine rank in buckets.
+    if (!layout.colocated && (rank === 0 || !isTrainer)) {
+      const members = [0, ...Array.from({ length: layout.worldSize - P }, (_, i) => P + i)];
+      const bucketBytes = opts.syncBucketBytes ?? SYNC_BUCKET_BYTES;
+      sync = { collectives: await dist.collectives.subGroup(members), channel: dist.group.subGroup(members), bucketElems: Math.max(1, Math.floor(bucketBytes / 2)) };
+    }
+    const options = engineOptionsFromConfig(c.generator);
+    // tp 1: the engine's whole model (its own weights, synced after every step); tp T: only this rank's TP slice.
+    const tp = layout.tensorParallelSize;
+    if (engine < 0) {
+      // A trainer-only rank: no engine.
+    } else if (tp === 1) {
+      const model = new GptOssModel(weightsFromSource(src, dist.device), { deterministic: c.trainer.deterministic });
+      engineModel = { kind: 'whole', model, engine: new LocalGenerator(model, options) };
+    } else {
+      // Engine e on its own ranks: a sub-group each (collectives, channel), unless one engine spans every rank.
+      const own = !(layout.colocated && layout.numEngines === 1);
+      const ranks = engineRanks(engine, layout);
+      const collectives = own ? await dist.collectives.subGroup(ranks) : dist.collectives;
+      const channel = own ? dist.group.subGroup(ranks) : dist.group;
+      const model = TensorParallelModel.fromSource(src, collectives, { device: dist.device, deterministic: c.trainer.deterministic });
+      engineModel = { kind: 'slice', model, options, engine, collectives, channel, own };
+    }
+  } finally {
+    src.close();
   }
   const worker = new RankWorker(dist, trainer, engineModel, sync, layout);
   const driver = dist.rank === 0 ? new Driver(worker) : null;
@@ -751,13 +767,24 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
   return {
     dist,
     layout,
+    shard: trainer?.policy ?? null,
     pieces: driver
-      ? { ...base, policy: new DriverPolicy(driver), generator: new PoolGenerator(driver), ref: undefined, resources: () => driver.call<ResourceSample>({ op: 'resources' }) }
+      ? {
+          device: base.device,
+          env: base.env,
+          vocab: base.vocab,
+          config: base.config,
+          model: engineModel?.kind === 'whole' ? engineModel.model : null,
+          policy: new DriverPolicy(driver),
+          generator: new PoolGenerator(driver),
+          ref: undefined,
+          resources: () => driver.call<ResourceSample>({ op: 'resources' }),
+        }
       : null,
     async serve(onCommand) {
       if (dist.rank === 0) throw new Error('serve: rank 0 drives the run');
       for (let i = 0; ; i++) {
-        const c = JSON.parse((await dist.group.broadcastBytes(null, 0)).toString('utf8')) as Command;
+        const c = await dist.group.broadcastObject<Command>(null, 0);
         worker.setPhase(PHASE[c.op]);
         onCommand?.(c.op, i);
         if (c.op === 'exit') return;
@@ -770,8 +797,6 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
       closed = true;
       if (driver) await driver.call({ op: 'exit' });
       worker.dispose();
-      // The full copy setupRun built, where it is not the engine's model (that one the worker freed).
-      if (engineModel?.kind !== 'whole') base.model.dispose();
       if (engineModel?.kind === 'slice' && engineModel.own) await engineModel.collectives.destroy();
       if (sync) await sync.collectives.destroy();
       if (trainer?.own) await trainer.own.destroy();

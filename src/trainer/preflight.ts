@@ -91,12 +91,12 @@ export interface ResumePlan {
  */
 export function preflightRun(
   c: Config,
-  run: { env: TaskEnv; model: { config: { vocabSize: number } } },
+  run: { env: TaskEnv; config: { vocabSize: number } },
   kind: 'grpo' | 'sft',
   o: { force?: boolean } = {},
 ): ResumePlan {
   checkData(c, run.env, kind);
-  checkVocabularyFit(run.env, run.model.config.vocabSize, c.trainer.policy.model.path);
+  checkVocabularyFit(run.env, run.config.vocabSize, c.trainer.policy.model.path);
   if (kind === 'sft') return { grpo: null, sft: checkResume(c, { phase: 'SFT', force: o.force }) };
   const grpo = checkResume(c, { phase: 'GRPO', force: o.force });
   const sft = c.trainer.sft.warm_start && !grpo ? checkResume(c, { phase: 'SFT', force: o.force }) : null;

@@ -8,6 +8,10 @@ import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
 import { defaultDevice } from '../native.ts';
 import { loadModel, presetConfig, randomModel, LoraAdapters, checkLoraSpec, type GptOssModel, type LoraSpec, type PresetName } from '../model/index.ts';
+import { readConfigFile, type GptOssConfig } from '../model/config.ts';
+import { resolveModelSource } from '../model/hub.ts';
+import type { RandomInitOptions } from '../model/weights.ts';
+import { checkpointSource, randomSource, type ParamSource } from '../model/param-source.ts';
 import { FrozenGptOss, GptOssPolicy } from './gptoss-policy.ts';
 import { LoraPolicy } from './lora-policy.ts';
 import { LocalGenerator, engineOptionsFromConfig } from '../inference/local-generator.ts';
@@ -104,7 +108,13 @@ export interface RunPieces {
   device: string;
   env: TaskEnv;
   vocab: VocabMap | null;
-  model: GptOssModel;
+  /** The model's config (the full model's, whatever part of it this process holds). */
+  config: GptOssConfig;
+  /**
+   * One process: the model (policy and engine share it). Several: rank 0's tp=1 engine model, else null (rank 0 holds
+   * no whole model: a tp>1 engine slice, or no engine at all).
+   */
+  model: GptOssModel | null;
   /**
    * One process: a GptOssPolicy over `model` (a LoraPolicy when trainer.policy.model.lora.rank > 0); several: rank
    * 0's driver of the sharded policy (distributed-run.ts).
@@ -134,8 +144,18 @@ export function deviceResources(device: string, preemptions: () => number): Reso
   };
 }
 
-/** Loads the task and the model; errors name the config key at fault. */
-export async function setupRun(c: Config): Promise<RunPieces> {
+/** The task (on its compact vocabulary where one applies) and what the model path names, before any weights. */
+interface RunTask {
+  device: string;
+  env: TaskEnv;
+  vocab: VocabMap | null;
+  path: string;
+  /** The preset config of a `<preset>:random` path (null: a directory or hub id). */
+  randomConfig: GptOssConfig | null;
+}
+
+/** Checks the config, loads the task and maps it onto a compact vocabulary; errors name the config key at fault. */
+async function prepareTask(c: Config): Promise<RunTask> {
   assertSupported(c); // a setting this version cannot honour is refused, never silently run as one process
   const device = resolveDevice(c);
   const path = c.trainer.policy.model.path;
@@ -165,32 +185,88 @@ export async function setupRun(c: Config): Promise<RunPieces> {
     vocab = r.vocab;
     log.info({ tokens: vocab.size }, 'task mapped onto a compact vocabulary');
   }
-  let model: GptOssModel;
-  const t0 = Date.now();
+  let randomConfig: GptOssConfig | null = null;
   if (random) {
     const { preset, numLayers } = random;
     if (numLayers !== undefined && !(numLayers >= 1)) throw new SetupError(`trainer.policy.model.path=${path}: layers=${numLayers} must be at least 1`);
-    let cfg;
     try {
       // On a compact vocabulary the special ids are remapped too (the stop tokens; no pad/bos).
-      cfg = presetConfig(preset, {
+      randomConfig = presetConfig(preset, {
         ...(vocab ? { vocabSize: vocab.size, eosTokenIds: env.stopTokenIds, padTokenId: null, bosTokenId: null } : {}),
         ...(numLayers !== undefined ? { numLayers } : {}),
       });
     } catch (e) {
       throw new SetupError(`trainer.policy.model.path=${path}: ${(e as Error).message}`);
     }
-    model = randomModel(cfg, { device, seed: c.trainer.seed, std: 0.02, deterministic: c.trainer.deterministic });
-    log.info({ preset, device, params: model.weights.numParameters(), vocab: cfg.vocabSize }, 'random-initialised model');
+  }
+  return { device, env, vocab, path, randomConfig };
+}
+
+/** The init of a `<preset>:random` model: seeded by trainer.seed, per tensor (randomParam). */
+function randomInit(c: Config): RandomInitOptions {
+  return { seed: c.trainer.seed, std: 0.02 };
+}
+
+function checkVocabSize(t: RunTask, config: GptOssConfig): void {
+  if (t.vocab && config.vocabSize !== t.vocab.size) {
+    throw new SetupError(`trainer.policy.model.path=${t.path}: the model has a vocabulary of ${config.vocabSize} but its vocab.json maps ${t.vocab.size} tokens`);
+  }
+}
+
+/** What a process of a distributed run builds its part from: the task, and the model's parameters as a source. */
+export interface RunSource {
+  device: string;
+  env: TaskEnv;
+  vocab: VocabMap | null;
+  config: GptOssConfig;
+  /** Read one tensor (or slice) at a time (param-source.ts); the caller closes it. */
+  source: ParamSource;
+}
+
+/**
+ * As setupRun, without building the model: the task and a ParamSource over the model's parameters (the
+ * checkpoint folder, downloaded first for a hub id, or the seeded random weights), so that each rank of a
+ * distributed run reads only what it keeps. `device` overrides the config's (a rank's own).
+ */
+export async function openRunSource(c: Config): Promise<RunSource> {
+  const t = await prepareTask(c);
+  if (t.randomConfig) {
+    log.info({ device: t.device, vocab: t.randomConfig.vocabSize }, 'random-initialised model (each rank draws its own parts)');
+    return { device: t.device, env: t.env, vocab: t.vocab, config: t.randomConfig, source: randomSource(t.randomConfig, randomInit(c)) };
+  }
+  let source: ParamSource;
+  try {
+    const dir = await resolveModelSource(t.path, {});
+    source = checkpointSource(readConfigFile(join(dir, 'config.json')), dir);
+  } catch (e) {
+    throw new SetupError(`trainer.policy.model.path=${t.path}: cannot load the model: ${(e as Error).message}`);
+  }
+  try {
+    checkVocabSize(t, source.config);
+  } catch (e) {
+    source.close();
+    throw e;
+  }
+  return { device: t.device, env: t.env, vocab: t.vocab, config: source.config, source };
+}
+
+/** Loads the task and the model; errors name the config key at fault. */
+export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssModel }> {
+  const t = await prepareTask(c);
+  const { device, env, vocab, path } = t;
+  let model: GptOssModel;
+  const t0 = Date.now();
+  if (t.randomConfig) {
+    const cfg = t.randomConfig;
+    model = randomModel(cfg, { device, ...randomInit(c), deterministic: c.trainer.deterministic });
+    log.info({ device, params: model.weights.numParameters(), vocab: cfg.vocabSize }, 'random-initialised model');
   } else {
     try {
       model = await loadModel(path, { device, recompute: c.trainer.gradient_checkpointing, deterministic: c.trainer.deterministic });
     } catch (e) {
       throw new SetupError(`trainer.policy.model.path=${path}: cannot load the model: ${(e as Error).message}`);
     }
-    if (vocab && model.config.vocabSize !== vocab.size) {
-      throw new SetupError(`trainer.policy.model.path=${path}: the model has a vocabulary of ${model.config.vocabSize} but its vocab.json maps ${vocab.size} tokens`);
-    }
+    checkVocabSize(t, model.config);
   }
   log.info({ ms: Date.now() - t0, device }, 'model ready');
   const spec = loraSpecOf(c);
@@ -216,7 +292,7 @@ export async function setupRun(c: Config): Promise<RunPieces> {
       throw new SetupError(`trainer.ref.model.path=${refPath}: cannot load the reference model: ${(e as Error).message}`);
     }
   }
-  return { device, env, vocab, model, policy, generator, ref, resources: deviceResources(device, () => generator.stats()?.preemptions ?? 0) };
+  return { device, env, vocab, config: model.config, model, policy, generator, ref, resources: deviceResources(device, () => generator.stats()?.preemptions ?? 0) };
 }
 
 /** The LoRA spec of trainer.policy.model.lora, or null when rank is 0 (full fine-tuning). */

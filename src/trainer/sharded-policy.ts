@@ -49,12 +49,16 @@ import {
   type TensorToSave,
 } from '../model/index.ts';
 import { accumulateGrad, disposeAll } from '../model/tensor-helpers.ts';
+import { checkpointSource, weightsSource, type ParamSource } from '../model/param-source.ts';
+import { childLogger } from '../log/logger.ts';
 import { embeddingBackward, embeddingForward } from '../ops/embedding.ts';
 import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.ts';
 import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward } from '../ops/logprob.ts';
 import { addInPlace, cast } from '../ops/elementwise.ts';
 import { adamwStep, scaleGradsInPlace, sumOfSquaresInto } from '../ops/optim.ts';
 import type { GradClipResult, LogprobModel, LogprobOptions, LogprobOutput, OptimizerHyper, Policy, SequenceBatch, TrainForward } from './policy.ts';
+
+const log = childLogger('fsdp');
 
 // ---- layout ------------------------------------------------------------------------------------------------------
 /** One parameter's place in its unit's flat buffer. */
@@ -249,6 +253,15 @@ export interface ShardedModelOptions {
    * device it changes nothing. Default false.
    */
   cpuOffload?: boolean;
+  /**
+   * Move the fp32 masters and AdamW moments [shard] per unit to pinned host memory at the end of every optimizer
+   * step and back to the device at the next training forward (or optimizer step), so the generation phase between
+   * them (a colocated engine sharing the GPU) has that memory (trainer.policy.optimizer_config.offload_after_step);
+   * load() leaves a resumed state there too.
+   * Exact copies: training is bitwise the same as without. With cpuOffload the state is on the host anyway (nothing
+   * moves); on a CPU device the move is a host-to-host copy. Default false.
+   */
+  offloadAfterStep?: boolean;
   /**
    * The KL reference (frozenCopy) keeps its bf16 shards in host memory and copies each to the device just before
    * its gather (trainer.placement.colocate_policy_ref=false). On a CPU device it changes nothing. Default false.
@@ -760,35 +773,76 @@ export class ShardedPolicy implements Policy {
 
   /** frozenCopy() keeps the reference's shards in host memory (ShardedModelOptions.referenceOnHost). */
   readonly referenceOnHost: boolean;
+  /** ShardedModelOptions.offloadAfterStep. */
+  readonly offloadAfterStep: boolean;
+  /** The masters and moments are in pinned host memory between steps (offloadOptimizer), not on optDevice. */
+  private optOnHost = false;
 
   private constructor(model: ShardedModel, opts: ShardedModelOptions) {
     this.model = model;
     this.optDevice = opts.cpuOffload ? 'cpu' : model.device;
     this.referenceOnHost = opts.referenceOnHost ?? false;
+    this.offloadAfterStep = opts.offloadAfterStep ?? false;
+  }
+
+  /** True while offloadOptimizer() has the masters and moments in host memory (until the next training forward or step). */
+  get optimizerOnHost(): boolean {
+    return this.optOnHost;
   }
 
   /**
-   * Builds this rank's shards from full weights (every rank passes the same weights, e.g. the same seed or the
-   * same checkpoint; the caller keeps and disposes them). Collective only in that every rank must call it.
+   * Moves the fp32 masters and moments (3 x f32 [shard] per unit) to pinned host memory and frees their device
+   * memory (the copies wait for the device's pending work). Nothing to do before the first step, twice, or with
+   * cpuOffload (they already live on the host).
    */
-  static fromWeights(weights: GptOssWeights, comm: Collectives, opts: ShardedModelOptions = {}): ShardedPolicy {
-    return ShardedPolicy.fromSource(weights.config, (name) => weights.params.get(name)!, weights.device, comm, opts, false);
+  offloadOptimizer(): void {
+    if (!this.opt || this.optOnHost || this.optDevice !== this.device) return;
+    this.opt = this.opt.map((s) => {
+      const o = { master: pinnedCopy(s.master), m: pinnedCopy(s.m), v: pinnedCopy(s.v) };
+      disposeAll(s.master, s.m, s.v);
+      return o;
+    });
+    this.optOnHost = true;
   }
 
-  /** Builds this rank's shards from a Hugging Face folder, one tensor at a time (never the whole model). */
+  /** Brings offloaded masters and moments back to optDevice (exact copies). A no-op unless offloadOptimizer() moved them. */
+  reloadOptimizer(): void {
+    if (!this.opt || !this.optOnHost) return;
+    const od = this.optDevice;
+    this.opt = this.opt.map((s) => {
+      const o = { master: s.master.to(od), m: s.m.to(od), v: s.v.to(od) };
+      disposeAll(s.master, s.m, s.v);
+      return o;
+    });
+    this.optOnHost = false;
+  }
+
+  /**
+   * Builds this rank's shards from full weights (every rank passes the same weights; the caller keeps and disposes
+   * them). Collective only in that every rank must call it.
+   */
+  static fromWeights(weights: GptOssWeights, comm: Collectives, opts: ShardedModelOptions = {}): ShardedPolicy {
+    return ShardedPolicy.fromSource(weightsSource(weights), weights.device, comm, opts);
+  }
+
+  /** Builds this rank's shards from a Hugging Face folder, reading only this rank's byte ranges (never the whole model). */
   static fromCheckpoint(config: GptOssConfig, dir: string, device: string, comm: Collectives, opts: ShardedModelOptions = {}): ShardedPolicy {
-    const ck = Checkpoint.open(dir);
+    const src = checkpointSource(config, dir);
     try {
-      const shapes = new Map(paramSpecs(config).map((s) => [s.name, s.shape]));
-      const missing = [...shapes.keys()].filter((n) => !ck.has(n));
-      if (missing.length) throw new Error(`ShardedPolicy.fromCheckpoint: ${dir} lacks ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
-      return ShardedPolicy.fromSource(config, (name) => ck.load(name, { device, dtype: 'bf16', shape: shapes.get(name)! }), device, comm, opts, true);
+      return ShardedPolicy.fromSource(src, device, comm, opts);
     } finally {
-      ck.close();
+      src.close();
     }
   }
 
-  private static fromSource(config: GptOssConfig, get: (name: string) => Tensor, device: string, comm: Collectives, opts: ShardedModelOptions, owned: boolean): ShardedPolicy {
+  /**
+   * Builds this rank's shards from a parameter source (a checkpoint, seeded random weights, weights in memory),
+   * unit by unit: for each entry of a unit the part inside this rank's [rank*shard, (rank+1)*shard) is read
+   * (src.range) straight into the bf16 shard [shard]. The rank never holds more of the model than its shards and
+   * one entry's slice (the source is the caller's to close).
+   */
+  static fromSource(src: ParamSource, device: string, comm: Collectives, opts: ShardedModelOptions = {}): ShardedPolicy {
+    const config = src.config;
     const units = shardLayout(config, comm.worldSize);
     const shards: Tensor[] = [];
     try {
@@ -801,13 +855,10 @@ export class ShardedPolicy implements Policy {
           const a = Math.max(lo, e.offset);
           const b = Math.min(hi, e.offset + e.numel);
           if (a >= b) continue;
-          const t = get(e.name);
-          const flat = t.view([e.numel]);
-          const src = flat.slice(a - e.offset, b - e.offset);
+          const part = src.range(e.name, a - e.offset, b - e.offset, device);
           const dst = shard.slice(a - lo, b - lo);
-          dst.copyFrom(src);
-          disposeAll(src, dst, flat);
-          if (owned) t.dispose();
+          dst.copyFrom(part);
+          disposeAll(part, dst);
         }
       }
     } catch (e) {
@@ -847,6 +898,8 @@ export class ShardedPolicy implements Policy {
   /** Collective: every rank calls forward (and then backward or release) with its own micro-batch, possibly empty. */
   async forward(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<TrainForward> {
     checkBatch(batch, 'forward');
+    // The training phase begins: the state offloaded after the last step comes back (offloadAfterStep).
+    this.reloadOptimizer();
     const pb = pack(batch, this.device);
     let r: Awaited<ReturnType<ShardedModel['forward']>>;
     try {
@@ -949,6 +1002,13 @@ export class ShardedPolicy implements Policy {
    */
   optimizerStep(h: OptimizerHyper, step: number): void {
     if (!this.grads) throw new Error('optimizerStep: no gradients (run forward + backward first)');
+    this.reloadOptimizer();
+    this.stepOn(this.grads, h, step);
+    if (this.offloadAfterStep) this.offloadOptimizer();
+  }
+
+  /** AdamW over every unit's shard (optimizerStep's body), the state where optDevice says. */
+  private stepOn(grads: (Tensor | null)[], h: OptimizerHyper, step: number): void {
     const dev = this.device;
     const od = this.optDevice;
     const offload = od !== dev;
@@ -961,7 +1021,6 @@ export class ShardedPolicy implements Policy {
       });
     }
     const units = this.model.units;
-    const grads = this.grads;
     const gradOf = (u: number): Tensor => (grads[u] ??= Tensor.zeros(this.opt![u]!.master.shape, { dtype: 'f32', device: dev }));
     if (!offload) {
       units.forEach((_, u) => {
@@ -1004,6 +1063,7 @@ export class ShardedPolicy implements Policy {
   resetOptimizer(): void {
     if (this.opt) for (const s of this.opt) disposeAll(s.master, s.m, s.v);
     this.opt = null;
+    this.optOnHost = false;
     if (this.staging) {
       synchronize(this.device); // no copy may still be reading or writing a slot
       for (const s of this.staging) disposeAll(s.g, s.b);
@@ -1062,9 +1122,12 @@ export class ShardedPolicy implements Policy {
   }
 
   /**
-   * Restores what save() wrote, on the same number of ranks. A checkpoint from a different rank count is refused
-   * (the shards' boundaries depend on it): export it with exportHf() and start from that folder instead (the
-   * optimizer state is then lost).
+   * Restores what save() wrote, on any number of ranks. The flat unit buffers do not depend on the rank count (only
+   * their padding does), so rank r of M reads the elements [r*shard', (r+1)*shard') of each unit (bf16 weights, and
+   * the fp32 masters and AdamW moments once saved) from the saved rank files that hold them: saved rank q of N
+   * holds [q*shard, (q+1)*shard) of the unit padded for N (fsdp.json's per-unit `padded`). Only those byte ranges
+   * are read (Checkpoint.loadRange); elements past the saved padding are padding here too (zeros: they are never
+   * a parameter, so their gradients and moments stay zero). On the same N each rank reads its own file whole.
    */
   async load(dir: string): Promise<void> {
     const { rank, worldSize } = this.model.comm;
@@ -1072,32 +1135,67 @@ export class ShardedPolicy implements Policy {
     if (!existsSync(mf)) throw new Error(`ShardedPolicy.load: ${dir} is not a sharded checkpoint (no ${SHARDED_MANIFEST})`);
     const m = JSON.parse(readFileSync(mf, 'utf8')) as ShardedManifest;
     if (m.format !== 'gptoss-fsdp' || m.version !== 1) throw new Error(`ShardedPolicy.load: ${mf} is not a version-1 gptoss-fsdp manifest`);
-    if (m.worldSize !== worldSize) {
-      throw new Error(
-        `ShardedPolicy.load: ${dir} was saved by ${m.worldSize} ranks but this job has ${worldSize}; resuming on a different ` +
-          'rank count is not supported (export the checkpoint with exportHf and start from that folder; the optimizer state is not carried over)',
-      );
-    }
+    const savedN = m.worldSize;
+    if (!Number.isInteger(savedN) || savedN < 1) throw new Error(`ShardedPolicy.load: ${mf}: worldSize ${savedN} is not a positive integer`);
     const units = this.model.units;
     const mismatch = units.findIndex((u, i) => m.units[i]?.key !== u.key || m.units[i]?.numel !== u.numel || (m.units[i]?.span ?? m.units[i]?.numel) !== u.span);
     if (m.units.length !== units.length || mismatch >= 0) {
       throw new Error(`ShardedPolicy.load: ${dir} holds a different model (unit ${units[Math.max(0, mismatch)]?.key} does not match this config)`);
     }
-    const rd = join(dir, rankDirName(rank));
-    const ck = Checkpoint.open(rd);
+    const badPad = m.units.find((u) => !Number.isInteger(u.padded) || u.padded % savedN !== 0 || u.padded < (u.span ?? u.numel));
+    if (badPad) throw new Error(`ShardedPolicy.load: ${mf}: unit ${badPad.key} has padded ${badPad.padded}, not a multiple of the ${savedN} saved ranks covering its elements`);
+    if (savedN !== worldSize) log.info({ dir, saved: savedN, ranks: worldSize }, 'resharding a checkpoint saved by another number of ranks');
+    // The saved ranks' files, opened as they are first needed (rank r of M reads from at most a few of them).
+    const files = new Map<number, Checkpoint>();
+    const fileOf = (q: number): Checkpoint => {
+      let ck = files.get(q);
+      if (!ck) {
+        const rd = join(dir, rankDirName(q));
+        if (!existsSync(rd)) throw new Error(`ShardedPolicy.load: ${dir} lacks ${rankDirName(q)} (saved by ${savedN} ranks)`);
+        ck = Checkpoint.open(rd);
+        files.set(q, ck);
+      }
+      return ck;
+    };
+    /** This rank's [shard] of unit u's flat `what` buffer (bf16 or f32) on `device`, from the saved ranks' files. */
+    const read = (what: 'bf16' | 'master' | 'm' | 'v', u: number, device: string): Tensor => {
+      const unit = units[u]!;
+      const saved = m.units[u]!.padded / savedN;
+      const lo = rank * unit.shard;
+      const hi = Math.min(lo + unit.shard, m.units[u]!.padded);
+      const out = Tensor.zeros([unit.shard], { dtype: what === 'bf16' ? 'bf16' : 'f32', device });
+      try {
+        for (let q = Math.floor(lo / saved); q * saved < hi; q++) {
+          const a = Math.max(lo, q * saved);
+          const b = Math.min(hi, (q + 1) * saved);
+          const ck = fileOf(q);
+          const name = `${what}.${unit.key}`;
+          const n = ck.shapeOf(name)?.reduce((x, y) => x * y, 1);
+          if (n !== saved) throw new Error(`ShardedPolicy.load: ${join(dir, rankDirName(q))}: ${name} has ${n ?? 'no'} elements, expected ${saved}`);
+          const part = ck.loadRange(name, a - q * saved, b - q * saved, { device, dtype: what === 'bf16' ? 'bf16' : 'f32' });
+          const dst = out.slice(a - lo, b - lo);
+          dst.copyFrom(part);
+          disposeAll(part, dst);
+        }
+      } catch (e) {
+        out.dispose();
+        throw e;
+      }
+      return out;
+    };
     const dev = this.device;
     try {
-      units.forEach((unit, u) => {
-        const t = ck.load(`bf16.${unit.key}`, { device: dev, dtype: 'bf16', shape: [unit.shard] });
+      units.forEach((_, u) => {
+        const t = read('bf16', u, dev);
         this.model.bf16[u]!.copyFrom(t);
         t.dispose();
       });
       this.resetOptimizer();
       if (m.hasOptimizer) {
         const offload = this.optDevice !== this.device;
-        this.opt = units.map((unit) => {
-          const ld = (k: string): Tensor => {
-            const t = ck.load(`${k}.${unit.key}`, { device: this.optDevice, dtype: 'f32', shape: [unit.shard] });
+        this.opt = units.map((_, u) => {
+          const ld = (k: 'master' | 'm' | 'v'): Tensor => {
+            const t = read(k, u, this.optDevice);
             if (!offload) return t;
             const p = pinnedCopy(t);
             t.dispose();
@@ -1105,10 +1203,12 @@ export class ShardedPolicy implements Policy {
           };
           return { master: ld('master'), m: ld('m'), v: ld('v') };
         });
+        // A resumed run generates first: with offloadAfterStep the state waits in host memory, as after a step.
+        if (this.offloadAfterStep) this.offloadOptimizer();
       }
       this.optimizerSteps = m.optimizerSteps;
     } finally {
-      ck.close();
+      for (const ck of files.values()) ck.close();
     }
     await this.model.comm.barrier();
   }

@@ -132,16 +132,16 @@ test('a corrupt optimizer shard: as the only checkpoint, one line naming it (dry
   assert.match(dry.err, /would resume GRPO from step 2 \([^)]*global_step_2\)/);
 });
 
-test("the seed's preset: print-config works, a run is refused naming what is not built (offload_after_step)", () => {
+test("the seed's preset: print-config works; nothing is refused, and without the checkpoint the run names the download command", () => {
   const p = cli('train', ['-c', 'gsm8k-gptoss-20b', '--print-config']);
   assert.equal(p.code, 0);
   assert.match(p.out, /policy_num_gpus_per_node: 8/);
-  const r = cli('train', ['-c', 'gsm8k-gptoss-20b', '--dry-run']);
-  assert.equal(r.code, 2);
-  assert.match(r.err, /^error: config 'gsm8k-gptoss-20b' asks for what this version cannot do:\n/);
-  assert.match(r.err, /\n  - trainer\.policy\.optimizer_config\.offload_after_step=true: offloading the optimizer state between steps is not supported yet/);
-  // 8 processes with 2 engines x tp 4 is a layout that runs (sub-groups of the process group).
-  assert.doesNotMatch(r.err, /policy_num_gpus_per_node=|ref_num_gpus_per_node=|num_inference_engines=2|inference_engine_tensor_parallel_size/);
+  assert.match(p.out, /offload_after_step: true/);
+  // One process (its keys, offload_after_step included, are the 8-process run's): the model is not in the cache here.
+  const r = cli('train', ['-c', 'gsm8k-gptoss-20b', '--dry-run', 'trainer.placement.policy_num_gpus_per_node=1', 'generator.num_inference_engines=1', 'generator.inference_engine_tensor_parallel_size=1', 'trainer.placement.ref_num_gpus_per_node=1', 'trainer.device=cpu'], { HF_HUB_OFFLINE: '1' });
+  assert.notEqual(r.code, 0);
+  assert.doesNotMatch(r.err, /asks for what this version cannot do/);
+  assert.match(r.err, /unsloth\/gpt-oss-20b-BF16.*npx gptoss download unsloth\/gpt-oss-20b-BF16/);
   assert.doesNotMatch(r.err, /\n\s+at /);
 });
 

@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { launch, initDistributed, distEnv } from '../../src/distributed/launch.ts';
 import { reduceBuffers } from '../../src/distributed/tcp-group.ts';
+import { packValue, unpackValue } from '../../src/distributed/wire.ts';
 import { parseLaunchArgs } from '../../src/cli/launch.ts';
 import { Tensor, f32ToBf16Bits, bf16BitsToF32 } from '../../src/tensor.ts';
 import { WORKER as worker, runWorker, passes, BASIC_PASSES, type WorkerRun } from '../helpers/collectives-run.ts';
@@ -131,6 +132,18 @@ test('a process started without the launcher is a group of one', async () => {
   await ctx.collectives.allGather(g, t);
   assert.deepEqual([...g.toFloat32()], [1, 2, 3]);
   await ctx.destroy();
+});
+
+test('host-channel values are binary: f32 rows and token batches cost their bytes, not text', () => {
+  // A backward command of 64 rows x 300 f32 gradients and a batch of 64 sequences of 400 tokens.
+  const d = Array.from({ length: 64 }, (_, i) => Float32Array.from({ length: 300 }, (_, k) => Math.sin(i * 300 + k) / 7));
+  const sequences = Array.from({ length: 64 }, (_, i) => Int32Array.from({ length: 400 }, (_, k) => (i * 7919 + k * 104729) % 201088));
+  const raw = 64 * 300 * 4 + 64 * 400 * 4;
+  const packed = packValue({ op: 'forward', id: 1, d, batch: { sequences, promptLens: sequences.map(() => 100) } });
+  assert.ok(packed.length < raw + 64 * 2 * 16 + 1024, `packed ${packed.length} B for ${raw} B of arrays`);
+  const back = unpackValue<{ d: Float32Array[]; batch: { sequences: Int32Array[] } }>(packed);
+  assert.deepEqual(back.d, d);
+  assert.deepEqual(back.batch.sequences, sequences);
 });
 
 test('hub reductions: rank-order fp64 accumulation, bf16 rounding, integer avg and wrap-around', () => {

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { allKeys, assertSupported, ConfigError, ConfigSchema, engineLayoutProblems, loadConfig, REFUSED_UNLESS_SINGLE_PROCESS, unsupportedSettings } from '../../src/config/index.ts';
+import { usesShardedTrainer } from '../../src/config/load.ts';
 
 /** Keys the code does not read, each for a stated reason (what the docs say too). */
 const NOT_READ_BY_DESIGN: Record<string, string> = {
@@ -49,7 +50,6 @@ const ASK_MORE: Record<string, unknown> = {
   'trainer.placement.ref_num_nodes': 2,
   'trainer.placement.ref_num_gpus_per_node': 4,
   'trainer.policy.sequence_parallel_size': 2,
-  'trainer.policy.optimizer_config.offload_after_step': true,
   'trainer.gradient_checkpointing_use_reentrant': true,
   'trainer.hf_save_interval': 5,
   'trainer.algorithm.entropy_loss_coef': 0.01,
@@ -92,12 +92,12 @@ test('several processes: engines x tp must equal the processes when colocated; t
   assert.deepEqual(engineLayoutProblems(c, { numHeads: 64, numKvHeads: 8 }), ["generator.inference_engine_tensor_parallel_size=3 does not divide the model's 8 key/value heads"]);
 });
 
-test("the seed's preset loads (print-config works) and a run of it is refused with the multi-GPU keys named", () => {
+test("the seed's preset loads (print-config works) and every key of it is honoured (nothing refused)", () => {
   const c = loadConfig({ config: 'gsm8k-gptoss-20b' });
   assert.equal(c.trainer.policy.model.path, 'unsloth/gpt-oss-20b-BF16');
-  const msgs = unsupportedSettings(c).join('\n');
-  // 8 processes with 2 engines of tp 4 is a layout that runs; the seed's offload_after_step=true is not built yet.
-  assert.doesNotMatch(msgs, /inference_engine_tensor_parallel_size|num_inference_engines|policy_num_gpus_per_node/);
-  assert.match(msgs, /trainer\.policy\.optimizer_config\.offload_after_step=true: offloading the optimizer state between steps is not supported yet/);
-  assert.throws(() => assertSupported(c, "config 'gsm8k-gptoss-20b'"), /config 'gsm8k-gptoss-20b' asks for what this version cannot do/);
+  // 8 processes with 2 engines of tp 4 is a layout that runs; offload_after_step=true is the sharded trainer's.
+  assert.equal(c.trainer.policy.optimizer_config.offload_after_step, true);
+  assert.deepEqual(unsupportedSettings(c), []);
+  assert.doesNotThrow(() => assertSupported(c, "config 'gsm8k-gptoss-20b'"));
+  assert.ok(usesShardedTrainer(loadConfig({ config: 'demo-cpu', overrides: ['trainer.policy.optimizer_config.offload_after_step=true'] })), 'offload_after_step on one process runs the sharded trainer');
 });

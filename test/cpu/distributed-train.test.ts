@@ -16,7 +16,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -68,12 +68,13 @@ interface WorkerOut {
   gap: number;
   concurrentSame: boolean;
   weights: Record<string, number[]>;
+  optimizerOnHost: (boolean | null)[];
 }
 
-async function runWorld(name: string, world: number, killAtSync?: number, tp = 1, hang?: { sleepAt: string; timeoutS: number }, apart?: { engines: number; syncBucketBytes: number }) {
+async function runWorld(name: string, world: number, killAtSync?: number, tp = 1, hang?: { sleepAt: string; timeoutS: number }, apart?: { engines: number; syncBucketBytes: number }, extra: string[] = []) {
   const lines: string[] = [];
   const out = join(dir, `${name}.json`);
-  const overrides = grpoArgs(name, world, tp, apart);
+  const overrides = [...grpoArgs(name, world, tp, apart), ...extra];
   if (hang) overrides.push(`trainer.nccl_timeout_s=${hang.timeoutS}`);
   const r = await launch({
     script: WORKER,
@@ -93,6 +94,7 @@ async function runWorld(name: string, world: number, killAtSync?: number, tp = 1
 let one: Awaited<ReturnType<typeof runWorld>>;
 let two: Awaited<ReturnType<typeof runWorld>>;
 let twoTp: Awaited<ReturnType<typeof runWorld>>;
+let twoOffload: Awaited<ReturnType<typeof runWorld>>;
 let fourTp: Awaited<ReturnType<typeof runWorld>>;
 let apartOne: Awaited<ReturnType<typeof runWorld>>;
 let apartTp: Awaited<ReturnType<typeof runWorld>>;
@@ -105,6 +107,9 @@ before(async () => {
   assert.equal(one.exitCode, 0, one.text);
   two = await runWorld('world2', 2);
   assert.equal(two.exitCode, 0, two.text);
+  // offload_after_step: the optimizer state in host memory while the engines generate, back for training.
+  twoOffload = await runWorld('world2-offload', 2, undefined, 1, undefined, undefined, ['trainer.policy.optimizer_config.offload_after_step=true']);
+  assert.equal(twoOffload.exitCode, 0, twoOffload.text);
   twoTp = await runWorld('world2-tp2', 2, undefined, 2);
   assert.equal(twoTp.exitCode, 0, twoTp.text);
   fourTp = await runWorld('world4-2xtp2', 4, undefined, 2);
@@ -166,6 +171,19 @@ test('world 2 (two tp=1 engines): step 1 rollouts and rewards identical to world
   }
   assertStepMetrics(ra, 1);
   assertStepMetrics(rb, 2);
+});
+
+test('world 2 with offload_after_step: the optimizer state is in host memory while generating, and the run is bitwise the default\'s', () => {
+  const a = two.result();
+  const b = twoOffload.result();
+  // The loop's generate() calls (steps 1-3, then the checks after the run): the state exists from step 1's update on.
+  assert.deepEqual(a.optimizerOnHost.slice(0, 3), [null, false, false]);
+  assert.deepEqual(b.optimizerOnHost.slice(0, 3), [null, true, true]);
+  assert.deepEqual(b.first, a.first);
+  const ra = two.rows();
+  const rb = twoOffload.rows();
+  for (let i = 0; i < 3; i++) for (const k of ['loss', 'grad_norm', 'reward/mean']) assert.equal(rb[i]![k], ra[i]![k], `step ${i + 1} ${k}`);
+  assert.deepEqual(b.weights, a.weights);
 });
 
 test('world 2: the engines hold the trained weights (equal to world 1 up to fp32 reduction noise) and sample with the trainer\'s log-probs', () => {
@@ -339,8 +357,9 @@ test('a layout that does not fit is refused before any process starts, naming th
 });
 
 /** The train CLI over 2 processes, 5 steps (checkpoints at Ctrl-C only); `interruptAfter`: SIGINT once that many steps are logged. */
-function trainCli(name: string, interruptAfter?: number): Promise<{ code: number | null; out: string }> {
-  const args = grpoArgs(name, 2).map((a) => (a === 'trainer.max_steps=3' ? 'trainer.max_steps=5' : a === 'trainer.ckpt_interval=-1' ? 'trainer.ckpt_interval=100' : a === 'trainer.resume_mode=none' ? 'trainer.resume_mode=latest' : a));
+function trainCli(name: string, interruptAfter?: number, world = 2): Promise<{ code: number | null; out: string }> {
+  // World 3: micro-batches of 5 per rank (16 does not divide by 3; the loss is normalised by the whole mini-batch).
+  const args = grpoArgs(name, world).map((a) => (a.startsWith('trainer.micro_train_batch_size_per_gpu=') && world === 3 ? 'trainer.micro_train_batch_size_per_gpu=5' : a)).map((a) => (a === 'trainer.max_steps=3' ? 'trainer.max_steps=5' : a === 'trainer.ckpt_interval=-1' ? 'trainer.ckpt_interval=100' : a === 'trainer.resume_mode=none' ? 'trainer.resume_mode=latest' : a));
   const metrics = join(dir, `${name}.jsonl`);
   return new Promise((resolve) => {
     const c = spawn(process.execPath, ['--import', 'tsx', CLI('train'), '-c', 'demo-cpu', ...args], { cwd: ROOT });
@@ -361,12 +380,15 @@ function trainCli(name: string, interruptAfter?: number): Promise<{ code: number
   });
 }
 
-test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it exactly', async () => {
+test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it exactly; on 3 processes, to fp32 reduction order', async () => {
   const cut = await trainCli('ctrlc', 2);
   assert.equal(cut.code, 130, cut.out);
   assert.match(cut.out, /\[rank 0\] .*interrupted; checkpoint .*global_step_\d/);
   const stoppedAt = Number(/interrupted: saving a checkpoint at step (\d+)/.exec(cut.out)?.[1]);
   assert.ok(stoppedAt >= 2 && stoppedAt < 5, `stopped at step ${stoppedAt}`);
+  // The same checkpoint, to be resumed on 3 processes below.
+  cpSync(join(dir, 'ck-ctrlc'), join(dir, 'ck-ctrlc3'), { recursive: true });
+  cpSync(join(dir, 'ctrlc.jsonl'), join(dir, 'ctrlc3.jsonl'));
   const resumed = await trainCli('ctrlc');
   assert.equal(resumed.code, 0, resumed.out);
   assert.match(resumed.out, new RegExp(`GRPO: resumed from step ${stoppedAt}`));
@@ -379,6 +401,37 @@ test('Ctrl-C over 2 processes saves a checkpoint and the same command resumes it
   for (let i = 0; i < 5; i++) {
     for (const k of ['loss', 'grad_norm', 'reward/mean', 'kl']) assert.equal(a[i]![k], b[i]![k], `step ${i + 1} ${k}`);
   }
+  // Resumed on 3 processes (3 engines): each rank reads its slices of the 2 saved shards. The first resumed step
+  // samples from the same bf16 weights (same rollouts and rewards); the updates then differ from the 2-process run
+  // only by the fp32 reduction order.
+  const three = await trainCli('ctrlc3', undefined, 3);
+  assert.equal(three.code, 0, three.out);
+  assert.match(three.out, new RegExp(`GRPO: resumed from step ${stoppedAt}`));
+  const c = rows('ctrlc3');
+  assert.deepEqual(c.map((r) => r.step), [1, 2, 3, 4, 5]);
+  assert.equal(c[stoppedAt]!['dist/world_size'], 3);
+  assert.equal(c[stoppedAt]!['reward/mean'], b[stoppedAt]!['reward/mean'], `step ${stoppedAt + 1} reward/mean`);
+  for (let i = stoppedAt; i < 5; i++) {
+    for (const k of ['loss', 'grad_norm']) assert.ok(rel(c[i]![k] as number, b[i]![k] as number) < 2e-4, `step ${i + 1} ${k}: resumed on 3 ${c[i]![k]} vs 2 ${b[i]![k]}`);
+  }
+});
+
+test('a random-weight model (the demo\'s `tiny`): every rank draws its shard and engine per tensor, world 2 samples and steps as world 1', async () => {
+  // World 1 builds the whole model (GptOssWeights.random); in world 2 each rank reads only its shard and its engine's
+  // weights from the seeded source: the same values, so step 1 samples the same tokens and steps to fp32 noise.
+  const extra = ['trainer.policy.model.path=tiny', 'trainer.max_steps=1'];
+  const r1 = await runWorld('random-world1', 1, undefined, 1, undefined, undefined, extra);
+  assert.equal(r1.exitCode, 0, r1.text);
+  const r2 = await runWorld('random-world2', 2, undefined, 1, undefined, undefined, extra);
+  assert.equal(r2.exitCode, 0, r2.text);
+  const a = r1.result();
+  const b = r2.result();
+  assert.equal(b.first.length, 64);
+  assert.deepEqual(b.first, a.first, 'step 1 rollouts');
+  const [ra] = r1.rows();
+  const [rb] = r2.rows();
+  assert.equal(rb!['reward/mean'], ra!['reward/mean']);
+  for (const k of ['loss', 'grad_norm']) assert.ok(rel(rb![k] as number, ra![k] as number) < 2e-4, `${k}: world 2 ${rb![k]} vs world 1 ${ra![k]}`);
 });
 
 test('engine blocks: contiguous request ranges, the first n % engines one longer, every request once', () => {

@@ -166,6 +166,15 @@ test('MXFP4 dequantisation matches hand-computed values and the [E, in, out] lay
   assert.equal(v[0], 1.0); // expert 0, in 0, out 0
   assert.equal(v[64 + 0], 2.0); // expert 1 (scale 129: x4), in 0, out 0: 0.5 * 4
   assert.equal(v[64 + 1], 3.0); // expert 1, in 0, out 1: 6 * 2^-1
+  // Element ranges (loadRange) dequantise only the experts they touch and equal the whole tensor's elements.
+  for (const [lo, hi] of [[0, 128], [3, 61], [50, 100], [64, 128], [127, 128], [10, 10]] as const) {
+    const r = ck.loadRange('m.down_proj', lo, hi, { device: 'cpu' });
+    assert.deepEqual(Array.from(r.toFloat32()), Array.from(v.subarray(lo, hi)), `[${lo}, ${hi})`);
+    r.dispose();
+  }
+  const f32 = ck.loadRange('m.down_proj', 60, 70, { device: 'cpu', dtype: 'f32' });
+  assert.deepEqual(Array.from(f32.toFloat32()), Array.from(v.subarray(60, 70)));
+  f32.dispose();
   ck.close();
   rmSync(d, { recursive: true });
 });

@@ -1,11 +1,11 @@
 // ShardedPolicy (src/trainer/sharded-policy.ts) over 1-4 CPU processes started by the launcher, against the
 // single-process GptOssPolicy: the same loss, grad norm and fp32 masters (relative 1e-5) after 3 optimizer steps with
 // gradient accumulation, clipping and ranks that run empty micro-batches; sharded save -> resume continues bitwise;
-// a checkpoint of another rank count is refused; the Hugging Face export loads with loadModel and gives the same
+// a checkpoint of another rank count resumes on this one (2 -> 3, 3 -> 1) as the uninterrupted run up to fp32 order; the Hugging Face export loads with loadModel and gives the same
 // log-probs; a rank that fails mid-step ends the job, named. Plus the layout and the sequence split.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, existsSync, readdirSync, rmSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -192,7 +192,7 @@ test('the Hugging Face export loads with loadModel and gives the sharded policy\
   assert.throws(() => ShardedPolicy.fromCheckpoint(presetConfig('gpt-oss-tiny-256', { numLayers: 3 }), r.exportDir, 'cpu', ctx.collectives), /lacks model\.layers\.2\./);
 });
 
-test('sharded save -> resume on the same N continues bitwise; another N is refused', async () => {
+test('sharded save -> resume on the same N continues bitwise', async () => {
   const full = results.get(2);
   assert.ok(full, 'needs the uninterrupted 2-rank run');
   const dir = mkdtempSync(join(tmpdir(), 'fsdp-resume-'));
@@ -208,10 +208,45 @@ test('sharded save -> resume on the same N continues bitwise; another N is refus
   const uninterrupted = readResult(full.out);
   assert.deepEqual(resumed.steps[0], uninterrupted.steps[2]);
   assert.deepEqual(resumed.masters, uninterrupted.masters);
-  const c = await runRanks(3, { steps: [3], load: ckpt });
-  assert.notEqual(c.exitCode, 0);
-  assert.match(c.text, /saved by 2 ranks but this job has 3; resuming on a different rank count is not supported/);
 });
+
+// Saved by N ranks, resumed on M: each rank reads its slices of the saved ranks' flat unit buffers (weights,
+// masters, moments). Steps 1-2 ran on N ranks, step 3 on M: the same as an uninterrupted run up to the fp32
+// reduction order of step 3's gradient (the tolerance of the N-rank vs single-process tests).
+for (const [from, to] of [[2, 3], [3, 1]] as const) {
+  test(`sharded save on ${from} ranks -> resume on ${to} continues like the uninterrupted run (fp32 reduction order)`, async () => {
+    const full = results.get(from);
+    assert.ok(full, `needs the uninterrupted ${from}-rank run`);
+    const dir = mkdtempSync(join(tmpdir(), `fsdp-reshard-${from}-${to}-`));
+    const ckpt = join(dir, 'ckpt');
+    const a = await runRanks(from, { steps: [1, 2], save: ckpt });
+    assert.equal(a.exitCode, 0, a.text);
+    const out = join(dir, 'resumed.json');
+    const b = await runRanks(to, { steps: [3], load: ckpt, out });
+    assert.equal(b.exitCode, 0, b.text);
+    assert.match(b.text, /resharding a checkpoint saved by another number of ranks/);
+    const resumed = readResult(out);
+    const want = readResult(full.out);
+    const g = resumed.steps[0]!;
+    const w = want.steps[2]!;
+    assert.equal(g.step, 3);
+    assert.ok(rel(g.loss, w.loss) <= 1e-5, `step 3 loss ${g.loss} vs ${w.loss}`);
+    assert.ok(rel(g.norm, w.norm) <= 1e-5, `step 3 grad norm ${g.norm} vs ${w.norm}`);
+    assert.equal(g.clipped, w.clipped);
+    for (const [name, v] of Object.entries(want.masters)) {
+      const have = resumed.masters[name];
+      assert.ok(have && have.length === v.length, `master ${name} missing or of another size`);
+      assert.ok(relNorm(have, v) <= 1e-5, `master ${name}: relative difference ${relNorm(have, v)}`);
+    }
+    if (from === 2) {
+      // A saved rank's files missing: named.
+      rmSync(join(ckpt, 'rank-00001'), { recursive: true });
+      const c = await runRanks(to, { steps: [3], load: ckpt });
+      assert.notEqual(c.exitCode, 0);
+      assert.match(c.text, /ckpt lacks rank-00001 \(saved by 2 ranks\)/);
+    }
+  });
+}
 
 test('cpuOffload (masters and moments in host memory; a no-op on the CPU) trains bitwise like the default', async () => {
   const full = results.get(2);
@@ -223,6 +258,31 @@ test('cpuOffload (masters and moments in host memory; a no-op on the CPU) trains
   const b = readResult(full.out);
   assert.deepEqual(a.steps, b.steps);
   assert.deepEqual(a.masters, b.masters);
+});
+
+test('offloadAfterStep (offload_after_step): the masters and moments go to host memory after each step and come back for training, bitwise like the default', async () => {
+  const full = results.get(2);
+  assert.ok(full, 'needs the 2-rank run');
+  const dir = mkdtempSync(join(tmpdir(), 'fsdp-offload-after-'));
+  const out = join(dir, 'result.json');
+  const r = await runRanks(2, { steps: [1, 2, 3], out, offloadAfterStep: true });
+  assert.equal(r.exitCode, 0, r.text);
+  const a = readResult(out);
+  const b = readResult(full.out);
+  assert.deepEqual(a.steps, b.steps);
+  assert.deepEqual(a.masters, b.masters);
+  assert.deepEqual(a.onHost, [[true, false], [true, false], [true, false]]);
+  // Saved and resumed with the key on: continues as the uninterrupted run.
+  const ckpt = join(dir, 'ckpt');
+  const s = await runRanks(2, { steps: [1, 2], save: ckpt, offloadAfterStep: true });
+  assert.equal(s.exitCode, 0, s.text);
+  const out2 = join(dir, 'resumed.json');
+  const c = await runRanks(2, { steps: [3], load: ckpt, out: out2, offloadAfterStep: true });
+  assert.equal(c.exitCode, 0, c.text);
+  assert.deepEqual(readResult(out2).steps[0], b.steps[2]);
+  assert.deepEqual(readResult(out2).masters, b.masters);
+  // Loaded into host memory (the resumed run's first phase is a generation), back for step 3's training.
+  assert.equal(readResult(out2).loadedOnHost, true);
 });
 
 test('prefetch off (no look-ahead, collectives in program order) trains bitwise like the default overlap', async () => {

@@ -81,3 +81,9 @@ test('npm run sft refuses cpu_offload (the single-process policy keeps its optim
   assert.equal(r.status, 2, r.stderr);
   assert.match(r.stderr, /trainer\.policy\.fsdp_config\.cpu_offload=true: npm run sft trains the single-process policy.*npm run train honours the key/);
 });
+
+test('npm run sft refuses offload_after_step (no generation phase; the single-process policy keeps its state on the device)', () => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI('sft'), '-c', 'demo-cpu', 'trainer.policy.optimizer_config.offload_after_step=true', `trainer.ckpt_path=${join(dir, 'ck-sft-after')}`], { encoding: 'utf8', cwd: ROOT });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /trainer\.policy\.optimizer_config\.offload_after_step=true: npm run sft trains the single-process policy.*npm run train honours the key/);
+});

@@ -1,13 +1,14 @@
 // GPU machine: ShardedPolicy at N = 1 on CUDA (in-process group of one; NCCL when the addon has it) against the
 // single-process GptOssPolicy over 3 optimizer steps with gradient accumulation and clipping: loss, grad norm and
 // fp32 masters relative 1e-5 (deterministic attention backward on both, so only accumulation order differs); the
-// host paths: cpuOffload (AdamW on the host) against the device optimizer (bitwise), and the KL reference kept on the host.
+// host paths: cpuOffload (AdamW on the host) against the device optimizer (bitwise), and the KL reference kept on the host;
+// offloadAfterStep (the state in pinned host memory between steps, built from a checkpoint's byte ranges): bitwise.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { native } from '../../src/native.ts';
+import { memoryStats, synchronize } from '../../src/tensor.ts';
 import { Checkpoint, paramSpecs, randomModel } from '../../src/model/index.ts';
 import { initDistributed } from '../../src/distributed/launch.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
@@ -111,6 +112,44 @@ test('ShardedPolicy on CUDA: cpuOffload trains bitwise like the device optimizer
       }
       assert.equal(differ, 0, `after step ${i + 1}, master ${name}: ${differ} of ${w.length} elements differ (relative L2 ${Math.sqrt(d / n)})`);
     }
+  }
+  await ctx.destroy();
+});
+
+// offloadAfterStep (trainer.policy.optimizer_config.offload_after_step): after every optimizer step the masters and
+// moments (12 B per shard element) leave the GPU for pinned host memory, and come back at the next forward: the
+// device's allocated bytes drop by at least that between steps, and training is bitwise the default's. The policy is
+// built with fromCheckpoint (only its byte ranges, straight to the device) from the same weights saved as HF.
+test('ShardedPolicy on CUDA: offloadAfterStep frees the optimizer state between steps and trains bitwise like the default', { skip }, async () => {
+  const ctx = await initDistributed();
+  const dir = mkdtempSync(join(tmpdir(), 'fsdp-gpu-offload-after-'));
+  const m0 = randomModel(CFG, { device: 'cpu', seed: SEED });
+  m0.weights.save(dir, { maxShardBytes: 64 * 1024 });
+  m0.dispose();
+  const run = async (offloadAfterStep: boolean) => {
+    const p = ShardedPolicy.fromCheckpoint(CFG, dir, DEV, ctx.collectives, { deterministic: true, offloadAfterStep });
+    const stateBytes = 12 * p.units.reduce((a, u) => a + u.shard, 0);
+    const masters: Map<string, Float32Array>[] = [];
+    const allocated: number[] = [];
+    const onHost: boolean[] = [];
+    const steps = await train(p, async () => {
+      synchronize(DEV);
+      allocated.push(memoryStats(DEV).allocated);
+      onHost.push(p.optimizerOnHost);
+      masters.push((await p.gatherMasters())!);
+    });
+    p.dispose();
+    return { steps, masters, allocated, onHost, stateBytes };
+  };
+  const dev = await run(false);
+  const off = await run(true);
+  assert.deepEqual(dev.onHost, [false, false, false]);
+  assert.deepEqual(off.onHost, [true, true, true]);
+  for (let i = 0; i < 3; i++) {
+    assert.equal(off.steps[i]!.loss, dev.steps[i]!.loss, `step ${i + 1} loss`);
+    assert.equal(off.steps[i]!.norm, dev.steps[i]!.norm, `step ${i + 1} grad norm`);
+    for (const [name, w] of dev.masters[i]!) assert.deepEqual(off.masters[i]!.get(name), w, `after step ${i + 1}, master ${name}`);
+    assert.ok(dev.allocated[i]! - off.allocated[i]! >= off.stateBytes, `after step ${i + 1}: ${off.allocated[i]} B allocated with the state offloaded vs ${dev.allocated[i]} B (state ${off.stateBytes} B)`);
   }
   await ctx.destroy();
 });

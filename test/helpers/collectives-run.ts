@@ -46,5 +46,5 @@ export const BASIC_PASSES = [
   'PASS allReduce/allGather/reduceScatter/broadcast f32 bf16 i32',
   'PASS send/recv',
   'PASS ordering against the stream',
-  'PASS barrier and allGatherObject',
+  'PASS barrier, allGatherObject and broadcastObject',
 ];

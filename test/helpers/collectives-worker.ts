@@ -96,9 +96,21 @@ async function basic(ctx: DistContext): Promise<void> {
 
   const objs = await ctx.group.allGatherObject({ rank, device });
   assert.deepEqual(objs.map((o) => o.rank), Array.from({ length: n }, (_, i) => i));
+  // Typed arrays travel as their bytes (MessagePack): the same kind, bitwise (NaN, -0, Infinity, subnormals).
+  const rowOf = (r: number) => new Float32Array([r, NaN, -0, Infinity, 1.4e-45, -r / 3]);
+  const rows = await ctx.group.allGatherObject({ rank, f: rowOf(rank), ids: Int32Array.from([rank, -1, 2 ** 31 - 1]) });
+  rows.forEach((o, r) => {
+    assert.ok(o.f instanceof Float32Array && o.ids instanceof Int32Array, `rank ${r}'s arrays came back as ${o.f?.constructor.name}, ${o.ids?.constructor.name}`);
+    assert.deepEqual(new Uint8Array(o.f.buffer, o.f.byteOffset, o.f.byteLength), new Uint8Array(rowOf(r).buffer));
+    assert.deepEqual(Array.from(o.ids), [r, -1, 2 ** 31 - 1]);
+  });
+  const cmd = await ctx.group.broadcastObject(rank === 0 ? { op: 'backward', d: [rowOf(7), new Float32Array(0)] } : null, 0);
+  assert.equal(cmd.op, 'backward');
+  assert.deepEqual(new Uint8Array(cmd.d[0]!.buffer, cmd.d[0]!.byteOffset, 24), new Uint8Array(rowOf(7).buffer));
+  assert.equal(cmd.d[1]!.length, 0);
   await c.barrier();
   await c.synchronize();
-  pass(ctx, 'barrier and allGatherObject');
+  pass(ctx, 'barrier, allGatherObject and broadcastObject');
 }
 
 async function badInput(ctx: DistContext): Promise<void> {

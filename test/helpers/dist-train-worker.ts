@@ -5,6 +5,7 @@
 //   weights   the engine model's bf16 parameters after the run (world > 1: rank 0's engine, synced after each step)
 //   gap       after the run: the largest |engine log-prob - trainer log-prob| over fresh samples of 4 held-out prompts
 //   concurrentSame  two generate() calls in flight at once give the tokens they give one after the other
+//   optimizerOnHost per generate() of the loop, where rank 0's optimizer state was (null before the first step)
 // argv[2]: JSON { overrides: string[], out: string, killAtSync?: number, sleepAt?: string, syncBucketBytes?: number }
 // (syncBucketBytes: the weight-sync bucket of engines that are not colocated; killAtSync: rank 1
 // SIGKILLs itself when the n-th weight sync command reaches it; sleepAt: rank 1 blocks its thread for two minutes, as
@@ -32,9 +33,13 @@ if (drun && !drun.pieces) {
 const run = drun ? drun.pieces! : await setupRun(config);
 const inner = run.generator;
 let first: { tokens: number[]; logprobs: number[]; finishReason: string }[] | null = null;
+// Per generate() call of the loop: where rank 0's optimizer state was when it returned (null: no state yet) — host
+// memory under trainer.policy.optimizer_config.offload_after_step, the device otherwise.
+const optimizerOnHost: (boolean | null)[] = [];
 const recording: Generator = {
   async generate(prompts, params, onProgress) {
     const out = await inner.generate(prompts, params, onProgress);
+    optimizerOnHost.push(drun?.shard && drun.shard.optimizerSteps > 0 ? drun.shard.optimizerOnHost : null);
     first ??= out.map((c: Completion) => ({ tokens: Array.from(c.tokens), logprobs: Array.from(c.logprobs), finishReason: c.finishReason }));
     return out;
   },
@@ -65,7 +70,8 @@ const tokensOf = (cs: Completion[][]) => JSON.stringify(cs.map((c) => c.map((x) 
 const concurrentSame = tokensOf(together) === tokensOf(apart);
 
 const weights: Record<string, number[]> = {};
-for (const [name, t] of run.model.weights.params) weights[name] = Array.from(t.toFloat32());
-writeFileSync(opts.out, JSON.stringify({ steps: r.grpo?.steps ?? 0, first, gap, concurrentSame, weights }));
+// rank 0's whole engine model (tp 1); a tp>1 engine's rank 0 holds only its slice (nothing recorded).
+for (const [name, t] of run.model?.weights.params ?? []) weights[name] = Array.from(t.toFloat32());
+writeFileSync(opts.out, JSON.stringify({ steps: r.grpo?.steps ?? 0, first, gap, concurrentSame, weights, optimizerOnHost }));
 await drun?.close();
 process.exit(0);

@@ -66,4 +66,8 @@ export interface WorkerResult {
   masters: Record<string, number[]>;
   /** Log-probs of step 1's mini-batch after training (with `export`). */
   logprobs?: number[][];
+  /** With offloadAfterStep: per step, where the optimizer state was [after the step, after the next forward]. */
+  onHost?: [boolean, boolean][];
+  /** With offloadAfterStep and load: where the loaded optimizer state was right after the load. */
+  loadedOnHost?: boolean;
 }

@@ -18,6 +18,8 @@ interface Opts {
   failRank?: number;
   failStep?: number;
   cpuOffload?: boolean;
+  /** ShardedModelOptions.offloadAfterStep (trainer.policy.optimizer_config.offload_after_step). */
+  offloadAfterStep?: boolean;
   /** ShardedModelOptions.prefetch / collectivesAtOne. */
   prefetch?: boolean;
   collectivesAtOne?: boolean;
@@ -27,11 +29,13 @@ const o = JSON.parse(process.argv[2] ?? '{}') as Opts;
 const ctx = await initDistributed({ backend: 'cpu' });
 const { rank, worldSize } = ctx;
 const model = randomModel(CFG, { device: ctx.device, seed: SEED });
-const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives, { cpuOffload: o.cpuOffload, prefetch: o.prefetch, collectivesAtOne: o.collectivesAtOne });
+const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives, { cpuOffload: o.cpuOffload, offloadAfterStep: o.offloadAfterStep, prefetch: o.prefetch, collectivesAtOne: o.collectivesAtOne });
 model.dispose();
 if (o.load) await policy.load(o.load);
+const loadedOnHost = o.load && o.offloadAfterStep ? policy.optimizerOnHost : undefined;
 
 const steps: StepRecord[] = [];
+const onHost: [boolean, boolean][] = [];
 for (const step of o.steps) {
   const mb = stepBatch(step);
   const norm = normTokens(mb);
@@ -48,6 +52,13 @@ for (const step of o.steps) {
   const losses = await ctx.group.allGatherObject(loss);
   const clip = await policy.clipGradNorm(MAX_NORM);
   policy.optimizerStep(HYPER, step);
+  if (o.offloadAfterStep) {
+    // Between steps (the generation phase) the state is on the host; the next training forward brings it back.
+    const after = policy.optimizerOnHost;
+    const probe = await policy.forward({ sequences: [], promptLens: [] });
+    probe.release();
+    onHost.push([after, policy.optimizerOnHost]);
+  }
   steps.push({ step, loss: losses.reduce((a, b) => a + b, 0), norm: clip.norm, clipped: clip.clipped });
 }
 if (o.save) await policy.save(o.save);
@@ -59,7 +70,7 @@ if (o.export) {
   logprobs = (await policy.logprobs(stepBatch(1))).logprobs.map((a) => [...a]);
 }
 if (rank === 0 && o.out) {
-  const res: WorkerResult = { steps, masters: Object.fromEntries([...masters!].map(([k, v]) => [k, [...v]])), logprobs };
+  const res: WorkerResult = { steps, masters: Object.fromEntries([...masters!].map(([k, v]) => [k, [...v]])), logprobs, ...(o.offloadAfterStep ? { onHost } : {}), ...(loadedOnHost !== undefined ? { loadedOnHost } : {}) };
   writeFileSync(o.out, JSON.stringify(res));
 }
 policy.dispose();
