@@ -15,6 +15,7 @@ import { embeddingForward } from '../ops/embedding.ts';
 import { cast } from '../ops/elementwise.ts';
 import { sampleRows, type SampleRowsParams } from '../ops/sampling.ts';
 import { PagedKvCache, kvSpaces, type PagedStepMeta } from './paged-kv-cache.ts';
+import { DecodeGraphs, type DecodeGraphStats } from './cuda-graphs.ts';
 
 /** One engine step as host arrays. N query rows over B sequences; S of the rows are sampled. */
 export interface StepInput {
@@ -101,6 +102,7 @@ export class LocalModelRunner implements ModelRunner {
    * before its first layer is enqueued (a device-side spin there lets the host enqueue the whole step ahead).
    */
   readonly hooks: { afterUpload?: (s: StepInput) => void } = {};
+  private graphs: DecodeGraphs | null = null;
 
   constructor(readonly model: GptOssModel) {
     this.config = model.config;
@@ -113,15 +115,19 @@ export class LocalModelRunner implements ModelRunner {
     return this.cache.bytesPerBlock(blockSize);
   }
 
+  // Graphs hold the addresses of the KV pools and the weights: moving either destroys them (recaptured on demand).
   allocateKvCache(numBlocks: readonly number[], blockSize: number): void {
+    this.graphs?.reset();
     this.cache.allocate(numBlocks, blockSize);
   }
 
   freeKvCache(): void {
+    this.graphs?.reset();
     this.cache.free();
   }
 
   pageWeights(out: boolean): void {
+    this.graphs?.reset();
     // q/k/v are row views of a layer's fused buffer: paging one pages the storage (a repeat is a no-op).
     for (const t of this.model.weights.params.values()) {
       if (out) t.pageOut();
@@ -130,7 +136,28 @@ export class LocalModelRunner implements ModelRunner {
     if (out && this.device !== 'cpu') emptyCache(this.device); // to the driver: another process may want it too
   }
 
+  /**
+   * Decode steps from CUDA graphs (engine option enforceEager: false; cuda-graphs.ts). `spaces` KV spaces; maxBatch:
+   * the engine's maxNumSeqs. On the CPU the same padded, static-buffer path runs eagerly. Not for a tensor-parallel
+   * shard (its layers are NCCL collectives driven from JS); steps with LoRA adapters run eagerly (the MoE's adapter
+   * path reads the routing on the host).
+   */
+  enableGraphs(spaces: number, maxBatch: number): void {
+    if ((this.model as LayerHost).tp !== undefined) throw new Error('LocalModelRunner.enableGraphs: CUDA graphs are not supported on a tensor-parallel shard');
+    this.graphs?.dispose();
+    this.graphs = new DecodeGraphs(this, spaces, maxBatch);
+  }
+
+  /** The graphs' counters (null when graphs are off). */
+  graphStats(): DecodeGraphStats | null {
+    return this.graphs?.stats() ?? null;
+  }
+
   async execute(s: StepInput): Promise<StepOutput> {
+    if (this.graphs && !this.model.lora) {
+      const r = this.graphs.run(s);
+      if (r) return r;
+    }
     const t = this.upload(s);
     try {
       this.hooks.afterUpload?.(s);
@@ -272,6 +299,8 @@ export class LocalModelRunner implements ModelRunner {
   }
 
   dispose(): void {
+    this.graphs?.dispose();
+    this.graphs = null;
     this.cache.dispose();
   }
 }
