@@ -212,7 +212,7 @@ export interface NativeOps {
 
   // ---- embedding.cc ----
   /** weight [V, H], ids i32 [...] -> weight's dtype [..., H]. */
-  embeddingForward(weight: TensorArg, ids: TensorArg): NativeTensor;
+  embeddingForward(weight: TensorArg, ids: TensorArg, checked?: boolean): NativeTensor;
   /** -> f32 [vocabSize, H]. */
   embeddingBackward(dOut: TensorArg, ids: TensorArg, vocabSize: number): NativeTensor;
 

@@ -113,7 +113,12 @@ void* alloc(int device, size_t bytes) {
     cache.erase(it);
   } else {
     DeviceGuard g(device);
+    // cudaMalloc counts as a potentially unsafe call during a capture (thread-local mode refuses it): it is not a
+    // stream operation of the graph, so relax this thread's capture mode around it (the memory stays the pool's).
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    if (pool) cudaThreadExchangeStreamCaptureMode(&mode);
     cudaError_t err = cudaMalloc(&p, size);
+    if (pool) cudaThreadExchangeStreamCaptureMode(&mode);
     if (err != cudaSuccess && pool) {
       cudaGetLastError();
       size_t free_b = 0, total_b = 0;
