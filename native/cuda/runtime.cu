@@ -165,6 +165,9 @@ void release(int device, void* ptr, size_t bytes) {
   auto bp = st.block_pool.find(ptr);
   auto pool = bp == st.block_pool.end() ? st.pools.end() : st.pools.find(bp->second);
   if (bp != st.block_pool.end()) st.block_pool.erase(bp);
+  // An ordinary block freed during a capture may still be read by the graph being captured: it joins that graph's
+  // pool instead of the ordinary cache, so no later op outside the graph takes it.
+  if (pool == st.pools.end() && st.capture_pool) pool = st.pools.find(st.capture_pool);
   if (pool != st.pools.end()) {
     st.block_pool[ptr] = pool->first;
     pool->second.free_blocks.emplace(size, ptr);
