@@ -29,13 +29,14 @@ function prompts(n: number, seed: number, minLen: number, maxLen: number, vocab 
 
 /**
  * Greedy outputs of the graph engine vs the eager one: equal tokens up to the first difference, which must be a
- * near tie of the eager run's log-probs there (bf16 rounding of a different split count may flip a tie), and the
- * log-probs before it within bf16 noise.
+ * near tie under the trainer's log-probs (bf16 rounding of another split count or batch shape may flip a tie,
+ * nothing more), and the log-probs before it within bf16 noise.
  */
-function assertSame(a: GenerateResponse[], b: GenerateResponse[], what: string): { tokens: number; diverged: number } {
+function assertSame(m: GptOssModel, reqs: GenerateRequest[], a: GenerateResponse[], b: GenerateResponse[], what: string, tieTol = 0.05): { tokens: number; diverged: number } {
   let tokens = 0;
   let diverged = 0;
-  assert.equal(a.length, b.length);
+  assert.equal(a.length, reqs.length);
+  assert.equal(b.length, reqs.length);
   for (let i = 0; i < a.length; i++) {
     const x = a[i]!.samples[0]!;
     const y = b[i]!.samples[0]!;
@@ -48,9 +49,9 @@ function assertSame(a: GenerateResponse[], b: GenerateResponse[], what: string):
     }
     if (t >= 0) {
       diverged++;
-      // At the first difference both runs drew the argmax of nearly equal logits: the eager run's log-prob of its
-      // token is then at most log(1/2) + noise, i.e. the top two are close.
-      assert.ok(x.logprobs[t]! < -0.6, `${what} request ${i}: tokens differ at ${t} where the eager choice was not a near tie (log-prob ${x.logprobs[t]})`);
+      const prefix = [...reqs[i]!.prompt, ...x.tokens.slice(0, t)];
+      const [la, lb] = m.tokenLogprobs([[...prefix, x.tokens[t]!], [...prefix, y.tokens[t]!]]).map((lp) => lp[lp.length - 1]!);
+      assert.ok(Math.abs(la! - lb!) < tieTol, `${what} request ${i}: tokens differ at ${t} where the choices are not a near tie (${la} vs ${lb})`);
     }
     tokens += upto;
   }
@@ -74,8 +75,9 @@ const greedy = (ps: number[][], maxNew: (i: number) => number): GenerateRequest[
 
 test('graph decode == eager decode: bucket 1 (one sequence, 150 tokens)', { skip }, async () => {
   const m = tinyModel();
-  const { eager, graph, engine } = await runBoth(m, { blockSize: 16, numBlocks: 256 }, [greedy(prompts(1, 1, 20, 20), () => 150)]);
-  const r = assertSame(eager, graph, 'bucket 1');
+  const reqs = greedy(prompts(1, 1, 20, 20), () => 150);
+  const { eager, graph, engine } = await runBoth(m, { blockSize: 16, numBlocks: 256 }, [reqs]);
+  const r = assertSame(m, reqs, eager, graph, 'bucket 1');
   const st = engine.stats().graphs!;
   assert.ok(st.captures >= 1 && st.replays >= 140, JSON.stringify(st));
   for (const [k, n] of Object.entries(st.nodes)) assert.ok(n > 10, `graph ${k} has ${n} nodes`);
@@ -89,7 +91,7 @@ test('graph decode == eager decode: 3 sequences (bucket 4), finishing mid-run, 2
   const first = greedy(prompts(3, 2, 5, 40), (i) => [60, 25, 140][i]!);
   const later = greedy(prompts(2, 3, 3, 30), (i) => [80, 10][i]!);
   const { eager, graph, engine } = await runBoth(m, { blockSize: 16, numBlocks: 256, maxNumSeqs: 8 }, [first, later], 20);
-  assertSame(eager, graph, 'bucket 3');
+  assertSame(m, [...first, ...later], eager, graph, 'bucket 3');
   const st = engine.stats().graphs!;
   assert.ok(Object.keys(st.nodes).some((k) => k.startsWith('4x')), `a bucket-4 graph: ${JSON.stringify(st)}`);
   assert.ok(Object.keys(st.nodes).some((k) => k.startsWith('1x') || k.startsWith('2x')), `smaller buckets as sequences end: ${JSON.stringify(st)}`);
@@ -101,16 +103,16 @@ test('graph decode == eager decode: 64 sequences (bucket 64) with different leng
   const m = tinyModel();
   const reqs = greedy(prompts(64, 4, 5, 200), (i) => 20 + ((i * 37) % 100));
   const { eager, graph, engine } = await runBoth(m, { blockSize: 16, numBlocks: 2048, maxNumSeqs: 64, maxNumBatchedTokens: 4096 }, [reqs]);
-  const r = assertSame(eager, graph, 'bucket 64');
+  const r = assertSame(m, reqs, eager, graph, 'bucket 64');
   assert.ok(r.diverged <= 4, `${r.diverged} of 64 sequences diverged (near ties only, but that many suggests a bug)`);
   // The same workload again (its prompts now come from the prefix cache: shorter prefills), then three more times:
   // the same graphs replay (no new capture), and device memory does not grow.
-  assertSame(graph, await engine.generate(reqs), 'bucket 64, rerun');
+  assertSame(m, reqs, graph, await engine.generate(reqs), 'bucket 64, rerun');
   const st0 = engine.stats().graphs!;
   const mem0 = memoryStats(DEV);
   for (let k = 0; k < 3; k++) {
     const again = await engine.generate(reqs);
-    assertSame(graph, again, `bucket 64, rerun ${k}`);
+    assertSame(m, reqs, graph, again, `bucket 64, rerun ${k}`);
   }
   const st1 = engine.stats().graphs!;
   const mem1 = memoryStats(DEV);
@@ -123,7 +125,7 @@ test('graph decode == eager decode: 64 sequences (bucket 64) with different leng
   await engine.wake();
   assert.equal(engine.stats().graphs!.graphs, 0, 'graphs dropped at sleep');
   const woke = await engine.generate(reqs);
-  assertSame(graph, woke, 'bucket 64 after wake');
+  assertSame(m, reqs, graph, woke, 'bucket 64 after wake');
   assert.ok(engine.stats().graphs!.captures > st1.captures, 'recaptured after wake');
   engine.dispose();
   m.dispose();
@@ -135,7 +137,9 @@ test('graph decode on the gpt-oss-20b layer shape (2 layers): MoE decode and gro
   for (const B of [1, 3, 64]) {
     const reqs = greedy(prompts(B, 10 + B, 100, 140, cfg.vocabSize), () => 24);
     const { eager, graph, engine } = await runBoth(m, { blockSize: 16, numBlocks: 4096, maxNumSeqs: 64, maxNumBatchedTokens: 16384 }, [reqs]);
-    const r = assertSame(eager, graph, `20b shape, batch ${B}`);
+    // A near tie on the 20b shape: its 201k-entry logits over a 2,880-wide bf16 hidden state carry larger bf16
+    // noise than the tiny model's (0.1 rather than 0.05).
+    const r = assertSame(m, reqs, eager, graph, `20b shape, batch ${B}`, 0.1);
     const st = engine.stats().graphs!;
     console.log(`20b shape batch ${B}: ${r.tokens} tokens compared, ${r.diverged} diverged at near ties, graphs ${JSON.stringify(st)}`);
     assert.ok(st.replays >= 20);
