@@ -4,8 +4,9 @@
 // (GRAPH_BUCKETS: the smallest >= B) over static input buffers, and its kernels are launched as one graph instead of
 // ~20 launches a layer from JS. A graph is keyed by (bucket, block-table width): the width is the step's
 // maxBlocksPerSeq rounded up to a power of two (at least 16), so a graph's launch shapes never depend on the host
-// (paged attention's split count comes from the width, the MoE at N = bucket·topK <= 128·E rows stays on its
-// device-planned decode/grouped kernels: plan_expert_gemms reads no host offsets there) while the step's block
+// (paged attention's split count comes from the width, the MoE at N = bucket·topK < 128·E rows stays on its
+// device-planned decode/grouped kernels: plan_expert_gemms reads no host offsets there; larger buckets are not
+// captured: largestGraphBucket) while the step's block
 // tables upload only B x width entries (a width fixed at maxModelLen / blockSize would upload 8,192 per sequence at
 // gpt-oss's 131k length).
 //
@@ -35,6 +36,21 @@ import type { LocalModelRunner, StepInput, StepOutput, StepTensors } from './mod
 
 /** Decode batch sizes with a graph of their own; a step of B sequences runs at the smallest bucket >= B. */
 export const GRAPH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] as const;
+
+/**
+ * Routed rows (N = tokens x topK) from which the MoE forward plans its cuBLAS strategies, which read the routing's
+ * offsets on the host (native/cuda/moe.cu: kCublasRowsPerExpert = 128 rows per expert, N >= 128·E): a captured step
+ * must stay below, so buckets with bucket·topK >= 128·E run eagerly.
+ */
+export function moeHostReadRows(numExperts: number): number {
+  return 128 * numExperts;
+}
+
+/** The largest bucket a model's decode steps may be captured at (0: none), at most the bucket of maxBatch. */
+export function largestGraphBucket(numExperts: number, topK: number, maxBatch: number): number {
+  const cap = graphBucket(Math.min(maxBatch, GRAPH_BUCKETS[GRAPH_BUCKETS.length - 1]!))!;
+  return GRAPH_BUCKETS.filter((b) => b <= cap && b * topK < moeHostReadRows(numExperts)).reduce((a, b) => Math.max(a, b), 0);
+}
 
 /** The smallest power of two >= n, at least 16: a graph's block-table width for a step needing n blocks. */
 export function blockTableWidth(n: number): number {
@@ -230,21 +246,25 @@ export class DecodeGraphs {
   private pool = 0;
   private readonly counts = { captures: 0, replays: 0, eager: 0 };
   private readonly cpu: boolean;
+  /** The largest bucket captured (largestGraphBucket); larger decode steps run eagerly. */
+  readonly maxBucket: number;
 
   constructor(
     private readonly runner: LocalModelRunner,
     private readonly spaces: number,
-    /** Largest decode batch the engine runs (maxNumSeqs): buckets above it are never captured. */
-    private readonly maxBatch: number,
+    /** Largest decode batch the engine runs (maxNumSeqs): buckets above its bucket are never captured. */
+    maxBatch: number,
   ) {
     this.cpu = runner.device === 'cpu';
+    const c = runner.config;
+    this.maxBucket = largestGraphBucket(c.numExperts, c.topK, maxBatch);
   }
 
   /** Runs a decode-only step from a graph; null when the step is not one graphs take (the caller runs it eagerly). */
   run(s: StepInput): StepOutput | null {
     const B = s.contextLens.length;
     const bucket = isDecodeStep(s) ? graphBucket(B) : null;
-    if (bucket === null || bucket > graphBucket(this.maxBatch)!) {
+    if (bucket === null || bucket > this.maxBucket) {
       this.counts.eager++;
       return null;
     }

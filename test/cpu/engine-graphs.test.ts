@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { loadModel } from '../../src/model/index.ts';
 import type { GptOssModel } from '../../src/model/gptoss.ts';
 import { createEngine, type GenerateRequest, type GenerateResponse } from '../../src/inference/engine.ts';
-import { blockTableWidth, graphBucket, isDecodeStep } from '../../src/inference/cuda-graphs.ts';
+import { blockTableWidth, graphBucket, isDecodeStep, largestGraphBucket } from '../../src/inference/cuda-graphs.ts';
 import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 
 let modelP: Promise<GptOssModel> | null = null;
@@ -56,6 +56,13 @@ test('graph buckets, block-table widths and decode-step detection', () => {
   assert.deepEqual([1, 2, 3, 4, 5, 64, 65, 512].map(graphBucket), [1, 2, 4, 4, 8, 64, 128, 512]);
   assert.equal(graphBucket(513), null);
   assert.deepEqual([1, 16, 17, 100, 8192].map(blockTableWidth), [16, 16, 32, 128, 8192]);
+  // MoE host reads from N = bucket·topK >= 128·E routed rows: gpt-oss-20b (E 32, top-4) captures up to 512,
+  // gpt-oss-tiny-large (E 8, top-4) up to 128, the fixture (E 4, top-2) up to 128; and never past maxNumSeqs' bucket.
+  assert.equal(largestGraphBucket(32, 4, 512), 512);
+  assert.equal(largestGraphBucket(32, 4, 10_000), 512);
+  assert.equal(largestGraphBucket(8, 4, 512), 128);
+  assert.equal(largestGraphBucket(4, 2, 512), 128);
+  assert.equal(largestGraphBucket(32, 4, 3), 4);
   const step = (B: number, N: number) => ({
     tokens: new Int32Array(N),
     positions: new Int32Array(N),
