@@ -230,7 +230,7 @@ export class LocalModelRunner implements ModelRunner {
   private head(x: Tensor, t: StepTensors): { tokens: Tensor; logprobs: Tensor } {
     let rows = x;
     if (t.sampleIdx) {
-      rows = embeddingForward(x, t.sampleIdx);
+      rows = embeddingForward(x, t.sampleIdx, { checked: false }); // engine-built row ids: no wait for the device
       x.dispose();
     }
     const logits = this.model.logits(rows);
