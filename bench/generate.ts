@@ -17,11 +17,16 @@
 // same run: (a) gains an "engine + LoRA" column and the LoRA/base time ratio (issue 23's target: <= 1.15 at 64-512
 // sequences); (b) runs the workload again with the adapters and measures the log-prob gap on that run (engine and
 // trainer both applying the adapters).
+// --cuda-graphs: (a) also runs a second engine with enforceEager: false (decode steps replayed from CUDA graphs,
+// src/inference/cuda-graphs.ts) in the same run, the two engines taking turns on the GPU (sleep/wake): an
+// "engine + CUDA graphs" column and its speedup. Both engines then warm up on a full batch of other prompts (3 new
+// tokens: the graphs of the batch's bucket get captured there, and no prompt of the measured run is in the prefix
+// cache). (b) runs the eager engine only.
 // On the CPU the defaults shrink to the tiny preset (a smoke run; test/cpu/bench-generate.test.ts runs it).
 // Usage: npm run bench:generate -- [--layers N] [--preset gpt-oss-20b] [--batches 1,64,256,512] [--no-peer]
 //        [--no-static] [--no-fixed] [--no-grpo] [--static-batches K] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
 //        [--max-num-seqs 512] [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.85]
-//        [--lora] [--lora-rank 16] [--lora-targets q_proj,k_proj,v_proj,o_proj]
+//        [--lora] [--lora-rank 16] [--lora-targets q_proj,k_proj,v_proj,o_proj] [--cuda-graphs]
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,7 +36,7 @@ import { defaultDevice } from '../src/native.ts';
 import { presetConfig, type PresetName } from '../src/model/config.ts';
 import { GptOssModel } from '../src/model/gptoss.ts';
 import { generate as staticGenerate } from '../src/inference/generate.ts';
-import { createEngine, type Engine, type GenerateRequest } from '../src/inference/engine.ts';
+import { createEngine, type Engine, type EngineStats, type GenerateRequest } from '../src/inference/engine.ts';
 import { peerScript } from './peer.ts';
 import { mulberry32 } from '../src/data/synthetic.ts';
 import { LoraAdapters, LORA_TARGETS, type LoraTarget } from '../src/model/lora.ts';
@@ -87,6 +92,8 @@ const lora = flag('lora')
   ? { rank: num('lora-rank', 16), targets: arg('lora-targets', 'q_proj,k_proj,v_proj,o_proj').split(',') as LoraTarget[] }
   : null;
 for (const t of lora?.targets ?? []) if (!LORA_TARGETS.includes(t)) throw new Error(`bench:generate: --lora-targets: unknown target '${t}' (${LORA_TARGETS.join(', ')})`);
+const cudaGraphs = flag('cuda-graphs');
+if (cudaGraphs && lora) throw new Error('bench:generate: --cuda-graphs and --lora together are not supported (steps with adapters run eagerly)');
 /** The adapters of --lora (made in main once the model exists). */
 let adapters: LoraAdapters | null = null;
 
@@ -106,17 +113,25 @@ interface FixedRow {
   engineTokS: number;
   /** --lora: the same engine with the adapters active (null without --lora). */
   engineLoraTokS: number | null;
+  /** --cuda-graphs: the engine with enforceEager false (null without --cuda-graphs). */
+  engineGraphsTokS: number | null;
+  /** --cuda-graphs: that engine's graph counters after the batch. */
+  graphs: EngineStats['graphs'];
   staticTokS: number | 'oom' | null;
   peerTokS: number | null | 'oom';
 }
 
-async function fixed(model: GptOssModel, engine: Engine, peer: Map<number, number | 'oom'> | null): Promise<FixedRow[]> {
+async function fixed(model: GptOssModel, engine: Engine, graphEngine: Engine | null, peer: Map<number, number | 'oom'> | null): Promise<FixedRow[]> {
   const rows: FixedRow[] = [];
   const r = mulberry32(1);
   for (const B of batches) {
     const prompts = Array.from({ length: B }, () => randomTokens(r, promptLen));
     const reqs: GenerateRequest[] = prompts.map((prompt, i) => ({ prompt, maxNewTokens: newTokens, temperature: 1, seed: i, stopTokens: [] }));
-    await engine.generate(reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }))); // warm-up
+    // Warm-up: one short request; with --cuda-graphs a full batch of other prompts for both engines (see the header).
+    const warm: GenerateRequest[] = graphEngine
+      ? Array.from({ length: B }, (_, i) => ({ prompt: randomTokens(r, promptLen), maxNewTokens: 3, temperature: 1, seed: 9000 + i, stopTokens: [] }))
+      : reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }));
+    await engine.generate(warm);
     const e = await seconds(() => engine.generate(reqs));
     const produced = e.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0);
     let engineLoraTokS: number | null = null;
@@ -128,6 +143,19 @@ async function fixed(model: GptOssModel, engine: Engine, peer: Map<number, numbe
       engineLoraTokS = el.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0) / el.s;
       console.error(`fixed batch ${B}: engine + LoRA ${engineLoraTokS.toFixed(1)} tok/s (${((produced / e.s) / engineLoraTokS).toFixed(3)}x the time)`);
     }
+    let engineGraphsTokS: number | null = null;
+    let graphs: EngineStats['graphs'] = null;
+    if (graphEngine) {
+      await engine.sleep();
+      await graphEngine.wake();
+      await graphEngine.generate(warm);
+      const eg = await seconds(() => graphEngine.generate(reqs));
+      engineGraphsTokS = eg.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0) / eg.s;
+      graphs = graphEngine.stats().graphs;
+      await graphEngine.sleep();
+      await engine.wake();
+      console.error(`fixed batch ${B}: engine + CUDA graphs ${engineGraphsTokS.toFixed(1)} tok/s (${(engineGraphsTokS / (produced / e.s)).toFixed(3)}x eager), graphs ${JSON.stringify(graphs)}`);
+    }
     let staticTokS: number | 'oom' | null = null;
     if (runStatic) {
       await engine.sleep(); // the static path's dense cache takes the pool's memory
@@ -135,7 +163,7 @@ async function fixed(model: GptOssModel, engine: Engine, peer: Map<number, numbe
       await engine.wake();
       staticTokS = st ? (B * newTokens) / st.s : 'oom';
     }
-    rows.push({ batch: B, engineTokS: produced / e.s, engineLoraTokS, staticTokS, peerTokS: peer?.get(B) ?? null });
+    rows.push({ batch: B, engineTokS: produced / e.s, engineLoraTokS, engineGraphsTokS, graphs, staticTokS, peerTokS: peer?.get(B) ?? null });
     console.error(`fixed batch ${B}: engine ${(produced / e.s).toFixed(1)} tok/s, static ${typeof staticTokS === 'number' ? `${staticTokS.toFixed(1)} tok/s` : (staticTokS ?? '-')}`);
   }
   return rows;
@@ -351,8 +379,17 @@ async function main(): Promise<void> {
   if (lora) adapters = LoraAdapters.init(CFG, { rank: lora.rank, alpha: 2 * lora.rank, dropout: 0, targets: lora.targets }, device, { seed: 3, bStd: 0.01, dtype: cpu ? 'f32' : 'bf16' });
   const engine = await createEngine(model, engineOpts);
   const st = engine.stats();
+  let graphEngine: Engine | null = null;
+  if (cudaGraphs) {
+    // The two engines take turns: each one's pool is sized from the memory free when it wakes.
+    await engine.sleep();
+    graphEngine = await createEngine(model, { ...engineOpts, enforceEager: false });
+    await graphEngine.sleep();
+    await engine.wake();
+  }
   console.error(`engine: ${st.numBlocks} full-attention blocks of ${st.blockSize} tokens (${st.numBlocks * st.blockSize} tokens of KV), ${st.numSlidingBlocks} sliding-window blocks`);
-  const fixedRows = flag('no-fixed') ? [] : await fixed(model, engine, peer?.tokS ?? null);
+  const fixedRows = flag('no-fixed') ? [] : await fixed(model, engine, graphEngine, peer?.tokS ?? null);
+  graphEngine?.dispose();
   const grpoRes = flag('no-grpo') ? null : await grpoLike(model, engine);
   model.lora = null;
   engine.dispose();
@@ -368,6 +405,9 @@ async function main(): Promise<void> {
       lines.push(`LoRA: rank ${lora.rank} on ${lora.targets.join(', ')}; "LoRA time" = engine time with the adapters / without`);
       lines.push('| batch | engine | engine + LoRA | LoRA time | static path | transformers |', '|---:|---:|---:|---:|---:|---:|');
       for (const r of fixedRows) lines.push(`| ${r.batch} | ${f(r.engineTokS)} | ${f(r.engineLoraTokS)} | ${(r.engineTokS / r.engineLoraTokS!).toFixed(3)}x | ${f(r.staticTokS)} | ${f(r.peerTokS)} |`);
+    } else if (cudaGraphs) {
+      lines.push('| batch | engine (eager) | engine + CUDA graphs | graphs speedup | static path | transformers |', '|---:|---:|---:|---:|---:|---:|');
+      for (const r of fixedRows) lines.push(`| ${r.batch} | ${f(r.engineTokS)} | ${f(r.engineGraphsTokS)} | ${(r.engineGraphsTokS! / r.engineTokS).toFixed(3)}x | ${f(r.staticTokS)} | ${f(r.peerTokS)} |`);
     } else {
       lines.push('| batch | engine | static path | transformers |', '|---:|---:|---:|---:|');
       for (const r of fixedRows) lines.push(`| ${r.batch} | ${f(r.engineTokS)} | ${f(r.staticTokS)} | ${f(r.peerTokS)} |`);
@@ -397,6 +437,7 @@ async function main(): Promise<void> {
     engineOptions: { ...engineOpts, numBlocks: st.numBlocks, numSlidingBlocks: st.numSlidingBlocks },
     peer: peer?.peer ?? null,
     lora,
+    cudaGraphs,
     fixed: { promptLen, newTokens, rows: fixedRows },
     grpo: grpoRes ? { workload: { ...grpo, staticBatch }, ...grpoRes } : null,
   };

@@ -179,6 +179,28 @@ export interface NativeOps {
   eventSynchronize(event: NativeEvent): void;
   eventQuery(event: NativeEvent): boolean;
   eventElapsedMs(start: NativeEvent, end: NativeEvent): number;
+  /** Kernel launches (our kernels' launch checks, cuBLAS calls, async copies/memsets) so far, all devices; 0 without CUDA. */
+  launchCount(): number;
+  /** Device-side phase marks (native/common/device.h profile_*): enable/disable (clears them). */
+  profileEnable(device: number, on: boolean): void;
+  /** Starts a segment called `name` at this point of the compute stream (while enabled). */
+  profileMark(device: number, name: string): void;
+  /** The segments since enabling or the last take, in order, with their GPU milliseconds (waits for the device). */
+  profileTake(device: number): { name: string; ms: number }[];
+  /** CUDA graphs of a device's compute stream (device.h): a private pool of the caching allocator (an id). */
+  graphPoolCreate(device: number): number;
+  graphPoolRelease(device: number, pool: number): void;
+  /** Captures the compute stream's work into a graph until captureEnd; allocations come from the pool meanwhile. */
+  captureBegin(device: number, pool: number): void;
+  /** Ends and instantiates the capture: a graph id. Fails (naming the CUDA error) when an op synchronised during it. */
+  captureEnd(device: number): number;
+  /** Ends a capture that failed midway (no-op when not capturing). */
+  captureAbort(device: number): void;
+  /** Enqueues one replay of the graph on the device's compute stream. */
+  graphLaunch(graph: number, device: number): void;
+  /** Nodes (kernels, copies, memsets) of the graph. */
+  graphNodeCount(graph: number): number;
+  graphDestroy(graph: number): void;
 
   // ---- elementwise.cc ----
   elementwiseAdd(a: TensorArg, b: TensorArg): NativeTensor;
@@ -190,7 +212,7 @@ export interface NativeOps {
 
   // ---- embedding.cc ----
   /** weight [V, H], ids i32 [...] -> weight's dtype [..., H]. */
-  embeddingForward(weight: TensorArg, ids: TensorArg): NativeTensor;
+  embeddingForward(weight: TensorArg, ids: TensorArg, checked?: boolean): NativeTensor;
   /** -> f32 [vocabSize, H]. */
   embeddingBackward(dOut: TensorArg, ids: TensorArg, vocabSize: number): NativeTensor;
 
@@ -468,6 +490,18 @@ export const NATIVE_OP_NAMES = [
   'eventSynchronize',
   'eventQuery',
   'eventElapsedMs',
+  'launchCount',
+  'profileEnable',
+  'profileMark',
+  'profileTake',
+  'graphPoolCreate',
+  'graphPoolRelease',
+  'captureBegin',
+  'captureEnd',
+  'captureAbort',
+  'graphLaunch',
+  'graphNodeCount',
+  'graphDestroy',
   // elementwise.cc
   'elementwiseAdd',
   'elementwiseAddInPlace',

@@ -442,6 +442,63 @@ GPTOSS_OP(setNumThreads) {
   return info.Env().Undefined();
 }
 
+GPTOSS_OP(launchCount) { return Napi::Number::New(info.Env(), static_cast<double>(cuda::launch_count())); }
+GPTOSS_OP(profileEnable) {
+  cuda::profile_enable(static_cast<int>(int_arg(info, 0, "profileEnable", "device")), bool_arg(info, 1, "profileEnable", "on"));
+  return info.Env().Undefined();
+}
+GPTOSS_OP(profileMark) {
+  const int device = static_cast<int>(int_arg(info, 0, "profileMark", "device"));
+  const std::string name = str_arg(info, 1, "profileMark", "name");
+  cuda::profile_mark(device, name.c_str());
+  return info.Env().Undefined();
+}
+GPTOSS_OP(profileTake) {
+  const auto segs = cuda::profile_take(static_cast<int>(int_arg(info, 0, "profileTake", "device")));
+  Napi::Array out = Napi::Array::New(info.Env(), segs.size());
+  for (size_t i = 0; i < segs.size(); i++) {
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("name", segs[i].name);
+    o.Set("ms", static_cast<double>(segs[i].ms));
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
+// CUDA graphs (device.h): pools and graphs are plain ids; the caller destroys what it creates.
+GPTOSS_OP(graphPoolCreate) {
+  return Napi::Number::New(info.Env(), cuda::graph_pool_create(static_cast<int>(int_arg(info, 0, "graphPoolCreate", "device"))));
+}
+GPTOSS_OP(graphPoolRelease) {
+  cuda::graph_pool_release(static_cast<int>(int_arg(info, 0, "graphPoolRelease", "device")),
+                           static_cast<int>(int_arg(info, 1, "graphPoolRelease", "pool")));
+  return info.Env().Undefined();
+}
+GPTOSS_OP(captureBegin) {
+  cuda::capture_begin(static_cast<int>(int_arg(info, 0, "captureBegin", "device")),
+                      static_cast<int>(int_arg(info, 1, "captureBegin", "pool")));
+  return info.Env().Undefined();
+}
+GPTOSS_OP(captureEnd) {
+  return Napi::Number::New(info.Env(),
+                           static_cast<double>(cuda::capture_end(static_cast<int>(int_arg(info, 0, "captureEnd", "device")))));
+}
+GPTOSS_OP(captureAbort) {
+  cuda::capture_abort(static_cast<int>(int_arg(info, 0, "captureAbort", "device")));
+  return info.Env().Undefined();
+}
+GPTOSS_OP(graphLaunch) {
+  cuda::graph_launch(int_arg(info, 0, "graphLaunch", "graph"), static_cast<int>(int_arg(info, 1, "graphLaunch", "device")));
+  return info.Env().Undefined();
+}
+GPTOSS_OP(graphNodeCount) {
+  return Napi::Number::New(info.Env(), static_cast<double>(cuda::graph_node_count(int_arg(info, 0, "graphNodeCount", "graph"))));
+}
+GPTOSS_OP(graphDestroy) {
+  cuda::graph_destroy(int_arg(info, 0, "graphDestroy", "graph"));
+  return info.Env().Undefined();
+}
+
 // Events: an External wrapping a cudaEvent_t, destroyed with the JS object.
 GPTOSS_OP(eventCreate) {
   int dev = static_cast<int>(int_arg(info, 0, "eventCreate", "device"));

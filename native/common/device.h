@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace gptoss::cuda {
 
@@ -58,6 +59,44 @@ void event_wait(void* ev, int device, int which = kComputeStream);    // that st
 void event_synchronize(void* ev);
 bool event_query(void* ev);
 float event_elapsed_ms(void* start, void* end);
+
+// Kernel launches enqueued by this process on any device (every launch check of our kernels, cuBLAS calls,
+// asynchronous copies and memsets): a count per step tells how many launches a step costs (bench:decode-profile).
+void note_launch();
+uint64_t launch_count();
+
+// Device-side phase marks (bench:decode-profile). While enabled on a device, profile_mark(device, name) records a
+// timing event on its compute stream that starts a segment called `name` (until the next mark); ops mark their own
+// phases inside one call (moeForward: router, experts, combine), the caller marks the rest. profile_take waits for
+// the last mark and returns the segments in order with their GPU milliseconds (the last mark only ends a segment),
+// and clears them. Marks are skipped while the stream is being captured into a CUDA graph. No-ops when disabled.
+struct ProfileSegment {
+  std::string name;
+  float ms;
+};
+void profile_enable(int device, bool on);
+void profile_mark(int device, const char* name);
+std::vector<ProfileSegment> profile_take(int device);
+
+// CUDA graphs of a device's compute stream (the engine's decode steps with enforceEager false, LocalModelRunner).
+// graph_pool_create: a private memory pool of the caching allocator (an id > 0). capture_begin: starts capturing the
+// compute stream (thread-local mode: an unsafe call from this thread fails the capture); until capture_end, alloc()
+// on the device takes blocks from the pool (cudaMalloc'd into it when none fits), and a block of the pool goes
+// back to the pool whenever it is freed (during capture or after), so a graph's addresses stay the graph's and
+// replays reuse them. Several graphs may share one pool when they never run concurrently (one stream). A host
+// read or synchronisation during capture fails there (the copy's or synchronize's CUDA error) and capture_abort
+// ends the capture. capture_end instantiates the graph: a handle (> 0) for graph_launch (enqueues one replay on the
+// compute stream), graph_node_count (its kernels, copies and memsets) and graph_destroy. graph_pool_release (after
+// destroying its graphs): the pool's free blocks join the ordinary cache, and its live blocks do when freed.
+int graph_pool_create(int device);
+void graph_pool_release(int device, int pool);
+void capture_begin(int device, int pool);
+int64_t capture_end(int device);
+void capture_abort(int device);
+bool capturing(int device);
+void graph_launch(int64_t graph, int device);
+int64_t graph_node_count(int64_t graph);
+void graph_destroy(int64_t graph);
 
 }  // namespace gptoss::cuda
 

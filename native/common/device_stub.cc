@@ -32,5 +32,19 @@ void event_wait(void*, int, int) { no_cuda("event_wait"); }
 void event_synchronize(void*) { no_cuda("event_synchronize"); }
 bool event_query(void*) { no_cuda("event_query"); }
 float event_elapsed_ms(void*, void*) { no_cuda("event_elapsed_ms"); }
+void note_launch() {}
+uint64_t launch_count() { return 0; }
+void profile_enable(int, bool) { no_cuda("profile_enable"); }
+void profile_mark(int, const char*) {}
+std::vector<ProfileSegment> profile_take(int) { no_cuda("profile_take"); }
+int graph_pool_create(int) { no_cuda("graph_pool_create"); }
+void graph_pool_release(int, int) {}
+void capture_begin(int, int) { no_cuda("capture_begin"); }
+int64_t capture_end(int) { no_cuda("capture_end"); }
+void capture_abort(int) {}
+bool capturing(int) { return false; }
+void graph_launch(int64_t, int) { no_cuda("graph_launch"); }
+int64_t graph_node_count(int64_t) { no_cuda("graph_node_count"); }
+void graph_destroy(int64_t) {}
 
 }  // namespace gptoss::cuda

@@ -18,7 +18,12 @@ namespace gptoss::cuda {
 
 // Check the launch of the kernel just enqueued (configuration errors surface here; faults surface at the next
 // synchronisation, also as a gptoss::Error).
-#define GPTOSS_CUDA_LAUNCH_CHECK(what) GPTOSS_CUDA_CHECK(cudaGetLastError(), what)
+// Counts the launch for launch_count() (device.h).
+#define GPTOSS_CUDA_LAUNCH_CHECK(what)         \
+  do {                                         \
+    ::gptoss::cuda::note_launch();             \
+    GPTOSS_CUDA_CHECK(cudaGetLastError(), what); \
+  } while (0)
 
 inline cudaStream_t stream_of(int device) { return static_cast<cudaStream_t>(stream(device)); }
 

@@ -19,9 +19,14 @@ int row_threads(int64_t work) {
 
 template <typename T>
 __global__ void gather_kernel(const T* __restrict__ w, const int32_t* __restrict__ ids, T* __restrict__ out,
-                              int64_t h, bool vec) {
-  const T* src = w + int64_t(ids[blockIdx.x]) * h;
+                              int64_t h, int64_t vocab, bool vec) {
+  const int32_t id = ids[blockIdx.x];
   T* dst = out + blockIdx.x * h;
+  if (id < 0 || id >= vocab) {  // unchecked ids (no host check): an id out of range gives a zero row, never a bad read
+    for (int64_t i = threadIdx.x; i < h; i += blockDim.x) dst[i] = T(0.f);
+    return;
+  }
+  const T* src = w + int64_t(id) * h;
   if (vec) {
     // 16-byte copies (8 bf16 or 4 f32 per uint4).
     const int64_t per = 16 / sizeof(T), nv = h / per;
@@ -74,7 +79,7 @@ void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& ou
   int threads = row_threads(vec ? h * esz / 16 : h);
   with_float(weight, [&](auto* pw) {
     gather_kernel<<<static_cast<unsigned>(n), threads, 0, stream_of(out.device)>>>(
-        pw, ids.data<int32_t>(), reinterpret_cast<decltype(pw)>(out.raw()), h, vec);
+        pw, ids.data<int32_t>(), reinterpret_cast<decltype(pw)>(out.raw()), h, weight.dim(0), vec);
   });
   GPTOSS_CUDA_LAUNCH_CHECK("embeddingForward");
 }

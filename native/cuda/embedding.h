@@ -6,7 +6,8 @@
 
 namespace gptoss::cuda {
 
-// out[t, :] = weight[ids[t], :]; ids already range-checked by the caller.
+// out[t, :] = weight[ids[t], :]; an id outside [0, V) gives a zero row (the binding range-checks ids on the host
+// unless asked not to: the engine's steps, whose ids it has validated, must not wait for the device).
 void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& out);
 // Deterministic scatter-add: host_ids (the same ids, already copied to the host and range-checked) are grouped
 // by id on the host (stable counting sort), uploaded, and one thread block per distinct id sums its tokens'

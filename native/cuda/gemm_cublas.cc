@@ -247,8 +247,9 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
              CUBLAS_STATUS_SUCCESS;
     };
     if (!entry.ok) {
-      // Timing rewrites C, so only a call that overwrites it (beta 0) on the compute stream may tune.
-      const bool tune = batch.count > 1 && beta == 0.f && t_lane < 0;
+      // Timing rewrites C, so only a call that overwrites it (beta 0) on the compute stream may tune; never while
+      // the stream is captured into a CUDA graph (timing waits for the device).
+      const bool tune = batch.count > 1 && beta == 0.f && t_lane < 0 && !capturing(device);
       std::vector<cublasLtMatmulAlgo_t> cands;
       if (!lt_heuristic(h, op, m, qn, qk, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, batch, &entry.algo,
                         tune ? &cands : nullptr))
@@ -259,6 +260,7 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
       algo_cache()[key] = entry;
     }
     ok = run(&entry.algo);
+    if (ok) note_launch();
     if (!ok && bucket != GemmBucket::None) {  // the bucket's algorithm does not fit this size: ask for this one
       cublasLtMatmulAlgo_t exact;
       ok = lt_heuristic(h, op, m, n, k, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, batch, &exact) && run(&exact);
@@ -340,6 +342,7 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
                           static_cast<int>(ldb), A, cuda_type(ab_dtype), static_cast<int>(lda), &beta, C,
                           cuda_type(c_dtype), static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "cublasGemmEx", M, N, K);
+  note_launch();
   if (bias) gemm_epilogue(device, M, N, nullptr, bias, bias_dtype, 1.f, C, c_dtype, ldc);
 }
 

@@ -1037,6 +1037,7 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
   s.slot_pos = make_tensor({N}, DType::I32, dev);
   y = make_tensor({T, H}, DType::BF16, dev);
 
+  profile_mark(dev, "moe router");  // profiling phases (bench:decode-profile); no-ops unless enabled
   {
     // logits [T, E] = x·Wrᵀ + b (fp32 accumulation and output), then top-k + softmax per token.
     Tensor logits = make_tensor({T, E}, DType::F32, dev);
@@ -1051,6 +1052,7 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
                                          s.slot_pos.data<int32_t>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
 
+  profile_mark(dev, "moe experts");
   if (lora && lora->any()) {
     forward_lora(d, x, w, limit, host_offsets(s.offsets), lora_ops(*lora), s);
     s.expert_gemms = "per-expert";  // the per-expert path, with the adapters' products
@@ -1066,6 +1068,7 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
         break;
     }
   }
+  profile_mark(dev, "moe combine");
   combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(),
                                     residual ? B(*residual) : nullptr, (int)H, (int)k, Bm(y));
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward combine");

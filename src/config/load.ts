@@ -197,7 +197,7 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolea
   { key: 'generator.run_engines_locally', ok: (v) => v === true, want: 'true', why: 'remote inference engines are not supported; the engine runs in the training process' },
   { key: 'generator.async_engine', ok: (v) => v === true, want: 'true', why: 'the in-process engine is asynchronous (the only kind there is)' },
   { key: 'generator.batched', ok: (v) => v === true, want: 'true', why: 'generation is always batched (up to generator.max_num_seqs sequences)' },
-  { key: 'generator.enforce_eager', ok: (v) => v === true, want: 'true', why: 'CUDA graphs are not supported yet: kernels run eagerly' },
+  { key: 'generator.enforce_eager', ok: (v) => v === true, want: 'true', why: 'CUDA graphs are not supported in training runs yet: the decode-step graphs are built (the library\'s engine option enforceEager: false) but not verified on a GPU (test/gpu/cuda-graphs.test.ts has not run), so the engine runs eagerly' },
   { key: 'generator.enable_chunked_prefill', ok: (v) => v === true, want: 'true', why: 'the engine always prefills in chunks within generator.max_num_batched_tokens (a whole-prompt prefill mode is not built)' },
   { key: 'environment.skyrl_gym', ok: (v) => v === undefined, want: '(unset)', why: "the peer's per-environment options have no counterpart here (environment.reward_rule picks the reward)" },
 ];

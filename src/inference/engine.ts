@@ -18,6 +18,7 @@ import { engineMemoryPlan } from '../trainer/memory-plan.ts';
 import { BlockManager } from './block-manager.ts';
 import { kvSpaces } from './paged-kv-cache.ts';
 import { LocalModelRunner, type ModelRunner, type StepInput, type WeightUpdate } from './model-runner.ts';
+import type { DecodeGraphStats } from './cuda-graphs.ts';
 import { Scheduler, Sequence, type FinishReason, type KvSpace, type ScheduledChunk } from './scheduler.ts';
 
 export interface GenerateRequest {
@@ -84,6 +85,13 @@ export interface EngineOptions {
   maxModelLen?: number;
   /** Keep freed prompt blocks for later requests (generator.enable_prefix_caching; default true). */
   enablePrefixCaching?: boolean;
+  /**
+   * true (default): every step launches its kernels from JS. false: decode-only steps replay CUDA graphs, padded to
+   * a bucket of 1, 2, 4, ..., 512 sequences (cuda-graphs.ts); prefill and mixed steps stay eager. One-device engines
+   * only; on the CPU the graph path runs eagerly over the same padded static buffers. (generator.enforce_eager stays
+   * refused as false in configs until the GPU tests of test/gpu/cuda-graphs.test.ts have passed.)
+   */
+  enforceEager?: boolean;
 }
 
 export interface EngineStats {
@@ -99,6 +107,8 @@ export interface EngineStats {
   blockSize: number;
   /** Blocks held by queued or running sequences now, over both pools (0 when idle). */
   heldBlocks: number;
+  /** Decode graphs' counters (enforceEager false), else null. */
+  graphs: DecodeGraphStats | null;
 }
 
 /** What generate() waits on for one request. */
@@ -196,6 +206,12 @@ export class Engine {
     }));
     this.scheduler = new Scheduler(this.spaces, { maxNumSeqs, maxNumBatchedTokens, maxModelLen: this.maxModelLen });
     runner.allocateKvCache(sizes, this.blockSize);
+    if (opts.enforceEager === false) {
+      if (!(runner instanceof LocalModelRunner)) {
+        throw new Error('createEngine: enforceEager false (CUDA graphs) needs the one-device runner; a tensor-parallel engine runs eagerly');
+      }
+      runner.enableGraphs(layout.length, maxNumSeqs);
+    }
   }
 
   /** Blocks of the full-attention layers' pool (the only pool of a model without sliding layers). */
@@ -314,6 +330,7 @@ export class Engine {
       numSlidingBlocks: this.numSlidingBlocks,
       blockSize: this.blockSize,
       heldBlocks: this.scheduler.heldBlocks,
+      graphs: this.runner instanceof LocalModelRunner ? this.runner.graphStats() : null,
     };
   }
 

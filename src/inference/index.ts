@@ -20,6 +20,7 @@ export {
   type CommandChannel,
 } from './tensor-parallel-runner.ts';
 export { PagedKvCache, type PagedStepMeta } from './paged-kv-cache.ts';
+export { GRAPH_BUCKETS, type DecodeGraphStats } from './cuda-graphs.ts';
 export { BlockManager, type BlockManagerOptions, type BlockTable } from './block-manager.ts';
 export { Scheduler, Sequence, type ScheduledChunk, type SchedulerOptions, type SequenceSampling, type FinishReason } from './scheduler.ts';
 export { generate, sampleNext, type GenerateOptions, type GenerateResult } from './generate.ts';

@@ -13,8 +13,9 @@ import type { LayerHost } from '../model/layer.ts';
 import { disposeAll } from '../model/tensor-helpers.ts';
 import { embeddingForward } from '../ops/embedding.ts';
 import { cast } from '../ops/elementwise.ts';
-import { sampleRows } from '../ops/sampling.ts';
-import { PagedKvCache, kvSpaces } from './paged-kv-cache.ts';
+import { sampleRows, type SampleRowsParams } from '../ops/sampling.ts';
+import { PagedKvCache, kvSpaces, type PagedStepMeta } from './paged-kv-cache.ts';
+import { DecodeGraphs, type DecodeGraphStats } from './cuda-graphs.ts';
 
 /** One engine step as host arrays. N query rows over B sequences; S of the rows are sampled. */
 export interface StepInput {
@@ -45,6 +46,23 @@ export interface StepInput {
 export interface StepOutput {
   tokens: Int32Array;
   logprobs: Float32Array;
+}
+
+/** The device tensors of one step (LocalModelRunner.upload): the metadata of PagedKvCache and the sampling inputs. */
+export interface StepTensors {
+  /** i32 [N]. */
+  ids: Tensor;
+  /** i32 [N]. */
+  positions: Tensor;
+  meta: PagedStepMeta;
+  /** i32 [S]: the sampled rows, or null when every row is sampled in order (decode-only steps). */
+  sampleIdx: Tensor | null;
+  /** Per sampled row (see SampleRowsParams). */
+  params: SampleRowsParams;
+}
+
+export function disposeStepTensors(t: StepTensors): void {
+  disposeAll(t.ids, t.positions, ...t.meta.slots, ...t.meta.blockTables, t.meta.contextLens, t.meta.queryStarts, t.sampleIdx ?? undefined, ...Object.values(t.params));
 }
 
 /** New weights by checkpoint name: a map of tensors (whole, or the runner's shard), or one name at a time. */
@@ -79,6 +97,12 @@ export class LocalModelRunner implements ModelRunner {
   readonly config: GptOssConfig;
   readonly device: string;
   private readonly cache: PagedKvCache;
+  /**
+   * Instrumentation (bench/decode-profile.ts): afterUpload runs once a step's host->device uploads are done and
+   * before its first layer is enqueued (a device-side spin there lets the host enqueue the whole step ahead).
+   */
+  readonly hooks: { afterUpload?: (s: StepInput) => void } = {};
+  private graphs: DecodeGraphs | null = null;
 
   constructor(readonly model: GptOssModel) {
     this.config = model.config;
@@ -91,15 +115,19 @@ export class LocalModelRunner implements ModelRunner {
     return this.cache.bytesPerBlock(blockSize);
   }
 
+  // Graphs hold the addresses of the KV pools and the weights: moving either destroys them (recaptured on demand).
   allocateKvCache(numBlocks: readonly number[], blockSize: number): void {
+    this.graphs?.reset();
     this.cache.allocate(numBlocks, blockSize);
   }
 
   freeKvCache(): void {
+    this.graphs?.reset();
     this.cache.free();
   }
 
   pageWeights(out: boolean): void {
+    this.graphs?.reset();
     // q/k/v are row views of a layer's fused buffer: paging one pages the storage (a repeat is a no-op).
     for (const t of this.model.weights.params.values()) {
       if (out) t.pageOut();
@@ -108,8 +136,38 @@ export class LocalModelRunner implements ModelRunner {
     if (out && this.device !== 'cpu') emptyCache(this.device); // to the driver: another process may want it too
   }
 
+  /**
+   * Decode steps from CUDA graphs (engine option enforceEager: false; cuda-graphs.ts). `spaces` KV spaces; maxBatch:
+   * the engine's maxNumSeqs. On the CPU the same padded, static-buffer path runs eagerly. Not for a tensor-parallel
+   * shard (its layers are NCCL collectives driven from JS); steps with LoRA adapters run eagerly (the MoE's adapter
+   * path reads the routing on the host).
+   */
+  enableGraphs(spaces: number, maxBatch: number): void {
+    if ((this.model as LayerHost).tp !== undefined) throw new Error('LocalModelRunner.enableGraphs: CUDA graphs are not supported on a tensor-parallel shard');
+    this.graphs?.dispose();
+    this.graphs = new DecodeGraphs(this, spaces, maxBatch);
+  }
+
+  /** The graphs' counters (null when graphs are off). */
+  graphStats(): DecodeGraphStats | null {
+    return this.graphs?.stats() ?? null;
+  }
+
   async execute(s: StepInput): Promise<StepOutput> {
-    return this.sample(await this.hidden(s), s);
+    if (this.graphs && !this.model.lora) {
+      const r = this.graphs.run(s);
+      if (r) return r;
+    }
+    const t = this.upload(s);
+    try {
+      this.hooks.afterUpload?.(s);
+      const r = this.head(await this.layers(t), t);
+      const out = { tokens: r.tokens.toInt32(), logprobs: r.logprobs.toFloat32() };
+      disposeAll(r.tokens, r.logprobs);
+      return out;
+    } finally {
+      disposeStepTensors(t);
+    }
   }
 
   /**
@@ -117,27 +175,78 @@ export class LocalModelRunner implements ModelRunner {
    * TensorParallelModel: model.tp set) each layer is a collective (DecoderLayer.stepParallel): every rank runs it.
    */
   async hidden(s: StepInput): Promise<Tensor> {
+    const t = this.upload(s);
+    try {
+      return await this.layers(t);
+    } finally {
+      disposeStepTensors(t);
+    }
+  }
+
+  /**
+   * Every device tensor a step reads, uploaded at its start: the metadata and the sampling parameters (each upload
+   * waits for the copy, so none may come after the first layer's launch: the host would wait for the device there).
+   */
+  upload(s: StepInput): StepTensors {
     const dev = this.device;
     const N = s.tokens.length;
     const B = s.contextLens.length;
+    const S = s.sampleRows.length;
     const i32 = (a: Int32Array, shape: number[]): Tensor => Tensor.from(a, shape, { device: dev });
-    const ids = i32(s.tokens, [N]);
-    const positions = i32(s.positions, [N]);
-    const meta = {
-      slots: s.slots.map((a) => i32(a, [N])),
-      blockTables: s.blockTables.map((a) => i32(a, [B, s.maxBlocksPerSeq])),
-      contextLens: i32(s.contextLens, [B]),
-      queryStarts: i32(s.queryStarts, [B + 1]),
+    const f32 = (a: Float32Array): Tensor => Tensor.from(a, [a.length], { device: dev, dtype: 'f32' });
+    // Hidden rows of the sampled rows: all of them, in order, when every row is sampled (all decodes): no gather.
+    const allRows = S === N && s.sampleRows.every((r, i) => r === i);
+    return {
+      ids: i32(s.tokens, [N]),
+      positions: i32(s.positions, [N]),
+      meta: {
+        slots: s.slots.map((a) => i32(a, [N])),
+        blockTables: s.blockTables.map((a) => i32(a, [B, s.maxBlocksPerSeq])),
+        contextLens: i32(s.contextLens, [B]),
+        queryStarts: i32(s.queryStarts, [B + 1]),
+      },
+      sampleIdx: allRows ? null : i32(s.sampleRows, [S]),
+      params: {
+        temperature: f32(s.temperature),
+        topP: f32(s.topP),
+        topK: i32(s.topK, [S]),
+        seeds: i32(s.seeds, [S]),
+        counters: i32(s.counters, [S]),
+      },
     };
+  }
+
+  /**
+   * A step on the device from its uploaded tensors: layers, final norm + LM head of the sampled rows, per-row
+   * sampling. No host read or upload inside (what a CUDA graph captures: cuda-graphs.ts). tokens i32 [S], logprobs
+   * f32 [S], the caller's.
+   */
+  deviceStep(t: StepTensors): { tokens: Tensor; logprobs: Tensor } {
+    if ((this.model as LayerHost).tp !== undefined) throw new Error('LocalModelRunner.deviceStep: the layers of a tensor-parallel shard are collectives (execute() runs them)');
+    return this.head(this.layersSync(t), t);
+  }
+
+  /** Final norm, LM head and per-row sampling of the sampled rows of x (bf16 [N, H], taken over). */
+  private head(x: Tensor, t: StepTensors): { tokens: Tensor; logprobs: Tensor } {
+    let rows = x;
+    if (t.sampleIdx) {
+      rows = embeddingForward(x, t.sampleIdx, { checked: false }); // engine-built row ids: no wait for the device
+      x.dispose();
+    }
+    const logits = this.model.logits(rows);
+    rows.dispose();
+    const r = sampleRows(logits, t.params);
+    logits.dispose();
+    return r;
+  }
+
+  private layersSync(t: StepTensors): Tensor {
     const model = this.model;
-    const parallel = (model as LayerHost).tp !== undefined;
-    let x = model.embed(ids);
-    this.cache.setStep(meta);
+    let x = model.embed(t.ids, { checked: false }); // ids validated by the engine: no wait for the device
+    this.cache.setStep(t.meta);
     try {
       for (let l = 0; l < this.config.numLayers; l++) {
-        const layer = model.layers[l]!;
-        const cache = this.cache.layers[l]!;
-        const y = parallel ? await layer.stepParallel(x, positions, cache) : layer.step(x, positions, cache);
+        const y = model.layers[l]!.step(x, t.positions, this.cache.layers[l]!);
         x.dispose();
         x = y;
       }
@@ -146,39 +255,28 @@ export class LocalModelRunner implements ModelRunner {
       throw e;
     } finally {
       this.cache.setStep(null);
-      disposeAll(ids, positions, ...meta.slots, ...meta.blockTables, meta.contextLens, meta.queryStarts);
     }
     return x;
   }
 
-  /** Final norm, LM head and per-row sampling of the step's sampled rows of x (bf16 [N, H], taken over). */
-  private sample(x: Tensor, s: StepInput): StepOutput {
-    const dev = this.device;
-    const N = s.tokens.length;
-    const S = s.sampleRows.length;
-    const i32 = (a: Int32Array, shape: number[]): Tensor => Tensor.from(a, shape, { device: dev });
-    const f32 = (a: Float32Array): Tensor => Tensor.from(a, [a.length], { device: dev, dtype: 'f32' });
-    // Hidden rows of the sampled rows, bf16 [S, H]: the whole step when every row is sampled (all decodes).
-    let rows = x;
-    if (!(S === N && s.sampleRows.every((r, i) => r === i))) {
-      const idx = i32(s.sampleRows, [S]);
-      rows = embeddingForward(x, idx);
-      disposeAll(idx, x);
+  private async layers(t: StepTensors): Promise<Tensor> {
+    const model = this.model;
+    if ((model as LayerHost).tp === undefined) return this.layersSync(t);
+    let x = model.embed(t.ids, { checked: false }); // ids validated by the engine: no wait for the device
+    this.cache.setStep(t.meta);
+    try {
+      for (let l = 0; l < this.config.numLayers; l++) {
+        const y = await model.layers[l]!.stepParallel(x, t.positions, this.cache.layers[l]!);
+        x.dispose();
+        x = y;
+      }
+    } catch (e) {
+      x.dispose();
+      throw e;
+    } finally {
+      this.cache.setStep(null);
     }
-    const logits = this.model.logits(rows);
-    rows.dispose();
-    const params = {
-      temperature: f32(s.temperature),
-      topP: f32(s.topP),
-      topK: i32(s.topK, [S]),
-      seeds: i32(s.seeds, [S]),
-      counters: i32(s.counters, [S]),
-    };
-    const r = sampleRows(logits, params);
-    disposeAll(logits, ...Object.values(params));
-    const out = { tokens: r.tokens.toInt32(), logprobs: r.logprobs.toFloat32() };
-    disposeAll(r.tokens, r.logprobs);
-    return out;
+    return x;
   }
 
   updateWeights(weights: WeightUpdate): void {
@@ -201,6 +299,8 @@ export class LocalModelRunner implements ModelRunner {
   }
 
   dispose(): void {
+    this.graphs?.dispose();
+    this.graphs = null;
     this.cache.dispose();
   }
 }

@@ -143,9 +143,9 @@ export class GptOssModel implements LayerHost {
   }
 
   // ---- the pieces around the layers ----------------------------------------------------------------------------------
-  /** Token embeddings: ids i32 [N] -> bf16 [N, H]. */
-  embed(ids: Tensor): Tensor {
-    return embeddingForward(this.weights.embedding, ids);
+  /** Token embeddings: ids i32 [N] -> bf16 [N, H] (checked false: see embeddingForward; the engine's steps). */
+  embed(ids: Tensor, opts: { checked?: boolean } = {}): Tensor {
+    return embeddingForward(this.weights.embedding, ids, opts);
   }
 
   /** Final norm + LM head of hidden rows x bf16 [N, H] -> f32 [N, V] logits (generation: N = sequences of a step). */

@@ -11,10 +11,13 @@ import { Tensor } from '../tensor.ts';
  * out[t, :] = weight[ids[t], :].
  * @param weight bf16 (or f32) [V, H]
  * @param ids i32 [T] (any shape; the output gets ids.shape + [H]); every id must be in [0, V)
+ * @param opts.checked (default true) false: on CUDA, no host copy of the ids (no wait for the device: the engine's
+ *   steps and CUDA-graph captures, whose ids the engine validated); an id out of range then gives a zero row
+ *   instead of an error. The CPU always checks.
  * @returns weight's dtype [T, H]
  */
-export function embeddingForward(weight: Tensor, ids: Tensor): Tensor {
-  return new Tensor(native().ops.embeddingForward(weight.native, ids.native));
+export function embeddingForward(weight: Tensor, ids: Tensor, opts: { checked?: boolean } = {}): Tensor {
+  return new Tensor(native().ops.embeddingForward(weight.native, ids.native, opts.checked ?? true));
 }
 
 /**

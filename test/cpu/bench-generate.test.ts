@@ -24,3 +24,19 @@ test('bench:generate runs on the CPU with the tiny preset and writes its table a
   assert.ok(j.grpo.engine.tokS > 0 && j.grpo.static.tokS > 0);
   assert.ok(j.grpo.logprobGap.tokens > 0 && j.grpo.logprobGap.meanAbs < 1e-2, `gap ${j.grpo.logprobGap.meanAbs}`);
 });
+
+test('bench:generate --cuda-graphs runs both engines on the CPU (the graph path eagerly over its padded buffers)', () => {
+  const out = join(mkdtempSync(join(tmpdir(), 'bench-generate-graphs-')), 'out.json');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--json', out, '--num-blocks', '256', '--cuda-graphs', '--no-grpo', '--no-static'], {
+    encoding: 'utf8',
+    env: { ...process.env, GPTOSS_DEVICE: 'cpu' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /\| batch \| engine \(eager\) \| engine \+ CUDA graphs \| graphs speedup \|/);
+  const j = JSON.parse(readFileSync(out, 'utf8'));
+  assert.equal(j.cudaGraphs, true);
+  for (const row of j.fixed.rows) {
+    assert.ok(row.engineTokS > 0 && row.engineGraphsTokS > 0);
+    assert.ok(row.graphs.replays > 0, JSON.stringify(row.graphs));
+  }
+});

@@ -32,6 +32,16 @@ test('scatterRows: a KV cache [B, Smax, Hkv, D] viewed flat, duplicates keep the
   assert.deepEqual([...v.subarray(0, 8)], [8, 9, 10, 11, 12, 13, 14, 15]);
   const idx = (a: number[]): Tensor => Tensor.from(Int32Array.from(a), [a.length], { device: 'cpu' });
   assert.throws(() => scatterRows(cache.view([10, 8]), k.view([3, 8]), idx([0, 10, 1])), /scatterRows: index\[1\] = 10 is out of range for 10 rows/);
+  assert.throws(() => scatterRows(cache.view([10, 8]), k.view([3, 8]), idx([0, -2, 1])), /scatterRows: index\[1\] = -2 is out of range/);
+  // -1 skips a row (a CUDA-graph bucket's padding rows): rows 2 and 4 written, nothing else touched.
+  const before = cache.toFloat32();
+  scatterRows(cache.view([10, 8]), k.view([3, 8]), idx([2, -1, 4]));
+  const after = cache.toFloat32();
+  const kv = k.toFloat32();
+  for (let r = 0; r < 10; r++) {
+    const want = r === 2 ? kv.subarray(0, 8) : r === 4 ? kv.subarray(16, 24) : before.subarray(r * 8, r * 8 + 8);
+    assert.deepEqual([...after.subarray(r * 8, r * 8 + 8)], [...want], `row ${r}`);
+  }
   assert.throws(() => scatterRows(cache.view([10, 8]), k.view([3, 8]), idx([0, 1])), /scatterRows: src .* must have index.length = 2 rows/);
   assert.throws(() => scatterRows(cache.view([20, 4]), k.view([3, 8]), idx([0, 1, 2])), /rows of dst .* differ in size/);
   assert.throws(() => scatterRows(cache.view([10, 8]), Tensor.zeros([3, 8], { dtype: 'f32', device: 'cpu' }), idx([0, 1, 2])), /share a dtype/);

@@ -1,0 +1,31 @@
+// Smoke test of `npm run bench:decode-profile` on the CPU (tiny preset): it runs, prints its table and writes JSON
+// with every decode step measured and the op families of a step present.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+test('bench:decode-profile runs on the CPU with the tiny preset and writes its table and JSON', () => {
+  const out = join(mkdtempSync(join(tmpdir(), 'bench-decode-profile-')), 'out.json');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/decode-profile.ts', '--json', out], {
+    encoding: 'utf8',
+    env: { ...process.env, GPTOSS_DEVICE: 'cpu' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /\| family \| batch 1 \| batch 4 \|/);
+  assert.match(r.stdout, /\| host enqueue ms \|/);
+  const j = JSON.parse(readFileSync(out, 'utf8'));
+  assert.equal(j.preset, 'gpt-oss-tiny-256');
+  assert.deepEqual(j.rows.map((x: { batch: number }) => x.batch), [1, 4]);
+  for (const row of j.rows) {
+    assert.equal(row.steps, 3);
+    for (const f of ['embedding', 'rmsnorm', 'qkv GEMM', 'rope', 'kv write', 'paged attention', 'o_proj', 'moe (whole op)', 'LM head', 'sampling']) {
+      assert.ok(row.familyMs[f] > 0, `batch ${row.batch}: family ${f} missing: ${JSON.stringify(row.familyMs)}`);
+    }
+    assert.ok(row.gpuMsPerStep > 0 && row.hostEnqueueMs > 0);
+    // 2 layers x (rmsnorm, qkv GEMM, rope, 2 kv writes, paged attention, o_proj, add, rmsnorm, moe) + embed + norm + head + sampling
+    assert.equal(row.opCallsPerStep, 2 * 10 + 4);
+  }
+});
