@@ -115,6 +115,7 @@ const ENV_KEYS: Record<string, string[]> = {
   PROMPTS: ['trainer.train_batch_size', 'trainer.policy_mini_batch_size'],
   N: ['generator.n_samples_per_prompt'],
   LR: ['trainer.policy.optimizer_config.lr'],
+  WARMUP: ['trainer.policy.optimizer_config.num_warmup_steps'],
   KL: ['trainer.algorithm.kl_loss_coef'],
   T: ['generator.sampling_params.temperature'],
   EVAL_T: ['generator.eval_sampling_params.temperature'],
@@ -130,7 +131,7 @@ const ENV_KEYS: Record<string, string[]> = {
 /**
  * A recipe with GRPO_LEARNS_* overrides: DEVICE, MODEL, SEED, REASONING, NUM_TRAIN, NUM_VAL, SFT_STEPS, SFT_LR,
  * SFT_BATCH, SFT_STOP (the warm start's stop-at reward; 'off' runs every SFT step), SFT_EVAL_EVERY, STEPS, PROMPTS,
- * N, LR, KL, T, EVAL_T, EVAL_N, EVAL_INTERVAL, MICRO_TRAIN, MICRO_FORWARD, LORA_RANK, LORA_ALPHA, LORA_TARGETS; each
+ * N, LR, WARMUP, KL, T, EVAL_T, EVAL_N, EVAL_INTERVAL, MICRO_TRAIN, MICRO_FORWARD, LORA_RANK, LORA_ALPHA, LORA_TARGETS; each
  * becomes the config override(s) of
  * ENV_KEYS.
  */
