@@ -126,12 +126,14 @@ const ENV_KEYS: Record<string, string[]> = {
   LORA_RANK: ['trainer.policy.model.lora.rank'],
   LORA_ALPHA: ['trainer.policy.model.lora.alpha'],
   LORA_TARGETS: ['trainer.policy.model.lora.target_modules'],
+  LORAPLUS: ['trainer.policy.model.lora.loraplus_lr_ratio'],
 };
 
 /**
  * A recipe with GRPO_LEARNS_* overrides: DEVICE, MODEL, SEED, REASONING, NUM_TRAIN, NUM_VAL, SFT_STEPS, SFT_LR,
  * SFT_BATCH, SFT_STOP (the warm start's stop-at reward; 'off' runs every SFT step), SFT_EVAL_EVERY, STEPS, PROMPTS,
- * N, LR, WARMUP, KL, T, EVAL_T, EVAL_N, EVAL_INTERVAL, MICRO_TRAIN, MICRO_FORWARD, LORA_RANK, LORA_ALPHA, LORA_TARGETS; each
+ * N, LR, WARMUP, KL, T, EVAL_T, EVAL_N, EVAL_INTERVAL, MICRO_TRAIN, MICRO_FORWARD, LORA_RANK, LORA_ALPHA, LORA_TARGETS, LORAPLUS;
+ * each
  * becomes the config override(s) of
  * ENV_KEYS.
  */
