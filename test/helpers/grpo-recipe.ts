@@ -113,6 +113,7 @@ const ENV_KEYS: Record<string, string[]> = {
   SFT_EVAL_EVERY: ['trainer.sft.eval_interval'],
   STEPS: ['trainer.max_steps'],
   PROMPTS: ['trainer.train_batch_size', 'trainer.policy_mini_batch_size'],
+  MINI: ['trainer.policy_mini_batch_size'],
   N: ['generator.n_samples_per_prompt'],
   LR: ['trainer.policy.optimizer_config.lr'],
   WARMUP: ['trainer.policy.optimizer_config.num_warmup_steps'],
@@ -131,7 +132,7 @@ const ENV_KEYS: Record<string, string[]> = {
 
 /**
  * A recipe with GRPO_LEARNS_* overrides: DEVICE, MODEL, SEED, REASONING, NUM_TRAIN, NUM_VAL, SFT_STEPS, SFT_LR,
- * SFT_BATCH, SFT_STOP (the warm start's stop-at reward; 'off' runs every SFT step), SFT_EVAL_EVERY, STEPS, PROMPTS,
+ * SFT_BATCH, SFT_STOP (the warm start's stop-at reward; 'off' runs every SFT step), SFT_EVAL_EVERY, STEPS, PROMPTS, MINI,
  * N, LR, WARMUP, KL, T, EVAL_T, EVAL_N, EVAL_INTERVAL, MICRO_TRAIN, MICRO_FORWARD, LORA_RANK, LORA_ALPHA, LORA_TARGETS, LORAPLUS;
  * each
  * becomes the config override(s) of
