@@ -136,10 +136,14 @@ async function fixed(model: GptOssModel, engine: Engine, graphEngine: Engine | n
     const produced = e.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0);
     let engineLoraTokS: number | null = null;
     if (adapters) {
+      // The base run's prompt blocks are cached: without dropping them the LoRA run would reuse keys/values computed
+      // without the adapters (and skip its prefill).
       model.lora = adapters;
-      await engine.generate(reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }))); // warm-up of the adapters' GEMMs
+      await engine.dropCachedPrefixes();
+      await engine.generate(reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }))); // warm-up, as the base run's
       const el = await seconds(() => engine.generate(reqs));
       model.lora = null;
+      await engine.dropCachedPrefixes();
       engineLoraTokS = el.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0) / el.s;
       console.error(`fixed batch ${B}: engine + LoRA ${engineLoraTokS.toFixed(1)} tok/s (${((produced / e.s) / engineLoraTokS).toFixed(3)}x the time)`);
     }
@@ -249,6 +253,7 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
   let gapRun = e.value;
   if (adapters) {
     model.lora = adapters;
+    await engine.dropCachedPrefixes(); // the base run's cached prompt blocks hold keys/values without the adapters
     const el = await seconds(() => engine.generate(reqs));
     engineLora = { seconds: el.s, tokS: outputTokens / el.s };
     gapRun = el.value;

@@ -78,6 +78,11 @@ export const LoraSchema = z
       .array(z.enum(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_up_proj', 'down_proj', 'router']))
       .min(1)
       .default(['q_proj', 'k_proj', 'v_proj', 'o_proj']),
+    /**
+     * LoRA+ (PEFT's create_loraplus_optimizer): the B factors' learning rate is lr x this ratio, the A factors'
+     * lr. 1 = plain LoRA. A and B at one lr let Adam scramble A (its gradient is tiny and noisy while B is small).
+     */
+    loraplus_lr_ratio: z.number().positive().default(1),
   })
   .prefault({});
 

@@ -315,6 +315,15 @@ export class Engine {
     await this.drain();
     if (this.weightsOut) throw new Error('Engine.updateWeights: the weights are paged out (sleep({ weights: true })); wake() first');
     await this.runner.updateWeights(weights);
+    await this.dropCachedPrefixes();
+  }
+
+  /**
+   * The model's weights or adapters changed in place (e.g. GptOssModel.lora set or trained, src/model/lora.ts):
+   * once running work is done, drops the cached prompt blocks, which hold keys/values computed with the old ones.
+   */
+  async dropCachedPrefixes(): Promise<void> {
+    await this.drain();
     for (const sp of this.spaces) sp.blocks.reset();
   }
 

@@ -79,8 +79,9 @@ export class LocalGenerator implements Generator {
   }
 
   async updateWeights(): Promise<void> {
-    // Same weights as the policy: the engine reads the model's parameters at every step. Cached prompt blocks hold
-    // keys/values of the old weights, but the pool is emptied by sleep() after every generate().
+    // Same weights as the policy (and, in a LoRA run, the same adapters): the engine reads the model's parameters and
+    // adapters at every step. Cached prompt blocks hold keys/values of the old ones, but the pool is emptied by
+    // sleep() after every generate() (Engine.dropCachedPrefixes is the call for an engine kept awake).
   }
 
   dispose(): void {

@@ -33,14 +33,22 @@ class BaseOfLora implements LogprobModel {
   dispose(): void {}
 }
 
+export interface LoraPolicyOptions {
+  /** LoRA+: the B factors' lr = lr x this (A's: lr). Default 1 (plain LoRA). */
+  loraplusLrRatio?: number;
+}
+
 export class LoraPolicy extends GptOssPolicy {
   readonly adapters: LoraAdapters;
+  readonly loraplusLrRatio: number;
   /** AdamW state per adapter name: moments, and for bf16 adapters their fp32 master (f32 adapters are their own). */
   private moments = new Map<string, { m: Tensor; v: Tensor; master?: Tensor }>();
 
   /** Attaches `adapters` to `model` (model.lora) for training; the policy owns both. */
-  constructor(model: GptOssModel, adapters: LoraAdapters) {
+  constructor(model: GptOssModel, adapters: LoraAdapters, opts: LoraPolicyOptions = {}) {
     super(model);
+    this.loraplusLrRatio = opts.loraplusLrRatio ?? 1;
+    if (!(this.loraplusLrRatio > 0)) throw new Error(`LoraPolicy: loraplusLrRatio must be positive, got ${this.loraplusLrRatio}`);
     if (adapters.device !== model.device) throw new Error(`LoraPolicy: adapters on ${adapters.device}, model on ${model.device}`);
     if (adapters.config.numLayers !== model.config.numLayers || adapters.config.hiddenSize !== model.config.hiddenSize) {
       throw new Error('LoraPolicy: the adapters were made for another model shape');
@@ -78,7 +86,8 @@ export class LoraPolicy extends GptOssPolicy {
       }
       let g = this.grads.get(name);
       if (!g) this.grads.set(name, (g = Tensor.zeros(p.shape, { dtype: 'f32', device: this.device })));
-      const hyper = { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step };
+      const lr = name.endsWith('.lora_B') ? h.lr * this.loraplusLrRatio : h.lr;
+      const hyper = { lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step };
       adamwStep(s.master ? { master: s.master, grad: g, m: s.m, v: s.v, bf16: p } : { master: p, grad: g, m: s.m, v: s.v }, hyper);
     }
     this.optimizerSteps = step;

@@ -279,7 +279,9 @@ export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssMo
       throw new SetupError((e as Error).message);
     }
     // bf16 adapters on a GPU (the GEMMs' operand dtype; fp32 masters in the policy), f32 on the CPU.
-    policy = new LoraPolicy(model, LoraAdapters.init(model.config, spec, device, { seed: c.trainer.seed, dtype: device === 'cpu' ? 'f32' : 'bf16' }));
+    policy = new LoraPolicy(model, LoraAdapters.init(model.config, spec, device, { seed: c.trainer.seed, dtype: device === 'cpu' ? 'f32' : 'bf16' }), {
+      loraplusLrRatio: c.trainer.policy.model.lora.loraplus_lr_ratio,
+    });
     log.info({ rank: spec.rank, alpha: spec.alpha, targets: spec.targets, trainable: policy.numParameters(), base: model.weights.numParameters() }, 'LoRA adapters on a frozen base');
   } else policy = new GptOssPolicy(model);
   const generator = new LocalGenerator(model, engineOptionsFromConfig(c.generator));

@@ -1,5 +1,6 @@
 // Smoke test of `npm run bench:generate` on the CPU (its tiny defaults): it runs, and its JSON has both parts with
 // sane numbers (every drawn output length produced, the engine's log-probs equal to the trainer's).
+// With --lora, both LoRA benches (bench:generate --lora, bench:train-step --lora) in their CPU smoke forms.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -39,4 +40,27 @@ test('bench:generate --cuda-graphs runs both engines on the CPU (the graph path 
     assert.ok(row.engineTokS > 0 && row.engineGraphsTokS > 0);
     assert.ok(row.graphs.replays > 0, JSON.stringify(row.graphs));
   }
+});
+
+test('bench:generate --lora and bench:train-step --lora run on the CPU (smoke forms): LoRA columns, phases and JSON', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-lora-'));
+  const env = { ...process.env, GPTOSS_DEVICE: 'cpu' };
+  const g = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--lora', '--lora-targets', 'q_proj,v_proj,o_proj,router,gate_up_proj', '--no-static', '--json', join(dir, 'g.json'), '--num-blocks', '256'], { encoding: 'utf8', env });
+  assert.equal(g.status, 0, g.stderr);
+  assert.match(g.stdout, /\| batch \| engine \| engine \+ LoRA \| LoRA time \|/);
+  assert.match(g.stdout, /log-prob gap engine vs tokenLogprobs \(LoRA run\)/);
+  const gj = JSON.parse(readFileSync(join(dir, 'g.json'), 'utf8'));
+  for (const row of gj.fixed.rows) assert.ok(row.engineLoraTokS > 0);
+  assert.ok(gj.grpo.engineLora.tokS > 0);
+  // The engine with adapters and the trainer with the same adapters agree on the sampled tokens' log-probs (on the
+  // CPU to float noise: ~4e-7 as without adapters; 1e-3 when the LoRA run reused the base run's cached prompt
+  // blocks, before Engine.dropCachedPrefixes).
+  assert.ok(gj.grpo.logprobGap.tokens > 0 && gj.grpo.logprobGap.maxAbs < 1e-5, `gap ${gj.grpo.logprobGap.maxAbs}`);
+  const t = spawnSync(process.execPath, ['--import', 'tsx', 'bench/train-step.ts', '--lora', '--preset', 'gpt-oss-tiny-256', '--prompts', '2', '--samples', '2', '--prompt-len', '8', '--gen-len', '4', '--json', join(dir, 't.json')], { encoding: 'utf8', env });
+  assert.equal(t.status, 0, t.stderr);
+  assert.match(t.stdout, /\| adapter sync \|/);
+  const tj = JSON.parse(readFileSync(join(dir, 't.json'), 'utf8'));
+  assert.equal(tj.row.generatedTokens, 2 * 2 * 4);
+  assert.equal(tj.row.trainedTokens, 2 * 2 * (8 + 4));
+  assert.ok(tj.row.trainedTokensPerS > 0 && tj.adapterParams > 0);
 });

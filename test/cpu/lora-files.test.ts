@@ -223,3 +223,24 @@ test('bf16 adapters (the GPU default): fp32 masters in the policy, the PEFT file
   f32.dispose();
   [p, q].forEach((x) => x.dispose());
 });
+
+test('LoRA+ (loraplusLrRatio): the B factors step with lr x ratio, the A factors with lr', async () => {
+  const step = async (ratio: number) => {
+    const p = new LoraPolicy(randomModel(cfg, { device: 'cpu', seed: 11 }), LoraAdapters.init(cfg, ALL, 'cpu', { seed: 12, bStd: 0.05 }), { loraplusLrRatio: ratio });
+    const before = new Map([...p.adapters.params].map(([n, t]) => [n, t.toFloat32()]));
+    p.zeroGrad();
+    const f = await p.forward(batch);
+    await f.backward(f.logprobs.map((l) => l.map(() => -1)));
+    p.optimizerStep({ ...hyper, lr: 1e-3 }, 1);
+    // Adam's first step moves every entry with a gradient by lr (m / sqrt(v) = ±1): the largest move is the lr.
+    const moved = (suffix: string) =>
+      Math.max(...[...p.adapters.params].filter(([n]) => n.endsWith(suffix)).map(([n, t]) => t.toFloat32().reduce((m, v, i) => Math.max(m, Math.abs(v - before.get(n)![i]!)), 0)));
+    const r = { a: moved('.lora_A'), b: moved('.lora_B') };
+    p.dispose();
+    return r;
+  };
+  const plain = await step(1), plus = await step(16);
+  assert.ok(Math.abs(plain.a - 1e-3) < 1e-6 && Math.abs(plain.b - 1e-3) < 1e-6, JSON.stringify(plain));
+  assert.ok(Math.abs(plus.a - 1e-3) < 1e-6 && Math.abs(plus.b - 16e-3) < 1e-5, JSON.stringify(plus));
+  assert.throws(() => new LoraPolicy(randomModel(cfg, { device: 'cpu' }), LoraAdapters.init(cfg, ALL, 'cpu'), { loraplusLrRatio: 0 }), /loraplusLrRatio must be positive/);
+});

@@ -113,8 +113,10 @@ const ENV_KEYS: Record<string, string[]> = {
   SFT_EVAL_EVERY: ['trainer.sft.eval_interval'],
   STEPS: ['trainer.max_steps'],
   PROMPTS: ['trainer.train_batch_size', 'trainer.policy_mini_batch_size'],
+  MINI: ['trainer.policy_mini_batch_size'],
   N: ['generator.n_samples_per_prompt'],
   LR: ['trainer.policy.optimizer_config.lr'],
+  WARMUP: ['trainer.policy.optimizer_config.num_warmup_steps'],
   KL: ['trainer.algorithm.kl_loss_coef'],
   T: ['generator.sampling_params.temperature'],
   EVAL_T: ['generator.eval_sampling_params.temperature'],
@@ -125,12 +127,14 @@ const ENV_KEYS: Record<string, string[]> = {
   LORA_RANK: ['trainer.policy.model.lora.rank'],
   LORA_ALPHA: ['trainer.policy.model.lora.alpha'],
   LORA_TARGETS: ['trainer.policy.model.lora.target_modules'],
+  LORAPLUS: ['trainer.policy.model.lora.loraplus_lr_ratio'],
 };
 
 /**
  * A recipe with GRPO_LEARNS_* overrides: DEVICE, MODEL, SEED, REASONING, NUM_TRAIN, NUM_VAL, SFT_STEPS, SFT_LR,
- * SFT_BATCH, SFT_STOP (the warm start's stop-at reward; 'off' runs every SFT step), SFT_EVAL_EVERY, STEPS, PROMPTS,
- * N, LR, KL, T, EVAL_T, EVAL_N, EVAL_INTERVAL, MICRO_TRAIN, MICRO_FORWARD, LORA_RANK, LORA_ALPHA, LORA_TARGETS; each
+ * SFT_BATCH, SFT_STOP (the warm start's stop-at reward; 'off' runs every SFT step), SFT_EVAL_EVERY, STEPS, PROMPTS, MINI,
+ * N, LR, WARMUP, KL, T, EVAL_T, EVAL_N, EVAL_INTERVAL, MICRO_TRAIN, MICRO_FORWARD, LORA_RANK, LORA_ALPHA, LORA_TARGETS, LORAPLUS;
+ * each
  * becomes the config override(s) of
  * ENV_KEYS.
  */
