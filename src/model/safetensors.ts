@@ -374,31 +374,10 @@ export class Checkpoint {
     if (opts.shape && (opts.shape.length !== info.shape.length || opts.shape.some((d, i) => d !== info.shape[i]))) {
       throw new Error(`checkpoint ${this.dir}: tensor '${name}' has shape [${info.shape.join(', ')}], expected [${opts.shape.join(', ')}]`);
     }
-    const isInt = /^(U|I|BOOL)/.test(info.dtype);
-    const dtype: DType = opts.dtype ?? (info.dtype === 'U8' ? 'u8' : isInt ? 'i32' : 'bf16');
     const shape = info.shape.length === 0 ? [1] : info.shape;
-    const out = Tensor.empty(shape, { dtype, device: opts.device });
-    try {
-      const rows = shape[0]!;
-      const rowElems = numelOf(shape.slice(1));
-      const rowBytes = rowElems * ST_DTYPE_BYTES[info.dtype];
-      const chunk = Math.max(1, Math.floor((opts.chunkBytes ?? 64 << 20) / Math.max(1, rowBytes)));
-      for (let r0 = 0; r0 < rows; r0 += chunk) {
-        const r1 = Math.min(rows, r0 + chunk);
-        const buf = Buffer.alloc((r1 - r0) * rowBytes);
-        f.readAt(buf, info.offset + r0 * rowBytes);
-        const host = convertBytes(buf, info.dtype, dtype, `'${name}'`);
-        if (r0 === 0 && r1 === rows) out.copyFrom(host);
-        else {
-          const dst = out.slice(r0, r1);
-          dst.copyFrom(host);
-          dst.dispose();
-        }
-      }
-    } catch (e) {
-      out.dispose();
-      throw e;
-    }
+    const flat = this.readElements(name, 0, numelOf(shape), opts);
+    const out = flat.view(shape);
+    flat.dispose();
     return out;
   }
 
@@ -415,6 +394,14 @@ export class Checkpoint {
       throw new Error(`checkpoint ${this.dir}: range [${lo}, ${hi}) of tensor '${name}' is outside its ${numel} elements`);
     }
     if (this.isMxfp4(name)) return this.loadMxfp4Range(name, lo, hi, opts);
+    return this.readElements(name, lo, hi, opts);
+  }
+
+  /**
+   * Elements [lo, hi) of a plain (not MXFP4) tensor as a 1-D tensor on opts.device, read with positioned reads of
+   * at most chunkBytes and converted on the host chunk by chunk (load and loadRange).
+   */
+  private readElements(name: string, lo: number, hi: number, opts: Omit<LoadOptions, 'shape'>): Tensor {
     const f = this.where.get(name)!;
     const info = f.tensors.get(name)!;
     const isInt = /^(U|I|BOOL)/.test(info.dtype);
