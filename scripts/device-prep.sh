@@ -57,6 +57,14 @@ fi
 rm -rf "$main/.stage-$name" && mkdir -p "$main/.stage-$name"
 (cd "$src" && git ls-files -co --exclude-standard | grep -v '^\.stage-' | grep -v '^\.devnm' | tar cf - -T - dist) | tar xf - -C "$main/.stage-$name"
 ln -sfn ../.devnm/node_modules "$main/.stage-$name/node_modules"
+# The main working tree travels to the GPU machine anyway: a top-level folder the staged checkout has identical to
+# the main checkout's becomes a link to it, so the upload carries it once (the 64 MiB limit).
+for d in data docs native src test bench configs scripts; do
+  [ -d "$main/.stage-$name/$d" ] && [ -d "$main/$d" ] || continue
+  if [ "$src" = "$main" ] || diff -rq "$src/$d" "$main/$d" >/dev/null 2>&1; then
+    rm -rf "$main/.stage-$name/$d" && ln -sfn "../$d" "$main/.stage-$name/$d"
+  fi
+done
 # The GPU tests read the shared fixtures (transformers outputs, the gptoss-tiny checkpoint), and ../shared does not
 # travel to the GPU machine: a copy goes into the stage, where test/helpers/fixtures.ts finds it (shared/ beside dist/).
 mkdir -p "$main/.stage-$name/shared" && cp -r "$src/../shared/fixtures" "$main/.stage-$name/shared/fixtures"
