@@ -136,7 +136,12 @@ function beginStep(s: StepInput): void {
   if (!cpu) {
     native().ops.profileEnable(dev, true);
     native().ops.profileMark(dev, 'spin');
+    // The spin's matmuls go through the wrapped ops: with no step current they are neither marked nor counted, so
+    // their GPU time stays in the 'spin' segment.
+    const step = current;
+    current = null;
     spin!();
+    current = step;
   }
   launch0 = native().ops.launchCount();
   stepT0 = performance.now();

@@ -102,10 +102,13 @@ test('graph decode == eager decode: 3 sequences (bucket 4), finishing mid-run, 2
 test('graph decode == eager decode: 64 sequences (bucket 64) with different lengths; memory bounded over replays', { skip }, async () => {
   const m = tinyModel();
   const reqs = greedy(prompts(64, 4, 5, 200), (i) => 20 + ((i * 37) % 100));
-  const { eager, graph, engine } = await runBoth(m, { blockSize: 16, numBlocks: 2048, maxNumSeqs: 64, maxNumBatchedTokens: 4096 }, [reqs]);
+  // No prefix cache: a rerun then prefills exactly as the first run did, so every rerun is the same computation
+  // (replays of the same graphs) and must give the first run's tokens; with the cache, a rerun's shorter prefills
+  // are other bf16 roundings, whose flips after a few tokens are not what this test is about.
+  const { eager, graph, engine } = await runBoth(m, { blockSize: 16, numBlocks: 2048, maxNumSeqs: 64, maxNumBatchedTokens: 4096, enablePrefixCaching: false }, [reqs]);
   const r = assertSame(m, reqs, eager, graph, 'bucket 64');
   assert.ok(r.diverged <= 4, `${r.diverged} of 64 sequences diverged (near ties only, but that many suggests a bug)`);
-  // The same workload again (its prompts now come from the prefix cache: shorter prefills), then three more times:
+  // The same workload again, then three more times:
   // the same graphs replay (no new capture), and device memory does not grow.
   assertSame(m, reqs, graph, await engine.generate(reqs), 'bucket 64, rerun');
   const st0 = engine.stats().graphs!;
