@@ -197,7 +197,6 @@ const SINGLE_PROCESS: Array<{ key: string; ok: (v: unknown, c: Config) => boolea
   { key: 'generator.run_engines_locally', ok: (v) => v === true, want: 'true', why: 'remote inference engines are not supported; the engine runs in the training process' },
   { key: 'generator.async_engine', ok: (v) => v === true, want: 'true', why: 'the in-process engine is asynchronous (the only kind there is)' },
   { key: 'generator.batched', ok: (v) => v === true, want: 'true', why: 'generation is always batched (up to generator.max_num_seqs sequences)' },
-  { key: 'generator.enforce_eager', ok: (v) => v === true, want: 'true', why: 'CUDA graphs are not supported in training runs yet: the decode-step graphs are built (the library\'s engine option enforceEager: false) but not verified on a GPU (test/gpu/cuda-graphs.test.ts has not run), so the engine runs eagerly' },
   { key: 'generator.enable_chunked_prefill', ok: (v) => v === true, want: 'true', why: 'the engine always prefills in chunks within generator.max_num_batched_tokens (a whole-prompt prefill mode is not built)' },
   { key: 'environment.skyrl_gym', ok: (v) => v === undefined, want: '(unset)', why: "the peer's per-environment options have no counterpart here (environment.reward_rule picks the reward)" },
 ];
@@ -272,7 +271,24 @@ export function unsupportedSettings(c: Config): string[] {
     out.push(`${r.key}=${describe(v)}: ${r.why} (use ${r.want})`);
   }
   // The layout is judged once every key it is made of is one this version can run.
-  return out.length ? out : [...engineLayoutProblems(c), ...loraProblems(c)];
+  return out.length ? out : [...engineLayoutProblems(c), ...loraProblems(c), ...cudaGraphProblems(c)];
+}
+
+/**
+ * generator.enforce_eager=false: decode steps replay CUDA graphs (src/inference/cuda-graphs.ts), which exist for the
+ * one-device engine without adapters. A tensor-parallel engine (its layers are NCCL collectives driven from JS) or
+ * LoRA adapters (the MoE's adapter path decides its work on the host) would run eagerly anyway: refused rather than
+ * silently ignored. (On the CPU the graph path runs eagerly over the same padded static buffers.)
+ */
+export function cudaGraphProblems(c: Config): string[] {
+  const g = c.generator;
+  if (g.enforce_eager) return [];
+  const out: string[] = [];
+  const tp = g.inference_engine_tensor_parallel_size;
+  if (tp > 1) out.push(`generator.enforce_eager=false with generator.inference_engine_tensor_parallel_size=${tp}: CUDA graphs are not supported on tensor-parallel engines yet (their layers are NCCL collectives driven step by step); set generator.enforce_eager=true or tp 1`);
+  const rank = c.trainer.policy.model.lora.rank;
+  if (rank > 0) out.push(`generator.enforce_eager=false with trainer.policy.model.lora.rank=${rank}: CUDA graphs are not supported with LoRA adapters yet (adapter steps run eagerly); set generator.enforce_eager=true`);
+  return out;
 }
 
 /** LoRA (trainer.policy.model.lora.rank > 0) runs on the single-process trainer only. */

@@ -14,6 +14,7 @@ export function engineOptionsFromConfig(g: GeneratorConfig): EngineOptions {
     maxNumSeqs: g.max_num_seqs,
     maxNumBatchedTokens: g.max_num_batched_tokens,
     enablePrefixCaching: g.enable_prefix_caching,
+    enforceEager: g.enforce_eager,
   };
 }
 

@@ -22,6 +22,7 @@ import { policyLoss, meanK3 } from '../rl/loss.ts';
 import { CheckpointError, GRPO_RESUME_KEYS, resumeTraining, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, ResourceSample, ResourceSampler, SamplingParams, SequenceBatch } from './policy.ts';
 import { epochOrder, Rng } from './rng.ts';
+import { synchronize } from '../tensor.ts';
 import { DataError, type TaskEnv, type TaskExample } from './task.ts';
 import { episodeLimits, episodeMetrics, isMultiTurn, multiTurnRollouts, type EpisodeResult } from './multiturn.ts';
 
@@ -236,9 +237,16 @@ interface GrpoRun {
 /** Per-phase wall times of one step (s), logged as time/<phase>; a phase run several times adds up. */
 class PhaseTimes {
   readonly times: Record<string, number> = {};
+  /**
+   * device: the policy's. On a GPU the ops of a phase only enqueue work, so each phase ends by waiting for the
+   * device: its time is its own GPU work, not left to be paid by whichever later phase reads a result first (a few
+   * synchronisations per step; the device would be waited for at the step's end anyway).
+   */
+  constructor(private readonly device: string) {}
   async time<T>(name: string, f: () => Promise<T>): Promise<T> {
     const a = performance.now();
     const r = await f();
+    synchronize(this.device);
     this.times[name] = (this.times[name] ?? 0) + (performance.now() - a) / 1000;
     return r;
   }
@@ -642,7 +650,7 @@ function stepMetrics(run: GrpoRun, r: Rollouts, s: Scored, lps: StepLogprobs, u:
  */
 async function grpoStep(run: GrpoRun, examples: TaskExample[]): Promise<Metrics | null> {
   const stepT0 = performance.now();
-  const times = new PhaseTimes();
+  const times = new PhaseTimes(run.d.policy.device);
   const step = run.state.step + 1;
   const rollouts = await generateRollouts(run, step, examples, times);
   // Interrupted before the update: the step is dropped (state and data position stay at the last step).

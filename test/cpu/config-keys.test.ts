@@ -7,6 +7,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { allKeys, assertSupported, ConfigError, ConfigSchema, engineLayoutProblems, loadConfig, REFUSED_UNLESS_SINGLE_PROCESS, unsupportedSettings } from '../../src/config/index.ts';
 import { usesShardedTrainer } from '../../src/config/load.ts';
+import { engineOptionsFromConfig } from '../../src/inference/local-generator.ts';
 
 /** Keys the code does not read, each for a stated reason (what the docs say too). */
 const NOT_READ_BY_DESIGN: Record<string, string> = {
@@ -56,7 +57,6 @@ const ASK_MORE: Record<string, unknown> = {
   'generator.run_engines_locally': false,
   'generator.async_engine': false,
   'generator.batched': false,
-  'generator.enforce_eager': false,
   'generator.enable_chunked_prefill': false,
   'environment.skyrl_gym': { max_env_workers: 8 },
 };
@@ -90,6 +90,18 @@ test('several processes: engines x tp must equal the processes when colocated; t
   assert.match(one.join('\n'), /= 2 engine ranks, but .* each of the 1 training processes/);
   const c = loadConfig({ overrides: ['trainer.placement.policy_num_gpus_per_node=3', 'generator.num_inference_engines=1', 'generator.inference_engine_tensor_parallel_size=3'] });
   assert.deepEqual(engineLayoutProblems(c, { numHeads: 64, numKvHeads: 8 }), ["generator.inference_engine_tensor_parallel_size=3 does not divide the model's 8 key/value heads"]);
+});
+
+test('generator.enforce_eager=false: accepted for one-device engines, refused with tensor-parallel engines or LoRA', () => {
+  assert.deepEqual(unsupportedSettings(loadConfig({ overrides: ['generator.enforce_eager=false'] })), []);
+  assert.equal(engineOptionsFromConfig(loadConfig({ overrides: ['generator.enforce_eager=false'] }).generator).enforceEager, false);
+  assert.equal(engineOptionsFromConfig(loadConfig({}).generator).enforceEager, true);
+  const tp = unsupportedSettings(loadConfig({ overrides: ['trainer.placement.policy_num_gpus_per_node=2', 'generator.inference_engine_tensor_parallel_size=2', 'generator.enforce_eager=false'] }));
+  assert.equal(tp.length, 1, tp.join(' | '));
+  assert.match(tp[0]!, /^generator\.enforce_eager=false with generator\.inference_engine_tensor_parallel_size=2: .*not supported/);
+  const lora = unsupportedSettings(loadConfig({ overrides: ['trainer.policy.model.lora.rank=8', 'generator.enforce_eager=false'] }));
+  assert.equal(lora.length, 1, lora.join(' | '));
+  assert.match(lora[0]!, /^generator\.enforce_eager=false with trainer\.policy\.model\.lora\.rank=8: .*not supported/);
 });
 
 test("the seed's preset loads (print-config works) and every key of it is honoured (nothing refused)", () => {
