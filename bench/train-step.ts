@@ -20,6 +20,8 @@
 //        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V] [--collectives-at-one]
 //        [--cpu-offload] (the sharded policy's masters and moments in pinned host memory, AdamW on the host)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
+// --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
+// phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
 // --lora: a whole LoRA GRPO step on one GPU instead (generate, log-probs, train, adapter sync; bench/lora-step.ts).
 import { writeFileSync } from 'node:fs';
 import { defaultDevice } from '../src/native.ts';
@@ -32,6 +34,7 @@ import { GptOssPolicy } from '../src/trainer/gptoss-policy.ts';
 import { ShardedPolicy } from '../src/trainer/sharded-policy.ts';
 import type { Policy } from '../src/trainer/policy.ts';
 import { runLoraStepBench } from './lora-step.ts';
+import { runTrainProfile } from './train-profile.ts';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -101,20 +104,30 @@ function sequence(T: number, salt: number): Int32Array {
   return Int32Array.from({ length: T }, (_, i) => (i * 7 + salt) % cfg.vocabSize);
 }
 
-/** One optimizer step; returns its wall time and the optimizer's share (ms). */
-async function step(p: Policy, T: number, stepNo: number): Promise<{ ms: number; optimizerMs: number }> {
-  synchronize(device);
+/**
+ * One optimizer step; returns its wall time and the optimizer's share (ms). onPhase (--profile) hears which part
+ * runs next: 'forward' and 'backward' per micro-batch, then 'optimizer' (zeroGrad is counted there too). Under
+ * --profile the synchronize calls below are left out (the profiler measures GPU time itself; a wait would drain
+ * its spin).
+ */
+async function step(p: Policy, T: number, stepNo: number, onPhase?: (phase: string) => void): Promise<{ ms: number; optimizerMs: number }> {
+  const sync = onPhase ? (): void => {} : (): void => synchronize(device);
+  sync();
   const t0 = performance.now();
+  onPhase?.('optimizer');
   p.zeroGrad();
   for (let m = 0; m < microBatches; m++) {
+    onPhase?.('forward');
     const fwd = await p.forward({ sequences: [sequence(T, m)], promptLens: [1] });
+    onPhase?.('backward');
     await fwd.backward(fwd.logprobs.map((l) => new Float32Array(l.length).fill(-1 / (T * microBatches))));
   }
+  onPhase?.('optimizer');
   await p.clipGradNorm(1.0);
-  synchronize(device);
+  sync();
   const t1 = performance.now();
   p.optimizerStep({ lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }, stepNo);
-  synchronize(device);
+  sync();
   const t2 = performance.now();
   return { ms: t2 - t0, optimizerMs: t2 - t1 };
 }
@@ -187,6 +200,37 @@ if (process.argv.includes('--lora')) {
 }
 
 const ctx = await initDistributed();
+if (process.argv.includes('--profile')) {
+  const num = (name: string, def: string): number => {
+    const v = Number(arg(name, def));
+    if (!Number.isFinite(v) || v < 0) throw new Error(`bench:train-step: --${name} must be a non-negative number (got '${arg(name, def)}')`);
+    return v;
+  };
+  await runTrainProfile({
+    cfg,
+    presetName,
+    device,
+    worldSize: ctx.worldSize,
+    rank: ctx.rank,
+    tokensList,
+    microBatches,
+    steps,
+    recompute,
+    jsonPath,
+    spinMs: num('spin-ms', '50'),
+    syncMs: num('sync-ms', '1'),
+    makePolicy: (kind) => {
+      if (kind === 'single') return new GptOssPolicy(new GptOssModel(weights(), { recompute }));
+      const w = weights();
+      const p = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload });
+      w.dispose();
+      return p;
+    },
+    step: (p, T, stepNo, onPhase) => step(p, T, stepNo, onPhase),
+  });
+  await ctx.destroy();
+  process.exit(0);
+}
 const rows: Row[] = [];
 for (const T of tokensList) {
   if (ctx.worldSize === 1) rows.push(await measure('single', T, ctx));

@@ -113,9 +113,11 @@ void token_logprobs(const Tensor& hidden, const Tensor& lm_head, const Tensor& t
   const int32_t* tg = targets.data<int32_t>();
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t c = chunk < V - c0 ? chunk : V - c0;
+    profile_mark(dev, "lm head gemm");  // profiling phases (bench:train-step --profile); no-ops unless enabled
     gemm_raw(dev, T, c, H, 1.f / temperature, hidden.raw(), H, false,
              static_cast<const char*>(lm_head.raw()) + c0 * H * esz, H, true, hidden.dtype, nullptr, DType::F32, 0.f,
              buf.raw(), DType::F32, ldz);
+    profile_mark(dev, "log-softmax");
     chunk_stats<<<static_cast<unsigned>(T), kThreads, 0, st>>>(buf.data<float>(), ldz, c, c0, tg, m, s, w, tz);
     GPTOSS_CUDA_LAUNCH_CHECK("tokenLogprobs chunk statistics");
   }
@@ -142,8 +144,10 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t c = chunk < V - c0 ? chunk : V - c0;
     const void* lmc = static_cast<const char*>(lm_head.raw()) + c0 * H * esz;
+    profile_mark(dev, "lm head recompute");  // profiling phases (bench:train-step --profile)
     gemm_raw(dev, T, c, H, inv_t, hidden.raw(), H, false, lmc, H, true, hidden.dtype, nullptr, DType::F32, 0.f,
              buf.raw(), DType::F32, ldz);
+    profile_mark(dev, "log-softmax");
     if (hidden.dtype == DType::BF16)
       chunk_grad<<<static_cast<unsigned>(T), kThreads, 0, st>>>(
           buf.data<float>(), ldz, c, c0, targets.data<int32_t>(), lse.data<float>(), d_logprobs.data<float>(), de, en,
@@ -154,12 +158,16 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
                                                                 d_logprobs.data<float>(), de, en, gbuf.data<float>());
     GPTOSS_CUDA_LAUNCH_CHECK("tokenLogprobsBackward chunk gradient");
     // dlogits = dz / temperature (alpha); dHidden += dlogits · lmHead_c, dLmHead_c += dlogitsᵀ · hidden.
-    if (d_hidden)
+    if (d_hidden) {
+      profile_mark(dev, "lm head dgrad");
       gemm_raw(dev, T, H, c, inv_t, gbuf.raw(), ldz, false, lmc, H, false, hidden.dtype, nullptr, DType::F32, 1.f,
                d_hidden->raw(), DType::F32, H);
-    if (d_lm_head)
+    }
+    if (d_lm_head) {
+      profile_mark(dev, "lm head wgrad");
       gemm_raw(dev, c, H, T, inv_t, gbuf.raw(), ldz, true, hidden.raw(), H, false, hidden.dtype, nullptr, DType::F32,
                1.f, d_lm_head->data<float>() + c0 * H, DType::F32, H);
+    }
   }
 }
 
