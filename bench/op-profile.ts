@@ -10,11 +10,13 @@
 // busy: the time between marks is then pure GPU time of back-to-back kernels.
 // The host lead is checked at every mark: the GPU reaches mark i at (its spin's start) + (GPU time of the segments
 // before i), never earlier than the host enqueued it; when the host enqueued every mark before the GPU's time of it
-// (lead > 0) the GPU never waited for the host. A call that waits for the device (a readback, synchronize, or any
-// op call taking more than syncMs on the host) drains the GPU: readbacks and synchronising calls get a '(host sync)'
-// mark before them (the GPU's idle time until the next mark lands there, not in a family), every such call is
-// listed in `syncs`, and a fresh spin follows it (a new region of the lead check). An op that waits inside itself
-// leaves its GPU idle time in its own family: `syncs` names it.
+// (lead > 0) the GPU never waited for the host. A call that waits for the device by design (a readback, a copy
+// between host and device, synchronize) drains the GPU: it gets a '(host sync)' mark before it (the GPU's idle
+// time until the next mark lands there, not in a family), is listed in `syncs`, and a fresh spin goes before the
+// next call that does not wait (a new region of the lead check). An op call that takes over syncMs on the host and
+// after which the GPU has nothing left to do (an event recorded after it is already complete: it waited for the
+// device inside, or the host fell behind) is treated the same, but its GPU idle time stays in its own family:
+// `syncs` names it.
 // CPU: no marks and no spin; each call's host time is its family's time (a smoke run of the bookkeeping).
 import { native, deviceIndex } from '../src/native.ts';
 import { Tensor, synchronize } from '../src/tensor.ts';
@@ -103,6 +105,28 @@ const RUNTIME_OPS = new Set([
 /** Calls that wait for the device by design: a host-sync mark goes before them and a spin after. */
 const SYNC_OPS = new Set(['synchronize', 'eventSynchronize', 'ncclSynchronize']);
 const READBACKS = ['toFloat32', 'toInt32', 'toUint8', 'toBuffer'] as const;
+const isHost = (x: unknown): boolean => x instanceof ArrayBuffer || ArrayBuffer.isView(x);
+
+/**
+ * Whether a call waits for the device by design (on a CUDA device): the synchronising ops, readbacks, and copies
+ * between host and device (native/cuda/runtime.cu: a pageable copy synchronises the stream either way).
+ */
+function waitsFor(name: string, self: unknown, a: readonly unknown[]): boolean {
+  if (SYNC_OPS.has(name) || (READBACKS as readonly string[]).some((m) => name === `Tensor.${m}`)) return true;
+  const dev = (self as { device?: string } | null)?.device;
+  switch (name) {
+    case 'fromBuffer':
+      return (a[3] as number) >= 0;
+    case 'Tensor.copyFrom': {
+      const src = a[0] as { device?: string };
+      return isHost(src) ? dev !== 'cpu' : (dev === 'cpu') !== (src.device === 'cpu');
+    }
+    case 'Tensor.to':
+      return (dev === 'cpu') !== (a[0] === 'cpu');
+    default:
+      return false;
+  }
+}
 
 /** Bytes of a tensor argument (a Tensor or a native handle), 0 for anything else. */
 export function tensorBytes(t: unknown): number {
@@ -133,6 +157,8 @@ interface MarkRec {
   phase: string;
   family: string;
   hostT: number;
+  /** Left out of the lead check: a host-sync mark, or a mark enqueued after a wait and before the next spin. */
+  noCheck: boolean;
 }
 
 export class OpProfiler {
@@ -152,6 +178,7 @@ export class OpProfiler {
   private launch0 = 0;
   private t0 = 0;
   private spinFn: (() => void) | null = null;
+  private needSpin = false;
 
   constructor(private readonly o: OpProfilerOptions) {
     this.cpu = o.device === 'cpu';
@@ -165,11 +192,11 @@ export class OpProfiler {
     for (const name of names) {
       const orig = ops[name];
       if (typeof orig !== 'function') throw new Error(`OpProfiler: the addon has no op '${name}'`);
-      ops[name] = this.wrap(name, orig, SYNC_OPS.has(name));
+      ops[name] = this.wrap(name, orig);
     }
     if (this.o.tensorMethods) {
       const proto = Tensor.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
-      for (const m of ['copyFrom', 'copyFromAsync', 'to', ...READBACKS]) proto[m] = this.wrap(`Tensor.${m}`, proto[m]!, (READBACKS as readonly string[]).includes(m));
+      for (const m of ['copyFrom', 'copyFromAsync', 'to', ...READBACKS]) proto[m] = this.wrap(`Tensor.${m}`, proto[m]!);
     }
     return this;
   }
@@ -209,6 +236,7 @@ export class OpProfiler {
     this.work.clear();
     this.syncs = [];
     this.opCalls = 0;
+    this.needSpin = false;
     if (!this.cpu) {
       this.spinFn ??= this.makeSpin();
       native().ops.profileEnable(this.dev, true);
@@ -246,7 +274,7 @@ export class OpProfiler {
           if (cur.family === SPIN) {
             regionHost = cur.hostT;
             g = 0;
-          } else {
+          } else if (!cur.noCheck) {
             const lead = g - (cur.hostT - regionHost);
             minLead = minLead === null ? lead : Math.min(minLead, lead);
             if (lead <= 0) late++;
@@ -294,8 +322,19 @@ export class OpProfiler {
 
   private mark(phase: string, family: string): void {
     if (this.cpu) return;
-    this.marks.push({ phase, family, hostT: performance.now() });
+    this.marks.push({ phase, family, hostT: performance.now(), noCheck: family === HOST_SYNC || this.needSpin });
     native().ops.profileMark(this.dev, `#${this.marks.length - 1}`);
+  }
+
+  /**
+   * Whether the GPU has finished everything enqueued so far (an op that took long on the host either waited for
+   * the device inside, or merely took long to enqueue its kernels: only in the first case is the GPU idle now).
+   */
+  private drained(): boolean {
+    const ops = native().ops;
+    const ev = ops.eventCreate(this.dev, false);
+    ops.eventRecord(ev, this.dev);
+    return ops.eventQuery(ev);
   }
 
   /** A spin: a mark (a new region of the lead check) and about spinMs of GEMMs (CPU: nothing). */
@@ -310,13 +349,20 @@ export class OpProfiler {
     }
   }
 
-  private wrap(name: string, orig: (...a: unknown[]) => unknown, waits: boolean): (...a: unknown[]) => unknown {
+  private wrap(name: string, orig: (...a: unknown[]) => unknown): (...a: unknown[]) => unknown {
     const self = this;
     return function (this: unknown, ...a: unknown[]) {
       if (!self.open || self.depth > 0) return orig.apply(this, a);
+      const waits = !self.cpu && waitsFor(name, this, a);
       const family = waits ? HOST_SYNC : self.o.family(name, a);
       if (family === null) return orig.apply(this, a);
       self.opCalls++;
+      if (self.needSpin && !waits) {
+        // The GPU drained at a wait before: get ahead of it again (deferred to here, so that consecutive waits,
+        // such as a batch's uploads, do not each wait for a spin).
+        self.needSpin = false;
+        self.spin();
+      }
       self.mark(self.phase, family);
       self.depth++;
       const t0 = performance.now();
@@ -344,9 +390,9 @@ export class OpProfiler {
         first = false;
         self.work.set(wk, acc);
       }
-      if (!self.cpu && (waits || ms > self.o.syncMs)) {
+      if (!self.cpu && (waits || (ms > self.o.syncMs && self.drained()))) {
         self.syncs.push({ op: name, phase: self.phase, family, hostMs: ms });
-        self.spin(); // the GPU drained: get ahead again
+        self.needSpin = true;
       }
       self.o.afterOp?.(name);
       return r;

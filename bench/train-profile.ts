@@ -337,7 +337,7 @@ export function printProfile(r: ProfileRow, head: string, cpu: boolean): void {
     else console.log('the host stayed ahead of the GPU at every mark: the times are pure GPU time');
     const bad = new Map<string, number>();
     for (const s of r.syncs) bad.set(`${s.op} (${s.phase})`, Math.max(bad.get(`${s.op} (${s.phase})`) ?? 0, s.hostMs));
-    console.log(`host synchronisations inside the step (each followed by a fresh spin): ${bad.size ? [...bad].map(([op, ms]) => `${op} up to ${ms.toFixed(2)} ms`).join(', ') : 'none'}`);
+    console.log(`host synchronisations inside the step (a fresh spin after each): ${bad.size ? [...bad].map(([op, ms]) => `${op} up to ${ms.toFixed(2)} ms`).join(', ') : 'none'}`);
   }
 }
 
