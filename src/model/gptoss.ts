@@ -283,7 +283,12 @@ export class GptOssModel implements LayerHost {
         s.x.dispose();
         dx = dNext;
       }
-      if (!frozen) accumulateGrad(grads, 'model.embed_tokens.weight', embeddingBackward(dx, b.ids, c.vocabSize));
+      if (!frozen) {
+        // Into the existing buffer (later micro-batches): no fresh [V, H] f32 gradient, no zeroing, no add pass.
+        const g = grads.get('model.embed_tokens.weight');
+        if (g) embeddingBackward(dx, b.ids, c.vocabSize, { into: g });
+        else grads.set('model.embed_tokens.weight', embeddingBackward(dx, b.ids, c.vocabSize));
+      }
       dx.dispose();
     } finally {
       state.dispose();

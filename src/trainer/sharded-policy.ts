@@ -636,9 +636,7 @@ class ShardedModel {
       const { flat, inPlace, orig, grads } = zerosFor(0);
       try {
         if (state) {
-          const dEmb = embeddingBackward(dx!, state.batch.ids, c.vocabSize);
-          addInPlace(grads.get('model.embed_tokens.weight')!, dEmb);
-          dEmb.dispose();
+          embeddingBackward(dx!, state.batch.ids, c.vocabSize, { into: grads.get('model.embed_tokens.weight')! });
         }
       } finally {
         settle(orig, grads);
