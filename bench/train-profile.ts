@@ -4,7 +4,8 @@
 //
 // Method: bench/op-profile.ts (shared with bench:decode-profile). Every addon op and Tensor copy/readback of the
 // step is wrapped; a device-side mark before each call names its family, the MoE and LM-head ops mark their
-// internal phases (router / gather / experts / combine; logit GEMM / log-softmax / dgrad / wgrad), and a spin at
+// internal phases (router / gather / experts / combine / backward pieces; logit GEMM / log-softmax / dgrad / wgrad;
+// their host waits: the MoE forward's offsets readback at cuBLAS sizes, the embedding's ids copy), and a spin at
 // the start of the step (and after every call that waits for the device: the log-prob readback, the upload of
 // dLoss/dlogp, the grad-norm readback) keeps the host ahead of the GPU, which op-profile checks at every mark.
 // Phases: the bench sets forward / backward / optimizer around the policy's calls; a layer forward run inside
@@ -41,7 +42,7 @@ export const TRAIN_FAMILIES = [
   'o_proj GEMM (wgrad)',
   'bias grads (GEMV)',
   'MoE router',
-  'MoE experts fwd (grouped GEMM)',
+  'MoE experts fwd',
   'MoE experts dgrad',
   'MoE experts wgrad',
   'MoE permute/combine',
@@ -71,7 +72,7 @@ export const PHASES = ['forward', 'recompute', 'backward', 'optimizer'] as const
 const NATIVE_FAMILIES: Record<string, string> = {
   'moe router': 'MoE router',
   'moe gather': 'MoE permute/combine',
-  'moe experts': 'MoE experts fwd (grouped GEMM)',
+  'moe experts': 'MoE experts fwd',
   'moe combine': 'MoE permute/combine',
   'moe route bwd': 'MoE permute/combine',
   'moe experts dgrad': 'MoE experts dgrad',
@@ -92,10 +93,14 @@ function attnPairs(T: number, S: number, window: number): number {
   return (T / S) * perSeq;
 }
 
-/** The profiler of a training step: wraps every op; installs once per process. */
-export function trainProfiler(device: string, spinMs: number, syncMs: number): OpProfiler {
+/**
+ * The profiler of a training step: wraps every op; installs once per process. `expertGemms` collects the expert-GEMM
+ * strategies the MoE forwards ran (native/cuda/moe.cu plan_expert_gemms: grouped, slabs, per-expert; 'cpu').
+ */
+export function trainProfiler(device: string, spinMs: number, syncMs: number): { prof: OpProfiler; expertGemms: Set<string> } {
   const cpu = device === 'cpu';
   let prof: OpProfiler;
+  const expertGemms = new Set<string>();
   const gemm = (a: readonly unknown[]): string => {
     const transA = a[4] === true;
     const part = prof.scope.gemm;
@@ -183,7 +188,8 @@ export function trainProfiler(device: string, spinMs: number, syncMs: number): O
         const E = shapeOf(a[1])[0]!, I = shapeOf(a[5])[1]!;
         const k = (bwd ? a[17] : a[7]) as number;
         const experts = 6 * T * k * H * I;
-        if (!bwd) return cpu ? [{ family: fam, flops: 2 * T * H * E + experts }] : [{ family: 'MoE experts fwd (grouped GEMM)', flops: experts }, { family: 'MoE router', flops: 2 * T * H * E }];
+        if (!bwd) expertGemms.add((r as { expertGemms: string }).expertGemms);
+        if (!bwd) return cpu ? [{ family: fam, flops: 2 * T * H * E + experts }] : [{ family: 'MoE experts fwd', flops: experts }, { family: 'MoE router', flops: 2 * T * H * E }];
         const wgrad = a[24] === false ? 0 : experts;
         return cpu ? [{ family: fam, flops: experts + wgrad }] : [{ family: fam }, { family: 'MoE experts dgrad', flops: experts }, { family: 'MoE experts wgrad', flops: wgrad }];
       }
@@ -238,7 +244,7 @@ export function trainProfiler(device: string, spinMs: number, syncMs: number): O
   prof.withScope(DecoderLayer.prototype, 'backward', 'gemm', 'o_proj');
   prof.withScope(DecoderLayer.prototype, 'qkvBackward', 'gemm', 'qkv');
   prof.withScope(DecoderLayer.prototype, 'forward', 'phase', (prev) => (prev === 'backward' ? 'recompute' : prev ?? 'forward'));
-  return prof;
+  return { prof, expertGemms };
 }
 
 export interface ProfileRow {
@@ -261,10 +267,12 @@ export interface ProfileRow {
   /** Per phase and family, per step: ms, % of the step, TFLOP/s, GB/s. */
   families: (FamilyTime & { pct: number; tflops: number | null; gbps: number | null })[];
   syncs: { op: string; phase: string; family: string; hostMs: number }[];
+  /** The expert-GEMM strategies the MoE forwards ran. */
+  expertGemms: string[];
 }
 
 /** Averages the regions of one (policy, T) into a row. */
-export function profileRow(policy: ProfileRow['policy'], tokens: number, microBatches: number, regions: RegionProfile[]): ProfileRow {
+export function profileRow(policy: ProfileRow['policy'], tokens: number, microBatches: number, regions: RegionProfile[], expertGemms: string[]): ProfileRow {
   const n = regions.length;
   const fam = new Map<string, FamilyTime>();
   for (const r of regions) {
@@ -302,6 +310,7 @@ export function profileRow(policy: ProfileRow['policy'], tokens: number, microBa
       gbps: f.bytes > 0 && f.ms > 0 ? f.bytes / (f.ms / 1000) / 1e9 : null,
     })),
     syncs: regions.flatMap((r) => r.syncs),
+    expertGemms,
   };
 }
 
@@ -312,7 +321,7 @@ export function printProfile(r: ProfileRow, head: string, cpu: boolean): void {
   for (const f of r.families) byFam.set(f.family, [...(byFam.get(f.family) ?? []), f]);
   const names = [...TRAIN_FAMILIES.filter((f) => byFam.has(f)), ...[...byFam.keys()].filter((f) => !TRAIN_FAMILIES.includes(f)).sort()];
   const phases = [...PHASES.filter((p) => r.families.some((f) => f.phase === p)), ...new Set(r.families.map((f) => f.phase).filter((p) => !(PHASES as readonly string[]).includes(p)))];
-  console.log(`${head}: ${r.policy} policy, ${r.microBatches} micro-batch(es) of ${r.tokens} tokens; ${unit} per step, mean of ${r.steps} step(s)`);
+  console.log(`${head}: ${r.policy} policy, ${r.microBatches} micro-batch(es) of ${r.tokens} tokens; ${unit} per step, mean of ${r.steps} step(s); MoE expert GEMMs: ${r.expertGemms.join(', ') || '-'}`);
   console.log(`| family | ${phases.map((p) => `${p} ms`).join(' | ')} | total ms | % of step | TFLOP/s | GB/s |`);
   console.log(`| --- | ${phases.map(() => '---:').join(' | ')} | ---: | ---: | ---: | ---: |`);
   const f2 = (v: number | null, d: number): string => (v === null ? '-' : v >= 10 ** d || v === 0 ? v.toFixed(d) : v.toPrecision(3));
@@ -362,7 +371,7 @@ export interface TrainProfileArgs {
 
 export async function runTrainProfile(o: TrainProfileArgs): Promise<void> {
   const cpu = o.device === 'cpu';
-  const prof = trainProfiler(o.device, o.spinMs, o.syncMs);
+  const { prof, expertGemms } = trainProfiler(o.device, o.spinMs, o.syncMs);
   const rows: ProfileRow[] = [];
   const kinds: ProfileRow['policy'][] = o.worldSize === 1 ? ['single', 'sharded'] : ['sharded'];
   for (const T of o.tokensList) {
@@ -371,6 +380,7 @@ export async function runTrainProfile(o: TrainProfileArgs): Promise<void> {
       try {
         await o.step(p, T, 1, () => {}); // warm-up (allocator, cuBLAS plans), not profiled
         const regions: RegionProfile[] = [];
+        expertGemms.clear();
         for (let s = 0; s < o.steps; s++) {
           prof.begin();
           try {
@@ -380,7 +390,7 @@ export async function runTrainProfile(o: TrainProfileArgs): Promise<void> {
             regions.push(prof.end());
           }
         }
-        rows.push(profileRow(kind, T, o.microBatches, regions));
+        rows.push(profileRow(kind, T, o.microBatches, regions, [...expertGemms]));
       } finally {
         p.dispose();
       }
