@@ -128,7 +128,8 @@ void token_logprobs(const Tensor& hidden, const Tensor& lm_head, const Tensor& t
 
 void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const Tensor& targets, const Tensor& lse,
                              const Tensor& d_logprobs, const Tensor* d_entropy, const Tensor* entropy,
-                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head) {
+                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head,
+                             bool overwrite_d_hidden, bool overwrite_d_lm_head) {
   const int64_t T = hidden.dim(0), H = hidden.dim(1), V = lm_head.dim(0);
   if (T == 0) return;
   const int dev = hidden.device;
@@ -160,13 +161,15 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
     // dlogits = dz / temperature (alpha); dHidden += dlogits · lmHead_c, dLmHead_c += dlogitsᵀ · hidden.
     if (d_hidden) {
       profile_mark(dev, "lm head dgrad");
-      gemm_raw(dev, T, H, c, inv_t, gbuf.raw(), ldz, false, lmc, H, false, hidden.dtype, nullptr, DType::F32, 1.f,
+      const float beta = overwrite_d_hidden && c0 == 0 ? 0.f : 1.f;  // a fresh dHidden: the first chunk writes it
+      gemm_raw(dev, T, H, c, inv_t, gbuf.raw(), ldz, false, lmc, H, false, hidden.dtype, nullptr, DType::F32, beta,
                d_hidden->raw(), DType::F32, H);
     }
     if (d_lm_head) {
       profile_mark(dev, "lm head wgrad");
+      // a fresh dLmHead: these rows are written once, by this chunk
       gemm_raw(dev, c, H, T, inv_t, gbuf.raw(), ldz, true, hidden.raw(), H, false, hidden.dtype, nullptr, DType::F32,
-               1.f, d_lm_head->data<float>() + c0 * H, DType::F32, H);
+               overwrite_d_lm_head ? 0.f : 1.f, d_lm_head->data<float>() + c0 * H, DType::F32, H);
     }
   }
 }
