@@ -363,6 +363,8 @@ export interface TrainProfileArgs {
   jsonPath: string;
   spinMs: number;
   syncMs: number;
+  /** --lm-head-chunk (null: the op's default). */
+  lmHeadChunk: number | null;
   /** Builds a fresh policy of a kind. */
   makePolicy(kind: ProfileRow['policy']): Policy;
   /** One optimizer step; onPhase is called with 'forward' / 'backward' / 'optimizer' before each part. */
@@ -403,7 +405,7 @@ export async function runTrainProfile(o: TrainProfileArgs): Promise<void> {
   if (o.jsonPath) {
     writeFileSync(
       o.jsonPath,
-      JSON.stringify({ bench: 'train-step --profile', preset: o.presetName, layers: o.cfg.numLayers, device: o.device, deviceName: dev, worldSize: o.worldSize, recompute: o.recompute, spinMs: o.spinMs, syncMs: cpu ? null : o.syncMs, rows }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step --profile', preset: o.presetName, layers: o.cfg.numLayers, device: o.device, deviceName: dev, worldSize: o.worldSize, recompute: o.recompute, lmHeadChunk: o.lmHeadChunk, spinMs: o.spinMs, syncMs: cpu ? null : o.syncMs, rows }, null, 2) + '\n',
     );
   }
 }

@@ -19,6 +19,7 @@
 // Usage: npm run bench:train-step -- [--preset gpt-oss-20b] [--layers 2] [--tokens 4096,16384] [--micro-batches 2]
 //        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V] [--collectives-at-one]
 //        [--cpu-offload] (the sharded policy's masters and moments in pinned host memory, AdamW on the host)
+//        [--lm-head-chunk N] (vocabulary rows per LM-head chunk; default the op's)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
 // --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
 // phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
@@ -59,6 +60,9 @@ const jsonPath = arg('json', '');
 const recompute = !process.argv.includes('--no-recompute');
 const collectivesAtOne = process.argv.includes('--collectives-at-one');
 const cpuOffload = process.argv.includes('--cpu-offload');
+// Vocabulary rows per LM-head chunk (default: the op's, a [T, chunk] fp32 logits buffer of about 256 MB, 4096 rows
+// at T = 16384): larger chunks mean fewer passes of the dHidden GEMM over its f32 [T, H] output, more memory.
+const lmHeadChunk = arg('lm-head-chunk', '') ? posInt('lm-head-chunk', '') : undefined;
 const peakArg = arg('peak-tflops', '');
 const base = presetConfig(presetName);
 const cfg: GptOssConfig = presetConfig(presetName, {
@@ -143,10 +147,10 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
   }
   let p: Policy;
   let sharded: ShardedPolicy | null = null;
-  if (kind === 'single') p = new GptOssPolicy(new GptOssModel(weights(), { recompute }));
+  if (kind === 'single') p = new GptOssPolicy(new GptOssModel(weights(), { recompute, lmHeadChunk }));
   else {
     const w = weights();
-    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, exposedTiming: true });
+    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, lmHeadChunk, exposedTiming: true });
     w.dispose();
     p = sharded;
   }
@@ -173,7 +177,7 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
       p.dispose();
       sharded = null;
       const w = weights();
-      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, timing: true });
+      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, lmHeadChunk, timing: true });
       w.dispose();
       p = timed;
       await step(timed, T, 1);
@@ -219,10 +223,11 @@ if (process.argv.includes('--profile')) {
     jsonPath,
     spinMs: num('spin-ms', '50'),
     syncMs: num('sync-ms', '1'),
+    lmHeadChunk: lmHeadChunk ?? null,
     makePolicy: (kind) => {
-      if (kind === 'single') return new GptOssPolicy(new GptOssModel(weights(), { recompute }));
+      if (kind === 'single') return new GptOssPolicy(new GptOssModel(weights(), { recompute, lmHeadChunk }));
       const w = weights();
-      const p = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload });
+      const p = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, lmHeadChunk });
       w.dispose();
       return p;
     },
@@ -263,7 +268,7 @@ if (ctx.rank === 0) {
   if (jsonPath) {
     writeFileSync(
       jsonPath,
-      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, lmHeadChunk: lmHeadChunk ?? null, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
     );
   }
 }
