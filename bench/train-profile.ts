@@ -365,6 +365,8 @@ export interface TrainProfileArgs {
   syncMs: number;
   /** --lm-head-chunk (null: the op's default). */
   lmHeadChunk: number | null;
+  /** --keep-attention. */
+  keepAttention: boolean;
   /** Builds a fresh policy of a kind. */
   makePolicy(kind: ProfileRow['policy']): Policy;
   /** One optimizer step; onPhase is called with 'forward' / 'backward' / 'optimizer' before each part. */
@@ -400,12 +402,12 @@ export async function runTrainProfile(o: TrainProfileArgs): Promise<void> {
   }
   if (o.rank !== 0) return;
   const dev = cpu ? 'cpu' : native().ops.deviceName(Number(o.device.split(':')[1] ?? 0));
-  const head = `train-step profile: ${o.presetName} with ${o.cfg.numLayers} layers on ${dev}, recompute ${o.recompute ? 'on' : 'off'}, ${o.worldSize} rank(s)`;
+  const head = `train-step profile: ${o.presetName} with ${o.cfg.numLayers} layers on ${dev}, recompute ${o.recompute ? (o.keepAttention ? 'on (attention kept)' : 'on') : 'off'}, ${o.worldSize} rank(s)`;
   for (const r of rows) printProfile(r, head, cpu);
   if (o.jsonPath) {
     writeFileSync(
       o.jsonPath,
-      JSON.stringify({ bench: 'train-step --profile', preset: o.presetName, layers: o.cfg.numLayers, device: o.device, deviceName: dev, worldSize: o.worldSize, recompute: o.recompute, lmHeadChunk: o.lmHeadChunk, spinMs: o.spinMs, syncMs: cpu ? null : o.syncMs, rows }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step --profile', preset: o.presetName, layers: o.cfg.numLayers, device: o.device, deviceName: dev, worldSize: o.worldSize, recompute: o.recompute, keepAttention: o.keepAttention, lmHeadChunk: o.lmHeadChunk, spinMs: o.spinMs, syncMs: cpu ? null : o.syncMs, rows }, null, 2) + '\n',
     );
   }
 }

@@ -19,7 +19,8 @@
 // Usage: npm run bench:train-step -- [--preset gpt-oss-20b] [--layers 2] [--tokens 4096,16384] [--micro-batches 2]
 //        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V] [--collectives-at-one]
 //        [--cpu-offload] (the sharded policy's masters and moments in pinned host memory, AdamW on the host)
-//        [--lm-head-chunk N] (vocabulary rows per LM-head chunk; default the op's)
+//        [--lm-head-chunk N] (vocabulary rows per LM-head chunk; default the op's) [--keep-attention] (with recompute:
+//        keep each layer's attention output and LSE, so the backward's recompute skips the attention forward)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
 // --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
 // phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
@@ -63,6 +64,8 @@ const cpuOffload = process.argv.includes('--cpu-offload');
 // Vocabulary rows per LM-head chunk (default: the op's, a [T, chunk] fp32 logits buffer of about 256 MB, 4096 rows
 // at T = 16384): larger chunks mean fewer passes of the dHidden GEMM over its f32 [T, H] output, more memory.
 const lmHeadChunk = arg('lm-head-chunk', '') ? posInt('lm-head-chunk', '') : undefined;
+// With recompute: keep each layer's attention output and LSE, so the backward's recompute skips the attention forward.
+const keepAttention = process.argv.includes('--keep-attention');
 const peakArg = arg('peak-tflops', '');
 const base = presetConfig(presetName);
 const cfg: GptOssConfig = presetConfig(presetName, {
@@ -147,10 +150,10 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
   }
   let p: Policy;
   let sharded: ShardedPolicy | null = null;
-  if (kind === 'single') p = new GptOssPolicy(new GptOssModel(weights(), { recompute, lmHeadChunk }));
+  if (kind === 'single') p = new GptOssPolicy(new GptOssModel(weights(), { recompute, keepAttention, lmHeadChunk }));
   else {
     const w = weights();
-    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, lmHeadChunk, exposedTiming: true });
+    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, keepAttention, collectivesAtOne, cpuOffload, lmHeadChunk, exposedTiming: true });
     w.dispose();
     p = sharded;
   }
@@ -177,7 +180,7 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
       p.dispose();
       sharded = null;
       const w = weights();
-      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, lmHeadChunk, timing: true });
+      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, keepAttention, collectivesAtOne, cpuOffload, lmHeadChunk, timing: true });
       w.dispose();
       p = timed;
       await step(timed, T, 1);
@@ -224,10 +227,11 @@ if (process.argv.includes('--profile')) {
     spinMs: num('spin-ms', '50'),
     syncMs: num('sync-ms', '1'),
     lmHeadChunk: lmHeadChunk ?? null,
+    keepAttention,
     makePolicy: (kind) => {
-      if (kind === 'single') return new GptOssPolicy(new GptOssModel(weights(), { recompute, lmHeadChunk }));
+      if (kind === 'single') return new GptOssPolicy(new GptOssModel(weights(), { recompute, keepAttention, lmHeadChunk }));
       const w = weights();
-      const p = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, lmHeadChunk });
+      const p = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, keepAttention, collectivesAtOne, cpuOffload, lmHeadChunk });
       w.dispose();
       return p;
     },
@@ -247,7 +251,7 @@ if (ctx.rank === 0) {
   const active = activeParams(cfg);
   console.log(
     `${presetName} with ${layers} of ${base.numLayers} layers (${active >= 1e9 ? `${(active / 1e9).toFixed(2)}B` : `${(active / 1e6).toFixed(2)}M`} active parameters per token), ` +
-      `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? 'on' : 'off'}` +
+      `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? (keepAttention ? 'on (attention kept)' : 'on') : 'off'}` +
       (cpuOffload ? '; sharded policy with cpu_offload (AdamW on the host)' : '') +
       (ctx.worldSize === 1 ? `; sharded policy on one rank ${collectivesAtOne ? 'through NCCL (--collectives-at-one)' : 'uses its shard in place (no collectives)'}` : '') +
       (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),
@@ -268,7 +272,7 @@ if (ctx.rank === 0) {
   if (jsonPath) {
     writeFileSync(
       jsonPath,
-      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, lmHeadChunk: lmHeadChunk ?? null, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, lmHeadChunk: lmHeadChunk ?? null, keepAttention, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
     );
   }
 }
