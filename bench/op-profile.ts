@@ -94,10 +94,13 @@ export interface RegionProfile {
   syncs: SyncCall[];
 }
 
-/** Runtime ops that enqueue no GPU work of the profiled code (never wrapped under 'all'). */
+/**
+ * Runtime ops that enqueue no GPU work of the profiled code (never wrapped under 'all'). eventWait is wrapped: the
+ * compute stream's wait for another stream (a collective on the comm stream) is time the caller's family can name.
+ */
 const RUNTIME_OPS = new Set([
   'cudaCompiled', 'deviceCount', 'deviceName', 'memoryStats', 'resetPeakMemory', 'emptyCache', 'numThreads', 'setNumThreads',
-  'eventCreate', 'eventRecord', 'eventWait', 'eventQuery', 'eventElapsedMs', 'launchCount', 'profileEnable', 'profileMark',
+  'eventCreate', 'eventRecord', 'eventQuery', 'eventElapsedMs', 'launchCount', 'profileEnable', 'profileMark',
   'profileTake', 'graphPoolCreate', 'graphPoolRelease', 'captureBegin', 'captureEnd', 'captureAbort', 'graphLaunch',
   'graphNodeCount', 'graphDestroy', 'joinRows', 'ncclVersion', 'ncclGetUniqueId', 'ncclCommInitRank', 'ncclSetPhase',
   'ncclCommDestroy', 'ncclCommAbort', 'ncclCheckAsync',

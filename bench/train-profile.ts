@@ -12,7 +12,9 @@
 // backward is the recompute. GEMM families come from the layer method they run in (attentionInputs and qkvBackward:
 // qkv; outputAndMoe and the rest of DecoderLayer.backward: o_proj) and their form (transA: wgrad; a [1, T] row of
 // ones: the bias gradient; else fwd in forward/recompute, dgrad in backward). An in-place add in backward or the
-// optimizer is gradient accumulation; elsewhere a residual add.
+// optimizer is gradient accumulation; elsewhere a residual add. Sharded over N > 1 ranks: collectives on the comm
+// stream are not compute-stream time; the compute stream's waits for them (eventWait) are 'comm wait (exposed
+// collectives)', and collectives run on the compute stream (timing mode, the grad-norm all-reduce) their own family.
 // FLOPs (for TFLOP/s): GEMMs 2·M·N·K from their shapes; attention 4·D·Hq per (query, key) pair forward, 10·D·Hq
 // backward (QKᵀ recomputed, dV, dP, dQ, dK), pairs as bench:train-step's MFU counts them (sequences of maxSeqlen);
 // MoE experts 6·T·k·H·I forward, as much again for dgrad and for wgrad; LM head 2·T·V·H per GEMM. Bytes (for GB/s)
@@ -64,6 +66,8 @@ export const TRAIN_FAMILIES = [
   'optimizer (AdamW)',
   'memsets/fills',
   'host upload',
+  'comm wait (exposed collectives)',
+  'collectives (on the compute stream)',
   'GEMM (other)',
 ];
 export const PHASES = ['forward', 'recompute', 'backward', 'optimizer'] as const;
@@ -161,6 +165,16 @@ export function trainProfiler(device: string, spinMs: number, syncMs: number): {
       case 'sumOfSquaresInto':
       case 'optimScaleInPlace':
         return 'grad-norm clip';
+      case 'eventWait': // the compute stream waits for a gather / reduce-scatter on the comm stream (sharded, N > 1)
+        return a[2] === 'comm' ? null : 'comm wait (exposed collectives)';
+      case 'ncclAllGather': // on the comm stream: nothing on the compute stream to time (its waits are above)
+        return a[3] === 'comm' ? null : 'collectives (on the compute stream)';
+      case 'ncclReduceScatter':
+        return a[4] === 'comm' ? null : 'collectives (on the compute stream)';
+      case 'ncclAllReduce':
+      case 'ncclBroadcast':
+      case 'ncclSendRecv':
+        return 'collectives (on the compute stream)';
       default:
         return op;
     }

@@ -7,7 +7,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { presetConfig } from '../../src/model/config.ts';
+import { launch } from '../../src/distributed/launch.ts';
 
 interface Fam {
   phase: string;
@@ -63,4 +65,16 @@ test('bench:train-step --profile runs on the CPU with the tiny preset and splits
     assert.equal(row.hostAhead, true);
     assert.equal(row.steps, 1);
   }
+});
+
+test('bench:train-step --profile on 2 ranks (CPU): the sharded policy only, rank 0 writes', async () => {
+  const bench = fileURLToPath(new URL('../../bench/train-step.ts', import.meta.url));
+  const out = join(mkdtempSync(join(tmpdir(), 'bench-train-profile-2-')), 'out.json');
+  const r = await launch({ script: bench, args: ['--profile', '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--json', out], nprocPerNode: 2, device: 'cpu', onOutput: () => {} });
+  assert.equal(r.exitCode, 0);
+  const j = JSON.parse(readFileSync(out, 'utf8'));
+  assert.equal(j.worldSize, 2);
+  assert.deepEqual(j.rows.map((x: { policy: string }) => x.policy), ['sharded']);
+  const fams = j.rows[0].families as Fam[];
+  for (const f of ['attention bwd', 'MoE bwd (whole op, CPU)', 'optimizer (AdamW)']) assert.ok(fams.some((x) => x.family === f && x.ms > 0), f);
 });
