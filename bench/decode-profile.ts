@@ -1,29 +1,29 @@
 // bench/decode-profile.ts (npm run bench:decode-profile): where one engine decode step's GPU time goes, per op
 // family, at batch 1 / 8 / 64 (gpt-oss-20b shape, random BF16 weights, --layers N), and what the host costs.
 //
-// Method (GPU). Each measured decode step: LocalModelRunner uploads the step's metadata and sampling inputs (each
-// upload waits for its copy), then its afterUpload hook enqueues a device-side spin (bf16 4096x4096 matmuls,
-// --spin-ms 20 worth), so the host enqueues the whole step while the GPU is still busy with the spin. Every addon op
-// the step calls is wrapped: a device-side profile mark (native profileMark: a timing event on the compute stream)
-// before it names the family the following GPU time belongs to (the MoE op marks its router, experts and combine
-// inside), so the time between marks is pure GPU time of back-to-back kernels. The host side: enqueue time from the
-// spin to the sampling op's return (the step's readback comes after), kernel launches counted by the addon
-// (launchCount) and addon op calls; an op call that takes more than --sync-ms (1) on the host while the spin runs
-// waited for the device (a host synchronisation inside the step): listed by name. If the host enqueue outlasts the
-// spin, the GPU times include host gaps: the JSON says so (hostAhead false) and the table warns.
+// Method (GPU; bench/op-profile.ts, shared with the training step's --profile). Each measured decode step:
+// LocalModelRunner uploads the step's metadata and sampling inputs (each upload waits for its copy), then its
+// afterUpload hook opens a profiler region, which enqueues a device-side spin (bf16 4096x4096 matmuls, --spin-ms 20
+// worth), so the host enqueues the whole step while the GPU is still busy with the spin. Every addon op the step
+// calls is wrapped: a device-side profile mark (native profileMark: a timing event on the compute stream) before it
+// names the family the following GPU time belongs to (the MoE op marks its router, experts and combine inside), so
+// the time between marks is pure GPU time of back-to-back kernels. The host side: enqueue time from the spin to the
+// sampling op's return (the step's readback comes after), kernel launches counted by the addon (launchCount) and
+// addon op calls; an op call that takes more than --sync-ms (1) on the host waited for the device (a host
+// synchronisation inside the step): listed by name. If the host fell behind the GPU at any mark (op-profile's lead
+// check), the GPU times include host gaps: the JSON says so (hostAhead false) and the table warns.
 // CPU (a smoke run: tiny preset, test/cpu/bench-decode-profile.test.ts): no spin; each op's host time is its time.
 // Usage: npm run bench:decode-profile -- [--layers N] [--preset gpt-oss-20b] [--batches 1,8,64] [--steps 8]
 //        [--prompt 128] [--spin-ms 20] [--sync-ms 1] [--json out.json]
 import { writeFileSync } from 'node:fs';
-import { Tensor, synchronize } from '../src/tensor.ts';
 import { defaultDevice, deviceIndex, native } from '../src/native.ts';
 import { presetConfig, type PresetName } from '../src/model/config.ts';
 import { GptOssModel } from '../src/model/gptoss.ts';
 import { DecoderLayer } from '../src/model/layer.ts';
 import { createEngine } from '../src/inference/engine.ts';
 import { LocalModelRunner, type StepInput } from '../src/inference/model-runner.ts';
-import { matmul } from '../src/ops/gemm.ts';
 import { mulberry32 } from '../src/data/synthetic.ts';
+import { OpProfiler } from './op-profile.ts';
 
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
 const cpu = device === 'cpu';
@@ -50,9 +50,10 @@ const jsonPath = jsonIdx >= 0 ? process.argv[jsonIdx + 1] ?? '' : '';
 /** Families in table order (plus any op not listed, under its own name). */
 const FAMILIES = ['embedding', 'rmsnorm', 'qkv GEMM', 'rope', 'kv write', 'paged attention', 'o_proj', 'residual add', 'moe router', 'moe experts', 'moe combine', 'moe (whole op)', 'LM head', 'row gather', 'sampling'];
 
-/** The phase of the model the op runs in (set by wrapped model methods), which tells a GEMM's family. */
-let phase: 'embed' | 'attn' | 'out' | 'head' | 'other' = 'other';
+/** The family of an op call; the phase of the model it runs in (profiler.phase, set by wrapped model methods:
+ *  embed, attn, out, head) tells a GEMM's family. */
 function family(op: string): string {
+  const phase = profiler.phase;
   switch (op) {
     case 'rmsnormForward':
       return 'rmsnorm';
@@ -78,107 +79,48 @@ function family(op: string): string {
   }
 }
 
-// ---- instrumentation -------------------------------------------------------------------------------------------
+// ---- instrumentation (bench/op-profile.ts) ---------------------------------------------------------------------
 interface StepRecord {
   gpuMs: Map<string, number>;
   hostEnqueueMs: number;
   spinGpuMs: number;
+  hostAhead: boolean;
   launches: number;
   opCalls: number;
   syncs: { op: string; family: string; hostMs: number }[];
 }
 let measuring = false;
-let current: StepRecord | null = null;
-let stepT0 = 0;
-let launch0 = 0;
-const ops = native().ops as unknown as Record<string, (...a: unknown[]) => unknown>;
-const wrapped = ['rmsnormForward', 'matmul', 'ropeQkvSplit', 'ropeForward', 'scatterRows', 'pagedAttention', 'elementwiseAdd', 'elementwiseCast', 'moeForward', 'embeddingForward', 'sampleRows', 'fromBuffer', 'empty'];
-for (const name of wrapped) {
-  const orig = ops[name]!;
-  ops[name] = function (this: unknown, ...a: unknown[]) {
-    if (!measuring || !current) return orig.apply(this, a);
-    const fam = family(name);
-    if (!cpu) native().ops.profileMark(dev, fam);
-    current.opCalls++;
-    const t0 = performance.now();
-    const r = orig.apply(this, a);
-    const ms = performance.now() - t0;
-    if (cpu) current.gpuMs.set(fam, (current.gpuMs.get(fam) ?? 0) + ms);
-    if (ms > syncMs) current.syncs.push({ op: name, family: fam, hostMs: ms });
-    if (name === 'sampleRows') endStep();
-    return r;
-  };
-}
-function withPhase<T extends object>(proto: T, method: string, p: typeof phase): void {
-  const rec = proto as unknown as Record<string, (...a: unknown[]) => unknown>;
-  const orig = rec[method]!;
-  rec[method] = function (this: unknown, ...a: unknown[]) {
-    const prev = phase;
-    phase = p;
-    try {
-      return orig.apply(this, a);
-    } finally {
-      phase = prev;
-    }
-  };
-}
-withPhase(DecoderLayer.prototype, 'cachedAttention', 'attn');
-withPhase(DecoderLayer.prototype, 'outputAndMoe', 'out');
-withPhase(GptOssModel.prototype, 'embed', 'embed');
-withPhase(GptOssModel.prototype, 'logits', 'head');
+const profiler = new OpProfiler({
+  device,
+  ops: ['rmsnormForward', 'matmul', 'ropeQkvSplit', 'ropeForward', 'scatterRows', 'pagedAttention', 'elementwiseAdd', 'elementwiseCast', 'moeForward', 'embeddingForward', 'sampleRows', 'fromBuffer', 'empty'],
+  family: (op) => family(op),
+  spinMs,
+  syncMs,
+  afterOp: (op) => {
+    if (op === 'sampleRows') endStep();
+  },
+}).install();
+profiler.withScope(DecoderLayer.prototype, 'cachedAttention', 'phase', 'attn');
+profiler.withScope(DecoderLayer.prototype, 'outputAndMoe', 'phase', 'out');
+profiler.withScope(GptOssModel.prototype, 'embed', 'phase', 'embed');
+profiler.withScope(GptOssModel.prototype, 'logits', 'phase', 'head');
 
 const records: StepRecord[] = [];
-let spin: (() => void) | null = null;
+let inStep = false;
 
 function beginStep(s: StepInput): void {
   if (!measuring || s.tokens.length !== s.contextLens.length) return; // decode-only steps only
-  current = { gpuMs: new Map(), hostEnqueueMs: 0, spinGpuMs: 0, launches: 0, opCalls: 0, syncs: [] };
-  if (!cpu) {
-    native().ops.profileEnable(dev, true);
-    native().ops.profileMark(dev, 'spin');
-    // The spin's matmuls go through the wrapped ops: with no step current they are neither marked nor counted, so
-    // their GPU time stays in the 'spin' segment.
-    const step = current;
-    current = null;
-    spin!();
-    current = step;
-  }
-  launch0 = native().ops.launchCount();
-  stepT0 = performance.now();
+  profiler.begin();
+  inStep = true;
 }
 
 function endStep(): void {
-  const r = current!;
-  current = null;
-  r.hostEnqueueMs = performance.now() - stepT0;
-  r.launches = native().ops.launchCount() - launch0;
-  if (!cpu) {
-    native().ops.profileMark(dev, 'end');
-    for (const seg of native().ops.profileTake(dev)) {
-      if (seg.name === 'spin') r.spinGpuMs += seg.ms;
-      else r.gpuMs.set(seg.name, (r.gpuMs.get(seg.name) ?? 0) + seg.ms);
-    }
-    native().ops.profileEnable(dev, false);
-  }
-  records.push(r);
-}
-
-/** Enqueues about spinMs of GPU work (bf16 GEMMs into one output buffer). */
-function makeSpin(): () => void {
-  const n = 4096;
-  const x = Tensor.from(new Float32Array(n * n).fill(1e-3), [n, n], { device, dtype: 'bf16' });
-  const y = Tensor.empty([n, n], { device, dtype: 'bf16' });
-  const once = (): void => void matmul(x, x, { out: y });
-  for (let i = 0; i < 3; i++) once();
-  synchronize(device);
-  const t0 = performance.now();
-  for (let i = 0; i < 10; i++) once();
-  synchronize(device);
-  const per = (performance.now() - t0) / 10;
-  const count = Math.max(1, Math.ceil(spinMs / per));
-  return () => {
-    for (let i = 0; i < count; i++) once();
-  };
+  if (!inStep) return;
+  inStep = false;
+  const r = profiler.end();
+  const gpuMs = new Map<string, number>();
+  for (const f of r.families) gpuMs.set(f.family, (gpuMs.get(f.family) ?? 0) + f.ms);
+  records.push({ gpuMs, hostEnqueueMs: r.hostMs, spinGpuMs: r.spinGpuMs, hostAhead: r.hostAhead, launches: r.launches, opCalls: r.opCalls, syncs: r.syncs });
 }
 
 // ---- run -------------------------------------------------------------------------------------------------------
@@ -199,7 +141,6 @@ async function main(): Promise<void> {
   const model = GptOssModel.random(CFG, device, { seed: 1, fast: true, biasStd: 0.02 });
   const engine = await createEngine(model, { blockSize: cpu ? 4 : 16, maxNumSeqs: Math.max(...batches), maxNumBatchedTokens: Math.max(8192, Math.max(...batches) * promptLen), gpuMemoryUtilization: 0.85, numBlocks: cpu ? 512 : undefined });
   const runner = engine.runner as LocalModelRunner;
-  if (!cpu) spin = makeSpin();
   const r = mulberry32(7);
   const rows: Row[] = [];
   for (const B of batches) {
@@ -229,7 +170,7 @@ async function main(): Promise<void> {
       familyMs,
       hostEnqueueMs: mean((x) => x.hostEnqueueMs),
       spinGpuMs: spinGpu,
-      hostAhead: cpu || records.every((x) => x.hostEnqueueMs < x.spinGpuMs),
+      hostAhead: records.every((x) => x.hostAhead),
       launchesPerStep: mean((x) => x.launches),
       opCallsPerStep: mean((x) => x.opCalls),
       syncs: records.flatMap((x) => x.syncs),
@@ -256,7 +197,7 @@ function print(rows: Row[]): void {
   console.log(`| kernel launches | ${rows.map((r) => r.launchesPerStep.toFixed(0)).join(' | ')} |`);
   console.log(`| addon op calls | ${rows.map((r) => r.opCallsPerStep.toFixed(0)).join(' | ')} |`);
   for (const r of rows) {
-    if (!r.hostAhead) console.log(`warning: batch ${r.batch}: the host enqueue (${r.hostEnqueueMs.toFixed(2)} ms) outlasted the spin (${r.spinGpuMs.toFixed(2)} ms): raise --spin-ms`);
+    if (!r.hostAhead) console.log(`warning: batch ${r.batch}: the host fell behind the GPU (host enqueue ${r.hostEnqueueMs.toFixed(2)} ms, spin ${r.spinGpuMs.toFixed(2)} ms): GPU times include host gaps; raise --spin-ms`);
     const bad = new Map<string, number>();
     for (const s of r.syncs) bad.set(s.op, Math.max(bad.get(s.op) ?? 0, s.hostMs));
     if (!cpu) console.log(`batch ${r.batch}: host synchronisations inside the step: ${bad.size ? [...bad].map(([op, ms]) => `${op} (up to ${ms.toFixed(2)} ms)`).join(', ') : 'none'}`);

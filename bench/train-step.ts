@@ -19,7 +19,11 @@
 // Usage: npm run bench:train-step -- [--preset gpt-oss-20b] [--layers 2] [--tokens 4096,16384] [--micro-batches 2]
 //        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V] [--collectives-at-one]
 //        [--cpu-offload] (the sharded policy's masters and moments in pinned host memory, AdamW on the host)
+//        [--lm-head-chunk N] (vocabulary rows per LM-head chunk; default the op's) [--keep-attention] (with recompute:
+//        keep each layer's attention output and LSE, so the backward's recompute skips the attention forward)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
+// --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
+// phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
 // --lora: a whole LoRA GRPO step on one GPU instead (generate, log-probs, train, adapter sync; bench/lora-step.ts).
 import { writeFileSync } from 'node:fs';
 import { defaultDevice } from '../src/native.ts';
@@ -32,6 +36,7 @@ import { GptOssPolicy } from '../src/trainer/gptoss-policy.ts';
 import { ShardedPolicy } from '../src/trainer/sharded-policy.ts';
 import type { Policy } from '../src/trainer/policy.ts';
 import { runLoraStepBench } from './lora-step.ts';
+import { runTrainProfile } from './train-profile.ts';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -56,6 +61,11 @@ const jsonPath = arg('json', '');
 const recompute = !process.argv.includes('--no-recompute');
 const collectivesAtOne = process.argv.includes('--collectives-at-one');
 const cpuOffload = process.argv.includes('--cpu-offload');
+// Vocabulary rows per LM-head chunk (default: the op's, a [T, chunk] fp32 logits buffer of about 256 MB, 4096 rows
+// at T = 16384): larger chunks mean fewer passes of the dHidden GEMM over its f32 [T, H] output, more memory.
+const lmHeadChunk = arg('lm-head-chunk', '') ? posInt('lm-head-chunk', '') : undefined;
+// With recompute: keep each layer's attention output and LSE, so the backward's recompute skips the attention forward.
+const keepAttention = process.argv.includes('--keep-attention');
 const peakArg = arg('peak-tflops', '');
 const base = presetConfig(presetName);
 const cfg: GptOssConfig = presetConfig(presetName, {
@@ -101,20 +111,30 @@ function sequence(T: number, salt: number): Int32Array {
   return Int32Array.from({ length: T }, (_, i) => (i * 7 + salt) % cfg.vocabSize);
 }
 
-/** One optimizer step; returns its wall time and the optimizer's share (ms). */
-async function step(p: Policy, T: number, stepNo: number): Promise<{ ms: number; optimizerMs: number }> {
-  synchronize(device);
+/**
+ * One optimizer step; returns its wall time and the optimizer's share (ms). onPhase (--profile) hears which part
+ * runs next: 'forward' and 'backward' per micro-batch, then 'optimizer' (zeroGrad is counted there too). Under
+ * --profile the synchronize calls below are left out (the profiler measures GPU time itself; a wait would drain
+ * its spin).
+ */
+async function step(p: Policy, T: number, stepNo: number, onPhase?: (phase: string) => void): Promise<{ ms: number; optimizerMs: number }> {
+  const sync = onPhase ? (): void => {} : (): void => synchronize(device);
+  sync();
   const t0 = performance.now();
+  onPhase?.('optimizer');
   p.zeroGrad();
   for (let m = 0; m < microBatches; m++) {
+    onPhase?.('forward');
     const fwd = await p.forward({ sequences: [sequence(T, m)], promptLens: [1] });
+    onPhase?.('backward');
     await fwd.backward(fwd.logprobs.map((l) => new Float32Array(l.length).fill(-1 / (T * microBatches))));
   }
+  onPhase?.('optimizer');
   await p.clipGradNorm(1.0);
-  synchronize(device);
+  sync();
   const t1 = performance.now();
   p.optimizerStep({ lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }, stepNo);
-  synchronize(device);
+  sync();
   const t2 = performance.now();
   return { ms: t2 - t0, optimizerMs: t2 - t1 };
 }
@@ -130,10 +150,10 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
   }
   let p: Policy;
   let sharded: ShardedPolicy | null = null;
-  if (kind === 'single') p = new GptOssPolicy(new GptOssModel(weights(), { recompute }));
+  if (kind === 'single') p = new GptOssPolicy(new GptOssModel(weights(), { recompute, keepAttention, lmHeadChunk }));
   else {
     const w = weights();
-    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, exposedTiming: true });
+    sharded = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, keepAttention, collectivesAtOne, cpuOffload, lmHeadChunk, exposedTiming: true });
     w.dispose();
     p = sharded;
   }
@@ -160,7 +180,7 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
       p.dispose();
       sharded = null;
       const w = weights();
-      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, collectivesAtOne, cpuOffload, timing: true });
+      const timed = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, keepAttention, collectivesAtOne, cpuOffload, lmHeadChunk, timing: true });
       w.dispose();
       p = timed;
       await step(timed, T, 1);
@@ -187,6 +207,39 @@ if (process.argv.includes('--lora')) {
 }
 
 const ctx = await initDistributed();
+if (process.argv.includes('--profile')) {
+  const num = (name: string, def: string): number => {
+    const v = Number(arg(name, def));
+    if (!Number.isFinite(v) || v < 0) throw new Error(`bench:train-step: --${name} must be a non-negative number (got '${arg(name, def)}')`);
+    return v;
+  };
+  await runTrainProfile({
+    cfg,
+    presetName,
+    device,
+    worldSize: ctx.worldSize,
+    rank: ctx.rank,
+    tokensList,
+    microBatches,
+    steps,
+    recompute,
+    jsonPath,
+    spinMs: num('spin-ms', '50'),
+    syncMs: num('sync-ms', '1'),
+    lmHeadChunk: lmHeadChunk ?? null,
+    keepAttention,
+    makePolicy: (kind) => {
+      if (kind === 'single') return new GptOssPolicy(new GptOssModel(weights(), { recompute, keepAttention, lmHeadChunk }));
+      const w = weights();
+      const p = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute, keepAttention, collectivesAtOne, cpuOffload, lmHeadChunk });
+      w.dispose();
+      return p;
+    },
+    step: (p, T, stepNo, onPhase) => step(p, T, stepNo, onPhase),
+  });
+  await ctx.destroy();
+  process.exit(0);
+}
 const rows: Row[] = [];
 for (const T of tokensList) {
   if (ctx.worldSize === 1) rows.push(await measure('single', T, ctx));
@@ -198,7 +251,7 @@ if (ctx.rank === 0) {
   const active = activeParams(cfg);
   console.log(
     `${presetName} with ${layers} of ${base.numLayers} layers (${active >= 1e9 ? `${(active / 1e9).toFixed(2)}B` : `${(active / 1e6).toFixed(2)}M`} active parameters per token), ` +
-      `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? 'on' : 'off'}` +
+      `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? (keepAttention ? 'on (attention kept)' : 'on') : 'off'}` +
       (cpuOffload ? '; sharded policy with cpu_offload (AdamW on the host)' : '') +
       (ctx.worldSize === 1 ? `; sharded policy on one rank ${collectivesAtOne ? 'through NCCL (--collectives-at-one)' : 'uses its shard in place (no collectives)'}` : '') +
       (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),
@@ -219,7 +272,7 @@ if (ctx.rank === 0) {
   if (jsonPath) {
     writeFileSync(
       jsonPath,
-      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, lmHeadChunk: lmHeadChunk ?? null, keepAttention, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
     );
   }
 }

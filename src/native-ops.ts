@@ -213,8 +213,8 @@ export interface NativeOps {
   // ---- embedding.cc ----
   /** weight [V, H], ids i32 [...] -> weight's dtype [..., H]. */
   embeddingForward(weight: TensorArg, ids: TensorArg, checked?: boolean): NativeTensor;
-  /** -> f32 [vocabSize, H]. */
-  embeddingBackward(dOut: TensorArg, ids: TensorArg, vocabSize: number): NativeTensor;
+  /** -> f32 [vocabSize, H]: fresh, or `into` itself (f32 [vocabSize, H]) with the gradient added to it. */
+  embeddingBackward(dOut: TensorArg, ids: TensorArg, vocabSize: number, into?: OptTensor): NativeTensor;
 
   // ---- gemm.cc ----
   /** Returns `out` itself when given, else a fresh [M, N] tensor of outDtype (default a's dtype). */

@@ -38,14 +38,17 @@ GPTOSS_OP(embeddingForward) {
   // wait, and an id out of range gives a zero row (the caller has validated them: the engine's steps, graph captures).
   const bool checked = info.Length() < 3 || info[2].IsUndefined() || bool_arg(info, 2, op, "checked");
   if (w.device != kCpu && checked) {
+    cuda::profile_mark(w.device, "(host sync)");  // the ids' copy waits for the stream (profiling; no-op unless on)
     auto h = ids_on_host(ids);
     cpu::check_ids(op, h.data(), ids.numel(), w.dim(0));
+    cuda::profile_mark(w.device, "embedding");
   }
   GPTOSS_DISPATCH(w, cpu::embedding_forward(w, ids, out), cuda::embedding_forward(w, ids, out));
   return wrap(info.Env(), out);
 }
 
-// embeddingBackward(dOut bf16|f32 [..., H], ids i32 [...], vocabSize) -> f32 [V, H]
+// embeddingBackward(dOut bf16|f32 [..., H], ids i32 [...], vocabSize, into = null) -> f32 [V, H]: fresh, or `into`
+// (f32 [V, H]) with the gradient added to it in the same pass (no fresh buffer, no zeroing, no separate add).
 GPTOSS_OP(embeddingBackward) {
   const char* op = "embeddingBackward";
   Tensor& dout = tensor_arg(info, 0, op, "dOut");
@@ -57,13 +60,23 @@ GPTOSS_OP(embeddingBackward) {
   check_device(op, dout, "ids", ids);
   GPTOSS_CHECK(dout.ndim() == ids.ndim() + 1 && std::equal(ids.shape.begin(), ids.shape.end(), dout.shape.begin()),
                op, ": dOut must have shape ids.shape + [H], got dOut ", dout.describe(), " and ids ", ids.describe());
-  Tensor dw = make_tensor({vocab, dout.dim(-1)}, DType::F32, dout.device);
-  if (dout.device == kCpu) {
-    cpu::embedding_backward(dout, ids, dw);
+  auto into = opt_tensor_arg(info, 3, op, "into");
+  Tensor dw;
+  if (into) {
+    dw = *into;
+    check_tensor(op, "into", dw, DType::F32, {vocab, dout.dim(-1)}, dout);
   } else {
+    dw = make_tensor({vocab, dout.dim(-1)}, DType::F32, dout.device);
+  }
+  const bool acc = into.has_value();
+  if (dout.device == kCpu) {
+    cpu::embedding_backward(dout, ids, dw, acc);
+  } else {
+    cuda::profile_mark(dout.device, "(host sync)");  // the ids' copy waits for the stream (profiling; no-op unless on)
     auto h = ids_on_host(ids);
     cpu::check_ids(op, h.data(), ids.numel(), vocab);
-    GPTOSS_DISPATCH(dout, (void)0, cuda::embedding_backward(dout, h.data(), ids.numel(), dw));
+    cuda::profile_mark(dout.device, "embedding");
+    GPTOSS_DISPATCH(dout, (void)0, cuda::embedding_backward(dout, h.data(), ids.numel(), dw, acc));
   }
-  return wrap(info.Env(), dw);
+  return acc ? info[3] : wrap(info.Env(), dw);
 }

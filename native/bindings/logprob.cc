@@ -84,22 +84,27 @@ GPTOSS_OP(tokenLogprobsBackward) {
     check_f32_t(op, "dEntropy", *dEnt, hidden);
     check_f32_t(op, "entropy", *ent, hidden);
   }
+  // Fresh outputs: the CPU accumulates into them (zeroed here); CUDA writes them without reading (no zeroing pass
+  // over the [V, H] f32 LM-head gradient, 2.3 GB at gpt-oss size), except dLmHead with no tokens to write it.
+  const bool on_cuda = hidden.device != kCpu;
+  [[maybe_unused]] const bool fresh_dlm = needDLmHead && !dLmArg;  // read by the CUDA branch only
   Tensor dLm;
   if (dLmArg) {
     dLm = *dLmArg;
     check_tensor(op, "dLmHead", dLm, DType::F32, {a.V, a.H}, hidden);
   } else if (needDLmHead) {
-    dLm = make_tensor({a.V, a.H}, DType::F32, hidden.device, true);
+    dLm = make_tensor({a.V, a.H}, DType::F32, hidden.device, !on_cuda || a.T == 0);
   }
   const Tensor* dLmP = needDLmHead ? &dLm : nullptr;
   Tensor dH;
-  if (needDHidden) dH = make_tensor({a.T, a.H}, DType::F32, hidden.device, true);
+  if (needDHidden) dH = make_tensor({a.T, a.H}, DType::F32, hidden.device, !on_cuda);
   const Tensor* dHp = needDHidden ? &dH : nullptr;
   const Tensor* dEp = dEnt ? &*dEnt : nullptr;
   const Tensor* eP = ent ? &*ent : nullptr;
   GPTOSS_DISPATCH(hidden,
                   cpu::token_logprobs_backward(hidden, lm, targets, lse, dlp, dEp, eP, a.temperature, a.chunk, dHp, dLmP),
-                  cuda::token_logprobs_backward(hidden, lm, targets, lse, dlp, dEp, eP, a.temperature, a.chunk, dHp, dLmP));
+                  cuda::token_logprobs_backward(hidden, lm, targets, lse, dlp, dEp, eP, a.temperature, a.chunk, dHp, dLmP,
+                                                needDHidden, fresh_dlm));
   Napi::Object o = Napi::Object::New(info.Env());
   if (needDHidden) o.Set("dHidden", wrap(info.Env(), dH));
   if (needDLmHead) o.Set("dLmHead", dLmArg ? info[7] : wrap(info.Env(), dLm));

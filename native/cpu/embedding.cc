@@ -1,6 +1,7 @@
 // embedding.cc: CPU reference for the embedding gather and its scatter-add backward.
 #include "embedding.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -35,7 +36,8 @@ void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& ou
 }
 
 template <typename T>
-static void scatter_add(const T* dout, const int32_t* ids, float* dw, int64_t n, int64_t vocab, int64_t h) {
+static void scatter_add(const T* dout, const int32_t* ids, float* dw, int64_t n, int64_t vocab, int64_t h,
+                        bool accumulate) {
   // Group the tokens by id (counting sort, stable in t), then each vocabulary row is owned by one task that
   // sums its tokens in order: no races and the same result for any thread count.
   std::vector<int64_t> start(vocab + 1, 0);
@@ -43,25 +45,32 @@ static void scatter_add(const T* dout, const int32_t* ids, float* dw, int64_t n,
   for (int64_t v = 0; v < vocab; v++) start[v + 1] += start[v];
   std::vector<int64_t> order(n), fill(start.begin(), start.end() - 1);
   for (int64_t t = 0; t < n; t++) order[fill[ids[t]]++] = t;
-  std::memset(dw, 0, sizeof(float) * vocab * h);
+  if (!accumulate) std::memset(dw, 0, sizeof(float) * vocab * h);
   parallel_for(vocab, 64, [&](int64_t b, int64_t e) {
+    // accumulate: the row's sum is formed from zero first and then added once, as a fresh gradient added to the
+    // buffer would be (so accumulating in place gives the same bits as backward-then-add).
+    std::vector<float> sum(accumulate ? h : 0);
     for (int64_t v = b; v < e; v++) {
-      float* row = dw + v * h;
+      if (start[v] == start[v + 1]) continue;
+      float* row = accumulate ? sum.data() : dw + v * h;
+      if (accumulate) std::fill(sum.begin(), sum.end(), 0.f);
       for (int64_t k = start[v]; k < start[v + 1]; k++) {
         const T* src = dout + order[k] * h;
         for (int64_t j = 0; j < h; j++) row[j] += to_f32(src[j]);
       }
+      if (accumulate)
+        for (int64_t j = 0; j < h; j++) dw[v * h + j] += sum[j];
     }
   });
 }
 
-void embedding_backward(const Tensor& dout, const Tensor& ids, const Tensor& dweight) {
+void embedding_backward(const Tensor& dout, const Tensor& ids, const Tensor& dweight, bool accumulate) {
   int64_t n = ids.numel(), vocab = dweight.dim(0), h = dweight.dim(1);
   check_ids("embeddingBackward", ids.data<int32_t>(), n, vocab);
   if (dout.dtype == DType::BF16)
-    scatter_add(dout.data<bf16>(), ids.data<int32_t>(), dweight.data<float>(), n, vocab, h);
+    scatter_add(dout.data<bf16>(), ids.data<int32_t>(), dweight.data<float>(), n, vocab, h, accumulate);
   else
-    scatter_add(dout.data<float>(), ids.data<int32_t>(), dweight.data<float>(), n, vocab, h);
+    scatter_add(dout.data<float>(), ids.data<int32_t>(), dweight.data<float>(), n, vocab, h, accumulate);
 }
 
 }  // namespace gptoss::cpu

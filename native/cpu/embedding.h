@@ -13,7 +13,8 @@ void check_ids(const char* op, const int32_t* ids, int64_t n, int64_t vocab);
 void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& out);
 
 // dweight[v, :] = sum over t with ids[t] == v of dout[t, :] (fp32, summed in token order so the result is
-// deterministic). dout bf16|f32 [T, H], dweight f32 [V, H] (overwritten).
-void embedding_backward(const Tensor& dout, const Tensor& ids, const Tensor& dweight);
+// deterministic). dout bf16|f32 [T, H], dweight f32 [V, H]: overwritten, or with accumulate each row's sum is added
+// to it (rows without tokens untouched; the same bits as adding a fresh gradient to it).
+void embedding_backward(const Tensor& dout, const Tensor& ids, const Tensor& dweight, bool accumulate = false);
 
 }  // namespace gptoss::cpu

@@ -41,7 +41,7 @@ __global__ void gather_kernel(const T* __restrict__ w, const int32_t* __restrict
 // meta = [uniq (nu) | start (nu + 1) | order (n)]; block b owns vocabulary row uniq[b].
 template <typename D>
 __global__ void scatter_kernel(const D* __restrict__ dout, const int32_t* __restrict__ meta, int64_t nu,
-                               float* __restrict__ dw, int64_t h, bool vec) {
+                               float* __restrict__ dw, int64_t h, bool vec, bool accumulate) {
   const int32_t* uniq = meta;
   const int32_t* start = meta + nu;
   const int32_t* order = meta + 2 * nu + 1;
@@ -57,13 +57,19 @@ __global__ void scatter_kernel(const D* __restrict__ dout, const int32_t* __rest
 #pragma unroll
         for (int q = 0; q < 8; q++) acc[q] += v[q];
       }
+      if (accumulate) {
+        float old[8];
+        load8(row + c, old);
+#pragma unroll
+        for (int q = 0; q < 8; q++) acc[q] = old[q] + acc[q];
+      }
       store8(row + c, acc);
     }
   } else {
     for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
       float acc = 0.f;
       for (int32_t k = s0; k < s1; k++) acc += ldf(dout + int64_t(order[k]) * h + c);
-      row[c] = acc;
+      row[c] = accumulate ? row[c] + acc : acc;
     }
   }
 }
@@ -84,11 +90,13 @@ void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& ou
   GPTOSS_CUDA_LAUNCH_CHECK("embeddingForward");
 }
 
-void embedding_backward(const Tensor& dout, const int32_t* host_ids, int64_t n, const Tensor& dweight) {
+void embedding_backward(const Tensor& dout, const int32_t* host_ids, int64_t n, const Tensor& dweight,
+                        bool accumulate) {
   int64_t vocab = dweight.dim(0), h = dweight.dim(1);
   DeviceGuard g(dweight.device);
   cudaStream_t st = stream_of(dweight.device);
-  GPTOSS_CUDA_CHECK(cudaMemsetAsync(dweight.raw(), 0, dweight.nbytes(), st), "embeddingBackward");
+  // Fresh: zero the [V, H] f32 buffer (2.3 GB at gpt-oss size); accumulating into the caller's needs no pass at all.
+  if (!accumulate) GPTOSS_CUDA_CHECK(cudaMemsetAsync(dweight.raw(), 0, dweight.nbytes(), st), "embeddingBackward");
   if (n == 0 || h == 0) return;
   GPTOSS_CHECK(n < (int64_t(1) << 31), "embeddingBackward: too many tokens (", n, ")");
   // Stable counting sort of token indices by id, on the host.
@@ -116,7 +124,7 @@ void embedding_backward(const Tensor& dout, const int32_t* host_ids, int64_t n, 
   int threads = row_threads(vec ? h / 8 : h);
   with_float(dout, [&](auto* pd) {
     scatter_kernel<<<static_cast<unsigned>(nu), threads, 0, st>>>(pd, dmeta.data<int32_t>(), nu,
-                                                                  dweight.data<float>(), h, vec);
+                                                                  dweight.data<float>(), h, vec, accumulate);
   });
   GPTOSS_CUDA_LAUNCH_CHECK("embeddingBackward");
 }

@@ -11,8 +11,10 @@ namespace gptoss::cuda {
 void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& out);
 // Deterministic scatter-add: host_ids (the same ids, already copied to the host and range-checked) are grouped
 // by id on the host (stable counting sort), uploaded, and one thread block per distinct id sums its tokens'
-// rows in token order into dweight (f32 [V, H], zeroed here). No atomics, so the result is bitwise
+// rows in token order into dweight (f32 [V, H], zeroed here; with accumulate not zeroed: each id's sum, formed from
+// zero, is added to its row, the same bits as adding a fresh gradient). No atomics, so the result is bitwise
 // reproducible.
-void embedding_backward(const Tensor& dout, const int32_t* host_ids, int64_t n, const Tensor& dweight);
+void embedding_backward(const Tensor& dout, const int32_t* host_ids, int64_t n, const Tensor& dweight,
+                        bool accumulate = false);
 
 }  // namespace gptoss::cuda

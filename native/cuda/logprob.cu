@@ -113,9 +113,11 @@ void token_logprobs(const Tensor& hidden, const Tensor& lm_head, const Tensor& t
   const int32_t* tg = targets.data<int32_t>();
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t c = chunk < V - c0 ? chunk : V - c0;
+    profile_mark(dev, "lm head gemm");  // profiling phases (bench:train-step --profile); no-ops unless enabled
     gemm_raw(dev, T, c, H, 1.f / temperature, hidden.raw(), H, false,
              static_cast<const char*>(lm_head.raw()) + c0 * H * esz, H, true, hidden.dtype, nullptr, DType::F32, 0.f,
              buf.raw(), DType::F32, ldz);
+    profile_mark(dev, "log-softmax");
     chunk_stats<<<static_cast<unsigned>(T), kThreads, 0, st>>>(buf.data<float>(), ldz, c, c0, tg, m, s, w, tz);
     GPTOSS_CUDA_LAUNCH_CHECK("tokenLogprobs chunk statistics");
   }
@@ -126,7 +128,8 @@ void token_logprobs(const Tensor& hidden, const Tensor& lm_head, const Tensor& t
 
 void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const Tensor& targets, const Tensor& lse,
                              const Tensor& d_logprobs, const Tensor* d_entropy, const Tensor* entropy,
-                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head) {
+                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head,
+                             bool overwrite_d_hidden, bool overwrite_d_lm_head) {
   const int64_t T = hidden.dim(0), H = hidden.dim(1), V = lm_head.dim(0);
   if (T == 0) return;
   const int dev = hidden.device;
@@ -142,8 +145,10 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t c = chunk < V - c0 ? chunk : V - c0;
     const void* lmc = static_cast<const char*>(lm_head.raw()) + c0 * H * esz;
+    profile_mark(dev, "lm head recompute");  // profiling phases (bench:train-step --profile)
     gemm_raw(dev, T, c, H, inv_t, hidden.raw(), H, false, lmc, H, true, hidden.dtype, nullptr, DType::F32, 0.f,
              buf.raw(), DType::F32, ldz);
+    profile_mark(dev, "log-softmax");
     if (hidden.dtype == DType::BF16)
       chunk_grad<<<static_cast<unsigned>(T), kThreads, 0, st>>>(
           buf.data<float>(), ldz, c, c0, targets.data<int32_t>(), lse.data<float>(), d_logprobs.data<float>(), de, en,
@@ -154,12 +159,18 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
                                                                 d_logprobs.data<float>(), de, en, gbuf.data<float>());
     GPTOSS_CUDA_LAUNCH_CHECK("tokenLogprobsBackward chunk gradient");
     // dlogits = dz / temperature (alpha); dHidden += dlogits · lmHead_c, dLmHead_c += dlogitsᵀ · hidden.
-    if (d_hidden)
-      gemm_raw(dev, T, H, c, inv_t, gbuf.raw(), ldz, false, lmc, H, false, hidden.dtype, nullptr, DType::F32, 1.f,
+    if (d_hidden) {
+      profile_mark(dev, "lm head dgrad");
+      const float beta = overwrite_d_hidden && c0 == 0 ? 0.f : 1.f;  // a fresh dHidden: the first chunk writes it
+      gemm_raw(dev, T, H, c, inv_t, gbuf.raw(), ldz, false, lmc, H, false, hidden.dtype, nullptr, DType::F32, beta,
                d_hidden->raw(), DType::F32, H);
-    if (d_lm_head)
+    }
+    if (d_lm_head) {
+      profile_mark(dev, "lm head wgrad");
+      // a fresh dLmHead: these rows are written once, by this chunk
       gemm_raw(dev, c, H, T, inv_t, gbuf.raw(), ldz, true, hidden.raw(), H, false, hidden.dtype, nullptr, DType::F32,
-               1.f, d_lm_head->data<float>() + c0 * H, DType::F32, H);
+               overwrite_d_lm_head ? 0.f : 1.f, d_lm_head->data<float>() + c0 * H, DType::F32, H);
+    }
   }
 }
 

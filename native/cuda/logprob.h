@@ -14,10 +14,13 @@ void token_logprobs(const Tensor& hidden, const Tensor& lm_head, const Tensor& t
                     int64_t chunk, const Tensor& logprobs, const Tensor& entropy, const Tensor& lse);
 
 // Backward: dz = dlogp (onehot - p) [+ dEntropy · (-p (z - E[z]))]; dlogits = dz / temperature.
-// d_hidden (f32 [T,H]) and d_lm_head (f32 [V,H]) are accumulated into (either may be null: not needed).
-// d_entropy and entropy (f32 [T]) are both given or both null.
+// d_hidden (f32 [T,H]) and d_lm_head (f32 [V,H]) are accumulated into (either may be null: not needed), or, with
+// overwrite_*, written without being read (fresh buffers need no zeroing: dHidden's first chunk writes it whole,
+// and each chunk writes its own rows of dLmHead; T = 0 writes nothing). d_entropy and entropy (f32 [T]) are both
+// given or both null.
 void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const Tensor& targets, const Tensor& lse,
                              const Tensor& d_logprobs, const Tensor* d_entropy, const Tensor* entropy,
-                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head);
+                             float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head,
+                             bool overwrite_d_hidden = false, bool overwrite_d_lm_head = false);
 
 }  // namespace gptoss::cuda

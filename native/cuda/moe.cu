@@ -755,7 +755,9 @@ void forward_decode(const Sizes& d, const Tensor& x, const MoeWeights& w, float 
 
 void forward_grouped(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit, MoeSaved& s) {
   alloc_expert_rows(d, d.N, s);
+  profile_mark(d.dev, "moe gather");  // profiling phases (bench:train-step --profile); no-ops unless enabled
   const Tensor xp = gathered_rows(x, s.perm_tok, d.st);
+  profile_mark(d.dev, "moe experts");
   const int32_t* offsets = s.offsets.data<int32_t>();
   // gu and h = swiglu(gu) from one GEMM (the SwiGLU in its epilogue)
   mg::Params gate_up = rows_params(d, offsets, xp, d.H, w.gate_up_w, 2 * d.I, false, s.gu.raw(), 2 * d.I);
@@ -774,7 +776,9 @@ void forward_per_expert(const Sizes& d, const Tensor& x, const MoeWeights& w, fl
                         const std::vector<int32_t>& off, MoeSaved& s) {
   alloc_expert_rows(d, d.N, s);
   s.offsets_host = host_tensor(off);
+  profile_mark(d.dev, "moe gather");  // profiling phases (bench:train-step --profile)
   s.xp = gathered_rows(x, s.perm_tok, d.st);
+  profile_mark(d.dev, "moe experts");
   per_expert_xw(d.dev, off, s.xp, d.H, w.gate_up_w, false, 2 * d.I, &w.gate_up_b, s.gu);  // bias in the epilogue
   swiglu_forward(s.gu, limit, kSwigluAlpha, s.h);
   per_expert_xw(d.dev, off, s.h, d.I, w.down_w, false, d.H, &w.down_b, s.yp);
@@ -801,7 +805,9 @@ void forward_slabs(const Sizes& d, const Tensor& x, const MoeWeights& w, float l
   s.offsets = off_pad;
   s.offsets_host = host_tensor(std::vector<int32_t>(so.v, so.v + E + 1));
   alloc_expert_rows(d, Np, s);
+  profile_mark(d.dev, "moe gather");  // profiling phases (bench:train-step --profile)
   s.xp = gathered_rows(x, s.perm_tok, d.st);
+  profile_mark(d.dev, "moe experts");
   slab_xw(d, slabs, s.xp, H, w.gate_up_w, false, 2 * I, &w.gate_up_b, s.gu);  // bias in the epilogue
   // h = swiglu(gu) on the experts' rows, zeros on the padding rows (not read); I % 8 == 0 (the binding checks).
   swiglu_fwd_slab_kernel<<<dim3(Np / kColsumChunk, ceil_div(I / 4, 32)), dim3(32, 8), 0, d.st>>>(
@@ -819,19 +825,25 @@ void forward_slabs(const Sizes& d, const Tensor& x, const MoeWeights& w, float l
 Tensor backward_grouped(const Sizes& d, const MoeWeights& w, const MoeSaved& s, const Tensor& dyp, MoeGrads& g) {
   const int64_t H = d.H, I = d.I, N = d.N;
   const int32_t* offsets = s.offsets.data<int32_t>();
+  profile_mark(d.dev, "moe experts wgrad");  // profiling phases (bench:train-step --profile)
   if (g.weight_grads) mg::gemm_wgrad(wgrad_params(d, offsets, s.h, I, dyp, H, g.d_down_w), N, d.st, "moeBackward dDownW");
   // dgu from one GEMM (the SwiGLU backward in its epilogue, reading gu)
+  profile_mark(d.dev, "moe experts dgrad");
   Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, d.dev);
   mg::Params dh = rows_params(d, offsets, dyp, H, w.down_w, I, true, dgu.raw(), 2 * I);
   dh.limit = s.limit;
   dh.aux = B(s.gu);
   dh.ld_aux = 2 * I;
   mg::gemm_dgu(dh, N, d.st);
+  profile_mark(d.dev, "moe bias/router grads");
   segment_colsum(d, dgu, 2 * I, offsets, g.d_gate_up_b, "moeBackward dGateUpB");
   if (g.weight_grads) {
+    profile_mark(d.dev, "moe gather");
     const Tensor xp = gathered_rows(s.x, s.perm_tok, d.st);
+    profile_mark(d.dev, "moe experts wgrad");
     mg::gemm_wgrad(wgrad_params(d, offsets, xp, H, dgu, 2 * I, g.d_gate_up_w), N, d.st, "moeBackward dGateUpW");
   }
+  profile_mark(d.dev, "moe experts dgrad");
   Tensor dxp = make_tensor({N, H}, DType::BF16, d.dev);
   mg::gemm_dx(rows_params(d, offsets, dgu, 2 * I, w.gate_up_w, H, true, dxp.raw(), H), N, d.st);
   return dxp;
@@ -841,16 +853,21 @@ Tensor backward_per_expert(const Sizes& d, const MoeWeights& w, const MoeSaved& 
                            MoeGrads& g) {
   const int64_t H = d.H, I = d.I, N = d.N;
   const std::vector<int32_t> off = saved_offsets(s);
+  profile_mark(d.dev, "moe experts wgrad");  // profiling phases (bench:train-step --profile)
   if (g.weight_grads) per_expert_wgrad(d.dev, off, s.h, I, dyp, H, g.d_down_w, wbeta);
+  profile_mark(d.dev, "moe experts dgrad");
   Tensor dh = make_tensor({N, I}, DType::BF16, d.dev);
   per_expert_xw(d.dev, off, dyp, H, w.down_w, true, I, nullptr, dh);
   Tensor dgu = make_tensor({N, 2 * I}, DType::BF16, d.dev);
   swiglu_backward(dh, s.gu, s.limit, kSwigluAlpha, dgu);
+  profile_mark(d.dev, "moe bias/router grads");
   segment_colsum(d, dgu, 2 * I, s.offsets.data<int32_t>(), g.d_gate_up_b, "moeBackward dGateUpB");
   if (g.weight_grads) {
     const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
+    profile_mark(d.dev, "moe experts wgrad");
     per_expert_wgrad(d.dev, off, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
   }
+  profile_mark(d.dev, "moe experts dgrad");
   Tensor dxp = make_tensor({N, H}, DType::BF16, d.dev);
   per_expert_xw(d.dev, off, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
   return dxp;
@@ -867,7 +884,9 @@ Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, co
     GPTOSS_CHECK(off[e] % kPadRows == 0 && (e == 0 || off[e] >= off[e - 1]), op, ": ctx.offsets[", e, "] = ", off[e],
                  " is not a slab boundary (multiples of ", kPadRows, ", non-decreasing)");
   const std::vector<SlabRange> slabs = slabs_of(off);
+  profile_mark(d.dev, "moe experts wgrad");  // profiling phases (bench:train-step --profile)
   if (g.weight_grads) slab_wgrad(d, slabs, s.h, I, dyp, H, g.d_down_w, wbeta);
+  profile_mark(d.dev, "moe experts dgrad");
   Tensor dh = make_tensor({Np, I}, DType::BF16, d.dev);
   slab_xw(d, slabs, dyp, H, w.down_w, true, I, nullptr, dh);
   // dgu and the gate_up bias gradient in one pass over the slab layout's 64-row chunks (padding rows not read).
@@ -881,8 +900,10 @@ Tensor backward_slabs(const Sizes& d, const MoeWeights& w, const MoeSaved& s, co
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dGateUpB");
   if (g.weight_grads) {
     const Tensor xp = s.xp.storage ? s.xp : gathered_rows(s.x, s.perm_tok, d.st);
+    profile_mark(d.dev, "moe experts wgrad");
     slab_wgrad(d, slabs, xp, H, dgu, 2 * I, g.d_gate_up_w, wbeta);
   }
+  profile_mark(d.dev, "moe experts dgrad");
   Tensor dxp = make_tensor({Np, H}, DType::BF16, d.dev);
   slab_xw(d, slabs, dgu, 2 * I, w.gate_up_w, true, H, nullptr, dxp);
   return dxp;
@@ -1052,12 +1073,17 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
                                          s.slot_pos.data<int32_t>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
 
-  profile_mark(dev, "moe experts");
+  // The cuBLAS strategies (and the adapters' path) read the routing's offsets on the host: a copy that waits for
+  // the stream, so the GPU idles until the expert GEMMs are enqueued. The profile books that under "(host sync)".
+  profile_mark(dev, "(host sync)");
   if (lora && lora->any()) {
-    forward_lora(d, x, w, limit, host_offsets(s.offsets), lora_ops(*lora), s);
+    const std::vector<int32_t> off = host_offsets(s.offsets);
+    profile_mark(dev, "moe experts");
+    forward_lora(d, x, w, limit, off, lora_ops(*lora), s);
     s.expert_gemms = "per-expert";  // the per-expert path, with the adapters' products
   } else {
     const ExpertGemmPlan plan = plan_expert_gemms(N, E, choice, [&] { return host_offsets(s.offsets); });
+    profile_mark(dev, "moe experts");
     switch (plan.strategy) {
       case ExpertGemms::kDecode: forward_decode(d, x, w, limit, s); s.expert_gemms = "decode"; break;
       case ExpertGemms::kGrouped: forward_grouped(d, x, w, limit, s); s.expert_gemms = "grouped"; break;
@@ -1103,6 +1129,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     GPTOSS_CUDA_CHECK(cudaMemsetAsync(dlp.raw(), 0, Np * sizeof(float), st), "moeBackward pad");
   }
   Tensor dl = make_tensor({T, k}, DType::F32, dev);
+  profile_mark(dev, "moe route bwd");  // profiling phases (bench:train-step --profile); no-ops unless enabled
   if (dy.dtype == DType::BF16)
     route_bwd_kernel<bf><<<T, 256, 0, st>>>(B(dy), B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(),
                                             (int)H, (int)k, Bm(dyp), dlp.data<float>(), dl.data<float>());
@@ -1112,6 +1139,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
                                                dl.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward route");
 
+  profile_mark(dev, "moe bias/router grads");
   g.d_down_b = make_tensor({E, H}, DType::F32, dev);
   g.d_router_w = make_tensor({E, H}, DType::F32, dev);
   // Slab layout: both column sums per 64-row chunk of contiguous rows (padding rows not read), then a fixed-order
@@ -1156,6 +1184,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     }
   }
 
+  profile_mark(dev, "moe bias/router grads");
   if (!chunk_sums) {
     seg_colsum_kernel<<<dim3(ceil_div(H, 64), E), dim3(32, 8), 0, st>>>(B(s.x), H, (int)H, s.perm_tok.data<int32_t>(),
                                                                         dlp.data<float>(), offsets,
@@ -1165,6 +1194,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
   g.d_router_b = make_tensor({E}, DType::F32, dev);
   seg_sum_kernel<<<E, 256, 0, st>>>(dlp.data<float>(), offsets, g.d_router_b.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("moeBackward dRouterB");
+  profile_mark(dev, "moe dx");
   g.dx = make_tensor({T, H}, DType::F32, dev);
   dx_kernel<<<T, 256, 0, st>>>(B(dxp), s.slot_pos.data<int32_t>(), s.topk_idx.data<int32_t>(), dl.data<float>(),
                                B(w.router_w), (int)H, (int)k, g.dx.data<float>());

@@ -13,7 +13,7 @@ import { Tensor } from '../tensor.ts';
 import type { GptOssConfig } from './config.ts';
 import { GptOssWeights, layerPrefix, QKV_PROJ, type RandomInitOptions } from './weights.ts';
 import { disposeBatch, packSequences, type PackedBatch } from './batch.ts';
-import { DecoderLayer, disposeLayerSaved, type LayerHost, type LayerSaved, type RopeTables } from './layer.ts';
+import { DecoderLayer, disposeLayerSaved, type KeptAttention, type LayerHost, type LayerSaved, type RopeTables } from './layer.ts';
 import { accumulateGrad, disposeAll } from './tensor-helpers.ts';
 import { embeddingForward, embeddingBackward } from '../ops/embedding.ts';
 import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
@@ -28,6 +28,8 @@ export interface ForwardState {
   /** Per layer: saved activations, or null under recompute (then `inputs` holds the layer inputs). */
   saved: (LayerSaved | null)[];
   inputs: (Tensor | null)[];
+  /** Per layer under recompute with keepAttention: the attention output and LSE the recompute reuses (else null). */
+  attention: (KeptAttention | null)[];
   /** Final residual stream, normalised output and its rstd. */
   xL: Tensor;
   hf: Tensor;
@@ -64,6 +66,12 @@ export interface ForwardResult {
 export interface ModelOptions {
   /** Re-run each layer's forward during backward instead of keeping its activations (default false). */
   recompute?: boolean;
+  /**
+   * With recompute: keep each layer's attention output and LSE (bf16 [T, Hq, D] + f32 [Hq, T]: 134 MB per layer at
+   * 16k tokens and gpt-oss size) so the recompute skips the attention forward (2.2 TFLOP per full-attention layer
+   * at 16k). Bitwise the same gradients. Default false (the memory planner does not count the kept tensors).
+   */
+  keepAttention?: boolean;
   /** Vocabulary rows per LM-head chunk (default: the op's). */
   lmHeadChunk?: number;
   /**
@@ -97,6 +105,7 @@ export class GptOssModel implements LayerHost {
   readonly weights: GptOssWeights;
   readonly device: string;
   recompute: boolean;
+  keepAttention: boolean;
   lmHeadChunk: number | undefined;
   deterministic: boolean;
   /** YaRN RoPE tables, shared by every layer. */
@@ -115,6 +124,7 @@ export class GptOssModel implements LayerHost {
     this.config = weights.config;
     this.device = weights.device;
     this.recompute = opts.recompute ?? false;
+    this.keepAttention = opts.keepAttention ?? false;
     this.lmHeadChunk = opts.lmHeadChunk;
     this.deterministic = opts.deterministic ?? false;
     this.rope = ropeTables(this.config, this.device);
@@ -165,14 +175,16 @@ export class GptOssModel implements LayerHost {
     const hidden: Float32Array[] | undefined = opts.collectHidden ? [] : undefined;
     const saved: (LayerSaved | null)[] = [];
     const inputs: (Tensor | null)[] = [];
+    const attention: (KeptAttention | null)[] = [];
     let x = this.embed(b.ids);
     hidden?.push(x.toFloat32());
     for (let l = 0; l < c.numLayers; l++) {
       const keep = train && !this.recompute;
-      const r = this.layers[l]!.forward(x, b, keep);
+      const r = this.layers[l]!.forward(x, b, keep, { keepAttention: train && this.recompute && this.keepAttention });
       if (train) {
         saved.push(r.saved);
         inputs.push(this.recompute ? x : null);
+        attention.push(r.attention ?? null);
       } else x.dispose();
       x = r.y;
       if (hidden && l < c.numLayers - 1) hidden.push(x.toFloat32());
@@ -188,6 +200,7 @@ export class GptOssModel implements LayerHost {
         batch: b,
         saved,
         inputs,
+        attention,
         xL: x,
         hf,
         rstdf,
@@ -202,6 +215,8 @@ export class GptOssModel implements LayerHost {
           saved.length = 0;
           for (const t of inputs) disposeAll(t);
           inputs.length = 0;
+          for (const a of attention) if (a) disposeAll(a.attn, a.lse);
+          attention.length = 0;
           disposeAll(this.xL, this.hf, this.rstdf, this.lse);
           if (releaseBatch) disposeBatch(b);
         },
@@ -273,17 +288,23 @@ export class GptOssModel implements LayerHost {
         let s = state.saved[l] ?? null;
         if (!s) {
           const inp = state.inputs[l]!;
-          const r = this.layers[l]!.forward(inp, b, true);
+          const r = this.layers[l]!.forward(inp, b, true, { attention: state.attention[l] ?? undefined });
           r.y.dispose();
           s = r.saved!;
           state.inputs[l] = null;
+          state.attention[l] = null; // taken over by s
         } else state.saved[l] = null;
         const dNext = this.layers[l]!.backward(s, dx, b, grads);
         dx.dispose();
         s.x.dispose();
         dx = dNext;
       }
-      if (!frozen) accumulateGrad(grads, 'model.embed_tokens.weight', embeddingBackward(dx, b.ids, c.vocabSize));
+      if (!frozen) {
+        // Into the existing buffer (later micro-batches): no fresh [V, H] f32 gradient, no zeroing, no add pass.
+        const g = grads.get('model.embed_tokens.weight');
+        if (g) embeddingBackward(dx, b.ids, c.vocabSize, { into: g });
+        else grads.set('model.embed_tokens.weight', embeddingBackward(dx, b.ids, c.vocabSize));
+      }
       dx.dispose();
     } finally {
       state.dispose();

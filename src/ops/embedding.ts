@@ -25,8 +25,12 @@ export function embeddingForward(weight: Tensor, ids: Tensor, opts: { checked?: 
  * @param dOut bf16|f32 [T, H]
  * @param ids i32 [T], the ids of the forward
  * @param vocabSize V
- * @returns f32 [V, H] (rows of ids that do not occur are zero)
+ * @param opts.into f32 [V, H]: add the gradient into this buffer instead (gradient accumulation): each row's sum,
+ *   formed from zero in token order, is added once, the same bits as `addInPlace(into, embeddingBackward(...))`
+ *   without the fresh [V, H] buffer, its zeroing and the separate add pass (2.3 GB each at gpt-oss size).
+ * @returns f32 [V, H] (rows of ids that do not occur are zero), or `into`
  */
-export function embeddingBackward(dOut: Tensor, ids: Tensor, vocabSize: number): Tensor {
-  return new Tensor(native().ops.embeddingBackward(dOut.native, ids.native, vocabSize));
+export function embeddingBackward(dOut: Tensor, ids: Tensor, vocabSize: number, opts: { into?: Tensor } = {}): Tensor {
+  const r = native().ops.embeddingBackward(dOut.native, ids.native, vocabSize, opts.into?.native ?? null);
+  return opts.into ?? new Tensor(r); // with into, r is into's own handle
 }

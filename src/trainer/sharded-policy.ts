@@ -41,6 +41,7 @@ import {
   type ForwardState,
   type GptOssConfig,
   type GptOssWeights,
+  type KeptAttention,
   type LayerHost,
   type LayerSaved,
   type LayerWeights,
@@ -241,6 +242,8 @@ class ShardHost {
 export interface ShardedModelOptions {
   /** Re-run each layer's forward in backward instead of keeping its activations (default true: the 20b default). */
   recompute?: boolean;
+  /** With recompute: keep each layer's attention output and LSE for the recompute (see ModelOptions.keepAttention). */
+  keepAttention?: boolean;
   /** Vocabulary rows per LM-head chunk (default: the op's). */
   lmHeadChunk?: number;
   /** Bitwise-reproducible attention backward (see ModelOptions.deterministic). */
@@ -302,7 +305,7 @@ export interface ShardedStats {
   exposedReduceScatterMs: number;
 }
 
-type ModelOpts = Required<Pick<ShardedModelOptions, 'recompute' | 'deterministic' | 'timing' | 'prefetch' | 'collectivesAtOne' | 'exposedTiming'>> & { lmHeadChunk?: number };
+type ModelOpts = Required<Pick<ShardedModelOptions, 'recompute' | 'keepAttention' | 'deterministic' | 'timing' | 'prefetch' | 'collectivesAtOne' | 'exposedTiming'>> & { lmHeadChunk?: number };
 
 /** What a sharded forward keeps for backward: the single-process model's state, freed by disposeState. */
 type ShardedState = Omit<ForwardState, 'dispose'>;
@@ -314,6 +317,7 @@ function disposeState(s: ShardedState): void {
     x.x.dispose();
   }
   for (const t of s.inputs) disposeAll(t);
+  for (const a of s.attention) if (a) disposeAll(a.attn, a.lse);
   disposeAll(s.xL, s.hf, s.rstdf, s.lse);
   disposeBatch(s.batch);
 }
@@ -466,6 +470,7 @@ class ShardedModel {
     const L = c.numLayers;
     const saved: (LayerSaved | null)[] = [];
     const inputs: (Tensor | null)[] = [];
+    const attention: (KeptAttention | null)[] = [];
     let x: Tensor | null = null;
     const ahead = this.overlap;
     let next: Promise<Gathered> | null = ahead ? this.gather(0) : null;
@@ -478,10 +483,11 @@ class ShardedModel {
           if (g.unit.kind === 'embedding') x = embeddingForward(g.views.get('model.embed_tokens.weight')!, pb.ids);
           else if (g.unit.kind === 'layer') {
             const keep = train && !this.opts.recompute;
-            const r = this.layers[g.unit.layer]!.forward(x!, pb, keep);
+            const r = this.layers[g.unit.layer]!.forward(x!, pb, keep, { keepAttention: train && this.opts.recompute && this.opts.keepAttention });
             if (train) {
               saved.push(r.saved);
               inputs.push(this.opts.recompute ? x : null);
+              attention.push(r.attention ?? null);
             } else x!.dispose();
             x = r.y;
           } else {
@@ -491,7 +497,7 @@ class ShardedModel {
               disposeAll(x, hf, rstdf, lp.lse);
               return { logprobs: lp.logprobs, entropy: lp.entropy };
             }
-            const state: ShardedState = { batch: pb, saved, inputs, xL: x!, hf, rstdf, lse: lp.lse, temperature };
+            const state: ShardedState = { batch: pb, saved, inputs, attention, xL: x!, hf, rstdf, lse: lp.lse, temperature };
             return { logprobs: lp.logprobs, entropy: lp.entropy, state };
           }
         } finally {
@@ -507,6 +513,7 @@ class ShardedModel {
         s.x.dispose();
       }
       for (const t of inputs) disposeAll(t);
+      for (const a of attention) if (a) disposeAll(a.attn, a.lse);
       disposeAll(x);
       throw e;
     }
@@ -616,10 +623,11 @@ class ShardedModel {
             const l = g.unit.layer;
             let s = state.saved[l] ?? null;
             if (!s) {
-              const r = this.layers[l]!.forward(state.inputs[l]!, b, true);
+              const r = this.layers[l]!.forward(state.inputs[l]!, b, true, { attention: state.attention[l] ?? undefined });
               r.y.dispose();
               s = r.saved!;
               state.inputs[l] = null;
+              state.attention[l] = null; // taken over by s
             } else state.saved[l] = null;
             const dNext = this.layers[l]!.backward(s, dx!, b, grads);
             dx!.dispose();
@@ -636,9 +644,7 @@ class ShardedModel {
       const { flat, inPlace, orig, grads } = zerosFor(0);
       try {
         if (state) {
-          const dEmb = embeddingBackward(dx!, state.batch.ids, c.vocabSize);
-          addInPlace(grads.get('model.embed_tokens.weight')!, dEmb);
-          dEmb.dispose();
+          embeddingBackward(dx!, state.batch.ids, c.vocabSize, { into: grads.get('model.embed_tokens.weight')! });
         }
       } finally {
         settle(orig, grads);
@@ -867,6 +873,7 @@ export class ShardedPolicy implements Policy {
     }
     const model = new ShardedModel(config, comm, device, shards, {
       recompute: opts.recompute ?? true,
+      keepAttention: opts.keepAttention ?? false,
       deterministic: opts.deterministic ?? false,
       timing: opts.timing ?? false,
       prefetch: opts.prefetch ?? true,

@@ -90,6 +90,25 @@ test('embedding keeps the ids shape and is deterministic', () => {
   assert.ok(a.subarray(0, 8).every((x) => x === 0));
 });
 
+test('embeddingBackward into a buffer adds the gradient: the bits of a fresh one added to it, untouched rows kept', () => {
+  for (const [v, h, t] of [[7, 7, 20], [113, 64, 37]] as const) {
+    const ids = randInts(t, 5 + t, Math.min(v, 5)); // repeats; rows >= 5 get no token
+    for (const dtype of ['bf16', 'f32'] as const) {
+      const d = Tensor.from(dtype === 'bf16' ? uniformBf16(t * h, 3) : uniform(t * h, 3), [t, h], { ...cpu, dtype });
+      const idsT = Tensor.from(ids, [t], cpu);
+      const fresh = embeddingBackward(d, idsT, v).toFloat32();
+      const prev = uniform(v * h, 11);
+      const into = Tensor.from(prev, [v, h], cpu);
+      assert.equal(embeddingBackward(d, idsT, v, { into }), into);
+      assert.deepEqual(into.toFloat32(), Float32Array.from(fresh, (x, i) => Math.fround(prev[i]! + x)), `V=${v} H=${h} ${dtype}`);
+    }
+  }
+  const d = Tensor.zeros([3, 4], cpu);
+  const ids = Tensor.from(new Int32Array([0, 1, 2]), [3], cpu);
+  assert.throws(() => embeddingBackward(d, ids, 7, { into: Tensor.zeros([7, 5], cpu) }), /embeddingBackward: into must have shape \[7, 4\]/);
+  assert.throws(() => embeddingBackward(d, ids, 7, { into: Tensor.zeros([7, 4], { ...cpu, dtype: 'bf16' }) }), /embeddingBackward: into must be f32/);
+});
+
 test('embedding ops reject bad ids, dtypes and shapes with clear errors', () => {
   const w = Tensor.from(uniformBf16(113 * 4, 7), [113, 4], { ...cpu, dtype: 'bf16' });
   assert.throws(

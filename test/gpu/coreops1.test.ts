@@ -65,6 +65,12 @@ for (const [v, h, t] of [
       assert.deepEqual(a, b, 'bitwise reproducible');
       // Same summation order (token order per id) as the CPU: equal.
       assert.ok(maxAbsDiff(a, embeddingBackward(dc, ic, v).toFloat32()) <= 1e-6, `dW ${dtype}`);
+      // Accumulating into a buffer (the vector path and, with H = 7, the scalar one) gives the bits of a fresh
+      // gradient added to it.
+      const prev = uniform(v * h, 9);
+      const into = Tensor.from(prev, [v, h], gpu);
+      assert.equal(embeddingBackward(dg, ig, v, { into }), into);
+      assert.deepEqual(into.toFloat32(), Float32Array.from(a, (x, i) => Math.fround(prev[i]! + x)), `into ${dtype}`);
     }
   });
 }
