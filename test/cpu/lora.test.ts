@@ -9,6 +9,7 @@ import { Tensor } from '../../src/tensor.ts';
 import { moeForward, moeBackward } from '../../src/ops/moe.ts';
 import { matmul } from '../../src/ops/gemm.ts';
 import { generate } from '../../src/inference/generate.ts';
+import { loadConfig } from '../../src/config/index.ts';
 
 const cfg = presetConfig('gpt-oss-tiny-256');
 const seqs = [
@@ -230,6 +231,11 @@ test('specs are checked with the config key named', () => {
   assert.throws(() => LoraAdapters.init(cfg, { ...ALL, dropout: 0.1 }, 'cpu'), /lora\.dropout=0\.1: LoRA dropout is not implemented/);
   assert.throws(() => LoraAdapters.init(cfg, { ...ALL, targets: ['q_proj', 'mlp'] as never }, 'cpu'), /unknown target 'mlp'/);
   assert.throws(() => LoraAdapters.init(cfg, { ...ALL, targets: [] }, 'cpu'), /target_modules is empty/);
+  // The config accepts PEFT's lm_head / embed_tokens and refuses other names with the key path.
+  assert.deepEqual(loadConfig({ config: 'demo-cpu', overrides: ['trainer.policy.model.lora.target_modules=[q_proj,lm_head,embed_tokens]'] }).trainer.policy.model.lora.target_modules, ['q_proj', 'lm_head', 'embed_tokens']);
+  assert.throws(() => loadConfig({ config: 'demo-cpu', overrides: ['trainer.policy.model.lora.target_modules=[lm_head,wte]'] }), /trainer\.policy\.model\.lora\.target_modules\.1: .*got "wte"/);
+  // Tied word embeddings (one tensor for both) cannot hold two deltas: refused.
+  assert.throws(() => LoraAdapters.init(presetConfig('gpt-oss-tiny-256', { tieWordEmbeddings: true }), { ...ALL, targets: ['lm_head'] }, 'cpu'), /untied word embeddings/);
 });
 
 test('lm_head and embed_tokens adapters alone: B·A = 0 at init is the base; forward == merged weights; the engine == the trainer', async () => {
