@@ -162,13 +162,22 @@ export class GptOssModel implements LayerHost {
     return m ? { w: m, owned: true } : { w: this.weights.lmHead, owned: false };
   }
 
-  /** Final norm + LM head of hidden rows x bf16 [N, H] -> f32 [N, V] logits (generation: N = sequences of a step). */
+  /**
+   * Final norm + LM head of hidden rows x bf16 [N, H] -> f32 [N, V] logits (generation: N = sequences of a step).
+   * An lm_head adapter is added in factor form, y·Wᵀ + scale·(y·Aᵀ)·Bᵀ (two thin GEMMs into the f32 logits), not
+   * through the merged head: a decode step would otherwise write and read a fresh [V, H] head (1.16 GB at
+   * gpt-oss-20b size). It differs from the trainer's merged bf16 head only by that head's bf16 rounding.
+   */
   logits(x: Tensor): Tensor {
     const { y, rstd } = rmsnormForward(x, this.weights.finalNorm, this.config.rmsNormEps);
-    const head = this.lmHead();
-    const lg = lmLogits(y, head.w);
+    const lg = lmLogits(y, this.weights.lmHead);
+    const head = this.lora?.head;
+    if (head) {
+      const u = matmul(y, head.A, { transB: true, outDtype: this.lora!.dtype }); // [N, r]
+      matmul(u, head.B, { transB: true, alpha: this.lora!.scale, out: lg, accumulate: true }); // += [N, V]
+      u.dispose();
+    }
     disposeAll(y, rstd);
-    if (head.owned) head.w.dispose();
     return lg;
   }
 

@@ -704,7 +704,7 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
   const trainActBytes = Math.max(act.peakBytes + adapterAct, fwdAct);
   // An lm_head adapter runs the fused LM head on the merged bf16(W + scale·B·A) [V, H], made per call, and its
   // backward takes the merged head's f32 [V, H] gradient (dA, dB come from it): 2 + 4 B per head entry at the
-  // head's backward (2 B while generating).
+  // head's backward. Generation adds it in factor form (GptOssModel.logits: [N, r] products only).
   const VH = c.vocabSize * c.hiddenSize;
   const headAdapter = lora.targets.includes('lm_head');
   const train: PlanRow[] = [
@@ -727,7 +727,7 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
     { key: 'overhead', label: 'CUDA context, cuBLAS', bytes: a.cudaContextBytes + a.cublasBytes, formula: `CUDA context ${formatGB(a.cudaContextBytes)} + cuBLAS workspaces ${formatGB(a.cublasBytes)} (assumed)` },
     { key: 'slack', label: 'allocator slack', bytes: a.allocatorSlack * trainActBytes, formula: `${a.allocatorSlack} x transient (${formatGB(trainActBytes)})` },
   ];
-  if (headAdapter) notes.push(`the lm_head adapter is applied as a merged bf16 LM head made per forward and per generation step (${formatGB(2 * VH)} GB; one [V, r] x [r, H] GEMM each)`);
+  if (headAdapter) notes.push(`the lm_head adapter runs the trainer's fused LM head on a merged bf16 head made per forward (${formatGB(2 * VH)} GB; one [V, r] x [r, H] GEMM each); generation adds it in factor form`);
   if (input.ref !== 'none') notes.push('the KL reference is the base with the adapters off: no second copy of the weights');
   const trainTotal = train.reduce((s, r) => s + r.bytes, 0);
   if (trainTotal > M) {
@@ -739,7 +739,6 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
   const kept: PlanRow[] = [
     { key: 'weights', label: 'bf16 base (shared with the engine)', bytes: 2 * P, formula: '2 B x params (kept)' },
     { key: 'adapters', label: 'adapters + moments', bytes: 12 * A, formula: '(4 + 8) B x adapter params (kept; gradients set to none)' },
-    ...(headAdapter ? [{ key: 'lm_head_adapter', label: 'merged LM head (per step)', bytes: 2 * VH, formula: '2 B x V x H: bf16(W + scale·B·A) made for each step\'s logits' }] : []),
   ];
   const generate = engineMemoryPlan(c, { ...e, tensorParallel: 1 }, M, kept, { ...a, ncclBytes: 0 }, true);
   if (generate.usedBytes > generate.limitBytes) {
