@@ -8,9 +8,10 @@
 //                                       (an [E, H] product, 92k values at gpt-oss-20b size)
 //   experts       (x·W[e], W [E,in,out]): out_e += scale·(x·A[e])·B[e]  A [E, in, r], B [E, r, out] (the MoE op's
 //                                       layout; the PEFT file layout differs, see savePeft)
-//   lm_head       (h·Wᵀ, W [V, H]):     A [r, H], B [V, r] (PEFT's nn.Linear layout); applied as the merged head
-//                                       bf16(W + scale·B·A) [V, H] per call (the fused chunked log-prob op takes one
-//                                       head matrix; its backward's [V, H] gradient gives dA, dB as the router's)
+//   lm_head       (h·Wᵀ, W [V, H]):     A [r, H], B [V, r] (PEFT's nn.Linear layout); the trainer's forward uses
+//                                       the merged head bf16(W + scale·B·A) [V, H] per call (the fused chunked
+//                                       log-prob op takes one head matrix; its backward's [V, H] gradient gives dA,
+//                                       dB as the router's); the engine's logits add scale·(h·Aᵀ)·Bᵀ in factor form
 //   embed_tokens  (E[id], E [V, H]):    x += scale·A[id]·Bᵀ  A [V, r], B [H, r] (PEFT's nn.Embedding LoRA stores
 //                                       lora_embedding_A [r, V] = our Aᵀ, so a token's row is a gather; B as PEFT)
 // Adapters live on the model's device in one dtype: f32 (the CPU default: they are then the trainer's fp32 masters
@@ -252,7 +253,8 @@ export class LoraAdapters {
 
   /**
    * The LM head with its adapter merged: a fresh bf16(W + scale·B·A) [V, H] (the caller frees it), or null without
-   * an lm_head adapter. The trainer's log-probs, the engine's logits and the merged export all use this one form.
+   * an lm_head adapter. The trainer's log-probs and the merged export use this form (the engine's logits add the
+   * adapter in factor form, GptOssModel.logits).
    */
   mergedHead(w: GptOssWeights): Tensor | null {
     return this.head ? this.mergedParam(w, 0, 'lm_head') : null;
