@@ -75,7 +75,7 @@ export const LoraSchema = z
     alpha: z.number().positive().default(16),
     dropout: z.number().min(0).max(1).default(0),
     target_modules: z
-      .array(z.enum(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_up_proj', 'down_proj', 'router']))
+      .array(z.enum(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_up_proj', 'down_proj', 'router', 'lm_head', 'embed_tokens']))
       .min(1)
       .default(['q_proj', 'k_proj', 'v_proj', 'o_proj']),
     /**

@@ -19,6 +19,7 @@ import { embeddingForward, embeddingBackward } from '../ops/embedding.ts';
 import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
 import { yarnInvFreq } from '../ops/rope.ts';
 import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward, tokenLogprobsBackwardHidden, logits as lmLogits } from '../ops/logprob.ts';
+import { matmul } from '../ops/gemm.ts';
 import type { LoraAdapters } from './lora.ts';
 
 // ---- forward state -------------------------------------------------------------------------------------------------
@@ -153,15 +154,39 @@ export class GptOssModel implements LayerHost {
   }
 
   // ---- the pieces around the layers ----------------------------------------------------------------------------------
-  /** Token embeddings: ids i32 [N] -> bf16 [N, H] (checked false: see embeddingForward; the engine's steps). */
+  /**
+   * Token embeddings: ids i32 [N] -> bf16 [N, H] (checked false: see embeddingForward; the engine's steps), with the
+   * embed_tokens adapter added when there is one.
+   */
   embed(ids: Tensor, opts: { checked?: boolean } = {}): Tensor {
-    return embeddingForward(this.weights.embedding, ids, opts);
+    const x = embeddingForward(this.weights.embedding, ids, opts);
+    return this.lora ? this.lora.embedAdapted(x, ids, opts) : x;
   }
 
-  /** Final norm + LM head of hidden rows x bf16 [N, H] -> f32 [N, V] logits (generation: N = sequences of a step). */
+  /**
+   * The LM head [V, H] the forward uses: the base's, or with an lm_head adapter a fresh merged bf16(W + scale·B·A)
+   * (`owned`: the caller frees it).
+   */
+  private lmHead(): { w: Tensor; owned: boolean } {
+    const m = this.lora?.mergedHead(this.weights) ?? null;
+    return m ? { w: m, owned: true } : { w: this.weights.lmHead, owned: false };
+  }
+
+  /**
+   * Final norm + LM head of hidden rows x bf16 [N, H] -> f32 [N, V] logits (generation: N = sequences of a step).
+   * An lm_head adapter is added in factor form, y·Wᵀ + scale·(y·Aᵀ)·Bᵀ (two thin GEMMs into the f32 logits), not
+   * through the merged head: a decode step would otherwise write and read a fresh [V, H] head (1.16 GB at
+   * gpt-oss-20b size). It differs from the trainer's merged bf16 head only by that head's bf16 rounding.
+   */
   logits(x: Tensor): Tensor {
     const { y, rstd } = rmsnormForward(x, this.weights.finalNorm, this.config.rmsNormEps);
     const lg = lmLogits(y, this.weights.lmHead);
+    const head = this.lora?.head;
+    if (head) {
+      const u = matmul(y, head.A, { transB: true, outDtype: this.lora!.dtype }); // [N, r]
+      matmul(u, head.B, { transB: true, alpha: this.lora!.scale, out: lg, accumulate: true }); // += [N, V]
+      u.dispose();
+    }
     disposeAll(y, rstd);
     return lg;
   }
@@ -191,8 +216,12 @@ export class GptOssModel implements LayerHost {
     }
     const { y: hf, rstd: rstdf } = rmsnormForward(x, this.weights.finalNorm, c.rmsNormEps);
     hidden?.push(hf.toFloat32());
-    const lp = lmHeadLogprobs(hf, this.weights.lmHead, b.targets, { temperature, chunk: this.lmHeadChunk });
-    const logits = opts.returnLogits ? lmLogits(hf, this.weights.lmHead) : undefined;
+    const head = this.lmHead();
+    const lp = lmHeadLogprobs(hf, head.w, b.targets, { temperature, chunk: this.lmHeadChunk });
+    const logits = opts.returnLogits ? lmLogits(hf, head.w) : undefined;
+    // The merged head is made again in backward (its adapters are the same until the optimizer step) rather than
+    // kept [V, H] through the layers' backward.
+    if (head.owned) head.w.dispose();
     const result: ForwardResult = { logprobs: lp.logprobs, entropy: lp.entropy, hidden, logits };
     if (train) {
       const releaseBatch = opts.releaseBatch ?? false;
@@ -262,10 +291,30 @@ export class GptOssModel implements LayerHost {
     // With adapters the base is frozen: the LM head, final norm and embedding give no gradients (the [V, H] LM head
     // and embedding gradients are neither computed nor allocated), and the layers add only the adapters'.
     const frozen = this.lora !== null;
+    const headLora = this.lora?.head;
     try {
       const lmName = c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
       let dHidden: Tensor;
-      if (frozen) {
+      if (headLora) {
+        // lm_head adapter: the fused op's gradient of the merged head W_eff = W + scale·B·A (f32 [V, H], made and
+        // freed here) gives dB [V, r] = scale·dW·Aᵀ and dA [r, H] = scale·Bᵀ·dW, as for the router.
+        const head = this.lmHead();
+        const r = tokenLogprobsBackward(state.hf, head.w, b.targets, state.lse, dLogprobs, {
+          temperature: state.temperature,
+          chunk: this.lmHeadChunk,
+        });
+        head.w.dispose();
+        const s = this.lora!.scale;
+        const put = (name: string, f: (o: { out?: Tensor; accumulate?: boolean; outDtype?: 'f32' }) => Tensor): void => {
+          const g = grads.get(name);
+          if (g) f({ out: g, accumulate: true });
+          else grads.set(name, f({ outDtype: 'f32' }));
+        };
+        put('lm_head.lora_B', (o) => matmul(r.dLmHead, headLora.A, { transB: true, alpha: s, ...o }));
+        put('lm_head.lora_A', (o) => matmul(headLora.B, r.dLmHead, { transA: true, alpha: s, ...o }));
+        r.dLmHead.dispose();
+        dHidden = r.dHidden;
+      } else if (frozen) {
         dHidden = tokenLogprobsBackwardHidden(state.hf, this.weights.lmHead, b.targets, state.lse, dLogprobs, {
           temperature: state.temperature,
           chunk: this.lmHeadChunk,
@@ -304,6 +353,19 @@ export class GptOssModel implements LayerHost {
         const g = grads.get('model.embed_tokens.weight');
         if (g) embeddingBackward(dx, b.ids, c.vocabSize, { into: g });
         else grads.set('model.embed_tokens.weight', embeddingBackward(dx, b.ids, c.vocabSize));
+      }
+      const emb = this.lora?.embed;
+      if (emb) {
+        // embed_tokens adapter (x += scale·A[ids]·Bᵀ): dU = scale·dx·B [N, r], dA [V, r] = the scatter-add of dU
+        // by id, dB [H, r] = scale·dxᵀ·u with u = A[ids] [N, r] (gathered again: N·r values).
+        const s = this.lora!.scale;
+        const u = embeddingForward(emb.A, b.ids);
+        const dU = matmul(dx, emb.B, { alpha: s, outDtype: 'f32' });
+        accumulateGrad(grads, 'model.embed_tokens.lora_A', embeddingBackward(dU, b.ids, c.vocabSize));
+        const gB = grads.get('model.embed_tokens.lora_B');
+        if (gB) matmul(dx, u, { transA: true, alpha: s, out: gB, accumulate: true });
+        else grads.set('model.embed_tokens.lora_B', matmul(dx, u, { transA: true, alpha: s, outDtype: 'f32' }));
+        disposeAll(u, dU);
       }
       dx.dispose();
     } finally {

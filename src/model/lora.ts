@@ -8,11 +8,17 @@
 //                                       (an [E, H] product, 92k values at gpt-oss-20b size)
 //   experts       (x·W[e], W [E,in,out]): out_e += scale·(x·A[e])·B[e]  A [E, in, r], B [E, r, out] (the MoE op's
 //                                       layout; the PEFT file layout differs, see savePeft)
+//   lm_head       (h·Wᵀ, W [V, H]):     A [r, H], B [V, r] (PEFT's nn.Linear layout); the trainer's forward uses
+//                                       the merged head bf16(W + scale·B·A) [V, H] per call (the fused chunked
+//                                       log-prob op takes one head matrix; its backward's [V, H] gradient gives dA,
+//                                       dB as the router's); the engine's logits add scale·(h·Aᵀ)·Bᵀ in factor form
+//   embed_tokens  (E[id], E [V, H]):    x += scale·A[id]·Bᵀ  A [V, r], B [H, r] (PEFT's nn.Embedding LoRA stores
+//                                       lora_embedding_A [r, V] = our Aᵀ, so a token's row is a gather; B as PEFT)
 // Adapters live on the model's device in one dtype: f32 (the CPU default: they are then the trainer's fp32 masters
 // themselves) or bf16 (the CUDA default: the GEMMs' own operand dtype, so the run-time products need no casts; the
 // trainer keeps fp32 masters beside them and AdamW rewrites the bf16 copy, as for full fine-tuning). B starts at
 // zero, so a fresh adapter set computes exactly the base model; A is drawn as PEFT does (kaiming-uniform with
-// a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))).
+// a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))). The embedding is PEFT's other way round: A zero, B normal(0, 1).
 //
 // One copy of the base: a GptOssModel holds the adapters beside its weights (model.lora); the trainer's forward and
 // backward and the inference engine's steps (DecoderLayer.step) read the same tensors, so an optimizer step is seen
@@ -26,13 +32,20 @@ import { layerPrefix, type GptOssWeights } from './weights.ts';
 import { Checkpoint, saveCheckpoint, tensorToSave, writeSafetensors, type TensorToSave } from './safetensors.ts';
 import { matmul } from '../ops/gemm.ts';
 import { cast } from '../ops/elementwise.ts';
+import { embeddingForward } from '../ops/embedding.ts';
 
-/** Target names: PEFT's module names for the attention projections; gate_up_proj/down_proj/router for the MoE. */
-export const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_up_proj', 'down_proj', 'router'] as const;
+/**
+ * Target names: PEFT's module names for the attention projections, the LM head and the embedding
+ * (target_modules); gate_up_proj/down_proj/router for the MoE (target_parameters).
+ */
+export const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_up_proj', 'down_proj', 'router', 'lm_head', 'embed_tokens'] as const;
 export type LoraTarget = (typeof LORA_TARGETS)[number];
 /** The default targets (the attention projections, as PEFT's usual GPT-OSS recipes). */
 export const DEFAULT_LORA_TARGETS: readonly LoraTarget[] = ['q_proj', 'k_proj', 'v_proj', 'o_proj'];
 const EXPERT_TARGETS: readonly LoraTarget[] = ['gate_up_proj', 'down_proj'];
+/** Targets outside the decoder layers (one pair for the model, not one per layer). */
+export const MODEL_TARGETS: readonly LoraTarget[] = ['lm_head', 'embed_tokens'];
+const isModelTarget = (t: LoraTarget): boolean => MODEL_TARGETS.includes(t);
 
 export interface LoraSpec {
   rank: number;
@@ -79,7 +92,8 @@ export interface LayerLora {
   down?: LoraPair;
 }
 
-const FIELD: Record<LoraTarget, keyof LayerLora> = {
+/** LayerLora field of each per-layer target (the model targets live in LoraAdapters.head / .embed). */
+const FIELD: Partial<Record<LoraTarget, keyof LayerLora>> = {
   q_proj: 'q',
   k_proj: 'k',
   v_proj: 'v',
@@ -89,10 +103,17 @@ const FIELD: Record<LoraTarget, keyof LayerLora> = {
   down_proj: 'down',
 };
 
-/** Checkpoint-style module path of a target within layer l (our adapter names: `${path}.lora_A` / `.lora_B`). */
+/**
+ * Checkpoint-style module path of a target within layer l (our adapter names: `${path}.lora_A` / `.lora_B`); the
+ * model targets ignore l (`lm_head`, `model.embed_tokens`).
+ */
 export function loraModulePath(l: number, t: LoraTarget): string {
   const p = layerPrefix(l);
   switch (t) {
+    case 'lm_head':
+      return 'lm_head';
+    case 'embed_tokens':
+      return 'model.embed_tokens';
     case 'q_proj':
     case 'k_proj':
     case 'v_proj':
@@ -123,6 +144,11 @@ function targetDims(c: GptOssConfig, t: LoraTarget): { in: number; out: number; 
       return { in: H, out: 2 * I, experts: true };
     case 'down_proj':
       return { in: I, out: H, experts: true };
+    case 'lm_head':
+      return { in: H, out: c.vocabSize, experts: false };
+    case 'embed_tokens':
+      // nn.Embedding's in/out as PEFT names them (num_embeddings, embedding_dim).
+      return { in: c.vocabSize, out: H, experts: false };
   }
 }
 
@@ -130,6 +156,7 @@ function targetDims(c: GptOssConfig, t: LoraTarget): { in: number; out: number; 
 export function loraShapes(c: GptOssConfig, t: LoraTarget, r: number): { A: number[]; B: number[] } {
   const d = targetDims(c, t);
   const E = c.numExperts;
+  if (t === 'embed_tokens') return { A: [d.in, r], B: [d.out, r] };
   return d.experts ? { A: [E, d.in, r], B: [E, r, d.out] } : { A: [r, d.in], B: [d.out, r] };
 }
 
@@ -146,6 +173,19 @@ function uniforms(n: number, seedStr: string, seed: number): Float32Array {
     out[i] = (s >>> 0) / 4294967296;
   }
   return out;
+}
+
+/** Standard normal values (Box-Muller over the uniform stream). */
+function normals(n: number, seedStr: string, seed: number): Float32Array {
+  const u = uniforms(2 * n, seedStr, seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = Math.sqrt(-2 * Math.log(1 - u[2 * i]!)) * Math.cos(2 * Math.PI * u[2 * i + 1]!);
+  return out;
+}
+
+/** The per-layer targets of a spec (MODEL_TARGETS excluded). */
+export function layerTargets(s: LoraSpec): LoraTarget[] {
+  return s.targets.filter((t) => !isModelTarget(t));
 }
 
 export interface LoraInitOptions {
@@ -168,6 +208,10 @@ export class LoraAdapters {
   /** Our adapter names (`${loraModulePath}.lora_A|lora_B`) -> tensor, layer by layer in target order. */
   readonly params: Map<string, Tensor>;
   readonly layers: LayerLora[];
+  /** lm_head's pair (A [r, H], B [V, r]) when targeted. */
+  readonly head?: LoraPair;
+  /** embed_tokens' pair (A [V, r], B [H, r]) when targeted. */
+  readonly embed?: LoraPair;
   readonly dtype: LoraDType;
 
   /** Takes `params` over (every name of the spec must be there with its shape, all of one dtype, f32 or bf16). */
@@ -181,23 +225,55 @@ export class LoraAdapters {
     this.scale = loraScale(spec);
     this.params = params;
     this.layers = [];
+    const pair = (l: number, t: LoraTarget): LoraPair => {
+      const p = loraModulePath(l, t);
+      const sh = loraShapes(config, t, spec.rank);
+      const get = (n: string, shape: number[]): Tensor => {
+        const x = params.get(n);
+        if (!x) throw new Error(`LoraAdapters: missing adapter tensor '${n}'`);
+        if (x.dtype !== this.dtype || x.device !== device || x.shape.length !== shape.length || x.shape.some((d, i) => d !== shape[i])) {
+          throw new Error(`LoraAdapters: '${n}' is ${x.toString()}, expected ${this.dtype} [${shape.join(', ')}] on ${device}`);
+        }
+        return x;
+      };
+      return { A: get(`${p}.lora_A`, sh.A), B: get(`${p}.lora_B`, sh.B) };
+    };
+    if (config.tieWordEmbeddings && spec.targets.some(isModelTarget)) {
+      // One tensor serves as both: a merged export could not hold two different deltas of it.
+      throw new Error('trainer.policy.model.lora.target_modules: lm_head / embed_tokens need untied word embeddings (tie_word_embeddings is true)');
+    }
     for (let l = 0; l < config.numLayers; l++) {
       const ll: LayerLora = {};
-      for (const t of spec.targets) {
-        const p = loraModulePath(l, t);
-        const sh = loraShapes(config, t, spec.rank);
-        const get = (n: string, shape: number[]): Tensor => {
-          const x = params.get(n);
-          if (!x) throw new Error(`LoraAdapters: missing adapter tensor '${n}'`);
-          if (x.dtype !== this.dtype || x.device !== device || x.shape.length !== shape.length || x.shape.some((d, i) => d !== shape[i])) {
-            throw new Error(`LoraAdapters: '${n}' is ${x.toString()}, expected ${this.dtype} [${shape.join(', ')}] on ${device}`);
-          }
-          return x;
-        };
-        ll[FIELD[t]] = { A: get(`${p}.lora_A`, sh.A), B: get(`${p}.lora_B`, sh.B) };
-      }
+      for (const t of layerTargets(spec)) ll[FIELD[t]!] = pair(l, t);
       this.layers.push(ll);
     }
+    if (spec.targets.includes('lm_head')) this.head = pair(0, 'lm_head');
+    if (spec.targets.includes('embed_tokens')) this.embed = pair(0, 'embed_tokens');
+  }
+
+  /**
+   * The LM head with its adapter merged: a fresh bf16(W + scale·B·A) [V, H] (the caller frees it), or null without
+   * an lm_head adapter. The trainer's log-probs and the merged export use this form (the engine's logits add the
+   * adapter in factor form, GptOssModel.logits).
+   */
+  mergedHead(w: GptOssWeights): Tensor | null {
+    return this.head ? this.mergedParam(w, 0, 'lm_head') : null;
+  }
+
+  /**
+   * Adds the embedding adapter to the gathered base rows: x bf16 [N, H] (embeddingForward of the base) ->
+   * a fresh bf16(x + scale·A[ids]·Bᵀ) [N, H] (x is freed). Without an embed_tokens adapter, x itself.
+   */
+  embedAdapted(x: Tensor, ids: Tensor, opts: { checked?: boolean } = {}): Tensor {
+    if (!this.embed) return x;
+    const u = embeddingForward(this.embed.A, ids, opts); // [N, r]
+    const acc = cast(x, 'f32');
+    x.dispose();
+    matmul(u, this.embed.B, { transB: true, alpha: this.scale, out: acc, accumulate: true }); // += scale·u·Bᵀ [N, H]
+    u.dispose();
+    const y = cast(acc, 'bf16');
+    acc.dispose();
+    return y;
   }
 
   /** Fresh adapters: A kaiming-uniform (PEFT's default), B zero (the model starts as the base). */
@@ -206,28 +282,46 @@ export class LoraAdapters {
     const seed = opts.seed ?? 0;
     const dtype = opts.dtype ?? 'f32';
     const params = new Map<string, Tensor>();
-    for (let l = 0; l < config.numLayers; l++) {
-      for (const t of spec.targets) {
-        const p = loraModulePath(l, t);
-        const sh = loraShapes(config, t, spec.rank);
-        const fanIn = targetDims(config, t).in;
-        const draw = (name: string, shape: number[], bound: number): Tensor => {
-          const u = uniforms(shape.reduce((a, b) => a * b, 1), name, seed);
-          for (let i = 0; i < u.length; i++) u[i] = (2 * u[i]! - 1) * bound;
-          return Tensor.from(u, shape, { dtype, device });
-        };
-        params.set(`${p}.lora_A`, draw(`${p}.lora_A`, sh.A, 1 / Math.sqrt(fanIn)));
-        params.set(
-          `${p}.lora_B`,
-          opts.bStd ? draw(`${p}.lora_B`, sh.B, opts.bStd * Math.sqrt(3)) : Tensor.zeros(sh.B, { dtype, device }),
-        );
+    const draw = (name: string, shape: number[], bound: number): Tensor => {
+      const u = uniforms(shape.reduce((a, b) => a * b, 1), name, seed);
+      for (let i = 0; i < u.length; i++) u[i] = (2 * u[i]! - 1) * bound;
+      return Tensor.from(u, shape, { dtype, device });
+    };
+    const add = (l: number, t: LoraTarget): void => {
+      const p = loraModulePath(l, t);
+      const sh = loraShapes(config, t, spec.rank);
+      if (t === 'embed_tokens') {
+        // PEFT's Embedding LoRA: A zero, B normal(0, 1) (nn.Embedding's init). Test hook bStd: A drawn too.
+        params.set(`${p}.lora_A`, opts.bStd ? draw(`${p}.lora_A`, sh.A, opts.bStd * Math.sqrt(3)) : Tensor.zeros(sh.A, { dtype, device }));
+        params.set(`${p}.lora_B`, Tensor.from(normals(sh.B[0]! * sh.B[1]!, `${p}.lora_B`, seed), sh.B, { dtype, device }));
+        return;
       }
-    }
+      const fanIn = targetDims(config, t).in;
+      params.set(`${p}.lora_A`, draw(`${p}.lora_A`, sh.A, 1 / Math.sqrt(fanIn)));
+      params.set(`${p}.lora_B`, opts.bStd ? draw(`${p}.lora_B`, sh.B, opts.bStd * Math.sqrt(3)) : Tensor.zeros(sh.B, { dtype, device }));
+    };
+    for (let l = 0; l < config.numLayers; l++) for (const t of layerTargets(spec)) add(l, t);
+    for (const t of spec.targets.filter(isModelTarget)) add(0, t);
     return new LoraAdapters(config, spec, device, params);
   }
 
   names(): string[] {
     return [...this.params.keys()];
+  }
+
+  /** The pair of target t (in layer l for the per-layer targets). */
+  pairOf(l: number, t: LoraTarget): LoraPair {
+    const p = t === 'lm_head' ? this.head : t === 'embed_tokens' ? this.embed : this.layers[l]?.[FIELD[t]!];
+    if (!p) throw new Error(`LoraAdapters: no '${t}' adapter${isModelTarget(t) ? '' : ` in layer ${l}`}`);
+    return p;
+  }
+
+  /** [layer, target] of every adapter pair (the model targets once, as layer 0), in the PEFT file's order. */
+  private pairs(): [number, LoraTarget][] {
+    const out: [number, LoraTarget][] = [];
+    for (let l = 0; l < this.config.numLayers; l++) for (const t of layerTargets(this.spec)) out.push([l, t]);
+    for (const t of this.spec.targets.filter(isModelTarget)) out.push([0, t]);
+    return out;
   }
 
   numParameters(): number {
@@ -269,25 +363,32 @@ export class LoraAdapters {
    *     A.reshape(E, r, in))·scale. Two parameters of one module nest their wrappers in target_parameters order:
    *     the first listed (gate_up_proj) is the inner one, `mlp.experts.base_layer.lora_*`, the second (down_proj)
    *     `mlp.experts.lora_*`; a single expert target is `mlp.experts.lora_*`.
+   *   base_model.model.lm_head.lora_A.weight [r, H], .lora_B.weight [V, r] (target_modules "lm_head"; nn.Linear LoRA)
+   *   base_model.model.model.embed_tokens.lora_embedding_A [r, V] (= our Aᵀ), .lora_embedding_B [H, r]
+   *     (target_modules "embed_tokens"; PEFT's Embedding LoRA keeps plain Parameters, hence no ".weight")
    */
   savePeft(dir: string, opts: { baseModel?: string; values?: ReadonlyMap<string, Tensor> } = {}): void {
     mkdirSync(dir, { recursive: true });
     const tensors: TensorToSave[] = [];
-    for (let l = 0; l < this.config.numLayers; l++) {
-      for (const t of this.spec.targets) {
-        // opts.values: the same names with other tensors (a trainer's fp32 masters of bf16 adapters).
-        const pth = loraModulePath(l, t);
-        const A = opts.values?.get(`${pth}.lora_A`) ?? this.layers[l]![FIELD[t]]!.A;
-        const B = opts.values?.get(`${pth}.lora_B`) ?? this.layers[l]![FIELD[t]]!.B;
-        const names = peftNames(this.spec.targets, l, t);
-        const [a, b] = EXPERT_TARGETS.includes(t) ? expertToPeft(A, B) : [A.toFloat32(), B.toFloat32()];
-        const [shA, shB] = EXPERT_TARGETS.includes(t) ? peftExpertShapes(A, B) : [A.shape, B.shape];
-        tensors.push({ name: names.A, dtype: 'F32', shape: shA, data: new Uint8Array(a.buffer) });
-        tensors.push({ name: names.B, dtype: 'F32', shape: shB, data: new Uint8Array(b.buffer) });
-      }
+    for (const [l, t] of this.pairs()) {
+      // opts.values: the same names with other tensors (a trainer's fp32 masters of bf16 adapters).
+      const pth = loraModulePath(l, t);
+      const A = opts.values?.get(`${pth}.lora_A`) ?? this.pairOf(l, t).A;
+      const B = opts.values?.get(`${pth}.lora_B`) ?? this.pairOf(l, t).B;
+      const names = peftNames(this.spec.targets, l, t);
+      let a: Float32Array, b: Float32Array, shA: number[], shB: number[];
+      if (EXPERT_TARGETS.includes(t)) {
+        [a, b] = expertToPeft(A, B);
+        [shA, shB] = peftExpertShapes(A, B);
+      } else if (t === 'embed_tokens') {
+        const [V, r] = A.shape as [number, number];
+        [a, b, shA, shB] = [transpose2d(A.toFloat32(), V, r), B.toFloat32(), [r, V], B.shape];
+      } else [a, b, shA, shB] = [A.toFloat32(), B.toFloat32(), A.shape, B.shape];
+      tensors.push({ name: names.A, dtype: 'F32', shape: shA, data: new Uint8Array(a.buffer) });
+      tensors.push({ name: names.B, dtype: 'F32', shape: shB, data: new Uint8Array(b.buffer) });
     }
     writeSafetensors(join(dir, 'adapter_model.safetensors'), tensors, { format: 'pt' });
-    const modules = this.spec.targets.filter((t) => t.endsWith('_proj') && !EXPERT_TARGETS.includes(t));
+    const modules = this.spec.targets.filter((t) => (t.endsWith('_proj') && !EXPERT_TARGETS.includes(t)) || isModelTarget(t));
     const params = [
       ...(this.spec.targets.includes('gate_up_proj') ? ['mlp.experts.gate_up_proj'] : []),
       ...(this.spec.targets.includes('down_proj') ? ['mlp.experts.down_proj'] : []),
@@ -334,7 +435,7 @@ export class LoraAdapters {
     if (!Array.isArray(mods)) throw bad(`target_modules must be a list of module names, got ${JSON.stringify(mods)}`);
     const targets: LoraTarget[] = [];
     for (const m of mods as string[]) {
-      if (!['q_proj', 'k_proj', 'v_proj', 'o_proj'].includes(m)) throw bad(`target_modules: unsupported module '${m}'`);
+      if (!['q_proj', 'k_proj', 'v_proj', 'o_proj', 'lm_head', 'embed_tokens'].includes(m)) throw bad(`target_modules: unsupported module '${m}'`);
       targets.push(m as LoraTarget);
     }
     const tp = (cfg.target_parameters ?? []) as string[];
@@ -358,26 +459,34 @@ export class LoraAdapters {
     if (!existsSync(file)) throw new Error(`LoRA adapter ${dir}: adapter_model.safetensors not found`);
     const ck = Checkpoint.open(file);
     const params = new Map<string, Tensor>();
+    const pairs: [number, LoraTarget][] = [];
+    for (let l = 0; l < config.numLayers; l++) for (const t of layerTargets(spec)) pairs.push([l, t]);
+    for (const t of spec.targets.filter(isModelTarget)) pairs.push([0, t]);
     try {
-      for (let l = 0; l < config.numLayers; l++) {
-        for (const t of spec.targets) {
-          const names = peftNames(spec.targets, l, t);
-          const sh = loraShapes(config, t, spec.rank);
-          const p = loraModulePath(l, t);
-          if (EXPERT_TARGETS.includes(t)) {
-            const E = config.numExperts, r = spec.rank;
-            const [inD, outD] = [sh.A[1]!, sh.B[2]!];
-            const a = ck.load(names.A, { device: 'cpu', dtype: 'f32', shape: [r * E, inD] });
-            const b = ck.load(names.B, { device: 'cpu', dtype: 'f32', shape: [outD, r * E] });
-            const [A, B] = expertFromPeft(a.toFloat32(), b.toFloat32(), E, r, inD, outD);
-            a.dispose();
-            b.dispose();
-            params.set(`${p}.lora_A`, Tensor.from(A, sh.A, { dtype, device }));
-            params.set(`${p}.lora_B`, Tensor.from(B, sh.B, { dtype, device }));
-          } else {
-            params.set(`${p}.lora_A`, ck.load(names.A, { device, dtype, shape: sh.A }));
-            params.set(`${p}.lora_B`, ck.load(names.B, { device, dtype, shape: sh.B }));
-          }
+      for (const [l, t] of pairs) {
+        const names = peftNames(spec.targets, l, t);
+        const sh = loraShapes(config, t, spec.rank);
+        const p = loraModulePath(l, t);
+        if (EXPERT_TARGETS.includes(t)) {
+          const E = config.numExperts, r = spec.rank;
+          const [inD, outD] = [sh.A[1]!, sh.B[2]!];
+          const a = ck.load(names.A, { device: 'cpu', dtype: 'f32', shape: [r * E, inD] });
+          const b = ck.load(names.B, { device: 'cpu', dtype: 'f32', shape: [outD, r * E] });
+          const [A, B] = expertFromPeft(a.toFloat32(), b.toFloat32(), E, r, inD, outD);
+          a.dispose();
+          b.dispose();
+          params.set(`${p}.lora_A`, Tensor.from(A, sh.A, { dtype, device }));
+          params.set(`${p}.lora_B`, Tensor.from(B, sh.B, { dtype, device }));
+        } else if (t === 'embed_tokens') {
+          // lora_embedding_A [r, V] -> our A [V, r].
+          const [V, r] = sh.A as [number, number];
+          const a = ck.load(names.A, { device: 'cpu', dtype: 'f32', shape: [r, V] });
+          params.set(`${p}.lora_A`, Tensor.from(transpose2d(a.toFloat32(), r, V), sh.A, { dtype, device }));
+          a.dispose();
+          params.set(`${p}.lora_B`, ck.load(names.B, { device, dtype, shape: sh.B }));
+        } else {
+          params.set(`${p}.lora_A`, ck.load(names.A, { device, dtype, shape: sh.A }));
+          params.set(`${p}.lora_B`, ck.load(names.B, { device, dtype, shape: sh.B }));
         }
       }
     } catch (e) {
@@ -393,22 +502,26 @@ export class LoraAdapters {
   /** Checkpoint name of the base parameter a target adapts in layer l (q/k/v: the per-projection names). */
   baseParamName(l: number, t: LoraTarget): string {
     if (t === 'router') return `${layerPrefix(l)}.mlp.router.weight`;
+    if (isModelTarget(t)) return `${loraModulePath(l, t)}.weight`;
     return EXPERT_TARGETS.includes(t) ? loraModulePath(l, t) : `${loraModulePath(l, t)}.weight`;
   }
 
   /** Base parameter name -> [layer, target] of every adapted parameter. */
   adaptedParams(): Map<string, [number, LoraTarget]> {
     const m = new Map<string, [number, LoraTarget]>();
-    for (let l = 0; l < this.config.numLayers; l++) for (const t of this.spec.targets) m.set(this.baseParamName(l, t), [l, t]);
+    for (const [l, t] of this.pairs()) m.set(this.baseParamName(l, t), [l, t]);
     return m;
   }
 
   /** A fresh bf16 tensor W + scale·ΔW for target t of layer l (the base is untouched). */
   mergedParam(w: GptOssWeights, l: number, t: LoraTarget): Tensor {
-    const { A, B } = this.layers[l]![FIELD[t]]!;
+    const { A, B } = this.pairOf(l, t);
     const base = w.params.get(this.baseParamName(l, t))!;
     const m = base.clone();
-    if (EXPERT_TARGETS.includes(t)) {
+    if (t === 'embed_tokens') {
+      // E [V, H] += scale·A·Bᵀ (= scale·(B·A_peft)ᵀ, PEFT's get_delta_weight for an Embedding).
+      matmul(A, B, { out: m, accumulate: true, alpha: this.scale, transB: true });
+    } else if (EXPERT_TARGETS.includes(t)) {
       // Per expert: W[e] [in, out] += scale·A[e]·B[e].
       for (let e = 0; e < this.config.numExperts; e++) {
         const we = m.slice(e, e + 1), ae = A.slice(e, e + 1), be = B.slice(e, e + 1);
@@ -456,6 +569,8 @@ export function saveMergedCheckpoint(w: GptOssWeights, a: LoraAdapters, dir: str
 
 /** PEFT tensor names of a target's pair in layer l (see savePeft). */
 function peftNames(targets: readonly LoraTarget[], l: number, t: LoraTarget): { A: string; B: string } {
+  if (t === 'lm_head') return { A: 'base_model.model.lm_head.lora_A.weight', B: 'base_model.model.lm_head.lora_B.weight' };
+  if (t === 'embed_tokens') return { A: 'base_model.model.model.embed_tokens.lora_embedding_A', B: 'base_model.model.model.embed_tokens.lora_embedding_B' };
   const base = `base_model.model.${layerPrefix(l)}`;
   let mod: string;
   if (t === 'router') mod = `${base}.mlp.router`;
@@ -464,6 +579,13 @@ function peftNames(targets: readonly LoraTarget[], l: number, t: LoraTarget): { 
     mod = both && t === 'gate_up_proj' ? `${base}.mlp.experts.base_layer` : `${base}.mlp.experts`;
   } else mod = `${base}.self_attn.${t}`;
   return { A: `${mod}.lora_A.weight`, B: `${mod}.lora_B.weight` };
+}
+
+/** [rows, cols] row-major -> its transpose [cols, rows] (host f32). */
+function transpose2d(x: Float32Array, rows: number, cols: number): Float32Array {
+  const y = new Float32Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) y[j * rows + i] = x[i * cols + j]!;
+  return y;
 }
 
 function peftExpertShapes(A: Tensor, B: Tensor): [number[], number[]] {

@@ -30,7 +30,7 @@
 // Bytes are plain numbers (exact below 2^53: ample for any GPU). "GB" means 1e9 bytes throughout.
 import type { Config } from '../config/schema.ts';
 import type { GptOssConfig } from '../model/config.ts';
-import { LORA_TARGETS, loraShapes, type LoraTarget } from '../model/lora.ts';
+import { LORA_TARGETS, MODEL_TARGETS, loraShapes, type LoraTarget } from '../model/lora.ts';
 
 // ---- parameters ------------------------------------------------------------------------------------------------
 
@@ -658,14 +658,14 @@ export function engineMemoryPlan(
   };
 }
 
-/** Adapter parameters of a LoRA spec on a config (every layer; shapes of src/model/lora.ts). */
+/** Adapter parameters of a LoRA spec on a config (every layer's, plus lm_head's and embed_tokens' once; shapes of src/model/lora.ts). */
 export function loraParams(c: GptOssConfig, rank: number, targets: readonly LoraTarget[]): number {
   let n = 0;
   for (const t of targets) {
     const sh = loraShapes(c, t, rank);
-    n += sh.A.reduce((x, y) => x * y, 1) + sh.B.reduce((x, y) => x * y, 1);
+    n += (sh.A.reduce((x, y) => x * y, 1) + sh.B.reduce((x, y) => x * y, 1)) * (MODEL_TARGETS.includes(t) ? 1 : c.numLayers);
   }
-  return n * c.numLayers;
+  return n;
 }
 
 /**
@@ -702,6 +702,11 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
   const adapterAct = input.microBatchTokens * 2 * 4 * lora.rank;
   const fwdAct = forwardActivations(c, input.forwardMicroBatchTokens, a.moeRowPadding);
   const trainActBytes = Math.max(act.peakBytes + adapterAct, fwdAct);
+  // An lm_head adapter runs the fused LM head on the merged bf16(W + scale·B·A) [V, H], made per call, and its
+  // backward takes the merged head's f32 [V, H] gradient (dA, dB come from it): 2 + 4 B per head entry at the
+  // head's backward. Generation adds it in factor form (GptOssModel.logits: [N, r] products only).
+  const VH = c.vocabSize * c.hiddenSize;
+  const headAdapter = lora.targets.includes('lm_head');
   const train: PlanRow[] = [
     { key: 'weights', label: 'bf16 base (frozen, shared)', bytes: 2 * P, formula: `2 B x ${fmtB(P)} params (trainer, engine and KL reference)` },
     { key: 'adapters', label: 'f32 adapters (their masters)', bytes: 4 * A, formula: `4 B x ${fmtB(A)} adapter params (rank ${lora.rank}: ${lora.targets.join(', ')})` },
@@ -716,9 +721,13 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
           ? `no-grad forward of ${fmtInt(input.forwardMicroBatchTokens)} tokens`
           : `recompute ${input.recompute ? 'on' : 'off'}: stored ${formatGB(act.storedBytes)}, peak in ${act.layerBackwardPeakBytes >= act.headBackwardPeakBytes ? "the last layer's backward" : 'the LM head backward'} + adapter products ${formatGB(adapterAct)}`,
     },
+    ...(headAdapter
+      ? [{ key: 'lm_head_adapter', label: 'lm_head adapter: merged head + its gradient', bytes: 6 * VH, formula: `(2 + 4) B x V x H (${fmtB(VH)}): bf16 merged head and its f32 gradient in the LM head backward` }]
+      : []),
     { key: 'overhead', label: 'CUDA context, cuBLAS', bytes: a.cudaContextBytes + a.cublasBytes, formula: `CUDA context ${formatGB(a.cudaContextBytes)} + cuBLAS workspaces ${formatGB(a.cublasBytes)} (assumed)` },
     { key: 'slack', label: 'allocator slack', bytes: a.allocatorSlack * trainActBytes, formula: `${a.allocatorSlack} x transient (${formatGB(trainActBytes)})` },
   ];
+  if (headAdapter) notes.push(`the lm_head adapter runs the trainer's fused LM head on a merged bf16 head made per forward (${formatGB(2 * VH)} GB; one [V, r] x [r, H] GEMM each); generation adds it in factor form`);
   if (input.ref !== 'none') notes.push('the KL reference is the base with the adapters off: no second copy of the weights');
   const trainTotal = train.reduce((s, r) => s + r.bytes, 0);
   if (trainTotal > M) {

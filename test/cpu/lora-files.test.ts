@@ -28,7 +28,7 @@ test('PEFT layout: names, shapes and config as PEFT writes them for GPT-OSS; loa
   assert.equal(conf.peft_type, 'LORA');
   assert.equal(conf.r, 4);
   assert.equal(conf.lora_alpha, 8);
-  assert.deepEqual(conf.target_modules, ['q_proj', 'k_proj', 'v_proj', 'o_proj']);
+  assert.deepEqual(conf.target_modules, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'lm_head', 'embed_tokens']);
   assert.deepEqual(conf.target_parameters, ['mlp.experts.gate_up_proj', 'mlp.experts.down_proj', 'mlp.router.weight']);
   const ck = Checkpoint.open(join(dir, 'adapter_model.safetensors'));
   const E = cfg.numExperts, H = cfg.hiddenSize, I = cfg.intermediateSize, r = 4;
@@ -44,9 +44,30 @@ test('PEFT layout: names, shapes and config as PEFT writes them for GPT-OSS; loa
     [`${p}.mlp.experts.base_layer.lora_B.weight`]: [2 * I, r * E],
     [`${p}.mlp.experts.lora_A.weight`]: [r * E, I],
     [`${p}.mlp.experts.lora_B.weight`]: [H, r * E],
+    // lm_head: nn.Linear LoRA; embed_tokens: PEFT's Embedding LoRA (plain Parameters lora_embedding_A [r, V], _B [H, r]).
+    'base_model.model.lm_head.lora_A.weight': [r, H],
+    'base_model.model.lm_head.lora_B.weight': [cfg.vocabSize, r],
+    'base_model.model.model.embed_tokens.lora_embedding_A': [r, cfg.vocabSize],
+    'base_model.model.model.embed_tokens.lora_embedding_B': [H, r],
   };
   for (const [n, sh] of Object.entries(want)) assert.deepEqual(ck.shapeOf(n), sh, n);
-  assert.equal(ck.names().length, cfg.numLayers * LORA_TARGETS.length * 2);
+  assert.equal(ck.names().length, (cfg.numLayers * (LORA_TARGETS.length - 2) + 2) * 2);
+  // PEFT's Embedding delta for token v: F.embedding(v, lora_embedding_A.T) @ lora_embedding_B.T, i.e. row v of
+  // (B·A_peft)ᵀ, equals ours (A[v] · Bᵀ).
+  {
+    const ea = ck.load('base_model.model.model.embed_tokens.lora_embedding_A', { device: 'cpu', dtype: 'f32' }).toFloat32();
+    const eb = ck.load('base_model.model.model.embed_tokens.lora_embedding_B', { device: 'cpu', dtype: 'f32' }).toFloat32();
+    const oa = a.embed!.A.toFloat32(), ob = a.embed!.B.toFloat32();
+    const V = cfg.vocabSize;
+    for (const [v, h] of [[0, 0], [17, 5], [V - 1, H - 1], [100, 31]] as const) {
+      let peft = 0, mine = 0;
+      for (let j = 0; j < r; j++) {
+        peft += ea[j * V + v]! * eb[h * r + j]!;
+        mine += oa[v * r + j]! * ob[h * r + j]!;
+      }
+      assert.ok(Math.abs(peft - mine) < 1e-6, `embedding [${v}, ${h}]: PEFT ${peft} vs ours ${mine}`);
+    }
+  }
   // PEFT's expert delta: einsum("o r e, e r i -> e i o", B.reshape(out, r, E), A.reshape(E, r, in)) · scale
   // equals ours (scale · A[e] · B[e]) for gate_up of layer 1.
   const pa = ck.load(`${p}.mlp.experts.base_layer.lora_A.weight`, { device: 'cpu', dtype: 'f32' }).toFloat32();

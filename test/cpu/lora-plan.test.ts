@@ -16,12 +16,28 @@ const planCli = (args: string[]) => spawnSync(process.execPath, ['--import', 'ts
 
 test('adapter parameter counts equal the tensors LoraAdapters makes', () => {
   const tiny = presetConfig('gpt-oss-tiny-256');
-  const targets: LoraTarget[] = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'router', 'gate_up_proj', 'down_proj'];
+  const targets: LoraTarget[] = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'router', 'gate_up_proj', 'down_proj', 'lm_head', 'embed_tokens'];
   const a = LoraAdapters.init(tiny, { rank: 3, alpha: 6, dropout: 0, targets }, 'cpu');
   assert.equal(loraParams(tiny, 3, targets), a.numParameters());
   a.dispose();
   // gpt-oss-20b, rank 16 on q/k/v/o: per layer 16·(2880 + 4096) + 2·16·(2880 + 512) + 16·(4096 + 2880) = 331,776.
   assert.equal(loraParams(g20, 16, ['q_proj', 'k_proj', 'v_proj', 'o_proj']), 24 * 331_776);
+  // lm_head and embed_tokens once each (not per layer): 16·(2880 + 201,088) apiece.
+  assert.equal(loraParams(g20, 16, ['lm_head', 'embed_tokens']), 2 * 16 * (2880 + 201_088));
+});
+
+test('an lm_head adapter plans its merged head and that head\'s f32 gradient; the counts include its adapter state', () => {
+  const p = planFromConfig(g20, loraConfig(['trainer.policy.model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,lm_head,embed_tokens]']), { gpus: 1, gpuMemoryBytes: 80e9 });
+  const A = loraParams(g20, 16, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'lm_head', 'embed_tokens']);
+  assert.equal(p.lora!.adapterParams, A);
+  const row = (k: string) => p.train.rows.find((r) => r.key === k)?.bytes;
+  assert.equal(row('adapters'), 4 * A);
+  assert.equal(row('moments'), 8 * A);
+  const VH = 201_088 * 2880;
+  assert.equal(row('lm_head_adapter'), 6 * VH);
+  assert.equal(p.generate.rows.find((r) => r.key === 'lm_head_adapter'), undefined);
+  assert.match(p.notes.join('\n'), /merged bf16 head made per forward .*generation adds it in factor form/);
+  assert.equal(p.fits, true, p.overflows.join('; '));
 });
 
 test('gpt-oss-20b LoRA GRPO with the seed lengths fits one 80 GB GPU: one base, adapter state only', () => {

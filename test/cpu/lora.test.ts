@@ -9,6 +9,7 @@ import { Tensor } from '../../src/tensor.ts';
 import { moeForward, moeBackward } from '../../src/ops/moe.ts';
 import { matmul } from '../../src/ops/gemm.ts';
 import { generate } from '../../src/inference/generate.ts';
+import { loadConfig } from '../../src/config/index.ts';
 
 const cfg = presetConfig('gpt-oss-tiny-256');
 const seqs = [
@@ -169,7 +170,9 @@ test('adapter gradients match finite differences of the loss (each target); no b
     const p0 = p.toFloat32();
     const dir = Float32Array.from(p0, (_, i) => Math.sin(i * 12.9898 + name.length) >= 0 ? 1 : -1);
     const dot = g.reduce((acc, v, i) => acc + v * dir[i]!, 0);
-    const eps = 0.03;
+    // The embedding's B is PEFT's normal(0, 1) (50x the tiny base's embedding rows), so its A takes a smaller step
+    // to stay in the loss's linear range.
+    const eps = name === 'model.embed_tokens.lora_A' ? 0.01 : 0.03;
     const at = (sgn: number) => {
       p.copyFrom(Float32Array.from(p0, (v, i) => v + sgn * eps * dir[i]!));
       return lossAndGrads(m, c, false).loss;
@@ -187,7 +190,8 @@ test('adapter gradients match finite differences of the loss (each target); no b
   const cov = fds.reduce((acc, f, i) => acc + (f - mf) * (dots[i]! - md), 0);
   const corr = cov / Math.sqrt(fds.reduce((acc, f) => acc + (f - mf) ** 2, 0) * dots.reduce((acc, d) => acc + (d - md) ** 2, 0));
   assert.ok(corr > 0.97, `correlation of finite differences and gradients ${corr}`);
-  assert.equal(checked, 2 * 2 * LORA_TARGETS.length);
+  // Every layer's pairs of the 7 per-layer targets, and the model's lm_head and embed_tokens pairs.
+  assert.equal(checked, 2 * (c4.numLayers * (LORA_TARGETS.length - 2) + 2));
   for (const t of grads!.values()) t.dispose();
   a.dispose();
   m.dispose();
@@ -227,4 +231,62 @@ test('specs are checked with the config key named', () => {
   assert.throws(() => LoraAdapters.init(cfg, { ...ALL, dropout: 0.1 }, 'cpu'), /lora\.dropout=0\.1: LoRA dropout is not implemented/);
   assert.throws(() => LoraAdapters.init(cfg, { ...ALL, targets: ['q_proj', 'mlp'] as never }, 'cpu'), /unknown target 'mlp'/);
   assert.throws(() => LoraAdapters.init(cfg, { ...ALL, targets: [] }, 'cpu'), /target_modules is empty/);
+  // The config accepts PEFT's lm_head / embed_tokens and refuses other names with the key path.
+  assert.deepEqual(loadConfig({ config: 'demo-cpu', overrides: ['trainer.policy.model.lora.target_modules=[q_proj,lm_head,embed_tokens]'] }).trainer.policy.model.lora.target_modules, ['q_proj', 'lm_head', 'embed_tokens']);
+  assert.throws(() => loadConfig({ config: 'demo-cpu', overrides: ['trainer.policy.model.lora.target_modules=[lm_head,wte]'] }), /trainer\.policy\.model\.lora\.target_modules\.1: .*got "wte"/);
+  // Tied word embeddings (one tensor for both) cannot hold two deltas: refused.
+  assert.throws(() => LoraAdapters.init(presetConfig('gpt-oss-tiny-256', { tieWordEmbeddings: true }), { ...ALL, targets: ['lm_head'] }, 'cpu'), /untied word embeddings/);
+});
+
+test('lm_head and embed_tokens adapters alone: B·A = 0 at init is the base; forward == merged weights; the engine == the trainer', async () => {
+  const spec: LoraSpec = { rank: 4, alpha: 8, dropout: 0, targets: ['lm_head', 'embed_tokens'] };
+  const m = randomModel(cfg, { device: 'cpu', seed: 11, biasStd: 0.02 });
+  const base = logprobs(m);
+  // PEFT's init: the LM head's B zero (A kaiming-uniform), the embedding's A zero (B normal(0, 1)).
+  const fresh = LoraAdapters.init(cfg, spec, 'cpu', { seed: 12 });
+  assert.ok(fresh.head!.B.toFloat32().every((v) => v === 0) && fresh.embed!.A.toFloat32().every((v) => v === 0));
+  const eb = fresh.embed!.B.toFloat32();
+  const sd = Math.sqrt(eb.reduce((s, v) => s + v * v, 0) / eb.length);
+  assert.ok(sd > 0.8 && sd < 1.2, `embedding B ~ normal(0, 1): std ${sd}`);
+  m.lora = fresh;
+  assert.deepEqual(Array.from(logprobs(m)), Array.from(base));
+  fresh.dispose();
+  const a = LoraAdapters.init(cfg, spec, 'cpu', { seed: 13, bStd: 0.05 });
+  m.lora = a;
+  const adapted = logprobs(m);
+  const params = new Map<string, Tensor>();
+  for (const [n, t] of m.weights.params) params.set(n, t.clone());
+  assert.deepEqual([...a.adaptedParams().keys()].sort(), ['lm_head.weight', 'model.embed_tokens.weight']);
+  for (const [n, [l, t]] of a.adaptedParams()) {
+    params.get(n)!.dispose();
+    params.set(n, a.mergedParam(m.weights, l, t));
+  }
+  const merged = new GptOssModel(new GptOssWeights(cfg, 'cpu', params));
+  const dBase = maxAbsDiff(adapted, base), dMerged = maxAbsDiff(adapted, logprobs(merged));
+  assert.ok(dBase > 0.05, `adapters change the model (max |Δ| ${dBase})`);
+  // The head is merged the same way in both (bf16(W + scale·B·A)); the embedding rows differ by one bf16 rounding.
+  assert.ok(dMerged < 0.01 && dMerged < dBase / 10, `adapted vs merged max |Δ| ${dMerged} (vs base ${dBase})`);
+  // The engine's steps (model.embed / model.logits) apply the adapters: its sampled tokens' log-probs equal the
+  // trainer's forward over prompt + output.
+  const { createEngine } = await import('../../src/inference/engine.ts');
+  const e = await createEngine(m, { blockSize: 4, numBlocks: 64 });
+  const ps = [[1, 5, 9, 13, 17, 21, 30], [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]];
+  const out = await e.generate(ps.map((prompt, i) => ({ prompt, n: 2, maxNewTokens: 10, temperature: 1, seed: i, stopTokens: [] })));
+  let worst = 0, moved = 0;
+  out.forEach((r, i) => {
+    for (const s of r.samples) {
+      const full = [...ps[i]!, ...s.tokens];
+      const lp = m.tokenLogprobs([full])[0]!.slice(ps[i]!.length - 1);
+      const lb = m.withoutAdapters(() => m.tokenLogprobs([full]))[0]!.slice(ps[i]!.length - 1);
+      s.logprobs.forEach((x, t) => {
+        worst = Math.max(worst, Math.abs(x - lp[t]!));
+        moved = Math.max(moved, Math.abs(x - lb[t]!));
+      });
+    }
+  });
+  assert.ok(worst < 2e-2 && moved > 10 * worst, `max |engine - trainer| = ${worst} (vs the base ${moved})`);
+  e.dispose();
+  merged.dispose();
+  a.dispose();
+  m.dispose();
 });

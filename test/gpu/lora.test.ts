@@ -121,6 +121,74 @@ test('cuda: adapter gradients match the CPU backward; no base gradient', { skip 
   p.dispose();
 });
 
+test('cuda: lm_head and embed_tokens adapters (f32 and bf16): zero init == base; == merged; == CPU; gradients == CPU; engine == trainer', { skip }, async () => {
+  const HEAD_EMBED: LoraSpec = { rank: 8, alpha: 16, dropout: 0, targets: ['q_proj', 'lm_head', 'embed_tokens'] };
+  const { cast } = await import('../../src/ops/elementwise.ts');
+  const { createEngine } = await import('../../src/inference/engine.ts');
+  for (const dtype of ['f32', 'bf16'] as const) {
+    // PEFT's init (lm_head B zero, embedding A zero): the base bitwise.
+    const z = pair(4, 0, HEAD_EMBED);
+    const base = logprobs(z.gpuModel);
+    const toDtype = (a: LoraAdapters) => new LoraAdapters(cfg, a.spec, DEV, new Map([...a.params].map(([n, t]) => [n, dtype === 'f32' ? t.clone() : cast(t, 'bf16')])));
+    const z2 = toDtype(z.aGpu);
+    z.gpuModel.lora = z2;
+    assert.deepEqual(Array.from(logprobs(z.gpuModel)), Array.from(base), `${dtype}: zero init`);
+    z2.dispose();
+    z.dispose();
+
+    const p = pair(5, 0.05, HEAD_EMBED);
+    const aG = toDtype(p.aGpu);
+    const baseG = logprobs(p.gpuModel);
+    p.gpuModel.lora = aG;
+    p.cpuModel.lora = p.aCpu;
+    const adaptedG = logprobs(p.gpuModel), adaptedC = logprobs(p.cpuModel);
+    const params = new Map<string, Tensor>();
+    for (const [n, t] of p.gpuModel.weights.params) params.set(n, t.clone());
+    for (const [n, [l, t]] of aG.adaptedParams()) {
+      params.get(n)!.dispose();
+      params.set(n, aG.mergedParam(p.gpuModel.weights, l, t));
+    }
+    const merged = new GptOssModel(new GptOssWeights(cfg, DEV, params));
+    const dBase = maxAbsDiff(adaptedG, baseG);
+    assert.ok(dBase > 0.05, `${dtype}: adapters change the model (${dBase})`);
+    assert.ok(maxAbsDiff(adaptedG, logprobs(merged)) < dBase / 10, `${dtype}: cuda adapted vs merged`);
+    assert.ok(maxAbsDiff(adaptedG, adaptedC) < dBase / 10, `${dtype}: cuda vs cpu adapted ${maxAbsDiff(adaptedG, adaptedC)}`);
+    // Gradients of the lm_head / embedding adapters against the CPU's (the merged head's f32 gradient on CUDA).
+    const grads = (m: GptOssModel) => {
+      const b = packSequences(seqs, m.device);
+      const r = m.forward(b, { train: true, releaseBatch: true });
+      const T = r.logprobs.numel;
+      r.logprobs.dispose();
+      r.entropy.dispose();
+      const c = Float32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 0 : Math.cos(i)));
+      return m.backward(r.state!, Tensor.from(c, [T], { dtype: 'f32', device: m.device }));
+    };
+    const gG = grads(p.gpuModel), gC = grads(p.cpuModel);
+    assert.deepEqual([...gG.keys()].sort(), aG.names().sort());
+    for (const [n, t] of gC) {
+      const want = t.toFloat32(), got = gG.get(n)!.toFloat32();
+      const sc = want.reduce((m, v) => Math.max(m, Math.abs(v)), 1e-6);
+      assert.ok(maxAbsDiff(got, want) < 0.05 * sc, `${dtype} ${n}: max |cuda - cpu| ${maxAbsDiff(got, want)} (max |g| ${sc})`);
+    }
+    // The engine's steps (model.embed / model.logits with the adapters): its log-probs equal the trainer forward's.
+    const e = await createEngine(p.gpuModel, { blockSize: 16, numBlocks: 64 });
+    const ps = [[1, 5, 9, 13, 17, 21, 30], [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22]];
+    const out = await e.generate(ps.map((prompt, i) => ({ prompt, n: 2, maxNewTokens: 10, temperature: 1, seed: i, stopTokens: [] })));
+    let worst = 0;
+    out.forEach((r, i) => {
+      for (const smp of r.samples) {
+        const lp = p.gpuModel.tokenLogprobs([[...ps[i]!, ...smp.tokens]])[0]!.slice(ps[i]!.length - 1);
+        smp.logprobs.forEach((x, t) => (worst = Math.max(worst, Math.abs(x - lp[t]!))));
+      }
+    });
+    assert.ok(worst < 2e-2, `${dtype}: max |engine - trainer| ${worst}`);
+    e.dispose();
+    merged.dispose();
+    aG.dispose();
+    p.dispose();
+  }
+});
+
 test('cuda: moeBackward weightGrads false gives the same dx at each strategy and no expert weight gradients', { skip }, () => {
   const H = 256, I = 256, E = 32, k = 4;
   let s = 11;
