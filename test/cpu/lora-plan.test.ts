@@ -47,9 +47,11 @@ test('gpt-oss-20b LoRA GRPO with the seed lengths fits one 80 GB GPU: one base, 
   const p = planFromConfig(g20, c, { gpus: 1, gpuMemoryBytes: 80e9, modelName: 'gpt-oss-20b' });
   assert.equal(p.fits, true, p.overflows.join('; '));
   const P = paramUnits(g20).total;
-  const A = loraParams(g20, 16, ['q_proj', 'k_proj', 'v_proj', 'o_proj']);
+  // The config's targets: q/k/v/o and the LM head (its merged head and that head's f32 gradient are planned too).
+  const A = loraParams(g20, 16, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'lm_head']);
   const row = (k: string) => p.train.rows.find((r) => r.key === k)?.bytes;
   assert.equal(row('weights'), 2 * P);
+  assert.equal(row('lm_head_adapter'), 6 * 201_088 * 2880);
   assert.equal(row('adapters'), 4 * A);
   assert.equal(row('moments'), 8 * A);
   assert.equal(row('grads'), 4 * A);
@@ -61,7 +63,7 @@ test('gpt-oss-20b LoRA GRPO with the seed lengths fits one 80 GB GPU: one base, 
   assert.equal(p.generate.rows.find((r) => r.key === 'engineWeights')!.bytes, 0);
   assert.ok(p.generate.fullSequences >= 64, `${p.generate.fullSequences} sequences`);
   const t = formatPlan(p);
-  assert.match(t, /LoRA: rank 16 on q_proj, k_proj, v_proj, o_proj: 8\.0M trainable parameters/);
+  assert.match(t, /LoRA: rank 16 on q_proj, k_proj, v_proj, o_proj, lm_head: 11\.2M trainable parameters/);
   assert.match(t, /verdict: fits/);
 });
 
