@@ -365,7 +365,8 @@ export interface NativeOps {
     seed: number,
     step: number,
   ): { tokens: NativeTensor; logprobs: NativeTensor };
-  /** logits f32 or bf16 [B, V]; temperature f32 [B], topP f32 [B], topK i32 [B], seeds i32 [B], counters i32 [B]. */
+  /** logits f32 or bf16 [B, V]; temperature f32 [B], topP f32 [B], topK i32 [B], seeds i32 [B], counters i32 [B];
+   *  strategy (CUDA logits only; default 'auto'): the kernel layout, a test knob (see SampleRowsOptions). */
   sampleRows(
     logits: TensorArg,
     temperature: TensorArg,
@@ -373,6 +374,7 @@ export interface NativeOps {
     topK: TensorArg,
     seeds: TensorArg,
     counters: TensorArg,
+    strategy?: 'auto' | 'single' | 'split',
   ): { tokens: NativeTensor; logprobs: NativeTensor };
 
   // ---- swiglu.cc ----
