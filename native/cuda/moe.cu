@@ -1,5 +1,5 @@
-// moe.cu: the GPT-OSS MoE block on the GPU. Router (logits, top-k, softmax), deterministic dropless
-// permutation, the expert MLPs, weighted combine, and the backward's reductions. The expert GEMMs run one of four
+// moe.cu: the GPT-OSS MoE block on the GPU. Router (logits, top-k, softmax; at T <= 16 tokens one fused block
+// launch with the placement, else a cuBLAS GEMM and two kernels), deterministic dropless permutation, the expert MLPs, weighted combine, and the backward's reductions. The expert GEMMs run one of four
 // strategies, chosen by plan_expert_gemms (below, with the reasons): split-K GEMV kernels for a few routed rows
 // (moe_decode.cu; forward only), our grouped mma.sync kernels (moe_gemm.cuh, bias + clamped SwiGLU fused into the
 // gate_up epilogue, the SwiGLU backward into the dh epilogue), per-expert cuBLASLt GEMMs on concurrent lanes, or
