@@ -338,6 +338,7 @@ export interface NativeOps {
   // ---- rope.cc ----
   ropeForward(x: TensorArg, positions: TensorArg, invFreq: TensorArg, attentionScaling: number): NativeTensor;
   ropeBackward(dy: TensorArg, positions: TensorArg, invFreq: TensorArg, attentionScaling: number): NativeTensor;
+  /** kCache/vCache [M, Hkv, D] and slots i32 [T] (all three or none): the k and v rows also land in the caches. */
   ropeQkvSplit(
     qkv: TensorArg,
     positions: TensorArg,
@@ -345,6 +346,9 @@ export interface NativeOps {
     attentionScaling: number,
     numHeads: number,
     numKvHeads: number,
+    kCache?: TensorArg,
+    vCache?: TensorArg,
+    slots?: TensorArg,
   ): { q: NativeTensor; k: NativeTensor; v: NativeTensor };
   ropeQkvPack(
     dq: TensorArg,
