@@ -127,6 +127,7 @@ void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor&
   int d = static_cast<int>(q.dim(2)), half = d / 2;
   int hq = static_cast<int>(q.dim(1)), hkv = static_cast<int>(k.dim(1));
   if (tn == 0 || d == 0) return;
+  GPTOSS_CHECK(!(pack && cache), "rope_qkv: a KV-cache write goes with the split, not the pack");
   DeviceGuard g(qkv.device);
   // 16-byte vectors need every part's base and row stride on 16-byte boundaries (columns are multiples of D).
   int64_t wq = int64_t(hq) * d, wkv = int64_t(hkv) * d;
