@@ -59,10 +59,10 @@ function family(op: string): string {
       return 'rmsnorm';
     case 'matmul':
       return phase === 'attn' ? 'qkv GEMM' : phase === 'out' ? 'o_proj' : phase === 'head' ? 'LM head' : 'GEMM (other)';
-    case 'ropeQkvSplit':
+    case 'ropeQkvSplit': // without k/v adapters it also writes the KV cache (the paged pools)
     case 'ropeForward':
       return 'rope';
-    case 'scatterRows':
+    case 'scatterRows': // the KV-cache write of layers with k/v adapters
       return 'kv write';
     case 'pagedAttention':
       return 'paged attention';

@@ -338,6 +338,7 @@ export interface NativeOps {
   // ---- rope.cc ----
   ropeForward(x: TensorArg, positions: TensorArg, invFreq: TensorArg, attentionScaling: number): NativeTensor;
   ropeBackward(dy: TensorArg, positions: TensorArg, invFreq: TensorArg, attentionScaling: number): NativeTensor;
+  /** kCache/vCache [M, Hkv, D] and slots i32 [T] (all three or none): the k and v rows also land in the caches. */
   ropeQkvSplit(
     qkv: TensorArg,
     positions: TensorArg,
@@ -345,6 +346,9 @@ export interface NativeOps {
     attentionScaling: number,
     numHeads: number,
     numKvHeads: number,
+    kCache?: TensorArg,
+    vCache?: TensorArg,
+    slots?: TensorArg,
   ): { q: NativeTensor; k: NativeTensor; v: NativeTensor };
   ropeQkvPack(
     dq: TensorArg,
@@ -365,7 +369,8 @@ export interface NativeOps {
     seed: number,
     step: number,
   ): { tokens: NativeTensor; logprobs: NativeTensor };
-  /** logits f32 or bf16 [B, V]; temperature f32 [B], topP f32 [B], topK i32 [B], seeds i32 [B], counters i32 [B]. */
+  /** logits f32 or bf16 [B, V]; temperature f32 [B], topP f32 [B], topK i32 [B], seeds i32 [B], counters i32 [B];
+   *  strategy (CUDA logits only; default 'auto'): the kernel layout, a test knob (see SampleRowsOptions). */
   sampleRows(
     logits: TensorArg,
     temperature: TensorArg,
@@ -373,6 +378,7 @@ export interface NativeOps {
     topK: TensorArg,
     seeds: TensorArg,
     counters: TensorArg,
+    strategy?: 'auto' | 'single' | 'split',
   ): { tokens: NativeTensor; logprobs: NativeTensor };
 
   // ---- swiglu.cc ----

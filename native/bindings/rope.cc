@@ -1,6 +1,7 @@
 // rope.cc: bindings for ropeForward / ropeBackward.
 #include <cmath>
 
+#include "../cpu/kvcache.h"
 #include "../cpu/rope.h"
 #include "args.h"
 #ifdef GPTOSS_WITH_CUDA
@@ -73,7 +74,11 @@ static void check_qkv_parts(const char* op, const Tensor& qkv, const Tensor& q, 
 }
 
 // ropeQkvSplit(qkv bf16|f32 [T, (Hq + 2*Hkv)*D], positions i32 [T], invFreq f32 [D/2], attentionScaling, numHeads,
-// numKvHeads) -> { q [T, Hq, D] and k [T, Hkv, D] rotated (the forward rope), v [T, Hkv, D] copied }, qkv's dtype
+// numKvHeads, kCache?, vCache?, slots?) -> { q [T, Hq, D] and k [T, Hkv, D] rotated (the forward rope), v [T, Hkv, D]
+// copied }, qkv's dtype. With kCache, vCache ([M, Hkv, D] in qkv's dtype: a KV cache's flat pools) and slots (i32
+// [T]) the k and v rows also go to rows slots[t] of the caches (slot -1 skips a row), as scatterRows(kCache, k, slots)
+// and scatterRows(vCache, v, slots) would put them: on CUDA in the same launch (a decode step's rope and cache write
+// in one), on the CPU as those two scatters.
 GPTOSS_OP(ropeQkvSplit) {
   const char* op = "ropeQkvSplit";
   Tensor& qkv = tensor_arg(info, 0, op, "qkv");
@@ -92,8 +97,34 @@ GPTOSS_OP(ropeQkvSplit) {
   Tensor v = make_tensor({tn, hkv, d}, qkv.dtype, qkv.device);
   check_qkv_parts(op, qkv, q, k, v, pos, inv, sc);
   float s = static_cast<float>(sc);
-  GPTOSS_DISPATCH(qkv, cpu::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false),
-                  cuda::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false));
+  const auto given = [&](size_t i) { return info.Length() > i && !info[i].IsUndefined(); };
+  if (!given(6) && !given(7) && !given(8)) {
+    GPTOSS_DISPATCH(qkv, cpu::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false),
+                    cuda::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false));
+    return tensor_object(info.Env(), {{"q", q}, {"k", k}, {"v", v}});
+  }
+  GPTOSS_CHECK(given(6) && given(7) && given(8), op, ": kCache, vCache and slots go together (got ",
+               given(6) ? "kCache" : "no kCache", ", ", given(7) ? "vCache" : "no vCache", ", ",
+               given(8) ? "slots" : "no slots", ")");
+  Tensor& kc = tensor_arg(info, 6, op, "kCache");
+  Tensor& vc = tensor_arg(info, 7, op, "vCache");
+  Tensor& slots = tensor_arg(info, 8, op, "slots");
+  GPTOSS_CHECK(kc.ndim() == 3 && kc.dim(1) == hkv && kc.dim(2) == d && kc.dtype == qkv.dtype, op,
+               ": kCache must be ", dtype_name(qkv.dtype), " [M, ", hkv, ", ", d, "] (a flat pool), got ", kc.describe());
+  check_shape(op, "vCache", vc, kc.shape);
+  check_dtype(op, "vCache", vc, qkv.dtype);
+  check_dtype(op, "slots", slots, DType::I32);
+  check_shape(op, "slots", slots, {tn});
+  check_device(op, qkv, "kCache", kc);
+  check_device(op, qkv, "vCache", vc);
+  check_device(op, qkv, "slots", slots);
+#ifdef GPTOSS_WITH_CUDA
+  const cuda::RopeCacheWrite cw{kc, vc, slots};
+#endif
+  GPTOSS_DISPATCH(qkv,
+                  (cpu::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false), cpu::scatter_rows(kc, k, slots),
+                   cpu::scatter_rows(vc, v, slots)),
+                  cuda::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false, &cw));
   return tensor_object(info.Env(), {{"q", q}, {"k", k}, {"v", v}});
 }
 

@@ -1,5 +1,6 @@
 // sampling.cc (bindings): sample (one set of parameters for the batch) and sampleRows (per-row parameters).
 #include <cmath>
+#include <string>
 
 #include "../cpu/sampling.h"
 #include "args.h"
@@ -33,8 +34,10 @@ GPTOSS_OP(sample) {
   return tensor_object(info.Env(), {{"tokens", tokens}, {"logprobs", lp}});
 }
 
-// sampleRows(logits, temperature, topP, topK, seeds, counters) -> { tokens, logprobs }: per-row parameters and
-// noise keys (see native/cpu/sampling.h, sample_rows).
+// sampleRows(logits, temperature, topP, topK, seeds, counters, strategy?) -> { tokens, logprobs }: per-row
+// parameters and noise keys (see native/cpu/sampling.h, sample_rows). strategy ('auto' when left out, 'single' or
+// 'split'; CUDA logits only) forces the CUDA kernel layout (native/cuda/sampling.h, SampleStrategy): a test knob
+// for comparing the two layouts, which draw the same tokens.
 GPTOSS_OP(sampleRows) {
   const char* op = "sampleRows";
   Tensor& logits = tensor_arg(info, 0, op, "logits");
@@ -51,9 +54,19 @@ GPTOSS_OP(sampleRows) {
   check_tensor(op, "topK", top_k, DType::I32, {B}, logits);
   check_tensor(op, "seeds", seeds, DType::I32, {B}, logits);
   check_tensor(op, "counters", counters, DType::I32, {B}, logits);
+  const std::string strategy = info.Length() > 6 && !info[6].IsUndefined() ? str_arg(info, 6, op, "strategy") : "auto";
+  GPTOSS_CHECK(strategy == "auto" || strategy == "single" || strategy == "split", op,
+               ": strategy must be 'auto', 'single' or 'split', got '", strategy, "'");
+  GPTOSS_CHECK(strategy == "auto" || logits.device != kCpu, op, ": strategy '", strategy,
+               "' chooses a CUDA kernel layout; the logits are on the CPU (leave it out there)");
   Tensor tokens = make_tensor({B}, DType::I32, logits.device);
   Tensor lp = make_tensor({B}, DType::F32, logits.device);
+#ifdef GPTOSS_WITH_CUDA
+  const cuda::SampleStrategy layout = strategy == "single"  ? cuda::SampleStrategy::SingleBlock
+                                      : strategy == "split" ? cuda::SampleStrategy::Split
+                                                            : cuda::SampleStrategy::Auto;
+#endif
   GPTOSS_DISPATCH(logits, cpu::sample_rows(logits, temperature, top_p, top_k, seeds, counters, tokens, lp),
-                  cuda::sample_rows(logits, temperature, top_p, top_k, seeds, counters, tokens, lp));
+                  cuda::sample_rows(logits, temperature, top_p, top_k, seeds, counters, tokens, lp, layout));
   return tensor_object(info.Env(), {{"tokens", tokens}, {"logprobs", lp}});
 }

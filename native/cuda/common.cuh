@@ -43,6 +43,17 @@ struct DeviceGuard {
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
+// The number of SMs of a device, asked once per device (launch sizes that fill the GPU; they stay fixed for a
+// device, so a launch captured in a CUDA graph keeps its configuration). `what` names the caller in errors.
+inline int sm_count(int dev, const char* what) {
+  static int cached[64] = {};
+  if (dev >= 0 && dev < 64 && cached[dev]) return cached[dev];
+  int n = 0;
+  GPTOSS_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), what);
+  if (dev >= 0 && dev < 64) cached[dev] = n;
+  return n;
+}
+
 __device__ __forceinline__ float ldf(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float ldf(const float* p) { return *p; }
 __device__ __forceinline__ void stf(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }

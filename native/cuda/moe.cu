@@ -1,5 +1,5 @@
-// moe.cu: the GPT-OSS MoE block on the GPU. Router (logits, top-k, softmax), deterministic dropless
-// permutation, the expert MLPs, weighted combine, and the backward's reductions. The expert GEMMs run one of four
+// moe.cu: the GPT-OSS MoE block on the GPU. Router (logits, top-k, softmax; at T <= 16 tokens one fused block
+// launch with the placement, else a cuBLAS GEMM and two kernels), deterministic dropless permutation, the expert MLPs, weighted combine, and the backward's reductions. The expert GEMMs run one of four
 // strategies, chosen by plan_expert_gemms (below, with the reasons): split-K GEMV kernels for a few routed rows
 // (moe_decode.cu; forward only), our grouped mma.sync kernels (moe_gemm.cuh, bias + clamped SwiGLU fused into the
 // gate_up epilogue, the SwiGLU backward into the dh epilogue), per-expert cuBLASLt GEMMs on concurrent lanes, or
@@ -185,14 +185,9 @@ ExpertGemms saved_strategy(int64_t Np, int64_t N, int64_t E) {
 // Per token: top-k of the router logits [T, E] f32 (ties to the lower id; -inf logits only when nothing else
 // is left) and the softmax over the k chosen -> topk_idx i32 [T, k], topk_w f32 [T, k]. One thread per token.
 // The logits come from one cuBLAS GEMM (x·Wrᵀ + b), which reads x once at full bandwidth.
-__global__ void router_topk_kernel(const float* __restrict__ logits, int T, int E, int k,
-                                   int32_t* __restrict__ topk_idx, float* __restrict__ topk_w) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= T) return;
-  const float* l = logits + (int64_t)t * E;
+// One token's top-k + softmax over its logits l [E] -> oi [k], ow [k] (ow holds the chosen logits until the end).
+__device__ void router_topk_row(const float* l, int E, int k, int32_t* oi, float* ow) {
   uint32_t taken[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // bit e: expert e already chosen (E <= 256)
-  int32_t* oi = topk_idx + (int64_t)t * k;
-  float* ow = topk_w + (int64_t)t * k;
   float first = 0.f, sum = 0.f;
   for (int j = 0; j < k; j++) {
     int best = -1;
@@ -212,6 +207,125 @@ __global__ void router_topk_kernel(const float* __restrict__ logits, int T, int 
     sum += expf(bv - first);
   }
   for (int j = 0; j < k; j++) ow[j] = expf(ow[j] - first) / sum;
+}
+
+__global__ void router_topk_kernel(const float* __restrict__ logits, int T, int E, int k,
+                                   int32_t* __restrict__ topk_idx, float* __restrict__ topk_w) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= T) return;
+  router_topk_row(logits + (int64_t)t * E, E, k, topk_idx + (int64_t)t * k, topk_w + (int64_t)t * k);
+}
+
+// ---- the fused router for decode-sized T -------------------------------------------------------------------------
+// At decode (T <= 16 tokens) the router is three launches (a cuBLAS GEMM, top-k, placement) of ~1 µs of work each;
+// one block does all of it. Logits in fp32 (the sum order differs from cuBLAS's, so top-k can differ only at near
+// ties), then router_topk_row per token and route_place_kernel's placement.
+constexpr int kFusedRouterMaxT = 16;
+constexpr int kFusedRouterThreads = 1024;
+constexpr int kFusedRouterWarps = kFusedRouterThreads / 32;
+
+// Whether the fused router takes T tokens of width H: decode sizes, rows of whole 16-byte vectors.
+bool fused_router_fits(int64_t T, int64_t H) { return T >= 1 && T <= kFusedRouterMaxT && H % 8 == 0; }
+
+// H slices per expert pair: enough (expert pair, H slice) tasks to give every warp one when the pairs are few.
+int fused_router_slices(int64_t E) {
+  const int pairs = static_cast<int>((E + 1) / 2);
+  return std::max(1, kFusedRouterWarps / pairs);
+}
+
+// x bf16 [T, H], Wr bf16 [E, H], br bf16 [E] (16-byte aligned, H % 8 == 0, 1 <= T <= 16, E <= 256, k <= 32)
+// -> topk_idx i32 [T, k], topk_w f32 [T, k], counts [E], offsets [E+1], perm_tok [T*k], slot_pos [T*k], as
+// router_topk_kernel + route_place_kernel define them. One block. Warp task (expert pair p, H slice sl) dots rows
+// 2p and 2p+1 of Wr with every token over the slice (each x vector loaded once for two experts; the Wr vectors once
+// for all T tokens), lane-strided in 8-element vectors, then a warp sum; the slices' partials add in slice order.
+__global__ void __launch_bounds__(kFusedRouterThreads) router_fused_kernel(
+    const bf* __restrict__ x, const bf* __restrict__ Wr, const bf* __restrict__ br, int T, int H, int E, int k,
+    int slices, int32_t* __restrict__ topk_idx, float* __restrict__ topk_w, int32_t* __restrict__ counts,
+    int32_t* __restrict__ offsets, int32_t* __restrict__ perm_tok, int32_t* __restrict__ slot_pos) {
+  // part [slices, T, E] (slices * E <= 2 * 32 + 2 when slices > 1, so both fit 16 x 256), logits [T, E].
+  __shared__ float part[kFusedRouterMaxT * kMaxSlabExperts];
+  __shared__ float logits[kFusedRouterMaxT * kMaxSlabExperts];
+  __shared__ int32_t sidx[kFusedRouterMaxT * 32];
+  __shared__ int hist[kMaxSlabExperts], first[kMaxSlabExperts];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int pairs = (E + 1) / 2, H8 = H / 8, per = (H8 + slices - 1) / slices;
+  for (int task = warp; task < pairs * slices; task += kFusedRouterWarps) {
+    const int e0 = 2 * (task / slices), sl = task % slices;
+    const bool has1 = e0 + 1 < E;
+    const int c0 = sl * per, c1 = min(H8, c0 + per);
+    float acc[kFusedRouterMaxT][2];
+#pragma unroll
+    for (int t = 0; t < kFusedRouterMaxT; t++) acc[t][0] = acc[t][1] = 0.f;
+    for (int c = c0 + lane; c < c1; c += 32) {
+      float w0[8], w1[8], xv[8];
+      load8(Wr + (int64_t)e0 * H + c * 8, w0);
+      if (has1) {
+        load8(Wr + (int64_t)(e0 + 1) * H + c * 8, w1);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) w1[i] = 0.f;
+      }
+#pragma unroll
+      for (int t = 0; t < kFusedRouterMaxT; t++) {
+        if (t < T) {
+          load8(x + (int64_t)t * H + c * 8, xv);
+#pragma unroll
+          for (int i = 0; i < 8; i++) {
+            acc[t][0] = fmaf(xv[i], w0[i], acc[t][0]);
+            acc[t][1] = fmaf(xv[i], w1[i], acc[t][1]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kFusedRouterMaxT; t++) {
+      if (t < T) {
+        const float a0 = warp_sum(acc[t][0]), a1 = warp_sum(acc[t][1]);
+        if (lane == 0) {
+          part[(sl * T + t) * E + e0] = a0;
+          if (has1) part[(sl * T + t) * E + e0 + 1] = a1;
+        }
+      }
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+    const int t = i / E, e = i % E;
+    float v = 0.f;
+    for (int sl = 0; sl < slices; sl++) v += part[(sl * T + t) * E + e];
+    logits[i] = v + __bfloat162float(br[e]);
+  }
+  for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
+  __syncthreads();
+  if (threadIdx.x < T) {
+    const int t = threadIdx.x;
+    router_topk_row(logits + t * E, E, k, topk_idx + t * k, topk_w + t * k);
+    for (int j = 0; j < k; j++) sidx[t * k + j] = topk_idx[t * k + j];  // the thread's own writes
+  }
+  __syncthreads();
+  // Placement (route_place_kernel's layout): experts in id order, each expert's assignments in increasing order.
+  const int n = T * k;
+  for (int a = threadIdx.x; a < n; a += blockDim.x) atomicAdd(&hist[sidx[a]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int base = 0;
+    for (int e = 0; e < E; e++) {
+      first[e] = base;
+      counts[e] = hist[e];
+      offsets[e] = base;
+      base += hist[e];
+    }
+    offsets[E] = base;
+  }
+  __syncthreads();
+  for (int a = threadIdx.x; a < n; a += blockDim.x) {
+    const int e = sidx[a];
+    int rank = 0;
+    for (int b = 0; b < a; b++) rank += sidx[b] == e;
+    const int pos = first[e] + rank;
+    perm_tok[pos] = a / k;
+    slot_pos[a] = pos;
+  }
 }
 
 // Block e: every expert's count (a shared-memory histogram of the n = T*k assignments, so no separate count
@@ -1059,7 +1173,14 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
   y = make_tensor({T, H}, DType::BF16, dev);
 
   profile_mark(dev, "moe router");  // profiling phases (bench:decode-profile); no-ops unless enabled
-  {
+  if (fused_router_fits(T, H)) {
+    const int slices = fused_router_slices(E);
+    router_fused_kernel<<<1, kFusedRouterThreads, 0, st>>>(
+        B(x), B(w.router_w), B(w.router_b), (int)T, (int)H, (int)E, (int)k, slices, s.topk_idx.data<int32_t>(),
+        s.topk_w.data<float>(), s.counts.data<int32_t>(), s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
+        s.slot_pos.data<int32_t>());
+    GPTOSS_CUDA_LAUNCH_CHECK("moeForward fused router");
+  } else {
     // logits [T, E] = x·Wrᵀ + b (fp32 accumulation and output), then top-k + softmax per token.
     Tensor logits = make_tensor({T, E}, DType::F32, dev);
     gemm_raw(dev, T, E, H, 1.f, x.raw(), H, false, w.router_w.raw(), H, true, DType::BF16, w.router_b.raw(),
@@ -1067,11 +1188,11 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
     router_topk_kernel<<<ceil_div(T, 128), 128, 0, st>>>(logits.data<float>(), (int)T, (int)E, (int)k,
                                                          s.topk_idx.data<int32_t>(), s.topk_w.data<float>());
     GPTOSS_CUDA_LAUNCH_CHECK("moeForward router");
+    route_place_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, (int)k, (int)E, s.counts.data<int32_t>(),
+                                           s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
+                                           s.slot_pos.data<int32_t>());
+    GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
   }
-  route_place_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, (int)k, (int)E, s.counts.data<int32_t>(),
-                                         s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
-                                         s.slot_pos.data<int32_t>());
-  GPTOSS_CUDA_LAUNCH_CHECK("moeForward place");
 
   // The cuBLAS strategies (and the adapters' path) read the routing's offsets on the host: a copy that waits for
   // the stream, so the GPU idles until the expert GEMMs are enqueued. The profile books that under "(host sync)".

@@ -204,15 +204,6 @@ __global__ void __launch_bounds__(32 * kReduceLanes) reduce_kernel(const float* 
   }
 }
 
-int sm_count(int dev) {
-  static int cached[64] = {};
-  if (dev >= 0 && dev < 64 && cached[dev]) return cached[dev];
-  int n = 0;
-  GPTOSS_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "moeForward decode");
-  if (dev >= 0 && dev < 64) cached[dev] = n;
-  return n;
-}
-
 // One product: out [N, Nc] (+ h) from A rows times W [E, K, Nc] plus bias [E, Nc], over the routing in offsets.
 // T bounds the rows of any one expert (a token picks an expert at most once).
 template <int R>
@@ -234,7 +225,7 @@ void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W
   // K splits: enough blocks for kBlocksPerSm per SM over the expected routed experts' tiles (one row chunk each),
   // at most kMaxSplitK rows of K per block, at least 8 (one unrolled step).
   const int64_t per_split = static_cast<int64_t>(slots) * tiles;
-  int64_t S = (static_cast<int64_t>(kBlocksPerSm) * sm_count(dev) + per_split - 1) / per_split;
+  int64_t S = (static_cast<int64_t>(kBlocksPerSm) * sm_count(dev, "moeForward decode") + per_split - 1) / per_split;
   S = std::max<int64_t>(S, (K + kMaxSplitK - 1) / kMaxSplitK);
   S = std::min<int64_t>(S, K / 8);
   const int ks = static_cast<int>(((K + S - 1) / S + 7) / 8 * 8);

@@ -29,6 +29,12 @@ struct RopeParts {
   int64_t in_stride0, in_stride1, in_stride2;
   int64_t out_stride0, out_stride1, out_stride2;
   int heads0, heads1, heads2;
+  // Optional cache write (split only): parts 1 and 2 (k, v) of token t also go to row slots[t] of cache1 / cache2
+  // ([cache_rows, heads1 · d] each), as scatter_rows would put them; slots out of [0, cache_rows) are skipped.
+  Y* cache1;
+  Y* cache2;
+  const int32_t* slots;
+  int64_t cache_rows;
 };
 
 template <typename X, typename Y>
@@ -46,20 +52,25 @@ __global__ void rope_parts_kernel(RopeParts<X, Y> p, const int32_t* __restrict__
   }
   __syncthreads();
   const int h01 = p.heads0 + p.heads1, heads = h01 + p.heads2;
+  const int64_t slot = p.slots ? p.slots[t] : -1;
+  const bool to_cache = slot >= 0 && slot < p.cache_rows;
   const int per_head = vec ? half / 8 : half;  // items per head: 8 frequencies each when vectorised
   for (int i = threadIdx.x; i < heads * per_head; i += blockDim.x) {
     int hh = i / per_head, j = (i % per_head) * (vec ? 8 : 1);
     const X* x;
     Y* y;
+    Y* yc = nullptr;  // the cache row's copy of this head (k and v heads with a valid slot)
     if (hh < p.heads0) {
       x = p.in0 + t * p.in_stride0 + int64_t(hh) * d;
       y = p.out0 + t * p.out_stride0 + int64_t(hh) * d;
     } else if (hh < h01) {
       x = p.in1 + t * p.in_stride1 + int64_t(hh - p.heads0) * d;
       y = p.out1 + t * p.out_stride1 + int64_t(hh - p.heads0) * d;
+      if (to_cache) yc = p.cache1 + slot * p.out_stride1 + int64_t(hh - p.heads0) * d;
     } else {
       x = p.in2 + t * p.in_stride2 + int64_t(hh - h01) * d;
       y = p.out2 + t * p.out_stride2 + int64_t(hh - h01) * d;
+      if (to_cache) yc = p.cache2 + slot * p.out_stride2 + int64_t(hh - h01) * d;
     }
     const bool rotate = hh < h01;
     if (vec) {
@@ -76,9 +87,11 @@ __global__ void rope_parts_kernel(RopeParts<X, Y> p, const int32_t* __restrict__
         }
         store8(y + j, o1);
         store8(y + half + j, o2);
+        if (yc) store8(yc + j, o1), store8(yc + half + j, o2);
       } else {
         store8(y + j, a);
         store8(y + half + j, b);
+        if (yc) store8(yc + j, a), store8(yc + half + j, b);
       }
     } else {
       float a = ldf(x + j), b = ldf(x + half + j);
@@ -86,9 +99,11 @@ __global__ void rope_parts_kernel(RopeParts<X, Y> p, const int32_t* __restrict__
         float c = cs[j], s = cs[half + j];
         stf(y + j, a * c - b * s);
         stf(y + half + j, b * c + a * s);
+        if (yc) stf(yc + j, a * c - b * s), stf(yc + half + j, b * c + a * s);
       } else {
         stf(y + j, a);
         stf(y + half + j, b);
+        if (yc) stf(yc + j, a), stf(yc + half + j, b);
       }
     }
   }
@@ -107,11 +122,12 @@ void launch_rope_parts(const RopeParts<X, Y>& p, int64_t tn, int d, bool vec, co
 }  // namespace
 
 void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
-              const Tensor& inv_freq, float scaling, float sign, bool pack) {
+              const Tensor& inv_freq, float scaling, float sign, bool pack, const RopeCacheWrite* cache) {
   int64_t tn = qkv.dim(0), w = qkv.dim(1);
   int d = static_cast<int>(q.dim(2)), half = d / 2;
   int hq = static_cast<int>(q.dim(1)), hkv = static_cast<int>(k.dim(1));
   if (tn == 0 || d == 0) return;
+  GPTOSS_CHECK(!(pack && cache), "rope_qkv: a KV-cache write goes with the split, not the pack");
   DeviceGuard g(qkv.device);
   // 16-byte vectors need every part's base and row stride on 16-byte boundaries (columns are multiples of D).
   int64_t wq = int64_t(hq) * d, wkv = int64_t(hkv) * d;
@@ -120,7 +136,7 @@ void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor&
            (stride * dtype_size(t.dtype)) % 16 == 0;
   };
   bool vec = half % 8 == 0 && ok(qkv, w, 0) && ok(qkv, w, wq) && ok(qkv, w, wq + wkv) && ok(q, wq, 0) &&
-             ok(k, wkv, 0) && ok(v, wkv, 0);
+             ok(k, wkv, 0) && ok(v, wkv, 0) && (!cache || (ok(cache->k, wkv, 0) && ok(cache->v, wkv, 0)));
   const Tensor& src = pack ? q : qkv;
   const Tensor& dst = pack ? qkv : q;
   with_float(src, [&](auto* px) {
@@ -142,6 +158,12 @@ void rope_qkv(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor&
         p.out2 = reinterpret_cast<Y*>(v.raw());
         p.out_stride0 = wq;
         p.out_stride1 = p.out_stride2 = wkv;
+        if (cache) {
+          p.cache1 = reinterpret_cast<Y*>(cache->k.raw());
+          p.cache2 = reinterpret_cast<Y*>(cache->v.raw());
+          p.slots = cache->slots.data<int32_t>();
+          p.cache_rows = cache->k.dim(0);
+        }
       } else {
         Y* base = reinterpret_cast<Y*>(qkv.raw());
         p.out0 = base;

@@ -2,6 +2,8 @@
 // one block per row (see native/cpu/sampling.h for the method). Every pass re-reads the row; the thresholds come
 // from 32-step bitwise searches over order-preserving keys (counts for top-k, double sums for top-p), the draw from
 // Gumbel-max with the counter-based noise of sampling_rng.h, as on the CPU.
+#include <algorithm>
+
 #include "../cpu/sampling_rng.h"
 #include "common.cuh"
 #include "sampling.h"
@@ -163,6 +165,129 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(const T* __restri
              logprobs + b);
 }
 
+// ---- split rows (few rows, no thresholds) ----------------------------------------------------------------------
+// With few rows, one block per row leaves almost every SM idle (batch 1 decode: one SM reads all 201,088 logits).
+// A row that needs no threshold search (greedy, or temperature sampling with top-k and top-p off) only needs
+// per-entry values that combine exactly across chunks of its vocabulary: the max, the Gumbel-max (score, index)
+// winner, and the normaliser Σ e^(z - max). So pass 1 splits each such row over C chunks (one block each), pass 2
+// (one block per row) combines the chunks in a fixed layout (deterministic). The token is the single-block one
+// (max and argmax are exact; ties go to the lowest index, the chunks being in index order); the log-prob differs
+// only by the normaliser's summation order (each chunk's sum is rescaled by e^(max_c - max) in double).
+
+constexpr int kSplitThreads = 256;
+
+// One chunk's summary: s = Σ_{chunk} e^(z_j - mx) in double (0 when the chunk is all -inf), (score, idx) the
+// chunk's winner (greedy: the logit itself, widened exactly to double; else z_j + Gumbel(key, j)), mx the chunk's
+// max of z (greedy: of the logits). 32 bytes.
+struct SplitPart {
+  double s;
+  double score;
+  int64_t idx;
+  float mx;
+};
+
+// Whether a row takes the split path: exactly the rows for which sample_row searches no threshold.
+__device__ __forceinline__ bool row_splits(float temperature, float top_p, int32_t top_k, int64_t V) {
+  if (temperature == 0.f) return true;
+  return !(top_k > 0 && top_k < V) && !(top_p > 0.f && top_p < 1.f);
+}
+
+// Pass 1: block x = b * C + c summarises chunk c ([c * chunk, min(V, (c + 1) * chunk))) of row b into
+// part[b * C + c]. Rows that need a threshold search are left to pass 2 (their blocks return at once).
+template <typename T>
+__global__ void __launch_bounds__(kSplitThreads) sample_split_kernel(const T* __restrict logits, int64_t V,
+                                                                      int64_t chunk, int C,
+                                                                      const float* __restrict temperature,
+                                                                      const float* __restrict top_p,
+                                                                      const int32_t* __restrict top_k,
+                                                                      const int32_t* __restrict seeds,
+                                                                      const int32_t* __restrict counters,
+                                                                      SplitPart* __restrict part) {
+  __shared__ double shd[32];
+  __shared__ int64_t shi[32];
+  const int64_t b = blockIdx.x / C;
+  const int c = static_cast<int>(blockIdx.x % C);
+  const float t = temperature[b];
+  if (!row_splits(t, top_p[b], top_k[b], V)) return;  // the same for the whole block
+  const T* l = logits + b * V;
+  const int64_t j0 = static_cast<int64_t>(c) * chunk, j1 = min(V, j0 + chunk);
+  float mx = -INFINITY;
+  double best = -INFINITY, s = 0;
+  int64_t bi = INT64_MAX;
+  if (t == 0.f) {
+    // As sample_row's greedy branch: each thread's first entry, then strictly larger ones.
+    float bv = -INFINITY;
+    for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+      const float x = ldf(l + j);
+      if (bi == INT64_MAX || x > bv) bv = x, bi = j;
+    }
+    best = bv;
+    block_argmax(best, bi, shd, shi);
+    mx = static_cast<float>(best);  // exact: best is a widened float
+    if (mx != -INFINITY)
+      for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) s += exp(static_cast<double>(ldf(l + j)) - mx);
+  } else {
+    const uint64_t key = sampling::row_key(static_cast<uint32_t>(seeds[b]),
+                                           static_cast<uint64_t>(static_cast<uint32_t>(counters[b])), 0);
+    for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) mx = fmaxf(mx, ldf(l + j) / t);
+    mx = block_max(mx);
+    for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+      const float z = ldf(l + j) / t;
+      if (mx != -INFINITY) s += exp(static_cast<double>(z) - mx);
+      const double sc = static_cast<double>(z) + sampling::gumbel(key, static_cast<uint64_t>(j));
+      if (bi == INT64_MAX || sc > best) best = sc, bi = j;
+    }
+    block_argmax(best, bi, shd, shi);
+  }
+  s = block_sum_t(s, shd);
+  if (threadIdx.x == 0) part[blockIdx.x] = SplitPart{s, best, bi, mx};
+}
+
+// Pass 2: one block per row. Split rows combine their C chunk summaries (thread i takes chunks i, i + blockDim,
+// ...; the block reductions then run in a fixed layout); the other rows run the single-block sampler here.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) sample_combine_kernel(const T* __restrict logits, int64_t V, int C,
+                                                                   const float* __restrict temperature,
+                                                                   const float* __restrict top_p,
+                                                                   const int32_t* __restrict top_k,
+                                                                   const int32_t* __restrict seeds,
+                                                                   const int32_t* __restrict counters,
+                                                                   const SplitPart* __restrict part,
+                                                                   int32_t* __restrict tokens,
+                                                                   float* __restrict logprobs) {
+  __shared__ double shd[32];
+  __shared__ int64_t shi[32];
+  const int64_t b = blockIdx.x;
+  const float t = temperature[b];
+  const T* l = logits + b * V;
+  if (!row_splits(t, top_p[b], top_k[b], V)) {
+    const uint64_t key = sampling::row_key(static_cast<uint32_t>(seeds[b]),
+                                           static_cast<uint64_t>(static_cast<uint32_t>(counters[b])), 0);
+    sample_row(l, V, t, top_p[b], static_cast<int64_t>(top_k[b]), key, tokens + b, logprobs + b);
+    return;
+  }
+  const SplitPart* p = part + b * C;
+  float mx = -INFINITY;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) mx = fmaxf(mx, p[c].mx);
+  mx = block_max(mx);
+  double s = 0, best = -INFINITY;
+  int64_t bi = INT64_MAX;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const SplitPart q = p[c];
+    if (q.mx != -INFINITY) s += q.s * exp(static_cast<double>(q.mx) - mx);
+    if (bi == INT64_MAX || q.score > best || (q.score == best && q.idx < bi)) best = q.score, bi = q.idx;
+  }
+  s = block_sum_t(s, shd);
+  // A row of -inf only: the single-block sum is e^(-inf - -inf) = NaN, and so is the log-prob; keep that.
+  if (mx == -INFINITY) s = NAN;
+  block_argmax(best, bi, shd, shi);
+  if (threadIdx.x == 0) {
+    tokens[b] = static_cast<int32_t>(bi);
+    logprobs[b] = t == 0.f ? static_cast<float>(-log(s))
+                           : static_cast<float>(static_cast<double>(ldf(l + bi) / t) - mx - log(s));
+  }
+}
+
 }  // namespace
 
 void sample(const Tensor& logits, float temperature, float top_p, int64_t top_k, uint64_t seed, uint64_t step,
@@ -177,14 +302,39 @@ void sample(const Tensor& logits, float temperature, float top_p, int64_t top_k,
 }
 
 void sample_rows(const Tensor& logits, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
-                 const Tensor& seeds, const Tensor& counters, const Tensor& tokens, const Tensor& logprobs) {
+                 const Tensor& seeds, const Tensor& counters, const Tensor& tokens, const Tensor& logprobs,
+                 SampleStrategy strategy) {
   const int64_t B = logits.dim(0), V = logits.dim(1);
   if (B == 0) return;
   DeviceGuard g(logits.device);
+  cudaStream_t st = stream_of(logits.device);
+  // Split when the rows leave most SMs idle (the decision depends on B and the device only, so a CUDA graph of a
+  // decode step keeps its launches; whether a row splits is read on the device).
+  const int sms = sm_count(logits.device, "sampleRows");
+  const bool split = strategy == SampleStrategy::Split || (strategy == SampleStrategy::Auto && B * 8 < sms);
   const auto launch = [&](auto* l) {
-    sample_rows_kernel<<<static_cast<unsigned>(B), kThreads, 0, stream_of(logits.device)>>>(
-        l, V, temperature.data<float>(), top_p.data<float>(), top_k.data<int32_t>(), seeds.data<int32_t>(),
-        counters.data<int32_t>(), tokens.data<int32_t>(), logprobs.data<float>());
+    if (!split) {
+      sample_rows_kernel<<<static_cast<unsigned>(B), kThreads, 0, st>>>(
+          l, V, temperature.data<float>(), top_p.data<float>(), top_k.data<int32_t>(), seeds.data<int32_t>(),
+          counters.data<int32_t>(), tokens.data<int32_t>(), logprobs.data<float>());
+      return;
+    }
+    // About two blocks per SM over the batch, each chunk at least 4 entries per thread.
+    const int64_t max_chunks = std::max<int64_t>(1, V / (kSplitThreads * 4));
+    int64_t C = std::min<int64_t>(max_chunks, std::max<int64_t>(1, (2 * sms + B - 1) / B));
+    const int64_t chunk = (V + C - 1) / C;
+    C = (V + chunk - 1) / chunk;  // no empty chunk
+    GPTOSS_CHECK(B * C < (int64_t(1) << 31), "sampleRows: split path over ", B, " rows x ", C,
+                 " chunks exceeds the grid");
+    Tensor part = make_tensor({B * C * static_cast<int64_t>(sizeof(SplitPart))}, DType::U8, logits.device);
+    SplitPart* pp = part.data<SplitPart>();
+    sample_split_kernel<<<static_cast<unsigned>(B * C), kSplitThreads, 0, st>>>(
+        l, V, chunk, static_cast<int>(C), temperature.data<float>(), top_p.data<float>(), top_k.data<int32_t>(),
+        seeds.data<int32_t>(), counters.data<int32_t>(), pp);
+    GPTOSS_CUDA_LAUNCH_CHECK("sampleRows split pass");
+    sample_combine_kernel<<<static_cast<unsigned>(B), kThreads, 0, st>>>(
+        l, V, static_cast<int>(C), temperature.data<float>(), top_p.data<float>(), top_k.data<int32_t>(),
+        seeds.data<int32_t>(), counters.data<int32_t>(), pp, tokens.data<int32_t>(), logprobs.data<float>());
   };
   if (logits.dtype == DType::BF16)
     launch(logits.data<__nv_bfloat16>());

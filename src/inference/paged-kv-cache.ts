@@ -63,6 +63,11 @@ export class PagedKvCache {
         scatterRows(this.pool(this.kFlat, l), k, slots);
         scatterRows(this.pool(this.vFlat, l), v, slots);
       },
+      writeTarget: () => ({
+        k: this.pool(this.kFlat, l),
+        v: this.pool(this.vFlat, l),
+        slots: this.stepMeta().slots[this.spaceOf[l]!]!,
+      }),
       attend: (q: Tensor, _k: Tensor, _v: Tensor, o: { window: number; sinks: Tensor }): Tensor => {
         const m = this.stepMeta();
         const meta = { blockTables: m.blockTables[this.spaceOf[l]!]!, contextLens: m.contextLens, queryStarts: m.queryStarts };

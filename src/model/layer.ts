@@ -20,7 +20,7 @@ import type { PackedBatch } from './batch.ts';
 import { layerPrefix, qkvRows, QKV_PROJ, type GptOssWeights, type LayerWeights } from './weights.ts';
 import { accumulateGrad, disposeAll, reshape, withView } from './tensor-helpers.ts';
 import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
-import { ropeQkvSplit, ropeQkvPack } from '../ops/rope.ts';
+import { ropeQkvSplit, ropeQkvPack, type RopeCacheWrite } from '../ops/rope.ts';
 import { addInPlace, add, cast } from '../ops/elementwise.ts';
 import { linearForward, linearBackward, linearBackwardInput, matmul } from '../ops/gemm.ts';
 import { attentionForward, attentionBackward } from '../ops/attention.ts';
@@ -118,6 +118,12 @@ export interface LayerKvCache {
   /** Stores the roped keys and the values (bf16 [N, Hkv, D] each) of the N query rows of the step. */
   write(k: Tensor, v: Tensor): void;
   /**
+   * Optional: where write() would put this step's rows (the pools as [M, Hkv, D] rows and each row's slot), so the
+   * layer's rope writes them in its own pass (ropeQkvSplit's cache) and write() is not called. A cache without it
+   * gets write().
+   */
+  writeTarget?(): RopeCacheWrite;
+  /**
    * Attention of the step's query rows q bf16 [N, Hq, D] (roped) over their sequences' cached keys (this step's
    * included: written first), causal, within `window` (0 = all), with the per-head sink logits. k and v are this
    * step's own rows (bf16 [N, Hkv, D]), for a cache that attends over them directly (a whole-prompt prefill).
@@ -151,8 +157,10 @@ export class DecoderLayer {
   // ---- the pieces ---------------------------------------------------------------------------------------------------
   /**
    * a1 = rmsnorm(x), q/k/v = a1·Wᵀ + b as [T, heads, D], RoPE on q and k at `positions` (i32 [T]). x: bf16 [T, H].
+   * cacheWrite: the rotated k and v rows also go to a KV cache in the rope's pass (layers without k/v adapters
+   * only: those change k and v after it).
    */
-  attentionInputs(x: Tensor, positions: Tensor): AttentionInputs {
+  attentionInputs(x: Tensor, positions: Tensor, cacheWrite?: RopeCacheWrite): AttentionInputs {
     const c = this.host.config;
     const w = this.weights;
     const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
@@ -160,9 +168,10 @@ export class DecoderLayer {
     // and copies v, each into the contiguous [T, heads, D] the attention kernels take.
     const qkv = linearForward(a1, w.qkvW, w.qkvB);
     const { invFreq, scaling } = this.host.rope;
-    const { q: qr, k: kr, v } = ropeQkvSplit(qkv, positions, invFreq, scaling, c.numHeads, c.numKvHeads);
-    qkv.dispose();
     const ll = this.lora;
+    if (cacheWrite && (ll?.k || ll?.v)) throw new Error(`layer ${this.index}: attentionInputs cannot write the KV cache in the rope pass with k/v LoRA adapters (they change k and v after it)`);
+    const { q: qr, k: kr, v } = ropeQkvSplit(qkv, positions, invFreq, scaling, c.numHeads, c.numKvHeads, cacheWrite);
+    qkv.dispose();
     if (ll) this.qkvLoraForward(ll, a1, positions, qr, kr, v);
     return { a1, rstd1, qr, kr, v };
   }
@@ -570,9 +579,12 @@ export class DecoderLayer {
 
   /** The attention half of a generation step: attn bf16 [N, Hq, D] of the step's rows over the cache. */
   private cachedAttention(x: Tensor, positions: Tensor, cache: LayerKvCache): Tensor {
-    const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, positions);
+    // Without k/v adapters the rope pass writes the cache itself (one launch instead of rope + two scatters).
+    const ll = this.lora;
+    const target = ll?.k || ll?.v ? undefined : cache.writeTarget?.();
+    const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, positions, target);
     disposeAll(a1, rstd1);
-    cache.write(kr, v);
+    if (!target) cache.write(kr, v);
     const attn = cache.attend(qr, kr, v, { window: this.window, sinks: this.weights.sinks });
     disposeAll(qr, kr, v);
     return attn;

@@ -144,9 +144,22 @@ export function ropeBackward(dy: Tensor, positions: Tensor, invFreq: Tensor, att
   return new Tensor(native().ops.ropeBackward(dy.native, positions.native, invFreq.native, attentionScaling));
 }
 
+/** Where ropeQkvSplit also writes the k and v rows: a KV cache's flat pools and the rows' slots. */
+export interface RopeCacheWrite {
+  /** [M, Hkv, D] in qkv's dtype: the key pool viewed as rows. */
+  k: Tensor;
+  /** [M, Hkv, D]: the value pool. */
+  v: Tensor;
+  /** i32 [T]: each token's row in the pools (-1 skips a token, e.g. a padding row). */
+  slots: Tensor;
+}
+
 /**
  * The forward rope over the fused q/k/v projection output (one GEMM with Wq, Wk, Wv stacked as rows).
  * @param qkv bf16|f32 [T, (Hq + 2·Hkv)·D]: per token the Hq query heads, then Hkv key heads, then Hkv value heads
+ * @param cache when given, the rotated k and the v rows also go to cache.k / cache.v at cache.slots, exactly as
+ *   scatterRows(cache.k, k, slots) and scatterRows(cache.v, v, slots) would write them; on CUDA in the same
+ *   launch (a decode step's rope and KV-cache write in one)
  * @returns q [T, Hq, D] and k [T, Hkv, D] rotated as ropeForward does (same values), v [T, Hkv, D] copied; all
  *   contiguous, in qkv's dtype
  */
@@ -157,8 +170,19 @@ export function ropeQkvSplit(
   attentionScaling: number,
   numHeads: number,
   numKvHeads: number,
+  cache?: RopeCacheWrite,
 ): { q: Tensor; k: Tensor; v: Tensor } {
-  const r = native().ops.ropeQkvSplit(qkv.native, positions.native, invFreq.native, attentionScaling, numHeads, numKvHeads);
+  const r = native().ops.ropeQkvSplit(
+    qkv.native,
+    positions.native,
+    invFreq.native,
+    attentionScaling,
+    numHeads,
+    numKvHeads,
+    cache?.k.native,
+    cache?.v.native,
+    cache?.slots.native,
+  );
   return { q: new Tensor(r.q), k: new Tensor(r.k), v: new Tensor(r.v) };
 }
 

@@ -47,13 +47,23 @@ export interface SampleRowsParams {
   counters: Tensor;
 }
 
+/** How the CUDA sampler lays out its work (CUDA logits only; the CPU has one layout and refuses the option).
+ *  'auto' (default): 'split' when the batch has fewer rows than the GPU has SMs / 8 (decode at batch 1-16),
+ *  else 'single'. 'single': one block per row. 'split': rows with top-k and top-p off (greedy or plain temperature
+ *  sampling) are spread over many blocks and combined by a second launch; rows with a threshold stay on one block.
+ *  Both layouts draw the same tokens (log-probs equal up to the normaliser's summation order); forcing one is for
+ *  tests and benchmarks that compare them. */
+export interface SampleRowsOptions {
+  strategy?: 'auto' | 'single' | 'split';
+}
+
 /**
  * logits f32 or bf16 [B, V] -> one token per row, each row with its own parameters and its own noise key
  * (seed_b, counter_b): a row draws the same token whichever batch row it occupies and whatever else is in the
  * batch, and equals `sample` of that row alone with seed = seed_b, step = counter_b. Same method as `sample`
  * (and the same tokens on CPU and CUDA). The CPU checks every row's values; the CUDA kernel reads them on the device.
  */
-export function sampleRows(logits: Tensor, params: SampleRowsParams): SampleResult {
+export function sampleRows(logits: Tensor, params: SampleRowsParams, opts: SampleRowsOptions = {}): SampleResult {
   const r = native().ops.sampleRows(
     logits.native,
     params.temperature.native,
@@ -61,6 +71,7 @@ export function sampleRows(logits: Tensor, params: SampleRowsParams): SampleResu
     params.topK.native,
     params.seeds.native,
     params.counters.native,
+    opts.strategy,
   );
   return { tokens: new Tensor(r.tokens), logprobs: new Tensor(r.logprobs) };
 }

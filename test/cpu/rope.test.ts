@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import { Tensor, roundBf16 } from '../../src/tensor.ts';
 import { yarnInvFreq, yarnCorrectionRange, yarnConfigFromHf, yarnInvFreqTensor, ropeForward, ropeBackward, ropeQkvSplit, ropeQkvPack, type YarnConfig } from '../../src/ops/rope.ts';
 import { uniform, uniformBf16, randInts, probes } from '../helpers/random.ts';
+import { scatterRows } from '../../src/ops/kvcache.ts';
+import { native } from '../../src/native.ts';
 import { assertClose, assertBf16Close, dot } from '../helpers/numeric.ts';
 import { fixturesDir } from '../helpers/fixtures.ts';
 
@@ -222,6 +224,34 @@ for (const [t, hq, hkv, d] of [
     }
   });
 }
+
+test('ropeQkvSplit with a KV cache writes the k and v rows at the slots, as scatterRows does', () => {
+  const t = 5, hq = 4, hkv = 2, d = 16, wkv = hkv * d, w = (hq + 2 * hkv) * d, M = 11;
+  const { invFreq, attentionScaling: s } = yarnInvFreqTensor({ ...GPTOSS_20B, headDim: d }, 'cpu');
+  const pos = Tensor.from(randInts(t, 80, 4096), [t], cpu);
+  const bf = { ...cpu, dtype: 'bf16' } as const;
+  const qkv = Tensor.from(uniformBf16(t * w, 81, -2, 2), [t, w], bf);
+  const init = uniformBf16(M * wkv, 82, -1, 1);
+  const slots = Tensor.from(Int32Array.from([9, 0, -1, 4, 10]), [t], { ...cpu, dtype: 'i32' });
+  const kc = Tensor.from(init, [M, hkv, d], bf), vc = Tensor.from(init, [M, hkv, d], bf);
+  const r = ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, { k: kc, v: vc, slots });
+  const plain = ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv);
+  for (const key of ['q', 'k', 'v'] as const) assert.deepEqual(r[key].toFloat32(), plain[key].toFloat32(), key);
+  const kw = Tensor.from(init, [M, hkv, d], bf), vw = Tensor.from(init, [M, hkv, d], bf);
+  scatterRows(kw, plain.k, slots);
+  scatterRows(vw, plain.v, slots);
+  assert.deepEqual(kc.toFloat32(), kw.toFloat32(), 'k cache');
+  assert.deepEqual(vc.toFloat32(), vw.toFloat32(), 'v cache');
+  // Bad caches and slots, named.
+  const p = (o: Partial<{ k: Tensor; v: Tensor; slots: Tensor }>) => ({ k: kc, v: vc, slots, ...o });
+  assert.throws(() => ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, p({ k: Tensor.zeros([M, hkv, d], cpu) })), /ropeQkvSplit: kCache must be bf16 \[M, 2, 16\] \(a flat pool\), got f32\[11, 2, 16\]/);
+  assert.throws(() => ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, p({ k: Tensor.zeros([M, 1, 2 * d], bf) })), /ropeQkvSplit: kCache must be bf16 \[M, 2, 16\]/);
+  assert.throws(() => ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, p({ v: Tensor.zeros([M + 1, hkv, d], bf) })), /ropeQkvSplit: vCache must have shape \[11, 2, 16\]/);
+  assert.throws(() => ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, p({ slots: Tensor.zeros([t], cpu) })), /ropeQkvSplit: slots must be i32/);
+  assert.throws(() => ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, p({ slots: Tensor.zeros([t + 1], { ...cpu, dtype: 'i32' }) })), /ropeQkvSplit: slots must have shape \[5\]/);
+  assert.throws(() => ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, p({ slots: Tensor.from(Int32Array.from([0, 1, 2, 3, M]), [t], { ...cpu, dtype: 'i32' }) })), /index\[4\] = 11 is out of range for 11 rows/);
+  assert.throws(() => native().ops.ropeQkvSplit(qkv.native, pos.native, invFreq.native, s, hq, hkv, kc.native), /ropeQkvSplit: kCache, vCache and slots go together \(got kCache, no vCache, no slots\)/);
+});
 
 test('ropeQkvSplit / ropeQkvPack reject inconsistent shapes with clear errors', () => {
   const inv = Tensor.from(new Float32Array(8), [8], cpu);

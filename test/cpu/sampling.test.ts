@@ -250,4 +250,8 @@ test('sampleRows rejects bad inputs, naming the row', () => {
   assert.throws(() => sampleRows(l, { ...p, topK: Tensor.zeros([B], { device: dev }) }), /sampleRows: topK must be i32/);
   assert.throws(() => sampleRows(l, { ...p, seeds: Tensor.zeros([B + 1], { device: dev, dtype: 'i32' }) }), /sampleRows: seeds must have shape \[3\]/);
   assert.throws(() => sampleRows(l, { ...p, temperature: Tensor.zeros([B], { device: dev, dtype: 'bf16' }) }), /sampleRows: temperature must be f32/);
+  // The kernel-layout knob is CUDA's; the CPU refuses it rather than ignore it (and refuses unknown layouts).
+  assert.throws(() => sampleRows(l, p, { strategy: 'split' }), /sampleRows: strategy 'split' chooses a CUDA kernel layout; the logits are on the CPU/);
+  assert.throws(() => sampleRows(l, p, { strategy: 'blocks' as 'split' }), /sampleRows: strategy must be 'auto', 'single' or 'split', got 'blocks'/);
+  assert.equal(sampleRows(l, p, { strategy: 'auto' }).tokens.shape[0], B);
 });

@@ -213,6 +213,31 @@ for (const [t, hq, hkv, d, mis] of [
     assertBound(rg.q.toFloat32(), rc.q.toFloat32(), rot(qkv, w, 0, hq, 1), 1e-6, 'split q');
     assertBound(rg.k.toFloat32(), rc.k.toFloat32(), rot(qkv, w, wq, hkv, 1), 1e-6, 'split k');
     assert.deepEqual(rg.v.toFloat32(), rc.v.toFloat32(), 'split v (a copy)');
+    // With a KV cache to write (the decode step's fused rope + cache write): the same q/k/v, and the cache rows at
+    // the slots equal to the returned k and v (bitwise: the same values stored twice), other rows untouched; slot
+    // -1 skips a token. M = 3t + 5 rows, slots distinct rows 3i + 2 (the last token skipped when t > 1).
+    {
+      const M = 3 * t + 5;
+      const slotArr = Int32Array.from({ length: t }, (_, i) => (t > 1 && i === t - 1 ? -1 : 3 * i + 2));
+      const init = uniformBf16(M * wkv, 26 + d, -1, 1);
+      const kc = Tensor.from(init, [M, hkv, d], { ...gpu, dtype: 'bf16' }), vc = Tensor.from(init, [M, hkv, d], { ...gpu, dtype: 'bf16' });
+      const slots = Tensor.from(slotArr, [t], { ...gpu, dtype: 'i32' });
+      const rw = ropeQkvSplit(qg, pg, invG, s, hq, hkv, { k: kc, v: vc, slots });
+      assert.deepEqual(rw.q.toFloat32(), rg.q.toFloat32(), 'split+cache q');
+      assert.deepEqual(rw.k.toFloat32(), rg.k.toFloat32(), 'split+cache k');
+      assert.deepEqual(rw.v.toFloat32(), rg.v.toFloat32(), 'split+cache v');
+      const kh = kc.toFloat32(), vh = vc.toFloat32(), kr = rg.k.toFloat32(), vr = rg.v.toFloat32();
+      const written = new Map<number, number>();
+      slotArr.forEach((sl, i) => sl >= 0 && written.set(sl, i));
+      for (let row = 0; row < M; row++) {
+        const i = written.get(row);
+        const wantK = i === undefined ? init.subarray(row * wkv, (row + 1) * wkv) : kr.subarray(i * wkv, (i + 1) * wkv);
+        const wantV = i === undefined ? init.subarray(row * wkv, (row + 1) * wkv) : vr.subarray(i * wkv, (i + 1) * wkv);
+        assert.deepEqual(kh.subarray(row * wkv, (row + 1) * wkv), Float32Array.from(wantK), `k cache row ${row}`);
+        assert.deepEqual(vh.subarray(row * wkv, (row + 1) * wkv), Float32Array.from(wantV), `v cache row ${row}`);
+      }
+      for (const x of [kc, vc, slots, rw.q, rw.k, rw.v]) x.dispose();
+    }
     const g = [hq, hkv, hkv].map((h, i) => uniformBf16(t * h * d, 25 + i + d));
     const gc = g.map((x, i) => Tensor.from(x, [t, [hq, hkv, hkv][i]!, d], { ...cpu, dtype: 'bf16' }));
     const gg = g.map((x, i) => (mis ? misaligned(x, [t, [hq, hkv, hkv][i]!, d], 'bf16') : Tensor.from(x, [t, [hq, hkv, hkv][i]!, d], { ...gpu, dtype: 'bf16' })));

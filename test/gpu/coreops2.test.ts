@@ -200,6 +200,48 @@ test('sampleRows on CUDA draws the same tokens as on the CPU (per-row parameters
   }
 });
 
+test('sampleRows on CUDA: the split layout (few rows, no thresholds) draws the single-block tokens', { skip, timeout: 120000 }, () => {
+  // gpt-oss vocabulary at the decode batch sizes the split layout is for, plus a batch with threshold rows mixed in
+  // (those stay on one block inside the split launch), a tiny V (one chunk) and -inf chunks (masked vocabulary).
+  const cases: { B: number; V: number; temps: number[]; mixed?: boolean; masked?: boolean }[] = [
+    { B: 1, V: 201088, temps: [1, 0] },
+    { B: 4, V: 201088, temps: [1, 0] },
+    { B: 6, V: 201088, temps: [0.7], mixed: true },
+    { B: 3, V: 201088, temps: [1, 0], masked: true },
+    { B: 2, V: 5, temps: [1, 0] },
+  ];
+  for (const { B, V, temps, mixed, masked } of cases) {
+    const l = uniformSym(B * V, 7 * B + V, 4);
+    if (masked) for (let b = 0; b < B; b++) l.fill(-Infinity, b * V, b * V + 150000);  // whole chunks of -inf
+    for (const temperature of temps) {
+      const rows = Array.from({ length: B }, (_, b) => ({
+        temperature,
+        topP: mixed && b % 3 === 1 ? 0.9 : 1,
+        topK: mixed && b % 3 === 2 ? 40 : 0,
+        seed: 2 ** 31 + 131 * b,
+        counter: 17 * b + 3,
+      }));
+      for (const dtype of ['f32', 'bf16'] as const) {
+        const what = `B${B} V${V} T${temperature} ${dtype}${mixed ? ' mixed' : ''}${masked ? ' masked' : ''}`;
+        const x = Tensor.from(l, [B, V], { device: G, dtype });
+        const single = sampleRows(x, samplingRowTensors(rows, G), { strategy: 'single' });
+        const split = sampleRows(x, samplingRowTensors(rows, G), { strategy: 'split' });
+        const auto = sampleRows(x, samplingRowTensors(rows, G));
+        const cpu = sampleRows(Tensor.from(l, [B, V], { device: 'cpu', dtype }), samplingRowTensors(rows, 'cpu'));
+        const want = [...single.tokens.toInt32()];
+        assert.deepEqual([...split.tokens.toInt32()], want, `split tokens ${what}`);
+        assert.deepEqual([...auto.tokens.toInt32()], want, `auto tokens ${what}`);
+        assert.deepEqual([...cpu.tokens.toInt32()], want, `cpu tokens ${what}`);
+        assertClose(split.logprobs.toFloat32(), single.logprobs.toFloat32(), 1e-5, 1e-5, `split logprobs ${what}`);
+        assertClose(auto.logprobs.toFloat32(), single.logprobs.toFloat32(), 1e-5, 1e-5, `auto logprobs ${what}`);
+        // Bitwise repeatable: the chunks combine in a fixed layout.
+        const again = sampleRows(x, samplingRowTensors(rows, G), { strategy: 'split' });
+        assertClose(again.logprobs.toFloat32(), split.logprobs.toFloat32(), 0, 0, `split repeat ${what}`);
+      }
+    }
+  }
+});
+
 test('adamwStep, sumOfSquares and gradNormAndClip on CUDA match the CPU', { skip, timeout: 120000 }, () => {
   const n = 100003;
   // Gradients over many magnitudes (down to 1e-12, where eps dominates the denominator) and some exact zeros.
