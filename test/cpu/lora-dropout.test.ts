@@ -19,7 +19,7 @@ import {
   type LoraTarget,
 } from '../../src/model/index.ts';
 import { loraDropoutSalt } from '../../src/model/layer.ts';
-import { Tensor } from '../../src/tensor.ts';
+import { Tensor, liveTensors, trackTensors } from '../../src/tensor.ts';
 import { dropoutForward } from '../../src/ops/elementwise.ts';
 import { loadConfig } from '../../src/config/index.ts';
 import { loraSpecOf } from '../../src/trainer/setup.ts';
@@ -116,7 +116,9 @@ function trainLoss(m: GptOssModel, c: Float32Array, seed: number | undefined, wi
     r.state!.dispose();
     return { loss, lp };
   }
-  const grads = m.backward(r.state!, Tensor.from(c, [c.length], { dtype: 'f32', device: 'cpu' }));
+  const d = Tensor.from(c, [c.length], { dtype: 'f32', device: 'cpu' });
+  const grads = m.backward(r.state!, d);
+  d.dispose();
   return { loss, lp, grads };
 }
 
@@ -240,6 +242,31 @@ test('dropout > 0: the recompute path (with and without kept attention) gives th
   disposeGrads(want.grads);
   m.lora.dispose();
   m.dispose();
+});
+
+test('dropout > 0: a training step (with and without recompute) leaves no undisposed tensors behind', () => {
+  trackTensors(true);
+  try {
+    const m = randomModel(cfg, { device: 'cpu', seed: 33, biasStd: 0.02 });
+    m.lora = LoraAdapters.init(cfg, spec(0.2), 'cpu', { seed: 34, bStd: 0.05 });
+    const step = (): void => {
+      for (const rec of [false, true]) {
+        m.recompute = rec;
+        disposeGrads(trainLoss(m, coef, 8, true).grads);
+      }
+      evalLogprobs(m);
+    };
+    step();
+    const before = new Set(liveTensors().map((x) => x.tensor));
+    step();
+    const leaked = liveTensors().filter((x) => !before.has(x.tensor));
+    const where = leaked.slice(0, 5).map((x) => `${x.tensor.toString()}\n${x.stack.split('\n').slice(2, 6).join('\n')}`);
+    assert.equal(leaked.length, 0, `undisposed tensors after a step:\n${where.join('\n')}`);
+    m.lora.dispose();
+    m.dispose();
+  } finally {
+    trackTensors(false);
+  }
 });
 
 test('config: dropout > 0 accepted with q/k/v/o targets, refused with each other target (key and reason named)', () => {
