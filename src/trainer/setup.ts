@@ -254,6 +254,16 @@ export async function openRunSource(c: Config): Promise<RunSource> {
 export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssModel }> {
   const t = await prepareTask(c);
   const { device, env, vocab, path } = t;
+  // The adapter spec (dropout targets, dropout on CUDA) is refused before a model is loaded.
+  const spec = loraSpecOf(c);
+  if (spec) {
+    try {
+      checkLoraSpec(spec);
+      checkLoraDevice(spec, device);
+    } catch (e) {
+      throw new SetupError((e as Error).message);
+    }
+  }
   let model: GptOssModel;
   const t0 = Date.now();
   if (t.randomConfig) {
@@ -269,16 +279,8 @@ export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssMo
     checkVocabSize(t, model.config);
   }
   log.info({ ms: Date.now() - t0, device }, 'model ready');
-  const spec = loraSpecOf(c);
   let policy: GptOssPolicy;
   if (spec) {
-    try {
-      checkLoraSpec(spec);
-      checkLoraDevice(spec, device);
-    } catch (e) {
-      model.dispose();
-      throw new SetupError((e as Error).message);
-    }
     // bf16 adapters on a GPU (the GEMMs' operand dtype; fp32 masters in the policy), f32 on the CPU.
     policy = new LoraPolicy(model, LoraAdapters.init(model.config, spec, device, { seed: c.trainer.seed, dtype: device === 'cpu' ? 'f32' : 'bf16' }), {
       loraplusLrRatio: c.trainer.policy.model.lora.loraplus_lr_ratio,

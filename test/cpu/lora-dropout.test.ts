@@ -22,7 +22,7 @@ import { loraDropoutSalt } from '../../src/model/layer.ts';
 import { Tensor, liveTensors, trackTensors } from '../../src/tensor.ts';
 import { dropoutForward } from '../../src/ops/elementwise.ts';
 import { loadConfig } from '../../src/config/index.ts';
-import { loraSpecOf } from '../../src/trainer/setup.ts';
+import { loraSpecOf, setupRun } from '../../src/trainer/setup.ts';
 import { LoraPolicy, loraDropoutSeed } from '../../src/trainer/lora-policy.ts';
 
 const cfg = presetConfig('gpt-oss-tiny-256');
@@ -295,6 +295,17 @@ test('config: dropout > 0 accepted with q/k/v/o targets, refused with each other
   assert.throws(() => checkLoraSpec(spec(-0.1)), /lora\.dropout must be in \[0, 1\)/);
   // On a CUDA device dropout waits for its GPU test (refused before any allocation; the CPU runs it).
   assert.throws(() => LoraAdapters.init(cfg, spec(0.1), 'cuda:0'), /lora\.dropout=0\.1 on cuda:0: .*waits for its GPU test \(test\/gpu\/lora\.test\.ts\)/);
+});
+
+test('a run: dropout > 0 with q/k/v/o builds a LoraPolicy seeded by trainer.seed; an unsupported target is refused before the model loads', async () => {
+  const lora = (d: number, t: string) => ['trainer.policy.model.lora.rank=4', `trainer.policy.model.lora.dropout=${d}`, `trainer.policy.model.lora.target_modules=[${t}]`, 'trainer.seed=7'];
+  const run = await setupRun(loadConfig({ config: 'demo-cpu', overrides: lora(0.1, 'q_proj,v_proj') }));
+  assert.ok(run.policy instanceof LoraPolicy);
+  assert.equal(run.policy.adapters.spec.dropout, 0.1);
+  assert.equal(run.policy.dropoutRunSeed, 7);
+  run.generator.dispose();
+  run.policy.dispose();
+  await assert.rejects(setupRun(loadConfig({ config: 'demo-cpu', overrides: lora(0.1, 'q_proj,embed_tokens') })), /lora\.dropout=0\.1 with target 'embed_tokens'.*PEFT's Embedding LoRA applies no dropout/);
 });
 
 test('PEFT files: adapter_config.json writes lora_dropout and loading keeps it', () => {
