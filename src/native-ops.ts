@@ -209,6 +209,7 @@ export interface NativeOps {
   elementwiseScaleInPlace(a: TensorArg, s: number): void;
   elementwiseCast(a: TensorArg, dtype: DType): NativeTensor;
   elementwiseFill(a: TensorArg, value: number): void;
+  dropoutForward(x: TensorArg, p: number, seed: number, salt: number): NativeTensor;
 
   // ---- embedding.cc ----
   /** weight [V, H], ids i32 [...] -> weight's dtype [..., H]. */
@@ -515,6 +516,7 @@ export const NATIVE_OP_NAMES = [
   'elementwiseScaleInPlace',
   'elementwiseCast',
   'elementwiseFill',
+  'dropoutForward',
   // embedding.cc
   'embeddingForward',
   'embeddingBackward',

@@ -1,4 +1,4 @@
-// elementwise.cc: bindings for elementwiseAdd/AddInPlace/Scale/ScaleInPlace/Cast/Fill.
+// elementwise.cc: bindings for elementwiseAdd/AddInPlace/Scale/ScaleInPlace/Cast/Fill and dropoutForward.
 #include <cmath>
 
 #include "../cpu/elementwise.h"
@@ -91,4 +91,22 @@ GPTOSS_OP(elementwiseFill) {
     GPTOSS_CHECK(v == std::floor(v) && v >= 0 && v <= 255, op, ": value ", v, " is not a u8 for ", a.describe());
   GPTOSS_DISPATCH(a, cpu::ew_fill(a, v), cuda::ew_fill(a, v));
   return info.Env().Undefined();
+}
+
+// dropoutForward(x, p, seed, salt) -> x·mask/(1-p) (x's shape and dtype, bf16|f32): the mask is the counter-based
+// hash of (seed, salt, element index) (native/cpu/dropout_rng.h), the same bits on the CPU and CUDA. seed and salt
+// are non-negative integers below 2^53 (exact JS numbers). Its backward is the same call on the gradient.
+GPTOSS_OP(dropoutForward) {
+  const char* op = "dropoutForward";
+  Tensor& x = tensor_arg(info, 0, op, "x");
+  check_float(op, "x", x);
+  const double p = num_arg(info, 1, op, "p");
+  GPTOSS_CHECK(p >= 0 && p < 1, op, ": p must be in [0, 1), got ", p);
+  const int64_t seed = int_arg(info, 2, op, "seed");
+  const int64_t salt = int_arg(info, 3, op, "salt");
+  GPTOSS_CHECK(seed >= 0 && salt >= 0, op, ": seed and salt must be non-negative integers, got ", seed, " and ", salt);
+  Tensor out = make_tensor(x.shape, x.dtype, x.device);
+  GPTOSS_DISPATCH(x, cpu::ew_dropout(x, p, uint64_t(seed), uint64_t(salt), out),
+                  cuda::ew_dropout(x, p, uint64_t(seed), uint64_t(salt), out));
+  return wrap(info.Env(), out);
 }

@@ -1,9 +1,10 @@
-// elementwise.cc: CPU reference for add/scale/cast/fill.
+// elementwise.cc: CPU reference for add/scale/cast/fill/dropout.
 #include "elementwise.h"
 
 #include <cstring>
 #include <type_traits>
 
+#include "dropout_rng.h"
 #include "parallel.h"
 
 namespace gptoss::cpu {
@@ -69,6 +70,21 @@ void ew_cast(const Tensor& a, const Tensor& out) {
     with_float(out, [&](auto* po) {
       parallel_for(n, kGrain, [&](int64_t s, int64_t e) {
         for (int64_t i = s; i < e; i++) put(po + i, to_f32(pa[i]));
+      });
+    });
+  });
+}
+
+void ew_dropout(const Tensor& x, double p, uint64_t seed, uint64_t salt, const Tensor& out) {
+  const int64_t n = out.numel();
+  const uint64_t key = dropout::mask_key(seed, salt);
+  const uint32_t thr = dropout::threshold(p);
+  // The kept elements' factor, rounded to f32 once (as torch's x·(1/(1-p))); the product is rounded to out's dtype.
+  const float inv = static_cast<float>(1.0 / (1.0 - p));
+  with_float(x, [&](auto* px) {
+    with_float(out, [&](auto* po) {
+      parallel_for(n, kGrain, [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; i++) put(po + i, dropout::keep(key, uint64_t(i), thr) ? to_f32(px[i]) * inv : 0.f);
       });
     });
   });

@@ -10,6 +10,10 @@ void ew_add(const Tensor& a, const Tensor& b, const Tensor& out);
 void ew_scale(const Tensor& a, float s, const Tensor& out);
 // out = a converted: bf16 <-> f32, i32 -> f32 (exact below 2^24), or a plain copy when the dtypes agree.
 void ew_cast(const Tensor& a, const Tensor& out);
+// Inverted dropout: out[i] = x[i]·1/(1-p) where element i is kept, 0 where dropped; the mask is the counter-based
+// hash of (seed, salt, i) (dropout_rng.h), the same on CUDA. x, out: bf16|f32 of one dtype and numel (any shape);
+// p in [0, 1); out may alias x. The backward is the same call on the gradient (same seed and salt).
+void ew_dropout(const Tensor& x, double p, uint64_t seed, uint64_t salt, const Tensor& out);
 // every element = value (bf16/f32 rounded; i32 and u8 take the integer value).
 void ew_fill(const Tensor& a, double value);
 

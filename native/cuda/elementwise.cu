@@ -1,8 +1,9 @@
-// elementwise.cu: add / scale / cast / fill. Grid-stride loops over groups of 8 elements with 16-byte loads
+// elementwise.cu: add / scale / cast / fill / dropout. Grid-stride loops over groups of 8 elements with 16-byte loads
 // when every pointer is 16-byte aligned, scalar otherwise (and for the tail); fp32 math.
 #include "common.cuh"
 #include "elementwise.h"
 #include "vec_io.cuh"
+#include "../cpu/dropout_rng.h"
 
 namespace gptoss::cuda {
 
@@ -50,6 +51,14 @@ __global__ void scale_kernel(const A* a, float s, O* o, int64_t n, bool vec) {
 __global__ void i32_to_f32_kernel(const int32_t* a, float* o, int64_t n) {
   int64_t i0 = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = i0; i < n; i += stride) o[i] = static_cast<float>(a[i]);
+}
+
+// Inverted dropout with the mask of dropout_rng.h (the CPU reference's bits): one element per thread iteration,
+// the hash is the cost (a few integer multiplies), so no vector path.
+template <typename A, typename O>
+__global__ void dropout_kernel(const A* x, O* o, int64_t n, uint64_t key, uint32_t thr, float inv) {
+  int64_t i0 = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = i0; i < n; i += stride) stf(o + i, dropout::keep(key, uint64_t(i), thr) ? ldf(x + i) * inv : 0.f);
 }
 
 template <typename T>
@@ -129,6 +138,21 @@ void ew_fill(const Tensor& a, double value) {
       break;
   }
   GPTOSS_CUDA_LAUNCH_CHECK("fill");
+}
+
+void ew_dropout(const Tensor& x, double p, uint64_t seed, uint64_t salt, const Tensor& out) {
+  int64_t n = out.numel();
+  if (n == 0) return;
+  DeviceGuard g(out.device);
+  const uint64_t key = dropout::mask_key(seed, salt);
+  const uint32_t thr = dropout::threshold(p);
+  const float inv = static_cast<float>(1.0 / (1.0 - p));
+  with_float(x, [&](auto* px) {
+    with_float(out, [&](auto* po) {
+      dropout_kernel<<<grid_for(n, kThreads), kThreads, 0, stream_of(out.device)>>>(px, po, n, key, thr, inv);
+    });
+  });
+  GPTOSS_CUDA_LAUNCH_CHECK("dropout");
 }
 
 }  // namespace gptoss::cuda

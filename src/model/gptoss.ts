@@ -37,6 +37,8 @@ export interface ForwardState {
   rstdf: Tensor;
   lse: Tensor;
   temperature: number;
+  /** The forward's LoRA dropout seed (ForwardOptions.dropoutSeed): the recompute reruns the layers with it. */
+  dropoutSeed?: number;
   dispose(): void;
 }
 
@@ -51,6 +53,13 @@ export interface ForwardOptions {
   returnLogits?: boolean;
   /** With train: the state takes the batch over (state.dispose() and backward also dispose it). Default false. */
   releaseBatch?: boolean;
+  /**
+   * With train and adapters whose dropout is above 0 (required then): the seed of this forward's LoRA dropout masks
+   * (an integer in [0, 2^53); the trainer derives it from the optimizer step and micro-batch, LoraPolicy). Backward
+   * and the recompute regenerate the masks from it (src/model/layer.ts). Not taken without train: log-prob passes
+   * and generation run without dropout, as PEFT's eval mode.
+   */
+  dropoutSeed?: number;
 }
 
 export interface ForwardResult {
@@ -197,6 +206,7 @@ export class GptOssModel implements LayerHost {
     const c = this.config;
     const train = opts.train ?? false;
     const temperature = opts.temperature ?? 1;
+    const dropoutSeed = this.checkDropoutSeed(train, opts.dropoutSeed);
     const hidden: Float32Array[] | undefined = opts.collectHidden ? [] : undefined;
     const saved: (LayerSaved | null)[] = [];
     const inputs: (Tensor | null)[] = [];
@@ -205,7 +215,7 @@ export class GptOssModel implements LayerHost {
     hidden?.push(x.toFloat32());
     for (let l = 0; l < c.numLayers; l++) {
       const keep = train && !this.recompute;
-      const r = this.layers[l]!.forward(x, b, keep, { keepAttention: train && this.recompute && this.keepAttention });
+      const r = this.layers[l]!.forward(x, b, keep, { keepAttention: train && this.recompute && this.keepAttention, dropoutSeed });
       if (train) {
         saved.push(r.saved);
         inputs.push(this.recompute ? x : null);
@@ -235,6 +245,7 @@ export class GptOssModel implements LayerHost {
         rstdf,
         lse: lp.lse,
         temperature,
+        dropoutSeed,
         dispose() {
           for (const s of saved) {
             if (!s) continue;
@@ -255,6 +266,25 @@ export class GptOssModel implements LayerHost {
       disposeAll(x, hf, rstdf, lp.lse);
     }
     return result;
+  }
+
+  /**
+   * The LoRA dropout seed a forward runs with: undefined where no dropout applies (no adapters, dropout 0), the
+   * seed of a training forward otherwise. Refused: a seed outside training (log-prob passes have no dropout) or
+   * not an integer in [0, 2^53), and a training forward of dropout adapters without one (the adapters would
+   * silently train without their dropout).
+   */
+  private checkDropoutSeed(train: boolean, seed: number | undefined): number | undefined {
+    if (seed !== undefined) {
+      if (!train) throw new Error('GptOssModel.forward: dropoutSeed is for training forwards (train: true); log-prob passes run without dropout');
+      if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`GptOssModel.forward: dropoutSeed must be an integer in [0, 2^53), got ${seed}`);
+    }
+    const p = this.lora?.spec.dropout ?? 0;
+    if (!train || p === 0) return undefined;
+    if (seed === undefined) {
+      throw new Error(`GptOssModel.forward: the LoRA adapters have dropout ${p} (trainer.policy.model.lora.dropout): a training forward needs opts.dropoutSeed`);
+    }
+    return seed;
   }
 
   /** Zeroed f32 gradient buffers for every parameter, by checkpoint name. */
@@ -337,7 +367,7 @@ export class GptOssModel implements LayerHost {
         let s = state.saved[l] ?? null;
         if (!s) {
           const inp = state.inputs[l]!;
-          const r = this.layers[l]!.forward(inp, b, true, { attention: state.attention[l] ?? undefined });
+          const r = this.layers[l]!.forward(inp, b, true, { attention: state.attention[l] ?? undefined, dropoutSeed: state.dropoutSeed });
           r.y.dispose();
           s = r.saved!;
           state.inputs[l] = null;

@@ -13,6 +13,11 @@
 // form (q/k/v/o: two thin GEMMs each; the router: a merged [E, H] weight per call; the experts: inside the MoE op),
 // for training and generation alike, and backward treats the base as frozen: it computes the activations' chain
 // and the adapters' gradients only (no base weight gradient is computed or allocated).
+// LoRA dropout (PEFT's lora_dropout, q/k/v/o only: checkLoraSpec): a training forward given a dropout seed feeds
+// each adapter dropout(input) instead of its input, y += scale·B·A·dropout(x), one mask per (layer, module) from
+// the counter-based hash of dropoutForward (loraDropoutSalt); backward regenerates the masks from the seed kept in
+// the saved activations (the recompute reruns the forward with the same seed). Without a seed (generation,
+// log-prob passes) or with dropout 0 the adapters see their inputs as they are.
 import { gpuProfile } from '../log/gpu-profile.ts';
 import { Tensor } from '../tensor.ts';
 import type { GptOssConfig } from './config.ts';
@@ -21,7 +26,7 @@ import { layerPrefix, qkvRows, QKV_PROJ, type GptOssWeights, type LayerWeights }
 import { accumulateGrad, disposeAll, reshape, withView } from './tensor-helpers.ts';
 import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
 import { ropeQkvSplit, ropeQkvPack, type RopeCacheWrite } from '../ops/rope.ts';
-import { addInPlace, add, cast } from '../ops/elementwise.ts';
+import { addInPlace, add, cast, dropoutForward } from '../ops/elementwise.ts';
 import { linearForward, linearBackward, linearBackwardInput, matmul } from '../ops/gemm.ts';
 import { attentionForward, attentionBackward } from '../ops/attention.ts';
 import { moeForward, moeBackward, type MoeContext, type MoeExpertLora, type MoeWeights } from '../ops/moe.ts';
@@ -88,6 +93,8 @@ export interface OutputSaved {
   moe: MoeContext;
   /** With a router adapter: the merged router weight bf16 [E, H] the MoE used (freed with the rest). */
   routerEff?: Tensor;
+  /** The LoRA dropout seed of the forward (absent: no dropout): backward regenerates the masks from it. */
+  dropoutSeed?: number;
 }
 
 /**
@@ -158,9 +165,9 @@ export class DecoderLayer {
   /**
    * a1 = rmsnorm(x), q/k/v = a1·Wᵀ + b as [T, heads, D], RoPE on q and k at `positions` (i32 [T]). x: bf16 [T, H].
    * cacheWrite: the rotated k and v rows also go to a KV cache in the rope's pass (layers without k/v adapters
-   * only: those change k and v after it).
+   * only: those change k and v after it). dropoutSeed: a training forward's LoRA dropout seed (see the header).
    */
-  attentionInputs(x: Tensor, positions: Tensor, cacheWrite?: RopeCacheWrite): AttentionInputs {
+  attentionInputs(x: Tensor, positions: Tensor, cacheWrite?: RopeCacheWrite, dropoutSeed?: number): AttentionInputs {
     const c = this.host.config;
     const w = this.weights;
     const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
@@ -172,7 +179,7 @@ export class DecoderLayer {
     if (cacheWrite && (ll?.k || ll?.v)) throw new Error(`layer ${this.index}: attentionInputs cannot write the KV cache in the rope pass with k/v LoRA adapters (they change k and v after it)`);
     const { q: qr, k: kr, v } = ropeQkvSplit(qkv, positions, invFreq, scaling, c.numHeads, c.numKvHeads, cacheWrite);
     qkv.dispose();
-    if (ll) this.qkvLoraForward(ll, a1, positions, qr, kr, v);
+    if (ll) this.qkvLoraForward(ll, a1, positions, qr, kr, v, dropoutSeed);
     return { a1, rstd1, qr, kr, v };
   }
 
@@ -181,14 +188,17 @@ export class DecoderLayer {
    * rope(q + Δq) = rope(q) + rope(Δq): Δq = scale·(a1·Aᵀ)·Bᵀ ([T, Hq·D]) is roped on its own and added; v has
    * no rope (the thin GEMM adds into it directly). a1 bf16 [T, H]; qr [T, Hq, D], kr/v [T, Hkv, D] bf16. The
    * products u [T, r] and Δ are in the adapters' dtype (bf16 adapters: no casts in the GEMMs; f32: exact on the CPU).
+   * With a dropout seed each adapter reads its own dropout(a1) (loraInput).
    */
-  private qkvLoraForward(ll: LayerLora, a1: Tensor, positions: Tensor, qr: Tensor, kr: Tensor, v: Tensor): void {
+  private qkvLoraForward(ll: LayerLora, a1: Tensor, positions: Tensor, qr: Tensor, kr: Tensor, v: Tensor, dropoutSeed?: number): void {
     const s = this.host.lora!.scale;
     const T = a1.shape[0]!;
     const { invFreq, scaling } = this.host.rope;
-    for (const [pair, dst] of [[ll.q, qr], [ll.k, kr]] as const) {
+    for (const [pair, dst, t] of [[ll.q, qr, 'q_proj'], [ll.k, kr, 'k_proj']] as const) {
       if (!pair) continue;
-      const u = matmul(a1, pair.A, { transB: true, outDtype: this.host.lora!.dtype }); // [T, r]
+      const xin = this.loraInput(a1, t, dropoutSeed);
+      const u = matmul(xin, pair.A, { transB: true, outDtype: this.host.lora!.dtype }); // [T, r]
+      if (xin !== a1) xin.dispose();
       const d = matmul(u, pair.B, { transB: true, alpha: s, outDtype: this.host.lora!.dtype }); // [T, heads*D]
       u.dispose();
       const dr = withView(d, dst.shape, (dv) => ropeForward(dv, positions, invFreq, scaling));
@@ -197,17 +207,52 @@ export class DecoderLayer {
       dr.dispose();
     }
     if (ll.v) {
-      const u = matmul(a1, ll.v.A, { transB: true, outDtype: this.host.lora!.dtype });
+      const xin = this.loraInput(a1, 'v_proj', dropoutSeed);
+      const u = matmul(xin, ll.v.A, { transB: true, outDtype: this.host.lora!.dtype });
+      if (xin !== a1) xin.dispose();
       withView(v, [T, v.shape[1]! * v.shape[2]!], (vv) => matmul(u, ll.v!.B, { transB: true, alpha: s, out: vv, accumulate: true }));
       u.dispose();
     }
   }
 
-  /** out [T, n] += scale·(x·Aᵀ)·Bᵀ for a linear target's adapter pair (x [T, in]). */
-  private linearLoraForward(pair: LoraPair, x: Tensor, out: Tensor): void {
-    const u = matmul(x, pair.A, { transB: true, outDtype: this.host.lora!.dtype });
+  /** out [T, n] += scale·(x'·Aᵀ)·Bᵀ for a linear target t's adapter pair (x [T, in]; x' = loraInput(x)). */
+  private linearLoraForward(pair: LoraPair, t: LoraTarget, x: Tensor, out: Tensor, dropoutSeed?: number): void {
+    const xin = this.loraInput(x, t, dropoutSeed);
+    const u = matmul(xin, pair.A, { transB: true, outDtype: this.host.lora!.dtype });
+    if (xin !== x) xin.dispose();
     matmul(u, pair.B, { transB: true, alpha: this.host.lora!.scale, out, accumulate: true });
     u.dispose();
+  }
+
+  /** Whether this call drops adapter inputs: a dropout seed given and the adapters' dropout above 0. */
+  private dropping(dropoutSeed: number | undefined): dropoutSeed is number {
+    return dropoutSeed !== undefined && (this.host.lora?.spec.dropout ?? 0) > 0;
+  }
+
+  /**
+   * What target t's adapter reads of its input x [T, in]: x itself, or with dropping() a fresh dropout(x) (the
+   * caller frees it when it is not x) with this layer's and module's mask (loraDropoutSalt). The backward calls it
+   * again to regenerate the same dropout(x).
+   */
+  private loraInput(x: Tensor, t: LoraTarget, dropoutSeed: number | undefined): Tensor {
+    if (!this.dropping(dropoutSeed)) return x;
+    return dropoutForward(x, this.host.lora!.spec.dropout, dropoutSeed, loraDropoutSalt(this.index, t));
+  }
+
+  /**
+   * dx [T, in] (bf16|f32) += the adapter's share of the input gradient, dU·A [T, in] (dU f32 [T, r]), through the
+   * input's dropout (the same mask: dropout's backward is dropout of the gradient) when dropping().
+   */
+  private addLoraInputGrad(dx: Tensor, dU: Tensor, A: Tensor, t: LoraTarget, dropoutSeed: number | undefined): void {
+    if (!this.dropping(dropoutSeed)) {
+      matmul(dU, A, { out: dx, accumulate: true });
+      return;
+    }
+    const g = matmul(dU, A, { outDtype: 'f32' });
+    const gd = dropoutForward(g, this.host.lora!.spec.dropout, dropoutSeed, loraDropoutSalt(this.index, t));
+    g.dispose();
+    addInPlace(dx, gd);
+    gd.dispose();
   }
 
   /**
@@ -237,9 +282,10 @@ export class DecoderLayer {
   /**
    * The block after attention: h = x + o_proj(attn); y = h + moe(rmsnorm(h)). x bf16 [T, H] stays the caller's;
    * attn bf16 [T, Hq, D] is taken over: kept in `saved` with save, freed otherwise. `profile` records the
-   * gpuProfile phases (training's layer forward, which opens a profile region; generation does not).
+   * gpuProfile phases (training's layer forward, which opens a profile region; generation does not). dropoutSeed:
+   * a training forward's LoRA dropout seed (see the header; kept in `saved`).
    */
-  outputAndMoe(x: Tensor, attn: Tensor, opts: { save: boolean; profile: boolean; keepAttn?: boolean }): { y: Tensor; saved: OutputSaved | null } {
+  outputAndMoe(x: Tensor, attn: Tensor, opts: { save: boolean; profile: boolean; keepAttn?: boolean; dropoutSeed?: number }): { y: Tensor; saved: OutputSaved | null } {
     this.checkSingleDevice('outputAndMoe');
     const c = this.host.config;
     const w = this.weights;
@@ -248,7 +294,7 @@ export class DecoderLayer {
     const o = withView(attn, [T, c.numHeads * c.headDim], (a) => {
       const r = linearForward(a, w.oW, w.oB);
       const lo = this.lora?.o;
-      if (lo) this.linearLoraForward(lo, a, r);
+      if (lo) this.linearLoraForward(lo, 'o_proj', a, r, opts.dropoutSeed);
       return r;
     });
     if (!opts.save && !opts.keepAttn) attn.dispose();
@@ -260,7 +306,10 @@ export class DecoderLayer {
     const mi = this.moeInputs(w);
     const m = moeForward(a2, mi.weights, { topK: c.topK, limit: c.swigluLimit, residual: h, lora: mi.lora });
     if (opts.profile) gpuProfile.mark(dev, 'fwd moe+residual');
-    if (opts.save) return { y: m.y, saved: { attn, h, a2, rstd2, moe: m.ctx, routerEff: mi.routerEff } };
+    if (opts.save) {
+      const dropoutSeed = this.dropping(opts.dropoutSeed) ? opts.dropoutSeed : undefined;
+      return { y: m.y, saved: { attn, h, a2, rstd2, moe: m.ctx, routerEff: mi.routerEff, dropoutSeed } };
+    }
     m.ctx.dispose();
     disposeAll(h, a2, rstd2, mi.routerEff);
     return { y: m.y, saved: null };
@@ -320,17 +369,18 @@ export class DecoderLayer {
    * The layer over a packed batch x (bf16 [T,H]); returns the output and (if save) the activations backward needs.
    * x stays owned by the caller. Under recompute: keepAttention (with save false) also returns the attention output
    * and LSE (`attention`, the caller's), and the backward's recompute passes them back as opts.attention (taken
-   * over) instead of running the attention forward again.
+   * over) instead of running the attention forward again. dropoutSeed: the LoRA dropout seed of a training forward
+   * (the recompute passes the same one, so it regenerates the same masks).
    */
   forward(
     x: Tensor,
     b: PackedBatch,
     save: boolean,
-    opts: { keepAttention?: boolean; attention?: KeptAttention } = {},
+    opts: { keepAttention?: boolean; attention?: KeptAttention; dropoutSeed?: number } = {},
   ): { y: Tensor; saved: LayerSaved | null; attention?: KeptAttention } {
     const dev = this.host.device;
     gpuProfile.start(dev);
-    const inputs = this.attentionInputs(x, b.positions);
+    const inputs = this.attentionInputs(x, b.positions, undefined, opts.dropoutSeed);
     gpuProfile.mark(dev, 'fwd norm+qkv+rope');
     let attn: Tensor, lse: Tensor;
     if (opts.attention) ({ attn, lse } = opts.attention);
@@ -341,7 +391,7 @@ export class DecoderLayer {
       gpuProfile.mark(dev, this.window > 0 ? 'fwd attention (sliding)' : 'fwd attention (full)');
     }
     const keep = !save && (opts.keepAttention ?? false);
-    const r = this.outputAndMoe(x, attn, { save, profile: true, keepAttn: keep });
+    const r = this.outputAndMoe(x, attn, { save, profile: true, keepAttn: keep, dropoutSeed: opts.dropoutSeed });
     if (r.saved) return { y: r.y, saved: { x, lse, ...inputs, ...r.saved } };
     disposeAll(inputs.a1, inputs.rstd1, inputs.qr, inputs.kr, inputs.v);
     if (keep) return { y: r.y, saved: null, attention: { attn, lse } };
@@ -420,8 +470,10 @@ export class DecoderLayer {
         if (!frozen) return lin('self_attn.o_proj', dH, a, w.oW, 'bf16');
         const da = linearBackwardInput(dH, w.oW, { dxDtype: 'bf16' });
         if (ll?.o) {
-          const dU = this.linearLoraBackward(ll.o, 'o_proj', a, dH, grads);
-          matmul(dU, ll.o.A, { out: da, accumulate: true });
+          const xin = this.loraInput(a, 'o_proj', s.dropoutSeed);
+          const dU = this.linearLoraBackward(ll.o, 'o_proj', xin, dH, grads);
+          if (xin !== a) xin.dispose();
+          this.addLoraInputGrad(da, dU, ll.o.A, 'o_proj', s.dropoutSeed);
           dU.dispose();
         }
         return da;
@@ -444,16 +496,18 @@ export class DecoderLayer {
     }
     // q/k/v adapters: their outputs' gradients are the pre-rope dq, dk (rope is linear) and dv; each gives the
     // adapter's gradients and dU [T, r], whose share of dA1 (dU·A) is added once dA1 exists.
-    const qkvDU: [Tensor, Tensor][] = [];
+    const qkvDU: [Tensor, Tensor, LoraTarget][] = [];
     if (ll && (ll.q || ll.k || ll.v)) {
       const { invFreq, scaling } = this.host.rope;
       const parts: [LoraPair | undefined, LoraTarget, Tensor, boolean][] = [[ll.q, 'q_proj', ab.dq, true], [ll.k, 'k_proj', ab.dk, true], [ll.v, 'v_proj', ab.dv, false]];
       for (const [pair, t, d, roped] of parts) {
         if (!pair) continue;
         const dPre = roped ? ropeBackward(d, b.positions, invFreq, scaling) : d; // [T, heads, D]
-        const dU = withView(dPre, [T, dPre.shape[1]! * D], (dv) => this.linearLoraBackward(pair, t, s.a1, dv, grads));
+        const xin = this.loraInput(s.a1, t, s.dropoutSeed);
+        const dU = withView(dPre, [T, dPre.shape[1]! * D], (dv) => this.linearLoraBackward(pair, t, xin, dv, grads));
+        if (xin !== s.a1) xin.dispose();
         if (roped) dPre.dispose();
-        qkvDU.push([dU, pair.A]);
+        qkvDU.push([dU, pair.A, t]);
       }
     }
     // The fused projection's output gradient dQKV [T, Hq*D + 2*Hkv*D]: dq and dk through the backward rope, dv
@@ -465,8 +519,8 @@ export class DecoderLayer {
     gpuProfile.mark(dev, 'bwd rope');
     const dA1 = frozen ? linearBackwardInput(dqkv, w.qkvW) : this.qkvBackward(dqkv, s.a1, grads);
     dqkv.dispose();
-    for (const [dU, A] of qkvDU) {
-      matmul(dU, A, { out: dA1, accumulate: true });
+    for (const [dU, A, t] of qkvDU) {
+      this.addLoraInputGrad(dA1, dU, A, t, s.dropoutSeed);
       dU.dispose();
     }
     gpuProfile.mark(dev, 'bwd qkv proj');
@@ -481,7 +535,8 @@ export class DecoderLayer {
   }
 
   /**
-   * The adapter gradients of out += scale·(x·Aᵀ)·Bᵀ (a linear target t) from dOut [T, n] (bf16|f32), x [T, in]:
+   * The adapter gradients of out += scale·(x·Aᵀ)·Bᵀ (a linear target t) from dOut [T, n] (bf16|f32), x [T, in]
+   * (what the adapter read: its input, or under dropout the regenerated dropout(input), loraInput):
    * dB [n, r] = scale·dOutᵀ·u and dA [r, in] = dUᵀ·x, with u = x·Aᵀ (recomputed: [T, r], cheap) and
    * dU = scale·dOut·B [T, r], added into `grads` by adapter name. Returns dU (f32; the caller adds dU·A to dx).
    */
@@ -591,6 +646,19 @@ export class DecoderLayer {
     return attn;
   }
 
+}
+
+/** The module ids of the LoRA dropout masks within a layer (PEFT: one dropout module per adapted module). */
+const DROPOUT_MODULE: Partial<Record<LoraTarget, number>> = { q_proj: 0, k_proj: 1, v_proj: 2, o_proj: 3 };
+
+/**
+ * The dropoutForward salt of the mask of target t's adapter input in layer l: layer·4 + module (q 0, k 1, v 2,
+ * o 3), distinct for every (layer, module) of a forward. Only the targets PEFT drops for (checkLoraSpec).
+ */
+export function loraDropoutSalt(l: number, t: LoraTarget): number {
+  const m = DROPOUT_MODULE[t];
+  if (m === undefined) throw new Error(`loraDropoutSalt: no dropout mask for target '${t}' (q/k/v/o_proj only)`);
+  return l * 4 + m;
 }
 
 /** Disposes what a forward saved for backward (not s.x, the caller's). */

@@ -20,6 +20,10 @@
 // zero, so a fresh adapter set computes exactly the base model; A is drawn as PEFT does (kaiming-uniform with
 // a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))). The embedding is PEFT's other way round: A zero, B normal(0, 1).
 //
+// Dropout (PEFT's lora_dropout p): in training forwards only, an adapter reads dropout(x) (inverted: kept elements
+// scaled by 1/(1-p)), one mask per adapted module, y = W·x + b + scale·B·A·dropout(x) (src/model/layer.ts). Only
+// q/k/v/o_proj take it; checkLoraSpec refuses p > 0 with the other targets, as PEFT does or would have to.
+//
 // One copy of the base: a GptOssModel holds the adapters beside its weights (model.lora); the trainer's forward and
 // backward and the inference engine's steps (DecoderLayer.step) read the same tensors, so an optimizer step is seen
 // by the next generation without any weight transfer.
@@ -50,27 +54,64 @@ const isModelTarget = (t: LoraTarget): boolean => MODEL_TARGETS.includes(t);
 export interface LoraSpec {
   rank: number;
   alpha: number;
-  /** Must be 0: a dropout on the adapter input is not implemented (refused by checkLoraSpec). */
+  /**
+   * PEFT's lora_dropout: the probability, in [0, 1), of zeroing an element of an adapter's input in training
+   * forwards (kept ones scaled by 1/(1-p)). Above 0 only with q/k/v/o_proj targets (checkLoraSpec).
+   */
   dropout: number;
   targets: readonly LoraTarget[];
 }
 
-/** Validates a spec; errors name the config key (trainer.policy.model.lora.*). */
-export function checkLoraSpec(s: LoraSpec): void {
+/**
+ * Validates a spec; errors name the config key (trainer.policy.model.lora.*). training (default true): also refuse
+ * dropout > 0 with the targets it cannot train with (DROPOUT_REFUSED); false for adapters only run or merged (a
+ * loaded PEFT file: its lora_dropout is a training setting that inference does not apply, as PEFT's eval mode).
+ */
+export function checkLoraSpec(s: LoraSpec, opts: { training?: boolean } = {}): void {
   const k = 'trainer.policy.model.lora';
   if (!Number.isInteger(s.rank) || s.rank < 1) throw new Error(`${k}.rank must be a positive integer, got ${s.rank}`);
   if (!(s.alpha > 0)) throw new Error(`${k}.alpha must be positive, got ${s.alpha}`);
-  if (s.dropout !== 0) {
-    throw new Error(
-      `${k}.dropout=${s.dropout}: LoRA dropout is not implemented (the adapters would need a seeded mask on their input in ` +
-        `forward and backward); use 0 (PEFT refuses dropout on expert targets too)`,
-    );
+  if (!(s.dropout >= 0 && s.dropout < 1)) {
+    throw new Error(`${k}.dropout must be in [0, 1), got ${s.dropout} (1 would zero every adapter input: no training signal)`);
   }
   if (s.targets.length === 0) throw new Error(`${k}.target_modules is empty: name at least one of ${LORA_TARGETS.join(', ')}`);
   for (const t of s.targets) {
     if (!LORA_TARGETS.includes(t)) throw new Error(`${k}.target_modules: unknown target '${t}' (known: ${LORA_TARGETS.join(', ')})`);
   }
   if (new Set(s.targets).size !== s.targets.length) throw new Error(`${k}.target_modules lists a target twice: ${s.targets.join(', ')}`);
+  if (s.dropout > 0 && (opts.training ?? true)) {
+    for (const t of s.targets) {
+      const why = DROPOUT_REFUSED[t];
+      if (why) throw new Error(`${k}.dropout=${s.dropout} with target '${t}' in ${k}.target_modules: ${why}; use dropout 0 or only q/k/v/o_proj targets`);
+    }
+  }
+}
+
+/** Why dropout > 0 is refused with a target (absent: supported, the attention projections). */
+const DROPOUT_REFUSED: Partial<Record<LoraTarget, string>> = {
+  gate_up_proj: "PEFT's LoRA for target_parameters (lora.ParamWrapper) does not work with lora_dropout != 0 (it raises)",
+  down_proj: "PEFT's LoRA for target_parameters (lora.ParamWrapper) does not work with lora_dropout != 0 (it raises)",
+  router: "PEFT's LoRA for target_parameters (lora.ParamWrapper, how the router weight is adapted) does not work with lora_dropout != 0 (it raises)",
+  lm_head:
+    "the training forward merges the LM-head adapter into the head of the fused log-prob op (W + scale·B·A), which takes " +
+    'one head matrix and no per-token input mask, so a dropout on the adapter input cannot be applied there',
+  embed_tokens:
+    "PEFT's Embedding LoRA applies no dropout (its forward gathers lora_embedding_A rows by token id and never calls " +
+    'lora_dropout), so PEFT would silently ignore the setting; refused rather than ignored',
+};
+
+/**
+ * Dropout > 0 on a CUDA device waits for its GPU test (test/gpu/lora.test.ts: the CUDA dropout op against the CPU
+ * one bitwise, and a LoRA step with dropout against the CPU's); until it has passed it runs only where
+ * GPTOSS_LORA_DROPOUT_CUDA=1 (the test sets it). The CPU runs it.
+ */
+export function checkLoraDevice(s: LoraSpec, device: string): void {
+  if (s.dropout > 0 && device !== 'cpu' && process.env.GPTOSS_LORA_DROPOUT_CUDA !== '1') {
+    throw new Error(
+      `trainer.policy.model.lora.dropout=${s.dropout} on ${device}: LoRA dropout's CUDA kernel has not run on a GPU yet and waits ` +
+        'for its GPU test (test/gpu/lora.test.ts); use dropout 0 on CUDA, or run on the CPU',
+    );
+  }
 }
 
 export const loraScale = (s: LoraSpec): number => s.alpha / s.rank;
@@ -216,7 +257,9 @@ export class LoraAdapters {
 
   /** Takes `params` over (every name of the spec must be there with its shape, all of one dtype, f32 or bf16). */
   constructor(config: GptOssConfig, spec: LoraSpec, device: string, params: Map<string, Tensor>) {
-    checkLoraSpec(spec);
+    // The training checks (dropout targets, dropout on CUDA) are init's and LoraPolicy's: loaded adapters may be
+    // merged or served, where dropout does not apply.
+    checkLoraSpec(spec, { training: false });
     const first = params.values().next().value as Tensor | undefined;
     this.dtype = first?.dtype === 'bf16' ? 'bf16' : 'f32';
     this.spec = spec;
@@ -279,6 +322,7 @@ export class LoraAdapters {
   /** Fresh adapters: A kaiming-uniform (PEFT's default), B zero (the model starts as the base). */
   static init(config: GptOssConfig, spec: LoraSpec, device: string, opts: LoraInitOptions = {}): LoraAdapters {
     checkLoraSpec(spec);
+    checkLoraDevice(spec, device);
     const seed = opts.seed ?? 0;
     const dtype = opts.dtype ?? 'f32';
     const params = new Map<string, Tensor>();
@@ -454,7 +498,14 @@ export class LoraAdapters {
       if (!t) throw bad(`target_parameters: unsupported parameter '${p}'`);
       targets.push(t);
     }
-    const spec: LoraSpec = { rank: Number(cfg.r), alpha: Number(cfg.lora_alpha), dropout: 0, targets: LORA_TARGETS.filter((t) => targets.includes(t)) };
+    const dropout = cfg.lora_dropout ?? 0;
+    if (typeof dropout !== 'number') throw bad(`lora_dropout must be a number, got ${JSON.stringify(cfg.lora_dropout)}`);
+    const spec: LoraSpec = { rank: Number(cfg.r), alpha: Number(cfg.lora_alpha), dropout, targets: LORA_TARGETS.filter((t) => targets.includes(t)) };
+    try {
+      checkLoraSpec(spec, { training: false });
+    } catch (e) {
+      throw bad((e as Error).message);
+    }
     const file = join(dir, 'adapter_model.safetensors');
     if (!existsSync(file)) throw new Error(`LoRA adapter ${dir}: adapter_model.safetensors not found`);
     const ck = Checkpoint.open(file);

@@ -37,3 +37,13 @@ export function fill(a: Tensor, value: number): void {
 export function zerosLike(a: Tensor): Tensor {
   return Tensor.zeros(a.shape, { dtype: a.dtype, device: a.device });
 }
+
+/**
+ * Inverted dropout: x·mask/(1-p), a fresh tensor of x's shape and dtype (bf16|f32), p in [0, 1). The mask is a
+ * counter-based hash of (seed, salt, element index) (native/cpu/dropout_rng.h; the same bits on the CPU and CUDA),
+ * so the same (seed, salt) regenerates it: the backward is this call on the gradient with the same seed and salt.
+ * seed, salt: non-negative integers below 2^53.
+ */
+export function dropoutForward(x: Tensor, p: number, seed: number, salt: number): Tensor {
+  return new Tensor(native().ops.dropoutForward(x.native, p, seed, salt));
+}

@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Tensor } from '../tensor.ts';
 import { Tensor as T } from '../tensor.ts';
-import { GptOssModel, GptOssWeights, packSequences, disposeBatch, Checkpoint, saveCheckpoint as saveTensors, tensorToSave } from '../model/index.ts';
+import { GptOssModel, GptOssWeights, packSequences, disposeBatch, Checkpoint, saveCheckpoint as saveTensors, tensorToSave, type ForwardOptions } from '../model/index.ts';
 import { adamwStep, gradNormAndClip } from '../ops/optim.ts';
 import { cast } from '../ops/elementwise.ts';
 import type {
@@ -105,7 +105,7 @@ export class GptOssPolicy implements Policy {
     const pb = packSequences(toArrays(batch), this.device);
     let r: ReturnType<GptOssModel['forward']>;
     try {
-      r = this.model.forward(pb, { train: true, temperature: opts.temperature ?? 1 });
+      r = this.model.forward(pb, { ...this.trainForwardOptions(), train: true, temperature: opts.temperature ?? 1 });
     } catch (e) {
       disposeBatch(pb);
       throw e;
@@ -145,6 +145,11 @@ export class GptOssPolicy implements Policy {
       },
       release,
     };
+  }
+
+  /** Model forward options of a training forward beyond train/temperature (LoraPolicy: the dropout seed). */
+  protected trainForwardOptions(): Partial<ForwardOptions> {
+    return {};
   }
 
   /** Drops the gradient buffers (set-to-none, as torch's zero_grad does): the next backward writes fresh ones. */

@@ -14,7 +14,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tensor } from '../tensor.ts';
-import { Checkpoint, LoraAdapters, saveCheckpoint as saveTensors, tensorToSave, type GptOssModel } from '../model/index.ts';
+import { Checkpoint, LoraAdapters, checkLoraDevice, checkLoraSpec, saveCheckpoint as saveTensors, tensorToSave, type ForwardOptions, type GptOssModel } from '../model/index.ts';
 import { adamwStep } from '../ops/optim.ts';
 import { cast } from '../ops/elementwise.ts';
 import { GptOssPolicy, modelLogprobs } from './gptoss-policy.ts';
@@ -36,6 +36,28 @@ class BaseOfLora implements LogprobModel {
 export interface LoraPolicyOptions {
   /** LoRA+: the B factors' lr = lr x this (A's: lr). Default 1 (plain LoRA). */
   loraplusLrRatio?: number;
+  /** The run's seed (trainer.seed), mixed into every LoRA dropout seed (default 0). */
+  dropoutSeed?: number;
+}
+
+/**
+ * The LoRA dropout seed of a training forward: a hash of (the run's seed, the optimizer steps taken, the forward's
+ * index since the last zeroGrad) into [0, 2^52), an integer dropoutForward takes exactly. A deterministic function
+ * of the training position, so a resumed run draws the masks the uninterrupted one would have.
+ */
+export function loraDropoutSeed(runSeed: number, optimizerSteps: number, micro: number): number {
+  let h = 0x811c9dc5;
+  for (const v of [runSeed, optimizerSteps, micro]) {
+    // Both 32-bit halves of each (safe integer) value, FNV-1a style with a murmur finaliser per word.
+    for (const w of [v >>> 0, Math.floor(v / 4294967296) >>> 0]) {
+      h = Math.imul(h ^ w, 0x01000193) >>> 0;
+      h = (h ^ (h >>> 16)) >>> 0;
+      h = Math.imul(h, 0x85ebca6b) >>> 0;
+      h = (h ^ (h >>> 13)) >>> 0;
+    }
+  }
+  // 32 hashed bits, then the micro index in the low 20 bits so forwards of one step never share a seed.
+  return h * 1048576 + (micro % 1048576);
 }
 
 export class LoraPolicy extends GptOssPolicy {
@@ -43,12 +65,19 @@ export class LoraPolicy extends GptOssPolicy {
   readonly loraplusLrRatio: number;
   /** AdamW state per adapter name: moments, and for bf16 adapters their fp32 master (f32 adapters are their own). */
   private moments = new Map<string, { m: Tensor; v: Tensor; master?: Tensor }>();
+  readonly dropoutRunSeed: number;
+  /** Training forwards since the last zeroGrad (the micro-batch index of the dropout seed). */
+  private micro = 0;
 
   /** Attaches `adapters` to `model` (model.lora) for training; the policy owns both. */
   constructor(model: GptOssModel, adapters: LoraAdapters, opts: LoraPolicyOptions = {}) {
     super(model);
     this.loraplusLrRatio = opts.loraplusLrRatio ?? 1;
     if (!(this.loraplusLrRatio > 0)) throw new Error(`LoraPolicy: loraplusLrRatio must be positive, got ${this.loraplusLrRatio}`);
+    this.dropoutRunSeed = opts.dropoutSeed ?? 0;
+    if (!Number.isSafeInteger(this.dropoutRunSeed)) throw new Error(`LoraPolicy: dropoutSeed must be an integer, got ${this.dropoutRunSeed}`);
+    checkLoraSpec(adapters.spec);
+    checkLoraDevice(adapters.spec, model.device);
     if (adapters.device !== model.device) throw new Error(`LoraPolicy: adapters on ${adapters.device}, model on ${model.device}`);
     if (adapters.config.numLayers !== model.config.numLayers || adapters.config.hiddenSize !== model.config.hiddenSize) {
       throw new Error('LoraPolicy: the adapters were made for another model shape');
@@ -73,6 +102,21 @@ export class LoraPolicy extends GptOssPolicy {
       base.resetOptimizer();
       this.model.lora = this.adapters;
     }
+  }
+
+  /**
+   * Training forwards carry a dropout seed (adapters with dropout > 0): derived from the optimizer steps taken and
+   * the forward's index since the last zeroGrad (the micro-batch within the mini-batch; GRPO and SFT zero the
+   * gradients before each mini-batch), so a run's masks are reproducible and a resumed run's are the same.
+   */
+  protected override trainForwardOptions(): Partial<ForwardOptions> {
+    if (this.adapters.spec.dropout === 0) return {};
+    return { dropoutSeed: loraDropoutSeed(this.dropoutRunSeed, this.optimizerSteps, this.micro++) };
+  }
+
+  override zeroGrad(): void {
+    super.zeroGrad();
+    this.micro = 0;
   }
 
   override optimizerStep(h: OptimizerHyper, step: number): void {
@@ -130,6 +174,7 @@ export class LoraPolicy extends GptOssPolicy {
       }
       this.adapters.copyFrom(loaded);
       this.resetOptimizer();
+      this.micro = 0;
       const od = join(dir, 'optimizer');
       if (existsSync(join(od, 'optimizer.json'))) {
         this.loadOptimizer(dir, od, loaded);

@@ -7,7 +7,7 @@ import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
 import { defaultDevice } from '../native.ts';
-import { loadModel, presetConfig, randomModel, LoraAdapters, checkLoraSpec, type GptOssModel, type LoraSpec, type PresetName } from '../model/index.ts';
+import { loadModel, presetConfig, randomModel, LoraAdapters, checkLoraDevice, checkLoraSpec, type GptOssModel, type LoraSpec, type PresetName } from '../model/index.ts';
 import { readConfigFile, type GptOssConfig } from '../model/config.ts';
 import { resolveModelSource } from '../model/hub.ts';
 import type { RandomInitOptions } from '../model/weights.ts';
@@ -254,6 +254,16 @@ export async function openRunSource(c: Config): Promise<RunSource> {
 export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssModel }> {
   const t = await prepareTask(c);
   const { device, env, vocab, path } = t;
+  // The adapter spec (dropout targets, dropout on CUDA) is refused before a model is loaded.
+  const spec = loraSpecOf(c);
+  if (spec) {
+    try {
+      checkLoraSpec(spec);
+      checkLoraDevice(spec, device);
+    } catch (e) {
+      throw new SetupError((e as Error).message);
+    }
+  }
   let model: GptOssModel;
   const t0 = Date.now();
   if (t.randomConfig) {
@@ -269,18 +279,12 @@ export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssMo
     checkVocabSize(t, model.config);
   }
   log.info({ ms: Date.now() - t0, device }, 'model ready');
-  const spec = loraSpecOf(c);
   let policy: GptOssPolicy;
   if (spec) {
-    try {
-      checkLoraSpec(spec);
-    } catch (e) {
-      model.dispose();
-      throw new SetupError((e as Error).message);
-    }
     // bf16 adapters on a GPU (the GEMMs' operand dtype; fp32 masters in the policy), f32 on the CPU.
     policy = new LoraPolicy(model, LoraAdapters.init(model.config, spec, device, { seed: c.trainer.seed, dtype: device === 'cpu' ? 'f32' : 'bf16' }), {
       loraplusLrRatio: c.trainer.policy.model.lora.loraplus_lr_ratio,
+      dropoutSeed: c.trainer.seed,
     });
     log.info({ rank: spec.rank, alpha: spec.alpha, targets: spec.targets, trainable: policy.numParameters(), base: model.weights.numParameters() }, 'LoRA adapters on a frozen base');
   } else policy = new GptOssPolicy(model);

@@ -3,7 +3,10 @@
 // frozen-base backward ops (moeBackward weightGrads false at the three expert-GEMM strategies, the LM head's
 // dHidden-only backward) give the same input gradients as the full ones and allocate no weight gradient; expert
 // adapters in the CUDA MoE op against the CPU op; a gpt-oss-20b-shaped LoRA step stays far below the memory of
-// full fine-tuning (no base gradients).
+// full fine-tuning (no base gradients). LoRA dropout: the CUDA dropoutForward op == the CPU op bitwise (the same
+// mask bits from native/cpu/dropout_rng.h), a training step with dropout on CUDA == the CPU's, the recompute path
+// bitwise, and LoraPolicy on CUDA (dropout > 0 is refused there unless GPTOSS_LORA_DROPOUT_CUDA=1 until this file
+// passes: src/model/lora.ts checkLoraDevice).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, memoryStats, resetPeakMemory, synchronize, emptyCache } from '../../src/tensor.ts';
@@ -15,6 +18,8 @@ import { LoraAdapters, type LoraSpec } from '../../src/model/lora.ts';
 import { moeForward, moeBackward } from '../../src/ops/moe.ts';
 import { tokenLogprobs, tokenLogprobsBackward, tokenLogprobsBackwardHidden } from '../../src/ops/logprob.ts';
 import { generate } from '../../src/inference/generate.ts';
+import { dropoutForward } from '../../src/ops/elementwise.ts';
+import { LoraPolicy } from '../../src/trainer/lora-policy.ts';
 import { hasCuda } from '../helpers/cuda.ts';
 
 const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
@@ -287,4 +292,115 @@ test('cuda: a gpt-oss-20b-shaped LoRA step (2 layers, 4096 tokens) allocates no 
   console.log(`gpt-oss-20b shape, 2 layers, LoRA rank 16: peak ${(over / 1e9).toFixed(2)} GB over ${(weightsBytes / 1e9).toFixed(2)} GB of weights at T ${T}`);
   a.dispose();
   m.dispose();
+});
+
+test('cuda: dropoutForward equals the CPU op bitwise (bf16 and f32, odd sizes, several seeds and salts)', { skip }, () => {
+  for (const shape of [[7], [3, 1001], [512, 2880], [4096, 64, 3]]) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const x = Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37) * 3 + 0.01);
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const xc = Tensor.from(x, shape, { dtype, device: 'cpu' });
+      const xg = xc.to(DEV);
+      for (const [p, seed, salt] of [[0.1, 0, 0], [0.3, 123456789, 17], [0.5, 2 ** 52 + 3, 95], [0, 5, 5]] as const) {
+        const yc = dropoutForward(xc, p, seed, salt), yg = dropoutForward(xg, p, seed, salt);
+        // Bitwise: the same raw bytes (mask and rounding).
+        assert.deepEqual(new Uint8Array(yg.toBuffer()), new Uint8Array(yc.toBuffer()), `${dtype} [${shape}] p ${p} seed ${seed} salt ${salt}`);
+        yc.dispose();
+        yg.dispose();
+      }
+      xc.dispose();
+      xg.dispose();
+    }
+  }
+});
+
+test('cuda: a LoRA training step with dropout equals the CPU one (same masks); recompute bitwise; LoraPolicy on CUDA', { skip }, async () => {
+  const before = process.env.GPTOSS_LORA_DROPOUT_CUDA;
+  const DROP: LoraSpec = { rank: 8, alpha: 16, dropout: 0.25, targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] };
+  // Refused on CUDA until this test has passed (the switch is what this test turns on).
+  delete process.env.GPTOSS_LORA_DROPOUT_CUDA;
+  assert.throws(() => LoraAdapters.init(cfg, DROP, DEV), /waits for its GPU test \(test\/gpu\/lora\.test\.ts\)/);
+  process.env.GPTOSS_LORA_DROPOUT_CUDA = '1';
+  try {
+    const p = pair(7, 0.05, DROP);
+    p.gpuModel.lora = p.aGpu;
+    p.cpuModel.lora = p.aCpu;
+    const step = (m: GptOssModel, seed: number) => {
+      const b = packSequences(seqs, m.device);
+      const r = m.forward(b, { train: true, releaseBatch: true, dropoutSeed: seed });
+      const lp = r.logprobs.toFloat32();
+      const T = r.logprobs.numel;
+      r.logprobs.dispose();
+      r.entropy.dispose();
+      const c = Float32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 0 : Math.cos(i)));
+      const g = m.backward(r.state!, Tensor.from(c, [T], { dtype: 'f32', device: m.device }));
+      const out = new Map([...g].map(([n, t]) => [n, t.toFloat32()] as const));
+      g.forEach((t) => t.dispose());
+      return { lp, g: out };
+    };
+    const gG = step(p.gpuModel, 11), gC = step(p.cpuModel, 11), gOther = step(p.cpuModel, 12);
+    assert.deepEqual([...gG.g.keys()].sort(), p.aGpu.names().sort());
+    let nearSame = 0, nearOther = 0;
+    for (const [n, want] of gC.g) {
+      const got = gG.g.get(n)!;
+      const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 1e-6);
+      // As the no-dropout test: bf16 activations with different summation orders, a few % of the largest entry.
+      assert.ok(maxAbsDiff(got, want) < 0.05 * scale, `${n}: max |cuda - cpu| ${maxAbsDiff(got, want)} (max |g| ${scale})`);
+      nearSame += maxAbsDiff(got, want);
+      nearOther += maxAbsDiff(got, gOther.g.get(n)!);
+    }
+    // The masks are the CPU's: another seed's CPU gradients are much farther away.
+    assert.ok(nearSame < nearOther / 5, `cuda vs cpu same seed ${nearSame}, other seed ${nearOther}`);
+    assert.ok(maxAbsDiff(gG.lp, gC.lp) < 0.05, `log-probs cuda vs cpu ${maxAbsDiff(gG.lp, gC.lp)}`);
+    // The recompute regenerates the masks: bitwise the same gradients (deterministic attention backward).
+    p.gpuModel.deterministic = true;
+    const det = step(p.gpuModel, 11);
+    p.gpuModel.recompute = true;
+    const rec = step(p.gpuModel, 11);
+    for (const [n, v] of det.g) assert.deepEqual(rec.g.get(n), v, `recompute ${n}`);
+    p.gpuModel.recompute = false;
+    p.dispose();
+    // LoraPolicy on CUDA (bf16 adapters, fp32 masters) with dropout: two steps against the CPU policy's (f32).
+    const batch = { sequences: seqs.map((q) => Int32Array.from(q)), promptLens: [3, 1, 5] };
+    const hyper = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 };
+    const mkPolicy = (dev: string) => {
+      const w = GptOssWeights.random(cfg, 'cpu', { seed: 9, biasStd: 0.02 });
+      const model = new GptOssModel(dev === 'cpu' ? w : w.to(DEV));
+      if (dev !== 'cpu') w.dispose();
+      return new LoraPolicy(model, LoraAdapters.init(cfg, DROP, dev, { seed: 10, bStd: 0.05, dtype: dev === 'cpu' ? 'f32' : 'bf16' }), { dropoutSeed: 3 });
+    };
+    const pc = mkPolicy('cpu'), pg = mkPolicy(DEV);
+    const init = new Map([...pc.adapters.params].map(([n, t]) => [n, t.toFloat32()] as const));
+    const initG = new Map([...pg.adapters.params].map(([n, t]) => [n, t.toFloat32()] as const)); // bf16-rounded
+    for (const q of [pc, pg]) {
+      for (const s of [1, 2]) {
+        q.zeroGrad();
+        const f = await q.forward(batch);
+        await f.backward(f.logprobs.map((l) => l.map(() => -1)));
+        q.optimizerStep(hyper, s);
+      }
+    }
+    // AdamW's first steps move each entry by about ±lr: the updates (after - init; the CUDA side's bf16 adapters
+    // rounded, against its own bf16 init) must agree in direction: correlation over every adapter entry > 0.9.
+    const dc: number[] = [], dg: number[] = [];
+    for (const [n, t] of pc.adapters.params) {
+      const i0 = init.get(n)!, g0 = initG.get(n)!, want = t.toFloat32(), got = pg.adapters.params.get(n)!.toFloat32();
+      for (let i = 0; i < want.length; i++) {
+        dc.push(want[i]! - i0[i]!);
+        dg.push(got[i]! - g0[i]!);
+      }
+    }
+    const corr = (a: number[], b: number[]) => {
+      const ma = a.reduce((x, y) => x + y, 0) / a.length, mb = b.reduce((x, y) => x + y, 0) / b.length;
+      let c = 0, va = 0, vb = 0;
+      for (let i = 0; i < a.length; i++) (c += (a[i]! - ma) * (b[i]! - mb), va += (a[i]! - ma) ** 2, vb += (b[i]! - mb) ** 2);
+      return c / Math.sqrt(va * vb);
+    };
+    assert.ok(corr(dc, dg) > 0.9, `LoraPolicy updates cuda vs cpu: correlation ${corr(dc, dg)}`);
+    pc.dispose();
+    pg.dispose();
+  } finally {
+    if (before === undefined) delete process.env.GPTOSS_LORA_DROPOUT_CUDA;
+    else process.env.GPTOSS_LORA_DROPOUT_CUDA = before;
+  }
 });
