@@ -27,6 +27,9 @@
 //        [--no-static] [--no-fixed] [--no-grpo] [--static-batches K] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
 //        [--max-num-seqs 512] [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.85]
 //        [--lora] [--lora-rank 16] [--lora-targets q_proj,k_proj,v_proj,o_proj] [--cuda-graphs]
+//        [--model <dir | hub id>] (a real checkpoint instead of random weights, for the engine, the static path and the
+//        transformers peer alike; the model's own shape replaces --preset/--layers: the log-prob gap of part (b) is
+//        only meaningful on trained weights)
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,6 +43,9 @@ import { createEngine, type Engine, type EngineStats, type GenerateRequest } fro
 import { peerScript } from './peer.ts';
 import { mulberry32 } from '../src/data/synthetic.ts';
 import { LoraAdapters, LORA_TARGETS, type LoraTarget } from '../src/model/lora.ts';
+import { loadModel } from '../src/model/index.ts';
+import { resolveModelSource } from '../src/model/hub.ts';
+import { readConfigFile } from '../src/model/config.ts';
 
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
 const cpu = device === 'cpu';
@@ -55,9 +61,15 @@ const num = (name: string, gpuDefault: number, cpuDefault = gpuDefault): number 
 };
 
 const presetName = arg('preset', 'gpt-oss-20b', 'gpt-oss-tiny-256') as PresetName;
-const layers = num('layers', presetConfig(presetName).numLayers);
-const CFG = presetConfig(presetName, { numLayers: layers });
-const V = CFG.vocabSize;
+const modelSource = flag('model') ? arg('model', '') : '';
+if (flag('model') && !modelSource) throw new Error('bench:generate: --model needs a directory or hub id');
+/** A checkpoint's directory (--model; resolved in main), else null: random weights of the preset. */
+let modelDir: string | null = null;
+let layers = num('layers', presetConfig(presetName).numLayers);
+let CFG = presetConfig(presetName, { numLayers: layers });
+let V = CFG.vocabSize;
+/** What the tables say the weights are. */
+const weightsLabel = (): string => (modelDir ? `checkpoint ${modelSource}` : `${presetName} shape, random BF16 weights`);
 const batches = arg('batches', '1,64,256,512', '1,4').split(',').map(Number);
 const promptLen = num('prompt', 128, 8);
 const newTokens = num('new', 128, 8);
@@ -366,7 +378,8 @@ function runPeer(): { peer: string; tokS: Map<number, number | 'oom'> } | null {
     return null;
   }
   const out = join(mkdtempSync(join(tmpdir(), 'generate-peer-')), 'peer.json');
-  const args = [script, '--preset', presetName, '--layers', String(layers), '--batches', batches.join(','), '--prompt', String(promptLen), '--new', String(newTokens), '--json', out];
+  const shape = modelDir ? ['--model', modelDir] : ['--preset', presetName, '--layers', String(layers)];
+  const args = [script, ...shape, '--batches', batches.join(','), '--prompt', String(promptLen), '--new', String(newTokens), '--json', out];
   const r = spawnSync('python3', args, { encoding: 'utf8', stdio: ['ignore', 'inherit', 'pipe'], env: { ...process.env, CUDA_VISIBLE_DEVICES: process.env.CUDA_VISIBLE_DEVICES ?? String(Number(device.split(':')[1] ?? 0)) } });
   if (r.status !== 0 || !existsSync(out)) {
     console.error(`peer failed (status ${r.status}): ${(r.stderr ?? '').slice(-2000)}`);
@@ -377,10 +390,17 @@ function runPeer(): { peer: string; tokS: Map<number, number | 'oom'> } | null {
 }
 
 async function main(): Promise<void> {
+  if (modelSource) {
+    // The checkpoint's shape replaces the preset's (the peer reads the same directory).
+    modelDir = await resolveModelSource(modelSource);
+    CFG = readConfigFile(join(modelDir, 'config.json'));
+    layers = CFG.numLayers;
+    V = CFG.vocabSize;
+  }
   const peer = !flag('no-fixed') && runPeerSide ? runPeer() : null;
   const t0 = performance.now();
-  const model = GptOssModel.random(CFG, device, { seed: 1, fast: true, biasStd: 0.02 });
-  console.error(`model: ${presetName}, ${layers} layers, random weights on ${device} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  const model = modelDir ? await loadModel(modelDir, { device }) : GptOssModel.random(CFG, device, { seed: 1, fast: true, biasStd: 0.02 });
+  console.error(`model: ${weightsLabel()}, ${layers} layers on ${device} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   if (lora) adapters = LoraAdapters.init(CFG, { rank: lora.rank, alpha: 2 * lora.rank, dropout: 0, targets: lora.targets }, device, { seed: 3, bStd: 0.01, dtype: cpu ? 'f32' : 'bf16' });
   const engine = await createEngine(model, engineOpts);
   const st = engine.stats();
@@ -403,7 +423,7 @@ async function main(): Promise<void> {
 
   const f = (x: number | null | 'oom'): string => (x === null ? '-' : x === 'oom' ? 'OOM' : x.toFixed(1));
   const lines: string[] = [];
-  lines.push(`gpt-oss generation, ${presetName} shape, ${layers} layers, random BF16 weights, ${device}`);
+  lines.push(`gpt-oss generation, ${weightsLabel()}, ${layers} layers, ${device}`);
   if (fixedRows.length) {
     lines.push('', `(a) prompt ${promptLen}, ${newTokens} new tokens: output tokens/s`);
     if (lora) {
@@ -438,6 +458,7 @@ async function main(): Promise<void> {
     bench: 'generate',
     device,
     preset: presetName,
+    model: modelDir ? modelSource : null,
     layers,
     engineOptions: { ...engineOpts, numBlocks: st.numBlocks, numSlidingBlocks: st.numSlidingBlocks },
     peer: peer?.peer ?? null,

@@ -6,6 +6,7 @@ eager attention (the attention transformers runs with sinks without compilation)
 installed transformers has them. For each batch: random prompts [B, --prompt], sampling at temperature 1 with
 exactly --new new tokens (min_new_tokens = max_new_tokens; no stop). Reports output tokens/s, or oom.
 Usage: python3 bench/generate_peer.py --preset gpt-oss-20b --layers 24 --batches 1,64,256,512 --prompt 128 --new 128 --json out.json
+       --model DIR instead of --preset/--layers: a checkpoint directory (bench:generate --model passes the one it loads).
 """
 import argparse
 import json
@@ -51,6 +52,21 @@ def build(preset: str, layers: int):
     return model, experts, cfg.vocab_size
 
 
+def load(model_dir: str):
+    """A checkpoint directory (config.json + safetensors) in bf16 on the GPU, eager attention, as build() sets up."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssForCausalLM
+
+    model = GptOssForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16, device_map="cuda", attn_implementation="eager")
+    experts = "default"
+    try:
+        model.set_experts_implementation("grouped_mm")
+        experts = "grouped_mm"
+    except Exception as e:  # older transformers: whatever the default is
+        experts = f"default ({type(e).__name__})"
+    model.eval()
+    return model, experts, model.config.vocab_size
+
+
 def tokens_per_second(model, vocab: int, batch: int, prompt: int, new: int) -> float:
     ids = torch.randint(0, vocab, (batch, prompt), device="cuda")
     mask = torch.ones_like(ids)
@@ -73,9 +89,10 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--model", default=None)
     a = ap.parse_args()
     torch.manual_seed(0)
-    model, experts, vocab = build(a.preset, a.layers)
+    model, experts, vocab = load(a.model) if a.model else build(a.preset, a.layers)
     import transformers
 
     out = {

@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { fixturePath } from '../helpers/fixtures.ts';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,6 +25,23 @@ test('bench:generate runs on the CPU with the tiny preset and writes its table a
   assert.equal(j.grpo.sequences, 9);
   assert.ok(j.grpo.engine.tokS > 0 && j.grpo.static.tokS > 0);
   assert.ok(j.grpo.logprobGap.tokens > 0 && j.grpo.logprobGap.meanAbs < 1e-2, `gap ${j.grpo.logprobGap.meanAbs}`);
+});
+
+test('bench:generate --model: a checkpoint directory instead of random weights (its shape, its log-prob gap)', () => {
+  const out = join(mkdtempSync(join(tmpdir(), 'bench-generate-model-')), 'out.json');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--json', out, '--model', fixturePath('gptoss-tiny'), '--no-peer', '--batches', '1,2'], {
+    encoding: 'utf8',
+    env: { ...process.env, GPTOSS_DEVICE: 'cpu' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /gpt-oss generation, checkpoint .*gptoss-tiny/);
+  const j = JSON.parse(readFileSync(out, 'utf8'));
+  assert.match(j.model, /gptoss-tiny/);
+  assert.deepEqual(j.fixed.rows.map((x: { batch: number }) => x.batch), [1, 2]);
+  assert.ok(j.grpo.logprobGap.meanAbs < 1e-3, JSON.stringify(j.grpo.logprobGap));
+  const bad = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--model', '/nonexistent/model-dir', '--no-peer'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /nonexistent\/model-dir/);
 });
 
 test('bench:generate --cuda-graphs runs both engines on the CPU (the graph path eagerly over its padded buffers)', () => {
