@@ -102,19 +102,22 @@ test('cuda: fresh adapters (B = 0) compute exactly the base; adapted forward == 
   }
 });
 
+/** The adapters' gradients of one training forward + backward over `seqs` with a fixed log-prob gradient. */
+function adapterGrads(m: GptOssModel): Map<string, Tensor> {
+  const b = packSequences(seqs, m.device);
+  const r = m.forward(b, { train: true, releaseBatch: true });
+  const T = r.logprobs.numel;
+  r.logprobs.dispose();
+  r.entropy.dispose();
+  const c = Float32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 0 : Math.cos(i)));
+  return m.backward(r.state!, Tensor.from(c, [T], { dtype: 'f32', device: m.device }));
+}
+
 test('cuda: adapter gradients match the CPU backward; no base gradient', { skip }, () => {
   const p = pair(3, 0.05);
   p.gpuModel.lora = p.aGpu;
   p.cpuModel.lora = p.aCpu;
-  const grads = (m: GptOssModel) => {
-    const b = packSequences(seqs, m.device);
-    const r = m.forward(b, { train: true, releaseBatch: true });
-    const T = r.logprobs.numel;
-    r.logprobs.dispose();
-    r.entropy.dispose();
-    const c = Float32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 0 : Math.cos(i)));
-    return m.backward(r.state!, Tensor.from(c, [T], { dtype: 'f32', device: m.device }));
-  };
+  const grads = adapterGrads;
   const gG = grads(p.gpuModel), gC = grads(p.cpuModel);
   assert.deepEqual([...gG.keys()].sort(), p.aGpu.names().sort());
   for (const [n, t] of gC) {
@@ -159,15 +162,7 @@ test('cuda: lm_head and embed_tokens adapters (f32 and bf16): zero init == base;
     assert.ok(maxAbsDiff(adaptedG, logprobs(merged)) < dBase / 10, `${dtype}: cuda adapted vs merged`);
     assert.ok(maxAbsDiff(adaptedG, adaptedC) < dBase / 10, `${dtype}: cuda vs cpu adapted ${maxAbsDiff(adaptedG, adaptedC)}`);
     // Gradients of the lm_head / embedding adapters against the CPU's (the merged head's f32 gradient on CUDA).
-    const grads = (m: GptOssModel) => {
-      const b = packSequences(seqs, m.device);
-      const r = m.forward(b, { train: true, releaseBatch: true });
-      const T = r.logprobs.numel;
-      r.logprobs.dispose();
-      r.entropy.dispose();
-      const c = Float32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 0 : Math.cos(i)));
-      return m.backward(r.state!, Tensor.from(c, [T], { dtype: 'f32', device: m.device }));
-    };
+    const grads = adapterGrads;
     const gG = grads(p.gpuModel), gC = grads(p.cpuModel);
     assert.deepEqual([...gG.keys()].sort(), aG.names().sort());
     for (const [n, t] of gC) {
