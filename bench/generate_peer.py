@@ -25,6 +25,16 @@ SHAPES = {
 }
 
 
+def prepare(model) -> str:
+    """Eval mode and grouped_mm experts where the installed transformers has them; returns which experts run."""
+    model.eval()
+    try:
+        model.set_experts_implementation("grouped_mm")
+        return "grouped_mm"
+    except Exception as e:  # older transformers: whatever the default is
+        return f"default ({type(e).__name__})"
+
+
 def build(preset: str, layers: int):
     from transformers import GptOssConfig
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssForCausalLM
@@ -42,14 +52,7 @@ def build(preset: str, layers: int):
     with torch.device("cuda"):
         model = GptOssForCausalLM(cfg)
     torch.set_default_dtype(torch.float32)
-    experts = "default"
-    try:
-        model.set_experts_implementation("grouped_mm")
-        experts = "grouped_mm"
-    except Exception as e:  # older transformers: whatever the default is
-        experts = f"default ({type(e).__name__})"
-    model.eval()
-    return model, experts, cfg.vocab_size
+    return model, prepare(model), cfg.vocab_size
 
 
 def load(model_dir: str):
@@ -57,14 +60,7 @@ def load(model_dir: str):
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssForCausalLM
 
     model = GptOssForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16, device_map="cuda", attn_implementation="eager")
-    experts = "default"
-    try:
-        model.set_experts_implementation("grouped_mm")
-        experts = "grouped_mm"
-    except Exception as e:  # older transformers: whatever the default is
-        experts = f"default ({type(e).__name__})"
-    model.eval()
-    return model, experts, model.config.vocab_size
+    return model, prepare(model), model.config.vocab_size
 
 
 def tokens_per_second(model, vocab: int, batch: int, prompt: int, new: int) -> float:

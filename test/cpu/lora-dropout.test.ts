@@ -24,6 +24,7 @@ import { dropoutForward } from '../../src/ops/elementwise.ts';
 import { loadConfig } from '../../src/config/index.ts';
 import { loraSpecOf, setupRun } from '../../src/trainer/setup.ts';
 import { LoraPolicy, loraDropoutSeed } from '../../src/trainer/lora-policy.ts';
+import { evalLogprobs as evalLogprobsOf } from '../helpers/eval-logprobs.ts';
 
 const cfg = presetConfig('gpt-oss-tiny-256');
 const seqs = [
@@ -122,15 +123,7 @@ function trainLoss(m: GptOssModel, c: Float32Array, seed: number | undefined, wi
   return { loss, lp, grads };
 }
 
-function evalLogprobs(m: GptOssModel): Float32Array {
-  const b = packSequences(seqs, 'cpu');
-  const r = m.forward(b);
-  const lp = r.logprobs.toFloat32();
-  r.logprobs.dispose();
-  r.entropy.dispose();
-  disposeBatch(b);
-  return lp;
-}
+const evalLogprobs = (m: GptOssModel): Float32Array => evalLogprobsOf(m, seqs);
 
 const numTokens = seqs.reduce((a, s) => a + s.length, 0);
 const coef = Float32Array.from({ length: numTokens }, (_, i) => (i % 3 === 0 ? 0 : Math.cos(i)));

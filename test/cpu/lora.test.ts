@@ -10,6 +10,7 @@ import { moeForward, moeBackward } from '../../src/ops/moe.ts';
 import { matmul } from '../../src/ops/gemm.ts';
 import { generate } from '../../src/inference/generate.ts';
 import { loadConfig } from '../../src/config/index.ts';
+import { evalLogprobs as evalLogprobsOf } from '../helpers/eval-logprobs.ts';
 
 const cfg = presetConfig('gpt-oss-tiny-256');
 const seqs = [
@@ -19,15 +20,7 @@ const seqs = [
 ];
 const ALL: LoraSpec = { rank: 4, alpha: 8, dropout: 0, targets: LORA_TARGETS };
 
-function logprobs(m: GptOssModel): Float32Array {
-  const b = packSequences(seqs, 'cpu');
-  const r = m.forward(b);
-  const lp = r.logprobs.toFloat32();
-  r.logprobs.dispose();
-  r.entropy.dispose();
-  disposeBatch(b);
-  return lp;
-}
+const logprobs = (m: GptOssModel): Float32Array => evalLogprobsOf(m, seqs);
 
 const maxAbsDiff = (a: Float32Array, b: Float32Array): number => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
 

@@ -21,6 +21,7 @@ import { generate } from '../../src/inference/generate.ts';
 import { dropoutForward } from '../../src/ops/elementwise.ts';
 import { LoraPolicy } from '../../src/trainer/lora-policy.ts';
 import { hasCuda } from '../helpers/cuda.ts';
+import { evalLogprobs as evalLogprobsOf } from '../helpers/eval-logprobs.ts';
 
 const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
 const DEV = 'cuda:0';
@@ -37,15 +38,7 @@ const seqs = [
 ];
 const maxAbsDiff = (a: Float32Array, b: Float32Array): number => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
 
-function logprobs(m: GptOssModel): Float32Array {
-  const b = packSequences(seqs, m.device);
-  const r = m.forward(b);
-  const lp = r.logprobs.toFloat32();
-  r.logprobs.dispose();
-  r.entropy.dispose();
-  disposeBatch(b);
-  return lp;
-}
+const logprobs = (m: GptOssModel): Float32Array => evalLogprobsOf(m, seqs);
 
 /** The same random model on cpu and cuda, and adapters copied between them. */
 function pair(seed: number, bStd: number, spec: LoraSpec = ALL_TARGETS) {
