@@ -136,7 +136,7 @@ export async function runLoraStepBench(a: LoraBenchArgs): Promise<void> {
   };
 
   const results: Awaited<ReturnType<typeof oneStep>>[] = [];
-  await oneStep(1); // warm-up: allocator growth, GEMM algorithm choices, KV pool sizing
+  const warmup = await oneStep(1); // warm-up: allocator growth, GEMM algorithm choices, KV pool sizing
   console.error('warm-up step done');
   for (let s = 0; s < steps; s++) results.push(await oneStep(s + 2));
   const mean = (f: (r: (typeof results)[number]) => number): number => results.reduce((x, r) => x + f(r), 0) / results.length;
@@ -167,7 +167,7 @@ export async function runLoraStepBench(a: LoraBenchArgs): Promise<void> {
   if (jsonPath) {
     writeFileSync(
       jsonPath,
-      JSON.stringify({ bench: 'train-step-lora', preset: presetName, layers, device, rank, alpha, targets, adapterParams: adapters.numParameters(), prompts, samples, promptLen, genLen, warmupGenLen, microTrain, microForward, steps, row, steps_detail: results }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step-lora', preset: presetName, layers, device, rank, alpha, targets, adapterParams: adapters.numParameters(), prompts, samples, promptLen, genLen, warmupGenLen, warmupGenerated: warmup.generated, microTrain, microForward, steps, row, steps_detail: results }, null, 2) + '\n',
     );
   }
   ref.dispose();

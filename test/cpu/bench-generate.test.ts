@@ -74,11 +74,12 @@ test('bench:generate --lora and bench:train-step --lora run on the CPU (smoke fo
   // CPU to float noise: ~4e-7 as without adapters; 1e-3 when the LoRA run reused the base run's cached prompt
   // blocks, before Engine.dropCachedPrefixes).
   assert.ok(gj.grpo.logprobGap.tokens > 0 && gj.grpo.logprobGap.maxAbs < 1e-5, `gap ${gj.grpo.logprobGap.maxAbs}`);
-  const t = spawnSync(process.execPath, ['--import', 'tsx', 'bench/train-step.ts', '--lora', '--preset', 'gpt-oss-tiny-256', '--prompts', '2', '--samples', '2', '--prompt-len', '8', '--gen-len', '4', '--json', join(dir, 't.json')], { encoding: 'utf8', env });
+  const t = spawnSync(process.execPath, ['--import', 'tsx', 'bench/train-step.ts', '--lora', '--preset', 'gpt-oss-tiny-256', '--prompts', '2', '--samples', '2', '--prompt-len', '8', '--gen-len', '4', '--warmup-gen-len', '2', '--json', join(dir, 't.json')], { encoding: 'utf8', env });
   assert.equal(t.status, 0, t.stderr);
   assert.match(t.stdout, /\| adapter sync \|/);
   const tj = JSON.parse(readFileSync(join(dir, 't.json'), 'utf8'));
   assert.equal(tj.row.generatedTokens, 2 * 2 * 4);
+  assert.equal(tj.warmupGenerated, 2 * 2 * 2, '--warmup-gen-len: the warm-up step generates 2 tokens a sequence');
   assert.equal(tj.row.trainedTokens, 2 * 2 * (8 + 4));
   assert.ok(tj.row.trainedTokensPerS > 0 && tj.adapterParams > 0);
 });
