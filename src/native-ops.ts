@@ -308,7 +308,7 @@ export interface NativeOps {
   ): NativeMoeGrads;
 
   // ---- optim.cc ----
-  /** In place; step is 1-based. */
+  /** In place; step is 1-based; the step reads grad * gradScale (the pending grad-clip factor), grad is unchanged. */
   adamwStep(
     master: TensorArg,
     grad: TensorArg,
@@ -321,6 +321,7 @@ export interface NativeOps {
     eps: number,
     weightDecay: number,
     step: number,
+    gradScale: number,
   ): void;
   /** acc f32 [1] += Σ t². */
   sumOfSquaresInto(t: TensorArg, acc: TensorArg): void;

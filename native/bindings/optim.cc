@@ -1,5 +1,6 @@
 // optim.cc (bindings):
-//   adamwStep(master, grad, m, v, bf16|null, lr, beta1, beta2, eps, weightDecay, step)   (in place)
+//   adamwStep(master, grad, m, v, bf16|null, lr, beta1, beta2, eps, weightDecay, step, gradScale)   (in place; the
+//     step reads grad * gradScale, the pending grad-clip factor, and leaves grad itself unchanged)
 //   sumOfSquaresInto(t, acc)        acc f32 [1] += Σ t²    (no host sync; read acc once for many tensors)
 //   optimScaleInPlace(t, s)         t *= s (f32 or bf16)
 #include <cmath>
@@ -23,6 +24,7 @@ GPTOSS_OP(adamwStep) {
   const double lr = num_arg(info, 5, op, "lr"), b1 = num_arg(info, 6, op, "beta1"), b2 = num_arg(info, 7, op, "beta2");
   const double eps = num_arg(info, 8, op, "eps"), wd = num_arg(info, 9, op, "weightDecay");
   const int64_t step = int_arg(info, 10, op, "step");
+  const double gs = num_arg(info, 11, op, "gradScale");
   check_dtype(op, "master", master, DType::F32);
   for (auto [name, t] : {std::pair<const char*, Tensor*>{"grad", &grad}, {"m", &m}, {"v", &v}}) {
     check_dtype(op, name, *t, DType::F32);
@@ -38,6 +40,7 @@ GPTOSS_OP(adamwStep) {
   GPTOSS_CHECK(b1 >= 0 && b1 < 1 && b2 >= 0 && b2 < 1, op, ": betas must be in [0, 1), got ", b1, ", ", b2);
   GPTOSS_CHECK(lr >= 0 && eps > 0 && wd >= 0, op, ": need lr >= 0, eps > 0, weightDecay >= 0; got lr ", lr, ", eps ",
                eps, ", weightDecay ", wd);
+  GPTOSS_CHECK(std::isfinite(gs), op, ": gradScale (the grad-clip factor) must be finite, got ", gs);
   AdamwConsts c;
   c.lr = float(lr);
   c.beta1 = float(b1);
@@ -48,6 +51,7 @@ GPTOSS_OP(adamwStep) {
   c.decay = float(1.0 - lr * wd);
   c.step_size = float(lr / (1.0 - std::pow(b1, double(step))));
   c.bc2_sqrt = float(std::sqrt(1.0 - std::pow(b2, double(step))));
+  c.grad_scale = float(gs);  // as optimScaleInPlace rounded its factor
   const Tensor* cp = copy ? &*copy : nullptr;
   GPTOSS_DISPATCH(master, cpu::adamw_step(master, grad, m, v, cp, c), cuda::adamw_step(master, grad, m, v, cp, c));
   return info.Env().Undefined();

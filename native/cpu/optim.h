@@ -13,6 +13,7 @@ struct AdamwConsts {
   float omb1, omb2;                    // 1 - beta1, 1 - beta2 (computed in double, as torch's scalars are)
   float step_size;                     // lr / (1 - beta1^step)
   float bc2_sqrt;                      // sqrt(1 - beta2^step)
+  float grad_scale;                    // the pending grad-clip factor: g' = g * grad_scale (1: no clipping)
 };
 
 // One AdamW element, shared by the CPU loop and the CUDA kernel so both round identically (bitwise equal results;
@@ -21,9 +22,13 @@ struct AdamwConsts {
 // compiler may contract differently: before, gcc (-march=native) computed v as fma(v, beta2, omb2*g*g) and nvcc
 // as fma(g, omb2*g, v*beta2), a one-ulp difference that bf16 rounding and training carried into the weights. The
 // roundings chosen are gcc's of before (so CPU runs are bitwise what they were), now on both backends.
-//   p' = p*decay - step_size * m' / (sqrt(v')/bc2_sqrt + eps),  m' = m + omb1*(g - m),  v' = beta2*v + omb2*g*g
-GPTOSS_HD void adamw_element(float& p, float& m, float& v, float g, const AdamwConsts& c) {
+//   g' = g*grad_scale (the global grad-norm clip, fused here instead of a separate pass rewriting the gradients)
+//   p' = p*decay - step_size * m' / (sqrt(v')/bc2_sqrt + eps),  m' = m + omb1*(g' - m),  v' = beta2*v + omb2*g'*g'
+// g' is rounded on its own, as the in-place scaling it replaces stored it (to f32 memory): the result is bitwise
+// clip-then-step. With grad_scale 1 it is g itself (x*1 is exact), so an unclipped step is bitwise what it was.
+GPTOSS_HD void adamw_element(float& p, float& m, float& v, float g_raw, const AdamwConsts& c) {
 #if defined(__CUDA_ARCH__)
+  const float g = __fmul_rn(g_raw, c.grad_scale);
   const float pd = __fmul_rn(p, c.decay);
   const float mi = __fmaf_rn(c.omb1, __fsub_rn(g, m), m);
   const float vi = __fmaf_rn(c.beta2, v, __fmul_rn(__fmul_rn(c.omb2, g), g));
@@ -31,7 +36,12 @@ GPTOSS_HD void adamw_element(float& p, float& m, float& v, float g, const AdamwC
   p = __fmaf_rn(-c.step_size, __fdiv_rn(mi, denom), pd);
 #else
   // std::fma is correctly rounded (one vfmadd with -march=native on FMA hardware, libm's fmaf otherwise); the
-  // plain products below feed fma operands, which no compiler fuses further.
+  // plain products below feed fma operands, which no compiler fuses further. g' is an fma with a zero addend, not a
+  // plain product: a compiler that contracts (gcc does under -std=gnu++17) may fuse a plain g_raw*grad_scale into
+  // the g' - m below, skipping g''s rounding (gcc 12 happens not to, since g' has other uses; nothing promises it).
+  // fma(a, b, 0) rounds a*b once, as a*b does (only an exact -0 turns +0, and g' - m, omb2*g'*g' give the same
+  // values for either zero).
+  const float g = std::fma(g_raw, c.grad_scale, 0.0f);
   const float pd = p * c.decay;
   const float mi = std::fma(c.omb1, g - m, m);
   const float vi = std::fma(c.beta2, v, (c.omb2 * g) * g);

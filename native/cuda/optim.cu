@@ -1,5 +1,5 @@
-// optim.cu: CUDA AdamW (one elementwise pass that also refreshes the bf16 copy), sum of squares (per-block partial
-// sums, then one block adds them in a fixed order: deterministic) and in-place scaling.
+// optim.cu: CUDA AdamW (one elementwise pass that applies the grad-clip factor and refreshes the bf16 copy), sum of
+// squares (per-block partial sums, then one block adds them in a fixed order: deterministic) and in-place scaling.
 #include "common.cuh"
 #include "optim.h"
 
@@ -19,7 +19,7 @@ __global__ void adamw_kernel(int64_t n, float* __restrict p, const float* __rest
                              float* __restrict v, __nv_bfloat16* __restrict out, AdamwConsts c) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     float pi = p[i], mi = m[i], vi = v[i];
-    adamw_element(pi, mi, vi, g[i], c);  // optim.h: the same roundings as the CPU loop
+    adamw_element(pi, mi, vi, g[i], c);  // optim.h: the same roundings as the CPU loop (g * c.grad_scale included)
     m[i] = mi;
     v[i] = vi;
     p[i] = pi;

@@ -22,10 +22,15 @@ export interface AdamwHyper {
   weightDecay: number;
   /** 1-based step count (for the bias corrections). */
   step: number;
+  /**
+   * The pending grad-clip factor (ClipResult.scale; default 1): the step reads g' = fp32(g * gradScale) on the fly,
+   * bitwise what scaling the gradients in place first gave, without that extra read+write pass. grad is not changed.
+   */
+  gradScale?: number;
 }
 
 /**
- * One AdamW step in place: p *= 1 - lr·wd; m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²;
+ * One AdamW step in place: g' = g·gradScale; p *= 1 - lr·wd; m = β1 m + (1-β1) g'; v = β2 v + (1-β2) g'²;
  * p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps); bf16 = bf16(p).
  */
 export function adamwStep(p: AdamwParam, h: AdamwHyper): void {
@@ -41,6 +46,7 @@ export function adamwStep(p: AdamwParam, h: AdamwHyper): void {
     h.eps,
     h.weightDecay,
     h.step,
+    h.gradScale ?? 1,
   );
 }
 
@@ -49,7 +55,10 @@ export function sumOfSquaresInto(tensors: readonly Tensor[], acc: Tensor): void 
   for (const t of tensors) native().ops.sumOfSquaresInto(t.native, acc.native);
 }
 
-/** Multiplies every tensor in place by s (the grad-clip factor). */
+/**
+ * Multiplies every tensor in place by s. The policies fuse the grad-clip factor into adamwStep (gradScale) instead;
+ * they use this only to apply a pending factor before a backward accumulates more gradients onto clipped ones.
+ */
 export function scaleGradsInPlace(tensors: readonly Tensor[], s: number): void {
   for (const g of tensors) native().ops.optimScaleInPlace(g.native, s);
 }
@@ -70,20 +79,25 @@ export function sumOfSquares(tensors: Tensor[]): number {
 export interface ClipResult {
   /** The global L2 norm before clipping. */
   norm: number;
-  /** Whether the gradients were scaled. */
+  /** Whether the norm is above maxNorm (the step then reads the gradients times scale). */
   clipped: boolean;
-  /** False when the norm is NaN or infinite (the gradients are then left alone; skip the step). */
+  /** False when the norm is NaN or infinite (scale is then 1; skip the step). */
   finite: boolean;
+  /** The clip factor for adamwStep's gradScale: maxNorm/(norm+1e-6) when clipped (torch's clip_grad_norm_), else 1. */
+  scale: number;
 }
 
-/** Global L2 norm of the gradients; scales them in place by maxNorm/(norm+1e-6) when norm > maxNorm. */
-export function gradNormAndClip(grads: Tensor[], maxNorm: number): ClipResult {
-  const norm = Math.sqrt(sumOfSquares(grads));
+/** The clip decision for a global gradient norm (every policy's, single-process and sharded). */
+export function clipFactor(norm: number, maxNorm: number): ClipResult {
   const finite = Number.isFinite(norm);
   const clipped = finite && norm > maxNorm;
-  if (clipped) {
-    const s = maxNorm / (norm + 1e-6);
-    scaleGradsInPlace(grads, s);
-  }
-  return { norm, clipped, finite };
+  return { norm, clipped, finite, scale: clipped ? maxNorm / (norm + 1e-6) : 1 };
+}
+
+/**
+ * Global L2 norm of the gradients and the clip factor; the gradients are not changed (pass scale to adamwStep as
+ * gradScale: the step then sees torch's clip_grad_norm_ result without a pass rewriting every gradient).
+ */
+export function gradNormAndClipFactor(grads: Tensor[], maxNorm: number): ClipResult {
+  return clipFactor(Math.sqrt(sumOfSquares(grads)), maxNorm);
 }

@@ -3,14 +3,14 @@
 //
 // Policy: packed forward (varlen attention: sequences back to back, no padding) returning the response tokens'
 // log-probs and entropy; backward from per-token dLoss/dlogp into fp32 gradient buffers that accumulate across
-// micro-batches; global grad-norm clipping; AdamW on fp32 master weights (the BF16 weights are refreshed from
+// micro-batches; global grad-norm clipping (a factor the AdamW step applies, not a pass over the gradients); AdamW on fp32 master weights (the BF16 weights are refreshed from
 // them); save/load of weights (HF layout, loadable by loadModel) plus optimizer state (fp32 master, m, v).
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Tensor } from '../tensor.ts';
 import { Tensor as T } from '../tensor.ts';
 import { GptOssModel, GptOssWeights, packSequences, disposeBatch, Checkpoint, saveCheckpoint as saveTensors, tensorToSave, type ForwardOptions } from '../model/index.ts';
-import { adamwStep, gradNormAndClip } from '../ops/optim.ts';
+import { adamwStep, gradNormAndClipFactor, scaleGradsInPlace } from '../ops/optim.ts';
 import { cast } from '../ops/elementwise.ts';
 import type {
   GradClipResult,
@@ -84,6 +84,11 @@ export interface OptState {
 export class GptOssPolicy implements Policy {
   readonly model: GptOssModel;
   protected grads: Map<string, Tensor> | null = null;
+  /**
+   * The clip factor clipGradNorm recorded (1: none): the effective gradients are grads x gradScale. optimizerStep's
+   * AdamW applies it on the fly; zeroGrad resets it; a backward or clipGradNorm after it applies it first.
+   */
+  protected gradScale = 1;
   protected opt = new Map<string, OptState>();
   /** Optimizer steps taken (also saved). */
   optimizerSteps = 0;
@@ -138,6 +143,7 @@ export class GptOssPolicy implements Policy {
         try {
           // After zeroGrad() there are no buffers: the first micro-batch writes its gradients (no fill, no read).
           if (!this.grads) this.grads = new Map();
+          this.applyGradScale(); // new gradients add onto the clipped ones, as after torch's clip_grad_norm_
           this.model.backward(state, dt, this.grads);
         } finally {
           dt.dispose();
@@ -156,11 +162,23 @@ export class GptOssPolicy implements Policy {
   zeroGrad(): void {
     if (this.grads) for (const g of this.grads.values()) g.dispose();
     this.grads = null;
+    this.gradScale = 1;
   }
 
+  /** Rewrites the gradients as their effective values (grads x gradScale) when a clip factor is pending. */
+  protected applyGradScale(): void {
+    if (this.gradScale === 1) return;
+    if (this.grads) scaleGradsInPlace([...this.grads.values()], this.gradScale);
+    this.gradScale = 1;
+  }
+
+  /** The norm of the effective gradients; when above maxNorm, records the factor that optimizerStep applies. */
   clipGradNorm(maxNorm: number): GradClipResult {
     if (!this.grads) return { norm: 0, finite: true, clipped: false };
-    return gradNormAndClip([...this.grads.values()], maxNorm);
+    this.applyGradScale(); // a second clip measures the clipped gradients, as a second clip_grad_norm_ would
+    const { norm, finite, clipped, scale } = gradNormAndClipFactor([...this.grads.values()], maxNorm);
+    this.gradScale = scale;
+    return { norm, finite, clipped };
   }
 
   private optState(name: string, p: Tensor): OptState {
@@ -179,7 +197,7 @@ export class GptOssPolicy implements Policy {
       // A parameter the loss did not reach has no buffer: its gradient is zero (momentum and decay still apply).
       let g = this.grads.get(name);
       if (!g) this.grads.set(name, (g = T.zeros(p.shape, { dtype: 'f32', device: this.device })));
-      adamwStep({ master: s.master, grad: g, m: s.m, v: s.v, bf16: p }, { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step });
+      adamwStep({ master: s.master, grad: g, m: s.m, v: s.v, bf16: p }, { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step, gradScale: this.gradScale });
     }
     this.optimizerSteps = step;
   }
@@ -242,8 +260,7 @@ export class GptOssPolicy implements Policy {
   }
 
   dispose(): void {
-    if (this.grads) for (const g of this.grads.values()) g.dispose();
-    this.grads = null;
+    this.zeroGrad();
     for (const s of this.opt.values()) [s.master, s.m, s.v].forEach((t) => t.dispose());
     this.opt.clear();
     this.model.dispose();

@@ -131,7 +131,7 @@ export class LoraPolicy extends GptOssPolicy {
       let g = this.grads.get(name);
       if (!g) this.grads.set(name, (g = Tensor.zeros(p.shape, { dtype: 'f32', device: this.device })));
       const lr = name.endsWith('.lora_B') ? h.lr * this.loraplusLrRatio : h.lr;
-      const hyper = { lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step };
+      const hyper = { lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weightDecay: h.weightDecay, step, gradScale: this.gradScale };
       adamwStep(s.master ? { master: s.master, grad: g, m: s.m, v: s.v, bf16: p } : { master: p, grad: g, m: s.m, v: s.v }, hyper);
     }
     this.optimizerSteps = step;

@@ -79,8 +79,13 @@ export interface Policy extends LogprobModel {
   forward(batch: SequenceBatch, opts?: LogprobOptions): Promise<TrainForward>;
   zeroGrad(): void;
   /**
-   * Global grad norm; scales the gradients to maxNorm when above it; finite=false means skip the step. A sharded
-   * policy returns a promise (the norm needs an all-reduce across ranks): callers await the result.
+   * Global grad norm; when above maxNorm the gradients are clipped to it (torch's clip_grad_norm_ factor
+   * maxNorm/(norm+1e-6)); finite=false means skip the step. A sharded policy returns a promise (the norm needs an
+   * all-reduce across ranks): callers await the result.
+   * The implementations record the factor instead of rewriting every gradient: optimizerStep's AdamW reads g x factor
+   * (bitwise the clipped values), zeroGrad drops it, and a later backward or clipGradNorm applies it to the stored
+   * gradients first. Code inside a policy that reads its raw gradient buffers between clipGradNorm and zeroGrad must
+   * apply the pending factor (GptOssPolicy.gradScale, ShardedPolicy's) itself.
    */
   clipGradNorm(maxNorm: number): GradClipResult | Promise<GradClipResult>;
   /** One AdamW step on the accumulated gradients (step is 1-based, for bias correction). */

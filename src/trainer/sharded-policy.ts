@@ -56,7 +56,7 @@ import { embeddingBackward, embeddingForward } from '../ops/embedding.ts';
 import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.ts';
 import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward } from '../ops/logprob.ts';
 import { addInPlace, cast } from '../ops/elementwise.ts';
-import { adamwStep, scaleGradsInPlace, sumOfSquaresInto } from '../ops/optim.ts';
+import { adamwStep, clipFactor, scaleGradsInPlace, sumOfSquaresInto } from '../ops/optim.ts';
 import type { GradClipResult, LogprobModel, LogprobOptions, LogprobOutput, OptimizerHyper, Policy, SequenceBatch, TrainForward } from './policy.ts';
 
 const log = childLogger('fsdp');
@@ -769,6 +769,12 @@ export class ShardedPolicy implements Policy {
   private readonly model: ShardedModel;
   /** Per unit: the fp32 gradient shard, or null after zeroGrad() until a backward writes it. */
   private grads: (Tensor | null)[] | null = null;
+  /**
+   * The clip factor clipGradNorm recorded (1: none): the effective gradient shards are grads x gradScale. AdamW
+   * applies it on the fly (on the device, or on the host with cpuOffload); zeroGrad resets it; a backward or
+   * clipGradNorm after it applies it to the shards first.
+   */
+  private gradScale = 1;
   private opt: OptShard[] | null = null;
   /** The offload path's staging slots (cpuOffload on a GPU; made at the first optimizer step). */
   private staging: StagingSlot[] | null = null;
@@ -945,6 +951,7 @@ export class ShardedPolicy implements Policy {
         state = null;
         try {
           if (!this.grads) this.grads = this.model.units.map(() => null);
+          this.applyGradScale(); // new gradients add onto the clipped ones, as after torch's clip_grad_norm_
           const grads = this.grads;
           await this.model.backward(
             st,
@@ -976,13 +983,23 @@ export class ShardedPolicy implements Policy {
   zeroGrad(): void {
     if (this.grads) for (const g of this.grads) disposeAll(g);
     this.grads = null;
+    this.gradScale = 1;
+  }
+
+  /** Rewrites this rank's gradient shards as their effective values (grads x gradScale) when a clip factor is pending. */
+  private applyGradScale(): void {
+    if (this.gradScale === 1) return;
+    if (this.grads) scaleGradsInPlace(this.grads.filter((g): g is Tensor => g !== null), this.gradScale);
+    this.gradScale = 1;
   }
 
   /**
    * Collective: the global L2 norm over every rank's gradient shards (each rank's Σ g² in fp32, one all-reduce of
-   * that single value), then the same clip factor as the single-process policy, applied to the shards.
+   * that single value), then the same clip decision as the single-process policy (clipFactor): the factor is
+   * recorded for optimizerStep's AdamW, the shards are not rewritten.
    */
   async clipGradNorm(maxNorm: number): Promise<GradClipResult> {
+    this.applyGradScale(); // a second clip measures the clipped gradients, as a second clip_grad_norm_ would
     const acc = Tensor.zeros([1], { dtype: 'f32', device: this.device });
     let norm: number;
     try {
@@ -994,9 +1011,8 @@ export class ShardedPolicy implements Policy {
       acc.dispose();
     }
     if (!this.grads) return { norm, finite: true, clipped: false };
-    const finite = Number.isFinite(norm);
-    const clipped = finite && norm > maxNorm;
-    if (clipped) scaleGradsInPlace(this.grads.filter((g): g is Tensor => g !== null), maxNorm / (norm + 1e-6));
+    const { finite, clipped, scale } = clipFactor(norm, maxNorm);
+    this.gradScale = scale;
     return { norm, finite, clipped };
   }
 
@@ -1032,7 +1048,7 @@ export class ShardedPolicy implements Policy {
     if (!offload) {
       units.forEach((_, u) => {
         const s = this.opt![u]!;
-        adamwStep({ master: s.master, grad: gradOf(u), m: s.m, v: s.v, bf16: this.model.bf16[u]! }, { ...h, step });
+        adamwStep({ master: s.master, grad: gradOf(u), m: s.m, v: s.v, bf16: this.model.bf16[u]! }, { ...h, step, gradScale: this.gradScale });
       });
       this.optimizerSteps = step;
       return;
@@ -1056,7 +1072,7 @@ export class ShardedPolicy implements Policy {
       try {
         slot.gReady.synchronize(); // unit u's gradient shard is on the host
         if (slot.uploading) slot.bDone.synchronize(); // unit u-2's upload from this slot has read it
-        adamwStep({ master: s.master, grad: gh, m: s.m, v: s.v, bf16: bh }, { ...h, step });
+        adamwStep({ master: s.master, grad: gh, m: s.m, v: s.v, bf16: bh }, { ...h, step, gradScale: this.gradScale }); // the raw shard, scaled here
         this.model.bf16[u]!.copyFromAsync(bh);
         slot.bDone.record();
         slot.uploading = true;

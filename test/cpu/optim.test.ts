@@ -1,9 +1,10 @@
 // CPU AdamW against a float64 re-statement of torch.optim.AdamW and, bitwise, against the fma-explicit element
-// function the CUDA kernel shares; sum of squares; grad-norm clipping; bad inputs.
+// function the CUDA kernel shares; the fused grad-clip factor (bitwise clip-in-place then step); sum of squares;
+// grad-norm clipping; bad inputs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, roundBf16 } from '../../src/tensor.ts';
-import { adamwStep, sumOfSquares, gradNormAndClip } from '../../src/ops/optim.ts';
+import { adamwStep, sumOfSquares, gradNormAndClipFactor, scaleGradsInPlace } from '../../src/ops/optim.ts';
 import { uniformSym } from '../helpers/random.ts';
 import { assertClose } from '../helpers/numeric.ts';
 
@@ -42,22 +43,49 @@ test('sumOfSquares over f32 and bf16 tensors', () => {
   assert.equal(sumOfSquares([]), 0);
 });
 
-test('gradNormAndClip scales above maxNorm, leaves small and non-finite gradients alone', () => {
+test('gradNormAndClipFactor: the factor above maxNorm, 1 for small and non-finite norms; the gradients stay as they are', () => {
   const g1 = Tensor.from([3, 0], [2], { device: dev }), g2 = Tensor.from([4], [1], { dtype: 'bf16', device: dev });
-  const r = gradNormAndClip([g1, g2], 1);
+  const r = gradNormAndClipFactor([g1, g2], 1);
   assert.equal(r.norm, 5);
   assert.ok(r.clipped && r.finite);
-  assertClose(g1.toFloat32(), [0.6, 0], 1e-6, 1e-6, 'g1');
-  assertClose(g2.toFloat32(), [0.8], 0, 2 ** -8, 'g2');
+  assert.equal(r.scale, 1 / (5 + 1e-6));
+  assert.deepEqual([...g1.toFloat32()], [3, 0]);
+  assert.deepEqual([...g2.toFloat32()], [4]);
   const small = Tensor.from([0.1, 0.2], [2], { device: dev });
-  const rs = gradNormAndClip([small], 1);
+  const rs = gradNormAndClipFactor([small], 1);
   assert.ok(!rs.clipped && rs.finite);
-  assert.deepEqual([...small.toFloat32()], [...Float32Array.from([0.1, 0.2])]);
+  assert.equal(rs.scale, 1);
   const bad = Tensor.from([Infinity, 1], [2], { device: dev });
-  const rb = gradNormAndClip([bad, g1], 1);
+  const rb = gradNormAndClipFactor([bad, g1], 1);
   assert.ok(!rb.finite && !rb.clipped);
-  assert.deepEqual([...bad.toFloat32()], [Infinity, 1]);
-  assert.ok(!gradNormAndClip([Tensor.from([NaN], [1], { device: dev })], 1).finite);
+  assert.equal(rb.scale, 1);
+  const rn = gradNormAndClipFactor([Tensor.from([NaN], [1], { device: dev })], 1);
+  assert.ok(!rn.finite && rn.scale === 1);
+});
+
+test('adamwStep with gradScale is bitwise scaling the gradients in place first (the unfused clip), which it leaves alone', () => {
+  // Magnitudes over 9 decades, exact zeros and -0: g*s - m is where a fused multiply-add would differ.
+  const n = 30011;
+  const g0 = uniformSym(n, 17, 0.1).map((x, i) => (i % 89 === 0 ? 0 : i % 89 === 1 ? -0 : x * 10 ** -(i % 9)));
+  const h = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 };
+  const p0 = uniformSym(n, 18, 0.05);
+  const mk = () => ({ master: Tensor.from(p0, [n], { device: dev }), m: Tensor.zeros([n], { device: dev }), v: Tensor.zeros([n], { device: dev }), bf16: Tensor.zeros([n], { dtype: 'bf16', device: dev }) });
+  const fused = mk(), unfused = mk();
+  // The clip factors of norms above maxNorm = 1 (as clipFactor makes them), and 1 (no clipping) on step 2.
+  const scales = [1 / (3.7 + 1e-6), 1, 1 / (1234.5 + 1e-6), 0.999999];
+  scales.forEach((s, k) => {
+    const step = k + 1;
+    const g = g0.map((x, i) => (i % (k + 2) === 0 ? -x : x));
+    const gf = Tensor.from(g, [n], { device: dev }), gu = Tensor.from(g, [n], { device: dev });
+    adamwStep({ ...fused, grad: gf }, { ...h, step, gradScale: s });
+    assert.deepEqual(gf.toFloat32(), g, `step ${step}: the gradient buffer is not rewritten`);
+    scaleGradsInPlace([gu], s);
+    adamwStep({ ...unfused, grad: gu }, { ...h, step });
+    assert.deepEqual(fused.m.toFloat32(), unfused.m.toFloat32(), `m step ${step}`);
+    assert.deepEqual(fused.v.toFloat32(), unfused.v.toFloat32(), `v step ${step}`);
+    assert.deepEqual(fused.master.toFloat32(), unfused.master.toFloat32(), `master step ${step}`);
+    assert.deepEqual(fused.bf16.toFloat32(), unfused.bf16.toFloat32(), `bf16 step ${step}`);
+  });
 });
 
 test('adamwStep rejects bad inputs', () => {
@@ -68,6 +96,7 @@ test('adamwStep rejects bad inputs', () => {
   assert.throws(() => adamwStep({ master: p, grad: z(), m: Tensor.zeros([4], { dtype: 'bf16', device: dev }), v: z() }, h), /m must be f32/);
   assert.throws(() => adamwStep({ master: p, grad: z(), m: z(), v: z() }, { ...h, step: 0 }), /step is 1-based/);
   assert.throws(() => adamwStep({ master: p, grad: z(), m: z(), v: z(), bf16: z() }, h), /bf16 must be bf16/);
+  assert.throws(() => adamwStep({ master: p, grad: z(), m: z(), v: z() }, { ...h, gradScale: NaN }), /adamwStep: gradScale \(the grad-clip factor\) must be finite, got nan/);
   assert.throws(() => sumOfSquares([Tensor.zeros([2], { dtype: 'i32', device: dev })]), /must be f32 or bf16/);
 });
 
@@ -103,8 +132,11 @@ test('adamwStep on the CPU is bitwise the fma-explicit element function (the rou
   const p = Float32Array.from(uniformSym(n, 8, 0.05)), m = new Float32Array(n), v = new Float32Array(n);
   const master = Tensor.from(p, [n], { device: dev }), mt = Tensor.zeros([n], { device: dev }), vt = Tensor.zeros([n], { device: dev });
   for (let step = 1; step <= 3; step++) {
-    const g = g0.map((x, i) => (step === 2 && i % 3 === 0 ? -x : x));
-    adamwStep({ master, grad: Tensor.from(g, [n], { device: dev }), m: mt, v: vt }, { ...h, step });
+    // Step 3 clips: g' = fp32(g * fp32(scale)), rounded on its own before g' - m (no fused multiply-add).
+    const scale = step === 3 ? 1 / (2.71828 + 1e-6) : 1;
+    const graw = g0.map((x, i) => (step === 2 && i % 3 === 0 ? -x : x));
+    adamwStep({ master, grad: Tensor.from(graw, [n], { device: dev }), m: mt, v: vt }, { ...h, step, gradScale: scale });
+    const g = graw.map((x) => f(x * f(scale)));
     // The binding's constants: computed in double, rounded once to float.
     const decay = f(1 - h.lr * h.weightDecay), omb1 = f(1 - h.beta1), omb2 = f(1 - h.beta2), beta2 = f(h.beta2), eps = f(h.eps);
     const ss = f(h.lr / (1 - h.beta1 ** step)), bc2 = f(Math.sqrt(1 - h.beta2 ** step));
