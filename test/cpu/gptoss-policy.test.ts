@@ -1,13 +1,16 @@
 // GptOssPolicy / LocalGenerator over a tiny random GPT-OSS model (vocab 256): response log-prob slicing, backward
 // through the Policy against a finite difference of the loss, AdamW steps, save/load round trip (weights and
-// optimizer state), the frozen reference copy, generation.
+// optimizer state), the fused grad-clip factor (GptOssPolicy and LoraPolicy), the frozen reference copy, generation.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomModel, presetConfig, loadModel } from '../../src/model/index.ts';
+import { randomModel, presetConfig, loadModel, LoraAdapters, LORA_TARGETS } from '../../src/model/index.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
+import { LoraPolicy } from '../../src/trainer/lora-policy.ts';
+import { scaleGradsInPlace } from '../../src/ops/optim.ts';
+import type { Tensor } from '../../src/tensor.ts';
 import { LocalGenerator } from '../../src/inference/local-generator.ts';
 import type { SequenceBatch } from '../../src/trainer/policy.ts';
 
@@ -79,6 +82,60 @@ test('save/load round trip restores weights and optimizer state (training contin
   m.dispose();
   a.dispose();
   b.dispose();
+});
+
+test('clipGradNorm records the factor and AdamW applies it: bitwise the gradients scaled in place (full and LoRA policies)', async () => {
+  const kinds = {
+    full: () => new GptOssPolicy(randomModel(cfg, { device: 'cpu', seed: 8 })),
+    lora: () => new LoraPolicy(randomModel(cfg, { device: 'cpu', seed: 8 }), LoraAdapters.init(cfg, { rank: 4, alpha: 8, dropout: 0, targets: LORA_TARGETS }, 'cpu', { seed: 9 })),
+  };
+  const gradsOf = (p: GptOssPolicy) => (p as unknown as { grads: Map<string, Tensor> }).grads;
+  const backward = async (p: GptOssPolicy, k: number) => {
+    const f = await p.forward(batch);
+    await f.backward(f.logprobs.map((l) => l.map((_, j) => (j % 2 ? -1 : 0.5) * (k + 1))));
+  };
+  const weights = (p: GptOssPolicy) => [...(p instanceof LoraPolicy ? p.adapters.params : p.model.weights.params).values()].map((t) => t.toFloat32());
+  for (const [kind, mk] of Object.entries(kinds)) {
+    // fused: clipGradNorm, then optimizerStep; unfused: the norm without clipping, the factor applied to the
+    // gradient buffers by hand (what clipGradNorm did before), then the step.
+    const fused = mk(), unfused = mk();
+    for (let step = 1; step <= 3; step++) {
+      fused.zeroGrad();
+      unfused.zeroGrad();
+      await backward(fused, step);
+      await backward(unfused, step);
+      const raw = [...gradsOf(fused).values()].map((t) => t.toFloat32());
+      const c = fused.clipGradNorm(0.05);
+      assert.ok(c.clipped && c.finite, `${kind} step ${step}: clipped`);
+      assert.deepEqual([...gradsOf(fused).values()].map((t) => t.toFloat32()), raw, `${kind}: clipGradNorm leaves the gradient buffers alone`);
+      const u = unfused.clipGradNorm(Infinity);
+      assert.equal(u.norm, c.norm);
+      assert.ok(!u.clipped);
+      if (step === 2) {
+        // A backward after the clip accumulates onto the clipped gradients (the pending factor is applied first).
+        await backward(fused, 7);
+        scaleGradsInPlace([...gradsOf(unfused).values()], 0.05 / (c.norm + 1e-6));
+        await backward(unfused, 7);
+        const c2 = fused.clipGradNorm(0.05), u2 = unfused.clipGradNorm(Infinity);
+        assert.equal(c2.norm, u2.norm, `${kind}: the norm after an accumulation onto clipped gradients`);
+        scaleGradsInPlace([...gradsOf(unfused).values()], 0.05 / (u2.norm + 1e-6));
+      } else scaleGradsInPlace([...gradsOf(unfused).values()], 0.05 / (u.norm + 1e-6));
+      fused.optimizerStep(hyper, step);
+      unfused.optimizerStep(hyper, step);
+      assert.deepEqual(weights(fused), weights(unfused), `${kind} step ${step}: the same weights`);
+    }
+    // zeroGrad drops the factor: an unclipped step after it reads the raw gradients.
+    fused.zeroGrad();
+    unfused.zeroGrad();
+    await backward(fused, 0);
+    await backward(unfused, 0);
+    assert.ok(!fused.clipGradNorm(Infinity).clipped);
+    fused.optimizerStep(hyper, 4);
+    unfused.optimizerStep(hyper, 4);
+    assert.deepEqual(weights(fused), weights(unfused), `${kind}: after zeroGrad`);
+    fused.dispose();
+    unfused.dispose();
+  }
 });
 
 test('a non-finite backward is skipped: clipGradNorm reports it', async () => {

@@ -1,12 +1,12 @@
 // CUDA vs CPU (and float64) for coreops2's families: matmul/linear, fused chunked log-prob/entropy (+ backward),
-// sampling (identical tokens), AdamW, sum of squares and clipping. Prints a few timings. GPU machine only.
+// sampling (identical tokens), AdamW (with the fused grad-clip factor), sum of squares and clipping. Prints a few timings. GPU machine only.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, cudaDeviceCount, synchronize, memoryStats, resetPeakMemory, CudaEvent } from '../../src/tensor.ts';
 import { matmul, linearBackward } from '../../src/ops/gemm.ts';
 import { tokenLogprobs, tokenLogprobsBackward } from '../../src/ops/logprob.ts';
 import { sample, sampleRows } from '../../src/ops/sampling.ts';
-import { adamwStep, sumOfSquares, gradNormAndClip } from '../../src/ops/optim.ts';
+import { adamwStep, sumOfSquares, gradNormAndClipFactor, scaleGradsInPlace } from '../../src/ops/optim.ts';
 import { refMatmul } from '../helpers/coreops2-ref.ts';
 import { uniformSym, rng } from '../helpers/random.ts';
 import { assertClose } from '../helpers/numeric.ts';
@@ -242,7 +242,7 @@ test('sampleRows on CUDA: the split layout (few rows, no thresholds) draws the s
   }
 });
 
-test('adamwStep, sumOfSquares and gradNormAndClip on CUDA match the CPU', { skip, timeout: 120000 }, () => {
+test('adamwStep (with and without the fused grad-clip factor), sumOfSquares and gradNormAndClipFactor on CUDA match the CPU', { skip, timeout: 120000 }, () => {
   const n = 100003;
   // Gradients over many magnitudes (down to 1e-12, where eps dominates the denominator) and some exact zeros.
   const p0 = uniformSym(n, 41), g0 = uniformSym(n, 42, 0.1).map((x, i) => (i % 97 === 0 ? 0 : x * 10 ** -(i % 12)));
@@ -254,27 +254,45 @@ test('adamwStep, sumOfSquares and gradNormAndClip on CUDA match the CPU', { skip
     bf16: Tensor.zeros([n], { dtype: 'bf16', device: d }),
   });
   const c = mk('cpu'), g = mk(G);
-  for (let step = 1; step <= 3; step++) {
-    const hp = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step };
+  // Steps 2 and 4 clip (gradScale: the factor a norm of 3.7, then 250, above maxNorm 1 gives), 1 and 3 do not.
+  const scales = [1, 1 / (3.7 + 1e-6), 1, 1 / (250 + 1e-6)];
+  scales.forEach((gradScale, k) => {
+    const hp = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: k + 1, gradScale };
     adamwStep(c, hp);
     adamwStep(g, hp);
-  }
-  // Bitwise: both backends run optim.h's adamw_element (explicit fmas, every other op rounded on its own), which
-  // the sharded trainer's cpu_offload relies on (AdamW on the host must give the device's weights).
+  });
+  // Bitwise: both backends run optim.h's adamw_element (explicit fmas, every other op rounded on its own, the
+  // clip factor's product too), which the sharded trainer's cpu_offload relies on (AdamW on the host must give the
+  // device's weights).
   assertClose(g.master.toFloat32(), c.master.toFloat32(), 0, 0, 'master');
   assertClose(g.m.toFloat32(), c.m.toFloat32(), 0, 0, 'm');
   assertClose(g.v.toFloat32(), c.v.toFloat32(), 0, 0, 'v');
   assertClose(g.bf16.toFloat32(), c.bf16.toFloat32(), 0, 0, 'bf16 copy (CUDA vs CPU)');
   assertClose(g.bf16.toFloat32(), roundBf16(g.master.toFloat32()), 0, 0, 'bf16 copy');
+  assert.deepEqual(g.grad.toFloat32(), Float32Array.from(g0), 'the fused factor leaves the gradient buffer alone');
+  // The fused factor on CUDA is bitwise the unfused clip (scale in place, then a plain step) on CUDA.
+  const u = mk(G);
+  scales.forEach((gradScale, k) => {
+    const grad = Tensor.from(g0, [n], { device: G });
+    scaleGradsInPlace([grad], gradScale);
+    adamwStep({ ...u, grad }, { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: k + 1 });
+    grad.dispose();
+  });
+  assertClose(u.master.toFloat32(), g.master.toFloat32(), 0, 0, 'master (unfused clip on CUDA)');
+  assertClose(u.m.toFloat32(), g.m.toFloat32(), 0, 0, 'm (unfused clip on CUDA)');
+  assertClose(u.v.toFloat32(), g.v.toFloat32(), 0, 0, 'v (unfused clip on CUDA)');
   const ts = [g.grad, g.bf16, Tensor.from(uniformSym(7, 43), [7], { device: G })];
   const tc = ts.map((t) => t.to('cpu'));
   const sg = sumOfSquares(ts), sc = sumOfSquares(tc);
   assert.ok(Math.abs(sg - sc) <= 1e-5 * sc, `sumOfSquares ${sg} vs ${sc}`);
-  const r = gradNormAndClip(ts, 1);
+  const r = gradNormAndClipFactor(ts, 1);
   assert.ok(r.clipped && r.finite);
+  assert.equal(r.scale, 1 / (r.norm + 1e-6));
+  scaleGradsInPlace(ts, r.scale);
   assert.ok(Math.abs(Math.sqrt(sumOfSquares(ts)) - 1) < 1e-2);
   const nan = Tensor.from(new Float32Array([1, NaN]), [2], { device: G });
-  const rn = gradNormAndClip([nan, g.grad], 1);
+  const rn = gradNormAndClipFactor([nan, g.grad], 1);
   assert.equal(rn.finite, false);
   assert.equal(rn.clipped, false);
+  assert.equal(rn.scale, 1);
 });
