@@ -3,8 +3,9 @@
 //
 // Policy: packed forward (varlen attention: sequences back to back, no padding) returning the response tokens'
 // log-probs and entropy; backward from per-token dLoss/dlogp into fp32 gradient buffers that accumulate across
-// micro-batches; global grad-norm clipping (a factor the AdamW step applies, not a pass over the gradients); AdamW on fp32 master weights (the BF16 weights are refreshed from
-// them); save/load of weights (HF layout, loadable by loadModel) plus optimizer state (fp32 master, m, v).
+// micro-batches; global grad-norm clipping (a factor the AdamW step applies, not a pass over the gradients); AdamW
+// on fp32 master weights (the BF16 weights are refreshed from them); save/load of weights (HF layout, loadable by
+// loadModel) plus optimizer state (fp32 master, m, v).
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Tensor } from '../tensor.ts';
