@@ -159,9 +159,10 @@ bool gemv_enabled() {
 
 bool gemv_applies(int64_t M, int64_t N, int64_t K, const void* A, int64_t lda, bool transA, const void* B,
                   int64_t ldb, bool transB, DType ab_dtype, DType c_dtype) {
-  // K >= 256: a row of at least one 16-byte chunk per lane of a warp; shorter rows (a LoRA B's K = r) leave most
-  // of a block idle, and cuBLAS is as good there. N < 2^31 blocks (grid x limit) at any ROWS.
-  return M >= 1 && M <= kGemvMaxRows && N >= 1 && N < (int64_t(1) << 31) && K >= 256 && K % 8 == 0 &&
+  // K >= 64: a row of at least 8 chunks. A LoRA B's K = r (8..32) would leave 124+ of a block's 128 threads idle
+  // on a product of a few KB, which cuBLAS does as well; 64 keeps the toy models of the GPU tests (hidden 64, the
+  // fixture's) on this kernel, so the end-to-end engine tests run it. N < 2^31 blocks (grid x limit) at any ROWS.
+  return M >= 1 && M <= kGemvMaxRows && N >= 1 && N < (int64_t(1) << 31) && K >= 64 && K % 8 == 0 &&
          ab_dtype == DType::BF16 && (c_dtype == DType::BF16 || c_dtype == DType::F32) && !transA && transB &&
          lda % 8 == 0 && ldb % 8 == 0 && lda >= K && ldb >= K && aligned16(A) && aligned16(B) && gemv_enabled();
 }
