@@ -11,7 +11,7 @@
 // conversions and the x loads), 112 at M = 16 (saturated: the CUDA cores, not HBM, would set the speed). Above 8
 // rows cuBLAS's tensor cores win, and the caller keeps it.
 //
-// Layout: one block of kThreads threads computes ROWS consecutive output columns n0..n0+ROWS-1 for all M rows. Its
+// Layout: one block of kThreads threads computes ROWS (1, 2 or 4) consecutive output columns n0..n0+ROWS-1 for all M rows. Its
 // threads split K in 16-byte chunks (thread t takes chunks t, t + kThreads, ...), so a warp reads 512 contiguous
 // bytes of each W row per step (full coalescing) and a row of K = 2880 is read by ~3 steps of the block. Per chunk a
 // thread loads the ROWS W chunks (streaming, evict-first: W is read once) and the M x chunks (through L1: every
@@ -21,8 +21,10 @@
 // alpha, the bias and beta*C in fp32 and rounds once to C's dtype. The summation order differs from cuBLAS's, so
 // results agree with it within bf16 rounding, not bitwise.
 //
-// ROWS = 4 amortises the x loads (L1 traffic M/ROWS of W's); when that leaves fewer than two blocks per SM (the
-// router's N = 32, a LoRA A's N = r), ROWS = 1 spreads the rows over 4x the blocks instead.
+// ROWS (rows of W a block reads) trades x reuse against the number of blocks: x's L1 traffic is M/ROWS times W's,
+// kept at <= 2 by ROWS = 1 at M <= 2, 2 at M <= 4 and 4 at M <= 8, while smaller blocks (more of them: 5120 at the
+// qkv shape at ROWS = 1, several waves over 132 SMs) shorten the tail of the last wave. When ROWS > 1 leaves fewer
+// than two blocks per SM (the router's N = 32, a LoRA A's N = r), ROWS = 1 spreads the rows over more blocks.
 //
 // CUDA graphs: no allocation, no host synchronisation; the launch goes on the stream the caller passes (the
 // device's compute stream, or a GEMM lane's). Switched off (cuBLAS for every M) with GPTOSS_GEMV=0, read at each
@@ -142,10 +144,11 @@ template <int M>
 void launch_m(int device, cudaStream_t s, int64_t N, int64_t K, const void* A, int64_t lda, const void* B,
               int64_t ldb, const void* bias, bool bias_bf16, float alpha, float beta, void* C, DType c_dtype,
               int64_t ldc) {
-  // Four rows a block unless that gives fewer than two blocks per SM (sm_count is cached per device, so a captured
-  // launch keeps its configuration).
-  if (ceil_div(N, 4) >= 2 * static_cast<int64_t>(sm_count(device, "gemv")))
-    launch_rows<M, 4>(s, N, K, A, lda, B, ldb, bias, bias_bf16, alpha, beta, C, c_dtype, ldc);
+  // ROWS rows a block (see the header) unless that gives fewer than two blocks per SM (sm_count is cached per
+  // device, so a captured launch keeps its configuration).
+  constexpr int R = M <= 2 ? 1 : (M <= 4 ? 2 : 4);
+  if (R > 1 && ceil_div(N, R) >= 2 * static_cast<int64_t>(sm_count(device, "gemv")))
+    launch_rows<M, R>(s, N, K, A, lda, B, ldb, bias, bias_bf16, alpha, beta, C, c_dtype, ldc);
   else
     launch_rows<M, 1>(s, N, K, A, lda, B, ldb, bias, bias_bf16, alpha, beta, C, c_dtype, ldc);
 }

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { Tensor, cudaDeviceCount, synchronize } from '../../src/tensor.ts';
 import { native, type FloatDType } from '../../src/native.ts';
 import { matmul } from '../../src/ops/gemm.ts';
+import { disposeAll } from '../../src/model/tensor-helpers.ts';
 import { uniformSym } from '../helpers/random.ts';
 import { assertClose, maxAbs } from '../helpers/numeric.ts';
 
@@ -163,7 +164,7 @@ for (const s of SHAPES) {
       xG.dispose();
       xC?.dispose();
     }
-    for (const t of [wG, wC, biases.bf16, biases.f32, biasesC.bf16, biasesC.f32]) t?.dispose();
+    disposeAll(wG, wC, biases.bf16, biases.f32, biasesC.bf16, biasesC.f32);
   });
 }
 
@@ -176,7 +177,7 @@ test('small-M linear on CUDA: K % 8 != 0 and a misaligned x keep cuBLAS (bitwise
     const x = tail.view([M, K]);
     const run = (on: boolean): Float32Array => withGemv(on, () => matmul(x, w, { transB: true, outDtype: 'f32' }).toFloat32());
     assert.deepEqual(run(true), run(false), `M=${M} K=${K} offset ${offset}`);
-    for (const t of [w, flat, tail, x]) t.dispose();
+    disposeAll(w, flat, tail, x);
   }
 });
 
@@ -217,4 +218,22 @@ test('small-M linear on CUDA under graph capture: replays follow new inputs and 
   }
   w.dispose();
   b.dispose();
+});
+
+test('small-M linear on CUDA: a row gives the same bits at M = 1..8 (batch-invariant decode), also at small N', { skip }, () => {
+  for (const [K, N] of [[2880, 5120], [2880, 32]] as [number, number][]) {
+    const w = Tensor.from(uniformSym(N * K, 21, 1, true), [N, K], { dtype: 'bf16', device: G });
+    const b = Tensor.from(uniformSym(N, 22, 1, true), [N], { dtype: 'bf16', device: G });
+    const x8 = uniformSym(8 * K, 23, 1, true);
+    const whole = (M: number): Float32Array => {
+      const x = Tensor.from(x8.subarray(0, M * K), [M, K], { dtype: 'bf16', device: G });
+      const y = matmul(x, w, { transB: true, bias: b, outDtype: 'f32' });
+      const v = y.toFloat32();
+      disposeAll(x, y);
+      return v;
+    };
+    const all = whole(8);
+    for (let M = 1; M < 8; M++) assert.deepEqual(whole(M), all.subarray(0, M * N), `K=${K} N=${N}: the first ${M} rows alone vs within 8`);
+    disposeAll(w, b);
+  }
 });
