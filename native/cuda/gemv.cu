@@ -75,7 +75,11 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(int64_t N, int64_t K, co
 #pragma unroll
     for (int r = 0; r < ROWS; r++) acc[m][r] = 0.f;
 
-#pragma unroll 2
+  // Two steps unrolled while a step has few loads (small M*ROWS: more bytes in flight per thread); one at larger
+  // M*ROWS, where ROWS + M loads a step are already in flight and the registers of a second step would cut the
+  // blocks per SM (136 registers at M = 8, ROWS = 4 unrolled: 3 blocks of 128 threads).
+  constexpr int kUnroll = M * ROWS <= 8 ? 2 : 1;
+#pragma unroll kUnroll
   for (int64_t c = threadIdx.x; c < chunks; c += kThreads) {
     // Issue every load of the step before any math, so ROWS + M 16-byte loads are in flight per thread.
     uint4 wv[ROWS], xv[M];
