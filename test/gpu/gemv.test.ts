@@ -175,7 +175,12 @@ test('small-M linear on CUDA: K % 8 != 0 and a misaligned x keep cuBLAS (bitwise
     const flat = Tensor.from(uniformSym(M * K + offset, 6, 1, true), [M * K + offset], { dtype: 'bf16', device: G });
     const tail = offset ? flat.view([M * K + offset, 1]).slice(offset, M * K + offset) : flat.view([M * K, 1]);
     const x = tail.view([M, K]);
-    const run = (on: boolean): Float32Array => withGemv(on, () => matmul(x, w, { transB: true, outDtype: 'f32' }).toFloat32());
+    const run = (on: boolean): Float32Array => withGemv(on, () => {
+      const y = matmul(x, w, { transB: true, outDtype: 'f32' });
+      const v = y.toFloat32();
+      y.dispose();
+      return v;
+    });
     assert.deepEqual(run(true), run(false), `M=${M} K=${K} offset ${offset}`);
     disposeAll(w, flat, tail, x);
   }
@@ -202,8 +207,9 @@ test('small-M linear on CUDA under graph capture: replays follow new inputs and 
       throw e;
     }
     for (const seed of [14, 15]) {
-      const xv = uniformSym(M * K, seed + M, 1, true);
-      x.copyFrom(Tensor.from(xv, [M, K], { dtype: 'bf16', ...cpu }));
+      const xh = Tensor.from(uniformSym(M * K, seed + M, 1, true), [M, K], { dtype: 'bf16', ...cpu });
+      x.copyFrom(xh);
+      xh.dispose();
       ops.graphLaunch(graph, 0);
       synchronize(G);
       const replay = out.toFloat32();
