@@ -1,6 +1,6 @@
 // gemm.h: the CUDA GEMM as seen by any other file (.cc or .cu): plain declarations, no cuBLAS or CUDA headers.
-// Implemented by gemm_cublas.cc (cuBLASLt with the bias epilogue, cuBLAS GemmEx as the fallback) and gemm.cu
-// (small helper kernels). Everything runs on the device's compute stream and returns at once.
+// Implemented by gemm_cublas.cc (cuBLASLt with the bias epilogue, cuBLAS GemmEx as the fallback), gemm.cu
+// (small helper kernels) and gemv.cu (the small-M bf16 linear that gemm_raw sends M <= 8 rows to). Everything runs on the device's compute stream and returns at once.
 #pragma once
 #include <cstdint>
 
@@ -49,5 +49,21 @@ void cast_f32_to_bf16(int device, const float* src, void* dst, int64_t n);
 // C[M,N] (row stride ldc) = (tmp ? tmp[M,N] (contiguous f32) : 0) + (bias ? bias[N] : 0) + beta * C.
 void gemm_epilogue(int device, int64_t M, int64_t N, const float* tmp, const void* bias, DType bias_dtype,
                    float beta, void* C, DType c_dtype, int64_t ldc);
+
+// ---- small-M linear (gemv.cu) ----------------------------------------------------------------------------------
+// gemm_raw sends C[M,N] = alpha * A[M,K] · B[N,K]ᵀ + bias + beta * C with 1 <= M <= kGemvMaxRows bf16 rows to a
+// GEMV-style kernel that streams B once from HBM (decode's q/k/v, o_proj, router and LM head; gemv.cu says why 8).
+constexpr int64_t kGemvMaxRows = 8;
+// False when GPTOSS_GEMV=0 (read at each call: a test or an A/B timing flips it within a process).
+bool gemv_enabled();
+// Whether gemv_bf16 takes this gemm_raw call: gemv enabled, 1..kGemvMaxRows rows, bf16 A and B, A not transposed,
+// B transposed (stored [N,K]), K >= 64 and a multiple of 8, 16-byte aligned A, B and row strides; C bf16 or f32.
+bool gemv_applies(int64_t M, int64_t N, int64_t K, const void* A, int64_t lda, bool transA, const void* B,
+                  int64_t ldb, bool transB, DType ab_dtype, DType c_dtype);
+// The product above on `stream` (a cudaStream_t: the compute stream or a GEMM lane's), fp32 accumulation, bias
+// (bf16 or f32, may be null) and beta * C added in fp32, one rounding to C's dtype. No allocation, no sync.
+void gemv_bf16(int device, void* stream, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda,
+               const void* B, int64_t ldb, const void* bias, DType bias_dtype, float beta, void* C, DType c_dtype,
+               int64_t ldc);
 
 }  // namespace gptoss::cuda

@@ -316,6 +316,15 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
     gemm_epilogue(device, M, N, nullptr, bias, bias_dtype, beta, C, c_dtype, ldc);
     return;
   }
+  if (gemv_applies(M, N, K, A, lda, transA, B, ldb, transB, ab_dtype, c_dtype)) {
+    // Decode-sized bf16 linear (M <= 8 rows, B stored [N,K]): the GEMV kernel reads B once at near HBM speed,
+    // where cuBLAS's tiles reach ~half of it; it adds any bias dtype and beta*C itself (gemv.cu).
+    Handles& h = handles(device);
+    const bool lane = t_lane >= 0 && h.lane_stream[t_lane];
+    gemv_bf16(device, lane ? h.lane_stream[t_lane] : stream(device), M, N, K, alpha, A, lda, B, ldb, bias, bias_dtype,
+              beta, C, c_dtype, ldc);
+    return;
+  }
   Guard g(device);
   const bool f32_bias_bf16_out = c_dtype == DType::BF16 && bias && bias_dtype != c_dtype;
   if ((ab_dtype == DType::F32 && c_dtype == DType::BF16) || f32_bias_bf16_out) {
