@@ -548,7 +548,8 @@ export function planMemory(input: PlanInput): MemoryPlan {
   train.push({
     key: 'slack',
     label: 'allocator slack',
-    bytes: a.allocatorSlack * transient,
+    // Whole bytes, as every other row: the phase totals are then exact integer sums.
+    bytes: Math.ceil(a.allocatorSlack * transient),
     formula: `${a.allocatorSlack} x transient (${formatGB(transient)})`,
   });
   const trainTotal = sumRows(train);
@@ -788,7 +789,7 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
       ? [{ key: 'lm_head_adapter', label: 'lm_head adapter: merged head + its gradient', bytes: 6 * VH, formula: `(2 + 4) B x V x H (${fmtB(VH)}): bf16 merged head and its f32 gradient in the LM head backward` }]
       : []),
     { key: 'overhead', label: 'CUDA context, cuBLAS', bytes: a.cudaContextBytes + a.cublasBytes, formula: `CUDA context ${formatGB(a.cudaContextBytes)} + cuBLAS workspaces ${formatGB(a.cublasBytes)} (assumed)` },
-    { key: 'slack', label: 'allocator slack', bytes: a.allocatorSlack * trainActBytes, formula: `${a.allocatorSlack} x transient (${formatGB(trainActBytes)})` },
+    { key: 'slack', label: 'allocator slack', bytes: Math.ceil(a.allocatorSlack * trainActBytes), formula: `${a.allocatorSlack} x transient (${formatGB(trainActBytes)})` },
   ];
   if (headAdapter) notes.push(`the lm_head adapter runs the trainer's fused LM head on a merged bf16 head made per forward (${formatGB(2 * VH)} GB; one [V, r] x [r, H] GEMM each); generation adds it in factor form`);
   if (input.ref !== 'none') notes.push('the KL reference is the base with the adapters off: no second copy of the weights');
