@@ -853,7 +853,7 @@ export function formatPlan(p: MemoryPlan): string {
   );
   if (p.lora) out.push(`LoRA: rank ${p.lora.rank} on ${p.lora.targets.join(', ')}: ${fmtB(p.lora.adapterParams)} trainable parameters on a frozen bf16 base`);
   out.push(
-    `micro-batch ${fmtInt(i.microBatchTokens)} tokens (no-grad ${fmtInt(i.forwardMicroBatchTokens)}), recompute ${i.recompute ? 'on' : 'off'}, cpu_offload ${i.cpuOffload ? 'on' : 'off'}, KL reference ${i.ref === 'none' ? 'none' : `on ${i.ref}`}, colocate_all ${i.colocateAll}`,
+    `micro-batch ${fmtInt(i.microBatchTokens)} tokens (no-grad ${fmtInt(i.forwardMicroBatchTokens)}), recompute ${i.recompute ? ((i.keepAttention ?? true) ? 'on (attention kept)' : 'on') : 'off'}, cpu_offload ${i.cpuOffload ? 'on' : 'off'}, KL reference ${i.ref === 'none' ? 'none' : `on ${i.ref}`}, colocate_all ${i.colocateAll}`,
   );
   // A breakdown line (partOf: included in the row above it) is indented and marked, and not added to the total.
   const labelOf = (r: PlanRow): string => (r.partOf ? `  incl. ${r.label}` : r.label);
