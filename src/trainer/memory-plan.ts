@@ -221,7 +221,7 @@ export function forwardActivations(c: GptOssConfig, tokens: number, moeRowPaddin
   // and the router logits f32 [T,E]; freed when the next layer starts.
   const layer = T * (t.layerSavedDense + t.layerSavedMoe + 2 * c.hiddenSize + 4 * c.numExperts);
   // The head: hf bf16 [T,H], the fp32 logits chunk, outputs f32 [T] x3.
-  const head = T * (2 * c.hiddenSize + 3 * 4) + T * Math.min(lmHeadChunk(T, c.vocabSize), c.vocabSize) * 4;
+  const head = T * (2 * c.hiddenSize + 3 * 4) + T * lmHeadChunk(T, c.vocabSize) * 4;
   return Math.max(layer, head);
 }
 
@@ -359,7 +359,7 @@ function activationPartRows(c: GptOssConfig, act: TrainingActivations): PlanRow[
     key: 'lmHeadChunk',
     label: `LM head chunk buffers (chunk ${fmtInt(act.logprobChunk)})`,
     bytes: act.logprobChunkBytes,
-    formula: `${T} tok x ${fmtInt(Math.min(act.logprobChunk, c.vocabSize))} x (4 + 2) B (fp32 logits + bf16 dlogits) in the LM head backward (peak ${formatGB(act.headBackwardPeakBytes)})`,
+    formula: `${T} tok x ${fmtInt(act.logprobChunk)} x (4 + 2) B (fp32 logits + bf16 dlogits) in the LM head backward (peak ${formatGB(act.headBackwardPeakBytes)})`,
     partOf: 'activations',
   });
   return rows;
