@@ -377,9 +377,9 @@ export interface TrainProfileArgs {
   jsonPath: string;
   spinMs: number;
   syncMs: number;
-  /** --lm-head-chunk (null: the op's default). */
+  /** --lm-head-chunk (null: the default, lmHeadChunk(T, V) of src/ops/logprob.ts). */
   lmHeadChunk: number | null;
-  /** --keep-attention. */
+  /** Recompute with the attention kept (the default; false with --no-keep-attention or --no-recompute). */
   keepAttention: boolean;
   /** Builds a fresh policy of a kind. */
   makePolicy(kind: ProfileRow['policy']): Policy;

@@ -19,8 +19,9 @@
 // Usage: npm run bench:train-step -- [--preset gpt-oss-20b] [--layers 2] [--tokens 4096,16384] [--micro-batches 2]
 //        [--steps 2] [--json out.json] [--peak-tflops 989] [--no-recompute] [--vocab V] [--collectives-at-one]
 //        [--cpu-offload] (the sharded policy's masters and moments in pinned host memory, AdamW on the host)
-//        [--lm-head-chunk N] (vocabulary rows per LM-head chunk; default the op's) [--keep-attention] (with recompute:
-//        keep each layer's attention output and LSE, so the backward's recompute skips the attention forward)
+//        [--lm-head-chunk N] (vocabulary rows per LM-head chunk; default lmHeadChunk(T, V) of src/ops/logprob.ts, what
+//        the models and the memory planner use) [--no-keep-attention] (with recompute, the default keeps each layer's
+//        attention output and LSE so the backward's recompute skips the attention forward; this turns it off)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
 // --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
 // phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
@@ -30,6 +31,7 @@ import { defaultDevice } from '../src/native.ts';
 import { memoryStats, resetPeakMemory, synchronize, emptyCache } from '../src/tensor.ts';
 import { presetConfig, type GptOssConfig, type PresetName } from '../src/model/config.ts';
 import { GptOssModel } from '../src/model/gptoss.ts';
+import { lmHeadChunk as chooseLmHeadChunk } from '../src/ops/logprob.ts';
 import { GptOssWeights } from '../src/model/weights.ts';
 import { initDistributed, type DistContext } from '../src/distributed/launch.ts';
 import { GptOssPolicy } from '../src/trainer/gptoss-policy.ts';
@@ -61,11 +63,15 @@ const jsonPath = arg('json', '');
 const recompute = !process.argv.includes('--no-recompute');
 const collectivesAtOne = process.argv.includes('--collectives-at-one');
 const cpuOffload = process.argv.includes('--cpu-offload');
-// Vocabulary rows per LM-head chunk (default: the op's, a [T, chunk] fp32 logits buffer of about 256 MB, 4096 rows
-// at T = 16384): larger chunks mean fewer passes of the dHidden GEMM over its f32 [T, H] output, more memory.
+// Vocabulary rows per LM-head chunk, overriding the default lmHeadChunk(T, V) (16384 rows at T = 16384: backward
+// buffers within 1.5 GiB): larger chunks mean fewer passes of the dHidden GEMM over its f32 [T, H] output, more memory.
 const lmHeadChunk = arg('lm-head-chunk', '') ? posInt('lm-head-chunk', '') : undefined;
-// With recompute: keep each layer's attention output and LSE, so the backward's recompute skips the attention forward.
-const keepAttention = process.argv.includes('--keep-attention');
+// With recompute the models keep each layer's attention output and LSE (the default), so the backward's recompute
+// skips the attention forward; --no-keep-attention runs the attention forward again instead.
+if (process.argv.includes('--keep-attention')) {
+  throw new Error('bench:train-step: --keep-attention is the default now (with recompute); --no-keep-attention turns it off');
+}
+const keepAttention = recompute && !process.argv.includes('--no-keep-attention');
 const peakArg = arg('peak-tflops', '');
 const base = presetConfig(presetName);
 const cfg: GptOssConfig = presetConfig(presetName, {
@@ -102,6 +108,8 @@ interface Row {
   split?: { gatherMs: number; computeMs: number; reduceScatterMs: number; optimizerMs: number; timedStepMs: number };
   /** Per measured step: how long compute waited for gathers / reduce-scatters (not hidden by the overlap). */
   exposed?: { gatherMs: number; reduceScatterMs: number };
+  /** The LM head's vocabulary chunk at this T: --lm-head-chunk, else lmHeadChunk(T, V). */
+  lmHeadChunk: number;
 }
 
 const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
@@ -173,6 +181,7 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
       tokensPerSecPerGpu: tokens / (ms / 1000),
       mfu: peakFlops ? (microBatches * modelFlops(cfg, T)) / (ms / 1000) / peakFlops : null,
       peakGiB: device === 'cpu' ? null : memoryStats(device).peakAllocated / 2 ** 30,
+      lmHeadChunk: lmHeadChunk ?? chooseLmHeadChunk(T, cfg.vocabSize),
     };
     if (exposed) row.exposed = { gatherMs: exposed.exposedGatherMs / steps, reduceScatterMs: exposed.exposedReduceScatterMs / steps };
     if (sharded) {

@@ -3,7 +3,8 @@
 //   tokenLogprobsBackward(hidden, lmHead, targets, lse, dLogprobs, temperature, chunk, dLmHead|null,
 //                         dEntropy|null, entropy|null, needDHidden, needDLmHead) -> { dHidden|undefined,
 //                         dLmHead|undefined }
-// chunk 0 picks the default (a [T, chunk] fp32 buffer of about 256 MB).
+// chunk 0 picks the native default (a [T, chunk] fp32 buffer of about 256 MB); src/ops/logprob.ts passes its
+// lmHeadChunk(T, V) instead.
 #include <cmath>
 
 #include "../cpu/logprob.h"

@@ -18,7 +18,9 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
                              const Tensor& d_logprobs, const Tensor* d_entropy, const Tensor* entropy,
                              float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head);
 
-// Chunk size giving a [T, chunk] fp32 buffer of about 256 MB (a multiple of 128, at least 128, at most V).
+// Chunk size giving a [T, chunk] fp32 buffer of about 256 MB (a multiple of 128, at least 128, at most V): what
+// chunk 0 means to the bindings. The TypeScript ops (src/ops/logprob.ts) always pass a chunk, lmHeadChunk(T, V),
+// which the models and the memory planner share; it falls back to this same rule where it gives more rows.
 inline int64_t default_logprob_chunk(int64_t T, int64_t V) {
   int64_t c = (int64_t(256) << 20) / (4 * (T > 0 ? T : 1));
   c = c / 128 * 128;

@@ -218,6 +218,13 @@ export const TrainerSchema = z
     bf16: z.literal(true).default(true),
     gradient_checkpointing: z.boolean().default(true),
     /**
+     * Ours: with gradient_checkpointing, keep each layer's attention output and LSE from the forward (bf16
+     * [T, Hq·D] + f32 [Hq, T] per layer, until that layer's backward) so the recompute skips the attention forward.
+     * Bitwise the same gradients; the memory planner counts the kept tensors. Nothing to do without
+     * gradient_checkpointing (every activation is kept then).
+     */
+    gradient_checkpointing_keep_attention: z.boolean().default(true),
+    /**
      * Bitwise-reproducible gradients: the attention backward without atomics (slower). Default false: dq is
      * accumulated with fp32 atomics, as FlashAttention does (dq's last bits vary between runs).
      */

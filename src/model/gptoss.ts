@@ -77,12 +77,14 @@ export interface ModelOptions {
   /** Re-run each layer's forward during backward instead of keeping its activations (default false). */
   recompute?: boolean;
   /**
-   * With recompute: keep each layer's attention output and LSE (bf16 [T, Hq, D] + f32 [Hq, T]: 134 MB per layer at
-   * 16k tokens and gpt-oss size) so the recompute skips the attention forward (2.2 TFLOP per full-attention layer
-   * at 16k). Bitwise the same gradients. Default false (the memory planner does not count the kept tensors).
+   * With recompute: keep each layer's attention output and LSE (bf16 [T, Hq·D] + f32 [Hq, T]: 138 MB per layer at
+   * 16k tokens and gpt-oss size, from the forward until that layer's backward) so the recompute skips the attention
+   * forward (2.2 TFLOP per full-attention layer at 16k). Bitwise the same gradients. Default true (the memory
+   * planner counts the kept tensors: src/trainer/memory-plan.ts; trainer.gradient_checkpointing_keep_attention).
+   * Without recompute it changes nothing (every activation is kept anyway).
    */
   keepAttention?: boolean;
-  /** Vocabulary rows per LM-head chunk (default: the op's). */
+  /** Vocabulary rows per LM-head chunk (default: lmHeadChunk(T, V) of src/ops/logprob.ts, as the planner counts). */
   lmHeadChunk?: number;
   /**
    * Bitwise-reproducible attention backward (default false). false: on CUDA (head_dim 64) dq is accumulated with
@@ -134,7 +136,7 @@ export class GptOssModel implements LayerHost {
     this.config = weights.config;
     this.device = weights.device;
     this.recompute = opts.recompute ?? false;
-    this.keepAttention = opts.keepAttention ?? false;
+    this.keepAttention = opts.keepAttention ?? true;
     this.lmHeadChunk = opts.lmHeadChunk;
     this.deterministic = opts.deterministic ?? false;
     this.rope = ropeTables(this.config, this.device);

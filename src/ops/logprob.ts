@@ -1,7 +1,7 @@
 // logprob.ts: the fused LM head + log-prob of the target token + entropy, chunked over the vocabulary.
 //
 // GPT-OSS's vocabulary is 201,088 entries: [16k tokens x V] fp32 logits would be 13 GB. These ops compute the
-// logits of one vocabulary chunk at a time ([T, chunk] fp32, about 256 MB by default) and keep an online softmax
+// logits of one vocabulary chunk at a time ([T, chunk] fp32; the chunk from lmHeadChunk below) and keep an online softmax
 // (running max, Σe^{z-max}, Σe^{z-max}(z-max)) per token, so only [T]-sized results leave the op. The backward
 // recomputes each chunk's logits and accumulates dHidden and dLmHead chunk by chunk.
 // z = (hidden · lmHeadᵀ) / temperature; logprob = z[target] - lse; entropy = lse - Σ p·z.
@@ -13,8 +13,42 @@ import { matmul } from './gemm.ts';
 export interface TokenLogprobsOptions {
   /** Divides the logits (default 1). */
   temperature?: number;
-  /** Vocabulary entries per chunk (default: a [T, chunk] fp32 buffer of about 256 MB). */
+  /** Vocabulary entries per chunk (default: lmHeadChunk(T, V)). */
   chunk?: number;
+}
+
+/**
+ * The bound on the LM head backward's chunk buffers: fp32 logits [T, chunk] + dlogits [T, chunk] in the hidden
+ * dtype (bf16), 6 B per entry. 1.5 GiB is exactly the buffers of chunk 16384 at T = 16384 (the measured faster
+ * setting: fewer passes over the f32 dHidden [T, H] the dgrad GEMM accumulates into, one per chunk).
+ */
+export const LM_HEAD_CHUNK_BUDGET_BYTES = 1.5 * 2 ** 30;
+/** The chunks lmHeadChunk tries, largest first (multiples of 128: aligned GEMM widths). */
+export const LM_HEAD_CHUNK_SIZES: readonly number[] = [16384, 8192, 4096];
+
+/** Bytes of the LM head backward's chunk buffers: fp32 logits + dlogits in the hidden dtype, [T, min(chunk, V)]. */
+export function lmHeadChunkBytes(tokens: number, chunk: number, vocab: number, hiddenDtypeBytes = 2): number {
+  return tokens * Math.min(chunk, vocab) * (4 + hiddenDtypeBytes);
+}
+
+/**
+ * The vocabulary chunk of the fused LM head at `tokens` tokens: the larger of
+ *   - the largest of LM_HEAD_CHUNK_SIZES whose backward buffers (lmHeadChunkBytes, bf16) fit
+ *     LM_HEAD_CHUNK_BUDGET_BYTES (16384 up to 16k tokens, 8192 up to 32k, 4096 up to 64k), and
+ *   - the chunk of a 256 MiB fp32 [T, chunk] buffer in multiples of 128, at least 128 (native/cpu/logprob.h
+ *     default_logprob_chunk: larger than 16384 below 4k tokens, and what is left beyond 64k tokens),
+ * at most V. Every buffer it gives stays within the budget up to 64k tokens (beyond: 256 MiB + 128 MiB).
+ * The ops here, the models (src/model/gptoss.ts, src/trainer/sharded-policy.ts) and the memory planner
+ * (src/trainer/memory-plan.ts) all take the chunk from this one function.
+ */
+export function lmHeadChunk(tokens: number, vocab: number): number {
+  if (!(Number.isInteger(tokens) && tokens >= 0)) throw new Error(`lmHeadChunk: tokens must be an integer >= 0, got ${tokens}`);
+  if (!(Number.isInteger(vocab) && vocab >= 1)) throw new Error(`lmHeadChunk: vocab must be a positive integer, got ${vocab}`);
+  const T = Math.max(tokens, 1);
+  let small = Math.floor((256 * 2 ** 20) / (4 * T));
+  small = Math.max(128, Math.floor(small / 128) * 128);
+  const budgeted = LM_HEAD_CHUNK_SIZES.find((c) => lmHeadChunkBytes(T, c, Infinity) <= LM_HEAD_CHUNK_BUDGET_BYTES) ?? 0;
+  return Math.min(Math.max(small, budgeted), vocab);
 }
 
 export interface TokenLogprobs {
@@ -26,9 +60,15 @@ export interface TokenLogprobs {
   lse: Tensor;
 }
 
+/** opts.chunk, else lmHeadChunk(T, V) of hidden [T, H] and lmHead [V, H] (shapes the native op checks). */
+function chunkOf(hidden: Tensor, lmHead: Tensor, opts: TokenLogprobsOptions): number {
+  if (opts.chunk !== undefined) return opts.chunk;
+  return lmHeadChunk(hidden.shape[0] ?? 0, Math.max(lmHead.shape[0] ?? 1, 1));
+}
+
 /** hidden bf16 [T, H], lmHead bf16 [V, H] (or both f32), targets i32 [T]. */
 export function tokenLogprobs(hidden: Tensor, lmHead: Tensor, targets: Tensor, opts: TokenLogprobsOptions = {}): TokenLogprobs {
-  const r = native().ops.tokenLogprobsForward(hidden.native, lmHead.native, targets.native, opts.temperature ?? 1, opts.chunk ?? 0);
+  const r = native().ops.tokenLogprobsForward(hidden.native, lmHead.native, targets.native, opts.temperature ?? 1, chunkOf(hidden, lmHead, opts));
   return { logprobs: new Tensor(r.logprobs), entropy: new Tensor(r.entropy), lse: new Tensor(r.lse) };
 }
 
@@ -64,7 +104,7 @@ export function tokenLogprobsBackwardHidden(
     throw new Error('tokenLogprobsBackwardHidden: dEntropy and entropy must be given together');
   }
   const r = native().ops.tokenLogprobsBackward(
-    hidden.native, lmHead.native, targets.native, lse.native, dLogprobs.native, opts.temperature ?? 1, opts.chunk ?? 0,
+    hidden.native, lmHead.native, targets.native, lse.native, dLogprobs.native, opts.temperature ?? 1, chunkOf(hidden, lmHead, opts),
     null, opts.dEntropy?.native ?? null, opts.entropy?.native ?? null, true, false,
   );
   return new Tensor(r.dHidden);
@@ -89,7 +129,7 @@ export function tokenLogprobsBackward(
     lse.native,
     dLogprobs.native,
     opts.temperature ?? 1,
-    opts.chunk ?? 0,
+    chunkOf(hidden, lmHead, opts),
     opts.dLmHead?.native ?? null,
     opts.dEntropy?.native ?? null,
     opts.entropy?.native ?? null,

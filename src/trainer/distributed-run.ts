@@ -726,6 +726,7 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
       const own = layout.colocated ? null : await dist.collectives.subGroup(Array.from({ length: P }, (_, i) => i));
       const policy = ShardedPolicy.fromSource(src, dist.device, own ?? dist.collectives, {
         recompute: c.trainer.gradient_checkpointing,
+        keepAttention: c.trainer.gradient_checkpointing_keep_attention,
         deterministic: c.trainer.deterministic,
         cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
         offloadAfterStep: c.trainer.policy.optimizer_config.offload_after_step,

@@ -15,7 +15,8 @@
 //   backward, where the recompute and the backward of a layer share one gather), the unsharded fp32 gradient of
 //   the unit whose backward runs plus that of the unit being reduce-scattered, and the activations of one
 //   micro-batch (counted from the tensors src/model/layer.ts keeps: LayerSaved, MoeContext, the backward's
-//   temporaries).
+//   temporaries; under recompute the layer inputs and, with keepAttention, each layer's kept attention output and
+//   LSE; the fused LM head's chunk buffers at the chunk src/ops/logprob.ts lmHeadChunk picks).
 // - Colocated (trainer.placement.colocate_all): generation and training take turns on the same GPUs. While the
 //   engine generates, the trainer keeps its bf16 shard (and the reference shard), drops its gradients (they are
 //   set-to-none after each step), and keeps or moves to host its masters and moments
@@ -31,6 +32,7 @@
 import type { Config } from '../config/schema.ts';
 import type { GptOssConfig } from '../model/config.ts';
 import { LORA_TARGETS, MODEL_TARGETS, loraShapes, type LoraTarget } from '../model/lora.ts';
+import { lmHeadChunk, lmHeadChunkBytes } from '../ops/logprob.ts';
 
 // ---- parameters ------------------------------------------------------------------------------------------------
 
@@ -86,15 +88,6 @@ export function shardSize(p: number, n: number): number {
 
 // ---- activations -----------------------------------------------------------------------------------------------
 
-/** The vocabulary chunk the fused log-prob op uses by default (native/cpu/logprob.h default_logprob_chunk). */
-export function defaultLogprobChunk(tokens: number, vocab: number): number {
-  // A [T, chunk] fp32 logits buffer of about 256 MiB, in multiples of 128 entries, at least 128, at most V.
-  let chunk = Math.floor((256 * 2 ** 20) / (4 * Math.max(tokens, 1)));
-  chunk = Math.floor(chunk / 128) * 128;
-  if (chunk < 128) chunk = 128;
-  return Math.min(chunk, Math.max(vocab, 1));
-}
-
 /** Per-token byte counts of the tensors one training micro-batch keeps (see trainingActivations). */
 export interface ActivationTerms {
   /** LayerSaved without the MoE context: x, a1, h, a2 bf16 [T,H]; qr, attn bf16 [T,Hq·D]; kr, v bf16 [T,Hkv·D];
@@ -116,6 +109,9 @@ export interface ActivationTerms {
   dy: number;
   /** One layer input kept under recompute: bf16 [T,H]. */
   layerInput: number;
+  /** One layer's attention kept under recompute with keepAttention (KeptAttention, src/model/layer.ts): out bf16
+   *  [T,Hq·D] and lse f32 [Hq,T]. Part of layerSavedDense (the recompute takes them over into the saved set). */
+  keptAttention: number;
   /** Kept through the whole step: xL, hf bf16 [T,H]; rstdf, lse, logprobs, entropy, dLogprobs f32 [T]; ids,
    *  positions, targets i32 [T]. */
   final: number;
@@ -143,6 +139,7 @@ export function activationTerms(c: GptOssConfig, moeRowPadding: number): Activat
     freedBeforeAttention,
     dy: 4 * H,
     layerInput: 2 * H,
+    keptAttention: 2 * qd + 4 * c.numHeads,
     final: 2 * (2 * H) + 5 * 4 + 3 * 4,
     headBackward: 4 * H,
   };
@@ -152,42 +149,66 @@ export function activationTerms(c: GptOssConfig, moeRowPadding: number): Activat
 export interface TrainingActivations {
   tokens: number;
   recompute: boolean;
-  /** Kept from the forward until each layer's backward: layer inputs (recompute) or every LayerSaved. */
+  /** Recompute with each layer's attention output and LSE kept (false without recompute). */
+  keepAttention: boolean;
+  /** Kept from the forward until each layer's backward: layer inputs (recompute; with keepAttention also every
+   *  layer's kept attention) or every LayerSaved. */
   storedBytes: number;
+  /** The part of storedBytes that is kept attention: L x T x keptAttention (0 unless recompute + keepAttention). */
+  keptAttentionBytes: number;
   /** Peak inside the last layer's backward (where the most is stored): stored + final + the layer's saved set
    *  (recomputed) + dy + the larger of the MoE and attention backward temporaries. */
   layerBackwardPeakBytes: number;
   /** Peak in the fused LM head backward: stored + final + dHidden + its [T, chunk] fp32 logits and bf16
    *  dlogits buffers. */
   headBackwardPeakBytes: number;
-  /** The vocabulary chunk of the fused log-prob op at this token count. */
+  /** The vocabulary chunk of the fused log-prob op at this token count (src/ops/logprob.ts lmHeadChunk). */
   logprobChunk: number;
+  /** The LM head backward's chunk buffers: T x min(chunk, V) x (4 + 2) B (part of headBackwardPeakBytes). */
+  logprobChunkBytes: number;
   peakBytes: number;
 }
 
-export function trainingActivations(c: GptOssConfig, tokens: number, recompute: boolean, moeRowPadding: number): TrainingActivations {
+/**
+ * keepAttention (recompute only; ModelOptions.keepAttention, default on): each layer's attention output and LSE
+ * stay from the forward until that layer's backward, whose recompute takes them over into the rebuilt saved set.
+ */
+export function trainingActivations(
+  c: GptOssConfig,
+  tokens: number,
+  recompute: boolean,
+  moeRowPadding: number,
+  keepAttention = recompute,
+): TrainingActivations {
   const t = activationTerms(c, moeRowPadding);
   const L = c.numLayers;
   const T = tokens;
+  const keep = recompute && keepAttention;
   const layerSaved = t.layerSavedDense + t.layerSavedMoe;
-  // Recompute: L layer inputs (bf16 [T,H] each). Otherwise: L full saved sets.
-  const storedPerToken = recompute ? L * t.layerInput : L * layerSaved;
-  // Under recompute the last layer's saved set is rebuilt beside the stored inputs (its x is one of them).
-  const rebuiltPerToken = recompute ? layerSaved - t.layerInput : 0;
+  const kept = keep ? t.keptAttention : 0;
+  // Recompute: L layer inputs (bf16 [T,H] each), with keepAttention also L kept attentions. Otherwise: L full
+  // saved sets.
+  const storedPerToken = recompute ? L * (t.layerInput + kept) : L * layerSaved;
+  // Under recompute the last layer's saved set is rebuilt beside the stored inputs (its x is one of them, and its
+  // kept attention output and LSE become its attn and lse).
+  const rebuiltPerToken = recompute ? layerSaved - t.layerInput - kept : 0;
   const phasePerToken = Math.max(t.moeBackward, t.attentionBackward - t.freedBeforeAttention);
   const layerPeakPerToken = storedPerToken + t.final + rebuiltPerToken + t.dy + phasePerToken;
-  const chunk = defaultLogprobChunk(T, c.vocabSize);
+  const chunk = lmHeadChunk(T, c.vocabSize);
   // tokenLogprobsBackward: fp32 logits [T, chunk] + dlogits [T, chunk] in the hidden dtype (bf16).
-  const headChunkBytes = T * chunk * (4 + 2);
+  const headChunkBytes = lmHeadChunkBytes(T, chunk, c.vocabSize);
   const headPeak = T * (storedPerToken + t.final + t.headBackward) + headChunkBytes;
   const layerPeak = T * layerPeakPerToken;
   return {
     tokens: T,
     recompute,
+    keepAttention: keep,
     storedBytes: T * storedPerToken,
+    keptAttentionBytes: T * L * kept,
     layerBackwardPeakBytes: layerPeak,
     headBackwardPeakBytes: headPeak,
     logprobChunk: chunk,
+    logprobChunkBytes: headChunkBytes,
     peakBytes: Math.max(layerPeak, headPeak),
   };
 }
@@ -200,7 +221,7 @@ export function forwardActivations(c: GptOssConfig, tokens: number, moeRowPaddin
   // and the router logits f32 [T,E]; freed when the next layer starts.
   const layer = T * (t.layerSavedDense + t.layerSavedMoe + 2 * c.hiddenSize + 4 * c.numExperts);
   // The head: hf bf16 [T,H], the fp32 logits chunk, outputs f32 [T] x3.
-  const head = T * (2 * c.hiddenSize + 3 * 4) + T * defaultLogprobChunk(T, c.vocabSize) * 4;
+  const head = T * (2 * c.hiddenSize + 3 * 4) + T * lmHeadChunk(T, c.vocabSize) * 4;
   return Math.max(layer, head);
 }
 
@@ -275,6 +296,9 @@ export interface PlanInput {
   forwardMicroBatchTokens: number;
   /** Per-layer activation recompute (trainer.gradient_checkpointing). */
   recompute: boolean;
+  /** With recompute: each layer's attention output and LSE kept for it (trainer.gradient_checkpointing_keep_attention;
+   *  default true, the models' default). */
+  keepAttention?: boolean;
   /** fp32 masters and AdamW moments in host memory (trainer.policy.fsdp_config.cpu_offload). */
   cpuOffload: boolean;
   ref: RefPlacement;
@@ -305,6 +329,40 @@ export interface PlanRow {
   bytes: number;
   /** How the number is computed, in words and symbols. */
   formula: string;
+  /** The key of the row whose bytes already include this one (a breakdown line: not added to the total). */
+  partOf?: string;
+}
+
+/** The bytes of a phase: its rows' sum, breakdown lines (partOf) left out. */
+function sumRows(rows: readonly PlanRow[]): number {
+  return rows.reduce((s, r) => (r.partOf ? s : s + r.bytes), 0);
+}
+
+/**
+ * The breakdown lines of the activations row: the kept attention (recompute + keepAttention; stored from the
+ * forward through the last layer's and the LM head's backward, so in both peaks) and the LM head's chunk buffers
+ * (in the LM head backward's peak only).
+ */
+function activationPartRows(c: GptOssConfig, act: TrainingActivations): PlanRow[] {
+  const rows: PlanRow[] = [];
+  const T = fmtInt(act.tokens);
+  if (act.keepAttention) {
+    rows.push({
+      key: 'keptAttention',
+      label: `kept attention (${c.numLayers} layers)`,
+      bytes: act.keptAttentionBytes,
+      formula: `${c.numLayers} x ${T} tok x (2 B x Hq·D ${c.numHeads * c.headDim} + 4 B x Hq ${c.numHeads}): output + LSE, forward to the layer's backward`,
+      partOf: 'activations',
+    });
+  }
+  rows.push({
+    key: 'lmHeadChunk',
+    label: `LM head chunk buffers (chunk ${fmtInt(act.logprobChunk)})`,
+    bytes: act.logprobChunkBytes,
+    formula: `${T} tok x ${fmtInt(act.logprobChunk)} x (4 + 2) B (fp32 logits + bf16 dlogits) in the LM head backward (peak ${formatGB(act.headBackwardPeakBytes)})`,
+    partOf: 'activations',
+  });
+  return rows;
 }
 
 export interface PhasePlan {
@@ -386,6 +444,7 @@ export function planInputFromConfig(
     microBatchTokens: target.microBatchTokens ?? t.micro_train_batch_size_per_gpu * seq,
     forwardMicroBatchTokens: t.micro_forward_batch_size_per_gpu * seq,
     recompute: t.gradient_checkpointing,
+    keepAttention: t.gradient_checkpointing_keep_attention,
     cpuOffload: t.policy.fsdp_config.cpu_offload,
     // The reference shares the policy's GPUs when colocated with it, else waits in host memory between uses.
     ref: t.algorithm.use_kl_loss ? (t.placement.colocate_policy_ref ? 'gpu' : 'host') : 'none',
@@ -438,7 +497,8 @@ export function planMemory(input: PlanInput): MemoryPlan {
   const U = shardSize(largestP, N) * N;
   const sharded = N > 1;
 
-  const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding);
+  const keepAttention = input.keepAttention ?? true;
+  const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding, keepAttention);
   const withoutRecompute = trainingActivations(c, input.microBatchTokens, false, a.moeRowPadding);
   const act = input.recompute ? withRecompute : withoutRecompute;
   const fwdAct = forwardActivations(c, input.forwardMicroBatchTokens, a.moeRowPadding);
@@ -482,21 +542,24 @@ export function planMemory(input: PlanInput): MemoryPlan {
             act.layerBackwardPeakBytes >= act.headBackwardPeakBytes ? "the last layer's backward" : `the LM head backward (chunks of ${fmtInt(act.logprobChunk)} vocab rows)`
           }`,
   });
+  train.push(...activationPartRows(c, act));
   train.push({ key: 'overhead', label: 'CUDA context, cuBLAS, NCCL', bytes: overheadBytes, formula: overheadFormula });
   const transient = (sharded ? 2 * 2 * U + 2 * 4 * U : 0) + trainActBytes;
   train.push({
     key: 'slack',
     label: 'allocator slack',
-    bytes: a.allocatorSlack * transient,
+    // Whole bytes, as every other row: the phase totals are then exact integer sums.
+    bytes: Math.ceil(a.allocatorSlack * transient),
     formula: `${a.allocatorSlack} x transient (${formatGB(transient)})`,
   });
-  const trainTotal = train.reduce((s, r) => s + r.bytes, 0);
+  const trainTotal = sumRows(train);
   const notes: string[] = [];
   const overflows: string[] = [];
   if (trainTotal > M) {
     const hint: string[] = [];
     if (!input.cpuOffload) hint.push('trainer.policy.fsdp_config.cpu_offload=true');
     if (!input.recompute && withRecompute.peakBytes < act.peakBytes) hint.push('trainer.gradient_checkpointing=true');
+    if (act.keepAttention) hint.push('trainer.gradient_checkpointing_keep_attention=false');
     hint.push('more GPUs', 'a smaller micro-batch');
     overflows.push(
       `training: ${formatGB(trainTotal)} GB per GPU > ${formatGB(M)} GB (${biggest(train)}); try ${hint.join(', ')}`,
@@ -552,8 +615,8 @@ export function planMemory(input: PlanInput): MemoryPlan {
       `the KV cache holds ${fmtInt(generate.fullSequences)} full-length sequences at once, fewer than the ${fmtInt(Math.min(e.rolloutSequences, e.maxNumSeqs))} an engine is given per step: generation runs in waves`,
     );
   }
-  const hostTrainBytes = hostTrain.reduce((s, r) => s + r.bytes, 0);
-  const hostGenBytes = hostGen.reduce((s, r) => s + r.bytes, 0);
+  const hostTrainBytes = sumRows(hostTrain);
+  const hostGenBytes = sumRows(hostGen);
   const host = hostGenBytes > hostTrainBytes ? { rows: hostGen, totalBytes: hostGenBytes } : { rows: hostTrain, totalBytes: hostTrainBytes };
 
   if (input.hostMemoryBytes !== undefined) {
@@ -635,7 +698,7 @@ export function engineMemoryPlan(
   const overhead = a.cudaContextBytes + a.cublasBytes + a.ncclBytes;
   rows.push({ key: 'overhead', label: 'CUDA context, cuBLAS, NCCL', bytes: overhead, formula: `${formatGB(a.cudaContextBytes)} + ${formatGB(a.cublasBytes)} + ${formatGB(a.ncclBytes)} (assumed; one process)` });
   const limit = e.gpuMemoryUtilization * gpuMemoryBytes;
-  const used = rows.reduce((s, r) => s + r.bytes, 0);
+  const used = sumRows(rows);
   const pool = Math.max(0, limit - used);
   const kv = kvLayout(c, tp);
   const perSeq = kvBytesPerSequence(kv, e.sequenceTokens);
@@ -695,7 +758,7 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
     notes.push(`adapters on the experts (${experts.join(', ')}) run the MoE's per-expert cuBLAS path at every batch size (its grouped decode kernels have no adapter epilogue): slower generation than attention-only adapters`);
   }
   if (input.cpuOffload) notes.push('trainer.policy.fsdp_config.cpu_offload has nothing to offload in a LoRA run (the adapters\' optimizer state is small)');
-  const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding);
+  const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding, input.keepAttention ?? true);
   const withoutRecompute = trainingActivations(c, input.microBatchTokens, false, a.moeRowPadding);
   const act = input.recompute ? withRecompute : withoutRecompute;
   // The adapters' products in the backward: per linear target u = x·Aᵀ and dU [T, r] f32 (one target at a time).
@@ -721,17 +784,21 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
           ? `no-grad forward of ${fmtInt(input.forwardMicroBatchTokens)} tokens`
           : `recompute ${input.recompute ? 'on' : 'off'}: stored ${formatGB(act.storedBytes)}, peak in ${act.layerBackwardPeakBytes >= act.headBackwardPeakBytes ? "the last layer's backward" : 'the LM head backward'} + adapter products ${formatGB(adapterAct)}`,
     },
+    ...activationPartRows(c, act),
     ...(headAdapter
       ? [{ key: 'lm_head_adapter', label: 'lm_head adapter: merged head + its gradient', bytes: 6 * VH, formula: `(2 + 4) B x V x H (${fmtB(VH)}): bf16 merged head and its f32 gradient in the LM head backward` }]
       : []),
     { key: 'overhead', label: 'CUDA context, cuBLAS', bytes: a.cudaContextBytes + a.cublasBytes, formula: `CUDA context ${formatGB(a.cudaContextBytes)} + cuBLAS workspaces ${formatGB(a.cublasBytes)} (assumed)` },
-    { key: 'slack', label: 'allocator slack', bytes: a.allocatorSlack * trainActBytes, formula: `${a.allocatorSlack} x transient (${formatGB(trainActBytes)})` },
+    { key: 'slack', label: 'allocator slack', bytes: Math.ceil(a.allocatorSlack * trainActBytes), formula: `${a.allocatorSlack} x transient (${formatGB(trainActBytes)})` },
   ];
   if (headAdapter) notes.push(`the lm_head adapter runs the trainer's fused LM head on a merged bf16 head made per forward (${formatGB(2 * VH)} GB; one [V, r] x [r, H] GEMM each); generation adds it in factor form`);
   if (input.ref !== 'none') notes.push('the KL reference is the base with the adapters off: no second copy of the weights');
-  const trainTotal = train.reduce((s, r) => s + r.bytes, 0);
+  const trainTotal = sumRows(train);
   if (trainTotal > M) {
-    const hint = [...(!input.recompute && withRecompute.peakBytes < act.peakBytes ? ['trainer.gradient_checkpointing=true'] : []), 'a smaller micro-batch (trainer.micro_train_batch_size_per_gpu)'];
+    const hint = [
+      ...(!input.recompute && withRecompute.peakBytes < act.peakBytes ? ['trainer.gradient_checkpointing=true'] : []),
+      ...(act.keepAttention ? ['trainer.gradient_checkpointing_keep_attention=false'] : []),
+      'a smaller micro-batch (trainer.micro_train_batch_size_per_gpu)'];
     overflows.push(`training: ${formatGB(trainTotal)} GB > ${formatGB(M)} GB (${biggest(train)}); try ${hint.join(', ')}`);
   }
   const e = input.engine;
@@ -766,7 +833,8 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
 
 /** The three largest rows as "label 12.34 GB" (what an overflow message names). */
 function biggest(rows: PlanRow[]): string {
-  return [...rows]
+  return rows
+    .filter((r) => !r.partOf)
     .sort((x, y) => y.bytes - x.bytes)
     .slice(0, 3)
     .map((r) => `${r.label} ${formatGB(r.bytes)} GB`)
@@ -785,14 +853,16 @@ export function formatPlan(p: MemoryPlan): string {
   );
   if (p.lora) out.push(`LoRA: rank ${p.lora.rank} on ${p.lora.targets.join(', ')}: ${fmtB(p.lora.adapterParams)} trainable parameters on a frozen bf16 base`);
   out.push(
-    `micro-batch ${fmtInt(i.microBatchTokens)} tokens (no-grad ${fmtInt(i.forwardMicroBatchTokens)}), recompute ${i.recompute ? 'on' : 'off'}, cpu_offload ${i.cpuOffload ? 'on' : 'off'}, KL reference ${i.ref === 'none' ? 'none' : `on ${i.ref}`}, colocate_all ${i.colocateAll}`,
+    `micro-batch ${fmtInt(i.microBatchTokens)} tokens (no-grad ${fmtInt(i.forwardMicroBatchTokens)}), recompute ${i.recompute ? ((i.keepAttention ?? true) ? 'on (attention kept)' : 'on') : 'off'}, cpu_offload ${i.cpuOffload ? 'on' : 'off'}, KL reference ${i.ref === 'none' ? 'none' : `on ${i.ref}`}, colocate_all ${i.colocateAll}`,
   );
-  const w = Math.max(34, ...p.train.rows.map((r) => r.label.length + 2), ...p.generate.rows.map((r) => r.label.length + 2));
+  // A breakdown line (partOf: included in the row above it) is indented and marked, and not added to the total.
+  const labelOf = (r: PlanRow): string => (r.partOf ? `  incl. ${r.label}` : r.label);
+  const w = Math.max(34, ...p.train.rows.map((r) => labelOf(r).length + 2), ...p.generate.rows.map((r) => r.label.length + 2));
   const line = (label: string, gb: string, formula = ''): string => `  ${label.padEnd(w)}${gb.padStart(9)}   ${formula}`.trimEnd();
   out.push('');
   out.push(line('per GPU', 'GB', 'formula'));
   out.push('training (peak of a step)');
-  for (const r of p.train.rows) out.push(line(r.label, formatGB(r.bytes), r.formula));
+  for (const r of p.train.rows) out.push(line(labelOf(r), formatGB(r.bytes), r.formula));
   out.push(line('total', formatGB(p.train.totalBytes), `of ${formatGB(p.train.limitBytes)} GB: ${p.train.totalBytes <= p.train.limitBytes ? 'fits' : 'DOES NOT FIT'}`));
   const other = i.recompute ? p.activations.withoutRecompute : p.activations.withRecompute;
   out.push(`  (activations with recompute ${i.recompute ? 'off' : 'on'} would be ${formatGB(other.peakBytes)} GB)`);

@@ -272,7 +272,12 @@ export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssMo
     log.info({ device, params: model.weights.numParameters(), vocab: cfg.vocabSize }, 'random-initialised model');
   } else {
     try {
-      model = await loadModel(path, { device, recompute: c.trainer.gradient_checkpointing, deterministic: c.trainer.deterministic });
+      model = await loadModel(path, {
+        device,
+        recompute: c.trainer.gradient_checkpointing,
+        keepAttention: c.trainer.gradient_checkpointing_keep_attention,
+        deterministic: c.trainer.deterministic,
+      });
     } catch (e) {
       throw new SetupError(`trainer.policy.model.path=${path}: cannot load the model: ${(e as Error).message}`);
     }

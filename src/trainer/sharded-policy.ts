@@ -242,9 +242,10 @@ class ShardHost {
 export interface ShardedModelOptions {
   /** Re-run each layer's forward in backward instead of keeping its activations (default true: the 20b default). */
   recompute?: boolean;
-  /** With recompute: keep each layer's attention output and LSE for the recompute (see ModelOptions.keepAttention). */
+  /** With recompute: keep each layer's attention output and LSE for the recompute (default true; see
+   *  ModelOptions.keepAttention). */
   keepAttention?: boolean;
-  /** Vocabulary rows per LM-head chunk (default: the op's). */
+  /** Vocabulary rows per LM-head chunk (default: lmHeadChunk(T, V) of src/ops/logprob.ts, as the planner counts). */
   lmHeadChunk?: number;
   /** Bitwise-reproducible attention backward (see ModelOptions.deterministic). */
   deterministic?: boolean;
@@ -879,7 +880,7 @@ export class ShardedPolicy implements Policy {
     }
     const model = new ShardedModel(config, comm, device, shards, {
       recompute: opts.recompute ?? true,
-      keepAttention: opts.keepAttention ?? false,
+      keepAttention: opts.keepAttention ?? true,
       deterministic: opts.deterministic ?? false,
       timing: opts.timing ?? false,
       prefetch: opts.prefetch ?? true,

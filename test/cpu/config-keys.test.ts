@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import { allKeys, assertSupported, ConfigError, ConfigSchema, engineLayoutProblems, loadConfig, REFUSED_UNLESS_SINGLE_PROCESS, unsupportedSettings } from '../../src/config/index.ts';
 import { usesShardedTrainer } from '../../src/config/load.ts';
 import { engineOptionsFromConfig } from '../../src/inference/local-generator.ts';
+import { presetConfig } from '../../src/model/config.ts';
+import { planFromConfig } from '../../src/trainer/memory-plan.ts';
 
 /** Keys the code does not read, each for a stated reason (what the docs say too). */
 const NOT_READ_BY_DESIGN: Record<string, string> = {
@@ -112,4 +114,25 @@ test("the seed's preset loads (print-config works) and every key of it is honour
   assert.deepEqual(unsupportedSettings(c), []);
   assert.doesNotThrow(() => assertSupported(c, "config 'gsm8k-gptoss-20b'"));
   assert.ok(usesShardedTrainer(loadConfig({ config: 'demo-cpu', overrides: ['trainer.policy.optimizer_config.offload_after_step=true'] })), 'offload_after_step on one process runs the sharded trainer');
+});
+
+test('trainer.gradient_checkpointing_keep_attention: default true, a boolean, and what the planner counts', () => {
+  assert.equal(loadConfig({ config: null }).trainer.gradient_checkpointing_keep_attention, true);
+  const off = loadConfig({ config: 'gsm8k-gptoss-20b', overrides: ['trainer.gradient_checkpointing_keep_attention=false'] });
+  assert.equal(off.trainer.gradient_checkpointing_keep_attention, false);
+  assert.throws(
+    () => loadConfig({ config: null, overrides: ['trainer.gradient_checkpointing_keep_attention=3'] }),
+    (e: unknown) => e instanceof ConfigError && /trainer\.gradient_checkpointing_keep_attention: expected boolean/.test(e.message),
+  );
+  // The planner follows the key: the kept attention is a row of the default plan, none with the key off (or
+  // without gradient_checkpointing, where every activation is kept anyway).
+  const g20 = presetConfig('gpt-oss-20b');
+  const target = { gpus: 8, gpuMemoryBytes: 80e9 };
+  const on = planFromConfig(g20, loadConfig({ config: 'gsm8k-gptoss-20b' }), target);
+  const kept = on.train.rows.find((r) => r.key === 'keptAttention');
+  assert.ok(kept && kept.bytes > 0);
+  assert.equal(planFromConfig(g20, off, target).train.rows.find((r) => r.key === 'keptAttention'), undefined);
+  const noRecompute = loadConfig({ config: 'gsm8k-gptoss-20b', overrides: ['trainer.gradient_checkpointing=false'] });
+  assert.equal(planFromConfig(g20, noRecompute, target).train.rows.find((r) => r.key === 'keptAttention'), undefined);
+  assert.equal(planFromConfig(g20, off, target).input.keepAttention, false);
 });

@@ -1,9 +1,10 @@
 // CPU fused log-prob/entropy over vocabulary chunks against float64 references; backward against the analytic
-// float64 gradient and finite differences; chunk sizes that do not divide V; ignored and bad targets.
+// float64 gradient and finite differences; chunk sizes that do not divide V; ignored and bad targets; the default
+// chunk (lmHeadChunk: what the models use and the memory planner counts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
-import { tokenLogprobs, tokenLogprobsBackward, logits } from '../../src/ops/logprob.ts';
+import { tokenLogprobs, tokenLogprobsBackward, logits, lmHeadChunk, lmHeadChunkBytes, LM_HEAD_CHUNK_BUDGET_BYTES } from '../../src/ops/logprob.ts';
 import { refLogprobs } from '../helpers/coreops2-ref.ts';
 import { uniformSym, rng } from '../helpers/random.ts';
 import { assertClose } from '../helpers/numeric.ts';
@@ -186,4 +187,46 @@ test('tokenLogprobs rejects bad inputs', () => {
   assert.throws(() => tokenLogprobsBackward(h, w, ok, f.lse, Tensor.zeros([3], { device: dev })), /dLogprobs must have shape \[2\]/);
   assert.throws(() => tokenLogprobsBackward(h, w, ok, f.lse, f.lse, { dLmHead: Tensor.zeros([10, 4], { dtype: 'bf16', device: dev }) }), /dLmHead must be f32/);
   assert.throws(() => tokenLogprobsBackward(h, w, ok, f.lse, f.lse, { dEntropy: f.lse }), /dEntropy and entropy must be given together/);
+});
+
+test('lmHeadChunk: the largest of 16384/8192/4096 whose backward buffers fit 1.5 GiB, else the 256 MiB fp32 rule; at most V', () => {
+  const V = 201088; // gpt-oss
+  assert.equal(LM_HEAD_CHUNK_BUDGET_BYTES, 16384 * 16384 * 6);
+  assert.equal(lmHeadChunk(16384, V), 16384);
+  assert.equal(lmHeadChunk(16385, V), 8192);
+  assert.equal(lmHeadChunk(32768, V), 8192);
+  assert.equal(lmHeadChunk(65536, V), 4096);
+  // Beyond 64k tokens no candidate fits: a 256 MiB fp32 buffer, in multiples of 128 rows (2^28 / (4 x 65537) =
+  // 1023.98 -> 896; 512 at 128k tokens), at least 128.
+  assert.equal(lmHeadChunk(65537, V), 896);
+  assert.equal(lmHeadChunk(131072, V), 512);
+  assert.equal(lmHeadChunk(1 << 20, V), 128);
+  assert.equal(lmHeadChunk(1 << 22, V), 128);
+  // Few tokens: the 256 MiB rule gives more than 16384 rows (fewer chunks), capped at V.
+  assert.equal(lmHeadChunk(2048, V), 32768);
+  assert.equal(lmHeadChunk(100, V), V);
+  assert.equal(lmHeadChunk(0, 256), 256);
+  // Within the budget everywhere up to 64k tokens.
+  for (const T of [1, 100, 1000, 4096, 9216, 16384, 20000, 32768, 50000, 65536]) {
+    assert.ok(lmHeadChunkBytes(T, lmHeadChunk(T, V), V) <= LM_HEAD_CHUNK_BUDGET_BYTES, `${T}`);
+  }
+  assert.throws(() => lmHeadChunk(-1, V), /tokens must be an integer >= 0, got -1/);
+  assert.throws(() => lmHeadChunk(8, 0), /vocab must be a positive integer, got 0/);
+});
+
+test('tokenLogprobs without a chunk uses lmHeadChunk: same bits as passing it', () => {
+  const T = 9, H = 16, V = 300;
+  const h = Tensor.from(uniformSym(T * H, 31), [T, H], { device: dev });
+  const w = Tensor.from(uniformSym(V * H, 32), [V, H], { device: dev });
+  const tg = Tensor.from(targetsFor(T, V, 33, 128), [T], { device: dev, dtype: 'i32' });
+  const a = tokenLogprobs(h, w, tg);
+  const b = tokenLogprobs(h, w, tg, { chunk: lmHeadChunk(T, V) });
+  assert.deepEqual(a.logprobs.toFloat32(), b.logprobs.toFloat32());
+  assert.deepEqual(a.lse.toFloat32(), b.lse.toFloat32());
+  const dl = Tensor.from(uniformSym(T, 34), [T], { device: dev });
+  const ga = tokenLogprobsBackward(h, w, tg, a.lse, dl);
+  const gb = tokenLogprobsBackward(h, w, tg, a.lse, dl, { chunk: lmHeadChunk(T, V) });
+  assert.deepEqual(ga.dHidden.toFloat32(), gb.dHidden.toFloat32());
+  assert.deepEqual(ga.dLmHead.toFloat32(), gb.dLmHead.toFloat32());
+  for (const t of [h, w, tg, dl, a.logprobs, a.entropy, a.lse, b.logprobs, b.entropy, b.lse, ga.dHidden, ga.dLmHead, gb.dHidden, gb.dLmHead]) t.dispose();
 });

@@ -24,6 +24,8 @@ import {
   layerParams,
   paramUnits,
   planFromConfig,
+  planInputFromConfig,
+  planMemory,
   planToJson,
   shardSize,
   trainingActivations,
@@ -99,13 +101,56 @@ test("activation terms equal the bytes of the tensors a layer's forward keeps (L
   }
 });
 
-test('recompute keeps layer inputs only; the LM head chunk follows the fused op', () => {
-  const on = trainingActivations(g20, 16384, true, 1.5);
+test('recompute keeps layer inputs only (plus, by default, each layer\'s attention); the LM head chunk follows the fused op', () => {
+  const plain = trainingActivations(g20, 16384, true, 1.5, false);
+  const on = trainingActivations(g20, 16384, true, 1.5); // keepAttention: the models' default under recompute
   const off = trainingActivations(g20, 16384, false, 1.5);
-  assert.equal(on.storedBytes, 16384 * 24 * 2 * 2880);
-  assert.ok(off.peakBytes > 8 * on.peakBytes, `${off.peakBytes} vs ${on.peakBytes}`);
-  // 256 MiB of fp32 logits per chunk: 16384 tokens -> 4096 vocabulary rows.
-  assert.equal(on.logprobChunk, 4096);
+  assert.equal(plain.storedBytes, 16384 * 24 * 2 * 2880);
+  assert.equal(plain.keptAttentionBytes, 0);
+  assert.equal(on.keepAttention, true);
+  assert.equal(off.keepAttention, false);
+  // Per layer: out bf16 [T, Hq·D = 4096] + lse f32 [Hq = 64, T].
+  assert.equal(on.keptAttentionBytes, 24 * 16384 * (2 * 4096 + 4 * 64));
+  assert.equal(on.storedBytes, plain.storedBytes + on.keptAttentionBytes);
+  // The LM head backward holds all 24 kept attentions on top; the last layer's backward 23 (its own are the attn
+  // and lse of the saved set its recompute rebuilds, which the plain recompute holds there too).
+  assert.equal(on.headBackwardPeakBytes - plain.headBackwardPeakBytes, on.keptAttentionBytes);
+  assert.equal(on.layerBackwardPeakBytes - plain.layerBackwardPeakBytes, (23 / 24) * on.keptAttentionBytes);
+  assert.ok(off.peakBytes > 6 * on.peakBytes, `${off.peakBytes} vs ${on.peakBytes}`);
+  // lmHeadChunk: 16384 tokens -> 16384 vocabulary rows (fp32 logits + bf16 dlogits = 1.5 GiB).
+  assert.equal(on.logprobChunk, 16384);
+  assert.equal(on.logprobChunkBytes, 16384 * 16384 * 6);
+  assert.equal(trainingActivations(g20, 32768, true, 1.5).logprobChunk, 8192);
+  assert.equal(trainingActivations(g20, 2048, true, 1.5).logprobChunk, 32768);
+});
+
+test('gpt-oss-20b at 16k tokens: the plan\'s kept-attention and LM-head chunk rows, by hand', () => {
+  const input = (keep: boolean) => ({
+    ...planInputFromConfig(g20, seedConfig(), { gpus: 8, gpuMemoryBytes: 80e9, modelName: 'gpt-oss-20b', microBatchTokens: 16384 }),
+    keepAttention: keep,
+  });
+  const p = planMemory(input(true));
+  const row = (q: typeof p, k: string) => q.train.rows.find((r) => r.key === k);
+  // 24 layers x 16384 tokens x (2 B x 4096 + 4 B x 64) = 3,321,888,768 B; 16384 x 16384 x (4 + 2) = 1,610,612,736 B.
+  assert.equal(row(p, 'keptAttention')!.bytes, 3_321_888_768);
+  assert.equal(row(p, 'lmHeadChunk')!.bytes, 1_610_612_736);
+  assert.equal(row(p, 'keptAttention')!.partOf, 'activations');
+  assert.equal(row(p, 'lmHeadChunk')!.partOf, 'activations');
+  // Breakdown rows are inside the activations row, not added again to the total.
+  const sum = p.train.rows.filter((r) => !r.partOf).reduce((s, r) => s + r.bytes, 0);
+  assert.equal(p.train.totalBytes, sum);
+  const plain = planMemory(input(false));
+  assert.equal(row(plain, 'keptAttention'), undefined);
+  assert.equal(row(plain, 'lmHeadChunk')!.bytes, 1_610_612_736);
+  // The peak is the last layer's backward here: the activations grow by 23 layers' kept attention (the last
+  // layer's own is its recompute's attn and lse either way), and the slack by 10% of that (rounded up to bytes).
+  const grow = 23 * 16384 * (2 * 4096 + 4 * 64);
+  assert.equal(row(p, 'activations')!.bytes - row(plain, 'activations')!.bytes, grow);
+  assert.ok(Math.abs(p.train.totalBytes - plain.train.totalBytes - 1.1 * grow) <= 1, `${p.train.totalBytes - plain.train.totalBytes}`);
+  assert.equal(p.fits, true, p.overflows.join('; '));
+  const table = formatPlan(p);
+  assert.match(table, /\n {4}incl\. kept attention \(24 layers\) +3\.32 {3}24 x 16,384 tok x \(2 B x Hq·D 4096 \+ 4 B x Hq 64\)/);
+  assert.match(table, /\n {4}incl\. LM head chunk buffers \(chunk 16,384\) +1\.61 {3}16,384 tok x 16,384 x \(4 \+ 2\) B/);
 });
 
 test('KV layout: full layers hold every position, sliding layers 128, kv heads split over TP', () => {
@@ -148,6 +193,8 @@ test('gpt-oss-20b on 1 x 80 GB is refused, naming what overflows', () => {
   assert.equal(p.fits, false);
   assert.match(p.overflows[0]!, /^training: \d+\.\d+ GB per GPU > 80\.00 GB \(AdamW moments \(m, v\) 167\.3\d GB, fp32 master shard 83\.66 GB/);
   assert.match(p.overflows[0]!, /cpu_offload=true/);
+  assert.match(p.overflows[0]!, /trainer\.gradient_checkpointing_keep_attention=false/);
+  assert.ok(p.train.rows.some((r) => r.key === 'keptAttention'), 'the seed config keeps the attention (the default)');
   // One process: no gathers, no unsharded gradient buffers, no NCCL.
   assert.equal(p.train.rows.find((r) => r.key === 'gathered'), undefined);
   assert.match(formatPlan(p), /verdict: does not fit\n {2}- training:/);

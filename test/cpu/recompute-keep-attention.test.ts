@@ -1,7 +1,9 @@
 // Recompute with keepAttention (ModelOptions / ShardedModelOptions.keepAttention): the training forward keeps each
 // layer's attention output and LSE, and the backward's recompute of the layer takes them instead of running the
-// attention forward again. The gradients are bitwise those of the plain recompute (and of no recompute), for the
-// single-process model and the sharded policy at N = 1; nothing is left undisposed.
+// attention forward again. It is the default under recompute (both options left out keep the attention). The
+// gradients are bitwise those of the plain recompute (and of no recompute), for the single-process model and the
+// sharded policy at N = 1, by default and when asked for; nothing is left undisposed; the kept tensors are the
+// bytes the memory planner counts (activationTerms.keptAttention).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GptOssModel } from '../../src/model/gptoss.ts';
@@ -12,6 +14,7 @@ import { DecoderLayer } from '../../src/model/layer.ts';
 import { Tensor, liveTensors, trackTensors } from '../../src/tensor.ts';
 import { initDistributed } from '../../src/distributed/launch.ts';
 import { ShardedPolicy } from '../../src/trainer/sharded-policy.ts';
+import { activationTerms } from '../../src/trainer/memory-plan.ts';
 
 const cfg = presetConfig('gpt-oss-tiny-256', { numLayers: 2 });
 const seqs = [Array.from({ length: 40 }, (_, i) => (i * 7 + 3) % cfg.vocabSize), Array.from({ length: 23 }, (_, i) => (i * 11 + 5) % cfg.vocabSize)];
@@ -32,16 +35,27 @@ function countAttention<R>(f: () => R): { r: R; calls: number } {
   }
 }
 
+const BYTES: Record<string, number> = { bf16: 2, f32: 4 };
+
 function grads(opts: { recompute: boolean; keepAttention?: boolean }): { g: Map<string, Float32Array>; attentionCalls: number } {
   const model = new GptOssModel(GptOssWeights.random(cfg, 'cpu', { seed: 3, biasStd: 0.02 }), opts);
+  // The model's default: keep the attention whenever it recomputes.
+  const keeps = opts.recompute && (opts.keepAttention ?? true);
+  assert.equal(model.keepAttention, opts.keepAttention ?? true);
   const { r: g, calls } = countAttention(() => {
     const out = new Map<string, Float32Array>();
     let acc = new Map<string, Tensor>();
     for (let m = 0; m < 2; m++) {
       const b = packSequences(seqs, 'cpu');
       const f = model.forward(b, { train: true, releaseBatch: true });
-      if (opts.keepAttention) assert.ok(f.state!.attention.every((a) => a !== null), 'every layer kept its attention');
-      else assert.ok(f.state!.attention.every((a) => a === null));
+      if (keeps) {
+        assert.ok(f.state!.attention.every((a) => a !== null), 'every layer kept its attention');
+        // What the planner counts per layer: out bf16 [T, Hq·D] + lse f32 [Hq, T].
+        for (const a of f.state!.attention) {
+          const bytes = [a!.attn, a!.lse].reduce((s, t) => s + t.shape.reduce((x, y) => x * y, 1) * BYTES[t.dtype]!, 0);
+          assert.equal(bytes, b.numTokens * activationTerms(cfg, 1).keptAttention);
+        }
+      } else assert.ok(f.state!.attention.every((a) => a === null));
       const d = Tensor.from(Float32Array.from({ length: b.numTokens }, (_, i) => ((i % 5) - 2) / 10), [b.numTokens], { device: 'cpu' });
       acc = model.backward(f.state!, d, acc);
       for (const t of [d, f.logprobs, f.entropy]) t.dispose();
@@ -54,17 +68,21 @@ function grads(opts: { recompute: boolean; keepAttention?: boolean }): { g: Map<
   return { g, attentionCalls: calls };
 }
 
-test('keepAttention: the recompute skips the attention forward and the gradients are bitwise the same', () => {
-  const plain = grads({ recompute: true });
+test('keepAttention (the default under recompute): the recompute skips the attention forward and the gradients are bitwise the same', () => {
+  const plain = grads({ recompute: true, keepAttention: false });
   const kept = grads({ recompute: true, keepAttention: true });
+  const byDefault = grads({ recompute: true });
   const none = grads({ recompute: false });
   // 2 micro-batches x 2 layers: forward only with kept attention; forward + recompute without.
   assert.equal(plain.attentionCalls, 8);
   assert.equal(kept.attentionCalls, 4);
+  assert.equal(byDefault.attentionCalls, 4);
   assert.equal(none.attentionCalls, 4);
   assert.deepEqual([...kept.g.keys()].sort(), [...plain.g.keys()].sort());
+  assert.deepEqual([...byDefault.g.keys()].sort(), [...plain.g.keys()].sort());
   for (const [n, v] of plain.g) {
     assert.deepEqual(kept.g.get(n), v, `${n}: kept attention differs from the plain recompute`);
+    assert.deepEqual(byDefault.g.get(n), v, `${n}: the default differs from the plain recompute`);
     assert.deepEqual(none.g.get(n), v, `${n}: recompute differs from no recompute`);
   }
 });
@@ -72,7 +90,7 @@ test('keepAttention: the recompute skips the attention forward and the gradients
 test('keepAttention leaves no undisposed tensors (a backward, and a forward state disposed without one)', () => {
   trackTensors(true);
   try {
-    const model = new GptOssModel(GptOssWeights.random(cfg, 'cpu', { seed: 4 }), { recompute: true, keepAttention: true });
+    const model = new GptOssModel(GptOssWeights.random(cfg, 'cpu', { seed: 4 }), { recompute: true }); // keeps by default
     const step = (): void => {
       const b = packSequences(seqs, 'cpu');
       const f = model.forward(b, { train: true, releaseBatch: true });
@@ -93,12 +111,13 @@ test('keepAttention leaves no undisposed tensors (a backward, and a forward stat
   }
 });
 
-test('keepAttention on the sharded policy (N = 1): two steps bitwise equal to the plain recompute', async () => {
+test('keepAttention on the sharded policy (N = 1; the default): two steps bitwise equal to the plain recompute', async () => {
   const ctx = await initDistributed({ backend: 'cpu' });
   try {
-    const run = async (keepAttention: boolean): Promise<Float32Array[]> => {
+    // undefined: the policy's defaults (recompute on, attention kept).
+    const run = async (keepAttention: boolean | undefined): Promise<Float32Array[]> => {
       const w = GptOssWeights.random(cfg, 'cpu', { seed: 5, biasStd: 0.02 });
-      const p = ShardedPolicy.fromWeights(w, ctx.collectives, { recompute: true, keepAttention });
+      const p = ShardedPolicy.fromWeights(w, ctx.collectives, keepAttention === undefined ? {} : { recompute: true, keepAttention });
       w.dispose();
       const { r: lps } = await (async () => {
         const out: Float32Array[] = [];
@@ -125,7 +144,7 @@ test('keepAttention on the sharded policy (N = 1): two steps bitwise equal to th
       calls++;
       return orig.apply(this, a);
     };
-    let a: Float32Array[], b: Float32Array[];
+    let a: Float32Array[], b: Float32Array[], d: Float32Array[];
     const counts: number[] = [];
     try {
       a = await run(false);
@@ -133,13 +152,18 @@ test('keepAttention on the sharded policy (N = 1): two steps bitwise equal to th
       calls = 0;
       b = await run(true);
       counts.push(calls);
+      calls = 0;
+      d = await run(undefined);
+      counts.push(calls);
     } finally {
       proto.attention = orig;
     }
     // 3 forwards x 2 layers, each recomputed in its backward unless the attention was kept.
-    assert.deepEqual(counts, [12, 6]);
+    assert.deepEqual(counts, [12, 6, 6]);
     assert.equal(a.length, b.length);
+    assert.equal(a.length, d.length);
     a.forEach((x, i) => assert.deepEqual(b[i], x, `log-probs ${i} after the steps differ`));
+    a.forEach((x, i) => assert.deepEqual(d[i], x, `log-probs ${i} after the steps differ (the default)`));
   } finally {
     await ctx.destroy();
   }

@@ -348,9 +348,24 @@ test('bench:train-step smoke form: the table and JSON on one process (both polic
   assert.match(p.stdout, /\| policy \| tokens\/micro-batch \| step ms \|/);
   const a = JSON.parse(readFileSync(one, 'utf8')) as {
     worldSize: number;
-    rows: { policy: string; stepMs: number; split?: Record<string, number>; exposed?: { gatherMs: number; reduceScatterMs: number } }[];
+    keepAttention: boolean;
+    lmHeadChunk: number | null;
+    rows: { policy: string; stepMs: number; lmHeadChunk: number; split?: Record<string, number>; exposed?: { gatherMs: number; reduceScatterMs: number } }[];
   };
   assert.equal(a.worldSize, 1);
+  // The defaults: attention kept under recompute, the LM-head chunk from lmHeadChunk(T, V) (all 256 rows at T 16).
+  assert.equal(a.keepAttention, true);
+  assert.equal(a.lmHeadChunk, null);
+  assert.deepEqual(a.rows.map((r) => r.lmHeadChunk), [256, 256]);
+  const no = join(dir, 'no.json');
+  const q = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--no-keep-attention', '--lm-head-chunk', '128', '--json', no], { encoding: 'utf8' });
+  assert.equal(q.status, 0, q.stderr);
+  const n = JSON.parse(readFileSync(no, 'utf8')) as typeof a;
+  assert.equal(n.keepAttention, false);
+  assert.deepEqual(n.rows.map((r) => r.lmHeadChunk), [128, 128]);
+  const old = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--keep-attention'], { encoding: 'utf8' });
+  assert.notEqual(old.status, 0);
+  assert.match(old.stderr, /--keep-attention is the default now \(with recompute\); --no-keep-attention turns it off/);
   assert.deepEqual(a.rows.map((r) => r.policy), ['single', 'sharded']);
   assert.ok(a.rows.every((r) => r.stepMs > 0));
   assert.ok(a.rows[1]!.split && a.rows[1]!.split.computeMs > 0);
