@@ -55,15 +55,6 @@ inline int sm_count(int dev, const char* what) {
   return n;
 }
 
-// The decode fast paths (the split sampler at few rows, the fused router at T <= 16; the rope pass writing the KV
-// cache is chosen in TS, src/model/layer.ts) were written without a GPU and have not run on one yet: until their
-// GPU tests pass they run only where GPTOSS_DECODE_FAST_PATHS=1 (read at each call, so a test can switch them; a
-// getenv per op is noise next to a launch). Their GPU tests set it. docs/inference.md, "Batch 1".
-inline bool decode_fast_paths() {
-  const char* v = std::getenv("GPTOSS_DECODE_FAST_PATHS");
-  return v != nullptr && v[0] == '1' && v[1] == 0;
-}
-
 __device__ __forceinline__ float ldf(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float ldf(const float* p) { return *p; }
 __device__ __forceinline__ void stf(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }

@@ -1173,7 +1173,7 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
   y = make_tensor({T, H}, DType::BF16, dev);
 
   profile_mark(dev, "moe router");  // profiling phases (bench:decode-profile); no-ops unless enabled
-  if (decode_fast_paths() && fused_router_fits(T, H)) {
+  if (fused_router_fits(T, H)) {
     const int slices = fused_router_slices(E);
     router_fused_kernel<<<1, kFusedRouterThreads, 0, st>>>(
         B(x), B(w.router_w), B(w.router_b), (int)T, (int)H, (int)E, (int)k, slices, s.topk_idx.data<int32_t>(),

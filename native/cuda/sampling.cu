@@ -311,7 +311,7 @@ void sample_rows(const Tensor& logits, const Tensor& temperature, const Tensor& 
   // Split when the rows leave most SMs idle (the decision depends on B and the device only, so a CUDA graph of a
   // decode step keeps its launches; whether a row splits is read on the device).
   const int sms = sm_count(logits.device, "sampleRows");
-  const bool split = strategy == SampleStrategy::Split || (strategy == SampleStrategy::Auto && decode_fast_paths() && B * 8 < sms);
+  const bool split = strategy == SampleStrategy::Split || (strategy == SampleStrategy::Auto && B * 8 < sms);
   const auto launch = [&](auto* l) {
     if (!split) {
       sample_rows_kernel<<<static_cast<unsigned>(B), kThreads, 0, st>>>(

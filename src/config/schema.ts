@@ -68,8 +68,7 @@ export const ModelRefSchema = z
  * low-rank adapters on a frozen bf16 base (scale alpha / rank). target_modules: PEFT's module names q_proj, k_proj,
  * v_proj, o_proj, and gate_up_proj / down_proj (the experts: PEFT's target_parameters mlp.experts.*) and router
  * (mlp.router.weight). dropout: PEFT's lora_dropout on the q/k/v/o adapters' inputs in training forwards; above 0
- * it is refused with the other targets and on CUDA until its GPU test passes (checkLoraSpec / checkLoraDevice,
- * src/model/lora.ts).
+ * it is refused with the other targets (checkLoraSpec, src/model/lora.ts).
  */
 export const LoraSchema = z
   .strictObject({

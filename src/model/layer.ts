@@ -634,10 +634,9 @@ export class DecoderLayer {
 
   /** The attention half of a generation step: attn bf16 [N, Hq, D] of the step's rows over the cache. */
   private cachedAttention(x: Tensor, positions: Tensor, cache: LayerKvCache): Tensor {
-    // Without k/v adapters the rope pass can write the cache itself (one launch instead of rope + two scatters): one
-    // of the decode fast paths, not run on a GPU yet, so only with GPTOSS_DECODE_FAST_PATHS=1 (native/cuda/common.cuh).
+    // Without k/v adapters the rope pass writes the cache itself (one launch instead of rope + two scatters).
     const ll = this.lora;
-    const target = ll?.k || ll?.v || process.env.GPTOSS_DECODE_FAST_PATHS !== '1' ? undefined : cache.writeTarget?.();
+    const target = ll?.k || ll?.v ? undefined : cache.writeTarget?.();
     const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, positions, target);
     disposeAll(a1, rstd1);
     if (!target) cache.write(kr, v);

@@ -100,20 +100,6 @@ const DROPOUT_REFUSED: Partial<Record<LoraTarget, string>> = {
     'lora_dropout), so PEFT would silently ignore the setting; refused rather than ignored',
 };
 
-/**
- * Dropout > 0 on a CUDA device waits for its GPU test (test/gpu/lora.test.ts: the CUDA dropout op against the CPU
- * one bitwise, and a LoRA step with dropout against the CPU's); until it has passed it runs only where
- * GPTOSS_LORA_DROPOUT_CUDA=1 (the test sets it). The CPU runs it.
- */
-export function checkLoraDevice(s: LoraSpec, device: string): void {
-  if (s.dropout > 0 && device !== 'cpu' && process.env.GPTOSS_LORA_DROPOUT_CUDA !== '1') {
-    throw new Error(
-      `trainer.policy.model.lora.dropout=${s.dropout} on ${device}: LoRA dropout's CUDA kernel has not run on a GPU yet and waits ` +
-        'for its GPU test (test/gpu/lora.test.ts); use dropout 0 on CUDA, or run on the CPU',
-    );
-  }
-}
-
 export const loraScale = (s: LoraSpec): number => s.alpha / s.rank;
 
 /** One adapter pair (layouts in the header). */
@@ -322,7 +308,6 @@ export class LoraAdapters {
   /** Fresh adapters: A kaiming-uniform (PEFT's default), B zero (the model starts as the base). */
   static init(config: GptOssConfig, spec: LoraSpec, device: string, opts: LoraInitOptions = {}): LoraAdapters {
     checkLoraSpec(spec);
-    checkLoraDevice(spec, device);
     const seed = opts.seed ?? 0;
     const dtype = opts.dtype ?? 'f32';
     const params = new Map<string, Tensor>();

@@ -14,7 +14,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tensor } from '../tensor.ts';
-import { Checkpoint, LoraAdapters, checkLoraDevice, checkLoraSpec, saveCheckpoint as saveTensors, tensorToSave, type ForwardOptions, type GptOssModel } from '../model/index.ts';
+import { Checkpoint, LoraAdapters, checkLoraSpec, saveCheckpoint as saveTensors, tensorToSave, type ForwardOptions, type GptOssModel } from '../model/index.ts';
 import { adamwStep } from '../ops/optim.ts';
 import { cast } from '../ops/elementwise.ts';
 import { GptOssPolicy, modelLogprobs } from './gptoss-policy.ts';
@@ -77,7 +77,6 @@ export class LoraPolicy extends GptOssPolicy {
     this.dropoutRunSeed = opts.dropoutSeed ?? 0;
     if (!Number.isSafeInteger(this.dropoutRunSeed)) throw new Error(`LoraPolicy: dropoutSeed must be an integer, got ${this.dropoutRunSeed}`);
     checkLoraSpec(adapters.spec);
-    checkLoraDevice(adapters.spec, model.device);
     if (adapters.device !== model.device) throw new Error(`LoraPolicy: adapters on ${adapters.device}, model on ${model.device}`);
     if (adapters.config.numLayers !== model.config.numLayers || adapters.config.hiddenSize !== model.config.hiddenSize) {
       throw new Error('LoraPolicy: the adapters were made for another model shape');

@@ -7,7 +7,7 @@ import type { Config } from '../config/schema.ts';
 import { childLogger } from '../log/logger.ts';
 import { MetricsLogger } from '../log/metrics.ts';
 import { defaultDevice } from '../native.ts';
-import { loadModel, presetConfig, randomModel, LoraAdapters, checkLoraDevice, checkLoraSpec, type GptOssModel, type LoraSpec, type PresetName } from '../model/index.ts';
+import { loadModel, presetConfig, randomModel, LoraAdapters, checkLoraSpec, type GptOssModel, type LoraSpec, type PresetName } from '../model/index.ts';
 import { readConfigFile, type GptOssConfig } from '../model/config.ts';
 import { resolveModelSource } from '../model/hub.ts';
 import type { RandomInitOptions } from '../model/weights.ts';
@@ -259,7 +259,6 @@ export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssMo
   if (spec) {
     try {
       checkLoraSpec(spec);
-      checkLoraDevice(spec, device);
     } catch (e) {
       throw new SetupError((e as Error).message);
     }

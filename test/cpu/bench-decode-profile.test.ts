@@ -7,11 +7,11 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-for (const fast of [false, true]) test(`bench:decode-profile runs on the CPU with the tiny preset and writes its table and JSON (decode fast paths ${fast ? 'on' : 'off'})`, () => {
+test('bench:decode-profile runs on the CPU with the tiny preset and writes its table and JSON', () => {
   const out = join(mkdtempSync(join(tmpdir(), 'bench-decode-profile-')), 'out.json');
   const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/decode-profile.ts', '--json', out], {
     encoding: 'utf8',
-    env: { ...process.env, GPTOSS_DEVICE: 'cpu', GPTOSS_DECODE_FAST_PATHS: fast ? '1' : '0' },
+    env: { ...process.env, GPTOSS_DEVICE: 'cpu' },
   });
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /\| family \| batch 1 \| batch 4 \|/);
@@ -21,13 +21,13 @@ for (const fast of [false, true]) test(`bench:decode-profile runs on the CPU wit
   assert.deepEqual(j.rows.map((x: { batch: number }) => x.batch), [1, 4]);
   for (const row of j.rows) {
     assert.equal(row.steps, 3);
-    // With the fast paths the rope pass writes the KV cache (ropeQkvSplit with the pools): no separate kv write.
-    for (const f of ['embedding', 'rmsnorm', 'qkv GEMM', 'rope', 'paged attention', 'o_proj', 'moe (whole op)', 'LM head', 'sampling', ...(fast ? [] : ['kv write'])]) {
+    // The rope pass writes the KV cache (ropeQkvSplit with the pools): no separate kv write.
+    for (const f of ['embedding', 'rmsnorm', 'qkv GEMM', 'rope', 'paged attention', 'o_proj', 'moe (whole op)', 'LM head', 'sampling']) {
       assert.ok(row.familyMs[f] > 0, `batch ${row.batch}: family ${f} missing: ${JSON.stringify(row.familyMs)}`);
     }
     assert.ok(row.gpuMsPerStep > 0 && row.hostEnqueueMs > 0);
-    if (fast) assert.ok(!(row.familyMs['kv write'] > 0), `batch ${row.batch}: a separate kv write: ${JSON.stringify(row.familyMs)}`);
-    // 2 layers x (rmsnorm, qkv GEMM, rope (+ kv write), [2 x kv write], paged attention, o_proj, add, rmsnorm, moe) + embed + norm + head + sampling
-    assert.equal(row.opCallsPerStep, 2 * (fast ? 8 : 10) + 4);
+    assert.ok(!(row.familyMs['kv write'] > 0), `batch ${row.batch}: a separate kv write: ${JSON.stringify(row.familyMs)}`);
+    // 2 layers x (rmsnorm, qkv GEMM, rope (+ kv write), paged attention, o_proj, add, rmsnorm, moe) + embed + norm + head + sampling
+    assert.equal(row.opCallsPerStep, 2 * 8 + 4);
   }
 });

@@ -5,8 +5,8 @@
 // adapters in the CUDA MoE op against the CPU op; a gpt-oss-20b-shaped LoRA step stays far below the memory of
 // full fine-tuning (no base gradients). LoRA dropout: the CUDA dropoutForward op == the CPU op bitwise (the same
 // mask bits from native/cpu/dropout_rng.h), a training step with dropout on CUDA == the CPU's, the recompute path
-// bitwise, and LoraPolicy on CUDA (dropout > 0 is refused there unless GPTOSS_LORA_DROPOUT_CUDA=1 until this file
-// passes: src/model/lora.ts checkLoraDevice).
+// bitwise, and LoraPolicy on CUDA (first passed on an H100 on 2026-12-06, which is when dropout > 0 stopped being
+// refused on CUDA).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, memoryStats, resetPeakMemory, synchronize, emptyCache } from '../../src/tensor.ts';
@@ -303,13 +303,8 @@ test('cuda: dropoutForward equals the CPU op bitwise (bf16 and f32, odd sizes, s
 });
 
 test('cuda: a LoRA training step with dropout equals the CPU one (same masks); recompute bitwise; LoraPolicy on CUDA', { skip }, async () => {
-  const before = process.env.GPTOSS_LORA_DROPOUT_CUDA;
   const DROP: LoraSpec = { rank: 8, alpha: 16, dropout: 0.25, targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] };
-  // Refused on CUDA until this test has passed (the switch is what this test turns on).
-  delete process.env.GPTOSS_LORA_DROPOUT_CUDA;
-  assert.throws(() => LoraAdapters.init(cfg, DROP, DEV), /waits for its GPU test \(test\/gpu\/lora\.test\.ts\)/);
-  process.env.GPTOSS_LORA_DROPOUT_CUDA = '1';
-  try {
+  {
     const p = pair(7, 0.05, DROP);
     p.gpuModel.lora = p.aGpu;
     p.cpuModel.lora = p.aCpu;
@@ -387,8 +382,5 @@ test('cuda: a LoRA training step with dropout equals the CPU one (same masks); r
     assert.ok(corr(dc, dg) > 0.9, `LoraPolicy updates cuda vs cpu: correlation ${corr(dc, dg)}`);
     pc.dispose();
     pg.dispose();
-  } finally {
-    if (before === undefined) delete process.env.GPTOSS_LORA_DROPOUT_CUDA;
-    else process.env.GPTOSS_LORA_DROPOUT_CUDA = before;
   }
 });

@@ -103,7 +103,7 @@ function compareAt(label: string, wCpu: MoeWeights, w: MoeWeights, H: number, k:
     for (const key of ['dx', 'dRouterW', 'dRouterB', 'dGateUpW', 'dGateUpB', 'dDownW', 'dDownB'] as const) {
       rows.push(`${key} ${assertBound(`${name} ${key}`, gd[key].toFloat32(), gt[key].toFloat32(), gp[key].toFloat32())}`);
     }
-    for (const g of [gt, gp, gd]) Object.values(g).forEach((t) => t.dispose());
+    for (const g of [gt, gp, gd]) Object.values(g).forEach((t) => t?.dispose()); // the LoRA grads are undefined
     dispose(dyC, dyG);
   }
   console.log(`${name}: ${rows.join('; ')}`);
@@ -204,14 +204,7 @@ test('decode path at gpt-oss-20b sizes, skewed routing: experts 3, 7, 20 hot (T 
 // exactly (ids and order) with weights within 1e-5, and when no token is near a tie so must counts, offsets,
 // permTok and slotPos. Shapes: gpt-oss-20b's router (H 2880, E 32: two H slices per expert pair), an odd E (the
 // last pair has one expert) and E 128 (one slice, several pairs per warp); I is small (only the routing matters).
-test('moeForward on CUDA: the fused router at T <= 16 routes as the CPU reference', { skip, timeout: 300000 }, (t) => {
-  // A decode fast path: on only with GPTOSS_DECODE_FAST_PATHS=1 until this passes on a GPU (native/cuda/common.cuh).
-  const before = process.env.GPTOSS_DECODE_FAST_PATHS;
-  process.env.GPTOSS_DECODE_FAST_PATHS = '1';
-  t.after(() => {
-    if (before === undefined) delete process.env.GPTOSS_DECODE_FAST_PATHS;
-    else process.env.GPTOSS_DECODE_FAST_PATHS = before;
-  });
+test('moeForward on CUDA: the fused router at T <= 16 routes as the CPU reference', { skip, timeout: 300000 }, () => {
   const shapes = [
     { H: 2880, E: 32, k: 4 },
     { H: 256, E: 7, k: 3 },
