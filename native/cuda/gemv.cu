@@ -42,16 +42,6 @@ namespace {
 constexpr int kThreads = 128;  // 4 warps: K = 2880 is 360 chunks, ~2.8 per thread
 constexpr int kWarps = kThreads / 32;
 
-__device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&v)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    const float2 f = __bfloat1622float2(h[k]);
-    v[2 * k] = f.x;
-    v[2 * k + 1] = f.y;
-  }
-}
-
 // x [M, K] bf16 (row stride ldx, 16-byte aligned rows), w [N, K] bf16 (row stride ldw, 16-byte aligned rows),
 // bias [N] (bf16 when bias_bf16, else f32; may be null), C [M, N] (row stride ldc) of TC. K % 8 == 0.
 template <int M, int ROWS, typename TC>
@@ -89,11 +79,11 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(int64_t N, int64_t K, co
     for (int m = 0; m < M; m++) xv[m] = __ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c);
     float wf[ROWS][8];
 #pragma unroll
-    for (int r = 0; r < ROWS; r++) bf16x8_to_f32(wv[r], wf[r]);
+    for (int r = 0; r < ROWS; r++) unpack8(wv[r], wf[r]);
 #pragma unroll
     for (int m = 0; m < M; m++) {
       float xf[8];
-      bf16x8_to_f32(xv[m], xf);
+      unpack8(xv[m], xf);
 #pragma unroll
       for (int r = 0; r < ROWS; r++)
 #pragma unroll

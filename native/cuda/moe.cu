@@ -1,5 +1,5 @@
-// moe.cu: the GPT-OSS MoE block on the GPU. Router (logits, top-k, softmax; at T <= 16 tokens one fused block
-// launch with the placement, else a cuBLAS GEMM and two kernels), deterministic dropless permutation, the expert MLPs, weighted combine, and the backward's reductions. The expert GEMMs run one of four
+// moe.cu: the GPT-OSS MoE block on the GPU. Router (logits, top-k, softmax; at T <= 16 tokens one fused
+// multi-block launch with the placement, else a cuBLAS GEMM and two kernels), deterministic dropless permutation, the expert MLPs, weighted combine, and the backward's reductions. The expert GEMMs run one of four
 // strategies, chosen by plan_expert_gemms (below, with the reasons): split-K GEMV kernels for a few routed rows
 // (moe_decode.cu; forward only), our grouped mma.sync kernels (moe_gemm.cuh, bias + clamped SwiGLU fused into the
 // gate_up epilogue, the SwiGLU backward into the dh epilogue), per-expert cuBLASLt GEMMs on concurrent lanes, or
@@ -217,82 +217,142 @@ __global__ void router_topk_kernel(const float* __restrict__ logits, int T, int 
 }
 
 // ---- the fused router for decode-sized T -------------------------------------------------------------------------
-// At decode (T <= 16 tokens) the router is three launches (a cuBLAS GEMM, top-k, placement) of ~1 µs of work each;
-// one block does all of it. Logits in fp32 (the sum order differs from cuBLAS's, so top-k can differ only at near
-// ties), then router_topk_row per token and route_place_kernel's placement.
+// At decode (T <= 16 tokens) the router as three launches (a cuBLAS GEMM, top-k, placement) took ~24 µs a layer for
+// ~1 µs of work; then one block did all of it, 18.6 µs a layer at one token (H100 decode profile): one SM cannot
+// pull gpt-oss-20b's router weight (E 32 x H 2880 bf16, 184 KB) fast, having too few loads in flight. Now one
+// launch of many blocks: block b computes one task's partial logits (below) into a per-device scratch, and the last
+// block to finish (a ticket counter) sums them, then runs router_topk_row per token and route_place_kernel's
+// placement. Logits in fp32; the sum order differs from cuBLAS's, so top-k can differ from the unfused path only at
+// near ties.
+//
+// Tasks: (expert pair p, H slice sl), pairs x slices of them with slices = fused_router_slices(E) — the split of the
+// earlier one-block kernel (its 32 warps one task each), kept so that every logit is the same fp32 sum, bitwise:
+// lane L of a task accumulates its 8-element vectors c = c0+L, c0+L+32, ... in that order with fmaf, the warp
+// sums with warp_sum, the slices add in slice order, then the bias. What changed is only where the tasks run (one
+// block each, on its own SM) and that a lane issues the loads of up to kFusedRouterPrefetch of its vectors before
+// using them (gpt-oss's H 2880 at two slices: 180 vectors per task, at most 6 per lane, so one round trip to
+// memory for the whole weight). The block's 8 warps split the tokens (warp w: tokens w and w+8); a token's sums do
+// not depend on which warp computes them.
+//
+// Why one launch and not two (logits, then top-k + placement): a launch costs ~2-3 µs even inside a CUDA graph,
+// about what the whole router should cost. The last-block pattern is sound here: every block writes its partials,
+// fences (__threadfence), then takes a ticket (atomicInc); the block that draws the last ticket knows every other
+// block's partials are visible (it fences again and reads them through L2, __ldcg). atomicInc with limit
+// gridDim.x - 1 wraps the counter back to 0 at that last ticket, so the next launch starts from 0 with no memset,
+// and a graph replays the kernel as it is.
+//
+// Scratch (g_router_part, g_router_ticket): static device memory, one copy per device (zeroed when the module
+// loads, fixed addresses, so no allocation, no host work, nothing to do at graph capture). Safe because every
+// launch of this kernel on a device goes to that device's one compute stream (device.h; moe_forward enqueues on
+// stream_of(dev), graph replays run there too), so two launches never overlap; a second stream running the router
+// concurrently would need its own scratch.
 constexpr int kFusedRouterMaxT = 16;
-constexpr int kFusedRouterThreads = 1024;
+constexpr int kFusedRouterTasks = 32;  // the task split's target: the earlier one-block kernel's 32 warps
+constexpr int kFusedRouterThreads = 256;
 constexpr int kFusedRouterWarps = kFusedRouterThreads / 32;
+constexpr int kFusedRouterTokPerWarp = kFusedRouterMaxT / kFusedRouterWarps;  // tokens w, w+8 for warp w
+constexpr int kFusedRouterPrefetch = 6;  // vectors per lane loaded before their FMAs (see above: 6 for H 2880)
+static_assert(kFusedRouterMaxT % kFusedRouterWarps == 0, "each warp takes the same number of token slots");
+
+// Partial logits [slices, T, E] (slices * E <= 256: slices is 1 once E > 64, so it fits 16 x 256) and the ticket.
+__device__ float g_router_part[kFusedRouterMaxT * kMaxSlabExperts];
+__device__ unsigned int g_router_ticket;
 
 // Whether the fused router takes T tokens of width H: decode sizes, rows of whole 16-byte vectors.
 bool fused_router_fits(int64_t T, int64_t H) { return T >= 1 && T <= kFusedRouterMaxT && H % 8 == 0; }
 
-// H slices per expert pair: enough (expert pair, H slice) tasks to give every warp one when the pairs are few.
+// H slices per expert pair: enough (expert pair, H slice) tasks to make kFusedRouterTasks when the pairs are few.
 int fused_router_slices(int64_t E) {
   const int pairs = static_cast<int>((E + 1) / 2);
-  return std::max(1, kFusedRouterWarps / pairs);
+  return std::max(1, kFusedRouterTasks / pairs);
 }
 
 // x bf16 [T, H], Wr bf16 [E, H], br bf16 [E] (16-byte aligned, H % 8 == 0, 1 <= T <= 16, E <= 256, k <= 32)
 // -> topk_idx i32 [T, k], topk_w f32 [T, k], counts [E], offsets [E+1], perm_tok [T*k], slot_pos [T*k], as
-// router_topk_kernel + route_place_kernel define them. One block. Warp task (expert pair p, H slice sl) dots rows
-// 2p and 2p+1 of Wr with every token over the slice (each x vector loaded once for two experts; the Wr vectors once
-// for all T tokens), lane-strided in 8-element vectors, then a warp sum; the slices' partials add in slice order.
+// router_topk_kernel + route_place_kernel define them. Grid: one block per task, block b = task (pair b / slices,
+// slice b % slices); the task dots rows 2p and 2p+1 of Wr with every token over the slice (each x vector loaded
+// once for two experts), lane-strided in 8-element vectors, then a warp sum per token and expert.
 __global__ void __launch_bounds__(kFusedRouterThreads) router_fused_kernel(
     const bf* __restrict__ x, const bf* __restrict__ Wr, const bf* __restrict__ br, int T, int H, int E, int k,
     int slices, int32_t* __restrict__ topk_idx, float* __restrict__ topk_w, int32_t* __restrict__ counts,
     int32_t* __restrict__ offsets, int32_t* __restrict__ perm_tok, int32_t* __restrict__ slot_pos) {
-  // part [slices, T, E] (slices * E <= 2 * 32 + 2 when slices > 1, so both fit 16 x 256), logits [T, E].
-  __shared__ float part[kFusedRouterMaxT * kMaxSlabExperts];
-  __shared__ float logits[kFusedRouterMaxT * kMaxSlabExperts];
+  __shared__ float logits[kFusedRouterMaxT * kMaxSlabExperts];  // [T, E], the last block only
   __shared__ int32_t sidx[kFusedRouterMaxT * 32];
   __shared__ int hist[kMaxSlabExperts], first[kMaxSlabExperts];
+  __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int pairs = (E + 1) / 2, H8 = H / 8, per = (H8 + slices - 1) / slices;
-  for (int task = warp; task < pairs * slices; task += kFusedRouterWarps) {
-    const int e0 = 2 * (task / slices), sl = task % slices;
+  {
+    const int H8 = H / 8, per = (H8 + slices - 1) / slices;
+    const int e0 = 2 * (blockIdx.x / slices), sl = blockIdx.x % slices;
     const bool has1 = e0 + 1 < E;
     const int c0 = sl * per, c1 = min(H8, c0 + per);
-    float acc[kFusedRouterMaxT][2];
+    float acc[kFusedRouterTokPerWarp][2];
 #pragma unroll
-    for (int t = 0; t < kFusedRouterMaxT; t++) acc[t][0] = acc[t][1] = 0.f;
-    for (int c = c0 + lane; c < c1; c += 32) {
-      float w0[8], w1[8], xv[8];
-      load8(Wr + (int64_t)e0 * H + c * 8, w0);
-      if (has1) {
-        load8(Wr + (int64_t)(e0 + 1) * H + c * 8, w1);
-      } else {
+    for (int j = 0; j < kFusedRouterTokPerWarp; j++) acc[j][0] = acc[j][1] = 0.f;
+    if (warp < T) {  // warp-uniform: warps without a token skip to the ticket
+      for (int cb = c0 + lane; cb < c1; cb += 32 * kFusedRouterPrefetch) {
+        // Loads first (Wr from memory, x mostly from L2), so they are all in flight at once ...
+        uint4 wv0[kFusedRouterPrefetch], wv1[kFusedRouterPrefetch], xv[kFusedRouterTokPerWarp][kFusedRouterPrefetch];
 #pragma unroll
-        for (int i = 0; i < 8; i++) w1[i] = 0.f;
+        for (int u = 0; u < kFusedRouterPrefetch; u++) {
+          const int c = cb + 32 * u;
+          if (c < c1) {
+            wv0[u] = __ldg(reinterpret_cast<const uint4*>(Wr + (int64_t)e0 * H + c * 8));
+            wv1[u] = has1 ? __ldg(reinterpret_cast<const uint4*>(Wr + (int64_t)(e0 + 1) * H + c * 8))
+                          : make_uint4(0, 0, 0, 0);  // bf16 zeros: the missing expert's sums stay 0, unused
+#pragma unroll
+            for (int j = 0; j < kFusedRouterTokPerWarp; j++) {
+              const int t = warp + j * kFusedRouterWarps;
+              if (t < T) xv[j][u] = __ldg(reinterpret_cast<const uint4*>(x + (int64_t)t * H + c * 8));
+            }
+          }
+        }
+        // ... then the FMAs in vector order c, as one chain per (token, expert) and lane.
+#pragma unroll
+        for (int u = 0; u < kFusedRouterPrefetch; u++) {
+          if (cb + 32 * u < c1) {
+            float w0[8], w1[8];
+            unpack8(wv0[u], w0);
+            unpack8(wv1[u], w1);
+#pragma unroll
+            for (int j = 0; j < kFusedRouterTokPerWarp; j++) {
+              if (warp + j * kFusedRouterWarps < T) {
+                float xf[8];
+                unpack8(xv[j][u], xf);
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                  acc[j][0] = fmaf(xf[i], w0[i], acc[j][0]);
+                  acc[j][1] = fmaf(xf[i], w1[i], acc[j][1]);
+                }
+              }
+            }
+          }
+        }
       }
 #pragma unroll
-      for (int t = 0; t < kFusedRouterMaxT; t++) {
-        if (t < T) {
-          load8(x + (int64_t)t * H + c * 8, xv);
-#pragma unroll
-          for (int i = 0; i < 8; i++) {
-            acc[t][0] = fmaf(xv[i], w0[i], acc[t][0]);
-            acc[t][1] = fmaf(xv[i], w1[i], acc[t][1]);
+      for (int j = 0; j < kFusedRouterTokPerWarp; j++) {
+        const int t = warp + j * kFusedRouterWarps;
+        if (t < T) {  // warp-uniform
+          const float a0 = warp_sum(acc[j][0]), a1 = warp_sum(acc[j][1]);
+          if (lane == 0) {
+            g_router_part[(sl * T + t) * E + e0] = a0;
+            if (has1) g_router_part[(sl * T + t) * E + e0 + 1] = a1;
           }
         }
       }
     }
-#pragma unroll
-    for (int t = 0; t < kFusedRouterMaxT; t++) {
-      if (t < T) {
-        const float a0 = warp_sum(acc[t][0]), a1 = warp_sum(acc[t][1]);
-        if (lane == 0) {
-          part[(sl * T + t) * E + e0] = a0;
-          if (has1) part[(sl * T + t) * E + e0 + 1] = a1;
-        }
-      }
-    }
   }
+  // The ticket: this block's partials are visible device-wide before it counts itself in.
+  __threadfence();
   __syncthreads();
+  if (threadIdx.x == 0) last = atomicInc(&g_router_ticket, gridDim.x - 1) == gridDim.x - 1;  // wraps to 0 there
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // the last block: every other block's partials are visible from here on
   for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
     const int t = i / E, e = i % E;
     float v = 0.f;
-    for (int sl = 0; sl < slices; sl++) v += part[(sl * T + t) * E + e];
+    for (int sl = 0; sl < slices; sl++) v += __ldcg(&g_router_part[(sl * T + t) * E + e]);
     logits[i] = v + __bfloat162float(br[e]);
   }
   for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
@@ -1174,8 +1234,10 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
 
   profile_mark(dev, "moe router");  // profiling phases (bench:decode-profile); no-ops unless enabled
   if (fused_router_fits(T, H)) {
-    const int slices = fused_router_slices(E);
-    router_fused_kernel<<<1, kFusedRouterThreads, 0, st>>>(
+    const int slices = fused_router_slices(E), tasks = static_cast<int>((E + 1) / 2) * slices;
+    GPTOSS_CHECK(slices * E <= kMaxSlabExperts, op, ": fused router scratch holds ", kMaxSlabExperts,
+                 " partial logits per token, needs ", slices * E);  // holds for every E <= 256 (see g_router_part)
+    router_fused_kernel<<<tasks, kFusedRouterThreads, 0, st>>>(
         B(x), B(w.router_w), B(w.router_b), (int)T, (int)H, (int)E, (int)k, slices, s.topk_idx.data<int32_t>(),
         s.topk_w.data<float>(), s.counts.data<int32_t>(), s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
         s.slot_pos.data<int32_t>());

@@ -24,15 +24,19 @@ inline unsigned grid_for(int64_t work, int threads) {
   return static_cast<unsigned>(b < 1 ? 1 : (b > 8192 ? 8192 : b));
 }
 
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&v)[8]) {
-  uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+// 8 bf16 values held in one uint4 (a 16-byte load kept in registers) -> fp32 (exact).
+__device__ __forceinline__ void unpack8(const uint4& u, float (&v)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
   for (int k = 0; k < 4; k++) {
-    float2 f = __bfloat1622float2(h[k]);
+    const float2 f = __bfloat1622float2(h[k]);
     v[2 * k] = f.x;
     v[2 * k + 1] = f.y;
   }
+}
+
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&v)[8]) {
+  unpack8(__ldg(reinterpret_cast<const uint4*>(p)), v);
 }
 __device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
   float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p) + 1);
