@@ -10,7 +10,8 @@
 // routing (hot experts, every token on the same experts: an expert with T rows, two row chunks at T 16).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, cudaDeviceCount, f32ToBf16Bits } from '../../src/tensor.ts';
+import { Tensor, cudaDeviceCount, f32ToBf16Bits, synchronize } from '../../src/tensor.ts';
+import { native } from '../../src/native.ts';
 import { moeForward, moeBackward, type MoeForwardResult, type MoeWeights } from '../../src/ops/moe.ts';
 import { makeProblem, weightsOf } from '../helpers/moe-reference.ts';
 import { randnBf16, rng } from '../helpers/random.ts';
@@ -197,7 +198,7 @@ test('decode path at gpt-oss-20b sizes, skewed routing: experts 3, 7, 20 hot (T 
   compareAll('20b skewed', bigWeights(32, 2880, 2880, [3, 7, 20]), 2880, 400, false);
 });
 
-// The fused router (native/cuda/moe.cu router_fused_kernel: logits, top-k + softmax and the placement in one block
+// The fused router (native/cuda/moe.cu router_fused_kernel: logits, top-k + softmax and the placement in one launch
 // at T <= 16) against the CPU reference routing. Its fp32 logits sum in another order than the CPU's, so the chosen
 // experts may differ only at near ties: tokens whose float64 logits have two of the k + 1 largest within 1e-3 are
 // checked to have chosen experts among those within 1e-3 of the k-th largest; every other token must match the CPU
@@ -260,4 +261,89 @@ test('moeForward on CUDA: the fused router at T <= 16 routes as the CPU referenc
       disposeWeights(wCpu);
     }
   }
+});
+
+// The fused router is one launch of many blocks (one per (expert pair, H slice) task); the last block to finish, found
+// with a ticket counter in device memory that wraps back to 0 at the last ticket, does the top-k and placement. So:
+//  - determinism: at gpt-oss-20b's router (H 2880, E 32, top-4: 32 blocks) for every T 1..16, interleaved with
+//    E 7 (32 blocks) and E 128 (64 blocks), so a counter left anywhere but 0 by one launch would break the next
+//    one's last-block choice, two runs give the same bits: routing ints, topkW, and y (the decode GEMVs' fixed-order
+//    sums are deterministic too);
+//  - CUDA graphs: captured at T 1 and 16 (no memset, scratch at fixed addresses), the replays with new inputs give
+//    the bits of eager calls made between them (graph and eager launches share the counter).
+type RouteBits = Record<'topkIdx' | 'counts' | 'offsets' | 'permTok' | 'slotPos', number[]> & { topkW: number[]; y: number[] };
+function routeBits(f: MoeForwardResult): RouteBits {
+  const ints = (t: Tensor) => [...t.toInt32()];
+  return {
+    topkIdx: ints(f.ctx.topkIdx), counts: ints(f.ctx.countsTensor), offsets: ints(f.ctx.offsets),
+    permTok: ints(f.ctx.permTok), slotPos: ints(f.ctx.slotPos), topkW: [...f.ctx.topkW.toFloat32()], y: [...f.y.toFloat32()],
+  };
+}
+function disposeForward(f: MoeForwardResult): void {
+  f.ctx.dispose();
+  f.y.dispose();
+}
+
+test('moeForward on CUDA: the fused router is deterministic (T 1..16, two runs) and replays from a CUDA graph', { skip, timeout: 300000 }, () => {
+  const G = 'cuda:0';
+  const shapes = [
+    { H: 2880, E: 32, k: 4 },
+    { H: 256, E: 7, k: 3 },
+    { H: 512, E: 128, k: 4 },
+  ];
+  const problems = shapes.map(({ H, E, k }) => {
+    const p = makeProblem(16, H, E, 32, k, 9500 + E);
+    const wCpu = weightsOf(p, 'cpu'), w = toDevice(wCpu, G);
+    disposeWeights(wCpu);
+    return { H, E, k, p, w };
+  });
+  for (let T = 1; T <= 16; T++) {
+    for (const { H, E, k, p, w } of problems) {
+      const name = `H${H} E${E} k${k} T${T}`;
+      const x = Tensor.from(p.x.subarray(0, T * H), [T, H], { dtype: 'bf16', device: G });
+      const a = moeForward(x, w, { topK: k }), b = moeForward(x, w, { topK: k });
+      assert.equal(a.ctx.expertGemms, T * k <= 16 ? 'decode' : 'grouped', `${name}: expert strategy`);
+      assert.deepEqual(routeBits(b), routeBits(a), `${name}: a second run gives other bits`);
+      disposeForward(a);
+      disposeForward(b);
+      x.dispose();
+    }
+  }
+  const ops = native().ops;
+  const { H, k, w } = problems[0]!;
+  for (const T of [1, 16]) {
+    const x = Tensor.from(randnBf16(T * H, 1, rng(9600 + T)), [T, H], { dtype: 'bf16', device: G });
+    disposeForward(moeForward(x, w, { topK: k })); // warm-up outside the capture
+    synchronize(G);
+    const pool = ops.graphPoolCreate(0);
+    ops.captureBegin(0, pool);
+    let cap: MoeForwardResult, graph: number;
+    try {
+      cap = moeForward(x, w, { topK: k });
+      graph = ops.captureEnd(0);
+    } catch (e) {
+      ops.captureAbort(0);
+      throw e;
+    }
+    const replays: RouteBits[] = [];
+    for (const seed of [9601, 9602, 9603]) {
+      const xh = Tensor.from(randnBf16(T * H, 1, rng(seed + 10 * T)), [T, H], { dtype: 'bf16', device: 'cpu' });
+      x.copyFrom(xh);
+      xh.dispose();
+      ops.graphLaunch(graph, 0);
+      synchronize(G);
+      const replay = routeBits(cap);
+      const eager = moeForward(x, w, { topK: k });
+      assert.deepEqual(replay, routeBits(eager), `T${T} seed ${seed}: graph replay vs eager`);
+      disposeForward(eager);
+      replays.push(replay);
+    }
+    assert.notDeepEqual(replays[1]!.y, replays[0]!.y, `T${T}: the replays read the new inputs`);
+    console.log(`T${T}: fused router under a CUDA graph (${ops.graphNodeCount(graph)} nodes) matches eager calls`);
+    ops.graphDestroy(graph);
+    disposeForward(cap);
+    ops.graphPoolRelease(0, pool);
+    x.dispose();
+  }
+  for (const { w } of problems) disposeWeights(w);
 });
