@@ -183,37 +183,77 @@ ExpertGemms saved_strategy(int64_t Np, int64_t N, int64_t E) {
 // ==== kernels ===================================================================================================
 
 // Per token: top-k of the router logits [T, E] f32 (ties to the lower id; -inf logits only when nothing else
-// is left) and the softmax over the k chosen -> topk_idx i32 [T, k], topk_w f32 [T, k]. One thread per token.
+// is left) and the softmax over the k chosen -> topk_idx i32 [T, k], topk_w f32 [T, k]. One warp per token.
 // The logits come from one cuBLAS GEMM (x·Wrᵀ + b), which reads x once at full bandwidth.
-// One token's top-k + softmax over its logits l [E] -> oi [k], ow [k] (ow holds the chosen logits until the end).
-__device__ void router_topk_row(const float* l, int E, int k, int32_t* oi, float* ow) {
-  uint32_t taken[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // bit e: expert e already chosen (E <= 256)
-  float first = 0.f, sum = 0.f;
+//
+// One token's top-k + softmax over its logits l [E] (E <= 256, 1 <= k <= min(E, 32)) by one warp (all 32 lanes
+// call it; l may be global or shared) -> oi [k], ow [k]; returns choice `lane` to lanes below k (else -1). The
+// choice of each of the k rounds is a sequential scan's over the unchosen experts in id order: the first one,
+// replaced by any later one with a strictly larger logit (the CPU reference's rule, and what this kernel computed
+// with one thread per token before). That is the largest non-NaN logit, the lowest id among equal ones, except
+// when the first unchosen logit is NaN: nothing compares larger, so the scan keeps it. Lane L holds ids L, L+32, ...
+// (in registers): its best by that rule, then a butterfly over (logit, id) (a total order, so every lane gets the
+// same winner whatever the order of combination), and the first unchosen id (a min) for the NaN case. The softmax
+// runs in the scan's order (Σ expf(l_j - l_0) over the choices in order, then expf(l_j - l_0) / Σ), so the
+// weights are the same bits too.
+__device__ int router_topk_warp(const float* l, int E, int k, int32_t* oi, float* ow) {
+  constexpr int kPer = kMaxSlabExperts / 32;
+  const int lane = threadIdx.x & 31;
+  float v[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; i++) v[i] = lane + 32 * i < E ? l[lane + 32 * i] : 0.f;
+  uint32_t taken = 0;  // bit i: expert lane + 32 i already chosen
+  float first = 0.f, sum = 0.f, my_v = 0.f;
+  int my_e = -1;
   for (int j = 0; j < k; j++) {
-    int best = -1;
     float bv = 0.f;
-    for (int e = 0; e < E; e++) {
-      if (taken[e >> 5] >> (e & 31) & 1u) continue;
-      const float v = l[e];
-      if (best < 0 || v > bv) {
-        best = e;
-        bv = v;
+    int be = -1, fe = E;  // the lane's best non-NaN (-1: none) and first unchosen (E: none)
+#pragma unroll
+    for (int i = 0; i < kPer; i++) {
+      const int e = lane + 32 * i;
+      if (e >= E || (taken >> i & 1u)) continue;
+      if (fe == E) fe = e;
+      if (isnan(v[i])) continue;
+      if (be < 0 || v[i] > bv) {
+        be = e;
+        bv = v[i];
       }
     }
-    taken[best >> 5] |= 1u << (best & 31);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oe = __shfl_xor_sync(0xffffffffu, be, o), ofe = __shfl_xor_sync(0xffffffffu, fe, o);
+      if (oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be))) {
+        be = oe;
+        bv = ov;
+      }
+      fe = min(fe, ofe);
+    }
+    const float fv = l[fe];  // k <= E: some expert is unchosen
+    if (isnan(fv)) {
+      be = fe;
+      bv = fv;
+    }
+    if ((be & 31) == lane) taken |= 1u << (be >> 5);
     if (j == 0) first = bv;
-    oi[j] = best;
-    ow[j] = bv;  // logit for now
+    if (lane == j) {
+      my_e = be;
+      my_v = bv;  // logit for now
+    }
     sum += expf(bv - first);
   }
-  for (int j = 0; j < k; j++) ow[j] = expf(ow[j] - first) / sum;
+  if (lane < k) {
+    oi[lane] = my_e;
+    ow[lane] = expf(my_v - first) / sum;
+  }
+  return my_e;
 }
 
-__global__ void router_topk_kernel(const float* __restrict__ logits, int T, int E, int k,
+__global__ void router_topk_kernel(const float* __restrict__ logits, int64_t T, int E, int k,
                                    int32_t* __restrict__ topk_idx, float* __restrict__ topk_w) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= T) return;
-  router_topk_row(logits + (int64_t)t * E, E, k, topk_idx + (int64_t)t * k, topk_w + (int64_t)t * k);
+  const int64_t t = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
+  if (t >= T) return;  // warp-uniform
+  router_topk_warp(logits + t * E, E, k, topk_idx + t * k, topk_w + t * k);
 }
 
 // ---- the fused router for decode-sized T -------------------------------------------------------------------------
@@ -221,16 +261,17 @@ __global__ void router_topk_kernel(const float* __restrict__ logits, int T, int 
 // ~1 µs of work; then one block did all of it, 18.6 µs a layer at one token (H100 decode profile): one SM cannot
 // pull gpt-oss-20b's router weight (E 32 x H 2880 bf16, 184 KB) fast, having too few loads in flight. Now one
 // launch of many blocks: block b computes one task's partial logits (below) into a per-device scratch, and the last
-// block to finish (a ticket counter) sums them, then runs router_topk_row per token and route_place_kernel's
-// placement. Logits in fp32; the sum order differs from cuBLAS's, so top-k can differ from the unfused path only at
-// near ties.
+// block to finish (a ticket counter) sums them, then runs router_topk_warp per token (a warp each) and
+// route_place_kernel's placement (offsets by a warp scan). Logits in fp32; the sum order differs from cuBLAS's, so
+// top-k can differ from the unfused path only at near ties.
 //
 // Tasks: (expert pair p, H slice sl), pairs x slices of them with slices = fused_router_slices(E) — the split of the
 // earlier one-block kernel (its 32 warps one task each), kept so that every logit is the same fp32 sum, bitwise:
 // lane L of a task accumulates its 8-element vectors c = c0+L, c0+L+32, ... in that order with fmaf, the warp
-// sums with warp_sum, the slices add in slice order, then the bias. What changed is only where the tasks run (one
-// block each, on its own SM) and that a lane issues the loads of up to kFusedRouterPrefetch of its vectors before
-// using them (gpt-oss's H 2880 at two slices: 180 vectors per task, at most 6 per lane, so one round trip to
+// sums with warp_sum, the slices add in slice order, then the bias. What changed is where the tasks run (one
+// block each, on its own SM), that a lane issues the loads of up to kFusedRouterPrefetch of its vectors before
+// using them, and that the top-k takes a warp per token instead of a thread (the same choices and weights: see
+// router_topk_warp) (gpt-oss's H 2880 at two slices: 180 vectors per task, at most 6 per lane, so one round trip to
 // memory for the whole weight). The block's 8 warps split the tokens (warp w: tokens w and w+8); a token's sums do
 // not depend on which warp computes them.
 //
@@ -272,7 +313,9 @@ int fused_router_slices(int64_t E) {
 // router_topk_kernel + route_place_kernel define them. Grid: one block per task, block b = task (pair b / slices,
 // slice b % slices); the task dots rows 2p and 2p+1 of Wr with every token over the slice (each x vector loaded
 // once for two experts), lane-strided in 8-element vectors, then a warp sum per token and expert.
-__global__ void __launch_bounds__(kFusedRouterThreads) router_fused_kernel(
+// (__launch_bounds__ with 1 block per SM: a block per SM is all the grid asks, and ptxas then takes the ~140
+// registers the prefetch needs instead of spilling at 128.)
+__global__ void __launch_bounds__(kFusedRouterThreads, 1) router_fused_kernel(
     const bf* __restrict__ x, const bf* __restrict__ Wr, const bf* __restrict__ br, int T, int H, int E, int k,
     int slices, int32_t* __restrict__ topk_idx, float* __restrict__ topk_w, int32_t* __restrict__ counts,
     int32_t* __restrict__ offsets, int32_t* __restrict__ perm_tok, int32_t* __restrict__ slot_pos) {
@@ -357,30 +400,39 @@ __global__ void __launch_bounds__(kFusedRouterThreads) router_fused_kernel(
   }
   for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
   __syncthreads();
-  if (threadIdx.x < T) {
-    const int t = threadIdx.x;
-    router_topk_row(logits + t * E, E, k, topk_idx + t * k, topk_w + t * k);
-    for (int j = 0; j < k; j++) sidx[t * k + j] = topk_idx[t * k + j];  // the thread's own writes
+  for (int t = warp; t < T; t += kFusedRouterWarps) {  // warp w: tokens w, w+8
+    const int e = router_topk_warp(logits + t * E, E, k, topk_idx + t * k, topk_w + t * k);
+    if (lane < k) sidx[t * k + lane] = e;
   }
   __syncthreads();
   // Placement (route_place_kernel's layout): experts in id order, each expert's assignments in increasing order.
   const int n = T * k;
   for (int a = threadIdx.x; a < n; a += blockDim.x) atomicAdd(&hist[sidx[a]], 1);
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (warp == 0) {  // offsets: an exclusive scan of the counts, 32 experts at a time (shuffles)
     int base = 0;
-    for (int e = 0; e < E; e++) {
-      first[e] = base;
-      counts[e] = hist[e];
-      offsets[e] = base;
-      base += hist[e];
+    for (int e0 = 0; e0 < E; e0 += 32) {
+      const int e = e0 + lane, h = e < E ? hist[e] : 0;
+      int incl = h;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+      }
+      if (e < E) {
+        first[e] = base + incl - h;
+        counts[e] = h;
+        offsets[e] = base + incl - h;
+      }
+      base += __shfl_sync(0xffffffffu, incl, 31);
     }
-    offsets[E] = base;
+    if (lane == 0) offsets[E] = base;
   }
   __syncthreads();
   for (int a = threadIdx.x; a < n; a += blockDim.x) {
     const int e = sidx[a];
     int rank = 0;
+#pragma unroll 8
     for (int b = 0; b < a; b++) rank += sidx[b] == e;
     const int pos = first[e] + rank;
     perm_tok[pos] = a / k;
@@ -1247,8 +1299,8 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
     Tensor logits = make_tensor({T, E}, DType::F32, dev);
     gemm_raw(dev, T, E, H, 1.f, x.raw(), H, false, w.router_w.raw(), H, true, DType::BF16, w.router_b.raw(),
              DType::BF16, 0.f, logits.raw(), DType::F32, E);
-    router_topk_kernel<<<ceil_div(T, 128), 128, 0, st>>>(logits.data<float>(), (int)T, (int)E, (int)k,
-                                                         s.topk_idx.data<int32_t>(), s.topk_w.data<float>());
+    router_topk_kernel<<<ceil_div(T * 32, 128), 128, 0, st>>>(logits.data<float>(), T, (int)E, (int)k,
+                                                              s.topk_idx.data<int32_t>(), s.topk_w.data<float>());
     GPTOSS_CUDA_LAUNCH_CHECK("moeForward router");
     route_place_kernel<<<E, 1024, 0, st>>>(s.topk_idx.data<int32_t>(), N, (int)k, (int)E, s.counts.data<int32_t>(),
                                            s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
