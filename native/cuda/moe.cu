@@ -278,7 +278,7 @@ __global__ void router_topk_kernel(const float* __restrict__ logits, int64_t T, 
 // Why one launch and not two (logits, then top-k + placement): a launch costs ~2-3 µs even inside a CUDA graph,
 // about what the whole router should cost. The last-block pattern is sound here: every block writes its partials,
 // fences (__threadfence), then takes a ticket (atomicInc); the block that draws the last ticket knows every other
-// block's partials are visible (it fences again and reads them through L2, __ldcg). atomicInc with limit
+// block's partials are visible (it fences after its ticket and reads them through L2, __ldcg). atomicInc with limit
 // gridDim.x - 1 wraps the counter back to 0 at that last ticket, so the next launch starts from 0 with no memset,
 // and a graph replays the kernel as it is.
 //
@@ -294,6 +294,7 @@ constexpr int kFusedRouterWarps = kFusedRouterThreads / 32;
 constexpr int kFusedRouterTokPerWarp = kFusedRouterMaxT / kFusedRouterWarps;  // tokens w, w+8 for warp w
 constexpr int kFusedRouterPrefetch = 6;  // vectors per lane loaded before their FMAs (see above: 6 for H 2880)
 static_assert(kFusedRouterMaxT % kFusedRouterWarps == 0, "each warp takes the same number of token slots");
+static_assert(kMaxSlabExperts <= kFusedRouterThreads, "a block loads the bias with one thread per expert");
 
 // Partial logits [slices, T, E] (slices * E <= 256: slices is 1 once E > 64, so it fits 16 x 256) and the ticket.
 __device__ float g_router_part[kFusedRouterMaxT * kMaxSlabExperts];
@@ -322,6 +323,7 @@ __global__ void __launch_bounds__(kFusedRouterThreads, 1) router_fused_kernel(
   __shared__ float logits[kFusedRouterMaxT * kMaxSlabExperts];  // [T, E], the last block only
   __shared__ int32_t sidx[kFusedRouterMaxT * 32];
   __shared__ int hist[kMaxSlabExperts], first[kMaxSlabExperts];
+  __shared__ float bias[kMaxSlabExperts];
   __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   {
@@ -385,18 +387,26 @@ __global__ void __launch_bounds__(kFusedRouterThreads, 1) router_fused_kernel(
       }
     }
   }
-  // The ticket: this block's partials are visible device-wide before it counts itself in.
-  __threadfence();
+  // The bias, loaded by every block before its ticket (E <= blockDim.x values), so the last block does not wait
+  // for it after.
+  if (threadIdx.x < E) bias[threadIdx.x] = __bfloat162float(br[threadIdx.x]);
+  // The ticket. The partials' writers fence, the barrier orders them before thread 0's fence and ticket (release);
+  // the fence after the ticket orders the last block's reads after every other block's release (acquire).
+  if (warp < T) __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicInc(&g_router_ticket, gridDim.x - 1) == gridDim.x - 1;  // wraps to 0 there
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const unsigned ticket = atomicInc(&g_router_ticket, gridDim.x - 1);  // wraps to 0 at the last ticket
+    __threadfence();
+    last = ticket == gridDim.x - 1;
+  }
   __syncthreads();
   if (!last) return;
-  __threadfence();  // the last block: every other block's partials are visible from here on
   for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
     const int t = i / E, e = i % E;
     float v = 0.f;
-    for (int sl = 0; sl < slices; sl++) v += __ldcg(&g_router_part[(sl * T + t) * E + e]);
-    logits[i] = v + __bfloat162float(br[e]);
+    for (int sl = 0; sl < slices; sl++) v += __ldcg(&g_router_part[(sl * T + t) * E + e]);  // L2: others' writes
+    logits[i] = v + bias[e];
   }
   for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
   __syncthreads();
