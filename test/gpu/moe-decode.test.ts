@@ -204,8 +204,8 @@ test('decode path at gpt-oss-20b sizes, skewed routing: experts 3, 7, 20 hot (T 
 // checked to have chosen experts among those within 1e-3 of the k-th largest; every other token must match the CPU
 // exactly (ids and order) with weights within 1e-5, and when no token is near a tie so must counts, offsets,
 // permTok and slotPos. Shapes: gpt-oss-20b's router (H 2880, E 32: two H slices per expert pair, 32 blocks), an
-// odd E (the last pair has one expert; 8 slices of 4 vectors, 32 blocks) and E 128 (one slice, 64 blocks); I is small (only the
-// routing matters).
+// odd E (the last pair has one expert; 8 slices of 4 vectors, 32 blocks) and E 128 (one slice, 64 blocks); I is
+// small (only the routing matters).
 test('moeForward on CUDA: the fused router at T <= 16 routes as the CPU reference', { skip, timeout: 300000 }, () => {
   const shapes = [
     { H: 2880, E: 32, k: 4 },
