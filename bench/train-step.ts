@@ -105,6 +105,12 @@ interface Row {
   tokensPerSecPerGpu: number;
   mfu: number | null;
   peakGiB: number | null;
+  /**
+   * The caching allocator during the measured steps, per step (CUDA): fresh cudaMallocs, and cudaMalloc refusals
+   * that freed cached blocks (partial releases, whole-cache flushes). Each refusal synchronises the device, and a
+   * steady state with any of them pays for it every step (docs/training.md).
+   */
+  allocator: { cudaMallocs: number; partialReleases: number; cacheFlushes: number } | null;
   split?: { gatherMs: number; computeMs: number; reduceScatterMs: number; optimizerMs: number; timedStepMs: number };
   /** Per measured step: how long compute waited for gathers / reduce-scatters (not hidden by the overlap). */
   exposed?: { gatherMs: number; reduceScatterMs: number };
@@ -168,9 +174,11 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
   try {
     await step(p, T, 1); // warm-up (allocator, first-use costs)
     sharded?.resetStats();
+    const m0 = device === 'cpu' ? null : memoryStats(device);
     let ms = 0;
     for (let s = 0; s < steps; s++) ms += (await step(p, T, s + 2)).ms;
     ms /= steps;
+    const m1 = device === 'cpu' ? null : memoryStats(device);
     const exposed = sharded?.stats();
     const tokens = T * microBatches;
     const row: Row = {
@@ -181,6 +189,14 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
       tokensPerSecPerGpu: tokens / (ms / 1000),
       mfu: peakFlops ? (microBatches * modelFlops(cfg, T)) / (ms / 1000) / peakFlops : null,
       peakGiB: device === 'cpu' ? null : memoryStats(device).peakAllocated / 2 ** 30,
+      allocator:
+        m0 && m1
+          ? {
+              cudaMallocs: (m1.numCudaMallocs - m0.numCudaMallocs) / steps,
+              partialReleases: (m1.numPartialReleases - m0.numPartialReleases) / steps,
+              cacheFlushes: (m1.numCacheFlushes - m0.numCacheFlushes) / steps,
+            }
+          : null,
       lmHeadChunk: lmHeadChunk ?? chooseLmHeadChunk(T, cfg.vocabSize),
     };
     if (exposed) row.exposed = { gatherMs: exposed.exposedGatherMs / steps, reduceScatterMs: exposed.exposedReduceScatterMs / steps };
@@ -266,16 +282,18 @@ if (ctx.rank === 0) {
       (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),
   );
   console.log(
-    '| policy | tokens/micro-batch | step ms | tokens/s/GPU | MFU | peak GiB | gather ms | compute ms | reduce-scatter ms | optimizer ms | exposed gather ms | exposed reduce-scatter ms | sharded/single |',
+    '| policy | tokens/micro-batch | step ms | tokens/s/GPU | MFU | peak GiB | gather ms | compute ms | reduce-scatter ms | optimizer ms | exposed gather ms | exposed reduce-scatter ms | cudaMallocs / OOM releases per step | sharded/single |',
   );
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) {
     const single = rows.find((x) => x.policy === 'single' && x.tokens === r.tokens);
     const ratio = r.policy === 'sharded' && single ? `${(r.stepMs / single.stepMs).toFixed(3)}x` : '-';
     const s = r.split;
+    const a = r.allocator;
+    const alloc = a ? `${f(a.cudaMallocs, 1)} / ${f(a.partialReleases + a.cacheFlushes, 1)}` : '-';
     console.log(
       `| ${r.policy} | ${r.tokens} | ${f(r.stepMs)} | ${f(r.tokensPerSecPerGpu, 0)} | ${r.mfu === null ? '-' : (100 * r.mfu).toFixed(1) + '%'} | ${f(r.peakGiB)} | ` +
-        `${f(s?.gatherMs)} | ${f(s?.computeMs)} | ${f(s?.reduceScatterMs)} | ${f(s?.optimizerMs)} | ${f(r.exposed?.gatherMs, 2)} | ${f(r.exposed?.reduceScatterMs, 2)} | ${ratio} |`,
+        `${f(s?.gatherMs)} | ${f(s?.computeMs)} | ${f(s?.reduceScatterMs)} | ${f(s?.optimizerMs)} | ${f(r.exposed?.gatherMs, 2)} | ${f(r.exposed?.reduceScatterMs, 2)} | ${alloc} | ${ratio} |`,
     );
   }
   if (jsonPath) {

@@ -77,6 +77,10 @@ export interface NativeMemoryStats {
   peakAllocated: number;
   numAllocs: number;
   numCudaMallocs: number;
+  /** cudaMalloc ran out of memory and cached blocks were freed for that request (each synchronises the device). */
+  numPartialReleases: number;
+  /** ... and it still ran out: every cached block was freed. */
+  numCacheFlushes: number;
 }
 
 /** What moeForward saves for moeBackward (native/cpu/moe.h, MoeSaved), plus y. Np >= T·topK rows. */

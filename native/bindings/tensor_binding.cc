@@ -422,6 +422,8 @@ GPTOSS_OP(memoryStats) {
   o.Set("peakAllocated", double(s.peak_allocated));
   o.Set("numAllocs", double(s.num_allocs));
   o.Set("numCudaMallocs", double(s.num_cuda_mallocs));
+  o.Set("numCacheFlushes", double(s.num_cache_flushes));
+  o.Set("numPartialReleases", double(s.num_partial_releases));
   return o;
 }
 GPTOSS_OP(resetPeakMemory) {

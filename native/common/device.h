@@ -23,6 +23,8 @@ struct MemoryStats {
   uint64_t peak_allocated = 0;  // high-water mark of allocated since the last reset
   uint64_t num_allocs = 0;      // alloc() calls
   uint64_t num_cuda_mallocs = 0;
+  uint64_t num_partial_releases = 0;  // cudaMalloc out of memory: cached blocks freed for that request (a device sync)
+  uint64_t num_cache_flushes = 0;     // ... and still out of memory: every cached block freed and retried
 };
 MemoryStats memory_stats(int device);
 void reset_peak(int device);

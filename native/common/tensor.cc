@@ -25,6 +25,8 @@ cuda::MemoryStats host_memory_stats() {
   s.peak_allocated = host_peak.load();
   s.num_allocs = host_allocs.load();
   s.num_cuda_mallocs = 0;
+  s.num_cache_flushes = 0;
+  s.num_partial_releases = 0;
   return s;
 }
 

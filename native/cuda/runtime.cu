@@ -75,6 +75,33 @@ void free_cached(DeviceState& st, int device) {
   st.free_blocks.clear();
 }
 
+// Frees cached (ordinary, not graph-pool) blocks for a request of `size` bytes that cudaMalloc refused: the
+// smallest cached block of at least `size`, else the largest ones until they add up to `size`. cudaFree waits for
+// the device, so the streams are synchronised first (as in free_cached).
+void release_for(DeviceState& st, int device, size_t size) {
+  DeviceGuard g(device);
+  cudaStreamSynchronize(st.stream);
+  if (st.comm) cudaStreamSynchronize(st.comm);
+  auto give_back = [&](std::multimap<size_t, void*>::iterator it) {
+    cudaFree(it->second);
+    st.stats.reserved -= it->first;
+    return st.free_blocks.erase(it);
+  };
+  auto fit = st.free_blocks.lower_bound(size);
+  if (fit != st.free_blocks.end()) {
+    give_back(fit);
+    st.stats.num_partial_releases++;
+    return;
+  }
+  size_t freed = 0;
+  while (freed < size && !st.free_blocks.empty()) {
+    auto last = std::prev(st.free_blocks.end());
+    freed += last->first;
+    give_back(last);
+  }
+  st.stats.num_partial_releases++;
+}
+
 }  // namespace
 
 bool compiled() { return true; }
@@ -129,8 +156,18 @@ void* alloc(int device, size_t bytes) {
     }
     if (err != cudaSuccess) {
       cudaGetLastError();
-      free_cached(st, device);
+      // Out of memory. Freeing the whole cache would make every later request a fresh cudaMalloc until it refills
+      // (a training step whose peak sits near the card's memory then flushes and refills it every step): give the
+      // driver back only what this request needs: the smallest cached block at least as large, else cached blocks
+      // from the largest down until their sum covers it; the whole cache only if that still fails.
+      release_for(st, device, size);
       err = cudaMalloc(&p, size);
+      if (err != cudaSuccess) {
+        cudaGetLastError();
+        free_cached(st, device);
+        st.stats.num_cache_flushes++;
+        err = cudaMalloc(&p, size);
+      }
     }
     if (err != cudaSuccess) {
       cudaGetLastError();

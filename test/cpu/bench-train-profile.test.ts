@@ -43,12 +43,14 @@ test('bench:train-step --profile runs on the CPU with the tiny preset and splits
     const need: [string, string][] = [
       ['forward', 'embedding'], ['forward', 'rmsnorm'], ['forward', 'qkv GEMM (fwd)'], ['forward', 'rope'], ['forward', 'attention fwd'],
       ['forward', 'o_proj GEMM (fwd)'], ['forward', 'MoE fwd (whole op, CPU)'], ['forward', 'LM head + log-prob fwd (whole op, CPU)'],
-      ['recompute', 'qkv GEMM (fwd)'], ['recompute', 'attention fwd'], ['recompute', 'MoE fwd (whole op, CPU)'],
+      ['recompute', 'qkv GEMM (fwd)'], ['recompute', 'MoE fwd (whole op, CPU)'],
       ['backward', 'attention bwd'], ['backward', 'qkv GEMM (dgrad)'], ['backward', 'qkv GEMM (wgrad)'], ['backward', 'o_proj GEMM (dgrad)'],
       ['backward', 'o_proj GEMM (wgrad)'], ['backward', 'bias grads (GEMV)'], ['backward', 'MoE bwd (whole op, CPU)'], ['backward', 'rmsnorm'],
       ['backward', 'LM head + log-prob bwd (whole op, CPU)'], ['backward', 'embedding'], ['optimizer', 'optimizer (AdamW)'], ['optimizer', 'grad-norm clip'],
     ];
     for (const [p, f] of need) assert.ok((at(p, f)?.ms ?? 0) > 0, `${row.policy}: ${p} / ${f} missing: ${JSON.stringify(fams.map((x) => `${x.phase}/${x.family}`))}`);
+    // The recompute takes the attention output kept by the forward (keepAttention, the default) instead of running it again.
+    assert.equal(at('recompute', 'attention fwd'), undefined, `${row.policy}: the recompute ran the attention forward`);
     // Nothing unattributed, and no LM head or attention backward counted as forward.
     assert.equal(at('forward', 'attention bwd'), undefined);
     assert.equal(at('', 'GEMM (other)'), undefined);

@@ -134,7 +134,13 @@ for (const s of SHAPES) {
           assert.ok(errFast <= 2 * errBlas + eps, `${what}: max error ${errFast} vs float64 > 2x cuBLAS's ${errBlas} + ${eps}`);
           // One bf16 ulp (2^-7 relative) apart at most when both round an fp32 sum to bf16; fp32 noise for f32 out.
           const rtol = outDtype === 'bf16' ? 2 ** -7 : 1e-5, atol = 1e-5 * Math.max(maxAbs(blas), 1);
-          assertClose(fast, blas, atol, rtol, `${what}: vs cuBLAS`);
+          // Except where cuBLAS rounds twice: with a bias and a bf16 output at an N that is not a multiple of 8 its
+          // product is rounded to bf16 before the bias is added (measured on an H100: odd N 1001, M 3, -0.0352 against
+          // this kernel's -0.0315, which adds the bias in fp32 and rounds once; the float64 check above holds). There
+          // the two may differ by half a bf16 ulp of the product before the bias, |x·Wᵀ| <= max|ref0|.
+          const twice = bias && outDtype === 'bf16' && N % 8 !== 0;
+          const atolBlas = twice ? Math.max(atol, 2 ** -8 * maxAbs(ref0) * 1.01) : atol;
+          assertClose(fast, blas, atolBlas, rtol, `${what}: vs cuBLAS`);
           if (xC && wC && s.cpuMs.includes(M)) {
             const yc = matmul(xC, wC, { transB: true, bias: biasD === 'none' ? undefined : biasesC[biasD], outDtype });
             assertClose(fast, yc.toFloat32(), atol, rtol, `${what}: vs the CPU matmul`);

@@ -64,7 +64,7 @@ function runOn(device: string, p: MoeProblem, dyVals: Float32Array, opts: { exac
     dGateUpW: g.dGateUpW.toFloat32(), dGateUpB: g.dGateUpB.toFloat32(), dDownW: g.dDownW.toFloat32(), dDownB: g.dDownB.toFloat32(),
   } as Out;
   f.ctx.dispose();
-  for (const t of Object.values(g)) t.dispose();
+  for (const t of Object.values(g)) t?.dispose(); // the LoRA adapter grads are undefined without adapters
   for (const t of Object.values(w)) t.dispose();
   return out;
 }
