@@ -102,6 +102,8 @@ interface Row {
   tokens: number;
   microBatches: number;
   stepMs: number;
+  /** Each measured step's ms (stepMs is their mean): a step slower than the others points at a per-step cost. */
+  stepMsEach: number[];
   tokensPerSecPerGpu: number;
   mfu: number | null;
   peakGiB: number | null;
@@ -175,9 +177,9 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
     await step(p, T, 1); // warm-up (allocator, first-use costs)
     sharded?.resetStats();
     const m0 = device === 'cpu' ? null : memoryStats(device);
-    let ms = 0;
-    for (let s = 0; s < steps; s++) ms += (await step(p, T, s + 2)).ms;
-    ms /= steps;
+    const each: number[] = [];
+    for (let s = 0; s < steps; s++) each.push((await step(p, T, s + 2)).ms);
+    const ms = each.reduce((a, b) => a + b, 0) / steps;
     const m1 = device === 'cpu' ? null : memoryStats(device);
     const exposed = sharded?.stats();
     const tokens = T * microBatches;
@@ -186,6 +188,7 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
       tokens: T,
       microBatches,
       stepMs: ms,
+      stepMsEach: each,
       tokensPerSecPerGpu: tokens / (ms / 1000),
       mfu: peakFlops ? (microBatches * modelFlops(cfg, T)) / (ms / 1000) / peakFlops : null,
       peakGiB: device === 'cpu' ? null : memoryStats(device).peakAllocated / 2 ** 30,
@@ -296,6 +299,7 @@ if (ctx.rank === 0) {
         `${f(s?.gatherMs)} | ${f(s?.computeMs)} | ${f(s?.reduceScatterMs)} | ${f(s?.optimizerMs)} | ${f(r.exposed?.gatherMs, 2)} | ${f(r.exposed?.reduceScatterMs, 2)} | ${alloc} | ${ratio} |`,
     );
   }
+  for (const r of rows) if (r.stepMsEach.length > 1) console.log(`${r.policy} T ${r.tokens}: measured steps ${r.stepMsEach.map((v) => v.toFixed(1)).join(', ')} ms`);
   if (jsonPath) {
     writeFileSync(
       jsonPath,
