@@ -56,6 +56,7 @@ function family(op: string): string {
   const phase = profiler.phase;
   switch (op) {
     case 'rmsnormForward':
+    case 'addRmsnorm': // the post-attention norm with the residual add before it (one op, one kernel when fused)
       return 'rmsnorm';
     case 'matmul':
       return phase === 'attn' ? 'qkv GEMM' : phase === 'out' ? 'o_proj' : phase === 'head' ? 'LM head' : 'GEMM (other)';
@@ -92,7 +93,7 @@ interface StepRecord {
 let measuring = false;
 const profiler = new OpProfiler({
   device,
-  ops: ['rmsnormForward', 'matmul', 'ropeQkvSplit', 'ropeForward', 'scatterRows', 'pagedAttention', 'elementwiseAdd', 'elementwiseCast', 'moeForward', 'embeddingForward', 'sampleRows', 'fromBuffer', 'empty'],
+  ops: ['rmsnormForward', 'addRmsnorm', 'matmul', 'ropeQkvSplit', 'ropeForward', 'scatterRows', 'pagedAttention', 'elementwiseAdd', 'elementwiseCast', 'moeForward', 'embeddingForward', 'sampleRows', 'fromBuffer', 'empty'],
   family: (op) => family(op),
   spinMs,
   syncMs,

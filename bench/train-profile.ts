@@ -121,6 +121,7 @@ export function trainProfiler(device: string, spinMs: number, syncMs: number): {
       case 'embeddingBackward':
         return 'embedding';
       case 'rmsnormForward':
+      case 'addRmsnorm': // the residual add before the post-attention norm rides it
       case 'rmsnormBackward':
         return 'rmsnorm';
       case 'matmul':
@@ -236,6 +237,7 @@ export function trainProfiler(device: string, spinMs: number, syncMs: number): {
       case 'embeddingForward': // the gathered rows read and written, the ids read (not the whole table)
         return [{ family: fam, bytes: 2 * tensorBytes(r) + tensorBytes(a[1]) }];
       case 'rmsnormForward':
+      case 'addRmsnorm': // x, o, w read; h, y, rstd written
       case 'rmsnormBackward':
       case 'elementwiseAdd':
       case 'elementwiseScale':

@@ -333,6 +333,7 @@ export interface NativeOps {
 
   // ---- rmsnorm.cc ----
   rmsnormForward(x: TensorArg, w: TensorArg, eps: number): { y: NativeTensor; rstd: NativeTensor };
+  addRmsnorm(x: TensorArg, o: TensorArg, w: TensorArg, eps: number): { h: NativeTensor; y: NativeTensor; rstd: NativeTensor };
   rmsnormBackward(
     dy: TensorArg,
     x: TensorArg,
@@ -541,6 +542,7 @@ export const NATIVE_OP_NAMES = [
   'optimScaleInPlace',
   // rmsnorm.cc
   'rmsnormForward',
+  'addRmsnorm',
   'rmsnormBackward',
   // rope.cc
   'ropeForward',

@@ -1,4 +1,4 @@
-// rmsnorm.cc: bindings for rmsnormForward / rmsnormBackward.
+// rmsnorm.cc: bindings for rmsnormForward / addRmsnorm / rmsnormBackward.
 #include <cmath>
 
 #include "../cpu/rmsnorm.h"
@@ -27,6 +27,32 @@ GPTOSS_OP(rmsnormForward) {
   float e = static_cast<float>(eps);
   GPTOSS_DISPATCH(x, cpu::rmsnorm_forward(x, w, e, y, rstd), cuda::rmsnorm_forward(x, w, e, y, rstd));
   return tensor_object(info.Env(), {{"y", y}, {"rstd", rstd}});
+}
+
+// addRmsnorm(x bf16|f32 [..., H], o bf16|f32 like x, w bf16|f32 [H], eps) -> { h: x's dtype [..., H], y: x's dtype
+// [..., H], rstd: f32 [...] }: h = x + o rounded to x's dtype (as elementwiseAdd / elementwiseAddInPlace round it),
+// then y, rstd = rmsnormForward(h, w, eps), bitwise (one launch on CUDA with GPTOSS_UNVERIFIED_KERNELS=1).
+GPTOSS_OP(addRmsnorm) {
+  const char* op = "addRmsnorm";
+  Tensor& x = tensor_arg(info, 0, op, "x");
+  Tensor& o = tensor_arg(info, 1, op, "o");
+  Tensor& w = tensor_arg(info, 2, op, "w");
+  double eps = num_arg(info, 3, op, "eps");
+  GPTOSS_CHECK(x.ndim() >= 1, op, ": x must have at least one dimension, got ", x.describe());
+  check_float(op, "x", x);
+  check_float(op, "o", o);
+  check_float(op, "w", w);
+  check_shape(op, "o", o, x.shape);
+  check_shape(op, "w", w, {x.dim(-1)});
+  check_device(op, x, "o", o);
+  check_device(op, x, "w", w);
+  GPTOSS_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be a finite non-negative number, got ", eps);
+  Tensor h = make_tensor(x.shape, x.dtype, x.device);
+  Tensor y = make_tensor(x.shape, x.dtype, x.device);
+  Tensor rstd = make_tensor(shape_without_last(x), DType::F32, x.device);
+  float e = static_cast<float>(eps);
+  GPTOSS_DISPATCH(x, cpu::add_rmsnorm_forward(x, o, w, e, h, y, rstd), cuda::add_rmsnorm_forward(x, o, w, e, h, y, rstd));
+  return tensor_object(info.Env(), {{"h", h}, {"y", y}, {"rstd", rstd}});
 }
 
 // rmsnormBackward(dy bf16|f32 like x, x, w, rstd f32 [...], residual? f32 like x) -> { dx: f32 like x, dw: f32 [H] }

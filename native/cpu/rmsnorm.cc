@@ -10,23 +10,42 @@
 
 namespace gptoss::cpu {
 
+// One row: rstd = 1/sqrt(mean(x^2) + eps), y = round(w * (x * rstd)). Shared by rmsnorm_forward and
+// add_rmsnorm_forward (which runs it on the rounded residual sum), so the two give the same bits.
+template <typename X, typename W>
+static inline void norm_row(const X* xr, const W* w, float eps, X* yr, float* rstd, int64_t h) {
+  float ss = 0.f;
+  for (int64_t j = 0; j < h; j++) {
+    float v = to_f32(xr[j]);
+    ss += v * v;
+  }
+  float rs = 1.f / std::sqrt(ss / float(h) + eps);
+  *rstd = rs;
+  for (int64_t j = 0; j < h; j++) {
+    float v = to_f32(w[j]) * (to_f32(xr[j]) * rs);
+    if constexpr (std::is_same_v<X, bf16>) yr[j] = to_bf16(v); else yr[j] = v;
+  }
+}
+
 template <typename X, typename W>
 static void forward(const X* x, const W* w, float eps, X* y, float* rstd, int64_t rows, int64_t h) {
   parallel_for(rows, 8, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) norm_row(x + r * h, w, eps, y + r * h, rstd + r, h);
+  });
+}
+
+// Per row: hrow = round_to_X(x + o) (the rounding of ew_add), then norm_row on hrow.
+template <typename X, typename O, typename W>
+static void add_forward(const X* x, const O* o, const W* w, float eps, X* hs, X* y, float* rstd, int64_t rows,
+                        int64_t h) {
+  parallel_for(rows, 8, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; r++) {
-      const X* xr = x + r * h;
-      float ss = 0.f;
+      X* hr = hs + r * h;
       for (int64_t j = 0; j < h; j++) {
-        float v = to_f32(xr[j]);
-        ss += v * v;
+        float v = to_f32(x[r * h + j]) + to_f32(o[r * h + j]);
+        if constexpr (std::is_same_v<X, bf16>) hr[j] = to_bf16(v); else hr[j] = v;
       }
-      float rs = 1.f / std::sqrt(ss / float(h) + eps);
-      rstd[r] = rs;
-      X* yr = y + r * h;
-      for (int64_t j = 0; j < h; j++) {
-        float v = to_f32(w[j]) * (to_f32(xr[j]) * rs);
-        if constexpr (std::is_same_v<X, bf16>) yr[j] = to_bf16(v); else yr[j] = v;
-      }
+      norm_row(static_cast<const X*>(hr), w, eps, y + r * h, rstd + r, h);
     }
   });
 }
@@ -75,6 +94,28 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
   else if (xb) forward(x.data<bf16>(), w.data<float>(), eps, y.data<bf16>(), rstd.data<float>(), rows, h);
   else if (wb) forward(x.data<float>(), w.data<bf16>(), eps, y.data<float>(), rstd.data<float>(), rows, h);
   else forward(x.data<float>(), w.data<float>(), eps, y.data<float>(), rstd.data<float>(), rows, h);
+}
+
+template <typename X, typename O>
+static void add_forward_w(const X* x, const O* o, const Tensor& w, float eps, const Tensor& hs, const Tensor& y,
+                          const Tensor& rstd, int64_t rows, int64_t h) {
+  if (w.dtype == DType::BF16)
+    add_forward(x, o, w.data<bf16>(), eps, hs.data<X>(), y.data<X>(), rstd.data<float>(), rows, h);
+  else add_forward(x, o, w.data<float>(), eps, hs.data<X>(), y.data<X>(), rstd.data<float>(), rows, h);
+}
+
+template <typename X>
+static void add_forward_o(const X* x, const Tensor& o, const Tensor& w, float eps, const Tensor& hs, const Tensor& y,
+                          const Tensor& rstd, int64_t rows, int64_t h) {
+  if (o.dtype == DType::BF16) add_forward_w(x, o.data<bf16>(), w, eps, hs, y, rstd, rows, h);
+  else add_forward_w(x, o.data<float>(), w, eps, hs, y, rstd, rows, h);
+}
+
+void add_rmsnorm_forward(const Tensor& x, const Tensor& o, const Tensor& w, float eps, const Tensor& h,
+                         const Tensor& y, const Tensor& rstd) {
+  int64_t n = x.dim(-1), rows = n ? x.numel() / n : 0;
+  if (x.dtype == DType::BF16) add_forward_o(x.data<bf16>(), o, w, eps, h, y, rstd, rows, n);
+  else add_forward_o(x.data<float>(), o, w, eps, h, y, rstd, rows, n);
 }
 
 template <typename D>

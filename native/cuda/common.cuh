@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cstdlib>
+#include <cstring>
 #include <cuda_runtime.h>
 
 #include "../common/device.h"
@@ -41,6 +42,13 @@ struct DeviceGuard {
     if (cur != prev) cudaSetDevice(prev);
   }
 };
+
+// Kernels written but not yet run on a GPU run only when GPTOSS_UNVERIFIED_KERNELS is "1" (read per call, so a
+// test can switch it); otherwise their callers take the verified path.
+inline bool unverified_kernels() {
+  const char* v = std::getenv("GPTOSS_UNVERIFIED_KERNELS");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 

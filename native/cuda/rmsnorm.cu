@@ -1,8 +1,10 @@
 // rmsnorm.cu: GPT-OSS RMSNorm. One thread block per row (16-byte loads of 8 values when the row length is a
 // multiple of 8 and the pointers are aligned), fp32 math including the weight multiply, output rounded once.
 // Backward: a row kernel for dx, and dw as fixed row-chunk partial sums reduced in chunk order (no atomics, so
-// the result is bitwise reproducible).
+// the result is bitwise reproducible). addRmsnorm: the residual add before the norm in the same launch (h = x + o
+// written out, the norm computed on it), through the same row code as the plain forward.
 #include "common.cuh"
+#include "elementwise.h"
 #include "rmsnorm.h"
 #include "vec_io.cuh"
 
@@ -16,22 +18,71 @@ int row_threads(int64_t h, bool vec) {
   return static_cast<int>(t < 32 ? 32 : (t > 256 ? 256 : t));
 }
 
-template <typename X, typename W>
-__global__ void fwd_kernel(const X* __restrict__ x, const W* __restrict__ w, X* __restrict__ y,
-                           float* __restrict__ rstd, int64_t h, float eps, bool vec) {
-  const X* xr = x + blockIdx.x * h;
-  X* yr = y + blockIdx.x * h;
+// The values a norm row reads. RowIn: a row of x. RowSum: the residual sum h = round_to_X(x + o) of the fused
+// add+norm, computed in registers (rounded as elementwise.cu's add rounds it: fp32 sum, one RN rounding to X);
+// `first` also stores it to h, `again` recomputes it (re-reading h written by this kernel would need non-__ldg
+// loads; x and o are still in L1/L2). ld16: x and o are 16-byte aligned (else a group of 8 loads element by
+// element, keeping the group partition that decides the summation order).
+template <typename X>
+struct RowIn {
+  const X* __restrict__ x;
+  __device__ __forceinline__ void first8(int64_t c, float (&v)[8]) const { load8(x + c, v); }
+  __device__ __forceinline__ void again8(int64_t c, float (&v)[8]) const { load8(x + c, v); }
+  __device__ __forceinline__ float first1(int64_t c) const { return ldf(x + c); }
+  __device__ __forceinline__ float again1(int64_t c) const { return ldf(x + c); }
+};
+
+__device__ __forceinline__ float round_to(const __nv_bfloat16*, float v) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ __forceinline__ float round_to(const float*, float v) { return v; }
+
+template <typename X, typename O>
+struct RowSum {
+  const X* __restrict__ x;
+  const O* __restrict__ o;
+  X* __restrict__ h;
+  bool ld16;
+  __device__ __forceinline__ void again8(int64_t c, float (&v)[8]) const {
+    float b[8];
+    if (ld16) {
+      load8(x + c, v);
+      load8(o + c, b);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; k++) v[k] = ldf(x + c + k), b[k] = ldf(o + c + k);
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = round_to(h, v[k] + b[k]);
+  }
+  __device__ __forceinline__ void first8(int64_t c, float (&v)[8]) const {
+    again8(c, v);
+    store8(h + c, v);  // v holds X-representable values: the store is exact
+  }
+  __device__ __forceinline__ float again1(int64_t c) const { return round_to(h, ldf(x + c) + ldf(o + c)); }
+  __device__ __forceinline__ float first1(int64_t c) const {
+    const float v = again1(c);
+    stf(h + c, v);
+    return v;
+  }
+};
+
+// One block per row: rstd = 1/sqrt(mean(v^2) + eps), y = round(w * (v * rstd)) over the row's values v from `src`.
+// vec: groups of 8 per thread (16-byte w and y; H % 8 == 0), else one value per thread per step. The partition
+// and the sum's order depend only on (vec, blockDim.x), so rmsnormForward and addRmsnorm (same vec and threads
+// for the same h, w, y) give the same bits.
+template <typename Src, typename W, typename Y>
+__device__ __forceinline__ void norm_row(const Src& src, const W* __restrict__ w, Y* __restrict__ yr,
+                                         float* __restrict__ rstd, int64_t h, float eps, bool vec) {
   float ss = 0.f;
   if (vec) {
     for (int64_t c = threadIdx.x * 8; c < h; c += blockDim.x * 8) {
       float v[8];
-      load8(xr + c, v);
+      src.first8(c, v);
 #pragma unroll
       for (int k = 0; k < 8; k++) ss += v[k] * v[k];
     }
   } else {
     for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
-      float v = ldf(xr + c);
+      float v = src.first1(c);
       ss += v * v;
     }
   }
@@ -41,15 +92,30 @@ __global__ void fwd_kernel(const X* __restrict__ x, const W* __restrict__ w, X* 
   if (vec) {
     for (int64_t c = threadIdx.x * 8; c < h; c += blockDim.x * 8) {
       float v[8], wv[8];
-      load8(xr + c, v);
+      src.again8(c, v);
       load8(w + c, wv);
 #pragma unroll
       for (int k = 0; k < 8; k++) v[k] = wv[k] * (v[k] * rs);
       store8(yr + c, v);
     }
   } else {
-    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) stf(yr + c, ldf(w + c) * (ldf(xr + c) * rs));
+    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) stf(yr + c, ldf(w + c) * (src.again1(c) * rs));
   }
+}
+
+template <typename X, typename W>
+__global__ void fwd_kernel(const X* __restrict__ x, const W* __restrict__ w, X* __restrict__ y,
+                           float* __restrict__ rstd, int64_t h, float eps, bool vec) {
+  norm_row(RowIn<X>{x + blockIdx.x * h}, w, y + blockIdx.x * h, rstd, h, eps, vec);
+}
+
+// x, o, hs, y: [rows, h]; hs gets x + o rounded to X, y the norm of it.
+template <typename X, typename O, typename W>
+__global__ void add_fwd_kernel(const X* __restrict__ x, const O* __restrict__ o, const W* __restrict__ w,
+                               X* __restrict__ hs, X* __restrict__ y, float* __restrict__ rstd, int64_t h, float eps,
+                               bool vec, bool ld16) {
+  const int64_t r0 = blockIdx.x * h;
+  norm_row(RowSum<X, O>{x + r0, o + r0, hs + r0, ld16}, w, y + r0, rstd, h, eps, vec);
 }
 
 template <typename D, typename X, typename W>
@@ -138,6 +204,35 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
     });
   });
   GPTOSS_CUDA_LAUNCH_CHECK("rmsnormForward");
+}
+
+void add_rmsnorm_forward(const Tensor& x, const Tensor& o, const Tensor& w, float eps, const Tensor& hs,
+                         const Tensor& y, const Tensor& rstd) {
+  if (!unverified_kernels()) {
+    // The fused kernel has not run on a GPU yet: the two kernels it replaces (the same bits by construction).
+    ew_add(x, o, hs);
+    rmsnorm_forward(hs, w, eps, y, rstd);
+    return;
+  }
+  int64_t h = x.dim(-1), rows = h ? x.numel() / h : 0;
+  if (rows == 0 || h == 0) return;
+  DeviceGuard g(x.device);
+  // vec and threads exactly as rmsnorm_forward(hs, w, ...) chooses them (its summation order); x and o only decide
+  // how a group of 8 is loaded.
+  bool vec = h % 8 == 0 && aligned16(hs.raw()) && aligned16(w.raw()) && aligned16(y.raw());
+  bool ld16 = aligned16(x.raw()) && aligned16(o.raw());
+  int threads = row_threads(h, vec);
+  with_float(x, [&](auto* px) {
+    with_float(o, [&](auto* po) {
+      with_float(w, [&](auto* pw) {
+        using XP = decltype(px);
+        add_fwd_kernel<<<static_cast<unsigned>(rows), threads, 0, stream_of(x.device)>>>(
+            px, po, pw, reinterpret_cast<XP>(hs.raw()), reinterpret_cast<XP>(y.raw()), rstd.data<float>(), h, eps,
+            vec, ld16);
+      });
+    });
+  });
+  GPTOSS_CUDA_LAUNCH_CHECK("addRmsnorm");
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor* residual,

@@ -5,6 +5,10 @@
 namespace gptoss::cuda {
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& y, const Tensor& rstd);
+// h = x + o, then y, rstd = rmsnorm_forward(h): one launch when GPTOSS_UNVERIFIED_KERNELS=1 (unverified_kernels()),
+// else ew_add + rmsnorm_forward (the same bits).
+void add_rmsnorm_forward(const Tensor& x, const Tensor& o, const Tensor& w, float eps, const Tensor& h,
+                         const Tensor& y, const Tensor& rstd);
 // residual (f32 like dx, may be null) is added to dx: the gradient of a residual branch around the norm.
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor* residual,
                       const Tensor& dx, const Tensor& dw);

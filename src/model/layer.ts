@@ -24,9 +24,9 @@ import type { GptOssConfig } from './config.ts';
 import type { PackedBatch } from './batch.ts';
 import { layerPrefix, qkvRows, QKV_PROJ, type GptOssWeights, type LayerWeights } from './weights.ts';
 import { accumulateGrad, disposeAll, reshape, withView } from './tensor-helpers.ts';
-import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
+import { addRmsnorm, rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
 import { ropeQkvSplit, ropeQkvPack, type RopeCacheWrite } from '../ops/rope.ts';
-import { addInPlace, add, cast, dropoutForward } from '../ops/elementwise.ts';
+import { addInPlace, cast, dropoutForward } from '../ops/elementwise.ts';
 import { linearForward, linearBackward, linearBackwardInput, matmul } from '../ops/gemm.ts';
 import { attentionForward, attentionBackward } from '../ops/attention.ts';
 import { moeForward, moeBackward, type MoeContext, type MoeExpertLora, type MoeWeights } from '../ops/moe.ts';
@@ -298,9 +298,10 @@ export class DecoderLayer {
       return r;
     });
     if (!opts.save && !opts.keepAttn) attn.dispose();
-    const h = add(x, o);
+    // h = x + o and a2 = rmsnorm(h) in one op (one launch on CUDA with the fused kernel; the same bits as add then
+    // rmsnormForward). h is kept: the MoE's residual and, saved, the norm's backward input.
+    const { h, y: a2, rstd: rstd2 } = addRmsnorm(x, o, w.postNorm, c.rmsNormEps);
     o.dispose();
-    const { y: a2, rstd: rstd2 } = rmsnormForward(h, w.postNorm, c.rmsNormEps);
     if (opts.profile) gpuProfile.mark(dev, 'fwd o_proj+residual+norm');
     // y = h + moe(a2): the residual add rides the MoE's combine pass.
     const mi = this.moeInputs(w);
@@ -338,10 +339,9 @@ export class DecoderLayer {
     const o = withView(attn, [T, c.numHeads * c.headDim], (a) => matmul(a, w.oW, { transB: true, bias: w.oB, outDtype: 'f32' }));
     attn.dispose();
     await tp.allReduce(o);
-    const h = x.clone();
-    addInPlace(h, o);
+    // h = x + Σ_r o_r (f32 sum rounded to bf16 once) and its norm in one op.
+    const { h, y: a2, rstd: rstd2 } = addRmsnorm(x, o, w.postNorm, c.rmsNormEps);
     o.dispose();
-    const { y: a2, rstd: rstd2 } = rmsnormForward(h, w.postNorm, c.rmsNormEps);
     const m = moeForward(a2, moeWeights(w), { topK: c.topK, limit: c.swigluLimit });
     m.ctx.dispose();
     disposeAll(a2, rstd2);

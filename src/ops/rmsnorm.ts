@@ -30,6 +30,25 @@ export function rmsnormForward(x: Tensor, w: Tensor, eps: number): RmsnormOutput
   return { y: new Tensor(r.y), rstd: new Tensor(r.rstd) };
 }
 
+export interface AddRmsnormOutput extends RmsnormOutput {
+  /** x's dtype [T, H]: x + o, rounded to x's dtype once */
+  h: Tensor;
+}
+
+/**
+ * The residual add and the norm after it in one op: h = x + o (fp32 sum rounded to x's dtype, exactly as
+ * add(x, o) or addInPlace(x.clone(), o) give it), y, rstd = rmsnormForward(h, w, eps), bitwise. On CUDA one launch
+ * instead of two (and no re-read of h) when GPTOSS_UNVERIFIED_KERNELS=1 (read per call; the fused kernel has not run
+ * on a GPU yet); otherwise the add and norm kernels.
+ * @param x bf16 (or f32) [T, H] (any leading dims)
+ * @param o bf16 or f32, x's shape (the o_proj output, bf16, or a tensor-parallel all-reduced f32 sum)
+ * @param w bf16 (or f32) [H]
+ */
+export function addRmsnorm(x: Tensor, o: Tensor, w: Tensor, eps: number): AddRmsnormOutput {
+  const r = native().ops.addRmsnorm(x.native, o.native, w.native, eps);
+  return { h: new Tensor(r.h), y: new Tensor(r.y), rstd: new Tensor(r.rstd) };
+}
+
 /**
  * With g = dy * w: dx = rstd * (g - x * rstd^2 * mean(g * x)) (+ residual), dw = sum over rows of dy * x * rstd.
  * dw is summed in a fixed order (deterministic on both backends).

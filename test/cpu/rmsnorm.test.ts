@@ -1,9 +1,11 @@
 // GPT-OSS RMSNorm on the CPU backend: forward against a float64 reference, backward against the float64
-// analytic gradient and finite differences.
+// analytic gradient and finite differences; addRmsnorm (the residual add fused with the norm) bitwise against add
+// then rmsnormForward.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
-import { rmsnormForward, rmsnormBackward } from '../../src/ops/rmsnorm.ts';
+import { addRmsnorm, rmsnormForward, rmsnormBackward } from '../../src/ops/rmsnorm.ts';
+import { add, addInPlace } from '../../src/ops/elementwise.ts';
 import { uniform, uniformBf16, probes } from '../helpers/random.ts';
 import { assertClose, assertBf16Close, fd, maxAbs } from '../helpers/numeric.ts';
 
@@ -167,4 +169,64 @@ test('rmsnormBackward adds the residual gradient to dx in the same pass (bitwise
   const r = res.toFloat32();
   assert.deepEqual(fused.dx.toFloat32(), Float32Array.from(plain.dx.toFloat32(), (v, i) => v + r[i]!));
   assert.deepEqual(fused.dw.toFloat32(), plain.dw.toFloat32());
+});
+
+/** A tensor's values as bit patterns (a bf16 tensor widened exactly): bitwise comparison, -0 and NaN included. */
+function bits(t: Tensor): Uint32Array {
+  const f = t.toFloat32();
+  return new Uint32Array(f.buffer, f.byteOffset, f.length);
+}
+
+// The layer's combinations: bf16 x + bf16 o (o_proj's output, one device), bf16 x + f32 o (the tensor-parallel
+// all-reduced f32 sum), and the f32 ones; bf16 and f32 weights; odd H, T from 1, extra leading dims.
+for (const [shape, xd, od, wd] of [
+  [[1, 7], 'bf16', 'bf16', 'bf16'],
+  [[1, 2880], 'bf16', 'bf16', 'bf16'],
+  [[3, 113], 'bf16', 'bf16', 'bf16'],
+  [[5, 2880], 'bf16', 'f32', 'bf16'],
+  [[1, 113], 'bf16', 'f32', 'f32'],
+  [[7, 64], 'f32', 'f32', 'f32'],
+  [[2, 3, 9], 'f32', 'bf16', 'bf16'],
+  [[1, 1], 'bf16', 'bf16', 'bf16'],
+] as const) {
+  test(`addRmsnorm equals add then rmsnormForward bitwise (${shape.join('x')}, x ${xd}, o ${od}, w ${wd})`, () => {
+    const n = shape.reduce((a, b) => a * b, 1), h = shape[shape.length - 1]!;
+    const seed = n + h;
+    const x = Tensor.from(uniformBf16(n, seed, -4, 4), [...shape], { ...cpu, dtype: xd });
+    // o at x's scale, not bf16-exact in f32: the sum's rounding to x's dtype is exercised.
+    const o = Tensor.from(uniform(n, seed + 1, -4, 4), [...shape], { ...cpu, dtype: od });
+    const w = Tensor.from(uniform(h, seed + 2, 0.5, 1.5), [h], { ...cpu, dtype: wd });
+    const f = addRmsnorm(x, o, w, EPS);
+    // The reference h the layer used: add (same dtypes) or a copy of x with o added in place (the tensor-parallel path).
+    const href = x.clone();
+    addInPlace(href, o);
+    if (xd === od) assert.deepEqual(bits(add(x, o)), bits(href));
+    const ref = rmsnormForward(href, w, EPS);
+    assert.equal(f.h.dtype, xd);
+    assert.equal(f.y.dtype, xd);
+    assert.equal(f.rstd.dtype, 'f32');
+    assert.deepEqual(f.h.shape, [...shape]);
+    assert.deepEqual(f.y.shape, [...shape]);
+    assert.deepEqual(f.rstd.shape, shape.slice(0, -1));
+    assert.deepEqual(bits(f.h), bits(href), 'h');
+    assert.deepEqual(bits(f.y), bits(ref.y), 'y');
+    assert.deepEqual(bits(f.rstd), bits(ref.rstd), 'rstd');
+    // And the math, once: y against the float64 norm of the rounded sum.
+    const r = refForward(href.toFloat32(), w.toFloat32(), n / h, h, EPS);
+    if (xd === 'bf16') assertBf16Close(f.y.toFloat32(), r.y, 'y vs float64');
+    else assertClose(f.y.toFloat32(), r.y, 1e-5, 1e-5, 'y vs float64');
+    for (const t of [x, o, w, f.h, f.y, f.rstd, href, ref.y, ref.rstd]) t.dispose();
+  });
+}
+
+test('addRmsnorm rejects bad shapes, dtypes and eps with clear errors', () => {
+  const x = Tensor.zeros([4, 8], { ...cpu, dtype: 'bf16' });
+  const w = Tensor.zeros([8], { ...cpu, dtype: 'bf16' });
+  assert.throws(() => addRmsnorm(x, Tensor.zeros([4, 7], { ...cpu, dtype: 'bf16' }), w, EPS), /addRmsnorm: o must have shape \[4, 8\], got bf16\[4, 7\] on cpu/);
+  assert.throws(() => addRmsnorm(x, Tensor.zeros([32], { ...cpu, dtype: 'bf16' }), w, EPS), /addRmsnorm: o must have shape \[4, 8\], got bf16\[32\] on cpu/);
+  assert.throws(() => addRmsnorm(x, Tensor.zeros([4, 8], { ...cpu, dtype: 'i32' }), w, EPS), /addRmsnorm: o must be bf16 or f32, got i32\[4, 8\] on cpu/);
+  assert.throws(() => addRmsnorm(Tensor.zeros([4, 8], { ...cpu, dtype: 'i32' }), x, w, EPS), /addRmsnorm: x must be bf16 or f32, got i32\[4, 8\] on cpu/);
+  assert.throws(() => addRmsnorm(x, x, Tensor.zeros([7], { ...cpu, dtype: 'bf16' }), EPS), /addRmsnorm: w must have shape \[8\], got bf16\[7\] on cpu/);
+  assert.throws(() => addRmsnorm(x, x, w, -1), /addRmsnorm: eps must be a finite non-negative number/);
+  assert.throws(() => addRmsnorm(x, x, w, Number.NaN), /addRmsnorm: eps must be a finite non-negative number/);
 });
