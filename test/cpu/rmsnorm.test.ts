@@ -190,7 +190,7 @@ for (const [shape, xd, od, wd] of [
   [[1, 1], 'bf16', 'bf16', 'bf16'],
 ] as const) {
   test(`addRmsnorm equals add then rmsnormForward bitwise (${shape.join('x')}, x ${xd}, o ${od}, w ${wd})`, () => {
-    const n = shape.reduce((a, b) => a * b, 1), h = shape[shape.length - 1]!;
+    const n = shape.reduce((a: number, b: number) => a * b, 1), h: number = shape[shape.length - 1]!;
     const seed = n + h;
     const x = Tensor.from(uniformBf16(n, seed, -4, 4), [...shape], { ...cpu, dtype: xd });
     // o at x's scale, not bf16-exact in f32: the sum's rounding to x's dtype is exercised.
