@@ -271,7 +271,7 @@ constexpr int fused_unroll() {
 // none (all their lane blocks exit before the ticket). Safe for the reason the router's is: every launch on a device
 // goes to that device's one compute stream, so two launches never overlap. Products needing more counters (far
 // past decode sizes: slots·chunks·tiles > kMaxTickets) take the two-kernel path.
-constexpr int kMaxTickets = 4096;
+constexpr int kMaxTickets = 16384;  // 64 KB; gpt-oss-20b forced to decode at T 64: 32 x 8 x 23 = 5,888
 __device__ unsigned int g_decode_tickets[kMaxTickets];
 constexpr size_t kFusedMaxSmem = 48 * 1024;  // the x staging of one lane (R·ceil(S/8)·ks fp32); more: two kernels
 
