@@ -251,17 +251,26 @@ constexpr int kFusedThreads = 32;
 // product has few threads (above), so each keeps more loads in flight:
 //  - R 1 (one token): 32 rows = 512 B per thread: gate_up 23,040 threads = 11.8 MB, down 11,520 = 5.9 MB (a 16-row
 //    step would leave down at 2.9 MB, under the ~3.4 MB needed). 128 registers of loads (~180 in all, no spills):
-//    9 one-warp blocks per SM fit, the grid needs 5.6 (gate_up) and 2.9 (down), so it is one wave.
-//  - R 2 (two tokens, up to 8 experts): 16 rows (~137 registers, 14 blocks per SM; gate_up is 23 x 8 x 8 = 1,472
-//    blocks = 11 per SM, one wave; 12 MB in flight).
+//    8 one-warp blocks per SM fit, the grid needs 5.6 (gate_up) and 2.9 (down), so it is one wave.
+//  - R 2 (two tokens, up to 8 experts): 16 rows (12 MB in flight for gate_up).
 //  - R 4 and 8: 8 rows (the R·8 accumulators and lane sums take the registers; more chunks and experts give more
-//    threads: 12 MB in flight at T 4, where gate_up's 23 x 8 x 16 = 2,944 blocks at ~137 registers are ~1.6
-//    waves, as the two-kernel path's partial_kernel is at T 4).
+//    threads: 12 MB in flight at T 4).
+// Blocks per SM: fused_min_blocks below.
 // The loads stream across the lane's splits without a break (a step may end one split and start the next:
 // 8-row groups, ks % 8 == 0). To be re-measured with bench/moe.ts --decode.
 template <int R>
 constexpr int fused_unroll() {
   return R == 1 ? 32 : R == 2 ? 16 : 8;
+}
+// One-warp blocks resident per SM that ptxas must allow (__launch_bounds__' second argument caps the registers:
+// 16 -> 128 per thread, 8 -> 255; registers are allocated per SM sub-partition, 16,384 each, in 256-register warp
+// units). R 2 and 4 have the larger grids (more experts: gate_up up to 23 x 8 x 8 = 1,472 blocks at T 2 and
+// 23 x 8 x 16 = 2,944 at T 4), so they are held to 128 registers, 16 blocks per SM (2,112 on an H100: one wave at
+// T 2, ~1.4 at T 4 with 16 experts routed, as the two-kernel path's partial_kernel is ~1.6 there); R 1 needs its 128
+// registers of loads (~180 in all: 8 per SM, 1,056, and one token's gate_up needs 736) and R 8 its 128 of sums.
+template <int R>
+constexpr int fused_min_blocks() {
+  return R == 2 || R == 4 ? 16 : 8;
 }
 // Tickets: one counter per (expert slot, row chunk, column tile) = per block of a lane's grid plane, static device
 // memory (zeroed when the module loads, fixed address: nothing to allocate or clear at capture or replay). Each
@@ -292,7 +301,7 @@ __device__ __forceinline__ int lane_row(int g, int y, int ks) {
 // y = lane (lanes = min(S, 8)), z = expert slot. A, perm, W, offsets, R as partial_kernel; bias bf16 [E, Nc];
 // out bf16 [N, Nc], h bf16 [N, Nc/2]. Dynamic shared memory: R·ceil(S/8)·ks fp32 (x of the lane's splits).
 template <int R, bool SWIGLU>
-__global__ void __launch_bounds__(kFusedThreads) fused_kernel(
+__global__ void __launch_bounds__(kFusedThreads, fused_min_blocks<R>()) fused_kernel(
     const bf* __restrict__ A, int64_t lda, const int32_t* __restrict__ perm, const bf* __restrict__ W,
     const bf* __restrict__ bias, const int32_t* __restrict__ offsets, int E, int K, int Nc, int ks, int S, int lanes,
     int chunk_slots, int64_t N, float limit, float* __restrict__ lane_part, bf* __restrict__ out, bf* __restrict__ h) {
