@@ -27,6 +27,18 @@ namespace gptoss::cuda {
     GPTOSS_CUDA_CHECK(cudaGetLastError(), what); \
   } while (0)
 
+// The one switch for kernels written without a GPU and awaiting their first GPU test: GPTOSS_UNVERIFIED_KERNELS=1
+// runs them, anything else (the default) runs the kernels they would replace, unchanged. Read at each call (a
+// process can A/B both in one run: the GPU tests and benches set and clear it around calls; a CUDA graph keeps
+// what was read at its capture). Every kernel waiting behind it names it where it is chosen; once its GPU test
+// passes, the switch goes from that call site and the plan takes the kernel (docs/architecture.md). Waiting now:
+// the fused MoE decode kernels (moe_decode.cu, fused_kernel), the fused residual add + RMSNorm (rmsnorm.cu,
+// add_rmsnorm_forward).
+inline bool unverified_kernels() {
+  const char* v = std::getenv("GPTOSS_UNVERIFIED_KERNELS");
+  return v && v[0] == '1' && v[1] == '\0';
+}
+
 inline cudaStream_t stream_of(int device) { return static_cast<cudaStream_t>(stream(device)); }
 
 // Makes `device` current for the scope.
@@ -42,13 +54,6 @@ struct DeviceGuard {
     if (cur != prev) cudaSetDevice(prev);
   }
 };
-
-// Kernels written but not yet run on a GPU run only when GPTOSS_UNVERIFIED_KERNELS is "1" (read per call, so a
-// test can switch it); otherwise their callers take the verified path.
-inline bool unverified_kernels() {
-  const char* v = std::getenv("GPTOSS_UNVERIFIED_KERNELS");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 

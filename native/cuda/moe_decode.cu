@@ -16,6 +16,20 @@
 // bias before the SwiGLU reads it, h rounded, yp rounded with its bias. The SwiGLU is swiglu_math.cuh's (expf),
 // as the flat SwiGLU of the cuBLAS strategies and the CPU reference use.
 //
+// The fused path (GPTOSS_UNVERIFIED_KERNELS=1, common.cuh: written without a GPU, awaiting its first GPU test;
+// otherwise the two kernels above run unchanged): fused_kernel does a product in ONE launch, so a layer is 2
+// launches instead of 4, with the same products, the same split order and the same rounding points (bitwise the
+// same gu, h, yp). reduce_kernel's fixed order is: lane l (0..7) sums the splits s = l, l+8, l+16, ... in increasing
+// order starting from 0.f, then the 8 lane sums are added in increasing l starting from 0.f. fused_kernel gives each
+// block one whole lane: block (tile, l, slot) computes the split partials s = l, l+8, ... one after the other
+// (each from 0.f, the same FMAs in the same k order as partial_kernel) and folds them into its lane sum as it goes,
+// writes the lane sum (f32 [8, N, Nc], S/8 times less than the S partials), and takes a ticket; the last of the
+// tile's lane blocks adds the 8 lane sums in order and applies reduce_kernel's epilogue. Why lanes rather than one
+// block per split with the last of S blocks summing all S partials: that last block would read S fp32 per column
+// alone (S 40 at gpt-oss-20b's gate_up: 160 KB per row by 128 threads, several µs of serial tail per product,
+// about what the launch it saves costs); here it reads 8 per column (one round trip). Fewer, longer blocks
+// instead: each thread keeps more loads in flight (fused_unroll) and streams across its splits without a break.
+//
 // Experts with no rows cost nothing: the grid's expert dimension has min(E, N) slots, slot j takes the j-th
 // expert with rows (read from the device offsets in-kernel), and slots beyond the routed experts exit at once.
 #include <algorithm>
@@ -205,12 +219,12 @@ void launch_partial(const bf* A, int64_t lda, const int32_t* perm, const bf* W, 
                                                                                  ks, chunk_slots, N, part);
 }
 
-void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W, const bf* bias,
-             const int32_t* offsets, int E, int K, int Nc, int64_t T, int64_t N, float limit, bf* out, bf* h,
-             cudaStream_t st, const char* what) {
-  const int R = T >= 5 ? 8 : T >= 3 ? 4 : T == 2 ? 2 : 1;
-  const int chunk_slots = static_cast<int>((T + R - 1) / R);
-  const int slots = static_cast<int>(std::min<int64_t>(E, N));
+// The K split of a product, shared by both paths (the fused path must split exactly as the two-kernel path to
+// give the same sums): ks rows of K per split (a multiple of 8), S = ceil(K / ks) splits.
+struct Split {
+  int S, ks;
+};
+Split split_of(int dev, int slots, int K, int Nc) {
   const int tiles = ceil_div(Nc / 8, kThreads);
   // K splits: enough blocks for kBlocksPerSm per SM over the expected routed experts' tiles (one row chunk each),
   // at most kMaxSplitK rows of K per block, at least 8 (one unrolled step).
@@ -219,7 +233,296 @@ void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W
   S = std::max<int64_t>(S, (K + kMaxSplitK - 1) / kMaxSplitK);
   S = std::min<int64_t>(S, K / 8);
   const int ks = static_cast<int>(((K + S - 1) / S + 7) / 8 * 8);
-  S = (K + ks - 1) / ks;
+  return {static_cast<int>((K + ks - 1) / ks), ks};
+}
+
+// ---- The fused path (GPTOSS_UNVERIFIED_KERNELS=1; see the header) ----
+
+// fused_kernel's block is one warp: 32 threads x 8 columns = a 256-column tile. Why so narrow: a product has
+// slots·(Nc/8)·8 lane threads whatever the block shape (gpt-oss-20b at one token: 4·720·8 = 23,040 for gate_up,
+// 4·360·8 = 11,520 for down, 3-6 warps per SM), so narrow tiles spread them over every SM (gate_up 23 tiles x 8
+// lanes x 4 experts = 736 blocks, down 12 x 8 x 4 = 384) instead of leaving SMs idle, and a one-warp block needs no
+// block barrier (its x staging and ticket are warp-synchronous).
+constexpr int kFusedThreads = 32;
+// Weight rows in flight per thread (16-byte loads issued together before their FMAs), by R (rows per chunk).
+// Bytes in flight must cover HBM bandwidth x latency: ~3.35 TB/s x ~1 µs loaded latency ≈ 3.4 MB on an H100
+// (the two-kernel path has far more, ~15 MB, and still reaches only 58-70%: its cost is the launches, the
+// dependent start of every short block and the reduce pass, not the loads in flight). With one block per lane the
+// product has few threads (above), so each keeps more loads in flight:
+//  - R 1 (one token): 32 rows = 512 B per thread: gate_up 23,040 threads = 11.8 MB, down 11,520 = 5.9 MB (a 16-row
+//    step would leave down at 2.9 MB, under the ~3.4 MB needed). 128 registers of loads (~180 in all, no spills):
+//    8 one-warp blocks per SM fit, the grid needs 5.6 (gate_up) and 2.9 (down), so it is one wave.
+//  - R 2 (two tokens, up to 8 experts): 16 rows (12 MB in flight for gate_up).
+//  - R 4 and 8: 8 rows (the R·8 accumulators and lane sums take the registers; more chunks and experts give more
+//    threads: 12 MB in flight at T 4).
+// Blocks per SM: fused_min_blocks below.
+// The loads stream across the lane's splits without a break (a step may end one split and start the next:
+// 8-row groups, ks % 8 == 0). To be re-measured with bench/moe.ts --decode.
+template <int R>
+constexpr int fused_unroll() {
+  return R == 1 ? 32 : R == 2 ? 16 : 8;
+}
+// One-warp blocks resident per SM that ptxas must allow (__launch_bounds__' second argument caps the registers:
+// 16 -> 128 per thread, 8 -> 255; registers are allocated per SM sub-partition, 16,384 each, in 256-register warp
+// units). R 2 and 4 have the larger grids (more experts: gate_up up to 23 x 8 x 8 = 1,472 blocks at T 2 and
+// 23 x 8 x 16 = 2,944 at T 4), so they are held to 128 registers, 16 blocks per SM (2,112 on an H100: one wave at
+// T 2, ~1.4 at T 4 with 16 experts routed, as the two-kernel path's partial_kernel is ~1.6 there); R 1 needs its 128
+// registers of loads (~180 in all: 8 per SM, 1,056, and one token's gate_up needs 736) and R 8 its 128 of sums.
+template <int R>
+constexpr int fused_min_blocks() {
+  return R == 2 || R == 4 ? 16 : 8;
+}
+// Tickets: one counter per (expert slot, row chunk, column tile) = per block of a lane's grid plane, static device
+// memory (zeroed when the module loads, fixed address: nothing to allocate or clear at capture or replay). Each
+// launch draws exactly `lanes` tickets from each counter of a live tile, and atomicInc with limit lanes - 1 wraps
+// it back to 0 at the last one (as router_fused_kernel's ticket in moe.cu), so the next launch, eager or replayed
+// from a CUDA graph, finds 0 with no memset; tiles of slots without an expert or chunks past an expert's rows draw
+// none (all their lane blocks exit before the ticket). Safe for the reason the router's is: every launch on a device
+// goes to that device's one compute stream, so two launches never overlap. Products needing more counters (far
+// past decode sizes: slots·chunks·tiles > kMaxTickets) take the two-kernel path.
+constexpr int kMaxTickets = 16384;  // 64 KB; gpt-oss-20b forced to decode at T 64: 32 x 8 x 23 = 5,888
+__device__ unsigned int g_decode_tickets[kMaxTickets];
+constexpr size_t kFusedMaxSmem = 48 * 1024;  // the x staging of one lane (R·ceil(S/8)·ks fp32); more: two kernels
+
+// 8 consecutive weight rows of the lane's flattened K sequence (group g: rows 8g .. 8g+7 of the lane's splits
+// y, y+8, ... laid end to end; a group never straddles a split since ks % 8 == 0) -> the W row index in K.
+__device__ __forceinline__ int lane_row(int g, int y, int ks) {
+  const int f = g * 8, j = f / ks;
+  return (y + kReduceLanes * j) * ks + (f - j * ks);
+}
+
+// One product for one (row chunk, column tile) of one routed expert and one lane y of reduce_kernel's fixed order:
+//   lacc[r, n .. n+7] = 0.f + part_y + part_{y+8} + ...   (part_s as partial_kernel computes it: from 0.f, fmaf over
+//                                                          k in split s in increasing order, x as fp32 from bf16)
+// written to lane_part f32 [lanes, N, Nc]; then the last lane block of the tile (ticket) computes
+//   out[r, c] = bf16(0.f + lacc_0 + ... + lacc_7 + bias_e)   (lanes >= `lanes`, i.e. >= S, add 0.f, as there)
+//   h[r, c/2] = bf16(swiglu(out[r, c], out[r, c+1]))        (SWIGLU)
+// for the chunk's rows: reduce_kernel's sums and epilogue, bit for bit. Grid: x = row chunk + chunk_slots·(tile),
+// y = lane (lanes = min(S, 8)), z = expert slot. A, perm, W, offsets, R as partial_kernel; bias bf16 [E, Nc];
+// out bf16 [N, Nc], h bf16 [N, Nc/2]. Dynamic shared memory: R·ceil(S/8)·ks fp32 (x of the lane's splits).
+template <int R, bool SWIGLU>
+__global__ void __launch_bounds__(kFusedThreads, fused_min_blocks<R>()) fused_kernel(
+    const bf* __restrict__ A, int64_t lda, const int32_t* __restrict__ perm, const bf* __restrict__ W,
+    const bf* __restrict__ bias, const int32_t* __restrict__ offsets, int E, int K, int Nc, int ks, int S, int lanes,
+    int chunk_slots, int64_t N, float limit, float* __restrict__ lane_part, bf* __restrict__ out, bf* __restrict__ h) {
+  constexpr int U = fused_unroll<R>();
+  static_assert(U % 8 == 0, "steps are whole 8-row groups");
+  extern __shared__ __align__(16) float xs[];  // [R][nj·ks]: the chunk's x rows over the lane's splits, fp32
+  const int lane = threadIdx.x;
+  // The routed expert of slot blockIdx.z (slot_expert's scan, warp-synchronous: every lane gets it).
+  int e = -1;
+  {
+    int seen = 0;
+    for (int base = 0; base < E && e < 0; base += 32) {
+      const int ex = base + lane;
+      const bool has = ex < E && offsets[ex + 1] > offsets[ex];
+      const unsigned m = __ballot_sync(0xffffffffu, has);
+      const int rank = seen + __popc(m & ((1u << lane) - 1u));
+      const unsigned hit = __ballot_sync(0xffffffffu, has && rank == (int)blockIdx.z);
+      if (hit) e = base + __ffs(hit) - 1;
+      seen += __popc(m);
+    }
+  }
+  if (e < 0) return;
+  const int chunk = blockIdx.x % chunk_slots, tile = blockIdx.x / chunk_slots;
+  const int seg = offsets[e], count = offsets[e + 1] - seg, r0 = chunk * R;
+  if (r0 >= count) return;
+  const int rows = min(R, count - r0);
+  const int y = blockIdx.y;
+  const int nj = (S - y + kReduceLanes - 1) / kReduceLanes;  // this lane's splits y, y+8, ... < S (y < S: >= 1)
+  const int groups = ((nj - 1) * ks + min(ks, K - (y + kReduceLanes * (nj - 1)) * ks)) / 8;  // 8-row groups
+  const int n = (tile * kFusedThreads + lane) * 8;
+  const bool active = n < Nc;  // lanes past Nc (the last tile) load nothing but stay for the warp's steps
+  const bf* wp = W + (int64_t)e * K * Nc + n;
+
+  // The first step's weight loads go out before the x staging (they need only e), so the staging's two dependent
+  // round trips (perm, then x) overlap them instead of preceding them.
+  uint4 wv[U];
+  auto load_step = [&](int g0) {
+#pragma unroll
+    for (int q = 0; q < U / 8; q++) {
+      if (!active || g0 + q >= groups) break;  // uniform per thread; warp-uniform but for the last tile's tail
+      const bf* p = wp + (int64_t)lane_row(g0 + q, y, ks) * Nc;
+#pragma unroll
+      for (int u = 0; u < 8; u++) wv[q * 8 + u] = ld_stream(p + (int64_t)u * Nc);
+    }
+  };
+  load_step(0);
+
+  // Stage x over the lane's splits (16-byte loads; zeros past the count or past K), as partial_kernel does per split.
+  const int xlen = nj * ks, kc = ks / 8;
+  for (int c = lane; c < R * nj * kc; c += kFusedThreads) {
+    const int r = c / (nj * kc), rem = c % (nj * kc), j = rem / kc, k = (rem % kc) * 8;
+    const int k0 = (y + kReduceLanes * j) * ks;
+    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (r < rows && k < min(ks, K - k0)) {
+      const int64_t pr = seg + r0 + r;
+      const int64_t src = perm ? perm[pr] : pr;
+      load8(A + src * lda + k0 + k, v);
+    }
+    float4* d = reinterpret_cast<float4*>(xs + r * xlen + j * ks + k);
+    d[0] = make_float4(v[0], v[1], v[2], v[3]);
+    d[1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+  __syncwarp();
+
+  float acc[R][8], lacc[R][8];
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int j = 0; j < 8; j++) acc[r][j] = lacc[r][j] = 0.f;
+  const int gps = ks / 8;  // groups per split
+  for (int g0 = 0; g0 < groups; g0 += U / 8) {
+    if (g0 > 0) load_step(g0);
+#pragma unroll
+    for (int q = 0; q < U / 8; q++) {
+      const int g = g0 + q;
+      if (g >= groups) break;  // uniform
+      if (active) {
+        const float* xg = xs + g * 8;  // the flattened index f = 8g is j·ks + kk, xs's column
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+          float wf[8];
+          unpack8(wv[q * 8 + u], wf);
+#pragma unroll
+          for (int r = 0; r < R; r++) {
+            if (r >= rows) break;  // block-uniform
+            const float xr = xg[r * xlen + u];
+#pragma unroll
+            for (int j = 0; j < 8; j++) acc[r][j] = fmaf(xr, wf[j], acc[r][j]);
+          }
+        }
+      }
+      // The end of a split (its last group, or the lane's last): fold its partial into the lane sum, restart.
+      if ((g + 1) % gps == 0 || g + 1 == groups) {
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+          for (int j = 0; j < 8; j++) {
+            lacc[r][j] += acc[r][j];
+            acc[r][j] = 0.f;
+          }
+      }
+    }
+  }
+
+  const int64_t row0 = seg + r0;
+  if (active) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      if (r >= rows) break;
+      float4* o = reinterpret_cast<float4*>(lane_part + ((int64_t)y * N + row0 + r) * Nc + n);
+      o[0] = make_float4(lacc[r][0], lacc[r][1], lacc[r][2], lacc[r][3]);
+      o[1] = make_float4(lacc[r][4], lacc[r][5], lacc[r][6], lacc[r][7]);
+    }
+  }
+  // The ticket (router_fused_kernel's pattern): each writer fences its lane sums (release), lane 0 draws after the
+  // warp's fences; the last drawer fences again (acquire) and reads the others' sums through L2 (__ldcg).
+  __threadfence();
+  __syncwarp();
+  unsigned last = 0;
+  if (lane == 0) {
+    const unsigned ticket = atomicInc(&g_decode_tickets[blockIdx.z * gridDim.x + blockIdx.x], lanes - 1);
+    last = ticket == (unsigned)(lanes - 1);
+  }
+  last = __shfl_sync(0xffffffffu, last, 0);
+  if (!last) return;
+  __threadfence();
+  if (!active) return;
+  float b[8];
+  load8(bias + (int64_t)e * Nc + n, b);
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    if (r >= rows) break;
+    // All 8 lanes' loads first (16 independent 16-byte L2 reads), then the sums in reduce_kernel's order.
+    float4 p[kReduceLanes][2];
+#pragma unroll
+    for (int l = 0; l < kReduceLanes; l++) {
+      if (l < lanes) {
+        const float4* src = reinterpret_cast<const float4*>(lane_part + ((int64_t)l * N + row0 + r) * Nc + n);
+        p[l][0] = __ldcg(src);
+        p[l][1] = __ldcg(src + 1);
+      } else {  // a lane without splits (S < 8): reduce_kernel adds its 0.f too
+        p[l][0] = p[l][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int l = 0; l < kReduceLanes; l++) {
+      v[0] += p[l][0].x;
+      v[1] += p[l][0].y;
+      v[2] += p[l][0].z;
+      v[3] += p[l][0].w;
+      v[4] += p[l][1].x;
+      v[5] += p[l][1].y;
+      v[6] += p[l][1].z;
+      v[7] += p[l][1].w;
+    }
+#pragma unroll
+    for (int q = 0; q < 8; q++) v[q] = __bfloat162float(__float2bfloat16(v[q] + b[q]));
+    store8(out + (row0 + r) * Nc + n, v);
+    if constexpr (SWIGLU) {
+      // h[r, n/2 .. n/2+3], packed as reduce_kernel packs them: (swiglu(v0, v1), swiglu(v2, v3)) per bf16x2.
+      __nv_bfloat162 hv[2];
+#pragma unroll
+      for (int q = 0; q < 2; q++)
+        hv[q] = __floats2bfloat162_rn(swiglu1(v[4 * q], v[4 * q + 1], limit, kSwigluAlpha),
+                                      swiglu1(v[4 * q + 2], v[4 * q + 3], limit, kSwigluAlpha));
+      *reinterpret_cast<uint2*>(h + (row0 + r) * (Nc / 2) + n / 2) = *reinterpret_cast<const uint2*>(hv);
+    }
+  }
+}
+
+// Whether the fused kernel takes a product of these sizes (ticket counters and x staging within their bounds).
+bool fused_fits(int R, int chunk_slots, int slots, int Nc, Split sp) {
+  const int64_t tickets = static_cast<int64_t>(chunk_slots) * ceil_div(Nc / 8, kFusedThreads) * slots;
+  const size_t smem = sizeof(float) * R * ((sp.S + kReduceLanes - 1) / kReduceLanes) * sp.ks;
+  return tickets <= kMaxTickets && smem <= kFusedMaxSmem;
+}
+
+template <int R, bool SWIGLU>
+void launch_fused(const bf* A, int64_t lda, const int32_t* perm, const bf* W, const bf* bias, const int32_t* offsets,
+                  int E, int K, int Nc, Split sp, int chunk_slots, int slots, int64_t N, float limit, float* lane_part,
+                  bf* out, bf* h, cudaStream_t st) {
+  const int tiles = ceil_div(Nc / 8, kFusedThreads), lanes = std::min(sp.S, kReduceLanes);
+  const size_t smem = sizeof(float) * R * ((sp.S + kReduceLanes - 1) / kReduceLanes) * sp.ks;
+  fused_kernel<R, SWIGLU><<<dim3(chunk_slots * tiles, lanes, slots), kFusedThreads, smem, st>>>(
+      A, lda, perm, W, bias, offsets, E, K, Nc, sp.ks, sp.S, lanes, chunk_slots, N, limit, lane_part, out, h);
+}
+
+template <bool SWIGLU>
+void launch_fused_r(int R, const bf* A, int64_t lda, const int32_t* perm, const bf* W, const bf* bias,
+                    const int32_t* offsets, int E, int K, int Nc, Split sp, int chunk_slots, int slots, int64_t N,
+                    float limit, float* lp, bf* out, bf* h, cudaStream_t st) {
+  switch (R) {
+    case 1: launch_fused<1, SWIGLU>(A, lda, perm, W, bias, offsets, E, K, Nc, sp, chunk_slots, slots, N, limit, lp, out, h, st); break;
+    case 2: launch_fused<2, SWIGLU>(A, lda, perm, W, bias, offsets, E, K, Nc, sp, chunk_slots, slots, N, limit, lp, out, h, st); break;
+    case 4: launch_fused<4, SWIGLU>(A, lda, perm, W, bias, offsets, E, K, Nc, sp, chunk_slots, slots, N, limit, lp, out, h, st); break;
+    default: launch_fused<8, SWIGLU>(A, lda, perm, W, bias, offsets, E, K, Nc, sp, chunk_slots, slots, N, limit, lp, out, h, st); break;
+  }
+}
+
+void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W, const bf* bias,
+             const int32_t* offsets, int E, int K, int Nc, int64_t T, int64_t N, float limit, bf* out, bf* h,
+             cudaStream_t st, const char* what) {
+  const int R = T >= 5 ? 8 : T >= 3 ? 4 : T == 2 ? 2 : 1;
+  const int chunk_slots = static_cast<int>((T + R - 1) / R);
+  const int slots = static_cast<int>(std::min<int64_t>(E, N));
+  const Split sp = split_of(dev, slots, K, Nc);
+  if (unverified_kernels() && fused_fits(R, chunk_slots, slots, Nc, sp)) {
+    // One launch: the lane sums [min(S, 8), N, Nc] f32 and the last lane block's epilogue (see the header).
+    Tensor lane_part = make_tensor({std::min(sp.S, kReduceLanes), N, Nc}, DType::F32, dev);
+    if (h)
+      launch_fused_r<true>(R, A, lda, perm, W, bias, offsets, E, K, Nc, sp, chunk_slots, slots, N, limit,
+                           lane_part.data<float>(), out, h, st);
+    else
+      launch_fused_r<false>(R, A, lda, perm, W, bias, offsets, E, K, Nc, sp, chunk_slots, slots, N, limit,
+                            lane_part.data<float>(), out, nullptr, st);
+    GPTOSS_CUDA_LAUNCH_CHECK(what);
+    return;  // lane_part goes back to the caching allocator; the stream orders its reuse after the kernel
+  }
+  const int64_t S = sp.S;
+  const int ks = sp.ks;
   Tensor part = make_tensor({S, N, Nc}, DType::F32, dev);
   float* p = part.data<float>();
   switch (R) {

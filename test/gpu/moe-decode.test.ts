@@ -348,3 +348,157 @@ test('moeForward on CUDA: the fused router is deterministic (T 1..16, two runs) 
   }
   for (const { w } of problems) disposeWeights(w);
 });
+
+// The fused decode kernels (native/cuda/moe_decode.cu fused_kernel: one launch per product, one block per lane of
+// the reduce's fixed order, the last lane block of a tile reducing behind a self-resetting ticket), run only with
+// GPTOSS_UNVERIFIED_KERNELS=1 (native/cuda/common.cuh) until these tests pass on a GPU. They split K exactly as the
+// two-kernel path and add the same fp32 values in the same order with the same rounding points, so every result is
+// asserted bitwise equal to the two-kernel path's (the variable off): y and the saved gu, h, yp, at T 1..16 with the
+// decode kernels forced (R 1, 2, 4, 8 rows per chunk; two row chunks at T 16 on skewed routing), run twice with the
+// variable on (the tickets must be back at 0 after each launch, and the gate_up and down launches of different grids
+// share them), shapes interleaved at every T.
+const UNVERIFIED = 'GPTOSS_UNVERIFIED_KERNELS';
+function withFused<R>(fused: boolean, fn: () => R): R {
+  const prev = process.env[UNVERIFIED];
+  if (fused) process.env[UNVERIFIED] = '1';
+  else delete process.env[UNVERIFIED];
+  try {
+    return fn();
+  } finally {
+    if (prev === undefined) delete process.env[UNVERIFIED];
+    else process.env[UNVERIFIED] = prev;
+  }
+}
+
+// a and b hold the same bits (bf16 or f32 tensors, read as exact fp32: -0 and +0 differ, NaN payloads compared).
+function assertSameBits(name: string, a: Tensor, b: Tensor): void {
+  const fa = a.toFloat32(), fb = b.toFloat32();
+  assert.equal(fa.length, fb.length, `${name}: sizes`);
+  const ua = new Uint32Array(fa.buffer, fa.byteOffset, fa.length), ub = new Uint32Array(fb.buffer, fb.byteOffset, fb.length);
+  for (let i = 0; i < ua.length; i++) {
+    if (ua[i] !== ub[i]) assert.fail(`${name}[${i}]: fused ${fa[i]} vs two-kernel ${fb[i]} (bits ${ua[i]!.toString(16)} vs ${ub[i]!.toString(16)})`);
+  }
+}
+function assertSameForward(name: string, f: MoeForwardResult, ref: MoeForwardResult): void {
+  assert.equal(f.ctx.expertGemms, 'decode', `${name}: decode kernels`);
+  assert.equal(ref.ctx.expertGemms, 'decode', `${name}: decode kernels (reference)`);
+  for (const key of ['topkIdx', 'offsets', 'permTok', 'slotPos'] as const) {
+    assert.deepEqual([...f.ctx[key].toInt32()], [...ref.ctx[key].toInt32()], `${name}: ${key}`);
+  }
+  assertSameBits(`${name} gu`, f.ctx.gu, ref.ctx.gu);
+  assertSameBits(`${name} h`, f.ctx.h, ref.ctx.h);
+  assertSameBits(`${name} yp`, f.ctx.yp, ref.ctx.yp);
+  assertSameBits(`${name} y`, f.y, ref.y);
+}
+
+test('fused decode kernels (GPTOSS_UNVERIFIED_KERNELS=1): the two-kernel path\'s bits at T 1..16 and 40, twice in a row', { skip, timeout: 600000 }, () => {
+  const G = 'cuda:0';
+  // Shapes: gpt-oss-20b (random and skewed routing: experts 3, 7, 20 hot), the small shape above (random and
+  // skewed: experts 1, 2, 5, 6 on every token), the 40-token problem above (E 4, top-2, every token on expert 3:
+  // 5 row chunks at T 40), and a tiny K (H 48, I 40) where S < 8 splits leave reduce lanes empty (they add 0.f).
+  const tinyP = makeProblem(40, 48, 4, 40, 2, 24);
+  const t40P = makeProblem(40, 128, 4, 96, 2, 23);
+  t40P.routerB[3] = 6;
+  const shapes = [
+    { label: '20b random', H: 2880, k: 4, wCpu: bigWeights(32, 2880, 2880, []), maxT: 16 },
+    { label: '20b skewed', H: 2880, k: 4, wCpu: bigWeights(32, 2880, 2880, [3, 7, 20]), maxT: 16 },
+    { label: 'small random', H: 256, k: 4, wCpu: smallWeights(21, []), maxT: 16 },
+    { label: 'small skewed', H: 256, k: 4, wCpu: smallWeights(22, [1, 2, 5, 6]), maxT: 16 },
+    { label: 'E4 top-2 hot', H: 128, k: 2, wCpu: weightsOf(t40P, 'cpu'), maxT: 40 },
+    { label: 'tiny K', H: 48, k: 2, wCpu: weightsOf(tinyP, 'cpu'), maxT: 40 },
+  ].map((s) => {
+    const w = toDevice(s.wCpu, G);
+    disposeWeights(s.wCpu);
+    return { ...s, w };
+  });
+  const xs = new Map<string, Float32Array>();
+  for (const s of shapes) xs.set(s.label, randnBf16(40 * s.H, 1, rng(7000 + s.H)));
+  for (const T of [...Array.from({ length: 16 }, (_, i) => i + 1), 40]) {
+    for (const { label, H, k, w, maxT } of shapes) {
+      if (T > maxT) continue;
+      const name = `${label} T${T}`;
+      const x = Tensor.from(xs.get(label)!.subarray(0, T * H), [T, H], { dtype: 'bf16', device: G });
+      const run = (fused: boolean) => withFused(fused, () => moeForward(x, w, { topK: k, expertGemms: 'decode' }));
+      const ref = run(false), a = run(true), b = run(true);
+      assertSameForward(`${name} (first fused run)`, a, ref);
+      assertSameForward(`${name} (second fused run)`, b, ref);
+      for (const f of [ref, a, b]) disposeForward(f);
+      x.dispose();
+    }
+    console.log(`T${T}: fused decode kernels give the two-kernel bits (${shapes.filter((s) => T <= s.maxT).map((s) => s.label).join(', ')})`);
+  }
+  for (const { w } of shapes) disposeWeights(w);
+});
+
+// Under CUDA graphs: moeForward captured with the variable on (the fused kernels and their tickets, no memset) at
+// T 1 and 4 (the plan's decode sizes at top-4) on gpt-oss-20b's shape; each replay with new inputs, and a second
+// replay of the same inputs, must give the bits of an eager call with the variable off (the two-kernel path), and
+// eager fused calls made between the replays share the tickets with them.
+test('fused decode kernels replay from a CUDA graph with the two-kernel path\'s bits', { skip, timeout: 300000 }, () => {
+  const G = 'cuda:0', H = 2880, k = 4;
+  const wCpu = bigWeights(32, H, 2880, []);
+  const w = toDevice(wCpu, G);
+  disposeWeights(wCpu);
+  const ops = native().ops;
+  for (const T of [1, 4]) {
+    const x = Tensor.from(randnBf16(T * H, 1, rng(9700 + T)), [T, H], { dtype: 'bf16', device: G });
+    withFused(true, () => disposeForward(moeForward(x, w, { topK: k }))); // warm-up outside the capture
+    synchronize(G);
+    const pool = ops.graphPoolCreate(0);
+    let cap: MoeForwardResult | undefined, graph = 0;
+    withFused(true, () => {
+      ops.captureBegin(0, pool);
+      try {
+        cap = moeForward(x, w, { topK: k });
+        graph = ops.captureEnd(0);
+      } catch (e) {
+        ops.captureAbort(0);
+        throw e;
+      }
+    });
+    const captured = cap!;
+    assert.equal(captured.ctx.expertGemms, 'decode', `T${T}: the plan's decode kernels`);
+    // The same forward captured with the variable off: two more kernel nodes (a reduce pass per product).
+    const poolOff = ops.graphPoolCreate(0);
+    let offCap: MoeForwardResult | undefined, graphOff = 0;
+    withFused(false, () => {
+      ops.captureBegin(0, poolOff);
+      try {
+        offCap = moeForward(x, w, { topK: k });
+        graphOff = ops.captureEnd(0);
+      } catch (e) {
+        ops.captureAbort(0);
+        throw e;
+      }
+    });
+    assert.equal(ops.graphNodeCount(graphOff), ops.graphNodeCount(graph) + 2, `T${T}: graph nodes two-kernel vs fused`);
+    ops.graphDestroy(graphOff);
+    disposeForward(offCap!);
+    ops.graphPoolRelease(0, poolOff);
+    const ys: number[][] = [];
+    for (const seed of [9701, 9702, 9703]) {
+      const xh = Tensor.from(randnBf16(T * H, 1, rng(seed + 10 * T)), [T, H], { dtype: 'bf16', device: 'cpu' });
+      x.copyFrom(xh);
+      xh.dispose();
+      for (const replay of [1, 2]) {
+        ops.graphLaunch(graph, 0);
+        synchronize(G);
+        const ref = withFused(false, () => moeForward(x, w, { topK: k }));
+        assertSameForward(`T${T} seed ${seed} replay ${replay}`, captured, ref);
+        disposeForward(ref);
+        // An eager fused call between replays: the same bits, and the tickets it leaves must suit the next replay.
+        const eager = withFused(true, () => moeForward(x, w, { topK: k }));
+        assertSameForward(`T${T} seed ${seed} eager fused after replay ${replay}`, eager, captured);
+        disposeForward(eager);
+      }
+      ys.push([...captured.y.toFloat32()]);
+    }
+    assert.notDeepEqual(ys[1], ys[0], `T${T}: the replays read the new inputs`);
+    console.log(`T${T}: fused decode kernels under a CUDA graph (${ops.graphNodeCount(graph)} nodes) match the two-kernel path`);
+    ops.graphDestroy(graph);
+    disposeForward(captured);
+    ops.graphPoolRelease(0, pool);
+    x.dispose();
+  }
+  disposeWeights(w);
+});
