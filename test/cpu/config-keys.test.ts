@@ -136,3 +136,14 @@ test('trainer.gradient_checkpointing_keep_attention: default true, a boolean, an
   assert.equal(planFromConfig(g20, noRecompute, target).train.rows.find((r) => r.key === 'keptAttention'), undefined);
   assert.equal(planFromConfig(g20, off, target).input.keepAttention, false);
 });
+
+test('trainer.fused_lm_head_backward: default false, a boolean', () => {
+  assert.equal(loadConfig({ config: null }).trainer.fused_lm_head_backward, false);
+  assert.equal(loadConfig({ config: null, overrides: ['trainer.fused_lm_head_backward=true'] }).trainer.fused_lm_head_backward, true);
+  assert.throws(
+    () => loadConfig({ config: null, overrides: ['trainer.fused_lm_head_backward=3'] }),
+    (e: unknown) => e instanceof ConfigError && /trainer\.fused_lm_head_backward: expected boolean/.test(e.message),
+  );
+  // What it does (and its refusals: on CUDA until its GPU test has run, for a policy without it):
+  // test/cpu/fused-lm-head.test.ts.
+});
