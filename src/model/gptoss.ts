@@ -286,7 +286,16 @@ export class GptOssModel implements LayerHost {
         dHidden = f.dHidden;
       } else lp = lmHeadLogprobs(hf, head.w, b.targets, { temperature, chunk: this.lmHeadChunk });
     } catch (e) {
+      // A failed LM head (e.g. lossGradient.grad throwing): free what a state would have owned (the batch stays the
+      // caller's). With lossGradient, lossGradient.grads may hold part of the head's gradient: drop those buffers.
       if (head.owned) head.w.dispose();
+      for (const sv of saved) {
+        if (!sv) continue;
+        disposeLayerSaved(sv);
+        sv.x.dispose();
+      }
+      for (const t of inputs) disposeAll(t);
+      for (const a of attention) if (a) disposeAll(a.attn, a.lse);
       disposeAll(hf, rstdf, x);
       throw e;
     }

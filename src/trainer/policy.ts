@@ -50,7 +50,8 @@ export interface TrainForwardOptions extends LogprobOptions {
   /**
    * The fused LM-head backward (trainer.fused_lm_head_backward): the forward calls this per chunk of tokens and
    * runs the LM head's backward while the chunk's logits are in memory; the result's backward() then takes no
-   * dLogprobs. Only for policies with fusedLmHeadBackward: true.
+   * dLogprobs. Only for policies with fusedLmHeadBackward: true. The LM head's gradient is accumulated during the
+   * forward: should the forward fail (or its loss be non-finite), zeroGrad() before the next mini-batch.
    */
   lossGradient?: LossGradientFn;
 }

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomModel, presetConfig, LoraAdapters, LORA_TARGETS, type GptOssModel } from '../../src/model/index.ts';
+import { randomModel, presetConfig, LoraAdapters, LORA_TARGETS, packSequences, disposeBatch, type GptOssModel } from '../../src/model/index.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
 import { LoraPolicy } from '../../src/trainer/lora-policy.ts';
 import type { SequenceBatch, Policy } from '../../src/trainer/policy.ts';
@@ -135,6 +135,15 @@ test('fused forward: backward refuses dLogprobs, a plain one requires them', asy
   const g = await p.forward(micros[0]!);
   await assert.rejects(g.backward(), /dLogprobs missing/);
   g.release();
+  // A loss gradient that throws, or gives the wrong number of values: the forward fails with its message.
+  await assert.rejects(p.forward(micros[0]!, { lossGradient: () => { throw new Error('loss says no'); } }), /loss says no/);
+  await assert.rejects(p.forward(micros[0]!, { lossGradient: () => new Float32Array(1) }), /lossGradient gave 1 values for 3 tokens of sequence 0/);
+  // The model-level check: a packed-token gradient of the wrong length.
+  const pb = packSequences(micros[0]!.sequences.map((x) => Array.from(x)), 'cpu');
+  assert.throws(() => p.model.forward(pb, { train: true, lossGradient: { grad: () => new Float32Array(2), grads: new Map() } }), /lossGradient\.grad gave 2 values for tokens 0\.\.10/);
+  assert.throws(() => p.model.forward(pb, { lossGradient: { grad: (_t0, lp) => lp, grads: new Map() } }), /needs train: true/);
+  disposeBatch(pb);
+  p.zeroGrad();
   p.dispose();
 });
 
