@@ -7,6 +7,8 @@
 //
 // backward(state, dLogprobs) takes dLoss/dLogprob per token and produces the gradient of every parameter (by
 // checkpoint name). With `recompute`, forward keeps only each layer's input and backward re-runs the layer.
+// With ForwardOptions.lossGradient (a per-token-local loss) the forward runs the LM head's backward itself, per
+// chunk of tokens from that chunk's kept logits (no logits recompute), and backward(state, null) starts below it.
 // Generation (prefill + KV-cache decode, sampling) lives in src/inference/ and runs the same layers through
 // DecoderLayer.prefill/decode, embed() and logits().
 import { Tensor } from '../tensor.ts';
