@@ -22,6 +22,9 @@
 //        [--lm-head-chunk N] (vocabulary rows per LM-head chunk; default lmHeadChunk(T, V) of src/ops/logprob.ts, what
 //        the models and the memory planner use) [--no-keep-attention] (with recompute, the default keeps each layer's
 //        attention output and LSE so the backward's recompute skips the attention forward; this turns it off)
+//        [--fused-lm-head] (the single-GPU policy takes the loss gradient during the forward and runs the LM head's
+//        backward per token chunk from the kept logits, trainer.fused_lm_head_backward; the sharded policy has no
+//        such path and stays on the recomputing backward)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
 // --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
 // phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
@@ -72,6 +75,7 @@ if (process.argv.includes('--keep-attention')) {
   throw new Error('bench:train-step: --keep-attention is the default now (with recompute); --no-keep-attention turns it off');
 }
 const keepAttention = recompute && !process.argv.includes('--no-keep-attention');
+const fusedLmHead = process.argv.includes('--fused-lm-head');
 const peakArg = arg('peak-tflops', '');
 const base = presetConfig(presetName);
 const cfg: GptOssConfig = presetConfig(presetName, {
@@ -141,9 +145,17 @@ async function step(p: Policy, T: number, stepNo: number, onPhase?: (phase: stri
   p.zeroGrad();
   for (let m = 0; m < microBatches; m++) {
     onPhase?.('forward');
+    const dl = -1 / (T * microBatches); // the constant dLoss/dlogp of every response token
+    if (fusedLmHead && p.fusedLmHeadBackward) {
+      // --fused-lm-head: the LM head's backward runs inside the forward (its time counts as 'forward').
+      const fwd = await p.forward({ sequences: [sequence(T, m)], promptLens: [1] }, { lossGradient: (_s, _t0, lp) => new Float32Array(lp.length).fill(dl) });
+      onPhase?.('backward');
+      await fwd.backward();
+      continue;
+    }
     const fwd = await p.forward({ sequences: [sequence(T, m)], promptLens: [1] });
     onPhase?.('backward');
-    await fwd.backward(fwd.logprobs.map((l) => new Float32Array(l.length).fill(-1 / (T * microBatches))));
+    await fwd.backward(fwd.logprobs.map((l) => new Float32Array(l.length).fill(dl)));
   }
   onPhase?.('optimizer');
   await p.clipGradNorm(1.0);
@@ -280,6 +292,7 @@ if (ctx.rank === 0) {
   console.log(
     `${presetName} with ${layers} of ${base.numLayers} layers (${active >= 1e9 ? `${(active / 1e9).toFixed(2)}B` : `${(active / 1e6).toFixed(2)}M`} active parameters per token), ` +
       `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? (keepAttention ? 'on (attention kept)' : 'on') : 'off'}` +
+      (fusedLmHead ? '; fused LM-head backward (single policy; the sharded one recomputes the logits)' : '') +
       (cpuOffload ? '; sharded policy with cpu_offload (AdamW on the host)' : '') +
       (ctx.worldSize === 1 ? `; sharded policy on one rank ${collectivesAtOne ? 'through NCCL (--collectives-at-one)' : 'uses its shard in place (no collectives)'}` : '') +
       (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),
@@ -303,7 +316,7 @@ if (ctx.rank === 0) {
   if (jsonPath) {
     writeFileSync(
       jsonPath,
-      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, lmHeadChunk: lmHeadChunk ?? null, keepAttention, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, lmHeadChunk: lmHeadChunk ?? null, keepAttention, fusedLmHead, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
     );
   }
 }

@@ -256,6 +256,27 @@ export interface NativeOps {
   tokenLogprobsBackward(...args: [...TokenLogprobsBackwardArgs, needDHidden: false]): { dLmHead: NativeTensor };
   /** needDLmHead false: a frozen LM head (no [V, H] gradient); dLmHead must then be null. */
   tokenLogprobsBackward(...args: [...TokenLogprobsBackwardArgs, needDHidden: true, needDLmHead: false]): { dHidden: NativeTensor };
+  /** The forward of a chunk of tokens keeping its f32 [T, V] logits (tokenLogprobsBackwardFromLogits takes them). */
+  tokenLogprobsForwardKeep(
+    hidden: TensorArg,
+    lmHead: TensorArg,
+    targets: TensorArg,
+    temperature: number,
+    chunk: number,
+  ): { logprobs: NativeTensor; entropy: NativeTensor; lse: NativeTensor; logits: NativeTensor };
+  /** dHidden f32 [T, H] is overwritten; dLmHead f32 [V, H] accumulated into (null: a frozen head). */
+  tokenLogprobsBackwardFromLogits(
+    logits: TensorArg,
+    hidden: TensorArg,
+    lmHead: TensorArg,
+    targets: TensorArg,
+    lse: TensorArg,
+    dLogprobs: TensorArg,
+    temperature: number,
+    chunk: number,
+    dHidden: TensorArg,
+    dLmHead: TensorArg | null,
+  ): void;
 
   // ---- moe.cc ----
   moeForward(
@@ -533,6 +554,8 @@ export const NATIVE_OP_NAMES = [
   // logprob.cc
   'tokenLogprobsForward',
   'tokenLogprobsBackward',
+  'tokenLogprobsForwardKeep',
+  'tokenLogprobsBackwardFromLogits',
   // moe.cc
   'moeForward',
   'moeBackward',

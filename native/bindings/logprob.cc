@@ -111,3 +111,48 @@ GPTOSS_OP(tokenLogprobsBackward) {
   if (needDLmHead) o.Set("dLmHead", dLmArg ? info[7] : wrap(info.Env(), dLm));
   return o;
 }
+
+// tokenLogprobsForwardKeep(hidden, lmHead, targets, temperature, chunk) -> { logprobs, entropy, lse, logits }:
+// the forward of a chunk of tokens keeping its logits f32 [T, V] for tokenLogprobsBackwardFromLogits.
+GPTOSS_OP(tokenLogprobsForwardKeep) {
+  const char* op = "tokenLogprobsForwardKeep";
+  Tensor& hidden = tensor_arg(info, 0, op, "hidden");
+  Tensor& lm = tensor_arg(info, 1, op, "lmHead");
+  Tensor& targets = tensor_arg(info, 2, op, "targets");
+  LpArgs a = check_common(op, hidden, lm, targets, num_arg(info, 3, op, "temperature"), int_arg(info, 4, op, "chunk"));
+  Tensor lp = make_tensor({a.T}, DType::F32, hidden.device);
+  Tensor ent = make_tensor({a.T}, DType::F32, hidden.device);
+  Tensor lse = make_tensor({a.T}, DType::F32, hidden.device);
+  Tensor logits = make_tensor({a.T, a.V}, DType::F32, hidden.device);
+  GPTOSS_DISPATCH(hidden, cpu::token_logprobs_keep(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse, logits),
+                  cuda::token_logprobs_keep(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse, logits));
+  return tensor_object(info.Env(), {{"logprobs", lp}, {"entropy", ent}, {"lse", lse}, {"logits", logits}});
+}
+
+// tokenLogprobsBackwardFromLogits(logits, hidden, lmHead, targets, lse, dLogprobs, temperature, chunk, dHidden,
+// dLmHead|null): dHidden f32 [T, H] is overwritten, dLmHead f32 [V, H] accumulated into (null: a frozen head).
+// chunk: the vocabulary chunk of the CPU's dz buffer and GEMMs (0 = default); CUDA forms all of dlogits at once.
+GPTOSS_OP(tokenLogprobsBackwardFromLogits) {
+  const char* op = "tokenLogprobsBackwardFromLogits";
+  Tensor& logits = tensor_arg(info, 0, op, "logits");
+  Tensor& hidden = tensor_arg(info, 1, op, "hidden");
+  Tensor& lm = tensor_arg(info, 2, op, "lmHead");
+  Tensor& targets = tensor_arg(info, 3, op, "targets");
+  Tensor& lse = tensor_arg(info, 4, op, "lse");
+  Tensor& dlp = tensor_arg(info, 5, op, "dLogprobs");
+  LpArgs a = check_common(op, hidden, lm, targets, num_arg(info, 6, op, "temperature"), int_arg(info, 7, op, "chunk"));
+  check_tensor(op, "logits", logits, DType::F32, {a.T, a.V}, hidden);
+  check_f32_t(op, "lse", lse, hidden);
+  check_f32_t(op, "dLogprobs", dlp, hidden);
+  Tensor& dH = tensor_arg(info, 8, op, "dHidden");
+  check_tensor(op, "dHidden", dH, DType::F32, {a.T, a.H}, hidden);
+  auto dLm = opt_tensor_arg(info, 9, op, "dLmHead");
+  if (dLm) check_tensor(op, "dLmHead", *dLm, DType::F32, {a.V, a.H}, hidden);
+  const Tensor* dLmP = dLm ? &*dLm : nullptr;
+  GPTOSS_DISPATCH(hidden,
+                  cpu::token_logprobs_backward_from_logits(logits, hidden, lm, targets, lse, dlp, a.temperature,
+                                                           a.chunk, dH, dLmP),
+                  cuda::token_logprobs_backward_from_logits(logits, hidden, lm, targets, lse, dlp, a.temperature, dH,
+                                                            dLmP));
+  return info.Env().Undefined();
+}

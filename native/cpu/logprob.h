@@ -18,6 +18,20 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
                              const Tensor& d_logprobs, const Tensor* d_entropy, const Tensor* entropy,
                              float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head);
 
+// The token-chunked alternative (the loss gradient formed during the forward, src/ops/logprob.ts): the forward of
+// a chunk of tokens keeping its full-vocabulary logits f32 [T, V] (logits preallocated; statistics merged per
+// vocabulary chunk of `chunk` columns in the order token_logprobs merges them: the same bits for the same chunk),
+// and the backward from those logits: dz per vocabulary chunk as token_logprobs_backward forms it (no entropy
+// term), then its dgrad and wgrad GEMMs only. d_hidden (f32 [T, H]) is overwritten; d_lm_head (f32 [V, H]) is
+// accumulated into, or null (a frozen head).
+void token_logprobs_keep(const Tensor& hidden, const Tensor& lm_head, const Tensor& targets, float temperature,
+                         int64_t chunk, const Tensor& logprobs, const Tensor& entropy, const Tensor& lse,
+                         const Tensor& logits);
+void token_logprobs_backward_from_logits(const Tensor& logits, const Tensor& hidden, const Tensor& lm_head,
+                                         const Tensor& targets, const Tensor& lse, const Tensor& d_logprobs,
+                                         float temperature, int64_t chunk, const Tensor& d_hidden,
+                                         const Tensor* d_lm_head);
+
 // Chunk size giving a [T, chunk] fp32 buffer of about 256 MB (a multiple of 128, at least 128, at most V): what
 // chunk 0 means to the bindings. The TypeScript ops (src/ops/logprob.ts) always pass a chunk, lmHeadChunk(T, V),
 // which the models and the memory planner share; it falls back to this same rule where it gives more rows.

@@ -174,4 +174,68 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
   }
 }
 
+void token_logprobs_keep(const Tensor& hidden, const Tensor& lm_head, const Tensor& targets, float temperature,
+                         int64_t chunk, const Tensor& logprobs, const Tensor& entropy, const Tensor& lse,
+                         const Tensor& logits) {
+  const int64_t T = hidden.dim(0), H = hidden.dim(1), V = lm_head.dim(0);
+  if (T == 0) return;
+  const int dev = hidden.device;
+  DeviceGuard guard(dev);
+  cudaStream_t st = stream_of(dev);
+  Tensor stats = make_tensor({4, T}, DType::F32, dev);
+  float *m = stats.data<float>(), *s = m + T, *w = s + T, *tz = w + T;
+  init_stats<<<ceil_div(T, kThreads), kThreads, 0, st>>>(T, m, s, w, tz);
+  GPTOSS_CUDA_LAUNCH_CHECK("tokenLogprobsForwardKeep init");
+  const size_t esz = dtype_size(lm_head.dtype);
+  const int32_t* tg = targets.data<int32_t>();
+  float* z = logits.data<float>();
+  // The same per-chunk GEMMs and statistics as token_logprobs, into columns c0.. of the kept [T, V] logits (row
+  // stride V) instead of a [T, chunk] scratch buffer.
+  for (int64_t c0 = 0; c0 < V; c0 += chunk) {
+    const int64_t c = chunk < V - c0 ? chunk : V - c0;
+    profile_mark(dev, "lm head gemm");
+    gemm_raw(dev, T, c, H, 1.f / temperature, hidden.raw(), H, false,
+             static_cast<const char*>(lm_head.raw()) + c0 * H * esz, H, true, hidden.dtype, nullptr, DType::F32, 0.f,
+             z + c0, DType::F32, V);
+    profile_mark(dev, "log-softmax");
+    chunk_stats<<<static_cast<unsigned>(T), kThreads, 0, st>>>(z + c0, V, c, c0, tg, m, s, w, tz);
+    GPTOSS_CUDA_LAUNCH_CHECK("tokenLogprobsForwardKeep chunk statistics");
+  }
+  finish_stats<<<ceil_div(T, kThreads), kThreads, 0, st>>>(T, tg, m, s, w, tz, logprobs.data<float>(),
+                                                            entropy.data<float>(), lse.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("tokenLogprobsForwardKeep finish");
+}
+
+void token_logprobs_backward_from_logits(const Tensor& logits, const Tensor& hidden, const Tensor& lm_head,
+                                         const Tensor& targets, const Tensor& lse, const Tensor& d_logprobs,
+                                         float temperature, const Tensor& d_hidden, const Tensor* d_lm_head) {
+  const int64_t T = hidden.dim(0), H = hidden.dim(1), V = lm_head.dim(0);
+  if (T == 0) return;
+  const int dev = hidden.device;
+  DeviceGuard guard(dev);
+  cudaStream_t st = stream_of(dev);
+  const float inv_t = 1.f / temperature;
+  // dlogits [T, V] in the input dtype (bf16, rounded as token_logprobs_backward rounds its chunks), one kernel over
+  // the whole vocabulary, then one dgrad and one wgrad GEMM over it (K = V and K = T).
+  Tensor gbuf = make_tensor({T, V}, hidden.dtype, dev);
+  profile_mark(dev, "log-softmax");
+  if (hidden.dtype == DType::BF16)
+    chunk_grad<<<static_cast<unsigned>(T), kThreads, 0, st>>>(
+        logits.data<float>(), V, V, 0, targets.data<int32_t>(), lse.data<float>(), d_logprobs.data<float>(), nullptr,
+        nullptr, static_cast<__nv_bfloat16*>(gbuf.raw()));
+  else
+    chunk_grad<<<static_cast<unsigned>(T), kThreads, 0, st>>>(logits.data<float>(), V, V, 0, targets.data<int32_t>(),
+                                                              lse.data<float>(), d_logprobs.data<float>(), nullptr,
+                                                              nullptr, gbuf.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("tokenLogprobsBackwardFromLogits gradient");
+  profile_mark(dev, "lm head dgrad");
+  gemm_raw(dev, T, H, V, inv_t, gbuf.raw(), V, false, lm_head.raw(), H, false, hidden.dtype, nullptr, DType::F32, 0.f,
+           d_hidden.raw(), DType::F32, H);
+  if (d_lm_head) {
+    profile_mark(dev, "lm head wgrad");
+    gemm_raw(dev, V, H, T, inv_t, gbuf.raw(), V, true, hidden.raw(), H, false, hidden.dtype, nullptr, DType::F32, 1.f,
+             d_lm_head->raw(), DType::F32, H);
+  }
+}
+
 }  // namespace gptoss::cuda

@@ -229,6 +229,14 @@ export const TrainerSchema = z
      */
     deterministic: z.boolean().default(false),
     /**
+     * Ours: the fused LM-head backward: the GRPO loss gradient is formed during the training forward, one chunk of
+     * tokens at a time, and the LM head's backward runs from that chunk's logits while they are in memory (3 LM-head
+     * GEMMs per micro-batch instead of 4: no logits recompute). Same gradients (CPU: bitwise up to the LM head
+     * gradient's sum over token chunks). Single-process policies (full weights and LoRA); refused on CUDA until its
+     * GPU test (test/gpu/fused-lm-head.test.ts) has passed.
+     */
+    fused_lm_head_backward: z.boolean().default(false),
+    /**
      * Runs over several processes: seconds a collective may wait for a rank that does not reach it (stuck in a phase,
      * or gone without closing its connection) before the whole job ends with a message naming that rank and its
      * phase. The launcher's hub times the host-side collectives and commands; on GPUs each NCCL communicator's native

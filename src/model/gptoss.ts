@@ -7,6 +7,8 @@
 //
 // backward(state, dLogprobs) takes dLoss/dLogprob per token and produces the gradient of every parameter (by
 // checkpoint name). With `recompute`, forward keeps only each layer's input and backward re-runs the layer.
+// With ForwardOptions.lossGradient (a per-token-local loss) the forward runs the LM head's backward itself, per
+// chunk of tokens from that chunk's kept logits (no logits recompute), and backward(state, null) starts below it.
 // Generation (prefill + KV-cache decode, sampling) lives in src/inference/ and runs the same layers through
 // DecoderLayer.prefill/decode, embed() and logits().
 import { Tensor } from '../tensor.ts';
@@ -18,7 +20,16 @@ import { accumulateGrad, disposeAll } from './tensor-helpers.ts';
 import { embeddingForward, embeddingBackward } from '../ops/embedding.ts';
 import { rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
 import { yarnInvFreq } from '../ops/rope.ts';
-import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward, tokenLogprobsBackwardHidden, logits as lmLogits } from '../ops/logprob.ts';
+import {
+  tokenLogprobs as lmHeadLogprobs,
+  tokenLogprobsBackward,
+  tokenLogprobsBackwardHidden,
+  tokenLogprobsForwardKeep,
+  tokenLogprobsBackwardFromLogits,
+  lmHeadChunk,
+  lmHeadTokenChunk,
+  logits as lmLogits,
+} from '../ops/logprob.ts';
 import { matmul } from '../ops/gemm.ts';
 import type { LoraAdapters } from './lora.ts';
 
@@ -35,7 +46,13 @@ export interface ForwardState {
   xL: Tensor;
   hf: Tensor;
   rstdf: Tensor;
-  lse: Tensor;
+  /** f32 [T]: the LM head's log-sum-exp for its backward; null where the forward ran that backward (lossGradient). */
+  lse: Tensor | null;
+  /**
+   * f32 [T, H]: dLoss/d(final norm output), where the forward ran the LM head's backward per token chunk
+   * (ForwardOptions.lossGradient); backward then starts from it and skips the LM head.
+   */
+  dHidden?: Tensor;
   temperature: number;
   /** The forward's LoRA dropout seed (ForwardOptions.dropoutSeed): the recompute reruns the layers with it. */
   dropoutSeed?: number;
@@ -60,6 +77,31 @@ export interface ForwardOptions {
    * and generation run without dropout, as PEFT's eval mode.
    */
   dropoutSeed?: number;
+  /**
+   * With train: the LM head's backward runs inside the forward, one chunk of tokens at a time (the fused LM-head
+   * backward, trainer.fused_lm_head_backward): per chunk the full-vocabulary logits f32 [Tc, V] are computed and
+   * kept (tokenLogprobsForwardKeep), the chunk's log-probs go to the host, `grad` turns them into dLoss/dlogp, and
+   * tokenLogprobsBackwardFromLogits forms dHidden's rows and the LM head's gradient from the kept logits: 3 LM-head
+   * GEMMs instead of the recomputing backward's 4. Only for a loss whose gradient at a token needs only that
+   * token's log-prob (src/rl/loss.ts policyTokenGradient). The state then holds dHidden; backward(state, null,
+   * grads) starts from it.
+   */
+  lossGradient?: LossGradient;
+}
+
+/** ForwardOptions.lossGradient. */
+export interface LossGradient {
+  /**
+   * dLoss/dlogp (length logprobs.length) of the packed tokens tokenOffset .. tokenOffset + logprobs.length - 1,
+   * given their log-probs (0 where a token does not count, e.g. prompt positions). Called once per token chunk,
+   * in order.
+   */
+  grad: (tokenOffset: number, logprobs: Float32Array) => Float32Array;
+  /**
+   * The gradient map the LM head's gradient is accumulated into (lm_head.weight, or the lm_head adapter's
+   * lora_A/lora_B; nothing for a frozen head): the map the backward of this forward then gets.
+   */
+  grads: Map<string, Tensor>;
 }
 
 export interface ForwardResult {
@@ -86,6 +128,8 @@ export interface ModelOptions {
   keepAttention?: boolean;
   /** Vocabulary rows per LM-head chunk (default: lmHeadChunk(T, V) of src/ops/logprob.ts, as the planner counts). */
   lmHeadChunk?: number;
+  /** Tokens per chunk of the fused LM-head backward (ForwardOptions.lossGradient; default lmHeadTokenChunk(V)). */
+  lmHeadTokenChunk?: number;
   /**
    * Bitwise-reproducible attention backward (default false). false: on CUDA (head_dim 64) dq is accumulated with
    * fp32 atomics inside the dK/dV kernel, as FlashAttention does by default (two fewer GEMMs per tile: ~24% less
@@ -119,6 +163,7 @@ export class GptOssModel implements LayerHost {
   recompute: boolean;
   keepAttention: boolean;
   lmHeadChunk: number | undefined;
+  lmHeadTokenChunk: number | undefined;
   deterministic: boolean;
   /** YaRN RoPE tables, shared by every layer. */
   readonly rope: RopeTables;
@@ -138,6 +183,10 @@ export class GptOssModel implements LayerHost {
     this.recompute = opts.recompute ?? false;
     this.keepAttention = opts.keepAttention ?? true;
     this.lmHeadChunk = opts.lmHeadChunk;
+    if (opts.lmHeadTokenChunk !== undefined && !(Number.isInteger(opts.lmHeadTokenChunk) && opts.lmHeadTokenChunk >= 1)) {
+      throw new Error(`GptOssModel: lmHeadTokenChunk must be an integer >= 1, got ${opts.lmHeadTokenChunk}`);
+    }
+    this.lmHeadTokenChunk = opts.lmHeadTokenChunk;
     this.deterministic = opts.deterministic ?? false;
     this.rope = ropeTables(this.config, this.device);
     this.layers = Array.from({ length: this.config.numLayers }, (_, l) => new DecoderLayer(this, l));
@@ -229,7 +278,29 @@ export class GptOssModel implements LayerHost {
     const { y: hf, rstd: rstdf } = rmsnormForward(x, this.weights.finalNorm, c.rmsNormEps);
     hidden?.push(hf.toFloat32());
     const head = this.lmHead();
-    const lp = lmHeadLogprobs(hf, head.w, b.targets, { temperature, chunk: this.lmHeadChunk });
+    let lp: { logprobs: Tensor; entropy: Tensor; lse: Tensor | null };
+    let dHidden: Tensor | undefined;
+    try {
+      if (opts.lossGradient) {
+        if (!train) throw new Error('GptOssModel.forward: lossGradient (the fused LM-head backward) needs train: true');
+        const f = this.fusedLmHead(hf, head.w, b, temperature, opts.lossGradient);
+        lp = { logprobs: f.logprobs, entropy: f.entropy, lse: null };
+        dHidden = f.dHidden;
+      } else lp = lmHeadLogprobs(hf, head.w, b.targets, { temperature, chunk: this.lmHeadChunk });
+    } catch (e) {
+      // A failed LM head (e.g. lossGradient.grad throwing): free what a state would have owned (the batch stays the
+      // caller's). With lossGradient, lossGradient.grads may hold part of the head's gradient: drop those buffers.
+      if (head.owned) head.w.dispose();
+      for (const sv of saved) {
+        if (!sv) continue;
+        disposeLayerSaved(sv);
+        sv.x.dispose();
+      }
+      for (const t of inputs) disposeAll(t);
+      for (const a of attention) if (a) disposeAll(a.attn, a.lse);
+      disposeAll(hf, rstdf, x);
+      throw e;
+    }
     const logits = opts.returnLogits ? lmLogits(hf, head.w) : undefined;
     // The merged head is made again in backward (its adapters are the same until the optimizer step) rather than
     // kept [V, H] through the layers' backward.
@@ -246,6 +317,7 @@ export class GptOssModel implements LayerHost {
         hf,
         rstdf,
         lse: lp.lse,
+        dHidden,
         temperature,
         dropoutSeed,
         dispose() {
@@ -259,7 +331,7 @@ export class GptOssModel implements LayerHost {
           inputs.length = 0;
           for (const a of attention) if (a) disposeAll(a.attn, a.lse);
           attention.length = 0;
-          disposeAll(this.xL, this.hf, this.rstdf, this.lse);
+          disposeAll(this.xL, this.hf, this.rstdf, this.lse, this.dHidden);
           if (releaseBatch) disposeBatch(b);
         },
       };
@@ -268,6 +340,83 @@ export class GptOssModel implements LayerHost {
       disposeAll(x, hf, rstdf, lp.lse);
     }
     return result;
+  }
+
+  /**
+   * The fused LM-head backward of ForwardOptions.lossGradient over hf bf16 [T, H] and the head w [V, H]: per token
+   * chunk the kept-logits forward, the host's dLoss/dlogp, and the backward from the kept logits into dHidden's
+   * rows and the head's gradient. The vocabulary chunk is the recomputing path's (lmHeadChunk(T, V)): on CPU the
+   * log-probs and dHidden come out bit for bit the same, and the head's gradient too with one token chunk.
+   */
+  private fusedLmHead(hf: Tensor, w: Tensor, b: PackedBatch, temperature: number, lg: LossGradient): { logprobs: Tensor; entropy: Tensor; dHidden: Tensor } {
+    const c = this.config;
+    const T = b.numTokens;
+    const H = c.hiddenSize;
+    const V = w.shape[0]!;
+    const chunk = this.lmHeadChunk ?? lmHeadChunk(T, V);
+    const tc = this.lmHeadTokenChunk ?? lmHeadTokenChunk(V);
+    const grads = lg.grads;
+    const headLora = this.lora?.head;
+    const lmName = c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+    // The head's gradient: a frozen head (adapters without an lm_head one) has none; an lm_head adapter's comes
+    // from the merged head's f32 [V, H] gradient (made here and freed); the base's accumulates into grads in place.
+    let dW: Tensor | undefined;
+    if (headLora) dW = Tensor.zeros([V, H], { dtype: 'f32', device: this.device });
+    else if (!this.lora) {
+      dW = grads.get(lmName);
+      if (!dW) grads.set(lmName, (dW = Tensor.zeros([V, H], { dtype: 'f32', device: this.device })));
+    }
+    const lpHost = new Float32Array(T);
+    const enHost = new Float32Array(T);
+    const dHidden = Tensor.empty([T, H], { dtype: 'f32', device: this.device });
+    try {
+      for (let t0 = 0; t0 < T; t0 += tc) {
+        const t1 = Math.min(T, t0 + tc);
+        const hs = hf.slice(t0, t1);
+        const ts = b.targets.slice(t0, t1);
+        const k = tokenLogprobsForwardKeep(hs, w, ts, { temperature, chunk });
+        let dT: Tensor | undefined;
+        let dhs: Tensor | undefined;
+        try {
+          const lpc = k.logprobs.toFloat32(); // the host sync of this chunk
+          lpHost.set(lpc, t0);
+          enHost.set(k.entropy.toFloat32(), t0);
+          const d = lg.grad(t0, lpc);
+          if (!(d instanceof Float32Array) || d.length !== t1 - t0) {
+            throw new Error(`GptOssModel.forward: lossGradient.grad gave ${d instanceof Float32Array ? d.length : typeof d} values for tokens ${t0}..${t1} (want a Float32Array of ${t1 - t0})`);
+          }
+          dT = Tensor.from(d, [t1 - t0], { dtype: 'f32', device: this.device });
+          dhs = dHidden.slice(t0, t1);
+          tokenLogprobsBackwardFromLogits(k.logits, hs, w, ts, k.lse, dT, { temperature, chunk, dLmHead: dW, dHidden: dhs });
+        } finally {
+          disposeAll(hs, ts, k.logprobs, k.entropy, k.lse, k.logits, dT, dhs);
+        }
+      }
+      if (headLora) this.headLoraGrads(dW!, grads);
+    } catch (e) {
+      dHidden.dispose();
+      throw e;
+    } finally {
+      if (headLora) dW!.dispose();
+    }
+    return {
+      logprobs: Tensor.from(lpHost, [T], { dtype: 'f32', device: this.device }),
+      entropy: Tensor.from(enHost, [T], { dtype: 'f32', device: this.device }),
+      dHidden,
+    };
+  }
+
+  /** The lm_head adapter's gradients from the merged head's dW f32 [V, H]: dB [V, r] = scale·dW·Aᵀ, dA [r, H] = scale·Bᵀ·dW. */
+  private headLoraGrads(dW: Tensor, grads: Map<string, Tensor>): void {
+    const headLora = this.lora!.head!;
+    const s = this.lora!.scale;
+    const put = (name: string, f: (o: { out?: Tensor; accumulate?: boolean; outDtype?: 'f32' }) => Tensor): void => {
+      const g = grads.get(name);
+      if (g) f({ out: g, accumulate: true });
+      else grads.set(name, f({ outDtype: 'f32' }));
+    };
+    put('lm_head.lora_B', (o) => matmul(dW, headLora.A, { transB: true, alpha: s, ...o }));
+    put('lm_head.lora_A', (o) => matmul(headLora.B, dW, { transA: true, alpha: s, ...o }));
   }
 
   /**
@@ -316,10 +465,17 @@ export class GptOssModel implements LayerHost {
    * every parameter, added into `grads` (buffers it lacks are created; pass zeroGrads() or the previous
    * micro-batch's map to accumulate). Consumes and frees the state.
    */
-  backward(state: ForwardState, dLogprobs: Tensor, grads: Map<string, Tensor> = new Map()): Map<string, Tensor> {
+  backward(state: ForwardState, dLogprobs: Tensor | null, grads: Map<string, Tensor> = new Map()): Map<string, Tensor> {
     const c = this.config;
     const b = state.batch;
-    if (dLogprobs.numel !== b.numTokens) throw new Error(`GptOssModel.backward: dLogprobs has ${dLogprobs.numel} values for ${b.numTokens} tokens`);
+    if (state.dHidden) {
+      // The forward ran the LM head's backward (ForwardOptions.lossGradient, into the grads map it was given).
+      if (dLogprobs) {
+        throw new Error('GptOssModel.backward: this forward ran the LM head backward (lossGradient): pass dLogprobs null');
+      }
+    } else if (!dLogprobs || dLogprobs.numel !== b.numTokens) {
+      throw new Error(`GptOssModel.backward: dLogprobs has ${dLogprobs?.numel ?? 'no'} values for ${b.numTokens} tokens`);
+    }
     // With adapters the base is frozen: the LM head, final norm and embedding give no gradients (the [V, H] LM head
     // and embedding gradients are neither computed nor allocated), and the layers add only the adapters'.
     const frozen = this.lora !== null;
@@ -327,32 +483,28 @@ export class GptOssModel implements LayerHost {
     try {
       const lmName = c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
       let dHidden: Tensor;
-      if (headLora) {
+      if (state.dHidden) {
+        dHidden = state.dHidden;
+        state.dHidden = undefined; // freed below, not by state.dispose()
+      } else if (headLora) {
         // lm_head adapter: the fused op's gradient of the merged head W_eff = W + scale·B·A (f32 [V, H], made and
         // freed here) gives dB [V, r] = scale·dW·Aᵀ and dA [r, H] = scale·Bᵀ·dW, as for the router.
         const head = this.lmHead();
-        const r = tokenLogprobsBackward(state.hf, head.w, b.targets, state.lse, dLogprobs, {
+        const r = tokenLogprobsBackward(state.hf, head.w, b.targets, state.lse!, dLogprobs!, {
           temperature: state.temperature,
           chunk: this.lmHeadChunk,
         });
         head.w.dispose();
-        const s = this.lora!.scale;
-        const put = (name: string, f: (o: { out?: Tensor; accumulate?: boolean; outDtype?: 'f32' }) => Tensor): void => {
-          const g = grads.get(name);
-          if (g) f({ out: g, accumulate: true });
-          else grads.set(name, f({ outDtype: 'f32' }));
-        };
-        put('lm_head.lora_B', (o) => matmul(r.dLmHead, headLora.A, { transB: true, alpha: s, ...o }));
-        put('lm_head.lora_A', (o) => matmul(headLora.B, r.dLmHead, { transA: true, alpha: s, ...o }));
+        this.headLoraGrads(r.dLmHead, grads);
         r.dLmHead.dispose();
         dHidden = r.dHidden;
       } else if (frozen) {
-        dHidden = tokenLogprobsBackwardHidden(state.hf, this.weights.lmHead, b.targets, state.lse, dLogprobs, {
+        dHidden = tokenLogprobsBackwardHidden(state.hf, this.weights.lmHead, b.targets, state.lse!, dLogprobs!, {
           temperature: state.temperature,
           chunk: this.lmHeadChunk,
         });
       } else {
-        const head = tokenLogprobsBackward(state.hf, this.weights.lmHead, b.targets, state.lse, dLogprobs, {
+        const head = tokenLogprobsBackward(state.hf, this.weights.lmHead, b.targets, state.lse!, dLogprobs!, {
           temperature: state.temperature,
           chunk: this.lmHeadChunk,
           dLmHead: grads.get(lmName),

@@ -139,6 +139,69 @@ export function tokenLogprobsBackward(
   return { dHidden: new Tensor(r.dHidden), dLmHead };
 }
 
+// ---- token-chunked: the loss gradient formed during the forward ----------------------------------------------------
+// Where the loss's gradient with respect to each token's log-prob is known as soon as that token's log-prob is
+// (a per-token-local loss, src/rl/loss.ts policyTokenGradient), the LM head can run per chunk of TOKENS instead:
+// tokenLogprobsForwardKeep computes a chunk's full-vocabulary logits and keeps them, the host turns the chunk's
+// log-probs into dLoss/dlogp, and tokenLogprobsBackwardFromLogits forms dlogits from the kept logits and runs only
+// the dgrad and wgrad GEMMs: 3 LM-head GEMMs per token instead of the recomputing backward's 4.
+
+/**
+ * Tokens per chunk of the token-chunked LM head at vocabulary `vocab`: the most rows whose fp32 logits [Tc, V] +
+ * dlogits [Tc, V] in the hidden dtype (bf16: 6 B per entry, lmHeadChunkBytes) fit LM_HEAD_CHUNK_BUDGET_BYTES,
+ * at least 1 (gpt-oss, V = 201,088: 1334 tokens). The model (src/model/gptoss.ts) takes it from here.
+ */
+export function lmHeadTokenChunk(vocab: number, hiddenDtypeBytes = 2): number {
+  if (!(Number.isInteger(vocab) && vocab >= 1)) throw new Error(`lmHeadTokenChunk: vocab must be a positive integer, got ${vocab}`);
+  return Math.max(1, Math.floor(LM_HEAD_CHUNK_BUDGET_BYTES / lmHeadChunkBytes(1, vocab, vocab, hiddenDtypeBytes)));
+}
+
+export interface TokenLogprobsKept extends TokenLogprobs {
+  /** f32 [T, V]: z = hidden · lmHeadᵀ / temperature, for tokenLogprobsBackwardFromLogits. */
+  logits: Tensor;
+}
+
+/**
+ * tokenLogprobs of a chunk of tokens (hidden [Tc, H], targets i32 [Tc]) that also returns its logits f32 [Tc, V].
+ * opts.chunk is the vocabulary chunk the softmax statistics are merged by (default lmHeadChunk(Tc, V)); passing the
+ * chunk tokenLogprobs uses over all the tokens gives its log-probs and lse bit for bit (CPU).
+ */
+export function tokenLogprobsForwardKeep(hidden: Tensor, lmHead: Tensor, targets: Tensor, opts: TokenLogprobsOptions = {}): TokenLogprobsKept {
+  const r = native().ops.tokenLogprobsForwardKeep(hidden.native, lmHead.native, targets.native, opts.temperature ?? 1, chunkOf(hidden, lmHead, opts));
+  return { logprobs: new Tensor(r.logprobs), entropy: new Tensor(r.entropy), lse: new Tensor(r.lse), logits: new Tensor(r.logits) };
+}
+
+export interface FromLogitsOptions extends TokenLogprobsOptions {
+  /** f32 [V, H]: the LM-head gradient is accumulated into it; absent = a frozen head (LoRA): no wgrad GEMM. */
+  dLmHead?: Tensor;
+  /** f32 [Tc, H]: written with dHidden (e.g. rows of the model's [T, H] buffer); default a new tensor. */
+  dHidden?: Tensor;
+}
+
+/**
+ * The backward of tokenLogprobsForwardKeep from its kept logits (f32 [Tc, V]) and lse, given dLogprobs f32 [Tc]:
+ * dz = dlogp (onehot - p), dlogits = dz / temperature (on CUDA rounded to the hidden dtype like the recomputing
+ * backward's chunks; on CPU fp32 as there), then dHidden = dlogits · lmHead (returned) and dLmHead += dlogitsᵀ ·
+ * hidden. No entropy gradient. opts.chunk: the CPU's vocabulary chunk (the recomputing backward's chunk gives its
+ * dHidden bit for bit).
+ */
+export function tokenLogprobsBackwardFromLogits(
+  logits: Tensor,
+  hidden: Tensor,
+  lmHead: Tensor,
+  targets: Tensor,
+  lse: Tensor,
+  dLogprobs: Tensor,
+  opts: FromLogitsOptions = {},
+): Tensor {
+  const dHidden = opts.dHidden ?? Tensor.empty([hidden.shape[0] ?? 0, hidden.shape[1] ?? 0], { dtype: 'f32', device: hidden.device });
+  native().ops.tokenLogprobsBackwardFromLogits(
+    logits.native, hidden.native, lmHead.native, targets.native, lse.native, dLogprobs.native,
+    opts.temperature ?? 1, chunkOf(hidden, lmHead, opts), dHidden.native, opts.dLmHead?.native ?? null,
+  );
+  return dHidden;
+}
+
 /** Full f32 logits [T, V] = hidden · lmHeadᵀ (small cases: tests, generation of a few rows). */
 export function logits(hidden: Tensor, lmHead: Tensor): Tensor {
   return matmul(hidden, lmHead, { transB: true, outDtype: 'f32' });

@@ -116,20 +116,45 @@ export function ppoTokenLoss(
   return { loss, dlogp, clipped, dualClipped, ratio };
 }
 
-export function policyLoss(input: PolicyLossInput, o: PolicyLossOptions): PolicyLossResult {
-  const S = input.logprobs.length;
-  if (input.oldLogprobs.length !== S || input.advantages.length !== S) {
-    throw new Error(`policyLoss: ${S} responses, ${input.oldLogprobs.length} old log-prob rows, ${input.advantages.length} advantages`);
+/** The policy_loss_type values whose loss is a sum of per-token terms (every current one). */
+const TOKEN_LOCAL_LOSS_TYPES: readonly string[] = ['regular', 'dual_clip'];
+/** The loss_reduction values whose per-token weight is known before any log-prob is (every current one). */
+const TOKEN_LOCAL_REDUCTIONS: readonly string[] = ['token_mean', 'sequence_mean', 'seq_mean_token_sum_norm'];
+
+/** What a token's loss term needs beyond its log-prob: the batch's other inputs, resolved once (policyLossContext). */
+interface PolicyLossContext {
+  input: Omit<PolicyLossInput, 'logprobs'>;
+  o: PolicyLossOptions;
+  useKl: boolean;
+  /** Per response: its reduction weight (every counted token's loss enters the total times this). */
+  weights: Float64Array;
+}
+
+/**
+ * Checks the inputs and resolves the reduction weight of each response from the counts (the old log-probs'
+ * lengths and the masks) and the normalisers: what makes the loss per-token local, so that a token's gradient
+ * needs nothing but that token's log-prob. `who` names the caller in errors.
+ */
+function policyLossContext(input: Omit<PolicyLossInput, 'logprobs'>, o: PolicyLossOptions, who: string, lengths?: readonly number[]): PolicyLossContext {
+  if (!TOKEN_LOCAL_LOSS_TYPES.includes(o.policyLossType)) {
+    throw new Error(`${who}: policy_loss_type '${o.policyLossType}' is not a per-token loss (supported: ${TOKEN_LOCAL_LOSS_TYPES.join(', ')})`);
+  }
+  if (!TOKEN_LOCAL_REDUCTIONS.includes(o.lossReduction)) {
+    throw new Error(`${who}: loss_reduction '${o.lossReduction}' has no per-token weight (supported: ${TOKEN_LOCAL_REDUCTIONS.join(', ')})`);
+  }
+  const S = input.oldLogprobs.length;
+  if (input.advantages.length !== S || (lengths && lengths.length !== S)) {
+    throw new Error(`${who}: ${lengths?.length ?? S} responses, ${S} old log-prob rows, ${input.advantages.length} advantages`);
   }
   const useKl = o.klCoef > 0 && !!input.refLogprobs;
-  if (o.klCoef > 0 && !input.refLogprobs) throw new Error('policyLoss: klCoef > 0 needs refLogprobs');
+  if (o.klCoef > 0 && !input.refLogprobs) throw new Error(`${who}: klCoef > 0 needs refLogprobs`);
   // Own counts (used unless the caller passes mini-batch normalisers).
   let ownTokens = 0;
   const seqTokens = new Int32Array(S);
   for (let s = 0; s < S; s++) {
-    const n = input.logprobs[s]!.length;
-    if (input.oldLogprobs[s]!.length !== n) throw new Error(`policyLoss: response ${s} has ${n} log-probs but ${input.oldLogprobs[s]!.length} old ones`);
-    if (useKl && input.refLogprobs![s]!.length !== n) throw new Error(`policyLoss: response ${s} has ${n} log-probs but ${input.refLogprobs![s]!.length} reference ones`);
+    const n = input.oldLogprobs[s]!.length;
+    if (lengths && lengths[s] !== n) throw new Error(`${who}: response ${s} has ${lengths[s]} log-probs but ${n} old ones`);
+    if (useKl && input.refLogprobs![s]!.length !== n) throw new Error(`${who}: response ${s} has ${n} log-probs but ${input.refLogprobs![s]!.length} reference ones`);
     const m = input.mask?.[s];
     let c = 0;
     for (let t = 0; t < n; t++) if (!m || m[t]) c++;
@@ -138,6 +163,65 @@ export function policyLoss(input: PolicyLossInput, o: PolicyLossOptions): Policy
   }
   const normTokens = o.norm?.tokens ?? ownTokens;
   const normSeqs = o.norm?.sequences ?? S;
+  const weights = new Float64Array(S);
+  for (let s = 0; s < S; s++) {
+    switch (o.lossReduction) {
+      case 'token_mean':
+        weights[s] = normTokens > 0 ? 1 / normTokens : 0;
+        break;
+      case 'sequence_mean':
+        weights[s] = seqTokens[s]! > 0 && normSeqs > 0 ? 1 / (normSeqs * seqTokens[s]!) : 0;
+        break;
+      case 'seq_mean_token_sum_norm':
+        weights[s] = normSeqs > 0 ? 1 / (normSeqs * o.maxSeqLen) : 0;
+        break;
+    }
+  }
+  return { input, o, useKl, weights };
+}
+
+/** One counted token t of response s at log-prob x: its PPO term, its KL term (when on) and w·dLoss/dlogp. */
+function tokenTerm(c: PolicyLossContext, s: number, t: number, x: number): { ppo: ReturnType<typeof ppoTokenLoss>; kl: number; grad: number } {
+  const r = ppoTokenLoss(x, c.input.oldLogprobs[s]![t]!, c.input.advantages[s]!, c.o);
+  let dl = r.dlogp;
+  let kl = 0;
+  if (c.useKl) {
+    const k = k3(x, c.input.refLogprobs![s]![t]!);
+    kl = k.kl;
+    dl += c.o.klCoef * k.dlogp;
+  }
+  return { ppo: r, kl, grad: c.weights[s]! * dl };
+}
+
+/**
+ * dLoss/dlogp of any tokens of any response, from their log-probs alone: `grad(s, t0, logprobs)` gives the
+ * gradients of tokens t0 .. t0 + logprobs.length - 1 of response s (f32, 0 where masked), the same values as
+ * policyLoss's dLogprobs bit for bit. For the fused LM-head backward (the model forms the LM head's gradient per
+ * chunk of tokens during the forward, src/model/gptoss.ts ForwardOptions.lossGradient). Refuses a loss that is
+ * not per-token local (none of the current policy_loss_type / loss_reduction values is).
+ */
+export function policyTokenGradient(input: Omit<PolicyLossInput, 'logprobs'>, o: PolicyLossOptions): (s: number, t0: number, logprobs: ArrayLike<number>) => Float32Array {
+  const c = policyLossContext(input, o, 'policyTokenGradient');
+  return (s, t0, lp) => {
+    const old = input.oldLogprobs[s];
+    if (!old) throw new Error(`policyTokenGradient: response ${s} of ${input.oldLogprobs.length}`);
+    if (!(Number.isInteger(t0) && t0 >= 0 && t0 + lp.length <= old.length)) {
+      throw new Error(`policyTokenGradient: tokens ${t0}..${t0 + lp.length} of response ${s}, which has ${old.length}`);
+    }
+    const m = input.mask?.[s];
+    const g = new Float32Array(lp.length);
+    for (let i = 0; i < lp.length; i++) {
+      if (m && !m[t0 + i]) continue;
+      g[i] = tokenTerm(c, s, t0 + i, lp[i]!).grad;
+    }
+    return g;
+  };
+}
+
+export function policyLoss(input: PolicyLossInput, o: PolicyLossOptions): PolicyLossResult {
+  const c = policyLossContext(input, o, 'policyLoss', input.logprobs.map((l) => l.length));
+  const S = input.logprobs.length;
+  const useKl = c.useKl;
   const sums = { tokens: 0, clipped: 0, dualClipped: 0, kl: 0, ratio: 0, ratioMax: -Infinity, ratioMin: Infinity, nonFinite: 0 };
   let pl = 0;
   let kll = 0;
@@ -145,29 +229,15 @@ export function policyLoss(input: PolicyLossInput, o: PolicyLossOptions): Policy
   for (let s = 0; s < S; s++) {
     const lp = input.logprobs[s]!;
     const old = input.oldLogprobs[s]!;
-    const ref = input.refLogprobs?.[s];
     const m = input.mask?.[s];
-    const A = input.advantages[s]!;
     const n = lp.length;
     const g = new Float32Array(n);
-    let w: number;
-    switch (o.lossReduction) {
-      case 'token_mean':
-        w = normTokens > 0 ? 1 / normTokens : 0;
-        break;
-      case 'sequence_mean':
-        w = seqTokens[s]! > 0 && normSeqs > 0 ? 1 / (normSeqs * seqTokens[s]!) : 0;
-        break;
-      case 'seq_mean_token_sum_norm':
-        w = normSeqs > 0 ? 1 / (normSeqs * o.maxSeqLen) : 0;
-        break;
-    }
+    const w = c.weights[s]!;
     for (let t = 0; t < n; t++) {
       if (m && !m[t]) continue;
       const x = lp[t]!;
       if (!Number.isFinite(x) || !Number.isFinite(old[t]!)) sums.nonFinite++;
-      const r = ppoTokenLoss(x, old[t]!, A, o);
-      let dl = r.dlogp;
+      const { ppo: r, kl, grad } = tokenTerm(c, s, t, x);
       pl += w * r.loss;
       sums.tokens++;
       if (r.clipped) sums.clipped++;
@@ -176,12 +246,10 @@ export function policyLoss(input: PolicyLossInput, o: PolicyLossOptions): Policy
       if (r.ratio > sums.ratioMax) sums.ratioMax = r.ratio;
       if (r.ratio < sums.ratioMin) sums.ratioMin = r.ratio;
       if (useKl) {
-        const k = k3(x, ref![t]!);
-        kll += w * k.kl;
-        sums.kl += k.kl;
-        dl += o.klCoef * k.dlogp;
+        kll += w * kl;
+        sums.kl += kl;
       }
-      g[t] = w * dl;
+      g[t] = grad;
     }
     dLogprobs.push(g);
   }

@@ -22,6 +22,8 @@ import type {
   Policy,
   SequenceBatch,
   TrainForward,
+  TrainForwardOptions,
+  LossGradientFn,
 } from './policy.ts';
 
 function checkBatch(b: SequenceBatch, who: string): void {
@@ -39,6 +41,29 @@ function responseSlices(all: Float32Array, offsets: number[], b: SequenceBatch):
     // Response tokens are positions promptLen..len-1; their log-probs sit at positions promptLen-1..len-2.
     return all.slice(o + b.promptLens[i]! - 1, o + s.length - 1);
   });
+}
+
+/**
+ * A packed-token loss gradient (GptOssModel's lossGradient.grad) from one over response tokens: packed position p
+ * holds log p(token p+1), so sequence i's response token r sits at offsets[i] + promptLens[i] - 1 + r; every
+ * other position (prompts, each sequence's last token) gets 0.
+ */
+function packedLossGradient(fn: LossGradientFn, offsets: number[], b: SequenceBatch): (t0: number, lp: Float32Array) => Float32Array {
+  return (t0, lp) => {
+    const t1 = t0 + lp.length;
+    const d = new Float32Array(lp.length);
+    b.sequences.forEach((s, i) => {
+      const r0 = offsets[i]! + b.promptLens[i]! - 1; // packed position of response token 0
+      const r1 = offsets[i]! + s.length - 1;
+      const a = Math.max(t0, r0);
+      const e = Math.min(t1, r1);
+      if (a >= e) return;
+      const g = fn(i, a - r0, lp.subarray(a - t0, e - t0));
+      if (g.length !== e - a) throw new Error(`forward: lossGradient gave ${g.length} values for ${e - a} tokens of sequence ${i}`);
+      d.set(g, a - t0);
+    });
+    return d;
+  };
 }
 
 function toArrays(b: SequenceBatch): number[][] {
@@ -106,12 +131,24 @@ export class GptOssPolicy implements Policy {
     return modelLogprobs(this.model, batch, opts);
   }
 
-  async forward(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<TrainForward> {
+  /** forward() takes lossGradient (GptOssModel's fused LM-head backward). */
+  readonly fusedLmHeadBackward = true;
+
+  async forward(batch: SequenceBatch, opts: TrainForwardOptions = {}): Promise<TrainForward> {
     checkBatch(batch, 'forward');
     const pb = packSequences(toArrays(batch), this.device);
+    const fused = opts.lossGradient !== undefined;
     let r: ReturnType<GptOssModel['forward']>;
     try {
-      r = this.model.forward(pb, { ...this.trainForwardOptions(), train: true, temperature: opts.temperature ?? 1 });
+      let lossGradient: ForwardOptions['lossGradient'];
+      if (opts.lossGradient) {
+        // The LM head's gradient accumulates during the forward: the buffers must exist, with any pending clip
+        // factor applied first (as backward does).
+        if (!this.grads) this.grads = new Map();
+        this.applyGradScale();
+        lossGradient = { grad: packedLossGradient(opts.lossGradient, pb.offsets, batch), grads: this.grads };
+      }
+      r = this.model.forward(pb, { ...this.trainForwardOptions(), train: true, temperature: opts.temperature ?? 1, lossGradient });
     } catch (e) {
       disposeBatch(pb);
       throw e;
@@ -130,8 +167,20 @@ export class GptOssPolicy implements Policy {
     return {
       logprobs: responseSlices(lp, pb.offsets, batch),
       entropy: en ? responseSlices(en, pb.offsets, batch) : undefined,
-      backward: async (d: Float32Array[]) => {
+      backward: async (d?: Float32Array[]) => {
         if (consumed) throw new Error('TrainForward.backward: already consumed');
+        if (fused) {
+          if (d !== undefined) throw new Error('TrainForward.backward: this forward took lossGradient (the LM head backward ran in it): call backward() without dLogprobs');
+          consumed = true;
+          if (!this.grads) {
+            state.dispose();
+            throw new Error('TrainForward.backward: zeroGrad() ran between this forward (lossGradient) and its backward: the LM head gradient taken in the forward is gone');
+          }
+          this.applyGradScale();
+          this.model.backward(state, null, this.grads);
+          return;
+        }
+        if (!d) throw new Error('TrainForward.backward: dLogprobs missing (only a forward with lossGradient takes none)');
         if (d.length !== batch.sequences.length) throw new Error(`backward: ${d.length} gradient rows for ${batch.sequences.length} sequences`);
         const full = new Float32Array(pb.numTokens);
         batch.sequences.forEach((s, i) => {

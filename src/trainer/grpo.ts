@@ -18,7 +18,7 @@ import { childLogger } from '../log/logger.ts';
 import { dumpEvalResults, exportDir, type EvalDumpRow } from '../log/eval-dump.ts';
 import { MetricsLogger, Progress, type Metrics } from '../log/metrics.ts';
 import { groupAdvantages, stats } from '../rl/advantages.ts';
-import { policyLoss, meanK3 } from '../rl/loss.ts';
+import { policyLoss, policyTokenGradient, meanK3, type PolicyLossOptions } from '../rl/loss.ts';
 import { CheckpointError, GRPO_RESUME_KEYS, resumeTraining, saveTrainingCheckpoint, type TrainerState } from './checkpoint.ts';
 import type { Completion, Generator, LogprobModel, LogprobOutput, Policy, ResourceSample, ResourceSampler, SamplingParams, SequenceBatch } from './policy.ts';
 import { epochOrder, Rng } from './rng.ts';
@@ -261,6 +261,15 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
   const t = config.trainer;
   const alg = t.algorithm;
   const useKl = alg.use_kl_loss && alg.kl_loss_coef > 0;
+  if (t.fused_lm_head_backward) {
+    if (!policy.fusedLmHeadBackward) {
+      throw new Error('trainer.fused_lm_head_backward=true: this policy (a sharded or distributed one) has no fused LM-head backward; set it false');
+    }
+    // Written without a GPU: refused on CUDA until its GPU test has run (docs/architecture.md).
+    if (policy.device !== 'cpu') {
+      throw new Error(`trainer.fused_lm_head_backward=true: not yet run on a GPU (policy on ${policy.device}); refused until test/gpu/fused-lm-head.test.ts has passed; set it false`);
+    }
+  }
   // The reference must be the initial weights: copy before loading any checkpoint.
   let ref: LogprobModel | undefined = d.ref;
   let ownRef = false;
@@ -532,32 +541,35 @@ async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogp
       for (const micro of chunks(mini, t.micro_train_batch_size_per_gpu * (policy.dataParallelSize ?? 1))) {
         await yieldToEventLoop();
         const mb: SequenceBatch = { sequences: micro.map((i) => batch.sequences[i]!), promptLens: micro.map((i) => batch.promptLens[i]!) };
-        const fwd = await times.time('train_forward', () => policy.forward(mb, { entropy: false, temperature: run.lpTemperature, packed: t.use_sample_packing }));
-        const res = policyLoss(
-          {
-            logprobs: fwd.logprobs,
-            oldLogprobs: micro.map((i) => old.logprobs[i]!),
-            refLogprobs: refOut ? micro.map((i) => refOut.logprobs[i]!) : undefined,
-            advantages: micro.map((i) => advantages[i]!),
-            mask: batch.lossMasks ? micro.map((i) => batch.lossMasks![i]!) : undefined,
-          },
-          {
-            epsClipLow: alg.eps_clip_low,
-            epsClipHigh: alg.eps_clip_high,
-            policyLossType: alg.policy_loss_type,
-            clipRatioC: alg.clip_ratio_c,
-            lossReduction: alg.loss_reduction,
-            maxSeqLen: run.g.sampling_params.max_generate_length,
-            klCoef: useKl ? alg.kl_loss_coef : 0,
-            norm,
-          },
-        );
+        const lossInput = {
+          oldLogprobs: micro.map((i) => old.logprobs[i]!),
+          refLogprobs: refOut ? micro.map((i) => refOut.logprobs[i]!) : undefined,
+          advantages: micro.map((i) => advantages[i]!),
+          mask: batch.lossMasks ? micro.map((i) => batch.lossMasks![i]!) : undefined,
+        };
+        const lossOpts: PolicyLossOptions = {
+          epsClipLow: alg.eps_clip_low,
+          epsClipHigh: alg.eps_clip_high,
+          policyLossType: alg.policy_loss_type,
+          clipRatioC: alg.clip_ratio_c,
+          lossReduction: alg.loss_reduction,
+          maxSeqLen: run.g.sampling_params.max_generate_length,
+          klCoef: useKl ? alg.kl_loss_coef : 0,
+          norm,
+        };
+        // trainer.fused_lm_head_backward: the forward takes the per-token loss gradient and runs the LM head's
+        // backward itself (its time then counts as 'train_forward'); the loss below gives the same dLogprobs
+        // (policyTokenGradient's, bit for bit) and the metrics.
+        const fused = t.fused_lm_head_backward;
+        const lossGradient = fused ? policyTokenGradient(lossInput, lossOpts) : undefined;
+        const fwd = await times.time('train_forward', () => policy.forward(mb, { entropy: false, temperature: run.lpTemperature, packed: t.use_sample_packing, lossGradient }));
+        const res = policyLoss({ logprobs: fwd.logprobs, ...lossInput }, lossOpts);
         if (!Number.isFinite(res.loss)) {
-          fwd.release();
+          fwd.release(); // with fused, the LM head gradient already taken is dropped with the mini-batch (zeroGrad)
           bad = true;
           break;
         }
-        await times.time('train_backward', () => fwd.backward(res.dLogprobs));
+        await times.time('train_backward', () => (fused ? fwd.backward() : fwd.backward(res.dLogprobs)));
         u.lossSum += res.loss;
         u.sums.tokens += res.sums.tokens;
         u.sums.clipped += res.sums.clipped;

@@ -32,7 +32,7 @@
 import type { Config } from '../config/schema.ts';
 import type { GptOssConfig } from '../model/config.ts';
 import { LORA_TARGETS, MODEL_TARGETS, loraShapes, type LoraTarget } from '../model/lora.ts';
-import { lmHeadChunk, lmHeadChunkBytes } from '../ops/logprob.ts';
+import { lmHeadChunk, lmHeadChunkBytes, lmHeadTokenChunk } from '../ops/logprob.ts';
 
 // ---- parameters ------------------------------------------------------------------------------------------------
 
@@ -164,8 +164,15 @@ export interface TrainingActivations {
   headBackwardPeakBytes: number;
   /** The vocabulary chunk of the fused log-prob op at this token count (src/ops/logprob.ts lmHeadChunk). */
   logprobChunk: number;
-  /** The LM head backward's chunk buffers: T x min(chunk, V) x (4 + 2) B (part of headBackwardPeakBytes). */
+  /**
+   * The LM head backward's chunk buffers (part of headBackwardPeakBytes): T x min(chunk, V) x (4 + 2) B, or with
+   * fusedLmHead min(T, tokenChunk) x V x (4 + 2) B (a token chunk's full-vocabulary logits and dlogits).
+   */
   logprobChunkBytes: number;
+  /** The fused LM-head backward (trainer.fused_lm_head_backward): chunks of tokens, not of the vocabulary. */
+  fusedLmHead: boolean;
+  /** With fusedLmHead: tokens per chunk (src/ops/logprob.ts lmHeadTokenChunk), else 0. */
+  lmHeadTokenChunk: number;
   peakBytes: number;
 }
 
@@ -179,6 +186,7 @@ export function trainingActivations(
   recompute: boolean,
   moeRowPadding: number,
   keepAttention = recompute,
+  fusedLmHead = false,
 ): TrainingActivations {
   const t = activationTerms(c, moeRowPadding);
   const L = c.numLayers;
@@ -195,8 +203,12 @@ export function trainingActivations(
   const phasePerToken = Math.max(t.moeBackward, t.attentionBackward - t.freedBeforeAttention);
   const layerPeakPerToken = storedPerToken + t.final + rebuiltPerToken + t.dy + phasePerToken;
   const chunk = lmHeadChunk(T, c.vocabSize);
-  // tokenLogprobsBackward: fp32 logits [T, chunk] + dlogits [T, chunk] in the hidden dtype (bf16).
-  const headChunkBytes = lmHeadChunkBytes(T, chunk, c.vocabSize);
+  // tokenLogprobsBackward: fp32 logits [T, chunk] + dlogits [T, chunk] in the hidden dtype (bf16). The fused
+  // LM-head backward instead keeps one token chunk's fp32 logits [Tc, V] + bf16 dlogits [Tc, V] (within the same
+  // 1.5 GiB budget, but the whole budget from Tc tokens on: more than the vocabulary chunks below 16k tokens); its
+  // dHidden f32 [T, H] is the same one, made in the forward.
+  const tokenChunk = fusedLmHead ? lmHeadTokenChunk(c.vocabSize) : 0;
+  const headChunkBytes = fusedLmHead ? lmHeadChunkBytes(Math.min(T, tokenChunk), c.vocabSize, c.vocabSize) : lmHeadChunkBytes(T, chunk, c.vocabSize);
   const headPeak = T * (storedPerToken + t.final + t.headBackward) + headChunkBytes;
   const layerPeak = T * layerPeakPerToken;
   return {
@@ -209,6 +221,8 @@ export function trainingActivations(
     headBackwardPeakBytes: headPeak,
     logprobChunk: chunk,
     logprobChunkBytes: headChunkBytes,
+    fusedLmHead,
+    lmHeadTokenChunk: tokenChunk,
     peakBytes: Math.max(layerPeak, headPeak),
   };
 }
@@ -299,6 +313,8 @@ export interface PlanInput {
   /** With recompute: each layer's attention output and LSE kept for it (trainer.gradient_checkpointing_keep_attention;
    *  default true, the models' default). */
   keepAttention?: boolean;
+  /** The fused LM-head backward (trainer.fused_lm_head_backward; default false): token-chunk LM head buffers. */
+  fusedLmHead?: boolean;
   /** fp32 masters and AdamW moments in host memory (trainer.policy.fsdp_config.cpu_offload). */
   cpuOffload: boolean;
   ref: RefPlacement;
@@ -354,6 +370,17 @@ function activationPartRows(c: GptOssConfig, act: TrainingActivations): PlanRow[
       formula: `${c.numLayers} x ${T} tok x (2 B x Hq·D ${c.numHeads * c.headDim} + 4 B x Hq ${c.numHeads}): output + LSE, forward to the layer's backward`,
       partOf: 'activations',
     });
+  }
+  if (act.fusedLmHead) {
+    const tc = fmtInt(Math.min(act.tokens, act.lmHeadTokenChunk));
+    rows.push({
+      key: 'lmHeadChunk',
+      label: `LM head token-chunk buffers (${tc} tokens, fused backward)`,
+      bytes: act.logprobChunkBytes,
+      formula: `${tc} tok x ${fmtInt(c.vocabSize)} x (4 + 2) B (fp32 logits + bf16 dlogits) in the forward's LM head backward (peak ${formatGB(act.headBackwardPeakBytes)})`,
+      partOf: 'activations',
+    });
+    return rows;
   }
   rows.push({
     key: 'lmHeadChunk',
@@ -445,6 +472,7 @@ export function planInputFromConfig(
     forwardMicroBatchTokens: t.micro_forward_batch_size_per_gpu * seq,
     recompute: t.gradient_checkpointing,
     keepAttention: t.gradient_checkpointing_keep_attention,
+    fusedLmHead: t.fused_lm_head_backward,
     cpuOffload: t.policy.fsdp_config.cpu_offload,
     // The reference shares the policy's GPUs when colocated with it, else waits in host memory between uses.
     ref: t.algorithm.use_kl_loss ? (t.placement.colocate_policy_ref ? 'gpu' : 'host') : 'none',
@@ -498,8 +526,8 @@ export function planMemory(input: PlanInput): MemoryPlan {
   const sharded = N > 1;
 
   const keepAttention = input.keepAttention ?? true;
-  const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding, keepAttention);
-  const withoutRecompute = trainingActivations(c, input.microBatchTokens, false, a.moeRowPadding);
+  const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding, keepAttention, input.fusedLmHead ?? false);
+  const withoutRecompute = trainingActivations(c, input.microBatchTokens, false, a.moeRowPadding, false, input.fusedLmHead ?? false);
   const act = input.recompute ? withRecompute : withoutRecompute;
   const fwdAct = forwardActivations(c, input.forwardMicroBatchTokens, a.moeRowPadding);
 
@@ -539,7 +567,7 @@ export function planMemory(input: PlanInput): MemoryPlan {
       fwdAct > act.peakBytes
         ? `no-grad forward of ${fmtInt(input.forwardMicroBatchTokens)} tokens (larger than the training micro-batch's ${formatGB(act.peakBytes)})`
         : `recompute ${input.recompute ? 'on' : 'off'}: stored ${formatGB(act.storedBytes)}, peak in ${
-            act.layerBackwardPeakBytes >= act.headBackwardPeakBytes ? "the last layer's backward" : `the LM head backward (chunks of ${fmtInt(act.logprobChunk)} vocab rows)`
+            act.layerBackwardPeakBytes >= act.headBackwardPeakBytes ? "the last layer's backward" : act.fusedLmHead ? `the forward's LM head backward (chunks of ${fmtInt(act.lmHeadTokenChunk)} tokens)` : `the LM head backward (chunks of ${fmtInt(act.logprobChunk)} vocab rows)`
           }`,
   });
   train.push(...activationPartRows(c, act));
@@ -758,8 +786,8 @@ export function planLoraTraining(input: PlanInput, lora: { rank: number; targets
     notes.push(`adapters on the experts (${experts.join(', ')}) run the MoE's per-expert cuBLAS path at every batch size (its grouped decode kernels have no adapter epilogue): slower generation than attention-only adapters`);
   }
   if (input.cpuOffload) notes.push('trainer.policy.fsdp_config.cpu_offload has nothing to offload in a LoRA run (the adapters\' optimizer state is small)');
-  const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding, input.keepAttention ?? true);
-  const withoutRecompute = trainingActivations(c, input.microBatchTokens, false, a.moeRowPadding);
+  const withRecompute = trainingActivations(c, input.microBatchTokens, true, a.moeRowPadding, input.keepAttention ?? true, input.fusedLmHead ?? false);
+  const withoutRecompute = trainingActivations(c, input.microBatchTokens, false, a.moeRowPadding, false, input.fusedLmHead ?? false);
   const act = input.recompute ? withRecompute : withoutRecompute;
   // The adapters' products in the backward: per linear target u = x·Aᵀ and dU [T, r] f32 (one target at a time).
   const adapterAct = input.microBatchTokens * 2 * 4 * lora.rank;

@@ -40,10 +40,29 @@ export interface LogprobOutput {
   entropy?: Float32Array[];
 }
 
+/**
+ * dLoss/dlogp of response tokens t0 .. t0 + logprobs.length - 1 of sequence `seq` from their log-probs (a
+ * per-token-local loss: src/rl/loss.ts policyTokenGradient), 0 where a token does not count.
+ */
+export type LossGradientFn = (seq: number, t0: number, logprobs: Float32Array) => Float32Array;
+
+export interface TrainForwardOptions extends LogprobOptions {
+  /**
+   * The fused LM-head backward (trainer.fused_lm_head_backward): the forward calls this per chunk of tokens and
+   * runs the LM head's backward while the chunk's logits are in memory; the result's backward() then takes no
+   * dLogprobs. Only for policies with fusedLmHeadBackward: true. The LM head's gradient is accumulated during the
+   * forward: should the forward fail (or its loss be non-finite), zeroGrad() before the next mini-batch.
+   */
+  lossGradient?: LossGradientFn;
+}
+
 /** A forward pass that kept its activations; backward() consumes them. */
 export interface TrainForward extends LogprobOutput {
-  /** Accumulates parameter gradients of Σ dLogprobs·logprobs (same layout as logprobs); frees the activations. */
-  backward(dLogprobs: Float32Array[]): Promise<void>;
+  /**
+   * Accumulates parameter gradients of Σ dLogprobs·logprobs (same layout as logprobs); frees the activations.
+   * After a forward with lossGradient: called without dLogprobs (the loss gradient was taken during the forward).
+   */
+  backward(dLogprobs?: Float32Array[]): Promise<void>;
   /** Frees the activations without a backward pass (e.g. a NaN loss). */
   release(): void;
 }
@@ -75,8 +94,10 @@ export interface Policy extends LogprobModel {
    * the per-GPU micro-batch sizes (trainer.micro_*_batch_size_per_gpu) per call, so each rank gets its configured share.
    */
   readonly dataParallelSize?: number;
+  /** True where forward() takes TrainForwardOptions.lossGradient (the fused LM-head backward); absent: it does not. */
+  readonly fusedLmHeadBackward?: boolean;
   /** A forward pass that keeps activations for backward(). */
-  forward(batch: SequenceBatch, opts?: LogprobOptions): Promise<TrainForward>;
+  forward(batch: SequenceBatch, opts?: TrainForwardOptions): Promise<TrainForward>;
   zeroGrad(): void;
   /**
    * Global grad norm; when above maxNorm the gradients are clipped to it (torch's clip_grad_norm_ factor

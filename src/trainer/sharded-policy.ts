@@ -610,7 +610,7 @@ class ShardedModel {
           if (!state) continue;
           const b = state.batch;
           if (g.unit.kind === 'head') {
-            const head = tokenLogprobsBackward(state.hf, g.views.get('lm_head.weight')!, b.targets, state.lse, dLogprobs!, {
+            const head = tokenLogprobsBackward(state.hf, g.views.get('lm_head.weight')!, b.targets, state.lse!, dLogprobs!, {
               temperature: state.temperature,
               chunk: this.opts.lmHeadChunk,
               dLmHead: grads.get('lm_head.weight'),

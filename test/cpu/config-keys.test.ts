@@ -136,3 +136,23 @@ test('trainer.gradient_checkpointing_keep_attention: default true, a boolean, an
   assert.equal(planFromConfig(g20, noRecompute, target).train.rows.find((r) => r.key === 'keptAttention'), undefined);
   assert.equal(planFromConfig(g20, off, target).input.keepAttention, false);
 });
+
+test('trainer.fused_lm_head_backward: default false, a boolean', () => {
+  assert.equal(loadConfig({ config: null }).trainer.fused_lm_head_backward, false);
+  assert.equal(loadConfig({ config: null, overrides: ['trainer.fused_lm_head_backward=true'] }).trainer.fused_lm_head_backward, true);
+  assert.throws(
+    () => loadConfig({ config: null, overrides: ['trainer.fused_lm_head_backward=3'] }),
+    (e: unknown) => e instanceof ConfigError && /trainer\.fused_lm_head_backward: expected boolean/.test(e.message),
+  );
+  // The planner follows the key: the LM head's buffers become one token chunk's fp32 logits + bf16 dlogits
+  // [min(T, 1334), V] (lmHeadTokenChunk) instead of [T, lmHeadChunk(T, V)].
+  const g20 = presetConfig('gpt-oss-20b');
+  const target = { gpus: 1, gpuMemoryBytes: 80e9, microBatchTokens: 4096 };
+  const row = (fused: boolean) =>
+    planFromConfig(g20, loadConfig({ config: 'gsm8k-gptoss-20b', overrides: [`trainer.fused_lm_head_backward=${fused}`] }), target).train.rows.find((r) => r.key === 'lmHeadChunk')!;
+  assert.equal(row(false).bytes, 4096 * 16384 * 6);
+  assert.equal(row(true).bytes, 1334 * g20.vocabSize * 6);
+  assert.match(row(true).label, /token-chunk buffers \(1,334 tokens, fused backward\)/);
+  // What it does (and its refusals: on CUDA until its GPU test has run, for a policy without it):
+  // test/cpu/fused-lm-head.test.ts.
+});
