@@ -22,9 +22,8 @@
 //        [--lm-head-chunk N] (vocabulary rows per LM-head chunk; default lmHeadChunk(T, V) of src/ops/logprob.ts, what
 //        the models and the memory planner use) [--no-keep-attention] (with recompute, the default keeps each layer's
 //        attention output and LSE so the backward's recompute skips the attention forward; this turns it off)
-//        [--fused-lm-head] (the single-GPU policy takes the loss gradient during the forward and runs the LM head's
-//        backward per token chunk from the kept logits, trainer.fused_lm_head_backward; the sharded policy has no
-//        such path and stays on the recomputing backward)
+//        [--fused-lm-head] (both policies take the loss gradient during the forward and run the LM head's backward
+//        per token chunk from the kept logits, trainer.fused_lm_head_backward; the sharded one in its head unit)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
 // --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
 // phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
@@ -292,7 +291,7 @@ if (ctx.rank === 0) {
   console.log(
     `${presetName} with ${layers} of ${base.numLayers} layers (${active >= 1e9 ? `${(active / 1e9).toFixed(2)}B` : `${(active / 1e6).toFixed(2)}M`} active parameters per token), ` +
       `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? (keepAttention ? 'on (attention kept)' : 'on') : 'off'}` +
-      (fusedLmHead ? '; fused LM-head backward (single policy; the sharded one recomputes the logits)' : '') +
+      (fusedLmHead ? '; fused LM-head backward (both rows)' : '') +
       (cpuOffload ? '; sharded policy with cpu_offload (AdamW on the host)' : '') +
       (ctx.worldSize === 1 ? `; sharded policy on one rank ${collectivesAtOne ? 'through NCCL (--collectives-at-one)' : 'uses its shard in place (no collectives)'}` : '') +
       (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),

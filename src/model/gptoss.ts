@@ -24,10 +24,7 @@ import {
   tokenLogprobs as lmHeadLogprobs,
   tokenLogprobsBackward,
   tokenLogprobsBackwardHidden,
-  tokenLogprobsForwardKeep,
-  tokenLogprobsBackwardFromLogits,
-  lmHeadChunk,
-  lmHeadTokenChunk,
+  tokenChunkedLmHead,
   logits as lmLogits,
 } from '../ops/logprob.ts';
 import { matmul } from '../ops/gemm.ts';
@@ -350,11 +347,8 @@ export class GptOssModel implements LayerHost {
    */
   private fusedLmHead(hf: Tensor, w: Tensor, b: PackedBatch, temperature: number, lg: LossGradient): { logprobs: Tensor; entropy: Tensor; dHidden: Tensor } {
     const c = this.config;
-    const T = b.numTokens;
     const H = c.hiddenSize;
     const V = w.shape[0]!;
-    const chunk = this.lmHeadChunk ?? lmHeadChunk(T, V);
-    const tc = this.lmHeadTokenChunk ?? lmHeadTokenChunk(V);
     const grads = lg.grads;
     const headLora = this.lora?.head;
     const lmName = c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
@@ -366,44 +360,27 @@ export class GptOssModel implements LayerHost {
       dW = grads.get(lmName);
       if (!dW) grads.set(lmName, (dW = Tensor.zeros([V, H], { dtype: 'f32', device: this.device })));
     }
-    const lpHost = new Float32Array(T);
-    const enHost = new Float32Array(T);
-    const dHidden = Tensor.empty([T, H], { dtype: 'f32', device: this.device });
     try {
-      for (let t0 = 0; t0 < T; t0 += tc) {
-        const t1 = Math.min(T, t0 + tc);
-        const hs = hf.slice(t0, t1);
-        const ts = b.targets.slice(t0, t1);
-        const k = tokenLogprobsForwardKeep(hs, w, ts, { temperature, chunk });
-        let dT: Tensor | undefined;
-        let dhs: Tensor | undefined;
+      const r = tokenChunkedLmHead(hf, w, b.targets, {
+        temperature,
+        chunk: this.lmHeadChunk,
+        tokenChunk: this.lmHeadTokenChunk,
+        grad: lg.grad,
+        dLmHead: dW,
+        who: 'GptOssModel.forward',
+      });
+      if (headLora) {
         try {
-          const lpc = k.logprobs.toFloat32(); // the host sync of this chunk
-          lpHost.set(lpc, t0);
-          enHost.set(k.entropy.toFloat32(), t0);
-          const d = lg.grad(t0, lpc);
-          if (!(d instanceof Float32Array) || d.length !== t1 - t0) {
-            throw new Error(`GptOssModel.forward: lossGradient.grad gave ${d instanceof Float32Array ? d.length : typeof d} values for tokens ${t0}..${t1} (want a Float32Array of ${t1 - t0})`);
-          }
-          dT = Tensor.from(d, [t1 - t0], { dtype: 'f32', device: this.device });
-          dhs = dHidden.slice(t0, t1);
-          tokenLogprobsBackwardFromLogits(k.logits, hs, w, ts, k.lse, dT, { temperature, chunk, dLmHead: dW, dHidden: dhs });
-        } finally {
-          disposeAll(hs, ts, k.logprobs, k.entropy, k.lse, k.logits, dT, dhs);
+          this.headLoraGrads(dW!, grads);
+        } catch (e) {
+          disposeAll(r.logprobs, r.entropy, r.dHidden);
+          throw e;
         }
       }
-      if (headLora) this.headLoraGrads(dW!, grads);
-    } catch (e) {
-      dHidden.dispose();
-      throw e;
+      return r;
     } finally {
       if (headLora) dW!.dispose();
     }
-    return {
-      logprobs: Tensor.from(lpHost, [T], { dtype: 'f32', device: this.device }),
-      entropy: Tensor.from(enHost, [T], { dtype: 'f32', device: this.device }),
-      dHidden,
-    };
   }
 
   /** The lm_head adapter's gradients from the merged head's dW f32 [V, H]: dB [V, r] = scale·dW·Aᵀ, dA [r, H] = scale·Bᵀ·dW. */

@@ -206,3 +206,72 @@ export function tokenLogprobsBackwardFromLogits(
 export function logits(hidden: Tensor, lmHead: Tensor): Tensor {
   return matmul(hidden, lmHead, { transB: true, outDtype: 'f32' });
 }
+
+export interface TokenChunkedOptions {
+  temperature?: number;
+  /** The vocabulary chunk (default lmHeadChunk(T, V) over all T tokens: the recomputing path's, for the same bits). */
+  chunk?: number;
+  /** Tokens per chunk (default lmHeadTokenChunk(V)). */
+  tokenChunk?: number;
+  /**
+   * dLoss/dlogp f32 [t1 - t0] of tokens t0 .. t1 - 1 from their log-probs: called once per token chunk, in order,
+   * after the chunk's log-probs reached the host.
+   */
+  grad: (t0: number, logprobs: Float32Array) => Float32Array;
+  /** f32 [V, H]: the head's gradient is accumulated into it; absent: a frozen head (no wgrad GEMM). */
+  dLmHead?: Tensor;
+  /** Who calls (error messages), e.g. 'GptOssModel.forward'. */
+  who: string;
+}
+
+/**
+ * The token-chunked LM head with its backward (the fused LM-head backward) over hidden bf16 [T, H], lmHead [V, H]
+ * and targets i32 [T]: per token chunk tokenLogprobsForwardKeep, the chunk's log-probs to the host, opts.grad,
+ * tokenLogprobsBackwardFromLogits into the chunk's rows of dHidden f32 [T, H] and into opts.dLmHead. Returns the
+ * log-probs and entropy f32 [T] and dHidden (the caller's). With one token chunk (and the default vocabulary
+ * chunk) the log-probs, dHidden and dLmHead are the recomputing path's bit for bit on CPU. The single-process
+ * model (src/model/gptoss.ts) and the sharded one (src/trainer/sharded-policy.ts) both run it.
+ */
+export function tokenChunkedLmHead(hidden: Tensor, lmHead: Tensor, targets: Tensor, opts: TokenChunkedOptions): { logprobs: Tensor; entropy: Tensor; dHidden: Tensor } {
+  const T = hidden.shape[0]!;
+  const H = hidden.shape[1]!;
+  const V = lmHead.shape[0]!;
+  const temperature = opts.temperature ?? 1;
+  const chunk = opts.chunk ?? lmHeadChunk(T, V);
+  const tc = opts.tokenChunk ?? lmHeadTokenChunk(V);
+  const lpHost = new Float32Array(T);
+  const enHost = new Float32Array(T);
+  const dHidden = Tensor.empty([T, H], { dtype: 'f32', device: hidden.device });
+  try {
+    for (let t0 = 0; t0 < T; t0 += tc) {
+      const t1 = Math.min(T, t0 + tc);
+      const hs = hidden.slice(t0, t1);
+      const ts = targets.slice(t0, t1);
+      const k = tokenLogprobsForwardKeep(hs, lmHead, ts, { temperature, chunk });
+      let dT: Tensor | undefined;
+      let dhs: Tensor | undefined;
+      try {
+        const lpc = k.logprobs.toFloat32(); // the host sync of this chunk
+        lpHost.set(lpc, t0);
+        enHost.set(k.entropy.toFloat32(), t0);
+        const d = opts.grad(t0, lpc);
+        if (!(d instanceof Float32Array) || d.length !== t1 - t0) {
+          throw new Error(`${opts.who}: lossGradient.grad gave ${d instanceof Float32Array ? d.length : typeof d} values for tokens ${t0}..${t1} (want a Float32Array of ${t1 - t0})`);
+        }
+        dT = Tensor.from(d, [t1 - t0], { dtype: 'f32', device: hidden.device });
+        dhs = dHidden.slice(t0, t1);
+        tokenLogprobsBackwardFromLogits(k.logits, hs, lmHead, ts, k.lse, dT, { temperature, chunk, dLmHead: opts.dLmHead, dHidden: dhs });
+      } finally {
+        for (const t of [hs, ts, k.logprobs, k.entropy, k.lse, k.logits, dT, dhs]) if (t && !t.disposed) t.dispose();
+      }
+    }
+  } catch (e) {
+    dHidden.dispose();
+    throw e;
+  }
+  return {
+    logprobs: Tensor.from(lpHost, [T], { dtype: 'f32', device: hidden.device }),
+    entropy: Tensor.from(enHost, [T], { dtype: 'f32', device: hidden.device }),
+    dHidden,
+  };
+}

@@ -48,7 +48,7 @@ function responseSlices(all: Float32Array, offsets: number[], b: SequenceBatch):
  * holds log p(token p+1), so sequence i's response token r sits at offsets[i] + promptLens[i] - 1 + r; every
  * other position (prompts, each sequence's last token) gets 0.
  */
-function packedLossGradient(fn: LossGradientFn, offsets: number[], b: SequenceBatch): (t0: number, lp: Float32Array) => Float32Array {
+export function packedLossGradient(fn: LossGradientFn, offsets: number[], b: SequenceBatch): (t0: number, lp: Float32Array) => Float32Array {
   return (t0, lp) => {
     const t1 = t0 + lp.length;
     const d = new Float32Array(lp.length);

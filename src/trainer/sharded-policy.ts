@@ -54,10 +54,11 @@ import { checkpointSource, weightsSource, type ParamSource } from '../model/para
 import { childLogger } from '../log/logger.ts';
 import { embeddingBackward, embeddingForward } from '../ops/embedding.ts';
 import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.ts';
-import { tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward } from '../ops/logprob.ts';
+import { tokenChunkedLmHead, tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward } from '../ops/logprob.ts';
 import { addInPlace, cast } from '../ops/elementwise.ts';
 import { adamwStep, clipFactor, scaleGradsInPlace, sumOfSquaresInto } from '../ops/optim.ts';
-import type { GradClipResult, LogprobModel, LogprobOptions, LogprobOutput, OptimizerHyper, Policy, SequenceBatch, TrainForward } from './policy.ts';
+import type { GradClipResult, LogprobModel, LogprobOptions, LogprobOutput, OptimizerHyper, Policy, SequenceBatch, TrainForward, TrainForwardOptions } from './policy.ts';
+import { packedLossGradient } from './gptoss-policy.ts';
 
 const log = childLogger('fsdp');
 
@@ -308,8 +309,26 @@ export interface ShardedStats {
 
 type ModelOpts = Required<Pick<ShardedModelOptions, 'recompute' | 'keepAttention' | 'deterministic' | 'timing' | 'prefetch' | 'collectivesAtOne' | 'exposedTiming'>> & { lmHeadChunk?: number };
 
-/** What a sharded forward keeps for backward: the single-process model's state, freed by disposeState. */
-type ShardedState = Omit<ForwardState, 'dispose'>;
+/** A unit's full fp32 gradient buffer f32 [padded]: the gradient shard itself (inPlace: one rank, collectivesAtOne off) or a new zeroed one. */
+interface GradBuffer {
+  flat: Tensor;
+  inPlace: boolean;
+}
+
+/**
+ * What a sharded forward keeps for backward: the single-process model's state, freed by disposeState. After a
+ * fused forward (lossGradient): dHidden f32 [T, H] and headGrad, the head unit's gradient buffer that already holds
+ * the LM head's gradient (backward adds the final norm's and reduce-scatters it as usual).
+ */
+type ShardedState = Omit<ForwardState, 'dispose'> & { headGrad?: GradBuffer };
+
+/** The fused LM-head backward of a sharded forward (ShardedModel.forward). */
+interface ShardedLossGradient {
+  /** dLoss/dlogp of the rank's packed tokens t0 .. t0 + logprobs.length - 1 (GptOssModel's LossGradient.grad). */
+  grad: (t0: number, logprobs: Float32Array) => Float32Array;
+  /** Unit u's gradient shard so far (null: none yet), as backward's `accumulated`. */
+  accumulated: (u: number) => Tensor | null;
+}
 
 function disposeState(s: ShardedState): void {
   for (const x of s.saved) {
@@ -319,7 +338,8 @@ function disposeState(s: ShardedState): void {
   }
   for (const t of s.inputs) disposeAll(t);
   for (const a of s.attention) if (a) disposeAll(a.attn, a.lse);
-  disposeAll(s.xL, s.hf, s.rstdf, s.lse);
+  disposeAll(s.xL, s.hf, s.rstdf, s.lse, s.dHidden);
+  if (s.headGrad && !s.headGrad.inPlace) s.headGrad.flat.dispose();
   disposeBatch(s.batch);
 }
 
@@ -464,9 +484,14 @@ class ShardedModel {
 
   /**
    * Forward over this rank's packed batch (null: no sequences here; the rank only takes part in the gathers).
-   * With train, returns the state backward needs (the batch is taken over by it).
+   * With train, returns the state backward needs (the batch is taken over by it). With lossGradient (needs train)
+   * the head unit runs the LM head token chunk by token chunk with its backward (tokenChunkedLmHead, as
+   * GptOssModel's fused path): the LM head's gradient goes into the head unit's gradient buffer (the one backward
+   * would make: the shard itself on one rank, else a zeroed full f32 [padded] kept in the state until backward
+   * reduce-scatters it) and the state keeps dHidden instead of the log-sum-exp.
    */
-  async forward(pb: PackedBatch | null, train: boolean, temperature: number): Promise<{ logprobs: Tensor; entropy: Tensor; state?: ShardedState } | null> {
+  async forward(pb: PackedBatch | null, train: boolean, temperature: number, lossGradient?: ShardedLossGradient): Promise<{ logprobs: Tensor; entropy: Tensor; state?: ShardedState } | null> {
+    if (lossGradient && !train) throw new Error('ShardedModel.forward: lossGradient (the fused LM-head backward) needs train: true');
     const c = this.config;
     const L = c.numLayers;
     const saved: (LayerSaved | null)[] = [];
@@ -493,6 +518,29 @@ class ShardedModel {
             x = r.y;
           } else {
             const { y: hf, rstd: rstdf } = rmsnormForward(x!, g.views.get('model.norm.weight')!, c.rmsNormEps);
+            if (lossGradient) {
+              const headGrad = this.gradBuffer(u, lossGradient.accumulated);
+              const dW = entryViews(g.unit, headGrad.flat);
+              let f: ReturnType<typeof tokenChunkedLmHead>;
+              try {
+                f = tokenChunkedLmHead(hf, g.views.get('lm_head.weight')!, pb.targets, {
+                  temperature,
+                  chunk: this.opts.lmHeadChunk,
+                  grad: lossGradient.grad,
+                  dLmHead: dW.get('lm_head.weight')!,
+                  who: 'ShardedPolicy.forward',
+                });
+              } catch (e) {
+                // In place, the shard may hold part of the head's gradient: the caller zeroGrad()s (the Policy contract).
+                if (!headGrad.inPlace) headGrad.flat.dispose();
+                disposeAll(hf, rstdf);
+                throw e;
+              } finally {
+                for (const v of dW.values()) v.dispose();
+              }
+              const state: ShardedState = { batch: pb, saved, inputs, attention, xL: x!, hf, rstdf, lse: null, dHidden: f.dHidden, headGrad, temperature };
+              return { logprobs: f.logprobs, entropy: f.entropy, state };
+            }
             const lp = lmHeadLogprobs(hf, g.views.get('lm_head.weight')!, pb.targets, { temperature, chunk: this.opts.lmHeadChunk });
             if (!train) {
               disposeAll(x, hf, rstdf, lp.lse);
@@ -580,11 +628,15 @@ class ShardedModel {
       unfinished = finish;
       if (previous) await previous();
     };
+    // Unit u's gradient buffer and its per-parameter views; the head's is the fused forward's where it made one.
     const zerosFor = (u: number): { flat: Tensor; inPlace: boolean; orig: Map<string, Tensor>; grads: Map<string, Tensor> } => {
-      const acc = single ? accumulated(u) : null;
-      const flat = acc ?? Tensor.zeros([this.units[u]!.padded], { dtype: 'f32', device: this.device });
-      const orig = entryViews(this.units[u]!, flat);
-      return { flat, inPlace: acc !== null, orig, grads: new Map(orig) };
+      let gb: GradBuffer;
+      if (u === L + 1 && state?.headGrad) {
+        gb = state.headGrad;
+        state.headGrad = undefined; // handed to reduce below, not freed by disposeState
+      } else gb = this.gradBuffer(u, accumulated);
+      const orig = entryViews(this.units[u]!, gb.flat);
+      return { flat: gb.flat, inPlace: gb.inPlace, orig, grads: new Map(orig) };
     };
     // The ops accumulate into the buffers they are given (the views); should one hand back a fresh tensor instead
     // (or leave a name unset), its values are added into the flat buffer here so nothing is lost.
@@ -609,7 +661,15 @@ class ShardedModel {
         try {
           if (!state) continue;
           const b = state.batch;
-          if (g.unit.kind === 'head') {
+          if (g.unit.kind === 'head' && state.dHidden) {
+            // The fused forward ran the LM head's backward (its gradient is in this unit's buffer already).
+            const dh = state.dHidden;
+            state.dHidden = undefined;
+            const nf = rmsnormBackward(dh, state.xL, g.views.get('model.norm.weight')!, state.rstdf);
+            dh.dispose();
+            accumulateGrad(grads, 'model.norm.weight', nf.dw);
+            dx = nf.dx;
+          } else if (g.unit.kind === 'head') {
             const head = tokenLogprobsBackward(state.hf, g.views.get('lm_head.weight')!, b.targets, state.lse!, dLogprobs!, {
               temperature: state.temperature,
               chunk: this.opts.lmHeadChunk,
@@ -660,6 +720,15 @@ class ShardedModel {
       // The last reduce-scatter issued (a failure is rethrown).
       await finishPrevious();
     }
+  }
+
+  /**
+   * Unit u's full fp32 gradient buffer for a backward (or a fused forward's LM head): on one rank without
+   * collectives the shard accumulated so far (written in place), else a zeroed f32 [padded].
+   */
+  private gradBuffer(u: number, accumulated: (u: number) => Tensor | null): GradBuffer {
+    const acc = this.direct ? accumulated(u) : null;
+    return { flat: acc ?? Tensor.zeros([this.units[u]!.padded], { dtype: 'f32', device: this.device }), inPlace: acc !== null };
   }
 
   dispose(): void {
@@ -909,15 +978,31 @@ export class ShardedPolicy implements Policy {
     return shardedLogprobs(this.model, batch, opts);
   }
 
-  /** Collective: every rank calls forward (and then backward or release) with its own micro-batch, possibly empty. */
-  async forward(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<TrainForward> {
+  /** forward() takes lossGradient (the fused LM-head backward in the head unit; ShardedModel.forward). */
+  readonly fusedLmHeadBackward = true;
+
+  /**
+   * Collective: every rank calls forward (and then backward or release) with its own micro-batch, possibly empty.
+   * opts.lossGradient (the fused LM-head backward): as GptOssPolicy's, over this rank's micro-batch (its `seq` is
+   * the index into `batch`, normalised by the global mini-batch's counts); every rank passes one or none alike.
+   */
+  async forward(batch: SequenceBatch, opts: TrainForwardOptions = {}): Promise<TrainForward> {
     checkBatch(batch, 'forward');
     // The training phase begins: the state offloaded after the last step comes back (offloadAfterStep).
     this.reloadOptimizer();
+    const fused = opts.lossGradient !== undefined;
+    // The fused forward writes the LM head's gradient: the shards' list must exist, with any pending clip factor
+    // applied first (as backward does); backward refuses if zeroGrad() replaced it in between.
+    if (fused) {
+      if (!this.grads) this.grads = this.model.units.map(() => null);
+      this.applyGradScale();
+    }
+    const gradsAtForward = this.grads;
     const pb = pack(batch, this.device);
     let r: Awaited<ReturnType<ShardedModel['forward']>>;
     try {
-      r = await this.model.forward(pb, true, opts.temperature ?? 1);
+      const lg = fused && pb ? { grad: packedLossGradient(opts.lossGradient!, pb.offsets, batch), accumulated: (u: number) => gradsAtForward![u] ?? null } : undefined;
+      r = await this.model.forward(pb, true, opts.temperature ?? 1, lg);
     } catch (e) {
       if (pb) disposeBatch(pb);
       throw e;
@@ -934,12 +1019,23 @@ export class ShardedPolicy implements Policy {
     return {
       logprobs: lp,
       entropy: en,
-      backward: async (d: Float32Array[]) => {
+      backward: async (d?: Float32Array[]) => {
         if (consumed) throw new Error('TrainForward.backward: already consumed');
-        if (d.length !== batch.sequences.length) throw new Error(`backward: ${d.length} gradient rows for ${batch.sequences.length} sequences`);
+        if (fused) {
+          if (d !== undefined) throw new Error('TrainForward.backward: this forward took lossGradient (the LM head backward ran in it): call backward() without dLogprobs');
+          if (this.grads !== gradsAtForward) {
+            consumed = true;
+            if (state) disposeState(state);
+            state = null;
+            throw new Error('TrainForward.backward: zeroGrad() ran between this forward (lossGradient) and its backward: the LM head gradient taken in the forward is gone');
+          }
+        } else {
+          if (!d) throw new Error('TrainForward.backward: dLogprobs missing (only a forward with lossGradient takes none)');
+          if (d.length !== batch.sequences.length) throw new Error(`backward: ${d.length} gradient rows for ${batch.sequences.length} sequences`);
+        }
         consumed = true;
         let dt: Tensor | null = null;
-        if (pb) {
+        if (pb && d) {
           const full = new Float32Array(pb.numTokens);
           batch.sequences.forEach((s, i) => {
             const n = s.length - batch.promptLens[i]!;

@@ -14,6 +14,7 @@ import { launch, initDistributed, type LaunchResult } from '../../src/distribute
 import { Checkpoint, loadModel, randomModel, paramSpecs, presetConfig, PRESET_NAMES } from '../../src/model/index.ts';
 import { paramUnits, shardSize } from '../../src/trainer/memory-plan.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
+import { liveTensors, trackTensors } from '../../src/tensor.ts';
 import { ShardedPolicy, shardLayout, shardSequences, rankMicroBatches } from '../../src/trainer/sharded-policy.ts';
 import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss, type StepRecord, type WorkerResult } from '../helpers/fsdp-common.ts';
 
@@ -42,7 +43,7 @@ function readResult(file: string): WorkerResult {
 }
 
 /** The single-process reference: the whole mini-batch in consecutive micro-batches of MICRO sequences. */
-async function singleProcess(steps: number[]): Promise<{ steps: StepRecord[]; masters: Map<string, Float32Array> }> {
+async function singleProcess(steps: number[], fused = false): Promise<{ steps: StepRecord[]; masters: Map<string, Float32Array> }> {
   const p = new GptOssPolicy(randomModel(CFG, { device: 'cpu', seed: SEED }));
   const out: StepRecord[] = [];
   for (const step of steps) {
@@ -52,10 +53,11 @@ async function singleProcess(steps: number[]): Promise<{ steps: StepRecord[]; ma
     let loss = 0;
     for (let i = 0; i < mb.sequences.length; i += MICRO) {
       const idx = mb.sequences.slice(i, i + MICRO).map((_, j) => i + j);
-      const fwd = await p.forward({ sequences: idx.map((k) => mb.sequences[k]!), promptLens: idx.map((k) => mb.promptLens[k]!) });
+      const lossGradient = fused ? (seq: number, _t0: number, lp: Float32Array) => new Float32Array(lp.length).fill(-mb.advantages[idx[seq]!]! / norm) : undefined;
+      const fwd = await p.forward({ sequences: idx.map((k) => mb.sequences[k]!), promptLens: idx.map((k) => mb.promptLens[k]!) }, { lossGradient });
       const l = pgLoss(fwd.logprobs, idx.map((k) => mb.advantages[k]!), norm);
       loss += l.loss;
-      await fwd.backward(l.d);
+      await (fused ? fwd.backward() : fwd.backward(l.d));
     }
     const clip = await p.clipGradNorm(MAX_NORM);
     p.optimizerStep(HYPER, step);
@@ -165,6 +167,70 @@ for (const n of [1, 2, 3, 4]) {
     t.diagnostic(`N=${n}: worst relative difference: loss/grad norm ${worstStep.toExponential(2)}, masters ${worst.toExponential(2)}`);
   });
 }
+
+// The fused LM-head backward (trainer.fused_lm_head_backward): each rank's forward takes its micro-batch's loss
+// gradient (rank-local sequence -> mini-batch advantage, the global token normaliser) and writes the LM head's
+// gradient into the head unit's gradient buffer. With one token chunk (the tiny model's vocabulary) the fused head
+// gives the recomputing one's bits, so the run equals the key-off run of the same N bit for bit; against the
+// single-process fused run the tolerance of the tests above (fp32 reduction order of the ranks' gradients).
+let fusedReference: Promise<{ steps: StepRecord[]; masters: Map<string, Float32Array> }> | undefined;
+for (const n of [1, 2, 3]) {
+  test(`${n} rank(s), fused LM-head backward: == the key-off run bitwise (loss, grad norm, masters), == the single-process fused run`, async () => {
+    const off = results.get(n);
+    assert.ok(off, `needs the ${n}-rank run`);
+    const dir = mkdtempSync(join(tmpdir(), `fsdp-fused-${n}-`));
+    const out = join(dir, 'result.json');
+    const r = await runRanks(n, { steps: [1, 2, 3], out, fused: true });
+    assert.equal(r.exitCode, 0, r.text);
+    const got = readResult(out);
+    const want = readResult(off.out);
+    assert.deepEqual(got.steps, want.steps);
+    assert.deepEqual(got.masters, want.masters);
+    fusedReference ??= singleProcess([1, 2, 3], true);
+    const ref = await fusedReference;
+    // The single-process policy's fused path is its recomputing one bit for bit (test/cpu/fused-lm-head.test.ts).
+    assert.deepEqual(ref, await (reference ??= singleProcess([1, 2, 3])));
+    for (let i = 0; i < 3; i++) {
+      assert.ok(rel(got.steps[i]!.loss, ref.steps[i]!.loss) <= 1e-5, `step ${i + 1} loss`);
+      assert.ok(rel(got.steps[i]!.norm, ref.steps[i]!.norm) <= 1e-5, `step ${i + 1} grad norm`);
+    }
+    for (const [name, w] of ref.masters) assert.ok(relNorm(got.masters[name]!, w) <= 1e-5, `master ${name}: relative difference ${relNorm(got.masters[name]!, w)}`);
+  });
+}
+
+test('sharded fused forward: backward refuses dLogprobs, a plain one requires them, zeroGrad() in between is refused; a failing loss gradient frees everything', async () => {
+  const ctx = await initDistributed({ backend: 'cpu' });
+  const model = randomModel(CFG, { device: 'cpu', seed: SEED });
+  const p = ShardedPolicy.fromWeights(model.weights, ctx.collectives);
+  model.dispose();
+  assert.equal(p.fusedLmHeadBackward, true);
+  trackTensors(true);
+  const before = new Set(liveTensors().map((x) => x.tensor));
+  const mb = stepBatch(1);
+  const b = { sequences: mb.sequences.slice(0, 2), promptLens: mb.promptLens.slice(0, 2) };
+  const g = (_s: number, _t0: number, lp: Float32Array) => new Float32Array(lp.length).fill(-0.1);
+  let f = await p.forward(b, { lossGradient: g });
+  await assert.rejects(f.backward([new Float32Array(1)]), /call backward\(\) without dLogprobs/);
+  await f.backward();
+  f = await p.forward(b);
+  await assert.rejects(f.backward(), /dLogprobs missing/);
+  f.release();
+  f = await p.forward(b, { lossGradient: g });
+  p.zeroGrad();
+  await assert.rejects(f.backward(), /zeroGrad\(\) ran between this forward \(lossGradient\) and its backward/);
+  await assert.rejects(p.forward(b, { lossGradient: () => new Float32Array(1) }), /lossGradient gave 1 values for \d+ tokens of sequence 0/);
+  await assert.rejects(p.forward(b, { lossGradient: () => { throw new Error('loss says no'); } }), /loss says no/);
+  p.zeroGrad();
+  // An empty micro-batch (a rank without sequences) takes part with the key on too.
+  f = await p.forward({ sequences: [], promptLens: [] }, { lossGradient: g });
+  await f.backward();
+  p.zeroGrad();
+  const leaked = liveTensors().filter((x) => !before.has(x.tensor));
+  trackTensors(false);
+  assert.equal(leaked.length, 0, `undisposed tensors:\n${leaked.slice(0, 5).map((x) => `${x.tensor.toString()}\n${x.stack.split('\n').slice(2, 6).join('\n')}`).join('\n')}`);
+  p.dispose();
+  await ctx.destroy();
+});
 
 test('the Hugging Face export loads with loadModel and gives the sharded policy\'s log-probs', async () => {
   const r = results.get(2);

@@ -23,6 +23,11 @@ interface Opts {
   /** ShardedModelOptions.prefetch / collectivesAtOne. */
   prefetch?: boolean;
   collectivesAtOne?: boolean;
+  /**
+   * The fused LM-head backward (forward's lossGradient): each rank's loss gradient maps its micro-batch's sequence
+   * index to the mini-batch's (its advantage), normalised by the whole mini-batch's tokens (pgLoss's gradient).
+   */
+  fused?: boolean;
 }
 
 const o = JSON.parse(process.argv[2] ?? '{}') as Opts;
@@ -43,11 +48,12 @@ for (const step of o.steps) {
   policy.zeroGrad();
   let loss = 0;
   for (const idx of mine) {
-    const fwd = await policy.forward({ sequences: idx.map((i) => mb.sequences[i]!), promptLens: idx.map((i) => mb.promptLens[i]!) });
+    const lossGradient = o.fused ? (seq: number, _t0: number, lp: Float32Array) => new Float32Array(lp.length).fill(-mb.advantages[idx[seq]!]! / norm) : undefined;
+    const fwd = await policy.forward({ sequences: idx.map((i) => mb.sequences[i]!), promptLens: idx.map((i) => mb.promptLens[i]!) }, { lossGradient });
     if (rank === o.failRank && step === o.failStep) throw new Error(`rank ${rank} fails on purpose in step ${step}`);
     const l = pgLoss(fwd.logprobs, idx.map((i) => mb.advantages[i]!), norm);
     loss += l.loss;
-    await fwd.backward(l.d);
+    await (o.fused ? fwd.backward() : fwd.backward(l.d));
   }
   const losses = await ctx.group.allGatherObject(loss);
   const clip = await policy.clipGradNorm(MAX_NORM);
