@@ -232,8 +232,8 @@ export const TrainerSchema = z
      * Ours: the fused LM-head backward: the GRPO loss gradient is formed during the training forward, one chunk of
      * tokens at a time, and the LM head's backward runs from that chunk's logits while they are in memory (3 LM-head
      * GEMMs per micro-batch instead of 4: no logits recompute). Same gradients (CPU: bitwise up to the LM head
-     * gradient's sum over token chunks). Single-process policies (full weights and LoRA) and ShardedPolicy; the
-     * distributed run's DriverPolicy refuses it. Refused on CUDA until its
+     * gradient's sum over token chunks). Every policy: single-process (full weights and LoRA), ShardedPolicy and the
+     * distributed run's DriverPolicy. Refused on CUDA until its
      * GPU test (test/gpu/fused-lm-head.test.ts) has passed.
      */
     fused_lm_head_backward: z.boolean().default(false),

@@ -200,9 +200,12 @@ function tokenTerm(c: PolicyLossContext, s: number, t: number, x: number): { ppo
  * chunk of tokens during the forward, src/model/gptoss.ts ForwardOptions.lossGradient). Refuses a loss that is
  * not per-token local (none of the current policy_loss_type / loss_reduction values is).
  */
-export function policyTokenGradient(input: Omit<PolicyLossInput, 'logprobs'>, o: PolicyLossOptions): (s: number, t0: number, logprobs: ArrayLike<number>) => Float32Array {
+export function policyTokenGradient(
+  input: Omit<PolicyLossInput, 'logprobs'>,
+  o: PolicyLossOptions,
+): ((s: number, t0: number, logprobs: ArrayLike<number>) => Float32Array) & { readonly source: { input: Omit<PolicyLossInput, 'logprobs'>; opts: PolicyLossOptions } } {
   const c = policyLossContext(input, o, 'policyTokenGradient');
-  return (s, t0, lp) => {
+  const fn = (s: number, t0: number, lp: ArrayLike<number>): Float32Array => {
     const old = input.oldLogprobs[s];
     if (!old) throw new Error(`policyTokenGradient: response ${s} of ${input.oldLogprobs.length}`);
     if (!(Number.isInteger(t0) && t0 >= 0 && t0 + lp.length <= old.length)) {
@@ -215,6 +218,26 @@ export function policyTokenGradient(input: Omit<PolicyLossInput, 'logprobs'>, o:
       g[i] = tokenTerm(c, s, t0 + i, lp[i]!).grad;
     }
     return g;
+  };
+  // Its inputs as data (src/trainer/policy.ts LossGradientFn.source): the distributed run sends them to its ranks.
+  return Object.assign(fn, { source: { input, opts: o } });
+}
+
+/**
+ * The rows `idx` of policyTokenGradient's inputs (a rank's share of a micro-batch): with the mini-batch's
+ * normalisers in the options (o.norm), policyTokenGradient(lossRows(input, idx), o) gives those sequences the
+ * gradients the whole input gives them.
+ */
+export function lossRows(input: Omit<PolicyLossInput, 'logprobs'>, idx: readonly number[]): Omit<PolicyLossInput, 'logprobs'> {
+  const pick = <T>(a: ArrayLike<T>): T[] => idx.map((i) => {
+    if (!(i >= 0 && i < a.length)) throw new Error(`lossRows: row ${i} of ${a.length}`);
+    return a[i]!;
+  });
+  return {
+    oldLogprobs: pick(input.oldLogprobs),
+    refLogprobs: input.refLogprobs ? pick(input.refLogprobs) : undefined,
+    advantages: pick(input.advantages),
+    mask: input.mask ? pick(input.mask) : undefined,
   };
 }
 

@@ -15,7 +15,9 @@
 //                               its own shard; the other trainer ranks run the same command from serve() (engine-only
 //                               ranks skip it). Batches go out whole; each trainer rank takes its share
 //                               (shardSequences, by tokens) and the log-probs come back with one all-gather over the
-//                               trainer ranks, so rank 0 sees the whole micro-batch's output as before.
+//                               trainer ranks, so rank 0 sees the whole micro-batch's output as before. With the
+//                               fused LM-head backward the forward also carries the loss inputs (LossGradientFn.source);
+//                               each rank rebuilds the loss gradient for its rows (lossRows) and the backward takes none.
 //   PoolGenerator (a Generator) rank 0 numbers the requests as the one-engine generator does (requestsFor: the
 //                               seeds follow the request index), gives engine e a contiguous block of them, every
 //                               engine generates its block, the completions are all-gathered back in request order.
@@ -57,8 +59,11 @@ import type {
   SamplingParams,
   ResourceSample,
   SequenceBatch,
+  TokenLossSource,
   TrainForward,
+  TrainForwardOptions,
 } from './policy.ts';
+import { lossRows, policyTokenGradient } from '../rl/loss.ts';
 import { memoryStats, resetPeakMemory, Tensor } from '../tensor.ts';
 
 const log = childLogger('dist');
@@ -106,8 +111,10 @@ export function assertEngineLayout(c: Config, model?: { numHeads: number; numKvH
 // their raw bytes (exact, NaN-safe), the rest compactly.
 type WireBatch = { sequences: Int32Array[]; promptLens: number[] };
 type Command =
-  | { op: 'forward'; id: number; batch: WireBatch; opts: LogprobOptions }
-  | { op: 'backward'; id: number; d: Float32Array[] }
+  // loss: the fused LM-head backward's loss inputs (LossGradientFn.source); each rank takes its sequences' rows.
+  | { op: 'forward'; id: number; batch: WireBatch; opts: LogprobOptions; loss?: TokenLossSource }
+  // d absent: after a forward with loss (the LM head's backward ran in it).
+  | { op: 'backward'; id: number; d?: Float32Array[] }
   | { op: 'release'; id: number }
   | { op: 'logprobs'; model: number; batch: WireBatch; opts: LogprobOptions }
   | { op: 'zeroGrad' }
@@ -215,7 +222,9 @@ class RankWorker {
         const t = this.part('forward');
         const split = splitOf(c.batch, t.group.worldSize);
         const idx = split[t.group.rank]!;
-        const fwd = await t.policy.forward(subBatch(c.batch, idx), c.opts);
+        // The fused LM-head backward: this rank's rows of the loss inputs, with the micro-batch's normalisers.
+        const lossGradient = c.loss ? policyTokenGradient(lossRows(c.loss.input, idx), c.loss.opts) : undefined;
+        const fwd = await t.policy.forward(subBatch(c.batch, idx), { ...c.opts, lossGradient });
         this.forwards.set(c.id, { fwd, idx });
         const n = c.batch.sequences.length;
         const logprobs = (await gatherRows(t.group, split, fwd.logprobs, n))!;
@@ -224,7 +233,8 @@ class RankWorker {
       }
       case 'backward': {
         const f = this.take(c.id, 'backward');
-        await f.fwd.backward(f.idx.map((i) => c.d[i]!));
+        const d = c.d;
+        await (d ? f.fwd.backward(f.idx.map((i) => d[i]!)) : f.fwd.backward());
         return undefined;
       }
       case 'release':
@@ -587,15 +597,39 @@ export class DriverPolicy implements Policy {
     return this.d.worker.trainer!.policy.device;
   }
 
-  async forward(batch: SequenceBatch, opts: LogprobOptions = {}): Promise<TrainForward> {
+  /**
+   * forward() takes lossGradient (the fused LM-head backward) when it carries its loss inputs as data
+   * (LossGradientFn.source, as policyTokenGradient makes it) with the mini-batch's normalisers: they go to every
+   * trainer rank with the batch, and each rank rebuilds the function for its own sequences (lossRows).
+   */
+  readonly fusedLmHeadBackward = true;
+
+  async forward(batch: SequenceBatch, opts: TrainForwardOptions = {}): Promise<TrainForward> {
+    const { lossGradient, ...rest } = opts;
+    const loss = lossGradient?.source;
+    if (lossGradient) {
+      if (!loss) throw new Error('DriverPolicy.forward: lossGradient must carry its loss inputs (LossGradientFn.source, as policyTokenGradient makes it): the ranks rebuild it from them');
+      if (!loss.opts.norm) throw new Error('DriverPolicy.forward: lossGradient\'s loss options need norm (the mini-batch\'s counts): each rank computes only its share of the sequences');
+      if (loss.input.oldLogprobs.length !== batch.sequences.length) {
+        throw new Error(`DriverPolicy.forward: lossGradient has ${loss.input.oldLogprobs.length} loss rows for ${batch.sequences.length} sequences`);
+      }
+    }
+    const fused = lossGradient !== undefined;
     const id = this.d.id();
-    const out = await this.d.call<LogprobOutput>({ op: 'forward', id, batch: toWire(batch), opts });
+    const out = await this.d.call<LogprobOutput>({ op: 'forward', id, batch: toWire(batch), opts: rest, loss });
     let consumed = false;
     return {
       logprobs: out.logprobs,
       entropy: out.entropy,
-      backward: async (dl: Float32Array[]) => {
+      backward: async (dl?: Float32Array[]) => {
         if (consumed) throw new Error('TrainForward.backward: already consumed');
+        if (fused) {
+          if (dl !== undefined) throw new Error('TrainForward.backward: this forward took lossGradient (the LM head backward ran in it): call backward() without dLogprobs');
+          consumed = true;
+          await this.d.call({ op: 'backward', id });
+          return;
+        }
+        if (!dl) throw new Error('TrainForward.backward: dLogprobs missing (only a forward with lossGradient takes none)');
         if (dl.length !== batch.sequences.length) throw new Error(`backward: ${dl.length} gradient rows for ${batch.sequences.length} sequences`);
         consumed = true;
         await this.d.call({ op: 'backward', id, d: dl });

@@ -263,7 +263,7 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
   const useKl = alg.use_kl_loss && alg.kl_loss_coef > 0;
   if (t.fused_lm_head_backward) {
     if (!policy.fusedLmHeadBackward) {
-      throw new Error('trainer.fused_lm_head_backward=true: this policy (e.g. the distributed run\'s DriverPolicy) has no fused LM-head backward; set it false');
+      throw new Error('trainer.fused_lm_head_backward=true: this policy has no fused LM-head backward (forward(mb, { lossGradient })); set it false');
     }
     // Written without a GPU: refused on CUDA until its GPU test has run (docs/architecture.md).
     if (policy.device !== 'cpu') {

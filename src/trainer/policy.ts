@@ -8,6 +8,8 @@
 // from the policy's own weights; a pool of inference engines (tensor-parallel, continuous batching) implements
 // the same interface later and gets new weights through updateWeights().
 
+import type { PolicyLossInput, PolicyLossOptions } from '../rl/loss.ts';
+
 /** A batch of sequences for log-probs: each is prompt tokens followed by response tokens. */
 export interface SequenceBatch {
   sequences: Int32Array[];
@@ -42,9 +44,20 @@ export interface LogprobOutput {
 
 /**
  * dLoss/dlogp of response tokens t0 .. t0 + logprobs.length - 1 of sequence `seq` from their log-probs (a
- * per-token-local loss: src/rl/loss.ts policyTokenGradient), 0 where a token does not count.
+ * per-token-local loss: src/rl/loss.ts policyTokenGradient), 0 where a token does not count. `source`: the loss
+ * inputs it was made from (policyTokenGradient sets it), as data: a policy that computes in other processes (the
+ * distributed run's DriverPolicy) sends them and rebuilds the function there for each rank's sequences.
  */
-export type LossGradientFn = (seq: number, t0: number, logprobs: Float32Array) => Float32Array;
+export type LossGradientFn = ((seq: number, t0: number, logprobs: Float32Array) => Float32Array) & { readonly source?: TokenLossSource };
+
+/**
+ * policyTokenGradient's arguments: per-sequence rows (old/ref log-probs, advantages, masks) and the loss options,
+ * whose `norm` (the mini-batch's counts) must be set for a subset of the rows to give the same gradients.
+ */
+export interface TokenLossSource {
+  input: Omit<PolicyLossInput, 'logprobs'>;
+  opts: PolicyLossOptions;
+}
 
 export interface TrainForwardOptions extends LogprobOptions {
   /**

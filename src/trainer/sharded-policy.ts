@@ -13,7 +13,9 @@
 // weights are freed when it is done), backward in reverse (each unit gathered again, its layer recomputed under
 // `recompute`, its full fp32 gradient reduce-scattered as soon as its backward is done), the global grad norm
 // from one all-reduce of the shards' sums of squares, AdamW on the shards (the existing optimizer op, which also
-// rewrites the bf16 compute shard from the updated master).
+// rewrites the bf16 compute shard from the updated master). With the fused LM-head backward (forward's
+// lossGradient) the head unit's forward also runs the LM head's backward per token chunk (tokenChunkedLmHead) into
+// the head unit's gradient buffer, kept until backward adds the final norm's gradient and reduce-scatters it.
 //
 // Every method that moves data between ranks is collective: every rank calls it, in the same order, with its own
 // part of the batch (possibly no sequences: the rank still takes part in the gathers and reduce-scatters). The

@@ -4,7 +4,9 @@
 // bit for bit with one token chunk (the default at this size), and with 3-token chunks the same bits everywhere but
 // the LM head's gradient (its sum over tokens split into chunks: relative 1e-6; first step only, as the updated
 // weights may then differ by a bf16 ulp). trainGrpo with the key on == off
-// (loss, grad norm, weights: bitwise); the key refused for a policy without the fused path.
+// (loss, grad norm, weights: bitwise); the key refused for a policy without the fused path. The loss gradient's
+// inputs as data (policyTokenGradient's source, lossRows) and DriverPolicy's refusals of a gradient without them
+// (its runs: test/cpu/distributed-train.test.ts; ShardedPolicy's: test/cpu/sharded-policy.test.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -15,7 +17,8 @@ import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
 import { LoraPolicy } from '../../src/trainer/lora-policy.ts';
 import type { SequenceBatch, Policy } from '../../src/trainer/policy.ts';
 import type { Tensor } from '../../src/tensor.ts';
-import { policyLoss, policyTokenGradient, type PolicyLossOptions } from '../../src/rl/loss.ts';
+import { lossRows, policyLoss, policyTokenGradient, type PolicyLossOptions } from '../../src/rl/loss.ts';
+import { DriverPolicy } from '../../src/trainer/distributed-run.ts';
 import { loadConfig, type ConfigInput } from '../../src/config/index.ts';
 import { trainGrpo } from '../../src/trainer/grpo.ts';
 import { MetricsLogger, parseMetricsJsonl } from '../../src/log/metrics.ts';
@@ -147,6 +150,24 @@ test('fused forward: backward refuses dLogprobs, a plain one requires them', asy
   p.dispose();
 });
 
+test('policyTokenGradient carries its inputs (source); lossRows of them give a subset of sequences the same gradients (global norm); DriverPolicy refuses a loss gradient without them', async () => {
+  const inp = lossInputs(micros[1]!, 5);
+  const full = policyTokenGradient(inp, lossOpts);
+  assert.deepEqual(full.source, { input: inp, opts: lossOpts });
+  const lp = (n: number) => Float32Array.from({ length: n }, (_, t) => -5.4 + 0.1 * t);
+  // A rank holding sequence 1 only (the mini-batch's normalisers in lossOpts.norm): its row 0 is sequence 1.
+  const part = policyTokenGradient(lossRows(inp, [1]), lossOpts);
+  const n1 = inp.oldLogprobs[1]!.length;
+  assert.deepEqual(part(0, 0, lp(n1)), full(1, 0, lp(n1)));
+  assert.throws(() => lossRows(inp, [2]), /lossRows: row 2 of 2/);
+  // DriverPolicy checks the loss gradient before any command is sent (no driver needed for the refusals).
+  const drv = new DriverPolicy(null as never);
+  assert.equal(drv.fusedLmHeadBackward, true);
+  await assert.rejects(drv.forward(micros[0]!, { lossGradient: () => new Float32Array(0) }), /lossGradient must carry its loss inputs/);
+  await assert.rejects(drv.forward(micros[0]!, { lossGradient: policyTokenGradient(inp, { ...lossOpts, norm: undefined }) }), /need norm/);
+  await assert.rejects(drv.forward(micros[0]!, { lossGradient: policyTokenGradient(lossRows(inp, [0]), lossOpts) }), /1 loss rows for 2 sequences/);
+});
+
 function grpoConfig(dir: string, fused: boolean) {
   const base: ConfigInput = {
     trainer: {
@@ -195,7 +216,7 @@ test('trainGrpo with trainer.fused_lm_head_backward on == off (loss, grad norm, 
   const toy = new ToyPolicy(3);
   await assert.rejects(
     trainGrpo({ config: grpoConfig(dir, true), policy: toy, generator: new ToyGenerator(toy), env: toyTask(16, 4) }),
-    /trainer\.fused_lm_head_backward=true: this policy .* has no fused LM-head backward/,
+    /trainer\.fused_lm_head_backward=true: this policy has no fused LM-head backward/,
   );
   // A policy with the fused path on a CUDA device: refused until the GPU test has passed.
   const toy2 = new ToyPolicy(3);
