@@ -10,6 +10,9 @@
 // - Policy: one GRPO micro-batch through GptOssPolicy with policyTokenGradient vs policyLoss + backward: loss within
 //   1e-4 relative (the kept-logits GEMMs have other row counts than the chunked ones: cuBLAS may round differently),
 //   grad norm within 1e-3 relative.
+// - ShardedPolicy at N = 1 on CUDA (its shard in place, and collectivesAtOne: the head unit's gradient buffer kept
+//   from the forward to the backward's NCCL reduce-scatter): one step of a mini-batch in several micro-batches with
+//   the rank's loss gradient vs pgLoss + backward: loss 1e-4, grad norm 1e-3 relative (as the policy test).
 // The errors are printed.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,6 +27,10 @@ import { policyLoss, policyTokenGradient, type PolicyLossOptions } from '../../s
 import { uniformSym, rng } from '../helpers/random.ts';
 import { assertClose } from '../helpers/numeric.ts';
 import { hasCuda } from '../helpers/cuda.ts';
+import { initDistributed } from '../../src/distributed/launch.ts';
+import { randomModel } from '../../src/model/index.ts';
+import { ShardedPolicy, rankMicroBatches, shardSequences } from '../../src/trainer/sharded-policy.ts';
+import { CFG, SEED, MICRO, stepBatch, normTokens, pgLoss } from '../helpers/fsdp-common.ts';
 
 const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
 const G = 'cuda:0';
@@ -151,4 +158,34 @@ test('cuda GptOssPolicy GRPO micro-batch with policyTokenGradient vs policyLoss 
   console.log(`# GRPO micro-batch: loss ${losses.join(' / ')}, grad norm ${norms.join(' / ')} (off / on)`);
   assert.ok(Math.abs(losses[1]! - losses[0]!) <= 1e-4 * Math.abs(losses[0]!) + 1e-7, `loss ${losses}`);
   assert.ok(Math.abs(norms[1]! - norms[0]!) <= 1e-3 * norms[0]!, `grad norm ${norms}`);
+});
+
+test('cuda ShardedPolicy N = 1 with the fused LM-head backward vs pgLoss + backward (in place and through NCCL; loss 1e-4, grad norm 1e-3 relative)', { skip, timeout: 300_000 }, async () => {
+  const ctx = await initDistributed();
+  for (const collectivesAtOne of [false, true]) {
+    const out: { loss: number; norm: number }[] = [];
+    for (const fused of [false, true]) {
+      const m = randomModel(CFG, { device: G, seed: SEED });
+      const p = ShardedPolicy.fromWeights(m.weights, ctx.collectives, { deterministic: true, collectivesAtOne });
+      m.dispose();
+      const mb = stepBatch(1);
+      const norm = normTokens(mb);
+      p.zeroGrad();
+      let loss = 0;
+      for (const idx of rankMicroBatches(shardSequences(mb.sequences.map((s) => s.length), 1), MICRO)[0]!) {
+        const lossGradient = fused ? (seq: number, _t0: number, lp: Float32Array) => new Float32Array(lp.length).fill(-mb.advantages[idx[seq]!]! / norm) : undefined;
+        const fwd = await p.forward({ sequences: idx.map((i) => mb.sequences[i]!), promptLens: idx.map((i) => mb.promptLens[i]!) }, { lossGradient });
+        const l = pgLoss(fwd.logprobs, idx.map((i) => mb.advantages[i]!), norm);
+        loss += l.loss;
+        await (fused ? fwd.backward() : fwd.backward(l.d));
+      }
+      out.push({ loss, norm: (await p.clipGradNorm(1e9)).norm });
+      p.dispose();
+    }
+    const [off, on] = out as [{ loss: number; norm: number }, { loss: number; norm: number }];
+    console.log(`# sharded (collectivesAtOne ${collectivesAtOne}): loss ${off.loss} / ${on.loss}, grad norm ${off.norm} / ${on.norm} (off / on)`);
+    assert.ok(Math.abs(on.loss - off.loss) <= 1e-4 * Math.abs(off.loss) + 1e-7, `loss ${off.loss} vs ${on.loss}`);
+    assert.ok(Math.abs(on.norm - off.norm) <= 1e-3 * off.norm, `grad norm ${off.norm} vs ${on.norm}`);
+  }
+  await ctx.destroy();
 });
