@@ -9,6 +9,17 @@ import { generate } from '../../src/inference/generate.ts';
 import { Tensor, liveTensors, trackTensors } from '../../src/tensor.ts';
 import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 
+/** After a warm-up call of step, two more calls must leave no new undisposed tensor (tracking must be on). */
+function assertNoLeaks(step: () => void): void {
+  step();
+  const before = new Set(liveTensors().map((x) => x.tensor));
+  step();
+  step();
+  const leaked = liveTensors().filter((x) => !before.has(x.tensor));
+  const where = leaked.slice(0, 5).map((x) => `${x.tensor.toString()}\n${x.stack.split('\n').slice(2, 6).join('\n')}`);
+  assert.equal(leaked.length, 0, `undisposed tensors after two more steps:\n${where.join('\n')}`);
+}
+
 test('forward/backward/generate/tokenLogprobs leave no undisposed tensors behind', async () => {
   trackTensors(true);
   try {
@@ -23,13 +34,7 @@ test('forward/backward/generate/tokenLogprobs leave no undisposed tensors behind
       generate(model, [[1, 2, 3], [4, 5]], { maxNewTokens: 5, temperature: 0 });
       model.tokenLogprobs([[1, 2, 3]]);
     };
-    step();
-    const before = new Set(liveTensors().map((x) => x.tensor));
-    step();
-    step();
-    const leaked = liveTensors().filter((x) => !before.has(x.tensor));
-    const where = leaked.slice(0, 5).map((x) => `${x.tensor.toString()}\n${x.stack.split('\n').slice(2, 6).join('\n')}`);
-    assert.equal(leaked.length, 0, `undisposed tensors after two more steps:\n${where.join('\n')}`);
+    assertNoLeaks(step);
     model.dispose();
   } finally {
     trackTensors(false);
@@ -54,13 +59,7 @@ test('the fused LM-head backward (lossGradient, several token chunks, also one t
       for (const t of grads2.values()) t.dispose();
       disposeBatch(b2);
     };
-    step();
-    const before = new Set(liveTensors().map((x) => x.tensor));
-    step();
-    step();
-    const leaked = liveTensors().filter((x) => !before.has(x.tensor));
-    const where = leaked.slice(0, 5).map((x) => `${x.tensor.toString()}\n${x.stack.split('\n').slice(2, 6).join('\n')}`);
-    assert.equal(leaked.length, 0, `undisposed tensors after two more steps:\n${where.join('\n')}`);
+    assertNoLeaks(step);
     model.dispose();
   } finally {
     trackTensors(false);

@@ -17,6 +17,7 @@ import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
 import { liveTensors, trackTensors } from '../../src/tensor.ts';
 import { ShardedPolicy, shardLayout, shardSequences, rankMicroBatches } from '../../src/trainer/sharded-policy.ts';
 import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss, type StepRecord, type WorkerResult } from '../helpers/fsdp-common.ts';
+import { relNorm } from '../helpers/numeric.ts';
 
 const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
 const WORKER = fileURLToPath(new URL(`../helpers/fsdp-worker${ext}`, import.meta.url));
@@ -79,17 +80,6 @@ async function singleProcess(steps: number[], fused = false): Promise<{ steps: S
 
 function rel(a: number, b: number): number {
   return Math.abs(a - b) / Math.max(Math.abs(b), 1e-30);
-}
-
-/** ||a - b|| / ||b|| over one tensor. */
-function relNorm(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  let n = 0;
-  for (let i = 0; i < b.length; i++) {
-    d += (a[i]! - b[i]!) ** 2;
-    n += b[i]! ** 2;
-  }
-  return Math.sqrt(d) / Math.max(Math.sqrt(n), 1e-30);
 }
 
 let reference: Promise<{ steps: StepRecord[]; masters: Map<string, Float32Array> }> | undefined;

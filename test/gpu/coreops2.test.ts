@@ -9,22 +9,13 @@ import { sample, sampleRows } from '../../src/ops/sampling.ts';
 import { adamwStep, sumOfSquares, gradNormAndClipFactor, scaleGradsInPlace } from '../../src/ops/optim.ts';
 import { refMatmul } from '../helpers/coreops2-ref.ts';
 import { uniformSym, rng } from '../helpers/random.ts';
-import { assertClose } from '../helpers/numeric.ts';
+import { assertClose, relNorm } from '../helpers/numeric.ts';
 import { samplingRowTensors } from '../helpers/sampling-rows.ts';
 import { roundBf16 } from '../../src/tensor.ts';
 import type { DType } from '../../src/native.ts';
 
 const skip = cudaDeviceCount() === 0 ? 'no CUDA device (GPU machine only)' : false;
 const G = 'cuda:0';
-
-function relNorm(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}
 
 test('matmul on CUDA matches float64 (transposes, dtypes, bias, alpha, accumulate, awkward sizes)', { skip, timeout: 120000 }, () => {
   const sizes: [number, number, number][] = [[1, 1, 1], [7, 113, 257], [113, 7, 1], [257, 113, 300], [1, 257, 7], [64, 128, 256]];

@@ -25,7 +25,7 @@ import { packSequences, disposeBatch } from '../../src/model/batch.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
 import { policyLoss, policyTokenGradient, type PolicyLossOptions } from '../../src/rl/loss.ts';
 import { uniformSym, rng } from '../helpers/random.ts';
-import { assertClose } from '../helpers/numeric.ts';
+import { assertClose, relNorm } from '../helpers/numeric.ts';
 import { hasCuda } from '../helpers/cuda.ts';
 import { initDistributed } from '../../src/distributed/launch.ts';
 import { randomModel } from '../../src/model/index.ts';
@@ -34,15 +34,6 @@ import { CFG, SEED, MICRO, stepBatch, normTokens, pgLoss } from '../helpers/fsdp
 
 const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
 const G = 'cuda:0';
-
-function relNorm(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}
 
 test('cuda tokenLogprobsForwardKeep / BackwardFromLogits vs the CPU (error <= 2x the vocabulary-chunked op\'s)', { skip, timeout: 300_000 }, () => {
   const T = 300, H = 256, V = 5003;

@@ -444,37 +444,28 @@ test('fused decode kernels replay from a CUDA graph with the two-kernel path\'s 
     const x = Tensor.from(randnBf16(T * H, 1, rng(9700 + T)), [T, H], { dtype: 'bf16', device: G });
     withFused(true, () => disposeForward(moeForward(x, w, { topK: k }))); // warm-up outside the capture
     synchronize(G);
-    const pool = ops.graphPoolCreate(0);
-    let cap: MoeForwardResult | undefined, graph = 0;
-    withFused(true, () => {
-      ops.captureBegin(0, pool);
-      try {
-        cap = moeForward(x, w, { topK: k });
-        graph = ops.captureEnd(0);
-      } catch (e) {
-        ops.captureAbort(0);
-        throw e;
-      }
-    });
-    const captured = cap!;
+    // moeForward captured into a fresh graph pool with the variable set to `fused`.
+    const capture = (fused: boolean): { result: MoeForwardResult; graph: number; pool: number } => {
+      const pool = ops.graphPoolCreate(0);
+      return withFused(fused, () => {
+        ops.captureBegin(0, pool);
+        try {
+          const result = moeForward(x, w, { topK: k });
+          return { result, graph: ops.captureEnd(0), pool };
+        } catch (e) {
+          ops.captureAbort(0);
+          throw e;
+        }
+      });
+    };
+    const { result: captured, graph, pool } = capture(true);
     assert.equal(captured.ctx.expertGemms, 'decode', `T${T}: the plan's decode kernels`);
     // The same forward captured with the variable off: two more kernel nodes (a reduce pass per product).
-    const poolOff = ops.graphPoolCreate(0);
-    let offCap: MoeForwardResult | undefined, graphOff = 0;
-    withFused(false, () => {
-      ops.captureBegin(0, poolOff);
-      try {
-        offCap = moeForward(x, w, { topK: k });
-        graphOff = ops.captureEnd(0);
-      } catch (e) {
-        ops.captureAbort(0);
-        throw e;
-      }
-    });
-    assert.equal(ops.graphNodeCount(graphOff), ops.graphNodeCount(graph) + 2, `T${T}: graph nodes two-kernel vs fused`);
-    ops.graphDestroy(graphOff);
-    disposeForward(offCap!);
-    ops.graphPoolRelease(0, poolOff);
+    const off = capture(false);
+    assert.equal(ops.graphNodeCount(off.graph), ops.graphNodeCount(graph) + 2, `T${T}: graph nodes two-kernel vs fused`);
+    ops.graphDestroy(off.graph);
+    disposeForward(off.result);
+    ops.graphPoolRelease(0, off.pool);
     const ys: number[][] = [];
     for (const seed of [9701, 9702, 9703]) {
       const xh = Tensor.from(randnBf16(T * H, 1, rng(seed + 10 * T)), [T, H], { dtype: 'bf16', device: 'cpu' });
