@@ -145,7 +145,8 @@ async function step(p: Policy, T: number, stepNo: number, onPhase?: (phase: stri
   for (let m = 0; m < microBatches; m++) {
     onPhase?.('forward');
     const dl = -1 / (T * microBatches); // the constant dLoss/dlogp of every response token
-    if (fusedLmHead && p.fusedLmHeadBackward) {
+    if (fusedLmHead) {
+      if (!p.fusedLmHeadBackward) throw new Error('bench:train-step: --fused-lm-head, but this policy has no fused LM-head backward');
       // --fused-lm-head: the LM head's backward runs inside the forward (its time counts as 'forward').
       const fwd = await p.forward({ sequences: [sequence(T, m)], promptLens: [1] }, { lossGradient: (_s, _t0, lp) => new Float32Array(lp.length).fill(dl) });
       onPhase?.('backward');

@@ -48,18 +48,33 @@ void check_f32_t(const char* op, const char* name, const Tensor& t, const Tensor
 
 }  // namespace
 
-GPTOSS_OP(tokenLogprobsForward) {
-  const char* op = "tokenLogprobs";
+namespace {
+
+// The arguments (hidden, lmHead, targets, temperature, chunk) of both forwards, checked, and their per-token
+// outputs f32 [T]: log-probs, entropy, lse.
+struct ForwardCall {
+  Tensor& hidden;
+  Tensor& lm;
+  Tensor& targets;
+  LpArgs a;
+  Tensor lp, ent, lse;
+};
+ForwardCall forward_call(const Napi::CallbackInfo& info, const char* op) {
   Tensor& hidden = tensor_arg(info, 0, op, "hidden");
   Tensor& lm = tensor_arg(info, 1, op, "lmHead");
   Tensor& targets = tensor_arg(info, 2, op, "targets");
   LpArgs a = check_common(op, hidden, lm, targets, num_arg(info, 3, op, "temperature"), int_arg(info, 4, op, "chunk"));
-  Tensor lp = make_tensor({a.T}, DType::F32, hidden.device);
-  Tensor ent = make_tensor({a.T}, DType::F32, hidden.device);
-  Tensor lse = make_tensor({a.T}, DType::F32, hidden.device);
-  GPTOSS_DISPATCH(hidden, cpu::token_logprobs(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse),
-                  cuda::token_logprobs(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse));
-  return tensor_object(info.Env(), {{"logprobs", lp}, {"entropy", ent}, {"lse", lse}});
+  return {hidden, lm, targets, a, make_tensor({a.T}, DType::F32, hidden.device), make_tensor({a.T}, DType::F32, hidden.device),
+          make_tensor({a.T}, DType::F32, hidden.device)};
+}
+
+}  // namespace
+
+GPTOSS_OP(tokenLogprobsForward) {
+  ForwardCall f = forward_call(info, "tokenLogprobs");
+  GPTOSS_DISPATCH(f.hidden, cpu::token_logprobs(f.hidden, f.lm, f.targets, f.a.temperature, f.a.chunk, f.lp, f.ent, f.lse),
+                  cuda::token_logprobs(f.hidden, f.lm, f.targets, f.a.temperature, f.a.chunk, f.lp, f.ent, f.lse));
+  return tensor_object(info.Env(), {{"logprobs", f.lp}, {"entropy", f.ent}, {"lse", f.lse}});
 }
 
 GPTOSS_OP(tokenLogprobsBackward) {
@@ -115,18 +130,11 @@ GPTOSS_OP(tokenLogprobsBackward) {
 // tokenLogprobsForwardKeep(hidden, lmHead, targets, temperature, chunk) -> { logprobs, entropy, lse, logits }:
 // the forward of a chunk of tokens keeping its logits f32 [T, V] for tokenLogprobsBackwardFromLogits.
 GPTOSS_OP(tokenLogprobsForwardKeep) {
-  const char* op = "tokenLogprobsForwardKeep";
-  Tensor& hidden = tensor_arg(info, 0, op, "hidden");
-  Tensor& lm = tensor_arg(info, 1, op, "lmHead");
-  Tensor& targets = tensor_arg(info, 2, op, "targets");
-  LpArgs a = check_common(op, hidden, lm, targets, num_arg(info, 3, op, "temperature"), int_arg(info, 4, op, "chunk"));
-  Tensor lp = make_tensor({a.T}, DType::F32, hidden.device);
-  Tensor ent = make_tensor({a.T}, DType::F32, hidden.device);
-  Tensor lse = make_tensor({a.T}, DType::F32, hidden.device);
-  Tensor logits = make_tensor({a.T, a.V}, DType::F32, hidden.device);
-  GPTOSS_DISPATCH(hidden, cpu::token_logprobs_keep(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse, logits),
-                  cuda::token_logprobs_keep(hidden, lm, targets, a.temperature, a.chunk, lp, ent, lse, logits));
-  return tensor_object(info.Env(), {{"logprobs", lp}, {"entropy", ent}, {"lse", lse}, {"logits", logits}});
+  ForwardCall f = forward_call(info, "tokenLogprobsForwardKeep");
+  Tensor logits = make_tensor({f.a.T, f.a.V}, DType::F32, f.hidden.device);
+  GPTOSS_DISPATCH(f.hidden, cpu::token_logprobs_keep(f.hidden, f.lm, f.targets, f.a.temperature, f.a.chunk, f.lp, f.ent, f.lse, logits),
+                  cuda::token_logprobs_keep(f.hidden, f.lm, f.targets, f.a.temperature, f.a.chunk, f.lp, f.ent, f.lse, logits));
+  return tensor_object(info.Env(), {{"logprobs", f.lp}, {"entropy", f.ent}, {"lse", f.lse}, {"logits", logits}});
 }
 
 // tokenLogprobsBackwardFromLogits(logits, hidden, lmHead, targets, lse, dLogprobs, temperature, chunk, dHidden,

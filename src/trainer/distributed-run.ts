@@ -45,7 +45,7 @@ import { serveTensorParallelRank, storeSlice, TensorParallelModelRunner } from '
 import { TensorParallelModel } from '../model/tensor-parallel.ts';
 import { GptOssModel } from '../model/index.ts';
 import { weightsFromSource } from '../model/param-source.ts';
-import { openRunSource, type RunPieces } from './setup.ts';
+import { openRunSource, trainingModelOptions, type RunPieces } from './setup.ts';
 import { ShardedPolicy, shardSequences } from './sharded-policy.ts';
 import type {
   Completion,
@@ -759,9 +759,7 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
     if (isTrainer) {
       const own = layout.colocated ? null : await dist.collectives.subGroup(Array.from({ length: P }, (_, i) => i));
       const policy = ShardedPolicy.fromSource(src, dist.device, own ?? dist.collectives, {
-        recompute: c.trainer.gradient_checkpointing,
-        keepAttention: c.trainer.gradient_checkpointing_keep_attention,
-        deterministic: c.trainer.deterministic,
+        ...trainingModelOptions(c),
         cpuOffload: c.trainer.policy.fsdp_config.cpu_offload,
         offloadAfterStep: c.trainer.policy.optimizer_config.offload_after_step,
         referenceOnHost: !c.trainer.placement.colocate_policy_ref,

@@ -251,6 +251,15 @@ export async function openRunSource(c: Config): Promise<RunSource> {
 }
 
 /** Loads the task and the model; errors name the config key at fault. */
+/** The trained model's options from the config, for the single-process model and the sharded policy alike. */
+export function trainingModelOptions(c: Config): { recompute: boolean; keepAttention: boolean; deterministic: boolean } {
+  return {
+    recompute: c.trainer.gradient_checkpointing,
+    keepAttention: c.trainer.gradient_checkpointing_keep_attention,
+    deterministic: c.trainer.deterministic,
+  };
+}
+
 export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssModel }> {
   const t = await prepareTask(c);
   const { device, env, vocab, path } = t;
@@ -271,12 +280,7 @@ export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssMo
     log.info({ device, params: model.weights.numParameters(), vocab: cfg.vocabSize }, 'random-initialised model');
   } else {
     try {
-      model = await loadModel(path, {
-        device,
-        recompute: c.trainer.gradient_checkpointing,
-        keepAttention: c.trainer.gradient_checkpointing_keep_attention,
-        deterministic: c.trainer.deterministic,
-      });
+      model = await loadModel(path, { device, ...trainingModelOptions(c) });
     } catch (e) {
       throw new SetupError(`trainer.policy.model.path=${path}: cannot load the model: ${(e as Error).message}`);
     }

@@ -10,6 +10,7 @@ import { usesShardedTrainer } from '../../src/config/load.ts';
 import { engineOptionsFromConfig } from '../../src/inference/local-generator.ts';
 import { presetConfig } from '../../src/model/config.ts';
 import { planFromConfig } from '../../src/trainer/memory-plan.ts';
+import { trainingModelOptions } from '../../src/trainer/setup.ts';
 
 /** Keys the code does not read, each for a stated reason (what the docs say too). */
 const NOT_READ_BY_DESIGN: Record<string, string> = {
@@ -135,6 +136,9 @@ test('trainer.gradient_checkpointing_keep_attention: default true, a boolean, an
   const noRecompute = loadConfig({ config: 'gsm8k-gptoss-20b', overrides: ['trainer.gradient_checkpointing=false'] });
   assert.equal(planFromConfig(g20, noRecompute, target).train.rows.find((r) => r.key === 'keptAttention'), undefined);
   assert.equal(planFromConfig(g20, off, target).input.keepAttention, false);
+  // ... and the trained model: the options both the single-process model and the sharded policy are built with.
+  assert.equal(trainingModelOptions(loadConfig({ config: 'gsm8k-gptoss-20b' })).keepAttention, true);
+  assert.equal(trainingModelOptions(off).keepAttention, false);
 });
 
 test('trainer.fused_lm_head_backward: default false, a boolean', () => {

@@ -197,9 +197,20 @@ test('trainGrpo with trainer.fused_lm_head_backward on == off (loss, grad norm, 
     const dir = mkdtempSync(join(tmpdir(), 'fused-lm-'));
     const m = randomModel(cfg, { device: 'cpu', seed: 25 });
     const policy = new GptOssPolicy(m);
+    // Count the forwards that took a loss gradient: the training forwards with the key on, none with it off.
+    let withGrad = 0, forwards = 0;
+    const forward = policy.forward.bind(policy);
+    policy.forward = (mb, opts) => {
+      forwards++;
+      if (opts?.lossGradient) withGrad++;
+      return forward(mb, opts);
+    };
     const metrics = new MetricsLogger({ path: join(dir, 'm.jsonl'), console: false });
     const r = await trainGrpo({ config: grpoConfig(dir, fused), policy, generator: new ToyGenerator(new ToyPolicy(3)), env: toyTask(16, 4), metrics });
     assert.equal(r.steps, 2);
+    assert.ok(forwards > 0);
+    if (fused) assert.ok(withGrad > 0, 'key on: the training forwards take the loss gradient');
+    else assert.equal(withGrad, 0, 'key off: no forward takes a loss gradient');
     out.push({ rows: parseMetricsJsonl(readFileSync(join(dir, 'm.jsonl'), 'utf8')).filter((x) => x.kind === 'train'), w: weights(m) });
     policy.dispose();
   }

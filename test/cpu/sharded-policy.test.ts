@@ -419,6 +419,15 @@ test('bench:train-step smoke form: the table and JSON on one process (both polic
   const n = JSON.parse(readFileSync(no, 'utf8')) as typeof a;
   assert.equal(n.keepAttention, false);
   assert.deepEqual(n.rows.map((r) => r.lmHeadChunk), [128, 128]);
+  // --fused-lm-head: both policies take the loss gradient in the forward (said in the header and the JSON).
+  const fu = join(dir, 'fused.json');
+  const fr = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--fused-lm-head', '--json', fu], { encoding: 'utf8' });
+  assert.equal(fr.status, 0, fr.stderr);
+  assert.match(fr.stdout, /fused LM-head backward \(both rows\)/);
+  const fj = JSON.parse(readFileSync(fu, 'utf8')) as typeof a & { fusedLmHead: boolean };
+  assert.equal(fj.fusedLmHead, true);
+  assert.equal((JSON.parse(readFileSync(one, 'utf8')) as { fusedLmHead: boolean }).fusedLmHead, false);
+  assert.ok(fj.rows.every((r) => r.stepMs > 0));
   const old = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--keep-attention'], { encoding: 'utf8' });
   assert.notEqual(old.status, 0);
   assert.match(old.stderr, /--keep-attention is the default now \(with recompute\); --no-keep-attention turns it off/);
