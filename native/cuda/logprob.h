@@ -23,10 +23,10 @@ void token_logprobs_backward(const Tensor& hidden, const Tensor& lm_head, const 
                              float temperature, int64_t chunk, const Tensor* d_hidden, const Tensor* d_lm_head,
                              bool overwrite_d_hidden = false, bool overwrite_d_lm_head = false);
 
-// Token-chunked alternative (see ../cpu/logprob.h): the forward keeping the [T, V] f32 logits (the same per-chunk
-// GEMMs and statistics as token_logprobs), and the backward from them: dlogits [T, V] in the input dtype by one
-// kernel, then one dgrad GEMM (d_hidden f32 [T, H], overwritten) and one wgrad GEMM (d_lm_head f32 [V, H],
-// accumulated into; null for a frozen head). No entropy term.
+// Token-chunked alternative (see ../cpu/logprob.h): the forward keeping the [T, V] f32 logits (one GEMM over the
+// whole vocabulary and one statistics pass per row; `chunk` orders only the CPU's merge), and the backward from
+// them: dlogits [T, V] in the input dtype by one kernel, then one dgrad GEMM (d_hidden f32 [T, H], overwritten) and
+// one wgrad GEMM (d_lm_head f32 [V, H], accumulated into; null for a frozen head). No entropy term.
 void token_logprobs_keep(const Tensor& hidden, const Tensor& lm_head, const Tensor& targets, float temperature,
                          int64_t chunk, const Tensor& logprobs, const Tensor& entropy, const Tensor& lse,
                          const Tensor& logits);

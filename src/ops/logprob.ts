@@ -147,13 +147,21 @@ export function tokenLogprobsBackward(
 // the dgrad and wgrad GEMMs: 3 LM-head GEMMs per token instead of the recomputing backward's 4.
 
 /**
+ * The bound on the token-chunked LM head's buffers: fp32 logits [Tc, V] + dlogits [Tc, V] in the hidden dtype (6 B
+ * per entry). Larger than LM_HEAD_CHUNK_BUDGET_BYTES because each token chunk's wgrad GEMM reads and writes the
+ * whole fp32 dLmHead [V, H] (2.3 GB at gpt-oss-20b): at 1.5 GiB (1334 tokens) that pass was a third of the wgrad
+ * time on an H100 (bench/results/train-profile-fused-h100.json); 4 GiB gives 3559 tokens, 5 passes per 16k tokens.
+ */
+export const LM_HEAD_TOKEN_CHUNK_BUDGET_BYTES = 4 * 2 ** 30;
+
+/**
  * Tokens per chunk of the token-chunked LM head at vocabulary `vocab`: the most rows whose fp32 logits [Tc, V] +
- * dlogits [Tc, V] in the hidden dtype (bf16: 6 B per entry, lmHeadChunkBytes) fit LM_HEAD_CHUNK_BUDGET_BYTES,
- * at least 1 (gpt-oss, V = 201,088: 1334 tokens). The model (src/model/gptoss.ts) takes it from here.
+ * dlogits [Tc, V] in the hidden dtype (bf16: 6 B per entry, lmHeadChunkBytes) fit LM_HEAD_TOKEN_CHUNK_BUDGET_BYTES,
+ * at least 1 (gpt-oss, V = 201,088: 3559 tokens). The model (src/model/gptoss.ts) takes it from here.
  */
 export function lmHeadTokenChunk(vocab: number, hiddenDtypeBytes = 2): number {
   if (!(Number.isInteger(vocab) && vocab >= 1)) throw new Error(`lmHeadTokenChunk: vocab must be a positive integer, got ${vocab}`);
-  return Math.max(1, Math.floor(LM_HEAD_CHUNK_BUDGET_BYTES / lmHeadChunkBytes(1, vocab, vocab, hiddenDtypeBytes)));
+  return Math.max(1, Math.floor(LM_HEAD_TOKEN_CHUNK_BUDGET_BYTES / lmHeadChunkBytes(1, vocab, vocab, hiddenDtypeBytes)));
 }
 
 export interface TokenLogprobsKept extends TokenLogprobs {

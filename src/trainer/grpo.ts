@@ -261,14 +261,8 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
   const t = config.trainer;
   const alg = t.algorithm;
   const useKl = alg.use_kl_loss && alg.kl_loss_coef > 0;
-  if (t.fused_lm_head_backward) {
-    if (!policy.fusedLmHeadBackward) {
-      throw new Error('trainer.fused_lm_head_backward=true: this policy has no fused LM-head backward (forward(mb, { lossGradient })); set it false');
-    }
-    // Written without a GPU: refused on CUDA until its GPU test has run (docs/architecture.md).
-    if (policy.device !== 'cpu') {
-      throw new Error(`trainer.fused_lm_head_backward=true: not yet run on a GPU (policy on ${policy.device}); refused until test/gpu/fused-lm-head.test.ts has passed; set it false`);
-    }
+  if (t.fused_lm_head_backward && !policy.fusedLmHeadBackward) {
+    throw new Error('trainer.fused_lm_head_backward=true: this policy has no fused LM-head backward (forward(mb, { lossGradient })); set it false');
   }
   // The reference must be the initial weights: copy before loading any checkpoint.
   let ref: LogprobModel | undefined = d.ref;

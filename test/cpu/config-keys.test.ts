@@ -149,14 +149,14 @@ test('trainer.fused_lm_head_backward: default false, a boolean', () => {
     (e: unknown) => e instanceof ConfigError && /trainer\.fused_lm_head_backward: expected boolean/.test(e.message),
   );
   // The planner follows the key: the LM head's buffers become one token chunk's fp32 logits + bf16 dlogits
-  // [min(T, 1334), V] (lmHeadTokenChunk) instead of [T, lmHeadChunk(T, V)].
+  // [min(T, 3559), V] (lmHeadTokenChunk) instead of [T, lmHeadChunk(T, V)].
   const g20 = presetConfig('gpt-oss-20b');
   const target = { gpus: 1, gpuMemoryBytes: 80e9, microBatchTokens: 4096 };
   const row = (fused: boolean) =>
     planFromConfig(g20, loadConfig({ config: 'gsm8k-gptoss-20b', overrides: [`trainer.fused_lm_head_backward=${fused}`] }), target).train.rows.find((r) => r.key === 'lmHeadChunk')!;
   assert.equal(row(false).bytes, 4096 * 16384 * 6);
-  assert.equal(row(true).bytes, 1334 * g20.vocabSize * 6);
-  assert.match(row(true).label, /token-chunk buffers \(1,334 tokens, fused backward\)/);
-  // What it does (and its refusals: on CUDA until its GPU test has run, for a policy without it):
+  assert.equal(row(true).bytes, 3559 * g20.vocabSize * 6);
+  assert.match(row(true).label, /token-chunk buffers \(3,559 tokens, fused backward\)/);
+  // What it does (and its refusal for a policy without it):
   // test/cpu/fused-lm-head.test.ts.
 });
