@@ -101,6 +101,18 @@ __global__ void __launch_bounds__(kThreads) partial_kernel(const bf* __restrict_
   const int rows = min(R, count - r0);
   const int k0 = blockIdx.y * ks, klen = min(ks, K - k0);
 
+  // The first step's weight loads go out before the x staging (they need only e): the staging's two dependent
+  // round trips (perm, then x) and the barrier then overlap them instead of preceding them. klen is a multiple of 8
+  // (K and ks are), so every step is a whole kUnroll-row step.
+  const int n = (tile * kThreads + threadIdx.x) * 8;
+  const bool active = n < Nc;  // columns past Nc (the last tile) load nothing and leave after the barrier
+  const bf* wp = W + ((int64_t)e * K + k0) * Nc + n;
+  uint4 wv[kUnroll];
+  if (active) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) wv[u] = ld_stream(wp + (int64_t)u * Nc);
+  }
+
   // Stage the rows' K slice (16-byte loads; zeros past the count).
   const int kc = ks / 8;
   for (int c = threadIdx.x; c < R * kc; c += kThreads) {
@@ -116,20 +128,21 @@ __global__ void __launch_bounds__(kThreads) partial_kernel(const bf* __restrict_
     d[1] = make_float4(v[4], v[5], v[6], v[7]);
   }
   __syncthreads();
+  if (!active) return;  // after the block's only barrier
 
-  const int n = (tile * kThreads + threadIdx.x) * 8;
-  if (n >= Nc) return;  // after the block's only barrier
   float acc[R][8];
 #pragma unroll
   for (int r = 0; r < R; r++)
 #pragma unroll
     for (int j = 0; j < 8; j++) acc[r][j] = 0.f;
 
-  const bf* wp = W + ((int64_t)e * K + k0) * Nc + n;
+  // Not double-buffered: a second set of kUnroll loads in registers (56 -> 95 at R 1) would cut the resident blocks
+  // per SM below kBlocksPerSm; the other resident warps hide each step's latency instead.
   for (int kk = 0; kk < klen; kk += kUnroll) {
-    uint4 wv[kUnroll];
+    if (kk > 0) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; u++) wv[u] = ld_stream(wp + (int64_t)(kk + u) * Nc);
+      for (int u = 0; u < kUnroll; u++) wv[u] = ld_stream(wp + (int64_t)(kk + u) * Nc);
+    }
     // One weight row at a time: unpack its 8 values once, then one broadcast shared-memory read of x per row.
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
