@@ -5,9 +5,8 @@
 //   (on the GPU machine: node dist/bench/moe.js --json $OUT/moe.json)
 //   --decode: forward only at decode sizes (default tokens 1,2,4,8,16,64), the decode kernels (moe_decode.cu) and
 //   the grouped kernels (moe_gemm.cuh) forced in turn (moeForward's expertGemms), plus what the plan picks and the
-//   peer's forward: ms per forward and the routed experts' weights GB/s (% of HBM) for each. The decode kernels
-//   are timed twice in the same run: the two-kernel path (GPTOSS_UNVERIFIED_KERNELS unset) and the fused kernels
-//   (set to 1 around those calls; native/cuda/common.cuh), with a check that both give the same bits of y.
+//   peer's forward: ms per forward and the routed experts' weights GB/s (% of HBM) for each, and the decode
+//   kernels' forward replayed from a CUDA graph (no host launch cost, as batch-1 decode runs).
 //
 // gpt-oss-20b shapes: E 32, top-4, hidden 2880, intermediate 2880. TFLOP/s: 2·T·k·(H·2I + I·H) forward, 3x
 // that for forward+backward (design.md). For small T, GB/s of expert weights read (experts that got tokens,
@@ -99,15 +98,8 @@ interface DecodeRow {
   decodeMs: number;
   decodeGBps: number;
   decodeHbmPct?: number;
-  /** The fused decode kernels (GPTOSS_UNVERIFIED_KERNELS=1: one launch per product). */
-  fusedMs: number;
-  fusedGBps: number;
-  fusedHbmPct?: number;
-  /** Whether the fused kernels gave y bitwise equal to the two-kernel path's. */
-  fusedSameBits: boolean;
   /** ms per replay of one captured forward (CUDA graph: no host launch cost, as batch-1 decode runs). */
   decodeGraphMs: number;
-  fusedGraphMs: number;
   groupedMs: number;
   groupedGBps: number;
   groupedHbmPct?: number;
@@ -118,21 +110,7 @@ interface DecodeRow {
   peerHbmPct?: number;
 }
 
-// fn with GPTOSS_UNVERIFIED_KERNELS set to 1 (on) or unset (off), read by the addon at each call; restored after.
-function withUnverifiedKernels<R>(on: boolean, fn: () => R): R {
-  const key = 'GPTOSS_UNVERIFIED_KERNELS', prev = process.env[key];
-  if (on) process.env[key] = '1';
-  else delete process.env[key];
-  try {
-    return fn();
-  } finally {
-    if (prev === undefined) delete process.env[key];
-    else process.env[key] = prev;
-  }
-}
-
-// --decode: forward only, the two kernel families forced in turn on the same inputs and weights (the decode
-// kernels both ways: two-kernel and fused).
+// --decode: forward only, the two kernel families forced in turn on the same inputs and weights.
 function decodeBench(o: ReturnType<typeof args>, w: MoeWeights, device: string, deviceName: string, hbmGBps: number | undefined,
   E: number, k: number, H: number, I: number, gpu: boolean) {
   if (!gpu) throw new Error('bench:moe --decode compares CUDA kernels; it needs a GPU');
@@ -146,22 +124,13 @@ function decodeBench(o: ReturnType<typeof args>, w: MoeWeights, device: string, 
     probe.y.dispose();
     probe.ctx.dispose();
     const iters = o.iters || 200;
-    const timeOf = (expertGemms: 'decode' | 'grouped', fused = false) => withUnverifiedKernels(fused, () => msPerCall(device, iters, () => {
+    const timeOf = (expertGemms: 'decode' | 'grouped') => msPerCall(device, iters, () => {
       const f = moeForward(x, w, { topK: k, expertGemms });
       f.y.dispose();
       f.ctx.dispose();
-    }));
-    const yBits = (fused: boolean) => withUnverifiedKernels(fused, () => {
-      const f = moeForward(x, w, { topK: k, expertGemms: 'decode' });
-      const y = f.y.toFloat32();
-      f.y.dispose();
-      f.ctx.dispose();
-      return new Uint32Array(y.buffer, y.byteOffset, y.length);
     });
-    const y0 = yBits(false), y1 = yBits(true);
-    const fusedSameBits = y0.length === y1.length && y0.every((v, i) => v === y1[i]);
     // One forward captured in a CUDA graph (decode kernels forced), replayed `iters` times.
-    const graphMsOf = (fused: boolean) => withUnverifiedKernels(fused, () => {
+    const graphMs = () => {
       const ops = native().ops;
       const pool = ops.graphPoolCreate(0);
       ops.captureBegin(0, pool);
@@ -179,22 +148,20 @@ function decodeBench(o: ReturnType<typeof args>, w: MoeWeights, device: string, 
       f.ctx.dispose();
       ops.graphPoolRelease(0, pool);
       return ms;
-    });
-    const decodeMs = timeOf('decode'), fusedMs = timeOf('decode', true), groupedMs = timeOf('grouped');
-    const decodeGraphMs = graphMsOf(false), fusedGraphMs = graphMsOf(true);
+    };
+    const decodeMs = timeOf('decode'), groupedMs = timeOf('grouped');
+    const decodeGraphMs = graphMs();
     const weightGB = weightBytes(active, E, H, I) / 1e9;
     const r: DecodeRow = {
-      T, activeExperts: active, weightGB, planned, decodeMs, decodeGBps: weightGB / (decodeMs / 1e3), fusedMs,
-      fusedGBps: weightGB / (fusedMs / 1e3), fusedSameBits, decodeGraphMs, fusedGraphMs, groupedMs, groupedGBps: weightGB / (groupedMs / 1e3),
-      speedup: groupedMs / decodeMs,
+      T, activeExperts: active, weightGB, planned, decodeMs, decodeGBps: weightGB / (decodeMs / 1e3), decodeGraphMs, groupedMs,
+      groupedGBps: weightGB / (groupedMs / 1e3), speedup: groupedMs / decodeMs,
     };
     if (hbmGBps) {
       r.decodeHbmPct = (100 * r.decodeGBps) / hbmGBps;
-      r.fusedHbmPct = (100 * r.fusedGBps) / hbmGBps;
       r.groupedHbmPct = (100 * r.groupedGBps) / hbmGBps;
     }
     rows.push(r);
-    console.log(`  T ${T} (${active} experts, plan: ${planned}): decode ${decodeMs.toFixed(4)} ms, fused decode ${fusedMs.toFixed(4)} ms (${fusedSameBits ? 'same bits' : 'OTHER BITS'}), grouped ${groupedMs.toFixed(4)} ms; CUDA graph: decode ${decodeGraphMs.toFixed(4)} ms, fused ${fusedGraphMs.toFixed(4)} ms`);
+    console.log(`  T ${T} (${active} experts, plan: ${planned}): decode ${decodeMs.toFixed(4)} ms, grouped ${groupedMs.toFixed(4)} ms; CUDA graph: decode ${decodeGraphMs.toFixed(4)} ms`);
     x.dispose();
   }
   const peer = o.noPeer ? {} : runPeer(tokens, E, k, H, I, true);
@@ -209,10 +176,10 @@ function decodeBench(o: ReturnType<typeof args>, w: MoeWeights, device: string, 
   }
   const f = (v: number | undefined, d = 2) => (v === undefined ? '-' : v.toFixed(d));
   console.log(`\nMoE forward at decode sizes on ${deviceName} (E ${E}, top-${k}, hidden ${H}, intermediate ${I}; GB/s of the routed experts' weights)`);
-  console.log('| T | experts | plan | decode ms | decode GB/s | % HBM | fused ms | fused GB/s | % HBM | same bits | graph decode ms | graph fused ms | grouped ms | grouped GB/s | % HBM | grouped/decode | peer fwd ms | peer GB/s | % HBM |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log('| T | experts | plan | decode ms | decode GB/s | % HBM | graph decode ms | grouped ms | grouped GB/s | % HBM | grouped/decode | peer fwd ms | peer GB/s | % HBM |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of rows) {
-    console.log(`| ${r.T} | ${r.activeExperts} | ${r.planned} | ${f(r.decodeMs, 4)} | ${f(r.decodeGBps, 0)} | ${f(r.decodeHbmPct, 0)} | ${f(r.fusedMs, 4)} | ${f(r.fusedGBps, 0)} | ${f(r.fusedHbmPct, 0)} | ${r.fusedSameBits ? 'yes' : 'NO'} | ${f(r.decodeGraphMs, 4)} | ${f(r.fusedGraphMs, 4)} | ${f(r.groupedMs, 4)} | ${f(r.groupedGBps, 0)} | ${f(r.groupedHbmPct, 0)} | ${f(r.speedup)}x | ${f(r.peerFwdMs, 4)} | ${f(r.peerGBps, 0)} | ${f(r.peerHbmPct, 0)} |`);
+    console.log(`| ${r.T} | ${r.activeExperts} | ${r.planned} | ${f(r.decodeMs, 4)} | ${f(r.decodeGBps, 0)} | ${f(r.decodeHbmPct, 0)} | ${f(r.decodeGraphMs, 4)} | ${f(r.groupedMs, 4)} | ${f(r.groupedGBps, 0)} | ${f(r.groupedHbmPct, 0)} | ${f(r.speedup)}x | ${f(r.peerFwdMs, 4)} | ${f(r.peerGBps, 0)} | ${f(r.peerHbmPct, 0)} |`);
   }
   if (o.json) {
     writeFileSync(o.json, JSON.stringify({ mode: 'decode', device: deviceName, E, topK: k, hidden: H, intermediate: I, hbmGBps, peer: { device: peer.device, torch: peer.torch }, rows }, null, 1));

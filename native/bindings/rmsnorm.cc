@@ -31,7 +31,7 @@ GPTOSS_OP(rmsnormForward) {
 
 // addRmsnorm(x bf16|f32 [..., H], o bf16|f32 like x, w bf16|f32 [H], eps) -> { h: x's dtype [..., H], y: x's dtype
 // [..., H], rstd: f32 [...] }: h = x + o rounded to x's dtype (as elementwiseAdd / elementwiseAddInPlace round it),
-// then y, rstd = rmsnormForward(h, w, eps), bitwise (one launch on CUDA with GPTOSS_UNVERIFIED_KERNELS=1).
+// then y, rstd = rmsnormForward(h, w, eps), bitwise (one launch on CUDA).
 GPTOSS_OP(addRmsnorm) {
   const char* op = "addRmsnorm";
   Tensor& x = tensor_arg(info, 0, op, "x");

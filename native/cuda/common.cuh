@@ -3,7 +3,6 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cstdlib>
-#include <cstring>
 #include <cuda_runtime.h>
 
 #include "../common/device.h"
@@ -26,18 +25,6 @@ namespace gptoss::cuda {
     ::gptoss::cuda::note_launch();             \
     GPTOSS_CUDA_CHECK(cudaGetLastError(), what); \
   } while (0)
-
-// The one switch for kernels written without a GPU and awaiting their first GPU test: GPTOSS_UNVERIFIED_KERNELS=1
-// runs them, anything else (the default) runs the kernels they would replace, unchanged. Read at each call (a
-// process can A/B both in one run: the GPU tests and benches set and clear it around calls; a CUDA graph keeps
-// what was read at its capture). Every kernel waiting behind it names it where it is chosen; once its GPU test
-// passes, the switch goes from that call site and the plan takes the kernel (docs/architecture.md). Waiting now:
-// the fused MoE decode kernels (moe_decode.cu, fused_kernel), the fused residual add + RMSNorm (rmsnorm.cu,
-// add_rmsnorm_forward).
-inline bool unverified_kernels() {
-  const char* v = std::getenv("GPTOSS_UNVERIFIED_KERNELS");
-  return v && v[0] == '1' && v[1] == '\0';
-}
 
 inline cudaStream_t stream_of(int device) { return static_cast<cudaStream_t>(stream(device)); }
 

@@ -27,10 +27,7 @@
 // than two blocks per SM (the router's N = 32, a LoRA A's N = r), ROWS = 1 spreads the rows over more blocks.
 //
 // CUDA graphs: no allocation, no host synchronisation; the launch goes on the stream the caller passes (the
-// device's compute stream, or a GEMM lane's). Switched off (cuBLAS for every M) with GPTOSS_GEMV=0, read at each
-// call so a test or an A/B timing can flip it within one process.
-#include <cstdlib>
-
+// device's compute stream, or a GEMM lane's).
 #include "common.cuh"
 #include "gemm.h"
 #include "vec_io.cuh"
@@ -149,11 +146,6 @@ void launch_m(int device, cudaStream_t s, int64_t N, int64_t K, const void* A, i
 
 }  // namespace
 
-bool gemv_enabled() {
-  const char* v = std::getenv("GPTOSS_GEMV");
-  return !(v != nullptr && v[0] == '0' && v[1] == 0);
-}
-
 bool gemv_applies(int64_t M, int64_t N, int64_t K, const void* A, int64_t lda, bool transA, const void* B,
                   int64_t ldb, bool transB, DType ab_dtype, DType c_dtype) {
   // K >= 64: a row of at least 8 chunks. A LoRA B's K = r (8..32) would leave 124+ of a block's 128 threads idle
@@ -161,7 +153,7 @@ bool gemv_applies(int64_t M, int64_t N, int64_t K, const void* A, int64_t lda, b
   // fixture's) on this kernel, so the end-to-end engine tests run it. N < 2^31 blocks (grid x limit) at any ROWS.
   return M >= 1 && M <= kGemvMaxRows && N >= 1 && N < (int64_t(1) << 31) && K >= 64 && K % 8 == 0 &&
          ab_dtype == DType::BF16 && (c_dtype == DType::BF16 || c_dtype == DType::F32) && !transA && transB &&
-         lda % 8 == 0 && ldb % 8 == 0 && lda >= K && ldb >= K && aligned16(A) && aligned16(B) && gemv_enabled();
+         lda % 8 == 0 && ldb % 8 == 0 && lda >= K && ldb >= K && aligned16(A) && aligned16(B);
 }
 
 void gemv_bf16(int device, void* stream, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda,

@@ -15,8 +15,7 @@ namespace gptoss::cuda::moe_decode {
 //   yp[r] = bf16(h[r]·W_down[e] + b_down[e])          bf16 [N, H]
 // for the rows r of expert e (offsets[e] .. offsets[e+1]-1, on the device: no host read, no wait).
 // x bf16 [T, H]; perm_tok, offsets i32 on the device; N = T·k rows; every tensor 16-byte aligned, H, I multiples
-// of 8 (moe_forward checks). Enqueued on st. Four launches (split-K partials + reduce per product), or with
-// GPTOSS_UNVERIFIED_KERNELS=1 (common.cuh) two fused launches giving the same bits (moe_decode.cu's header).
+// of 8 (moe_forward checks). Enqueued on st.
 void expert_mlp(const Tensor& x, const Tensor& perm_tok, const Tensor& offsets, const MoeWeights& w, int64_t T,
                 int64_t N, float limit, const Tensor& gu, const Tensor& h, const Tensor& yp, cudaStream_t st);
 

@@ -5,8 +5,8 @@
 namespace gptoss::cuda {
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& y, const Tensor& rstd);
-// h = x + o, then y, rstd = rmsnorm_forward(h): one launch when GPTOSS_UNVERIFIED_KERNELS=1 (unverified_kernels()),
-// else ew_add + rmsnorm_forward (the same bits).
+// h = x + o, then y, rstd = rmsnorm_forward(h) in one launch (add_fwd_kernel): the same bits as ew_add followed by
+// rmsnorm_forward, without their second launch and the re-read of h.
 void add_rmsnorm_forward(const Tensor& x, const Tensor& o, const Tensor& w, float eps, const Tensor& h,
                          const Tensor& y, const Tensor& rstd);
 // residual (f32 like dx, may be null) is added to dx: the gradient of a residual branch around the norm.

@@ -38,8 +38,7 @@ export interface AddRmsnormOutput extends RmsnormOutput {
 /**
  * The residual add and the norm after it in one op: h = x + o (fp32 sum rounded to x's dtype, exactly as
  * add(x, o) or addInPlace(x.clone(), o) give it), y, rstd = rmsnormForward(h, w, eps), bitwise. On CUDA one launch
- * instead of two (and no re-read of h) when GPTOSS_UNVERIFIED_KERNELS=1 (read per call; the fused kernel has not run
- * on a GPU yet); otherwise the add and norm kernels.
+ * instead of two (and no re-read of h).
  * @param x bf16 (or f32) [T, H] (any leading dims)
  * @param o bf16 or f32, x's shape (the o_proj output, bf16, or a tensor-parallel all-reduced f32 sum)
  * @param w bf16 (or f32) [H]

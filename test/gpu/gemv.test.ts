@@ -1,7 +1,8 @@
 // The small-M CUDA linear (native/cuda/gemv.cu: M <= 8 rows, bf16 x [M,K] · W[N,K]ᵀ + bias) against the float64
-// product, the CPU matmul and the cuBLAS path (GPTOSS_GEMV=0, read at each call), at gpt-oss-20b's decode shapes
-// (qkv 2880 -> 5120, o_proj 4096 -> 2880, router 2880 -> 32, LM head 2880 -> 201,088) and odd ones; M = 9 and
-// K % 8 != 0 fall back to cuBLAS (bitwise the same with the variable on or off); under CUDA graph capture. GPU only.
+// product, the CPU matmul and cuBLAS (the same rows inside a 16-row product, which gemm_raw gives cuBLAS), at
+// gpt-oss-20b's decode shapes (qkv 2880 -> 5120, o_proj 4096 -> 2880, router 2880 -> 32, LM head 2880 -> 201,088)
+// and odd ones; M = 9, K % 8 != 0 and a misaligned x take cuBLAS (seen in the launch count); under CUDA graph
+// capture. GPU only.
 //
 // Error bound (FlashAttention style): the fast kernel's max |error| against the float64 product of the same bf16
 // inputs is at most twice cuBLAS's plus a small eps; elementwise it is within one bf16 ulp (bf16 out) or fp32
@@ -19,16 +20,21 @@ const skip = cudaDeviceCount() === 0 ? 'no CUDA device (GPU machine only)' : fal
 const G = 'cuda:0';
 const cpu = { device: 'cpu' };
 
-/** Runs f with GPTOSS_GEMV set to '1' (the kernel, the default) or '0' (cuBLAS), then restores the variable. */
-function withGemv<T>(on: boolean, f: () => T): T {
-  const prev = process.env.GPTOSS_GEMV;
-  process.env.GPTOSS_GEMV = on ? '1' : '0';
-  try {
-    return f();
-  } finally {
-    if (prev === undefined) delete process.env.GPTOSS_GEMV;
-    else process.env.GPTOSS_GEMV = prev;
-  }
+/** Rows of the cuBLAS reference product: above kGemvMaxRows (8), so gemm_raw gives it to cuBLAS. */
+const BLAS_ROWS = 16;
+
+/** `rows` [M, cols] followed by zero rows up to BLAS_ROWS: [BLAS_ROWS, cols]. */
+function padRows(rows: Float32Array, cols: number): Float32Array {
+  const out = new Float32Array(BLAS_ROWS * cols);
+  out.set(rows);
+  return out;
+}
+
+/** Kernel launches f enqueues (the addon's launch counter). */
+function launchesOf(f: () => void): number {
+  const before = native().ops.launchCount();
+  f();
+  return native().ops.launchCount() - before;
 }
 
 /** Float64 x[M,K] · w[N,K]ᵀ for the columns `cols` only: [M, cols.length]. */
@@ -110,24 +116,33 @@ for (const s of SHAPES) {
     for (const M of s.ms) {
       const x = uniformSym(M * K, 31 * M + K, 1, true);
       const xG = Tensor.from(x, [M, K], { dtype: 'bf16', device: G });
+      // cuBLAS's product of the same rows: x with zero rows below it up to BLAS_ROWS, its first M output rows kept.
+      const xPad = Tensor.from(padRows(x, K), [BLAS_ROWS, K], { dtype: 'bf16', device: G });
       const xC = wC ? Tensor.from(x, [M, K], { dtype: 'bf16', ...cpu }) : null;
       const ref0 = refCols(x, wRow, M, K, cols);
+      // With an f32 output and a bf16 bias cuBLAS takes two launches (the GEMM and the bias epilogue), the kernel
+      // one: M <= 8 runs the kernel, M = 9 cuBLAS.
+      const launches = launchesOf(() => matmul(xG, wG, { transB: true, bias: biases.bf16, outDtype: 'f32' }).dispose());
+      if (M <= 8) assert.equal(launches, 1, `${s.what} M=${M}: the kernel's one launch`);
+      else assert.ok(launches >= 2, `${s.what} M=${M}: M > 8 must take cuBLAS (GEMM + bias epilogue), got ${launches} launches`);
+      const padLaunches = launchesOf(() => matmul(xPad, wG, { transB: true, bias: biases.bf16, outDtype: 'f32' }).dispose());
+      assert.ok(padLaunches >= 2, `${s.what}: the ${BLAS_ROWS}-row reference must take cuBLAS, got ${padLaunches} launches`);
+      if (M > 8) {
+        // cuBLAS itself (the launch count): nothing of the kernel's to compare.
+        disposeAll(xG, xPad, xC);
+        continue;
+      }
       for (const outDtype of ['bf16', 'f32'] as FloatDType[]) {
         for (const biasD of ['none', 'bf16', 'f32'] as const) {
           const what = `${s.what} M=${M} out ${outDtype} bias ${biasD}`;
           const bias = biasD === 'none' ? undefined : biases[biasD];
-          const run = (on: boolean): Float32Array => withGemv(on, () => {
-            const y = matmul(xG, wG, { transB: true, bias, outDtype });
-            const v = y.toFloat32();
+          const run = (a: Tensor, rows: number): Float32Array => {
+            const y = matmul(a, wG, { transB: true, bias, outDtype });
+            const v = y.toFloat32().slice(0, rows * N);
             y.dispose();
             return v;
-          });
-          const fast = run(true), blas = run(false);
-          if (M > 8) {
-            // Falls back: the same cuBLAS call either way.
-            assert.deepEqual(fast, blas, `${what}: M > 8 must take cuBLAS (bitwise equal with GPTOSS_GEMV on and off)`);
-            continue;
-          }
+          };
+          const fast = run(xG, M), blas = run(xPad, M);
           const ref = Float64Array.from(ref0, (v, i) => v + (bias ? biasV[cols[i % cols.length]!]! : 0));
           const errFast = maxErrTo(pick(fast, M, N, cols), ref), errBlas = maxErrTo(pick(blas, M, N, cols), ref);
           const eps = 1e-6 * Math.max(maxAbs(ref), 1);
@@ -148,47 +163,35 @@ for (const s of SHAPES) {
           }
         }
       }
-      // The kernel ran (not cuBLAS): with an f32 output and a bf16 bias cuBLAS takes two launches (the GEMM and the
-      // bias epilogue), the kernel one.
-      const launches = (on: boolean): number => withGemv(on, () => {
-        const before = native().ops.launchCount();
-        matmul(xG, wG, { transB: true, bias: biases.bf16, outDtype: 'f32' }).dispose();
-        return native().ops.launchCount() - before;
-      });
-      assert.equal(launches(true), M <= 8 ? 1 : launches(false), `${s.what} M=${M}: launches with the kernel`);
-      if (M <= 8) assert.ok(launches(false) >= 2, `${s.what} M=${M}: cuBLAS path launches`);
-      // alpha and accumulate (C += alpha·x·Wᵀ + bias, the LoRA factor form's update): f32 C.
+      // alpha and accumulate (C += alpha·x·Wᵀ + bias, the LoRA factor form's update): f32 C, against cuBLAS's
+      // accumulate into the same M rows within a BLAS_ROWS-row C (zero rows below).
       const c0 = uniformSym(M * N, 77 + M, 1, false);
-      const acc = (on: boolean): Float32Array => withGemv(on, () => {
-        const out = Tensor.from(c0, [M, N], { dtype: 'f32', device: G });
-        matmul(xG, wG, { transB: true, bias: biases.f32, out, accumulate: true, alpha: 0.75 });
-        const v = out.toFloat32();
+      const acc = (a: Tensor, rows: number, c: Float32Array): Float32Array => {
+        const out = Tensor.from(c, [rows, N], { dtype: 'f32', device: G });
+        matmul(a, wG, { transB: true, bias: biases.f32, out, accumulate: true, alpha: 0.75 });
+        const v = out.toFloat32().slice(0, M * N);
         out.dispose();
         return v;
-      });
-      assertClose(acc(true), acc(false), 1e-5 * Math.max(maxAbs(ref0), 1), 1e-5, `${s.what} M=${M}: alpha 0.75, accumulate`);
-      xG.dispose();
-      xC?.dispose();
+      };
+      assertClose(acc(xG, M, c0), acc(xPad, BLAS_ROWS, padRows(c0, N)), 1e-5 * Math.max(maxAbs(ref0), 1), 1e-5, `${s.what} M=${M}: alpha 0.75, accumulate`);
+      disposeAll(xG, xPad, xC);
     }
     disposeAll(wG, wC, biases.bf16, biases.f32, biasesC.bf16, biasesC.f32);
   });
 }
 
-test('small-M linear on CUDA: K % 8 != 0 and a misaligned x keep cuBLAS (bitwise equal with GPTOSS_GEMV on and off)', { skip }, () => {
+test('small-M linear on CUDA: K % 8 != 0 and a misaligned x keep cuBLAS (GEMM + bias epilogue launches)', { skip }, () => {
   for (const [M, K, N, offset] of [[1, 2884, 40, 0], [4, 2884, 40, 0], [3, 2880, 40, 1]] as [number, number, number, number][]) {
     const w = Tensor.from(uniformSym(N * K, 5, 1, true), [N, K], { dtype: 'bf16', device: G });
     // offset 1: x starts one element into a flat buffer (row stride K, base address 2 bytes past 16-byte alignment).
     const flat = Tensor.from(uniformSym(M * K + offset, 6, 1, true), [M * K + offset], { dtype: 'bf16', device: G });
     const tail = offset ? flat.view([M * K + offset, 1]).slice(offset, M * K + offset) : flat.view([M * K, 1]);
     const x = tail.view([M, K]);
-    const run = (on: boolean): Float32Array => withGemv(on, () => {
-      const y = matmul(x, w, { transB: true, outDtype: 'f32' });
-      const v = y.toFloat32();
-      y.dispose();
-      return v;
-    });
-    assert.deepEqual(run(true), run(false), `M=${M} K=${K} offset ${offset}`);
-    disposeAll(w, flat, tail, x);
+    const b = Tensor.from(uniformSym(N, 7, 1, true), [N], { dtype: 'bf16', device: G });
+    // The kernel would be one launch; cuBLAS with an f32 output and a bf16 bias is the GEMM and the bias epilogue.
+    const n = launchesOf(() => matmul(x, w, { transB: true, bias: b, outDtype: 'f32' }).dispose());
+    assert.ok(n >= 2, `M=${M} K=${K} offset ${offset}: must take cuBLAS, got ${n} launches`);
+    disposeAll(w, flat, tail, x, b);
   }
 });
 
