@@ -1,11 +1,15 @@
 // The small-M CUDA linear (native/cuda/gemv.cu: M <= 8 rows, bf16 x [M,K] · W[N,K]ᵀ + bias) against the float64
 // product, the CPU matmul and the cuBLAS path (GPTOSS_GEMV=0, read at each call), at gpt-oss-20b's decode shapes
-// (qkv 2880 -> 5120, o_proj 4096 -> 2880, router 2880 -> 32, LM head 2880 -> 201,088) and odd ones; M = 9 and
+// (qkv 2880 -> 5120, o_proj 4096 -> 2880, router 2880 -> 32, LM head 2880 -> 201,088) and odd ones (N 1001 and 7,
+// K 64 and 8200: a row longer than the M <= 2 kernel's 16 loads a lane, so its loop runs 3 times); M = 9 and
 // K % 8 != 0 fall back to cuBLAS (bitwise the same with the variable on or off); under CUDA graph capture. GPU only.
 //
 // Error bound (FlashAttention style): the fast kernel's max |error| against the float64 product of the same bf16
 // inputs is at most twice cuBLAS's plus a small eps; elementwise it is within one bf16 ulp (bf16 out) or fp32
-// noise (f32 out) of the CPU reference and of cuBLAS (the summation order differs, so not bitwise).
+// noise (f32 out) of the CPU reference and of cuBLAS (the summation order differs, so not bitwise). At M <= 2 (one
+// warp per column) also: the same bits on a second call, the same bits as the previous M <= 2 kernel
+// (GPTOSS_GEMV=legacy, kept until bench/gemv.ts has compared them; gemv.cu says why they agree by construction), and
+// the accumulate form (C += 0.75·x·Wᵀ + bias, f32 and bf16 C) against float64 within 2x cuBLAS's error.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, cudaDeviceCount, synchronize } from '../../src/tensor.ts';
@@ -19,10 +23,13 @@ const skip = cudaDeviceCount() === 0 ? 'no CUDA device (GPU machine only)' : fal
 const G = 'cuda:0';
 const cpu = { device: 'cpu' };
 
-/** Runs f with GPTOSS_GEMV set to '1' (the kernel, the default) or '0' (cuBLAS), then restores the variable. */
-function withGemv<T>(on: boolean, f: () => T): T {
+/**
+ * Runs f with GPTOSS_GEMV set to '1' (true: the kernels, the default), '0' (false: cuBLAS) or 'legacy' (the previous
+ * M <= 2 kernel), then restores the variable.
+ */
+function withGemv<T>(on: boolean | 'legacy', f: () => T): T {
   const prev = process.env.GPTOSS_GEMV;
-  process.env.GPTOSS_GEMV = on ? '1' : '0';
+  process.env.GPTOSS_GEMV = on === 'legacy' ? 'legacy' : on ? '1' : '0';
   try {
     return f();
   } finally {
@@ -52,6 +59,9 @@ function pick(a: Float32Array, M: number, N: number, cols: number[]): Float32Arr
   return out;
 }
 
+/** The bit patterns of an f32 array (so -0 and +0 differ): for "the same bits" checks. */
+const bitsOf = (a: Float32Array): Uint32Array => new Uint32Array(a.buffer, a.byteOffset, a.length);
+
 function maxErrTo(a: ArrayLike<number>, ref: Float64Array): number {
   let e = 0;
   for (let i = 0; i < ref.length; i++) e = Math.max(e, Math.abs(a[i]! - ref[i]!));
@@ -75,7 +85,8 @@ const SHAPES: Shape[] = [
   { what: 'router 2880 -> 32', K: 2880, N: 32, blockRows: 32, ms: [1, 2, 3, 4, 5, 6, 7, 8, 9], cpuMs: [1, 2, 3, 4, 5, 6, 7, 8, 9] },
   { what: 'odd N 2880 -> 1001', K: 2880, N: 1001, blockRows: 1001, ms: [1, 2, 3, 4, 5, 6, 7, 8, 9], cpuMs: [1, 2, 3, 4, 5, 6, 7, 8, 9] },
   { what: 'odd N, short K 64 -> 7', K: 64, N: 7, blockRows: 7, ms: [1, 3, 8, 9], cpuMs: [1, 3, 8, 9] },
-  { what: 'LM head 2880 -> 201088', K: 2880, N: 201088, blockRows: 8192, ms: [1, 2, 3, 4, 5, 6, 7, 8, 9], cpuMs: [1, 8] },
+  { what: 'long K 8200 -> 40', K: 8200, N: 40, blockRows: 40, ms: [1, 2, 3, 8], cpuMs: [1, 2, 3, 8] },
+  { what: 'LM head 2880 -> 201088', K: 2880, N: 201088, blockRows: 8192, ms: [1, 2, 3, 4, 5, 6, 7, 8, 9], cpuMs: [1, 2, 8] },
 ];
 
 /** W [N, K] bf16 on the device from a [blockRows, K] host block (tiled by device copies when N > blockRows). */
@@ -116,13 +127,18 @@ for (const s of SHAPES) {
         for (const biasD of ['none', 'bf16', 'f32'] as const) {
           const what = `${s.what} M=${M} out ${outDtype} bias ${biasD}`;
           const bias = biasD === 'none' ? undefined : biases[biasD];
-          const run = (on: boolean): Float32Array => withGemv(on, () => {
+          const run = (on: boolean | 'legacy'): Float32Array => withGemv(on, () => {
             const y = matmul(xG, wG, { transB: true, bias, outDtype });
             const v = y.toFloat32();
             y.dispose();
             return v;
           });
           const fast = run(true), blas = run(false);
+          if (M <= 2) {
+            // The warp-per-column kernel: deterministic, and the previous kernel's sums in the previous order.
+            assert.deepEqual(bitsOf(run(true)), bitsOf(fast), `${what}: a second call gives the same bits`);
+            assert.deepEqual(bitsOf(run('legacy')), bitsOf(fast), `${what}: the same bits as the previous M <= 2 kernel (GPTOSS_GEMV=legacy)`);
+          }
           if (M > 8) {
             // Falls back: the same cuBLAS call either way.
             assert.deepEqual(fast, blas, `${what}: M > 8 must take cuBLAS (bitwise equal with GPTOSS_GEMV on and off)`);
@@ -167,6 +183,34 @@ for (const s of SHAPES) {
         return v;
       });
       assertClose(acc(true), acc(false), 1e-5 * Math.max(maxAbs(ref0), 1), 1e-5, `${s.what} M=${M}: alpha 0.75, accumulate`);
+      if (M <= 2) {
+        // beta = 1 (accumulate) against float64, C f32 and bf16, with the bf16 and the f32 bias: C0 + 0.75·x·Wᵀ + bias.
+        for (const cDtype of ['f32', 'bf16'] as FloatDType[]) {
+          for (const biasD of ['bf16', 'f32'] as const) {
+            const what = `${s.what} M=${M} accumulate into ${cDtype} C, bias ${biasD}`;
+            const cStart = Tensor.from(c0, [M, N], { dtype: cDtype, device: G });
+            const c0r = cStart.toFloat32(); // C0 as stored (rounded to bf16 for a bf16 C)
+            cStart.dispose();
+            const accumulate = (on: boolean | 'legacy'): Float32Array => withGemv(on, () => {
+              const out = Tensor.from(c0r, [M, N], { dtype: cDtype, device: G });
+              matmul(xG, wG, { transB: true, bias: biases[biasD], out, accumulate: true, alpha: 0.75 });
+              const v = out.toFloat32();
+              out.dispose();
+              return v;
+            });
+            const fast = accumulate(true), blas = accumulate(false);
+            assert.deepEqual(bitsOf(accumulate(true)), bitsOf(fast), `${what}: a second call gives the same bits`);
+            assert.deepEqual(bitsOf(accumulate('legacy')), bitsOf(fast), `${what}: the same bits as the previous M <= 2 kernel`);
+            const ref = Float64Array.from(ref0, (v, i) => {
+              const m = Math.floor(i / cols.length), n = cols[i % cols.length]!;
+              return c0r[m * N + n]! + 0.75 * v + biasV[n]!;
+            });
+            const errFast = maxErrTo(pick(fast, M, N, cols), ref), errBlas = maxErrTo(pick(blas, M, N, cols), ref);
+            const eps = 1e-6 * Math.max(maxAbs(ref), 1);
+            assert.ok(errFast <= 2 * errBlas + eps, `${what}: max error ${errFast} vs float64 > 2x cuBLAS's ${errBlas} + ${eps}`);
+          }
+        }
+      }
       xG.dispose();
       xC?.dispose();
     }
@@ -233,7 +277,7 @@ test('small-M linear on CUDA under graph capture: replays follow new inputs and 
 });
 
 test('small-M linear on CUDA: a row gives the same bits at M = 1..8 (batch-invariant decode), also at small N', { skip }, () => {
-  for (const [K, N] of [[2880, 5120], [2880, 32]] as [number, number][]) {
+  for (const [K, N] of [[2880, 5120], [2880, 32], [8200, 40]] as [number, number][]) {
     const w = Tensor.from(uniformSym(N * K, 21, 1, true), [N, K], { dtype: 'bf16', device: G });
     const b = Tensor.from(uniformSym(N, 22, 1, true), [N], { dtype: 'bf16', device: G });
     const x8 = uniformSym(8 * K, 23, 1, true);
