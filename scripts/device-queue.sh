@@ -6,7 +6,8 @@
 # it guards has become the default (docs/architecture.md, GPTOSS_UNVERIFIED_KERNELS).
 T="node --test --test-reporter=tap --test-concurrency=1"
 # Tests of kernels that wait behind GPTOSS_UNVERIFIED_KERNELS=1 (each test sets it) or a refusal on CUDA.
-step gemv 60 $T --test-name-pattern="odd N" dist/test/gpu/gemv.test.js          # then remove GPTOSS_GEMV
+step gemv 240 $T dist/test/gpu/gemv.test.js                                     # then remove GPTOSS_GEMV (and =legacy)
+step bench-gemv 90 node dist/bench/gemv.js --json $OUT/gemv.json                 # M <= 2 warp kernel vs legacy vs cuBLAS
 step moe 60 $T dist/test/gpu/moe.test.js
 step moe-decode 120 $T dist/test/gpu/moe-decode.test.js                          # fused MoE decode kernels
 step add-rmsnorm 60 $T dist/test/gpu/add-rmsnorm.test.js                         # fused residual add + norm
