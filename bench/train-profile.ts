@@ -143,6 +143,11 @@ export function trainProfiler(device: string, spinMs: number, syncMs: number): {
         return cpu ? 'LM head + log-prob fwd (whole op, CPU)' : 'LM head GEMM (fwd)';
       case 'tokenLogprobsBackward':
         return cpu ? 'LM head + log-prob bwd (whole op, CPU)' : 'LM head GEMM (recompute)';
+      // The fused LM-head backward (the default): both ops run in the forward phase, one token chunk at a time.
+      case 'tokenLogprobsForwardKeep':
+        return cpu ? 'LM head + log-prob fwd (whole op, CPU)' : 'LM head GEMM (fwd)';
+      case 'tokenLogprobsBackwardFromLogits':
+        return cpu ? 'LM head + log-prob bwd (whole op, CPU)' : 'LM head GEMM (dgrad)';
       case 'elementwiseAdd':
         return 'residual add';
       case 'elementwiseAddInPlace':
@@ -217,6 +222,16 @@ export function trainProfiler(device: string, spinMs: number, syncMs: number): {
         const dH = a[10] !== false, dW = a[11] !== false;
         if (cpu) return [{ family: fam, flops: g * (1 + Number(dH) + Number(dW)) }];
         return [{ family: fam, flops: g }, { family: 'LM head GEMM (dgrad)', flops: dH ? g : 0 }, { family: 'LM head GEMM (wgrad)', flops: dW ? g : 0 }];
+      }
+      case 'tokenLogprobsForwardKeep': {
+        const [T, H] = shapeOf(a[0]) as [number, number];
+        return [{ family: fam, flops: 2 * T * shapeOf(a[1])[0]! * H }];
+      }
+      case 'tokenLogprobsBackwardFromLogits': { // (logits, hidden [Tc, H], lmHead [V, H], ..., dHidden, dLmHead | null)
+        const [T, H] = shapeOf(a[1]) as [number, number];
+        const g = 2 * T * shapeOf(a[2])[0]! * H, dW = a[9] != null;
+        if (cpu) return [{ family: fam, flops: g * (1 + Number(dW)) }];
+        return [{ family: 'LM head GEMM (dgrad)', flops: g }, { family: 'LM head GEMM (wgrad)', flops: dW ? g : 0 }];
       }
       case 'adamwStep': // master, m, v read and written; the gradient read; the bf16 copy written
         return [{ family: fam, bytes: 2 * (tensorBytes(a[0]) + tensorBytes(a[2]) + tensorBytes(a[3])) + tensorBytes(a[1]) + tensorBytes(a[4]) }];

@@ -22,8 +22,9 @@
 //        [--lm-head-chunk N] (vocabulary rows per LM-head chunk; default lmHeadChunk(T, V) of src/ops/logprob.ts, what
 //        the models and the memory planner use) [--no-keep-attention] (with recompute, the default keeps each layer's
 //        attention output and LSE so the backward's recompute skips the attention forward; this turns it off)
-//        [--fused-lm-head] (both policies take the loss gradient during the forward and run the LM head's backward
-//        per token chunk from the kept logits, trainer.fused_lm_head_backward; the sharded one in its head unit)
+//        [--no-fused-lm-head] (both policies take the recomputing LM-head backward; by default they take the loss
+//        gradient during the forward and run the LM head's backward per token chunk from the kept logits, as
+//        trainer.fused_lm_head_backward's default 'auto' does; the sharded one in its head unit)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
 // --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
 // phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
@@ -74,7 +75,13 @@ if (process.argv.includes('--keep-attention')) {
   throw new Error('bench:train-step: --keep-attention is the default now (with recompute); --no-keep-attention turns it off');
 }
 const keepAttention = recompute && !process.argv.includes('--no-keep-attention');
-const fusedLmHead = process.argv.includes('--fused-lm-head');
+if (process.argv.includes('--fused-lm-head')) {
+  throw new Error('bench:train-step: --fused-lm-head is the default now; --no-fused-lm-head turns it off');
+}
+if (process.argv.includes('--fused-lm-head')) {
+  throw new Error('bench:train-step: --fused-lm-head is the default now; --no-fused-lm-head turns it off');
+}
+const fusedLmHead = !process.argv.includes('--no-fused-lm-head'); // trainer.fused_lm_head_backward's default ('auto': on)
 const peakArg = arg('peak-tflops', '');
 const base = presetConfig(presetName);
 const cfg: GptOssConfig = presetConfig(presetName, {
@@ -146,8 +153,8 @@ async function step(p: Policy, T: number, stepNo: number, onPhase?: (phase: stri
     onPhase?.('forward');
     const dl = -1 / (T * microBatches); // the constant dLoss/dlogp of every response token
     if (fusedLmHead) {
-      if (!p.fusedLmHeadBackward) throw new Error('bench:train-step: --fused-lm-head, but this policy has no fused LM-head backward');
-      // --fused-lm-head: the LM head's backward runs inside the forward (its time counts as 'forward').
+      if (!p.fusedLmHeadBackward) throw new Error('bench:train-step: the fused LM-head backward (default), but this policy has none: pass --no-fused-lm-head');
+      // The fused LM-head backward (default): the LM head's backward runs inside the forward (its time counts as 'forward').
       const fwd = await p.forward({ sequences: [sequence(T, m)], promptLens: [1] }, { lossGradient: (_s, _t0, lp) => new Float32Array(lp.length).fill(dl) });
       onPhase?.('backward');
       await fwd.backward();
@@ -292,7 +299,7 @@ if (ctx.rank === 0) {
   console.log(
     `${presetName} with ${layers} of ${base.numLayers} layers (${active >= 1e9 ? `${(active / 1e9).toFixed(2)}B` : `${(active / 1e6).toFixed(2)}M`} active parameters per token), ` +
       `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? (keepAttention ? 'on (attention kept)' : 'on') : 'off'}` +
-      (fusedLmHead ? '; fused LM-head backward (both rows)' : '') +
+      (fusedLmHead ? '; fused LM-head backward (both rows)' : '; recomputing LM-head backward (--no-fused-lm-head)') +
       (cpuOffload ? '; sharded policy with cpu_offload (AdamW on the host)' : '') +
       (ctx.worldSize === 1 ? `; sharded policy on one rank ${collectivesAtOne ? 'through NCCL (--collectives-at-one)' : 'uses its shard in place (no collectives)'}` : '') +
       (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),

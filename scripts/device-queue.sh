@@ -5,9 +5,6 @@
 # Each line is one time-boxed step (output in $OUT/log.txt). Remove a line when its check has passed and the code
 # it guards has become the default (docs/architecture.md, "No per-op switches").
 T="node --test --test-reporter=tap --test-concurrency=1"
-# Left: the GPU tests of the 2026-12-06 clean-up (the fused add + RMSNorm's fallback removed; the fused MoE decode
-# kernels and their tests deleted) and the warp-per-column M <= 2 gemv with its A/B. Remove lines once they pass.
+# Left: the warp-per-column M <= 2 gemv with its A/B. Remove lines once they pass.
 step gemv 240 $T dist/test/gpu/gemv.test.js                                     # then remove GPTOSS_GEMV (and =legacy)
 step bench-gemv 90 node dist/bench/gemv.js --json $OUT/gemv.json                 # M <= 2 warp kernel vs legacy vs cuBLAS
-step add-rmsnorm 60 $T dist/test/gpu/add-rmsnorm.test.js
-step moe-decode 120 $T dist/test/gpu/moe-decode.test.js

@@ -149,8 +149,9 @@ export function tokenLogprobsBackward(
 /**
  * The bound on the token-chunked LM head's buffers: fp32 logits [Tc, V] + dlogits [Tc, V] in the hidden dtype (6 B
  * per entry). Larger than LM_HEAD_CHUNK_BUDGET_BYTES because each token chunk's wgrad GEMM reads and writes the
- * whole fp32 dLmHead [V, H] (2.3 GB at gpt-oss-20b): at 1.5 GiB (1334 tokens) that pass was a third of the wgrad
- * time on an H100 (bench/results/train-profile-fused-h100.json); 4 GiB gives 3559 tokens, 5 passes per 16k tokens.
+ * whole fp32 dLmHead [V, H] (2.3 GB at gpt-oss-20b): at 1.5 GiB (1334 tokens, 13 passes per 16k tokens) the wgrad
+ * took 80.2 ms per 2 x 16k-token step on an H100 (bench/results/train-profile-fused-tc1334-h100.json), at 4 GiB
+ * (3559 tokens, 5 passes) 52.4 ms (train-profile-fused-h100.json).
  */
 export const LM_HEAD_TOKEN_CHUNK_BUDGET_BYTES = 4 * 2 ** 30;
 

@@ -252,6 +252,11 @@ class PhaseTimes {
   }
 }
 
+/** Whether the training forwards take the loss gradient (trainer.fused_lm_head_backward: true, or 'auto' and the policy has it). */
+export function usesFusedLmHead(key: boolean | 'auto', policy: Pick<Policy, 'fusedLmHeadBackward'>): boolean {
+  return key === true || (key === 'auto' && policy.fusedLmHeadBackward === true);
+}
+
 /**
  * Sets a run up: the KL reference (a frozen copy of the initial weights, taken before any checkpoint is loaded),
  * then the resume (trainer state, policy weights and optimizer, generator weights) when the config asks for one.
@@ -261,8 +266,8 @@ async function startRun(d: GrpoDeps): Promise<GrpoRun> {
   const t = config.trainer;
   const alg = t.algorithm;
   const useKl = alg.use_kl_loss && alg.kl_loss_coef > 0;
-  if (t.fused_lm_head_backward && !policy.fusedLmHeadBackward) {
-    throw new Error('trainer.fused_lm_head_backward=true: this policy has no fused LM-head backward (forward(mb, { lossGradient })); set it false');
+  if (t.fused_lm_head_backward === true && !policy.fusedLmHeadBackward) {
+    throw new Error("trainer.fused_lm_head_backward=true: this policy has no fused LM-head backward (forward(mb, { lossGradient })); set it false or 'auto'");
   }
   // The reference must be the initial weights: copy before loading any checkpoint.
   let ref: LogprobModel | undefined = d.ref;
@@ -554,7 +559,7 @@ async function updatePolicy(run: GrpoRun, step: number, s: Scored, lps: StepLogp
         // trainer.fused_lm_head_backward: the forward takes the per-token loss gradient and runs the LM head's
         // backward itself (its time then counts as 'train_forward'); the loss below gives the same dLogprobs
         // (policyTokenGradient's, bit for bit) and the metrics.
-        const fused = t.fused_lm_head_backward;
+        const fused = usesFusedLmHead(t.fused_lm_head_backward, policy);
         const lossGradient = fused ? policyTokenGradient(lossInput, lossOpts) : undefined;
         const fwd = await times.time('train_forward', () => policy.forward(mb, { entropy: false, temperature: run.lpTemperature, packed: t.use_sample_packing, lossGradient }));
         const res = policyLoss({ logprobs: fwd.logprobs, ...lossInput }, lossOpts);

@@ -313,7 +313,7 @@ export interface PlanInput {
   /** With recompute: each layer's attention output and LSE kept for it (trainer.gradient_checkpointing_keep_attention;
    *  default true, the models' default). */
   keepAttention?: boolean;
-  /** The fused LM-head backward (trainer.fused_lm_head_backward; default false): token-chunk LM head buffers. */
+  /** The fused LM-head backward (trainer.fused_lm_head_backward, on unless false): token-chunk LM head buffers. */
   fusedLmHead?: boolean;
   /** fp32 masters and AdamW moments in host memory (trainer.policy.fsdp_config.cpu_offload). */
   cpuOffload: boolean;
@@ -472,7 +472,7 @@ export function planInputFromConfig(
     forwardMicroBatchTokens: t.micro_forward_batch_size_per_gpu * seq,
     recompute: t.gradient_checkpointing,
     keepAttention: t.gradient_checkpointing_keep_attention,
-    fusedLmHead: t.fused_lm_head_backward,
+    fusedLmHead: t.fused_lm_head_backward !== false, // 'auto': every library policy has it
     cpuOffload: t.policy.fsdp_config.cpu_offload,
     // The reference shares the policy's GPUs when colocated with it, else waits in host memory between uses.
     ref: t.algorithm.use_kl_loss ? (t.placement.colocate_policy_ref ? 'gpu' : 'host') : 'none',

@@ -46,7 +46,8 @@ test('bench:train-step --profile runs on the CPU with the tiny preset and splits
       ['recompute', 'qkv GEMM (fwd)'], ['recompute', 'MoE fwd (whole op, CPU)'],
       ['backward', 'attention bwd'], ['backward', 'qkv GEMM (dgrad)'], ['backward', 'qkv GEMM (wgrad)'], ['backward', 'o_proj GEMM (dgrad)'],
       ['backward', 'o_proj GEMM (wgrad)'], ['backward', 'bias grads (GEMV)'], ['backward', 'MoE bwd (whole op, CPU)'], ['backward', 'rmsnorm'],
-      ['backward', 'LM head + log-prob bwd (whole op, CPU)'], ['backward', 'embedding'], ['optimizer', 'optimizer (AdamW)'], ['optimizer', 'grad-norm clip'],
+      // The fused LM-head backward (the default) runs the LM head's backward in the forward, per token chunk.
+      ['forward', 'LM head + log-prob bwd (whole op, CPU)'], ['backward', 'embedding'], ['optimizer', 'optimizer (AdamW)'], ['optimizer', 'grad-norm clip'],
     ];
     for (const [p, f] of need) assert.ok((at(p, f)?.ms ?? 0) > 0, `${row.policy}: ${p} / ${f} missing: ${JSON.stringify(fams.map((x) => `${x.phase}/${x.family}`))}`);
     // The recompute takes the attention output kept by the forward (keepAttention, the default) instead of running it again.

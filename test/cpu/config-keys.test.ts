@@ -141,22 +141,24 @@ test('trainer.gradient_checkpointing_keep_attention: default true, a boolean, an
   assert.equal(trainingModelOptions(off).keepAttention, false);
 });
 
-test('trainer.fused_lm_head_backward: default false, a boolean', () => {
-  assert.equal(loadConfig({ config: null }).trainer.fused_lm_head_backward, false);
+test("trainer.fused_lm_head_backward: default 'auto', a boolean or 'auto'", () => {
+  assert.equal(loadConfig({ config: null }).trainer.fused_lm_head_backward, 'auto');
   assert.equal(loadConfig({ config: null, overrides: ['trainer.fused_lm_head_backward=true'] }).trainer.fused_lm_head_backward, true);
+  assert.equal(loadConfig({ config: null, overrides: ['trainer.fused_lm_head_backward=false'] }).trainer.fused_lm_head_backward, false);
   assert.throws(
     () => loadConfig({ config: null, overrides: ['trainer.fused_lm_head_backward=3'] }),
-    (e: unknown) => e instanceof ConfigError && /trainer\.fused_lm_head_backward: expected boolean/.test(e.message),
+    (e: unknown) => e instanceof ConfigError && /trainer\.fused_lm_head_backward: Invalid input, got 3/.test(e.message),
   );
   // The planner follows the key: the LM head's buffers become one token chunk's fp32 logits + bf16 dlogits
   // [min(T, 3559), V] (lmHeadTokenChunk) instead of [T, lmHeadChunk(T, V)].
   const g20 = presetConfig('gpt-oss-20b');
   const target = { gpus: 1, gpuMemoryBytes: 80e9, microBatchTokens: 4096 };
-  const row = (fused: boolean) =>
+  const row = (fused: boolean | 'auto') =>
     planFromConfig(g20, loadConfig({ config: 'gsm8k-gptoss-20b', overrides: [`trainer.fused_lm_head_backward=${fused}`] }), target).train.rows.find((r) => r.key === 'lmHeadChunk')!;
   assert.equal(row(false).bytes, 4096 * 16384 * 6);
   assert.equal(row(true).bytes, 3559 * g20.vocabSize * 6);
   assert.match(row(true).label, /token-chunk buffers \(3,559 tokens, fused backward\)/);
+  assert.equal(row('auto').bytes, row(true).bytes, "'auto' plans the fused buffers (every library policy has the fused path)");
   // What it does (and its refusal for a policy without it):
   // test/cpu/fused-lm-head.test.ts.
 });

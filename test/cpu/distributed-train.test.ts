@@ -7,7 +7,7 @@
 //   - the engines' log-probs after each sync == the trainer's (the loop's logprob_gap metric at steps 2 and 3,
 //     and fresh samples after the run; without the sync the gap is ~0.3-2.7);
 //   - every metrics row records the world size and the engine layout;
-// world 2 with trainer.fused_lm_head_backward (the loss inputs travel with each forward) bitwise the default run;
+// world 2 with the fused LM-head backward (default; the loss inputs travel with each forward) bitwise the recomputing one;
 // world 2 with one tp=2 engine, and world 4 with two tp=2 engines (each over its own sub-group of the processes):
 // the same step-1 tokens but where split reductions flip a draw (counted), and the engines' log-probs after each
 // sync within that reduction noise of the trainer's;
@@ -96,7 +96,7 @@ let one: Awaited<ReturnType<typeof runWorld>>;
 let two: Awaited<ReturnType<typeof runWorld>>;
 let twoTp: Awaited<ReturnType<typeof runWorld>>;
 let twoOffload: Awaited<ReturnType<typeof runWorld>>;
-let twoFused: Awaited<ReturnType<typeof runWorld>>;
+let twoUnfused: Awaited<ReturnType<typeof runWorld>>;
 let fourTp: Awaited<ReturnType<typeof runWorld>>;
 let apartOne: Awaited<ReturnType<typeof runWorld>>;
 let apartTp: Awaited<ReturnType<typeof runWorld>>;
@@ -112,9 +112,10 @@ before(async () => {
   // offload_after_step: the optimizer state in host memory while the engines generate, back for training.
   twoOffload = await runWorld('world2-offload', 2, undefined, 1, undefined, undefined, ['trainer.policy.optimizer_config.offload_after_step=true']);
   assert.equal(twoOffload.exitCode, 0, twoOffload.text);
-  // trainer.fused_lm_head_backward: the loss inputs travel with each forward command; each rank takes its rows.
-  twoFused = await runWorld('world2-fused', 2, undefined, 1, undefined, undefined, ['trainer.fused_lm_head_backward=true']);
-  assert.equal(twoFused.exitCode, 0, twoFused.text);
+  // trainer.fused_lm_head_backward (default 'auto': on, the loss inputs travel with each forward command and each
+  // rank takes its rows) against the recomputing LM-head backward.
+  twoUnfused = await runWorld('world2-unfused', 2, undefined, 1, undefined, undefined, ['trainer.fused_lm_head_backward=false']);
+  assert.equal(twoUnfused.exitCode, 0, twoUnfused.text);
   twoTp = await runWorld('world2-tp2', 2, undefined, 2);
   assert.equal(twoTp.exitCode, 0, twoTp.text);
   fourTp = await runWorld('world4-2xtp2', 4, undefined, 2);
@@ -191,12 +192,12 @@ test('world 2 with offload_after_step: the optimizer state is in host memory whi
   assert.deepEqual(b.weights, a.weights);
 });
 
-test('world 2 with fused_lm_head_backward (loss inputs sent with the forward, rebuilt per rank): bitwise the default run', () => {
+test('world 2 with the fused LM-head backward (default; loss inputs sent with the forward, rebuilt per rank): bitwise the recomputing backward (=false)', () => {
   const a = two.result();
-  const b = twoFused.result();
+  const b = twoUnfused.result();
   assert.deepEqual(b.first, a.first);
   const ra = two.rows();
-  const rb = twoFused.rows();
+  const rb = twoUnfused.rows();
   assert.equal(rb.length, 3);
   for (let i = 0; i < 3; i++) for (const k of ['loss', 'grad_norm', 'kl', 'clip_frac', 'reward/mean']) assert.equal(rb[i]![k], ra[i]![k], `step ${i + 1} ${k}`);
   assert.deepEqual(b.weights, a.weights);

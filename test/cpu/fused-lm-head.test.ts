@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { randomModel, presetConfig, LoraAdapters, LORA_TARGETS, packSequences, disposeBatch, type GptOssModel } from '../../src/model/index.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
 import { LoraPolicy } from '../../src/trainer/lora-policy.ts';
-import type { SequenceBatch, Policy } from '../../src/trainer/policy.ts';
+import type { SequenceBatch, Policy, TrainForwardOptions } from '../../src/trainer/policy.ts';
 import type { Tensor } from '../../src/tensor.ts';
 import { lossRows, policyLoss, policyTokenGradient, type PolicyLossOptions } from '../../src/rl/loss.ts';
 import { DriverPolicy } from '../../src/trainer/distributed-run.ts';
@@ -168,7 +168,7 @@ test('policyTokenGradient carries its inputs (source); lossRows of them give a s
   await assert.rejects(drv.forward(micros[0]!, { lossGradient: policyTokenGradient(lossRows(inp, [0]), lossOpts) }), /1 loss rows for 2 sequences/);
 });
 
-function grpoConfig(dir: string, fused: boolean) {
+function grpoConfig(dir: string, fused: boolean | 'auto') {
   const base: ConfigInput = {
     trainer: {
       ckpt_path: join(dir, 'ckpts'),
@@ -191,7 +191,7 @@ function grpoConfig(dir: string, fused: boolean) {
   return loadConfig({ config: null, base });
 }
 
-test('trainGrpo with trainer.fused_lm_head_backward on == off (loss, grad norm, weights bitwise); refused without the fused path', async () => {
+test("trainGrpo with trainer.fused_lm_head_backward on == off (loss, grad norm, weights bitwise); true refused without the fused path, 'auto' runs the recomputing one there", async () => {
   const out: { rows: Record<string, unknown>[]; w: Map<string, Float32Array> }[] = [];
   for (const fused of [false, true]) {
     const dir = mkdtempSync(join(tmpdir(), 'fused-lm-'));
@@ -229,4 +229,15 @@ test('trainGrpo with trainer.fused_lm_head_backward on == off (loss, grad norm, 
     trainGrpo({ config: grpoConfig(dir, true), policy: toy, generator: new ToyGenerator(toy), env: toyTask(16, 4) }),
     /trainer\.fused_lm_head_backward=true: this policy has no fused LM-head backward/,
   );
+  // 'auto' (the default): the recomputing backward for a policy without the fused path (no forward gets a gradient).
+  const toy3 = new ToyPolicy(3);
+  let withGrad = 0;
+  const fwd3 = toy3.forward.bind(toy3);
+  toy3.forward = (mb, opts?: TrainForwardOptions) => {
+    if (opts?.lossGradient) withGrad++;
+    return fwd3(mb, opts);
+  };
+  const r3 = await trainGrpo({ config: grpoConfig(mkdtempSync(join(tmpdir(), 'fused-lm-')), 'auto'), policy: toy3, generator: new ToyGenerator(toy3), env: toyTask(16, 4) });
+  assert.equal(r3.steps, 2);
+  assert.equal(withGrad, 0);
 });

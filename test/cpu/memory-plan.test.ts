@@ -125,9 +125,12 @@ test('recompute keeps layer inputs only (plus, by default, each layer\'s attenti
 });
 
 test('gpt-oss-20b at 16k tokens: the plan\'s kept-attention and LM-head chunk rows, by hand', () => {
+  // The recomputing LM-head backward's vocabulary chunks (trainer.fused_lm_head_backward=false); the default's
+  // token chunk is checked at the end.
   const input = (keep: boolean) => ({
     ...planInputFromConfig(g20, seedConfig(), { gpus: 8, gpuMemoryBytes: 80e9, modelName: 'gpt-oss-20b', microBatchTokens: 16384 }),
     keepAttention: keep,
+    fusedLmHead: false,
   });
   const p = planMemory(input(true));
   const row = (q: typeof p, k: string) => q.train.rows.find((r) => r.key === k);
@@ -151,6 +154,11 @@ test('gpt-oss-20b at 16k tokens: the plan\'s kept-attention and LM-head chunk ro
   const table = formatPlan(p);
   assert.match(table, /\n {4}incl\. kept attention \(24 layers\) +3\.32 {3}24 x 16,384 tok x \(2 B x Hq·D 4096 \+ 4 B x Hq 64\)/);
   assert.match(table, /\n {4}incl\. LM head chunk buffers \(chunk 16,384\) +1\.61 {3}16,384 tok x 16,384 x \(4 \+ 2\) B/);
+  // The default (fused LM-head backward, 'auto'): one token chunk's fp32 logits + bf16 dlogits, 3559 x 201,088 x 6 B.
+  const fused = planMemory(planInputFromConfig(g20, seedConfig(), { gpus: 8, gpuMemoryBytes: 80e9, modelName: 'gpt-oss-20b', microBatchTokens: 16384 }));
+  assert.equal(row(fused, 'lmHeadChunk')!.bytes, 4_294_033_152);
+  assert.equal(fused.fits, true, fused.overflows.join('; '));
+  assert.match(formatPlan(fused), /\n {4}incl\. LM head token-chunk buffers \(3,559 tokens, fused backward\) +4\.29 /);
 });
 
 test('KV layout: full layers hold every position, sliding layers 128, kv heads split over TP', () => {

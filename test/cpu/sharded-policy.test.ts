@@ -419,14 +419,18 @@ test('bench:train-step smoke form: the table and JSON on one process (both polic
   const n = JSON.parse(readFileSync(no, 'utf8')) as typeof a;
   assert.equal(n.keepAttention, false);
   assert.deepEqual(n.rows.map((r) => r.lmHeadChunk), [128, 128]);
-  // --fused-lm-head: both policies take the loss gradient in the forward (said in the header and the JSON).
-  const fu = join(dir, 'fused.json');
-  const fr = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--fused-lm-head', '--json', fu], { encoding: 'utf8' });
+  // The fused LM-head backward is the default (trainer.fused_lm_head_backward 'auto'): both policies take the loss
+  // gradient in the forward (said in the header and the JSON); --no-fused-lm-head takes the recomputing backward.
+  assert.equal((JSON.parse(readFileSync(one, 'utf8')) as { fusedLmHead: boolean }).fusedLmHead, true);
+  const fu = join(dir, 'unfused.json');
+  const fr = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--steps', '1', '--no-fused-lm-head', '--json', fu], { encoding: 'utf8' });
   assert.equal(fr.status, 0, fr.stderr);
-  assert.match(fr.stdout, /fused LM-head backward \(both rows\)/);
+  assert.match(fr.stdout, /recomputing LM-head backward \(--no-fused-lm-head\)/);
   const fj = JSON.parse(readFileSync(fu, 'utf8')) as typeof a & { fusedLmHead: boolean };
-  assert.equal(fj.fusedLmHead, true);
-  assert.equal((JSON.parse(readFileSync(one, 'utf8')) as { fusedLmHead: boolean }).fusedLmHead, false);
+  assert.equal(fj.fusedLmHead, false);
+  const oldFused = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--fused-lm-head'], { encoding: 'utf8' });
+  assert.notEqual(oldFused.status, 0);
+  assert.match(oldFused.stderr, /--fused-lm-head is the default now; --no-fused-lm-head turns it off/);
   assert.ok(fj.rows.every((r) => r.stepMs > 0));
   const old = spawnSync(process.execPath, ['--import', 'tsx', bench, '--preset', 'gpt-oss-tiny-256', '--tokens', '16', '--keep-attention'], { encoding: 'utf8' });
   assert.notEqual(old.status, 0);
