@@ -29,6 +29,7 @@
 // --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
 // phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
 // --lora: a whole LoRA GRPO step on one GPU instead (generate, log-probs, train, adapter sync; bench/lora-step.ts).
+import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { defaultDevice } from '../src/native.ts';
 import { memoryStats, resetPeakMemory, synchronize, emptyCache } from '../src/tensor.ts';
@@ -123,6 +124,11 @@ interface Row {
    * steady state with any of them pays for it every step (docs/training.md).
    */
   allocator: { cudaMallocs: number; partialReleases: number; cacheFlushes: number } | null;
+  /**
+   * The GPU's SM clock and board power over the measured steps (nvidia-smi every 50 ms; null on the CPU or without
+   * nvidia-smi). An H100 at its 700 W cap lowers the SM clock under this load, and the step time follows it.
+   */
+  clocks: ClockSamples | null;
   split?: { gatherMs: number; computeMs: number; reduceScatterMs: number; optimizerMs: number; timedStepMs: number };
   /** Per measured step: how long compute waited for gathers / reduce-scatters (not hidden by the overlap). */
   exposed?: { gatherMs: number; reduceScatterMs: number };
@@ -174,6 +180,46 @@ async function step(p: Policy, T: number, stepNo: number, onPhase?: (phase: stri
   return { ms: t2 - t0, optimizerMs: t2 - t1 };
 }
 
+interface ClockSamples {
+  smMhzMean: number;
+  smMhzMin: number;
+  smMhzMax: number;
+  powerWMean: number;
+  samples: number;
+}
+
+/** Runs fn while nvidia-smi samples device's SM clock and power every 50 ms; clocks null where it cannot (CPU, no nvidia-smi). */
+async function withClockSamples<R>(fn: () => Promise<R>): Promise<{ result: R; clocks: ClockSamples | null }> {
+  const idx = /^cuda:(\d+)$/.exec(device)?.[1];
+  if (idx === undefined) return { result: await fn(), clocks: null };
+  let out = '';
+  let failed = false;
+  const child = spawn('nvidia-smi', ['-i', idx, '--query-gpu=clocks.sm,power.draw', '--format=csv,noheader,nounits', '-lms', '50'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  child.on('error', () => (failed = true));
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const closed = new Promise<void>((res) => child.on('close', () => res()));
+  let result: R;
+  try {
+    result = await fn();
+  } finally {
+    child.kill();
+    await closed;
+  }
+  const rows = out.split('\n').map((l) => l.split(',').map(Number)).filter((r) => r.length === 2 && r.every(Number.isFinite)) as [number, number][];
+  if (failed || rows.length === 0) return { result, clocks: null };
+  const sm = rows.map((r) => r[0]);
+  return {
+    result,
+    clocks: {
+      smMhzMean: sm.reduce((a, b) => a + b, 0) / sm.length,
+      smMhzMin: Math.min(...sm),
+      smMhzMax: Math.max(...sm),
+      powerWMean: rows.reduce((a, r) => a + r[1], 0) / rows.length,
+      samples: rows.length,
+    },
+  };
+}
+
 function weights(): GptOssWeights {
   return GptOssWeights.random(cfg, device, { seed: 1, fast: true, biasStd: 0.02 });
 }
@@ -197,7 +243,9 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
     sharded?.resetStats();
     const m0 = device === 'cpu' ? null : memoryStats(device);
     const each: number[] = [];
-    for (let s = 0; s < steps; s++) each.push((await step(p, T, s + 2)).ms);
+    const { clocks } = await withClockSamples(async () => {
+      for (let s = 0; s < steps; s++) each.push((await step(p, T, s + 2)).ms);
+    });
     const ms = each.reduce((a, b) => a + b, 0) / steps;
     const m1 = device === 'cpu' ? null : memoryStats(device);
     const exposed = sharded?.stats();
@@ -220,6 +268,7 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
             }
           : null,
       lmHeadChunk: lmHeadChunk ?? chooseLmHeadChunk(T, cfg.vocabSize),
+      clocks,
     };
     if (exposed) row.exposed = { gatherMs: exposed.exposedGatherMs / steps, reduceScatterMs: exposed.exposedReduceScatterMs / steps };
     if (sharded) {
@@ -319,7 +368,16 @@ if (ctx.rank === 0) {
         `${f(s?.gatherMs)} | ${f(s?.computeMs)} | ${f(s?.reduceScatterMs)} | ${f(s?.optimizerMs)} | ${f(r.exposed?.gatherMs, 2)} | ${f(r.exposed?.reduceScatterMs, 2)} | ${alloc} | ${ratio} |`,
     );
   }
-  for (const r of rows) if (r.stepMsEach.length > 1) console.log(`${r.policy} T ${r.tokens}: measured steps ${r.stepMsEach.map((v) => v.toFixed(1)).join(', ')} ms`);
+  for (const r of rows) {
+    if (r.stepMsEach.length <= 1 && !r.clocks) continue;
+    const c = r.clocks;
+    const fastest = Math.min(...r.stepMsEach);
+    console.log(
+      `${r.policy} T ${r.tokens}: measured steps ${r.stepMsEach.map((v) => v.toFixed(1)).join(', ')} ms` +
+        (r.mfu !== null && r.stepMsEach.length > 1 ? ` (fastest ${fastest.toFixed(1)} ms: MFU ${((100 * r.mfu * r.stepMs) / fastest).toFixed(1)}%)` : '') +
+        (c ? `; SM clock ${c.smMhzMean.toFixed(0)} MHz mean (${c.smMhzMin}-${c.smMhzMax}), ${c.powerWMean.toFixed(0)} W mean over ${c.samples} samples` : ''),
+    );
+  }
   if (jsonPath) {
     writeFileSync(
       jsonPath,
