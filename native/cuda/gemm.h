@@ -54,12 +54,8 @@ void gemm_epilogue(int device, int64_t M, int64_t N, const float* tmp, const voi
 // gemm_raw sends C[M,N] = alpha * A[M,K] · B[N,K]ᵀ + bias + beta * C with 1 <= M <= kGemvMaxRows bf16 rows to a
 // GEMV-style kernel that streams B once from HBM (decode's q/k/v, o_proj, router and LM head; gemv.cu says why 8).
 constexpr int64_t kGemvMaxRows = 8;
-// False when GPTOSS_GEMV=0 (read at each call: a test or an A/B timing flips it within a process; GPTOSS_GEMV=legacy
-// keeps it on with the previous M <= 2 kernel, for bench/gemv.ts until its A/B has run; gemv.cu).
-bool gemv_enabled();
-// Whether gemv_bf16 takes this gemm_raw call: gemv enabled, 1..kGemvMaxRows rows, bf16 A and B, A not transposed,
-// B transposed (stored [N,K]), K >= 64 and a multiple of 8 (< 2^31 - 2^16), 16-byte aligned A, B and row strides;
-// C bf16 or f32.
+// Whether gemv_bf16 takes this gemm_raw call: 1..kGemvMaxRows rows, bf16 A and B, A not transposed,
+// B transposed (stored [N,K]), K >= 64 and a multiple of 8, 16-byte aligned A, B and row strides; C bf16 or f32.
 bool gemv_applies(int64_t M, int64_t N, int64_t K, const void* A, int64_t lda, bool transA, const void* B,
                   int64_t ldb, bool transB, DType ab_dtype, DType c_dtype);
 // The product above on `stream` (a cudaStream_t: the compute stream or a GEMM lane's), fp32 accumulation, bias

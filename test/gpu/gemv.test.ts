@@ -1,15 +1,12 @@
 // The small-M CUDA linear (native/cuda/gemv.cu: M <= 8 rows, bf16 x [M,K] · W[N,K]ᵀ + bias) against the float64
-// product, the CPU matmul and the cuBLAS path (GPTOSS_GEMV=0, read at each call), at gpt-oss-20b's decode shapes
-// (qkv 2880 -> 5120, o_proj 4096 -> 2880, router 2880 -> 32, LM head 2880 -> 201,088) and odd ones (N 1001 and 7,
-// K 64 and 8200: a row longer than the M <= 2 kernel's 16 loads a lane, so its loop runs 3 times); M = 9 and
-// K % 8 != 0 fall back to cuBLAS (bitwise the same with the variable on or off); under CUDA graph capture. GPU only.
+// product, the CPU matmul and cuBLAS (the same rows inside a 16-row product, which gemm_raw gives cuBLAS), at
+// gpt-oss-20b's decode shapes (qkv 2880 -> 5120, o_proj 4096 -> 2880, router 2880 -> 32, LM head 2880 -> 201,088)
+// and odd ones; M = 9, K % 8 != 0 and a misaligned x take cuBLAS (seen in the launch count); under CUDA graph
+// capture. GPU only.
 //
 // Error bound (FlashAttention style): the fast kernel's max |error| against the float64 product of the same bf16
 // inputs is at most twice cuBLAS's plus a small eps; elementwise it is within one bf16 ulp (bf16 out) or fp32
-// noise (f32 out) of the CPU reference and of cuBLAS (the summation order differs, so not bitwise). At M <= 2 (one
-// warp per column) also: the same bits on a second call, the same bits as the previous M <= 2 kernel
-// (GPTOSS_GEMV=legacy, kept until bench/gemv.ts has compared them; gemv.cu says why they agree by construction), and
-// the accumulate form (C += 0.75·x·Wᵀ + bias, f32 and bf16 C) against float64 within 2x cuBLAS's error.
+// noise (f32 out) of the CPU reference and of cuBLAS (the summation order differs, so not bitwise).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, cudaDeviceCount, synchronize } from '../../src/tensor.ts';
@@ -23,19 +20,21 @@ const skip = cudaDeviceCount() === 0 ? 'no CUDA device (GPU machine only)' : fal
 const G = 'cuda:0';
 const cpu = { device: 'cpu' };
 
-/**
- * Runs f with GPTOSS_GEMV set to '1' (true: the kernels, the default), '0' (false: cuBLAS) or 'legacy' (the previous
- * M <= 2 kernel), then restores the variable.
- */
-function withGemv<T>(on: boolean | 'legacy', f: () => T): T {
-  const prev = process.env.GPTOSS_GEMV;
-  process.env.GPTOSS_GEMV = on === 'legacy' ? 'legacy' : on ? '1' : '0';
-  try {
-    return f();
-  } finally {
-    if (prev === undefined) delete process.env.GPTOSS_GEMV;
-    else process.env.GPTOSS_GEMV = prev;
-  }
+/** Rows of the cuBLAS reference product: above kGemvMaxRows (8), so gemm_raw gives it to cuBLAS. */
+const BLAS_ROWS = 16;
+
+/** `rows` [M, cols] followed by zero rows up to BLAS_ROWS: [BLAS_ROWS, cols]. */
+function padRows(rows: Float32Array, cols: number): Float32Array {
+  const out = new Float32Array(BLAS_ROWS * cols);
+  out.set(rows);
+  return out;
+}
+
+/** Kernel launches f enqueues (the addon's launch counter). */
+function launchesOf(f: () => void): number {
+  const before = native().ops.launchCount();
+  f();
+  return native().ops.launchCount() - before;
 }
 
 /** Float64 x[M,K] · w[N,K]ᵀ for the columns `cols` only: [M, cols.length]. */
@@ -58,9 +57,6 @@ function pick(a: Float32Array, M: number, N: number, cols: number[]): Float32Arr
   for (let m = 0; m < M; m++) cols.forEach((n, j) => (out[m * cols.length + j] = a[m * N + n]!));
   return out;
 }
-
-/** The bit patterns of an f32 array (so -0 and +0 differ): for "the same bits" checks. */
-const bitsOf = (a: Float32Array): Uint32Array => new Uint32Array(a.buffer, a.byteOffset, a.length);
 
 function maxErrTo(a: ArrayLike<number>, ref: Float64Array): number {
   let e = 0;
@@ -85,8 +81,7 @@ const SHAPES: Shape[] = [
   { what: 'router 2880 -> 32', K: 2880, N: 32, blockRows: 32, ms: [1, 2, 3, 4, 5, 6, 7, 8, 9], cpuMs: [1, 2, 3, 4, 5, 6, 7, 8, 9] },
   { what: 'odd N 2880 -> 1001', K: 2880, N: 1001, blockRows: 1001, ms: [1, 2, 3, 4, 5, 6, 7, 8, 9], cpuMs: [1, 2, 3, 4, 5, 6, 7, 8, 9] },
   { what: 'odd N, short K 64 -> 7', K: 64, N: 7, blockRows: 7, ms: [1, 3, 8, 9], cpuMs: [1, 3, 8, 9] },
-  { what: 'long K 8200 -> 40', K: 8200, N: 40, blockRows: 40, ms: [1, 2, 3, 8], cpuMs: [1, 2, 3, 8] },
-  { what: 'LM head 2880 -> 201088', K: 2880, N: 201088, blockRows: 8192, ms: [1, 2, 3, 4, 5, 6, 7, 8, 9], cpuMs: [1, 2, 8] },
+  { what: 'LM head 2880 -> 201088', K: 2880, N: 201088, blockRows: 8192, ms: [1, 2, 3, 4, 5, 6, 7, 8, 9], cpuMs: [1, 8] },
 ];
 
 /** W [N, K] bf16 on the device from a [blockRows, K] host block (tiled by device copies when N > blockRows). */
@@ -121,29 +116,33 @@ for (const s of SHAPES) {
     for (const M of s.ms) {
       const x = uniformSym(M * K, 31 * M + K, 1, true);
       const xG = Tensor.from(x, [M, K], { dtype: 'bf16', device: G });
+      // cuBLAS's product of the same rows: x with zero rows below it up to BLAS_ROWS, its first M output rows kept.
+      const xPad = Tensor.from(padRows(x, K), [BLAS_ROWS, K], { dtype: 'bf16', device: G });
       const xC = wC ? Tensor.from(x, [M, K], { dtype: 'bf16', ...cpu }) : null;
       const ref0 = refCols(x, wRow, M, K, cols);
+      // With an f32 output and a bf16 bias cuBLAS takes two launches (the GEMM and the bias epilogue), the kernel
+      // one: M <= 8 runs the kernel, M = 9 cuBLAS.
+      const launches = launchesOf(() => matmul(xG, wG, { transB: true, bias: biases.bf16, outDtype: 'f32' }).dispose());
+      if (M <= 8) assert.equal(launches, 1, `${s.what} M=${M}: the kernel's one launch`);
+      else assert.ok(launches >= 2, `${s.what} M=${M}: M > 8 must take cuBLAS (GEMM + bias epilogue), got ${launches} launches`);
+      const padLaunches = launchesOf(() => matmul(xPad, wG, { transB: true, bias: biases.bf16, outDtype: 'f32' }).dispose());
+      assert.ok(padLaunches >= 2, `${s.what}: the ${BLAS_ROWS}-row reference must take cuBLAS, got ${padLaunches} launches`);
+      if (M > 8) {
+        // cuBLAS itself (the launch count): nothing of the kernel's to compare.
+        disposeAll(xG, xPad, xC);
+        continue;
+      }
       for (const outDtype of ['bf16', 'f32'] as FloatDType[]) {
         for (const biasD of ['none', 'bf16', 'f32'] as const) {
           const what = `${s.what} M=${M} out ${outDtype} bias ${biasD}`;
           const bias = biasD === 'none' ? undefined : biases[biasD];
-          const run = (on: boolean | 'legacy'): Float32Array => withGemv(on, () => {
-            const y = matmul(xG, wG, { transB: true, bias, outDtype });
-            const v = y.toFloat32();
+          const run = (a: Tensor, rows: number): Float32Array => {
+            const y = matmul(a, wG, { transB: true, bias, outDtype });
+            const v = y.toFloat32().slice(0, rows * N);
             y.dispose();
             return v;
-          });
-          const fast = run(true), blas = run(false);
-          if (M <= 2) {
-            // The warp-per-column kernel: deterministic, and the previous kernel's sums in the previous order.
-            assert.deepEqual(bitsOf(run(true)), bitsOf(fast), `${what}: a second call gives the same bits`);
-            assert.deepEqual(bitsOf(run('legacy')), bitsOf(fast), `${what}: the same bits as the previous M <= 2 kernel (GPTOSS_GEMV=legacy)`);
-          }
-          if (M > 8) {
-            // Falls back: the same cuBLAS call either way.
-            assert.deepEqual(fast, blas, `${what}: M > 8 must take cuBLAS (bitwise equal with GPTOSS_GEMV on and off)`);
-            continue;
-          }
+          };
+          const fast = run(xG, M), blas = run(xPad, M);
           const ref = Float64Array.from(ref0, (v, i) => v + (bias ? biasV[cols[i % cols.length]!]! : 0));
           const errFast = maxErrTo(pick(fast, M, N, cols), ref), errBlas = maxErrTo(pick(blas, M, N, cols), ref);
           const eps = 1e-6 * Math.max(maxAbs(ref), 1);
@@ -164,75 +163,35 @@ for (const s of SHAPES) {
           }
         }
       }
-      // The kernel ran (not cuBLAS): with an f32 output and a bf16 bias cuBLAS takes two launches (the GEMM and the
-      // bias epilogue), the kernel one.
-      const launches = (on: boolean): number => withGemv(on, () => {
-        const before = native().ops.launchCount();
-        matmul(xG, wG, { transB: true, bias: biases.bf16, outDtype: 'f32' }).dispose();
-        return native().ops.launchCount() - before;
-      });
-      assert.equal(launches(true), M <= 8 ? 1 : launches(false), `${s.what} M=${M}: launches with the kernel`);
-      if (M <= 8) assert.ok(launches(false) >= 2, `${s.what} M=${M}: cuBLAS path launches`);
-      // alpha and accumulate (C += alpha·x·Wᵀ + bias, the LoRA factor form's update): f32 C.
+      // alpha and accumulate (C += alpha·x·Wᵀ + bias, the LoRA factor form's update): f32 C, against cuBLAS's
+      // accumulate into the same M rows within a BLAS_ROWS-row C (zero rows below).
       const c0 = uniformSym(M * N, 77 + M, 1, false);
-      const acc = (on: boolean): Float32Array => withGemv(on, () => {
-        const out = Tensor.from(c0, [M, N], { dtype: 'f32', device: G });
-        matmul(xG, wG, { transB: true, bias: biases.f32, out, accumulate: true, alpha: 0.75 });
-        const v = out.toFloat32();
+      const acc = (a: Tensor, rows: number, c: Float32Array): Float32Array => {
+        const out = Tensor.from(c, [rows, N], { dtype: 'f32', device: G });
+        matmul(a, wG, { transB: true, bias: biases.f32, out, accumulate: true, alpha: 0.75 });
+        const v = out.toFloat32().slice(0, M * N);
         out.dispose();
         return v;
-      });
-      assertClose(acc(true), acc(false), 1e-5 * Math.max(maxAbs(ref0), 1), 1e-5, `${s.what} M=${M}: alpha 0.75, accumulate`);
-      if (M <= 2) {
-        // beta = 1 (accumulate) against float64, C f32 and bf16, with the bf16 and the f32 bias: C0 + 0.75·x·Wᵀ + bias.
-        for (const cDtype of ['f32', 'bf16'] as FloatDType[]) {
-          for (const biasD of ['bf16', 'f32'] as const) {
-            const what = `${s.what} M=${M} accumulate into ${cDtype} C, bias ${biasD}`;
-            const cStart = Tensor.from(c0, [M, N], { dtype: cDtype, device: G });
-            const c0r = cStart.toFloat32(); // C0 as stored (rounded to bf16 for a bf16 C)
-            cStart.dispose();
-            const accumulate = (on: boolean | 'legacy'): Float32Array => withGemv(on, () => {
-              const out = Tensor.from(c0r, [M, N], { dtype: cDtype, device: G });
-              matmul(xG, wG, { transB: true, bias: biases[biasD], out, accumulate: true, alpha: 0.75 });
-              const v = out.toFloat32();
-              out.dispose();
-              return v;
-            });
-            const fast = accumulate(true), blas = accumulate(false);
-            assert.deepEqual(bitsOf(accumulate(true)), bitsOf(fast), `${what}: a second call gives the same bits`);
-            assert.deepEqual(bitsOf(accumulate('legacy')), bitsOf(fast), `${what}: the same bits as the previous M <= 2 kernel`);
-            const ref = Float64Array.from(ref0, (v, i) => {
-              const m = Math.floor(i / cols.length), n = cols[i % cols.length]!;
-              return c0r[m * N + n]! + 0.75 * v + biasV[n]!;
-            });
-            const errFast = maxErrTo(pick(fast, M, N, cols), ref), errBlas = maxErrTo(pick(blas, M, N, cols), ref);
-            const eps = 1e-6 * Math.max(maxAbs(ref), 1);
-            assert.ok(errFast <= 2 * errBlas + eps, `${what}: max error ${errFast} vs float64 > 2x cuBLAS's ${errBlas} + ${eps}`);
-          }
-        }
-      }
-      xG.dispose();
-      xC?.dispose();
+      };
+      assertClose(acc(xG, M, c0), acc(xPad, BLAS_ROWS, padRows(c0, N)), 1e-5 * Math.max(maxAbs(ref0), 1), 1e-5, `${s.what} M=${M}: alpha 0.75, accumulate`);
+      disposeAll(xG, xPad, xC);
     }
     disposeAll(wG, wC, biases.bf16, biases.f32, biasesC.bf16, biasesC.f32);
   });
 }
 
-test('small-M linear on CUDA: K % 8 != 0 and a misaligned x keep cuBLAS (bitwise equal with GPTOSS_GEMV on and off)', { skip }, () => {
+test('small-M linear on CUDA: K % 8 != 0 and a misaligned x keep cuBLAS (GEMM + bias epilogue launches)', { skip }, () => {
   for (const [M, K, N, offset] of [[1, 2884, 40, 0], [4, 2884, 40, 0], [3, 2880, 40, 1]] as [number, number, number, number][]) {
     const w = Tensor.from(uniformSym(N * K, 5, 1, true), [N, K], { dtype: 'bf16', device: G });
     // offset 1: x starts one element into a flat buffer (row stride K, base address 2 bytes past 16-byte alignment).
     const flat = Tensor.from(uniformSym(M * K + offset, 6, 1, true), [M * K + offset], { dtype: 'bf16', device: G });
     const tail = offset ? flat.view([M * K + offset, 1]).slice(offset, M * K + offset) : flat.view([M * K, 1]);
     const x = tail.view([M, K]);
-    const run = (on: boolean): Float32Array => withGemv(on, () => {
-      const y = matmul(x, w, { transB: true, outDtype: 'f32' });
-      const v = y.toFloat32();
-      y.dispose();
-      return v;
-    });
-    assert.deepEqual(run(true), run(false), `M=${M} K=${K} offset ${offset}`);
-    disposeAll(w, flat, tail, x);
+    const b = Tensor.from(uniformSym(N, 7, 1, true), [N], { dtype: 'bf16', device: G });
+    // The kernel would be one launch; cuBLAS with an f32 output and a bf16 bias is the GEMM and the bias epilogue.
+    const n = launchesOf(() => matmul(x, w, { transB: true, bias: b, outDtype: 'f32' }).dispose());
+    assert.ok(n >= 2, `M=${M} K=${K} offset ${offset}: must take cuBLAS, got ${n} launches`);
+    disposeAll(w, flat, tail, x, b);
   }
 });
 
@@ -277,7 +236,7 @@ test('small-M linear on CUDA under graph capture: replays follow new inputs and 
 });
 
 test('small-M linear on CUDA: a row gives the same bits at M = 1..8 (batch-invariant decode), also at small N', { skip }, () => {
-  for (const [K, N] of [[2880, 5120], [2880, 32], [8200, 40]] as [number, number][]) {
+  for (const [K, N] of [[2880, 5120], [2880, 32]] as [number, number][]) {
     const w = Tensor.from(uniformSym(N * K, 21, 1, true), [N, K], { dtype: 'bf16', device: G });
     const b = Tensor.from(uniformSym(N, 22, 1, true), [N], { dtype: 'bf16', device: G });
     const x8 = uniformSym(8 * K, 23, 1, true);
