@@ -541,11 +541,18 @@ function poolSizes(
   return layout.map((sp) => (sp.window === 0 ? full! : (opts.numSlidingBlocks ?? Math.min(full!, slidingDefault(sp.window)))));
 }
 
-/** Total memory of a CUDA device in bytes (nvidia-smi; the addon has no query for it). */
+/**
+ * Total memory of a CUDA device in bytes (nvidia-smi; the addon has no query for it), asked once per physical device:
+ * it does not change, and wake() sizes the pool at every GRPO step of a colocated run, where a fresh nvidia-smi
+ * process (tens of ms) each time would be paid in the rollout phase.
+ */
+const deviceMemoryCache = new Map<string, number>();
 function deviceMemoryBytes(device: string): number {
   const index = Number(device.split(':')[1] ?? 0);
   const visible = process.env.CUDA_VISIBLE_DEVICES?.split(',').map((s) => s.trim());
   const physical = visible && visible[index] !== undefined && visible[index] !== '' ? visible[index] : String(index);
+  const cached = deviceMemoryCache.get(physical!);
+  if (cached !== undefined) return cached;
   let out: string;
   try {
     out = execFileSync('nvidia-smi', ['--query-gpu=memory.total', '--format=csv,noheader,nounits', '-i', physical!], { encoding: 'utf8' });
@@ -554,5 +561,6 @@ function deviceMemoryBytes(device: string): number {
   }
   const mib = Number(out.trim().split('\n')[0]);
   if (!(mib > 0)) throw new Error(`createEngine: nvidia-smi reported '${out.trim()}' as ${device}'s memory; pass numBlocks`);
+  deviceMemoryCache.set(physical!, mib * 2 ** 20);
   return mib * 2 ** 20;
 }
