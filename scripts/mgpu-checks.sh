@@ -52,9 +52,11 @@ case $cmd in
   gen-pool)
     n=${1:?gen-pool N PREFIX -- ARGS}; prefix=${2:?gen-pool N PREFIX -- ARGS}
     shift 2; [ "${1:-}" = -- ] && shift
+    rm -f "$prefix"-e*.json "$prefix-pool.json"
     pids=()
     for ((i = 0; i < n; i++)); do
-      CUDA_VISIBLE_DEVICES=$i node dist/bench/generate.js "$@" --json "$prefix-e$i.json" 2>&1 | sed -u "s/^/[engine $i] /" &
+      # A subshell per engine, so that `wait` gives bench:generate's status (pipefail), not sed's.
+      (CUDA_VISIBLE_DEVICES=$i node dist/bench/generate.js "$@" --json "$prefix-e$i.json" 2>&1 | sed -u "s/^/[engine $i] /") &
       pids+=($!)
     done
     rc=0

@@ -55,7 +55,7 @@ else
   # bench:train-step: fp32 masters, moments and gradients on the GPUs (about 14 GB per layer, 17 GB embedding + head,
   # sharded over N), about 3 layers' worth of state per GPU beside 16k-token activations.
   TS_SHAPE=(--tokens 4096,16384 --steps 2)
-  TS_L2=4 TS_L4=10 TS_L8=24
+  TS_L2=${TS_L2:-4} TS_L4=${TS_L4:-10} TS_L8=${TS_L8:-24}  # (override from the environment)
   M20=gpt-oss-20b:random M20L2=gpt-oss-20b:random:layers=2
   COLO_N=4 COLO_TP=4 GEN_LEN=256 SEED_GEN_LEN=1024 SEED_N=8
   SEED_LAYOUT=()
