@@ -5,4 +5,5 @@
 # Each line is one time-boxed step (output in $OUT/log.txt). Remove a line when its check has passed and the code
 # it guards has become the default (docs/architecture.md, "No per-op switches").
 T="node --test --test-reporter=tap --test-concurrency=1"
+# The runs that need several GPUs (issues 25, 26) are in scripts/multi-gpu-queue.sh.
 # Nothing waits for a GPU check now (2026-12-06: every queued check ran on an H100). Add lines here, one step each.

@@ -57,7 +57,7 @@ else
   TS_SHAPE=(--tokens 4096,16384 --steps 2)
   TS_L2=${TS_L2:-4} TS_L4=${TS_L4:-10} TS_L8=${TS_L8:-24}  # (override from the environment)
   M20=gpt-oss-20b:random M20L2=gpt-oss-20b:random:layers=2
-  COLO_N=4 COLO_TP=4 GEN_LEN=256 SEED_GEN_LEN=1024 SEED_N=8
+  COLO_N=4 COLO_TP=4 GEN_LEN=256 SEED_GEN_LEN=512 SEED_N=8
   SEED_LAYOUT=()
   SMALL=()
 fi
@@ -99,12 +99,13 @@ case $MGPU_GROUP in
     gstep gen-4xtp1 4 240 $CHECKS gen-pool 4 "$RES/gen-4xtp1" -- --no-peer --no-static "${GEN_FIXED[@]}"
     gstep ts-n4 4 200 $LAUNCH --nproc-per-node 4 dist/bench/train-step.js "${TS_SHAPE[@]}" --layers $TS_L4 --json "$RES/train-step-n4.json"
     gstep ts-n2 2 200 $LAUNCH --nproc-per-node 2 dist/bench/train-step.js "${TS_SHAPE[@]}" --layers $TS_L2 --json "$RES/train-step-n2.json"
-    gstep gen-1xtp1 1 240 node dist/bench/generate.js --no-peer --no-static "${GEN_ONE[@]}" --json "$RES/gen-1xtp1.json"
     if [ "$MGPU_SMOKE" = 1 ]; then
       echo "== nccl-bench skipped (smoke: NCCL only)" >> "$DEVICE_LOG"
     else
       gstep nccl-bench 2 240 node dist/bench/nccl.js --gpus "$( [ "$GPUS" -ge 4 ] && echo 2,4 || echo 2)$( [ "$GPUS" -ge 8 ] && echo ,8)" --json "$RES/nccl.json"
     fi
+    # The 1-GPU baseline of the pool, same machine (bench/results/generate-h100-*.json hold earlier H100 figures).
+    gstep gen-1xtp1 1 240 node dist/bench/generate.js --no-peer --no-static "${GEN_ONE[@]}" --json "$RES/gen-1xtp1.json"
     ;;
   2)
     # Issue 25: the full 24-layer shape colocated on COLO_N GPUs, a few of the seed's GRPO steps; the planner's
