@@ -88,8 +88,8 @@ COLO_LAYOUT=(trainer.placement.policy_num_gpus_per_node=$COLO_N trainer.placemen
 
 case $MGPU_GROUP in
   1)
-    # NCCL collectives (2 GPUs and all of them, 4-GPU sub-groups, watchdog) and the tp=2 model + engine (tp=4 has no
-    # test: the transformers fixture has 2 key/value heads).
+    # NCCL collectives (2 GPUs and all of them, 4-GPU sub-groups, watchdog); the tp=2 model + engine on the
+    # transformers fixture and an engine of tp=4 (a random model with 4 key/value heads) against one GPU.
     gstep t-nccl 2 150 $T dist/test/gpu/nccl.test.js
     gstep t-tp 2 120 $T dist/test/gpu/tensor-parallel.test.js
     # The sharded trainer at N = 2 and 4 over NCCL against one GPU (and its N = 1 checks).
