@@ -174,6 +174,9 @@ async function launchTraining(config: Config, argv: string[]): Promise<void> {
     ...(node.nnodes > 1 ? { nnodes: node.nnodes, nodeRank: node.nodeRank, masterAddr: node.masterAddr, masterPort: node.masterPort } : {}),
     device: config.trainer.device === 'cpu' ? 'cpu' : config.trainer.device === 'auto' ? 'auto' : 'cuda',
     collectiveTimeoutMs: config.trainer.nccl_timeout_s * 1000,
+    // Ctrl-C: rank 0 stops at the end of the running phase (bounded by nccl_timeout_s, like any of its phases) and
+    // every rank writes its shard of the checkpoint; the launcher's default 5 s before SIGKILL cut that short.
+    signalGraceMs: config.trainer.nccl_timeout_s * 1000,
   });
   if (r.exitCode === 0) return;
   if (r.failedRank === undefined && r.reason?.includes('SIGINT')) {

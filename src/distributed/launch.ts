@@ -46,6 +46,12 @@ export interface LaunchOptions {
   /** Forward SIGINT/SIGTERM received by this process to the workers (default true). */
   forwardSignals?: boolean;
   /**
+   * Milliseconds between forwarding the first SIGINT/SIGTERM this process receives and SIGKILL for ranks still alive
+   * (default killGraceMs). Workers that checkpoint on Ctrl-C (`train`) need the running phase plus the save; a second
+   * signal is forwarded too and brings the SIGKILL to killGraceMs after it.
+   */
+  signalGraceMs?: number;
+  /**
    * Milliseconds a collective of the hub (the TCP group: CPU collectives, commands) may wait for ranks that have not
    * entered it; past it the job ends naming them and their phases (trainer.nccl_timeout_s; default: no limit).
    */
@@ -124,14 +130,17 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   let failure: { rank: number; reason: string; code?: number } | undefined;
   let killTimer: NodeJS.Timeout | undefined;
 
-  const terminateAll = (signal: NodeJS.Signals = 'SIGTERM') => {
+  let killAt = Infinity;
+  /** Sends `signal` to the live workers; SIGKILL for those still alive graceMs later (an earlier deadline wins). */
+  const terminateAll = (signal: NodeJS.Signals = 'SIGTERM', graceMs = grace) => {
     for (const [i, c] of children.entries()) if (c && !exits[i]) c.kill(signal);
-    if (!killTimer) {
-      killTimer = setTimeout(() => {
-        for (const [i, c] of children.entries()) if (c && !exits[i]) c.kill('SIGKILL');
-      }, grace);
-      killTimer.unref();
-    }
+    if (Date.now() + graceMs >= killAt || !Number.isFinite(graceMs)) return;
+    killAt = Date.now() + graceMs;
+    if (killTimer) clearTimeout(killTimer);
+    killTimer = setTimeout(() => {
+      for (const [i, c] of children.entries()) if (c && !exits[i]) c.kill('SIGKILL');
+    }, graceMs);
+    killTimer.unref();
   };
   const failGroup = (rank: number, reason: string, code?: number) => {
     if (failure) return;
@@ -150,9 +159,15 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
         })
       : undefined;
 
+  // One Ctrl-C can arrive twice (from the terminal to the foreground process group, and relayed by `npm run`): a
+  // repeat within SAME_SIGNAL_MS is the same one (as the trainer's own handler counts it, src/trainer/setup.ts).
+  const SAME_SIGNAL_MS = 1000;
+  let signalledAt = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     if (!failure) failure = { rank: -1, reason: `launcher received ${sig}`, code: 128 + (constants.signals[sig] ?? 0) };
-    terminateAll(sig);
+    if (signalledAt && Date.now() - signalledAt < SAME_SIGNAL_MS) return;
+    terminateAll(sig, signalledAt ? grace : (opts.signalGraceMs ?? grace));
+    signalledAt = Date.now();
   };
   const forward = opts.forwardSignals ?? true;
   if (forward) {

@@ -165,3 +165,29 @@ test('NCCL ops say clearly when the addon was built without NCCL', async () => {
   assert.throws(() => native().ops.ncclGetUniqueId(), /ncclGetUniqueId: this addon was built without NCCL/);
   await assert.rejects(initDistributed({ backend: 'nccl' }), /backend nccl but this addon was built without NCCL/);
 });
+
+test('a forwarded Ctrl-C waits signalGraceMs for workers that stop at a safe point; a second one kills after killGraceMs', async () => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  // The worker acknowledges SIGINT and exits 0 only 3 s later (a phase finishing, then a checkpoint).
+  const script = join(mkdtempSync(join(tmpdir(), 'launch-sigint-')), 'w.mjs');
+  writeFileSync(script, `process.on('SIGINT', () => { console.log('stopping'); setTimeout(() => process.exit(0), 3000); }); console.log('ready'); setInterval(() => {}, 1000);`);
+  const once = async (signalGraceMs: number | undefined, second: boolean) => {
+    const lines: string[] = [];
+    let ready!: () => void;
+    const up = new Promise<void>((r) => (ready = r));
+    const done = launch({ script, nprocPerNode: 1, device: 'cpu', killGraceMs: 300, signalGraceMs, onOutput: (_r, _s, l) => (lines.push(l), l === 'ready' && ready()) });
+    await up;
+    process.kill(process.pid, 'SIGINT');
+    if (second) setTimeout(() => process.kill(process.pid, 'SIGINT'), 1100); // past the 1 s window of a repeated delivery
+    return { r: await done, lines };
+  };
+  const waited = await once(10_000, false);
+  assert.deepEqual(waited.r.ranks.map((x) => [x.code, x.signal]), [[0, null]], waited.lines.join('\n'));
+  assert.ok(waited.lines.includes('stopping'));
+  const short = await once(undefined, false); // the default: killGraceMs (300 ms) for the first signal too
+  assert.deepEqual(short.r.ranks.map((x) => x.signal), ['SIGKILL']);
+  const twice = await once(10_000, true);
+  assert.deepEqual(twice.r.ranks.map((x) => x.signal), ['SIGKILL']);
+});

@@ -191,3 +191,12 @@ test('the engine over tp=2 CPU processes == the one-device engine (continuous ba
   }
   assert.ok(lines.includes('[rank 1] PASS served the engine until rank 0 disposed it (rank 1/2)'), text);
 });
+
+test('an engine over tp=4 CPU processes (a random model with 4 key/value heads) == the one-device engine: greedy tokens, log-probs within noise', async () => {
+  const lines: string[] = [];
+  const r = await launch({ script: WORKER, args: ['engine-wide'], nprocPerNode: 4, device: 'cpu', onOutput: (rank, _s, line) => lines.push(`[rank ${rank}] ${line}`) });
+  const text = lines.join('\n');
+  assert.equal(r.exitCode, 0, text);
+  assert.ok(lines.includes('[rank 0] PASS tp=4 engine greedy tokens equal to the one-device engine, log-probs within noise (rank 0/4)'), text);
+  for (const rank of [1, 2, 3]) assert.ok(lines.includes(`[rank ${rank}] PASS served the engine until rank 0 disposed it (rank ${rank}/4)`), text);
+});

@@ -1,20 +1,23 @@
-// GPU machine: ShardedPolicy at N = 1 on CUDA (in-process group of one; NCCL when the addon has it) against the
+// GPU machine: ShardedPolicy at N = 2 and 4 over NCCL (one GPU per rank, test/helpers/fsdp-worker.ts under the
+// launcher; skipped with fewer GPUs or without NCCL) and at N = 1 on CUDA (in-process group of one; NCCL when the addon has it) against the
 // single-process GptOssPolicy over 3 optimizer steps with gradient accumulation and clipping: loss, grad norm and
 // fp32 masters relative 1e-5 (deterministic attention backward on both, so only accumulation order differs); the
 // host paths: cpuOffload (AdamW on the host) against the device optimizer (bitwise), and the KL reference kept on the host;
 // offloadAfterStep (the state in pinned host memory between steps, built from a checkpoint's byte ranges): bitwise.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { memoryStats, synchronize } from '../../src/tensor.ts';
+import { fileURLToPath } from 'node:url';
+import { cudaDeviceCount, memoryStats, synchronize } from '../../src/tensor.ts';
+import { native } from '../../src/native.ts';
 import { Checkpoint, paramSpecs, randomModel } from '../../src/model/index.ts';
-import { initDistributed } from '../../src/distributed/launch.ts';
+import { initDistributed, launch } from '../../src/distributed/launch.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
 import { ShardedPolicy, rankMicroBatches, shardSequences } from '../../src/trainer/sharded-policy.ts';
 import type { Policy } from '../../src/trainer/policy.ts';
-import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss } from '../helpers/fsdp-common.ts';
+import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss, type WorkerResult } from '../helpers/fsdp-common.ts';
 import { hasCuda } from '../helpers/cuda.ts';
 
 const skip = hasCuda ? false : 'no CUDA device (addon built without CUDA or no GPU visible)';
@@ -74,6 +77,53 @@ test('ShardedPolicy N = 1 on CUDA equals GptOssPolicy (3 steps, accumulation, cl
   }
   ck.close();
 });
+
+// N = 2 and 4 GPUs: each rank a process on its own GPU (NCCL all-gathers and reduce-scatters, the comm stream's
+// overlap), against the single-GPU GptOssPolicy of the same seed: loss, grad norm and fp32 masters relative 1e-5
+// after 3 steps with accumulation and clipping (only the reduction order differs), as the CPU processes of
+// test/cpu/sharded-policy.test.ts are held to.
+const gpus = hasCuda ? cudaDeviceCount() : 0;
+const WORKER = fileURLToPath(new URL(`../helpers/fsdp-worker${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url));
+for (const n of [2, 4]) {
+  const nskip = skip || (!native().features.nccl ? 'addon built without NCCL' : gpus < n ? `needs ${n} GPUs (${gpus} visible)` : false);
+  test(`ShardedPolicy over ${n} GPUs (NCCL) equals GptOssPolicy on one GPU (3 steps, accumulation, clipping)`, { skip: nskip }, async () => {
+    const single = new GptOssPolicy(randomModel(CFG, { device: DEV, seed: SEED, deterministic: true }));
+    const want = await train(single);
+    const dir = mkdtempSync(join(tmpdir(), `fsdp-gpu-${n}-`));
+    await single.save(dir);
+    single.dispose();
+
+    const out = join(dir, 'result.json');
+    const lines: string[] = [];
+    const r = await launch({
+      script: WORKER,
+      args: [JSON.stringify({ steps: [1, 2, 3], out, backend: 'nccl', deterministic: true })],
+      nprocPerNode: n,
+      device: 'cuda',
+      killGraceMs: 3000,
+      onOutput: (rank, _s, line) => lines.push(`[rank ${rank}] ${line}`),
+    });
+    assert.equal(r.exitCode, 0, lines.join('\n'));
+    const got = JSON.parse(readFileSync(out, 'utf8')) as WorkerResult;
+    for (let i = 0; i < 3; i++) {
+      assert.equal(got.steps[i]!.clipped, want[i]!.clipped, `step ${i + 1} clipping`);
+      assert.ok(Math.abs(got.steps[i]!.loss - want[i]!.loss) <= 1e-5 * Math.abs(want[i]!.loss), `N=${n} step ${i + 1} loss ${got.steps[i]!.loss} vs ${want[i]!.loss}`);
+      assert.ok(Math.abs(got.steps[i]!.norm - want[i]!.norm) <= 1e-5 * want[i]!.norm, `N=${n} step ${i + 1} grad norm ${got.steps[i]!.norm} vs ${want[i]!.norm}`);
+    }
+    const ck = Checkpoint.open(join(dir, 'optimizer'));
+    for (const s of paramSpecs(CFG)) {
+      const t = ck.load(`master.${s.name}`, { device: 'cpu', dtype: 'f32', shape: s.shape });
+      const w = t.toFloat32();
+      t.dispose();
+      const g = got.masters[s.name]!;
+      let d = 0, nn = 0;
+      for (let i = 0; i < w.length; i++) (d += (g[i]! - w[i]!) ** 2), (nn += w[i]! ** 2);
+      assert.ok(Math.sqrt(d) <= 1e-5 * Math.sqrt(nn), `N=${n} master ${s.name}: relative difference ${Math.sqrt(d / nn)}`);
+    }
+    ck.close();
+    console.log(`ShardedPolicy N=${n} (NCCL): ${JSON.stringify(got.steps.map((x, i) => ({ step: x.step, loss: x.loss, norm: x.norm, relLoss: Math.abs(x.loss - want[i]!.loss) / Math.abs(want[i]!.loss) })))}`);
+  });
+}
 
 // cpuOffload runs AdamW on the host (native/cpu/optim.cc) where the default runs it on the device (optim.cu). Both
 // use optim.h's adamw_element (explicit fmas, every other operation rounded on its own), so the updated masters,

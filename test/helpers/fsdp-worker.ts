@@ -28,13 +28,17 @@ interface Opts {
    * index to the mini-batch's (its advantage), normalised by the whole mini-batch's tokens (pgLoss's gradient).
    */
   fused?: boolean;
+  /** 'nccl': one GPU per rank (test/gpu/sharded-policy.test.ts); default 'cpu' (CPU processes). */
+  backend?: 'cpu' | 'nccl';
+  /** ShardedModelOptions.deterministic (the deterministic attention backward, as the single-GPU reference uses). */
+  deterministic?: boolean;
 }
 
 const o = JSON.parse(process.argv[2] ?? '{}') as Opts;
-const ctx = await initDistributed({ backend: 'cpu' });
+const ctx = await initDistributed({ backend: o.backend ?? 'cpu' });
 const { rank, worldSize } = ctx;
 const model = randomModel(CFG, { device: ctx.device, seed: SEED });
-const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives, { cpuOffload: o.cpuOffload, offloadAfterStep: o.offloadAfterStep, prefetch: o.prefetch, collectivesAtOne: o.collectivesAtOne });
+const policy = ShardedPolicy.fromWeights(model.weights, ctx.collectives, { cpuOffload: o.cpuOffload, offloadAfterStep: o.offloadAfterStep, prefetch: o.prefetch, collectivesAtOne: o.collectivesAtOne, deterministic: o.deterministic });
 model.dispose();
 if (o.load) await policy.load(o.load);
 const loadedOnHost = o.load && o.offloadAfterStep ? policy.optimizerOnHost : undefined;

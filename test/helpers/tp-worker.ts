@@ -6,6 +6,8 @@ import assert from 'node:assert/strict';
 import { initDistributed } from '../../src/distributed/launch.ts';
 import { Tensor } from '../../src/tensor.ts';
 import { loadModel } from '../../src/model/index.ts';
+import { presetConfig } from '../../src/model/config.ts';
+import { GptOssModel } from '../../src/model/gptoss.ts';
 import { TensorParallelModel, shardForTensorParallel } from '../../src/model/tensor-parallel.ts';
 import { packSequences, disposeBatch } from '../../src/model/batch.ts';
 import { generate } from '../../src/inference/generate.ts';
@@ -175,12 +177,90 @@ async function engineScenario(): Promise<void> {
   one.dispose();
 }
 
+/**
+ * tp = the world size (4 in the tests; the fixture's 2 key/value heads stop at tp=2): a random model of the fixture's
+ * shape with 8 query and 4 key/value heads, drawn on every rank from the same seed, served by an engine over the
+ * whole group against the one-device engine on rank 0: greedy tokens equal, log-probs within the bf16 noise of the
+ * split reductions (continuous batching, a request joining mid-flight, preemption under a small pool).
+ */
+async function wideEngineScenario(): Promise<void> {
+  const cfg = presetConfig('gpt-oss-tiny-256', { numHeads: 8, numKvHeads: 4 });
+  assert.equal(cfg.numKvHeads % ctx.worldSize, 0, `tp=${ctx.worldSize} must divide the ${cfg.numKvHeads} key/value heads`);
+  const weights = GptOssWeights.random(cfg, device, { seed: 11, std: 'fanIn', biasStd: 0.1 });
+  const opts = { blockSize: 4, numBlocks: 14, maxNumBatchedTokens: 16, maxNumSeqs: 4 };
+  const engine = await createTensorParallelEngine(weights, ctx, opts);
+  if (ctx.rank !== 0) {
+    assert.equal(engine, null);
+    weights.dispose();
+    pass('served the engine until rank 0 disposed it');
+    return;
+  }
+  const tpEngine = engine!;
+  const one = new GptOssModel(weights);
+  const oneEngine = await createEngine(one, opts);
+  // Greedy only: random weights give nearly flat sampling distributions (see engineScenario's updateWeights part).
+  const prompt = (n: number, k: number) => Array.from({ length: n }, (_, i) => (i * 37 + k * 11) % 250);
+  const requests: GenerateRequest[] = [
+    { prompt: prompt(5, 1), maxNewTokens: 14, temperature: 0, stopTokens: [] },
+    { prompt: prompt(19, 2), maxNewTokens: 6, temperature: 0, stopTokens: [] },
+    { prompt: prompt(3, 3), maxNewTokens: 12, temperature: 0, stopTokens: [] },
+    { prompt: prompt(11, 4), maxNewTokens: 17, temperature: 0, stopTokens: [] },
+  ];
+  const run = async (e: Engine): Promise<GenerateResponse[]> => {
+    let late: Promise<GenerateResponse[]> | null = null;
+    let seen = 0;
+    const a = await e.generate(requests.slice(0, 2), {
+      onToken: () => {
+        if (++seen === 4) late = e.generate(requests.slice(2));
+      },
+    });
+    assert.ok(late, 'the second call joined mid-flight');
+    return [...a, ...(await late!)];
+  };
+  const want = await run(oneEngine);
+  const got = await run(tpEngine);
+  // Greedy tokens equal up to bf16 noise: the two sequences agree until, at most, a position where the one-device
+  // model ranks the tp engine's token within NOISE of its own choice (a near-tie that the split reductions' rounding
+  // may flip); after a flip the contexts differ, so nothing later is compared. Log-probs within NOISE wherever the
+  // context is shared.
+  const NOISE = 0.05;
+  let gap = 0;
+  const flips: { request: number; position: number; margin: number }[] = [];
+  got.forEach((r, i) => {
+    const s = r.samples[0]!;
+    const w = want[i]!.samples[0]!;
+    const t = s.tokens.findIndex((tok, k) => tok !== w.tokens[k]);
+    const shared = t < 0 ? s.tokens.length : t;
+    for (let k = 0; k < shared; k++) gap = Math.max(gap, Math.abs(s.logprobs[k]! - w.logprobs[k]!));
+    if (t < 0) {
+      assert.equal(s.tokens.length, w.tokens.length, `request ${i}: lengths`);
+      return;
+    }
+    const seq = [...requests[i]!.prompt, ...s.tokens.slice(0, t + 1)];
+    const lpAlt = one.tokenLogprobs([seq])[0]![seq.length - 2]!;
+    const margin = w.logprobs[t]! - lpAlt;
+    flips.push({ request: i, position: t, margin });
+    assert.ok(margin < NOISE, `tp=${ctx.worldSize} vs one device: request ${i} differs at output ${t} (token ${s.tokens[t]} vs ${w.tokens[t]}), ${margin} below the one-device choice: not a near-tie`);
+  });
+  assert.ok(gap < NOISE, `log-prob gap ${gap}`);
+  assert.ok(flips.length <= 1, `${flips.length} of ${requests.length} greedy sequences flipped at near-ties: ${JSON.stringify(flips)}`);
+  assert.ok(tpEngine.stats().preemptions > 0 && oneEngine.stats().preemptions > 0, 'the small pool preempted');
+  console.log(`REPORT ${JSON.stringify({ tp: ctx.worldSize, maxLogprobGap: gap, flips })}`);
+  pass(`tp=${ctx.worldSize} engine greedy tokens equal to the one-device engine, log-probs within noise`);
+  tpEngine.dispose();
+  oneEngine.dispose();
+  one.dispose();
+}
+
 switch (scenario) {
   case 'model':
     await modelScenario();
     break;
   case 'engine':
     await engineScenario();
+    break;
+  case 'engine-wide':
+    await wideEngineScenario();
     break;
   default:
     throw new Error(`tp-worker: unknown scenario ${scenario}`);
