@@ -23,6 +23,16 @@
 // tokens: the graphs of the batch's bucket get captured there, and no prompt of the measured run is in the prefix
 // cache). (b) runs the eager engine only.
 // On the CPU the defaults shrink to the tiny preset (a smoke run; test/cpu/bench-generate.test.ts runs it).
+// Launcher mode (WORLD_SIZE > 1: `npx gptoss-launch --nproc-per-node N bench/generate.ts [--tp T] ...`): a pool of
+// N/T engines of tensor-parallel size T (--tp, default N: one engine over every rank; T must divide N), engine e on
+// ranks e*T .. e*T+T-1 (their own sub-group unless one engine spans all; tp 1: each rank a whole engine). Every rank
+// draws the same seeded random weights (randomSource: a TP rank draws only what its slices need) or reads --model.
+// Each engine takes its share of the same workload: (a) each batch's sequences split evenly over the engines, (b)
+// the GRPO-like prompts (with all their samples) split over the engines. The engines start each measurement
+// together (a barrier of the engines' first ranks); rank 0 reports the pool's output tokens/s (all engines'
+// tokens / the slowest engine's time) and each engine's time, layout ("2 x tp=2") in the header and the JSON. The
+// static path, the transformers peer and the log-prob gap are not run there (the output says so); --lora,
+// --cuda-graphs, --static-batch(es) and --gap-seqs are refused.
 // Usage: npm run bench:generate -- [--layers N] [--preset gpt-oss-20b] [--batches 1,64,256,512] [--no-peer]
 //        [--no-static] [--no-fixed] [--no-grpo] [--static-batches K] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
 //        [--max-num-seqs 512] [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.85]
@@ -30,6 +40,7 @@
 //        [--model <dir | hub id>] (a real checkpoint instead of random weights, for the engine, the static path and the
 //        transformers peer alike; the model's own shape replaces --preset/--layers: the log-prob gap of part (b) is
 //        only meaningful on trained weights)
+//        npx gptoss-launch --nproc-per-node 4 bench/generate.ts --tp 2 [options above] (launcher mode: 2 x tp=2)
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,8 +57,15 @@ import { LoraAdapters, LORA_TARGETS, type LoraTarget } from '../src/model/lora.t
 import { loadModel } from '../src/model/index.ts';
 import { resolveModelSource } from '../src/model/hub.ts';
 import { readConfigFile } from '../src/model/config.ts';
+import { distEnv, initDistributed } from '../src/distributed/launch.ts';
+import type { Collectives } from '../src/distributed/collectives.ts';
+import type { GroupChannel } from '../src/distributed/tcp-group.ts';
+import { randomSource } from '../src/model/param-source.ts';
+import type { RandomInitOptions } from '../src/model/weights.ts';
+import { createTensorParallelEngine } from '../src/inference/tensor-parallel-runner.ts';
 
-const device = process.env.GPTOSS_DEVICE ?? defaultDevice();
+/** This process's device (launcher mode: its rank's, from initDistributed; the same kind as this default). */
+let device = process.env.GPTOSS_DEVICE ?? defaultDevice();
 const cpu = device === 'cpu';
 function arg(name: string, gpuDefault: string, cpuDefault = gpuDefault): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -108,6 +126,28 @@ const cudaGraphs = flag('cuda-graphs');
 if (cudaGraphs && lora) throw new Error('bench:generate: --cuda-graphs and --lora together are not supported (steps with adapters run eagerly)');
 /** The adapters of --lora (made in main once the model exists). */
 let adapters: LoraAdapters | null = null;
+/** The random weights' draw: every rank (launcher mode) and the single-process run draw the same values. */
+const RANDOM_INIT: RandomInitOptions = { seed: 1, fast: true, biasStd: 0.02 };
+
+// Launcher mode (see the header): the processes the launcher started, and the engines' tensor-parallel size.
+const worldSize = distEnv().worldSize;
+const launcherMode = worldSize > 1;
+const tp = flag('tp') ? num('tp', 0) : launcherMode ? worldSize : 1;
+if (!Number.isInteger(tp) || tp < 1) throw new Error(`bench:generate: --tp must be a positive integer (got '${arg('tp', '')}')`);
+if (!launcherMode && tp !== 1) {
+  throw new Error(`bench:generate: --tp ${tp} needs ${tp} or more processes: run it under the launcher (npx gptoss-launch --nproc-per-node N bench/generate.ts --tp ${tp} ...)`);
+}
+if (worldSize % tp !== 0) {
+  throw new Error(`bench:generate: --tp ${tp} does not divide the ${worldSize} launched processes (the ranks form world size / tp engines of tp ranks each)`);
+}
+if (launcherMode) {
+  const unused = ['lora', 'lora-rank', 'lora-targets', 'cuda-graphs', 'static-batch', 'static-batches', 'gap-seqs'].filter(flag);
+  if (unused.length) {
+    throw new Error(`bench:generate: ${unused.map((f) => `--${f}`).join(', ')} not supported in launcher mode (a pool of engines: no LoRA, CUDA-graph, static-path or log-prob-gap runs)`);
+  }
+}
+/** "E x tp=T": the engines and their size. */
+const layout = `${worldSize / tp} x tp=${tp}`;
 
 const randomTokens = (r: () => number, n: number): number[] => Array.from({ length: n }, () => Math.floor(r() * V));
 
@@ -131,6 +171,8 @@ interface FixedRow {
   graphs: EngineStats['graphs'];
   staticTokS: number | 'oom' | null;
   peerTokS: number | null | 'oom';
+  /** Launcher mode: each engine's sequences and seconds (engineTokS is then the pool's: tokens / slowest time). */
+  perEngine?: { sequences: number; outputTokens: number; seconds: number }[];
 }
 
 async function fixed(model: GptOssModel, engine: Engine, graphEngine: Engine | null, peer: Map<number, number | 'oom'> | null): Promise<FixedRow[]> {
@@ -197,6 +239,7 @@ interface GrpoResult {
    * batches when --static-batches cut it short, else measured).
    */
   static: { seconds: number; tokS: number; generatedIncludingPadding: number; batches: number; measuredBatches: number; measuredSeconds: number } | 'oom' | null;
+  /** null in launcher mode (not measured there). */
   logprobGap: {
     sequences: number;
     tokens: number;
@@ -209,10 +252,23 @@ interface GrpoResult {
     staticControl: { sequences: number; tokens: number; meanAbs: number; early: number; late: number } | null;
     /** The trainer's tokenLogprobs of the same sequences packed vs one by one: the model's bf16 noise floor. */
     trainerPackedVsAlone: number;
-  };
+  } | null;
+  /** Launcher mode: each engine's share (engine.seconds is then the slowest engine's, tokS the pool's). */
+  perEngine?: EngineShare[];
 }
 
-async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult> {
+/** Launcher mode: one engine's part of a measurement. */
+interface EngineShare {
+  sequences: number;
+  outputTokens: number;
+  seconds: number;
+  preemptions: number;
+  steps: number;
+  prefixCacheHitRate: number;
+}
+
+/** Part (b)'s requests: grpo.prompts x grpo.samples, sample k of prompt p at index p * samples + k (seeded draw). */
+function grpoWorkload(): GenerateRequest[] {
   const r = mulberry32(2);
   const gauss = (): number => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
   const reqs: GenerateRequest[] = [];
@@ -224,6 +280,11 @@ async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult>
       reqs.push({ prompt, maxNewTokens: out, temperature: 1, seed: p * grpo.samples + k, stopTokens: [] });
     }
   }
+  return reqs;
+}
+
+async function grpoLike(model: GptOssModel, engine: Engine): Promise<GrpoResult> {
+  const reqs = grpoWorkload();
   const outputTokens = reqs.reduce((a, q) => a + q.maxNewTokens, 0);
   const before = engine.stats();
   const e = await seconds(() => engine.generate(reqs));
@@ -399,7 +460,7 @@ async function main(): Promise<void> {
   }
   const peer = !flag('no-fixed') && runPeerSide ? runPeer() : null;
   const t0 = performance.now();
-  const model = modelDir ? await loadModel(modelDir, { device }) : GptOssModel.random(CFG, device, { seed: 1, fast: true, biasStd: 0.02 });
+  const model = modelDir ? await loadModel(modelDir, { device }) : GptOssModel.random(CFG, device, RANDOM_INIT);
   console.error(`model: ${weightsLabel()}, ${layers} layers on ${device} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   if (lora) adapters = LoraAdapters.init(CFG, { rank: lora.rank, alpha: 2 * lora.rank, dropout: 0, targets: lora.targets }, device, { seed: 3, bStd: 0.01, dtype: cpu ? 'f32' : 'bf16' });
   const engine = await createEngine(model, engineOpts);
@@ -420,13 +481,24 @@ async function main(): Promise<void> {
   engine.dispose();
   adapters?.dispose();
   model.dispose();
+  report(fixedRows, grpoRes, st, peer?.peer ?? null);
+}
 
+/** The table (stdout) and the --json file of a run (single-process or, on rank 0, the launcher mode's pool). */
+function report(fixedRows: FixedRow[], grpoRes: GrpoResult | null, st: EngineStats, peerName: string | null): void {
   const f = (x: number | null | 'oom'): string => (x === null ? '-' : x === 'oom' ? 'OOM' : x.toFixed(1));
+  const secs = (xs: { seconds: number }[]): string => xs.map((x) => x.seconds.toFixed(2)).join(' / ');
   const lines: string[] = [];
-  lines.push(`gpt-oss generation, ${weightsLabel()}, ${layers} layers, ${device}`);
+  lines.push(`gpt-oss generation, ${weightsLabel()}, ${layers} layers, ${device}${launcherMode ? `, ${layout} (launcher mode, ${worldSize} ranks)` : ''}`);
+  if (launcherMode) {
+    lines.push(`launcher mode: a pool of ${layout} engines, each with its share of the workload; tokens/s = all engines' output tokens / the slowest engine's time; the static path, the transformers peer and the log-prob gap are not run`);
+  }
   if (fixedRows.length) {
     lines.push('', `(a) prompt ${promptLen}, ${newTokens} new tokens: output tokens/s`);
-    if (lora) {
+    if (launcherMode) {
+      lines.push(`| batch | engine (${layout}) | seconds per engine |`, '|---:|---:|---:|');
+      for (const r of fixedRows) lines.push(`| ${r.batch} | ${f(r.engineTokS)} | ${secs(r.perEngine!)} |`);
+    } else if (lora) {
       lines.push(`LoRA: rank ${lora.rank} on ${lora.targets.join(', ')}; "LoRA time" = engine time with the adapters / without`);
       lines.push('| batch | engine | engine + LoRA | LoRA time | static path | transformers |', '|---:|---:|---:|---:|---:|---:|');
       for (const r of fixedRows) lines.push(`| ${r.batch} | ${f(r.engineTokS)} | ${f(r.engineLoraTokS)} | ${(r.engineTokS / r.engineLoraTokS!).toFixed(3)}x | ${f(r.staticTokS)} | ${f(r.peerTokS)} |`);
@@ -442,7 +514,7 @@ async function main(): Promise<void> {
     const g = grpoRes;
     lines.push('', `(b) GRPO-like: ${grpo.prompts} prompts x ${grpo.samples} samples, prompts ${grpo.promptMin}-${grpo.promptMax}, outputs log-normal median ${grpo.median} cap ${grpo.cap} (${g.outputTokens} tokens, longest ${g.longestOutput})`);
     lines.push('| side | seconds | output tokens/s |', '|---|---:|---:|');
-    lines.push(`| engine | ${g.engine.seconds.toFixed(2)} | ${g.engine.tokS.toFixed(1)} |`);
+    lines.push(`| ${g.perEngine ? `engine (${layout}; the slowest engine's time; per engine ${secs(g.perEngine)} s)` : 'engine'} | ${g.engine.seconds.toFixed(2)} | ${g.engine.tokS.toFixed(1)} |`);
     if (g.engineLora) lines.push(`| engine + LoRA (${(g.engineLora.seconds / g.engine.seconds).toFixed(3)}x the time) | ${g.engineLora.seconds.toFixed(2)} | ${g.engineLora.tokS.toFixed(1)} |`);
     if (g.static === 'oom') lines.push(`| static path (batches of ${staticBatch}) | OOM | OOM |`);
     else if (g.static) {
@@ -450,8 +522,10 @@ async function main(): Promise<void> {
       lines.push(`| static path (batches of ${staticBatch})${proj} | ${g.static.seconds.toFixed(2)} | ${g.static.tokS.toFixed(1)} |`);
       lines.push('', `engine time / static time: ${(g.engine.seconds / g.static.seconds).toFixed(3)}`);
     }
-    lines.push(`engine: ${g.engine.steps} steps, ${g.engine.preemptions} preemptions, prefix cache hit rate ${(100 * g.engine.prefixCacheHitRate).toFixed(1)}%`);
-    lines.push(`log-prob gap engine vs tokenLogprobs${g.engineLora ? ' (LoRA run)' : ''} (${g.logprobGap.sequences} sequences, ${g.logprobGap.tokens} tokens): mean ${g.logprobGap.meanAbs.toExponential(3)}, max ${g.logprobGap.maxAbs.toExponential(3)}`);
+    lines.push(`engine${g.perEngine ? 's (summed)' : ''}: ${g.engine.steps} steps, ${g.engine.preemptions} preemptions, prefix cache hit rate ${(100 * g.engine.prefixCacheHitRate).toFixed(1)}%${g.perEngine ? ' (mean over the engines)' : ''}`);
+    if (g.logprobGap) {
+      lines.push(`log-prob gap engine vs tokenLogprobs${g.engineLora ? ' (LoRA run)' : ''} (${g.logprobGap.sequences} sequences, ${g.logprobGap.tokens} tokens): mean ${g.logprobGap.meanAbs.toExponential(3)}, max ${g.logprobGap.maxAbs.toExponential(3)}`);
+    }
   }
   console.log(lines.join('\n'));
   const json = {
@@ -460,8 +534,13 @@ async function main(): Promise<void> {
     preset: presetName,
     model: modelDir ? modelSource : null,
     layers,
+    /** "E x tp=T" (one process: "1 x tp=1"); launcher mode: the ranks and the engines. */
+    layout,
+    worldSize,
+    tensorParallelSize: tp,
+    engines: worldSize / tp,
     engineOptions: { ...engineOpts, numBlocks: st.numBlocks, numSlidingBlocks: st.numSlidingBlocks },
-    peer: peer?.peer ?? null,
+    peer: peerName,
     lora,
     cudaGraphs,
     fixed: { promptLen, newTokens, rows: fixedRows },
@@ -470,4 +549,126 @@ async function main(): Promise<void> {
   if (jsonPath) writeFileSync(jsonPath, JSON.stringify(json, null, 2));
 }
 
-await main();
+/** [lo, hi) of engine e's share of n items split evenly over E engines (contiguous; sizes differ by at most one). */
+const shareOf = (n: number, e: number, E: number): [number, number] => [Math.floor((e * n) / E), Math.floor(((e + 1) * n) / E)];
+
+/**
+ * Launcher mode (see the header). Every rank calls it. An engine's first rank (its "leader") runs the Engine and the
+ * measurements; the engine's other ranks serve its steps inside createTensorParallelEngine until the leader disposes
+ * it. The leaders meet over their own sub-group (a barrier before each measurement, an all-gather of the results).
+ */
+async function poolMain(): Promise<void> {
+  const ctx = await initDistributed({ backend: cpu ? 'cpu' : 'auto' });
+  device = ctx.device;
+  const E = ctx.worldSize / tp;
+  const e = Math.floor(ctx.rank / tp);
+  const engineRanks = Array.from({ length: tp }, (_, i) => e * tp + i);
+  const leaders = Array.from({ length: E }, (_, i) => i * tp);
+  const isLeader = ctx.rank === e * tp;
+  if (modelSource) {
+    // Rank 0 resolves first (a hub id downloads once), then the others find it cached.
+    if (ctx.rank === 0) modelDir = await resolveModelSource(modelSource);
+    await ctx.group.barrier();
+    if (ctx.rank !== 0) modelDir = await resolveModelSource(modelSource);
+    CFG = readConfigFile(join(modelDir!, 'config.json'));
+    layers = CFG.numLayers;
+    V = CFG.vocabSize;
+  }
+  if (CFG.numKvHeads % tp !== 0 || CFG.numHeads % tp !== 0) {
+    throw new Error(`bench:generate: --tp ${tp} must divide the model's ${CFG.numHeads} query and ${CFG.numKvHeads} key/value heads`);
+  }
+  const t0 = performance.now();
+  // tp 1: this rank's whole engine; tp T: the engine over this rank's sub-group (the whole group when E = 1).
+  let model: GptOssModel | null = null;
+  let own: Collectives | null = null;
+  let engine: Engine | null;
+  if (tp === 1) {
+    model = modelDir ? await loadModel(modelDir, { device }) : GptOssModel.random(CFG, device, RANDOM_INIT);
+    engine = await createEngine(model, engineOpts);
+  } else {
+    own = E > 1 ? await ctx.collectives.subGroup(engineRanks) : null;
+    const channel: GroupChannel = E > 1 ? ctx.group.subGroup(engineRanks) : ctx.group;
+    const sub = { rank: ctx.rank - e * tp, worldSize: tp, device, collectives: own ?? ctx.collectives, group: channel };
+    engine = await createTensorParallelEngine(modelDir ?? randomSource(CFG, RANDOM_INIT), sub, engineOpts);
+  }
+  if (!isLeader) {
+    // Served the engine until its leader disposed it.
+    await own?.destroy();
+    await ctx.destroy();
+    return;
+  }
+  const eng = engine!;
+  const lead: GroupChannel | null = E > 1 ? ctx.group.subGroup(leaders) : null;
+  const together = async (): Promise<void> => void (await lead?.barrier());
+  const gather = async <T>(x: T): Promise<T[]> => (lead ? lead.allGatherObject(x) : [x]);
+  const st = eng.stats();
+  console.error(`engine ${e} (ranks ${engineRanks.join(', ')}): ${weightsLabel()} on ${device} in ${((performance.now() - t0) / 1000).toFixed(1)} s; ${st.numBlocks} full-attention blocks of ${st.blockSize} tokens, ${st.numSlidingBlocks} sliding-window blocks`);
+
+  const fixedRows: FixedRow[] = [];
+  if (!flag('no-fixed')) {
+    // The single-process run's prompts (mulberry32(1), B prompts per batch), engine e taking its contiguous share.
+    const r = mulberry32(1);
+    for (const B of batches) {
+      const prompts = Array.from({ length: B }, () => randomTokens(r, promptLen));
+      const [lo, hi] = shareOf(B, e, E);
+      const reqs: GenerateRequest[] = prompts.slice(lo, hi).map((prompt, i) => ({ prompt, maxNewTokens: newTokens, temperature: 1, seed: lo + i, stopTokens: [] }));
+      if (reqs.length) await eng.generate(reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }))); // warm-up
+      await together();
+      const m = await seconds(() => eng.generate(reqs));
+      const mine = { sequences: reqs.length, outputTokens: m.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0), seconds: m.s };
+      const all = await gather(mine);
+      const tokS = all.reduce((a, x) => a + x.outputTokens, 0) / Math.max(...all.map((x) => x.seconds));
+      fixedRows.push({ batch: B, engineTokS: tokS, engineLoraTokS: null, engineGraphsTokS: null, graphs: null, staticTokS: null, peerTokS: null, perEngine: all });
+      if (ctx.rank === 0) console.error(`fixed batch ${B}: ${layout} ${tokS.toFixed(1)} tok/s (per engine ${all.map((x) => `${x.sequences} seqs ${x.seconds.toFixed(2)} s`).join(', ')})`);
+    }
+  }
+  let grpoRes: GrpoResult | null = null;
+  if (!flag('no-grpo')) {
+    // Engine e takes a contiguous block of prompts with all their samples (siblings share the prompt's blocks).
+    const all = grpoWorkload();
+    const [pLo, pHi] = shareOf(grpo.prompts, e, E);
+    const reqs = all.slice(pLo * grpo.samples, pHi * grpo.samples);
+    const want = reqs.reduce((a, q) => a + q.maxNewTokens, 0);
+    const before = eng.stats();
+    await together();
+    const m = await seconds(() => eng.generate(reqs));
+    const after = eng.stats();
+    const got = m.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0);
+    if (got !== want) throw new Error(`bench:generate: engine ${e} produced ${got} tokens, its drawn lengths sum to ${want}`);
+    const shares = await gather<EngineShare>({
+      sequences: reqs.length,
+      outputTokens: got,
+      seconds: m.s,
+      preemptions: after.preemptions - before.preemptions,
+      steps: after.steps - before.steps,
+      prefixCacheHitRate: after.prefixCacheHitRate,
+    });
+    const outputTokens = shares.reduce((a, x) => a + x.outputTokens, 0);
+    const slowest = Math.max(...shares.map((x) => x.seconds));
+    grpoRes = {
+      sequences: shares.reduce((a, x) => a + x.sequences, 0),
+      outputTokens,
+      longestOutput: Math.max(...all.map((q) => q.maxNewTokens)),
+      engine: {
+        seconds: slowest,
+        tokS: outputTokens / slowest,
+        preemptions: shares.reduce((a, x) => a + x.preemptions, 0),
+        prefixCacheHitRate: shares.reduce((a, x) => a + x.prefixCacheHitRate, 0) / shares.length,
+        steps: shares.reduce((a, x) => a + x.steps, 0),
+      },
+      engineLora: null,
+      static: null,
+      logprobGap: null,
+      perEngine: shares,
+    };
+    if (ctx.rank === 0) console.error(`grpo-like: ${layout} ${slowest.toFixed(2)} s (slowest engine), ${(outputTokens / slowest).toFixed(1)} tok/s`);
+  }
+  eng.dispose(); // releases the engine's other ranks
+  model?.dispose();
+  if (ctx.rank === 0) report(fixedRows, grpoRes, st, null);
+  await lead?.destroy();
+  await own?.destroy();
+  await ctx.destroy();
+}
+
+await (launcherMode ? poolMain() : main());

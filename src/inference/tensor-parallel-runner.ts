@@ -18,6 +18,7 @@ import type { Collectives } from '../distributed/collectives.ts';
 import type { GroupChannel } from '../distributed/tcp-group.ts';
 import type { GptOssConfig } from '../model/config.ts';
 import { GptOssWeights, paramSpecs } from '../model/weights.ts';
+import type { ParamSource } from '../model/param-source.ts';
 import { shardParameter, TensorParallelModel } from '../model/tensor-parallel.ts';
 import { cast } from '../ops/elementwise.ts';
 import { childLogger } from '../log/logger.ts';
@@ -292,9 +293,10 @@ export interface TensorParallelContext {
  * One engine over every rank of the group (tp = the group's size). Every rank calls it. Rank 0 gets the Engine
  * (generate, sleep/wake, updateWeights; dispose() releases the other ranks). On the other ranks the promise
  * resolves with null once rank 0 has disposed the engine. `source`: a checkpoint directory or hub id (each rank reads
- * its slices) or whole weights held by every rank (each cuts its slices).
+ * its slices), whole weights held by every rank (each cuts its slices), or a ParamSource (e.g. randomSource: each
+ * rank draws or reads only what its slices need, one parameter at a time).
  */
-export async function createTensorParallelEngine(source: string | GptOssWeights, dist: TensorParallelContext, opts: EngineOptions = {}): Promise<Engine | null> {
+export async function createTensorParallelEngine(source: string | GptOssWeights | ParamSource, dist: TensorParallelContext, opts: EngineOptions = {}): Promise<Engine | null> {
   const tp = dist.worldSize;
   if (opts.tensorParallelSize !== undefined && opts.tensorParallelSize !== tp) {
     throw new Error(`createTensorParallelEngine: tensorParallelSize ${opts.tensorParallelSize} but the group has ${tp} ranks (one engine spans the group)`);
@@ -303,7 +305,9 @@ export async function createTensorParallelEngine(source: string | GptOssWeights,
   const model =
     typeof source === 'string'
       ? await TensorParallelModel.load(source, dist.collectives, { device })
-      : TensorParallelModel.fromWeights(source, dist.collectives, { device });
+      : source instanceof GptOssWeights
+        ? TensorParallelModel.fromWeights(source, dist.collectives, { device })
+        : TensorParallelModel.fromSource(source, dist.collectives, { device });
   if (dist.rank !== 0) {
     try {
       await serveTensorParallelRank(model, dist.group, dist.collectives);
