@@ -1,6 +1,7 @@
 // Smoke test of `npm run bench:generate` on the CPU (its tiny defaults): it runs, and its JSON has both parts with
 // sane numbers (every drawn output length produced, the engine's log-probs equal to the trainer's).
 // With --lora, both LoRA benches (bench:generate --lora, bench:train-step --lora) in their CPU smoke forms.
+// Launcher mode: a pool of engines over 2 CPU processes (one tp=2 engine; two tp=1 engines), and --tp refusals.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -8,6 +9,7 @@ import { fixturePath } from '../helpers/fixtures.ts';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { launch } from '../../src/distributed/launch.ts';
 
 test('bench:generate runs on the CPU with the tiny preset and writes its table and JSON', () => {
   const out = join(mkdtempSync(join(tmpdir(), 'bench-generate-')), 'out.json');
@@ -82,4 +84,47 @@ test('bench:generate --lora and bench:train-step --lora run on the CPU (smoke fo
   assert.equal(tj.warmupGenerated, 2 * 2 * 2, '--warmup-gen-len: the warm-up step generates 2 tokens a sequence');
   assert.equal(tj.row.trainedTokens, 2 * 2 * (8 + 4));
   assert.ok(tj.row.trainedTokensPerS > 0 && tj.adapterParams > 0);
+});
+
+test('bench:generate under the launcher: one tp=2 engine and 2 x tp=1 on 2 CPU processes; --tp 3 refused', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-generate-pool-'));
+  const tiny = ['--preset', 'gpt-oss-tiny-256', '--batches', '2,3', '--new', '4', '--prompt', '8', '--grpo-prompts', '3', '--grpo-samples', '2', '--num-blocks', '64'];
+  const run = async (args: string[]): Promise<{ exitCode: number; text: string }> => {
+    const lines: string[] = [];
+    const r = await launch({ script: 'bench/generate.ts', args, nprocPerNode: 2, device: 'cpu', onOutput: (rank, _s, line) => lines.push(`[rank ${rank}] ${line}`) });
+    return { exitCode: r.exitCode, text: lines.join('\n') };
+  };
+  for (const [tpArg, layout, engines] of [['2', '1 x tp=2', 1], ['1', '2 x tp=1', 2]] as const) {
+    const out = join(dir, `tp${tpArg}.json`);
+    const r = await run([...tiny, '--tp', tpArg, '--json', out]);
+    assert.equal(r.exitCode, 0, r.text);
+    assert.ok(r.text.includes(`[rank 0] gpt-oss generation, gpt-oss-tiny-256 shape, random BF16 weights, 2 layers, cpu, ${layout} (launcher mode, 2 ranks)`), r.text);
+    assert.match(r.text, /the static path, the transformers peer and the log-prob gap are not run/);
+    assert.ok(r.text.includes(`| batch | engine (${layout}) | seconds per engine |`), r.text);
+    const j = JSON.parse(readFileSync(out, 'utf8'));
+    assert.equal(j.layout, layout);
+    assert.deepEqual([j.worldSize, j.tensorParallelSize, j.engines], [2, Number(tpArg), engines]);
+    assert.deepEqual(j.fixed.rows.map((x: { batch: number }) => x.batch), [2, 3]);
+    for (const row of j.fixed.rows) {
+      assert.ok(row.engineTokS > 0, JSON.stringify(row));
+      assert.equal(row.staticTokS, null);
+      assert.equal(row.peerTokS, null);
+      // The batch's sequences split evenly over the engines, every one producing its 4 tokens.
+      assert.equal(row.perEngine.length, engines);
+      assert.deepEqual(row.perEngine.map((x: { sequences: number }) => x.sequences), engines === 1 ? [row.batch] : [Math.floor(row.batch / 2), row.batch - Math.floor(row.batch / 2)]);
+      assert.equal(row.perEngine.reduce((a: number, x: { outputTokens: number }) => a + x.outputTokens, 0), row.batch * 4);
+      const slowest = Math.max(...row.perEngine.map((x: { seconds: number }) => x.seconds));
+      assert.ok(Math.abs(row.engineTokS - (row.batch * 4) / slowest) < 1e-6 * row.engineTokS, 'pool tokens/s = all tokens / the slowest engine');
+    }
+    assert.equal(j.grpo.sequences, 6);
+    assert.equal(j.grpo.perEngine.length, engines);
+    assert.deepEqual(j.grpo.perEngine.map((x: { sequences: number }) => x.sequences), engines === 1 ? [6] : [2, 4], 'whole prompts (2 samples each) per engine');
+    assert.ok(j.grpo.engine.tokS > 0 && j.grpo.logprobGap === null && j.grpo.static === null);
+  }
+  const bad = await run(['--preset', 'gpt-oss-tiny-256', '--tp', '3']);
+  assert.notEqual(bad.exitCode, 0);
+  assert.match(bad.text, /--tp 3 does not divide the 2 launched processes/);
+  const alone = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--tp', '2'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
+  assert.notEqual(alone.status, 0);
+  assert.match(alone.stderr, /--tp 2 needs 2 or more processes: run it under the launcher/);
 });
