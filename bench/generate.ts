@@ -40,6 +40,7 @@
 //        [--model <dir | hub id>] (a real checkpoint instead of random weights, for the engine, the static path and the
 //        transformers peer alike; the model's own shape replaces --preset/--layers: the log-prob gap of part (b) is
 //        only meaningful on trained weights)
+//        [--heads Q] [--kv-heads KV] (the preset's attention heads overridden)
 //        npx gptoss-launch --nproc-per-node 4 bench/generate.ts --tp 2 [options above] (launcher mode: 2 x tp=2)
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -84,10 +85,22 @@ if (flag('model') && !modelSource) throw new Error('bench:generate: --model need
 /** A checkpoint's directory (--model; resolved in main), else null: random weights of the preset. */
 let modelDir: string | null = null;
 let layers = num('layers', presetConfig(presetName).numLayers);
-let CFG = presetConfig(presetName, { numLayers: layers });
+// --heads / --kv-heads: the preset's attention heads overridden (e.g. the tiny preset's 4 / 2 as 8 / 4, so that a CPU
+// rehearsal can run tp=4 engines: tp must divide both).
+if (modelSource && (flag('heads') || flag('kv-heads'))) throw new Error('bench:generate: --heads / --kv-heads shape random weights; --model brings its own shape');
+let CFG = presetConfig(presetName, {
+  numLayers: layers,
+  numHeads: num('heads', presetConfig(presetName).numHeads),
+  numKvHeads: num('kv-heads', presetConfig(presetName).numKvHeads),
+});
+if (!Number.isInteger(CFG.numHeads) || !Number.isInteger(CFG.numKvHeads) || CFG.numKvHeads < 1 || CFG.numHeads % CFG.numKvHeads !== 0) {
+  throw new Error(`bench:generate: --heads ${CFG.numHeads} must be a multiple of --kv-heads ${CFG.numKvHeads}`);
+}
 let V = CFG.vocabSize;
 /** What the tables say the weights are. */
-const weightsLabel = (): string => (modelDir ? `checkpoint ${modelSource}` : `${presetName} shape, random BF16 weights`);
+const headsOverridden = flag('heads') || flag('kv-heads');
+const weightsLabel = (): string =>
+  modelDir ? `checkpoint ${modelSource}` : `${presetName} shape${headsOverridden ? ` (${CFG.numHeads} query / ${CFG.numKvHeads} key-value heads)` : ''}, random BF16 weights`;
 const batches = arg('batches', '1,64,256,512', '1,4').split(',').map(Number);
 const promptLen = num('prompt', 128, 8);
 const newTokens = num('new', 128, 8);
@@ -117,6 +130,8 @@ const engineOpts = {
 };
 const jsonPath = flag('json') ? arg('json', '') : '';
 const runPeerSide = !flag('no-peer') && !cpu;
+// The peer builds its model from --preset and --layers alone.
+if (headsOverridden && runPeerSide && !flag('no-fixed') && distEnv().worldSize === 1) throw new Error('bench:generate: --heads / --kv-heads: the transformers peer knows only the preset\'s heads; pass --no-peer');
 const runStatic = !flag('no-static');
 const lora = flag('lora')
   ? { rank: num('lora-rank', 16), targets: arg('lora-targets', 'q_proj,k_proj,v_proj,o_proj').split(',') as LoraTarget[] }
