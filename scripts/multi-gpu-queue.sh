@@ -29,6 +29,8 @@ if [ "$MGPU_SMOKE" = 1 ]; then
   DEV=cpu GPU_GB=80 OFFLOAD=false
   GEN_FIXED=(--batches 1,2 --new 4 --grpo-prompts 2 --grpo-samples 2 --gap-seqs 2)
   GEN_ONE=(--batches 2,4 --new 4 --grpo-prompts 4 --grpo-samples 2 --gap-seqs 2)
+  # bench:generate's launcher mode (engines of tp 2 / 4): 8 query / 4 key-value heads so tp=4 divides them.
+  GEN_TP=(--heads 8 --kv-heads 4 --batches 2,4 --new 4 --grpo-prompts 4 --grpo-samples 2)
   TS_SHAPE=(--preset gpt-oss-tiny-256 --tokens 32 --steps 1)
   TS_L2=2 TS_L4=2 TS_L8=2
   M20=gpt-oss-tiny:random M20L2=gpt-oss-tiny:random
@@ -52,6 +54,9 @@ else
   # same drawn workload; the 1-GPU baseline runs the whole one in the same call.
   GEN_FIXED=(--batches 16,64,128 --grpo-prompts 64 --gap-seqs 8)
   GEN_ONE=(--batches 64,256,512 --gap-seqs 8)
+  # bench:generate's launcher mode: one pool of tensor-parallel engines (one tp=4, 2 x tp=2, 2 x tp=4) with the
+  # 1-GPU baseline's whole workload split over its engines (fixed batches 64 / 256 / 512, 256 GRPO prompts x 8).
+  GEN_TP=(--batches 64,256,512)
   # bench:train-step: fp32 masters, moments and gradients on the GPUs (about 14 GB per layer, 17 GB embedding + head,
   # sharded over N), about 3 layers' worth of state per GPU beside 16k-token activations.
   TS_SHAPE=(--tokens 4096,16384 --steps 2)
@@ -97,6 +102,11 @@ case $MGPU_GROUP in
     # Issue 26's sharded trainer at N=8 first on an 8-GPU machine, then issue 25's.
     gstep ts-n8 8 200 $LAUNCH --nproc-per-node 8 dist/bench/train-step.js "${TS_SHAPE[@]}" --layers $TS_L8 --json "$RES/train-step-n8.json"
     gstep gen-4xtp1 4 240 $CHECKS gen-pool 4 "$RES/gen-4xtp1" -- --no-peer --no-static "${GEN_FIXED[@]}"
+    # Tensor-parallel engines under the launcher (bench:generate's launcher mode): issue 26's 2 x tp=4 on 8 GPUs,
+    # then one tp=4 engine and 2 x tp=2 on 4; rank 0 writes the pool's JSON (layout, tokens/s, per-engine seconds).
+    gstep gen-2xtp4 8 240 $LAUNCH --nproc-per-node 8 dist/bench/generate.js --tp 4 "${GEN_TP[@]}" --json "$RES/gen-2xtp4.json"
+    gstep gen-tp4 4 240 $LAUNCH --nproc-per-node 4 dist/bench/generate.js --tp 4 "${GEN_TP[@]}" --json "$RES/gen-tp4.json"
+    gstep gen-2xtp2 4 240 $LAUNCH --nproc-per-node 4 dist/bench/generate.js --tp 2 "${GEN_TP[@]}" --json "$RES/gen-2xtp2.json"
     gstep ts-n4 4 200 $LAUNCH --nproc-per-node 4 dist/bench/train-step.js "${TS_SHAPE[@]}" --layers $TS_L4 --json "$RES/train-step-n4.json"
     gstep ts-n2 2 200 $LAUNCH --nproc-per-node 2 dist/bench/train-step.js "${TS_SHAPE[@]}" --layers $TS_L2 --json "$RES/train-step-n2.json"
     if [ "$MGPU_SMOKE" = 1 ]; then
