@@ -100,7 +100,7 @@ export interface RegionProfile {
  */
 const RUNTIME_OPS = new Set([
   'cudaCompiled', 'deviceCount', 'deviceName', 'memoryStats', 'resetPeakMemory', 'emptyCache', 'numThreads', 'setNumThreads',
-  'eventCreate', 'eventRecord', 'eventQuery', 'eventElapsedMs', 'launchCount', 'profileEnable', 'profileMark',
+  'eventCreate', 'eventRecord', 'eventQuery', 'eventElapsedMs', 'launchCount', 'gemmTuneCount', 'profileEnable', 'profileMark',
   'profileTake', 'graphPoolCreate', 'graphPoolRelease', 'captureBegin', 'captureEnd', 'captureAbort', 'graphLaunch',
   'graphNodeCount', 'graphDestroy', 'joinRows', 'ncclVersion', 'ncclGetUniqueId', 'ncclCommInitRank', 'ncclSetPhase',
   'ncclCommDestroy', 'ncclCommAbort', 'ncclCheckAsync',

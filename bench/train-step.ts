@@ -31,7 +31,7 @@
 // --lora: a whole LoRA GRPO step on one GPU instead (generate, log-probs, train, adapter sync; bench/lora-step.ts).
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { defaultDevice } from '../src/native.ts';
+import { defaultDevice, native } from '../src/native.ts';
 import { memoryStats, resetPeakMemory, synchronize, emptyCache } from '../src/tensor.ts';
 import { presetConfig, type GptOssConfig, type PresetName } from '../src/model/config.ts';
 import { GptOssModel } from '../src/model/gptoss.ts';
@@ -115,6 +115,11 @@ interface Row {
   stepMs: number;
   /** Each measured step's ms (stepMs is their mean): a step slower than the others points at a per-step cost. */
   stepMsEach: number[];
+  /**
+   * cuBLASLt algorithm tunings each measured step ran (CUDA; the first batched GEMM of a problem times candidates:
+   * a few dozen GEMM runs and device waits, so a tuning step is slower than the steady state).
+   */
+  gemmTunesEach: number[];
   tokensPerSecPerGpu: number;
   mfu: number | null;
   peakGiB: number | null;
@@ -243,8 +248,13 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
     sharded?.resetStats();
     const m0 = device === 'cpu' ? null : memoryStats(device);
     const each: number[] = [];
+    const tunes: number[] = [];
     const { clocks } = await withClockSamples(async () => {
-      for (let s = 0; s < steps; s++) each.push((await step(p, T, s + 2)).ms);
+      for (let s = 0; s < steps; s++) {
+        const t0 = native().ops.gemmTuneCount();
+        each.push((await step(p, T, s + 2)).ms);
+        tunes.push(native().ops.gemmTuneCount() - t0);
+      }
     });
     const ms = each.reduce((a, b) => a + b, 0) / steps;
     const m1 = device === 'cpu' ? null : memoryStats(device);
@@ -256,6 +266,7 @@ async function measure(kind: Row['policy'], T: number, ctx: DistContext): Promis
       microBatches,
       stepMs: ms,
       stepMsEach: each,
+      gemmTunesEach: tunes,
       tokensPerSecPerGpu: tokens / (ms / 1000),
       mfu: peakFlops ? (microBatches * modelFlops(cfg, T)) / (ms / 1000) / peakFlops : null,
       peakGiB: device === 'cpu' ? null : memoryStats(device).peakAllocated / 2 ** 30,
@@ -374,6 +385,7 @@ if (ctx.rank === 0) {
     const fastest = Math.min(...r.stepMsEach);
     console.log(
       `${r.policy} T ${r.tokens}: measured steps ${r.stepMsEach.map((v) => v.toFixed(1)).join(', ')} ms` +
+        (r.gemmTunesEach.some((n) => n > 0) ? ` (cuBLASLt tunings per step: ${r.gemmTunesEach.join(', ')})` : '') +
         (r.mfu !== null && r.stepMsEach.length > 1 ? ` (fastest ${fastest.toFixed(1)} ms: MFU ${((100 * r.mfu * r.stepMs) / fastest).toFixed(1)}%)` : '') +
         (c ? `; SM clock ${c.smMhzMean.toFixed(0)} MHz mean (${c.smMhzMin}-${c.smMhzMax}), ${c.powerWMean.toFixed(0)} W mean over ${c.samples} samples` : ''),
     );

@@ -185,6 +185,8 @@ export interface NativeOps {
   eventElapsedMs(start: NativeEvent, end: NativeEvent): number;
   /** Kernel launches (our kernels' launch checks, cuBLAS calls, async copies/memsets) so far, all devices; 0 without CUDA. */
   launchCount(): number;
+  /** cuBLASLt algorithm tunings (the first batched GEMM of a problem times candidates) so far; 0 without CUDA. */
+  gemmTuneCount(): number;
   /** Device-side phase marks (native/common/device.h profile_*): enable/disable (clears them). */
   profileEnable(device: number, on: boolean): void;
   /** Starts a segment called `name` at this point of the compute stream (while enabled). */
@@ -525,6 +527,7 @@ export const NATIVE_OP_NAMES = [
   'eventQuery',
   'eventElapsedMs',
   'launchCount',
+  'gemmTuneCount',
   'profileEnable',
   'profileMark',
   'profileTake',

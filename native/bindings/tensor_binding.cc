@@ -445,6 +445,7 @@ GPTOSS_OP(setNumThreads) {
 }
 
 GPTOSS_OP(launchCount) { return Napi::Number::New(info.Env(), static_cast<double>(cuda::launch_count())); }
+GPTOSS_OP(gemmTuneCount) { return Napi::Number::New(info.Env(), static_cast<double>(cuda::gemm_tune_count())); }
 GPTOSS_OP(profileEnable) {
   cuda::profile_enable(static_cast<int>(int_arg(info, 0, "profileEnable", "device")), bool_arg(info, 1, "profileEnable", "on"));
   return info.Env().Undefined();

@@ -66,6 +66,11 @@ float event_elapsed_ms(void* start, void* end);
 // asynchronous copies and memsets): a count per step tells how many launches a step costs (bench:decode-profile).
 void note_launch();
 uint64_t launch_count();
+// cuBLASLt algorithm tunings so far (gemm_cublas.cc: the first batched GEMM of a problem times the heuristic's
+// candidates, a few dozen GEMM runs and device waits): a step that tunes is slower than its steady state, so the
+// benchmarks report how many tunings each measured step ran (bench:train-step).
+void note_gemm_tune();
+uint64_t gemm_tune_count();
 
 // Device-side phase marks (bench:decode-profile). While enabled on a device, profile_mark(device, name) records a
 // timing event on its compute stream that starts a segment called `name` (until the next mark); ops mark their own

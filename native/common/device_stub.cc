@@ -34,6 +34,8 @@ bool event_query(void*) { no_cuda("event_query"); }
 float event_elapsed_ms(void*, void*) { no_cuda("event_elapsed_ms"); }
 void note_launch() {}
 uint64_t launch_count() { return 0; }
+void note_gemm_tune() {}
+uint64_t gemm_tune_count() { return 0; }
 void profile_enable(int, bool) { no_cuda("profile_enable"); }
 void profile_mark(int, const char*) {}
 std::vector<ProfileSegment> profile_take(int) { no_cuda("profile_take"); }

@@ -22,11 +22,14 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
 
 // Strided batch of row-major GEMMs (the MoE experts once every expert's rows are padded to one count):
 // for b in [0, batch): C_b = alpha * op(A_b) * op(B_b) + bias_b + beta * C_b, with A_b = A + b*strideA, B_b, C_b and
-// bias_b likewise (strides in elements). One cuBLASLt launch; the bias (may be null) must have C's dtype.
+// bias_b likewise (strides in elements). One cuBLASLt launch; the bias (may be null) must have C's dtype. The
+// first call of a problem times the heuristic's candidates (a few dozen GEMM runs): `bucket` names the dimension
+// that varies between calls (the MoE slabs' padded rows per expert), so that a tuning covers its power-of-two
+// bucket instead of recurring for every new size the routing produces.
 void gemm_strided_batched(int device, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
                           int64_t lda, int64_t strideA, bool transA, const void* B, int64_t ldb, int64_t strideB,
                           bool transB, DType ab_dtype, const void* bias, int64_t strideBias, float beta, void* C,
-                          DType c_dtype, int64_t ldc, int64_t strideC);
+                          DType c_dtype, int64_t ldc, int64_t strideC, GemmBucket bucket);
 
 // Concurrent GEMM lanes: many small independent GEMMs (the MoE's per-expert products) fill the GPU better when
 // they overlap. gemm_lanes_fork orders kGemmLanes side streams after the compute stream's work so far;

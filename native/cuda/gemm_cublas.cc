@@ -132,14 +132,16 @@ bool lt_heuristic(Handles& h, cublasLtMatmulDesc_t op, int64_t m, int64_t n, int
   cublasLtMatmulPreference_t pref = nullptr;
   bool ok = false;
   do {
-    if (cublasLtMatrixLayoutCreate(&lx, cuda_type(ab), tx ? k : m, tx ? m : k, std::max(ldx, tx ? k : m)) !=
-        CUBLAS_STATUS_SUCCESS)
+    const int64_t ldx_q = std::max(ldx, tx ? k : m), ldy_q = std::max(ldy, ty ? n : k), ldc_q = std::max(ldc, m);
+    if (cublasLtMatrixLayoutCreate(&lx, cuda_type(ab), tx ? k : m, tx ? m : k, ldx_q) != CUBLAS_STATUS_SUCCESS) break;
+    if (cublasLtMatrixLayoutCreate(&ly, cuda_type(ab), ty ? n : k, ty ? k : n, ldy_q) != CUBLAS_STATUS_SUCCESS) break;
+    if (cublasLtMatrixLayoutCreate(&lc, cuda_type(ct), m, n, ldc_q) != CUBLAS_STATUS_SUCCESS) break;
+    // A bucketed (rounded-up) dimension makes each problem larger than the real strides leave room for: the query
+    // widens a stride to its layout's size so that the problems it describes do not overlap.
+    if (!set_batch(lx, batch, std::max(batch.sx, ldx_q * (tx ? m : k))) ||
+        !set_batch(ly, batch, std::max(batch.sy, ldy_q * (ty ? k : n))) ||
+        !set_batch(lc, batch, std::max(batch.sc, ldc_q * n)))
       break;
-    if (cublasLtMatrixLayoutCreate(&ly, cuda_type(ab), ty ? n : k, ty ? k : n, std::max(ldy, ty ? n : k)) !=
-        CUBLAS_STATUS_SUCCESS)
-      break;
-    if (cublasLtMatrixLayoutCreate(&lc, cuda_type(ct), m, n, std::max(ldc, m)) != CUBLAS_STATUS_SUCCESS) break;
-    if (!set_batch(lx, batch, batch.sx) || !set_batch(ly, batch, batch.sy) || !set_batch(lc, batch, batch.sc)) break;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) break;
     size_t ws = kWorkspaceBytes;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
@@ -254,7 +256,10 @@ bool lt_matmul(int device, Handles& h, int64_t m, int64_t n, int64_t k, float al
       if (!lt_heuristic(h, op, m, qn, qk, ldx, tx, ldy, ty, ab, ct, ldc, ax, ay, ac, batch, &entry.algo,
                         tune ? &cands : nullptr))
         break;
-      if (cands.size() > 1) entry.algo = fastest(device, cands, run);
+      if (cands.size() > 1) {
+        entry.algo = fastest(device, cands, run);
+        note_gemm_tune();
+      }
       entry.ok = true;
       std::lock_guard<std::mutex> lock(g_mu);
       algo_cache()[key] = entry;
@@ -358,7 +363,7 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
 void gemm_strided_batched(int device, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
                           int64_t lda, int64_t strideA, bool transA, const void* B, int64_t ldb, int64_t strideB,
                           bool transB, DType ab_dtype, const void* bias, int64_t strideBias, float beta, void* C,
-                          DType c_dtype, int64_t ldc, int64_t strideC) {
+                          DType c_dtype, int64_t ldc, int64_t strideC, GemmBucket bucket) {
   if (batch == 0 || M == 0 || N == 0) return;
   const size_t ab = ab_dtype == DType::BF16 ? 2 : 4, cb = c_dtype == DType::BF16 ? 2 : 4;
   auto one_by_one = [&] {  // cuBLASLt has no batched algorithm here: the same problems one at a time
@@ -366,7 +371,7 @@ void gemm_strided_batched(int device, int64_t batch, int64_t M, int64_t N, int64
       gemm_raw(device, M, N, K, alpha, static_cast<const char*>(A) + b * strideA * ab, lda, transA,
                static_cast<const char*>(B) + b * strideB * ab, ldb, transB, ab_dtype,
                bias ? static_cast<const char*>(bias) + b * strideBias * cb : nullptr, c_dtype, beta,
-               static_cast<char*>(C) + b * strideC * cb, c_dtype, ldc);
+               static_cast<char*>(C) + b * strideC * cb, c_dtype, ldc, bucket);
   };
   if (batch == 1 || K == 0 || (ab_dtype == DType::F32 && c_dtype == DType::BF16)) return one_by_one();
   Guard g(device);
@@ -378,7 +383,7 @@ void gemm_strided_batched(int device, int64_t batch, int64_t M, int64_t N, int64
   lb.sc = strideC;
   lb.sbias = strideBias;
   if (!lt_matmul(device, h, N, M, K, alpha, B, ldb, transB, A, lda, transA, ab_dtype, bias, beta, C, c_dtype, ldc,
-                 GemmBucket::None, lb))
+                 bucket, lb))
     one_by_one();
 }
 

@@ -966,7 +966,7 @@ void slab_xw(const Sizes& d, const std::vector<SlabRange>& slabs, const Tensor& 
     gemm_strided_batched(d.dev, r.e1 - r.e0, r.Mp, n, kdim, 1.f, B(X) + r.base * kdim, kdim, r.Mp * kdim, false,
                          B(W) + r.e0 * kdim * n, trans_w ? kdim : n, kdim * n, trans_w, DType::BF16,
                          bias ? B(*bias) + r.e0 * n : nullptr, bias ? n : 0, 0.f, Bm(Y) + r.base * n, DType::BF16, n,
-                         r.Mp * n);
+                         r.Mp * n, GemmBucket::M);
 }
 
 // Per slab range, one batched GEMM over its experts: dW[e] (f32 [m, n]) (+)= A_eᵀ · B_e with A [Np, m], B [Np, n]
@@ -976,7 +976,7 @@ void slab_wgrad(const Sizes& d, const std::vector<SlabRange>& slabs, const Tenso
   for (const auto& r : slabs)
     gemm_strided_batched(d.dev, r.e1 - r.e0, m, n, r.Mp, 1.f, B(A) + r.base * m, m, r.Mp * m, true,
                          B(Bt) + r.base * n, n, r.Mp * n, false, DType::BF16, nullptr, 0, beta,
-                         dW.data<float>() + r.e0 * m * n, DType::F32, n, m * n);
+                         dW.data<float>() + r.e0 * m * n, DType::F32, n, m * n, GemmBucket::K);
 }
 
 // ==== forward strategies ========================================================================================

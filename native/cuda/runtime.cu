@@ -384,6 +384,7 @@ float event_elapsed_ms(void* start, void* end) {
 
 namespace {
 std::atomic<uint64_t> g_launches{0};
+std::atomic<uint64_t> g_gemm_tunes{0};
 
 bool stream_capturing(cudaStream_t s) {
   cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
@@ -402,6 +403,8 @@ void destroy_marks(DeviceState& st) {
 
 void note_launch() { g_launches.fetch_add(1, std::memory_order_relaxed); }
 uint64_t launch_count() { return g_launches.load(std::memory_order_relaxed); }
+void note_gemm_tune() { g_gemm_tunes.fetch_add(1, std::memory_order_relaxed); }
+uint64_t gemm_tune_count() { return g_gemm_tunes.load(std::memory_order_relaxed); }
 
 void profile_enable(int device, bool on) {
   DeviceState& st = state(device);
