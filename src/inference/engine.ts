@@ -504,9 +504,12 @@ export class Engine {
  * sequences (their window plus the block they grow into) and one step of maxNumBatchedTokens prefill need, at most
  * the full pool's count. The full pool (unless numBlocks): on CUDA, what gpuMemoryUtilization x the device's memory
  * leaves after what the process has allocated now (weights), the engine's working buffers and CUDA overheads as the
- * memory planner counts them (engineMemoryPlan) and the sliding pool; on the CPU, maxNumSeqs sequences of
- * min(maxModelLen, 4096) tokens, at most 256 MiB.
+ * memory planner counts them (engineMemoryPlan) and the sliding pool, at most POOL_SEQ_FACTOR x maxNumSeqs
+ * sequences of maxModelLen tokens; on the CPU, maxNumSeqs sequences of min(maxModelLen, 4096) tokens, at most 256 MiB.
  */
+/** The auto-sized CUDA pool holds at most this many times what maxNumSeqs sequences of maxModelLen tokens fill. */
+const POOL_SEQ_FACTOR = 2;
+
 function poolSizes(
   runner: ModelRunner,
   layout: readonly { window: number }[],
@@ -536,6 +539,11 @@ function poolSizes(
       const held = memoryStats(runner.device).allocated;
       const slidingBytes = layout.reduce((a, sp, i) => a + (sp.window > 0 ? (opts.numSlidingBlocks ?? slidingDefault(sp.window)) * bytes[i]! : 0), 0);
       full = Math.floor((o.util * total - held - extra - slidingBytes) / fullBytes);
+      // A small model on a large GPU would otherwise get millions of blocks: every wake() zeroes the whole pool and
+      // builds its block lists, at each GRPO step (measured on an H100 with the GPU recipe's tiny model: the rollout
+      // phase took 8x the old static path's time), though the running set can never hold more than maxNumSeqs
+      // sequences of maxModelLen tokens. As many blocks again stay for cached prefixes.
+      full = Math.min(full, POOL_SEQ_FACTOR * o.maxNumSeqs * Math.ceil(o.maxModelLen / bs));
     }
   }
   return layout.map((sp) => (sp.window === 0 ? full! : (opts.numSlidingBlocks ?? Math.min(full!, slidingDefault(sp.window)))));

@@ -2,14 +2,23 @@
 // GptOssModel, so the policy's weight updates are seen at once and updateWeights has nothing to copy. The KV pool
 // lives only while generating (wake before, sleep after), so the training phase has that memory.
 import type { GptOssModel } from '../model/gptoss.ts';
-import type { GeneratorConfig } from '../config/schema.ts';
+import type { Config } from '../config/schema.ts';
 import type { Completion, Generator, SamplingParams } from '../trainer/policy.ts';
 import { Engine, type EngineOptions, type EngineStats, type GenerateRequest, type GenerateResponse } from './engine.ts';
 import { LocalModelRunner } from './model-runner.ts';
 
-/** The engine options a generator config asks for (generator.* keys; the seed framework's names). */
-export function engineOptionsFromConfig(g: GeneratorConfig): EngineOptions {
+/**
+ * The engine options a run's config asks for (generator.* keys; the seed framework's names). The model length is
+ * the longest sequence the run can make: for one-turn tasks the prompt limit (longer prompts are dropped when the
+ * task loads) plus the longest generation (training or evaluation); for multi-turn ones the model's own (the episode
+ * loop enforces generator.max_input_length itself). It bounds the auto-sized KV pool (engine.ts poolSizes).
+ */
+export function engineOptionsFromConfig(c: Config): EngineOptions {
+  const g = c.generator;
+  const longestGeneration = Math.max(g.sampling_params.max_generate_length, g.eval_sampling_params.max_generate_length ?? 0);
+  const maxModelLen = g.max_turns > 1 ? undefined : c.trainer.max_prompt_length + longestGeneration;
   return {
+    maxModelLen,
     gpuMemoryUtilization: g.gpu_memory_utilization,
     maxNumSeqs: g.max_num_seqs,
     maxNumBatchedTokens: g.max_num_batched_tokens,

@@ -772,7 +772,7 @@ export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: n
       const bucketBytes = opts.syncBucketBytes ?? SYNC_BUCKET_BYTES;
       sync = { collectives: await dist.collectives.subGroup(members), channel: dist.group.subGroup(members), bucketElems: Math.max(1, Math.floor(bucketBytes / 2)) };
     }
-    const options = engineOptionsFromConfig(c.generator);
+    const options = engineOptionsFromConfig(c);
     // tp 1: the engine's whole model (its own weights, synced after every step); tp T: only this rank's TP slice.
     const tp = layout.tensorParallelSize;
     if (engine < 0) {

@@ -296,7 +296,7 @@ export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssMo
     });
     log.info({ rank: spec.rank, alpha: spec.alpha, targets: spec.targets, trainable: policy.numParameters(), base: model.weights.numParameters() }, 'LoRA adapters on a frozen base');
   } else policy = new GptOssPolicy(model);
-  const generator = new LocalGenerator(model, engineOptionsFromConfig(c.generator));
+  const generator = new LocalGenerator(model, engineOptionsFromConfig(c));
   let ref: LogprobModel | undefined;
   const refPath = c.trainer.ref.model.path;
   if (refPath && c.trainer.algorithm.use_kl_loss) {

@@ -97,8 +97,16 @@ test('several processes: engines x tp must equal the processes when colocated; t
 
 test('generator.enforce_eager=false: accepted for one-device engines, refused with tensor-parallel engines or LoRA', () => {
   assert.deepEqual(unsupportedSettings(loadConfig({ overrides: ['generator.enforce_eager=false'] })), []);
-  assert.equal(engineOptionsFromConfig(loadConfig({ overrides: ['generator.enforce_eager=false'] }).generator).enforceEager, false);
-  assert.equal(engineOptionsFromConfig(loadConfig({}).generator).enforceEager, true);
+  assert.equal(engineOptionsFromConfig(loadConfig({ overrides: ['generator.enforce_eager=false'] })).enforceEager, false);
+  assert.equal(engineOptionsFromConfig(loadConfig({})).enforceEager, true);
+  // The model length: the longest one-turn sequence (prompt limit + the longer of the training and evaluation
+  // generations), which bounds the auto-sized KV pool; multi-turn runs keep the model's own.
+  assert.equal(engineOptionsFromConfig(loadConfig({ overrides: ['trainer.max_prompt_length=300', 'generator.sampling_params.max_generate_length=700'] })).maxModelLen, 1000);
+  assert.equal(
+    engineOptionsFromConfig(loadConfig({ overrides: ['trainer.max_prompt_length=300', 'generator.sampling_params.max_generate_length=700', 'generator.eval_sampling_params.max_generate_length=900'] })).maxModelLen,
+    1200,
+  );
+  assert.equal(engineOptionsFromConfig(loadConfig({ overrides: ['generator.max_turns=3', 'environment.env_class=gsm8k_tools'] })).maxModelLen, undefined);
   const tp = unsupportedSettings(loadConfig({ overrides: ['trainer.placement.policy_num_gpus_per_node=2', 'generator.inference_engine_tensor_parallel_size=2', 'generator.enforce_eager=false'] }));
   assert.equal(tp.length, 1, tp.join(' | '));
   assert.match(tp[0]!, /^generator\.enforce_eager=false with generator\.inference_engine_tensor_parallel_size=2: .*not supported/);
