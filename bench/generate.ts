@@ -222,9 +222,21 @@ async function fixed(model: GptOssModel, engine: Engine, graphEngine: Engine | n
       await engine.sleep();
       await graphEngine.wake();
       await graphEngine.generate(warm);
+      const g0 = graphEngine.stats().graphs!;
       const eg = await seconds(() => graphEngine.generate(reqs));
       engineGraphsTokS = eg.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0) / eg.s;
       graphs = graphEngine.stats().graphs;
+      // Where a replayed decode step's time goes over the measured batch: the graph on the GPU, the host's part of
+      // the replay call (inputs, launch, readback), and the rest of the engine step (scheduler, bookkeeping).
+      const n = graphs!.timedReplays - g0.timedReplays;
+      if (n > 0) {
+        const steps = graphs!.replays - g0.replays + graphs!.eager - g0.eager;
+        console.error(
+          `fixed batch ${B}, per replayed decode step: GPU ${((graphs!.replayGpuMs - g0.replayGpuMs) / n).toFixed(3)} ms, ` +
+            `replay call ${((graphs!.replayCallMs - g0.replayCallMs) / n).toFixed(3)} ms, ` +
+            `engine step (all ${steps} steps, prefill included) ${((1000 * eg.s) / steps).toFixed(3)} ms`,
+        );
+      }
       await graphEngine.sleep();
       await engine.wake();
       console.error(`fixed batch ${B}: engine + CUDA graphs ${engineGraphsTokS.toFixed(1)} tok/s (${(engineGraphsTokS / (produced / e.s)).toFixed(3)}x eager), graphs ${JSON.stringify(graphs)}`);

@@ -6,6 +6,4 @@
 # it guards has become the default (docs/architecture.md, "No per-op switches").
 T="node --test --test-reporter=tap --test-concurrency=1"
 # The runs that need several GPUs (issues 25, 26) are in scripts/multi-gpu-queue.sh.
-# Waiting: the decode MoE launch-shape sweep (bench/moe_decode_harness/harness.cu: pick moe_decode.cu's kThreads,
-# kUnroll, kBlocksPerSm, kMaxSplitK from its table, then rerun bench:moe --decode and batch-1 bench:generate).
-step moe-harness 120 bash -c 'nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative -Inative/cuda bench/moe_decode_harness/harness.cu -o /tmp/moeh && /tmp/moeh 1 2 4'
+# Nothing waiting.

@@ -1,5 +1,6 @@
 // Standalone timing of the decode MoE kernels (native/cuda/moe_decode_kernels.cuh; no Node, no cuBLAS) over their
-// launch shape, to tune moe_decode.cu's kThreads / kUnroll / kBlocksPerSm / kMaxSplitK on a GPU in one run.
+// launch shape, to tune moe_decode.cu's kThreads / kUnroll / blocks_per_sm / kMaxSplitK on a GPU in one run. The
+// "product" row is the shape at 8 blocks per SM (moe_decode.cu picks 4 at T 2 and 12 at T 5-8 from this table).
 // Batch-1 decode of gpt-oss-20b spends ~60% of a token in these kernels at ~70% of HBM bandwidth
 // (docs/inference.md, "Batch 1"); each 1% of HBM there is ~0.02 ms a token.
 //

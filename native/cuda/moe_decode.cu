@@ -35,9 +35,12 @@ namespace {
 constexpr int kThreads = 128;  // partial_kernel: threads per block, 8 columns each (1024 columns, 2 KB of a W row)
 constexpr int kUnroll = 8;     // weight rows per thread in flight (8 independent 16-byte loads)
 constexpr int kMaxSplitK = 512;  // rows of K per block at most (x rows staged in shared memory: R·512·4 = 16 KB)
-// Target blocks of partial_kernel per SM: at 128 threads and 8 loads of 16 bytes in flight each, 8 blocks per SM
-// keep ~128 KB in flight per SM, well above what HBM latency x bandwidth needs (~25-30 KB per SM on an H100).
-constexpr int kBlocksPerSm = 8;
+// Target blocks of partial_kernel per SM, by tokens T: at 128 threads and 8 loads of 16 bytes in flight each, 8
+// blocks per SM keep ~128 KB in flight per SM, well above what HBM latency x bandwidth needs (~25-30 KB per SM on an
+// H100). Measured with bench/moe_decode_harness on an H100 (bench/results/moe-decode-harness-h100.txt): at T 1 and 4
+// no launch shape beat 8 (74.3 µs at T 1: 80% of HBM); at T 2, 4 (137.1 vs 151.2 µs; fewer, longer splits); at T 5-8,
+// 12 (448.8 vs 463.8 µs at T 8).
+inline int blocks_per_sm(int64_t T) { return T == 2 ? 4 : T >= 5 ? 12 : 8; }
 
 // One product: out [N, Nc] (+ h) from A rows times W [E, K, Nc] plus bias [E, Nc], over the routing in offsets.
 // T bounds the rows of any one expert (a token picks an expert at most once).
@@ -47,7 +50,7 @@ void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W
   const int R = T >= 5 ? 8 : T >= 3 ? 4 : T == 2 ? 2 : 1;
   const int chunk_slots = static_cast<int>((T + R - 1) / R);
   const int slots = static_cast<int>(std::min<int64_t>(E, N));
-  const Split sp = split_k(sm_count(dev, "moeForward decode"), slots, K, Nc, kThreads, kBlocksPerSm, kMaxSplitK);
+  const Split sp = split_k(sm_count(dev, "moeForward decode"), slots, K, Nc, kThreads, blocks_per_sm(T), kMaxSplitK);
   Tensor part = make_tensor({sp.S, N, Nc}, DType::F32, dev);
   float* p = part.data<float>();
   switch (R) {

@@ -1,6 +1,6 @@
 // moe_decode_kernels.cuh: the decode MoE kernels of moe_decode.cu (see its header for the design), with the
 // launch shape as template and function parameters: moe_decode.cu launches them with the product's (kThreads,
-// kUnroll, kBlocksPerSm, kMaxSplitK there) and bench/moe_decode_harness/ calls them directly with others, to tune
+// kUnroll, blocks_per_sm, kMaxSplitK there) and bench/moe_decode_harness/ calls them directly with others, to tune
 // those on a GPU in one run instead of one rebuild per guess.
 #pragma once
 #include <algorithm>
@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__
     for (int j = 0; j < 8; j++) acc[r][j] = 0.f;
 
   // Not double-buffered: a second set of UNROLL loads in registers (56 -> 95 at R 1) would cut the resident blocks
-  // per SM below kBlocksPerSm; the other resident warps hide each step's latency instead.
+  // per SM below blocks_per_sm; the other resident warps hide each step's latency instead.
   for (int kk = 0; kk < klen; kk += UNROLL) {
     if (kk > 0) {
 #pragma unroll

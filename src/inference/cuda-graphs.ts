@@ -30,6 +30,7 @@
 // On the CPU the same code runs with the static buffers in host memory and a "replay" that calls deviceStep
 // eagerly over them (no capture): the padding and the static layout are tested by the CPU engine tests.
 import { native, deviceIndex } from '../native.ts';
+import type { NativeEvent } from '../native-ops.ts';
 import { Tensor, synchronize } from '../tensor.ts';
 import { disposeAll } from '../model/tensor-helpers.ts';
 import type { LocalModelRunner, StepInput, StepOutput, StepTensors } from './model-runner.ts';
@@ -238,14 +239,25 @@ export interface DecodeGraphStats {
   graphs: number;
   /** Nodes (kernels, copies, memsets) of each held graph by key "bucket x width" (CUDA; 0 on the CPU). */
   nodes: Record<string, number>;
+  /**
+   * Replays' GPU time, summed (CUDA: events around each graph launch; 0 on the CPU), and the host time of the calls
+   * that replayed (filling the inputs, the launch, waiting for and reading the sampled tokens): per replay, their
+   * difference is host work the GPU waits for, and the engine's step time beyond the call is the scheduler's.
+   */
+  replayGpuMs: number;
+  replayCallMs: number;
+  /** The replays those two sums cover (CUDA: every replay but the capturing ones). */
+  timedReplays: number;
 }
 
 /** The CUDA graphs of one LocalModelRunner's decode steps (see the file comment). */
 export class DecodeGraphs {
   private readonly graphs = new Map<string, DecodeGraph>();
   private pool = 0;
-  private readonly counts = { captures: 0, replays: 0, eager: 0 };
+  private readonly counts = { captures: 0, replays: 0, eager: 0, replayGpuMs: 0, replayCallMs: 0, timedReplays: 0 };
   private readonly cpu: boolean;
+  /** Timing events around a replay (CUDA). */
+  private readonly marks: [NativeEvent, NativeEvent] | null;
   /** The largest bucket captured (largestGraphBucket); larger decode steps run eagerly. */
   readonly maxBucket: number;
 
@@ -256,12 +268,15 @@ export class DecodeGraphs {
     maxBatch: number,
   ) {
     this.cpu = runner.device === 'cpu';
+    const dev = deviceIndex(runner.device);
+    this.marks = this.cpu ? null : [native().ops.eventCreate(dev, true), native().ops.eventCreate(dev, true)];
     const c = runner.config;
     this.maxBucket = largestGraphBucket(c.numExperts, c.topK, maxBatch);
   }
 
   /** Runs a decode-only step from a graph; null when the step is not one graphs take (the caller runs it eagerly). */
   run(s: StepInput): StepOutput | null {
+    const t0 = performance.now();
     const B = s.contextLens.length;
     const bucket = isDecodeStep(s) ? graphBucket(B) : null;
     if (bucket === null || bucket > this.maxBucket) {
@@ -282,13 +297,23 @@ export class DecodeGraphs {
       out = this.runner.deviceStep(g.inputs);
     } else {
       if (fresh) this.capture(g, key);
-      native().ops.graphLaunch(g.graph, deviceIndex(this.runner.device));
+      const dev = deviceIndex(this.runner.device);
+      native().ops.eventRecord(this.marks![0], dev);
+      native().ops.graphLaunch(g.graph, dev);
+      native().ops.eventRecord(this.marks![1], dev);
       out = g.out!;
     }
     this.counts.replays++;
     const tokens = out.tokens.toInt32().slice(0, B);
     const logprobs = out.logprobs.toFloat32().slice(0, B);
     if (this.cpu) disposeAll(out.tokens, out.logprobs);
+    else if (!fresh) {
+      // The readback waited for the replay, so the end event is complete. (A capturing call is left out: its eager
+      // warm-up and capture are not a replay's cost.)
+      this.counts.replayGpuMs += native().ops.eventElapsedMs(this.marks![0], this.marks![1]);
+      this.counts.replayCallMs += performance.now() - t0;
+      this.counts.timedReplays++;
+    }
     return { tokens, logprobs };
   }
 
