@@ -83,19 +83,18 @@ void routing(int T, std::vector<int32_t>& perm, std::vector<int32_t>& offsets) {
 struct Config {
   const char* name;
   int threads, unroll, blocks_per_sm, max_split_k;
-  bool pdl;  // every launch with programmatic dependent launch (common.cuh launch_pdl)
   void (*partial)(int R, const bf*, int64_t, const int32_t*, const bf*, const int32_t*, int, int, int, Split, int, int,
                   int64_t, float*, cudaStream_t);
 };
 
-template <int THREADS, int UNROLL, bool PDL = false>
+template <int THREADS, int UNROLL>
 void partial_r(int R, const bf* A, int64_t lda, const int32_t* perm, const bf* W, const int32_t* offsets, int e, int K,
                int Nc, Split sp, int chunk_slots, int slots, int64_t N, float* part, cudaStream_t st) {
   switch (R) {
-    case 1: launch_partial<1, THREADS, UNROLL, PDL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
-    case 2: launch_partial<2, THREADS, UNROLL, PDL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
-    case 4: launch_partial<4, THREADS, UNROLL, PDL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
-    default: launch_partial<8, THREADS, UNROLL, PDL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
+    case 1: launch_partial<1, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
+    case 2: launch_partial<2, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
+    case 4: launch_partial<4, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
+    default: launch_partial<8, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
   }
 }
 
@@ -106,11 +105,10 @@ void forward(const Bufs& b, const Config& c, int sms, cudaStream_t st, int* s_gu
   const int slots = std::min(E, b.N);
   const Split g = split_k(sms, slots, H, 2 * I, c.threads, c.blocks_per_sm, c.max_split_k);
   c.partial(R, b.x, H, b.perm, b.wgu, b.offsets, E, H, 2 * I, g, chunk_slots, slots, b.N, b.part, st);
-  auto reduce = c.pdl ? launch_reduce<true> : launch_reduce<false>;
-  reduce(b.part, g.S, b.N, 2 * I, b.offsets, E, b.bgu, kLimit, b.gu, b.h, st);
+  launch_reduce(b.part, g.S, b.N, 2 * I, b.offsets, E, b.bgu, kLimit, b.gu, b.h, st);
   const Split d = split_k(sms, slots, I, H, c.threads, c.blocks_per_sm, c.max_split_k);
   c.partial(R, b.h, I, nullptr, b.wdn, b.offsets, E, I, H, d, chunk_slots, slots, b.N, b.part, st);
-  reduce(b.part, d.S, b.N, H, b.offsets, E, b.bdn, kLimit, b.yp, nullptr, st);
+  launch_reduce(b.part, d.S, b.N, H, b.offsets, E, b.bdn, kLimit, b.yp, nullptr, st);
   if (s_gu) *s_gu = g.S;
   if (s_dn) *s_dn = d.S;
 }
@@ -143,27 +141,24 @@ int main(int argc, char** argv) {
 
   // The product's configuration first (the reference of the yp differences), then the candidates.
   const std::vector<Config> configs = {
-      {"product", 128, 8, 8, 512, false, partial_r<128, 8>},
-      {"pdl", 128, 8, 8, 512, true, partial_r<128, 8, true>},
-      {"bps4", 128, 8, 4, 512, false, partial_r<128, 8>},
-      {"bps16", 128, 8, 16, 512, false, partial_r<128, 8>},
-      {"bps12", 128, 8, 12, 512, false, partial_r<128, 8>},
-      {"u4", 128, 4, 8, 512, false, partial_r<128, 4>},
-      {"u4-bps16", 128, 4, 16, 512, false, partial_r<128, 4>},
-      {"t256", 256, 8, 4, 512, false, partial_r<256, 8>},
-      {"t256-bps8", 256, 8, 8, 512, false, partial_r<256, 8>},
-      {"t64", 64, 8, 16, 512, false, partial_r<64, 8>},
-      {"t64-bps24", 64, 8, 24, 512, false, partial_r<64, 8>},
-      {"ks1024", 128, 8, 8, 1024, false, partial_r<128, 8>},
-      {"ks256", 128, 8, 8, 256, false, partial_r<128, 8>},
-      {"pdl-bps16", 128, 8, 16, 512, true, partial_r<128, 8, true>},
-      {"pdl-t256-bps8", 256, 8, 8, 512, true, partial_r<256, 8, true>},
+      {"product", 128, 8, 8, 512, partial_r<128, 8>},
+      {"bps4", 128, 8, 4, 512, partial_r<128, 8>},
+      {"bps16", 128, 8, 16, 512, partial_r<128, 8>},
+      {"bps12", 128, 8, 12, 512, partial_r<128, 8>},
+      {"u4", 128, 4, 8, 512, partial_r<128, 4>},
+      {"u4-bps16", 128, 4, 16, 512, partial_r<128, 4>},
+      {"t256", 256, 8, 4, 512, partial_r<256, 8>},
+      {"t256-bps8", 256, 8, 8, 512, partial_r<256, 8>},
+      {"t64", 64, 8, 16, 512, partial_r<64, 8>},
+      {"t64-bps24", 64, 8, 24, 512, partial_r<64, 8>},
+      {"ks1024", 128, 8, 8, 1024, partial_r<128, 8>},
+      {"ks256", 128, 8, 8, 256, partial_r<128, 8>},
   };
 
   printf("moe decode harness on %s (%d SMs): E %d, top-%d, H %d, I %d; µs per expert-MLP forward (4 launches, CUDA graph)\n",
          prop.name, sms, E, K_TOP, H, I);
-  printf("| T | config | threads | unroll | blocks/SM | max ks | PDL | S gate_up | S down | µs | GB/s | max |yp - product's| |\n");
-  printf("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
+  printf("| T | config | threads | unroll | blocks/SM | max ks | S gate_up | S down | µs | GB/s | max |yp - product's| |\n");
+  printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
 
   Bufs b;
   b.wgu = upload_random(static_cast<size_t>(E) * H * 2 * I, 0.02f);
@@ -220,8 +215,8 @@ int main(int argc, char** argv) {
       float ms = 0.f;
       CK(cudaEventElapsedTime(&ms, t0, t1));
       const double us = 1000.0 * ms / reps;
-      printf("| %d | %s | %d | %d | %d | %d | %s | %d | %d | %.2f | %.0f | %.3g |\n", T, c.name, c.threads, c.unroll,
-             c.blocks_per_sm, c.max_split_k, c.pdl ? "yes" : "no", s_gu, s_dn, us, bytes / (us * 1e3), diff);
+      printf("| %d | %s | %d | %d | %d | %d | %d | %d | %.2f | %.0f | %.3g |\n", T, c.name, c.threads, c.unroll,
+             c.blocks_per_sm, c.max_split_k, s_gu, s_dn, us, bytes / (us * 1e3), diff);
       CK(cudaGraphExecDestroy(exec));
       CK(cudaGraphDestroy(graph));
     }

@@ -55,44 +55,6 @@ inline int sm_count(int dev, const char* what) {
   return n;
 }
 
-// Programmatic dependent launch (sm_90+): a kernel launched with launch_pdl may start while the kernel before it
-// on the stream is still running, so its launch and block scheduling overlap that kernel's tail (each kernel
-// boundary of a CUDA-graph replay costs a few µs otherwise). Such a kernel must call pdl_wait() before it reads
-// anything an earlier kernel wrote (it returns once the previous grid has finished and its memory is visible);
-// pdl_trigger() lets the next PDL kernel launch before this one ends. Both are no-ops in a kernel launched plainly.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// Launches kernel<<<grid, block, smem, st>>>(args...), with programmatic stream serialization when `pdl` (the
-// kernel then has to pdl_wait() before reading its inputs).
-template <typename... KArgs, typename... Args>
-void launch_pdl(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
-                Args&&... args) {
-  if (!pdl) {
-    kernel<<<grid, block, smem, st>>>(static_cast<KArgs>(args)...);
-    return;
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
-}
-
 __device__ __forceinline__ float ldf(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float ldf(const float* p) { return *p; }
 __device__ __forceinline__ void stf(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }

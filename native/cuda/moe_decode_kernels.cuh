@@ -49,18 +49,13 @@ __device__ __forceinline__ uint4 ld_stream(const bf* p) { return __ldcs(reinterp
 // z = expert slot. R (1, 2, 4 or 8): rows per chunk; the host picks the smallest that holds T (an expert has at
 // most T rows), so chunk_slots = ceil(T / R) and chunks past an expert's count exit. Rows past the count within
 // a chunk skip their FMAs (a block-uniform branch).
-// PDL: launched with launch_pdl (common.cuh): it waits for the kernel before it first, then lets the next one launch.
-template <int R, int THREADS, int UNROLL, bool PDL = false>
+template <int R, int THREADS, int UNROLL>
 __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__ A, int64_t lda,
                                                           const int32_t* __restrict__ perm, const bf* __restrict__ W,
                                                           const int32_t* __restrict__ offsets, int E, int K, int Nc,
                                                           int ks, int chunk_slots, int64_t N,
                                                           float* __restrict__ part) {
   extern __shared__ __align__(16) float xs[];  // [R][ks]: the chunk's A rows over this split, fp32
-  if constexpr (PDL) {
-    pdl_wait();
-    pdl_trigger();
-  }
   const int e = slot_expert(offsets, E, blockIdx.z);
   if (e < 0) return;
   const int chunk = blockIdx.x % chunk_slots, tile = blockIdx.x / chunk_slots;
@@ -141,16 +136,12 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__
 // out[r, c+1])) (gate/up interleaved). Block (32, kReduceLanes): threadIdx.x owns 4 columns, threadIdx.y sums the
 // splits s ≡ y (mod kReduceLanes) in increasing order, then row 0 adds the lanes in increasing y: a fixed order.
 // part f32 [S, N, Nc], bias bf16 [E, Nc], out bf16 [N, Nc], h bf16 [N, Nc/2]; Nc % 4 == 0.
-template <bool SWIGLU, bool PDL = false>
+template <bool SWIGLU>
 __global__ void __launch_bounds__(32 * kReduceLanes) reduce_kernel(const float* __restrict__ part, int S, int64_t N,
                                                                    int Nc, const int32_t* __restrict__ offsets, int E,
                                                                    const bf* __restrict__ bias, float limit,
                                                                    bf* __restrict__ out, bf* __restrict__ h) {
   __shared__ float4 red[kReduceLanes][32];
-  if constexpr (PDL) {
-    pdl_wait();
-    pdl_trigger();
-  }
   const int64_t r = blockIdx.x;
   const int c = (blockIdx.y * 32 + threadIdx.x) * 4;
   float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -210,24 +201,22 @@ inline Split split_k(int sms, int slots, int K, int Nc, int threads, int blocks_
 }
 
 // partial_kernel over grid (chunk_slots x column tiles, S, slots) with R·ks fp32 of shared memory.
-template <int R, int THREADS, int UNROLL, bool PDL = false>
+template <int R, int THREADS, int UNROLL>
 void launch_partial(const bf* A, int64_t lda, const int32_t* perm, const bf* W, const int32_t* offsets, int E, int K,
                     int Nc, Split sp, int chunk_slots, int slots, int64_t N, float* part, cudaStream_t st) {
   static_assert(8 % UNROLL == 0, "a split (ks rows, a multiple of 8) is whole unrolled steps");
   const int tiles = ceil_div(Nc / 8, THREADS);
   const size_t smem = sizeof(float) * R * sp.ks;
-  launch_pdl(PDL, partial_kernel<R, THREADS, UNROLL, PDL>, dim3(chunk_slots * tiles, sp.S, slots), dim3(THREADS), smem,
-             st, A, lda, perm, W, offsets, E, K, Nc, sp.ks, chunk_slots, N, part);
+  partial_kernel<R, THREADS, UNROLL><<<dim3(chunk_slots * tiles, sp.S, slots), THREADS, smem, st>>>(
+      A, lda, perm, W, offsets, E, K, Nc, sp.ks, chunk_slots, N, part);
 }
 
 // reduce_kernel over grid (N rows, Nc/128): out (+ h with SWIGLU) from the S split partials.
-template <bool PDL = false>
-void launch_reduce(const float* part, int S, int64_t N, int Nc, const int32_t* offsets, int E, const bf* bias,
-                   float limit, bf* out, bf* h, cudaStream_t st) {
+inline void launch_reduce(const float* part, int S, int64_t N, int Nc, const int32_t* offsets, int E, const bf* bias,
+                          float limit, bf* out, bf* h, cudaStream_t st) {
   const dim3 grid(static_cast<unsigned>(N), ceil_div(Nc / 4, 32)), block(32, kReduceLanes);
-  if (h) launch_pdl(PDL, reduce_kernel<true, PDL>, grid, block, 0, st, part, S, N, Nc, offsets, E, bias, limit, out, h);
-  else launch_pdl(PDL, reduce_kernel<false, PDL>, grid, block, 0, st, part, S, N, Nc, offsets, E, bias, limit, out,
-                  static_cast<bf*>(nullptr));
+  if (h) reduce_kernel<true><<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, h);
+  else reduce_kernel<false><<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, nullptr);
 }
 
 }  // namespace gptoss::cuda::moe_decode

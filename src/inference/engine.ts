@@ -499,6 +499,9 @@ export class Engine {
   }
 }
 
+/** The auto-sized CUDA pool holds at most this many times what maxNumSeqs sequences of maxModelLen tokens fill. */
+const POOL_SEQ_FACTOR = 2;
+
 /**
  * Blocks of each KV space's pool. The sliding-window pool (unless numSlidingBlocks): what maxNumSeqs decoding
  * sequences (their window plus the block they grow into) and one step of maxNumBatchedTokens prefill need, at most
@@ -507,9 +510,6 @@ export class Engine {
  * memory planner counts them (engineMemoryPlan) and the sliding pool, at most POOL_SEQ_FACTOR x maxNumSeqs
  * sequences of maxModelLen tokens; on the CPU, maxNumSeqs sequences of min(maxModelLen, 4096) tokens, at most 256 MiB.
  */
-/** The auto-sized CUDA pool holds at most this many times what maxNumSeqs sequences of maxModelLen tokens fill. */
-const POOL_SEQ_FACTOR = 2;
-
 function poolSizes(
   runner: ModelRunner,
   layout: readonly { window: number }[],
