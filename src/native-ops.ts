@@ -380,6 +380,20 @@ export interface NativeOps {
     vCache?: TensorArg,
     slots?: TensorArg,
   ): { q: NativeTensor; k: NativeTensor; v: NativeTensor };
+  /** undefined where the fused CUDA kernel does not take the call (the caller runs the linear and ropeQkvSplit). */
+  ropeQkvProject(
+    x: TensorArg,
+    w: TensorArg,
+    bias: TensorArg | undefined,
+    positions: TensorArg,
+    invFreq: TensorArg,
+    attentionScaling: number,
+    numHeads: number,
+    numKvHeads: number,
+    kCache?: TensorArg,
+    vCache?: TensorArg,
+    slots?: TensorArg,
+  ): { q: NativeTensor; k: NativeTensor; v: NativeTensor } | undefined;
   ropeQkvPack(
     dq: TensorArg,
     dk: TensorArg,
@@ -574,6 +588,7 @@ export const NATIVE_OP_NAMES = [
   'ropeForward',
   'ropeBackward',
   'ropeQkvSplit',
+  'ropeQkvProject',
   'ropeQkvPack',
   // sampling.cc
   'sample',

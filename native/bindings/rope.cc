@@ -5,6 +5,7 @@
 #include "../cpu/rope.h"
 #include "args.h"
 #ifdef GPTOSS_WITH_CUDA
+#include "../cuda/gemm.h"
 #include "../cuda/rope.h"
 #endif
 
@@ -73,6 +74,34 @@ static void check_qkv_parts(const char* op, const Tensor& qkv, const Tensor& q, 
   check_device(op, qkv, "positions", pos);
 }
 
+// The optional KV-cache write of ropeQkvSplit / ropeQkvProject: kCache, vCache ([M, Hkv, D] in x's dtype, a KV
+// cache's flat pools) and slots (i32 [T]) at info[i..i+2], all three given (checked here) or none (not called).
+struct CacheArgs {
+  Tensor& k;
+  Tensor& v;
+  Tensor& slots;
+};
+static CacheArgs cache_args(const Napi::CallbackInfo& info, size_t i, const char* op, const Tensor& x, int64_t hkv,
+                            int64_t d) {
+  const auto given = [&](size_t j) { return info.Length() > j && !info[j].IsUndefined(); };
+  GPTOSS_CHECK(given(i) && given(i + 1) && given(i + 2), op, ": kCache, vCache and slots go together (got ",
+               given(i) ? "kCache" : "no kCache", ", ", given(i + 1) ? "vCache" : "no vCache", ", ",
+               given(i + 2) ? "slots" : "no slots", ")");
+  Tensor& kc = tensor_arg(info, i, op, "kCache");
+  Tensor& vc = tensor_arg(info, i + 1, op, "vCache");
+  Tensor& slots = tensor_arg(info, i + 2, op, "slots");
+  GPTOSS_CHECK(kc.ndim() == 3 && kc.dim(1) == hkv && kc.dim(2) == d && kc.dtype == x.dtype, op, ": kCache must be ",
+               dtype_name(x.dtype), " [M, ", hkv, ", ", d, "] (a flat pool), got ", kc.describe());
+  check_shape(op, "vCache", vc, kc.shape);
+  check_dtype(op, "vCache", vc, x.dtype);
+  check_dtype(op, "slots", slots, DType::I32);
+  check_shape(op, "slots", slots, {x.dim(0)});
+  check_device(op, x, "kCache", kc);
+  check_device(op, x, "vCache", vc);
+  check_device(op, x, "slots", slots);
+  return {kc, vc, slots};
+}
+
 // ropeQkvSplit(qkv bf16|f32 [T, (Hq + 2*Hkv)*D], positions i32 [T], invFreq f32 [D/2], attentionScaling, numHeads,
 // numKvHeads, kCache?, vCache?, slots?) -> { q [T, Hq, D] and k [T, Hkv, D] rotated (the forward rope), v [T, Hkv, D]
 // copied }, qkv's dtype. With kCache, vCache ([M, Hkv, D] in qkv's dtype: a KV cache's flat pools) and slots (i32
@@ -103,21 +132,7 @@ GPTOSS_OP(ropeQkvSplit) {
                     cuda::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false));
     return tensor_object(info.Env(), {{"q", q}, {"k", k}, {"v", v}});
   }
-  GPTOSS_CHECK(given(6) && given(7) && given(8), op, ": kCache, vCache and slots go together (got ",
-               given(6) ? "kCache" : "no kCache", ", ", given(7) ? "vCache" : "no vCache", ", ",
-               given(8) ? "slots" : "no slots", ")");
-  Tensor& kc = tensor_arg(info, 6, op, "kCache");
-  Tensor& vc = tensor_arg(info, 7, op, "vCache");
-  Tensor& slots = tensor_arg(info, 8, op, "slots");
-  GPTOSS_CHECK(kc.ndim() == 3 && kc.dim(1) == hkv && kc.dim(2) == d && kc.dtype == qkv.dtype, op,
-               ": kCache must be ", dtype_name(qkv.dtype), " [M, ", hkv, ", ", d, "] (a flat pool), got ", kc.describe());
-  check_shape(op, "vCache", vc, kc.shape);
-  check_dtype(op, "vCache", vc, qkv.dtype);
-  check_dtype(op, "slots", slots, DType::I32);
-  check_shape(op, "slots", slots, {tn});
-  check_device(op, qkv, "kCache", kc);
-  check_device(op, qkv, "vCache", vc);
-  check_device(op, qkv, "slots", slots);
+  auto [kc, vc, slots] = cache_args(info, 6, op, qkv, hkv, d);
 #ifdef GPTOSS_WITH_CUDA
   const cuda::RopeCacheWrite cw{kc, vc, slots};
 #endif
@@ -126,6 +141,61 @@ GPTOSS_OP(ropeQkvSplit) {
                    cpu::scatter_rows(vc, v, slots)),
                   cuda::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false, &cw));
   return tensor_object(info.Env(), {{"q", q}, {"k", k}, {"v", v}});
+}
+
+// ropeQkvProject(x bf16 [T, H], w bf16 [(Hq + 2*Hkv)*D, H], bias bf16|f32 [(Hq + 2*Hkv)*D] | undefined, positions
+// i32 [T], invFreq f32 [D/2], attentionScaling, numHeads, numKvHeads, kCache?, vCache?, slots?) -> { q, k, v } as
+// ropeQkvSplit(x·wᵀ + bias, ...) gives them (bf16, the same bits as the linear's bf16 output then ropeQkvSplit),
+// from one CUDA kernel (gemv.cu: a decode step's q/k/v projection with the rope and the KV-cache write in its
+// epilogue), or undefined where that kernel does not take the call (the CPU, more than 8 rows, other dtypes or
+// alignments): the caller then runs the linear and ropeQkvSplit (src/ops/rope.ts).
+GPTOSS_OP(ropeQkvProject) {
+  const char* op = "ropeQkvProject";
+  Tensor& x = tensor_arg(info, 0, op, "x");
+  Tensor& w = tensor_arg(info, 1, op, "w");
+  const bool has_bias = info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull();
+  Tensor* bias = has_bias ? &tensor_arg(info, 2, op, "bias") : nullptr;
+  Tensor& pos = tensor_arg(info, 3, op, "positions");
+  Tensor& inv = tensor_arg(info, 4, op, "invFreq");
+  double sc = num_arg(info, 5, op, "attentionScaling");
+  int64_t hq = int_arg(info, 6, op, "numHeads"), hkv = int_arg(info, 7, op, "numKvHeads");
+  check_float(op, "x", x);
+  check_dtype(op, "invFreq", inv, DType::F32);
+  GPTOSS_CHECK(inv.ndim() == 1 && hq > 0 && hkv > 0, op, ": need numHeads, numKvHeads > 0 and invFreq [D/2], got ",
+               hq, ", ", hkv, ", ", inv.describe());
+  const int64_t d = inv.dim(0) * 2, n = (hq + 2 * hkv) * d, tn = x.dim(0);
+  GPTOSS_CHECK(x.ndim() == 2, op, ": x must be [T, H], got ", x.describe());
+  GPTOSS_CHECK(w.ndim() == 2 && w.dim(0) == n && w.dim(1) == x.dim(1) && is_float(w), op, ": w must be [", n, ", ",
+               x.dim(1), "] ((numHeads + 2*numKvHeads) * D rows), got ", w.describe());
+  if (bias)
+    GPTOSS_CHECK(bias->ndim() == 1 && bias->dim(0) == n && is_float(*bias), op, ": bias must be bf16 or f32 [", n,
+                 "], got ", bias->describe());
+  check_dtype(op, "positions", pos, DType::I32);
+  check_shape(op, "positions", pos, {tn});
+  check_device(op, x, "w", w);
+  if (bias) check_device(op, x, "bias", *bias);
+  check_device(op, x, "positions", pos);
+  check_device(op, x, "invFreq", inv);
+  GPTOSS_CHECK(std::isfinite(sc), op, ": attentionScaling must be finite, got ", sc);
+  bool with_cache = false;  // any of the three given: cache_args then wants all three
+  for (size_t i = 8; i < 11; i++) with_cache = with_cache || (info.Length() > i && !info[i].IsUndefined());
+#ifdef GPTOSS_WITH_CUDA
+  if (x.device != kCpu && x.dtype == DType::BF16 && cuda::gemv_rope_qkv_applies(x, w, d)) {
+    Tensor q = make_tensor({tn, hq, d}, DType::BF16, x.device);
+    Tensor k = make_tensor({tn, hkv, d}, DType::BF16, x.device);
+    Tensor v = make_tensor({tn, hkv, d}, DType::BF16, x.device);
+    if (with_cache) {
+      auto [kc, vc, slots] = cache_args(info, 8, op, x, hkv, d);
+      const cuda::RopeCacheWrite cw{kc, vc, slots};
+      cuda::gemv_rope_qkv(x, w, bias, pos, inv, static_cast<float>(sc), q, k, v, &cw);
+    } else {
+      cuda::gemv_rope_qkv(x, w, bias, pos, inv, static_cast<float>(sc), q, k, v, nullptr);
+    }
+    return tensor_object(info.Env(), {{"q", q}, {"k", k}, {"v", v}});
+  }
+#endif
+  if (with_cache) cache_args(info, 8, op, x, hkv, d);  // the same checks either way
+  return info.Env().Undefined();
 }
 
 // ropeQkvPack(dq [T, Hq, D], dk [T, Hkv, D], dv [T, Hkv, D] (one float dtype), positions, invFreq, attentionScaling,

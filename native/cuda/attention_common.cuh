@@ -346,19 +346,22 @@ __device__ __forceinline__ void online_softmax_step(float (&sc)[NJ][4], float (&
 // log2 domain, -inf for a split that saw no key; lp: sum of 2^(s - max); op: unnormalised output [nsplit][D]) with
 // the sink logit `sink` (log2 domain, -inf for none). With M = max(sink, mp[s]): o = sum_s 2^(mp[s] - M) op[s][d],
 // L = 2^(sink - M) + sum_s 2^(mp[s] - M) lp[s]; the output is o / L (L is 0 only when nothing was seen at all).
-template <int D>
+// kFromL2: read the partials through L2 (__ldcg), for a merge by the last of the split CTAs in the same launch
+// (other SMs wrote them: this SM's L1 must not serve them).
+template <int D, bool kFromL2 = false>
 __device__ __forceinline__ void merge_splits(float sink, const float* mp, const float* lp, const float* op, int nsplit,
                                              int d, float& o, float& L) {
+  auto ld = [](const float* a) { return kFromL2 ? __ldcg(a) : *a; };
   float M = sink;
-  for (int s = 0; s < nsplit; s++) M = fmaxf(M, mp[s]);
+  for (int s = 0; s < nsplit; s++) M = fmaxf(M, ld(mp + s));
   L = sink == -INFINITY ? 0.f : exp2f(sink - M);
   o = 0.f;
   for (int s = 0; s < nsplit; s++) {
-    const float ms = mp[s];
+    const float ms = ld(mp + s);
     if (ms == -INFINITY) continue;
     const float w = exp2f(ms - M);
-    L += w * lp[s];
-    o += w * op[s * D + d];
+    L += w * ld(lp + s);
+    o += w * ld(op + s * D + d);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "../common/tensor.h"
+#include "rope.h"
 
 namespace gptoss::cuda {
 
@@ -66,5 +67,14 @@ bool gemv_applies(int64_t M, int64_t N, int64_t K, const void* A, int64_t lda, b
 void gemv_bf16(int device, void* stream, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int64_t lda,
                const void* B, int64_t ldb, const void* bias, DType bias_dtype, float beta, void* C, DType c_dtype,
                int64_t ldc);
+
+// The decode q/k/v projection and its rope split in one launch: q, k, v = ropeQkvSplit(x·wᵀ + bias) (with the
+// KV-cache write when `cache` is given), the same bits as gemv_bf16 (bf16 output) then rope_qkv (rope.h).
+// x bf16 [M, K] contiguous, 1 <= M <= kGemvMaxRows; w bf16 [(hq + 2 hkv)·D, K] contiguous; bias bf16 or f32
+// [(hq + 2 hkv)·D] or null; positions i32 [M]; inv_freq f32 [D/2]; q bf16 [M, hq, D], k and v bf16 [M, hkv, D].
+bool gemv_rope_qkv_applies(const Tensor& x, const Tensor& w, int64_t d);
+void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& positions,
+                   const Tensor& inv_freq, float scaling, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const RopeCacheWrite* cache);
 
 }  // namespace gptoss::cuda

@@ -28,8 +28,11 @@
 //
 // CUDA graphs: no allocation, no host synchronisation; the launch goes on the stream the caller passes (the
 // device's compute stream, or a GEMM lane's).
+#include <type_traits>
+
 #include "common.cuh"
 #include "gemm.h"
+#include "rope_math.cuh"
 #include "vec_io.cuh"
 
 namespace gptoss::cuda {
@@ -39,23 +42,14 @@ namespace {
 constexpr int kThreads = 128;  // 4 warps: K = 2880 is 360 chunks, ~2.8 per thread
 constexpr int kWarps = kThreads / 32;
 
-// x [M, K] bf16 (row stride ldx, 16-byte aligned rows), w [N, K] bf16 (row stride ldw, 16-byte aligned rows),
-// bias [N] (bf16 when bias_bf16, else f32; may be null), C [M, N] (row stride ldc) of TC. K % 8 == 0.
-template <int M, int ROWS, typename TC>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(int64_t N, int64_t K, const __nv_bfloat16* __restrict x,
-                                                        int64_t ldx, const __nv_bfloat16* __restrict w, int64_t ldw,
-                                                        const void* __restrict bias, bool bias_bf16, float alpha,
-                                                        float beta, TC* __restrict C, int64_t ldc) {
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * ROWS;
+// The block's M x ROWS dot products x[m]·w_r over K (K % 8 == 0), summed in a fixed order: per thread over its
+// chunks (t, t + kThreads, ...), then warp shuffles, then the warps in order. Returns, for threads < M·ROWS, sum
+// (m = tid / ROWS, r = tid % ROWS); other threads get 0. The order depends only on (K, kThreads), not on ROWS or on
+// which rows of W the block reads, so every kernel built on it gives an output column the same bits.
+template <int M, int ROWS>
+__device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __restrict x, int64_t ldx,
+                                            const uint4* (&wrow)[ROWS]) {
   const int64_t chunks = K / 8;
-  // Rows past N (the last block when ROWS does not divide N) read row N-1 again and are never stored: the loads
-  // stay in bounds without a branch in the loop.
-  const uint4* wrow[ROWS];
-#pragma unroll
-  for (int r = 0; r < ROWS; r++) {
-    const int64_t n = n0 + r < N ? n0 + r : N - 1;
-    wrow[r] = reinterpret_cast<const uint4*>(w + n * ldw);
-  }
   float acc[M][ROWS];
 #pragma unroll
   for (int m = 0; m < M; m++)
@@ -99,21 +93,105 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(int64_t N, int64_t K, co
       if (lane == m * ROWS + r) part[warp][m * ROWS + r] = s;  // M*ROWS <= 32 (checked at the launch)
     }
   __syncthreads();
+  float s = 0.f;
+  if (threadIdx.x < M * ROWS)
+#pragma unroll
+    for (int i = 0; i < kWarps; i++) s += part[i][threadIdx.x];  // fixed order: deterministic
+  return s;
+}
+
+// Rows of W for a block reading rows n0 .. n0 + ROWS - 1: rows past N (the last block when ROWS does not divide N)
+// read row N-1 again and are never stored, so the loads stay in bounds without a branch in the loop.
+template <int ROWS>
+__device__ __forceinline__ void w_rows(const __nv_bfloat16* w, int64_t ldw, int64_t n0, int64_t N,
+                                       const uint4* (&wrow)[ROWS]) {
+#pragma unroll
+  for (int r = 0; r < ROWS; r++) {
+    const int64_t n = n0 + r < N ? n0 + r : N - 1;
+    wrow[r] = reinterpret_cast<const uint4*>(w + n * ldw);
+  }
+}
+
+__device__ __forceinline__ float bias_at(const void* bias, bool bias_bf16, int64_t n) {
+  if (!bias) return 0.f;
+  return bias_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]) : static_cast<const float*>(bias)[n];
+}
+
+// x [M, K] bf16 (row stride ldx, 16-byte aligned rows), w [N, K] bf16 (row stride ldw, 16-byte aligned rows),
+// bias [N] (bf16 when bias_bf16, else f32; may be null), C [M, N] (row stride ldc) of TC. K % 8 == 0.
+template <int M, int ROWS, typename TC>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(int64_t N, int64_t K, const __nv_bfloat16* __restrict x,
+                                                        int64_t ldx, const __nv_bfloat16* __restrict w, int64_t ldw,
+                                                        const void* __restrict bias, bool bias_bf16, float alpha,
+                                                        float beta, TC* __restrict C, int64_t ldc) {
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * ROWS;
+  const uint4* wrow[ROWS];
+  w_rows<ROWS>(w, ldw, n0, N, wrow);
+  const float s = block_dots<M, ROWS>(K, x, ldx, wrow);
   if (threadIdx.x < M * ROWS) {
     const int m = threadIdx.x / ROWS, r = threadIdx.x % ROWS;
     const int64_t n = n0 + r;
     if (n < N) {
-      float s = 0.f;
-#pragma unroll
-      for (int i = 0; i < kWarps; i++) s += part[i][threadIdx.x];  // fixed order: deterministic
       float v = alpha * s;
-      if (bias) v += bias_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n])
-                               : static_cast<const float*>(bias)[n];
+      if (bias) v += bias_at(bias, bias_bf16, n);
       TC* c = C + m * ldc + n;
       if (beta != 0.f) v += beta * ldf(c);
       stf(c, v);
     }
   }
+}
+
+// The decode q/k/v projection with the rope split and the KV-cache write in its epilogue (rope.cu's rope_qkv after
+// this file's gemv, in one launch: a decode step's rope kernel ran one block per token, a few µs a layer at batch 1).
+// Block b serves head hh = b / half, frequency j = b % half of the fused layout [q heads | k heads | v heads] (D each):
+// it reads W rows hh·D + j and hh·D + j + half, so the pair a rotation mixes is in one block. Each value is the
+// linear's bf16 output (the same sum as gemv_kernel: block_dots), rounded, then rotated (q, k) or copied (v) with
+// rope_math's cos/sin and rotation, as rope_parts_kernel does: the same bits as gemv + ropeQkvSplit.
+// x bf16 [M, K], w bf16 [(hq + 2 hkv)·D, K], bias [(hq + 2 hkv)·D] or null, pos i32 [M], inv_freq f32 [D/2];
+// q bf16 [M, hq, D], k / v bf16 [M, hkv, D]; kc / vc bf16 [cache_rows, hkv, D] or null, slots i32 [M].
+template <int M>
+__global__ void __launch_bounds__(kThreads) gemv_rope_qkv_kernel(
+    int64_t K, const __nv_bfloat16* __restrict x, int64_t ldx, const __nv_bfloat16* __restrict w, int64_t ldw,
+    const void* __restrict bias, bool bias_bf16, const int32_t* __restrict pos, const float* __restrict inv_freq,
+    float scaling, int d, int hq, int hkv, __nv_bfloat16* __restrict q, __nv_bfloat16* __restrict k,
+    __nv_bfloat16* __restrict v, __nv_bfloat16* __restrict kc, __nv_bfloat16* __restrict vc,
+    const int32_t* __restrict slots, int64_t cache_rows) {
+  const int half = d / 2, hh = blockIdx.x / half, j = blockIdx.x % half;
+  const int64_t na = int64_t(hh) * d + j, nb = na + half, N = int64_t(hq + 2 * hkv) * d;
+  const uint4* wrow[2] = {reinterpret_cast<const uint4*>(w + na * ldw), reinterpret_cast<const uint4*>(w + nb * ldw)};
+  (void)N;
+  const float s = block_dots<M, 2>(K, x, ldx, wrow);
+  __shared__ float val[M][2];
+  if (threadIdx.x < M * 2) {
+    const int m = threadIdx.x / 2, r = threadIdx.x % 2;
+    // gemv_kernel's epilogue at alpha 1, beta 0, then the bf16 rounding of the stored qkv.
+    val[m][r] = __bfloat162float(__float2bfloat16(s + bias_at(bias, bias_bf16, r ? nb : na)));
+  }
+  __syncthreads();
+  if (threadIdx.x >= M) return;
+  const int m = threadIdx.x;
+  float o1 = val[m][0], o2 = val[m][1];
+  __nv_bfloat16* y;
+  __nv_bfloat16* yc = nullptr;
+  const int64_t slot = slots ? slots[m] : -1;
+  const bool to_cache = kc && slot >= 0 && slot < cache_rows;
+  if (hh < hq + hkv) {
+    float c, sn;
+    rope_math::cos_sin(static_cast<float>(pos[m]), inv_freq[j], scaling, 1.f, c, sn);
+    rope_math::rotate(val[m][0], val[m][1], c, sn, o1, o2);
+  }
+  if (hh < hq) {
+    y = q + (int64_t(m) * hq + hh) * d;
+  } else if (hh < hq + hkv) {
+    y = k + (int64_t(m) * hkv + hh - hq) * d;
+    if (to_cache) yc = kc + (slot * hkv + hh - hq) * d;
+  } else {
+    y = v + (int64_t(m) * hkv + hh - hq - hkv) * d;
+    if (to_cache) yc = vc + (slot * hkv + hh - hq - hkv) * d;
+  }
+  y[j] = __float2bfloat16(o1);
+  y[j + half] = __float2bfloat16(o2);
+  if (yc) yc[j] = __float2bfloat16(o1), yc[j + half] = __float2bfloat16(o2);
 }
 
 template <int M, int ROWS>
@@ -178,6 +256,49 @@ void gemv_bf16(int device, void* stream, int64_t M, int64_t N, int64_t K, float 
     default: launch_m<8>(device, s, N, K, A, lda, B, ldb, bias, bb, alpha, beta, C, c_dtype, ldc); break;
   }
   GPTOSS_CUDA_LAUNCH_CHECK("gemv");
+}
+
+bool gemv_rope_qkv_applies(const Tensor& x, const Tensor& w, int64_t d) {
+  const int64_t M = x.dim(0), K = x.dim(1);
+  return M >= 1 && M <= kGemvMaxRows && K >= 64 && K % 8 == 0 && d % 2 == 0 && x.dtype == DType::BF16 &&
+         w.dtype == DType::BF16 && aligned16(x.raw()) && aligned16(w.raw()) &&
+         w.dim(0) / d * (d / 2) < (int64_t(1) << 31);
+}
+
+void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& positions,
+                   const Tensor& inv_freq, float scaling, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const RopeCacheWrite* cache) {
+  const int64_t M = x.dim(0), K = x.dim(1);
+  const int hq = static_cast<int>(q.dim(1)), hkv = static_cast<int>(k.dim(1)), d = static_cast<int>(q.dim(2));
+  GPTOSS_CHECK(gemv_rope_qkv_applies(x, w, d), "gemv_rope_qkv: needs 1..", kGemvMaxRows,
+               " bf16 rows of K % 8 == 0 (>= 64), 16-byte aligned, got x ", x.describe(), ", w ", w.describe());
+  DeviceGuard g(x.device);
+  auto s = stream_of(x.device);
+  const unsigned blocks = static_cast<unsigned>((hq + 2 * hkv) * (d / 2));
+  const auto* xp = x.data<__nv_bfloat16>();
+  const auto* wp = w.data<__nv_bfloat16>();
+  const void* bp = bias ? bias->raw() : nullptr;
+  const bool bb = bias && bias->dtype == DType::BF16;
+  auto* kc = cache ? cache->k.data<__nv_bfloat16>() : nullptr;
+  auto* vc = cache ? cache->v.data<__nv_bfloat16>() : nullptr;
+  const int32_t* sl = cache ? cache->slots.data<int32_t>() : nullptr;
+  const int64_t rows = cache ? cache->k.dim(0) : 0;
+  auto launch = [&](auto m) {
+    gemv_rope_qkv_kernel<decltype(m)::value><<<blocks, kThreads, 0, s>>>(
+        K, xp, K, wp, K, bp, bb, positions.data<int32_t>(), inv_freq.data<float>(), scaling, d, hq, hkv,
+        q.data<__nv_bfloat16>(), k.data<__nv_bfloat16>(), v.data<__nv_bfloat16>(), kc, vc, sl, rows);
+  };
+  switch (M) {
+    case 1: launch(std::integral_constant<int, 1>{}); break;
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 3: launch(std::integral_constant<int, 3>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
+    case 5: launch(std::integral_constant<int, 5>{}); break;
+    case 6: launch(std::integral_constant<int, 6>{}); break;
+    case 7: launch(std::integral_constant<int, 7>{}); break;
+    default: launch(std::integral_constant<int, 8>{}); break;
+  }
+  GPTOSS_CUDA_LAUNCH_CHECK("gemvRopeQkv");
 }
 
 }  // namespace gptoss::cuda

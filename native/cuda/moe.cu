@@ -983,10 +983,13 @@ void slab_wgrad(const Sizes& d, const std::vector<SlabRange>& slabs, const Tenso
 // Each computes the saved expert rows from the routing in s (offsets, perm_tok): gu = x[perm]·W_gu[e] + b,
 // h = swiglu(gu), yp = h·W_down[e] + b.
 
-// The rows as kGrouped saves them (N rows, no xp), from the split-K GEMV kernels; x is gathered in-kernel.
-void forward_decode(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit, MoeSaved& s) {
+// The rows as kGrouped saves them (N rows, no xp), from the split-K GEMV kernels; x is gathered in-kernel. The
+// combine (y, with the residual) comes out of the down product's reduce: moe_forward launches no combine after it.
+void forward_decode(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit, const Tensor* residual,
+                    const Tensor& y, MoeSaved& s) {
   alloc_expert_rows(d, d.N, s);
-  moe_decode::expert_mlp(x, s.perm_tok, s.offsets, w, d.T, d.N, limit, s.gu, s.h, s.yp, d.st);
+  moe_decode::expert_mlp(x, s.perm_tok, s.offsets, w, d.T, d.N, limit, s.gu, s.h, s.yp,
+                         {s.slot_pos, s.topk_w, residual, d.k, y}, d.st);
 }
 
 void forward_grouped(const Sizes& d, const Tensor& x, const MoeWeights& w, float limit, MoeSaved& s) {
@@ -1330,7 +1333,10 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
     const ExpertGemmPlan plan = plan_expert_gemms(N, E, choice, [&] { return host_offsets(s.offsets); });
     profile_mark(dev, "moe experts");
     switch (plan.strategy) {
-      case ExpertGemms::kDecode: forward_decode(d, x, w, limit, s); s.expert_gemms = "decode"; break;
+      case ExpertGemms::kDecode:
+        forward_decode(d, x, w, limit, residual, y, s);
+        s.expert_gemms = "decode";
+        return;  // combined by the decode kernels
       case ExpertGemms::kGrouped: forward_grouped(d, x, w, limit, s); s.expert_gemms = "grouped"; break;
       case ExpertGemms::kSlabs: forward_slabs(d, x, w, limit, plan.slabs, s); s.expert_gemms = "slabs"; break;
       case ExpertGemms::kPerExpert:

@@ -43,10 +43,11 @@ constexpr int kMaxSplitK = 512;  // rows of K per block at most (x rows staged i
 inline int blocks_per_sm(int64_t T) { return T == 2 ? 4 : T >= 5 ? 12 : 8; }
 
 // One product: out [N, Nc] (+ h) from A rows times W [E, K, Nc] plus bias [E, Nc], over the routing in offsets.
-// T bounds the rows of any one expert (a token picks an expert at most once).
+// T bounds the rows of any one expert (a token picks an expert at most once). With `combine` (the down product)
+// the reduce also writes the tokens' combined output.
 void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W, const bf* bias,
              const int32_t* offsets, int E, int K, int Nc, int64_t T, int64_t N, float limit, bf* out, bf* h,
-             cudaStream_t st, const char* what) {
+             const Combine* combine, cudaStream_t st, const char* what) {
   const int R = T >= 5 ? 8 : T >= 3 ? 4 : T == 2 ? 2 : 1;
   const int chunk_slots = static_cast<int>((T + R - 1) / R);
   const int slots = static_cast<int>(std::min<int64_t>(E, N));
@@ -60,7 +61,12 @@ void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W
     default: launch_partial<8, kThreads, kUnroll>(A, lda, perm, W, offsets, E, K, Nc, sp, chunk_slots, slots, N, p, st); break;
   }
   GPTOSS_CUDA_LAUNCH_CHECK(what);
-  launch_reduce(p, sp.S, N, Nc, offsets, E, bias, limit, out, h, st);
+  if (combine)
+    launch_reduce_combine(p, sp.S, N, Nc, offsets, E, bias, T, combine->slot_pos.data<int32_t>(),
+                          combine->topk_w.data<float>(), static_cast<int>(combine->k),
+                          combine->residual ? combine->residual->data<bf>() : nullptr, out, combine->y.data<bf>(),
+                          st);
+  else launch_reduce(p, sp.S, N, Nc, offsets, E, bias, limit, out, h, st);
   GPTOSS_CUDA_LAUNCH_CHECK(what);
   // part goes back to the caching allocator; the stream orders its reuse after reduce_kernel.
 }
@@ -70,14 +76,15 @@ void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W
 static_assert(kMaxSplitK % kUnroll == 0 && kMaxSplitK % 8 == 0, "splits are whole unrolled steps");
 
 void expert_mlp(const Tensor& x, const Tensor& perm_tok, const Tensor& offsets, const MoeWeights& w, int64_t T,
-                int64_t N, float limit, const Tensor& gu, const Tensor& h, const Tensor& yp, cudaStream_t st) {
+                int64_t N, float limit, const Tensor& gu, const Tensor& h, const Tensor& yp, const Combine& combine,
+                cudaStream_t st) {
   const int dev = x.device;
   const int64_t H = x.dim(1), E = w.gate_up_w.dim(0), I = w.down_w.dim(1);
   const int32_t* off = offsets.data<int32_t>();
   product(dev, x.data<bf>(), H, perm_tok.data<int32_t>(), w.gate_up_w.data<bf>(), w.gate_up_b.data<bf>(), off, (int)E,
-          (int)H, (int)(2 * I), T, N, limit, gu.data<bf>(), h.data<bf>(), st, "moeForward decode gate_up");
+          (int)H, (int)(2 * I), T, N, limit, gu.data<bf>(), h.data<bf>(), nullptr, st, "moeForward decode gate_up");
   product(dev, h.data<bf>(), I, nullptr, w.down_w.data<bf>(), w.down_b.data<bf>(), off, (int)E, (int)I, (int)H, T, N,
-          limit, yp.data<bf>(), nullptr, st, "moeForward decode down");
+          limit, yp.data<bf>(), nullptr, &combine, st, "moeForward decode down");
 }
 
 }  // namespace gptoss::cuda::moe_decode

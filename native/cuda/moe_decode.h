@@ -16,7 +16,18 @@ namespace gptoss::cuda::moe_decode {
 // for the rows r of expert e (offsets[e] .. offsets[e+1]-1, on the device: no host read, no wait).
 // x bf16 [T, H]; perm_tok, offsets i32 on the device; N = T·k rows; every tensor 16-byte aligned, H, I multiples
 // of 8 (moe_forward checks). Enqueued on st.
+// and then the MoE output of each token (moe.cu's combine, folded into the down product's reduce: the same bits)
+//   y[t]  = bf16(Σ_j topk_w[t, j]·yp[slot_pos[t, j]])  (+ residual: bf16(res[t] + that))   bf16 [T, H]
+// slot_pos i32 [T, k], topk_w f32 [T, k], residual bf16 [T, H] or null.
+struct Combine {
+  const Tensor& slot_pos;
+  const Tensor& topk_w;
+  const Tensor* residual;
+  int64_t k;
+  const Tensor& y;
+};
 void expert_mlp(const Tensor& x, const Tensor& perm_tok, const Tensor& offsets, const MoeWeights& w, int64_t T,
-                int64_t N, float limit, const Tensor& gu, const Tensor& h, const Tensor& yp, cudaStream_t st);
+                int64_t N, float limit, const Tensor& gu, const Tensor& h, const Tensor& yp, const Combine& combine,
+                cudaStream_t st);
 
 }  // namespace gptoss::cuda::moe_decode

@@ -184,6 +184,79 @@ __global__ void __launch_bounds__(32 * kReduceLanes) reduce_kernel(const float* 
   }
 }
 
+// The down product's reduce with the MoE combine folded in (decode: one launch fewer per layer). Per token t =
+// blockIdx.x and 128 columns (blockIdx.y): for j < k in order, r = slot_pos[t, j]: yp[r, c] = bf16(Σ_s part[s, r, c]
+// + bias[e(r), c]) (reduce_kernel's sums, order and rounding; yp is still written, the backward reads it), and
+// acc += w[t, j]·yp[r, c]; then y[t, c] = bf16(acc), with a residual bf16(res[t, c] + bf16(acc)): combine_kernel's
+// arithmetic (moe.cu), so y has the same bits as reduce_kernel + combine_kernel. part f32 [S, N, H], slot_pos i32
+// [T, k], tw f32 [T, k], res bf16 [T, H] or null, yp bf16 [N, H], y bf16 [T, H]; H % 4 == 0, k <= 32.
+__global__ void __launch_bounds__(32 * kReduceLanes) reduce_combine_kernel(
+    const float* __restrict__ part, int S, int64_t N, int H, const int32_t* __restrict__ offsets, int E,
+    const bf* __restrict__ bias, const int32_t* __restrict__ slot_pos, const float* __restrict__ tw, int k,
+    const bf* __restrict__ res, bf* __restrict__ yp, bf* __restrict__ y) {
+  __shared__ float4 red[kReduceLanes][32];
+  __shared__ int pos[32];
+  __shared__ float w[32];
+  const int64_t t = blockIdx.x;
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+  if (tid < k) {
+    pos[tid] = slot_pos[t * k + tid];
+    w[tid] = tw[t * k + tid];
+  }
+  const int c = (blockIdx.y * 32 + threadIdx.x) * 4;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int j = 0; j < k; j++) {
+    __syncthreads();  // pos / w written; the previous row's lane sums read
+    const int64_t r = pos[j];
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (c < H)
+      for (int s = threadIdx.y; s < S; s += kReduceLanes) {
+        const float4 v = *reinterpret_cast<const float4*>(part + ((int64_t)s * N + r) * H + c);
+        a.x += v.x;
+        a.y += v.y;
+        a.z += v.z;
+        a.w += v.w;
+      }
+    red[threadIdx.y][threadIdx.x] = a;
+    __syncthreads();
+    if (threadIdx.y != 0 || c >= H) continue;
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int l = 0; l < kReduceLanes; l++) {
+      const float4 p = red[l][threadIdx.x];
+      v[0] += p.x;
+      v[1] += p.y;
+      v[2] += p.z;
+      v[3] += p.w;
+    }
+    int lo = 0, hi = E;  // e(r): the largest e with offsets[e] <= r
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      if (offsets[mid] <= r) lo = mid;
+      else hi = mid;
+    }
+    float b[4];
+    load4(bias + (int64_t)lo * H + c, b);
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+      v[q] = __bfloat162float(__float2bfloat16(v[q] + b[q]));
+      acc[q] += w[j] * v[q];
+    }
+    store4(yp + r * H + c, v);
+  }
+  if (threadIdx.y != 0 || c >= H) return;
+  float o[4];
+#pragma unroll
+  for (int q = 0; q < 4; q++) o[q] = __bfloat162float(__float2bfloat16(acc[q]));
+  if (res) {
+    float rv[4];
+    load4(res + t * H + c, rv);
+#pragma unroll
+    for (int q = 0; q < 4; q++) o[q] = rv[q] + o[q];
+  }
+  store4(y + t * H + c, o);
+}
+
 // The K split of a product: ks rows of K per block (a multiple of 8), S = ceil(K / ks) splits. Enough blocks for
 // blocks_per_sm per SM over the routed experts' column tiles (slots experts, one row chunk each), at most
 // max_split_k rows of K per block, at least 8 (one unrolled step of 8 rows).
@@ -217,6 +290,14 @@ inline void launch_reduce(const float* part, int S, int64_t N, int Nc, const int
   const dim3 grid(static_cast<unsigned>(N), ceil_div(Nc / 4, 32)), block(32, kReduceLanes);
   if (h) reduce_kernel<true><<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, h);
   else reduce_kernel<false><<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, nullptr);
+}
+
+// reduce_combine_kernel over grid (T tokens, H/128).
+inline void launch_reduce_combine(const float* part, int S, int64_t N, int H, const int32_t* offsets, int E,
+                                  const bf* bias, int64_t T, const int32_t* slot_pos, const float* tw, int k,
+                                  const bf* res, bf* yp, bf* y, cudaStream_t st) {
+  reduce_combine_kernel<<<dim3(static_cast<unsigned>(T), ceil_div(H / 4, 32)), dim3(32, kReduceLanes), 0, st>>>(
+      part, S, N, H, offsets, E, bias, slot_pos, tw, k, res, yp, y);
 }
 
 }  // namespace gptoss::cuda::moe_decode

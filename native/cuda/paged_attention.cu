@@ -18,9 +18,15 @@
 // are gathered through the block table 64 at a time into swizzled shared memory with cp.async (double-buffered).
 //
 // Epilogue: with one split (enough tiles to fill the GPU) the CTA folds in the sink and writes bf16 out; with
-// several (few tiles: small decode batches over long contexts, flash-decoding) each split writes fp32 partials
-// (unnormalised out, max, sum) and a combine kernel merges them with the sink (merge_splits, as in
-// attention_decode.cu).
+// several (few tiles: small decode batches, flash-decoding) each split writes fp32 partials (unnormalised out, max,
+// sum) and the last of the tile's split CTAs to finish merges them with the sink (merge_splits, as in
+// attention_decode.cu) in the same launch. "Last" is a ticket: every split CTA fences its partials (release) and
+// thread 0 takes a ticket from the (tile, kv head)'s counter with atomicInc(limit nsplit - 1), which wraps the
+// counter back to 0 at the last ticket, so the next launch (or CUDA-graph replay) starts from 0 with no memset;
+// the last CTA fences again (acquire) and reads the partials through L2. One launch per layer instead of two: at
+// batch 1 a decode step is ~13 small kernels a layer, each node of a graph replay costing its launch and ramp.
+// Splits happen only when the grid has fewer than kFillCtas (tile, kv head) pairs, so kFillCtas static counters
+// per device cover every split launch; launches on a device are ordered on its one compute stream.
 #include <algorithm>
 
 #include "attention_common.cuh"
@@ -41,6 +47,11 @@ using attn::swz;
 constexpr int TM = 64;  // rows per CTA (4 warps x 16)
 constexpr int TN = 64;  // keys per pipeline step
 constexpr int NW = 4, NT = NW * 32;
+constexpr int kFillCtas = 132 * 4;  // CTAs that fill an H100 (~4 per SM): fewer (tile, kv head) pairs split the keys
+
+// Split tickets, one per (tile, kv head) of a split launch (blockIdx.y·gridDim.x + blockIdx.x < kFillCtas);
+// zero when the module loads, back to zero after every launch (atomicInc wraps).
+__device__ unsigned int g_split_ticket[kFillCtas];
 
 template <int D>
 struct Cfg {
@@ -138,14 +149,9 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
     return static_cast<int64_t>(qs + f / p.G) * p.Hq + kvh * p.G + f % p.G;
   };
 
-  if (c0 >= c1) {  // this split has no keys for the tile: an empty partial (only when nsplit > 1)
-    for (int r = threadIdx.x; r < valid_rows; r += NT) {
-      const int64_t row = out_row(r);
-      p.mpart[row * p.nsplit + split] = -INFINITY;
-      p.lpart[row * p.nsplit + split] = 0.f;
-    }
-    return;
-  }
+  // A split with no keys for the tile (only when nsplit > 1) runs no key step and writes an empty partial (max
+  // -inf, sum 0), then takes its ticket like the others.
+  const int nt = c0 < c1 ? (c1 - c0 + TN - 1) / TN : 0;
 
   // Q tile: row r = query row qs + (f0 + r) / G, head kvh·G + (f0 + r) % G; rows past the sequence are zeros.
   for (int c = threadIdx.x; c < TM * CH; c += NT) {
@@ -170,8 +176,7 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
       cp_async16(sV + stage * TN * D + swz<D>(r, ch), p.vpool + off, ok);
     }
   };
-  const int nt = (c1 - c0 + TN - 1) / TN;
-  load_kv(0);
+  if (nt > 0) load_kv(0);
   cp_async_commit();  // group 0: Q and K/V tile 0
 
   // This thread's two rows (fragment halves r = 0, 1: rows g and g + 8 of its warp's 16): position and window.
@@ -224,12 +229,11 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   }
   cp_async_wait<0>();
 
-  if (!warp_active) return;
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     const float l = quad_sum(l_r[r]), m = m_r[r];
     const int64_t row = out_row(warp * 16 + g + 8 * r);
-    if (row < 0) continue;
+    if (!warp_active || row < 0) continue;
     if (p.nsplit == 1) {
       // out = acc 2^(m - M) / (l 2^(m - M) + 2^(sink - M)), M = max(m, sink).
       const float sink = sink_log2(p, static_cast<int>(row % p.Hq));
@@ -255,20 +259,27 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
       }
     }
   }
-}
+  if (p.nsplit == 1) return;
 
-// One block of D threads per (query row, head): merges the splits' partials and the sink into bf16 out.
-template <int D>
-__global__ void paged_combine_kernel(Params p) {
-  const int64_t row = blockIdx.x;  // n * Hq + h
-  const int d = threadIdx.x;
-  const float sink = sink_log2(p, static_cast<int>(row % p.Hq));
-  const float* mp = p.mpart + row * p.nsplit;
-  const float* lp = p.lpart + row * p.nsplit;
-  const float* op = p.opart + row * p.nsplit * D;
-  float o, L;
-  attn::merge_splits<D>(sink, mp, lp, op, p.nsplit, d, o, L);
-  p.out[row * D + d] = __float2bfloat16(L > 0.f ? o / L : 0.f);
+  // The split combine, by the last of the tile's nsplit CTAs: out[row, d] for the tile's rows, d < D.
+  __shared__ bool s_last;
+  __threadfence();  // release: this thread's partials are visible device-wide before its block's ticket
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned ticket = atomicInc(&g_split_ticket[blockIdx.y * gridDim.x + blockIdx.x], p.nsplit - 1);
+    s_last = ticket == static_cast<unsigned>(p.nsplit - 1);
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();  // acquire: the other splits' partials are read after their tickets
+  for (int i = threadIdx.x; i < valid_rows * D; i += NT) {
+    const int64_t row = out_row(i / D);
+    const int d = i % D;
+    float o, L;
+    attn::merge_splits<D, true>(sink_log2(p, static_cast<int>(row % p.Hq)), p.mpart + row * p.nsplit,
+                                p.lpart + row * p.nsplit, p.opart + row * p.nsplit * D, p.nsplit, d, o, L);
+    p.out[row * D + d] = __float2bfloat16(L > 0.f ? o / L : 0.f);
+  }
 }
 
 template <int D>
@@ -281,12 +292,13 @@ void launch(Params& p, int device, int max_context, cudaStream_t st) {
     configured = true;
   }
   // Tiles: at most ceil(N·G / TM) + B (each sequence's last tile may be partial). Split the keys only when the
-  // tiles cannot fill the GPU (~4 CTAs per SM on 132 SMs), into at most one split per 64 keys of the longest
-  // possible context.
+  // tiles cannot fill the GPU (kFillCtas), into at most one split per 64 keys of the longest possible context.
   const int64_t tiles = ceil_div(static_cast<int64_t>(p.N) * p.G, TM) + p.B;
   const int64_t ctas = tiles * p.Hkv;
   const int64_t max_split = std::max<int64_t>(1, ceil_div(max_context, TN));
-  p.nsplit = static_cast<int>(std::min<int64_t>(max_split, std::max<int64_t>(1, ceil_div(132 * 4, ctas))));
+  p.nsplit = static_cast<int>(std::min<int64_t>(max_split, std::max<int64_t>(1, ceil_div(kFillCtas, ctas))));
+  // nsplit > 1 only when ctas < kFillCtas: each (tile, kv head) has its ticket.
+  GPTOSS_CHECK(p.nsplit == 1 || ctas < kFillCtas, "pagedAttention: split launch past its tickets");
   Tensor opart, mpart, lpart;
   if (p.nsplit > 1) {
     opart = make_tensor({p.N, p.Hq, p.nsplit, D}, DType::F32, device);
@@ -299,10 +311,6 @@ void launch(Params& p, int device, int max_context, cudaStream_t st) {
   GPTOSS_CHECK(tiles <= 0x7fffffff, "pagedAttention: too many query rows (", p.N, ") for one launch");
   paged_attention_kernel<D><<<dim3(static_cast<unsigned>(tiles), p.Hkv, p.nsplit), NT, Cfg<D>::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("pagedAttention: kernel launch");
-  if (p.nsplit > 1) {
-    paged_combine_kernel<D><<<static_cast<unsigned>(static_cast<int64_t>(p.N) * p.Hq), D, 0, st>>>(p);
-    GPTOSS_CUDA_LAUNCH_CHECK("pagedAttention: combine kernel launch");
-  }
 }
 
 }  // namespace paged

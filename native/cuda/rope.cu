@@ -5,6 +5,7 @@
 // sign = +1 rotates by +angle (forward), -1 by -angle (backward: the transpose of the rotation).
 #include "common.cuh"
 #include "rope.h"
+#include "rope_math.cuh"
 #include "vec_io.cuh"
 
 #include <type_traits>
@@ -45,10 +46,7 @@ __global__ void rope_parts_kernel(RopeParts<X, Y> p, const int32_t* __restrict__
   const int64_t t = blockIdx.x;
   const float ps = static_cast<float>(pos[t]);
   for (int j = threadIdx.x; j < half; j += blockDim.x) {
-    float s, c;
-    sincosf(ps * inv_freq[j], &s, &c);
-    cs[j] = c * scaling;
-    cs[half + j] = sign * (s * scaling);
+    rope_math::cos_sin(ps, inv_freq[j], scaling, sign, cs[j], cs[half + j]);
   }
   __syncthreads();
   const int h01 = p.heads0 + p.heads1, heads = h01 + p.heads2;
@@ -81,9 +79,7 @@ __global__ void rope_parts_kernel(RopeParts<X, Y> p, const int32_t* __restrict__
         float o1[8], o2[8];
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-          float c = cs[j + k], s = cs[half + j + k];
-          o1[k] = a[k] * c - b[k] * s;
-          o2[k] = b[k] * c + a[k] * s;
+          rope_math::rotate(a[k], b[k], cs[j + k], cs[half + j + k], o1[k], o2[k]);
         }
         store8(y + j, o1);
         store8(y + half + j, o2);
@@ -96,10 +92,11 @@ __global__ void rope_parts_kernel(RopeParts<X, Y> p, const int32_t* __restrict__
     } else {
       float a = ldf(x + j), b = ldf(x + half + j);
       if (rotate) {
-        float c = cs[j], s = cs[half + j];
-        stf(y + j, a * c - b * s);
-        stf(y + half + j, b * c + a * s);
-        if (yc) stf(yc + j, a * c - b * s), stf(yc + half + j, b * c + a * s);
+        float o1, o2;
+        rope_math::rotate(a, b, cs[j], cs[half + j], o1, o2);
+        stf(y + j, o1);
+        stf(y + half + j, o2);
+        if (yc) stf(yc + j, o1), stf(yc + half + j, o2);
       } else {
         stf(y + j, a);
         stf(y + half + j, b);

@@ -25,7 +25,7 @@ import type { PackedBatch } from './batch.ts';
 import { layerPrefix, qkvRows, QKV_PROJ, type GptOssWeights, type LayerWeights } from './weights.ts';
 import { accumulateGrad, disposeAll, reshape, withView } from './tensor-helpers.ts';
 import { addRmsnorm, rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
-import { ropeQkvSplit, ropeQkvPack, type RopeCacheWrite } from '../ops/rope.ts';
+import { ropeQkvProject, ropeQkvPack, type RopeCacheWrite } from '../ops/rope.ts';
 import { addInPlace, cast, dropoutForward } from '../ops/elementwise.ts';
 import { linearForward, linearBackward, linearBackwardInput, matmul } from '../ops/gemm.ts';
 import { attentionForward, attentionBackward } from '../ops/attention.ts';
@@ -172,13 +172,12 @@ export class DecoderLayer {
     const w = this.weights;
     const { y: a1, rstd: rstd1 } = rmsnormForward(x, w.inputNorm, c.rmsNormEps);
     // One GEMM for the three projections (bf16 [T, Hq*D + 2*Hkv*D]), then one pass that ropes q and k out of it
-    // and copies v, each into the contiguous [T, heads, D] the attention kernels take.
-    const qkv = linearForward(a1, w.qkvW, w.qkvB);
+    // and copies v, each into the contiguous [T, heads, D] the attention kernels take (at decode sizes on CUDA,
+    // one kernel for both: ropeQkvProject).
     const { invFreq, scaling } = this.host.rope;
     const ll = this.lora;
     if (cacheWrite && (ll?.k || ll?.v)) throw new Error(`layer ${this.index}: attentionInputs cannot write the KV cache in the rope pass with k/v LoRA adapters (they change k and v after it)`);
-    const { q: qr, k: kr, v } = ropeQkvSplit(qkv, positions, invFreq, scaling, c.numHeads, c.numKvHeads, cacheWrite);
-    qkv.dispose();
+    const { q: qr, k: kr, v } = ropeQkvProject(a1, w.qkvW, w.qkvB, positions, invFreq, scaling, c.numHeads, c.numKvHeads, cacheWrite);
     if (ll) this.qkvLoraForward(ll, a1, positions, qr, kr, v, dropoutSeed);
     return { a1, rstd1, qr, kr, v };
   }

@@ -6,6 +6,7 @@
 // The backward is the rotation by -angle (the transpose), with the same scaling.
 import { native, type FloatDType } from '../native.ts';
 import { Tensor } from '../tensor.ts';
+import { linearForward } from './gemm.ts';
 
 export interface YarnConfig {
   /** D, the rotated head dimension (64 for gpt-oss) */
@@ -184,6 +185,48 @@ export function ropeQkvSplit(
     cache?.slots.native,
   );
   return { q: new Tensor(r.q), k: new Tensor(r.k), v: new Tensor(r.v) };
+}
+
+/**
+ * The fused q/k/v projection and its rope split: ropeQkvSplit(linearForward(x, w, b), ...), bf16. On CUDA at decode
+ * sizes (x bf16 with at most 8 rows, 16-byte aligned) one kernel does both, the KV-cache write included
+ * (native/cuda/gemv.cu: the linear's sums and bf16 rounding, then the rope's arithmetic, so the same bits as the two
+ * ops); elsewhere (the CPU, prefill chunks, training) the two ops run as they are.
+ * @param x bf16 [T, H] (the input norm's output)
+ * @param w [(Hq + 2·Hkv)·D, H]: Wq, Wk, Wv stacked as rows; b [(Hq + 2·Hkv)·D] or undefined
+ * @returns q [T, Hq, D], k [T, Hkv, D] rotated, v [T, Hkv, D], as ropeQkvSplit returns them
+ */
+export function ropeQkvProject(
+  x: Tensor,
+  w: Tensor,
+  b: Tensor | undefined,
+  positions: Tensor,
+  invFreq: Tensor,
+  attentionScaling: number,
+  numHeads: number,
+  numKvHeads: number,
+  cache?: RopeCacheWrite,
+): { q: Tensor; k: Tensor; v: Tensor } {
+  const r = native().ops.ropeQkvProject(
+    x.native,
+    w.native,
+    b?.native,
+    positions.native,
+    invFreq.native,
+    attentionScaling,
+    numHeads,
+    numKvHeads,
+    cache?.k.native,
+    cache?.v.native,
+    cache?.slots.native,
+  );
+  if (r) return { q: new Tensor(r.q), k: new Tensor(r.k), v: new Tensor(r.v) };
+  const qkv = linearForward(x, w, b);
+  try {
+    return ropeQkvSplit(qkv, positions, invFreq, attentionScaling, numHeads, numKvHeads, cache);
+  } finally {
+    qkv.dispose();
+  }
 }
 
 /**

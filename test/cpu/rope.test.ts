@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tensor, roundBf16 } from '../../src/tensor.ts';
-import { yarnInvFreq, yarnCorrectionRange, yarnConfigFromHf, yarnInvFreqTensor, ropeForward, ropeBackward, ropeQkvSplit, ropeQkvPack, type YarnConfig } from '../../src/ops/rope.ts';
+import { yarnInvFreq, yarnCorrectionRange, yarnConfigFromHf, yarnInvFreqTensor, ropeForward, ropeBackward, ropeQkvSplit, ropeQkvProject, ropeQkvPack, type YarnConfig } from '../../src/ops/rope.ts';
+import { linearForward } from '../../src/ops/gemm.ts';
 import { uniform, uniformBf16, randInts, probes } from '../helpers/random.ts';
 import { scatterRows } from '../../src/ops/kvcache.ts';
 import { native } from '../../src/native.ts';
@@ -251,6 +252,31 @@ test('ropeQkvSplit with a KV cache writes the k and v rows at the slots, as scat
   assert.throws(() => ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, p({ slots: Tensor.zeros([t + 1], { ...cpu, dtype: 'i32' }) })), /ropeQkvSplit: slots must have shape \[5\]/);
   assert.throws(() => ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, p({ slots: Tensor.from(Int32Array.from([0, 1, 2, 3, M]), [t], { ...cpu, dtype: 'i32' }) })), /index\[4\] = 11 is out of range for 11 rows/);
   assert.throws(() => native().ops.ropeQkvSplit(qkv.native, pos.native, invFreq.native, s, hq, hkv, kc.native), /ropeQkvSplit: kCache, vCache and slots go together \(got kCache, no vCache, no slots\)/);
+});
+
+test('ropeQkvProject on the CPU is linearForward then ropeQkvSplit (with the cache write), and names bad arguments', () => {
+  const t = 3, H = 24, hq = 4, hkv = 2, d = 16, n = (hq + 2 * hkv) * d, M = 7;
+  const { invFreq, attentionScaling: s } = yarnInvFreqTensor({ ...GPTOSS_20B, headDim: d }, 'cpu');
+  const bf = { ...cpu, dtype: 'bf16' } as const;
+  const x = Tensor.from(uniformBf16(t * H, 90, -2, 2), [t, H], bf);
+  const w = Tensor.from(uniformBf16(n * H, 91, -0.5, 0.5), [n, H], bf);
+  const b = Tensor.from(uniformBf16(n, 92, -0.5, 0.5), [n], bf);
+  const pos = Tensor.from(randInts(t, 93, 4096), [t], cpu);
+  const slots = Tensor.from(Int32Array.from([6, -1, 0]), [t], { ...cpu, dtype: 'i32' });
+  const kc = Tensor.zeros([M, hkv, d], bf), vc = Tensor.zeros([M, hkv, d], bf);
+  const r = ropeQkvProject(x, w, b, pos, invFreq, s, hq, hkv, { k: kc, v: vc, slots });
+  const qkv = linearForward(x, w, b);
+  const kw = Tensor.zeros([M, hkv, d], bf), vw = Tensor.zeros([M, hkv, d], bf);
+  const two = ropeQkvSplit(qkv, pos, invFreq, s, hq, hkv, { k: kw, v: vw, slots });
+  for (const key of ['q', 'k', 'v'] as const) assert.deepEqual(r[key].toFloat32(), two[key].toFloat32(), key);
+  assert.deepEqual(kc.toFloat32(), kw.toFloat32(), 'k cache');
+  assert.deepEqual(vc.toFloat32(), vw.toFloat32(), 'v cache');
+  const noBias = ropeQkvProject(x, w, undefined, pos, invFreq, s, hq, hkv);
+  assert.deepEqual(noBias.q.toFloat32(), ropeQkvSplit(linearForward(x, w), pos, invFreq, s, hq, hkv).q.toFloat32(), 'no bias');
+  assert.throws(() => ropeQkvProject(x, Tensor.zeros([n - d, H], bf), b, pos, invFreq, s, hq, hkv), /ropeQkvProject: w must be \[128, 24\] \(\(numHeads \+ 2\*numKvHeads\) \* D rows\), got bf16\[112, 24\]/);
+  assert.throws(() => ropeQkvProject(x, w, Tensor.zeros([n + 1], bf), pos, invFreq, s, hq, hkv), /ropeQkvProject: bias must be bf16 or f32 \[128\], got bf16\[129\]/);
+  assert.throws(() => ropeQkvProject(x, w, b, Tensor.from(randInts(t + 1, 94, 9), [t + 1], cpu), invFreq, s, hq, hkv), /ropeQkvProject: positions must have shape \[3\]/);
+  assert.throws(() => native().ops.ropeQkvProject(x.native, w.native, b.native, pos.native, invFreq.native, s, hq, hkv, kc.native), /ropeQkvProject: kCache, vCache and slots go together \(got kCache, no vCache, no slots\)/);
 });
 
 test('ropeQkvSplit / ropeQkvPack reject inconsistent shapes with clear errors', () => {

@@ -11,7 +11,8 @@ import { Tensor, CudaEvent, cudaDeviceCount, synchronize } from '../../src/tenso
 import { native } from '../../src/native.ts';
 import { embeddingForward, embeddingBackward } from '../../src/ops/embedding.ts';
 import { rmsnormForward, rmsnormBackward } from '../../src/ops/rmsnorm.ts';
-import { yarnInvFreqTensor, ropeForward, ropeBackward, ropeQkvSplit, ropeQkvPack } from '../../src/ops/rope.ts';
+import { yarnInvFreqTensor, ropeForward, ropeBackward, ropeQkvSplit, ropeQkvProject, ropeQkvPack } from '../../src/ops/rope.ts';
+import { linearForward } from '../../src/ops/gemm.ts';
 import { add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike } from '../../src/ops/elementwise.ts';
 import { swigluForward, swigluBackward } from '../../src/ops/swiglu.ts';
 import { uniform, uniformBf16, randInts } from '../helpers/random.ts';
@@ -253,6 +254,60 @@ for (const [t, hq, hkv, d, mis] of [
       assertBound(block(pgpu, 0, wq), block(pcpu, 0, wq), rot(g[0]!, wq, 0, hq, -1), 1e-5, `pack dq (${out})`);
       assertBound(block(pgpu, wq, wq + wkv), block(pcpu, wq, wq + wkv), rot(g[1]!, wkv, 0, hkv, -1), 1e-5, `pack dk (${out})`);
       assert.deepEqual(block(pgpu, wq + wkv, w), block(pcpu, wq + wkv, w), `pack dv (${out}, a copy)`);
+    }
+  });
+}
+
+// ---- the fused q/k/v projection + rope (decode) -----------------------------------------------------------------
+// ropeQkvProject on CUDA at M <= 8 rows is one kernel (gemv.cu); it must give the bits of the linear (the gemv,
+// bf16 out) followed by ropeQkvSplit, with and without the KV-cache write, and stay within bf16 of the CPU.
+for (const [H, hq, hkv, d, biasDtype] of [
+  [2880, 64, 8, 64, 'bf16'],
+  [2880, 16, 2, 64, 'bf16'], // a tp=4 rank's heads
+  [64, 4, 2, 16, 'f32'],
+  [128, 2, 1, 128, 'none'],
+] as const) {
+  test(`ropeQkvProject on CUDA (one kernel at M <= 8) equals linear + ropeQkvSplit bitwise (H=${H}, Hq=${hq}, Hkv=${hkv}, D=${d}, bias ${biasDtype})`, { skip }, () => {
+    const cfg = { headDim: d, ropeTheta: 150000, factor: 32, betaFast: 32, betaSlow: 1, originalMaxPositions: 4096, truncate: false };
+    const { invFreq: invG, attentionScaling: s } = yarnInvFreqTensor(cfg, GPU);
+    const { invFreq: invC } = yarnInvFreqTensor(cfg, 'cpu');
+    const N = (hq + 2 * hkv) * d;
+    const wv = uniformBf16(N * H, 31, -0.05, 0.05);
+    const wG = Tensor.from(wv, [N, H], { device: GPU, dtype: 'bf16' }), wC = Tensor.from(wv, [N, H], { device: 'cpu', dtype: 'bf16' });
+    const bv = uniformBf16(N, 32, -0.5, 0.5);
+    const bG = biasDtype === 'none' ? undefined : Tensor.from(bv, [N], { device: GPU, dtype: biasDtype });
+    const bC = biasDtype === 'none' ? undefined : Tensor.from(bv, [N], { device: 'cpu', dtype: biasDtype });
+    for (const M of [1, 2, 3, 4, 5, 8, 9]) {
+      const xv = uniformBf16(M * H, 33 + M, -2, 2);
+      const xG = Tensor.from(xv, [M, H], { device: GPU, dtype: 'bf16' }), xC = Tensor.from(xv, [M, H], { device: 'cpu', dtype: 'bf16' });
+      const posv = randInts(M, 34 + M, 4096);
+      const pG = Tensor.from(posv, [M], { device: GPU, dtype: 'i32' }), pC = Tensor.from(posv, [M], { device: 'cpu', dtype: 'i32' });
+      const rows = 3 * M + 2;
+      const slotv = Int32Array.from({ length: M }, (_, i) => (i === 1 ? -1 : rows - 1 - 2 * i));
+      const cache = () => ({
+        k: Tensor.from(new Float32Array(rows * hkv * d).fill(0.5), [rows, hkv, d], { device: GPU, dtype: 'bf16' }),
+        v: Tensor.from(new Float32Array(rows * hkv * d).fill(0.5), [rows, hkv, d], { device: GPU, dtype: 'bf16' }),
+        slots: Tensor.from(slotv, [M], { device: GPU, dtype: 'i32' }),
+      });
+      const fused = ropeQkvProject(xG, wG, bG, pG, invG, s, hq, hkv);
+      const qkv = linearForward(xG, wG, bG);
+      const two = ropeQkvSplit(qkv, pG, invG, s, hq, hkv);
+      const cf = cache(), c2 = cache();
+      const fusedC = ropeQkvProject(xG, wG, bG, pG, invG, s, hq, hkv, cf);
+      ropeQkvSplit(qkv, pG, invG, s, hq, hkv, c2);
+      const ref = ropeQkvProject(xC, wC, bC, pC, invC, s, hq, hkv);
+      for (const key of ['q', 'k', 'v'] as const) {
+        const f = fused[key].toFloat32();
+        assert.deepEqual(f, two[key].toFloat32(), `M=${M} ${key}: the fused kernel's bits`);
+        assert.deepEqual(fusedC[key].toFloat32(), f, `M=${M} ${key} with the cache write`);
+        // Against the CPU: the same product in another summation order, rounded to bf16 and rotated.
+        const c = ref[key].toFloat32();
+        let err = 0, mag = 0;
+        for (let i = 0; i < c.length; i++) (err = Math.max(err, Math.abs(f[i]! - c[i]!))), (mag = Math.max(mag, Math.abs(c[i]!)));
+        assert.ok(f.every(Number.isFinite) && err <= mag * 2 ** -7, `M=${M} ${key}: cuda vs cpu ${err} (max |value| ${mag})`);
+      }
+      assert.deepEqual(cf.k.toFloat32(), c2.k.toFloat32(), `M=${M} k cache`);
+      assert.deepEqual(cf.v.toFloat32(), c2.v.toFloat32(), `M=${M} v cache`);
     }
   });
 }

@@ -10,7 +10,7 @@
 // routing (hot experts, every token on the same experts: an expert with T rows, two row chunks at T 16).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, cudaDeviceCount, f32ToBf16Bits, synchronize } from '../../src/tensor.ts';
+import { Tensor, cudaDeviceCount, f32ToBf16Bits, roundBf16Scalar, synchronize } from '../../src/tensor.ts';
 import { native } from '../../src/native.ts';
 import { moeForward, moeBackward, type MoeForwardResult, type MoeWeights } from '../../src/ops/moe.ts';
 import { makeProblem, weightsOf } from '../helpers/moe-reference.ts';
@@ -189,6 +189,47 @@ function bigWeights(E: number, H: number, I: number, hot: number[]): MoeWeights 
     downB: expertTensor([H], 0.5),
   };
 }
+
+// The decode path's combine comes out of the down product's reduce (moe_decode_kernels.cuh reduce_combine_kernel)
+// with combine_kernel's arithmetic: y[t] = bf16(Σ_j w[t,j]·yp[slot[t,j]]) in j order (within one bf16 ulp of a
+// host sum without fused multiply-adds), and with a residual exactly bf16(res + y), what combine_kernel gives.
+test('decode path: the combine folded into the down reduce (y from the saved yp, with and without a residual)', { skip }, () => {
+  const H = 2880, k = 4;
+  const p = makeProblem(1, H, 32, 512, k, 77); // H 2880 columns as gpt-oss-20b; a small I keeps the setup quick
+  const w = weightsOf(p, 'cuda:0');
+  for (const T of [1, 2, 3, 4]) {
+    const x = Tensor.from(randnBf16(T * H, 1, rng(500 + T)), [T, H], { dtype: 'bf16', device: 'cuda:0' });
+    const resVals = randnBf16(T * H, 1, rng(600 + T));
+    const res = Tensor.from(resVals, [T, H], { dtype: 'bf16', device: 'cuda:0' });
+    const plainRun = moeForward(x, w, { topK: k });
+    const withRes = moeForward(x, w, { topK: k, residual: res });
+    assert.equal(plainRun.ctx.expertGemms, 'decode');
+    assert.equal(withRes.ctx.expertGemms, 'decode');
+    const y = plainRun.y.toFloat32(), yr = withRes.y.toFloat32(), yp = plainRun.ctx.yp.toFloat32();
+    const slot = plainRun.ctx.slotPos.toInt32(), tw = plainRun.ctx.topkW.toFloat32();
+    const resF = res.toFloat32();
+    let worst = 0;
+    for (let t = 0; t < T; t++) {
+      for (let c = 0; c < H; c++) {
+        let acc = 0;
+        for (let j = 0; j < k; j++) acc = Math.fround(acc + Math.fround(tw[t * k + j]! * yp[slot[t * k + j]! * H + c]!));
+        const want = roundBf16Scalar(acc);
+        const got = y[t * H + c]!;
+        const ulp = 2 ** (Math.floor(Math.log2(Math.max(Math.abs(want), 2 ** -60))) - 7);
+        assert.ok(Math.abs(got - want) <= ulp, `T${T} y[${t}, ${c}] ${got} vs host combine ${want}`);
+        worst = Math.max(worst, Math.abs(got - want));
+        assert.equal(yr[t * H + c], roundBf16Scalar(Math.fround(resF[t * H + c]! + got)), `T${T} y+res[${t}, ${c}]`);
+      }
+    }
+    console.log(`T${T}: decode y vs host combine of its yp: max diff ${worst}; with residual: bf16(res + y) exactly`);
+    for (const f of [plainRun, withRes]) {
+      f.ctx.dispose();
+      f.y.dispose();
+    }
+    dispose(x, res);
+  }
+  disposeWeights(w);
+});
 
 test('decode path at gpt-oss-20b sizes (H 2880, I 2880, E 32, top-4), random routing', { skip }, () => {
   compareAll('20b random', bigWeights(32, 2880, 2880, []), 2880, 300, false);

@@ -135,6 +135,10 @@ for (const window of [0, 128]) {
       { Hq: 64, Hkv: 8, D: 64, blockSize: 16, numBlocks: 1024, window, sinks: 'f32', seqs: ctxs(64, 1, 4096).map((ctx) => ({ ctx, qlen: 1 })) },
     ],
     [
+      `split-KV at batch 1 (the engine's decode step, merged by the last split): context 200, Hq 64 / Hkv 8 / D 64, block 16, window ${window}`,
+      { Hq: 64, Hkv: 8, D: 64, blockSize: 16, numBlocks: 64, window, sinks: 'bf16', seqs: [{ ctx: 200, qlen: 1 }] },
+    ],
+    [
       `split-KV: 3 sequences (contexts 4000 / 1 / 2500), Hq 64 / Hkv 8 / D 64, block 32, window ${window}`,
       { Hq: 64, Hkv: 8, D: 64, blockSize: 32, numBlocks: 300, window, sinks: 'bf16', seqs: [{ ctx: 4000, qlen: 1 }, { ctx: 1, qlen: 1 }, { ctx: 2500, qlen: 1 }] },
     ],
@@ -174,6 +178,16 @@ test('cuda pagedAttention: an empty step, and repeated calls give identical resu
   const c2: Case = { ...c, seqs: [{ ctx: 100, qlen: 30 }, { ctx: 7, qlen: 1 }] };
   const d2 = makeData(c2, 2);
   assert.deepEqual(run(G, c2, d2), run(G, c2, d2));
+  // Split launches merge in their last CTA, through per-(tile, kv head) tickets that wrap back to 0: calls in a
+  // row (different split counts, then the first again) keep giving the same bits.
+  const split: Case = { Hq: 64, Hkv: 8, D: 64, blockSize: 16, numBlocks: 300, window: 0, sinks: 'f32', seqs: [{ ctx: 3000, qlen: 1 }, { ctx: 90, qlen: 1 }] };
+  const one: Case = { ...split, seqs: [{ ctx: 700, qlen: 1 }] };
+  const ds = makeData(split, 3), d1 = makeData(one, 4);
+  const first = run(G, split, ds), first1 = run(G, one, d1);
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(run(G, split, ds), first);
+    assert.deepEqual(run(G, one, d1), first1);
+  }
 });
 
 test('cuda pagedAttention refuses f32 inputs and head_dim 32 with the shapes', { skip }, () => {
