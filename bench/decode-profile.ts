@@ -60,6 +60,8 @@ function family(op: string): string {
       return 'rmsnorm';
     case 'matmul':
       return phase === 'attn' ? 'qkv GEMM' : phase === 'out' ? 'o_proj' : phase === 'head' ? 'LM head' : 'GEMM (other)';
+    case 'ropeQkvProject': // on CUDA at decode sizes the q/k/v GEMM, the rope and the KV-cache write in one kernel
+      return 'qkv GEMM';
     case 'ropeQkvSplit': // without k/v adapters it also writes the KV cache (the paged pools)
     case 'ropeForward':
       return 'rope';
