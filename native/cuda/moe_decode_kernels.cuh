@@ -131,6 +131,45 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__
   }
 }
 
+// The reduces' shared pieces. lane_sum: lane threadIdx.y's share of Σ_s part[s, r, c..c+3] (s = y, y +
+// kReduceLanes, ... in increasing order); lanes_total: the lane sums added in increasing lane (the fixed order that
+// makes the reduce deterministic); expert_of: e(r), the largest e with offsets[e] <= r (empty experts share their
+// offset with the next one).
+__device__ __forceinline__ float4 lane_sum(const float* __restrict__ part, int S, int64_t N, int Nc, int64_t r,
+                                           int c) {
+  float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int s = threadIdx.y; s < S; s += kReduceLanes) {
+    const float4 v = *reinterpret_cast<const float4*>(part + ((int64_t)s * N + r) * Nc + c);
+    a.x += v.x;
+    a.y += v.y;
+    a.z += v.z;
+    a.w += v.w;
+  }
+  return a;
+}
+
+__device__ __forceinline__ void lanes_total(const float4 (&red)[kReduceLanes][32], float (&v)[4]) {
+  v[0] = v[1] = v[2] = v[3] = 0.f;
+#pragma unroll
+  for (int y = 0; y < kReduceLanes; y++) {
+    const float4 p = red[y][threadIdx.x];
+    v[0] += p.x;
+    v[1] += p.y;
+    v[2] += p.z;
+    v[3] += p.w;
+  }
+}
+
+__device__ __forceinline__ int expert_of(const int32_t* __restrict__ offsets, int E, int64_t r) {
+  int lo = 0, hi = E;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (offsets[mid] <= r) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // out[r, c] = bf16(Σ_{s < S} part[s, r, c] + bias[e(r), c]) for one permuted row r = blockIdx.x (e(r): the expert
 // whose segment holds r) and 128 columns (blockIdx.y); with SWIGLU also h[r, c/2] = bf16(swiglu(out[r, c],
 // out[r, c+1])) (gate/up interleaved). Block (32, kReduceLanes): threadIdx.x owns 4 columns, threadIdx.y sums the
@@ -144,34 +183,12 @@ __global__ void __launch_bounds__(32 * kReduceLanes) reduce_kernel(const float* 
   __shared__ float4 red[kReduceLanes][32];
   const int64_t r = blockIdx.x;
   const int c = (blockIdx.y * 32 + threadIdx.x) * 4;
-  float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (c < Nc)
-    for (int s = threadIdx.y; s < S; s += kReduceLanes) {
-      const float4 v = *reinterpret_cast<const float4*>(part + ((int64_t)s * N + r) * Nc + c);
-      a.x += v.x;
-      a.y += v.y;
-      a.z += v.z;
-      a.w += v.w;
-    }
-  red[threadIdx.y][threadIdx.x] = a;
+  red[threadIdx.y][threadIdx.x] = c < Nc ? lane_sum(part, S, N, Nc, r, c) : make_float4(0.f, 0.f, 0.f, 0.f);
   __syncthreads();
   if (threadIdx.y != 0 || c >= Nc) return;
-  float v[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-  for (int y = 0; y < kReduceLanes; y++) {
-    const float4 p = red[y][threadIdx.x];
-    v[0] += p.x;
-    v[1] += p.y;
-    v[2] += p.z;
-    v[3] += p.w;
-  }
-  // e(r): the largest e with offsets[e] <= r (empty experts share their offset with the next one).
-  int lo = 0, hi = E;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (offsets[mid] <= r) lo = mid;
-    else hi = mid;
-  }
+  float v[4];
+  lanes_total(red, v);
+  const int lo = expert_of(offsets, E, r);
   float b[4];
   load4(bias + (int64_t)lo * Nc + c, b);
 #pragma unroll
@@ -208,33 +225,12 @@ __global__ void __launch_bounds__(32 * kReduceLanes) reduce_combine_kernel(
   for (int j = 0; j < k; j++) {
     __syncthreads();  // pos / w written; the previous row's lane sums read
     const int64_t r = pos[j];
-    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (c < H)
-      for (int s = threadIdx.y; s < S; s += kReduceLanes) {
-        const float4 v = *reinterpret_cast<const float4*>(part + ((int64_t)s * N + r) * H + c);
-        a.x += v.x;
-        a.y += v.y;
-        a.z += v.z;
-        a.w += v.w;
-      }
-    red[threadIdx.y][threadIdx.x] = a;
+    red[threadIdx.y][threadIdx.x] = c < H ? lane_sum(part, S, N, H, r, c) : make_float4(0.f, 0.f, 0.f, 0.f);
     __syncthreads();
     if (threadIdx.y != 0 || c >= H) continue;
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int l = 0; l < kReduceLanes; l++) {
-      const float4 p = red[l][threadIdx.x];
-      v[0] += p.x;
-      v[1] += p.y;
-      v[2] += p.z;
-      v[3] += p.w;
-    }
-    int lo = 0, hi = E;  // e(r): the largest e with offsets[e] <= r
-    while (hi - lo > 1) {
-      const int mid = (lo + hi) / 2;
-      if (offsets[mid] <= r) lo = mid;
-      else hi = mid;
-    }
+    float v[4];
+    lanes_total(red, v);
+    const int lo = expert_of(offsets, E, r);
     float b[4];
     load4(bias + (int64_t)lo * H + c, b);
 #pragma unroll
