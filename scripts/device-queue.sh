@@ -8,6 +8,9 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # The runs that need several GPUs (issues 25, 26) are in scripts/multi-gpu-queue.sh.
 # Waiting (passed on an H200 in session 23, H100 figures not taken): batch-1 decode with the three fused decode
 # launches (docs/inference.md, "Three launches a layer fewer"), the 4k training rows after the cuBLASLt tuning fix.
+# Also the decode MoE test after the reduces' shared helpers (lane_sum / lanes_total / expert_of: a refactor, the same
+# sums in the same order, not yet run on a GPU) and the plain rope tests after rope_math.cuh.
+step moe-decode-test 90 $T dist/test/gpu/moe-decode.test.js
 step rope-tests 60 $T --test-name-pattern "rope" dist/test/gpu/coreops1.test.js
 step gen-b1 120 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/gen-b1.json"
 step train-step-4k 150 node dist/bench/train-step.js --tokens 4096 --layers 2 --steps 8 --json "$OUT/train-step-4k.json"
