@@ -100,7 +100,7 @@ let V = CFG.vocabSize;
 /** What the tables say the weights are. */
 const headsOverridden = flag('heads') || flag('kv-heads');
 const weightsLabel = (): string =>
-  modelDir ? `checkpoint ${modelSource}` : `${presetName} shape${headsOverridden ? ` (${CFG.numHeads} query / ${CFG.numKvHeads} key-value heads)` : ''}, random BF16 weights`;
+  modelDir ? `checkpoint ${modelSource}` : `${presetName} shape${headsOverridden ? ` (${CFG.numHeads} query / ${CFG.numKvHeads} key-value heads)` : ''}, random BF16 weights${routerStd !== undefined ? ` (router std ${routerStd})` : ''}`;
 const batches = arg('batches', '1,64,256,512', '1,4').split(',').map(Number);
 const promptLen = num('prompt', 128, 8);
 const newTokens = num('new', 128, 8);
@@ -142,7 +142,13 @@ if (cudaGraphs && lora) throw new Error('bench:generate: --cuda-graphs and --lor
 /** The adapters of --lora (made in main once the model exists). */
 let adapters: LoraAdapters | null = null;
 /** The random weights' draw: every rank (launcher mode) and the single-process run draw the same values. */
-const RANDOM_INIT: RandomInitOptions = { seed: 1, fast: true, biasStd: 0.02 };
+// --router-std S: the router weights drawn with std S instead of the matrices' 0.02 (RandomInitOptions.routerStd),
+// for a random model whose routing is not near-tied, on which the log-prob gap measures the engine's kernels
+// rather than the amplification of bf16 noise by expert flips (docs/inference.md, "Log-prob gap").
+const routerStd = flag('router-std') ? num('router-std', 0.02) : undefined;
+if (routerStd !== undefined && !(routerStd > 0)) throw new Error(`bench:generate: --router-std must be a positive number, got ${routerStd}`);
+if (routerStd !== undefined && modelSource) throw new Error('bench:generate: --router-std shapes random weights; --model brings its own');
+const RANDOM_INIT: RandomInitOptions = { seed: 1, fast: true, biasStd: 0.02, routerStd };
 
 // Launcher mode (see the header): the processes the launcher started, and the engines' tensor-parallel size.
 const worldSize = distEnv().worldSize;
@@ -560,6 +566,7 @@ function report(fixedRows: FixedRow[], grpoRes: GrpoResult | null, st: EngineSta
     device,
     preset: presetName,
     model: modelDir ? modelSource : null,
+    routerStd: routerStd ?? null,
     layers,
     /** "E x tp=T" (one process: "1 x tp=1"); launcher mode: the ranks and the engines. */
     layout,

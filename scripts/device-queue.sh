@@ -13,5 +13,8 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 step moe-decode-test 90 $T dist/test/gpu/moe-decode.test.js
 step rope-tests 60 $T --test-name-pattern "rope" dist/test/gpu/coreops1.test.js
 step gen-b1 120 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/gen-b1.json"
+# The log-prob gap on a random 20b shape whose routers are not near-tied (bench:generate --router-std), with the
+# trainer's own floor beside it (docs/inference.md, "Log-prob gap").
+step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
 step train-step-4k 150 node dist/bench/train-step.js --tokens 4096 --layers 2 --steps 8 --json "$OUT/train-step-4k.json"
 step train-step-4k-mb8 150 node dist/bench/train-step.js --tokens 4096 --layers 2 --steps 6 --micro-batches 8 --json "$OUT/train-step-4k-mb8.json"

@@ -141,6 +141,12 @@ export interface RandomInitOptions {
   /** Std of the sink logits (default 0.02: HF draws them like matrices). */
   sinkStd?: number;
   /**
+   * Std of the MoE router weights (default: the matrices' std). Larger values spread the router logits, so that
+   * bf16-level differences between two forwards of the same tokens rarely flip an expert choice: with the default,
+   * a random model's near-tied routers amplify such differences layer by layer (docs/inference.md, log-prob gap).
+   */
+  routerStd?: number;
+  /**
    * Benchmarks only: matrices are cut from one shared pool of 16M random values at per-tensor offsets (memcpy
    * speed instead of ~20 ns per value, which matters for billions of parameters). Values repeat across tensors.
    */
@@ -278,6 +284,7 @@ export function randomParam(s: ParamSpec, device: string, opts: RandomInitOption
       break;
     default:
       std = opts.std === 'fanIn' ? 1 / Math.sqrt(s.fanIn) : (opts.std ?? 0.02);
+      if (opts.routerStd !== undefined && s.name.endsWith('.mlp.router.weight')) std = opts.routerStd;
   }
   const big = s.shape.reduce((a, b) => a * b, 1) > 1 << 20;
   return (opts.fast && big && std > 0 ? pooledRandomTensor : randomTensor)(s.name, s.shape, mean, std, seed, device);

@@ -44,6 +44,12 @@ test('bench:generate --model: a checkpoint directory instead of random weights (
   const bad = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--model', '/nonexistent/model-dir', '--no-peer'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /nonexistent\/model-dir/);
+  const mixed = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--model', fixturePath('gptoss-tiny'), '--router-std', '0.3', '--no-peer'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
+  assert.notEqual(mixed.status, 0);
+  assert.match(mixed.stderr, /--router-std shapes random weights; --model brings its own/);
+  const neg = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--router-std', '-1', '--no-peer'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
+  assert.notEqual(neg.status, 0);
+  assert.match(neg.stderr, /--router-std must be a positive number, got -1/);
 });
 
 test('bench:generate --cuda-graphs runs both engines on the CPU (the graph path eagerly over its padded buffers)', () => {

@@ -37,6 +37,21 @@ test('random init is seeded and has the requested statistics', () => {
   for (const w of [a, b, c]) w.dispose();
 });
 
+test('routerStd draws only the MoE router weights with its std (the other matrices keep theirs)', () => {
+  const cfg = presetConfig('gpt-oss-tiny-256');
+  const base = GptOssWeights.random(cfg, 'cpu', { seed: 3 });
+  const wide = GptOssWeights.random(cfg, 'cpu', { seed: 3, routerStd: 0.5 });
+  const std = (v: Float32Array): number => Math.sqrt(v.reduce((s, x) => s + x * x, 0) / v.length);
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const r = wide.params.get(`model.layers.${l}.mlp.router.weight`)!.toFloat32();
+    assert.ok(Math.abs(std(r) - 0.5) < 0.05, `layer ${l} router std ${std(r)}`);
+    for (const n of [`model.layers.${l}.mlp.experts.gate_up_proj`, `model.layers.${l}.self_attn.q_proj.weight`, `model.layers.${l}.mlp.router.bias`]) {
+      assert.deepEqual(wide.params.get(n)!.toFloat32(), base.params.get(n)!.toFloat32(), n);
+    }
+  }
+  for (const w of [base, wide]) w.dispose();
+});
+
 test('save/load round trip (sharded) is bit exact, with config.json', () => {
   const cfg = presetConfig('gpt-oss-tiny-256');
   const w = GptOssWeights.random(cfg, 'cpu', { seed: 3, biasStd: 0.1 });
