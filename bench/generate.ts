@@ -36,7 +36,7 @@
 // Usage: npm run bench:generate -- [--layers N] [--preset gpt-oss-20b] [--batches 1,64,256,512] [--no-peer]
 //        [--no-static] [--no-fixed] [--no-grpo] [--static-batches K] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
 //        [--max-num-seqs 512] [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.85]
-//        [--lora] [--lora-rank 16] [--lora-targets q_proj,k_proj,v_proj,o_proj] [--cuda-graphs]
+//        [--lora] [--lora-rank 16] [--lora-targets q_proj,k_proj,v_proj,o_proj] [--cuda-graphs] [--router-std S] (random routers drawn with std S)
 //        [--model <dir | hub id>] (a real checkpoint instead of random weights, for the engine, the static path and the
 //        transformers peer alike; the model's own shape replaces --preset/--layers: the log-prob gap of part (b) is
 //        only meaningful on trained weights)
