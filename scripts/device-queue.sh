@@ -11,6 +11,8 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # Also the decode MoE test after the reduces' shared helpers (lane_sum / lanes_total / expert_of: a refactor, the same
 # sums in the same order, not yet run on a GPU) and the plain rope tests after rope_math.cuh.
 step moe-decode-test 90 $T dist/test/gpu/moe-decode.test.js
+# Candidate (docs/inference.md, "Next candidate"): `git cherry-pick f0a8455` before staging, then these two check it.
+step rope-norm-tests 60 $T --test-name-pattern "ropeQkvProject" dist/test/gpu/coreops1.test.js
 step rope-tests 60 $T --test-name-pattern "rope" dist/test/gpu/coreops1.test.js
 step gen-b1 120 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/gen-b1.json"
 # The log-prob gap on a random 20b shape whose routers are not near-tied (bench:generate --router-std), with the
