@@ -76,6 +76,12 @@ static void check_qkv_parts(const char* op, const Tensor& qkv, const Tensor& q, 
 
 // The optional KV-cache write of ropeQkvSplit / ropeQkvProject: kCache, vCache ([M, Hkv, D] in x's dtype, a KV
 // cache's flat pools) and slots (i32 [T]) at info[i..i+2], all three given (checked here) or none (not called).
+// cache_given: whether any of the three is given (then cache_args wants all three).
+static bool cache_given(const Napi::CallbackInfo& info, size_t i) {
+  for (size_t j = i; j < i + 3; j++)
+    if (info.Length() > j && !info[j].IsUndefined()) return true;
+  return false;
+}
 struct CacheArgs {
   Tensor& k;
   Tensor& v;
@@ -126,8 +132,7 @@ GPTOSS_OP(ropeQkvSplit) {
   Tensor v = make_tensor({tn, hkv, d}, qkv.dtype, qkv.device);
   check_qkv_parts(op, qkv, q, k, v, pos, inv, sc);
   float s = static_cast<float>(sc);
-  const auto given = [&](size_t i) { return info.Length() > i && !info[i].IsUndefined(); };
-  if (!given(6) && !given(7) && !given(8)) {
+  if (!cache_given(info, 6)) {
     GPTOSS_DISPATCH(qkv, cpu::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false),
                     cuda::rope_qkv(qkv, q, k, v, pos, inv, s, 1.f, false));
     return tensor_object(info.Env(), {{"q", q}, {"k", k}, {"v", v}});
@@ -177,8 +182,7 @@ GPTOSS_OP(ropeQkvProject) {
   check_device(op, x, "positions", pos);
   check_device(op, x, "invFreq", inv);
   GPTOSS_CHECK(std::isfinite(sc), op, ": attentionScaling must be finite, got ", sc);
-  bool with_cache = false;  // any of the three given: cache_args then wants all three
-  for (size_t i = 8; i < 11; i++) with_cache = with_cache || (info.Length() > i && !info[i].IsUndefined());
+  const bool with_cache = cache_given(info, 8);
 #ifdef GPTOSS_WITH_CUDA
   if (x.device != kCpu && x.dtype == DType::BF16 && cuda::gemv_rope_qkv_applies(x, w, d)) {
     Tensor q = make_tensor({tn, hq, d}, DType::BF16, x.device);

@@ -157,9 +157,8 @@ __global__ void __launch_bounds__(kThreads) gemv_rope_qkv_kernel(
     __nv_bfloat16* __restrict v, __nv_bfloat16* __restrict kc, __nv_bfloat16* __restrict vc,
     const int32_t* __restrict slots, int64_t cache_rows) {
   const int half = d / 2, hh = blockIdx.x / half, j = blockIdx.x % half;
-  const int64_t na = int64_t(hh) * d + j, nb = na + half, N = int64_t(hq + 2 * hkv) * d;
+  const int64_t na = int64_t(hh) * d + j, nb = na + half;
   const uint4* wrow[2] = {reinterpret_cast<const uint4*>(w + na * ldw), reinterpret_cast<const uint4*>(w + nb * ldw)};
-  (void)N;
   const float s = block_dots<M, 2>(K, x, ldx, wrow);
   __shared__ float val[M][2];
   if (threadIdx.x < M * 2) {

@@ -47,6 +47,12 @@ test('bench:generate --model: a checkpoint directory instead of random weights (
   const mixed = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--model', fixturePath('gptoss-tiny'), '--router-std', '0.3', '--no-peer'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
   assert.notEqual(mixed.status, 0);
   assert.match(mixed.stderr, /--router-std shapes random weights; --model brings its own/);
+  // --router-std reaches the random draw (RandomInitOptions.routerStd: test/cpu/model-weights.test.ts) and the report.
+  const rsOut = join(mkdtempSync(join(tmpdir(), 'bench-generate-router-std-')), 'out.json');
+  const rs = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--router-std', '0.3', '--no-peer', '--no-grpo', '--no-static', '--batches', '1', '--json', rsOut], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
+  assert.equal(rs.status, 0, rs.stderr);
+  assert.match(rs.stdout, /random BF16 weights \(router std 0\.3\)/);
+  assert.equal(JSON.parse(readFileSync(rsOut, 'utf8')).routerStd, 0.3);
   const neg = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--router-std', '-1', '--no-peer'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
   assert.notEqual(neg.status, 0);
   assert.match(neg.stderr, /--router-std must be a positive number, got -1/);
