@@ -393,8 +393,6 @@ export interface NativeOps {
     kCache?: TensorArg,
     vCache?: TensorArg,
     slots?: TensorArg,
-    normW?: TensorArg,
-    eps?: number,
   ): { q: NativeTensor; k: NativeTensor; v: NativeTensor } | undefined;
   ropeQkvPack(
     dq: TensorArg,

@@ -153,9 +153,7 @@ GPTOSS_OP(ropeQkvSplit) {
 // ropeQkvSplit(x·wᵀ + bias, ...) gives them (bf16, the same bits as the linear's bf16 output then ropeQkvSplit),
 // from one CUDA kernel (gemv.cu: a decode step's q/k/v projection with the rope and the KV-cache write in its
 // epilogue), or undefined where that kernel does not take the call (the CPU, more than 8 rows, other dtypes or
-// alignments): the caller then runs the linear and ropeQkvSplit (src/ops/rope.ts). With normW (bf16 [H]) and eps
-// (args 11, 12), x is the residual stream and the projection takes rmsnormForward(x, normW, eps)'s output, in the
-// same kernel (rmsnormForward's bits).
+// alignments): the caller then runs the linear and ropeQkvSplit (src/ops/rope.ts).
 GPTOSS_OP(ropeQkvProject) {
   const char* op = "ropeQkvProject";
   Tensor& x = tensor_arg(info, 0, op, "x");
@@ -184,27 +182,18 @@ GPTOSS_OP(ropeQkvProject) {
   check_device(op, x, "positions", pos);
   check_device(op, x, "invFreq", inv);
   GPTOSS_CHECK(std::isfinite(sc), op, ": attentionScaling must be finite, got ", sc);
-  const bool has_norm = info.Length() > 11 && !info[11].IsUndefined() && !info[11].IsNull();
-  Tensor* norm_w = has_norm ? &tensor_arg(info, 11, op, "normW") : nullptr;
-  const float eps = has_norm ? static_cast<float>(num_arg(info, 12, op, "eps")) : 0.f;
-  if (norm_w) {
-    check_float(op, "normW", *norm_w);
-    check_shape(op, "normW", *norm_w, {x.dim(1)});
-    check_device(op, x, "normW", *norm_w);
-    GPTOSS_CHECK(eps > 0.f && std::isfinite(eps), op, ": eps must be positive and finite, got ", eps);
-  }
   const bool with_cache = cache_given(info, 8);
 #ifdef GPTOSS_WITH_CUDA
-  if (x.device != kCpu && x.dtype == DType::BF16 && cuda::gemv_rope_qkv_applies(x, w, d, norm_w)) {
+  if (x.device != kCpu && x.dtype == DType::BF16 && cuda::gemv_rope_qkv_applies(x, w, d)) {
     Tensor q = make_tensor({tn, hq, d}, DType::BF16, x.device);
     Tensor k = make_tensor({tn, hkv, d}, DType::BF16, x.device);
     Tensor v = make_tensor({tn, hkv, d}, DType::BF16, x.device);
     if (with_cache) {
       auto [kc, vc, slots] = cache_args(info, 8, op, x, hkv, d);
       const cuda::RopeCacheWrite cw{kc, vc, slots};
-      cuda::gemv_rope_qkv(x, w, bias, pos, inv, static_cast<float>(sc), q, k, v, &cw, norm_w, eps);
+      cuda::gemv_rope_qkv(x, w, bias, pos, inv, static_cast<float>(sc), q, k, v, &cw);
     } else {
-      cuda::gemv_rope_qkv(x, w, bias, pos, inv, static_cast<float>(sc), q, k, v, nullptr, norm_w, eps);
+      cuda::gemv_rope_qkv(x, w, bias, pos, inv, static_cast<float>(sc), q, k, v, nullptr);
     }
     return tensor_object(info.Env(), {{"q", q}, {"k", k}, {"v", v}});
   }

@@ -72,11 +72,9 @@ void gemv_bf16(int device, void* stream, int64_t M, int64_t N, int64_t K, float 
 // KV-cache write when `cache` is given), the same bits as gemv_bf16 (bf16 output) then rope_qkv (rope.h).
 // x bf16 [M, K] contiguous, 1 <= M <= kGemvMaxRows; w bf16 [(hq + 2 hkv)·D, K] contiguous; bias bf16 or f32
 // [(hq + 2 hkv)·D] or null; positions i32 [M]; inv_freq f32 [D/2]; q bf16 [M, hq, D], k and v bf16 [M, hkv, D].
-// With norm_w (bf16 [K]), x is the residual stream and the kernel applies the RMSNorm (eps) first, with
-// rmsnormForward's bits (the same as rmsnormForward then this).
-bool gemv_rope_qkv_applies(const Tensor& x, const Tensor& w, int64_t d, const Tensor* norm_w = nullptr);
+bool gemv_rope_qkv_applies(const Tensor& x, const Tensor& w, int64_t d);
 void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& positions,
                    const Tensor& inv_freq, float scaling, const Tensor& q, const Tensor& k, const Tensor& v,
-                   const RopeCacheWrite* cache, const Tensor* norm_w = nullptr, float eps = 0.f);
+                   const RopeCacheWrite* cache);
 
 }  // namespace gptoss::cuda

@@ -32,7 +32,6 @@
 
 #include "common.cuh"
 #include "gemm.h"
-#include "rmsnorm_math.cuh"
 #include "rope_math.cuh"
 #include "vec_io.cuh"
 
@@ -47,13 +46,9 @@ constexpr int kWarps = kThreads / 32;
 // chunks (t, t + kThreads, ...), then warp shuffles, then the warps in order. Returns, for threads < M·ROWS, sum
 // (m = tid / ROWS, r = tid % ROWS); other threads get 0. The order depends only on (K, kThreads), not on ROWS or on
 // which rows of W the block reads, so every kernel built on it gives an output column the same bits.
-// NORM: the x rows are a residual stream and the dots take its RMSNorm, a[m, k] = bf16(normw[k]·(x[m, k]·rs[m]))
-// (rmsnorm_math.cuh: rmsnormForward's values), computed as the chunks are loaded.
-template <int M, int ROWS, bool NORM = false>
+template <int M, int ROWS>
 __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __restrict x, int64_t ldx,
-                                            const uint4* (&wrow)[ROWS],
-                                            const __nv_bfloat16* __restrict normw = nullptr,
-                                            const float (*rs)[M] = nullptr) {
+                                            const uint4* (&wrow)[ROWS]) {
   const int64_t chunks = K / 8;
   float acc[M][ROWS];
 #pragma unroll
@@ -73,8 +68,6 @@ __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __re
     for (int r = 0; r < ROWS; r++) wv[r] = __ldcs(wrow[r] + c);
 #pragma unroll
     for (int m = 0; m < M; m++) xv[m] = __ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c);
-    float nf[8];
-    if constexpr (NORM) unpack8(__ldg(reinterpret_cast<const uint4*>(normw) + c), nf);
     float wf[ROWS][8];
 #pragma unroll
     for (int r = 0; r < ROWS; r++) unpack8(wv[r], wf[r]);
@@ -82,10 +75,6 @@ __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __re
     for (int m = 0; m < M; m++) {
       float xf[8];
       unpack8(xv[m], xf);
-      if constexpr (NORM) {
-#pragma unroll
-        for (int k = 0; k < 8; k++) xf[k] = __bfloat162float(__float2bfloat16(rms_math::scaled(nf[k], xf[k], (*rs)[m])));
-      }
 #pragma unroll
       for (int r = 0; r < ROWS; r++)
 #pragma unroll
@@ -109,63 +98,6 @@ __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __re
 #pragma unroll
     for (int i = 0; i < kWarps; i++) s += part[i][threadIdx.x];  // fixed order: deterministic
   return s;
-}
-
-// rs[m] = rstd of row m of x (K values) as rmsnormForward computes it: that kernel runs V = row_threads(K, vec)
-// threads per row, thread t summing the squares of its 8-value groups t, t + V, ... (ss_step), then block_sum (each
-// warp's xor-butterfly sum, then warp 0's butterfly over the warp sums in warp order, zeros past the last warp).
-// This block of kThreads emulates those V threads (thread i plays t = i and t = i + kThreads, whose warps are
-// warp and warp + kWarps) with the same steps in the same order, so rs has rmsnormForward's bits. K % 8 == 0, x
-// rows 16-byte aligned (rmsnormForward's vec path).
-template <int M>
-__device__ __forceinline__ void rows_rstd(const __nv_bfloat16* __restrict x, int64_t ldx, int64_t K, float eps,
-                                          float (&rs)[M]) {
-  constexpr int kMaxVirtualWarps = 256 / 32;  // row_threads is at most 256
-  static_assert(2 * kWarps == kMaxVirtualWarps, "two virtual threads per thread cover 256");
-  __shared__ float warp_ss[M][kMaxVirtualWarps];
-  __shared__ float srs[M];
-  const int V = rms_math::row_threads(K, true), vwarps = V / 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int m = 0; m < M; m++) {
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-      const int t = threadIdx.x + kThreads * j;  // V is a multiple of 32: a warp's virtual threads are all in or out
-      float ss = 0.f;
-      if (t < V)
-        for (int64_t c = int64_t(t) * 8; c < K; c += int64_t(V) * 8) {
-          float v[8];
-          load8(x + m * ldx + c, v);
-#pragma unroll
-          for (int k = 0; k < 8; k++) ss = rms_math::ss_step(ss, v[k]);
-        }
-      ss = warp_sum(ss);
-      if (lane == 0 && warp + kWarps * j < vwarps) warp_ss[m][warp + kWarps * j] = ss;
-    }
-  }
-  __syncthreads();
-  if (warp == 0) {
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-      const float total = warp_sum(lane < vwarps ? warp_ss[m][lane] : 0.f);
-      if (lane == 0) srs[m] = rms_math::rstd(total, K, eps);
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int m = 0; m < M; m++) rs[m] = srs[m];
-}
-
-// Asks L2 for the ROWS rows (bytes >= 16 each, from 16-byte aligned starts) one 128-byte line per thread and step: a hint
-// (prefetch.global.L2), no registers held and no effect on the results.
-template <int ROWS>
-__device__ __forceinline__ void prefetch_rows_l2(const uint4* (&wrow)[ROWS], int64_t bytes) {
-  const int64_t lines = (bytes + 127) / 128;
-  for (int64_t i = threadIdx.x; i < ROWS * lines; i += kThreads) {
-    const int64_t off = (i % lines) * 128;  // the last line's address kept inside the row
-    const char* p = reinterpret_cast<const char*>(wrow[i / lines]) + (off < bytes - 16 ? off : bytes - 16);
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-  }
 }
 
 // Rows of W for a block reading rows n0 .. n0 + ROWS - 1: rows past N (the last block when ROWS does not divide N)
@@ -215,30 +147,19 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(int64_t N, int64_t K, co
 // it reads W rows hh·D + j and hh·D + j + half, so the pair a rotation mixes is in one block. Each value is the
 // linear's bf16 output (the same sum as gemv_kernel: block_dots), rounded, then rotated (q, k) or copied (v) with
 // rope_math's cos/sin and rotation, as rope_parts_kernel does: the same bits as gemv + ropeQkvSplit.
-// With NORM, x is the layer's residual stream and the kernel also does the input norm before the product
-// (rows_rstd, block_dots' NORM: rmsnormForward's bits, so the same as rmsnormForward + this kernel): the decode
-// step's whole attention input, norm, projection, rope and cache write, in one launch.
 // x bf16 [M, K], w bf16 [(hq + 2 hkv)·D, K], bias [(hq + 2 hkv)·D] or null, pos i32 [M], inv_freq f32 [D/2];
-// q bf16 [M, hq, D], k / v bf16 [M, hkv, D]; kc / vc bf16 [cache_rows, hkv, D] or null, slots i32 [M];
-// normw bf16 [K] (NORM).
-template <int M, bool NORM>
+// q bf16 [M, hq, D], k / v bf16 [M, hkv, D]; kc / vc bf16 [cache_rows, hkv, D] or null, slots i32 [M].
+template <int M>
 __global__ void __launch_bounds__(kThreads) gemv_rope_qkv_kernel(
     int64_t K, const __nv_bfloat16* __restrict x, int64_t ldx, const __nv_bfloat16* __restrict w, int64_t ldw,
     const void* __restrict bias, bool bias_bf16, const int32_t* __restrict pos, const float* __restrict inv_freq,
     float scaling, int d, int hq, int hkv, __nv_bfloat16* __restrict q, __nv_bfloat16* __restrict k,
     __nv_bfloat16* __restrict v, __nv_bfloat16* __restrict kc, __nv_bfloat16* __restrict vc,
-    const int32_t* __restrict slots, int64_t cache_rows, const __nv_bfloat16* __restrict normw, float eps) {
+    const int32_t* __restrict slots, int64_t cache_rows) {
   const int half = d / 2, hh = blockIdx.x / half, j = blockIdx.x % half;
   const int64_t na = int64_t(hh) * d + j, nb = na + half;
   const uint4* wrow[2] = {reinterpret_cast<const uint4*>(w + na * ldw), reinterpret_cast<const uint4*>(w + nb * ldw)};
-  float rs[M];
-  if constexpr (NORM) {
-    // The block's two W rows start coming from HBM into L2 while it computes the rows' rstd (which reads only x,
-    // already in L2), so the norm's pass does not leave HBM idle at the start of every block.
-    prefetch_rows_l2(wrow, K * 2);
-    rows_rstd<M>(x, ldx, K, eps, rs);
-  }
-  const float s = block_dots<M, 2, NORM>(K, x, ldx, wrow, normw, &rs);
+  const float s = block_dots<M, 2>(K, x, ldx, wrow);
   __shared__ float val[M][2];
   if (threadIdx.x < M * 2) {
     const int m = threadIdx.x / 2, r = threadIdx.x % 2;
@@ -336,22 +257,20 @@ void gemv_bf16(int device, void* stream, int64_t M, int64_t N, int64_t K, float 
   GPTOSS_CUDA_LAUNCH_CHECK("gemv");
 }
 
-bool gemv_rope_qkv_applies(const Tensor& x, const Tensor& w, int64_t d, const Tensor* norm_w) {
+bool gemv_rope_qkv_applies(const Tensor& x, const Tensor& w, int64_t d) {
   const int64_t M = x.dim(0), K = x.dim(1);
   return M >= 1 && M <= kGemvMaxRows && K >= 64 && K % 8 == 0 && d % 2 == 0 && x.dtype == DType::BF16 &&
          w.dtype == DType::BF16 && aligned16(x.raw()) && aligned16(w.raw()) &&
-         w.dim(0) / d * (d / 2) < (int64_t(1) << 31) &&
-         (!norm_w || (norm_w->dtype == DType::BF16 && aligned16(norm_w->raw())));
+         w.dim(0) / d * (d / 2) < (int64_t(1) << 31);
 }
 
 void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& positions,
                    const Tensor& inv_freq, float scaling, const Tensor& q, const Tensor& k, const Tensor& v,
-                   const RopeCacheWrite* cache, const Tensor* norm_w, float eps) {
+                   const RopeCacheWrite* cache) {
   const int64_t M = x.dim(0), K = x.dim(1);
   const int hq = static_cast<int>(q.dim(1)), hkv = static_cast<int>(k.dim(1)), d = static_cast<int>(q.dim(2));
-  GPTOSS_CHECK(gemv_rope_qkv_applies(x, w, d, norm_w), "gemv_rope_qkv: needs 1..", kGemvMaxRows,
-               " bf16 rows of K % 8 == 0 (>= 64), 16-byte aligned (and a bf16 aligned norm weight), got x ",
-               x.describe(), ", w ", w.describe());
+  GPTOSS_CHECK(gemv_rope_qkv_applies(x, w, d), "gemv_rope_qkv: needs 1..", kGemvMaxRows,
+               " bf16 rows of K % 8 == 0 (>= 64), 16-byte aligned, got x ", x.describe(), ", w ", w.describe());
   DeviceGuard g(x.device);
   auto s = stream_of(x.device);
   const unsigned blocks = static_cast<unsigned>((hq + 2 * hkv) * (d / 2));
@@ -363,13 +282,10 @@ void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const T
   auto* vc = cache ? cache->v.data<__nv_bfloat16>() : nullptr;
   const int32_t* sl = cache ? cache->slots.data<int32_t>() : nullptr;
   const int64_t rows = cache ? cache->k.dim(0) : 0;
-  const auto* np = norm_w ? norm_w->data<__nv_bfloat16>() : nullptr;
   auto launch = [&](auto m) {
-    constexpr int kM = decltype(m)::value;
-    auto* kernel = np ? gemv_rope_qkv_kernel<kM, true> : gemv_rope_qkv_kernel<kM, false>;
-    kernel<<<blocks, kThreads, 0, s>>>(K, xp, K, wp, K, bp, bb, positions.data<int32_t>(), inv_freq.data<float>(),
-                                      scaling, d, hq, hkv, q.data<__nv_bfloat16>(), k.data<__nv_bfloat16>(),
-                                      v.data<__nv_bfloat16>(), kc, vc, sl, rows, np, eps);
+    gemv_rope_qkv_kernel<decltype(m)::value><<<blocks, kThreads, 0, s>>>(
+        K, xp, K, wp, K, bp, bb, positions.data<int32_t>(), inv_freq.data<float>(), scaling, d, hq, hkv,
+        q.data<__nv_bfloat16>(), k.data<__nv_bfloat16>(), v.data<__nv_bfloat16>(), kc, vc, sl, rows);
   };
   switch (M) {
     case 1: launch(std::integral_constant<int, 1>{}); break;

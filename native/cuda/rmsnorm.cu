@@ -5,14 +5,17 @@
 // written out, the norm computed on it), through the same row code as the plain forward.
 #include "common.cuh"
 #include "rmsnorm.h"
-#include "rmsnorm_math.cuh"
 #include "vec_io.cuh"
 
 namespace gptoss::cuda {
 
 namespace {
 
-int row_threads(int64_t h, bool vec) { return rms_math::row_threads(h, vec); }
+int row_threads(int64_t h, bool vec) {
+  int64_t work = vec ? h / 8 : h;
+  int64_t t = (work + 31) / 32 * 32;
+  return static_cast<int>(t < 32 ? 32 : (t > 256 ? 256 : t));
+}
 
 // The values a norm row reads. RowIn: a row of x. RowSum: the residual sum h = round_to_X(x + o) of the fused
 // add+norm, computed in registers (rounded as elementwise.cu's add rounds it: fp32 sum, one RN rounding to X);
@@ -74,13 +77,16 @@ __device__ __forceinline__ void norm_row(const Src& src, const W* __restrict__ w
       float v[8];
       src.first8(c, v);
 #pragma unroll
-      for (int k = 0; k < 8; k++) ss = rms_math::ss_step(ss, v[k]);
+      for (int k = 0; k < 8; k++) ss += v[k] * v[k];
     }
   } else {
-    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) ss = rms_math::ss_step(ss, src.first1(c));
+    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
+      float v = src.first1(c);
+      ss += v * v;
+    }
   }
   ss = block_sum(ss);
-  const float rs = rms_math::rstd(ss, h, eps);
+  float rs = 1.f / sqrtf(ss / float(h) + eps);
   if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
   if (vec) {
     for (int64_t c = threadIdx.x * 8; c < h; c += blockDim.x * 8) {
@@ -88,11 +94,11 @@ __device__ __forceinline__ void norm_row(const Src& src, const W* __restrict__ w
       src.again8(c, v);
       load8(w + c, wv);
 #pragma unroll
-      for (int k = 0; k < 8; k++) v[k] = rms_math::scaled(wv[k], v[k], rs);
+      for (int k = 0; k < 8; k++) v[k] = wv[k] * (v[k] * rs);
       store8(yr + c, v);
     }
   } else {
-    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) stf(yr + c, rms_math::scaled(ldf(w + c), src.again1(c), rs));
+    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) stf(yr + c, ldf(w + c) * (src.again1(c) * rs));
   }
 }
 

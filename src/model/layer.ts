@@ -636,19 +636,8 @@ export class DecoderLayer {
     // Without k/v adapters the rope pass writes the cache itself (one launch instead of rope + two scatters).
     const ll = this.lora;
     const target = ll?.k || ll?.v ? undefined : cache.writeTarget?.();
-    let qr: Tensor, kr: Tensor, v: Tensor;
-    if (ll?.q || ll?.k || ll?.v) {
-      const r = this.attentionInputs(x, positions, target);
-      disposeAll(r.a1, r.rstd1);
-      ({ qr, kr, v } = r);
-    } else {
-      // No q/k/v adapters, so nothing needs the normed input itself: the input norm goes with the projection
-      // (one kernel with it, the rope and the cache write at decode sizes on CUDA: ropeQkvProject).
-      const c = this.host.config;
-      const w = this.weights;
-      const { invFreq, scaling } = this.host.rope;
-      ({ q: qr, k: kr, v } = ropeQkvProject(x, w.qkvW, w.qkvB, positions, invFreq, scaling, c.numHeads, c.numKvHeads, target, { weight: w.inputNorm, eps: c.rmsNormEps }));
-    }
+    const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, positions, target);
+    disposeAll(a1, rstd1);
     if (!target) cache.write(kr, v);
     const attn = cache.attend(qr, kr, v, { window: this.window, sinks: this.weights.sinks });
     disposeAll(qr, kr, v);

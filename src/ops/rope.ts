@@ -7,7 +7,6 @@
 import { native, type FloatDType } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 import { linearForward } from './gemm.ts';
-import { rmsnormForward } from './rmsnorm.ts';
 
 export interface YarnConfig {
   /** D, the rotated head dimension (64 for gpt-oss) */
@@ -192,10 +191,8 @@ export function ropeQkvSplit(
  * The fused q/k/v projection and its rope split: ropeQkvSplit(linearForward(x, w, b), ...), bf16. On CUDA at decode
  * sizes (x bf16 with at most 8 rows, 16-byte aligned) one kernel does both, the KV-cache write included
  * (native/cuda/gemv.cu: the linear's sums and bf16 rounding, then the rope's arithmetic, so the same bits as the two
- * ops); elsewhere (the CPU, prefill chunks, training) the two ops run as they are. With `norm`, x is the residual
- * stream and the projection takes rmsnormForward(x, norm.weight, norm.eps).y: in the same CUDA kernel at decode
- * sizes (rmsnormForward's bits: rmsnorm_math.cuh), else that op first.
- * @param x bf16 [T, H] (the input norm's output, or with `norm` the residual stream)
+ * ops); elsewhere (the CPU, prefill chunks, training) the two ops run as they are.
+ * @param x bf16 [T, H] (the input norm's output)
  * @param w [(Hq + 2·Hkv)·D, H]: Wq, Wk, Wv stacked as rows; b [(Hq + 2·Hkv)·D] or undefined
  * @returns q [T, Hq, D], k [T, Hkv, D] rotated, v [T, Hkv, D], as ropeQkvSplit returns them
  */
@@ -209,7 +206,6 @@ export function ropeQkvProject(
   numHeads: number,
   numKvHeads: number,
   cache?: RopeCacheWrite,
-  norm?: { weight: Tensor; eps: number },
 ): { q: Tensor; k: Tensor; v: Tensor } {
   const r = native().ops.ropeQkvProject(
     x.native,
@@ -223,19 +219,8 @@ export function ropeQkvProject(
     cache?.k.native,
     cache?.v.native,
     cache?.slots.native,
-    norm?.weight.native,
-    norm?.eps,
   );
   if (r) return { q: new Tensor(r.q), k: new Tensor(r.k), v: new Tensor(r.v) };
-  if (norm) {
-    const { y: a, rstd } = rmsnormForward(x, norm.weight, norm.eps);
-    rstd.dispose();
-    try {
-      return ropeQkvProject(a, w, b, positions, invFreq, attentionScaling, numHeads, numKvHeads, cache);
-    } finally {
-      a.dispose();
-    }
-  }
   const qkv = linearForward(x, w, b);
   try {
     return ropeQkvSplit(qkv, positions, invFreq, attentionScaling, numHeads, numKvHeads, cache);

@@ -8,7 +8,6 @@ import { join } from 'node:path';
 import { Tensor, roundBf16 } from '../../src/tensor.ts';
 import { yarnInvFreq, yarnCorrectionRange, yarnConfigFromHf, yarnInvFreqTensor, ropeForward, ropeBackward, ropeQkvSplit, ropeQkvProject, ropeQkvPack, type YarnConfig } from '../../src/ops/rope.ts';
 import { linearForward } from '../../src/ops/gemm.ts';
-import { rmsnormForward } from '../../src/ops/rmsnorm.ts';
 import { uniform, uniformBf16, randInts, probes } from '../helpers/random.ts';
 import { scatterRows } from '../../src/ops/kvcache.ts';
 import { native } from '../../src/native.ts';
@@ -272,14 +271,6 @@ test('ropeQkvProject on the CPU is linearForward then ropeQkvSplit (with the cac
   for (const key of ['q', 'k', 'v'] as const) assert.deepEqual(r[key].toFloat32(), two[key].toFloat32(), key);
   assert.deepEqual(kc.toFloat32(), kw.toFloat32(), 'k cache');
   assert.deepEqual(vc.toFloat32(), vw.toFloat32(), 'v cache');
-  // With the input norm: rmsnormForward first, then the same.
-  const normW = Tensor.from(uniformBf16(H, 95, 0.5, 1.5), [H], bf);
-  const normed = ropeQkvProject(x, w, b, pos, invFreq, s, hq, hkv, undefined, { weight: normW, eps: 1e-5 });
-  const a = rmsnormForward(x, normW, 1e-5).y;
-  const viaA = ropeQkvProject(a, w, b, pos, invFreq, s, hq, hkv);
-  for (const key of ['q', 'k', 'v'] as const) assert.deepEqual(normed[key].toFloat32(), viaA[key].toFloat32(), `normed ${key}`);
-  assert.throws(() => ropeQkvProject(x, w, b, pos, invFreq, s, hq, hkv, undefined, { weight: Tensor.zeros([H + 8], bf), eps: 1e-5 }), /ropeQkvProject: normW must have shape \[24\]/);
-  assert.throws(() => ropeQkvProject(x, w, b, pos, invFreq, s, hq, hkv, undefined, { weight: normW, eps: 0 }), /ropeQkvProject: eps must be positive and finite, got 0/);
   const noBias = ropeQkvProject(x, w, undefined, pos, invFreq, s, hq, hkv);
   assert.deepEqual(noBias.q.toFloat32(), ropeQkvSplit(linearForward(x, w), pos, invFreq, s, hq, hkv).q.toFloat32(), 'no bias');
   assert.throws(() => ropeQkvProject(x, Tensor.zeros([n - d, H], bf), b, pos, invFreq, s, hq, hkv), /ropeQkvProject: w must be \[128, 24\] \(\(numHeads \+ 2\*numKvHeads\) \* D rows\), got bf16\[112, 24\]/);
