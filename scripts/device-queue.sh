@@ -12,6 +12,14 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # trainer's own floor beside it (docs/inference.md, "Log-prob gap").
 step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
 # Where batch-1 decode's 3.51 ms go now (245 nodes), and the 4k sharded step's extra ~8 ms at world size 1.
+# decode-profile's device marks inflate small kernels; a per-node trace of the CUDA-graph replays needs Nsight
+# Systems (not yet known to be on the GPU machine): the probe says, and when present the trace's kernel summary is
+# the decode step as the graph runs it.
+echo "nsys: $(command -v nsys || echo none); Nsight dirs: $(ls -d /usr/local/cuda/nsight-systems* /opt/nvidia/nsight-systems* 2>/dev/null | xargs)" >> "$DEVICE_LOG"
+if command -v nsys > /dev/null; then
+  step nsys-gen-b1 120 nsys profile -t cuda --cuda-graph-trace=node -o /tmp/gen-b1 -f true node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static
+  step nsys-stats 60 bash -c 'nsys stats -q -r cuda_gpu_kern_sum -f csv -o /tmp/kern /tmp/gen-b1.nsys-rep && cp /tmp/kern*.csv "$OUT/"'
+fi
 step decode-profile 90 node dist/bench/decode-profile.js --batches 1 --json "$OUT/decode-profile-b1.json"
 step train-profile-4k 150 node dist/bench/train-step.js --profile --tokens 4096 --layers 2 --steps 1 --json "$OUT/train-profile-4k.json"
 step train-step-4k-mb8 150 node dist/bench/train-step.js --tokens 4096 --layers 2 --steps 6 --micro-batches 8 --json "$OUT/train-step-4k-mb8.json"
