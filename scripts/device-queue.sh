@@ -11,6 +11,9 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # The log-prob gap on a random 20b shape whose routers are not near-tied (bench:generate --router-std), with the
 # trainer's own floor beside it (docs/inference.md, "Log-prob gap").
 step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
+# Issue 20's MoE split for tensor parallelism (docs/tensor-parallel.md): one rank's share of the intermediate split
+# against the expert split's busiest rank, on one GPU (nothing decided it yet; the intermediate split is the code's).
+step tp-moe 150 node dist/bench/tp-moe.js --tp 2,4,8 --tokens 1,16,64,256,1024,4096 --json "$OUT/tp-moe.json"
 # Where batch-1 decode's 3.51 ms go now (245 nodes), and the 4k sharded step's extra ~8 ms at world size 1.
 # decode-profile's device marks inflate small kernels; a per-node trace of the CUDA-graph replays needs Nsight
 # Systems (not yet known to be on the GPU machine): the probe says, and when present the trace's kernel summary is
