@@ -216,8 +216,6 @@ export interface NativeOps {
   elementwiseCast(a: TensorArg, dtype: DType): NativeTensor;
   elementwiseFill(a: TensorArg, value: number): void;
   dropoutForward(x: TensorArg, p: number, seed: number, salt: number): NativeTensor;
-  /** A hint that t's bytes are read soon (CUDA: fetched into L2; CPU: nothing). No value changes. */
-  prefetchL2(t: TensorArg): void;
 
   // ---- embedding.cc ----
   /** weight [V, H], ids i32 [...] -> weight's dtype [..., H]. */
@@ -563,7 +561,6 @@ export const NATIVE_OP_NAMES = [
   'elementwiseCast',
   'elementwiseFill',
   'dropoutForward',
-  'prefetchL2',
   // embedding.cc
   'embeddingForward',
   'embeddingBackward',

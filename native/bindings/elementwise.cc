@@ -1,11 +1,10 @@
-// elementwise.cc: bindings for elementwiseAdd/AddInPlace/Scale/ScaleInPlace/Cast/Fill, dropoutForward and prefetchL2.
+// elementwise.cc: bindings for elementwiseAdd/AddInPlace/Scale/ScaleInPlace/Cast/Fill and dropoutForward.
 #include <cmath>
 
 #include "../cpu/elementwise.h"
 #include "args.h"
 #ifdef GPTOSS_WITH_CUDA
 #include "../cuda/elementwise.h"
-#include "../cuda/l2_prefetch.h"
 #endif
 
 using namespace gptoss;
@@ -110,12 +109,4 @@ GPTOSS_OP(dropoutForward) {
   GPTOSS_DISPATCH(x, cpu::ew_dropout(x, p, uint64_t(seed), uint64_t(salt), out),
                   cuda::ew_dropout(x, p, uint64_t(seed), uint64_t(salt), out));
   return wrap(info.Env(), out);
-}
-
-// prefetchL2(t): a hint that t's bytes will be read soon (CUDA: asks L2 for them on the compute stream,
-// native/cuda/l2_prefetch.cu; CPU: nothing to do). No value changes.
-GPTOSS_OP(prefetchL2) {
-  Tensor& t = tensor_arg(info, 0, "prefetchL2", "t");
-  GPTOSS_DISPATCH(t, (void)t, cuda::l2_prefetch(t));
-  return info.Env().Undefined();
 }

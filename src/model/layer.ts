@@ -26,7 +26,7 @@ import { layerPrefix, qkvRows, QKV_PROJ, type GptOssWeights, type LayerWeights }
 import { accumulateGrad, disposeAll, reshape, withView } from './tensor-helpers.ts';
 import { addRmsnorm, rmsnormForward, rmsnormBackward } from '../ops/rmsnorm.ts';
 import { ropeQkvProject, ropeQkvPack, type RopeCacheWrite } from '../ops/rope.ts';
-import { addInPlace, cast, dropoutForward, prefetchL2 } from '../ops/elementwise.ts';
+import { addInPlace, cast, dropoutForward } from '../ops/elementwise.ts';
 import { linearForward, linearBackward, linearBackwardInput, matmul } from '../ops/gemm.ts';
 import { attentionForward, attentionBackward } from '../ops/attention.ts';
 import { moeForward, moeBackward, type MoeContext, type MoeExpertLora, type MoeWeights } from '../ops/moe.ts';
@@ -639,18 +639,12 @@ export class DecoderLayer {
     const { a1, rstd1, qr, kr, v } = this.attentionInputs(x, positions, target);
     disposeAll(a1, rstd1);
     if (!target) cache.write(kr, v);
-    // At decode sizes the attention is latency-bound (few CTAs, HBM mostly idle) and the o_proj GEMV after it
-    // streams its weights once: ask L2 for them first, so they arrive while the attention runs (prefetchL2).
-    if (x.device !== 'cpu' && x.shape[0]! <= STREAMING_GEMV_MAX_ROWS) prefetchL2(this.weights.oW);
     const attn = cache.attend(qr, kr, v, { window: this.window, sinks: this.weights.sinks });
     disposeAll(qr, kr, v);
     return attn;
   }
 
 }
-
-/** Rows up to which a bf16 linear on CUDA runs as the weight-streaming GEMV (kGemvMaxRows, native/cuda/gemm.h). */
-const STREAMING_GEMV_MAX_ROWS = 8;
 
 /** The module ids of the LoRA dropout masks within a layer (PEFT: one dropout module per adapted module). */
 const DROPOUT_MODULE: Partial<Record<LoraTarget, number>> = { q_proj: 0, k_proj: 1, v_proj: 2, o_proj: 3 };

@@ -33,15 +33,6 @@ export function fill(a: Tensor, value: number): void {
   native().ops.elementwiseFill(a.native, value);
 }
 
-/**
- * A hint that a kernel will soon stream t's bytes: on CUDA one short kernel asks L2 for them on the compute stream
- * (native/cuda/l2_prefetch.cu), so a latency-bound kernel enqueued after it runs while they arrive; on the CPU
- * nothing happens. No value changes anywhere.
- */
-export function prefetchL2(t: Tensor): void {
-  native().ops.prefetchL2(t.native);
-}
-
 /** A fresh zero tensor with a's shape, dtype and device. */
 export function zerosLike(a: Tensor): Tensor {
   return Tensor.zeros(a.shape, { dtype: a.dtype, device: a.device });

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, roundBf16 } from '../../src/tensor.ts';
-import { add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike, prefetchL2 } from '../../src/ops/elementwise.ts';
+import { add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike } from '../../src/ops/elementwise.ts';
 import { uniform, uniformBf16, randInts } from '../helpers/random.ts';
 
 const cpu = { device: 'cpu' } as const;
@@ -87,14 +87,4 @@ test('elementwise ops reject bad inputs with clear errors', () => {
   assert.throws(() => cast(a, 'i32'), /cast: cannot cast f32\[4, 2\] on cpu to i32 \(supported: bf16 <-> f32, i32 -> f32, same dtype\)/);
   assert.throws(() => fill(Tensor.zeros([2], { ...cpu, dtype: 'i32' }), 1.5), /fill: value 1.5 is not an i32 for i32\[2\] on cpu/);
   assert.throws(() => fill(Tensor.zeros([2], { ...cpu, dtype: 'u8' }), 256), /fill: value 256 is not a u8/);
-});
-
-test('prefetchL2 is a hint: on the CPU it leaves every value as it was and only checks its argument', () => {
-  const a = Tensor.from(uniform(12, 7), [3, 4], cpu);
-  const before = a.toFloat32();
-  prefetchL2(a);
-  prefetchL2(a.slice(1, 2));
-  prefetchL2(Tensor.zeros([0, 4], cpu));
-  assert.deepEqual(a.toFloat32(), before);
-  assert.throws(() => (prefetchL2 as (t: unknown) => void)({}), /prefetchL2: argument t must be a Tensor/);
 });

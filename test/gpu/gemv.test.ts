@@ -12,7 +12,6 @@ import assert from 'node:assert/strict';
 import { Tensor, cudaDeviceCount, synchronize } from '../../src/tensor.ts';
 import { native, type FloatDType } from '../../src/native.ts';
 import { matmul } from '../../src/ops/gemm.ts';
-import { prefetchL2 } from '../../src/ops/elementwise.ts';
 import { disposeAll } from '../../src/model/tensor-helpers.ts';
 import { uniformSym } from '../helpers/random.ts';
 import { assertClose, maxAbs } from '../helpers/numeric.ts';
@@ -252,43 +251,4 @@ test('small-M linear on CUDA: a row gives the same bits at M = 1..8 (batch-invar
     for (let M = 1; M < 8; M++) assert.deepEqual(whole(M), all.subarray(0, M * N), `K=${K} N=${N}: the first ${M} rows alone vs within 8`);
     disposeAll(w, b);
   }
-});
-
-test('prefetchL2 before the small-M linear (decode o_proj): no value changes, eager or replayed from a graph', { skip }, () => {
-  const ops = native().ops;
-  const K = 4096, N = 2880;
-  const w = Tensor.from(uniformSym(N * K, 31, 1, true), [N, K], { dtype: 'bf16', device: G });
-  const x = Tensor.from(uniformSym(K, 32, 1, true), [1, K], { dtype: 'bf16', device: G });
-  const wBefore = w.toFloat32();
-  const plain = matmul(x, w, { transB: true, outDtype: 'bf16' });
-  prefetchL2(w);
-  const after = matmul(x, w, { transB: true, outDtype: 'bf16' });
-  assert.deepEqual(after.toFloat32(), plain.toFloat32(), 'linear after the prefetch');
-  assert.deepEqual(w.toFloat32(), wBefore, 'the prefetched tensor');
-  // Sizes that are not whole 128-byte lines, a slice at an offset, an empty tensor.
-  for (const t of [Tensor.zeros([1], { dtype: 'bf16', device: G }), Tensor.zeros([129], { dtype: 'u8', device: G }), w.slice(7, 9), Tensor.zeros([0, 8], { dtype: 'f32', device: G })]) {
-    prefetchL2(t);
-    synchronize(G);
-    t.dispose();
-  }
-  const out = Tensor.empty([1, N], { dtype: 'bf16', device: G });
-  const pool = ops.graphPoolCreate(0);
-  ops.captureBegin(0, pool);
-  let graph: number;
-  try {
-    prefetchL2(w);
-    matmul(x, w, { transB: true, out });
-    graph = ops.captureEnd(0);
-  } catch (e) {
-    ops.captureAbort(0);
-    throw e;
-  }
-  for (let i = 0; i < 3; i++) {
-    ops.graphLaunch(graph, 0);
-    synchronize(G);
-    assert.deepEqual(out.toFloat32(), plain.toFloat32(), `replay ${i}`);
-  }
-  ops.graphDestroy(graph);
-  ops.graphPoolRelease(0, pool);
-  disposeAll(w, x, plain, after, out);
 });
