@@ -11,6 +11,17 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # The log-prob gap on a random 20b shape whose routers are not near-tied (bench:generate --router-std), with the
 # trainer's own floor beside it (docs/inference.md, "Log-prob gap").
 step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
+# Candidate (docs/inference.md, "Next candidate": prefetchL2 of o_proj's weights before the decode attention): with
+# `git cherry-pick c0d4678` in the staged tree and the tree before it staged as ../.stage-base (scripts/device-prep.sh
+# base from a worktree), its GPU test, then batch-1/2 decode A/B interleaved (GPU ms per replayed step is the figure).
+step prefetch-test 60 $T --test-name-pattern "prefetchL2" dist/test/gpu/gemv.test.js
+if [ -d ../.stage-base ]; then
+  (cd ../.stage-base && step prefetch-build-base 120 bash scripts/device-build.sh)
+  for i in 1 2; do
+    step "prefetch-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/prefetch-gen-$i.json"
+    (cd ../.stage-base && step "prefetch-gen-base-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/prefetch-gen-base-$i.json")
+  done
+fi
 # Issue 20's MoE split for tensor parallelism (docs/tensor-parallel.md): one rank's share of the intermediate split
 # against the expert split's busiest rank, on one GPU (nothing decided it yet; the intermediate split is the code's).
 step tp-moe 150 node dist/bench/tp-moe.js --tp 2,4,8 --tokens 1,16,64,256,1024,4096 --json "$OUT/tp-moe.json"
