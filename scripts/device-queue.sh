@@ -13,7 +13,7 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
 # First: did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Only H200 figures
 # and cross-call H100 ones exist (docs/inference.md, "Batch 1"). Stage 7af5708 (the 317-node tree) as ../.stage-317
-# (a worktree at it, then scripts/device-prep.sh 317) and compare in one call, interleaved.
+# (bash scripts/device-stage-rev.sh 7af5708 317) and compare in one call, interleaved.
 if [ -d ../.stage-317 ]; then
   (cd ../.stage-317 && step build-317 120 bash scripts/device-build.sh)
   for i in 1 2; do
@@ -22,8 +22,8 @@ if [ -d ../.stage-317 ]; then
   done
 fi
 # Candidate (docs/inference.md, "Next candidate": prefetchL2 of o_proj's weights before the decode attention): with
-# `git cherry-pick c0d4678` in the staged tree and the tree before it staged as ../.stage-base (scripts/device-prep.sh
-# base from a worktree), its GPU test, then batch-1/2 decode A/B interleaved (GPU ms per replayed step is the figure).
+# `git cherry-pick c0d4678` in the staged tree and the tree before it staged as ../.stage-base
+# (bash scripts/device-stage-rev.sh HEAD base, before the cherry-pick), its GPU test, then batch-1/2 decode A/B interleaved (GPU ms per replayed step is the figure).
 step prefetch-test 60 $T --test-name-pattern "prefetchL2" dist/test/gpu/gemv.test.js
 if [ -d ../.stage-base ]; then
   (cd ../.stage-base && step prefetch-build-base 120 bash scripts/device-build.sh)
