@@ -32,6 +32,9 @@ if [ -d ../.stage-base ]; then
     (cd ../.stage-base && step "prefetch-gen-base-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/prefetch-gen-base-$i.json")
   done
 fi
+# The decode MoE reduces after biased_row (moe_decode_kernels.cuh: both reduces' bias + rounding in one helper, the
+# same arithmetic in the same order; compiled, not yet run on a GPU).
+step moe-decode-test 90 $T dist/test/gpu/moe-decode.test.js
 # Issue 20's MoE split for tensor parallelism (docs/tensor-parallel.md): one rank's share of the intermediate split
 # against the expert split's busiest rank, on one GPU (nothing decided it yet; the intermediate split is the code's).
 step tp-moe 150 node dist/bench/tp-moe.js --tp 2,4,8 --tokens 1,16,64,256,1024,4096 --json "$OUT/tp-moe.json"

@@ -76,6 +76,13 @@ static void check_qkv_parts(const char* op, const Tensor& qkv, const Tensor& q, 
 
 // The optional KV-cache write of ropeQkvSplit / ropeQkvProject: kCache, vCache ([M, Hkv, D] in x's dtype, a KV
 // cache's flat pools) and slots (i32 [T]) at info[i..i+2], all three given (checked here) or none (not called).
+// The head counts and invFreq of the q/k/v split ops: f32 [D/2], at least one query and one kv head.
+static void check_heads(const char* op, const Tensor& inv, int64_t hq, int64_t hkv) {
+  check_dtype(op, "invFreq", inv, DType::F32);
+  GPTOSS_CHECK(inv.ndim() == 1 && hq > 0 && hkv > 0, op, ": need numHeads, numKvHeads > 0 and invFreq [D/2], got ",
+               hq, ", ", hkv, ", ", inv.describe());
+}
+
 // cache_given: whether any of the three is given (then cache_args wants all three).
 static bool cache_given(const Napi::CallbackInfo& info, size_t i) {
   for (size_t j = i; j < i + 3; j++)
@@ -122,9 +129,7 @@ GPTOSS_OP(ropeQkvSplit) {
   double sc = num_arg(info, 3, op, "attentionScaling");
   int64_t hq = int_arg(info, 4, op, "numHeads"), hkv = int_arg(info, 5, op, "numKvHeads");
   check_float(op, "qkv", qkv);
-  check_dtype(op, "invFreq", inv, DType::F32);
-  GPTOSS_CHECK(inv.ndim() == 1 && hq > 0 && hkv > 0, op, ": need numHeads, numKvHeads > 0 and invFreq [D/2], got ",
-               hq, ", ", hkv, ", ", inv.describe());
+  check_heads(op, inv, hq, hkv);
   GPTOSS_CHECK(qkv.ndim() == 2, op, ": qkv must be [T, (Hq + 2*Hkv) * D], got ", qkv.describe());
   int64_t d = inv.dim(0) * 2, tn = qkv.dim(0);
   Tensor q = make_tensor({tn, hq, d}, qkv.dtype, qkv.device);
@@ -165,9 +170,7 @@ GPTOSS_OP(ropeQkvProject) {
   double sc = num_arg(info, 5, op, "attentionScaling");
   int64_t hq = int_arg(info, 6, op, "numHeads"), hkv = int_arg(info, 7, op, "numKvHeads");
   check_float(op, "x", x);
-  check_dtype(op, "invFreq", inv, DType::F32);
-  GPTOSS_CHECK(inv.ndim() == 1 && hq > 0 && hkv > 0, op, ": need numHeads, numKvHeads > 0 and invFreq [D/2], got ",
-               hq, ", ", hkv, ", ", inv.describe());
+  check_heads(op, inv, hq, hkv);
   const int64_t d = inv.dim(0) * 2, n = (hq + 2 * hkv) * d, tn = x.dim(0);
   GPTOSS_CHECK(x.ndim() == 2, op, ": x must be [T, H], got ", x.describe());
   GPTOSS_CHECK(w.ndim() == 2 && w.dim(0) == n && w.dim(1) == x.dim(1) && is_float(w), op, ": w must be [", n, ", ",

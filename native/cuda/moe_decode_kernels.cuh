@@ -170,6 +170,18 @@ __device__ __forceinline__ int expert_of(const int32_t* __restrict__ offsets, in
   return lo;
 }
 
+// The reduced row both reduces store: v = bf16(lanes_total + bias[e(r), c .. c+3]), the one rounding point of the
+// grouped path's bias epilogue (threadIdx.y == 0 after the lane sums are in red).
+__device__ __forceinline__ void biased_row(const float4 (&red)[kReduceLanes][32], const int32_t* __restrict__ offsets,
+                                           int E, const bf* __restrict__ bias, int Nc, int64_t r, int c,
+                                           float (&v)[4]) {
+  lanes_total(red, v);
+  float b[4];
+  load4(bias + (int64_t)expert_of(offsets, E, r) * Nc + c, b);
+#pragma unroll
+  for (int q = 0; q < 4; q++) v[q] = __bfloat162float(__float2bfloat16(v[q] + b[q]));
+}
+
 // out[r, c] = bf16(Σ_{s < S} part[s, r, c] + bias[e(r), c]) for one permuted row r = blockIdx.x (e(r): the expert
 // whose segment holds r) and 128 columns (blockIdx.y); with SWIGLU also h[r, c/2] = bf16(swiglu(out[r, c],
 // out[r, c+1])) (gate/up interleaved). Block (32, kReduceLanes): threadIdx.x owns 4 columns, threadIdx.y sums the
@@ -187,12 +199,7 @@ __global__ void __launch_bounds__(32 * kReduceLanes) reduce_kernel(const float* 
   __syncthreads();
   if (threadIdx.y != 0 || c >= Nc) return;
   float v[4];
-  lanes_total(red, v);
-  const int lo = expert_of(offsets, E, r);
-  float b[4];
-  load4(bias + (int64_t)lo * Nc + c, b);
-#pragma unroll
-  for (int q = 0; q < 4; q++) v[q] = __bfloat162float(__float2bfloat16(v[q] + b[q]));
+  biased_row(red, offsets, E, bias, Nc, r, c, v);
   store4(out + r * Nc + c, v);
   if constexpr (SWIGLU) {
     const __nv_bfloat162 o = __floats2bfloat162_rn(swiglu1(v[0], v[1], limit, kSwigluAlpha),
@@ -229,15 +236,9 @@ __global__ void __launch_bounds__(32 * kReduceLanes) reduce_combine_kernel(
     __syncthreads();
     if (threadIdx.y != 0 || c >= H) continue;
     float v[4];
-    lanes_total(red, v);
-    const int lo = expert_of(offsets, E, r);
-    float b[4];
-    load4(bias + (int64_t)lo * H + c, b);
+    biased_row(red, offsets, E, bias, H, r, c, v);
 #pragma unroll
-    for (int q = 0; q < 4; q++) {
-      v[q] = __bfloat162float(__float2bfloat16(v[q] + b[q]));
-      acc[q] += w[j] * v[q];
-    }
+    for (int q = 0; q < 4; q++) acc[q] += w[j] * v[q];
     store4(yp + r * H + c, v);
   }
   if (threadIdx.y != 0 || c >= H) return;
