@@ -215,11 +215,15 @@ export interface NativeOps {
   elementwiseScaleInPlace(a: TensorArg, s: number): void;
   elementwiseCast(a: TensorArg, dtype: DType): NativeTensor;
   elementwiseFill(a: TensorArg, value: number): void;
+  /** parts [R, S, W] -> [S, R * W]: the column slices side by side. */
+  concatColumns(parts: TensorArg): NativeTensor;
   dropoutForward(x: TensorArg, p: number, seed: number, salt: number): NativeTensor;
 
   // ---- embedding.cc ----
   /** weight [V, H], ids i32 [...] -> weight's dtype [..., H]. */
   embeddingForward(weight: TensorArg, ids: TensorArg, checked?: boolean): NativeTensor;
+  /** weight [W, H] = vocabulary rows vocabStart.., ids i32 [...] -> [..., H], zero rows for ids outside the slice. */
+  embeddingForwardSlice(weight: TensorArg, ids: TensorArg, vocabStart: number): NativeTensor;
   /** -> f32 [vocabSize, H]: fresh, or `into` itself (f32 [vocabSize, H]) with the gradient added to it. */
   embeddingBackward(dOut: TensorArg, ids: TensorArg, vocabSize: number, into?: OptTensor): NativeTensor;
 
@@ -424,6 +428,19 @@ export interface NativeOps {
     counters: TensorArg,
     strategy?: 'auto' | 'single' | 'split',
   ): { tokens: NativeTensor; logprobs: NativeTensor };
+  /** A vocabulary slice's logits f32|bf16 [S, W] (ids vocabStart..) -> u8 [S, C * 32] row summaries (C: 1 on the CPU). */
+  sampleParts(
+    logits: TensorArg,
+    temperature: TensorArg,
+    topP: TensorArg,
+    topK: TensorArg,
+    seeds: TensorArg,
+    counters: TensorArg,
+    vocabStart: number,
+    vocabSize: number,
+  ): NativeTensor;
+  /** parts u8 [R, S, C * 32] -> tokens i32 [S] (-1 for threshold rows), logprobs f32 [S] (NaN for them). */
+  sampleCombine(parts: TensorArg, temperature: TensorArg, topP: TensorArg, topK: TensorArg, vocabSize: number): { tokens: NativeTensor; logprobs: NativeTensor };
 
   // ---- swiglu.cc ----
   swigluForward(gu: TensorArg, limit: number, alpha: number): NativeTensor;
@@ -560,9 +577,11 @@ export const NATIVE_OP_NAMES = [
   'elementwiseScaleInPlace',
   'elementwiseCast',
   'elementwiseFill',
+  'concatColumns',
   'dropoutForward',
   // embedding.cc
   'embeddingForward',
+  'embeddingForwardSlice',
   'embeddingBackward',
   // gemm.cc
   'matmul',
@@ -593,6 +612,8 @@ export const NATIVE_OP_NAMES = [
   // sampling.cc
   'sample',
   'sampleRows',
+  'sampleParts',
+  'sampleCombine',
   // swiglu.cc
   'swigluForward',
   'swigluBackward',

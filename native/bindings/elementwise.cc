@@ -10,6 +10,16 @@
 using namespace gptoss;
 using namespace gptoss::js;
 
+// concatColumns(parts [R, S, W]) -> [S, R * W]: the R column slices side by side (any dtype).
+GPTOSS_OP(concatColumns) {
+  const char* op = "concatColumns";
+  Tensor& parts = tensor_arg(info, 0, op, "parts");
+  check_ndim(op, "parts", parts, 3);
+  Tensor out = make_tensor({parts.dim(1), parts.dim(0) * parts.dim(2)}, parts.dtype, parts.device);
+  GPTOSS_DISPATCH(parts, cpu::concat_columns(parts, out), cuda::concat_columns(parts, out));
+  return wrap(info.Env(), out);
+}
+
 // elementwiseAdd(a, b) -> a + b (same shape and dtype, bf16 or f32)
 GPTOSS_OP(elementwiseAdd) {
   const char* op = "add";

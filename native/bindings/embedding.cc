@@ -47,6 +47,27 @@ GPTOSS_OP(embeddingForward) {
   return wrap(info.Env(), out);
 }
 
+// embeddingForwardSlice(weight bf16|f32 [W, H], ids i32 [...], vocabStart) -> [..., H]: a vocabulary-parallel rank's
+// lookup (weight = vocabulary rows vocabStart .. vocabStart + W - 1; ids outside them give zero rows, so the sum
+// over the ranks is the full lookup). No host check of the ids: every id is valid for some rank (the caller checks
+// them against the whole vocabulary), and on CUDA the lookup must not wait for the device.
+GPTOSS_OP(embeddingForwardSlice) {
+  const char* op = "embeddingForwardSlice";
+  Tensor& w = tensor_arg(info, 0, op, "weight");
+  Tensor& ids = tensor_arg(info, 1, op, "ids");
+  const int64_t start = int_arg(info, 2, op, "vocabStart");
+  check_ndim(op, "weight", w, 2);
+  check_float(op, "weight", w);
+  check_dtype(op, "ids", ids, DType::I32);
+  check_device(op, w, "ids", ids);
+  GPTOSS_CHECK(start >= 0, op, ": vocabStart must be >= 0, got ", start);
+  std::vector<int64_t> shape = ids.shape;
+  shape.push_back(w.dim(1));
+  Tensor out = make_tensor(shape, w.dtype, w.device);
+  GPTOSS_DISPATCH(w, cpu::embedding_forward_slice(w, ids, start, out), cuda::embedding_forward(w, ids, out, start));
+  return wrap(info.Env(), out);
+}
+
 // embeddingBackward(dOut bf16|f32 [..., H], ids i32 [...], vocabSize, into = null) -> f32 [V, H]: fresh, or `into`
 // (f32 [V, H]) with the gradient added to it in the same pass (no fresh buffer, no zeroing, no separate add).
 GPTOSS_OP(embeddingBackward) {

@@ -34,6 +34,14 @@ GPTOSS_OP(sample) {
   return tensor_object(info.Env(), {{"tokens", tokens}, {"logprobs", lp}});
 }
 
+// The per-row parameters every sampler takes: f32/i32 [B] on the logits' device.
+static void check_row_params(const char* op, const Tensor& like, int64_t B, const Tensor& temperature,
+                             const Tensor& top_p, const Tensor& top_k) {
+  check_tensor(op, "temperature", temperature, DType::F32, {B}, like);
+  check_tensor(op, "topP", top_p, DType::F32, {B}, like);
+  check_tensor(op, "topK", top_k, DType::I32, {B}, like);
+}
+
 // sampleRows(logits, temperature, topP, topK, seeds, counters, strategy?) -> { tokens, logprobs }: per-row
 // parameters and noise keys (see native/cpu/sampling.h, sample_rows). strategy ('auto' when left out, 'single' or
 // 'split'; CUDA logits only) forces the CUDA kernel layout (native/cuda/sampling.h, SampleStrategy): a test knob
@@ -49,9 +57,7 @@ GPTOSS_OP(sampleRows) {
   GPTOSS_CHECK(logits.ndim() == 2 && (logits.dtype == DType::F32 || logits.dtype == DType::BF16) && logits.dim(1) > 0,
                op, ": logits must be f32 or bf16 [B, V] with V > 0, got ", logits.describe());
   const int64_t B = logits.dim(0);
-  check_tensor(op, "temperature", temperature, DType::F32, {B}, logits);
-  check_tensor(op, "topP", top_p, DType::F32, {B}, logits);
-  check_tensor(op, "topK", top_k, DType::I32, {B}, logits);
+  check_row_params(op, logits, B, temperature, top_p, top_k);
   check_tensor(op, "seeds", seeds, DType::I32, {B}, logits);
   check_tensor(op, "counters", counters, DType::I32, {B}, logits);
   const std::string strategy = info.Length() > 6 && !info[6].IsUndefined() ? str_arg(info, 6, op, "strategy") : "auto";
@@ -68,5 +74,61 @@ GPTOSS_OP(sampleRows) {
 #endif
   GPTOSS_DISPATCH(logits, cpu::sample_rows(logits, temperature, top_p, top_k, seeds, counters, tokens, lp),
                   cuda::sample_rows(logits, temperature, top_p, top_k, seeds, counters, tokens, lp, layout));
+  return tensor_object(info.Env(), {{"tokens", tokens}, {"logprobs", lp}});
+}
+
+// sampleParts(logits, temperature, topP, topK, seeds, counters, vocabStart, vocabSize) -> u8 [S, C * 32]: the
+// summaries of a vocabulary slice's logits f32|bf16 [S, W] (ids vocabStart .. vocabStart + W - 1 of vocabSize) for
+// a vocabulary-parallel sampler (native/cpu/sampling.h, sample_parts; C = 1 on the CPU, the split layout's chunks
+// on CUDA, the same on every rank of like devices).
+GPTOSS_OP(sampleParts) {
+  const char* op = "sampleParts";
+  Tensor& logits = tensor_arg(info, 0, op, "logits");
+  Tensor& temperature = tensor_arg(info, 1, op, "temperature");
+  Tensor& top_p = tensor_arg(info, 2, op, "topP");
+  Tensor& top_k = tensor_arg(info, 3, op, "topK");
+  Tensor& seeds = tensor_arg(info, 4, op, "seeds");
+  Tensor& counters = tensor_arg(info, 5, op, "counters");
+  const int64_t start = int_arg(info, 6, op, "vocabStart");
+  const int64_t vocab = int_arg(info, 7, op, "vocabSize");
+  GPTOSS_CHECK(logits.ndim() == 2 && (logits.dtype == DType::F32 || logits.dtype == DType::BF16) && logits.dim(1) > 0,
+               op, ": logits must be f32 or bf16 [S, W] with W > 0, got ", logits.describe());
+  const int64_t S = logits.dim(0), W = logits.dim(1);
+  GPTOSS_CHECK(start >= 0 && start + W <= vocab, op, ": the slice [", start, ", ", start + W,
+               ") of the logits must lie in the vocabulary [0, ", vocab, ")");
+  check_row_params(op, logits, S, temperature, top_p, top_k);
+  check_tensor(op, "seeds", seeds, DType::I32, {S}, logits);
+  check_tensor(op, "counters", counters, DType::I32, {S}, logits);
+  int64_t chunks = 1;
+#ifdef GPTOSS_WITH_CUDA
+  if (logits.device != kCpu) chunks = cuda::sample_parts_chunks(S, W, logits.device);
+#endif
+  Tensor parts = make_tensor({S, chunks * 32}, DType::U8, logits.device);
+  GPTOSS_DISPATCH(logits, cpu::sample_parts(logits, temperature, top_p, top_k, seeds, counters, start, vocab, parts),
+                  cuda::sample_parts(logits, temperature, top_p, top_k, seeds, counters, start, vocab, parts));
+  return wrap(info.Env(), parts);
+}
+
+// sampleCombine(parts u8 [R, S, C * 32], temperature, topP, topK, vocabSize) -> { tokens, logprobs }: R slices'
+// summaries in vocabulary order (e.g. all-gathered from R ranks) combined per row (native/cpu/sampling.h,
+// sample_combine): rows that need a threshold search get token -1 and a NaN log-prob.
+GPTOSS_OP(sampleCombine) {
+  const char* op = "sampleCombine";
+  Tensor& parts = tensor_arg(info, 0, op, "parts");
+  Tensor& temperature = tensor_arg(info, 1, op, "temperature");
+  Tensor& top_p = tensor_arg(info, 2, op, "topP");
+  Tensor& top_k = tensor_arg(info, 3, op, "topK");
+  const int64_t vocab = int_arg(info, 4, op, "vocabSize");
+  GPTOSS_CHECK(parts.ndim() == 3 && parts.dtype == DType::U8 && parts.dim(0) > 0 && parts.dim(2) > 0 &&
+                   parts.dim(2) % 32 == 0,
+               op, ": parts must be u8 [R, S, C * 32] with R, C > 0 (sampleParts' rows, gathered), got ",
+               parts.describe());
+  GPTOSS_CHECK(vocab > 0, op, ": vocabSize must be positive, got ", vocab);
+  const int64_t S = parts.dim(1);
+  check_row_params(op, parts, S, temperature, top_p, top_k);
+  Tensor tokens = make_tensor({S}, DType::I32, parts.device);
+  Tensor lp = make_tensor({S}, DType::F32, parts.device);
+  GPTOSS_DISPATCH(parts, cpu::sample_combine(parts, temperature, top_p, top_k, vocab, tokens, lp),
+                  cuda::sample_combine(parts, temperature, top_p, top_k, vocab, tokens, lp));
   return tensor_object(info.Env(), {{"tokens", tokens}, {"logprobs", lp}});
 }

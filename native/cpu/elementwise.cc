@@ -90,6 +90,15 @@ void ew_dropout(const Tensor& x, double p, uint64_t seed, uint64_t salt, const T
   });
 }
 
+void concat_columns(const Tensor& parts, const Tensor& out) {
+  const int64_t R = parts.dim(0), S = parts.dim(1);
+  const int64_t row = parts.dim(2) * static_cast<int64_t>(dtype_size(parts.dtype));  // bytes of one slice row
+  const auto* src = static_cast<const uint8_t*>(parts.raw());
+  auto* dst = static_cast<uint8_t*>(out.raw());
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t s = 0; s < S; s++) std::memcpy(dst + (s * R + r) * row, src + (r * S + s) * row, row);
+}
+
 void ew_fill(const Tensor& a, double value) {
   int64_t n = a.numel();
   switch (a.dtype) {

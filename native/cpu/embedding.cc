@@ -15,24 +15,38 @@ void check_ids(const char* op, const int32_t* ids, int64_t n, int64_t vocab) {
                  " is out of range for vocabulary size V = ", vocab);
 }
 
-template <typename T, typename O>
-static void gather(const T* w, const int32_t* ids, O* out, int64_t n, int64_t h) {
+// out[t] = w[ids[t] - start] for ids in [start, start + rows), zeros for the others.
+template <typename T>
+static void gather(const T* w, const int32_t* ids, T* out, int64_t n, int64_t h, int64_t start, int64_t rows) {
   parallel_for(n, 16, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; t++) {
-      const T* src = w + int64_t(ids[t]) * h;
-      O* dst = out + t * h;
-      for (int64_t j = 0; j < h; j++) dst[j] = src[j];
+      const int64_t id = int64_t(ids[t]) - start;
+      T* dst = out + t * h;
+      if (id < 0 || id >= rows) {
+        std::memset(dst, 0, sizeof(T) * h);  // +0 in bf16 and f32
+        continue;
+      }
+      const T* src = w + id * h;
+      std::copy(src, src + h, dst);
     }
   });
 }
 
-void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& out) {
-  int64_t n = ids.numel(), h = weight.dim(1);
-  check_ids("embeddingForward", ids.data<int32_t>(), n, weight.dim(0));
+static void gather_rows(const Tensor& weight, const Tensor& ids, int64_t start, const Tensor& out) {
+  const int64_t n = ids.numel(), h = weight.dim(1), rows = weight.dim(0);
   if (weight.dtype == DType::BF16)
-    gather(weight.data<bf16>(), ids.data<int32_t>(), out.data<bf16>(), n, h);
+    gather(weight.data<bf16>(), ids.data<int32_t>(), out.data<bf16>(), n, h, start, rows);
   else
-    gather(weight.data<float>(), ids.data<int32_t>(), out.data<float>(), n, h);
+    gather(weight.data<float>(), ids.data<int32_t>(), out.data<float>(), n, h, start, rows);
+}
+
+void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& out) {
+  check_ids("embeddingForward", ids.data<int32_t>(), ids.numel(), weight.dim(0));
+  gather_rows(weight, ids, 0, out);
+}
+
+void embedding_forward_slice(const Tensor& weight, const Tensor& ids, int64_t vocab_start, const Tensor& out) {
+  gather_rows(weight, ids, vocab_start, out);
 }
 
 template <typename T>

@@ -27,4 +27,21 @@ void sample(const Tensor& logits, float temperature, float top_p, int64_t top_k,
 void sample_rows(const Tensor& logits, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
                  const Tensor& seeds, const Tensor& counters, const Tensor& tokens, const Tensor& logprobs);
 
+// ---- vocabulary-parallel sampling (a tensor-parallel LM head: rank r holds the logits of a vocabulary slice) ----
+// sample_parts: the summaries (sampling_parts.h) of each row's slice logits f32|bf16 [S, W], the slice holding
+// vocabulary ids vocab_start .. vocab_start + W - 1 of vocab_size: parts u8 [S, 32] (one SamplePart per row; the
+// CUDA form may write several chunks per row). The noise of id j is the one-pass sampler's (row_key(seed_b,
+// counter_b, 0), j) and winners carry whole-vocabulary ids. Rows that need a threshold search (top-k < V or
+// top-p < 1 with temperature > 0) get a placeholder: the caller gathers their logits instead. Checks the rows'
+// values as sample_rows does.
+void sample_parts(const Tensor& logits, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
+                  const Tensor& seeds, const Tensor& counters, int64_t vocab_start, int64_t vocab_size,
+                  const Tensor& parts);
+
+// sample_combine: parts u8 [R, S, C * 32] (R slices in vocabulary order, e.g. gathered from R ranks, each with C
+// chunks per row, also in order) -> tokens i32 [S], logprobs f32 [S]: for the summarised rows the token of
+// sample_rows over the whole row (and its log-prob up to summation order); -1 and NaN for the threshold rows.
+void sample_combine(const Tensor& parts, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
+                    int64_t vocab_size, const Tensor& tokens, const Tensor& logprobs);
+
 }  // namespace gptoss::cpu

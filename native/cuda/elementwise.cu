@@ -117,6 +117,20 @@ void ew_cast(const Tensor& a, const Tensor& out) {
   GPTOSS_CUDA_LAUNCH_CHECK("cast");
 }
 
+void concat_columns(const Tensor& parts, const Tensor& out) {
+  const int64_t R = parts.dim(0), S = parts.dim(1);
+  const size_t row = static_cast<size_t>(parts.dim(2)) * dtype_size(parts.dtype);
+  if (R == 0 || S == 0 || row == 0) return;
+  DeviceGuard g(out.device);
+  cudaStream_t st = stream_of(out.device);
+  const auto* src = static_cast<const uint8_t*>(parts.raw());
+  auto* dst = static_cast<uint8_t*>(out.raw());
+  for (int64_t r = 0; r < R; r++)
+    GPTOSS_CUDA_CHECK(cudaMemcpy2DAsync(dst + r * row, R * row, src + r * S * row, row, row, S,
+                                        cudaMemcpyDeviceToDevice, st),
+                      "concatColumns");
+}
+
 void ew_fill(const Tensor& a, double value) {
   int64_t n = a.numel();
   if (n == 0) return;

@@ -19,14 +19,16 @@ int row_threads(int64_t work) {
 
 template <typename T>
 __global__ void gather_kernel(const T* __restrict__ w, const int32_t* __restrict__ ids, T* __restrict__ out,
-                              int64_t h, int64_t vocab, bool vec) {
-  const int32_t id = ids[blockIdx.x];
+                              int64_t h, int64_t start, int64_t vocab, bool vec) {
+  const int64_t id = int64_t(ids[blockIdx.x]) - start;
   T* dst = out + blockIdx.x * h;
-  if (id < 0 || id >= vocab) {  // unchecked ids (no host check): an id out of range gives a zero row, never a bad read
+  // Unchecked ids (no host check): an id out of range gives a zero row, never a bad read; a vocabulary-parallel
+  // slice (start > 0 or fewer rows than the vocabulary): the ids of other ranks' rows give zero rows by design.
+  if (id < 0 || id >= vocab) {
     for (int64_t i = threadIdx.x; i < h; i += blockDim.x) dst[i] = T(0.f);
     return;
   }
-  const T* src = w + int64_t(id) * h;
+  const T* src = w + id * h;
   if (vec) {
     // 16-byte copies (8 bf16 or 4 f32 per uint4).
     const int64_t per = 16 / sizeof(T), nv = h / per;
@@ -76,7 +78,7 @@ __global__ void scatter_kernel(const D* __restrict__ dout, const int32_t* __rest
 
 }  // namespace
 
-void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& out) {
+void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& out, int64_t vocab_start) {
   int64_t n = ids.numel(), h = weight.dim(1);
   if (n == 0 || h == 0) return;
   DeviceGuard g(out.device);
@@ -85,7 +87,7 @@ void embedding_forward(const Tensor& weight, const Tensor& ids, const Tensor& ou
   int threads = row_threads(vec ? h * esz / 16 : h);
   with_float(weight, [&](auto* pw) {
     gather_kernel<<<static_cast<unsigned>(n), threads, 0, stream_of(out.device)>>>(
-        pw, ids.data<int32_t>(), reinterpret_cast<decltype(pw)>(out.raw()), h, weight.dim(0), vec);
+        pw, ids.data<int32_t>(), reinterpret_cast<decltype(pw)>(out.raw()), h, vocab_start, weight.dim(0), vec);
   });
   GPTOSS_CUDA_LAUNCH_CHECK("embeddingForward");
 }

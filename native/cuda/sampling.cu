@@ -4,6 +4,7 @@
 // Gumbel-max with the counter-based noise of sampling_rng.h, as on the CPU.
 #include <algorithm>
 
+#include "../cpu/sampling_parts.h"
 #include "../cpu/sampling_rng.h"
 #include "common.cuh"
 #include "sampling.h"
@@ -167,53 +168,54 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(const T* __restri
 
 // ---- split rows (few rows, no thresholds) ----------------------------------------------------------------------
 // With few rows, one block per row leaves almost every SM idle (batch 1 decode: one SM reads all 201,088 logits).
-// A row that needs no threshold search (greedy, or temperature sampling with top-k and top-p off) only needs
-// per-entry values that combine exactly across chunks of its vocabulary: the max, the Gumbel-max (score, index)
-// winner, and the normaliser Σ e^(z - max). So pass 1 splits each such row over C chunks (one block each), pass 2
-// (one block per row) combines the chunks in a fixed layout (deterministic). The token is the single-block one
-// (max and argmax are exact; ties go to the lowest index, the chunks being in index order); the log-prob differs
-// only by the normaliser's summation order (each chunk's sum is rescaled by e^(max_c - max) in double).
+// A row that needs no threshold search is decided by per-chunk summaries that combine exactly
+// (native/cpu/sampling_parts.h): pass 1 splits each such row over C chunks (one block each), pass 2 (one block per
+// row) combines the chunks in a fixed layout (deterministic). The token is the single-block one (max and argmax are
+// exact; ties go to the lowest index, the chunks being in index order); the log-prob differs only by the
+// normaliser's summation order (each chunk's sum is rescaled by e^(max_c - max) in double).
+// The same two passes serve a vocabulary-parallel LM head: each rank runs pass 1 over its slice of the vocabulary
+// (ids vocab_start ..), the ranks all-gather the parts, and pass 2 combines R ranks x C chunks per row.
 
 constexpr int kSplitThreads = 256;
+using sampling::SamplePart;
 
-// One chunk's summary: s = Σ_{chunk} e^(z_j - mx) in double (0 when the chunk is all -inf), (score, idx) the
-// chunk's winner (greedy: the logit itself, widened exactly to double; else z_j + Gumbel(key, j)), mx the chunk's
-// max of z (greedy: of the logits). 32 bytes.
-struct SplitPart {
-  double s;
-  double score;
-  int64_t idx;
-  float mx;
+// Chunks per row for S rows of W logits: about two blocks per SM over the rows, each chunk at least 4 entries per
+// thread, none empty.
+struct SplitLayout {
+  int64_t chunks, chunk;
 };
-
-// Whether a row takes the split path: exactly the rows for which sample_row searches no threshold.
-__device__ __forceinline__ bool row_splits(float temperature, float top_p, int32_t top_k, int64_t V) {
-  if (temperature == 0.f) return true;
-  return !(top_k > 0 && top_k < V) && !(top_p > 0.f && top_p < 1.f);
+SplitLayout split_layout(int64_t S, int64_t W, int sms) {
+  const int64_t max_chunks = std::max<int64_t>(1, W / (kSplitThreads * 4));
+  int64_t C = std::min<int64_t>(max_chunks, std::max<int64_t>(1, (2 * sms + S - 1) / S));
+  const int64_t chunk = (W + C - 1) / C;
+  C = (W + chunk - 1) / chunk;
+  GPTOSS_CHECK(S * C < (int64_t(1) << 31), "sampleRows: split path over ", S, " rows x ", C, " chunks exceeds the grid");
+  return {C, chunk};
 }
 
-// Pass 1: block x = b * C + c summarises chunk c ([c * chunk, min(V, (c + 1) * chunk))) of row b into
-// part[b * C + c]. Rows that need a threshold search are left to pass 2 (their blocks return at once).
+// Pass 1: block x = b * C + c summarises chunk c ([c * chunk, min(W, (c + 1) * chunk)) of row b's W logits, the
+// vocabulary ids vocab_start + j) into part[b * C + c]. Rows that need a threshold search (over the whole
+// vocabulary, V) are left to pass 2 (their blocks return at once).
 template <typename T>
-__global__ void __launch_bounds__(kSplitThreads) sample_split_kernel(const T* __restrict logits, int64_t V,
-                                                                      int64_t chunk, int C,
-                                                                      const float* __restrict temperature,
+__global__ void __launch_bounds__(kSplitThreads) sample_split_kernel(const T* __restrict logits, int64_t W,
+                                                                      int64_t chunk, int C, int64_t vocab_start,
+                                                                      int64_t V, const float* __restrict temperature,
                                                                       const float* __restrict top_p,
                                                                       const int32_t* __restrict top_k,
                                                                       const int32_t* __restrict seeds,
                                                                       const int32_t* __restrict counters,
-                                                                      SplitPart* __restrict part) {
+                                                                      SamplePart* __restrict part) {
   __shared__ double shd[32];
   __shared__ int64_t shi[32];
   const int64_t b = blockIdx.x / C;
   const int c = static_cast<int>(blockIdx.x % C);
   const float t = temperature[b];
-  if (!row_splits(t, top_p[b], top_k[b], V)) return;  // the same for the whole block
-  const T* l = logits + b * V;
-  const int64_t j0 = static_cast<int64_t>(c) * chunk, j1 = min(V, j0 + chunk);
+  if (!sampling::row_splits(t, top_p[b], top_k[b], V)) return;  // the same for the whole block
+  const T* l = logits + b * W;
+  const int64_t j0 = static_cast<int64_t>(c) * chunk, j1 = min(W, j0 + chunk);
   float mx = -INFINITY;
   double best = -INFINITY, s = 0;
-  int64_t bi = INT64_MAX;
+  int64_t bi = INT64_MAX;  // local index until the end
   if (t == 0.f) {
     // As sample_row's greedy branch: each thread's first entry, then strictly larger ones.
     float bv = -INFINITY;
@@ -234,57 +236,71 @@ __global__ void __launch_bounds__(kSplitThreads) sample_split_kernel(const T* __
     for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
       const float z = ldf(l + j) / t;
       if (mx != -INFINITY) s += exp(static_cast<double>(z) - mx);
-      const double sc = static_cast<double>(z) + sampling::gumbel(key, static_cast<uint64_t>(j));
+      const double sc = static_cast<double>(z) + sampling::gumbel(key, static_cast<uint64_t>(vocab_start + j));
       if (bi == INT64_MAX || sc > best) best = sc, bi = j;
     }
     block_argmax(best, bi, shd, shi);
   }
   s = block_sum_t(s, shd);
-  if (threadIdx.x == 0) part[blockIdx.x] = SplitPart{s, best, bi, mx};
+  if (threadIdx.x == 0) {
+    const float z = t == 0.f ? mx : ldf(l + bi) / t;
+    part[blockIdx.x] = SamplePart{s, best, vocab_start + bi, mx, z};
+  }
 }
 
-// Pass 2: one block per row. Split rows combine their C chunk summaries (thread i takes chunks i, i + blockDim,
-// ...; the block reductions then run in a fixed layout); the other rows run the single-block sampler here.
+// Pass 2: one block per row over R x C parts (part[(r * S + b) * C + c]: R vocabulary slices, C chunks each, in
+// vocabulary order). Split rows combine them (thread i takes parts i, i + blockDim, ...; the block reductions run in
+// a fixed layout); the other rows run the single-block sampler on the whole row when `logits` is given (one
+// device), else get token -1 and a NaN log-prob (a vocabulary-parallel head gathers their logits instead).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) sample_combine_kernel(const T* __restrict logits, int64_t V, int C,
+__global__ void __launch_bounds__(kThreads) sample_combine_kernel(const T* __restrict logits, int64_t V, int R,
+                                                                   int64_t S, int C,
                                                                    const float* __restrict temperature,
                                                                    const float* __restrict top_p,
                                                                    const int32_t* __restrict top_k,
                                                                    const int32_t* __restrict seeds,
                                                                    const int32_t* __restrict counters,
-                                                                   const SplitPart* __restrict part,
+                                                                   const SamplePart* __restrict part,
                                                                    int32_t* __restrict tokens,
                                                                    float* __restrict logprobs) {
   __shared__ double shd[32];
   __shared__ int64_t shi[32];
+  __shared__ float zw;
   const int64_t b = blockIdx.x;
   const float t = temperature[b];
-  const T* l = logits + b * V;
-  if (!row_splits(t, top_p[b], top_k[b], V)) {
+  if (!sampling::row_splits(t, top_p[b], top_k[b], V)) {
+    if (logits == nullptr) {
+      if (threadIdx.x == 0) tokens[b] = -1, logprobs[b] = NAN;
+      return;
+    }
     const uint64_t key = sampling::row_key(static_cast<uint32_t>(seeds[b]),
                                            static_cast<uint64_t>(static_cast<uint32_t>(counters[b])), 0);
-    sample_row(l, V, t, top_p[b], static_cast<int64_t>(top_k[b]), key, tokens + b, logprobs + b);
+    sample_row(logits + b * V, V, t, top_p[b], static_cast<int64_t>(top_k[b]), key, tokens + b, logprobs + b);
     return;
   }
-  const SplitPart* p = part + b * C;
+  const int n = R * C;
+  auto at = [&](int q) -> const SamplePart& { return part[((q / C) * S + b) * C + q % C]; };
   float mx = -INFINITY;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) mx = fmaxf(mx, p[c].mx);
+  for (int q = threadIdx.x; q < n; q += blockDim.x) mx = fmaxf(mx, at(q).mx);
   mx = block_max(mx);
   double s = 0, best = -INFINITY;
   int64_t bi = INT64_MAX;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const SplitPart q = p[c];
-    if (q.mx != -INFINITY) s += q.s * exp(static_cast<double>(q.mx) - mx);
-    if (bi == INT64_MAX || q.score > best || (q.score == best && q.idx < bi)) best = q.score, bi = q.idx;
+  for (int q = threadIdx.x; q < n; q += blockDim.x) {
+    const SamplePart x = at(q);
+    if (x.mx != -INFINITY) s += x.s * exp(static_cast<double>(x.mx) - mx);
+    if (bi == INT64_MAX || sampling::part_beats(x.score, x.idx, best, bi)) best = x.score, bi = x.idx;
   }
   s = block_sum_t(s, shd);
   // A row of -inf only: the single-block sum is e^(-inf - -inf) = NaN, and so is the log-prob; keep that.
   if (mx == -INFINITY) s = NAN;
   block_argmax(best, bi, shd, shi);
+  // The winner's z from its part (the slices are disjoint: exactly one part names the token).
+  for (int q = threadIdx.x; q < n; q += blockDim.x)
+    if (at(q).idx == bi) zw = at(q).z;
+  __syncthreads();
   if (threadIdx.x == 0) {
     tokens[b] = static_cast<int32_t>(bi);
-    logprobs[b] = t == 0.f ? static_cast<float>(-log(s))
-                           : static_cast<float>(static_cast<double>(ldf(l + bi) / t) - mx - log(s));
+    logprobs[b] = t == 0.f ? static_cast<float>(-log(s)) : static_cast<float>(static_cast<double>(zw) - mx - log(s));
   }
 }
 
@@ -319,28 +335,62 @@ void sample_rows(const Tensor& logits, const Tensor& temperature, const Tensor& 
           counters.data<int32_t>(), tokens.data<int32_t>(), logprobs.data<float>());
       return;
     }
-    // About two blocks per SM over the batch, each chunk at least 4 entries per thread.
-    const int64_t max_chunks = std::max<int64_t>(1, V / (kSplitThreads * 4));
-    int64_t C = std::min<int64_t>(max_chunks, std::max<int64_t>(1, (2 * sms + B - 1) / B));
-    const int64_t chunk = (V + C - 1) / C;
-    C = (V + chunk - 1) / chunk;  // no empty chunk
-    GPTOSS_CHECK(B * C < (int64_t(1) << 31), "sampleRows: split path over ", B, " rows x ", C,
-                 " chunks exceeds the grid");
-    Tensor part = make_tensor({B * C * static_cast<int64_t>(sizeof(SplitPart))}, DType::U8, logits.device);
-    SplitPart* pp = part.data<SplitPart>();
+    const SplitLayout lay = split_layout(B, V, sms);
+    const int C = static_cast<int>(lay.chunks);
+    Tensor part = make_tensor({B * C * static_cast<int64_t>(sizeof(SamplePart))}, DType::U8, logits.device);
+    SamplePart* pp = part.data<SamplePart>();
     sample_split_kernel<<<static_cast<unsigned>(B * C), kSplitThreads, 0, st>>>(
-        l, V, chunk, static_cast<int>(C), temperature.data<float>(), top_p.data<float>(), top_k.data<int32_t>(),
+        l, V, lay.chunk, C, 0, V, temperature.data<float>(), top_p.data<float>(), top_k.data<int32_t>(),
         seeds.data<int32_t>(), counters.data<int32_t>(), pp);
     GPTOSS_CUDA_LAUNCH_CHECK("sampleRows split pass");
     sample_combine_kernel<<<static_cast<unsigned>(B), kThreads, 0, st>>>(
-        l, V, static_cast<int>(C), temperature.data<float>(), top_p.data<float>(), top_k.data<int32_t>(),
-        seeds.data<int32_t>(), counters.data<int32_t>(), pp, tokens.data<int32_t>(), logprobs.data<float>());
+        l, V, 1, B, C, temperature.data<float>(), top_p.data<float>(), top_k.data<int32_t>(), seeds.data<int32_t>(),
+        counters.data<int32_t>(), pp, tokens.data<int32_t>(), logprobs.data<float>());
   };
   if (logits.dtype == DType::BF16)
     launch(logits.data<__nv_bfloat16>());
   else
     launch(logits.data<float>());
   GPTOSS_CUDA_LAUNCH_CHECK("sampleRows");
+}
+
+int64_t sample_parts_chunks(int64_t S, int64_t W, int device) {
+  return split_layout(S, W, sm_count(device, "sampleParts")).chunks;
+}
+
+void sample_parts(const Tensor& logits, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
+                  const Tensor& seeds, const Tensor& counters, int64_t vocab_start, int64_t vocab_size,
+                  const Tensor& parts) {
+  const int64_t S = logits.dim(0), W = logits.dim(1);
+  if (S == 0) return;
+  DeviceGuard g(logits.device);
+  const SplitLayout lay = split_layout(S, W, sm_count(logits.device, "sampleParts"));
+  GPTOSS_CHECK(parts.nbytes() == S * lay.chunks * int64_t(sizeof(SamplePart)), "sampleParts: parts holds ",
+               parts.nbytes(), " bytes, the layout needs ", S, " x ", lay.chunks, " x 32");
+  const auto launch = [&](auto* l) {
+    sample_split_kernel<<<static_cast<unsigned>(S * lay.chunks), kSplitThreads, 0, stream_of(logits.device)>>>(
+        l, W, lay.chunk, static_cast<int>(lay.chunks), vocab_start, vocab_size, temperature.data<float>(),
+        top_p.data<float>(), top_k.data<int32_t>(), seeds.data<int32_t>(), counters.data<int32_t>(),
+        parts.data<SamplePart>());
+  };
+  if (logits.dtype == DType::BF16)
+    launch(logits.data<__nv_bfloat16>());
+  else
+    launch(logits.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("sampleParts");
+}
+
+void sample_combine(const Tensor& parts, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
+                    int64_t vocab_size, const Tensor& tokens, const Tensor& logprobs) {
+  const int64_t R = parts.dim(0), S = parts.dim(1), C = parts.dim(2) / int64_t(sizeof(SamplePart));
+  if (S == 0) return;
+  GPTOSS_CHECK(R * C < (int64_t(1) << 31), "sampleCombine: ", R, " x ", C, " parts per row exceed an int");
+  DeviceGuard g(parts.device);
+  sample_combine_kernel<float><<<static_cast<unsigned>(S), kThreads, 0, stream_of(parts.device)>>>(
+      nullptr, vocab_size, static_cast<int>(R), S, static_cast<int>(C), temperature.data<float>(),
+      top_p.data<float>(), top_k.data<int32_t>(), nullptr, nullptr, parts.data<SamplePart>(),
+      tokens.data<int32_t>(), logprobs.data<float>());
+  GPTOSS_CUDA_LAUNCH_CHECK("sampleCombine");
 }
 
 }  // namespace gptoss::cuda

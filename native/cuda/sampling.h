@@ -21,4 +21,14 @@ void sample_rows(const Tensor& logits, const Tensor& temperature, const Tensor& 
                  const Tensor& seeds, const Tensor& counters, const Tensor& tokens, const Tensor& logprobs,
                  SampleStrategy strategy = SampleStrategy::Auto);
 
+// Vocabulary-parallel sampling (native/cpu/sampling.h, sample_parts / sample_combine) on the device: sample_parts
+// writes sample_parts_chunks(S, W, device) chunk summaries per row (parts u8 [S, C * 32], the split layout's pass 1
+// over the slice); sample_combine is pass 2 over R slices x C chunks per row. Row values are not checked here.
+int64_t sample_parts_chunks(int64_t S, int64_t W, int device);
+void sample_parts(const Tensor& logits, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
+                  const Tensor& seeds, const Tensor& counters, int64_t vocab_start, int64_t vocab_size,
+                  const Tensor& parts);
+void sample_combine(const Tensor& parts, const Tensor& temperature, const Tensor& top_p, const Tensor& top_k,
+                    int64_t vocab_size, const Tensor& tokens, const Tensor& logprobs);
+
 }  // namespace gptoss::cuda

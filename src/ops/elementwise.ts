@@ -47,3 +47,11 @@ export function zerosLike(a: Tensor): Tensor {
 export function dropoutForward(x: Tensor, p: number, seed: number, salt: number): Tensor {
   return new Tensor(native().ops.dropoutForward(x.native, p, seed, salt));
 }
+
+/**
+ * The R column slices of parts [R, S, W] side by side: out [S, R·W] with out[s, r·W + j] = parts[r, s, j] (any
+ * dtype). A vocabulary-parallel LM head's all-gathered logit slices [tp, S, V/tp] as whole rows [S, V].
+ */
+export function concatColumns(parts: Tensor): Tensor {
+  return new Tensor(native().ops.concatColumns(parts.native));
+}

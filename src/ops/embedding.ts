@@ -21,6 +21,19 @@ export function embeddingForward(weight: Tensor, ids: Tensor, opts: { checked?: 
 }
 
 /**
+ * The lookup of one rank of a vocabulary-parallel embedding (src/model/tensor-parallel.ts): out[t, :] =
+ * weight[ids[t] - vocabStart, :] for the ids in [vocabStart, vocabStart + W), zero rows for the others, so the sum
+ * over the ranks (an all-reduce) is the full lookup, bit for bit. The ids are not range-checked (each belongs to
+ * some rank's slice; the caller checks them against the whole vocabulary) and on CUDA nothing waits for the device.
+ * @param weight bf16 (or f32) [W, H]: vocabulary rows vocabStart .. vocabStart + W - 1
+ * @param ids i32 [T] (any shape; the output gets ids.shape + [H])
+ * @returns weight's dtype [T, H]
+ */
+export function embeddingForwardSlice(weight: Tensor, ids: Tensor, vocabStart: number): Tensor {
+  return new Tensor(native().ops.embeddingForwardSlice(weight.native, ids.native, vocabStart));
+}
+
+/**
  * dWeight[v, :] = sum over t with ids[t] == v of dOut[t, :], in fp32.
  * @param dOut bf16|f32 [T, H]
  * @param ids i32 [T], the ids of the forward

@@ -75,3 +75,45 @@ export function sampleRows(logits: Tensor, params: SampleRowsParams, opts: Sampl
   );
   return { tokens: new Tensor(r.tokens), logprobs: new Tensor(r.logprobs) };
 }
+
+/**
+ * One rank's share of a vocabulary-parallel sampler (src/model/tensor-parallel.ts): each row of a vocabulary slice's
+ * logits summarised for the rows that need no top-k/top-p threshold (greedy, or temperature with both off): the
+ * slice's max, normaliser, and Gumbel-max winner under the row's key with its whole-vocabulary id (see
+ * native/cpu/sampling_parts.h). All-gathered over the ranks and combined (combineSampleParts), they give the token
+ * `sampleRows` draws from the whole row. Threshold rows get a placeholder.
+ * @param logits f32|bf16 [S, W]: vocabulary ids vocabStart .. vocabStart + W - 1
+ * @param vocabSize the whole vocabulary (a row's top-k is off when >= it, as in sampleRows)
+ * @returns u8 [S, C·32] (C chunks per row: 1 on the CPU; on CUDA the split layout's, alike on like GPUs)
+ */
+export function sampleParts(logits: Tensor, params: SampleRowsParams, slice: { vocabStart: number; vocabSize: number }): Tensor {
+  return new Tensor(
+    native().ops.sampleParts(
+      logits.native,
+      params.temperature.native,
+      params.topP.native,
+      params.topK.native,
+      params.seeds.native,
+      params.counters.native,
+      slice.vocabStart,
+      slice.vocabSize,
+    ),
+  );
+}
+
+/**
+ * Combines the slices' summaries: parts u8 [R, S, C·32] (sampleParts of R vocabulary slices in vocabulary order,
+ * e.g. all-gathered from R ranks) -> per row the token of `sampleRows` over the whole row and its log-prob (equal up
+ * to the normaliser's summation order); token -1 and a NaN log-prob for rows with a top-k/top-p threshold, which
+ * need their whole logits.
+ */
+export function combineSampleParts(parts: Tensor, params: SampleRowsParams, vocabSize: number): SampleResult {
+  const r = native().ops.sampleCombine(parts.native, params.temperature.native, params.topP.native, params.topK.native, vocabSize);
+  return { tokens: new Tensor(r.tokens), logprobs: new Tensor(r.logprobs) };
+}
+
+/** Whether sampleParts decides a row (no threshold search), from the row's host-side parameters. */
+export function rowSplits(temperature: number, topP: number, topK: number, vocabSize: number): boolean {
+  if (temperature === 0) return true;
+  return !(topK > 0 && topK < vocabSize) && !(topP > 0 && topP < 1);
+}

@@ -1,9 +1,9 @@
 // Elementwise ops on the CPU backend (add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike) against
-// naive TS references, at sizes 1, 7, 113 and 4099.
+// naive TS references, at sizes 1, 7, 113 and 4099; concatColumns (column slices side by side).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, roundBf16 } from '../../src/tensor.ts';
-import { add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike } from '../../src/ops/elementwise.ts';
+import { add, addInPlace, scale, scaleInPlace, cast, concatColumns, fill, zerosLike } from '../../src/ops/elementwise.ts';
 import { uniform, uniformBf16, randInts } from '../helpers/random.ts';
 
 const cpu = { device: 'cpu' } as const;
@@ -87,4 +87,19 @@ test('elementwise ops reject bad inputs with clear errors', () => {
   assert.throws(() => cast(a, 'i32'), /cast: cannot cast f32\[4, 2\] on cpu to i32 \(supported: bf16 <-> f32, i32 -> f32, same dtype\)/);
   assert.throws(() => fill(Tensor.zeros([2], { ...cpu, dtype: 'i32' }), 1.5), /fill: value 1.5 is not an i32 for i32\[2\] on cpu/);
   assert.throws(() => fill(Tensor.zeros([2], { ...cpu, dtype: 'u8' }), 256), /fill: value 256 is not a u8/);
+});
+
+test('concatColumns: [R, S, W] slices side by side as [S, R·W], any dtype', () => {
+  for (const [R, S, W] of [[1, 3, 5], [4, 3, 2], [3, 1, 7], [2, 0, 4]] as const) {
+    const n = R * S * W;
+    const src = Float32Array.from({ length: n }, (_, i) => i);
+    const want = new Float32Array(n);
+    for (let r = 0; r < R; r++) for (let s = 0; s < S; s++) for (let j = 0; j < W; j++) want[s * R * W + r * W + j] = src[(r * S + s) * W + j]!;
+    const f = concatColumns(Tensor.from(src, [R, S, W], cpu));
+    assert.deepEqual(f.shape, [S, R * W]);
+    assert.deepEqual(f.toFloat32(), want, `f32 ${R}x${S}x${W}`);
+    assert.deepEqual(concatColumns(Tensor.from(src, [R, S, W], { ...cpu, dtype: 'bf16' })).toFloat32(), want, `bf16 ${R}x${S}x${W}`);
+    assert.deepEqual(concatColumns(Tensor.from(Int32Array.from(src), [R, S, W], cpu)).toInt32(), Int32Array.from(want));
+  }
+  assert.throws(() => concatColumns(Tensor.zeros([4, 4], cpu)), /concatColumns: parts must have 3 dimensions, got f32\[4, 4\]/);
 });

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
-import { embeddingForward, embeddingBackward } from '../../src/ops/embedding.ts';
+import { embeddingForward, embeddingForwardSlice, embeddingBackward } from '../../src/ops/embedding.ts';
 import { uniform, uniformBf16, randInts, probes } from '../helpers/random.ts';
 import { assertClose } from '../helpers/numeric.ts';
 
@@ -134,4 +134,31 @@ test('embedding ops reject bad ids, dtypes and shapes with clear errors', () => 
     /embeddingBackward: dOut must have shape ids.shape \+ \[H\], got dOut f32\[3, 4\] on cpu and ids i32\[2\] on cpu/,
   );
   assert.throws(() => embeddingBackward(d, Tensor.from(new Int32Array([0, 1, 2]), [3], cpu), 0), /vocabSize must be positive/);
+});
+
+test('embeddingForwardSlice: each vocabulary slice gives its rows and zeros elsewhere; the slices sum to the full lookup', () => {
+  const V = 24, H = 10, T = 40;
+  const w = uniformBf16(V * H, 3, -2, 2);
+  const ids = randInts(T, 9, V);
+  const full = embeddingForward(Tensor.from(w, [V, H], { ...cpu, dtype: 'bf16' }), Tensor.from(ids, [T], cpu)).toFloat32();
+  for (const tp of [2, 3, 4]) {
+    const W = V / tp;
+    const sum = new Float32Array(T * H);
+    for (let r = 0; r < tp; r++) {
+      const slice = Tensor.from(w.subarray(r * W * H, (r + 1) * W * H), [W, H], { ...cpu, dtype: 'bf16' });
+      const out = embeddingForwardSlice(slice, Tensor.from(ids, [T], cpu), r * W).toFloat32();
+      ids.forEach((id, t) => {
+        const mine = id >= r * W && id < (r + 1) * W;
+        for (let j = 0; j < H; j++) {
+          const v = out[t * H + j]!;
+          if (!mine) assert.ok(Object.is(v, 0), `tp ${tp} rank ${r} token ${t}: another rank's id gives +0`);
+          sum[t * H + j]! += v;
+        }
+      });
+    }
+    assert.deepEqual(sum, full, `tp ${tp}: the sum over the slices is the full lookup`);
+  }
+  const w2 = Tensor.zeros([4, H], { ...cpu, dtype: 'bf16' });
+  assert.throws(() => embeddingForwardSlice(w2, Tensor.from(ids, [T], cpu), -1), /embeddingForwardSlice: vocabStart must be >= 0, got -1/);
+  assert.throws(() => embeddingForwardSlice(w2, Tensor.zeros([T], cpu), 0), /embeddingForwardSlice: ids must be i32/);
 });

@@ -1,12 +1,13 @@
 // CPU sampler: exact tokens against a TypeScript re-implementation of the method (same hash, same thresholds),
 // greedy ties, top-k / top-p sets, the empirical distribution, determinism per seed/step, bad inputs; the per-row
-// sampler (sampleRows): row independence, equality with `sample` per row, bf16 logits, bad inputs.
+// sampler (sampleRows): row independence, equality with `sample` per row, bf16 logits, bad inputs; the vocabulary-
+// parallel sampler (sampleParts per slice + combineSampleParts) against sampleRows over the whole rows.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor } from '../../src/tensor.ts';
-import { sample, sampleRows } from '../../src/ops/sampling.ts';
+import { combineSampleParts, rowSplits, sample, sampleParts, sampleRows } from '../../src/ops/sampling.ts';
 import { uniformSym } from '../helpers/random.ts';
-import { samplingRowTensors, type SamplingRow } from '../helpers/sampling-rows.ts';
+import { sampleBySlices, samplingRowTensors, type SamplingRow } from '../helpers/sampling-rows.ts';
 
 const dev = 'cpu';
 const M64 = (1n << 64n) - 1n;
@@ -254,4 +255,66 @@ test('sampleRows rejects bad inputs, naming the row', () => {
   assert.throws(() => sampleRows(l, p, { strategy: 'split' }), /sampleRows: strategy 'split' chooses a CUDA kernel layout; the logits are on the CPU/);
   assert.throws(() => sampleRows(l, p, { strategy: 'blocks' as 'split' }), /sampleRows: strategy must be 'auto', 'single' or 'split', got 'blocks'/);
   assert.equal(sampleRows(l, p, { strategy: 'auto' }).tokens.shape[0], B);
+});
+
+test('vocabulary-parallel sampling: slice summaries combined draw sampleRows\' tokens (tp 1, 2, 4, 8; f32 and bf16)', () => {
+  const B = 12, V = 256;
+  for (const dtype of ['f32', 'bf16'] as const) {
+    const l = uniformSym(B * V, 41, 3, dtype === 'bf16');
+    const rows = mixedRows(B).map((r, b) => ({ ...r, topK: b % 5 === 3 ? V : r.topK })); // top-k >= V is off
+    const whole = sampleRows(Tensor.from(l, [B, V], { device: dev, dtype }), rowsTensors(rows));
+    const tok = whole.tokens.toInt32(), lp = whole.logprobs.toFloat32();
+    for (const tp of [1, 2, 4, 8]) {
+      const got = sampleBySlices(l, B, V, tp, rows, { device: dev, dtype });
+      rows.forEach((o, b) => {
+        if (rowSplits(o.temperature, o.topP, o.topK, V)) {
+          assert.equal(got.tokens[b], tok[b], `${dtype} tp ${tp} row ${b} ${JSON.stringify(o)}`);
+          assert.ok(Math.abs(got.logprobs[b]! - lp[b]!) < 1e-6, `${dtype} tp ${tp} row ${b}: ${got.logprobs[b]} vs ${lp[b]}`);
+        } else {
+          assert.equal(got.tokens[b], -1, `tp ${tp} row ${b} needs a threshold: left to the gathered logits`);
+          assert.ok(Number.isNaN(got.logprobs[b]!));
+        }
+      });
+    }
+  }
+});
+
+test('vocabulary-parallel sampling: ties across slices go to the lowest id; an all -inf row gives NaN as sampleRows does', () => {
+  const V = 16;
+  // Row 0: greedy, the max 2.5 at ids 13 (slice 3 of 4) and 6 (slice 1): 6 wins. Row 1: temperature 1 over equal
+  // logits (the noise decides). Row 2: every logit -inf.
+  const l = new Float32Array(3 * V).fill(0);
+  l[13] = 2.5;
+  l[6] = 2.5;
+  l.fill(-Infinity, 2 * V, 3 * V);
+  const rows: SamplingRow[] = [
+    { temperature: 0, topP: 1, topK: 0, seed: 1, counter: 0 },
+    { temperature: 1, topP: 1, topK: 0, seed: 77, counter: 5 },
+    { temperature: 0, topP: 1, topK: 0, seed: 3, counter: 0 },
+  ];
+  const whole = sampleRows(Tensor.from(l, [3, V], { device: dev }), rowsTensors(rows));
+  const got = sampleBySlices(l, 3, V, 4, rows, { device: dev });
+  assert.deepEqual([...got.tokens], [...whole.tokens.toInt32()]);
+  assert.equal(got.tokens[0], 6);
+  assert.ok(Number.isNaN(got.logprobs[2]!) && Number.isNaN(whole.logprobs.toFloat32()[2]!));
+  assert.ok(Math.abs(got.logprobs[1]! + Math.log(V)) < 1e-6, 'uniform row: log-prob -log V');
+});
+
+test('sampleParts / combineSampleParts reject bad inputs, naming the argument or the row', () => {
+  const S = 2, W = 8, V = 32;
+  const rows = mixedRows(S);
+  const p = rowsTensors(rows);
+  const l = Tensor.zeros([S, W], { device: dev });
+  assert.throws(() => sampleParts(l, p, { vocabStart: 28, vocabSize: V }), /sampleParts: the slice \[28, 36\) of the logits must lie in the vocabulary \[0, 32\)/);
+  assert.throws(() => sampleParts(l, p, { vocabStart: -1, vocabSize: V }), /must lie in the vocabulary/);
+  assert.throws(() => sampleParts(Tensor.zeros([S, W], { device: dev, dtype: 'i32' }), p, { vocabStart: 0, vocabSize: V }), /sampleParts: logits must be f32 or bf16 \[S, W\]/);
+  assert.throws(() => sampleParts(l, { ...p, counters: Tensor.zeros([S + 1], { device: dev, dtype: 'i32' }) }, { vocabStart: 0, vocabSize: V }), /sampleParts: counters must have shape \[2\]/);
+  const bad = rowsTensors(rows.map((r, b) => (b === 1 ? { ...r, topP: 2 } : r)));
+  assert.throws(() => sampleParts(l, bad, { vocabStart: 0, vocabSize: V }), /sampleParts: topP\[1\] must be in \(0, 1\], got 2/);
+  const parts = sampleParts(l, p, { vocabStart: 0, vocabSize: V });
+  assert.deepEqual(parts.shape, [S, 32]);
+  assert.throws(() => combineSampleParts(parts, p, V), /sampleCombine: parts must be u8 \[R, S, C \* 32\]/);
+  assert.throws(() => combineSampleParts(Tensor.zeros([1, S, 31], { device: dev, dtype: 'u8' }), p, V), /parts must be u8 \[R, S, C \* 32\]/);
+  assert.throws(() => combineSampleParts(parts.view([1, S, 32]), p, 0), /sampleCombine: vocabSize must be positive/);
+  assert.throws(() => combineSampleParts(Tensor.zeros([1, S + 1, 32], { device: dev, dtype: 'u8' }), p, V), /sampleCombine: temperature must have shape \[3\]/);
 });
