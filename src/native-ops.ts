@@ -215,8 +215,8 @@ export interface NativeOps {
   elementwiseScaleInPlace(a: TensorArg, s: number): void;
   elementwiseCast(a: TensorArg, dtype: DType): NativeTensor;
   elementwiseFill(a: TensorArg, value: number): void;
-  /** parts [R, S, W] -> [S, R * W]: the column slices side by side. */
-  concatColumns(parts: TensorArg): NativeTensor;
+  /** parts [R, S, W] -> [S, columns] (default R * W): the column slices side by side, cut at `columns`. */
+  concatColumns(parts: TensorArg, columns?: number): NativeTensor;
   dropoutForward(x: TensorArg, p: number, seed: number, salt: number): NativeTensor;
 
   // ---- embedding.cc ----

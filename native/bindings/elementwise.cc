@@ -10,12 +10,17 @@
 using namespace gptoss;
 using namespace gptoss::js;
 
-// concatColumns(parts [R, S, W]) -> [S, R * W]: the R column slices side by side (any dtype).
+// concatColumns(parts [R, S, W], columns = R * W) -> [S, columns]: the R column slices side by side, cut at
+// `columns` (an uneven last slice's padding dropped; any dtype).
 GPTOSS_OP(concatColumns) {
   const char* op = "concatColumns";
   Tensor& parts = tensor_arg(info, 0, op, "parts");
   check_ndim(op, "parts", parts, 3);
-  Tensor out = make_tensor({parts.dim(1), parts.dim(0) * parts.dim(2)}, parts.dtype, parts.device);
+  const int64_t full = parts.dim(0) * parts.dim(2);
+  const int64_t columns = info.Length() > 1 && !info[1].IsUndefined() ? int_arg(info, 1, op, "columns") : full;
+  GPTOSS_CHECK(columns > full - parts.dim(2) && columns <= full, op, ": columns must be in (", full - parts.dim(2), ", ",
+               full, "] for ", parts.dim(0), " slices of ", parts.dim(2), " (only the last slice may be cut), got ", columns);
+  Tensor out = make_tensor({parts.dim(1), columns}, parts.dtype, parts.device);
   GPTOSS_DISPATCH(parts, cpu::concat_columns(parts, out), cuda::concat_columns(parts, out));
   return wrap(info.Env(), out);
 }

@@ -78,7 +78,8 @@ GPTOSS_OP(sampleRows) {
 }
 
 // sampleParts(logits, temperature, topP, topK, seeds, counters, vocabStart, vocabSize) -> u8 [S, C * 32]: the
-// summaries of a vocabulary slice's logits f32|bf16 [S, W] (ids vocabStart .. vocabStart + W - 1 of vocabSize) for
+// summaries of a vocabulary slice's logits f32|bf16 [S, W] (ids vocabStart .. vocabStart + W - 1 of vocabSize; the
+// columns past vocabSize, an uneven last slice's padding, are ignored) for
 // a vocabulary-parallel sampler (native/cpu/sampling.h, sample_parts; C = 1 on the CPU, the split layout's chunks
 // on CUDA, the same on every rank of like devices).
 GPTOSS_OP(sampleParts) {
@@ -93,15 +94,15 @@ GPTOSS_OP(sampleParts) {
   const int64_t vocab = int_arg(info, 7, op, "vocabSize");
   GPTOSS_CHECK(logits.ndim() == 2 && (logits.dtype == DType::F32 || logits.dtype == DType::BF16) && logits.dim(1) > 0,
                op, ": logits must be f32 or bf16 [S, W] with W > 0, got ", logits.describe());
-  const int64_t S = logits.dim(0), W = logits.dim(1);
-  GPTOSS_CHECK(start >= 0 && start + W <= vocab, op, ": the slice [", start, ", ", start + W,
-               ") of the logits must lie in the vocabulary [0, ", vocab, ")");
+  const int64_t S = logits.dim(0);
+  GPTOSS_CHECK(start >= 0 && start < vocab, op, ": the slice's first id ", start, " must lie in the vocabulary [0, ",
+               vocab, ") (columns past its end are padding)");
   check_row_params(op, logits, S, temperature, top_p, top_k);
   check_tensor(op, "seeds", seeds, DType::I32, {S}, logits);
   check_tensor(op, "counters", counters, DType::I32, {S}, logits);
   int64_t chunks = 1;
 #ifdef GPTOSS_WITH_CUDA
-  if (logits.device != kCpu) chunks = cuda::sample_parts_chunks(S, W, logits.device);
+  if (logits.device != kCpu) chunks = cuda::sample_parts_chunks(S, logits.dim(1), logits.device);
 #endif
   Tensor parts = make_tensor({S, chunks * 32}, DType::U8, logits.device);
   GPTOSS_DISPATCH(logits, cpu::sample_parts(logits, temperature, top_p, top_k, seeds, counters, start, vocab, parts),

@@ -1,6 +1,7 @@
 // elementwise.cc: CPU reference for add/scale/cast/fill/dropout.
 #include "elementwise.h"
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -91,12 +92,14 @@ void ew_dropout(const Tensor& x, double p, uint64_t seed, uint64_t salt, const T
 }
 
 void concat_columns(const Tensor& parts, const Tensor& out) {
-  const int64_t R = parts.dim(0), S = parts.dim(1);
-  const int64_t row = parts.dim(2) * static_cast<int64_t>(dtype_size(parts.dtype));  // bytes of one slice row
+  const int64_t R = parts.dim(0), S = parts.dim(1), W = parts.dim(2), N = out.dim(1);
+  const int64_t es = static_cast<int64_t>(dtype_size(parts.dtype));
   const auto* src = static_cast<const uint8_t*>(parts.raw());
   auto* dst = static_cast<uint8_t*>(out.raw());
-  for (int64_t r = 0; r < R; r++)
-    for (int64_t s = 0; s < S; s++) std::memcpy(dst + (s * R + r) * row, src + (r * S + s) * row, row);
+  for (int64_t r = 0; r < R; r++) {
+    const int64_t w = std::max<int64_t>(0, std::min(W, N - r * W));  // slice r's columns that are kept
+    for (int64_t s = 0; s < S; s++) std::memcpy(dst + (s * N + r * W) * es, src + (r * S + s) * W * es, w * es);
+  }
 }
 
 void ew_fill(const Tensor& a, double value) {

@@ -188,7 +188,8 @@ void sample_parts(const Tensor& logits, const Tensor& temperature, const Tensor&
         continue;  // decided on the gathered logits (sampleCombine leaves it)
       }
       const uint64_t key = sampling::row_key(static_cast<uint32_t>(sd[b]), static_cast<uint64_t>(ct[b]), 0);
-      out[b] = summarise(row_f32(logits, b, row), W, vocab_start, temp[b], key);
+      // Columns past the vocabulary (a padded last slice) are not tokens.
+      out[b] = summarise(row_f32(logits, b, row), std::min(W, vocab_size - vocab_start), vocab_start, temp[b], key);
     }
   });
 }

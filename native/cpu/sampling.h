@@ -29,7 +29,8 @@ void sample_rows(const Tensor& logits, const Tensor& temperature, const Tensor& 
 
 // ---- vocabulary-parallel sampling (a tensor-parallel LM head: rank r holds the logits of a vocabulary slice) ----
 // sample_parts: the summaries (sampling_parts.h) of each row's slice logits f32|bf16 [S, W], the slice holding
-// vocabulary ids vocab_start .. vocab_start + W - 1 of vocab_size: parts u8 [S, 32] (one SamplePart per row; the
+// vocabulary ids vocab_start .. vocab_start + W - 1 of vocab_size (columns past vocab_size, the padding of an uneven
+// last slice, are ignored; vocab_start < vocab_size): parts u8 [S, 32] (one SamplePart per row; the
 // CUDA form may write several chunks per row). The noise of id j is the one-pass sampler's (row_key(seed_b,
 // counter_b, 0), j) and winners carry whole-vocabulary ids. Rows that need a threshold search (top-k < V or
 // top-p < 1 with temperature > 0) get a placeholder: the caller gathers their logits instead. Checks the rows'

@@ -118,17 +118,20 @@ void ew_cast(const Tensor& a, const Tensor& out) {
 }
 
 void concat_columns(const Tensor& parts, const Tensor& out) {
-  const int64_t R = parts.dim(0), S = parts.dim(1);
-  const size_t row = static_cast<size_t>(parts.dim(2)) * dtype_size(parts.dtype);
-  if (R == 0 || S == 0 || row == 0) return;
+  const int64_t R = parts.dim(0), S = parts.dim(1), W = parts.dim(2), N = out.dim(1);
+  const size_t es = dtype_size(parts.dtype);
+  if (R == 0 || S == 0 || W == 0) return;
   DeviceGuard g(out.device);
   cudaStream_t st = stream_of(out.device);
   const auto* src = static_cast<const uint8_t*>(parts.raw());
   auto* dst = static_cast<uint8_t*>(out.raw());
-  for (int64_t r = 0; r < R; r++)
-    GPTOSS_CUDA_CHECK(cudaMemcpy2DAsync(dst + r * row, R * row, src + r * S * row, row, row, S,
+  for (int64_t r = 0; r < R; r++) {
+    const int64_t w = std::max<int64_t>(0, std::min(W, N - r * W));  // slice r's columns that are kept
+    if (w == 0) continue;
+    GPTOSS_CUDA_CHECK(cudaMemcpy2DAsync(dst + r * W * es, N * es, src + r * S * W * es, W * es, w * es, S,
                                         cudaMemcpyDeviceToDevice, st),
                       "concatColumns");
+  }
 }
 
 void ew_fill(const Tensor& a, double value) {

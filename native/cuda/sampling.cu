@@ -194,7 +194,8 @@ SplitLayout split_layout(int64_t S, int64_t W, int sms) {
 }
 
 // Pass 1: block x = b * C + c summarises chunk c ([c * chunk, min(W, (c + 1) * chunk)) of row b's W logits, the
-// vocabulary ids vocab_start + j) into part[b * C + c]. Rows that need a threshold search (over the whole
+// vocabulary ids vocab_start + j, those below V) into part[b * C + c] (a chunk with no id below V: an empty part,
+// which loses every comparison). Rows that need a threshold search (over the whole
 // vocabulary, V) are left to pass 2 (their blocks return at once).
 template <typename T>
 __global__ void __launch_bounds__(kSplitThreads) sample_split_kernel(const T* __restrict logits, int64_t W,
@@ -212,7 +213,12 @@ __global__ void __launch_bounds__(kSplitThreads) sample_split_kernel(const T* __
   const float t = temperature[b];
   if (!sampling::row_splits(t, top_p[b], top_k[b], V)) return;  // the same for the whole block
   const T* l = logits + b * W;
-  const int64_t j0 = static_cast<int64_t>(c) * chunk, j1 = min(W, j0 + chunk);
+  // Columns past the vocabulary (the padding of an uneven last slice) are not tokens: a chunk of them only is empty.
+  const int64_t j0 = static_cast<int64_t>(c) * chunk, j1 = min(min(W, V - vocab_start), j0 + chunk);
+  if (j0 >= j1) {
+    if (threadIdx.x == 0) part[blockIdx.x] = SamplePart{0.0, -INFINITY, INT64_MAX, -INFINITY, 0.f};
+    return;
+  }
   float mx = -INFINITY;
   double best = -INFINITY, s = 0;
   int64_t bi = INT64_MAX;  // local index until the end

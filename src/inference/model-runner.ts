@@ -9,6 +9,7 @@
 import { emptyCache, Tensor } from '../tensor.ts';
 import type { GptOssConfig } from '../model/config.ts';
 import type { GptOssModel } from '../model/gptoss.ts';
+import { TensorParallelModel } from '../model/tensor-parallel.ts';
 import type { LayerHost } from '../model/layer.ts';
 import { disposeAll } from '../model/tensor-helpers.ts';
 import { embeddingForward } from '../ops/embedding.ts';
@@ -158,26 +159,33 @@ export class LocalModelRunner implements ModelRunner {
       const r = this.graphs.run(s);
       if (r) return r;
     }
-    const t = this.upload(s);
-    try {
-      this.hooks.afterUpload?.(s);
-      const r = this.head(await this.layers(t), t);
-      const out = { tokens: r.tokens.toInt32(), logprobs: r.logprobs.toFloat32() };
-      disposeAll(r.tokens, r.logprobs);
-      return out;
-    } finally {
-      disposeStepTensors(t);
-    }
+    const out = await this.run(s);
+    if (!out) throw new Error(`LocalModelRunner.execute: rank ${(this.model as TensorParallelModel).tp.rank} of a tensor-parallel model gets no tokens (rank 0 samples)`);
+    return out;
   }
 
   /**
-   * The layers over a step's rows: the final residual stream bf16 [N, H]. On a tensor-parallel shard (a
-   * TensorParallelModel: model.tp set) each layer is a collective (DecoderLayer.stepParallel): every rank runs it.
+   * One step, eagerly. On a tensor-parallel shard (a TensorParallelModel) the whole step is a collective that every
+   * rank runs (DecoderLayer.stepParallel per layer, then the vocabulary-parallel head: TensorParallelModel.
+   * sampleParallel); rank 0 gets the tokens, the other ranks null.
    */
-  async hidden(s: StepInput): Promise<Tensor> {
+  async run(s: StepInput): Promise<StepOutput | null> {
     const t = this.upload(s);
     try {
-      return await this.layers(t);
+      this.hooks.afterUpload?.(s);
+      const x = await this.layers(t);
+      if (!(this.model instanceof TensorParallelModel)) {
+        const r = this.head(x, t);
+        const out = { tokens: r.tokens.toInt32(), logprobs: r.logprobs.toFloat32() };
+        disposeAll(r.tokens, r.logprobs);
+        return out;
+      }
+      const rows = this.sampledRows(x, t);
+      try {
+        return await this.model.sampleParallel(rows, t.params, s);
+      } finally {
+        rows.dispose();
+      }
     } finally {
       disposeStepTensors(t);
     }
@@ -226,13 +234,17 @@ export class LocalModelRunner implements ModelRunner {
     return this.head(this.layersSync(t), t);
   }
 
+  /** The sampled rows of x (bf16 [N, H], taken over) -> bf16 [S, H]. */
+  private sampledRows(x: Tensor, t: StepTensors): Tensor {
+    if (!t.sampleIdx) return x;
+    const rows = embeddingForward(x, t.sampleIdx, { checked: false }); // engine-built row ids: no wait for the device
+    x.dispose();
+    return rows;
+  }
+
   /** Final norm, LM head and per-row sampling of the sampled rows of x (bf16 [N, H], taken over). */
   private head(x: Tensor, t: StepTensors): { tokens: Tensor; logprobs: Tensor } {
-    let rows = x;
-    if (t.sampleIdx) {
-      rows = embeddingForward(x, t.sampleIdx, { checked: false }); // engine-built row ids: no wait for the device
-      x.dispose();
-    }
+    const rows = this.sampledRows(x, t);
     const logits = this.model.logits(rows);
     rows.dispose();
     const r = sampleRows(logits, t.params);
@@ -261,8 +273,8 @@ export class LocalModelRunner implements ModelRunner {
 
   private async layers(t: StepTensors): Promise<Tensor> {
     const model = this.model;
-    if ((model as LayerHost).tp === undefined) return this.layersSync(t);
-    let x = model.embed(t.ids, { checked: false }); // ids validated by the engine: no wait for the device
+    if (!(model instanceof TensorParallelModel)) return this.layersSync(t);
+    let x = await model.embedParallel(t.ids); // ids validated by the engine (no wait for the device)
     this.cache.setStep(t.meta);
     try {
       for (let l = 0; l < this.config.numLayers; l++) {

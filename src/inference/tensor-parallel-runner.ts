@@ -5,8 +5,10 @@
 // serveTensorParallelRank. Each command of rank 0's runner is broadcast to the others over the group's host
 // channel (TcpGroup.broadcastBytes) before rank 0 runs it too:
 //   allocate (blocks per KV space) / free     the KV pools: every rank holds the same block ids for its kv heads
-//   step (the StepInput's arrays)             every rank runs the layers over the step (DecoderLayer.stepParallel:
-//                                             two all-reduces per layer); rank 0 alone computes logits and samples
+//   step (the StepInput's arrays)             every rank runs the step: the vocabulary-parallel embedding (one
+//                                             all-reduce), the layers (DecoderLayer.stepParallel: two all-reduces
+//                                             each), its LM-head slice and the sampler's summaries (one all-gather;
+//                                             rows with top-k/top-p gather their logits); rank 0 gets the tokens
 //   update (parameter names)                  then one tensor broadcast per name (the Collectives: NCCL on GPUs);
 //                                             each rank keeps its slice (shardParameter)
 //   dispose                                   the other ranks leave serveTensorParallelRank
@@ -256,7 +258,7 @@ export async function serveTensorParallelRank(model: TensorParallelModel, channe
           local.pageWeights(c.out);
           break;
         case 'step':
-          (await local.hidden(c.step)).dispose();
+          await local.run(c.step); // the layers and the vocabulary-parallel head; rank 0 samples
           break;
         case 'update':
           for (const name of c.names) {

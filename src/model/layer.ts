@@ -68,6 +68,8 @@ export interface TensorParallelGroup {
   readonly size: number;
   /** In place: t (bf16 [T, H]) <- sum over the ranks of t. */
   allReduce(t: Tensor): Promise<void>;
+  /** out [size, ...input.shape] <- every rank's input in rank order (the vocabulary-parallel LM head's slices). */
+  allGather(out: Tensor, input: Tensor): Promise<void>;
 }
 
 /** The attention prologue's outputs: the normalised input a1 bf16 [T, H] with its rstd (backward keeps both), q, k roped. */

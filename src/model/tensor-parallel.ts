@@ -9,17 +9,21 @@
 //     gate/up PAIRS of the slice are contiguous columns), gate_up bias the same columns, down_proj rows of the slice
 //     (the MoE output is a partial sum over the slices; routing is unchanged because the router is replicated);
 //   o_proj bias and expert down bias on rank 0 only (zeros elsewhere) so that the sum over ranks counts them once;
-//   replicated: norms, router, the embedding and the LM head.
-// The local shapes are a GptOssConfig with Hq/tp, Hkv/tp and I/tp, so every op, the weights class and the KV
+//   the embedding and the LM head vocabulary-parallel: rows r·Vr .. (r+1)·Vr-1 of each, Vr = ceil(V/tp) (the last
+//     rank's slice padded with zero rows when tp does not divide V: e.g. a task's compact vocabulary);
+//   replicated: norms and routers.
+// The local shapes are a GptOssConfig with Hq/tp, Hkv/tp, I/tp and Vr, so every op, the weights class and the KV
 // cache work unchanged on a shard. DecoderLayer.outputAndMoeParallel adds the all-reduces (after o_proj and after
 // the MoE, before each residual continues).
 //
-// Why the embedding and LM head are replicated, not vocab-parallel: every rank needs the full hidden rows after the
-// embedding (a vocab-parallel embedding costs one more all-reduce per step), and the sampler (top-p/top-k over
-// the whole vocabulary, per-row seeds) runs on rank 0 over full-vocabulary logits, so rank 0 computes the LM head
-// alone: no [B, V] logits travel between ranks and no distributed top-p is needed. The cost is the LM head GEMM on
-// one rank (at gpt-oss-20b, batch 512: ~0.6 TFLOP, about a millisecond on an H100, against tens of milliseconds
-// per decode step) and 1.16 GB of LM head memory on every rank (the other ranks hold it unused).
+// Vocabulary-parallel embedding: each rank looks up the ids of its slice (zero rows for the others) and one
+// all-reduce of [N, H] sums them: exactly the full lookup (every row is one rank's value plus zeros).
+// Vocabulary-parallel LM head: each rank computes the logits of its slice [S, Vr]; no [S, V] logits travel for the
+// rows GRPO samples (greedy, or temperature with top-k/top-p off): each rank summarises its slice per row (max,
+// normaliser, Gumbel-max winner with its whole-vocabulary id: ops/sampling.ts sampleParts), one all-gather of those
+// summaries (32 bytes per row and chunk) and the combine give the one-device sampler's token (max and argmax are
+// exact) and its log-prob up to summation order. Rows with a top-k/top-p threshold gather their logit slices
+// (all-gather [tp, St, Vr], then concatColumns drops the padding) and rank 0 samples them whole.
 //
 // Tensor parallelism is for inference: the training forward/backward of a shard would be wrong (no reductions),
 // so GptOssModel.forward and the single-device layer paths refuse to run on one (see DecoderLayer).
@@ -33,11 +37,17 @@ import { resolveModelSource } from './hub.ts';
 import { GptOssWeights, paramSpecs } from './weights.ts';
 import { GptOssModel, type ForwardOptions, type ForwardResult, type ModelOptions } from './gptoss.ts';
 import type { TensorParallelGroup } from './layer.ts';
+import { embeddingForward, embeddingForwardSlice } from '../ops/embedding.ts';
+import { concatColumns } from '../ops/elementwise.ts';
+import { combineSampleParts, rowSplits, sampleParts, sampleRows, type SampleRowsParams } from '../ops/sampling.ts';
 import type { PackedBatch } from './batch.ts';
 import { disposeAll } from './tensor-helpers.ts';
 import { checkpointSource, type ParamSource } from './param-source.ts';
 
-/** The shapes one rank holds: Hq/tp query heads, Hkv/tp kv heads, I/tp of every expert's intermediate dimension. */
+/**
+ * The shapes one rank holds: Hq/tp query heads, Hkv/tp kv heads, I/tp of every expert's intermediate dimension,
+ * Vr = ceil(V/tp) vocabulary rows of the embedding and the LM head (the last rank's padded with zero rows).
+ */
 export function tensorParallelConfig(config: GptOssConfig, tp: number): GptOssConfig {
   if (!Number.isInteger(tp) || tp < 1) throw new Error(`tensor parallelism: tp must be a positive integer, got ${tp}`);
   const bad: string[] = [];
@@ -45,31 +55,42 @@ export function tensorParallelConfig(config: GptOssConfig, tp: number): GptOssCo
   if (config.numHeads % tp !== 0) bad.push(`${config.numHeads} query heads`);
   if (config.intermediateSize % tp !== 0) bad.push(`expert intermediate size ${config.intermediateSize}`);
   if (bad.length) throw new Error(`tensor parallelism: tp=${tp} does not divide the model's ${bad.join(', ')}`);
+  const vr = Math.ceil(config.vocabSize / tp);
+  if ((tp - 1) * vr >= config.vocabSize) {
+    throw new Error(`tensor parallelism: a vocabulary of ${config.vocabSize} leaves rank ${tp - 1} of tp=${tp} no rows (slices of ${vr})`);
+  }
   return {
     ...config,
     numHeads: config.numHeads / tp,
     numKvHeads: config.numKvHeads / tp,
     intermediateSize: config.intermediateSize / tp,
+    vocabSize: vr,
   };
 }
 
 /**
  * How rank `rank` of `tp` takes a parameter from the full tensor: all of it, a range [start, start+length) along
- * dimension `dim`, or (biases added after a partial sum) all of it on rank 0 and zeros elsewhere.
+ * dimension `dim` (held in `size` >= length rows there, the rest zeros: the padded last slice of an uneven
+ * vocabulary split), or (biases added after a partial sum) all of it on rank 0 and zeros elsewhere.
  */
-export type ShardRule = { kind: 'replicated' } | { kind: 'range'; dim: number; start: number; length: number } | { kind: 'rank0' };
+export type ShardRule = { kind: 'replicated' } | { kind: 'range'; dim: number; start: number; length: number; size: number } | { kind: 'rank0' };
 
 /** The rule for one parameter (checkpoint name) of the full config `config`. */
 export function shardRule(config: GptOssConfig, name: string, rank: number, tp: number): ShardRule {
   const local = tensorParallelConfig(config, tp);
   if (!Number.isInteger(rank) || rank < 0 || rank >= tp) throw new Error(`tensor parallelism: rank ${rank} is not in [0, ${tp})`);
+  const range = (dim: number, length: number): ShardRule => ({ kind: 'range', dim, start: rank * length, length, size: length });
+  if (name === 'model.embed_tokens.weight' || name === 'lm_head.weight') {
+    // [V, H]: rows rank·Vr .., the last rank's cut at V and padded to Vr
+    const vr = local.vocabSize;
+    return { kind: 'range', dim: 0, start: rank * vr, length: Math.min(vr, config.vocabSize - rank * vr), size: vr };
+  }
   const m = /^model\.layers\.\d+\.(.+)$/.exec(name);
-  if (!m) return { kind: 'replicated' }; // embedding, final norm, LM head
+  if (!m) return { kind: 'replicated' }; // the final norm
   const D = config.headDim;
   const q = local.numHeads * D;
   const kv = local.numKvHeads * D;
   const I = local.intermediateSize;
-  const range = (dim: number, length: number): ShardRule => ({ kind: 'range', dim, start: rank * length, length });
   switch (m[1]) {
     case 'self_attn.q_proj.weight':
     case 'self_attn.q_proj.bias':
@@ -98,21 +119,23 @@ export function shardRule(config: GptOssConfig, name: string, rank: number, tp: 
 }
 
 /**
- * src's slice [start, start+length) along `dim`, as a fresh contiguous tensor on `device`. One row copy per index
- * of the dimensions before `dim` (one copy in all for dim 0), on whichever devices src and the result live.
+ * src's slice [start, start+length) along `dim`, as a fresh contiguous tensor on `device` with `padTo` (>= length)
+ * entries along `dim`, the ones past `length` zeros. One row copy per index of the dimensions before `dim` (one
+ * copy in all for dim 0), on whichever devices src and the result live.
  */
-function narrow(src: Tensor, dim: number, start: number, length: number, device: string): Tensor {
+function narrow(src: Tensor, dim: number, start: number, length: number, device: string, padTo = length): Tensor {
   const shape = src.shape;
   const outer = shape.slice(0, dim).reduce((a, b) => a * b, 1);
   const size = shape[dim]!;
   const inner = shape.slice(dim + 1).reduce((a, b) => a * b, 1);
-  const out = Tensor.empty(shape.map((d, i) => (i === dim ? length : d)), { dtype: src.dtype, device });
+  const outShape = shape.map((d, i) => (i === dim ? padTo : d));
+  const out = padTo > length ? Tensor.zeros(outShape, { dtype: src.dtype, device }) : Tensor.empty(outShape, { dtype: src.dtype, device });
   const s2 = src.view([outer * size, inner]);
-  const d2 = out.view([outer * length, inner]);
+  const d2 = out.view([outer * padTo, inner]);
   try {
     for (let o = 0; o < outer; o++) {
       const s = s2.slice(o * size + start, o * size + start + length);
-      const d = d2.slice(o * length, (o + 1) * length);
+      const d = d2.slice(o * padTo, o * padTo + length);
       d.copyFrom(s);
       disposeAll(s, d);
     }
@@ -137,7 +160,7 @@ function shardTensor(full: Tensor, rule: ShardRule, rank: number, device: string
     case 'rank0':
       return rank === 0 ? full.to(device) : Tensor.zeros(full.shape, { dtype: full.dtype, device });
     case 'range':
-      return narrow(full, rule.dim, rule.start, rule.length, device);
+      return narrow(full, rule.dim, rule.start, rule.length, device, rule.size);
   }
 }
 
@@ -161,32 +184,46 @@ const SLICE_READ_ELEMS = 32 << 20;
 /**
  * A range rule's slice of parameter `name` [..shape] read from a source whose range() reads only what it is asked
  * (a checkpoint): the tensor as [outer, size, inner] around `dim`, whole rows of `outer` read in chunks of about
- * `chunkElems` elements to the host (for dim 0 only the slice's rows), each chunk narrowed to [rows, length, inner]
+ * `chunkElems` elements to the host (for dim 0 only the slice's rows, in chunks too), each chunk narrowed to [rows, length, inner]
  * and copied into the result on `device`. Host memory: one chunk, never the whole tensor.
  */
 function sliceFromSource(src: ParamSource, name: string, shape: readonly number[], rule: Extract<ShardRule, { kind: 'range' }>, device: string, chunkElems: number): Tensor {
-  const { dim, start, length } = rule;
+  const { dim, start, length, size: padTo } = rule;
   const outer = shape.slice(0, dim).reduce((a, b) => a * b, 1);
   const size = shape[dim]!;
   const inner = shape.slice(dim + 1).reduce((a, b) => a * b, 1);
-  const out = Tensor.empty(shape.map((d, i) => (i === dim ? length : d)), { dtype: 'bf16', device });
+  const outShape = shape.map((d, i) => (i === dim ? padTo : d));
+  const out = padTo > length ? Tensor.zeros(outShape, { dtype: 'bf16', device }) : Tensor.empty(outShape, { dtype: 'bf16', device });
   try {
     if (outer === 1) {
-      const part = src.range(name, start * inner, (start + length) * inner, device);
-      const flat = out.view([length * inner]);
-      flat.copyFrom(part);
-      disposeAll(part, flat);
+      // The slice's rows, read in chunks of whole rows (a vocabulary slice is large: 290 MB at gpt-oss-20b, tp 4).
+      const rows = Math.max(1, Math.floor(chunkElems / inner));
+      const flat = out.view([padTo, inner]);
+      try {
+        for (let r0 = 0; r0 < length; r0 += rows) {
+          const r1 = Math.min(length, r0 + rows);
+          const part = src.range(name, (start + r0) * inner, (start + r1) * inner, device);
+          const dst = flat.slice(r0, r1);
+          try {
+            dst.copyFrom(part);
+          } finally {
+            disposeAll(dst, part);
+          }
+        }
+      } finally {
+        flat.dispose();
+      }
       return out;
     }
     const rows = Math.max(1, Math.floor(chunkElems / (size * inner)));
-    const out2 = out.view([outer, length * inner]);
+    const out2 = out.view([outer, padTo * inner]);
     try {
       for (let o0 = 0; o0 < outer; o0 += rows) {
         const o1 = Math.min(outer, o0 + rows);
         const host = src.range(name, o0 * size * inner, o1 * size * inner, 'cpu');
         const h3 = host.view([o1 - o0, size, inner]);
-        const cut = narrow(h3, 1, start, length, device);
-        const c2 = cut.view([o1 - o0, length * inner]);
+        const cut = narrow(h3, 1, start, length, device, padTo);
+        const c2 = cut.view([o1 - o0, padTo * inner]);
         const dst = out2.slice(o0, o1);
         try {
           dst.copyFrom(c2);
@@ -257,13 +294,23 @@ export function shardForTensorParallel(source: TensorParallelSource, rank: numbe
   return { fullConfig, config, weights: new GptOssWeights(config, device, params) };
 }
 
-/** The layers' view of a Collectives group spanning the engine's ranks (sum all-reduce). */
+/** The model's view of a Collectives group spanning the engine's ranks (sum all-reduce, all-gather). */
 export function tensorParallelGroup(collectives: Collectives): TensorParallelGroup {
   return {
     rank: collectives.rank,
     size: collectives.worldSize,
     allReduce: (t) => collectives.allReduce(t, 'sum'),
+    allGather: (out, input) => collectives.allGather(out, input),
   };
+}
+
+/** Host copies of a step's per-row sampling parameters (the engine's StepInput arrays), [S] each. */
+export interface HostSampleParams {
+  temperature: Float32Array;
+  topP: Float32Array;
+  topK: Int32Array;
+  seeds: Int32Array;
+  counters: Int32Array;
 }
 
 /**
@@ -314,6 +361,122 @@ export class TensorParallelModel extends GptOssModel {
     return new TensorParallelModel(shard, tensorParallelGroup(collectives), opts);
   }
 
+  /** The first vocabulary id of this rank's embedding and LM-head rows. */
+  get vocabStart(): number {
+    return this.tp.rank * this.config.vocabSize;
+  }
+
+  /**
+   * Vocabulary-parallel embedding (collective): each rank looks up the ids of its rows (zeros for the others) and an
+   * all-reduce sums them. ids i32 [N] (checked against the whole vocabulary by the caller) -> bf16 [N, H], the same
+   * bits on every rank as the one-device lookup.
+   */
+  async embedParallel(ids: Tensor): Promise<Tensor> {
+    const x = embeddingForwardSlice(this.weights.embedding, ids, this.vocabStart);
+    try {
+      await this.tp.allReduce(x);
+    } catch (e) {
+      x.dispose();
+      throw e;
+    }
+    return x;
+  }
+
+  override embed(_ids: Tensor): Tensor {
+    throw new Error(`TensorParallelModel: the embedding is split by vocabulary over ${this.tp.size} ranks; embedParallel (a collective) looks ids up`);
+  }
+
+  override logits(_x: Tensor): Tensor {
+    throw new Error(
+      `TensorParallelModel: the LM head is split by vocabulary over ${this.tp.size} ranks; use logitsSlice (this rank's ` +
+        `columns), gatherLogits or sampleParallel (collectives)`,
+    );
+  }
+
+  /** Final norm + this rank's LM-head rows: x bf16 [N, H] -> f32 [N, Vr], vocabulary ids vocabStart .. (columns past V: padding). */
+  logitsSlice(x: Tensor): Tensor {
+    return super.logits(x);
+  }
+
+  /** The whole-vocabulary logits f32 [N, V] on every rank (collective: an all-gather of the slices; tests, tools). */
+  async gatherLogits(x: Tensor): Promise<Tensor> {
+    const part = this.logitsSlice(x);
+    try {
+      return await this.gatherColumns(part);
+    } finally {
+      part.dispose();
+    }
+  }
+
+  /** part [N, Vr] of every rank -> [N, V] in vocabulary order, the last slice's padding dropped (collective). */
+  private async gatherColumns(part: Tensor): Promise<Tensor> {
+    const [N, W] = part.shape as [number, number];
+    const all = Tensor.empty([this.tp.size, N, W], { dtype: part.dtype, device: part.device });
+    try {
+      await this.tp.allGather(all, part);
+      return concatColumns(all, this.fullConfig.vocabSize);
+    } finally {
+      all.dispose();
+    }
+  }
+
+  /**
+   * Final norm, LM head and sampling of hidden rows x bf16 [S, H] (collective: every rank calls it with the same
+   * rows and parameters). Rows without a top-k/top-p threshold: each rank summarises its logit slice (sampleParts),
+   * one all-gather of the summaries, and the combine draws the one-device sampler's token. Rows with one: their
+   * logit slices are all-gathered as whole rows and sampled by sampleRows. `params` on the device, `host` the same
+   * values on the host (which rows need a threshold). Rank 0 gets the tokens i32 [S] and log-probs f32 [S]; the
+   * other ranks null.
+   */
+  async sampleParallel(x: Tensor, params: SampleRowsParams, host: HostSampleParams): Promise<{ tokens: Int32Array; logprobs: Float32Array } | null> {
+    const V = this.fullConfig.vocabSize;
+    const owned: Tensor[] = [];
+    try {
+      const lg = this.logitsSlice(x); // f32 [S, V/tp]
+      owned.push(lg);
+      const parts = sampleParts(lg, params, { vocabStart: this.vocabStart, vocabSize: V }); // u8 [S, C·32]
+      owned.push(parts);
+      const [S, X] = parts.shape as [number, number];
+      const gathered = Tensor.empty([this.tp.size, S, X], { dtype: 'u8', device: parts.device });
+      owned.push(gathered);
+      await this.tp.allGather(gathered, parts);
+      const thr: number[] = [];
+      for (let b = 0; b < S; b++) if (!rowSplits(host.temperature[b]!, host.topP[b]!, host.topK[b]!, V)) thr.push(b);
+      let whole: Tensor | null = null;
+      if (thr.length > 0) {
+        const idx = Tensor.from(Int32Array.from(thr), [thr.length], { device: lg.device });
+        owned.push(idx);
+        const rows = embeddingForward(lg, idx, { checked: false }); // f32 [St, V/tp]
+        owned.push(rows);
+        whole = await this.gatherColumns(rows); // f32 [St, V]
+        owned.push(whole);
+      }
+      if (this.tp.rank !== 0) return null;
+      const r = combineSampleParts(gathered, params, V);
+      owned.push(r.tokens, r.logprobs);
+      const tokens = r.tokens.toInt32();
+      const logprobs = r.logprobs.toFloat32();
+      if (whole) {
+        const dev = lg.device;
+        const f32 = (a: Float32Array): Tensor => Tensor.from(Float32Array.from(thr, (b) => a[b]!), [thr.length], { device: dev });
+        const i32 = (a: Int32Array): Tensor => Tensor.from(Int32Array.from(thr, (b) => a[b]!), [thr.length], { device: dev });
+        const sub: SampleRowsParams = { temperature: f32(host.temperature), topP: f32(host.topP), topK: i32(host.topK), seeds: i32(host.seeds), counters: i32(host.counters) };
+        owned.push(...Object.values(sub));
+        const t = sampleRows(whole, sub);
+        owned.push(t.tokens, t.logprobs);
+        const tt = t.tokens.toInt32();
+        const tl = t.logprobs.toFloat32();
+        thr.forEach((b, i) => {
+          tokens[b] = tt[i]!;
+          logprobs[b] = tl[i]!;
+        });
+      }
+      return { tokens, logprobs };
+    } finally {
+      disposeAll(...owned);
+    }
+  }
+
   override forward(_b: PackedBatch, _opts?: ForwardOptions): ForwardResult {
     throw new Error(
       `TensorParallelModel: forward/backward (training) do not run on a tensor-parallel shard (rank ${this.tp.rank} of ` +
@@ -323,10 +486,10 @@ export class TensorParallelModel extends GptOssModel {
 
   /**
    * The layers over a packed batch without a KV cache (every rank, collectively): the final residual stream bf16
-   * [T, H], the same on every rank. logits() of it (on any rank) gives the full-vocabulary logits.
+   * [T, H], the same on every rank. gatherLogits of it (collective) gives the full-vocabulary logits.
    */
   async forwardHidden(b: PackedBatch): Promise<Tensor> {
-    let x = this.embed(b.ids);
+    let x = await this.embedParallel(b.ids);
     try {
       for (const layer of this.layers) {
         const { a1, rstd1, qr, kr, v } = layer.attentionInputs(x, b.positions);

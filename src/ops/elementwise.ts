@@ -49,9 +49,10 @@ export function dropoutForward(x: Tensor, p: number, seed: number, salt: number)
 }
 
 /**
- * The R column slices of parts [R, S, W] side by side: out [S, R·W] with out[s, r·W + j] = parts[r, s, j] (any
- * dtype). A vocabulary-parallel LM head's all-gathered logit slices [tp, S, V/tp] as whole rows [S, V].
+ * The R column slices of parts [R, S, W] side by side: out [S, columns] with out[s, r·W + j] = parts[r, s, j] (any
+ * dtype), cut at `columns` (default R·W; more than (R-1)·W: only the last slice may lose its padding). A
+ * vocabulary-parallel LM head's all-gathered logit slices [tp, S, ceil(V/tp)] as whole rows [S, V].
  */
-export function concatColumns(parts: Tensor): Tensor {
-  return new Tensor(native().ops.concatColumns(parts.native));
+export function concatColumns(parts: Tensor, columns?: number): Tensor {
+  return new Tensor(native().ops.concatColumns(parts.native, columns));
 }

@@ -694,17 +694,18 @@ export function engineMemoryPlan(
   const a: PlanAssumptions = { ...DEFAULT_ASSUMPTIONS, ...assumptions };
   const tp = e.tensorParallel;
   const rows: PlanRow[] = [...kept];
-  // The engine's slice (src/model/tensor-parallel.ts): norms, routers, the embedding and the LM head replicated,
-  // everything else split over tp ranks (heads, experts' intermediate).
+  // The engine's slice (src/model/tensor-parallel.ts): norms and routers replicated, everything else split over tp
+  // ranks (heads, experts' intermediate, the vocabulary rows of the embedding and the LM head).
   const lp = layerParams(c);
   const units = paramUnits(c);
   const total = units.total;
-  const replicated = c.numLayers * (lp.norms + lp.router) + units.embedding + units.head;
+  const replicated = c.numLayers * (lp.norms + lp.router) + c.hiddenSize;
   const perGpu = replicated + Math.ceil((total - replicated) / tp);
   if (sharedWeights) rows.push({ key: 'engineWeights', label: 'engine weights', bytes: 0, formula: "the trainer's base (one copy, shared in the process)" });
   else rows.push({ key: 'engineWeights', label: `engine weights (TP ${tp} slice)`, bytes: 2 * perGpu, formula: `2 B x (replicated ${fmtB(replicated)} + ${fmtB(total - replicated)}/${tp})` });
-  // Working buffers: one layer's forward over a prefill chunk of max_num_batched_tokens (the TP slice), and
-  // the decode step's f32 logits [max_num_seqs, V] plus the sampler's fp32 copy of them.
+  // Working buffers: one layer's forward over a prefill chunk of max_num_batched_tokens (the TP slice), and the
+  // decode step's logits. One device: f32 [max_num_seqs, V] plus the sampler's fp32 copy. TP: the rank's f32 slice
+  // [max_num_seqs, V/tp], plus, at worst (every row with top-k/top-p), the rows gathered [tp, S, V/tp] and joined [S, V].
   const H = c.hiddenSize;
   const qd = c.numHeads * c.headDim;
   const kvd = c.numKvHeads * c.headDim;
@@ -716,12 +717,12 @@ export function engineMemoryPlan(
     4 * c.numExperts + // router logits f32
     c.topK * a.moeRowPadding * (2 * Math.ceil((2 * I) / tp) + 2 * Math.ceil(I / tp) + 2 * H + 2 * H); // gu, h, yp, xp
   const prefill = e.maxNumBatchedTokens * prefillPerToken;
-  const logits = e.maxNumSeqs * c.vocabSize * 4 * 2;
+  const logits = e.maxNumSeqs * 4 * (2 * c.vocabSize + (tp > 1 ? c.vocabSize / tp : 0));
   rows.push({
     key: 'engineWorkspace',
     label: 'engine working buffers',
     bytes: prefill + logits,
-    formula: `prefill ${fmtInt(e.maxNumBatchedTokens)} tok x ${fmtInt(prefillPerToken)} B + 2 x 4 B x ${fmtInt(e.maxNumSeqs)} seqs x V`,
+    formula: `prefill ${fmtInt(e.maxNumBatchedTokens)} tok x ${fmtInt(prefillPerToken)} B + ${tp > 1 ? `(2 + 1/${tp})` : '2'} x 4 B x ${fmtInt(e.maxNumSeqs)} seqs x V`,
   });
   const overhead = a.cudaContextBytes + a.cublasBytes + a.ncclBytes;
   rows.push({ key: 'overhead', label: 'CUDA context, cuBLAS, NCCL', bytes: overhead, formula: `${formatGB(a.cudaContextBytes)} + ${formatGB(a.cublasBytes)} + ${formatGB(a.ncclBytes)} (assumed; one process)` });

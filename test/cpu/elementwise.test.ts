@@ -101,5 +101,11 @@ test('concatColumns: [R, S, W] slices side by side as [S, R·W], any dtype', () 
     assert.deepEqual(concatColumns(Tensor.from(src, [R, S, W], { ...cpu, dtype: 'bf16' })).toFloat32(), want, `bf16 ${R}x${S}x${W}`);
     assert.deepEqual(concatColumns(Tensor.from(Int32Array.from(src), [R, S, W], cpu)).toInt32(), Int32Array.from(want));
   }
+  // Cut at fewer columns: the last slice's padding dropped.
+  const src = Float32Array.from({ length: 3 * 2 * 4 }, (_, i) => i);
+  const cut = concatColumns(Tensor.from(src, [3, 2, 4], cpu), 10);
+  assert.deepEqual(cut.shape, [2, 10]);
+  assert.deepEqual([...cut.toFloat32()], [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21]);
+  assert.throws(() => concatColumns(Tensor.from(src, [3, 2, 4], cpu), 8), /concatColumns: columns must be in \(8, 12\] for 3 slices of 4 \(only the last slice may be cut\), got 8/);
   assert.throws(() => concatColumns(Tensor.zeros([4, 4], cpu)), /concatColumns: parts must have 3 dimensions, got f32\[4, 4\]/);
 });

@@ -112,6 +112,29 @@ test('a rank\'s shards are the same from whole weights, from a checkpoint\'s byt
     c.dispose();
   }
   w.dispose();
+  // A vocabulary tp does not divide (250 over tp 2 is even; a compact 77-token one is not): the last rank's
+  // embedding and LM head slices padded with zero rows, the same from every source.
+  const odd = { ...CFG, vocabSize: 77 };
+  const wo = GptOssWeights.random(odd, 'cpu', INIT);
+  const ho = join(dir, 'hf-odd');
+  wo.save(ho, { maxShardBytes: 64 * 1024 });
+  for (const rank of [0, 1]) {
+    const a = TensorParallelModel.fromWeights(wo, rankOf(rank, 2));
+    const cs = checkpointSource(odd, ho);
+    const c = TensorParallelModel.fromSource(cs, rankOf(rank, 2), { readChunkElems: 1000 });
+    cs.close();
+    for (const [name, t] of a.weights.params) assert.deepEqual(bits(c.weights.params.get(name)!), bits(t), `odd vocabulary, tp rank ${rank}: ${name}`);
+    const head = a.weights.params.get('lm_head.weight')!;
+    assert.deepEqual(head.shape, [39, odd.hiddenSize]);
+    const full = wo.params.get('lm_head.weight')!.toFloat32();
+    const H = odd.hiddenSize;
+    const want = new Float32Array(39 * H);
+    want.set(full.subarray(rank * 39 * H, Math.min(77, (rank + 1) * 39) * H));
+    assert.deepEqual(head.toFloat32(), want, `rank ${rank}: rows ${rank * 39}.. then zeros`);
+    a.dispose();
+    c.dispose();
+  }
+  wo.dispose();
 });
 
 test('building a rank\'s shard or TP slice never holds the whole model (host allocator peak)', () => {

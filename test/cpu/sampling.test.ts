@@ -257,14 +257,14 @@ test('sampleRows rejects bad inputs, naming the row', () => {
   assert.equal(sampleRows(l, p, { strategy: 'auto' }).tokens.shape[0], B);
 });
 
-test('vocabulary-parallel sampling: slice summaries combined draw sampleRows\' tokens (tp 1, 2, 4, 8; f32 and bf16)', () => {
+test('vocabulary-parallel sampling: slice summaries combined draw sampleRows\' tokens (tp 1-5, 8, uneven slices padded; f32 and bf16)', () => {
   const B = 12, V = 256;
   for (const dtype of ['f32', 'bf16'] as const) {
     const l = uniformSym(B * V, 41, 3, dtype === 'bf16');
     const rows = mixedRows(B).map((r, b) => ({ ...r, topK: b % 5 === 3 ? V : r.topK })); // top-k >= V is off
     const whole = sampleRows(Tensor.from(l, [B, V], { device: dev, dtype }), rowsTensors(rows));
     const tok = whole.tokens.toInt32(), lp = whole.logprobs.toFloat32();
-    for (const tp of [1, 2, 4, 8]) {
+    for (const tp of [1, 2, 3, 4, 5, 8]) { // 3 and 5: uneven slices, the last one padded
       const got = sampleBySlices(l, B, V, tp, rows, { device: dev, dtype });
       rows.forEach((o, b) => {
         if (rowSplits(o.temperature, o.topP, o.topK, V)) {
@@ -305,7 +305,7 @@ test('sampleParts / combineSampleParts reject bad inputs, naming the argument or
   const rows = mixedRows(S);
   const p = rowsTensors(rows);
   const l = Tensor.zeros([S, W], { device: dev });
-  assert.throws(() => sampleParts(l, p, { vocabStart: 28, vocabSize: V }), /sampleParts: the slice \[28, 36\) of the logits must lie in the vocabulary \[0, 32\)/);
+  assert.throws(() => sampleParts(l, p, { vocabStart: 32, vocabSize: V }), /sampleParts: the slice's first id 32 must lie in the vocabulary \[0, 32\)/);
   assert.throws(() => sampleParts(l, p, { vocabStart: -1, vocabSize: V }), /must lie in the vocabulary/);
   assert.throws(() => sampleParts(Tensor.zeros([S, W], { device: dev, dtype: 'i32' }), p, { vocabStart: 0, vocabSize: V }), /sampleParts: logits must be f32 or bf16 \[S, W\]/);
   assert.throws(() => sampleParts(l, { ...p, counters: Tensor.zeros([S + 1], { device: dev, dtype: 'i32' }) }, { vocabStart: 0, vocabSize: V }), /sampleParts: counters must have shape \[2\]/);

@@ -9,11 +9,11 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tensor, CudaEvent, cudaDeviceCount, synchronize } from '../../src/tensor.ts';
 import { native } from '../../src/native.ts';
-import { embeddingForward, embeddingBackward } from '../../src/ops/embedding.ts';
+import { embeddingForward, embeddingForwardSlice, embeddingBackward } from '../../src/ops/embedding.ts';
 import { rmsnormForward, rmsnormBackward } from '../../src/ops/rmsnorm.ts';
 import { yarnInvFreqTensor, ropeForward, ropeBackward, ropeQkvSplit, ropeQkvProject, ropeQkvPack } from '../../src/ops/rope.ts';
 import { linearForward } from '../../src/ops/gemm.ts';
-import { add, addInPlace, scale, scaleInPlace, cast, fill, zerosLike } from '../../src/ops/elementwise.ts';
+import { add, addInPlace, scale, scaleInPlace, cast, concatColumns, fill, zerosLike } from '../../src/ops/elementwise.ts';
 import { swigluForward, swigluBackward } from '../../src/ops/swiglu.ts';
 import { uniform, uniformBf16, randInts } from '../helpers/random.ts';
 import { maxAbsDiff, maxAbs } from '../helpers/numeric.ts';
@@ -85,6 +85,29 @@ test('embedding on CUDA reports bad ids by value; misaligned weights use the sca
   const ids = new Int32Array([3, 3, 9, 0]);
   const y = embeddingForward(misaligned(wd, [10, 8], 'bf16'), Tensor.from(ids, [4], gpu)).toFloat32();
   assert.deepEqual(y, embeddingForward(Tensor.from(wd, [10, 8], { ...cpu, dtype: 'bf16' }), Tensor.from(ids, [4], cpu)).toFloat32());
+});
+
+test('embeddingForwardSlice and concatColumns on CUDA equal the CPU (vocabulary-parallel pieces, 20b widths)', { skip }, () => {
+  // A rank's slice of a vocabulary of 1000 over tp 3 (slices of 334, the last 332 + padding), H 2880 (vectorised)
+  // and H 7 (scalar path): ids of every slice, the slice's rows looked up, the others zero.
+  for (const H of [2880, 7]) {
+    const V = 1000, W = 334;
+    const ids = randInts(257, 11, V);
+    for (let r = 0; r < 3; r++) {
+      const w = uniformBf16(W * H, 20 + r);
+      const c = embeddingForwardSlice(Tensor.from(w, [W, H], { ...cpu, dtype: 'bf16' }), Tensor.from(ids, [257], cpu), r * W);
+      const g = embeddingForwardSlice(Tensor.from(w, [W, H], { ...gpu, dtype: 'bf16' }), Tensor.from(ids, [257], gpu), r * W);
+      assert.deepEqual(new Uint8Array(g.toBuffer()), new Uint8Array(c.toBuffer()), `H ${H} rank ${r}`);
+    }
+  }
+  // concatColumns: f32 logits [tp, S, Vr] -> [S, V] (the 20b vocabulary over tp 4 and an uneven cut), bf16, i32.
+  for (const [R, S, W, N, dtype] of [[4, 5, 50272, 201088, 'f32'], [3, 7, 334, 1000, 'f32'], [2, 3, 9, 17, 'bf16'], [5, 1, 4, 20, 'i32']] as const) {
+    const src = uniform(R * S * W, R + S + W, -3, 3);
+    const c = concatColumns(Tensor.from(src, [R, S, W], { ...cpu, dtype }), N);
+    const g = concatColumns(Tensor.from(src, [R, S, W], { ...gpu, dtype }), N);
+    assert.deepEqual(g.shape, [S, N]);
+    assert.deepEqual(new Uint8Array(g.toBuffer()), new Uint8Array(c.toBuffer()), `concatColumns ${R}x${S}x${W} -> ${N} ${dtype}`);
+  }
 });
 
 // ---- RMSNorm -------------------------------------------------------------------------------------------------

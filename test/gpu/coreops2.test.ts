@@ -10,7 +10,7 @@ import { adamwStep, sumOfSquares, gradNormAndClipFactor, scaleGradsInPlace } fro
 import { refMatmul } from '../helpers/coreops2-ref.ts';
 import { uniformSym, rng } from '../helpers/random.ts';
 import { assertClose, relNorm } from '../helpers/numeric.ts';
-import { samplingRowTensors } from '../helpers/sampling-rows.ts';
+import { sampleBySlices, samplingRowTensors } from '../helpers/sampling-rows.ts';
 import { roundBf16 } from '../../src/tensor.ts';
 import type { DType } from '../../src/native.ts';
 
@@ -228,6 +228,40 @@ test('sampleRows on CUDA: the split layout (few rows, no thresholds) draws the s
         // Bitwise repeatable: the chunks combine in a fixed layout.
         const again = sampleRows(x, samplingRowTensors(rows, G), { strategy: 'split' });
         assertClose(again.logprobs.toFloat32(), split.logprobs.toFloat32(), 0, 0, `split repeat ${what}`);
+      }
+    }
+  }
+});
+
+test('vocabulary-parallel sampling on CUDA: slices summarised and combined draw the single-block tokens (tp 1-8, uneven slices)', { skip, timeout: 120000 }, () => {
+  // The 20b vocabulary over tp 2, 4, 8 (even) and 3 (uneven: the last slice padded), at decode batches 1, 6 and 64
+  // (few and many chunks per slice), greedy and temperature rows with threshold rows mixed in (left to the
+  // gathered path: token -1); the CPU's slices (one part per row) give the same tokens.
+  const V = 201088;
+  for (const B of [1, 6, 64]) {
+    const l = uniformSym(B * V, 3 * B + 1, 4);
+    if (B === 6) l.fill(-Infinity, 0, 120000); // row 0: whole slices of -inf
+    const rows = Array.from({ length: B }, (_, b) => ({
+      temperature: b % 4 === 0 ? 0 : 0.8,
+      topP: b % 5 === 3 ? 0.9 : 1,
+      topK: b % 7 === 6 ? 40 : 0,
+      seed: 2 ** 31 + 97 * b,
+      counter: 5 * b + 1,
+    }));
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const x = Tensor.from(l, [B, V], { device: G, dtype });
+      const single = sampleRows(x, samplingRowTensors(rows, G), { strategy: 'single' });
+      const want = single.tokens.toInt32(), wantLp = single.logprobs.toFloat32();
+      for (const tp of [1, 2, 3, 4, 8]) {
+        const what = `B${B} ${dtype} tp ${tp}`;
+        const g = sampleBySlices(l, B, V, tp, rows, { device: G, dtype });
+        const c = tp === 4 ? sampleBySlices(l, B, V, tp, rows, { device: 'cpu', dtype }) : null;
+        rows.forEach((o, b) => {
+          const thr = o.temperature !== 0 && (o.topP < 1 || o.topK > 0);
+          assert.equal(g.tokens[b], thr ? -1 : want[b], `${what} row ${b}`);
+          if (!thr) assert.ok(Math.abs(g.logprobs[b]! - wantLp[b]!) <= 1e-5 + 1e-5 * Math.abs(wantLp[b]!), `${what} row ${b}: ${g.logprobs[b]} vs ${wantLp[b]}`);
+          if (c) assert.equal(c.tokens[b], g.tokens[b], `${what} row ${b}: cpu`);
+        });
       }
     }
   }

@@ -28,7 +28,8 @@ export function samplingRowTensors(rows: readonly SamplingRow[], device: string)
 }
 
 /**
- * The vocabulary-parallel sampler's arithmetic in one process: the logits [B, V] cut into `tp` column slices, each
+ * The vocabulary-parallel sampler's arithmetic in one process: the logits [B, V] cut into `tp` column slices of
+ * ceil(V/tp) (the last one padded with columns of 1e4, which must be ignored: they would win every draw), each
  * summarised by sampleParts (as rank r would), the parts stacked in rank order as the all-gather would, and
  * combined. Returns the combined tokens (-1 for threshold rows) and log-probs (NaN for them).
  */
@@ -40,12 +41,12 @@ export function sampleBySlices(
   rows: readonly SamplingRow[],
   opts: { device: string; dtype?: 'f32' | 'bf16' },
 ): { tokens: Int32Array; logprobs: Float32Array } {
-  const W = V / tp;
+  const W = Math.ceil(V / tp);
   const params = samplingRowTensors(rows, opts.device);
   const parts: Uint8Array[] = [];
   for (let r = 0; r < tp; r++) {
-    const slice = new Float32Array(B * W);
-    for (let b = 0; b < B; b++) slice.set(logits.subarray(b * V + r * W, b * V + (r + 1) * W), b * W);
+    const slice = new Float32Array(B * W).fill(1e4);
+    for (let b = 0; b < B; b++) slice.set(logits.subarray(b * V + r * W, b * V + Math.min(V, (r + 1) * W)), b * W);
     const t = Tensor.from(slice, [B, W], { device: opts.device, dtype: opts.dtype ?? 'f32' });
     const p = sampleParts(t, params, { vocabStart: r * W, vocabSize: V });
     parts.push(p.toUint8());

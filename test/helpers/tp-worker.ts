@@ -28,9 +28,11 @@ const pass = (name: string): void => console.log(`PASS ${name} (rank ${ctx.rank}
 async function lastLogits(model: TensorParallelModel, seqs: number[][]): Promise<Float32Array> {
   const b = packSequences(seqs, model.device);
   const h = await model.forwardHidden(b);
-  const lg = model.logits(h).toFloat32();
+  const lgT = await model.gatherLogits(h);
+  const lg = lgT.toFloat32();
+  lgT.dispose();
   h.dispose();
-  const V = model.config.vocabSize;
+  const V = model.fullConfig.vocabSize;
   const out = new Float32Array(seqs.length * V);
   b.offsets.forEach((o, i) => out.set(lg.subarray((o + b.lengths[i]! - 1) * V, (o + b.lengths[i]!) * V), i * V));
   disposeBatch(b);
@@ -48,7 +50,9 @@ async function modelScenario(): Promise<void> {
   const { seqs, logits: truth } = fixtureReference();
   const b = packSequences(seqs, device);
   const h = await tpModel.forwardHidden(b);
-  const lg = tpModel.logits(h).toFloat32();
+  const lgT = await tpModel.gatherLogits(h);
+  const lg = lgT.toFloat32();
+  lgT.dispose();
   const oneR = one.forward(b, { returnLogits: true });
   const oneLg = oneR.logits!.toFloat32();
   const check = tpWithinBf16Noise(lg, oneLg, truth);
