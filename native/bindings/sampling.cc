@@ -42,24 +42,39 @@ static void check_row_params(const char* op, const Tensor& like, int64_t B, cons
   check_tensor(op, "topK", top_k, DType::I32, {B}, like);
 }
 
+// Arguments 0..5 of sampleRows and sampleParts: the logits (f32|bf16 [B, V], V > 0) and the five per-row tensors,
+// checked against them.
+struct RowSampling {
+  Tensor& logits;
+  Tensor& temperature;
+  Tensor& top_p;
+  Tensor& top_k;
+  Tensor& seeds;
+  Tensor& counters;
+};
+// shape names the logits' dimensions in messages ("[B, V]"), width the second one ("V").
+static RowSampling row_sampling_args(const Napi::CallbackInfo& info, const char* op, const char* shape,
+                                     const char* width) {
+  RowSampling a{tensor_arg(info, 0, op, "logits"), tensor_arg(info, 1, op, "temperature"), tensor_arg(info, 2, op, "topP"),
+                tensor_arg(info, 3, op, "topK"),   tensor_arg(info, 4, op, "seeds"),       tensor_arg(info, 5, op, "counters")};
+  GPTOSS_CHECK(a.logits.ndim() == 2 && (a.logits.dtype == DType::F32 || a.logits.dtype == DType::BF16) &&
+                   a.logits.dim(1) > 0,
+               op, ": logits must be f32 or bf16 ", shape, " with ", width, " > 0, got ", a.logits.describe());
+  const int64_t B = a.logits.dim(0);
+  check_row_params(op, a.logits, B, a.temperature, a.top_p, a.top_k);
+  check_tensor(op, "seeds", a.seeds, DType::I32, {B}, a.logits);
+  check_tensor(op, "counters", a.counters, DType::I32, {B}, a.logits);
+  return a;
+}
+
 // sampleRows(logits, temperature, topP, topK, seeds, counters, strategy?) -> { tokens, logprobs }: per-row
 // parameters and noise keys (see native/cpu/sampling.h, sample_rows). strategy ('auto' when left out, 'single' or
 // 'split'; CUDA logits only) forces the CUDA kernel layout (native/cuda/sampling.h, SampleStrategy): a test knob
 // for comparing the two layouts, which draw the same tokens.
 GPTOSS_OP(sampleRows) {
   const char* op = "sampleRows";
-  Tensor& logits = tensor_arg(info, 0, op, "logits");
-  Tensor& temperature = tensor_arg(info, 1, op, "temperature");
-  Tensor& top_p = tensor_arg(info, 2, op, "topP");
-  Tensor& top_k = tensor_arg(info, 3, op, "topK");
-  Tensor& seeds = tensor_arg(info, 4, op, "seeds");
-  Tensor& counters = tensor_arg(info, 5, op, "counters");
-  GPTOSS_CHECK(logits.ndim() == 2 && (logits.dtype == DType::F32 || logits.dtype == DType::BF16) && logits.dim(1) > 0,
-               op, ": logits must be f32 or bf16 [B, V] with V > 0, got ", logits.describe());
+  auto [logits, temperature, top_p, top_k, seeds, counters] = row_sampling_args(info, op, "[B, V]", "V");
   const int64_t B = logits.dim(0);
-  check_row_params(op, logits, B, temperature, top_p, top_k);
-  check_tensor(op, "seeds", seeds, DType::I32, {B}, logits);
-  check_tensor(op, "counters", counters, DType::I32, {B}, logits);
   const std::string strategy = info.Length() > 6 && !info[6].IsUndefined() ? str_arg(info, 6, op, "strategy") : "auto";
   GPTOSS_CHECK(strategy == "auto" || strategy == "single" || strategy == "split", op,
                ": strategy must be 'auto', 'single' or 'split', got '", strategy, "'");
@@ -84,22 +99,12 @@ GPTOSS_OP(sampleRows) {
 // on CUDA, the same on every rank of like devices).
 GPTOSS_OP(sampleParts) {
   const char* op = "sampleParts";
-  Tensor& logits = tensor_arg(info, 0, op, "logits");
-  Tensor& temperature = tensor_arg(info, 1, op, "temperature");
-  Tensor& top_p = tensor_arg(info, 2, op, "topP");
-  Tensor& top_k = tensor_arg(info, 3, op, "topK");
-  Tensor& seeds = tensor_arg(info, 4, op, "seeds");
-  Tensor& counters = tensor_arg(info, 5, op, "counters");
+  auto [logits, temperature, top_p, top_k, seeds, counters] = row_sampling_args(info, op, "[S, W]", "W");
   const int64_t start = int_arg(info, 6, op, "vocabStart");
   const int64_t vocab = int_arg(info, 7, op, "vocabSize");
-  GPTOSS_CHECK(logits.ndim() == 2 && (logits.dtype == DType::F32 || logits.dtype == DType::BF16) && logits.dim(1) > 0,
-               op, ": logits must be f32 or bf16 [S, W] with W > 0, got ", logits.describe());
   const int64_t S = logits.dim(0);
   GPTOSS_CHECK(start >= 0 && start < vocab, op, ": the slice's first id ", start, " must lie in the vocabulary [0, ",
                vocab, ") (columns past its end are padding)");
-  check_row_params(op, logits, S, temperature, top_p, top_k);
-  check_tensor(op, "seeds", seeds, DType::I32, {S}, logits);
-  check_tensor(op, "counters", counters, DType::I32, {S}, logits);
   int64_t chunks = 1;
 #ifdef GPTOSS_WITH_CUDA
   if (logits.device != kCpu) chunks = cuda::sample_parts_chunks(S, logits.dim(1), logits.device);

@@ -64,16 +64,13 @@ export interface SampleRowsOptions {
  * (and the same tokens on CPU and CUDA). The CPU checks every row's values; the CUDA kernel reads them on the device.
  */
 export function sampleRows(logits: Tensor, params: SampleRowsParams, opts: SampleRowsOptions = {}): SampleResult {
-  const r = native().ops.sampleRows(
-    logits.native,
-    params.temperature.native,
-    params.topP.native,
-    params.topK.native,
-    params.seeds.native,
-    params.counters.native,
-    opts.strategy,
-  );
+  const r = native().ops.sampleRows(logits.native, ...rowArgs(params), opts.strategy);
   return { tokens: new Tensor(r.tokens), logprobs: new Tensor(r.logprobs) };
+}
+
+/** The per-row tensors in the addon's argument order. */
+function rowArgs(p: SampleRowsParams) {
+  return [p.temperature.native, p.topP.native, p.topK.native, p.seeds.native, p.counters.native] as const;
 }
 
 /**
@@ -87,18 +84,7 @@ export function sampleRows(logits: Tensor, params: SampleRowsParams, opts: Sampl
  * @returns u8 [S, C·32] (C chunks per row: 1 on the CPU; on CUDA the split layout's, alike on like GPUs)
  */
 export function sampleParts(logits: Tensor, params: SampleRowsParams, slice: { vocabStart: number; vocabSize: number }): Tensor {
-  return new Tensor(
-    native().ops.sampleParts(
-      logits.native,
-      params.temperature.native,
-      params.topP.native,
-      params.topK.native,
-      params.seeds.native,
-      params.counters.native,
-      slice.vocabStart,
-      slice.vocabSize,
-    ),
-  );
+  return new Tensor(native().ops.sampleParts(logits.native, ...rowArgs(params), slice.vocabStart, slice.vocabSize));
 }
 
 /**
