@@ -7,7 +7,9 @@
 T="node --test --test-reporter=tap --test-concurrency=1"
 # The runs that need several GPUs (issues 25, 26) are in scripts/multi-gpu-queue.sh.
 # Run in session 24 on an H100 (docs/inference.md, "Batch 1"; docs/training.md): the moe-decode and rope tests,
-# batch-1 decode at 245 nodes, the 4k training rows. Still waiting:
+# batch-1 decode at 245 nodes, the 4k training rows. Run in session 25 on an H100: the vocabulary-parallel ops' GPU
+# tests, batch-1 decode (base vs the vocabulary-parallel build vs prefetchL2, dropped), bench:tp-moe, bench:tp-head,
+# the moe-decode test after biased_row. Still waiting:
 # The log-prob gap on a random 20b shape whose routers are not near-tied (bench:generate --router-std), with the
 # trainer's own floor beside it (docs/inference.md, "Log-prob gap").
 step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
@@ -21,24 +23,7 @@ if [ -d ../.stage-317 ]; then
     (cd ../.stage-317 && step "nodes317-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/nodes317-gen-$i.json")
   done
 fi
-# Candidate (docs/inference.md, "Next candidate": prefetchL2 of o_proj's weights before the decode attention): with
-# `git cherry-pick c0d4678` in the staged tree and the tree before it staged as ../.stage-base
-# (bash scripts/device-stage-rev.sh HEAD base, before the cherry-pick), its GPU test, then batch-1/2 decode A/B interleaved (GPU ms per replayed step is the figure).
-step prefetch-test 60 $T --test-name-pattern "prefetchL2" dist/test/gpu/gemv.test.js
-if [ -d ../.stage-base ]; then
-  (cd ../.stage-base && step prefetch-build-base 120 bash scripts/device-build.sh)
-  for i in 1 2; do
-    step "prefetch-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/prefetch-gen-$i.json"
-    (cd ../.stage-base && step "prefetch-gen-base-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/prefetch-gen-base-$i.json")
-  done
-fi
-# The decode MoE reduces after biased_row (moe_decode_kernels.cuh: both reduces' bias + rounding in one helper, the
-# same arithmetic in the same order; compiled, not yet run on a GPU).
-step moe-decode-test 90 $T dist/test/gpu/moe-decode.test.js
-# Issue 20's MoE split for tensor parallelism (docs/tensor-parallel.md): one rank's share of the intermediate split
-# against the expert split's busiest rank, on one GPU (nothing decided it yet; the intermediate split is the code's).
-step tp-moe 150 node dist/bench/tp-moe.js --tp 2,4,8 --tokens 1,16,64,256,1024,4096 --json "$OUT/tp-moe.json"
-# Where batch-1 decode's 3.51 ms go now (245 nodes), and the 4k sharded step's extra ~8 ms at world size 1.
+# Where batch-1 decode's 3.49 ms go now (245 nodes), and the 4k sharded step's extra ~8 ms at world size 1.
 # decode-profile's device marks inflate small kernels; a per-node trace of the CUDA-graph replays needs Nsight
 # Systems (not yet known to be on the GPU machine): the probe says, and when present the trace's kernel summary is
 # the decode step as the graph runs it.
