@@ -110,29 +110,17 @@ __device__ void sample_row(const T* __restrict l, int64_t V, float temperature, 
     }
     total = block_sum_t(total, shd);
     const double want = static_cast<double>(top_p) * total;
-    // The largest tp with mass(key >= tp) >= want, bit by bit, over a shrinking window of keys: with the bits above
-    // `bit` decided (tp), only keys in [tp, hi) are undecided, and the mass of the keys >= hi (mass_hi, from the
-    // passes that lowered hi) is carried, so a pass takes the exp of the entries in the window's upper half only
-    // (mass(key >= cand) = mass_hi + that part) instead of every entry above cand: a few passes' worth of exps in
-    // all for a peaked row instead of 32 (the same decisions up to the double sums' grouping).
     uint32_t tp = 0;
-    uint64_t hi = uint64_t(1) << 32;
-    double mass_hi = 0;
     for (int bit = 31; bit >= 0; bit--) {
       const uint32_t cand = tp | (1u << bit);
-      double part = 0;
+      double mass = 0;
       for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
         const float z = ldf(l + j) / temperature;
         const uint32_t k = zkey(z);
-        if (k >= tau && k >= cand && k < hi) part += exp(static_cast<double>(z) - mx);
+        if (k >= tau && k >= cand) mass += exp(static_cast<double>(z) - mx);
       }
-      part = block_sum_t(part, shd);
-      if (mass_hi + part >= want) {
-        tp = cand;
-      } else {
-        mass_hi += part;
-        hi = cand;
-      }
+      mass = block_sum_t(mass, shd);
+      if (mass >= want) tp = cand;
     }
     tau = tp;
   }
