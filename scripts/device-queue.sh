@@ -23,6 +23,17 @@ if [ -d ../.stage-317 ]; then
     (cd ../.stage-317 && step "nodes317-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/nodes317-gen-$i.json")
   done
 fi
+# Candidate (docs/inference.md, "Top-p rows"): the CUDA top-p search over a shrinking window of keys. With
+# `git cherry-pick c752c58` in the staged tree and the tree before it staged as ../.stage-base (bash
+# scripts/device-stage-rev.sh HEAD base, before the cherry-pick): the sampler's GPU tests (CUDA tokens == CPU tokens
+# with top-p rows, the split layout's mixed rows), the engine test, then bench:tp-head's top-p column in both trees.
+if [ -d ../.stage-base ]; then
+  step topp-tests 120 $T --test-name-pattern "sampleRows on CUDA" dist/test/gpu/coreops2.test.js
+  step topp-engine-test 60 $T dist/test/gpu/engine.test.js
+  (cd ../.stage-base && step topp-build-base 90 bash scripts/device-build.sh)
+  step topp-head 60 node dist/bench/tp-head.js --tp 4 --rows 1,64,512 --json "$OUT/topp-head.json"
+  (cd ../.stage-base && step topp-head-base 60 node dist/bench/tp-head.js --tp 4 --rows 1,64,512 --json "$OUT/topp-head-base.json")
+fi
 # Where batch-1 decode's 3.49 ms go now (245 nodes), and the 4k sharded step's extra ~8 ms at world size 1.
 # decode-profile's device marks inflate small kernels; a per-node trace of the CUDA-graph replays needs Nsight
 # Systems (not yet known to be on the GPU machine): the probe says, and when present the trace's kernel summary is
