@@ -27,9 +27,7 @@
 // than two blocks per SM (the router's N = 32, a LoRA A's N = r), ROWS = 1 spreads the rows over more blocks.
 //
 // CUDA graphs: no allocation, no host synchronisation; the launch goes on the stream the caller passes (the
-// device's compute stream, or a GEMM lane's). Both kernels are launched with programmatic dependent launch
-// (launch_pdl, common.cuh): a block loads its first weight chunks before waiting for the previous kernel
-// (block_dots).
+// device's compute stream, or a GEMM lane's).
 #include <type_traits>
 
 #include "common.cuh"
@@ -48,11 +46,6 @@ constexpr int kWarps = kThreads / 32;
 // chunks (t, t + kThreads, ...), then warp shuffles, then the warps in order. Returns, for threads < M·ROWS, sum
 // (m = tid / ROWS, r = tid % ROWS); other threads get 0. The order depends only on (K, kThreads), not on ROWS or on
 // which rows of W the block reads, so every kernel built on it gives an output column the same bits.
-//
-// Launched with launch_pdl (common.cuh): the thread's first kPre steps of W (its whole share of a row at K <=
-// kPre·kThreads·8: 4096 at M <= 2, the decode projections and the LM head) are loaded before pdl_wait(), while the
-// previous kernel (the norm, the attention) still runs; x, the previous kernel's output, is read after it. The
-// loads only move earlier: the sums and their order are unchanged.
 template <int M, int ROWS>
 __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __restrict x, int64_t ldx,
                                             const uint4* (&wrow)[ROWS]) {
@@ -63,9 +56,16 @@ __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __re
 #pragma unroll
     for (int r = 0; r < ROWS; r++) acc[m][r] = 0.f;
 
-  // One step: chunk c of x's M rows against the ROWS W chunks in wv, accumulated in the fixed order.
-  auto step = [&](int64_t c, const uint4 (&wv)[ROWS]) {
-    uint4 xv[M];
+  // Two steps unrolled while a step has few loads (small M*ROWS: more bytes in flight per thread); one at larger
+  // M*ROWS, where ROWS + M loads a step are already in flight and the registers of a second step would cut the
+  // blocks per SM (136 registers at M = 8, ROWS = 4 unrolled: 3 blocks of 128 threads).
+  constexpr int kUnroll = M * ROWS <= 8 ? 2 : 1;
+#pragma unroll kUnroll
+  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) {
+    // Issue every load of the step before any math, so ROWS + M 16-byte loads are in flight per thread.
+    uint4 wv[ROWS], xv[M];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) wv[r] = __ldcs(wrow[r] + c);
 #pragma unroll
     for (int m = 0; m < M; m++) xv[m] = __ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c);
     float wf[ROWS][8];
@@ -80,38 +80,6 @@ __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __re
 #pragma unroll
         for (int k = 0; k < 8; k++) acc[m][r] = fmaf(xf[k], wf[r][k], acc[m][r]);
     }
-  };
-
-  // The weight steps loaded ahead of pdl_wait(): 4 at M <= 2 (ROWS <= 2: at most 8 16-byte chunks, 32 registers,
-  // a thread's whole share of K <= 4096); one at larger M, whose accumulators already hold the registers (136 at
-  // M = 8, ROWS = 4).
-  constexpr int kPre = M <= 2 ? 4 : 1;
-  uint4 pre[kPre][ROWS];
-#pragma unroll
-  for (int i = 0; i < kPre; i++) {
-    const int64_t c = threadIdx.x + int64_t(i) * kThreads;
-    if (c < chunks)
-#pragma unroll
-      for (int r = 0; r < ROWS; r++) pre[i][r] = __ldcs(wrow[r] + c);
-  }
-  pdl_wait_trigger();
-#pragma unroll
-  for (int i = 0; i < kPre; i++) {
-    const int64_t c = threadIdx.x + int64_t(i) * kThreads;
-    if (c < chunks) step(c, pre[i]);
-  }
-
-  // The rest of K (chunks past the preloaded steps). Two steps unrolled while a step has few loads (small
-  // M*ROWS: more bytes in flight per thread); one at larger M*ROWS, where ROWS + M loads a step are already in
-  // flight and the registers of a second step would cut the blocks per SM.
-  constexpr int kUnroll = M * ROWS <= 8 ? 2 : 1;
-#pragma unroll kUnroll
-  for (int64_t c = threadIdx.x + int64_t(kPre) * kThreads; c < chunks; c += kThreads) {
-    // Issue every load of the step before any math, so ROWS + M 16-byte loads are in flight per thread.
-    uint4 wv[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) wv[r] = __ldcs(wrow[r] + c);
-    step(c, wv);
   }
 
   // Warp sums (every lane ends with every sum), then lane j of each warp parks sum j for the cross-warp pass.
@@ -233,11 +201,11 @@ void launch_rows(cudaStream_t s, int64_t N, int64_t K, const void* A, int64_t ld
   const auto* x = static_cast<const __nv_bfloat16*>(A);
   const auto* w = static_cast<const __nv_bfloat16*>(B);
   if (c_dtype == DType::BF16)
-    launch_pdl(gemv_kernel<M, ROWS, __nv_bfloat16>, dim3(blocks), dim3(kThreads), 0, s, N, K, x, lda, w, ldb, bias,
-               bias_bf16, alpha, beta, static_cast<__nv_bfloat16*>(C), ldc);
+    gemv_kernel<M, ROWS, __nv_bfloat16><<<blocks, kThreads, 0, s>>>(N, K, x, lda, w, ldb, bias, bias_bf16, alpha,
+                                                                     beta, static_cast<__nv_bfloat16*>(C), ldc);
   else
-    launch_pdl(gemv_kernel<M, ROWS, float>, dim3(blocks), dim3(kThreads), 0, s, N, K, x, lda, w, ldb, bias, bias_bf16,
-               alpha, beta, static_cast<float*>(C), ldc);
+    gemv_kernel<M, ROWS, float><<<blocks, kThreads, 0, s>>>(N, K, x, lda, w, ldb, bias, bias_bf16, alpha, beta,
+                                                            static_cast<float*>(C), ldc);
 }
 
 template <int M>
@@ -315,9 +283,9 @@ void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const T
   const int32_t* sl = cache ? cache->slots.data<int32_t>() : nullptr;
   const int64_t rows = cache ? cache->k.dim(0) : 0;
   auto launch = [&](auto m) {
-    launch_pdl(gemv_rope_qkv_kernel<decltype(m)::value>, dim3(blocks), dim3(kThreads), 0, s, K, xp, K, wp, K, bp, bb,
-               positions.data<int32_t>(), inv_freq.data<float>(), scaling, d, hq, hkv, q.data<__nv_bfloat16>(),
-               k.data<__nv_bfloat16>(), v.data<__nv_bfloat16>(), kc, vc, sl, rows);
+    gemv_rope_qkv_kernel<decltype(m)::value><<<blocks, kThreads, 0, s>>>(
+        K, xp, K, wp, K, bp, bb, positions.data<int32_t>(), inv_freq.data<float>(), scaling, d, hq, hkv,
+        q.data<__nv_bfloat16>(), k.data<__nv_bfloat16>(), v.data<__nv_bfloat16>(), kc, vc, sl, rows);
   };
   switch (M) {
     case 1: launch(std::integral_constant<int, 1>{}); break;
