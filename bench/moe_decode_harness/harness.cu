@@ -84,17 +84,17 @@ struct Config {
   const char* name;
   int threads, unroll, blocks_per_sm, max_split_k;
   void (*partial)(int R, const bf*, int64_t, const int32_t*, const bf*, const int32_t*, int, int, int, Split, int, int,
-                  int64_t, bool, float*, cudaStream_t);
+                  int64_t, float*, cudaStream_t);
 };
 
 template <int THREADS, int UNROLL>
 void partial_r(int R, const bf* A, int64_t lda, const int32_t* perm, const bf* W, const int32_t* offsets, int e, int K,
-               int Nc, Split sp, int chunk_slots, int slots, int64_t N, bool early, float* part, cudaStream_t st) {
+               int Nc, Split sp, int chunk_slots, int slots, int64_t N, float* part, cudaStream_t st) {
   switch (R) {
-    case 1: launch_partial<1, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, early, part, st); break;
-    case 2: launch_partial<2, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, early, part, st); break;
-    case 4: launch_partial<4, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, early, part, st); break;
-    default: launch_partial<8, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, early, part, st); break;
+    case 1: launch_partial<1, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
+    case 2: launch_partial<2, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
+    case 4: launch_partial<4, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
+    default: launch_partial<8, THREADS, UNROLL>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
   }
 }
 
@@ -104,11 +104,10 @@ void forward(const Bufs& b, const Config& c, int sms, cudaStream_t st, int* s_gu
   const int chunk_slots = (b.T + R - 1) / R;
   const int slots = std::min(E, b.N);
   const Split g = split_k(sms, slots, H, 2 * I, c.threads, c.blocks_per_sm, c.max_split_k);
-  // early as the product passes it: false for gate_up (after the router), true for down (the routing 3 launches back).
-  c.partial(R, b.x, H, b.perm, b.wgu, b.offsets, E, H, 2 * I, g, chunk_slots, slots, b.N, false, b.part, st);
+  c.partial(R, b.x, H, b.perm, b.wgu, b.offsets, E, H, 2 * I, g, chunk_slots, slots, b.N, b.part, st);
   launch_reduce(b.part, g.S, b.N, 2 * I, b.offsets, E, b.bgu, kLimit, b.gu, b.h, st);
   const Split d = split_k(sms, slots, I, H, c.threads, c.blocks_per_sm, c.max_split_k);
-  c.partial(R, b.h, I, nullptr, b.wdn, b.offsets, E, I, H, d, chunk_slots, slots, b.N, true, b.part, st);
+  c.partial(R, b.h, I, nullptr, b.wdn, b.offsets, E, I, H, d, chunk_slots, slots, b.N, b.part, st);
   launch_reduce(b.part, d.S, b.N, H, b.offsets, E, b.bdn, kLimit, b.yp, nullptr, st);
   if (s_gu) *s_gu = g.S;
   if (s_dn) *s_dn = d.S;

@@ -55,63 +55,6 @@ inline int sm_count(int dev, const char* what) {
   return n;
 }
 
-// Programmatic dependent launch (PDL, sm_90+): the decode step's kernels (docs/inference.md, "Overlapped
-// launches"). A kernel launched with launch_pdl may start while the kernel before it on the stream still runs, as
-// soon as every block of that kernel has called pdl_trigger() (or exited): its launch, block scheduling and any
-// loads of data no earlier kernel of the step writes (weights) overlap the previous kernel's tail instead of
-// following it, which at batch 1 (~10 kernels a layer, each a few µs) is a large share of a step.
-// The contract, for every kernel launched with launch_pdl:
-//   - every block calls pdl_wait() before it reads anything the previous kernel wrote and before it writes
-//     anything (the previous kernel may still read buffers this one overwrites, or the caching allocator may have
-//     handed this kernel memory that kernel still uses); pdl_wait() returns once the previous grid has completed
-//     and its memory is visible. Since each such kernel waits, the chain is transitive: past pdl_wait() every
-//     earlier kernel of the stream has completed.
-//   - before pdl_wait() it only reads memory that no kernel still in flight may write: weights, or (__ldcg, past
-//     L1) outputs of a kernel at least two launches back, when every kernel in between triggers only after its own
-//     pdl_wait() or is launched plainly. The output of the launch just before is never safe before the wait, even
-//     from a plain launch (its blocks may have exited before their writes are visible). A kernel that cannot know
-//     where an operand comes from (a generic GEMM's B) may still prefetch it into L2 (prefetch_l2): L2 is where
-//     global memory is coherent, so that is safe for any address.
-// pdl_trigger() placement: after the kernel's own pdl_wait() (so at most two kernels overlap); a no-op when the
-// next kernel is launched plainly, and plain launches still serialise fully.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-// A hint to bring the 128-byte line holding p into L2 (no register written, no fault on a valid address).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-// Both at once: the kernels with nothing to load early start with this.
-__device__ __forceinline__ void pdl_wait_trigger() {
-  pdl_wait();
-  pdl_trigger();
-}
-
-// kernel<<<grid, block, smem, st>>>(args...) with programmatic stream serialisation (the kernel keeps the
-// contract above). Returns the launch's error (also left for cudaGetLastError, as a <<<>>> launch does).
-template <typename... KArgs, typename... Args>
-cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
-                       Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
-}
-
 __device__ __forceinline__ float ldf(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float ldf(const float* p) { return *p; }
 __device__ __forceinline__ void stf(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }

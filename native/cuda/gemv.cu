@@ -27,9 +27,7 @@
 // than two blocks per SM (the router's N = 32, a LoRA A's N = r), ROWS = 1 spreads the rows over more blocks.
 //
 // CUDA graphs: no allocation, no host synchronisation; the launch goes on the stream the caller passes (the
-// device's compute stream, or a GEMM lane's). Both kernels are launched with programmatic dependent launch
-// (launch_pdl, common.cuh): before waiting for the previous kernel a block loads its first weight chunks (the q/k/v
-// projection) or prefetches its W rows into L2 (the generic linear; block_dots says why).
+// device's compute stream, or a GEMM lane's).
 #include <type_traits>
 
 #include "common.cuh"
@@ -48,17 +46,7 @@ constexpr int kWarps = kThreads / 32;
 // chunks (t, t + kThreads, ...), then warp shuffles, then the warps in order. Returns, for threads < M·ROWS, sum
 // (m = tid / ROWS, r = tid % ROWS); other threads get 0. The order depends only on (K, kThreads), not on ROWS or on
 // which rows of W the block reads, so every kernel built on it gives an output column the same bits.
-//
-// Launched with launch_pdl (common.cuh): W moves toward the SM before pdl_wait(), while the previous kernel (the
-// norm, the attention) still runs; x, the previous kernel's output, is read after it. How depends on what W may be:
-//   W_IS_WEIGHT (the decode q/k/v projection: always a layer's weights, which no kernel of the step writes): the
-//     thread's first kPre steps of W go into registers (its whole share of a row at K <= kPre·kThreads·8: 4096 at
-//     M <= 2);
-//   else (gemv_kernel, a generic linear: its B may be what the previous kernel just wrote, e.g. gemm()'s cast of an
-//     f32 operand): only L2 prefetches of the block's W rows, always safe (L2 is where global memory is coherent, so
-//     a line the previous kernel still writes is updated there), and the loads after the wait hit L2.
-// Either way only the time of the loads changes: the sums and their order are unchanged.
-template <int M, int ROWS, bool W_IS_WEIGHT>
+template <int M, int ROWS>
 __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __restrict x, int64_t ldx,
                                             const uint4* (&wrow)[ROWS]) {
   const int64_t chunks = K / 8;
@@ -68,9 +56,16 @@ __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __re
 #pragma unroll
     for (int r = 0; r < ROWS; r++) acc[m][r] = 0.f;
 
-  // One step: chunk c of x's M rows against the ROWS W chunks in wv, accumulated in the fixed order.
-  auto step = [&](int64_t c, const uint4 (&wv)[ROWS]) {
-    uint4 xv[M];
+  // Two steps unrolled while a step has few loads (small M*ROWS: more bytes in flight per thread); one at larger
+  // M*ROWS, where ROWS + M loads a step are already in flight and the registers of a second step would cut the
+  // blocks per SM (136 registers at M = 8, ROWS = 4 unrolled: 3 blocks of 128 threads).
+  constexpr int kUnroll = M * ROWS <= 8 ? 2 : 1;
+#pragma unroll kUnroll
+  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) {
+    // Issue every load of the step before any math, so ROWS + M 16-byte loads are in flight per thread.
+    uint4 wv[ROWS], xv[M];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) wv[r] = __ldcs(wrow[r] + c);
 #pragma unroll
     for (int m = 0; m < M; m++) xv[m] = __ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c);
     float wf[ROWS][8];
@@ -85,52 +80,6 @@ __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __re
 #pragma unroll
         for (int k = 0; k < 8; k++) acc[m][r] = fmaf(xf[k], wf[r][k], acc[m][r]);
     }
-  };
-
-  // The weight steps loaded ahead of pdl_wait() (W_IS_WEIGHT): 4 at M <= 2 (ROWS <= 2: at most 8 16-byte chunks,
-  // 32 registers, a thread's whole share of K <= 4096); one at larger M, whose accumulators already hold the
-  // registers (136 at M = 8, ROWS = 4). Without W_IS_WEIGHT none (kPre 0), and one thread in 8 prefetches each
-  // 128-byte line of the block's W rows into L2 instead.
-  constexpr int kPre = !W_IS_WEIGHT ? 0 : M <= 2 ? 4 : 1;
-  uint4 pre[kPre > 0 ? kPre : 1][ROWS];
-  if constexpr (W_IS_WEIGHT) {
-#pragma unroll
-    for (int i = 0; i < kPre; i++) {
-      const int64_t c = threadIdx.x + int64_t(i) * kThreads;
-      if (c < chunks)
-#pragma unroll
-        for (int r = 0; r < ROWS; r++) pre[i][r] = __ldcs(wrow[r] + c);
-    }
-  } else {
-    // Chunks c .. c+7 span one line, or two when the row does not start on a 128-byte boundary (rows are only
-    // 16-byte aligned): the group's first and last chunk cover both.
-    for (int64_t c = int64_t(threadIdx.x) * 8; c < chunks; c += int64_t(kThreads) * 8) {
-      const int64_t last = min(c + 7, chunks - 1);
-#pragma unroll
-      for (int r = 0; r < ROWS; r++) {
-        prefetch_l2(wrow[r] + c);
-        prefetch_l2(wrow[r] + last);
-      }
-    }
-  }
-  pdl_wait_trigger();
-#pragma unroll
-  for (int i = 0; i < kPre; i++) {
-    const int64_t c = threadIdx.x + int64_t(i) * kThreads;
-    if (c < chunks) step(c, pre[i]);
-  }
-
-  // The rest of K (chunks past the preloaded steps). Two steps unrolled while a step has few loads (small
-  // M*ROWS: more bytes in flight per thread); one at larger M*ROWS, where ROWS + M loads a step are already in
-  // flight and the registers of a second step would cut the blocks per SM.
-  constexpr int kUnroll = M * ROWS <= 8 ? 2 : 1;
-#pragma unroll kUnroll
-  for (int64_t c = threadIdx.x + int64_t(kPre) * kThreads; c < chunks; c += kThreads) {
-    // Issue every load of the step before any math, so ROWS + M 16-byte loads are in flight per thread.
-    uint4 wv[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) wv[r] = __ldcs(wrow[r] + c);
-    step(c, wv);
   }
 
   // Warp sums (every lane ends with every sum), then lane j of each warp parks sum j for the cross-warp pass.
@@ -178,7 +127,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(int64_t N, int64_t K, co
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * ROWS;
   const uint4* wrow[ROWS];
   w_rows<ROWS>(w, ldw, n0, N, wrow);
-  const float s = block_dots<M, ROWS, false>(K, x, ldx, wrow);
+  const float s = block_dots<M, ROWS>(K, x, ldx, wrow);
   if (threadIdx.x < M * ROWS) {
     const int m = threadIdx.x / ROWS, r = threadIdx.x % ROWS;
     const int64_t n = n0 + r;
@@ -210,7 +159,7 @@ __global__ void __launch_bounds__(kThreads) gemv_rope_qkv_kernel(
   const int half = d / 2, hh = blockIdx.x / half, j = blockIdx.x % half;
   const int64_t na = int64_t(hh) * d + j, nb = na + half;
   const uint4* wrow[2] = {reinterpret_cast<const uint4*>(w + na * ldw), reinterpret_cast<const uint4*>(w + nb * ldw)};
-  const float s = block_dots<M, 2, true>(K, x, ldx, wrow);
+  const float s = block_dots<M, 2>(K, x, ldx, wrow);
   __shared__ float val[M][2];
   if (threadIdx.x < M * 2) {
     const int m = threadIdx.x / 2, r = threadIdx.x % 2;
@@ -252,11 +201,11 @@ void launch_rows(cudaStream_t s, int64_t N, int64_t K, const void* A, int64_t ld
   const auto* x = static_cast<const __nv_bfloat16*>(A);
   const auto* w = static_cast<const __nv_bfloat16*>(B);
   if (c_dtype == DType::BF16)
-    launch_pdl(gemv_kernel<M, ROWS, __nv_bfloat16>, dim3(blocks), dim3(kThreads), 0, s, N, K, x, lda, w, ldb, bias,
-               bias_bf16, alpha, beta, static_cast<__nv_bfloat16*>(C), ldc);
+    gemv_kernel<M, ROWS, __nv_bfloat16><<<blocks, kThreads, 0, s>>>(N, K, x, lda, w, ldb, bias, bias_bf16, alpha,
+                                                                     beta, static_cast<__nv_bfloat16*>(C), ldc);
   else
-    launch_pdl(gemv_kernel<M, ROWS, float>, dim3(blocks), dim3(kThreads), 0, s, N, K, x, lda, w, ldb, bias, bias_bf16,
-               alpha, beta, static_cast<float*>(C), ldc);
+    gemv_kernel<M, ROWS, float><<<blocks, kThreads, 0, s>>>(N, K, x, lda, w, ldb, bias, bias_bf16, alpha, beta,
+                                                            static_cast<float*>(C), ldc);
 }
 
 template <int M>
@@ -334,9 +283,9 @@ void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const T
   const int32_t* sl = cache ? cache->slots.data<int32_t>() : nullptr;
   const int64_t rows = cache ? cache->k.dim(0) : 0;
   auto launch = [&](auto m) {
-    launch_pdl(gemv_rope_qkv_kernel<decltype(m)::value>, dim3(blocks), dim3(kThreads), 0, s, K, xp, K, wp, K, bp, bb,
-               positions.data<int32_t>(), inv_freq.data<float>(), scaling, d, hq, hkv, q.data<__nv_bfloat16>(),
-               k.data<__nv_bfloat16>(), v.data<__nv_bfloat16>(), kc, vc, sl, rows);
+    gemv_rope_qkv_kernel<decltype(m)::value><<<blocks, kThreads, 0, s>>>(
+        K, xp, K, wp, K, bp, bb, positions.data<int32_t>(), inv_freq.data<float>(), scaling, d, hq, hkv,
+        q.data<__nv_bfloat16>(), k.data<__nv_bfloat16>(), v.data<__nv_bfloat16>(), kc, vc, sl, rows);
   };
   switch (M) {
     case 1: launch(std::integral_constant<int, 1>{}); break;

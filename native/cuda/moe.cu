@@ -326,7 +326,6 @@ __global__ void __launch_bounds__(kFusedRouterThreads, 1) router_fused_kernel(
   __shared__ float bias[kMaxSlabExperts];
   __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  pdl_wait_trigger();  // launched with launch_pdl (common.cuh): x is the previous kernel's output (the post-attention norm)
   {
     const int H8 = H / 8, per = (H8 + slices - 1) / slices;
     const int e0 = 2 * (blockIdx.x / slices), sl = blockIdx.x % slices;
@@ -1303,10 +1302,10 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
     const int slices = fused_router_slices(E), tasks = static_cast<int>((E + 1) / 2) * slices;
     GPTOSS_CHECK(slices * E <= kMaxSlabExperts, op, ": fused router scratch holds ", kMaxSlabExperts,
                  " partial logits per token, needs ", slices * E);  // holds for every E <= 256 (see g_router_part)
-    launch_pdl(router_fused_kernel, dim3(tasks), dim3(kFusedRouterThreads), 0, st, B(x), B(w.router_w), B(w.router_b),
-               (int)T, (int)H, (int)E, (int)k, slices, s.topk_idx.data<int32_t>(), s.topk_w.data<float>(),
-               s.counts.data<int32_t>(), s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
-               s.slot_pos.data<int32_t>());
+    router_fused_kernel<<<tasks, kFusedRouterThreads, 0, st>>>(
+        B(x), B(w.router_w), B(w.router_b), (int)T, (int)H, (int)E, (int)k, slices, s.topk_idx.data<int32_t>(),
+        s.topk_w.data<float>(), s.counts.data<int32_t>(), s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
+        s.slot_pos.data<int32_t>());
     GPTOSS_CUDA_LAUNCH_CHECK("moeForward fused router");
   } else {
     // logits [T, E] = x·Wrᵀ + b (fp32 accumulation and output), then top-k + softmax per token.

@@ -47,7 +47,7 @@ inline int blocks_per_sm(int64_t T) { return T == 2 ? 4 : T >= 5 ? 12 : 8; }
 // the reduce also writes the tokens' combined output.
 void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W, const bf* bias,
              const int32_t* offsets, int E, int K, int Nc, int64_t T, int64_t N, float limit, bf* out, bf* h,
-             const Combine* combine, bool early, cudaStream_t st, const char* what) {
+             const Combine* combine, cudaStream_t st, const char* what) {
   const int R = T >= 5 ? 8 : T >= 3 ? 4 : T == 2 ? 2 : 1;
   const int chunk_slots = static_cast<int>((T + R - 1) / R);
   const int slots = static_cast<int>(std::min<int64_t>(E, N));
@@ -55,10 +55,10 @@ void product(int dev, const bf* A, int64_t lda, const int32_t* perm, const bf* W
   Tensor part = make_tensor({sp.S, N, Nc}, DType::F32, dev);
   float* p = part.data<float>();
   switch (R) {
-    case 1: launch_partial<1, kThreads, kUnroll>(A, lda, perm, W, offsets, E, K, Nc, sp, chunk_slots, slots, N, early, p, st); break;
-    case 2: launch_partial<2, kThreads, kUnroll>(A, lda, perm, W, offsets, E, K, Nc, sp, chunk_slots, slots, N, early, p, st); break;
-    case 4: launch_partial<4, kThreads, kUnroll>(A, lda, perm, W, offsets, E, K, Nc, sp, chunk_slots, slots, N, early, p, st); break;
-    default: launch_partial<8, kThreads, kUnroll>(A, lda, perm, W, offsets, E, K, Nc, sp, chunk_slots, slots, N, early, p, st); break;
+    case 1: launch_partial<1, kThreads, kUnroll>(A, lda, perm, W, offsets, E, K, Nc, sp, chunk_slots, slots, N, p, st); break;
+    case 2: launch_partial<2, kThreads, kUnroll>(A, lda, perm, W, offsets, E, K, Nc, sp, chunk_slots, slots, N, p, st); break;
+    case 4: launch_partial<4, kThreads, kUnroll>(A, lda, perm, W, offsets, E, K, Nc, sp, chunk_slots, slots, N, p, st); break;
+    default: launch_partial<8, kThreads, kUnroll>(A, lda, perm, W, offsets, E, K, Nc, sp, chunk_slots, slots, N, p, st); break;
   }
   GPTOSS_CUDA_LAUNCH_CHECK(what);
   if (combine)
@@ -82,9 +82,9 @@ void expert_mlp(const Tensor& x, const Tensor& perm_tok, const Tensor& offsets, 
   const int64_t H = x.dim(1), E = w.gate_up_w.dim(0), I = w.down_w.dim(1);
   const int32_t* off = offsets.data<int32_t>();
   product(dev, x.data<bf>(), H, perm_tok.data<int32_t>(), w.gate_up_w.data<bf>(), w.gate_up_b.data<bf>(), off, (int)E,
-          (int)H, (int)(2 * I), T, N, limit, gu.data<bf>(), h.data<bf>(), nullptr, false, st, "moeForward decode gate_up");
+          (int)H, (int)(2 * I), T, N, limit, gu.data<bf>(), h.data<bf>(), nullptr, st, "moeForward decode gate_up");
   product(dev, h.data<bf>(), I, nullptr, w.down_w.data<bf>(), w.down_b.data<bf>(), off, (int)E, (int)I, (int)H, T, N,
-          limit, yp.data<bf>(), nullptr, &combine, true, st, "moeForward decode down");
+          limit, yp.data<bf>(), nullptr, &combine, st, "moeForward decode down");
 }
 
 }  // namespace gptoss::cuda::moe_decode

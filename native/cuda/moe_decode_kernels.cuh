@@ -19,8 +19,7 @@ using bf = __nv_bfloat16;
 constexpr int kReduceLanes = 8;
 
 // The routed expert of grid slot `slot` (the slot-th expert with rows, in id order), or -1. Warp 0 of the block
-// scans the device offsets [E+1] with ballots (E <= 256: at most 8 steps); the block reads the result. The offsets
-// are read through L2 (__ldcg), so that a kernel may read them before its pdl_wait() (partial_kernel's `early`).
+// scans the device offsets [E+1] with ballots (E <= 256: at most 8 steps); the block reads the result.
 __device__ __forceinline__ int slot_expert(const int32_t* __restrict__ offsets, int E, int slot) {
   __shared__ int s_e;
   if (threadIdx.x < 32) {
@@ -28,7 +27,7 @@ __device__ __forceinline__ int slot_expert(const int32_t* __restrict__ offsets, 
     int seen = 0, found = -1;
     for (int base = 0; base < E && found < 0; base += 32) {
       const int e = base + lane;
-      const bool has = e < E && __ldcg(offsets + e + 1) > __ldcg(offsets + e);  // L2: see partial_kernel's early
+      const bool has = e < E && offsets[e + 1] > offsets[e];
       const unsigned m = __ballot_sync(0xffffffffu, has);
       const int rank = seen + __popc(m & ((1u << lane) - 1u));
       const int hit = __ballot_sync(0xffffffffu, has && rank == slot);
@@ -50,29 +49,18 @@ __device__ __forceinline__ uint4 ld_stream(const bf* p) { return __ldcs(reinterp
 // z = expert slot. R (1, 2, 4 or 8): rows per chunk; the host picks the smallest that holds T (an expert has at
 // most T rows), so chunk_slots = ceil(T / R) and chunks past an expert's count exit. Rows past the count within
 // a chunk skip their FMAs (a block-uniform branch).
-// Launched with launch_pdl (common.cuh). early: the routing (offsets) comes from a kernel at least two launches
-// back (the down product: router, gate_up partial, gate_up reduce, then this), so the block finds its expert and
-// issues its first weight loads before pdl_wait(), overlapping the previous kernel (the gate_up reduce); A (h, that
-// kernel's output) is staged after it. Otherwise (the gate_up product, right after the router) it waits first.
 template <int R, int THREADS, int UNROLL>
 __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__ A, int64_t lda,
                                                           const int32_t* __restrict__ perm, const bf* __restrict__ W,
                                                           const int32_t* __restrict__ offsets, int E, int K, int Nc,
-                                                          int ks, int chunk_slots, int64_t N, bool early,
+                                                          int ks, int chunk_slots, int64_t N,
                                                           float* __restrict__ part) {
   extern __shared__ __align__(16) float xs[];  // [R][ks]: the chunk's A rows over this split, fp32
-  if (!early) pdl_wait_trigger();
   const int e = slot_expert(offsets, E, blockIdx.z);
-  if (e < 0) {
-    if (early) pdl_wait();  // the contract (common.cuh): every block waits
-    return;
-  }
+  if (e < 0) return;
   const int chunk = blockIdx.x % chunk_slots, tile = blockIdx.x / chunk_slots;
-  const int seg = __ldcg(offsets + e), count = __ldcg(offsets + e + 1) - seg, r0 = chunk * R;
-  if (r0 >= count) {
-    if (early) pdl_wait();
-    return;
-  }
+  const int seg = offsets[e], count = offsets[e + 1] - seg, r0 = chunk * R;
+  if (r0 >= count) return;
   const int rows = min(R, count - r0);
   const int k0 = blockIdx.y * ks, klen = min(ks, K - k0);
 
@@ -87,7 +75,6 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__
 #pragma unroll
     for (int u = 0; u < UNROLL; u++) wv[u] = ld_stream(wp + (int64_t)u * Nc);
   }
-  if (early) pdl_wait_trigger();  // A is the previous kernel's output
 
   // Stage the rows' K slice (16-byte loads; zeros past the count).
   const int kc = ks / 8;
@@ -206,7 +193,6 @@ __global__ void __launch_bounds__(32 * kReduceLanes) reduce_kernel(const float* 
                                                                    const bf* __restrict__ bias, float limit,
                                                                    bf* __restrict__ out, bf* __restrict__ h) {
   __shared__ float4 red[kReduceLanes][32];
-  pdl_wait_trigger();  // launched with launch_pdl (common.cuh)
   const int64_t r = blockIdx.x;
   const int c = (blockIdx.y * 32 + threadIdx.x) * 4;
   red[threadIdx.y][threadIdx.x] = c < Nc ? lane_sum(part, S, N, Nc, r, c) : make_float4(0.f, 0.f, 0.f, 0.f);
@@ -235,7 +221,6 @@ __global__ void __launch_bounds__(32 * kReduceLanes) reduce_combine_kernel(
   __shared__ float4 red[kReduceLanes][32];
   __shared__ int pos[32];
   __shared__ float w[32];
-  pdl_wait_trigger();  // launched with launch_pdl (common.cuh)
   const int64_t t = blockIdx.x;
   const int tid = threadIdx.y * 32 + threadIdx.x;
   if (tid < k) {
@@ -285,34 +270,31 @@ inline Split split_k(int sms, int slots, int K, int Nc, int threads, int blocks_
   return {static_cast<int>((K + ks - 1) / ks), ks};
 }
 
-// partial_kernel over grid (chunk_slots x column tiles, S, slots) with R·ks fp32 of shared memory; early: see
-// partial_kernel (true only when offsets were written at least two launches before this one).
+// partial_kernel over grid (chunk_slots x column tiles, S, slots) with R·ks fp32 of shared memory.
 template <int R, int THREADS, int UNROLL>
 void launch_partial(const bf* A, int64_t lda, const int32_t* perm, const bf* W, const int32_t* offsets, int E, int K,
-                    int Nc, Split sp, int chunk_slots, int slots, int64_t N, bool early, float* part,
-                    cudaStream_t st) {
+                    int Nc, Split sp, int chunk_slots, int slots, int64_t N, float* part, cudaStream_t st) {
   static_assert(8 % UNROLL == 0, "a split (ks rows, a multiple of 8) is whole unrolled steps");
   const int tiles = ceil_div(Nc / 8, THREADS);
   const size_t smem = sizeof(float) * R * sp.ks;
-  launch_pdl(partial_kernel<R, THREADS, UNROLL>, dim3(chunk_slots * tiles, sp.S, slots), dim3(THREADS), smem, st, A,
-             lda, perm, W, offsets, E, K, Nc, sp.ks, chunk_slots, N, early, part);
+  partial_kernel<R, THREADS, UNROLL><<<dim3(chunk_slots * tiles, sp.S, slots), THREADS, smem, st>>>(
+      A, lda, perm, W, offsets, E, K, Nc, sp.ks, chunk_slots, N, part);
 }
 
 // reduce_kernel over grid (N rows, Nc/128): out (+ h with SWIGLU) from the S split partials.
 inline void launch_reduce(const float* part, int S, int64_t N, int Nc, const int32_t* offsets, int E, const bf* bias,
                           float limit, bf* out, bf* h, cudaStream_t st) {
   const dim3 grid(static_cast<unsigned>(N), ceil_div(Nc / 4, 32)), block(32, kReduceLanes);
-  if (h) launch_pdl(reduce_kernel<true>, grid, block, 0, st, part, S, N, Nc, offsets, E, bias, limit, out, h);
-  else launch_pdl(reduce_kernel<false>, grid, block, 0, st, part, S, N, Nc, offsets, E, bias, limit, out,
-                  static_cast<bf*>(nullptr));
+  if (h) reduce_kernel<true><<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, h);
+  else reduce_kernel<false><<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, nullptr);
 }
 
 // reduce_combine_kernel over grid (T tokens, H/128).
 inline void launch_reduce_combine(const float* part, int S, int64_t N, int H, const int32_t* offsets, int E,
                                   const bf* bias, int64_t T, const int32_t* slot_pos, const float* tw, int k,
                                   const bf* res, bf* yp, bf* y, cudaStream_t st) {
-  launch_pdl(reduce_combine_kernel, dim3(static_cast<unsigned>(T), ceil_div(H / 4, 32)), dim3(32, kReduceLanes), 0, st,
-             part, S, N, H, offsets, E, bias, slot_pos, tw, k, res, yp, y);
+  reduce_combine_kernel<<<dim3(static_cast<unsigned>(T), ceil_div(H / 4, 32)), dim3(32, kReduceLanes), 0, st>>>(
+      part, S, N, H, offsets, E, bias, slot_pos, tw, k, res, yp, y);
 }
 
 }  // namespace gptoss::cuda::moe_decode

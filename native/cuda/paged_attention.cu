@@ -129,7 +129,6 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   __nv_bfloat16* sV = sK + 2 * TN * D;                              // [2][TN][D]
   constexpr int CH = D / 8;                                         // 16-byte chunks per row
 
-  pdl_wait_trigger();  // launched with launch_pdl (common.cuh): q and the new keys are the previous kernel's output
   int b, lt;
   if (!find_tile(p, blockIdx.x, b, lt)) return;
   const int kvh = blockIdx.y, split = blockIdx.z;
@@ -310,8 +309,7 @@ void launch(Params& p, int device, int max_context, cudaStream_t st) {
     p.lpart = lpart.data<float>();
   }
   GPTOSS_CHECK(tiles <= 0x7fffffff, "pagedAttention: too many query rows (", p.N, ") for one launch");
-  launch_pdl(paged_attention_kernel<D>, dim3(static_cast<unsigned>(tiles), p.Hkv, p.nsplit), dim3(NT), Cfg<D>::SMEM,
-             st, p);
+  paged_attention_kernel<D><<<dim3(static_cast<unsigned>(tiles), p.Hkv, p.nsplit), NT, Cfg<D>::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("pagedAttention: kernel launch");
 }
 

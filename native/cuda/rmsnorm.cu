@@ -3,8 +3,6 @@
 // Backward: a row kernel for dx, and dw as fixed row-chunk partial sums reduced in chunk order (no atomics, so
 // the result is bitwise reproducible). addRmsnorm: the residual add before the norm in the same launch (h = x + o
 // written out, the norm computed on it), through the same row code as the plain forward.
-#include <type_traits>
-
 #include "common.cuh"
 #include "rmsnorm.h"
 #include "vec_io.cuh"
@@ -107,7 +105,6 @@ __device__ __forceinline__ void norm_row(const Src& src, const W* __restrict__ w
 template <typename X, typename W>
 __global__ void fwd_kernel(const X* __restrict__ x, const W* __restrict__ w, X* __restrict__ y,
                            float* __restrict__ rstd, int64_t h, float eps, bool vec) {
-  pdl_wait_trigger();  // launched with launch_pdl (common.cuh): x is the previous kernel's output
   norm_row(RowIn<X>{x + blockIdx.x * h}, w, y + blockIdx.x * h, rstd, h, eps, vec);
 }
 
@@ -116,7 +113,6 @@ template <typename X, typename O, typename W>
 __global__ void add_fwd_kernel(const X* __restrict__ x, const O* __restrict__ o, const W* __restrict__ w,
                                X* __restrict__ hs, X* __restrict__ y, float* __restrict__ rstd, int64_t h, float eps,
                                bool vec, bool ld16) {
-  pdl_wait_trigger();  // launched with launch_pdl (common.cuh)
   const int64_t r0 = blockIdx.x * h;
   norm_row(RowSum<X, O>{x + r0, o + r0, hs + r0, ld16}, w, y + r0, rstd, h, eps, vec);
 }
@@ -202,9 +198,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& 
   int threads = row_threads(h, vec);
   with_float(x, [&](auto* px) {
     with_float(w, [&](auto* pw) {
-      launch_pdl(fwd_kernel<std::remove_pointer_t<decltype(px)>, std::remove_pointer_t<decltype(pw)>>,
-                 dim3(static_cast<unsigned>(rows)), dim3(threads), 0, stream_of(x.device), px, pw,
-                 reinterpret_cast<decltype(px)>(y.raw()), rstd.data<float>(), h, eps, vec);
+      fwd_kernel<<<static_cast<unsigned>(rows), threads, 0, stream_of(x.device)>>>(
+          px, pw, reinterpret_cast<decltype(px)>(y.raw()), rstd.data<float>(), h, eps, vec);
     });
   });
   GPTOSS_CUDA_LAUNCH_CHECK("rmsnormForward");
@@ -224,11 +219,9 @@ void add_rmsnorm_forward(const Tensor& x, const Tensor& o, const Tensor& w, floa
     with_float(o, [&](auto* po) {
       with_float(w, [&](auto* pw) {
         using XP = decltype(px);
-        launch_pdl(add_fwd_kernel<std::remove_pointer_t<XP>, std::remove_pointer_t<decltype(po)>,
-                                  std::remove_pointer_t<decltype(pw)>>,
-                   dim3(static_cast<unsigned>(rows)), dim3(threads), 0, stream_of(x.device), px, po, pw,
-                   reinterpret_cast<XP>(hs.raw()), reinterpret_cast<XP>(y.raw()), rstd.data<float>(), h, eps, vec,
-                   ld16);
+        add_fwd_kernel<<<static_cast<unsigned>(rows), threads, 0, stream_of(x.device)>>>(
+            px, po, pw, reinterpret_cast<XP>(hs.raw()), reinterpret_cast<XP>(y.raw()), rstd.data<float>(), h, eps,
+            vec, ld16);
       });
     });
   });
