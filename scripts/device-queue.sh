@@ -15,8 +15,8 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # trainer's own floor beside it (docs/inference.md, "Log-prob gap").
 step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
 # The two candidates (reverted on main until a GPU runs them): programmatic dependent launch of the decode kernels
-# (commit 03b0b40; docs/inference.md, "Overlapped launches") and the CUDA top-p search over a shrinking window of keys
-# (c752c58; "Top-p rows"). Staging: bash scripts/device-stage-candidates.sh 03b0b40 c752c58 (HEAD as ../.stage-base,
+# (commit 5e47e99; docs/inference.md, "Overlapped launches") and the CUDA top-p search over a shrinking window of keys
+# (c752c58; "Top-p rows"). Staging: bash scripts/device-stage-candidates.sh 5e47e99 c752c58 (HEAD as ../.stage-base,
 # HEAD + both candidates as .stage-main, from a worktree: main's history untouched). Batch-1 decode interleaved with the base (temperature rows: the split sampler, which the
 # top-p candidate does not touch, so the A/B is the PDL one), then the GPU tests of every kernel PDL changed (the gemv
 # file's PDL-chain test is new), then the sampler's top-p tests and bench:tp-head's top-p column in both trees.

@@ -2,7 +2,7 @@
 # Stages the reverted GPU candidates for one same-call A/B (scripts/device-queue.sh, "The two candidates"): the tree
 # without them (HEAD) as .stage-base, and HEAD with the candidates' commits applied as .stage-main, built from a
 # detached worktree (../wt-cand) so that the main checkout's history and working tree stay as they are.
-#   bash scripts/device-stage-candidates.sh 03b0b40 c752c58     (from the main checkout)
+#   bash scripts/device-stage-candidates.sh 5e47e99 c752c58     (from the main checkout)
 # Then carry [".device", ".devnm", ".stage-main", ".stage-base"] and run the queue from .stage-main:
 #   cd .stage-main && source ../.device/prelude.sh && source scripts/device-steps.sh 560 && build && source scripts/device-queue.sh
 set -euo pipefail
