@@ -11,9 +11,6 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # tests, batch-1 decode (base vs the vocabulary-parallel build vs prefetchL2, dropped), bench:tp-moe, bench:tp-head,
 # the moe-decode test after biased_row. Session 26: every machine start failed (its 30 minutes
 # went to them), so nothing below has run yet. Still waiting:
-# The log-prob gap on a random 20b shape whose routers are not near-tied (bench:generate --router-std), with the
-# trainer's own floor beside it (docs/inference.md, "Log-prob gap").
-step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
 # The two candidates (reverted on main until a GPU runs them): programmatic dependent launch of the decode kernels
 # (commit 5e47e99; docs/inference.md, "Overlapped launches") and the CUDA top-p search over a shrinking window of keys
 # (c752c58; "Top-p rows"). Staging: bash scripts/device-stage-candidates.sh 5e47e99 c752c58 (HEAD as ../.stage-base,
@@ -21,12 +18,15 @@ step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-
 # top-p candidate does not touch, so the A/B is the PDL one), then the GPU tests of every kernel PDL changed (the gemv
 # file's PDL-chain test is new), then the sampler's top-p tests and bench:tp-head's top-p column in both trees.
 if [ -d ../.stage-base ]; then
-  (cd ../.stage-base && step build-base 120 bash scripts/device-build.sh)
+  (cd ../.stage-base && step build-base 300 bash scripts/device-build.sh)
   for i in 1 2; do
     (cd ../.stage-base && step "base-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/base-gen-$i.json")
     step "cand-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static --json "$OUT/cand-gen-$i.json"
   done
   step pdl-gemv 90 $T dist/test/gpu/gemv.test.js
+  # Then the log-prob gap on a random 20b shape whose routers are not near-tied (bench:generate --router-std), with the
+  # trainer's own floor beside it (docs/inference.md, "Log-prob gap").
+  step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
   step pdl-moe-decode 90 $T dist/test/gpu/moe-decode.test.js
   step pdl-graphs 90 $T dist/test/gpu/cuda-graphs.test.js
   step pdl-engine 90 $T dist/test/gpu/engine.test.js
@@ -36,6 +36,10 @@ if [ -d ../.stage-base ]; then
   step topp-tests 120 $T --test-name-pattern "sampleRows on CUDA" dist/test/gpu/coreops2.test.js
   step topp-head 60 node dist/bench/tp-head.js --tp 4 --rows 1,64,512 --json "$OUT/topp-head.json"
   (cd ../.stage-base && step topp-head-base 60 node dist/bench/tp-head.js --tp 4 --rows 1,64,512 --json "$OUT/topp-head-base.json")
+else
+  # The log-prob gap on a random 20b shape whose routers are not near-tied (bench:generate --router-std), with the
+  # trainer's own floor beside it (docs/inference.md, "Log-prob gap").
+  step gap-router-std 200 node dist/bench/generate.js --no-fixed --no-static --no-peer --router-std 0.2 --grpo-prompts 8 --gap-seqs 64 --json "$OUT/gap-router-std.json"
 fi
 # Then: did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Only H200 figures
 # and cross-call H100 ones exist (docs/inference.md, "Batch 1"). Stage 7af5708 (the 317-node tree) as ../.stage-317
