@@ -7,8 +7,12 @@
 //   replicated       logits [S, V] = rows · Wᵀ (f32) + sampleRows: the work on rank 0 of the replicated layout
 //   vocab-parallel   logits [S, V/tp] = rows · W_rᵀ + sampleParts over the slice + combineSampleParts of tp parts:
 //                    one rank's work (the all-gather between the last two, S·C·32 bytes per rank, is not timed)
-//   top-p rows       the vocabulary-parallel path for rows with a threshold: the slice's logits, the gathered slices
-//                    joined (concatColumns of [tp, S, V/tp]; the all-gather itself not timed) and sampleRows on rank 0
+//   top-p rows       the vocabulary-parallel path for rows with a threshold (top-p 0.9): the slice's logits, the
+//                    gathered slices joined (concatColumns of [tp, S, V/tp]; the all-gather itself not timed) and
+//                    sampleRows on rank 0, on two kinds of gathered rows, since the threshold search's cost depends
+//                    on how the mass spreads: flat (every logit equal, 90% of the vocabulary in the nucleus: the worst
+//                    case) and peaked (p ∝ rank^-2 over a fixed permutation of the vocabulary: a nucleus of a few
+//                    tokens, like a trained model's confident rows; measured at S <= 64, the host builds the rows)
 // A decode step waits for its slowest rank, so rank 0's head time is what each layout adds to the step.
 import { writeFileSync } from 'node:fs';
 import { native } from '../src/native.ts';
@@ -34,6 +38,8 @@ interface Row {
   replicatedMs: number;
   vocabParallelMs: number;
   topPMs: number;
+  /** The same on peaked rows (null above 64 rows). */
+  topPPeakedMs: number | null;
   /** replicated / vocab-parallel. */
   speedup: number;
 }
@@ -46,6 +52,17 @@ function params(S: number, topP: number, device: string): SampleRowsParams {
     seeds: Tensor.from(Int32Array.from({ length: S }, (_, i) => 1000 + i), [S], { device }),
     counters: Tensor.from(Int32Array.from({ length: S }, (_, i) => i), [S], { device }),
   };
+}
+
+/** [tp, S, V/tp] f32: S copies of one peaked row (logit -2·ln(rank), rank from a fixed permutation), as the
+ * gathered slices that concatColumns joins into [S, V]. */
+function peakedSlices(tp: number, S: number, V: number, device: string): Tensor {
+  const row = new Float32Array(V);
+  for (let j = 0; j < V; j++) row[j] = -2 * Math.log(((j * 7919 + 13) % V) + 1);
+  const w = V / tp;
+  const f = new Float32Array(tp * S * w);
+  for (let t = 0; t < tp; t++) for (let s = 0; s < S; s++) f.set(row.subarray(t * w, (t + 1) * w), (t * S + s) * w);
+  return Tensor.from(f, [tp, S, w], { device });
 }
 
 function main() {
@@ -84,26 +101,31 @@ function main() {
         const r = combineSampleParts(gathered, plain, V);
         for (const t of [lg, parts, r.tokens, r.logprobs]) t.dispose();
       });
-      const slices = Tensor.zeros([tp, S, V / tp], { dtype: 'f32', device });
-      const topPMs = time(iters, () => {
-        const lg = logits(x, slice);
-        const whole = concatColumns(slices, V);
-        const r = sampleRows(whole, nucleus);
-        for (const t of [lg, whole, r.tokens, r.logprobs]) t.dispose();
-      });
-      const row: Row = { tp, S, replicatedMs, vocabParallelMs, topPMs, speedup: replicatedMs / vocabParallelMs };
+      const topPTime = (slices: Tensor) => {
+        const ms = time(iters, () => {
+          const lg = logits(x, slice);
+          const whole = concatColumns(slices, V);
+          const r = sampleRows(whole, nucleus);
+          for (const t of [lg, whole, r.tokens, r.logprobs]) t.dispose();
+        });
+        slices.dispose();
+        return ms;
+      };
+      const topPMs = topPTime(Tensor.zeros([tp, S, V / tp], { dtype: 'f32', device }));
+      const topPPeakedMs = S <= 64 ? topPTime(peakedSlices(tp, S, V, device)) : null;
+      const row: Row = { tp, S, replicatedMs, vocabParallelMs, topPMs, topPPeakedMs, speedup: replicatedMs / vocabParallelMs };
       out.push(row);
-      console.log(`  S ${S} tp ${tp}: replicated ${replicatedMs.toFixed(3)} ms, vocab-parallel ${vocabParallelMs.toFixed(3)} ms (${row.speedup.toFixed(2)}x), top-p rows ${topPMs.toFixed(3)} ms`);
-      for (const t of [slice, gathered, slices]) t.dispose();
+      console.log(`  S ${S} tp ${tp}: replicated ${replicatedMs.toFixed(3)} ms, vocab-parallel ${vocabParallelMs.toFixed(3)} ms (${row.speedup.toFixed(2)}x), top-p rows ${topPMs.toFixed(3)} ms flat, ${topPPeakedMs?.toFixed(3) ?? '-'} ms peaked`);
+      for (const t of [slice, gathered]) t.dispose();
     }
     for (const t of [x, ...Object.values(plain), ...Object.values(nucleus)]) t.dispose();
   }
   head.dispose();
 
-  console.log('\n| rows | tp | replicated head ms (rank 0) | vocab-parallel head ms (one rank) | replicated / vocab-parallel | top-p rows ms (rank 0) |');
-  console.log('| --- | --- | --- | --- | --- | --- |');
+  console.log('\n| rows | tp | replicated head ms (rank 0) | vocab-parallel head ms (one rank) | replicated / vocab-parallel | top-p rows ms, flat (rank 0) | top-p rows ms, peaked |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
   for (const r of out) {
-    console.log(`| ${r.S} | ${r.tp} | ${r.replicatedMs.toFixed(3)} | ${r.vocabParallelMs.toFixed(3)} | ${r.speedup.toFixed(2)}x | ${r.topPMs.toFixed(3)} |`);
+    console.log(`| ${r.S} | ${r.tp} | ${r.replicatedMs.toFixed(3)} | ${r.vocabParallelMs.toFixed(3)} | ${r.speedup.toFixed(2)}x | ${r.topPMs.toFixed(3)} | ${r.topPPeakedMs?.toFixed(3) ?? '-'} |`);
   }
   const weightGB = (tp: number) => (2 * 2 * V * H) / tp / 1e9;
   console.log(`\nembedding + LM head per rank: replicated ${weightGB(1).toFixed(2)} GB; vocab-parallel ${tps.map((tp) => `tp ${tp}: ${weightGB(tp).toFixed(2)} GB`).join(', ')}`);

@@ -26,9 +26,9 @@ test('bench:tp-moe runs on the CPU: one row per (tp, tokens), each split timed, 
 test('bench:tp-head runs on the CPU: replicated vs vocabulary-parallel head per (rows, tp), and the weights per rank', () => {
   const { stdout, json } = runBench('bench/tp-head.ts', ['--tp', '2,4', '--rows', '1,3', '--iters', '1']);
   assert.match(stdout, /\| rows \| tp \| replicated head ms \(rank 0\) \| vocab-parallel head ms \(one rank\) \|/);
-  const rows = json.rows as { tp: number; S: number; replicatedMs: number; vocabParallelMs: number; topPMs: number; speedup: number }[];
+  const rows = json.rows as { tp: number; S: number; replicatedMs: number; vocabParallelMs: number; topPMs: number; topPPeakedMs: number; speedup: number }[];
   assert.deepEqual(rows.map((r) => [r.S, r.tp]), [[1, 2], [1, 4], [3, 2], [3, 4]]);
-  for (const r of rows) assert.ok(r.replicatedMs > 0 && r.vocabParallelMs > 0 && r.topPMs > 0 && Math.abs(r.speedup - r.replicatedMs / r.vocabParallelMs) < 1e-9);
+  for (const r of rows) assert.ok(r.replicatedMs > 0 && r.vocabParallelMs > 0 && r.topPMs > 0 && r.topPPeakedMs > 0 && Math.abs(r.speedup - r.replicatedMs / r.vocabParallelMs) < 1e-9);
   const gb = json.weightGBPerRank as Record<string, number>;
   assert.ok(Math.abs(gb['4']! * 4 - gb['1']!) < 1e-12, 'tp 4 holds a quarter of the embedding and LM head');
 });
