@@ -37,6 +37,7 @@
 //        [--no-static] [--no-fixed] [--no-grpo] [--static-batches K] [--json out.json] [--block-size 16] [--num-blocks N] [--num-sliding-blocks N]
 //        [--max-num-seqs 512] [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.85]
 //        [--lora] [--lora-rank 16] [--lora-targets q_proj,k_proj,v_proj,o_proj] [--cuda-graphs] [--router-std S] (random routers drawn with std S)
+//        [--scaled-init] (random weights with GPT-2's residual scaling and a unit embedding: see RANDOM_INIT)
 //        [--model <dir | hub id>] (a real checkpoint instead of random weights, for the engine, the static path and the
 //        transformers peer alike; the model's own shape replaces --preset/--layers: the log-prob gap of part (b) is
 //        only meaningful on trained weights)
@@ -100,7 +101,7 @@ let V = CFG.vocabSize;
 /** What the tables say the weights are. */
 const headsOverridden = flag('heads') || flag('kv-heads');
 const weightsLabel = (): string =>
-  modelDir ? `checkpoint ${modelSource}` : `${presetName} shape${headsOverridden ? ` (${CFG.numHeads} query / ${CFG.numKvHeads} key-value heads)` : ''}, random BF16 weights${routerStd !== undefined ? ` (router std ${routerStd})` : ''}`;
+  modelDir ? `checkpoint ${modelSource}` : `${presetName} shape${headsOverridden ? ` (${CFG.numHeads} query / ${CFG.numKvHeads} key-value heads)` : ''}, random BF16 weights${routerStd !== undefined ? ` (router std ${routerStd})` : ''}${scaledInit ? ' (scaled init)' : ''}`;
 const batches = arg('batches', '1,64,256,512', '1,4').split(',').map(Number);
 const promptLen = num('prompt', 128, 8);
 const newTokens = num('new', 128, 8);
@@ -148,7 +149,19 @@ let adapters: LoraAdapters | null = null;
 const routerStd = flag('router-std') ? num('router-std', 0.02) : undefined;
 if (routerStd !== undefined && !(routerStd > 0)) throw new Error(`bench:generate: --router-std must be a positive number, got ${routerStd}`);
 if (routerStd !== undefined && modelSource) throw new Error('bench:generate: --router-std shapes random weights; --model brings its own');
-const RANDOM_INIT: RandomInitOptions = { seed: 1, fast: true, biasStd: 0.02, routerStd };
+// --scaled-init: GPT-2's scaled init for the matrices that write into the residual stream (o_proj, down_proj at
+// 0.02 / sqrt(2 · layers)) and a unit-std embedding, so that each layer adds a small part to the stream, as in a
+// trained model: with every matrix at 0.02 each layer rewrites the stream, and a bf16-level difference (an expert
+// flipped by a near-tied router) grows layer by layer, which the log-prob gap then measures instead of the kernels.
+const scaledInit = flag('scaled-init');
+if (scaledInit && modelSource) throw new Error('bench:generate: --scaled-init shapes random weights; --model brings its own');
+const RANDOM_INIT: RandomInitOptions = {
+  seed: 1,
+  fast: true,
+  biasStd: 0.02,
+  routerStd,
+  ...(scaledInit ? { residualStd: 0.02 / Math.sqrt(2 * layers), embedStd: 1 } : {}),
+};
 
 // Launcher mode (see the header): the processes the launcher started, and the engines' tensor-parallel size.
 const worldSize = distEnv().worldSize;
@@ -567,6 +580,7 @@ function report(fixedRows: FixedRow[], grpoRes: GrpoResult | null, st: EngineSta
     preset: presetName,
     model: modelDir ? modelSource : null,
     routerStd: routerStd ?? null,
+    scaledInit,
     layers,
     /** "E x tp=T" (one process: "1 x tp=1"); launcher mode: the ranks and the engines. */
     layout,

@@ -147,6 +147,13 @@ export interface RandomInitOptions {
    */
   routerStd?: number;
   /**
+   * Std of the matrices that write into the residual stream (o_proj, the experts' down_proj; default: the matrices'
+   * std). GPT-2's scaled init uses std / sqrt(2 · layers), so that each layer adds a small part to the stream.
+   */
+  residualStd?: number;
+  /** Std of the embedding (default: the matrices' std). */
+  embedStd?: number;
+  /**
    * Benchmarks only: matrices are cut from one shared pool of 16M random values at per-tensor offsets (memcpy
    * speed instead of ~20 ns per value, which matters for billions of parameters). Values repeat across tensors.
    */
@@ -285,6 +292,8 @@ export function randomParam(s: ParamSpec, device: string, opts: RandomInitOption
     default:
       std = opts.std === 'fanIn' ? 1 / Math.sqrt(s.fanIn) : (opts.std ?? 0.02);
       if (opts.routerStd !== undefined && s.name.endsWith('.mlp.router.weight')) std = opts.routerStd;
+      if (opts.residualStd !== undefined && (s.name.endsWith('.self_attn.o_proj.weight') || s.name.endsWith('.mlp.experts.down_proj'))) std = opts.residualStd;
+      if (opts.embedStd !== undefined && s.kind === 'embedding') std = opts.embedStd;
   }
   const big = s.shape.reduce((a, b) => a * b, 1) > 1 << 20;
   return (opts.fast && big && std > 0 ? pooledRandomTensor : randomTensor)(s.name, s.shape, mean, std, seed, device);

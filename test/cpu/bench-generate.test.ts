@@ -47,12 +47,18 @@ test('bench:generate --model: a checkpoint directory instead of random weights (
   const mixed = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--model', fixturePath('gptoss-tiny'), '--router-std', '0.3', '--no-peer'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
   assert.notEqual(mixed.status, 0);
   assert.match(mixed.stderr, /--router-std shapes random weights; --model brings its own/);
-  // --router-std reaches the random draw (RandomInitOptions.routerStd: test/cpu/model-weights.test.ts) and the report.
+  const mixedScaled = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--model', fixturePath('gptoss-tiny'), '--scaled-init', '--no-peer'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
+  assert.notEqual(mixedScaled.status, 0);
+  assert.match(mixedScaled.stderr, /--scaled-init shapes random weights; --model brings its own/);
+  // --router-std and --scaled-init reach the random draw (RandomInitOptions.routerStd / residualStd / embedStd:
+  // test/cpu/model-weights.test.ts) and the report.
   const rsOut = join(mkdtempSync(join(tmpdir(), 'bench-generate-router-std-')), 'out.json');
-  const rs = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--router-std', '0.3', '--no-peer', '--no-grpo', '--no-static', '--batches', '1', '--json', rsOut], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
+  const rs = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--router-std', '0.3', '--scaled-init', '--no-peer', '--no-grpo', '--no-static', '--batches', '1', '--json', rsOut], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
   assert.equal(rs.status, 0, rs.stderr);
-  assert.match(rs.stdout, /random BF16 weights \(router std 0\.3\)/);
-  assert.equal(JSON.parse(readFileSync(rsOut, 'utf8')).routerStd, 0.3);
+  assert.match(rs.stdout, /random BF16 weights \(router std 0\.3\) \(scaled init\)/);
+  const rsJson = JSON.parse(readFileSync(rsOut, 'utf8'));
+  assert.equal(rsJson.routerStd, 0.3);
+  assert.equal(rsJson.scaledInit, true);
   const neg = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--router-std', '-1', '--no-peer'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
   assert.notEqual(neg.status, 0);
   assert.match(neg.stderr, /--router-std must be a positive number, got -1/);

@@ -52,6 +52,26 @@ test('routerStd draws only the MoE router weights with its std (the other matric
   for (const w of [base, wide]) w.dispose();
 });
 
+test('residualStd draws o_proj and down_proj with its std, embedStd the embedding (the other matrices keep theirs)', () => {
+  const cfg = presetConfig('gpt-oss-tiny-256');
+  const base = GptOssWeights.random(cfg, 'cpu', { seed: 3 });
+  const scaled = GptOssWeights.random(cfg, 'cpu', { seed: 3, residualStd: 0.004, embedStd: 1 });
+  const std = (n: string): number => {
+    const v = scaled.params.get(n)!.toFloat32();
+    return Math.sqrt(v.reduce((s, x) => s + x * x, 0) / v.length);
+  };
+  assert.ok(Math.abs(std('model.embed_tokens.weight') - 1) < 0.05, `embedding std ${std('model.embed_tokens.weight')}`);
+  for (let l = 0; l < cfg.numLayers; l++) {
+    for (const n of [`model.layers.${l}.self_attn.o_proj.weight`, `model.layers.${l}.mlp.experts.down_proj`]) {
+      assert.ok(Math.abs(std(n) - 0.004) < 0.0004, `${n} std ${std(n)}`);
+    }
+    for (const n of [`model.layers.${l}.mlp.experts.gate_up_proj`, `model.layers.${l}.self_attn.q_proj.weight`, `model.layers.${l}.mlp.router.weight`]) {
+      assert.deepEqual(scaled.params.get(n)!.toFloat32(), base.params.get(n)!.toFloat32(), n);
+    }
+  }
+  for (const w of [base, scaled]) w.dispose();
+});
+
 test('save/load round trip (sharded) is bit exact, with config.json', () => {
   const cfg = presetConfig('gpt-oss-tiny-256');
   const w = GptOssWeights.random(cfg, 'cpu', { seed: 3, biasStd: 0.1 });
