@@ -336,6 +336,8 @@ export interface NativeOps {
     loraDownA?: OptTensor,
     loraDownB?: OptTensor,
     loraScale?: number,
+    /** accGateUpW/accDownW hold no gradient yet: written into, not added to. */
+    accOverwrite?: boolean,
   ): NativeMoeGrads;
 
   // ---- optim.cc ----

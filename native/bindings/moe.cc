@@ -143,13 +143,14 @@ GPTOSS_OP(moeForward) {
 
 // moeBackward(dy, routerW, routerB, gateUpW, gateUpB, downW, downB, x, topkIdx, topkW, counts, offsets,
 //             permTok, slotPos, gu, h, yp, topK, limit, exact, accGateUpW?, accDownW?, xp?, offsetsHost?,
-//             weightGrads?, loraGateUpA?, loraGateUpB?, loraDownA?, loraDownB?, loraScale?)
+//             weightGrads?, loraGateUpA?, loraGateUpB?, loraDownA?, loraDownB?, loraScale?, accOverwrite?)
 //   -> { dx, dRouterW, dRouterB, dGateUpW?, dGateUpB, dDownW?, dDownB, dLoraGateUpA?, dLoraGateUpB?, dLoraDownA?,
 //        dLoraDownB? }
 // weightGrads false (default true): no dGateUpW / dDownW (a frozen base; accGateUpW/accDownW must then be absent).
 // lora*: the adapters the forward used; their gradients come back (fresh f32).
 // accGateUpW / accDownW (f32 [E,H,2I] / [E,I,H], optional, both or neither): the expert weight gradients are
-// added into them and they are returned as dGateUpW / dDownW.
+// added into them (accOverwrite true: written into them, their contents never read: buffers that hold no gradient
+// yet) and they are returned as dGateUpW / dDownW.
 GPTOSS_OP(moeBackward) {
   const char* op = "moeBackward";
   Tensor& dy = tensor_arg(info, 0, op, "dy");
@@ -231,12 +232,19 @@ GPTOSS_OP(moeBackward) {
     check_same_device(op, s.x, g.acc_gate_up_w);
     check_same_device(op, s.x, g.acc_down_w);
   }
+  if (info.Length() > 30 && !info[30].IsUndefined() && !info[30].IsNull()) g.acc_overwrite = bool_arg(info, 30, op, "accOverwrite");
+  GPTOSS_CHECK(acc || !g.acc_overwrite, op, ": accOverwrite needs the buffers accGateUpW/accDownW");
   GPTOSS_DISPATCH(dy, cpu::moe_backward(dy, w, s, exact, g, lora.any() ? &lora : nullptr), cuda::moe_backward(dy, w, s, g, lora.any() ? &lora : nullptr));
-  if (acc && !g.accumulated) {  // the backend made fresh gradients: add them into the caller's buffers
-    GPTOSS_DISPATCH(dy, cpu::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w),
-                    cuda::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w));
-    GPTOSS_DISPATCH(dy, cpu::ew_add(g.acc_down_w, g.d_down_w, g.acc_down_w),
-                    cuda::ew_add(g.acc_down_w, g.d_down_w, g.acc_down_w));
+  if (acc && !g.accumulated) {  // the backend made fresh gradients: add (or copy) them into the caller's buffers
+    if (g.acc_overwrite) {
+      copy_tensor(g.acc_gate_up_w, g.d_gate_up_w);
+      copy_tensor(g.acc_down_w, g.d_down_w);
+    } else {
+      GPTOSS_DISPATCH(dy, cpu::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w),
+                      cuda::ew_add(g.acc_gate_up_w, g.d_gate_up_w, g.acc_gate_up_w));
+      GPTOSS_DISPATCH(dy, cpu::ew_add(g.acc_down_w, g.d_down_w, g.acc_down_w),
+                      cuda::ew_add(g.acc_down_w, g.d_down_w, g.acc_down_w));
+    }
     g.d_gate_up_w = g.acc_gate_up_w;
     g.d_down_w = g.acc_down_w;
   }

@@ -67,6 +67,10 @@ struct MoeGrads {
   // (the CUDA cuBLASLt path, beta = 1) sets *_w to them and accumulated = true; otherwise the binding adds.
   Tensor acc_gate_up_w, acc_down_w;
   bool accumulated = false;
+  // With acc_*: true when those buffers hold no gradient yet (uninitialised memory, e.g. a sharded trainer's fresh
+  // per-unit buffer): the gradients are written into them (beta 0, or the binding copies) instead of added, which
+  // saves zeroing them and reading them back (3.2 GB each way per gpt-oss-20b layer).
+  bool acc_overwrite = false;
   // false: the expert weight matrices' gradients (d_gate_up_w, d_down_w: the large ones, 3.2 GB f32 per
   // gpt-oss-20b layer) are neither computed nor allocated (a frozen base, as LoRA trains it). The router and bias
   // gradients are small and still come out.

@@ -1412,8 +1412,9 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     segment_colsum(d, dyp, H, offsets, g.d_down_b, "moeBackward dDownB");
   }
 
-  // The cuBLASLt strategies add the weight gradients into the caller's buffers directly (beta 1).
-  // Without weight gradients (a frozen base) the two large tensors are not allocated at all.
+  // The cuBLASLt strategies add the weight gradients into the caller's buffers directly (beta 1), or write them there
+  // (beta 0) when the buffers hold no gradient yet (acc_overwrite). Without weight gradients (a frozen base) the two
+  // large tensors are not allocated at all.
   const bool in_place = g.weight_grads && (with_lora || strategy != ExpertGemms::kGrouped) && g.acc_gate_up_w.storage &&
                         g.acc_down_w.storage;
   if (g.weight_grads) {
@@ -1421,7 +1422,7 @@ void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeG
     g.d_gate_up_w = in_place ? g.acc_gate_up_w : make_tensor({E, H, 2 * I}, DType::F32, dev);
   }
   g.accumulated = in_place;
-  const float wbeta = in_place ? 1.f : 0.f;
+  const float wbeta = in_place && !g.acc_overwrite ? 1.f : 0.f;
   g.d_gate_up_b = make_tensor({E, 2 * I}, DType::F32, dev);
   Tensor dxp;
   if (with_lora) {

@@ -123,6 +123,15 @@ export interface LayerSaved extends AttentionInputs, OutputSaved {
  * cache's: a dense [B, Smax, Hkv, D] cache in src/inference/generate.ts (the static baseline), the paged pool of
  * src/inference/paged-kv-cache.ts in the engine. A step may mix prefill chunks and single decode tokens.
  */
+export interface LayerBackwardOptions {
+  /**
+   * grads' expert weight buffers (mlp.experts.gate_up_proj, down_proj: both must be there) hold no gradient yet
+   * (uninitialised memory): the MoE backward writes them instead of adding into them, so they need no zeroing and
+   * are never read back (3.2 GB f32 each way per gpt-oss-20b layer; the sharded trainer's fresh per-unit buffers).
+   */
+  freshExpertGrads?: boolean;
+}
+
 export interface LayerKvCache {
   /** Stores the roped keys and the values (bf16 [N, Hkv, D] each) of the N query rows of the step. */
   write(k: Tensor, v: Tensor): void;
@@ -408,7 +417,7 @@ export class DecoderLayer {
    * MoE skips its expert weight gradients; the small norm, sink and router/bias gradients the fused ops produce on
    * the way are dropped).
    */
-  backward(s: LayerSaved, dy: Tensor, b: PackedBatch, grads: Map<string, Tensor>): Tensor {
+  backward(s: LayerSaved, dy: Tensor, b: PackedBatch, grads: Map<string, Tensor>, opts: LayerBackwardOptions = {}): Tensor {
     const c = this.host.config;
     const w = this.weights;
     const T = b.numTokens;
@@ -425,6 +434,7 @@ export class DecoderLayer {
     const dev = this.host.device;
     const ll = this.lora;
     const frozen = !!this.host.lora;
+    if (opts.freshExpertGrads && frozen) throw new Error(`DecoderLayer ${this.index}: freshExpertGrads with a frozen base (no expert weight gradients are written)`);
     const accL = (t: LoraTarget, ab: 'A' | 'B', g: Tensor | undefined): void => {
       if (!g) throw new Error(`DecoderLayer ${this.index}: the MoE returned no gradient for the ${t} adapter's ${ab}`);
       accumulateGrad(grads, `${loraModulePath(this.index, t)}.lora_${ab}`, g);
@@ -445,7 +455,8 @@ export class DecoderLayer {
     } else {
       // Expert weight gradients (3 GB f32 per layer at 20b size) accumulate inside the op when buffers exist.
       const accGU = grads.get(`${p}.mlp.experts.gate_up_proj`), accDown = grads.get(`${p}.mlp.experts.down_proj`);
-      const mg = moeBackward(dy, s.moe, undefined, accGU && accDown ? { dGateUpW: accGU, dDownW: accDown } : undefined);
+      if (opts.freshExpertGrads && !(accGU && accDown)) throw new Error(`DecoderLayer ${this.index}: freshExpertGrads without both expert gradient buffers in grads`);
+      const mg = moeBackward(dy, s.moe, undefined, accGU && accDown ? { dGateUpW: accGU, dDownW: accDown, overwrite: opts.freshExpertGrads } : undefined);
       s.moe.dispose();
       gpuProfile.mark(dev, 'bwd moe');
       acc('mlp.router.weight', mg.dRouterW);

@@ -57,7 +57,7 @@ import { childLogger } from '../log/logger.ts';
 import { embeddingBackward, embeddingForward } from '../ops/embedding.ts';
 import { rmsnormBackward, rmsnormForward } from '../ops/rmsnorm.ts';
 import { tokenChunkedLmHead, tokenLogprobs as lmHeadLogprobs, tokenLogprobsBackward } from '../ops/logprob.ts';
-import { addInPlace, cast } from '../ops/elementwise.ts';
+import { addInPlace, cast, fill } from '../ops/elementwise.ts';
 import { adamwStep, clipFactor, scaleGradsInPlace, sumOfSquaresInto } from '../ops/optim.ts';
 import type { GradClipResult, LogprobModel, LogprobOptions, LogprobOutput, OptimizerHyper, Policy, SequenceBatch, TrainForward, TrainForwardOptions } from './policy.ts';
 import { packedLossGradient } from './gptoss-policy.ts';
@@ -311,10 +311,36 @@ export interface ShardedStats {
 
 type ModelOpts = Required<Pick<ShardedModelOptions, 'recompute' | 'keepAttention' | 'deterministic' | 'timing' | 'prefetch' | 'collectivesAtOne' | 'exposedTiming'>> & { lmHeadChunk?: number };
 
-/** A unit's full fp32 gradient buffer f32 [padded]: the gradient shard itself (inPlace: one rank, collectivesAtOne off) or a new zeroed one. */
+/**
+ * A unit's full fp32 gradient buffer f32 [padded]: the gradient shard itself (inPlace: one rank, collectivesAtOne
+ * off) or a new one, zeroed except, with freshExperts, a layer's expert weight matrices, which the layer's backward
+ * then writes instead of adding into (LayerBackwardOptions.freshExpertGrads).
+ */
 interface GradBuffer {
   flat: Tensor;
   inPlace: boolean;
+  freshExperts: boolean;
+}
+
+/**
+ * A fresh gradient buffer's zeroing for a unit whose expert matrices the layer's backward writes (not adds into):
+ * flat f32 [unit.padded] is zeroed everywhere but a layer unit's mlp.experts.gate_up_proj and down_proj ranges (the
+ * other parameters, which the backward adds into, the alignment gaps and the padding, which the reduce-scatter sums).
+ * Returns false, zeroing all of it, for a unit without both matrices (the embedding, the head).
+ */
+export function zeroAroundExpertMatrices(unit: ShardUnit, flat: Tensor): boolean {
+  const experts = unit.kind === 'layer' ? unit.entries.filter((e) => /\.mlp\.experts\.(gate_up_proj|down_proj)$/.test(e.name)).sort((a, b) => a.offset - b.offset) : [];
+  const keep = experts.length === 2 ? experts : [];
+  let at = 0;
+  for (const e of [...keep, { offset: unit.padded, numel: 0 }]) {
+    if (e.offset > at) {
+      const gap = flat.slice(at, e.offset);
+      fill(gap, 0);
+      gap.dispose();
+    }
+    at = e.offset + e.numel;
+  }
+  return keep.length === 2;
 }
 
 /**
@@ -631,14 +657,16 @@ class ShardedModel {
       if (previous) await previous();
     };
     // Unit u's gradient buffer and its per-parameter views; the head's is the fused forward's where it made one.
-    const zerosFor = (u: number): { flat: Tensor; inPlace: boolean; orig: Map<string, Tensor>; grads: Map<string, Tensor> } => {
+    // A layer's expert gradients are written, not added, into a fresh buffer when this rank runs the backward
+    // (state: with no batch the zeroed buffer itself is its contribution to the reduce-scatter).
+    const zerosFor = (u: number): { flat: Tensor; inPlace: boolean; freshExperts: boolean; orig: Map<string, Tensor>; grads: Map<string, Tensor> } => {
       let gb: GradBuffer;
       if (u === L + 1 && state?.headGrad) {
         gb = state.headGrad;
         state.headGrad = undefined; // handed to reduce below, not freed by disposeState
-      } else gb = this.gradBuffer(u, accumulated);
+      } else gb = this.gradBuffer(u, accumulated, state !== null);
       const orig = entryViews(this.units[u]!, gb.flat);
-      return { flat: gb.flat, inPlace: gb.inPlace, orig, grads: new Map(orig) };
+      return { flat: gb.flat, inPlace: gb.inPlace, freshExperts: gb.freshExperts, orig, grads: new Map(orig) };
     };
     // The ops accumulate into the buffers they are given (the views); should one hand back a fresh tensor instead
     // (or leave a name unset), its values are added into the flat buffer here so nothing is lost.
@@ -659,7 +687,7 @@ class ShardedModel {
       for (let u = L + 1; u >= 1; u--) {
         const g = await (next ?? this.gather(u));
         next = ahead && u - 1 >= 1 ? this.gather(u - 1) : null;
-        const { flat, inPlace, orig, grads } = zerosFor(u);
+        const { flat, inPlace, freshExperts, orig, grads } = zerosFor(u);
         try {
           if (!state) continue;
           const b = state.batch;
@@ -692,7 +720,7 @@ class ShardedModel {
               state.inputs[l] = null;
               state.attention[l] = null; // taken over by s
             } else state.saved[l] = null;
-            const dNext = this.layers[l]!.backward(s, dx!, b, grads);
+            const dNext = this.layers[l]!.backward(s, dx!, b, grads, { freshExpertGrads: freshExperts });
             dx!.dispose();
             s.x.dispose();
             dx = dNext;
@@ -728,9 +756,13 @@ class ShardedModel {
    * Unit u's full fp32 gradient buffer for a backward (or a fused forward's LM head): on one rank without
    * collectives the shard accumulated so far (written in place), else a zeroed f32 [padded].
    */
-  private gradBuffer(u: number, accumulated: (u: number) => Tensor | null): GradBuffer {
+  private gradBuffer(u: number, accumulated: (u: number) => Tensor | null, freshExperts = false): GradBuffer {
     const acc = this.direct ? accumulated(u) : null;
-    return { flat: acc ?? Tensor.zeros([this.units[u]!.padded], { dtype: 'f32', device: this.device }), inPlace: acc !== null };
+    if (acc) return { flat: acc, inPlace: true, freshExperts: false };
+    const unit = this.units[u]!;
+    if (!freshExperts || unit.kind !== 'layer') return { flat: Tensor.zeros([unit.padded], { dtype: 'f32', device: this.device }), inPlace: false, freshExperts: false };
+    const flat = Tensor.empty([unit.padded], { dtype: 'f32', device: this.device });
+    return { flat, inPlace: false, freshExperts: zeroAroundExpertMatrices(unit, flat) };
   }
 
   dispose(): void {

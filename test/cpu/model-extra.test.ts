@@ -12,6 +12,7 @@ import { presetConfig } from '../../src/model/config.ts';
 import { Checkpoint, saveCheckpoint, tensorToSave, FP4_E2M1_VALUES, type TensorToSave } from '../../src/model/safetensors.ts';
 import { FIXTURE_DIR } from '../helpers/fixtures.ts';
 import { Tensor } from '../../src/tensor.ts';
+import { embeddingForward } from '../../src/ops/embedding.ts';
 
 test('entropy and temperature-scaled log-probs match the fixture logits', async () => {
   const model = await loadModel(FIXTURE_DIR, { device: 'cpu' });
@@ -146,5 +147,41 @@ test('tied embeddings: no lm_head parameter; both uses of the embedding get grad
   // Rows of tokens never seen as input still get gradient through the LM head.
   const row200 = g.subarray(200 * 64, 201 * 64);
   assert.ok(row200.some((x) => x !== 0));
+  model.dispose();
+});
+
+test('DecoderLayer.backward with freshExpertGrads writes the expert gradients into uninitialised buffers (the bits of adding into zeros); refused without both buffers', () => {
+  const model = GptOssModel.random(presetConfig('gpt-oss-tiny-256'), 'cpu', { seed: 5, biasStd: 0.02 });
+  const c = model.config;
+  const b = packSequences([[1, 2, 3, 4, 5], [6, 7, 8]], 'cpu');
+  const x = embeddingForward(model.weights.embedding, b.ids);
+  const layer = model.layers[0]!;
+  const expertShapes: [string, number[]][] = [
+    ['model.layers.0.mlp.experts.gate_up_proj', [c.numExperts, c.hiddenSize, 2 * c.intermediateSize]],
+    ['model.layers.0.mlp.experts.down_proj', [c.numExperts, c.intermediateSize, c.hiddenSize]],
+  ];
+  const run = (fill: number, fresh: boolean): Map<string, Float32Array> => {
+    const { y, saved } = layer.forward(x, b, true);
+    y.dispose();
+    const grads = new Map(expertShapes.map(([n, s]) => [n, Tensor.from(new Float32Array(s.reduce((a, v) => a * v, 1)).fill(fill), s, { device: 'cpu' })]));
+    const dy = Tensor.from(Float32Array.from({ length: b.numTokens * c.hiddenSize }, (_, i) => Math.sin(i)), [b.numTokens, c.hiddenSize], { device: 'cpu' });
+    layer.backward(saved!, dy, b, grads, { freshExpertGrads: fresh }).dispose();
+    dy.dispose();
+    const out = new Map([...grads].map(([n, t]) => [n, t.toFloat32()]));
+    for (const t of grads.values()) t.dispose();
+    return out;
+  };
+  const zeros = run(0, false);
+  const fresh = run(NaN, true);
+  for (const [n] of expertShapes) assert.deepEqual(fresh.get(n), zeros.get(n), n);
+  // The other gradients came back too (created in the map: nothing asked of them).
+  assert.ok([...zeros.get(expertShapes[0]![0])!].some((v) => v !== 0));
+  const { y, saved } = layer.forward(x, b, true);
+  y.dispose();
+  const dy = Tensor.zeros([b.numTokens, c.hiddenSize], { device: 'cpu' });
+  assert.throws(() => layer.backward(saved!, dy, b, new Map(), { freshExpertGrads: true }), /DecoderLayer 0: freshExpertGrads without both expert gradient buffers in grads/);
+  dy.dispose();
+  x.dispose();
+  disposeBatch(b);
   model.dispose();
 });

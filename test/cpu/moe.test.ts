@@ -182,6 +182,18 @@ test('weight gradients accumulate into given buffers (gradient accumulation), ba
   assert.deepEqual(acc.dx.toFloat32(), fresh.dx.toFloat32());
   const wrong = { dGateUpW: Tensor.zeros([p.E, p.H, p.I], { device: 'cpu' }), dDownW: into.dDownW };
   assert.throws(() => moeBackward(dy, f.ctx, undefined, wrong), /moeBackward: accGateUpW must have shape \[4, 32, 32\], got f32\[4, 32, 16\]/);
+  // overwrite: buffers that hold no gradient yet (NaN here, as uninitialised memory may) are written, never read.
+  const nan = () => ({ dGateUpW: Tensor.from(new Float32Array(p.E * p.H * 2 * p.I).fill(NaN), [p.E, p.H, 2 * p.I], { device: 'cpu' }), dDownW: Tensor.from(new Float32Array(p.E * p.I * p.H).fill(NaN), [p.E, p.I, p.H], { device: 'cpu' }) });
+  const over = nan();
+  const wr = moeBackward(dy, f.ctx, undefined, { ...over, overwrite: true });
+  assert.equal(wr.dGateUpW, over.dGateUpW);
+  assert.deepEqual(wr.dGateUpW.toFloat32(), gu);
+  assert.deepEqual(wr.dDownW.toFloat32(), d);
+  assert.deepEqual(wr.dx.toFloat32(), fresh.dx.toFloat32());
+  assert.throws(
+    () => native().ops.moeBackward(dy, w.routerW, w.routerB, w.gateUpW, w.gateUpB, w.downW, w.downB, f.ctx.x, f.ctx.topkIdx, f.ctx.topkW, f.ctx.countsTensor, f.ctx.offsets, f.ctx.permTok, f.ctx.slotPos, f.ctx.gu, f.ctx.h, f.ctx.yp, p.k, f.ctx.limit, f.ctx.exact, null, null, null, null, true, null, null, null, null, 1, true),
+    /moeBackward: accOverwrite needs the buffers accGateUpW\/accDownW/,
+  );
   f.ctx.dispose();
 });
 

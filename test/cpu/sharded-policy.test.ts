@@ -15,7 +15,8 @@ import { Checkpoint, loadModel, randomModel, paramSpecs, presetConfig, PRESET_NA
 import { paramUnits, shardSize } from '../../src/trainer/memory-plan.ts';
 import { GptOssPolicy } from '../../src/trainer/gptoss-policy.ts';
 import { liveTensors, trackTensors } from '../../src/tensor.ts';
-import { ShardedPolicy, shardLayout, shardSequences, rankMicroBatches } from '../../src/trainer/sharded-policy.ts';
+import { ShardedPolicy, shardLayout, shardSequences, rankMicroBatches, zeroAroundExpertMatrices } from '../../src/trainer/sharded-policy.ts';
+import { Tensor } from '../../src/tensor.ts';
 import { CFG, SEED, MICRO, MAX_NORM, HYPER, stepBatch, normTokens, pgLoss, type StepRecord, type WorkerResult } from '../helpers/fsdp-common.ts';
 import { relNorm } from '../helpers/numeric.ts';
 
@@ -109,6 +110,25 @@ test('layout: units padded to a multiple of N cover every parameter once; sequen
   assert.deepEqual(shardSequences([5, 5], 4), [[0], [1], [], []]);
   assert.deepEqual(rankMicroBatches([[0, 1, 2], [3], []], 2), [[[0, 1], [2]], [[3], []], [[], []]]);
   assert.throws(() => rankMicroBatches([[0]], 0), /micro-batch size 0/);
+});
+
+test('a fresh layer gradient buffer is zeroed around the expert matrices only (the backward writes those: freshExpertGrads)', () => {
+  for (const n of [1, 3]) {
+    const units = shardLayout(CFG, n);
+    for (const u of units) {
+      const flat = Tensor.from(new Float32Array(u.padded).fill(NaN), [u.padded], { device: 'cpu' });
+      const fresh = zeroAroundExpertMatrices(u, flat);
+      assert.equal(fresh, u.kind === 'layer');
+      const v = flat.toFloat32();
+      const expert = new Uint8Array(u.padded);
+      for (const e of u.entries) if (/\.mlp\.experts\.(gate_up_proj|down_proj)$/.test(e.name)) expert.fill(1, e.offset, e.offset + e.numel);
+      assert.equal(expert.some((x) => x === 1), u.kind === 'layer');
+      for (let i = 0; i < u.padded; i++) {
+        if (expert[i] ? !Number.isNaN(v[i]!) : v[i] !== 0) assert.fail(`unit ${u.kind} ${u.layer}, N ${n}: element ${i} is ${v[i]} (expert range: ${expert[i] === 1})`);
+      }
+      flat.dispose();
+    }
+  }
 });
 
 test('the memory planner plans the shards ShardedPolicy makes (units and per-rank sizes, every preset)', () => {

@@ -161,7 +161,7 @@ function perStrategy(I: number, seed: number): [MoeProblem, Strategy][] {
   ];
 }
 
-test('weight gradients accumulate into given buffers on every strategy', { skip }, () => {
+test('weight gradients accumulate into (or, with overwrite, are written into) given buffers on every strategy', { skip }, () => {
   for (const [p, want] of perStrategy(64, 10)) {
     const name = `T${p.T} E${p.E} [${want}]`;
     const w = weightsOf(p, 'cuda:0');
@@ -180,6 +180,17 @@ test('weight gradients accumulate into given buffers on every strategy', { skip 
       const e = maxErr(got.toFloat32(), expected);
       assert.ok(e.err <= 1e-5 * e.scale + 1e-6, `${name} ${key}: accumulated err ${e.err} (scale ${e.scale})`);
     }
+    // overwrite (a sharded trainer's fresh buffers): NaN-filled buffers, as uninitialised memory may hold, are
+    // written (beta 0, or copied on the grouped strategy), never read: the fresh gradients' bits, every expert
+    // (those without rows get zeros).
+    const over = {
+      dGateUpW: Tensor.from(new Float32Array(p.E * p.H * 2 * p.I).fill(NaN), [p.E, p.H, 2 * p.I], { device: 'cuda:0' }),
+      dDownW: Tensor.from(new Float32Array(p.E * p.I * p.H).fill(NaN), [p.E, p.I, p.H], { device: 'cuda:0' }),
+    };
+    const wr = moeBackward(dy, f.ctx, undefined, { ...over, overwrite: true });
+    assert.equal(wr.dGateUpW, over.dGateUpW);
+    assert.deepEqual(wr.dGateUpW.toFloat32(), fresh.dGateUpW.toFloat32(), `${name} dGateUpW overwrite`);
+    assert.deepEqual(wr.dDownW.toFloat32(), fresh.dDownW.toFloat32(), `${name} dDownW overwrite`);
     f.ctx.dispose();
   }
 });
