@@ -95,7 +95,7 @@ interface StepRecord {
 let measuring = false;
 const profiler = new OpProfiler({
   device,
-  ops: ['rmsnormForward', 'addRmsnorm', 'matmul', 'ropeQkvSplit', 'ropeForward', 'scatterRows', 'pagedAttention', 'elementwiseAdd', 'elementwiseCast', 'moeForward', 'embeddingForward', 'sampleRows', 'fromBuffer', 'empty'],
+  ops: ['rmsnormForward', 'addRmsnorm', 'matmul', 'ropeQkvProject', 'ropeQkvSplit', 'ropeForward', 'scatterRows', 'pagedAttention', 'elementwiseAdd', 'elementwiseCast', 'moeForward', 'embeddingForward', 'sampleRows', 'fromBuffer', 'empty'],
   family: (op) => family(op),
   spinMs,
   syncMs,
