@@ -2,7 +2,7 @@
 // CLI runs it. synthetic_tools ("What is the value of k65 plus 5?", solvable only through functions.lookup) on a
 // compact vocabulary that covers every token the environment can write (src/trainer/vocab.ts), a tiny
 // random-initialised model, an SFT warm start on the reference episodes (lookup call, masked tool result, final
-// answer) until a held-out success rate of 0.3, then GRPO on whole episodes. The held-out success rate (100 test
+// answer) until a held-out success rate of 0.2, then GRPO on whole episodes. The held-out success rate (100 test
 // problems x 4 episodes at temperature 1.0) must rise by at least 15 points from GRPO's step-0 evaluation. The
 // curve is printed and written to runs/ci/grpo-learns-tools.jsonl; GRPO_LEARNS_* variables change the recipe.
 import { test } from 'node:test';
