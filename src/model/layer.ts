@@ -110,6 +110,15 @@ export interface KeptAttention {
   lse: Tensor;
 }
 
+export interface LayerBackwardOptions {
+  /**
+   * grads' expert weight buffers (mlp.experts.gate_up_proj, down_proj: both must be there) hold no gradient yet
+   * (uninitialised memory): the MoE backward writes them instead of adding into them, so they need no zeroing and
+   * are never read back (3.2 GB f32 each way per gpt-oss-20b layer; the sharded trainer's fresh per-unit buffers).
+   */
+  freshExpertGrads?: boolean;
+}
+
 /** The activations one layer's backward needs. */
 export interface LayerSaved extends AttentionInputs, OutputSaved {
   /** The layer input, bf16 [T, H] (the caller's: backward does not free it). */
@@ -123,15 +132,6 @@ export interface LayerSaved extends AttentionInputs, OutputSaved {
  * cache's: a dense [B, Smax, Hkv, D] cache in src/inference/generate.ts (the static baseline), the paged pool of
  * src/inference/paged-kv-cache.ts in the engine. A step may mix prefill chunks and single decode tokens.
  */
-export interface LayerBackwardOptions {
-  /**
-   * grads' expert weight buffers (mlp.experts.gate_up_proj, down_proj: both must be there) hold no gradient yet
-   * (uninitialised memory): the MoE backward writes them instead of adding into them, so they need no zeroing and
-   * are never read back (3.2 GB f32 each way per gpt-oss-20b layer; the sharded trainer's fresh per-unit buffers).
-   */
-  freshExpertGrads?: boolean;
-}
-
 export interface LayerKvCache {
   /** Stores the roped keys and the values (bf16 [N, Hkv, D] each) of the N query rows of the step. */
   write(k: Tensor, v: Tensor): void;

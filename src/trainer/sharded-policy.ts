@@ -754,7 +754,8 @@ class ShardedModel {
 
   /**
    * Unit u's full fp32 gradient buffer for a backward (or a fused forward's LM head): on one rank without
-   * collectives the shard accumulated so far (written in place), else a zeroed f32 [padded].
+   * collectives the shard accumulated so far (written in place), else a new f32 [padded], zeroed (with freshExperts,
+   * a layer's: all but its expert matrices, which the backward writes).
    */
   private gradBuffer(u: number, accumulated: (u: number) => Tensor | null, freshExperts = false): GradBuffer {
     const acc = this.direct ? accumulated(u) : null;
