@@ -8,9 +8,11 @@ start to end), so the table says which kernels of a step are far from their byte
 Usage (GPU machine, where ncu reads the counters):
   ncu --clock-control none --cache-control none --csv --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum \
       node dist/bench/decode-profile.js --layers 4 --batches 1 --steps 4 --spin-ms 1 > ncu.csv
-  python3 bench/ncu_kernels.py ncu.csv [--json out.json] [--steps 4 --layers 4]
-Rows group the kernels by (name, grid, block); with --steps / --layers it also prints each group's time per decode
-step and per layer (count / steps), which is meaningful for the groups that run once a layer a step.
+  python3 bench/ncu_kernels.py ncu.csv [--json out.json] [--steps N]
+Rows group the kernels by (name, grid, block), most total time first; with --steps N it also prints each group's
+total divided by N (decode-profile runs warm-up steps too: a per-layer decode kernel of --layers 4 --steps 4 counts
+32, so pass the number of decode steps the run made, 8 there). A kernel timed alone carries ~2-3 us of launch that
+a CUDA-graph replay hides: compare kernels with each other and across builds, not with a replay's step time.
 """
 import csv
 import json
@@ -39,7 +41,8 @@ def main() -> None:
             k['bytes'] = value * {'byte': 1, 'Kbyte': 1e3, 'Mbyte': 1e6, 'Gbyte': 1e9}.get(unit, 1)
     groups: dict[tuple, dict] = defaultdict(lambda: {'count': 0, 'us': 0.0, 'bytes': 0.0})
     for k in kernels.values():
-        short = k['name'].split('(')[0].split('<')[0].replace('void ', '').strip()
+        name = k['name'].replace('(anonymous namespace)::', '').replace('void ', '')
+        short = name.split('(')[0].split('<')[0].strip()
         g = groups[(short, k['grid'], k['block'])]
         g['count'] += 1
         g['us'] += k.get('us', 0.0)
@@ -52,7 +55,10 @@ def main() -> None:
         gbs = r['bytes'] / (r['us'] * 1e-6) / 1e9 if r['us'] > 0 else 0.0
         per_step = r['us'] / steps if steps else float('nan')
         r.update(meanUs=mean, gbPerS=gbs, perStepUs=per_step)
-        print(f"{r['kernel'][:44]:<44} {r['grid']:>16} {r['block']:>12} {r['count']:>6} {mean:9.2f} {gbs:7.0f} {per_step:11.1f}")
+        try:
+            print(f"{r['kernel'][:44]:<44} {r['grid']:>16} {r['block']:>12} {r['count']:>6} {mean:9.2f} {gbs:7.0f} {per_step:11.1f}")
+        except BrokenPipeError:  # piped into head: the JSON below is still written
+            sys.stdout = open('/dev/null', 'w')
     print(f"kernels: {len(kernels)}, total {total:.1f} us")
     if 'json' in opt:
         with open(opt['json'], 'w') as f:

@@ -4,6 +4,7 @@
 // those on a GPU in one run instead of one rebuild per guess.
 #pragma once
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 
 #include "../cpu/moe.h"  // kSwigluAlpha
@@ -15,7 +16,8 @@ namespace gptoss::cuda::moe_decode {
 
 using bf = __nv_bfloat16;
 
-// Split sums: reduce_kernel's block is (32, kReduceLanes): 32 threads x 4 columns, kReduceLanes lanes over splits.
+// Split sums: the reduces' blocks have kReduceLanes split lanes, a warp each (reduce_kernel's threadIdx.y,
+// reduce_combine_kernel's threadIdx.z), over threads of 4 columns each.
 constexpr int kReduceLanes = 8;
 
 // The routed expert of grid slot `slot` (the slot-th expert with rows, in id order), or -1. Warp 0 of the block
@@ -131,28 +133,70 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__
   }
 }
 
-// The reduces' shared pieces. lane_sum: lane threadIdx.y's share of Σ_s part[s, r, c..c+3] (s = y, y +
-// kReduceLanes, ... in increasing order); lanes_total: the lane sums added in increasing lane (the fixed order that
-// makes the reduce deterministic); expert_of: e(r), the largest e with offsets[e] <= r (empty experts share their
-// offset with the next one).
-__device__ __forceinline__ float4 lane_sum(const float* __restrict__ part, int S, int64_t N, int Nc, int64_t r,
-                                           int c) {
+// The reduces' shared pieces. Both reduces are latency-bound at decode (a few µs for at most a few MB, mostly L2
+// hits of the partials just written, plus bias rows cold in HBM), so each sends its independent loads out together
+// and waits on them once: the split partials (lane_loads), the expert lookup's offsets (offsets_load) and, as soon
+// as e(r) is known, the bias rows; only then does it add.
+//
+// The sums per column have one fixed order (deterministic; the same bits whatever the launch shape): split lane y
+// sums the splits s ≡ y (mod kReduceLanes) in increasing s from 0.f (lane_sum), the lanes are added in increasing y
+// from 0.f (lanes_total), then one bf16 rounding with the bias (biased_row). Loading ahead changes none of it: the
+// adds run in that order whatever order the loads land in.
+//
+// L (a template parameter of both reduces): a lane's split loads in flight at once, a batch (a lane with more
+// splits waits once per batch). The launchers take kLaneLoads[0] where it holds ceil(S / kReduceLanes), else
+// kLaneLoads[1]. 12 covers every split count of the product on an H100 (S 72 at T 1 down: 9 per lane; S 40 at T 1
+// gate_up: 5) and on a 148-SM GPU (S 90: up to 12), so a reduce waits on its partials once; 4 covers T >= 2 there
+// (S <= 22: at most 3 per lane) in fewer registers, so more blocks stay resident where the grid is large (T 16: 2880
+// reduce_kernel blocks).
+constexpr int kLaneLoads[2] = {4, 12};
+
+// part[s, r, c .. c+3] for split lane y's splits s = s0, s0 + kReduceLanes, ... (L of them; zeros for those at or
+// past S, or for all where !ok: lane_sum adds none of those).
+template <int L>
+__device__ __forceinline__ void lane_loads(const float* __restrict__ part, int S, int64_t N, int Nc, int64_t r, int c,
+                                           int s0, bool ok, float4 (&v)[L]) {
+  // The addresses outside the conditions: each guarded load is then a one-instruction branch (PTX), which ptxas can
+  // predicate, so the L loads go out back to back before the first add waits.
+  const float4* p = reinterpret_cast<const float4*>(part + ((int64_t)s0 * N + r) * Nc + c);
+  const int64_t step = (int64_t)kReduceLanes * N * Nc / 4;
+#pragma unroll
+  for (int u = 0; u < L; u++)
+    v[u] = ok && s0 + u * kReduceLanes < S ? __ldg(p + u * step) : make_float4(0.f, 0.f, 0.f, 0.f);
+}
+
+// Split lane y's share of Σ_s part[s, r, c..c+3]: 0.f, then += part[s] for s = y, y + kReduceLanes, ... < S in
+// increasing s (0.f where !ok). v: its first batch (lane_loads at s0 = y), which the caller issues so that its
+// other loads go out beside it; splits past that batch are loaded here, a batch at a time.
+template <int L>
+__device__ __forceinline__ float4 lane_sum(const float* __restrict__ part, int S, int64_t N, int Nc, int64_t r, int c,
+                                           int y, bool ok, const float4 (&v)[L]) {
   float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int s = threadIdx.y; s < S; s += kReduceLanes) {
-    const float4 v = *reinterpret_cast<const float4*>(part + ((int64_t)s * N + r) * Nc + c);
-    a.x += v.x;
-    a.y += v.y;
-    a.z += v.z;
-    a.w += v.w;
+  const auto add = [&](int s0, const float4(&b)[L]) {
+#pragma unroll
+    for (int u = 0; u < L; u++) {
+      if (!ok || s0 + u * kReduceLanes >= S) break;
+      a.x += b[u].x;
+      a.y += b[u].y;
+      a.z += b[u].z;
+      a.w += b[u].w;
+    }
+  };
+  add(y, v);
+  for (int s0 = y + L * kReduceLanes; ok && s0 < S; s0 += L * kReduceLanes) {
+    float4 w[L];
+    lane_loads(part, S, N, Nc, r, c, s0, true, w);
+    add(s0, w);
   }
   return a;
 }
 
-__device__ __forceinline__ void lanes_total(const float4 (&red)[kReduceLanes][32], float (&v)[4]) {
+// Column quad x's lane sums (red[y][x]: split lane y's) added in increasing lane from 0.f.
+__device__ __forceinline__ void lanes_total(const float4 (&red)[kReduceLanes][32], int x, float (&v)[4]) {
   v[0] = v[1] = v[2] = v[3] = 0.f;
 #pragma unroll
   for (int y = 0; y < kReduceLanes; y++) {
-    const float4 p = red[y][threadIdx.x];
+    const float4 p = red[y][x];
     v[0] += p.x;
     v[1] += p.y;
     v[2] += p.z;
@@ -160,24 +204,57 @@ __device__ __forceinline__ void lanes_total(const float4 (&red)[kReduceLanes][32
   }
 }
 
-__device__ __forceinline__ int expert_of(const int32_t* __restrict__ offsets, int E, int64_t r) {
-  int lo = 0, hi = E;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (offsets[mid] <= r) lo = mid;
-    else hi = mid;
+// e(r), the largest e with offsets[e] <= r (offsets [E+1] non-decreasing from 0 and r < offsets[E]; empty experts
+// share their offset with the next one), is the count of e in [1, E) with offsets[e] <= r: a warp counts it after
+// one round trip of independent loads, where a binary search waits on log2(E) dependent ones. offsets_load: lane
+// l's offsets[1 + l + 32i] for i < kLookupChunks (INT_MAX past E - 1); expert_of: the warp's count, called by all 32
+// lanes with the same r. kLookupChunks covers E <= 257 (moe.cu's kMaxSlabExperts, 256, bounds the routing); a larger
+// E (a harness) takes the binary search.
+constexpr int kLookupChunks = 8;
+
+__device__ __forceinline__ void offsets_load(const int32_t* __restrict__ offsets, int E, int lane,
+                                             int (&off)[kLookupChunks]) {
+#pragma unroll
+  for (int i = 0; i < kLookupChunks; i++) {
+    const int e = 1 + lane + 32 * i;
+    off[i] = e < E ? __ldg(offsets + e) : INT_MAX;
   }
-  return lo;
 }
 
-// The reduced row both reduces store: v = bf16(lanes_total + bias[e(r), c .. c+3]), the one rounding point of the
-// grouped path's bias epilogue (threadIdx.y == 0 after the lane sums are in red).
-__device__ __forceinline__ void biased_row(const float4 (&red)[kReduceLanes][32], const int32_t* __restrict__ offsets,
-                                           int E, const bf* __restrict__ bias, int Nc, int64_t r, int c,
-                                           float (&v)[4]) {
-  lanes_total(red, v);
+__device__ __forceinline__ int expert_of(const int (&off)[kLookupChunks], const int32_t* __restrict__ offsets, int E,
+                                         int64_t r) {
+  if (E > 1 + 32 * kLookupChunks) {
+    int lo = 0, hi = E;
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      if (offsets[mid] <= r) lo = mid;
+      else hi = mid;
+    }
+    return lo;
+  }
+  unsigned n = 0;
+#pragma unroll
+  for (int i = 0; i < kLookupChunks; i++) n += off[i] <= r;
+  return static_cast<int>(__reduce_add_sync(0xffffffffu, n));
+}
+
+// 4 bf16 values (loaded ahead as raw bits: half the registers while they wait) -> fp32.
+__device__ __forceinline__ uint2 ld_bf4(const bf* p) { return __ldg(reinterpret_cast<const uint2*>(p)); }
+__device__ __forceinline__ void unpack4(uint2 u, float (&v)[4]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+  const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+  v[0] = a.x;
+  v[1] = a.y;
+  v[2] = b.x;
+  v[3] = b.y;
+}
+
+// The reduced row both reduces store: v = bf16(lanes_total + bias[e(r), c .. c+3]) (bias: those 4 bf16, loaded
+// ahead by the caller), the one rounding point of the grouped path's bias epilogue.
+__device__ __forceinline__ void biased_row(const float4 (&red)[kReduceLanes][32], int x, uint2 bias, float (&v)[4]) {
+  lanes_total(red, x, v);
   float b[4];
-  load4(bias + (int64_t)expert_of(offsets, E, r) * Nc + c, b);
+  unpack4(bias, b);
 #pragma unroll
   for (int q = 0; q < 4; q++) v[q] = __bfloat162float(__float2bfloat16(v[q] + b[q]));
 }
@@ -186,8 +263,11 @@ __device__ __forceinline__ void biased_row(const float4 (&red)[kReduceLanes][32]
 // whose segment holds r) and 128 columns (blockIdx.y); with SWIGLU also h[r, c/2] = bf16(swiglu(out[r, c],
 // out[r, c+1])) (gate/up interleaved). Block (32, kReduceLanes): threadIdx.x owns 4 columns, threadIdx.y sums the
 // splits s ≡ y (mod kReduceLanes) in increasing order, then row 0 adds the lanes in increasing y: a fixed order.
+// Warp 0 (threadIdx.y 0, the threads that finish the row) sends its offsets load out beside its partials and its
+// bias load as soon as the offsets land, so the block waits on about max(partials, offsets + bias) rather than on
+// the partials, a barrier, log2(E) dependent offsets loads and then the bias.
 // part f32 [S, N, Nc], bias bf16 [E, Nc], out bf16 [N, Nc], h bf16 [N, Nc/2]; Nc % 4 == 0.
-template <bool SWIGLU>
+template <bool SWIGLU, int L>
 __global__ void __launch_bounds__(32 * kReduceLanes) reduce_kernel(const float* __restrict__ part, int S, int64_t N,
                                                                    int Nc, const int32_t* __restrict__ offsets, int E,
                                                                    const bf* __restrict__ bias, float limit,
@@ -195,61 +275,115 @@ __global__ void __launch_bounds__(32 * kReduceLanes) reduce_kernel(const float* 
   __shared__ float4 red[kReduceLanes][32];
   const int64_t r = blockIdx.x;
   const int c = (blockIdx.y * 32 + threadIdx.x) * 4;
-  red[threadIdx.y][threadIdx.x] = c < Nc ? lane_sum(part, S, N, Nc, r, c) : make_float4(0.f, 0.f, 0.f, 0.f);
+  const bool col = c < Nc, fin = threadIdx.y == 0;  // fin: warp 0
+  int off[kLookupChunks];
+  if (fin) offsets_load(offsets, E, threadIdx.x, off);
+  float4 v[L];
+  lane_loads(part, S, N, Nc, r, c, threadIdx.y, col, v);
+  uint2 b = make_uint2(0u, 0u);
+  if (fin) {
+    const int e = expert_of(off, offsets, E, r);  // all of warp 0 (the last block's threads past Nc too)
+    if (col) b = ld_bf4(bias + (int64_t)e * Nc + c);
+  }
+  red[threadIdx.y][threadIdx.x] = lane_sum(part, S, N, Nc, r, c, threadIdx.y, col, v);
   __syncthreads();
-  if (threadIdx.y != 0 || c >= Nc) return;
-  float v[4];
-  biased_row(red, offsets, E, bias, Nc, r, c, v);
-  store4(out + r * Nc + c, v);
+  if (!fin || !col) return;
+  float o[4];
+  biased_row(red, threadIdx.x, b, o);
+  store4(out + r * Nc + c, o);
   if constexpr (SWIGLU) {
-    const __nv_bfloat162 o = __floats2bfloat162_rn(swiglu1(v[0], v[1], limit, kSwigluAlpha),
-                                                   swiglu1(v[2], v[3], limit, kSwigluAlpha));
-    *reinterpret_cast<__nv_bfloat162*>(h + r * (Nc / 2) + c / 2) = o;
+    const __nv_bfloat162 g = __floats2bfloat162_rn(swiglu1(o[0], o[1], limit, kSwigluAlpha),
+                                                   swiglu1(o[2], o[3], limit, kSwigluAlpha));
+    *reinterpret_cast<__nv_bfloat162*>(h + r * (Nc / 2) + c / 2) = g;
   }
 }
 
+// reduce_combine_kernel's block (kCombineCols, kCombineRows, kReduceLanes): warp y (threadIdx.z) is split lane y
+// for kCombineCols column quads x kCombineRows routed rows, so a group's rows are reduced side by side rather than one
+// after another, and warp 0 (split lane 0) has a thread for every column quad and row of the group: it finishes the
+// rows and hands them to the combine by shuffles, with no second barrier. 32 columns (not reduce_kernel's 128) keep
+// the block at 256 threads and spread a token's partials over H/32 blocks (90 at H 2880) rather than 23.
+constexpr int kCombineCols = 8;  // column quads
+constexpr int kCombineRows = 4;  // routed rows per group: gpt-oss's top-4 is one group, one barrier
+static_assert(kCombineCols * kCombineRows == 32, "a warp is one split lane of the block's columns and group rows");
+
 // The down product's reduce with the MoE combine folded in (decode: one launch fewer per layer). Per token t =
-// blockIdx.x and 128 columns (blockIdx.y): for j < k in order, r = slot_pos[t, j]: yp[r, c] = bf16(Σ_s part[s, r, c]
+// blockIdx.x and 32 columns (blockIdx.y): for j < k in order, r = slot_pos[t, j]: yp[r, c] = bf16(Σ_s part[s, r, c]
 // + bias[e(r), c]) (reduce_kernel's sums, order and rounding; yp is still written, the backward reads it), and
 // acc += w[t, j]·yp[r, c]; then y[t, c] = bf16(acc), with a residual bf16(res[t, c] + bf16(acc)): combine_kernel's
-// arithmetic (moe.cu), so y has the same bits as reduce_kernel + combine_kernel. part f32 [S, N, H], slot_pos i32
-// [T, k], tw f32 [T, k], res bf16 [T, H] or null, yp bf16 [N, H], y bf16 [T, H]; H % 4 == 0, k <= 32.
+// arithmetic (moe.cu), so y has the same bits as reduce_kernel + combine_kernel.
+// Thread (x, q, y) owns columns c .. c+3 (x), row j = j0 + q of the group of kCombineRows rows from j0, and split
+// lane y. Its loads wait in two dependent round trips: (1) slot_pos in every warp (lane j holds r of row j; the
+// threads take theirs by shuffle: no shared copy, no barrier) and, in warp 0, tw, the offsets and the residual;
+// (2) in warp 0 the bias rows of the group (sent first: the cold loads; e(r) counted by expert_of), then every
+// thread's partials. One barrier per group (the lane sums), after which warp 0's thread (x, q, 0) finishes row
+// j0 + q (yp) and the rows reach acc in increasing j by shuffles; thread (x, 0, 0) stores y.
+// part f32 [S, N, H], slot_pos i32 [T, k], tw f32 [T, k], res bf16 [T, H] or null, yp bf16 [N, H], y bf16 [T, H];
+// H % 4 == 0, k <= 32.
+template <int L>
 __global__ void __launch_bounds__(32 * kReduceLanes) reduce_combine_kernel(
     const float* __restrict__ part, int S, int64_t N, int H, const int32_t* __restrict__ offsets, int E,
     const bf* __restrict__ bias, const int32_t* __restrict__ slot_pos, const float* __restrict__ tw, int k,
     const bf* __restrict__ res, bf* __restrict__ yp, bf* __restrict__ y) {
-  __shared__ float4 red[kReduceLanes][32];
-  __shared__ int pos[32];
-  __shared__ float w[32];
+  // red[g][y][x + kCombineCols·q]: lane sums, two buffers: the next group's go into one while warp 0 still reads
+  // this group's from the other.
+  __shared__ float4 red[2][kReduceLanes][32];
   const int64_t t = blockIdx.x;
-  const int tid = threadIdx.y * 32 + threadIdx.x;
-  if (tid < k) {
-    pos[tid] = slot_pos[t * k + tid];
-    w[tid] = tw[t * k + tid];
+  const int x = threadIdx.x, q = threadIdx.y, ly = threadIdx.z, lane = x + kCombineCols * q;
+  const bool w0 = ly == 0;
+  const int c = (blockIdx.y * kCombineCols + x) * 4;
+  const bool col = c < H;
+  const int pos = lane < k ? __ldg(slot_pos + t * k + lane) : 0;  // k <= 32
+  float wl = 0.f;
+  int off[kLookupChunks];
+  uint2 rv = make_uint2(0u, 0u);
+  if (w0) {
+    wl = lane < k ? __ldg(tw + t * k + lane) : 0.f;
+    offsets_load(offsets, E, lane, off);
+    if (q == 0 && col && res) rv = ld_bf4(res + t * H + c);
   }
-  const int c = (blockIdx.y * 32 + threadIdx.x) * 4;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int j = 0; j < k; j++) {
-    __syncthreads();  // pos / w written; the previous row's lane sums read
-    const int64_t r = pos[j];
-    red[threadIdx.y][threadIdx.x] = c < H ? lane_sum(part, S, N, H, r, c) : make_float4(0.f, 0.f, 0.f, 0.f);
-    __syncthreads();
-    if (threadIdx.y != 0 || c >= H) continue;
-    float v[4];
-    biased_row(red, offsets, E, bias, H, r, c, v);
+  for (int j0 = 0, g = 0; j0 < k; j0 += kCombineRows, g ^= 1) {
+    const int j = j0 + q;  // <= 31: j0 is a multiple of kCombineRows below k <= 32
+    const int64_t r = __shfl_sync(0xffffffffu, pos, j);
+    const bool ok = col && j < k;
+    uint2 b = make_uint2(0u, 0u);
+    if (w0) {
+      int e = 0;
 #pragma unroll
-    for (int q = 0; q < 4; q++) acc[q] += w[j] * v[q];
-    store4(yp + r * H + c, v);
+      for (int i = 0; i < kCombineRows; i++) {
+        const int ei = expert_of(off, offsets, E, __shfl_sync(0xffffffffu, pos, j0 + i));
+        if (i == q) e = ei;
+      }
+      if (ok) b = ld_bf4(bias + (int64_t)e * H + c);
+    }
+    float4 v[L];
+    lane_loads(part, S, N, H, r, c, ly, ok, v);
+    red[g][ly][lane] = lane_sum(part, S, N, H, r, c, ly, ok, v);
+    __syncthreads();
+    if (w0) {
+      float o[4];
+      biased_row(red[g], lane, b, o);
+      if (ok) store4(yp + r * H + c, o);
+      // Every thread (x, q, 0) adds the group's rows i of quad x, from threads (x, i, 0); (x, 0, 0)'s acc is stored.
+#pragma unroll
+      for (int i = 0; i < kCombineRows; i++) {
+        if (j0 + i >= k) break;
+        const float wi = __shfl_sync(0xffffffffu, wl, j0 + i);
+#pragma unroll
+        for (int z = 0; z < 4; z++) acc[z] += wi * __shfl_sync(0xffffffffu, o[z], x + kCombineCols * i);
+      }
+    }
   }
-  if (threadIdx.y != 0 || c >= H) return;
+  if (!w0 || q != 0 || !col) return;
   float o[4];
 #pragma unroll
-  for (int q = 0; q < 4; q++) o[q] = __bfloat162float(__float2bfloat16(acc[q]));
+  for (int z = 0; z < 4; z++) o[z] = __bfloat162float(__float2bfloat16(acc[z]));
   if (res) {
-    float rv[4];
-    load4(res + t * H + c, rv);
+    float rf[4];
+    unpack4(rv, rf);
 #pragma unroll
-    for (int q = 0; q < 4; q++) o[q] = rv[q] + o[q];
+    for (int z = 0; z < 4; z++) o[z] = rf[z] + o[z];
   }
   store4(y + t * H + c, o);
 }
@@ -281,20 +415,34 @@ void launch_partial(const bf* A, int64_t lda, const int32_t* perm, const bf* W, 
       A, lda, perm, W, offsets, E, K, Nc, sp.ks, chunk_slots, N, part);
 }
 
+// Whether a reduce over S splits takes the many-loads instantiation (kLaneLoads[1]): a lane has more splits than
+// kLaneLoads[0].
+inline bool many_lane_loads(int S) { return ceil_div(S, kReduceLanes) > kLaneLoads[0]; }
+
 // reduce_kernel over grid (N rows, Nc/128): out (+ h with SWIGLU) from the S split partials.
 inline void launch_reduce(const float* part, int S, int64_t N, int Nc, const int32_t* offsets, int E, const bf* bias,
                           float limit, bf* out, bf* h, cudaStream_t st) {
   const dim3 grid(static_cast<unsigned>(N), ceil_div(Nc / 4, 32)), block(32, kReduceLanes);
-  if (h) reduce_kernel<true><<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, h);
-  else reduce_kernel<false><<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, nullptr);
+  const auto go = [&](auto kernel, bf* hp) {
+    kernel<<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, hp);
+  };
+  if (many_lane_loads(S)) {
+    if (h) go(reduce_kernel<true, kLaneLoads[1]>, h);
+    else go(reduce_kernel<false, kLaneLoads[1]>, nullptr);
+  } else {
+    if (h) go(reduce_kernel<true, kLaneLoads[0]>, h);
+    else go(reduce_kernel<false, kLaneLoads[0]>, nullptr);
+  }
 }
 
-// reduce_combine_kernel over grid (T tokens, H/128).
+// reduce_combine_kernel over grid (T tokens, H/32), block (kCombineCols, kCombineRows, kReduceLanes).
 inline void launch_reduce_combine(const float* part, int S, int64_t N, int H, const int32_t* offsets, int E,
                                   const bf* bias, int64_t T, const int32_t* slot_pos, const float* tw, int k,
                                   const bf* res, bf* yp, bf* y, cudaStream_t st) {
-  reduce_combine_kernel<<<dim3(static_cast<unsigned>(T), ceil_div(H / 4, 32)), dim3(32, kReduceLanes), 0, st>>>(
-      part, S, N, H, offsets, E, bias, slot_pos, tw, k, res, yp, y);
+  const dim3 grid(static_cast<unsigned>(T), ceil_div(H / 4, kCombineCols)),
+      block(kCombineCols, kCombineRows, kReduceLanes);
+  auto kernel = many_lane_loads(S) ? reduce_combine_kernel<kLaneLoads[1]> : reduce_combine_kernel<kLaneLoads[0]>;
+  kernel<<<grid, block, 0, st>>>(part, S, N, H, offsets, E, bias, slot_pos, tw, k, res, yp, y);
 }
 
 }  // namespace gptoss::cuda::moe_decode

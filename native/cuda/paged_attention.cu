@@ -48,6 +48,14 @@ constexpr int TM = 64;  // rows per CTA (4 warps x 16)
 constexpr int TN = 64;  // keys per pipeline step
 constexpr int NW = 4, NT = NW * 32;
 constexpr int kFillCtas = 132 * 4;  // CTAs that fill an H100 (~4 per SM): fewer (tile, kv head) pairs split the keys
+// Keys a split takes at least. A split costs its partials' writes, a fence, a ticket and the last CTA's merge
+// (several dependent L2 round trips), while one more 64-key step of a CTA costs about one MMA + softmax step (the
+// next tile's gather is already in flight: double-buffered), so short contexts run unsplit: at batch 1 a context
+// of <= kMinSplitKeys keys is one CTA per kv head.
+constexpr int kMinSplitKeys = 256;
+// At most this many splits, so the last CTA's merge weights [TM][kMaxSplit] fit the CTA's shared memory.
+constexpr int kMaxSplit = 128;
+static_assert((TM * kMaxSplit + TM) * 4 <= (TM * 64 + 2 * 2 * TN * 64) * 2, "merge weights fit the D = 64 tiles");
 
 // Split tickets, one per (tile, kv head) of a split launch (blockIdx.y·gridDim.x + blockIdx.x < kFillCtas);
 // zero when the module loads, back to zero after every launch (atomicInc wraps).
@@ -272,12 +280,41 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   __syncthreads();
   if (!s_last) return;
   __threadfence();  // acquire: the other splits' partials are read after their tickets
+  // The merge, merge_splits' arithmetic in its order, with every independent load in flight at once: each row's
+  // max M (over its splits' maxes and the sink), split weights w_s = 2^(m_s - M) and L = 2^(sink - M) + Σ w_s l_s
+  // first (one thread a row, into shared memory: the Q/K/V tiles are dead now), then out[row, d] = (Σ_s w_s
+  // o_s[d]) / L, one thread an element. merge_splits per element re-read the maxes twice and loaded the sink,
+  // the maxes and the partials one after another: about a dozen dependent L2 round trips at one decode row.
+  // A split whose max is -inf (it saw no key of the row) has zero partials (P = 0), so its w_s o_s term is +0
+  // and leaves the sum's bits as merge_splits' skip did.
+  float* s_w = reinterpret_cast<float*>(smem_raw);  // [valid_rows][nsplit] (nsplit <= kMaxSplit: it fits)
+  float* s_L = s_w + TM * kMaxSplit;                // [valid_rows]
+  for (int r = threadIdx.x; r < valid_rows; r += NT) {
+    const int64_t row = out_row(r);
+    const float* mp = p.mpart + row * p.nsplit;
+    const float* lp = p.lpart + row * p.nsplit;
+    const float sink = sink_log2(p, static_cast<int>(row % p.Hq));
+    float M = sink;
+    for (int sp = 0; sp < p.nsplit; sp++) M = fmaxf(M, __ldcg(mp + sp));
+    float L = sink == -INFINITY ? 0.f : exp2f(sink - M);
+    for (int sp = 0; sp < p.nsplit; sp++) {
+      const float ms = __ldcg(mp + sp);
+      const float w = ms == -INFINITY ? 0.f : exp2f(ms - M);
+      if (ms != -INFINITY) L += w * __ldcg(lp + sp);
+      s_w[r * p.nsplit + sp] = w;
+    }
+    s_L[r] = L;
+  }
+  __syncthreads();
   for (int i = threadIdx.x; i < valid_rows * D; i += NT) {
-    const int64_t row = out_row(i / D);
-    const int d = i % D;
-    float o, L;
-    attn::merge_splits<D, true>(sink_log2(p, static_cast<int>(row % p.Hq)), p.mpart + row * p.nsplit,
-                                p.lpart + row * p.nsplit, p.opart + row * p.nsplit * D, p.nsplit, d, o, L);
+    const int r = i / D, d = i % D;
+    const int64_t row = out_row(r);
+    const float* op = p.opart + row * p.nsplit * D + d;
+    const float* w = s_w + r * p.nsplit;
+    float o = 0.f;
+#pragma unroll 4
+    for (int sp = 0; sp < p.nsplit; sp++) o += w[sp] * __ldcg(op + sp * D);
+    const float L = s_L[r];
     p.out[row * D + d] = __float2bfloat16(L > 0.f ? o / L : 0.f);
   }
 }
@@ -292,10 +329,11 @@ void launch(Params& p, int device, int max_context, cudaStream_t st) {
     configured = true;
   }
   // Tiles: at most ceil(N·G / TM) + B (each sequence's last tile may be partial). Split the keys only when the
-  // tiles cannot fill the GPU (kFillCtas), into at most one split per 64 keys of the longest possible context.
+  // tiles cannot fill the GPU (kFillCtas), into at most one split per kMinSplitKeys keys of the longest possible
+  // context (and kMaxSplit).
   const int64_t tiles = ceil_div(static_cast<int64_t>(p.N) * p.G, TM) + p.B;
   const int64_t ctas = tiles * p.Hkv;
-  const int64_t max_split = std::max<int64_t>(1, ceil_div(max_context, TN));
+  const int64_t max_split = std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, ceil_div(max_context, kMinSplitKeys)));
   p.nsplit = static_cast<int>(std::min<int64_t>(max_split, std::max<int64_t>(1, ceil_div(kFillCtas, ctas))));
   // nsplit > 1 only when ctas < kFillCtas: each (tile, kv head) has its ticket.
   GPTOSS_CHECK(p.nsplit == 1 || ctas < kFillCtas, "pagedAttention: split launch past its tickets");

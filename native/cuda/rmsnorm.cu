@@ -64,6 +64,10 @@ struct RowSum {
   }
 };
 
+// Groups of 8 values a thread that norm_row keeps in registers (rows up to 2 x 8 x 256 = 4096 values; more would
+// cost the many-row norms of training their occupancy).
+constexpr int kRowCacheGroups = 2;
+
 // One block per row: rstd = 1/sqrt(mean(v^2) + eps), y = round(w * (v * rstd)) over the row's values v from `src`.
 // vec: groups of 8 per thread (16-byte w and y; H % 8 == 0), else one value per thread per step. The partition
 // and the sum's order depend only on (vec, blockDim.x), so rmsnormForward and addRmsnorm (same vec and threads
@@ -72,6 +76,36 @@ template <typename Src, typename W, typename Y>
 __device__ __forceinline__ void norm_row(const Src& src, const W* __restrict__ w, Y* __restrict__ yr,
                                          float* __restrict__ rstd, int64_t h, float eps, bool vec) {
   float ss = 0.f;
+  if (vec && h <= int64_t{kRowCacheGroups} * 8 * blockDim.x) {
+    // The row fits kRowCacheGroups groups of 8 a thread (gpt-oss's H 2880: 2 of them at 256 threads): keep the
+    // values in registers and load w with them, so the weight's load (cold in HBM at decode) overlaps the row's and
+    // the block sum, instead of following it, and the row is not read twice. The same partition, order and
+    // arithmetic as the loop below, so the same bits.
+    float v[kRowCacheGroups][8], wv[kRowCacheGroups][8];
+#pragma unroll
+    for (int g = 0; g < kRowCacheGroups; g++) {
+      const int64_t c = (threadIdx.x + int64_t{g} * blockDim.x) * 8;
+      if (c < h) {
+        load8(w + c, wv[g]);
+        src.first8(c, v[g]);
+#pragma unroll
+        for (int k = 0; k < 8; k++) ss += v[g][k] * v[g][k];
+      }
+    }
+    ss = block_sum(ss);
+    const float rs = 1.f / sqrtf(ss / float(h) + eps);
+    if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
+#pragma unroll
+    for (int g = 0; g < kRowCacheGroups; g++) {
+      const int64_t c = (threadIdx.x + int64_t{g} * blockDim.x) * 8;
+      if (c < h) {
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[g][k] = wv[g][k] * (v[g][k] * rs);
+        store8(yr + c, v[g]);
+      }
+    }
+    return;
+  }
   if (vec) {
     for (int64_t c = threadIdx.x * 8; c < h; c += blockDim.x * 8) {
       float v[8];

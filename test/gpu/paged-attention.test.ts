@@ -135,8 +135,13 @@ for (const window of [0, 128]) {
       { Hq: 64, Hkv: 8, D: 64, blockSize: 16, numBlocks: 1024, window, sinks: 'f32', seqs: ctxs(64, 1, 4096).map((ctx) => ({ ctx, qlen: 1 })) },
     ],
     [
-      `split-KV at batch 1 (the engine's decode step, merged by the last split): context 200, Hq 64 / Hkv 8 / D 64, block 16, window ${window}`,
+      // A table of 15 blocks (240 keys) is under kMinSplitKeys (paged_attention.cu): one CTA per kv head.
+      `batch 1, short context (the engine's decode step, unsplit): context 200, Hq 64 / Hkv 8 / D 64, block 16, window ${window}`,
       { Hq: 64, Hkv: 8, D: 64, blockSize: 16, numBlocks: 64, window, sinks: 'bf16', seqs: [{ ctx: 200, qlen: 1 }] },
+    ],
+    [
+      `split-KV at batch 1 (merged by the last split): context 1500, Hq 64 / Hkv 8 / D 64, block 16, window ${window}`,
+      { Hq: 64, Hkv: 8, D: 64, blockSize: 16, numBlocks: 128, window, sinks: 'bf16', seqs: [{ ctx: 1500, qlen: 1 }] },
     ],
     [
       `split-KV: 3 sequences (contexts 4000 / 1 / 2500), Hq 64 / Hkv 8 / D 64, block 32, window ${window}`,
