@@ -29,7 +29,6 @@
 // Splits happen only when the grid has fewer than kFillCtas (tile, kv head) pairs, so kFillCtas static counters
 // per device cover every split launch; launches on a device are ordered on its one compute stream.
 #include <algorithm>
-#include <cstdlib>
 
 #include "attention_common.cuh"
 #include "paged_attention.h"
@@ -89,7 +88,6 @@ struct Params {
   float* mpart;                 // [N, Hq, nsplit]     max, log2 domain
   float* lpart;                 // [N, Hq, nsplit]     sum of 2^(s - max)
   int N, B, Hq, Hkv, G, block_size, max_blocks, window, nsplit;
-  int no_key_split;  // TEMPORARY A/B knob (GPTOSS_PAGED_NO_KEY_SPLIT)
   float scale_log2;
 };
 
@@ -194,23 +192,11 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
       cp_async16(sV + stage * TN * D + swz<D>(r, ch), p.vpool + off, ok);
     }
   };
-  // Key split across the warps: a tile whose rows all fit one warp's 16 (a decode: G <= 16 query heads of one
-  // token) on a small grid (ST == NW stages) would leave three warps idle while one walks every key tile; instead
-  // warp w takes tiles w, w + NW, ... over the tile's 16 rows with its own online-softmax state, and the states
-  // are merged through shared memory at the end. Otherwise warp w takes rows 16w .. 16w + 15 over every tile.
-  const bool key_split = ST == NW && valid_rows <= 16 && !p.no_key_split;
-  const int row0 = key_split ? 0 : warp * 16;  // the warp's first tile row
-  if (key_split) {
-    // Round 0's tiles (one per warp) in one group with Q.
-    for (int j = 0; j < NW && j < nt; j++) load_kv(j);
-    cp_async_commit();
-  } else {
-    // Groups: one per tile (empty past nt, so that the wait counts below hold): group 0 holds Q and tile 0.
+  // Groups: one per tile (empty past nt, so that the wait counts below hold): group 0 holds Q and tile 0.
 #pragma unroll
-    for (int i = 0; i < ST - 1; i++) {
-      if (i < nt) load_kv(i);
-      cp_async_commit();
-    }
+  for (int i = 0; i < ST - 1; i++) {
+    if (i < nt) load_kv(i);
+    cp_async_commit();
   }
 
   // This thread's two rows (fragment halves r = 0, 1: rows g and g + 8 of its warp's 16): position and window.
@@ -218,12 +204,12 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   bool valid_r[2];
 #pragma unroll
   for (int r = 0; r < 2; r++) {
-    const int row = row0 + g + 8 * r;
+    const int row = warp * 16 + g + 8 * r;
     valid_r[r] = row < valid_rows;
     pos_r[r] = ctx - qlen + (f0 + row) / p.G;
     lo_r[r] = p.window > 0 ? pos_r[r] - p.window + 1 : 0;
   }
-  const bool warp_active = key_split || warp * 16 < valid_rows;  // a warp whose 16 rows are all padding only loads
+  const bool warp_active = warp * 16 < valid_rows;  // a warp whose 16 rows are all padding only helps load
 
   float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
   float acc[D / 8][4];
@@ -231,10 +217,14 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   uint32_t qf[D / 16][4];
 
-  // One key step of this warp over tile i (its K/V in stage i % ST): S = Q K^T, mask, online softmax, O += P V.
-  auto kv_step = [&](int i, bool first) {
-    {
-      if (first) attn::load_a_frags<D>(sQ, row0, qf);
+  for (int i = 0; i < nt; i++) {
+    // Tile i + ST - 1 into the stage of tile i - 1, whose last readers finished at the end of step i - 1.
+    if (i + ST - 1 < nt) load_kv(i + ST - 1);
+    cp_async_commit();
+    cp_async_wait<ST - 1>();  // all but the ST - 1 groups after tile i's: Q and tile i are in shared memory
+    __syncthreads();
+    if (warp_active) {
+      if (i == 0) attn::load_a_frags<D>(sQ, warp * 16, qf);
       const __nv_bfloat16* cK = sK + (i % ST) * TN * D;
       const __nv_bfloat16* cV = sV + (i % ST) * TN * D;
       const int n0 = c0 + i * TN;
@@ -256,89 +246,15 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
       attn::online_softmax_step(sc, m_r, l_r, acc);
       attn::mma16816_chain<D, TN>(acc, sc, cV);  // O += P V
     }
-  };
-
-  if (key_split) {
-    // Rounds of NW tiles, one per warp; a round's tiles fill the NW stages, so round k + 1 loads after round k.
-    for (int i0 = 0; i0 < nt; i0 += NW) {
-      if (i0 > 0) {
-        for (int j = 0; j < NW && i0 + j < nt; j++) load_kv(i0 + j);
-        cp_async_commit();
-      }
-      cp_async_wait<0>();
-      __syncthreads();
-      if (i0 + warp < nt) kv_step(i0 + warp, i0 == 0);
-      __syncthreads();  // the round's stages are free for the next round's loads
-    }
-  } else {
-    for (int i = 0; i < nt; i++) {
-      // Tile i + ST - 1 into the stage of tile i - 1, whose last readers finished at the end of step i - 1.
-      if (i + ST - 1 < nt) load_kv(i + ST - 1);
-      cp_async_commit();
-      cp_async_wait<ST - 1>();  // all but the ST - 1 groups after tile i's: Q and tile i are in shared memory
-      __syncthreads();
-      if (warp_active) kv_step(i, i == 0);
-      __syncthreads();  // every warp is done with stage i % ST before step i + 1 loads tile i + ST into it
-    }
+    __syncthreads();  // every warp is done with stage i % ST before step i + 1 loads tile i + ST into it
   }
   cp_async_wait<0>();
-
-  if (key_split) {
-    // Merge the warps' states into warp 0's (the online-softmax combine, in warp order): M = max_w m_w, each state
-    // scaled by 2^(m_w - M) (0 for a warp that saw no key), l and O summed. Through the K/V stages (dead now).
-    float* s_acc = reinterpret_cast<float*>(sK);  // [NW][16][D]
-    float* s_m = s_acc + NW * 16 * D;             // [NW][16]
-    float* s_l = s_m + NW * 16;                   // [NW][16]
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      const int row = warp * 16 + g + 8 * r;
-      const float l = quad_sum(l_r[r]);
-      if (t4 == 0) {
-        s_m[row] = m_r[r];
-        s_l[row] = l;
-      }
-#pragma unroll
-      for (int d = 0; d < D / 8; d++) {
-        s_acc[row * D + d * 8 + 2 * t4] = acc[d][2 * r];
-        s_acc[row * D + d * 8 + 2 * t4 + 1] = acc[d][2 * r + 1];
-      }
-    }
-    __syncthreads();
-    if (warp == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; r++) {
-        const int row = g + 8 * r;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < NW; w++) M = fmaxf(M, s_m[w * 16 + row]);
-        float L = 0.f;
-#pragma unroll
-        for (int d = 0; d < D / 8; d++) acc[d][2 * r] = acc[d][2 * r + 1] = 0.f;
-#pragma unroll
-        for (int w = 0; w < NW; w++) {
-          const float mw = s_m[w * 16 + row];
-          const float f = mw == -INFINITY ? 0.f : exp2f(mw - M);
-          L += f * s_l[w * 16 + row];
-          const float* a = s_acc + (w * 16 + row) * D;
-#pragma unroll
-          for (int d = 0; d < D / 8; d++) {
-            acc[d][2 * r] += f * a[d * 8 + 2 * t4];
-            acc[d][2 * r + 1] += f * a[d * 8 + 2 * t4 + 1];
-          }
-        }
-        m_r[r] = M;
-        l_r[r] = t4 == 0 ? L : 0.f;  // the epilogue's quad sum adds the zeros
-      }
-    }
-  }
-  const bool writes = key_split ? warp == 0 : warp_active;  // the warps whose rows the epilogue writes
 
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     const float l = quad_sum(l_r[r]), m = m_r[r];
-    const int64_t row = out_row(row0 + g + 8 * r);
-    if (!writes || row < 0) continue;
+    const int64_t row = out_row(warp * 16 + g + 8 * r);
+    if (!warp_active || row < 0) continue;
     if (p.nsplit == 1) {
       // out = acc 2^(m - M) / (l 2^(m - M) + 2^(sink - M)), M = max(m, sink).
       const float sink = sink_log2(p, static_cast<int>(row % p.Hq));
@@ -479,7 +395,6 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
   p.max_blocks = static_cast<int>(block_tables.dim(1));
   p.window = window;
   p.scale_log2 = scale * paged::kLog2e;
-  p.no_key_split = std::getenv("GPTOSS_PAGED_NO_KEY_SPLIT") != nullptr;  // TEMPORARY
   const int max_context = p.max_blocks * p.block_size;
   cudaStream_t st = stream_of(q.device);
   if (q.dim(2) == 64)
