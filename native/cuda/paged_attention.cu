@@ -15,8 +15,7 @@
 // block-wide scan over queryStarts and CTAs past the last tile exit. Keys: the tile needs positions lo..hi (hi =
 // its last row's position, lo = its first row's position - window + 1, or 0), and split s of nsplit takes an
 // equal share of that range (whole 64-key steps); a sliding layer therefore reads only its window's blocks. Keys
-// are gathered through the block table 64 at a time into swizzled shared memory with cp.async, 2 tiles in flight
-// (double-buffered) on full grids and kDeepStages on small ones.
+// are gathered through the block table 64 at a time into swizzled shared memory with cp.async (double-buffered).
 //
 // Epilogue: with one split (enough tiles to fill the GPU) the CTA folds in the sink and writes bf16 out; with
 // several (few tiles: small decode batches, flash-decoding) each split writes fp32 partials (unnormalised out, max,
@@ -51,7 +50,7 @@ constexpr int NW = 4, NT = NW * 32;
 constexpr int kFillCtas = 132 * 4;  // CTAs that fill an H100 (~4 per SM): fewer (tile, kv head) pairs split the keys
 // Keys a split takes at least. A split costs its partials' writes, a fence, a ticket and the last CTA's merge
 // (several dependent L2 round trips), while one more 64-key step of a CTA costs about one MMA + softmax step (the
-// next tiles' gathers are already in flight), so short contexts run unsplit: at batch 1 a context
+// next tile's gather is already in flight: double-buffered), so short contexts run unsplit: at batch 1 a context
 // of <= kMinSplitKeys keys is one CTA per kv head.
 constexpr int kMinSplitKeys = 256;
 // At most this many splits, so the last CTA's merge weights [TM][kMaxSplit] fit the CTA's shared memory.
@@ -62,16 +61,9 @@ static_assert((TM * kMaxSplit + TM) * 4 <= (TM * 64 + 2 * 2 * TN * 64) * 2, "mer
 // zero when the module loads, back to zero after every launch (atomicInc wraps).
 __device__ unsigned int g_split_ticket[kFillCtas];
 
-// Key-tile stages in shared memory: ST tiles of K and V in flight at once. Full grids (prefill, large decode
-// batches) take 2 (double buffering; more CTAs fit an SM); small grids (kFillCtas or fewer CTAs, where each CTA's
-// few key steps are the latency of the launch) take kDeepStages, so a CTA's first kDeepStages tiles are gathered
-// at once instead of one step ahead of their use: at batch 1 a decode CTA's 2-4 tiles wait on one HBM round trip,
-// not one each.
-constexpr int kDeepStages = 4;
-
-template <int D, int ST>
+template <int D>
 struct Cfg {
-  static constexpr int SMEM = (TM * D + ST * 2 * TN * D) * 2;  // Q tile + ST stages of K and V tiles, bf16
+  static constexpr int SMEM = (TM * D + 2 * 2 * TN * D) * 2;  // Q tile + 2 stages of K and V tiles, bf16
 };
 
 struct Params {
@@ -137,12 +129,12 @@ __device__ __forceinline__ bool find_tile(const Params& p, int t, int& seq, int&
   return seq >= 0;
 }
 
-template <int D, int ST>
+template <int D>
 __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [TM][D]
-  __nv_bfloat16* sK = sQ + TM * D;                                  // [ST][TN][D]
-  __nv_bfloat16* sV = sK + ST * TN * D;                             // [ST][TN][D]
+  __nv_bfloat16* sK = sQ + TM * D;                                  // [2][TN][D]
+  __nv_bfloat16* sV = sK + 2 * TN * D;                              // [2][TN][D]
   constexpr int CH = D / 8;                                         // 16-byte chunks per row
 
   int b, lt;
@@ -179,7 +171,7 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   const int64_t kv_row_stride = static_cast<int64_t>(p.Hkv) * D;
   const int* table = p.block_tables + static_cast<int64_t>(b) * p.max_blocks;
   auto load_kv = [&](int i) {
-    const int n0 = c0 + i * TN, stage = i % ST;
+    const int n0 = c0 + i * TN, stage = i & 1;
     for (int c = threadIdx.x; c < TN * CH; c += NT) {
       const int r = c / CH, ch = c % CH, key = n0 + r;
       const bool ok = key < c1;
@@ -192,12 +184,8 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
       cp_async16(sV + stage * TN * D + swz<D>(r, ch), p.vpool + off, ok);
     }
   };
-  // Groups: one per tile (empty past nt, so that the wait counts below hold): group 0 holds Q and tile 0.
-#pragma unroll
-  for (int i = 0; i < ST - 1; i++) {
-    if (i < nt) load_kv(i);
-    cp_async_commit();
-  }
+  if (nt > 0) load_kv(0);
+  cp_async_commit();  // group 0: Q and K/V tile 0
 
   // This thread's two rows (fragment halves r = 0, 1: rows g and g + 8 of its warp's 16): position and window.
   int pos_r[2], lo_r[2];
@@ -218,15 +206,14 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   uint32_t qf[D / 16][4];
 
   for (int i = 0; i < nt; i++) {
-    // Tile i + ST - 1 into the stage of tile i - 1, whose last readers finished at the end of step i - 1.
-    if (i + ST - 1 < nt) load_kv(i + ST - 1);
+    if (i + 1 < nt) load_kv(i + 1);  // the other stage: its last readers finished at the end of step i - 1
     cp_async_commit();
-    cp_async_wait<ST - 1>();  // all but the ST - 1 groups after tile i's: Q and tile i are in shared memory
+    cp_async_wait<1>();  // everything but the group just committed: Q and tile i are in shared memory
     __syncthreads();
     if (warp_active) {
       if (i == 0) attn::load_a_frags<D>(sQ, warp * 16, qf);
-      const __nv_bfloat16* cK = sK + (i % ST) * TN * D;
-      const __nv_bfloat16* cV = sV + (i % ST) * TN * D;
+      const __nv_bfloat16* cK = sK + (i & 1) * TN * D;
+      const __nv_bfloat16* cV = sV + (i & 1) * TN * D;
       const int n0 = c0 + i * TN;
       // S = Q K^T for 16 rows x 64 keys: 8 n8 tiles.
       float sc[TN / 8][4];
@@ -246,7 +233,7 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
       attn::online_softmax_step(sc, m_r, l_r, acc);
       attn::mma16816_chain<D, TN>(acc, sc, cV);  // O += P V
     }
-    __syncthreads();  // every warp is done with stage i % ST before step i + 1 loads tile i + ST into it
+    __syncthreads();  // every warp is done with stage i & 1 before step i + 1 loads tile i + 2 into it
   }
   cp_async_wait<0>();
 
@@ -332,20 +319,15 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   }
 }
 
-template <int D, int ST>
-void run_kernel(const Params& p, int64_t tiles, cudaStream_t st) {
+template <int D>
+void launch(Params& p, int device, int max_context, cudaStream_t st) {
   static bool configured = false;
   if (!configured) {
-    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<D, ST>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg<D, ST>::SMEM),
+    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           Cfg<D>::SMEM),
                       "pagedAttention: cudaFuncSetAttribute");
     configured = true;
   }
-  paged_attention_kernel<D, ST><<<dim3(static_cast<unsigned>(tiles), p.Hkv, p.nsplit), NT, Cfg<D, ST>::SMEM, st>>>(p);
-}
-
-template <int D>
-void launch(Params& p, int device, int max_context, cudaStream_t st) {
   // Tiles: at most ceil(N·G / TM) + B (each sequence's last tile may be partial). Split the keys only when the
   // tiles cannot fill the GPU (kFillCtas), into at most one split per kMinSplitKeys keys of the longest possible
   // context (and kMaxSplit).
@@ -365,8 +347,7 @@ void launch(Params& p, int device, int max_context, cudaStream_t st) {
     p.lpart = lpart.data<float>();
   }
   GPTOSS_CHECK(tiles <= 0x7fffffff, "pagedAttention: too many query rows (", p.N, ") for one launch");
-  if (ctas <= kFillCtas) run_kernel<D, kDeepStages>(p, tiles, st);
-  else run_kernel<D, 2>(p, tiles, st);
+  paged_attention_kernel<D><<<dim3(static_cast<unsigned>(tiles), p.Hkv, p.nsplit), NT, Cfg<D>::SMEM, st>>>(p);
   GPTOSS_CUDA_LAUNCH_CHECK("pagedAttention: kernel launch");
 }
 
