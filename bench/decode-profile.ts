@@ -72,9 +72,7 @@ function family(op: string): string {
     case 'elementwiseAdd':
       return 'residual add';
     case 'moeForward':
-      // on a GPU the op marks 'moe experts' and 'moe combine' itself; its first part, 'moe router', holds the
-      // residual add + post-attention norm too (moeForward's preNorm: in the fused router's launch at decode sizes)
-      return cpu ? 'moe (whole op)' : 'moe router';
+      return cpu ? 'moe (whole op)' : 'moe router'; // on a GPU the op marks 'moe experts' and 'moe combine' itself
     case 'embeddingForward':
       return phase === 'embed' ? 'embedding' : 'row gather';
     case 'sampleRows':
