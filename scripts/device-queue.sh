@@ -11,11 +11,27 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # tests, batch-1 decode (base vs the vocabulary-parallel build vs prefetchL2, dropped), bench:tp-moe, bench:tp-head,
 # the moe-decode test after biased_row. Session 27 on H100s: the PDL and top-p window candidates (GPU tests passed,
 # no faster: dropped), the log-prob gap with --router-std and --scaled-init, decode-profile, the 4k training rows.
+# Session 28 on two H100 calls: the decode-latency change (paged attention split rule and merge, the decode MoE
+# reduces, the norm rows; landed: 3.44 -> 3.17 ms a replayed batch-1 step) and the 4-stage / key-split attention
+# (no faster: dropped). Nsight Compute works there (bench/ncu_kernels.py); Nsight Systems is not installed.
 # Still waiting:
-# Then: did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Only H200 figures
-# and cross-call H100 ones exist (docs/inference.md, "Batch 1"). Stage 7af5708 (the 317-node tree) as ../.stage-317
-# (bash scripts/device-stage-rev.sh 7af5708 317) and compare in one call, interleaved (log only: the device tool
-# returns at most 8 files).
+# 1. The preNorm candidate (5750666, reverted by ff8d6bd: the residual add + post-attention norm inside the fused
+#    router, one graph node a layer fewer). Stage it against HEAD from the main checkout:
+#      bash scripts/device-stage-candidates.sh 5750666
+#    then run this queue from .stage-main (the base's builds and runs come from ../.stage-base). Its GPU tests first
+#    (the new bitwise preNorm test in moe-decode, then the engine and graph tests), then batch 1 interleaved.
+if [ -d ../.stage-base ]; then
+  (cd ../.stage-base && step build-base 120 bash scripts/device-build.sh)
+  step t-prenorm 150 $T dist/test/gpu/moe-decode.test.js dist/test/gpu/add-rmsnorm.test.js
+  step t-engine-graphs 200 $T dist/test/gpu/engine.test.js dist/test/gpu/cuda-graphs.test.js
+  for i in 1 2; do
+    (cd ../.stage-base && step "b1-base-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static)
+    step "b1-prenorm-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static
+  done
+  step ncu-prenorm 90 bash -c "ncu --clock-control none --cache-control none --csv --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum node dist/bench/decode-profile.js --layers 4 --batches 1 --steps 4 --spin-ms 1 > /tmp/ncu.csv 2>/dev/null; python3 bench/ncu_kernels.py /tmp/ncu.csv --json $OUT/ncu-prenorm.json | head -20"
+fi
+# 2. Did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Stage 7af5708 (the
+#    317-node tree) as ../.stage-317 (bash scripts/device-stage-rev.sh 7af5708 317) and compare in one call.
 if [ -d ../.stage-317 ]; then
   (cd ../.stage-317 && step build-317 120 bash scripts/device-build.sh)
   for i in 1 2; do
@@ -23,15 +39,7 @@ if [ -d ../.stage-317 ]; then
     (cd ../.stage-317 && step "nodes317-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static)
   done
 fi
-# Where batch-1 decode's 3.49 ms go now (245 nodes), and the 4k sharded step's extra ~8 ms at world size 1.
-# decode-profile's device marks inflate small kernels; a per-node trace of the CUDA-graph replays needs Nsight
-# Systems (not yet known to be on the GPU machine): the probe says, and when present the trace's kernel summary is
-# the decode step as the graph runs it.
-echo "nsys: $(command -v nsys || echo none); Nsight dirs: $(ls -d /usr/local/cuda/nsight-systems* /opt/nvidia/nsight-systems* 2>/dev/null | xargs)" >> "$DEVICE_LOG"
-if command -v nsys > /dev/null; then
-  step nsys-gen-b1 120 nsys profile -t cuda --cuda-graph-trace=node -o /tmp/gen-b1 -f true node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static
-  step nsys-stats 60 bash -c 'nsys stats -q -r cuda_gpu_kern_sum -f csv -o /tmp/kern /tmp/gen-b1.nsys-rep && cp /tmp/kern*.csv "$OUT/"'
-fi
+# 3. The decode profile (eager, device marks) and the 4k training rows.
 step decode-profile 90 node dist/bench/decode-profile.js --batches 1 --json "$OUT/decode-profile-b1.json"
 step train-profile-4k 150 node dist/bench/train-step.js --profile --tokens 4096 --layers 2 --steps 1 --json "$OUT/train-profile-4k.json"
 step train-step-4k-mb8 150 node dist/bench/train-step.js --tokens 4096 --layers 2 --steps 6 --micro-batches 8 --json "$OUT/train-step-4k-mb8.json"
