@@ -428,7 +428,8 @@ export class Engine {
     const sampledSeqs = chunks.filter((c) => c.sample).map((c) => c.seq);
     const finished = this.scheduler.complete(chunks, sampled);
     sampledSeqs.forEach((s, i) => {
-      const o = this.owner.get(s)!;
+      const o = this.owner.get(s);
+      if (!o) return; // ended by an earlier callback of this step (the engine disposed from onToken)
       o.request.onToken?.({ request: o.request.index, sample: o.sample, token: sampled[i]!.token, logprob: sampled[i]!.logprob });
     });
     for (const s of finished) this.deliver(s);

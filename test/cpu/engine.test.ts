@@ -230,3 +230,23 @@ test('an engine leaves no undisposed tensors behind', async () => {
     trackTensors(false);
   }
 });
+
+test('disposing the engine from a token callback ends every sample as abort, with no error after it', async () => {
+  const model = await fixture();
+  const engine = await createEngine(model, { blockSize: 4, numBlocks: 96, maxNumSeqs: 8, maxNumBatchedTokens: 32 });
+  const rejections: unknown[] = [];
+  const onRejection = (e: unknown): void => void rejections.push(e);
+  process.on('unhandledRejection', onRejection);
+  try {
+    let seen = 0;
+    // Four sequences decode in one step: the dispose comes from the callback of the first of them, so the step's
+    // remaining callbacks find their sequences ended.
+    const reqs: GenerateRequest[] = [0, 1, 2, 3].map((i) => ({ prompt: [1 + i, 2, 3, 4, 5], maxNewTokens: 20, temperature: 0, stopTokens: [] }));
+    const out = await engine.generate(reqs, { onToken: () => void (++seen === 5 && engine.dispose()) });
+    for (const r of out) assert.equal(r.samples[0]!.finishReason, 'abort');
+    await new Promise((r) => setTimeout(r, 20)); // the step loop's promise settles
+    assert.deepEqual(rejections, []);
+  } finally {
+    process.off('unhandledRejection', onRejection);
+  }
+});
