@@ -15,20 +15,24 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # reduces, the norm rows; landed: 3.44 -> 3.17 ms a replayed batch-1 step) and the 4-stage / key-split attention
 # (no faster: dropped). Nsight Compute works there (bench/ncu_kernels.py); Nsight Systems is not installed.
 # Still waiting:
-# 1. The preNorm candidate (5750666, reverted by ff8d6bd: the residual add + post-attention norm inside the fused
-#    router, one graph node a layer fewer). Stage it against HEAD from the main checkout:
-#      bash scripts/device-stage-candidates.sh 5750666
-#    then run this queue from .stage-main (the base's builds and runs come from ../.stage-base). Its GPU tests first
-#    (the new bitwise preNorm test in moe-decode, then the engine and graph tests), then batch 1 interleaved.
+# 1. Two batch-1 candidates, written when session 28's device time was spent; both reverted until measured:
+#    5750666 (reverted by ff8d6bd): the residual add + post-attention norm inside the fused router (moeForward's
+#    preNorm), one graph node a layer fewer; f26f8b6 (reverted by 5e84824): the engine runs a decode step ahead (the
+#    host's ~0.08 ms a step off the GPU's critical path). Stage them together against HEAD from the main checkout:
+#      bash scripts/device-stage-candidates.sh 5750666 f26f8b6
+#    then run this queue from .stage-main (the base's builds and runs come from ../.stage-base). The GPU tests first
+#    (moe-decode's bitwise preNorm test, the engine and graph tests with the run-ahead assertions), then batch 1
+#    interleaved. To split their gains, stage each alone in a second call (device-stage-candidates.sh with one commit).
 if [ -d ../.stage-base ]; then
   (cd ../.stage-base && step build-base 120 bash scripts/device-build.sh)
   step t-prenorm 150 $T dist/test/gpu/moe-decode.test.js dist/test/gpu/add-rmsnorm.test.js
   step t-engine-graphs 200 $T dist/test/gpu/engine.test.js dist/test/gpu/cuda-graphs.test.js
+  step t-coreops1 100 $T dist/test/gpu/coreops1.test.js
   for i in 1 2; do
     (cd ../.stage-base && step "b1-base-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static)
-    step "b1-prenorm-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static
+    step "b1-cand-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static
   done
-  step ncu-prenorm 90 bash -c "ncu --clock-control none --cache-control none --csv --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum node dist/bench/decode-profile.js --layers 4 --batches 1 --steps 4 --spin-ms 1 > /tmp/ncu.csv 2>/dev/null; python3 bench/ncu_kernels.py /tmp/ncu.csv --json $OUT/ncu-prenorm.json | head -20"
+  step ncu-cand 90 bash -c "ncu --clock-control none --cache-control none --csv --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum node dist/bench/decode-profile.js --layers 4 --batches 1 --steps 4 --spin-ms 1 > /tmp/ncu.csv 2>/dev/null; python3 bench/ncu_kernels.py /tmp/ncu.csv --json $OUT/ncu-cand.json | head -20"
 fi
 # 2. Did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Stage 7af5708 (the
 #    317-node tree) as ../.stage-317 (bash scripts/device-stage-rev.sh 7af5708 317) and compare in one call.
