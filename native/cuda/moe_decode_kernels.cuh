@@ -423,16 +423,10 @@ inline bool many_lane_loads(int S) { return ceil_div(S, kReduceLanes) > kLaneLoa
 inline void launch_reduce(const float* part, int S, int64_t N, int Nc, const int32_t* offsets, int E, const bf* bias,
                           float limit, bf* out, bf* h, cudaStream_t st) {
   const dim3 grid(static_cast<unsigned>(N), ceil_div(Nc / 4, 32)), block(32, kReduceLanes);
-  const auto go = [&](auto kernel, bf* hp) {
-    kernel<<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, hp);
-  };
-  if (many_lane_loads(S)) {
-    if (h) go(reduce_kernel<true, kLaneLoads[1]>, h);
-    else go(reduce_kernel<false, kLaneLoads[1]>, nullptr);
-  } else {
-    if (h) go(reduce_kernel<true, kLaneLoads[0]>, h);
-    else go(reduce_kernel<false, kLaneLoads[0]>, nullptr);
-  }
+  const bool many = many_lane_loads(S);
+  auto kernel = h ? (many ? reduce_kernel<true, kLaneLoads[1]> : reduce_kernel<true, kLaneLoads[0]>)
+                  : (many ? reduce_kernel<false, kLaneLoads[1]> : reduce_kernel<false, kLaneLoads[0]>);
+  kernel<<<grid, block, 0, st>>>(part, S, N, Nc, offsets, E, bias, limit, out, h);
 }
 
 // reduce_combine_kernel over grid (T tokens, H/32), block (kCombineCols, kCombineRows, kReduceLanes).
