@@ -21,9 +21,6 @@
 // alpha, the bias and beta*C in fp32 and rounds once to C's dtype. The summation order differs from cuBLAS's, so
 // results agree with it within bf16 rounding, not bitwise.
 //
-// At M <= 2 with a large N (qkv, o_proj, the LM head) a warp does a block's work instead (warp_dots: the same
-// summation, so the same bits; see there why).
-//
 // ROWS (rows of W a block reads) trades x reuse against the number of blocks: x's L1 traffic is M/ROWS times W's,
 // kept at <= 2 by ROWS = 1 at M <= 2, 2 at M <= 4 and 4 at M <= 8, while smaller blocks (more of them: 5120 at the
 // qkv shape at ROWS = 1, several waves over 132 SMs) shorten the tail of the last wave. When ROWS > 1 leaves fewer
@@ -44,7 +41,6 @@ namespace {
 
 constexpr int kThreads = 128;  // 4 warps: K = 2880 is 360 chunks, ~2.8 per thread
 constexpr int kWarps = kThreads / 32;
-constexpr int kWarpBlocksPerSm = 6;  // the warp kernels' residency: 24 warps per SM (<= 80 registers a thread)
 
 // The block's M x ROWS dot products x[m]·w_r over K (K % 8 == 0), summed in a fixed order: per thread over its
 // chunks (t, t + kThreads, ...), then warp shuffles, then the warps in order. Returns, for threads < M·ROWS, sum
@@ -104,79 +100,6 @@ __device__ __forceinline__ float block_dots(int64_t K, const __nv_bfloat16* __re
   return s;
 }
 
-// block_dots's sums computed by one warp, to the bit: lane L plays the block's threads L, L + 32, L + 64, L + 96
-// (acc[v] is thread 32 v + L's accumulator, fed its chunks 32 v + L, 32 v + L + kThreads, ... in that order), then
-// each virtual warp's butterfly (warp_sum over the same lanes) and the warps' sums from 0.f in order. Why: at
-// M <= 2 a block of 4 warps reading 1-2 rows of W (~6-12 KB at K = 2880) is mostly its start, its barrier and its
-// cross-warp pass, and the qkv / o_proj grids (2560 / 2880 blocks) ran 1.2-1.4 waves of 16 resident blocks per
-// SM: a warp a unit puts the whole grid in one wave (decode at batch 1: qkv 15.1 µs and o_proj 11.5 µs for 29.5 /
-// 23.6 MB, ~2 TB/s, against the MoE partials' 2.8 TB/s). A lane issues its loads of W for the next 4 (ROWS 2) or 8
-// (ROWS 1) chunks before their FMAs, and x's at use (L1); few registers (<= 80: kWarpBlocksPerSm blocks of 4 warps
-// per SM) keep the qkv and o_proj grids' 2560 / 2880 warps resident at once. Every lane returns every sum.
-template <int M, int ROWS>
-__device__ __forceinline__ void warp_dots(int64_t K, const __nv_bfloat16* __restrict x, int64_t ldx,
-                                          const uint4* (&wrow)[ROWS], float (&out)[M][ROWS]) {
-  const int64_t chunks = K / 8;
-  const int lane = threadIdx.x & 31;
-  float acc[kWarps][M][ROWS];
-#pragma unroll
-  for (int v = 0; v < kWarps; v++)
-#pragma unroll
-    for (int m = 0; m < M; m++)
-#pragma unroll
-      for (int r = 0; r < ROWS; r++) acc[v][m][r] = 0.f;
-  // Chunks a lane loads before using them: each virtual thread's next two at one row of W, its next one at two.
-  constexpr int kLoads = ROWS == 1 ? 2 * kWarps : kWarps;
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kLoads) {
-    // W's loads first (HBM), x's at their use (L1 hits: every warp of the SM reads the same x).
-    uint4 wv[kLoads][ROWS];
-#pragma unroll
-    for (int u = 0; u < kLoads; u++)
-      if (c0 + 32 * u < chunks)
-#pragma unroll
-        for (int r = 0; r < ROWS; r++) wv[u][r] = __ldcs(wrow[r] + c0 + 32 * u);
-#pragma unroll
-    for (int u = 0; u < kLoads; u++) {
-      const int64_t c = c0 + 32 * u;
-      if (c < chunks) {
-        float wf[ROWS][8];
-#pragma unroll
-        for (int r = 0; r < ROWS; r++) unpack8(wv[u][r], wf[r]);
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-          float xf[8];
-          unpack8(__ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c), xf);
-#pragma unroll
-          for (int r = 0; r < ROWS; r++)
-#pragma unroll
-            for (int k = 0; k < 8; k++) acc[u % kWarps][m][r] = fmaf(xf[k], wf[r][k], acc[u % kWarps][m][r]);
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < M; m++)
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-      float s = 0.f;
-#pragma unroll
-      for (int v = 0; v < kWarps; v++) s += warp_sum(acc[v][m][r]);
-      out[m][r] = s;
-    }
-}
-
-// Sum i (m = i / ROWS, r = i % ROWS) of a warp's register array, for a lane's dynamic i (a select, not local memory).
-template <int M, int ROWS>
-__device__ __forceinline__ float pick(const float (&s)[M][ROWS], int i) {
-  float v = 0.f;
-#pragma unroll
-  for (int m = 0; m < M; m++)
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-      if (i == m * ROWS + r) v = s[m][r];
-  return v;
-}
-
 // Rows of W for a block reading rows n0 .. n0 + ROWS - 1: rows past N (the last block when ROWS does not divide N)
 // read row N-1 again and are never stored, so the loads stay in bounds without a branch in the loop.
 template <int ROWS>
@@ -194,17 +117,6 @@ __device__ __forceinline__ float bias_at(const void* bias, bool bias_bf16, int64
   return bias_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]) : static_cast<const float*>(bias)[n];
 }
 
-// Output (m, n) of sum s: alpha, the bias and beta * C in fp32, one rounding to TC.
-template <typename TC>
-__device__ __forceinline__ void store_out(float s, int m, int64_t n, const void* bias, bool bias_bf16, float alpha,
-                                          float beta, TC* C, int64_t ldc) {
-  float v = alpha * s;
-  if (bias) v += bias_at(bias, bias_bf16, n);
-  TC* c = C + m * ldc + n;
-  if (beta != 0.f) v += beta * ldf(c);
-  stf(c, v);
-}
-
 // x [M, K] bf16 (row stride ldx, 16-byte aligned rows), w [N, K] bf16 (row stride ldw, 16-byte aligned rows),
 // bias [N] (bf16 when bias_bf16, else f32; may be null), C [M, N] (row stride ldc) of TC. K % 8 == 0.
 template <int M, int ROWS, typename TC>
@@ -218,52 +130,46 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(int64_t N, int64_t K, co
   const float s = block_dots<M, ROWS>(K, x, ldx, wrow);
   if (threadIdx.x < M * ROWS) {
     const int m = threadIdx.x / ROWS, r = threadIdx.x % ROWS;
-    if (n0 + r < N) store_out(s, m, n0 + r, bias, bias_bf16, alpha, beta, C, ldc);
+    const int64_t n = n0 + r;
+    if (n < N) {
+      float v = alpha * s;
+      if (bias) v += bias_at(bias, bias_bf16, n);
+      TC* c = C + m * ldc + n;
+      if (beta != 0.f) v += beta * ldf(c);
+      stf(c, v);
+    }
   }
 }
 
-// gemv_kernel with a warp per ROWS rows of W (warp_dots: the same bits), kWarps units a block.
-template <int M, int ROWS, typename TC>
-__global__ void __launch_bounds__(kThreads, kWarpBlocksPerSm) gemv_warp_kernel(int64_t N, int64_t K,
-                                                             const __nv_bfloat16* __restrict x, int64_t ldx,
-                                                             const __nv_bfloat16* __restrict w, int64_t ldw,
-                                                             const void* __restrict bias, bool bias_bf16,
-                                                             float alpha, float beta, TC* __restrict C, int64_t ldc) {
-  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * ROWS;
-  if (n0 >= N) return;  // warp-uniform: the last block's spare warps
-  const uint4* wrow[ROWS];
-  w_rows<ROWS>(w, ldw, n0, N, wrow);
-  float s[M][ROWS];
-  warp_dots<M, ROWS>(K, x, ldx, wrow, s);
-  const int lane = threadIdx.x & 31;
-  if (lane < M * ROWS) {
-    const int m = lane / ROWS, r = lane % ROWS;
-    if (n0 + r < N) store_out(pick<M, ROWS>(s, lane), m, n0 + r, bias, bias_bf16, alpha, beta, C, ldc);
+// The decode q/k/v projection with the rope split and the KV-cache write in its epilogue (rope.cu's rope_qkv after
+// this file's gemv, in one launch: a decode step's rope kernel ran one block per token, a few µs a layer at batch 1).
+// Block b serves head hh = b / half, frequency j = b % half of the fused layout [q heads | k heads | v heads] (D each):
+// it reads W rows hh·D + j and hh·D + j + half, so the pair a rotation mixes is in one block. Each value is the
+// linear's bf16 output (the same sum as gemv_kernel: block_dots), rounded, then rotated (q, k) or copied (v) with
+// rope_math's cos/sin and rotation, as rope_parts_kernel does: the same bits as gemv + ropeQkvSplit.
+// x bf16 [M, K], w bf16 [(hq + 2 hkv)·D, K], bias [(hq + 2 hkv)·D] or null, pos i32 [M], inv_freq f32 [D/2];
+// q bf16 [M, hq, D], k / v bf16 [M, hkv, D]; kc / vc bf16 [cache_rows, hkv, D] or null, slots i32 [M].
+template <int M>
+__global__ void __launch_bounds__(kThreads) gemv_rope_qkv_kernel(
+    int64_t K, const __nv_bfloat16* __restrict x, int64_t ldx, const __nv_bfloat16* __restrict w, int64_t ldw,
+    const void* __restrict bias, bool bias_bf16, const int32_t* __restrict pos, const float* __restrict inv_freq,
+    float scaling, int d, int hq, int hkv, __nv_bfloat16* __restrict q, __nv_bfloat16* __restrict k,
+    __nv_bfloat16* __restrict v, __nv_bfloat16* __restrict kc, __nv_bfloat16* __restrict vc,
+    const int32_t* __restrict slots, int64_t cache_rows) {
+  const int half = d / 2, hh = blockIdx.x / half, j = blockIdx.x % half;
+  const int64_t na = int64_t(hh) * d + j, nb = na + half;
+  const uint4* wrow[2] = {reinterpret_cast<const uint4*>(w + na * ldw), reinterpret_cast<const uint4*>(w + nb * ldw)};
+  const float s = block_dots<M, 2>(K, x, ldx, wrow);
+  __shared__ float val[M][2];
+  if (threadIdx.x < M * 2) {
+    const int m = threadIdx.x / 2, r = threadIdx.x % 2;
+    // gemv_kernel's epilogue at alpha 1, beta 0, then the bf16 rounding of the stored qkv.
+    val[m][r] = __bfloat162float(__float2bfloat16(s + bias_at(bias, bias_bf16, r ? nb : na)));
   }
-}
-
-// The warp kernels serve M <= kWarpMaxRows (batch-1/2 decode; more rows would take a warp kWarps x M x ROWS
-// butterflies), and only a launch of at least two blocks of kWarps units (ROWS rows of W each) per SM: a smaller
-// grid (the router's N = 32, a LoRA A's N = r) keeps the block kernels, whose 4 warps share a row and so finish
-// it sooner.
-constexpr int kWarpMaxRows = 2;
-bool warp_units(int device, int64_t units) {
-  return units >= 2 * kWarps * static_cast<int64_t>(sm_count(device, "gemv"));
-}
-
-// Row m of pair (hh, j): the linear's two sums (sa, sb: W rows na, nb), biased and rounded to bf16 as the stored
-// qkv, then rotated (q, k) or copied (v) into q / k / v and, for k and v, the cache slot.
-__device__ __forceinline__ void rope_qkv_store(int m, int hh, int j, float sa, float sb, const void* bias,
-                                               bool bias_bf16, int64_t na, int64_t nb, const int32_t* pos,
-                                               const float* inv_freq, float scaling, int d, int hq, int hkv,
-                                               __nv_bfloat16* q, __nv_bfloat16* k, __nv_bfloat16* v,
-                                               __nv_bfloat16* kc, __nv_bfloat16* vc, const int32_t* slots,
-                                               int64_t cache_rows) {
-  const int half = d / 2;
-  // gemv_kernel's epilogue at alpha 1, beta 0, then the bf16 rounding of the stored qkv.
-  const float va = __bfloat162float(__float2bfloat16(sa + bias_at(bias, bias_bf16, na)));
-  const float vb = __bfloat162float(__float2bfloat16(sb + bias_at(bias, bias_bf16, nb)));
-  float o1 = va, o2 = vb;
+  __syncthreads();
+  if (threadIdx.x >= M) return;
+  const int m = threadIdx.x;
+  float o1 = val[m][0], o2 = val[m][1];
   __nv_bfloat16* y;
   __nv_bfloat16* yc = nullptr;
   const int64_t slot = slots ? slots[m] : -1;
@@ -271,7 +177,7 @@ __device__ __forceinline__ void rope_qkv_store(int m, int hh, int j, float sa, f
   if (hh < hq + hkv) {
     float c, sn;
     rope_math::cos_sin(static_cast<float>(pos[m]), inv_freq[j], scaling, 1.f, c, sn);
-    rope_math::rotate(va, vb, c, sn, o1, o2);
+    rope_math::rotate(val[m][0], val[m][1], c, sn, o1, o2);
   }
   if (hh < hq) {
     y = q + (int64_t(m) * hq + hh) * d;
@@ -287,72 +193,19 @@ __device__ __forceinline__ void rope_qkv_store(int m, int hh, int j, float sa, f
   if (yc) yc[j] = __float2bfloat16(o1), yc[j + half] = __float2bfloat16(o2);
 }
 
-// The decode q/k/v projection with the rope split and the KV-cache write in its epilogue (rope.cu's rope_qkv after
-// this file's gemv, in one launch: a decode step's rope kernel ran one block per token, a few µs a layer at batch 1).
-// Unit u (a block, or a warp with WARP) serves head hh = u / half, frequency j = u % half of the fused layout
-// [q heads | k heads | v heads] (D each): it reads W rows hh·D + j and hh·D + j + half, so the pair a rotation mixes
-// is in one unit. Each value is the linear's bf16 output (the same sum as gemv_kernel: block_dots / warp_dots),
-// rounded, then rotated (q, k) or copied (v) with rope_math's cos/sin and rotation, as rope_parts_kernel does: the
-// same bits as gemv + ropeQkvSplit.
-// x bf16 [M, K], w bf16 [(hq + 2 hkv)·D, K], bias [(hq + 2 hkv)·D] or null, pos i32 [M], inv_freq f32 [D/2];
-// q bf16 [M, hq, D], k / v bf16 [M, hkv, D]; kc / vc bf16 [cache_rows, hkv, D] or null, slots i32 [M].
-template <int M, bool WARP>
-__global__ void __launch_bounds__(kThreads, WARP ? kWarpBlocksPerSm : 1) gemv_rope_qkv_kernel(
-    int64_t K, const __nv_bfloat16* __restrict x, int64_t ldx, const __nv_bfloat16* __restrict w, int64_t ldw,
-    const void* __restrict bias, bool bias_bf16, const int32_t* __restrict pos, const float* __restrict inv_freq,
-    float scaling, int d, int hq, int hkv, __nv_bfloat16* __restrict q, __nv_bfloat16* __restrict k,
-    __nv_bfloat16* __restrict v, __nv_bfloat16* __restrict kc, __nv_bfloat16* __restrict vc,
-    const int32_t* __restrict slots, int64_t cache_rows) {
-  const int half = d / 2;
-  const int64_t unit = WARP ? int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5) : blockIdx.x;
-  if (WARP && unit >= int64_t(hq + 2 * hkv) * half) return;  // warp-uniform: the last block's spare warps
-  const int hh = static_cast<int>(unit / half), j = static_cast<int>(unit % half);
-  const int64_t na = int64_t(hh) * d + j, nb = na + half;
-  const uint4* wrow[2] = {reinterpret_cast<const uint4*>(w + na * ldw), reinterpret_cast<const uint4*>(w + nb * ldw)};
-  float sa, sb;
-  int m;
-  if constexpr (WARP) {
-    float s[M][2];
-    warp_dots<M, 2>(K, x, ldx, wrow, s);
-    m = threadIdx.x & 31;
-    sa = pick<M, 2>(s, 2 * m);
-    sb = pick<M, 2>(s, 2 * m + 1);
-  } else {
-    const float s = block_dots<M, 2>(K, x, ldx, wrow);
-    __shared__ float val[M][2];
-    if (threadIdx.x < M * 2) val[threadIdx.x / 2][threadIdx.x % 2] = s;
-    __syncthreads();
-    m = threadIdx.x;
-    if (m < M) sa = val[m][0], sb = val[m][1];
-  }
-  if (m >= M) return;
-  rope_qkv_store(m, hh, j, sa, sb, bias, bias_bf16, na, nb, pos, inv_freq, scaling, d, hq, hkv, q, k, v, kc, vc,
-                 slots, cache_rows);
-}
-
 template <int M, int ROWS>
-void launch_rows(int device, cudaStream_t s, int64_t N, int64_t K, const void* A, int64_t lda, const void* B,
-                 int64_t ldb, const void* bias, bool bias_bf16, float alpha, float beta, void* C, DType c_dtype,
-                 int64_t ldc) {
+void launch_rows(cudaStream_t s, int64_t N, int64_t K, const void* A, int64_t lda, const void* B, int64_t ldb,
+                 const void* bias, bool bias_bf16, float alpha, float beta, void* C, DType c_dtype, int64_t ldc) {
   static_assert(M * ROWS <= 32, "gemv: one lane per partial sum");
-  const int64_t units = ceil_div(N, ROWS);
+  const unsigned blocks = ceil_div(N, ROWS);
   const auto* x = static_cast<const __nv_bfloat16*>(A);
   const auto* w = static_cast<const __nv_bfloat16*>(B);
-  auto launch = [&](auto* c) {
-    using TC = std::remove_pointer_t<decltype(c)>;
-    if constexpr (M <= kWarpMaxRows) {
-      if (warp_units(device, units)) {
-        gemv_warp_kernel<M, ROWS, TC><<<ceil_div(units, kWarps), kThreads, 0, s>>>(N, K, x, lda, w, ldb, bias,
-                                                                                   bias_bf16, alpha, beta, c, ldc);
-        return;
-      }
-    }
-    gemv_kernel<M, ROWS, TC><<<units, kThreads, 0, s>>>(N, K, x, lda, w, ldb, bias, bias_bf16, alpha, beta, c, ldc);
-  };
   if (c_dtype == DType::BF16)
-    launch(static_cast<__nv_bfloat16*>(C));
+    gemv_kernel<M, ROWS, __nv_bfloat16><<<blocks, kThreads, 0, s>>>(N, K, x, lda, w, ldb, bias, bias_bf16, alpha,
+                                                                     beta, static_cast<__nv_bfloat16*>(C), ldc);
   else
-    launch(static_cast<float*>(C));
+    gemv_kernel<M, ROWS, float><<<blocks, kThreads, 0, s>>>(N, K, x, lda, w, ldb, bias, bias_bf16, alpha, beta,
+                                                            static_cast<float*>(C), ldc);
 }
 
 template <int M>
@@ -363,9 +216,9 @@ void launch_m(int device, cudaStream_t s, int64_t N, int64_t K, const void* A, i
   // device, so a captured launch keeps its configuration).
   constexpr int R = M <= 2 ? 1 : (M <= 4 ? 2 : 4);
   if (R > 1 && ceil_div(N, R) >= 2 * static_cast<int64_t>(sm_count(device, "gemv")))
-    launch_rows<M, R>(device, s, N, K, A, lda, B, ldb, bias, bias_bf16, alpha, beta, C, c_dtype, ldc);
+    launch_rows<M, R>(s, N, K, A, lda, B, ldb, bias, bias_bf16, alpha, beta, C, c_dtype, ldc);
   else
-    launch_rows<M, 1>(device, s, N, K, A, lda, B, ldb, bias, bias_bf16, alpha, beta, C, c_dtype, ldc);
+    launch_rows<M, 1>(s, N, K, A, lda, B, ldb, bias, bias_bf16, alpha, beta, C, c_dtype, ldc);
 }
 
 }  // namespace
@@ -420,7 +273,7 @@ void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const T
                " bf16 rows of K % 8 == 0 (>= 64), 16-byte aligned, got x ", x.describe(), ", w ", w.describe());
   DeviceGuard g(x.device);
   auto s = stream_of(x.device);
-  const int64_t units = int64_t(hq + 2 * hkv) * (d / 2);
+  const unsigned blocks = static_cast<unsigned>((hq + 2 * hkv) * (d / 2));
   const auto* xp = x.data<__nv_bfloat16>();
   const auto* wp = w.data<__nv_bfloat16>();
   const void* bp = bias ? bias->raw() : nullptr;
@@ -430,16 +283,9 @@ void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const T
   const int32_t* sl = cache ? cache->slots.data<int32_t>() : nullptr;
   const int64_t rows = cache ? cache->k.dim(0) : 0;
   auto launch = [&](auto m) {
-    constexpr int kM = decltype(m)::value;
-    auto run = [&](auto kernel, int64_t blocks) {
-      kernel<<<blocks, kThreads, 0, s>>>(K, xp, K, wp, K, bp, bb, positions.data<int32_t>(), inv_freq.data<float>(),
-                                         scaling, d, hq, hkv, q.data<__nv_bfloat16>(), k.data<__nv_bfloat16>(),
-                                         v.data<__nv_bfloat16>(), kc, vc, sl, rows);
-    };
-    if constexpr (kM <= kWarpMaxRows) {
-      if (warp_units(x.device, units)) return run(gemv_rope_qkv_kernel<kM, true>, ceil_div(units, kWarps));
-    }
-    run(gemv_rope_qkv_kernel<kM, false>, units);
+    gemv_rope_qkv_kernel<decltype(m)::value><<<blocks, kThreads, 0, s>>>(
+        K, xp, K, wp, K, bp, bb, positions.data<int32_t>(), inv_freq.data<float>(), scaling, d, hq, hkv,
+        q.data<__nv_bfloat16>(), k.data<__nv_bfloat16>(), v.data<__nv_bfloat16>(), kc, vc, sl, rows);
   };
   switch (M) {
     case 1: launch(std::integral_constant<int, 1>{}); break;

@@ -235,10 +235,8 @@ test('small-M linear on CUDA under graph capture: replays follow new inputs and 
   b.dispose();
 });
 
-// At M <= 2 and a large N (qkv, o_proj) a warp computes a row (gemv.cu's warp kernels), at M >= 3 or a small N a
-// block: the same summation order, so the same bits.
 test('small-M linear on CUDA: a row gives the same bits at M = 1..8 (batch-invariant decode), also at small N', { skip }, () => {
-  for (const [K, N] of [[2880, 5120], [4096, 2880], [2880, 32]] as [number, number][]) {
+  for (const [K, N] of [[2880, 5120], [2880, 32]] as [number, number][]) {
     const w = Tensor.from(uniformSym(N * K, 21, 1, true), [N, K], { dtype: 'bf16', device: G });
     const b = Tensor.from(uniformSym(N, 22, 1, true), [N], { dtype: 'bf16', device: G });
     const x8 = uniformSym(8 * K, 23, 1, true);
