@@ -25,14 +25,14 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 #    interleaved. To split their gains, stage each alone in a second call (device-stage-candidates.sh with one commit).
 if [ -d ../.stage-base ]; then
   (cd ../.stage-base && step build-base 120 bash scripts/device-build.sh)
-  step t-prenorm 150 $T dist/test/gpu/moe-decode.test.js dist/test/gpu/add-rmsnorm.test.js
-  step t-engine-graphs 200 $T dist/test/gpu/engine.test.js dist/test/gpu/cuda-graphs.test.js
-  step t-coreops1 100 $T dist/test/gpu/coreops1.test.js
-  for i in 1 2; do
+  for i in 1 2 3; do
     (cd ../.stage-base && step "b1-base-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static)
     step "b1-cand-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static
   done
   step ncu-cand 90 bash -c "ncu --clock-control none --cache-control none --csv --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum node dist/bench/decode-profile.js --layers 4 --batches 1 --steps 4 --spin-ms 1 > /tmp/ncu.csv 2>/dev/null; python3 bench/ncu_kernels.py /tmp/ncu.csv --json $OUT/ncu-cand.json | head -20"
+  step t-prenorm 150 $T dist/test/gpu/moe-decode.test.js dist/test/gpu/add-rmsnorm.test.js
+  step t-engine-graphs 200 $T dist/test/gpu/engine.test.js dist/test/gpu/cuda-graphs.test.js
+  step t-coreops1 100 $T dist/test/gpu/coreops1.test.js
 fi
 # 2. Did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Stage 7af5708 (the
 #    317-node tree) as ../.stage-317 (bash scripts/device-stage-rev.sh 7af5708 317) and compare in one call.
