@@ -72,7 +72,9 @@ function family(op: string): string {
     case 'elementwiseAdd':
       return 'residual add';
     case 'moeForward':
-      return cpu ? 'moe (whole op)' : 'moe router'; // on a GPU the op marks 'moe experts' and 'moe combine' itself
+      // on a GPU the op marks 'moe experts' and 'moe combine' itself; its first part, 'moe router', holds the
+      // residual add + post-attention norm too (moeForward's preNorm: in the fused router's launch at decode sizes)
+      return cpu ? 'moe (whole op)' : 'moe router';
     case 'embeddingForward':
       return phase === 'embed' ? 'embedding' : 'row gather';
     case 'sampleRows':

@@ -113,6 +113,10 @@ export interface NativeMoeForward {
   offsetsHost?: NativeTensor;
   /** The expert-GEMM strategy that ran (native/cuda/moe.cu, plan_expert_gemms; 'cpu' on the CPU). */
   expertGemms: ExpertGemmsRun;
+  /** With the pre-norm (normO): bf16 [T, H] h = x + o, the normed rows (= x of the saved state) and f32 [T] rstd. */
+  normH?: NativeTensor;
+  normY?: NativeTensor;
+  normRstd?: NativeTensor;
 }
 
 /** Which expert-GEMM strategy a moeForward ran. */
@@ -303,6 +307,9 @@ export interface NativeOps {
     loraDownA?: OptTensor,
     loraDownB?: OptTensor,
     loraScale?: number,
+    normO?: OptTensor,
+    normW?: OptTensor,
+    normEps?: number,
   ): NativeMoeForward;
   /** The saved tensors of moeForward come back positionally; accGateUpW/accDownW both or neither. */
   moeBackward(

@@ -1,7 +1,10 @@
 // moe.cc (bindings): moeForward / moeBackward. The saved tensors travel to JS as a plain object (the TS
 // MoeContext) and come back positionally to moeBackward.
+#include <cmath>
+
 #include "../cpu/elementwise.h"
 #include "../cpu/moe.h"
+#include "../cpu/rmsnorm.h"
 #include "args.h"
 #ifdef GPTOSS_WITH_CUDA
 #include "../cuda/elementwise.h"
@@ -79,8 +82,12 @@ MoeLora lora_arg(const Napi::CallbackInfo& info, size_t i0, const char* op, cons
 }  // namespace
 
 // moeForward(x, routerW, routerB, gateUpW, gateUpB, downW, downB, topK, limit, exact, residual?, expertGemms?,
-//            loraGateUpA?, loraGateUpB?, loraDownA?, loraDownB?, loraScale?)
+//            loraGateUpA?, loraGateUpB?, loraDownA?, loraDownB?, loraScale?, normO?, normW?, normEps?)
 //   residual (bf16 [T,H]): y = residual + moe(x) (moe(x) rounded to bf16 first, as a separate add would)
+//   normO (bf16|f32 [T,H]), normW (bf16|f32 [H]), normEps: the add + norm before the MoE (preNorm): x is then the
+//     residual stream, h = x + normO and normed = rmsnorm(h)·normW (addRmsnorm's bits) come back as normH, normY,
+//     normRstd; the MoE runs on normed (the saved x) and y = h + moe(normed) (residual must be absent). On CUDA at
+//     decode sizes the fused router computes the add + norm in its launch.
 //   expertGemms ('auto' when absent; CUDA: 'decode' or 'grouped' force that kernel family, see cuda/moe.h)
 //   lora*: expert adapters (MoeLora in cpu/moe.h)
 //   -> { y, x, topkIdx, topkW, counts, offsets, permTok, slotPos, gu, h, yp, expertGemms (the strategy that ran) }
@@ -113,15 +120,46 @@ GPTOSS_OP(moeForward) {
   const MoeLora lora = lora_arg(info, 12, op, x, E, I);
   GPTOSS_CHECK(gemms == "auto" || !lora.any(), op, ": expertGemms '", gemms,
                "' with expert adapters: the adapters have one path (the per-expert GEMMs); use 'auto'");
-  Tensor y;
+  const bool pre_norm = info.Length() > 17 && !info[17].IsUndefined() && !info[17].IsNull();
+  MoePreNorm pre;
+  if (pre_norm) {
+    GPTOSS_CHECK(!res, op, ": preNorm adds its own residual (h = x + o): pass no residual with it");
+    pre.o = tensor_arg(info, 17, op, "preNorm.o");
+    pre.w = tensor_arg(info, 18, op, "preNorm.weight");
+    const double eps = num_arg(info, 19, op, "preNorm.eps");
+    check_float(op, "preNorm.o", pre.o);
+    check_float(op, "preNorm.weight", pre.w);
+    check_shape(op, "preNorm.o", pre.o, {x.dim(0), x.dim(1)});
+    check_shape(op, "preNorm.weight", pre.w, {x.dim(1)});
+    check_device(op, x, "preNorm.o", pre.o);
+    check_device(op, x, "preNorm.weight", pre.w);
+    GPTOSS_CHECK(std::isfinite(eps) && eps >= 0, op, ": preNorm.eps must be a finite non-negative number, got ", eps);
+    pre.eps = static_cast<float>(eps);
+  }
+  Tensor y, norm_h, norm_y, norm_rstd;
   MoeSaved s;
 #ifdef GPTOSS_WITH_CUDA
   const cuda::ExpertGemmChoice choice = gemms == "decode"    ? cuda::ExpertGemmChoice::kDecode
                                         : gemms == "grouped" ? cuda::ExpertGemmChoice::kGrouped
                                                              : cuda::ExpertGemmChoice::kAuto;
 #endif
-  GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, res, y, s, lora.any() ? &lora : nullptr),
-                  cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s, choice, lora.any() ? &lora : nullptr));
+  const MoeLora* lp = lora.any() ? &lora : nullptr;
+  if (pre_norm) {
+    // CPU: addRmsnorm, then the MoE on its output with h as the residual (the reference the fused router matches).
+    auto cpu_pre = [&] {
+      norm_h = make_tensor(x.shape, DType::BF16, x.device);
+      norm_y = make_tensor(x.shape, DType::BF16, x.device);
+      norm_rstd = make_tensor({x.dim(0)}, DType::F32, x.device);
+      cpu::add_rmsnorm_forward(x, pre.o, pre.w, pre.eps, norm_h, norm_y, norm_rstd);
+      cpu::moe_forward(norm_y, w, k, static_cast<float>(limit), exact, &norm_h, y, s, lp);
+    };
+    GPTOSS_DISPATCH(x, cpu_pre(),
+                    cuda::moe_forward_prenorm(x, pre, w, k, static_cast<float>(limit), y, norm_h, norm_y, norm_rstd, s,
+                                              choice, lp));
+  } else {
+    GPTOSS_DISPATCH(x, cpu::moe_forward(x, w, k, static_cast<float>(limit), exact, res, y, s, lp),
+                    cuda::moe_forward(x, w, k, static_cast<float>(limit), res, y, s, choice, lp));
+  }
   Napi::Object out = tensor_object(info.Env(), {{"y", y},
                                     {"x", s.x},
                                     {"topkIdx", s.topk_idx},
@@ -138,6 +176,11 @@ GPTOSS_OP(moeForward) {
   if (s.xp.storage) out.Set("xp", wrap(info.Env(), s.xp));
   if (s.offsets_host.storage) out.Set("offsetsHost", wrap(info.Env(), s.offsets_host));
   out.Set("expertGemms", Napi::String::New(info.Env(), s.expert_gemms));
+  if (pre_norm) {
+    out.Set("normH", wrap(info.Env(), norm_h));
+    out.Set("normY", wrap(info.Env(), norm_y));
+    out.Set("normRstd", wrap(info.Env(), norm_rstd));
+  }
   return out;
 }
 

@@ -81,6 +81,14 @@ struct MoeGrads {
 
 constexpr float kSwigluAlpha = 1.702f;
 
+// The add + norm before the MoE (moeForward's preNorm): h = x + o, then the MoE on rmsnorm(h)·w with h as the
+// residual. o bf16 | f32 [T, H], w [H], eps >= 0.
+struct MoePreNorm {
+  Tensor o;
+  Tensor w;
+  float eps = 0.f;
+};
+
 namespace cpu {
 
 // exact = false rounds every intermediate a plain BF16 implementation stores (gu, h, expert outputs, the

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -27,6 +28,8 @@
 #include "moe.h"
 #include "moe_decode.h"
 #include "moe_gemm.cuh"
+#include "rmsnorm.h"
+#include "rmsnorm_row.cuh"
 #include "swiglu.h"
 #include "swiglu_math.cuh"
 #include "vec_io.cuh"
@@ -296,6 +299,21 @@ constexpr int kFusedRouterPrefetch = 6;  // vectors per lane loaded before their
 static_assert(kFusedRouterMaxT % kFusedRouterWarps == 0, "each warp takes the same number of token slots");
 static_assert(kMaxSlabExperts <= kFusedRouterThreads, "a block loads the bias with one thread per expert");
 
+// The add + norm the fused router may run first (moeForward's preNorm at decode sizes): x [T, H] bf16 the residual
+// stream, o [T, H] (O: bf16, or f32 from a tensor-parallel all-reduce), w [H] bf16; outputs h = x + o, y (the normed
+// rows, which the kernel's x parameter then points at: the experts' input) and rstd [T]. O = void: no pre-norm.
+template <typename O>
+struct RouterPreNorm {
+  const bf* x = nullptr;
+  const O* o = nullptr;
+  const bf* w = nullptr;
+  float eps = 0.f;
+  bool ld16 = false;  // x and o 16-byte aligned (addRmsnorm's flag: how a group of 8 is loaded)
+  bf* h = nullptr;
+  bf* y = nullptr;
+  float* rstd = nullptr;
+};
+
 // Partial logits [slices, T, E] (slices * E <= 256: slices is 1 once E > 64, so it fits 16 x 256) and the ticket.
 __device__ float g_router_part[kFusedRouterMaxT * kMaxSlabExperts];
 __device__ unsigned int g_router_ticket;
@@ -316,21 +334,51 @@ int fused_router_slices(int64_t E) {
 // once for two experts), lane-strided in 8-element vectors, then a warp sum per token and expert.
 // (__launch_bounds__ with 1 block per SM: a block per SM is all the grid asks, and ptxas then takes the ~140
 // registers the prefetch needs instead of spilling at 128.)
+template <typename O>
 __global__ void __launch_bounds__(kFusedRouterThreads, 1) router_fused_kernel(
     const bf* __restrict__ x, const bf* __restrict__ Wr, const bf* __restrict__ br, int T, int H, int E, int k,
     int slices, int32_t* __restrict__ topk_idx, float* __restrict__ topk_w, int32_t* __restrict__ counts,
-    int32_t* __restrict__ offsets, int32_t* __restrict__ perm_tok, int32_t* __restrict__ slot_pos) {
+    int32_t* __restrict__ offsets, int32_t* __restrict__ perm_tok, int32_t* __restrict__ slot_pos,
+    RouterPreNorm<O> pre) {
   __shared__ float logits[kFusedRouterMaxT * kMaxSlabExperts];  // [T, E], the last block only
   __shared__ int32_t sidx[kFusedRouterMaxT * 32];
   __shared__ int hist[kMaxSlabExperts], first[kMaxSlabExperts];
   __shared__ float bias[kMaxSlabExperts];
   __shared__ bool last;
+  extern __shared__ __align__(16) unsigned char router_rows[];  // with the pre-norm: the normed rows, bf16 [T, H]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   {
     const int H8 = H / 8, per = (H8 + slices - 1) / slices;
     const int e0 = 2 * (blockIdx.x / slices), sl = blockIdx.x % slices;
     const bool has1 = e0 + 1 < E;
     const int c0 = sl * per, c1 = min(H8, c0 + per);
+    bool x_shared = false;
+    if constexpr (!std::is_void_v<O>) {
+      // The add + norm (addRmsnorm's row code, block size and order: its bits) of every token, in every block: a
+      // block needs the whole row's sum of squares before the first of its columns, and T rows of H are a few KB
+      // of L2 reads, where a separate add + norm launch costs a graph node and its ramp a layer. This task's router
+      // rows are sent to L2 first (the dot products below then hit L2 instead of waiting on HBM after the norm).
+      const int lines = ((c1 - c0) * 16 + 127) / 128;  // 128-byte lines of one Wr row's slice
+      for (int i = threadIdx.x; i < 2 * lines; i += blockDim.x) {
+        const int row = e0 + i / lines;
+        if (row < E) asm volatile("prefetch.global.L2 [%0];" ::"l"(Wr + (int64_t)row * H + c0 * 8 + (i % lines) * 64));
+      }
+      bf* rows = reinterpret_cast<bf*>(router_rows);
+      const bool first_block = blockIdx.x == 0;  // writes the op's outputs h, y (the normed rows) and rstd
+      for (int t = 0; t < T; t++) {
+        const int64_t r0 = (int64_t)t * H;
+        rms::norm_row(rms::RowSum<bf, O>{pre.x + r0, pre.o + r0, first_block ? pre.h + r0 : nullptr, pre.ld16}, pre.w,
+                      rows + r0, first_block ? pre.y + r0 : nullptr, first_block ? pre.rstd + t : nullptr, H,
+                      pre.eps, true);
+      }
+      __syncthreads();
+      x = rows;
+      x_shared = true;
+    }
+    // x rows: from global memory (read-only path) or, normed in this block, from shared memory.
+    auto ldx = [&](const bf* p) -> uint4 {
+      return x_shared ? *reinterpret_cast<const uint4*>(p) : __ldg(reinterpret_cast<const uint4*>(p));
+    };
     float acc[kFusedRouterTokPerWarp][2];
 #pragma unroll
     for (int j = 0; j < kFusedRouterTokPerWarp; j++) acc[j][0] = acc[j][1] = 0.f;
@@ -348,7 +396,7 @@ __global__ void __launch_bounds__(kFusedRouterThreads, 1) router_fused_kernel(
 #pragma unroll
             for (int j = 0; j < kFusedRouterTokPerWarp; j++) {
               const int t = warp + j * kFusedRouterWarps;
-              if (t < T) xv[j][u] = __ldg(reinterpret_cast<const uint4*>(x + (int64_t)t * H + c * 8));
+              if (t < T) xv[j][u] = ldx(x + (int64_t)t * H + c * 8);
             }
           }
         }
@@ -1274,8 +1322,50 @@ Tensor backward_lora(const Sizes& d, const MoeWeights& w, const MoeSaved& s, con
 
 }  // namespace
 
-void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, const Tensor* residual, Tensor& y,
-                 MoeSaved& s, ExpertGemmChoice choice, const MoeLora* lora) {
+namespace {
+
+// The fused router's add + norm (moe_forward_prenorm): the op's x is the output buffer of the normed rows.
+struct FusedPreNorm {
+  const Tensor* x;  // the residual stream, bf16 [T, H]
+  const Tensor* o;  // bf16 | f32 [T, H]
+  const Tensor* w;  // bf16 [H]
+  float eps;
+  const Tensor* h;     // bf16 [T, H] out
+  const Tensor* rstd;  // f32 [T] out
+};
+
+template <typename O>
+void launch_router_fused(const Tensor& x, const MoeWeights& w, int64_t T, int64_t H, int64_t E, int64_t k, int slices,
+                         int tasks, MoeSaved& s, const FusedPreNorm* fp, cudaStream_t st) {
+  RouterPreNorm<O> pre;
+  size_t smem = 0;
+  if constexpr (!std::is_void_v<O>) {
+    pre.x = B(*fp->x);
+    pre.o = fp->o->data<O>();
+    pre.w = B(*fp->w);
+    pre.eps = fp->eps;
+    pre.ld16 = aligned16(fp->x->raw()) && aligned16(fp->o->raw());
+    pre.h = fp->h->data<bf>();
+    pre.y = x.data<bf>();
+    pre.rstd = fp->rstd->data<float>();
+    smem = static_cast<size_t>(T * H) * sizeof(bf);
+    static size_t opted = 0;  // the dynamic shared memory this instantiation may take (past 48 KB needs opting in)
+    if (smem > opted) {
+      GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(router_fused_kernel<O>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(smem)),
+                        "moeForward fused router: cudaFuncSetAttribute");
+      opted = smem;
+    }
+  }
+  router_fused_kernel<O><<<tasks, kFusedRouterThreads, smem, st>>>(
+      B(x), B(w.router_w), B(w.router_b), (int)T, (int)H, (int)E, (int)k, slices, s.topk_idx.data<int32_t>(),
+      s.topk_w.data<float>(), s.counts.data<int32_t>(), s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
+      s.slot_pos.data<int32_t>(), pre);
+  GPTOSS_CUDA_LAUNCH_CHECK("moeForward fused router");
+}
+
+void moe_forward_impl(const Tensor& x, const MoeWeights& w, int64_t k, float limit, const Tensor* residual, Tensor& y,
+                      MoeSaved& s, ExpertGemmChoice choice, const MoeLora* lora, const FusedPreNorm* fp) {
   const char* op = "moeForward";
   const int dev = x.device;
   DeviceGuard guard(dev);
@@ -1302,11 +1392,9 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
     const int slices = fused_router_slices(E), tasks = static_cast<int>((E + 1) / 2) * slices;
     GPTOSS_CHECK(slices * E <= kMaxSlabExperts, op, ": fused router scratch holds ", kMaxSlabExperts,
                  " partial logits per token, needs ", slices * E);  // holds for every E <= 256 (see g_router_part)
-    router_fused_kernel<<<tasks, kFusedRouterThreads, 0, st>>>(
-        B(x), B(w.router_w), B(w.router_b), (int)T, (int)H, (int)E, (int)k, slices, s.topk_idx.data<int32_t>(),
-        s.topk_w.data<float>(), s.counts.data<int32_t>(), s.offsets.data<int32_t>(), s.perm_tok.data<int32_t>(),
-        s.slot_pos.data<int32_t>());
-    GPTOSS_CUDA_LAUNCH_CHECK("moeForward fused router");
+    if (!fp) launch_router_fused<void>(x, w, T, H, E, k, slices, tasks, s, nullptr, st);
+    else if (fp->o->dtype == DType::F32) launch_router_fused<float>(x, w, T, H, E, k, slices, tasks, s, fp, st);
+    else launch_router_fused<bf>(x, w, T, H, E, k, slices, tasks, s, fp, st);
   } else {
     // logits [T, E] = x·Wrᵀ + b (fp32 accumulation and output), then top-k + softmax per token.
     Tensor logits = make_tensor({T, E}, DType::F32, dev);
@@ -1349,6 +1437,36 @@ void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, c
   combine_kernel<<<T, 256, 0, st>>>(B(s.yp), s.slot_pos.data<int32_t>(), s.topk_w.data<float>(),
                                     residual ? B(*residual) : nullptr, (int)H, (int)k, Bm(y));
   GPTOSS_CUDA_LAUNCH_CHECK("moeForward combine");
+}
+
+}  // namespace
+
+void moe_forward(const Tensor& x, const MoeWeights& w, int64_t k, float limit, const Tensor* residual, Tensor& y,
+                 MoeSaved& s, ExpertGemmChoice choice, const MoeLora* lora) {
+  moe_forward_impl(x, w, k, limit, residual, y, s, choice, lora, nullptr);
+}
+
+void moe_forward_prenorm(const Tensor& x, const MoePreNorm& pre, const MoeWeights& w, int64_t k, float limit,
+                         Tensor& y, Tensor& h, Tensor& normed, Tensor& rstd, MoeSaved& s, ExpertGemmChoice choice,
+                         const MoeLora* lora) {
+  const int dev = x.device;
+  DeviceGuard guard(dev);
+  const int64_t T = x.dim(0), H = x.dim(1);
+  h = make_tensor({T, H}, DType::BF16, dev);
+  normed = make_tensor({T, H}, DType::BF16, dev);
+  rstd = make_tensor({T}, DType::F32, dev);
+  // The router norms the rows itself when it runs fused (decode sizes) and in its blocks the norm is
+  // add_rmsnorm_forward's: the same row code with the same vec choice and 256 threads (kFusedRouterThreads) a row.
+  const bool vec = H % 8 == 0 && aligned16(h.raw()) && aligned16(pre.w.raw()) && aligned16(normed.raw());
+  const bool fuse = fused_router_fits(T, H) && vec && rms::row_threads(H, true) == kFusedRouterThreads &&
+                    pre.w.dtype == DType::BF16 && (pre.o.dtype == DType::BF16 || pre.o.dtype == DType::F32);
+  if (!fuse) {
+    add_rmsnorm_forward(x, pre.o, pre.w, pre.eps, h, normed, rstd);
+    moe_forward_impl(normed, w, k, limit, &h, y, s, choice, lora, nullptr);
+    return;
+  }
+  const FusedPreNorm fp{&x, &pre.o, &pre.w, pre.eps, &h, &rstd};
+  moe_forward_impl(normed, w, k, limit, &h, y, s, choice, lora, &fp);
 }
 
 void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& s, MoeGrads& g, const MoeLora* lora) {

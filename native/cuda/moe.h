@@ -14,6 +14,12 @@ enum class ExpertGemmChoice { kAuto, kDecode, kGrouped };
 // products (moe.cu, "expert adapters"), whatever `choice` says.
 void moe_forward(const Tensor& x, const MoeWeights& w, int64_t top_k, float limit, const Tensor* residual, Tensor& y,
                  MoeSaved& saved, ExpertGemmChoice choice = ExpertGemmChoice::kAuto, const MoeLora* lora = nullptr);
+// moeForward's preNorm: x is the residual stream; h = x + pre.o, normed = rmsnorm(h)·pre.w (addRmsnorm's bits),
+// y = h + moe(normed); saved.x is normed. At decode sizes the fused router computes the add + norm in its own
+// launch (moe.cu, RouterPreNorm); else addRmsnorm runs first.
+void moe_forward_prenorm(const Tensor& x, const MoePreNorm& pre, const MoeWeights& w, int64_t top_k, float limit,
+                         Tensor& y, Tensor& h, Tensor& normed, Tensor& rstd, MoeSaved& saved,
+                         ExpertGemmChoice choice = ExpertGemmChoice::kAuto, const MoeLora* lora = nullptr);
 void moe_backward(const Tensor& dy, const MoeWeights& w, const MoeSaved& saved, MoeGrads& g,
                   const MoeLora* lora = nullptr);
 

@@ -308,15 +308,15 @@ export class DecoderLayer {
       return r;
     });
     if (!opts.save && !opts.keepAttn) attn.dispose();
-    // h = x + o and a2 = rmsnorm(h) in one op (one launch on CUDA with the fused kernel; the same bits as add then
-    // rmsnormForward). h is kept: the MoE's residual and, saved, the norm's backward input.
-    const { h, y: a2, rstd: rstd2 } = addRmsnorm(x, o, w.postNorm, c.rmsNormEps);
-    o.dispose();
-    if (opts.profile) gpuProfile.mark(dev, 'fwd o_proj+residual+norm');
-    // y = h + moe(a2): the residual add rides the MoE's combine pass.
+    if (opts.profile) gpuProfile.mark(dev, 'fwd o_proj');
+    // h = x + o, a2 = rmsnorm(h) (addRmsnorm's bits) and y = h + moe(a2) in one op: the add + norm run inside the
+    // MoE (on CUDA at decode sizes, in the fused router's launch; else addRmsnorm's kernel first), and the residual
+    // add rides the MoE's combine pass. h is kept: the norm's backward input when saved.
     const mi = this.moeInputs(w);
-    const m = moeForward(a2, mi.weights, { topK: c.topK, limit: c.swigluLimit, residual: h, lora: mi.lora });
-    if (opts.profile) gpuProfile.mark(dev, 'fwd moe+residual');
+    const m = moeForward(x, mi.weights, { topK: c.topK, limit: c.swigluLimit, preNorm: { o, weight: w.postNorm, eps: c.rmsNormEps }, lora: mi.lora });
+    o.dispose();
+    const { h, normed: a2, rstd: rstd2 } = m.preNorm!;
+    if (opts.profile) gpuProfile.mark(dev, 'fwd residual+norm+moe+residual');
     if (opts.save) {
       const dropoutSeed = this.dropping(opts.dropoutSeed) ? opts.dropoutSeed : undefined;
       return { y: m.y, saved: { attn, h, a2, rstd2, moe: m.ctx, routerEff: mi.routerEff, dropoutSeed } };

@@ -42,6 +42,20 @@ export interface MoeOptions {
    * per-expert GEMMs (native/cuda/moe.cu, "expert adapters"), whatever the batch size.
    */
   lora?: MoeExpertLora;
+  /**
+   * The residual add and norm before the MoE, in the same op: x is then the residual stream (bf16 [T,H]), the op
+   * computes h = x + o and normed = rmsnorm(h)·weight (addRmsnorm's bits), runs the MoE on normed and returns
+   * y = h + moe(normed) with h, normed and rstd (no `residual` with it). On CUDA at decode sizes (T <= 16) the fused
+   * router does the add + norm in its own launch: one graph node a layer fewer than addRmsnorm + moeForward.
+   */
+  preNorm?: MoePreNorm;
+}
+
+/** moeForward's preNorm: o bf16|f32 [T,H] (o_proj's output), the norm's weight [H] and eps. */
+export interface MoePreNorm {
+  o: Tensor;
+  weight: Tensor;
+  eps: number;
 }
 
 /**
@@ -162,6 +176,8 @@ export class MoeContext {
 export interface MoeForwardResult {
   y: Tensor /* bf16 [T,H] */;
   ctx: MoeContext;
+  /** With opts.preNorm: h = x + o (bf16 [T,H]), the normed rows (bf16 [T,H], the MoE's input) and rstd (f32 [T]). */
+  preNorm?: { h: Tensor; normed: Tensor; rstd: Tensor };
   /** Tokens per expert [E] (lazy: reading it waits for the device; read it before ctx.dispose()). */
   readonly counts: Int32Array;
 }
@@ -176,12 +192,15 @@ export function moeForward(x: Tensor, w: MoeWeights, opts: MoeOptions): MoeForwa
   const r = native().ops.moeForward(
     x.native, w.routerW.native, w.routerB.native, w.gateUpW.native, w.gateUpB.native, w.downW.native, w.downB.native,
     opts.topK, limit, exact, opts.residual?.native ?? null, opts.expertGemms ?? 'auto', ...loraArgs(opts.lora),
+    opts.preNorm?.o.native ?? null, opts.preNorm?.weight.native ?? null, opts.preNorm?.eps ?? 0,
   );
   const ctx = new MoeContext(r, w, opts.topK, limit, exact, opts.lora);
   const y = new Tensor(r.y);
+  const preNorm = r.normH && r.normY && r.normRstd ? { h: new Tensor(r.normH), normed: new Tensor(r.normY), rstd: new Tensor(r.normRstd) } : undefined;
   return {
     y,
     ctx,
+    preNorm,
     get counts(): Int32Array {
       return ctx.counts;
     },

@@ -6,6 +6,7 @@ import { Tensor } from '../../src/tensor.ts';
 import { moeForward, moeBackward, type MoeWeights } from '../../src/ops/moe.ts';
 import { native } from '../../src/native.ts';
 import { add } from '../../src/ops/elementwise.ts';
+import { addRmsnorm } from '../../src/ops/rmsnorm.ts';
 import { makeProblem, weightsOf, refForward, type MoeProblem } from '../helpers/moe-reference.ts';
 import { randnBf16, rng } from '../helpers/random.ts';
 import { maxErr } from '../helpers/numeric.ts';
@@ -232,4 +233,34 @@ test('a residual rides the combine pass: moeForward(x, { residual }) == add(resi
   assert.throws(() => moeForward(x, w, { topK: 2, residual: Tensor.zeros([p.T, p.H], { device: 'cpu' }) }), /moeForward: residual must be bf16, got f32\[37, 16\]/);
   plain.ctx.dispose();
   fused.ctx.dispose();
+});
+
+test('preNorm: moeForward(x, { preNorm }) == addRmsnorm then moeForward(normed, { residual: h }) bitwise; bad inputs are named', () => {
+  const p = makeProblem(21, 24, 4, 8, 2, 91);
+  const w = weightsOf(p, 'cpu');
+  const x = Tensor.from(p.x, [p.T, p.H], { dtype: 'bf16', device: 'cpu' });
+  const normW = Tensor.from(randnBf16(p.H, 0.5, rng(8)).map((v) => 1 + v), [p.H], { dtype: 'bf16', device: 'cpu' });
+  for (const oDtype of ['bf16', 'f32'] as const) {
+    // o as o_proj gives it: bf16 on one device, f32 from a tensor-parallel all-reduce.
+    const o = Tensor.from(randnBf16(p.T * p.H, 2, rng(6)), [p.T, p.H], { dtype: oDtype, device: 'cpu' });
+    const ref = addRmsnorm(x, o, normW, 1e-5);
+    const plain = moeForward(ref.y, w, { topK: 2, residual: ref.h });
+    const fused = moeForward(x, w, { topK: 2, preNorm: { o, weight: normW, eps: 1e-5 } });
+    assert.ok(fused.preNorm, 'preNorm outputs');
+    assert.deepEqual([...fused.y.toFloat32()], [...plain.y.toFloat32()], `y (o ${oDtype})`);
+    assert.deepEqual([...fused.preNorm.h.toFloat32()], [...ref.h.toFloat32()], 'h');
+    assert.deepEqual([...fused.preNorm.normed.toFloat32()], [...ref.y.toFloat32()], 'normed');
+    assert.deepEqual([...fused.preNorm.rstd.toFloat32()], [...ref.rstd.toFloat32()], 'rstd');
+    assert.deepEqual([...fused.ctx.x.toFloat32()], [...ref.y.toFloat32()], 'the saved MoE input is the normed rows');
+    assert.deepEqual([...fused.ctx.topkIdx.toInt32()], [...plain.ctx.topkIdx.toInt32()], 'routing');
+    assert.equal(plain.preNorm, undefined);
+    for (const t of [o, ref.h, ref.y, ref.rstd, plain.y, fused.y, fused.preNorm.h, fused.preNorm.normed, fused.preNorm.rstd]) t.dispose();
+    plain.ctx.dispose();
+    fused.ctx.dispose();
+  }
+  const o = Tensor.zeros([p.T, p.H], { dtype: 'bf16', device: 'cpu' });
+  assert.throws(() => moeForward(x, w, { topK: 2, residual: x, preNorm: { o, weight: normW, eps: 1e-5 } }), /moeForward: preNorm adds its own residual/);
+  assert.throws(() => moeForward(x, w, { topK: 2, preNorm: { o: Tensor.zeros([p.T, p.H + 1], { device: 'cpu' }), weight: normW, eps: 1e-5 } }), /moeForward: preNorm\.o/);
+  assert.throws(() => moeForward(x, w, { topK: 2, preNorm: { o, weight: Tensor.zeros([p.H - 1], { device: 'cpu' }), eps: 1e-5 } }), /moeForward: preNorm\.weight/);
+  assert.throws(() => moeForward(x, w, { topK: 2, preNorm: { o, weight: normW, eps: Number.NaN } }), /moeForward: preNorm\.eps must be a finite non-negative number/);
 });

@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { Tensor, cudaDeviceCount, f32ToBf16Bits, roundBf16Scalar, synchronize } from '../../src/tensor.ts';
 import { native } from '../../src/native.ts';
 import { moeForward, moeBackward, type MoeForwardResult, type MoeWeights } from '../../src/ops/moe.ts';
+import { addRmsnorm } from '../../src/ops/rmsnorm.ts';
 import { makeProblem, weightsOf } from '../helpers/moe-reference.ts';
 import { randnBf16, rng } from '../helpers/random.ts';
 import { maxAbs, maxErr } from '../helpers/numeric.ts';
@@ -388,4 +389,85 @@ test('moeForward on CUDA: the fused router is deterministic (T 1..16, two runs) 
     x.dispose();
   }
   for (const { w } of problems) disposeWeights(w);
+});
+
+// moeForward's preNorm on CUDA: at decode sizes the fused router computes h = x + o and the post-attention norm in
+// each of its blocks (addRmsnorm's row code at 256 threads a row: its bits) before its dot products; elsewhere (a
+// small H, whose addRmsnorm takes fewer threads a row, or T > 16) addRmsnorm runs first. Either way the op must give
+// exactly what addRmsnorm + moeForward(normed, { residual: h }) give: h, the normed rows, rstd, the routing and y,
+// for o in bf16 and in f32 (a tensor-parallel all-reduce's), in eager calls and in a CUDA-graph replay.
+test('moeForward on CUDA: preNorm (the add + norm in the fused router) equals addRmsnorm + moeForward bitwise', { skip, timeout: 300000 }, () => {
+  const G = 'cuda:0';
+  for (const { H, E, k, Ts } of [
+    { H: 2880, E: 32, k: 4, Ts: [1, 2, 3, 8, 16, 17] }, // gpt-oss-20b's router: fused at T <= 16, addRmsnorm first at 17
+    { H: 256, E: 7, k: 3, Ts: [1, 4] }, // addRmsnorm's row takes 32 threads: not fused
+  ]) {
+    const p = makeProblem(17, H, E, 32, k, 9700 + E);
+    const wCpu = weightsOf(p, 'cpu'), w = toDevice(wCpu, G);
+    disposeWeights(wCpu);
+    const normW = Tensor.from(randnBf16(H, 0.3, rng(9701)).map((v) => 1 + v), [H], { dtype: 'bf16', device: G });
+    for (const T of Ts) {
+      for (const oDtype of ['bf16', 'f32'] as const) {
+        const name = `H${H} E${E} T${T} o ${oDtype}`;
+        const x = Tensor.from(p.x.subarray(0, T * H), [T, H], { dtype: 'bf16', device: G });
+        const o = Tensor.from(randnBf16(T * H, 2, rng(9702 + T)), [T, H], { dtype: oDtype, device: G });
+        const ref = addRmsnorm(x, o, normW, 1e-5);
+        const plain = moeForward(ref.y, w, { topK: k, residual: ref.h });
+        const fused = moeForward(x, w, { topK: k, preNorm: { o, weight: normW, eps: 1e-5 } });
+        const pre = fused.preNorm!;
+        assert.deepEqual([...pre.h.toFloat32()], [...ref.h.toFloat32()], `${name}: h`);
+        assert.deepEqual([...pre.normed.toFloat32()], [...ref.y.toFloat32()], `${name}: normed`);
+        assert.deepEqual([...pre.rstd.toFloat32()], [...ref.rstd.toFloat32()], `${name}: rstd`);
+        assert.deepEqual(routeBits(fused), routeBits(plain), `${name}: routing and y`);
+        for (const t of [x, o, ref.h, ref.y, ref.rstd, pre.h, pre.normed, pre.rstd]) t.dispose();
+        disposeForward(plain);
+        disposeForward(fused);
+      }
+    }
+    disposeWeights(w);
+    normW.dispose();
+  }
+  // A CUDA-graph replay of the fused op with new inputs gives the bits of an eager call (T 1, gpt-oss-20b's router).
+  const H = 2880, k = 4, T = 1;
+  const p = makeProblem(1, H, 32, 32, k, 9800);
+  const wCpu = weightsOf(p, 'cpu'), w = toDevice(wCpu, G);
+  disposeWeights(wCpu);
+  const normW = Tensor.from(randnBf16(H, 0.3, rng(9801)).map((v) => 1 + v), [H], { dtype: 'bf16', device: G });
+  const x = Tensor.from(p.x, [T, H], { dtype: 'bf16', device: G });
+  const o = Tensor.from(randnBf16(T * H, 2, rng(9802)), [T, H], { dtype: 'bf16', device: G });
+  const run = () => moeForward(x, w, { topK: k, preNorm: { o, weight: normW, eps: 1e-5 } });
+  const bits = (f: MoeForwardResult) => ({ ...routeBits(f), h: [...f.preNorm!.h.toFloat32()], normed: [...f.preNorm!.normed.toFloat32()], rstd: [...f.preNorm!.rstd.toFloat32()] });
+  const drop = (f: MoeForwardResult) => {
+    disposeForward(f);
+    for (const t of [f.preNorm!.h, f.preNorm!.normed, f.preNorm!.rstd]) t.dispose();
+  };
+  drop(run()); // warm-up outside the capture
+  synchronize(G);
+  const ops = native().ops;
+  const pool = ops.graphPoolCreate(0);
+  ops.captureBegin(0, pool);
+  let cap: MoeForwardResult, graph: number;
+  try {
+    cap = run();
+    graph = ops.captureEnd(0);
+  } catch (e) {
+    ops.captureAbort(0);
+    throw e;
+  }
+  for (const seed of [9803, 9804]) {
+    const oh = Tensor.from(randnBf16(T * H, 2, rng(seed)), [T, H], { dtype: 'bf16', device: 'cpu' });
+    o.copyFrom(oh);
+    oh.dispose();
+    ops.graphLaunch(graph, 0);
+    synchronize(G);
+    const eager = run();
+    assert.deepEqual(bits(cap), bits(eager), `seed ${seed}: graph replay vs eager`);
+    drop(eager);
+  }
+  console.log(`preNorm fused router under a CUDA graph (${ops.graphNodeCount(graph)} nodes) matches eager calls`);
+  ops.graphDestroy(graph);
+  drop(cap);
+  ops.graphPoolRelease(0, pool);
+  dispose(x, o, normW);
+  disposeWeights(w);
 });
