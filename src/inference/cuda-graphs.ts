@@ -12,8 +12,9 @@
 //
 // Static inputs of one graph (device, fixed addresses): i32 [ids | positions | slots per space | block tables per
 // space | contextLens | queryStarts | topK | seeds | counters] and f32 [temperature | topP], each segment padded to
-// 16 bytes; filled before each replay by two asynchronous copies from pinned host staging buffers (the previous
-// step's readback has waited for the device, so the staging is free to refill). Padding rows (b >= B): token 0 at
+// 16 bytes; filled before each replay by two asynchronous copies from pinned host staging buffers, two sets used in
+// turn (launch n uses set n % 2: a step is filled while the one before may still be in flight, and the one before
+// that has been read back, so its set is free). Padding rows (b >= B): token 0 at
 // position 0, slot -1 (scatterRows skips it: no KV written), a context of 1 token read from block 0 of each pool
 // (always allocated, finite: zeroed at allocation or written since), greedy sampling; their outputs are dropped.
 //
@@ -22,7 +23,9 @@
 // the replay with the same values), then captures LocalModelRunner.deviceStep (layers, LM head, sampling: no upload
 // or host read) with the device's allocations served from one private pool shared by the engine's graphs (they
 // never run concurrently: one stream), and replays it. The sampled tokens and log-probs are the graph's static
-// outputs, read back after each replay. Graphs hold the addresses of the weights and KV pools: freeKvCache,
+// outputs, copied to pinned host memory behind each replay (an event marks the copy) and read when the caller waits.
+// launch / wait let the engine run a step ahead (engine.ts, "Running a step ahead"): it launches step N + 1 before
+// reading step N, N + 1's input tokens copied on the device from N's outputs. Graphs hold the addresses of the weights and KV pools: freeKvCache,
 // allocateKvCache and pageWeights destroy them and release the pool (reset), and the next decode step captures
 // again. Memory: the pool holds about one decode step's working set at the largest bucket captured (at 512
 // sequences of gpt-oss-20b mostly the f32 logits, 512 x 201,088 x 4 B = 412 MB), beside the ordinary cache's.
@@ -119,11 +122,16 @@ function layout(bucket: number, width: number, spaces: number): Layout {
 }
 
 /** One captured decode shape: static inputs, staging, the graph and its outputs. */
-class DecodeGraph {
+export class DecodeGraph {
   readonly i32: Tensor;
   readonly f32: Tensor;
-  private readonly stageI32: Tensor | null;
-  private readonly stageF32: Tensor | null;
+  /**
+   * Pinned staging (CUDA), two pairs used in turn (launch slot 0 / 1): with the engine running a step ahead, the
+   * next step is filled while the previous step's upload may still wait on the stream.
+   */
+  private readonly stage: { i32: Tensor; f32: Tensor }[];
+  /** Pinned copies of the sampled tokens and log-probs (CUDA), one pair per launch slot, read after its event. */
+  readonly readback: { tokens: Tensor; logprobs: Tensor }[];
   readonly hostI32: Int32Array;
   readonly hostF32: Float32Array;
   readonly inputs: StepTensors;
@@ -140,8 +148,9 @@ class DecodeGraph {
     const cpu = device === 'cpu';
     this.i32 = Tensor.zeros([L.i32Len], { dtype: 'i32', device });
     this.f32 = Tensor.zeros([L.f32Len], { dtype: 'f32', device });
-    this.stageI32 = cpu ? null : Tensor.zeros([L.i32Len], { dtype: 'i32', device: 'cpu', pinned: true });
-    this.stageF32 = cpu ? null : Tensor.zeros([L.f32Len], { dtype: 'f32', device: 'cpu', pinned: true });
+    const pinned = { device: 'cpu', pinned: true } as const;
+    this.stage = cpu ? [] : [0, 1].map(() => ({ i32: Tensor.zeros([L.i32Len], { dtype: 'i32', ...pinned }), f32: Tensor.zeros([L.f32Len], { dtype: 'f32', ...pinned }) }));
+    this.readback = cpu ? [] : [0, 1].map(() => ({ tokens: Tensor.zeros([L.bucket], { dtype: 'i32', ...pinned }), logprobs: Tensor.zeros([L.bucket], { dtype: 'f32', ...pinned }) }));
     this.hostI32 = new Int32Array(L.i32Len);
     this.hostF32 = new Float32Array(L.f32Len);
     const B = L.bucket;
@@ -173,8 +182,8 @@ class DecodeGraph {
     };
   }
 
-  /** Lays out step s (B <= bucket sequences, decode-only) with padding rows, and enqueues its upload. */
-  fill(s: StepInput): void {
+  /** Lays out step s (B <= bucket sequences, decode-only) with padding rows, and enqueues its upload (staging `slot`). */
+  fill(s: StepInput, slot: number): void {
     const L = this.L;
     const h = this.hostI32;
     const f = this.hostF32;
@@ -206,12 +215,13 @@ class DecodeGraph {
     f.fill(0, L.temperature + B, L.temperature + P); // greedy
     f.set(s.topP, L.topP);
     f.fill(1, L.topP + B, L.topP + P);
-    if (this.stageI32 && this.stageF32) {
+    const st = this.stage[slot];
+    if (st) {
       // Pinned staging -> static buffers, asynchronously on the compute stream (ordered before the replay).
-      this.stageI32.copyFrom(h);
-      this.stageF32.copyFrom(f);
-      this.i32.copyFromAsync(this.stageI32);
-      this.f32.copyFromAsync(this.stageF32);
+      st.i32.copyFrom(h);
+      st.f32.copyFrom(f);
+      this.i32.copyFromAsync(st.i32);
+      this.f32.copyFromAsync(st.f32);
     } else {
       this.i32.copyFrom(h);
       this.f32.copyFrom(f);
@@ -223,7 +233,7 @@ class DecodeGraph {
     this.graph = 0;
     if (this.out) disposeAll(this.out.tokens, this.out.logprobs);
     this.out = null;
-    disposeAll(...this.views, this.i32, this.f32, this.stageI32, this.stageF32);
+    disposeAll(...this.views, this.i32, this.f32, ...this.stage.flatMap((x) => [x.i32, x.f32]), ...this.readback.flatMap((x) => [x.tokens, x.logprobs]));
   }
 }
 
@@ -250,14 +260,33 @@ export interface DecodeGraphStats {
   timedReplays: number;
 }
 
+/** A decode step launched from a graph, its outputs not read yet (DecodeGraphs.launch / wait). */
+export class LaunchedDecode {
+  constructor(
+    readonly graph: DecodeGraph,
+    /** The step's sequences (rows before the bucket's padding). */
+    readonly rows: number,
+    /** The launch slot: which staging, readback copies and events it used. */
+    readonly slot: number,
+    /** It captured its graph (its time is not a replay's). */
+    readonly fresh: boolean,
+    /** CPU: the step's outputs, computed at launch. */
+    public cpuOut: { tokens: Tensor; logprobs: Tensor } | null,
+    /** Host time the launch took. */
+    readonly launchMs: number,
+  ) {}
+}
+
 /** The CUDA graphs of one LocalModelRunner's decode steps (see the file comment). */
 export class DecodeGraphs {
   private readonly graphs = new Map<string, DecodeGraph>();
   private pool = 0;
   private readonly counts = { captures: 0, replays: 0, eager: 0, replayGpuMs: 0, replayCallMs: 0, timedReplays: 0 };
   private readonly cpu: boolean;
-  /** Timing events around a replay (CUDA). */
-  private readonly marks: [NativeEvent, NativeEvent] | null;
+  /** Per launch slot (CUDA): timing events around the replay and the event after its outputs' copy to the host. */
+  private readonly marks: { start: NativeEvent; end: NativeEvent; done: NativeEvent }[];
+  /** Launches so far: launch n uses slot n % 2 (staging, readback, events), so two steps can be in flight. */
+  private launches = 0;
   /** The largest bucket captured (largestGraphBucket); larger decode steps run eagerly. */
   readonly maxBucket: number;
 
@@ -269,19 +298,36 @@ export class DecodeGraphs {
   ) {
     this.cpu = runner.device === 'cpu';
     const dev = deviceIndex(runner.device);
-    this.marks = this.cpu ? null : [native().ops.eventCreate(dev, true), native().ops.eventCreate(dev, true)];
+    const ev = (timing: boolean) => native().ops.eventCreate(dev, timing);
+    this.marks = this.cpu ? [] : [0, 1].map(() => ({ start: ev(true), end: ev(true), done: ev(false) }));
     const c = runner.config;
     this.maxBucket = largestGraphBucket(c.numExperts, c.topK, maxBatch);
   }
 
   /** Runs a decode-only step from a graph; null when the step is not one graphs take (the caller runs it eagerly). */
   run(s: StepInput): StepOutput | null {
+    const launched = this.launch(s, null);
+    if (!launched) {
+      this.counts.eager++;
+      return null;
+    }
+    return this.wait(launched);
+  }
+
+  /**
+   * Launches a decode-only step from its graph without waiting for it (null: not a step graphs take). The sampled
+   * tokens and log-probs are copied to pinned host memory behind the replay, before any later launch can overwrite
+   * the graph's outputs; wait() reads them. `feed`: the step launched just before, with the same rows, whose sampled
+   * tokens are this step's input tokens (the engine running a step ahead: s.tokens are placeholders then); they are
+   * copied on the device, after this step's upload and before its replay.
+   */
+  launch(s: StepInput, feed: LaunchedDecode | null): LaunchedDecode | null {
     const t0 = performance.now();
     const B = s.contextLens.length;
     const bucket = isDecodeStep(s) ? graphBucket(B) : null;
-    if (bucket === null || bucket > this.maxBucket) {
-      this.counts.eager++;
-      return null;
+    if (bucket === null || bucket > this.maxBucket) return null;
+    if (feed && (feed.rows !== B || feed.graph.L.bucket !== bucket)) {
+      throw new Error(`DecodeGraphs.launch: a step fed by the previous one keeps its rows (${B} rows after ${feed.rows})`);
     }
     const width = blockTableWidth(s.maxBlocksPerSeq);
     const key = `${bucket}x${width}`;
@@ -291,28 +337,51 @@ export class DecodeGraphs {
       g = new DecodeGraph(layout(bucket, width, this.spaces), this.runner.device);
       this.graphs.set(key, g);
     }
-    g.fill(s);
-    let out: { tokens: Tensor; logprobs: Tensor };
+    const slot = this.launches++ % 2;
+    g.fill(s, slot);
+    let cpuOut: { tokens: Tensor; logprobs: Tensor } | null = null;
     if (this.cpu) {
-      out = this.runner.deviceStep(g.inputs);
+      if (feed) g.inputs.ids.copyFrom(feed.cpuOut!.tokens);
+      cpuOut = this.runner.deviceStep(g.inputs);
     } else {
+      if (feed) g.inputs.ids.copyFromAsync(feed.graph.out!.tokens); // device to device, in stream order
       if (fresh) this.capture(g, key);
       const dev = deviceIndex(this.runner.device);
-      native().ops.eventRecord(this.marks![0], dev);
+      const m = this.marks[slot]!;
+      native().ops.eventRecord(m.start, dev);
       native().ops.graphLaunch(g.graph, dev);
-      native().ops.eventRecord(this.marks![1], dev);
-      out = g.out!;
+      native().ops.eventRecord(m.end, dev);
+      const rb = g.readback[slot]!;
+      rb.tokens.copyFromAsync(g.out!.tokens);
+      rb.logprobs.copyFromAsync(g.out!.logprobs);
+      native().ops.eventRecord(m.done, dev);
     }
     this.counts.replays++;
-    const tokens = out.tokens.toInt32().slice(0, B);
-    const logprobs = out.logprobs.toFloat32().slice(0, B);
-    if (this.cpu) disposeAll(out.tokens, out.logprobs);
-    else if (!fresh) {
-      // The readback waited for the replay, so the end event is complete. (A capturing call is left out: its eager
-      // warm-up and capture are not a replay's cost.)
-      this.counts.replayGpuMs += native().ops.eventElapsedMs(this.marks![0], this.marks![1]);
-      this.counts.replayCallMs += performance.now() - t0;
-      this.counts.timedReplays++;
+    return new LaunchedDecode(g, B, slot, fresh, cpuOut, performance.now() - t0);
+  }
+
+  /** Waits for a launched step's outputs (its copy to the host only, not later launches) and reads them. */
+  wait(p: LaunchedDecode): StepOutput {
+    const t0 = performance.now();
+    let tokens: Int32Array, logprobs: Float32Array;
+    if (p.cpuOut) {
+      tokens = p.cpuOut.tokens.toInt32().slice(0, p.rows);
+      logprobs = p.cpuOut.logprobs.toFloat32().slice(0, p.rows);
+      disposeAll(p.cpuOut.tokens, p.cpuOut.logprobs);
+      p.cpuOut = null;
+    } else {
+      const m = this.marks[p.slot]!;
+      native().ops.eventSynchronize(m.done);
+      const rb = p.graph.readback[p.slot]!;
+      tokens = rb.tokens.toInt32().slice(0, p.rows);
+      logprobs = rb.logprobs.toFloat32().slice(0, p.rows);
+      if (!p.fresh) {
+        // The replay's end event is complete (the copy after it is). A capturing launch is left out: its eager
+        // warm-up and capture are not a replay's cost.
+        this.counts.replayGpuMs += native().ops.eventElapsedMs(m.start, m.end);
+        this.counts.replayCallMs += p.launchMs + performance.now() - t0;
+        this.counts.timedReplays++;
+      }
     }
     return { tokens, logprobs };
   }

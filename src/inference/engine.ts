@@ -18,7 +18,7 @@ import { engineMemoryPlan } from '../trainer/memory-plan.ts';
 import { BlockManager } from './block-manager.ts';
 import { kvSpaces } from './paged-kv-cache.ts';
 import { LocalModelRunner, type ModelRunner, type StepInput, type WeightUpdate } from './model-runner.ts';
-import type { DecodeGraphStats } from './cuda-graphs.ts';
+import type { DecodeGraphStats, LaunchedDecode } from './cuda-graphs.ts';
 import { Scheduler, Sequence, type FinishReason, type KvSpace, type ScheduledChunk } from './scheduler.ts';
 
 export interface GenerateRequest {
@@ -109,6 +109,10 @@ export interface EngineStats {
   heldBlocks: number;
   /** Decode graphs' counters (enforceEager false), else null. */
   graphs: DecodeGraphStats | null;
+  /** Decode steps launched before the step before them was read back (see Engine, "Running a step ahead"). */
+  stepsAhead: number;
+  /** Rows of those steps dropped because their sequence ended in the step before. */
+  rowsDropped: number;
 }
 
 /** What generate() waits on for one request. */
@@ -157,6 +161,9 @@ export class Engine {
   private nextGroup = 0;
   private nextSeq = 0;
   private loop: Promise<void> | null = null;
+  /** The decode step launched ahead of the one being completed (see step(), "Running a step ahead"). */
+  private ahead: { chunks: ScheduledChunk[]; launched: LaunchedDecode } | null = null;
+  private readonly aheadStats = { steps: 0, rowsDropped: 0 };
   private asleep = false;
   /** sleep({ weights: true }) paged the model's weights out. */
   private weightsOut = false;
@@ -340,6 +347,8 @@ export class Engine {
       blockSize: this.blockSize,
       heldBlocks: this.scheduler.heldBlocks,
       graphs: this.runner instanceof LocalModelRunner ? this.runner.graphStats() : null,
+      stepsAhead: this.aheadStats.steps,
+      rowsDropped: this.aheadStats.rowsDropped,
     };
   }
 
@@ -348,6 +357,7 @@ export class Engine {
     if (this.disposed) return;
     this.disposed = true;
     for (const s of [...this.scheduler.running, ...this.scheduler.waiting]) this.finish(s, 'abort');
+    this.dropAhead();
     this.runner.dispose();
     this.onDispose?.();
   }
@@ -392,7 +402,7 @@ export class Engine {
     if (this.loop || this.scheduler.idle) return;
     this.loop = (async () => {
       try {
-        while (!this.scheduler.idle && !this.disposed) {
+        while ((!this.scheduler.idle || this.ahead) && !this.disposed) {
           await this.step();
           // Let other generate() calls enqueue between steps (they join at the next one).
           await new Promise<void>((r) => setImmediate(r));
@@ -408,35 +418,92 @@ export class Engine {
     while (this.loop) await this.loop;
   }
 
+  // Running a step ahead. When a decode-only step runs from a CUDA graph (runner.launchDecode), the engine does not
+  // wait for it before planning the next: if the next step is known already (Scheduler.planAhead: the same
+  // sequences, none joining or ending by length), it is launched at once, its input tokens copied on the device from
+  // this step's sampled ones, and only then does the host wait for this step, complete it and run the callbacks, while
+  // the GPU runs the next. A sequence that this step ends (a stop token, an abort) drops its row of the step ahead.
+  // The tokens are those of one step at a time: the same ids, positions, slots, seeds and counters reach the same
+  // graph.
   private async step(): Promise<void> {
-    const chunks = this.scheduler.schedule();
-    if (chunks.length === 0) {
-      // Validation guarantees the queue head fits an empty pool; reaching here is a scheduler bug.
-      const head = this.scheduler.waiting[0];
-      if (head) this.finish(head, 'error', 'the engine could not schedule this sequence (internal error)');
-      return;
+    let chunks: ScheduledChunk[];
+    let launched: LaunchedDecode | null = null;
+    if (this.ahead) {
+      ({ chunks, launched } = this.ahead);
+      this.ahead = null;
+    } else {
+      chunks = this.scheduler.schedule();
+      if (chunks.length === 0) {
+        // Validation guarantees the queue head fits an empty pool; reaching here is a scheduler bug.
+        const head = this.scheduler.waiting[0];
+        if (head) this.finish(head, 'error', 'the engine could not schedule this sequence (internal error)');
+        return;
+      }
     }
     let out: { tokens: Int32Array; logprobs: Float32Array };
     try {
-      out = await this.runner.execute(this.stepInput(chunks));
+      const input = launched ? null : this.stepInput(chunks);
+      if (input && this.runner.launchDecode) launched = this.runner.launchDecode(input, null);
+      if (launched) {
+        const next = this.scheduler.planAhead(chunks);
+        if (next) {
+          const ahead = this.runner.launchDecode!(this.stepInput(next, true), launched);
+          if (!ahead) throw new Error('the step planned ahead did not launch from a graph (internal error)');
+          this.ahead = { chunks: next, launched: ahead };
+          this.aheadStats.steps++;
+        }
+        out = this.runner.waitDecode!(launched);
+      } else {
+        out = await this.runner.execute(input!);
+      }
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
-      for (const c of chunks) this.finish(c.seq, 'error', `engine step failed: ${msg}`);
+      for (const c of chunks) if (!c.seq.finishReason) this.finish(c.seq, 'error', `engine step failed: ${msg}`);
+      this.dropAhead();
       return;
     }
-    const sampled = Array.from(out.tokens, (token, i) => ({ token, logprob: out.logprobs[i]! }));
-    const sampledSeqs = chunks.filter((c) => c.sample).map((c) => c.seq);
-    const finished = this.scheduler.complete(chunks, sampled);
+    // Rows of sequences that ended while this step was in flight (it was planned ahead) are dropped.
+    const keep = chunks.map((c) => !c.seq.finishReason);
+    this.aheadStats.rowsDropped += keep.filter((x) => !x).length;
+    const live = chunks.filter((_, i) => keep[i]);
+    const sampled: { token: number; logprob: number }[] = [];
+    let k = 0;
+    chunks.forEach((c, i) => {
+      if (!c.sample) return;
+      if (keep[i]) sampled.push({ token: out.tokens[k]!, logprob: out.logprobs[k]! });
+      k++;
+    });
+    const sampledSeqs = live.filter((c) => c.sample).map((c) => c.seq);
+    const finished = this.scheduler.complete(live, sampled);
     sampledSeqs.forEach((s, i) => {
       const o = this.owner.get(s);
       if (!o) return; // ended by an earlier callback of this step (the engine disposed from onToken)
       o.request.onToken?.({ request: o.request.index, sample: o.sample, token: sampled[i]!.token, logprob: sampled[i]!.logprob });
     });
     for (const s of finished) this.deliver(s);
+    // Every sequence of the step ahead ended here: nothing of it is needed.
+    if (this.ahead?.chunks.every((c) => c.seq.finishReason)) this.dropAhead();
   }
 
-  /** The runner's arrays for a planned step (see StepInput). */
-  private stepInput(chunks: readonly ScheduledChunk[]): StepInput {
+  /** Waits for the step launched ahead and drops it (its sequences ended or failed). */
+  private dropAhead(): void {
+    const a = this.ahead;
+    this.ahead = null;
+    if (!a) return;
+    this.aheadStats.rowsDropped += a.chunks.length;
+    try {
+      this.runner.waitDecode!(a.launched);
+    } catch {
+      // Its sequences have ended already; a failure of the dropped step has nothing left to fail.
+    }
+  }
+
+  /**
+   * The runner's arrays for a planned step (see StepInput). ahead: the step is planned before the step now running
+   * completes (Scheduler.planAhead): its input tokens are placeholders (the runner copies the running step's sampled
+   * tokens in) and each sequence's sampling counter counts the token that step appends.
+   */
+  private stepInput(chunks: readonly ScheduledChunk[], ahead = false): StepInput {
     const bs = this.blockSize;
     const N = chunks.reduce((a, c) => a + c.count, 0);
     const B = chunks.length;
@@ -461,7 +528,7 @@ export class Engine {
         for (let p = c.start, r = row; p < c.start + c.count; p++, r++) slots[i]![r] = t.blocks[Math.floor(p / bs)]! * bs + (p % bs);
       });
       for (let p = c.start; p < c.start + c.count; p++, row++) {
-        tokens[row] = s.tokens[p]!;
+        tokens[row] = ahead ? 0 : s.tokens[p]!;
         positions[row] = p;
       }
       contextLens[b] = c.start + c.count;
@@ -471,7 +538,7 @@ export class Engine {
         topP[k] = s.sampling.topP;
         topK[k] = s.sampling.topK;
         seeds[k] = s.sampling.seed | 0;
-        counters[k] = s.generated.length;
+        counters[k] = s.generated.length + (ahead ? 1 : 0);
         k++;
       }
     });

@@ -16,7 +16,7 @@ import { embeddingForward } from '../ops/embedding.ts';
 import { cast } from '../ops/elementwise.ts';
 import { sampleRows, type SampleRowsParams } from '../ops/sampling.ts';
 import { PagedKvCache, kvSpaces, type PagedStepMeta } from './paged-kv-cache.ts';
-import { DecodeGraphs, type DecodeGraphStats } from './cuda-graphs.ts';
+import { DecodeGraphs, type DecodeGraphStats, type LaunchedDecode } from './cuda-graphs.ts';
 
 /** One engine step as host arrays. N query rows over B sequences; S of the rows are sampled. */
 export interface StepInput {
@@ -88,6 +88,14 @@ export interface ModelRunner {
   pageWeights(out: boolean): void;
   /** Runs one step (a collective over the ranks of a tensor-parallel runner, hence asynchronous). */
   execute(step: StepInput): Promise<StepOutput>;
+  /**
+   * Optional (runners with CUDA graphs, LocalModelRunner): launches a decode-only step without waiting for it, or
+   * returns null when the step is not one it launches that way (the engine then calls execute). `feed`: the step
+   * launched just before, with the same rows in the same order, whose sampled tokens are this step's input tokens
+   * (step.tokens are placeholders then). waitDecode reads a launched step's outputs.
+   */
+  launchDecode?(step: StepInput, feed: LaunchedDecode | null): LaunchedDecode | null;
+  waitDecode?(launched: LaunchedDecode): StepOutput;
   /** Copies new weights into the model's parameters (same names and shapes; the KV cache is the engine's to reset). */
   updateWeights(weights: WeightUpdate): void | Promise<void>;
   dispose(): void;
@@ -152,6 +160,15 @@ export class LocalModelRunner implements ModelRunner {
   /** The graphs' counters (null when graphs are off). */
   graphStats(): DecodeGraphStats | null {
     return this.graphs?.stats() ?? null;
+  }
+
+  launchDecode(s: StepInput, feed: LaunchedDecode | null): LaunchedDecode | null {
+    return this.graphs && !this.model.lora ? this.graphs.launch(s, feed) : null;
+  }
+
+  waitDecode(launched: LaunchedDecode): StepOutput {
+    if (!this.graphs) throw new Error('LocalModelRunner.waitDecode: no graphs (a launched step outlived enableGraphs / dispose)');
+    return this.graphs.wait(launched);
   }
 
   async execute(s: StepInput): Promise<StepOutput> {

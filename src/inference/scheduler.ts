@@ -242,6 +242,34 @@ export class Scheduler {
     return finished;
   }
 
+  /**
+   * The step after `chunks`, planned while they run (before their sampled tokens are known), or null when it cannot
+   * be known yet: it must be the step schedule() would plan once they complete with no sequence ending, i.e. every
+   * running sequence decoding in running order, none joining (nothing waits) and none ending by length at `chunks`
+   * (a stop token is only seen after the step: the engine then drops that sequence's row of the planned step), and
+   * one more position must fit every table without preempting. Each sequence's tables grow by that position; the
+   * chunks start at its next position, whose token is the one `chunks` sample.
+   */
+  planAhead(chunks: readonly ScheduledChunk[]): ScheduledChunk[] | null {
+    if (this.waiting.length > 0 || chunks.length !== this.running.length) return null;
+    for (let i = 0; i < chunks.length; i++) {
+      const c = chunks[i]!;
+      const s = c.seq;
+      if (s !== this.running[i] || !c.sample || c.count !== 1 || c.start !== s.tokens.length - 1) return null;
+      if (s.generated.length + 1 >= s.maxNewTokens || s.tokens.length + 1 >= this.opts.maxModelLen) return null;
+    }
+    const bs = this.blockSize;
+    for (let i = 0; i < this.spaces.length; i++) {
+      let need = 0;
+      for (const c of chunks) need += Math.max(0, Math.ceil((c.seq.tokens.length + 1) / bs) - c.seq.tables[i]!.blocks.length);
+      if (need > this.spaces[i]!.blocks.numFreeBlocks) return null;
+    }
+    for (const c of chunks) this.grow(c.seq, c.seq.tokens.length + 1);
+    this.stats.steps++;
+    this.stats.decodeTokens += chunks.length;
+    return chunks.map((c) => ({ seq: c.seq, start: c.seq.tokens.length, count: 1, sample: true }));
+  }
+
   /** Removes a sequence wherever it is (finished, aborted or failed), releasing its blocks. */
   remove(s: Sequence): void {
     const r = this.running.indexOf(s);

@@ -43,12 +43,62 @@ test('graph path (CPU: eager over the padded static buffers) == eager engine: to
   assert.ok(g.replays > 10, `decode steps through the graph path: ${g.replays}`);
   assert.ok(g.eager > 0, 'prefill steps stay eager');
   assert.equal(g.captures, 0, 'nothing is captured on the CPU');
+  // The graph path runs decode steps ahead (the engine launches step N + 1 before reading step N back, the tokens fed
+  // from step N's outputs); the eager engine never does.
+  assert.equal(eager.stats.stepsAhead, 0);
+  assert.ok(graph.stats.stepsAhead > 5, `steps run ahead: ${graph.stats.stepsAhead}`);
   for (let i = 0; i < eager.out.length; i++) {
     const a = eager.out[i]!.samples[0]!;
     const b = graph.out[i]!.samples[0]!;
     assert.equal(b.finishReason, 'length');
     assert.deepEqual(b.tokens, a.tokens, `request ${i}: tokens`);
     assert.deepEqual(b.logprobs, a.logprobs, `request ${i}: log-probs`);
+  }
+});
+
+test('running a step ahead: stop tokens mid-flight drop the planned rows (the eager tokens), a dispose mid-flight aborts cleanly', async () => {
+  const model = await fixture();
+  const ps = prompts([6, 11, 4, 8], 4242);
+  const req = (i: number, stopTokens: number[] = []): GenerateRequest => ({ prompt: ps[i]!, maxNewTokens: 18 + 3 * i, temperature: i % 2 ? 0.9 : 0, seed: 300 + i, stopTokens });
+  // The tokens without stops: stop tokens are then taken from the middle of two sequences' outputs.
+  const probe = await createEngine(model, { blockSize: 4, numBlocks: 96, maxNumSeqs: 8, maxNumBatchedTokens: 32, enforceEager: true });
+  const free = await probe.generate([0, 1, 2, 3].map((i) => req(i)));
+  probe.dispose();
+  const stops = [[free[0]!.samples[0]!.tokens[5]!], [], [free[2]!.samples[0]!.tokens[9]!], []];
+  const runWith = async (enforceEager: boolean) => {
+    const engine = await createEngine(model, { blockSize: 4, numBlocks: 96, maxNumSeqs: 8, maxNumBatchedTokens: 32, enforceEager });
+    const out = await engine.generate([0, 1, 2, 3].map((i) => req(i, stops[i])));
+    const stats = engine.stats();
+    engine.dispose();
+    return { out, stats };
+  };
+  const eager = await runWith(true);
+  const graph = await runWith(false);
+  assert.ok(graph.stats.stepsAhead > 5, `steps run ahead: ${graph.stats.stepsAhead}`);
+  assert.ok(graph.stats.rowsDropped >= 2, `the stopped sequences' planned rows were dropped: ${graph.stats.rowsDropped}`);
+  for (let i = 0; i < 4; i++) {
+    const a = eager.out[i]!.samples[0]!, b = graph.out[i]!.samples[0]!;
+    assert.equal(b.finishReason, a.finishReason, `request ${i}: finish reason`);
+    assert.deepEqual(b.tokens, a.tokens, `request ${i}: tokens`);
+    assert.deepEqual(b.logprobs, a.logprobs, `request ${i}: log-probs`);
+  }
+  assert.equal(eager.out[0]!.samples[0]!.finishReason, 'stop');
+  assert.equal(eager.out[2]!.samples[0]!.finishReason, 'stop');
+  // No block is left held: the dropped rows' sequences released theirs.
+  assert.equal(graph.stats.heldBlocks, 0);
+  // Disposing the engine from a token callback, with a step launched ahead: every sample ends 'abort' with a prefix
+  // of its tokens, and nothing throws.
+  const engine = await createEngine(model, { blockSize: 4, numBlocks: 96, maxNumSeqs: 8, maxNumBatchedTokens: 32, enforceEager: false });
+  let seen = 0;
+  const aborted = await engine.generate([0, 1, 2, 3].map((i) => req(i)), {
+    onToken: () => {
+      if (++seen === 20) engine.dispose();
+    },
+  });
+  for (let i = 0; i < 4; i++) {
+    const b = aborted[i]!.samples[0]!;
+    assert.equal(b.finishReason, 'abort', `request ${i}`);
+    assert.deepEqual(b.tokens, free[i]!.samples[0]!.tokens.slice(0, b.tokens.length), `request ${i}: a prefix of the tokens`);
   }
 });
 

@@ -81,6 +81,8 @@ test('graph decode == eager decode: bucket 1 (one sequence, 150 tokens)', { skip
   const st = engine.stats().graphs!;
   assert.ok(st.captures >= 1 && st.replays >= 140, JSON.stringify(st));
   for (const [k, n] of Object.entries(st.nodes)) assert.ok(n > 10, `graph ${k} has ${n} nodes`);
+  // The engine ran the decode steps ahead (step N + 1 launched before step N was read, its tokens fed on the device).
+  assert.ok(engine.stats().stepsAhead >= 140, `steps run ahead: ${engine.stats().stepsAhead}`);
   console.log(`bucket 1: ${r.tokens} tokens compared, graphs ${JSON.stringify(st)}`);
   engine.dispose();
   m.dispose();
@@ -92,6 +94,7 @@ test('graph decode == eager decode: 3 sequences (bucket 4), finishing mid-run, 2
   const later = greedy(prompts(2, 3, 3, 30), (i) => [80, 10][i]!);
   const { eager, graph, engine } = await runBoth(m, { blockSize: 16, numBlocks: 256, maxNumSeqs: 8 }, [first, later], 20);
   assertSame(m, [...first, ...later], eager, graph, 'bucket 3');
+  assert.ok(engine.stats().stepsAhead > 50, `steps run ahead: ${engine.stats().stepsAhead}`);
   const st = engine.stats().graphs!;
   assert.ok(Object.keys(st.nodes).some((k) => k.startsWith('4x')), `a bucket-4 graph: ${JSON.stringify(st)}`);
   assert.ok(Object.keys(st.nodes).some((k) => k.startsWith('1x') || k.startsWith('2x')), `smaller buckets as sequences end: ${JSON.stringify(st)}`);
