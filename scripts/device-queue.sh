@@ -14,27 +14,10 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # Session 28 on two H100 calls: the decode-latency change (paged attention split rule and merge, the decode MoE
 # reduces, the norm rows; landed: 3.44 -> 3.17 ms a replayed batch-1 step) and the 4-stage / key-split attention
 # (no faster: dropped). Nsight Compute works there (bench/ncu_kernels.py); Nsight Systems is not installed.
+# Session 29 on H100s: the preNorm router and the engine running a step ahead (GPU tests passed, faster: landed), a
+# warp per unit in the small-M linear (slower: dropped).
 # Still waiting:
-# 1. Two batch-1 candidates, written when session 28's device time was spent; both reverted until measured:
-#    5750666 (reverted by ff8d6bd): the residual add + post-attention norm inside the fused router (moeForward's
-#    preNorm), one graph node a layer fewer; f26f8b6 (reverted by 5e84824): the engine runs a decode step ahead (the
-#    host's ~0.08 ms a step off the GPU's critical path). Stage them together against HEAD from the main checkout:
-#      bash scripts/device-stage-candidates.sh 5750666 f26f8b6
-#    then run this queue from .stage-main (the base's builds and runs come from ../.stage-base). The GPU tests first
-#    (moe-decode's bitwise preNorm test, the engine and graph tests with the run-ahead assertions), then batch 1
-#    interleaved. To split their gains, stage each alone in a second call (device-stage-candidates.sh with one commit).
-if [ -d ../.stage-base ]; then
-  (cd ../.stage-base && step build-base 120 bash scripts/device-build.sh)
-  for i in 1 2 3; do
-    (cd ../.stage-base && step "b1-base-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static)
-    step "b1-cand-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static
-  done
-  step ncu-cand 90 bash -c "ncu --clock-control none --cache-control none --csv --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum node dist/bench/decode-profile.js --layers 4 --batches 1 --steps 4 --spin-ms 1 > /tmp/ncu.csv 2>/dev/null; python3 bench/ncu_kernels.py /tmp/ncu.csv --json $OUT/ncu-cand.json | head -20"
-  step t-prenorm 150 $T dist/test/gpu/moe-decode.test.js dist/test/gpu/add-rmsnorm.test.js
-  step t-engine-graphs 200 $T dist/test/gpu/engine.test.js dist/test/gpu/cuda-graphs.test.js
-  step t-coreops1 100 $T dist/test/gpu/coreops1.test.js
-fi
-# 2. Did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Stage 7af5708 (the
+# 1. Did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Stage 7af5708 (the
 #    317-node tree) as ../.stage-317 (bash scripts/device-stage-rev.sh 7af5708 317) and compare in one call.
 if [ -d ../.stage-317 ]; then
   (cd ../.stage-317 && step build-317 120 bash scripts/device-build.sh)
@@ -43,7 +26,7 @@ if [ -d ../.stage-317 ]; then
     (cd ../.stage-317 && step "nodes317-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static)
   done
 fi
-# 3. The decode profile (eager, device marks) and the 4k training rows.
+# 2. The decode profile (eager, device marks) and the 4k training rows.
 step decode-profile 90 node dist/bench/decode-profile.js --batches 1 --json "$OUT/decode-profile-b1.json"
 step train-profile-4k 150 node dist/bench/train-step.js --profile --tokens 4096 --layers 2 --steps 1 --json "$OUT/train-profile-4k.json"
 step train-step-4k-mb8 150 node dist/bench/train-step.js --tokens 4096 --layers 2 --steps 6 --micro-batches 8 --json "$OUT/train-step-4k-mb8.json"
