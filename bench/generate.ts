@@ -194,9 +194,38 @@ function seconds<T>(f: () => T | Promise<T>): Promise<{ value: T; s: number }> {
   });
 }
 
+/**
+ * Latency of a fixed-length batch, as vLLM's latency benchmarks report it: ttftMs, from the call to the first token
+ * (the prompt's prefill and first sample); tpotMs, the time per output token after it, (last token - first token) /
+ * (tokens - 1) over the batch's lockstep decode. The throughput figures (tok/s) include the prefill; tpotMs does not.
+ */
+interface Latency {
+  ttftMs: number;
+  tpotMs: number;
+}
+
+/** An onToken callback that timestamps the first and last tokens of a generate() call started now (inside seconds(), after its synchronize). */
+function latencyProbe(tokensPerSequence: number): { onToken: () => void; result: () => Latency | null } {
+  const t0 = performance.now();
+  let first = -1, last = -1;
+  return {
+    onToken: () => {
+      last = performance.now();
+      if (first < 0) first = last;
+    },
+    result: () => (first < 0 || tokensPerSequence < 2 ? null : { ttftMs: first - t0, tpotMs: (last - first) / (tokensPerSequence - 1) }),
+  };
+}
+
+const latencyText = (l: Latency | null): string => (l ? `, first token ${l.ttftMs.toFixed(1)} ms, then ${l.tpotMs.toFixed(3)} ms a token (${(1000 / l.tpotMs).toFixed(1)} tok/s a sequence)` : '');
+
 interface FixedRow {
   batch: number;
   engineTokS: number;
+  /** The engine's latency on this batch (null in launcher mode). */
+  engineLatency: Latency | null;
+  /** --cuda-graphs: the graph engine's latency (null without --cuda-graphs). */
+  engineGraphsLatency: Latency | null;
   /** --lora: the same engine with the adapters active (null without --lora). */
   engineLoraTokS: number | null;
   /** --cuda-graphs: the engine with enforceEager false (null without --cuda-graphs). */
@@ -220,7 +249,9 @@ async function fixed(model: GptOssModel, engine: Engine, graphEngine: Engine | n
       ? Array.from({ length: B }, (_, i) => ({ prompt: randomTokens(r, promptLen), maxNewTokens: 3, temperature: 1, seed: 9000 + i, stopTokens: [] }))
       : reqs.slice(0, 1).map((q) => ({ ...q, maxNewTokens: 2 }));
     await engine.generate(warm);
-    const e = await seconds(() => engine.generate(reqs));
+    let probe = latencyProbe(newTokens);
+    const e = await seconds(() => ((probe = latencyProbe(newTokens)), engine.generate(reqs, { onToken: probe.onToken })));
+    const engineLatency = probe.result();
     const produced = e.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0);
     let engineLoraTokS: number | null = null;
     if (adapters) {
@@ -236,13 +267,15 @@ async function fixed(model: GptOssModel, engine: Engine, graphEngine: Engine | n
       console.error(`fixed batch ${B}: engine + LoRA ${engineLoraTokS.toFixed(1)} tok/s (${((produced / e.s) / engineLoraTokS).toFixed(3)}x the time)`);
     }
     let engineGraphsTokS: number | null = null;
+    let engineGraphsLatency: Latency | null = null;
     let graphs: EngineStats['graphs'] = null;
     if (graphEngine) {
       await engine.sleep();
       await graphEngine.wake();
       await graphEngine.generate(warm);
       const g0 = graphEngine.stats().graphs!;
-      const eg = await seconds(() => graphEngine.generate(reqs));
+      const eg = await seconds(() => ((probe = latencyProbe(newTokens)), graphEngine.generate(reqs, { onToken: probe.onToken })));
+      engineGraphsLatency = probe.result();
       engineGraphsTokS = eg.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0) / eg.s;
       graphs = graphEngine.stats().graphs;
       // Where a replayed decode step's time goes over the measured batch: the graph on the GPU, the host's part of
@@ -258,7 +291,7 @@ async function fixed(model: GptOssModel, engine: Engine, graphEngine: Engine | n
       }
       await graphEngine.sleep();
       await engine.wake();
-      console.error(`fixed batch ${B}: engine + CUDA graphs ${engineGraphsTokS.toFixed(1)} tok/s (${(engineGraphsTokS / (produced / e.s)).toFixed(3)}x eager), graphs ${JSON.stringify(graphs)}`);
+      console.error(`fixed batch ${B}: engine + CUDA graphs ${engineGraphsTokS.toFixed(1)} tok/s (${(engineGraphsTokS / (produced / e.s)).toFixed(3)}x eager)${latencyText(engineGraphsLatency)}, graphs ${JSON.stringify(graphs)}`);
     }
     let staticTokS: number | 'oom' | null = null;
     if (runStatic) {
@@ -267,8 +300,8 @@ async function fixed(model: GptOssModel, engine: Engine, graphEngine: Engine | n
       await engine.wake();
       staticTokS = st ? (B * newTokens) / st.s : 'oom';
     }
-    rows.push({ batch: B, engineTokS: produced / e.s, engineLoraTokS, engineGraphsTokS, graphs, staticTokS, peerTokS: peer?.get(B) ?? null });
-    console.error(`fixed batch ${B}: engine ${(produced / e.s).toFixed(1)} tok/s, static ${typeof staticTokS === 'number' ? `${staticTokS.toFixed(1)} tok/s` : (staticTokS ?? '-')}`);
+    rows.push({ batch: B, engineTokS: produced / e.s, engineLatency, engineGraphsLatency, engineLoraTokS, engineGraphsTokS, graphs, staticTokS, peerTokS: peer?.get(B) ?? null });
+    console.error(`fixed batch ${B}: engine ${(produced / e.s).toFixed(1)} tok/s${latencyText(engineLatency)}, static ${typeof staticTokS === 'number' ? `${staticTokS.toFixed(1)} tok/s` : (staticTokS ?? '-')}`);
   }
   return rows;
 }
@@ -666,7 +699,7 @@ async function poolMain(): Promise<void> {
       const mine = { sequences: reqs.length, outputTokens: m.value.reduce((a, x) => a + x.samples[0]!.tokens.length, 0), seconds: m.s };
       const all = await gather(mine);
       const tokS = all.reduce((a, x) => a + x.outputTokens, 0) / Math.max(...all.map((x) => x.seconds));
-      fixedRows.push({ batch: B, engineTokS: tokS, engineLoraTokS: null, engineGraphsTokS: null, graphs: null, staticTokS: null, peerTokS: null, perEngine: all });
+      fixedRows.push({ batch: B, engineTokS: tokS, engineLatency: null, engineGraphsLatency: null, engineLoraTokS: null, engineGraphsTokS: null, graphs: null, staticTokS: null, peerTokS: null, perEngine: all });
       if (ctx.rank === 0) console.error(`fixed batch ${B}: ${layout} ${tokS.toFixed(1)} tok/s (per engine ${all.map((x) => `${x.sequences} seqs ${x.seconds.toFixed(2)} s`).join(', ')})`);
     }
   }

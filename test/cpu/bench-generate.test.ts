@@ -23,7 +23,12 @@ test('bench:generate runs on the CPU with the tiny preset and writes its table a
   const j = JSON.parse(readFileSync(out, 'utf8'));
   assert.equal(j.preset, 'gpt-oss-tiny-256');
   assert.deepEqual(j.fixed.rows.map((x: { batch: number }) => x.batch), [1, 4]);
-  for (const row of j.fixed.rows) assert.ok(row.engineTokS > 0 && row.staticTokS > 0);
+  for (const row of j.fixed.rows) {
+    assert.ok(row.engineTokS > 0 && row.staticTokS > 0);
+    // Latency: the first token after the prefill, then the time per output token of the lockstep decode.
+    assert.ok(row.engineLatency.ttftMs > 0 && row.engineLatency.tpotMs > 0, JSON.stringify(row.engineLatency));
+    assert.equal(row.engineGraphsLatency, null);
+  }
   assert.equal(j.grpo.sequences, 9);
   assert.ok(j.grpo.engine.tokS > 0 && j.grpo.static.tokS > 0);
   assert.ok(j.grpo.logprobGap.tokens > 0 && j.grpo.logprobGap.meanAbs < 1e-2, `gap ${j.grpo.logprobGap.meanAbs}`);
@@ -76,6 +81,7 @@ test('bench:generate --cuda-graphs runs both engines on the CPU (the graph path 
   assert.equal(j.cudaGraphs, true);
   for (const row of j.fixed.rows) {
     assert.ok(row.engineTokS > 0 && row.engineGraphsTokS > 0);
+    assert.ok(row.engineGraphsLatency.ttftMs > 0 && row.engineGraphsLatency.tpotMs > 0, JSON.stringify(row.engineGraphsLatency));
     assert.ok(row.graphs.replays > 0, JSON.stringify(row.graphs));
   }
 });
