@@ -548,7 +548,13 @@ void launch_partial_bulk(const bf* A, int64_t lda, const int32_t* perm, const bf
   const int tiles = ceil_div(Nc / 8, THREADS);
   const size_t smem = bulk_smem_bytes(R, sp.ks, THREADS, STAGE_ROWS, STAGES);
   auto kernel = partial_bulk_kernel<R, THREADS, STAGE_ROWS, STAGES>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  // Past 48 KB the kernel must opt in; only when the size grows, so that a launch under graph capture (after an
+  // eager one of the same shape) makes no attribute call.
+  static size_t allowed = 48 * 1024;
+  if (smem > allowed) {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    allowed = smem;
+  }
   kernel<<<dim3(chunk_slots * tiles, sp.S, slots), THREADS, smem, st>>>(A, lda, perm, W, offsets, E, K, Nc, sp.ks,
                                                                         chunk_slots, N, part);
 }
