@@ -52,6 +52,60 @@ __device__ __forceinline__ int slot_expert(const int32_t* __restrict__ offsets, 
 // 16 bytes of a weight row, streamed (ld.global.cs: evict first; each weight byte is read once per forward).
 __device__ __forceinline__ uint4 ld_stream(const bf* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
 
+// A partial kernel block's task (grid: x = row chunk + chunk_slots·(column tile), y = K split, z = expert slot): its
+// routed expert e, column tile, first routed row (its chunk's start in the expert's segment), rows (<= R; 0 when the
+// slot has no expert or the chunk no rows: the block has nothing to do) and K range [k0, k0 + klen).
+struct PartialTask {
+  int e, tile, first, rows, k0, klen;
+};
+template <int R>
+__device__ __forceinline__ PartialTask partial_task(const int32_t* __restrict__ offsets, int E, int K, int ks,
+                                                    int chunk_slots) {
+  PartialTask t{};
+  t.e = slot_expert(offsets, E, blockIdx.z);  // a block barrier: every thread calls it
+  if (t.e < 0) return t;
+  const int chunk = blockIdx.x % chunk_slots;
+  const int seg = offsets[t.e], count = offsets[t.e + 1] - seg, r0 = chunk * R;
+  t.tile = blockIdx.x / chunk_slots;
+  t.first = seg + r0;
+  t.rows = max(0, min(R, count - r0));
+  t.k0 = blockIdx.y * ks;
+  t.klen = min(ks, K - t.k0);
+  return t;
+}
+
+// The partial kernels' x staging: rows first .. first + rows - 1 of the routed order (row(r) = perm ? perm[r] : r)
+// of A bf16 [*, lda], columns k0 .. k0 + klen - 1, into xs f32 [R][ks] (16-byte loads; zeros past rows and klen).
+template <int R, int THREADS>
+__device__ __forceinline__ void stage_rows(const bf* __restrict__ A, int64_t lda, const int32_t* __restrict__ perm,
+                                           int first, int rows, int k0, int klen, int ks, float* xs) {
+  const int kc = ks / 8;
+  for (int c = threadIdx.x; c < R * kc; c += THREADS) {
+    const int r = c / kc, k = (c % kc) * 8;
+    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (r < rows && k < klen) {
+      const int64_t pr = first + r;
+      const int64_t src = perm ? perm[pr] : pr;
+      load8(A + src * lda + k0 + k, v);
+    }
+    float4* d = reinterpret_cast<float4*>(xs + r * ks + k);
+    d[0] = make_float4(v[0], v[1], v[2], v[3]);
+    d[1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+}
+
+// A thread's 8 columns of its first `rows` rows' partial sums to out f32 (row stride Nc).
+template <int R>
+__device__ __forceinline__ void store_partials(const float (&acc)[R][8], int rows, float* out, int Nc) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    if (r >= rows) break;
+    float4* o = reinterpret_cast<float4*>(out + (int64_t)r * Nc);
+    o[0] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+    o[1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+  }
+}
+
 // part[s, r, n .. n+7] = Σ_{k in [k0, k0+klen)} A[row(r), k]·W_e[k, n .. n+7] for the rows r of one row chunk of
 // one routed expert e. A bf16 [*, K] (row(r) = perm ? perm[r] : r), W bf16 [E, K, Nc], part f32 [S, N, Nc].
 // Grid: x = row chunk + chunk_slots·(column tile), y = K split s (klen = min(ks, K - s·ks), a multiple of 8),
@@ -65,13 +119,9 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__
                                                           int ks, int chunk_slots, int64_t N,
                                                           float* __restrict__ part) {
   extern __shared__ __align__(16) float xs[];  // [R][ks]: the chunk's A rows over this split, fp32
-  const int e = slot_expert(offsets, E, blockIdx.z);
-  if (e < 0) return;
-  const int chunk = blockIdx.x % chunk_slots, tile = blockIdx.x / chunk_slots;
-  const int seg = offsets[e], count = offsets[e + 1] - seg, r0 = chunk * R;
-  if (r0 >= count) return;
-  const int rows = min(R, count - r0);
-  const int k0 = blockIdx.y * ks, klen = min(ks, K - k0);
+  const PartialTask t = partial_task<R>(offsets, E, K, ks, chunk_slots);
+  if (t.rows <= 0) return;  // block-uniform: no routed expert in this slot, or no rows in this chunk
+  const int e = t.e, tile = t.tile, first = t.first, rows = t.rows, k0 = t.k0, klen = t.klen;
 
   // The first step's weight loads go out before the x staging (they need only e): the staging's two dependent
   // round trips (perm, then x) and the barrier then overlap them instead of preceding them. klen is a multiple of 8
@@ -85,20 +135,7 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__
     for (int u = 0; u < UNROLL; u++) wv[u] = ld_stream(wp + (int64_t)u * Nc);
   }
 
-  // Stage the rows' K slice (16-byte loads; zeros past the count).
-  const int kc = ks / 8;
-  for (int c = threadIdx.x; c < R * kc; c += THREADS) {
-    const int r = c / kc, k = (c % kc) * 8;
-    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    if (r < rows && k < klen) {
-      const int64_t pr = seg + r0 + r;
-      const int64_t src = perm ? perm[pr] : pr;
-      load8(A + src * lda + k0 + k, v);
-    }
-    float4* d = reinterpret_cast<float4*>(xs + r * ks + k);
-    d[0] = make_float4(v[0], v[1], v[2], v[3]);
-    d[1] = make_float4(v[4], v[5], v[6], v[7]);
-  }
+  stage_rows<R, THREADS>(A, lda, perm, first, rows, k0, klen, ks, xs);
   __syncthreads();
   if (!active) return;  // after the block's only barrier
 
@@ -130,14 +167,7 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__
     }
   }
 
-  float* out = part + ((int64_t)blockIdx.y * N + seg + r0) * Nc + n;
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    if (r >= rows) break;
-    float4* o = reinterpret_cast<float4*>(out + (int64_t)r * Nc);
-    o[0] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
-    o[1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
-  }
+  store_partials<R>(acc, rows, part + ((int64_t)blockIdx.y * N + first) * Nc + n, Nc);
 }
 
 // partial_kernel's sums (the same FMAs in the same order, so the same bits at the same split), with the weight
@@ -160,13 +190,9 @@ __global__ void __launch_bounds__(THREADS) partial_bulk_kernel(const bf* __restr
   float* xs = reinterpret_cast<float*>(smem);
   const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + (R * ks * 4 + 127) / 128 * 128;
   constexpr uint32_t kRowBytes = THREADS * 8 * 2;
-  const int e = slot_expert(offsets, E, blockIdx.z);
-  if (e < 0) return;
-  const int chunk = blockIdx.x % chunk_slots, tile = blockIdx.x / chunk_slots;
-  const int seg = offsets[e], count = offsets[e + 1] - seg, r0 = chunk * R;
-  if (r0 >= count) return;
-  const int rows = min(R, count - r0);
-  const int k0 = blockIdx.y * ks, klen = min(ks, K - k0);
+  const PartialTask t = partial_task<R>(offsets, E, K, ks, chunk_slots);
+  if (t.rows <= 0) return;  // block-uniform: no routed expert in this slot, or no rows in this chunk
+  const int e = t.e, tile = t.tile, first = t.first, rows = t.rows, k0 = t.k0, klen = t.klen;
   const int n0 = tile * THREADS * 8;
   const uint32_t bytes = static_cast<uint32_t>(min(THREADS * 8, Nc - n0)) * 2;  // the last tile's row is shorter
   const bf* wp = W + ((int64_t)e * K + k0) * Nc + n0;
@@ -190,20 +216,8 @@ __global__ void __launch_bounds__(THREADS) partial_bulk_kernel(const bf* __restr
     for (int st = 0; st < min(STAGES, stages); st++) issue(st);
   }
 
-  // Stage the rows' K slice (partial_kernel's staging); the barrier also publishes the mbarriers' initialisation.
-  const int kc = ks / 8;
-  for (int c = threadIdx.x; c < R * kc; c += THREADS) {
-    const int r = c / kc, k = (c % kc) * 8;
-    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    if (r < rows && k < klen) {
-      const int64_t pr = seg + r0 + r;
-      const int64_t src = perm ? perm[pr] : pr;
-      load8(A + src * lda + k0 + k, v);
-    }
-    float4* d = reinterpret_cast<float4*>(xs + r * ks + k);
-    d[0] = make_float4(v[0], v[1], v[2], v[3]);
-    d[1] = make_float4(v[4], v[5], v[6], v[7]);
-  }
+  // The barrier after the staging also publishes the mbarriers' initialisation.
+  stage_rows<R, THREADS>(A, lda, perm, first, rows, k0, klen, ks, xs);
   __syncthreads();
 
   const int n = n0 + threadIdx.x * 8;
@@ -244,14 +258,7 @@ __global__ void __launch_bounds__(THREADS) partial_bulk_kernel(const bf* __restr
     }
   }
   if (!active) return;
-  float* out = part + ((int64_t)blockIdx.y * N + seg + r0) * Nc + n;
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    if (r >= rows) break;
-    float4* o = reinterpret_cast<float4*>(out + (int64_t)r * Nc);
-    o[0] = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
-    o[1] = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
-  }
+  store_partials<R>(acc, rows, part + ((int64_t)blockIdx.y * N + first) * Nc + n, Nc);
 }
 
 // The reduces' shared pieces. Both reduces are latency-bound at decode (a few µs for at most a few MB, mostly L2
@@ -537,8 +544,8 @@ void launch_partial(const bf* A, int64_t lda, const int32_t* perm, const bf* W, 
 }
 
 // partial_bulk_kernel's dynamic shared memory: xs (R·ks fp32, padded to 128 bytes) and the ring.
-inline size_t bulk_smem_bytes(int R, int ks, int threads, int stage_rows, int stages) {
-  return (static_cast<size_t>(R) * ks * 4 + 127) / 128 * 128 + static_cast<size_t>(stages) * stage_rows * threads * 16;
+inline size_t bulk_smem_bytes(int R, int ks, int threads, int rows_per_stage, int stages) {
+  return (static_cast<size_t>(R) * ks * 4 + 127) / 128 * 128 + static_cast<size_t>(stages) * rows_per_stage * threads * 16;
 }
 
 // partial_bulk_kernel over partial_kernel's grid.
