@@ -1,5 +1,8 @@
 // bench/decode-profile.ts (npm run bench:decode-profile): where one engine decode step's GPU time goes, per op
 // family, at batch 1 / 8 / 64 (gpt-oss-20b shape, random BF16 weights, --layers N), and what the host costs.
+// --phase prefill profiles the prefill step instead: B fresh prompts of --prompt tokens (new ones each time, so the
+// prefix cache never hits), one output token, --steps of them measured after one warm-up (the batch-1 time to the
+// first token is this step: at 128 tokens it reads every expert's weights once).
 //
 // Method (GPU; bench/op-profile.ts, shared with the training step's --profile). Each measured decode step:
 // LocalModelRunner uploads the step's metadata and sampling inputs (each upload waits for its copy), then its
@@ -14,7 +17,7 @@
 // check), the GPU times include host gaps: the JSON says so (hostAhead false) and the table warns.
 // CPU (a smoke run: tiny preset, test/cpu/bench-decode-profile.test.ts): no spin; each op's host time is its time.
 // Usage: npm run bench:decode-profile -- [--layers N] [--preset gpt-oss-20b] [--batches 1,8,64] [--steps 8]
-//        [--prompt 128] [--spin-ms 20] [--sync-ms 1] [--json out.json]
+//        [--prompt 128] [--phase decode|prefill] [--spin-ms 20] [--sync-ms 1] [--json out.json]
 import { writeFileSync } from 'node:fs';
 import { defaultDevice, deviceIndex, native } from '../src/native.ts';
 import { presetConfig, type PresetName } from '../src/model/config.ts';
@@ -42,7 +45,9 @@ const CFG = presetConfig(presetName, { numLayers: num('layers', presetConfig(pre
 const batches = arg('batches', '1,8,64', '1,4').split(',').map(Number);
 const steps = num('steps', 8, 3);
 const promptLen = num('prompt', 128, 8);
-const spinMs = num('spin-ms', 20);
+const phase = arg('phase', 'decode');
+if (phase !== 'decode' && phase !== 'prefill') throw new Error(`bench:decode-profile: --phase must be decode or prefill, got ${phase}`);
+const spinMs = num('spin-ms', phase === 'prefill' ? 40 : 20);
 const syncMs = num('sync-ms', 1, 1e9); // the CPU's ops all "wait": no sync detection there
 const jsonIdx = process.argv.indexOf('--json');
 const jsonPath = jsonIdx >= 0 ? process.argv[jsonIdx + 1] ?? '' : '';
@@ -113,8 +118,11 @@ profiler.withScope(GptOssModel.prototype, 'logits', 'phase', 'head');
 const records: StepRecord[] = [];
 let inStep = false;
 
+/** A step that only decodes: one query row per sequence. */
+const isDecode = (s: StepInput): boolean => s.tokens.length === s.contextLens.length;
+
 function beginStep(s: StepInput): void {
-  if (!measuring || s.tokens.length !== s.contextLens.length) return; // decode-only steps only
+  if (!measuring || isDecode(s) !== (phase === 'decode')) return; // the profiled phase's steps only
   profiler.begin();
   inStep = true;
 }
@@ -148,21 +156,28 @@ async function main(): Promise<void> {
   const runner = engine.runner as LocalModelRunner;
   const r = mulberry32(7);
   const rows: Row[] = [];
+  const prompt = (): number[] => Array.from({ length: promptLen }, () => Math.floor(r() * CFG.vocabSize));
   for (const B of batches) {
-    const reqs = Array.from({ length: B }, (_, i) => ({ prompt: Array.from({ length: promptLen }, () => Math.floor(r() * CFG.vocabSize)), maxNewTokens: 3 + steps, temperature: 1, seed: i, stopTokens: [] }));
+    const reqs = Array.from({ length: B }, (_, i) => ({ prompt: prompt(), maxNewTokens: 3 + steps, temperature: 1, seed: i, stopTokens: [] }));
     runner.hooks.afterUpload = beginStep; // not measuring: a no-op
     await engine.generate(reqs.map((q) => ({ ...q, maxNewTokens: 3 }))); // warm-up at this batch (allocator, cuBLAS)
     records.length = 0;
-    // Steps: one prefill (not measured), then 2 + steps decodes; the first two decodes are warm-up.
-    let decodes = 0;
-    runner.hooks.afterUpload = (s) => {
-      if (s.tokens.length === s.contextLens.length && ++decodes > 2) measuring = true;
-      beginStep(s);
-    };
-    await engine.generate(reqs);
+    if (phase === 'prefill') {
+      // Each measured step: B prompts never seen before (no prefix-cache hit), one output token.
+      measuring = true;
+      for (let k = 0; k < steps; k++) await engine.generate(reqs.map((q) => ({ ...q, prompt: prompt(), maxNewTokens: 1 })));
+    } else {
+      // Steps: one prefill (not measured), then 2 + steps decodes; the first two decodes are warm-up.
+      let decodes = 0;
+      runner.hooks.afterUpload = (s) => {
+        if (isDecode(s) && ++decodes > 2) measuring = true;
+        beginStep(s);
+      };
+      await engine.generate(reqs);
+    }
     measuring = false;
     const n = records.length;
-    if (n === 0) throw new Error(`bench:decode-profile: batch ${B}: no decode step was measured`);
+    if (n === 0) throw new Error(`bench:decode-profile: batch ${B}: no ${phase} step was measured`);
     const familyMs: Record<string, number> = {};
     for (const rec of records) for (const [k, v] of rec.gpuMs) familyMs[k] = (familyMs[k] ?? 0) + v / n;
     const mean = (f: (x: StepRecord) => number): number => records.reduce((a, x) => a + f(x), 0) / n;
@@ -185,14 +200,14 @@ async function main(): Promise<void> {
   model.dispose();
   print(rows);
   if (jsonPath) {
-    writeFileSync(jsonPath, JSON.stringify({ device: cpu ? 'cpu' : native().ops.deviceName(dev), preset: presetName, layers: CFG.numLayers, prompt: promptLen, spinMs, syncMs: cpu ? null : syncMs, rows }, null, 2));
+    writeFileSync(jsonPath, JSON.stringify({ device: cpu ? 'cpu' : native().ops.deviceName(dev), phase, preset: presetName, layers: CFG.numLayers, prompt: promptLen, spinMs, syncMs: cpu ? null : syncMs, rows }, null, 2));
   }
 }
 
 function print(rows: Row[]): void {
   const fams = [...FAMILIES.filter((f) => rows.some((r) => f in r.familyMs)), ...new Set(rows.flatMap((r) => Object.keys(r.familyMs)).filter((f) => !FAMILIES.includes(f)))];
   const unit = cpu ? 'host ms (CPU)' : 'GPU ms';
-  console.log(`decode step profile: ${presetName}, ${CFG.numLayers} layers, prompt ${promptLen}, ${cpu ? 'cpu' : native().ops.deviceName(dev)}; ${unit} per step`);
+  console.log(`${phase} step profile: ${presetName}, ${CFG.numLayers} layers, prompt ${promptLen}, ${cpu ? 'cpu' : native().ops.deviceName(dev)}; ${unit} per step`);
   console.log(`| family | ${rows.map((r) => `batch ${r.batch}`).join(' | ')} |`);
   console.log(`| --- | ${rows.map(() => '---:').join(' | ')} |`);
   for (const f of fams) console.log(`| ${f} | ${rows.map((r) => (r.familyMs[f] ?? 0).toFixed(3)).join(' | ')} |`);

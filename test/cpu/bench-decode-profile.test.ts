@@ -34,3 +34,24 @@ test('bench:decode-profile runs on the CPU with the tiny preset and writes its t
     assert.equal(row.opCallsPerStep, 2 * 7 + 4);
   }
 });
+
+test('bench:decode-profile --phase prefill measures the prefill steps of fresh prompts', () => {
+  const out = join(mkdtempSync(join(tmpdir(), 'bench-prefill-profile-')), 'out.json');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/decode-profile.ts', '--phase', 'prefill', '--steps', '2', '--batches', '1,2', '--json', out], {
+    encoding: 'utf8',
+    env: { ...process.env, GPTOSS_DEVICE: 'cpu' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^prefill step profile: /m);
+  const j = JSON.parse(readFileSync(out, 'utf8'));
+  assert.equal(j.phase, 'prefill');
+  for (const row of j.rows) {
+    assert.equal(row.steps, 2); // one prefill step per generate call, each of new prompts
+    for (const f of ['embedding', 'qkv GEMM', 'paged attention', 'moe (whole op)', 'LM head', 'sampling']) {
+      assert.ok(row.familyMs[f] > 0, `batch ${row.batch}: family ${f} missing: ${JSON.stringify(row.familyMs)}`);
+    }
+  }
+  const bad = spawnSync(process.execPath, ['--import', 'tsx', 'bench/decode-profile.ts', '--phase', 'both'], { encoding: 'utf8', env: { ...process.env, GPTOSS_DEVICE: 'cpu' } });
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /--phase must be decode or prefill, got both/);
+});
