@@ -16,11 +16,9 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # (no faster: dropped). Nsight Compute works there (bench/ncu_kernels.py); Nsight Systems is not installed.
 # Session 29 on H100s: the preNorm router and the engine running a step ahead (GPU tests passed, faster: landed), a
 # warp per unit in the small-M linear (slower: dropped).
+# Session 30 on an H100: the bulk-copy decode MoE partial kernel (slower at every ring shape: dropped; docs/moe.md).
 # Still waiting:
-# 1. The bulk-copy decode MoE partial kernel (partial_bulk_kernel, written in session 29 without a GPU; docs/moe.md):
-#    the harness's bulk-* rows against the product at 1, 2, 4 and 8 tokens (max |diff| 0 at the product's split).
-step moe-harness 200 bash -c "nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative -Inative/cuda bench/moe_decode_harness/harness.cu -o /tmp/moeh && /tmp/moeh 1 2 4 8"
-# 2. Did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Stage 7af5708 (the
+# 1. Did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Stage 7af5708 (the
 #    317-node tree) as ../.stage-317 (bash scripts/device-stage-rev.sh 7af5708 317) and compare in one call.
 if [ -d ../.stage-317 ]; then
   (cd ../.stage-317 && step build-317 120 bash scripts/device-build.sh)
@@ -29,7 +27,7 @@ if [ -d ../.stage-317 ]; then
     (cd ../.stage-317 && step "nodes317-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static)
   done
 fi
-# 3. The decode profile (eager, device marks) and the 4k training rows.
+# 2. The decode profile (eager, device marks) and the 4k training rows.
 step decode-profile 90 node dist/bench/decode-profile.js --batches 1 --json "$OUT/decode-profile-b1.json"
 step train-profile-4k 150 node dist/bench/train-step.js --profile --tokens 4096 --layers 2 --steps 1 --json "$OUT/train-profile-4k.json"
 step train-step-4k-mb8 150 node dist/bench/train-step.js --tokens 4096 --layers 2 --steps 6 --micro-batches 8 --json "$OUT/train-step-4k-mb8.json"

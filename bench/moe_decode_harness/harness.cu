@@ -98,17 +98,6 @@ void partial_r(int R, const bf* A, int64_t lda, const int32_t* perm, const bf* W
   }
 }
 
-template <int THREADS, int STAGE_ROWS, int STAGES>
-void partial_bulk_r(int R, const bf* A, int64_t lda, const int32_t* perm, const bf* W, const int32_t* offsets, int e,
-                    int K, int Nc, Split sp, int chunk_slots, int slots, int64_t N, float* part, cudaStream_t st) {
-  switch (R) {
-    case 1: launch_partial_bulk<1, THREADS, STAGE_ROWS, STAGES>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
-    case 2: launch_partial_bulk<2, THREADS, STAGE_ROWS, STAGES>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
-    case 4: launch_partial_bulk<4, THREADS, STAGE_ROWS, STAGES>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
-    default: launch_partial_bulk<8, THREADS, STAGE_ROWS, STAGES>(A, lda, perm, W, offsets, e, K, Nc, sp, chunk_slots, slots, N, part, st); break;
-  }
-}
-
 // moe_decode.cu's product(), with the configuration's shape: S splits of gate_up, then of down.
 void forward(const Bufs& b, const Config& c, int sms, cudaStream_t st, int* s_gu = nullptr, int* s_dn = nullptr) {
   const int R = b.T >= 5 ? 8 : b.T >= 3 ? 4 : b.T == 2 ? 2 : 1;
@@ -164,15 +153,6 @@ int main(int argc, char** argv) {
       {"t64-bps24", 64, 8, 24, 512, partial_r<64, 8>},
       {"ks1024", 128, 8, 8, 1024, partial_r<128, 8>},
       {"ks256", 128, 8, 8, 256, partial_r<128, 8>},
-      // partial_bulk_kernel (bulk copies into a shared-memory ring; "unroll" = rows in flight, stage rows x stages).
-      // At the product's split (blocks/SM 8, max ks 512) its sums are the product's bits: max |diff| 0.
-      {"bulk-4x3", 128, 12, 8, 512, partial_bulk_r<128, 4, 3>},
-      {"bulk-2x6", 128, 12, 8, 512, partial_bulk_r<128, 2, 6>},
-      {"bulk-8x2", 128, 16, 8, 512, partial_bulk_r<128, 8, 2>},
-      {"bulk-4x4-bps6", 128, 16, 6, 512, partial_bulk_r<128, 4, 4>},
-      {"bulk-8x3-bps4", 128, 24, 4, 512, partial_bulk_r<128, 8, 3>},
-      {"bulk-8x4-bps3", 128, 32, 3, 512, partial_bulk_r<128, 8, 4>},
-      {"bulk-t256-4x3-bps4", 256, 12, 4, 512, partial_bulk_r<256, 4, 3>},
   };
 
   printf("moe decode harness on %s (%d SMs): E %d, top-%d, H %d, I %d; µs per expert-MLP forward (4 launches, CUDA graph)\n",

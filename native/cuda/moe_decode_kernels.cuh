@@ -10,18 +10,11 @@
 #include "../cpu/moe.h"  // kSwigluAlpha
 #include "common.cuh"
 #include "swiglu_math.cuh"
-#include "tma.cuh"
 #include "vec_io.cuh"
 
 namespace gptoss::cuda::moe_decode {
 
 using bf = __nv_bfloat16;
-using attn::bulk_load;  // tma.cuh's asynchronous-copy plumbing (partial_bulk_kernel)
-using attn::fence_mbar_init;
-using attn::mbar_arrive;
-using attn::mbar_arrive_expect_tx;
-using attn::mbar_init;
-using attn::mbar_wait;
 
 // Split sums: the reduces' blocks have kReduceLanes split lanes, a warp each (reduce_kernel's threadIdx.y,
 // reduce_combine_kernel's threadIdx.z), over threads of 4 columns each.
@@ -167,97 +160,6 @@ __global__ void __launch_bounds__(THREADS) partial_kernel(const bf* __restrict__
     }
   }
 
-  store_partials<R>(acc, rows, part + ((int64_t)blockIdx.y * N + first) * Nc + n, Nc);
-}
-
-// partial_kernel's sums (the same FMAs in the same order, so the same bits at the same split), with the weight
-// rows brought into shared memory by bulk asynchronous copies instead of each thread's 16-byte loads: a ring of
-// STAGES stages of STAGE_ROWS rows (each row the tile's THREADS x 8 columns, one contiguous copy of up to 2 KB at
-// THREADS 128), thread 0 issuing a stage's copies as soon as the block has released it, so up to STAGES stages of a
-// block are in flight whatever the threads are computing. partial_kernel keeps UNROLL loads a thread in flight only
-// between its FMA rounds (~80% of HBM at one token, docs/moe.md); the copy engine keeps the ring full.
-// Smem: xs [R][ks] f32, then the ring [STAGES][STAGE_ROWS][THREADS * 8] bf16 (bulk_smem_bytes).
-template <int R, int THREADS, int STAGE_ROWS, int STAGES>
-__global__ void __launch_bounds__(THREADS) partial_bulk_kernel(const bf* __restrict__ A, int64_t lda,
-                                                               const int32_t* __restrict__ perm,
-                                                               const bf* __restrict__ W,
-                                                               const int32_t* __restrict__ offsets, int E, int K,
-                                                               int Nc, int ks, int chunk_slots, int64_t N,
-                                                               float* __restrict__ part) {
-  static_assert(8 % STAGE_ROWS == 0, "a split (ks rows, a multiple of 8) is whole stages");
-  extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ __align__(8) uint64_t full[STAGES], empty[STAGES];
-  float* xs = reinterpret_cast<float*>(smem);
-  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + (R * ks * 4 + 127) / 128 * 128;
-  constexpr uint32_t kRowBytes = THREADS * 8 * 2;
-  const PartialTask t = partial_task<R>(offsets, E, K, ks, chunk_slots);
-  if (t.rows <= 0) return;  // block-uniform: no routed expert in this slot, or no rows in this chunk
-  const int e = t.e, tile = t.tile, first = t.first, rows = t.rows, k0 = t.k0, klen = t.klen;
-  const int n0 = tile * THREADS * 8;
-  const uint32_t bytes = static_cast<uint32_t>(min(THREADS * 8, Nc - n0)) * 2;  // the last tile's row is shorter
-  const bf* wp = W + ((int64_t)e * K + k0) * Nc + n0;
-  const int stages = klen / STAGE_ROWS;
-  auto bar = [](uint64_t* b) { return static_cast<uint32_t>(__cvta_generic_to_shared(b)); };
-  auto issue = [&](int st) {  // thread 0: stage st's rows into its ring slot
-    const int s = st % STAGES;
-    mbar_arrive_expect_tx(bar(&full[s]), bytes * STAGE_ROWS);
-#pragma unroll
-    for (int u = 0; u < STAGE_ROWS; u++)
-      bulk_load(ring + (s * STAGE_ROWS + u) * kRowBytes, wp + (int64_t)(st * STAGE_ROWS + u) * Nc, bytes,
-                bar(&full[s]));
-  };
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < STAGES; s++) {
-      mbar_init(bar(&full[s]), 1);
-      mbar_init(bar(&empty[s]), THREADS / 32);
-    }
-    fence_mbar_init();
-    // The first stages go out before the x staging (they need only e), as partial_kernel's first loads do.
-    for (int st = 0; st < min(STAGES, stages); st++) issue(st);
-  }
-
-  // The barrier after the staging also publishes the mbarriers' initialisation.
-  stage_rows<R, THREADS>(A, lda, perm, first, rows, k0, klen, ks, xs);
-  __syncthreads();
-
-  const int n = n0 + threadIdx.x * 8;
-  const bool active = n < Nc;  // columns past Nc (the last tile) read nothing but still release each stage
-  float acc[R][8];
-#pragma unroll
-  for (int r = 0; r < R; r++)
-#pragma unroll
-    for (int j = 0; j < 8; j++) acc[r][j] = 0.f;
-  for (int st = 0; st < stages; st++) {
-    const int s = st % STAGES;
-    const uint32_t parity = (st / STAGES) & 1;
-    mbar_wait(bar(&full[s]), parity);
-    if (active) {
-#pragma unroll
-      for (int u = 0; u < STAGE_ROWS; u++) {
-        uint4 wv;
-        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(wv.x), "=r"(wv.y), "=r"(wv.z), "=r"(wv.w)
-                     : "r"(ring + (s * STAGE_ROWS + u) * kRowBytes + threadIdx.x * 16));
-        float wf[8];
-        unpack8(wv, wf);
-        const int kk = st * STAGE_ROWS + u;
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-          if (r >= rows) break;  // block-uniform
-          const float xr = xs[r * ks + kk];
-#pragma unroll
-          for (int j = 0; j < 8; j++) acc[r][j] = fmaf(xr, wf[j], acc[r][j]);
-        }
-      }
-    }
-    __syncwarp();
-    if ((threadIdx.x & 31) == 0) mbar_arrive(bar(&empty[s]));
-    if (threadIdx.x == 0 && st + STAGES < stages) {
-      mbar_wait(bar(&empty[s]), parity);  // every warp is done with slot s: refill it
-      issue(st + STAGES);
-    }
-  }
-  if (!active) return;
   store_partials<R>(acc, rows, part + ((int64_t)blockIdx.y * N + first) * Nc + n, Nc);
 }
 
@@ -541,29 +443,6 @@ void launch_partial(const bf* A, int64_t lda, const int32_t* perm, const bf* W, 
   const size_t smem = sizeof(float) * R * sp.ks;
   partial_kernel<R, THREADS, UNROLL><<<dim3(chunk_slots * tiles, sp.S, slots), THREADS, smem, st>>>(
       A, lda, perm, W, offsets, E, K, Nc, sp.ks, chunk_slots, N, part);
-}
-
-// partial_bulk_kernel's dynamic shared memory: xs (R·ks fp32, padded to 128 bytes) and the ring.
-inline size_t bulk_smem_bytes(int R, int ks, int threads, int rows_per_stage, int stages) {
-  return (static_cast<size_t>(R) * ks * 4 + 127) / 128 * 128 + static_cast<size_t>(stages) * rows_per_stage * threads * 16;
-}
-
-// partial_bulk_kernel over partial_kernel's grid.
-template <int R, int THREADS, int STAGE_ROWS, int STAGES>
-void launch_partial_bulk(const bf* A, int64_t lda, const int32_t* perm, const bf* W, const int32_t* offsets, int E,
-                         int K, int Nc, Split sp, int chunk_slots, int slots, int64_t N, float* part, cudaStream_t st) {
-  const int tiles = ceil_div(Nc / 8, THREADS);
-  const size_t smem = bulk_smem_bytes(R, sp.ks, THREADS, STAGE_ROWS, STAGES);
-  auto kernel = partial_bulk_kernel<R, THREADS, STAGE_ROWS, STAGES>;
-  // Past 48 KB the kernel must opt in; only when the size grows, so that a launch under graph capture (after an
-  // eager one of the same shape) makes no attribute call.
-  static size_t allowed = 48 * 1024;
-  if (smem > allowed) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    allowed = smem;
-  }
-  kernel<<<dim3(chunk_slots * tiles, sp.S, slots), THREADS, smem, st>>>(A, lda, perm, W, offsets, E, K, Nc, sp.ks,
-                                                                        chunk_slots, N, part);
 }
 
 // Whether a reduce over S splits takes the many-loads instantiation (kLaneLoads[1]): a lane has more splits than
