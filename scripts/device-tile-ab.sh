@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# On the GPU machine, inside a staged checkout, after `source ../.device/prelude.sh && source scripts/device-steps.sh N`:
+# tunes moe_gemm.cuh's DecodeTiles (the grouped expert GEMMs' small tiles: prefill of a prompt, decode at 5-256
+# sequences) in one device call, and measures the end-to-end effect.
+#   1. bench/moe_grouped_harness at T 32, 64, 128, 256: every candidate tile shape, timed, bitwise against the
+#      product's;
+#   2. picks the shape with the least total µs over those T among the bitwise-equal ones (the product's if none
+#      beats it);
+#   3. builds the addon as it is (saved as /tmp/base.node) and with that shape (/tmp/cand.node: DecodeTiles edited
+#      in place and rebuilt, then restored);
+#   4. test/gpu/moe.test.js on the candidate addon, then bench:generate batch 1 with CUDA graphs, base and candidate
+#      interleaved (GPTOSS_ADDON picks the addon), and the prefill profile of each.
+set -uo pipefail
+step grouped-harness 120 bash -c "nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative -Inative/cuda bench/moe_grouped_harness/harness.cu -o /tmp/moeg && /tmp/moeg 32 64 128 256 | tee /tmp/moeg.txt"
+# "16x128x64 w1x4 s4" -> BM BN BK WARPS_M WARPS_N STAGES MINB (the harness's TILES: MINB as it gives them)
+pick=$(python3 - <<'EOF'
+import collections, re
+rows = [l.split('|') for l in open('/tmp/moeg.txt') if re.match(r'^\| \d+ \|', l)]
+total, exact = collections.defaultdict(float), collections.defaultdict(lambda: True)
+for r in rows:
+    name, us, dh, dy = r[3].strip(), float(r[4]), float(r[6]), float(r[7])
+    total[name] += us
+    exact[name] &= dh == 0 and dy == 0
+minb = {'16x64x64 w1x2 s3': 6, '16x64x64 w1x2 s6': 3, '16x64x64 w1x4 s4': 4, '16x128x64 w1x2 s4': 3,
+        '16x128x64 w1x4 s4': 3, '16x128x64 w1x4 s3': 4, '32x64x64 w2x2 s4': 4, '32x64x64 w1x2 s4': 4,
+        '32x128x64 w2x4 s3': 3, '16x64x128 w1x2 s3': 3}
+best = min((n for n in total if n in minb and exact[n]), key=lambda n: total[n], default=None)
+prod = next(n for n in total if n.startswith('product'))
+if best is None or total[best] >= total[prod]:
+    print('none')
+else:
+    m = re.match(r'(\d+)x(\d+)x(\d+) w(\d+)x(\d+) s(\d+)', best)
+    print(' '.join(m.groups()) + f' {minb[best]} {total[best]:.1f} {total[prod]:.1f}')
+EOF
+)
+echo "tile pick (BM BN BK WARPS_M WARPS_N STAGES MINB, total µs, product's): $pick" >> "$DEVICE_LOG"
+if [ "$pick" = none ] || [ -z "$pick" ]; then
+  echo "== tile-ab: no shape beat the product's" >> "$DEVICE_LOG"
+  return 0 2>/dev/null || exit 0
+fi
+read -r BM BN BK WM WN ST MB _ _ <<< "$pick"
+build && cp build/Release/gptoss.node /tmp/base.node
+cp native/cuda/moe_gemm.cuh /tmp/moe_gemm.cuh.orig
+sed -i "s/static constexpr int BM = 16, BN = 64, BK = 64, WARPS_M = 1, WARPS_N = 2, STAGES = 4, MINB = 4;/static constexpr int BM = $BM, BN = $BN, BK = $BK, WARPS_M = $WM, WARPS_N = $WN, STAGES = $ST, MINB = $MB;/" native/cuda/moe_gemm.cuh
+grep -n "BM = $BM, BN = $BN" native/cuda/moe_gemm.cuh >> "$DEVICE_LOG"
+step build-cand 200 bash scripts/device-build.sh && cp build/Release/gptoss.node /tmp/cand.node
+cp /tmp/moe_gemm.cuh.orig native/cuda/moe_gemm.cuh
+T="node --test --test-reporter=tap --test-concurrency=1"
+GPTOSS_ADDON=/tmp/cand.node step cand-moe-test 120 $T dist/test/gpu/moe.test.js
+for i in 1 2; do
+  GPTOSS_ADDON=/tmp/base.node step "base-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static
+  GPTOSS_ADDON=/tmp/cand.node step "cand-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1 --no-grpo --no-peer --no-static
+done
+GPTOSS_ADDON=/tmp/base.node step base-prefill 60 node dist/bench/decode-profile.js --phase prefill --batches 1 --steps 4
+GPTOSS_ADDON=/tmp/cand.node step cand-prefill 60 node dist/bench/decode-profile.js --phase prefill --batches 1 --steps 4
