@@ -358,10 +358,15 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
 
 // The two tile shapes (block tile BM x BN x BK, WARPS_M x WARPS_N warps, STAGES cp.async stages, MINB blocks per
 // SM for __launch_bounds__). Which one runs: rows_gemm, for the reasons in moe.cu's plan_expert_gemms.
-// Decode sizes (at most kDecodeRowsPerExpert rows per expert on average): 16x64 tiles, so the weights stream at
-// HBM speed.
+// Small batches (at most kDecodeRowsPerExpert rows per expert on average: a prompt's prefill, decode of 5-256
+// sequences), where reading the weights is the cost: 32x128 tiles, 8 warps of 16x32, 3 stages (72 KB, 3 blocks an
+// SM). The fastest of 11 shapes timed by bench/moe_grouped_harness on an H100 (bench/results/
+// moe-grouped-tiles-ab-h100.txt; gate_up + down µs at T 32 / 64 / 128 / 256: 537 / 542 / 549 / 622 against 583 /
+// 588 / 661 / 930 for the 16x64x64 2-warp 4-stage tiles before): a 32-row tile covers most experts' rows at 16-32
+// rows each, so the second M tile (which re-read the weights through L2) is gone, and 128 columns halve the
+// re-reads of the A rows. Every shape sums an output over k in the same order: the same bits.
 struct DecodeTiles {
-  static constexpr int BM = 16, BN = 64, BK = 64, WARPS_M = 1, WARPS_N = 2, STAGES = 4, MINB = 4;
+  static constexpr int BM = 32, BN = 128, BK = 64, WARPS_M = 2, WARPS_N = 4, STAGES = 3, MINB = 3;
 };
 // Larger batches (and every weight gradient): the fastest of five shapes measured on an H100 at T 4096 and 16384
 // (docs/moe.md).
