@@ -21,9 +21,9 @@ for r in rows:
     name, us, dh, dy = r[3].strip(), float(r[4]), float(r[6]), float(r[7])
     total[name] += us
     exact[name] &= dh == 0 and dy == 0
-minb = {'16x64x64 w1x2 s3': 6, '16x64x64 w1x2 s6': 3, '16x64x64 w1x4 s4': 4, '16x128x64 w1x2 s4': 3,
+minb = {'16x64x64 w1x2 s4': 4, '16x64x64 w1x2 s3': 6, '16x64x64 w1x2 s6': 3, '16x64x64 w1x4 s4': 4, '16x128x64 w1x2 s4': 3,
         '16x128x64 w1x4 s4': 3, '16x128x64 w1x4 s3': 4, '32x64x64 w2x2 s4': 4, '32x64x64 w1x2 s4': 4,
-        '32x128x64 w2x4 s3': 3, '16x64x128 w1x2 s3': 3}
+        '16x64x128 w1x2 s3': 3}
 best = min((n for n in total if n in minb and exact[n]), key=lambda n: total[n], default=None)
 prod = next(n for n in total if n.startswith('product'))
 if best is None or total[best] >= total[prod]:
@@ -41,7 +41,7 @@ fi
 read -r BM BN BK WM WN ST MB _ _ <<< "$pick"
 build && cp build/Release/gptoss.node /tmp/base.node
 cp native/cuda/moe_gemm.cuh /tmp/moe_gemm.cuh.orig
-sed -i "s/static constexpr int BM = 16, BN = 64, BK = 64, WARPS_M = 1, WARPS_N = 2, STAGES = 4, MINB = 4;/static constexpr int BM = $BM, BN = $BN, BK = $BK, WARPS_M = $WM, WARPS_N = $WN, STAGES = $ST, MINB = $MB;/" native/cuda/moe_gemm.cuh
+sed -i "/^struct DecodeTiles {/{n;s/static constexpr int BM = .*;/static constexpr int BM = $BM, BN = $BN, BK = $BK, WARPS_M = $WM, WARPS_N = $WN, STAGES = $ST, MINB = $MB;/}" native/cuda/moe_gemm.cuh
 grep -n "BM = $BM, BN = $BN" native/cuda/moe_gemm.cuh >> "$DEVICE_LOG"
 step build-cand 200 bash scripts/device-build.sh && cp build/Release/gptoss.node /tmp/cand.node
 cp /tmp/moe_gemm.cuh.orig native/cuda/moe_gemm.cuh

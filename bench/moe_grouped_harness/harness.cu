@@ -1,8 +1,9 @@
 // Standalone timing of the grouped expert GEMMs (native/cuda/moe_gemm.cuh; no Node, no cuBLAS) over their tile
-// shape at the sizes where rows_gemm takes the small tiles: a prompt's prefill (T 64-256 tokens, 8-32 routed rows
-// per expert on average). The batch-1 time to the first token of a 128-token prompt is ~18 ms on an H100, ~85% of it
-// these two GEMMs (bench:decode-profile --phase prefill: 16.2 of 19.2 ms), which read every expert's weights once
-// at ~77% of HBM (Nsight Compute: gate_up 428 us, down 222 us a layer).
+// shape at the sizes where rows_gemm takes the small tiles (DecodeTiles): a prompt's prefill (T 64-256 tokens, 8-32
+// routed rows per expert on average) and decode of 5-256 sequences. With the 16x64 tiles of before, the batch-1 time
+// to the first token of a 128-token prompt was ~18 ms on an H100, 16.2 of 19.2 profiled ms these two GEMMs
+// (bench:decode-profile --phase prefill), reading every expert's weights once at ~77% of HBM; session 30's run of
+// this harness picked the 32x128 tiles (bench/results/moe-grouped-tiles-ab-h100.txt).
 //
 // Per case (T tokens, top-4 of E 32 experts, H = I = 2880, the routing drawn uniformly with a fixed seed, as a
 // random router gives) one expert-MLP forward = the product's two launches: gate_up [E, H, 2I] with bias + SwiGLU
@@ -125,6 +126,7 @@ void forward(const Bufs& b, cudaStream_t st) {
     static constexpr int BM = BM_, BN = BN_, BK = BK_, WARPS_M = WM_, WARPS_N = WN_, STAGES = S_, \
                          MINB = MB_;                                                           \
   };
+TILES(Bm16n64s4, 16, 64, 64, 1, 2, 4, 4)  // the product's before session 30
 TILES(Bm16n64s3, 16, 64, 64, 1, 2, 3, 6)
 TILES(Bm16n64s6, 16, 64, 64, 1, 2, 6, 3)
 TILES(Bm16n64w4, 16, 64, 64, 1, 4, 4, 4)
@@ -133,7 +135,6 @@ TILES(Bm16n128w4, 16, 128, 64, 1, 4, 4, 3)
 TILES(Bm16n128w4s3, 16, 128, 64, 1, 4, 3, 4)
 TILES(Bm32n64, 32, 64, 64, 2, 2, 4, 4)
 TILES(Bm32n64w1, 32, 64, 64, 1, 2, 4, 4)
-TILES(Bm32n128, 32, 128, 64, 2, 4, 3, 3)
 TILES(Bm16n64k128, 16, 64, 128, 1, 2, 3, 3)
 #undef TILES
 
@@ -176,7 +177,8 @@ int main(int argc, char** argv) {
 
   // The product's tiles first (the reference of the differences), then the candidates.
   const std::vector<Config> configs = {
-      {"product 16x64x64 w1x2 s4", forward<mg::DecodeTiles>},
+      {"product 32x128x64 w2x4 s3", forward<mg::DecodeTiles>},
+      {"16x64x64 w1x2 s4", forward<Bm16n64s4>},
       {"16x64x64 w1x2 s3", forward<Bm16n64s3>},
       {"16x64x64 w1x2 s6", forward<Bm16n64s6>},
       {"16x64x64 w1x4 s4", forward<Bm16n64w4>},
@@ -185,7 +187,6 @@ int main(int argc, char** argv) {
       {"16x128x64 w1x4 s3", forward<Bm16n128w4s3>},
       {"32x64x64 w2x2 s4", forward<Bm32n64>},
       {"32x64x64 w1x2 s4", forward<Bm32n64w1>},
-      {"32x128x64 w2x4 s3", forward<Bm32n128>},
       {"16x64x128 w1x2 s3", forward<Bm16n64k128>},
       {"large 128x128x64 w2x4 s3", forward<mg::LargeTiles>},
   };

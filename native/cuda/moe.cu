@@ -109,8 +109,8 @@ std::vector<SlabRange> slabs_of(const std::vector<int32_t>& off) {
 //              kernels (moe_gemm.cuh): one launch per product for all experts, bias + SwiGLU fused into the
 //              gate_up epilogue and the SwiGLU backward into the dh epilogue, no host round trip. Reading the
 //              weights is the cost here; per-expert cuBLAS calls would add a launch per expert and a host read of
-//              the offsets. Within it, rows_gemm (moe_gemm.cuh) takes DecodeTiles (16x64) at N <= 32·E, so the
-//              weights stream at HBM speed (T 64: ~71% of HBM on an H100), and LargeTiles (128x128x64, 3 stages)
+//              the offsets. Within it, rows_gemm (moe_gemm.cuh) takes DecodeTiles (32x128) at N <= 32·E, so the
+//              weights stream near HBM speed (T 128: 87% of HBM on an H100), and LargeTiles (128x128x64, 3 stages)
 //              otherwise and for the weight gradients (the fastest of five tile shapes measured at T 4096 and
 //              16384: 42.2 ms fwd+bwd at T 16384 against 49.5-50.9, bench/results/moe-h100-tune.txt).
 //  kSlabs      N >= 128·E and padding every expert's rows to its range's slab (plan_slabs) adds at most 50% rows
