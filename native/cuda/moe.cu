@@ -138,7 +138,9 @@ enum class ExpertGemms { kDecode, kGrouped, kSlabs, kPerExpert };
 // Routed rows at or below which the decode kernels run: 4 tokens at top-4. Measured with bench/moe.ts --decode
 // (gpt-oss-20b sizes, H100, bench/results/moe-decode-h100.json), decode against grouped ms: T 1 0.103 / 0.151
 // (1.47x), T 2 0.150 / 0.168, T 4 0.243 / 0.250; from T 8 the grouped kernels are as fast or faster (0.366 / 0.353,
-// T 16 0.506 / 0.491, T 64 0.864 / 0.600), since an expert then sees several rows and the 16x64 tiles stream.
+// T 16 0.506 / 0.491, T 64 0.864 / 0.600), since an expert then sees several rows and the 16x64 tiles stream. (Measured with those 16x64 tiles; with the
+// 32x128 tiles since, bench/moe_grouped_harness gives the grouped forward 302 µs at T 5 and bench/moe_decode_harness
+// the decode kernels 278 µs at T 4 on an H100: the threshold still holds there, T 2-4 not re-measured.)
 constexpr int64_t kDecodeMaxRows = 16;
 
 constexpr int64_t kCublasRowsPerExpert = 128;

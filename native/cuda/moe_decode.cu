@@ -2,8 +2,8 @@
 // that stream each routed expert's weights once at HBM speed.
 //
 // Why: at one token the four routed experts' weights (gate_up [H, 2I] + down [I, H] bf16, ~50 MB each at
-// gpt-oss-20b size) are the whole cost, and the grouped mma.sync kernels (moe_gemm.cuh, 16x64 DecodeTiles)
-// launch only (rows/16 + E)·(N/64) tiles that each walk the full K = 2880: too few independent loads in flight
+// gpt-oss-20b size) are the whole cost, and the grouped mma.sync kernels (moe_gemm.cuh, with the 16x64 DecodeTiles of
+// then) launched only (rows/16 + E)·(N/64) tiles that each walk the full K = 2880: too few independent loads in flight
 // to saturate HBM (~35% of it at one row on an H100). Here every thread owns 8 contiguous output columns (one
 // 16-byte vector of a weight row) for up to R rows, and K is split across blocks so that the grid fills every SM
 // with independent 16-byte loads; a second tiny pass sums the K splits in a fixed order (deterministic, no fp32
