@@ -16,7 +16,9 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # (no faster: dropped). Nsight Compute works there (bench/ncu_kernels.py); Nsight Systems is not installed.
 # Session 29 on H100s: the preNorm router and the engine running a step ahead (GPU tests passed, faster: landed), a
 # warp per unit in the small-M linear (slower: dropped).
-# Session 30 on an H100: the bulk-copy decode MoE partial kernel (slower at every ring shape: dropped; docs/moe.md).
+# Session 30 on H100s: the bulk-copy decode MoE partial kernel (slower at every ring shape: dropped; docs/moe.md), the
+# grouped GEMMs' 32x128 small-batch tiles (scripts/device-tile-ab.sh: faster from T 32 up, batch 1 302.7 / 304.2
+# tok/s: landed; moe + engine + cuda-graphs GPU tests passed on main).
 # Still waiting:
 # 1. Did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Stage 7af5708 (the
 #    317-node tree) as ../.stage-317 (bash scripts/device-stage-rev.sh 7af5708 317) and compare in one call.
@@ -27,7 +29,17 @@ if [ -d ../.stage-317 ]; then
     (cd ../.stage-317 && step "nodes317-gen-$i" 60 node dist/bench/generate.js --cuda-graphs --batches 1,2 --no-grpo --no-peer --no-static)
   done
 fi
-# 2. The decode profile (eager, device marks) and the 4k training rows.
+# 2. After the 32x128 tiles (docs/moe.md, "Small-batch tiles"): the size rules they may move. The grouped harness at
+#    T 2-4 (against the decode harness's product rows at the same T: kDecodeMaxRows) and at T 384-768 (its "large"
+#    row: kDecodeRowsPerExpert, now 32 rows per expert), and batches 64 / 256 / 512 end to end against the 16x64
+#    build (stage its parent: bash scripts/device-stage-rev.sh e65b6c9~1 tiles16).
+step tile-rules 120 bash -c "nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative -Inative/cuda bench/moe_grouped_harness/harness.cu -o /tmp/moeg && /tmp/moeg 2 3 4 384 512 768 && nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative -Inative/cuda bench/moe_decode_harness/harness.cu -o /tmp/moeh && /tmp/moeh 2 3 4"
+if [ -d ../.stage-tiles16 ]; then
+  (cd ../.stage-tiles16 && step build-tiles16 120 bash scripts/device-build.sh)
+  step tiles32-gen 150 node dist/bench/generate.js --batches 64,256,512 --no-grpo --no-peer --no-static
+  (cd ../.stage-tiles16 && step tiles16-gen 150 node dist/bench/generate.js --batches 64,256,512 --no-grpo --no-peer --no-static)
+fi
+# 3. The decode profile (eager, device marks) and the 4k training rows.
 step decode-profile 90 node dist/bench/decode-profile.js --batches 1 --json "$OUT/decode-profile-b1.json"
 step train-profile-4k 150 node dist/bench/train-step.js --profile --tokens 4096 --layers 2 --steps 1 --json "$OUT/train-profile-4k.json"
 step train-step-4k-mb8 150 node dist/bench/train-step.js --tokens 4096 --layers 2 --steps 6 --micro-batches 8 --json "$OUT/train-step-4k-mb8.json"
