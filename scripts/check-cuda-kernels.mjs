@@ -1,7 +1,8 @@
-// Compiles every CUDA kernel file that needs neither cuBLAS nor NCCL for sm_90a, so a kernel that does not
-// compile never lands (CI has nvcc but no cuBLAS/NCCL and no GPU). Files that use cuBLAS/NCCL are the .cc files
-// in native/cuda/ (and *_cublas.cu / *_nccl.cu, if any); they are compiled only where those libraries exist.
-import { readdirSync, mkdtempSync, rmSync } from 'node:fs';
+// Compiles for sm_90a every CUDA kernel file that needs neither cuBLAS nor NCCL, and the bench harnesses, so that a
+// kernel (or a header change) that does not compile never lands (CI has nvcc but no cuBLAS/NCCL and no GPU). Files
+// that use cuBLAS/NCCL are the .cc files in native/cuda/ (and *_cublas.cu / *_nccl.cu, if any); they are compiled
+// only where those libraries exist.
+import { existsSync, readdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { spawn, spawnSync } from 'node:child_process';
@@ -17,9 +18,18 @@ if (spawnSync(nvcc, ['--version'], { stdio: 'ignore' }).status !== 0) {
   process.exit(0);
 }
 const dir = 'native/cuda';
-const files = readdirSync(dir)
-  .filter((f) => f.endsWith('.cu') && !/_(cublas|nccl)\.cu$/.test(f))
-  .sort();
+// The kernels, then the standalone bench harnesses (bench/*_harness/harness.cu: they include the kernel headers, so
+// a header change that breaks one shows here; compiled, not linked).
+const files = [
+  ...readdirSync(dir)
+    .filter((f) => f.endsWith('.cu') && !/_(cublas|nccl)\.cu$/.test(f))
+    .sort()
+    .map((f) => join(dir, f)),
+  ...readdirSync('bench')
+    .map((d) => join('bench', d, 'harness.cu'))
+    .filter((f) => existsSync(f))
+    .sort(),
+];
 const out = mkdtempSync(join(tmpdir(), 'gptoss-nvcc-'));
 // Compile in parallel, one nvcc per core; each file's output is printed when it finishes.
 function compile(f) {
@@ -27,7 +37,7 @@ function compile(f) {
     const t0 = Date.now();
     const p = spawn(
       nvcc,
-      ['-arch=sm_90a', '-std=c++17', '-O3', '--expt-relaxed-constexpr', '-c', join(dir, f), '-o', join(out, `${f}.o`)],
+      ['-arch=sm_90a', '-std=c++17', '-O3', '--expt-relaxed-constexpr', '-Inative', '-Inative/cuda', '-c', f, '-o', join(out, `${f.replaceAll('/', '_')}.o`)],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let log = '';
@@ -49,7 +59,7 @@ await Promise.all(
 );
 rmSync(out, { recursive: true, force: true });
 if (failed) {
-  console.error(`check-cuda-kernels: ${failed} of ${files.length} kernel files failed to compile for sm_90a`);
+  console.error(`check-cuda-kernels: ${failed} of ${files.length} kernel and harness files failed to compile for sm_90a`);
   process.exit(1);
 }
-console.log(`check-cuda-kernels: ${files.length} kernel files compile for sm_90a`);
+console.log(`check-cuda-kernels: ${files.length} kernel and harness files compile for sm_90a`);

@@ -20,47 +20,25 @@
 #include <string>
 #include <vector>
 
+#include "../harness_common/harness_util.cuh"
 #include "moe_decode_kernels.cuh"
 
 using namespace gptoss::cuda::moe_decode;
-
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t e_ = (x);                                                                      \
-    if (e_ != cudaSuccess) {                                                                   \
-      printf("CUDA %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__);                \
-      exit(1);                                                                                 \
-    }                                                                                          \
-  } while (0)
+using harness::download;
+using harness::upload_random;
 
 namespace {
 
 constexpr int E = 32, H = 2880, I = 2880, K_TOP = 4;
 constexpr float kLimit = 7.f;
 
-uint64_t rng = 88172645463325252ull;
-float frand() {  // uniform [-1, 1)
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return ((rng >> 40) * (1.0f / 8388608.f)) - 1.f;
-}
-
-bf* upload_random(size_t n, float scale) {
-  std::vector<bf> h(n);
-  for (auto& v : h) v = __float2bfloat16(scale * frand());
-  bf* d;
-  CK(cudaMalloc(&d, n * sizeof(bf)));
-  CK(cudaMemcpy(d, h.data(), n * sizeof(bf), cudaMemcpyHostToDevice));
-  return d;
-}
-
 // One case's device buffers: the weights of all E experts, x [T, H], the routing (perm_tok [N], offsets [E+1]),
 // outputs gu [N, 2I], h [N, I], yp [N, H] and a split-partials buffer large enough for any configuration.
 struct Bufs {
   int T = 0, N = 0;
-  bf *wgu = nullptr, *bgu = nullptr, *wdn = nullptr, *bdn = nullptr, *x = nullptr;
-  bf *gu = nullptr, *h = nullptr, *yp = nullptr;
+  harness::ExpertWeights w;
+  harness::ExpertRows r;
+  bf* x = nullptr;
   int32_t *perm = nullptr, *offsets = nullptr;
   float* part = nullptr;
 };
@@ -104,35 +82,19 @@ void forward(const Bufs& b, const Config& c, int sms, cudaStream_t st, int* s_gu
   const int chunk_slots = (b.T + R - 1) / R;
   const int slots = std::min(E, b.N);
   const Split g = split_k(sms, slots, H, 2 * I, c.threads, c.blocks_per_sm, c.max_split_k);
-  c.partial(R, b.x, H, b.perm, b.wgu, b.offsets, E, H, 2 * I, g, chunk_slots, slots, b.N, b.part, st);
-  launch_reduce(b.part, g.S, b.N, 2 * I, b.offsets, E, b.bgu, kLimit, b.gu, b.h, st);
+  c.partial(R, b.x, H, b.perm, b.w.gate_up, b.offsets, E, H, 2 * I, g, chunk_slots, slots, b.N, b.part, st);
+  launch_reduce(b.part, g.S, b.N, 2 * I, b.offsets, E, b.w.gate_up_bias, kLimit, b.r.gu, b.r.h, st);
   const Split d = split_k(sms, slots, I, H, c.threads, c.blocks_per_sm, c.max_split_k);
-  c.partial(R, b.h, I, nullptr, b.wdn, b.offsets, E, I, H, d, chunk_slots, slots, b.N, b.part, st);
-  launch_reduce(b.part, d.S, b.N, H, b.offsets, E, b.bdn, kLimit, b.yp, nullptr, st);
+  c.partial(R, b.r.h, I, nullptr, b.w.down, b.offsets, E, I, H, d, chunk_slots, slots, b.N, b.part, st);
+  launch_reduce(b.part, d.S, b.N, H, b.offsets, E, b.w.down_bias, kLimit, b.r.yp, nullptr, st);
   if (s_gu) *s_gu = g.S;
   if (s_dn) *s_dn = d.S;
-}
-
-std::vector<float> download(const bf* d, size_t n) {
-  std::vector<bf> h(n);
-  CK(cudaMemcpy(h.data(), d, n * sizeof(bf), cudaMemcpyDeviceToHost));
-  std::vector<float> f(n);
-  for (size_t i = 0; i < n; i++) f[i] = __bfloat162float(h[i]);
-  return f;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> Ts;
-  for (int i = 1; i < argc; i++) Ts.push_back(atoi(argv[i]));
-  if (Ts.empty()) Ts = {1, 2, 4};
-  for (int T : Ts) {
-    if (T < 1 || T > 16) {
-      printf("T must be in 1..16 (decode sizes), got %d\n", T);
-      return 1;
-    }
-  }
+  const std::vector<int> Ts = harness::token_counts(argc, argv, {1, 2, 4}, 1, 16);  // decode sizes
   int dev = 0, sms = 0;
   CK(cudaGetDevice(&dev));
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
@@ -161,22 +123,14 @@ int main(int argc, char** argv) {
   printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
 
   Bufs b;
-  b.wgu = upload_random(static_cast<size_t>(E) * H * 2 * I, 0.02f);
-  b.bgu = upload_random(static_cast<size_t>(E) * 2 * I, 0.02f);
-  b.wdn = upload_random(static_cast<size_t>(E) * I * H, 0.02f);
-  b.bdn = upload_random(static_cast<size_t>(E) * H, 0.02f);
+  b.w = harness::upload_experts(E, H, I);
   const int maxN = 16 * K_TOP;
-  CK(cudaMalloc(&b.gu, sizeof(bf) * maxN * 2 * I));
-  CK(cudaMalloc(&b.h, sizeof(bf) * maxN * I));
-  CK(cudaMalloc(&b.yp, sizeof(bf) * maxN * H));
+  b.r = harness::alloc_rows(maxN, H, I);
   CK(cudaMalloc(&b.perm, sizeof(int32_t) * maxN));
   CK(cudaMalloc(&b.offsets, sizeof(int32_t) * (E + 1)));
   CK(cudaMalloc(&b.part, sizeof(float) * static_cast<size_t>(H / 8) * maxN * 2 * I));  // S <= K/8 splits
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cudaEvent_t t0, t1;
-  CK(cudaEventCreate(&t0));
-  CK(cudaEventCreate(&t1));
 
   for (int T : Ts) {
     b.T = T;
@@ -196,29 +150,12 @@ int main(int argc, char** argv) {
       forward(b, c, sms, st, &s_gu, &s_dn);  // eager once: errors surface here, and the output to compare
       CK(cudaStreamSynchronize(st));
       CK(cudaGetLastError());
-      const std::vector<float> yp = download(b.yp, static_cast<size_t>(b.N) * H);
+      const std::vector<float> yp = download(b.r.yp, static_cast<size_t>(b.N) * H);
       if (ref.empty()) ref = yp;
-      float diff = 0.f;
-      for (size_t i = 0; i < yp.size(); i++) diff = std::max(diff, std::fabs(yp[i] - ref[i]));
-      cudaGraph_t graph;
-      cudaGraphExec_t exec;
-      CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-      forward(b, c, sms, st);
-      CK(cudaStreamEndCapture(st, &graph));
-      CK(cudaGraphInstantiate(&exec, graph, 0));
-      for (int i = 0; i < 20; i++) CK(cudaGraphLaunch(exec, st));
-      const int reps = 200;
-      CK(cudaEventRecord(t0, st));
-      for (int i = 0; i < reps; i++) CK(cudaGraphLaunch(exec, st));
-      CK(cudaEventRecord(t1, st));
-      CK(cudaEventSynchronize(t1));
-      float ms = 0.f;
-      CK(cudaEventElapsedTime(&ms, t0, t1));
-      const double us = 1000.0 * ms / reps;
+      const float diff = harness::max_abs_diff(yp, ref);
+      const double us = harness::graph_us([&](cudaStream_t s) { forward(b, c, sms, s); }, st, 20, 200);
       printf("| %d | %s | %d | %d | %d | %d | %d | %d | %.2f | %.0f | %.3g |\n", T, c.name, c.threads, c.unroll,
              c.blocks_per_sm, c.max_split_k, s_gu, s_dn, us, bytes / (us * 1e3), diff);
-      CK(cudaGraphExecDestroy(exec));
-      CK(cudaGraphDestroy(graph));
     }
   }
   return 0;

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "../harness_common/harness_util.cuh"
 #include "moe_gemm.cuh"
 
 namespace mg = gptoss::cuda::moe_gemm;
@@ -28,36 +29,13 @@ namespace mg = gptoss::cuda::moe_gemm;
 void gptoss::cuda::note_launch() {}
 using bf = __nv_bfloat16;
 
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t e_ = (x);                                                                      \
-    if (e_ != cudaSuccess) {                                                                   \
-      printf("CUDA %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__);                \
-      exit(1);                                                                                 \
-    }                                                                                          \
-  } while (0)
-
 namespace {
 
 constexpr int E = 32, H = 2880, I = 2880, K_TOP = 4;
 
-uint64_t rng = 88172645463325252ull;
-uint64_t next() {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return rng;
-}
-float frand() { return ((next() >> 40) * (1.0f / 8388608.f)) - 1.f; }  // uniform [-1, 1)
-
-bf* upload_random(size_t n, float scale) {
-  std::vector<bf> h(n);
-  for (auto& v : h) v = __float2bfloat16(scale * frand());
-  bf* d;
-  CK(cudaMalloc(&d, n * sizeof(bf)));
-  CK(cudaMemcpy(d, h.data(), n * sizeof(bf), cudaMemcpyHostToDevice));
-  return d;
-}
+using harness::download;
+using harness::next_u64;
+using harness::upload_random;
 
 // Each token's top-4: 4 distinct experts drawn uniformly. offsets [E+1] of the N = 4T rows in expert order.
 std::vector<int32_t> routing(int T) {
@@ -66,7 +44,7 @@ std::vector<int32_t> routing(int T) {
     int picked[K_TOP];
     for (int j = 0; j < K_TOP; j++) {
       int e;
-      do e = static_cast<int>(next() % E);
+      do e = static_cast<int>(next_u64() % E);
       while (std::find(picked, picked + j, e) != picked + j);
       picked[j] = e;
       count[e]++;
@@ -79,8 +57,9 @@ std::vector<int32_t> routing(int T) {
 
 struct Bufs {
   int N = 0;
-  bf *wgu = nullptr, *bgu = nullptr, *wdn = nullptr, *bdn = nullptr, *xp = nullptr;
-  bf *gu = nullptr, *h = nullptr, *yp = nullptr;
+  harness::ExpertWeights w;
+  harness::ExpertRows r;
+  bf* xp = nullptr;
   int32_t* offsets = nullptr;
 };
 
@@ -90,33 +69,33 @@ void forward(const Bufs& b, cudaStream_t st) {
   mg::Params gu;
   gu.A = b.xp;
   gu.lda = H;
-  gu.B = b.wgu;
+  gu.B = b.w.gate_up;
   gu.ldb = 2 * I;
   gu.b_expert_stride = static_cast<int64_t>(H) * 2 * I;
   gu.N = 2 * I;
   gu.K = H;
   gu.offsets = b.offsets;
   gu.E = E;
-  gu.C = b.gu;
+  gu.C = b.r.gu;
   gu.ldc = 2 * I;
-  gu.bias = b.bgu;
-  gu.C2 = b.h;
+  gu.bias = b.w.gate_up_bias;
+  gu.C2 = b.r.h;
   gu.ldc2 = I;
   gu.limit = 7.f;
   mg::launch<Tiles, false, false, false, mg::kEpiGuSwiglu>(gu, b.N, st, "harness gate_up");
   mg::Params dn;
-  dn.A = b.h;
+  dn.A = b.r.h;
   dn.lda = I;
-  dn.B = b.wdn;
+  dn.B = b.w.down;
   dn.ldb = H;
   dn.b_expert_stride = static_cast<int64_t>(I) * H;
   dn.N = H;
   dn.K = I;
   dn.offsets = b.offsets;
   dn.E = E;
-  dn.C = b.yp;
+  dn.C = b.r.yp;
   dn.ldc = H;
-  dn.bias = b.bdn;
+  dn.bias = b.w.down_bias;
   mg::launch<Tiles, false, false, false, mg::kEpiBiasBf16>(dn, b.N, st, "harness down");
 }
 
@@ -143,32 +122,10 @@ struct Config {
   void (*fwd)(const Bufs&, cudaStream_t);
 };
 
-std::vector<float> download(const bf* d, size_t n) {
-  std::vector<bf> h(n);
-  CK(cudaMemcpy(h.data(), d, n * sizeof(bf), cudaMemcpyDeviceToHost));
-  std::vector<float> f(n);
-  for (size_t i = 0; i < n; i++) f[i] = __bfloat162float(h[i]);
-  return f;
-}
-
-float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  float d = 0.f;
-  for (size_t i = 0; i < a.size(); i++) d = std::max(d, std::fabs(a[i] - b[i]));
-  return d;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> Ts;
-  for (int i = 1; i < argc; i++) Ts.push_back(atoi(argv[i]));
-  if (Ts.empty()) Ts = {64, 128, 256};
-  for (int T : Ts) {
-    if (T < 1 || T > 1024) {
-      printf("T must be in 1..1024, got %d\n", T);
-      return 1;
-    }
-  }
+  const std::vector<int> Ts = harness::token_counts(argc, argv, {64, 128, 256}, 1, 1024);
   int dev = 0, sms = 0;
   CK(cudaGetDevice(&dev));
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
@@ -197,20 +154,12 @@ int main(int argc, char** argv) {
   printf("| --- | --- | --- | ---: | ---: | ---: | ---: |\n");
 
   Bufs b;
-  b.wgu = upload_random(static_cast<size_t>(E) * H * 2 * I, 0.02f);
-  b.bgu = upload_random(static_cast<size_t>(E) * 2 * I, 0.02f);
-  b.wdn = upload_random(static_cast<size_t>(E) * I * H, 0.02f);
-  b.bdn = upload_random(static_cast<size_t>(E) * H, 0.02f);
+  b.w = harness::upload_experts(E, H, I);
   const int maxN = 1024 * K_TOP;
-  CK(cudaMalloc(&b.gu, sizeof(bf) * maxN * 2 * I));
-  CK(cudaMalloc(&b.h, sizeof(bf) * maxN * I));
-  CK(cudaMalloc(&b.yp, sizeof(bf) * maxN * H));
+  b.r = harness::alloc_rows(maxN, H, I);
   CK(cudaMalloc(&b.offsets, sizeof(int32_t) * (E + 1)));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cudaEvent_t t0, t1;
-  CK(cudaEventCreate(&t0));
-  CK(cudaEventCreate(&t1));
 
   for (int T : Ts) {
     b.N = T * K_TOP;
@@ -231,31 +180,15 @@ int main(int argc, char** argv) {
       c.fwd(b, st);  // eager once: errors surface here, and the outputs to compare
       CK(cudaStreamSynchronize(st));
       CK(cudaGetLastError());
-      const std::vector<float> h = download(b.h, static_cast<size_t>(b.N) * I);
-      const std::vector<float> yp = download(b.yp, static_cast<size_t>(b.N) * H);
+      const std::vector<float> h = download(b.r.h, static_cast<size_t>(b.N) * I);
+      const std::vector<float> yp = download(b.r.yp, static_cast<size_t>(b.N) * H);
       if (ref_h.empty()) {
         ref_h = h;
         ref_yp = yp;
       }
-      cudaGraph_t graph;
-      cudaGraphExec_t exec;
-      CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-      c.fwd(b, st);
-      CK(cudaStreamEndCapture(st, &graph));
-      CK(cudaGraphInstantiate(&exec, graph, 0));
-      for (int i = 0; i < 10; i++) CK(cudaGraphLaunch(exec, st));
-      const int reps = 50;
-      CK(cudaEventRecord(t0, st));
-      for (int i = 0; i < reps; i++) CK(cudaGraphLaunch(exec, st));
-      CK(cudaEventRecord(t1, st));
-      CK(cudaEventSynchronize(t1));
-      float ms = 0.f;
-      CK(cudaEventElapsedTime(&ms, t0, t1));
-      const double us = 1000.0 * ms / reps;
+      const double us = harness::graph_us([&](cudaStream_t s) { c.fwd(b, s); }, st, 10, 50);
       printf("| %d | %d-%d | %s | %.2f | %.0f | %.3g | %.3g |\n", T, lo, hi, c.name, us, bytes / (us * 1e3),
-             max_diff(h, ref_h), max_diff(yp, ref_yp));
-      CK(cudaGraphExecDestroy(exec));
-      CK(cudaGraphDestroy(graph));
+             harness::max_abs_diff(h, ref_h), harness::max_abs_diff(yp, ref_yp));
     }
   }
   return 0;
