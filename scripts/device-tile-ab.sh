@@ -10,27 +10,24 @@
 #      in place and rebuilt, then restored);
 #   4. test/gpu/moe.test.js on the candidate addon, then bench:generate batch 1 with CUDA graphs, base and candidate
 #      interleaved (GPTOSS_ADDON picks the addon), and the prefill profile of each.
-set -uo pipefail
+# Sourced (it uses step / build and returns early): no shell options set here, they would outlive it.
 step grouped-harness 120 bash -c "nvcc -arch=sm_90a -std=c++17 -O3 --expt-relaxed-constexpr -Inative -Inative/cuda bench/moe_grouped_harness/harness.cu -o /tmp/moeg && /tmp/moeg 32 64 128 256 | tee /tmp/moeg.txt"
-# "16x128x64 w1x4 s4" -> BM BN BK WARPS_M WARPS_N STAGES MINB (the harness's TILES: MINB as it gives them)
+# "16x128x64 w1x4 s4 b3" -> BM BN BK WARPS_M WARPS_N STAGES MINB (the harness spells each row's name from its shape)
 pick=$(python3 - <<'EOF'
 import collections, re
+shape = re.compile(r'(\d+)x(\d+)x(\d+) w(\d+)x(\d+) s(\d+) b(\d+)$')
 rows = [l.split('|') for l in open('/tmp/moeg.txt') if re.match(r'^\| \d+ \|', l)]
 total, exact = collections.defaultdict(float), collections.defaultdict(lambda: True)
 for r in rows:
     name, us, dh, dy = r[3].strip(), float(r[4]), float(r[6]), float(r[7])
     total[name] += us
     exact[name] &= dh == 0 and dy == 0
-minb = {'16x64x64 w1x2 s4': 4, '16x64x64 w1x2 s3': 6, '16x64x64 w1x2 s6': 3, '16x64x64 w1x4 s4': 4, '16x128x64 w1x2 s4': 3,
-        '16x128x64 w1x4 s4': 3, '16x128x64 w1x4 s3': 4, '32x64x64 w2x2 s4': 4, '32x64x64 w1x2 s4': 4,
-        '16x64x128 w1x2 s3': 3}
-best = min((n for n in total if n in minb and exact[n]), key=lambda n: total[n], default=None)
-prod = next(n for n in total if n.startswith('product'))
+prod = next(n for n in total if n.startswith('product '))
+best = min((n for n in total if not n.startswith(('product ', 'large ')) and exact[n]), key=lambda n: total[n], default=None)
 if best is None or total[best] >= total[prod]:
     print('none')
 else:
-    m = re.match(r'(\d+)x(\d+)x(\d+) w(\d+)x(\d+) s(\d+)', best)
-    print(' '.join(m.groups()) + f' {minb[best]} {total[best]:.1f} {total[prod]:.1f}')
+    print(' '.join(shape.search(best).groups()) + f' {total[best]:.1f} {total[prod]:.1f}')
 EOF
 )
 echo "tile pick (BM BN BK WARPS_M WARPS_N STAGES MINB, total µs, product's): $pick" >> "$DEVICE_LOG"

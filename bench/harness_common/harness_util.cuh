@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -99,6 +100,19 @@ inline std::vector<int> token_counts(int argc, char** argv, std::vector<int> def
     }
   }
   return Ts;
+}
+
+// The current GPU: its name and SM count (the tables' title; the decode split's grid).
+struct Gpu {
+  std::string name;
+  int sms = 0;
+};
+inline Gpu current_gpu() {
+  int dev = 0;
+  CK(cudaGetDevice(&dev));
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, dev));
+  return {prop.name, prop.multiProcessorCount};
 }
 
 // µs per replay of fwd captured in a CUDA graph on st: `warm` replays, then `reps` timed ones (CUDA events).

@@ -95,11 +95,7 @@ void forward(const Bufs& b, const Config& c, int sms, cudaStream_t st, int* s_gu
 
 int main(int argc, char** argv) {
   const std::vector<int> Ts = harness::token_counts(argc, argv, {1, 2, 4}, 1, 16);  // decode sizes
-  int dev = 0, sms = 0;
-  CK(cudaGetDevice(&dev));
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  cudaDeviceProp prop{};
-  CK(cudaGetDeviceProperties(&prop, dev));
+  const harness::Gpu gpu = harness::current_gpu();
 
   // The product's configuration first (the reference of the yp differences), then the candidates.
   const std::vector<Config> configs = {
@@ -118,7 +114,7 @@ int main(int argc, char** argv) {
   };
 
   printf("moe decode harness on %s (%d SMs): E %d, top-%d, H %d, I %d; µs per expert-MLP forward (4 launches, CUDA graph)\n",
-         prop.name, sms, E, K_TOP, H, I);
+         gpu.name.c_str(), gpu.sms, E, K_TOP, H, I);
   printf("| T | config | threads | unroll | blocks/SM | max ks | S gate_up | S down | µs | GB/s | max |yp - product's| |\n");
   printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
 
@@ -147,13 +143,13 @@ int main(int argc, char** argv) {
     std::vector<float> ref;
     for (const Config& c : configs) {
       int s_gu = 0, s_dn = 0;
-      forward(b, c, sms, st, &s_gu, &s_dn);  // eager once: errors surface here, and the output to compare
+      forward(b, c, gpu.sms, st, &s_gu, &s_dn);  // eager once: errors surface here, and the output to compare
       CK(cudaStreamSynchronize(st));
       CK(cudaGetLastError());
       const std::vector<float> yp = download(b.r.yp, static_cast<size_t>(b.N) * H);
       if (ref.empty()) ref = yp;
       const float diff = harness::max_abs_diff(yp, ref);
-      const double us = harness::graph_us([&](cudaStream_t s) { forward(b, c, sms, s); }, st, 20, 200);
+      const double us = harness::graph_us([&](cudaStream_t s) { forward(b, c, gpu.sms, s); }, st, 20, 200);
       printf("| %d | %s | %d | %d | %d | %d | %d | %d | %.2f | %.0f | %.3g |\n", T, c.name, c.threads, c.unroll,
              c.blocks_per_sm, c.max_split_k, s_gu, s_dn, us, bytes / (us * 1e3), diff);
     }

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "../harness_common/harness_util.cuh"
@@ -118,38 +119,35 @@ TILES(Bm16n64k128, 16, 64, 128, 1, 2, 3, 3)
 #undef TILES
 
 struct Config {
-  const char* name;
+  std::string name;  // "BMxBNxBK wWARPS_MxWARPS_N sSTAGES bMINB", with "product " or "large " before it
   void (*fwd)(const Bufs&, cudaStream_t);
 };
+
+// A shape's row: its name spelled from its constants (scripts/device-tile-ab.sh reads the shape back from it).
+template <typename Tiles>
+Config config(const char* role = "") {
+  char name[96];
+  snprintf(name, sizeof name, "%s%dx%dx%d w%dx%d s%d b%d", role, Tiles::BM, Tiles::BN, Tiles::BK, Tiles::WARPS_M,
+           Tiles::WARPS_N, Tiles::STAGES, Tiles::MINB);
+  return {name, forward<Tiles>};
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::vector<int> Ts = harness::token_counts(argc, argv, {64, 128, 256}, 1, 1024);
-  int dev = 0, sms = 0;
-  CK(cudaGetDevice(&dev));
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  cudaDeviceProp prop{};
-  CK(cudaGetDeviceProperties(&prop, dev));
+  const harness::Gpu gpu = harness::current_gpu();
 
   // The product's tiles first (the reference of the differences), then the candidates.
   const std::vector<Config> configs = {
-      {"product 32x128x64 w2x4 s3", forward<mg::DecodeTiles>},
-      {"16x64x64 w1x2 s4", forward<Bm16n64s4>},
-      {"16x64x64 w1x2 s3", forward<Bm16n64s3>},
-      {"16x64x64 w1x2 s6", forward<Bm16n64s6>},
-      {"16x64x64 w1x4 s4", forward<Bm16n64w4>},
-      {"16x128x64 w1x2 s4", forward<Bm16n128w2>},
-      {"16x128x64 w1x4 s4", forward<Bm16n128w4>},
-      {"16x128x64 w1x4 s3", forward<Bm16n128w4s3>},
-      {"32x64x64 w2x2 s4", forward<Bm32n64>},
-      {"32x64x64 w1x2 s4", forward<Bm32n64w1>},
-      {"16x64x128 w1x2 s3", forward<Bm16n64k128>},
-      {"large 128x128x64 w2x4 s3", forward<mg::LargeTiles>},
+      config<mg::DecodeTiles>("product "), config<Bm16n64s4>(),     config<Bm16n64s3>(),
+      config<Bm16n64s6>(),                 config<Bm16n64w4>(),     config<Bm16n128w2>(),
+      config<Bm16n128w4>(),                config<Bm16n128w4s3>(),  config<Bm32n64>(),
+      config<Bm32n64w1>(),                 config<Bm16n64k128>(),   config<mg::LargeTiles>("large "),
   };
 
   printf("moe grouped harness on %s (%d SMs): E %d, top-%d, H %d, I %d; µs per expert-MLP forward (gate_up + down, CUDA graph)\n",
-         prop.name, sms, E, K_TOP, H, I);
+         gpu.name.c_str(), gpu.sms, E, K_TOP, H, I);
   printf("| T | rows/expert min-max | tiles | µs | GB/s | max |h - product's| | max |yp - product's| |\n");
   printf("| --- | --- | --- | ---: | ---: | ---: | ---: |\n");
 
@@ -187,7 +185,7 @@ int main(int argc, char** argv) {
         ref_yp = yp;
       }
       const double us = harness::graph_us([&](cudaStream_t s) { c.fwd(b, s); }, st, 10, 50);
-      printf("| %d | %d-%d | %s | %.2f | %.0f | %.3g | %.3g |\n", T, lo, hi, c.name, us, bytes / (us * 1e3),
+      printf("| %d | %d-%d | %s | %.2f | %.0f | %.3g | %.3g |\n", T, lo, hi, c.name.c_str(), us, bytes / (us * 1e3),
              harness::max_abs_diff(h, ref_h), harness::max_abs_diff(yp, ref_yp));
     }
   }
