@@ -42,12 +42,14 @@
 //        transformers peer alike; the model's own shape replaces --preset/--layers: the log-prob gap of part (b) is
 //        only meaningful on trained weights)
 //        [--heads Q] [--kv-heads KV] (the preset's attention heads overridden)
+//        [--batch-invariant] (the whole run in batch-invariant mode, setBatchInvariant: engine, static path and
+//        trainer log-probs alike; the log-prob gap then measures what is left of the engine-vs-trainer difference)
 //        npx gptoss-launch --nproc-per-node 4 bench/generate.ts --tp 2 [options above] (launcher mode: 2 x tp=2)
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { synchronize } from '../src/tensor.ts';
+import { synchronize, setBatchInvariant } from '../src/tensor.ts';
 import { defaultDevice } from '../src/native.ts';
 import { presetConfig, type PresetName } from '../src/model/config.ts';
 import { GptOssModel } from '../src/model/gptoss.ts';
@@ -139,6 +141,9 @@ const lora = flag('lora')
   : null;
 for (const t of lora?.targets ?? []) if (!LORA_TARGETS.includes(t)) throw new Error(`bench:generate: --lora-targets: unknown target '${t}' (${LORA_TARGETS.join(', ')})`);
 const cudaGraphs = flag('cuda-graphs');
+// --batch-invariant: every kernel of the run in batch-invariant mode (native/common/device.h), set before any runs.
+const batchInvariantMode = flag('batch-invariant');
+if (batchInvariantMode && lora && !cpu) throw new Error('bench:generate: --batch-invariant does not cover LoRA adapters on CUDA (drop --lora)');
 if (cudaGraphs && lora) throw new Error('bench:generate: --cuda-graphs and --lora together are not supported (steps with adapters run eagerly)');
 /** The adapters of --lora (made in main once the model exists). */
 let adapters: LoraAdapters | null = null;
@@ -171,6 +176,8 @@ if (!Number.isInteger(tp) || tp < 1) throw new Error(`bench:generate: --tp must 
 if (!launcherMode && tp !== 1) {
   throw new Error(`bench:generate: --tp ${tp} needs ${tp} or more processes: run it under the launcher (npx gptoss-launch --nproc-per-node N bench/generate.ts --tp ${tp} ...)`);
 }
+if (batchInvariantMode && tp > 1) throw new Error(`bench:generate: --batch-invariant with --tp ${tp}: a tensor-parallel engine sums its ranks' partials in another order (tp 1 only)`);
+if (batchInvariantMode) setBatchInvariant(true);
 if (worldSize % tp !== 0) {
   throw new Error(`bench:generate: --tp ${tp} does not divide the ${worldSize} launched processes (the ranks form world size / tp engines of tp ranks each)`);
 }
@@ -568,7 +575,7 @@ function report(fixedRows: FixedRow[], grpoRes: GrpoResult | null, st: EngineSta
   const f = (x: number | null | 'oom'): string => (x === null ? '-' : x === 'oom' ? 'OOM' : x.toFixed(1));
   const secs = (xs: { seconds: number }[]): string => xs.map((x) => x.seconds.toFixed(2)).join(' / ');
   const lines: string[] = [];
-  lines.push(`gpt-oss generation, ${weightsLabel()}, ${layers} layers, ${device}${launcherMode ? `, ${layout} (launcher mode, ${worldSize} ranks)` : ''}`);
+  lines.push(`gpt-oss generation, ${weightsLabel()}, ${layers} layers, ${device}${launcherMode ? `, ${layout} (launcher mode, ${worldSize} ranks)` : ''}${batchInvariantMode ? ', batch-invariant kernels' : ''}`);
   if (launcherMode) {
     lines.push(`launcher mode: a pool of ${layout} engines, each with its share of the workload; tokens/s = all engines' output tokens / the slowest engine's time; the static path, the transformers peer and the log-prob gap are not run`);
   }
@@ -614,6 +621,7 @@ function report(fixedRows: FixedRow[], grpoRes: GrpoResult | null, st: EngineSta
     model: modelDir ? modelSource : null,
     routerStd: routerStd ?? null,
     scaledInit,
+    batchInvariant: batchInvariantMode,
     layers,
     /** "E x tp=T" (one process: "1 x tp=1"); launcher mode: the ranks and the engines. */
     layout,

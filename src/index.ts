@@ -10,6 +10,8 @@ export {
   resetPeakMemory,
   emptyCache,
   synchronize,
+  setBatchInvariant,
+  batchInvariant,
   cudaDeviceCount,
   CudaEvent,
   type DType,

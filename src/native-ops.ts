@@ -187,6 +187,9 @@ export interface NativeOps {
   eventSynchronize(event: NativeEvent): void;
   eventQuery(event: NativeEvent): boolean;
   eventElapsedMs(start: NativeEvent, end: NativeEvent): number;
+  /** Batch-invariant kernels on or off, process-wide (native/common/device.h; src/ops/numerics.ts). */
+  setBatchInvariant(on: boolean): void;
+  batchInvariant(): boolean;
   /** Kernel launches (our kernels' launch checks, cuBLAS calls, async copies/memsets) so far, all devices; 0 without CUDA. */
   launchCount(): number;
   /** cuBLASLt algorithm tunings (the first batched GEMM of a problem times candidates) so far; 0 without CUDA. */
@@ -566,6 +569,8 @@ export const NATIVE_OP_NAMES = [
   'eventSynchronize',
   'eventQuery',
   'eventElapsedMs',
+  'setBatchInvariant',
+  'batchInvariant',
   'launchCount',
   'gemmTuneCount',
   'profileEnable',

@@ -261,6 +261,21 @@ export function resetPeakMemory(device: string): void {
 export function emptyCache(device: string): void {
   native().ops.emptyCache(deviceIndex(device));
 }
+/**
+ * Batch-invariant kernels, process-wide (config `trainer.batch_invariant`; native/common/device.h). While on, a
+ * token's forward through the decoder layers has the same bits whatever else is in the batch: an engine decode step
+ * of any batch size, a prefill chunk, a packed training batch. The engine's log-probs are then the trainer's
+ * `tokenLogprobs` up to the fp32 log-softmax reduction (true on-policy GRPO: the importance ratio is exactly 1 at
+ * the first step). On CUDA the linears, the MoE and attention take size-independent kernels (slower: docs/
+ * inference.md, "Batch-invariant mode"); LoRA adapters are not covered there (refused). The CPU kernels are
+ * invariant either way. Set it before building engines or graphs: captured CUDA graphs keep the kernels they saw.
+ */
+export function setBatchInvariant(on: boolean): void {
+  native().ops.setBatchInvariant(on);
+}
+export function batchInvariant(): boolean {
+  return native().ops.batchInvariant();
+}
 /** Waits for all work queued on the device (no-op on cpu). */
 export function synchronize(device: string): void {
   if (device !== 'cpu') native().ops.synchronize(deviceIndex(device));

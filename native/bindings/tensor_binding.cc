@@ -444,6 +444,11 @@ GPTOSS_OP(setNumThreads) {
   return info.Env().Undefined();
 }
 
+GPTOSS_OP(setBatchInvariant) {
+  cuda::set_batch_invariant(bool_arg(info, 0, "setBatchInvariant", "on"));
+  return info.Env().Undefined();
+}
+GPTOSS_OP(batchInvariant) { return Napi::Boolean::New(info.Env(), cuda::batch_invariant()); }
 GPTOSS_OP(launchCount) { return Napi::Number::New(info.Env(), static_cast<double>(cuda::launch_count())); }
 GPTOSS_OP(gemmTuneCount) { return Napi::Number::New(info.Env(), static_cast<double>(cuda::gemm_tune_count())); }
 GPTOSS_OP(profileEnable) {

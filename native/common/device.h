@@ -72,6 +72,19 @@ uint64_t launch_count();
 void note_gemm_tune();
 uint64_t gemm_tune_count();
 
+// Batch-invariant kernels (ops.setBatchInvariant; config trainer.batch_invariant). While on, every forward op a
+// decoder layer runs computes each token's row with the same arithmetic in the same order whatever else is in the
+// batch: a decode step of 1 or 512 sequences, a prefill chunk and a packed training batch give a token the same
+// bits through the last hidden state, so the engine's log-probs are the trainer's (true on-policy GRPO). The
+// CUDA dispatchers then take size-independent kernels: bf16 linears go to our mma.sync tiles (invariant_linear.cu:
+// no split-K, one k order at every tile shape) instead of cuBLAS and the small-M GEMV, the MoE to the grouped
+// kernels at every size (no decode kernels, no fused router, no cuBLAS slabs), attention to the paged kernel with
+// key steps aligned to multiples of 64 positions and no key splits (the training forward too, over its packed
+// k/v). Process-wide: the trainer and the engines of a process share it. The CPU kernels are invariant already
+// (one loop order per row); the flag only reads back there.
+void set_batch_invariant(bool on);
+bool batch_invariant();
+
 // Device-side phase marks (bench:decode-profile). While enabled on a device, profile_mark(device, name) records a
 // timing event on its compute stream that starts a segment called `name` (until the next mark); ops mark their own
 // phases inside one call (moeForward: router, experts, combine), the caller marks the rest. profile_take waits for

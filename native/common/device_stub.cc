@@ -36,6 +36,11 @@ void note_launch() {}
 uint64_t launch_count() { return 0; }
 void note_gemm_tune() {}
 uint64_t gemm_tune_count() { return 0; }
+namespace {
+bool g_batch_invariant = false;  // the CPU kernels are batch-invariant either way (device.h)
+}  // namespace
+void set_batch_invariant(bool on) { g_batch_invariant = on; }
+bool batch_invariant() { return g_batch_invariant; }
 void profile_enable(int, bool) { no_cuda("profile_enable"); }
 void profile_mark(int, const char*) {}
 std::vector<ProfileSegment> profile_take(int) { no_cuda("profile_take"); }

@@ -12,6 +12,7 @@
 #include "attention.h"
 #include "attention_common.cuh"
 #include "attention_heuristics.h"
+#include "paged_attention.h"
 
 namespace gptoss::cuda {
 namespace attn {
@@ -158,6 +159,12 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
                        const Tensor& lse) {
   DeviceGuard guard(q.device);
   if (q.dim(0) == 0) return;
+  if (batch_invariant() && (q.dim(2) == 64 || q.dim(2) == 128)) {
+    // Batch-invariant mode (device.h): the engine's paged kernel over the packed k/v, so a token's attention row
+    // has the bits a decode or prefill step gives it.
+    dense_attention_forward(q, k, v, sinks, cu, used, max_seqlen, window, scale, out, lse);
+    return;
+  }
   attn::Params p = make_attn_params(q, k, v, sinks, cu, used, window, scale);
   p.o = out.data<__nv_bfloat16>();
   p.lse = lse.data<float>();

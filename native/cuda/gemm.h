@@ -77,4 +77,15 @@ void gemv_rope_qkv(const Tensor& x, const Tensor& w, const Tensor* bias, const T
                    const Tensor& inv_freq, float scaling, const Tensor& q, const Tensor& k, const Tensor& v,
                    const RopeCacheWrite* cache);
 
+// ---- batch-invariant linear (invariant_linear.cu) -----------------------------------------------------------------
+// While batch_invariant() (device.h), gemm_raw sends the linears of a forward here: C[M,N] = A[M,K] · B[N,K]ᵀ
+// (+ bias[N] bf16) with bf16 A and B, C bf16 or f32, alpha 1, beta 0. Our mma.sync tiles (moe_gemm.cuh, dense
+// mode) sum every output over k in one order at every M and tile shape, with no split-K: a row's result does not
+// depend on the other rows (cuBLAS picks its algorithm, split-K included, by M; the GEMV splits K).
+bool invariant_linear_applies(int64_t M, int64_t N, int64_t K, const void* A, int64_t lda, bool transA, const void* B,
+                              int64_t ldb, bool transB, DType ab_dtype, const void* bias, DType bias_dtype, float alpha,
+                              float beta, const void* C, DType c_dtype, int64_t ldc);
+void invariant_linear(void* stream, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda, const void* B,
+                      int64_t ldb, const void* bias, void* C, DType c_dtype, int64_t ldc);
+
 }  // namespace gptoss::cuda

@@ -321,6 +321,15 @@ void gemm_raw(int device, int64_t M, int64_t N, int64_t K, float alpha, const vo
     gemm_epilogue(device, M, N, nullptr, bias, bias_dtype, beta, C, c_dtype, ldc);
     return;
   }
+  if (batch_invariant() && invariant_linear_applies(M, N, K, A, lda, transA, B, ldb, transB, ab_dtype, bias, bias_dtype,
+                                                    alpha, beta, C, c_dtype, ldc)) {
+    // Batch-invariant mode (device.h): a forward's linear on tiles whose row results do not depend on M.
+    Handles& h = handles(device);
+    const bool lane = t_lane >= 0 && h.lane_stream[t_lane];
+    Guard g(device);
+    invariant_linear(lane ? h.lane_stream[t_lane] : stream(device), M, N, K, A, lda, B, ldb, bias, C, c_dtype, ldc);
+    return;
+  }
   if (gemv_applies(M, N, K, A, lda, transA, B, ldb, transB, ab_dtype, c_dtype)) {
     // Decode-sized bf16 linear (M <= 8 rows, B stored [N,K]): the GEMV kernel reads B once at near HBM speed,
     // where cuBLAS's tiles reach ~half of it; it adds any bias dtype and beta*C itself (gemv.cu).

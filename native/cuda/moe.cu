@@ -159,6 +159,9 @@ struct ExpertGemmPlan {
 ExpertGemmPlan plan_expert_gemms(int64_t N, int64_t E, ExpertGemmChoice choice,
                                  const std::function<std::vector<int32_t>()>& read_offsets) {
   ExpertGemmPlan plan;
+  // Batch-invariant mode (device.h): the grouped kernels at every size, whose rows sum over k in one order at
+  // every tile shape (the decode kernels split K; the cuBLAS strategies pick their algorithms by rows).
+  if (choice == ExpertGemmChoice::kAuto && batch_invariant()) return plan;
   if (choice == ExpertGemmChoice::kDecode || (choice == ExpertGemmChoice::kAuto && N <= kDecodeMaxRows)) {
     plan.strategy = ExpertGemms::kDecode;
     return plan;
@@ -321,7 +324,10 @@ __device__ float g_router_part[kFusedRouterMaxT * kMaxSlabExperts];
 __device__ unsigned int g_router_ticket;
 
 // Whether the fused router takes T tokens of width H: decode sizes, rows of whole 16-byte vectors.
-bool fused_router_fits(int64_t T, int64_t H) { return T >= 1 && T <= kFusedRouterMaxT && H % 8 == 0; }
+// Not in batch-invariant mode (device.h): its H-sliced partial logits sum in another order than the router GEMM's.
+bool fused_router_fits(int64_t T, int64_t H) {
+  return !batch_invariant() && T >= 1 && T <= kFusedRouterMaxT && H % 8 == 0;
+}
 
 // H slices per expert pair: enough (expert pair, H slice) tasks to make kFusedRouterTasks when the pairs are few.
 int fused_router_slices(int64_t E) {

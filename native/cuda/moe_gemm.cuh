@@ -7,6 +7,8 @@
 //    [K, N] (forward: x·W) or [N, K] (B_KMAJOR, backward data: dy·Wᵀ).
 //  - reduction (MODE_K = true): C_e[m, n] = Σ_{r in segment e} A[r, m] · B[r, n] (weight gradients): A stored
 //    [rows, M], B [rows, N]; f32 output per expert.
+//  - dense (rows mode with offsets null): one segment of M rows, C[m, n] = Σ_k A[m, k] · B[k, n] (E = 1): a plain
+//    linear, the batch-invariant one (invariant_linear.cu).
 // All of M/N/K are multiples of 8 (16-byte chunks); partial tiles are zero-filled.
 #pragma once
 #include <cstdint>
@@ -20,7 +22,8 @@ enum Epi : int {
   kEpiGuSwiglu = 1,   // gu = bf16(acc + bias_e[n]) (C); h = bf16(swiglu(gate, up)) (C2, column n/2)
   kEpiDSwiglu = 2,    // acc = dh at column n of I; C = dgu (bf16, 2I columns) from gu (aux)
   kEpiBf16 = 3,       // C = bf16(acc)
-  kEpiF32 = 4,        // C_e = acc (f32, MODE_K)
+  kEpiF32 = 4,        // C_e = acc (f32; MODE_K, or the dense rows mode)
+  kEpiBiasF32 = 5,    // C = acc + bias_e[n] (f32)
 };
 
 struct Params {
@@ -28,8 +31,8 @@ struct Params {
   int64_t lda = 0;
   const __nv_bfloat16* B = nullptr;
   int64_t ldb = 0, b_expert_stride = 0;
-  int M = 0, N = 0, K = 0;  // rows mode: N, K; reduction mode: M, N
-  const int32_t* offsets = nullptr;
+  int M = 0, N = 0, K = 0;  // rows mode: N, K (and M, dense); reduction mode: M, N
+  const int32_t* offsets = nullptr;  // [E+1] on the device; null in rows mode: one dense segment of M rows
   int E = 0;
   void* C = nullptr;
   int64_t ldc = 0, c_expert_stride = 0;
@@ -141,6 +144,12 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
     seg_off = p.offsets[e];
     seg_len = p.offsets[e + 1] - seg_off;
     m0 = m_tile * BM;
+  } else if (p.offsets == nullptr) {
+    e = 0;
+    seg_off = 0;
+    seg_len = p.M;
+    m0 = m_tile * BM;
+    if (m0 >= seg_len) return;  // the grid's spare slot (launch counts E = 1 extra)
   } else {
     int acc = 0;
     e = -1;
@@ -321,6 +330,10 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MINB)
         if constexpr (EPI == kEpiF32) {
           float* C = static_cast<float*>(p.C) + (int64_t)e * p.c_expert_stride;
           *reinterpret_cast<float2*>(C + row * p.ldc + n) = make_float2(v0, v1);
+        } else if constexpr (EPI == kEpiBiasF32) {
+          float* C = static_cast<float*>(p.C);
+          const __nv_bfloat162 bb = *reinterpret_cast<const __nv_bfloat162*>(p.bias + (int64_t)e * p.N + n);
+          *reinterpret_cast<float2*>(C + row * p.ldc + n) = make_float2(v0 + __low2float(bb), v1 + __high2float(bb));
         } else if constexpr (EPI == kEpiBf16) {
           __nv_bfloat16* C = static_cast<__nv_bfloat16*>(p.C);
           *reinterpret_cast<__nv_bfloat162*>(C + row * p.ldc + n) = __floats2bfloat162_rn(v0, v1);

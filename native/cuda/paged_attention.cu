@@ -38,6 +38,7 @@ namespace paged {
 using attn::cp_async16;
 using attn::cp_async_commit;
 using attn::cp_async_wait;
+using attn::kLn2;
 using attn::kLog2e;
 using attn::pack_bf16;
 using attn::quad_sum;
@@ -68,11 +69,13 @@ struct Cfg {
 
 struct Params {
   const __nv_bfloat16* q;       // [N, Hq, D]
-  const __nv_bfloat16* kpool;   // [numBlocks, blockSize, Hkv, D]
+  const __nv_bfloat16* kpool;   // [numBlocks, blockSize, Hkv, D]; dense: k [N, Hkv, D]
   const __nv_bfloat16* vpool;
-  const int* block_tables;      // [B, maxBlocks]
-  const int* context_lens;      // [B]
+  const int* block_tables;      // [B, maxBlocks]; null: dense (see dense_attention_forward)
+  const int* context_lens;      // [B] (paged)
   const int* query_starts;      // [B+1]
+  const int* used;              // dense: [B] real tokens of each sequence (rows past them are padding), or null
+  float* lse;                   // dense: [Hq, N] the log of each row's softmax denominator (sink included)
   const void* sinks;            // [Hq] f32 or bf16, or null
   int sinks_bf16;
   __nv_bfloat16* out;           // [N, Hq, D]
@@ -80,6 +83,7 @@ struct Params {
   float* mpart;                 // [N, Hq, nsplit]     max, log2 domain
   float* lpart;                 // [N, Hq, nsplit]     sum of 2^(s - max)
   int N, B, Hq, Hkv, G, block_size, max_blocks, window, nsplit;
+  int align_keys;  // batch-invariant mode: key steps start at multiples of TN positions (see the kernel)
   float scale_log2;
 };
 
@@ -140,11 +144,22 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   int b, lt;
   if (!find_tile(p, blockIdx.x, b, lt)) return;
   const int kvh = blockIdx.y, split = blockIdx.z;
-  const int qs = p.query_starts[b], qlen = p.query_starts[b + 1] - qs, ctx = p.context_lens[b];
+  // Dense (the training forward over packed k/v): sequence b's keys are rows qs .. of k and v, its context its
+  // own rows, of which the first `used` are real.
+  const bool dense = p.block_tables == nullptr;
+  const int qs = p.query_starts[b], qlen = p.query_starts[b + 1] - qs, ctx = dense ? qlen : p.context_lens[b];
+  const int real = dense && p.used ? min(p.used[b], qlen) : ctx;  // keys past `real` are padding
   const int nrows = qlen * p.G, f0 = lt * TM, valid_rows = min(TM, nrows - f0);
   // Positions of the tile's first and last rows, and the keys the tile needs.
   const int pos_first = ctx - qlen + f0 / p.G, pos_last = ctx - qlen + (f0 + valid_rows - 1) / p.G;
-  const int lo = p.window > 0 ? max(0, pos_first - p.window + 1) : 0, hi = pos_last + 1;  // keys [lo, hi)
+  const int lo_need = p.window > 0 ? max(0, pos_first - p.window + 1) : 0;
+  const int hi = min(pos_last + 1, real);  // keys [lo_need, hi)
+  // Batch-invariant mode: the key steps of every tile start at a multiple of TN, so a row meets its keys in the same
+  // 64-key groups, in the same order, whichever rows share its tile (a decode's G heads, a prefill chunk's, a
+  // training batch's). The steps a row's window or causality masks entirely leave its state bitwise unchanged
+  // (online_softmax_step: factor 2^0 = 1 and P = 0 once it has a max; 0 · 0 before). Keys before lo_need are
+  // not read (their blocks may be released: a sliding layer's); they load as zeros, masked like the others.
+  const int lo = p.align_keys ? lo_need / TN * TN : lo_need;
   const int per_split = (hi - lo + p.nsplit - 1) / p.nsplit;
   const int share = (per_split + TN - 1) / TN * TN;  // whole 64-key steps
   const int c0 = lo + split * share, c1 = min(hi, c0 + share);
@@ -169,15 +184,16 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
   }
   // K/V tile i: keys c0 + i·TN .. (+TN), each gathered through the block table; keys >= c1 are zeros.
   const int64_t kv_row_stride = static_cast<int64_t>(p.Hkv) * D;
-  const int* table = p.block_tables + static_cast<int64_t>(b) * p.max_blocks;
+  const int* table = dense ? nullptr : p.block_tables + static_cast<int64_t>(b) * p.max_blocks;
   auto load_kv = [&](int i) {
     const int n0 = c0 + i * TN, stage = i & 1;
     for (int c = threadIdx.x; c < TN * CH; c += NT) {
       const int r = c / CH, ch = c % CH, key = n0 + r;
-      const bool ok = key < c1;
+      const bool ok = key < c1 && key >= lo_need;
       int64_t off = 0;
       if (ok) {
-        const int64_t slot = static_cast<int64_t>(table[key / p.block_size]) * p.block_size + key % p.block_size;
+        const int64_t slot = dense ? static_cast<int64_t>(qs) + key
+                                   : static_cast<int64_t>(table[key / p.block_size]) * p.block_size + key % p.block_size;
         off = slot * kv_row_stride + kvh * D + ch * 8;
       }
       cp_async16(sK + stage * TN * D + swz<D>(r, ch), p.kpool + off, ok);
@@ -248,11 +264,17 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
       const float M = fmaxf(m, sink);
       const float wm = M == -INFINITY ? 0.f : exp2f(m - M);
       const float L = l * wm + (sink == -INFINITY ? 0.f : exp2f(sink - M));
-      const float inv = L > 0.f ? wm / L : 0.f;
+      // A dense padding row (past the sequence's real tokens) gets zeros and lse 0, as attentionForward gives.
+      const bool pad = dense && pos_r[r] >= real;
+      const float inv = L > 0.f && !pad ? wm / L : 0.f;
       __nv_bfloat16* o = p.out + row * D;
 #pragma unroll
       for (int d = 0; d < D / 8; d++)
         *reinterpret_cast<uint32_t*>(o + d * 8 + 2 * t4) = pack_bf16(acc[d][2 * r] * inv, acc[d][2 * r + 1] * inv);
+      if (p.lse && t4 == 0) {
+        const int h = static_cast<int>(row % p.Hq);
+        p.lse[static_cast<int64_t>(h) * p.N + row / p.Hq] = pad || !(L > 0.f) ? 0.f : (M + log2f(L)) * kLn2;
+      }
     } else {
       const int64_t pr = row * p.nsplit + split;
       float* o = p.opart + pr * D;
@@ -320,7 +342,7 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
 }
 
 template <int D>
-void launch(Params& p, int device, int max_context, cudaStream_t st) {
+void launch(Params& p, int device, int max_context, bool invariant, cudaStream_t st) {
   static bool configured = false;
   if (!configured) {
     GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -335,6 +357,10 @@ void launch(Params& p, int device, int max_context, cudaStream_t st) {
   const int64_t ctas = tiles * p.Hkv;
   const int64_t max_split = std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, ceil_div(max_context, kMinSplitKeys)));
   p.nsplit = static_cast<int>(std::min<int64_t>(max_split, std::max<int64_t>(1, ceil_div(kFillCtas, ctas))));
+  // Batch-invariant mode (device.h): no key splits (the merge would sum a row's keys in another order than one
+  // CTA does, and the split count follows the batch) and key steps aligned to positions.
+  p.align_keys = invariant;
+  if (invariant) p.nsplit = 1;
   // nsplit > 1 only when ctas < kFillCtas: each (tile, kv head) has its ticket.
   GPTOSS_CHECK(p.nsplit == 1 || ctas < kFillCtas, "pagedAttention: split launch past its tickets");
   Tensor opart, mpart, lpart;
@@ -379,9 +405,38 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
   const int max_context = p.max_blocks * p.block_size;
   cudaStream_t st = stream_of(q.device);
   if (q.dim(2) == 64)
-    paged::launch<64>(p, q.device, max_context, st);
+    paged::launch<64>(p, q.device, max_context, batch_invariant(), st);
   else
-    paged::launch<128>(p, q.device, max_context, st);
+    paged::launch<128>(p, q.device, max_context, batch_invariant(), st);
+}
+
+void dense_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* sinks, const Tensor& cu,
+                             const Tensor* used, int max_seqlen, int window, float scale, const Tensor& out,
+                             const Tensor& lse) {
+  paged::Params p{};
+  p.N = static_cast<int>(q.dim(0));
+  if (p.N == 0) return;
+  DeviceGuard guard(q.device);
+  p.q = q.data<__nv_bfloat16>();
+  p.kpool = k.data<__nv_bfloat16>();
+  p.vpool = v.data<__nv_bfloat16>();
+  p.block_tables = nullptr;  // dense: sequence b's keys are rows cu[b] .. cu[b+1]-1 of k and v
+  p.query_starts = cu.data<int>();
+  p.used = used ? used->data<int>() : nullptr;
+  p.lse = lse.data<float>();
+  attn::bind_sinks(p, sinks);
+  p.out = out.data<__nv_bfloat16>();
+  p.B = static_cast<int>(cu.dim(0) - 1);
+  p.Hq = static_cast<int>(q.dim(1));
+  p.Hkv = static_cast<int>(k.dim(1));
+  p.G = p.Hq / p.Hkv;
+  p.window = window;
+  p.scale_log2 = scale * paged::kLog2e;
+  cudaStream_t st = stream_of(q.device);
+  if (q.dim(2) == 64)
+    paged::launch<64>(p, q.device, max_seqlen, true, st);  // unsplit (lse is written by unsplit CTAs only)
+  else
+    paged::launch<128>(p, q.device, max_seqlen, true, st);
 }
 
 }  // namespace gptoss::cuda

@@ -10,4 +10,11 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
                      const Tensor& context_lens, const Tensor& query_starts, const Tensor* sinks, int window,
                      float scale, const Tensor& out);
 
+// attention_forward's contract (attention.h: packed q/k/v [T, heads, D] by cu_seqlens, `used` padding, out, lse
+// [Hq, T]) on the paged kernel's arithmetic with position-aligned key steps and no key splits: the training forward
+// of batch-invariant mode (device.h), whose rows then carry the bits the engine's paged decode and prefill give.
+void dense_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* sinks, const Tensor& cu,
+                             const Tensor* used, int max_seqlen, int window, float scale, const Tensor& out,
+                             const Tensor& lse);
+
 }  // namespace gptoss::cuda

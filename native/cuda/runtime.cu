@@ -406,6 +406,12 @@ uint64_t launch_count() { return g_launches.load(std::memory_order_relaxed); }
 void note_gemm_tune() { g_gemm_tunes.fetch_add(1, std::memory_order_relaxed); }
 uint64_t gemm_tune_count() { return g_gemm_tunes.load(std::memory_order_relaxed); }
 
+namespace {
+std::atomic<bool> g_batch_invariant{false};
+}  // namespace
+void set_batch_invariant(bool on) { g_batch_invariant.store(on, std::memory_order_relaxed); }
+bool batch_invariant() { return g_batch_invariant.load(std::memory_order_relaxed); }
+
 void profile_enable(int device, bool on) {
   DeviceState& st = state(device);
   std::lock_guard<std::mutex> lock(st.mu);

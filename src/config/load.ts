@@ -271,7 +271,22 @@ export function unsupportedSettings(c: Config): string[] {
     out.push(`${r.key}=${describe(v)}: ${r.why} (use ${r.want})`);
   }
   // The layout is judged once every key it is made of is one this version can run.
-  return out.length ? out : [...engineLayoutProblems(c), ...loraProblems(c), ...cudaGraphProblems(c)];
+  return out.length ? out : [...engineLayoutProblems(c), ...loraProblems(c), ...cudaGraphProblems(c), ...batchInvariantProblems(c)];
+}
+
+/**
+ * trainer.batch_invariant=true: the engines' rows must be computed as the trainer computes them. A tensor-parallel
+ * engine sums o_proj and the MoE over its ranks' slices (another order than one device's), and on CUDA the LoRA
+ * adapters' GEMMs are cuBLAS: both refused rather than silently off-policy.
+ */
+export function batchInvariantProblems(c: Config): string[] {
+  if (!c.trainer.batch_invariant) return [];
+  const out: string[] = [];
+  const tp = c.generator.inference_engine_tensor_parallel_size;
+  if (tp > 1) out.push(`trainer.batch_invariant=true with generator.inference_engine_tensor_parallel_size=${tp}: a tensor-parallel engine adds its ranks' partial sums in another order than the trainer's single-device forward; set tp 1 (more engines instead) or trainer.batch_invariant=false`);
+  const rank = c.trainer.policy.model.lora.rank;
+  if (rank > 0 && c.trainer.device.startsWith('cuda')) out.push(`trainer.batch_invariant=true with trainer.policy.model.lora.rank=${rank} on trainer.device=${c.trainer.device}: the adapters' GEMMs on CUDA are not batch-invariant; set trainer.batch_invariant=false or train without LoRA (on trainer.device=cpu both work)`);
+  return out;
 }
 
 /**

@@ -229,6 +229,16 @@ export const TrainerSchema = z
      */
     deterministic: z.boolean().default(false),
     /**
+     * Ours: batch-invariant kernels (setBatchInvariant, docs/inference.md "Batch-invariant mode"). A token's forward
+     * through the layers has the same bits in an engine's decode step (any batch), its prefill chunk and the
+     * trainer's packed micro-batch, so the engines' log-probs equal the trainer's up to the fp32 log-softmax sum
+     * (true on-policy: the first importance ratio of a step is exactly 1, and the metric logprob_gap/abs_mean near 0). Costs
+     * speed on CUDA (cuBLAS, the small-batch GEMV and MoE kernels and split-KV attention give way to fixed-order
+     * kernels). Needs engines of tensor-parallel size 1 (a sharded o_proj / MoE sums in another order) and no LoRA
+     * adapters on CUDA. Every process of a run (trainer ranks, engine ranks) sets it.
+     */
+    batch_invariant: z.boolean().default(false),
+    /**
      * Ours: the fused LM-head backward: the GRPO loss gradient is formed during the training forward, one chunk of
      * tokens at a time, and the LM head's backward runs from that chunk's logits while they are in memory (3 LM-head
      * GEMMs per micro-batch instead of 4: no logits recompute). Same gradients (CPU: bitwise up to the LM head

@@ -34,7 +34,7 @@
 // eagerly over them (no capture): the padding and the static layout are tested by the CPU engine tests.
 import { native, deviceIndex } from '../native.ts';
 import type { NativeEvent } from '../native-ops.ts';
-import { Tensor, synchronize } from '../tensor.ts';
+import { Tensor, synchronize, batchInvariant } from '../tensor.ts';
 import { disposeAll } from '../model/tensor-helpers.ts';
 import type { LocalModelRunner, StepInput, StepOutput, StepTensors } from './model-runner.ts';
 
@@ -289,6 +289,8 @@ export class DecodeGraphs {
   private launches = 0;
   /** The largest bucket captured (largestGraphBucket); larger decode steps run eagerly. */
   readonly maxBucket: number;
+  /** The batch-invariant mode the graphs were captured in (their kernels are that mode's: setBatchInvariant). */
+  private invariant = false;
 
   constructor(
     private readonly runner: LocalModelRunner,
@@ -328,6 +330,13 @@ export class DecodeGraphs {
     if (bucket === null || bucket > this.maxBucket) return null;
     if (feed && (feed.rows !== B || feed.graph.L.bucket !== bucket)) {
       throw new Error(`DecodeGraphs.launch: a step fed by the previous one keeps its rows (${B} rows after ${feed.rows})`);
+    }
+    const invariant = batchInvariant();
+    if (invariant !== this.invariant) {
+      // Graphs replay the kernels they captured: a mode switch recaptures (between steps; not under a step in flight).
+      if (feed) throw new Error('DecodeGraphs.launch: setBatchInvariant changed while a decode step was in flight');
+      this.reset();
+      this.invariant = invariant;
     }
     const width = blockTableWidth(s.maxBlocksPerSeq);
     const key = `${bucket}x${width}`;

@@ -19,7 +19,7 @@
 // the saved activations (the recompute reruns the forward with the same seed). Without a seed (generation,
 // log-prob passes) or with dropout 0 the adapters see their inputs as they are.
 import { gpuProfile } from '../log/gpu-profile.ts';
-import { Tensor } from '../tensor.ts';
+import { Tensor, batchInvariant } from '../tensor.ts';
 import type { GptOssConfig } from './config.ts';
 import type { PackedBatch } from './batch.ts';
 import { layerPrefix, qkvRows, QKV_PROJ, type GptOssWeights, type LayerWeights } from './weights.ts';
@@ -187,6 +187,9 @@ export class DecoderLayer {
     // one kernel for both: ropeQkvProject).
     const { invFreq, scaling } = this.host.rope;
     const ll = this.lora;
+    if (ll && this.host.device !== 'cpu' && batchInvariant()) {
+      throw new Error(`layer ${this.index}: LoRA adapters are not covered by batch-invariant mode on CUDA (their GEMMs and the MoE's per-expert adapter path are cuBLAS); setBatchInvariant(false), or train without adapters`);
+    }
     if (cacheWrite && (ll?.k || ll?.v)) throw new Error(`layer ${this.index}: attentionInputs cannot write the KV cache in the rope pass with k/v LoRA adapters (they change k and v after it)`);
     const { q: qr, k: kr, v } = ropeQkvProject(a1, w.qkvW, w.qkvB, positions, invFreq, scaling, c.numHeads, c.numKvHeads, cacheWrite);
     if (ll) this.qkvLoraForward(ll, a1, positions, qr, kr, v, dropoutSeed);

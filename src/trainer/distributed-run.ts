@@ -64,7 +64,7 @@ import type {
   TrainForwardOptions,
 } from './policy.ts';
 import { lossRows, policyTokenGradient } from '../rl/loss.ts';
-import { memoryStats, resetPeakMemory, Tensor } from '../tensor.ts';
+import { memoryStats, resetPeakMemory, setBatchInvariant, Tensor } from '../tensor.ts';
 
 const log = childLogger('dist');
 
@@ -728,6 +728,7 @@ export interface DistributedRun {
 export async function setupDistributedRun(c: Config, opts: { syncBucketBytes?: number } = {}): Promise<DistributedRun> {
   const layout = engineLayoutOf(c);
   assertEngineLayout(c);
+  setBatchInvariant(c.trainer.batch_invariant); // every rank: its trainer shard and its engine part alike
   const dist = await initDistributed({ backend: c.trainer.device === 'cpu' ? 'cpu' : 'auto', collectiveTimeoutMs: c.trainer.nccl_timeout_s * 1000 });
   if (dist.worldSize !== layout.worldSize) {
     await dist.destroy().catch(() => {});

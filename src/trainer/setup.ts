@@ -16,7 +16,7 @@ import { FrozenGptOss, GptOssPolicy } from './gptoss-policy.ts';
 import { LoraPolicy } from './lora-policy.ts';
 import { LocalGenerator, engineOptionsFromConfig } from '../inference/local-generator.ts';
 import type { Generator, LogprobModel, Policy, ResourceSampler } from './policy.ts';
-import { memoryStats, resetPeakMemory } from '../tensor.ts';
+import { memoryStats, resetPeakMemory, setBatchInvariant } from '../tensor.ts';
 import { buildTaskEnv } from './env.ts';
 import { DataError, type TaskEnv } from './task.ts';
 import { buildVocabMap, compactTask, type VocabMap } from './vocab.ts';
@@ -261,6 +261,7 @@ export function trainingModelOptions(c: Config): { recompute: boolean; keepAtten
 }
 
 export async function setupRun(c: Config): Promise<RunPieces & { model: GptOssModel }> {
+  setBatchInvariant(c.trainer.batch_invariant); // before any kernel runs (engines, graphs, the trainer)
   const t = await prepareTask(c);
   const { device, env, vocab, path } = t;
   // The adapter spec (dropout targets, dropout on CUDA) is refused before a model is loaded.
