@@ -25,6 +25,7 @@
 //        [--no-fused-lm-head] (both policies take the recomputing LM-head backward; by default they take the loss
 //        gradient during the forward and run the LM head's backward per token chunk from the kept logits, as
 //        trainer.fused_lm_head_backward's default 'auto' does; the sharded one in its head unit)
+//        [--batch-invariant] (batch-invariant forward kernels: trainer.batch_invariant)
 // CPU smoke form (CI): --preset gpt-oss-tiny-256 --tokens 32 --steps 1 (MFU is left out on the CPU).
 // --profile [--spin-ms 50] [--sync-ms 1]: instead of the timings, where one step's GPU time goes, by op family and
 // phase (forward / recompute / backward / optimizer), for both policies (bench/train-profile.ts; table + --json).
@@ -32,7 +33,7 @@
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { defaultDevice, native } from '../src/native.ts';
-import { memoryStats, resetPeakMemory, synchronize, emptyCache } from '../src/tensor.ts';
+import { memoryStats, resetPeakMemory, synchronize, emptyCache, setBatchInvariant } from '../src/tensor.ts';
 import { presetConfig, type GptOssConfig, type PresetName } from '../src/model/config.ts';
 import { GptOssModel } from '../src/model/gptoss.ts';
 import { lmHeadChunk as chooseLmHeadChunk } from '../src/ops/logprob.ts';
@@ -79,10 +80,11 @@ const keepAttention = recompute && !process.argv.includes('--no-keep-attention')
 if (process.argv.includes('--fused-lm-head')) {
   throw new Error('bench:train-step: --fused-lm-head is the default now; --no-fused-lm-head turns it off');
 }
-if (process.argv.includes('--fused-lm-head')) {
-  throw new Error('bench:train-step: --fused-lm-head is the default now; --no-fused-lm-head turns it off');
-}
 const fusedLmHead = !process.argv.includes('--no-fused-lm-head'); // trainer.fused_lm_head_backward's default ('auto': on)
+// --batch-invariant: the whole run in batch-invariant mode (trainer.batch_invariant; docs/inference.md): what the
+// size-independent forward kernels cost a training step.
+const batchInvariantMode = process.argv.includes('--batch-invariant');
+if (batchInvariantMode) setBatchInvariant(true);
 const peakArg = arg('peak-tflops', '');
 const base = presetConfig(presetName);
 const cfg: GptOssConfig = presetConfig(presetName, {
@@ -361,6 +363,7 @@ if (ctx.rank === 0) {
       `${ctx.worldSize} rank(s) (${ctx.backend}) on ${device}; ${microBatches} micro-batches of one sequence per step; recompute ${recompute ? (keepAttention ? 'on (attention kept)' : 'on') : 'off'}` +
       (fusedLmHead ? '; fused LM-head backward (both rows)' : '; recomputing LM-head backward (--no-fused-lm-head)') +
       (cpuOffload ? '; sharded policy with cpu_offload (AdamW on the host)' : '') +
+      (batchInvariantMode ? '; batch-invariant kernels' : '') +
       (ctx.worldSize === 1 ? `; sharded policy on one rank ${collectivesAtOne ? 'through NCCL (--collectives-at-one)' : 'uses its shard in place (no collectives)'}` : '') +
       (peakFlops ? `; MFU over ${(peakFlops / 1e12).toFixed(0)} TFLOP/s` : ''),
   );
@@ -393,7 +396,7 @@ if (ctx.rank === 0) {
   if (jsonPath) {
     writeFileSync(
       jsonPath,
-      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, lmHeadChunk: lmHeadChunk ?? null, keepAttention, fusedLmHead, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
+      JSON.stringify({ bench: 'train-step', preset: presetName, layers, device, lmHeadChunk: lmHeadChunk ?? null, keepAttention, fusedLmHead, worldSize: ctx.worldSize, backend: ctx.backend, recompute, collectivesAtOne, cpuOffload, batchInvariant: batchInvariantMode, microBatches, steps, activeParams: active, peakTflops: peakFlops ? peakFlops / 1e12 : null, rows }, null, 2) + '\n',
     );
   }
 }
