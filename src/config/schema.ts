@@ -232,7 +232,9 @@ export const TrainerSchema = z
      * Ours: batch-invariant kernels (setBatchInvariant, docs/inference.md "Batch-invariant mode"). A token's forward
      * through the layers has the same bits in an engine's decode step (any batch), its prefill chunk and the
      * trainer's packed micro-batch, so the engines' log-probs equal the trainer's up to the fp32 log-softmax sum
-     * (true on-policy: the first importance ratio of a step is exactly 1, and the metric logprob_gap/abs_mean near 0). Costs
+     * (logprob_gap/abs_mean near 0: true on-policy rollouts), and the old log-probs (packed by
+     * micro_forward_batch_size_per_gpu) are bitwise the loss forward's (packed by micro_train_batch_size_per_gpu), so
+     * the first importance ratio of a step is exactly 1. Costs
      * speed on CUDA (cuBLAS, the small-batch GEMV and MoE kernels and split-KV attention give way to fixed-order
      * kernels). Needs engines of tensor-parallel size 1 (a sharded o_proj / MoE sums in another order) and no LoRA
      * adapters on CUDA. Every process of a run (trainer ranks, engine ranks) sets it.
