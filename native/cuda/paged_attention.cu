@@ -269,8 +269,9 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(Params p) {
       const float inv = L > 0.f && !pad ? wm / L : 0.f;
       __nv_bfloat16* o = p.out + row * D;
 #pragma unroll
-      for (int d = 0; d < D / 8; d++)
-        *reinterpret_cast<uint32_t*>(o + d * 8 + 2 * t4) = pack_bf16(acc[d][2 * r] * inv, acc[d][2 * r + 1] * inv);
+      for (int d = 0; d < D / 8; d++)  // padding rows: +0 (acc · 0 would give -0 for a negative acc)
+        *reinterpret_cast<uint32_t*>(o + d * 8 + 2 * t4) =
+            pad ? 0u : pack_bf16(acc[d][2 * r] * inv, acc[d][2 * r + 1] * inv);
       if (p.lse && t4 == 0) {
         const int h = static_cast<int>(row % p.Hq);
         p.lse[static_cast<int64_t>(h) * p.N + row / p.Hq] = pad || !(L > 0.f) ? 0.f : (M + log2f(L)) * kLn2;
