@@ -19,7 +19,16 @@ T="node --test --test-reporter=tap --test-concurrency=1"
 # Session 30 on H100s: the bulk-copy decode MoE partial kernel (slower at every ring shape: dropped; docs/moe.md), the
 # grouped GEMMs' 32x128 small-batch tiles (scripts/device-tile-ab.sh: faster from T 32 up, batch 1 302.7 / 304.2
 # tok/s: landed; moe + engine + cuda-graphs GPU tests passed on main).
+# Session 31 on an H100: batch-invariant mode (test/gpu/batch-invariant.test.ts: 5 of 6 passed, the sixth failed on
+# -0 vs +0 in the dense forward's padding rows only, fixed after; bench:generate --batch-invariant: gap 3.46e-7 vs
+# 3.53e-2, 0.60x / 0.90x / 0.77x tok/s at batch 1 / 64 / 512).
 # Still waiting:
+# 0. Batch-invariant mode after the padding fix, and the default paths its kernel edits touch (moe_gemm.cuh's dense
+#    branch, paged attention's key steps), then what the mode costs a training step (2 layers, 4k tokens).
+step inv-tests 90 $T dist/test/gpu/batch-invariant.test.js
+step inv-regress 200 $T dist/test/gpu/paged-attention.test.js dist/test/gpu/moe.test.js dist/test/gpu/engine.test.js dist/test/gpu/cuda-graphs.test.js dist/test/gpu/attention.test.js dist/test/gpu/gemv.test.js dist/test/gpu/moe-decode.test.js
+step train-step-inv 90 node dist/bench/train-step.js --batch-invariant --tokens 4096 --layers 2 --steps 2 --json "$OUT/train-step-inv.json"
+step train-step-def 90 node dist/bench/train-step.js --tokens 4096 --layers 2 --steps 2 --json "$OUT/train-step-def.json"
 # 1. Did session 23's three fused decode launches (317 -> 245 graph nodes) help on an H100? Stage 7af5708 (the
 #    317-node tree) as ../.stage-317 (bash scripts/device-stage-rev.sh 7af5708 317) and compare in one call.
 if [ -d ../.stage-317 ]; then

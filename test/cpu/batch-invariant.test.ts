@@ -2,9 +2,14 @@
 // switch and its config key (applied by a run, refused where it cannot hold), and the property it names on the CPU
 // reference kernels, which have it either way: the trainer's log-probs of a sequence packed with others are bitwise
 // those of the sequence alone, and the engine's log-probs (eager and over the CUDA-graph path's static buffers) are
-// the trainer's up to the fp32 log-softmax sum. The CUDA kernels of the mode: test/gpu/batch-invariant.test.ts.
+// the trainer's up to the fp32 log-softmax sum; the benches' --batch-invariant flags. The CUDA kernels of the mode:
+// test/gpu/batch-invariant.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setBatchInvariant, batchInvariant } from '../../src/tensor.ts';
 import { loadConfig, unsupportedSettings } from '../../src/config/index.ts';
 import { setupRun } from '../../src/trainer/setup.ts';
@@ -70,4 +75,19 @@ test('cpu reference: trainer packed == alone bitwise; engine log-probs == tokenL
   } finally {
     setBatchInvariant(false);
   }
+});
+
+test('bench:generate --batch-invariant and bench:train-step --batch-invariant (CPU smoke forms): the mode in the header and the JSON', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-invariant-'));
+  const env = { ...process.env, GPTOSS_DEVICE: 'cpu' };
+  const g = spawnSync(process.execPath, ['--import', 'tsx', 'bench/generate.ts', '--batch-invariant', '--no-peer', '--no-static', '--batches', '1,2', '--json', join(dir, 'g.json')], { encoding: 'utf8', env });
+  assert.equal(g.status, 0, g.stderr);
+  assert.match(g.stdout, /gpt-oss generation, .*, batch-invariant kernels/);
+  const gj = JSON.parse(readFileSync(join(dir, 'g.json'), 'utf8'));
+  assert.equal(gj.batchInvariant, true);
+  assert.ok(gj.grpo.logprobGap.tokens > 0 && gj.grpo.logprobGap.meanAbs < 1e-5, JSON.stringify(gj.grpo.logprobGap));
+  const t = spawnSync(process.execPath, ['--import', 'tsx', 'bench/train-step.ts', '--batch-invariant', '--preset', 'gpt-oss-tiny-256', '--tokens', '32', '--steps', '1', '--json', join(dir, 't.json')], { encoding: 'utf8', env });
+  assert.equal(t.status, 0, t.stderr);
+  assert.match(t.stdout, /; batch-invariant kernels/);
+  assert.equal(JSON.parse(readFileSync(join(dir, 't.json'), 'utf8')).batchInvariant, true);
 });
