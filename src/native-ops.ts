@@ -187,7 +187,7 @@ export interface NativeOps {
   eventSynchronize(event: NativeEvent): void;
   eventQuery(event: NativeEvent): boolean;
   eventElapsedMs(start: NativeEvent, end: NativeEvent): number;
-  /** Batch-invariant kernels on or off, process-wide (native/common/device.h; src/ops/numerics.ts). */
+  /** Batch-invariant kernels on or off, process-wide (native/common/device.h; setBatchInvariant in src/tensor.ts). */
   setBatchInvariant(on: boolean): void;
   batchInvariant(): boolean;
   /** Kernel launches (our kernels' launch checks, cuBLAS calls, async copies/memsets) so far, all devices; 0 without CUDA. */

@@ -260,7 +260,8 @@ void gemv_bf16(int device, void* stream, int64_t M, int64_t N, int64_t K, float 
 bool gemv_rope_qkv_applies(const Tensor& x, const Tensor& w, int64_t d) {
   const int64_t M = x.dim(0), K = x.dim(1);
   // Not in batch-invariant mode (device.h): the GEMV splits K, so rows would differ from the GEMM's.
-  return !batch_invariant() && M >= 1 && M <= kGemvMaxRows && K >= 64 && K % 8 == 0 && d % 2 == 0 && x.dtype == DType::BF16 &&
+  return !batch_invariant() && M >= 1 && M <= kGemvMaxRows && K >= 64 && K % 8 == 0 && d % 2 == 0 &&
+         x.dtype == DType::BF16 &&
          w.dtype == DType::BF16 && aligned16(x.raw()) && aligned16(w.raw()) &&
          w.dim(0) / d * (d / 2) < (int64_t(1) << 31);
 }

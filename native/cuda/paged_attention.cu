@@ -380,64 +380,63 @@ void launch(Params& p, int device, int max_context, bool invariant, cudaStream_t
 
 }  // namespace paged
 
+namespace paged {
+// What both entry points set alike: q, k and v (the pools, or the packed rows), the sinks, out, the heads (hkv: k's
+// kv-head count), the window and the scale.
+Params common_params(const Tensor& q, const Tensor& k, const Tensor& v, int hkv, const Tensor* sinks, int window,
+                     float scale, const Tensor& out) {
+  Params p{};
+  p.N = static_cast<int>(q.dim(0));
+  p.q = q.data<__nv_bfloat16>();
+  p.kpool = k.data<__nv_bfloat16>();
+  p.vpool = v.data<__nv_bfloat16>();
+  attn::bind_sinks(p, sinks);
+  p.out = out.data<__nv_bfloat16>();
+  p.Hq = static_cast<int>(q.dim(1));
+  p.Hkv = hkv;
+  p.G = p.Hq / p.Hkv;
+  p.window = window;
+  p.scale_log2 = scale * kLog2e;
+  return p;
+}
+
+// The launch for q's head_dim (64 or 128).
+void launch_for_head_dim(Params& p, const Tensor& q, int max_context, bool invariant) {
+  cudaStream_t st = stream_of(q.device);
+  if (q.dim(2) == 64)
+    launch<64>(p, q.device, max_context, invariant, st);
+  else
+    launch<128>(p, q.device, max_context, invariant, st);
+}
+}  // namespace paged
+
 void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
                      const Tensor& context_lens, const Tensor& query_starts, const Tensor* sinks, int window,
                      float scale, const Tensor& out) {
-  paged::Params p{};
-  p.N = static_cast<int>(q.dim(0));
-  if (p.N == 0) return;
+  if (q.dim(0) == 0) return;
   DeviceGuard guard(q.device);
-  p.q = q.data<__nv_bfloat16>();
-  p.kpool = k_pool.data<__nv_bfloat16>();
-  p.vpool = v_pool.data<__nv_bfloat16>();
+  paged::Params p = paged::common_params(q, k_pool, v_pool, static_cast<int>(k_pool.dim(2)), sinks, window, scale, out);
   p.block_tables = block_tables.data<int>();
   p.context_lens = context_lens.data<int>();
   p.query_starts = query_starts.data<int>();
-  attn::bind_sinks(p, sinks);
-  p.out = out.data<__nv_bfloat16>();
   p.B = static_cast<int>(context_lens.dim(0));
-  p.Hq = static_cast<int>(q.dim(1));
-  p.Hkv = static_cast<int>(k_pool.dim(2));
-  p.G = p.Hq / p.Hkv;
   p.block_size = static_cast<int>(k_pool.dim(1));
   p.max_blocks = static_cast<int>(block_tables.dim(1));
-  p.window = window;
-  p.scale_log2 = scale * paged::kLog2e;
-  const int max_context = p.max_blocks * p.block_size;
-  cudaStream_t st = stream_of(q.device);
-  if (q.dim(2) == 64)
-    paged::launch<64>(p, q.device, max_context, batch_invariant(), st);
-  else
-    paged::launch<128>(p, q.device, max_context, batch_invariant(), st);
+  paged::launch_for_head_dim(p, q, p.max_blocks * p.block_size, batch_invariant());
 }
 
 void dense_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* sinks, const Tensor& cu,
                              const Tensor* used, int max_seqlen, int window, float scale, const Tensor& out,
                              const Tensor& lse) {
-  paged::Params p{};
-  p.N = static_cast<int>(q.dim(0));
-  if (p.N == 0) return;
+  if (q.dim(0) == 0) return;
   DeviceGuard guard(q.device);
-  p.q = q.data<__nv_bfloat16>();
-  p.kpool = k.data<__nv_bfloat16>();
-  p.vpool = v.data<__nv_bfloat16>();
+  paged::Params p = paged::common_params(q, k, v, static_cast<int>(k.dim(1)), sinks, window, scale, out);
   p.block_tables = nullptr;  // dense: sequence b's keys are rows cu[b] .. cu[b+1]-1 of k and v
   p.query_starts = cu.data<int>();
   p.used = used ? used->data<int>() : nullptr;
   p.lse = lse.data<float>();
-  attn::bind_sinks(p, sinks);
-  p.out = out.data<__nv_bfloat16>();
   p.B = static_cast<int>(cu.dim(0) - 1);
-  p.Hq = static_cast<int>(q.dim(1));
-  p.Hkv = static_cast<int>(k.dim(1));
-  p.G = p.Hq / p.Hkv;
-  p.window = window;
-  p.scale_log2 = scale * paged::kLog2e;
-  cudaStream_t st = stream_of(q.device);
-  if (q.dim(2) == 64)
-    paged::launch<64>(p, q.device, max_seqlen, true, st);  // unsplit (lse is written by unsplit CTAs only)
-  else
-    paged::launch<128>(p, q.device, max_seqlen, true, st);
+  paged::launch_for_head_dim(p, q, max_seqlen, true);  // unsplit (lse is written by unsplit CTAs only)
 }
 
 }  // namespace gptoss::cuda
